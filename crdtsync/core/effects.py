@@ -1,0 +1,42 @@
+"""Effects: what the sans-IO core asks its driver to do. Frozen data, executed by `node.py` or `sim/`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Send `frame` on this node's PUB socket to every subscriber."""
+
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send `frame` to the request socket of the peer advertised at `address`."""
+
+    address: str
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Connect the SUB socket to a peer's PUB endpoint."""
+
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Append these (doc id, update) pairs to the store; local and remote changes alike."""
+
+    updates: tuple[tuple[str, bytes], ...]
+
+
+Effect = Publish | Send | Subscribe | Unsubscribe | Persist

@@ -1,0 +1,153 @@
+"""State vectors and canonical digests of pycrdt documents.
+
+pycrdt's own encodings are not canonical: `get_state()` follows hash-map order and equal docs can
+produce different bytes (DESIGN.md). Everything that compares or hashes doc states goes through
+this module, which decodes the Yjs v1 encodings and re-encodes them in sorted order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pycrdt import Doc, Snapshot
+
+StateVector = dict[int, int]
+"""client id -> number of items of that client integrated (the next expected clock)."""
+
+DIGEST_BYTES = 16
+_VARUINT_BYTES_MAX = 10
+STATE_VECTOR_CLIENTS_MAX = 1 << 16
+"""Bounds what a hostile encoded state vector can make us allocate."""
+
+
+class StateDecodeError(ValueError):
+    pass
+
+
+def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    end = min(len(data), pos + _VARUINT_BYTES_MAX)
+    while pos < end:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+    raise StateDecodeError("truncated or overlong varuint")
+
+
+def _write_varuint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _read_state_vector(data: bytes, pos: int) -> tuple[StateVector, int]:
+    count, pos = _read_varuint(data, pos)
+    if count > STATE_VECTOR_CLIENTS_MAX:
+        raise StateDecodeError(f"state vector claims {count} clients")
+    vector: StateVector = {}
+    for _ in range(count):
+        client, pos = _read_varuint(data, pos)
+        clock, pos = _read_varuint(data, pos)
+        vector[client] = clock
+    return vector, pos
+
+
+def decode_state_vector(data: bytes) -> StateVector:
+    """Decode an encoded Yjs state vector. Raises `StateDecodeError` on malformed bytes."""
+    vector, pos = _read_state_vector(data, 0)
+    if pos != len(data):
+        raise StateDecodeError(f"{len(data) - pos} trailing bytes after the state vector")
+    return vector
+
+
+def encode_state_vector(vector: StateVector) -> bytes:
+    """Encode in ascending client order (canonical; pycrdt decodes any order)."""
+    out = bytearray()
+    _write_varuint(out, len(vector))
+    for client in sorted(vector):
+        _write_varuint(out, client)
+        _write_varuint(out, vector[client])
+    return bytes(out)
+
+
+def covers(have: StateVector, need: StateVector) -> bool:
+    """True when every item counted in `need` is also counted in `have`."""
+    for client, clock in need.items():
+        if clock and have.get(client, 0) < clock:
+            return False
+    return True
+
+
+def merge_into(target: StateVector, other: StateVector) -> None:
+    for client, clock in other.items():
+        if target.get(client, 0) < clock:
+            target[client] = clock
+
+
+def missing_count(have: StateVector, want: StateVector) -> int:
+    """How many items `want` counts that `have` lacks."""
+    return sum(max(0, clock - have.get(client, 0)) for client, clock in want.items())
+
+
+def doc_state_vector(doc: Doc) -> StateVector:
+    return decode_state_vector(doc.get_state())
+
+
+def _normalized_delete_set(data: bytes, pos: int) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
+    clients, pos = _read_varuint(data, pos)
+    if clients > STATE_VECTOR_CLIENTS_MAX:
+        raise StateDecodeError(f"delete set claims {clients} clients")
+    by_client: dict[int, list[tuple[int, int]]] = {}
+    for _ in range(clients):
+        client, pos = _read_varuint(data, pos)
+        ranges_count, pos = _read_varuint(data, pos)
+        ranges = by_client.setdefault(client, [])
+        for _ in range(ranges_count):
+            clock, pos = _read_varuint(data, pos)
+            length, pos = _read_varuint(data, pos)
+            if length:
+                ranges.append((clock, clock + length))
+    normalized = []
+    for client in sorted(by_client):
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted(by_client[client]):
+            if merged and start <= merged[-1][1]:
+                if end > merged[-1][1]:
+                    merged[-1] = (merged[-1][0], end)
+            else:
+                merged.append((start, end))
+        if merged:
+            normalized.append((client, merged))
+    return normalized, pos
+
+
+def canonical_state(doc: Doc) -> bytes:
+    """A byte string equal for two docs iff they hold the same items and the same deletions.
+
+    Built from `Snapshot.from_doc(doc).encode()` (delete set, then state vector), decoded and
+    re-encoded with clients sorted and delete ranges merged, because the snapshot's own byte order
+    follows hash-map order.
+    """
+    data = Snapshot.from_doc(doc).encode()
+    delete_set, pos = _normalized_delete_set(data, 0)
+    vector, pos = _read_state_vector(data, pos)
+    out = bytearray()
+    _write_varuint(out, len(delete_set))
+    for client, ranges in delete_set:
+        _write_varuint(out, client)
+        _write_varuint(out, len(ranges))
+        for start, end in ranges:
+            _write_varuint(out, start)
+            _write_varuint(out, end - start)
+    out += encode_state_vector({c: k for c, k in vector.items() if k})
+    return bytes(out)
+
+
+def digest(doc: Doc) -> bytes:
+    """Canonical 16-byte digest of a doc's state (items and deletions)."""
+    return hashlib.blake2b(canonical_state(doc), digest_size=DIGEST_BYTES).digest()

@@ -1,0 +1,416 @@
+"""The wire format: a versioned, checksummed envelope around a msgpack body.
+
+Every frame that crosses a socket is one envelope::
+
+    offset size field
+    0      2    magic  b"CS"
+    2      1    version (WIRE_VERSION)
+    3      1    kind    (MessageKind)
+    4      1    flags   (bit 0: body is lz4-block compressed)
+    5      4    body length in bytes, big-endian (as sent, after compression)
+    9      4    crc32 of the body as sent, big-endian
+    13     ...  body
+
+The body is a msgpack array whose shape depends on the kind (see the message classes below).
+Everything is validated here, before any byte reaches pycrdt: magic, version, kind, declared and
+actual length, checksum, decompressed size, msgpack limits and the exact shape and types of each
+field. A frame that fails any check raises `WireError` naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import lz4.block
+import msgpack
+
+MAGIC = b"CS"
+WIRE_VERSION = 1
+HEADER = struct.Struct("!2sBBBII")
+HEADER_BYTES = HEADER.size
+FLAG_LZ4 = 0x01
+_KNOWN_FLAGS = FLAG_LZ4
+
+FRAME_BYTES_MAX = 8 * 1024 * 1024
+"""Largest envelope accepted or produced (header + body as sent)."""
+BODY_BYTES_MAX = 16 * 1024 * 1024
+"""Largest body after decompression: caps what a hostile compressed frame can make us allocate."""
+COMPRESS_MIN_BYTES = 200
+"""Bodies smaller than this are sent uncompressed: lz4 framing makes small bodies grow."""
+NODE_ID_BYTES_MAX = 64
+DOC_ID_BYTES_MAX = 512
+DELTAS_PER_BATCH_MAX = 4096
+ENTRIES_PER_PAGE_MAX = 4096
+
+
+class WireError(ValueError):
+    """A frame that is not a valid crdtsync message. `reason` is a short stable label for metrics."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class MessageKind(IntEnum):
+    HELLO = 1
+    HELLO_ACK = 2
+    DELTAS = 3
+    HEARTBEAT = 4
+    RETRANSMIT_REQUEST = 5
+    RETRANSMIT_GONE = 6
+    SYNC_REQUEST = 7
+    SYNC_RESPONSE = 8
+    SYNC_PUSH = 9
+    DIGESTS_REQUEST = 10
+    DIGESTS_PAGE = 11
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One local transaction of one doc, as its publisher captured it.
+
+    `before_state` is the publisher's encoded state vector of the doc when the transaction began (the
+    causal dependency); `after_state` the one when it committed. A receiver applies `update` only
+    once its own state vector covers `before_state`.
+    """
+
+    doc_id: str
+    before_state: bytes
+    after_state: bytes
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Sent to a peer's request socket; answered by `HelloAck` with the same fields."""
+
+    node_id: str
+    epoch: int
+    address: str
+    publish_endpoint: str
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class HelloAck:
+    node_id: str
+    epoch: int
+    address: str
+    publish_endpoint: str
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deltas:
+    """A batch of deltas from one publisher; delta i has sequence number `first_seq + i`."""
+
+    node_id: str
+    epoch: int
+    first_seq: int
+    deltas: tuple[Delta, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Published when idle so subscribers notice a lost tail of deltas and a live publisher."""
+
+    node_id: str
+    epoch: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetransmitRequest:
+    node_id: str
+    epoch: int
+    """The publisher epoch the missing sequence numbers belong to."""
+    from_seq: int
+    to_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetransmitGone:
+    """The publisher's ring no longer holds `from_seq`; the requester must resynchronise by state."""
+
+    node_id: str
+    epoch: int
+    oldest_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """Asks for `get_update(state)` of one doc: everything the sender of `state` is missing."""
+
+    node_id: str
+    doc_id: str
+    state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResponse:
+    """`update` holds what the requester lacked; `state` is the responder's state vector, so the
+    requester can push back what the responder lacks."""
+
+    node_id: str
+    doc_id: str
+    update: bytes
+    state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPush:
+    node_id: str
+    doc_id: str
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DigestsRequest:
+    """Asks for the responder's (doc id, digest) pairs with doc id > `after`, in doc id order."""
+
+    node_id: str
+    after: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class DigestsPage:
+    node_id: str
+    after: str
+    entries: tuple[tuple[str, bytes], ...]
+    complete: bool
+    """True when no doc ids follow the last entry."""
+
+
+Message = (
+    Hello
+    | HelloAck
+    | Deltas
+    | Heartbeat
+    | RetransmitRequest
+    | RetransmitGone
+    | SyncRequest
+    | SyncResponse
+    | SyncPush
+    | DigestsRequest
+    | DigestsPage
+)
+
+
+def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
+    match message:
+        case Hello(n, e, a, p, s):
+            return MessageKind.HELLO, [n, e, a, p, s]
+        case HelloAck(n, e, a, p, s):
+            return MessageKind.HELLO_ACK, [n, e, a, p, s]
+        case Deltas(n, e, first, deltas):
+            flat: list[Any] = [n, e, first]
+            for d in deltas:
+                flat.extend((d.doc_id, d.before_state, d.after_state, d.update))
+            return MessageKind.DELTAS, flat
+        case Heartbeat(n, e, s):
+            return MessageKind.HEARTBEAT, [n, e, s]
+        case RetransmitRequest(n, e, lo, hi):
+            return MessageKind.RETRANSMIT_REQUEST, [n, e, lo, hi]
+        case RetransmitGone(n, e, oldest):
+            return MessageKind.RETRANSMIT_GONE, [n, e, oldest]
+        case SyncRequest(n, doc, state):
+            return MessageKind.SYNC_REQUEST, [n, doc, state]
+        case SyncResponse(n, doc, update, state):
+            return MessageKind.SYNC_RESPONSE, [n, doc, update, state]
+        case SyncPush(n, doc, update):
+            return MessageKind.SYNC_PUSH, [n, doc, update]
+        case DigestsRequest(n, after, limit):
+            return MessageKind.DIGESTS_REQUEST, [n, after, limit]
+        case DigestsPage(n, after, entries, complete):
+            flat_entries: list[Any] = [n, after, complete]
+            for doc_id, digest in entries:
+                flat_entries.extend((doc_id, digest))
+            return MessageKind.DIGESTS_PAGE, flat_entries
+    raise TypeError(f"not a crdtsync message: {message!r}")
+
+
+def encode(message: Message) -> bytes:
+    """Encode one message as an envelope, compressing the body when that makes it smaller."""
+    kind, fields = _body_of(message)
+    body: bytes = msgpack.packb(fields, use_bin_type=True)
+    flags = 0
+    if len(body) >= COMPRESS_MIN_BYTES:
+        packed: bytes = lz4.block.compress(body, store_size=True)
+        if len(packed) < len(body):
+            body, flags = packed, FLAG_LZ4
+    if HEADER_BYTES + len(body) > FRAME_BYTES_MAX:
+        raise WireError("too_large", f"encoded frame of {HEADER_BYTES + len(body)} bytes exceeds {FRAME_BYTES_MAX}")
+    return HEADER.pack(MAGIC, WIRE_VERSION, kind, flags, len(body), zlib.crc32(body)) + body
+
+
+def decode(frame: bytes) -> Message:
+    """Decode and fully validate one envelope. Raises `WireError` for anything malformed."""
+    if len(frame) > FRAME_BYTES_MAX:
+        raise WireError("too_large", f"frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
+    if len(frame) < HEADER_BYTES:
+        raise WireError("truncated", f"frame of {len(frame)} bytes is shorter than the {HEADER_BYTES}-byte header")
+    magic, version, kind_number, flags, body_length, checksum = HEADER.unpack_from(frame)
+    if magic != MAGIC:
+        raise WireError("bad_magic", f"magic {magic!r} is not {MAGIC!r}")
+    if version != WIRE_VERSION:
+        raise WireError("bad_version", f"wire version {version} is not supported (this node speaks {WIRE_VERSION})")
+    try:
+        kind = MessageKind(kind_number)
+    except ValueError:
+        raise WireError("bad_kind", f"unknown message kind {kind_number}") from None
+    if flags & ~_KNOWN_FLAGS:
+        raise WireError("bad_flags", f"unknown flag bits {flags & ~_KNOWN_FLAGS:#x}")
+    body = frame[HEADER_BYTES:]
+    if len(body) != body_length:
+        raise WireError("bad_length", f"header declares {body_length} body bytes, frame carries {len(body)}")
+    if zlib.crc32(body) != checksum:
+        raise WireError("bad_checksum", "body checksum does not match the header")
+    if flags & FLAG_LZ4:
+        body = _decompress(body)
+    try:
+        fields = msgpack.unpackb(
+            body,
+            use_list=True,
+            raw=False,
+            strict_map_key=True,
+            max_array_len=4 * DELTAS_PER_BATCH_MAX + 8,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise WireError("bad_body", f"body is not valid msgpack: {exc}") from None
+    if not isinstance(fields, list):
+        raise WireError("bad_body", f"body is a {type(fields).__name__}, not an array")
+    return _message_from(kind, fields)
+
+
+def _decompress(body: bytes) -> bytes:
+    if len(body) < 4:
+        raise WireError("bad_compression", "compressed body shorter than its size prefix")
+    declared = int.from_bytes(body[:4], "little")
+    if declared > BODY_BYTES_MAX:
+        raise WireError("too_large", f"decompressed size {declared} exceeds {BODY_BYTES_MAX}")
+    try:
+        out: bytes = lz4.block.decompress(body)
+    except Exception as exc:
+        raise WireError("bad_compression", f"lz4 block does not decompress: {exc}") from None
+    return out
+
+
+class _Fields:
+    """Typed, bounds-checked reads from a decoded msgpack array."""
+
+    __slots__ = ("index", "items", "kind")
+
+    def __init__(self, kind: MessageKind, items: list[Any]) -> None:
+        self.kind = kind
+        self.items = items
+        self.index = 0
+
+    def _next(self) -> Any:
+        if self.index >= len(self.items):
+            raise WireError("bad_body", f"{self.kind.name} body has too few fields ({len(self.items)})")
+        value = self.items[self.index]
+        self.index += 1
+        return value
+
+    def text(self, name: str, max_bytes: int) -> str:
+        value = self._next()
+        if not isinstance(value, str):
+            raise WireError("bad_body", f"{self.kind.name}.{name} is {type(value).__name__}, not a string")
+        if len(value) > max_bytes or len(value.encode()) > max_bytes:
+            raise WireError("bad_body", f"{self.kind.name}.{name} is longer than {max_bytes} bytes")
+        return value
+
+    def blob(self, name: str) -> bytes:
+        value = self._next()
+        if not isinstance(value, bytes):
+            raise WireError("bad_body", f"{self.kind.name}.{name} is {type(value).__name__}, not bytes")
+        return value
+
+    def uint(self, name: str) -> int:
+        value = self._next()
+        if type(value) is not int or value < 0 or value >= 1 << 63:
+            raise WireError("bad_body", f"{self.kind.name}.{name} is not an unsigned 63-bit integer")
+        return value
+
+    def flag(self, name: str) -> bool:
+        value = self._next()
+        if not isinstance(value, bool):
+            raise WireError("bad_body", f"{self.kind.name}.{name} is not a boolean")
+        return value
+
+    def remaining(self) -> int:
+        return len(self.items) - self.index
+
+    def done(self) -> None:
+        if self.index != len(self.items):
+            raise WireError("bad_body", f"{self.kind.name} body has {len(self.items) - self.index} extra fields")
+
+
+_ADDRESS_BYTES_MAX = 256
+
+
+def _message_from(kind: MessageKind, items: list[Any]) -> Message:
+    f = _Fields(kind, items)
+    node_id = f.text("node_id", NODE_ID_BYTES_MAX)
+    if not node_id:
+        raise WireError("bad_body", f"{kind.name}.node_id is empty")
+    message: Message
+    if kind in (MessageKind.HELLO, MessageKind.HELLO_ACK):
+        cls = Hello if kind is MessageKind.HELLO else HelloAck
+        message = cls(
+            node_id,
+            f.uint("epoch"),
+            f.text("address", _ADDRESS_BYTES_MAX),
+            f.text("publish_endpoint", _ADDRESS_BYTES_MAX),
+            f.uint("last_seq"),
+        )
+    elif kind is MessageKind.DELTAS:
+        epoch, first_seq = f.uint("epoch"), f.uint("first_seq")
+        if f.remaining() % 4 or f.remaining() == 0:
+            raise WireError("bad_body", "DELTAS must carry a whole, non-zero number of 4-field deltas")
+        if f.remaining() // 4 > DELTAS_PER_BATCH_MAX:
+            raise WireError("too_large", f"DELTAS carries more than {DELTAS_PER_BATCH_MAX} deltas")
+        deltas = []
+        while f.remaining():
+            deltas.append(
+                Delta(f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("before_state"), f.blob("after_state"), f.blob("update"))
+            )
+        message = Deltas(node_id, epoch, first_seq, tuple(deltas))
+    elif kind is MessageKind.HEARTBEAT:
+        message = Heartbeat(node_id, f.uint("epoch"), f.uint("last_seq"))
+    elif kind is MessageKind.RETRANSMIT_REQUEST:
+        epoch, lo, hi = f.uint("epoch"), f.uint("from_seq"), f.uint("to_seq")
+        if lo > hi:
+            raise WireError("bad_body", f"RETRANSMIT_REQUEST range {lo}..{hi} is empty")
+        message = RetransmitRequest(node_id, epoch, lo, hi)
+    elif kind is MessageKind.RETRANSMIT_GONE:
+        message = RetransmitGone(node_id, f.uint("epoch"), f.uint("oldest_seq"))
+    elif kind is MessageKind.SYNC_REQUEST:
+        message = SyncRequest(node_id, f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("state"))
+    elif kind is MessageKind.SYNC_RESPONSE:
+        message = SyncResponse(node_id, f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update"), f.blob("state"))
+    elif kind is MessageKind.SYNC_PUSH:
+        message = SyncPush(node_id, f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update"))
+    elif kind is MessageKind.DIGESTS_REQUEST:
+        after, limit = f.text("after", DOC_ID_BYTES_MAX), f.uint("limit")
+        message = DigestsRequest(node_id, after, min(limit, ENTRIES_PER_PAGE_MAX))
+    else:  # DIGESTS_PAGE
+        after, complete = f.text("after", DOC_ID_BYTES_MAX), f.flag("complete")
+        if f.remaining() % 2:
+            raise WireError("bad_body", "DIGESTS_PAGE entries must be (doc_id, digest) pairs")
+        if f.remaining() // 2 > ENTRIES_PER_PAGE_MAX:
+            raise WireError("too_large", f"DIGESTS_PAGE carries more than {ENTRIES_PER_PAGE_MAX} entries")
+        entries = []
+        while f.remaining():
+            entries.append((f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("digest")))
+        message = DigestsPage(node_id, after, tuple(entries), complete)
+    f.done()
+    return message

@@ -1,0 +1,1 @@
+"""ZeroMQ transport used by the asyncio driver."""

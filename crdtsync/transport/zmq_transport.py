@@ -1,0 +1,143 @@
+"""ZeroMQ sockets of one node.
+
+- ROUTER bound at the node's advertised `listen` address: receives every directed message.
+- PUB bound at the publish endpoint (an ephemeral port on the listen host unless configured):
+  deltas and heartbeats, under one topic frame.
+- SUB connected to each peer's PUB endpoint (learned in the hello exchange).
+- One DEALER per peer, connected to the peer's ROUTER, for directed messages. DEALERs use
+  ZMQ_IMMEDIATE so that nothing queues for a peer that is not connected: the core retries on its
+  own timers, and stale queued requests would only arrive late.
+
+Sends never block: a full queue drops the frame and counts it (the protocol repairs loss).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import zmq
+import zmq.asyncio
+
+log = logging.getLogger("crdtsync.transport")
+
+TOPIC = b"crdtsync.v1"
+SEND_QUEUE_FRAMES_MAX = 10_000
+RECEIVE_QUEUE_FRAMES_MAX = 100_000
+RECEIVE_DRAIN_FRAMES_MAX = 256
+"""Frames taken from a socket per wakeup before the driver gets a turn to flush effects."""
+FRAME_BYTES_MAX = 8 * 1024 * 1024
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """`tcp://HOST:PORT` -> (HOST, PORT), with a clear error for anything else."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp" or not parts.hostname or parts.port is None or parts.path not in ("", "/"):
+        raise ValueError(f"endpoint {endpoint!r} is not of the form tcp://HOST:PORT")
+    return parts.hostname, parts.port
+
+
+class ZmqTransport:
+    def __init__(self, listen: str, publish: str | None) -> None:
+        host, _port = parse_endpoint(listen)
+        if publish is not None:
+            parse_endpoint(publish)
+        self._context = zmq.Context()
+        self.router = self._context.socket(zmq.ROUTER)
+        self.sub = self._context.socket(zmq.SUB)
+        self.pub = self._context.socket(zmq.PUB)
+        self._dealers: dict[str, zmq.Socket[bytes]] = {}
+        self._subscriptions: set[str] = set()
+        self.send_drops = 0
+        for sock in (self.router, self.sub, self.pub):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
+        self.router.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_FRAMES_MAX)
+        self.sub.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_FRAMES_MAX)
+        self.pub.setsockopt(zmq.SNDHWM, SEND_QUEUE_FRAMES_MAX)
+        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
+        try:
+            self.router.bind(listen)
+            self.pub.bind(publish or f"tcp://{host}:*")
+        except zmq.ZMQError as exc:
+            self.close()
+            raise OSError(f"cannot bind {listen if publish is None else publish}: {exc}") from exc
+        self.publish_endpoint: str = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def publish(self, frame: bytes) -> None:
+        try:
+            self.pub.send_multipart((TOPIC, frame), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.send_drops += 1
+
+    def send(self, address: str, frame: bytes) -> None:
+        dealer = self._dealers.get(address)
+        if dealer is None:
+            try:
+                parse_endpoint(address)
+            except ValueError as exc:
+                log.warning("not sending to %s: %s", address, exc)
+                self.send_drops += 1
+                return
+            dealer = self._context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.IMMEDIATE, 1)
+            dealer.setsockopt(zmq.SNDHWM, SEND_QUEUE_FRAMES_MAX)
+            dealer.connect(address)
+            self._dealers[address] = dealer
+        try:
+            dealer.send(frame, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.send_drops += 1
+
+    def subscribe(self, endpoint: str) -> None:
+        if endpoint not in self._subscriptions:
+            try:
+                self.sub.connect(endpoint)
+            except zmq.ZMQError as exc:
+                log.warning("cannot subscribe to %s: %s", endpoint, exc)
+                return
+            self._subscriptions.add(endpoint)
+
+    def unsubscribe(self, endpoint: str) -> None:
+        if endpoint in self._subscriptions:
+            self._subscriptions.discard(endpoint)
+            try:
+                self.sub.disconnect(endpoint)
+            except zmq.ZMQError:
+                pass  # already gone: nothing to undo
+
+    async def receive_loop(
+        self, sock: zmq.Socket[bytes], on_frame: Callable[[bytes], None], on_batch_done: Callable[[], None]
+    ) -> None:
+        """Hand every frame's payload (the last part) to `on_frame`; malformed multipart is counted.
+
+        Waits through an asyncio shadow of `sock`, then drains what is queued without awaiting.
+        """
+        expected_parts = 2
+        waiter = zmq.asyncio.Socket.from_socket(sock)
+        while True:
+            parts = await waiter.recv_multipart()
+            drained = 0
+            while True:
+                if len(parts) == expected_parts:
+                    on_frame(parts[1])
+                else:
+                    on_frame(b"")  # counted as truncated by the decoder
+                drained += 1
+                if drained >= RECEIVE_DRAIN_FRAMES_MAX:
+                    break
+                try:
+                    parts = sock.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+            on_batch_done()
+
+    def close(self) -> None:
+        for dealer in self._dealers.values():
+            dealer.close(linger=0)
+        self._dealers.clear()
+        for sock in (self.router, self.sub, self.pub):
+            sock.close(linger=0)
+        self._context.term()
