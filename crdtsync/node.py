@@ -9,6 +9,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from pycrdt import Doc
 
@@ -155,7 +156,7 @@ class Node:
             self._transport.close()
         self._store.close()
 
-    async def open(self, doc_id: str) -> Doc:
+    async def open(self, doc_id: str) -> Doc[Any]:
         """The pycrdt Doc `doc_id`, kept in sync with the peers; created empty when new."""
         return self.replica.open_doc(doc_id)
 

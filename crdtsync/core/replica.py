@@ -18,7 +18,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pycrdt import Doc, Subscription, TransactionEvent, merge_updates
 from sortedcontainers import SortedDict
@@ -77,7 +77,7 @@ class ReplicaConfig:
 
 @dataclass(slots=True)
 class _DocEntry:
-    doc: Doc
+    doc: Doc[Any]
     subscription: Subscription
     state: StateVector
     digest: bytes | None = None
@@ -255,7 +255,12 @@ class Replica:
             ):
                 link.state = "down"
                 self._count("peer_down")
-                log.info("peer %s (%s) is down: silent for %.0f ms", link.node_id, link.address, config.peer_timeout_ms)
+                log.info(
+                    "peer %s (%s) is down: silent for %.0f ms",
+                    link.node_id,
+                    link.address,
+                    config.peer_timeout_ms,
+                )
             if link.state != "up" and now_ms >= link.next_hello_ms:
                 link.next_hello_ms = now_ms + config.hello_interval_ms
                 self._send(link.address, self._hello(wire.Hello))
@@ -276,7 +281,7 @@ class Replica:
 
     # ------------------------------------------------------------------ documents
 
-    def open_doc(self, doc_id: str) -> Doc:
+    def open_doc(self, doc_id: str) -> Doc[Any]:
         """The live pycrdt Doc for `doc_id`, created empty if this node has never seen it."""
         return self._entry(doc_id, create=True).doc
 
@@ -284,8 +289,10 @@ class Replica:
         return doc_id in self._docs
 
     def doc_ids(self, after: str = "", limit: int | None = None) -> list[str]:
-        keys: Iterator[str] = self._docs.irange(minimum=after, inclusive=(False, False)) if after else iter(self._docs)
-        out = []
+        keys: Iterator[str] = (
+            self._docs.irange(minimum=after, inclusive=(False, False)) if after else iter(self._docs)
+        )
+        out: list[str] = []
         for key in keys:
             if limit is not None and len(out) >= limit:
                 break
@@ -293,7 +300,7 @@ class Replica:
         return out
 
     def doc_digest(self, doc_id: str) -> bytes:
-        entry = self._docs[doc_id]
+        entry: _DocEntry = self._docs[doc_id]
         if entry.digest is None:
             entry.digest = digest(entry.doc)
         return entry.digest
@@ -312,7 +319,7 @@ class Replica:
         self._docs.clear()
 
     def _entry(self, doc_id: str, *, create: bool) -> _DocEntry:
-        entry = self._docs.get(doc_id)
+        entry: _DocEntry | None = self._docs.get(doc_id)
         if entry is not None:
             return entry
         if not create:
@@ -321,23 +328,24 @@ class Replica:
             raise ValueError(f"doc id must be 1..{wire.DOC_ID_BYTES_MAX} bytes")
         if len(self._docs) >= self.config.docs_max:
             raise RuntimeError(f"docs_max ({self.config.docs_max}) reached")
-        doc: Doc = Doc(client_id=self.client_id)
+        doc: Doc[Any] = Doc(client_id=self.client_id)
         placeholder = _DocEntry(doc=doc, subscription=None, state={})  # type: ignore[arg-type]
         placeholder.subscription = doc.observe(lambda event: self._on_transaction(doc_id, placeholder, event))
         self._docs[doc_id] = placeholder
         return placeholder
 
     def _on_transaction(self, doc_id: str, entry: _DocEntry, event: TransactionEvent) -> None:
-        update = event.update
-        after = event.after_state
+        # pycrdt's stubs omit these attributes of TransactionEvent; they exist at run time.
+        update: bytes = event.update
+        after: bytes = event.after_state  # type: ignore[attr-defined]
         if update == _EMPTY_UPDATE:
             return
         entry.state = decode_state_vector(after)
         entry.digest = None
         self._persist.append((doc_id, update))
-        if event.transaction.origin() == REMOTE_ORIGIN:
+        if event.transaction.origin() == REMOTE_ORIGIN:  # type: ignore[attr-defined]
             return
-        delta = wire.Delta(doc_id, event.before_state, after, update)
+        delta = wire.Delta(doc_id, event.before_state, after, update)  # type: ignore[attr-defined]
         self._last_seq += 1
         size = len(update) + len(after) * 2 + len(doc_id)
         self._ring.append((self._last_seq, delta, size))
@@ -378,7 +386,9 @@ class Replica:
         first_seq = self._last_seq - len(self._outbox) + 1
         for delta in self._outbox:
             size = len(delta.update) + len(delta.after_state) * 2 + len(delta.doc_id)
-            if chunk and (len(chunk) >= self.config.batch_deltas_max or chunk_bytes + size > self.config.batch_bytes_max):
+            if chunk and (
+                len(chunk) >= self.config.batch_deltas_max or chunk_bytes + size > self.config.batch_bytes_max
+            ):
                 self._publish(wire.Deltas(self.node_id, self.epoch, first_seq, tuple(chunk)))
                 first_seq += len(chunk)
                 chunk, chunk_bytes = [], 0
@@ -436,7 +446,9 @@ class Replica:
             self._dispatch(message)
         except StateDecodeError as exc:
             self._count("wire_errors_bad_state")
-            log.warning("dropped %s from %s: bad state vector: %s", type(message).__name__, message.node_id, exc)
+            log.warning(
+                "dropped %s from %s: bad state vector: %s", type(message).__name__, message.node_id, exc
+            )
 
     def _dispatch(self, message: wire.Message) -> None:
         self._heard(message.node_id)
@@ -479,10 +491,10 @@ class Replica:
         link = self._link_for(message.address, configured=False)
         if link is None:
             return
-        if link.node_id not in (None, message.node_id):
+        if link.node_id is not None and link.node_id != message.node_id:
             # Another node now answers at this address: forget what we knew of the old one.
-            self._address_of.pop(link.node_id, None)  # type: ignore[arg-type]
-            self._tracks.pop(link.node_id, None)  # type: ignore[arg-type]
+            self._address_of.pop(link.node_id, None)
+            self._tracks.pop(link.node_id, None)
             link.epoch = None
         previous = self._address_of.get(message.node_id)
         if previous is not None and previous != message.address and previous in self._links:
@@ -675,8 +687,12 @@ class Replica:
         first = message.from_seq
         for index in range(start, start + hi - message.from_seq + 1):
             _seq, delta, size = self._ring[index]
-            if chunk and (len(chunk) >= self.config.batch_deltas_max or chunk_bytes + size > self.config.batch_bytes_max):
-                self._send_to_node(message.node_id, wire.Deltas(self.node_id, self.epoch, first, tuple(chunk)))
+            if chunk and (
+                len(chunk) >= self.config.batch_deltas_max or chunk_bytes + size > self.config.batch_bytes_max
+            ):
+                self._send_to_node(
+                    message.node_id, wire.Deltas(self.node_id, self.epoch, first, tuple(chunk))
+                )
                 first += len(chunk)
                 chunk, chunk_bytes = [], 0
             chunk.append(delta)
@@ -758,7 +774,9 @@ class Replica:
     def _request_digests(self, link: _PeerLink) -> None:
         assert link.resync is not None
         link.resync.deadline_ms = self._now_ms + self.config.resync_timeout_ms
-        self._send(link.address, wire.DigestsRequest(self.node_id, link.resync.after, self.config.resync_page_docs))
+        self._send(
+            link.address, wire.DigestsRequest(self.node_id, link.resync.after, self.config.resync_page_docs)
+        )
 
     def _on_digests_request(self, message: wire.DigestsRequest) -> None:
         limit = max(1, min(message.limit, self.config.resync_page_docs))

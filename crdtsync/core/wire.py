@@ -245,7 +245,9 @@ def encode(message: Message) -> bytes:
         if len(packed) < len(body):
             body, flags = packed, FLAG_LZ4
     if HEADER_BYTES + len(body) > FRAME_BYTES_MAX:
-        raise WireError("too_large", f"encoded frame of {HEADER_BYTES + len(body)} bytes exceeds {FRAME_BYTES_MAX}")
+        raise WireError(
+            "too_large", f"encoded frame of {HEADER_BYTES + len(body)} bytes exceeds {FRAME_BYTES_MAX}"
+        )
     return HEADER.pack(MAGIC, WIRE_VERSION, kind, flags, len(body), zlib.crc32(body)) + body
 
 
@@ -254,12 +256,16 @@ def decode(frame: bytes) -> Message:
     if len(frame) > FRAME_BYTES_MAX:
         raise WireError("too_large", f"frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
     if len(frame) < HEADER_BYTES:
-        raise WireError("truncated", f"frame of {len(frame)} bytes is shorter than the {HEADER_BYTES}-byte header")
+        raise WireError(
+            "truncated", f"frame of {len(frame)} bytes is shorter than the {HEADER_BYTES}-byte header"
+        )
     magic, version, kind_number, flags, body_length, checksum = HEADER.unpack_from(frame)
     if magic != MAGIC:
         raise WireError("bad_magic", f"magic {magic!r} is not {MAGIC!r}")
     if version != WIRE_VERSION:
-        raise WireError("bad_version", f"wire version {version} is not supported (this node speaks {WIRE_VERSION})")
+        raise WireError(
+            "bad_version", f"wire version {version} is not supported (this node speaks {WIRE_VERSION})"
+        )
     try:
         kind = MessageKind(kind_number)
     except ValueError:
@@ -351,7 +357,9 @@ class _Fields:
 
     def done(self) -> None:
         if self.index != len(self.items):
-            raise WireError("bad_body", f"{self.kind.name} body has {len(self.items) - self.index} extra fields")
+            raise WireError(
+                "bad_body", f"{self.kind.name} body has {len(self.items) - self.index} extra fields"
+            )
 
 
 _ADDRESS_BYTES_MAX = 256
@@ -381,7 +389,12 @@ def _message_from(kind: MessageKind, items: list[Any]) -> Message:
         deltas = []
         while f.remaining():
             deltas.append(
-                Delta(f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("before_state"), f.blob("after_state"), f.blob("update"))
+                Delta(
+                    f.text("doc_id", DOC_ID_BYTES_MAX),
+                    f.blob("before_state"),
+                    f.blob("after_state"),
+                    f.blob("update"),
+                )
             )
         message = Deltas(node_id, epoch, first_seq, tuple(deltas))
     elif kind is MessageKind.HEARTBEAT:

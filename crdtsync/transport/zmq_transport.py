@@ -13,6 +13,7 @@ Sends never block: a full queue drops the frame and counts it (the protocol repa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -103,10 +104,8 @@ class ZmqTransport:
     def unsubscribe(self, endpoint: str) -> None:
         if endpoint in self._subscriptions:
             self._subscriptions.discard(endpoint)
-            try:
+            with contextlib.suppress(zmq.ZMQError):  # already gone: nothing to undo
                 self.sub.disconnect(endpoint)
-            except zmq.ZMQError:
-                pass  # already gone: nothing to undo
 
     async def receive_loop(
         self, sock: zmq.Socket[bytes], on_frame: Callable[[bytes], None], on_batch_done: Callable[[], None]
