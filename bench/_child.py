@@ -26,7 +26,8 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
-from pycrdt import BaseEvent, Map, MapEvent
+from pycrdt import Map, MapEvent
+from pycrdt._base import BaseEvent
 
 from bench._common import JSON, KEYS, self_cpu_s
 
@@ -44,7 +45,7 @@ class Adapter(Protocol):
     """What a system module provides to :func:`serve`."""
 
     @property
-    def data(self) -> Map: ...
+    def data(self) -> Map[Any]: ...
 
     async def flush(self) -> None:
         """Called once after a burst or paced run: hand pending local writes to the transport."""
@@ -62,7 +63,7 @@ class Adapter(Protocol):
 class Recorder:
     """Timestamps every value that arrives in the Map (receivers only)."""
 
-    def __init__(self, data: Map) -> None:
+    def __init__(self, data: Map[Any]) -> None:
         self.recs: list[int] = []  # flat [i, t_ns, i, t_ns, ...]
         self.expect: int | None = None
         self._subscription = data.observe(self._on_event)
@@ -83,13 +84,15 @@ class Recorder:
                     emit("done", t_ns=now)
 
 
-def digest(data: Map) -> tuple[str, int]:
+def digest(data: Map[Any]) -> tuple[str, int]:
     content = data.to_py() or {}
     text = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16], len(content)
 
 
-async def write_burst(data: Map, start: int, n: int, flush: Callable[[], Awaitable[None]]) -> tuple[int, int]:
+async def write_burst(
+    data: Map[Any], start: int, n: int, flush: Callable[[], Awaitable[None]]
+) -> tuple[int, int]:
     """n writes as fast as possible, one transaction each, yielding every YIELD_EVERY_WRITES."""
     t0 = time.monotonic_ns()
     for j in range(n):
@@ -102,7 +105,7 @@ async def write_burst(data: Map, start: int, n: int, flush: Callable[[], Awaitab
 
 
 async def write_paced(
-    data: Map,
+    data: Map[Any],
     start: int,
     n: int,
     rate_hz: float,

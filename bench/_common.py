@@ -6,6 +6,7 @@ Nothing here starts a process on import. Every wait is bounded by a :class:`Dead
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,7 +42,7 @@ class BenchError(Exception):
     """A system could not be measured (a child died, reported an error, or diverged)."""
 
 
-class BenchTimeout(BenchError):
+class BenchTimeoutError(BenchError):
     """A wait ran past the system's deadline."""
 
 
@@ -89,7 +91,16 @@ def machine_info() -> dict[str, str]:
         "kernel": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
     }
-    for dist in ("pycrdt", "pyzmq", "lz4", "msgpack", "pycrdt-websocket", "hypercorn", "httpx-ws", "crdtsync"):
+    for dist in (
+        "pycrdt",
+        "pyzmq",
+        "lz4",
+        "msgpack",
+        "pycrdt-websocket",
+        "hypercorn",
+        "httpx-ws",
+        "crdtsync",
+    ):
         info[dist] = _version(dist)
     try:
         import zmq
@@ -154,37 +165,54 @@ def proc_cpu_s(pid: int) -> float | None:
 
 _SS_PID = re.compile(r"pid=(\d+)")
 _SS_BYTES_SENT = re.compile(r"\bbytes_sent:(\d+)")
+_SS_SEGS_OUT = re.compile(r"\bsegs_out:(\d+)")
+IPV4_TCP_HEADER_BYTES = 40  # 20 IPv4 + 20 TCP, no options
+TCP_TIMESTAMP_OPTION_BYTES = 12
 
 
-def tcp_bytes_sent(pids: Iterable[int]) -> int | None:
-    """TCP payload bytes sent so far by the open TCP sockets of ``pids`` (``ss -tinp``), or None.
+@dataclass(frozen=True)
+class TcpSent:
+    """What the TCP sockets of some processes sent so far.
 
-    This counts what the kernel carried (protocol framing included: ZMTP, websocket frames, HTTP upgrade),
-    not IP/TCP headers. Sockets closed meanwhile are not counted.
+    ``payload``: TCP payload bytes (protocol framing included: ZMTP, websocket frames, HTTP upgrade).
+    ``ip``: the IP packets, i.e. payload plus an IPv4+TCP header for every segment sent (pure ACKs included).
+    """
+
+    payload: int
+    ip: int
+
+
+def tcp_sent(pids: Iterable[int]) -> TcpSent | None:
+    """Totals over the open TCP sockets of ``pids`` from ``ss -tinp``; None if ss is unavailable.
+
+    Sockets closed in the meantime are not counted, so sample only while the processes keep their links.
     """
     wanted = set(pids)
     if not wanted or shutil.which("ss") is None:
         return None
     try:
-        out = subprocess.run(
-            ["ss", "-tinpH"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout
+        out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    total = 0
+    payload = 0
+    ip = 0
     seen = False
     owner_ok = False
     for line in out.splitlines():
         if line and not line[0].isspace():
             owner_ok = any(int(p) in wanted for p in _SS_PID.findall(line))
-            match = _SS_BYTES_SENT.search(line)  # some ss versions print info on the same line
-        else:
-            match = _SS_BYTES_SENT.search(line)
-        if owner_ok and match:
-            total += int(match.group(1))
-            seen = True
-            owner_ok = False
-    return total if seen else None
+        sent = _SS_BYTES_SENT.search(line)
+        if not (owner_ok and sent):
+            continue
+        segs = _SS_SEGS_OUT.search(line)
+        header = IPV4_TCP_HEADER_BYTES + (
+            TCP_TIMESTAMP_OPTION_BYTES if re.search(r"(^|\s)ts(\s|$)", line) else 0
+        )
+        payload += int(sent.group(1))
+        ip += int(sent.group(1)) + (int(segs.group(1)) * header if segs else 0)
+        seen = True
+        owner_ok = False
+    return TcpSent(payload, ip) if seen else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -313,13 +341,13 @@ class Child:
             raise BenchError(f"{self.name}: cannot send {cmd!r} ({exc}); {self._exit_text()}") from exc
 
     def wait(self, ev: str, deadline: Deadline, what: str = "") -> JSON:
-        for index, event in enumerate(self._pending):
-            if event["ev"] == ev:
+        for index, pending in enumerate(self._pending):
+            if pending["ev"] == ev:
                 return self._pending.pop(index)
         while True:
             remaining = deadline.remaining_s()
             if remaining <= 0:
-                raise BenchTimeout(f"{self.name}: no {ev!r} before the deadline {what}".rstrip())
+                raise BenchTimeoutError(f"{self.name}: no {ev!r} before the deadline {what}".rstrip())
             try:
                 event = self._events.get(timeout=min(remaining, 1.0))
             except queue.Empty:
@@ -356,10 +384,8 @@ class Child:
         """Ask the child to quit, then kill it if it has not exited within a few seconds."""
         try:
             if self.proc.poll() is None:
-                try:
+                with contextlib.suppress(BenchError):
                     self.send("quit")
-                except BenchError:
-                    pass
                 try:
                     self.proc.wait(timeout=CHILD_QUIT_TIMEOUT_S)
                 except subprocess.TimeoutExpired:
@@ -369,10 +395,8 @@ class Child:
             self._pump_thread.join(timeout=1.0)  # the child has exited: its stdout reaches EOF
             for stream in (self.proc.stdin, self.proc.stdout):
                 if stream is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         stream.close()
-                    except OSError:
-                        pass
             self._log.close()
 
 
@@ -380,10 +404,8 @@ def close_all(children: Sequence[Child]) -> None:
     """Close every child; the first ones are asked to quit together so shutdown is not serialised."""
     for child in children:
         if child.proc.poll() is None:
-            try:
+            with contextlib.suppress(BenchError):
                 child.send("quit")
-            except BenchError:
-                pass
     for child in children:
         try:
             child.close()

@@ -14,7 +14,9 @@ the parent knows the SUB subscriptions are live before measuring).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from typing import Any, cast
 
 import zmq
 from pycrdt import Doc, Map, TransactionEvent
@@ -40,7 +42,7 @@ class MeshNode:
         self.sub.setsockopt(zmq.RCVHWM, 0)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.doc: Doc = Doc()
+        self.doc: Doc[Map[Any]] = Doc()
         self._data = self.doc.get("data", type=Map)
         self.bytes_out = 0
         self.msgs_out = 0
@@ -50,7 +52,7 @@ class MeshNode:
             self._subscription = self.doc.observe(self._on_local_update)
 
     @property
-    def data(self) -> Map:
+    def data(self) -> Map[Any]:
         return self._data
 
     def _on_local_update(self, event: TransactionEvent) -> None:
@@ -62,7 +64,7 @@ class MeshNode:
     def drain(self) -> None:
         loop = asyncio.get_running_loop()
         for _ in range(DRAIN_BATCH_MAX):
-            if not self.sub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if not cast(int, self.sub.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
             try:
                 msg = self.sub.recv(zmq.NOBLOCK)
@@ -103,10 +105,8 @@ class MeshNode:
         if name == "ping_stop":
             if self._ping_task is not None:
                 self._ping_task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await self._ping_task
-                except asyncio.CancelledError:
-                    pass
                 self._ping_task = None
             emit("ping_stopped")
             return True
@@ -124,12 +124,12 @@ async def main() -> None:
         raise SystemExit("usage: python -m bench._mesh writer|reader")
     node = MeshNode(role)
     loop = asyncio.get_running_loop()
-    loop.add_reader(node.sub.getsockopt(zmq.FD), node.drain)
+    loop.add_reader(node.sub.fileno(), node.drain)
     try:
         emit("ready", endpoint=node.endpoint)
         await serve(node, receiver=role == "reader")
     finally:
-        loop.remove_reader(node.sub.getsockopt(zmq.FD))
+        loop.remove_reader(node.sub.fileno())
         if node._ping_task is not None:
             node._ping_task.cancel()
         node.close()

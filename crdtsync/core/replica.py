@@ -69,6 +69,9 @@ class ReplicaConfig:
     pending_bytes_max: int = 64 * 1024 * 1024
     resync_page_docs: int = 256
     resync_timeout_ms: float = 2000.0
+    resync_interval_ms: float = 30_000.0
+    """A full digest resynchronisation with one peer (round robin) this often, 0 to disable. It repairs
+    what no sequence gap reveals, e.g. deltas that only reached some peers before their publisher crashed."""
     peers_max: int = 256
     docs_max: int = 1_000_000
     update_bytes_max: int = 4 * 1024 * 1024
@@ -190,9 +193,12 @@ class Replica:
         self._persist: list[tuple[str, bytes]] = []
         self._pending_total = 0
         self._pending_bytes = 0
-        self._pending_docs: set[str] = set()
+        # A dict, not a set: iteration order must not depend on string hashing, or simulations would not replay.
+        self._pending_docs: dict[str, None] = {}
         self._now_ms = 0.0
         self._next_heartbeat_ms = 0.0
+        self._next_periodic_resync_ms = self.config.resync_interval_ms
+        self._periodic_resync_turn = 0
         self._wakeup: Callable[[], None] | None = None
         self._wakeup_armed = False
 
@@ -231,6 +237,8 @@ class Replica:
     def next_deadline_ms(self) -> float:
         """When the driver must call `tick` next at the latest."""
         deadline = self._next_heartbeat_ms
+        if self.config.resync_interval_ms > 0:
+            deadline = min(deadline, self._next_periodic_resync_ms)
         busy = (
             self._pending_total
             or any(link.state != "up" or link.resync is not None for link in self._links.values())
@@ -267,6 +275,13 @@ class Replica:
             if link.resync is not None and now_ms >= link.resync.deadline_ms:
                 self._count("resync_retries")
                 self._request_digests(link)
+        if config.resync_interval_ms > 0 and now_ms >= self._next_periodic_resync_ms:
+            self._next_periodic_resync_ms = now_ms + config.resync_interval_ms
+            up = [link for link in self._links.values() if link.state == "up" and link.resync is None]
+            if up:
+                self._periodic_resync_turn += 1
+                self._count("resyncs_periodic")
+                self._start_resync(up[self._periodic_resync_turn % len(up)])
         for node_id, track in self._tracks.items():
             if track.above or track.last_seq_seen > track.contiguous:
                 self._request_retransmit(node_id, track)
@@ -652,9 +667,9 @@ class Replica:
             if not ready or not waiting:
                 break
         if entry.pending:
-            self._pending_docs.add(doc_id)
+            self._pending_docs[doc_id] = None
         else:
-            self._pending_docs.discard(doc_id)
+            self._pending_docs.pop(doc_id, None)
 
     def _pull(self, node_id: str, doc_id: str, entry: _DocEntry) -> None:
         self._count("syncs_requested")

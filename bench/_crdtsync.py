@@ -1,0 +1,92 @@
+"""crdtsync under the replication benchmark: one ``crdtsync.Node`` per process, public API only.
+
+Usage (started by bench.replication):
+    python -m bench._crdtsync writer|reader --node-id N --listen tcp://127.0.0.1:P --peers A,B
+
+The process reports ``ready`` once every configured peer is ``up`` in ``node.status()``. Bytes are the node's
+own ``bytes_out`` counter (ZeroMQ frames it sent), when it has one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from pycrdt import Map
+
+from bench._child import emit, run_main, serve
+from bench._common import JSON
+from crdtsync import Node, NodeConfig
+
+PEERS_UP_TIMEOUT_S = 30.0
+PEERS_POLL_INTERVAL_S = 0.01
+
+
+class NodeAdapter:
+    def __init__(self, node: Node, data: Map[Any]) -> None:
+        self._node = node
+        self._data = data
+
+    @property
+    def data(self) -> Map[Any]:
+        return self._data
+
+    async def flush(self) -> None:
+        await self._node.flush()
+
+    async def after_write(self) -> None:
+        return None  # paced writes are plain pycrdt writes; the node decides when they leave
+
+    def counters(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self._node.status().counters.items()}
+
+    async def command(self, cmd: JSON) -> bool:
+        if cmd.get("cmd") == "status":
+            st = self._node.status()
+            emit(
+                "status",
+                node_id=st.node_id,
+                docs=st.docs,
+                peers=[
+                    {"address": p.address, "node_id": p.node_id, "state": p.state, "behind": p.behind_updates}
+                    for p in st.peers
+                ],
+                counters=dict(st.counters),
+            )
+            return True
+        return False
+
+
+async def _wait_peers_up(node: Node, expected: int) -> None:
+    give_up_at = time.monotonic() + PEERS_UP_TIMEOUT_S
+    while True:
+        peers = node.status().peers
+        if len(peers) >= expected and all(p.state == "up" for p in peers):
+            return
+        if time.monotonic() > give_up_at:
+            states = ", ".join(f"{p.address}={p.state}" for p in peers) or "none"
+            raise TimeoutError(f"peers not up after {PEERS_UP_TIMEOUT_S:.0f} s: {states}")
+        await asyncio.sleep(PEERS_POLL_INTERVAL_S)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench._crdtsync")
+    parser.add_argument("role", choices=("writer", "reader"))
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--peers", required=True, help="comma-separated listen addresses of the other nodes")
+    args = parser.parse_args()
+    peers = [p for p in str(args.peers).split(",") if p]
+    config = NodeConfig(node_id=str(args.node_id), listen=str(args.listen), peers=peers)
+    async with Node(config) as node:
+        doc = await node.open("bench")
+        data: Map[Any] = doc.get("data", type=Map)
+        await _wait_peers_up(node, len(peers))
+        emit("ready")
+        await serve(NodeAdapter(node, data), receiver=args.role == "reader")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,16 @@
+"""Deterministic cluster simulation of the sans-IO core (also a fuzz harness for user doc schemas)."""
+
+from crdtsync.sim.cluster import FAULTS, SimCluster, SimConfig, SimResult, run_campaign, run_simulation
+from crdtsync.sim.workload import MapTextWorkload, Workload, Write
+
+__all__ = [
+    "FAULTS",
+    "MapTextWorkload",
+    "SimCluster",
+    "SimConfig",
+    "SimResult",
+    "Workload",
+    "Write",
+    "run_campaign",
+    "run_simulation",
+]

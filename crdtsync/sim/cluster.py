@@ -1,0 +1,401 @@
+"""A deterministic cluster simulator driving the sans-IO core.
+
+One event heap keyed `(time_ms, seq)`, one seeded `random.Random`, a network that loses, duplicates,
+delays, reorders and partitions, and nodes that crash and restart. Nothing reads a clock or a global
+random source, so a run replays exactly from its seed.
+
+A crashed node loses everything: the store is in memory until the durable store lands, so the
+restarted node comes back empty with a new epoch and client id and must be refilled by its peers.
+Writes made by a node that later crashed may therefore be lost; the checker allows exactly that and
+nothing more.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from crdtsync.core.effects import Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.replica import Replica, ReplicaConfig
+from crdtsync.core.state import digest
+from crdtsync.sim.workload import MapTextWorkload, Workload, Write
+
+FAULTS = ("loss", "dup", "reorder", "delay", "partition", "crash")
+EVENTS_MAX = 5_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    seed: int
+    nodes: int = 5
+    docs: int = 4
+    ops: int = 300
+    faults: frozenset[str] = frozenset()
+    write_window_ms: float = 5_000.0
+    """Client operations are spread uniformly over this much simulated time."""
+    loss_rate: float = 0.10
+    dup_rate: float = 0.05
+    latency_ms: tuple[float, float] = (0.1, 1.0)
+    reorder_jitter_ms: float = 20.0
+    delay_rate: float = 0.05
+    delay_ms: tuple[float, float] = (50.0, 500.0)
+    partitions: int = 2
+    partition_ms: tuple[float, float] = (300.0, 2_000.0)
+    crashes: int = 2
+    downtime_ms: tuple[float, float] = (100.0, 2_000.0)
+    settle_ms_max: float = 60_000.0
+    """After healing, how long the cluster may take to converge before the run fails."""
+    check_interval_ms: float = 250.0
+    replica: ReplicaConfig = field(default_factory=ReplicaConfig)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
+        if self.nodes < 1 or self.docs < 1 or self.ops < 0:
+            raise ValueError("nodes and docs must be >= 1 and ops >= 0")
+
+    def replay_command(self) -> str:
+        faults = ",".join(sorted(self.faults)) or "none"
+        return (
+            f"python -m crdtsync.sim --seed {self.seed} --nodes {self.nodes} --docs {self.docs} "
+            f"--ops {self.ops} --faults {faults}"
+        )
+
+
+@dataclass(slots=True)
+class SimResult:
+    config: SimConfig
+    ok: bool
+    problems: list[str]
+    converged_after_ms: float | None
+    """Simulated time from healing to the first check that found all replicas equal."""
+    messages_sent: int
+    messages_dropped: int
+    messages_duplicated: int
+    writes: int
+    writes_lost_to_crashes: int
+    """Unique writes absent at the end whose writer crashed (memory store) before replicating them."""
+    crashes: int
+    partitions: int
+    events: int
+    final_state: dict[str, Any]
+
+    def verdict(self) -> str:
+        head = f"seed {self.config.seed}: {'OK' if self.ok else 'FAIL'}"
+        stats = (
+            f"nodes={self.config.nodes} docs={self.config.docs} ops={self.config.ops} "
+            f"faults={','.join(sorted(self.config.faults)) or 'none'} messages={self.messages_sent} "
+            f"dropped={self.messages_dropped} duplicated={self.messages_duplicated} crashes={self.crashes} "
+            f"partitions={self.partitions} writes_lost_to_crashes={self.writes_lost_to_crashes}"
+        )
+        if self.ok:
+            return f"{head} converged {self.converged_after_ms:.0f} ms after healing; {stats}"
+        return f"{head} {'; '.join(self.problems[:3])}; {stats}; replay: {self.config.replay_command()}"
+
+
+@dataclass(slots=True)
+class _SimNode:
+    index: int
+    address: str
+    publish_endpoint: str
+    replica: Replica | None = None
+    incarnation: int = 0
+    subscriptions: set[str] = field(default_factory=set)
+    tick_token: int = 0
+    tick_at_ms: float = float("inf")
+    link_free_ms: dict[int, float] = field(default_factory=dict)
+
+
+EventKind = Literal["deliver", "tick", "op", "partition", "heal", "crash", "restart", "check"]
+
+
+class SimCluster:
+    """Run one seeded simulation: `SimCluster(config).run()`."""
+
+    def __init__(self, config: SimConfig, workload: Workload | None = None) -> None:
+        self.config = config
+        self.workload: Workload = workload or MapTextWorkload()
+        self.rng = random.Random(config.seed)
+        self.now_ms = 0.0
+        self._heap: list[tuple[float, int, EventKind, Any]] = []
+        self._seq = 0
+        self.nodes = [
+            _SimNode(index, f"sim://n{index}", f"sim://n{index}/pub") for index in range(config.nodes)
+        ]
+        self._by_address = {node.address: node for node in self.nodes}
+        self._by_endpoint = {node.publish_endpoint: node for node in self.nodes}
+        self._groups: dict[int, int] | None = None
+        self._faults_on = True
+        self.writes: list[tuple[Write, int, int]] = []
+        """(write, writer index, writer incarnation at write time)."""
+        self.shared_values: dict[tuple[str, str, str], list[Any]] = {}
+        self.messages_sent = 0
+        self.messages_dropped = 0
+        self.messages_duplicated = 0
+        self.crashes = 0
+        self.partitions = 0
+        self.events = 0
+        self.ever_crashed_incarnations: set[tuple[int, int]] = set()
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _schedule(self, at_ms: float, kind: EventKind, payload: Any = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at_ms, self._seq, kind, payload))
+
+    def _start_node(self, node: _SimNode) -> None:
+        node.incarnation += 1
+        node.replica = Replica(
+            node_id=f"n{node.index}",
+            epoch=node.incarnation,
+            client_id=self.rng.randrange(1, 1 << 53),
+            address=node.address,
+            publish_endpoint=node.publish_endpoint,
+            config=self.config.replica,
+        )
+        for other in self.nodes:
+            if other is not node:
+                node.replica.add_peer(other.address, self.now_ms)
+        node.replica.tick(self.now_ms)
+        self._pump(node)
+
+    def _pump(self, node: _SimNode) -> None:
+        replica = node.replica
+        if replica is None:
+            return
+        for effect in replica.take_effects(self.now_ms):
+            match effect:
+                case Publish(frame):
+                    for other in self.nodes:
+                        if other is not node and node.publish_endpoint in other.subscriptions:
+                            self._transmit(node, other, frame)
+                case Send(address, frame):
+                    target = self._by_address.get(address)
+                    if target is not None:
+                        self._transmit(node, target, frame)
+                case Subscribe(endpoint):
+                    node.subscriptions.add(endpoint)
+                case Unsubscribe(endpoint):
+                    node.subscriptions.discard(endpoint)
+                case _:
+                    pass  # Persist: the simulated store is memory, lost on crash
+        deadline = replica.next_deadline_ms()
+        if deadline < node.tick_at_ms or node.tick_at_ms <= self.now_ms:
+            node.tick_token += 1
+            node.tick_at_ms = max(deadline, self.now_ms)
+            self._schedule(node.tick_at_ms, "tick", (node.index, node.tick_token))
+
+    def _transmit(self, source: _SimNode, target: _SimNode, frame: bytes) -> None:
+        self.messages_sent += 1
+        faults = self.config.faults if self._faults_on else frozenset()
+        if self._groups is not None and self._groups[source.index] != self._groups[target.index]:
+            self.messages_dropped += 1
+            return
+        if "loss" in faults and self.rng.random() < self.config.loss_rate:
+            self.messages_dropped += 1
+            return
+        copies = 2 if "dup" in faults and self.rng.random() < self.config.dup_rate else 1
+        self.messages_duplicated += copies - 1
+        for _ in range(copies):
+            delay = self.rng.uniform(*self.config.latency_ms)
+            if "reorder" in faults:
+                delay += self.rng.uniform(0.0, self.config.reorder_jitter_ms)
+            if "delay" in faults and self.rng.random() < self.config.delay_rate:
+                delay += self.rng.uniform(*self.config.delay_ms)
+            at = self.now_ms + delay
+            if "reorder" not in faults and "delay" not in faults:
+                # Without reordering faults a link is FIFO, like a TCP connection.
+                at = max(at, source.link_free_ms.get(target.index, 0.0))
+                source.link_free_ms[target.index] = at
+            self._schedule(at, "deliver", (target.index, target.incarnation, frame))
+
+    # ------------------------------------------------------------------ the run
+
+    def _plan_faults(self) -> None:
+        window = self.config.write_window_ms
+        if "partition" in self.config.faults and self.config.nodes > 1:
+            for _ in range(self.config.partitions):
+                start = self.rng.uniform(0.0, window)
+                self._schedule(start, "partition")
+                self._schedule(min(window, start + self.rng.uniform(*self.config.partition_ms)), "heal")
+        if "crash" in self.config.faults and self.config.nodes > 1:
+            for _ in range(self.config.crashes):
+                start = self.rng.uniform(0.0, window)
+                index = self.rng.randrange(self.config.nodes)
+                self._schedule(start, "crash", index)
+                self._schedule(min(window, start + self.rng.uniform(*self.config.downtime_ms)), "restart", index)
+
+    def run(self) -> SimResult:
+        config = self.config
+        for node in self.nodes:
+            self._start_node(node)
+        for op_index in range(config.ops):
+            self._schedule(self.rng.uniform(0.0, config.write_window_ms), "op", op_index)
+        self._plan_faults()
+        heal_at = config.write_window_ms
+        self._schedule(heal_at, "check", "heal")
+        converged_at: float | None = None
+        problems: list[str] = []
+        end_ms = heal_at + config.settle_ms_max
+        while self._heap:
+            at, _seq, kind, payload = heapq.heappop(self._heap)
+            if at > end_ms:
+                break
+            self.events += 1
+            if self.events > EVENTS_MAX:
+                problems.append(f"event budget of {EVENTS_MAX} exhausted at {at:.0f} ms")
+                break
+            self.now_ms = at
+            if kind == "check":
+                if payload == "heal":
+                    self._heal_everything()
+                problems = self.check()
+                if not problems:
+                    converged_at = at - heal_at
+                    break
+                self._schedule(at + config.check_interval_ms, "check")
+            else:
+                self._handle(kind, payload)
+        if converged_at is None and not problems:
+            problems = self.check() or ["event queue ran dry before the final check"]
+        final_state = self.materialized(0)
+        lost = sum(
+            1
+            for write, writer, incarnation in self.writes
+            if (writer, incarnation) in self.ever_crashed_incarnations
+            and not write.shared
+            and final_state.get(write.doc_id, {}).get(write.root, {}).get(write.key) != write.value
+        )
+        return SimResult(
+            config=config,
+            ok=converged_at is not None,
+            problems=problems if converged_at is None else [],
+            converged_after_ms=converged_at,
+            messages_sent=self.messages_sent,
+            messages_dropped=self.messages_dropped,
+            messages_duplicated=self.messages_duplicated,
+            writes=len(self.writes),
+            writes_lost_to_crashes=lost,
+            crashes=self.crashes,
+            partitions=self.partitions,
+            events=self.events,
+            final_state=final_state,
+        )
+
+    def _handle(self, kind: EventKind, payload: Any) -> None:
+        if kind == "deliver":
+            index, incarnation, frame = payload
+            node = self.nodes[index]
+            if node.replica is not None and node.incarnation == incarnation:
+                node.replica.receive(frame, self.now_ms)
+                self._pump(node)
+        elif kind == "tick":
+            index, token = payload
+            node = self.nodes[index]
+            if node.replica is not None and node.tick_token == token:
+                node.tick_at_ms = float("inf")
+                node.replica.tick(self.now_ms)
+                self._pump(node)
+        elif kind == "op":
+            self._client_op(payload)
+        elif kind == "partition" and self._groups is None:
+            self.partitions += 1
+            group_count = self.rng.randint(2, min(3, self.config.nodes))
+            self._groups = {node.index: self.rng.randrange(group_count) for node in self.nodes}
+        elif kind == "heal":
+            self._groups = None
+        elif kind == "crash":
+            node = self.nodes[payload]
+            alive = sum(1 for other in self.nodes if other.replica is not None)
+            if node.replica is not None and alive > 1:
+                self.crashes += 1
+                self.ever_crashed_incarnations.add((node.index, node.incarnation))
+                node.replica.close()
+                node.replica = None
+                node.incarnation += 1  # frames in flight to the old incarnation are discarded
+                node.subscriptions.clear()
+        elif kind == "restart":
+            node = self.nodes[payload]
+            if node.replica is None:
+                self._start_node(node)
+
+    def _client_op(self, op_index: int) -> None:
+        alive = [node for node in self.nodes if node.replica is not None]
+        if not alive:
+            return
+        node = self.rng.choice(alive)
+        assert node.replica is not None
+        doc_id = f"doc-{self.rng.randrange(self.config.docs)}"
+        doc = node.replica.open_doc(doc_id)
+        for write in self.workload.write(doc, doc_id, node.index, op_index, self.rng):
+            self.writes.append((write, node.index, node.incarnation))
+            if write.shared:
+                self.shared_values.setdefault((write.doc_id, write.root, write.key), []).append(write.value)
+        self._pump(node)
+
+    def _heal_everything(self) -> None:
+        self._groups = None
+        self._faults_on = False
+        for node in self.nodes:
+            if node.replica is None:
+                self._start_node(node)
+
+    # ------------------------------------------------------------------ invariants
+
+    def materialized(self, index: int) -> dict[str, Any]:
+        replica = self.nodes[index].replica
+        if replica is None:
+            return {}
+        return {doc_id: self.workload.materialize(replica.open_doc(doc_id)) for doc_id in replica.doc_ids()}
+
+    def check(self) -> list[str]:
+        """Invariants of DESIGN.md: convergence by canonical digest and by JSON; no lost write."""
+        problems: list[str] = []
+        replicas = [node.replica for node in self.nodes]
+        if any(replica is None for replica in replicas):
+            return ["a node is down"]
+        live = [replica for replica in replicas if replica is not None]
+        doc_sets = [tuple(replica.doc_ids()) for replica in live]
+        if len(set(doc_sets)) != 1:
+            return [f"replicas hold different doc sets: {[len(ids) for ids in doc_sets]} docs"]
+        states = [self.materialized(node.index) for node in self.nodes]
+        for doc_id in doc_sets[0]:
+            digests = {replica.doc_digest(doc_id) for replica in live}
+            if len(digests) != 1:
+                problems.append(f"{doc_id}: {len(digests)} different digests")
+            elif any(state[doc_id] != states[0][doc_id] for state in states):
+                problems.append(f"{doc_id}: equal digests but different JSON")
+        if problems:
+            return problems
+        reference = states[0]
+        for write, writer, incarnation in self.writes:
+            content = reference.get(write.doc_id, {}).get(write.root, {})
+            if write.shared:
+                key = (write.doc_id, write.root, write.key)
+                if write.key in content and content[write.key] not in self.shared_values[key]:
+                    problems.append(f"{write.doc_id}/{write.key} holds a value nobody wrote")
+            elif (writer, incarnation) not in self.ever_crashed_incarnations and content.get(write.key) != write.value:
+                problems.append(f"lost write {write.doc_id}/{write.key}={write.value!r} by n{writer}")
+        return problems
+
+
+def run_simulation(config: SimConfig, workload: Workload | None = None) -> SimResult:
+    return SimCluster(config, workload).run()
+
+
+def run_campaign(
+    configs: list[SimConfig],
+    workload_factory: Callable[[], Workload] | None = None,
+    on_result: Callable[[SimResult], None] | None = None,
+) -> list[SimResult]:
+    results = []
+    for config in configs:
+        result = run_simulation(config, workload_factory() if workload_factory else None)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results

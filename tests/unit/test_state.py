@@ -1,0 +1,209 @@
+"""State vectors and canonical digests."""
+
+from __future__ import annotations
+
+import pytest
+from pycrdt import Doc, Map, Text
+
+from crdtsync.core.state import (
+    DIGEST_BYTES,
+    STATE_VECTOR_CLIENTS_MAX,
+    StateDecodeError,
+    StateVector,
+    canonical_state,
+    covers,
+    decode_state_vector,
+    digest,
+    doc_state_vector,
+    encode_state_vector,
+    merge_into,
+    missing_count,
+)
+
+
+def _varuint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [{}, {1: 0}, {1: 1}, {7: 3, 2: 127, 5: 128}, {(1 << 53) - 1: (1 << 32) + 5, 1: 16384, 300: 2}],
+    ids=["empty", "zero-clock", "one", "unsorted", "large-values"],
+)
+def test_state_vector_encode_decode_round_trip(vector: StateVector) -> None:
+    assert decode_state_vector(encode_state_vector(vector)) == vector
+
+
+def test_encoding_is_sorted_by_client_so_insertion_order_does_not_matter() -> None:
+    one = encode_state_vector({9: 1, 3: 2, 700: 5})
+    other = encode_state_vector({700: 5, 3: 2, 9: 1})
+    assert one == other
+    assert one == _varuint(3) + _varuint(3) + _varuint(2) + _varuint(9) + _varuint(1) + _varuint(700) + _varuint(5)
+
+
+def test_decode_reads_pycrdt_state_vectors() -> None:
+    doc = Doc(client_id=77)
+    doc.get("text", type=Text).insert(0, "abc")  # three items of client 77
+    doc.get("data", type=Map)["k"] = 1  # a fourth
+    assert doc_state_vector(doc) == {77: 4}
+    assert decode_state_vector(doc.get_state()) == {77: 4}
+
+
+def test_pycrdt_accepts_our_encoding_for_get_update() -> None:
+    source = Doc(client_id=1)
+    source.get("text", type=Text).insert(0, "hello")
+    target = Doc(client_id=2)
+    target.apply_update(source.get_update(encode_state_vector({})))
+    source.get("text", type=Text).insert(5, " world")
+    target.apply_update(source.get_update(encode_state_vector(doc_state_vector(target))))
+    assert str(target.get("text", type=Text)) == "hello world"
+    assert doc_state_vector(target) == doc_state_vector(source)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x01",
+        b"\x01\x05",
+        b"\x02\x05\x01",
+        b"\x80",
+        b"\x80" * 11,
+        b"\x00\x00",
+        _varuint(STATE_VECTOR_CLIENTS_MAX + 1),
+    ],
+    ids=["empty", "count-only", "client-without-clock", "one-of-two", "open-varuint", "overlong", "trailing", "huge"],
+)
+def test_malformed_state_vector_raises_state_decode_error(data: bytes) -> None:
+    with pytest.raises(StateDecodeError):
+        decode_state_vector(data)
+
+
+@pytest.mark.parametrize(
+    ("have", "need", "expected"),
+    [
+        ({}, {}, True),
+        ({1: 3}, {}, True),
+        ({}, {1: 0}, True),
+        ({1: 3}, {1: 3}, True),
+        ({1: 4, 2: 1}, {1: 3}, True),
+        ({1: 2}, {1: 3}, False),
+        ({1: 3}, {1: 3, 2: 1}, False),
+        ({1: 3, 2: 0}, {2: 1}, False),
+        ({1: 3, 2: 5}, {1: 3, 2: 5, 3: 0}, True),
+    ],
+)
+def test_covers(have: StateVector, need: StateVector, expected: bool) -> None:
+    assert covers(have, need) is expected
+
+
+def test_merge_into_takes_the_maximum_per_client() -> None:
+    target = {1: 3, 2: 1}
+    merge_into(target, {2: 4, 3: 2, 1: 1})
+    assert target == {1: 3, 2: 4, 3: 2}
+
+
+def test_missing_count_counts_items_lacking_per_client() -> None:
+    assert missing_count({1: 3, 2: 1}, {1: 5, 2: 1, 3: 2}) == 4
+    assert missing_count({1: 9}, {1: 5}) == 0
+
+
+# ---------------------------------------------------------------------------------------------- digests
+
+
+def _writer(client_id: int) -> Doc:
+    return Doc(client_id=client_id)
+
+
+def _concurrent_updates() -> list[bytes]:
+    """Full updates of three writers that edited the same Map keys and Text concurrently."""
+    a, b, c = _writer(101), _writer(202), _writer(303)
+    for doc, name in ((a, "a"), (b, "b"), (c, "c")):
+        doc.get("data", type=Map)["shared"] = name
+        doc.get("data", type=Map)[f"own-{name}"] = len(name)
+        doc.get("text", type=Text).insert(0, f"<{name}>")
+    # Let a and b see each other, then edit on top of what they saw.
+    a.apply_update(b.get_update(a.get_state()))
+    b.apply_update(a.get_update(b.get_state()))
+    del a.get("data", type=Map)["own-b"]
+    b.get("text", type=Text).insert(2, "xyz")
+    del c.get("text", type=Text)[0:2]
+    return [a.get_update(), b.get_update(), c.get_update()]
+
+
+def _doc_from(updates: list[bytes], client_id: int = 999) -> Doc:
+    doc = Doc(client_id=client_id)
+    for update in updates:
+        doc.apply_update(update)
+    return doc
+
+
+def _json(doc: Doc) -> tuple[dict[str, object], str]:
+    return doc.get("data", type=Map).to_py() or {}, str(doc.get("text", type=Text))
+
+
+def test_digest_is_equal_for_docs_that_received_the_same_updates_in_different_orders() -> None:
+    a_up, b_up, c_up = _concurrent_updates()
+    orders = [[a_up, b_up, c_up], [c_up, b_up, a_up], [b_up, c_up, a_up], [c_up, a_up, b_up]]
+    docs = [_doc_from(order, client_id=900 + i) for i, order in enumerate(orders)]
+    reference = docs[0]
+    for doc in docs[1:]:
+        assert _json(doc) == _json(reference)
+        assert digest(doc) == digest(reference)
+    assert len(digest(reference)) == DIGEST_BYTES
+
+
+def test_digest_differs_when_the_items_differ() -> None:
+    a_up, b_up, c_up = _concurrent_updates()
+    assert digest(_doc_from([a_up, b_up])) != digest(_doc_from([a_up, b_up, c_up]))
+
+
+def test_digest_differs_when_only_a_deletion_is_missing() -> None:
+    writer = _writer(5)
+    writer.get("text", type=Text).insert(0, "hello")
+    writer.get("data", type=Map)["k"] = 1
+    before_delete = writer.get_update()
+    del writer.get("text", type=Text)[1:3]
+
+    behind = _doc_from([before_delete])
+    ahead = _doc_from([writer.get_update()])
+    assert doc_state_vector(behind) == doc_state_vector(ahead), "a deletion must not change the state vector"
+    assert str(ahead.get("text", type=Text)) != str(behind.get("text", type=Text))
+    assert digest(behind) != digest(ahead)
+
+    behind.apply_update(writer.get_update(behind.get_state()))
+    assert digest(behind) == digest(ahead)
+
+
+def test_digest_differs_when_only_a_map_key_deletion_is_missing() -> None:
+    writer = _writer(6)
+    writer.get("data", type=Map)["k"] = 1
+    writer.get("data", type=Map)["j"] = 2
+    behind = _doc_from([writer.get_update()])
+    del writer.get("data", type=Map)["k"]
+    ahead = _doc_from([writer.get_update()])
+    assert doc_state_vector(behind) == doc_state_vector(ahead)
+    assert digest(behind) != digest(ahead)
+
+
+def test_digest_does_not_depend_on_the_byte_order_of_get_state() -> None:
+    writers = [_writer(client) for client in (1, 2, 3, 1000, 5_000_000, 1 << 40, 77, 123456789)]
+    updates = []
+    for doc in writers:
+        doc.get("data", type=Map)[f"k{doc.client_id}"] = doc.client_id
+        updates.append(doc.get_update())
+    # Equal docs whose own (non-writing) client ids differ: pycrdt's hash-map order makes get_state differ.
+    docs = [_doc_from(updates[i:] + updates[:i], client_id=10_000 + 37 * i) for i in range(len(updates))]
+    docs += [_doc_from(list(reversed(updates)), client_id=(1 << 50) + i) for i in range(4)]
+    assert len({doc.get_state() for doc in docs}) > 1, "precondition: get_state byte order must vary"
+    assert len({canonical_state(doc) for doc in docs}) == 1
+    assert len({digest(doc) for doc in docs}) == 1
+
+
+def test_digest_of_an_empty_doc_ignores_its_client_id() -> None:
+    assert digest(Doc(client_id=1)) == digest(Doc(client_id=2))

@@ -1,0 +1,256 @@
+"""The envelope codec: round trips, compression policy and every validation error path."""
+
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+from typing import Any
+
+import lz4.block
+import msgpack
+import pytest
+
+from crdtsync.core import wire
+from crdtsync.core.wire import MessageKind, WireError
+
+NODE = "node-a"
+
+
+def _delta(doc_id: str, update: bytes) -> wire.Delta:
+    return wire.Delta(doc_id, b"\x01\x0b\x00", b"\x01\x0b\x01", update)
+
+
+ONE_OF_EACH_KIND: list[wire.Message] = [
+    wire.Hello(NODE, 17, "tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001", 42),
+    wire.HelloAck(NODE, 18, "tcp://127.0.0.1:5002", "tcp://127.0.0.1:5003", 0),
+    wire.Deltas(NODE, 3, 7, (_delta("doc-1", b"\x01\x02"), _delta("doc-2", b"\x03"), _delta("doc-1", b""))),
+    wire.Heartbeat(NODE, 3, 99),
+    wire.RetransmitRequest(NODE, 3, 5, 9),
+    wire.RetransmitGone(NODE, 3, 12),
+    wire.SyncRequest(NODE, "doc-1", b"\x01\x0b\x02"),
+    wire.SyncResponse(NODE, "doc-1", b"\x00\x00", b"\x00"),
+    wire.SyncPush(NODE, "doc-ü", b"\x01\x02\x03"),
+    wire.DigestsRequest(NODE, "doc-0", 256),
+    wire.DigestsPage(NODE, "", (("doc-1", b"\x11" * 16), ("doc-2", b"\x22" * 16)), True),
+    wire.DigestsPage(NODE, "doc-9", (), False),
+]
+
+
+def _frame(
+    kind: int,
+    body: bytes,
+    *,
+    flags: int = 0,
+    magic: bytes = wire.MAGIC,
+    version: int = wire.WIRE_VERSION,
+    length: int | None = None,
+    checksum: int | None = None,
+) -> bytes:
+    """An envelope built by hand from the documented layout, so that any header field can be wrong."""
+    header = struct.pack(
+        "!2sBBBII",
+        magic,
+        version,
+        kind,
+        flags,
+        len(body) if length is None else length,
+        zlib.crc32(body) if checksum is None else checksum,
+    )
+    return header + body
+
+
+def _packed(fields: Any) -> bytes:
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
+
+
+def _frame_of(kind: MessageKind, fields: list[Any]) -> bytes:
+    return _frame(kind, _packed(fields))
+
+
+def _reason(frame: bytes) -> str:
+    with pytest.raises(WireError) as caught:
+        wire.decode(frame)
+    return caught.value.reason
+
+
+def _kind_of(message: wire.Message) -> MessageKind:
+    return MessageKind(wire.encode(message)[3])
+
+
+def test_every_message_kind_round_trips() -> None:
+    kinds = {_kind_of(message) for message in ONE_OF_EACH_KIND}
+    assert kinds == set(MessageKind), "the sample must cover every message kind"
+    for message in ONE_OF_EACH_KIND:
+        assert wire.decode(wire.encode(message)) == message
+
+
+def test_encoded_header_follows_the_documented_layout() -> None:
+    message = wire.Heartbeat(NODE, 3, 99)
+    frame = wire.encode(message)
+    magic, version, kind, flags, length, checksum = struct.unpack_from("!2sBBBII", frame)
+    body = frame[wire.HEADER_BYTES :]
+    assert (magic, version, kind, flags) == (b"CS", 1, MessageKind.HEARTBEAT, 0)
+    assert length == len(body)
+    assert checksum == zlib.crc32(body)
+    assert msgpack.unpackb(body) == [NODE, 3, 99]
+
+
+def test_digests_request_limit_is_clamped_to_the_page_maximum() -> None:
+    frame = _frame_of(MessageKind.DIGESTS_REQUEST, [NODE, "", wire.ENTRIES_PER_PAGE_MAX * 10])
+    decoded = wire.decode(frame)
+    assert decoded == wire.DigestsRequest(NODE, "", wire.ENTRIES_PER_PAGE_MAX)
+
+
+# ---------------------------------------------------------------------------------------------- compression
+
+
+def _deltas_body(message: wire.Deltas) -> bytes:
+    fields: list[Any] = [message.node_id, message.epoch, message.first_seq]
+    for d in message.deltas:
+        fields += [d.doc_id, d.before_state, d.after_state, d.update]
+    return _packed(fields)
+
+
+def test_small_body_is_sent_uncompressed() -> None:
+    message = wire.Deltas(NODE, 1, 1, (_delta("doc", b"\x00" * 50),))
+    frame = wire.encode(message)
+    assert frame[4] & wire.FLAG_LZ4 == 0
+    assert frame[wire.HEADER_BYTES :] == _deltas_body(message)
+
+
+def test_compressible_batch_is_compressed_and_decompresses_to_the_same_body() -> None:
+    message = wire.Deltas(NODE, 1, 1, tuple(_delta(f"doc-{i % 3}", b"update-bytes" * 4) for i in range(20)))
+    plain_body = _deltas_body(message)
+    frame = wire.encode(message)
+    sent_body = frame[wire.HEADER_BYTES :]
+    assert frame[4] & wire.FLAG_LZ4
+    assert len(sent_body) < len(plain_body)
+    assert lz4.block.decompress(sent_body) == plain_body
+    assert wire.decode(frame) == message
+
+
+def test_incompressible_body_is_sent_uncompressed() -> None:
+    rng = random.Random(1234)
+    noise = bytes(rng.randrange(256) for _ in range(2000))
+    message = wire.SyncPush(NODE, "doc", noise)
+    plain_body = _packed([NODE, "doc", noise])
+    assert len(lz4.block.compress(plain_body, store_size=True)) >= len(plain_body), "precondition"
+    frame = wire.encode(message)
+    assert frame[4] & wire.FLAG_LZ4 == 0
+    assert frame[wire.HEADER_BYTES :] == plain_body
+    assert wire.decode(frame) == message
+
+
+def test_encoding_a_frame_larger_than_the_maximum_fails() -> None:
+    noise = random.Random(99).randbytes(wire.FRAME_BYTES_MAX)
+    with pytest.raises(WireError) as caught:
+        wire.encode(wire.SyncPush(NODE, "doc", noise))
+    assert caught.value.reason == "too_large"
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+_HEARTBEAT_BODY = _packed([NODE, 1, 2])
+_VALID = _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY)
+
+
+def _lz4_frame(kind: MessageKind, compressed: bytes) -> bytes:
+    return _frame(kind, compressed, flags=wire.FLAG_LZ4)
+
+
+def _too_many_deltas() -> bytes:
+    fields: list[Any] = [NODE, 1, 1]
+    for _ in range(wire.DELTAS_PER_BATCH_MAX + 1):
+        fields += ["d", b"", b"", b""]
+    return _frame_of(MessageKind.DELTAS, fields)
+
+
+def _too_many_digest_entries() -> bytes:
+    fields: list[Any] = [NODE, "", True]
+    for i in range(wire.ENTRIES_PER_PAGE_MAX + 1):
+        fields += [f"d{i}", b"x"]
+    return _frame_of(MessageKind.DIGESTS_PAGE, fields)
+
+
+INVALID_FRAMES: list[tuple[str, bytes, str]] = [
+    ("empty", b"", "truncated"),
+    ("shorter-than-header", _VALID[: wire.HEADER_BYTES - 1], "truncated"),
+    ("bad-magic", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, magic=b"XS"), "bad_magic"),
+    ("bad-version-0", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, version=0), "bad_version"),
+    ("bad-version-2", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, version=2), "bad_version"),
+    ("kind-0", _frame(0, _HEARTBEAT_BODY), "bad_kind"),
+    ("kind-past-last", _frame(max(MessageKind) + 1, _HEARTBEAT_BODY), "bad_kind"),
+    ("kind-255", _frame(255, _HEARTBEAT_BODY), "bad_kind"),
+    ("flag-bit-1", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, flags=0x02), "bad_flags"),
+    ("flag-bit-7-with-lz4", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, flags=0x81), "bad_flags"),
+    ("length-too-large", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, length=len(_HEARTBEAT_BODY) + 1), "bad_length"),
+    ("length-too-small", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, length=len(_HEARTBEAT_BODY) - 1), "bad_length"),
+    ("body-cut-short", _VALID[:-1], "bad_length"),
+    ("bad-checksum", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, checksum=zlib.crc32(_HEARTBEAT_BODY) ^ 1), "bad_checksum"),
+    ("body-not-msgpack", _frame(MessageKind.HEARTBEAT, b"\xc1"), "bad_body"),
+    ("body-truncated-msgpack", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY[:-1]), "bad_body"),
+    ("body-trailing-bytes", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY + b"\x01"), "bad_body"),
+    ("body-empty", _frame(MessageKind.HEARTBEAT, b""), "bad_body"),
+    ("body-not-an-array", _frame(MessageKind.HEARTBEAT, _packed(7)), "bad_body"),
+    ("body-contains-a-map", _frame_of(MessageKind.HEARTBEAT, [NODE, {"a": 1}, 2]), "bad_body"),
+    ("node-id-not-a-string", _frame_of(MessageKind.HEARTBEAT, [b"node", 1, 2]), "bad_body"),
+    ("node-id-empty", _frame_of(MessageKind.HEARTBEAT, ["", 1, 2]), "bad_body"),
+    ("node-id-too-long", _frame_of(MessageKind.HEARTBEAT, ["n" * (wire.NODE_ID_BYTES_MAX + 1), 1, 2]), "bad_body"),
+    ("node-id-too-many-utf8-bytes", _frame_of(MessageKind.HEARTBEAT, ["é" * 40, 1, 2]), "bad_body"),
+    ("epoch-a-string", _frame_of(MessageKind.HEARTBEAT, [NODE, "1", 2]), "bad_body"),
+    ("epoch-negative", _frame_of(MessageKind.HEARTBEAT, [NODE, -1, 2]), "bad_body"),
+    ("epoch-a-bool", _frame_of(MessageKind.HEARTBEAT, [NODE, True, 2]), "bad_body"),
+    ("epoch-a-float", _frame_of(MessageKind.HEARTBEAT, [NODE, 1.0, 2]), "bad_body"),
+    ("seq-2-to-the-63", _frame_of(MessageKind.HEARTBEAT, [NODE, 1, 1 << 63]), "bad_body"),
+    ("too-few-fields", _frame_of(MessageKind.HEARTBEAT, [NODE, 1]), "bad_body"),
+    ("extra-field", _frame_of(MessageKind.HEARTBEAT, [NODE, 1, 2, 3]), "bad_body"),
+    ("hello-extra-field", _frame_of(MessageKind.HELLO, [NODE, 1, "tcp://a:1", "tcp://a:2", 0, 0]), "bad_body"),
+    ("sync-state-not-bytes", _frame_of(MessageKind.SYNC_REQUEST, [NODE, "doc", "state"]), "bad_body"),
+    ("sync-doc-id-too-long", _frame_of(MessageKind.SYNC_PUSH, [NODE, "d" * (wire.DOC_ID_BYTES_MAX + 1), b""]), "bad_body"),
+    ("deltas-none", _frame_of(MessageKind.DELTAS, [NODE, 1, 1]), "bad_body"),
+    ("deltas-partial", _frame_of(MessageKind.DELTAS, [NODE, 1, 1, "doc", b"", b""]), "bad_body"),
+    ("deltas-update-not-bytes", _frame_of(MessageKind.DELTAS, [NODE, 1, 1, "doc", b"", b"", "x"]), "bad_body"),
+    ("deltas-doc-id-not-a-string", _frame_of(MessageKind.DELTAS, [NODE, 1, 1, 5, b"", b"", b""]), "bad_body"),
+    ("retransmit-empty-range", _frame_of(MessageKind.RETRANSMIT_REQUEST, [NODE, 1, 5, 4]), "bad_body"),
+    ("digests-complete-not-bool", _frame_of(MessageKind.DIGESTS_PAGE, [NODE, "", 1]), "bad_body"),
+    ("digests-odd-entries", _frame_of(MessageKind.DIGESTS_PAGE, [NODE, "", True, "doc"]), "bad_body"),
+    ("digests-digest-not-bytes", _frame_of(MessageKind.DIGESTS_PAGE, [NODE, "", True, "doc", "x"]), "bad_body"),
+    ("too-many-deltas", _too_many_deltas(), "too_large"),
+    ("too-many-digest-entries", _too_many_digest_entries(), "too_large"),
+    (
+        "lz4-declares-oversized-body",
+        _lz4_frame(MessageKind.HEARTBEAT, (wire.BODY_BYTES_MAX + 1).to_bytes(4, "little") + b"\x00" * 8),
+        "too_large",
+    ),
+    ("lz4-shorter-than-size-prefix", _lz4_frame(MessageKind.HEARTBEAT, b"\x05\x00"), "bad_compression"),
+    ("lz4-garbage-block", _lz4_frame(MessageKind.HEARTBEAT, b"\x40\x00\x00\x00" + b"\xff" * 12), "bad_compression"),
+    (
+        "lz4-valid-block-of-garbage",
+        _lz4_frame(MessageKind.HEARTBEAT, lz4.block.compress(b"\xc1" * 300, store_size=True)),
+        "bad_body",
+    ),
+    ("frame-larger-than-maximum", _frame(MessageKind.HEARTBEAT, b"\x00" * wire.FRAME_BYTES_MAX), "too_large"),
+]
+
+
+@pytest.mark.parametrize(("frame", "reason"), [(f, r) for _, f, r in INVALID_FRAMES], ids=[n for n, _, _ in INVALID_FRAMES])
+def test_invalid_frame_raises_wire_error_with_its_reason(frame: bytes, reason: str) -> None:
+    assert _reason(frame) == reason
+
+
+def test_valid_hand_built_frame_decodes() -> None:
+    # The hand-built frames above differ from this one in exactly one field, so each invalid case fails
+    # for the reason it names.
+    assert wire.decode(_VALID) == wire.Heartbeat(NODE, 1, 2)
+
+
+def test_wire_error_is_a_value_error_carrying_reason_and_detail() -> None:
+    with pytest.raises(ValueError) as caught:
+        wire.decode(b"")
+    error = caught.value
+    assert isinstance(error, WireError)
+    assert error.reason == "truncated"
+    assert error.detail
+    assert str(error).startswith("truncated: ")
