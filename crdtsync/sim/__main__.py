@@ -30,7 +30,9 @@ def _faults(text: str) -> frozenset[str]:
     chosen = frozenset(part.strip() for part in text.split(",") if part.strip())
     unknown = chosen - set(FAULTS)
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown fault(s) {', '.join(sorted(unknown))}; choose from {', '.join(FAULTS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown fault(s) {', '.join(sorted(unknown))}; choose from {', '.join(FAULTS)}"
+        )
     return chosen
 
 
@@ -46,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=int, help="run one simulation with this seed (default 1)")
-    seeds.add_argument("--seeds", type=_seed_range, metavar="A..B", help="run a campaign over seeds A to B inclusive")
+    seeds.add_argument(
+        "--seeds", type=_seed_range, metavar="A..B", help="run a campaign over seeds A to B inclusive"
+    )
     parser.add_argument("--nodes", type=int, default=5, help="cluster size (default 5)")
     parser.add_argument("--docs", type=int, default=4, help="number of documents written (default 4)")
     parser.add_argument("--ops", type=int, default=300, help="client operations per run (default 300)")
@@ -56,9 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=frozenset(),
         help=f"comma-separated faults from {','.join(FAULTS)}, or 'all' or 'none' (default none)",
     )
-    parser.add_argument("--loss-rate", type=float, default=0.10, help="message loss probability with 'loss' (default 0.10)")
-    parser.add_argument("--window-ms", type=float, default=5_000.0, help="simulated time over which ops are spread")
-    parser.add_argument("--verbose", action="store_true", help="print a verdict line for every seed of a campaign")
+    parser.add_argument(
+        "--loss-rate", type=float, default=0.10, help="message loss probability with 'loss' (default 0.10)"
+    )
+    parser.add_argument(
+        "--window-ms", type=float, default=5_000.0, help="simulated time over which ops are spread"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="print a verdict line for every seed of a campaign"
+    )
     return parser
 
 
@@ -96,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             filled = width * done // len(seeds)
             sys.stderr.write(
                 f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{len(seeds)} seeds, "
-                f"{len(failures)} failed, {time.monotonic() - started:.1f} s" + ("" if sys.stderr.isatty() else "\n")
+                f"{len(failures)} failed, {time.monotonic() - started:.1f} s"
+                + ("" if sys.stderr.isatty() else "\n")
             )
             sys.stderr.flush()
     if campaign:

@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 from crdtsync.core.effects import Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.replica import Replica, ReplicaConfig
-from crdtsync.core.state import digest
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
 
 FAULTS = ("loss", "dup", "reorder", "delay", "partition", "crash")
@@ -227,7 +226,9 @@ class SimCluster:
                 start = self.rng.uniform(0.0, window)
                 index = self.rng.randrange(self.config.nodes)
                 self._schedule(start, "crash", index)
-                self._schedule(min(window, start + self.rng.uniform(*self.config.downtime_ms)), "restart", index)
+                self._schedule(
+                    min(window, start + self.rng.uniform(*self.config.downtime_ms)), "restart", index
+                )
 
     def run(self) -> SimResult:
         config = self.config
@@ -378,7 +379,9 @@ class SimCluster:
                 key = (write.doc_id, write.root, write.key)
                 if write.key in content and content[write.key] not in self.shared_values[key]:
                     problems.append(f"{write.doc_id}/{write.key} holds a value nobody wrote")
-            elif (writer, incarnation) not in self.ever_crashed_incarnations and content.get(write.key) != write.value:
+            elif (writer, incarnation) not in self.ever_crashed_incarnations and content.get(
+                write.key
+            ) != write.value:
                 problems.append(f"lost write {write.doc_id}/{write.key}={write.value!r} by n{writer}")
         return problems
 

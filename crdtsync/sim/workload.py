@@ -28,7 +28,9 @@ class Write:
 
 
 class Workload(Protocol):
-    def write(self, doc: Doc[Any], doc_id: str, node_index: int, op_index: int, rng: random.Random) -> list[Write]:
+    def write(
+        self, doc: Doc[Any], doc_id: str, node_index: int, op_index: int, rng: random.Random
+    ) -> list[Write]:
         """Apply one client operation to `doc` (plain pycrdt writes) and return what it promised."""
         ...
 
@@ -43,7 +45,9 @@ class MapTextWorkload:
 
     shared_keys = 5
 
-    def write(self, doc: Doc[Any], doc_id: str, node_index: int, op_index: int, rng: random.Random) -> list[Write]:
+    def write(
+        self, doc: Doc[Any], doc_id: str, node_index: int, op_index: int, rng: random.Random
+    ) -> list[Write]:
         data = doc.get("data", type=Map)
         text = doc.get("text", type=Text)
         roll = rng.random()
