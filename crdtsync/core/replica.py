@@ -82,7 +82,9 @@ class ReplicaConfig:
 class _DocEntry:
     doc: Doc[Any]
     subscription: Subscription
-    state: StateVector
+    state_bytes: bytes = b"\x00"
+    """The doc's encoded state vector after its last transaction; decoded only when needed."""
+    decoded: StateVector | None = None
     digest: bytes | None = None
     pending: list[_PendingDelta] = field(default_factory=list)
     next_pull_ms: float = 0.0
@@ -153,6 +155,12 @@ class ReplicaStatus:
     pending_deltas: int
     peers: tuple[PeerStatus, ...]
     counters: dict[str, int]
+
+
+def _state(entry: _DocEntry) -> StateVector:
+    if entry.decoded is None:
+        entry.decoded = decode_state_vector(entry.state_bytes)
+    return entry.decoded
 
 
 class Replica:
@@ -344,7 +352,7 @@ class Replica:
         if len(self._docs) >= self.config.docs_max:
             raise RuntimeError(f"docs_max ({self.config.docs_max}) reached")
         doc: Doc[Any] = Doc(client_id=self.client_id)
-        placeholder = _DocEntry(doc=doc, subscription=None, state={})  # type: ignore[arg-type]
+        placeholder = _DocEntry(doc=doc, subscription=None)  # type: ignore[arg-type]
         placeholder.subscription = doc.observe(lambda event: self._on_transaction(doc_id, placeholder, event))
         self._docs[doc_id] = placeholder
         return placeholder
@@ -355,7 +363,8 @@ class Replica:
         after: bytes = event.after_state  # type: ignore[attr-defined]
         if update == _EMPTY_UPDATE:
             return
-        entry.state = decode_state_vector(after)
+        entry.state_bytes = after
+        entry.decoded = None
         entry.digest = None
         self._persist.append((doc_id, update))
         if event.transaction.origin() == REMOTE_ORIGIN:  # type: ignore[attr-defined]
@@ -609,6 +618,10 @@ class Replica:
 
     def _buffer_deltas(self, deltas: list[wire.Delta], publisher: str) -> None:
         touched: dict[str, _DocEntry] = {}
+        # A publisher's consecutive deltas of one doc chain: each before_state is the previous
+        # after_state, so remembering the last decoded vector halves the decoding work.
+        last_bytes: bytes = b""
+        last_vector: StateVector = {}
         for delta in deltas:
             if len(delta.update) > self.config.update_bytes_max:
                 self._count("updates_dropped_too_large")
@@ -632,8 +645,9 @@ class Replica:
                     entry.next_pull_ms = self._now_ms + self.config.causal_wait_ms
                     self._pull(publisher, delta.doc_id, entry)
                 continue
-            before = decode_state_vector(delta.before_state)
+            before = last_vector if delta.before_state == last_bytes else decode_state_vector(delta.before_state)
             after = decode_state_vector(delta.after_state)
+            last_bytes, last_vector = delta.after_state, after
             entry.pending.append(_PendingDelta(delta, before, after, publisher, self._now_ms))
             self._pending_total += 1
             self._pending_bytes += len(delta.update)
@@ -643,7 +657,7 @@ class Replica:
     def _drain(self, doc_id: str, entry: _DocEntry) -> None:
         """Apply every pending delta whose dependencies are covered, merging runs into one apply."""
         while entry.pending:
-            virtual = dict(entry.state)
+            virtual = dict(_state(entry))
             ready: list[bytes] = []
             waiting: list[_PendingDelta] = []
             for pending in entry.pending:
@@ -673,7 +687,7 @@ class Replica:
 
     def _pull(self, node_id: str, doc_id: str, entry: _DocEntry) -> None:
         self._count("syncs_requested")
-        self._send_to_node(node_id, wire.SyncRequest(self.node_id, doc_id, encode_state_vector(entry.state)))
+        self._send_to_node(node_id, wire.SyncRequest(self.node_id, doc_id, entry.state_bytes))
 
     # ------------------------------------------------------------------ retransmission
 
@@ -748,7 +762,7 @@ class Replica:
                 self._count("syncs_rejected")
                 log.warning("sync request for %r from %s rejected: %s", message.doc_id, message.node_id, exc)
                 return
-            reply = wire.SyncResponse(self.node_id, message.doc_id, update, encode_state_vector(entry.state))
+            reply = wire.SyncResponse(self.node_id, message.doc_id, update, entry.state_bytes)
         self._send_to_node(message.node_id, reply)
 
     def _on_sync_update(self, doc_id: str, update: bytes, node_id: str) -> None:
@@ -820,7 +834,7 @@ class Replica:
             entry = self._docs.get(doc_id)
             if entry is not None and self.doc_digest(doc_id) == remote_digest:
                 continue
-            state = encode_state_vector(entry.state) if entry is not None else _EMPTY_STATE
+            state = entry.state_bytes if entry is not None else _EMPTY_STATE
             self._count("syncs_requested")
             self._send(link.address, wire.SyncRequest(self.node_id, doc_id, state))
         if message.complete or not message.entries:
