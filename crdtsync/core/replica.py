@@ -128,6 +128,7 @@ class _PeerLink:
     state: PeerState = "connecting"
     last_heard_ms: float | None = None
     next_hello_ms: float = 0.0
+    hello_backoff_ms: float = 0.0
     resync: _Resync | None = None
     resyncs_completed: int = 0
 
@@ -209,6 +210,7 @@ class Replica:
         self._periodic_resync_turn = 0
         self._wakeup: Callable[[], None] | None = None
         self._wakeup_armed = False
+        self._warned_ms: dict[str, float] = {}
 
     # ------------------------------------------------------------------ driver interface
 
@@ -270,6 +272,7 @@ class Replica:
                 link.last_heard_ms is None or now_ms - link.last_heard_ms > config.peer_timeout_ms
             ):
                 link.state = "down"
+                link.hello_backoff_ms = 0.0
                 self._count("peer_down")
                 log.info(
                     "peer %s (%s) is down: silent for %.0f ms",
@@ -278,7 +281,11 @@ class Replica:
                     config.peer_timeout_ms,
                 )
             if link.state != "up" and now_ms >= link.next_hello_ms:
-                link.next_hello_ms = now_ms + config.hello_interval_ms
+                # Back off from a quick first retry (peers often start together) to the interval.
+                link.hello_backoff_ms = min(
+                    config.hello_interval_ms, max(config.tick_interval_ms, link.hello_backoff_ms * 2)
+                )
+                link.next_hello_ms = now_ms + link.hello_backoff_ms
                 self._send(link.address, self._hello(wire.Hello))
             if link.resync is not None and now_ms >= link.resync.deadline_ms:
                 self._count("resync_retries")
@@ -321,6 +328,11 @@ class Replica:
                 break
             out.append(key)
         return out
+
+    def doc_is_empty(self, doc_id: str) -> bool:
+        """True for a doc that was opened but never received or made a change (peers don't know it)."""
+        entry: _DocEntry = self._docs[doc_id]
+        return entry.state_bytes == _EMPTY_STATE
 
     def doc_digest(self, doc_id: str) -> bytes:
         entry: _DocEntry = self._docs[doc_id]
@@ -398,7 +410,7 @@ class Replica:
             raise
         except BaseException as exc:  # pycrdt raises PanicException, a BaseException, on some bad input
             self._count("updates_rejected")
-            log.warning("rejected a %s update of %d bytes: %s", reason, len(update), exc)
+            self._warn("update_rejected", "rejected a %s update of %d bytes: %s", reason, len(update), exc)
             return False
         return True
 
@@ -437,7 +449,7 @@ class Replica:
             frame = wire.encode(message)
         except wire.WireError as exc:
             self._count("send_too_large")
-            log.warning("not sending %s to %s: %s", type(message).__name__, address, exc)
+            self._warn("send_too_large", "not sending %s to %s: %s", type(message).__name__, address, exc)
             return
         self._count("frames_sent")
         self._count("bytes_sent", len(frame))
@@ -461,7 +473,7 @@ class Replica:
             message = wire.decode(frame)
         except wire.WireError as exc:
             self._count(f"wire_errors_{exc.reason}")
-            log.warning("dropped a malformed frame of %d bytes: %s", len(frame), exc)
+            self._warn(exc.reason, "dropped a malformed frame of %d bytes: %s", len(frame), exc)
             return
         if message.node_id == self.node_id:
             self._count("own_frames_dropped")
@@ -632,7 +644,7 @@ class Replica:
                     entry = self._entry(delta.doc_id, create=True)
                 except (ValueError, RuntimeError) as exc:
                     self._count("deltas_dropped_doc")
-                    log.warning("dropped a delta for doc %r: %s", delta.doc_id, exc)
+                    self._warn("bad_doc", "dropped a delta for doc %r: %s", delta.doc_id, exc)
                     continue
                 touched[delta.doc_id] = entry
             if (
@@ -645,7 +657,9 @@ class Replica:
                     entry.next_pull_ms = self._now_ms + self.config.causal_wait_ms
                     self._pull(publisher, delta.doc_id, entry)
                 continue
-            before = last_vector if delta.before_state == last_bytes else decode_state_vector(delta.before_state)
+            before = (
+                last_vector if delta.before_state == last_bytes else decode_state_vector(delta.before_state)
+            )
             after = decode_state_vector(delta.after_state)
             last_bytes, last_vector = delta.after_state, after
             entry.pending.append(_PendingDelta(delta, before, after, publisher, self._now_ms))
@@ -760,7 +774,13 @@ class Replica:
                 raise
             except BaseException as exc:
                 self._count("syncs_rejected")
-                log.warning("sync request for %r from %s rejected: %s", message.doc_id, message.node_id, exc)
+                self._warn(
+                    "sync_rejected",
+                    "sync request for %r from %s rejected: %s",
+                    message.doc_id,
+                    message.node_id,
+                    exc,
+                )
                 return
             reply = wire.SyncResponse(self.node_id, message.doc_id, update, entry.state_bytes)
         self._send_to_node(message.node_id, reply)
@@ -772,7 +792,7 @@ class Replica:
             entry = self._entry(doc_id, create=True)
         except (ValueError, RuntimeError) as exc:
             self._count("syncs_dropped_doc")
-            log.warning("dropped a sync update for doc %r from %s: %s", doc_id, node_id, exc)
+            self._warn("bad_doc", "dropped a sync update for doc %r from %s: %s", doc_id, node_id, exc)
             return
         # Safe to apply at once: it was computed against a state vector this node already covers.
         if self._apply(entry, update, "sync"):
@@ -846,6 +866,15 @@ class Replica:
             self._request_digests(link)
 
     # ------------------------------------------------------------------ status
+
+    def _warn(self, reason: str, message: str, *args: object) -> None:
+        """Log at most one warning per reason per second: hostile input must not flood the log."""
+        last = self._warned_ms.get(reason)
+        if last is not None and self._now_ms - last < 1000.0:
+            self._count("warnings_suppressed")
+            return
+        self._warned_ms[reason] = self._now_ms
+        log.warning(message, *args)
 
     def _count(self, name: str, amount: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + amount

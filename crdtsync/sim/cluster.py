@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pycrdt import Doc
+
 from crdtsync.core.effects import Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
@@ -61,7 +63,7 @@ class SimConfig:
         faults = ",".join(sorted(self.faults)) or "none"
         return (
             f"python -m crdtsync.sim --seed {self.seed} --nodes {self.nodes} --docs {self.docs} "
-            f"--ops {self.ops} --faults {faults}"
+            f"--ops {self.ops} --faults {faults} --loss-rate {self.loss_rate} --window-ms {self.write_window_ms:g}"
         )
 
 
@@ -360,10 +362,12 @@ class SimCluster:
         if any(replica is None for replica in replicas):
             return ["a node is down"]
         live = [replica for replica in replicas if replica is not None]
-        doc_sets = [tuple(replica.doc_ids()) for replica in live]
+        # A doc opened but never written exists only locally; peers learn of docs through changes.
+        doc_sets = [tuple(d for d in replica.doc_ids() if not replica.doc_is_empty(d)) for replica in live]
         if len(set(doc_sets)) != 1:
             return [f"replicas hold different doc sets: {[len(ids) for ids in doc_sets]} docs"]
         states = [self.materialized(node.index) for node in self.nodes]
+        empty = self.workload.materialize(Doc())
         for doc_id in doc_sets[0]:
             digests = {replica.doc_digest(doc_id) for replica in live}
             if len(digests) != 1:
@@ -373,6 +377,10 @@ class SimCluster:
         if problems:
             return problems
         reference = states[0]
+        for state in states:
+            for doc_id in set(state) - set(doc_sets[0]):
+                if state[doc_id] != empty:
+                    problems.append(f"{doc_id}: has content but an empty state vector")
         for write, writer, incarnation in self.writes:
             content = reference.get(write.doc_id, {}).get(write.root, {})
             if write.shared:
