@@ -689,15 +689,30 @@ class Replica:
             )
             entry.pending = waiting
             if ready:
-                update = ready[0] if len(ready) == 1 else merge_updates(*ready)
-                if self._apply(entry, update, "delta"):
-                    self._count("deltas_applied", len(ready))
+                self._apply_run(entry, ready)
             if not ready or not waiting:
                 break
         if entry.pending:
             self._pending_docs[doc_id] = None
         else:
             self._pending_docs.pop(doc_id, None)
+
+    def _apply_run(self, entry: _DocEntry, updates: list[bytes]) -> None:
+        """Apply causally ready updates, merged into one apply (several times faster) when they merge."""
+        if len(updates) > 1:
+            try:
+                merged = merge_updates(*updates)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:  # one of them is malformed: apply them one by one, each isolated
+                self._count("merge_failures")
+            else:
+                if self._apply(entry, merged, "delta"):
+                    self._count("deltas_applied", len(updates))
+                    return
+        for update in updates:
+            if self._apply(entry, update, "delta"):
+                self._count("deltas_applied")
 
     def _pull(self, node_id: str, doc_id: str, entry: _DocEntry) -> None:
         self._count("syncs_requested")

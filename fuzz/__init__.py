@@ -1,0 +1,1 @@
+"""Fuzz targets: `python -m fuzz.<target> --help`."""
