@@ -1,0 +1,119 @@
+"""A Tictac-style Merkle tree over doc_id -> canonical digest.
+
+The tree has a fixed shape: `segments` leaves-buckets grouped under `branches` branches under one
+root. A doc lives in the segment chosen by the hash of its id. Every hash is the XOR of the 128-bit
+leaf hashes `H(doc_id, digest)` below it, so adding, removing or changing one doc updates its
+segment, its branch and the root in O(1), and the tree can be built from stored digests without
+loading any doc. Two trees of the same shape have equal roots iff they hold the same (doc_id,
+digest) pairs (up to a 2^-128 chance of XOR cancellation).
+
+Comparison walks down only where hashes differ: roots, then the branch hashes, then the segment
+hashes of differing branches, then the (doc_id, digest) entries of differing segments. Its cost is
+proportional to the divergence, not to the number of docs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from sortedcontainers import SortedDict
+
+HASH_BYTES = 16
+DEFAULT_SEGMENTS = 4096
+DEFAULT_BRANCHES = 64
+
+
+def _hash128(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=HASH_BYTES).digest(), "big")
+
+
+def leaf_hash(doc_id: str, digest: bytes) -> int:
+    encoded = doc_id.encode()
+    return _hash128(len(encoded).to_bytes(4, "big") + encoded + digest)
+
+
+class MerkleTree:
+    def __init__(self, segments: int = DEFAULT_SEGMENTS, branches: int = DEFAULT_BRANCHES) -> None:
+        if segments < 1 or branches < 1 or segments % branches:
+            raise ValueError("segments must be a positive multiple of branches")
+        self.segments = segments
+        self.branches = branches
+        self.segments_per_branch = segments // branches
+        self.root = 0
+        self._segment_hashes = [0] * segments
+        self._branch_hashes = [0] * branches
+        self._segment_docs: list[SortedDict[str, bytes] | None] = [None] * segments
+        self._digests: dict[str, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def segment_of(self, doc_id: str) -> int:
+        return _hash128(doc_id.encode()) % self.segments
+
+    def get(self, doc_id: str) -> bytes | None:
+        return self._digests.get(doc_id)
+
+    def set(self, doc_id: str, digest: bytes) -> None:
+        """Insert or update a doc's digest in O(1) hashes."""
+        old = self._digests.get(doc_id)
+        if old == digest:
+            return
+        segment = self.segment_of(doc_id)
+        change = leaf_hash(doc_id, digest)
+        if old is not None:
+            change ^= leaf_hash(doc_id, old)
+        self._digests[doc_id] = digest
+        docs = self._segment_docs[segment]
+        if docs is None:
+            docs = self._segment_docs[segment] = SortedDict()
+        docs[doc_id] = digest
+        self._xor(segment, change)
+
+    def remove(self, doc_id: str) -> None:
+        old = self._digests.pop(doc_id, None)
+        if old is None:
+            return
+        segment = self.segment_of(doc_id)
+        docs = self._segment_docs[segment]
+        assert docs is not None
+        del docs[doc_id]
+        self._xor(segment, leaf_hash(doc_id, old))
+
+    def _xor(self, segment: int, change: int) -> None:
+        self._segment_hashes[segment] ^= change
+        self._branch_hashes[segment // self.segments_per_branch] ^= change
+        self.root ^= change
+
+    def root_bytes(self) -> bytes:
+        return self.root.to_bytes(HASH_BYTES, "big")
+
+    def branch_hashes(self) -> list[bytes]:
+        return [value.to_bytes(HASH_BYTES, "big") for value in self._branch_hashes]
+
+    def segment_hashes(self, branch: int) -> list[bytes]:
+        start = branch * self.segments_per_branch
+        return [
+            value.to_bytes(HASH_BYTES, "big")
+            for value in self._segment_hashes[start : start + self.segments_per_branch]
+        ]
+
+    def segment_entries(self, segment: int) -> list[tuple[str, bytes]]:
+        docs = self._segment_docs[segment]
+        return list(docs.items()) if docs is not None else []
+
+    def differing_branches(self, remote: list[bytes]) -> list[int]:
+        return [
+            index
+            for index, value in enumerate(self.branch_hashes())
+            if index < len(remote) and remote[index] != value
+        ]
+
+    def differing_segments(self, branch: int, remote: list[bytes]) -> list[int]:
+        start = branch * self.segments_per_branch
+        local = self.segment_hashes(branch)
+        return [
+            start + index
+            for index, value in enumerate(local)
+            if index < len(remote) and remote[index] != value
+        ]
