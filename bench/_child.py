@@ -23,7 +23,7 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from pycrdt import Map, MapEvent
@@ -188,19 +188,22 @@ async def serve(adapter: Adapter, *, receiver: bool) -> None:
             emit("error", msg=f"unknown command {name!r}")
 
 
-def run_main(main: Callable[[], Awaitable[None]]) -> None:
+def _describe(exc: BaseException) -> str:
+    """The leaf exceptions of a (possibly nested) exception group, as one line."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_main(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Entry point of a child: run ``main`` and report any failure as an ``error`` event, then exit 1."""
-
-    async def guarded() -> None:
-        await main()
-
     try:
-        asyncio.run(guarded())
+        asyncio.run(main())
     except KeyboardInterrupt:
         sys.exit(130)
+    except SystemExit:
+        raise
     except BaseException as exc:
-        if isinstance(exc, SystemExit):
-            raise
-        emit("error", msg=f"{type(exc).__name__}: {exc}")
+        emit("error", msg=_describe(exc))
         traceback.print_exc()
         sys.exit(1)

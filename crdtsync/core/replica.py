@@ -193,7 +193,9 @@ class Replica:
         self._address_of: dict[str, str] = {}
         self._tracks: dict[str, _PublisherTrack] = {}
         self._last_seq = 0
-        self._ring: deque[tuple[int, wire.Delta, int]] = deque()
+        # Plain tuples of str/bytes/int: CPython stops tracking those in the cyclic GC, so a full ring
+        # adds nothing to collection pauses (dataclass instances would, measurably, under load).
+        self._ring: deque[tuple[int, str, bytes, bytes, bytes, int]] = deque()
         self._ring_bytes = 0
         self._outbox: list[wire.Delta] = []
         self._outbox_bytes = 0
@@ -384,12 +386,12 @@ class Replica:
         delta = wire.Delta(doc_id, event.before_state, after, update)  # type: ignore[attr-defined]
         self._last_seq += 1
         size = len(update) + len(after) * 2 + len(doc_id)
-        self._ring.append((self._last_seq, delta, size))
+        self._ring.append((self._last_seq, doc_id, delta.before_state, after, update, size))
         self._ring_bytes += size
         while self._ring and (
             len(self._ring) > self.config.ring_deltas_max or self._ring_bytes > self.config.ring_bytes_max
         ):
-            self._ring_bytes -= self._ring.popleft()[2]
+            self._ring_bytes -= self._ring.popleft()[5]
         if not self._outbox:
             self._outbox_since_ms = self._now_ms
         self._outbox.append(delta)
@@ -738,13 +740,15 @@ class Replica:
             self._count("retransmits_gone")
             self._send_to_node(message.node_id, wire.RetransmitGone(self.node_id, self.epoch, oldest))
             return
-        hi = min(message.to_seq, self._last_seq)
+        # Capped here too: a request is remote input and must not make us send the whole ring.
+        hi = min(message.to_seq, self._last_seq, message.from_seq + self.config.retransmit_deltas_max - 1)
         start = message.from_seq - oldest
         chunk: list[wire.Delta] = []
         chunk_bytes = 0
         first = message.from_seq
         for index in range(start, start + hi - message.from_seq + 1):
-            _seq, delta, size = self._ring[index]
+            _seq, doc_id, before, after, update, size = self._ring[index]
+            delta = wire.Delta(doc_id, before, after, update)
             if chunk and (
                 len(chunk) >= self.config.batch_deltas_max or chunk_bytes + size > self.config.batch_bytes_max
             ):
