@@ -15,6 +15,7 @@ from pycrdt import Doc
 
 from crdtsync.core.effects import Effect, Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.replica import PeerStatus, Replica, ReplicaConfig
+from crdtsync.core.wire import NODE_ID_BYTES_MAX
 from crdtsync.store import MemoryStore, Store
 from crdtsync.transport.zmq_transport import ZmqTransport, parse_endpoint
 
@@ -38,8 +39,8 @@ class NodeConfig:
     replication: ReplicaConfig = field(default_factory=ReplicaConfig)
 
     def __post_init__(self) -> None:
-        if not self.node_id:
-            raise ValueError("node_id must not be empty")
+        if not self.node_id or len(self.node_id.encode()) > NODE_ID_BYTES_MAX:
+            raise ValueError(f"node_id must be 1..{NODE_ID_BYTES_MAX} bytes of UTF-8, got {self.node_id!r}")
         parse_endpoint(self.listen)
         for peer in self.peers:
             parse_endpoint(peer)
@@ -106,18 +107,13 @@ class Node:
             raise RuntimeError("node already started")
         self._loop = asyncio.get_running_loop()
         transport = ZmqTransport(self.config.listen, self.config.publish)
-        self._transport = transport
-        # A fresh client id per start: an id reused after a restart could collide with updates
-        # the previous incarnation sent but never stored.
         epoch = time.time_ns() // 1_000_000
-        replica = Replica(
-            node_id=self.config.node_id,
-            epoch=epoch,
-            client_id=secrets.randbits(53) or 1,
-            address=self.config.listen,
-            publish_endpoint=transport.publish_endpoint,
-            config=self.config.replication,
-        )
+        try:
+            replica = self._new_replica(transport, epoch)
+        except BaseException:
+            transport.close()
+            raise
+        self._transport = transport
         self._replica = replica
         for doc_id, update in self._store.load():
             replica.load_update(doc_id, update)
@@ -137,6 +133,18 @@ class Node:
             self.config.node_id, self.config.listen, transport.publish_endpoint, epoch,
             replica.status(now).docs, len(self.config.peers),
         )  # fmt: skip
+
+    def _new_replica(self, transport: ZmqTransport, epoch: int) -> Replica:
+        # A fresh client id per start: an id reused after a restart could collide with updates
+        # the previous incarnation sent but never stored.
+        return Replica(
+            node_id=self.config.node_id,
+            epoch=epoch,
+            client_id=secrets.randbits(53) or 1,
+            address=self.config.listen,
+            publish_endpoint=transport.publish_endpoint,
+            config=self.config.replication,
+        )
 
     async def close(self) -> None:
         """Flush what is pending, then close sockets and unobserve every doc. Idempotent."""
@@ -159,6 +167,11 @@ class Node:
     async def open(self, doc_id: str) -> Doc[Any]:
         """The pycrdt Doc `doc_id`, kept in sync with the peers; created empty when new."""
         return self.replica.open_doc(doc_id)
+
+    def digest(self, doc_id: str) -> bytes:
+        """The canonical 16-byte digest of a doc's state: equal on two replicas iff they hold the same
+        items and deletions. Raises KeyError for a doc this node does not hold."""
+        return self.replica.doc_digest(doc_id)
 
     def doc_ids(self, *, after: str = "", limit: int | None = None) -> list[str]:
         """Ids of the docs this node holds, in sorted order, starting after `after`."""

@@ -439,7 +439,14 @@ class Replica:
         self._next_heartbeat_ms = self._now_ms + self.config.heartbeat_interval_ms
 
     def _publish(self, message: wire.Message) -> None:
-        frame = wire.encode(message)
+        try:
+            frame = wire.encode(message)
+        except wire.WireError as exc:
+            # Only a single transaction larger than a frame gets here (batches split well below).
+            # Peers cannot receive it as a delta; it stays in the doc and in the store.
+            self._count("publish_too_large")
+            self._warn("publish_too_large", "not publishing %s: %s", type(message).__name__, exc)
+            return
         self._count("frames_published")
         self._count("bytes_published", len(frame))
         if isinstance(message, wire.Deltas):
@@ -545,6 +552,10 @@ class Replica:
                 self._effects.append(Unsubscribe(link.publish_endpoint))
             link.publish_endpoint = message.publish_endpoint
             self._effects.append(Subscribe(message.publish_endpoint))
+        if isinstance(message, wire.Hello):
+            # Answer first: the resync below makes the peer reply to us, which it can only do once
+            # our HelloAck has told it who we are.
+            self._send(message.address, self._hello(wire.HelloAck))
         if link.epoch is None or message.epoch > link.epoch:
             link.epoch = message.epoch
             track = self._tracks.get(message.node_id)
@@ -558,8 +569,6 @@ class Replica:
             log.info("peer %s at %s is up (epoch %d)", message.node_id, message.address, message.epoch)
             self._count("peer_up")
         link.state = "up"
-        if isinstance(message, wire.Hello):
-            self._send(message.address, self._hello(wire.HelloAck))
 
     def _hello(self, cls: type[wire.Hello] | type[wire.HelloAck]) -> wire.Hello | wire.HelloAck:
         return cls(self.node_id, self.epoch, self.address, self.publish_endpoint, self._last_seq)

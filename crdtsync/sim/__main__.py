@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0.0 <= args.loss_rate < 1.0:
         print("error: --loss-rate must be in [0, 1)", file=sys.stderr)
         return 2
-    seeds: range = args.seeds if args.seeds is not None else range(args.seed or 1, (args.seed or 1) + 1)
+    single = args.seed if args.seed is not None else 1
+    seeds: range = args.seeds if args.seeds is not None else range(single, single + 1)
     campaign = len(seeds) > 1
     failures: list[SimResult] = []
     started = time.monotonic()

@@ -27,7 +27,7 @@ class _FlagsWorkload:
         return [Write(doc_id, "flags", name, value, shared=True)]
 
     def materialize(self, doc: Doc[Any]) -> Any:
-        return doc.get("flags", type=Map).to_py()
+        return {"flags": doc.get("flags", type=Map).to_py()}
 
 
 def test_a_user_workload_runs_through_the_simulator() -> None:
