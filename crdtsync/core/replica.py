@@ -603,8 +603,9 @@ class Replica:
 
     def _on_deltas(self, message: wire.Deltas) -> None:
         publisher = message.node_id
+        states = self._decode_states(message.deltas)  # a bad batch is rejected before it is tracked
         track = self._tracks.get(publisher)
-        fresh: list[wire.Delta]
+        fresh: list[tuple[wire.Delta, StateVector, StateVector]]
         if track is None or message.epoch > track.epoch:
             track = _PublisherTrack(message.epoch, message.first_seq - 1)
             self._tracks[publisher] = track
@@ -614,7 +615,7 @@ class Replica:
         if message.epoch < track.epoch:
             # A late frame of an earlier incarnation: no sequence tracking, but its content is valid.
             self._count("deltas_stale_epoch", len(message.deltas))
-            fresh = list(message.deltas)
+            fresh = [(delta, *state) for delta, state in zip(message.deltas, states, strict=True)]
         else:
             fresh = []
             for index, delta in enumerate(message.deltas):
@@ -622,7 +623,7 @@ class Replica:
                 if seq <= track.contiguous or seq in track.above:
                     self._count("deltas_duplicate")
                     continue
-                fresh.append(delta)
+                fresh.append((delta, *states[index]))
                 if seq == track.contiguous + 1:
                     track.contiguous = seq
                     while track.contiguous + 1 in track.above:
@@ -639,13 +640,29 @@ class Replica:
                 self._request_retransmit(publisher, track)
         self._buffer_deltas(fresh, publisher)
 
-    def _buffer_deltas(self, deltas: list[wire.Delta], publisher: str) -> None:
-        touched: dict[str, _DocEntry] = {}
+    @staticmethod
+    def _decode_states(deltas: tuple[wire.Delta, ...]) -> list[tuple[StateVector, StateVector]]:
+        """Decode every delta's before and after state, or raise StateDecodeError for the whole batch
+        before anything about it is recorded."""
         # A publisher's consecutive deltas of one doc chain: each before_state is the previous
         # after_state, so remembering the last decoded vector halves the decoding work.
-        last_bytes: bytes = b""
+        decoded: list[tuple[StateVector, StateVector]] = []
+        last_bytes: bytes | None = None
         last_vector: StateVector = {}
         for delta in deltas:
+            before = (
+                last_vector if delta.before_state == last_bytes else decode_state_vector(delta.before_state)
+            )
+            after = decode_state_vector(delta.after_state)
+            last_bytes, last_vector = delta.after_state, after
+            decoded.append((before, after))
+        return decoded
+
+    def _buffer_deltas(
+        self, deltas: list[tuple[wire.Delta, StateVector, StateVector]], publisher: str
+    ) -> None:
+        touched: dict[str, _DocEntry] = {}
+        for delta, before, after in deltas:
             if len(delta.update) > self.config.update_bytes_max:
                 self._count("updates_dropped_too_large")
                 continue
@@ -668,11 +685,6 @@ class Replica:
                     entry.next_pull_ms = self._now_ms + self.config.causal_wait_ms
                     self._pull(publisher, delta.doc_id, entry)
                 continue
-            before = (
-                last_vector if delta.before_state == last_bytes else decode_state_vector(delta.before_state)
-            )
-            after = decode_state_vector(delta.after_state)
-            last_bytes, last_vector = delta.after_state, after
             entry.pending.append(_PendingDelta(delta, before, after, publisher, self._now_ms))
             self._pending_total += 1
             self._pending_bytes += len(delta.update)

@@ -13,9 +13,11 @@ Sends never block: a full queue drops the frame and counts it (the protocol repa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import urlsplit
 
 import zmq
@@ -45,8 +47,12 @@ class ZmqTransport:
         if publish is not None:
             parse_endpoint(publish)
         self._context = zmq.Context()
-        self.router = self._context.socket(zmq.ROUTER)
-        self.sub = self._context.socket(zmq.SUB)
+        # Receiving sockets are asyncio sockets from the start: an asyncio wrapper added later would
+        # keep its event-loop reader registered after the raw socket closed, and a node started
+        # afterwards in the same loop could reuse that descriptor number and never be woken.
+        self._async_context = zmq.asyncio.Context.shadow(self._context.underlying)
+        self.router: zmq.asyncio.Socket = self._async_context.socket(zmq.ROUTER)
+        self.sub: zmq.asyncio.Socket = self._async_context.socket(zmq.SUB)
         self.pub = self._context.socket(zmq.PUB)
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
         self._subscriptions: set[str] = set()
@@ -108,16 +114,16 @@ class ZmqTransport:
                 self.sub.disconnect(endpoint)
 
     async def receive_loop(
-        self, sock: zmq.Socket[bytes], on_frame: Callable[[bytes], None], on_batch_done: Callable[[], None]
+        self, sock: zmq.asyncio.Socket, on_frame: Callable[[bytes], None], on_batch_done: Callable[[], None]
     ) -> None:
         """Hand every frame's payload (the last part) to `on_frame`; malformed multipart is counted.
 
-        Waits through an asyncio shadow of `sock`, then drains what is queued without awaiting.
+        Awaits one message, then drains what is already queued without awaiting (a non-blocking
+        receive on an asyncio socket resolves at once), so a burst costs one event-loop wakeup.
         """
         expected_parts = 2
-        waiter = zmq.asyncio.Socket.from_socket(sock)
         while True:
-            parts = await waiter.recv_multipart()
+            parts = await sock.recv_multipart()
             drained = 0
             while True:
                 if len(parts) == expected_parts:
@@ -128,7 +134,8 @@ class ZmqTransport:
                 if drained >= RECEIVE_DRAIN_FRAMES_MAX:
                     break
                 try:
-                    parts = sock.recv_multipart(flags=zmq.NOBLOCK)
+                    ready = cast("asyncio.Future[list[bytes]]", sock.recv_multipart(flags=zmq.NOBLOCK))
+                    parts = ready.result()
                 except zmq.Again:
                     break
             on_batch_done()

@@ -72,7 +72,10 @@ def _decode_or_wire_error(frame: bytes) -> wire.Message | None:
 
 
 def _with_body(kind: int, flags: int, body: bytes) -> bytes:
-    return struct.pack("!2sBBBII", wire.MAGIC, wire.WIRE_VERSION, kind, flags, len(body), zlib.crc32(body)) + body
+    return (
+        struct.pack("!2sBBBII", wire.MAGIC, wire.WIRE_VERSION, kind, flags, len(body), zlib.crc32(body))
+        + body
+    )
 
 
 @given(messages)
@@ -87,12 +90,19 @@ def test_arbitrary_bytes_decode_or_raise_wire_error(data: bytes) -> None:
 
 
 @given(st.binary(max_size=600), st.integers(0, 255), st.sampled_from([0, wire.FLAG_LZ4]))
-def test_arbitrary_body_behind_a_valid_header_decodes_or_raises_wire_error(data: bytes, kind: int, flags: int) -> None:
+def test_arbitrary_body_behind_a_valid_header_decodes_or_raises_wire_error(
+    data: bytes, kind: int, flags: int
+) -> None:
     _decode_or_wire_error(_with_body(kind, flags, data))
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.floats() | st.text(max_size=20) | blobs,
+    st.none()
+    | st.booleans()
+    | st.integers(-(1 << 63), (1 << 64) - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | blobs,
     lambda children: st.lists(children, max_size=6),
     max_leaves=20,
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pycrdt import Doc, Map, Text
 
@@ -19,6 +21,10 @@ from crdtsync.core.state import (
     merge_into,
     missing_count,
 )
+
+
+def _new_doc(client_id: int) -> Doc[Any]:
+    return Doc(client_id=client_id)
 
 
 def _varuint(value: int) -> bytes:
@@ -43,11 +49,13 @@ def test_encoding_is_sorted_by_client_so_insertion_order_does_not_matter() -> No
     one = encode_state_vector({9: 1, 3: 2, 700: 5})
     other = encode_state_vector({700: 5, 3: 2, 9: 1})
     assert one == other
-    assert one == _varuint(3) + _varuint(3) + _varuint(2) + _varuint(9) + _varuint(1) + _varuint(700) + _varuint(5)
+    assert one == _varuint(3) + _varuint(3) + _varuint(2) + _varuint(9) + _varuint(1) + _varuint(
+        700
+    ) + _varuint(5)
 
 
 def test_decode_reads_pycrdt_state_vectors() -> None:
-    doc = Doc(client_id=77)
+    doc = _new_doc(77)
     doc.get("text", type=Text).insert(0, "abc")  # three items of client 77
     doc.get("data", type=Map)["k"] = 1  # a fourth
     assert doc_state_vector(doc) == {77: 4}
@@ -55,9 +63,9 @@ def test_decode_reads_pycrdt_state_vectors() -> None:
 
 
 def test_pycrdt_accepts_our_encoding_for_get_update() -> None:
-    source = Doc(client_id=1)
+    source = _new_doc(1)
     source.get("text", type=Text).insert(0, "hello")
-    target = Doc(client_id=2)
+    target = _new_doc(2)
     target.apply_update(source.get_update(encode_state_vector({})))
     source.get("text", type=Text).insert(5, " world")
     target.apply_update(source.get_update(encode_state_vector(doc_state_vector(target))))
@@ -77,7 +85,16 @@ def test_pycrdt_accepts_our_encoding_for_get_update() -> None:
         b"\x00\x00",
         _varuint(STATE_VECTOR_CLIENTS_MAX + 1),
     ],
-    ids=["empty", "count-only", "client-without-clock", "one-of-two", "open-varuint", "overlong", "trailing", "huge"],
+    ids=[
+        "empty",
+        "count-only",
+        "client-without-clock",
+        "one-of-two",
+        "open-varuint",
+        "overlong",
+        "trailing",
+        "huge",
+    ],
 )
 def test_malformed_state_vector_raises_state_decode_error(data: bytes) -> None:
     with pytest.raises(StateDecodeError):
@@ -116,8 +133,8 @@ def test_missing_count_counts_items_lacking_per_client() -> None:
 # ---------------------------------------------------------------------------------------------- digests
 
 
-def _writer(client_id: int) -> Doc:
-    return Doc(client_id=client_id)
+def _writer(client_id: int) -> Doc[Any]:
+    return _new_doc(client_id)
 
 
 def _concurrent_updates() -> list[bytes]:
@@ -136,14 +153,14 @@ def _concurrent_updates() -> list[bytes]:
     return [a.get_update(), b.get_update(), c.get_update()]
 
 
-def _doc_from(updates: list[bytes], client_id: int = 999) -> Doc:
-    doc = Doc(client_id=client_id)
+def _doc_from(updates: list[bytes], client_id: int = 999) -> Doc[Any]:
+    doc = _new_doc(client_id)
     for update in updates:
         doc.apply_update(update)
     return doc
 
 
-def _json(doc: Doc) -> tuple[dict[str, object], str]:
+def _json(doc: Doc[Any]) -> tuple[dict[str, object], str]:
     return doc.get("data", type=Map).to_py() or {}, str(doc.get("text", type=Text))
 
 
@@ -206,4 +223,4 @@ def test_digest_does_not_depend_on_the_byte_order_of_get_state() -> None:
 
 
 def test_digest_of_an_empty_doc_ignores_its_client_id() -> None:
-    assert digest(Doc(client_id=1)) == digest(Doc(client_id=2))
+    assert digest(_new_doc(1)) == digest(_new_doc(2))

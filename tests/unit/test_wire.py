@@ -185,10 +185,22 @@ INVALID_FRAMES: list[tuple[str, bytes, str]] = [
     ("kind-255", _frame(255, _HEARTBEAT_BODY), "bad_kind"),
     ("flag-bit-1", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, flags=0x02), "bad_flags"),
     ("flag-bit-7-with-lz4", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, flags=0x81), "bad_flags"),
-    ("length-too-large", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, length=len(_HEARTBEAT_BODY) + 1), "bad_length"),
-    ("length-too-small", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, length=len(_HEARTBEAT_BODY) - 1), "bad_length"),
+    (
+        "length-too-large",
+        _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, length=len(_HEARTBEAT_BODY) + 1),
+        "bad_length",
+    ),
+    (
+        "length-too-small",
+        _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, length=len(_HEARTBEAT_BODY) - 1),
+        "bad_length",
+    ),
     ("body-cut-short", _VALID[:-1], "bad_length"),
-    ("bad-checksum", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, checksum=zlib.crc32(_HEARTBEAT_BODY) ^ 1), "bad_checksum"),
+    (
+        "bad-checksum",
+        _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, checksum=zlib.crc32(_HEARTBEAT_BODY) ^ 1),
+        "bad_checksum",
+    ),
     ("body-not-msgpack", _frame(MessageKind.HEARTBEAT, b"\xc1"), "bad_body"),
     ("body-truncated-msgpack", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY[:-1]), "bad_body"),
     ("body-trailing-bytes", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY + b"\x01"), "bad_body"),
@@ -197,7 +209,11 @@ INVALID_FRAMES: list[tuple[str, bytes, str]] = [
     ("body-contains-a-map", _frame_of(MessageKind.HEARTBEAT, [NODE, {"a": 1}, 2]), "bad_body"),
     ("node-id-not-a-string", _frame_of(MessageKind.HEARTBEAT, [b"node", 1, 2]), "bad_body"),
     ("node-id-empty", _frame_of(MessageKind.HEARTBEAT, ["", 1, 2]), "bad_body"),
-    ("node-id-too-long", _frame_of(MessageKind.HEARTBEAT, ["n" * (wire.NODE_ID_BYTES_MAX + 1), 1, 2]), "bad_body"),
+    (
+        "node-id-too-long",
+        _frame_of(MessageKind.HEARTBEAT, ["n" * (wire.NODE_ID_BYTES_MAX + 1), 1, 2]),
+        "bad_body",
+    ),
     ("node-id-too-many-utf8-bytes", _frame_of(MessageKind.HEARTBEAT, ["é" * 40, 1, 2]), "bad_body"),
     ("epoch-a-string", _frame_of(MessageKind.HEARTBEAT, [NODE, "1", 2]), "bad_body"),
     ("epoch-negative", _frame_of(MessageKind.HEARTBEAT, [NODE, -1, 2]), "bad_body"),
@@ -206,17 +222,33 @@ INVALID_FRAMES: list[tuple[str, bytes, str]] = [
     ("seq-2-to-the-63", _frame_of(MessageKind.HEARTBEAT, [NODE, 1, 1 << 63]), "bad_body"),
     ("too-few-fields", _frame_of(MessageKind.HEARTBEAT, [NODE, 1]), "bad_body"),
     ("extra-field", _frame_of(MessageKind.HEARTBEAT, [NODE, 1, 2, 3]), "bad_body"),
-    ("hello-extra-field", _frame_of(MessageKind.HELLO, [NODE, 1, "tcp://a:1", "tcp://a:2", 0, 0]), "bad_body"),
+    (
+        "hello-extra-field",
+        _frame_of(MessageKind.HELLO, [NODE, 1, "tcp://a:1", "tcp://a:2", 0, 0]),
+        "bad_body",
+    ),
     ("sync-state-not-bytes", _frame_of(MessageKind.SYNC_REQUEST, [NODE, "doc", "state"]), "bad_body"),
-    ("sync-doc-id-too-long", _frame_of(MessageKind.SYNC_PUSH, [NODE, "d" * (wire.DOC_ID_BYTES_MAX + 1), b""]), "bad_body"),
+    (
+        "sync-doc-id-too-long",
+        _frame_of(MessageKind.SYNC_PUSH, [NODE, "d" * (wire.DOC_ID_BYTES_MAX + 1), b""]),
+        "bad_body",
+    ),
     ("deltas-none", _frame_of(MessageKind.DELTAS, [NODE, 1, 1]), "bad_body"),
     ("deltas-partial", _frame_of(MessageKind.DELTAS, [NODE, 1, 1, "doc", b"", b""]), "bad_body"),
-    ("deltas-update-not-bytes", _frame_of(MessageKind.DELTAS, [NODE, 1, 1, "doc", b"", b"", "x"]), "bad_body"),
+    (
+        "deltas-update-not-bytes",
+        _frame_of(MessageKind.DELTAS, [NODE, 1, 1, "doc", b"", b"", "x"]),
+        "bad_body",
+    ),
     ("deltas-doc-id-not-a-string", _frame_of(MessageKind.DELTAS, [NODE, 1, 1, 5, b"", b"", b""]), "bad_body"),
     ("retransmit-empty-range", _frame_of(MessageKind.RETRANSMIT_REQUEST, [NODE, 1, 5, 4]), "bad_body"),
     ("digests-complete-not-bool", _frame_of(MessageKind.DIGESTS_PAGE, [NODE, "", 1]), "bad_body"),
     ("digests-odd-entries", _frame_of(MessageKind.DIGESTS_PAGE, [NODE, "", True, "doc"]), "bad_body"),
-    ("digests-digest-not-bytes", _frame_of(MessageKind.DIGESTS_PAGE, [NODE, "", True, "doc", "x"]), "bad_body"),
+    (
+        "digests-digest-not-bytes",
+        _frame_of(MessageKind.DIGESTS_PAGE, [NODE, "", True, "doc", "x"]),
+        "bad_body",
+    ),
     ("too-many-deltas", _too_many_deltas(), "too_large"),
     ("too-many-digest-entries", _too_many_digest_entries(), "too_large"),
     (
@@ -225,7 +257,11 @@ INVALID_FRAMES: list[tuple[str, bytes, str]] = [
         "too_large",
     ),
     ("lz4-shorter-than-size-prefix", _lz4_frame(MessageKind.HEARTBEAT, b"\x05\x00"), "bad_compression"),
-    ("lz4-garbage-block", _lz4_frame(MessageKind.HEARTBEAT, b"\x40\x00\x00\x00" + b"\xff" * 12), "bad_compression"),
+    (
+        "lz4-garbage-block",
+        _lz4_frame(MessageKind.HEARTBEAT, b"\x40\x00\x00\x00" + b"\xff" * 12),
+        "bad_compression",
+    ),
     (
         "lz4-valid-block-of-garbage",
         _lz4_frame(MessageKind.HEARTBEAT, lz4.block.compress(b"\xc1" * 300, store_size=True)),
@@ -235,7 +271,9 @@ INVALID_FRAMES: list[tuple[str, bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("frame", "reason"), [(f, r) for _, f, r in INVALID_FRAMES], ids=[n for n, _, _ in INVALID_FRAMES])
+@pytest.mark.parametrize(
+    ("frame", "reason"), [(f, r) for _, f, r in INVALID_FRAMES], ids=[n for n, _, _ in INVALID_FRAMES]
+)
 def test_invalid_frame_raises_wire_error_with_its_reason(frame: bytes, reason: str) -> None:
     assert _reason(frame) == reason
 
