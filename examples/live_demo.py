@@ -8,7 +8,7 @@ per-doc canonical digests, doc count, counters and the state of its peers.
 The parent draws a live view a few times a second. After about a third of the run it kills node c
 with SIGKILL while a and b keep writing; a few seconds later it starts c again on the same address.
 The store is in memory, so c comes back empty, with a new epoch and client id, and refills itself
-from its peers by state resync. At the end the parent tells every node to stop writing, waits for
+from its peers by anti-entropy. At the end the parent tells every node to stop writing, waits for
 equal digests and equal JSON, stops the children and exits 0 (converged) or 1 (not converged).
 
     .venv/bin/python examples/live_demo.py               # 20 s of writes, then settle and exit
@@ -102,7 +102,7 @@ def child_report(node: Node, docs: dict[str, Doc[Any]], tick: int, writes: int, 
         "published": status.published_updates,
         "applied": status.counters.get("deltas_applied", 0) + status.counters.get("sync_updates_applied", 0),
         "pending": status.pending_updates,
-        "resyncs": status.counters.get("resyncs_completed", 0),
+        "ae_rounds": status.counters.get("ae_rounds_completed", 0),
         # A peer's node_id is None until the hello exchange with it completes: show its address then.
         "peers": [[peer.node_id or peer.address, peer.state] for peer in status.peers],
         "digests": {doc_id: node.digest(doc_id).hex() for doc_id in held if doc_id in docs},
@@ -401,7 +401,7 @@ class Demo:
             f"crdtsync live demo: 3 node processes on 127.0.0.1, {elapsed:5.1f} s of {total} ({phase})",
             f"cluster: {label.upper()} ({why})",
             f"{'node':<5}{'pid':>8} {'state':<9}{'docs':>5}{'writes':>8}{'published':>10}{'applied':>9}"
-            f"{'pending':>8}{'resyncs':>8}  {'digest':<8}  peers",
+            f"{'pending':>8}{'ae rnds':>9}  {'digest':<8}  peers",
         ]
         for child in self.children.values():
             report = child.report
@@ -412,7 +412,7 @@ class Demo:
             peers = self._peers(report, " ")
             lines.append(
                 f"{child.name:<5}{pid:>8} {child.state:<9}{report['docs']:>5}{report['writes']:>8}"
-                f"{report['published']:>10}{report['applied']:>9}{report['pending']:>8}{report['resyncs']:>8}"
+                f"{report['published']:>10}{report['applied']:>9}{report['pending']:>8}{report['ae_rounds']:>9}"
                 f"  {self._digest(report)}  {peers}"
             )
         lines.append("(published resets when a node restarts: sequence numbers belong to one epoch)")
@@ -538,7 +538,7 @@ class Demo:
             print(
                 f"{child.name}: incarnations={child.incarnation} docs={report.get('docs')} "
                 f"writes_this_incarnation={report.get('writes')} applied={report.get('applied')} "
-                f"resyncs={report.get('resyncs')} exit_codes={child.exit_codes}"
+                f"ae_rounds={report.get('ae_rounds')} exit_codes={child.exit_codes}"
             )
         clean_exits = all(code == 0 for child in self.children.values() for code in child.exit_codes)
         return 0 if converged and json_equal and clean_exits else 1

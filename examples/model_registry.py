@@ -48,7 +48,7 @@ def summary(status: NodeStatus) -> str:
     applied = status.counters.get("deltas_applied", 0) + status.counters.get("sync_updates_applied", 0)
     return (
         f"{status.node_id}: docs={status.docs} published={status.published_updates} applied={applied} "
-        f"pending={status.pending_updates} resyncs={status.counters.get('resyncs_completed', 0)} "
+        f"pending={status.pending_updates} ae_rounds={status.counters.get('ae_rounds_completed', 0)} "
         f"peers[{peers}]"
     )
 
@@ -67,7 +67,7 @@ async def main() -> int:
         reg_a, reg_b, reg_c = registries
 
         # Concurrent writes on different nodes, made before the nodes have even met: whatever the
-        # publish/subscribe stream misses is repaired by the state resync that follows each hello.
+        # publish/subscribe stream misses is repaired by the anti-entropy round that follows each hello.
         reg_a["llama-3-70b"] = {"stage": "canary", "shards": 8}
         reg_b["mistral-7b"] = {"stage": "production", "shards": 1}
         reg_c["embed-small"] = {"stage": "staging", "shards": 2}

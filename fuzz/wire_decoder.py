@@ -47,8 +47,13 @@ def seed_frames() -> list[bytes]:
         wire.SyncRequest("n1", "doc", doc.get_state()),
         wire.SyncResponse("n1", "doc", doc.get_update(), doc.get_state()),
         wire.SyncPush("n1", "doc", doc.get_update()),
-        wire.DigestsRequest("n1", "", 100),
-        wire.DigestsPage("n1", "", (("doc", b"\x01" * 16),), True),
+        wire.TreeRoot("n1", 1, b"\x01" * 16),
+        wire.TreeBranches("n1", 1, False, tuple(bytes([i]) * 16 for i in range(wire.TREE_BRANCHES))),
+        wire.TreeBranches("n1", 1, True, ()),
+        wire.TreeSegmentsRequest("n1", 1, (0, 5)),
+        wire.TreeSegments("n1", 1, (3,), (b"\x02" * 16,) * (wire.TREE_SEGMENTS // wire.TREE_BRANCHES)),
+        wire.TreeEntriesRequest("n1", 1, (7, 9)),
+        wire.TreeEntries("n1", 1, (7,), ((7, "doc", b"\x03" * 16),)),
     ]
     return [wire.encode(message) for message in messages]
 

@@ -19,8 +19,6 @@ import hashlib
 from sortedcontainers import SortedDict
 
 HASH_BYTES = 16
-DEFAULT_SEGMENTS = 4096
-DEFAULT_BRANCHES = 64
 
 
 def _hash128(data: bytes) -> int:
@@ -33,7 +31,7 @@ def leaf_hash(doc_id: str, digest: bytes) -> int:
 
 
 class MerkleTree:
-    def __init__(self, segments: int = DEFAULT_SEGMENTS, branches: int = DEFAULT_BRANCHES) -> None:
+    def __init__(self, segments: int, branches: int) -> None:
         if segments < 1 or branches < 1 or segments % branches:
             raise ValueError("segments must be a positive multiple of branches")
         self.segments = segments

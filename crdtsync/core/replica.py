@@ -8,8 +8,10 @@ can replay any run exactly from its seed.
 Receive path: per-publisher sequence numbers detect loss (ask the publisher to retransmit from its
 ring) and duplicates; the causal buffer holds each delta until the local state vector covers its
 `before_state`, because pycrdt 0.14 can get stuck when handed updates out of causal order.
-Whatever the ring no longer holds is repaired by a state resynchronisation with that peer
-(digest pages, then per-doc state-vector exchange).
+Anti-entropy is the guarantee behind all of that: rounds against one peer at a time (periodic with
+jitter, at once on connect and when a ring no longer holds a gap) compare Tictac Merkle trees of
+canonical doc digests top-down and exchange state vectors and `get_update(remote_sv)` only for the
+docs that differ, so a round costs in proportion to the divergence, not to the number of docs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sortedcontainers import SortedDict
 
 from crdtsync.core import wire
 from crdtsync.core.effects import Effect, Persist, Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.merkle import MerkleTree
 from crdtsync.core.state import (
     StateDecodeError,
     StateVector,
@@ -67,11 +70,15 @@ class ReplicaConfig:
     """How long a delta may wait for its dependencies before the doc is pulled from its publisher."""
     pending_deltas_per_doc_max: int = 4096
     pending_bytes_max: int = 64 * 1024 * 1024
-    resync_page_docs: int = 256
-    resync_timeout_ms: float = 2000.0
-    resync_interval_ms: float = 30_000.0
-    """A full digest resynchronisation with one peer (round robin) this often, 0 to disable. It repairs
-    what no sequence gap reveals, e.g. deltas that only reached some peers before their publisher crashed."""
+    ae_interval_ms: float = 2000.0
+    """Mean time between periodic anti-entropy rounds (each against one peer, round robin, jittered
+    by +-25%); 0 disables the periodic rounds (rounds on connect and on lost gaps still run)."""
+    ae_round_timeout_ms: float = 2000.0
+    ae_segments_per_round_max: int = 256
+    """Differing tree segments whose entries one round fetches; the rest wait for the next round."""
+    ae_docs_per_round_max: int = 512
+    ae_bytes_per_round_max: int = 4 * 1024 * 1024
+    """Bytes of full-doc pushes one round may send; requests beyond it wait for the next round."""
     peers_max: int = 256
     docs_max: int = 1_000_000
     update_bytes_max: int = 4 * 1024 * 1024
@@ -112,10 +119,16 @@ class _PublisherTrack:
 
 
 @dataclass(slots=True)
-class _Resync:
-    after: str = ""
-    deadline_ms: float = 0.0
-    docs_repaired: int = 0
+class _Round:
+    """The one anti-entropy round this node runs as initiator."""
+
+    address: str
+    round_id: int
+    phase: Literal["branches", "segments", "entries"]
+    deadline_ms: float
+    more: bool = False
+    """Differences were left for a later round (budget or message limits)."""
+    segments_requested: int = 0
 
 
 @dataclass(slots=True)
@@ -129,8 +142,11 @@ class _PeerLink:
     last_heard_ms: float | None = None
     next_hello_ms: float = 0.0
     hello_backoff_ms: float = 0.0
-    resync: _Resync | None = None
-    resyncs_completed: int = 0
+    ae_rounds: int = 0
+    ae_last_round_ms: float | None = None
+    ae_docs_repaired: int = 0
+    ae_bytes_repaired: int = 0
+    ae_divergence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +158,15 @@ class PeerStatus:
     last_heard_ago_ms: float | None
     behind_updates: int
     """Deltas the peer announced that this node has not received yet."""
-    resyncing: bool
-    resyncs_completed: int
+    ae_rounds: int
+    """Anti-entropy rounds this node completed against the peer."""
+    ae_last_round_ago_ms: float | None
+    ae_docs_repaired: int
+    ae_bytes_repaired: int
+    """Docs and bytes this node requested or pushed, and received, in rounds with the peer."""
+    ae_divergence: int | None
+    """Differing Merkle tree segments the last round found (0: in sync; None: no round yet)."""
+    ae_in_progress: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +231,16 @@ class Replica:
         self._pending_docs: dict[str, None] = {}
         self._now_ms = 0.0
         self._next_heartbeat_ms = 0.0
-        self._next_periodic_resync_ms = self.config.resync_interval_ms
-        self._periodic_resync_turn = 0
+        self._tree = MerkleTree(wire.TREE_SEGMENTS, wire.TREE_BRANCHES)
+        self._dirty: dict[str, None] = {}
+        """Docs changed since their digest last went into the tree."""
+        self._round: _Round | None = None
+        self._round_counter = 0
+        self._ae_wanted: dict[str, None] = {}
+        """Addresses of peers owed a round as soon as none is running (connect, lost gap, leftovers)."""
+        self._ae_turn = 0
+        self._jitter_state = client_id
+        self._next_ae_ms = self.config.ae_interval_ms * (0.75 + 0.5 * self._jitter())
         self._wakeup: Callable[[], None] | None = None
         self._wakeup_armed = False
         self._warned_ms: dict[str, float] = {}
@@ -249,11 +280,13 @@ class Replica:
     def next_deadline_ms(self) -> float:
         """When the driver must call `tick` next at the latest."""
         deadline = self._next_heartbeat_ms
-        if self.config.resync_interval_ms > 0:
-            deadline = min(deadline, self._next_periodic_resync_ms)
+        if self.config.ae_interval_ms > 0:
+            deadline = min(deadline, self._next_ae_ms)
         busy = (
             self._pending_total
-            or any(link.state != "up" or link.resync is not None for link in self._links.values())
+            or self._round is not None
+            or self._ae_wanted
+            or any(link.state != "up" for link in self._links.values())
             or any(track.above for track in self._tracks.values())
         )
         if busy:
@@ -289,16 +322,17 @@ class Replica:
                 )
                 link.next_hello_ms = now_ms + link.hello_backoff_ms
                 self._send(link.address, self._hello(wire.Hello))
-            if link.resync is not None and now_ms >= link.resync.deadline_ms:
-                self._count("resync_retries")
-                self._request_digests(link)
-        if config.resync_interval_ms > 0 and now_ms >= self._next_periodic_resync_ms:
-            self._next_periodic_resync_ms = now_ms + config.resync_interval_ms
-            up = [link for link in self._links.values() if link.state == "up" and link.resync is None]
+        if self._round is not None and now_ms >= self._round.deadline_ms:
+            self._count("ae_round_timeouts")
+            self._ae_wanted[self._round.address] = None
+            self._round = None
+        if config.ae_interval_ms > 0 and now_ms >= self._next_ae_ms:
+            self._next_ae_ms = now_ms + config.ae_interval_ms * (0.75 + 0.5 * self._jitter())
+            up = [link for link in self._links.values() if link.state == "up"]
             if up:
-                self._periodic_resync_turn += 1
-                self._count("resyncs_periodic")
-                self._start_resync(up[self._periodic_resync_turn % len(up)])
+                self._ae_turn += 1
+                self._ae_wanted.setdefault(up[self._ae_turn % len(up)].address, None)
+        self._run_wanted_round()
         for node_id, track in self._tracks.items():
             if track.above or track.last_seq_seen > track.contiguous:
                 self._request_retransmit(node_id, track)
@@ -379,6 +413,8 @@ class Replica:
             return
         entry.state_bytes = after
         entry.decoded = None
+        entry.digest = None
+        self._dirty[doc_id] = None
         entry.digest = None
         self._persist.append((doc_id, update))
         if event.transaction.origin() == REMOTE_ORIGIN:  # type: ignore[attr-defined]
@@ -515,10 +551,18 @@ class Replica:
                 self._push_back(message)
             case wire.SyncPush():
                 self._on_sync_update(message.doc_id, message.update, message.node_id)
-            case wire.DigestsRequest():
-                self._on_digests_request(message)
-            case wire.DigestsPage():
-                self._on_digests_page(message)
+            case wire.TreeRoot():
+                self._on_tree_root(message)
+            case wire.TreeBranches():
+                self._on_tree_branches(message)
+            case wire.TreeSegmentsRequest():
+                self._on_tree_segments_request(message)
+            case wire.TreeSegments():
+                self._on_tree_segments(message)
+            case wire.TreeEntriesRequest():
+                self._on_tree_entries_request(message)
+            case wire.TreeEntries():
+                self._on_tree_entries(message)
 
     def _heard(self, node_id: str) -> None:
         address = self._address_of.get(node_id)
@@ -560,15 +604,19 @@ class Replica:
             link.epoch = message.epoch
             track = self._tracks.get(message.node_id)
             if track is None or track.epoch < message.epoch:
-                # The resync below covers everything up to last_seq; the stream continues after it.
+                # The round below covers everything up to last_seq; the stream continues after it.
                 self._tracks[message.node_id] = _PublisherTrack(
                     message.epoch, message.last_seq, last_seq_seen=message.last_seq
                 )
-            self._start_resync(link)
+            new_epoch = True
+        else:
+            new_epoch = False
         if link.state != "up":
             log.info("peer %s at %s is up (epoch %d)", message.node_id, message.address, message.epoch)
             self._count("peer_up")
         link.state = "up"
+        if new_epoch:
+            self._want_round(link)  # a new peer or a restarted one: compare everything at once
 
     def _hello(self, cls: type[wire.Hello] | type[wire.HelloAck]) -> wire.Hello | wire.HelloAck:
         return cls(self.node_id, self.epoch, self.address, self.publish_endpoint, self._last_seq)
@@ -797,7 +845,7 @@ class Replica:
         track.above.clear()
         address = self._address_of.get(node_id)
         if address is not None:
-            self._start_resync(self._links[address])
+            self._want_round(self._links[address])
 
     # ------------------------------------------------------------------ state sync
 
@@ -837,9 +885,11 @@ class Replica:
         # Safe to apply at once: it was computed against a state vector this node already covers.
         if self._apply(entry, update, "sync"):
             self._count("sync_updates_applied")
-            for link in self._links.values():
-                if link.node_id == node_id and link.resync is not None:
-                    link.resync.docs_repaired += 1
+            address = self._address_of.get(node_id)
+            if address is not None:
+                link = self._links[address]
+                link.ae_docs_repaired += 1
+                link.ae_bytes_repaired += len(update)
         self._drain(doc_id, entry)
 
     def _push_back(self, message: wire.SyncResponse) -> None:
@@ -852,58 +902,189 @@ class Replica:
             self._count("sync_pushes")
             self._send_to_node(message.node_id, wire.SyncPush(self.node_id, message.doc_id, update))
 
-    def _start_resync(self, link: _PeerLink) -> None:
-        if link.resync is not None:
-            link.resync.after = ""
-        else:
-            link.resync = _Resync()
-            self._count("resyncs_started")
-        self._request_digests(link)
+    # ------------------------------------------------------------------ anti-entropy
 
-    def _request_digests(self, link: _PeerLink) -> None:
-        assert link.resync is not None
-        link.resync.deadline_ms = self._now_ms + self.config.resync_timeout_ms
-        self._send(
-            link.address, wire.DigestsRequest(self.node_id, link.resync.after, self.config.resync_page_docs)
+    def _jitter(self) -> float:
+        """A deterministic value in [0, 1) (splitmix64 seeded by the client id): no global randomness."""
+        mask = (1 << 64) - 1
+        self._jitter_state = (self._jitter_state + 0x9E3779B97F4A7C15) & mask
+        z = self._jitter_state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return (z ^ (z >> 31)) / float(1 << 64)
+
+    def _refresh_tree(self) -> None:
+        """Bring the tree up to date with the docs changed since the last refresh; O(changed docs)."""
+        for doc_id in self._dirty:
+            entry = self._docs.get(doc_id)
+            if entry is None or entry.state_bytes == _EMPTY_STATE:
+                self._tree.remove(doc_id)  # empty docs are local until written
+            else:
+                self._tree.set(doc_id, self.doc_digest(doc_id))
+        self._dirty.clear()
+
+    def merkle_root(self) -> bytes:
+        """The root of the Merkle tree over every non-empty doc's canonical digest."""
+        self._refresh_tree()
+        return self._tree.root_bytes()
+
+    def _want_round(self, link: _PeerLink) -> None:
+        self._ae_wanted[link.address] = None
+        self._run_wanted_round()
+
+    def _run_wanted_round(self) -> None:
+        if self._round is not None:
+            return
+        for address in list(self._ae_wanted):
+            link = self._links.get(address)
+            if link is None:
+                del self._ae_wanted[address]
+            elif link.state == "up":
+                del self._ae_wanted[address]
+                self._start_round(link)
+                return
+
+    def _start_round(self, link: _PeerLink) -> None:
+        self._round_counter += 1
+        self._round = _Round(
+            link.address, self._round_counter, "branches", self._now_ms + self.config.ae_round_timeout_ms
+        )
+        self._count("ae_rounds_started")
+        self._send(link.address, wire.TreeRoot(self.node_id, self._round_counter, self.merkle_root()))
+
+    def _round_for(self, node_id: str, round_id: int, phase: str) -> tuple[_Round, _PeerLink] | None:
+        """The running round this answer belongs to, or None (late or foreign answers are counted)."""
+        current = self._round
+        address = self._address_of.get(node_id)
+        if (
+            current is None
+            or address != current.address
+            or current.round_id != round_id
+            or current.phase != phase
+        ):
+            self._count("ae_answers_stale")
+            return None
+        return current, self._links[address]
+
+    def _finish_round(self, current: _Round, link: _PeerLink, divergence: int) -> None:
+        self._round = None
+        link.ae_rounds += 1
+        link.ae_last_round_ms = self._now_ms
+        link.ae_divergence = divergence
+        self._count("ae_rounds_completed")
+        if divergence == 0:
+            self._count("ae_rounds_in_sync")
+        if current.more:
+            self._ae_wanted[link.address] = None
+            log.info(
+                "anti-entropy with %s: %d segments differ, continuing next round", link.node_id, divergence
+            )
+        self._run_wanted_round()
+
+    def _on_tree_root(self, message: wire.TreeRoot) -> None:
+        root = self.merkle_root()
+        if message.root == root:
+            reply = wire.TreeBranches(self.node_id, message.round_id, True, ())
+        else:
+            reply = wire.TreeBranches(
+                self.node_id, message.round_id, False, tuple(self._tree.branch_hashes())
+            )
+        self._send_to_node(message.node_id, reply)
+
+    def _on_tree_branches(self, message: wire.TreeBranches) -> None:
+        found = self._round_for(message.node_id, message.round_id, "branches")
+        if found is None:
+            return
+        current, link = found
+        branches = [] if message.equal else self._tree.differing_branches(list(message.hashes))
+        if not branches:
+            self._finish_round(current, link, 0)
+            return
+        current.phase = "segments"
+        self._send(link.address, wire.TreeSegmentsRequest(self.node_id, current.round_id, tuple(branches)))
+
+    def _on_tree_segments_request(self, message: wire.TreeSegmentsRequest) -> None:
+        hashes: list[bytes] = []
+        for branch in message.branches:
+            hashes.extend(self._tree.segment_hashes(branch))
+        self._send_to_node(
+            message.node_id,
+            wire.TreeSegments(self.node_id, message.round_id, message.branches, tuple(hashes)),
         )
 
-    def _on_digests_request(self, message: wire.DigestsRequest) -> None:
-        limit = max(1, min(message.limit, self.config.resync_page_docs))
-        ids = self.doc_ids(after=message.after, limit=limit + 1)
-        complete = len(ids) <= limit
-        entries = tuple((doc_id, self.doc_digest(doc_id)) for doc_id in ids[:limit])
-        self._send_to_node(message.node_id, wire.DigestsPage(self.node_id, message.after, entries, complete))
-
-    def _on_digests_page(self, message: wire.DigestsPage) -> None:
-        address = self._address_of.get(message.node_id)
-        link = self._links.get(address) if address is not None else None
-        if link is None or link.resync is None or link.resync.after != message.after:
-            self._count("digest_pages_stale")
+    def _on_tree_segments(self, message: wire.TreeSegments) -> None:
+        found = self._round_for(message.node_id, message.round_id, "segments")
+        if found is None:
             return
-        remote = dict(message.entries)
-        upper = message.entries[-1][0] if message.entries and not message.complete else None
-        local_ids = self._docs.irange(minimum=message.after or None, maximum=upper, inclusive=(False, True))
-        for doc_id in list(local_ids):
-            if doc_id not in remote:
-                self._count("sync_pushes")
-                entry = self._docs[doc_id]
-                self._send(link.address, wire.SyncPush(self.node_id, doc_id, entry.doc.get_update()))
-        for doc_id, remote_digest in message.entries:
-            if doc_id <= message.after:
-                continue
-            entry = self._docs.get(doc_id)
-            if entry is not None and self.doc_digest(doc_id) == remote_digest:
-                continue
-            state = entry.state_bytes if entry is not None else _EMPTY_STATE
-            self._count("syncs_requested")
-            self._send(link.address, wire.SyncRequest(self.node_id, doc_id, state))
-        if message.complete or not message.entries:
-            link.resync = None
-            link.resyncs_completed += 1
-            self._count("resyncs_completed")
-        else:
-            link.resync.after = message.entries[-1][0]
-            self._request_digests(link)
+        current, link = found
+        per_branch = self._tree.segments_per_branch
+        differing: list[int] = []
+        for index, branch in enumerate(message.branches):
+            remote = list(message.hashes[index * per_branch : (index + 1) * per_branch])
+            differing.extend(self._tree.differing_segments(branch, remote))
+        if not differing:
+            self._finish_round(current, link, 0)
+            return
+        link.ae_divergence = len(differing)
+        limit = self.config.ae_segments_per_round_max
+        current.more = len(differing) > limit
+        current.phase = "entries"
+        current.segments_requested = min(limit, len(differing))
+        self._send(
+            link.address, wire.TreeEntriesRequest(self.node_id, current.round_id, tuple(differing[:limit]))
+        )
+
+    def _on_tree_entries_request(self, message: wire.TreeEntriesRequest) -> None:
+        answered: list[int] = []
+        entries: list[tuple[int, str, bytes]] = []
+        for segment in message.segments:
+            segment_entries = self._tree.segment_entries(segment)
+            if answered and len(entries) + len(segment_entries) > wire.ENTRIES_PER_MESSAGE_MAX:
+                break
+            answered.append(segment)
+            entries.extend((segment, doc_id, doc_digest) for doc_id, doc_digest in segment_entries)
+        reply = wire.TreeEntries(
+            self.node_id, message.round_id, tuple(answered), tuple(entries[: wire.ENTRIES_PER_MESSAGE_MAX])
+        )
+        self._send_to_node(message.node_id, reply)
+
+    def _on_tree_entries(self, message: wire.TreeEntries) -> None:
+        found = self._round_for(message.node_id, message.round_id, "entries")
+        if found is None:
+            return
+        current, link = found
+        remote: dict[int, dict[str, bytes]] = {segment: {} for segment in message.segments}
+        for segment, doc_id, remote_digest in message.entries:
+            remote[segment][doc_id] = remote_digest
+        docs_budget = self.config.ae_docs_per_round_max
+        bytes_budget = self.config.ae_bytes_per_round_max
+        repaired = 0
+        for segment, theirs in remote.items():
+            ours = dict(self._tree.segment_entries(segment))
+            for doc_id in sorted(ours.keys() | theirs.keys()):
+                if ours.get(doc_id) == theirs.get(doc_id):
+                    continue
+                if repaired >= docs_budget or bytes_budget <= 0:
+                    current.more = True
+                    break
+                repaired += 1
+                entry = self._docs.get(doc_id)
+                if doc_id not in theirs and entry is not None:
+                    update = entry.doc.get_update()
+                    bytes_budget -= len(update)
+                    link.ae_bytes_repaired += len(update)
+                    self._count("sync_pushes")
+                    self._send(link.address, wire.SyncPush(self.node_id, doc_id, update))
+                else:
+                    # The response carries what we lack; our push-back carries what the peer lacks.
+                    state = entry.state_bytes if entry is not None else _EMPTY_STATE
+                    self._count("syncs_requested")
+                    self._send(link.address, wire.SyncRequest(self.node_id, doc_id, state))
+        link.ae_docs_repaired += repaired
+        self._count("ae_docs_repaired", repaired)
+        if len(message.segments) < current.segments_requested:
+            current.more = True  # the answer was cut to fit a message
+        self._finish_round(current, link, link.ae_divergence or 0)
 
     # ------------------------------------------------------------------ status
 
@@ -934,8 +1115,14 @@ class Replica:
                     epoch=link.epoch,
                     last_heard_ago_ms=None if link.last_heard_ms is None else now_ms - link.last_heard_ms,
                     behind_updates=behind,
-                    resyncing=link.resync is not None,
-                    resyncs_completed=link.resyncs_completed,
+                    ae_rounds=link.ae_rounds,
+                    ae_last_round_ago_ms=None
+                    if link.ae_last_round_ms is None
+                    else now_ms - link.ae_last_round_ms,
+                    ae_docs_repaired=link.ae_docs_repaired,
+                    ae_bytes_repaired=link.ae_bytes_repaired,
+                    ae_divergence=link.ae_divergence,
+                    ae_in_progress=self._round is not None and self._round.address == link.address,
                 )
             )
         return ReplicaStatus(

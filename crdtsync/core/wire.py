@@ -44,7 +44,12 @@ COMPRESS_MIN_BYTES = 200
 NODE_ID_BYTES_MAX = 64
 DOC_ID_BYTES_MAX = 512
 DELTAS_PER_BATCH_MAX = 4096
-ENTRIES_PER_PAGE_MAX = 4096
+ENTRIES_PER_MESSAGE_MAX = 4096
+"""Most (segment, doc id, digest) entries in one TREE_ENTRIES message."""
+TREE_SEGMENTS = 4096
+TREE_BRANCHES = 64
+"""The Merkle tree's shape is part of the protocol: every node of a cluster uses the same one."""
+TREE_HASH_BYTES = 16
 
 
 class WireError(ValueError):
@@ -66,8 +71,12 @@ class MessageKind(IntEnum):
     SYNC_REQUEST = 7
     SYNC_RESPONSE = 8
     SYNC_PUSH = 9
-    DIGESTS_REQUEST = 10
-    DIGESTS_PAGE = 11
+    TREE_ROOT = 10
+    TREE_BRANCHES = 11
+    TREE_SEGMENTS_REQUEST = 12
+    TREE_SEGMENTS = 13
+    TREE_ENTRIES_REQUEST = 14
+    TREE_ENTRIES = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,21 +179,57 @@ class SyncPush:
 
 
 @dataclass(frozen=True, slots=True)
-class DigestsRequest:
-    """Asks for the responder's (doc id, digest) pairs with doc id > `after`, in doc id order."""
+class TreeRoot:
+    """Starts an anti-entropy round: the initiator's Merkle root."""
 
     node_id: str
-    after: str
-    limit: int
+    round_id: int
+    root: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class DigestsPage:
+class TreeBranches:
+    """The responder's answer to `TreeRoot`: `equal`, or its TREE_BRANCHES branch hashes."""
+
     node_id: str
-    after: str
-    entries: tuple[tuple[str, bytes], ...]
-    complete: bool
-    """True when no doc ids follow the last entry."""
+    round_id: int
+    equal: bool
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSegmentsRequest:
+    node_id: str
+    round_id: int
+    branches: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSegments:
+    """For each requested branch, its segment hashes (TREE_SEGMENTS / TREE_BRANCHES each), in order."""
+
+    node_id: str
+    round_id: int
+    branches: tuple[int, ...]
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntriesRequest:
+    node_id: str
+    round_id: int
+    segments: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntries:
+    """The (doc id, digest) entries of whole segments. `segments` lists the segments answered in full;
+    a responder may answer fewer than were requested to stay within ENTRIES_PER_MESSAGE_MAX."""
+
+    node_id: str
+    round_id: int
+    segments: tuple[int, ...]
+    entries: tuple[tuple[int, str, bytes], ...]
 
 
 Message = (
@@ -197,8 +242,12 @@ Message = (
     | SyncRequest
     | SyncResponse
     | SyncPush
-    | DigestsRequest
-    | DigestsPage
+    | TreeRoot
+    | TreeBranches
+    | TreeSegmentsRequest
+    | TreeSegments
+    | TreeEntriesRequest
+    | TreeEntries
 )
 
 
@@ -225,13 +274,21 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.SYNC_RESPONSE, [n, doc, update, state]
         case SyncPush(n, doc, update):
             return MessageKind.SYNC_PUSH, [n, doc, update]
-        case DigestsRequest(n, after, limit):
-            return MessageKind.DIGESTS_REQUEST, [n, after, limit]
-        case DigestsPage(n, after, entries, complete):
-            flat_entries: list[Any] = [n, after, complete]
-            for doc_id, digest in entries:
-                flat_entries.extend((doc_id, digest))
-            return MessageKind.DIGESTS_PAGE, flat_entries
+        case TreeRoot(n, round_id, root):
+            return MessageKind.TREE_ROOT, [n, round_id, root]
+        case TreeBranches(n, round_id, equal, hashes):
+            return MessageKind.TREE_BRANCHES, [n, round_id, equal, *hashes]
+        case TreeSegmentsRequest(n, round_id, branches):
+            return MessageKind.TREE_SEGMENTS_REQUEST, [n, round_id, *branches]
+        case TreeSegments(n, round_id, branches, hashes):
+            return MessageKind.TREE_SEGMENTS, [n, round_id, list(branches), *hashes]
+        case TreeEntriesRequest(n, round_id, segments):
+            return MessageKind.TREE_ENTRIES_REQUEST, [n, round_id, *segments]
+        case TreeEntries(n, round_id, segments, entries):
+            flat_entries: list[Any] = [n, round_id, list(segments)]
+            for segment, doc_id, digest in entries:
+                flat_entries.extend((segment, doc_id, digest))
+            return MessageKind.TREE_ENTRIES, flat_entries
     raise TypeError(f"not a crdtsync message: {message!r}")
 
 
@@ -285,7 +342,7 @@ def decode(frame: bytes) -> Message:
             use_list=True,
             raw=False,
             strict_map_key=True,
-            max_array_len=4 * DELTAS_PER_BATCH_MAX + 8,
+            max_array_len=max(4 * DELTAS_PER_BATCH_MAX, 3 * ENTRIES_PER_MESSAGE_MAX, TREE_SEGMENTS) + 8,
             max_map_len=0,
             max_ext_len=0,
         )
@@ -345,6 +402,40 @@ class _Fields:
         if type(value) is not int or value < 0 or value >= 1 << 63:
             raise WireError("bad_body", f"{self.kind.name}.{name} is not an unsigned 63-bit integer")
         return value
+
+    def hash(self, name: str) -> bytes:
+        value = self.blob(name)
+        if len(value) != TREE_HASH_BYTES:
+            raise WireError(
+                "bad_body", f"{self.kind.name}.{name} is {len(value)} bytes, not {TREE_HASH_BYTES}"
+            )
+        return value
+
+    def _index(self, name: str, value: Any, bound: int) -> int:
+        if type(value) is not int or not 0 <= value < bound:
+            raise WireError(
+                "bad_body", f"{self.kind.name}.{name} holds {value!r}, not an index below {bound}"
+            )
+        return value
+
+    def indexes(self, name: str, count: int, bound: int) -> tuple[int, ...]:
+        """`count` distinct indexes below `bound`, read as consecutive fields."""
+        if count > bound:
+            raise WireError("too_large", f"{self.kind.name}.{name} lists more than {bound} indexes")
+        values = tuple(self._index(name, self._next(), bound) for _ in range(count))
+        if len(set(values)) != len(values):
+            raise WireError("bad_body", f"{self.kind.name}.{name} repeats an index")
+        return values
+
+    def index_list(self, name: str, bound: int) -> tuple[int, ...]:
+        """A nested array of distinct indexes below `bound`."""
+        value = self._next()
+        if not isinstance(value, list) or len(value) > bound:
+            raise WireError("bad_body", f"{self.kind.name}.{name} is not an array of at most {bound} indexes")
+        values = tuple(self._index(name, item, bound) for item in value)
+        if len(set(values)) != len(values):
+            raise WireError("bad_body", f"{self.kind.name}.{name} repeats an index")
+        return values
 
     def flag(self, name: str) -> bool:
         value = self._next()
@@ -412,18 +503,42 @@ def _message_from(kind: MessageKind, items: list[Any]) -> Message:
         message = SyncResponse(node_id, f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update"), f.blob("state"))
     elif kind is MessageKind.SYNC_PUSH:
         message = SyncPush(node_id, f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update"))
-    elif kind is MessageKind.DIGESTS_REQUEST:
-        after, limit = f.text("after", DOC_ID_BYTES_MAX), f.uint("limit")
-        message = DigestsRequest(node_id, after, min(limit, ENTRIES_PER_PAGE_MAX))
-    else:  # DIGESTS_PAGE
-        after, complete = f.text("after", DOC_ID_BYTES_MAX), f.flag("complete")
-        if f.remaining() % 2:
-            raise WireError("bad_body", "DIGESTS_PAGE entries must be (doc_id, digest) pairs")
-        if f.remaining() // 2 > ENTRIES_PER_PAGE_MAX:
-            raise WireError("too_large", f"DIGESTS_PAGE carries more than {ENTRIES_PER_PAGE_MAX} entries")
+    elif kind is MessageKind.TREE_ROOT:
+        message = TreeRoot(node_id, f.uint("round_id"), f.hash("root"))
+    elif kind is MessageKind.TREE_BRANCHES:
+        round_id, equal = f.uint("round_id"), f.flag("equal")
+        if f.remaining() != (0 if equal else TREE_BRANCHES):
+            raise WireError("bad_body", f"TREE_BRANCHES must carry {TREE_BRANCHES} hashes unless equal")
+        message = TreeBranches(node_id, round_id, equal, tuple(f.hash("hash") for _ in range(f.remaining())))
+    elif kind is MessageKind.TREE_SEGMENTS_REQUEST:
+        round_id = f.uint("round_id")
+        branches = f.indexes("branches", f.remaining(), TREE_BRANCHES)
+        message = TreeSegmentsRequest(node_id, round_id, branches)
+    elif kind is MessageKind.TREE_SEGMENTS:
+        round_id = f.uint("round_id")
+        branches = f.index_list("branches", TREE_BRANCHES)
+        if f.remaining() != len(branches) * (TREE_SEGMENTS // TREE_BRANCHES):
+            raise WireError("bad_body", "TREE_SEGMENTS must carry every segment hash of each listed branch")
+        message = TreeSegments(
+            node_id, round_id, branches, tuple(f.hash("hash") for _ in range(f.remaining()))
+        )
+    elif kind is MessageKind.TREE_ENTRIES_REQUEST:
+        round_id = f.uint("round_id")
+        message = TreeEntriesRequest(node_id, round_id, f.indexes("segments", f.remaining(), TREE_SEGMENTS))
+    else:  # TREE_ENTRIES
+        round_id = f.uint("round_id")
+        segments = f.index_list("segments", TREE_SEGMENTS)
+        if f.remaining() % 3:
+            raise WireError("bad_body", "TREE_ENTRIES entries must be (segment, doc_id, digest) triples")
+        if f.remaining() // 3 > ENTRIES_PER_MESSAGE_MAX:
+            raise WireError("too_large", f"TREE_ENTRIES carries more than {ENTRIES_PER_MESSAGE_MAX} entries")
+        listed = set(segments)
         entries = []
         while f.remaining():
-            entries.append((f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("digest")))
-        message = DigestsPage(node_id, after, tuple(entries), complete)
+            segment, doc_id, digest = f.uint("segment"), f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("digest")
+            if segment not in listed:
+                raise WireError("bad_body", f"TREE_ENTRIES has an entry in unlisted segment {segment}")
+            entries.append((segment, doc_id, digest))
+        message = TreeEntries(node_id, round_id, segments, tuple(entries))
     f.done()
     return message

@@ -26,7 +26,7 @@ FAST = ReplicaConfig(
     hello_interval_ms=100.0,
     tick_interval_ms=20.0,
     retransmit_timeout_ms=100.0,
-    resync_timeout_ms=500.0,
+    ae_round_timeout_ms=500.0,
     causal_wait_ms=200.0,
     peer_timeout_ms=3000.0,
 )

@@ -30,6 +30,28 @@ def retransmit_requests(draw: st.DrawFn) -> wire.RetransmitRequest:
     return wire.RetransmitRequest(draw(node_ids), draw(uints), lo, hi)
 
 
+hashes = st.binary(min_size=wire.TREE_HASH_BYTES, max_size=wire.TREE_HASH_BYTES)
+branch_sets = st.lists(st.integers(0, wire.TREE_BRANCHES - 1), unique=True, max_size=8).map(tuple)
+segment_sets = st.lists(st.integers(0, wire.TREE_SEGMENTS - 1), unique=True, max_size=8).map(tuple)
+
+
+@st.composite
+def branch_segments(draw: st.DrawFn) -> wire.TreeSegments:
+    branches = draw(st.lists(st.integers(0, wire.TREE_BRANCHES - 1), unique=True, max_size=2).map(tuple))
+    per_branch = wire.TREE_SEGMENTS // wire.TREE_BRANCHES
+    segment_hashes = draw(
+        st.lists(hashes, min_size=len(branches) * per_branch, max_size=len(branches) * per_branch)
+    )
+    return wire.TreeSegments(draw(node_ids), draw(uints), branches, tuple(segment_hashes))
+
+
+@st.composite
+def tree_entries(draw: st.DrawFn) -> wire.TreeEntries:
+    segments = draw(st.lists(st.integers(0, wire.TREE_SEGMENTS - 1), unique=True, min_size=1, max_size=4))
+    entries = draw(st.lists(st.tuples(st.sampled_from(segments), doc_ids, hashes), max_size=8))
+    return wire.TreeEntries(draw(node_ids), draw(uints), tuple(segments), tuple(entries))
+
+
 messages: st.SearchStrategy[wire.Message] = st.one_of(
     st.builds(wire.Hello, node_ids, uints, addresses, addresses, uints),
     st.builds(wire.HelloAck, node_ids, uints, addresses, addresses, uints),
@@ -40,14 +62,19 @@ messages: st.SearchStrategy[wire.Message] = st.one_of(
     st.builds(wire.SyncRequest, node_ids, doc_ids, blobs),
     st.builds(wire.SyncResponse, node_ids, doc_ids, blobs, blobs),
     st.builds(wire.SyncPush, node_ids, doc_ids, blobs),
-    st.builds(wire.DigestsRequest, node_ids, doc_ids, st.integers(0, wire.ENTRIES_PER_PAGE_MAX)),
+    st.builds(wire.TreeRoot, node_ids, uints, hashes),
+    st.builds(wire.TreeBranches, node_ids, uints, st.just(True), st.just(())),
     st.builds(
-        wire.DigestsPage,
+        wire.TreeBranches,
         node_ids,
-        doc_ids,
-        st.lists(st.tuples(doc_ids, st.binary(max_size=32)), max_size=12).map(tuple),
-        st.booleans(),
+        uints,
+        st.just(False),
+        st.lists(hashes, min_size=64, max_size=64).map(tuple),
     ),
+    st.builds(wire.TreeSegmentsRequest, node_ids, uints, branch_sets),
+    branch_segments(),
+    st.builds(wire.TreeEntriesRequest, node_ids, uints, segment_sets),
+    tree_entries(),
 )
 
 

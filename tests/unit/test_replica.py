@@ -295,13 +295,13 @@ def test_dropped_deltas_frame_is_retransmitted_from_the_ring(detected_by: str) -
         mesh.advance(a.config.heartbeat_interval_ms + 50.0)
     assert _count(b, "retransmit_requests") >= 1
     assert _count(a, "retransmits_served") >= 1
-    assert _count(b, "resyncs_started") == 1, "only the hello resync: the ring served the gap"
+    assert _count(b, "ae_rounds_started") == 1, "only the round at first contact: the ring served the gap"
     _assert_converged([a, b], ["doc"])
     assert b.status(mesh.now_ms).pending_deltas == 0
     assert [p.behind_updates for p in b.status(mesh.now_ms).peers] == [0]
 
 
-def test_gap_older_than_the_ring_is_answered_gone_and_repaired_by_resync() -> None:
+def test_gap_older_than_the_ring_is_answered_gone_and_repaired_by_anti_entropy() -> None:
     mesh = Mesh()
     a, b = mesh.add("a", config=ReplicaConfig(ring_deltas_max=2)), mesh.add("b")
     mesh.link_all()
@@ -316,7 +316,8 @@ def test_gap_older_than_the_ring_is_answered_gone_and_repaired_by_resync() -> No
     assert _count(b, "retransmit_requests") >= 1
     assert _count(a, "retransmits_gone") >= 1
     assert _count(b, "retransmits_gone_received") >= 1
-    assert _count(b, "resyncs_completed") >= 2, "one resync for the hello, one for the gap"
+    assert _count(b, "ae_rounds_completed") >= 2, "one round at first contact, one for the gap"
+    assert _count(b, "ae_docs_repaired") >= 1
     _assert_converged([a, b], ["doc"])
     assert str(b.open_doc("doc").get("text", type=Text)) == "lost one two three"
     assert b.status(mesh.now_ms).pending_deltas == 0
@@ -455,7 +456,7 @@ def test_restarted_peer_is_resynchronised_and_gets_its_data_back() -> None:
     assert restarted.open_doc("doc-a").get("data", type=Map)["after_restart"] == 1
 
 
-def test_restarted_publisher_frames_reordered_before_its_hello_are_repaired_by_resync() -> None:
+def test_restarted_publisher_frames_reordered_before_its_hello_are_repaired_by_anti_entropy() -> None:
     mesh, a, b = _pair()
     a.close()
     restarted = mesh.add("a", epoch=2, client_id=4343)  # does not say hello by itself: no configured peers
@@ -471,9 +472,9 @@ def test_restarted_publisher_frames_reordered_before_its_hello_are_repaired_by_r
     b.receive(frames[0], mesh.now_ms)
     assert _count(b, "deltas_duplicate") == 1
     assert b.status(mesh.now_ms).pending_deltas == 1
-    # b's hello to the new incarnation starts a resync, which brings what the stream skipped.
+    # b's hello to the new incarnation starts an anti-entropy round, which brings what the stream skipped.
     mesh.pump()
-    assert _count(b, "resyncs_started") == 2
+    assert _count(b, "ae_rounds_started") == 2
     _assert_converged([restarted, b], ["doc"])
     assert str(b.open_doc("doc").get("text", type=Text)) == "one two"
     assert b.status(mesh.now_ms).pending_deltas == 0
@@ -485,8 +486,7 @@ def test_late_joiner_receives_every_existing_doc() -> None:
     for i, doc_id in enumerate(doc_ids):
         (a if i % 2 else b).open_doc(doc_id).get("data", type=Map)["i"] = i
     mesh.pump()
-    config = ReplicaConfig(resync_page_docs=7)  # several digest pages
-    c = mesh.add("c", config=config)
+    c = mesh.add("c")
     c.add_peer(a.address, mesh.now_ms)
     mesh.tick()
     assert c.doc_ids() == doc_ids
@@ -520,8 +520,9 @@ def test_status_reports_peers_behind_updates_and_docs() -> None:
     assert (peer.address, peer.node_id, peer.state, peer.epoch) == (a.address, "a", "up", a.epoch)
     assert peer.behind_updates == 2
     assert peer.last_heard_ago_ms == 25.0
-    assert not peer.resyncing
-    assert peer.resyncs_completed == 1
+    assert not peer.ae_in_progress
+    assert peer.ae_rounds == 1
+    assert peer.ae_divergence == 0
     assert a.status(mesh.now_ms).last_seq == 4
 
     mesh.drop = lambda hop: False

@@ -15,6 +15,7 @@ from crdtsync.core import wire
 from crdtsync.core.wire import MessageKind, WireError
 
 NODE = "node-a"
+_SEGMENTS_PER_BRANCH = wire.TREE_SEGMENTS // wire.TREE_BRANCHES
 
 
 def _delta(doc_id: str, update: bytes) -> wire.Delta:
@@ -31,9 +32,14 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
     wire.SyncRequest(NODE, "doc-1", b"\x01\x0b\x02"),
     wire.SyncResponse(NODE, "doc-1", b"\x00\x00", b"\x00"),
     wire.SyncPush(NODE, "doc-ü", b"\x01\x02\x03"),
-    wire.DigestsRequest(NODE, "doc-0", 256),
-    wire.DigestsPage(NODE, "", (("doc-1", b"\x11" * 16), ("doc-2", b"\x22" * 16)), True),
-    wire.DigestsPage(NODE, "doc-9", (), False),
+    wire.TreeRoot(NODE, 1, b"\x10" * 16),
+    wire.TreeBranches(NODE, 1, True, ()),
+    wire.TreeBranches(NODE, 1, False, tuple(bytes([i]) * 16 for i in range(wire.TREE_BRANCHES))),
+    wire.TreeSegmentsRequest(NODE, 2, (0, 63)),
+    wire.TreeSegments(NODE, 2, (5,), tuple(bytes([i]) * 16 for i in range(_SEGMENTS_PER_BRANCH))),
+    wire.TreeEntriesRequest(NODE, 3, (0, 4095)),
+    wire.TreeEntries(NODE, 3, (7, 9), ((7, "doc-1", b"\x11" * 16), (9, "doc-2", b"\x22" * 16))),
+    wire.TreeEntries(NODE, 3, (11,), ()),
 ]
 
 
@@ -97,10 +103,24 @@ def test_encoded_header_follows_the_documented_layout() -> None:
     assert msgpack.unpackb(body) == [NODE, 3, 99]
 
 
-def test_digests_request_limit_is_clamped_to_the_page_maximum() -> None:
-    frame = _frame_of(MessageKind.DIGESTS_REQUEST, [NODE, "", wire.ENTRIES_PER_PAGE_MAX * 10])
-    decoded = wire.decode(frame)
-    assert decoded == wire.DigestsRequest(NODE, "", wire.ENTRIES_PER_PAGE_MAX)
+@pytest.mark.parametrize(
+    ("name", "kind", "fields"),
+    [
+        ("root-hash-short", MessageKind.TREE_ROOT, [NODE, 1, b"\x01" * 15]),
+        ("branches-missing-hashes", MessageKind.TREE_BRANCHES, [NODE, 1, False, b"\x01" * 16]),
+        ("branches-equal-with-hashes", MessageKind.TREE_BRANCHES, [NODE, 1, True, b"\x01" * 16]),
+        ("segments-request-out-of-range", MessageKind.TREE_SEGMENTS_REQUEST, [NODE, 1, wire.TREE_BRANCHES]),
+        ("segments-request-repeated", MessageKind.TREE_SEGMENTS_REQUEST, [NODE, 1, 3, 3]),
+        ("segments-wrong-count", MessageKind.TREE_SEGMENTS, [NODE, 1, [2], b"\x01" * 16]),
+        ("entries-request-negative", MessageKind.TREE_ENTRIES_REQUEST, [NODE, 1, -1]),
+        ("entries-unlisted-segment", MessageKind.TREE_ENTRIES, [NODE, 1, [1], 2, "doc", b"\x01" * 16]),
+        ("entries-not-triples", MessageKind.TREE_ENTRIES, [NODE, 1, [1], 1, "doc"]),
+    ],
+)
+def test_malformed_tree_messages_are_rejected(name: str, kind: MessageKind, fields: list[Any]) -> None:
+    with pytest.raises(WireError) as excinfo:
+        wire.decode(_frame_of(kind, fields))
+    assert excinfo.value.reason == "bad_body", name
 
 
 # ---------------------------------------------------------------------------------------------- compression
@@ -168,10 +188,10 @@ def _too_many_deltas() -> bytes:
 
 
 def _too_many_digest_entries() -> bytes:
-    fields: list[Any] = [NODE, "", True]
-    for i in range(wire.ENTRIES_PER_PAGE_MAX + 1):
-        fields += [f"d{i}", b"x"]
-    return _frame_of(MessageKind.DIGESTS_PAGE, fields)
+    fields: list[Any] = [NODE, 1, [0]]
+    for i in range(wire.ENTRIES_PER_MESSAGE_MAX + 1):
+        fields += [0, f"d{i}", b"x" * 16]
+    return _frame_of(MessageKind.TREE_ENTRIES, fields)
 
 
 INVALID_FRAMES: list[tuple[str, bytes, str]] = [
@@ -242,11 +262,10 @@ INVALID_FRAMES: list[tuple[str, bytes, str]] = [
     ),
     ("deltas-doc-id-not-a-string", _frame_of(MessageKind.DELTAS, [NODE, 1, 1, 5, b"", b"", b""]), "bad_body"),
     ("retransmit-empty-range", _frame_of(MessageKind.RETRANSMIT_REQUEST, [NODE, 1, 5, 4]), "bad_body"),
-    ("digests-complete-not-bool", _frame_of(MessageKind.DIGESTS_PAGE, [NODE, "", 1]), "bad_body"),
-    ("digests-odd-entries", _frame_of(MessageKind.DIGESTS_PAGE, [NODE, "", True, "doc"]), "bad_body"),
+    ("tree-equal-not-bool", _frame_of(MessageKind.TREE_BRANCHES, [NODE, 1, 1]), "bad_body"),
     (
-        "digests-digest-not-bytes",
-        _frame_of(MessageKind.DIGESTS_PAGE, [NODE, "", True, "doc", "x"]),
+        "tree-entry-digest-not-bytes",
+        _frame_of(MessageKind.TREE_ENTRIES, [NODE, 1, [0], 0, "doc", "x"]),
         "bad_body",
     ),
     ("too-many-deltas", _too_many_deltas(), "too_large"),
