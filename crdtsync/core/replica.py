@@ -62,6 +62,8 @@ class ReplicaConfig:
     heartbeat_interval_ms: float = 500.0
     hello_interval_ms: float = 500.0
     peer_timeout_ms: float = 3000.0
+    retransmit_enabled: bool = True
+    """False leaves every lost delta to anti-entropy (used to test that anti-entropy alone converges)."""
     retransmit_timeout_ms: float = 200.0
     retransmit_deltas_max: int = 4096
     out_of_order_seqs_max: int = 8192
@@ -792,6 +794,10 @@ class Replica:
     # ------------------------------------------------------------------ retransmission
 
     def _request_retransmit(self, node_id: str, track: _PublisherTrack) -> None:
+        if not self.config.retransmit_enabled:
+            track.contiguous = max(track.contiguous, track.last_seq_seen, max(track.above, default=0))
+            track.above.clear()
+            return
         if self._now_ms < track.retransmit_deadline_ms:
             return
         lo = track.contiguous + 1

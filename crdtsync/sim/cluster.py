@@ -45,7 +45,11 @@ class SimConfig:
     delay_ms: tuple[float, float] = (50.0, 500.0)
     partitions: int = 2
     partition_ms: tuple[float, float] = (300.0, 2_000.0)
+    partition_groups: int = 0
+    """Groups a partition splits the nodes into; 0 picks 2 or 3 at random."""
     crashes: int = 2
+    late_nodes: int = 0
+    """The last `late_nodes` nodes are down for the whole write phase and start empty at healing."""
     downtime_ms: tuple[float, float] = (100.0, 2_000.0)
     settle_ms_max: float = 60_000.0
     """After healing, how long the cluster may take to converge before the run fails."""
@@ -58,6 +62,8 @@ class SimConfig:
             raise ValueError(f"unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
         if self.nodes < 1 or self.docs < 1 or self.ops < 0:
             raise ValueError("nodes and docs must be >= 1 and ops >= 0")
+        if not 0 <= self.late_nodes < self.nodes:
+            raise ValueError("late_nodes must leave at least one node up")
 
     def replay_command(self) -> str:
         faults = ",".join(sorted(self.faults)) or "none"
@@ -74,6 +80,8 @@ class SimResult:
     problems: list[str]
     converged_after_ms: float | None
     """Simulated time from healing to the first check that found all replicas equal."""
+    ae_rounds_after_heal_max: int
+    """The most anti-entropy rounds any node completed between healing and convergence."""
     messages_sent: int
     messages_dropped: int
     messages_duplicated: int
@@ -91,7 +99,8 @@ class SimResult:
             f"nodes={self.config.nodes} docs={self.config.docs} ops={self.config.ops} "
             f"faults={','.join(sorted(self.config.faults)) or 'none'} messages={self.messages_sent} "
             f"dropped={self.messages_dropped} duplicated={self.messages_duplicated} crashes={self.crashes} "
-            f"partitions={self.partitions} writes_lost_to_crashes={self.writes_lost_to_crashes}"
+            f"partitions={self.partitions} writes_lost_to_crashes={self.writes_lost_to_crashes} "
+            f"ae_rounds_after_heal_max={self.ae_rounds_after_heal_max}"
         )
         if self.ok:
             return f"{head} converged {self.converged_after_ms:.0f} ms after healing; {stats}"
@@ -226,7 +235,7 @@ class SimCluster:
         if "crash" in self.config.faults and self.config.nodes > 1:
             for _ in range(self.config.crashes):
                 start = self.rng.uniform(0.0, window)
-                index = self.rng.randrange(self.config.nodes)
+                index = self.rng.randrange(self.config.nodes - self.config.late_nodes)
                 self._schedule(start, "crash", index)
                 self._schedule(
                     min(window, start + self.rng.uniform(*self.config.downtime_ms)), "restart", index
@@ -234,12 +243,14 @@ class SimCluster:
 
     def run(self) -> SimResult:
         config = self.config
-        for node in self.nodes:
+        late = self.config.nodes - self.config.late_nodes
+        for node in self.nodes[:late]:
             self._start_node(node)
         for op_index in range(config.ops):
             self._schedule(self.rng.uniform(0.0, config.write_window_ms), "op", op_index)
         self._plan_faults()
         heal_at = config.write_window_ms
+        rounds_at_heal = [0] * config.nodes
         self._schedule(heal_at, "check", "heal")
         converged_at: float | None = None
         problems: list[str] = []
@@ -256,6 +267,7 @@ class SimCluster:
             if kind == "check":
                 if payload == "heal":
                     self._heal_everything()
+                    rounds_at_heal = self._ae_rounds()
                 problems = self.check()
                 if not problems:
                     converged_at = at - heal_at
@@ -278,6 +290,9 @@ class SimCluster:
             ok=converged_at is not None,
             problems=problems if converged_at is None else [],
             converged_after_ms=converged_at,
+            ae_rounds_after_heal_max=max(
+                (now - then for now, then in zip(self._ae_rounds(), rounds_at_heal, strict=True)), default=0
+            ),
             messages_sent=self.messages_sent,
             messages_dropped=self.messages_dropped,
             messages_duplicated=self.messages_duplicated,
@@ -307,8 +322,10 @@ class SimCluster:
             self._client_op(payload)
         elif kind == "partition" and self._groups is None:
             self.partitions += 1
-            group_count = self.rng.randint(2, min(3, self.config.nodes))
-            self._groups = {node.index: self.rng.randrange(group_count) for node in self.nodes}
+            group_count = self.config.partition_groups or self.rng.randint(2, min(3, self.config.nodes))
+            order = list(range(self.config.nodes))
+            self.rng.shuffle(order)
+            self._groups = {index: position % group_count for position, index in enumerate(order)}
         elif kind == "heal":
             self._groups = None
         elif kind == "crash":
@@ -339,6 +356,12 @@ class SimCluster:
             if write.shared:
                 self.shared_values.setdefault((write.doc_id, write.root, write.key), []).append(write.value)
         self._pump(node)
+
+    def _ae_rounds(self) -> list[int]:
+        return [
+            node.replica.counters.get("ae_rounds_completed", 0) if node.replica is not None else 0
+            for node in self.nodes
+        ]
 
     def _heal_everything(self) -> None:
         self._groups = None
