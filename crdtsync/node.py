@@ -17,6 +17,8 @@ from crdtsync.core.effects import Effect, Persist, Publish, Send, Subscribe, Uns
 from crdtsync.core.replica import PeerStatus, Replica, ReplicaConfig
 from crdtsync.core.wire import NODE_ID_BYTES_MAX
 from crdtsync.store import MemoryStore, Store
+from crdtsync.store.sqlite import Durability, SqliteStore, read_backup
+from crdtsync.store.writer import StoreWriter
 from crdtsync.transport.zmq_transport import ZmqTransport, parse_endpoint
 
 log = logging.getLogger("crdtsync.node")
@@ -36,6 +38,10 @@ class NodeConfig:
     listen: str
     peers: list[str] = field(default_factory=list)
     publish: str | None = None
+    data_dir: str | None = None
+    """Where the node keeps its SQLite store; None keeps everything in memory (lost at exit)."""
+    durability: Durability = "fsync"
+    """What `flush()` waits for with a data_dir: see `crdtsync.store.sqlite.Durability`."""
     replication: ReplicaConfig = field(default_factory=ReplicaConfig)
 
     def __post_init__(self) -> None:
@@ -46,6 +52,8 @@ class NodeConfig:
             parse_endpoint(peer)
         if self.publish is not None:
             parse_endpoint(self.publish)
+        if self.durability not in ("fsync", "process", "none"):
+            raise ValueError(f"durability must be fsync, process or none, not {self.durability!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,9 @@ class NodeStatus:
     """Remote updates received but waiting for their causal dependencies."""
     peers: tuple[PeerStatus, ...]
     counters: dict[str, int]
+    store: str
+    """`memory`, or `sqlite:` and the database path."""
+    durability: str
 
 
 def _now_ms() -> float:
@@ -79,7 +90,9 @@ class Node:
 
     def __init__(self, config: NodeConfig, *, store: Store | None = None) -> None:
         self.config = config
-        self._store: Store = store if store is not None else MemoryStore()
+        self._given_store = store
+        self._store: Store | None = None
+        self._writer: StoreWriter | None = None
         self._transport: ZmqTransport | None = None
         self._replica: Replica | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -106,16 +119,26 @@ class Node:
         if self._replica is not None:
             raise RuntimeError("node already started")
         self._loop = asyncio.get_running_loop()
-        transport = ZmqTransport(self.config.listen, self.config.publish)
-        epoch = time.time_ns() // 1_000_000
+        store = self._open_store()
+        # A durable store hands out strictly increasing epochs; a memory store starts from zero each
+        # time, so the wall clock is the best order it has.
+        epoch = store.epoch if isinstance(store, SqliteStore) else time.time_ns() // 1_000_000
+        try:
+            transport = ZmqTransport(self.config.listen, self.config.publish)
+        except BaseException:
+            store.close()
+            raise
         try:
             replica = self._new_replica(transport, epoch)
         except BaseException:
             transport.close()
+            store.close()
             raise
+        self._store = store
+        self._writer = StoreWriter(store, self._loop)
         self._transport = transport
         self._replica = replica
-        for doc_id, update in self._store.load():
+        for doc_id, update in store.load():
             replica.load_update(doc_id, update)
         now = _now_ms()
         for peer in self.config.peers:
@@ -133,6 +156,15 @@ class Node:
             self.config.node_id, self.config.listen, transport.publish_endpoint, epoch,
             replica.status(now).docs, len(self.config.peers),
         )  # fmt: skip
+
+    def _open_store(self) -> Store:
+        if self._given_store is not None:
+            return self._given_store
+        if self.config.data_dir is not None:
+            return SqliteStore(
+                self.config.data_dir, node_id=self.config.node_id, durability=self.config.durability
+            )
+        return MemoryStore()
 
     def _new_replica(self, transport: ZmqTransport, epoch: int) -> Replica:
         # A fresh client id per start: an id reused after a restart could collide with updates
@@ -162,7 +194,8 @@ class Node:
         self._replica.close()
         if self._transport is not None:
             self._transport.close()
-        self._store.close()
+        if self._writer is not None:
+            self._writer.close()
 
     async def open(self, doc_id: str) -> Doc[Any]:
         """The pycrdt Doc `doc_id`, kept in sync with the peers; created empty when new."""
@@ -178,9 +211,33 @@ class Node:
         return self.replica.doc_ids(after=after, limit=limit)
 
     async def flush(self) -> None:
-        """Hand every local write made so far to the store and the transport."""
+        """Hand every local write made so far to the transport, and return once the store holds it
+        as the durability setting promises (at once for a memory store or durability `none`)."""
         self._pump(force=True)
-        await asyncio.sleep(0)
+        if self._writer is not None and self.config.durability != "none":
+            await self._writer.flushed()
+        else:
+            await asyncio.sleep(0)
+
+    async def backup(self, path: str) -> None:
+        """Write a consistent copy of the node's store to the new file `path` while writes go on.
+        Needs a `data_dir`."""
+        store, writer = self._store, self._writer
+        if not isinstance(store, SqliteStore) or writer is None:
+            raise RuntimeError("backup needs a node with a data_dir (the memory store has nothing on disk)")
+        self._pump(force=True)
+        await writer.run(lambda: store.backup(path))
+
+    async def restore(self, path: str) -> int:
+        """Merge every doc of a backup file into this node as CRDT updates: nothing newer is
+        overwritten, and anti-entropy spreads what the cluster lacked. Returns the docs merged."""
+        loop = asyncio.get_running_loop()
+        contents = await loop.run_in_executor(None, lambda: list(read_backup(path)))
+        replica = self.replica
+        for doc_id, update in contents:
+            replica.restore_update(doc_id, update)
+        self._pump()
+        return len(contents)
 
     def status(self) -> NodeStatus:
         replica = self.replica
@@ -188,6 +245,9 @@ class Node:
         counters = dict(snapshot.counters)
         if self._transport is not None:
             counters["transport_send_drops"] = self._transport.send_drops
+        if self._writer is not None:
+            counters["store_commits"] = self._writer.commits
+            counters["store_commit_failures"] = self._writer.commit_failures
         return NodeStatus(
             node_id=snapshot.node_id,
             epoch=snapshot.epoch,
@@ -198,6 +258,8 @@ class Node:
             pending_updates=snapshot.pending_deltas,
             peers=snapshot.peers,
             counters=counters,
+            store=f"sqlite:{self._store.path}" if isinstance(self._store, SqliteStore) else "memory",
+            durability=self.config.durability if isinstance(self._store, SqliteStore) else "none",
         )
 
     # ------------------------------------------------------------------ internals
@@ -227,7 +289,8 @@ class Node:
                 case Send(address, frame):
                     transport.send(address, frame)
                 case Persist(updates):
-                    self._store.append(updates)
+                    assert self._writer is not None
+                    self._writer.submit(updates)
                 case Subscribe(endpoint):
                     transport.subscribe(endpoint)
                 case Unsubscribe(endpoint):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pycrdt import Doc, Subscription, TransactionEvent, merge_updates
+from pycrdt import Doc, Subscription, TransactionEvent
 from sortedcontainers import SortedDict
 
 from crdtsync.core import wire
@@ -35,6 +35,7 @@ from crdtsync.core.state import (
     decode_state_vector,
     digest,
     encode_state_vector,
+    merge_all,
     merge_into,
 )
 
@@ -379,11 +380,17 @@ class Replica:
         return entry.digest
 
     def load_update(self, doc_id: str, update: bytes) -> None:
-        """Apply a stored, causally complete update (e.g. at start-up) without publishing it."""
+        """Apply a stored, causally complete update (e.g. at start-up): not published, not persisted."""
         entry = self._entry(doc_id, create=True)
         already_persisted = len(self._persist)
         self._apply(entry, update, "load")
         del self._persist[already_persisted:]
+
+    def restore_update(self, doc_id: str, update: bytes) -> bool:
+        """Merge a doc's whole content from a backup: persisted, not published (anti-entropy spreads
+        it, since the merge changes the doc's digest wherever it added something)."""
+        entry = self._entry(doc_id, create=True)
+        return self._apply(entry, update, "restore")
 
     def close(self) -> None:
         """Unsubscribe every doc observer (observed docs are never freed otherwise)."""
@@ -774,7 +781,7 @@ class Replica:
         """Apply causally ready updates, merged into one apply (several times faster) when they merge."""
         if len(updates) > 1:
             try:
-                merged = merge_updates(*updates)
+                merged = merge_all(updates)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException:  # one of them is malformed: apply them one by one, each isolated

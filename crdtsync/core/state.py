@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from pycrdt import Doc, Snapshot
+from pycrdt import Doc, Snapshot, merge_updates
 
 StateVector = dict[int, int]
 """client id -> number of items of that client integrated (the next expected clock)."""
@@ -153,3 +153,21 @@ def canonical_state(doc: Doc[Any]) -> bytes:
 def digest(doc: Doc[Any]) -> bytes:
     """Canonical 16-byte digest of a doc's state (items and deletions)."""
     return hashlib.blake2b(canonical_state(doc), digest_size=DIGEST_BYTES).digest()
+
+
+MERGE_CHUNK = 128
+
+
+def merge_all(updates: list[bytes]) -> bytes:
+    """Merge any number of updates into one. pycrdt's merge_updates grows faster than linearly with
+    the number of inputs (measured: 256 merge in 0.4 ms, 4096 in 62 ms, 20,000 in 2.8 s), so merge in
+    chunks of MERGE_CHUNK, then merge the results, level by level."""
+    if not updates:
+        raise ValueError("nothing to merge")
+    parts = updates
+    while len(parts) > 1:
+        parts = [
+            merge_updates(*parts[start : start + MERGE_CHUNK]) if len(parts) - start > 1 else parts[start]
+            for start in range(0, len(parts), MERGE_CHUNK)
+        ]
+    return parts[0]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from pycrdt import merge_updates
+from crdtsync.core.state import merge_all
 
 
 class MemoryStore:
@@ -23,12 +23,12 @@ class MemoryStore:
             log = self._logs.setdefault(doc_id, [])
             log.append(update)
             if len(log) >= self.compact_after_updates:
-                log[:] = [merge_updates(*log)]
+                log[:] = [merge_all(log)]
 
     def load(self) -> Iterator[tuple[str, bytes]]:
         for doc_id, log in list(self._logs.items()):
             if len(log) > 1:
-                log[:] = [merge_updates(*log)]
+                log[:] = [merge_all(log)]
             yield doc_id, log[0]
 
     def close(self) -> None:

@@ -1,0 +1,303 @@
+"""The embedded durable store: one SQLite file per node in WAL mode.
+
+Layout (schema version 1)::
+
+    meta(key TEXT PRIMARY KEY, value)        format, node_id, epoch
+    docs(doc_id TEXT PRIMARY KEY, snapshot BLOB, state BLOB, digest BLOB, log_updates INT, log_bytes INT)
+    updates(seq INTEGER PRIMARY KEY, doc_id TEXT, data BLOB)   append-only log, indexed by doc_id
+
+Every update a node applies, local or remote, is appended to `updates`. A doc's log is compacted
+into its `snapshot` with `merge_updates` once it holds `compact_after_updates` entries or
+`compact_after_bytes` bytes, so a doc loads from one snapshot plus a short log. `state` and
+`digest` are the doc's state vector and canonical digest as of its last write (NULL when not yet
+known): the Merkle tree is rebuilt from them at start-up without loading docs.
+
+All methods run on the thread that opened the store; the node runs them on one writer thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from crdtsync.core.state import merge_all
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x43535943  # "CSYC": marks the file as a crdtsync store
+DB_FILE = "crdtsync.db"
+
+Durability = Literal["fsync", "process", "none"]
+"""What a completed commit promises:
+
+- `fsync`: the commit is on stable storage (the WAL is fsynced); survives power loss.
+- `process`: the commit is in the operating system; survives the process being killed, not an OS
+  crash or power loss (SQLite `synchronous=NORMAL` in WAL mode).
+- `none`: nothing is waited for; `flush()` returns once updates are queued for the store. A kill
+  may lose the last few groups. For caches that peers can refill.
+"""
+
+
+class StoreError(RuntimeError):
+    """The data directory cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class DocRecord:
+    doc_id: str
+    state: bytes | None
+    digest: bytes | None
+
+
+class SqliteStore:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        node_id: str,
+        durability: Durability = "fsync",
+        compact_after_updates: int = 256,
+        compact_after_bytes: int = 1 << 20,
+    ) -> None:
+        if durability not in ("fsync", "process", "none"):
+            raise ValueError(f"durability must be fsync, process or none, not {durability!r}")
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_FILE
+        self.durability: Durability = durability
+        self.compact_after_updates = compact_after_updates
+        self.compact_after_bytes = compact_after_bytes
+        self._db = self._open(node_id)
+        self.node_id = node_id
+        self.epoch = self._next_epoch()
+
+    # ------------------------------------------------------------------ opening
+
+    def _open(self, node_id: str) -> sqlite3.Connection:
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise StoreError(f"data directory {self.data_dir} exists and is not a directory")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
+        if not fresh:
+            self._check_header()
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            if fresh:
+                self._create(db, node_id)
+            else:
+                self._verify(db, node_id)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'fsync' else 'NORMAL'}")
+            if self.durability == "none":
+                db.execute("PRAGMA synchronous=OFF")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _check_header(self) -> None:
+        """Refuse a file that is not SQLite before SQLite touches it (it would not, but the error
+        would say only 'file is not a database')."""
+        try:
+            with self.path.open("rb") as handle:
+                header = handle.read(100)
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+        if not header.startswith(b"SQLite format 3\x00"):
+            raise StoreError(
+                f"{self.path} is not a crdtsync store (not an SQLite database); nothing was changed"
+            )
+        if len(header) >= 72 and int.from_bytes(header[68:72], "big") != APPLICATION_ID:
+            raise StoreError(f"{self.path} is an SQLite database of another application; nothing was changed")
+
+    def _create(self, db: sqlite3.Connection, node_id: str) -> None:
+        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        db.execute("BEGIN")
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
+        db.execute(
+            "CREATE TABLE docs (doc_id TEXT PRIMARY KEY, snapshot BLOB, state BLOB, digest BLOB,"
+            " log_updates INTEGER NOT NULL DEFAULT 0, log_bytes INTEGER NOT NULL DEFAULT 0)"
+        )
+        db.execute("CREATE TABLE updates (seq INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, data BLOB NOT NULL)")
+        db.execute("CREATE INDEX updates_by_doc ON updates (doc_id, seq)")
+        db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [("schema_version", SCHEMA_VERSION), ("node_id", node_id), ("epoch", 0)],
+        )
+        db.execute("COMMIT")
+
+    def _verify(self, db: sqlite3.Connection, node_id: str) -> None:
+        try:
+            result = db.execute("PRAGMA quick_check").fetchone()
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is corrupt or unreadable ({exc}); nothing was changed") from exc
+        if result is None or result[0] != "ok":
+            raise StoreError(f"{self.path} failed its integrity check ({result}); nothing was changed")
+        version = meta.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version!r}; this crdtsync reads version {SCHEMA_VERSION}"
+            )
+        if meta.get("node_id") != node_id:
+            raise StoreError(
+                f"{self.path} belongs to node {meta.get('node_id')!r}, not {node_id!r}; nothing was changed"
+            )
+
+    def _next_epoch(self) -> int:
+        """Persist and return a new epoch: strictly greater than every earlier start of this store."""
+        with self._transaction():
+            (epoch,) = self._db.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            epoch = int(epoch) + 1
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
+        return epoch
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ writing
+
+    def commit(
+        self, updates: Iterable[tuple[str, bytes]], doc_states: Iterable[tuple[str, bytes, bytes | None]] = ()
+    ) -> None:
+        """Append updates and record doc states in one transaction (one fsync per group)."""
+        touched: dict[str, tuple[int, int]] = {}
+        with self._transaction():
+            for doc_id, update in updates:
+                self._db.execute("INSERT INTO updates (doc_id, data) VALUES (?, ?)", (doc_id, update))
+                count, size = touched.get(doc_id, (0, 0))
+                touched[doc_id] = (count + 1, size + len(update))
+            for doc_id, (count, size) in touched.items():
+                self._db.execute(
+                    "INSERT INTO docs (doc_id, log_updates, log_bytes) VALUES (?, ?, ?) ON CONFLICT (doc_id) DO "
+                    "UPDATE SET log_updates = log_updates + excluded.log_updates,"
+                    " log_bytes = log_bytes + excluded.log_bytes, digest = NULL",
+                    (doc_id, count, size),
+                )
+            for doc_id, state, digest in doc_states:
+                self._db.execute(
+                    "INSERT INTO docs (doc_id, state, digest) VALUES (?, ?, ?) ON CONFLICT (doc_id) DO "
+                    "UPDATE SET state = excluded.state, digest = excluded.digest",
+                    (doc_id, state, digest),
+                )
+        for doc_id in touched:
+            self._maybe_compact(doc_id)
+
+    def _maybe_compact(self, doc_id: str) -> None:
+        row = self._db.execute(
+            "SELECT log_updates, log_bytes FROM docs WHERE doc_id = ?", (doc_id,)
+        ).fetchone()
+        if row is not None and (row[0] >= self.compact_after_updates or row[1] >= self.compact_after_bytes):
+            self.compact(doc_id)
+
+    def compact(self, doc_id: str) -> None:
+        """Merge a doc's log into its snapshot. Content and digest are unchanged by construction."""
+        with self._transaction():
+            row = self._db.execute("SELECT snapshot FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+            log = self._db.execute(
+                "SELECT seq, data FROM updates WHERE doc_id = ? ORDER BY seq", (doc_id,)
+            ).fetchall()
+            if not log:
+                return
+            parts = ([row[0]] if row is not None and row[0] is not None else []) + [
+                data for _seq, data in log
+            ]
+            merged = merge_all(parts)
+            self._db.execute(
+                "UPDATE docs SET snapshot = ?, log_updates = 0, log_bytes = 0 WHERE doc_id = ?",
+                (merged, doc_id),
+            )
+            self._db.execute("DELETE FROM updates WHERE doc_id = ? AND seq <= ?", (doc_id, log[-1][0]))
+
+    # ------------------------------------------------------------------ reading
+
+    def load_doc(self, doc_id: str) -> bytes | None:
+        """The doc's whole content as one update (snapshot merged with its log), or None."""
+        row = self._db.execute("SELECT snapshot FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+        log = [
+            data
+            for (data,) in self._db.execute(
+                "SELECT data FROM updates WHERE doc_id = ? ORDER BY seq", (doc_id,)
+            )
+        ]
+        parts = ([row[0]] if row is not None and row[0] is not None else []) + log
+        if not parts:
+            return None
+        return merge_all(parts)
+
+    def docs(self) -> Iterator[DocRecord]:
+        """Every stored doc with its last recorded state vector and digest, in doc id order."""
+        for doc_id, state, digest in self._db.execute(
+            "SELECT doc_id, state, digest FROM docs ORDER BY doc_id"
+        ):
+            yield DocRecord(doc_id, state, digest)
+
+    def load(self) -> Iterator[tuple[str, bytes]]:
+        """Every doc's content (the `Store` protocol used by the node at start-up)."""
+        for record in list(self.docs()):
+            content = self.load_doc(record.doc_id)
+            if content is not None:
+                yield record.doc_id, content
+
+    def append(self, updates: Iterable[tuple[str, bytes]]) -> None:
+        self.commit(updates)
+
+    # ------------------------------------------------------------------ backup and shutdown
+
+    def backup(self, target: str | Path) -> None:
+        """Write a consistent copy of the store to `target` (SQLite online backup) while it runs."""
+        target_path = Path(target)
+        if target_path.exists():
+            raise StoreError(f"backup target {target_path} already exists; choose a new file")
+        destination = sqlite3.connect(target_path)
+        try:
+            self._db.backup(destination)
+        finally:
+            destination.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
+
+
+def read_backup(path: str | Path) -> Iterator[tuple[str, bytes]]:
+    """Every doc's content from a backup file made by `SqliteStore.backup`, read-only."""
+    source = Path(path)
+    if not source.is_file():
+        raise StoreError(f"backup {source} does not exist or is not a file")
+    with source.open("rb") as handle:
+        header = handle.read(100)
+    if (
+        not header.startswith(b"SQLite format 3\x00")
+        or int.from_bytes(header[68:72], "big") != APPLICATION_ID
+    ):
+        raise StoreError(f"{source} is not a crdtsync backup")
+    db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        doc_ids = [doc_id for (doc_id,) in db.execute("SELECT doc_id FROM docs ORDER BY doc_id")]
+        for doc_id in doc_ids:
+            row = db.execute("SELECT snapshot FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+            log = [
+                data
+                for (data,) in db.execute("SELECT data FROM updates WHERE doc_id = ? ORDER BY seq", (doc_id,))
+            ]
+            parts = ([row[0]] if row is not None and row[0] is not None else []) + log
+            if parts:
+                yield doc_id, merge_all(parts)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"backup {source} is unreadable: {exc}") from exc
+    finally:
+        db.close()
