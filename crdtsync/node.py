@@ -110,7 +110,7 @@ class Node:
         await self.close()
 
     @property
-    def replica(self) -> Replica:
+    def _core(self) -> Replica:
         if self._replica is None:
             raise RuntimeError("the node is not started: use `async with Node(config) as node`")
         return self._replica
@@ -199,16 +199,21 @@ class Node:
 
     async def open(self, doc_id: str) -> Doc[Any]:
         """The pycrdt Doc `doc_id`, kept in sync with the peers; created empty when new."""
-        return self.replica.open_doc(doc_id)
+        return self._core.open_doc(doc_id)
 
     def digest(self, doc_id: str) -> bytes:
         """The canonical 16-byte digest of a doc's state: equal on two replicas iff they hold the same
         items and deletions. Raises KeyError for a doc this node does not hold."""
-        return self.replica.doc_digest(doc_id)
+        return self._core.doc_digest(doc_id)
+
+    def merkle_root(self) -> bytes:
+        """The root of the node's Merkle tree over all doc digests: equal on two nodes iff they hold
+        the same docs with the same content."""
+        return self._core.merkle_root()
 
     def doc_ids(self, *, after: str = "", limit: int | None = None) -> list[str]:
         """Ids of the docs this node holds, in sorted order, starting after `after`."""
-        return self.replica.doc_ids(after=after, limit=limit)
+        return self._core.doc_ids(after=after, limit=limit)
 
     async def flush(self) -> None:
         """Hand every local write made so far to the transport, and return once the store holds it
@@ -233,14 +238,14 @@ class Node:
         overwritten, and anti-entropy spreads what the cluster lacked. Returns the docs merged."""
         loop = asyncio.get_running_loop()
         contents = await loop.run_in_executor(None, lambda: list(read_backup(path)))
-        replica = self.replica
+        replica = self._core
         for doc_id, update in contents:
             replica.restore_update(doc_id, update)
         self._pump()
         return len(contents)
 
     def status(self) -> NodeStatus:
-        replica = self.replica
+        replica = self._core
         snapshot = replica.status(_now_ms())
         counters = dict(snapshot.counters)
         if self._transport is not None:
@@ -266,7 +271,7 @@ class Node:
 
     def _on_frame(self, frame: bytes) -> None:
         if not self._closed:
-            self.replica.receive(frame, _now_ms())
+            self._core.receive(frame, _now_ms())
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled and self._loop is not None and not self._closed:
@@ -297,7 +302,7 @@ class Node:
                     transport.unsubscribe(endpoint)
 
     async def _timer_loop(self) -> None:
-        replica = self.replica
+        replica = self._core
         cap_s = replica.config.tick_interval_ms / 1000.0
         while True:
             delay_s = (replica.next_deadline_ms() - _now_ms()) / 1000.0

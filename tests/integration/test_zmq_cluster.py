@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -13,7 +12,6 @@ import pytest
 from pycrdt import Doc, Map, Text
 from zmq_support import free_endpoint, wait_until
 
-import crdtsync
 from crdtsync import Node, NodeConfig, NodeStatus, ReplicaConfig
 from crdtsync.core.state import digest
 
@@ -76,31 +74,6 @@ async def _flush(nodes: Sequence[Node]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- public API
-
-
-def test_public_api_is_pinned() -> None:
-    assert crdtsync.__all__ == [
-        "MemoryStore",
-        "Node",
-        "NodeConfig",
-        "NodeStatus",
-        "PeerStatus",
-        "ReplicaConfig",
-        "Store",
-    ]
-    for name in crdtsync.__all__:
-        assert getattr(crdtsync, name) is not None, name
-
-    assert list(inspect.signature(Node).parameters) == ["config", "store"]
-    assert inspect.signature(Node).parameters["store"].kind is inspect.Parameter.KEYWORD_ONLY
-    assert inspect.iscoroutinefunction(Node.open)
-    assert list(inspect.signature(Node.open).parameters) == ["self", "doc_id"]
-    assert inspect.iscoroutinefunction(Node.flush)
-    assert list(inspect.signature(Node.flush).parameters) == ["self"]
-    assert not inspect.iscoroutinefunction(Node.status)
-    assert list(inspect.signature(Node.status).parameters) == ["self"]
-    config_fields = list(inspect.signature(NodeConfig).parameters)
-    assert config_fields == ["node_id", "listen", "peers", "publish", "replication"]
 
 
 def test_documented_usage_works_on_a_single_node() -> None:

@@ -1,0 +1,87 @@
+"""The public surface is small and deliberate: this test pins it, so a change to it is a decision."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import crdtsync
+from crdtsync import Node, NodeConfig, NodeStatus, PeerStatus
+
+
+def test_exports_are_pinned() -> None:
+    assert crdtsync.__all__ == [
+        "MemoryStore",
+        "Node",
+        "NodeConfig",
+        "NodeStatus",
+        "PeerStatus",
+        "ReplicaConfig",
+        "Store",
+        "StoreError",
+    ]
+    for name in crdtsync.__all__:
+        assert getattr(crdtsync, name) is not None, name
+
+
+def test_node_methods_are_pinned() -> None:
+    public = {name for name, _ in inspect.getmembers(Node) if not name.startswith("_")}
+    assert public == {
+        "backup",
+        "close",
+        "digest",
+        "doc_ids",
+        "flush",
+        "merkle_root",
+        "open",
+        "restore",
+        "start",
+        "status",
+    }
+    assert list(inspect.signature(Node).parameters) == ["config", "store"]
+    assert inspect.signature(Node).parameters["store"].kind is inspect.Parameter.KEYWORD_ONLY
+    for name in ("open", "flush", "start", "close", "backup", "restore"):
+        assert inspect.iscoroutinefunction(getattr(Node, name)), name
+    for name in ("status", "doc_ids", "digest", "merkle_root"):
+        assert not inspect.iscoroutinefunction(getattr(Node, name)), name
+    assert list(inspect.signature(Node.open).parameters) == ["self", "doc_id"]
+    assert list(inspect.signature(Node.flush).parameters) == ["self"]
+
+
+def test_config_and_status_fields_are_pinned() -> None:
+    assert [f.name for f in dataclasses.fields(NodeConfig)] == [
+        "node_id",
+        "listen",
+        "peers",
+        "publish",
+        "data_dir",
+        "durability",
+        "replication",
+    ]
+    assert [f.name for f in dataclasses.fields(NodeStatus)] == [
+        "node_id",
+        "epoch",
+        "listen",
+        "publish_endpoint",
+        "docs",
+        "published_updates",
+        "pending_updates",
+        "peers",
+        "counters",
+        "store",
+        "durability",
+    ]
+    assert [f.name for f in dataclasses.fields(PeerStatus)] == [
+        "address",
+        "node_id",
+        "state",
+        "epoch",
+        "last_heard_ago_ms",
+        "behind_updates",
+        "ae_rounds",
+        "ae_last_round_ago_ms",
+        "ae_docs_repaired",
+        "ae_bytes_repaired",
+        "ae_divergence",
+        "ae_in_progress",
+    ]
