@@ -129,7 +129,7 @@ class Node:
             store.close()
             raise
         try:
-            replica = self._new_replica(transport, epoch)
+            replica = self._new_replica(transport, epoch, store)
         except BaseException:
             transport.close()
             store.close()
@@ -138,8 +138,13 @@ class Node:
         self._writer = StoreWriter(store, self._loop)
         self._transport = transport
         self._replica = replica
-        for doc_id, update in store.load():
-            replica.load_update(doc_id, update)
+        if isinstance(store, SqliteStore):
+            # Docs load on first use; the tree comes from the digests stored with them.
+            for record in store.docs():
+                replica.register_doc(record.doc_id, record.state, record.digest)
+        else:
+            for doc_id, update in store.load():
+                replica.load_update(doc_id, update)
         now = _now_ms()
         for peer in self.config.peers:
             replica.add_peer(peer, now)
@@ -166,7 +171,7 @@ class Node:
             )
         return MemoryStore()
 
-    def _new_replica(self, transport: ZmqTransport, epoch: int) -> Replica:
+    def _new_replica(self, transport: ZmqTransport, epoch: int, store: Store) -> Replica:
         # A fresh client id per start: an id reused after a restart could collide with updates
         # the previous incarnation sent but never stored.
         return Replica(
@@ -176,13 +181,20 @@ class Node:
             address=self.config.listen,
             publish_endpoint=transport.publish_endpoint,
             config=self.config.replication,
+            # Evicting docs needs somewhere to reload them from: only a store on disk is worth it.
+            doc_loader=self._load_doc if isinstance(store, SqliteStore) else None,
         )
+
+    def _load_doc(self, doc_id: str) -> bytes | None:
+        assert self._writer is not None
+        return self._writer.load_doc(doc_id)
 
     async def close(self) -> None:
         """Flush what is pending, then close sockets and unobserve every doc. Idempotent."""
         if self._closed or self._replica is None:
             self._closed = True
             return
+        self._core.checkpoint()
         self._pump(force=True)
         self._closed = True
         for task in self._tasks:
@@ -198,8 +210,13 @@ class Node:
             self._writer.close()
 
     async def open(self, doc_id: str) -> Doc[Any]:
-        """The pycrdt Doc `doc_id`, kept in sync with the peers; created empty when new."""
-        return self._core.open_doc(doc_id)
+        """The pycrdt Doc `doc_id`, kept in sync with the peers; created empty when new. The doc stays
+        loaded until `release(doc_id)` (once per `open`): only then may the node evict it."""
+        return self._core.open_doc(doc_id, pin=True)
+
+    def release(self, doc_id: str) -> None:
+        """Let the node evict `doc_id` from memory again; do not write to the Doc object afterwards."""
+        self._core.release_doc(doc_id)
 
     def digest(self, doc_id: str) -> bytes:
         """The canonical 16-byte digest of a doc's state: equal on two replicas iff they hold the same
@@ -251,6 +268,7 @@ class Node:
         if self._transport is not None:
             counters["transport_send_drops"] = self._transport.send_drops
         if self._writer is not None:
+            counters["docs_loaded"] = replica.loaded_docs()
             counters["store_commits"] = self._writer.commits
             counters["store_commit_failures"] = self._writer.commit_failures
         return NodeStatus(
@@ -293,9 +311,9 @@ class Node:
                     transport.publish(frame)
                 case Send(address, frame):
                     transport.send(address, frame)
-                case Persist(updates):
+                case Persist():
                     assert self._writer is not None
-                    self._writer.submit(updates)
+                    self._writer.submit(effect)
                 case Subscribe(endpoint):
                     transport.subscribe(endpoint)
                 case Unsubscribe(endpoint):

@@ -34,9 +34,11 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """Append these (doc id, update) pairs to the store; local and remote changes alike."""
+    """Append these (doc id, update) pairs to the store, local and remote changes alike; then record
+    these (doc id, encoded state vector, digest) so a restart can rebuild its tree without loading."""
 
     updates: tuple[tuple[str, bytes], ...]
+    doc_states: tuple[tuple[str, bytes, bytes | None], ...] = ()
 
 
 Effect = Publish | Send | Subscribe | Unsubscribe | Persist

@@ -17,7 +17,7 @@ docs that differ, so a round costs in proportion to the divergence, not to the n
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -83,21 +83,28 @@ class ReplicaConfig:
     ae_bytes_per_round_max: int = 4 * 1024 * 1024
     """Bytes of full-doc pushes one round may send; requests beyond it wait for the next round."""
     peers_max: int = 256
-    docs_max: int = 1_000_000
+    docs_max: int = 10_000_000
+    docs_cached_max: int = 10_000
+    """Loaded docs kept beyond those pinned or waiting on deltas; older ones are evicted (least
+    recently used first) when the replica has a doc loader to bring them back."""
     update_bytes_max: int = 4 * 1024 * 1024
     tick_interval_ms: float = 50.0
 
 
 @dataclass(slots=True)
 class _DocEntry:
-    doc: Doc[Any]
-    subscription: Subscription
+    doc_id: str
+    doc: Doc[Any] | None
+    """None while the doc is evicted: its content is in the store, its digest in the tree."""
+    subscription: Subscription | None
     state_bytes: bytes = b"\x00"
     """The doc's encoded state vector after its last transaction; decoded only when needed."""
     decoded: StateVector | None = None
     digest: bytes | None = None
     pending: list[_PendingDelta] = field(default_factory=list)
     next_pull_ms: float = 0.0
+    pins: int = 0
+    """Handed to the application by `open_doc(pin=True)`: never evicted while pinned."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +209,7 @@ class Replica:
         address: str,
         publish_endpoint: str,
         config: ReplicaConfig | None = None,
+        doc_loader: Callable[[str], bytes | None] | None = None,
     ) -> None:
         if not node_id or len(node_id.encode()) > wire.NODE_ID_BYTES_MAX:
             raise ValueError(f"node_id must be 1..{wire.NODE_ID_BYTES_MAX} bytes, got {node_id!r}")
@@ -215,6 +223,11 @@ class Replica:
         self.config = config or ReplicaConfig()
         self.counters: dict[str, int] = {}
         self._docs: SortedDict[str, _DocEntry] = SortedDict()
+        self._doc_loader = doc_loader
+        # Loaded, unpinned docs in least-recently-used order; only kept when docs can be reloaded.
+        self._lru: OrderedDict[str, None] = OrderedDict()
+        self._doc_states: list[tuple[str, bytes, bytes | None]] = []
+        self._loaded = 0
         self._links: dict[str, _PeerLink] = {}
         self._address_of: dict[str, str] = {}
         self._tracks: dict[str, _PublisherTrack] = {}
@@ -274,9 +287,11 @@ class Replica:
             or (self._outbox_since_ms is not None and now_ms - self._outbox_since_ms >= self.config.linger_ms)
         ):
             self._flush_outbox()
-        if self._persist:
-            self._effects.append(Persist(tuple(self._persist)))
+        self._evict_if_needed()
+        if self._persist or self._doc_states:
+            self._effects.append(Persist(tuple(self._persist), tuple(self._doc_states)))
             self._persist = []
+            self._doc_states = []
         effects, self._effects = self._effects, []
         return effects
 
@@ -350,9 +365,47 @@ class Replica:
 
     # ------------------------------------------------------------------ documents
 
-    def open_doc(self, doc_id: str) -> Doc[Any]:
-        """The live pycrdt Doc for `doc_id`, created empty if this node has never seen it."""
-        return self._entry(doc_id, create=True).doc
+    def open_doc(self, doc_id: str, *, pin: bool = False) -> Doc[Any]:
+        """The live pycrdt Doc for `doc_id`, created empty if this node has never seen it. A pinned doc
+        stays loaded (and its writes replicated) until as many `release_doc` calls."""
+        entry = self._entry(doc_id, create=True)
+        doc = self._doc(entry)
+        if pin:
+            entry.pins += 1
+            self._lru.pop(doc_id, None)
+        return doc
+
+    def release_doc(self, doc_id: str) -> None:
+        entry = self._docs.get(doc_id)
+        if entry is not None and entry.pins > 0:
+            entry.pins -= 1
+            if entry.pins == 0 and entry.doc is not None and self._doc_loader is not None:
+                self._lru[doc_id] = None
+
+    def register_doc(self, doc_id: str, state: bytes | None, doc_digest: bytes | None) -> None:
+        """Make a stored doc known without loading it (start-up from a store). Without a recorded
+        state and digest (a crash before they were written) the doc is loaded to compute them."""
+        entry = self._entry(doc_id, create=True, load=False)
+        if state is None or doc_digest is None:
+            self._doc(entry)
+            self._dirty[doc_id] = None
+            return
+        entry.state_bytes = state
+        entry.decoded = None
+        entry.digest = doc_digest
+        if state != _EMPTY_STATE:
+            self._tree.set(doc_id, doc_digest)
+
+    def checkpoint(self) -> None:
+        """Record the state and digest of every doc changed since it was last recorded, so that the
+        next start needs to load none of them (called at clean shutdown)."""
+        self._refresh_tree()
+        for entry in self._docs.values():
+            if entry.doc is not None and entry.digest is not None:
+                self._doc_states.append((entry.doc_id, entry.state_bytes, entry.digest))
+
+    def loaded_docs(self) -> int:
+        return self._loaded
 
     def has_doc(self, doc_id: str) -> bool:
         return doc_id in self._docs
@@ -376,7 +429,7 @@ class Replica:
     def doc_digest(self, doc_id: str) -> bytes:
         entry: _DocEntry = self._docs[doc_id]
         if entry.digest is None:
-            entry.digest = digest(entry.doc)
+            entry.digest = digest(self._doc(entry))
         return entry.digest
 
     def load_update(self, doc_id: str, update: bytes) -> None:
@@ -395,12 +448,18 @@ class Replica:
     def close(self) -> None:
         """Unsubscribe every doc observer (observed docs are never freed otherwise)."""
         for entry in self._docs.values():
-            entry.doc.unobserve(entry.subscription)
+            if entry.doc is not None and entry.subscription is not None:
+                entry.doc.unobserve(entry.subscription)
         self._docs.clear()
+        self._lru.clear()
+        self._loaded = 0
 
-    def _entry(self, doc_id: str, *, create: bool) -> _DocEntry:
+    def _entry(self, doc_id: str, *, create: bool, load: bool = True) -> _DocEntry:
+        """The doc's entry, loaded (unless `load=False`); a new, empty one when `create`."""
         entry: _DocEntry | None = self._docs.get(doc_id)
         if entry is not None:
+            if load:
+                self._doc(entry)
             return entry
         if not create:
             raise KeyError(doc_id)
@@ -408,11 +467,61 @@ class Replica:
             raise ValueError(f"doc id must be 1..{wire.DOC_ID_BYTES_MAX} bytes")
         if len(self._docs) >= self.config.docs_max:
             raise RuntimeError(f"docs_max ({self.config.docs_max}) reached")
+        entry = _DocEntry(doc_id=doc_id, doc=None, subscription=None)
+        self._docs[doc_id] = entry
+        if load:
+            self._attach(entry, None)
+        return entry
+
+    def _doc(self, entry: _DocEntry) -> Doc[Any]:
+        """The entry's Doc, loaded from the store if it was evicted; marks it recently used."""
+        if entry.doc is None:
+            content = self._doc_loader(entry.doc_id) if self._doc_loader is not None else None
+            self._attach(entry, content)
+            self._count("docs_loaded")
+        elif entry.doc_id in self._lru:
+            self._lru.move_to_end(entry.doc_id)
+        assert entry.doc is not None
+        return entry.doc
+
+    def _attach(self, entry: _DocEntry, content: bytes | None) -> None:
         doc: Doc[Any] = Doc(client_id=self.client_id)
-        placeholder = _DocEntry(doc=doc, subscription=None)  # type: ignore[arg-type]
-        placeholder.subscription = doc.observe(lambda event: self._on_transaction(doc_id, placeholder, event))
-        self._docs[doc_id] = placeholder
-        return placeholder
+        entry.doc = doc
+        self._loaded += 1
+        entry.subscription = doc.observe(lambda event: self._on_transaction(entry.doc_id, entry, event))
+        if content is not None:
+            known = (entry.state_bytes, entry.digest, entry.doc_id in self._dirty)
+            persisted = len(self._persist)
+            self._apply(entry, content, "load")
+            del self._persist[persisted:]  # it came from the store
+            if known[1] is not None and entry.state_bytes == known[0]:
+                # Loading changed nothing that was recorded: keep the digest, skip the recompute.
+                entry.digest = known[1]
+                if not known[2]:
+                    self._dirty.pop(entry.doc_id, None)
+        if self._doc_loader is not None and entry.pins == 0:
+            self._lru[entry.doc_id] = None
+
+    def _evict_if_needed(self) -> None:
+        excess = len(self._lru) - self.config.docs_cached_max
+        for _ in range(min(excess, len(self._lru))):
+            doc_id, _unused = self._lru.popitem(last=False)
+            entry = self._docs[doc_id]
+            if entry.pending or entry.pins or entry.doc is None:
+                if entry.pending and not entry.pins:
+                    self._lru[doc_id] = None  # waits for deltas: keep it loaded, look again later
+                continue
+            if doc_id in self._dirty:
+                self._tree_update(doc_id, entry)
+                del self._dirty[doc_id]
+            self._doc_states.append((doc_id, entry.state_bytes, entry.digest))
+            if entry.subscription is not None:
+                entry.doc.unobserve(entry.subscription)
+            entry.doc = None
+            entry.subscription = None
+            entry.decoded = None
+            self._loaded -= 1
+            self._count("docs_evicted")
 
     def _on_transaction(self, doc_id: str, entry: _DocEntry, event: TransactionEvent) -> None:
         # pycrdt's stubs omit these attributes of TransactionEvent; they exist at run time.
@@ -450,9 +559,10 @@ class Replica:
         if len(update) > self.config.update_bytes_max:
             self._count("updates_dropped_too_large")
             return False
+        doc = self._doc(entry)
         try:
-            with entry.doc.transaction(origin=REMOTE_ORIGIN):
-                entry.doc.apply_update(update)
+            with doc.transaction(origin=REMOTE_ORIGIN):
+                doc.apply_update(update)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # pycrdt raises PanicException, a BaseException, on some bad input
@@ -870,7 +980,7 @@ class Replica:
         else:
             decode_state_vector(message.state)  # validate before pycrdt sees it
             try:
-                update = entry.doc.get_update(message.state)
+                update = self._doc(entry).get_update(message.state)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:
@@ -910,7 +1020,7 @@ class Replica:
         if entry is None:
             return
         remote = decode_state_vector(message.state)
-        update = entry.doc.get_update(encode_state_vector(remote))
+        update = self._doc(entry).get_update(encode_state_vector(remote))
         if update != _EMPTY_UPDATE:
             self._count("sync_pushes")
             self._send_to_node(message.node_id, wire.SyncPush(self.node_id, message.doc_id, update))
@@ -930,11 +1040,17 @@ class Replica:
         """Bring the tree up to date with the docs changed since the last refresh; O(changed docs)."""
         for doc_id in self._dirty:
             entry = self._docs.get(doc_id)
-            if entry is None or entry.state_bytes == _EMPTY_STATE:
-                self._tree.remove(doc_id)  # empty docs are local until written
+            if entry is None:
+                self._tree.remove(doc_id)
             else:
-                self._tree.set(doc_id, self.doc_digest(doc_id))
+                self._tree_update(doc_id, entry)
         self._dirty.clear()
+
+    def _tree_update(self, doc_id: str, entry: _DocEntry) -> None:
+        if entry.state_bytes == _EMPTY_STATE:
+            self._tree.remove(doc_id)  # empty docs are local until written
+        else:
+            self._tree.set(doc_id, self.doc_digest(doc_id))
 
     def merkle_root(self) -> bytes:
         """The root of the Merkle tree over every non-empty doc's canonical digest."""
@@ -1083,7 +1199,7 @@ class Replica:
                 repaired += 1
                 entry = self._docs.get(doc_id)
                 if doc_id not in theirs and entry is not None:
-                    update = entry.doc.get_update()
+                    update = self._doc(entry).get_update()
                     bytes_budget -= len(update)
                     link.ae_bytes_repaired += len(update)
                     self._count("sync_pushes")

@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--window-ms", type=float, default=5_000.0, help="simulated time over which ops are spread"
     )
     parser.add_argument(
+        "--durable",
+        action="store_true",
+        help=(
+            "give every node a durable store with group commit that survives its crashes, and check "
+            "that no acknowledged (committed) write is ever lost"
+        ),
+    )
+    parser.add_argument(
         "--verbose", action="store_true", help="print a verdict line for every seed of a campaign"
     )
     return parser
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             faults=args.faults,
             loss_rate=args.loss_rate,
             write_window_ms=args.window_ms,
+            durable=args.durable,
         )
         result = run_simulation(config)
         if not result.ok:

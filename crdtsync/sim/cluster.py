@@ -4,10 +4,16 @@ One event heap keyed `(time_ms, seq)`, one seeded `random.Random`, a network tha
 delays, reorders and partitions, and nodes that crash and restart. Nothing reads a clock or a global
 random source, so a run replays exactly from its seed.
 
-A crashed node loses everything: the store is in memory until the durable store lands, so the
-restarted node comes back empty with a new epoch and client id and must be refilled by its peers.
-Writes made by a node that later crashed may therefore be lost; the checker allows exactly that and
-nothing more.
+By default a crashed node loses everything (its store is memory, like `MemoryStore`): it comes back
+empty with a new epoch and client id and must be refilled by its peers. Writes made by a node that
+later crashed may therefore be lost; the checker allows exactly that and nothing more.
+
+With `SimConfig.durable` each node also has a durable store that survives its crashes, modeled on
+`SqliteStore` behind `StoreWriter`'s group commit: `Persist` effects join the node's pending group;
+when no commit runs, a commit takes the whole pending group and completes `commit_ms` later; a
+crash loses the pending group and the running commit. A restarted node first loads what completed
+commits hold. A client write is acknowledged when the commit holding its update completes (what
+`Node.flush()` waits for), and an acknowledged write must survive any crash of its writer.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from typing import Any, Literal
 
 from pycrdt import Doc
 
-from crdtsync.core.effects import Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.effects import Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.replica import Replica, ReplicaConfig
+from crdtsync.core.state import merge_all
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
 
 FAULTS = ("loss", "dup", "reorder", "delay", "partition", "crash")
@@ -55,6 +62,10 @@ class SimConfig:
     """After healing, how long the cluster may take to converge before the run fails."""
     check_interval_ms: float = 250.0
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
+    durable: bool = False
+    """Give each node a durable store with group commit that survives its crashes (see the module doc)."""
+    commit_ms: tuple[float, float] = (0.5, 5.0)
+    """Simulated time one group commit of the durable store takes."""
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)
@@ -64,12 +75,15 @@ class SimConfig:
             raise ValueError("nodes and docs must be >= 1 and ops >= 0")
         if not 0 <= self.late_nodes < self.nodes:
             raise ValueError("late_nodes must leave at least one node up")
+        if not 0.0 <= self.commit_ms[0] <= self.commit_ms[1]:
+            raise ValueError("commit_ms must be a range (low, high) with 0 <= low <= high")
 
     def replay_command(self) -> str:
         faults = ",".join(sorted(self.faults)) or "none"
         return (
             f"python -m crdtsync.sim --seed {self.seed} --nodes {self.nodes} --docs {self.docs} "
             f"--ops {self.ops} --faults {faults} --loss-rate {self.loss_rate} --window-ms {self.write_window_ms:g}"
+            + (" --durable" if self.durable else "")
         )
 
 
@@ -87,7 +101,10 @@ class SimResult:
     messages_duplicated: int
     writes: int
     writes_lost_to_crashes: int
-    """Unique writes absent at the end whose writer crashed (memory store) before replicating them."""
+    """Unique writes absent at the end whose writer crashed before replicating them (and, with a
+    durable store, before a commit acknowledged them)."""
+    writes_acknowledged: int
+    """Writes whose update a completed durable-store commit held (0 unless `config.durable`)."""
     crashes: int
     partitions: int
     events: int
@@ -100,7 +117,8 @@ class SimResult:
             f"faults={','.join(sorted(self.config.faults)) or 'none'} messages={self.messages_sent} "
             f"dropped={self.messages_dropped} duplicated={self.messages_duplicated} crashes={self.crashes} "
             f"partitions={self.partitions} writes_lost_to_crashes={self.writes_lost_to_crashes} "
-            f"ae_rounds_after_heal_max={self.ae_rounds_after_heal_max}"
+            + (f"acked={self.writes_acknowledged} " if self.config.durable else "")
+            + f"ae_rounds_after_heal_max={self.ae_rounds_after_heal_max}"
         )
         if self.ok:
             return f"{head} converged {self.converged_after_ms:.0f} ms after healing; {stats}"
@@ -118,9 +136,21 @@ class _SimNode:
     tick_token: int = 0
     tick_at_ms: float = float("inf")
     link_free_ms: dict[int, float] = field(default_factory=dict)
+    # The durable store (only with `SimConfig.durable`); it survives crashes, the rest below does not.
+    store: dict[str, list[bytes]] = field(default_factory=dict)
+    """Doc id -> updates of completed commits, in commit order (compacted to one update on load)."""
+    pending: list[tuple[str, bytes]] = field(default_factory=list)
+    """Updates handed over since the running commit started; they form the next group."""
+    committing: list[tuple[str, bytes]] = field(default_factory=list)
+    commit_group: int | None = None
+    """Id of the group being committed, None when no commit runs."""
+    next_group: int = 1
+    """Id of the group `pending` will be committed as (ids never repeat, across incarnations too)."""
+    waiting: dict[int, list[int]] = field(default_factory=dict)
+    """Group id -> indexes into `SimCluster.writes` acknowledged when that group's commit completes."""
 
 
-EventKind = Literal["deliver", "tick", "op", "partition", "heal", "crash", "restart", "check"]
+EventKind = Literal["deliver", "tick", "op", "partition", "heal", "crash", "restart", "check", "commit"]
 
 
 class SimCluster:
@@ -150,12 +180,20 @@ class SimCluster:
         self.partitions = 0
         self.events = 0
         self.ever_crashed_incarnations: set[tuple[int, int]] = set()
+        self.acknowledged: dict[int, float] = {}
+        """Index into `writes` -> simulated time its durable-store commit completed (durable only)."""
 
     # ------------------------------------------------------------------ scheduling
 
     def _schedule(self, at_ms: float, kind: EventKind, payload: Any = None) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (at_ms, self._seq, kind, payload))
+
+    def schedule(self, at_ms: float, kind: Literal["partition", "heal", "crash", "restart"], payload: Any = None) -> None:
+        """Script a fault before `run()`, on top of the planned ones: `("partition", {node index:
+        group})` (None: random groups), `("heal", None)`, `("crash", node index)`, `("restart", node
+        index)`. Everything still heals at the end of the write window."""
+        self._schedule(at_ms, kind, payload)
 
     def _start_node(self, node: _SimNode) -> None:
         node.incarnation += 1
@@ -167,16 +205,25 @@ class SimCluster:
             publish_endpoint=node.publish_endpoint,
             config=self.config.replica,
         )
+        if self.config.durable:
+            # Like `Node.start`: load the store before the first tick, so nothing is published or
+            # persisted again and the first hello already carries the recovered state.
+            for doc_id, updates in node.store.items():
+                merged = merge_all(updates)
+                node.store[doc_id] = [merged]  # compaction: same content, one update
+                node.replica.load_update(doc_id, merged)
         for other in self.nodes:
             if other is not node:
                 node.replica.add_peer(other.address, self.now_ms)
         node.replica.tick(self.now_ms)
         self._pump(node)
 
-    def _pump(self, node: _SimNode) -> None:
+    def _pump(self, node: _SimNode) -> int | None:
+        """Execute the replica's effects; return the durable-store group its last `Persist` joined."""
         replica = node.replica
         if replica is None:
-            return
+            return None
+        group: int | None = None
         for effect in replica.take_effects(self.now_ms):
             match effect:
                 case Publish(frame):
@@ -191,13 +238,53 @@ class SimCluster:
                     node.subscriptions.add(endpoint)
                 case Unsubscribe(endpoint):
                     node.subscriptions.discard(endpoint)
-                case _:
-                    pass  # Persist: the simulated store is memory, lost on crash
+                case Persist(updates):
+                    if self.config.durable and updates:
+                        group = self._persist(node, updates)
+                    # else: the store is memory, lost on crash
         deadline = replica.next_deadline_ms()
         if deadline < node.tick_at_ms or node.tick_at_ms <= self.now_ms:
             node.tick_token += 1
             node.tick_at_ms = max(deadline, self.now_ms)
             self._schedule(node.tick_at_ms, "tick", (node.index, node.tick_token))
+        return group
+
+    # ------------------------------------------------------------------ the durable store
+
+    def _persist(self, node: _SimNode, updates: tuple[tuple[str, bytes], ...]) -> int:
+        """Hand updates to the node's store (`StoreWriter.submit`); return the group they joined."""
+        node.pending.extend(updates)
+        group = node.next_group
+        self._start_commit(node)
+        return group
+
+    def _start_commit(self, node: _SimNode) -> None:
+        if node.commit_group is not None or not node.pending:
+            return
+        node.commit_group = node.next_group
+        node.next_group += 1
+        node.committing, node.pending = node.pending, []
+        self._schedule(
+            self.now_ms + self.rng.uniform(*self.config.commit_ms), "commit", (node.index, node.commit_group)
+        )
+
+    def _commit_done(self, node: _SimNode, group: int) -> None:
+        if node.commit_group != group:
+            return  # the commit was running when the node crashed: lost
+        for doc_id, update in node.committing:
+            node.store.setdefault(doc_id, []).append(update)
+        for position in node.waiting.pop(group, []):
+            self.acknowledged[position] = self.now_ms
+        node.committing = []
+        node.commit_group = None
+        self._start_commit(node)
+
+    def _lose_uncommitted(self, node: _SimNode) -> None:
+        """A crash: the pending group and the running commit are gone; completed commits stay."""
+        node.pending = []
+        node.committing = []
+        node.commit_group = None
+        node.waiting.clear()
 
     def _transmit(self, source: _SimNode, target: _SimNode, frame: bytes) -> None:
         self.messages_sent += 1
@@ -280,8 +367,9 @@ class SimCluster:
         final_state = self.materialized(0)
         lost = sum(
             1
-            for write, writer, incarnation in self.writes
+            for position, (write, writer, incarnation) in enumerate(self.writes)
             if (writer, incarnation) in self.ever_crashed_incarnations
+            and position not in self.acknowledged
             and not write.shared
             and final_state.get(write.doc_id, {}).get(write.root, {}).get(write.key) != write.value
         )
@@ -298,6 +386,7 @@ class SimCluster:
             messages_duplicated=self.messages_duplicated,
             writes=len(self.writes),
             writes_lost_to_crashes=lost,
+            writes_acknowledged=len(self.acknowledged),
             crashes=self.crashes,
             partitions=self.partitions,
             events=self.events,
@@ -320,8 +409,14 @@ class SimCluster:
                 self._pump(node)
         elif kind == "op":
             self._client_op(payload)
+        elif kind == "commit":
+            index, group = payload
+            self._commit_done(self.nodes[index], group)
         elif kind == "partition" and self._groups is None:
             self.partitions += 1
+            if payload is not None:
+                self._groups = {index: payload.get(index, -1) for index in range(self.config.nodes)}
+                return
             group_count = self.config.partition_groups or self.rng.randint(2, min(3, self.config.nodes))
             order = list(range(self.config.nodes))
             self.rng.shuffle(order)
@@ -338,6 +433,7 @@ class SimCluster:
                 node.replica = None
                 node.incarnation += 1  # frames in flight to the old incarnation are discarded
                 node.subscriptions.clear()
+                self._lose_uncommitted(node)
         elif kind == "restart":
             node = self.nodes[payload]
             if node.replica is None:
@@ -351,11 +447,16 @@ class SimCluster:
         assert node.replica is not None
         doc_id = f"doc-{self.rng.randrange(self.config.docs)}"
         doc = node.replica.open_doc(doc_id)
+        first = len(self.writes)
         for write in self.workload.write(doc, doc_id, node.index, op_index, self.rng):
             self.writes.append((write, node.index, node.incarnation))
             if write.shared:
                 self.shared_values.setdefault((write.doc_id, write.root, write.key), []).append(write.value)
-        self._pump(node)
+        # The Persist this pump hands over holds exactly this operation's updates (every other
+        # event pumps its own), so the op's writes are acknowledged when that group commits.
+        group = self._pump(node)
+        if group is not None and len(self.writes) > first:
+            node.waiting.setdefault(group, []).extend(range(first, len(self.writes)))
 
     def _ae_rounds(self) -> list[int]:
         return [
@@ -404,16 +505,20 @@ class SimCluster:
             for doc_id in set(state) - set(doc_sets[0]):
                 if state[doc_id] != empty:
                     problems.append(f"{doc_id}: has content but an empty state vector")
-        for write, writer, incarnation in self.writes:
+        for position, (write, writer, incarnation) in enumerate(self.writes):
             content = reference.get(write.doc_id, {}).get(write.root, {})
             if write.shared:
                 key = (write.doc_id, write.root, write.key)
                 if write.key in content and content[write.key] not in self.shared_values[key]:
                     problems.append(f"{write.doc_id}/{write.key} holds a value nobody wrote")
-            elif (writer, incarnation) not in self.ever_crashed_incarnations and content.get(
-                write.key
-            ) != write.value:
-                problems.append(f"lost write {write.doc_id}/{write.key}={write.value!r} by n{writer}")
+            elif content.get(write.key) != write.value:
+                if (writer, incarnation) not in self.ever_crashed_incarnations:
+                    problems.append(f"lost write {write.doc_id}/{write.key}={write.value!r} by n{writer}")
+                elif position in self.acknowledged:
+                    problems.append(
+                        f"lost acknowledged write {write.doc_id}/{write.key}={write.value!r} by n{writer}"
+                        f" (acknowledged at {self.acknowledged[position]:.1f} ms, then the writer crashed)"
+                    )
         return problems
 
 

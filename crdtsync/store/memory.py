@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 
+from crdtsync.core.effects import Persist
 from crdtsync.core.state import merge_all
 
 
@@ -18,12 +19,13 @@ class MemoryStore:
         self.compact_after_updates = compact_after_updates
         self._logs: dict[str, list[bytes]] = {}
 
-    def append(self, updates: Iterable[tuple[str, bytes]]) -> None:
-        for doc_id, update in updates:
-            log = self._logs.setdefault(doc_id, [])
-            log.append(update)
-            if len(log) >= self.compact_after_updates:
-                log[:] = [merge_all(log)]
+    def append(self, group: Sequence[Persist]) -> None:
+        for persist in group:
+            for doc_id, update in persist.updates:
+                log = self._logs.setdefault(doc_id, [])
+                log.append(update)
+                if len(log) >= self.compact_after_updates:
+                    log[:] = [merge_all(log)]
 
     def load(self) -> Iterator[tuple[str, bytes]]:
         for doc_id, log in list(self._logs.items()):

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from crdtsync.core.effects import Persist
 from crdtsync.core.state import merge_all
 
 SCHEMA_VERSION = 1
@@ -70,6 +71,7 @@ class SqliteStore:
         self.compact_after_updates = compact_after_updates
         self.compact_after_bytes = compact_after_bytes
         self._db = self._open(node_id)
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.node_id = node_id
         self.epoch = self._next_epoch()
 
@@ -169,28 +171,28 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ writing
 
-    def commit(
-        self, updates: Iterable[tuple[str, bytes]], doc_states: Iterable[tuple[str, bytes, bytes | None]] = ()
-    ) -> None:
-        """Append updates and record doc states in one transaction (one fsync per group)."""
-        touched: dict[str, tuple[int, int]] = {}
+    def append(self, group: Sequence[Persist]) -> None:
+        """Apply a group of Persist effects in order, in one transaction (one fsync per group)."""
+        touched: dict[str, None] = {}
         with self._transaction():
-            for doc_id, update in updates:
-                self._db.execute("INSERT INTO updates (doc_id, data) VALUES (?, ?)", (doc_id, update))
-                count, size = touched.get(doc_id, (0, 0))
-                touched[doc_id] = (count + 1, size + len(update))
-            for doc_id, (count, size) in touched.items():
-                self._db.execute(
+            for persist in group:
+                counts: dict[str, tuple[int, int]] = {}
+                self._db.executemany("INSERT INTO updates (doc_id, data) VALUES (?, ?)", persist.updates)
+                for doc_id, update in persist.updates:
+                    count, size = counts.get(doc_id, (0, 0))
+                    counts[doc_id] = (count + 1, size + len(update))
+                self._db.executemany(
                     "INSERT INTO docs (doc_id, log_updates, log_bytes) VALUES (?, ?, ?) ON CONFLICT (doc_id) DO "
                     "UPDATE SET log_updates = log_updates + excluded.log_updates,"
-                    " log_bytes = log_bytes + excluded.log_bytes, digest = NULL",
-                    (doc_id, count, size),
+                    " log_bytes = log_bytes + excluded.log_bytes, state = NULL, digest = NULL",
+                    [(doc_id, count, size) for doc_id, (count, size) in counts.items()],
                 )
-            for doc_id, state, digest in doc_states:
-                self._db.execute(
+                touched.update(dict.fromkeys(counts))
+                # After the updates of the same effect: a state record describes the doc after them.
+                self._db.executemany(
                     "INSERT INTO docs (doc_id, state, digest) VALUES (?, ?, ?) ON CONFLICT (doc_id) DO "
                     "UPDATE SET state = excluded.state, digest = excluded.digest",
-                    (doc_id, state, digest),
+                    persist.doc_states,
                 )
         for doc_id in touched:
             self._maybe_compact(doc_id)
@@ -224,14 +226,17 @@ class SqliteStore:
     # ------------------------------------------------------------------ reading
 
     def load_doc(self, doc_id: str) -> bytes | None:
-        """The doc's whole content as one update (snapshot merged with its log), or None."""
-        row = self._db.execute("SELECT snapshot FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
-        log = [
-            data
-            for (data,) in self._db.execute(
-                "SELECT data FROM updates WHERE doc_id = ? ORDER BY seq", (doc_id,)
-            )
-        ]
+        """The doc's whole content as one update (snapshot merged with its log), or None. Reads
+        through its own connection, so it may run beside a commit on the writer thread (WAL)."""
+        # One read transaction: a compaction committing between the two reads would otherwise move
+        # log entries into a snapshot this read already passed.
+        self._reader.execute("BEGIN")
+        try:
+            row = self._reader.execute("SELECT snapshot FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+            query = "SELECT data FROM updates WHERE doc_id = ? ORDER BY seq"
+            log = [data for (data,) in self._reader.execute(query, (doc_id,))]
+        finally:
+            self._reader.execute("COMMIT")
         parts = ([row[0]] if row is not None and row[0] is not None else []) + log
         if not parts:
             return None
@@ -239,7 +244,7 @@ class SqliteStore:
 
     def docs(self) -> Iterator[DocRecord]:
         """Every stored doc with its last recorded state vector and digest, in doc id order."""
-        for doc_id, state, digest in self._db.execute(
+        for doc_id, state, digest in self._reader.execute(
             "SELECT doc_id, state, digest FROM docs ORDER BY doc_id"
         ):
             yield DocRecord(doc_id, state, digest)
@@ -250,9 +255,6 @@ class SqliteStore:
             content = self.load_doc(record.doc_id)
             if content is not None:
                 yield record.doc_id, content
-
-    def append(self, updates: Iterable[tuple[str, bytes]]) -> None:
-        self.commit(updates)
 
     # ------------------------------------------------------------------ backup and shutdown
 
@@ -268,6 +270,7 @@ class SqliteStore:
             destination.close()
 
     def close(self) -> None:
+        self._reader.close()
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()

@@ -34,6 +34,7 @@ def test_node_methods_are_pinned() -> None:
         "flush",
         "merkle_root",
         "open",
+        "release",
         "restore",
         "start",
         "status",
@@ -42,7 +43,7 @@ def test_node_methods_are_pinned() -> None:
     assert inspect.signature(Node).parameters["store"].kind is inspect.Parameter.KEYWORD_ONLY
     for name in ("open", "flush", "start", "close", "backup", "restore"):
         assert inspect.iscoroutinefunction(getattr(Node, name)), name
-    for name in ("status", "doc_ids", "digest", "merkle_root"):
+    for name in ("status", "doc_ids", "digest", "merkle_root", "release"):
         assert not inspect.iscoroutinefunction(getattr(Node, name)), name
     assert list(inspect.signature(Node.open).parameters) == ["self", "doc_id"]
     assert list(inspect.signature(Node.flush).parameters) == ["self"]
