@@ -7,8 +7,9 @@ per-doc canonical digests, doc count, counters and the state of its peers.
 
 The parent draws a live view a few times a second. After about a third of the run it kills node c
 with SIGKILL while a and b keep writing; a few seconds later it starts c again on the same address.
-The store is in memory, so c comes back empty, with a new epoch and client id, and refills itself
-from its peers by anti-entropy. At the end the parent tells every node to stop writing, waits for
+Each node keeps its docs in an SQLite store in the demo's temporary directory, so c comes back
+with everything it had committed, a new epoch and client id, and catches up on what it missed from
+its peers by retransmission and anti-entropy. At the end the parent tells every node to stop writing, waits for
 equal digests and equal JSON, stops the children and exits 0 (converged) or 1 (not converged).
 
     .venv/bin/python examples/live_demo.py               # 20 s of writes, then settle and exit
@@ -112,7 +113,7 @@ def child_report(node: Node, docs: dict[str, Doc[Any]], tick: int, writes: int, 
     return report
 
 
-async def run_child(name: str, listen: str, peers: list[str]) -> int:
+async def run_child(name: str, listen: str, peers: list[str], data_dir: str | None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(name)s %(message)s")
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[str | None] = asyncio.Queue()
@@ -131,7 +132,8 @@ async def run_child(name: str, listen: str, peers: list[str]) -> int:
     writes = 0
     writing = True
 
-    async with Node(NodeConfig(node_id=name, listen=listen, peers=peers)) as node:
+    config = NodeConfig(node_id=name, listen=listen, peers=peers, data_dir=data_dir)
+    async with Node(config) as node:
         docs = {doc_id: await node.open(doc_id) for doc_id in DOC_IDS}
 
         async def writer() -> None:
@@ -245,6 +247,7 @@ class Demo:
         if child.log is None:
             child.log = open(os.path.join(self.log_dir, f"{child.name}.log"), "a")  # noqa: SIM115
         command = [sys.executable, os.path.abspath(__file__), "--child", child.name, "--listen", child.listen]
+        command += ["--data-dir", os.path.join(self.log_dir, f"{child.name}-data")]
         for peer in child.peers:
             command += ["--peer", peer]
         child.process = subprocess.Popen(
@@ -295,8 +298,8 @@ class Demo:
         child.restarted_at = time.monotonic()
         assert child.process is not None
         self.event(
-            f"restart {child.name} (pid {child.process.pid}) on {child.listen}: empty memory store, "
-            "new epoch; it refills itself from its peers"
+            f"restart {child.name} (pid {child.process.pid}) on {child.listen}: reopens its SQLite store, "
+            "new epoch; it catches up from its peers"
         )
 
     def stop_all(self) -> None:
@@ -553,9 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", metavar="NAME", help=argparse.SUPPRESS)
     parser.add_argument("--listen", help=argparse.SUPPRESS)
     parser.add_argument("--peer", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        return asyncio.run(run_child(args.child, args.listen, args.peer))
+        return asyncio.run(run_child(args.child, args.listen, args.peer, args.data_dir))
     if args.seconds <= 0:
         parser.error("--seconds must be positive")
     log_dir = tempfile.mkdtemp(prefix="crdtsync-live-demo-")
