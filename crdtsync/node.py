@@ -17,7 +17,7 @@ from crdtsync.core.effects import Effect, Persist, Publish, Send, Subscribe, Uns
 from crdtsync.core.replica import PeerStatus, Replica, ReplicaConfig
 from crdtsync.core.wire import NODE_ID_BYTES_MAX
 from crdtsync.store import MemoryStore, Store
-from crdtsync.store.sqlite import Durability, SqliteStore, read_backup
+from crdtsync.store.sqlite import Durability, SqliteStore, StoreError, read_backup
 from crdtsync.store.writer import StoreWriter
 from crdtsync.transport.zmq_transport import ZmqTransport, parse_endpoint
 
@@ -93,6 +93,7 @@ class Node:
         self._given_store = store
         self._store: Store | None = None
         self._writer: StoreWriter | None = None
+        self._store_errors = 0
         self._transport: ZmqTransport | None = None
         self._replica: Replica | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -187,7 +188,13 @@ class Node:
 
     def _load_doc(self, doc_id: str) -> bytes | None:
         assert self._writer is not None
-        return self._writer.load_doc(doc_id)
+        try:
+            return self._writer.load_doc(doc_id)
+        except StoreError as exc:
+            # The doc starts empty here and anti-entropy refills it from the peers.
+            self._store_errors += 1
+            log.error("cannot load doc %r from the store, refilling it from peers: %s", doc_id, exc)
+            return None
 
     async def close(self) -> None:
         """Flush what is pending, then close sockets and unobserve every doc. Idempotent."""
@@ -271,6 +278,7 @@ class Node:
             counters["docs_loaded"] = replica.loaded_docs()
             counters["store_commits"] = self._writer.commits
             counters["store_commit_failures"] = self._writer.commit_failures
+            counters["store_load_errors"] = self._store_errors
         return NodeStatus(
             node_id=snapshot.node_id,
             epoch=snapshot.epoch,

@@ -556,7 +556,9 @@ class Replica:
             self._wakeup()
 
     def _apply(self, entry: _DocEntry, update: bytes, reason: str) -> bool:
-        if len(update) > self.config.update_bytes_max:
+        # The size cap protects against peers; the node's own store and backups are not capped,
+        # or a doc that grew large could never be loaded again.
+        if reason not in ("load", "restore") and len(update) > self.config.update_bytes_max:
             self._count("updates_dropped_too_large")
             return False
         doc = self._doc(entry)

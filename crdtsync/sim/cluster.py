@@ -189,7 +189,9 @@ class SimCluster:
         self._seq += 1
         heapq.heappush(self._heap, (at_ms, self._seq, kind, payload))
 
-    def schedule(self, at_ms: float, kind: Literal["partition", "heal", "crash", "restart"], payload: Any = None) -> None:
+    def schedule(
+        self, at_ms: float, kind: Literal["partition", "heal", "crash", "restart"], payload: Any = None
+    ) -> None:
         """Script a fault before `run()`, on top of the planned ones: `("partition", {node index:
         group})` (None: random groups), `("heal", None)`, `("crash", node index)`, `("restart", node
         index)`. Everything still heals at the end of the write window."""

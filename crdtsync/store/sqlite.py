@@ -18,7 +18,9 @@ All methods run on the thread that opened the store; the node runs them on one w
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,18 +83,25 @@ class SqliteStore:
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise StoreError(f"data directory {self.data_dir} exists and is not a directory")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        fresh = not self.path.exists()
-        if not fresh:
+        if self.path.exists():
             self._check_header()
+            # Verify through a read-only connection: closing a read-write one would checkpoint a
+            # crashed store's WAL into the file, changing a store this node may not even own.
+            try:
+                reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot open {self.path}: {exc}; nothing was changed") from exc
+            try:
+                self._verify(reader, node_id)
+            finally:
+                reader.close()
+        else:
+            self._create(node_id)
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         try:
-            if fresh:
-                self._create(db, node_id)
-            else:
-                self._verify(db, node_id)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'fsync' else 'NORMAL'}")
             if self.durability == "none":
@@ -117,15 +126,30 @@ class SqliteStore:
         if len(header) >= 72 and int.from_bytes(header[68:72], "big") != APPLICATION_ID:
             raise StoreError(f"{self.path} is an SQLite database of another application; nothing was changed")
 
-    def _create(self, db: sqlite3.Connection, node_id: str) -> None:
+    def _create(self, node_id: str) -> None:
+        """Build a new store in a temporary file and rename it into place: a start killed halfway
+        leaves no half-made store behind to refuse later."""
+        building = self.path.with_name(f"{DB_FILE}.creating")
+        building.unlink(missing_ok=True)
+        db = sqlite3.connect(building, isolation_level=None)
+        try:
+            self._create_schema(db, node_id)
+        finally:
+            db.close()
+        os.replace(building, self.path)
+
+    def _create_schema(self, db: sqlite3.Connection, node_id: str) -> None:
         db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         db.execute("BEGIN")
         db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
         db.execute(
-            "CREATE TABLE docs (doc_id TEXT PRIMARY KEY, snapshot BLOB, state BLOB, digest BLOB,"
-            " log_updates INTEGER NOT NULL DEFAULT 0, log_bytes INTEGER NOT NULL DEFAULT 0)"
+            "CREATE TABLE docs (doc_id TEXT PRIMARY KEY, snapshot BLOB, snapshot_crc INTEGER, state BLOB,"
+            " digest BLOB, log_updates INTEGER NOT NULL DEFAULT 0, log_bytes INTEGER NOT NULL DEFAULT 0)"
         )
-        db.execute("CREATE TABLE updates (seq INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, data BLOB NOT NULL)")
+        db.execute(
+            "CREATE TABLE updates (seq INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, data BLOB NOT NULL,"
+            " crc INTEGER NOT NULL)"
+        )
         db.execute("CREATE INDEX updates_by_doc ON updates (doc_id, seq)")
         db.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)",
@@ -150,6 +174,21 @@ class SqliteStore:
             raise StoreError(
                 f"{self.path} belongs to node {meta.get('node_id')!r}, not {node_id!r}; nothing was changed"
             )
+        # Page checks do not see a flipped byte inside a blob: every update and snapshot has a CRC.
+        try:
+            for seq, doc_id, data, crc in db.execute("SELECT seq, doc_id, data, crc FROM updates"):
+                if zlib.crc32(data) != crc:
+                    raise StoreError(
+                        f"{self.path}: update {seq} of doc {doc_id!r} fails its checksum; nothing was changed"
+                    )
+            query = "SELECT doc_id, snapshot, snapshot_crc FROM docs WHERE snapshot IS NOT NULL"
+            for doc_id, snapshot, crc in db.execute(query):
+                if zlib.crc32(snapshot) != crc:
+                    raise StoreError(
+                        f"{self.path}: the snapshot of doc {doc_id!r} fails its checksum; nothing was changed"
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is corrupt or unreadable ({exc}); nothing was changed") from exc
 
     def _next_epoch(self) -> int:
         """Persist and return a new epoch: strictly greater than every earlier start of this store."""
@@ -177,7 +216,10 @@ class SqliteStore:
         with self._transaction():
             for persist in group:
                 counts: dict[str, tuple[int, int]] = {}
-                self._db.executemany("INSERT INTO updates (doc_id, data) VALUES (?, ?)", persist.updates)
+                self._db.executemany(
+                    "INSERT INTO updates (doc_id, data, crc) VALUES (?, ?, ?)",
+                    [(doc_id, update, zlib.crc32(update)) for doc_id, update in persist.updates],
+                )
                 for doc_id, update in persist.updates:
                     count, size = counts.get(doc_id, (0, 0))
                     counts[doc_id] = (count + 1, size + len(update))
@@ -218,8 +260,8 @@ class SqliteStore:
             ]
             merged = merge_all(parts)
             self._db.execute(
-                "UPDATE docs SET snapshot = ?, log_updates = 0, log_bytes = 0 WHERE doc_id = ?",
-                (merged, doc_id),
+                "UPDATE docs SET snapshot = ?, snapshot_crc = ?, log_updates = 0, log_bytes = 0 WHERE doc_id = ?",
+                (merged, zlib.crc32(merged), doc_id),
             )
             self._db.execute("DELETE FROM updates WHERE doc_id = ? AND seq <= ?", (doc_id, log[-1][0]))
 
@@ -228,19 +270,7 @@ class SqliteStore:
     def load_doc(self, doc_id: str) -> bytes | None:
         """The doc's whole content as one update (snapshot merged with its log), or None. Reads
         through its own connection, so it may run beside a commit on the writer thread (WAL)."""
-        # One read transaction: a compaction committing between the two reads would otherwise move
-        # log entries into a snapshot this read already passed.
-        self._reader.execute("BEGIN")
-        try:
-            row = self._reader.execute("SELECT snapshot FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
-            query = "SELECT data FROM updates WHERE doc_id = ? ORDER BY seq"
-            log = [data for (data,) in self._reader.execute(query, (doc_id,))]
-        finally:
-            self._reader.execute("COMMIT")
-        parts = ([row[0]] if row is not None and row[0] is not None else []) + log
-        if not parts:
-            return None
-        return merge_all(parts)
+        return _read_doc(self._reader, self.path, doc_id)
 
     def docs(self) -> Iterator[DocRecord]:
         """Every stored doc with its last recorded state vector and digest, in doc id order."""
@@ -276,6 +306,23 @@ class SqliteStore:
         self._db.close()
 
 
+def _read_doc(db: sqlite3.Connection, path: Path, doc_id: str) -> bytes | None:
+    # One read transaction: a compaction committing between the two reads would otherwise move
+    # log entries into a snapshot this read already passed.
+    db.execute("BEGIN")
+    try:
+        row = db.execute("SELECT snapshot, snapshot_crc FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+        log = db.execute("SELECT data, crc FROM updates WHERE doc_id = ? ORDER BY seq", (doc_id,)).fetchall()
+    finally:
+        db.execute("COMMIT")
+    parts = [(row[0], row[1])] if row is not None and row[0] is not None else []
+    parts += log
+    for data, crc in parts:
+        if zlib.crc32(data) != crc:
+            raise StoreError(f"{path}: stored content of doc {doc_id!r} fails its checksum")
+    return merge_all([data for data, _crc in parts]) if parts else None
+
+
 def read_backup(path: str | Path) -> Iterator[tuple[str, bytes]]:
     """Every doc's content from a backup file made by `SqliteStore.backup`, read-only."""
     source = Path(path)
@@ -288,18 +335,13 @@ def read_backup(path: str | Path) -> Iterator[tuple[str, bytes]]:
         or int.from_bytes(header[68:72], "big") != APPLICATION_ID
     ):
         raise StoreError(f"{source} is not a crdtsync backup")
-    db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
     try:
         doc_ids = [doc_id for (doc_id,) in db.execute("SELECT doc_id FROM docs ORDER BY doc_id")]
         for doc_id in doc_ids:
-            row = db.execute("SELECT snapshot FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
-            log = [
-                data
-                for (data,) in db.execute("SELECT data FROM updates WHERE doc_id = ? ORDER BY seq", (doc_id,))
-            ]
-            parts = ([row[0]] if row is not None and row[0] is not None else []) + log
-            if parts:
-                yield doc_id, merge_all(parts)
+            content = _read_doc(db, source, doc_id)
+            if content is not None:
+                yield doc_id, content
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"backup {source} is unreadable: {exc}") from exc
     finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +28,8 @@ COMMIT_LATENCY_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0,
 
 
 class StoreWriter:
+    RETRY_DELAY_S = 1.0
+
     def __init__(
         self, store: Store, loop: asyncio.AbstractEventLoop, *, group_updates_max: int = 20_000
     ) -> None:
@@ -39,60 +40,86 @@ class StoreWriter:
         self._pending: deque[Persist] = deque()
         self._group: list[Persist] = []
         """The group being committed right now (read by `load_doc` on the event-loop thread)."""
-        self._pending_done: asyncio.Future[None] | None = None
-        self._running: asyncio.Future[None] | None = None
-        self._lock = threading.Lock()
+        self._committing = False
+        self._retry: asyncio.TimerHandle | None = None
+        # Effects are numbered in submission order; a flush waits until the commits reach the
+        # number submitted before it, whichever groups they were split into.
+        self._submitted = 0
+        self._committed = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.commits = 0
-        self.updates_committed = 0
         self.commit_failures = 0
         self.commit_latency_ms = [0] * (len(COMMIT_LATENCY_BUCKETS_MS) + 1)
         self.commit_latency_sum_ms = 0.0
 
     def submit(self, persist: Persist) -> None:
         self._pending.append(persist)
-        if self._pending_done is None:
-            self._pending_done = self._loop.create_future()
-        if self._running is None:
+        self._submitted += 1
+        if not self._committing and self._retry is None:
             self._start_group()
 
     def _start_group(self) -> None:
+        self._retry = None
         group: list[Persist] = []
         size = 0
         while self._pending and (not group or size + len(self._pending[0].updates) <= self.group_updates_max):
             persist = self._pending.popleft()
             group.append(persist)
             size += len(persist.updates)
+        if not group:
+            return
         self._group = group
-        done = self._pending_done
-        self._pending_done = self._loop.create_future() if self._pending else None
-        self._running = done
+        self._committing = True
         future = self._loop.run_in_executor(self._executor, self._commit, group)
-        future.add_done_callback(lambda f: self._group_done(f, done))
+        future.add_done_callback(self._group_done)
 
     def _commit(self, group: list[Persist]) -> float:
         started = time.perf_counter()
         self.store.append(group)
         return (time.perf_counter() - started) * 1000.0
 
-    def _group_done(self, future: asyncio.Future[float], done: asyncio.Future[None] | None) -> None:
-        self._running = None
-        self._group = []
+    def _group_done(self, future: asyncio.Future[float]) -> None:
+        group, self._group = self._group, []
+        self._committing = False
         error = future.exception()
         if error is None:
             elapsed_ms = future.result()
             self.commits += 1
+            self._committed += len(group)
             self.commit_latency_sum_ms += elapsed_ms
             bucket = next((i for i, b in enumerate(COMMIT_LATENCY_BUCKETS_MS) if elapsed_ms <= b), -1)
             self.commit_latency_ms[bucket] += 1
-            if done is not None and not done.done():
-                done.set_result(None)
-        else:
-            self.commit_failures += 1
-            log.error("store commit failed: %s", error)
-            if done is not None and not done.done():
-                done.set_exception(error)
-        if self._pending:
-            self._start_group()
+            still_waiting = []
+            for target, waiter in self._waiters:
+                if target <= self._committed:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    still_waiting.append((target, waiter))
+            self._waiters = still_waiting
+            if self._pending:
+                self._start_group()
+            return
+        # Nothing of the group is committed (one transaction): keep it, in order, and try again
+        # later; every flush waiting now learns of the failure.
+        self.commit_failures += 1
+        log.error(
+            "store commit of %d effects failed, retrying in %.0f s: %s", len(group), self.RETRY_DELAY_S, error
+        )
+        self._pending.extendleft(reversed(group))
+        for _target, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._waiters = []
+        self._retry = self._loop.call_later(self.RETRY_DELAY_S, self._start_group)
+
+    async def flushed(self) -> None:
+        """Wait until everything submitted so far is committed; raises if a commit failed meanwhile."""
+        if self._committed >= self._submitted:
+            return
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append((self._submitted, waiter))
+        await waiter
 
     def load_doc(self, doc_id: str) -> bytes | None:
         """A doc's whole content: what the store has committed, plus what is still on its way there.
@@ -106,12 +133,6 @@ class StoreWriter:
             parts.extend(update for update_doc, update in persist.updates if update_doc == doc_id)
         return merge_all(parts) if parts else None
 
-    async def flushed(self) -> None:
-        """Wait until everything submitted so far is committed; raises if its commit failed."""
-        waiting = [f for f in (self._running, self._pending_done) if f is not None]
-        for future in waiting:
-            await asyncio.shield(future)
-
     async def run(self, function: Callable[[], T]) -> T:
         """Run `function` on the writer thread, after every commit submitted before it."""
         await self.flushed()
@@ -119,7 +140,11 @@ class StoreWriter:
 
     def close(self) -> None:
         """Commit what is pending (synchronously) and stop the thread."""
+        if self._retry is not None:
+            self._retry.cancel()
         self._executor.shutdown(wait=True)
+        self._pending.extendleft(reversed(self._group))  # a group whose commit never reported back
+        self._group = []
         if self._pending:
             self.store.append(list(self._pending))
             self._pending.clear()

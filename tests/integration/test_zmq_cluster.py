@@ -199,9 +199,7 @@ async def _restart_with(
                 "a received the restarted node's write",
             )
             await wait_until(
-                lambda: (
-                    restarted._core.open_doc("from-a").get("data", type=Map).get("after-restart") == "a2"
-                ),
+                lambda: restarted._core.open_doc("from-a").get("data", type=Map).get("after-restart") == "a2",
                 CONVERGE_TIMEOUT_S,
                 "the restarted node received a's write",
             )
