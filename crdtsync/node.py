@@ -94,6 +94,8 @@ class Node:
         self._store: Store | None = None
         self._writer: StoreWriter | None = None
         self._store_errors = 0
+        self._timer_wake = asyncio.Event()
+        self._timer_planned_ms = 0.0
         self._transport: ZmqTransport | None = None
         self._replica: Replica | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -309,6 +311,10 @@ class Node:
         if self._closed or self._replica is None or self._transport is None:
             return
         self._execute(self._replica.take_effects(_now_ms(), force=force))
+        # Inputs can bring the next deadline forward (a gap to chase, a peer to greet): wake the
+        # timer if it sleeps past it.
+        if self._replica.next_deadline_ms() < self._timer_planned_ms:
+            self._timer_wake.set()
 
     def _execute(self, effects: list[Effect]) -> None:
         transport = self._transport
@@ -328,11 +334,17 @@ class Node:
                     transport.unsubscribe(endpoint)
 
     async def _timer_loop(self) -> None:
+        """Sleep until the core's next deadline; an input that brings the deadline forward (see
+        `_pump`) wakes the loop early. An idle node wakes only for heartbeats and rounds."""
         replica = self._core
-        cap_s = replica.config.tick_interval_ms / 1000.0
         while True:
-            delay_s = (replica.next_deadline_ms() - _now_ms()) / 1000.0
-            await asyncio.sleep(min(max(delay_s, 0.0), cap_s))
+            deadline_ms = replica.next_deadline_ms()
+            self._timer_planned_ms = deadline_ms
+            delay_s = (deadline_ms - _now_ms()) / 1000.0
+            self._timer_wake.clear()
+            if delay_s > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._timer_wake.wait(), delay_s)
             try:
                 replica.tick(_now_ms())
                 self._pump()

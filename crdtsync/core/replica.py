@@ -60,7 +60,7 @@ class ReplicaConfig:
     """How long a non-full batch may wait for more deltas; 0 sends at the driver's next turn."""
     ring_deltas_max: int = 65536
     ring_bytes_max: int = 64 * 1024 * 1024
-    heartbeat_interval_ms: float = 500.0
+    heartbeat_interval_ms: float = 1000.0
     hello_interval_ms: float = 500.0
     peer_timeout_ms: float = 3000.0
     retransmit_enabled: bool = True
@@ -77,6 +77,8 @@ class ReplicaConfig:
     """Mean time between periodic anti-entropy rounds (each against one peer, round robin, jittered
     by +-25%); 0 disables the periodic rounds (rounds on connect and on lost gaps still run)."""
     ae_round_timeout_ms: float = 2000.0
+    ae_followup_delay_ms: float = 100.0
+    """Pause before a round that continues what a budget-limited round left, so its repairs land."""
     ae_segments_per_round_max: int = 256
     """Differing tree segments whose entries one round fetches; the rest wait for the next round."""
     ae_docs_per_round_max: int = 512
@@ -255,6 +257,7 @@ class Replica:
         self._ae_wanted: dict[str, None] = {}
         """Addresses of peers owed a round as soon as none is running (connect, lost gap, leftovers)."""
         self._ae_turn = 0
+        self._ae_not_before_ms = 0.0
         self._jitter_state = client_id
         self._next_ae_ms = self.config.ae_interval_ms * (0.75 + 0.5 * self._jitter())
         self._wakeup: Callable[[], None] | None = None
@@ -1064,7 +1067,7 @@ class Replica:
         self._run_wanted_round()
 
     def _run_wanted_round(self) -> None:
-        if self._round is not None:
+        if self._round is not None or self._now_ms < self._ae_not_before_ms:
             return
         for address in list(self._ae_wanted):
             link = self._links.get(address)
@@ -1106,7 +1109,10 @@ class Replica:
         if divergence == 0:
             self._count("ae_rounds_in_sync")
         if current.more:
+            # Not at once: the repairs this round started must land first, or the next round would
+            # find the same differences again.
             self._ae_wanted[link.address] = None
+            self._ae_not_before_ms = self._now_ms + self.config.ae_followup_delay_ms
             log.info(
                 "anti-entropy with %s: %d segments differ, continuing next round", link.node_id, divergence
             )
@@ -1123,6 +1129,7 @@ class Replica:
         self._send_to_node(message.node_id, reply)
 
     def _on_tree_branches(self, message: wire.TreeBranches) -> None:
+        self._refresh_tree()  # repairs may have landed since the round began
         found = self._round_for(message.node_id, message.round_id, "branches")
         if found is None:
             return
@@ -1135,6 +1142,7 @@ class Replica:
         self._send(link.address, wire.TreeSegmentsRequest(self.node_id, current.round_id, tuple(branches)))
 
     def _on_tree_segments_request(self, message: wire.TreeSegmentsRequest) -> None:
+        self._refresh_tree()  # repairs may have landed since the round began
         hashes: list[bytes] = []
         for branch in message.branches:
             hashes.extend(self._tree.segment_hashes(branch))
@@ -1144,6 +1152,7 @@ class Replica:
         )
 
     def _on_tree_segments(self, message: wire.TreeSegments) -> None:
+        self._refresh_tree()  # repairs may have landed since the round began
         found = self._round_for(message.node_id, message.round_id, "segments")
         if found is None:
             return
@@ -1166,6 +1175,7 @@ class Replica:
         )
 
     def _on_tree_entries_request(self, message: wire.TreeEntriesRequest) -> None:
+        self._refresh_tree()  # repairs may have landed since the round began
         answered: list[int] = []
         entries: list[tuple[int, str, bytes]] = []
         for segment in message.segments:
@@ -1180,6 +1190,7 @@ class Replica:
         self._send_to_node(message.node_id, reply)
 
     def _on_tree_entries(self, message: wire.TreeEntries) -> None:
+        self._refresh_tree()  # repairs may have landed since the round began
         found = self._round_for(message.node_id, message.round_id, "entries")
         if found is None:
             return

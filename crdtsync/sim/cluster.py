@@ -139,9 +139,11 @@ class _SimNode:
     # The durable store (only with `SimConfig.durable`); it survives crashes, the rest below does not.
     store: dict[str, list[bytes]] = field(default_factory=dict)
     """Doc id -> updates of completed commits, in commit order (compacted to one update on load)."""
-    pending: list[tuple[str, bytes]] = field(default_factory=list)
-    """Updates handed over since the running commit started; they form the next group."""
-    committing: list[tuple[str, bytes]] = field(default_factory=list)
+    states: dict[str, tuple[bytes, bytes | None]] = field(default_factory=dict)
+    """Doc id -> recorded (state vector, digest), cleared by a later update, like the `docs` table."""
+    pending: list[Persist] = field(default_factory=list)
+    """Effects handed over since the running commit started; they form the next group."""
+    committing: list[Persist] = field(default_factory=list)
     commit_group: int | None = None
     """Id of the group being committed, None when no commit runs."""
     next_group: int = 1
@@ -206,14 +208,16 @@ class SimCluster:
             address=node.address,
             publish_endpoint=node.publish_endpoint,
             config=self.config.replica,
+            doc_loader=(lambda doc_id: self._load_doc(node, doc_id)) if self.config.durable else None,
         )
         if self.config.durable:
-            # Like `Node.start`: load the store before the first tick, so nothing is published or
-            # persisted again and the first hello already carries the recovered state.
+            # Like `Node.start` with a data_dir: register every stored doc from its recorded state
+            # and digest before the first tick; docs load on first use and are evicted beyond
+            # `docs_cached_max`, through the same code paths as on a real node.
             for doc_id, updates in node.store.items():
-                merged = merge_all(updates)
-                node.store[doc_id] = [merged]  # compaction: same content, one update
-                node.replica.load_update(doc_id, merged)
+                node.store[doc_id] = [merge_all(updates)]  # compaction: same content, one update
+                state, digest = node.states.get(doc_id, (None, None))
+                node.replica.register_doc(doc_id, state, digest)
         for other in self.nodes:
             if other is not node:
                 node.replica.add_peer(other.address, self.now_ms)
@@ -240,9 +244,9 @@ class SimCluster:
                     node.subscriptions.add(endpoint)
                 case Unsubscribe(endpoint):
                     node.subscriptions.discard(endpoint)
-                case Persist(updates):
-                    if self.config.durable and updates:
-                        group = self._persist(node, updates)
+                case Persist(updates, doc_states):
+                    if self.config.durable and (updates or doc_states):
+                        group = self._persist(node, effect)
                     # else: the store is memory, lost on crash
         deadline = replica.next_deadline_ms()
         if deadline < node.tick_at_ms or node.tick_at_ms <= self.now_ms:
@@ -253,9 +257,16 @@ class SimCluster:
 
     # ------------------------------------------------------------------ the durable store
 
-    def _persist(self, node: _SimNode, updates: tuple[tuple[str, bytes], ...]) -> int:
-        """Hand updates to the node's store (`StoreWriter.submit`); return the group they joined."""
-        node.pending.extend(updates)
+    def _load_doc(self, node: _SimNode, doc_id: str) -> bytes | None:
+        """`StoreWriter.load_doc`: committed content plus what is still on its way to the store."""
+        parts = list(node.store.get(doc_id, ()))
+        for persist in (*node.committing, *node.pending):
+            parts.extend(update for update_doc, update in persist.updates if update_doc == doc_id)
+        return merge_all(parts) if parts else None
+
+    def _persist(self, node: _SimNode, persist: Persist) -> int:
+        """Hand an effect to the node's store (`StoreWriter.submit`); return the group it joined."""
+        node.pending.append(persist)
         group = node.next_group
         self._start_commit(node)
         return group
@@ -273,8 +284,12 @@ class SimCluster:
     def _commit_done(self, node: _SimNode, group: int) -> None:
         if node.commit_group != group:
             return  # the commit was running when the node crashed: lost
-        for doc_id, update in node.committing:
-            node.store.setdefault(doc_id, []).append(update)
+        for persist in node.committing:
+            for doc_id, update in persist.updates:
+                node.store.setdefault(doc_id, []).append(update)
+                node.states.pop(doc_id, None)
+            for doc_id, state, digest in persist.doc_states:
+                node.states[doc_id] = (state, digest)
         for position in node.waiting.pop(group, []):
             self.acknowledged[position] = self.now_ms
         node.committing = []

@@ -315,3 +315,28 @@ def test_cli_durable_flag_reports_acks_and_replays_with_the_flag(capsys: pytest.
     assert "acked=" not in capsys.readouterr().out
     assert SimConfig(seed=9, durable=True).replay_command().endswith(" --durable")
     assert "--durable" not in SimConfig(seed=9).replay_command()
+
+
+def test_durable_nodes_with_a_tiny_doc_cache_evict_reload_and_still_converge() -> None:
+    """The real node's lazy path under faults: register_doc at restart, loads of evicted docs from
+    committed and in-flight updates, eviction with state records."""
+    evicted = loaded = 0
+    for seed in _seeds(700, 714):
+        config = SimConfig(
+            seed=seed,
+            nodes=4,
+            docs=8,
+            ops=300,
+            faults=ALL_FAULTS,
+            durable=True,
+            replica=ReplicaConfig(docs_cached_max=2),
+        )
+        cluster = SimCluster(config)
+        result = cluster.run()
+        print(result.verdict())
+        assert result.ok, result.verdict()
+        for node in cluster.nodes:
+            assert node.replica is not None
+            evicted += node.replica.counters.get("docs_evicted", 0)
+            loaded += node.replica.counters.get("docs_loaded", 0)
+    assert evicted > 0 and loaded > 0, (evicted, loaded)
