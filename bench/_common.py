@@ -413,3 +413,19 @@ def close_all(children: Sequence[Child]) -> None:
             print(f"warning: closing {child.name}: {exc}", file=sys.stderr)
             if child.proc.poll() is None:
                 child.proc.kill()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Memory
+
+
+def proc_status_kb(key: str = "VmRSS") -> int:
+    """A ``kB`` field of /proc/self/status (VmRSS: resident now, VmHWM: resident peak); 0 where unavailable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(f"{key}:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

@@ -1,0 +1,87 @@
+"""One crdtsync ``Node`` holding ``--docs`` docs, for the idle-cluster part of the anti-entropy benchmark.
+
+Usage (started by bench.antientropy):
+    python -m bench._ae_node --node-id N --listen tcp://127.0.0.1:P --peers A,B --docs 1000
+
+The node starts from a store holding the workload's initial update of every doc, so all nodes of
+a cluster start in sync, and reports ``ready`` once every configured peer is ``up``. Commands, besides
+``stats`` and ``quit`` (``bench._child.serve``): ``root`` -> ``root {root, docs, rounds, rss_kb}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from pycrdt import Doc, Map
+
+from bench import _ae_workload as workload
+from bench._child import emit, run_main, serve
+from bench._common import JSON
+from bench._crdtsync import _wait_peers_up
+from crdtsync import Node, NodeConfig
+
+
+def rss_kb() -> int:
+    """Resident set size of this process in KiB (from /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class NodeAdapter:
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        doc: Doc[Map[Any]] = Doc()
+        self._data = doc.get(workload.DATA, type=Map)  # a detached Map: this child never writes
+
+    @property
+    def data(self) -> Map[Any]:
+        return self._data
+
+    async def flush(self) -> None:
+        await self._node.flush()
+
+    async def after_write(self) -> None:
+        return None
+
+    def counters(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self._node.status().counters.items()}
+
+    async def command(self, cmd: JSON) -> bool:
+        if cmd.get("cmd") != "root":
+            return False
+        status = self._node.status()
+        emit(
+            "root",
+            root=self._node.merkle_root().hex(),
+            docs=status.docs,
+            rounds=status.counters.get("ae_rounds_completed", 0),
+            rss_kb=rss_kb(),
+        )
+        return True
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench._ae_node")
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--peers", required=True, help="comma-separated listen addresses of the other nodes")
+    parser.add_argument("--docs", type=int, required=True)
+    args = parser.parse_args()
+    peers = [p for p in str(args.peers).split(",") if p]
+    store = workload.PreloadedStore(int(args.docs))
+    config = NodeConfig(node_id=str(args.node_id), listen=str(args.listen), peers=peers)
+    async with Node(config, store=store) as node:
+        await _wait_peers_up(node, len(peers))
+        emit("ready")
+        await serve(NodeAdapter(node), receiver=False)
+
+
+if __name__ == "__main__":
+    run_main(main)
