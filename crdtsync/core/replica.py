@@ -671,10 +671,10 @@ class Replica:
             case wire.SyncRequest():
                 self._on_sync_request(message)
             case wire.SyncResponse():
-                self._on_sync_update(message.doc_id, message.update, message.node_id)
-                self._push_back(message)
+                self._on_sync_response(message)
             case wire.SyncPush():
-                self._on_sync_update(message.doc_id, message.update, message.node_id)
+                for doc_id, update in message.entries:
+                    self._on_sync_update(doc_id, update, message.node_id)
             case wire.TreeRoot():
                 self._on_tree_root(message)
             case wire.TreeBranches():
@@ -911,7 +911,7 @@ class Replica:
 
     def _pull(self, node_id: str, doc_id: str, entry: _DocEntry) -> None:
         self._count("syncs_requested")
-        self._send_to_node(node_id, wire.SyncRequest(self.node_id, doc_id, entry.state_bytes))
+        self._send_to_node(node_id, wire.SyncRequest(self.node_id, ((doc_id, entry.state_bytes),)))
 
     # ------------------------------------------------------------------ retransmission
 
@@ -977,29 +977,77 @@ class Replica:
 
     # ------------------------------------------------------------------ state sync
 
+    def _send_entries(
+        self,
+        address: str,
+        build: Callable[[tuple[Any, ...]], wire.Message],
+        entries: list[tuple[Any, ...]],
+        sizes: list[int],
+    ) -> None:
+        """Send `entries` as few messages as the per-message doc and byte limits allow."""
+        chunk: list[tuple[Any, ...]] = []
+        chunk_bytes = 0
+        for entry, size in zip(entries, sizes, strict=True):
+            if chunk and (
+                len(chunk) >= wire.SYNC_DOCS_PER_MESSAGE_MAX
+                or chunk_bytes + size > self.config.batch_bytes_max
+            ):
+                self._send(address, build(tuple(chunk)))
+                chunk, chunk_bytes = [], 0
+            chunk.append(entry)
+            chunk_bytes += size
+        if chunk:
+            self._send(address, build(tuple(chunk)))
+
     def _on_sync_request(self, message: wire.SyncRequest) -> None:
-        self._count("syncs_served")
-        entry = self._docs.get(message.doc_id)
-        if entry is None:
-            reply = wire.SyncResponse(self.node_id, message.doc_id, _EMPTY_UPDATE, _EMPTY_STATE)
-        else:
-            decode_state_vector(message.state)  # validate before pycrdt sees it
+        address = self._address_of.get(message.node_id)
+        if address is None:
+            self._count("unknown_peer")
+            return
+        replies: list[tuple[Any, ...]] = []
+        for doc_id, state in message.entries:
+            self._count("syncs_served")
+            entry = self._docs.get(doc_id)
+            if entry is None:
+                replies.append((doc_id, _EMPTY_UPDATE, _EMPTY_STATE))
+                continue
+            decode_state_vector(state)  # validate before pycrdt sees it
             try:
-                update = self._doc(entry).get_update(message.state)
+                update = self._doc(entry).get_update(state)
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:
                 self._count("syncs_rejected")
-                self._warn(
-                    "sync_rejected",
-                    "sync request for %r from %s rejected: %s",
-                    message.doc_id,
-                    message.node_id,
-                    exc,
-                )
-                return
-            reply = wire.SyncResponse(self.node_id, message.doc_id, update, entry.state_bytes)
-        self._send_to_node(message.node_id, reply)
+                self._warn("sync_rejected", "sync of %r for %s rejected: %s", doc_id, message.node_id, exc)
+                continue
+            replies.append((doc_id, update, entry.state_bytes))
+        self._send_entries(
+            address,
+            lambda chunk: wire.SyncResponse(self.node_id, chunk),
+            replies,
+            [len(update) + len(state) for _doc_id, update, state in replies],
+        )
+
+    def _on_sync_response(self, message: wire.SyncResponse) -> None:
+        pushes: list[tuple[Any, ...]] = []
+        for doc_id, update, state in message.entries:
+            self._on_sync_update(doc_id, update, message.node_id)
+            entry = self._docs.get(doc_id)
+            if entry is None:
+                continue
+            # Push back what the responder lacks: its state vector came with its answer.
+            back = self._doc(entry).get_update(encode_state_vector(decode_state_vector(state)))
+            if back != _EMPTY_UPDATE:
+                pushes.append((doc_id, back))
+        address = self._address_of.get(message.node_id)
+        if pushes and address is not None:
+            self._count("sync_pushes", len(pushes))
+            self._send_entries(
+                address,
+                lambda chunk: wire.SyncPush(self.node_id, chunk),
+                pushes,
+                [len(update) for _doc_id, update in pushes],
+            )
 
     def _on_sync_update(self, doc_id: str, update: bytes, node_id: str) -> None:
         if update == _EMPTY_UPDATE:
@@ -1019,16 +1067,6 @@ class Replica:
                 link.ae_docs_repaired += 1
                 link.ae_bytes_repaired += len(update)
         self._drain(doc_id, entry)
-
-    def _push_back(self, message: wire.SyncResponse) -> None:
-        entry = self._docs.get(message.doc_id)
-        if entry is None:
-            return
-        remote = decode_state_vector(message.state)
-        update = self._doc(entry).get_update(encode_state_vector(remote))
-        if update != _EMPTY_UPDATE:
-            self._count("sync_pushes")
-            self._send_to_node(message.node_id, wire.SyncPush(self.node_id, message.doc_id, update))
 
     # ------------------------------------------------------------------ anti-entropy
 
@@ -1201,6 +1239,8 @@ class Replica:
         docs_budget = self.config.ae_docs_per_round_max
         bytes_budget = self.config.ae_bytes_per_round_max
         repaired = 0
+        requests: list[tuple[Any, ...]] = []
+        pushes: list[tuple[Any, ...]] = []
         for segment, theirs in remote.items():
             ours = dict(self._tree.segment_entries(segment))
             for doc_id in sorted(ours.keys() | theirs.keys()):
@@ -1215,13 +1255,24 @@ class Replica:
                     update = self._doc(entry).get_update()
                     bytes_budget -= len(update)
                     link.ae_bytes_repaired += len(update)
-                    self._count("sync_pushes")
-                    self._send(link.address, wire.SyncPush(self.node_id, doc_id, update))
+                    pushes.append((doc_id, update))
                 else:
                     # The response carries what we lack; our push-back carries what the peer lacks.
-                    state = entry.state_bytes if entry is not None else _EMPTY_STATE
-                    self._count("syncs_requested")
-                    self._send(link.address, wire.SyncRequest(self.node_id, doc_id, state))
+                    requests.append((doc_id, entry.state_bytes if entry is not None else _EMPTY_STATE))
+        self._count("sync_pushes", len(pushes))
+        self._count("syncs_requested", len(requests))
+        self._send_entries(
+            link.address,
+            lambda chunk: wire.SyncPush(self.node_id, chunk),
+            pushes,
+            [len(update) for _doc_id, update in pushes],
+        )
+        self._send_entries(
+            link.address,
+            lambda chunk: wire.SyncRequest(self.node_id, chunk),
+            requests,
+            [len(state) + len(doc_id) for doc_id, state in requests],
+        )
         link.ae_docs_repaired += repaired
         self._count("ae_docs_repaired", repaired)
         if len(message.segments) < current.segments_requested:

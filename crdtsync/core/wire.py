@@ -44,6 +44,8 @@ COMPRESS_MIN_BYTES = 200
 NODE_ID_BYTES_MAX = 64
 DOC_ID_BYTES_MAX = 512
 DELTAS_PER_BATCH_MAX = 4096
+SYNC_DOCS_PER_MESSAGE_MAX = 1024
+"""Most docs one SYNC_REQUEST, SYNC_RESPONSE or SYNC_PUSH carries."""
 ENTRIES_PER_MESSAGE_MAX = 4096
 """Most (segment, doc id, digest) entries in one TREE_ENTRIES message."""
 TREE_SEGMENTS = 4096
@@ -153,29 +155,28 @@ class RetransmitGone:
 
 @dataclass(frozen=True, slots=True)
 class SyncRequest:
-    """Asks for `get_update(state)` of one doc: everything the sender of `state` is missing."""
+    """Asks, per doc, for `get_update(state)`: everything the sender of `state` is missing."""
 
     node_id: str
-    doc_id: str
-    state: bytes
+    entries: tuple[tuple[str, bytes], ...]
+    """(doc id, the requester's encoded state vector of it)."""
 
 
 @dataclass(frozen=True, slots=True)
 class SyncResponse:
-    """`update` holds what the requester lacked; `state` is the responder's state vector, so the
-    requester can push back what the responder lacks."""
+    """Per doc, the update the requester lacked and the responder's state vector, so the requester
+    can push back what the responder lacks."""
 
     node_id: str
-    doc_id: str
-    update: bytes
-    state: bytes
+    entries: tuple[tuple[str, bytes, bytes], ...]
+    """(doc id, update, the responder's encoded state vector)."""
 
 
 @dataclass(frozen=True, slots=True)
 class SyncPush:
     node_id: str
-    doc_id: str
-    update: bytes
+    entries: tuple[tuple[str, bytes], ...]
+    """(doc id, update)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,12 +269,12 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.RETRANSMIT_REQUEST, [n, e, lo, hi]
         case RetransmitGone(n, e, oldest):
             return MessageKind.RETRANSMIT_GONE, [n, e, oldest]
-        case SyncRequest(n, doc, state):
-            return MessageKind.SYNC_REQUEST, [n, doc, state]
-        case SyncResponse(n, doc, update, state):
-            return MessageKind.SYNC_RESPONSE, [n, doc, update, state]
-        case SyncPush(n, doc, update):
-            return MessageKind.SYNC_PUSH, [n, doc, update]
+        case SyncRequest(n, entries):
+            return MessageKind.SYNC_REQUEST, [n, *(field for entry in entries for field in entry)]
+        case SyncResponse(n, entries):
+            return MessageKind.SYNC_RESPONSE, [n, *(field for entry in entries for field in entry)]
+        case SyncPush(n, entries):
+            return MessageKind.SYNC_PUSH, [n, *(field for entry in entries for field in entry)]
         case TreeRoot(n, round_id, root):
             return MessageKind.TREE_ROOT, [n, round_id, root]
         case TreeBranches(n, round_id, equal, hashes):
@@ -443,6 +444,15 @@ class _Fields:
             raise WireError("bad_body", f"{self.kind.name}.{name} is not a boolean")
         return value
 
+    def check_entries(self, width: int, count_max: int) -> None:
+        """The rest of the body is 1..count_max entries of `width` fields each."""
+        if self.remaining() == 0 or self.remaining() % width:
+            raise WireError(
+                "bad_body", f"{self.kind.name} must carry a whole, non-zero number of {width}-field entries"
+            )
+        if self.remaining() // width > count_max:
+            raise WireError("too_large", f"{self.kind.name} carries more than {count_max} entries")
+
     def remaining(self) -> int:
         return len(self.items) - self.index
 
@@ -473,10 +483,7 @@ def _message_from(kind: MessageKind, items: list[Any]) -> Message:
         )
     elif kind is MessageKind.DELTAS:
         epoch, first_seq = f.uint("epoch"), f.uint("first_seq")
-        if f.remaining() % 4 or f.remaining() == 0:
-            raise WireError("bad_body", "DELTAS must carry a whole, non-zero number of 4-field deltas")
-        if f.remaining() // 4 > DELTAS_PER_BATCH_MAX:
-            raise WireError("too_large", f"DELTAS carries more than {DELTAS_PER_BATCH_MAX} deltas")
+        f.check_entries(4, DELTAS_PER_BATCH_MAX)
         deltas = []
         while f.remaining():
             deltas.append(
@@ -498,11 +505,26 @@ def _message_from(kind: MessageKind, items: list[Any]) -> Message:
     elif kind is MessageKind.RETRANSMIT_GONE:
         message = RetransmitGone(node_id, f.uint("epoch"), f.uint("oldest_seq"))
     elif kind is MessageKind.SYNC_REQUEST:
-        message = SyncRequest(node_id, f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("state"))
+        f.check_entries(2, SYNC_DOCS_PER_MESSAGE_MAX)
+        message = SyncRequest(
+            node_id,
+            tuple((f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("state")) for _ in range(f.remaining() // 2)),
+        )
     elif kind is MessageKind.SYNC_RESPONSE:
-        message = SyncResponse(node_id, f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update"), f.blob("state"))
+        f.check_entries(3, SYNC_DOCS_PER_MESSAGE_MAX)
+        message = SyncResponse(
+            node_id,
+            tuple(
+                (f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update"), f.blob("state"))
+                for _ in range(f.remaining() // 3)
+            ),
+        )
     elif kind is MessageKind.SYNC_PUSH:
-        message = SyncPush(node_id, f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update"))
+        f.check_entries(2, SYNC_DOCS_PER_MESSAGE_MAX)
+        message = SyncPush(
+            node_id,
+            tuple((f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update")) for _ in range(f.remaining() // 2)),
+        )
     elif kind is MessageKind.TREE_ROOT:
         message = TreeRoot(node_id, f.uint("round_id"), f.hash("root"))
     elif kind is MessageKind.TREE_BRANCHES:

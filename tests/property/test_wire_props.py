@@ -59,9 +59,17 @@ messages: st.SearchStrategy[wire.Message] = st.one_of(
     st.builds(wire.Heartbeat, node_ids, uints, uints),
     retransmit_requests(),
     st.builds(wire.RetransmitGone, node_ids, uints, uints),
-    st.builds(wire.SyncRequest, node_ids, doc_ids, blobs),
-    st.builds(wire.SyncResponse, node_ids, doc_ids, blobs, blobs),
-    st.builds(wire.SyncPush, node_ids, doc_ids, blobs),
+    st.builds(
+        wire.SyncRequest, node_ids, st.lists(st.tuples(doc_ids, blobs), min_size=1, max_size=6).map(tuple)
+    ),
+    st.builds(
+        wire.SyncResponse,
+        node_ids,
+        st.lists(st.tuples(doc_ids, blobs, blobs), min_size=1, max_size=6).map(tuple),
+    ),
+    st.builds(
+        wire.SyncPush, node_ids, st.lists(st.tuples(doc_ids, blobs), min_size=1, max_size=6).map(tuple)
+    ),
     st.builds(wire.TreeRoot, node_ids, uints, hashes),
     st.builds(wire.TreeBranches, node_ids, uints, st.just(True), st.just(())),
     st.builds(

@@ -29,9 +29,9 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
     wire.Heartbeat(NODE, 3, 99),
     wire.RetransmitRequest(NODE, 3, 5, 9),
     wire.RetransmitGone(NODE, 3, 12),
-    wire.SyncRequest(NODE, "doc-1", b"\x01\x0b\x02"),
-    wire.SyncResponse(NODE, "doc-1", b"\x00\x00", b"\x00"),
-    wire.SyncPush(NODE, "doc-ü", b"\x01\x02\x03"),
+    wire.SyncRequest(NODE, (("doc-1", b"\x01\x0b\x02"), ("doc-2", b"\x00"))),
+    wire.SyncResponse(NODE, (("doc-1", b"\x00\x00", b"\x00"),)),
+    wire.SyncPush(NODE, (("doc-ü", b"\x01\x02\x03"), ("doc-2", b""))),
     wire.TreeRoot(NODE, 1, b"\x10" * 16),
     wire.TreeBranches(NODE, 1, True, ()),
     wire.TreeBranches(NODE, 1, False, tuple(bytes([i]) * 16 for i in range(wire.TREE_BRANCHES))),
@@ -154,7 +154,7 @@ def test_compressible_batch_is_compressed_and_decompresses_to_the_same_body() ->
 def test_incompressible_body_is_sent_uncompressed() -> None:
     rng = random.Random(1234)
     noise = bytes(rng.randrange(256) for _ in range(2000))
-    message = wire.SyncPush(NODE, "doc", noise)
+    message = wire.SyncPush(NODE, (("doc", noise),))
     plain_body = _packed([NODE, "doc", noise])
     assert len(lz4.block.compress(plain_body, store_size=True)) >= len(plain_body), "precondition"
     frame = wire.encode(message)
@@ -166,7 +166,7 @@ def test_incompressible_body_is_sent_uncompressed() -> None:
 def test_encoding_a_frame_larger_than_the_maximum_fails() -> None:
     noise = random.Random(99).randbytes(wire.FRAME_BYTES_MAX)
     with pytest.raises(WireError) as caught:
-        wire.encode(wire.SyncPush(NODE, "doc", noise))
+        wire.encode(wire.SyncPush(NODE, (("doc", noise),)))
     assert caught.value.reason == "too_large"
 
 
