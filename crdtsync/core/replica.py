@@ -79,9 +79,9 @@ class ReplicaConfig:
     ae_round_timeout_ms: float = 2000.0
     ae_followup_delay_ms: float = 100.0
     """Pause before a round that continues what a budget-limited round left, so its repairs land."""
-    ae_segments_per_round_max: int = 256
+    ae_segments_per_round_max: int = 2048
     """Differing tree segments whose entries one round fetches; the rest wait for the next round."""
-    ae_docs_per_round_max: int = 512
+    ae_docs_per_round_max: int = 2048
     ae_bytes_per_round_max: int = 4 * 1024 * 1024
     """Bytes of full-doc pushes one round may send; requests beyond it wait for the next round."""
     peers_max: int = 256
@@ -725,6 +725,9 @@ class Replica:
             # our HelloAck has told it who we are.
             self._send(message.address, self._hello(wire.HelloAck))
         if link.epoch is None or message.epoch > link.epoch:
+            # Rounds repair both ways, so one per pair is enough: at first contact the lower node
+            # id starts it; a peer seen again with a new epoch (a restart) gets one at once.
+            round_now = link.epoch is not None or self.node_id < message.node_id
             link.epoch = message.epoch
             track = self._tracks.get(message.node_id)
             if track is None or track.epoch < message.epoch:
@@ -732,15 +735,14 @@ class Replica:
                 self._tracks[message.node_id] = _PublisherTrack(
                     message.epoch, message.last_seq, last_seq_seen=message.last_seq
                 )
-            new_epoch = True
         else:
-            new_epoch = False
+            round_now = False
         if link.state != "up":
             log.info("peer %s at %s is up (epoch %d)", message.node_id, message.address, message.epoch)
             self._count("peer_up")
         link.state = "up"
-        if new_epoch:
-            self._want_round(link)  # a new peer or a restarted one: compare everything at once
+        if round_now:
+            self._want_round(link)
 
     def _hello(self, cls: type[wire.Hello] | type[wire.HelloAck]) -> wire.Hello | wire.HelloAck:
         return cls(self.node_id, self.epoch, self.address, self.publish_endpoint, self._last_seq)
