@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 import time
@@ -143,8 +144,10 @@ class Node:
         self._replica = replica
         if isinstance(store, SqliteStore):
             # Docs load on first use; the tree comes from the digests stored with them.
-            for record in store.docs():
-                replica.register_doc(record.doc_id, record.state, record.digest)
+            replica.register_docs((record.doc_id, record.state, record.digest) for record in store.docs())
+            # The index of every stored doc lives as long as the node: keep it out of the cyclic
+            # GC's full collections (measured: 356 ms pauses with a million docs indexed).
+            gc.freeze()
         else:
             for doc_id, update in store.load():
                 replica.load_update(doc_id, update)
@@ -243,7 +246,7 @@ class Node:
 
     async def flush(self) -> None:
         """Hand every local write made so far to the transport, and return once the store holds it
-        as the durability setting promises (at once for a memory store or durability `none`)."""
+        as the durability setting promises (at once with durability `none`)."""
         self._pump(force=True)
         if self._writer is not None and self.config.durability != "none":
             await self._writer.flushed()

@@ -15,8 +15,7 @@ proportional to the divergence, not to the number of docs.
 from __future__ import annotations
 
 import hashlib
-
-from sortedcontainers import SortedDict
+import zlib
 
 HASH_BYTES = 16
 
@@ -40,42 +39,47 @@ class MerkleTree:
         self.root = 0
         self._segment_hashes = [0] * segments
         self._branch_hashes = [0] * branches
-        self._segment_docs: list[SortedDict[str, bytes] | None] = [None] * segments
-        self._digests: dict[str, bytes] = {}
+        # Plain dicts, sorted only when a segment's entries are asked for (differing segments only):
+        # keeping a million ids sorted on insert costs seconds at start-up.
+        self._segment_docs: list[dict[str, bytes] | None] = [None] * segments
+        self._count = 0
 
     def __len__(self) -> int:
-        return len(self._digests)
+        return self._count
 
     def segment_of(self, doc_id: str) -> int:
-        return _hash128(doc_id.encode()) % self.segments
+        """CRC-32 of the UTF-8 doc id modulo the segment count: part of the protocol, every node must
+        place a doc in the same segment."""
+        return zlib.crc32(doc_id.encode()) % self.segments
 
     def get(self, doc_id: str) -> bytes | None:
-        return self._digests.get(doc_id)
+        docs = self._segment_docs[self.segment_of(doc_id)]
+        return docs.get(doc_id) if docs is not None else None
 
     def set(self, doc_id: str, digest: bytes) -> None:
         """Insert or update a doc's digest in O(1) hashes."""
-        old = self._digests.get(doc_id)
-        if old == digest:
-            return
         segment = self.segment_of(doc_id)
-        change = leaf_hash(doc_id, digest)
-        if old is not None:
-            change ^= leaf_hash(doc_id, old)
-        self._digests[doc_id] = digest
         docs = self._segment_docs[segment]
         if docs is None:
-            docs = self._segment_docs[segment] = SortedDict()
+            docs = self._segment_docs[segment] = {}
+        old = docs.get(doc_id)
+        if old == digest:
+            return
+        change = leaf_hash(doc_id, digest)
+        if old is None:
+            self._count += 1
+        else:
+            change ^= leaf_hash(doc_id, old)
         docs[doc_id] = digest
         self._xor(segment, change)
 
     def remove(self, doc_id: str) -> None:
-        old = self._digests.pop(doc_id, None)
-        if old is None:
-            return
         segment = self.segment_of(doc_id)
         docs = self._segment_docs[segment]
-        assert docs is not None
-        del docs[doc_id]
+        old = docs.pop(doc_id, None) if docs is not None else None
+        if old is None:
+            return
+        self._count -= 1
         self._xor(segment, leaf_hash(doc_id, old))
 
     def _xor(self, segment: int, change: int) -> None:
@@ -98,7 +102,7 @@ class MerkleTree:
 
     def segment_entries(self, segment: int) -> list[tuple[str, bytes]]:
         docs = self._segment_docs[segment]
-        return list(docs.items()) if docs is not None else []
+        return sorted(docs.items()) if docs is not None else []
 
     def differing_branches(self, remote: list[bytes]) -> list[int]:
         return [

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -107,6 +107,8 @@ class _DocEntry:
     next_pull_ms: float = 0.0
     pins: int = 0
     """Handed to the application by `open_doc(pin=True)`: never evicted while pinned."""
+    recorded: bool = False
+    """The store holds this state and digest already: eviction need not write them again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,27 +387,42 @@ class Replica:
             if entry.pins == 0 and entry.doc is not None and self._doc_loader is not None:
                 self._lru[doc_id] = None
 
-    def register_doc(self, doc_id: str, state: bytes | None, doc_digest: bytes | None) -> None:
-        """Make a stored doc known without loading it (start-up from a store). Without a recorded
-        state and digest (a crash before they were written) the doc is loaded to compute them."""
-        entry = self._entry(doc_id, create=True, load=False)
-        if state is None or doc_digest is None:
+    def register_docs(self, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
+        """Make stored docs known without loading them (start-up from a store): (doc id, recorded
+        state vector, recorded digest). A doc without a recorded state and digest (written after
+        they were last recorded, e.g. before a crash) is loaded once to compute them."""
+        if self._docs:
+            raise RuntimeError("register_docs runs once, before any doc is opened")
+        entries: dict[str, _DocEntry] = {}
+        unknown: list[_DocEntry] = []
+        for doc_id, state, doc_digest in records:
+            entry = _DocEntry(doc_id=doc_id, doc=None, subscription=None)
+            entries[doc_id] = entry
+            if state is None or doc_digest is None:
+                unknown.append(entry)
+                continue
+            entry.state_bytes = state
+            entry.digest = doc_digest
+            entry.recorded = True
+            if state != _EMPTY_STATE:
+                self._tree.set(doc_id, doc_digest)
+        if len(entries) > self.config.docs_max:
+            raise RuntimeError(
+                f"the store holds {len(entries)} docs, more than docs_max ({self.config.docs_max})"
+            )
+        self._docs.update(entries)  # one bulk insert into the sorted index
+        for entry in unknown:
             self._doc(entry)
-            self._dirty[doc_id] = None
-            return
-        entry.state_bytes = state
-        entry.decoded = None
-        entry.digest = doc_digest
-        if state != _EMPTY_STATE:
-            self._tree.set(doc_id, doc_digest)
+            self._dirty[entry.doc_id] = None
 
     def checkpoint(self) -> None:
         """Record the state and digest of every doc changed since it was last recorded, so that the
         next start needs to load none of them (called at clean shutdown)."""
         self._refresh_tree()
         for entry in self._docs.values():
-            if entry.doc is not None and entry.digest is not None:
+            if entry.doc is not None and entry.digest is not None and not entry.recorded:
                 self._doc_states.append((entry.doc_id, entry.state_bytes, entry.digest))
+                entry.recorded = True
 
     def loaded_docs(self) -> int:
         return self._loaded
@@ -493,13 +510,14 @@ class Replica:
         self._loaded += 1
         entry.subscription = doc.observe(lambda event: self._on_transaction(entry.doc_id, entry, event))
         if content is not None:
-            known = (entry.state_bytes, entry.digest, entry.doc_id in self._dirty)
+            known = (entry.state_bytes, entry.digest, entry.doc_id in self._dirty, entry.recorded)
             persisted = len(self._persist)
             self._apply(entry, content, "load")
             del self._persist[persisted:]  # it came from the store
             if known[1] is not None and entry.state_bytes == known[0]:
                 # Loading changed nothing that was recorded: keep the digest, skip the recompute.
                 entry.digest = known[1]
+                entry.recorded = known[3]
                 if not known[2]:
                     self._dirty.pop(entry.doc_id, None)
         if self._doc_loader is not None and entry.pins == 0:
@@ -517,7 +535,9 @@ class Replica:
             if doc_id in self._dirty:
                 self._tree_update(doc_id, entry)
                 del self._dirty[doc_id]
-            self._doc_states.append((doc_id, entry.state_bytes, entry.digest))
+            if not entry.recorded:
+                self._doc_states.append((doc_id, entry.state_bytes, entry.digest))
+                entry.recorded = True
             if entry.subscription is not None:
                 entry.doc.unobserve(entry.subscription)
             entry.doc = None
@@ -535,6 +555,7 @@ class Replica:
         entry.state_bytes = after
         entry.decoded = None
         entry.digest = None
+        entry.recorded = False
         self._dirty[doc_id] = None
         entry.digest = None
         self._persist.append((doc_id, update))

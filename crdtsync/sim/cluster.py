@@ -214,10 +214,11 @@ class SimCluster:
             # Like `Node.start` with a data_dir: register every stored doc from its recorded state
             # and digest before the first tick; docs load on first use and are evicted beyond
             # `docs_cached_max`, through the same code paths as on a real node.
+            records = []
             for doc_id, updates in node.store.items():
                 node.store[doc_id] = [merge_all(updates)]  # compaction: same content, one update
-                state, digest = node.states.get(doc_id, (None, None))
-                node.replica.register_doc(doc_id, state, digest)
+                records.append((doc_id, *node.states.get(doc_id, (None, None))))
+            node.replica.register_docs(sorted(records))
         for other in self.nodes:
             if other is not node:
                 node.replica.add_peer(other.address, self.now_ms)

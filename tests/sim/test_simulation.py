@@ -318,7 +318,7 @@ def test_cli_durable_flag_reports_acks_and_replays_with_the_flag(capsys: pytest.
 
 
 def test_durable_nodes_with_a_tiny_doc_cache_evict_reload_and_still_converge() -> None:
-    """The real node's lazy path under faults: register_doc at restart, loads of evicted docs from
+    """The real node's lazy path under faults: register_docs at restart, loads of evicted docs from
     committed and in-flight updates, eviction with state records."""
     evicted = loaded = 0
     for seed in _seeds(700, 714):
