@@ -420,7 +420,7 @@ def close_all(children: Sequence[Child]) -> None:
 
 
 def proc_status_kb(key: str = "VmRSS") -> int:
-    """A ``kB`` field of /proc/self/status (VmRSS: resident now, VmHWM: resident peak); 0 where unavailable."""
+    """A ``kB`` field of /proc/self/status (VmRSS: resident now, VmHWM: peak); 0 where unavailable."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
