@@ -281,6 +281,7 @@ class Node:
             counters["transport_send_drops"] = self._transport.send_drops
         if self._writer is not None:
             counters["docs_loaded"] = replica.loaded_docs()
+            counters["docs_loaded_bytes"] = replica.loaded_bytes()
             counters["store_commits"] = self._writer.commits
             counters["store_commit_failures"] = self._writer.commit_failures
             counters["store_load_errors"] = self._store_errors

@@ -87,6 +87,9 @@ class ReplicaConfig:
     peers_max: int = 256
     docs_max: int = 10_000_000
     docs_cached_max: int = 10_000
+    docs_cached_bytes_max: int = 256 * 1024 * 1024
+    """The same budget in bytes, estimated from the loaded docs' encoded sizes (a loaded Doc takes
+    a few times its encoded size in memory, plus about 5 KB of fixed cost)."""
     """Loaded docs kept beyond those pinned or waiting on deltas; older ones are evicted (least
     recently used first) when the replica has a doc loader to bring them back."""
     update_bytes_max: int = 4 * 1024 * 1024
@@ -107,6 +110,8 @@ class _DocEntry:
     next_pull_ms: float = 0.0
     pins: int = 0
     """Handed to the application by `open_doc(pin=True)`: never evicted while pinned."""
+    loaded_bytes: int = 0
+    """Estimate of the loaded doc's memory: its content's encoded size plus the updates since."""
     recorded: bool = False
     """The store holds this state and digest already: eviction need not write them again."""
 
@@ -232,6 +237,7 @@ class Replica:
         self._lru: OrderedDict[str, None] = OrderedDict()
         self._doc_states: list[tuple[str, bytes, bytes | None]] = []
         self._loaded = 0
+        self._loaded_bytes = 0
         self._links: dict[str, _PeerLink] = {}
         self._address_of: dict[str, str] = {}
         self._tracks: dict[str, _PublisherTrack] = {}
@@ -427,6 +433,10 @@ class Replica:
     def loaded_docs(self) -> int:
         return self._loaded
 
+    def loaded_bytes(self) -> int:
+        """The estimate `docs_cached_bytes_max` is compared with."""
+        return self._loaded_bytes
+
     def has_doc(self, doc_id: str) -> bool:
         return doc_id in self._docs
 
@@ -473,6 +483,7 @@ class Replica:
         self._docs.clear()
         self._lru.clear()
         self._loaded = 0
+        self._loaded_bytes = 0
 
     def _entry(self, doc_id: str, *, create: bool, load: bool = True) -> _DocEntry:
         """The doc's entry, loaded (unless `load=False`); a new, empty one when `create`."""
@@ -514,6 +525,8 @@ class Replica:
             persisted = len(self._persist)
             self._apply(entry, content, "load")
             del self._persist[persisted:]  # it came from the store
+            self._loaded_bytes += len(content) - entry.loaded_bytes
+            entry.loaded_bytes = len(content)
             if known[1] is not None and entry.state_bytes == known[0]:
                 # Loading changed nothing that was recorded: keep the digest, skip the recompute.
                 entry.digest = known[1]
@@ -524,8 +537,14 @@ class Replica:
             self._lru[entry.doc_id] = None
 
     def _evict_if_needed(self) -> None:
-        excess = len(self._lru) - self.config.docs_cached_max
-        for _ in range(min(excess, len(self._lru))):
+        if self._doc_loader is None:
+            return
+        for _ in range(len(self._lru)):
+            if (
+                len(self._lru) <= self.config.docs_cached_max
+                and self._loaded_bytes <= self.config.docs_cached_bytes_max
+            ):
+                return
             doc_id, _unused = self._lru.popitem(last=False)
             entry = self._docs[doc_id]
             if entry.pending or entry.pins or entry.doc is None:
@@ -544,6 +563,8 @@ class Replica:
             entry.subscription = None
             entry.decoded = None
             self._loaded -= 1
+            self._loaded_bytes -= entry.loaded_bytes
+            entry.loaded_bytes = 0
             self._count("docs_evicted")
 
     def _on_transaction(self, doc_id: str, entry: _DocEntry, event: TransactionEvent) -> None:
@@ -556,6 +577,8 @@ class Replica:
         entry.decoded = None
         entry.digest = None
         entry.recorded = False
+        entry.loaded_bytes += len(update)
+        self._loaded_bytes += len(update)
         self._dirty[doc_id] = None
         entry.digest = None
         self._persist.append((doc_id, update))

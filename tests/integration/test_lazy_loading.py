@@ -90,3 +90,26 @@ def test_anti_entropy_repairs_docs_that_are_not_loaded(tmp_path: Path) -> None:
                 assert doc.get("data", type=Map)["value"] == 29
 
     asyncio.run(scenario())
+
+
+def test_the_byte_budget_evicts_large_docs_before_the_count_budget_is_reached(tmp_path: Path) -> None:
+    config = ReplicaConfig(docs_cached_max=1000, docs_cached_bytes_max=20_000, tick_interval_ms=20.0)
+
+    async def scenario() -> None:
+        node_config = NodeConfig(
+            node_id="a", listen=free_endpoint(), data_dir=str(tmp_path / "a"), replication=config
+        )
+        async with Node(node_config) as node:
+            for index in range(40):
+                doc = await node.open(f"big-{index:02d}")
+                doc.get("data", type=Map)["blob"] = "x" * 2_000
+                node.release(f"big-{index:02d}")
+                await node.flush()
+            counters = node.status().counters
+            assert counters["docs_loaded_bytes"] <= 20_000 + 3_000, counters
+            assert counters["docs_loaded"] < 15
+            assert counters.get("docs_evicted", 0) >= 25
+            doc = await node.open("big-00")
+            assert doc.get("data", type=Map)["blob"] == "x" * 2_000
+
+    asyncio.run(scenario())
