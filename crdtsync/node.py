@@ -139,7 +139,7 @@ class Node:
             store.close()
             raise
         self._store = store
-        self._writer = StoreWriter(store, self._loop)
+        self._writer = StoreWriter(store, self._loop, inline=not isinstance(store, SqliteStore))
         self._transport = transport
         self._replica = replica
         if isinstance(store, SqliteStore):

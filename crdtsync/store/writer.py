@@ -31,9 +31,17 @@ class StoreWriter:
     RETRY_DELAY_S = 1.0
 
     def __init__(
-        self, store: Store, loop: asyncio.AbstractEventLoop, *, group_updates_max: int = 20_000
+        self,
+        store: Store,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        group_updates_max: int = 20_000,
+        inline: bool = False,
     ) -> None:
         self.store = store
+        self.inline = inline
+        """Append on the caller's thread at once (a store in memory: a thread hop per update would
+        cost more than the append, and add latency to every remote apply)."""
         self.group_updates_max = group_updates_max
         self._loop = loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crdtsync-store")
@@ -53,8 +61,12 @@ class StoreWriter:
         self.commit_latency_sum_ms = 0.0
 
     def submit(self, persist: Persist) -> None:
-        self._pending.append(persist)
         self._submitted += 1
+        if self.inline:
+            self.store.append((persist,))
+            self._committed += 1
+            return
+        self._pending.append(persist)
         if not self._committing and self._retry is None:
             self._start_group()
 
