@@ -60,9 +60,9 @@ class ReplicaConfig:
     """How long a non-full batch may wait for more deltas; 0 sends at the driver's next turn."""
     ring_deltas_max: int = 65536
     ring_bytes_max: int = 64 * 1024 * 1024
-    heartbeat_interval_ms: float = 1000.0
+    heartbeat_interval_ms: float = 1500.0
     hello_interval_ms: float = 500.0
-    peer_timeout_ms: float = 3000.0
+    peer_timeout_ms: float = 5000.0
     retransmit_enabled: bool = True
     """False leaves every lost delta to anti-entropy (used to test that anti-entropy alone converges)."""
     retransmit_timeout_ms: float = 200.0
@@ -73,7 +73,7 @@ class ReplicaConfig:
     """How long a delta may wait for its dependencies before the doc is pulled from its publisher."""
     pending_deltas_per_doc_max: int = 4096
     pending_bytes_max: int = 64 * 1024 * 1024
-    ae_interval_ms: float = 2000.0
+    ae_interval_ms: float = 5000.0
     """Mean time between periodic anti-entropy rounds (each against one peer, round robin, jittered
     by +-25%); 0 disables the periodic rounds (rounds on connect and on lost gaps still run)."""
     ae_round_timeout_ms: float = 2000.0
