@@ -16,6 +16,7 @@ docs that differ, so a round costs in proportion to the divergence, not to the n
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -198,6 +199,11 @@ class ReplicaStatus:
     pending_deltas: int
     peers: tuple[PeerStatus, ...]
     counters: dict[str, int]
+
+
+def _delta_size(delta: wire.Delta) -> int:
+    """What a delta adds to a batch, roughly: its update, two state vectors and its doc id."""
+    return len(delta.update) + len(delta.after_state) * 2 + len(delta.doc_id)
 
 
 def _state(entry: _DocEntry) -> StateVector:
@@ -586,7 +592,7 @@ class Replica:
             return
         delta = wire.Delta(doc_id, event.before_state, after, update)  # type: ignore[attr-defined]
         self._last_seq += 1
-        size = len(update) + len(after) * 2 + len(doc_id)
+        size = _delta_size(delta)
         self._ring.append((self._last_seq, doc_id, delta.before_state, after, update, size))
         self._ring_bytes += size
         while self._ring and (
@@ -622,21 +628,26 @@ class Replica:
 
     # ------------------------------------------------------------------ publishing
 
-    def _flush_outbox(self) -> None:
+    def _batches(self, first_seq: int, deltas: Iterable[wire.Delta]) -> Iterator[wire.Deltas]:
+        """`DELTAS` messages of consecutive sequence numbers, within the batch limits."""
         chunk: list[wire.Delta] = []
         chunk_bytes = 0
-        first_seq = self._last_seq - len(self._outbox) + 1
-        for delta in self._outbox:
-            size = len(delta.update) + len(delta.after_state) * 2 + len(delta.doc_id)
+        for delta in deltas:
+            size = _delta_size(delta)
             if chunk and (
                 len(chunk) >= self.config.batch_deltas_max or chunk_bytes + size > self.config.batch_bytes_max
             ):
-                self._publish(wire.Deltas(self.node_id, self.epoch, first_seq, tuple(chunk)))
+                yield wire.Deltas(self.node_id, self.epoch, first_seq, tuple(chunk))
                 first_seq += len(chunk)
                 chunk, chunk_bytes = [], 0
             chunk.append(delta)
             chunk_bytes += size
-        self._publish(wire.Deltas(self.node_id, self.epoch, first_seq, tuple(chunk)))
+        if chunk:
+            yield wire.Deltas(self.node_id, self.epoch, first_seq, tuple(chunk))
+
+    def _flush_outbox(self) -> None:
+        for batch in self._batches(self._last_seq - len(self._outbox) + 1, self._outbox):
+            self._publish(batch)
         self._outbox = []
         self._outbox_bytes = 0
         self._outbox_since_ms = None
@@ -986,25 +997,13 @@ class Replica:
         # Capped here too: a request is remote input and must not make us send the whole ring.
         hi = min(message.to_seq, self._last_seq, message.from_seq + self.config.retransmit_deltas_max - 1)
         start = message.from_seq - oldest
-        chunk: list[wire.Delta] = []
-        chunk_bytes = 0
-        first = message.from_seq
-        for index in range(start, start + hi - message.from_seq + 1):
-            _seq, doc_id, before, after, update, size = self._ring[index]
-            delta = wire.Delta(doc_id, before, after, update)
-            if chunk and (
-                len(chunk) >= self.config.batch_deltas_max or chunk_bytes + size > self.config.batch_bytes_max
-            ):
-                self._send_to_node(
-                    message.node_id, wire.Deltas(self.node_id, self.epoch, first, tuple(chunk))
-                )
-                first += len(chunk)
-                chunk, chunk_bytes = [], 0
-            chunk.append(delta)
-            chunk_bytes += size
-        if chunk:
+        wanted = itertools.islice(self._ring, start, start + hi - message.from_seq + 1)
+        deltas = (
+            wire.Delta(doc_id, before, after, update) for _seq, doc_id, before, after, update, _size in wanted
+        )
+        for batch in self._batches(message.from_seq, deltas):
             self._count("retransmits_served")
-            self._send_to_node(message.node_id, wire.Deltas(self.node_id, self.epoch, first, tuple(chunk)))
+            self._send_to_node(message.node_id, batch)
 
     def _on_retransmit_gone(self, message: wire.RetransmitGone) -> None:
         track = self._tracks.get(message.node_id)
