@@ -240,9 +240,14 @@ class Node:
         the same docs with the same content."""
         return self._core.merkle_root()
 
-    def doc_ids(self, *, after: str = "", limit: int | None = None) -> list[str]:
-        """Ids of the docs this node holds, in sorted order, starting after `after`."""
-        return self._core.doc_ids(after=after, limit=limit)
+    def doc_ids(self, *, after: str = "", limit: int | None = None, prefix: str = "") -> list[str]:
+        """Ids of the docs this node holds, in sorted order: those starting with `prefix`, after
+        `after`, at most `limit`."""
+        return self._core.doc_ids(after=after, limit=limit, prefix=prefix)
+
+    def has_doc(self, doc_id: str) -> bool:
+        """Whether this node holds `doc_id` (loaded or not)."""
+        return self._core.has_doc(doc_id)
 
     async def flush(self) -> None:
         """Hand every local write made so far to the transport, and return once the store holds it
@@ -354,3 +359,12 @@ class Node:
                 self._pump()
             except Exception:  # a bug in a timer must not stop replication for good
                 log.exception("timer tick failed")
+
+
+def commit_latency(node: Node) -> tuple[list[int], float] | None:
+    """The store's commit latency histogram (counts per `COMMIT_LATENCY_BUCKETS_MS` bucket, the last
+    one unbounded) and the sum in ms; None for a node whose store commits inline."""
+    writer = node._writer
+    if writer is None or writer.inline:
+        return None
+    return list(writer.commit_latency_ms), writer.commit_latency_sum_ms

@@ -446,13 +446,16 @@ class Replica:
     def has_doc(self, doc_id: str) -> bool:
         return doc_id in self._docs
 
-    def doc_ids(self, after: str = "", limit: int | None = None) -> list[str]:
-        keys: Iterator[str] = (
-            self._docs.irange(minimum=after, inclusive=(False, False)) if after else iter(self._docs)
-        )
+    def doc_ids(self, after: str = "", limit: int | None = None, prefix: str = "") -> list[str]:
+        """Doc ids in sorted order: those starting with `prefix`, after `after`, at most `limit`."""
+        keys: Iterator[str]
+        if after and after >= prefix:
+            keys = self._docs.irange(minimum=after, inclusive=(False, False))
+        else:
+            keys = self._docs.irange(minimum=prefix or None, inclusive=(True, False))
         out: list[str] = []
         for key in keys:
-            if limit is not None and len(out) >= limit:
+            if (limit is not None and len(out) >= limit) or not key.startswith(prefix):
                 break
             out.append(key)
         return out
@@ -515,7 +518,7 @@ class Replica:
         if entry.doc is None:
             content = self._doc_loader(entry.doc_id) if self._doc_loader is not None else None
             self._attach(entry, content)
-            self._count("docs_loaded")
+            self._count("doc_loads")
         elif entry.doc_id in self._lru:
             self._lru.move_to_end(entry.doc_id)
         assert entry.doc is not None

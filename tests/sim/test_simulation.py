@@ -338,5 +338,5 @@ def test_durable_nodes_with_a_tiny_doc_cache_evict_reload_and_still_converge() -
         for node in cluster.nodes:
             assert node.replica is not None
             evicted += node.replica.counters.get("docs_evicted", 0)
-            loaded += node.replica.counters.get("docs_loaded", 0)
+            loaded += node.replica.counters.get("doc_loads", 0)
     assert evicted > 0 and loaded > 0, (evicted, loaded)

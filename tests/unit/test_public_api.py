@@ -32,6 +32,7 @@ def test_node_methods_are_pinned() -> None:
         "digest",
         "doc_ids",
         "flush",
+        "has_doc",
         "merkle_root",
         "open",
         "release",
@@ -43,7 +44,7 @@ def test_node_methods_are_pinned() -> None:
     assert inspect.signature(Node).parameters["store"].kind is inspect.Parameter.KEYWORD_ONLY
     for name in ("open", "flush", "start", "close", "backup", "restore"):
         assert inspect.iscoroutinefunction(getattr(Node, name)), name
-    for name in ("status", "doc_ids", "digest", "merkle_root", "release"):
+    for name in ("status", "doc_ids", "digest", "merkle_root", "release", "has_doc"):
         assert not inspect.iscoroutinefunction(getattr(Node, name)), name
     assert list(inspect.signature(Node.open).parameters) == ["self", "doc_id"]
     assert list(inspect.signature(Node.flush).parameters) == ["self"]

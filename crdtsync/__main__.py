@@ -1,0 +1,5 @@
+"""`python -m crdtsync` is the `crdtsync` command."""
+
+from crdtsync.cli import main
+
+main()

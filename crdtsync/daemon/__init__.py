@@ -1,0 +1,1 @@
+"""The `crdtsync serve` daemon: configuration, HTTP API, metrics, logs and the demo."""

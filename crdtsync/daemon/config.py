@@ -1,0 +1,163 @@
+"""The daemon's configuration: a TOML file, overridden key by key by command-line flags.
+
+Every error names the key and what is wrong with it (`ConfigError`). `config.example.toml` at the
+repository root lists every key with its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from crdtsync.core.replica import ReplicaConfig
+from crdtsync.node import NodeConfig
+from crdtsync.transport.zmq_transport import parse_endpoint
+
+LogFormat = Literal["json", "kv"]
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    listen: str = "127.0.0.1:7480"
+    """HOST:PORT of the HTTP API; localhost by default."""
+    body_bytes_max: int = 4 * 1024 * 1024
+    """Largest request body accepted (JSON or binary update)."""
+    docs_page_max: int = 1000
+    """Largest `limit` of a doc listing."""
+    watchers_max: int = 256
+    """Concurrent `watch` streams (server-sent events) across all docs."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: LogFormat = "kv"
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    node: NodeConfig
+    dc: str = "default"
+    http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+_NODE_KEYS = {"node_id", "listen", "peers", "publish", "data_dir", "durability"}
+_TOP_KEYS = _NODE_KEYS | {"dc", "http", "log", "replication"}
+
+
+def parse_http_listen(value: str, key: str = "http.listen") -> tuple[str, int]:
+    host, _, port_text = value.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{key}: {value!r} is not HOST:PORT with a port in 1..65535")
+    return host.strip("[]"), int(port_text)
+
+
+def _typed(key: str, value: Any, expected: type | tuple[type, ...]) -> Any:
+    if isinstance(value, bool) and expected in (int, float, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got a boolean")
+    if not isinstance(value, expected):
+        names = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+        raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{name}: expected a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(fields))})")
+        default = getattr(cls(), key)
+        expected: type | tuple[type, ...] = (int, float) if isinstance(default, float) else type(default)
+        values[key] = _typed(f"{name}.{key}", value, expected)
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and values[key] < 0:
+            raise ConfigError(f"{name}.{key}: must not be negative")
+    return cls(**values)
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DaemonConfig:
+    """Read `path` (TOML; None for flags only) and apply `overrides` (top-level keys: node_id, dc,
+    listen, peers, publish, data_dir, durability, http_listen, log_level, log_format), which win."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                raw = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+    for key in ("http_listen", "log_level", "log_format"):
+        if overrides.get(key) is not None:
+            section, sub = key.split("_", 1)
+            raw.setdefault(section, {})
+            if not isinstance(raw[section], dict):
+                raise ConfigError(f"{section}: expected a table")
+            raw[section][sub] = overrides[key]
+    for key in _NODE_KEYS | {"dc"}:
+        value = overrides.get(key)
+        if value is not None and value != []:
+            raw[key] = value
+
+    node_id = raw.get("node_id")
+    if node_id is None:
+        raise ConfigError("node_id: required (set it in the config file or with --node-id)")
+    listen = raw.get("listen", "tcp://127.0.0.1:7400")
+    peers = raw.get("peers", [])
+    _typed("node_id", node_id, str)
+    _typed("listen", listen, str)
+    _typed("peers", peers, list)
+    for index, peer in enumerate(peers):
+        _typed(f"peers[{index}]", peer, str)
+    for key in ("publish", "data_dir"):
+        if raw.get(key) is not None:
+            _typed(key, raw[key], str)
+    durability = raw.get("durability", "fsync")
+    if durability not in ("fsync", "process", "none"):
+        raise ConfigError(f"durability: must be fsync, process or none, not {durability!r}")
+    replication = _section(raw, "replication", ReplicaConfig)
+    http = _section(raw, "http", HttpConfig)
+    log = _section(raw, "log", LogConfig)
+    parse_http_listen(http.listen)
+    if log.level not in LOG_LEVELS:
+        raise ConfigError(f"log.level: must be one of {', '.join(LOG_LEVELS)}, not {log.level!r}")
+    if log.format not in ("json", "kv"):
+        raise ConfigError(f"log.format: must be json or kv, not {log.format!r}")
+    dc = _typed("dc", raw.get("dc", "default"), str)
+    try:
+        for key, endpoint in [("listen", listen), *((f"peers[{i}]", p) for i, p in enumerate(peers))]:
+            try:
+                parse_endpoint(endpoint)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+        node = NodeConfig(
+            node_id=node_id,
+            listen=listen,
+            peers=list(peers),
+            publish=raw.get("publish"),
+            data_dir=raw.get("data_dir"),
+            durability=durability,
+            replication=replication,
+        )
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from None
+    return DaemonConfig(node=node, dc=dc, http=http, log=log)

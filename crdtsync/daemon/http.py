@@ -1,0 +1,440 @@
+"""The daemon's HTTP API (aiohttp): JSON in and out, binary Yjs updates, server-sent events.
+
+Errors are `{"error": {"code": ..., "message": ...}}` with a 4xx or 5xx status. Every write answers
+once the node's store holds it as the durability setting promises, with the doc's new state vector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pycrdt import Doc, Map, TransactionEvent
+
+from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
+from crdtsync.daemon.config import DaemonConfig
+from crdtsync.daemon.metrics import NodeCollector
+from crdtsync.node import Node
+
+log = logging.getLogger("crdtsync.http")
+
+DOC_ID_RE = re.compile(r"^[A-Za-z0-9._~:@-]+(/[A-Za-z0-9._~:@-]+)*$")
+KEY_RE = re.compile(r"^[A-Za-z0-9._~:@ -]+$")
+DOC_ID_BYTES_MAX = 512
+KEY_BYTES_MAX = 256
+RESERVED_SEGMENTS = frozenset({"keys", "update", "watch"})
+RESTORE_BYTES_MAX = 1 << 30
+WATCH_QUEUE_MAX = 64
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def check_doc_id(doc_id: str) -> str:
+    if not doc_id or len(doc_id.encode()) > DOC_ID_BYTES_MAX or not DOC_ID_RE.match(doc_id):
+        raise ApiError(
+            400,
+            "bad_doc_id",
+            f"doc id {doc_id[:80]!r} is invalid: 1..{DOC_ID_BYTES_MAX} bytes of A-Z a-z 0-9 . _ ~ : @ - "
+            "in segments separated by single slashes",
+        )
+    if RESERVED_SEGMENTS & set(doc_id.split("/")):
+        raise ApiError(
+            400,
+            "bad_doc_id",
+            f"doc id {doc_id!r} uses a reserved segment ({', '.join(sorted(RESERVED_SEGMENTS))})",
+        )
+    return doc_id
+
+
+def check_key(key: str) -> str:
+    if not key or len(key.encode()) > KEY_BYTES_MAX or not KEY_RE.match(key):
+        raise ApiError(
+            400,
+            "bad_key",
+            f"key {key[:80]!r} is invalid: 1..{KEY_BYTES_MAX} bytes of A-Z a-z 0-9 . _ ~ : @ - and space",
+        )
+    return key
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def from_b64url(text: str, what: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError):
+        raise ApiError(400, "bad_base64", f"{what} is not valid base64url") from None
+
+
+class Api:
+    def __init__(self, node: Node, config: DaemonConfig) -> None:
+        self.node = node
+        self.config = config
+        self.started = time.monotonic()
+        self.watchers = 0
+        self.registry = CollectorRegistry()
+        self.registry.register(NodeCollector(node, self.started, config.dc))
+        self.requests_rejected = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.http.body_bytes_max, middlewares=[self._errors])
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/v1/status", self.status)
+        app.router.add_get("/v1/docs", self.list_docs)
+        app.router.add_post("/v1/backup", self.backup)
+        app.router.add_post("/v1/restore", self.restore)
+        app.router.add_route("*", "/v1/docs/{rest:.+}", self.doc_route)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            self.requests_rejected += 1
+            return error_response(exc.status, exc.code, exc.message)
+        except web.HTTPRequestEntityTooLarge as exc:
+            self.requests_rejected += 1
+            return error_response(
+                413, "too_large", f"request body over {self.config.http.body_bytes_max} bytes: {exc.text}"
+            )
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("request %s %s failed", request.method, request.path)
+            return error_response(500, "internal", "internal error; see the daemon log")
+
+    # ------------------------------------------------------------------ node-wide
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "node_id": self.node.config.node_id})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status(self, request: web.Request) -> web.Response:
+        status = self.node.status()
+        return web.json_response(
+            {
+                "node_id": status.node_id,
+                "dc": self.config.dc,
+                "epoch": status.epoch,
+                "uptime_s": round(time.monotonic() - self.started, 3),
+                "listen": status.listen,
+                "publish": status.publish_endpoint,
+                "http": self.config.http.listen,
+                "docs": status.docs,
+                "published_updates": status.published_updates,
+                "pending_updates": status.pending_updates,
+                "store": status.store,
+                "durability": status.durability,
+                "merkle_root": self.node.merkle_root().hex(),
+                "peers": [
+                    {
+                        "address": peer.address,
+                        "node_id": peer.node_id,
+                        "state": peer.state,
+                        "epoch": peer.epoch,
+                        "last_heard_ago_ms": peer.last_heard_ago_ms,
+                        "behind_updates": peer.behind_updates,
+                        "anti_entropy": {
+                            "rounds": peer.ae_rounds,
+                            "last_round_ago_ms": peer.ae_last_round_ago_ms,
+                            "docs_repaired": peer.ae_docs_repaired,
+                            "bytes_repaired": peer.ae_bytes_repaired,
+                            "divergence": peer.ae_divergence,
+                            "in_progress": peer.ae_in_progress,
+                        },
+                    }
+                    for peer in status.peers
+                ],
+                "counters": status.counters,
+            }
+        )
+
+    async def list_docs(self, request: web.Request) -> web.Response:
+        prefix = request.query.get("prefix", "")
+        after = request.query.get("after", "")
+        limit_text = request.query.get("limit", "100")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= self.config.http.docs_page_max:
+            raise ApiError(
+                400, "bad_limit", f"limit must be an integer in 1..{self.config.http.docs_page_max}"
+            )
+        limit = int(limit_text)
+        ids = self.node.doc_ids(after=after, limit=limit + 1, prefix=prefix)
+        more = len(ids) > limit
+        ids = ids[:limit]
+        return web.json_response({"docs": ids, "next": ids[-1] if more and ids else None})
+
+    async def backup(self, request: web.Request) -> web.StreamResponse:
+        handle, path = tempfile.mkstemp(prefix="crdtsync-backup-", suffix=".db")
+        os.close(handle)
+        os.unlink(path)
+        try:
+            try:
+                await self.node.backup(path)
+            except RuntimeError as exc:
+                raise ApiError(409, "no_store", str(exc)) from None
+            response = web.StreamResponse(headers={"Content-Type": "application/vnd.sqlite3"})
+            await response.prepare(request)
+            source = await asyncio.to_thread(open, path, "rb")
+            try:
+                while chunk := await asyncio.to_thread(source.read, 1 << 20):
+                    await response.write(chunk)
+            finally:
+                source.close()
+            await response.write_eof()
+            return response
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    async def restore(self, request: web.Request) -> web.Response:
+        handle, path = tempfile.mkstemp(prefix="crdtsync-restore-", suffix=".db")
+        try:
+            size = 0
+            with os.fdopen(handle, "wb") as target:
+                async for chunk in request.content.iter_chunked(1 << 20):
+                    size += len(chunk)
+                    if size > RESTORE_BYTES_MAX:
+                        raise ApiError(413, "too_large", f"backup over {RESTORE_BYTES_MAX} bytes")
+                    target.write(chunk)
+            if size == 0:
+                raise ApiError(400, "empty_body", "send the backup file as the request body")
+            from crdtsync.store.sqlite import StoreError
+
+            try:
+                docs = await self.node.restore(path)
+            except StoreError as exc:
+                raise ApiError(400, "bad_backup", str(exc)) from None
+            await self.node.flush()
+            return web.json_response({"docs": docs})
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    # ------------------------------------------------------------------ one doc
+
+    async def doc_route(self, request: web.Request) -> web.StreamResponse:
+        rest: str = request.match_info["rest"]
+        segments = rest.split("/")
+        if len(segments) >= 3 and segments[-2] == "keys":
+            doc_id, key = "/".join(segments[:-2]), segments[-1]
+            check_doc_id(doc_id)
+            check_key(key)
+            method = {"GET": self.get_key, "PUT": self.put_key, "DELETE": self.delete_key}.get(request.method)
+            if method is None:
+                raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on a key")
+            return await method(request, doc_id, key)
+        if len(segments) >= 2 and segments[-1] in ("update", "watch"):
+            doc_id = check_doc_id("/".join(segments[:-1]))
+            if segments[-1] == "watch" and request.method == "GET":
+                return await self.watch(request, doc_id)
+            if segments[-1] == "update" and request.method == "GET":
+                return await self.get_update(request, doc_id)
+            if segments[-1] == "update" and request.method == "POST":
+                return await self.post_update(request, doc_id)
+            raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here")
+        doc_id = check_doc_id(rest)
+        if request.method == "GET":
+            return await self.get_doc(request, doc_id)
+        if request.method == "PATCH":
+            return await self.patch_doc(request, doc_id)
+        raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on a doc")
+
+    async def _open_existing(self, doc_id: str) -> Doc[Any]:
+        if not self.node.has_doc(doc_id):
+            raise ApiError(404, "no_such_doc", f"doc {doc_id!r} does not exist on this node")
+        return await self.node.open(doc_id)
+
+    async def _json_body(self, request: web.Request) -> Any:
+        try:
+            return json.loads(await request.read())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApiError(400, "bad_json", f"request body is not valid JSON: {exc}") from None
+
+    async def _written(self, doc_id: str, doc: Doc[Any]) -> web.Response:
+        try:
+            await self.node.flush()
+        finally:
+            self.node.release(doc_id)
+        return web.json_response({"doc_id": doc_id, "state_vector": b64url(doc.get_state())})
+
+    async def get_doc(self, request: web.Request, doc_id: str) -> web.Response:
+        doc = await self._open_existing(doc_id)
+        try:
+            data = doc.get("data", type=Map).to_py()
+            state = doc.get_state()
+        finally:
+            self.node.release(doc_id)
+        return web.json_response({"doc_id": doc_id, "data": data, "state_vector": b64url(state)})
+
+    async def get_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
+        doc = await self._open_existing(doc_id)
+        try:
+            data = doc.get("data", type=Map)
+            if key not in data:
+                raise ApiError(404, "no_such_key", f"doc {doc_id!r} has no key {key!r}")
+            value = data.to_py()[key]
+        finally:
+            self.node.release(doc_id)
+        return web.json_response({"doc_id": doc_id, "key": key, "value": value})
+
+    async def put_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
+        value = await self._json_body(request)
+        doc = await self.node.open(doc_id)
+        doc.get("data", type=Map)[key] = value
+        return await self._written(doc_id, doc)
+
+    async def delete_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
+        doc = await self._open_existing(doc_id)
+        data = doc.get("data", type=Map)
+        if key not in data:
+            self.node.release(doc_id)
+            raise ApiError(404, "no_such_key", f"doc {doc_id!r} has no key {key!r}")
+        del data[key]
+        return await self._written(doc_id, doc)
+
+    async def patch_doc(self, request: web.Request, doc_id: str) -> web.Response:
+        body = await self._json_body(request)
+        if not isinstance(body, dict) or not body:
+            raise ApiError(400, "bad_patch", "PATCH takes a non-empty JSON object of keys to set")
+        for key in body:
+            check_key(key)
+        doc = await self.node.open(doc_id)
+        data = doc.get("data", type=Map)
+        with doc.transaction():
+            for key, value in body.items():
+                data[key] = value
+        return await self._written(doc_id, doc)
+
+    async def get_update(self, request: web.Request, doc_id: str) -> web.Response:
+        state = from_b64url(request.query.get("sv", ""), "sv")
+        if state:
+            try:
+                decode_state_vector(state)
+            except StateDecodeError as exc:
+                raise ApiError(400, "bad_state_vector", f"sv is not an encoded state vector: {exc}") from None
+        doc = await self._open_existing(doc_id)
+        try:
+            update = doc.get_update(state) if state else doc.get_update()
+            current = doc.get_state()
+        finally:
+            self.node.release(doc_id)
+        return web.Response(
+            body=update,
+            content_type="application/octet-stream",
+            headers={"X-State-Vector": b64url(current)},
+        )
+
+    async def post_update(self, request: web.Request, doc_id: str) -> web.Response:
+        """Apply a Yjs update. `sv` names the state vector it was computed against (what this node
+        answered with); without it the update must be a whole doc state. An update whose base this
+        node does not cover is refused (409): pycrdt 0.14 can get stuck on out-of-order updates."""
+        update = await request.read()
+        if not update:
+            raise ApiError(400, "empty_body", "send a binary Yjs update as the request body")
+        base = from_b64url(request.query.get("sv", ""), "sv")
+        try:
+            needed = decode_state_vector(base) if base else {}
+        except StateDecodeError as exc:
+            raise ApiError(400, "bad_state_vector", f"sv is not an encoded state vector: {exc}") from None
+        doc = await self.node.open(doc_id)
+        try:
+            if not covers(decode_state_vector(doc.get_state()), needed):
+                raise ApiError(
+                    409,
+                    "behind",
+                    "this node does not hold the state the update was computed against; sync first",
+                )
+            # Validate on a scratch copy first: pycrdt rejects some garbage only by panicking.
+            scratch: Doc[Any] = Doc()
+            try:
+                scratch.apply_update(doc.get_update())
+                scratch.apply_update(update)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                raise ApiError(400, "bad_update", f"not a valid Yjs update for this doc: {exc}") from None
+            doc.apply_update(update)
+        except BaseException:
+            self.node.release(doc_id)
+            raise
+        return await self._written(doc_id, doc)
+
+    async def watch(self, request: web.Request, doc_id: str) -> web.StreamResponse:
+        if self.watchers >= self.config.http.watchers_max:
+            raise ApiError(
+                503, "too_many_watchers", f"{self.config.http.watchers_max} watch streams are open"
+            )
+        doc = await self.node.open(doc_id)
+        changes: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
+
+        def changed(event: TransactionEvent) -> None:
+            # Coalesce: a slow client gets the latest state, never an unbounded backlog.
+            with contextlib.suppress(asyncio.QueueFull):
+                changes.put_nowait(None)
+
+        subscription = doc.observe(changed)
+        self.watchers += 1
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        try:
+            await response.prepare(request)
+            async for payload in self._snapshots(doc_id, doc, changes):
+                await response.write(f"event: change\ndata: {payload}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.watchers -= 1
+            doc.unobserve(subscription)
+            self.node.release(doc_id)
+        return response
+
+    async def _snapshots(
+        self, doc_id: str, doc: Doc[Any], changes: asyncio.Queue[None]
+    ) -> AsyncIterator[str]:
+        while True:
+            yield json.dumps(
+                {
+                    "doc_id": doc_id,
+                    "data": doc.get("data", type=Map).to_py(),
+                    "state_vector": b64url(doc.get_state()),
+                }
+            )
+            await changes.get()
