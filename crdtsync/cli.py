@@ -60,10 +60,18 @@ def main() -> None:
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Default info.")
 @click.option("--log-format", type=click.Choice(["kv", "json"]), help="Default kv (key=value lines).")
-def serve(config_path: str | None, **flags: Any) -> None:
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Any other config key, e.g. --set replication.ae_interval_ms=2000 --set http.body_bytes_max=1048576.",
+)
+def serve(config_path: str | None, assignments: tuple[str, ...], **flags: Any) -> None:
     """Run a node with its HTTP API until SIGTERM or SIGINT.
 
-    Every key of the config file can also be given as a flag; flags win. See config.example.toml.
+    Every key of the config file can also be given as a flag (the named ones, or --set for any
+    key); flags win over the file. See config.example.toml.
     """
     from crdtsync.daemon.config import ConfigError, load_config
     from crdtsync.daemon.logs import configure
@@ -72,7 +80,7 @@ def serve(config_path: str | None, **flags: Any) -> None:
 
     flags["peers"] = list(flags["peers"])
     try:
-        config = load_config(config_path, flags)
+        config = load_config(config_path, flags, list(assignments))
     except ConfigError as exc:
         _fail(f"configuration: {exc}", 2)
     configure(config.log.level, config.log.format)

@@ -87,9 +87,25 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
     return cls(**values)
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DaemonConfig:
-    """Read `path` (TOML; None for flags only) and apply `overrides` (top-level keys: node_id, dc,
-    listen, peers, publish, data_dir, durability, http_listen, log_level, log_format), which win."""
+def parse_assignment(text: str) -> tuple[list[str], Any]:
+    """`section.key=VALUE` (or `key=VALUE`) with VALUE in TOML syntax; a bare word is a string."""
+    name, sep, value_text = text.partition("=")
+    path = name.strip().split(".")
+    if not sep or not all(path) or len(path) > 2:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE or SECTION.KEY=VALUE")
+    try:
+        value = tomllib.loads(f"v = {value_text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text.strip()
+    return path, value
+
+
+def load_config(
+    path: str | Path | None, overrides: dict[str, Any], assignments: list[str] | None = None
+) -> DaemonConfig:
+    """Read `path` (TOML; None for flags only), then apply `assignments` (`--set section.key=value`,
+    any key) and `overrides` (the named flags: node_id, dc, listen, peers, publish, data_dir,
+    durability, http_listen, log_level, log_format). Flags win over the file."""
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -101,6 +117,15 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> DaemonCon
             raise ConfigError(f"config file {path} cannot be read: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for assignment in assignments or []:
+        keys, value = parse_assignment(assignment)
+        if len(keys) == 1:
+            raw[keys[0]] = value
+        else:
+            table = raw.setdefault(keys[0], {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"{keys[0]}: expected a table")
+            table[keys[1]] = value
     for key in raw:
         if key not in _TOP_KEYS:
             raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(_TOP_KEYS))})")

@@ -313,7 +313,11 @@ class Api:
     async def put_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
         value = await self._json_body(request)
         doc = await self.node.open(doc_id)
-        doc.get("data", type=Map)[key] = value
+        try:
+            doc.get("data", type=Map)[key] = value
+        except BaseException:
+            self.node.release(doc_id)
+            raise
         return await self._written(doc_id, doc)
 
     async def delete_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
@@ -332,10 +336,14 @@ class Api:
         for key in body:
             check_key(key)
         doc = await self.node.open(doc_id)
-        data = doc.get("data", type=Map)
-        with doc.transaction():
-            for key, value in body.items():
-                data[key] = value
+        try:
+            data = doc.get("data", type=Map)
+            with doc.transaction():
+                for key, value in body.items():
+                    data[key] = value
+        except BaseException:
+            self.node.release(doc_id)
+            raise
         return await self._written(doc_id, doc)
 
     async def get_update(self, request: web.Request, doc_id: str) -> web.Response:
