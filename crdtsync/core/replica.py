@@ -656,31 +656,31 @@ class Replica:
         self._outbox_since_ms = None
         self._next_heartbeat_ms = self._now_ms + self.config.heartbeat_interval_ms
 
-    def _publish(self, message: wire.Message) -> None:
+    def _encode(self, message: wire.Message, way: Literal["published", "sent"]) -> bytes | None:
         try:
-            frame = wire.encode(message)
+            frame, raw_size = wire.encode_counted(message)
         except wire.WireError as exc:
             # Only a single transaction larger than a frame gets here (batches split well below).
             # Peers cannot receive it as a delta; it stays in the doc and in the store.
-            self._count("publish_too_large")
-            self._warn("publish_too_large", "not publishing %s: %s", type(message).__name__, exc)
-            return
-        self._count("frames_published")
-        self._count("bytes_published", len(frame))
-        if isinstance(message, wire.Deltas):
-            self._count("batches_published")
-        self._effects.append(Publish(frame))
+            self._count(f"{way}_too_large")
+            self._warn(f"{way}_too_large", "not %s %s: %s", way, type(message).__name__, exc)
+            return None
+        self._count(f"frames_{way}")
+        self._count(f"bytes_{way}", len(frame))
+        self._count(f"bytes_{way}_raw", raw_size)
+        return frame
+
+    def _publish(self, message: wire.Message) -> None:
+        frame = self._encode(message, "published")
+        if frame is not None:
+            if isinstance(message, wire.Deltas):
+                self._count("batches_published")
+            self._effects.append(Publish(frame))
 
     def _send(self, address: str, message: wire.Message) -> None:
-        try:
-            frame = wire.encode(message)
-        except wire.WireError as exc:
-            self._count("send_too_large")
-            self._warn("send_too_large", "not sending %s to %s: %s", type(message).__name__, address, exc)
-            return
-        self._count("frames_sent")
-        self._count("bytes_sent", len(frame))
-        self._effects.append(Send(address, frame))
+        frame = self._encode(message, "sent")
+        if frame is not None:
+            self._effects.append(Send(address, frame))
 
     def _send_to_node(self, node_id: str, message: wire.Message) -> None:
         address = self._address_of.get(node_id)
@@ -697,11 +697,12 @@ class Replica:
         self._count("frames_received")
         self._count("bytes_received", len(frame))
         try:
-            message = wire.decode(frame)
+            message, raw_size = wire.decode_counted(frame)
         except wire.WireError as exc:
             self._count(f"wire_errors_{exc.reason}")
             self._warn(exc.reason, "dropped a malformed frame of %d bytes: %s", len(frame), exc)
             return
+        self._count("bytes_received_raw", raw_size)
         if message.node_id == self.node_id:
             self._count("own_frames_dropped")
             return

@@ -295,8 +295,14 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
 
 def encode(message: Message) -> bytes:
     """Encode one message as an envelope, compressing the body when that makes it smaller."""
+    return encode_counted(message)[0]
+
+
+def encode_counted(message: Message) -> tuple[bytes, int]:
+    """`encode`, plus the size the frame would have without compression."""
     kind, fields = _body_of(message)
     body: bytes = msgpack.packb(fields, use_bin_type=True)
+    raw_size = HEADER_BYTES + len(body)
     flags = 0
     if len(body) >= COMPRESS_MIN_BYTES:
         packed: bytes = lz4.block.compress(body, store_size=True)
@@ -306,10 +312,15 @@ def encode(message: Message) -> bytes:
         raise WireError(
             "too_large", f"encoded frame of {HEADER_BYTES + len(body)} bytes exceeds {FRAME_BYTES_MAX}"
         )
-    return HEADER.pack(MAGIC, WIRE_VERSION, kind, flags, len(body), zlib.crc32(body)) + body
+    return HEADER.pack(MAGIC, WIRE_VERSION, kind, flags, len(body), zlib.crc32(body)) + body, raw_size
 
 
 def decode(frame: bytes) -> Message:
+    """Decode and fully validate one envelope. Raises `WireError` for anything malformed."""
+    return decode_counted(frame)[0]
+
+
+def decode_counted(frame: bytes) -> tuple[Message, int]:
     """Decode and fully validate one envelope. Raises `WireError` for anything malformed."""
     if len(frame) > FRAME_BYTES_MAX:
         raise WireError("too_large", f"frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
@@ -351,7 +362,7 @@ def decode(frame: bytes) -> Message:
         raise WireError("bad_body", f"body is not valid msgpack: {exc}") from None
     if not isinstance(fields, list):
         raise WireError("bad_body", f"body is a {type(fields).__name__}, not an array")
-    return _message_from(kind, fields)
+    return _message_from(kind, fields), HEADER_BYTES + len(body)
 
 
 def _decompress(body: bytes) -> bytes:
