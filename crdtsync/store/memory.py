@@ -1,46 +1,36 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pycrdt import Doc
 
 from crdtsync.core.effects import Persist
-from crdtsync.core.state import merge_all
 
 
 class MemoryStore:
-    """Keeps updates in process memory: survives closing and reopening a `Node`, not the process.
+    """Keeps docs in process memory: survives closing and reopening a `Node`, not the process.
 
-    Each doc's log is merged into one update once it holds `compact_after_updates` entries and at
-    least as many bytes as the last merge produced: merging re-reads the whole merged history, so
-    letting the log grow with it keeps the merge work per update bounded (amortized) instead of
-    growing with the doc's age.
+    Each doc is kept as a pycrdt Doc that every update is applied to, in the order the node applied
+    them (so always in causal order). Memory follows the docs' state, not their history, and an
+    append costs one small apply: merging a growing log instead stalled the event loop for tens of
+    milliseconds every so often (measured: 36 ms at 60,000 updates to one doc).
     """
 
-    def __init__(self, compact_after_updates: int = 256) -> None:
-        if compact_after_updates < 2:
-            raise ValueError("compact_after_updates must be at least 2")
-        self.compact_after_updates = compact_after_updates
-        self._logs: dict[str, list[bytes]] = {}
-        self._log_bytes: dict[str, int] = {}
-        self._merged_bytes: dict[str, int] = {}
+    def __init__(self) -> None:
+        self._docs: dict[str, Doc[Any]] = {}
 
     def append(self, group: Sequence[Persist]) -> None:
         for persist in group:
             for doc_id, update in persist.updates:
-                log = self._logs.setdefault(doc_id, [])
-                log.append(update)
-                pending = self._log_bytes.get(doc_id, 0) + len(update)
-                if len(log) >= self.compact_after_updates and pending >= self._merged_bytes.get(doc_id, 0):
-                    merged = merge_all(log)
-                    log[:] = [merged]
-                    self._merged_bytes[doc_id] = len(merged)
-                    pending = 0
-                self._log_bytes[doc_id] = pending
+                doc = self._docs.get(doc_id)
+                if doc is None:
+                    doc = self._docs[doc_id] = Doc()
+                doc.apply_update(update)
 
     def load(self) -> Iterator[tuple[str, bytes]]:
-        for doc_id, log in list(self._logs.items()):
-            if len(log) > 1:
-                log[:] = [merge_all(log)]
-            yield doc_id, log[0]
+        for doc_id, doc in list(self._docs.items()):
+            yield doc_id, doc.get_update()
 
     def close(self) -> None:
         """Nothing to release: the data stays for the next `Node` given this store."""
