@@ -167,7 +167,10 @@ def load_config(
         raise ConfigError(f"log.format: must be json or kv, not {log.format!r}")
     dc = _typed("dc", raw.get("dc", "default"), str)
     try:
-        for key, endpoint in [("listen", listen), *((f"peers[{i}]", p) for i, p in enumerate(peers))]:
+        endpoints = [("listen", listen), *((f"peers[{i}]", p) for i, p in enumerate(peers))]
+        if raw.get("publish") is not None:
+            endpoints.append(("publish", raw["publish"]))
+        for key, endpoint in endpoints:
             try:
                 parse_endpoint(endpoint)
             except ValueError as exc:

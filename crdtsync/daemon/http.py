@@ -85,7 +85,8 @@ def b64url(data: bytes) -> str:
 
 def from_b64url(text: str, what: str) -> bytes:
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        # validate=True: the lenient decoder would drop characters outside the alphabet silently.
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (ValueError, TypeError):
         raise ApiError(400, "bad_base64", f"{what} is not valid base64url") from None
 
@@ -377,23 +378,33 @@ class Api:
             needed = decode_state_vector(base) if base else {}
         except StateDecodeError as exc:
             raise ApiError(400, "bad_state_vector", f"sv is not an encoded state vector: {exc}") from None
+        # Check everything before the doc is opened: opening creates it, and a refused update must
+        # leave nothing behind.
+        exists = self.node.has_doc(doc_id)
+        current = b"\x00"
+        if exists:
+            doc = await self.node.open(doc_id)
+            current = doc.get_update()
+            held = decode_state_vector(doc.get_state())
+            self.node.release(doc_id)
+        else:
+            held = {}
+        if not covers(held, needed):
+            raise ApiError(
+                409, "behind", "this node does not hold the state the update was computed against; sync first"
+            )
+        # Validate on a scratch copy first: pycrdt rejects some garbage only by panicking.
+        scratch: Doc[Any] = Doc()
+        try:
+            if exists:
+                scratch.apply_update(current)
+            scratch.apply_update(update)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            raise ApiError(400, "bad_update", f"not a valid Yjs update for this doc: {exc}") from None
         doc = await self.node.open(doc_id)
         try:
-            if not covers(decode_state_vector(doc.get_state()), needed):
-                raise ApiError(
-                    409,
-                    "behind",
-                    "this node does not hold the state the update was computed against; sync first",
-                )
-            # Validate on a scratch copy first: pycrdt rejects some garbage only by panicking.
-            scratch: Doc[Any] = Doc()
-            try:
-                scratch.apply_update(doc.get_update())
-                scratch.apply_update(update)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:
-                raise ApiError(400, "bad_update", f"not a valid Yjs update for this doc: {exc}") from None
             doc.apply_update(update)
         except BaseException:
             self.node.release(doc_id)

@@ -1,0 +1,328 @@
+"""`crdtsync serve` daemons as OS processes for the integration tests.
+
+Each daemon gets free ports on 127.0.0.1, its own work dir (SQLite data dir, TOML config, log file)
+and short replication timers. A `DaemonPool` owns every daemon it started and kills them all (SIGCONT
+first, for paused ones) when closed, so a fixture's teardown never leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+CONVERGE_TIMEOUT_S = 30.0
+HTTP_TIMEOUT_S = 10.0
+
+FAST_REPLICATION: dict[str, int] = {
+    "hello_interval_ms": 100,
+    "tick_interval_ms": 20,
+    "ae_interval_ms": 500,
+    "heartbeat_interval_ms": 300,
+    "peer_timeout_ms": 2000,
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout_s: float, what: str | Callable[[], str], poll_s: float = 0.02
+) -> float:
+    """Poll `predicate` until it holds and return the seconds waited; after `timeout_s`, fail naming
+    `what` (a callable is evaluated then, to describe the state at the deadline)."""
+    start = time.monotonic()
+    deadline = start + timeout_s
+    while not predicate():
+        if time.monotonic() >= deadline:
+            description = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout_s:.1f} s waiting until {description}")
+        time.sleep(poll_s)
+    return time.monotonic() - start
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def toml_text(top: dict[str, Any], tables: dict[str, dict[str, Any]]) -> str:
+    """A TOML document of top-level keys and one level of tables (all the daemon config needs)."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
+    for name, table in tables.items():
+        lines.append(f"\n[{name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+    return "\n".join(lines) + "\n"
+
+
+class Daemon:
+    """One `crdtsync serve` process; restartable on the same data dir, ports and node id."""
+
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        *,
+        dc: str = "test-dc",
+        http: dict[str, Any] | None = None,
+        replication: dict[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.listen = f"tcp://127.0.0.1:{free_port()}"
+        self.http_port = free_port()
+        self.peers: list[str] = []
+        self.dc = dc
+        self.http = dict(http or {})
+        self.replication = dict(FAST_REPLICATION if replication is None else replication)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self._client: httpx.Client | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "daemon.log"
+
+    def config_path(self, peers: list[str], listen: str) -> Path:
+        top: dict[str, Any] = {
+            "node_id": self.name,
+            "dc": self.dc,
+            "listen": listen,
+            "peers": peers,
+            "data_dir": str(self.data_dir),
+            "durability": "fsync",
+        }
+        tables = {
+            "http": {"listen": f"127.0.0.1:{self.http_port}", **self.http},
+            "log": {"level": "info", "format": "kv"},
+            "replication": self.replication,
+        }
+        path = self.workdir / ("config.toml" if listen == self.listen else "config-isolated.toml")
+        path.write_text(toml_text(top, tables))
+        return path
+
+    def start(self, *, isolated: bool = False) -> None:
+        """Start the process; `wait_healthy` waits for its API. An `isolated` daemon has no peers and
+        listens on another replication port, so its peers cannot reach it either."""
+        assert not self.running, f"{self.name} is already running"
+        if isolated:
+            config = self.config_path([], f"tcp://127.0.0.1:{free_port()}")
+        else:
+            config = self.config_path(self.peers, self.listen)
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"---- start {self.starts} ----\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "crdtsync", "serve", "--config", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
+        self.reset_client()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was never started"
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise AssertionError(f"{self.name} exited with {code} before it was healthy:\n{self.log_tail()}")
+        try:
+            response = httpx.get(self.url + "/health", timeout=1.0, trust_env=False)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200 and response.json().get("node_id") == self.name
+
+    def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        wait_until(self._healthy, timeout_s, lambda: f"{self.name} answers /health:\n{self.log_tail()}")
+
+    def send(self, signum: int) -> None:
+        assert self.running, f"{self.name} is not running"
+        os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL (after SIGCONT, in case it is paused) and reap; a no-op if it is not running."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            os.kill(self.proc.pid, signal.SIGCONT)
+        self.proc.wait(timeout=STOP_TIMEOUT_S)
+        self.reset_client()
+
+    def terminate(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM and the exit code, which must come within `timeout_s`."""
+        self.send(signal.SIGTERM)
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.name} did not exit within {timeout_s} s of SIGTERM:\n{self.log_tail()}"
+            ) from None
+        self.reset_client()
+        return code
+
+    # ---------------------------------------------------------------- HTTP
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT_S, trust_env=False)
+        return self._client
+
+    def reset_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def get_json(self, path: str, **params: Any) -> Any:
+        response = self.client.get(path, params=params)
+        assert response.status_code == 200, f"{self.name} GET {path}: {response.status_code} {response.text}"
+        return response.json()
+
+    def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.get_json("/v1/status")
+        return body
+
+    def data(self, doc_id: str) -> dict[str, Any] | None:
+        """The doc's JSON data, or None while this node does not hold it."""
+        response = self.client.get(f"/v1/docs/{doc_id}")
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, (
+            f"{self.name} GET {doc_id}: {response.status_code} {response.text}"
+        )
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    def put(self, doc_id: str, key: str, value: Any) -> None:
+        response = self.client.put(f"/v1/docs/{doc_id}/keys/{key}", json=value)
+        assert response.status_code == 200, f"{self.name} PUT {doc_id} {key}: {response.text}"
+
+    def all_doc_ids(self) -> list[str]:
+        ids: list[str] = []
+        after = ""
+        while True:
+            page = self.get_json("/v1/docs", limit=1000, after=after)
+            ids.extend(page["docs"])
+            if page["next"] is None:
+                return ids
+            after = page["next"]
+
+    def peers_up(self) -> bool:
+        peers = self.status()["peers"]
+        return len(peers) == len(self.peers) and all(p["state"] == "up" and p["node_id"] for p in peers)
+
+
+class DaemonPool:
+    """Daemons started under one directory; `close()` kills every one still running."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.daemons: list[Daemon] = []
+
+    def new(self, name: str, **kwargs: Any) -> Daemon:
+        daemon = Daemon(name, self.root / name, **kwargs)
+        self.daemons.append(daemon)
+        return daemon
+
+    def cluster(self, names: Iterable[str], **kwargs: Any) -> list[Daemon]:
+        """Daemons that list each other as peers, started together and healthy with all peers up."""
+        daemons = [self.new(name, **kwargs) for name in names]
+        for daemon in daemons:
+            daemon.peers = [other.listen for other in daemons if other is not daemon]
+        start_all(daemons)
+        wait_until(
+            lambda: all(d.peers_up() for d in daemons),
+            START_TIMEOUT_S,
+            lambda: "every peer is up: " + json.dumps([d.status()["peers"] for d in daemons]),
+        )
+        return daemons
+
+    def close(self) -> None:
+        errors: list[str] = []
+        for daemon in self.daemons:
+            try:
+                daemon.kill()
+            except Exception as exc:
+                errors.append(f"{daemon.name}: {exc!r}")
+        assert not errors, errors
+
+
+def start_all(daemons: Iterable[Daemon], *, isolated: bool = False) -> None:
+    """Start the daemons in parallel and wait for all of them to be healthy."""
+    started = list(daemons)
+    for daemon in started:
+        daemon.start(isolated=isolated)
+    for daemon in started:
+        daemon.wait_healthy()
+
+
+def same_everywhere(daemons: Iterable[Daemon], doc_ids: Iterable[str]) -> bool:
+    """Whether every daemon holds every doc with the same data and they agree on the Merkle root."""
+    nodes = list(daemons)
+    ids = list(doc_ids)
+    for doc_id in ids:
+        contents = [node.data(doc_id) for node in nodes]
+        if contents[0] is None or any(content != contents[0] for content in contents):
+            return False
+    return len({node.status()["merkle_root"] for node in nodes}) == 1
+
+
+def describe(daemons: Iterable[Daemon], doc_ids: Iterable[str]) -> str:
+    nodes = list(daemons)
+    ids = list(doc_ids)
+    parts = []
+    for node in nodes:
+        status = node.status()
+        docs = {doc_id: node.data(doc_id) for doc_id in ids}
+        parts.append(f"{node.name}: root {status['merkle_root']} docs {json.dumps(docs, sort_keys=True)}")
+    return "all nodes agree:\n" + "\n".join(parts)
