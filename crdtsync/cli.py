@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import click
@@ -29,7 +33,8 @@ def main() -> None:
     """crdtsync: leaderless replication of pycrdt documents.
 
     Run a node with `crdtsync serve`, try three of them with `crdtsync demo`, and talk to a running
-    node with the other commands (`--url`, default the local node at http://127.0.0.1:7480).
+    node with the other commands (`--url`, default the local node at http://127.0.0.1:7480; `--token`
+    when the node has tokens, `--cacert` for a self-signed HTTPS certificate).
     """
 
 
@@ -86,8 +91,44 @@ def serve(config_path: str | None, assignments: tuple[str, ...], **flags: Any) -
     configure(config.log.level, config.log.format)
     try:
         asyncio.run(run_server(config))
+    except ConfigError as exc:
+        _fail(f"configuration: {exc}", 2)
     except (StoreError, OSError) as exc:
         _fail(str(exc))
+
+
+@main.command()
+@click.option("--name", required=True, help="Who or what holds the token (1..64 of A-Z a-z 0-9 . _ -).")
+@click.option(
+    "--scope",
+    type=click.Choice(["read", "write"]),
+    required=True,
+    help="read: GET only (docs, status, metrics, watch); write: everything.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print name, scope, token and sha256 as JSON.")
+def token(name: str, scope: str, as_json: bool) -> None:
+    """Make a new random bearer token and the [[token]] entry that grants it.
+
+    Add the entry to the daemon's tokens file (http.tokens_file) and restart the daemon; give the
+    token to the client (--token or $CRDTSYNC_TOKEN). The tokens file holds only the token's SHA-256,
+    and the token is not shown again.
+    """
+    import secrets
+
+    from crdtsync.daemon.config import TOKEN_NAME_RE, token_digest, token_entry
+
+    if not TOKEN_NAME_RE.match(name):
+        _fail(f"--name {name!r}: use 1..64 of A-Z a-z 0-9 . _ -", 2)
+    secret = secrets.token_urlsafe(32)
+    if as_json:
+        _print_json({"name": name, "scope": scope, "token": secret, "sha256": token_digest(secret).hex()})
+        return
+    click.echo(f"token for {name} ({scope} scope); give it to the client, it is not shown again:")
+    click.echo(f"  {secret}")
+    click.echo("")
+    click.echo("add to the tokens file (http.tokens_file), then restart the daemon:")
+    click.echo("")
+    click.echo(token_entry(name, "write" if scope == "write" else "read", secret), nl=False)
 
 
 @main.command()
@@ -119,21 +160,91 @@ url_option = click.option(
     show_default="$CRDTSYNC_URL or " + DEFAULT_URL,
     help="The node's HTTP API.",
 )
+token_option = click.option(
+    "--token",
+    envvar="CRDTSYNC_TOKEN",
+    show_envvar=True,
+    help="Bearer token, when the node has tokens (see `crdtsync token`).",
+)
+cacert_option = click.option(
+    "--cacert",
+    envvar="CRDTSYNC_CACERT",
+    show_envvar=True,
+    type=click.Path(dir_okay=False),
+    help="PEM CA certificate to verify an https --url with (e.g. the node's self-signed certificate).",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer (for scripts).")
 
 
-def _request(method: str, url: str, path: str, **kwargs: Any) -> httpx.Response:
+@dataclass(frozen=True)
+class Server:
+    """Where and how a client command talks to a node: --url, --token, --cacert."""
+
+    url: str
+    token: str | None = None
+    cacert: str | None = None
+
+    def endpoint(self, path: str) -> str:
+        return self.url.rstrip("/") + path
+
+    def options(self) -> dict[str, Any]:
+        """httpx keyword arguments: the bearer token header and the TLS verification."""
+        headers: dict[str, str] = {}
+        if self.token is not None:
+            if not self.token.isascii() or not self.token.isprintable() or " " in self.token:
+                _fail("--token: a token is printable ASCII without spaces", 2)
+            headers["Authorization"] = f"Bearer {self.token}"
+        verify: ssl.SSLContext | bool = True
+        if self.cacert is not None:
+            try:
+                verify = ssl.create_default_context(cafile=self.cacert)
+            except (OSError, ssl.SSLError) as exc:
+                _fail(f"--cacert {self.cacert}: not a readable PEM certificate: {exc}", 2)
+        return {"headers": headers, "verify": verify}
+
+
+def server_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add --url, --token and --cacert to a client command, which receives them as `server`."""
+
+    @functools.wraps(command)
+    def with_server(url: str, token: str | None, cacert: str | None, **kwargs: Any) -> None:
+        command(server=Server(url, token, cacert), **kwargs)
+
+    # wraps() copied the command's click parameters; a list of our own keeps the command's intact.
+    with_server.__click_params__ = list(getattr(command, "__click_params__", []))  # type: ignore[attr-defined]
+    decorated: Callable[..., None] = url_option(token_option(cacert_option(with_server)))
+    return decorated
+
+
+def _request(method: str, server: Server, path: str, **kwargs: Any) -> httpx.Response:
     try:
-        response = httpx.request(method, url.rstrip("/") + path, timeout=TIMEOUT_S, **kwargs)
+        response = httpx.request(
+            method, server.endpoint(path), timeout=TIMEOUT_S, **server.options(), **kwargs
+        )
     except httpx.HTTPError as exc:
-        _fail(f"cannot reach {url}: {exc}")
+        _fail(f"cannot reach {server.url}: {exc}")
     if response.status_code >= 400:
-        try:
-            error = response.json()["error"]
-            _fail(f"{error['message']} ({response.status_code} {error['code']})")
-        except (ValueError, KeyError, TypeError):
-            _fail(f"{method} {path}: HTTP {response.status_code}")
+        _fail_with(response, method, path)
     return response
+
+
+@contextmanager
+def _stream(method: str, server: Server, path: str) -> Iterator[httpx.Response]:
+    """A streamed answer without a timeout; an error answer ends the command like `_request`'s."""
+    with httpx.stream(method, server.endpoint(path), timeout=None, **server.options()) as response:
+        if response.status_code >= 400:
+            response.read()
+            _fail_with(response, method, path)
+        yield response
+
+
+def _fail_with(response: httpx.Response, method: str, path: str) -> NoReturn:
+    try:
+        error = response.json()["error"]
+        message = f"{error['message']} ({response.status_code} {error['code']})"
+    except (ValueError, KeyError, TypeError):
+        message = f"{method} {path}: HTTP {response.status_code}"
+    _fail(message)
 
 
 def _print_json(value: Any) -> None:
@@ -141,11 +252,11 @@ def _print_json(value: Any) -> None:
 
 
 @main.command()
-@url_option
+@server_options
 @json_option
-def status(url: str, as_json: bool) -> None:
+def status(server: Server, as_json: bool) -> None:
     """Show the node's state and its peers."""
-    body = _request("GET", url, "/v1/status").json()
+    body = _request("GET", server, "/v1/status").json()
     if as_json:
         _print_json(body)
         return
@@ -178,14 +289,16 @@ def _table(rows: Sequence[tuple[str, ...]]) -> None:
 
 
 @main.command()
-@url_option
+@server_options
 @json_option
 @click.option("--prefix", default="", help="Only doc ids starting with this.")
 @click.option("--limit", type=int, default=100, show_default=True, help="Page size.")
 @click.option("--after", default="", help="Start after this doc id (the previous page's `next`).")
-def docs(url: str, as_json: bool, prefix: str, limit: int, after: str) -> None:
+def docs(server: Server, as_json: bool, prefix: str, limit: int, after: str) -> None:
     """List the docs the node holds."""
-    body = _request("GET", url, "/v1/docs", params={"prefix": prefix, "limit": limit, "after": after}).json()
+    body = _request(
+        "GET", server, "/v1/docs", params={"prefix": prefix, "limit": limit, "after": after}
+    ).json()
     if as_json:
         _print_json(body)
         return
@@ -196,14 +309,14 @@ def docs(url: str, as_json: bool, prefix: str, limit: int, after: str) -> None:
 
 
 @main.command()
-@url_option
+@server_options
 @json_option
 @click.argument("doc")
 @click.argument("key", required=False)
-def get(url: str, as_json: bool, doc: str, key: str | None) -> None:
+def get(server: Server, as_json: bool, doc: str, key: str | None) -> None:
     """Show a doc's data, or one KEY of it."""
     path = f"/v1/docs/{doc}" + (f"/keys/{key}" if key else "")
-    body = _request("GET", url, path).json()
+    body = _request("GET", server, path).json()
     if as_json:
         _print_json(body)
     else:
@@ -211,18 +324,18 @@ def get(url: str, as_json: bool, doc: str, key: str | None) -> None:
 
 
 @main.command()
-@url_option
+@server_options
 @json_option
 @click.argument("doc")
 @click.argument("key")
 @click.argument("value")
-def put(url: str, as_json: bool, doc: str, key: str, value: str) -> None:
+def put(server: Server, as_json: bool, doc: str, key: str, value: str) -> None:
     """Set KEY of DOC to VALUE, a JSON value (e.g. '{"stage": "canary"}', '4', '"text"')."""
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
         _fail(f"VALUE is not JSON ({exc}); quote strings: '\"text\"'", 2)
-    body = _request("PUT", url, f"/v1/docs/{doc}/keys/{key}", json=parsed).json()
+    body = _request("PUT", server, f"/v1/docs/{doc}/keys/{key}", json=parsed).json()
     if as_json:
         _print_json(body)
     else:
@@ -230,13 +343,13 @@ def put(url: str, as_json: bool, doc: str, key: str, value: str) -> None:
 
 
 @main.command(name="del")
-@url_option
+@server_options
 @json_option
 @click.argument("doc")
 @click.argument("key")
-def delete(url: str, as_json: bool, doc: str, key: str) -> None:
+def delete(server: Server, as_json: bool, doc: str, key: str) -> None:
     """Delete KEY from DOC."""
-    body = _request("DELETE", url, f"/v1/docs/{doc}/keys/{key}").json()
+    body = _request("DELETE", server, f"/v1/docs/{doc}/keys/{key}").json()
     if as_json:
         _print_json(body)
     else:
@@ -244,18 +357,15 @@ def delete(url: str, as_json: bool, doc: str, key: str) -> None:
 
 
 @main.command()
-@url_option
+@server_options
 @json_option
 @click.argument("doc")
 @click.option("--count", type=int, default=0, help="Stop after this many changes (default: until Ctrl-C).")
-def watch(url: str, as_json: bool, doc: str, count: int) -> None:
+def watch(server: Server, as_json: bool, doc: str, count: int) -> None:
     """Stream DOC's data every time it changes (the current state first)."""
     seen = 0
     try:
-        with httpx.stream("GET", url.rstrip("/") + f"/v1/docs/{doc}/watch", timeout=None) as response:
-            if response.status_code >= 400:
-                response.read()
-                _fail(f"{response.json()['error']['message']} ({response.status_code})")
+        with _stream("GET", server, f"/v1/docs/{doc}/watch") as response:
             for line in response.iter_lines():
                 if not line.startswith("data: "):
                     continue
@@ -265,41 +375,37 @@ def watch(url: str, as_json: bool, doc: str, count: int) -> None:
                 if count and seen >= count:
                     return
     except httpx.HTTPError as exc:
-        _fail(f"cannot watch {doc} at {url}: {exc}")
+        _fail(f"cannot watch {doc} at {server.url}: {exc}")
     except KeyboardInterrupt:
         pass
 
 
 @main.command()
-@url_option
+@server_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write (must not exist).")
-def backup(url: str, out: str) -> None:
+def backup(server: Server, out: str) -> None:
     """Write a consistent copy of the node's store to --out while it keeps serving."""
     if os.path.exists(out):
         _fail(f"{out} already exists; choose a new file", 2)
     size = 0
     try:
-        with httpx.stream("POST", url.rstrip("/") + "/v1/backup", timeout=None) as response:
-            if response.status_code >= 400:
-                response.read()
-                _fail(f"{response.json()['error']['message']} ({response.status_code})")
-            with open(out, "xb") as target:
-                for chunk in response.iter_bytes():
-                    target.write(chunk)
-                    size += len(chunk)
+        with _stream("POST", server, "/v1/backup") as response, open(out, "xb") as target:
+            for chunk in response.iter_bytes():
+                target.write(chunk)
+                size += len(chunk)
     except httpx.HTTPError as exc:
-        _fail(f"backup from {url} failed: {exc}")
+        _fail(f"backup from {server.url} failed: {exc}")
     click.echo(f"backup written to {out} ({size} bytes)")
 
 
 @main.command()
-@url_option
+@server_options
 @json_option
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def restore(url: str, as_json: bool, file: str) -> None:
+def restore(server: Server, as_json: bool, file: str) -> None:
     """Merge a backup FILE into the node (CRDT merge: nothing newer is overwritten)."""
     with open(file, "rb") as source:
-        body = _request("POST", url, "/v1/restore", content=source.read()).json()
+        body = _request("POST", server, "/v1/restore", content=source.read()).json()
     if as_json:
         _print_json(body)
     else:

@@ -7,6 +7,9 @@ repository root lists every key with its default.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,37 @@ class HttpConfig:
     """Largest `limit` of a doc listing."""
     watchers_max: int = 256
     """Concurrent `watch` streams (server-sent events) across all docs."""
+    tokens_file: str = ""
+    """TOML file of `[[token]]` entries (name, scope, sha256 of the token); empty: no tokens, the API
+    is open to anyone who can reach `listen`."""
+    tls_cert: str = ""
+    """PEM certificate (chain) to serve HTTPS with; set both tls_cert and tls_key, or neither."""
+    tls_key: str = ""
+    """PEM private key (unencrypted) of `tls_cert`."""
+
+
+TokenScope = Literal["read", "write"]
+TOKEN_SCOPES: tuple[TokenScope, ...] = ("read", "write")
+TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A bearer token as the daemon knows it: never the token itself, only its SHA-256."""
+
+    name: str
+    scope: TokenScope
+    sha256: bytes
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def token_entry(name: str, scope: TokenScope, token: str) -> str:
+    """The `[[token]]` entry of a tokens file for `token`."""
+    return f'[[token]]\nname = "{name}"\nscope = "{scope}"\nsha256 = "{token_digest(token).hex()}"\n'
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +82,8 @@ class DaemonConfig:
     dc: str = "default"
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    tokens: tuple[Token, ...] = ()
+    """Read from `http.tokens_file`; empty: the API is open."""
 
 
 _NODE_KEYS = {"node_id", "listen", "peers", "publish", "data_dir", "durability"}
@@ -85,6 +121,95 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
         if isinstance(default, (int, float)) and not isinstance(default, bool) and values[key] < 0:
             raise ConfigError(f"{name}.{key}: must not be negative")
     return cls(**values)
+
+
+def load_tokens(path: str, key: str = "http.tokens_file") -> tuple[Token, ...]:
+    """The tokens of a tokens file: `[[token]]` tables of `name`, `scope` (read or write) and
+    `sha256` (hex of the SHA-256 of the token). Every error names `key`, the file and the entry."""
+    where = f"{key}: {path}"
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{where} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{where} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    for name in raw:
+        if name != "token":
+            raise ConfigError(f"{where}: {name}: unknown key (expected [[token]] tables)")
+    entries = raw.get("token", [])
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise ConfigError(f"{where}: token: expected [[token]] tables")
+    if not entries:
+        raise ConfigError(
+            f"{where} has no [[token]] entries; add one (crdtsync token --name NAME --scope read|write) "
+            "or unset the key to run without tokens"
+        )
+    tokens: list[Token] = []
+    for index, entry in enumerate(entries):
+        at = f"{where}: token[{index}]"
+        for field_name in entry:
+            if field_name not in ("name", "scope", "sha256"):
+                raise ConfigError(f"{at}.{field_name}: unknown key (known: name, scope, sha256)")
+        for field_name in ("name", "scope", "sha256"):
+            if field_name not in entry:
+                raise ConfigError(f"{at}.{field_name}: required")
+            _typed(f"{at}.{field_name}", entry[field_name], str)
+        name, scope, digest = entry["name"], entry["scope"], entry["sha256"].lower()
+        if not TOKEN_NAME_RE.match(name):
+            raise ConfigError(f"{at}.name: {name!r} is not 1..64 of A-Z a-z 0-9 . _ -")
+        if scope not in TOKEN_SCOPES:
+            raise ConfigError(f"{at}.scope: must be read or write, not {scope!r}")
+        if not _SHA256_RE.match(digest):
+            raise ConfigError(
+                f"{at}.sha256: expected 64 hex digits (the SHA-256 of the token), not {digest!r}"
+            )
+        for other in tokens:
+            if other.name == name:
+                raise ConfigError(f"{at}.name: {name!r} is used twice")
+            if other.sha256.hex() == digest:
+                raise ConfigError(f"{at}.sha256: the same token as {other.name!r}")
+        tokens.append(Token(name=name, scope=scope, sha256=bytes.fromhex(digest)))
+    return tuple(tokens)
+
+
+def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
+    """The server's TLS context from `http.tls_cert` and `http.tls_key`; None when both are unset.
+    Errors name the key."""
+    if not http.tls_cert and not http.tls_key:
+        return None
+    if not http.tls_cert or not http.tls_key:
+        missing, given = (
+            ("http.tls_key", "http.tls_cert") if http.tls_cert else ("http.tls_cert", "http.tls_key")
+        )
+        raise ConfigError(f"{missing}: required when {given} is set (set both or neither)")
+    for key, path in (("http.tls_cert", http.tls_cert), ("http.tls_key", http.tls_key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{key}: {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        ssl.create_default_context(cafile=http.tls_cert)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"http.tls_cert: {http.tls_cert} is not a PEM certificate: {exc}") from None
+
+    def no_password() -> str:
+        raise ConfigError(f"http.tls_key: {http.tls_key} is encrypted; give the key unencrypted")
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(http.tls_cert, http.tls_key, password=no_password)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            raise ConfigError(
+                f"http.tls_key: {http.tls_key} is not the private key of http.tls_cert {http.tls_cert}"
+            ) from None
+        raise ConfigError(f"http.tls_key: {http.tls_key} is not a PEM private key: {exc}") from None
+    return context
 
 
 def parse_assignment(text: str) -> tuple[list[str], Any]:
@@ -161,6 +286,8 @@ def load_config(
     http = _section(raw, "http", HttpConfig)
     log = _section(raw, "log", LogConfig)
     parse_http_listen(http.listen)
+    tokens = load_tokens(http.tokens_file) if http.tokens_file else ()
+    tls_context(http)
     if log.level not in LOG_LEVELS:
         raise ConfigError(f"log.level: must be one of {', '.join(LOG_LEVELS)}, not {log.level!r}")
     if log.format not in ("json", "kv"):
@@ -188,4 +315,4 @@ def load_config(
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(str(exc)) from None
-    return DaemonConfig(node=node, dc=dc, http=http, log=log)
+    return DaemonConfig(node=node, dc=dc, http=http, log=log, tokens=tokens)

@@ -2,6 +2,11 @@
 
 Errors are `{"error": {"code": ..., "message": ...}}` with a 4xx or 5xx status. Every write answers
 once the node's store holds it as the durability setting promises, with the doc's new state vector.
+
+With tokens configured (`http.tokens_file`), every request but `GET /health` needs
+`Authorization: Bearer TOKEN`: GET and HEAD need a read or write token, every other method (writes,
+update, backup, restore) a write token. No token or an unknown one is refused with 401, a read token
+on a write with 403, before the request body is read.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -23,8 +30,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pycrdt import Doc, Map, TransactionEvent
 
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
-from crdtsync.daemon.config import DaemonConfig
-from crdtsync.daemon.metrics import NodeCollector
+from crdtsync.daemon.config import DaemonConfig, Token
+from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.http")
@@ -36,6 +43,10 @@ KEY_BYTES_MAX = 256
 RESERVED_SEGMENTS = frozenset({"keys", "update", "watch"})
 RESTORE_BYTES_MAX = 1 << 30
 WATCH_QUEUE_MAX = 64
+READ_METHODS = frozenset({"GET", "HEAD"})
+OPEN_PATHS = frozenset({"/health"})
+REFUSAL_REASONS = ("unauthorized", "forbidden")
+REFUSAL_LOG_INTERVAL_S = 1.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -48,8 +59,31 @@ class ApiError(Exception):
         self.message = message
 
 
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+def bearer_token(header: str) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header (the scheme is case-insensitive)."""
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def find_token(tokens: tuple[Token, ...], presented: str) -> Token | None:
+    """The configured token whose SHA-256 is that of `presented`, compared in constant time (every
+    configured digest is compared, whether or not one matched already)."""
+    # aiohttp decodes header bytes that are not UTF-8 to surrogates: hash the bytes that were sent.
+    digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
+    found = None
+    for token in tokens:
+        if hmac.compare_digest(digest, token.sha256):
+            found = token
+    return found
 
 
 def check_doc_id(doc_id: str) -> str:
@@ -97,12 +131,19 @@ class Api:
         self.config = config
         self.started = time.monotonic()
         self.watchers = 0
+        self._watch_queues: set[asyncio.Queue[bool]] = set()
         self.registry = CollectorRegistry()
         self.registry.register(NodeCollector(node, self.started, config.dc))
         self.requests_rejected = 0
+        self.refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
+        """Requests refused by the token check, by reason (crdtsync_http_requests_refused_total)."""
+        self._refusal_logged: dict[str, float] = {}
+        self._refusals_unlogged: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
+        self.registry.register(RefusalCollector(lambda: self.refused))
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.http.body_bytes_max, middlewares=[self._errors])
+        middlewares = [self._errors, self._auth] if self.config.tokens else [self._errors]
+        app = web.Application(client_max_size=self.config.http.body_bytes_max, middlewares=middlewares)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/status", self.status)
@@ -133,6 +174,53 @@ class Api:
         except Exception:
             log.exception("request %s %s failed", request.method, request.path)
             return error_response(500, "internal", "internal error; see the daemon log")
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in OPEN_PATHS and request.method in READ_METHODS:
+            return await handler(request)
+        presented = bearer_token(request.headers.get("Authorization", ""))
+        token = None if presented is None else find_token(self.config.tokens, presented)
+        if token is None:
+            what = "no bearer token" if presented is None else "an unknown bearer token"
+            challenge = 'Bearer realm="crdtsync"' + ("" if presented is None else ', error="invalid_token"')
+            self._refuse("unauthorized", request, what)
+            return error_response(
+                401,
+                "unauthorized",
+                f"{what}: send Authorization: Bearer TOKEN with a token of this node",
+                headers={"WWW-Authenticate": challenge},
+            )
+        if token.scope != "write" and request.method not in READ_METHODS:
+            self._refuse("forbidden", request, f"read token {token.name!r} on a write", token.name)
+            return error_response(
+                403,
+                "forbidden",
+                f"token {token.name!r} has read scope; {request.method} needs a write token",
+                headers={"WWW-Authenticate": 'Bearer realm="crdtsync", error="insufficient_scope"'},
+            )
+        return await handler(request)
+
+    def _refuse(self, reason: str, request: web.Request, what: str, token: str | None = None) -> None:
+        """Count a refusal and log it, at most one line per second per reason (with the number of
+        refusals not logged since the last line)."""
+        self.refused[reason] += 1
+        now = time.monotonic()
+        last = self._refusal_logged.get(reason)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL_S:
+            self._refusals_unlogged[reason] += 1
+            return
+        self._refusal_logged[reason] = now
+        unlogged, self._refusals_unlogged[reason] = self._refusals_unlogged[reason], 0
+        fields: dict[str, object] = {
+            "reason": reason,
+            "method": request.method,
+            "path": request.path[:200],
+            "remote": request.remote,
+        }
+        if token is not None:
+            fields["token"] = token
+        log.warning("refused request: %s", what, extra={**fields, "refused_unlogged": unlogged})
 
     # ------------------------------------------------------------------ node-wide
 
@@ -416,16 +504,18 @@ class Api:
             raise ApiError(
                 503, "too_many_watchers", f"{self.config.http.watchers_max} watch streams are open"
             )
-        doc = await self.node.open(doc_id)
-        changes: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
+        doc = await self._open_existing(doc_id)
+        # True: the doc changed; False: the daemon is stopping. One slot: a slow client gets the
+        # latest state, never an unbounded backlog.
+        changes: asyncio.Queue[bool] = asyncio.Queue(maxsize=1)
 
         def changed(event: TransactionEvent) -> None:
-            # Coalesce: a slow client gets the latest state, never an unbounded backlog.
             with contextlib.suppress(asyncio.QueueFull):
-                changes.put_nowait(None)
+                changes.put_nowait(True)
 
         subscription = doc.observe(changed)
         self.watchers += 1
+        self._watch_queues.add(changes)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -441,12 +531,20 @@ class Api:
             pass
         finally:
             self.watchers -= 1
+            self._watch_queues.discard(changes)
             doc.unobserve(subscription)
             self.node.release(doc_id)
         return response
 
+    def close_streams(self) -> None:
+        """End every watch stream (at shutdown: the server would otherwise wait for them)."""
+        for changes in self._watch_queues:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                changes.get_nowait()
+            changes.put_nowait(False)
+
     async def _snapshots(
-        self, doc_id: str, doc: Doc[Any], changes: asyncio.Queue[None]
+        self, doc_id: str, doc: Doc[Any], changes: asyncio.Queue[bool]
     ) -> AsyncIterator[str]:
         while True:
             yield json.dumps(
@@ -456,4 +554,5 @@ class Api:
                     "state_vector": b64url(doc.get_state()),
                 }
             )
-            await changes.get()
+            if not await changes.get():
+                return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -171,3 +171,21 @@ class NodeCollector(Collector):
                 sum_value=total_ms / 1000.0,
             )
             yield histogram
+
+
+class RefusalCollector(Collector):
+    """HTTP requests refused by the token check, by reason (counted by the HTTP API, not the node)."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            f"{PREFIX}_http_requests_refused",
+            "HTTP requests refused by the bearer token check, by reason (unauthorized: no or unknown "
+            "token; forbidden: a read token on a write).",
+            labels=["reason"],
+        )
+        for reason, count in self.counts().items():
+            refused.add_metric([reason], count)
+        yield refused

@@ -3,16 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 
 from aiohttp import web
 
-from crdtsync.daemon.config import DaemonConfig, parse_http_listen
+from crdtsync.daemon.config import DaemonConfig, parse_http_listen, tls_context
 from crdtsync.daemon.http import Api
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.daemon")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_about_access(config: DaemonConfig) -> None:
+    """Say at start who can use the HTTP API when that is more than the token holders over TLS."""
+    host, _ = parse_http_listen(config.http.listen)
+    local = is_loopback(host)
+    if not config.tokens:
+        log.warning(
+            "the HTTP API has no tokens (http.tokens_file is not set): anyone who can reach %s can read "
+            "and write every doc, back up and restore the store%s",
+            config.http.listen,
+            " (only this host: it listens on loopback)" if local else "",
+        )
+    elif not config.http.tls_cert and not local:
+        log.warning(
+            "the HTTP API listens on %s without TLS (http.tls_cert): bearer tokens and data cross the "
+            "network in clear",
+            config.http.listen,
+        )
 
 
 async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> None:
@@ -23,13 +52,15 @@ async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> Non
         loop.add_signal_handler(signum, stop.set)
     if config.node.durability == "none" and config.node.data_dir is not None:
         log.warning("durability is none: acknowledged writes may be lost if the process is killed")
+    context = tls_context(config.http)
+    warn_about_access(config)
     async with Node(config.node) as node:
         api = Api(node, config)
         runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await runner.setup()
         host, port = parse_http_listen(config.http.listen)
         try:
-            site = web.TCPSite(runner, host, port, reuse_address=True)
+            site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context)
             await site.start()
         except OSError as exc:
             await runner.cleanup()
@@ -40,7 +71,8 @@ async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> Non
                 "node_id": config.node.node_id,
                 "dc": config.dc,
                 "listen": config.node.listen,
-                "http": f"http://{config.http.listen}",
+                "http": f"{'https' if context else 'http'}://{config.http.listen}",
+                "http_tokens": len(config.tokens),
                 "data_dir": config.node.data_dir,
                 "durability": config.node.durability,
                 "peers": config.node.peers,
@@ -50,6 +82,7 @@ async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> Non
             ready.set()
         await stop.wait()
         log.info("stopping: flushing the store and closing sockets")
+        api.close_streams()
         await runner.cleanup()
         await node.flush()
     log.info("stopped")

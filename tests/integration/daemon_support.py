@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -89,7 +90,11 @@ class Daemon:
         dc: str = "test-dc",
         http: dict[str, Any] | None = None,
         replication: dict[str, Any] | None = None,
+        token: str | None = None,
+        cacert: str | None = None,
     ) -> None:
+        """`token`: the bearer token `client` (and the health check) sends; `cacert`: the CA file
+        that verifies the daemon's certificate when `http` sets tls_cert (the URL is https then)."""
         self.name = name
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -102,10 +107,21 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._client: httpx.Client | None = None
+        self.token = token
+        self.cacert = cacert
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.http.get("tls_cert") else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return True if self.cacert is None else ssl.create_default_context(cafile=self.cacert)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
 
     @property
     def data_dir(self) -> Path:
@@ -175,7 +191,7 @@ class Daemon:
             code = None if self.proc is None else self.proc.returncode
             raise AssertionError(f"{self.name} exited with {code} before it was healthy:\n{self.log_tail()}")
         try:
-            response = httpx.get(self.url + "/health", timeout=1.0, trust_env=False)
+            response = httpx.get(self.url + "/health", timeout=1.0, trust_env=False, verify=self.verify)
         except httpx.HTTPError:
             return False
         return response.status_code == 200 and response.json().get("node_id") == self.name
@@ -215,7 +231,13 @@ class Daemon:
     @property
     def client(self) -> httpx.Client:
         if self._client is None:
-            self._client = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT_S, trust_env=False)
+            self._client = httpx.Client(
+                base_url=self.url,
+                timeout=HTTP_TIMEOUT_S,
+                trust_env=False,
+                headers=self.headers,
+                verify=self.verify,
+            )
         return self._client
 
     def reset_client(self) -> None:

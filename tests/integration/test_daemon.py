@@ -13,6 +13,7 @@ import itertools
 import json
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -599,3 +600,29 @@ def test_backup_over_http_restored_into_a_fresh_daemon_gives_the_same_docs(
     assert fresh.all_doc_ids() == ids
     assert {doc_id: fresh.data(doc_id) for doc_id in ids} == contents
     assert fresh.status()["merkle_root"] == root
+
+
+# ------------------------------------------------------------------------------------------ watch streams
+
+
+def test_watching_an_unknown_doc_is_404_and_creates_nothing(solo: Daemon) -> None:
+    before = solo.all_doc_ids()
+    response = solo.client.get("/v1/docs/never/written/watch")
+    assert response.status_code == 404 and error_code(response) == "no_such_doc"
+    assert solo.all_doc_ids() == before
+
+
+def test_sigterm_ends_open_watch_streams_and_exits_promptly(solo: Daemon) -> None:
+    solo.put("watched/doc", "k", 1)
+    with (
+        httpx.Client(base_url=solo.url, verify=solo.verify, timeout=10.0) as client,
+        client.stream("GET", "/v1/docs/watched/doc/watch") as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        started = time.monotonic()
+        assert solo.terminate(timeout_s=10) == 0
+        assert time.monotonic() - started < 5.0, "an open watch stream delayed the shutdown"
+        assert all(not line.startswith("data: ") for line in lines)
+    solo.start()
+    solo.wait_healthy()
