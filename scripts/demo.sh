@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets everything up (.venv) and runs the live demo: three nodes as separate processes on 127.0.0.1
-# replicate a model registry, one is killed with SIGKILL and restarted, and they converge again.
+# Sets everything up (.venv) and runs `crdtsync demo`: three daemons as separate processes on
+# 127.0.0.1, live writes over HTTP, one killed with SIGKILL and restarted, and they converge again.
+# The daemons keep running until Ctrl-C; pass --seconds N for a bounded run (see docs/cli.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python examples/live_demo.py "$@"
+exec .venv/bin/crdtsync demo "$@"

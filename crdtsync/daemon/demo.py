@@ -167,6 +167,15 @@ def next_write(daemon: Daemon, rng: random.Random) -> Write:
     return Write(seq, doc, key, value, owned, daemon.incarnation)
 
 
+def _state_vector(response: httpx.Response) -> str | None:
+    """The `state_vector` of a write's answer; None for an answer that is not one."""
+    try:
+        state_vector = response.json()["state_vector"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return state_vector if isinstance(state_vector, str) else None
+
+
 def _b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -400,7 +409,7 @@ class Demo:
             text = f"{name}:{peer['state']}"
             heard = peer["last_heard_ago_ms"]
             if heard is not None and heard >= SILENCE_SHOWN_MS:
-                text += f"(silent {heard / 1000:.0f}s)"
+                text += f"({heard / 1000:.0f}s)"
             parts.append(text)
         return separator.join(parts)
 
@@ -418,32 +427,32 @@ class Demo:
         }
 
     def table(self) -> list[str]:
+        """The live view; fits in 80 columns while every peer is heard."""
         converged, why = self.verdict
         label = "CONVERGED" if converged else "CATCHING UP"
         until = "Ctrl-C" if self.seconds is None else f"{self.seconds:.0f} s"
         lines = [
-            f"crdtsync demo: 3 daemons on 127.0.0.1, {self.now():5.1f} s (until {until}): {self.phase}",
+            f"crdtsync demo {self.now():5.1f} s (until {until}): {self.phase}",
             f"cluster: {label} ({why})",
-            f"{'node':<5}{'pid':>8}  {'state':<9}{'docs':>5}{'acked':>7}{'errors':>7}{'published':>10}"
-            f"{'applied':>8}{'behind':>7}  {'root':<8}  peers",
+            f"{'node':<4}{'pid':>7} {'state':<8}{'docs':>5}{'acked':>6}{'err':>4}{'pub':>6}{'applied':>8}"
+            f"{'behind':>7}  {'root':<8}  peers",
         ]
         for daemon in self.daemons.values():
-            pid = (
-                str(daemon.pid) if daemon.pid is not None and daemon.state in ("starting", "running") else "-"
-            )
-            head = f"{daemon.name:<5}{pid:>8}  {daemon.state:<9}"
+            running = daemon.state in ("starting", "running")
+            pid = str(daemon.pid) if daemon.pid is not None and running else "-"
+            head = f"{daemon.name:<4}{pid:>7} {daemon.state:<8}"
             if daemon.status is None or daemon.state != "running":
-                lines.append(f"{head}{'':>5}{daemon.acked:>7}{daemon.failed:>7}")
+                lines.append(f"{head}{'':>5}{daemon.acked:>6}{daemon.failed:>4}")
                 continue
             n = self._numbers(daemon)
             lines.append(
-                f"{head}{n['docs']:>5}{daemon.acked:>7}{daemon.failed:>7}{n['published']:>10}{n['applied']:>8}"
+                f"{head}{n['docs']:>5}{daemon.acked:>6}{daemon.failed:>4}{n['published']:>6}{n['applied']:>8}"
                 f"{n['behind']:>7}  {n['root']:<8}  {self._peers_text(daemon, ' ')}"
             )
-        lines.append(
-            "acked/errors: the demo's writes to the node; published: this epoch's (restarts reset it); "
-            "applied: from peers"
-        )
+        lines += [
+            "acked/err: the demo's writes to the node; pub: updates it published this epoch",
+            "applied: updates from peers; behind: lag; peers: state (silent for N s)",
+        ]
         return lines
 
     def render(self) -> None:
@@ -454,7 +463,7 @@ class Demo:
         if self.tty:
             self._clear()
             lines = self.table()
-            sys.stdout.write("\n".join(lines) + "\n")
+            sys.stdout.write("\n".join(_fit(line) for line in lines) + "\n")
             sys.stdout.flush()
             self.drawn_lines = len(lines)
             return
@@ -479,7 +488,7 @@ class Demo:
         line = f"cluster {'CONVERGED' if converged else 'CATCHING UP'} ({why}); {states}"
         if self.tty:
             self._clear()
-            sys.stdout.write(f"[{self.now():5.1f} s] {line}   (Ctrl-C stops the daemons)\n")
+            sys.stdout.write(_fit(f"[{self.now():5.1f} s] {line}   (Ctrl-C stops the daemons)") + "\n")
             sys.stdout.flush()
             self.drawn_lines = 1
         elif line != self.last_idle_line:  # a file or a pipe: only changes
@@ -529,10 +538,17 @@ class Demo:
         return False, "merkle roots differ: writes in flight or a node still syncing"
 
     async def monitor(self) -> None:
+        reported = ""
         while True:
-            await self.poll()
-            if time.monotonic() - self.last_render >= RENDER_INTERVAL_S:
-                self.render()
+            try:
+                await self.poll()
+                if time.monotonic() - self.last_render >= RENDER_INTERVAL_S:
+                    self.render()
+            except (KeyError, TypeError, ValueError) as exc:  # a status answer of another shape
+                self.verdict = (False, f"cannot read a status answer: {exc!r}")
+                if repr(exc) != reported:
+                    reported = repr(exc)
+                    self.event(f"cannot read a status answer: {exc!r}")
             await asyncio.sleep(POLL_INTERVAL_S)
 
     async def wait_converged(self, timeout_s: float, since: float) -> bool:
@@ -585,9 +601,10 @@ class Demo:
                 daemon.failures.append(write)
                 daemon.last_error = f"{type(exc).__name__}: {exc}"
             else:
-                if response.status_code == 200:
+                state_vector = _state_vector(response) if response.status_code == 200 else None
+                if state_vector is not None:
                     daemon.acked += 1
-                    daemon.acks.append(Ack(write, response.json()["state_vector"]))
+                    daemon.acks.append(Ack(write, state_vector))
                 else:
                     daemon.failed += 1
                     daemon.failures.append(write)
@@ -856,6 +873,13 @@ class Demo:
                 f"{self.seconds:.0f} s elapsed: NOT converged ({self.verdict[1]}); stopping the daemons"
             )
         return 0 if converged and self.checks_ok else 1
+
+
+def _fit(line: str) -> str:
+    """Cut a line that is redrawn in place to the terminal's width: a wrapped line would take two rows
+    and break the redraw."""
+    width = shutil.get_terminal_size().columns
+    return line if len(line) < width else line[: max(1, width - 2)] + "~"
 
 
 def _cli_command() -> str:
