@@ -77,7 +77,9 @@ class ReplicaConfig:
     ae_interval_ms: float = 5000.0
     """Mean time between periodic anti-entropy rounds (each against one peer, round robin, jittered
     by +-25%); 0 disables the periodic rounds (rounds on connect and on lost gaps still run)."""
-    ae_round_timeout_ms: float = 2000.0
+    ae_round_timeout_ms: float = 1000.0
+    """How long each step of a round may wait for the peer's answer before the round is abandoned
+    and queued again (a peer that restarted may not know this node yet and cannot answer)."""
     ae_followup_delay_ms: float = 100.0
     """Pause before a round that continues what a budget-limited round left, so its repairs land."""
     ae_segments_per_round_max: int = 2048
@@ -88,11 +90,11 @@ class ReplicaConfig:
     peers_max: int = 256
     docs_max: int = 10_000_000
     docs_cached_max: int = 10_000
+    """Loaded docs kept beyond those pinned or waiting on deltas; older ones are evicted (least
+    recently used first) when the replica has a doc loader to bring them back."""
     docs_cached_bytes_max: int = 256 * 1024 * 1024
     """The same budget in bytes, estimated from the loaded docs' encoded sizes (a loaded Doc takes
     a few times its encoded size in memory, plus about 5 KB of fixed cost)."""
-    """Loaded docs kept beyond those pinned or waiting on deltas; older ones are evicted (least
-    recently used first) when the replica has a doc loader to bring them back."""
     update_bytes_max: int = 4 * 1024 * 1024
     tick_interval_ms: float = 50.0
 
@@ -1226,6 +1228,7 @@ class Replica:
             self._finish_round(current, link, 0)
             return
         current.phase = "segments"
+        current.deadline_ms = self._now_ms + self.config.ae_round_timeout_ms
         self._send(link.address, wire.TreeSegmentsRequest(self.node_id, current.round_id, tuple(branches)))
 
     def _on_tree_segments_request(self, message: wire.TreeSegmentsRequest) -> None:
@@ -1256,6 +1259,7 @@ class Replica:
         limit = self.config.ae_segments_per_round_max
         current.more = len(differing) > limit
         current.phase = "entries"
+        current.deadline_ms = self._now_ms + self.config.ae_round_timeout_ms
         current.segments_requested = min(limit, len(differing))
         self._send(
             link.address, wire.TreeEntriesRequest(self.node_id, current.round_id, tuple(differing[:limit]))

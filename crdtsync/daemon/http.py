@@ -42,7 +42,7 @@ DOC_ID_BYTES_MAX = 512
 KEY_BYTES_MAX = 256
 RESERVED_SEGMENTS = frozenset({"keys", "update", "watch"})
 RESTORE_BYTES_MAX = 1 << 30
-WATCH_QUEUE_MAX = 64
+WATCH_KEEPALIVE_S = 15.0
 READ_METHODS = frozenset({"GET", "HEAD"})
 OPEN_PATHS = frozenset({"/health"})
 REFUSAL_REASONS = ("unauthorized", "forbidden")
@@ -123,6 +123,29 @@ def from_b64url(text: str, what: str) -> bytes:
         return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (ValueError, TypeError):
         raise ApiError(400, "bad_base64", f"{what} is not valid base64url") from None
+
+
+JSON_INT_MAX = 2**53
+"""Yjs numbers are doubles: larger integers would lose precision (and pycrdt panics on some)."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_numbers(value: Any, depth: int = 0) -> None:
+    if depth > 64:
+        raise ApiError(400, "bad_json", "JSON nested deeper than 64 levels")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > JSON_INT_MAX:
+        raise ApiError(
+            400, "bad_value", f"integer {value} is beyond ±2^53, which a Yjs number cannot hold exactly"
+        )
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_numbers(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_numbers(item, depth + 1)
 
 
 class Api:
@@ -305,8 +328,9 @@ class Api:
             await response.write_eof()
             return response
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            for leftover in (path, f"{path}-wal", f"{path}-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
 
     async def restore(self, request: web.Request) -> web.Response:
         handle, path = tempfile.mkstemp(prefix="crdtsync-restore-", suffix=".db")
@@ -329,8 +353,9 @@ class Api:
             await self.node.flush()
             return web.json_response({"docs": docs})
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            for leftover in (path, f"{path}-wal", f"{path}-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
 
     # ------------------------------------------------------------------ one doc
 
@@ -368,9 +393,11 @@ class Api:
 
     async def _json_body(self, request: web.Request) -> Any:
         try:
-            return json.loads(await request.read())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            value = json.loads(await request.read(), parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError) as exc:
             raise ApiError(400, "bad_json", f"request body is not valid JSON: {exc}") from None
+        _check_numbers(value)
+        return value
 
     async def _written(self, doc_id: str, doc: Doc[Any]) -> web.Response:
         try:
@@ -526,7 +553,9 @@ class Api:
         try:
             await response.prepare(request)
             async for payload in self._snapshots(doc_id, doc, changes):
-                await response.write(f"event: change\ndata: {payload}\n\n".encode())
+                await response.write(
+                    b":\n\n" if payload is None else f"event: change\ndata: {payload}\n\n".encode()
+                )
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -545,7 +574,7 @@ class Api:
 
     async def _snapshots(
         self, doc_id: str, doc: Doc[Any], changes: asyncio.Queue[bool]
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[str | None]:
         while True:
             yield json.dumps(
                 {
@@ -554,5 +583,12 @@ class Api:
                     "state_vector": b64url(doc.get_state()),
                 }
             )
-            if not await changes.get():
+            while True:
+                try:
+                    changed = await asyncio.wait_for(changes.get(), WATCH_KEEPALIVE_S)
+                    break
+                except TimeoutError:
+                    # A comment line: a client that went away fails this write and frees its slot.
+                    yield None
+            if not changed:
                 return

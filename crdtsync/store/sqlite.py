@@ -18,13 +18,14 @@ All methods run on the thread that opened the store; the node runs them on one w
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from crdtsync.core.effects import Persist
 from crdtsync.core.state import merge_all
@@ -32,6 +33,7 @@ from crdtsync.core.state import merge_all
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x43535943  # "CSYC": marks the file as a crdtsync store
 DB_FILE = "crdtsync.db"
+LOCK_FILE = "crdtsync.lock"
 
 Durability = Literal["fsync", "process", "none"]
 """What a completed commit promises:
@@ -72,17 +74,35 @@ class SqliteStore:
         self.durability: Durability = durability
         self.compact_after_updates = compact_after_updates
         self.compact_after_bytes = compact_after_bytes
-        self._db = self._open(node_id)
+        self._lock = self._take_lock()
+        try:
+            self._db = self._open(node_id)
+        except BaseException:
+            self._lock.close()
+            raise
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.node_id = node_id
         self.epoch = self._next_epoch()
 
     # ------------------------------------------------------------------ opening
 
-    def _open(self, node_id: str) -> sqlite3.Connection:
+    def _take_lock(self) -> BinaryIO:
+        """An exclusive lock on the data directory for the life of the store: two processes writing
+        one store would interleave epochs and logs."""
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise StoreError(f"data directory {self.data_dir} exists and is not a directory")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.data_dir / LOCK_FILE, "ab")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise StoreError(
+                f"data directory {self.data_dir} is in use by another process; nothing was changed"
+            ) from None
+        return handle
+
+    def _open(self, node_id: str) -> sqlite3.Connection:
         if self.path.exists():
             self._check_header()
             # Verify through a read-only connection: closing a read-write one would checkpoint a
@@ -304,6 +324,7 @@ class SqliteStore:
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
+        self._lock.close()  # releases the flock
 
 
 def _read_doc(db: sqlite3.Connection, path: Path, doc_id: str) -> bytes | None:

@@ -626,3 +626,24 @@ def test_sigterm_ends_open_watch_streams_and_exits_promptly(solo: Daemon) -> Non
         assert all(not line.startswith("data: ") for line in lines)
     solo.start()
     solo.wait_healthy()
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"12345678901234567890", "bad_value"),
+        (b'{"a": [1, -99999999999999999999]}', "bad_value"),
+        (b"NaN", "bad_json"),
+        (b'{"x": Infinity}', "bad_json"),
+        (b"[" * 70 + b"]" * 70, "bad_json"),
+    ],
+)
+def test_values_a_yjs_number_cannot_hold_are_refused_and_change_nothing(
+    solo: Daemon, body: bytes, code: str
+) -> None:
+    solo.put("numbers/doc", "k", 1)
+    before = solo.data("numbers/doc")
+    response = solo.client.put("/v1/docs/numbers/doc/keys/k", content=body)
+    assert (response.status_code, error_code(response)) == (400, code), response.text
+    assert solo.data("numbers/doc") == before
+    assert solo.client.get("/health").status_code == 200

@@ -171,6 +171,7 @@ def test_epochs_strictly_increase_across_opens(tmp_path: Path) -> None:
     # An open that is never closed (the process died) still used up its epoch.
     abandoned = SqliteStore(tmp_path, node_id="a")
     epochs.append(abandoned.epoch)
+    abandoned._lock.close()  # what the OS does to a dead process's data-dir lock
     reopened = SqliteStore(tmp_path, node_id="a")
     epochs.append(reopened.epoch)
     reopened.close()
@@ -446,3 +447,13 @@ def test_an_unknown_durability_value_is_rejected_before_anything_is_created(
             node_id="a", listen="tcp://127.0.0.1:5555", data_dir=str(tmp_path / "data"), durability=durability
         )
     assert not (tmp_path / "data").exists()
+
+
+def test_a_data_dir_in_use_by_another_store_is_refused(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path, node_id="a")
+    try:
+        with pytest.raises(StoreError, match="in use by another process"):
+            SqliteStore(tmp_path, node_id="a")
+    finally:
+        first.close()
+    SqliteStore(tmp_path, node_id="a").close()  # free again once the first is closed
