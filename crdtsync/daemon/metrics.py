@@ -70,6 +70,18 @@ _COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "doc_loads": ("doc_loads", "Docs loaded from the store.", {}),
     "peer_down": ("peer_state_changes", "Peer state changes.", {"to": "down"}),
     "peer_up": ("peer_state_changes", "Peer state changes.", {"to": "up"}),
+    "ae_rounds_started": ("anti_entropy_rounds_started", "Anti-entropy rounds started.", {}),
+    "ae_round_timeouts": (
+        "anti_entropy_round_timeouts",
+        "Anti-entropy rounds abandoned after a timeout.",
+        {},
+    ),
+    "transport_send_drops": (
+        "transport_send_drops",
+        "Frames the transport could not queue (repaired later).",
+        {},
+    ),
+    "store_load_errors": ("store_load_errors", "Docs whose stored content failed its checksum at load.", {}),
     "store_commits": ("store_commits", "Store group commits.", {}),
     "store_commit_failures": ("store_commit_failures", "Store commits that failed (retried).", {}),
 }
@@ -100,6 +112,14 @@ class NodeCollector(Collector):
                 wire_errors.add_metric([name.removeprefix("wire_errors_")], value)
         yield from families.values()
         yield wire_errors
+
+        info = GaugeMetricFamily(
+            f"{PREFIX}_node_info",
+            "Constant 1, labelled with the node's identity.",
+            labels=["node_id", "dc", "epoch"],
+        )
+        info.add_metric([status.node_id, self.dc, str(status.epoch)], 1.0)
+        yield info
 
         batches = counters.get("batches_published", 0)
         batch_size = GaugeMetricFamily(
