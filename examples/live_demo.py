@@ -34,7 +34,6 @@ import queue
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from typing import IO, Any
 from pycrdt import Doc, Map
 
 from crdtsync import Node, NodeConfig
+from crdtsync.daemon.demo import pick_free_ports  # the same port picker `crdtsync demo` uses
 
 NODE_NAMES = ("a", "b", "c")
 DOC_IDS = ("feature-flags", "fleet-config", "model-registry")
@@ -168,44 +168,6 @@ async def run_child(name: str, listen: str, peers: list[str], data_dir: str | No
 # ---------------------------------------------------------------------------------------- parent
 
 
-def pick_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1, below the kernel's ephemeral port range.
-
-    A killed node's port stays free until its restart; ports the kernel hands out on its own (outgoing
-    connections, binds to port 0 such as each node's PUB socket) come from the ephemeral range, so a
-    port below it cannot be taken in the meantime. The probe sockets stay open until all are chosen,
-    so the ports are distinct.
-    """
-    ephemeral_low = 32768
-    with (
-        contextlib.suppress(OSError, ValueError, IndexError),
-        open("/proc/sys/net/ipv4/ip_local_port_range") as f,
-    ):
-        ephemeral_low = int(f.read().split()[0])
-    candidates = list(range(max(1024, ephemeral_low - 10_000), ephemeral_low)) or [0] * count
-    random.shuffle(candidates)
-    probes: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        for candidate in candidates:
-            if len(ports) == count:
-                break
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                probe.bind(("127.0.0.1", candidate))
-            except OSError:
-                probe.close()
-                continue
-            probes.append(probe)
-            ports.append(probe.getsockname()[1])
-    finally:
-        for probe in probes:
-            probe.close()
-    if len(ports) < count:
-        raise RuntimeError(f"found only {len(ports)} free ports below {ephemeral_low}")
-    return ports
-
-
 @dataclass
 class Child:
     name: str
@@ -227,7 +189,7 @@ class Demo:
         self.forever = forever
         self.log_dir = log_dir
         self.reports: queue.Queue[tuple[str, int, dict[str, Any]]] = queue.Queue()
-        ports = pick_ports(len(NODE_NAMES))
+        ports = pick_free_ports(len(NODE_NAMES))
         addresses = {name: f"tcp://127.0.0.1:{port}" for name, port in zip(NODE_NAMES, ports, strict=True)}
         self.children = {
             name: Child(name, address, [a for n, a in addresses.items() if n != name])
