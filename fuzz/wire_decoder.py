@@ -23,7 +23,7 @@ from typing import Any
 from pycrdt import Doc, Map
 
 from crdtsync.core import wire
-from crdtsync.core.replica import Replica
+from crdtsync.core.replica import Replica, ReplicaConfig
 
 INPUT_BYTES_MAX = 64 * 1024
 
@@ -99,8 +99,15 @@ def run(
     pool = seed_frames()
     if corpus is not None and corpus.is_dir():
         pool += [path.read_bytes()[:INPUT_BYTES_MAX] for path in sorted(corpus.iterdir()) if path.is_file()]
+    # No quarantine and no rate limit: the fuzzer is one sender that must keep reaching the apply path.
+    unlimited = ReplicaConfig(quarantine_after_rejects=1 << 62, peer_frames_per_second_max=1e12)
     replica = Replica(
-        node_id="fuzz-target", epoch=1, client_id=99, address="fuzz://a", publish_endpoint="fuzz://p"
+        node_id="fuzz-target",
+        epoch=1,
+        client_id=99,
+        address="fuzz://a",
+        publish_endpoint="fuzz://p",
+        config=unlimited,
     )
     replica.open_doc("doc").get("data", type=Map)["seed"] = 1
     findings = 0

@@ -97,6 +97,13 @@ class ReplicaConfig:
     a few times its encoded size in memory, plus about 5 KB of fixed cost)."""
     update_bytes_max: int = 4 * 1024 * 1024
     tick_interval_ms: float = 50.0
+    peer_frames_per_second_max: float = 20_000.0
+    """Frames accepted per second from one sender (a token bucket holding one second's worth);
+    beyond it frames are dropped and counted, and the protocol repairs what honest peers lose."""
+    quarantine_after_rejects: int = 10
+    """Updates from one sender that pycrdt rejects within `quarantine_ms` before that sender is
+    ignored for `quarantine_ms`."""
+    quarantine_ms: float = 300_000.0
 
 
 @dataclass(slots=True)
@@ -279,6 +286,9 @@ class Replica:
         self._wakeup: Callable[[], None] | None = None
         self._wakeup_armed = False
         self._warned_ms: dict[str, float] = {}
+        self._strikes: dict[str, tuple[int, float]] = {}
+        self._quarantined: dict[str, float] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ driver interface
 
@@ -613,7 +623,7 @@ class Replica:
             self._wakeup_armed = True
             self._wakeup()
 
-    def _apply(self, entry: _DocEntry, update: bytes, reason: str) -> bool:
+    def _apply(self, entry: _DocEntry, update: bytes, reason: str, sender: str | None = None) -> bool:
         # The size cap protects against peers; the node's own store and backups are not capped,
         # or a doc that grew large could never be loaded again.
         if reason not in ("load", "restore") and len(update) > self.config.update_bytes_max:
@@ -628,7 +638,50 @@ class Replica:
         except BaseException as exc:  # pycrdt raises PanicException, a BaseException, on some bad input
             self._count("updates_rejected")
             self._warn("update_rejected", "rejected a %s update of %d bytes: %s", reason, len(update), exc)
+            if sender is not None:
+                self._strike(sender)
             return False
+        return True
+
+    def _strike(self, sender: str) -> None:
+        """Count a rejected update against its sender; too many and the sender is quarantined."""
+        count, since = self._strikes.get(sender, (0, self._now_ms))
+        if self._now_ms - since > self.config.quarantine_ms:
+            count, since = 0, self._now_ms
+        count += 1
+        self._strikes[sender] = (count, since)
+        if len(self._strikes) > 4 * self.config.peers_max:
+            del self._strikes[next(iter(self._strikes))]  # bounded: forget the oldest sender
+        if count >= self.config.quarantine_after_rejects:
+            del self._strikes[sender]
+            self._quarantined[sender] = self._now_ms + self.config.quarantine_ms
+            self._count("peers_quarantined")
+            log.warning(
+                "quarantined %s for %.0f s: %d of its updates were rejected",
+                sender,
+                self.config.quarantine_ms / 1000.0,
+                count,
+            )
+
+    def _admit(self, sender: str) -> bool:
+        """Quarantine and per-sender rate limit, checked before a frame is handled."""
+        until = self._quarantined.get(sender)
+        if until is not None:
+            if self._now_ms < until:
+                self._count("frames_dropped_quarantined")
+                return False
+            del self._quarantined[sender]
+        rate = self.config.peer_frames_per_second_max
+        tokens, last = self._buckets.get(sender, (rate, self._now_ms))
+        tokens = min(rate, tokens + (self._now_ms - last) * rate / 1000.0)
+        if tokens < 1.0:
+            self._buckets[sender] = (tokens, self._now_ms)
+            self._count("frames_dropped_rate")
+            self._warn("rate", "dropping frames from %s: over %.0f frames/s", sender, rate)
+            return False
+        self._buckets[sender] = (tokens - 1.0, self._now_ms)
+        if len(self._buckets) > 4 * self.config.peers_max:
+            del self._buckets[next(iter(self._buckets))]
         return True
 
     # ------------------------------------------------------------------ publishing
@@ -707,6 +760,8 @@ class Replica:
         self._count("bytes_received_raw", raw_size)
         if message.node_id == self.node_id:
             self._count("own_frames_dropped")
+            return
+        if not self._admit(message.node_id):
             return
         try:
             self._dispatch(message)
@@ -930,13 +985,13 @@ class Replica:
         """Apply every pending delta whose dependencies are covered, merging runs into one apply."""
         while entry.pending:
             virtual = dict(_state(entry))
-            ready: list[bytes] = []
+            ready: list[tuple[bytes, str]] = []
             waiting: list[_PendingDelta] = []
             for pending in entry.pending:
                 if covers(virtual, pending.after) and pending.after != pending.before:
                     self._count("deltas_duplicate_state")
                 elif covers(virtual, pending.before):
-                    ready.append(pending.delta.update)
+                    ready.append((pending.delta.update, pending.publisher))
                     merge_into(virtual, pending.after)
                 else:
                     waiting.append(pending)
@@ -955,8 +1010,9 @@ class Replica:
         else:
             self._pending_docs.pop(doc_id, None)
 
-    def _apply_run(self, entry: _DocEntry, updates: list[bytes]) -> None:
+    def _apply_run(self, entry: _DocEntry, ready: list[tuple[bytes, str]]) -> None:
         """Apply causally ready updates, merged into one apply (several times faster) when they merge."""
+        updates = [update for update, _sender in ready]
         if len(updates) > 1:
             try:
                 merged = merge_all(updates)
@@ -968,8 +1024,8 @@ class Replica:
                 if self._apply(entry, merged, "delta"):
                     self._count("deltas_applied", len(updates))
                     return
-        for update in updates:
-            if self._apply(entry, update, "delta"):
+        for update, sender in ready:
+            if self._apply(entry, update, "delta", sender):
                 self._count("deltas_applied")
 
     def _pull(self, node_id: str, doc_id: str, entry: _DocEntry) -> None:
@@ -1110,7 +1166,7 @@ class Replica:
             self._warn("bad_doc", "dropped a sync update for doc %r from %s: %s", doc_id, node_id, exc)
             return
         # Safe to apply at once: it was computed against a state vector this node already covers.
-        if self._apply(entry, update, "sync"):
+        if self._apply(entry, update, "sync", node_id):
             self._count("sync_updates_applied")
             address = self._address_of.get(node_id)
             if address is not None:

@@ -572,3 +572,47 @@ def test_oversized_local_write_does_not_stop_other_docs_from_replicating() -> No
     assert {doc_id for doc_id, _ in mesh.persisted[a.address]} == {"big", "other"}, (
         "the store gets both writes"
     )
+
+
+# ---------------------------------------------------------------------------------------------- hostile peers
+
+
+def _garbage_delta_frame(sender: str, seq: int) -> bytes:
+    """A well-formed envelope whose delta is causally ready (empty dependency) but whose update bytes
+    pycrdt rejects."""
+    delta = wire.Delta(f"doc-{seq}", b"\x00", b"\x01\x05\x01", b"\x01\x01\x05\x00\xff\xff\xff\x0f")
+    return wire.encode(wire.Deltas(sender, 1, seq, (delta,)))
+
+
+def test_a_sender_whose_updates_keep_being_rejected_is_quarantined_and_others_are_not() -> None:
+    config = ReplicaConfig(quarantine_after_rejects=3, quarantine_ms=10_000.0)
+    replica = Replica(node_id="r", epoch=1, client_id=77, address="r", publish_endpoint="rp", config=config)
+    for seq in range(1, 4):
+        replica.receive(_garbage_delta_frame("evil", seq), float(seq))
+    assert _count(replica, "updates_rejected") >= 3
+    assert _count(replica, "peers_quarantined") == 1
+    replica.receive(wire.encode(wire.Heartbeat("evil", 1, 3)), 10.0)
+    assert _count(replica, "frames_dropped_quarantined") == 1
+
+    honest = Replica(node_id="h", epoch=1, client_id=78, address="h", publish_endpoint="hp")
+    honest.open_doc("doc").get("data", type=Map)["ok"] = True
+    frames = [e.frame for e in honest.take_effects(0.0) if isinstance(e, Publish)]
+    for frame in frames:
+        replica.receive(frame, 11.0)
+    assert replica.open_doc("doc").get("data", type=Map).to_py() == {"ok": True}
+
+    replica.receive(wire.encode(wire.Heartbeat("evil", 1, 3)), 10_000.0 + 4.0)
+    assert _count(replica, "frames_dropped_quarantined") == 1, "the quarantine ends after quarantine_ms"
+
+
+def test_frames_beyond_a_senders_rate_are_dropped_and_counted() -> None:
+    config = ReplicaConfig(peer_frames_per_second_max=50.0)
+    replica = Replica(node_id="r", epoch=1, client_id=79, address="r", publish_endpoint="rp", config=config)
+    for index in range(120):
+        replica.receive(wire.encode(wire.Heartbeat("chatty", 1, index)), 1000.0)
+    dropped = _count(replica, "frames_dropped_rate")
+    assert 60 <= dropped <= 71, dropped  # a bucket of 50, then nothing refills at the same instant
+    replica.receive(wire.encode(wire.Heartbeat("other", 1, 0)), 1000.0)
+    assert _count(replica, "frames_dropped_rate") == dropped, "the limit is per sender"
+    replica.receive(wire.encode(wire.Heartbeat("chatty", 1, 0)), 2000.0)
+    assert _count(replica, "frames_dropped_rate") == dropped, "a second later the bucket has refilled"
