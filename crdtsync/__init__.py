@@ -7,8 +7,11 @@ from crdtsync.core.replica import PeerStatus, ReplicaConfig
 from crdtsync.node import Node, NodeConfig, NodeStatus
 from crdtsync.store import MemoryStore, Store
 from crdtsync.store.sqlite import StoreError
+from crdtsync.transport.curve import CurveConfig, CurveKeyError
 
 __all__ = [
+    "CurveConfig",
+    "CurveKeyError",
     "MemoryStore",
     "Node",
     "NodeConfig",

@@ -72,7 +72,13 @@ def main() -> None:
     metavar="SECTION.KEY=VALUE",
     help="Any other config key, e.g. --set replication.ae_interval_ms=2000 --set http.body_bytes_max=1048576.",
 )
-def serve(config_path: str | None, assignments: tuple[str, ...], **flags: Any) -> None:
+@click.option(
+    "--plaintext",
+    is_flag=True,
+    help='Unencrypted, unauthenticated replication links (same as --set security.mode="plaintext"); '
+    "only for tests and networks where every host that can reach the ports is trusted.",
+)
+def serve(config_path: str | None, assignments: tuple[str, ...], plaintext: bool, **flags: Any) -> None:
     """Run a node with its HTTP API until SIGTERM or SIGINT.
 
     Every key of the config file can also be given as a flag (the named ones, or --set for any
@@ -85,7 +91,8 @@ def serve(config_path: str | None, assignments: tuple[str, ...], **flags: Any) -
 
     flags["peers"] = list(flags["peers"])
     try:
-        config = load_config(config_path, flags, list(assignments))
+        chosen = [*assignments, *(['security.mode="plaintext"'] if plaintext else [])]
+        config = load_config(config_path, flags, chosen)
     except ConfigError as exc:
         _fail(f"configuration: {exc}", 2)
     configure(config.log.level, config.log.format)
@@ -129,6 +136,29 @@ def token(name: str, scope: str, as_json: bool) -> None:
     click.echo("add to the tokens file (http.tokens_file), then restart the daemon:")
     click.echo("")
     click.echo(token_entry(name, "write" if scope == "write" else "read", secret), nl=False)
+
+
+@main.command()
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Key file to create (must not exist)."
+)
+@click.option("--name", default="node", show_default=True, help="Node name written in the file's comment.")
+def keygen(out: str, name: str) -> None:
+    """Create a CurveZMQ key pair for a node's replication links.
+
+    Point the node's `security.key_file` at --out (keep it secret, mode 0600) and give the printed
+    public key to the peers: each lists it in its `security.peer_keys` under this node's listen address.
+    """
+    from crdtsync.transport.curve import write_key_file
+
+    try:
+        public = write_key_file(out, name)
+    except FileExistsError:
+        _fail(f"{out} already exists; choose a new file", 2)
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc}")
+    click.echo(f"wrote the key pair of {name} to {out}")
+    click.echo(f"public key: {public}")
 
 
 @main.command()

@@ -20,6 +20,7 @@ from crdtsync.core.wire import NODE_ID_BYTES_MAX
 from crdtsync.store import MemoryStore, Store
 from crdtsync.store.sqlite import Durability, SqliteStore, StoreError, read_backup
 from crdtsync.store.writer import StoreWriter
+from crdtsync.transport.curve import CurveConfig, CurveKeys
 from crdtsync.transport.zmq_transport import ZmqTransport, parse_endpoint
 
 log = logging.getLogger("crdtsync.node")
@@ -44,6 +45,8 @@ class NodeConfig:
     durability: Durability = "fsync"
     """What `flush()` waits for with a data_dir: see `crdtsync.store.sqlite.Durability`."""
     replication: ReplicaConfig = field(default_factory=ReplicaConfig)
+    curve: CurveConfig | None = None
+    """Encrypt and authenticate replication links with CurveZMQ; None sends them in plaintext."""
 
     def __post_init__(self) -> None:
         if not self.node_id or len(self.node_id.encode()) > NODE_ID_BYTES_MAX:
@@ -128,7 +131,8 @@ class Node:
         # time, so the wall clock is the best order it has.
         epoch = store.epoch if isinstance(store, SqliteStore) else time.time_ns() // 1_000_000
         try:
-            transport = ZmqTransport(self.config.listen, self.config.publish)
+            curve = CurveKeys.load(self.config.curve) if self.config.curve is not None else None
+            transport = ZmqTransport(self.config.listen, self.config.publish, curve)
         except BaseException:
             store.close()
             raise
@@ -284,6 +288,8 @@ class Node:
         counters = dict(snapshot.counters)
         if self._transport is not None:
             counters["transport_send_drops"] = self._transport.send_drops
+            counters["curve_refused"] = self._transport.curve_refused
+            counters["curve_no_key"] = self._transport.curve_no_key
         if self._writer is not None:
             counters["docs_loaded"] = replica.loaded_docs()
             counters["docs_loaded_bytes"] = replica.loaded_bytes()
@@ -337,8 +343,8 @@ class Node:
                 case Persist():
                     assert self._writer is not None
                     self._writer.submit(effect)
-                case Subscribe(endpoint):
-                    transport.subscribe(endpoint)
+                case Subscribe(endpoint, peer_address):
+                    transport.subscribe(endpoint, peer_address)
                 case Unsubscribe(endpoint):
                     transport.unsubscribe(endpoint)
 

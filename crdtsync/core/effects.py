@@ -22,9 +22,10 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Connect the SUB socket to a peer's PUB endpoint."""
+    """Connect the SUB socket to a peer's PUB endpoint (the peer advertised at `peer_address`)."""
 
     endpoint: str
+    peer_address: str
 
 
 @dataclass(frozen=True, slots=True)

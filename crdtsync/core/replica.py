@@ -835,7 +835,7 @@ class Replica:
             if link.publish_endpoint is not None:
                 self._effects.append(Unsubscribe(link.publish_endpoint))
             link.publish_endpoint = message.publish_endpoint
-            self._effects.append(Subscribe(message.publish_endpoint))
+            self._effects.append(Subscribe(message.publish_endpoint, message.address))
         if isinstance(message, wire.Hello):
             # Answer first: the resync below makes the peer reply to us, which it can only do once
             # our HelloAck has told it who we are.

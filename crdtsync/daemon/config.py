@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from crdtsync.core.replica import ReplicaConfig
 from crdtsync.node import NodeConfig
+from crdtsync.transport.curve import CurveConfig, CurveKeyError, CurveKeys
 from crdtsync.transport.zmq_transport import parse_endpoint
 
 LogFormat = Literal["json", "kv"]
@@ -87,7 +88,54 @@ class DaemonConfig:
 
 
 _NODE_KEYS = {"node_id", "listen", "peers", "publish", "data_dir", "durability"}
-_TOP_KEYS = _NODE_KEYS | {"dc", "http", "log", "replication"}
+_TOP_KEYS = _NODE_KEYS | {"dc", "http", "log", "replication", "security"}
+_SECURITY_KEYS = {"mode", "key_file", "peer_keys", "allowed_keys"}
+
+
+def _security(raw: dict[str, Any]) -> CurveConfig | None:
+    """The [security] table: `mode` must be chosen, "curve" (with a key file and the peers' public
+    keys) or "plaintext" (tests and trusted networks only)."""
+    table = raw.get("security")
+    if table is None:
+        raise ConfigError(
+            'security.mode: required: "curve" (encrypted, authenticated links; see `crdtsync keygen`) '
+            'or "plaintext" (only on a network where every host that can reach the ports is trusted)'
+        )
+    if not isinstance(table, dict):
+        raise ConfigError("security: expected a table")
+    for key in table:
+        if key not in _SECURITY_KEYS:
+            raise ConfigError(f"security.{key}: unknown key (known: {', '.join(sorted(_SECURITY_KEYS))})")
+    mode = table.get("mode")
+    if mode == "plaintext":
+        extra = sorted(set(table) - {"mode"})
+        if extra:
+            raise ConfigError(f'security.{extra[0]}: only used with mode = "curve"')
+        return None
+    if mode != "curve":
+        raise ConfigError(f'security.mode: must be "curve" or "plaintext", not {mode!r}')
+    key_file = _typed("security.key_file", table.get("key_file"), str) if "key_file" in table else None
+    if key_file is None:
+        raise ConfigError(
+            'security.key_file: required with mode = "curve" (create one with `crdtsync keygen`)'
+        )
+    peer_keys = _typed("security.peer_keys", table.get("peer_keys", {}), dict)
+    allowed = _typed("security.allowed_keys", table.get("allowed_keys", []), list)
+    config = CurveConfig(
+        key_file=key_file,
+        peer_keys={str(address): str(key) for address, key in peer_keys.items()},
+        allowed_keys=[str(key) for key in allowed],
+    )
+    try:
+        CurveKeys.load(config)
+    except CurveKeyError as exc:
+        raise ConfigError(f"security: {exc}") from None
+    for address in config.peer_keys:
+        try:
+            parse_endpoint(address)
+        except ValueError as exc:
+            raise ConfigError(f"security.peer_keys: {exc}") from None
+    return config
 
 
 def parse_http_listen(value: str, key: str = "http.listen") -> tuple[str, int]:
@@ -302,6 +350,7 @@ def load_config(
                 parse_endpoint(endpoint)
             except ValueError as exc:
                 raise ConfigError(f"{key}: {exc}") from None
+        curve = _security(raw)
         node = NodeConfig(
             node_id=node_id,
             listen=listen,
@@ -310,6 +359,7 @@ def load_config(
             data_dir=raw.get("data_dir"),
             durability=durability,
             replication=replication,
+            curve=curve,
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError):

@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
+from crdtsync.transport.curve import read_key_file, write_key_file
 
 NODE_NAMES = ("a", "b", "c")
 VICTIM = "c"
@@ -287,6 +288,15 @@ class Cluster:
             )
             for name, listen_port, http_port in zip(NODE_NAMES, listen_ports, http_ports, strict=True)
         }
+        # The demo's links use CurveZMQ like a real deployment: a key pair per node, and every node
+        # told the public keys of the others.
+        self.key_files = {name: os.path.join(root, f"{name}.key") for name in NODE_NAMES}
+        self.public_keys = {}
+        for name, key_file in self.key_files.items():
+            if not os.path.exists(key_file):
+                write_key_file(key_file, name)
+            self.public_keys[name] = read_key_file(key_file)[0].decode()
+        self.addresses = addresses
 
     def serve_args(self, daemon: Daemon) -> list[str]:
         args = ["serve", "--node-id", daemon.name, "--listen", daemon.listen]
@@ -299,6 +309,18 @@ class Cluster:
             daemon.data_dir,
             "--log-format",
             "kv",
+            "--set",
+            'security.mode="curve"',
+            "--set",
+            f'security.key_file="{self.key_files[daemon.name]}"',
+            "--set",
+            "security.peer_keys={"
+            + ", ".join(
+                f'"{address}" = "{self.public_keys[other]}"'
+                for other, address in self.addresses.items()
+                if other != daemon.name
+            )
+            + "}",
         ]
         return args
 

@@ -50,6 +50,11 @@ async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> Non
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if config.node.curve is None:
+        log.warning(
+            "replication links are in plaintext (security.mode = plaintext): anyone who can reach "
+            "the replication ports can read and write every doc"
+        )
     if config.node.durability == "none" and config.node.data_dir is not None:
         log.warning("durability is none: acknowledged writes may be lost if the process is killed")
     context = tls_context(config.http)

@@ -241,7 +241,7 @@ class SimCluster:
                     target = self._by_address.get(address)
                     if target is not None:
                         self._transmit(node, target, frame)
-                case Subscribe(endpoint):
+                case Subscribe(endpoint, _peer):
                     node.subscriptions.add(endpoint)
                 case Unsubscribe(endpoint):
                     node.subscriptions.discard(endpoint)

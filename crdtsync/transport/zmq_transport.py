@@ -22,6 +22,9 @@ from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
+import zmq.auth.thread
+
+from crdtsync.transport.curve import Allowlist, CurveKeys, make_server, set_client_keys, start_authenticator
 
 log = logging.getLogger("crdtsync.transport")
 
@@ -42,7 +45,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 
 
 class ZmqTransport:
-    def __init__(self, listen: str, publish: str | None) -> None:
+    def __init__(self, listen: str, publish: str | None, curve: CurveKeys | None = None) -> None:
         host, _port = parse_endpoint(listen)
         if publish is not None:
             parse_endpoint(publish)
@@ -57,6 +60,16 @@ class ZmqTransport:
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
         self._subscriptions: set[str] = set()
         self.send_drops = 0
+        self.curve = curve
+        self.curve_no_key = 0
+        """Connections not made because the peer's public key is not configured."""
+        self._allowlist: Allowlist | None = None
+        self._authenticator: zmq.auth.thread.ThreadAuthenticator | None = None
+        if curve is not None:
+            self._allowlist = Allowlist(curve.allowed)
+            self._authenticator = start_authenticator(self._context, self._allowlist)
+            make_server(self.router, curve)
+            make_server(self.pub, curve)
         for sock in (self.router, self.sub, self.pub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
@@ -88,6 +101,13 @@ class ZmqTransport:
                 self.send_drops += 1
                 return
             dealer = self._context.socket(zmq.DEALER)
+            if self.curve is not None:
+                server_key = self.curve.peers.get(address)
+                if server_key is None:
+                    dealer.close(linger=0)
+                    self._no_key(address)
+                    return
+                set_client_keys(dealer, self.curve, server_key)
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.IMMEDIATE, 1)
             dealer.setsockopt(zmq.SNDHWM, SEND_QUEUE_FRAMES_MAX)
@@ -98,8 +118,14 @@ class ZmqTransport:
         except zmq.Again:
             self.send_drops += 1
 
-    def subscribe(self, endpoint: str) -> None:
+    def subscribe(self, endpoint: str, peer_address: str) -> None:
         if endpoint not in self._subscriptions:
+            if self.curve is not None:
+                server_key = self.curve.peers.get(peer_address)
+                if server_key is None:
+                    self._no_key(peer_address)
+                    return
+                set_client_keys(self.sub, self.curve, server_key)
             try:
                 self.sub.connect(endpoint)
             except zmq.ZMQError as exc:
@@ -140,10 +166,22 @@ class ZmqTransport:
                     break
             on_batch_done()
 
+    def _no_key(self, address: str) -> None:
+        self.curve_no_key += 1
+        if self.curve_no_key == 1 or self.curve_no_key % 100 == 0:
+            log.warning("not connecting to %s: its public key is not in peer_keys", address)
+
+    @property
+    def curve_refused(self) -> int:
+        """Clients refused by the ZAP allowlist."""
+        return self._allowlist.refused if self._allowlist is not None else 0
+
     def close(self) -> None:
         for dealer in self._dealers.values():
             dealer.close(linger=0)
         self._dealers.clear()
         for sock in (self.router, self.sub, self.pub):
             sock.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._context.term()

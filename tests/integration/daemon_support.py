@@ -144,6 +144,7 @@ class Daemon:
             "http": {"listen": f"127.0.0.1:{self.http_port}", **self.http},
             "log": {"level": "info", "format": "kv"},
             "replication": self.replication,
+            "security": {"mode": "plaintext"},
         }
         path = self.workdir / ("config.toml" if listen == self.listen else "config-isolated.toml")
         path.write_text(toml_text(top, tables))

@@ -64,8 +64,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+PLAINTEXT = ['security.mode="plaintext"']
+"""Every test config chooses plaintext links explicitly, as a real one must choose (see the security tests)."""
+
+
 def load(tmp_path: Path, text: str, **overrides: Any) -> DaemonConfig:
-    return load_config(write(tmp_path, text), {**NO_OVERRIDES, **overrides})
+    assignments = [] if "[security]" in text else PLAINTEXT
+    return load_config(write(tmp_path, text), {**NO_OVERRIDES, **overrides}, assignments)
 
 
 def error(tmp_path: Path, text: str, **overrides: Any) -> str:
@@ -101,7 +106,7 @@ def test_a_full_file_sets_every_section(tmp_path: Path) -> None:
 
 
 def test_flags_alone_give_the_defaults() -> None:
-    config = load_config(None, {**NO_OVERRIDES, "node_id": "solo"})
+    config = load_config(None, {**NO_OVERRIDES, "node_id": "solo"}, PLAINTEXT)
     assert config.node.node_id == "solo"
     assert (config.node.listen, config.node.peers, config.node.publish) == ("tcp://127.0.0.1:7400", [], None)
     assert (config.node.data_dir, config.node.durability) == (None, "fsync")

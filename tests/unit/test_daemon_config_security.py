@@ -49,7 +49,7 @@ sha256 = "{sha(WRITE_TOKEN).upper()}"
 def load(tmp_path: Path, http: str, *assignments: str) -> DaemonConfig:
     path = tmp_path / "crdtsync.toml"
     path.write_text(f'node_id = "n"\n[http]\n{http}\n')
-    return load_config(path, {}, list(assignments))
+    return load_config(path, {}, ['security.mode="plaintext"', *assignments])
 
 
 def error(tmp_path: Path, http: str, *assignments: str) -> str:

@@ -11,6 +11,8 @@ from crdtsync import Node, NodeConfig, NodeStatus, PeerStatus
 
 def test_exports_are_pinned() -> None:
     assert crdtsync.__all__ == [
+        "CurveConfig",
+        "CurveKeyError",
         "MemoryStore",
         "Node",
         "NodeConfig",
@@ -59,6 +61,7 @@ def test_config_and_status_fields_are_pinned() -> None:
         "data_dir",
         "durability",
         "replication",
+        "curve",
     ]
     assert [f.name for f in dataclasses.fields(NodeStatus)] == [
         "node_id",

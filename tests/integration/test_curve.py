@@ -1,0 +1,187 @@
+"""CurveZMQ replication links over real sockets: only allowlisted keys can read or write, and
+altered traffic never reaches the decoder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+from pycrdt import Map
+from zmq_support import free_endpoint, wait_until
+
+from crdtsync import CurveConfig, CurveKeyError, Node, NodeConfig, ReplicaConfig
+from crdtsync.transport.curve import read_key_file, write_key_file
+
+pytestmark = pytest.mark.integration
+
+FAST = ReplicaConfig(
+    hello_interval_ms=100.0, tick_interval_ms=20.0, ae_interval_ms=300.0, heartbeat_interval_ms=200.0
+)
+
+
+def _keys(tmp_path: Path, names: list[str]) -> dict[str, tuple[str, str]]:
+    """name -> (key file, public key)."""
+    return {
+        name: (str(tmp_path / f"{name}.key"), write_key_file(tmp_path / f"{name}.key", name))
+        for name in names
+    }
+
+
+def test_a_node_without_an_allowed_key_can_neither_read_nor_write(tmp_path: Path) -> None:
+    keys = _keys(tmp_path, ["a", "b", "x"])
+    address = {name: free_endpoint() for name in keys}
+
+    def config(name: str, peers: list[str]) -> NodeConfig:
+        return NodeConfig(
+            node_id=name,
+            listen=address[name],
+            peers=[address[p] for p in peers],
+            replication=FAST,
+            curve=CurveConfig(key_file=keys[name][0], peer_keys={address[p]: keys[p][1] for p in peers}),
+        )
+
+    async def scenario() -> None:
+        # x knows a's and b's public keys (they are public), but neither a nor b allows x's key.
+        async with (
+            Node(config("a", ["b"])) as a,
+            Node(config("b", ["a"])) as b,
+            Node(config("x", ["a", "b"])) as x,
+        ):
+            doc = await a.open("models/secret")
+            doc.get("data", type=Map)["weights"] = "s3://bucket/secret"
+            intruder_doc = await x.open("models/secret")
+            intruder_doc.get("data", type=Map)["weights"] = "s3://evil"
+            await wait_until(lambda: b.has_doc("models/secret"), 15.0, "b received a's write")
+            # Several heartbeat and anti-entropy periods for anything to leak either way.
+            await wait_until(
+                lambda: all(p.ae_rounds >= 2 for p in a.status().peers if p.node_id == "b"),
+                15.0,
+                "a few rounds ran",
+            )
+            assert (await b.open("models/secret")).get("data", type=Map).to_py() == {
+                "weights": "s3://bucket/secret"
+            }
+            assert x.status().counters.get("frames_received", 0) == 0, "x received nothing at all"
+            assert intruder_doc.get("data", type=Map).to_py() == {"weights": "s3://evil"}
+            assert (await a.open("models/secret")).get("data", type=Map).to_py() == {
+                "weights": "s3://bucket/secret"
+            }
+            refused = a.status().counters["curve_refused"] + b.status().counters["curve_refused"]
+            assert refused >= 1, "the refusals are counted"
+            assert all(peer.state != "up" for peer in x.status().peers)
+
+    asyncio.run(scenario())
+
+
+async def _recording_relay(listen_port: int, target_port: int, recorded: list[bytes]) -> asyncio.Server:
+    """A TCP relay that records every byte its clients send to the target."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bool) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while chunk := await reader.read(65536):
+                if record:
+                    recorded.append(chunk)
+                writer.write(chunk)
+                await writer.drain()
+        writer.close()
+
+    async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        try:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        except OSError:
+            client_writer.close()
+            return
+        await asyncio.gather(
+            pipe(client_reader, server_writer, True), pipe(server_reader, client_writer, False)
+        )
+
+    return await asyncio.start_server(handle, "127.0.0.1", listen_port)
+
+
+async def _send_raw(port: int, data: bytes) -> None:
+    """Open a TCP connection to `port`, send `data`, and wait (bounded) until the peer closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        async with asyncio.timeout(5.0):
+            while await reader.read(65536):
+                pass
+    writer.close()
+
+
+def test_replayed_and_altered_traffic_is_rejected_before_the_decoder(tmp_path: Path) -> None:
+    keys = _keys(tmp_path, ["a", "b"])
+    a_listen, b_listen = free_endpoint(), free_endpoint()
+    a_port = int(a_listen.rsplit(":", 1)[1])
+    relay_port = int(free_endpoint().rsplit(":", 1)[1])
+    relayed = f"tcp://127.0.0.1:{relay_port}"
+    recorded: list[bytes] = []
+
+    async def scenario() -> None:
+        relay = await _recording_relay(relay_port, a_port, recorded)
+        a_config = NodeConfig(
+            node_id="a",
+            listen=a_listen,
+            replication=FAST,
+            curve=CurveConfig(key_file=keys["a"][0], peer_keys={b_listen: keys["b"][1]}),
+        )
+        # b's first hello to a goes through the recording relay.
+        b_config = NodeConfig(
+            node_id="b",
+            listen=b_listen,
+            peers=[relayed],
+            replication=FAST,
+            curve=CurveConfig(
+                key_file=keys["b"][0], peer_keys={relayed: keys["a"][1], a_listen: keys["a"][1]}
+            ),
+        )
+        try:
+            async with Node(a_config) as a:
+                async with Node(b_config) as b:
+                    (await b.open("flags")).get("data", type=Map)["on"] = True
+                    await wait_until(lambda: a.has_doc("flags"), 15.0, "a received b's write")
+                await wait_until(lambda: sum(map(len, recorded)) > 0, 5.0, "the relay recorded b's session")
+                session = b"".join(recorded)
+                received = a.status().counters.get("frames_received", 0)
+                await _send_raw(a_port, session)  # a replay of b's whole session
+                altered = bytearray(session)
+                altered[len(altered) // 2] ^= 0x01
+                await _send_raw(a_port, bytes(altered))  # the same, one bit changed
+                counters = a.status().counters
+                assert counters.get("frames_received", 0) == received, "nothing replayed reached the node"
+                assert not [name for name in counters if name.startswith("wire_errors_")], counters
+                assert (await a.open("flags")).get("data", type=Map).to_py() == {"on": True}
+        finally:
+            relay.close()
+            await relay.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_key_files_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "node.key"
+    public = write_key_file(path, "n")
+    assert read_key_file(path)[0].decode() == public
+    assert path.stat().st_mode & 0o077 == 0, "the key file is private to its owner"
+    with pytest.raises(FileExistsError):
+        write_key_file(path, "n")
+    broken = tmp_path / "broken.key"
+    broken.write_text('public = "short"\nsecret = "short"\n')
+    with pytest.raises(CurveKeyError, match="40 Z85 characters"):
+        read_key_file(broken)
+    mismatched = tmp_path / "mismatched.key"
+    other = tmp_path / "other.key"
+    write_key_file(other, "o")
+    lines = path.read_text().splitlines()
+    other_public = read_key_file(other)[0].decode()
+    mismatched.write_text(
+        "\n".join(f'public = "{other_public}"' if line.startswith("public") else line for line in lines)
+    )
+    with pytest.raises(CurveKeyError, match="does not belong"):
+        read_key_file(mismatched)
+    with pytest.raises(CurveKeyError, match="does not exist"):
+        read_key_file(tmp_path / "missing.key")
