@@ -182,8 +182,8 @@ def load_tokens(path: str, key: str = "http.tokens_file") -> tuple[Token, ...]:
         raise ConfigError(f"{where} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"{where} cannot be read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{where} is not valid TOML: {exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} is not valid TOML (UTF-8): {exc}") from None
     for name in raw:
         if name != "token":
             raise ConfigError(f"{where}: {name}: unknown key (expected [[token]] tables)")
@@ -288,8 +288,8 @@ def load_config(
             raise ConfigError(f"config file {path} does not exist") from None
         except OSError as exc:
             raise ConfigError(f"config file {path} cannot be read: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML (UTF-8): {exc}") from None
     for assignment in assignments or []:
         keys, value = parse_assignment(assignment)
         if len(keys) == 1:

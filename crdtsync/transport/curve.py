@@ -68,7 +68,7 @@ def read_key_file(path: str | Path) -> tuple[bytes, bytes]:
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise CurveKeyError(f"key file {source} does not exist (create one with `crdtsync keygen`)") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CurveKeyError(f"key file {source} cannot be read: {exc}") from None
     public, secret = data.get("public"), data.get("secret")
     if not isinstance(public, str) or not isinstance(secret, str):

@@ -2,19 +2,68 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 from pycrdt import Doc, Map
 
 from crdtsync.core import wire
 from crdtsync.core.replica import Replica
-from fuzz import wire_decoder
+from crdtsync.daemon.config import ConfigError, load_config
+from fuzz import config_loader, update_apply, wire_decoder
+from fuzz._runner import run
 
 
 def test_wire_decoder_smoke_finds_nothing() -> None:
     seed = 20261126
     print(f"fuzz seed {seed}")
-    assert wire_decoder.run(seconds=10.0, seed=seed, corpus=None, findings_dir=None, quiet=True) == 0
+    target = wire_decoder.make_target()
+    found = run(
+        "wire_decoder",
+        wire_decoder.seed_frames(),
+        target,
+        8.0,
+        seed,
+        None,
+        None,
+        quiet=True,
+        fix=wire_decoder.repair_checksum,
+    )
+    assert found == 0
+
+
+def test_update_apply_smoke_finds_nothing() -> None:
+    seed = 20261127
+    print(f"fuzz seed {seed}")
+    assert (
+        run(
+            "update_apply",
+            update_apply.seed_updates(),
+            update_apply.make_target(),
+            8.0,
+            seed,
+            None,
+            None,
+            quiet=True,
+        )
+        == 0
+    )
+
+
+def test_config_loader_smoke_finds_nothing(tmp_path: Path) -> None:
+    seed = 20261128
+    print(f"fuzz seed {seed}")
+    target = config_loader.make_target(tmp_path)
+    assert run("config_loader", config_loader.SEEDS, target, 5.0, seed, None, None, quiet=True) == 0
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """Found by fuzz.config_loader: tomllib raised UnicodeDecodeError, not a ConfigError."""
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'node_id = "\xff"\n')
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path, {})
 
 
 def test_a_batch_with_a_malformed_update_does_not_crash_and_keeps_the_good_one() -> None:
