@@ -335,18 +335,24 @@ class Node:
         transport = self._transport
         assert transport is not None
         for effect in effects:
-            match effect:
-                case Publish(frame):
-                    transport.publish(frame)
-                case Send(address, frame):
-                    transport.send(address, frame)
-                case Persist():
-                    assert self._writer is not None
-                    self._writer.submit(effect)
-                case Subscribe(endpoint, peer_address):
-                    transport.subscribe(endpoint, peer_address)
-                case Unsubscribe(endpoint):
-                    transport.unsubscribe(endpoint)
+            try:
+                self._execute_one(transport, effect)
+            except Exception:  # one failed effect must not stop the node's receive loops
+                log.exception("could not execute %s", type(effect).__name__)
+
+    def _execute_one(self, transport: ZmqTransport, effect: Effect) -> None:
+        match effect:
+            case Publish(frame):
+                transport.publish(frame)
+            case Send(address, frame):
+                transport.send(address, frame)
+            case Persist():
+                assert self._writer is not None
+                self._writer.submit(effect)
+            case Subscribe(endpoint, peer_address):
+                transport.subscribe(endpoint, peer_address)
+            case Unsubscribe(endpoint):
+                transport.unsubscribe(endpoint)
 
     async def _timer_loop(self) -> None:
         """Sleep until the core's next deadline; an input that brings the deadline forward (see

@@ -34,6 +34,8 @@ RECEIVE_QUEUE_FRAMES_MAX = 100_000
 RECEIVE_DRAIN_FRAMES_MAX = 256
 """Frames taken from a socket per wakeup before the driver gets a turn to flush effects."""
 FRAME_BYTES_MAX = 8 * 1024 * 1024
+DEALERS_MAX = 1024
+"""Request sockets kept open; the oldest is closed beyond this (addresses come from remote hellos)."""
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -111,7 +113,16 @@ class ZmqTransport:
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.IMMEDIATE, 1)
             dealer.setsockopt(zmq.SNDHWM, SEND_QUEUE_FRAMES_MAX)
-            dealer.connect(address)
+            try:
+                dealer.connect(address)
+            except zmq.ZMQError as exc:  # an address from a peer's hello is remote input
+                dealer.close(linger=0)
+                log.warning("not sending to %r: %s", address, exc)
+                self.send_drops += 1
+                return
+            if len(self._dealers) >= DEALERS_MAX:
+                oldest = next(iter(self._dealers))
+                self._dealers.pop(oldest).close(linger=0)
             self._dealers[address] = dealer
         try:
             dealer.send(frame, flags=zmq.NOBLOCK)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from pycrdt import Doc, Map
 from crdtsync.core import wire
 from crdtsync.core.replica import Replica
 from crdtsync.daemon.config import ConfigError, load_config
-from fuzz import config_loader, update_apply, wire_decoder
+from fuzz import config_loader, network, update_apply, wire_decoder
 from fuzz._runner import run
 
 
@@ -56,6 +57,15 @@ def test_config_loader_smoke_finds_nothing(tmp_path: Path) -> None:
     print(f"fuzz seed {seed}")
     target = config_loader.make_target(tmp_path)
     assert run("config_loader", config_loader.SEEDS, target, 5.0, seed, None, None, quiet=True) == 0
+
+
+def test_a_live_cluster_under_attack_converges_with_bounded_memory() -> None:
+    """fuzz.network for 8 s: honest writes converge everywhere, RSS stays under 400 MB."""
+    seed = 20261129
+    print(f"network fuzz seed {seed}")
+    ok, summary = asyncio.run(network.campaign(8.0, seed, 400.0))
+    print(summary)
+    assert ok, summary
 
 
 def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
