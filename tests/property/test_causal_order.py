@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from doc_edits import EDITS, apply_edit
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Map, Text, TransactionEvent
@@ -77,20 +78,8 @@ def _generate(writer_count: int, script: list[Step]) -> Generated:
         writer = writers[writer_index % writer_count]
         doc_id = DOC_IDS[doc_index % len(DOC_IDS)]
         doc = writer.docs[doc_id]
-        data = doc.get("data", type=Map)
-        body = doc.get("text", type=Text)
-        if op == "map_set":
-            data[f"k{arg % 4}"] = text
-        elif op == "map_delete":
-            keys = sorted(data.keys())
-            if keys:
-                del data[keys[arg % len(keys)]]
-        elif op == "text_insert":
-            body.insert(arg % (len(body) + 1), text)
-        elif op == "text_delete":
-            if len(body):
-                start = arg % len(body)
-                del body[start : min(len(body), start + 1 + arg % 3)]
+        if op in EDITS:
+            apply_edit(doc, op, arg, text)
         else:
             # The writer catches up with another writer by state vector, so its later deltas depend
             # on that writer's items.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from doc_edits import EDITS, apply_edit
 from hypothesis import event, given
 from hypothesis import strategies as st
 from pycrdt import Doc, Map, Text
@@ -59,20 +60,8 @@ def _run(writer_count: int, script: list[tuple[int, str, int, str]]) -> list[Doc
     writers = [_new_doc(i + 1) for i in range(writer_count)]
     for index, op, arg, text in script:
         doc = writers[index % writer_count]
-        data = doc.get("data", type=Map)
-        body = doc.get("text", type=Text)
-        if op == "map_set":
-            data[f"k{arg % 4}"] = text
-        elif op == "map_delete":
-            keys = sorted(data.keys())
-            if keys:
-                del data[keys[arg % len(keys)]]
-        elif op == "text_insert":
-            body.insert(arg % (len(body) + 1), text)
-        elif op == "text_delete":
-            if len(body):
-                start = arg % len(body)
-                del body[start : min(len(body), start + 1 + arg % 3)]
+        if op in EDITS:
+            apply_edit(doc, op, arg, text)
         else:  # sync from another writer, by state vector, so the writers build on each other's edits
             other = writers[(index + 1 + arg) % writer_count]
             if other is not doc:
