@@ -1233,6 +1233,7 @@ class Replica:
 
     def _round_for(self, node_id: str, round_id: int, phase: str) -> tuple[_Round, _PeerLink] | None:
         """The running round this answer belongs to, or None (late or foreign answers are counted)."""
+        self._refresh_tree()  # repairs may have landed since the round began
         current = self._round
         address = self._address_of.get(node_id)
         if (
@@ -1274,7 +1275,6 @@ class Replica:
         self._send_to_node(message.node_id, reply)
 
     def _on_tree_branches(self, message: wire.TreeBranches) -> None:
-        self._refresh_tree()  # repairs may have landed since the round began
         found = self._round_for(message.node_id, message.round_id, "branches")
         if found is None:
             return
@@ -1298,7 +1298,6 @@ class Replica:
         )
 
     def _on_tree_segments(self, message: wire.TreeSegments) -> None:
-        self._refresh_tree()  # repairs may have landed since the round began
         found = self._round_for(message.node_id, message.round_id, "segments")
         if found is None:
             return
@@ -1337,7 +1336,6 @@ class Replica:
         self._send_to_node(message.node_id, reply)
 
     def _on_tree_entries(self, message: wire.TreeEntries) -> None:
-        self._refresh_tree()  # repairs may have landed since the round began
         found = self._round_for(message.node_id, message.round_id, "entries")
         if found is None:
             return
