@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from httpx_ws import aconnect_ws
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -26,7 +26,7 @@ from pycrdt import Doc, Map, Provider
 from pycrdt.websocket import ASGIServer, WebsocketServer, exception_logger
 from pycrdt.websocket.websocket import HttpxWebsocket
 
-from bench._child import emit, run_main, serve
+from bench._child import Adapter, emit, run_main, serve
 from bench._common import JSON
 
 STARTUP_TIMEOUT_S = 30.0
@@ -117,10 +117,16 @@ async def _wait_listening(port: int) -> None:
         return
 
 
-async def run_server(port: int) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    adapter = ServerAdapter()
-    websocket_server = WebsocketServer(exception_handler=exception_logger)
+class CountedAdapter(Adapter, Protocol):
+    bytes_out: int
+    msgs_out: int
+
+
+async def serve_websocket(
+    websocket_server: WebsocketServer, adapter: CountedAdapter, port: int, backlog: int | None = None
+) -> None:
+    """Serve `websocket_server` over hypercorn on 127.0.0.1:`port`, counting what it sends into
+    `adapter`, and run the child command loop until told to quit."""
     asgi = ASGIServer(websocket_server)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -136,6 +142,8 @@ async def run_server(port: int) -> None:
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
+    if backlog is not None:
+        config.backlog = backlog
     shutdown = asyncio.Event()
     async with websocket_server:
         server_task = asyncio.create_task(
@@ -151,6 +159,11 @@ async def run_server(port: int) -> None:
                 await asyncio.wait_for(server_task, SHUTDOWN_TIMEOUT_S)
             except (TimeoutError, asyncio.CancelledError):
                 server_task.cancel()
+
+
+async def run_server(port: int) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    await serve_websocket(WebsocketServer(exception_handler=exception_logger), ServerAdapter(), port)
 
 
 async def run_client(role: str, url: str) -> None:

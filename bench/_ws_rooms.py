@@ -27,19 +27,17 @@ import argparse
 import asyncio
 import logging
 import time
-from typing import Any, cast
+from typing import Any
 
 import httpx
 from httpx_ws import aconnect_ws
-from hypercorn.asyncio import serve as hypercorn_serve
-from hypercorn.config import Config
 from pycrdt import Doc, Map, Provider
-from pycrdt.websocket import ASGIServer, WebsocketServer, exception_logger
+from pycrdt.websocket import WebsocketServer, exception_logger
 
 from bench import _ae_workload as workload
 from bench._child import emit, run_main, serve
 from bench._common import JSON
-from bench._ws import SHUTDOWN_TIMEOUT_S, CountingChannel, Message, Receive, Scope, Send, _wait_listening
+from bench._ws import CountingChannel, serve_websocket
 
 CONNECT_TIMEOUT_S = 120.0
 CLOSE_TIMEOUT_S = 30.0
@@ -220,38 +218,7 @@ class ClientAdapter(_Idle):
 async def run_server(port: int) -> None:
     logging.basicConfig(level=logging.WARNING)
     websocket_server = WebsocketServer(auto_clean_rooms=False, exception_handler=exception_logger)
-    adapter = ServerAdapter(websocket_server)
-    asgi = ASGIServer(websocket_server)
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        async def counting_send(message: Message) -> None:
-            if message.get("type") == "websocket.send":
-                payload = message.get("bytes") or message.get("text") or b""
-                adapter.bytes_out += len(payload)
-                adapter.msgs_out += 1
-            await send(message)
-
-        await asgi(scope, receive, counting_send)
-
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.backlog = LISTEN_BACKLOG
-    shutdown = asyncio.Event()
-    async with websocket_server:
-        server_task = asyncio.create_task(
-            hypercorn_serve(cast(Any, app), config, shutdown_trigger=shutdown.wait)
-        )
-        try:
-            await _wait_listening(port)
-            emit("ready")
-            await serve(adapter, receiver=False)
-        finally:
-            shutdown.set()
-            try:
-                await asyncio.wait_for(server_task, SHUTDOWN_TIMEOUT_S)
-            except (TimeoutError, asyncio.CancelledError):
-                server_task.cancel()
+    await serve_websocket(websocket_server, ServerAdapter(websocket_server), port, LISTEN_BACKLOG)
 
 
 async def run_client(url: str, docs: int) -> None:
