@@ -171,19 +171,24 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
     return cls(**values)
 
 
-def load_tokens(path: str, key: str = "http.tokens_file") -> tuple[Token, ...]:
-    """The tokens of a tokens file: `[[token]]` tables of `name`, `scope` (read or write) and
-    `sha256` (hex of the SHA-256 of the token). Every error names `key`, the file and the entry."""
-    where = f"{key}: {path}"
+def read_toml(path: str | Path, where: str) -> dict[str, Any]:
+    """A TOML file's content; every failure is a ConfigError that starts with `where`."""
     try:
         with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{where} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"{where} cannot be read: {exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where} is not valid TOML (UTF-8): {exc}") from None
+
+
+def load_tokens(path: str, key: str = "http.tokens_file") -> tuple[Token, ...]:
+    """The tokens of a tokens file: `[[token]]` tables of `name`, `scope` (read or write) and
+    `sha256` (hex of the SHA-256 of the token). Every error names `key`, the file and the entry."""
+    where = f"{key}: {path}"
+    raw = read_toml(path, where)
     for name in raw:
         if name != "token":
             raise ConfigError(f"{where}: {name}: unknown key (expected [[token]] tables)")
@@ -281,15 +286,7 @@ def load_config(
     durability, http_listen, log_level, log_format). Flags win over the file."""
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path, "rb") as handle:
-                raw = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except OSError as exc:
-            raise ConfigError(f"config file {path} cannot be read: {exc}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid TOML (UTF-8): {exc}") from None
+        raw = read_toml(path, f"config file {path}")
     for assignment in assignments or []:
         keys, value = parse_assignment(assignment)
         if len(keys) == 1:
