@@ -11,7 +11,23 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from crdtsync.core.replica import Replica, ReplicaConfig
+
 INPUT_BYTES_MAX = 64 * 1024
+
+
+def open_replica(client_id: int) -> Replica:
+    """A replica to fuzz, with no quarantine and no rate limit: the fuzzer is one sender that must
+    keep reaching the apply path."""
+    unlimited = ReplicaConfig(quarantine_after_rejects=1 << 62, peer_frames_per_second_max=1e12)
+    return Replica(
+        node_id="fuzz-target",
+        epoch=1,
+        client_id=client_id,
+        address="fuzz://a",
+        publish_endpoint="fuzz://p",
+        config=unlimited,
+    )
 
 
 def mutate(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes:

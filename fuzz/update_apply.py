@@ -14,8 +14,7 @@ from typing import Any
 from pycrdt import Array, Doc, Map, Text
 
 from crdtsync.core import wire
-from crdtsync.core.replica import Replica, ReplicaConfig
-from fuzz._runner import cli, run
+from fuzz._runner import cli, open_replica, run
 
 
 def seed_updates() -> list[bytes]:
@@ -37,15 +36,7 @@ def make_target(read: bool = False) -> Callable[[bytes], str]:
     """`read` also materializes the roots after each apply. pycrdt 0.14 accepts some garbage
     silently and a later read of such a doc can crash the whole process (a bus error in
     `str(Text)`, seen with this target): off by default so that smoke runs stay deterministic."""
-    unlimited = ReplicaConfig(quarantine_after_rejects=1 << 62, peer_frames_per_second_max=1e12)
-    replica = Replica(
-        node_id="fuzz-target",
-        epoch=1,
-        client_id=98,
-        address="fuzz://a",
-        publish_endpoint="fuzz://p",
-        config=unlimited,
-    )
+    replica = open_replica(98)
     clock = [0.0]
     docs = [f"doc-{index}" for index in range(8)]
 

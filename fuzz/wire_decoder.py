@@ -20,8 +20,7 @@ from typing import Any
 from pycrdt import Doc, Map
 
 from crdtsync.core import wire
-from crdtsync.core.replica import Replica, ReplicaConfig
-from fuzz._runner import cli, run
+from fuzz._runner import cli, open_replica, run
 
 
 def seed_frames() -> list[bytes]:
@@ -66,16 +65,7 @@ def repair_checksum(data: bytes, rng: random.Random) -> bytes:
 
 
 def make_target() -> Callable[[bytes], str]:
-    # No quarantine and no rate limit: the fuzzer is one sender that must keep reaching the apply path.
-    unlimited = ReplicaConfig(quarantine_after_rejects=1 << 62, peer_frames_per_second_max=1e12)
-    replica = Replica(
-        node_id="fuzz-target",
-        epoch=1,
-        client_id=99,
-        address="fuzz://a",
-        publish_endpoint="fuzz://p",
-        config=unlimited,
-    )
+    replica = open_replica(99)
     replica.open_doc("doc").get("data", type=Map)["seed"] = 1
     clock = [0.0]
 
