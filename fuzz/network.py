@@ -31,11 +31,36 @@ from pycrdt import Map
 from crdtsync import Node, NodeConfig, ReplicaConfig
 from crdtsync.core import wire
 from crdtsync.transport.zmq_transport import TOPIC
-from fuzz._runner import mutate
 from fuzz.wire_decoder import repair_checksum, seed_frames
 
 FAST = ReplicaConfig(hello_interval_ms=100.0, tick_interval_ms=20.0, ae_interval_ms=500.0)
 SETTLE_S = 30.0
+FRAME_BYTES_MAX = 64 * 1024
+
+
+def mutate(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes:
+    """The attacker's frame mutator: bit flips, byte overwrites, truncation, random insertions,
+    duplication and splicing with another frame, 1 to 4 of them, drawn from `rng` (so the seed
+    replays the attack)."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        choice = rng.randrange(6)
+        if choice == 0 and out:
+            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
+        elif choice == 1 and out:
+            out[rng.randrange(len(out))] = rng.choice((0, 1, 0x7F, 0x80, 0xFF, rng.randrange(256)))
+        elif choice == 2 and out:
+            del out[rng.randrange(len(out)) :]
+        elif choice == 3:
+            position = rng.randint(0, len(out))
+            out[position:position] = rng.randbytes(rng.randint(1, 16))
+        elif choice == 4 and out:
+            start = rng.randrange(len(out))
+            out[start:start] = out[start : start + rng.randint(1, 32)]
+        else:
+            other = rng.choice(pool)
+            out = out[: rng.randint(0, len(out))] + bytearray(other[rng.randint(0, len(other)) :])
+    return bytes(out[:FRAME_BYTES_MAX])
 
 
 def _free_ports(count: int) -> list[int]:

@@ -1,26 +1,35 @@
-"""Mutation fuzzing of the wire decoder and the replica's receive path.
+"""Coverage-guided fuzzing of the wire decoder and the replica's receive path.
 
-Starts from valid frames of every message kind (and from the files in --corpus, if given), applies
-random mutations (bit flips, byte overwrites, truncation, duplication, splicing, recomputed checksums
-so mutations reach the body decoder) and feeds each input to `wire.decode` and to a live `Replica`.
-A finding is any exception other than `WireError` from the decoder, or any exception at all from
-`Replica.receive`. Findings are written to --findings and make the exit status 1.
+Starts from valid frames of every message kind, alone and in short sequences (and from the corpus
+directory); libFuzzer mutates them and a custom mutator recomputes length and CRC-32 of most frames,
+so that mutations reach the body decoder. Each frame goes to `wire.decode` and to a replica. A
+finding is any exception other than `WireError` from the decoder, or any exception at all from
+`Replica.receive`.
 
-    python -m fuzz.wire_decoder --minutes 5 --seed 1 --corpus fuzz/corpus/wire
+    python -m fuzz.wire_decoder --minutes 5 [--seed 1] [--corpus fuzz/corpus/wire_decoder]
+
+An input is one or more frames separated by SEPARATOR, received in order by a new replica that
+holds one doc: every input is a whole reproducer, whatever ran before it in the same process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 import zlib
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pycrdt import Doc, Map
 
 from crdtsync.core import wire
-from fuzz._runner import cli, open_replica, run
+from fuzz._runner import Fuzzable, Target, cli_main, mutate_then, open_replica
+
+SEPARATOR = b"\xfe\xed\xfa\xce"
+"""Between the frames of one input. A frame may contain it (a mutation can put it anywhere), which
+only splits that frame in two."""
+FRAMES_PER_INPUT_MAX = 8
 
 
 def seed_frames() -> list[bytes]:
@@ -53,6 +62,31 @@ def seed_frames() -> list[bytes]:
     return [wire.encode(message) for message in messages]
 
 
+def seed_inputs() -> list[bytes]:
+    """Every frame of `seed_frames` alone, and sequences: a hello then deltas, deltas out of order
+    (the second batch first), a sync request then a push, a heartbeat announcing what was lost."""
+    doc: Doc[Any] = Doc(client_id=8)
+    updates: list[tuple[bytes, bytes, bytes]] = []
+    doc.observe(lambda e: updates.append((e.before_state, e.after_state, e.update)))
+    for index in range(4):
+        doc.get("data", type=Map)[f"k{index}"] = index
+    deltas = [wire.Delta("doc", b, a, u) for b, a, u in updates]
+    hello = seed_frames()[0]
+    sequences: list[list[wire.Message]] = [
+        [wire.Deltas("n1", 1, 1, tuple(deltas[:2]))],  # after the hello
+        [wire.Deltas("n2", 1, 2, tuple(deltas[1:3])), wire.Deltas("n2", 1, 1, tuple(deltas[:1]))],
+        [wire.SyncRequest("n2", (("doc", b"\x00"),)), wire.SyncPush("n2", (("doc", doc.get_update()),))],
+        [
+            wire.Deltas("n2", 1, 1, tuple(deltas[:1])),
+            wire.Heartbeat("n2", 1, 4),
+            wire.RetransmitGone("n2", 1, 4),
+        ],
+    ]
+    encoded = [SEPARATOR.join(wire.encode(message) for message in sequence) for sequence in sequences]
+    encoded[0] = hello + SEPARATOR + encoded[0]
+    return [*seed_frames(), *encoded]
+
+
 def repair_checksum(data: bytes, rng: random.Random) -> bytes:
     """Mostly fix length and CRC so that mutations get past them to the body decoder."""
     if len(data) < wire.HEADER_BYTES or rng.random() >= 0.7:
@@ -64,37 +98,40 @@ def repair_checksum(data: bytes, rng: random.Random) -> bytes:
     return bytes(header) + body
 
 
-def make_target() -> Callable[[bytes], str]:
-    replica = open_replica(99)
-    replica.open_doc("doc").get("data", type=Map)["seed"] = 1
-    clock = [0.0]
+def repair_frames(data: bytes, seed: int) -> bytes:
+    rng = random.Random(seed)
+    return SEPARATOR.join(repair_checksum(frame, rng) for frame in data.split(SEPARATOR))
 
-    def target(data: bytes) -> str:
+
+def make_target(scratch: Path | None = None, options: frozenset[str] = frozenset()) -> Fuzzable:
+    def target(data: bytes) -> None:
+        replica = open_replica(99)
         try:
-            message = wire.decode(data)
-            outcome = type(message).__name__
-        except wire.WireError as exc:
-            outcome = f"error:{exc.reason}"
-        clock[0] += 1.0
-        replica.receive(data, clock[0])
-        replica.take_effects(clock[0])
-        return outcome
+            replica.open_doc("doc").get("data", type=Map)["seed"] = 1
+            for clock, frame in enumerate(data.split(SEPARATOR)[:FRAMES_PER_INPUT_MAX], start=1):
+                # WireError is the decoder's one way to refuse; anything else propagates as a finding.
+                with contextlib.suppress(wire.WireError):
+                    wire.decode(frame)
+                replica.receive(frame, float(clock))
+                replica.take_effects(float(clock))
+        finally:
+            replica.close()  # else its doc observers keep it (and its Merkle tree) alive for good
 
     return target
 
 
+TARGET = Target(
+    name="wire_decoder",
+    description=__doc__.split("\n\n")[0],
+    seeds=seed_inputs,
+    make=make_target,
+    max_len=16 * 1024,
+    mutator=mutate_then(repair_frames),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = cli("wire_decoder", __doc__.split("\n\n")[0], argv)
-    return run(
-        "wire_decoder",
-        seed_frames(),
-        make_target(),
-        args.minutes * 60.0,
-        args.seed,
-        args.corpus,
-        args.findings,
-        fix=repair_checksum,
-    )
+    return cli_main(TARGET, argv)
 
 
 if __name__ == "__main__":
