@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -192,9 +193,11 @@ class Api:
             if exc.status < 400:
                 raise
             return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionResetError, asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit):
             raise
-        except Exception:
+        except BaseException:
+            # BaseException: pycrdt panics (PanicException) are not Exceptions, and one that escaped
+            # here made aiohttp drop the connection without an answer.
             log.exception("request %s %s failed", request.method, request.path)
             return error_response(500, "internal", "internal error; see the daemon log")
 
@@ -350,6 +353,10 @@ class Api:
                 docs = await self.node.restore(path)
             except StoreError as exc:
                 raise ApiError(400, "bad_backup", str(exc)) from None
+            except (sqlite3.Error, ValueError) as exc:
+                # A file with a backup's header can be corrupt anywhere after it: SQLite, or the
+                # UTF-8 decoding of a text column, refuses it with its own error.
+                raise ApiError(400, "bad_backup", f"the backup is corrupt: {exc}") from None
             await self.node.flush()
             return web.json_response({"docs": docs})
         finally:
@@ -508,12 +515,19 @@ class Api:
             raise ApiError(
                 409, "behind", "this node does not hold the state the update was computed against; sync first"
             )
-        # Validate on a scratch copy first: pycrdt rejects some garbage only by panicking.
+        # Validate on a scratch copy first: pycrdt rejects some garbage only by panicking, and
+        # accepts some only to be left with a doc that cannot be encoded (a panic at every later
+        # read) or whose encoding no longer rebuilds it (items freed, which a later read of the
+        # doc dereferences: a crash). A doc must re-encode into an update that rebuilds its state.
         scratch: Doc[Any] = Doc()
         try:
             if exists:
                 scratch.apply_update(current)
             scratch.apply_update(update)
+            rebuilt: Doc[Any] = Doc()
+            rebuilt.apply_update(scratch.get_update())
+            if rebuilt.get_state() != scratch.get_state():
+                raise ValueError("the doc it leaves does not survive re-encoding")
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:

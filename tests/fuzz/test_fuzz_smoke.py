@@ -8,6 +8,7 @@ import importlib.util
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,15 @@ from pycrdt import Doc, Map
 from crdtsync.core import wire
 from crdtsync.core.replica import Replica
 from crdtsync.daemon.config import ConfigError, load_config
-from fuzz import network
+from fuzz import http_api, network
 from fuzz._runner import REPO_ROOT, Result, run
 
 SMOKE_S = 10.0
 needs_atheris = pytest.mark.skipif(
     importlib.util.find_spec("atheris") is None, reason="atheris has wheels for Linux x86_64 only"
 )
+WRITE = (("Authorization", f"Bearer {http_api.WRITE_TOKEN}"),)
+READ = (("Authorization", f"Bearer {http_api.READ_TOKEN}"),)
 
 # Found by fuzz.update_apply --read: updates that pycrdt 0.14.13 accepts, after which the doc is
 # unreadable. DIVIDE_BY_ZERO alone makes `get_update()` panic; FREED_ITEMS (two updates, in order)
@@ -53,6 +56,7 @@ def assert_clean(result: Result) -> None:
         ("wire_decoder", 20261126),
         ("update_apply", 20261127),
         ("config_loader", 20261128),
+        ("http_api", 20261130),
     ],
 )
 def test_a_smoke_run_finds_nothing(target: str, seed: int, tmp_path: Path) -> None:
@@ -106,6 +110,13 @@ def test_a_finding_is_saved_with_its_traceback_and_replays(tmp_path: Path) -> No
     )
 
 
+def test_a_request_survives_the_round_trip_through_the_input_layout() -> None:
+    request = http_api.Request("PUT", "/v1/docs/a/keys/b%20c?x=1", (*WRITE, ("X-Other", "v")), b'{"k":\n\n1}')
+    assert http_api.parse(http_api.render(request)) == request
+    odd = http_api.parse(b"get a b\x00/\xff\nBad Name: x\nContent-Length: 5\nX-Ok: \x01\n\nbody")
+    assert odd == http_api.Request("GET", "/a%20b%00/%FF", (), b"body")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Regression tests
 
@@ -131,6 +142,95 @@ def test_a_batch_with_a_malformed_update_does_not_crash_and_keeps_the_good_one()
     replica.receive(frame, 0.0)
     assert replica.open_doc("doc").get("data", type=Map).to_py() == {"good": 1.0}
     assert replica.counters.get("merge_failures") == 1
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[http_api.Server]:
+    served = http_api.Server(tmp_path)
+    try:
+        yield served
+    finally:
+        served.close()
+
+
+def backup_with(replace: bytes, by: bytes) -> bytes:
+    backup = http_api.small_backup()
+    assert replace in backup
+    return backup.replace(replace, by)
+
+
+@pytest.mark.parametrize(
+    "backup",
+    [
+        pytest.param(backup_with(b"restored/doc", b"restored/d\x9fc"), id="doc id not UTF-8"),
+        pytest.param(backup_with(b"CREATE TABLE docs", b"CREATE TABLE d\x00cs"), id="schema corrupt"),
+    ],
+)
+def test_a_corrupt_backup_with_a_valid_header_is_a_bad_backup(server: http_api.Server, backup: bytes) -> None:
+    """Found by fuzz.http_api: UnicodeDecodeError (or sqlite3.DatabaseError) out of the backup reader
+    answered 500 instead of 400."""
+    before = server.state()
+    status, body = server.exchange(http_api.Request("POST", "/v1/restore", WRITE, backup))
+    assert (status, b'"bad_backup"' in body) == (400, True), body
+    assert server.state() == before
+
+
+def test_an_update_pycrdt_cannot_encode_afterwards_is_a_bad_update(server: http_api.Server) -> None:
+    """Found by fuzz.http_api: the update passed the scratch check, and every later read of the doc
+    (GET .../update, the next POST) panicked, which dropped the connection without an answer."""
+    status, body = server.exchange(http_api.Request("POST", "/v1/docs/poison/update", WRITE, DIVIDE_BY_ZERO))
+    assert (status, b'"bad_update"' in body) == (400, True), body
+    assert not server.node.has_doc("poison")
+
+
+def test_a_panic_in_a_handler_is_a_500_answer(server: http_api.Server) -> None:
+    """Found by fuzz.http_api: a pycrdt PanicException is a BaseException and went past the error
+    middleware; aiohttp then dropped the connection. Replication can still deliver such a doc."""
+
+    async def poison() -> None:
+        doc = await server.node.open("poisoned")
+        doc.apply_update(DIVIDE_BY_ZERO)
+        server.node.release("poisoned")
+
+    server.loop.run_until_complete(poison())
+    with server.errors_logged():
+        status, body = server.exchange(http_api.Request("GET", "/v1/docs/poisoned/update", READ, b""))
+    assert (status, b'"internal"' in body) == (500, True), body
+
+
+def test_updates_that_leave_freed_items_are_refused_before_the_doc_is_read() -> None:
+    """Found by fuzz.update_apply --read, with a fixed input: pycrdt 0.14.13 accepts FREED_ITEMS
+    (the pycrdt "read after garbage apply" crash); reading the map afterwards crashes the process.
+    The API must refuse the second update so that no read ever reaches such a doc. In a subprocess,
+    because a regression is a crash."""
+    script = textwrap.dedent(
+        f"""
+        import sys, tempfile
+        from pathlib import Path
+        from fuzz import http_api
+        first, second = {FREED_ITEMS!r}
+        with tempfile.TemporaryDirectory() as scratch:
+            server = http_api.Server(Path(scratch))
+            write = (("Authorization", "Bearer " + http_api.WRITE_TOKEN),)
+            answers = [server.exchange(http_api.Request("POST", "/v1/docs/freed/update", write, update))[0]
+                       for update in (first, second)]
+            status, body = server.exchange(http_api.Request("GET", "/v1/docs/freed", write, b""))
+            server.close()
+        print(answers, status, body.decode())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    print(done.stdout, done.stderr[-2000:])
+    assert done.returncode == 0, f"the process died ({done.returncode}): {done.stderr[-2000:]}"
+    assert done.stdout.startswith("[200, 400] 200 "), done.stdout
+    assert '"data": {"k0": {}}' in done.stdout
 
 
 @pytest.mark.xfail(
