@@ -62,7 +62,7 @@ from bench._common import (
     ratio,
     tcp_sent,
 )
-from crdtsync import Node, NodeConfig, ReplicaConfig
+from crdtsync import MembershipConfig, Node, NodeConfig, ReplicaConfig
 from crdtsync.core import wire
 from crdtsync.core.effects import Publish, Send
 from crdtsync.core.replica import Replica
@@ -83,8 +83,10 @@ IDLE_SETTLE_S = 3.0
 """Wait after the cluster is in sync before measuring: the rounds on connect are over."""
 POLL_S = 0.1
 
-# A replica whose pub/sub path is cut hears no heartbeats: without this its peers would time out.
-INPROC_CONFIG = ReplicaConfig(peer_timeout_ms=1e12)
+INPROC_CONFIG = ReplicaConfig()
+# A replica whose pub/sub path is cut hears no heartbeats: without this its peer would be suspected.
+# Gossip is off too: these replicas measure anti-entropy alone.
+INPROC_MEMBERSHIP = MembershipConfig(acceptable_pause_ms=1e12, gossip_interval_ms=1e12)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class Pair:
             address=f"inproc://{name}",
             publish_endpoint=f"inproc://{name}-pub",
             config=config,
+            membership=INPROC_MEMBERSHIP,
         )
 
     def reset_counts(self) -> None:

@@ -3,7 +3,8 @@
 The public API is what this module exports; everything else is internal and may change.
 """
 
-from crdtsync.core.replica import PeerStatus, ReplicaConfig
+from crdtsync.core.membership import MembershipConfig
+from crdtsync.core.replica import DcStatus, MemberStatus, PeerStatus, ReplicaConfig
 from crdtsync.node import Node, NodeConfig, NodeStatus
 from crdtsync.store import MemoryStore, Store
 from crdtsync.store.sqlite import StoreError
@@ -12,6 +13,9 @@ from crdtsync.transport.curve import CurveConfig, CurveKeyError
 __all__ = [
     "CurveConfig",
     "CurveKeyError",
+    "DcStatus",
+    "MemberStatus",
+    "MembershipConfig",
     "MemoryStore",
     "Node",
     "NodeConfig",

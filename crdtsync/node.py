@@ -15,8 +15,9 @@ from typing import Any
 from pycrdt import Doc
 
 from crdtsync.core.effects import Effect, Persist, Publish, Send, Subscribe, Unsubscribe
-from crdtsync.core.replica import PeerStatus, Replica, ReplicaConfig
-from crdtsync.core.wire import NODE_ID_BYTES_MAX
+from crdtsync.core.membership import MembershipConfig
+from crdtsync.core.replica import DcStatus, MemberStatus, PeerStatus, Replica, ReplicaConfig
+from crdtsync.core.wire import DC_BYTES_MAX, NODE_ID_BYTES_MAX
 from crdtsync.store import MemoryStore, Store
 from crdtsync.store.sqlite import Durability, SqliteStore, StoreError, read_backup
 from crdtsync.store.writer import StoreWriter
@@ -47,6 +48,9 @@ class NodeConfig:
     replication: ReplicaConfig = field(default_factory=ReplicaConfig)
     curve: CurveConfig | None = None
     """Encrypt and authenticate replication links with CurveZMQ; None sends them in plaintext."""
+    dc: str = "default"
+    """The node's datacenter: a full mesh inside it, relays between datacenters."""
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
 
     def __post_init__(self) -> None:
         if not self.node_id or len(self.node_id.encode()) > NODE_ID_BYTES_MAX:
@@ -56,6 +60,8 @@ class NodeConfig:
             parse_endpoint(peer)
         if self.publish is not None:
             parse_endpoint(self.publish)
+        if not self.dc or len(self.dc.encode()) > DC_BYTES_MAX:
+            raise ValueError(f"dc must be 1..{DC_BYTES_MAX} bytes of UTF-8, got {self.dc!r}")
         if self.durability not in ("fsync", "process", "none"):
             raise ValueError(f"durability must be fsync, process or none, not {self.durability!r}")
 
@@ -75,6 +81,12 @@ class NodeStatus:
     """Remote updates received but waiting for their causal dependencies."""
     peers: tuple[PeerStatus, ...]
     counters: dict[str, int]
+    dc: str
+    relay: bool
+    """Whether this node relays between its datacenter and the others."""
+    members: tuple[MemberStatus, ...]
+    """Every other member this node knows of, with the failure detector's view of it."""
+    datacenters: tuple[DcStatus, ...]
     store: str
     """`memory`, or `sqlite:` and the database path."""
     durability: str
@@ -162,6 +174,7 @@ class Node:
         self._tasks = [
             asyncio.create_task(transport.receive_loop(transport.router, self._on_frame, self._pump)),
             asyncio.create_task(transport.receive_loop(transport.sub, self._on_frame, self._pump)),
+            asyncio.create_task(transport.receive_loop(transport.wan_sub, self._on_frame, self._pump)),
             asyncio.create_task(self._timer_loop()),
         ]
         replica.tick(now)
@@ -193,6 +206,8 @@ class Node:
             config=self.config.replication,
             # Evicting docs needs somewhere to reload them from: only a store on disk is worth it.
             doc_loader=self._load_doc if isinstance(store, SqliteStore) else None,
+            dc=self.config.dc,
+            membership=self.config.membership,
         )
 
     def _load_doc(self, doc_id: str) -> bytes | None:
@@ -211,6 +226,7 @@ class Node:
             self._closed = True
             return
         self._core.checkpoint()
+        self._core.leave()
         self._pump(force=True)
         self._closed = True
         for task in self._tasks:
@@ -306,6 +322,10 @@ class Node:
             pending_updates=snapshot.pending_deltas,
             peers=snapshot.peers,
             counters=counters,
+            dc=snapshot.dc,
+            relay=snapshot.relay,
+            members=snapshot.members,
+            datacenters=snapshot.datacenters,
             store=f"sqlite:{self._store.path}" if isinstance(self._store, SqliteStore) else "memory",
             durability=self.config.durability if isinstance(self._store, SqliteStore) else "none",
         )
@@ -342,15 +362,15 @@ class Node:
 
     def _execute_one(self, transport: ZmqTransport, effect: Effect) -> None:
         match effect:
-            case Publish(frame):
-                transport.publish(frame)
+            case Publish(frame, dc_only):
+                transport.publish(frame, dc_only=dc_only)
             case Send(address, frame):
                 transport.send(address, frame)
             case Persist():
                 assert self._writer is not None
                 self._writer.submit(effect)
-            case Subscribe(endpoint, peer_address):
-                transport.subscribe(endpoint, peer_address)
+            case Subscribe(endpoint, peer_address, wan):
+                transport.subscribe(endpoint, peer_address, wan=wan)
             case Unsubscribe(endpoint):
                 transport.unsubscribe(endpoint)
 
@@ -358,14 +378,19 @@ class Node:
         """Sleep until the core's next deadline; an input that brings the deadline forward (see
         `_pump`) wakes the loop early. An idle node wakes only for heartbeats and rounds."""
         replica = self._core
-        while True:
+        # `closed` is checked too: in Python 3.11 a wakeup that lands together with the cancellation
+        # from `close()` can swallow the cancellation (wait_for), and the loop must still end.
+        while not self._closed:
             deadline_ms = replica.next_deadline_ms()
             self._timer_planned_ms = deadline_ms
             delay_s = (deadline_ms - _now_ms()) / 1000.0
             self._timer_wake.clear()
             if delay_s > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._timer_wake.wait(), delay_s)
+                    async with asyncio.timeout(delay_s):
+                        await self._timer_wake.wait()
+            if self._closed:
+                return
             try:
                 replica.tick(_now_ms())
                 self._pump()

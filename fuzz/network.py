@@ -99,7 +99,7 @@ async def attack(
         dealer.connect(address)
         dealers.append(dealer)
     pool = seed_frames()
-    hello = wire.encode(wire.Hello("mallory", 1, "tcp://127.0.0.1:1", publish, 0))
+    hello = wire.encode(wire.Hello("mallory", 1, "tcp://127.0.0.1:1", publish, 0, "default"))
     try:
         while not stop.is_set():
             for dealer in dealers:

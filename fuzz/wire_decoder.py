@@ -41,8 +41,8 @@ def seed_frames() -> list[bytes]:
         data[f"k{index % 5}"] = index
     deltas = tuple(wire.Delta("doc", b, a, u) for b, a, u in updates)
     messages: list[wire.Message] = [
-        wire.Hello("n1", 1, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", 5),
-        wire.HelloAck("n1", 1, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", 5),
+        wire.Hello("n1", 1, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", 5, "dc1"),
+        wire.HelloAck("n1", 1, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", 5, "dc1"),
         wire.Deltas("n1", 1, 1, deltas[:1]),
         wire.Deltas("n1", 1, 1, deltas),
         wire.Heartbeat("n1", 1, 20),

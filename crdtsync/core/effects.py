@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """Send `frame` on this node's PUB socket to every subscriber."""
+    """Send `frame` on this node's PUB socket to every subscriber; with `dc_only`, only to those
+    subscribed from this datacenter (relayed frames must not cross the WAN again)."""
 
     frame: bytes
+    dc_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +24,12 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """Connect the SUB socket to a peer's PUB endpoint (the peer advertised at `peer_address`)."""
+    """Connect to a peer's PUB endpoint (the peer advertised at `peer_address`): in full, or with
+    `wan` (a relay subscribing to another datacenter) only to frames not published `dc_only`."""
 
     endpoint: str
     peer_address: str
+    wan: bool = False
 
 
 @dataclass(frozen=True, slots=True)

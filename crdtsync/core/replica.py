@@ -28,6 +28,12 @@ from sortedcontainers import SortedDict
 
 from crdtsync.core import wire
 from crdtsync.core.effects import Effect, Persist, Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.membership import (
+    LivenessChange,
+    MemberRecord,
+    Membership,
+    MembershipConfig,
+)
 from crdtsync.core.merkle import MerkleTree
 from crdtsync.core.state import (
     StateDecodeError,
@@ -48,7 +54,7 @@ REMOTE_ORIGIN = 0x5EC
 _EMPTY_UPDATE = b"\x00\x00"
 _EMPTY_STATE = b"\x00"
 
-PeerState = Literal["connecting", "up", "down"]
+PeerState = Literal["connecting", "up", "suspect", "down"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +69,8 @@ class ReplicaConfig:
     ring_bytes_max: int = 64 * 1024 * 1024
     heartbeat_interval_ms: float = 1500.0
     hello_interval_ms: float = 500.0
-    peer_timeout_ms: float = 5000.0
+    liveness_check_interval_ms: float = 250.0
+    """How often the failure detector is evaluated (the granularity of suspect and down times)."""
     retransmit_enabled: bool = True
     """False leaves every lost delta to anti-entropy (used to test that anti-entropy alone converges)."""
     retransmit_timeout_ms: float = 200.0
@@ -77,6 +84,9 @@ class ReplicaConfig:
     ae_interval_ms: float = 5000.0
     """Mean time between periodic anti-entropy rounds (each against one peer, round robin, jittered
     by +-25%); 0 disables the periodic rounds (rounds on connect and on lost gaps still run)."""
+    ae_wan_interval_ms: float = 30_000.0
+    """Mean time between periodic rounds a relay runs against a node of another datacenter (also
+    jittered); rounds inside the datacenter follow `ae_interval_ms`. 0 disables them."""
     ae_round_timeout_ms: float = 1000.0
     """How long each step of a round may wait for the peer's answer before the round is abandoned
     and queued again (a peer that restarted may not know this node yet and cannot answer)."""
@@ -145,6 +155,8 @@ class _PublisherTrack:
     last_seq_seen: int = 0
     retransmit_deadline_ms: float = 0.0
     last_heard_ms: float = 0.0
+    behind_since_ms: float | None = None
+    """When this node last went from holding every announced delta to missing some (lag start)."""
 
 
 @dataclass(slots=True)
@@ -176,17 +188,31 @@ class _PeerLink:
     ae_docs_repaired: int = 0
     ae_bytes_repaired: int = 0
     ae_divergence: int | None = None
+    subscribed: Literal["dc", "wan"] | None = None
+    subscribed_endpoint: str | None = None
+
+
+@dataclass(slots=True)
+class _DcCounters:
+    frames_in: int = 0
+    bytes_in: int = 0
+    frames_out: int = 0
+    bytes_out: int = 0
+    failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class PeerStatus:
     address: str
     node_id: str | None
+    dc: str | None
     state: PeerState
     epoch: int | None
     last_heard_ago_ms: float | None
     behind_updates: int
     """Deltas the peer announced that this node has not received yet."""
+    lag_ms: float
+    """How long this node has been missing some of the peer's announced deltas (0: caught up)."""
     ae_rounds: int
     """Anti-entropy rounds this node completed against the peer."""
     ae_last_round_ago_ms: float | None
@@ -196,6 +222,46 @@ class PeerStatus:
     ae_divergence: int | None
     """Differing Merkle tree segments the last round found (0: in sync; None: no round yet)."""
     ae_in_progress: bool
+    subscribed: Literal["dc", "wan"] | None
+    """How this node receives the peer's stream: inside the datacenter, across the WAN (as a relay),
+    or not at all (a node of another datacenter, reached through this datacenter's relays)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    node_id: str
+    dc: str
+    address: str
+    incarnation: int
+    state: Literal["alive", "suspect", "down", "left"]
+    state_for_ms: float
+    last_seen_ago_ms: float
+    """Since the last evidence of life: a frame from it, or a newer heartbeat counter in gossip."""
+    phi: float
+    relay: bool
+    suspicions: int
+    downs: int
+
+
+@dataclass(frozen=True, slots=True)
+class DcStatus:
+    dc: str
+    members: int
+    alive: int
+    relays: tuple[str, ...]
+    behind_updates: int
+    """Deltas announced by this DC's publishers that this node has not received (publishers it
+    tracks directly: its own DC's, and every DC's when it is a relay)."""
+    lag_ms: float
+    """The largest `PeerStatus.lag_ms` among those publishers."""
+    frames_in: int
+    bytes_in: int
+    frames_out: int
+    bytes_out: int
+    """Frames and bytes received from and sent directly to this DC's nodes (published frames are
+    counted by their receivers only: sum `bytes_in` over the cluster for the WAN total)."""
+    failures: int
+    """Suspicions, downs and anti-entropy round timeouts of this DC's nodes seen by this node."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +269,14 @@ class ReplicaStatus:
     node_id: str
     epoch: int
     address: str
+    dc: str
+    relay: bool
     docs: int
     last_seq: int
     pending_deltas: int
     peers: tuple[PeerStatus, ...]
+    members: tuple[MemberStatus, ...]
+    datacenters: tuple[DcStatus, ...]
     counters: dict[str, int]
 
 
@@ -234,17 +304,29 @@ class Replica:
         publish_endpoint: str,
         config: ReplicaConfig | None = None,
         doc_loader: Callable[[str], bytes | None] | None = None,
+        dc: str = "default",
+        membership: MembershipConfig | None = None,
     ) -> None:
         if not node_id or len(node_id.encode()) > wire.NODE_ID_BYTES_MAX:
             raise ValueError(f"node_id must be 1..{wire.NODE_ID_BYTES_MAX} bytes, got {node_id!r}")
         if not 0 < client_id < 1 << 53:
             raise ValueError("client_id must be in 1..2**53-1 (a Yjs client id)")
+        if not dc or len(dc.encode()) > wire.DC_BYTES_MAX:
+            raise ValueError(f"dc must be 1..{wire.DC_BYTES_MAX} bytes, got {dc!r}")
         self.node_id = node_id
         self.epoch = epoch
         self.client_id = client_id
         self.address = address
         self.publish_endpoint = publish_endpoint
         self.config = config or ReplicaConfig()
+        self.dc = dc
+        self.membership = Membership(
+            MemberRecord(node_id, dc, address, publish_endpoint, epoch, 0, False),
+            membership or MembershipConfig(),
+            self.config.heartbeat_interval_ms,
+        )
+        self._is_relay = True
+        self._dc_counters: dict[str, _DcCounters] = {}
         self.counters: dict[str, int] = {}
         self._docs: SortedDict[str, _DocEntry] = SortedDict()
         self._doc_loader = doc_loader
@@ -283,6 +365,10 @@ class Replica:
         self._ae_not_before_ms = 0.0
         self._jitter_state = client_id
         self._next_ae_ms = self.config.ae_interval_ms * (0.75 + 0.5 * self._jitter())
+        self._next_ae_wan_ms = self.config.ae_wan_interval_ms * (0.75 + 0.5 * self._jitter())
+        self._next_gossip_ms = self.membership.config.gossip_interval_ms * (0.75 + 0.5 * self._jitter())
+        self._next_liveness_ms = 0.0
+        self._gossip_turn = 0
         self._wakeup: Callable[[], None] | None = None
         self._wakeup_armed = False
         self._warned_ms: dict[str, float] = {}
@@ -326,14 +412,18 @@ class Replica:
 
     def next_deadline_ms(self) -> float:
         """When the driver must call `tick` next at the latest."""
-        deadline = self._next_heartbeat_ms
+        deadline = min(self._next_heartbeat_ms, self._next_gossip_ms, self._next_liveness_ms)
         if self.config.ae_interval_ms > 0:
             deadline = min(deadline, self._next_ae_ms)
+        if self.config.ae_wan_interval_ms > 0 and self._is_relay:
+            deadline = min(deadline, self._next_ae_wan_ms)
+        for link in self._links.values():
+            if link.state not in ("up", "suspect") and self._link_wanted(link):
+                deadline = min(deadline, link.next_hello_ms)
         busy = (
             self._pending_total
             or self._round is not None
             or self._ae_wanted
-            or any(link.state != "up" for link in self._links.values())
             or any(track.above for track in self._tracks.values())
         )
         if busy:
@@ -349,20 +439,28 @@ class Replica:
         if now_ms >= self._next_heartbeat_ms:
             self._next_heartbeat_ms = now_ms + config.heartbeat_interval_ms
             self._publish(wire.Heartbeat(self.node_id, self.epoch, self._last_seq))
+        if now_ms >= self._next_liveness_ms:
+            self._next_liveness_ms = now_ms + config.liveness_check_interval_ms
+            changes = self.membership.evaluate(now_ms)
+            for change in changes:
+                self._on_liveness(change)
+            if changes:
+                self._retopologize()
+        if now_ms >= self._next_gossip_ms:
+            self._next_gossip_ms = now_ms + self.membership.config.gossip_interval_ms * (
+                0.75 + 0.5 * self._jitter()
+            )
+            self.membership.beat()
+            up = [link for link in self._links.values() if link.state == "up"]
+            if up:
+                self._gossip_turn += 1
+                self._gossip_to(up[self._gossip_turn % len(up)], reply=False)
         for link in self._links.values():
-            if link.state == "up" and (
-                link.last_heard_ms is None or now_ms - link.last_heard_ms > config.peer_timeout_ms
+            if (
+                link.state not in ("up", "suspect")
+                and now_ms >= link.next_hello_ms
+                and self._link_wanted(link)
             ):
-                link.state = "down"
-                link.hello_backoff_ms = 0.0
-                self._count("peer_down")
-                log.info(
-                    "peer %s (%s) is down: silent for %.0f ms",
-                    link.node_id,
-                    link.address,
-                    config.peer_timeout_ms,
-                )
-            if link.state != "up" and now_ms >= link.next_hello_ms:
                 # Back off from a quick first retry (peers often start together) to the interval.
                 link.hello_backoff_ms = min(
                     config.hello_interval_ms, max(config.tick_interval_ms, link.hello_backoff_ms * 2)
@@ -371,14 +469,30 @@ class Replica:
                 self._send(link.address, self._hello(wire.Hello))
         if self._round is not None and now_ms >= self._round.deadline_ms:
             self._count("ae_round_timeouts")
+            timed_out = self._links.get(self._round.address)
+            dc = self._link_dc(timed_out) if timed_out is not None else None
+            if dc is not None:
+                self._dc_counters_for(dc).failures += 1
             self._ae_wanted[self._round.address] = None
             self._round = None
         if config.ae_interval_ms > 0 and now_ms >= self._next_ae_ms:
             self._next_ae_ms = now_ms + config.ae_interval_ms * (0.75 + 0.5 * self._jitter())
-            up = [link for link in self._links.values() if link.state == "up"]
-            if up:
+            local = [
+                link for link in self._links.values() if link.state == "up" and self._link_dc(link) == self.dc
+            ]
+            if local:
                 self._ae_turn += 1
-                self._ae_wanted.setdefault(up[self._ae_turn % len(up)].address, None)
+                self._ae_wanted.setdefault(local[self._ae_turn % len(local)].address, None)
+        if config.ae_wan_interval_ms > 0 and now_ms >= self._next_ae_wan_ms:
+            self._next_ae_wan_ms = now_ms + config.ae_wan_interval_ms * (0.75 + 0.5 * self._jitter())
+            remote = [
+                link
+                for link in self._links.values()
+                if link.state == "up" and self._link_dc(link) not in (None, self.dc)
+            ]
+            if remote and self._is_relay:
+                self._ae_turn += 1
+                self._ae_wanted.setdefault(remote[self._ae_turn % len(remote)].address, None)
         self._run_wanted_round()
         for node_id, track in self._tracks.items():
             if track.above or track.last_seq_seen > track.contiguous:
@@ -725,16 +839,22 @@ class Replica:
         self._count(f"bytes_{way}_raw", raw_size)
         return frame
 
-    def _publish(self, message: wire.Message) -> None:
+    def _publish(self, message: wire.Message, *, dc_only: bool = False) -> None:
         frame = self._encode(message, "published")
         if frame is not None:
             if isinstance(message, wire.Deltas):
                 self._count("batches_published")
-            self._effects.append(Publish(frame))
+            self._effects.append(Publish(frame, dc_only))
 
     def _send(self, address: str, message: wire.Message) -> None:
         frame = self._encode(message, "sent")
         if frame is not None:
+            link = self._links.get(address)
+            dc = self._link_dc(link) if link is not None else None
+            if dc is not None and dc != self.dc:
+                counters = self._dc_counters_for(dc)
+                counters.frames_out += 1
+                counters.bytes_out += len(frame)
             self._effects.append(Send(address, frame))
 
     def _send_to_node(self, node_id: str, message: wire.Message) -> None:
@@ -763,6 +883,11 @@ class Replica:
             return
         if not self._admit(message.node_id):
             return
+        sender_dc = self.membership.dc_of(message.node_id)
+        if sender_dc is not None and sender_dc != self.dc:
+            counters = self._dc_counters_for(sender_dc)
+            counters.frames_in += 1
+            counters.bytes_in += len(frame)
         try:
             self._dispatch(message)
         except StateDecodeError as exc:
@@ -803,16 +928,19 @@ class Replica:
                 self._on_tree_entries_request(message)
             case wire.TreeEntries():
                 self._on_tree_entries(message)
+            case wire.Members():
+                self._on_members(message)
+            case wire.Relayed():
+                self._on_relayed(message)
 
     def _heard(self, node_id: str) -> None:
+        change = self.membership.heard(node_id, self._now_ms)
         address = self._address_of.get(node_id)
-        if address is None:
-            return
-        link = self._links[address]
-        link.last_heard_ms = self._now_ms
-        if link.state == "down" and link.epoch is not None:
-            link.state = "up"
-            self._count("peer_up")
+        if address is not None:
+            self._links[address].last_heard_ms = self._now_ms
+        if change is not None:
+            self._on_liveness(change)
+            self._retopologize()
 
     def _on_hello(self, message: wire.Hello | wire.HelloAck) -> None:
         if not message.address or message.address == self.address:
@@ -831,19 +959,19 @@ class Replica:
         link.node_id = message.node_id
         self._address_of[message.node_id] = message.address
         link.last_heard_ms = self._now_ms
-        if link.publish_endpoint != message.publish_endpoint:
-            if link.publish_endpoint is not None:
-                self._effects.append(Unsubscribe(link.publish_endpoint))
-            link.publish_endpoint = message.publish_endpoint
-            self._effects.append(Subscribe(message.publish_endpoint, message.address))
+        link.publish_endpoint = message.publish_endpoint
+        record = MemberRecord(
+            message.node_id, message.dc, message.address, message.publish_endpoint, message.epoch, 0, False
+        )
+        changed, _alive = self.membership.merge(record, self._now_ms)
+        self.membership.heard(message.node_id, self._now_ms)
         if isinstance(message, wire.Hello):
             # Answer first: the resync below makes the peer reply to us, which it can only do once
             # our HelloAck has told it who we are.
             self._send(message.address, self._hello(wire.HelloAck))
+        first_contact = link.epoch is None
         if link.epoch is None or message.epoch > link.epoch:
-            # Rounds repair both ways, so one per pair is enough: at first contact the lower node
-            # id starts it; a peer seen again with a new epoch (a restart) gets one at once.
-            round_now = link.epoch is not None or self.node_id < message.node_id
+            round_now = self._starts_round_with(message.node_id, message.dc, first_contact=first_contact)
             link.epoch = message.epoch
             track = self._tracks.get(message.node_id)
             if track is None or track.epoch < message.epoch:
@@ -853,15 +981,42 @@ class Replica:
                 )
         else:
             round_now = False
-        if link.state != "up":
-            log.info("peer %s at %s is up (epoch %d)", message.node_id, message.address, message.epoch)
+        was_up = link.state in ("up", "suspect")
+        if not was_up:
+            log.info(
+                "peer %s at %s (dc %s) is up (epoch %d)",
+                message.node_id,
+                message.address,
+                message.dc,
+                message.epoch,
+            )
             self._count("peer_up")
         link.state = "up"
+        if changed:
+            self._retopologize()
+        else:
+            self._sync_subscription(link)
+        if first_contact:
+            # A newcomer started from one seed learns the whole cluster from its first contacts.
+            self._gossip_to(link, reply=False)
         if round_now:
             self._want_round(link)
 
+    def _starts_round_with(self, node_id: str, dc: str, *, first_contact: bool) -> bool:
+        """Whether this node runs the round on (re)contact with `node_id`. Rounds repair both ways,
+        so one per pair is enough: at first contact the lower node id starts it, and a peer seen
+        again with a new epoch (a restart) gets one at once. Across datacenters only relays run
+        rounds (the WAN carries the few, slower ones)."""
+        if dc != self.dc:
+            if not self._is_relay:
+                return False
+            if not first_contact:
+                return True
+            return node_id not in self.membership.relays(dc) or self.node_id < node_id
+        return not first_contact or self.node_id < node_id
+
     def _hello(self, cls: type[wire.Hello] | type[wire.HelloAck]) -> wire.Hello | wire.HelloAck:
-        return cls(self.node_id, self.epoch, self.address, self.publish_endpoint, self._last_seq)
+        return cls(self.node_id, self.epoch, self.address, self.publish_endpoint, self._last_seq, self.dc)
 
     def _link_for(self, address: str, *, configured: bool) -> _PeerLink | None:
         link = self._links.get(address)
@@ -875,9 +1030,155 @@ class Replica:
         return link
 
     def _drop_link(self, link: _PeerLink) -> None:
-        if link.publish_endpoint is not None:
-            self._effects.append(Unsubscribe(link.publish_endpoint))
+        if link.subscribed_endpoint is not None:
+            self._effects.append(Unsubscribe(link.subscribed_endpoint))
+        self._ae_wanted.pop(link.address, None)
+        if link.node_id is not None and self._address_of.get(link.node_id) == link.address:
+            del self._address_of[link.node_id]
         del self._links[link.address]
+
+    def _link_dc(self, link: _PeerLink) -> str | None:
+        return None if link.node_id is None else self.membership.dc_of(link.node_id)
+
+    def _link_wanted(self, link: _PeerLink) -> bool:
+        """Whether this node keeps saying hello to the peer: configured seeds, peers not identified
+        yet, its own datacenter, and (as a relay) every other datacenter's nodes."""
+        dc = self._link_dc(link)
+        return link.configured or dc is None or dc == self.dc or self._is_relay
+
+    def _sync_subscription(self, link: _PeerLink) -> None:
+        """Subscribe to the peer's stream as the topology says: every node of this datacenter in
+        full; across datacenters only as a relay, and only to the publishers' own streams (ZeroMQ
+        filters at the publisher, so relayed frames never cross the WAN twice)."""
+        dc = self._link_dc(link)
+        wanted: Literal["dc", "wan"] | None = None
+        # Kept while the peer is down: ZeroMQ reconnects by itself, and its first frames are the evidence.
+        if link.publish_endpoint is not None and dc is not None and link.epoch is not None:
+            if dc == self.dc:
+                wanted = "dc"
+            elif self._is_relay:
+                wanted = "wan"
+        if link.subscribed == wanted and link.subscribed_endpoint == link.publish_endpoint:
+            return
+        if link.subscribed_endpoint is not None:
+            self._effects.append(Unsubscribe(link.subscribed_endpoint))
+        link.subscribed, link.subscribed_endpoint = None, None
+        if wanted is not None and link.publish_endpoint is not None:
+            self._effects.append(Subscribe(link.publish_endpoint, link.address, wan=wanted == "wan"))
+            link.subscribed, link.subscribed_endpoint = wanted, link.publish_endpoint
+
+    # ------------------------------------------------------------------ membership
+
+    def _gossip_to(self, link: _PeerLink, *, reply: bool) -> None:
+        records = self.membership.records()
+        if len(records) > wire.MEMBERS_PER_MESSAGE_MAX:
+            # Own record first, then a rotating window of the rest: every record gets its turn.
+            rest = records[1:]
+            start = (self._gossip_turn * (wire.MEMBERS_PER_MESSAGE_MAX - 1)) % len(rest)
+            window = (rest + rest)[start : start + wire.MEMBERS_PER_MESSAGE_MAX - 1]
+            records = [records[0], *window]
+        self._count("gossip_sent")
+        self._send(
+            link.address,
+            wire.Members(
+                self.node_id,
+                reply,
+                tuple(
+                    wire.MemberEntry(
+                        r.node_id, r.dc, r.address, r.publish_endpoint, r.incarnation, r.heartbeat, r.left
+                    )
+                    for r in records
+                ),
+            ),
+        )
+
+    def _on_members(self, message: wire.Members) -> None:
+        self._count("gossip_received")
+        records = [
+            MemberRecord(m.node_id, m.dc, m.address, m.publish_endpoint, m.incarnation, m.heartbeat, m.left)
+            for m in message.members
+        ]
+        changed = False
+        for record in records:
+            if record.node_id != message.node_id and record.address == self.address:
+                continue  # nobody else may claim this node's address
+            was_changed, alive = self.membership.merge(record, self._now_ms)
+            changed = changed or was_changed
+            if alive:
+                change = self.membership.heard(record.node_id, self._now_ms)
+                if change is not None:
+                    self._on_liveness(change)
+            if was_changed and record.left:
+                self._on_left(record)
+        if changed:
+            self._retopologize()
+        if not message.reply and self.membership.newer_than(records):
+            address = self._address_of.get(message.node_id)
+            if address is not None:
+                self._gossip_to(self._links[address], reply=True)
+
+    def _on_left(self, record: MemberRecord) -> None:
+        log.info("member %s (dc %s) left the cluster", record.node_id, record.dc)
+        self._count("members_left")
+        link = self._links.get(self._address_of.get(record.node_id, record.address))
+        if link is not None and link.node_id == record.node_id:
+            if link.configured:
+                link.state = "down"  # a seed: keep asking, it may come back
+                self._sync_subscription(link)
+            else:
+                self._drop_link(link)
+        self._tracks.pop(record.node_id, None)
+
+    def _on_liveness(self, change: LivenessChange) -> None:
+        self._count(f"member_{change.after}")
+        if change.after in ("suspect", "down"):
+            self._dc_counters_for(change.dc).failures += 1
+        log.info("member %s (dc %s): %s -> %s", change.node_id, change.dc, change.before, change.after)
+        address = self._address_of.get(change.node_id)
+        link = self._links.get(address) if address is not None else None
+        if link is None or link.epoch is None:
+            return
+        if change.after == "down":
+            link.state = "down"
+            link.hello_backoff_ms = 0.0
+            self._count("peer_down")
+        elif change.after == "suspect":
+            link.state = "suspect"
+        elif change.after == "alive" and link.state != "up":
+            link.state = "up"
+            self._count("peer_up")
+
+    def _retopologize(self) -> None:
+        """Bring links and subscriptions in line with the member table: links to every member of this
+        datacenter (and, as a relay, of every other one), subscriptions as `_sync_subscription` says."""
+        relay = self.membership.is_relay()
+        if relay != self._is_relay:
+            self._is_relay = relay
+            self._count("relay_changes")
+            log.info("this node is %s a relay of dc %s", "now" if relay else "no longer", self.dc)
+        for member in self.membership.members.values():
+            record = member.record
+            if member.liveness == "left" or record.address in self._links:
+                continue
+            if (record.dc == self.dc or relay) and record.address and record.address != self.address:
+                self._link_for(record.address, configured=False)
+        for link in self._links.values():
+            self._sync_subscription(link)
+
+    def leave(self) -> None:
+        """Announce a graceful leave to every peer this node is in contact with (call before closing)."""
+        self.membership.leave()
+        for link in self._links.values():
+            if link.state in ("up", "suspect"):
+                self._gossip_to(link, reply=True)
+
+    def _dc_counters_for(self, dc: str) -> _DcCounters:
+        counters = self._dc_counters.get(dc)
+        if counters is None:
+            if len(self._dc_counters) >= self.membership.config.members_max:
+                return _DcCounters()  # not kept: a bounded table even under forged datacenter names
+            counters = self._dc_counters[dc] = _DcCounters()
+        return counters
 
     def _on_heartbeat(self, message: wire.Heartbeat) -> None:
         track = self._tracks.get(message.node_id)
@@ -890,6 +1191,7 @@ class Replica:
         if message.epoch == track.epoch and message.last_seq > track.last_seq_seen:
             track.last_seq_seen = message.last_seq
             self._request_retransmit(message.node_id, track)
+            self._track_lag(track)
 
     def _on_deltas(self, message: wire.Deltas) -> None:
         publisher = message.node_id
@@ -928,7 +1230,38 @@ class Replica:
                 self._give_up_gap(publisher, track)
             elif track.above:
                 self._request_retransmit(publisher, track)
+            self._track_lag(track)
+        if fresh and self._is_relay:
+            publisher_dc = self.membership.dc_of(publisher)
+            if publisher_dc is not None and publisher_dc != self.dc:
+                # Into this datacenter only (dc_only): the relayed copy must not cross the WAN again.
+                self._count("deltas_relayed_out", len(fresh))
+                self._publish(
+                    wire.Relayed(self.node_id, publisher, tuple(d for d, _b, _a in fresh)), dc_only=True
+                )
         self._buffer_deltas(fresh, publisher)
+
+    def _on_relayed(self, message: wire.Relayed) -> None:
+        """Deltas of another datacenter's publisher, republished by a relay of this one. No sequence
+        tracking (two relays may both forward them, a relay may fail over): the causal buffer drops
+        what the state already covers, and pulls of missing dependencies go to the relay."""
+        if message.origin == self.node_id:
+            return
+        self._count("deltas_relayed_in", len(message.deltas))
+        self._buffer_deltas(
+            [
+                (delta, *states)
+                for delta, states in zip(message.deltas, self._decode_states(message.deltas), strict=True)
+            ],
+            message.node_id,
+        )
+
+    def _track_lag(self, track: _PublisherTrack) -> None:
+        behind = track.last_seq_seen > track.contiguous or bool(track.above)
+        if not behind:
+            track.behind_since_ms = None
+        elif track.behind_since_ms is None:
+            track.behind_since_ms = self._now_ms
 
     @staticmethod
     def _decode_states(deltas: tuple[wire.Delta, ...]) -> list[tuple[StateVector, StateVector]]:
@@ -1078,6 +1411,7 @@ class Replica:
         """Stop chasing missing sequence numbers and repair by state instead."""
         track.contiguous = max(track.last_seq_seen, max(track.above, default=0), track.contiguous)
         track.above.clear()
+        self._track_lag(track)
         address = self._address_of.get(node_id)
         if address is not None:
             self._want_round(self._links[address])
@@ -1405,16 +1739,21 @@ class Replica:
         for link in self._links.values():
             track = self._tracks.get(link.node_id) if link.node_id else None
             behind = 0
+            lag_ms = 0.0
             if track is not None:
                 behind = max(0, track.last_seq_seen - track.contiguous - len(track.above))
+                if track.behind_since_ms is not None:
+                    lag_ms = now_ms - track.behind_since_ms
             peers.append(
                 PeerStatus(
                     address=link.address,
                     node_id=link.node_id,
+                    dc=self._link_dc(link),
                     state=link.state,
                     epoch=link.epoch,
                     last_heard_ago_ms=None if link.last_heard_ms is None else now_ms - link.last_heard_ms,
                     behind_updates=behind,
+                    lag_ms=lag_ms,
                     ae_rounds=link.ae_rounds,
                     ae_last_round_ago_ms=None
                     if link.ae_last_round_ms is None
@@ -1423,15 +1762,65 @@ class Replica:
                     ae_bytes_repaired=link.ae_bytes_repaired,
                     ae_divergence=link.ae_divergence,
                     ae_in_progress=self._round is not None and self._round.address == link.address,
+                    subscribed=link.subscribed,
+                )
+            )
+        membership = self.membership
+        relays_by_dc: dict[str, list[str]] = {}
+        members = []
+        for member in membership.members.values():
+            record = member.record
+            relays = relays_by_dc.get(record.dc)
+            if relays is None:
+                relays = relays_by_dc[record.dc] = membership.relays(record.dc)
+            members.append(
+                MemberStatus(
+                    node_id=record.node_id,
+                    dc=record.dc,
+                    address=record.address,
+                    incarnation=record.incarnation,
+                    state=member.liveness,
+                    state_for_ms=now_ms - member.liveness_since_ms,
+                    last_seen_ago_ms=now_ms - member.detector.last_ms,
+                    phi=member.detector.phi(now_ms, membership.config),
+                    relay=record.node_id in relays,
+                    suspicions=member.suspicions,
+                    downs=member.downs,
+                )
+            )
+        members.sort(key=lambda m: (m.dc, m.node_id))
+        relays_by_dc.setdefault(self.dc, membership.relays(self.dc))
+        datacenters = []
+        for dc in sorted({self.dc, *(m.dc for m in members), *self._dc_counters}):
+            in_dc = [m for m in members if m.dc == dc]
+            dc_peers = [p for p in peers if p.dc == dc]
+            counters = self._dc_counters.get(dc, _DcCounters())
+            datacenters.append(
+                DcStatus(
+                    dc=dc,
+                    members=len(in_dc) + (dc == self.dc),
+                    alive=sum(1 for m in in_dc if m.state in ("alive", "suspect")) + (dc == self.dc),
+                    relays=tuple(relays_by_dc.get(dc) or membership.relays(dc)),
+                    behind_updates=sum(p.behind_updates for p in dc_peers),
+                    lag_ms=max((p.lag_ms for p in dc_peers), default=0.0),
+                    frames_in=counters.frames_in,
+                    bytes_in=counters.bytes_in,
+                    frames_out=counters.frames_out,
+                    bytes_out=counters.bytes_out,
+                    failures=counters.failures,
                 )
             )
         return ReplicaStatus(
             node_id=self.node_id,
             epoch=self.epoch,
             address=self.address,
+            dc=self.dc,
+            relay=self._is_relay,
             docs=len(self._docs),
             last_seq=self._last_seq,
             pending_deltas=self._pending_total,
             peers=tuple(peers),
+            members=tuple(members),
+            datacenters=tuple(datacenters),
             counters=dict(self.counters),
         )

@@ -52,6 +52,9 @@ TREE_SEGMENTS = 4096
 TREE_BRANCHES = 64
 """The Merkle tree's shape is part of the protocol: every node of a cluster uses the same one."""
 TREE_HASH_BYTES = 16
+DC_BYTES_MAX = 64
+MEMBERS_PER_MESSAGE_MAX = 1024
+"""Most member records one MEMBERS gossip message carries."""
 
 
 class WireError(ValueError):
@@ -79,6 +82,8 @@ class MessageKind(IntEnum):
     TREE_SEGMENTS = 13
     TREE_ENTRIES_REQUEST = 14
     TREE_ENTRIES = 15
+    MEMBERS = 16
+    RELAYED = 17
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,7 @@ class Hello:
     address: str
     publish_endpoint: str
     last_seq: int
+    dc: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,7 @@ class HelloAck:
     address: str
     publish_endpoint: str
     last_seq: int
+    dc: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +240,38 @@ class TreeEntries:
     entries: tuple[tuple[int, str, bytes], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class MemberEntry:
+    """One member as gossip carries it (see `crdtsync.core.membership`)."""
+
+    node_id: str
+    dc: str
+    address: str
+    publish_endpoint: str
+    incarnation: int
+    heartbeat: int
+    left: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """Push-pull gossip of the member table; `reply` marks the answer, which is not answered again."""
+
+    node_id: str
+    reply: bool
+    members: tuple[MemberEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """Deltas of publisher `origin` (in another datacenter) republished by relay `node_id` into its own
+    datacenter. Receivers order them by state vector alone: they do not track `origin`'s sequence."""
+
+    node_id: str
+    origin: str
+    deltas: tuple[Delta, ...]
+
+
 Message = (
     Hello
     | HelloAck
@@ -249,15 +288,17 @@ Message = (
     | TreeSegments
     | TreeEntriesRequest
     | TreeEntries
+    | Members
+    | Relayed
 )
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
     match message:
-        case Hello(n, e, a, p, s):
-            return MessageKind.HELLO, [n, e, a, p, s]
-        case HelloAck(n, e, a, p, s):
-            return MessageKind.HELLO_ACK, [n, e, a, p, s]
+        case Hello(n, e, a, p, s, dc):
+            return MessageKind.HELLO, [n, e, a, p, s, dc]
+        case HelloAck(n, e, a, p, s, dc):
+            return MessageKind.HELLO_ACK, [n, e, a, p, s, dc]
         case Deltas(n, e, first, deltas):
             flat: list[Any] = [n, e, first]
             for d in deltas:
@@ -290,6 +331,18 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             for segment, doc_id, digest in entries:
                 flat_entries.extend((segment, doc_id, digest))
             return MessageKind.TREE_ENTRIES, flat_entries
+        case Members(n, reply, members):
+            flat_members: list[Any] = [n, reply]
+            for m in members:
+                flat_members.extend(
+                    (m.node_id, m.dc, m.address, m.publish_endpoint, m.incarnation, m.heartbeat, m.left)
+                )
+            return MessageKind.MEMBERS, flat_members
+        case Relayed(n, origin, deltas):
+            flat_relayed: list[Any] = [n, origin]
+            for d in deltas:
+                flat_relayed.extend((d.doc_id, d.before_state, d.after_state, d.update))
+            return MessageKind.RELAYED, flat_relayed
     raise TypeError(f"not a crdtsync message: {message!r}")
 
 
@@ -354,7 +407,13 @@ def decode_counted(frame: bytes) -> tuple[Message, int]:
             use_list=True,
             raw=False,
             strict_map_key=True,
-            max_array_len=max(4 * DELTAS_PER_BATCH_MAX, 3 * ENTRIES_PER_MESSAGE_MAX, TREE_SEGMENTS) + 8,
+            max_array_len=max(
+                4 * DELTAS_PER_BATCH_MAX,
+                3 * ENTRIES_PER_MESSAGE_MAX,
+                7 * MEMBERS_PER_MESSAGE_MAX,
+                TREE_SEGMENTS,
+            )
+            + 8,
             max_map_len=0,
             max_ext_len=0,
         )
@@ -464,6 +523,21 @@ class _Fields:
         if self.remaining() // width > count_max:
             raise WireError("too_large", f"{self.kind.name} carries more than {count_max} entries")
 
+    def deltas(self) -> tuple[Delta, ...]:
+        """The rest of the body as 1..DELTAS_PER_BATCH_MAX (doc id, before, after, update) deltas."""
+        self.check_entries(4, DELTAS_PER_BATCH_MAX)
+        deltas = []
+        while self.remaining():
+            deltas.append(
+                Delta(
+                    self.text("doc_id", DOC_ID_BYTES_MAX),
+                    self.blob("before_state"),
+                    self.blob("after_state"),
+                    self.blob("update"),
+                )
+            )
+        return tuple(deltas)
+
     def remaining(self) -> int:
         return len(self.items) - self.index
 
@@ -491,21 +565,31 @@ def _message_from(kind: MessageKind, items: list[Any]) -> Message:
             f.text("address", _ADDRESS_BYTES_MAX),
             f.text("publish_endpoint", _ADDRESS_BYTES_MAX),
             f.uint("last_seq"),
+            f.text("dc", DC_BYTES_MAX),
         )
     elif kind is MessageKind.DELTAS:
         epoch, first_seq = f.uint("epoch"), f.uint("first_seq")
-        f.check_entries(4, DELTAS_PER_BATCH_MAX)
-        deltas = []
+        message = Deltas(node_id, epoch, first_seq, f.deltas())
+    elif kind is MessageKind.RELAYED:
+        origin = f.text("origin", NODE_ID_BYTES_MAX)
+        message = Relayed(node_id, origin, f.deltas())
+    elif kind is MessageKind.MEMBERS:
+        reply = f.flag("reply")
+        f.check_entries(7, MEMBERS_PER_MESSAGE_MAX)
+        members = []
         while f.remaining():
-            deltas.append(
-                Delta(
-                    f.text("doc_id", DOC_ID_BYTES_MAX),
-                    f.blob("before_state"),
-                    f.blob("after_state"),
-                    f.blob("update"),
+            members.append(
+                MemberEntry(
+                    f.text("node_id", NODE_ID_BYTES_MAX),
+                    f.text("dc", DC_BYTES_MAX),
+                    f.text("address", _ADDRESS_BYTES_MAX),
+                    f.text("publish_endpoint", _ADDRESS_BYTES_MAX),
+                    f.uint("incarnation"),
+                    f.uint("heartbeat"),
+                    f.flag("left"),
                 )
             )
-        message = Deltas(node_id, epoch, first_seq, tuple(deltas))
+        message = Members(node_id, reply, tuple(members))
     elif kind is MessageKind.HEARTBEAT:
         message = Heartbeat(node_id, f.uint("epoch"), f.uint("last_seq"))
     elif kind is MessageKind.RETRANSMIT_REQUEST:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import ReplicaConfig
 from crdtsync.node import NodeConfig
 from crdtsync.transport.curve import CurveConfig, CurveKeyError, CurveKeys
@@ -80,7 +81,6 @@ class LogConfig:
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     node: NodeConfig
-    dc: str = "default"
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     tokens: tuple[Token, ...] = ()
@@ -88,7 +88,7 @@ class DaemonConfig:
 
 
 _NODE_KEYS = {"node_id", "listen", "peers", "publish", "data_dir", "durability"}
-_TOP_KEYS = _NODE_KEYS | {"dc", "http", "log", "replication", "security"}
+_TOP_KEYS = _NODE_KEYS | {"dc", "http", "log", "replication", "membership", "security"}
 _SECURITY_KEYS = {"mode", "key_file", "peer_keys", "allowed_keys"}
 
 
@@ -328,6 +328,7 @@ def load_config(
     if durability not in ("fsync", "process", "none"):
         raise ConfigError(f"durability: must be fsync, process or none, not {durability!r}")
     replication = _section(raw, "replication", ReplicaConfig)
+    membership = _section(raw, "membership", MembershipConfig)
     http = _section(raw, "http", HttpConfig)
     log = _section(raw, "log", LogConfig)
     parse_http_listen(http.listen)
@@ -357,9 +358,11 @@ def load_config(
             durability=durability,
             replication=replication,
             curve=curve,
+            dc=dc,
+            membership=membership,
         )
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(str(exc)) from None
-    return DaemonConfig(node=node, dc=dc, http=http, log=log, tokens=tokens)
+    return DaemonConfig(node=node, http=http, log=log, tokens=tokens)

@@ -157,7 +157,7 @@ class Api:
         self.watchers = 0
         self._watch_queues: set[asyncio.Queue[bool]] = set()
         self.registry = CollectorRegistry()
-        self.registry.register(NodeCollector(node, self.started, config.dc))
+        self.registry.register(NodeCollector(node, self.started, config.node.dc))
         self.requests_rejected = 0
         self.refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         """Requests refused by the token check, by reason (crdtsync_http_requests_refused_total)."""
@@ -262,7 +262,7 @@ class Api:
         return web.json_response(
             {
                 "node_id": status.node_id,
-                "dc": self.config.dc,
+                "dc": self.config.node.dc,
                 "epoch": status.epoch,
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "listen": status.listen,

@@ -74,7 +74,7 @@ async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> Non
             "serving",
             extra={
                 "node_id": config.node.node_id,
-                "dc": config.dc,
+                "dc": config.node.dc,
                 "listen": config.node.listen,
                 "http": f"{'https' if context else 'http'}://{config.http.listen}",
                 "http_tokens": len(config.tokens),

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pycrdt import Doc
 
 from crdtsync.core.effects import Persist, Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.core.state import merge_all
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
@@ -66,6 +67,17 @@ class SimConfig:
     """Give each node a durable store with group commit that survives its crashes (see the module doc)."""
     commit_ms: tuple[float, float] = (0.5, 5.0)
     """Simulated time one group commit of the durable store takes."""
+    datacenters: int = 1
+    """Nodes are split into this many datacenters (`dc0`, `dc1`, ...) in contiguous blocks; links
+    between datacenters have `wan_latency_ms` and `wan_loss_rate`."""
+    wan_latency_ms: tuple[float, float] = (30.0, 150.0)
+    """One-way latency of each pair of datacenters, drawn once per run from this range (added to
+    `latency_ms`)."""
+    wan_loss_rate: float = 0.0
+    """Loss on links between datacenters until healing, on top of the `loss` fault."""
+    seed_only: bool = False
+    """Configure every node with node 0 as its only peer: the rest is learned by gossip."""
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)
@@ -77,6 +89,8 @@ class SimConfig:
             raise ValueError("late_nodes must leave at least one node up")
         if not 0.0 <= self.commit_ms[0] <= self.commit_ms[1]:
             raise ValueError("commit_ms must be a range (low, high) with 0 <= low <= high")
+        if not 1 <= self.datacenters <= self.nodes:
+            raise ValueError("datacenters must be between 1 and the number of nodes")
 
     def replay_command(self) -> str:
         faults = ",".join(sorted(self.faults)) or "none"
@@ -84,6 +98,12 @@ class SimConfig:
             f"python -m crdtsync.sim --seed {self.seed} --nodes {self.nodes} --docs {self.docs} "
             f"--ops {self.ops} --faults {faults} --loss-rate {self.loss_rate} --window-ms {self.write_window_ms:g}"
             + (" --durable" if self.durable else "")
+            + (
+                f" --datacenters {self.datacenters} --wan-loss-rate {self.wan_loss_rate}"
+                if self.datacenters > 1
+                else ""
+            )
+            + (" --seed-only" if self.seed_only else "")
         )
 
 
@@ -99,6 +119,8 @@ class SimResult:
     messages_sent: int
     messages_dropped: int
     messages_duplicated: int
+    wan_messages: int
+    wan_bytes: int
     writes: int
     writes_lost_to_crashes: int
     """Unique writes absent at the end whose writer crashed before replicating them (and, with a
@@ -130,9 +152,13 @@ class _SimNode:
     index: int
     address: str
     publish_endpoint: str
+    dc: str
     replica: Replica | None = None
     incarnation: int = 0
-    subscriptions: set[str] = field(default_factory=set)
+    departed: bool = False
+    """Left the cluster gracefully and not restarted: not part of the convergence check."""
+    subscriptions: dict[str, bool] = field(default_factory=dict)
+    """Publish endpoint -> subscribed across the WAN (only frames not published dc_only)."""
     tick_token: int = 0
     tick_at_ms: float = float("inf")
     link_free_ms: dict[int, float] = field(default_factory=dict)
@@ -152,7 +178,9 @@ class _SimNode:
     """Group id -> indexes into `SimCluster.writes` acknowledged when that group's commit completes."""
 
 
-EventKind = Literal["deliver", "tick", "op", "partition", "heal", "crash", "restart", "check", "commit"]
+EventKind = Literal[
+    "deliver", "tick", "op", "partition", "heal", "crash", "restart", "leave", "check", "commit"
+]
 
 
 class SimCluster:
@@ -166,8 +194,18 @@ class SimCluster:
         self._heap: list[tuple[float, int, EventKind, Any]] = []
         self._seq = 0
         self.nodes = [
-            _SimNode(index, f"sim://n{index}", f"sim://n{index}/pub") for index in range(config.nodes)
+            _SimNode(
+                index,
+                f"sim://n{index}",
+                f"sim://n{index}/pub",
+                f"dc{index * config.datacenters // config.nodes}",
+            )
+            for index in range(config.nodes)
         ]
+        dcs = sorted({node.dc for node in self.nodes})
+        self.wan_latency_ms = {
+            (a, b): self.rng.uniform(*config.wan_latency_ms) for a in dcs for b in dcs if a < b
+        }
         self._by_address = {node.address: node for node in self.nodes}
         self._by_endpoint = {node.publish_endpoint: node for node in self.nodes}
         self._groups: dict[int, int] | None = None
@@ -178,6 +216,8 @@ class SimCluster:
         self.messages_sent = 0
         self.messages_dropped = 0
         self.messages_duplicated = 0
+        self.wan_messages = 0
+        self.wan_bytes = 0
         self.crashes = 0
         self.partitions = 0
         self.events = 0
@@ -192,11 +232,15 @@ class SimCluster:
         heapq.heappush(self._heap, (at_ms, self._seq, kind, payload))
 
     def schedule(
-        self, at_ms: float, kind: Literal["partition", "heal", "crash", "restart"], payload: Any = None
+        self,
+        at_ms: float,
+        kind: Literal["partition", "heal", "crash", "restart", "leave"],
+        payload: Any = None,
     ) -> None:
         """Script a fault before `run()`, on top of the planned ones: `("partition", {node index:
         group})` (None: random groups), `("heal", None)`, `("crash", node index)`, `("restart", node
-        index)`. Everything still heals at the end of the write window."""
+        index)`, `("leave", node index)` (a graceful leave; a later restart rejoins). Everything
+        still heals at the end of the write window, except nodes that left."""
         self._schedule(at_ms, kind, payload)
 
     def _start_node(self, node: _SimNode) -> None:
@@ -209,7 +253,10 @@ class SimCluster:
             publish_endpoint=node.publish_endpoint,
             config=self.config.replica,
             doc_loader=(lambda doc_id: self._load_doc(node, doc_id)) if self.config.durable else None,
+            dc=node.dc,
+            membership=self.config.membership,
         )
+        node.departed = False
         if self.config.durable:
             # Like `Node.start` with a data_dir: register every stored doc from its recorded state
             # and digest before the first tick; docs load on first use and are evicted beyond
@@ -219,7 +266,8 @@ class SimCluster:
                 node.store[doc_id] = [merge_all(updates)]  # compaction: same content, one update
                 records.append((doc_id, *node.states.get(doc_id, (None, None))))
             node.replica.register_docs(sorted(records))
-        for other in self.nodes:
+        seeds = self.nodes[:1] if self.config.seed_only else self.nodes
+        for other in seeds:
             if other is not node:
                 node.replica.add_peer(other.address, self.now_ms)
         node.replica.tick(self.now_ms)
@@ -233,18 +281,19 @@ class SimCluster:
         group: int | None = None
         for effect in replica.take_effects(self.now_ms):
             match effect:
-                case Publish(frame):
+                case Publish(frame, dc_only):
                     for other in self.nodes:
-                        if other is not node and node.publish_endpoint in other.subscriptions:
+                        wan = other.subscriptions.get(node.publish_endpoint)
+                        if other is not node and wan is not None and not (dc_only and wan):
                             self._transmit(node, other, frame)
                 case Send(address, frame):
                     target = self._by_address.get(address)
                     if target is not None:
                         self._transmit(node, target, frame)
-                case Subscribe(endpoint, _peer):
-                    node.subscriptions.add(endpoint)
+                case Subscribe(endpoint, _peer, wan):
+                    node.subscriptions[endpoint] = wan
                 case Unsubscribe(endpoint):
-                    node.subscriptions.discard(endpoint)
+                    node.subscriptions.pop(endpoint, None)
                 case Persist(updates, doc_states):
                     if self.config.durable and (updates or doc_states):
                         group = self._persist(node, effect)
@@ -310,13 +359,22 @@ class SimCluster:
         if self._groups is not None and self._groups[source.index] != self._groups[target.index]:
             self.messages_dropped += 1
             return
+        wan = source.dc != target.dc
+        if wan:
+            self.wan_messages += 1
+            self.wan_bytes += len(frame)
         if "loss" in faults and self.rng.random() < self.config.loss_rate:
+            self.messages_dropped += 1
+            return
+        if wan and self._faults_on and self.rng.random() < self.config.wan_loss_rate:
             self.messages_dropped += 1
             return
         copies = 2 if "dup" in faults and self.rng.random() < self.config.dup_rate else 1
         self.messages_duplicated += copies - 1
         for _ in range(copies):
             delay = self.rng.uniform(*self.config.latency_ms)
+            if wan:
+                delay += self.wan_latency_ms[min(source.dc, target.dc), max(source.dc, target.dc)]
             if "reorder" in faults:
                 delay += self.rng.uniform(0.0, self.config.reorder_jitter_ms)
             if "delay" in faults and self.rng.random() < self.config.delay_rate:
@@ -382,7 +440,7 @@ class SimCluster:
                 self._handle(kind, payload)
         if converged_at is None and not problems:
             problems = self.check() or ["event queue ran dry before the final check"]
-        final_state = self.materialized(0)
+        final_state = self.materialized(next((n.index for n in self.nodes if not n.departed), 0))
         lost = sum(
             1
             for position, (write, writer, incarnation) in enumerate(self.writes)
@@ -402,6 +460,8 @@ class SimCluster:
             messages_sent=self.messages_sent,
             messages_dropped=self.messages_dropped,
             messages_duplicated=self.messages_duplicated,
+            wan_messages=self.wan_messages,
+            wan_bytes=self.wan_bytes,
             writes=len(self.writes),
             writes_lost_to_crashes=lost,
             writes_acknowledged=len(self.acknowledged),
@@ -456,6 +516,20 @@ class SimCluster:
             node = self.nodes[payload]
             if node.replica is None:
                 self._start_node(node)
+        elif kind == "leave":
+            node = self.nodes[payload]
+            alive = sum(1 for other in self.nodes if other.replica is not None)
+            if node.replica is not None and alive > 1:
+                node.replica.leave()
+                self._pump(node)
+                # Like a crash for the checker: what the leaver had not replicated may be gone.
+                self.ever_crashed_incarnations.add((node.index, node.incarnation))
+                node.replica.close()
+                node.replica = None
+                node.incarnation += 1
+                node.subscriptions.clear()
+                node.departed = True
+                self._lose_uncommitted(node)
 
     def _client_op(self, op_index: int) -> None:
         alive = [node for node in self.nodes if node.replica is not None]
@@ -486,7 +560,7 @@ class SimCluster:
         self._groups = None
         self._faults_on = False
         for node in self.nodes:
-            if node.replica is None:
+            if node.replica is None and not node.departed:
                 self._start_node(node)
 
     # ------------------------------------------------------------------ invariants
@@ -500,7 +574,8 @@ class SimCluster:
     def check(self) -> list[str]:
         """Invariants of DESIGN.md: convergence by canonical digest and by JSON; no lost write."""
         problems: list[str] = []
-        replicas = [node.replica for node in self.nodes]
+        present = [node for node in self.nodes if not node.departed]
+        replicas = [node.replica for node in present]
         if any(replica is None for replica in replicas):
             return ["a node is down"]
         live = [replica for replica in replicas if replica is not None]
@@ -508,7 +583,7 @@ class SimCluster:
         doc_sets = [tuple(d for d in replica.doc_ids() if not replica.doc_is_empty(d)) for replica in live]
         if len(set(doc_sets)) != 1:
             return [f"replicas hold different doc sets: {[len(ids) for ids in doc_sets]} docs"]
-        states = [self.materialized(node.index) for node in self.nodes]
+        states = [self.materialized(node.index) for node in present]
         empty = self.workload.materialize(Doc())
         for doc_id in doc_sets[0]:
             digests = {replica.doc_digest(doc_id) for replica in live}

@@ -2,8 +2,11 @@
 
 - ROUTER bound at the node's advertised `listen` address: receives every directed message.
 - PUB bound at the publish endpoint (an ephemeral port on the listen host unless configured):
-  deltas and heartbeats, under one topic frame.
-- SUB connected to each peer's PUB endpoint (learned in the hello exchange).
+  deltas and heartbeats under the WAN topic, relayed deltas under the datacenter topic.
+- SUB connected to the PUB endpoint of each peer of the same datacenter (learned in the hello
+  exchange), subscribed to both topics; a second SUB, subscribed to the WAN topic only, connected
+  to other datacenters' peers when this node is a relay. ZeroMQ filters topics at the publisher,
+  so frames meant for one datacenter never cross the WAN.
 - One DEALER per peer, connected to the peer's ROUTER, for directed messages. DEALERs use
   ZMQ_IMMEDIATE so that nothing queues for a peer that is not connected: the core retries on its
   own timers, and stale queued requests would only arrive late.
@@ -29,6 +32,8 @@ from crdtsync.transport.curve import Allowlist, CurveKeys, make_server, set_clie
 log = logging.getLogger("crdtsync.transport")
 
 TOPIC = b"crdtsync.v1"
+WAN_TOPIC = TOPIC + b".wan"
+DC_TOPIC = TOPIC + b".dc"
 SEND_QUEUE_FRAMES_MAX = 10_000
 RECEIVE_QUEUE_FRAMES_MAX = 100_000
 RECEIVE_DRAIN_FRAMES_MAX = 256
@@ -58,9 +63,10 @@ class ZmqTransport:
         self._async_context = zmq.asyncio.Context.shadow(self._context.underlying)
         self.router: zmq.asyncio.Socket = self._async_context.socket(zmq.ROUTER)
         self.sub: zmq.asyncio.Socket = self._async_context.socket(zmq.SUB)
+        self.wan_sub: zmq.asyncio.Socket = self._async_context.socket(zmq.SUB)
         self.pub = self._context.socket(zmq.PUB)
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
-        self._subscriptions: set[str] = set()
+        self._subscriptions: dict[str, zmq.asyncio.Socket] = {}
         self.send_drops = 0
         self.curve = curve
         self.curve_no_key = 0
@@ -72,13 +78,15 @@ class ZmqTransport:
             self._authenticator = start_authenticator(self._context, self._allowlist)
             make_server(self.router, curve)
             make_server(self.pub, curve)
-        for sock in (self.router, self.sub, self.pub):
+        for sock in (self.router, self.sub, self.wan_sub, self.pub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
         self.router.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_FRAMES_MAX)
         self.sub.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_FRAMES_MAX)
+        self.wan_sub.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_FRAMES_MAX)
         self.pub.setsockopt(zmq.SNDHWM, SEND_QUEUE_FRAMES_MAX)
-        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
+        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC)  # a prefix of both topics
+        self.wan_sub.setsockopt(zmq.SUBSCRIBE, WAN_TOPIC)
         try:
             self.router.bind(listen)
             self.pub.bind(publish or f"tcp://{host}:*")
@@ -87,9 +95,9 @@ class ZmqTransport:
             raise OSError(f"cannot bind {listen if publish is None else publish}: {exc}") from exc
         self.publish_endpoint: str = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    def publish(self, frame: bytes) -> None:
+    def publish(self, frame: bytes, *, dc_only: bool = False) -> None:
         try:
-            self.pub.send_multipart((TOPIC, frame), flags=zmq.NOBLOCK)
+            self.pub.send_multipart((DC_TOPIC if dc_only else WAN_TOPIC, frame), flags=zmq.NOBLOCK)
         except zmq.Again:
             self.send_drops += 1
 
@@ -129,26 +137,27 @@ class ZmqTransport:
         except zmq.Again:
             self.send_drops += 1
 
-    def subscribe(self, endpoint: str, peer_address: str) -> None:
+    def subscribe(self, endpoint: str, peer_address: str, *, wan: bool = False) -> None:
         if endpoint not in self._subscriptions:
+            sock = self.wan_sub if wan else self.sub
             if self.curve is not None:
                 server_key = self.curve.peers.get(peer_address)
                 if server_key is None:
                     self._no_key(peer_address)
                     return
-                set_client_keys(self.sub, self.curve, server_key)
+                set_client_keys(sock, self.curve, server_key)
             try:
-                self.sub.connect(endpoint)
+                sock.connect(endpoint)
             except zmq.ZMQError as exc:
                 log.warning("cannot subscribe to %s: %s", endpoint, exc)
                 return
-            self._subscriptions.add(endpoint)
+            self._subscriptions[endpoint] = sock
 
     def unsubscribe(self, endpoint: str) -> None:
-        if endpoint in self._subscriptions:
-            self._subscriptions.discard(endpoint)
+        sock = self._subscriptions.pop(endpoint, None)
+        if sock is not None:
             with contextlib.suppress(zmq.ZMQError):  # already gone: nothing to undo
-                self.sub.disconnect(endpoint)
+                sock.disconnect(endpoint)
 
     async def receive_loop(
         self, sock: zmq.asyncio.Socket, on_frame: Callable[[bytes], None], on_batch_done: Callable[[], None]
@@ -191,7 +200,7 @@ class ZmqTransport:
         for dealer in self._dealers.values():
             dealer.close(linger=0)
         self._dealers.clear()
-        for sock in (self.router, self.sub, self.pub):
+        for sock in (self.router, self.sub, self.wan_sub, self.pub):
             sock.close(linger=0)
         if self._authenticator is not None:
             self._authenticator.stop()

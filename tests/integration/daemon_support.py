@@ -31,7 +31,12 @@ FAST_REPLICATION: dict[str, int] = {
     "tick_interval_ms": 20,
     "ae_interval_ms": 500,
     "heartbeat_interval_ms": 300,
-    "peer_timeout_ms": 2000,
+    "liveness_check_interval_ms": 100,
+}
+FAST_MEMBERSHIP: dict[str, int] = {
+    "gossip_interval_ms": 300,
+    "acceptable_pause_ms": 300,
+    "down_after_suspect_ms": 500,
 }
 
 
@@ -144,6 +149,7 @@ class Daemon:
             "http": {"listen": f"127.0.0.1:{self.http_port}", **self.http},
             "log": {"level": "info", "format": "kv"},
             "replication": self.replication,
+            "membership": FAST_MEMBERSHIP,
             "security": {"mode": "plaintext"},
         }
         path = self.workdir / ("config.toml" if listen == self.listen else "config-isolated.toml")

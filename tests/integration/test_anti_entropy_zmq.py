@@ -46,8 +46,9 @@ def test_a_node_joining_after_1000_docs_were_written_receives_them_all() -> None
                 print(f"late joiner caught up on 1000 docs in {time.monotonic() - started:.2f} s")
                 doc = await c.open("models/m0999")
                 assert doc.get("data", type=Map).to_py() == {"stage": 999 % 3}
-                (peer,) = [p for p in c.status().peers if p.node_id == "a"]
-                assert peer.ae_docs_repaired >= 1000
+                # c was configured with a alone and learns b by gossip: either may repair it.
+                assert {p.node_id for p in c.status().peers} == {"a", "b"}
+                assert sum(p.ae_docs_repaired for p in c.status().peers) >= 1000
                 assert c.status().counters.get("deltas_applied", 0) == 0, "nothing came by pub/sub"
 
     asyncio.run(scenario())

@@ -145,6 +145,10 @@ def test_replayed_and_altered_traffic_is_rejected_before_the_decoder(tmp_path: P
                     (await b.open("flags")).get("data", type=Map)["on"] = True
                     await wait_until(lambda: a.has_doc("flags"), 15.0, "a received b's write")
                 await wait_until(lambda: sum(map(len, recorded)) > 0, 5.0, "the relay recorded b's session")
+                # b announced its leave when it closed: count only after that last frame arrived.
+                await wait_until(
+                    lambda: a.status().counters.get("members_left", 0) == 1, 5.0, "a heard b leave"
+                )
                 session = b"".join(recorded)
                 received = a.status().counters.get("frames_received", 0)
                 await _send_raw(a_port, session)  # a replay of b's whole session

@@ -26,7 +26,6 @@ FAST = ReplicaConfig(
     retransmit_timeout_ms=100.0,
     ae_round_timeout_ms=500.0,
     causal_wait_ms=200.0,
-    peer_timeout_ms=3000.0,
 )
 CONVERGE_TIMEOUT_S = 15.0
 

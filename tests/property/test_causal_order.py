@@ -144,7 +144,9 @@ def _deliver(generated: Generated, frames: list[tuple[bytes, int]], order: list[
     # Introduce the publishers first (their stream starts after seq 0), so that sequence tracking accepts
     # every frame below and what is exercised is the causal buffer.
     for writer in generated.writers:
-        hello = wire.Hello(writer.node_id, EPOCH, f"tcp://{writer.node_id}:1", f"tcp://{writer.node_id}:2", 0)
+        hello = wire.Hello(
+            writer.node_id, EPOCH, f"tcp://{writer.node_id}:1", f"tcp://{writer.node_id}:2", 0, "default"
+        )
         replica.receive(wire.encode(hello), now_ms)
         replica.take_effects(now_ms)
     for index in order:

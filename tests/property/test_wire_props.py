@@ -53,8 +53,21 @@ def tree_entries(draw: st.DrawFn) -> wire.TreeEntries:
 
 
 messages: st.SearchStrategy[wire.Message] = st.one_of(
-    st.builds(wire.Hello, node_ids, uints, addresses, addresses, uints),
-    st.builds(wire.HelloAck, node_ids, uints, addresses, addresses, uints),
+    st.builds(wire.Hello, node_ids, uints, addresses, addresses, uints, node_ids),
+    st.builds(wire.HelloAck, node_ids, uints, addresses, addresses, uints, node_ids),
+    st.builds(
+        wire.Members,
+        node_ids,
+        st.booleans(),
+        st.lists(
+            st.builds(
+                wire.MemberEntry, node_ids, node_ids, addresses, addresses, uints, uints, st.booleans()
+            ),
+            min_size=1,
+            max_size=6,
+        ).map(tuple),
+    ),
+    st.builds(wire.Relayed, node_ids, node_ids, st.lists(deltas, min_size=1, max_size=6).map(tuple)),
     st.builds(wire.Deltas, node_ids, uints, uints, st.lists(deltas, min_size=1, max_size=12).map(tuple)),
     st.builds(wire.Heartbeat, node_ids, uints, uints),
     retransmit_requests(),

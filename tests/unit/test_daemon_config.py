@@ -85,7 +85,7 @@ def error(tmp_path: Path, text: str, **overrides: Any) -> str:
 def test_a_full_file_sets_every_section(tmp_path: Path) -> None:
     config = load(tmp_path, FULL)
     node = config.node
-    assert (node.node_id, config.dc, node.listen) == ("n1", "eu-west", "tcp://10.0.0.1:7400")
+    assert (node.node_id, config.node.dc, node.listen) == ("n1", "eu-west", "tcp://10.0.0.1:7400")
     assert node.peers == ["tcp://10.0.0.2:7400", "tcp://10.0.0.3:7401"]
     assert (node.publish, node.data_dir, node.durability) == (
         "tcp://10.0.0.1:7500",
@@ -111,7 +111,7 @@ def test_flags_alone_give_the_defaults() -> None:
     assert (config.node.listen, config.node.peers, config.node.publish) == ("tcp://127.0.0.1:7400", [], None)
     assert (config.node.data_dir, config.node.durability) == (None, "fsync")
     assert config.node.replication == ReplicaConfig()
-    assert (config.dc, config.http, config.log) == ("default", HttpConfig(), LogConfig())
+    assert (config.node.dc, config.http, config.log) == ("default", HttpConfig(), LogConfig())
 
 
 def test_flags_win_over_the_file(tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ def test_flags_win_over_the_file(tmp_path: Path) -> None:
         log_format="kv",
     )
     node = config.node
-    assert (node.node_id, config.dc, node.listen, node.peers) == (
+    assert (node.node_id, config.node.dc, node.listen, node.peers) == (
         "n9",
         "us-east",
         "tcp://127.0.0.1:9400",
@@ -156,8 +156,10 @@ def test_http_and_log_flags_work_without_those_tables(tmp_path: Path) -> None:
 
 
 def test_replication_float_fields_take_integers_and_floats(tmp_path: Path) -> None:
-    config = load(tmp_path, 'node_id = "n"\n[replication]\npeer_timeout_ms = 2000\nlinger_ms = 0.5\n')
-    assert config.node.replication.peer_timeout_ms == 2000
+    config = load(
+        tmp_path, 'node_id = "n"\n[replication]\nliveness_check_interval_ms = 2000\nlinger_ms = 0.5\n'
+    )
+    assert config.node.replication.liveness_check_interval_ms == 2000
     assert config.node.replication.linger_ms == 0.5
 
 

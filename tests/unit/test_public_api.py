@@ -13,6 +13,9 @@ def test_exports_are_pinned() -> None:
     assert crdtsync.__all__ == [
         "CurveConfig",
         "CurveKeyError",
+        "DcStatus",
+        "MemberStatus",
+        "MembershipConfig",
         "MemoryStore",
         "Node",
         "NodeConfig",
@@ -62,6 +65,8 @@ def test_config_and_status_fields_are_pinned() -> None:
         "durability",
         "replication",
         "curve",
+        "dc",
+        "membership",
     ]
     assert [f.name for f in dataclasses.fields(NodeStatus)] == [
         "node_id",
@@ -73,20 +78,27 @@ def test_config_and_status_fields_are_pinned() -> None:
         "pending_updates",
         "peers",
         "counters",
+        "dc",
+        "relay",
+        "members",
+        "datacenters",
         "store",
         "durability",
     ]
     assert [f.name for f in dataclasses.fields(PeerStatus)] == [
         "address",
         "node_id",
+        "dc",
         "state",
         "epoch",
         "last_heard_ago_ms",
         "behind_updates",
+        "lag_ms",
         "ae_rounds",
         "ae_last_round_ago_ms",
         "ae_docs_repaired",
         "ae_bytes_repaired",
         "ae_divergence",
         "ae_in_progress",
+        "subscribed",
     ]

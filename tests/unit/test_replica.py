@@ -201,15 +201,28 @@ def test_a_peer_configured_on_one_side_only_links_both_ways() -> None:
     assert mesh.subscriptions[b.address] == {a.publish_endpoint}
 
 
-def test_silent_peer_goes_down_after_timeout_and_comes_back_up() -> None:
-    config = ReplicaConfig(peer_timeout_ms=1000.0, heartbeat_interval_ms=200.0, hello_interval_ms=200.0)
+def test_silent_peer_goes_suspect_then_down_and_comes_back_up() -> None:
+    config = ReplicaConfig(heartbeat_interval_ms=200.0, hello_interval_ms=200.0)
     mesh = Mesh()
     a, b = mesh.add("a", config=config), mesh.add("b", config=config)
     mesh.link_all()
+    mesh.advance(2000.0)
+    assert [p.state for p in a.status(mesh.now_ms).peers] == ["up"]
     mesh.drop = lambda hop: hop.source == b.address
-    mesh.advance(1500.0)
+    silent_from_ms = mesh.now_ms
+    while [p.state for p in a.status(mesh.now_ms).peers] == ["up"]:
+        mesh.advance(50.0)
+        assert mesh.now_ms - silent_from_ms < 10_000, "never suspected"
+    suspected_after_ms = mesh.now_ms - silent_from_ms
+    assert [p.state for p in a.status(mesh.now_ms).peers] == ["suspect"]
+    assert [m.state for m in a.status(mesh.now_ms).members] == ["suspect"]
+    # Mean interval 200 ms plus the 1500 ms acceptable pause and the 200 ms deviation floor: phi
+    # reaches 8 about 1 s beyond the pause.
+    assert 1700 <= suspected_after_ms <= 3500, suspected_after_ms
+    mesh.advance(a.membership.config.down_after_suspect_ms + 300.0)
     assert [p.state for p in a.status(mesh.now_ms).peers] == ["down"]
     assert _count(a, "peer_down") == 1
+    assert _count(a, "member_suspect") == 1
     mesh.drop = lambda hop: False
     mesh.advance(500.0)
     assert [p.state for p in a.status(mesh.now_ms).peers] == ["up"]

@@ -23,8 +23,8 @@ def _delta(doc_id: str, update: bytes) -> wire.Delta:
 
 
 ONE_OF_EACH_KIND: list[wire.Message] = [
-    wire.Hello(NODE, 17, "tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001", 42),
-    wire.HelloAck(NODE, 18, "tcp://127.0.0.1:5002", "tcp://127.0.0.1:5003", 0),
+    wire.Hello(NODE, 17, "tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001", 42, "eu-west"),
+    wire.HelloAck(NODE, 18, "tcp://127.0.0.1:5002", "tcp://127.0.0.1:5003", 0, "us-east"),
     wire.Deltas(NODE, 3, 7, (_delta("doc-1", b"\x01\x02"), _delta("doc-2", b"\x03"), _delta("doc-1", b""))),
     wire.Heartbeat(NODE, 3, 99),
     wire.RetransmitRequest(NODE, 3, 5, 9),
@@ -40,6 +40,15 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
     wire.TreeEntriesRequest(NODE, 3, (0, 4095)),
     wire.TreeEntries(NODE, 3, (7, 9), ((7, "doc-1", b"\x11" * 16), (9, "doc-2", b"\x22" * 16))),
     wire.TreeEntries(NODE, 3, (11,), ()),
+    wire.Members(
+        NODE,
+        False,
+        (
+            wire.MemberEntry(NODE, "eu-west", "tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001", 17, 3, False),
+            wire.MemberEntry("other", "us-east", "tcp://10.0.0.2:5000", "tcp://10.0.0.2:5001", 9, 0, True),
+        ),
+    ),
+    wire.Relayed(NODE, "origin-node", (_delta("doc-1", b"\x01\x02"), _delta("doc-2", b""))),
 ]
 
 

@@ -1,0 +1,279 @@
+"""Cluster membership: who is in the cluster, where, and whether they look alive. Sans-IO.
+
+Every node keeps a table of members (node id, datacenter, advertised addresses, incarnation,
+heartbeat counter, left flag). A node bumps its own heartbeat counter on a timer and spreads the
+whole table by push-pull gossip to one peer at a time, so a node started with a single seed learns
+everybody and everybody learns it. A record with a higher (incarnation, left, heartbeat) replaces a
+lower one: a restart comes back with a higher incarnation (the node's epoch), a graceful leave wins
+over the same incarnation's heartbeats, and a newer heartbeat is evidence that the member lives.
+
+Failure detection is phi-accrual (Hayashibara et al., as in Akka and Cassandra): every piece of
+evidence of life (any frame from the member, or a higher heartbeat counter in gossip, which is how
+members without a direct link are observed) is an arrival; phi grows with the silence since the
+last one, relative to the distribution of past inter-arrival times. Phi at or above
+`phi_suspect` makes a member suspect; suspect for `down_after_suspect_ms` makes it down; any new
+evidence makes it alive again.
+
+Relays are chosen without an election: the `relays_per_dc` members of a datacenter with the highest
+rendezvous hash among those not down. Every node computes the same set from the same view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+Liveness = Literal["alive", "suspect", "down", "left"]
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipConfig:
+    gossip_interval_ms: float = 1000.0
+    """Mean time between gossip exchanges with one peer (jittered by +-25%)."""
+    phi_suspect: float = 8.0
+    """Phi at which a member becomes suspect (8: about one false suspicion in 10^8 heartbeats if
+    arrivals were normally distributed as observed)."""
+    down_after_suspect_ms: float = 2000.0
+    """How long a member stays suspect, without evidence of life, before it is down."""
+    acceptable_pause_ms: float = 1500.0
+    """Added to the mean inter-arrival time: a silence this much longer than usual is not yet
+    suspicious (covers the switch from dense traffic to idle heartbeats)."""
+    min_std_deviation_ms: float = 200.0
+    """Floor of the inter-arrival standard deviation, so very regular arrivals do not make phi
+    explode at the first small delay."""
+    samples_max: int = 200
+    """Inter-arrival samples kept per member."""
+    members_max: int = 1024
+    relays_per_dc: int = 1
+    """Nodes of each datacenter that subscribe across the WAN and republish into their datacenter."""
+    forget_left_ms: float = 600_000.0
+    """How long a member that left is remembered (so gossip does not bring it back) before it is forgotten."""
+
+
+class PhiDetector:
+    """Phi-accrual failure detector over one member's arrival times (bounded sample window)."""
+
+    __slots__ = ("_samples", "_sum", "_sum_squares", "last_ms")
+
+    def __init__(self, samples_max: int, first_interval_ms: float, now_ms: float) -> None:
+        # Seeded with two samples around the expected interval so that phi is defined from the start.
+        self._samples: deque[float] = deque(maxlen=samples_max)
+        self._sum = 0.0
+        self._sum_squares = 0.0
+        self.last_ms = now_ms
+        for sample in (first_interval_ms * 0.75, first_interval_ms * 1.25):
+            self._add(sample)
+
+    def _add(self, interval_ms: float) -> None:
+        if len(self._samples) == self._samples.maxlen:
+            old = self._samples[0]
+            self._sum -= old
+            self._sum_squares -= old * old
+        self._samples.append(interval_ms)
+        self._sum += interval_ms
+        self._sum_squares += interval_ms * interval_ms
+
+    def heard(self, now_ms: float) -> None:
+        interval = now_ms - self.last_ms
+        if interval <= 0:
+            return
+        self.last_ms = now_ms
+        self._add(interval)
+
+    def phi(self, now_ms: float, config: MembershipConfig) -> float:
+        count = len(self._samples)
+        mean = self._sum / count
+        variance = max(0.0, self._sum_squares / count - mean * mean)
+        std = max(math.sqrt(variance), config.min_std_deviation_ms)
+        elapsed = now_ms - self.last_ms
+        # Logistic approximation of the normal CDF (the one Akka uses); stays finite for large y.
+        y = (elapsed - (mean + config.acceptable_pause_ms)) / std
+        if y < -10:  # far below the mean: phi is 0, and exp would overflow
+            return 0.0
+        e = math.exp(-y * (1.5976 + 0.070566 * y * y))
+        tail = e / (1.0 + e) if y > 0 else 1.0 - 1.0 / (1.0 + e)
+        return -math.log10(max(tail, 1e-300))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """What gossip carries about one member."""
+
+    node_id: str
+    dc: str
+    address: str
+    publish_endpoint: str
+    incarnation: int
+    heartbeat: int
+    left: bool
+
+    def order(self) -> tuple[int, bool, int]:
+        return (self.incarnation, self.left, self.heartbeat)
+
+
+@dataclass(slots=True)
+class Member:
+    record: MemberRecord
+    detector: PhiDetector
+    liveness: Liveness = "alive"
+    liveness_since_ms: float = 0.0
+    suspicions: int = 0
+    """Times this member went from alive to suspect (how often it looked failed)."""
+    downs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LivenessChange:
+    node_id: str
+    dc: str
+    before: Liveness
+    after: Liveness
+
+
+def rendezvous_score(dc: str, node_id: str) -> bytes:
+    return hashlib.blake2b(f"{dc}\x00{node_id}".encode(), digest_size=8).digest()
+
+
+@dataclass(slots=True)
+class Membership:
+    """The member table of one node (`own` is this node's own record, kept current by its owner)."""
+
+    own: MemberRecord
+    config: MembershipConfig
+    expected_interval_ms: float
+    """The heartbeat interval: the detector's prior for a member not heard from yet."""
+    members: dict[str, Member] = field(default_factory=dict)
+    rejected_full: int = 0
+
+    # ------------------------------------------------------------------ own record
+
+    def beat(self) -> None:
+        own = self.own
+        self.own = MemberRecord(
+            own.node_id,
+            own.dc,
+            own.address,
+            own.publish_endpoint,
+            own.incarnation,
+            own.heartbeat + 1,
+            own.left,
+        )
+
+    def leave(self) -> None:
+        own = self.own
+        self.own = MemberRecord(
+            own.node_id, own.dc, own.address, own.publish_endpoint, own.incarnation, own.heartbeat + 1, True
+        )
+
+    def records(self) -> list[MemberRecord]:
+        """Every record this node would gossip, its own first."""
+        return [self.own, *(member.record for member in self.members.values())]
+
+    # ------------------------------------------------------------------ learning
+
+    def merge(self, record: MemberRecord, now_ms: float) -> tuple[bool, bool]:
+        """Take a gossiped or directly announced record. Returns (changed, evidence of life)."""
+        if record.node_id == self.own.node_id:
+            return False, False  # only the node itself speaks for itself
+        member = self.members.get(record.node_id)
+        if member is None:
+            if len(self.members) >= self.config.members_max:
+                self.rejected_full += 1
+                return False, False
+            member = Member(
+                record,
+                PhiDetector(self.config.samples_max, self.expected_interval_ms, now_ms),
+                "left" if record.left else "alive",
+                now_ms,
+            )
+            self.members[record.node_id] = member
+            return True, not record.left
+        if record.order() <= member.record.order():
+            return False, False
+        newer_incarnation = record.incarnation > member.record.incarnation
+        member.record = record
+        if record.left:
+            member.liveness = "left"
+            member.liveness_since_ms = now_ms
+            return True, False
+        if newer_incarnation:
+            member.detector = PhiDetector(self.config.samples_max, self.expected_interval_ms, now_ms)
+            if member.liveness == "left":  # it left, and has rejoined since
+                member.liveness = "alive"
+                member.liveness_since_ms = now_ms
+        return True, True
+
+    def heard(self, node_id: str, now_ms: float) -> LivenessChange | None:
+        """Direct or gossiped evidence that `node_id` lives."""
+        member = self.members.get(node_id)
+        if member is None or member.liveness == "left":
+            return None
+        member.detector.heard(now_ms)
+        if member.liveness != "alive":
+            return self._set(member, "alive", now_ms)
+        return None
+
+    def evaluate(self, now_ms: float) -> list[LivenessChange]:
+        """Advance alive -> suspect -> down for members whose silence has grown; forget old leavers."""
+        changes: list[LivenessChange] = []
+        forget: list[str] = []
+        for node_id, member in self.members.items():
+            if member.liveness == "left":
+                if now_ms - member.liveness_since_ms >= self.config.forget_left_ms:
+                    forget.append(node_id)
+                continue
+            if member.liveness == "alive":
+                if member.detector.phi(now_ms, self.config) >= self.config.phi_suspect:
+                    member.suspicions += 1
+                    changes.append(self._set(member, "suspect", now_ms))
+            elif (
+                member.liveness == "suspect"
+                and now_ms - member.liveness_since_ms >= self.config.down_after_suspect_ms
+            ):
+                member.downs += 1
+                changes.append(self._set(member, "down", now_ms))
+        for node_id in forget:
+            del self.members[node_id]
+        return changes
+
+    @staticmethod
+    def _set(member: Member, liveness: Liveness, now_ms: float) -> LivenessChange:
+        change = LivenessChange(member.record.node_id, member.record.dc, member.liveness, liveness)
+        member.liveness = liveness
+        member.liveness_since_ms = now_ms
+        return change
+
+    # ------------------------------------------------------------------ topology
+
+    def relays(self, dc: str) -> list[str]:
+        """The relays of datacenter `dc`: the top `relays_per_dc` by rendezvous hash among members
+        that are neither down nor gone (this node counts as alive in its own view)."""
+        candidates = [self.own.node_id] if self.own.dc == dc and not self.own.left else []
+        candidates += [
+            node_id
+            for node_id, member in self.members.items()
+            if member.record.dc == dc and member.liveness in ("alive", "suspect")
+        ]
+        candidates.sort(key=lambda node_id: rendezvous_score(dc, node_id), reverse=True)
+        return candidates[: self.config.relays_per_dc]
+
+    def is_relay(self) -> bool:
+        return self.own.node_id in self.relays(self.own.dc)
+
+    def dc_of(self, node_id: str) -> str | None:
+        if node_id == self.own.node_id:
+            return self.own.dc
+        member = self.members.get(node_id)
+        return None if member is None else member.record.dc
+
+    def newer_than(self, records: list[MemberRecord]) -> bool:
+        """True when this table knows something `records` (a peer's table) lacks or has older."""
+        theirs = {record.node_id: record.order() for record in records}
+        for record in self.records():
+            known = theirs.get(record.node_id)
+            if known is None or known < record.order():
+                return True
+        return False
