@@ -1,0 +1,150 @@
+"""The member table, the phi-accrual detector and relay choice, without a network."""
+
+from __future__ import annotations
+
+import pytest
+
+from crdtsync.core.membership import (
+    MemberRecord,
+    Membership,
+    MembershipConfig,
+    PhiDetector,
+    rendezvous_score,
+)
+
+CONFIG = MembershipConfig()
+
+
+def _record(
+    node_id: str, *, dc: str = "dc1", incarnation: int = 1, heartbeat: int = 0, left: bool = False
+) -> MemberRecord:
+    return MemberRecord(node_id, dc, f"tcp://{node_id}:1", f"tcp://{node_id}:2", incarnation, heartbeat, left)
+
+
+def _table(config: MembershipConfig = CONFIG) -> Membership:
+    return Membership(_record("self"), config, expected_interval_ms=1000.0)
+
+
+def test_phi_grows_with_silence_and_stays_low_for_the_usual_interval() -> None:
+    detector = PhiDetector(100, 1000.0, 0.0)
+    for beat in range(1, 30):
+        detector.heard(beat * 1000.0)
+    last = 29 * 1000.0
+    values = [detector.phi(last + silence, CONFIG) for silence in (500.0, 1000.0, 2500.0, 3500.0, 5000.0)]
+    assert values == sorted(values)
+    assert values[1] < 1.0, "one usual interval of silence is not suspicious"
+    assert values[-1] > CONFIG.phi_suspect, "five intervals of silence are"
+
+
+def test_phi_after_dense_traffic_tolerates_the_acceptable_pause() -> None:
+    detector = PhiDetector(100, 1000.0, 0.0)
+    for arrival in range(1, 100):
+        detector.heard(arrival * 2.0)  # a busy peer: a frame every 2 ms
+    assert detector.phi(198.0 + CONFIG.acceptable_pause_ms, CONFIG) < 1.0
+    assert detector.phi(198.0 + CONFIG.acceptable_pause_ms + 2_000.0, CONFIG) > CONFIG.phi_suspect
+
+
+def test_phi_is_finite_far_from_the_mean() -> None:
+    detector = PhiDetector(10, 1000.0, 0.0)
+    assert detector.phi(0.0, CONFIG) == 0.0
+    assert 0 < detector.phi(1e9, CONFIG) <= 300.0
+
+
+def test_silent_member_goes_suspect_then_down_and_evidence_brings_it_back() -> None:
+    table = _table()
+    table.merge(_record("a"), 0.0)
+    assert table.evaluate(1_000.0) == []
+    changes = []
+    now = 0.0
+    while not changes:
+        now += 100.0
+        changes = table.evaluate(now)
+        assert now < 20_000.0
+    assert [(c.node_id, c.before, c.after) for c in changes] == [("a", "alive", "suspect")]
+    assert table.evaluate(now + CONFIG.down_after_suspect_ms - 100.0) == []
+    (down,) = table.evaluate(now + CONFIG.down_after_suspect_ms)
+    assert (down.before, down.after) == ("suspect", "down")
+    back = table.heard("a", now + 10_000.0)
+    assert back is not None and (back.before, back.after) == ("down", "alive")
+    member = table.members["a"]
+    assert (member.suspicions, member.downs) == (1, 1)
+
+
+def test_records_merge_by_incarnation_then_leave_then_heartbeat() -> None:
+    table = _table()
+    assert table.merge(_record("a", heartbeat=5), 0.0) == (True, True)
+    assert table.merge(_record("a", heartbeat=4), 1.0) == (False, False), "older heartbeat ignored"
+    assert table.merge(_record("a", heartbeat=6), 2.0) == (True, True), "newer heartbeat is evidence"
+    assert table.merge(_record("a", heartbeat=7, left=True), 3.0) == (True, False)
+    assert table.members["a"].liveness == "left"
+    assert table.merge(_record("a", heartbeat=99), 4.0) == (False, False), "a leave beats its incarnation"
+    assert table.merge(_record("a", incarnation=2), 5.0) == (True, True), "a restart rejoins"
+    assert table.members["a"].liveness == "alive"
+
+
+def test_nobody_else_speaks_for_this_node() -> None:
+    table = _table()
+    assert table.merge(_record("self", incarnation=99, left=True), 0.0) == (False, False)
+    assert "self" not in table.members and not table.own.left
+
+
+def test_the_table_is_bounded() -> None:
+    table = _table(MembershipConfig(members_max=3))
+    for index in range(10):
+        table.merge(_record(f"m{index}"), 0.0)
+    assert len(table.members) == 3
+    assert table.rejected_full == 7
+
+
+def test_members_that_left_are_forgotten_after_a_while() -> None:
+    table = _table(MembershipConfig(forget_left_ms=1_000.0))
+    table.merge(_record("a", left=True), 0.0)
+    table.evaluate(999.0)
+    assert "a" in table.members
+    table.evaluate(1_000.0)
+    assert "a" not in table.members
+
+
+def test_relays_are_the_top_rendezvous_scores_among_members_not_down() -> None:
+    table = _table(MembershipConfig(relays_per_dc=2))
+    for name in ("a", "b", "c", "d"):
+        table.merge(_record(name, dc="east"), 0.0)
+    expected = sorted("abcd", key=lambda name: rendezvous_score("east", name), reverse=True)
+    assert table.relays("east") == expected[:2]
+    table.members[expected[0]].liveness = "down"
+    assert table.relays("east") == expected[1:3], "a down relay is replaced by the next one"
+    table.members[expected[1]].liveness = "suspect"
+    assert expected[1] in table.relays("east"), "suspicion alone does not move the relay"
+    assert table.relays("nowhere") == []
+
+
+def test_own_node_counts_for_its_own_datacenter() -> None:
+    table = _table()
+    assert table.relays("dc1") == ["self"] and table.is_relay()
+    table.merge(_record("a"), 0.0)
+    assert table.is_relay() == (rendezvous_score("dc1", "self") > rendezvous_score("dc1", "a"))
+    table.leave()
+    assert not table.is_relay() and table.own.left
+
+
+def test_newer_than_tells_whether_the_peer_needs_an_answer() -> None:
+    table = _table()
+    table.merge(_record("a", heartbeat=3), 0.0)
+    assert table.newer_than([table.own, _record("a", heartbeat=3)]) is False
+    assert table.newer_than([table.own, _record("a", heartbeat=2)]) is True
+    assert table.newer_than([table.own]) is True
+    table.beat()
+    assert table.newer_than([_record("self"), _record("a", heartbeat=3)]) is True
+
+
+@pytest.mark.parametrize("relays_per_dc", [1, 2, 3])
+def test_every_node_computes_the_same_relays_from_the_same_view(relays_per_dc: int) -> None:
+    config = MembershipConfig(relays_per_dc=relays_per_dc)
+    names = [f"n{index}" for index in range(5)]
+    views = []
+    for own in names:
+        table = Membership(_record(own), config, expected_interval_ms=1000.0)
+        for other in names:
+            table.merge(_record(other), 0.0)
+        views.append(table.relays("dc1"))
+    assert all(view == views[0] for view in views) and len(views[0]) == relays_per_dc
