@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from crdtsync.core.membership import (
+    LivenessChange,
     MemberRecord,
     Membership,
     MembershipConfig,
@@ -54,7 +55,7 @@ def test_silent_member_goes_suspect_then_down_and_evidence_brings_it_back() -> N
     table = _table()
     table.merge(_record("a"), 0.0)
     assert table.evaluate(1_000.0) == []
-    changes = []
+    changes: list[LivenessChange] = []
     now = 0.0
     while not changes:
         now += 100.0
@@ -79,7 +80,8 @@ def test_records_merge_by_incarnation_then_leave_then_heartbeat() -> None:
     assert table.members["a"].liveness == "left"
     assert table.merge(_record("a", heartbeat=99), 4.0) == (False, False), "a leave beats its incarnation"
     assert table.merge(_record("a", incarnation=2), 5.0) == (True, True), "a restart rejoins"
-    assert table.members["a"].liveness == "alive"
+    rejoined: str = table.members["a"].liveness
+    assert rejoined == "alive"
 
 
 def test_nobody_else_speaks_for_this_node() -> None:
