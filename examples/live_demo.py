@@ -56,7 +56,7 @@ CLUSTERS = ("us-east", "eu-west", "ap-south")
 
 FRAME_INTERVAL_S = 0.25
 WRITE_INTERVAL_S = (0.15, 0.35)
-KILL_DOWNTIME_S = 4.0
+KILL_DOWNTIME_S = 5.0
 FOREVER_CYCLE_S = 20.0
 SETTLE_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -426,7 +426,7 @@ class Demo:
 
         A bounded run kills c after about a third of its time (if it lasts 6 s or more); --forever
         kills c, b, a, c, ... 7 s into every 20 s cycle. The victim stays down long enough for its
-        peers to notice (peer_timeout_ms is 3 s by default).
+        peers to notice (their failure detector suspects a silent peer after about 4 s).
         """
         if self.forever:
             at = cycle * FOREVER_CYCLE_S + 7.0

@@ -75,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--datacenters",
+        type=int,
+        default=1,
+        help="split the nodes into this many datacenters joined by WAN links of 30-150 ms (default 1)",
+    )
+    parser.add_argument(
+        "--wan-loss-rate",
+        type=float,
+        default=0.0,
+        help="loss probability on links between datacenters until healing (default 0)",
+    )
+    parser.add_argument(
+        "--seed-only",
+        action="store_true",
+        help="configure every node with node 0 as its only peer; membership gossip finds the rest",
+    )
+    parser.add_argument(
         "--verbose", action="store_true", help="print a verdict line for every seed of a campaign"
     )
     return parser
@@ -85,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.nodes < 1 or args.docs < 1 or args.ops < 0:
         print("error: --nodes and --docs must be >= 1, --ops >= 0", file=sys.stderr)
         return 2
-    if not 0.0 <= args.loss_rate < 1.0:
-        print("error: --loss-rate must be in [0, 1)", file=sys.stderr)
+    if not 0.0 <= args.loss_rate < 1.0 or not 0.0 <= args.wan_loss_rate < 1.0:
+        print("error: --loss-rate and --wan-loss-rate must be in [0, 1)", file=sys.stderr)
+        return 2
+    if not 1 <= args.datacenters <= args.nodes:
+        print("error: --datacenters must be between 1 and --nodes", file=sys.stderr)
         return 2
     single = args.seed if args.seed is not None else 1
     seeds: range = args.seeds if args.seeds is not None else range(single, single + 1)
@@ -103,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             loss_rate=args.loss_rate,
             write_window_ms=args.window_ms,
             durable=args.durable,
+            datacenters=args.datacenters,
+            wan_loss_rate=args.wan_loss_rate,
+            seed_only=args.seed_only,
         )
         result = run_simulation(config)
         if not result.ok:
