@@ -81,6 +81,9 @@ class ReplicaConfig:
     """How long a delta may wait for its dependencies before the doc is pulled from its publisher."""
     pending_deltas_per_doc_max: int = 4096
     pending_bytes_max: int = 64 * 1024 * 1024
+    pending_bytes_per_peer_max: int = 16 * 1024 * 1024
+    """Update bytes one sender may hold in the causal buffer: a peer that sends deltas whose
+    dependencies never come cannot take the whole buffer from the honest ones."""
     ae_interval_ms: float = 5000.0
     """Mean time between periodic anti-entropy rounds (each against one peer, round robin, jittered
     by +-25%); 0 disables the periodic rounds (rounds on connect and on lost gaps still run)."""
@@ -111,8 +114,8 @@ class ReplicaConfig:
     """Frames accepted per second from one sender (a token bucket holding one second's worth);
     beyond it frames are dropped and counted, and the protocol repairs what honest peers lose."""
     quarantine_after_rejects: int = 10
-    """Updates from one sender that pycrdt rejects within `quarantine_ms` before that sender is
-    ignored for `quarantine_ms`."""
+    """Updates from one sender, or for one doc, that pycrdt rejects within `quarantine_ms` before
+    that sender is ignored, or remote updates for that doc are dropped, for `quarantine_ms`."""
     quarantine_ms: float = 300_000.0
 
 
@@ -350,6 +353,8 @@ class Replica:
         self._persist: list[tuple[str, bytes]] = []
         self._pending_total = 0
         self._pending_bytes = 0
+        self._pending_bytes_by: dict[str, int] = {}
+        """Update bytes in the causal buffer per sender (the publisher, or the relay that forwarded)."""
         # A dict, not a set: iteration order must not depend on string hashing, or simulations would not replay.
         self._pending_docs: dict[str, None] = {}
         self._now_ms = 0.0
@@ -374,6 +379,8 @@ class Replica:
         self._warned_ms: dict[str, float] = {}
         self._strikes: dict[str, tuple[int, float]] = {}
         self._quarantined: dict[str, float] = {}
+        self._doc_strikes: dict[str, tuple[int, float]] = {}
+        self._docs_quarantined: dict[str, float] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ driver interface
@@ -740,8 +747,12 @@ class Replica:
     def _apply(self, entry: _DocEntry, update: bytes, reason: str, sender: str | None = None) -> bool:
         # The size cap protects against peers; the node's own store and backups are not capped,
         # or a doc that grew large could never be loaded again.
-        if reason not in ("load", "restore") and len(update) > self.config.update_bytes_max:
+        remote = reason not in ("load", "restore")
+        if remote and len(update) > self.config.update_bytes_max:
             self._count("updates_dropped_too_large")
+            return False
+        if remote and self._doc_quarantined(entry.doc_id):
+            self._count("updates_dropped_doc_quarantined")
             return False
         doc = self._doc(entry)
         try:
@@ -754,27 +765,53 @@ class Replica:
             self._warn("update_rejected", "rejected a %s update of %d bytes: %s", reason, len(update), exc)
             if sender is not None:
                 self._strike(sender)
+            if remote and self._strike_in(self._doc_strikes, entry.doc_id, 4 * self.config.peers_max):
+                self._docs_quarantined[entry.doc_id] = self._now_ms + self.config.quarantine_ms
+                if len(self._docs_quarantined) > self.config.peers_max:  # bounded: the oldest goes
+                    del self._docs_quarantined[next(iter(self._docs_quarantined))]
+                self._count("docs_quarantined")
+                log.warning(
+                    "quarantined doc %r for %.0f s: %d updates for it were rejected",
+                    entry.doc_id,
+                    self.config.quarantine_ms / 1000.0,
+                    self.config.quarantine_after_rejects,
+                )
             return False
         return True
 
-    def _strike(self, sender: str) -> None:
-        """Count a rejected update against its sender; too many and the sender is quarantined."""
-        count, since = self._strikes.get(sender, (0, self._now_ms))
+    def _strike_in(self, strikes: dict[str, tuple[int, float]], key: str, keys_max: int) -> bool:
+        """Count one rejection against `key` in `strikes`; True when that makes it quarantined."""
+        count, since = strikes.get(key, (0, self._now_ms))
         if self._now_ms - since > self.config.quarantine_ms:
             count, since = 0, self._now_ms
         count += 1
-        self._strikes[sender] = (count, since)
-        if len(self._strikes) > 4 * self.config.peers_max:
-            del self._strikes[next(iter(self._strikes))]  # bounded: forget the oldest sender
-        if count >= self.config.quarantine_after_rejects:
-            del self._strikes[sender]
+        strikes[key] = (count, since)
+        if len(strikes) > keys_max:
+            del strikes[next(iter(strikes))]  # bounded: forget the oldest
+        if count < self.config.quarantine_after_rejects:
+            return False
+        strikes.pop(key, None)
+        return True
+
+    def _doc_quarantined(self, doc_id: str) -> bool:
+        until = self._docs_quarantined.get(doc_id)
+        if until is None:
+            return False
+        if self._now_ms < until:
+            return True
+        del self._docs_quarantined[doc_id]
+        return False
+
+    def _strike(self, sender: str) -> None:
+        """Count a rejected update against its sender; too many and the sender is quarantined."""
+        if self._strike_in(self._strikes, sender, 4 * self.config.peers_max):
             self._quarantined[sender] = self._now_ms + self.config.quarantine_ms
             self._count("peers_quarantined")
             log.warning(
                 "quarantined %s for %.0f s: %d of its updates were rejected",
                 sender,
                 self.config.quarantine_ms / 1000.0,
-                count,
+                self.config.quarantine_after_rejects,
             )
 
     def _admit(self, sender: str) -> bool:
@@ -1298,9 +1335,11 @@ class Replica:
                     self._warn("bad_doc", "dropped a delta for doc %r: %s", delta.doc_id, exc)
                     continue
                 touched[delta.doc_id] = entry
+            held = self._pending_bytes_by.get(publisher, 0)
             if (
                 len(entry.pending) >= self.config.pending_deltas_per_doc_max
                 or self._pending_bytes + len(delta.update) > self.config.pending_bytes_max
+                or held + len(delta.update) > self.config.pending_bytes_per_peer_max
             ):
                 # Dropping is safe: the pull below fetches everything this delta carried.
                 self._count("deltas_dropped_buffer_full")
@@ -1311,6 +1350,7 @@ class Replica:
             entry.pending.append(_PendingDelta(delta, before, after, publisher, self._now_ms))
             self._pending_total += 1
             self._pending_bytes += len(delta.update)
+            self._pending_bytes_by[publisher] = held + len(delta.update)
         for doc_id, entry in touched.items():
             self._drain(doc_id, entry)
 
@@ -1329,10 +1369,18 @@ class Replica:
                 else:
                     waiting.append(pending)
             done = len(entry.pending) - len(waiting)
-            self._pending_total -= done
-            self._pending_bytes -= sum(len(p.delta.update) for p in entry.pending) - sum(
-                len(p.delta.update) for p in waiting
-            )
+            if done:
+                self._pending_total -= done
+                still = set(map(id, waiting))
+                for pending in entry.pending:
+                    if id(pending) not in still:
+                        size = len(pending.delta.update)
+                        self._pending_bytes -= size
+                        left = self._pending_bytes_by[pending.publisher] - size
+                        if left:
+                            self._pending_bytes_by[pending.publisher] = left
+                        else:
+                            del self._pending_bytes_by[pending.publisher]
             entry.pending = waiting
             if ready:
                 self._apply_run(entry, ready)

@@ -16,6 +16,7 @@ from pycrdt import Doc, Map, Text
 from crdtsync.core import wire
 from crdtsync.core.effects import Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.replica import Replica, ReplicaConfig
+from crdtsync.core.state import encode_state_vector
 
 
 def _new_doc(client_id: int) -> Doc[Any]:
@@ -629,3 +630,57 @@ def test_frames_beyond_a_senders_rate_are_dropped_and_counted() -> None:
     assert _count(replica, "frames_dropped_rate") == dropped, "the limit is per sender"
     replica.receive(wire.encode(wire.Heartbeat("chatty", 1, 0)), 2000.0)
     assert _count(replica, "frames_dropped_rate") == dropped, "a second later the bucket has refilled"
+
+
+def test_one_sender_cannot_fill_the_causal_buffer_for_everyone() -> None:
+    """Deltas whose dependencies never come are held per sender up to pending_bytes_per_peer_max."""
+    config = ReplicaConfig(pending_bytes_per_peer_max=10_000, pending_bytes_max=1_000_000)
+    receiver = Replica(
+        node_id="r", epoch=1, client_id=5, address="tcp://r:1", publish_endpoint="tcp://r:2", config=config
+    )
+    never_seen = encode_state_vector({424242: 7})  # a dependency nobody will ever deliver
+
+    def orphans(sender: str, first_seq: int, count: int) -> bytes:
+        deltas = tuple(
+            wire.Delta(f"doc-{sender}-{i}", never_seen, encode_state_vector({424242: 8}), b"\x01" * 1000)
+            for i in range(count)
+        )
+        return wire.encode(wire.Deltas(sender, 1, first_seq, deltas))
+
+    receiver.receive(orphans("mallory", 1, 50), 0.0)
+    held = receiver.status(0.0).pending_deltas
+    assert held == 10, "10 deltas of 1,000 bytes fill mallory's 10,000-byte share"
+    assert _count(receiver, "deltas_dropped_buffer_full") == 40
+    receiver.receive(orphans("alice", 1, 5), 0.0)
+    assert receiver.status(0.0).pending_deltas == held + 5, "alice's deltas still find room"
+
+
+def test_a_doc_that_keeps_receiving_rejected_updates_is_quarantined_for_remote_updates() -> None:
+    """Several senders (each below its own limit) sending garbage for one doc: the doc is quarantined,
+    other docs are not, local writes still work, and the quarantine ends."""
+    config = ReplicaConfig(quarantine_after_rejects=3, quarantine_ms=10_000.0)
+    replica = Replica(node_id="r", epoch=1, client_id=80, address="r", publish_endpoint="rp", config=config)
+    garbage = b"\x01\x01\x05\x00\xff\xff\xff\x0f"
+    for index, sender in enumerate(("m1", "m2", "m3")):
+        delta = wire.Delta("target", b"\x00", b"\x01\x05\x01", garbage)
+        replica.receive(wire.encode(wire.Deltas(sender, 1, 1, (delta,))), float(index))
+    assert _count(replica, "docs_quarantined") == 1
+    assert _count(replica, "peers_quarantined") == 0, "no single sender crossed its limit"
+
+    honest = Replica(node_id="h", epoch=1, client_id=81, address="h", publish_endpoint="hp")
+    for doc_id in ("target", "other"):
+        honest.open_doc(doc_id).get("data", type=Map)["ok"] = True
+    frames = [e.frame for e in honest.take_effects(0.0) if isinstance(e, Publish)]
+    for frame in frames:
+        replica.receive(frame, 5.0)
+    assert replica.open_doc("other").get("data", type=Map).to_py() == {"ok": True}
+    assert replica.open_doc("target").get("data", type=Map).to_py() == {}
+    assert _count(replica, "updates_dropped_doc_quarantined") >= 1
+    replica.open_doc("target").get("data", type=Map)["local"] = 1  # local writes go on
+
+    later = Replica(node_id="h2", epoch=1, client_id=82, address="h2", publish_endpoint="h2p")
+    later.open_doc("target").get("data", type=Map)["late"] = True
+    for effect in later.take_effects(0.0):
+        if isinstance(effect, Publish):
+            replica.receive(effect.frame, 10_000.0 + 10.0)
+    assert replica.open_doc("target").get("data", type=Map).to_py() == {"local": 1, "late": True}
