@@ -58,6 +58,16 @@ def seed_frames() -> list[bytes]:
         wire.TreeSegments("n1", 1, (3,), (b"\x02" * 16,) * (wire.TREE_SEGMENTS // wire.TREE_BRANCHES)),
         wire.TreeEntriesRequest("n1", 1, (7, 9)),
         wire.TreeEntries("n1", 1, (7,), ((7, "doc", b"\x03" * 16),)),
+        wire.Members(
+            "n1",
+            False,
+            (
+                wire.MemberEntry("n1", "dc1", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", 3, 17, False),
+                wire.MemberEntry("n3", "dc2", "tcp://127.0.0.1:5", "tcp://127.0.0.1:6", 1, 2, True),
+            ),
+        ),
+        wire.Members("n1", True, ()),
+        wire.Relayed("n1", "origin", deltas[:2]),
     ]
     return [wire.encode(message) for message in messages]
 
