@@ -332,9 +332,9 @@ class Node:
 
     # ------------------------------------------------------------------ internals
 
-    def _on_frame(self, frame: bytes) -> None:
+    def _on_frame(self, frame: bytes, sender_key: str | None) -> None:
         if not self._closed:
-            self._core.receive(frame, _now_ms())
+            self._core.receive(frame, _now_ms(), sender_key=sender_key)
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled and self._loop is not None and not self._closed:

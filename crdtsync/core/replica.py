@@ -380,6 +380,9 @@ class Replica:
         self._strikes: dict[str, tuple[int, float]] = {}
         self._quarantined: dict[str, float] = {}
         self._doc_strikes: dict[str, tuple[int, float]] = {}
+        self._key_of: dict[str, str] = {}
+        """Node id -> the authenticated key it first spoke with (see `receive`)."""
+        self._node_of_key: dict[str, str] = {}
         self._docs_quarantined: dict[str, float] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
 
@@ -814,6 +817,28 @@ class Replica:
                 self.config.quarantine_after_rejects,
             )
 
+    def _identity_matches(self, node_id: str, key: str) -> bool:
+        bound = self._key_of.get(node_id)
+        owner = self._node_of_key.get(key)
+        if bound is None and owner is None:
+            if len(self._key_of) >= 4 * self.config.peers_max:  # bounded: the oldest binding goes
+                oldest = next(iter(self._key_of))
+                self._node_of_key.pop(self._key_of.pop(oldest), None)
+            self._key_of[node_id] = key
+            self._node_of_key[key] = node_id
+            return True
+        if bound == key and owner == node_id:
+            return True
+        self._count("frames_dropped_identity")
+        self._warn(
+            "identity",
+            "dropped a frame claiming to be %s from key %s (bound to %s)",
+            node_id,
+            key,
+            owner if bound is None else f"key {bound}",
+        )
+        return False
+
     def _admit(self, sender: str) -> bool:
         """Quarantine and per-sender rate limit, checked before a frame is handled."""
         until = self._quarantined.get(sender)
@@ -903,8 +928,13 @@ class Replica:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(self, frame: bytes, now_ms: float) -> None:
-        """Handle one frame from the SUB or the request socket. Malformed frames are counted and dropped."""
+    def receive(self, frame: bytes, now_ms: float, *, sender_key: str | None = None) -> None:
+        """Handle one frame from the SUB or the request socket. Malformed frames are counted and dropped.
+
+        `sender_key` is the authenticated identity of the connection the frame came in on (the
+        CurveZMQ public key of the sending node), when the transport knows it: the first node id
+        seen with a key stays bound to it, so that no other key can speak for that node id, and
+        that key cannot speak for another one."""
         self._now_ms = now_ms
         self._count("frames_received")
         self._count("bytes_received", len(frame))
@@ -919,6 +949,8 @@ class Replica:
             self._count("own_frames_dropped")
             return
         if not self._admit(message.node_id):
+            return
+        if sender_key is not None and not self._identity_matches(message.node_id, sender_key):
             return
         sender_dc = self.membership.dc_of(message.node_id)
         if sender_dc is not None and sender_dc != self.dc:
@@ -1165,6 +1197,9 @@ class Replica:
             else:
                 self._drop_link(link)
         self._tracks.pop(record.node_id, None)
+        key = self._key_of.pop(record.node_id, None)
+        if key is not None:
+            self._node_of_key.pop(key, None)
 
     def _on_liveness(self, change: LivenessChange) -> None:
         self._count(f"member_{change.after}")

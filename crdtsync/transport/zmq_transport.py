@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import zmq
@@ -160,27 +160,40 @@ class ZmqTransport:
                 sock.disconnect(endpoint)
 
     async def receive_loop(
-        self, sock: zmq.asyncio.Socket, on_frame: Callable[[bytes], None], on_batch_done: Callable[[], None]
+        self,
+        sock: zmq.asyncio.Socket,
+        on_frame: Callable[[bytes, str | None], None],
+        on_batch_done: Callable[[], None],
     ) -> None:
-        """Hand every frame's payload (the last part) to `on_frame`; malformed multipart is counted.
+        """Hand every frame's payload (the last part) to `on_frame`, with the sender's CurveZMQ public
+        key when the socket is the ROUTER of a Curve node (ZAP sets it as the message's User-Id);
+        malformed multipart is counted.
 
         Awaits one message, then drains what is already queued without awaiting (a non-blocking
         receive on an asyncio socket resolves at once), so a burst costs one event-loop wakeup.
         """
+        identified = self.curve is not None and sock is self.router
         expected_parts = 2
         while True:
-            parts = await sock.recv_multipart()
+            parts = await sock.recv_multipart(copy=not identified)
             drained = 0
             while True:
-                if len(parts) == expected_parts:
-                    on_frame(parts[1])
+                if len(parts) != expected_parts:
+                    on_frame(b"", None)  # counted as truncated by the decoder
+                elif identified:
+                    message = cast("zmq.Frame", parts[1])
+                    user_id = message.get("User-Id")
+                    on_frame(message.bytes, user_id if isinstance(user_id, str) else None)
                 else:
-                    on_frame(b"")  # counted as truncated by the decoder
+                    on_frame(cast(bytes, parts[1]), None)
                 drained += 1
                 if drained >= RECEIVE_DRAIN_FRAMES_MAX:
                     break
                 try:
-                    ready = cast("asyncio.Future[list[bytes]]", sock.recv_multipart(flags=zmq.NOBLOCK))
+                    ready = cast(
+                        "asyncio.Future[list[Any]]",
+                        sock.recv_multipart(flags=zmq.NOBLOCK, copy=not identified),
+                    )
                     parts = ready.result()
                 except zmq.Again:
                     break

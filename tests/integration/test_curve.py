@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pycrdt import Map
+import zmq
+from pycrdt import Doc, Map
 from zmq_support import free_endpoint, wait_until
 
 from crdtsync import CurveConfig, CurveKeyError, Node, NodeConfig, ReplicaConfig
+from crdtsync.core import wire
 from crdtsync.transport.curve import read_key_file, write_key_file
 
 pytestmark = pytest.mark.integration
@@ -162,6 +165,55 @@ def test_replayed_and_altered_traffic_is_rejected_before_the_decoder(tmp_path: P
         finally:
             relay.close()
             await relay.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_an_allowed_key_cannot_speak_for_another_node(tmp_path: Path) -> None:
+    """m's key is allowed at a (say, a compromised peer); m still cannot pass frames off as b's."""
+    keys = _keys(tmp_path, ["a", "b", "m"])
+    a_listen, b_listen = free_endpoint(), free_endpoint()
+
+    async def scenario() -> None:
+        a_config = NodeConfig(
+            node_id="a",
+            listen=a_listen,
+            replication=FAST,
+            curve=CurveConfig(
+                key_file=keys["a"][0], peer_keys={b_listen: keys["b"][1]}, allowed_keys=[keys["m"][1]]
+            ),
+        )
+        b_config = NodeConfig(
+            node_id="b",
+            listen=b_listen,
+            peers=[a_listen],
+            replication=FAST,
+            curve=CurveConfig(key_file=keys["b"][0], peer_keys={a_listen: keys["a"][1]}),
+        )
+        m_public, m_secret = read_key_file(keys["m"][0])
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.curve_publickey, dealer.curve_secretkey = m_public, m_secret
+        dealer.curve_serverkey = keys["a"][1].encode()
+        dealer.setsockopt(zmq.LINGER, 0)
+        try:
+            async with Node(a_config) as a, Node(b_config) as b:
+                (await b.open("flags")).get("data", type=Map)["on"] = True
+                await wait_until(lambda: a.has_doc("flags"), 15.0, "a received b's write")
+                forged: Doc[Any] = Doc()
+                forged.get("data", type=Map)["on"] = False
+                delta = wire.Delta("flags", b"\x00", forged.get_state(), forged.get_update())
+                dealer.connect(a_listen)  # queued until the connection is up (no ZMQ_IMMEDIATE)
+                dealer.send(wire.encode(wire.Deltas("b", b.status().epoch, 10_000, (delta,))))
+                await wait_until(
+                    lambda: a.status().counters.get("frames_dropped_identity", 0) >= 1,
+                    15.0,
+                    "a dropped m's frame that claimed to be b",
+                )
+                assert (await a.open("flags")).get("data", type=Map).to_py() == {"on": True}
+        finally:
+            dealer.close(linger=0)
+            context.term()
 
     asyncio.run(scenario())
 

@@ -684,3 +684,22 @@ def test_a_doc_that_keeps_receiving_rejected_updates_is_quarantined_for_remote_u
         if isinstance(effect, Publish):
             replica.receive(effect.frame, 10_000.0 + 10.0)
     assert replica.open_doc("target").get("data", type=Map).to_py() == {"local": 1, "late": True}
+
+
+def test_an_authenticated_key_speaks_for_one_node_id_only() -> None:
+    replica = Replica(node_id="r", epoch=1, client_id=83, address="r", publish_endpoint="rp")
+    beat = wire.encode(wire.Heartbeat("alice", 1, 0))
+    replica.receive(beat, 0.0, sender_key="KEY-A")
+    replica.receive(beat, 1.0, sender_key="KEY-A")
+    assert _count(replica, "frames_dropped_identity") == 0
+    replica.receive(beat, 2.0, sender_key="KEY-M")  # another key claiming to be alice
+    replica.receive(wire.encode(wire.Heartbeat("bob", 1, 0)), 3.0, sender_key="KEY-A")  # alice as bob
+    assert _count(replica, "frames_dropped_identity") == 2
+    replica.receive(wire.encode(wire.Heartbeat("bob", 1, 0)), 4.0, sender_key="KEY-B")
+    replica.receive(beat, 5.0)  # frames without a known key (pub/sub) are not checked here
+    assert _count(replica, "frames_dropped_identity") == 2
+    # A graceful leave releases the binding: alice may come back with a rotated key.
+    leave = wire.MemberEntry("alice", "default", "tcp://alice:1", "tcp://alice:2", 1, 9, True)
+    replica.receive(wire.encode(wire.Members("alice", True, (leave,))), 6.0, sender_key="KEY-A")
+    replica.receive(wire.encode(wire.Heartbeat("alice", 2, 0)), 7.0, sender_key="KEY-A2")
+    assert _count(replica, "frames_dropped_identity") == 2
