@@ -83,7 +83,7 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 
 
 class HttpFindingError(Exception):
-    pass
+    """What the API did wrong with one request: the finding the fuzzer saves."""
 
 
 @dataclass(frozen=True)
