@@ -285,14 +285,15 @@ def _print_json(value: Any) -> None:
 @server_options
 @json_option
 def status(server: Server, as_json: bool) -> None:
-    """Show the node's state and its peers."""
+    """Show the node's state, its peers, the members it knows of and (with several) the datacenters."""
     body = _request("GET", server, "/v1/status").json()
     if as_json:
         _print_json(body)
         return
+    role = f"relay of dc {body['dc']}" if body["relay"] else "not a relay"
     click.echo(
         f"node {body['node_id']} (dc {body['dc']}), up {body['uptime_s']:.0f} s, {body['docs']} docs, "
-        f"store {body['store']} ({body['durability']}), root {body['merkle_root'][:12]}"
+        f"store {body['store']} ({body['durability']}), root {body['merkle_root'][:12]}, {role}"
     )
     rows = [("PEER", "ADDRESS", "STATE", "LAST HEARD", "BEHIND", "AE ROUNDS", "DIVERGENCE")]
     for peer in body["peers"]:
@@ -310,6 +311,36 @@ def status(server: Server, as_json: bool) -> None:
             )
         )
     _table(rows)
+    if body["members"]:
+        click.echo("")
+        members = [("MEMBER", "DC", "STATE", "FOR", "LAST SEEN", "RELAY")]
+        for member in body["members"]:
+            members.append(
+                (
+                    member["node_id"],
+                    member["dc"],
+                    member["state"],
+                    f"{member['state_for_ms'] / 1000:.1f} s",
+                    f"{member['last_seen_ago_ms'] / 1000:.1f} s ago",
+                    "yes" if member["relay"] else "no",
+                )
+            )
+        _table(members)
+    if len(body["datacenters"]) > 1:
+        click.echo("")
+        dcs = [("DC", "MEMBERS", "ALIVE", "RELAYS", "BEHIND", "LAG")]
+        for dc in body["datacenters"]:
+            dcs.append(
+                (
+                    dc["dc"],
+                    str(dc["members"]),
+                    str(dc["alive"]),
+                    ",".join(dc["relays"]) or "-",
+                    str(dc["behind_updates"]),
+                    f"{dc['lag_ms'] / 1000:.1f} s",
+                )
+            )
+        _table(dcs)
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> None:

@@ -262,7 +262,8 @@ class Api:
         return web.json_response(
             {
                 "node_id": status.node_id,
-                "dc": self.config.node.dc,
+                "dc": status.dc,
+                "relay": status.relay,
                 "epoch": status.epoch,
                 "uptime_s": round(time.monotonic() - self.started, 3),
                 "listen": status.listen,
@@ -278,10 +279,13 @@ class Api:
                     {
                         "address": peer.address,
                         "node_id": peer.node_id,
+                        "dc": peer.dc,
                         "state": peer.state,
                         "epoch": peer.epoch,
+                        "subscribed": peer.subscribed,
                         "last_heard_ago_ms": peer.last_heard_ago_ms,
                         "behind_updates": peer.behind_updates,
+                        "lag_ms": peer.lag_ms,
                         "anti_entropy": {
                             "rounds": peer.ae_rounds,
                             "last_round_ago_ms": peer.ae_last_round_ago_ms,
@@ -292,6 +296,38 @@ class Api:
                         },
                     }
                     for peer in status.peers
+                ],
+                "members": [
+                    {
+                        "node_id": member.node_id,
+                        "dc": member.dc,
+                        "address": member.address,
+                        "incarnation": member.incarnation,
+                        "state": member.state,
+                        "state_for_ms": member.state_for_ms,
+                        "last_seen_ago_ms": member.last_seen_ago_ms,
+                        "phi": member.phi,
+                        "relay": member.relay,
+                        "suspicions": member.suspicions,
+                        "downs": member.downs,
+                    }
+                    for member in status.members
+                ],
+                "datacenters": [
+                    {
+                        "dc": dc.dc,
+                        "members": dc.members,
+                        "alive": dc.alive,
+                        "relays": list(dc.relays),
+                        "behind_updates": dc.behind_updates,
+                        "lag_ms": dc.lag_ms,
+                        "frames_in": dc.frames_in,
+                        "bytes_in": dc.bytes_in,
+                        "frames_out": dc.frames_out,
+                        "bytes_out": dc.bytes_out,
+                        "failures": dc.failures,
+                    }
+                    for dc in status.datacenters
                 ],
                 "counters": status.counters,
             }

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from crdtsync.node import Node, commit_latency
+from crdtsync.node import Node, NodeStatus, commit_latency
 from crdtsync.store.writer import COMMIT_LATENCY_BUCKETS_MS
 
 PREFIX = "crdtsync"
@@ -84,7 +84,36 @@ _COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "store_load_errors": ("store_load_errors", "Docs whose stored content failed its checksum at load.", {}),
     "store_commits": ("store_commits", "Store group commits.", {}),
     "store_commit_failures": ("store_commit_failures", "Store commits that failed (retried).", {}),
+    "member_alive": ("member_state_changes", "Failure detector state changes of members.", {"to": "alive"}),
+    "member_suspect": (
+        "member_state_changes",
+        "Failure detector state changes of members.",
+        {"to": "suspect"},
+    ),
+    "member_down": ("member_state_changes", "Failure detector state changes of members.", {"to": "down"}),
+    "members_left": ("member_state_changes", "Failure detector state changes of members.", {"to": "left"}),
+    "relay_changes": (
+        "relay_changes",
+        "Times this node became or stopped being a relay of its datacenter.",
+        {},
+    ),
+    "deltas_relayed_out": (
+        "updates_relayed",
+        "Updates of other datacenters republished into this one (out: by this relay; in: received "
+        "from a relay).",
+        {"direction": "out"},
+    ),
+    "deltas_relayed_in": (
+        "updates_relayed",
+        "Updates of other datacenters republished into this one (out: by this relay; in: received "
+        "from a relay).",
+        {"direction": "in"},
+    ),
+    "gossip_sent": ("gossip_sent", "Membership gossip messages sent.", {}),
+    "gossip_received": ("gossip_received", "Membership gossip messages received.", {}),
 }
+
+MEMBER_STATES = ("alive", "suspect", "down", "left")
 
 
 class NodeCollector(Collector):
@@ -153,6 +182,11 @@ class NodeCollector(Collector):
         lag_seconds = GaugeMetricFamily(
             f"{PREFIX}_peer_last_heard_seconds", "Seconds since the peer was last heard.", labels=["peer"]
         )
+        peer_lag = GaugeMetricFamily(
+            f"{PREFIX}_peer_lag_seconds",
+            "How long this node has been missing some of the updates the peer announced (0: caught up).",
+            labels=["peer"],
+        )
         ae_bytes = CounterMetricFamily(
             f"{PREFIX}_anti_entropy_bytes_repaired",
             "Bytes repaired in anti-entropy with the peer.",
@@ -167,12 +201,14 @@ class NodeCollector(Collector):
             name = peer.node_id or peer.address
             peer_up.add_metric([name, peer.address], 1.0 if peer.state == "up" else 0.0)
             lag_updates.add_metric([name], peer.behind_updates)
+            peer_lag.add_metric([name], peer.lag_ms / 1000.0)
             if peer.last_heard_ago_ms is not None:
                 lag_seconds.add_metric([name], peer.last_heard_ago_ms / 1000.0)
             ae_bytes.add_metric([name], peer.ae_bytes_repaired)
             if peer.ae_divergence is not None:
                 divergence.add_metric([name], peer.ae_divergence)
-        yield from (peer_up, lag_updates, lag_seconds, ae_bytes, divergence)
+        yield from (peer_up, lag_updates, lag_seconds, peer_lag, ae_bytes, divergence)
+        yield from self._membership(status)
 
         latency = commit_latency(self.node)
         if latency is not None:
@@ -191,6 +227,115 @@ class NodeCollector(Collector):
                 sum_value=total_ms / 1000.0,
             )
             yield histogram
+
+    @staticmethod
+    def _membership(status: NodeStatus) -> Iterator[Metric]:
+        """This node's role, the failure detector's view of every member, and each datacenter."""
+        relay = GaugeMetricFamily(f"{PREFIX}_relay", "1 if this node is a relay of its datacenter.")
+        relay.add_metric([], 1.0 if status.relay else 0.0)
+        yield relay
+
+        labels = ["member", "dc"]
+        state = GaugeMetricFamily(
+            f"{PREFIX}_member_state",
+            "1 for the member's current failure detector state (alive, suspect, down, left), else 0.",
+            labels=[*labels, "state"],
+        )
+        state_seconds = GaugeMetricFamily(
+            f"{PREFIX}_member_state_seconds",
+            "Seconds the member has been in its current state.",
+            labels=labels,
+        )
+        last_seen = GaugeMetricFamily(
+            f"{PREFIX}_member_last_seen_seconds",
+            "Seconds since the last evidence that the member lives (a frame from it, or a newer "
+            "heartbeat in gossip).",
+            labels=labels,
+        )
+        phi = GaugeMetricFamily(
+            f"{PREFIX}_member_phi",
+            "The phi-accrual failure detector's suspicion level of the member (suspect at "
+            "membership.phi_suspect).",
+            labels=labels,
+        )
+        member_relay = GaugeMetricFamily(
+            f"{PREFIX}_member_relay", "1 if the member is a relay of its datacenter.", labels=labels
+        )
+        suspicions = CounterMetricFamily(
+            f"{PREFIX}_member_suspicions", "Times the member went from alive to suspect.", labels=labels
+        )
+        downs = CounterMetricFamily(
+            f"{PREFIX}_member_downs", "Times the member went from suspect to down.", labels=labels
+        )
+        for member in status.members:
+            key = [member.node_id, member.dc]
+            for name in MEMBER_STATES:
+                state.add_metric([*key, name], 1.0 if member.state == name else 0.0)
+            state_seconds.add_metric(key, member.state_for_ms / 1000.0)
+            last_seen.add_metric(key, member.last_seen_ago_ms / 1000.0)
+            phi.add_metric(key, member.phi)
+            member_relay.add_metric(key, 1.0 if member.relay else 0.0)
+            suspicions.add_metric(key, member.suspicions)
+            downs.add_metric(key, member.downs)
+        yield from (state, state_seconds, last_seen, phi, member_relay, suspicions, downs)
+
+        gauges = {
+            "members": ("Members of the datacenter this node knows of (itself included).", "members"),
+            "members_alive": ("Members of the datacenter that are alive or suspect.", "alive"),
+            "behind_updates": (
+                "Updates announced by the datacenter's publishers that this node has not received (the "
+                "publishers it tracks: its own datacenter's, and every one's on a relay).",
+                "behind_updates",
+            ),
+        }
+        counters = {
+            "frames_received": (
+                "Frames received from another datacenter's nodes (WAN traffic; not counted for this "
+                "node's own datacenter).",
+                "frames_in",
+            ),
+            "bytes_received": (
+                "Frame bytes received from another datacenter's nodes (WAN traffic; not counted for "
+                "this node's own datacenter).",
+                "bytes_in",
+            ),
+            "frames_sent": (
+                "Frames sent directly to another datacenter's nodes (published frames are counted by "
+                "their receivers).",
+                "frames_out",
+            ),
+            "bytes_sent": (
+                "Frame bytes sent directly to another datacenter's nodes (published frames are counted "
+                "by their receivers).",
+                "bytes_out",
+            ),
+            "failures": (
+                "Suspicions, downs and anti-entropy round timeouts of the datacenter's nodes.",
+                "failures",
+            ),
+        }
+        dc_gauges = {
+            name: GaugeMetricFamily(f"{PREFIX}_dc_{name}", help_text, labels=["dc"])
+            for name, (help_text, _field) in gauges.items()
+        }
+        dc_lag = GaugeMetricFamily(
+            f"{PREFIX}_dc_lag_seconds",
+            "The longest time this node has been missing updates of one of the datacenter's publishers.",
+            labels=["dc"],
+        )
+        dc_counters = {
+            name: CounterMetricFamily(f"{PREFIX}_dc_{name}", help_text, labels=["dc"])
+            for name, (help_text, _field) in counters.items()
+        }
+        for dc in status.datacenters:
+            for name, (_help, field_name) in gauges.items():
+                dc_gauges[name].add_metric([dc.dc], getattr(dc, field_name))
+            dc_lag.add_metric([dc.dc], dc.lag_ms / 1000.0)
+            for name, (_help, field_name) in counters.items():
+                dc_counters[name].add_metric([dc.dc], getattr(dc, field_name))
+        yield from dc_gauges.values()
+        yield dc_lag
+        yield from dc_counters.values()
 
 
 class RefusalCollector(Collector):
