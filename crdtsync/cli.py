@@ -51,7 +51,10 @@ def main() -> None:
     "--listen", help="Advertised replication address, tcp://HOST:PORT (default tcp://127.0.0.1:7400)."
 )
 @click.option(
-    "--peer", "peers", multiple=True, help="A peer's listen address, tcp://HOST:PORT; repeat for more."
+    "--peer",
+    "peers",
+    multiple=True,
+    help="A seed: another member's listen address, tcp://HOST:PORT (repeat for more); gossip finds the rest.",
 )
 @click.option("--publish", help="Where the PUB socket binds (default: an ephemeral port on the listen host).")
 @click.option("--http", "http_listen", help="HTTP API address, HOST:PORT (default 127.0.0.1:7480).")

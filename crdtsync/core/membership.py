@@ -20,6 +20,7 @@ rendezvous hash among those not down. Every node computes the same set from the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import deque
@@ -83,19 +84,46 @@ class PhiDetector:
         self.last_ms = now_ms
         self._add(interval)
 
-    def phi(self, now_ms: float, config: MembershipConfig) -> float:
+    def _mean_std(self, config: MembershipConfig) -> tuple[float, float]:
         count = len(self._samples)
         mean = self._sum / count
         variance = max(0.0, self._sum_squares / count - mean * mean)
-        std = max(math.sqrt(variance), config.min_std_deviation_ms)
+        return mean, max(math.sqrt(variance), config.min_std_deviation_ms)
+
+    def suspect_at_ms(self, config: MembershipConfig) -> float:
+        """When phi will reach `config.phi_suspect` if nothing is heard before: the exact moment to
+        look again, so that an idle node does not poll its detectors."""
+        mean, std = self._mean_std(config)
+        return self.last_ms + mean + config.acceptable_pause_ms + _threshold_y(config.phi_suspect) * std
+
+    def phi(self, now_ms: float, config: MembershipConfig) -> float:
+        mean, std = self._mean_std(config)
         elapsed = now_ms - self.last_ms
         # Logistic approximation of the normal CDF (the one Akka uses); stays finite for large y.
         y = (elapsed - (mean + config.acceptable_pause_ms)) / std
         if y < -10:  # far below the mean: phi is 0, and exp would overflow
             return 0.0
-        e = math.exp(-y * (1.5976 + 0.070566 * y * y))
+        e = math.exp(-y * (_LOGISTIC_A + _LOGISTIC_B * y * y))
         tail = e / (1.0 + e) if y > 0 else 1.0 - 1.0 / (1.0 + e)
         return -math.log10(max(tail, 1e-300))
+
+
+_LOGISTIC_A = 1.5976
+_LOGISTIC_B = 0.070566
+
+
+@functools.cache
+def _threshold_y(phi: float) -> float:
+    """The standardized silence y at which phi (through the logistic approximation used by `phi`)
+    equals `phi`: the real root of b*y^3 + a*y + ln(p / (1 - p)) = 0 with p = 10^-phi (Cardano;
+    the cubic has one real root because a and b are positive)."""
+    tail = 10.0**-phi
+    if tail >= 0.5:
+        return 0.0
+    p_coefficient = _LOGISTIC_A / _LOGISTIC_B
+    q_coefficient = math.log(tail / (1.0 - tail)) / _LOGISTIC_B
+    root = math.sqrt(q_coefficient * q_coefficient / 4.0 + p_coefficient**3 / 27.0)
+    return math.cbrt(-q_coefficient / 2.0 + root) + math.cbrt(-q_coefficient / 2.0 - root)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,22 +244,36 @@ class Membership:
             return self._set(member, "alive", now_ms)
         return None
 
+    def next_change_ms(self) -> float:
+        """The earliest moment `evaluate` can find something to change (inf: never, as things stand)."""
+        soonest = math.inf
+        for member in self.members.values():
+            if member.liveness == "alive":
+                soonest = min(soonest, member.detector.suspect_at_ms(self.config))
+            elif member.liveness == "suspect":
+                soonest = min(soonest, member.liveness_since_ms + self.config.down_after_suspect_ms)
+            elif member.liveness == "left":
+                soonest = min(soonest, member.liveness_since_ms + self.config.forget_left_ms)
+        return soonest
+
     def evaluate(self, now_ms: float) -> list[LivenessChange]:
         """Advance alive -> suspect -> down for members whose silence has grown; forget old leavers."""
         changes: list[LivenessChange] = []
         forget: list[str] = []
         for node_id, member in self.members.items():
             if member.liveness == "left":
-                if now_ms - member.liveness_since_ms >= self.config.forget_left_ms:
+                if now_ms >= member.liveness_since_ms + self.config.forget_left_ms:
                     forget.append(node_id)
                 continue
             if member.liveness == "alive":
-                if member.detector.phi(now_ms, self.config) >= self.config.phi_suspect:
+                # Every test here is the one `next_change_ms` uses, expression for expression: at the
+                # moment it names, something must change, or rounding would make the driver spin.
+                if now_ms >= member.detector.suspect_at_ms(self.config):
                     member.suspicions += 1
                     changes.append(self._set(member, "suspect", now_ms))
             elif (
                 member.liveness == "suspect"
-                and now_ms - member.liveness_since_ms >= self.config.down_after_suspect_ms
+                and now_ms >= member.liveness_since_ms + self.config.down_after_suspect_ms
             ):
                 member.downs += 1
                 changes.append(self._set(member, "down", now_ms))

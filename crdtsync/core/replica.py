@@ -69,8 +69,6 @@ class ReplicaConfig:
     ring_bytes_max: int = 64 * 1024 * 1024
     heartbeat_interval_ms: float = 1500.0
     hello_interval_ms: float = 500.0
-    liveness_check_interval_ms: float = 250.0
-    """How often the failure detector is evaluated (the granularity of suspect and down times)."""
     retransmit_enabled: bool = True
     """False leaves every lost delta to anti-entropy (used to test that anti-entropy alone converges)."""
     retransmit_timeout_ms: float = 200.0
@@ -261,8 +259,9 @@ class DcStatus:
     bytes_in: int
     frames_out: int
     bytes_out: int
-    """Frames and bytes received from and sent directly to this DC's nodes (published frames are
-    counted by their receivers only: sum `bytes_in` over the cluster for the WAN total)."""
+    """WAN traffic: frames and bytes received from and sent directly to this DC's nodes when it is
+    another datacenter (0 for this node's own). Published frames are counted by their receivers
+    only: sum `bytes_in` over the cluster for the WAN total."""
     failures: int
     """Suspicions, downs and anti-entropy round timeouts of this DC's nodes seen by this node."""
 
@@ -372,7 +371,6 @@ class Replica:
         self._next_ae_ms = self.config.ae_interval_ms * (0.75 + 0.5 * self._jitter())
         self._next_ae_wan_ms = self.config.ae_wan_interval_ms * (0.75 + 0.5 * self._jitter())
         self._next_gossip_ms = self.membership.config.gossip_interval_ms * (0.75 + 0.5 * self._jitter())
-        self._next_liveness_ms = 0.0
         self._gossip_turn = 0
         self._wakeup: Callable[[], None] | None = None
         self._wakeup_armed = False
@@ -422,7 +420,7 @@ class Replica:
 
     def next_deadline_ms(self) -> float:
         """When the driver must call `tick` next at the latest."""
-        deadline = min(self._next_heartbeat_ms, self._next_gossip_ms, self._next_liveness_ms)
+        deadline = min(self._next_heartbeat_ms, self._next_gossip_ms, self.membership.next_change_ms())
         if self.config.ae_interval_ms > 0:
             deadline = min(deadline, self._next_ae_ms)
         if self.config.ae_wan_interval_ms > 0 and self._is_relay:
@@ -449,8 +447,7 @@ class Replica:
         if now_ms >= self._next_heartbeat_ms:
             self._next_heartbeat_ms = now_ms + config.heartbeat_interval_ms
             self._publish(wire.Heartbeat(self.node_id, self.epoch, self._last_seq))
-        if now_ms >= self._next_liveness_ms:
-            self._next_liveness_ms = now_ms + config.liveness_check_interval_ms
+        if now_ms >= self.membership.next_change_ms():
             changes = self.membership.evaluate(now_ms)
             for change in changes:
                 self._on_liveness(change)

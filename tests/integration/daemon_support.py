@@ -31,7 +31,6 @@ FAST_REPLICATION: dict[str, int] = {
     "tick_interval_ms": 20,
     "ae_interval_ms": 500,
     "heartbeat_interval_ms": 300,
-    "liveness_check_interval_ms": 100,
 }
 FAST_MEMBERSHIP: dict[str, int] = {
     "gossip_interval_ms": 300,

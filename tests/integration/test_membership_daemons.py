@@ -37,12 +37,6 @@ pytestmark = pytest.mark.integration
 
 MEMBERSHIP = MembershipConfig(**FAST_MEMBERSHIP)
 HEARTBEAT_MS = float(FAST_REPLICATION.get("heartbeat_interval_ms", ReplicaConfig().heartbeat_interval_ms))
-LIVENESS_CHECK_MS = float(
-    FAST_REPLICATION.get(
-        "liveness_check_interval_ms", getattr(ReplicaConfig(), "liveness_check_interval_ms", 0.0)
-    )
-)
-"""The granularity of the detector's state changes where it is polled (0 where it is not)."""
 SLACK = 3.0
 """Detection may take this many times the computed time (a loaded 2-core CI machine)."""
 
@@ -65,9 +59,7 @@ def silence_to_suspect_ms(config: MembershipConfig, heartbeat_ms: float) -> floa
     return high
 
 
-DOWN_AFTER_MS = (
-    silence_to_suspect_ms(MEMBERSHIP, HEARTBEAT_MS) + MEMBERSHIP.down_after_suspect_ms + LIVENESS_CHECK_MS
-)
+DOWN_AFTER_MS = silence_to_suspect_ms(MEMBERSHIP, HEARTBEAT_MS) + MEMBERSHIP.down_after_suspect_ms
 """From the last heartbeat of a killed member to `down` on the others, by the configured settings."""
 
 

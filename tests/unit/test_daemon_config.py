@@ -156,10 +156,8 @@ def test_http_and_log_flags_work_without_those_tables(tmp_path: Path) -> None:
 
 
 def test_replication_float_fields_take_integers_and_floats(tmp_path: Path) -> None:
-    config = load(
-        tmp_path, 'node_id = "n"\n[replication]\nliveness_check_interval_ms = 2000\nlinger_ms = 0.5\n'
-    )
-    assert config.node.replication.liveness_check_interval_ms == 2000
+    config = load(tmp_path, 'node_id = "n"\n[replication]\ncausal_wait_ms = 2000\nlinger_ms = 0.5\n')
+    assert config.node.replication.causal_wait_ms == 2000
     assert config.node.replication.linger_ms == 0.5
 
 
