@@ -45,6 +45,7 @@ from crdtsync.core.state import (
     merge_all,
     merge_into,
 )
+from crdtsync.core.update_check import UpdateError, check_update
 
 log = logging.getLogger("crdtsync.replica")
 
@@ -614,6 +615,11 @@ class Replica:
     def restore_update(self, doc_id: str, update: bytes) -> bool:
         """Merge a doc's whole content from a backup: persisted, not published (anti-entropy spreads
         it, since the merge changes the doc's digest wherever it added something)."""
+        try:
+            check_update(update)
+        except UpdateError as exc:
+            self._reject(doc_id, "restore", update, exc, None, remote=False)
+            return False
         entry = self._entry(doc_id, create=True)
         return self._apply(entry, update, "restore")
 
@@ -761,23 +767,39 @@ class Replica:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # pycrdt raises PanicException, a BaseException, on some bad input
-            self._count("updates_rejected")
-            self._warn("update_rejected", "rejected a %s update of %d bytes: %s", reason, len(update), exc)
-            if sender is not None:
-                self._strike(sender)
-            if remote and self._strike_in(self._doc_strikes, entry.doc_id, 4 * self.config.peers_max):
-                self._docs_quarantined[entry.doc_id] = self._now_ms + self.config.quarantine_ms
-                if len(self._docs_quarantined) > self.config.peers_max:  # bounded: the oldest goes
-                    del self._docs_quarantined[next(iter(self._docs_quarantined))]
-                self._count("docs_quarantined")
-                log.warning(
-                    "quarantined doc %r for %.0f s: %d updates for it were rejected",
-                    entry.doc_id,
-                    self.config.quarantine_ms / 1000.0,
-                    self.config.quarantine_after_rejects,
-                )
+            self._reject(entry.doc_id, reason, update, exc, sender, remote=remote)
             return False
         return True
+
+    def _well_formed(self, doc_id: str, reason: str, update: bytes, sender: str) -> bool:
+        """Refuse a peer's update that pycrdt would accept into a doc it later crashes on reading."""
+        try:
+            check_update(update)
+        except UpdateError as exc:
+            self._reject(doc_id, reason, update, exc, sender, remote=True)
+            return False
+        return True
+
+    def _reject(
+        self, doc_id: str, reason: str, update: bytes, exc: BaseException, sender: str | None, *, remote: bool
+    ) -> None:
+        self._count("updates_rejected")
+        self._warn(
+            "update_rejected", "rejected a %s update of %d bytes for %r: %s", reason, len(update), doc_id, exc
+        )
+        if sender is not None:
+            self._strike(sender)
+        if remote and self._strike_in(self._doc_strikes, doc_id, 4 * self.config.peers_max):
+            self._docs_quarantined[doc_id] = self._now_ms + self.config.quarantine_ms
+            if len(self._docs_quarantined) > self.config.peers_max:  # bounded: the oldest goes
+                del self._docs_quarantined[next(iter(self._docs_quarantined))]
+            self._count("docs_quarantined")
+            log.warning(
+                "quarantined doc %r for %.0f s: %d updates for it were rejected",
+                doc_id,
+                self.config.quarantine_ms / 1000.0,
+                self.config.quarantine_after_rejects,
+            )
 
     def _strike_in(self, strikes: dict[str, tuple[int, float]], key: str, keys_max: int) -> bool:
         """Count one rejection against `key` in `strikes`; True when that makes it quarantined."""
@@ -1358,6 +1380,8 @@ class Replica:
             if len(delta.update) > self.config.update_bytes_max:
                 self._count("updates_dropped_too_large")
                 continue
+            if not self._well_formed(delta.doc_id, "delta", delta.update, publisher):
+                continue
             entry = touched.get(delta.doc_id)
             if entry is None:
                 try:
@@ -1571,7 +1595,7 @@ class Replica:
             )
 
     def _on_sync_update(self, doc_id: str, update: bytes, node_id: str) -> None:
-        if update == _EMPTY_UPDATE:
+        if update == _EMPTY_UPDATE or not self._well_formed(doc_id, "sync", update, node_id):
             return
         try:
             entry = self._entry(doc_id, create=True)

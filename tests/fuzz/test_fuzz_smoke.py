@@ -233,12 +233,10 @@ def test_updates_that_leave_freed_items_are_refused_before_the_doc_is_read() -> 
     assert '"data": {"k0": {}}' in done.stdout
 
 
-@pytest.mark.xfail(
-    reason="the replica applies what pycrdt accepts; pycrdt 0.14.13 accepts both updates", strict=False
-)
 def test_a_replica_refuses_updates_that_leave_freed_items() -> None:
-    """The same two updates from a peer: the replica accepts both, and a read of the doc (an HTTP
-    GET of it, say) crashes the process. Open for the replica: run in a subprocess."""
+    """The same two updates from a peer: pycrdt would accept both, and a read of the doc (an HTTP
+    GET of it, say) would crash the process. The replica's structural check refuses the second (a GC
+    range of length 0). In a subprocess, because a regression is a crash."""
     script = textwrap.dedent(
         f"""
         from pycrdt import Map
