@@ -16,7 +16,6 @@ from pycrdt import Doc, Map, Text
 from crdtsync.core import wire
 from crdtsync.core.effects import Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.replica import Replica, ReplicaConfig
-from crdtsync.core.state import encode_state_vector
 
 
 def _new_doc(client_id: int) -> Doc[Any]:
@@ -638,12 +637,18 @@ def test_one_sender_cannot_fill_the_causal_buffer_for_everyone() -> None:
     receiver = Replica(
         node_id="r", epoch=1, client_id=5, address="tcp://r:1", publish_endpoint="tcp://r:2", config=config
     )
-    never_seen = encode_state_vector({424242: 7})  # a dependency nobody will ever deliver
+    # A real update of 1,000 bytes whose dependency (the writer's first 7 characters) never comes.
+    writer = _new_doc(424242)
+    text = writer.get("text", type=Text)
+    text.insert(0, "x" * 7)
+    before = writer.get_state()
+    text.insert(7, "y" * (1000 - 14))
+    update = writer.get_update(before)
+    assert len(update) == 1000, len(update)
 
     def orphans(sender: str, first_seq: int, count: int) -> bytes:
         deltas = tuple(
-            wire.Delta(f"doc-{sender}-{i}", never_seen, encode_state_vector({424242: 8}), b"\x01" * 1000)
-            for i in range(count)
+            wire.Delta(f"doc-{sender}-{i}", before, writer.get_state(), update) for i in range(count)
         )
         return wire.encode(wire.Deltas(sender, 1, first_seq, deltas))
 
