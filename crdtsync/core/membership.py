@@ -151,6 +151,10 @@ class Member:
     suspicions: int = 0
     """Times this member went from alive to suspect (how often it looked failed)."""
     downs: int = 0
+    direct: bool = False
+    """Its record came from the member itself (a hello, or its own entry in its gossip): from then
+    on, others' gossip can only add heartbeats of that incarnation, never change where it is, its
+    datacenter, its incarnation or whether it left."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,8 @@ class Membership:
     """The heartbeat interval: the detector's prior for a member not heard from yet."""
     members: dict[str, Member] = field(default_factory=dict)
     rejected_full: int = 0
+    rejected_indirect: int = 0
+    """Gossiped records that contradicted what a member said of itself (ignored)."""
 
     # ------------------------------------------------------------------ own record
 
@@ -202,11 +208,23 @@ class Membership:
 
     # ------------------------------------------------------------------ learning
 
-    def merge(self, record: MemberRecord, now_ms: float) -> tuple[bool, bool]:
-        """Take a gossiped or directly announced record. Returns (changed, evidence of life)."""
+    def merge(self, record: MemberRecord, now_ms: float, *, direct: bool = False) -> tuple[bool, bool]:
+        """Take a record, announced by the member itself (`direct`) or gossiped by another node.
+        Returns (changed, evidence of life)."""
         if record.node_id == self.own.node_id:
             return False, False  # only the node itself speaks for itself
         member = self.members.get(record.node_id)
+        if member is not None and member.direct and not direct:
+            current = member.record
+            if (record.dc, record.address, record.publish_endpoint, record.incarnation, record.left) != (
+                current.dc,
+                current.address,
+                current.publish_endpoint,
+                current.incarnation,
+                current.left,
+            ):
+                self.rejected_indirect += 1
+                return False, False
         if member is None:
             if len(self.members) >= self.config.members_max:
                 self.rejected_full += 1
@@ -216,12 +234,16 @@ class Membership:
                 PhiDetector(self.config.samples_max, self.expected_interval_ms, now_ms),
                 "left" if record.left else "alive",
                 now_ms,
+                direct=direct,
             )
             self.members[record.node_id] = member
             return True, not record.left
-        if record.order() <= member.record.order():
+        # What a member says of itself replaces whatever gossip said before, newer or not.
+        first_direct = direct and not member.direct
+        member.direct = member.direct or direct
+        if record.order() <= member.record.order() and not first_direct:
             return False, False
-        newer_incarnation = record.incarnation > member.record.incarnation
+        newer_incarnation = record.incarnation != member.record.incarnation
         member.record = record
         if record.left:
             member.liveness = "left"
@@ -229,9 +251,9 @@ class Membership:
             return True, False
         if newer_incarnation:
             member.detector = PhiDetector(self.config.samples_max, self.expected_interval_ms, now_ms)
-            if member.liveness == "left":  # it left, and has rejoined since
-                member.liveness = "alive"
-                member.liveness_since_ms = now_ms
+        if (newer_incarnation or first_direct) and member.liveness == "left":
+            member.liveness = "alive"  # it rejoined, or only gossip had said it left
+            member.liveness_since_ms = now_ms
         return True, True
 
     def heard(self, node_id: str, now_ms: float) -> LivenessChange | None:
@@ -292,12 +314,17 @@ class Membership:
 
     def relays(self, dc: str) -> list[str]:
         """The relays of datacenter `dc`: the top `relays_per_dc` by rendezvous hash among members
-        that are neither down nor gone (this node counts as alive in its own view)."""
-        candidates = [self.own.node_id] if self.own.dc == dc and not self.own.left else []
+        that are neither down nor gone (this node counts as alive in its own view). In this node's
+        own datacenter only members it has heard from themselves count: every real one is linked
+        directly (a full mesh), and a member known only from gossip may be made up."""
+        own_dc = self.own.dc == dc
+        candidates = [self.own.node_id] if own_dc and not self.own.left else []
         candidates += [
             node_id
             for node_id, member in self.members.items()
-            if member.record.dc == dc and member.liveness in ("alive", "suspect")
+            if member.record.dc == dc
+            and member.liveness in ("alive", "suspect")
+            and (member.direct or not own_dc)
         ]
         candidates.sort(key=lambda node_id: rendezvous_score(dc, node_id), reverse=True)
         return candidates[: self.config.relays_per_dc]

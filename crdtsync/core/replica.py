@@ -757,9 +757,6 @@ class Replica:
         if remote and len(update) > self.config.update_bytes_max:
             self._count("updates_dropped_too_large")
             return False
-        if remote and self._doc_quarantined(entry.doc_id):
-            self._count("updates_dropped_doc_quarantined")
-            return False
         doc = self._doc(entry)
         try:
             with doc.transaction(origin=REMOTE_ORIGIN):
@@ -772,7 +769,12 @@ class Replica:
         return True
 
     def _well_formed(self, doc_id: str, reason: str, update: bytes, sender: str) -> bool:
-        """Refuse a peer's update that pycrdt would accept into a doc it later crashes on reading."""
+        """Refuse a peer's update that pycrdt would accept into a doc it later crashes on reading,
+        and, while the doc is quarantined, every update from a sender with rejections on record
+        (honest peers keep repairing it, so replicas still converge)."""
+        if sender in self._strikes and self._doc_quarantined(doc_id):
+            self._count("updates_dropped_doc_quarantined")
+            return False
         try:
             check_update(update)
         except UpdateError as exc:
@@ -1051,7 +1053,7 @@ class Replica:
         record = MemberRecord(
             message.node_id, message.dc, message.address, message.publish_endpoint, message.epoch, 0, False
         )
-        changed, _alive = self.membership.merge(record, self._now_ms)
+        changed, _alive = self.membership.merge(record, self._now_ms, direct=True)
         self.membership.heard(message.node_id, self._now_ms)
         if isinstance(message, wire.Hello):
             # Answer first: the resync below makes the peer reply to us, which it can only do once
@@ -1190,7 +1192,9 @@ class Replica:
         for record in records:
             if record.node_id != message.node_id and record.address == self.address:
                 continue  # nobody else may claim this node's address
-            was_changed, alive = self.membership.merge(record, self._now_ms)
+            was_changed, alive = self.membership.merge(
+                record, self._now_ms, direct=record.node_id == message.node_id
+            )
             changed = changed or was_changed
             if alive:
                 change = self.membership.heard(record.node_id, self._now_ms)

@@ -110,7 +110,7 @@ def test_members_that_left_are_forgotten_after_a_while() -> None:
 def test_relays_are_the_top_rendezvous_scores_among_members_not_down() -> None:
     table = _table(MembershipConfig(relays_per_dc=2))
     for name in ("a", "b", "c", "d"):
-        table.merge(_record(name, dc="east"), 0.0)
+        table.merge(_record(name, dc="east"), 0.0, direct=True)
     expected = sorted("abcd", key=lambda name: rendezvous_score("east", name), reverse=True)
     assert table.relays("east") == expected[:2]
     table.members[expected[0]].liveness = "down"
@@ -123,7 +123,7 @@ def test_relays_are_the_top_rendezvous_scores_among_members_not_down() -> None:
 def test_own_node_counts_for_its_own_datacenter() -> None:
     table = _table()
     assert table.relays("dc1") == ["self"] and table.is_relay()
-    table.merge(_record("a"), 0.0)
+    table.merge(_record("a"), 0.0, direct=True)
     assert table.is_relay() == (rendezvous_score("dc1", "self") > rendezvous_score("dc1", "a"))
     table.leave()
     assert not table.is_relay() and table.own.left
@@ -147,6 +147,40 @@ def test_every_node_computes_the_same_relays_from_the_same_view(relays_per_dc: i
     for own in names:
         table = Membership(_record(own), config, expected_interval_ms=1000.0)
         for other in names:
-            table.merge(_record(other), 0.0)
+            table.merge(_record(other), 0.0, direct=True)
         views.append(table.relays("dc1"))
     assert all(view == views[0] for view in views) and len(views[0]) == relays_per_dc
+
+
+def test_gossip_cannot_rewrite_what_a_member_said_of_itself() -> None:
+    table = _table()
+    table.merge(_record("a", heartbeat=1), 0.0, direct=True)
+    forged = [
+        _record("a", dc="elsewhere", heartbeat=9),
+        _record("a", incarnation=99),
+        _record("a", heartbeat=9, left=True),
+        MemberRecord("a", "dc1", "tcp://evil:1", "tcp://a:2", 1, 9, False),
+    ]
+    for record in forged:
+        assert table.merge(record, 1.0) == (False, False), record
+    assert table.rejected_indirect == len(forged)
+    assert table.members["a"].record == _record("a", heartbeat=1)
+    assert table.merge(_record("a", heartbeat=5), 2.0) == (True, True), "gossip may add heartbeats"
+    assert table.merge(_record("a", heartbeat=6, left=True), 3.0, direct=True) == (True, False)
+    assert table.members["a"].liveness == "left", "the member itself may leave"
+
+
+def test_what_a_member_says_of_itself_replaces_older_gossip() -> None:
+    table = _table()
+    table.merge(_record("a", dc="elsewhere", incarnation=99, left=True), 0.0)
+    assert table.members["a"].liveness == "left"
+    assert table.merge(_record("a", incarnation=3), 1.0, direct=True) == (True, True)
+    member = table.members["a"]
+    assert (member.record.dc, member.record.incarnation, member.liveness) == ("dc1", 3, "alive")
+
+
+def test_a_member_known_only_from_gossip_is_never_relay_of_this_datacenter() -> None:
+    table = _table()
+    made_up = max((f"ghost{index}" for index in range(50)), key=lambda name: rendezvous_score("dc1", name))
+    table.merge(_record(made_up), 0.0)
+    assert made_up not in table.relays("dc1") and table.is_relay()
