@@ -1046,7 +1046,7 @@ def git_revision() -> str:
 def heartbeat_only_detection_s(membership: MembershipConfig, replica: ReplicaConfig) -> tuple[float, float]:
     """(suspect, down) after the last arrival, by the settings, for a member heard only at every heartbeat."""
     heartbeat = replica.heartbeat_interval_ms
-    detector = PhiDetector(membership.samples_max, heartbeat, 0.0)
+    detector = PhiDetector(membership.samples_max, heartbeat, 0.0, heartbeat + membership.acceptable_pause_ms)
     now = 0.0
     for _ in range(50):
         now += heartbeat

@@ -27,6 +27,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+from crdtsync.core.wire import MemberEntry
+
 Liveness = Literal["alive", "suspect", "down", "left"]
 
 
@@ -57,13 +59,16 @@ class MembershipConfig:
 class PhiDetector:
     """Phi-accrual failure detector over one member's arrival times (bounded sample window)."""
 
-    __slots__ = ("_samples", "_sum", "_sum_squares", "last_ms")
+    __slots__ = ("_sample_ms_max", "_samples", "_sum", "_sum_squares", "last_ms")
 
-    def __init__(self, samples_max: int, first_interval_ms: float, now_ms: float) -> None:
+    def __init__(
+        self, samples_max: int, first_interval_ms: float, now_ms: float, sample_ms_max: float
+    ) -> None:
         # Seeded with two samples around the expected interval so that phi is defined from the start.
         self._samples: deque[float] = deque(maxlen=samples_max)
         self._sum = 0.0
         self._sum_squares = 0.0
+        self._sample_ms_max = sample_ms_max
         self.last_ms = now_ms
         for sample in (first_interval_ms * 0.75, first_interval_ms * 1.25):
             self._add(sample)
@@ -82,7 +87,9 @@ class PhiDetector:
         if interval <= 0:
             return
         self.last_ms = now_ms
-        self._add(interval)
+        # A pause (a stopped process, a partition) is not the member's rhythm: learned in full it
+        # would slow detection for as long as it stays among the samples.
+        self._add(min(interval, self._sample_ms_max))
 
     def _mean_std(self, config: MembershipConfig) -> tuple[float, float]:
         count = len(self._samples)
@@ -126,25 +133,14 @@ def _threshold_y(phi: float) -> float:
     return math.cbrt(-q_coefficient / 2.0 + root) + math.cbrt(-q_coefficient / 2.0 - root)
 
 
-@dataclass(frozen=True, slots=True)
-class MemberRecord:
-    """What gossip carries about one member."""
-
-    node_id: str
-    dc: str
-    address: str
-    publish_endpoint: str
-    incarnation: int
-    heartbeat: int
-    left: bool
-
-    def order(self) -> tuple[int, bool, int]:
-        return (self.incarnation, self.left, self.heartbeat)
+def _order(record: MemberEntry) -> tuple[int, bool, int]:
+    """Records compare by incarnation, then a leave, then the heartbeat counter."""
+    return (record.incarnation, record.left, record.heartbeat)
 
 
 @dataclass(slots=True)
 class Member:
-    record: MemberRecord
+    record: MemberEntry
     detector: PhiDetector
     liveness: Liveness = "alive"
     liveness_since_ms: float = 0.0
@@ -153,8 +149,9 @@ class Member:
     downs: int = 0
     direct: bool = False
     """Its record came from the member itself (a hello, or its own entry in its gossip): from then
-    on, others' gossip can only add heartbeats of that incarnation, never change where it is, its
-    datacenter, its incarnation or whether it left."""
+    on, while it looks alive, others' gossip can only add heartbeats of that incarnation, never
+    change where it is, its datacenter, its incarnation or whether it left. (Once it is suspect or
+    down, gossip may again say it left or restarted: its own word may have been lost.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +170,7 @@ def rendezvous_score(dc: str, node_id: str) -> bytes:
 class Membership:
     """The member table of one node (`own` is this node's own record, kept current by its owner)."""
 
-    own: MemberRecord
+    own: MemberEntry
     config: MembershipConfig
     expected_interval_ms: float
     """The heartbeat interval: the detector's prior for a member not heard from yet."""
@@ -186,7 +183,7 @@ class Membership:
 
     def beat(self) -> None:
         own = self.own
-        self.own = MemberRecord(
+        self.own = MemberEntry(
             own.node_id,
             own.dc,
             own.address,
@@ -198,23 +195,23 @@ class Membership:
 
     def leave(self) -> None:
         own = self.own
-        self.own = MemberRecord(
+        self.own = MemberEntry(
             own.node_id, own.dc, own.address, own.publish_endpoint, own.incarnation, own.heartbeat + 1, True
         )
 
-    def records(self) -> list[MemberRecord]:
+    def records(self) -> list[MemberEntry]:
         """Every record this node would gossip, its own first."""
         return [self.own, *(member.record for member in self.members.values())]
 
     # ------------------------------------------------------------------ learning
 
-    def merge(self, record: MemberRecord, now_ms: float, *, direct: bool = False) -> tuple[bool, bool]:
+    def merge(self, record: MemberEntry, now_ms: float, *, direct: bool = False) -> tuple[bool, bool]:
         """Take a record, announced by the member itself (`direct`) or gossiped by another node.
         Returns (changed, evidence of life)."""
         if record.node_id == self.own.node_id:
             return False, False  # only the node itself speaks for itself
         member = self.members.get(record.node_id)
-        if member is not None and member.direct and not direct:
+        if member is not None and member.direct and member.liveness == "alive" and not direct:
             current = member.record
             if (record.dc, record.address, record.publish_endpoint, record.incarnation, record.left) != (
                 current.dc,
@@ -231,7 +228,7 @@ class Membership:
                 return False, False
             member = Member(
                 record,
-                PhiDetector(self.config.samples_max, self.expected_interval_ms, now_ms),
+                self._detector(now_ms),
                 "left" if record.left else "alive",
                 now_ms,
                 direct=direct,
@@ -241,7 +238,7 @@ class Membership:
         # What a member says of itself replaces whatever gossip said before, newer or not.
         first_direct = direct and not member.direct
         member.direct = member.direct or direct
-        if record.order() <= member.record.order() and not first_direct:
+        if _order(record) <= _order(member.record) and not first_direct:
             return False, False
         newer_incarnation = record.incarnation != member.record.incarnation
         member.record = record
@@ -250,7 +247,7 @@ class Membership:
             member.liveness_since_ms = now_ms
             return True, False
         if newer_incarnation:
-            member.detector = PhiDetector(self.config.samples_max, self.expected_interval_ms, now_ms)
+            member.detector = self._detector(now_ms)
         if (newer_incarnation or first_direct) and member.liveness == "left":
             member.liveness = "alive"  # it rejoined, or only gossip had said it left
             member.liveness_since_ms = now_ms
@@ -303,6 +300,20 @@ class Membership:
             del self.members[node_id]
         return changes
 
+    def forgive_silence(self, now_ms: float) -> None:
+        """This node itself was not running (a stopped process, a stalled loop): the silence of its
+        peers over that time says nothing about them. Restart every detector's clock, learning nothing."""
+        for member in self.members.values():
+            member.detector.last_ms = max(member.detector.last_ms, now_ms)
+
+    def _detector(self, now_ms: float) -> PhiDetector:
+        return PhiDetector(
+            self.config.samples_max,
+            self.expected_interval_ms,
+            now_ms,
+            self.expected_interval_ms + self.config.acceptable_pause_ms,
+        )
+
     @staticmethod
     def _set(member: Member, liveness: Liveness, now_ms: float) -> LivenessChange:
         change = LivenessChange(member.record.node_id, member.record.dc, member.liveness, liveness)
@@ -338,11 +349,11 @@ class Membership:
         member = self.members.get(node_id)
         return None if member is None else member.record.dc
 
-    def newer_than(self, records: list[MemberRecord]) -> bool:
+    def newer_than(self, records: list[MemberEntry]) -> bool:
         """True when this table knows something `records` (a peer's table) lacks or has older."""
-        theirs = {record.node_id: record.order() for record in records}
+        theirs = {record.node_id: _order(record) for record in records}
         for record in self.records():
             known = theirs.get(record.node_id)
-            if known is None or known < record.order():
+            if known is None or known < _order(record):
                 return True
         return False

@@ -28,12 +28,7 @@ from sortedcontainers import SortedDict
 
 from crdtsync.core import wire
 from crdtsync.core.effects import Effect, Persist, Publish, Send, Subscribe, Unsubscribe
-from crdtsync.core.membership import (
-    LivenessChange,
-    MemberRecord,
-    Membership,
-    MembershipConfig,
-)
+from crdtsync.core.membership import LivenessChange, Membership, MembershipConfig
 from crdtsync.core.merkle import MerkleTree
 from crdtsync.core.state import (
     StateDecodeError,
@@ -324,7 +319,7 @@ class Replica:
         self.config = config or ReplicaConfig()
         self.dc = dc
         self.membership = Membership(
-            MemberRecord(node_id, dc, address, publish_endpoint, epoch, 0, False),
+            wire.MemberEntry(node_id, dc, address, publish_endpoint, epoch, 0, False),
             membership or MembershipConfig(),
             self.config.heartbeat_interval_ms,
         )
@@ -358,6 +353,7 @@ class Replica:
         # A dict, not a set: iteration order must not depend on string hashing, or simulations would not replay.
         self._pending_docs: dict[str, None] = {}
         self._now_ms = 0.0
+        self._last_tick_ms = 0.0
         self._next_heartbeat_ms = 0.0
         self._tree = MerkleTree(wire.TREE_SEGMENTS, wire.TREE_BRANCHES)
         self._dirty: dict[str, None] = {}
@@ -443,8 +439,17 @@ class Replica:
 
     def tick(self, now_ms: float) -> None:
         """Run timers: heartbeats, hellos, peer liveness, retransmit and resync retries, causal pulls."""
-        self._now_ms = now_ms
         config = self.config
+        if (
+            now_ms - self._last_tick_ms
+            > config.heartbeat_interval_ms + self.membership.config.acceptable_pause_ms
+        ):
+            # Nothing ran here for longer than any timer allows: this node was stopped or stalled,
+            # and its peers' silence in that time is its own.
+            self._count("own_pauses")
+            self.membership.forgive_silence(now_ms)
+        self._last_tick_ms = now_ms
+        self._now_ms = now_ms
         if now_ms >= self._next_heartbeat_ms:
             self._next_heartbeat_ms = now_ms + config.heartbeat_interval_ms
             self._publish(wire.Heartbeat(self.node_id, self.epoch, self._last_seq))
@@ -459,7 +464,12 @@ class Replica:
                 0.75 + 0.5 * self._jitter()
             )
             self.membership.beat()
-            up = [link for link in self._links.values() if link.state == "up"]
+            # Across the WAN only relays gossip: the rest learn other datacenters through them.
+            up = [
+                link
+                for link in self._links.values()
+                if link.state == "up" and (self._is_relay or self._link_dc(link) == self.dc)
+            ]
             if up:
                 self._gossip_turn += 1
                 self._gossip_to(up[self._gossip_turn % len(up)], reply=False)
@@ -1050,7 +1060,7 @@ class Replica:
         self._address_of[message.node_id] = message.address
         link.last_heard_ms = self._now_ms
         link.publish_endpoint = message.publish_endpoint
-        record = MemberRecord(
+        record = wire.MemberEntry(
             message.node_id, message.dc, message.address, message.publish_endpoint, message.epoch, 0, False
         )
         changed, _alive = self.membership.merge(record, self._now_ms, direct=True)
@@ -1170,24 +1180,12 @@ class Replica:
         self._count("gossip_sent")
         self._send(
             link.address,
-            wire.Members(
-                self.node_id,
-                reply,
-                tuple(
-                    wire.MemberEntry(
-                        r.node_id, r.dc, r.address, r.publish_endpoint, r.incarnation, r.heartbeat, r.left
-                    )
-                    for r in records
-                ),
-            ),
+            wire.Members(self.node_id, reply, tuple(records)),
         )
 
     def _on_members(self, message: wire.Members) -> None:
         self._count("gossip_received")
-        records = [
-            MemberRecord(m.node_id, m.dc, m.address, m.publish_endpoint, m.incarnation, m.heartbeat, m.left)
-            for m in message.members
-        ]
+        records = list(message.members)
         changed = False
         for record in records:
             if record.node_id != message.node_id and record.address == self.address:
@@ -1209,7 +1207,7 @@ class Replica:
             if address is not None:
                 self._gossip_to(self._links[address], reply=True)
 
-    def _on_left(self, record: MemberRecord) -> None:
+    def _on_left(self, record: wire.MemberEntry) -> None:
         log.info("member %s (dc %s) left the cluster", record.node_id, record.dc)
         self._count("members_left")
         link = self._links.get(self._address_of.get(record.node_id, record.address))

@@ -44,7 +44,7 @@ SLACK = 3.0
 def silence_to_suspect_ms(config: MembershipConfig, heartbeat_ms: float) -> float:
     """The silence after which the detector makes a member suspect when it was heard at every
     heartbeat: its own formula, searched for the first silence whose phi reaches `phi_suspect`."""
-    detector = PhiDetector(config.samples_max, heartbeat_ms, 0.0)
+    detector = PhiDetector(config.samples_max, heartbeat_ms, 0.0, heartbeat_ms + config.acceptable_pause_ms)
     now = 0.0
     for _ in range(50):  # a steady stream of heartbeats
         now += heartbeat_ms

@@ -6,20 +6,20 @@ import pytest
 
 from crdtsync.core.membership import (
     LivenessChange,
-    MemberRecord,
     Membership,
     MembershipConfig,
     PhiDetector,
     rendezvous_score,
 )
+from crdtsync.core.wire import MemberEntry
 
 CONFIG = MembershipConfig()
 
 
 def _record(
     node_id: str, *, dc: str = "dc1", incarnation: int = 1, heartbeat: int = 0, left: bool = False
-) -> MemberRecord:
-    return MemberRecord(node_id, dc, f"tcp://{node_id}:1", f"tcp://{node_id}:2", incarnation, heartbeat, left)
+) -> MemberEntry:
+    return MemberEntry(node_id, dc, f"tcp://{node_id}:1", f"tcp://{node_id}:2", incarnation, heartbeat, left)
 
 
 def _table(config: MembershipConfig = CONFIG) -> Membership:
@@ -27,7 +27,7 @@ def _table(config: MembershipConfig = CONFIG) -> Membership:
 
 
 def test_phi_grows_with_silence_and_stays_low_for_the_usual_interval() -> None:
-    detector = PhiDetector(100, 1000.0, 0.0)
+    detector = PhiDetector(100, 1000.0, 0.0, 2_500.0)
     for beat in range(1, 30):
         detector.heard(beat * 1000.0)
     last = 29 * 1000.0
@@ -38,7 +38,7 @@ def test_phi_grows_with_silence_and_stays_low_for_the_usual_interval() -> None:
 
 
 def test_phi_after_dense_traffic_tolerates_the_acceptable_pause() -> None:
-    detector = PhiDetector(100, 1000.0, 0.0)
+    detector = PhiDetector(100, 1000.0, 0.0, 2_500.0)
     for arrival in range(1, 100):
         detector.heard(arrival * 2.0)  # a busy peer: a frame every 2 ms
     assert detector.phi(198.0 + CONFIG.acceptable_pause_ms, CONFIG) < 1.0
@@ -46,7 +46,7 @@ def test_phi_after_dense_traffic_tolerates_the_acceptable_pause() -> None:
 
 
 def test_phi_is_finite_far_from_the_mean() -> None:
-    detector = PhiDetector(10, 1000.0, 0.0)
+    detector = PhiDetector(10, 1000.0, 0.0, 2_500.0)
     assert detector.phi(0.0, CONFIG) == 0.0
     assert 0 < detector.phi(1e9, CONFIG) <= 300.0
 
@@ -159,7 +159,7 @@ def test_gossip_cannot_rewrite_what_a_member_said_of_itself() -> None:
         _record("a", dc="elsewhere", heartbeat=9),
         _record("a", incarnation=99),
         _record("a", heartbeat=9, left=True),
-        MemberRecord("a", "dc1", "tcp://evil:1", "tcp://a:2", 1, 9, False),
+        MemberEntry("a", "dc1", "tcp://evil:1", "tcp://a:2", 1, 9, False),
     ]
     for record in forged:
         assert table.merge(record, 1.0) == (False, False), record
@@ -184,3 +184,27 @@ def test_a_member_known_only_from_gossip_is_never_relay_of_this_datacenter() -> 
     made_up = max((f"ghost{index}" for index in range(50)), key=lambda name: rendezvous_score("dc1", name))
     table.merge(_record(made_up), 0.0)
     assert made_up not in table.relays("dc1") and table.is_relay()
+
+
+def test_a_pause_of_the_member_does_not_slow_its_detection_afterwards() -> None:
+    detector = PhiDetector(200, 1000.0, 0.0, 2_500.0)
+    now = 0.0
+    for _ in range(50):
+        now += 1000.0
+        detector.heard(now)
+    before = detector.suspect_at_ms(CONFIG) - now
+    now += 60_000.0  # stopped for a minute, then heard again
+    detector.heard(now)
+    for _ in range(5):
+        now += 1000.0
+        detector.heard(now)
+    after = detector.suspect_at_ms(CONFIG) - now
+    assert after < before * 1.5, (before, after)
+
+
+def test_gossip_counts_again_once_a_direct_member_looks_failed() -> None:
+    table = _table()
+    table.merge(_record("a", heartbeat=1), 0.0, direct=True)
+    table.members["a"].liveness = "down"
+    assert table.merge(_record("a", heartbeat=2, left=True), 1.0) == (True, False)
+    assert table.members["a"].liveness == "left"

@@ -715,3 +715,19 @@ def test_an_authenticated_key_speaks_for_one_node_id_only() -> None:
     replica.receive(wire.encode(wire.Members("alice", True, (leave,))), 6.0, sender_key="KEY-A")
     replica.receive(wire.encode(wire.Heartbeat("alice", 2, 0)), 7.0, sender_key="KEY-A2")
     assert _count(replica, "frames_dropped_identity") == 2
+
+
+def test_a_node_that_was_stopped_does_not_suspect_its_peers_for_its_own_pause() -> None:
+    mesh = Mesh()
+    a, b = mesh.add("a"), mesh.add("b")
+    mesh.link_all()
+    mesh.advance(5_000.0)
+    assert [m.state for m in a.status(mesh.now_ms).members] == ["alive"]
+    mesh.now_ms += 30_000.0  # a's process was stopped: no tick, no frame for 30 s
+    a.tick(mesh.now_ms)
+    assert _count(a, "own_pauses") == 1
+    assert [m.state for m in a.status(mesh.now_ms).members] == ["alive"]
+    assert _count(a, "member_suspect") == 0
+    mesh.pump()
+    mesh.advance(2_000.0)
+    assert _count(a, "member_suspect") == 0 and _count(b, "own_pauses") == 1
