@@ -207,4 +207,5 @@ def test_gossip_counts_again_once_a_direct_member_looks_failed() -> None:
     table.merge(_record("a", heartbeat=1), 0.0, direct=True)
     table.members["a"].liveness = "down"
     assert table.merge(_record("a", heartbeat=2, left=True), 1.0) == (True, False)
-    assert table.members["a"].liveness == "left"
+    after: str = table.members["a"].liveness
+    assert after == "left"
