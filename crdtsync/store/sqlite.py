@@ -181,8 +181,8 @@ class SqliteStore:
         try:
             result = db.execute("PRAGMA quick_check").fetchone()
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is corrupt or unreadable ({exc}); nothing was changed") from exc
+        except (sqlite3.DatabaseError, MemoryError) as exc:  # SQLITE_NOMEM: see read_backup
+            raise StoreError(f"{self.path} is corrupt or unreadable ({exc!r}); nothing was changed") from exc
         if result is None or result[0] != "ok":
             raise StoreError(f"{self.path} failed its integrity check ({result}); nothing was changed")
         version = meta.get("schema_version")
@@ -207,8 +207,8 @@ class SqliteStore:
                     raise StoreError(
                         f"{self.path}: the snapshot of doc {doc_id!r} fails its checksum; nothing was changed"
                     )
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is corrupt or unreadable ({exc}); nothing was changed") from exc
+        except (sqlite3.DatabaseError, MemoryError) as exc:  # SQLITE_NOMEM: see read_backup
+            raise StoreError(f"{self.path} is corrupt or unreadable ({exc!r}); nothing was changed") from exc
 
     def _next_epoch(self) -> int:
         """Persist and return a new epoch: strictly greater than every earlier start of this store."""
@@ -363,7 +363,8 @@ def read_backup(path: str | Path) -> Iterator[tuple[str, bytes]]:
             content = _read_doc(db, source, doc_id)
             if content is not None:
                 yield doc_id, content
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"backup {source} is unreadable: {exc}") from exc
+    except (sqlite3.DatabaseError, MemoryError) as exc:
+        # SQLite reports some corrupt pages as out of memory (SQLITE_NOMEM): found by fuzz.http_api.
+        raise StoreError(f"backup {source} is unreadable: {exc!r}") from exc
     finally:
         db.close()

@@ -175,6 +175,18 @@ def test_a_corrupt_backup_with_a_valid_header_is_a_bad_backup(server: http_api.S
     assert server.state() == before
 
 
+def test_a_backup_that_sqlite_reads_as_out_of_memory_is_a_bad_backup(server: http_api.Server) -> None:
+    """Found by fuzz.http_api (saved input under tests/fuzz/regressions): SQLite reports some corrupt
+    pages as SQLITE_NOMEM, a MemoryError out of the backup reader, which answered 500."""
+    finding = (Path(__file__).parent / "regressions" / "http_api-restore-sqlite-nomem.bin").read_bytes()
+    request = http_api.parse(finding)
+    assert (request.method, request.target) == ("POST", "/v1/restore")
+    before = server.state()
+    status, body = server.exchange(request)
+    assert (status, b'"bad_backup"' in body) == (400, True), body
+    assert server.state() == before
+
+
 def test_an_update_pycrdt_cannot_encode_afterwards_is_a_bad_update(server: http_api.Server) -> None:
     """Found by fuzz.http_api: the update passed the scratch check, and every later read of the doc
     (GET .../update, the next POST) panicked, which dropped the connection without an answer."""
