@@ -88,8 +88,9 @@ class PhiDetector:
             return
         self.last_ms = now_ms
         # A pause (a stopped process, a partition) is not the member's rhythm: learned in full it
-        # would slow detection for as long as it stays among the samples.
-        self._add(min(interval, self._sample_ms_max))
+        # would slow detection for as long as it stays among the samples. The cap follows the
+        # rhythm, so that members seen only through gossip (seconds apart, irregular) keep theirs.
+        self._add(min(interval, max(self._sample_ms_max, 4.0 * self._sum / len(self._samples))))
 
     def _mean_std(self, config: MembershipConfig) -> tuple[float, float]:
         count = len(self._samples)
