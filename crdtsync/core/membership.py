@@ -350,11 +350,19 @@ class Membership:
         member = self.members.get(node_id)
         return None if member is None else member.record.dc
 
-    def newer_than(self, records: list[MemberEntry]) -> bool:
-        """True when this table knows something `records` (a peer's table) lacks or has older."""
-        theirs = {record.node_id: _order(record) for record in records}
+    def newer_than(self, records: list[MemberEntry], peer_dc: str) -> bool:
+        """True when this table knows something `records` (the table of a peer in `peer_dc`) lacks
+        or has older. Newer heartbeat counters of members in the peer's own datacenter do not count:
+        it has a direct link to each of them (a full mesh) and hears them itself."""
+        theirs = {record.node_id: record for record in records}
         for record in self.records():
             known = theirs.get(record.node_id)
-            if known is None or known < _order(record):
+            if known is None or (known.incarnation, known.left) < (record.incarnation, record.left):
+                return True
+            if record.dc != peer_dc and known.heartbeat < record.heartbeat:
                 return True
         return False
+
+    def spans_datacenters(self) -> bool:
+        """Whether any known member is in another datacenter than this node."""
+        return any(member.record.dc != self.own.dc for member in self.members.values())

@@ -47,6 +47,9 @@ log = logging.getLogger("crdtsync.replica")
 REMOTE_ORIGIN = 0x5EC
 """Transaction origin of every update applied from a peer; the observer never re-publishes those."""
 
+_SINGLE_DC_GOSSIP_SLOWDOWN = 5.0
+"""How much rarer periodic gossip is while every known member is in this node's datacenter."""
+
 _EMPTY_UPDATE = b"\x00\x00"
 _EMPTY_STATE = b"\x00"
 
@@ -460,9 +463,13 @@ class Replica:
             if changes:
                 self._retopologize()
         if now_ms >= self._next_gossip_ms:
-            self._next_gossip_ms = now_ms + self.membership.config.gossip_interval_ms * (
-                0.75 + 0.5 * self._jitter()
-            )
+            # In a single datacenter every member hears every other directly: membership changes
+            # travel in hellos, first-contact gossip and leave messages, and the periodic push only
+            # repairs a missed one, so it can be rare. Across datacenters it carries liveness.
+            interval = self.membership.config.gossip_interval_ms
+            if not self.membership.spans_datacenters():
+                interval *= _SINGLE_DC_GOSSIP_SLOWDOWN
+            self._next_gossip_ms = now_ms + interval * (0.75 + 0.5 * self._jitter())
             self.membership.beat()
             # Across the WAN only relays gossip: the rest learn other datacenters through them.
             up = [
@@ -1202,7 +1209,8 @@ class Replica:
                 self._on_left(record)
         if changed:
             self._retopologize()
-        if not message.reply and self.membership.newer_than(records):
+        sender_dc = self.membership.dc_of(message.node_id)
+        if not message.reply and sender_dc is not None and self.membership.newer_than(records, sender_dc):
             address = self._address_of.get(message.node_id)
             if address is not None:
                 self._gossip_to(self._links[address], reply=True)

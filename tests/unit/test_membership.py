@@ -132,11 +132,25 @@ def test_own_node_counts_for_its_own_datacenter() -> None:
 def test_newer_than_tells_whether_the_peer_needs_an_answer() -> None:
     table = _table()
     table.merge(_record("a", heartbeat=3), 0.0)
-    assert table.newer_than([table.own, _record("a", heartbeat=3)]) is False
-    assert table.newer_than([table.own, _record("a", heartbeat=2)]) is True
-    assert table.newer_than([table.own]) is True
+    table.merge(_record("far", dc="dc2", heartbeat=3), 0.0)
+    theirs = [table.own, _record("a", heartbeat=3), _record("far", dc="dc2", heartbeat=3)]
+    assert table.newer_than(theirs, "dc1") is False
+    assert table.newer_than(theirs[:2], "dc1") is True, "a member they lack"
+    assert table.newer_than([table.own, _record("a", incarnation=0), theirs[2]], "dc1") is True
+    # Heartbeats of members in the peer's own datacenter: it hears those itself.
+    assert table.newer_than([table.own, _record("a", heartbeat=2), theirs[2]], "dc1") is False
+    assert table.newer_than([table.own, _record("a", heartbeat=2), theirs[2]], "dc2") is True
+    assert table.newer_than([*theirs[:2], _record("far", dc="dc2", heartbeat=2)], "dc1") is True
     table.beat()
-    assert table.newer_than([_record("self"), _record("a", heartbeat=3)]) is True
+    assert table.newer_than(theirs, "dc1") is False and table.newer_than(theirs, "dc2") is True
+
+
+def test_only_a_table_with_another_datacenter_spans_datacenters() -> None:
+    table = _table()
+    table.merge(_record("a"), 0.0)
+    assert not table.spans_datacenters()
+    table.merge(_record("far", dc="dc2"), 0.0)
+    assert table.spans_datacenters()
 
 
 @pytest.mark.parametrize("relays_per_dc", [1, 2, 3])
