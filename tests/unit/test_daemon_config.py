@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import ReplicaConfig
 from crdtsync.daemon.config import (
     ConfigError,
@@ -276,3 +279,15 @@ def test_file_problems_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path, dict(NO_OVERRIDES))
     assert "is not valid TOML" in error(tmp_path, 'node_id = "n\n')
+
+
+def test_the_example_config_loads_and_lists_every_key_with_its_default() -> None:
+    """config.example.toml is documentation: it must load, and its [replication] and [membership]
+    sections must name every field of the dataclasses with the default value."""
+    path = Path(__file__).resolve().parents[2] / "config.example.toml"
+    config = load_config(path, NO_OVERRIDES, [])
+    assert config.node.replication == ReplicaConfig()
+    assert config.node.membership == MembershipConfig()
+    raw = tomllib.loads(path.read_text())
+    for section, cls in (("replication", ReplicaConfig), ("membership", MembershipConfig)):
+        assert list(raw[section]) == [field.name for field in dataclasses.fields(cls)], section
