@@ -40,6 +40,8 @@ from crdtsync.transport.curve import read_key_file, write_key_file
 NODE_NAMES = ("a", "b", "c")
 VICTIM = "c"
 REGIONS = {"a": "us-east", "b": "eu-west", "c": "ap-south"}
+DATACENTERS = {"a": "dc1", "b": "dc1", "c": "dc2"}
+"""a and b share a datacenter (a full mesh, one of them its relay); c is alone in the other."""
 DOC_IDS = ("models/registry", "flags/features", "fleet/config", "deploys/log")
 MODELS = ("llama-3-8b", "llama-3-70b", "mistral-7b", "embed-small", "whisper-large")
 STAGES = ("staging", "canary", "production", "rollback")
@@ -299,7 +301,15 @@ class Cluster:
         self.addresses = addresses
 
     def serve_args(self, daemon: Daemon) -> list[str]:
-        args = ["serve", "--node-id", daemon.name, "--listen", daemon.listen]
+        args = [
+            "serve",
+            "--node-id",
+            daemon.name,
+            "--dc",
+            DATACENTERS[daemon.name],
+            "--listen",
+            daemon.listen,
+        ]
         for peer in daemon.peers:
             args += ["--peer", peer]
         args += [
@@ -436,6 +446,12 @@ class Demo:
         return separator.join(parts)
 
     @staticmethod
+    def _dc_text(daemon: Daemon) -> str:
+        """The node's datacenter, starred while it is that datacenter's relay."""
+        relay = daemon.status is not None and daemon.state == "running" and daemon.status.get("relay")
+        return DATACENTERS[daemon.name] + ("*" if relay else "")
+
+    @staticmethod
     def _numbers(daemon: Daemon) -> dict[str, Any]:
         status = daemon.status
         assert status is not None
@@ -456,13 +472,13 @@ class Demo:
         lines = [
             f"crdtsync demo {self.now():5.1f} s (until {until}): {self.phase}",
             f"cluster: {label} ({why})",
-            f"{'node':<4}{'pid':>7} {'state':<8}{'docs':>5}{'acked':>6}{'err':>4}{'pub':>6}{'applied':>8}"
+            f"{'node':<4}{'dc':<5}{'pid':>7} {'state':<8}{'docs':>5}{'acked':>6}{'err':>4}{'pub':>6}{'applied':>8}"
             f"{'behind':>7}  {'root':<8}  peers",
         ]
         for daemon in self.daemons.values():
             running = daemon.state in ("starting", "running")
             pid = str(daemon.pid) if daemon.pid is not None and running else "-"
-            head = f"{daemon.name:<4}{pid:>7} {daemon.state:<8}"
+            head = f"{daemon.name:<4}{self._dc_text(daemon):<5}{pid:>7} {daemon.state:<8}"
             if daemon.status is None or daemon.state != "running":
                 lines.append(f"{head}{'':>5}{daemon.acked:>6}{daemon.failed:>4}")
                 continue
@@ -473,7 +489,7 @@ class Demo:
             )
         lines += [
             "acked/err: the demo's writes to the node; pub: updates it published this epoch",
-            "applied: updates from peers; behind: lag; peers: state (silent for N s)",
+            "applied: updates from peers; behind: lag; peers: state (silent for N s); dc: * relay",
         ]
         return lines
 
@@ -497,7 +513,7 @@ class Demo:
                 continue
             n = self._numbers(daemon)
             parts.append(
-                f"{daemon.name}: docs={n['docs']} acked={daemon.acked} pub={n['published']} "
+                f"{daemon.name}: dc={self._dc_text(daemon)} docs={n['docs']} acked={daemon.acked} pub={n['published']} "
                 f"applied={n['applied']} behind={n['behind']} root={n['root']} "
                 f"peers={self._peers_text(daemon, ',')}"
             )
