@@ -632,10 +632,7 @@ class Replica:
     def restore_update(self, doc_id: str, update: bytes) -> bool:
         """Merge a doc's whole content from a backup: persisted, not published (anti-entropy spreads
         it, since the merge changes the doc's digest wherever it added something)."""
-        try:
-            check_update(update)
-        except UpdateError as exc:
-            self._reject(doc_id, "restore", update, exc, None, remote=False)
+        if not self._well_formed(doc_id, "restore", update, None):
             return False
         entry = self._entry(doc_id, create=True)
         return self._apply(entry, update, "restore")
@@ -785,17 +782,17 @@ class Replica:
             return False
         return True
 
-    def _well_formed(self, doc_id: str, reason: str, update: bytes, sender: str) -> bool:
-        """Refuse a peer's update that pycrdt would accept into a doc it later crashes on reading,
-        and, while the doc is quarantined, every update from a sender with rejections on record
-        (honest peers keep repairing it, so replicas still converge)."""
-        if sender in self._strikes and self._doc_quarantined(doc_id):
+    def _well_formed(self, doc_id: str, reason: str, update: bytes, sender: str | None) -> bool:
+        """Refuse an update from a peer (`sender`) or a backup (None) that pycrdt would accept into a
+        doc it later crashes on reading, and, while the doc is quarantined, every update from a
+        sender with rejections on record (honest peers keep repairing it, so replicas still converge)."""
+        if sender is not None and sender in self._strikes and self._doc_quarantined(doc_id):
             self._count("updates_dropped_doc_quarantined")
             return False
         try:
             check_update(update)
         except UpdateError as exc:
-            self._reject(doc_id, reason, update, exc, sender, remote=True)
+            self._reject(doc_id, reason, update, exc, sender, remote=sender is not None)
             return False
         return True
 
@@ -1071,7 +1068,6 @@ class Replica:
             message.node_id, message.dc, message.address, message.publish_endpoint, message.epoch, 0, False
         )
         changed, _alive = self.membership.merge(record, self._now_ms, direct=True)
-        self.membership.heard(message.node_id, self._now_ms)
         if isinstance(message, wire.Hello):
             # Answer first: the resync below makes the peer reply to us, which it can only do once
             # our HelloAck has told it who we are.
