@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 JSON = dict[str, Any]
 
@@ -429,3 +429,28 @@ def proc_status_kb(key: str = "VmRSS") -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One figure against a target from an issue. `limit` None prints it for information, without a
+    verdict; `unit` "" means a ratio; `tolerance` is a relative slack, for a figure that can equal
+    its bound exactly up to float rounding."""
+
+    key: str
+    text: str
+    value: float | None
+    limit: float | None
+    unit: str = ""
+    op: Literal["<=", ">="] = "<="
+    tolerance: float = 0.0
+
+    @property
+    def verdict(self) -> str:
+        if self.limit is None:
+            return "info"
+        if self.value is None or math.isnan(self.value):
+            return "n/a"
+        slack = abs(self.limit) * self.tolerance
+        ok = self.value <= self.limit + slack if self.op == "<=" else self.value >= self.limit - slack
+        return "PASS" if ok else "MISS"

@@ -31,7 +31,6 @@ import cProfile
 import gc
 import io
 import json
-import math
 import os
 import pstats
 import shutil
@@ -51,6 +50,7 @@ from bench._common import (
     BenchError,
     Child,
     Deadline,
+    Target,
     TcpSent,
     close_all,
     fmt,
@@ -713,24 +713,6 @@ def idle_cluster(settings: Settings, log_dir: Path) -> dict[str, Any]:
 # Report
 
 
-@dataclass(frozen=True)
-class Target:
-    key: str
-    text: str
-    value: float | None
-    limit: float | None
-    """None: printed for information, no verdict."""
-    unit: str = "ratio"
-
-    @property
-    def verdict(self) -> str:
-        if self.limit is None:
-            return "info"
-        if self.value is None or math.isnan(self.value):
-            return "n/a"
-        return "PASS" if self.value <= self.limit else "MISS"
-
-
 def _kb(value: float | int | None) -> str:
     return "-" if value is None else f"{value / 1000:,.1f}"
 
@@ -963,7 +945,7 @@ def report(machine: dict[str, str], settings: Settings, results: dict[str, Any])
     rows = [
         [
             t.text,
-            fmt(t.value, 4 if t.unit in ("ratio", "cores") else 2),
+            fmt(t.value, 4 if t.unit in ("", "cores") else 2),
             "" if t.limit is None else f"<= {t.limit:.4g}",
             t.verdict,
         ]

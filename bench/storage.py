@@ -59,6 +59,7 @@ from bench._common import (
     BenchError,
     Child,
     Deadline,
+    Target,
     close_all,
     fmt,
     free_tcp_port,
@@ -120,23 +121,6 @@ class Settings:
     disk_docs: int
     disk_updates: int
     profile: bool
-
-
-@dataclass(frozen=True)
-class Target:
-    key: str
-    text: str
-    value: float | None
-    limit: float
-    op: Literal["<=", ">="]
-    unit: str
-
-    @property
-    def verdict(self) -> str:
-        if self.value is None or math.isnan(self.value):
-            return "n/a"
-        ok = self.value <= self.limit if self.op == "<=" else self.value >= self.limit
-        return "PASS" if ok else "MISS"
 
 
 def doc_id(index: int) -> str:
@@ -860,8 +844,8 @@ def _targets(results: JSON) -> list[Target]:
                 "(1) durable writes, fsync, updates/s",
                 throughput["fsync"].updates_per_s,
                 TARGET_UPDATES_PER_S,
-                ">=",
-                "/s",
+                unit="/s",
+                op=">=",
             )
         )
     big = results.get("million")
@@ -874,8 +858,7 @@ def _targets(results: JSON) -> list[Target]:
                     f"(3) restart to serving, {docs:,} docs, s",
                     float(big["restart"]["restart_s"]),
                     TARGET_RESTART_S,
-                    "<=",
-                    "s",
+                    unit="s",
                 )
             )
         if "touch" in big:
@@ -886,8 +869,7 @@ def _targets(results: JSON) -> list[Target]:
                     "(3) resident memory (peak), MB",
                     rss * 1024 / 1e6,
                     TARGET_RSS_BYTES / 1e6,
-                    "<=",
-                    "MB",
+                    unit="MB",
                 )
             )
         if "ae" in big:
@@ -897,8 +879,7 @@ def _targets(results: JSON) -> list[Target]:
                     "(3) in-sync AE round CPU (both nodes), ms",
                     float(big["ae"]["cpu_ms_per_round"]),
                     TARGET_ROUND_CPU_MS,
-                    "<=",
-                    "ms",
+                    unit="ms",
                 )
             )
     return targets

@@ -75,6 +75,7 @@ from pycrdt import Doc, Map, Subscription, TransactionEvent
 from bench._common import (
     BenchError,
     Deadline,
+    Target,
     fmt,
     free_tcp_ports,
     machine_info,
@@ -1060,25 +1061,6 @@ def heartbeat_only_detection_s(membership: MembershipConfig, replica: ReplicaCon
 # Report
 
 
-@dataclass(frozen=True)
-class Target:
-    key: str
-    text: str
-    value: float | None
-    limit: float | None
-    """None: printed for information, no verdict."""
-    unit: str = ""
-
-    @property
-    def verdict(self) -> str:
-        if self.limit is None:
-            return "info"
-        if self.value is None or math.isnan(self.value):
-            return "n/a"
-        # A relative tolerance: the delta bytes can equal their bound exactly, up to float rounding.
-        return "PASS" if self.value <= self.limit * (1 + 1e-9) else "MISS"
-
-
 @dataclass
 class Report:
     machine: dict[str, str]
@@ -1500,6 +1482,7 @@ def build_targets(report: Report) -> list[Target]:
                 f["wan_deltas_bytes"],
                 frame_bound,
                 "B",
+                tolerance=1e-9,
             ),
             Target(
                 f"{key}_all_bytes_vs_frame_bound",
