@@ -758,18 +758,6 @@ def _false_suspicions(sim: TopoSim, victim_id: str) -> int:
 # (3) A paused process
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(item) for item in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
 @dataclass
 class Proc:
     name: str
@@ -783,27 +771,18 @@ class Proc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def write_config(self, peers: list[str]) -> Path:
-        top = {"node_id": self.name, "dc": PROC_DC, "listen": self.listen, "peers": peers}
-        tables: dict[str, dict[str, Any]] = {
-            "http": {"listen": f"127.0.0.1:{self.http_port}"},
-            "log": {"level": "info", "format": "kv"},
-            "security": {"mode": "plaintext"},
-        }
-        lines = [f"{key} = {_toml(value)}" for key, value in top.items()]
-        for table, values in tables.items():
-            lines.append(f"\n[{table}]")
-            lines.extend(f"{key} = {_toml(value)}" for key, value in values.items())
-        path = self.workdir / "config.toml"
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return path
+    def serve_args(self, peers: list[str]) -> list[str]:
+        """`crdtsync serve` with flags only (memory store, plaintext links, kv logs at info)."""
+        args = ["serve", "--node-id", self.name, "--dc", PROC_DC, "--listen", self.listen]
+        for peer in peers:
+            args += ["--peer", peer]
+        return [*args, "--http", f"127.0.0.1:{self.http_port}", "--plaintext", "--log-level", "info"]
 
     def start(self, peers: list[str]) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.write_config(peers)
         with open(self.workdir / "daemon.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "crdtsync", "serve", "--config", str(config)],
+                [sys.executable, "-m", "crdtsync", *self.serve_args(peers)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
