@@ -17,21 +17,9 @@ from pycrdt import Doc, Map
 
 from bench import _ae_workload as workload
 from bench._child import emit, run_main, serve
-from bench._common import JSON
+from bench._common import JSON, proc_status_kb
 from bench._crdtsync import _wait_peers_up
 from crdtsync import Node, NodeConfig
-
-
-def rss_kb() -> int:
-    """Resident set size of this process in KiB (from /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 class NodeAdapter:
@@ -62,7 +50,7 @@ class NodeAdapter:
             root=self._node.merkle_root().hex(),
             docs=status.docs,
             rounds=status.counters.get("ae_rounds_completed", 0),
-            rss_kb=rss_kb(),
+            rss_kb=proc_status_kb("VmRSS"),
         )
         return True
 

@@ -45,7 +45,6 @@ from typing import Any
 from pycrdt import Doc, Map
 
 from bench import _ae_workload as workload
-from bench._ae_node import rss_kb
 from bench._common import (
     BenchError,
     Child,
@@ -59,6 +58,7 @@ from bench._common import (
     machine_info,
     print_table,
     proc_cpu_s,
+    proc_status_kb,
     ratio,
     tcp_sent,
 )
@@ -412,12 +412,12 @@ def scale(settings: Settings, deadline: Deadline) -> list[dict[str, Any]]:
             rows.append({"docs": docs, "skipped": "deadline"})
             continue
         gc.collect()
-        rss0 = rss_kb()
+        rss0 = proc_status_kb("VmRSS")
         build0 = time.perf_counter()
         pair = Pair(docs)
         try:
             build_s = time.perf_counter() - build0
-            rss1 = rss_kb()
+            rss1 = proc_status_kb("VmRSS")
             pair.connect()
             runs = []
             for repeat in range(settings.scale_repeats):
