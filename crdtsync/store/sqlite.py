@@ -29,6 +29,7 @@ from typing import BinaryIO, Literal
 
 from crdtsync.core.effects import Persist
 from crdtsync.core.state import merge_all
+from crdtsync.core.update_check import UpdateError, check_update
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x43535943  # "CSYC": marks the file as a crdtsync store
@@ -197,13 +198,13 @@ class SqliteStore:
         # Page checks do not see a flipped byte inside a blob: every update and snapshot has a CRC.
         try:
             for seq, doc_id, data, crc in db.execute("SELECT seq, doc_id, data, crc FROM updates"):
-                if zlib.crc32(data) != crc:
+                if not isinstance(data, bytes) or not _is_crc(crc) or zlib.crc32(data) != crc:
                     raise StoreError(
                         f"{self.path}: update {seq} of doc {doc_id!r} fails its checksum; nothing was changed"
                     )
             query = "SELECT doc_id, snapshot, snapshot_crc FROM docs WHERE snapshot IS NOT NULL"
             for doc_id, snapshot, crc in db.execute(query):
-                if zlib.crc32(snapshot) != crc:
+                if not isinstance(snapshot, bytes) or not _is_crc(crc) or zlib.crc32(snapshot) != crc:
                     raise StoreError(
                         f"{self.path}: the snapshot of doc {doc_id!r} fails its checksum; nothing was changed"
                     )
@@ -327,7 +328,9 @@ class SqliteStore:
         self._lock.close()  # releases the flock
 
 
-def _read_doc(db: sqlite3.Connection, path: Path, doc_id: str) -> bytes | None:
+def _read_doc(db: sqlite3.Connection, path: Path, doc_id: str, *, untrusted: bool = False) -> bytes | None:
+    """The doc's snapshot merged with its log. `untrusted` (a backup from anywhere) also walks
+    every part with the structural update check first: merging malformed bytes can panic pycrdt."""
     # One read transaction: a compaction committing between the two reads would otherwise move
     # log entries into a snapshot this read already passed.
     db.execute("BEGIN")
@@ -339,9 +342,21 @@ def _read_doc(db: sqlite3.Connection, path: Path, doc_id: str) -> bytes | None:
     parts = [(row[0], row[1])] if row is not None and row[0] is not None else []
     parts += log
     for data, crc in parts:
-        if zlib.crc32(data) != crc:
+        # SQLite columns take any type; a hand-edited or hostile file can hold an int as a blob.
+        if not isinstance(data, bytes) or not _is_crc(crc) or zlib.crc32(data) != crc:
             raise StoreError(f"{path}: stored content of doc {doc_id!r} fails its checksum")
+        if untrusted:
+            try:
+                check_update(data)
+            except UpdateError as exc:
+                raise StoreError(
+                    f"{path}: stored content of doc {doc_id!r} is not a valid update: {exc}"
+                ) from exc
     return merge_all([data for data, _crc in parts]) if parts else None
+
+
+def _is_crc(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_backup(path: str | Path) -> Iterator[tuple[str, bytes]]:
@@ -360,7 +375,9 @@ def read_backup(path: str | Path) -> Iterator[tuple[str, bytes]]:
     try:
         doc_ids = [doc_id for (doc_id,) in db.execute("SELECT doc_id FROM docs ORDER BY doc_id")]
         for doc_id in doc_ids:
-            content = _read_doc(db, source, doc_id)
+            if not isinstance(doc_id, str):
+                raise StoreError(f"backup {source} holds a doc id that is not text: {doc_id!r:.80}")
+            content = _read_doc(db, source, doc_id, untrusted=True)
             if content is not None:
                 yield doc_id, content
     except (sqlite3.DatabaseError, MemoryError) as exc:

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import sqlite3
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -417,6 +418,49 @@ def test_read_backup_refuses_a_file_that_is_not_a_crdtsync_backup(tmp_path: Path
         list(read_backup(foreign))
     with pytest.raises(StoreError, match="does not exist"):
         list(read_backup(tmp_path / "missing.db"))
+
+
+def _tampered_backup(tmp_path: Path, statement: str, parameters: tuple[Any, ...] = ()) -> Path:
+    """A real backup of one doc, then edited with `statement`: what a hand-edited or hostile file holds."""
+    store = SqliteStore(tmp_path / "data", node_id="a")
+    try:
+        _write(store, Workload(5, docs=1).write(3))
+        target = tmp_path / "tampered.db"
+        store.backup(target)
+    finally:
+        store.close()
+    db = sqlite3.connect(target, isolation_level=None)
+    try:
+        db.execute(statement, parameters)
+    finally:
+        db.close()
+    return target
+
+
+GARBAGE_UPDATE = b"\x01\x01\xff\xff\xff\x0f\x00"
+
+
+@pytest.mark.parametrize(
+    ("statement", "parameters", "message"),
+    [
+        # Found by fuzz.http_api in CI: a blob column holding an integer raised TypeError out of zlib.
+        ("UPDATE updates SET data = 7", (), "fails its checksum"),
+        ("UPDATE updates SET crc = 'x'", (), "fails its checksum"),
+        ("UPDATE docs SET doc_id = X'0102'", (), "doc id that is not text"),
+        # A matching checksum over bytes that are no update: merging them could panic pycrdt.
+        (
+            "UPDATE updates SET data = ?, crc = ?",
+            (GARBAGE_UPDATE, zlib.crc32(GARBAGE_UPDATE)),
+            "not a valid update",
+        ),
+    ],
+)
+def test_read_backup_names_a_tampered_row_instead_of_failing_on_it(
+    tmp_path: Path, statement: str, parameters: tuple[Any, ...], message: str
+) -> None:
+    target = _tampered_backup(tmp_path, statement, parameters)
+    with pytest.raises(StoreError, match=message):
+        list(read_backup(target))
 
 
 # ---------------------------------------------------------------------------------------- durability
