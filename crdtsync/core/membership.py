@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -179,6 +180,11 @@ class Membership:
     rejected_full: int = 0
     rejected_indirect: int = 0
     """Gossiped records that contradicted what a member said of itself (ignored)."""
+    _due_ms: dict[str, float] = field(default_factory=dict)
+    """When `evaluate` must look at each member next (`_member_due_ms`). The driver asks for the
+    earliest after every pump; a scan of the table there would cost O(members) per frame."""
+    _due_heap: list[tuple[float, str]] = field(default_factory=list)
+    """The same times as a heap; entries that no longer match `_due_ms` are dropped lazily."""
 
     # ------------------------------------------------------------------ own record
 
@@ -235,6 +241,7 @@ class Membership:
                 direct=direct,
             )
             self.members[record.node_id] = member
+            self._schedule(member)
             return True, not record.left
         # What a member says of itself replaces whatever gossip said before, newer or not.
         first_direct = direct and not member.direct
@@ -246,12 +253,14 @@ class Membership:
         if record.left:
             member.liveness = "left"
             member.liveness_since_ms = now_ms
+            self._schedule(member)
             return True, False
         if newer_incarnation:
             member.detector = self._detector(now_ms)
         if (newer_incarnation or first_direct) and member.liveness == "left":
             member.liveness = "alive"  # it rejoined, or only gossip had said it left
             member.liveness_since_ms = now_ms
+        self._schedule(member)
         return True, True
 
     def heard(self, node_id: str, now_ms: float) -> LivenessChange | None:
@@ -260,45 +269,37 @@ class Membership:
         if member is None or member.liveness == "left":
             return None
         member.detector.heard(now_ms)
-        if member.liveness != "alive":
-            return self._set(member, "alive", now_ms)
-        return None
+        change = self._set(member, "alive", now_ms) if member.liveness != "alive" else None
+        self._schedule(member)
+        return change
 
     def next_change_ms(self) -> float:
         """The earliest moment `evaluate` can find something to change (inf: never, as things stand)."""
-        soonest = math.inf
-        for member in self.members.values():
-            if member.liveness == "alive":
-                soonest = min(soonest, member.detector.suspect_at_ms(self.config))
-            elif member.liveness == "suspect":
-                soonest = min(soonest, member.liveness_since_ms + self.config.down_after_suspect_ms)
-            elif member.liveness == "left":
-                soonest = min(soonest, member.liveness_since_ms + self.config.forget_left_ms)
-        return soonest
+        heap, due = self._due_heap, self._due_ms
+        while heap and due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else math.inf
 
     def evaluate(self, now_ms: float) -> list[LivenessChange]:
-        """Advance alive -> suspect -> down for members whose silence has grown; forget old leavers."""
+        """Advance alive -> suspect -> down for members whose silence has grown; forget old leavers.
+        Looks only at members whose time has come, in time order."""
         changes: list[LivenessChange] = []
-        forget: list[str] = []
-        for node_id, member in self.members.items():
-            if member.liveness == "left":
-                if now_ms >= member.liveness_since_ms + self.config.forget_left_ms:
-                    forget.append(node_id)
-                continue
-            if member.liveness == "alive":
-                # Every test here is the one `next_change_ms` uses, expression for expression: at the
-                # moment it names, something must change, or rounding would make the driver spin.
-                if now_ms >= member.detector.suspect_at_ms(self.config):
+        while self.next_change_ms() <= now_ms:
+            _due, node_id = heapq.heappop(self._due_heap)
+            del self._due_ms[node_id]
+            member = self.members[node_id]
+            # Recomputed, not trusted: the member may have changed without being rescheduled.
+            if now_ms >= self._member_due_ms(member):
+                if member.liveness == "left":
+                    del self.members[node_id]
+                    continue
+                if member.liveness == "alive":
                     member.suspicions += 1
                     changes.append(self._set(member, "suspect", now_ms))
-            elif (
-                member.liveness == "suspect"
-                and now_ms >= member.liveness_since_ms + self.config.down_after_suspect_ms
-            ):
-                member.downs += 1
-                changes.append(self._set(member, "down", now_ms))
-        for node_id in forget:
-            del self.members[node_id]
+                elif member.liveness == "suspect":
+                    member.downs += 1
+                    changes.append(self._set(member, "down", now_ms))
+            self._schedule(member)
         return changes
 
     def forgive_silence(self, now_ms: float) -> None:
@@ -306,6 +307,33 @@ class Membership:
         peers over that time says nothing about them. Restart every detector's clock, learning nothing."""
         for member in self.members.values():
             member.detector.last_ms = max(member.detector.last_ms, now_ms)
+            self._schedule(member)
+
+    def _member_due_ms(self, member: Member) -> float:
+        # `evaluate` acts at exactly this moment: one expression for both, or rounding between two
+        # would make the driver wake at a time when nothing changes, and spin.
+        if member.liveness == "alive":
+            return member.detector.suspect_at_ms(self.config)
+        if member.liveness == "suspect":
+            return member.liveness_since_ms + self.config.down_after_suspect_ms
+        if member.liveness == "left":
+            return member.liveness_since_ms + self.config.forget_left_ms
+        return math.inf  # down: only new evidence changes it
+
+    def _schedule(self, member: Member) -> None:
+        node_id = member.record.node_id
+        due = self._member_due_ms(member)
+        if self._due_ms.get(node_id) == due:
+            return
+        if due == math.inf:
+            self._due_ms.pop(node_id, None)
+            return
+        self._due_ms[node_id] = due
+        heapq.heappush(self._due_heap, (due, node_id))
+        if len(self._due_heap) > 2 * len(self._due_ms) + 64:
+            # Every frame from a member pushes a new time: rebuild before stale entries pile up.
+            self._due_heap = [(at, key) for key, at in self._due_ms.items()]
+            heapq.heapify(self._due_heap)
 
     def _detector(self, now_ms: float) -> PhiDetector:
         return PhiDetector(

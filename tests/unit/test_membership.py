@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 
 from crdtsync.core.membership import (
@@ -223,3 +226,38 @@ def test_gossip_counts_again_once_a_direct_member_looks_failed() -> None:
     assert table.merge(_record("a", heartbeat=2, left=True), 1.0) == (True, False)
     after: str = table.members["a"].liveness
     assert after == "left"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_the_due_time_heap_names_the_same_moment_as_a_scan_of_every_member(seed: int) -> None:
+    """`next_change_ms` keeps a heap instead of scanning the table per pump: after any mix of joins,
+    evidence, leaves, restarts, own pauses and evaluations, it must name the moment a full scan does,
+    and `evaluate` must change exactly the members a full scan finds due."""
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    config = MembershipConfig(down_after_suspect_ms=500.0, forget_left_ms=3_000.0)
+    table = _table(config)
+    now = 0.0
+    for _step in range(3_000):
+        now += rng.expovariate(1 / 40.0)
+        node_id = f"n{rng.randrange(40)}"
+        action = rng.random()
+        if action < 0.15:
+            incarnation = rng.randrange(1, 4)
+            table.merge(_record(node_id, incarnation=incarnation, left=rng.random() < 0.2), now, direct=True)
+        elif action < 0.75:
+            table.heard(node_id, now)
+        elif action < 0.77:
+            table.forgive_silence(now)
+        scanned = min((table._member_due_ms(member) for member in table.members.values()), default=math.inf)
+        assert table.next_change_ms() == scanned, f"seed={seed} at {now}"
+        if action >= 0.77:
+            due = {
+                node_id
+                for node_id, member in table.members.items()
+                if now >= table._member_due_ms(member) and member.liveness != "down"
+            }
+            changed = {change.node_id for change in table.evaluate(now)}
+            forgotten = {node_id for node_id in due if node_id not in table.members}
+            assert changed | forgotten == due, f"seed={seed} at {now}"
+    assert len(table._due_heap) <= 2 * len(table._due_ms) + 64
