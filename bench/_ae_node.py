@@ -11,48 +11,23 @@ a cluster start in sync, and reports ``ready`` once every configured peer is ``u
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-from pycrdt import Doc, Map
 
 from bench import _ae_workload as workload
-from bench._child import emit, run_main, serve
+from bench._child import detached_map, emit, run_main, serve
 from bench._common import JSON, proc_status_kb
-from bench._crdtsync import _wait_peers_up
+from bench._crdtsync import NodeAdapter, wait_peers_up
 from crdtsync import Node, NodeConfig
 
 
-class NodeAdapter:
-    def __init__(self, node: Node) -> None:
-        self._node = node
-        doc: Doc[Map[Any]] = Doc()
-        self._data = doc.get(workload.DATA, type=Map)  # a detached Map: this child never writes
-
-    @property
-    def data(self) -> Map[Any]:
-        return self._data
-
-    async def flush(self) -> None:
-        await self._node.flush()
-
-    async def after_write(self) -> None:
-        return None
-
-    def counters(self) -> dict[str, int]:
-        return {str(k): int(v) for k, v in self._node.status().counters.items()}
-
-    async def command(self, cmd: JSON) -> bool:
-        if cmd.get("cmd") != "root":
-            return False
-        status = self._node.status()
-        emit(
-            "root",
-            root=self._node.merkle_root().hex(),
-            docs=status.docs,
-            rounds=status.counters.get("ae_rounds_completed", 0),
-            rss_kb=proc_status_kb("VmRSS"),
-        )
-        return True
+async def _emit_root(node: Node, cmd: JSON) -> None:
+    status = node.status()
+    emit(
+        "root",
+        root=node.merkle_root().hex(),
+        docs=status.docs,
+        rounds=status.counters.get("ae_rounds_completed", 0),
+        rss_kb=proc_status_kb("VmRSS"),
+    )
 
 
 async def main() -> None:
@@ -66,9 +41,9 @@ async def main() -> None:
     store = workload.PreloadedStore(int(args.docs))
     config = NodeConfig(node_id=str(args.node_id), listen=str(args.listen), peers=peers)
     async with Node(config, store=store) as node:
-        await _wait_peers_up(node, len(peers))
+        await wait_peers_up(node, len(peers))
         emit("ready")
-        await serve(NodeAdapter(node), receiver=False)
+        await serve(NodeAdapter(node, detached_map(workload.DATA), {"root": _emit_root}), receiver=False)
 
 
 if __name__ == "__main__":

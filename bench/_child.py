@@ -26,7 +26,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
-from pycrdt import Map, MapEvent
+from pycrdt import Doc, Map, MapEvent
 from pycrdt._base import BaseEvent
 
 from bench._common import JSON, KEYS, self_cpu_s
@@ -58,6 +58,39 @@ class Adapter(Protocol):
 
     async def command(self, cmd: JSON) -> bool:
         """Handle a system-specific command; return False if unknown."""
+
+
+def detached_map(name: str) -> Map[Any]:
+    """A Map in a Doc of its own that nothing replicates: for a child that :func:`serve` needs a Map from
+    although the benchmark never writes through it."""
+    doc: Doc[Map[Any]] = Doc()
+    return doc.get(name, type=Map)
+
+
+class CountingAdapter:
+    """:class:`Adapter` of a transport that sends on its own (nothing to flush) and counts what it sends in
+    ``bytes_out`` and ``msgs_out``; a subclass adds its commands by overriding :meth:`command`."""
+
+    def __init__(self, data: Map[Any]) -> None:
+        self._data = data
+        self.bytes_out = 0
+        self.msgs_out = 0
+
+    @property
+    def data(self) -> Map[Any]:
+        return self._data
+
+    async def flush(self) -> None:
+        return None
+
+    async def after_write(self) -> None:
+        return None
+
+    def counters(self) -> dict[str, int]:
+        return {"bytes_out": self.bytes_out, "msgs_out": self.msgs_out}
+
+    async def command(self, cmd: JSON) -> bool:
+        return False
 
 
 class Recorder:

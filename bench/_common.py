@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -454,3 +454,18 @@ class Target:
         slack = abs(self.limit) * self.tolerance
         ok = self.value <= self.limit + slack if self.op == "<=" else self.value >= self.limit - slack
         return "PASS" if ok else "MISS"
+
+    def as_json(self) -> JSON:
+        return asdict(self) | {"verdict": self.verdict}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports
+
+
+def write_json(path: Path, summary: JSON) -> None:
+    """Write a benchmark's ``--json`` summary (parent directories created; values JSON has no type for
+    become strings) and say where it went."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    print(f"\nJSON written to {path}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pycrdt import Map
@@ -24,10 +25,31 @@ PEERS_UP_TIMEOUT_S = 30.0
 PEERS_POLL_INTERVAL_S = 0.01
 
 
+NodeCommand = Callable[[Node, JSON], Awaitable[None]]
+"""Answers one child command for a node (emits the reply event)."""
+
+
 class NodeAdapter:
-    def __init__(self, node: Node, data: Map[Any]) -> None:
+    """The :class:`bench._child.Adapter` of a child holding one ``crdtsync.Node``: flushes through the node and
+    reports its ``status().counters``. Commands besides ``bench._child.serve``'s go to ``commands`` by name.
+
+    ``derive_bytes_out``: where the node has no ``bytes_out`` counter, report ``bytes_published +
+    bytes_sent`` under that name and mark it with ``bench_bytes_out_derived`` (the replication benchmark
+    reads ``bytes_out``).
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        data: Map[Any],
+        commands: Mapping[str, NodeCommand],
+        *,
+        derive_bytes_out: bool = False,
+    ) -> None:
         self._node = node
         self._data = data
+        self._commands = commands
+        self._derive_bytes_out = derive_bytes_out
 
     @property
     def data(self) -> Map[Any]:
@@ -41,30 +63,35 @@ class NodeAdapter:
 
     def counters(self) -> dict[str, int]:
         counters = {str(k): int(v) for k, v in self._node.status().counters.items()}
-        if "bytes_out" not in counters and "bytes_published" in counters:
+        if self._derive_bytes_out and "bytes_out" not in counters and "bytes_published" in counters:
             # Older counter names: PUB frames (counted once, not per subscriber) + request frames.
             counters["bytes_out"] = counters["bytes_published"] + counters.get("bytes_sent", 0)
             counters["bench_bytes_out_derived"] = 1
         return counters
 
     async def command(self, cmd: JSON) -> bool:
-        if cmd.get("cmd") == "status":
-            st = self._node.status()
-            emit(
-                "status",
-                node_id=st.node_id,
-                docs=st.docs,
-                peers=[
-                    {"address": p.address, "node_id": p.node_id, "state": p.state, "behind": p.behind_updates}
-                    for p in st.peers
-                ],
-                counters=dict(st.counters),
-            )
-            return True
-        return False
+        answer = self._commands.get(str(cmd.get("cmd")))
+        if answer is None:
+            return False
+        await answer(self._node, cmd)
+        return True
 
 
-async def _wait_peers_up(node: Node, expected: int) -> None:
+async def _emit_status(node: Node, cmd: JSON) -> None:
+    st = node.status()
+    emit(
+        "status",
+        node_id=st.node_id,
+        docs=st.docs,
+        peers=[
+            {"address": p.address, "node_id": p.node_id, "state": p.state, "behind": p.behind_updates}
+            for p in st.peers
+        ],
+        counters=dict(st.counters),
+    )
+
+
+async def wait_peers_up(node: Node, expected: int) -> None:
     give_up_at = time.monotonic() + PEERS_UP_TIMEOUT_S
     while True:
         peers = node.status().peers
@@ -88,9 +115,10 @@ async def main() -> None:
     async with Node(config) as node:
         doc = await node.open("bench")
         data: Map[Any] = doc.get("data", type=Map)
-        await _wait_peers_up(node, len(peers))
+        await wait_peers_up(node, len(peers))
         emit("ready")
-        await serve(NodeAdapter(node, data), receiver=args.role == "reader")
+        adapter = NodeAdapter(node, data, {"status": _emit_status}, derive_bytes_out=True)
+        await serve(adapter, receiver=args.role == "reader")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any, cast
 import zmq
 from pycrdt import Doc, Map, TransactionEvent
 
-from bench._child import emit, run_main, serve
+from bench._child import CountingAdapter, emit, run_main, serve
 from bench._common import JSON
 
 PING_INTERVAL_S = 0.002
@@ -29,7 +29,7 @@ PINGS_MAX = 10_000  # 20 s of pings at most
 DRAIN_BATCH_MAX = 10_000
 
 
-class MeshNode:
+class MeshNode(CountingAdapter):
     def __init__(self, role: str) -> None:
         self.role = role
         self.ctx = zmq.Context()
@@ -43,17 +43,11 @@ class MeshNode:
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.doc: Doc[Map[Any]] = Doc()
-        self._data = self.doc.get("data", type=Map)
-        self.bytes_out = 0
-        self.msgs_out = 0
+        super().__init__(self.doc.get("data", type=Map))  # nothing to flush: each update is published at once
         self.synced = False
         self._ping_task: asyncio.Task[None] | None = None
         if role == "writer":
             self._subscription = self.doc.observe(self._on_local_update)
-
-    @property
-    def data(self) -> Map[Any]:
-        return self._data
 
     def _on_local_update(self, event: TransactionEvent) -> None:
         update: bytes = event.update
@@ -81,15 +75,6 @@ class MeshNode:
         for _ in range(PINGS_MAX):
             self.pub.send(b"")
             await asyncio.sleep(PING_INTERVAL_S)
-
-    async def flush(self) -> None:
-        return None
-
-    async def after_write(self) -> None:
-        return None
-
-    def counters(self) -> dict[str, int]:
-        return {"bytes_out": self.bytes_out, "msgs_out": self.msgs_out}
 
     async def command(self, cmd: JSON) -> bool:
         name = cmd.get("cmd")

@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from httpx_ws import aconnect_ws
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -26,8 +26,7 @@ from pycrdt import Doc, Map, Provider
 from pycrdt.websocket import ASGIServer, WebsocketServer, exception_logger
 from pycrdt.websocket.websocket import HttpxWebsocket
 
-from bench._child import Adapter, emit, run_main, serve
-from bench._common import JSON
+from bench._child import CountingAdapter, detached_map, emit, run_main, serve
 
 STARTUP_TIMEOUT_S = 30.0
 LISTEN_POLL_INTERVAL_S = 0.02
@@ -53,52 +52,13 @@ class CountingChannel(HttpxWebsocket):
         await super().send(message)
 
 
-class ClientAdapter:
+class ClientAdapter(CountingAdapter):
     def __init__(self, doc: Doc[Map[Any]], channel: CountingChannel) -> None:
-        self._data = doc.get("data", type=Map)
+        super().__init__(doc.get("data", type=Map))  # nothing to flush: the Provider sends from doc.events()
         self._channel = channel
-
-    @property
-    def data(self) -> Map[Any]:
-        return self._data
-
-    async def flush(self) -> None:
-        return None  # the Provider sends from doc.events() on its own task
-
-    async def after_write(self) -> None:
-        return None
 
     def counters(self) -> dict[str, int]:
         return {"bytes_out": self._channel.bytes_out, "msgs_out": self._channel.msgs_out}
-
-    async def command(self, cmd: JSON) -> bool:
-        return False
-
-
-class ServerAdapter:
-    """The hub holds no replica the benchmark inspects; it only reports CPU and bytes."""
-
-    def __init__(self) -> None:
-        doc: Doc[Map[Any]] = Doc()
-        self._data = doc.get("data", type=Map)
-        self.bytes_out = 0
-        self.msgs_out = 0
-
-    @property
-    def data(self) -> Map[Any]:
-        return self._data
-
-    async def flush(self) -> None:
-        return None
-
-    async def after_write(self) -> None:
-        return None
-
-    def counters(self) -> dict[str, int]:
-        return {"bytes_out": self.bytes_out, "msgs_out": self.msgs_out}
-
-    async def command(self, cmd: JSON) -> bool:
-        return False
 
 
 async def _wait_listening(port: int) -> None:
@@ -117,13 +77,8 @@ async def _wait_listening(port: int) -> None:
         return
 
 
-class CountedAdapter(Adapter, Protocol):
-    bytes_out: int
-    msgs_out: int
-
-
 async def serve_websocket(
-    websocket_server: WebsocketServer, adapter: CountedAdapter, port: int, backlog: int | None = None
+    websocket_server: WebsocketServer, adapter: CountingAdapter, port: int, backlog: int | None = None
 ) -> None:
     """Serve `websocket_server` over hypercorn on 127.0.0.1:`port`, counting what it sends into
     `adapter`, and run the child command loop until told to quit."""
@@ -163,7 +118,9 @@ async def serve_websocket(
 
 async def run_server(port: int) -> None:
     logging.basicConfig(level=logging.WARNING)
-    await serve_websocket(WebsocketServer(exception_handler=exception_logger), ServerAdapter(), port)
+    # The hub holds no replica the benchmark inspects; it only reports CPU and bytes.
+    hub = CountingAdapter(detached_map("data"))
+    await serve_websocket(WebsocketServer(exception_handler=exception_logger), hub, port)
 
 
 async def run_client(role: str, url: str) -> None:

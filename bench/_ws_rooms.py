@@ -35,7 +35,7 @@ from pycrdt import Doc, Map, Provider
 from pycrdt.websocket import WebsocketServer, exception_logger
 
 from bench import _ae_workload as workload
-from bench._child import emit, run_main, serve
+from bench._child import CountingAdapter, detached_map, emit, run_main, serve
 from bench._common import JSON
 from bench._ws import CountingChannel, serve_websocket
 
@@ -48,35 +48,9 @@ LISTEN_BACKLOG = 2048
 YIELD_EVERY_WRITES = 100
 
 
-class _Idle:
-    """What ``serve`` needs from an adapter; the benchmark reads rooms through commands instead."""
-
-    def __init__(self) -> None:
-        doc: Doc[Map[Any]] = Doc()
-        self._data = doc.get(workload.DATA, type=Map)
-        self.bytes_out = 0
-        self.msgs_out = 0
-
-    @property
-    def data(self) -> Map[Any]:
-        return self._data
-
-    async def flush(self) -> None:
-        return None
-
-    async def after_write(self) -> None:
-        return None
-
-    def counters(self) -> dict[str, int]:
-        return {"bytes_out": self.bytes_out, "msgs_out": self.msgs_out}
-
-    async def command(self, cmd: JSON) -> bool:
-        return False
-
-
-class ServerAdapter(_Idle):
+class ServerAdapter(CountingAdapter):
     def __init__(self, websocket_server: WebsocketServer) -> None:
-        super().__init__()
+        super().__init__(detached_map(workload.DATA))  # the benchmark reads rooms through commands instead
         self._server = websocket_server
 
     async def command(self, cmd: JSON) -> bool:
@@ -88,9 +62,9 @@ class ServerAdapter(_Idle):
         return True
 
 
-class ClientAdapter(_Idle):
+class ClientAdapter(CountingAdapter):
     def __init__(self, url: str, docs: int) -> None:
-        super().__init__()
+        super().__init__(detached_map(workload.DATA))  # the benchmark reads rooms through commands instead
         self._url = url.rstrip("/")
         self._docs: list[Doc[Any]] = [Doc() for _ in range(docs)]
         for doc in self._docs:

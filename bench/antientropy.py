@@ -30,7 +30,6 @@ import asyncio
 import cProfile
 import gc
 import io
-import json
 import os
 import pstats
 import shutil
@@ -61,6 +60,7 @@ from bench._common import (
     proc_status_kb,
     ratio,
     tcp_sent,
+    write_json,
 )
 from crdtsync import MembershipConfig, Node, NodeConfig, ReplicaConfig
 from crdtsync.core import wire
@@ -1154,17 +1154,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("Profile of in-sync rounds, top by own time:")
             print(profile_insync(settings.docs, settings.insync_rounds, Deadline(60.0)))
         if args.json is not None:
-            out: Path = args.json
-            out.parent.mkdir(parents=True, exist_ok=True)
             summary = {
                 "machine": machine,
                 "settings": asdict(settings),
                 "results": {k: asdict(v) if isinstance(v, Repair) else v for k, v in results.items()},
-                "targets": [asdict(t) | {"verdict": t.verdict} for t in targets],
+                "targets": [t.as_json() for t in targets],
                 "failures": failures,
             }
-            out.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-            print(f"\nJSON written to {out}")
+            write_json(args.json, summary)
     finally:
         if failures:
             print(f"\nchild logs kept in {log_dir}", file=sys.stderr)

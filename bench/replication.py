@@ -23,7 +23,6 @@ Plus the apply-rate limit of pycrdt itself (one process, a Python observer attac
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import subprocess
@@ -55,6 +54,7 @@ from bench._common import (
     proc_cpu_s,
     ratio,
     tcp_sent,
+    write_json,
 )
 
 SYSTEMS = ("apply", "mesh", "websocket", "crdtsync")
@@ -725,10 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results[key] = measure_cluster(key, processes, start_crdtsync, settings, log_dir)
         summary = report(machine, settings, results)
         if args.json is not None:
-            out: Path = args.json
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-            print(f"\nJSON written to {out}")
+            write_json(args.json, summary)
     finally:
         failed = [r for r in results.values() if not r.ok and not r.status.startswith("unavailable")]
         if failed:

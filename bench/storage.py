@@ -35,7 +35,6 @@ import contextlib
 import cProfile
 import gc
 import io
-import json
 import math
 import os
 import pstats
@@ -52,7 +51,7 @@ from typing import Any, Literal
 
 from pycrdt import Doc, Map
 
-from bench._child import emit, run_main, serve
+from bench._child import detached_map, emit, run_main, serve
 from bench._common import (
     JSON,
     KEYS,
@@ -69,7 +68,9 @@ from bench._common import (
     proc_cpu_s,
     proc_status_kb,
     ratio,
+    write_json,
 )
+from bench._crdtsync import NodeAdapter
 from crdtsync import Node, NodeConfig, ReplicaConfig
 from crdtsync.core.effects import Persist
 from crdtsync.core.state import digest as canonical_digest
@@ -257,30 +258,26 @@ def _floor_db(path: Path) -> sqlite3.Connection:
     return db
 
 
-def raw_sqlite_floor(groups: list[list[tuple[str, bytes]]], root: Path) -> JSON:
-    """The same blobs in the same groups, straight into sqlite3; then one commit per update for a few."""
-    updates = sum(len(group) for group in groups)
-    db = _floor_db(root / "floor-groups.db")
+def _floor_commit_s(path: Path, groups: Sequence[Sequence[tuple[str, bytes]]]) -> float:
+    """Seconds to insert ``groups`` into a fresh floor database at ``path``, one transaction per group."""
+    db = _floor_db(path)
     try:
         t0 = time.perf_counter()
         for group in groups:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT INTO updates (doc_id, data) VALUES (?, ?)", group)
             db.execute("COMMIT")
-        grouped_s = time.perf_counter() - t0
+        return time.perf_counter() - t0
     finally:
         db.close()
+
+
+def raw_sqlite_floor(groups: list[list[tuple[str, bytes]]], root: Path) -> JSON:
+    """The same blobs in the same groups, straight into sqlite3; then one commit per update for a few."""
+    updates = sum(len(group) for group in groups)
+    grouped_s = _floor_commit_s(root / "floor-groups.db", groups)
     singles = [pair for group in groups for pair in group][:SINGLE_COMMITS]
-    db = _floor_db(root / "floor-single.db")
-    try:
-        t0 = time.perf_counter()
-        for pair in singles:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO updates (doc_id, data) VALUES (?, ?)", pair)
-            db.execute("COMMIT")
-        single_s = time.perf_counter() - t0
-    finally:
-        db.close()
+    single_s = _floor_commit_s(root / "floor-single.db", [[pair] for pair in singles])
     sizes = sorted(len(group) for group in groups)
     return {
         "updates": updates,
@@ -444,55 +441,34 @@ class GcPauses:
         return {"gc_full": len(pauses), "gc_full_ms": sum(pauses), "gc_full_max_ms": max(pauses, default=0.0)}
 
 
-class StorageAdapter:
+class StorageCommands:
     """``bench._child.serve`` commands of a child node: ``touch {n, docs, seed}`` -> ``touched``, ``ae`` ->
     ``ae {cpu_s, rounds, rounds_in_sync, peers_up, root}``."""
 
-    def __init__(self, node: Node, pauses: GcPauses) -> None:
-        self._node = node
+    def __init__(self, pauses: GcPauses) -> None:
         self._pauses = pauses
-        detached: Doc[Map[Any]] = Doc()
-        self._data = detached.get(DATA, type=Map)  # serve() wants a Map; this child never writes to it
 
-    @property
-    def data(self) -> Map[Any]:
-        return self._data
+    async def touch(self, node: Node, cmd: JSON) -> None:
+        emit("touched", **await self._touch(node, int(cmd["n"]), int(cmd["docs"]), int(cmd["seed"])))
 
-    async def flush(self) -> None:
-        await self._node.flush()
+    async def ae(self, node: Node, cmd: JSON) -> None:
+        status = node.status()
+        emit(
+            "ae",
+            cpu_s=time.process_time(),
+            rounds=status.counters.get("ae_rounds_completed", 0),
+            rounds_in_sync=status.counters.get("ae_rounds_in_sync", 0),
+            rounds_started=status.counters.get("ae_rounds_started", 0),
+            peers_up=sum(1 for peer in status.peers if peer.state == "up"),
+            root=node.merkle_root().hex(),
+            rss_kb=proc_status_kb("VmRSS"),
+            gc_full=len(self._pauses.full_ms),
+            gc_full_ms=sum(self._pauses.full_ms),
+        )
 
-    async def after_write(self) -> None:
-        return None
-
-    def counters(self) -> dict[str, int]:
-        return {str(k): int(v) for k, v in self._node.status().counters.items()}
-
-    async def command(self, cmd: JSON) -> bool:
-        name = cmd.get("cmd")
-        if name == "touch":
-            emit("touched", **await self._touch(int(cmd["n"]), int(cmd["docs"]), int(cmd["seed"])))
-            return True
-        if name == "ae":
-            status = self._node.status()
-            emit(
-                "ae",
-                cpu_s=time.process_time(),
-                rounds=status.counters.get("ae_rounds_completed", 0),
-                rounds_in_sync=status.counters.get("ae_rounds_in_sync", 0),
-                rounds_started=status.counters.get("ae_rounds_started", 0),
-                peers_up=sum(1 for peer in status.peers if peer.state == "up"),
-                root=self._node.merkle_root().hex(),
-                rss_kb=proc_status_kb("VmRSS"),
-                gc_full=len(self._pauses.full_ms),
-                gc_full_ms=sum(self._pauses.full_ms),
-            )
-            return True
-        return False
-
-    async def _touch(self, n: int, docs: int, seed: int) -> JSON:
+    async def _touch(self, node: Node, n: int, docs: int, seed: int) -> JSON:
         """Open, read and release ``n`` random docs, yielding to the loop every 100 (as an application
         would; the node evicts beyond its cache when its timer runs)."""
-        node = self._node
         counters0 = node.status().counters
         rng = random.Random(seed)
         indices = rng.sample(range(docs), min(n, docs))
@@ -590,7 +566,9 @@ async def child_main(args: argparse.Namespace) -> None:
             profile=_profile_text(profiler) if profiler is not None else "",
             **pauses.since(0),
         )
-        await serve(StorageAdapter(node, pauses), receiver=False)
+        commands = StorageCommands(pauses)
+        adapter = NodeAdapter(node, detached_map(DATA), {"touch": commands.touch, "ae": commands.ae})
+        await serve(adapter, receiver=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1225,8 +1203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for failure in failures:
             print(f"note: not measured: {failure}")
         if args.json is not None:
-            out: Path = args.json
-            out.parent.mkdir(parents=True, exist_ok=True)
             summary = {
                 "machine": machine,
                 "settings": asdict(settings),
@@ -1234,11 +1210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     key: ({k: asdict(v) for k, v in value.items()} if key == "throughput" else value)
                     for key, value in results.items()
                 },
-                "targets": [asdict(t) | {"verdict": t.verdict} for t in targets],
+                "targets": [t.as_json() for t in targets],
                 "failures": failures,
             }
-            out.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-            print(f"\nJSON written to {out}")
+            write_json(args.json, summary)
     finally:
         if keep_logs:
             kept = Path(tempfile.mkdtemp(prefix="crdtsync-storage-logs-"))

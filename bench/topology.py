@@ -51,7 +51,6 @@ import argparse
 import contextlib
 import dataclasses
 import heapq
-import json
 import math
 import os
 import random
@@ -81,6 +80,7 @@ from bench._common import (
     machine_info,
     percentile,
     print_table,
+    write_json,
 )
 from crdtsync.core import wire
 from crdtsync.core.membership import MembershipConfig, PhiDetector
@@ -1655,19 +1655,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for failure in report.failures:
             print(f"note: not measured: {failure}")
         if args.json is not None:
-            out: Path = args.json
-            out.parent.mkdir(parents=True, exist_ok=True)
             summary = {
                 "machine": report.machine,
                 "settings": asdict(settings),
                 "wan_latency_ms": {f"{a}-{b}": ms for (a, b), ms in WAN_LATENCY_MS.items()},
                 "figures": {key: wan_figures(results[key]) for key, _label in WAN_RUNS if key in results},
                 "results": results,
-                "targets": [asdict(t) | {"verdict": t.verdict} for t in report.targets],
+                "targets": [t.as_json() for t in report.targets],
                 "failures": report.failures,
             }
-            out.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-            print(f"\nJSON written to {out}")
+            write_json(args.json, summary)
     finally:
         if report.failures:
             print(f"\nprocess logs kept in {log_dir}", file=sys.stderr)
