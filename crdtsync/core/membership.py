@@ -14,8 +14,9 @@ last one, relative to the distribution of past inter-arrival times. Phi at or ab
 `phi_suspect` makes a member suspect; suspect for `down_after_suspect_ms` makes it down; any new
 evidence makes it alive again.
 
-Relays are chosen without an election: the `relays_per_dc` members of a datacenter with the highest
-rendezvous hash among those not down. Every node computes the same set from the same view.
+Relays are chosen without an election: the members of a datacenter with the highest rendezvous hash
+among those not down, down to the `relays_per_dc`-th alive one (a suspect relay has a stand-in).
+Every node computes the same set from the same view.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class MembershipConfig:
     """Inter-arrival samples kept per member."""
     members_max: int = 1024
     relays_per_dc: int = 1
-    """Nodes of each datacenter that subscribe across the WAN and republish into their datacenter."""
+    """Nodes of each datacenter that subscribe across the WAN and republish into their datacenter
+    (while one of them is suspect, the member that would replace it stands in beside it)."""
     forget_left_ms: float = 600_000.0
     """How long a member that left is remembered (so gossip does not bring it back) before it is forgotten."""
 
@@ -353,10 +355,14 @@ class Membership:
     # ------------------------------------------------------------------ topology
 
     def relays(self, dc: str) -> list[str]:
-        """The relays of datacenter `dc`: the top `relays_per_dc` by rendezvous hash among members
-        that are neither down nor gone (this node counts as alive in its own view). In this node's
-        own datacenter only members it has heard from themselves count: every real one is linked
-        directly (a full mesh), and a member known only from gossip may be made up."""
+        """The relays of datacenter `dc`, by rendezvous hash among members that are neither down nor
+        gone (this node counts as alive in its own view): the highest-scoring members down to the
+        `relays_per_dc`-th alive one. A suspect relay keeps its role until it is down, and the member
+        that would replace it stands in beside it meanwhile, so a datacenter is cut off from the
+        others for the time to suspect a failed relay, not that time plus `down_after_suspect_ms`;
+        a false suspicion costs a second relay for a while, no gap. In this node's own datacenter only
+        members it has heard from themselves count: every real one is linked directly (a full mesh),
+        and a member known only from gossip may be made up."""
         own_dc = self.own.dc == dc
         candidates = [self.own.node_id] if own_dc and not self.own.left else []
         candidates += [
@@ -367,7 +373,16 @@ class Membership:
             and (member.direct or not own_dc)
         ]
         candidates.sort(key=lambda node_id: rendezvous_score(dc, node_id), reverse=True)
-        return candidates[: self.config.relays_per_dc]
+        chosen: list[str] = []
+        alive = 0
+        for node_id in candidates:
+            if alive == self.config.relays_per_dc:
+                break
+            chosen.append(node_id)
+            member = self.members.get(node_id)
+            if member is None or member.liveness == "alive":  # None: this node itself
+                alive += 1
+        return chosen
 
     def is_relay(self) -> bool:
         return self.own.node_id in self.relays(self.own.dc)

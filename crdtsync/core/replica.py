@@ -1201,6 +1201,7 @@ class Replica:
                 change = self.membership.heard(record.node_id, self._now_ms)
                 if change is not None:
                     self._on_liveness(change)
+                    changed = True
             if was_changed and record.left:
                 self._on_left(record)
         if changed:

@@ -119,7 +119,13 @@ def test_relays_are_the_top_rendezvous_scores_among_members_not_down() -> None:
     table.members[expected[0]].liveness = "down"
     assert table.relays("east") == expected[1:3], "a down relay is replaced by the next one"
     table.members[expected[1]].liveness = "suspect"
-    assert expected[1] in table.relays("east"), "suspicion alone does not move the relay"
+    assert table.relays("east") == expected[1:4], (
+        "a suspect relay keeps its role, and its successor stands in"
+    )
+    table.members[expected[3]].liveness = "suspect"
+    assert table.relays("east") == expected[1:4], "with nobody alive left to stand in, the suspects stay"
+    table.members[expected[1]].liveness = "alive"
+    assert table.relays("east") == expected[1:3], "the stand-in steps down when the relay is alive again"
     assert table.relays("nowhere") == []
 
 
