@@ -171,12 +171,8 @@ class Node:
         for peer in self.config.peers:
             replica.add_peer(peer, now)
         replica.set_wakeup(self._schedule_pump)
-        self._tasks = [
-            asyncio.create_task(transport.receive_loop(transport.router, self._on_frame, self._pump)),
-            asyncio.create_task(transport.receive_loop(transport.sub, self._on_frame, self._pump)),
-            asyncio.create_task(transport.receive_loop(transport.wan_sub, self._on_frame, self._pump)),
-            asyncio.create_task(self._timer_loop()),
-        ]
+        transport.start_receiving(self._on_frame, self._pump)
+        self._tasks = [asyncio.create_task(self._timer_loop())]
         replica.tick(now)
         self._pump()
         log.info(
@@ -234,6 +230,8 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._transport is not None:
+            await self._transport.stop_receiving()
         self._replica.set_wakeup(None)
         self._replica.close()
         if self._transport is not None:

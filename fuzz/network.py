@@ -140,6 +140,12 @@ async def campaign(seconds: float, seed: int, rss_limit_mb: float) -> tuple[bool
     counts = {"frames": 0}
     written: dict[str, int] = {}
     peak_rss = rss_mb()
+    # A task that dies of an exception (a receive loop, say) is a node that stopped doing part of
+    # its job without crashing: asyncio only logs it, so the campaign collects them as findings.
+    unhandled: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda _loop, context: unhandled.append(f"{context.get('message')}: {context.get('exception')!r}")
+    )
     async with Node(configs[0]) as a, Node(configs[1]) as b, Node(configs[2]) as c:
         nodes = [a, b, c]
         stop = asyncio.Event()
@@ -181,6 +187,10 @@ async def campaign(seconds: float, seed: int, rss_limit_mb: float) -> tuple[bool
                 problems.append(
                     f"{node.config.node_id} lacks {len(missing)} honest writes, e.g. {missing[:3]}"
                 )
+        if unhandled:
+            problems.append(
+                f"{len(unhandled)} unhandled exceptions in the event loop, the first: {unhandled[0]}"
+            )
         if peak_rss > rss_limit_mb:
             problems.append(f"resident memory peaked at {peak_rss:.0f} MB, over {rss_limit_mb:.0f} MB")
         counters = a.status().counters

@@ -3,10 +3,12 @@
 - ROUTER bound at the node's advertised `listen` address: receives every directed message.
 - PUB bound at the publish endpoint (an ephemeral port on the listen host unless configured):
   deltas and heartbeats under the WAN topic, relayed deltas under the datacenter topic.
-- SUB connected to the PUB endpoint of each peer of the same datacenter (learned in the hello
-  exchange), subscribed to both topics; a second SUB, subscribed to the WAN topic only, connected
-  to other datacenters' peers when this node is a relay. ZeroMQ filters topics at the publisher,
-  so frames meant for one datacenter never cross the WAN.
+- One SUB per subscription, connected to one peer's PUB endpoint (learned in the hello exchange):
+  subscribed to both topics for a peer of the same datacenter, to the WAN topic only for another
+  datacenter's peer when this node is a relay. ZeroMQ filters topics at the publisher, so frames
+  meant for one datacenter never cross the WAN. A socket per publisher is what tells whose frame
+  is whose: with CurveZMQ, every frame of a subscription comes with the public key the publisher
+  proved at the handshake, as frames on the ROUTER come with their sender's.
 - One DEALER per peer, connected to the peer's ROUTER, for directed messages. DEALERs use
   ZMQ_IMMEDIATE so that nothing queues for a peer that is not connected: the core retries on its
   own timers, and stale queued requests would only arrive late.
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -36,11 +39,21 @@ WAN_TOPIC = TOPIC + b".wan"
 DC_TOPIC = TOPIC + b".dc"
 SEND_QUEUE_FRAMES_MAX = 10_000
 RECEIVE_QUEUE_FRAMES_MAX = 100_000
+"""Frames queued on the request socket before ZeroMQ drops them."""
+SUBSCRIPTION_QUEUE_FRAMES_MAX = 10_000
+"""Frames queued per subscription (one publisher) before ZeroMQ drops them."""
 RECEIVE_DRAIN_FRAMES_MAX = 256
 """Frames taken from a socket per wakeup before the driver gets a turn to flush effects."""
 FRAME_BYTES_MAX = 8 * 1024 * 1024
 DEALERS_MAX = 1024
 """Request sockets kept open; the oldest is closed beyond this (addresses come from remote hellos)."""
+SUBSCRIPTIONS_MAX = 1024
+"""Publishers subscribed to at once (the core keeps one per linked peer, fewer than this)."""
+SOCKETS_MAX = DEALERS_MAX + SUBSCRIPTIONS_MAX + 8
+"""ZeroMQ's per-context socket limit (its default, 1023, is below the bounds above)."""
+
+OnFrame = Callable[[bytes, "str | None"], None]
+"""Takes a frame's payload and the CurveZMQ public key of its sender, when the transport knows it."""
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -49,6 +62,12 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     if parts.scheme != "tcp" or not parts.hostname or parts.port is None or parts.path not in ("", "/"):
         raise ValueError(f"endpoint {endpoint!r} is not of the form tcp://HOST:PORT")
     return parts.hostname, parts.port
+
+
+@dataclass(frozen=True, slots=True)
+class _Subscription:
+    socket: zmq.asyncio.Socket
+    task: asyncio.Task[None]
 
 
 class ZmqTransport:
@@ -60,14 +79,17 @@ class ZmqTransport:
         # Receiving sockets are asyncio sockets from the start: an asyncio wrapper added later would
         # keep its event-loop reader registered after the raw socket closed, and a node started
         # afterwards in the same loop could reuse that descriptor number and never be woken.
+        self._context.set(zmq.MAX_SOCKETS, SOCKETS_MAX)
         self._async_context = zmq.asyncio.Context.shadow(self._context.underlying)
         self.router: zmq.asyncio.Socket = self._async_context.socket(zmq.ROUTER)
-        self.sub: zmq.asyncio.Socket = self._async_context.socket(zmq.SUB)
-        self.wan_sub: zmq.asyncio.Socket = self._async_context.socket(zmq.SUB)
         self.pub = self._context.socket(zmq.PUB)
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
-        self._subscriptions: dict[str, zmq.asyncio.Socket] = {}
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._receiver: tuple[OnFrame, Callable[[], None]] | None = None
+        self._router_task: asyncio.Task[None] | None = None
         self.send_drops = 0
+        self.subscriptions_refused = 0
+        """Subscriptions not made because `SUBSCRIPTIONS_MAX` were open."""
         self.curve = curve
         self.curve_no_key = 0
         """Connections not made because the peer's public key is not configured."""
@@ -78,15 +100,11 @@ class ZmqTransport:
             self._authenticator = start_authenticator(self._context, self._allowlist)
             make_server(self.router, curve)
             make_server(self.pub, curve)
-        for sock in (self.router, self.sub, self.wan_sub, self.pub):
+        for sock in (self.router, self.pub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
         self.router.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_FRAMES_MAX)
-        self.sub.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_FRAMES_MAX)
-        self.wan_sub.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE_FRAMES_MAX)
         self.pub.setsockopt(zmq.SNDHWM, SEND_QUEUE_FRAMES_MAX)
-        self.sub.setsockopt(zmq.SUBSCRIBE, TOPIC)  # a prefix of both topics
-        self.wan_sub.setsockopt(zmq.SUBSCRIBE, WAN_TOPIC)
         try:
             self.router.bind(listen)
             self.pub.bind(publish or f"tcp://{host}:*")
@@ -94,6 +112,25 @@ class ZmqTransport:
             self.close()
             raise OSError(f"cannot bind {listen if publish is None else publish}: {exc}") from exc
         self.publish_endpoint: str = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def start_receiving(self, on_frame: OnFrame, on_batch_done: Callable[[], None]) -> None:
+        """Hand every received frame to `on_frame` (with its sender's public key where known), and call
+        `on_batch_done` after each burst: on the request socket from now on, and on each subscription
+        from the moment it is made. Needs a running event loop."""
+        self._receiver = (on_frame, on_batch_done)
+        self._router_task = asyncio.get_running_loop().create_task(self._receive_loop(self.router, None))
+
+    async def stop_receiving(self) -> None:
+        """Stop every receive loop and wait until they have ended (before `close`)."""
+        tasks = [subscription.task for subscription in self._subscriptions.values()]
+        if self._router_task is not None:
+            tasks.append(self._router_task)
+        self._receiver = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def publish(self, frame: bytes, *, dc_only: bool = False) -> None:
         try:
@@ -138,44 +175,62 @@ class ZmqTransport:
             self.send_drops += 1
 
     def subscribe(self, endpoint: str, peer_address: str, *, wan: bool = False) -> None:
-        if endpoint not in self._subscriptions:
-            sock = self.wan_sub if wan else self.sub
-            if self.curve is not None:
-                server_key = self.curve.peers.get(peer_address)
-                if server_key is None:
-                    self._no_key(peer_address)
-                    return
-                set_client_keys(sock, self.curve, server_key)
-            try:
-                sock.connect(endpoint)
-            except zmq.ZMQError as exc:
-                log.warning("cannot subscribe to %s: %s", endpoint, exc)
+        """Receive the stream published at `endpoint` by the peer whose request socket is at
+        `peer_address`: both topics, or the WAN topic only (`wan`)."""
+        if endpoint in self._subscriptions or self._receiver is None:
+            return
+        if len(self._subscriptions) >= SUBSCRIPTIONS_MAX:
+            self.subscriptions_refused += 1
+            log.warning("not subscribing to %s: %d subscriptions are open", endpoint, SUBSCRIPTIONS_MAX)
+            return
+        server_key: bytes | None = None
+        if self.curve is not None:
+            server_key = self.curve.peers.get(peer_address)
+            if server_key is None:
+                self._no_key(peer_address)
                 return
-            self._subscriptions[endpoint] = sock
+        sock: zmq.asyncio.Socket = self._async_context.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
+        sock.setsockopt(zmq.RCVHWM, SUBSCRIPTION_QUEUE_FRAMES_MAX)
+        sock.setsockopt(zmq.SUBSCRIBE, WAN_TOPIC if wan else TOPIC)  # TOPIC: a prefix of both
+        if self.curve is not None and server_key is not None:
+            set_client_keys(sock, self.curve, server_key)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:  # an endpoint from a peer's hello is remote input
+            sock.close(linger=0)
+            log.warning("cannot subscribe to %r: %s", endpoint, exc)
+            return
+        # Z85 text, as ZAP names the sender of a frame on the ROUTER.
+        publisher_key = server_key.decode("ascii") if server_key is not None else None
+        task = asyncio.get_running_loop().create_task(self._receive_loop(sock, publisher_key))
+        self._subscriptions[endpoint] = _Subscription(sock, task)
 
     def unsubscribe(self, endpoint: str) -> None:
-        sock = self._subscriptions.pop(endpoint, None)
-        if sock is not None:
-            with contextlib.suppress(zmq.ZMQError):  # already gone: nothing to undo
-                sock.disconnect(endpoint)
+        subscription = self._subscriptions.pop(endpoint, None)
+        if subscription is not None:
+            subscription.task.cancel()
+            subscription.socket.close(linger=0)
 
-    async def receive_loop(
-        self,
-        sock: zmq.asyncio.Socket,
-        on_frame: Callable[[bytes, str | None], None],
-        on_batch_done: Callable[[], None],
-    ) -> None:
-        """Hand every frame's payload (the last part) to `on_frame`, with the sender's CurveZMQ public
-        key when the socket is the ROUTER of a Curve node (ZAP sets it as the message's User-Id);
-        malformed multipart is counted.
+    async def _receive_loop(self, sock: zmq.asyncio.Socket, publisher_key: str | None) -> None:
+        """Hand every frame's payload (the last part) to the receiver with its sender's CurveZMQ public
+        key: `publisher_key` for a subscription (the key its publisher proved), the message's User-Id
+        on the ROUTER of a Curve node (set by ZAP); malformed multipart is counted.
 
         Awaits one message, then drains what is already queued without awaiting (a non-blocking
         receive on an asyncio socket resolves at once), so a burst costs one event-loop wakeup.
         """
         identified = self.curve is not None and sock is self.router
         expected_parts = 2
-        while True:
+        # `on_batch_done` runs the node's effects, which may unsubscribe (and close) this very
+        # socket: the cancellation only lands at the next await, and a receive on a closed socket
+        # raises before it, so the socket is checked first.
+        while self._receiver is not None and not sock.closed:
             parts = await sock.recv_multipart(copy=not identified)
+            if self._receiver is None:
+                return
+            on_frame, on_batch_done = self._receiver
             drained = 0
             while True:
                 if len(parts) != expected_parts:
@@ -185,7 +240,7 @@ class ZmqTransport:
                     user_id = message.get("User-Id")
                     on_frame(message.bytes, user_id if isinstance(user_id, str) else None)
                 else:
-                    on_frame(cast(bytes, parts[1]), None)
+                    on_frame(cast(bytes, parts[1]), publisher_key)
                 drained += 1
                 if drained >= RECEIVE_DRAIN_FRAMES_MAX:
                     break
@@ -213,7 +268,13 @@ class ZmqTransport:
         for dealer in self._dealers.values():
             dealer.close(linger=0)
         self._dealers.clear()
-        for sock in (self.router, self.sub, self.wan_sub, self.pub):
+        for subscription in self._subscriptions.values():
+            subscription.task.cancel()
+            subscription.socket.close(linger=0)
+        self._subscriptions.clear()
+        if self._router_task is not None:
+            self._router_task.cancel()
+        for sock in (self.router, self.pub):
             sock.close(linger=0)
         if self._authenticator is not None:
             self._authenticator.stop()

@@ -218,6 +218,79 @@ def test_an_allowed_key_cannot_speak_for_another_node(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_an_allowed_publisher_cannot_publish_as_another_node(tmp_path: Path) -> None:
+    """m is an allowed peer of a (a compromised node): a subscribes to m's stream after m's hello.
+    Frames m publishes as itself arrive; frames it publishes as b are dropped, because each
+    subscription carries the key its publisher proved."""
+    keys = _keys(tmp_path, ["a", "b", "m"])
+    a_listen, b_listen, m_listen, m_publish = (
+        free_endpoint(),
+        free_endpoint(),
+        free_endpoint(),
+        free_endpoint(),
+    )
+
+    async def scenario() -> None:
+        a_config = NodeConfig(
+            node_id="a",
+            listen=a_listen,
+            replication=FAST,
+            curve=CurveConfig(
+                key_file=keys["a"][0], peer_keys={b_listen: keys["b"][1], m_listen: keys["m"][1]}
+            ),
+        )
+        b_config = NodeConfig(
+            node_id="b",
+            listen=b_listen,
+            peers=[a_listen],
+            replication=FAST,
+            curve=CurveConfig(key_file=keys["b"][0], peer_keys={a_listen: keys["a"][1]}),
+        )
+        m_public, m_secret = read_key_file(keys["m"][0])
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.curve_publickey, dealer.curve_secretkey = m_public, m_secret
+        dealer.curve_serverkey = keys["a"][1].encode()
+        publisher = context.socket(zmq.PUB)
+        publisher.curve_publickey, publisher.curve_secretkey = m_public, m_secret
+        publisher.curve_server = True
+        for sock in (dealer, publisher):
+            sock.setsockopt(zmq.LINGER, 0)
+        publisher.bind(m_publish)
+        try:
+            async with Node(a_config) as a, Node(b_config) as b:
+                (await b.open("flags")).get("data", type=Map)["on"] = True
+                await wait_until(lambda: a.has_doc("flags"), 15.0, "a received b's write")
+                dealer.connect(a_listen)
+                dealer.send(wire.encode(wire.Hello("m", 1, m_listen, m_publish, 0, "default")))
+
+                def frame(node_id: str, doc_id: str, value: bool) -> list[bytes]:
+                    written: Doc[Any] = Doc()
+                    written.get("data", type=Map)["on"] = value
+                    delta = wire.Delta(doc_id, b"\x00", written.get_state(), written.get_update())
+                    return [b"crdtsync.v1.wan", wire.encode(wire.Deltas(node_id, 1, 1, (delta,)))]
+
+                def published_both() -> bool:
+                    # PUB drops frames until the subscription is up: publish until both have landed.
+                    publisher.send_multipart(frame("m", "m-own", True))
+                    publisher.send_multipart(frame("b", "flags", False))
+                    return a.has_doc("m-own") and a.status().counters.get("frames_dropped_identity", 0) >= 1
+
+                await wait_until(
+                    published_both,
+                    15.0,
+                    lambda: f"a took m's frame and dropped m's forgery: {a.status().counters}",
+                )
+                assert (await a.open("m-own")).get("data", type=Map).to_py() == {"on": True}
+                assert (await a.open("flags")).get("data", type=Map).to_py() == {"on": True}
+        finally:
+            dealer.close(linger=0)
+            publisher.close(linger=0)
+            context.term()
+
+    asyncio.run(scenario())
+
+
 def test_key_files_are_checked(tmp_path: Path) -> None:
     path = tmp_path / "node.key"
     public = write_key_file(path, "n")
