@@ -169,33 +169,47 @@ def test_replayed_and_altered_traffic_is_rejected_before_the_decoder(tmp_path: P
     asyncio.run(scenario())
 
 
+def _configs_with_m_allowed(
+    keys: dict[str, tuple[str, str]], a_listen: str, b_listen: str, m_listen: str
+) -> tuple[NodeConfig, NodeConfig]:
+    """a knows b and m (an allowed peer: say, a compromised one); b knows a."""
+    a_config = NodeConfig(
+        node_id="a",
+        listen=a_listen,
+        replication=FAST,
+        curve=CurveConfig(key_file=keys["a"][0], peer_keys={b_listen: keys["b"][1], m_listen: keys["m"][1]}),
+    )
+    b_config = NodeConfig(
+        node_id="b",
+        listen=b_listen,
+        peers=[a_listen],
+        replication=FAST,
+        curve=CurveConfig(key_file=keys["b"][0], peer_keys={a_listen: keys["a"][1]}),
+    )
+    return a_config, b_config
+
+
+def _m_socket(context: zmq.Context[Any], kind: int, keys: dict[str, tuple[str, str]]) -> zmq.Socket[bytes]:
+    """A socket with m's keys: a CURVE client of a (DEALER) or a CURVE server (PUB)."""
+    sock: zmq.Socket[bytes] = context.socket(kind)
+    sock.curve_publickey, sock.curve_secretkey = read_key_file(keys["m"][0])
+    if kind == zmq.PUB:
+        sock.curve_server = True
+    else:
+        sock.curve_serverkey = keys["a"][1].encode()
+    sock.setsockopt(zmq.LINGER, 0)
+    return sock
+
+
 def test_an_allowed_key_cannot_speak_for_another_node(tmp_path: Path) -> None:
-    """m's key is allowed at a (say, a compromised peer); m still cannot pass frames off as b's."""
+    """m's key is allowed at a; m still cannot pass requests off as b's."""
     keys = _keys(tmp_path, ["a", "b", "m"])
     a_listen, b_listen = free_endpoint(), free_endpoint()
 
     async def scenario() -> None:
-        a_config = NodeConfig(
-            node_id="a",
-            listen=a_listen,
-            replication=FAST,
-            curve=CurveConfig(
-                key_file=keys["a"][0], peer_keys={b_listen: keys["b"][1]}, allowed_keys=[keys["m"][1]]
-            ),
-        )
-        b_config = NodeConfig(
-            node_id="b",
-            listen=b_listen,
-            peers=[a_listen],
-            replication=FAST,
-            curve=CurveConfig(key_file=keys["b"][0], peer_keys={a_listen: keys["a"][1]}),
-        )
-        m_public, m_secret = read_key_file(keys["m"][0])
+        a_config, b_config = _configs_with_m_allowed(keys, a_listen, b_listen, free_endpoint())
         context = zmq.Context()
-        dealer = context.socket(zmq.DEALER)
-        dealer.curve_publickey, dealer.curve_secretkey = m_public, m_secret
-        dealer.curve_serverkey = keys["a"][1].encode()
-        dealer.setsockopt(zmq.LINGER, 0)
+        dealer = _m_socket(context, zmq.DEALER, keys)
         try:
             async with Node(a_config) as a, Node(b_config) as b:
                 (await b.open("flags")).get("data", type=Map)["on"] = True
@@ -231,31 +245,10 @@ def test_an_allowed_publisher_cannot_publish_as_another_node(tmp_path: Path) -> 
     )
 
     async def scenario() -> None:
-        a_config = NodeConfig(
-            node_id="a",
-            listen=a_listen,
-            replication=FAST,
-            curve=CurveConfig(
-                key_file=keys["a"][0], peer_keys={b_listen: keys["b"][1], m_listen: keys["m"][1]}
-            ),
-        )
-        b_config = NodeConfig(
-            node_id="b",
-            listen=b_listen,
-            peers=[a_listen],
-            replication=FAST,
-            curve=CurveConfig(key_file=keys["b"][0], peer_keys={a_listen: keys["a"][1]}),
-        )
-        m_public, m_secret = read_key_file(keys["m"][0])
+        a_config, b_config = _configs_with_m_allowed(keys, a_listen, b_listen, m_listen)
         context = zmq.Context()
-        dealer = context.socket(zmq.DEALER)
-        dealer.curve_publickey, dealer.curve_secretkey = m_public, m_secret
-        dealer.curve_serverkey = keys["a"][1].encode()
-        publisher = context.socket(zmq.PUB)
-        publisher.curve_publickey, publisher.curve_secretkey = m_public, m_secret
-        publisher.curve_server = True
-        for sock in (dealer, publisher):
-            sock.setsockopt(zmq.LINGER, 0)
+        dealer = _m_socket(context, zmq.DEALER, keys)
+        publisher = _m_socket(context, zmq.PUB, keys)
         publisher.bind(m_publish)
         try:
             async with Node(a_config) as a, Node(b_config) as b:
