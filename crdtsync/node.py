@@ -302,6 +302,7 @@ class Node:
         counters = dict(snapshot.counters)
         if self._transport is not None:
             counters["transport_send_drops"] = self._transport.send_drops
+            counters["transport_subscriptions_refused"] = self._transport.subscriptions_refused
             counters["curve_refused"] = self._transport.curve_refused
             counters["curve_no_key"] = self._transport.curve_no_key
         if self._writer is not None:

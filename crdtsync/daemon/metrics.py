@@ -81,6 +81,11 @@ _COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
         "Frames the transport could not queue (repaired later).",
         {},
     ),
+    "transport_subscriptions_refused": (
+        "transport_subscriptions_refused",
+        "Publishers not subscribed to because the subscription bound was reached.",
+        {},
+    ),
     "store_load_errors": ("store_load_errors", "Docs whose stored content failed its checksum at load.", {}),
     "store_commits": ("store_commits", "Store group commits.", {}),
     "store_commit_failures": ("store_commit_failures", "Store commits that failed (retried).", {}),
