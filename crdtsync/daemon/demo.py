@@ -28,13 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
+from crdtsync.daemon.processes import ignore_signals, launch, terminate
 from crdtsync.transport.curve import read_key_file, write_key_file
 
 NODE_NAMES = ("a", "b", "c")
@@ -62,15 +63,6 @@ RENDER_INTERVAL_S = 1.0
 REQUEST_TIMEOUT_S = 2.0
 LOG_TAIL_LINES = 15
 SILENCE_SHOWN_MS = 2000.0
-
-# A tiny launcher: on Linux it asks the kernel to send the daemon SIGTERM if the demo dies (even by
-# SIGKILL), then execs `python -m crdtsync ...` in the same process (same pid).
-_LAUNCHER = (
-    "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG\n"
-    "if os.getppid() != int(sys.argv[1]): sys.exit(1)  # the demo is already gone\n"
-    "os.execv(sys.executable, [sys.executable, '-m', 'crdtsync', *sys.argv[2:]])\n"
-)
 
 
 class DemoError(Exception):
@@ -336,22 +328,11 @@ class Cluster:
 
     def spawn(self, daemon: Daemon) -> None:
         daemon.incarnation += 1
-        args = self.serve_args(daemon)
-        if sys.platform == "linux":
-            command = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
-        else:
-            command = [sys.executable, "-m", "crdtsync", *args]
-        with open(daemon.log_path, "ab") as log:
-            log.write(f"# crdtsync demo: starting {daemon.name}, incarnation {daemon.incarnation}\n".encode())
-            log.flush()
-            daemon.process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                # Ctrl-C in the terminal reaches the demo only; it then stops the daemons in order.
-                start_new_session=True,
-            )
+        daemon.process = launch(
+            self.serve_args(daemon),
+            daemon.log_path,
+            f"crdtsync demo: starting {daemon.name}, incarnation {daemon.incarnation}",
+        )
         daemon.state = "starting"
         daemon.status = None
 
@@ -367,23 +348,13 @@ class Cluster:
     def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
         """SIGTERM every daemon still running, SIGKILL those not gone after `timeout_s`. Returns notes."""
         notes: list[str] = []
-        running = [d for d in self.daemons.values() if d.process is not None and d.process.poll() is None]
-        for daemon in running:
-            assert daemon.process is not None
-            with contextlib.suppress(ProcessLookupError):
-                daemon.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for daemon in running:
-            assert daemon.process is not None
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                daemon.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            if daemon.process.poll() is None:
-                daemon.process.kill()
-                daemon.process.wait()
-                notes.append(f"{daemon.name} did not stop within {timeout_s:.0f} s of SIGTERM: killed")
-            elif daemon.process.returncode != 0:
-                notes.append(f"{daemon.name} exited with status {daemon.process.returncode}")
-            daemon.state = "stopped"
+        processes = [(d.name, d.process) for d in self.daemons.values() if d.process is not None]
+        for name, status in terminate(processes, timeout_s):
+            if status is None:
+                notes.append(f"{name} did not stop within {timeout_s:.0f} s of SIGTERM: killed")
+            elif status != 0:
+                notes.append(f"{name} exited with status {status}")
+            self.daemons[name].state = "stopped"
         return notes
 
 
@@ -932,19 +903,6 @@ def _cli_command() -> str:
     return f"{sys.executable} -m crdtsync"
 
 
-def _ignore_signals() -> Callable[[], None]:
-    """Ignore SIGINT and SIGTERM while the daemons are being stopped; returns what restores them."""
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
-    for signum in previous:
-        signal.signal(signum, signal.SIG_IGN)
-
-    def restore() -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-    return restore
-
-
 def run_demo(work_dir: str | None, base_port: int, seconds: float | None) -> int:
     """Run the demo; returns the exit status (0: converged and no acknowledged write lost)."""
     if seconds is not None and seconds <= 0:
@@ -971,7 +929,7 @@ def run_demo(work_dir: str | None, base_port: int, seconds: float | None) -> int
     except KeyboardInterrupt:  # before or after the event loop's own handlers
         status = 130
     finally:
-        restore = _ignore_signals()
+        restore = ignore_signals()
         try:
             if cluster is not None:
                 running = [

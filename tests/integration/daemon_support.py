@@ -21,22 +21,13 @@ from typing import Any
 
 import httpx
 
+from fuzz.chaos import FAST_MEMBERSHIP as FAST_MEMBERSHIP
+from fuzz.chaos import FAST_REPLICATION as FAST_REPLICATION
+
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 CONVERGE_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 10.0
-
-FAST_REPLICATION: dict[str, int] = {
-    "hello_interval_ms": 100,
-    "tick_interval_ms": 20,
-    "ae_interval_ms": 500,
-    "heartbeat_interval_ms": 300,
-}
-FAST_MEMBERSHIP: dict[str, int] = {
-    "gossip_interval_ms": 300,
-    "acceptable_pause_ms": 300,
-    "down_after_suspect_ms": 500,
-}
 
 
 def free_port() -> int:

@@ -1,0 +1,1007 @@
+"""Chaos campaign: real `crdtsync serve` daemons keep every acknowledged write through kills, pauses
+and restarts.
+
+N daemons (default 6) run as OS processes on 127.0.0.1 in K datacenters (default 2, contiguous blocks
+named dc0, dc1, ...), each with its own SQLite data dir (durability fsync), plaintext replication links
+and short timers. Every node is given two seeds only, the first node of dc0 and the first of dc1 (with
+one datacenter, its first two nodes): gossip membership must find the rest.
+
+For --minutes, writers PUT JSON values over HTTP to the running nodes, a few per second per node:
+unique keys (docs chaos/log-*, key NODE-SEQ) whose acknowledgements are recorded, and contended keys
+of the doc chaos/shared that every node writes. Meanwhile faults hit random nodes: SIGKILL then a
+restart on the same data dir after a random downtime, SIGSTOP for 0.5-5 s then SIGCONT, SIGTERM then
+a restart; never more than (N-1)//2 nodes at once. Every random choice derives from --seed: the same
+seed replays the same schedule of faults and writes (the daemons' own timing still varies).
+
+Then everything heals (SIGCONT, restarts) and, within 90 s, every node must hold the same Merkle root,
+every acknowledged unique write with its value and the same contended doc, and list every other node
+as an alive member. No daemon may exit unless the campaign killed or stopped it, and each daemon's
+resident memory must stay under --rss-mb at every progress tick. Exit status 1 otherwise; the work dir
+(data dirs and daemon logs) is kept then.
+
+    python -m fuzz.chaos --minutes 2 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from crdtsync.daemon.demo import log_tail, pick_free_ports
+from crdtsync.daemon.processes import ignore_signals, launch, terminate
+
+FAST_REPLICATION: dict[str, int] = {
+    "hello_interval_ms": 100,
+    "tick_interval_ms": 20,
+    "ae_interval_ms": 500,
+    "heartbeat_interval_ms": 300,
+}
+"""Short replication timers (the integration tests' daemons use them too)."""
+FAST_MEMBERSHIP: dict[str, int] = {
+    "gossip_interval_ms": 300,
+    "acceptable_pause_ms": 300,
+    "down_after_suspect_ms": 500,
+}
+FAULT_KINDS = ("kill", "stop", "term")
+WARMUP_S = 3.0
+"""Seconds of writes before the first fault."""
+FAULT_GAP_S = (1.0, 5.0)
+"""Between the planned starts of two faults."""
+PAUSE_S = (0.5, 5.0)
+"""How long SIGSTOP lasts."""
+DOWNTIME_S = (0.5, 5.0)
+"""From SIGKILL, or from the exit after SIGTERM, to the restart."""
+RESTART_ALLOWANCE_S = 5.0
+"""What the plan reserves for a restarted daemon to answer /health before its node may be hit again."""
+FAULT_SLOT_WAIT_S = 30.0
+"""How long a fault that is due waits for its node to be up and for the faulty-node bound; then it is
+skipped (a restart that took longer than planned)."""
+FAULTS_MAX = 10_000
+WRITES_PER_S_PER_NODE = 3.0
+UNIQUE_SHARE = 0.7
+"""Of the writes, those to unique keys (checked by value); the rest go to the contended keys."""
+CONTENDED_KEYS = 8
+SHARED_DOC = "chaos/shared"
+LOG_KEYS_PER_DOC = 500
+"""Unique keys per log doc (chaos/log-0, chaos/log-1, ...), so that no doc grows without bound."""
+IN_FLIGHT_PER_NODE = 4
+"""Writes awaiting an answer, per node of the cluster; the writer waits for a slot beyond."""
+REQUEST_TIMEOUT_S = 5.0
+STATUS_TIMEOUT_S = 2.0
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+MESH_TIMEOUT_S = 60.0
+"""At start: until every node lists every other as an alive member."""
+CONVERGE_TIMEOUT_S = 90.0
+POLL_S = 0.1
+CHECK_INTERVAL_S = 0.5
+PROGRESS_INTERVAL_S = 5.0
+EXIT_CHECK_INTERVAL_S = 0.2
+RUN_SLACK_S = 600.0
+"""More than the start, the heal and the convergence wait can take together, all bounded."""
+LOG_TAIL_LINES = 30
+PROBLEMS_SHOWN_MAX = 20
+
+LIVE_STATES = frozenset({"starting", "running", "stopped"})
+"""States in which the process must not exit on its own."""
+
+
+class ChaosError(Exception):
+    """The campaign cannot go on (a daemon that never came up, gossip that never completed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    at_s: float
+    """Planned start, in seconds after the faults phase started."""
+    kind: str
+    node: int
+    duration_s: float
+    """The pause (stop) or the downtime before the restart (kill, term)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    seq: int
+    doc: str
+    key: str
+    value: dict[str, Any]
+    unique: bool
+
+
+@dataclass
+class Daemon:
+    name: str
+    dc: str
+    listen_port: int
+    http_port: int
+    data_dir: str
+    log_path: str
+    seeds: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    state: str = "new"
+    """new, starting, running, stopped (SIGSTOP), killed (SIGKILL), terminating (SIGTERM sent), down
+    (exited after SIGTERM), crashed (exited on its own), ended (stopped at the end)."""
+    faulty: bool = False
+    """A fault holds it: from the signal until it answers /health again."""
+    disturbed: int = 0
+    """Faults and crashes so far: a write answered other than 200 is a finding only if this did not change."""
+    starts: int = 0
+    rss_mb_max: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def listen(self) -> str:
+        return f"tcp://127.0.0.1:{self.listen_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def available(self) -> bool:
+        return self.state == "running" and not self.faulty
+
+
+@dataclass
+class Summary:
+    seed: int
+    seconds: float
+    nodes: int
+    datacenters: int
+    rss_limit_mb: float
+    work_dir: str = ""
+    writes_acked: int = 0
+    writes_failed: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    """Failed writes by reason: refused, timeout, dropped, HTTP status."""
+    writes_unsent: int = 0
+    """Writes due while no node was up to take them."""
+    faults: Counter[str] = field(default_factory=Counter)
+    faults_skipped: int = 0
+    converged_after_s: float | None = None
+    """From the end of the heal (every daemon answering /health) to the first check that held."""
+    rss_mb_max: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def minutes(self) -> str:
+        """--minutes as typed, or exactly enough digits to give the same seconds back."""
+        short = f"{self.seconds / 60.0:g}"
+        return short if float(short) * 60.0 == self.seconds else repr(self.seconds / 60.0)
+
+    def replay_command(self) -> str:
+        return (
+            f"python -m fuzz.chaos --minutes {self.minutes} --seed {self.seed} "
+            f"--nodes {self.nodes} --datacenters {self.datacenters} --rss-mb {self.rss_limit_mb:g}"
+        )
+
+    def __str__(self) -> str:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.failures.items()))
+        kinds = ", ".join(f"{kind} {self.faults[kind]}" for kind in FAULT_KINDS)
+        converged = (
+            f"converged {self.converged_after_s:.1f} s after the heal"
+            if self.converged_after_s is not None
+            else "did NOT converge"
+        )
+        lines = [
+            f"chaos seed={self.seed}: {self.seconds / 60.0:.3g} min of faults, {self.nodes} nodes in "
+            f"{self.datacenters} datacenter{'s' if self.datacenters > 1 else ''}",
+            f"  writes: {self.writes_acked} acknowledged, {self.writes_failed} failed"
+            + (f" ({reasons})" if reasons else "")
+            + (f", {self.writes_unsent} not sent (no node up)" if self.writes_unsent else ""),
+            f"  faults: {sum(self.faults.values())} ({kinds})"
+            + (f", {self.faults_skipped} skipped" if self.faults_skipped else ""),
+            f"  {converged}",
+            f"  max RSS {self.rss_mb_max:.0f} MB (limit {self.rss_limit_mb:.0f} MB)",
+        ]
+        if self.ok:
+            lines.append("  verdict: OK")
+        else:
+            shown = self.problems[:PROBLEMS_SHOWN_MAX]
+            more = len(self.problems) - len(shown)
+            lines.append(f"  verdict: FAIL, {len(self.problems)} problems:")
+            lines += [f"    {problem}" for problem in shown]
+            if more:
+                lines.append(f"    ... and {more} more")
+            lines.append(f"  replay: {self.replay_command()}")
+            lines.append(f"  data dirs and daemon logs: {self.work_dir}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+def plan_faults(rng: random.Random, seconds: float, nodes: int, faulty_max: int) -> list[Fault]:
+    """The faults of a run, in order of start. Kinds come in shuffled rounds of all three, so that a
+    run with three faults or more has every kind. At no planned moment are more than `faulty_max`
+    nodes under a fault (a kill or term counts until its restart is allowed to answer /health)."""
+    if faulty_max < 1:
+        return []
+    faults: list[Fault] = []
+    busy_until = [0.0] * nodes
+    kinds: list[str] = []
+    at_s = WARMUP_S
+    for _ in range(FAULTS_MAX):
+        at_s += rng.uniform(*FAULT_GAP_S)
+        busy = sorted(until for until in busy_until if until > at_s)
+        if len(busy) >= faulty_max:
+            at_s = busy[len(busy) - faulty_max]  # when enough of them are back
+        if at_s >= seconds - 1.0:
+            break
+        if not kinds:
+            kinds = rng.sample(FAULT_KINDS, len(FAULT_KINDS))
+        kind = kinds.pop()
+        node = rng.choice([index for index in range(nodes) if busy_until[index] <= at_s])
+        duration_s = rng.uniform(*(PAUSE_S if kind == "stop" else DOWNTIME_S))
+        busy_until[node] = at_s + duration_s + (0.0 if kind == "stop" else RESTART_ALLOWANCE_S)
+        faults.append(Fault(at_s, kind, node, duration_s))
+    return faults
+
+
+def datacenter_of(index: int, nodes: int, datacenters: int) -> int:
+    """Contiguous blocks, like crdtsync.sim: with 6 nodes in 2 datacenters, n0-n2 in dc0, n3-n5 in dc1."""
+    return index * datacenters // nodes
+
+
+def seed_indexes(nodes: int, datacenters: int) -> list[int]:
+    """The first node of dc0 and the first of dc1; with one datacenter, its first two nodes."""
+    if datacenters < 2:
+        return [0, 1]
+    return [0, next(i for i in range(nodes) if datacenter_of(i, nodes, datacenters) == 1)]
+
+
+def rss_mb_of(pid: int) -> float | None:
+    """VmRSS of a process in MB; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- campaign
+
+
+class Campaign:
+    def __init__(
+        self, seconds: float, seed: int, nodes: int, datacenters: int, rss_limit_mb: float, root: str
+    ) -> None:
+        self.seconds = seconds
+        self.root = root
+        self.rss_limit_mb = rss_limit_mb
+        rng = random.Random(seed)
+        # Two streams, so that the writes drawn do not depend on how many faults were planned.
+        self.faults = plan_faults(random.Random(rng.getrandbits(64)), seconds, nodes, (nodes - 1) // 2)
+        self.write_rng = random.Random(rng.getrandbits(64))
+        self.faulty_max = (nodes - 1) // 2
+        self.summary = Summary(seed, seconds, nodes, datacenters, rss_limit_mb, work_dir=root)
+        ports = pick_free_ports(2 * nodes)
+        seeds = [f"tcp://127.0.0.1:{ports[index]}" for index in seed_indexes(nodes, datacenters)]
+        self.daemons = [
+            Daemon(
+                name=f"n{index}",
+                dc=f"dc{datacenter_of(index, nodes, datacenters)}",
+                listen_port=ports[index],
+                http_port=ports[nodes + index],
+                data_dir=os.path.join(root, f"n{index}"),
+                log_path=os.path.join(root, f"n{index}.log"),
+                seeds=[address for address in seeds if address != f"tcp://127.0.0.1:{ports[index]}"],
+            )
+            for index in range(nodes)
+        ]
+        self.started = time.monotonic()
+        self.phase = "starting"
+        self.acked: list[Write] = []
+        self.contended: dict[int, Write] = {}
+        """Every contended write sent, by seq: a value at the end must be one of them."""
+        self.log_docs: set[str] = set()
+        self.problems = self.summary.problems
+        self.heal = asyncio.Event()
+        self.client = httpx.AsyncClient(
+            trust_env=False,
+            timeout=REQUEST_TIMEOUT_S,
+            # A new connection per request: a kept-alive one to a killed daemon would fail the next write.
+            limits=httpx.Limits(
+                max_connections=IN_FLIGHT_PER_NODE * nodes + 4 * nodes, max_keepalive_connections=0
+            ),
+        )
+
+    # ------------------------------------------------------------------ output
+
+    def say(self, text: str) -> None:
+        elapsed_s = time.monotonic() - self.started
+        print(f"{time.strftime('%H:%M:%S')} {elapsed_s:7.1f}s  {text}", flush=True)
+
+    def problem(self, text: str, detail: str = "") -> None:
+        self.problems.append(text)
+        self.say(f"PROBLEM: {text}" + (f"\n{detail}" if detail else ""))
+
+    # ------------------------------------------------------------------ processes (synchronous)
+
+    def serve_args(self, daemon: Daemon) -> list[str]:
+        args = ["serve", "--node-id", daemon.name, "--dc", daemon.dc, "--listen", daemon.listen]
+        for seed in daemon.seeds:
+            args += ["--peer", seed]
+        args += [
+            "--http",
+            f"127.0.0.1:{daemon.http_port}",
+            "--data-dir",
+            daemon.data_dir,
+            "--plaintext",
+            "--log-format",
+            "kv",
+            "--log-level",
+            "info",
+        ]
+        for section, settings in (("replication", FAST_REPLICATION), ("membership", FAST_MEMBERSHIP)):
+            for key, value in settings.items():
+                args += ["--set", f"{section}.{key}={value}"]
+        return args
+
+    def spawn(self, daemon: Daemon) -> None:
+        daemon.starts += 1
+        note = f"fuzz.chaos: start {daemon.starts} of {daemon.name}"
+        daemon.process = launch(self.serve_args(daemon), daemon.log_path, note)
+        daemon.state = "starting"
+
+    def signal_daemon(self, daemon: Daemon, signum: signal.Signals, state: str) -> None:
+        """Send `signum` and record the state it leads to, with no await in between: the exit watcher
+        must never see a process the campaign killed as still expected to live."""
+        assert daemon.process is not None
+        daemon.state = state
+        daemon.disturbed += 1
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(daemon.process.pid, signum)
+
+    def check_exit(self, daemon: Daemon) -> bool:
+        """Whether the daemon exited on its own (reported once, as a finding, with its log's end)."""
+        if daemon.state not in LIVE_STATES or daemon.process is None:
+            return False
+        code = daemon.process.poll()
+        if code is None:
+            return False
+        daemon.state = "crashed"
+        daemon.disturbed += 1
+        self.problem(
+            f"{daemon.name} (pid {daemon.process.pid}) exited with status {code} while the campaign did "
+            f"not kill or stop it; log {daemon.log_path}",
+            log_tail(daemon.log_path, LOG_TAIL_LINES),
+        )
+        return True
+
+    def stop_all(self) -> None:
+        """SIGCONT and SIGTERM every daemon still running, SIGKILL those not gone within STOP_TIMEOUT_S."""
+        by_name = {daemon.name: daemon for daemon in self.daemons}
+        processes = [(d.name, d.process) for d in self.daemons if d.process is not None]
+        for name, status in terminate(processes, STOP_TIMEOUT_S):
+            daemon = by_name[name]
+            if status is None:
+                self.problem(f"{name} did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM at the end")
+            elif status != 0 and daemon.state == "running":
+                self.problem(
+                    f"{name} exited with status {status} on SIGTERM at the end",
+                    log_tail(daemon.log_path, LOG_TAIL_LINES),
+                )
+            daemon.state = "ended"
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def get_json(self, daemon: Daemon, path: str) -> Any:
+        """The JSON answer, {} for a 404 (a doc the node does not hold), None when there is none."""
+        try:
+            response = await self.client.get(daemon.url + path, timeout=STATUS_TIMEOUT_S)
+            if response.status_code == 404:
+                return {}
+            if response.status_code != 200:
+                return None
+            return response.json()
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    async def healthy(self, daemon: Daemon) -> bool:
+        try:
+            response = await self.client.get(daemon.url + "/health", timeout=1.0)
+            return response.status_code == 200 and response.json().get("node_id") == daemon.name
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return False
+
+    async def wait_healthy(self, daemon: Daemon) -> bool:
+        """Until the started daemon answers /health: then it is running. False if it exited or did not
+        answer within START_TIMEOUT_S (both findings)."""
+        started = time.monotonic()
+        for _ in range(int(START_TIMEOUT_S / POLL_S) + 1):
+            if self.check_exit(daemon):
+                return False
+            if daemon.state != "starting":
+                return False  # the heal took it over, or it ended
+            if await self.healthy(daemon):
+                daemon.state = "running"
+                return True
+            if time.monotonic() - started > START_TIMEOUT_S:
+                break
+            await asyncio.sleep(POLL_S)
+        self.problem(
+            f"{daemon.name} (pid {daemon.pid}) did not answer /health within {START_TIMEOUT_S:.0f} s of its start",
+            log_tail(daemon.log_path, LOG_TAIL_LINES),
+        )
+        return False
+
+    async def wait_exit(self, daemon: Daemon, timeout_s: float) -> int | None:
+        assert daemon.process is not None
+        deadline = time.monotonic() + timeout_s
+        for _ in range(int(timeout_s / POLL_S) + 2):
+            code = daemon.process.poll()
+            if code is not None or time.monotonic() > deadline:
+                return code
+            await asyncio.sleep(POLL_S)
+        return daemon.process.poll()
+
+    # ------------------------------------------------------------------ writes
+
+    def next_write(self, seq: int) -> tuple[int, Write]:
+        """The node slot and the write of number `seq`; the key names the node later, when it is known."""
+        rng = self.write_rng
+        slot = rng.randrange(len(self.daemons))
+        token = rng.getrandbits(40)
+        if rng.random() < UNIQUE_SHARE:
+            doc = f"chaos/log-{seq // LOG_KEYS_PER_DOC}"
+            return slot, Write(seq, doc, "", {"seq": seq, "n": token}, unique=True)
+        key = f"k{rng.randrange(CONTENDED_KEYS)}"
+        return slot, Write(seq, SHARED_DOC, key, {"seq": seq, "n": token}, unique=False)
+
+    def target(self, slot: int) -> Daemon | None:
+        """The drawn node if it is up, else the next one up after it (in index order)."""
+        count = len(self.daemons)
+        for offset in range(count):
+            daemon = self.daemons[(slot + offset) % count]
+            if daemon.available:
+                return daemon
+        return None
+
+    async def send(self, daemon: Daemon, write: Write) -> None:
+        disturbed = daemon.disturbed
+        try:
+            response = await self.client.put(
+                f"{daemon.url}/v1/docs/{write.doc}/keys/{write.key}", json=write.value
+            )
+        except httpx.TimeoutException:
+            self.fail_write("timeout")
+            return
+        except httpx.ConnectError:
+            self.fail_write("refused")
+            return
+        except httpx.HTTPError:
+            self.fail_write("dropped")
+            return
+        if response.status_code == 200:
+            self.summary.writes_acked += 1
+            if write.unique:
+                self.acked.append(write)
+            return
+        self.fail_write(f"HTTP {response.status_code}")
+        if daemon.disturbed == disturbed and daemon.available:
+            self.problem(
+                f"{daemon.name} answered {response.status_code} to PUT {write.doc}/{write.key} while no "
+                f"fault touched it: {response.text[:200]}"
+            )
+
+    def fail_write(self, reason: str) -> None:
+        self.summary.writes_failed += 1
+        self.summary.failures[reason] += 1
+
+    async def writer(self, stop_at: float) -> None:
+        """Writes at WRITES_PER_S_PER_NODE per node on average (exponential gaps), to the drawn node or
+        the next one up; at most IN_FLIGHT_PER_NODE per node awaiting an answer."""
+        rate_hz = WRITES_PER_S_PER_NODE * len(self.daemons)
+        slots = asyncio.Semaphore(IN_FLIGHT_PER_NODE * len(self.daemons))
+        in_flight: set[asyncio.Task[None]] = set()
+        errors: list[BaseException] = []
+
+        async def send_and_release(daemon: Daemon, write: Write) -> None:
+            try:
+                await self.send(daemon, write)
+            except Exception as exc:  # a bug here must fail the run, not vanish with its task
+                errors.append(exc)
+            finally:
+                slots.release()
+
+        due = time.monotonic()
+        try:
+            for seq in range(int(self.seconds * rate_hz * 4) + 100):
+                due += self.write_rng.expovariate(rate_hz)
+                slot, write = self.next_write(seq)
+                if due >= stop_at:
+                    break
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                await slots.acquire()
+                daemon = self.target(slot)
+                if daemon is None:
+                    slots.release()
+                    self.summary.writes_unsent += 1
+                    continue
+                if write.unique:
+                    write = Write(write.seq, write.doc, f"{daemon.name}-{write.seq:06d}", write.value, True)
+                    self.log_docs.add(write.doc)
+                else:
+                    write = Write(write.seq, write.doc, write.key, {**write.value, "by": daemon.name}, False)
+                    self.contended[write.seq] = write
+                task = asyncio.create_task(send_and_release(daemon, write))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            # The answers still count (a paused node answers once the heal resumes it): wait for them
+            # within the request timeout.
+            if in_flight:
+                await asyncio.wait(list(in_flight), timeout=REQUEST_TIMEOUT_S + STOP_TIMEOUT_S)
+            if errors:
+                raise errors[0]
+        finally:
+            late = list(in_flight)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    # ------------------------------------------------------------------ faults
+
+    async def wait_for_heal(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.heal.wait(), seconds)
+
+    async def run_fault(self, fault: Fault) -> None:
+        daemon = self.daemons[fault.node]
+        for _ in range(int(FAULT_SLOT_WAIT_S / POLL_S) + 1):
+            if self.heal.is_set():
+                return
+            faulty_now = sum(1 for d in self.daemons if not d.available)
+            if daemon.available and faulty_now < self.faulty_max:
+                break
+            await asyncio.sleep(POLL_S)
+        else:
+            self.summary.faults_skipped += 1
+            self.say(f"skip the {fault.kind} of {daemon.name}: it is not up, or too many nodes are faulty")
+            return
+        daemon.faulty = True  # no await since the check: the bound holds
+        self.summary.faults[fault.kind] += 1
+        pid = daemon.pid
+        try:
+            if fault.kind == "stop":
+                self.signal_daemon(daemon, signal.SIGSTOP, "stopped")
+                self.say(f"SIGSTOP {daemon.name} (pid {pid}) for {fault.duration_s:.1f} s")
+                await self.wait_for_heal(fault.duration_s)
+                if daemon.state == "stopped":
+                    self.signal_daemon(daemon, signal.SIGCONT, "running")
+                    self.say(f"SIGCONT {daemon.name} (pid {pid})")
+                return
+            if fault.kind == "kill":
+                self.signal_daemon(daemon, signal.SIGKILL, "killed")
+                assert daemon.process is not None
+                daemon.process.wait(timeout=STOP_TIMEOUT_S)  # at once: SIGKILL cannot be caught
+                self.say(f"kill -9 {daemon.name} (pid {pid}); restart in {fault.duration_s:.1f} s")
+            else:
+                self.signal_daemon(daemon, signal.SIGTERM, "terminating")
+                sent = time.monotonic()
+                code = await self.wait_exit(daemon, STOP_TIMEOUT_S)
+                if code is None:
+                    self.problem(
+                        f"{daemon.name} (pid {pid}) did not exit within {STOP_TIMEOUT_S:.0f} s of SIGTERM",
+                        log_tail(daemon.log_path, LOG_TAIL_LINES),
+                    )
+                    self.signal_daemon(daemon, signal.SIGKILL, "terminating")
+                    assert daemon.process is not None
+                    daemon.process.wait(timeout=STOP_TIMEOUT_S)
+                elif code != 0:
+                    self.problem(
+                        f"{daemon.name} (pid {pid}) exited with status {code} on SIGTERM",
+                        log_tail(daemon.log_path, LOG_TAIL_LINES),
+                    )
+                daemon.state = "down"
+                self.say(
+                    f"SIGTERM {daemon.name} (pid {pid}): exited with status {code} after "
+                    f"{time.monotonic() - sent:.1f} s; restart in {fault.duration_s:.1f} s"
+                )
+            await self.wait_for_heal(fault.duration_s)
+            self.spawn(daemon)
+            restarted = time.monotonic()
+            self.say(f"restart {daemon.name} (pid {daemon.pid}) on its data dir")
+            if await self.wait_healthy(daemon):
+                self.say(
+                    f"{daemon.name} answers /health {time.monotonic() - restarted:.1f} s after its restart"
+                )
+        finally:
+            daemon.faulty = False
+
+    async def fault_schedule(self, started: float) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for fault in self.faults:
+                await self.wait_for_heal(max(0.0, started + fault.at_s - time.monotonic()))
+                if self.heal.is_set():
+                    break
+                _raise_failure(task for task in tasks if task.done())
+                tasks = [task for task in tasks if not task.done()]
+                tasks.append(asyncio.create_task(self.run_fault(fault)))
+            await self.heal.wait()
+            # Each fault ends itself at once when the heal starts: resumes or restarts its node.
+            if tasks:
+                done, _ = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S + START_TIMEOUT_S + 5.0)
+                _raise_failure(done)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ monitor
+
+    def progress_line(self) -> str:
+        by_state: dict[str, list[str]] = {}
+        for daemon in self.daemons:
+            by_state.setdefault("up" if daemon.state == "running" else daemon.state, []).append(daemon.name)
+        nodes = "; ".join(f"{state} {' '.join(names)}" for state, names in by_state.items())
+        kinds = ", ".join(f"{kind} {self.summary.faults[kind]}" for kind in FAULT_KINDS)
+        return (
+            f"[{self.phase}] writes {self.summary.writes_acked} acked, {self.summary.writes_failed} failed | "
+            f"faults {kinds} | {nodes} | max RSS {self.summary.rss_mb_max:.0f} MB"
+        )
+
+    def sample_rss(self) -> None:
+        for daemon in self.daemons:
+            if daemon.process is None or daemon.state not in (LIVE_STATES | {"terminating"}):
+                continue
+            rss_mb = rss_mb_of(daemon.process.pid)
+            if rss_mb is None:
+                continue
+            self.summary.rss_mb_max = max(self.summary.rss_mb_max, rss_mb)
+            if rss_mb > self.rss_limit_mb and daemon.rss_mb_max <= self.rss_limit_mb:
+                self.problem(
+                    f"{daemon.name} (pid {daemon.process.pid}) holds {rss_mb:.0f} MB resident, over "
+                    f"{self.rss_limit_mb:.0f} MB"
+                )
+            daemon.rss_mb_max = max(daemon.rss_mb_max, rss_mb)
+
+    async def monitor(self) -> None:
+        """Watches for daemons that exit on their own; every PROGRESS_INTERVAL_S, samples resident
+        memory and prints a progress line. Runs until cancelled, or for as long as a run can last."""
+        next_progress = time.monotonic()
+        for _ in range(int((self.seconds + RUN_SLACK_S) / EXIT_CHECK_INTERVAL_S)):
+            for daemon in self.daemons:
+                self.check_exit(daemon)
+            if time.monotonic() >= next_progress:
+                next_progress += PROGRESS_INTERVAL_S
+                self.sample_rss()
+                self.say(self.progress_line())
+            await asyncio.sleep(EXIT_CHECK_INTERVAL_S)
+
+    # ------------------------------------------------------------------ checks
+
+    def membership_gaps(self, statuses: list[Any]) -> list[str]:
+        """Nodes that do not list every other node as an alive member."""
+        gaps = []
+        for daemon, status in zip(self.daemons, statuses, strict=True):
+            if not isinstance(status, dict):
+                gaps.append(f"{daemon.name} does not answer /v1/status")
+                continue
+            states = {
+                member.get("node_id"): member.get("state")
+                for member in status.get("members", [])
+                if isinstance(member, dict)
+            }
+            wrong = [
+                f"{other.name} {states.get(other.name, 'unknown')}"
+                for other in self.daemons
+                if other is not daemon and states.get(other.name) != "alive"
+            ]
+            if wrong:
+                gaps.append(f"{daemon.name} sees {', '.join(wrong)}")
+        return gaps
+
+    async def statuses(self) -> list[Any]:
+        return list(await asyncio.gather(*(self.get_json(d, "/v1/status") for d in self.daemons)))
+
+    async def divergences(self, full: bool) -> list[str]:
+        """What keeps the cluster from having converged; empty when it has. Unless `full`, the docs are
+        read only once the Merkle roots and the membership agree (the cheap check comes first)."""
+        statuses = await self.statuses()
+        problems = self.membership_gaps(statuses)
+        roots: dict[str, list[str]] = {}
+        for daemon, status in zip(self.daemons, statuses, strict=True):
+            if isinstance(status, dict):
+                roots.setdefault(str(status.get("merkle_root")), []).append(daemon.name)
+        if len(roots) > 1:
+            problems.append(
+                "merkle roots differ: "
+                + "; ".join(f"{root[:12]} on {' '.join(n)}" for root, n in roots.items())
+            )
+        if problems and not full:
+            return problems
+        docs = [*sorted(self.log_docs), SHARED_DOC]
+        answers = await asyncio.gather(
+            *(self.get_json(daemon, f"/v1/docs/{doc}") for daemon in self.daemons for doc in docs)
+        )
+        shared: dict[str, str] = {}
+        for position, daemon in enumerate(self.daemons):
+            data: dict[str, dict[str, Any]] = {}
+            unreadable = []
+            for offset, doc in enumerate(docs):
+                answer = answers[position * len(docs) + offset]
+                if not isinstance(answer, dict):
+                    unreadable.append(doc)
+                content = answer.get("data", {}) if isinstance(answer, dict) else {}
+                data[doc] = content if isinstance(content, dict) else {}
+            if unreadable:
+                problems.append(f"{daemon.name}: cannot read {', '.join(unreadable)}")
+                continue
+            lost = [w for w in self.acked if data[w.doc].get(w.key) != w.value]
+            if lost:
+                example = lost[0]
+                problems.append(
+                    f"{daemon.name} lacks {len(lost)} of {len(self.acked)} acknowledged writes, e.g. "
+                    f"{example.doc}/{example.key}={json.dumps(example.value)} "
+                    f"(it holds {json.dumps(data[example.doc].get(example.key))})"
+                )
+            shared[daemon.name] = json.dumps(data[SHARED_DOC], sort_keys=True)
+            for key, value in data[SHARED_DOC].items():
+                written = self.contended.get(int(value.get("seq", -1))) if isinstance(value, dict) else None
+                if written is None or written.key != key or written.value != value:
+                    problems.append(
+                        f"{daemon.name}: {SHARED_DOC}/{key} holds {json.dumps(value)}, which nobody wrote"
+                    )
+        if len(set(shared.values())) > 1:
+            groups: dict[str, list[str]] = {}
+            for name, content in shared.items():
+                groups.setdefault(content, []).append(name)
+            problems.append(
+                f"{SHARED_DOC} differs: "
+                + "; ".join(f"{' '.join(names)} hold {content[:160]}" for content, names in groups.items())
+            )
+        return problems
+
+    async def wait_mesh(self) -> None:
+        """Until every node lists every other as an alive member (gossip found them from two seeds)."""
+        started = time.monotonic()
+        gaps: list[str] = []
+        for _ in range(int(MESH_TIMEOUT_S / CHECK_INTERVAL_S) + 1):
+            gaps = self.membership_gaps(await self.statuses())
+            if not gaps:
+                self.say(
+                    f"every node lists the {len(self.daemons) - 1} others as alive members "
+                    f"({time.monotonic() - started:.1f} s)"
+                )
+                return
+            if time.monotonic() - started > MESH_TIMEOUT_S:
+                break
+            await asyncio.sleep(CHECK_INTERVAL_S)
+        raise ChaosError(
+            f"gossip did not make every member alive everywhere within {MESH_TIMEOUT_S:.0f} s: "
+            + "; ".join(gaps)
+        )
+
+    async def heal_all(self) -> None:
+        """Resume or restart whatever no fault task brought back (a crashed daemon, a fault task that
+        did not finish), then wait until every daemon answers /health."""
+        for daemon in self.daemons:
+            if daemon.state == "stopped":
+                self.signal_daemon(daemon, signal.SIGCONT, "running")
+                self.say(f"SIGCONT {daemon.name} (pid {daemon.pid})")
+            elif daemon.state == "terminating":
+                if await self.wait_exit(daemon, STOP_TIMEOUT_S) is None:
+                    self.signal_daemon(daemon, signal.SIGKILL, "terminating")
+                    assert daemon.process is not None
+                    daemon.process.wait(timeout=STOP_TIMEOUT_S)
+                daemon.state = "down"
+            if daemon.state in ("killed", "down", "crashed"):
+                self.spawn(daemon)
+                self.say(f"restart {daemon.name} (pid {daemon.pid}) on its data dir")
+        waiting = [d for d in self.daemons if d.state == "starting"]
+        healthy = await asyncio.gather(*(self.wait_healthy(d) for d in waiting))
+        if not all(healthy):
+            raise ChaosError("a daemon did not come back at the heal")
+
+    async def wait_converged(self) -> None:
+        healed = time.monotonic()
+        self.say(
+            f"waiting up to {CONVERGE_TIMEOUT_S:.0f} s for equal merkle roots, {len(self.acked)} acknowledged "
+            f"unique writes on every node, one {SHARED_DOC} and every member alive everywhere"
+        )
+        for _ in range(int(CONVERGE_TIMEOUT_S / CHECK_INTERVAL_S) + 1):
+            if not await self.divergences(full=False):
+                self.summary.converged_after_s = time.monotonic() - healed
+                self.say(f"converged {self.summary.converged_after_s:.1f} s after the heal")
+                return
+            if time.monotonic() - healed > CONVERGE_TIMEOUT_S:
+                break
+            await asyncio.sleep(CHECK_INTERVAL_S)
+        for divergence in await self.divergences(full=True):
+            self.problem(f"after {CONVERGE_TIMEOUT_S:.0f} s: {divergence}")
+        if not self.problems:
+            self.problem(f"not converged after {CONVERGE_TIMEOUT_S:.0f} s, then converged at the last look")
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self) -> None:
+        nodes, summary = len(self.daemons), self.summary
+        self.say(
+            f"chaos seed={summary.seed}: {nodes} daemons in {summary.datacenters} datacenters for "
+            f"{self.seconds:.0f} s of faults; {len(self.faults)} faults planned; data and logs in {self.root}"
+        )
+        for daemon in self.daemons:
+            self.spawn(daemon)
+            self.say(
+                f"  {daemon.name} ({daemon.dc}): pid {daemon.pid}, replication {daemon.listen}, HTTP "
+                f"{daemon.url}, seeds {' '.join(daemon.seeds)}, log {daemon.log_path}"
+            )
+        monitor = asyncio.create_task(self.monitor())
+        try:
+            if not all(await asyncio.gather(*(self.wait_healthy(d) for d in self.daemons))):
+                raise ChaosError("a daemon did not start")
+            await self.wait_mesh()
+            self.phase = "faults"
+            started = time.monotonic()
+            stop_at = started + self.seconds
+            writer = asyncio.create_task(self.writer(stop_at))
+            faults = asyncio.create_task(self.fault_schedule(started))
+            try:
+                await self.wait_for_heal(max(0.0, stop_at - time.monotonic()))
+                self.phase = "heal"
+                self.say("the time is up: stop writing, resume and restart every node")
+                self.heal.set()
+                await faults
+                await self.heal_all()
+                await writer  # its last answers, within the request timeout
+            finally:
+                for task in (writer, faults):
+                    task.cancel()
+                await asyncio.gather(writer, faults, return_exceptions=True)
+            self.phase = "converging"
+            await self.wait_converged()
+            self.sample_rss()
+            _raise_failure([monitor])
+        except ChaosError as exc:
+            self.problem(str(exc))
+        finally:
+            monitor.cancel()
+            await asyncio.gather(monitor, return_exceptions=True)
+            await self.client.aclose()
+
+
+async def campaign(
+    seconds: float,
+    seed: int,
+    *,
+    nodes: int = 6,
+    datacenters: int = 2,
+    rss_limit_mb: float = 400.0,
+    work_dir: str | None = None,
+) -> tuple[bool, Summary]:
+    """Run the campaign for `seconds` of faults; (whether everything held, the summary). The daemons
+    are stopped on every way out (also on cancellation, e.g. Ctrl-C); the work dir is removed unless
+    `work_dir` was given or the run failed."""
+    if nodes < 3:
+        raise ValueError("nodes must be at least 3: with fewer, (nodes-1)//2 allows no faulty node")
+    if not 1 <= datacenters <= nodes:
+        raise ValueError("datacenters must be in 1..nodes")
+    root = _make_root(work_dir)
+    run: Campaign | None = None
+    finished = False
+    try:
+        run = Campaign(seconds, seed, nodes, datacenters, rss_limit_mb, root)
+        await run.run()
+        finished = True
+    finally:
+        restore = ignore_signals()
+        try:
+            if run is not None:
+                run.stop_all()
+            ok = finished and run is not None and run.summary.ok
+            if ok and work_dir is None:
+                shutil.rmtree(root, ignore_errors=True)
+            else:
+                print(f"data dirs and daemon logs kept in {root}", flush=True)
+        finally:
+            restore()
+    assert run is not None
+    return run.summary.ok, run.summary
+
+
+def _raise_failure(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Raise the exception a finished task ended with: a bug in the campaign must not pass for a run
+    that held."""
+    for task in tasks:
+        if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+            raise error
+
+
+def _make_root(work_dir: str | None) -> str:
+    if work_dir is None:
+        return tempfile.mkdtemp(prefix="crdtsync-chaos-")
+    root = os.path.abspath(work_dir)
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+async def _until_sigterm(args: argparse.Namespace) -> tuple[bool, Summary]:
+    """The campaign of the command line; SIGTERM cancels it like Ctrl-C, so the daemons are stopped."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await campaign(
+            args.minutes * 60.0,
+            args.seed,
+            nodes=args.nodes,
+            datacenters=args.datacenters,
+            rss_limit_mb=args.rss_mb,
+            work_dir=args.work_dir,
+        )
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fuzz.chaos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=_positive, default=1.0, help="how long the faults last (default 1)")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="random seed of the faults and writes (default 1)"
+    )
+    parser.add_argument("--nodes", type=int, default=6, help="daemons, at least 3 (default 6)")
+    parser.add_argument("--datacenters", type=int, default=2, help="datacenters, 1..nodes (default 2)")
+    parser.add_argument(
+        "--rss-mb", type=_positive, default=400.0, help="resident memory bound per daemon (default 400)"
+    )
+    parser.add_argument(
+        "--work-dir",
+        help="where the data dirs and logs go, kept afterwards (default: a temp dir, removed if OK)",
+    )
+    args = parser.parse_args(argv)
+    if args.nodes < 3:
+        parser.error("--nodes must be at least 3")
+    if not 1 <= args.datacenters <= args.nodes:
+        parser.error("--datacenters must be in 1..nodes")
+    print(f"chaos seed {args.seed}", flush=True)
+    try:
+        ok, summary = asyncio.run(_until_sigterm(args))
+    except KeyboardInterrupt:
+        print("interrupted: every daemon stopped", file=sys.stderr, flush=True)
+        return 128 + signal.SIGINT
+    except asyncio.CancelledError:
+        print("terminated: every daemon stopped", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
+    print(summary, flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
