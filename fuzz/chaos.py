@@ -3,7 +3,7 @@ and restarts.
 
 N daemons (default 6) run as OS processes on 127.0.0.1 in K datacenters (default 2, contiguous blocks
 named dc0, dc1, ...), each with its own SQLite data dir (durability fsync), plaintext replication links
-and short timers. Every node is given two seeds only, the first node of dc0 and the first of dc1 (with
+(CurveZMQ with --curve: a key pair per node, every member's key configured) and short timers. Every node is given two seeds only, the first node of dc0 and the first of dc1 (with
 one datacenter, its first two nodes): gossip membership must find the rest.
 
 For --minutes, writers PUT JSON values over HTTP to the running nodes, a few per second per node:
@@ -45,6 +45,7 @@ import httpx
 
 from crdtsync.daemon.demo import log_tail, pick_free_ports
 from crdtsync.daemon.processes import ignore_signals, launch, terminate
+from crdtsync.transport.curve import write_key_file
 
 FAST_REPLICATION: dict[str, int] = {
     "hello_interval_ms": 100,
@@ -169,6 +170,7 @@ class Summary:
     nodes: int
     datacenters: int
     rss_limit_mb: float
+    curve: bool = False
     work_dir: str = ""
     writes_acked: int = 0
     writes_failed: int = 0
@@ -197,6 +199,7 @@ class Summary:
         return (
             f"python -m fuzz.chaos --minutes {self.minutes} --seed {self.seed} "
             f"--nodes {self.nodes} --datacenters {self.datacenters} --rss-mb {self.rss_limit_mb:g}"
+            + (" --curve" if self.curve else "")
         )
 
     def __str__(self) -> str:
@@ -209,7 +212,8 @@ class Summary:
         )
         lines = [
             f"chaos seed={self.seed}: {self.seconds / 60.0:.3g} min of faults, {self.nodes} nodes in "
-            f"{self.datacenters} datacenter{'s' if self.datacenters > 1 else ''}",
+            f"{self.datacenters} datacenter{'s' if self.datacenters > 1 else ''}"
+            + (", CurveZMQ links" if self.curve else ", plaintext links"),
             f"  writes: {self.writes_acked} acknowledged, {self.writes_failed} failed"
             + (f" ({reasons})" if reasons else "")
             + (f", {self.writes_unsent} not sent (no node up)" if self.writes_unsent else ""),
@@ -291,7 +295,15 @@ def rss_mb_of(pid: int) -> float | None:
 
 class Campaign:
     def __init__(
-        self, seconds: float, seed: int, nodes: int, datacenters: int, rss_limit_mb: float, root: str
+        self,
+        seconds: float,
+        seed: int,
+        nodes: int,
+        datacenters: int,
+        rss_limit_mb: float,
+        root: str,
+        *,
+        curve: bool = False,
     ) -> None:
         self.seconds = seconds
         self.root = root
@@ -301,7 +313,7 @@ class Campaign:
         self.faults = plan_faults(random.Random(rng.getrandbits(64)), seconds, nodes, (nodes - 1) // 2)
         self.write_rng = random.Random(rng.getrandbits(64))
         self.faulty_max = (nodes - 1) // 2
-        self.summary = Summary(seed, seconds, nodes, datacenters, rss_limit_mb, work_dir=root)
+        self.summary = Summary(seed, seconds, nodes, datacenters, rss_limit_mb, curve=curve, work_dir=root)
         ports = pick_free_ports(2 * nodes)
         seeds = [f"tcp://127.0.0.1:{ports[index]}" for index in seed_indexes(nodes, datacenters)]
         self.daemons = [
@@ -316,6 +328,11 @@ class Campaign:
             )
             for index in range(nodes)
         ]
+        self.public_keys: dict[str, str] = {}
+        """Node name -> CurveZMQ public key, when the links use CurveZMQ (empty: plaintext)."""
+        if curve:
+            for daemon in self.daemons:
+                self.public_keys[daemon.name] = write_key_file(self.key_file(daemon), daemon.name)
         self.started = time.monotonic()
         self.phase = "starting"
         self.acked: list[Write] = []
@@ -345,6 +362,27 @@ class Campaign:
 
     # ------------------------------------------------------------------ processes (synchronous)
 
+    def key_file(self, daemon: Daemon) -> str:
+        return os.path.join(self.root, f"{daemon.name}.key")
+
+    def security_args(self, daemon: Daemon) -> list[str]:
+        if not self.public_keys:
+            return ["--plaintext"]
+        # Every member's key, as a real deployment lists them: gossip spreads addresses, not keys.
+        peer_keys = ", ".join(
+            f'"{other.listen}" = "{self.public_keys[other.name]}"'
+            for other in self.daemons
+            if other is not daemon
+        )
+        return [
+            "--set",
+            'security.mode="curve"',
+            "--set",
+            f'security.key_file="{self.key_file(daemon)}"',
+            "--set",
+            f"security.peer_keys={{{peer_keys}}}",
+        ]
+
     def serve_args(self, daemon: Daemon) -> list[str]:
         args = ["serve", "--node-id", daemon.name, "--dc", daemon.dc, "--listen", daemon.listen]
         for seed in daemon.seeds:
@@ -354,7 +392,7 @@ class Campaign:
             f"127.0.0.1:{daemon.http_port}",
             "--data-dir",
             daemon.data_dir,
-            "--plaintext",
+            *self.security_args(daemon),
             "--log-format",
             "kv",
             "--log-level",
@@ -897,6 +935,7 @@ async def campaign(
     datacenters: int = 2,
     rss_limit_mb: float = 400.0,
     work_dir: str | None = None,
+    curve: bool = False,
 ) -> tuple[bool, Summary]:
     """Run the campaign for `seconds` of faults; (whether everything held, the summary). The daemons
     are stopped on every way out (also on cancellation, e.g. Ctrl-C); the work dir is removed unless
@@ -909,7 +948,7 @@ async def campaign(
     run: Campaign | None = None
     finished = False
     try:
-        run = Campaign(seconds, seed, nodes, datacenters, rss_limit_mb, root)
+        run = Campaign(seconds, seed, nodes, datacenters, rss_limit_mb, root, curve=curve)
         await run.run()
         finished = True
     finally:
@@ -965,6 +1004,7 @@ async def _until_sigterm(args: argparse.Namespace) -> tuple[bool, Summary]:
             datacenters=args.datacenters,
             rss_limit_mb=args.rss_mb,
             work_dir=args.work_dir,
+            curve=args.curve,
         )
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
@@ -980,6 +1020,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datacenters", type=int, default=2, help="datacenters, 1..nodes (default 2)")
     parser.add_argument(
         "--rss-mb", type=_positive, default=400.0, help="resident memory bound per daemon (default 400)"
+    )
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="CurveZMQ links (a key pair per node, every member's key configured) instead of plaintext",
     )
     parser.add_argument(
         "--work-dir",

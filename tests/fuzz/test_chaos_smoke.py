@@ -1,6 +1,6 @@
-"""A short run of the chaos campaign (fuzz.chaos): six real daemons in two datacenters, SIGKILL,
-SIGSTOP and SIGTERM faults for 50 s, then every acknowledged write on every node. It prints its seed
-and its summary; on a failure the daemons' logs stay in the test's tmp dir."""
+"""A short run of the chaos campaign (fuzz.chaos): six real daemons in two datacenters over CurveZMQ
+links, SIGKILL, SIGSTOP and SIGTERM faults for 50 s, then every acknowledged write on every node. It
+prints its seed and its summary; on a failure the daemons' logs stay in the test's tmp dir."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ FAULTS_S = 50.0
 def test_real_daemons_keep_every_acknowledged_write_through_kills_pauses_and_restarts(tmp_path: Path) -> None:
     seed = 20261201
     print(f"chaos seed {seed}")
-    ok, summary = asyncio.run(chaos.campaign(FAULTS_S, seed, work_dir=str(tmp_path / "chaos")))
+    ok, summary = asyncio.run(chaos.campaign(FAULTS_S, seed, work_dir=str(tmp_path / "chaos"), curve=True))
     print(summary)
     assert ok, summary
     missing = [kind for kind in chaos.FAULT_KINDS if summary.faults[kind] == 0]
