@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
+import resource
 import signal
 
 from aiohttp import web
@@ -44,6 +46,32 @@ def warn_about_access(config: DaemonConfig) -> None:
         )
 
 
+FILES_PER_PEER = 6
+"""Descriptors a node holds per linked peer: its request and subscription sockets (an event fd and a
+TCP connection each) and the peer's two connections to this node's ROUTER and PUB."""
+FILES_BASE = 64
+
+
+def raise_open_files_limit(members_max: int) -> None:
+    """Raise the soft limit on open files to the hard one: a node in a full mesh of `members_max`
+    holds about FILES_PER_PEER descriptors per peer, far past the usual soft limit of 1024 (Go's
+    runtime does the same at start). Warn when even the hard limit is below that need."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = FILES_PER_PEER * members_max + FILES_BASE
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "the open files limit is %d: a node linked to %d members needs about %d (raise it with "
+            "ulimit -n or LimitNOFILE=, or lower membership.members_max)",
+            soft,
+            members_max,
+            needed,
+        )
+
+
 async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT: then stop taking requests, flush the store and close sockets."""
     stop = asyncio.Event()
@@ -55,6 +83,7 @@ async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> Non
             "replication links are in plaintext (security.mode = plaintext): anyone who can reach "
             "the replication ports can read and write every doc"
         )
+    raise_open_files_limit(config.node.membership.members_max)
     if config.node.durability == "none" and config.node.data_dir is not None:
         log.warning("durability is none: acknowledged writes may be lost if the process is killed")
     context = tls_context(config.http)
