@@ -81,6 +81,12 @@ CONTENDED_KEYS = 8
 SHARED_DOC = "chaos/shared"
 LOG_KEYS_PER_DOC = 500
 """Unique keys per log doc (chaos/log-0, chaos/log-1, ...), so that no doc grows without bound."""
+BURST_WRITES = (4, 16)
+"""Writes sent at once to the victim of a kill or a term, just before the signal: some are answered
+before it lands, and every one answered 200 must survive."""
+BURST_LEAD_S = (0.0, 0.03)
+"""From the start of that burst to the signal."""
+BURST_DOC_PREFIX = "chaos/burst-"
 IN_FLIGHT_PER_NODE = 4
 """Writes awaiting an answer, per node of the cluster; the writer waits for a slot beyond."""
 REQUEST_TIMEOUT_S = 5.0
@@ -176,6 +182,9 @@ class Summary:
     writes_failed: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     """Failed writes by reason: refused, timeout, dropped, HTTP status."""
+    burst_writes: int = 0
+    """Writes sent to the victim of a kill or term just before the signal (counted in the above too)."""
+    burst_acked: int = 0
     writes_unsent: int = 0
     """Writes due while no node was up to take them."""
     faults: Counter[str] = field(default_factory=Counter)
@@ -216,7 +225,9 @@ class Summary:
             + (", CurveZMQ links" if self.curve else ", plaintext links"),
             f"  writes: {self.writes_acked} acknowledged, {self.writes_failed} failed"
             + (f" ({reasons})" if reasons else "")
-            + (f", {self.writes_unsent} not sent (no node up)" if self.writes_unsent else ""),
+            + (f", {self.writes_unsent} not sent (no node up)" if self.writes_unsent else "")
+            + f"; {self.burst_writes} sent to a victim just before its kill or term, {self.burst_acked} of those"
+            " acknowledged",
             f"  faults: {sum(self.faults.values())} ({kinds})"
             + (f", {self.faults_skipped} skipped" if self.faults_skipped else ""),
             f"  {converged}",
@@ -312,6 +323,11 @@ class Campaign:
         # Two streams, so that the writes drawn do not depend on how many faults were planned.
         self.faults = plan_faults(random.Random(rng.getrandbits(64)), seconds, nodes, (nodes - 1) // 2)
         self.write_rng = random.Random(rng.getrandbits(64))
+        burst_rng = random.Random(rng.getrandbits(64))
+        self.bursts = [
+            (burst_rng.randint(*BURST_WRITES), burst_rng.uniform(*BURST_LEAD_S)) for _fault in self.faults
+        ]
+        """(writes, lead) of the burst before each fault of the plan (used by kills and terms)."""
         self.faulty_max = (nodes - 1) // 2
         self.summary = Summary(seed, seconds, nodes, datacenters, rss_limit_mb, curve=curve, work_dir=root)
         ports = pick_free_ports(2 * nodes)
@@ -540,6 +556,8 @@ class Campaign:
             return
         if response.status_code == 200:
             self.summary.writes_acked += 1
+            if write.doc.startswith(BURST_DOC_PREFIX):
+                self.summary.burst_acked += 1
             if write.unique:
                 self.acked.append(write)
             return
@@ -611,7 +629,22 @@ class Campaign:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.heal.wait(), seconds)
 
-    async def run_fault(self, fault: Fault) -> None:
+    async def burst(self, daemon: Daemon, fault_index: int) -> list[asyncio.Task[None]]:
+        """Send the burst planned for this fault to its victim; return once its lead has passed, with
+        the requests still in flight."""
+        count, lead_s = self.bursts[fault_index]
+        doc = f"{BURST_DOC_PREFIX}{fault_index // LOG_KEYS_PER_DOC}"
+        self.log_docs.add(doc)
+        writes = [
+            Write(i, doc, f"{daemon.name}-f{fault_index}-{i}", {"fault": fault_index, "i": i}, unique=True)
+            for i in range(count)
+        ]
+        self.summary.burst_writes += count
+        tasks = [asyncio.create_task(self.send(daemon, write)) for write in writes]
+        await asyncio.sleep(lead_s)
+        return tasks
+
+    async def run_fault(self, fault: Fault, fault_index: int) -> None:
         daemon = self.daemons[fault.node]
         for _ in range(int(FAULT_SLOT_WAIT_S / POLL_S) + 1):
             if self.heal.is_set():
@@ -636,6 +669,7 @@ class Campaign:
                     self.signal_daemon(daemon, signal.SIGCONT, "running")
                     self.say(f"SIGCONT {daemon.name} (pid {pid})")
                 return
+            in_flight = await self.burst(daemon, fault_index)
             if fault.kind == "kill":
                 self.signal_daemon(daemon, signal.SIGKILL, "killed")
                 assert daemon.process is not None
@@ -663,6 +697,8 @@ class Campaign:
                     f"SIGTERM {daemon.name} (pid {pid}): exited with status {code} after "
                     f"{time.monotonic() - sent:.1f} s; restart in {fault.duration_s:.1f} s"
                 )
+            # Answered or failed by now (the process is gone): their answers count before the restart.
+            await asyncio.wait(in_flight, timeout=REQUEST_TIMEOUT_S)
             await self.wait_for_heal(fault.duration_s)
             self.spawn(daemon)
             restarted = time.monotonic()
@@ -677,13 +713,13 @@ class Campaign:
     async def fault_schedule(self, started: float) -> None:
         tasks: list[asyncio.Task[None]] = []
         try:
-            for fault in self.faults:
+            for fault_index, fault in enumerate(self.faults):
                 await self.wait_for_heal(max(0.0, started + fault.at_s - time.monotonic()))
                 if self.heal.is_set():
                     break
                 _raise_failure(task for task in tasks if task.done())
                 tasks = [task for task in tasks if not task.done()]
-                tasks.append(asyncio.create_task(self.run_fault(fault)))
+                tasks.append(asyncio.create_task(self.run_fault(fault, fault_index)))
             await self.heal.wait()
             # Each fault ends itself at once when the heal starts: resumes or restarts its node.
             if tasks:

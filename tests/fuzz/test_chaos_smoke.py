@@ -26,4 +26,5 @@ def test_real_daemons_keep_every_acknowledged_write_through_kills_pauses_and_res
     missing = [kind for kind in chaos.FAULT_KINDS if summary.faults[kind] == 0]
     assert not missing, f"no {', '.join(missing)} fault happened:\n{summary}"
     assert summary.writes_acked > 0, summary
+    assert summary.burst_writes > 0, f"no write was in flight at a kill or term:\n{summary}"
     assert summary.converged_after_s is not None, summary
