@@ -32,7 +32,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from typing import Any
 import httpx
 
 from crdtsync.daemon.demo import log_tail, pick_free_ports
-from crdtsync.daemon.processes import ignore_signals, launch, terminate
+from crdtsync.daemon.processes import LocalDaemon, curve_args, ignore_signals, launch, terminate
 from crdtsync.transport.curve import write_key_file
 
 FAST_REPLICATION: dict[str, int] = {
@@ -132,16 +131,10 @@ class Write:
     unique: bool
 
 
-@dataclass
-class Daemon:
-    name: str
+@dataclass(kw_only=True)
+class Daemon(LocalDaemon):
     dc: str
-    listen_port: int
-    http_port: int
-    data_dir: str
-    log_path: str
     seeds: list[str]
-    process: subprocess.Popen[bytes] | None = None
     state: str = "new"
     """new, starting, running, stopped (SIGSTOP), killed (SIGKILL), terminating (SIGTERM sent), down
     (exited after SIGTERM), crashed (exited on its own), ended (stopped at the end)."""
@@ -151,18 +144,6 @@ class Daemon:
     """Faults and crashes so far: a write answered other than 200 is a finding only if this did not change."""
     starts: int = 0
     rss_mb_max: float = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def listen(self) -> str:
-        return f"tcp://127.0.0.1:{self.listen_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
 
     @property
     def available(self) -> bool:
@@ -381,39 +362,15 @@ class Campaign:
     def key_file(self, daemon: Daemon) -> str:
         return os.path.join(self.root, f"{daemon.name}.key")
 
-    def security_args(self, daemon: Daemon) -> list[str]:
-        if not self.public_keys:
-            return ["--plaintext"]
-        # Every member's key, as a real deployment lists them: gossip spreads addresses, not keys.
-        peer_keys = ", ".join(
-            f'"{other.listen}" = "{self.public_keys[other.name]}"'
-            for other in self.daemons
-            if other is not daemon
-        )
-        return [
-            "--set",
-            'security.mode="curve"',
-            "--set",
-            f'security.key_file="{self.key_file(daemon)}"',
-            "--set",
-            f"security.peer_keys={{{peer_keys}}}",
-        ]
-
     def serve_args(self, daemon: Daemon) -> list[str]:
-        args = ["serve", "--node-id", daemon.name, "--dc", daemon.dc, "--listen", daemon.listen]
-        for seed in daemon.seeds:
-            args += ["--peer", seed]
-        args += [
-            "--http",
-            f"127.0.0.1:{daemon.http_port}",
-            "--data-dir",
-            daemon.data_dir,
-            *self.security_args(daemon),
-            "--log-format",
-            "kv",
-            "--log-level",
-            "info",
-        ]
+        if self.public_keys:
+            peer_keys = {
+                other.listen: self.public_keys[other.name] for other in self.daemons if other is not daemon
+            }
+            security = curve_args(self.key_file(daemon), peer_keys)
+        else:
+            security = ["--plaintext"]
+        args = daemon.serve_args(daemon.dc, daemon.seeds, [*security, "--log-level", "info"])
         for section, settings in (("replication", FAST_REPLICATION), ("membership", FAST_MEMBERSHIP)):
             for key, value in settings.items():
                 args += ["--set", f"{section}.{key}={value}"]

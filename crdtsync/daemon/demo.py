@@ -24,7 +24,6 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from typing import Any
 import httpx
 
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
-from crdtsync.daemon.processes import ignore_signals, launch, terminate
+from crdtsync.daemon.processes import LocalDaemon, curve_args, ignore_signals, launch, terminate
 from crdtsync.transport.curve import read_key_file, write_key_file
 
 NODE_NAMES = ("a", "b", "c")
@@ -91,15 +90,9 @@ class Ack:
     """The doc's state vector the node answered with (base64url)."""
 
 
-@dataclass
-class Daemon:
-    name: str
-    listen_port: int
-    http_port: int
-    data_dir: str
-    log_path: str
+@dataclass(kw_only=True)
+class Daemon(LocalDaemon):
     peers: list[str]
-    process: subprocess.Popen[bytes] | None = None
     state: str = "new"
     """new, starting, running, killed, exited (unexpectedly), stopped."""
     incarnation: int = 0
@@ -111,18 +104,6 @@ class Daemon:
     acks: list[Ack] = field(default_factory=list)
     failures: list[Write] = field(default_factory=list)
     """Writes sent but not acknowledged (connection errors, timeouts, HTTP errors)."""
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def listen(self) -> str:
-        return f"tcp://127.0.0.1:{self.listen_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
 
 
 def next_write(daemon: Daemon, rng: random.Random) -> Write:
@@ -293,38 +274,14 @@ class Cluster:
         self.addresses = addresses
 
     def serve_args(self, daemon: Daemon) -> list[str]:
-        args = [
-            "serve",
-            "--node-id",
-            daemon.name,
-            "--dc",
-            DATACENTERS[daemon.name],
-            "--listen",
-            daemon.listen,
-        ]
-        for peer in daemon.peers:
-            args += ["--peer", peer]
-        args += [
-            "--http",
-            f"127.0.0.1:{daemon.http_port}",
-            "--data-dir",
-            daemon.data_dir,
-            "--log-format",
-            "kv",
-            "--set",
-            'security.mode="curve"',
-            "--set",
-            f'security.key_file="{self.key_files[daemon.name]}"',
-            "--set",
-            "security.peer_keys={"
-            + ", ".join(
-                f'"{address}" = "{self.public_keys[other]}"'
-                for other, address in self.addresses.items()
-                if other != daemon.name
-            )
-            + "}",
-        ]
-        return args
+        peer_keys = {
+            address: self.public_keys[other]
+            for other, address in self.addresses.items()
+            if other != daemon.name
+        }
+        return daemon.serve_args(
+            DATACENTERS[daemon.name], daemon.peers, curve_args(self.key_files[daemon.name], peer_keys)
+        )
 
     def spawn(self, daemon: Daemon) -> None:
         daemon.incarnation += 1

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 # A tiny launcher: on Linux it asks the kernel to send the daemon SIGTERM if its parent dies (even
 # by SIGKILL), then execs `python -m crdtsync ...` in the same process (same pid).
@@ -19,6 +20,52 @@ _LAUNCHER = (
     "if os.getppid() != int(sys.argv[1]): sys.exit(1)  # the parent is already gone\n"
     "os.execv(sys.executable, [sys.executable, '-m', 'crdtsync', *sys.argv[2:]])\n"
 )
+
+
+@dataclass(kw_only=True)
+class LocalDaemon:
+    """A daemon on 127.0.0.1: its ports, files and current process (None before the first start)."""
+
+    name: str
+    listen_port: int
+    http_port: int
+    data_dir: str
+    log_path: str
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def listen(self) -> str:
+        return f"tcp://127.0.0.1:{self.listen_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def serve_args(self, dc: str, peers: Sequence[str], extra: Sequence[str]) -> list[str]:
+        """`crdtsync serve` arguments for this daemon (key=value logs), then `extra`."""
+        args = ["serve", "--node-id", self.name, "--dc", dc, "--listen", self.listen]
+        for peer in peers:
+            args += ["--peer", peer]
+        args += ["--http", f"127.0.0.1:{self.http_port}", "--data-dir", self.data_dir, "--log-format", "kv"]
+        return [*args, *extra]
+
+
+def curve_args(key_file: str, peer_keys: dict[str, str]) -> list[str]:
+    """`--set` arguments for CurveZMQ links: this node's key file and every peer's public key by
+    address (gossip spreads addresses, not keys, so a deployment lists every member)."""
+    keys = ", ".join(f'"{address}" = "{key}"' for address, key in peer_keys.items())
+    return [
+        "--set",
+        'security.mode="curve"',
+        "--set",
+        f'security.key_file="{key_file}"',
+        "--set",
+        f"security.peer_keys={{{keys}}}",
+    ]
 
 
 def launch(args: Sequence[str], log_path: str, note: str) -> subprocess.Popen[bytes]:
