@@ -13,7 +13,6 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,6 @@ pytestmark = pytest.mark.integration
 
 PROCESS_TIMEOUT_S = 30.0
 SUBCOMMANDS = ["serve", "demo", "status", "docs", "get", "put", "del", "watch", "backup", "restore"]
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPool]:
-    daemons = DaemonPool(tmp_path_factory.mktemp("cli-daemons"))
-    try:
-        yield daemons
-    finally:
-        daemons.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -66,15 +65,6 @@ def error_code(response: httpx.Response) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPool]:
-    daemons = DaemonPool(tmp_path_factory.mktemp("daemons"))
-    try:
-        yield daemons
-    finally:
-        daemons.close()
 
 
 @pytest.fixture(scope="module")

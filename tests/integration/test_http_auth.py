@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +47,6 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
     return cert, key
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPool]:
-    daemons = DaemonPool(tmp_path_factory.mktemp("auth-daemons"))
-    try:
-        yield daemons
-    finally:
-        daemons.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -143,15 +142,6 @@ def metric_samples(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonPool]:
-    daemons = DaemonPool(tmp_path_factory.mktemp("membership"))
-    try:
-        yield daemons
-    finally:
-        daemons.close()
 
 
 @pytest.fixture(scope="module")
