@@ -334,5 +334,17 @@ def _child(argv: list[str]) -> None:
         atheris.Fuzz()
 
 
+def rss_mb_of(pid: int) -> float | None:
+    """VmRSS of a process in MB; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 if __name__ == "__main__":
     _child(sys.argv[1:])

@@ -45,6 +45,7 @@ import httpx
 from crdtsync.daemon.demo import log_tail, pick_free_ports
 from crdtsync.daemon.processes import LocalDaemon, curve_args, ignore_signals, launch, terminate
 from crdtsync.transport.curve import write_key_file
+from fuzz._runner import rss_mb_of
 
 FAST_REPLICATION: dict[str, int] = {
     "hello_interval_ms": 100,
@@ -268,18 +269,6 @@ def seed_indexes(nodes: int, datacenters: int) -> list[int]:
     if datacenters < 2:
         return [0, 1]
     return [0, next(i for i in range(nodes) if datacenter_of(i, nodes, datacenters) == 1)]
-
-
-def rss_mb_of(pid: int) -> float | None:
-    """VmRSS of a process in MB; None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- campaign

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import socket
 import sys
@@ -31,6 +32,7 @@ from pycrdt import Map
 from crdtsync import Node, NodeConfig, ReplicaConfig
 from crdtsync.core import wire
 from crdtsync.transport.zmq_transport import TOPIC
+from fuzz._runner import rss_mb_of
 from fuzz.wire_decoder import repair_checksum, seed_frames
 
 FAST = ReplicaConfig(hello_interval_ms=100.0, tick_interval_ms=20.0, ae_interval_ms=500.0)
@@ -75,11 +77,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
+    return rss_mb_of(os.getpid()) or 0.0
 
 
 async def attack(
