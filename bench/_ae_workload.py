@@ -9,12 +9,15 @@ seeded RNG, so every system replays exactly the same changes.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pycrdt import Doc, Map
 
 from bench._common import KEYS
+from crdtsync.store import DocRecord, StoreDescription, StoreError
 
 INIT_CLIENT_ID = 1
 """The Yjs client id that authored every doc's initial content."""
@@ -87,13 +90,28 @@ class PreloadedStore:
 
     def __init__(self, docs: int) -> None:
         self._docs = docs
+        self._epoch = 0
+
+    def new_epoch(self) -> int:
+        self._epoch = max(time.time_ns() // 1_000_000, self._epoch + 1)
+        return self._epoch
+
+    def docs(self) -> Iterator[DocRecord]:
+        for index in range(self._docs):
+            yield DocRecord(doc_id(index), None, None)
+
+    def load_doc(self, doc_id: str) -> bytes | None:
+        index = int(doc_id.removeprefix("d")) if doc_id.startswith("d") and doc_id[1:].isdigit() else -1
+        return init_update(index) if 0 <= index < self._docs else None
 
     def append(self, group: Any) -> None:
         return None
 
-    def load(self) -> Iterator[tuple[str, bytes]]:
-        for index in range(self._docs):
-            yield doc_id(index), init_update(index)
+    def backup(self, target: str | Path) -> None:
+        raise StoreError(f"cannot back up to {target}: the benchmark's store keeps nothing")
+
+    def describe(self) -> StoreDescription:
+        return StoreDescription(name="memory", durable=False, lazy_loading=False)
 
     def close(self) -> None:
         return None

@@ -6,14 +6,14 @@ The public API is what this module exports; everything else is internal and may 
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import DcStatus, MemberStatus, PeerStatus, ReplicaConfig
 from crdtsync.node import Node, NodeConfig, NodeStatus
-from crdtsync.store import MemoryStore, Store
-from crdtsync.store.sqlite import StoreError
+from crdtsync.store import DocRecord, MemoryStore, Store, StoreDescription, StoreError, StoreStats
 from crdtsync.transport.curve import CurveConfig, CurveKeyError
 
 __all__ = [
     "CurveConfig",
     "CurveKeyError",
     "DcStatus",
+    "DocRecord",
     "MemberStatus",
     "MembershipConfig",
     "MemoryStore",
@@ -23,6 +23,8 @@ __all__ = [
     "PeerStatus",
     "ReplicaConfig",
     "Store",
+    "StoreDescription",
     "StoreError",
+    "StoreStats",
 ]
 __version__ = "0.1.0"

@@ -19,8 +19,9 @@ from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import DcStatus, MemberStatus, PeerStatus, Replica, ReplicaConfig
 from crdtsync.core.wire import DC_BYTES_MAX, NODE_ID_BYTES_MAX
 from crdtsync.store import MemoryStore, Store
-from crdtsync.store.sqlite import Durability, SqliteStore, StoreError, read_backup
-from crdtsync.store.writer import StoreWriter
+from crdtsync.store.base import Durability, StoreDescription, StoreError
+from crdtsync.store.sqlite import SqliteStore, read_backup
+from crdtsync.store.writer import StoreStats, StoreWriter
 from crdtsync.transport.curve import CurveConfig, CurveKeys
 from crdtsync.transport.zmq_transport import ZmqTransport, parse_endpoint
 
@@ -109,6 +110,7 @@ class Node:
         self._given_store = store
         self._store: Store | None = None
         self._writer: StoreWriter | None = None
+        self._store_description: StoreDescription | None = None
         self._store_errors = 0
         self._timer_wake = asyncio.Event()
         self._timer_planned_ms = 0.0
@@ -139,34 +141,38 @@ class Node:
             raise RuntimeError("node already started")
         self._loop = asyncio.get_running_loop()
         store = self._open_store()
-        # A durable store hands out strictly increasing epochs; a memory store starts from zero each
-        # time, so the wall clock is the best order it has.
-        epoch = store.epoch if isinstance(store, SqliteStore) else time.time_ns() // 1_000_000
         try:
+            # Strictly increasing per store: a counter kept on disk, or the wall clock for a store
+            # that starts from nothing in every process (the memory store).
+            epoch = store.new_epoch()
+            description = store.describe()
             curve = CurveKeys.load(self.config.curve) if self.config.curve is not None else None
             transport = ZmqTransport(self.config.listen, self.config.publish, curve)
         except BaseException:
             store.close()
             raise
         try:
-            replica = self._new_replica(transport, epoch, store)
+            replica = self._new_replica(transport, epoch, lazy_loading=description.lazy_loading)
         except BaseException:
             transport.close()
             store.close()
             raise
         self._store = store
-        self._writer = StoreWriter(store, self._loop, inline=not isinstance(store, SqliteStore))
+        self._store_description = description
+        self._writer = StoreWriter(store, self._loop, inline=not description.durable)
         self._transport = transport
         self._replica = replica
-        if isinstance(store, SqliteStore):
+        if description.lazy_loading:
             # Docs load on first use; the tree comes from the digests stored with them.
             replica.register_docs((record.doc_id, record.state, record.digest) for record in store.docs())
             # The index of every stored doc lives as long as the node: keep it out of the cyclic
             # GC's full collections (measured: 356 ms pauses with a million docs indexed).
             gc.freeze()
         else:
-            for doc_id, update in store.load():
-                replica.load_update(doc_id, update)
+            for record in list(store.docs()):
+                update = store.load_doc(record.doc_id)
+                if update is not None:
+                    replica.load_update(record.doc_id, update)
         now = _now_ms()
         for peer in self.config.peers:
             replica.add_peer(peer, now)
@@ -190,7 +196,7 @@ class Node:
             )
         return MemoryStore()
 
-    def _new_replica(self, transport: ZmqTransport, epoch: int, store: Store) -> Replica:
+    def _new_replica(self, transport: ZmqTransport, epoch: int, *, lazy_loading: bool) -> Replica:
         # A fresh client id per start: an id reused after a restart could collide with updates
         # the previous incarnation sent but never stored.
         return Replica(
@@ -201,7 +207,7 @@ class Node:
             publish_endpoint=transport.publish_endpoint,
             config=self.config.replication,
             # Evicting docs needs somewhere to reload them from: only a store on disk is worth it.
-            doc_loader=self._load_doc if isinstance(store, SqliteStore) else None,
+            doc_loader=self._load_doc if lazy_loading else None,
             dc=self.config.dc,
             membership=self.config.membership,
         )
@@ -280,9 +286,10 @@ class Node:
         """Write a consistent copy of the node's store to the new file `path` while writes go on.
         Needs a `data_dir`."""
         store, writer = self._store, self._writer
-        if not isinstance(store, SqliteStore) or writer is None:
-            raise RuntimeError("backup needs a node with a data_dir (the memory store has nothing on disk)")
+        if store is None or writer is None:
+            raise RuntimeError("the node is not started: use `async with Node(config) as node`")
         self._pump(force=True)
+        # A store that cannot make backups (the memory store) raises StoreError, a RuntimeError.
         await writer.run(lambda: store.backup(path))
 
     async def restore(self, path: str) -> int:
@@ -306,11 +313,12 @@ class Node:
             counters["curve_refused"] = self._transport.curve_refused
             counters["curve_no_key"] = self._transport.curve_no_key
         if self._writer is not None:
+            stats = self.store_stats()
             counters["docs_loaded"] = replica.loaded_docs()
             counters["docs_loaded_bytes"] = replica.loaded_bytes()
-            counters["store_commits"] = self._writer.commits
-            counters["store_commit_failures"] = self._writer.commit_failures
-            counters["store_load_errors"] = self._store_errors
+            counters["store_commits"] = stats.commits
+            counters["store_commit_failures"] = stats.commit_failures
+            counters["store_load_errors"] = stats.load_errors
         return NodeStatus(
             node_id=snapshot.node_id,
             epoch=snapshot.epoch,
@@ -325,9 +333,27 @@ class Node:
             relay=snapshot.relay,
             members=snapshot.members,
             datacenters=snapshot.datacenters,
-            store=f"sqlite:{self._store.path}" if isinstance(self._store, SqliteStore) else "memory",
-            durability=self.config.durability if isinstance(self._store, SqliteStore) else "none",
+            store=self._store_description.name if self._store_description is not None else "memory",
+            durability=self.config.durability if self._durable() else "none",
         )
+
+    def store_stats(self) -> StoreStats:
+        """The node's store (what `describe()` says of it) and what its writer did so far."""
+        writer, description = self._writer, self._store_description
+        if writer is None or description is None:
+            raise RuntimeError("the node is not started: use `async with Node(config) as node`")
+        return StoreStats(
+            store=description,
+            commits=writer.commits,
+            commit_failures=writer.commit_failures,
+            commit_latency_counts=None if writer.inline else tuple(writer.commit_latency_counts),
+            commit_latency_sum_ms=writer.commit_latency_sum_ms,
+            pending_effects=writer.pending_effects,
+            load_errors=self._store_errors,
+        )
+
+    def _durable(self) -> bool:
+        return self._store_description is not None and self._store_description.durable
 
     # ------------------------------------------------------------------ internals
 
@@ -395,12 +421,3 @@ class Node:
                 self._pump()
             except Exception:  # a bug in a timer must not stop replication for good
                 log.exception("timer tick failed")
-
-
-def commit_latency(node: Node) -> tuple[list[int], float] | None:
-    """The store's commit latency histogram (counts per `COMMIT_LATENCY_BUCKETS_MS` bucket, the last
-    one unbounded) and the sum in ms; None for a node whose store commits inline."""
-    writer = node._writer
-    if writer is None or writer.inline:
-        return None
-    return list(writer.commit_latency_ms), writer.commit_latency_sum_ms

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from crdtsync.node import Node, NodeStatus, commit_latency
+from crdtsync.node import Node, NodeStatus
 from crdtsync.store.writer import COMMIT_LATENCY_BUCKETS_MS
 
 PREFIX = "crdtsync"
@@ -215,9 +215,10 @@ class NodeCollector(Collector):
         yield from (peer_up, lag_updates, lag_seconds, peer_lag, ae_bytes, divergence)
         yield from self._membership(status)
 
-        latency = commit_latency(self.node)
-        if latency is not None:
-            buckets, total_ms = latency
+        stats = self.node.store_stats()
+        buckets = stats.commit_latency_counts
+        if buckets is not None:
+            total_ms = stats.commit_latency_sum_ms
             cumulative = 0.0
             points: list[tuple[str, float]] = []
             for bound, count in zip(COMMIT_LATENCY_BUCKETS_MS, buckets, strict=False):

@@ -23,39 +23,27 @@ import os
 import sqlite3
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from crdtsync.core.effects import Persist
 from crdtsync.core.state import merge_all
 from crdtsync.core.update_check import UpdateError, check_update
+from crdtsync.store.base import DocRecord, Durability, StoreDescription, StoreError
+
+__all__ = [
+    "DB_FILE",
+    "DocRecord",
+    "Durability",
+    "SqliteStore",
+    "StoreError",
+    "read_backup",
+]
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x43535943  # "CSYC": marks the file as a crdtsync store
 DB_FILE = "crdtsync.db"
 LOCK_FILE = "crdtsync.lock"
-
-Durability = Literal["fsync", "process", "none"]
-"""What a completed commit promises:
-
-- `fsync`: the commit is on stable storage (the WAL is fsynced); survives power loss.
-- `process`: the commit is in the operating system; survives the process being killed, not an OS
-  crash or power loss (SQLite `synchronous=NORMAL` in WAL mode).
-- `none`: nothing is waited for; `flush()` returns once updates are queued for the store. A kill
-  may lose the last few groups. For caches that peers can refill.
-"""
-
-
-class StoreError(RuntimeError):
-    """The data directory cannot be used; the message names the file and the problem."""
-
-
-@dataclass(frozen=True, slots=True)
-class DocRecord:
-    doc_id: str
-    state: bytes | None
-    digest: bytes | None
 
 
 class SqliteStore:
@@ -84,6 +72,8 @@ class SqliteStore:
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.node_id = node_id
         self.epoch = self._next_epoch()
+        """The epoch taken when the store opened: the first `new_epoch()` hands it out."""
+        self._epoch_handed_out = False
 
     # ------------------------------------------------------------------ opening
 
@@ -219,6 +209,14 @@ class SqliteStore:
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
         return epoch
 
+    def new_epoch(self) -> int:
+        """The epoch for a start of the node: the one persisted when the store opened, and a newly
+        persisted one for every later start on the same open store."""
+        if self._epoch_handed_out:
+            self.epoch = self._next_epoch()
+        self._epoch_handed_out = True
+        return self.epoch
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
         self._db.execute("BEGIN IMMEDIATE")
@@ -319,6 +317,9 @@ class SqliteStore:
             self._db.backup(destination)
         finally:
             destination.close()
+
+    def describe(self) -> StoreDescription:
+        return StoreDescription(name=f"sqlite:{self.path}", durable=True, lazy_loading=True)
 
     def close(self) -> None:
         self._reader.close()

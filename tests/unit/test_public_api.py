@@ -6,7 +6,16 @@ import dataclasses
 import inspect
 
 import crdtsync
-from crdtsync import Node, NodeConfig, NodeStatus, PeerStatus
+from crdtsync import (
+    MemoryStore,
+    Node,
+    NodeConfig,
+    NodeStatus,
+    PeerStatus,
+    Store,
+    StoreDescription,
+    StoreStats,
+)
 
 
 def test_exports_are_pinned() -> None:
@@ -14,6 +23,7 @@ def test_exports_are_pinned() -> None:
         "CurveConfig",
         "CurveKeyError",
         "DcStatus",
+        "DocRecord",
         "MemberStatus",
         "MembershipConfig",
         "MemoryStore",
@@ -23,7 +33,9 @@ def test_exports_are_pinned() -> None:
         "PeerStatus",
         "ReplicaConfig",
         "Store",
+        "StoreDescription",
         "StoreError",
+        "StoreStats",
     ]
     for name in crdtsync.__all__:
         assert getattr(crdtsync, name) is not None, name
@@ -44,12 +56,13 @@ def test_node_methods_are_pinned() -> None:
         "restore",
         "start",
         "status",
+        "store_stats",
     }
     assert list(inspect.signature(Node).parameters) == ["config", "store"]
     assert inspect.signature(Node).parameters["store"].kind is inspect.Parameter.KEYWORD_ONLY
     for name in ("open", "flush", "start", "close", "backup", "restore"):
         assert inspect.iscoroutinefunction(getattr(Node, name)), name
-    for name in ("status", "doc_ids", "digest", "merkle_root", "release", "has_doc"):
+    for name in ("status", "store_stats", "doc_ids", "digest", "merkle_root", "release", "has_doc"):
         assert not inspect.iscoroutinefunction(getattr(Node, name)), name
     assert list(inspect.signature(Node.open).parameters) == ["self", "doc_id"]
     assert list(inspect.signature(Node.flush).parameters) == ["self"]
@@ -101,4 +114,21 @@ def test_config_and_status_fields_are_pinned() -> None:
         "ae_divergence",
         "ae_in_progress",
         "subscribed",
+    ]
+
+
+def test_store_contract_and_stats_are_pinned() -> None:
+    contract = {name for name in vars(Store) if not name.startswith("_")}
+    assert contract == {"new_epoch", "docs", "load_doc", "append", "backup", "describe", "close"}
+    for name in contract:
+        assert callable(getattr(MemoryStore, name)), name
+    assert [f.name for f in dataclasses.fields(StoreDescription)] == ["name", "durable", "lazy_loading"]
+    assert [f.name for f in dataclasses.fields(StoreStats)] == [
+        "store",
+        "commits",
+        "commit_failures",
+        "commit_latency_counts",
+        "commit_latency_sum_ms",
+        "pending_effects",
+        "load_errors",
     ]
