@@ -42,9 +42,7 @@ from typing import Any
 
 import httpx
 
-from crdtsync.daemon.demo import log_tail, pick_free_ports
-from crdtsync.daemon.processes import LocalDaemon, curve_args, ignore_signals, launch, terminate
-from crdtsync.transport.curve import write_key_file
+from crdtsync.testing.cluster import LocalCluster, LocalDaemon, ignore_signals, log_tail, plan_daemons
 from fuzz._runner import rss_mb_of
 
 FAST_REPLICATION: dict[str, int] = {
@@ -134,8 +132,6 @@ class Write:
 
 @dataclass(kw_only=True)
 class Daemon(LocalDaemon):
-    dc: str
-    seeds: list[str]
     state: str = "new"
     """new, starting, running, stopped (SIGSTOP), killed (SIGKILL), terminating (SIGTERM sent), down
     (exited after SIGTERM), crashed (exited on its own), ended (stopped at the end)."""
@@ -143,7 +139,6 @@ class Daemon(LocalDaemon):
     """A fault holds it: from the signal until it answers /health again."""
     disturbed: int = 0
     """Faults and crashes so far: a write answered other than 200 is a finding only if this did not change."""
-    starts: int = 0
     rss_mb_max: float = 0.0
 
     @property
@@ -300,25 +295,23 @@ class Campaign:
         """(writes, lead) of the burst before each fault of the plan (used by kills and terms)."""
         self.faulty_max = (nodes - 1) // 2
         self.summary = Summary(seed, seconds, nodes, datacenters, rss_limit_mb, curve=curve, work_dir=root)
-        ports = pick_free_ports(2 * nodes)
-        seeds = [f"tcp://127.0.0.1:{ports[index]}" for index in seed_indexes(nodes, datacenters)]
-        self.daemons = [
-            Daemon(
-                name=f"n{index}",
-                dc=f"dc{datacenter_of(index, nodes, datacenters)}",
-                listen_port=ports[index],
-                http_port=ports[nodes + index],
-                data_dir=os.path.join(root, f"n{index}"),
-                log_path=os.path.join(root, f"n{index}.log"),
-                seeds=[address for address in seeds if address != f"tcp://127.0.0.1:{ports[index]}"],
-            )
-            for index in range(nodes)
-        ]
-        self.public_keys: dict[str, str] = {}
-        """Node name -> CurveZMQ public key, when the links use CurveZMQ (empty: plaintext)."""
-        if curve:
-            for daemon in self.daemons:
-                self.public_keys[daemon.name] = write_key_file(self.key_file(daemon), daemon.name)
+        names = [f"n{index}" for index in range(nodes)]
+        daemons = plan_daemons(
+            Daemon,
+            root,
+            names,
+            dcs={name: f"dc{datacenter_of(index, nodes, datacenters)}" for index, name in enumerate(names)},
+            seeds=[names[index] for index in seed_indexes(nodes, datacenters)],
+        )
+        self.cluster = LocalCluster(
+            root,
+            daemons,
+            curve=curve,
+            extra_args=["--log-level", "info"],
+            settings={"replication": FAST_REPLICATION, "membership": FAST_MEMBERSHIP},
+            note="fuzz.chaos",
+        )
+        self.daemons = daemons
         self.started = time.monotonic()
         self.phase = "starting"
         self.acked: list[Write] = []
@@ -348,27 +341,10 @@ class Campaign:
 
     # ------------------------------------------------------------------ processes (synchronous)
 
-    def key_file(self, daemon: Daemon) -> str:
-        return os.path.join(self.root, f"{daemon.name}.key")
-
-    def serve_args(self, daemon: Daemon) -> list[str]:
-        if self.public_keys:
-            peer_keys = {
-                other.listen: self.public_keys[other.name] for other in self.daemons if other is not daemon
-            }
-            security = curve_args(self.key_file(daemon), peer_keys)
-        else:
-            security = ["--plaintext"]
-        args = daemon.serve_args(daemon.dc, daemon.seeds, [*security, "--log-level", "info"])
-        for section, settings in (("replication", FAST_REPLICATION), ("membership", FAST_MEMBERSHIP)):
-            for key, value in settings.items():
-                args += ["--set", f"{section}.{key}={value}"]
-        return args
-
     def spawn(self, daemon: Daemon) -> None:
-        daemon.starts += 1
-        note = f"fuzz.chaos: start {daemon.starts} of {daemon.name}"
-        daemon.process = launch(self.serve_args(daemon), daemon.log_path, note)
+        daemon.spawn(
+            self.cluster.serve_args(daemon), f"fuzz.chaos: start {daemon.starts + 1} of {daemon.name}"
+        )
         daemon.state = "starting"
 
     def signal_daemon(self, daemon: Daemon, signum: signal.Signals, state: str) -> None:
@@ -399,8 +375,7 @@ class Campaign:
     def stop_all(self) -> None:
         """SIGCONT and SIGTERM every daemon still running, SIGKILL those not gone within STOP_TIMEOUT_S."""
         by_name = {daemon.name: daemon for daemon in self.daemons}
-        processes = [(d.name, d.process) for d in self.daemons if d.process is not None]
-        for name, status in terminate(processes, STOP_TIMEOUT_S):
+        for name, status in self.cluster.stop_all(STOP_TIMEOUT_S):
             daemon = by_name[name]
             if status is None:
                 self.problem(f"{name} did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM at the end")
@@ -427,9 +402,8 @@ class Campaign:
 
     async def healthy(self, daemon: Daemon) -> bool:
         try:
-            response = await self.client.get(daemon.url + "/health", timeout=1.0)
-            return response.status_code == 200 and response.json().get("node_id") == daemon.name
-        except (httpx.HTTPError, ValueError, AttributeError):
+            return daemon.healthy(await self.client.get(daemon.url + "/health", timeout=1.0))
+        except httpx.HTTPError:
             return False
 
     async def wait_healthy(self, daemon: Daemon) -> bool:
@@ -873,7 +847,7 @@ class Campaign:
             self.spawn(daemon)
             self.say(
                 f"  {daemon.name} ({daemon.dc}): pid {daemon.pid}, replication {daemon.listen}, HTTP "
-                f"{daemon.url}, seeds {' '.join(daemon.seeds)}, log {daemon.log_path}"
+                f"{daemon.url}, seeds {' '.join(daemon.peers)}, log {daemon.log_path}"
             )
         monitor = asyncio.create_task(self.monitor())
         try:

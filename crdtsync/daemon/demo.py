@@ -17,25 +17,30 @@ printed, until Ctrl-C or `--seconds`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
 import random
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
-from crdtsync.daemon.processes import LocalDaemon, curve_args, ignore_signals, launch, terminate
-from crdtsync.transport.curve import read_key_file, write_key_file
+from crdtsync.daemon.demo_view import Daemon, DemoView
+from crdtsync.testing.cluster import (
+    AckedWrite,
+    ClusterError,
+    LocalCluster,
+    free_ports,
+    ignore_signals,
+    log_tail,
+    plan_daemons,
+    port_free,
+)
 
 NODE_NAMES = ("a", "b", "c")
 VICTIM = "c"
@@ -60,56 +65,15 @@ WRITE_INTERVAL_S = (0.2, 0.45)
 POLL_INTERVAL_S = 0.25
 RENDER_INTERVAL_S = 1.0
 REQUEST_TIMEOUT_S = 2.0
-LOG_TAIL_LINES = 15
-SILENCE_SHOWN_MS = 2000.0
 
 
 class DemoError(Exception):
     """Ends the demo with this message (and exit status 1)."""
 
 
-# ---------------------------------------------------------------------------------------------- model
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    seq: int
-    """Per node, across restarts: the order the demo sent the node's writes in (one at a time)."""
-    doc: str
-    key: str
-    value: Any
-    owned: bool
-    """Only this node writes this key, so its last acknowledged value must be the value there."""
-    incarnation: int
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    write: Write
-    state_vector: str
-    """The doc's state vector the node answered with (base64url)."""
-
-
-@dataclass(kw_only=True)
-class Daemon(LocalDaemon):
-    peers: list[str]
-    state: str = "new"
-    """new, starting, running, killed, exited (unexpectedly), stopped."""
-    incarnation: int = 0
-    status: dict[str, Any] | None = None
-    acked: int = 0
-    failed: int = 0
-    last_error: str = ""
-    seq: int = 0
-    acks: list[Ack] = field(default_factory=list)
-    failures: list[Write] = field(default_factory=list)
-    """Writes sent but not acknowledged (connection errors, timeouts, HTTP errors)."""
-
-
-def next_write(daemon: Daemon, rng: random.Random) -> Write:
+def next_write(daemon: Daemon, seq: int, rng: random.Random) -> AckedWrite:
     """One application write, the way a control plane would make it."""
-    daemon.seq += 1
-    seq, name, roll = daemon.seq, daemon.name, rng.random()
+    name, roll = daemon.name, rng.random()
     doc: str
     key: str
     value: Any
@@ -140,200 +104,51 @@ def next_write(daemon: Daemon, rng: random.Random) -> Write:
             "by": name,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-    return Write(seq, doc, key, value, owned, daemon.incarnation)
-
-
-def _state_vector(response: httpx.Response) -> str | None:
-    """The `state_vector` of a write's answer; None for an answer that is not one."""
-    try:
-        state_vector = response.json()["state_vector"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return state_vector if isinstance(state_vector, str) else None
-
-
-def _b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return AckedWrite(name, seq, doc, key, value, owned, daemon.starts)
 
 
 # ---------------------------------------------------------------------------------------------- ports
 
 
-def _port_free(port: int) -> bool:
-    """Whether nothing listens on 127.0.0.1:port (SO_REUSEADDR, as the daemons bind: TIME_WAIT is fine)."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
-def pick_free_ports(count: int) -> list[int]:
-    """Distinct free ports on 127.0.0.1 below the kernel's ephemeral range.
-
-    A killed daemon's ports stay free until its restart: ports the kernel hands out itself (outgoing
-    connections, each daemon's PUB socket on port 0) come from the ephemeral range, so a port below
-    it cannot be taken meanwhile. The probes stay bound until all are chosen, so the ports differ.
-    """
-    ephemeral_low = 32768
-    with (
-        contextlib.suppress(OSError, ValueError, IndexError),
-        open("/proc/sys/net/ipv4/ip_local_port_range") as handle,
-    ):
-        ephemeral_low = int(handle.read().split()[0])
-    candidates = list(range(max(1024, ephemeral_low - 10_000), ephemeral_low))
-    random.shuffle(candidates)
-    probes: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        for candidate in candidates:
-            if len(ports) == count:
-                break
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                probe.bind(("127.0.0.1", candidate))
-            except OSError:
-                probe.close()
-                continue
-            probes.append(probe)
-            ports.append(candidate)
-    finally:
-        for probe in probes:
-            probe.close()
-    if len(ports) < count:
-        raise DemoError(f"found only {len(ports)} free ports on 127.0.0.1 below {ephemeral_low}")
+def choose_ports(base_port: int) -> list[int]:
+    """The replication ports of a, b, c then their HTTP ports: base_port .. base_port+5, or free
+    ports for 0."""
+    count = 2 * len(NODE_NAMES)
+    if base_port == 0:
+        try:
+            return free_ports(count)
+        except ClusterError as exc:
+            raise DemoError(str(exc)) from None
+    if not 1 <= base_port <= 65535 - count + 1:
+        raise DemoError(f"--base-port must be in 1..{65535 - count + 1} (it uses {count} ports), or 0")
+    ports = list(range(base_port, base_port + count))
+    roles = [f"replication of {n}" for n in NODE_NAMES] + [f"HTTP of {n}" for n in NODE_NAMES]
+    busy = [f"{port} ({role})" for port, role in zip(ports, roles, strict=True) if not port_free(port)]
+    if busy:
+        raise DemoError(
+            f"port busy on 127.0.0.1: {', '.join(busy)}. The demo uses ports {ports[0]}..{ports[-1]}; "
+            "choose another --base-port, or omit it to use free ports"
+        )
     return ports
 
 
-def choose_ports(base_port: int) -> tuple[list[int], list[int]]:
-    """(replication ports, HTTP ports) of a, b, c: base_port .. base_port+5, or free ports for 0."""
-    count = 2 * len(NODE_NAMES)
-    if base_port == 0:
-        ports = pick_free_ports(count)
-    else:
-        if not 1 <= base_port <= 65535 - count + 1:
-            raise DemoError(f"--base-port must be in 1..{65535 - count + 1} (it uses {count} ports), or 0")
-        ports = list(range(base_port, base_port + count))
-        roles = [f"replication of {n}" for n in NODE_NAMES] + [f"HTTP of {n}" for n in NODE_NAMES]
-        busy = [f"{port} ({role})" for port, role in zip(ports, roles, strict=True) if not _port_free(port)]
-        if busy:
-            raise DemoError(
-                f"port busy on 127.0.0.1: {', '.join(busy)}. The demo uses ports {ports[0]}..{ports[-1]}; "
-                "choose another --base-port, or omit it to use free ports"
-            )
-    return ports[: len(NODE_NAMES)], ports[len(NODE_NAMES) :]
-
-
-# ---------------------------------------------------------------------------------------------- processes
-
-
-def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 16384))
-            text = handle.read().decode(errors="replace")
-    except OSError as exc:
-        return f"    (cannot read {path}: {exc})"
-    tail = text.splitlines()[-lines:]
-    return "\n".join(f"    {line}" for line in tail) if tail else "    (the log is empty)"
-
-
-class Cluster:
-    """The daemon processes. Synchronous, so that stopping them works from any state."""
-
-    def __init__(self, root: str, base_port: int) -> None:
-        self.root = root
-        listen_ports, http_ports = choose_ports(base_port)
-        addresses = {
-            name: f"tcp://127.0.0.1:{port}" for name, port in zip(NODE_NAMES, listen_ports, strict=True)
-        }
-        self.daemons = {
-            name: Daemon(
-                name=name,
-                listen_port=listen_port,
-                http_port=http_port,
-                data_dir=os.path.join(root, name),
-                log_path=os.path.join(root, f"{name}.log"),
-                peers=[address for other, address in addresses.items() if other != name],
-            )
-            for name, listen_port, http_port in zip(NODE_NAMES, listen_ports, http_ports, strict=True)
-        }
-        # The demo's links use CurveZMQ like a real deployment: a key pair per node, and every node
-        # told the public keys of the others.
-        self.key_files = {name: os.path.join(root, f"{name}.key") for name in NODE_NAMES}
-        self.public_keys = {}
-        for name, key_file in self.key_files.items():
-            if not os.path.exists(key_file):
-                write_key_file(key_file, name)
-            self.public_keys[name] = read_key_file(key_file)[0].decode()
-        self.addresses = addresses
-
-    def serve_args(self, daemon: Daemon) -> list[str]:
-        peer_keys = {
-            address: self.public_keys[other]
-            for other, address in self.addresses.items()
-            if other != daemon.name
-        }
-        return daemon.serve_args(
-            DATACENTERS[daemon.name], daemon.peers, curve_args(self.key_files[daemon.name], peer_keys)
-        )
-
-    def spawn(self, daemon: Daemon) -> None:
-        daemon.incarnation += 1
-        daemon.process = launch(
-            self.serve_args(daemon),
-            daemon.log_path,
-            f"crdtsync demo: starting {daemon.name}, incarnation {daemon.incarnation}",
-        )
-        daemon.state = "starting"
-        daemon.status = None
-
-    def kill9(self, daemon: Daemon) -> None:
-        process = daemon.process
-        if process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-        daemon.state = "killed"
-        daemon.status = None
-
-    def stop_all(self, timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
-        """SIGTERM every daemon still running, SIGKILL those not gone after `timeout_s`. Returns notes."""
-        notes: list[str] = []
-        processes = [(d.name, d.process) for d in self.daemons.values() if d.process is not None]
-        for name, status in terminate(processes, timeout_s):
-            if status is None:
-                notes.append(f"{name} did not stop within {timeout_s:.0f} s of SIGTERM: killed")
-            elif status != 0:
-                notes.append(f"{name} exited with status {status}")
-            self.daemons[name].state = "stopped"
-        return notes
+def make_cluster(root: str, base_port: int) -> LocalCluster[Daemon]:
+    """a, b, c under `root`; their links use CurveZMQ like a real deployment: a key pair per node,
+    and every node told the public keys of the others."""
+    daemons = plan_daemons(Daemon, root, NODE_NAMES, ports=choose_ports(base_port), dcs=DATACENTERS)
+    return LocalCluster(root, daemons, curve=True, note="crdtsync demo")
 
 
 # ---------------------------------------------------------------------------------------------- demo
 
 
-class Demo:
-    def __init__(self, cluster: Cluster, seconds: float | None, work_dir: str | None) -> None:
+class Demo(DemoView):
+    def __init__(self, cluster: LocalCluster[Daemon], seconds: float | None, work_dir: str | None) -> None:
+        super().__init__(cluster.daemons, seconds)
         self.cluster = cluster
-        self.daemons = cluster.daemons
-        self.seconds = seconds
         self.work_dir = work_dir
-        self.started = time.monotonic()
-        self.tty = sys.stdout.isatty()
-        self.drawn_lines = 0
-        self.phase = "starting"
-        self.idle = False
-        self.verdict: tuple[bool, str] = (False, "no status yet")
         self.verdict_at = 0.0
         """When the poll that gave `verdict` started (monotonic)."""
-        self.last_render = 0.0
-        self.last_idle_line = ""
         self.checks_ok = True
         self.catch_up_s: float | None = None
         self.interrupted: int | None = None
@@ -341,125 +156,15 @@ class Demo:
         self.tasks: list[asyncio.Task[None]] = []
         self.client = httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S, trust_env=False)
 
-    # ------------------------------------------------------------------ output
+    def spawn(self, daemon: Daemon) -> None:
+        self.cluster.start(daemon.name)
+        daemon.state = "starting"
+        daemon.status = None
 
-    def now(self) -> float:
-        return time.monotonic() - self.started
-
-    def _clear(self) -> None:
-        if self.tty and self.drawn_lines:
-            sys.stdout.write(f"\033[{self.drawn_lines}F\033[J")
-        self.drawn_lines = 0
-
-    def event(self, text: str) -> None:
-        self._clear()
-        print(f"[{self.now():5.1f} s] {text}", flush=True)
-
-    def say(self, text: str = "") -> None:
-        self._clear()
-        print(text, flush=True)
-
-    def _peers_text(self, daemon: Daemon, separator: str) -> str:
-        if daemon.status is None:
-            return ""
-        names = {d.listen: d.name for d in self.daemons.values()}
-        parts = []
-        for peer in sorted(daemon.status["peers"], key=lambda p: str(p["node_id"] or p["address"])):
-            name = peer["node_id"] or names.get(peer["address"], peer["address"])
-            text = f"{name}:{peer['state']}"
-            heard = peer["last_heard_ago_ms"]
-            if heard is not None and heard >= SILENCE_SHOWN_MS:
-                text += f"({heard / 1000:.0f}s)"
-            parts.append(text)
-        return separator.join(parts)
-
-    @staticmethod
-    def _dc_text(daemon: Daemon) -> str:
-        """The node's datacenter, starred while it is that datacenter's relay."""
-        relay = daemon.status is not None and daemon.state == "running" and daemon.status.get("relay")
-        return DATACENTERS[daemon.name] + ("*" if relay else "")
-
-    @staticmethod
-    def _numbers(daemon: Daemon) -> dict[str, Any]:
-        status = daemon.status
-        assert status is not None
-        counters = status["counters"]
-        return {
-            "docs": status["docs"],
-            "published": status["published_updates"],
-            "applied": counters.get("deltas_applied", 0) + counters.get("sync_updates_applied", 0),
-            "behind": max((peer["behind_updates"] for peer in status["peers"]), default=0),
-            "root": status["merkle_root"][:8],
-        }
-
-    def table(self) -> list[str]:
-        """The live view; fits in 80 columns while every peer is heard."""
-        converged, why = self.verdict
-        label = "CONVERGED" if converged else "CATCHING UP"
-        until = "Ctrl-C" if self.seconds is None else f"{self.seconds:.0f} s"
-        lines = [
-            f"crdtsync demo {self.now():5.1f} s (until {until}): {self.phase}",
-            f"cluster: {label} ({why})",
-            f"{'node':<4}{'dc':<5}{'pid':>7} {'state':<8}{'docs':>5}{'acked':>6}{'err':>4}{'pub':>6}{'applied':>8}"
-            f"{'behind':>7}  {'root':<8}  peers",
-        ]
-        for daemon in self.daemons.values():
-            running = daemon.state in ("starting", "running")
-            pid = str(daemon.pid) if daemon.pid is not None and running else "-"
-            head = f"{daemon.name:<4}{self._dc_text(daemon):<5}{pid:>7} {daemon.state:<8}"
-            if daemon.status is None or daemon.state != "running":
-                lines.append(f"{head}{'':>5}{daemon.acked:>6}{daemon.failed:>4}")
-                continue
-            n = self._numbers(daemon)
-            lines.append(
-                f"{head}{n['docs']:>5}{daemon.acked:>6}{daemon.failed:>4}{n['published']:>6}{n['applied']:>8}"
-                f"{n['behind']:>7}  {n['root']:<8}  {self._peers_text(daemon, ' ')}"
-            )
-        lines += [
-            "acked/err: the demo's writes to the node; pub: updates it published this epoch",
-            "applied: updates from peers; behind: lag; peers: state (silent for N s); dc: * relay",
-        ]
-        return lines
-
-    def render(self) -> None:
-        self.last_render = time.monotonic()
-        if self.idle:
-            self._render_idle()
-            return
-        if self.tty:
-            self._clear()
-            lines = self.table()
-            sys.stdout.write("\n".join(_fit(line) for line in lines) + "\n")
-            sys.stdout.flush()
-            self.drawn_lines = len(lines)
-            return
-        converged = self.verdict[0]
-        parts = []
-        for daemon in self.daemons.values():
-            if daemon.status is None or daemon.state != "running":
-                parts.append(f"{daemon.name}: {daemon.state}")
-                continue
-            n = self._numbers(daemon)
-            parts.append(
-                f"{daemon.name}: dc={self._dc_text(daemon)} docs={n['docs']} acked={daemon.acked} pub={n['published']} "
-                f"applied={n['applied']} behind={n['behind']} root={n['root']} "
-                f"peers={self._peers_text(daemon, ',')}"
-            )
-        label = "converged" if converged else "catching up"
-        print(f"[{self.now():5.1f} s] {self.phase}: {label} | " + " | ".join(parts), flush=True)
-
-    def _render_idle(self) -> None:
-        converged, why = self.verdict
-        states = " ".join(f"{d.name}:{d.state}" for d in self.daemons.values())
-        line = f"cluster {'CONVERGED' if converged else 'CATCHING UP'} ({why}); {states}"
-        if self.tty:
-            self._clear()
-            sys.stdout.write(_fit(f"[{self.now():5.1f} s] {line}   (Ctrl-C stops the daemons)") + "\n")
-            sys.stdout.flush()
-            self.drawn_lines = 1
-        elif line != self.last_idle_line:  # a file or a pipe: only changes
-            print(f"[{self.now():5.1f} s] {line}", flush=True)
-        self.last_idle_line = line
+    def kill9(self, daemon: Daemon) -> None:
+        self.cluster.kill(daemon.name)
+        daemon.state = "killed"
+        daemon.status = None
 
     # ------------------------------------------------------------------ polling
 
@@ -526,120 +231,74 @@ class Demo:
             await asyncio.sleep(0.05)
         return False
 
-    # ------------------------------------------------------------------ daemons
-
-    async def wait_healthy(self, daemons: Sequence[Daemon]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        waiting = list(daemons)
-        while waiting:
-            for daemon in list(waiting):
-                process = daemon.process
-                assert process is not None
-                if process.poll() is not None:
-                    daemon.state = "exited"
-                    raise DemoError(
-                        f"daemon {daemon.name} failed to start (exit status {process.returncode}); "
-                        f"the end of {daemon.log_path}:\n{log_tail(daemon.log_path)}"
-                    )
-                with contextlib.suppress(httpx.HTTPError, ValueError):
-                    response = await self.client.get(f"{daemon.url}/health", timeout=0.5)
-                    if response.status_code == 200 and response.json().get("node_id") == daemon.name:
-                        daemon.state = "running"
-                        waiting.remove(daemon)
-            if waiting and time.monotonic() > deadline:
-                names = ", ".join(d.name for d in waiting)
-                tails = "\n".join(f"  {d.log_path}:\n{log_tail(d.log_path)}" for d in waiting)
-                raise DemoError(f"{names} did not answer /health within {START_TIMEOUT_S:.0f} s\n{tails}")
-            if waiting:
-                await asyncio.sleep(0.1)
-
     async def writer(self, daemon: Daemon) -> None:
         rng = random.Random(f"{daemon.name}-{os.getpid()}")
+        acks = self.cluster.acks
         while True:
             await self.write_enabled[daemon.name].wait()
-            write = next_write(daemon, rng)
+            write = next_write(daemon, acks.next_seq(daemon.name), rng)
             try:
                 response = await self.client.put(
                     f"{daemon.url}/v1/docs/{write.doc}/keys/{write.key}", json=write.value
                 )
             except httpx.HTTPError as exc:
+                acks.record(write, None)
                 daemon.failed += 1
-                daemon.failures.append(write)
                 daemon.last_error = f"{type(exc).__name__}: {exc}"
             else:
-                state_vector = _state_vector(response) if response.status_code == 200 else None
-                if state_vector is not None:
+                if acks.record(write, response):
                     daemon.acked += 1
-                    daemon.acks.append(Ack(write, state_vector))
                 else:
                     daemon.failed += 1
-                    daemon.failures.append(write)
                     daemon.last_error = f"HTTP {response.status_code}: {response.text[:200]}"
             await asyncio.sleep(rng.uniform(*WRITE_INTERVAL_S))
 
     async def verify_acknowledged(self, daemon: Daemon, incarnation: int) -> bool:
         """Every write `daemon` acknowledged in `incarnation` is on it now: by value for the keys only it
         writes, by presence for the shared keys, and by state vector for every doc it wrote."""
-        acks = [ack for ack in daemon.acks if ack.write.incarnation == incarnation]
-        last: dict[tuple[str, str], Ack] = {}
-        last_per_doc: dict[str, Ack] = {}
-        for ack in acks:
-            last[(ack.write.doc, ack.write.key)] = ack
-            last_per_doc[ack.write.doc] = ack
-        problems: list[str] = []
-
-        async def check_key(ack: Ack) -> None:
-            write = ack.write
-            try:
-                response = await self.client.get(f"{daemon.url}/v1/docs/{write.doc}/keys/{write.key}")
-            except httpx.HTTPError as exc:
-                problems.append(f"{write.doc} {write.key}: {exc}")
-                return
-            if response.status_code != 200:
-                problems.append(f"{write.doc} {write.key}: HTTP {response.status_code} {response.text[:120]}")
-                return
-            if not write.owned:
-                return  # a peer may have written a newer value since: presence is what counts
-            # A write sent after it but never acknowledged (in flight at the kill) may have landed too.
-            allowed = [write.value] + [
-                f.value
-                for f in daemon.failures
-                if (f.doc, f.key) == (write.doc, write.key) and f.seq > write.seq
-            ]
-            value = response.json()["value"]
-            if value not in allowed:
-                problems.append(f"{write.doc} {write.key}: {value!r}, acknowledged {write.value!r}")
-
-        async def check_doc(doc: str, ack: Ack) -> None:
-            try:
-                response = await self.client.get(f"{daemon.url}/v1/docs/{doc}")
-                have = decode_state_vector(_b64url_decode(response.json()["state_vector"]))
-                need = decode_state_vector(_b64url_decode(ack.state_vector))
-            except (httpx.HTTPError, ValueError, KeyError, StateDecodeError) as exc:
-                problems.append(f"{doc}: cannot compare state vectors: {exc}")
-                return
-            if not covers(have, need):
-                problems.append(f"{doc}: the state vector does not cover the last acknowledged write")
-
-        await asyncio.gather(
-            *(check_key(ack) for ack in last.values()),
-            *(check_doc(doc, ack) for doc, ack in last_per_doc.items()),
-        )
-        owned = sum(1 for ack in last.values() if ack.write.owned)
+        acks = self.cluster.acks.selected(daemon.name, incarnation)
+        problems, owned = await self.cluster.acks.verify(self.client, daemon.url, acks)
+        keys = len({(ack.write.doc, ack.write.key) for ack in acks})
+        docs = len({ack.write.doc for ack in acks})
         if problems:
             self.event(
                 f"LOST WRITES on {daemon.name}: {len(problems)} of the checks failed:\n"
                 + "\n".join(f"    {p}" for p in problems[:20])
             )
             return False
-        in_flight = sum(1 for f in daemon.failures if f.incarnation == incarnation)
+        failures = self.cluster.acks.failures
+        in_flight = sum(1 for f in failures if f.node == daemon.name and f.incarnation == incarnation)
         self.event(
             f"{daemon.name} kept every write it acknowledged before the kill: {len(acks)} writes, "
-            f"checked on {daemon.name} right after its restart ({owned} keys by value, {len(last) - owned} "
-            f"shared keys present, state vectors of {len(last_per_doc)} docs cover the acknowledgements)"
+            f"checked on {daemon.name} right after its restart ({owned} keys by value, {keys - owned} "
+            f"shared keys present, state vectors of {docs} docs cover the acknowledgements)"
             + (f"; {in_flight} write(s) in flight at the kill were not acknowledged" if in_flight else "")
         )
         return True
+
+    async def verify_everywhere(self) -> bool:
+        """After convergence: every acknowledged write of every node is on every node."""
+        problems: list[str] = []
+        for daemon in self.daemons.values():
+            found, _owned = await self.cluster.acks.verify(self.client, daemon.url, self.cluster.acks.acks)
+            problems += [f"{daemon.name}: {problem}" for problem in found]
+        if problems:
+            self.event(
+                f"LOST WRITES after convergence: {len(problems)} of the checks failed:\n"
+                + "\n".join(f"    {p}" for p in problems[:20])
+            )
+        return not problems
+
+    async def wait_healthy(self, daemons: Sequence[Daemon]) -> None:
+        try:
+            await self.cluster.wait_healthy_async(self.client, daemons, START_TIMEOUT_S)
+        except ClusterError as exc:
+            for daemon in daemons:
+                if not daemon.running:
+                    daemon.state = "exited"
+            raise DemoError(str(exc)) from None
+        for daemon in daemons:
+            daemon.state = "running"
 
     # ------------------------------------------------------------------ the run
 
@@ -700,7 +359,7 @@ class Demo:
         where = self.work_dir or f"{self.cluster.root} (temporary, removed at exit)"
         self.event(f"starting daemons a, b, c: data and logs in {where}")
         for daemon in self.daemons.values():
-            self.cluster.spawn(daemon)
+            self.spawn(daemon)
             self.say(
                 f"         {daemon.name}: pid {daemon.pid}, replication {daemon.listen}, HTTP {daemon.url}, "
                 f"log {daemon.log_path}"
@@ -738,6 +397,8 @@ class Demo:
         self.phase = "settling"
         self.event(f"stopped writing; waiting up to {SETTLE_TIMEOUT_S:.0f} s for equal merkle roots")
         converged = await self.wait_converged(SETTLE_TIMEOUT_S, stopped_writing)
+        if converged and not await self.verify_everywhere():
+            self.checks_ok = False
         self.phase = "settled" if converged else "NOT settled"
         self.render()
         self.drawn_lines = 0  # keep the final table on screen
@@ -758,8 +419,8 @@ class Demo:
         await self.sleep_until(writes_started, kill_at)
         self.wait_not_exited(victim)
         pid = victim.pid
-        incarnation = victim.incarnation
-        self.cluster.kill9(victim)
+        incarnation = victim.starts
+        self.kill9(victim)
         self.write_enabled[VICTIM].clear()
         others = [n for n in NODE_NAMES if n != VICTIM]
         self.phase = f"{VICTIM} killed, writing to {' and '.join(others)}"
@@ -769,7 +430,7 @@ class Demo:
         )
         self.render()
         await self.sleep_until(writes_started, restart_at)
-        self.cluster.spawn(victim)
+        self.spawn(victim)
         restarted = time.monotonic()
         self.phase = f"{VICTIM} restarting"
         self.event(f"restart {VICTIM} (pid {victim.pid}) on the same data dir {victim.data_dir}")
@@ -799,29 +460,6 @@ class Demo:
         if daemon.state != "running":
             raise DemoError(f"{daemon.name} is {daemon.state}, not running: see {daemon.log_path}")
 
-    def print_help(self) -> None:
-        cli = _cli_command()
-        a, b, c = (self.daemons[name] for name in NODE_NAMES)
-        lines = ["", "The daemons keep running:"]
-        for daemon in self.daemons.values():
-            lines.append(
-                f"  {daemon.name}: HTTP API {daemon.url}   metrics {daemon.url}/metrics   log {daemon.log_path}"
-            )
-        lines += [
-            "",
-            "Try, in another terminal:",
-            f"  {cli} status --url {a.url}",
-            f"  {cli} docs --url {b.url}",
-            f"  {cli} get --url {b.url} models/registry",
-            f"  {cli} watch --url {c.url} flags/features",
-            f"  {cli} put --url {a.url} flags/features new-router '{{\"enabled\": true}}'",
-            f"  curl -s {a.url}/metrics | grep ^crdtsync_peer",
-            "",
-            "Ctrl-C stops the daemons"
-            + (f" (or they stop {self.seconds:.0f} s after the start)." if self.seconds is not None else "."),
-        ]
-        self.say("\n".join(lines))
-
     async def _idle(self) -> int:
         self.idle = True
         self.phase = "idle"
@@ -841,23 +479,16 @@ class Demo:
         return 0 if converged and self.checks_ok else 1
 
 
-def _fit(line: str) -> str:
-    """Cut a line that is redrawn in place to the terminal's width: a wrapped line would take two rows
-    and break the redraw."""
-    width = shutil.get_terminal_size().columns
-    return line if len(line) < width else line[: max(1, width - 2)] + "~"
-
-
-def _cli_command() -> str:
-    """How to call the `crdtsync` command of this installation from the current directory."""
-    script = os.path.join(os.path.dirname(sys.executable), "crdtsync")
-    on_path = shutil.which("crdtsync")
-    if on_path is not None and os.path.realpath(on_path) == os.path.realpath(script):
-        return "crdtsync"
-    if os.path.exists(script):
-        relative = os.path.relpath(script)
-        return relative if not relative.startswith("..") else script
-    return f"{sys.executable} -m crdtsync"
+def stop_notes(cluster: LocalCluster[Daemon], timeout_s: float = STOP_TIMEOUT_S) -> list[str]:
+    """SIGTERM every daemon still running, SIGKILL those not gone after `timeout_s`. Returns notes."""
+    notes: list[str] = []
+    for name, status in cluster.stop_all(timeout_s):
+        if status is None:
+            notes.append(f"{name} did not stop within {timeout_s:.0f} s of SIGTERM: killed")
+        elif status != 0:
+            notes.append(f"{name} exited with status {status}")
+        cluster.daemons[name].state = "stopped"
+    return notes
 
 
 def run_demo(work_dir: str | None, base_port: int, seconds: float | None) -> int:
@@ -874,10 +505,10 @@ def run_demo(work_dir: str | None, base_port: int, seconds: float | None) -> int
             return 1
     else:
         root = tempfile.mkdtemp(prefix="crdtsync-demo-")
-    cluster: Cluster | None = None
+    cluster: LocalCluster[Daemon] | None = None
     status = 1
     try:
-        cluster = Cluster(root, base_port)
+        cluster = make_cluster(root, base_port)
         demo = Demo(cluster, seconds, work_dir)
         status = asyncio.run(demo.run())
     except DemoError as exc:
@@ -898,7 +529,7 @@ def run_demo(work_dir: str | None, base_port: int, seconds: float | None) -> int
                         f"{STOP_TIMEOUT_S:.0f} s)",
                         flush=True,
                     )
-                for note in cluster.stop_all():
+                for note in stop_notes(cluster):
                     print(f"  {note}", file=sys.stderr, flush=True)
             if work_dir is None:
                 shutil.rmtree(root, ignore_errors=True)
