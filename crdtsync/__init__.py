@@ -3,8 +3,9 @@
 The public API is what this module exports; everything else is internal and may change.
 """
 
+from crdtsync.core.config import ReplicaConfig
 from crdtsync.core.membership import MembershipConfig
-from crdtsync.core.replica import DcStatus, MemberStatus, PeerStatus, ReplicaConfig
+from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
 from crdtsync.node import Node, NodeConfig, NodeStatus
 from crdtsync.store import DocRecord, MemoryStore, Store, StoreDescription, StoreError, StoreStats
 from crdtsync.transport.curve import CurveConfig, CurveKeyError

@@ -16,7 +16,8 @@ from pycrdt import Doc
 
 from crdtsync.core.effects import Effect, Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import MembershipConfig
-from crdtsync.core.replica import DcStatus, MemberStatus, PeerStatus, Replica, ReplicaConfig
+from crdtsync.core.replica import Replica, ReplicaConfig
+from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
 from crdtsync.core.wire import DC_BYTES_MAX, NODE_ID_BYTES_MAX
 from crdtsync.store import MemoryStore, Store
 from crdtsync.store.base import Durability, StoreDescription, StoreError
@@ -325,8 +326,8 @@ class Node:
             listen=snapshot.address,
             publish_endpoint=replica.publish_endpoint,
             docs=snapshot.docs,
-            published_updates=snapshot.last_seq,
-            pending_updates=snapshot.pending_deltas,
+            published_updates=snapshot.published_updates,
+            pending_updates=snapshot.pending_updates,
             peers=snapshot.peers,
             counters=counters,
             dc=snapshot.dc,

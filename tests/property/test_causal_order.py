@@ -168,7 +168,7 @@ def _check_converged(generated: Generated, frames: list[tuple[bytes, int]], orde
 
     replica = _deliver(generated, frames, order)
     status = replica.status(0.0)
-    assert status.pending_deltas == 0, "deltas stuck in the causal buffer"
+    assert status.pending_updates == 0, "deltas stuck in the causal buffer"
     duplicate_deltas = sum(frames[i][1] for i in order) - sum(count for _, count in frames)
     assert replica.counters.get("deltas_applied", 0) == len(generated.deltas)
     assert replica.counters.get("deltas_duplicate", 0) == duplicate_deltas

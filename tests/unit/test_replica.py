@@ -313,7 +313,7 @@ def test_dropped_deltas_frame_is_retransmitted_from_the_ring(detected_by: str) -
         "only a's round at first contact (the lower node id starts it): the ring served the gap"
     )
     _assert_converged([a, b], ["doc"])
-    assert b.status(mesh.now_ms).pending_deltas == 0
+    assert b.status(mesh.now_ms).pending_updates == 0
     assert [p.behind_updates for p in b.status(mesh.now_ms).peers] == [0]
 
 
@@ -337,7 +337,7 @@ def test_gap_older_than_the_ring_is_answered_gone_and_repaired_by_anti_entropy()
     assert _count(b, "ae_docs_repaired") >= 1
     _assert_converged([a, b], ["doc"])
     assert str(b.open_doc("doc").get("text", type=Text)) == "lost one two three"
-    assert b.status(mesh.now_ms).pending_deltas == 0
+    assert b.status(mesh.now_ms).pending_updates == 0
 
 
 def test_delta_whose_dependency_never_arrives_is_pulled_after_causal_wait() -> None:
@@ -350,16 +350,16 @@ def test_delta_whose_dependency_never_arrives_is_pulled_after_causal_wait() -> N
     mesh.pump()
     b.open_doc("doc").get("text", type=Text).insert(0, "from b")
     mesh.pump()
-    assert c.status(mesh.now_ms).pending_deltas == 1
+    assert c.status(mesh.now_ms).pending_updates == 1
     assert not c.open_doc("doc").get("text", type=Text).to_py()
 
     wait_ms = c.config.causal_wait_ms
     mesh.advance(wait_ms - 10.0, step_ms=10.0)
     assert _count(c, "causal_pulls") == 0
-    assert c.status(mesh.now_ms).pending_deltas == 1
+    assert c.status(mesh.now_ms).pending_updates == 1
     mesh.advance(20.0, step_ms=10.0)
     assert _count(c, "causal_pulls") == 1
-    assert c.status(mesh.now_ms).pending_deltas == 0
+    assert c.status(mesh.now_ms).pending_updates == 0
     _assert_converged([a, b, c], ["doc"])
     assert _json(c.open_doc("doc")) == ({"from_a": 1.0}, "from b")
 
@@ -417,7 +417,7 @@ def test_delta_with_an_undecodable_state_vector_is_counted_and_ignored() -> None
     bad = wire.Deltas("mallory", 1, 1, (wire.Delta("doc", b"\x05\x01", b"\x01\x01\x01", b"\x00\x00"),))
     a.receive(wire.encode(bad), mesh.now_ms)
     assert _count(a, "wire_errors_bad_state") == 1
-    assert a.status(mesh.now_ms).pending_deltas == 0
+    assert a.status(mesh.now_ms).pending_updates == 0
 
 
 def test_delta_with_a_garbage_update_is_rejected_without_crashing() -> None:
@@ -488,13 +488,13 @@ def test_restarted_publisher_frames_reordered_before_its_hello_are_repaired_by_a
     b.receive(frames[1], mesh.now_ms)
     b.receive(frames[0], mesh.now_ms)
     assert _count(b, "deltas_duplicate") == 1
-    assert b.status(mesh.now_ms).pending_deltas == 1
+    assert b.status(mesh.now_ms).pending_updates == 1
     # b's hello to the new incarnation starts an anti-entropy round, which brings what the stream skipped.
     mesh.pump()
     assert _count(b, "ae_rounds_started") == 1, "b meets the new incarnation: it starts the round at once"
     _assert_converged([restarted, b], ["doc"])
     assert str(b.open_doc("doc").get("text", type=Text)) == "one two"
-    assert b.status(mesh.now_ms).pending_deltas == 0
+    assert b.status(mesh.now_ms).pending_updates == 0
 
 
 def test_late_joiner_receives_every_existing_doc() -> None:
@@ -531,8 +531,8 @@ def test_status_reports_peers_behind_updates_and_docs() -> None:
     status = b.status(mesh.now_ms + 25.0)
     assert status.node_id == "b" and status.epoch == b.epoch and status.address == b.address
     assert status.docs == 2
-    assert status.pending_deltas == 1, "seq 4 waits for 2 and 3"
-    assert status.last_seq == 0
+    assert status.pending_updates == 1, "seq 4 waits for 2 and 3"
+    assert status.published_updates == 0
     (peer,) = status.peers
     assert (peer.address, peer.node_id, peer.state, peer.epoch) == (a.address, "a", "up", a.epoch)
     assert peer.behind_updates == 2
@@ -542,13 +542,13 @@ def test_status_reports_peers_behind_updates_and_docs() -> None:
     assert peer.ae_divergence is None
     (a_view,) = a.status(mesh.now_ms).peers
     assert a_view.ae_rounds == 1 and a_view.ae_divergence == 0
-    assert a.status(mesh.now_ms).last_seq == 4
+    assert a.status(mesh.now_ms).published_updates == 4
 
     mesh.drop = lambda hop: False
     mesh.advance(a.config.retransmit_timeout_ms + 50.0)
     status = b.status(mesh.now_ms)
     assert [p.behind_updates for p in status.peers] == [0]
-    assert status.pending_deltas == 0
+    assert status.pending_updates == 0
     _assert_converged([a, b], ["doc", "other"])
     assert str(b.open_doc("doc").get("text", type=Text)) == "zyx"
 
@@ -569,7 +569,7 @@ def test_batch_with_one_undecodable_state_vector_strands_no_delta_in_the_causal_
     mesh.advance(2 * a.config.causal_wait_ms)
     # Either the whole frame is rejected (nothing buffered) or the valid delta is applied; a delta left
     # in the buffer with no drain and no pull scheduled is neither.
-    assert a.status(mesh.now_ms).pending_deltas == 0
+    assert a.status(mesh.now_ms).pending_updates == 0
 
 
 def test_oversized_local_write_does_not_stop_other_docs_from_replicating() -> None:
@@ -653,11 +653,11 @@ def test_one_sender_cannot_fill_the_causal_buffer_for_everyone() -> None:
         return wire.encode(wire.Deltas(sender, 1, first_seq, deltas))
 
     receiver.receive(orphans("mallory", 1, 50), 0.0)
-    held = receiver.status(0.0).pending_deltas
+    held = receiver.status(0.0).pending_updates
     assert held == 10, "10 deltas of 1,000 bytes fill mallory's 10,000-byte share"
     assert _count(receiver, "deltas_dropped_buffer_full") == 40
     receiver.receive(orphans("alice", 1, 5), 0.0)
-    assert receiver.status(0.0).pending_deltas == held + 5, "alice's deltas still find room"
+    assert receiver.status(0.0).pending_updates == held + 5, "alice's deltas still find room"
 
 
 def test_a_doc_that_keeps_receiving_rejected_updates_is_quarantined_for_senders_with_rejections() -> None:

@@ -1,0 +1,300 @@
+"""Anti-entropy rounds: the guarantee behind the delta stream.
+
+This node runs at most one round at a time as initiator, against one peer: periodically with
+jitter (round robin inside the datacenter every `ae_interval_ms`; a relay also against other
+datacenters every `ae_wan_interval_ms`), at once on (re)contact, and when a retransmit ring no longer
+holds a gap. A round compares Tictac Merkle trees of canonical doc digests top-down (root, branch
+hashes, segment hashes, then the (doc id, digest) entries of differing segments) and exchanges state
+vectors and `get_update(remote_sv)` only for the docs that differ, so its cost follows the
+divergence, not the number of docs. Budgets cap what one round repairs; the rest waits for a
+follow-up round after `ae_followup_delay_ms`, so that the repairs in flight land first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from crdtsync.core import wire
+from crdtsync.core.context import Context
+from crdtsync.core.docs import EMPTY_STATE, DocTable
+from crdtsync.core.links import Links, PeerLink
+from crdtsync.core.sync import StateSync
+
+log = logging.getLogger("crdtsync.replica")
+
+
+@dataclass(slots=True)
+class Round:
+    """The one anti-entropy round this node runs as initiator."""
+
+    address: str
+    round_id: int
+    phase: Literal["branches", "segments", "entries"]
+    deadline_ms: float
+    more: bool = False
+    """Differences were left for a later round (budget or message limits)."""
+    segments_requested: int = 0
+
+
+class AntiEntropy:
+    def __init__(self, ctx: Context, docs: DocTable, links: Links, sync: StateSync) -> None:
+        self._ctx = ctx
+        self._docs = docs
+        self._links = links
+        self._sync = sync
+        self.round: Round | None = None
+        self._round_counter = 0
+        self._wanted: dict[str, None] = {}
+        """Addresses of peers owed a round as soon as none is running (connect, lost gap, leftovers)."""
+        self._turn = 0
+        self._not_before_ms = 0.0
+        self._next_ms = ctx.jittered(ctx.config.ae_interval_ms)
+        self._next_wan_ms = ctx.jittered(ctx.config.ae_wan_interval_ms)
+
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline_ms(self) -> float:
+        config = self._ctx.config
+        deadline = float("inf")
+        if config.ae_interval_ms > 0:
+            deadline = self._next_ms
+        if config.ae_wan_interval_ms > 0 and self._links.is_relay:
+            deadline = min(deadline, self._next_wan_ms)
+        return deadline
+
+    @property
+    def busy(self) -> bool:
+        return self.round is not None or bool(self._wanted)
+
+    def tick(self) -> None:
+        """Time out a silent round, queue the periodic rounds that are due, start one if none runs."""
+        ctx = self._ctx
+        config = ctx.config
+        now_ms = ctx.now_ms
+        if self.round is not None and now_ms >= self.round.deadline_ms:
+            ctx.count("ae_round_timeouts")
+            timed_out = self._links.by_address.get(self.round.address)
+            dc = self._links.dc(timed_out) if timed_out is not None else None
+            if dc is not None:
+                ctx.traffic_with(dc).failures += 1
+            self._wanted[self.round.address] = None
+            self.round = None
+        if config.ae_interval_ms > 0 and now_ms >= self._next_ms:
+            self._next_ms = now_ms + ctx.jittered(config.ae_interval_ms)
+            self._queue_turn(self._links.up(dc="same"))
+        if config.ae_wan_interval_ms > 0 and now_ms >= self._next_wan_ms:
+            self._next_wan_ms = now_ms + ctx.jittered(config.ae_wan_interval_ms)
+            remote = self._links.up(dc="other")
+            if self._links.is_relay:
+                self._queue_turn(remote)
+        self._run_wanted()
+
+    def _queue_turn(self, links: list[PeerLink]) -> None:
+        if links:
+            self._turn += 1
+            self._wanted.setdefault(links[self._turn % len(links)].address, None)
+
+    # ------------------------------------------------------------------ rounds as initiator
+
+    def want_round(self, link: PeerLink) -> None:
+        self._wanted[link.address] = None
+        self._run_wanted()
+
+    def forget(self, address: str) -> None:
+        """The link at `address` is gone: it is owed no round."""
+        self._wanted.pop(address, None)
+
+    def _run_wanted(self) -> None:
+        if self.round is not None or self._ctx.now_ms < self._not_before_ms:
+            return
+        for address in list(self._wanted):
+            link = self._links.by_address.get(address)
+            if link is None:
+                del self._wanted[address]
+            elif link.state == "up":
+                del self._wanted[address]
+                self._start(link)
+                return
+
+    def _start(self, link: PeerLink) -> None:
+        ctx = self._ctx
+        self._round_counter += 1
+        self.round = Round(
+            link.address, self._round_counter, "branches", ctx.now_ms + ctx.config.ae_round_timeout_ms
+        )
+        ctx.count("ae_rounds_started")
+        self._links.send(
+            link.address, wire.TreeRoot(ctx.node_id, self._round_counter, self._docs.merkle_root())
+        )
+
+    def _round_for(self, node_id: str, round_id: int, phase: str) -> tuple[Round, PeerLink] | None:
+        """The running round this answer belongs to, or None (late or foreign answers are counted)."""
+        self._docs.refresh_tree()  # repairs may have landed since the round began
+        current = self.round
+        address = self._links.address_of.get(node_id)
+        if (
+            current is None
+            or address != current.address
+            or current.round_id != round_id
+            or current.phase != phase
+        ):
+            self._ctx.count("ae_answers_stale")
+            return None
+        return current, self._links.by_address[address]
+
+    def _finish(self, current: Round, link: PeerLink, divergence: int) -> None:
+        ctx = self._ctx
+        self.round = None
+        link.ae_rounds += 1
+        link.ae_last_round_ms = ctx.now_ms
+        link.ae_divergence = divergence
+        ctx.count("ae_rounds_completed")
+        if divergence == 0:
+            ctx.count("ae_rounds_in_sync")
+        if current.more:
+            # Not at once: the repairs this round started must land first, or the next round would
+            # find the same differences again.
+            self._wanted[link.address] = None
+            self._not_before_ms = ctx.now_ms + ctx.config.ae_followup_delay_ms
+            log.info(
+                "anti-entropy with %s: %d segments differ, continuing next round", link.node_id, divergence
+            )
+        self._run_wanted()
+
+    def _next_phase(self, current: Round, phase: Literal["segments", "entries"]) -> None:
+        current.phase = phase
+        current.deadline_ms = self._ctx.now_ms + self._ctx.config.ae_round_timeout_ms
+
+    def on_tree_branches(self, message: wire.TreeBranches) -> None:
+        found = self._round_for(message.node_id, message.round_id, "branches")
+        if found is None:
+            return
+        current, link = found
+        tree = self._docs.tree
+        branches = [] if message.equal else tree.differing_branches(list(message.hashes))
+        if not branches:
+            self._finish(current, link, 0)
+            return
+        self._next_phase(current, "segments")
+        request = wire.TreeSegmentsRequest(self._ctx.node_id, current.round_id, tuple(branches))
+        self._links.send(link.address, request)
+
+    def on_tree_segments(self, message: wire.TreeSegments) -> None:
+        found = self._round_for(message.node_id, message.round_id, "segments")
+        if found is None:
+            return
+        current, link = found
+        tree = self._docs.tree
+        per_branch = tree.segments_per_branch
+        differing: list[int] = []
+        for index, branch in enumerate(message.branches):
+            remote = list(message.hashes[index * per_branch : (index + 1) * per_branch])
+            differing.extend(tree.differing_segments(branch, remote))
+        if not differing:
+            self._finish(current, link, 0)
+            return
+        link.ae_divergence = len(differing)
+        limit = self._ctx.config.ae_segments_per_round_max
+        current.more = len(differing) > limit
+        self._next_phase(current, "entries")
+        current.segments_requested = min(limit, len(differing))
+        request = wire.TreeEntriesRequest(self._ctx.node_id, current.round_id, tuple(differing[:limit]))
+        self._links.send(link.address, request)
+
+    def on_tree_entries(self, message: wire.TreeEntries) -> None:
+        found = self._round_for(message.node_id, message.round_id, "entries")
+        if found is None:
+            return
+        current, link = found
+        remote: dict[int, dict[str, bytes]] = {segment: {} for segment in message.segments}
+        for segment, doc_id, remote_digest in message.entries:
+            remote[segment][doc_id] = remote_digest
+        repaired, requests, pushes = self._plan_repairs(current, link, remote)
+        ctx = self._ctx
+        ctx.count("sync_pushes", len(pushes))
+        ctx.count("syncs_requested", len(requests))
+        self._sync.push(link.address, pushes)
+        self._sync.send_entries(
+            link.address,
+            lambda chunk: wire.SyncRequest(ctx.node_id, chunk),
+            requests,
+            [len(state) + len(doc_id) for doc_id, state in requests],
+        )
+        link.ae_docs_repaired += repaired
+        ctx.count("ae_docs_repaired", repaired)
+        if len(message.segments) < current.segments_requested:
+            current.more = True  # the answer was cut to fit a message
+        self._finish(current, link, link.ae_divergence or 0)
+
+    def _plan_repairs(
+        self, current: Round, link: PeerLink, remote: dict[int, dict[str, bytes]]
+    ) -> tuple[int, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """For each differing doc within the round's budgets: a full push of a doc the peer lacks,
+        else a sync request (whose answer carries what we lack; our push-back what the peer lacks)."""
+        config = self._ctx.config
+        docs_budget = config.ae_docs_per_round_max
+        bytes_budget = config.ae_bytes_per_round_max
+        repaired = 0
+        requests: list[tuple[Any, ...]] = []
+        pushes: list[tuple[Any, ...]] = []
+        for segment, theirs in remote.items():
+            ours = dict(self._docs.tree.segment_entries(segment))
+            for doc_id in sorted(ours.keys() | theirs.keys()):
+                if ours.get(doc_id) == theirs.get(doc_id):
+                    continue
+                if repaired >= docs_budget or bytes_budget <= 0:
+                    current.more = True
+                    break
+                repaired += 1
+                entry = self._docs.get(doc_id)
+                if doc_id not in theirs and entry is not None:
+                    update = self._docs.doc(entry).get_update()
+                    bytes_budget -= len(update)
+                    link.ae_bytes_repaired += len(update)
+                    pushes.append((doc_id, update))
+                else:
+                    requests.append((doc_id, entry.state_bytes if entry is not None else EMPTY_STATE))
+        return repaired, requests, pushes
+
+    # ------------------------------------------------------------------ answering a peer's round
+
+    def on_tree_root(self, message: wire.TreeRoot) -> None:
+        ctx = self._ctx
+        root = self._docs.merkle_root()
+        if message.root == root:
+            reply = wire.TreeBranches(ctx.node_id, message.round_id, True, ())
+        else:
+            reply = wire.TreeBranches(
+                ctx.node_id, message.round_id, False, tuple(self._docs.tree.branch_hashes())
+            )
+        self._links.send_to_node(message.node_id, reply)
+
+    def on_tree_segments_request(self, message: wire.TreeSegmentsRequest) -> None:
+        self._docs.refresh_tree()  # repairs may have landed since the round began
+        hashes: list[bytes] = []
+        for branch in message.branches:
+            hashes.extend(self._docs.tree.segment_hashes(branch))
+        self._links.send_to_node(
+            message.node_id,
+            wire.TreeSegments(self._ctx.node_id, message.round_id, message.branches, tuple(hashes)),
+        )
+
+    def on_tree_entries_request(self, message: wire.TreeEntriesRequest) -> None:
+        self._docs.refresh_tree()  # repairs may have landed since the round began
+        answered: list[int] = []
+        entries: list[tuple[int, str, bytes]] = []
+        for segment in message.segments:
+            segment_entries = self._docs.tree.segment_entries(segment)
+            if answered and len(entries) + len(segment_entries) > wire.ENTRIES_PER_MESSAGE_MAX:
+                break
+            answered.append(segment)
+            entries.extend((segment, doc_id, doc_digest) for doc_id, doc_digest in segment_entries)
+        reply = wire.TreeEntries(
+            self._ctx.node_id,
+            message.round_id,
+            tuple(answered),
+            tuple(entries[: wire.ENTRIES_PER_MESSAGE_MAX]),
+        )
+        self._links.send_to_node(message.node_id, reply)

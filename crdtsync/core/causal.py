@@ -1,0 +1,187 @@
+"""The causal buffer: a delta is applied only once the doc's state vector covers its `before_state`.
+
+pycrdt 0.14 can leave a replica stuck with content missing when it is handed an update before the
+updates it depends on (see DESIGN.md), so every remote delta waits here until it is ready; ready
+runs are merged into one apply. A delta that waits longer than `causal_wait_ms` makes the doc be
+pulled (`get_update(local_sv)`) from its publisher, which holds all of its dependencies. The buffer
+is bounded per doc, in total bytes and in bytes per sender; a delta beyond a bound is dropped and
+its doc pulled instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crdtsync.core import wire
+from crdtsync.core.context import Context
+from crdtsync.core.docs import DocEntry, DocTable
+from crdtsync.core.guard import Guard
+from crdtsync.core.links import Links
+from crdtsync.core.state import StateVector, covers, decode_state_vector, merge_all, merge_into
+
+
+@dataclass(frozen=True, slots=True)
+class PendingDelta:
+    delta: wire.Delta
+    before: StateVector
+    after: StateVector
+    publisher: str
+    arrived_ms: float
+
+
+def decode_states(deltas: tuple[wire.Delta, ...]) -> list[tuple[StateVector, StateVector]]:
+    """Decode every delta's before and after state, or raise StateDecodeError for the whole batch
+    before anything about it is recorded."""
+    # A publisher's consecutive deltas of one doc chain: each before_state is the previous
+    # after_state, so remembering the last decoded vector halves the decoding work.
+    decoded: list[tuple[StateVector, StateVector]] = []
+    last_bytes: bytes | None = None
+    last_vector: StateVector = {}
+    for delta in deltas:
+        before = last_vector if delta.before_state == last_bytes else decode_state_vector(delta.before_state)
+        after = decode_state_vector(delta.after_state)
+        last_bytes, last_vector = delta.after_state, after
+        decoded.append((before, after))
+    return decoded
+
+
+class CausalBuffer:
+    def __init__(self, ctx: Context, docs: DocTable, guard: Guard, links: Links) -> None:
+        self._ctx = ctx
+        self._docs = docs
+        self._guard = guard
+        self._links = links
+        self._pending: dict[str, list[PendingDelta]] = {}
+        """Doc id -> its waiting deltas in arrival order. A dict, not a set, everywhere here:
+        iteration order must not depend on string hashing, or simulations would not replay."""
+        self.total = 0
+        self._bytes = 0
+        self._bytes_by: dict[str, int] = {}
+        """Update bytes in the buffer per sender (the publisher, or the relay that forwarded)."""
+
+    def add(self, deltas: list[tuple[wire.Delta, StateVector, StateVector]], publisher: str) -> None:
+        """Buffer deltas received from `publisher` (or the relay that forwarded them), then apply
+        whatever became ready."""
+        config = self._ctx.config
+        touched: dict[str, DocEntry] = {}
+        for delta, before, after in deltas:
+            if len(delta.update) > config.update_bytes_max:
+                self._ctx.count("updates_dropped_too_large")
+                continue
+            if not self._guard.well_formed(delta.doc_id, "delta", delta.update, publisher):
+                continue
+            entry = touched.get(delta.doc_id)
+            if entry is None:
+                try:
+                    entry = self._docs.entry(delta.doc_id, create=True)
+                except (ValueError, RuntimeError) as exc:
+                    self._ctx.count("deltas_dropped_doc")
+                    self._ctx.warn("bad_doc", "dropped a delta for doc %r: %s", delta.doc_id, exc)
+                    continue
+                touched[delta.doc_id] = entry
+            self._hold(entry, PendingDelta(delta, before, after, publisher, self._ctx.now_ms))
+        for doc_id, entry in touched.items():
+            self.drain(doc_id, entry)
+
+    def _hold(self, entry: DocEntry, pending: PendingDelta) -> None:
+        config = self._ctx.config
+        size = len(pending.delta.update)
+        waiting = self._pending.setdefault(entry.doc_id, [])
+        held = self._bytes_by.get(pending.publisher, 0)
+        if (
+            len(waiting) >= config.pending_deltas_per_doc_max
+            or self._bytes + size > config.pending_bytes_max
+            or held + size > config.pending_bytes_per_peer_max
+        ):
+            # Dropping is safe: the pull below fetches everything this delta carried.
+            self._ctx.count("deltas_dropped_buffer_full")
+            if not waiting:
+                del self._pending[entry.doc_id]
+            if self._ctx.now_ms >= entry.next_pull_ms:
+                entry.next_pull_ms = self._ctx.now_ms + config.causal_wait_ms
+                self._pull(pending.publisher, entry)
+            return
+        waiting.append(pending)
+        self.total += 1
+        self._bytes += size
+        self._bytes_by[pending.publisher] = held + size
+
+    def drain(self, doc_id: str, entry: DocEntry) -> None:
+        """Apply every pending delta whose dependencies are covered, merging runs into one apply."""
+        waiting = self._pending.get(doc_id, [])
+        while waiting:
+            virtual = dict(entry.state())
+            ready: list[tuple[bytes, str]] = []
+            still: list[PendingDelta] = []
+            done: list[PendingDelta] = []
+            for pending in waiting:
+                if covers(virtual, pending.after) and pending.after != pending.before:
+                    self._ctx.count("deltas_duplicate_state")
+                    done.append(pending)
+                elif covers(virtual, pending.before):
+                    ready.append((pending.delta.update, pending.publisher))
+                    merge_into(virtual, pending.after)
+                    done.append(pending)
+                else:
+                    still.append(pending)
+            self._release(done)
+            waiting = still
+            if ready:
+                self._apply_run(entry, ready)
+            if not ready or not waiting:
+                break
+        if waiting:
+            self._pending[doc_id] = waiting
+            entry.waiting = True
+        else:
+            self._pending.pop(doc_id, None)
+            entry.waiting = False
+
+    def _release(self, done: list[PendingDelta]) -> None:
+        self.total -= len(done)
+        for pending in done:
+            size = len(pending.delta.update)
+            self._bytes -= size
+            left = self._bytes_by[pending.publisher] - size
+            if left:
+                self._bytes_by[pending.publisher] = left
+            else:
+                del self._bytes_by[pending.publisher]
+
+    def _apply_run(self, entry: DocEntry, ready: list[tuple[bytes, str]]) -> None:
+        """Apply causally ready updates, merged into one apply (several times faster) when they merge."""
+        updates = [update for update, _sender in ready]
+        if len(updates) > 1:
+            try:
+                merged = merge_all(updates)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException:  # one of them is malformed: apply them one by one, each isolated
+                self._ctx.count("merge_failures")
+            else:
+                if self._docs.apply(entry, merged, "delta"):
+                    self._ctx.count("deltas_applied", len(updates))
+                    return
+        for update, sender in ready:
+            if self._docs.apply(entry, update, "delta", sender):
+                self._ctx.count("deltas_applied")
+
+    def _pull(self, node_id: str, entry: DocEntry) -> None:
+        self._ctx.count("syncs_requested")
+        self._links.send_to_node(
+            node_id, wire.SyncRequest(self._ctx.node_id, ((entry.doc_id, entry.state_bytes),))
+        )
+
+    def pull_stale(self) -> None:
+        """Pull every doc whose oldest waiting delta has waited `causal_wait_ms`."""
+        now_ms = self._ctx.now_ms
+        wait_ms = self._ctx.config.causal_wait_ms
+        for doc_id, waiting in list(self._pending.items()):
+            entry = self._docs.get(doc_id)
+            if entry is None or now_ms < entry.next_pull_ms:
+                continue
+            oldest = waiting[0]
+            if now_ms - oldest.arrived_ms >= wait_ms:
+                entry.next_pull_ms = now_ms + wait_ms
+                self._ctx.count("causal_pulls")
+                self._pull(oldest.publisher, entry)

@@ -1,0 +1,65 @@
+"""Limits and timings of the replication protocol: every buffer has a bound here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    """Limits and timings of the replication protocol. Every buffer has a bound here."""
+
+    batch_deltas_max: int = 512
+    batch_bytes_max: int = 256 * 1024
+    linger_ms: float = 0.0
+    """How long a non-full batch may wait for more deltas; 0 sends at the driver's next turn."""
+    ring_deltas_max: int = 65536
+    ring_bytes_max: int = 64 * 1024 * 1024
+    heartbeat_interval_ms: float = 1500.0
+    hello_interval_ms: float = 500.0
+    retransmit_enabled: bool = True
+    """False leaves every lost delta to anti-entropy (used to test that anti-entropy alone converges)."""
+    retransmit_timeout_ms: float = 200.0
+    retransmit_deltas_max: int = 4096
+    out_of_order_seqs_max: int = 8192
+    """Received sequence numbers held above a gap; beyond this the peer is resynchronised instead."""
+    causal_wait_ms: float = 300.0
+    """How long a delta may wait for its dependencies before the doc is pulled from its publisher."""
+    pending_deltas_per_doc_max: int = 4096
+    pending_bytes_max: int = 64 * 1024 * 1024
+    pending_bytes_per_peer_max: int = 16 * 1024 * 1024
+    """Update bytes one sender may hold in the causal buffer: a peer that sends deltas whose
+    dependencies never come cannot take the whole buffer from the honest ones."""
+    ae_interval_ms: float = 5000.0
+    """Mean time between periodic anti-entropy rounds (each against one peer, round robin, jittered
+    by +-25%); 0 disables the periodic rounds (rounds on connect and on lost gaps still run)."""
+    ae_wan_interval_ms: float = 30_000.0
+    """Mean time between periodic rounds a relay runs against a node of another datacenter (also
+    jittered); rounds inside the datacenter follow `ae_interval_ms`. 0 disables them."""
+    ae_round_timeout_ms: float = 1000.0
+    """How long each step of a round may wait for the peer's answer before the round is abandoned
+    and queued again (a peer that restarted may not know this node yet and cannot answer)."""
+    ae_followup_delay_ms: float = 100.0
+    """Pause before a round that continues what a budget-limited round left, so its repairs land."""
+    ae_segments_per_round_max: int = 2048
+    """Differing tree segments whose entries one round fetches; the rest wait for the next round."""
+    ae_docs_per_round_max: int = 2048
+    ae_bytes_per_round_max: int = 4 * 1024 * 1024
+    """Bytes of full-doc pushes one round may send; requests beyond it wait for the next round."""
+    peers_max: int = 256
+    docs_max: int = 10_000_000
+    docs_cached_max: int = 10_000
+    """Loaded docs kept beyond those pinned or waiting on deltas; older ones are evicted (least
+    recently used first) when the replica has a doc loader to bring them back."""
+    docs_cached_bytes_max: int = 256 * 1024 * 1024
+    """The same budget in bytes, estimated from the loaded docs' encoded sizes (a loaded Doc takes
+    a few times its encoded size in memory, plus about 5 KB of fixed cost)."""
+    update_bytes_max: int = 4 * 1024 * 1024
+    tick_interval_ms: float = 50.0
+    peer_frames_per_second_max: float = 20_000.0
+    """Frames accepted per second from one sender (a token bucket holding one second's worth);
+    beyond it frames are dropped and counted, and the protocol repairs what honest peers lose."""
+    quarantine_after_rejects: int = 10
+    """Updates from one sender, or for one doc, that pycrdt rejects within `quarantine_ms` before
+    that sender is ignored, or remote updates for that doc are dropped, for `quarantine_ms`."""
+    quarantine_ms: float = 300_000.0

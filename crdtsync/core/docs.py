@@ -1,0 +1,317 @@
+"""The doc table: every doc this node holds, loaded or not, with its state vector and canonical digest.
+
+Docs load lazily (through the driver's loader) and the least recently used unpinned ones are evicted
+beyond `docs_cached_max` / `docs_cached_bytes_max`; an evicted doc keeps its state vector and digest
+here, so the Merkle tree over all digests never needs a loaded doc. Every transaction on a loaded doc
+passes its observer: the update is recorded for the store, the tree marks the doc dirty, and a local
+(not `REMOTE_ORIGIN`) transaction is handed to `on_local` to be published.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pycrdt import Doc, Subscription, TransactionEvent
+from sortedcontainers import SortedDict
+
+from crdtsync.core import wire
+from crdtsync.core.context import Context
+from crdtsync.core.guard import Guard
+from crdtsync.core.merkle import MerkleTree
+from crdtsync.core.state import StateVector, decode_state_vector, digest
+
+REMOTE_ORIGIN = 0x5EC
+"""Transaction origin of every update applied from a peer; the observer never re-publishes those."""
+
+EMPTY_UPDATE = b"\x00\x00"
+EMPTY_STATE = b"\x00"
+
+DocLoader = Callable[[str], bytes | None]
+LocalWrite = Callable[[str, bytes, bytes, bytes], None]
+"""(doc id, before state, after state, update) of a local transaction."""
+
+
+@dataclass(slots=True)
+class DocEntry:
+    doc_id: str
+    doc: Doc[Any] | None
+    """None while the doc is evicted: its content is in the store, its digest in the tree."""
+    subscription: Subscription | None
+    state_bytes: bytes = EMPTY_STATE
+    """The doc's encoded state vector after its last transaction; decoded only when needed."""
+    decoded: StateVector | None = None
+    digest: bytes | None = None
+    pins: int = 0
+    """Handed to the application by `open_doc(pin=True)`: never evicted while pinned."""
+    waiting: bool = False
+    """Deltas for it wait in the causal buffer: kept loaded until they are applied."""
+    next_pull_ms: float = 0.0
+    """When the causal buffer may pull this doc from a publisher again."""
+    loaded_bytes: int = 0
+    """Estimate of the loaded doc's memory: its content's encoded size plus the updates since."""
+    recorded: bool = False
+    """The store holds this state and digest already: eviction need not write them again."""
+
+    def state(self) -> StateVector:
+        if self.decoded is None:
+            self.decoded = decode_state_vector(self.state_bytes)
+        return self.decoded
+
+
+class DocTable:
+    def __init__(self, ctx: Context, guard: Guard, loader: DocLoader | None, on_local: LocalWrite) -> None:
+        self._ctx = ctx
+        self._guard = guard
+        self._loader = loader
+        self._on_local = on_local
+        self._docs: SortedDict[str, DocEntry] = SortedDict()
+        # Loaded, unpinned docs in least-recently-used order; only kept when docs can be reloaded.
+        self._lru: OrderedDict[str, None] = OrderedDict()
+        self.loaded = 0
+        self.loaded_bytes = 0
+        self.persist: list[tuple[str, bytes]] = []
+        """Updates applied since the last `Persist` effect, local and remote, in order."""
+        self.doc_states: list[tuple[str, bytes, bytes | None]] = []
+        """(doc id, state vector, digest) records due to the store."""
+        self.tree = MerkleTree(wire.TREE_SEGMENTS, wire.TREE_BRANCHES)
+        self._dirty: dict[str, None] = {}
+        """Docs changed since their digest last went into the tree."""
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._docs
+
+    def get(self, doc_id: str) -> DocEntry | None:
+        entry: DocEntry | None = self._docs.get(doc_id)
+        return entry
+
+    def entry(self, doc_id: str, *, create: bool) -> DocEntry:
+        """The doc's entry, loaded; a new, empty one when `create`. Raises KeyError for an unknown
+        doc without `create`, ValueError for a bad doc id and RuntimeError beyond `docs_max`."""
+        entry: DocEntry | None = self._docs.get(doc_id)
+        if entry is not None:
+            self.doc(entry)
+            return entry
+        if not create:
+            raise KeyError(doc_id)
+        if not doc_id or len(doc_id.encode()) > wire.DOC_ID_BYTES_MAX:
+            raise ValueError(f"doc id must be 1..{wire.DOC_ID_BYTES_MAX} bytes")
+        if len(self._docs) >= self._ctx.config.docs_max:
+            raise RuntimeError(f"docs_max ({self._ctx.config.docs_max}) reached")
+        entry = DocEntry(doc_id=doc_id, doc=None, subscription=None)
+        self._docs[doc_id] = entry
+        self._attach(entry, None)
+        return entry
+
+    def doc(self, entry: DocEntry) -> Doc[Any]:
+        """The entry's Doc, loaded from the store if it was evicted; marks it recently used."""
+        if entry.doc is None:
+            content = self._loader(entry.doc_id) if self._loader is not None else None
+            self._attach(entry, content)
+            self._ctx.count("doc_loads")
+        elif entry.doc_id in self._lru:
+            self._lru.move_to_end(entry.doc_id)
+        assert entry.doc is not None
+        return entry.doc
+
+    def pin(self, entry: DocEntry) -> None:
+        entry.pins += 1
+        self._lru.pop(entry.doc_id, None)
+
+    def release(self, doc_id: str) -> None:
+        entry = self._docs.get(doc_id)
+        if entry is not None and entry.pins > 0:
+            entry.pins -= 1
+            if entry.pins == 0 and entry.doc is not None and self._loader is not None:
+                self._lru[doc_id] = None
+
+    def register(self, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
+        """Make stored docs known without loading them: (doc id, recorded state vector, recorded
+        digest). A doc without both (written after they were last recorded, e.g. before a crash) is
+        loaded once to compute them."""
+        if self._docs:
+            raise RuntimeError("register_docs runs once, before any doc is opened")
+        entries: dict[str, DocEntry] = {}
+        unknown: list[DocEntry] = []
+        for doc_id, state, doc_digest in records:
+            entry = DocEntry(doc_id=doc_id, doc=None, subscription=None)
+            entries[doc_id] = entry
+            if state is None or doc_digest is None:
+                unknown.append(entry)
+                continue
+            entry.state_bytes = state
+            entry.digest = doc_digest
+            entry.recorded = True
+            if state != EMPTY_STATE:
+                self.tree.set(doc_id, doc_digest)
+        if len(entries) > self._ctx.config.docs_max:
+            raise RuntimeError(
+                f"the store holds {len(entries)} docs, more than docs_max ({self._ctx.config.docs_max})"
+            )
+        self._docs.update(entries)  # one bulk insert into the sorted index
+        for entry in unknown:
+            self.doc(entry)
+            self._dirty[entry.doc_id] = None
+
+    def checkpoint(self) -> None:
+        """Record the state and digest of every doc changed since it was last recorded."""
+        self.refresh_tree()
+        for entry in self._docs.values():
+            if entry.doc is not None and entry.digest is not None and not entry.recorded:
+                self.doc_states.append((entry.doc_id, entry.state_bytes, entry.digest))
+                entry.recorded = True
+
+    def ids(self, after: str = "", limit: int | None = None, prefix: str = "") -> list[str]:
+        """Doc ids in sorted order: those starting with `prefix`, after `after`, at most `limit`."""
+        keys: Iterator[str]
+        if after and after >= prefix:
+            keys = self._docs.irange(minimum=after, inclusive=(False, False))
+        else:
+            keys = self._docs.irange(minimum=prefix or None, inclusive=(True, False))
+        out: list[str] = []
+        for key in keys:
+            if (limit is not None and len(out) >= limit) or not key.startswith(prefix):
+                break
+            out.append(key)
+        return out
+
+    def digest_of(self, entry: DocEntry) -> bytes:
+        if entry.digest is None:
+            entry.digest = digest(self.doc(entry))
+        return entry.digest
+
+    def load_update(self, doc_id: str, update: bytes) -> None:
+        """Apply a stored, causally complete update: not published, not persisted."""
+        entry = self.entry(doc_id, create=True)
+        already_persisted = len(self.persist)
+        self.apply(entry, update, "load")
+        del self.persist[already_persisted:]
+
+    def close(self) -> None:
+        """Unsubscribe every doc observer (observed docs are never freed otherwise)."""
+        for entry in self._docs.values():
+            if entry.doc is not None and entry.subscription is not None:
+                entry.doc.unobserve(entry.subscription)
+        self._docs.clear()
+        self._lru.clear()
+        self.loaded = 0
+        self.loaded_bytes = 0
+
+    def apply(self, entry: DocEntry, update: bytes, reason: str, sender: str | None = None) -> bool:
+        """Apply an update as a remote transaction; False (counted, logged) when pycrdt refuses it."""
+        # The size cap protects against peers; the node's own store and backups are not capped,
+        # or a doc that grew large could never be loaded again.
+        remote = reason not in ("load", "restore")
+        if remote and len(update) > self._ctx.config.update_bytes_max:
+            self._ctx.count("updates_dropped_too_large")
+            return False
+        doc = self.doc(entry)
+        try:
+            with doc.transaction(origin=REMOTE_ORIGIN):
+                doc.apply_update(update)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # pycrdt raises PanicException, a BaseException, on some bad input
+            self._guard.reject(entry.doc_id, reason, update, exc, sender, remote=remote)
+            return False
+        return True
+
+    def _attach(self, entry: DocEntry, content: bytes | None) -> None:
+        doc: Doc[Any] = Doc(client_id=self._ctx.client_id)
+        entry.doc = doc
+        self.loaded += 1
+        entry.subscription = doc.observe(lambda event: self._on_transaction(entry, event))
+        if content is not None:
+            known = (entry.state_bytes, entry.digest, entry.doc_id in self._dirty, entry.recorded)
+            persisted = len(self.persist)
+            self.apply(entry, content, "load")
+            del self.persist[persisted:]  # it came from the store
+            self.loaded_bytes += len(content) - entry.loaded_bytes
+            entry.loaded_bytes = len(content)
+            if known[1] is not None and entry.state_bytes == known[0]:
+                # Loading changed nothing that was recorded: keep the digest, skip the recompute.
+                entry.digest = known[1]
+                entry.recorded = known[3]
+                if not known[2]:
+                    self._dirty.pop(entry.doc_id, None)
+        if self._loader is not None and entry.pins == 0:
+            self._lru[entry.doc_id] = None
+
+    def evict_if_needed(self) -> None:
+        if self._loader is None:
+            return
+        config = self._ctx.config
+        for _ in range(len(self._lru)):
+            if len(self._lru) <= config.docs_cached_max and self.loaded_bytes <= config.docs_cached_bytes_max:
+                return
+            doc_id, _unused = self._lru.popitem(last=False)
+            entry = self._docs[doc_id]
+            if entry.waiting or entry.pins or entry.doc is None:
+                if entry.waiting and not entry.pins:
+                    self._lru[doc_id] = None  # waits for deltas: keep it loaded, look again later
+                continue
+            self._evict(entry)
+
+    def _evict(self, entry: DocEntry) -> None:
+        doc_id = entry.doc_id
+        if doc_id in self._dirty:
+            self._tree_update(entry)
+            del self._dirty[doc_id]
+        if not entry.recorded:
+            self.doc_states.append((doc_id, entry.state_bytes, entry.digest))
+            entry.recorded = True
+        if entry.subscription is not None and entry.doc is not None:
+            entry.doc.unobserve(entry.subscription)
+        entry.doc = None
+        entry.subscription = None
+        entry.decoded = None
+        self.loaded -= 1
+        self.loaded_bytes -= entry.loaded_bytes
+        entry.loaded_bytes = 0
+        self._ctx.count("docs_evicted")
+
+    def _on_transaction(self, entry: DocEntry, event: TransactionEvent) -> None:
+        # pycrdt's stubs omit these attributes of TransactionEvent; they exist at run time.
+        update: bytes = event.update
+        after: bytes = event.after_state  # type: ignore[attr-defined]
+        if update == EMPTY_UPDATE:
+            return
+        entry.state_bytes = after
+        entry.decoded = None
+        entry.digest = None
+        entry.recorded = False
+        entry.loaded_bytes += len(update)
+        self.loaded_bytes += len(update)
+        self._dirty[entry.doc_id] = None
+        self.persist.append((entry.doc_id, update))
+        if event.transaction.origin() == REMOTE_ORIGIN:  # type: ignore[attr-defined]
+            return
+        self._on_local(entry.doc_id, event.before_state, after, update)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ the Merkle tree
+
+    def refresh_tree(self) -> None:
+        """Bring the tree up to date with the docs changed since the last refresh; O(changed docs)."""
+        for doc_id in self._dirty:
+            entry = self._docs.get(doc_id)
+            if entry is None:
+                self.tree.remove(doc_id)
+            else:
+                self._tree_update(entry)
+        self._dirty.clear()
+
+    def _tree_update(self, entry: DocEntry) -> None:
+        if entry.state_bytes == EMPTY_STATE:
+            self.tree.remove(entry.doc_id)  # empty docs are local until written
+        else:
+            self.tree.set(entry.doc_id, self.digest_of(entry))
+
+    def merkle_root(self) -> bytes:
+        """The root of the Merkle tree over every non-empty doc's canonical digest."""
+        self.refresh_tree()
+        return self.tree.root_bytes()

@@ -1,0 +1,252 @@
+"""The wire side of membership: hellos, gossip, leaves, liveness and the relay topology.
+
+`membership.py` keeps the member table and the failure detector; this part feeds it from frames
+(a hello is a direct record, gossip carries everybody's) and acts on what changes: links go up,
+suspect and down, a member that left loses its link, and every change re-derives the topology
+(links to this datacenter's members and, on a relay, to every other datacenter's; subscriptions as
+`Links.sync_subscription` says). Across the WAN only relays gossip; in a single datacenter periodic
+gossip only repairs a missed change, so it runs `SINGLE_DC_GOSSIP_SLOWDOWN` times rarer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from crdtsync.core import wire
+from crdtsync.core.antientropy import AntiEntropy
+from crdtsync.core.context import Context
+from crdtsync.core.guard import Guard
+from crdtsync.core.inbound import Inbound
+from crdtsync.core.links import Links, PeerLink
+from crdtsync.core.membership import LivenessChange, Membership
+from crdtsync.core.outbound import Outbound
+
+log = logging.getLogger("crdtsync.replica")
+
+SINGLE_DC_GOSSIP_SLOWDOWN = 5.0
+"""How much rarer periodic gossip is while every known member is in this node's datacenter."""
+
+
+class Gossip:
+    def __init__(
+        self,
+        ctx: Context,
+        membership: Membership,
+        guard: Guard,
+        links: Links,
+        outbound: Outbound,
+        inbound: Inbound,
+        antientropy: AntiEntropy,
+    ) -> None:
+        self._ctx = ctx
+        self._membership = membership
+        self._guard = guard
+        self._links = links
+        self._outbound = outbound
+        self._inbound = inbound
+        self._antientropy = antientropy
+        self.next_gossip_ms = ctx.jittered(membership.config.gossip_interval_ms)
+        self._turn = 0
+
+    # ------------------------------------------------------------------ timers
+
+    def evaluate_liveness(self) -> None:
+        if self._ctx.now_ms >= self._membership.next_change_ms():
+            changes = self._membership.evaluate(self._ctx.now_ms)
+            for change in changes:
+                self._on_liveness(change)
+            if changes:
+                self.retopologize()
+
+    def gossip_if_due(self) -> None:
+        ctx = self._ctx
+        if ctx.now_ms < self.next_gossip_ms:
+            return
+        interval = self._membership.config.gossip_interval_ms
+        if not self._membership.spans_datacenters():
+            interval *= SINGLE_DC_GOSSIP_SLOWDOWN
+        self.next_gossip_ms = ctx.now_ms + ctx.jittered(interval)
+        self._membership.beat()
+        # Across the WAN only relays gossip: the rest learn other datacenters through them.
+        up = self._links.up() if self._links.is_relay else self._links.up(dc="same")
+        if up:
+            self._turn += 1
+            self._gossip_to(up[self._turn % len(up)], reply=False)
+
+    # ------------------------------------------------------------------ frames in
+
+    def heard(self, node_id: str) -> None:
+        """Any frame is evidence of life of its sender."""
+        change = self._membership.heard(node_id, self._ctx.now_ms)
+        self._links.heard(node_id)
+        if change is not None:
+            self._on_liveness(change)
+            self.retopologize()
+
+    def on_hello(self, message: wire.Hello | wire.HelloAck) -> None:
+        ctx = self._ctx
+        if not message.address or message.address == ctx.address:
+            return
+        link = self._links.link_for(message.address, configured=False)
+        if link is None:
+            return
+        self._bind(link, message)
+        record = wire.MemberEntry(
+            message.node_id, message.dc, message.address, message.publish_endpoint, message.epoch, 0, False
+        )
+        changed, _alive = self._membership.merge(record, ctx.now_ms, direct=True)
+        if isinstance(message, wire.Hello):
+            # Answer first: the resync below makes the peer reply to us, which it can only do once
+            # our HelloAck has told it who we are.
+            self._links.send(message.address, self._links.hello(wire.HelloAck, self._outbound.last_seq))
+        first_contact = link.epoch is None
+        round_now = False
+        if link.epoch is None or message.epoch > link.epoch:
+            round_now = self._starts_round_with(message.node_id, message.dc, first_contact=first_contact)
+            link.epoch = message.epoch
+            self._inbound.start_track(message.node_id, message.epoch, message.last_seq)
+        if not link.reachable:
+            log.info(
+                "peer %s at %s (dc %s) is up (epoch %d)",
+                message.node_id, message.address, message.dc, message.epoch,
+            )  # fmt: skip
+            ctx.count("peer_up")
+        link.state = "up"
+        if changed:
+            self.retopologize()
+        else:
+            self._links.sync_subscription(link)
+        if first_contact:
+            # A newcomer started from one seed learns the whole cluster from its first contacts.
+            self._gossip_to(link, reply=False)
+        if round_now:
+            self._antientropy.want_round(link)
+
+    def _bind(self, link: PeerLink, message: wire.Hello | wire.HelloAck) -> None:
+        """Make `link` the link of the node that said hello from its address."""
+        links = self._links
+        if link.node_id is not None and link.node_id != message.node_id:
+            # Another node now answers at this address: forget what we knew of the old one.
+            links.address_of.pop(link.node_id, None)
+            self._inbound.tracks.pop(link.node_id, None)
+            link.epoch = None
+        previous = links.address_of.get(message.node_id)
+        if previous is not None and previous != message.address and previous in links.by_address:
+            self._drop(links.by_address[previous])
+        link.node_id = message.node_id
+        links.address_of[message.node_id] = message.address
+        link.last_heard_ms = self._ctx.now_ms
+        link.publish_endpoint = message.publish_endpoint
+
+    def _starts_round_with(self, node_id: str, dc: str, *, first_contact: bool) -> bool:
+        """Whether this node runs the round on (re)contact with `node_id`. Rounds repair both ways,
+        so one per pair is enough: at first contact the lower node id starts it, and a peer seen
+        again with a new epoch (a restart) gets one at once. Across datacenters only relays run
+        rounds (the WAN carries the few, slower ones)."""
+        if dc != self._ctx.dc:
+            if not self._links.is_relay:
+                return False
+            if not first_contact:
+                return True
+            return node_id not in self._membership.relays(dc) or self._ctx.node_id < node_id
+        return not first_contact or self._ctx.node_id < node_id
+
+    def _drop(self, link: PeerLink) -> None:
+        self._antientropy.forget(link.address)
+        self._links.drop(link)
+
+    def _gossip_to(self, link: PeerLink, *, reply: bool) -> None:
+        records = self._membership.records()
+        if len(records) > wire.MEMBERS_PER_MESSAGE_MAX:
+            # Own record first, then a rotating window of the rest: every record gets its turn.
+            rest = records[1:]
+            start = (self._turn * (wire.MEMBERS_PER_MESSAGE_MAX - 1)) % len(rest)
+            window = (rest + rest)[start : start + wire.MEMBERS_PER_MESSAGE_MAX - 1]
+            records = [records[0], *window]
+        self._ctx.count("gossip_sent")
+        self._links.send(link.address, wire.Members(self._ctx.node_id, reply, tuple(records)))
+
+    def on_members(self, message: wire.Members) -> None:
+        ctx = self._ctx
+        membership = self._membership
+        ctx.count("gossip_received")
+        records = list(message.members)
+        changed = False
+        for record in records:
+            if record.node_id != message.node_id and record.address == ctx.address:
+                continue  # nobody else may claim this node's address
+            was_changed, alive = membership.merge(
+                record, ctx.now_ms, direct=record.node_id == message.node_id
+            )
+            changed = changed or was_changed
+            if alive:
+                change = membership.heard(record.node_id, ctx.now_ms)
+                if change is not None:
+                    self._on_liveness(change)
+                    changed = True
+            if was_changed and record.left:
+                self._on_left(record)
+        if changed:
+            self.retopologize()
+        sender_dc = membership.dc_of(message.node_id)
+        if not message.reply and sender_dc is not None and membership.newer_than(records, sender_dc):
+            link = self._links.of_node(message.node_id)
+            if link is not None:
+                self._gossip_to(link, reply=True)
+
+    def _on_left(self, record: wire.MemberEntry) -> None:
+        log.info("member %s (dc %s) left the cluster", record.node_id, record.dc)
+        self._ctx.count("members_left")
+        link = self._links.by_address.get(self._links.address_of.get(record.node_id, record.address))
+        if link is not None and link.node_id == record.node_id:
+            if link.configured:
+                link.state = "down"  # a seed: keep asking, it may come back
+                self._links.sync_subscription(link)
+            else:
+                self._drop(link)
+        self._inbound.tracks.pop(record.node_id, None)
+        self._guard.forget_identity(record.node_id)
+
+    def _on_liveness(self, change: LivenessChange) -> None:
+        ctx = self._ctx
+        ctx.count(f"member_{change.after}")
+        if change.after in ("suspect", "down"):
+            ctx.traffic_with(change.dc).failures += 1
+        log.info("member %s (dc %s): %s -> %s", change.node_id, change.dc, change.before, change.after)
+        link = self._links.of_node(change.node_id)
+        if link is None or link.epoch is None:
+            return
+        if change.after == "down":
+            link.state = "down"
+            link.hello_backoff_ms = 0.0
+            ctx.count("peer_down")
+        elif change.after == "suspect":
+            link.state = "suspect"
+        elif change.after == "alive" and link.state != "up":
+            link.state = "up"
+            ctx.count("peer_up")
+
+    def retopologize(self) -> None:
+        """Bring links and subscriptions in line with the member table (see the module doc)."""
+        ctx = self._ctx
+        links = self._links
+        relay = self._membership.is_relay()
+        if relay != links.is_relay:
+            links.is_relay = relay
+            ctx.count("relay_changes")
+            log.info("this node is %s a relay of dc %s", "now" if relay else "no longer", ctx.dc)
+        for member in self._membership.members.values():
+            record = member.record
+            if member.liveness == "left" or record.address in links.by_address:
+                continue
+            if (record.dc == ctx.dc or relay) and record.address and record.address != ctx.address:
+                links.link_for(record.address, configured=False)
+        for link in links.by_address.values():
+            links.sync_subscription(link)
+
+    def leave(self) -> None:
+        """Announce a graceful leave to every peer this node is in contact with."""
+        self._membership.leave()
+        for link in self._links.by_address.values():
+            if link.reachable:
+                self._gossip_to(link, reply=True)

@@ -1,0 +1,198 @@
+"""Peers' publisher streams as this node receives them: per-publisher sequence tracking, retransmit
+requests for gaps, the relay's republishing of another datacenter's deltas, and the hand-over of
+every fresh delta to the causal buffer.
+
+A gap is asked for from the publisher's ring (`RETRANSMIT_REQUEST`, retried every
+`retransmit_timeout_ms`); when the ring no longer has it (`RETRANSMIT_GONE`) or too many sequence
+numbers wait above it (`out_of_order_seqs_max`), the gap is given up and an anti-entropy round
+against the publisher repairs by state instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crdtsync.core import wire
+from crdtsync.core.antientropy import AntiEntropy
+from crdtsync.core.causal import CausalBuffer, decode_states
+from crdtsync.core.context import Context
+from crdtsync.core.links import Links
+from crdtsync.core.membership import Membership
+from crdtsync.core.outbound import Outbound
+from crdtsync.core.state import StateVector
+
+
+@dataclass(slots=True)
+class PublisherTrack:
+    """What we have received of one publisher incarnation's sequence."""
+
+    epoch: int
+    contiguous: int
+    above: set[int] = field(default_factory=set)
+    last_seq_seen: int = 0
+    retransmit_deadline_ms: float = 0.0
+    behind_since_ms: float | None = None
+    """When this node last went from holding every announced delta to missing some (lag start)."""
+
+    @property
+    def behind_updates(self) -> int:
+        """Deltas the publisher announced that this node has not received yet."""
+        return max(0, self.last_seq_seen - self.contiguous - len(self.above))
+
+
+class Inbound:
+    def __init__(
+        self,
+        ctx: Context,
+        membership: Membership,
+        links: Links,
+        outbound: Outbound,
+        causal: CausalBuffer,
+        antientropy: AntiEntropy,
+    ) -> None:
+        self._ctx = ctx
+        self._membership = membership
+        self._links = links
+        self._outbound = outbound
+        self._causal = causal
+        self._antientropy = antientropy
+        self.tracks: dict[str, PublisherTrack] = {}
+
+    @property
+    def chasing_gaps(self) -> bool:
+        return any(track.above for track in self.tracks.values())
+
+    def start_track(self, node_id: str, epoch: int, last_seq: int) -> None:
+        """A hello from a publisher incarnation newer than the one tracked: the anti-entropy round
+        the hello starts covers everything up to `last_seq`; the stream continues after it."""
+        track = self.tracks.get(node_id)
+        if track is None or track.epoch < epoch:
+            self.tracks[node_id] = PublisherTrack(epoch, last_seq, last_seq_seen=last_seq)
+
+    def _say_hello(self, node_id: str) -> None:
+        address = self._links.address_of.get(node_id)
+        if address is not None:
+            self._links.send(address, self._links.hello(wire.Hello, self._outbound.last_seq))
+
+    def on_heartbeat(self, message: wire.Heartbeat) -> None:
+        track = self.tracks.get(message.node_id)
+        if track is None or message.epoch > track.epoch:
+            self._say_hello(message.node_id)  # a publisher incarnation we have not greeted yet
+            return
+        if message.epoch == track.epoch and message.last_seq > track.last_seq_seen:
+            track.last_seq_seen = message.last_seq
+            self._request_retransmit(message.node_id, track)
+            self._track_lag(track)
+
+    def on_deltas(self, message: wire.Deltas) -> None:
+        publisher = message.node_id
+        states = decode_states(message.deltas)  # a bad batch is rejected before it is tracked
+        track = self.tracks.get(publisher)
+        if track is None or message.epoch > track.epoch:
+            track = PublisherTrack(message.epoch, message.first_seq - 1)
+            self.tracks[publisher] = track
+            self._say_hello(publisher)
+        fresh: list[tuple[wire.Delta, StateVector, StateVector]]
+        if message.epoch < track.epoch:
+            # A late frame of an earlier incarnation: no sequence tracking, but its content is valid.
+            self._ctx.count("deltas_stale_epoch", len(message.deltas))
+            fresh = [(delta, *state) for delta, state in zip(message.deltas, states, strict=True)]
+        else:
+            fresh = self._sequence(message, track, states)
+        if fresh and self._links.is_relay:
+            publisher_dc = self._membership.dc_of(publisher)
+            if publisher_dc is not None and publisher_dc != self._ctx.dc:
+                # Into this datacenter only (dc_only): the relayed copy must not cross the WAN again.
+                self._ctx.count("deltas_relayed_out", len(fresh))
+                relayed = wire.Relayed(self._ctx.node_id, publisher, tuple(d for d, _b, _a in fresh))
+                self._links.publish(relayed, dc_only=True)
+        self._causal.add(fresh, publisher)
+
+    def _sequence(
+        self, message: wire.Deltas, track: PublisherTrack, states: list[tuple[StateVector, StateVector]]
+    ) -> list[tuple[wire.Delta, StateVector, StateVector]]:
+        """Record the batch's sequence numbers; return its deltas not received before."""
+        fresh: list[tuple[wire.Delta, StateVector, StateVector]] = []
+        for index, delta in enumerate(message.deltas):
+            seq = message.first_seq + index
+            if seq <= track.contiguous or seq in track.above:
+                self._ctx.count("deltas_duplicate")
+                continue
+            fresh.append((delta, *states[index]))
+            if seq == track.contiguous + 1:
+                track.contiguous = seq
+                while track.contiguous + 1 in track.above:
+                    track.contiguous += 1
+                    track.above.discard(track.contiguous)
+            else:
+                track.above.add(seq)
+        last = message.first_seq + len(message.deltas) - 1
+        track.last_seq_seen = max(track.last_seq_seen, last)
+        if len(track.above) > self._ctx.config.out_of_order_seqs_max:
+            self._ctx.count("gap_too_large")
+            self._give_up_gap(message.node_id, track)
+        elif track.above:
+            self._request_retransmit(message.node_id, track)
+        self._track_lag(track)
+        return fresh
+
+    def on_relayed(self, message: wire.Relayed) -> None:
+        """Deltas of another datacenter's publisher, republished by a relay of this one. No sequence
+        tracking (two relays may both forward them, a relay may fail over): the causal buffer drops
+        what the state already covers, and pulls of missing dependencies go to the relay."""
+        if message.origin == self._ctx.node_id:
+            return
+        self._ctx.count("deltas_relayed_in", len(message.deltas))
+        states = decode_states(message.deltas)
+        self._causal.add(
+            [(delta, *state) for delta, state in zip(message.deltas, states, strict=True)],
+            message.node_id,
+        )
+
+    def _track_lag(self, track: PublisherTrack) -> None:
+        behind = track.last_seq_seen > track.contiguous or bool(track.above)
+        if not behind:
+            track.behind_since_ms = None
+        elif track.behind_since_ms is None:
+            track.behind_since_ms = self._ctx.now_ms
+
+    # ------------------------------------------------------------------ retransmission
+
+    def chase_gaps(self) -> None:
+        """Timer duty: ask again for every gap whose last request went unanswered."""
+        for node_id, track in self.tracks.items():
+            if track.above or track.last_seq_seen > track.contiguous:
+                self._request_retransmit(node_id, track)
+
+    def _request_retransmit(self, node_id: str, track: PublisherTrack) -> None:
+        ctx = self._ctx
+        if not ctx.config.retransmit_enabled:
+            track.contiguous = max(track.contiguous, track.last_seq_seen, max(track.above, default=0))
+            track.above.clear()
+            return
+        if ctx.now_ms < track.retransmit_deadline_ms:
+            return
+        lo = track.contiguous + 1
+        hi = max(track.last_seq_seen, max(track.above, default=lo))
+        if hi < lo:
+            return
+        hi = min(hi, lo + ctx.config.retransmit_deltas_max - 1)
+        track.retransmit_deadline_ms = ctx.now_ms + ctx.config.retransmit_timeout_ms
+        ctx.count("retransmit_requests")
+        self._links.send_to_node(node_id, wire.RetransmitRequest(ctx.node_id, track.epoch, lo, hi))
+
+    def on_retransmit_gone(self, message: wire.RetransmitGone) -> None:
+        track = self.tracks.get(message.node_id)
+        if track is None or track.epoch != message.epoch:
+            return
+        self._ctx.count("retransmits_gone_received")
+        self._give_up_gap(message.node_id, track)
+
+    def _give_up_gap(self, node_id: str, track: PublisherTrack) -> None:
+        """Stop chasing missing sequence numbers and repair by state instead."""
+        track.contiguous = max(track.last_seq_seen, max(track.above, default=0), track.contiguous)
+        track.above.clear()
+        self._track_lag(track)
+        link = self._links.of_node(node_id)
+        if link is not None:
+            self._antientropy.want_round(link)

@@ -1,0 +1,191 @@
+"""Peer links: one per peer address, with what the hello exchange told of the node behind it, and the
+way out of the core for every frame (`publish` to subscribers, `send` to one peer's request socket).
+
+A link is wanted (hellos keep going to it) for configured seeds, peers not identified yet, this
+node's datacenter and, on a relay, every other datacenter's nodes. Subscriptions follow the topology:
+every node of this datacenter in full; across datacenters only a relay, and only to the publishers'
+own streams (ZeroMQ filters at the publisher, so relayed frames never cross the WAN twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from crdtsync.core import wire
+from crdtsync.core.context import Context
+from crdtsync.core.effects import Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.membership import Membership
+
+PeerState = Literal["connecting", "up", "suspect", "down"]
+
+
+@dataclass(slots=True)
+class PeerLink:
+    address: str
+    configured: bool
+    node_id: str | None = None
+    epoch: int | None = None
+    publish_endpoint: str | None = None
+    state: PeerState = "connecting"
+    last_heard_ms: float | None = None
+    next_hello_ms: float = 0.0
+    hello_backoff_ms: float = 0.0
+    ae_rounds: int = 0
+    ae_last_round_ms: float | None = None
+    ae_docs_repaired: int = 0
+    ae_bytes_repaired: int = 0
+    ae_divergence: int | None = None
+    subscribed: Literal["dc", "wan"] | None = None
+    subscribed_endpoint: str | None = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.state in ("up", "suspect")
+
+
+class Links:
+    def __init__(self, ctx: Context, membership: Membership) -> None:
+        self._ctx = ctx
+        self._membership = membership
+        self.by_address: dict[str, PeerLink] = {}
+        self.address_of: dict[str, str] = {}
+        """Node id -> the address of its link."""
+        self.is_relay = True
+
+    def link_for(self, address: str, *, configured: bool) -> PeerLink | None:
+        link = self.by_address.get(address)
+        if link is None:
+            if len(self.by_address) >= self._ctx.config.peers_max:
+                self._ctx.count("peers_max_reached")
+                return None
+            link = PeerLink(address, configured, next_hello_ms=self._ctx.now_ms)
+            self.by_address[address] = link
+        link.configured = link.configured or configured
+        return link
+
+    def of_node(self, node_id: str) -> PeerLink | None:
+        address = self.address_of.get(node_id)
+        return None if address is None else self.by_address[address]
+
+    def drop(self, link: PeerLink) -> None:
+        if link.subscribed_endpoint is not None:
+            self._ctx.effects.append(Unsubscribe(link.subscribed_endpoint))
+        if link.node_id is not None and self.address_of.get(link.node_id) == link.address:
+            del self.address_of[link.node_id]
+        del self.by_address[link.address]
+
+    def dc(self, link: PeerLink) -> str | None:
+        return None if link.node_id is None else self._membership.dc_of(link.node_id)
+
+    def wanted(self, link: PeerLink) -> bool:
+        """Whether this node keeps saying hello to the peer."""
+        dc = self.dc(link)
+        return link.configured or dc is None or dc == self._ctx.dc or self.is_relay
+
+    def heard(self, node_id: str) -> None:
+        link = self.of_node(node_id)
+        if link is not None:
+            link.last_heard_ms = self._ctx.now_ms
+
+    def sync_subscription(self, link: PeerLink) -> None:
+        """Subscribe to the peer's stream as the topology says (see the module doc)."""
+        dc = self.dc(link)
+        wanted: Literal["dc", "wan"] | None = None
+        # Kept while the peer is down: ZeroMQ reconnects by itself, and its first frames are the evidence.
+        if link.publish_endpoint is not None and dc is not None and link.epoch is not None:
+            if dc == self._ctx.dc:
+                wanted = "dc"
+            elif self.is_relay:
+                wanted = "wan"
+        if link.subscribed == wanted and link.subscribed_endpoint == link.publish_endpoint:
+            return
+        if link.subscribed_endpoint is not None:
+            self._ctx.effects.append(Unsubscribe(link.subscribed_endpoint))
+        link.subscribed, link.subscribed_endpoint = None, None
+        if wanted is not None and link.publish_endpoint is not None:
+            self._ctx.effects.append(Subscribe(link.publish_endpoint, link.address, wan=wanted == "wan"))
+            link.subscribed, link.subscribed_endpoint = wanted, link.publish_endpoint
+
+    def hello(self, cls: type[wire.Hello] | type[wire.HelloAck], last_seq: int) -> wire.Hello | wire.HelloAck:
+        ctx = self._ctx
+        return cls(ctx.node_id, ctx.epoch, ctx.address, ctx.publish_endpoint, last_seq, ctx.dc)
+
+    def send_hellos(self, last_seq: int) -> None:
+        """Greet every wanted link that is not up, backing off from a quick first retry (peers often
+        start together) to `hello_interval_ms`."""
+        config = self._ctx.config
+        now_ms = self._ctx.now_ms
+        for link in self.by_address.values():
+            if not link.reachable and now_ms >= link.next_hello_ms and self.wanted(link):
+                link.hello_backoff_ms = min(
+                    config.hello_interval_ms, max(config.tick_interval_ms, link.hello_backoff_ms * 2)
+                )
+                link.next_hello_ms = now_ms + link.hello_backoff_ms
+                self.send(link.address, self.hello(wire.Hello, last_seq))
+
+    def next_hello_ms(self) -> float:
+        return min(
+            (
+                link.next_hello_ms
+                for link in self.by_address.values()
+                if not link.reachable and self.wanted(link)
+            ),
+            default=float("inf"),
+        )
+
+    def up(self, *, dc: Literal["same", "other", "any"] = "any") -> list[PeerLink]:
+        """Links that are up: all, those of this datacenter, or those of known other datacenters."""
+        out = []
+        for link in self.by_address.values():
+            if link.state != "up":
+                continue
+            link_dc = self.dc(link)
+            if dc == "same" and link_dc != self._ctx.dc:
+                continue
+            if dc == "other" and link_dc in (None, self._ctx.dc):
+                continue
+            out.append(link)
+        return out
+
+    # ------------------------------------------------------------------ frames out
+
+    def encode(self, message: wire.Message, way: Literal["published", "sent"]) -> bytes | None:
+        ctx = self._ctx
+        try:
+            frame, raw_size = wire.encode_counted(message)
+        except wire.WireError as exc:
+            # Only a single transaction larger than a frame gets here (batches split well below).
+            # Peers cannot receive it as a delta; it stays in the doc and in the store.
+            ctx.count(f"{way}_too_large")
+            ctx.warn(f"{way}_too_large", "not %s %s: %s", way, type(message).__name__, exc)
+            return None
+        ctx.count(f"frames_{way}")
+        ctx.count(f"bytes_{way}", len(frame))
+        ctx.count(f"bytes_{way}_raw", raw_size)
+        return frame
+
+    def publish(self, message: wire.Message, *, dc_only: bool = False) -> None:
+        frame = self.encode(message, "published")
+        if frame is not None:
+            if isinstance(message, wire.Deltas):
+                self._ctx.count("batches_published")
+            self._ctx.effects.append(Publish(frame, dc_only))
+
+    def send(self, address: str, message: wire.Message) -> None:
+        frame = self.encode(message, "sent")
+        if frame is not None:
+            link = self.by_address.get(address)
+            dc = self.dc(link) if link is not None else None
+            if dc is not None and dc != self._ctx.dc:
+                traffic = self._ctx.traffic_with(dc)
+                traffic.frames_out += 1
+                traffic.bytes_out += len(frame)
+            self._ctx.effects.append(Send(address, frame))
+
+    def send_to_node(self, node_id: str, message: wire.Message) -> None:
+        address = self.address_of.get(node_id)
+        if address is None:
+            self._ctx.count("unknown_peer")
+            return
+        self.send(address, message)

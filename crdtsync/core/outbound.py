@@ -1,0 +1,131 @@
+"""This node's publisher stream: local writes become numbered deltas, leave in batches, and stay in a
+bounded retransmit ring that answers peers' requests for what they missed.
+
+Batches leave at once when `linger_ms` is 0 (the driver's next turn), else when full or when the
+oldest delta has lingered; a flush also pushes back the next heartbeat, which only announces the
+last sequence number to idle subscribers.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+
+from crdtsync.core import wire
+from crdtsync.core.context import Context
+from crdtsync.core.links import Links
+
+
+def delta_size(delta: wire.Delta) -> int:
+    """What a delta adds to a batch, roughly: its update, two state vectors and its doc id."""
+    return len(delta.update) + len(delta.after_state) * 2 + len(delta.doc_id)
+
+
+class Outbound:
+    def __init__(self, ctx: Context, links: Links) -> None:
+        self._ctx = ctx
+        self._links = links
+        self.last_seq = 0
+        # Plain tuples of str/bytes/int: CPython stops tracking those in the cyclic GC, so a full ring
+        # adds nothing to collection pauses (dataclass instances would, measurably, under load).
+        self._ring: deque[tuple[int, str, bytes, bytes, bytes, int]] = deque()
+        self._ring_bytes = 0
+        self._outbox: list[wire.Delta] = []
+        self._outbox_bytes = 0
+        self._outbox_since_ms: float | None = None
+        self.next_heartbeat_ms = 0.0
+        self.wakeup: Callable[[], None] | None = None
+        self._wakeup_armed = False
+
+    def capture(self, doc_id: str, before: bytes, after: bytes, update: bytes) -> None:
+        """A local transaction: number it, keep it in the ring and queue it for the next batch."""
+        config = self._ctx.config
+        delta = wire.Delta(doc_id, before, after, update)
+        self.last_seq += 1
+        size = delta_size(delta)
+        self._ring.append((self.last_seq, doc_id, before, after, update, size))
+        self._ring_bytes += size
+        while self._ring and (
+            len(self._ring) > config.ring_deltas_max or self._ring_bytes > config.ring_bytes_max
+        ):
+            self._ring_bytes -= self._ring.popleft()[5]
+        if not self._outbox:
+            self._outbox_since_ms = self._ctx.now_ms
+        self._outbox.append(delta)
+        self._outbox_bytes += size
+        self._ctx.count("deltas_published")
+        if self.wakeup is not None and not self._wakeup_armed:
+            self._wakeup_armed = True
+            self.wakeup()
+
+    def flush_due(self, *, force: bool) -> None:
+        """Publish the outbox if it is due (or `force`)."""
+        config = self._ctx.config
+        self._wakeup_armed = False
+        if self._outbox and (
+            force
+            or config.linger_ms <= 0
+            or self._outbox_bytes >= config.batch_bytes_max
+            or len(self._outbox) >= config.batch_deltas_max
+            or (
+                self._outbox_since_ms is not None
+                and self._ctx.now_ms - self._outbox_since_ms >= config.linger_ms
+            )
+        ):
+            self._flush()
+
+    def next_flush_ms(self) -> float:
+        if self._outbox and self._outbox_since_ms is not None:
+            return self._outbox_since_ms + self._ctx.config.linger_ms
+        return float("inf")
+
+    def heartbeat_if_due(self) -> None:
+        ctx = self._ctx
+        if ctx.now_ms >= self.next_heartbeat_ms:
+            self.next_heartbeat_ms = ctx.now_ms + ctx.config.heartbeat_interval_ms
+            self._links.publish(wire.Heartbeat(ctx.node_id, ctx.epoch, self.last_seq))
+
+    def _batches(self, first_seq: int, deltas: Iterable[wire.Delta]) -> Iterator[wire.Deltas]:
+        """`DELTAS` messages of consecutive sequence numbers, within the batch limits."""
+        ctx = self._ctx
+        chunk: list[wire.Delta] = []
+        chunk_bytes = 0
+        for delta in deltas:
+            size = delta_size(delta)
+            if chunk and (
+                len(chunk) >= ctx.config.batch_deltas_max or chunk_bytes + size > ctx.config.batch_bytes_max
+            ):
+                yield wire.Deltas(ctx.node_id, ctx.epoch, first_seq, tuple(chunk))
+                first_seq += len(chunk)
+                chunk, chunk_bytes = [], 0
+            chunk.append(delta)
+            chunk_bytes += size
+        if chunk:
+            yield wire.Deltas(ctx.node_id, ctx.epoch, first_seq, tuple(chunk))
+
+    def _flush(self) -> None:
+        for batch in self._batches(self.last_seq - len(self._outbox) + 1, self._outbox):
+            self._links.publish(batch)
+        self._outbox = []
+        self._outbox_bytes = 0
+        self._outbox_since_ms = None
+        self.next_heartbeat_ms = self._ctx.now_ms + self._ctx.config.heartbeat_interval_ms
+
+    def on_retransmit_request(self, message: wire.RetransmitRequest) -> None:
+        ctx = self._ctx
+        oldest = self._ring[0][0] if self._ring else self.last_seq + 1
+        if message.epoch != ctx.epoch or message.from_seq < oldest:
+            ctx.count("retransmits_gone")
+            self._links.send_to_node(message.node_id, wire.RetransmitGone(ctx.node_id, ctx.epoch, oldest))
+            return
+        # Capped here too: a request is remote input and must not make us send the whole ring.
+        hi = min(message.to_seq, self.last_seq, message.from_seq + ctx.config.retransmit_deltas_max - 1)
+        start = message.from_seq - oldest
+        wanted = itertools.islice(self._ring, start, start + hi - message.from_seq + 1)
+        deltas = (
+            wire.Delta(doc_id, before, after, update) for _seq, doc_id, before, after, update, _size in wanted
+        )
+        for batch in self._batches(message.from_seq, deltas):
+            ctx.count("retransmits_served")
+            self._links.send_to_node(message.node_id, batch)
