@@ -8,11 +8,13 @@ By default a crashed node loses everything (its store is memory, like `MemorySto
 empty with a new epoch and client id and must be refilled by its peers. Writes made by a node that
 later crashed may therefore be lost; the checker allows exactly that and nothing more.
 
-With `SimConfig.durable` each node also has a durable store that survives its crashes, modeled on
-`SqliteStore` behind `StoreWriter`'s group commit: `Persist` effects join the node's pending group;
-when no commit runs, a commit takes the whole pending group and completes `commit_ms` later; a
-crash loses the pending group and the running commit. A restarted node first loads what completed
-commits hold. A client write is acknowledged when the commit holding its update completes (what
+With `SimConfig.durable` each node also has a durable store that survives its crashes: a
+`MemoryStore` holding what completed commits hold, behind the same `CommitQueue` as `StoreWriter`'s
+group commit: `Persist` effects join the node's pending group; when no commit runs, a commit takes
+the next group and completes `commit_ms` later; a crash loses the pending group and the running
+commit (`CommitQueue.lose`). Doc loads see committed and in-flight updates (`CommitQueue.load_doc`).
+A restarted node registers the docs the store holds, with their recorded digests, like `Node.start`
+with a data_dir. A client write is acknowledged when the commit holding its update completes (what
 `Node.flush()` waits for), and an acknowledged write must survive any crash of its writer.
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,8 +32,9 @@ from pycrdt import Doc
 from crdtsync.core.effects import Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import Replica, ReplicaConfig
-from crdtsync.core.state import merge_all
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
+from crdtsync.store.group_commit import CommitQueue
+from crdtsync.store.memory import MemoryStore
 
 FAULTS = ("loss", "dup", "reorder", "delay", "partition", "crash")
 EVENTS_MAX = 5_000_000
@@ -162,20 +166,15 @@ class _SimNode:
     tick_token: int = 0
     tick_at_ms: float = float("inf")
     link_free_ms: dict[int, float] = field(default_factory=dict)
-    # The durable store (only with `SimConfig.durable`); it survives crashes, the rest below does not.
-    store: dict[str, list[bytes]] = field(default_factory=dict)
-    """Doc id -> updates of completed commits, in commit order (compacted to one update on load)."""
-    states: dict[str, tuple[bytes, bytes | None]] = field(default_factory=dict)
-    """Doc id -> recorded (state vector, digest), cleared by a later update, like the `docs` table."""
-    pending: list[Persist] = field(default_factory=list)
-    """Effects handed over since the running commit started; they form the next group."""
-    committing: list[Persist] = field(default_factory=list)
-    commit_group: int | None = None
-    """Id of the group being committed, None when no commit runs."""
-    next_group: int = 1
-    """Id of the group `pending` will be committed as (ids never repeat, across incarnations too)."""
-    waiting: dict[int, list[int]] = field(default_factory=dict)
-    """Group id -> indexes into `SimCluster.writes` acknowledged when that group's commit completes."""
+    # The durable store (only with `SimConfig.durable`): what completed commits hold survives crashes;
+    # what is on its way there does not.
+    store: MemoryStore = field(default_factory=MemoryStore)
+    """The content of completed commits, with the doc state records, like the SQLite store's."""
+    commits: CommitQueue = field(default_factory=CommitQueue)
+    """Effects handed over and not yet committed (group ids never repeat, across incarnations too)."""
+    waiting: deque[tuple[int, list[int]]] = field(default_factory=deque)
+    """(effect number in `commits`, indexes into `SimCluster.writes`) in effect order: the writes are
+    acknowledged when the commits reach the effect that held their updates."""
 
 
 EventKind = Literal[
@@ -261,11 +260,9 @@ class SimCluster:
             # Like `Node.start` with a data_dir: register every stored doc from its recorded state
             # and digest before the first tick; docs load on first use and are evicted beyond
             # `docs_cached_max`, through the same code paths as on a real node.
-            records = []
-            for doc_id, updates in node.store.items():
-                node.store[doc_id] = [merge_all(updates)]  # compaction: same content, one update
-                records.append((doc_id, *node.states.get(doc_id, (None, None))))
-            node.replica.register_docs(sorted(records))
+            node.replica.register_docs(
+                (record.doc_id, record.state, record.digest) for record in node.store.docs()
+            )
         seeds = self.nodes[:1] if self.config.seed_only else self.nodes
         for other in seeds:
             if other is not node:
@@ -274,11 +271,12 @@ class SimCluster:
         self._pump(node)
 
     def _pump(self, node: _SimNode) -> int | None:
-        """Execute the replica's effects; return the durable-store group its last `Persist` joined."""
+        """Execute the replica's effects; return the number its last `Persist` got in the durable
+        store's `CommitQueue`."""
         replica = node.replica
         if replica is None:
             return None
-        group: int | None = None
+        persisted: int | None = None
         for effect in replica.take_effects(self.now_ms):
             match effect:
                 case Publish(frame, dc_only):
@@ -296,61 +294,47 @@ class SimCluster:
                     node.subscriptions.pop(endpoint, None)
                 case Persist(updates, doc_states):
                     if self.config.durable and (updates or doc_states):
-                        group = self._persist(node, effect)
+                        persisted = self._persist(node, effect)
                     # else: the store is memory, lost on crash
         deadline = replica.next_deadline_ms()
         if deadline < node.tick_at_ms or node.tick_at_ms <= self.now_ms:
             node.tick_token += 1
             node.tick_at_ms = max(deadline, self.now_ms)
             self._schedule(node.tick_at_ms, "tick", (node.index, node.tick_token))
-        return group
+        return persisted
 
     # ------------------------------------------------------------------ the durable store
 
     def _load_doc(self, node: _SimNode, doc_id: str) -> bytes | None:
         """`StoreWriter.load_doc`: committed content plus what is still on its way to the store."""
-        parts = list(node.store.get(doc_id, ()))
-        for persist in (*node.committing, *node.pending):
-            parts.extend(update for update_doc, update in persist.updates if update_doc == doc_id)
-        return merge_all(parts) if parts else None
+        return node.commits.load_doc(node.store, doc_id)
 
     def _persist(self, node: _SimNode, persist: Persist) -> int:
-        """Hand an effect to the node's store (`StoreWriter.submit`); return the group it joined."""
-        node.pending.append(persist)
-        group = node.next_group
+        """Hand an effect to the node's store (`StoreWriter.submit`); return its number."""
+        number = node.commits.submit(persist)
         self._start_commit(node)
-        return group
+        return number
 
     def _start_commit(self, node: _SimNode) -> None:
-        if node.commit_group is not None or not node.pending:
-            return
-        node.commit_group = node.next_group
-        node.next_group += 1
-        node.committing, node.pending = node.pending, []
-        self._schedule(
-            self.now_ms + self.rng.uniform(*self.config.commit_ms), "commit", (node.index, node.commit_group)
-        )
+        started = node.commits.next_group()
+        if started is not None:
+            group_id, _group = started
+            self._schedule(
+                self.now_ms + self.rng.uniform(*self.config.commit_ms), "commit", (node.index, group_id)
+            )
 
-    def _commit_done(self, node: _SimNode, group: int) -> None:
-        if node.commit_group != group:
+    def _commit_done(self, node: _SimNode, group_id: int) -> None:
+        if node.commits.group_id != group_id:
             return  # the commit was running when the node crashed: lost
-        for persist in node.committing:
-            for doc_id, update in persist.updates:
-                node.store.setdefault(doc_id, []).append(update)
-                node.states.pop(doc_id, None)
-            for doc_id, state, digest in persist.doc_states:
-                node.states[doc_id] = (state, digest)
-        for position in node.waiting.pop(group, []):
-            self.acknowledged[position] = self.now_ms
-        node.committing = []
-        node.commit_group = None
+        node.store.append(node.commits.group_committed())
+        while node.waiting and node.waiting[0][0] <= node.commits.committed:
+            for position in node.waiting.popleft()[1]:
+                self.acknowledged[position] = self.now_ms
         self._start_commit(node)
 
     def _lose_uncommitted(self, node: _SimNode) -> None:
         """A crash: the pending group and the running commit are gone; completed commits stay."""
-        node.pending = []
-        node.committing = []
-        node.commit_group = None
+        node.commits.lose()
         node.waiting.clear()
 
     def _transmit(self, source: _SimNode, target: _SimNode, frame: bytes) -> None:
@@ -546,9 +530,9 @@ class SimCluster:
                 self.shared_values.setdefault((write.doc_id, write.root, write.key), []).append(write.value)
         # The Persist this pump hands over holds exactly this operation's updates (every other
         # event pumps its own), so the op's writes are acknowledged when that group commits.
-        group = self._pump(node)
-        if group is not None and len(self.writes) > first:
-            node.waiting.setdefault(group, []).extend(range(first, len(self.writes)))
+        number = self._pump(node)
+        if number is not None and len(self.writes) > first:
+            node.waiting.append((number, list(range(first, len(self.writes)))))
 
     def _ae_rounds(self) -> list[int]:
         return [
