@@ -16,7 +16,6 @@ import queue
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -217,28 +216,6 @@ def tcp_sent(pids: Iterable[int]) -> TcpSent | None:
 
 # ---------------------------------------------------------------------------------------------------------
 # Networking
-
-
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def free_tcp_ports(count: int) -> list[int]:
-    """``count`` distinct free ports, all held open together while they are picked."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 # ---------------------------------------------------------------------------------------------------------

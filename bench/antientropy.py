@@ -52,8 +52,6 @@ from bench._common import (
     TcpSent,
     close_all,
     fmt,
-    free_tcp_port,
-    free_tcp_ports,
     machine_info,
     print_table,
     proc_cpu_s,
@@ -66,6 +64,7 @@ from crdtsync import MembershipConfig, Node, NodeConfig, ReplicaConfig
 from crdtsync.core import wire
 from crdtsync.core.effects import Publish, Send
 from crdtsync.core.replica import Replica
+from crdtsync.testing.cluster import free_port, free_ports
 
 SEED = 7
 ISSUE_REFERENCE = (
@@ -446,7 +445,7 @@ def _node_bytes(counters: dict[str, int]) -> int:
 
 
 async def _zmq_resync(docs: int, changes: Sequence[workload.Change]) -> dict[str, Any]:
-    ports = free_tcp_ports(2)
+    ports = free_ports(2)
     address_a, address_b = (f"tcp://127.0.0.1:{p}" for p in ports)
 
     node_a = Node(
@@ -532,7 +531,7 @@ def _wait_clock_sum(server: Child, total: int, deadline: Deadline, what: str) ->
 
 def ws_reconnect(settings: Settings, log_dir: Path) -> dict[str, Any]:
     deadline = Deadline(WS_TIMEOUT_S)
-    port = free_tcp_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     children: list[Child] = []
     try:
@@ -625,7 +624,7 @@ def _roots(children: Sequence[Child], deadline: Deadline) -> list[dict[str, Any]
 def idle_cluster(settings: Settings, log_dir: Path) -> dict[str, Any]:
     nodes = 3
     deadline = Deadline(IDLE_STARTUP_TIMEOUT_S + settings.idle_s + 30.0)
-    addresses = [f"tcp://127.0.0.1:{p}" for p in free_tcp_ports(nodes)]
+    addresses = [f"tcp://127.0.0.1:{p}" for p in free_ports(nodes)]
     children: list[Child] = []
     try:
         for k in range(nodes):

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from pycrdt import Map
 
-from bench._common import free_tcp_ports, machine_info
+from bench._common import machine_info
 from crdtsync import CurveConfig, Node, NodeConfig, ReplicaConfig
+from crdtsync.testing.cluster import free_ports
 from crdtsync.transport.curve import write_key_file
 
 FAST = ReplicaConfig(hello_interval_ms=50.0, tick_interval_ms=20.0)
@@ -30,7 +31,7 @@ DEADLINE_S = 60.0
 async def burst(writes: int, key_dir: Path | None) -> tuple[float, float]:
     """(seconds, CPU seconds) for `writes` updates to reach the second node; Curve links when
     `key_dir` (an empty directory for this run's keys) is given."""
-    a_port, b_port = free_tcp_ports(2)
+    a_port, b_port = free_ports(2)
     a_address, b_address = f"tcp://127.0.0.1:{a_port}", f"tcp://127.0.0.1:{b_port}"
     curve_a = curve_b = None
     if key_dir is not None:

@@ -46,8 +46,6 @@ from bench._common import (
     TcpSent,
     close_all,
     fmt,
-    free_tcp_port,
-    free_tcp_ports,
     machine_info,
     percentile,
     print_table,
@@ -56,6 +54,7 @@ from bench._common import (
     tcp_sent,
     write_json,
 )
+from crdtsync.testing.cluster import free_port, free_ports
 
 SYSTEMS = ("apply", "mesh", "websocket", "crdtsync")
 LABELS = {
@@ -240,7 +239,7 @@ def start_mesh(log_dir: Path, deadline: Deadline, started: list[Child]) -> Clust
 
 
 def start_websocket(log_dir: Path, deadline: Deadline, started: list[Child]) -> Cluster:
-    port = free_tcp_port()
+    port = free_port()
     server = Child("ws-server", "bench._ws", ["server", "--port", str(port)], log_dir)
     started.append(server)
     server.wait("ready", deadline, "(server startup)")
@@ -258,7 +257,7 @@ def start_websocket(log_dir: Path, deadline: Deadline, started: list[Child]) -> 
 
 
 def start_crdtsync(log_dir: Path, deadline: Deadline, started: list[Child]) -> Cluster:
-    ports = free_tcp_ports(3)
+    ports = free_ports(3)
     addresses = [f"tcp://127.0.0.1:{p}" for p in ports]
     roles = ("writer", "reader", "reader")
     names = ("crdtsync-writer", "crdtsync-reader1", "crdtsync-reader2")

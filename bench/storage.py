@@ -61,7 +61,6 @@ from bench._common import (
     Target,
     close_all,
     fmt,
-    free_tcp_port,
     machine_info,
     percentile,
     print_table,
@@ -75,6 +74,7 @@ from crdtsync import Node, NodeConfig, ReplicaConfig
 from crdtsync.core.effects import Persist
 from crdtsync.core.state import digest as canonical_digest
 from crdtsync.store.sqlite import DB_FILE, Durability, SqliteStore
+from crdtsync.testing.cluster import free_port
 
 Mode = Literal["fsync", "process", "none", "memory"]
 MODES: tuple[Mode, ...] = ("fsync", "process", "none", "memory")
@@ -135,7 +135,7 @@ def doc_value(index: int) -> str:
 def _config(node_id: str, data_dir: Path | None, durability: Durability, **replication: Any) -> NodeConfig:
     return NodeConfig(
         node_id=node_id,
-        listen=f"tcp://127.0.0.1:{free_tcp_port()}",
+        listen=f"tcp://127.0.0.1:{free_port()}",
         data_dir=str(data_dir) if data_dir is not None else None,
         durability=durability,
         replication=ReplicaConfig(**replication),
@@ -578,7 +578,7 @@ async def child_main(args: argparse.Namespace) -> None:
 def _spawn_node(
     name: str, data_dir: Path, peers: Sequence[str], log_dir: Path, *, profile: bool = False
 ) -> tuple[Child, str, int]:
-    listen = f"tcp://127.0.0.1:{free_tcp_port()}"
+    listen = f"tcp://127.0.0.1:{free_port()}"
     args = ["--child", "--node-id", name, "--data-dir", str(data_dir), "--listen", listen]
     if peers:
         args += ["--peers", ",".join(peers)]

@@ -76,7 +76,6 @@ from bench._common import (
     Deadline,
     Target,
     fmt,
-    free_tcp_ports,
     machine_info,
     percentile,
     print_table,
@@ -88,6 +87,7 @@ from crdtsync.core.replica import ReplicaConfig
 from crdtsync.core.state import decode_state_vector
 from crdtsync.sim.cluster import EventKind, SimCluster, SimConfig
 from crdtsync.sim.workload import Write
+from crdtsync.testing.cluster import free_ports
 
 SEED = 20261127
 NODES = 9
@@ -875,7 +875,7 @@ def _everyone_alive(procs: list[Proc]) -> bool:
 
 
 def pause_runs(settings: Settings, log_dir: Path) -> dict[str, Any]:
-    ports = free_tcp_ports(2 * len(PROC_NAMES))
+    ports = free_ports(2 * len(PROC_NAMES))
     procs = [
         Proc(name, f"tcp://127.0.0.1:{ports[2 * i]}", ports[2 * i + 1], log_dir / name)
         for i, name in enumerate(PROC_NAMES)

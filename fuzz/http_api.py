@@ -26,7 +26,6 @@ import asyncio
 import base64
 import logging
 import re
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from crdtsync.core.effects import Persist
 from crdtsync.daemon.config import DaemonConfig, HttpConfig, Token, token_digest
 from crdtsync.daemon.http import Api
 from crdtsync.store.sqlite import SqliteStore
+from crdtsync.testing.cluster import free_port
 from fuzz._runner import Fuzzable, Target, cli_main
 
 READ_TOKEN = "fuzz-read-token"
@@ -247,13 +247,6 @@ class _ErrorLog(logging.Handler):
         self.records.append(self.format(record))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Server:
     def __init__(self, scratch: Path) -> None:
         self.loop = asyncio.new_event_loop()
@@ -263,12 +256,12 @@ class Server:
         self.node = Node(
             NodeConfig(
                 node_id="fuzz-http",
-                listen=f"tcp://127.0.0.1:{_free_port()}",
+                listen=f"tcp://127.0.0.1:{free_port()}",
                 data_dir=str(scratch / "node"),
                 durability="none",
             )
         )
-        http = HttpConfig(listen=f"127.0.0.1:{_free_port()}", body_bytes_max=BODY_BYTES_MAX)
+        http = HttpConfig(listen=f"127.0.0.1:{free_port()}", body_bytes_max=BODY_BYTES_MAX)
         self.api = Api(self.node, DaemonConfig(node=self.node.config, http=http, tokens=TOKENS))
         self.base = f"http://{http.listen}"
         self.loop.run_until_complete(self._start(http.listen))

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import sys
 import time
 
@@ -31,6 +30,7 @@ from pycrdt import Map
 
 from crdtsync import Node, NodeConfig, ReplicaConfig
 from crdtsync.core import wire
+from crdtsync.testing.cluster import free_ports
 from crdtsync.transport.zmq_transport import TOPIC
 from fuzz._runner import rss_mb_of
 from fuzz.wire_decoder import repair_checksum, seed_frames
@@ -63,17 +63,6 @@ def mutate(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes:
             other = rng.choice(pool)
             out = out[: rng.randint(0, len(out))] + bytearray(other[rng.randint(0, len(other)) :])
     return bytes(out[:FRAME_BYTES_MAX])
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def rss_mb() -> float:
@@ -126,7 +115,7 @@ async def attack(
 
 async def campaign(seconds: float, seed: int, rss_limit_mb: float) -> tuple[bool, str]:
     rng = random.Random(seed)
-    ports = _free_ports(3)
+    ports = free_ports(3)
     addresses = [f"tcp://127.0.0.1:{port}" for port in ports]
     names = ["a", "b", "c"]
     configs = [

@@ -1,4 +1,5 @@
-"""`crdtsync serve` daemons as OS processes for the integration tests.
+"""`crdtsync serve` daemons as OS processes for the integration tests, on the local-cluster harness
+(`crdtsync.testing.cluster`: its free ports, launcher, TOML writer and deadline waits).
 
 Each daemon gets free ports on 127.0.0.1, its own work dir (SQLite data dir, TOML config, log file)
 and short replication timers. A `DaemonPool` owns every daemon it started and kills them all (SIGCONT
@@ -10,17 +11,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from crdtsync.testing.cluster import free_port as free_port
+from crdtsync.testing.cluster import launch, toml_text
+from crdtsync.testing.cluster import wait_until as wait_until
 from fuzz.chaos import FAST_MEMBERSHIP as FAST_MEMBERSHIP
 from fuzz.chaos import FAST_REPLICATION as FAST_REPLICATION
 
@@ -28,50 +29,6 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 CONVERGE_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout_s: float, what: str | Callable[[], str], poll_s: float = 0.02
-) -> float:
-    """Poll `predicate` until it holds and return the seconds waited; after `timeout_s`, fail naming
-    `what` (a callable is evaluated then, to describe the state at the deadline)."""
-    start = time.monotonic()
-    deadline = start + timeout_s
-    while not predicate():
-        if time.monotonic() >= deadline:
-            description = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout_s:.1f} s waiting until {description}")
-        time.sleep(poll_s)
-    return time.monotonic() - start
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def toml_text(top: dict[str, Any], tables: dict[str, dict[str, Any]]) -> str:
-    """A TOML document of top-level keys and one level of tables (all the daemon config needs)."""
-    lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
-    for name, table in tables.items():
-        lines.append(f"\n[{name}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
-    return "\n".join(lines) + "\n"
 
 
 class Daemon:
@@ -155,16 +112,8 @@ class Daemon:
         else:
             config = self.config_path(self.peers, self.listen)
         self.starts += 1
-        with open(self.log_path, "ab") as log:
-            log.write(f"---- start {self.starts} ----\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "crdtsync", "serve", "--config", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-            )
+        args = ["serve", "--config", str(config)]
+        self.proc = launch(args, str(self.log_path), f"start {self.starts}", cwd=str(self.workdir))
         self.reset_client()
 
     @property

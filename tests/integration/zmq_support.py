@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Callable
 
+from crdtsync.testing.cluster import free_port
+
 
 def free_endpoint() -> str:
-    """`tcp://127.0.0.1:PORT` with a port that was free a moment ago (bound to port 0, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return f"tcp://127.0.0.1:{port}"
+    """`tcp://127.0.0.1:PORT` with a port that was free a moment ago (`crdtsync.testing.cluster.free_port`)."""
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str | Callable[[], str]) -> float:
