@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import sys
 import time
 from typing import Any
@@ -21,22 +20,11 @@ from typing import Any
 from pycrdt import Map
 
 from crdtsync import Node, NodeConfig, NodeStatus
+from crdtsync.testing.cluster import free_ports
 
 CONVERGE_TIMEOUT_S = 20.0
 POLL_INTERVAL_S = 0.05
 DOC_ID = "model-registry"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS picked as free (bind port 0). The sockets stay open until all are picked, so the
-    ports are distinct; the nodes bind them a moment later."""
-    with contextlib.ExitStack() as stack:
-        sockets = [
-            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)
-        ]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def registry_json(node_doc: Map[Any]) -> str:
@@ -45,10 +33,10 @@ def registry_json(node_doc: Map[Any]) -> str:
 
 def summary(status: NodeStatus) -> str:
     peers = ", ".join(f"{peer.node_id or peer.address}={peer.state}" for peer in status.peers)
-    applied = status.counters.get("deltas_applied", 0) + status.counters.get("sync_updates_applied", 0)
+    applied = status.counters.deltas_applied + status.counters.sync_updates_applied
     return (
         f"{status.node_id}: docs={status.docs} published={status.published_updates} applied={applied} "
-        f"pending={status.pending_updates} ae_rounds={status.counters.get('ae_rounds_completed', 0)} "
+        f"pending={status.pending_updates} ae_rounds={status.counters.ae_rounds_completed} "
         f"peers[{peers}]"
     )
 

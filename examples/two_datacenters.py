@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from pycrdt import Map
 
 from crdtsync import MembershipConfig, Node, NodeConfig, ReplicaConfig
+from crdtsync.testing.cluster import free_ports
 
 STEP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.05
@@ -33,14 +33,6 @@ REPLICATION = ReplicaConfig(heartbeat_interval_ms=300.0, hello_interval_ms=100.0
 MEMBERSHIP = MembershipConfig(
     gossip_interval_ms=300.0, acceptable_pause_ms=300.0, down_after_suspect_ms=500.0
 )
-
-
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 async def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -124,7 +116,7 @@ async def main() -> int:
             counters = status.counters
             print(
                 f"  {status.node_id:7} dc={status.dc:4} relay={status.relay!s:5} "
-                f"relayed out={counters.get('deltas_relayed_out', 0):2} in={counters.get('deltas_relayed_in', 0):2} "
+                f"relayed out={counters.deltas_relayed_out:2} in={counters.deltas_relayed_in:2} "
                 f"subscriptions={sorted(p.node_id or '?' for p in status.peers if p.subscribed)}"
             )
 
@@ -139,7 +131,7 @@ async def main() -> int:
         print(f"{successor.config.node_id} is the east relay now")
         doc.get("data", type=Map)["new-router"] = "off"
         await wait_for_flag(survivors, "off", "the change reached the survivors")
-        relayed = successor.status().counters.get("deltas_relayed_out", 0)
+        relayed = successor.status().counters.deltas_relayed_out
         print(
             f"the next change from west reached every surviving node; {successor.config.node_id} relayed {relayed}"
         )

@@ -5,7 +5,7 @@ asked), waits for their `/health` with a deadline, sends them SIGKILL, SIGSTOP, 
 restarts them on the same data dir and ports, keeps the log of the writes they acknowledged
 (`AckLog`) and checks it against every node once they have converged:
 
-    with LocalCluster(root, ["a", "b", "c"]) as cluster:
+    with LocalCluster.named(root, ["a", "b", "c"]) as cluster:
         cluster.start_all()
         cluster.wait_healthy()
         cluster.put("c", "flags/features", "new-router", {"enabled": True}, owned=True)
@@ -236,6 +236,12 @@ class LocalCluster(Generic[D]):
                     write_key_file(key_file, name)
                 self.public_keys[name] = read_key_file(key_file)[0].decode()
         self._client: httpx.Client | None = None
+
+    @staticmethod
+    def named(root: str, names: Sequence[str], **options: Any) -> LocalCluster[LocalDaemon]:
+        """A cluster of plain `LocalDaemon`s named `names` (the constructor's and `plan_daemons`'s
+        keyword arguments apply), typed for mypy."""
+        return LocalCluster[LocalDaemon](root, names, **options)
 
     def __enter__(self) -> LocalCluster[D]:
         return self
