@@ -1,6 +1,7 @@
 """Deterministic cluster simulation of the sans-IO core (also a fuzz harness for user doc schemas)."""
 
 from crdtsync.sim.cluster import FAULTS, SimCluster, SimConfig, SimResult, run_campaign, run_simulation
+from crdtsync.sim.trace import SimTracer
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "SimCluster",
     "SimConfig",
     "SimResult",
+    "SimTracer",
     "Workload",
     "Write",
     "run_campaign",

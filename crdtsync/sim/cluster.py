@@ -32,6 +32,7 @@ from pycrdt import Doc
 from crdtsync.core.effects import Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import Replica, ReplicaConfig
+from crdtsync.sim.trace import SimTracer
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
 from crdtsync.store.group_commit import CommitQueue
 from crdtsync.store.memory import MemoryStore
@@ -185,8 +186,12 @@ EventKind = Literal[
 class SimCluster:
     """Run one seeded simulation: `SimCluster(config).run()`."""
 
-    def __init__(self, config: SimConfig, workload: Workload | None = None) -> None:
+    def __init__(
+        self, config: SimConfig, workload: Workload | None = None, *, tracer: SimTracer | None = None
+    ) -> None:
+        """`tracer`: called on each frame sent, each client operation and each replica step."""
         self.config = config
+        self.tracer = tracer
         self.workload: Workload = workload or MapTextWorkload()
         self.rng = random.Random(config.seed)
         self.now_ms = 0.0
@@ -241,6 +246,35 @@ class SimCluster:
         index)`, `("leave", node index)` (a graceful leave; a later restart rejoins). Everything
         still heals at the end of the write window, except nodes that left."""
         self._schedule(at_ms, kind, payload)
+
+    def schedule_op(self, at_ms: float, op_index: int, node: int, doc: int) -> None:
+        """Script client operation `op_index` on node `node`'s doc `doc-{doc}` (skipped if the node is
+        down then); `run()` adds `config.ops` operations on random nodes and docs."""
+        self._schedule(at_ms, "op", (op_index, node, doc))
+
+    # ------------------------------------------------------------------ driving without run()
+
+    def start_nodes(self) -> None:
+        """Start every node but the `late_nodes` (what `run()` does first)."""
+        for node in self.nodes[: self.config.nodes - self.config.late_nodes]:
+            self._start_node(node)
+
+    def advance(self, until_ms: float, on_event: Callable[[int], None] | None = None) -> None:
+        """Handle every scheduled event up to `until_ms` in order, then set the clock to `until_ms`:
+        a run driven step by step instead of `run()` (no healing, no checks). `on_event(events)` is
+        called before each event; raise from it to stop (an event budget, a wall-clock deadline)."""
+        while self._heap and self._heap[0][0] <= until_ms:
+            at, _seq, kind, payload = heapq.heappop(self._heap)
+            self.now_ms = at
+            self.events += 1
+            if on_event is not None:
+                on_event(self.events)
+            self._handle(kind, payload)
+        self.now_ms = max(self.now_ms, until_ms)
+
+    def crash(self, index: int) -> None:
+        """Crash node `index` now, as a scheduled crash does (not the last live node)."""
+        self._handle("crash", index)
 
     def _start_node(self, node: _SimNode) -> None:
         node.incarnation += 1
@@ -338,6 +372,8 @@ class SimCluster:
         node.waiting.clear()
 
     def _transmit(self, source: _SimNode, target: _SimNode, frame: bytes) -> None:
+        if self.tracer is not None:
+            self.tracer.on_frame(source.index, target.index, frame, source.dc != target.dc)
         self.messages_sent += 1
         faults = self.config.faults if self._faults_on else frozenset()
         if self._groups is not None and self._groups[source.index] != self._groups[target.index]:
@@ -390,9 +426,7 @@ class SimCluster:
 
     def run(self) -> SimResult:
         config = self.config
-        late = self.config.nodes - self.config.late_nodes
-        for node in self.nodes[:late]:
-            self._start_node(node)
+        self.start_nodes()
         for op_index in range(config.ops):
             self._schedule(self.rng.uniform(0.0, config.write_window_ms), "op", op_index)
         self._plan_faults()
@@ -460,14 +494,22 @@ class SimCluster:
             index, incarnation, frame = payload
             node = self.nodes[index]
             if node.replica is not None and node.incarnation == incarnation:
+                if self.tracer is not None:
+                    self.tracer.before_step(index, "receive")
                 node.replica.receive(frame, self.now_ms)
+                if self.tracer is not None:
+                    self.tracer.after_step(index, "receive")
                 self._pump(node)
         elif kind == "tick":
             index, token = payload
             node = self.nodes[index]
             if node.replica is not None and node.tick_token == token:
                 node.tick_at_ms = float("inf")
+                if self.tracer is not None:
+                    self.tracer.before_step(index, "tick")
                 node.replica.tick(self.now_ms)
+                if self.tracer is not None:
+                    self.tracer.after_step(index, "tick")
                 self._pump(node)
         elif kind == "op":
             self._client_op(payload)
@@ -515,19 +557,32 @@ class SimCluster:
                 node.departed = True
                 self._lose_uncommitted(node)
 
-    def _client_op(self, op_index: int) -> None:
-        alive = [node for node in self.nodes if node.replica is not None]
-        if not alive:
-            return
-        node = self.rng.choice(alive)
+    def _client_op(self, payload: int | tuple[int, int, int]) -> None:
+        """A random node and doc for op `payload`; or the (op, node, doc) given by `schedule_op`."""
+        if isinstance(payload, tuple):
+            op_index, index, doc_index = payload
+            node, doc_id = self.nodes[index], f"doc-{doc_index}"
+            if node.replica is None:
+                if self.tracer is not None:
+                    self.tracer.on_client_op(index, doc_id, op_index, None)
+                return
+        else:
+            op_index = payload
+            alive = [node for node in self.nodes if node.replica is not None]
+            if not alive:
+                return
+            node = self.rng.choice(alive)
+            doc_id = f"doc-{self.rng.randrange(self.config.docs)}"
         assert node.replica is not None
-        doc_id = f"doc-{self.rng.randrange(self.config.docs)}"
         doc = node.replica.open_doc(doc_id)
         first = len(self.writes)
-        for write in self.workload.write(doc, doc_id, node.index, op_index, self.rng):
+        writes = self.workload.write(doc, doc_id, node.index, op_index, self.rng)
+        for write in writes:
             self.writes.append((write, node.index, node.incarnation))
             if write.shared:
                 self.shared_values.setdefault((write.doc_id, write.root, write.key), []).append(write.value)
+        if self.tracer is not None:
+            self.tracer.on_client_op(node.index, doc_id, op_index, writes)
         # The Persist this pump hands over holds exactly this operation's updates (every other
         # event pumps its own), so the op's writes are acknowledged when that group commits.
         number = self._pump(node)

@@ -89,6 +89,7 @@ class LocalDaemon:
     listen_port: int
     http_port: int
     data_dir: str
+    """The SQLite store's directory; "" for the memory store."""
     log_path: str
     dc: str = "dc1"
     peers: list[str] = field(default_factory=list)
@@ -119,7 +120,10 @@ class LocalDaemon:
         args = ["serve", "--node-id", self.name, "--dc", dc, "--listen", self.listen]
         for peer in peers:
             args += ["--peer", peer]
-        args += ["--http", f"127.0.0.1:{self.http_port}", "--data-dir", self.data_dir, "--log-format", "kv"]
+        args += ["--http", f"127.0.0.1:{self.http_port}"]
+        if self.data_dir:
+            args += ["--data-dir", self.data_dir]
+        args += ["--log-format", "kv"]
         return [*args, *extra]
 
     def spawn(self, args: Sequence[str], note: str) -> None:
@@ -172,11 +176,13 @@ def plan_daemons(
     ports: Sequence[int] | None = None,
     dcs: Mapping[str, str] | None = None,
     seeds: Sequence[str] | None = None,
+    data_dirs: bool = True,
     **fields: Any,
 ) -> list[D]:
-    """Daemons named `names` under `root` (data dir root/NAME, log root/NAME.log), with `ports` (the
-    replication ports of all, then the HTTP ports of all; free ports when None), the datacenter of
-    each (`dcs`, default dc1) and as peers every other node, or the nodes of `seeds` other than itself."""
+    """Daemons named `names` under `root` (data dir root/NAME, or the memory store without
+    `data_dirs`; log root/NAME.log), with `ports` (the replication ports of all, then the HTTP ports
+    of all; free ports when None), the datacenter of each (`dcs`, default dc1) and as peers every
+    other node, or the nodes of `seeds` other than itself."""
     count = len(names)
     chosen = list(ports) if ports is not None else free_ports(2 * count)
     listens = {name: f"tcp://127.0.0.1:{chosen[i]}" for i, name in enumerate(names)}
@@ -186,7 +192,7 @@ def plan_daemons(
             name=name,
             listen_port=chosen[index],
             http_port=chosen[count + index],
-            data_dir=os.path.join(root, name),
+            data_dir=os.path.join(root, name) if data_dirs else "",
             log_path=os.path.join(root, f"{name}.log"),
             dc=(dcs or {}).get(name, "dc1"),
             peers=[address for address in given if address != listens[name]],
