@@ -24,6 +24,10 @@ class CommitQueue:
 
     Effects are numbered from 1 in submission order: `submit` returns the number, and every effect
     up to `committed` is in the store. One thread (the event loop, or the simulator) calls all of it.
+
+    Groups are bounded (`group_updates_max`); what waits for the next group is not capped here, as a
+    `Persist` cannot be refused without losing it: it grows only while the store is slower than the
+    replica's (bounded) inputs or failing, and shows as `pending_effects` (`Node.store_stats()`).
     """
 
     def __init__(self, *, group_updates_max: int = 20_000) -> None:
