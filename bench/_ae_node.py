@@ -25,7 +25,7 @@ async def _emit_root(node: Node, cmd: JSON) -> None:
         "root",
         root=node.merkle_root().hex(),
         docs=status.docs,
-        rounds=status.counters.get("ae_rounds_completed", 0),
+        rounds=status.counters.ae_rounds_completed,
         rss_kb=proc_status_kb("VmRSS"),
     )
 

@@ -62,7 +62,7 @@ class NodeAdapter:
         return None  # paced writes are plain pycrdt writes; the node decides when they leave
 
     def counters(self) -> dict[str, int]:
-        counters = {str(k): int(v) for k, v in self._node.status().counters.items()}
+        counters = {str(k): int(v) for k, v in self._node.status().counters.as_dict().items()}
         if self._derive_bytes_out and "bytes_out" not in counters and "bytes_published" in counters:
             # Older counter names: PUB frames (counted once, not per subscriber) + request frames.
             counters["bytes_out"] = counters["bytes_published"] + counters.get("bytes_sent", 0)
@@ -87,7 +87,7 @@ async def _emit_status(node: Node, cmd: JSON) -> None:
             {"address": p.address, "node_id": p.node_id, "state": p.state, "behind": p.behind_updates}
             for p in st.peers
         ],
-        counters=dict(st.counters),
+        counters=st.counters.as_dict(),
     )
 
 

@@ -442,7 +442,7 @@ def wan_run(
             "relay": f"n{node.index}" in relay_ids,
             "busy_ms": busy[node.index] * 1000.0,
             "utilization": busy[node.index] / load_s,
-            "frames_received": (node.replica.counters.get("frames_received", 0) if node.replica else 0),
+            "frames_received": (node.replica.counters.frames_received if node.replica else 0),
         }
         for node in sim.nodes
     ]

@@ -188,10 +188,10 @@ class Pair:
         return self.a.merkle_root() == self.b.merkle_root()
 
     def rounds_completed(self) -> int:
-        return self.a.counters.get("ae_rounds_completed", 0) + self.b.counters.get("ae_rounds_completed", 0)
+        return self.a.counters.ae_rounds_completed + self.b.counters.ae_rounds_completed
 
     def counter(self, name: str) -> int:
-        return self.a.counters.get(name, 0) + self.b.counters.get(name, 0)
+        return self.a.counters.as_dict()[name] + self.b.counters.as_dict()[name]
 
     def verify(self, doc_ids: Sequence[str]) -> bool:
         """Equal digests and equal content for ``doc_ids`` (outside any timed region)."""
@@ -458,7 +458,7 @@ async def _zmq_resync(docs: int, changes: Sequence[workload.Change]) -> dict[str
                 await asyncio.sleep(0)
         await node_a.flush()
         await asyncio.sleep(0.1)  # the deltas leave on the PUB socket, to no subscriber
-        a0 = dict(node_a.status().counters)
+        a0 = node_a.status().counters.as_dict()
         store_b = workload.PreloadedStore(docs)
         cpu0 = time.process_time()
         t0 = time.perf_counter()
@@ -476,8 +476,8 @@ async def _zmq_resync(docs: int, changes: Sequence[workload.Change]) -> dict[str
                 await asyncio.sleep(ZMQ_POLL_S)
             cpu_s = time.process_time() - cpu0
             tcp = tcp_sent([os.getpid()])
-            a1 = dict(node_a.status().counters)
-            b1 = dict(node_b.status().counters)
+            a1 = node_a.status().counters.as_dict()
+            b1 = node_b.status().counters.as_dict()
             ids = [workload.doc_id(i) for i in range(docs)]
             equal = converged_at is not None and all(node_a.digest(d) == node_b.digest(d) for d in ids)
             peers = [*node_a.status().peers, *node_b.status().peers]

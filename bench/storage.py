@@ -214,7 +214,7 @@ async def _throughput(
     node = Node(config, store=store)
     async with node:
         await _write_burst(node, 0, WARMUP_WRITES)
-        commits0 = node.status().counters.get("store_commits", 0)
+        commits0 = node.status().counters.store_commits
         committed0 = store.updates_committed if store is not None else 0
         if store is not None:
             store.recording = mode == "fsync"
@@ -226,7 +226,7 @@ async def _throughput(
         uncommitted = None if store is None else writes - (store.updates_committed - committed0)
         if store is not None:
             store.recording = False
-        commits = node.status().counters.get("store_commits", 0) - commits0
+        commits = node.status().counters.store_commits - commits0
         t_close = time.perf_counter()
     close_s = time.perf_counter() - t_close
     result = Throughput(
@@ -456,9 +456,9 @@ class StorageCommands:
         emit(
             "ae",
             cpu_s=time.process_time(),
-            rounds=status.counters.get("ae_rounds_completed", 0),
-            rounds_in_sync=status.counters.get("ae_rounds_in_sync", 0),
-            rounds_started=status.counters.get("ae_rounds_started", 0),
+            rounds=status.counters.ae_rounds_completed,
+            rounds_in_sync=status.counters.ae_rounds_in_sync,
+            rounds_started=status.counters.ae_rounds_started,
             peers_up=sum(1 for peer in status.peers if peer.state == "up"),
             root=node.merkle_root().hex(),
             rss_kb=proc_status_kb("VmRSS"),
@@ -488,7 +488,7 @@ class StorageCommands:
                 wrong += 1
             if k % TOUCH_YIELD_EVERY == TOUCH_YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-                loaded_max = max(loaded_max, node.status().counters.get("docs_loaded", 0))
+                loaded_max = max(loaded_max, node.status().counters.docs_loaded)
         wall_s = time.perf_counter() - t0
         await node.flush()
         flushed_s = time.perf_counter() - t0
@@ -497,7 +497,7 @@ class StorageCommands:
         latencies.sort()
 
         def delta(key: str) -> int:
-            return int(counters1.get(key, 0)) - int(counters0.get(key, 0))
+            return counters1.as_dict()[key] - counters0.as_dict()[key]
 
         return {
             "touched": len(indices),
@@ -509,7 +509,7 @@ class StorageCommands:
             "open_p99_ms": percentile(latencies, 99),
             "open_max_ms": latencies[-1] if latencies else math.nan,
             "loaded_max": loaded_max,
-            "loaded_after": int(counters1.get("docs_loaded", 0)),
+            "loaded_after": counters1.docs_loaded,
             "evicted": delta("docs_evicted"),
             "store_commits": delta("store_commits"),
             "rss_kb": proc_status_kb("VmRSS"),
@@ -560,7 +560,7 @@ async def child_main(args: argparse.Namespace) -> None:
             root=root.hex(),
             docs=status.docs,
             epoch=status.epoch,
-            counters=dict(status.counters),
+            counters=status.counters.as_dict(),
             rss_kb=proc_status_kb("VmRSS"),
             hwm_kb=proc_status_kb("VmHWM"),
             profile=_profile_text(profiler) if profiler is not None else "",

@@ -14,6 +14,7 @@ from typing import Any
 
 from pycrdt import Doc
 
+from crdtsync.core.counters import Counters
 from crdtsync.core.effects import Effect, Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import Replica, ReplicaConfig
@@ -82,7 +83,8 @@ class NodeStatus:
     pending_updates: int
     """Remote updates received but waiting for their causal dependencies."""
     peers: tuple[PeerStatus, ...]
-    counters: dict[str, int]
+    counters: Counters
+    """Every counter of the node: the core's and the driver's (transport, store) in one typed set."""
     dc: str
     relay: bool
     """Whether this node relays between its datacenter and the others."""
@@ -307,19 +309,19 @@ class Node:
     def status(self) -> NodeStatus:
         replica = self._core
         snapshot = replica.status(_now_ms())
-        counters = dict(snapshot.counters)
+        counters = snapshot.counters
         if self._transport is not None:
-            counters["transport_send_drops"] = self._transport.send_drops
-            counters["transport_subscriptions_refused"] = self._transport.subscriptions_refused
-            counters["curve_refused"] = self._transport.curve_refused
-            counters["curve_no_key"] = self._transport.curve_no_key
+            counters.transport_send_drops = self._transport.send_drops
+            counters.transport_subscriptions_refused = self._transport.subscriptions_refused
+            counters.curve_refused = self._transport.curve_refused
+            counters.curve_no_key = self._transport.curve_no_key
         if self._writer is not None:
             stats = self.store_stats()
-            counters["docs_loaded"] = replica.loaded_docs()
-            counters["docs_loaded_bytes"] = replica.loaded_bytes()
-            counters["store_commits"] = stats.commits
-            counters["store_commit_failures"] = stats.commit_failures
-            counters["store_load_errors"] = stats.load_errors
+            counters.docs_loaded = replica.loaded_docs()
+            counters.docs_loaded_bytes = replica.loaded_bytes()
+            counters.store_commits = stats.commits
+            counters.store_commit_failures = stats.commit_failures
+            counters.store_load_errors = stats.load_errors
         return NodeStatus(
             node_id=snapshot.node_id,
             epoch=snapshot.epoch,

@@ -33,10 +33,10 @@ def registry_json(node_doc: Map[Any]) -> str:
 
 def summary(status: NodeStatus) -> str:
     peers = ", ".join(f"{peer.node_id or peer.address}={peer.state}" for peer in status.peers)
-    applied = status.counters.get("deltas_applied", 0) + status.counters.get("sync_updates_applied", 0)
+    applied = status.counters.deltas_applied + status.counters.sync_updates_applied
     return (
         f"{status.node_id}: docs={status.docs} published={status.published_updates} applied={applied} "
-        f"pending={status.pending_updates} ae_rounds={status.counters.get('ae_rounds_completed', 0)} "
+        f"pending={status.pending_updates} ae_rounds={status.counters.ae_rounds_completed} "
         f"peers[{peers}]"
     )
 

@@ -116,7 +116,7 @@ async def main() -> int:
             counters = status.counters
             print(
                 f"  {status.node_id:7} dc={status.dc:4} relay={status.relay!s:5} "
-                f"relayed out={counters.get('deltas_relayed_out', 0):2} in={counters.get('deltas_relayed_in', 0):2} "
+                f"relayed out={counters.deltas_relayed_out:2} in={counters.deltas_relayed_in:2} "
                 f"subscriptions={sorted(p.node_id or '?' for p in status.peers if p.subscribed)}"
             )
 
@@ -131,7 +131,7 @@ async def main() -> int:
         print(f"{successor.config.node_id} is the east relay now")
         doc.get("data", type=Map)["new-router"] = "off"
         await wait_for_flag(survivors, "off", "the change reached the survivors")
-        relayed = successor.status().counters.get("deltas_relayed_out", 0)
+        relayed = successor.status().counters.deltas_relayed_out
         print(
             f"the next change from west reached every surviving node; {successor.config.node_id} relayed {relayed}"
         )

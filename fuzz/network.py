@@ -184,8 +184,8 @@ async def campaign(seconds: float, seed: int, rss_limit_mb: float) -> tuple[bool
         summary = (
             f"network seed={seed}: {counts['frames']} hostile frames over {seconds:.0f} s, {len(written)} honest writes, "
             f"peak RSS {peak_rss:.0f} MB; node a dropped "
-            f"{sum(v for k, v in counters.items() if k.startswith('wire_errors_'))} malformed frames, rejected "
-            f"{counters.get('updates_rejected', 0)} updates, quarantined {counters.get('peers_quarantined', 0)} senders"
+            f"{counters.wire_errors_total()} malformed frames, rejected "
+            f"{counters.updates_rejected} updates, quarantined {counters.peers_quarantined} senders"
         )
     return not problems, summary + ("" if not problems else "; FAIL: " + "; ".join(problems))
 

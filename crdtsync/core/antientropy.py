@@ -74,7 +74,7 @@ class AntiEntropy:
         config = ctx.config
         now_ms = ctx.now_ms
         if self.round is not None and now_ms >= self.round.deadline_ms:
-            ctx.count("ae_round_timeouts")
+            ctx.counters.ae_round_timeouts += 1
             timed_out = self._links.by_address.get(self.round.address)
             dc = self._links.dc(timed_out) if timed_out is not None else None
             if dc is not None:
@@ -124,7 +124,7 @@ class AntiEntropy:
         self.round = Round(
             link.address, self._round_counter, "branches", ctx.now_ms + ctx.config.ae_round_timeout_ms
         )
-        ctx.count("ae_rounds_started")
+        ctx.counters.ae_rounds_started += 1
         self._links.send(
             link.address, wire.TreeRoot(ctx.node_id, self._round_counter, self._docs.merkle_root())
         )
@@ -140,7 +140,7 @@ class AntiEntropy:
             or current.round_id != round_id
             or current.phase != phase
         ):
-            self._ctx.count("ae_answers_stale")
+            self._ctx.counters.ae_answers_stale += 1
             return None
         return current, self._links.by_address[address]
 
@@ -150,9 +150,9 @@ class AntiEntropy:
         link.ae_rounds += 1
         link.ae_last_round_ms = ctx.now_ms
         link.ae_divergence = divergence
-        ctx.count("ae_rounds_completed")
+        ctx.counters.ae_rounds_completed += 1
         if divergence == 0:
-            ctx.count("ae_rounds_in_sync")
+            ctx.counters.ae_rounds_in_sync += 1
         if current.more:
             # Not at once: the repairs this round started must land first, or the next round would
             # find the same differences again.
@@ -213,8 +213,8 @@ class AntiEntropy:
             remote[segment][doc_id] = remote_digest
         repaired, requests, pushes = self._plan_repairs(current, link, remote)
         ctx = self._ctx
-        ctx.count("sync_pushes", len(pushes))
-        ctx.count("syncs_requested", len(requests))
+        ctx.counters.sync_pushes += len(pushes)
+        ctx.counters.syncs_requested += len(requests)
         self._sync.push(link.address, pushes)
         self._sync.send_entries(
             link.address,
@@ -223,7 +223,7 @@ class AntiEntropy:
             [len(state) + len(doc_id) for doc_id, state in requests],
         )
         link.ae_docs_repaired += repaired
-        ctx.count("ae_docs_repaired", repaired)
+        ctx.counters.ae_docs_repaired += repaired
         if len(message.segments) < current.segments_requested:
             current.more = True  # the answer was cut to fit a message
         self._finish(current, link, link.ae_divergence or 0)

@@ -66,7 +66,7 @@ class CausalBuffer:
         touched: dict[str, DocEntry] = {}
         for delta, before, after in deltas:
             if len(delta.update) > config.update_bytes_max:
-                self._ctx.count("updates_dropped_too_large")
+                self._ctx.counters.updates_dropped_too_large += 1
                 continue
             if not self._guard.well_formed(delta.doc_id, "delta", delta.update, publisher):
                 continue
@@ -75,7 +75,7 @@ class CausalBuffer:
                 try:
                     entry = self._docs.entry(delta.doc_id, create=True)
                 except (ValueError, RuntimeError) as exc:
-                    self._ctx.count("deltas_dropped_doc")
+                    self._ctx.counters.deltas_dropped_doc += 1
                     self._ctx.warn("bad_doc", "dropped a delta for doc %r: %s", delta.doc_id, exc)
                     continue
                 touched[delta.doc_id] = entry
@@ -94,7 +94,7 @@ class CausalBuffer:
             or held + size > config.pending_bytes_per_peer_max
         ):
             # Dropping is safe: the pull below fetches everything this delta carried.
-            self._ctx.count("deltas_dropped_buffer_full")
+            self._ctx.counters.deltas_dropped_buffer_full += 1
             if not waiting:
                 del self._pending[entry.doc_id]
             if self._ctx.now_ms >= entry.next_pull_ms:
@@ -116,7 +116,7 @@ class CausalBuffer:
             done: list[PendingDelta] = []
             for pending in waiting:
                 if covers(virtual, pending.after) and pending.after != pending.before:
-                    self._ctx.count("deltas_duplicate_state")
+                    self._ctx.counters.deltas_duplicate_state += 1
                     done.append(pending)
                 elif covers(virtual, pending.before):
                     ready.append((pending.delta.update, pending.publisher))
@@ -157,17 +157,17 @@ class CausalBuffer:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException:  # one of them is malformed: apply them one by one, each isolated
-                self._ctx.count("merge_failures")
+                self._ctx.counters.merge_failures += 1
             else:
                 if self._docs.apply(entry, merged, "delta"):
-                    self._ctx.count("deltas_applied", len(updates))
+                    self._ctx.counters.deltas_applied += len(updates)
                     return
         for update, sender in ready:
             if self._docs.apply(entry, update, "delta", sender):
-                self._ctx.count("deltas_applied")
+                self._ctx.counters.deltas_applied += 1
 
     def _pull(self, node_id: str, entry: DocEntry) -> None:
-        self._ctx.count("syncs_requested")
+        self._ctx.counters.syncs_requested += 1
         self._links.send_to_node(
             node_id, wire.SyncRequest(self._ctx.node_id, ((entry.doc_id, entry.state_bytes),))
         )
@@ -183,5 +183,5 @@ class CausalBuffer:
             oldest = waiting[0]
             if now_ms - oldest.arrived_ms >= wait_ms:
                 entry.next_pull_ms = now_ms + wait_ms
-                self._ctx.count("causal_pulls")
+                self._ctx.counters.causal_pulls += 1
                 self._pull(oldest.publisher, entry)

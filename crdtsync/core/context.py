@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from crdtsync.core.config import ReplicaConfig
+from crdtsync.core.counters import Counters
 from crdtsync.core.effects import Effect
 
 log = logging.getLogger("crdtsync.replica")
@@ -56,20 +57,17 @@ class Context:
         self.now_ms = 0.0
         """The time the current input carried; set by the facade before any part runs."""
         self.effects: list[Effect] = []
-        self.counters: dict[str, int] = {}
+        self.counters = Counters()
         self.dc_traffic: dict[str, DcTraffic] = {}
         self._datacenters_max = datacenters_max
         self._warned_ms: dict[str, float] = {}
         self._jitter_state = client_id
 
-    def count(self, name: str, amount: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + amount
-
     def warn(self, reason: str, message: str, *args: object) -> None:
         """Log at most one warning per reason per `WARN_INTERVAL_MS`."""
         last = self._warned_ms.get(reason)
         if last is not None and self.now_ms - last < WARN_INTERVAL_MS:
-            self.count("warnings_suppressed")
+            self.counters.warnings_suppressed += 1
             return
         self._warned_ms[reason] = self.now_ms
         log.warning(message, *args)

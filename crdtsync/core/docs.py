@@ -113,7 +113,7 @@ class DocTable:
         if entry.doc is None:
             content = self._loader(entry.doc_id) if self._loader is not None else None
             self._attach(entry, content)
-            self._ctx.count("doc_loads")
+            self._ctx.counters.doc_loads += 1
         elif entry.doc_id in self._lru:
             self._lru.move_to_end(entry.doc_id)
         assert entry.doc is not None
@@ -208,7 +208,7 @@ class DocTable:
         # or a doc that grew large could never be loaded again.
         remote = reason not in ("load", "restore")
         if remote and len(update) > self._ctx.config.update_bytes_max:
-            self._ctx.count("updates_dropped_too_large")
+            self._ctx.counters.updates_dropped_too_large += 1
             return False
         doc = self.doc(entry)
         try:
@@ -273,7 +273,7 @@ class DocTable:
         self.loaded -= 1
         self.loaded_bytes -= entry.loaded_bytes
         entry.loaded_bytes = 0
-        self._ctx.count("docs_evicted")
+        self._ctx.counters.docs_evicted += 1
 
     def _on_transaction(self, entry: DocEntry, event: TransactionEvent) -> None:
         # pycrdt's stubs omit these attributes of TransactionEvent; they exist at run time.

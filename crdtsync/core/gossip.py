@@ -110,7 +110,7 @@ class Gossip:
                 "peer %s at %s (dc %s) is up (epoch %d)",
                 message.node_id, message.address, message.dc, message.epoch,
             )  # fmt: skip
-            ctx.count("peer_up")
+            ctx.counters.peer_up += 1
         link.state = "up"
         if changed:
             self.retopologize()
@@ -163,13 +163,13 @@ class Gossip:
             start = (self._turn * (wire.MEMBERS_PER_MESSAGE_MAX - 1)) % len(rest)
             window = (rest + rest)[start : start + wire.MEMBERS_PER_MESSAGE_MAX - 1]
             records = [records[0], *window]
-        self._ctx.count("gossip_sent")
+        self._ctx.counters.gossip_sent += 1
         self._links.send(link.address, wire.Members(self._ctx.node_id, reply, tuple(records)))
 
     def on_members(self, message: wire.Members) -> None:
         ctx = self._ctx
         membership = self._membership
-        ctx.count("gossip_received")
+        ctx.counters.gossip_received += 1
         records = list(message.members)
         changed = False
         for record in records:
@@ -196,7 +196,7 @@ class Gossip:
 
     def _on_left(self, record: wire.MemberEntry) -> None:
         log.info("member %s (dc %s) left the cluster", record.node_id, record.dc)
-        self._ctx.count("members_left")
+        self._ctx.counters.members_left += 1
         link = self._links.by_address.get(self._links.address_of.get(record.node_id, record.address))
         if link is not None and link.node_id == record.node_id:
             if link.configured:
@@ -209,7 +209,16 @@ class Gossip:
 
     def _on_liveness(self, change: LivenessChange) -> None:
         ctx = self._ctx
-        ctx.count(f"member_{change.after}")
+        counters = ctx.counters
+        match change.after:
+            case "alive":
+                counters.member_alive += 1
+            case "suspect":
+                counters.member_suspect += 1
+            case "down":
+                counters.member_down += 1
+            case "left":
+                counters.member_left += 1
         if change.after in ("suspect", "down"):
             ctx.traffic_with(change.dc).failures += 1
         log.info("member %s (dc %s): %s -> %s", change.node_id, change.dc, change.before, change.after)
@@ -219,12 +228,12 @@ class Gossip:
         if change.after == "down":
             link.state = "down"
             link.hello_backoff_ms = 0.0
-            ctx.count("peer_down")
+            ctx.counters.peer_down += 1
         elif change.after == "suspect":
             link.state = "suspect"
         elif change.after == "alive" and link.state != "up":
             link.state = "up"
-            ctx.count("peer_up")
+            ctx.counters.peer_up += 1
 
     def retopologize(self) -> None:
         """Bring links and subscriptions in line with the member table (see the module doc)."""
@@ -233,7 +242,7 @@ class Gossip:
         relay = self._membership.is_relay()
         if relay != links.is_relay:
             links.is_relay = relay
-            ctx.count("relay_changes")
+            ctx.counters.relay_changes += 1
             log.info("this node is %s a relay of dc %s", "now" if relay else "no longer", ctx.dc)
         for member in self._membership.members.values():
             record = member.record

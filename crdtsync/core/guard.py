@@ -38,7 +38,7 @@ class Guard:
         until = self._quarantined.get(sender)
         if until is not None:
             if now_ms < until:
-                ctx.count("frames_dropped_quarantined")
+                ctx.counters.frames_dropped_quarantined += 1
                 return False
             del self._quarantined[sender]
         rate = ctx.config.peer_frames_per_second_max
@@ -46,7 +46,7 @@ class Guard:
         tokens = min(rate, tokens + (now_ms - last) * rate / 1000.0)
         if tokens < 1.0:
             self._buckets[sender] = (tokens, now_ms)
-            ctx.count("frames_dropped_rate")
+            ctx.counters.frames_dropped_rate += 1
             ctx.warn("rate", "dropping frames from %s: over %.0f frames/s", sender, rate)
             return False
         self._buckets[sender] = (tokens - 1.0, now_ms)
@@ -66,7 +66,7 @@ class Guard:
             return True
         if bound == key and owner == node_id:
             return True
-        self._ctx.count("frames_dropped_identity")
+        self._ctx.counters.frames_dropped_identity += 1
         self._ctx.warn(
             "identity",
             "dropped a frame claiming to be %s from key %s (bound to %s)",
@@ -87,7 +87,7 @@ class Guard:
         doc it later crashes on reading, and, while the doc is quarantined, every update from a
         sender with rejections on record (honest peers keep repairing it, so replicas still converge)."""
         if sender is not None and sender in self._strikes and self._doc_quarantined(doc_id):
-            self._ctx.count("updates_dropped_doc_quarantined")
+            self._ctx.counters.updates_dropped_doc_quarantined += 1
             return False
         try:
             check_update(update)
@@ -100,7 +100,7 @@ class Guard:
         self, doc_id: str, reason: str, update: bytes, exc: BaseException, sender: str | None, *, remote: bool
     ) -> None:
         ctx = self._ctx
-        ctx.count("updates_rejected")
+        ctx.counters.updates_rejected += 1
         ctx.warn(
             "update_rejected", "rejected a %s update of %d bytes for %r: %s", reason, len(update), doc_id, exc
         )
@@ -110,7 +110,7 @@ class Guard:
             self._docs_quarantined[doc_id] = ctx.now_ms + ctx.config.quarantine_ms
             if len(self._docs_quarantined) > ctx.config.peers_max:  # bounded: the oldest goes
                 del self._docs_quarantined[next(iter(self._docs_quarantined))]
-            ctx.count("docs_quarantined")
+            ctx.counters.docs_quarantined += 1
             log.warning(
                 "quarantined doc %r for %.0f s: %d updates for it were rejected",
                 doc_id,
@@ -147,7 +147,7 @@ class Guard:
         ctx = self._ctx
         if self._strike_in(self._strikes, sender):
             self._quarantined[sender] = ctx.now_ms + ctx.config.quarantine_ms
-            ctx.count("peers_quarantined")
+            ctx.counters.peers_quarantined += 1
             log.warning(
                 "quarantined %s for %.0f s: %d of its updates were rejected",
                 sender,

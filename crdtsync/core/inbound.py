@@ -95,7 +95,7 @@ class Inbound:
         fresh: list[tuple[wire.Delta, StateVector, StateVector]]
         if message.epoch < track.epoch:
             # A late frame of an earlier incarnation: no sequence tracking, but its content is valid.
-            self._ctx.count("deltas_stale_epoch", len(message.deltas))
+            self._ctx.counters.deltas_stale_epoch += len(message.deltas)
             fresh = [(delta, *state) for delta, state in zip(message.deltas, states, strict=True)]
         else:
             fresh = self._sequence(message, track, states)
@@ -103,7 +103,7 @@ class Inbound:
             publisher_dc = self._membership.dc_of(publisher)
             if publisher_dc is not None and publisher_dc != self._ctx.dc:
                 # Into this datacenter only (dc_only): the relayed copy must not cross the WAN again.
-                self._ctx.count("deltas_relayed_out", len(fresh))
+                self._ctx.counters.deltas_relayed_out += len(fresh)
                 relayed = wire.Relayed(self._ctx.node_id, publisher, tuple(d for d, _b, _a in fresh))
                 self._links.publish(relayed, dc_only=True)
         self._causal.add(fresh, publisher)
@@ -116,7 +116,7 @@ class Inbound:
         for index, delta in enumerate(message.deltas):
             seq = message.first_seq + index
             if seq <= track.contiguous or seq in track.above:
-                self._ctx.count("deltas_duplicate")
+                self._ctx.counters.deltas_duplicate += 1
                 continue
             fresh.append((delta, *states[index]))
             if seq == track.contiguous + 1:
@@ -129,7 +129,7 @@ class Inbound:
         last = message.first_seq + len(message.deltas) - 1
         track.last_seq_seen = max(track.last_seq_seen, last)
         if len(track.above) > self._ctx.config.out_of_order_seqs_max:
-            self._ctx.count("gap_too_large")
+            self._ctx.counters.gap_too_large += 1
             self._give_up_gap(message.node_id, track)
         elif track.above:
             self._request_retransmit(message.node_id, track)
@@ -142,7 +142,7 @@ class Inbound:
         what the state already covers, and pulls of missing dependencies go to the relay."""
         if message.origin == self._ctx.node_id:
             return
-        self._ctx.count("deltas_relayed_in", len(message.deltas))
+        self._ctx.counters.deltas_relayed_in += len(message.deltas)
         states = decode_states(message.deltas)
         self._causal.add(
             [(delta, *state) for delta, state in zip(message.deltas, states, strict=True)],
@@ -178,14 +178,14 @@ class Inbound:
             return
         hi = min(hi, lo + ctx.config.retransmit_deltas_max - 1)
         track.retransmit_deadline_ms = ctx.now_ms + ctx.config.retransmit_timeout_ms
-        ctx.count("retransmit_requests")
+        ctx.counters.retransmit_requests += 1
         self._links.send_to_node(node_id, wire.RetransmitRequest(ctx.node_id, track.epoch, lo, hi))
 
     def on_retransmit_gone(self, message: wire.RetransmitGone) -> None:
         track = self.tracks.get(message.node_id)
         if track is None or track.epoch != message.epoch:
             return
-        self._ctx.count("retransmits_gone_received")
+        self._ctx.counters.retransmits_gone_received += 1
         self._give_up_gap(message.node_id, track)
 
     def _give_up_gap(self, node_id: str, track: PublisherTrack) -> None:

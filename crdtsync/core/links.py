@@ -57,7 +57,7 @@ class Links:
         link = self.by_address.get(address)
         if link is None:
             if len(self.by_address) >= self._ctx.config.peers_max:
-                self._ctx.count("peers_max_reached")
+                self._ctx.counters.peers_max_reached += 1
                 return None
             link = PeerLink(address, configured, next_hello_ms=self._ctx.now_ms)
             self.by_address[address] = link
@@ -157,19 +157,28 @@ class Links:
         except wire.WireError as exc:
             # Only a single transaction larger than a frame gets here (batches split well below).
             # Peers cannot receive it as a delta; it stays in the doc and in the store.
-            ctx.count(f"{way}_too_large")
+            if way == "published":
+                ctx.counters.published_too_large += 1
+            else:
+                ctx.counters.sent_too_large += 1
             ctx.warn(f"{way}_too_large", "not %s %s: %s", way, type(message).__name__, exc)
             return None
-        ctx.count(f"frames_{way}")
-        ctx.count(f"bytes_{way}", len(frame))
-        ctx.count(f"bytes_{way}_raw", raw_size)
+        counters = ctx.counters
+        if way == "published":
+            counters.frames_published += 1
+            counters.bytes_published += len(frame)
+            counters.bytes_published_raw += raw_size
+        else:
+            counters.frames_sent += 1
+            counters.bytes_sent += len(frame)
+            counters.bytes_sent_raw += raw_size
         return frame
 
     def publish(self, message: wire.Message, *, dc_only: bool = False) -> None:
         frame = self.encode(message, "published")
         if frame is not None:
             if isinstance(message, wire.Deltas):
-                self._ctx.count("batches_published")
+                self._ctx.counters.batches_published += 1
             self._ctx.effects.append(Publish(frame, dc_only))
 
     def send(self, address: str, message: wire.Message) -> None:
@@ -186,6 +195,6 @@ class Links:
     def send_to_node(self, node_id: str, message: wire.Message) -> None:
         address = self.address_of.get(node_id)
         if address is None:
-            self._ctx.count("unknown_peer")
+            self._ctx.counters.unknown_peer += 1
             return
         self.send(address, message)

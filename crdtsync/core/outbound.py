@@ -54,7 +54,7 @@ class Outbound:
             self._outbox_since_ms = self._ctx.now_ms
         self._outbox.append(delta)
         self._outbox_bytes += size
-        self._ctx.count("deltas_published")
+        self._ctx.counters.deltas_published += 1
         if self.wakeup is not None and not self._wakeup_armed:
             self._wakeup_armed = True
             self.wakeup()
@@ -116,7 +116,7 @@ class Outbound:
         ctx = self._ctx
         oldest = self._ring[0][0] if self._ring else self.last_seq + 1
         if message.epoch != ctx.epoch or message.from_seq < oldest:
-            ctx.count("retransmits_gone")
+            ctx.counters.retransmits_gone += 1
             self._links.send_to_node(message.node_id, wire.RetransmitGone(ctx.node_id, ctx.epoch, oldest))
             return
         # Capped here too: a request is remote input and must not make us send the whole ring.
@@ -127,5 +127,5 @@ class Outbound:
             wire.Delta(doc_id, before, after, update) for _seq, doc_id, before, after, update, _size in wanted
         )
         for batch in self._batches(message.from_seq, deltas):
-            ctx.count("retransmits_served")
+            ctx.counters.retransmits_served += 1
             self._links.send_to_node(message.node_id, batch)

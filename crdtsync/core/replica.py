@@ -30,6 +30,7 @@ from crdtsync.core.antientropy import AntiEntropy
 from crdtsync.core.causal import CausalBuffer
 from crdtsync.core.config import ReplicaConfig
 from crdtsync.core.context import Context
+from crdtsync.core.counters import Counters
 from crdtsync.core.docs import EMPTY_STATE, REMOTE_ORIGIN, DocLoader, DocTable
 from crdtsync.core.effects import Effect, Persist
 from crdtsync.core.gossip import Gossip
@@ -126,7 +127,8 @@ class Replica:
         return self._ctx.publish_endpoint
 
     @property
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> Counters:
+        """The live counters (the driver fills its own fields into copies, never into these)."""
         return self._ctx.counters
 
     # ------------------------------------------------------------------ driver interface
@@ -180,7 +182,7 @@ class Replica:
         ):
             # Nothing ran here for longer than any timer allows: this node was stopped or stalled,
             # and its peers' silence in that time is its own.
-            ctx.count("own_pauses")
+            ctx.counters.own_pauses += 1
             self.membership.forgive_silence(now_ms)
         self._last_tick_ms = now_ms
         ctx.now_ms = now_ms
@@ -207,17 +209,17 @@ class Replica:
         that key cannot speak for another one."""
         ctx = self._ctx
         ctx.now_ms = now_ms
-        ctx.count("frames_received")
-        ctx.count("bytes_received", len(frame))
+        ctx.counters.frames_received += 1
+        ctx.counters.bytes_received += len(frame)
         try:
             message, raw_size = wire.decode_counted(frame)
         except wire.WireError as exc:
-            ctx.count(f"wire_errors_{exc.reason}")
+            ctx.counters.wire_error(exc.reason)
             ctx.warn(exc.reason, "dropped a malformed frame of %d bytes: %s", len(frame), exc)
             return
-        ctx.count("bytes_received_raw", raw_size)
+        ctx.counters.bytes_received_raw += raw_size
         if message.node_id == ctx.node_id:
-            ctx.count("own_frames_dropped")
+            ctx.counters.own_frames_dropped += 1
             return
         if not self._guard.admit(message.node_id):
             return
@@ -231,7 +233,7 @@ class Replica:
         try:
             self._dispatch(message)
         except StateDecodeError as exc:
-            ctx.count("wire_errors_bad_state")
+            ctx.counters.wire_error("bad_state")
             log.warning(
                 "dropped %s from %s: bad state vector: %s", type(message).__name__, message.node_id, exc
             )
@@ -366,5 +368,5 @@ class Replica:
             peers=tuple(peers),
             members=tuple(members),
             datacenters=tuple(dc_statuses(ctx, self.membership, members, peers)),
-            counters=dict(ctx.counters),
+            counters=ctx.counters.copy(),
         )

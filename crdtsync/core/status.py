@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from crdtsync.core.context import Context, DcTraffic
+from crdtsync.core.counters import Counters
 from crdtsync.core.inbound import PublisherTrack
 from crdtsync.core.links import Links, PeerState
 from crdtsync.core.membership import Membership
@@ -91,7 +92,7 @@ class ReplicaStatus:
     peers: tuple[PeerStatus, ...]
     members: tuple[MemberStatus, ...]
     datacenters: tuple[DcStatus, ...]
-    counters: dict[str, int]
+    counters: Counters
 
 
 def peer_statuses(

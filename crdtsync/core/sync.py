@@ -66,11 +66,11 @@ class StateSync:
         ctx = self._ctx
         address = self._links.address_of.get(message.node_id)
         if address is None:
-            ctx.count("unknown_peer")
+            ctx.counters.unknown_peer += 1
             return
         replies: list[tuple[Any, ...]] = []
         for doc_id, state in message.entries:
-            ctx.count("syncs_served")
+            ctx.counters.syncs_served += 1
             entry = self._docs.get(doc_id)
             if entry is None:
                 replies.append((doc_id, EMPTY_UPDATE, EMPTY_STATE))
@@ -81,7 +81,7 @@ class StateSync:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except BaseException as exc:
-                ctx.count("syncs_rejected")
+                ctx.counters.syncs_rejected += 1
                 ctx.warn("sync_rejected", "sync of %r for %s rejected: %s", doc_id, message.node_id, exc)
                 continue
             replies.append((doc_id, update, entry.state_bytes))
@@ -105,7 +105,7 @@ class StateSync:
                 pushes.append((doc_id, back))
         address = self._links.address_of.get(message.node_id)
         if pushes and address is not None:
-            self._ctx.count("sync_pushes", len(pushes))
+            self._ctx.counters.sync_pushes += len(pushes)
             self.push(address, pushes)
 
     def on_update(self, doc_id: str, update: bytes, node_id: str) -> None:
@@ -115,12 +115,12 @@ class StateSync:
         try:
             entry = self._docs.entry(doc_id, create=True)
         except (ValueError, RuntimeError) as exc:
-            ctx.count("syncs_dropped_doc")
+            ctx.counters.syncs_dropped_doc += 1
             ctx.warn("bad_doc", "dropped a sync update for doc %r from %s: %s", doc_id, node_id, exc)
             return
         # Safe to apply at once: it was computed against a state vector this node already covers.
         if self._docs.apply(entry, update, "sync", node_id):
-            ctx.count("sync_updates_applied")
+            ctx.counters.sync_updates_applied += 1
             link = self._links.of_node(node_id)
             if link is not None:
                 link.ae_docs_repaired += 1

@@ -28,6 +28,8 @@ from typing import Any
 import lz4.block
 import msgpack
 
+from crdtsync.core.counters import WireErrorReason
+
 MAGIC = b"CS"
 WIRE_VERSION = 1
 HEADER = struct.Struct("!2sBBBII")
@@ -60,7 +62,7 @@ MEMBERS_PER_MESSAGE_MAX = 1024
 class WireError(ValueError):
     """A frame that is not a valid crdtsync message. `reason` is a short stable label for metrics."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: WireErrorReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail

@@ -329,7 +329,7 @@ class Api:
                     }
                     for dc in status.datacenters
                 ],
-                "counters": status.counters,
+                "counters": status.counters.as_dict(),
             }
         )
 

@@ -8,115 +8,185 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from crdtsync.core.counters import Counters
 from crdtsync.node import Node, NodeStatus
 from crdtsync.store.writer import COMMIT_LATENCY_BUCKETS_MS
 
 PREFIX = "crdtsync"
 
-# counter name in NodeStatus.counters -> (metric, help, labels)
-_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
-    "deltas_published": ("updates_published", "Local transactions published.", {}),
-    "deltas_applied": ("updates_applied", "Remote updates applied, by path.", {"path": "stream"}),
-    "sync_updates_applied": ("updates_applied", "Remote updates applied, by path.", {"path": "sync"}),
-    "deltas_duplicate": ("updates_dropped", "Updates dropped, by reason.", {"reason": "duplicate_seq"}),
-    "deltas_duplicate_state": (
+# how to read each counter of NodeStatus.counters -> (metric, help, labels): a misspelt field is a type error
+_COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...] = (
+    (lambda c: c.deltas_published, "updates_published", "Local transactions published.", {}),
+    (lambda c: c.deltas_applied, "updates_applied", "Remote updates applied, by path.", {"path": "stream"}),
+    (
+        lambda c: c.sync_updates_applied,
+        "updates_applied",
+        "Remote updates applied, by path.",
+        {"path": "sync"},
+    ),
+    (
+        lambda c: c.deltas_duplicate,
+        "updates_dropped",
+        "Updates dropped, by reason.",
+        {"reason": "duplicate_seq"},
+    ),
+    (
+        lambda c: c.deltas_duplicate_state,
         "updates_dropped",
         "Updates dropped, by reason.",
         {"reason": "duplicate_state"},
     ),
-    "deltas_dropped_buffer_full": (
+    (
+        lambda c: c.deltas_dropped_buffer_full,
         "updates_dropped",
         "Updates dropped, by reason.",
         {"reason": "buffer_full"},
     ),
-    "updates_rejected": ("updates_dropped", "Updates dropped, by reason.", {"reason": "rejected"}),
-    "updates_dropped_too_large": ("updates_dropped", "Updates dropped, by reason.", {"reason": "too_large"}),
-    "deltas_dropped_doc": ("updates_dropped", "Updates dropped, by reason.", {"reason": "bad_doc"}),
-    "bytes_published": (
+    (lambda c: c.updates_rejected, "updates_dropped", "Updates dropped, by reason.", {"reason": "rejected"}),
+    (
+        lambda c: c.updates_dropped_too_large,
+        "updates_dropped",
+        "Updates dropped, by reason.",
+        {"reason": "too_large"},
+    ),
+    (lambda c: c.deltas_dropped_doc, "updates_dropped", "Updates dropped, by reason.", {"reason": "bad_doc"}),
+    (
+        lambda c: c.bytes_published,
         "bytes_out",
         "Frame bytes sent (lz4-compressed where that paid), by socket.",
         {"socket": "pub"},
     ),
-    "bytes_sent": (
+    (
+        lambda c: c.bytes_sent,
         "bytes_out",
         "Frame bytes sent (lz4-compressed where that paid), by socket.",
         {"socket": "dealer"},
     ),
-    "bytes_published_raw": (
+    (
+        lambda c: c.bytes_published_raw,
         "bytes_out_raw",
         "Frame bytes sent, before compression, by socket.",
         {"socket": "pub"},
     ),
-    "bytes_sent_raw": (
+    (
+        lambda c: c.bytes_sent_raw,
         "bytes_out_raw",
         "Frame bytes sent, before compression, by socket.",
         {"socket": "dealer"},
     ),
-    "bytes_received": ("bytes_in", "Frame bytes received (as sent: compressed where that paid).", {}),
-    "bytes_received_raw": ("bytes_in_raw", "Frame bytes received, after decompression.", {}),
-    "frames_received": ("frames_in", "Frames received.", {}),
-    "batches_published": ("batches_published", "DELTAS messages published.", {}),
-    "retransmit_requests": ("retransmit_requests", "Retransmissions asked of publishers.", {}),
-    "retransmits_served": ("retransmits_served", "Retransmission batches served from the ring.", {}),
-    "causal_pulls": ("causal_pulls", "Docs pulled because a delta waited too long for its dependencies.", {}),
-    "ae_rounds_completed": ("anti_entropy_rounds", "Anti-entropy rounds completed.", {}),
-    "ae_rounds_in_sync": ("anti_entropy_rounds_in_sync", "Anti-entropy rounds that found no difference.", {}),
-    "ae_docs_repaired": (
+    (
+        lambda c: c.bytes_received,
+        "bytes_in",
+        "Frame bytes received (as sent: compressed where that paid).",
+        {},
+    ),
+    (lambda c: c.bytes_received_raw, "bytes_in_raw", "Frame bytes received, after decompression.", {}),
+    (lambda c: c.frames_received, "frames_in", "Frames received.", {}),
+    (lambda c: c.batches_published, "batches_published", "DELTAS messages published.", {}),
+    (lambda c: c.retransmit_requests, "retransmit_requests", "Retransmissions asked of publishers.", {}),
+    (
+        lambda c: c.retransmits_served,
+        "retransmits_served",
+        "Retransmission batches served from the ring.",
+        {},
+    ),
+    (
+        lambda c: c.causal_pulls,
+        "causal_pulls",
+        "Docs pulled because a delta waited too long for its dependencies.",
+        {},
+    ),
+    (lambda c: c.ae_rounds_completed, "anti_entropy_rounds", "Anti-entropy rounds completed.", {}),
+    (
+        lambda c: c.ae_rounds_in_sync,
+        "anti_entropy_rounds_in_sync",
+        "Anti-entropy rounds that found no difference.",
+        {},
+    ),
+    (
+        lambda c: c.ae_docs_repaired,
         "anti_entropy_docs_repaired",
         "Docs requested or pushed by anti-entropy rounds.",
         {},
     ),
-    "docs_evicted": ("docs_evicted", "Docs evicted from memory.", {}),
-    "doc_loads": ("doc_loads", "Docs loaded from the store.", {}),
-    "peer_down": ("peer_state_changes", "Peer state changes.", {"to": "down"}),
-    "peer_up": ("peer_state_changes", "Peer state changes.", {"to": "up"}),
-    "ae_rounds_started": ("anti_entropy_rounds_started", "Anti-entropy rounds started.", {}),
-    "ae_round_timeouts": (
+    (lambda c: c.docs_evicted, "docs_evicted", "Docs evicted from memory.", {}),
+    (lambda c: c.doc_loads, "doc_loads", "Docs loaded from the store.", {}),
+    (lambda c: c.peer_down, "peer_state_changes", "Peer state changes.", {"to": "down"}),
+    (lambda c: c.peer_up, "peer_state_changes", "Peer state changes.", {"to": "up"}),
+    (lambda c: c.ae_rounds_started, "anti_entropy_rounds_started", "Anti-entropy rounds started.", {}),
+    (
+        lambda c: c.ae_round_timeouts,
         "anti_entropy_round_timeouts",
         "Anti-entropy rounds abandoned after a timeout.",
         {},
     ),
-    "transport_send_drops": (
+    (
+        lambda c: c.transport_send_drops,
         "transport_send_drops",
         "Frames the transport could not queue (repaired later).",
         {},
     ),
-    "transport_subscriptions_refused": (
+    (
+        lambda c: c.transport_subscriptions_refused,
         "transport_subscriptions_refused",
         "Publishers not subscribed to because the subscription bound was reached.",
         {},
     ),
-    "store_load_errors": ("store_load_errors", "Docs whose stored content failed its checksum at load.", {}),
-    "store_commits": ("store_commits", "Store group commits.", {}),
-    "store_commit_failures": ("store_commit_failures", "Store commits that failed (retried).", {}),
-    "member_alive": ("member_state_changes", "Failure detector state changes of members.", {"to": "alive"}),
-    "member_suspect": (
+    (
+        lambda c: c.store_load_errors,
+        "store_load_errors",
+        "Docs whose stored content failed its checksum at load.",
+        {},
+    ),
+    (lambda c: c.store_commits, "store_commits", "Store group commits.", {}),
+    (lambda c: c.store_commit_failures, "store_commit_failures", "Store commits that failed (retried).", {}),
+    (
+        lambda c: c.member_alive,
+        "member_state_changes",
+        "Failure detector state changes of members.",
+        {"to": "alive"},
+    ),
+    (
+        lambda c: c.member_suspect,
         "member_state_changes",
         "Failure detector state changes of members.",
         {"to": "suspect"},
     ),
-    "member_down": ("member_state_changes", "Failure detector state changes of members.", {"to": "down"}),
-    "members_left": ("member_state_changes", "Failure detector state changes of members.", {"to": "left"}),
-    "relay_changes": (
+    (
+        lambda c: c.member_down,
+        "member_state_changes",
+        "Failure detector state changes of members.",
+        {"to": "down"},
+    ),
+    (
+        lambda c: c.members_left,
+        "member_state_changes",
+        "Failure detector state changes of members.",
+        {"to": "left"},
+    ),
+    (
+        lambda c: c.relay_changes,
         "relay_changes",
         "Times this node became or stopped being a relay of its datacenter.",
         {},
     ),
-    "deltas_relayed_out": (
+    (
+        lambda c: c.deltas_relayed_out,
         "updates_relayed",
         "Updates of other datacenters republished into this one (out: by this relay; in: received "
         "from a relay).",
         {"direction": "out"},
     ),
-    "deltas_relayed_in": (
+    (
+        lambda c: c.deltas_relayed_in,
         "updates_relayed",
         "Updates of other datacenters republished into this one (out: by this relay; in: received "
         "from a relay).",
         {"direction": "in"},
     ),
-    "gossip_sent": ("gossip_sent", "Membership gossip messages sent.", {}),
-    "gossip_received": ("gossip_received", "Membership gossip messages received.", {}),
-}
+    (lambda c: c.gossip_sent, "gossip_sent", "Membership gossip messages sent.", {}),
+    (lambda c: c.gossip_received, "gossip_received", "Membership gossip messages received.", {}),
+)
 
 MEMBER_STATES = ("alive", "suspect", "down", "left")
 
@@ -131,19 +201,18 @@ class NodeCollector(Collector):
         status = self.node.status()
         counters = status.counters
         families: dict[str, CounterMetricFamily] = {}
-        for name, (metric, help_text, labels) in _COUNTERS.items():
+        for read, metric, help_text, labels in _COUNTERS:
             family = families.get(metric)
             if family is None:
                 family = families[metric] = CounterMetricFamily(
                     f"{PREFIX}_{metric}", help_text, labels=list(labels)
                 )
-            family.add_metric(list(labels.values()), counters.get(name, 0))
+            family.add_metric(list(labels.values()), read(counters))
         wire_errors = CounterMetricFamily(
             f"{PREFIX}_wire_errors", "Malformed frames dropped, by reason.", labels=["reason"]
         )
-        for name, value in counters.items():
-            if name.startswith("wire_errors_"):
-                wire_errors.add_metric([name.removeprefix("wire_errors_")], value)
+        for reason, value in counters.wire_errors.items():
+            wire_errors.add_metric([reason], value)
         yield from families.values()
         yield wire_errors
 
@@ -155,17 +224,17 @@ class NodeCollector(Collector):
         info.add_metric([status.node_id, self.dc, str(status.epoch)], 1.0)
         yield info
 
-        batches = counters.get("batches_published", 0)
+        batches = counters.batches_published
         batch_size = GaugeMetricFamily(
             f"{PREFIX}_batch_size_mean", "Mean deltas per published DELTAS message."
         )
-        batch_size.add_metric([], counters.get("deltas_published", 0) / batches if batches else 0.0)
+        batch_size.add_metric([], counters.deltas_published / batches if batches else 0.0)
         yield batch_size
 
         gauges: tuple[tuple[str, str, float], ...] = (
             ("docs", "Docs held (loaded or not).", status.docs),
-            ("docs_loaded", "Docs loaded in memory.", counters.get("docs_loaded", 0)),
-            ("docs_loaded_bytes", "Estimated bytes of loaded docs.", counters.get("docs_loaded_bytes", 0)),
+            ("docs_loaded", "Docs loaded in memory.", counters.docs_loaded),
+            ("docs_loaded_bytes", "Estimated bytes of loaded docs.", counters.docs_loaded_bytes),
             (
                 "updates_buffered",
                 "Remote updates waiting for their causal dependencies.",

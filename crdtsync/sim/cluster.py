@@ -591,7 +591,7 @@ class SimCluster:
 
     def _ae_rounds(self) -> list[int]:
         return [
-            node.replica.counters.get("ae_rounds_completed", 0) if node.replica is not None else 0
+            node.replica.counters.ae_rounds_completed if node.replica is not None else 0
             for node in self.nodes
         ]
 

@@ -66,12 +66,12 @@ def test_a_node_without_an_allowed_key_can_neither_read_nor_write(tmp_path: Path
             assert (await b.open("models/secret")).get("data", type=Map).to_py() == {
                 "weights": "s3://bucket/secret"
             }
-            assert x.status().counters.get("frames_received", 0) == 0, "x received nothing at all"
+            assert x.status().counters.frames_received == 0, "x received nothing at all"
             assert intruder_doc.get("data", type=Map).to_py() == {"weights": "s3://evil"}
             assert (await a.open("models/secret")).get("data", type=Map).to_py() == {
                 "weights": "s3://bucket/secret"
             }
-            refused = a.status().counters["curve_refused"] + b.status().counters["curve_refused"]
+            refused = a.status().counters.curve_refused + b.status().counters.curve_refused
             assert refused >= 1, "the refusals are counted"
             assert all(peer.state != "up" for peer in x.status().peers)
 
@@ -150,17 +150,17 @@ def test_replayed_and_altered_traffic_is_rejected_before_the_decoder(tmp_path: P
                 await wait_until(lambda: sum(map(len, recorded)) > 0, 5.0, "the relay recorded b's session")
                 # b announced its leave when it closed: count only after that last frame arrived.
                 await wait_until(
-                    lambda: a.status().counters.get("members_left", 0) == 1, 5.0, "a heard b leave"
+                    lambda: a.status().counters.members_left == 1, 5.0, "a heard b leave"
                 )
                 session = b"".join(recorded)
-                received = a.status().counters.get("frames_received", 0)
+                received = a.status().counters.frames_received
                 await _send_raw(a_port, session)  # a replay of b's whole session
                 altered = bytearray(session)
                 altered[len(altered) // 2] ^= 0x01
                 await _send_raw(a_port, bytes(altered))  # the same, one bit changed
                 counters = a.status().counters
-                assert counters.get("frames_received", 0) == received, "nothing replayed reached the node"
-                assert not [name for name in counters if name.startswith("wire_errors_")], counters
+                assert counters.frames_received == received, "nothing replayed reached the node"
+                assert counters.wire_errors_total() == 0, counters.wire_errors
                 assert (await a.open("flags")).get("data", type=Map).to_py() == {"on": True}
         finally:
             relay.close()
@@ -220,7 +220,7 @@ def test_an_allowed_key_cannot_speak_for_another_node(tmp_path: Path) -> None:
                 dealer.connect(a_listen)  # queued until the connection is up (no ZMQ_IMMEDIATE)
                 dealer.send(wire.encode(wire.Deltas("b", b.status().epoch, 10_000, (delta,))))
                 await wait_until(
-                    lambda: a.status().counters.get("frames_dropped_identity", 0) >= 1,
+                    lambda: a.status().counters.frames_dropped_identity >= 1,
                     15.0,
                     "a dropped m's frame that claimed to be b",
                 )
@@ -267,7 +267,7 @@ def test_an_allowed_publisher_cannot_publish_as_another_node(tmp_path: Path) -> 
                     # PUB drops frames until the subscription is up: publish until both have landed.
                     publisher.send_multipart(frame("m", "m-own", True))
                     publisher.send_multipart(frame("b", "flags", False))
-                    return a.has_doc("m-own") and a.status().counters.get("frames_dropped_identity", 0) >= 1
+                    return a.has_doc("m-own") and a.status().counters.frames_dropped_identity >= 1
 
                 await wait_until(
                     published_both,

@@ -39,8 +39,8 @@ def test_docs_are_evicted_beyond_the_budget_and_reload_equal(tmp_path: Path) -> 
             await node.flush()
             status = node.status()
             assert status.docs == 60
-            assert status.counters["docs_loaded"] <= 8 + 1
-            assert status.counters.get("docs_evicted", 0) >= 50
+            assert status.counters.docs_loaded <= 8 + 1
+            assert status.counters.docs_evicted >= 50
             root = node.merkle_root()
             for doc_id, expected in digests.items():
                 doc = await node.open(doc_id)
@@ -49,7 +49,7 @@ def test_docs_are_evicted_beyond_the_budget_and_reload_equal(tmp_path: Path) -> 
                 node.release(doc_id)
             assert node.merkle_root() == root
             await node.flush()  # eviction runs on the node's next turn
-            assert node.status().counters.get("docs_loaded", 0) <= 9
+            assert node.status().counters.docs_loaded <= 9
 
     asyncio.run(scenario())
 
@@ -66,9 +66,9 @@ def test_restart_builds_the_tree_from_stored_digests_without_loading_docs(tmp_pa
             root = node.merkle_root()
         async with Node(_config("a", listen, tmp_path / "a")) as node:
             assert node.status().docs == 40
-            assert node.status().counters["docs_loaded"] == 0, "a clean shutdown recorded every digest"
+            assert node.status().counters.docs_loaded == 0, "a clean shutdown recorded every digest"
             assert node.merkle_root() == root
-            assert node.status().counters["docs_loaded"] == 0
+            assert node.status().counters.docs_loaded == 0
 
     asyncio.run(scenario())
 
@@ -85,7 +85,7 @@ def test_anti_entropy_repairs_docs_that_are_not_loaded(tmp_path: Path) -> None:
             async with Node(_config("b", second, tmp_path / "b", peers=[first])) as b:
                 await wait_until(lambda: b.merkle_root() == a.merkle_root(), 20.0, "b converged with a")
                 assert b.status().docs == 30
-                assert b.status().counters["docs_loaded"] <= 9
+                assert b.status().counters.docs_loaded <= 9
                 doc = await b.open("doc-29")
                 assert doc.get("data", type=Map)["value"] == 29
 
@@ -106,9 +106,9 @@ def test_the_byte_budget_evicts_large_docs_before_the_count_budget_is_reached(tm
                 node.release(f"big-{index:02d}")
                 await node.flush()
             counters = node.status().counters
-            assert counters["docs_loaded_bytes"] <= 20_000 + 3_000, counters
-            assert counters["docs_loaded"] < 15
-            assert counters.get("docs_evicted", 0) >= 25
+            assert counters.docs_loaded_bytes <= 20_000 + 3_000, counters
+            assert counters.docs_loaded < 15
+            assert counters.docs_evicted >= 25
             doc = await node.open("big-00")
             assert doc.get("data", type=Map)["blob"] == "x" * 2_000
 

@@ -58,7 +58,7 @@ def test_sqlite_store_stats_count_commits(tmp_path: Path) -> None:
             assert len(stats.commit_latency_counts) == len(COMMIT_LATENCY_BUCKETS_MS) + 1
             assert sum(stats.commit_latency_counts) == stats.commits
             assert stats.commit_latency_sum_ms > 0.0
-            assert node.status().counters["store_commits"] == stats.commits
+            assert node.status().counters.store_commits == stats.commits
 
     asyncio.run(scenario())
 
@@ -78,12 +78,12 @@ def test_a_custom_store_that_loads_lazily_gets_evictions_and_a_restart_from_dige
                 digests[f"d{index}"] = node.digest(f"d{index}")
                 node.release(f"d{index}")
             await node.flush()
-            assert node.status().counters.get("docs_evicted", 0) >= 5
+            assert node.status().counters.docs_evicted >= 5
             assert node.status().store == "lazy-memory"
         # Evictions and the clean shutdown recorded every doc's state and digest in the store.
         assert all(record.digest is not None for record in store.docs())
         async with Node(config, store=store) as again:
-            assert again.status().counters["docs_loaded"] == 0  # registered, not loaded
+            assert again.status().counters.docs_loaded == 0  # registered, not loaded
             for doc_id, expected in digests.items():
                 assert again.digest(doc_id) == expected
                 doc = await again.open(doc_id)

@@ -154,7 +154,7 @@ def _deliver(generated: Generated, frames: list[tuple[bytes, int]], order: list[
         replica.receive(frames[index][0], now_ms)
         kinds = _publish_kinds(list(replica.take_effects(now_ms)))
         assert wire.MessageKind.DELTAS not in kinds, "a remote apply was re-published"
-    assert replica.counters.get("deltas_published", 0) == 0
+    assert replica.counters.deltas_published == 0
     return replica
 
 
@@ -170,8 +170,8 @@ def _check_converged(generated: Generated, frames: list[tuple[bytes, int]], orde
     status = replica.status(0.0)
     assert status.pending_updates == 0, "deltas stuck in the causal buffer"
     duplicate_deltas = sum(frames[i][1] for i in order) - sum(count for _, count in frames)
-    assert replica.counters.get("deltas_applied", 0) == len(generated.deltas)
-    assert replica.counters.get("deltas_duplicate", 0) == duplicate_deltas
+    assert replica.counters.deltas_applied == len(generated.deltas)
+    assert replica.counters.deltas_duplicate == duplicate_deltas
     for doc_id in DOC_IDS:
         if not any(delta.doc_id == doc_id for _, delta in generated.deltas):
             assert not replica.has_doc(doc_id)

@@ -67,9 +67,9 @@ def test_a_load_sees_updates_still_on_their_way_to_the_store() -> None:
     cluster._pump(node)
     assert node.replica.loaded_docs() == 1
     assert _keys(cluster._load_doc(node, "doc-0")) == {"first"}
-    loads = node.replica.counters.get("doc_loads", 0)
+    loads = node.replica.counters.doc_loads
     doc = node.replica.open_doc("doc-0")
-    assert node.replica.counters.get("doc_loads", 0) == loads + 1
+    assert node.replica.counters.doc_loads == loads + 1
     assert set(doc.get("data", type=Map).to_py() or {}) == {"first"}
 
 

@@ -162,7 +162,7 @@ def test_a_node_down_for_the_whole_run_catches_up_by_anti_entropy() -> None:
         print(result.verdict())
         assert result.ok, result.verdict()
         late = cluster.nodes[-1].replica
-        assert late is not None and late.counters.get("deltas_published", 0) == 0
+        assert late is not None and late.counters.deltas_published == 0
         assert cluster.materialized(3) == cluster.materialized(0) != {}
 
 
@@ -337,6 +337,6 @@ def test_durable_nodes_with_a_tiny_doc_cache_evict_reload_and_still_converge() -
         assert result.ok, result.verdict()
         for node in cluster.nodes:
             assert node.replica is not None
-            evicted += node.replica.counters.get("docs_evicted", 0)
-            loaded += node.replica.counters.get("doc_loads", 0)
+            evicted += node.replica.counters.docs_evicted
+            loaded += node.replica.counters.doc_loads
     assert evicted > 0 and loaded > 0, (evicted, loaded)

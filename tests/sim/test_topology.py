@@ -88,11 +88,11 @@ def test_an_update_crosses_each_wan_link_once_per_relay_and_relayed_frames_never
     batches = retransmits = 0
     for node in cluster.nodes:
         assert node.replica is not None
-        batches += node.replica.counters.get("batches_published", 0)
-        retransmits += node.replica.counters.get("retransmits_served", 0)
+        batches += node.replica.counters.batches_published
+        retransmits += node.replica.counters.retransmits_served
     # Each published batch reaches the one relay of each of the two other DCs, and nobody else there.
     assert 0 < cluster.wan_kinds["DELTAS"] <= batches * (DCS - 1) + retransmits
-    relayed_in = sum(n.replica.counters.get("deltas_relayed_in", 0) for n in cluster.nodes if n.replica)
+    relayed_in = sum(n.replica.counters.deltas_relayed_in for n in cluster.nodes if n.replica)
     assert relayed_in > 0, "non-relay nodes received remote writes through their relay"
 
 
@@ -127,7 +127,7 @@ def test_relay_failover_while_writes_flow() -> None:
             if node.dc == "dc1" and node.index != relay and node.replica is not None
         ]
         relayed = {
-            f"n{n.index}": n.replica.counters.get("deltas_relayed_out", 0) for n in successors if n.replica
+            f"n{n.index}": n.replica.counters.deltas_relayed_out for n in successors if n.replica
         }
         print(f"seed {seed}: relay n{relay} crashed; successors relayed {relayed}")
         assert any(count > 0 for count in relayed.values()), "another dc1 node took over relaying"

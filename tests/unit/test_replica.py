@@ -158,7 +158,10 @@ def _is_deltas_from(source: Replica, target: Replica) -> Filter:
 
 
 def _count(replica: Replica, name: str) -> int:
-    return replica.counters.get(name, 0)
+    counters = replica.counters.as_dict()
+    if name.startswith("wire_errors_"):  # only the reasons seen are listed
+        return counters.get(name, 0)
+    return counters[name]  # a misspelt name fails here instead of reading 0
 
 
 def _pair() -> tuple[Mesh, Replica, Replica]:

@@ -1,0 +1,141 @@
+"""Every counter of a node, as one typed set: the core increments fields, so a misspelt counter is a
+type error, and the same names reach `NodeStatus`, the HTTP status and `/metrics`.
+
+The flat form (`as_dict`) is what the HTTP status shows: each field by its name, and the malformed
+frames by reason as `wire_errors_<reason>`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Literal, get_args
+
+WireErrorReason = Literal[
+    "truncated",
+    "bad_magic",
+    "bad_version",
+    "bad_kind",
+    "bad_flags",
+    "bad_length",
+    "bad_checksum",
+    "bad_compression",
+    "bad_body",
+    "bad_state",
+    "too_large",
+]
+"""Why a frame was dropped as malformed (`bad_state`: a state vector inside it did not decode)."""
+
+WIRE_ERROR_REASONS: tuple[WireErrorReason, ...] = get_args(WireErrorReason)
+
+
+@dataclass(slots=True)
+class Counters:
+    # frames and bytes
+    frames_received: int = 0
+    bytes_received: int = 0
+    bytes_received_raw: int = 0
+    """What the received frames would have been without compression."""
+    frames_published: int = 0
+    bytes_published: int = 0
+    bytes_published_raw: int = 0
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    bytes_sent_raw: int = 0
+    published_too_large: int = 0
+    """Single transactions larger than a frame: they stay local (and in the store) and reach peers by
+    anti-entropy's full-doc transfer only if that fits."""
+    sent_too_large: int = 0
+    own_frames_dropped: int = 0
+    unknown_peer: int = 0
+    """Frames that could not be sent because the peer's address is not known (yet)."""
+    wire_errors: dict[WireErrorReason, int] = field(default_factory=dict)
+    # admission
+    frames_dropped_rate: int = 0
+    frames_dropped_quarantined: int = 0
+    frames_dropped_identity: int = 0
+    peers_quarantined: int = 0
+    docs_quarantined: int = 0
+    updates_rejected: int = 0
+    updates_dropped_too_large: int = 0
+    updates_dropped_doc_quarantined: int = 0
+    warnings_suppressed: int = 0
+    # the publisher stream
+    deltas_published: int = 0
+    batches_published: int = 0
+    retransmits_served: int = 0
+    retransmits_gone: int = 0
+    # peers' streams and the causal buffer
+    deltas_applied: int = 0
+    deltas_duplicate: int = 0
+    deltas_duplicate_state: int = 0
+    deltas_stale_epoch: int = 0
+    deltas_dropped_doc: int = 0
+    deltas_dropped_buffer_full: int = 0
+    deltas_relayed_out: int = 0
+    deltas_relayed_in: int = 0
+    merge_failures: int = 0
+    causal_pulls: int = 0
+    gap_too_large: int = 0
+    retransmit_requests: int = 0
+    retransmits_gone_received: int = 0
+    # state sync and anti-entropy
+    syncs_requested: int = 0
+    syncs_served: int = 0
+    syncs_rejected: int = 0
+    syncs_dropped_doc: int = 0
+    sync_pushes: int = 0
+    sync_updates_applied: int = 0
+    ae_rounds_started: int = 0
+    ae_rounds_completed: int = 0
+    ae_rounds_in_sync: int = 0
+    ae_round_timeouts: int = 0
+    ae_answers_stale: int = 0
+    ae_docs_repaired: int = 0
+    # docs
+    doc_loads: int = 0
+    docs_evicted: int = 0
+    # peers and membership
+    peer_up: int = 0
+    peer_down: int = 0
+    peers_max_reached: int = 0
+    member_alive: int = 0
+    member_suspect: int = 0
+    member_down: int = 0
+    member_left: int = 0
+    members_left: int = 0
+    gossip_sent: int = 0
+    gossip_received: int = 0
+    relay_changes: int = 0
+    own_pauses: int = 0
+    """Ticks that came later than any timer allows: this node was stopped or stalled."""
+    # filled in by the driver (Node.status), never by the core
+    transport_send_drops: int = 0
+    transport_subscriptions_refused: int = 0
+    curve_refused: int = 0
+    curve_no_key: int = 0
+    docs_loaded: int = 0
+    docs_loaded_bytes: int = 0
+    store_commits: int = 0
+    store_commit_failures: int = 0
+    store_load_errors: int = 0
+
+    def wire_error(self, reason: WireErrorReason) -> None:
+        self.wire_errors[reason] = self.wire_errors.get(reason, 0) + 1
+
+    def wire_errors_total(self) -> int:
+        return sum(self.wire_errors.values())
+
+    def as_dict(self) -> dict[str, int]:
+        """Every counter by name, the malformed frames as `wire_errors_<reason>` (those seen only)."""
+        out: dict[str, int] = {}
+        for item in fields(self):
+            if item.name != "wire_errors":
+                out[item.name] = getattr(self, item.name)
+        for reason, count in self.wire_errors.items():
+            out[f"wire_errors_{reason}"] = count
+        return out
+
+    def copy(self) -> Counters:
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        values["wire_errors"] = dict(self.wire_errors)
+        return Counters(**values)
