@@ -95,7 +95,7 @@ async def wait_peers_up(node: Node, expected: int) -> None:
     give_up_at = time.monotonic() + PEERS_UP_TIMEOUT_S
     while True:
         peers = node.status().peers
-        if len(peers) >= expected and all(p.state == "up" for p in peers):
+        if len(peers) >= expected and all(p.state == "alive" for p in peers):
             return
         if time.monotonic() > give_up_at:
             states = ", ".join(f"{p.address}={p.state}" for p in peers) or "none"

@@ -65,7 +65,7 @@ class Proc(LocalDaemon):
         return states_of(status)
 
 
-_PEER_STATES = {"up": "alive", "suspect": "suspect", "down": "down", "connecting": "connecting"}
+_PEER_STATES = {"alive": "alive", "suspect": "suspect", "down": "down", "connecting": "connecting"}
 
 
 def states_of(status: dict[str, Any]) -> dict[str, str]:

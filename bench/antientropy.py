@@ -180,7 +180,7 @@ class Pair:
         for _ in range(CONNECT_STEPS_MAX):
             self.step()
             peers = [*self.a.status(self.now_ms).peers, *self.b.status(self.now_ms).peers]
-            if all(p.state == "up" and p.ae_rounds > 0 and not p.ae_in_progress for p in peers):
+            if all(p.state == "alive" and p.ae_rounds > 0 and not p.ae_in_progress for p in peers):
                 return
         raise BenchError("the in-memory replicas did not connect")
 

@@ -43,7 +43,7 @@ async def burst(writes: int, key_dir: Path | None) -> tuple[float, float]:
     b_config = NodeConfig(node_id="b", listen=b_address, replication=FAST, curve=curve_b)
     async with Node(a_config) as a, Node(b_config) as b:
         started = time.monotonic()
-        while not any(peer.state == "up" for peer in b.status().peers):
+        while not any(peer.state == "alive" for peer in b.status().peers):
             if time.monotonic() - started > DEADLINE_S:
                 raise RuntimeError("the nodes did not connect")
             await asyncio.sleep(0.01)

@@ -459,7 +459,7 @@ class StorageCommands:
             rounds=status.counters.ae_rounds_completed,
             rounds_in_sync=status.counters.ae_rounds_in_sync,
             rounds_started=status.counters.ae_rounds_started,
-            peers_up=sum(1 for peer in status.peers if peer.state == "up"),
+            peers_up=sum(1 for peer in status.peers if peer.state == "alive"),
             root=node.merkle_root().hex(),
             rss_kb=proc_status_kb("VmRSS"),
             gc_full=len(self._pauses.full_ms),

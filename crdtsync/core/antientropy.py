@@ -83,10 +83,10 @@ class AntiEntropy:
             self.round = None
         if config.ae_interval_ms > 0 and now_ms >= self._next_ms:
             self._next_ms = now_ms + ctx.jittered(config.ae_interval_ms)
-            self._queue_turn(self._links.up(dc="same"))
+            self._queue_turn(self._links.alive(dc="same"))
         if config.ae_wan_interval_ms > 0 and now_ms >= self._next_wan_ms:
             self._next_wan_ms = now_ms + ctx.jittered(config.ae_wan_interval_ms)
-            remote = self._links.up(dc="other")
+            remote = self._links.alive(dc="other")
             if self._links.is_relay:
                 self._queue_turn(remote)
         self._run_wanted()
@@ -113,7 +113,7 @@ class AntiEntropy:
             link = self._links.by_address.get(address)
             if link is None:
                 del self._wanted[address]
-            elif link.state == "up":
+            elif link.state == "alive":
                 del self._wanted[address]
                 self._start(link)
                 return

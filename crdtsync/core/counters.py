@@ -95,7 +95,8 @@ class Counters:
     doc_loads: int = 0
     docs_evicted: int = 0
     # peers and membership
-    peer_up: int = 0
+    peer_alive: int = 0
+    """Links that became alive (first hello, or evidence after suspect or down)."""
     peer_down: int = 0
     peers_max_reached: int = 0
     member_alive: int = 0

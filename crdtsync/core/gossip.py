@@ -1,7 +1,7 @@
 """The wire side of membership: hellos, gossip, leaves, liveness and the relay topology.
 
 `membership.py` keeps the member table and the failure detector; this part feeds it from frames
-(a hello is a direct record, gossip carries everybody's) and acts on what changes: links go up,
+(a hello is a direct record, gossip carries everybody's) and acts on what changes: links become alive,
 suspect and down, a member that left loses its link, and every change re-derives the topology
 (links to this datacenter's members and, on a relay, to every other datacenter's; subscriptions as
 `Links.sync_subscription` says). Across the WAN only relays gossip; in a single datacenter periodic
@@ -68,7 +68,7 @@ class Gossip:
         self.next_gossip_ms = ctx.now_ms + ctx.jittered(interval)
         self._membership.beat()
         # Across the WAN only relays gossip: the rest learn other datacenters through them.
-        up = self._links.up() if self._links.is_relay else self._links.up(dc="same")
+        up = self._links.alive() if self._links.is_relay else self._links.alive(dc="same")
         if up:
             self._turn += 1
             self._gossip_to(up[self._turn % len(up)], reply=False)
@@ -107,11 +107,11 @@ class Gossip:
             self._inbound.start_track(message.node_id, message.epoch, message.last_seq)
         if not link.reachable:
             log.info(
-                "peer %s at %s (dc %s) is up (epoch %d)",
+                "peer %s at %s (dc %s) is alive (epoch %d)",
                 message.node_id, message.address, message.dc, message.epoch,
             )  # fmt: skip
-            ctx.counters.peer_up += 1
-        link.state = "up"
+            ctx.counters.peer_alive += 1
+        link.state = "alive"
         if changed:
             self.retopologize()
         else:
@@ -231,9 +231,9 @@ class Gossip:
             ctx.counters.peer_down += 1
         elif change.after == "suspect":
             link.state = "suspect"
-        elif change.after == "alive" and link.state != "up":
-            link.state = "up"
-            ctx.counters.peer_up += 1
+        elif change.after == "alive" and link.state != "alive":
+            link.state = "alive"
+            ctx.counters.peer_alive += 1
 
     def retopologize(self) -> None:
         """Bring links and subscriptions in line with the member table (see the module doc)."""

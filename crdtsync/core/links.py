@@ -17,7 +17,9 @@ from crdtsync.core.context import Context
 from crdtsync.core.effects import Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import Membership
 
-PeerState = Literal["connecting", "up", "suspect", "down"]
+PeerState = Literal["connecting", "alive", "suspect", "down"]
+"""The same words as a member's liveness (`membership.Liveness`): a link is `connecting` until the
+hello exchange names the node behind it, then follows that member's liveness."""
 
 
 @dataclass(slots=True)
@@ -41,7 +43,7 @@ class PeerLink:
 
     @property
     def reachable(self) -> bool:
-        return self.state in ("up", "suspect")
+        return self.state in ("alive", "suspect")
 
 
 class Links:
@@ -112,7 +114,7 @@ class Links:
         return cls(ctx.node_id, ctx.epoch, ctx.address, ctx.publish_endpoint, last_seq, ctx.dc)
 
     def send_hellos(self, last_seq: int) -> None:
-        """Greet every wanted link that is not up, backing off from a quick first retry (peers often
+        """Greet every wanted link that is not alive or suspect, backing off from a quick first retry (peers often
         start together) to `hello_interval_ms`."""
         config = self._ctx.config
         now_ms = self._ctx.now_ms
@@ -134,11 +136,11 @@ class Links:
             default=float("inf"),
         )
 
-    def up(self, *, dc: Literal["same", "other", "any"] = "any") -> list[PeerLink]:
-        """Links that are up: all, those of this datacenter, or those of known other datacenters."""
+    def alive(self, *, dc: Literal["same", "other", "any"] = "any") -> list[PeerLink]:
+        """Links that are alive: all, those of this datacenter, or those of known other datacenters."""
         out = []
         for link in self.by_address.values():
-            if link.state != "up":
+            if link.state != "alive":
                 continue
             link_dc = self.dc(link)
             if dc == "same" and link_dc != self._ctx.dc:

@@ -112,7 +112,7 @@ _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...
     (lambda c: c.docs_evicted, "docs_evicted", "Docs evicted from memory.", {}),
     (lambda c: c.doc_loads, "doc_loads", "Docs loaded from the store.", {}),
     (lambda c: c.peer_down, "peer_state_changes", "Peer state changes.", {"to": "down"}),
-    (lambda c: c.peer_up, "peer_state_changes", "Peer state changes.", {"to": "up"}),
+    (lambda c: c.peer_alive, "peer_state_changes", "Peer state changes.", {"to": "alive"}),
     (lambda c: c.ae_rounds_started, "anti_entropy_rounds_started", "Anti-entropy rounds started.", {}),
     (
         lambda c: c.ae_round_timeouts,
@@ -247,7 +247,9 @@ class NodeCollector(Collector):
             gauge.add_metric([], amount)
             yield gauge
 
-        peer_up = GaugeMetricFamily(f"{PREFIX}_peer_up", "1 if the peer is up.", labels=["peer", "address"])
+        peer_alive = GaugeMetricFamily(
+            f"{PREFIX}_peer_alive", "1 if the peer is alive.", labels=["peer", "address"]
+        )
         lag_updates = GaugeMetricFamily(
             f"{PREFIX}_peer_lag_updates",
             "Updates the peer announced that this node has not received.",
@@ -273,7 +275,7 @@ class NodeCollector(Collector):
         )
         for peer in status.peers:
             name = peer.node_id or peer.address
-            peer_up.add_metric([name, peer.address], 1.0 if peer.state == "up" else 0.0)
+            peer_alive.add_metric([name, peer.address], 1.0 if peer.state == "alive" else 0.0)
             lag_updates.add_metric([name], peer.behind_updates)
             peer_lag.add_metric([name], peer.lag_ms / 1000.0)
             if peer.last_heard_ago_ms is not None:
@@ -281,7 +283,7 @@ class NodeCollector(Collector):
             ae_bytes.add_metric([name], peer.ae_bytes_repaired)
             if peer.ae_divergence is not None:
                 divergence.add_metric([name], peer.ae_divergence)
-        yield from (peer_up, lag_updates, lag_seconds, peer_lag, ae_bytes, divergence)
+        yield from (peer_alive, lag_updates, lag_seconds, peer_lag, ae_bytes, divergence)
         yield from self._membership(status)
 
         stats = self.node.store_stats()

@@ -334,7 +334,7 @@ def test_health_status_and_prometheus_metrics(cluster: list[Daemon]) -> None:
     assert set(peers) == {"b", "c"}
     for name, peer in peers.items():
         assert peer["address"] == next(d.listen for d in cluster if d.name == name)
-        assert peer["state"] == "up"
+        assert peer["state"] == "alive"
         assert isinstance(peer["last_heard_ago_ms"], (int, float)) and peer["last_heard_ago_ms"] >= 0
         assert isinstance(peer["behind_updates"], int) and peer["behind_updates"] >= 0
         assert set(peer["anti_entropy"]) >= {"rounds", "last_round_ago_ms", "divergence", "in_progress"}
@@ -351,12 +351,14 @@ def test_health_status_and_prometheus_metrics(cluster: list[Daemon]) -> None:
     names = {name for name, _ in samples}
     assert {
         "crdtsync_updates_published_total",
-        "crdtsync_peer_up",
+        "crdtsync_peer_alive",
         "crdtsync_store_commit_seconds_bucket",
     } <= names
     assert samples[("crdtsync_updates_published_total", ())] >= 1
     up = {
-        dict(labels)["peer"]: value for (name, labels), value in samples.items() if name == "crdtsync_peer_up"
+        dict(labels)["peer"]: value
+        for (name, labels), value in samples.items()
+        if name == "crdtsync_peer_alive"
     }
     assert up == {"b": 1.0, "c": 1.0}
     assert samples[("crdtsync_store_commit_seconds_bucket", (("le", "+Inf"),))] >= 1

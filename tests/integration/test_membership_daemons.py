@@ -80,7 +80,8 @@ def sees_alive(daemon: Daemon, others: list[Daemon], *, peers: bool = True) -> b
     known = {member["node_id"]: member["state"] for member in status["members"]}
     linked = {peer["node_id"]: peer["state"] for peer in status["peers"] if peer["node_id"]}
     return all(
-        known.get(other.name) == "alive" and (not peers or linked.get(other.name) == "up") for other in others
+        known.get(other.name) == "alive" and (not peers or linked.get(other.name) == "alive")
+        for other in others
     )
 
 
@@ -186,7 +187,7 @@ def test_nodes_started_with_one_seed_learn_each_other_and_replicate_directly(see
             assert member["last_seen_ago_ms"] >= 0 and member["state_for_ms"] >= 0
             assert member["phi"] < MEMBERSHIP.phi_suspect
         peers = {p["node_id"]: p for p in status["peers"]}
-        assert {name: p["state"] for name, p in peers.items()} == dict.fromkeys(others, "up")
+        assert {name: p["state"] for name, p in peers.items()} == dict.fromkeys(others, "alive")
         assert all(p["dc"] == "test-dc" and p["subscribed"] == "dc" for p in peers.values())
         assert all(p["lag_ms"] >= 0 for p in peers.values())
         [dc] = status["datacenters"]

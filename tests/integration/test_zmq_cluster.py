@@ -46,7 +46,7 @@ def _json(doc: Doc[Any]) -> tuple[dict[str, object], str]:
 
 
 def _links_up(nodes: Sequence[Node], count: int) -> bool:
-    return all(sum(peer.state == "up" for peer in node.status().peers) == count for node in nodes)
+    return all(sum(peer.state == "alive" for peer in node.status().peers) == count for node in nodes)
 
 
 def _converged(nodes: Sequence[Node], doc_ids: Sequence[str]) -> bool:
@@ -204,7 +204,7 @@ async def _restart_with(
             )
             await wait_until(lambda: _converged([a, restarted], all_docs), CONVERGE_TIMEOUT_S, "converged")
             (peer,) = a.status().peers
-            assert (peer.node_id, peer.state, peer.epoch) == ("b", "up", restarted.status().epoch)
+            assert (peer.node_id, peer.state, peer.epoch) == ("b", "alive", restarted.status().epoch)
 
 
 _FDS_TO_HOLD = 64

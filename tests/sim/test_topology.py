@@ -126,9 +126,7 @@ def test_relay_failover_while_writes_flow() -> None:
             for node in cluster.nodes
             if node.dc == "dc1" and node.index != relay and node.replica is not None
         ]
-        relayed = {
-            f"n{n.index}": n.replica.counters.deltas_relayed_out for n in successors if n.replica
-        }
+        relayed = {f"n{n.index}": n.replica.counters.deltas_relayed_out for n in successors if n.replica}
         print(f"seed {seed}: relay n{relay} crashed; successors relayed {relayed}")
         assert any(count > 0 for count in relayed.values()), "another dc1 node took over relaying"
         # Back after healing, the old relay is relay again, and its successor stepped down.

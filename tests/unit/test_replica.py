@@ -185,7 +185,7 @@ def test_hello_exchange_brings_links_up_and_requests_subscriptions() -> None:
         peers = {peer.address: peer for peer in replica.status(mesh.now_ms).peers}
         assert set(peers) == set(others)
         for address, peer in peers.items():
-            assert peer.state == "up"
+            assert peer.state == "alive"
             assert peer.node_id == others[address].node_id
             assert peer.epoch == others[address].epoch
         assert mesh.subscriptions[replica.address] == {r.publish_endpoint for r in others.values()}
@@ -198,8 +198,8 @@ def test_a_peer_configured_on_one_side_only_links_both_ways() -> None:
     a, b = mesh.add("a"), mesh.add("b")
     a.add_peer(b.address, 0.0)
     mesh.tick()
-    assert [(p.address, p.state) for p in a.status(0.0).peers] == [(b.address, "up")]
-    assert [(p.address, p.state) for p in b.status(0.0).peers] == [(a.address, "up")]
+    assert [(p.address, p.state) for p in a.status(0.0).peers] == [(b.address, "alive")]
+    assert [(p.address, p.state) for p in b.status(0.0).peers] == [(a.address, "alive")]
     assert mesh.subscriptions[a.address] == {b.publish_endpoint}
     assert mesh.subscriptions[b.address] == {a.publish_endpoint}
 
@@ -210,10 +210,10 @@ def test_silent_peer_goes_suspect_then_down_and_comes_back_up() -> None:
     a, b = mesh.add("a", config=config), mesh.add("b", config=config)
     mesh.link_all()
     mesh.advance(2000.0)
-    assert [p.state for p in a.status(mesh.now_ms).peers] == ["up"]
+    assert [p.state for p in a.status(mesh.now_ms).peers] == ["alive"]
     mesh.drop = lambda hop: hop.source == b.address
     silent_from_ms = mesh.now_ms
-    while [p.state for p in a.status(mesh.now_ms).peers] == ["up"]:
+    while [p.state for p in a.status(mesh.now_ms).peers] == ["alive"]:
         mesh.advance(50.0)
         assert mesh.now_ms - silent_from_ms < 10_000, "never suspected"
     suspected_after_ms = mesh.now_ms - silent_from_ms
@@ -228,7 +228,7 @@ def test_silent_peer_goes_suspect_then_down_and_comes_back_up() -> None:
     assert _count(a, "member_suspect") == 1
     mesh.drop = lambda hop: False
     mesh.advance(500.0)
-    assert [p.state for p in a.status(mesh.now_ms).peers] == ["up"]
+    assert [p.state for p in a.status(mesh.now_ms).peers] == ["alive"]
 
 
 # ---------------------------------------------------------------------------------------------- data path
@@ -465,7 +465,7 @@ def test_restarted_peer_is_resynchronised_and_gets_its_data_back() -> None:
     assert _json(restarted.open_doc("doc-a")) == ({"written_by": "a", "while_b_was_down": True}, "")
     assert str(restarted.open_doc("doc-b").get("text", type=Text)) == "written by b"
     assert mesh.subscriptions[a.address] == {restarted.publish_endpoint}, "a follows the new publish endpoint"
-    assert [(p.node_id, p.epoch, p.state) for p in a.status(mesh.now_ms).peers] == [("b", 2, "up")]
+    assert [(p.node_id, p.epoch, p.state) for p in a.status(mesh.now_ms).peers] == [("b", 2, "alive")]
 
     # Updates flow both ways again.
     restarted.open_doc("doc-b").get("text", type=Text).insert(0, "again: ")
@@ -537,7 +537,7 @@ def test_status_reports_peers_behind_updates_and_docs() -> None:
     assert status.pending_updates == 1, "seq 4 waits for 2 and 3"
     assert status.published_updates == 0
     (peer,) = status.peers
-    assert (peer.address, peer.node_id, peer.state, peer.epoch) == (a.address, "a", "up", a.epoch)
+    assert (peer.address, peer.node_id, peer.state, peer.epoch) == (a.address, "a", "alive", a.epoch)
     assert peer.behind_updates == 2
     assert peer.last_heard_ago_ms == 25.0
     assert not peer.ae_in_progress
