@@ -126,10 +126,10 @@ class LocalDaemon:
         args += ["--log-format", "kv"]
         return [*args, *extra]
 
-    def spawn(self, args: Sequence[str], note: str) -> None:
-        """Start `crdtsync ARGS` as its new process (see `launch`)."""
+    def spawn(self, args: Sequence[str], note: str, cwd: str | None = None) -> None:
+        """Start `crdtsync ARGS` as its new process, in `cwd` (see `launch`)."""
         self.starts += 1
-        self.process = launch(args, self.log_path, note)
+        self.process = launch(args, self.log_path, note, cwd)
 
     def send(self, signum: int) -> bool:
         """Send `signum` to its process; whether there was one to send it to."""
@@ -143,10 +143,12 @@ class LocalDaemon:
 
     def kill(self) -> None:
         """SIGKILL (and SIGCONT, in case it is paused), then reap."""
-        if self.send(signal.SIGKILL):
-            self.send(signal.SIGCONT)
-        if self.process is not None:
-            self.process.wait()
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.process.pid, signal.SIGKILL)
+            os.kill(self.process.pid, signal.SIGCONT)
+        self.process.wait()
 
     def healthy(self, response: httpx.Response) -> bool:
         """Whether `response` to GET /health is this daemon's healthy answer."""

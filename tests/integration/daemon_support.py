@@ -9,7 +9,6 @@ first, for paused ones) when closed, so a fixture's teardown never leaves a proc
 from __future__ import annotations
 
 import json
-import os
 import signal
 import ssl
 import subprocess
@@ -19,8 +18,8 @@ from typing import Any
 
 import httpx
 
+from crdtsync.testing.cluster import LocalDaemon, log_tail, toml_text
 from crdtsync.testing.cluster import free_port as free_port
-from crdtsync.testing.cluster import launch, toml_text
 from crdtsync.testing.cluster import wait_until as wait_until
 from fuzz.chaos import FAST_MEMBERSHIP as FAST_MEMBERSHIP
 from fuzz.chaos import FAST_REPLICATION as FAST_REPLICATION
@@ -31,8 +30,9 @@ CONVERGE_TIMEOUT_S = 30.0
 HTTP_TIMEOUT_S = 10.0
 
 
-class Daemon:
-    """One `crdtsync serve` process; restartable on the same data dir, ports and node id."""
+class Daemon(LocalDaemon):
+    """One `crdtsync serve` process started from a TOML config (a harness `LocalDaemon` whose data dir
+    and log live in its work dir); restartable on the same data dir, ports and node id."""
 
     def __init__(
         self,
@@ -47,17 +47,18 @@ class Daemon:
     ) -> None:
         """`token`: the bearer token `client` (and the health check) sends; `cacert`: the CA file
         that verifies the daemon's certificate when `http` sets tls_cert (the URL is https then)."""
-        self.name = name
-        self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.listen = f"tcp://127.0.0.1:{free_port()}"
-        self.http_port = free_port()
-        self.peers: list[str] = []
-        self.dc = dc
+        super().__init__(
+            name=name,
+            listen_port=free_port(),
+            http_port=free_port(),
+            data_dir=str(workdir / "data"),
+            log_path=str(workdir / "daemon.log"),
+            dc=dc,
+        )
+        self.workdir = workdir
         self.http = dict(http or {})
         self.replication = dict(FAST_REPLICATION if replication is None else replication)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
         self._client: httpx.Client | None = None
         self.token = token
         self.cacert = cacert
@@ -76,12 +77,8 @@ class Daemon:
         return {} if self.token is None else {"Authorization": f"Bearer {self.token}"}
 
     @property
-    def data_dir(self) -> Path:
-        return self.workdir / "data"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "daemon.log"
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process
 
     def config_path(self, peers: list[str], listen: str) -> Path:
         top: dict[str, Any] = {
@@ -89,7 +86,7 @@ class Daemon:
             "dc": self.dc,
             "listen": listen,
             "peers": peers,
-            "data_dir": str(self.data_dir),
+            "data_dir": self.data_dir,
             "durability": "fsync",
         }
         tables = {
@@ -111,60 +108,50 @@ class Daemon:
             config = self.config_path([], f"tcp://127.0.0.1:{free_port()}")
         else:
             config = self.config_path(self.peers, self.listen)
-        self.starts += 1
-        args = ["serve", "--config", str(config)]
-        self.proc = launch(args, str(self.log_path), f"start {self.starts}", cwd=str(self.workdir))
+        self.spawn(["serve", "--config", str(config)], f"start {self.starts + 1}", cwd=str(self.workdir))
         self.reset_client()
 
     @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
     def pid(self) -> int:
-        assert self.proc is not None, f"{self.name} was never started"
-        return self.proc.pid
+        assert self.process is not None, f"{self.name} was never started"
+        return self.process.pid
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
+
+    def log_text(self) -> str:
+        """Everything the daemon logged so far (all its starts)."""
+        return Path(self.log_path).read_text(errors="replace")
 
     def _healthy(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            code = None if self.proc is None else self.proc.returncode
-            raise AssertionError(f"{self.name} exited with {code} before it was healthy:\n{self.log_tail()}")
+        error = self.exited_error()
+        if error is not None:
+            raise AssertionError(str(error))
         try:
             response = httpx.get(self.url + "/health", timeout=1.0, trust_env=False, verify=self.verify)
         except httpx.HTTPError:
             return False
-        return response.status_code == 200 and response.json().get("node_id") == self.name
+        return self.healthy(response)
 
     def wait_healthy(self, timeout_s: float = START_TIMEOUT_S) -> None:
         wait_until(self._healthy, timeout_s, lambda: f"{self.name} answers /health:\n{self.log_tail()}")
 
-    def send(self, signum: int) -> None:
+    def send(self, signum: int) -> bool:
         assert self.running, f"{self.name} is not running"
-        os.kill(self.pid, signum)
+        return super().send(signum)
 
     def kill(self) -> None:
-        """SIGKILL (after SIGCONT, in case it is paused) and reap; a no-op if it is not running."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            os.kill(self.proc.pid, signal.SIGCONT)
-        self.proc.wait(timeout=STOP_TIMEOUT_S)
+        """SIGKILL (and SIGCONT, in case it is paused) and reap; a no-op if it is not running."""
+        if self.process is not None and self.process.poll() is None:
+            super().kill()
         self.reset_client()
 
     def terminate(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM and the exit code, which must come within `timeout_s`."""
         self.send(signal.SIGTERM)
-        assert self.proc is not None
+        assert self.process is not None
         try:
-            code = self.proc.wait(timeout=timeout_s)
+            code = self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise AssertionError(
                 f"{self.name} did not exit within {timeout_s} s of SIGTERM:\n{self.log_tail()}"
@@ -227,7 +214,7 @@ class Daemon:
 
     def peers_up(self) -> bool:
         peers = self.status()["peers"]
-        return len(peers) == len(self.peers) and all(p["state"] == "up" and p["node_id"] for p in peers)
+        return len(peers) == len(self.peers) and all(p["state"] == "alive" and p["node_id"] for p in peers)
 
 
 class DaemonPool:

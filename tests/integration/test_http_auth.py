@@ -141,7 +141,7 @@ def refused(daemon: Daemon) -> dict[str, float]:
 
 
 def refusal_lines(daemon: Daemon, reason: str) -> list[str]:
-    lines = daemon.log_path.read_text(errors="replace").splitlines()
+    lines = daemon.log_text().splitlines()
     return [line for line in lines if "refused request" in line and f"reason={reason}" in line]
 
 
@@ -287,7 +287,7 @@ def test_refusals_are_counted_and_logged_at_most_once_a_second_per_reason(locked
     last = refusal_lines(locked, "unauthorized")[-1]
     assert "method=GET" in last and "path=/v1/status" in last and "refused_unlogged=" in last
     assert "refused_unlogged=0" not in last
-    assert READ not in locked.log_path.read_text() and WRITE not in locked.log_path.read_text()
+    assert READ not in locked.log_text() and WRITE not in locked.log_text()
 
 
 def test_without_tokens_the_api_is_open_and_serve_warns(daemons: dict[str, Daemon]) -> None:
@@ -295,9 +295,9 @@ def test_without_tokens_the_api_is_open_and_serve_warns(daemons: dict[str, Daemo
     with client(open_) as anonymous:
         assert anonymous.put("/v1/docs/open/doc/keys/k", json=1).status_code == 200
     assert refused(open_) == {"unauthorized": 0, "forbidden": 0}
-    log = open_.log_path.read_text()
+    log = open_.log_text()
     assert "has no tokens" in log and "anyone who can reach" in log
-    assert "has no tokens" not in daemons["locked"].log_path.read_text()
+    assert "has no tokens" not in daemons["locked"].log_text()
 
 
 # ------------------------------------------------------------------------------------------ TLS
@@ -313,7 +313,7 @@ def test_the_api_answers_over_https_with_the_test_ca(tls: Daemon) -> None:
         httpx.get(tls.url + "/health", trust_env=False, timeout=HTTP_TIMEOUT_S)
     with pytest.raises(httpx.HTTPError):
         httpx.get(tls.url.replace("https://", "http://") + "/health", trust_env=False, timeout=HTTP_TIMEOUT_S)
-    assert f"http=https://127.0.0.1:{tls.http_port}" in tls.log_path.read_text()
+    assert f"http=https://127.0.0.1:{tls.http_port}" in tls.log_text()
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> Result:
