@@ -32,7 +32,7 @@ from pycrdt import Doc
 from crdtsync.core.effects import Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import Replica, ReplicaConfig
-from crdtsync.sim.trace import SimTracer
+from crdtsync.sim.trace import SimTracer, Step
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
 from crdtsync.store.group_commit import CommitQueue
 from crdtsync.store.memory import MemoryStore
@@ -494,23 +494,13 @@ class SimCluster:
             index, incarnation, frame = payload
             node = self.nodes[index]
             if node.replica is not None and node.incarnation == incarnation:
-                if self.tracer is not None:
-                    self.tracer.before_step(index, "receive")
-                node.replica.receive(frame, self.now_ms)
-                if self.tracer is not None:
-                    self.tracer.after_step(index, "receive")
-                self._pump(node)
+                self._step(node, frame)
         elif kind == "tick":
             index, token = payload
             node = self.nodes[index]
             if node.replica is not None and node.tick_token == token:
                 node.tick_at_ms = float("inf")
-                if self.tracer is not None:
-                    self.tracer.before_step(index, "tick")
-                node.replica.tick(self.now_ms)
-                if self.tracer is not None:
-                    self.tracer.after_step(index, "tick")
-                self._pump(node)
+                self._step(node, None)
         elif kind == "op":
             self._client_op(payload)
         elif kind == "commit":
@@ -556,6 +546,22 @@ class SimCluster:
                 node.subscriptions.clear()
                 node.departed = True
                 self._lose_uncommitted(node)
+
+    def _step(self, node: _SimNode, frame: bytes | None) -> None:
+        """The replica receives `frame` (None: runs its timers), between the tracer's callbacks; then
+        its effects run."""
+        replica = node.replica
+        assert replica is not None
+        step: Step = "tick" if frame is None else "receive"
+        if self.tracer is not None:
+            self.tracer.before_step(node.index, step)
+        if frame is None:
+            replica.tick(self.now_ms)
+        else:
+            replica.receive(frame, self.now_ms)
+        if self.tracer is not None:
+            self.tracer.after_step(node.index, step)
+        self._pump(node)
 
     def _client_op(self, payload: int | tuple[int, int, int]) -> None:
         """A random node and doc for op `payload`; or the (op, node, doc) given by `schedule_op`."""

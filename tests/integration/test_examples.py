@@ -13,7 +13,9 @@ pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.parametrize("name", ["model_registry.py", "two_datacenters.py", "custom_workload.py", "local_cluster.py"])
+@pytest.mark.parametrize(
+    "name", ["model_registry.py", "two_datacenters.py", "custom_workload.py", "local_cluster.py"]
+)
 def test_example_runs_and_exits_0(name: str) -> None:
     done = subprocess.run(
         [sys.executable, str(EXAMPLES / name)],
