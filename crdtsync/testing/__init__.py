@@ -3,6 +3,9 @@
 `sim_configs()` is a hypothesis strategy over simulated clusters and faults; `assert_converges`
 runs one simulation with your `Workload` and fails with the seed and a replay command. Requires
 hypothesis (`pip install crdtsync[dev]`) for `sim_configs`.
+
+`crdtsync.testing.cluster` runs real `crdtsync serve` daemons on 127.0.0.1 instead (`LocalCluster`:
+start, kill, pause, resume, terminate, restart, and the check of every acknowledged write).
 """
 
 from __future__ import annotations
