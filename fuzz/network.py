@@ -37,7 +37,8 @@ from fuzz.wire_decoder import repair_checksum, seed_frames
 
 FAST = ReplicaConfig(hello_interval_ms=100.0, tick_interval_ms=20.0, ae_interval_ms=500.0)
 SETTLE_S = 30.0
-FRAME_BYTES_MAX = 64 * 1024
+MUTANT_BYTES_MAX = 64 * 1024
+"""Longest frame the mutator hands on (far below `wire.FRAME_BYTES_MAX`: big frames only slow the campaign)."""
 
 
 def mutate(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes:
@@ -62,7 +63,7 @@ def mutate(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes:
         else:
             other = rng.choice(pool)
             out = out[: rng.randint(0, len(out))] + bytearray(other[rng.randint(0, len(other)) :])
-    return bytes(out[:FRAME_BYTES_MAX])
+    return bytes(out[:MUTANT_BYTES_MAX])
 
 
 def rss_mb() -> float:

@@ -30,6 +30,7 @@ import zmq
 import zmq.asyncio
 import zmq.auth.thread
 
+from crdtsync.core.wire import FRAME_BYTES_MAX
 from crdtsync.transport.curve import Allowlist, CurveKeys, make_server, set_client_keys, start_authenticator
 
 log = logging.getLogger("crdtsync.transport")
@@ -44,7 +45,6 @@ SUBSCRIPTION_QUEUE_FRAMES_MAX = 10_000
 """Frames queued per subscription (one publisher) before ZeroMQ drops them."""
 RECEIVE_DRAIN_FRAMES_MAX = 256
 """Frames taken from a socket per wakeup before the driver gets a turn to flush effects."""
-FRAME_BYTES_MAX = 8 * 1024 * 1024
 DEALERS_MAX = 1024
 """Request sockets kept open; the oldest is closed beyond this (addresses come from remote hellos)."""
 SUBSCRIPTIONS_MAX = 1024
