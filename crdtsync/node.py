@@ -15,7 +15,7 @@ from typing import Any
 from pycrdt import Doc
 
 from crdtsync.core.counters import Counters
-from crdtsync.core.effects import Effect, Persist, Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.effects import Effect, LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
@@ -118,8 +118,9 @@ class Node:
         self._timer_wake = asyncio.Event()
         self._timer_planned_ms = 0.0
         self._transport: ZmqTransport | None = None
-        self._replica: Replica | None = None
+        self._replica_or_none: Replica | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._loads: set[asyncio.Task[None]] = set()
         self._pump_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -134,13 +135,13 @@ class Node:
         await self.close()
 
     @property
-    def _core(self) -> Replica:
-        if self._replica is None:
+    def _replica(self) -> Replica:
+        if self._replica_or_none is None:
             raise RuntimeError("the node is not started: use `async with Node(config) as node`")
-        return self._replica
+        return self._replica_or_none
 
     async def start(self) -> None:
-        if self._replica is not None:
+        if self._replica_or_none is not None:
             raise RuntimeError("node already started")
         self._loop = asyncio.get_running_loop()
         store = self._open_store()
@@ -164,10 +165,14 @@ class Node:
         self._store_description = description
         self._writer = StoreWriter(store, self._loop, inline=not description.durable)
         self._transport = transport
-        self._replica = replica
+        self._replica_or_none = replica
         if description.lazy_loading:
             # Docs load on first use; the tree comes from the digests stored with them.
             replica.register_docs((record.doc_id, record.state, record.digest) for record in store.docs())
+            # Docs written after their digest was last recorded (a crash) load before the node
+            # serves, so that every digest is known from the start.
+            for doc_id in replica.loads_requested():
+                replica.doc_loaded(doc_id, await self._read_doc(doc_id), _now_ms())
             # The index of every stored doc lives as long as the node: keep it out of the cyclic
             # GC's full collections (measured: 356 ms pauses with a million docs indexed).
             gc.freeze()
@@ -179,7 +184,6 @@ class Node:
         now = _now_ms()
         for peer in self.config.peers:
             replica.add_peer(peer, now)
-        replica.set_wakeup(self._schedule_pump)
         transport.start_receiving(self._on_frame, self._pump)
         self._tasks = [asyncio.create_task(self._timer_loop())]
         replica.tick(now)
@@ -209,40 +213,58 @@ class Node:
             address=self.config.listen,
             publish_endpoint=transport.publish_endpoint,
             config=self.config.replication,
-            # Evicting docs needs somewhere to reload them from: only a store on disk is worth it.
-            doc_loader=self._load_doc if lazy_loading else None,
+            # Evicting docs needs somewhere to reload them from: only a store that says so.
+            lazy_docs=lazy_loading,
             dc=self.config.dc,
             membership=self.config.membership,
+            on_capture=self._schedule_pump,
         )
 
-    def _load_doc(self, doc_id: str) -> bytes | None:
+    async def _read_doc(self, doc_id: str) -> bytes | None:
+        """A doc's stored content, read off the event loop (the writer's thread)."""
         assert self._writer is not None
         try:
-            return self._writer.load_doc(doc_id)
+            return await self._writer.load_doc(doc_id)
         except StoreError as exc:
             # The doc starts empty here and anti-entropy refills it from the peers.
             self._store_errors += 1
             log.error("cannot load doc %r from the store, refilling it from peers: %s", doc_id, exc)
             return None
 
+    async def _load(self, doc_id: str) -> None:
+        """Answer the core's `LoadDoc(doc_id)`, unless the doc was loaded meanwhile (by `open`, or at
+        start): then nothing waits for it."""
+        if self._replica_or_none is None or not self._replica_or_none.needs_load(doc_id):
+            return
+        content = await self._read_doc(doc_id)
+        if not self._closed and self._replica_or_none is not None:
+            self._replica_or_none.doc_loaded(doc_id, content, _now_ms())
+            self._pump()
+
+    def _start_load(self, doc_id: str) -> None:
+        task = asyncio.create_task(self._load(doc_id))
+        self._loads.add(task)  # the core asks once per doc: bounded by the docs it holds
+        task.add_done_callback(self._loads.discard)
+
     async def close(self) -> None:
         """Flush what is pending, then close sockets and unobserve every doc. Idempotent."""
-        if self._closed or self._replica is None:
+        if self._closed or self._replica_or_none is None:
             self._closed = True
             return
-        self._core.checkpoint()
-        self._core.leave()
+        self._replica.checkpoint()
+        self._replica.leave(_now_ms())
         self._pump(force=True)
         self._closed = True
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._loads]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._transport is not None:
             await self._transport.stop_receiving()
-        self._replica.set_wakeup(None)
-        self._replica.close()
+        self._replica_or_none.stop_notifying()
+        self._replica_or_none.close()
         if self._transport is not None:
             self._transport.close()
         if self._writer is not None:
@@ -251,30 +273,36 @@ class Node:
     async def open(self, doc_id: str) -> Doc[Any]:
         """The pycrdt Doc `doc_id`, kept in sync with the peers; created empty when new. The doc stays
         loaded until `release(doc_id)` (once per `open`): only then may the node evict it."""
-        return self._core.open_doc(doc_id, pin=True)
+        replica = self._replica
+        if replica.needs_load(doc_id):
+            # Read off the event loop. Nothing evicts it between the answer and the pin below (no
+            # await between them); a load the core asked for meanwhile finds it loaded, harmlessly.
+            replica.doc_loaded(doc_id, await self._read_doc(doc_id), _now_ms())
+            self._schedule_pump()
+        return replica.open_doc(doc_id, pin=True)
 
     def release(self, doc_id: str) -> None:
         """Let the node evict `doc_id` from memory again; do not write to the Doc object afterwards."""
-        self._core.release_doc(doc_id)
+        self._replica.release_doc(doc_id)
 
     def digest(self, doc_id: str) -> bytes:
         """The canonical 16-byte digest of a doc's state: equal on two replicas iff they hold the same
         items and deletions. Raises KeyError for a doc this node does not hold."""
-        return self._core.doc_digest(doc_id)
+        return self._replica.doc_digest(doc_id)
 
     def merkle_root(self) -> bytes:
         """The root of the node's Merkle tree over all doc digests: equal on two nodes iff they hold
         the same docs with the same content."""
-        return self._core.merkle_root()
+        return self._replica.merkle_root()
 
     def doc_ids(self, *, after: str = "", limit: int | None = None, prefix: str = "") -> list[str]:
         """Ids of the docs this node holds, in sorted order: those starting with `prefix`, after
         `after`, at most `limit`."""
-        return self._core.doc_ids(after=after, limit=limit, prefix=prefix)
+        return self._replica.doc_ids(after=after, limit=limit, prefix=prefix)
 
     def has_doc(self, doc_id: str) -> bool:
         """Whether this node holds `doc_id` (loaded or not)."""
-        return self._core.has_doc(doc_id)
+        return self._replica.has_doc(doc_id)
 
     async def flush(self) -> None:
         """Hand every local write made so far to the transport, and return once the store holds it
@@ -300,14 +328,14 @@ class Node:
         overwritten, and anti-entropy spreads what the cluster lacked. Returns the docs merged."""
         loop = asyncio.get_running_loop()
         contents = await loop.run_in_executor(None, lambda: list(read_backup(path)))
-        replica = self._core
+        replica = self._replica
         for doc_id, update in contents:
-            replica.restore_update(doc_id, update)
+            replica.restore_update(doc_id, update, _now_ms())
         self._pump()
         return len(contents)
 
     def status(self) -> NodeStatus:
-        replica = self._core
+        replica = self._replica
         snapshot = replica.status(_now_ms())
         counters = snapshot.counters
         if self._transport is not None:
@@ -362,7 +390,7 @@ class Node:
 
     def _on_frame(self, frame: bytes, sender_key: str | None) -> None:
         if not self._closed:
-            self._core.receive(frame, _now_ms(), sender_key=sender_key)
+            self._replica.receive(frame, _now_ms(), sender_key=sender_key)
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled and self._loop is not None and not self._closed:
@@ -371,12 +399,12 @@ class Node:
 
     def _pump(self, *, force: bool = False) -> None:
         self._pump_scheduled = False
-        if self._closed or self._replica is None or self._transport is None:
+        if self._closed or self._replica_or_none is None or self._transport is None:
             return
-        self._execute(self._replica.take_effects(_now_ms(), force=force))
+        self._execute(self._replica_or_none.take_effects(_now_ms(), force=force))
         # Inputs can bring the next deadline forward (a gap to chase, a peer to greet): wake the
         # timer if it sleeps past it.
-        if self._replica.next_deadline_ms() < self._timer_planned_ms:
+        if self._replica_or_none.next_deadline_ms() < self._timer_planned_ms:
             self._timer_wake.set()
 
     def _execute(self, effects: list[Effect]) -> None:
@@ -401,11 +429,13 @@ class Node:
                 transport.subscribe(endpoint, peer_address, wan=wan)
             case Unsubscribe(endpoint):
                 transport.unsubscribe(endpoint)
+            case LoadDoc(doc_id):
+                self._start_load(doc_id)
 
     async def _timer_loop(self) -> None:
         """Sleep until the core's next deadline; an input that brings the deadline forward (see
         `_pump`) wakes the loop early. An idle node wakes only for heartbeats and rounds."""
-        replica = self._core
+        replica = self._replica
         # `closed` is checked too: in Python 3.11 a wakeup that lands together with the cancellation
         # from `close()` can swallow the cancellation (wait_for), and the loop must still end.
         while not self._closed:

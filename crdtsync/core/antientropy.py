@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from crdtsync.core import wire
 from crdtsync.core.context import Context
-from crdtsync.core.docs import EMPTY_STATE, DocTable
+from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocTable
 from crdtsync.core.links import Links, PeerLink
 from crdtsync.core.sync import StateSync
 
@@ -249,7 +249,10 @@ class AntiEntropy:
                     break
                 repaired += 1
                 entry = self._docs.get(doc_id)
-                if doc_id not in theirs and entry is not None:
+                if doc_id not in theirs and entry is not None and entry.doc is None:
+                    # Evicted: pushed on its own once loaded (its bytes are not known before).
+                    self._docs.when_loaded(entry, lambda e: self._push_whole(link.address, e))
+                elif doc_id not in theirs and entry is not None:
                     update = self._docs.doc(entry).get_update()
                     bytes_budget -= len(update)
                     link.ae_bytes_repaired += len(update)
@@ -257,6 +260,14 @@ class AntiEntropy:
                 else:
                     requests.append((doc_id, entry.state_bytes if entry is not None else EMPTY_STATE))
         return repaired, requests, pushes
+
+    def _push_whole(self, address: str, entry: DocEntry) -> None:
+        update = self._docs.doc(entry).get_update()
+        link = self._links.by_address.get(address)
+        if link is not None:
+            link.ae_bytes_repaired += len(update)
+        self._ctx.counters.sync_pushes += 1
+        self._sync.push(address, [(entry.doc_id, update)])
 
     # ------------------------------------------------------------------ answering a peer's round
 

@@ -73,7 +73,7 @@ class CausalBuffer:
             entry = touched.get(delta.doc_id)
             if entry is None:
                 try:
-                    entry = self._docs.entry(delta.doc_id, create=True)
+                    entry = self._docs.get_or_create(delta.doc_id)
                 except (ValueError, RuntimeError) as exc:
                     self._ctx.counters.deltas_dropped_doc += 1
                     self._ctx.warn("bad_doc", "dropped a delta for doc %r: %s", delta.doc_id, exc)
@@ -107,8 +107,13 @@ class CausalBuffer:
         self._bytes_by[pending.publisher] = held + size
 
     def drain(self, doc_id: str, entry: DocEntry) -> None:
-        """Apply every pending delta whose dependencies are covered, merging runs into one apply."""
+        """Apply every pending delta whose dependencies are covered, merging runs into one apply;
+        an evicted doc is loaded first (its deltas wait here meanwhile)."""
         waiting = self._pending.get(doc_id, [])
+        if waiting and entry.doc is None:
+            entry.waiting = True
+            self._docs.request_load(entry)
+            return
         while waiting:
             virtual = dict(entry.state())
             ready: list[tuple[bytes, str]] = []

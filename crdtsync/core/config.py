@@ -54,6 +54,11 @@ class ReplicaConfig:
     docs_cached_bytes_max: int = 256 * 1024 * 1024
     """The same budget in bytes, estimated from the loaded docs' encoded sizes (a loaded Doc takes
     a few times its encoded size in memory, plus about 5 KB of fixed cost)."""
+    load_waiters_max: int = 65536
+    """Pieces of work (a sync answer, a push, a repair) waiting for evicted docs to load; beyond it
+    the work is dropped and counted, and the protocol asks again."""
+    load_waiting_bytes_max: int = 64 * 1024 * 1024
+    """Update and state bytes those pieces of work hold."""
     update_bytes_max: int = 4 * 1024 * 1024
     tick_interval_ms: float = 50.0
     peer_frames_per_second_max: float = 20_000.0

@@ -94,6 +94,8 @@ class Counters:
     # docs
     doc_loads: int = 0
     docs_evicted: int = 0
+    load_waiters_dropped: int = 0
+    """Work dropped because too much waited for docs to load (`load_waiters_max`)."""
     # peers and membership
     peer_alive: int = 0
     """Links that became alive (first hello, or evidence after suspect or down)."""

@@ -1,10 +1,14 @@
 """The doc table: every doc this node holds, loaded or not, with its state vector and canonical digest.
 
-Docs load lazily (through the driver's loader) and the least recently used unpinned ones are evicted
-beyond `docs_cached_max` / `docs_cached_bytes_max`; an evicted doc keeps its state vector and digest
-here, so the Merkle tree over all digests never needs a loaded doc. Every transaction on a loaded doc
-passes its observer: the update is recorded for the store, the tree marks the doc dirty, and a local
-(not `REMOTE_ORIGIN`) transaction is handed to `on_local` to be published.
+With a driver that can load docs back from its store (`lazy`), the least recently used unpinned docs
+are evicted beyond `docs_cached_max` / `docs_cached_bytes_max`; an evicted doc keeps its state vector
+and digest here, so the Merkle tree over all digests never needs a loaded doc. Loading is an effect
+(`LoadDoc`) answered by an input (`answer_load`): work that needs an evicted doc waits in a bounded table
+of continuations meanwhile, and nothing here ever blocks on a store.
+
+Every transaction on a loaded doc passes its observer, which only records: the new state vector, the
+update for the store, the doc as dirty for the tree, and a local (not `REMOTE_ORIGIN`) transaction in
+`captured`, which the replica numbers and publishes in its next step (with that step's time).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from sortedcontainers import SortedDict
 
 from crdtsync.core import wire
 from crdtsync.core.context import Context
+from crdtsync.core.effects import LoadDoc
 from crdtsync.core.guard import Guard
 from crdtsync.core.merkle import MerkleTree
 from crdtsync.core.state import StateVector, decode_state_vector, digest
@@ -29,9 +34,13 @@ REMOTE_ORIGIN = 0x5EC
 EMPTY_UPDATE = b"\x00\x00"
 EMPTY_STATE = b"\x00"
 
-DocLoader = Callable[[str], bytes | None]
-LocalWrite = Callable[[str, bytes, bytes, bytes], None]
+LocalWrite = tuple[str, bytes, bytes, bytes]
 """(doc id, before state, after state, update) of a local transaction."""
+Continuation = Callable[["DocEntry"], None]
+
+
+class DocNotLoadedError(RuntimeError):
+    """The doc is evicted: its driver must answer its `LoadDoc` (see `Replica.needs_load`) first."""
 
 
 @dataclass(slots=True)
@@ -62,12 +71,23 @@ class DocEntry:
 
 
 class DocTable:
-    def __init__(self, ctx: Context, guard: Guard, loader: DocLoader | None, on_local: LocalWrite) -> None:
+    def __init__(self, ctx: Context, guard: Guard, *, lazy: bool) -> None:
         self._ctx = ctx
         self._guard = guard
-        self._loader = loader
-        self._on_local = on_local
+        self._lazy = lazy
         self._docs: SortedDict[str, DocEntry] = SortedDict()
+        self.captured: list[LocalWrite] = []
+        """Local transactions recorded by the observers since the replica's last step."""
+        self.on_capture: Callable[[], None] | None = None
+        """Told of the first local transaction captured since the last step (see `Replica.__init__`)."""
+        self._record_persist = True
+        self._loads_requested: dict[str, None] = {}
+        self._waiting: dict[str, list[Continuation]] = {}
+        """Doc id -> what waits for its load, in order; at most `load_waiters_max` in all, holding at
+        most `load_waiting_bytes_max` (beyond, work is dropped and counted: the protocol repeats it)."""
+        self._waiting_count = 0
+        self._waiting_bytes = 0
+        self._waiting_bytes_by: dict[str, int] = {}
         # Loaded, unpinned docs in least-recently-used order; only kept when docs can be reloaded.
         self._lru: OrderedDict[str, None] = OrderedDict()
         self.loaded = 0
@@ -90,15 +110,12 @@ class DocTable:
         entry: DocEntry | None = self._docs.get(doc_id)
         return entry
 
-    def entry(self, doc_id: str, *, create: bool) -> DocEntry:
-        """The doc's entry, loaded; a new, empty one when `create`. Raises KeyError for an unknown
-        doc without `create`, ValueError for a bad doc id and RuntimeError beyond `docs_max`."""
+    def get_or_create(self, doc_id: str) -> DocEntry:
+        """The doc's entry (loaded or not); a new, empty, loaded one for a doc never seen. Raises
+        ValueError for a bad doc id and RuntimeError beyond `docs_max`."""
         entry: DocEntry | None = self._docs.get(doc_id)
         if entry is not None:
-            self.doc(entry)
             return entry
-        if not create:
-            raise KeyError(doc_id)
         if not doc_id or len(doc_id.encode()) > wire.DOC_ID_BYTES_MAX:
             raise ValueError(f"doc id must be 1..{wire.DOC_ID_BYTES_MAX} bytes")
         if len(self._docs) >= self._ctx.config.docs_max:
@@ -109,15 +126,68 @@ class DocTable:
         return entry
 
     def doc(self, entry: DocEntry) -> Doc[Any]:
-        """The entry's Doc, loaded from the store if it was evicted; marks it recently used."""
+        """The entry's loaded Doc, marked recently used; DocNotLoadedError while it is evicted."""
         if entry.doc is None:
-            content = self._loader(entry.doc_id) if self._loader is not None else None
+            raise DocNotLoadedError(f"doc {entry.doc_id!r} is not loaded")
+        if entry.doc_id in self._lru:
+            self._lru.move_to_end(entry.doc_id)
+        return entry.doc
+
+    # ------------------------------------------------------------------ loading
+
+    def request_load(self, entry: DocEntry) -> None:
+        """Ask the driver for the doc's stored content (once until it answers)."""
+        if entry.doc is None and entry.doc_id not in self._loads_requested:
+            self._loads_requested[entry.doc_id] = None
+            self._ctx.effects.append(LoadDoc(entry.doc_id))
+
+    def when_loaded(self, entry: DocEntry, then: Continuation, size_bytes: int = 0) -> None:
+        """Run `then(entry)` now if the doc is loaded, else once its load is answered. `size_bytes`
+        is what the continuation holds (an update, a state vector), counted against the bounds."""
+        if entry.doc is not None:
+            self.doc(entry)  # recently used
+            then(entry)
+            return
+        config = self._ctx.config
+        if (
+            self._waiting_count >= config.load_waiters_max
+            or self._waiting_bytes + size_bytes > config.load_waiting_bytes_max
+        ):
+            self._ctx.counters.load_waiters_dropped += 1
+            self._ctx.warn(
+                "load_waiters", "dropped work waiting for doc %r to load: too much waits", entry.doc_id
+            )
+        else:
+            self._waiting.setdefault(entry.doc_id, []).append(then)
+            self._waiting_count += 1
+            self._waiting_bytes += size_bytes
+            self._waiting_bytes_by[entry.doc_id] = self._waiting_bytes_by.get(entry.doc_id, 0) + size_bytes
+        self.request_load(entry)
+
+    def answer_load(self, doc_id: str, content: bytes | None) -> DocEntry | None:
+        """The driver's answer to `LoadDoc(doc_id)`: attach the content (None: nothing stored, or a
+        load error; the doc then starts empty and anti-entropy refills it), then run what waited."""
+        self._loads_requested.pop(doc_id, None)
+        entry: DocEntry | None = self._docs.get(doc_id)
+        if entry is None:
+            return None
+        if entry.doc is None:
             self._attach(entry, content)
             self._ctx.counters.doc_loads += 1
-        elif entry.doc_id in self._lru:
-            self._lru.move_to_end(entry.doc_id)
-        assert entry.doc is not None
-        return entry.doc
+        waiting = self._waiting.pop(doc_id, [])
+        self._waiting_count -= len(waiting)
+        self._waiting_bytes -= self._waiting_bytes_by.pop(doc_id, 0)
+        for then in waiting:
+            then(entry)
+        return entry
+
+    def loads_requested(self) -> list[str]:
+        return list(self._loads_requested)
+
+    def needs_load(self, doc_id: str) -> bool:
+        """Whether `doc_id` is known here but evicted: the driver loads it before `open_doc`."""
+        entry: DocEntry | None = self._docs.get(doc_id)
+        return entry is not None and entry.doc is None
 
     def pin(self, entry: DocEntry) -> None:
         entry.pins += 1
@@ -127,13 +197,13 @@ class DocTable:
         entry = self._docs.get(doc_id)
         if entry is not None and entry.pins > 0:
             entry.pins -= 1
-            if entry.pins == 0 and entry.doc is not None and self._loader is not None:
+            if entry.pins == 0 and entry.doc is not None and self._lazy:
                 self._lru[doc_id] = None
 
     def register(self, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
         """Make stored docs known without loading them: (doc id, recorded state vector, recorded
         digest). A doc without both (written after they were last recorded, e.g. before a crash) is
-        loaded once to compute them."""
+        loaded (a `LoadDoc` effect) to compute them."""
         if self._docs:
             raise RuntimeError("register_docs runs once, before any doc is opened")
         entries: dict[str, DocEntry] = {}
@@ -155,8 +225,7 @@ class DocTable:
             )
         self._docs.update(entries)  # one bulk insert into the sorted index
         for entry in unknown:
-            self.doc(entry)
-            self._dirty[entry.doc_id] = None
+            self.request_load(entry)
 
     def checkpoint(self) -> None:
         """Record the state and digest of every doc changed since it was last recorded."""
@@ -181,16 +250,15 @@ class DocTable:
         return out
 
     def digest_of(self, entry: DocEntry) -> bytes:
+        """The canonical digest (recorded, or computed from the loaded doc)."""
         if entry.digest is None:
             entry.digest = digest(self.doc(entry))
         return entry.digest
 
     def load_update(self, doc_id: str, update: bytes) -> None:
         """Apply a stored, causally complete update: not published, not persisted."""
-        entry = self.entry(doc_id, create=True)
-        already_persisted = len(self.persist)
+        entry = self.get_or_create(doc_id)
         self.apply(entry, update, "load")
-        del self.persist[already_persisted:]
 
     def close(self) -> None:
         """Unsubscribe every doc observer (observed docs are never freed otherwise)."""
@@ -199,11 +267,15 @@ class DocTable:
                 entry.doc.unobserve(entry.subscription)
         self._docs.clear()
         self._lru.clear()
+        self._waiting.clear()
+        self._waiting_bytes_by.clear()
+        self._waiting_count = self._waiting_bytes = 0
         self.loaded = 0
         self.loaded_bytes = 0
 
     def apply(self, entry: DocEntry, update: bytes, reason: str, sender: str | None = None) -> bool:
-        """Apply an update as a remote transaction; False (counted, logged) when pycrdt refuses it."""
+        """Apply an update to a loaded doc as a remote transaction; False (counted, logged) when pycrdt
+        refuses it. Persisted unless it came from the store (`load`)."""
         # The size cap protects against peers; the node's own store and backups are not capped,
         # or a doc that grew large could never be loaded again.
         remote = reason not in ("load", "restore")
@@ -211,6 +283,7 @@ class DocTable:
             self._ctx.counters.updates_dropped_too_large += 1
             return False
         doc = self.doc(entry)
+        self._record_persist = reason != "load"
         try:
             with doc.transaction(origin=REMOTE_ORIGIN):
                 doc.apply_update(update)
@@ -219,6 +292,8 @@ class DocTable:
         except BaseException as exc:  # pycrdt raises PanicException, a BaseException, on some bad input
             self._guard.reject(entry.doc_id, reason, update, exc, sender, remote=remote)
             return False
+        finally:
+            self._record_persist = True
         return True
 
     def _attach(self, entry: DocEntry, content: bytes | None) -> None:
@@ -228,9 +303,7 @@ class DocTable:
         entry.subscription = doc.observe(lambda event: self._on_transaction(entry, event))
         if content is not None:
             known = (entry.state_bytes, entry.digest, entry.doc_id in self._dirty, entry.recorded)
-            persisted = len(self.persist)
             self.apply(entry, content, "load")
-            del self.persist[persisted:]  # it came from the store
             self.loaded_bytes += len(content) - entry.loaded_bytes
             entry.loaded_bytes = len(content)
             if known[1] is not None and entry.state_bytes == known[0]:
@@ -239,11 +312,11 @@ class DocTable:
                 entry.recorded = known[3]
                 if not known[2]:
                     self._dirty.pop(entry.doc_id, None)
-        if self._loader is not None and entry.pins == 0:
+        if self._lazy and entry.pins == 0:
             self._lru[entry.doc_id] = None
 
     def evict_if_needed(self) -> None:
-        if self._loader is None:
+        if not self._lazy:
             return
         config = self._ctx.config
         for _ in range(len(self._lru)):
@@ -288,10 +361,14 @@ class DocTable:
         entry.loaded_bytes += len(update)
         self.loaded_bytes += len(update)
         self._dirty[entry.doc_id] = None
-        self.persist.append((entry.doc_id, update))
         if event.transaction.origin() == REMOTE_ORIGIN:  # type: ignore[attr-defined]
+            if self._record_persist:
+                self.persist.append((entry.doc_id, update))
             return
-        self._on_local(entry.doc_id, event.before_state, after, update)  # type: ignore[attr-defined]
+        self.persist.append((entry.doc_id, update))
+        self.captured.append((entry.doc_id, event.before_state, after, update))  # type: ignore[attr-defined]
+        if len(self.captured) == 1 and self.on_capture is not None:
+            self.on_capture()
 
     # ------------------------------------------------------------------ the Merkle tree
 

@@ -46,4 +46,12 @@ class Persist:
     doc_states: tuple[tuple[str, bytes, bytes | None], ...] = ()
 
 
-Effect = Publish | Send | Subscribe | Unsubscribe | Persist
+@dataclass(frozen=True, slots=True)
+class LoadDoc:
+    """Read the doc's whole stored content (committed and in flight) and hand it back with
+    `Replica.doc_loaded`; what needs the doc waits in the core meanwhile."""
+
+    doc_id: str
+
+
+Effect = Publish | Send | Subscribe | Unsubscribe | Persist | LoadDoc

@@ -111,7 +111,7 @@ class Gossip:
                 message.node_id, message.address, message.dc, message.epoch,
             )  # fmt: skip
             ctx.counters.peer_alive += 1
-        link.state = "alive"
+        self._links.set_state(link, "alive")
         if changed:
             self.retopologize()
         else:
@@ -200,7 +200,7 @@ class Gossip:
         link = self._links.by_address.get(self._links.address_of.get(record.node_id, record.address))
         if link is not None and link.node_id == record.node_id:
             if link.configured:
-                link.state = "down"  # a seed: keep asking, it may come back
+                self._links.set_state(link, "down")  # a seed: keep asking, it may come back
                 self._links.sync_subscription(link)
             else:
                 self._drop(link)
@@ -226,13 +226,13 @@ class Gossip:
         if link is None or link.epoch is None:
             return
         if change.after == "down":
-            link.state = "down"
+            self._links.set_state(link, "down")
             link.hello_backoff_ms = 0.0
             ctx.counters.peer_down += 1
         elif change.after == "suspect":
-            link.state = "suspect"
+            self._links.set_state(link, "suspect")
         elif change.after == "alive" and link.state != "alive":
-            link.state = "alive"
+            self._links.set_state(link, "alive")
             ctx.counters.peer_alive += 1
 
     def retopologize(self) -> None:

@@ -54,6 +54,9 @@ class Links:
         self.address_of: dict[str, str] = {}
         """Node id -> the address of its link."""
         self.is_relay = True
+        self._greeting: dict[str, None] = {}
+        """Addresses of the links that are neither alive nor suspect: the only ones hellos go to, so
+        the next hello's deadline is found without a scan of every link."""
 
     def link_for(self, address: str, *, configured: bool) -> PeerLink | None:
         link = self.by_address.get(address)
@@ -63,6 +66,7 @@ class Links:
                 return None
             link = PeerLink(address, configured, next_hello_ms=self._ctx.now_ms)
             self.by_address[address] = link
+            self._greeting[address] = None
         link.configured = link.configured or configured
         return link
 
@@ -76,6 +80,14 @@ class Links:
         if link.node_id is not None and self.address_of.get(link.node_id) == link.address:
             del self.address_of[link.node_id]
         del self.by_address[link.address]
+        self._greeting.pop(link.address, None)
+
+    def set_state(self, link: PeerLink, state: PeerState) -> None:
+        link.state = state
+        if link.reachable:
+            self._greeting.pop(link.address, None)
+        else:
+            self._greeting[link.address] = None
 
     def dc(self, link: PeerLink) -> str | None:
         return None if link.node_id is None else self._membership.dc_of(link.node_id)
@@ -118,8 +130,9 @@ class Links:
         start together) to `hello_interval_ms`."""
         config = self._ctx.config
         now_ms = self._ctx.now_ms
-        for link in self.by_address.values():
-            if not link.reachable and now_ms >= link.next_hello_ms and self.wanted(link):
+        for address in self._greeting:
+            link = self.by_address[address]
+            if now_ms >= link.next_hello_ms and self.wanted(link):
                 link.hello_backoff_ms = min(
                     config.hello_interval_ms, max(config.tick_interval_ms, link.hello_backoff_ms * 2)
                 )
@@ -127,13 +140,9 @@ class Links:
                 self.send(link.address, self.hello(wire.Hello, last_seq))
 
     def next_hello_ms(self) -> float:
+        links = self.by_address
         return min(
-            (
-                link.next_hello_ms
-                for link in self.by_address.values()
-                if not link.reachable and self.wanted(link)
-            ),
-            default=float("inf"),
+            (links[a].next_hello_ms for a in self._greeting if self.wanted(links[a])), default=float("inf")
         )
 
     def alive(self, *, dc: Literal["same", "other", "any"] = "any") -> list[PeerLink]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from crdtsync.core import wire
 from crdtsync.core.context import Context
@@ -35,8 +35,6 @@ class Outbound:
         self._outbox_bytes = 0
         self._outbox_since_ms: float | None = None
         self.next_heartbeat_ms = 0.0
-        self.wakeup: Callable[[], None] | None = None
-        self._wakeup_armed = False
 
     def capture(self, doc_id: str, before: bytes, after: bytes, update: bytes) -> None:
         """A local transaction: number it, keep it in the ring and queue it for the next batch."""
@@ -55,14 +53,10 @@ class Outbound:
         self._outbox.append(delta)
         self._outbox_bytes += size
         self._ctx.counters.deltas_published += 1
-        if self.wakeup is not None and not self._wakeup_armed:
-            self._wakeup_armed = True
-            self.wakeup()
 
     def flush_due(self, *, force: bool) -> None:
         """Publish the outbox if it is due (or `force`)."""
         config = self._ctx.config
-        self._wakeup_armed = False
         if self._outbox and (
             force
             or config.linger_ms <= 0

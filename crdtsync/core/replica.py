@@ -1,9 +1,17 @@
 """The replica: one node's docs, its publisher stream and its view of each peer, behind one facade.
 
-Sans-IO: inputs are method calls (`open_doc`, `receive`, `tick`, plain pycrdt writes captured by an
-observer) that carry the current time `now_ms` where it matters; outputs are `Effect`s collected by
-`take_effects()`. No clock, socket, thread or global random source is touched here, so the simulator
-can replay any run exactly from its seed.
+Sans-IO: inputs are method calls that carry the current time `now_ms` (`receive`, `tick`,
+`take_effects`, `doc_loaded`, `restore_update`, `add_peer`, `leave`, `status`); outputs are `Effect`s
+collected by `take_effects()`, timers are data (`next_deadline_ms`), and a doc the core needs while it
+is evicted is an effect (`LoadDoc`) answered by an input (`doc_loaded`), so the core never waits on a
+store. Plain pycrdt writes are recorded by the doc's observer and captured (numbered, batched, stamped
+with the time) in the replica's next step. The time-free calls (`open_doc`, `release_doc`, the doc
+queries, `register_docs`, `checkpoint`) change nothing that depends on time. No clock, socket, thread
+or global random source is touched here, so the simulator can replay any run exactly from its seed.
+
+One notification goes out: `on_capture` (given to the constructor) is called, with nothing, when the
+application's first write since the last step is recorded, because pycrdt calls the observer inside
+the application's transaction and nothing else tells the driver that there is work.
 
 The facade owns no protocol state: it sets the time, admits frames and dispatches them to the parts,
 each in a file of its name, that own their state and write effects into the shared `Context`:
@@ -31,7 +39,7 @@ from crdtsync.core.causal import CausalBuffer
 from crdtsync.core.config import ReplicaConfig
 from crdtsync.core.context import Context
 from crdtsync.core.counters import Counters
-from crdtsync.core.docs import EMPTY_STATE, REMOTE_ORIGIN, DocLoader, DocTable
+from crdtsync.core.docs import EMPTY_STATE, REMOTE_ORIGIN, DocEntry, DocNotLoadedError, DocTable
 from crdtsync.core.effects import Effect, Persist
 from crdtsync.core.gossip import Gossip
 from crdtsync.core.guard import Guard
@@ -43,7 +51,7 @@ from crdtsync.core.state import StateDecodeError
 from crdtsync.core.status import ReplicaStatus, dc_statuses, member_statuses, peer_statuses
 from crdtsync.core.sync import StateSync
 
-__all__ = ["REMOTE_ORIGIN", "Replica", "ReplicaConfig"]
+__all__ = ["REMOTE_ORIGIN", "DocNotLoadedError", "Replica", "ReplicaConfig"]
 
 log = logging.getLogger("crdtsync.replica")
 
@@ -60,10 +68,13 @@ class Replica:
         address: str,
         publish_endpoint: str,
         config: ReplicaConfig | None = None,
-        doc_loader: DocLoader | None = None,
+        lazy_docs: bool = False,
         dc: str = "default",
         membership: MembershipConfig | None = None,
+        on_capture: Callable[[], None] | None = None,
     ) -> None:
+        """`lazy_docs`: the driver answers `LoadDoc` from a store, so docs beyond the cache limits
+        (`docs_cached_max`, `docs_cached_bytes_max`) are evicted; otherwise every doc stays loaded."""
         if not node_id or len(node_id.encode()) > wire.NODE_ID_BYTES_MAX:
             raise ValueError(f"node_id must be 1..{wire.NODE_ID_BYTES_MAX} bytes, got {node_id!r}")
         if not 0 < client_id < 1 << 53:
@@ -90,7 +101,8 @@ class Replica:
         self._guard = Guard(ctx)
         self._links = Links(ctx, self.membership)
         self._outbound = Outbound(ctx, self._links)
-        self._docs = DocTable(ctx, self._guard, doc_loader, self._outbound.capture)
+        self._docs = DocTable(ctx, self._guard, lazy=lazy_docs)
+        self._docs.on_capture = on_capture
         self._causal = CausalBuffer(ctx, self._docs, self._guard, self._links)
         self._sync = StateSync(ctx, self._docs, self._guard, self._links, self._causal)
         self._antientropy = AntiEntropy(ctx, self._docs, self._links, self._sync)
@@ -133,21 +145,29 @@ class Replica:
 
     # ------------------------------------------------------------------ driver interface
 
-    def set_wakeup(self, callback: Callable[[], None] | None) -> None:
-        """`callback` runs (at most once until the next `take_effects`) when a local write
-        produced work, so the driver can come back and collect the effects."""
-        self._outbound.wakeup = callback
+    def _step(self, now_ms: float) -> None:
+        """Every timed input starts here: the time, then the local writes recorded since the last step."""
+        self._ctx.now_ms = now_ms
+        captured = self._docs.captured
+        if captured:
+            self._docs.captured = []
+            for doc_id, before, after, update in captured:
+                self._outbound.capture(doc_id, before, after, update)
+
+    def stop_notifying(self) -> None:
+        """No more `on_capture` calls (the driver is closing)."""
+        self._docs.on_capture = None
 
     def add_peer(self, address: str, now_ms: float) -> None:
         """Configure a peer by its advertised address; the hello exchange does the rest."""
-        self._ctx.now_ms = now_ms
+        self._step(now_ms)
         if address != self._ctx.address:
             self._links.link_for(address, configured=True)
 
     def take_effects(self, now_ms: float, *, force: bool = False) -> list[Effect]:
         """Flush due batches and hand over everything the driver must do."""
         ctx = self._ctx
-        ctx.now_ms = now_ms
+        self._step(now_ms)
         self._outbound.flush_due(force=force)
         docs = self._docs
         docs.evict_if_needed()
@@ -185,7 +205,7 @@ class Replica:
             ctx.counters.own_pauses += 1
             self.membership.forgive_silence(now_ms)
         self._last_tick_ms = now_ms
-        ctx.now_ms = now_ms
+        self._step(now_ms)
         self._outbound.heartbeat_if_due()
         self._gossip.evaluate_liveness()
         self._gossip.gossip_if_due()
@@ -194,9 +214,27 @@ class Replica:
         self._inbound.chase_gaps()
         self._causal.pull_stale()
 
-    def leave(self) -> None:
+    def leave(self, now_ms: float) -> None:
         """Announce a graceful leave to every peer this node is in contact with (call before closing)."""
+        self._step(now_ms)
         self._gossip.leave()
+
+    def doc_loaded(self, doc_id: str, content: bytes | None, now_ms: float) -> None:
+        """The answer to `LoadDoc(doc_id)`: the doc's stored content (None: nothing stored, or the
+        store failed to read it; the doc then starts empty and anti-entropy refills it)."""
+        self._step(now_ms)
+        entry = self._docs.answer_load(doc_id, content)
+        if entry is not None:
+            self._causal.drain(doc_id, entry)
+
+    def loads_requested(self) -> list[str]:
+        """Docs whose `LoadDoc` is not answered yet (after `register_docs`: those whose digest the
+        store did not record, which a driver answers before it serves)."""
+        return self._docs.loads_requested()
+
+    def needs_load(self, doc_id: str) -> bool:
+        """Whether `doc_id` is held but evicted: answer its `LoadDoc` before `open_doc(doc_id)`."""
+        return self._docs.needs_load(doc_id)
 
     # ------------------------------------------------------------------ receiving
 
@@ -208,7 +246,7 @@ class Replica:
         seen with a key stays bound to it, so that no other key can speak for that node id, and
         that key cannot speak for another one."""
         ctx = self._ctx
-        ctx.now_ms = now_ms
+        self._step(now_ms)
         ctx.counters.frames_received += 1
         ctx.counters.bytes_received += len(frame)
         try:
@@ -279,8 +317,9 @@ class Replica:
 
     def open_doc(self, doc_id: str, *, pin: bool = False) -> Doc[Any]:
         """The live pycrdt Doc for `doc_id`, created empty if this node has never seen it. A pinned doc
-        stays loaded (and its writes replicated) until as many `release_doc` calls."""
-        entry = self._docs.entry(doc_id, create=True)
+        stays loaded (and its writes replicated) until as many `release_doc` calls. Raises
+        `DocNotLoadedError` for an evicted doc (see `needs_load`)."""
+        entry = self._docs.get_or_create(doc_id)
         doc = self._docs.doc(entry)
         if pin:
             self._docs.pin(entry)
@@ -322,6 +361,8 @@ class Replica:
         return entry.state_bytes == EMPTY_STATE
 
     def doc_digest(self, doc_id: str) -> bytes:
+        """The doc's canonical digest; KeyError for a doc not held, DocNotLoadedError for one whose
+        digest is not known until its load is answered (see `loads_requested`)."""
         entry = self._docs.get(doc_id)
         if entry is None:
             raise KeyError(doc_id)
@@ -331,13 +372,19 @@ class Replica:
         """Apply a stored, causally complete update (e.g. at start-up): not published, not persisted."""
         self._docs.load_update(doc_id, update)
 
-    def restore_update(self, doc_id: str, update: bytes) -> bool:
-        """Merge a doc's whole content from a backup: persisted, not published (anti-entropy spreads
-        it, since the merge changes the doc's digest wherever it added something)."""
+    def restore_update(self, doc_id: str, update: bytes, now_ms: float) -> bool:
+        """Merge a doc's whole content from a backup (once the doc is loaded): persisted, not
+        published (anti-entropy spreads it, since the merge changes the doc's digest wherever it added
+        something). False for an update refused before the merge (counted and logged)."""
+        self._step(now_ms)
         if not self._guard.well_formed(doc_id, "restore", update, None):
             return False
-        entry = self._docs.entry(doc_id, create=True)
-        return self._docs.apply(entry, update, "restore")
+        entry = self._docs.get_or_create(doc_id)
+        self._docs.when_loaded(entry, lambda e: self._restore(e, update), len(update))
+        return True
+
+    def _restore(self, entry: DocEntry, update: bytes) -> None:
+        self._docs.apply(entry, update, "restore")
 
     def merkle_root(self) -> bytes:
         """The root of the Merkle tree over every non-empty doc's canonical digest."""
@@ -351,6 +398,7 @@ class Replica:
 
     def status(self, now_ms: float) -> ReplicaStatus:
         ctx = self._ctx
+        self._step(now_ms)
         round_ = self._antientropy.round
         peers = peer_statuses(
             now_ms, self._links, self._inbound.tracks, round_.address if round_ is not None else None

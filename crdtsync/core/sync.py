@@ -4,18 +4,20 @@ A `SYNC_REQUEST` carries (doc id, the requester's state vector); the answer carr
 requester lacks and the responder's own state vector, and the requester pushes back what the
 responder lacks. An update computed against a state vector this node covers is applied at once,
 without the causal buffer; afterwards the buffer is drained, since the update may have brought
-the dependencies some waiting deltas needed.
+the dependencies some waiting deltas needed. Work on an evicted doc waits for its load (the answer
+for that doc then goes out in a message of its own).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from crdtsync.core import wire
 from crdtsync.core.causal import CausalBuffer
 from crdtsync.core.context import Context
-from crdtsync.core.docs import EMPTY_STATE, EMPTY_UPDATE, DocTable
+from crdtsync.core.docs import EMPTY_STATE, EMPTY_UPDATE, DocEntry, DocTable
 from crdtsync.core.guard import Guard
 from crdtsync.core.links import Links
 from crdtsync.core.state import decode_state_vector, encode_state_vector
@@ -62,10 +64,23 @@ class StateSync:
             [len(update) for _doc_id, update in pushes],
         )
 
+    def _send_answers(self, node_id: str, replies: list[tuple[Any, ...]]) -> None:
+        address = self._links.address_of.get(node_id)
+        if address is None:
+            self._ctx.counters.unknown_peer += 1
+            return
+        node = self._ctx.node_id
+        self.send_entries(
+            address,
+            lambda chunk: wire.SyncResponse(node, chunk),
+            replies,
+            [len(update) + len(state) for _doc_id, update, state in replies],
+        )
+
     def on_request(self, message: wire.SyncRequest) -> None:
         ctx = self._ctx
-        address = self._links.address_of.get(message.node_id)
-        if address is None:
+        node_id = message.node_id
+        if node_id not in self._links.address_of:
             ctx.counters.unknown_peer += 1
             return
         replies: list[tuple[Any, ...]] = []
@@ -76,53 +91,98 @@ class StateSync:
                 replies.append((doc_id, EMPTY_UPDATE, EMPTY_STATE))
                 continue
             decode_state_vector(state)  # validate before pycrdt sees it
-            try:
-                update = self._docs.doc(entry).get_update(state)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:
-                ctx.counters.syncs_rejected += 1
-                ctx.warn("sync_rejected", "sync of %r for %s rejected: %s", doc_id, message.node_id, exc)
-                continue
-            replies.append((doc_id, update, entry.state_bytes))
-        self.send_entries(
-            address,
-            lambda chunk: wire.SyncResponse(ctx.node_id, chunk),
-            replies,
-            [len(update) + len(state) for _doc_id, update, state in replies],
-        )
+            if entry.doc is not None:
+                self._answer(entry, state, node_id, replies)
+            else:
+                answer = functools.partial(self._answer_alone, state=state, node_id=node_id)
+                self._docs.when_loaded(entry, answer, len(state))
+        if replies:
+            self._send_answers(node_id, replies)
+
+    def _answer(self, entry: DocEntry, state: bytes, node_id: str, replies: list[tuple[Any, ...]]) -> None:
+        try:
+            update = self._docs.doc(entry).get_update(state)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            self._ctx.counters.syncs_rejected += 1
+            self._ctx.warn("sync_rejected", "sync of %r for %s rejected: %s", entry.doc_id, node_id, exc)
+            return
+        replies.append((entry.doc_id, update, entry.state_bytes))
+
+    def _answer_alone(self, entry: DocEntry, state: bytes, node_id: str) -> None:
+        replies: list[tuple[Any, ...]] = []
+        self._answer(entry, state, node_id, replies)
+        if replies:
+            self._send_answers(node_id, replies)
 
     def on_response(self, message: wire.SyncResponse) -> None:
+        node_id = message.node_id
         pushes: list[tuple[Any, ...]] = []
         for doc_id, update, state in message.entries:
-            self.on_update(doc_id, update, message.node_id)
-            entry = self._docs.get(doc_id)
+            # Push back what the responder lacks: its state vector came with its answer.
+            remote_state = encode_state_vector(decode_state_vector(state))
+            if update != EMPTY_UPDATE and not self._guard.well_formed(doc_id, "sync", update, node_id):
+                update = EMPTY_UPDATE  # refused, but the responder still gets what it lacks
+            if update == EMPTY_UPDATE and doc_id not in self._docs:
+                continue
+            entry = self._entry_for(doc_id, node_id)
             if entry is None:
                 continue
-            # Push back what the responder lacks: its state vector came with its answer.
-            back = self._docs.doc(entry).get_update(encode_state_vector(decode_state_vector(state)))
-            if back != EMPTY_UPDATE:
-                pushes.append((doc_id, back))
-        address = self._links.address_of.get(message.node_id)
+            if entry.doc is not None:
+                self._take_answer(entry, update, remote_state, node_id, pushes)
+            else:
+                take = functools.partial(
+                    self._take_answer_alone, update=update, remote_state=remote_state, node_id=node_id
+                )
+                self._docs.when_loaded(entry, take, len(update) + len(state))
+        self._push_back(node_id, pushes)
+
+    def _take_answer(
+        self, entry: DocEntry, update: bytes, remote_state: bytes, node_id: str, pushes: list[tuple[Any, ...]]
+    ) -> None:
+        self._apply(entry, update, node_id)
+        back = self._docs.doc(entry).get_update(remote_state)
+        if back != EMPTY_UPDATE:
+            pushes.append((entry.doc_id, back))
+
+    def _take_answer_alone(self, entry: DocEntry, update: bytes, remote_state: bytes, node_id: str) -> None:
+        pushes: list[tuple[Any, ...]] = []
+        self._take_answer(entry, update, remote_state, node_id, pushes)
+        self._push_back(node_id, pushes)
+
+    def _push_back(self, node_id: str, pushes: list[tuple[Any, ...]]) -> None:
+        address = self._links.address_of.get(node_id)
         if pushes and address is not None:
             self._ctx.counters.sync_pushes += len(pushes)
             self.push(address, pushes)
 
     def on_update(self, doc_id: str, update: bytes, node_id: str) -> None:
-        ctx = self._ctx
+        """A pushed update (`SYNC_PUSH`): applied once the doc is loaded."""
         if update == EMPTY_UPDATE or not self._guard.well_formed(doc_id, "sync", update, node_id):
             return
+        entry = self._entry_for(doc_id, node_id)
+        if entry is not None:
+            self._docs.when_loaded(entry, lambda e: self._apply(e, update, node_id), len(update))
+
+    def _entry_for(self, doc_id: str, node_id: str) -> DocEntry | None:
+        """The entry a sync update from `node_id` goes to; None for a refused doc id (counted)."""
+        ctx = self._ctx
         try:
-            entry = self._docs.entry(doc_id, create=True)
+            return self._docs.get_or_create(doc_id)
         except (ValueError, RuntimeError) as exc:
             ctx.counters.syncs_dropped_doc += 1
             ctx.warn("bad_doc", "dropped a sync update for doc %r from %s: %s", doc_id, node_id, exc)
+            return None
+
+    def _apply(self, entry: DocEntry, update: bytes, node_id: str) -> None:
+        if update == EMPTY_UPDATE:
             return
         # Safe to apply at once: it was computed against a state vector this node already covers.
         if self._docs.apply(entry, update, "sync", node_id):
-            ctx.counters.sync_updates_applied += 1
+            self._ctx.counters.sync_updates_applied += 1
             link = self._links.of_node(node_id)
             if link is not None:
                 link.ae_docs_repaired += 1
                 link.ae_bytes_repaired += len(update)
-        self._causal.drain(doc_id, entry)
+        self._causal.drain(entry.doc_id, entry)

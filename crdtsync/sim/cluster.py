@@ -12,7 +12,9 @@ With `SimConfig.durable` each node also has a durable store that survives its cr
 `MemoryStore` holding what completed commits hold, behind the same `CommitQueue` as `StoreWriter`'s
 group commit: `Persist` effects join the node's pending group; when no commit runs, a commit takes
 the next group and completes `commit_ms` later; a crash loses the pending group and the running
-commit (`CommitQueue.lose`). Doc loads see committed and in-flight updates (`CommitQueue.load_doc`).
+commit (`CommitQueue.lose`). The core's `LoadDoc` effects are answered `load_ms` later (what waits
+for the doc waits in the core meanwhile, as on a real node) with committed and in-flight updates
+(`CommitQueue.load_doc`); a client operation on an evicted doc loads it first, as `Node.open` does.
 A restarted node registers the docs the store holds, with their recorded digests, like `Node.start`
 with a data_dir. A client write is acknowledged when the commit holding its update completes (what
 `Node.flush()` waits for), and an acknowledged write must survive any crash of its writer.
@@ -29,7 +31,7 @@ from typing import Any, Literal
 
 from pycrdt import Doc
 
-from crdtsync.core.effects import Persist, Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.effects import LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.sim.trace import SimTracer, Step
@@ -72,6 +74,8 @@ class SimConfig:
     """Give each node a durable store with group commit that survives its crashes (see the module doc)."""
     commit_ms: tuple[float, float] = (0.5, 5.0)
     """Simulated time one group commit of the durable store takes."""
+    load_ms: tuple[float, float] = (0.1, 2.0)
+    """Simulated time the durable store takes to answer a `LoadDoc`."""
     datacenters: int = 1
     """Nodes are split into this many datacenters (`dc0`, `dc1`, ...) in contiguous blocks; links
     between datacenters have `wan_latency_ms` and `wan_loss_rate`."""
@@ -179,7 +183,7 @@ class _SimNode:
 
 
 EventKind = Literal[
-    "deliver", "tick", "op", "partition", "heal", "crash", "restart", "leave", "check", "commit"
+    "deliver", "tick", "op", "partition", "heal", "crash", "restart", "leave", "check", "commit", "load"
 ]
 
 
@@ -285,7 +289,7 @@ class SimCluster:
             address=node.address,
             publish_endpoint=node.publish_endpoint,
             config=self.config.replica,
-            doc_loader=(lambda doc_id: self._load_doc(node, doc_id)) if self.config.durable else None,
+            lazy_docs=self.config.durable,
             dc=node.dc,
             membership=self.config.membership,
         )
@@ -297,6 +301,8 @@ class SimCluster:
             node.replica.register_docs(
                 (record.doc_id, record.state, record.digest) for record in node.store.docs()
             )
+            for doc_id in node.replica.loads_requested():  # before serving, as `Node.start` does
+                node.replica.doc_loaded(doc_id, self._load_doc(node, doc_id), self.now_ms)
         seeds = self.nodes[:1] if self.config.seed_only else self.nodes
         for other in seeds:
             if other is not node:
@@ -326,6 +332,9 @@ class SimCluster:
                     node.subscriptions[endpoint] = wan
                 case Unsubscribe(endpoint):
                     node.subscriptions.pop(endpoint, None)
+                case LoadDoc(doc_id):
+                    at_ms = self.now_ms + self.rng.uniform(*self.config.load_ms)
+                    self._schedule(at_ms, "load", (node.index, node.incarnation, doc_id))
                 case Persist(updates, doc_states):
                     if self.config.durable and (updates or doc_states):
                         persisted = self._persist(node, effect)
@@ -506,6 +515,12 @@ class SimCluster:
         elif kind == "commit":
             index, group = payload
             self._commit_done(self.nodes[index], group)
+        elif kind == "load":
+            index, incarnation, doc_id = payload
+            node = self.nodes[index]
+            if node.replica is not None and node.incarnation == incarnation:
+                node.replica.doc_loaded(doc_id, self._load_doc(node, doc_id), self.now_ms)
+                self._pump(node)
         elif kind == "partition" and self._groups is None:
             self.partitions += 1
             if payload is not None:
@@ -536,7 +551,7 @@ class SimCluster:
             node = self.nodes[payload]
             alive = sum(1 for other in self.nodes if other.replica is not None)
             if node.replica is not None and alive > 1:
-                node.replica.leave()
+                node.replica.leave(self.now_ms)
                 self._pump(node)
                 # Like a crash for the checker: what the leaver had not replicated may be gone.
                 self.ever_crashed_incarnations.add((node.index, node.incarnation))
@@ -579,8 +594,7 @@ class SimCluster:
                 return
             node = self.rng.choice(alive)
             doc_id = f"doc-{self.rng.randrange(self.config.docs)}"
-        assert node.replica is not None
-        doc = node.replica.open_doc(doc_id)
+        doc = self.open_doc(node.index, doc_id)
         first = len(self.writes)
         writes = self.workload.write(doc, doc_id, node.index, op_index, self.rng)
         for write in writes:
@@ -614,7 +628,20 @@ class SimCluster:
         replica = self.nodes[index].replica
         if replica is None:
             return {}
-        return {doc_id: self.workload.materialize(replica.open_doc(doc_id)) for doc_id in replica.doc_ids()}
+        return {
+            doc_id: self.workload.materialize(self.open_doc(index, doc_id)) for doc_id in replica.doc_ids()
+        }
+
+    def open_doc(self, index: int, doc_id: str) -> Doc[Any]:
+        """Node `index`'s doc as the application gets it (the node must be up): loaded first from the
+        durable store when evicted, as `Node.open` does."""
+        node = self.nodes[index]
+        replica = node.replica
+        if replica is None:
+            raise RuntimeError(f"node {index} is down")
+        if replica.needs_load(doc_id):
+            replica.doc_loaded(doc_id, self._load_doc(node, doc_id), self.now_ms)
+        return replica.open_doc(doc_id)
 
     def check(self) -> list[str]:
         """Invariants of DESIGN.md: convergence by canonical digest and by JSON; no lost write."""

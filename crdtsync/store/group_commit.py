@@ -111,8 +111,11 @@ class CommitQueue:
 
     def load_doc(self, store: Store, doc_id: str) -> bytes | None:
         """A doc's whole content: what `store` has committed, plus what is still on its way there."""
+        return self.with_in_flight(doc_id, store.load_doc(doc_id))
+
+    def with_in_flight(self, doc_id: str, stored: bytes | None) -> bytes | None:
+        """`stored` (the store's committed content of the doc) merged with its updates in flight."""
         parts: list[bytes] = []
-        stored = store.load_doc(doc_id)
         if stored is not None:
             parts.append(stored)
         parts.extend(self.in_flight(doc_id))

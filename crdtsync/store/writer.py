@@ -150,10 +150,18 @@ class StoreWriter:
         self._waiters.append((self._queue.submitted, waiter))
         await waiter
 
-    def load_doc(self, doc_id: str) -> bytes | None:
+    async def load_doc(self, doc_id: str) -> bytes | None:
         """A doc's whole content: what the store has committed, plus what is still on its way there.
-        Runs on the event-loop thread, which is also the only thread that changes the queue."""
-        return self._queue.load_doc(self.store, doc_id)
+
+        The store is read on the writer's thread, between two commits, so the event loop never waits
+        on it; what is in flight is merged on the event loop's thread when the read returns. A group
+        whose commit finished before the read is marked committed before this resumes (the
+        executor runs in order and reports in order), and one that started after it is still in
+        flight here: nothing is missed, and merging an update twice is harmless."""
+        if self.inline:
+            return self._queue.load_doc(self.store, doc_id)
+        stored = await self._loop.run_in_executor(self._executor, self.store.load_doc, doc_id)
+        return self._queue.with_in_flight(doc_id, stored)
 
     async def run(self, function: Callable[[], T]) -> T:
         """Run `function` on the writer thread, after every commit submitted before it."""

@@ -55,7 +55,7 @@ def _converged(nodes: Sequence[Node], doc_ids: Sequence[str]) -> bool:
     if any(node.doc_ids() != expected for node in nodes):
         return False
     for doc_id in doc_ids:
-        docs = [node._core.open_doc(doc_id) for node in nodes]
+        docs = [node._replica.open_doc(doc_id) for node in nodes]
         if len({digest(doc) for doc in docs}) != 1 or any(_json(doc) != _json(docs[0]) for doc in docs):
             return False
     return True
@@ -129,7 +129,7 @@ def test_three_nodes_converge_on_many_docs_with_concurrent_writes_to_the_same_ke
                 lambda: "converged: " + _describe(nodes),
             )
             for doc_id in doc_ids:
-                data, text = _json(nodes[0]._core.open_doc(doc_id))
+                data, text = _json(nodes[0]._replica.open_doc(doc_id))
                 assert data["shared"] in {f"n{i}-{rounds - 1}" for i in range(3)}
                 assert {data[f"by-n{i}"] for i in range(3)} == {rounds - 1}
                 assert sorted(text[i : i + 2] for i in range(0, len(text), 2)) == sorted(
@@ -185,20 +185,22 @@ async def _restart_with(
                 CONVERGE_TIMEOUT_S,
                 lambda: f"the restarted node caught up ({_describe([a, restarted])})",
             )
-            assert _json(restarted._core.open_doc("from-b")) == ({}, "b1")
-            assert _json(restarted._core.open_doc("from-a"))[0] == {"v": "a1", "while-b-down": True}
+            assert _json(restarted._replica.open_doc("from-b")) == ({}, "b1")
+            assert _json(restarted._replica.open_doc("from-a"))[0] == {"v": "a1", "while-b-down": True}
 
             # a receives the restarted node's new writes, and the other way round.
             (await restarted.open("from-b")).get("text", type=Text).insert(2, "-b2")
             (await a.open("from-a")).get("data", type=Map)["after-restart"] = "a2"
             await _flush([a, restarted])
             await wait_until(
-                lambda: str(a._core.open_doc("from-b").get("text", type=Text)) == "b1-b2",
+                lambda: str(a._replica.open_doc("from-b").get("text", type=Text)) == "b1-b2",
                 CONVERGE_TIMEOUT_S,
                 "a received the restarted node's write",
             )
             await wait_until(
-                lambda: restarted._core.open_doc("from-a").get("data", type=Map).get("after-restart") == "a2",
+                lambda: (
+                    restarted._replica.open_doc("from-a").get("data", type=Map).get("after-restart") == "a2"
+                ),
                 CONVERGE_TIMEOUT_S,
                 "the restarted node received a's write",
             )

@@ -45,7 +45,7 @@ def _advance(cluster: SimCluster, until_ms: float) -> None:
 
 def _write(cluster: SimCluster, node: _SimNode, doc_id: str, key: str) -> None:
     assert node.replica is not None
-    node.replica.open_doc(doc_id).get("data", type=Map)[key] = 1
+    cluster.open_doc(node.index, doc_id).get("data", type=Map)[key] = 1
     cluster._pump(node)
 
 
@@ -68,7 +68,7 @@ def test_a_load_sees_updates_still_on_their_way_to_the_store() -> None:
     assert node.replica.loaded_docs() == 1
     assert _keys(cluster._load_doc(node, "doc-0")) == {"first"}
     loads = node.replica.counters.doc_loads
-    doc = node.replica.open_doc("doc-0")
+    doc = cluster.open_doc(node.index, "doc-0")
     assert node.replica.counters.doc_loads == loads + 1
     assert set(doc.get("data", type=Map).to_py() or {}) == {"first"}
 
@@ -88,5 +88,5 @@ def test_a_crash_loses_what_was_in_flight_and_keeps_what_was_committed() -> None
     assert _keys(node.store.load_doc("doc-0")) == {"committed"}
     cluster._handle("restart", node.index)
     assert node.replica is not None and node.replica.has_doc("doc-0")
-    content = node.replica.open_doc("doc-0").get("data", type=Map).to_py() or {}
+    content = cluster.open_doc(node.index, "doc-0").get("data", type=Map).to_py() or {}
     assert set(content) == {"committed"}

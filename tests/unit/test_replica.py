@@ -14,8 +14,9 @@ import pytest
 from pycrdt import Doc, Map, Text
 
 from crdtsync.core import wire
-from crdtsync.core.effects import Persist, Publish, Send, Subscribe, Unsubscribe
-from crdtsync.core.replica import Replica, ReplicaConfig
+from crdtsync.core.effects import LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.replica import DocNotLoadedError, Replica, ReplicaConfig
+from crdtsync.core.state import merge_all
 
 
 def _new_doc(client_id: int) -> Doc[Any]:
@@ -57,10 +58,18 @@ class Mesh:
     delivered: list[Hop] = field(default_factory=list)
     dropped: list[Hop] = field(default_factory=list)
     persisted: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
+    loads: list[tuple[str, str]] = field(default_factory=list)
+    """(replica address, doc id) of every `LoadDoc` not answered yet (see `answer_loads`)."""
     hops_max: int = 100_000
 
     def add(
-        self, name: str, *, config: ReplicaConfig = DEFAULTS, epoch: int = 1, client_id: int | None = None
+        self,
+        name: str,
+        *,
+        config: ReplicaConfig = DEFAULTS,
+        epoch: int = 1,
+        client_id: int | None = None,
+        lazy_docs: bool = False,
     ) -> Replica:
         replica = Replica(
             node_id=name,
@@ -69,6 +78,7 @@ class Mesh:
             address=f"tcp://{name}:1",
             publish_endpoint=f"tcp://{name}:{1 + epoch}",
             config=config,
+            lazy_docs=lazy_docs,
         )
         self.replicas[replica.address] = replica
         self.subscriptions[replica.address] = set()
@@ -130,6 +140,23 @@ class Mesh:
                     self.subscriptions[replica.address].discard(endpoint)
                 case Persist(updates):
                     self.persisted.setdefault(replica.address, []).extend(updates)
+                case LoadDoc(doc_id):
+                    self.loads.append((replica.address, doc_id))
+
+    def stored(self, replica: Replica, doc_id: str) -> bytes | None:
+        """What `replica` persisted of `doc_id`, as one update (its store's content)."""
+        updates = [
+            update for stored_id, update in self.persisted.get(replica.address, []) if stored_id == doc_id
+        ]
+        return merge_all(updates) if updates else None
+
+    def answer_loads(self) -> None:
+        """Answer every `LoadDoc` from what the replica persisted, then let the effects run."""
+        loads, self.loads = self.loads, []
+        for address, doc_id in loads:
+            replica = self.replicas[address]
+            replica.doc_loaded(doc_id, self.stored(replica, doc_id), self.now_ms)
+        self.pump()
 
 
 def _json(doc: Doc[Any]) -> tuple[dict[str, object], str]:
@@ -734,3 +761,67 @@ def test_a_node_that_was_stopped_does_not_suspect_its_peers_for_its_own_pause() 
     mesh.pump()
     mesh.advance(2_000.0)
     assert _count(a, "member_suspect") == 0 and _count(b, "own_pauses") == 1
+
+
+# ---------------------------------------------------------------------- the sans-IO boundary
+
+
+def _lazy_pair(mesh: Mesh) -> tuple[Replica, Replica]:
+    """a writes; b evicts every doc but one (`docs_cached_max=1`) and loads through `LoadDoc`."""
+    a = mesh.add("a")
+    b = mesh.add("b", config=ReplicaConfig(docs_cached_max=1), lazy_docs=True)
+    mesh.link_all()
+    for doc_id in ("doc-0", "doc-1"):
+        a.open_doc(doc_id).get("data", type=Map)["v"] = 1
+        mesh.pump()
+    assert b.needs_load("doc-0") and not b.needs_load("doc-1")
+    return a, b
+
+
+def test_a_delta_for_an_evicted_doc_waits_in_the_causal_buffer_for_its_load() -> None:
+    mesh = Mesh()
+    a, b = _lazy_pair(mesh)
+    a.open_doc("doc-0").get("data", type=Map)["v"] = 2
+    mesh.pump()
+    assert mesh.loads == [(b.address, "doc-0")], "b asked its driver for doc-0 once"
+    assert b.status(mesh.now_ms).pending_updates == 1, "the delta waits: nothing was applied unloaded"
+    with pytest.raises(DocNotLoadedError):
+        b.open_doc("doc-0")
+    mesh.answer_loads()
+    assert b.status(mesh.now_ms).pending_updates == 0
+    assert _json(b.open_doc("doc-0")) == ({"v": 2.0}, "")
+    assert [b.doc_digest(d) for d in ("doc-0", "doc-1")] == [a.doc_digest(d) for d in ("doc-0", "doc-1")]
+
+
+def test_a_sync_request_for_an_evicted_doc_is_answered_once_it_is_loaded() -> None:
+    mesh = Mesh()
+    a, b = _lazy_pair(mesh)
+    served = _count(b, "syncs_served")
+    # a asks b for doc-0 as anti-entropy or a causal pull would.
+    a_link_state = a.open_doc("doc-0").get_state()
+    mesh.loads.clear()
+    b.receive(wire.encode(wire.SyncRequest("a", (("doc-0", a_link_state),))), mesh.now_ms)
+    mesh.pump()
+    assert _count(b, "syncs_served") == served + 1
+    assert mesh.loads == [(b.address, "doc-0")], "the answer waits for the load"
+    responses = [hop for hop in mesh.delivered if hop.kind is wire.MessageKind.SYNC_RESPONSE]
+    mesh.answer_loads()
+    after = [hop for hop in mesh.delivered if hop.kind is wire.MessageKind.SYNC_RESPONSE]
+    assert len(after) == len(responses) + 1, "b answered once doc-0 was loaded"
+    assert after[-1].message() == wire.SyncResponse(
+        "b", (("doc-0", b"\x00\x00", b.open_doc("doc-0").get_state()),)
+    ), "a already held all of doc-0: an empty update and b's state"
+
+
+def test_a_local_write_is_stamped_with_the_time_of_the_step_that_captures_it() -> None:
+    """The observer only records; the write joins the outbox in the next step, with its time. A write
+    made long after the last input must not look as old as that input."""
+    mesh = Mesh()
+    a = mesh.add("a", config=ReplicaConfig(linger_ms=50.0))
+    a.tick(0.0)
+    a.take_effects(0.0)
+    a.open_doc("doc").get("data", type=Map)["k"] = 1
+    assert a.status(100.0).published_updates == 1, "captured by the status step"
+    assert not [e for e in a.take_effects(100.0) if isinstance(e, Publish)], "lingers from 100 ms on"
+    assert a.next_deadline_ms() <= 150.0
+    assert [e for e in a.take_effects(150.0) if isinstance(e, Publish)], "sent 50 ms after its capture"
