@@ -44,7 +44,7 @@ from yarl import URL
 
 from crdtsync import Node, NodeConfig
 from crdtsync.core.effects import Persist
-from crdtsync.daemon.config import DaemonConfig, HttpConfig, Token, token_digest
+from crdtsync.daemon.config import DaemonConfig, HttpConfig, Token, parse_http_listen, token_digest
 from crdtsync.daemon.http import Api
 from crdtsync.store.sqlite import SqliteStore
 from crdtsync.testing.cluster import free_port
@@ -275,8 +275,8 @@ class Server:
         await self.node.flush()
         self.runner = web.AppRunner(self.api.app(), access_log=None, handle_signals=False)
         await self.runner.setup()
-        host, port = listen.rsplit(":", 1)
-        await web.TCPSite(self.runner, host, int(port)).start()
+        host, port = parse_http_listen(listen)
+        await web.TCPSite(self.runner, host, port).start()
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
 
     def is_open(self, request: Request) -> bool:

@@ -18,8 +18,9 @@ from typing import Any, Literal
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.replica import ReplicaConfig
 from crdtsync.node import NodeConfig
+from crdtsync.store.base import check_durability
 from crdtsync.transport.curve import CurveConfig, CurveKeyError, CurveKeys
-from crdtsync.transport.zmq_transport import parse_endpoint
+from crdtsync.transport.endpoint import parse_endpoint
 
 LogFormat = Literal["json", "kv"]
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -132,17 +133,17 @@ def _security(raw: dict[str, Any]) -> CurveConfig | None:
         raise ConfigError(f"security: {exc}") from None
     for address in config.peer_keys:
         try:
-            parse_endpoint(address)
+            parse_endpoint(address, "security.peer_keys")
         except ValueError as exc:
-            raise ConfigError(f"security.peer_keys: {exc}") from None
+            raise ConfigError(str(exc)) from None
     return config
 
 
 def parse_http_listen(value: str, key: str = "http.listen") -> tuple[str, int]:
-    host, _, port_text = value.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{key}: {value!r} is not HOST:PORT with a port in 1..65535")
-    return host.strip("[]"), int(port_text)
+    try:
+        return parse_endpoint(value, key, scheme=None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _typed(key: str, value: Any, expected: type | tuple[type, ...]) -> Any:
@@ -324,9 +325,10 @@ def load_config(
     for key in ("publish", "data_dir"):
         if raw.get(key) is not None:
             _typed(key, raw[key], str)
-    durability = raw.get("durability", "fsync")
-    if durability not in ("fsync", "process", "none"):
-        raise ConfigError(f"durability: must be fsync, process or none, not {durability!r}")
+    try:
+        durability = check_durability(raw.get("durability", "fsync"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     replication = _section(raw, "replication", ReplicaConfig)
     membership = _section(raw, "membership", MembershipConfig)
     http = _section(raw, "http", HttpConfig)
@@ -345,9 +347,9 @@ def load_config(
             endpoints.append(("publish", raw["publish"]))
         for key, endpoint in endpoints:
             try:
-                parse_endpoint(endpoint)
+                parse_endpoint(endpoint, key)
             except ValueError as exc:
-                raise ConfigError(f"{key}: {exc}") from None
+                raise ConfigError(str(exc)) from None
         curve = _security(raw)
         node = NodeConfig(
             node_id=node_id,

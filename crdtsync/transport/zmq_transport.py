@@ -24,7 +24,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import zmq
 import zmq.asyncio
@@ -32,6 +31,9 @@ import zmq.auth.thread
 
 from crdtsync.core.wire import FRAME_BYTES_MAX
 from crdtsync.transport.curve import Allowlist, CurveKeys, make_server, set_client_keys, start_authenticator
+from crdtsync.transport.endpoint import (
+    parse_endpoint as parse_endpoint,
+)  # re-exported until node.py imports it from endpoint
 
 log = logging.getLogger("crdtsync.transport")
 
@@ -56,14 +58,6 @@ OnFrame = Callable[[bytes, "str | None"], None]
 """Takes a frame's payload and the CurveZMQ public key of its sender, when the transport knows it."""
 
 
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """`tcp://HOST:PORT` -> (HOST, PORT), with a clear error for anything else."""
-    parts = urlsplit(endpoint)
-    if parts.scheme != "tcp" or not parts.hostname or parts.port is None or parts.path not in ("", "/"):
-        raise ValueError(f"endpoint {endpoint!r} is not of the form tcp://HOST:PORT")
-    return parts.hostname, parts.port
-
-
 @dataclass(frozen=True, slots=True)
 class _Subscription:
     socket: zmq.asyncio.Socket
@@ -72,9 +66,9 @@ class _Subscription:
 
 class ZmqTransport:
     def __init__(self, listen: str, publish: str | None, curve: CurveKeys | None = None) -> None:
-        host, _port = parse_endpoint(listen)
+        host, _port = parse_endpoint(listen, "listen")
         if publish is not None:
-            parse_endpoint(publish)
+            parse_endpoint(publish, "publish")
         self._context = zmq.Context()
         # Receiving sockets are asyncio sockets from the start: an asyncio wrapper added later would
         # keep its event-loop reader registered after the raw socket closed, and a node started
@@ -142,7 +136,7 @@ class ZmqTransport:
         dealer = self._dealers.get(address)
         if dealer is None:
             try:
-                parse_endpoint(address)
+                parse_endpoint(address, "address")
             except ValueError as exc:
                 log.warning("not sending to %s: %s", address, exc)
                 self.send_drops += 1

@@ -16,6 +16,7 @@ from zmq_support import free_endpoint, wait_until
 from crdtsync import CurveConfig, CurveKeyError, Node, NodeConfig, ReplicaConfig
 from crdtsync.core import wire
 from crdtsync.transport.curve import read_key_file, write_key_file
+from crdtsync.transport.endpoint import parse_endpoint
 
 pytestmark = pytest.mark.integration
 
@@ -119,8 +120,8 @@ async def _send_raw(port: int, data: bytes) -> None:
 def test_replayed_and_altered_traffic_is_rejected_before_the_decoder(tmp_path: Path) -> None:
     keys = _keys(tmp_path, ["a", "b"])
     a_listen, b_listen = free_endpoint(), free_endpoint()
-    a_port = int(a_listen.rsplit(":", 1)[1])
-    relay_port = int(free_endpoint().rsplit(":", 1)[1])
+    a_port = parse_endpoint(a_listen)[1]
+    relay_port = parse_endpoint(free_endpoint())[1]
     relayed = f"tcp://127.0.0.1:{relay_port}"
     recorded: list[bytes] = []
 
