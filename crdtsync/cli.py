@@ -17,6 +17,7 @@ import click
 import httpx
 
 from crdtsync import __version__
+from crdtsync.store.base import DURABILITIES
 
 DEFAULT_URL = "http://127.0.0.1:7480"
 TIMEOUT_S = 30.0
@@ -63,7 +64,7 @@ def main() -> None:
 )
 @click.option(
     "--durability",
-    type=click.Choice(["fsync", "process", "none"]),
+    type=click.Choice(DURABILITIES),
     help="What a write waits for (default fsync).",
 )
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Default info.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 from crdtsync.core.effects import Persist
 
@@ -18,6 +18,16 @@ Durability = Literal["fsync", "process", "none"]
 - `none`: nothing is waited for; `flush()` returns once updates are queued for the store. A kill
   may lose the last few groups. For caches that peers can refill.
 """
+DURABILITIES: tuple[Durability, ...] = get_args(Durability)
+
+
+def check_durability(value: object) -> Durability:
+    """The one check of a durability setting (`NodeConfig`, `SqliteStore`, the daemon's config)."""
+    if value not in DURABILITIES:
+        raise ValueError(
+            f"durability must be {', '.join(DURABILITIES[:-1])} or {DURABILITIES[-1]}, not {value!r}"
+        )
+    return value
 
 
 class StoreError(RuntimeError):

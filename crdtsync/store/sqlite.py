@@ -29,7 +29,7 @@ from typing import BinaryIO
 from crdtsync.core.effects import Persist
 from crdtsync.core.state import merge_all
 from crdtsync.core.update_check import UpdateError, check_update
-from crdtsync.store.base import DocRecord, Durability, StoreDescription, StoreError
+from crdtsync.store.base import DocRecord, Durability, StoreDescription, StoreError, check_durability
 
 __all__ = [
     "DB_FILE",
@@ -56,11 +56,9 @@ class SqliteStore:
         compact_after_updates: int = 256,
         compact_after_bytes: int = 1 << 20,
     ) -> None:
-        if durability not in ("fsync", "process", "none"):
-            raise ValueError(f"durability must be fsync, process or none, not {durability!r}")
+        self.durability: Durability = check_durability(durability)
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_FILE
-        self.durability: Durability = durability
         self.compact_after_updates = compact_after_updates
         self.compact_after_bytes = compact_after_bytes
         self._lock = self._take_lock()

@@ -199,7 +199,7 @@ def test_unknown_keys_are_named(tmp_path: Path, text: str, key: str) -> None:
         ('node_id = "n"\npublish = 7500\n', "publish: expected str"),
         ('node_id = "n"\ndata_dir = false\n', "data_dir: expected str"),
         ('node_id = "n"\ndc = ["a"]\n', "dc: expected str"),
-        ('node_id = "n"\ndurability = "always"\n', "durability: must be fsync, process or none"),
+        ('node_id = "n"\ndurability = "always"\n', "durability must be fsync, process or none"),
         ('node_id = "n"\nreplication = 5\n', "replication: expected a table"),
         (
             'node_id = "n"\n[replication]\ntick_interval_ms = "fast"\n',
