@@ -21,11 +21,12 @@ from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
 from crdtsync.core.wire import DC_BYTES_MAX, NODE_ID_BYTES_MAX
 from crdtsync.store import MemoryStore, Store
-from crdtsync.store.base import Durability, StoreDescription, StoreError
+from crdtsync.store.base import Durability, StoreDescription, StoreError, check_durability
 from crdtsync.store.sqlite import SqliteStore, read_backup
 from crdtsync.store.writer import StoreStats, StoreWriter
 from crdtsync.transport.curve import CurveConfig, CurveKeys
-from crdtsync.transport.zmq_transport import ZmqTransport, parse_endpoint
+from crdtsync.transport.endpoint import parse_endpoint
+from crdtsync.transport.zmq_transport import ZmqTransport
 
 log = logging.getLogger("crdtsync.node")
 
@@ -58,15 +59,14 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if not self.node_id or len(self.node_id.encode()) > NODE_ID_BYTES_MAX:
             raise ValueError(f"node_id must be 1..{NODE_ID_BYTES_MAX} bytes of UTF-8, got {self.node_id!r}")
-        parse_endpoint(self.listen)
-        for peer in self.peers:
-            parse_endpoint(peer)
+        parse_endpoint(self.listen, "listen")
+        for index, peer in enumerate(self.peers):
+            parse_endpoint(peer, f"peers[{index}]")
         if self.publish is not None:
-            parse_endpoint(self.publish)
+            parse_endpoint(self.publish, "publish")
         if not self.dc or len(self.dc.encode()) > DC_BYTES_MAX:
             raise ValueError(f"dc must be 1..{DC_BYTES_MAX} bytes of UTF-8, got {self.dc!r}")
-        if self.durability not in ("fsync", "process", "none"):
-            raise ValueError(f"durability must be fsync, process or none, not {self.durability!r}")
+        check_durability(self.durability)
 
 
 @dataclass(frozen=True, slots=True)

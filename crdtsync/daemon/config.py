@@ -342,15 +342,8 @@ def load_config(
         raise ConfigError(f"log.format: must be json or kv, not {log.format!r}")
     dc = _typed("dc", raw.get("dc", "default"), str)
     try:
-        endpoints = [("listen", listen), *((f"peers[{i}]", p) for i, p in enumerate(peers))]
-        if raw.get("publish") is not None:
-            endpoints.append(("publish", raw["publish"]))
-        for key, endpoint in endpoints:
-            try:
-                parse_endpoint(endpoint, key)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        curve = _security(raw)
+        # NodeConfig checks node_id, the endpoints and dc (naming the key) before the security
+        # section is read, whose key files would otherwise be the first complaint.
         node = NodeConfig(
             node_id=node_id,
             listen=listen,
@@ -359,10 +352,10 @@ def load_config(
             data_dir=raw.get("data_dir"),
             durability=durability,
             replication=replication,
-            curve=curve,
             dc=dc,
             membership=membership,
         )
+        node = dataclasses.replace(node, curve=_security(raw))
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise

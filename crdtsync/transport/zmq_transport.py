@@ -31,9 +31,7 @@ import zmq.auth.thread
 
 from crdtsync.core.wire import FRAME_BYTES_MAX
 from crdtsync.transport.curve import Allowlist, CurveKeys, make_server, set_client_keys, start_authenticator
-from crdtsync.transport.endpoint import (
-    parse_endpoint as parse_endpoint,
-)  # re-exported until node.py imports it from endpoint
+from crdtsync.transport.endpoint import parse_endpoint
 
 log = logging.getLogger("crdtsync.transport")
 

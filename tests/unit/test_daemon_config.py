@@ -226,6 +226,12 @@ def test_unknown_keys_are_named(tmp_path: Path, text: str, key: str) -> None:
         ('node_id = "n"\n[http]\nwatchers_max = -3\n', "http.watchers_max: must not be negative"),
         ('node_id = "n"\n[http]\nlisten = "localhost"\n', "http.listen: "),
         ('node_id = "n"\n[http]\nlisten = "localhost:99999"\n', "http.listen: "),
+        ('node_id = "n"\nlisten = "127.0.0.1:7400"\n', "listen: '127.0.0.1:7400' is not tcp://HOST:PORT"),
+        (
+            'node_id = "n"\npeers = ["tcp://h:1", "tcp://h:0"]\n',
+            "peers[1]: 'tcp://h:0' is not tcp://HOST:PORT",
+        ),
+        ('node_id = "n"\npublish = "tcp://h:port"\n', "publish: 'tcp://h:port' is not tcp://HOST:PORT"),
         ('node_id = "n"\n[log]\nlevel = "verbose"\n', "log.level: must be one of"),
         ('node_id = "n"\n[log]\nformat = "xml"\n', "log.format: must be json or kv"),
         ('node_id = "n"\n[log]\nlevel = 10\n', "log.level: expected str"),
