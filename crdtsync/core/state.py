@@ -91,15 +91,6 @@ def merge_into(target: StateVector, other: StateVector) -> None:
             target[client] = clock
 
 
-def missing_count(have: StateVector, want: StateVector) -> int:
-    """How many items `want` counts that `have` lacks."""
-    return sum(max(0, clock - have.get(client, 0)) for client, clock in want.items())
-
-
-def doc_state_vector(doc: Doc[Any]) -> StateVector:
-    return decode_state_vector(doc.get_state())
-
-
 def _normalized_delete_set(data: bytes, pos: int) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
     clients, pos = _read_varuint(data, pos)
     if clients > STATE_VECTOR_CLIENTS_MAX:
