@@ -33,6 +33,7 @@ from pycrdt import Doc, Map, TransactionEvent
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
+from crdtsync.daemon.status_json import status_json
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.http")
@@ -259,78 +260,14 @@ class Api:
 
     async def status(self, request: web.Request) -> web.Response:
         status = self.node.status()
+        uptime_s = time.monotonic() - self.started
         return web.json_response(
-            {
-                "node_id": status.node_id,
-                "dc": status.dc,
-                "relay": status.relay,
-                "epoch": status.epoch,
-                "uptime_s": round(time.monotonic() - self.started, 3),
-                "listen": status.listen,
-                "publish": status.publish_endpoint,
-                "http": self.config.http.listen,
-                "docs": status.docs,
-                "published_updates": status.published_updates,
-                "pending_updates": status.pending_updates,
-                "store": status.store,
-                "durability": status.durability,
-                "merkle_root": self.node.merkle_root().hex(),
-                "peers": [
-                    {
-                        "address": peer.address,
-                        "node_id": peer.node_id,
-                        "dc": peer.dc,
-                        "state": peer.state,
-                        "epoch": peer.epoch,
-                        "subscribed": peer.subscribed,
-                        "last_heard_ago_ms": peer.last_heard_ago_ms,
-                        "behind_updates": peer.behind_updates,
-                        "lag_ms": peer.lag_ms,
-                        "anti_entropy": {
-                            "rounds": peer.ae_rounds,
-                            "last_round_ago_ms": peer.ae_last_round_ago_ms,
-                            "docs_repaired": peer.ae_docs_repaired,
-                            "bytes_repaired": peer.ae_bytes_repaired,
-                            "divergence": peer.ae_divergence,
-                            "in_progress": peer.ae_in_progress,
-                        },
-                    }
-                    for peer in status.peers
-                ],
-                "members": [
-                    {
-                        "node_id": member.node_id,
-                        "dc": member.dc,
-                        "address": member.address,
-                        "incarnation": member.incarnation,
-                        "state": member.state,
-                        "state_for_ms": member.state_for_ms,
-                        "last_seen_ago_ms": member.last_seen_ago_ms,
-                        "phi": member.phi,
-                        "relay": member.relay,
-                        "suspicions": member.suspicions,
-                        "downs": member.downs,
-                    }
-                    for member in status.members
-                ],
-                "datacenters": [
-                    {
-                        "dc": dc.dc,
-                        "members": dc.members,
-                        "alive": dc.alive,
-                        "relays": list(dc.relays),
-                        "behind_updates": dc.behind_updates,
-                        "lag_ms": dc.lag_ms,
-                        "frames_in": dc.frames_in,
-                        "bytes_in": dc.bytes_in,
-                        "frames_out": dc.frames_out,
-                        "bytes_out": dc.bytes_out,
-                        "failures": dc.failures,
-                    }
-                    for dc in status.datacenters
-                ],
-                "counters": status.counters.as_dict(),
-            }
+            status_json(
+                status,
+                uptime_s=uptime_s,
+                http_listen=self.config.http.listen,
+                merkle_root=self.node.merkle_root(),
+            )
         )
 
     async def list_docs(self, request: web.Request) -> web.Response:
