@@ -8,7 +8,7 @@ frames by reason as `wire_errors_<reason>`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Literal, get_args
+from typing import Literal
 
 WireErrorReason = Literal[
     "truncated",
@@ -24,8 +24,6 @@ WireErrorReason = Literal[
     "too_large",
 ]
 """Why a frame was dropped as malformed (`bad_state`: a state vector inside it did not decode)."""
-
-WIRE_ERROR_REASONS: tuple[WireErrorReason, ...] = get_args(WireErrorReason)
 
 
 @dataclass(slots=True)
