@@ -5,15 +5,24 @@ The public API is what this module exports; everything else is internal and may 
 
 from crdtsync.core.config import ReplicaConfig
 from crdtsync.core.membership import MembershipConfig
+from crdtsync.core.placement import (
+    ClusterPlacement,
+    DocPlacement,
+    PlacedReplica,
+    PlacementPolicy,
+    PlacementRule,
+)
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
 from crdtsync.node import Node, NodeConfig, NodeStatus
 from crdtsync.store import DocRecord, MemoryStore, Store, StoreDescription, StoreError, StoreStats
 from crdtsync.transport.curve import CurveConfig, CurveKeyError
 
 __all__ = [
+    "ClusterPlacement",
     "CurveConfig",
     "CurveKeyError",
     "DcStatus",
+    "DocPlacement",
     "DocRecord",
     "MemberStatus",
     "MembershipConfig",
@@ -22,6 +31,9 @@ __all__ = [
     "NodeConfig",
     "NodeStatus",
     "PeerStatus",
+    "PlacedReplica",
+    "PlacementPolicy",
+    "PlacementRule",
     "ReplicaConfig",
     "Store",
     "StoreDescription",

@@ -17,6 +17,7 @@ from pycrdt import Doc
 from crdtsync.core.counters import Counters
 from crdtsync.core.effects import Effect, LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import MembershipConfig
+from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPolicy
 from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
 from crdtsync.core.wire import DC_BYTES_MAX, NODE_ID_BYTES_MAX
@@ -55,6 +56,9 @@ class NodeConfig:
     dc: str = "default"
     """The node's datacenter: a full mesh inside it, relays between datacenters."""
     membership: MembershipConfig = field(default_factory=MembershipConfig)
+    placement: PlacementPolicy = field(default_factory=PlacementPolicy)
+    """The cluster's partitions and placement rules: the same on every node. Shown by `placement`;
+    not yet enforced: every node still replicates every doc (see docs/placement.md)."""
 
     def __post_init__(self) -> None:
         if not self.node_id or len(self.node_id.encode()) > NODE_ID_BYTES_MAX:
@@ -218,6 +222,7 @@ class Node:
             dc=self.config.dc,
             membership=self.config.membership,
             on_capture=self._schedule_pump,
+            placement=self.config.placement,
         )
 
     async def _read_doc(self, doc_id: str) -> bytes | None:
@@ -303,6 +308,15 @@ class Node:
     def has_doc(self, doc_id: str) -> bool:
         """Whether this node holds `doc_id` (loaded or not)."""
         return self._replica.has_doc(doc_id)
+
+    def placement(self, doc_id: str) -> DocPlacement:
+        """The doc's partition and its replicas in each datacenter, in preference order, with the
+        state this node sees them in."""
+        return self._replica.doc_placement(doc_id)
+
+    def cluster_placement(self) -> ClusterPlacement:
+        """Partitions per member under the default placement rule, and the imbalance per datacenter."""
+        return self._replica.cluster_placement()
 
     async def flush(self) -> None:
         """Hand every local write made so far to the transport, and return once the store holds it

@@ -182,3 +182,72 @@ def imbalance(counts: Mapping[str, int]) -> float:
         return 0.0
     mean = sum(counts.values()) / len(counts)
     return max(counts.values()) / mean
+
+
+# ---------------------------------------------------------------------- views
+
+MemberState = Literal["alive", "suspect", "down"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedReplica:
+    node_id: str
+    state: MemberState
+    """As this node's failure detector sees it: a down replica keeps its partitions (only a member
+    that leaves gives them up), so a crash moves nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class DocPlacement:
+    """Where one doc lives: its partition and its replicas in each datacenter, in preference order."""
+
+    doc_id: str
+    partition: int
+    prefix: str | None
+    """The prefix of the rule that placed it (None: the default rule)."""
+    rf: ReplicationFactor
+    replicas: Mapping[str, tuple[PlacedReplica, ...]]
+    version: int = PLACEMENT_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPlacement:
+    """How the default rule spreads the partitions over the members."""
+
+    partitions: int
+    rf: ReplicationFactor
+    partitions_per_node: Mapping[str, int]
+    imbalance_by_dc: Mapping[str, float]
+    """Max over mean partitions per node within each datacenter (1.0: perfectly even)."""
+    version: int = PLACEMENT_VERSION
+
+
+def doc_placement(
+    doc_id: str, policy: PlacementPolicy, candidates: Sequence[Candidate], states: Mapping[str, MemberState]
+) -> DocPlacement:
+    rule = policy.rule_for(doc_id)
+    placed = replicas(doc_id, policy, candidates)
+    return DocPlacement(
+        doc_id=doc_id,
+        partition=policy.partition_of(doc_id),
+        prefix=rule.prefix,
+        rf=rule.rf,
+        replicas={
+            dc: tuple(PlacedReplica(node_id, states.get(node_id, "alive")) for node_id in ids)
+            for dc, ids in placed.items()
+        },
+    )
+
+
+def cluster_placement(policy: PlacementPolicy, candidates: Sequence[Candidate]) -> ClusterPlacement:
+    counts = partition_counts(policy, candidates, policy.default)
+    dc_of = {candidate.node_id: candidate.dc for candidate in candidates}
+    by_dc: dict[str, dict[str, int]] = {}
+    for node_id, count in counts.items():
+        by_dc.setdefault(dc_of[node_id], {})[node_id] = count
+    return ClusterPlacement(
+        partitions=policy.partitions,
+        rf=policy.default.rf,
+        partitions_per_node=dict(sorted(counts.items())),
+        imbalance_by_dc={dc: imbalance(dc_counts) for dc, dc_counts in sorted(by_dc.items())},
+    )

@@ -47,6 +47,15 @@ from crdtsync.core.inbound import Inbound
 from crdtsync.core.links import Links
 from crdtsync.core.membership import Membership, MembershipConfig
 from crdtsync.core.outbound import Outbound
+from crdtsync.core.placement import (
+    Candidate,
+    ClusterPlacement,
+    DocPlacement,
+    MemberState,
+    PlacementPolicy,
+    cluster_placement,
+    doc_placement,
+)
 from crdtsync.core.state import StateDecodeError
 from crdtsync.core.status import ReplicaStatus, dc_statuses, member_statuses, peer_statuses
 from crdtsync.core.sync import StateSync
@@ -72,6 +81,7 @@ class Replica:
         dc: str = "default",
         membership: MembershipConfig | None = None,
         on_capture: Callable[[], None] | None = None,
+        placement: PlacementPolicy | None = None,
     ) -> None:
         """`lazy_docs`: the driver answers `LoadDoc` from a store, so docs beyond the cache limits
         (`docs_cached_max`, `docs_cached_bytes_max`) are evicted; otherwise every doc stays loaded."""
@@ -113,6 +123,8 @@ class Replica:
             ctx, self.membership, self._guard, self._links, self._outbound, self._inbound, self._antientropy
         )
         self._last_tick_ms = 0.0
+        self.placement = placement or PlacementPolicy()
+        self._cluster_placement: tuple[tuple[Candidate, ...], ClusterPlacement] | None = None
 
     @property
     def node_id(self) -> str:
@@ -393,6 +405,35 @@ class Replica:
     def close(self) -> None:
         """Unsubscribe every doc observer (observed docs are never freed otherwise)."""
         self._docs.close()
+
+    # ------------------------------------------------------------------ placement
+
+    def _candidates(self) -> tuple[list[Candidate], dict[str, MemberState]]:
+        """Every member that has not left (a down one keeps its partitions), this node included."""
+        membership = self.membership
+        candidates: list[Candidate] = []
+        states: dict[str, MemberState] = {}
+        if not membership.own.left:
+            candidates.append(Candidate(self._ctx.node_id, self._ctx.dc))
+            states[self._ctx.node_id] = "alive"
+        for node_id, member in membership.members.items():
+            if member.liveness != "left":
+                candidates.append(Candidate(node_id, member.record.dc))
+                states[node_id] = member.liveness
+        return candidates, states
+
+    def doc_placement(self, doc_id: str) -> DocPlacement:
+        """The doc's partition and replicas in each datacenter, as this node's member table says."""
+        candidates, states = self._candidates()
+        return doc_placement(doc_id, self.placement, candidates, states)
+
+    def cluster_placement(self) -> ClusterPlacement:
+        """Partitions per member under the default rule (computed once per membership)."""
+        candidates = tuple(self._candidates()[0])
+        cached = self._cluster_placement
+        if cached is None or cached[0] != candidates:
+            cached = self._cluster_placement = (candidates, cluster_placement(self.placement, candidates))
+        return cached[1]
 
     # ------------------------------------------------------------------ status
 

@@ -20,9 +20,11 @@ from crdtsync import (
 
 def test_exports_are_pinned() -> None:
     assert crdtsync.__all__ == [
+        "ClusterPlacement",
         "CurveConfig",
         "CurveKeyError",
         "DcStatus",
+        "DocPlacement",
         "DocRecord",
         "MemberStatus",
         "MembershipConfig",
@@ -31,6 +33,9 @@ def test_exports_are_pinned() -> None:
         "NodeConfig",
         "NodeStatus",
         "PeerStatus",
+        "PlacedReplica",
+        "PlacementPolicy",
+        "PlacementRule",
         "ReplicaConfig",
         "Store",
         "StoreDescription",
@@ -46,6 +51,8 @@ def test_node_methods_are_pinned() -> None:
     assert public == {
         "backup",
         "close",
+        "cluster_placement",
+        "placement",
         "digest",
         "doc_ids",
         "flush",
@@ -62,7 +69,17 @@ def test_node_methods_are_pinned() -> None:
     assert inspect.signature(Node).parameters["store"].kind is inspect.Parameter.KEYWORD_ONLY
     for name in ("open", "flush", "start", "close", "backup", "restore"):
         assert inspect.iscoroutinefunction(getattr(Node, name)), name
-    for name in ("status", "store_stats", "doc_ids", "digest", "merkle_root", "release", "has_doc"):
+    for name in (
+        "status",
+        "store_stats",
+        "doc_ids",
+        "digest",
+        "merkle_root",
+        "release",
+        "has_doc",
+        "placement",
+        "cluster_placement",
+    ):
         assert not inspect.iscoroutinefunction(getattr(Node, name)), name
     assert list(inspect.signature(Node.open).parameters) == ["self", "doc_id"]
     assert list(inspect.signature(Node.flush).parameters) == ["self"]
@@ -80,6 +97,7 @@ def test_config_and_status_fields_are_pinned() -> None:
         "curve",
         "dc",
         "membership",
+        "placement",
     ]
     assert [f.name for f in dataclasses.fields(NodeStatus)] == [
         "node_id",

@@ -1,0 +1,87 @@
+"""Placement views on real nodes (ZeroMQ on 127.0.0.1): every node computes the same replicas for a doc
+from its own member table, and a member that leaves gives its partitions up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from zmq_support import free_endpoint, wait_until
+
+from crdtsync import MembershipConfig, Node, NodeConfig, PlacementPolicy, PlacementRule, ReplicaConfig
+from crdtsync.core.placement import Candidate, replicas
+
+pytestmark = pytest.mark.integration
+
+FAST = ReplicaConfig(heartbeat_interval_ms=100.0, hello_interval_ms=100.0, tick_interval_ms=20.0)
+GOSSIP = MembershipConfig(gossip_interval_ms=100.0)
+POLICY = PlacementPolicy((PlacementRule({"east": 2, "west": 1}, "checkpoints/"), PlacementRule(1)))
+DOC_IDS = [f"checkpoints/run-{i}" for i in range(8)] + [f"flags/f{i}" for i in range(8)]
+TIMEOUT_S = 15.0
+
+
+@contextlib.asynccontextmanager
+async def _cluster() -> AsyncIterator[list[Node]]:
+    listens = [free_endpoint() for _ in range(4)]
+    dcs = ["east", "east", "east", "west"]
+    configs = [
+        NodeConfig(
+            node_id=f"n{i}",
+            listen=listen,
+            peers=[listens[0]] if i else [],
+            replication=FAST,
+            membership=GOSSIP,
+            dc=dcs[i],
+            placement=POLICY,
+        )
+        for i, listen in enumerate(listens)
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(Node(config)) for config in configs]
+
+
+def _everyone_known(nodes: list[Node]) -> bool:
+    return all(
+        sum(member.state == "alive" for member in node.status().members) == len(nodes) - 1 for node in nodes
+    )
+
+
+def _views(nodes: list[Node], doc_id: str) -> list[dict[str, list[str]]]:
+    return [
+        {dc: [r.node_id for r in placed] for dc, placed in node.placement(doc_id).replicas.items()}
+        for node in nodes
+    ]
+
+
+def test_every_node_places_each_doc_alike_and_a_leave_moves_its_share() -> None:
+    asyncio.run(_scenario())
+
+
+async def _scenario() -> None:
+    async with _cluster() as nodes:
+        await wait_until(lambda: _everyone_known(nodes), TIMEOUT_S, "every node knows every other")
+        candidates = [Candidate(node.config.node_id, node.config.dc) for node in nodes]
+        for doc_id in DOC_IDS:
+            views = _views(nodes, doc_id)
+            assert all(view == views[0] for view in views), doc_id
+            assert views[0] == replicas(doc_id, POLICY, candidates), doc_id
+            counts = {dc: len(ids) for dc, ids in views[0].items()}
+            assert counts == (
+                {"east": 2, "west": 1} if doc_id.startswith("checkpoints/") else {"east": 1, "west": 1}
+            )
+        placement = nodes[0].placement(DOC_IDS[0])
+        assert placement.partition == POLICY.partition_of(DOC_IDS[0]) and placement.prefix == "checkpoints/"
+        assert {r.state for placed in placement.replicas.values() for r in placed} == {"alive"}
+        summary = nodes[0].cluster_placement()
+        assert sum(summary.partitions_per_node.values()) == POLICY.partitions * 2  # rf 1 in two DCs
+        assert summary.partitions_per_node["n3"] == POLICY.partitions  # west's only node
+        await nodes[2].close()  # announces its leave
+        rest = nodes[:2] + nodes[3:]
+        await wait_until(
+            lambda: all("n2" not in str(_views(rest, d)) for d in DOC_IDS), TIMEOUT_S, "n2's leave is known"
+        )
+        remaining = [c for c in candidates if c.node_id != "n2"]
+        for doc_id in DOC_IDS:
+            assert _views(rest, doc_id) == [replicas(doc_id, POLICY, remaining)] * len(rest)
