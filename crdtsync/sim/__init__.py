@@ -1,6 +1,7 @@
 """Deterministic cluster simulation of the sans-IO core (also a fuzz harness for user doc schemas)."""
 
-from crdtsync.sim.cluster import FAULTS, SimCluster, SimConfig, SimResult, run_campaign, run_simulation
+from crdtsync.sim.cluster import SimCluster, run_campaign, run_simulation
+from crdtsync.sim.config import FAULTS, SimConfig, SimResult
 from crdtsync.sim.trace import SimTracer
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
 

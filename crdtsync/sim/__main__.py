@@ -6,7 +6,8 @@ import argparse
 import sys
 import time
 
-from crdtsync.sim.cluster import FAULTS, SimConfig, SimResult, run_simulation
+from crdtsync.sim.cluster import run_simulation
+from crdtsync.sim.config import FAULTS, SimConfig, SimResult
 
 
 def _seed_range(text: str) -> range:

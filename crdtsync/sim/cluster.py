@@ -32,128 +32,16 @@ from typing import Any, Literal
 from pycrdt import Doc
 
 from crdtsync.core.effects import LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
-from crdtsync.core.membership import MembershipConfig
-from crdtsync.core.replica import Replica, ReplicaConfig
+from crdtsync.core.replica import Replica
+from crdtsync.sim.config import FAULTS as FAULTS
+from crdtsync.sim.config import SimConfig as SimConfig
+from crdtsync.sim.config import SimResult as SimResult
 from crdtsync.sim.trace import SimTracer, Step
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
 from crdtsync.store.group_commit import CommitQueue
 from crdtsync.store.memory import MemoryStore
 
-FAULTS = ("loss", "dup", "reorder", "delay", "partition", "crash")
 EVENTS_MAX = 5_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class SimConfig:
-    seed: int
-    nodes: int = 5
-    docs: int = 4
-    ops: int = 300
-    faults: frozenset[str] = frozenset()
-    write_window_ms: float = 5_000.0
-    """Client operations are spread uniformly over this much simulated time."""
-    loss_rate: float = 0.10
-    dup_rate: float = 0.05
-    latency_ms: tuple[float, float] = (0.1, 1.0)
-    reorder_jitter_ms: float = 20.0
-    delay_rate: float = 0.05
-    delay_ms: tuple[float, float] = (50.0, 500.0)
-    partitions: int = 2
-    partition_ms: tuple[float, float] = (300.0, 2_000.0)
-    partition_groups: int = 0
-    """Groups a partition splits the nodes into; 0 picks 2 or 3 at random."""
-    crashes: int = 2
-    late_nodes: int = 0
-    """The last `late_nodes` nodes are down for the whole write phase and start empty at healing."""
-    downtime_ms: tuple[float, float] = (100.0, 2_000.0)
-    settle_ms_max: float = 60_000.0
-    """After healing, how long the cluster may take to converge before the run fails."""
-    check_interval_ms: float = 250.0
-    replica: ReplicaConfig = field(default_factory=ReplicaConfig)
-    durable: bool = False
-    """Give each node a durable store with group commit that survives its crashes (see the module doc)."""
-    commit_ms: tuple[float, float] = (0.5, 5.0)
-    """Simulated time one group commit of the durable store takes."""
-    load_ms: tuple[float, float] = (0.1, 2.0)
-    """Simulated time the durable store takes to answer a `LoadDoc`."""
-    datacenters: int = 1
-    """Nodes are split into this many datacenters (`dc0`, `dc1`, ...) in contiguous blocks; links
-    between datacenters have `wan_latency_ms` and `wan_loss_rate`."""
-    wan_latency_ms: tuple[float, float] = (30.0, 150.0)
-    """One-way latency of each pair of datacenters, drawn once per run from this range (added to
-    `latency_ms`)."""
-    wan_loss_rate: float = 0.0
-    """Loss on links between datacenters until healing, on top of the `loss` fault."""
-    seed_only: bool = False
-    """Configure every node with node 0 as its only peer: the rest is learned by gossip."""
-    membership: MembershipConfig = field(default_factory=MembershipConfig)
-
-    def __post_init__(self) -> None:
-        unknown = set(self.faults) - set(FAULTS)
-        if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
-        if self.nodes < 1 or self.docs < 1 or self.ops < 0:
-            raise ValueError("nodes and docs must be >= 1 and ops >= 0")
-        if not 0 <= self.late_nodes < self.nodes:
-            raise ValueError("late_nodes must leave at least one node up")
-        if not 0.0 <= self.commit_ms[0] <= self.commit_ms[1]:
-            raise ValueError("commit_ms must be a range (low, high) with 0 <= low <= high")
-        if not 1 <= self.datacenters <= self.nodes:
-            raise ValueError("datacenters must be between 1 and the number of nodes")
-
-    def replay_command(self) -> str:
-        faults = ",".join(sorted(self.faults)) or "none"
-        return (
-            f"python -m crdtsync.sim --seed {self.seed} --nodes {self.nodes} --docs {self.docs} "
-            f"--ops {self.ops} --faults {faults} --loss-rate {self.loss_rate} --window-ms {self.write_window_ms:g}"
-            + (" --durable" if self.durable else "")
-            + (
-                f" --datacenters {self.datacenters} --wan-loss-rate {self.wan_loss_rate}"
-                if self.datacenters > 1
-                else ""
-            )
-            + (" --seed-only" if self.seed_only else "")
-        )
-
-
-@dataclass(slots=True)
-class SimResult:
-    config: SimConfig
-    ok: bool
-    problems: list[str]
-    converged_after_ms: float | None
-    """Simulated time from healing to the first check that found all replicas equal."""
-    ae_rounds_after_heal_max: int
-    """The most anti-entropy rounds any node completed between healing and convergence."""
-    messages_sent: int
-    messages_dropped: int
-    messages_duplicated: int
-    wan_messages: int
-    wan_bytes: int
-    writes: int
-    writes_lost_to_crashes: int
-    """Unique writes absent at the end whose writer crashed before replicating them (and, with a
-    durable store, before a commit acknowledged them)."""
-    writes_acknowledged: int
-    """Writes whose update a completed durable-store commit held (0 unless `config.durable`)."""
-    crashes: int
-    partitions: int
-    events: int
-    final_state: dict[str, Any]
-
-    def verdict(self) -> str:
-        head = f"seed {self.config.seed}: {'OK' if self.ok else 'FAIL'}"
-        stats = (
-            f"nodes={self.config.nodes} docs={self.config.docs} ops={self.config.ops} "
-            f"faults={','.join(sorted(self.config.faults)) or 'none'} messages={self.messages_sent} "
-            f"dropped={self.messages_dropped} duplicated={self.messages_duplicated} crashes={self.crashes} "
-            f"partitions={self.partitions} writes_lost_to_crashes={self.writes_lost_to_crashes} "
-            + (f"acked={self.writes_acknowledged} " if self.config.durable else "")
-            + f"ae_rounds_after_heal_max={self.ae_rounds_after_heal_max}"
-        )
-        if self.ok:
-            return f"{head} converged {self.converged_after_ms:.0f} ms after healing; {stats}"
-        return f"{head} {'; '.join(self.problems[:3])}; {stats}; replay: {self.config.replay_command()}"
 
 
 @dataclass(slots=True)
@@ -232,6 +120,19 @@ class SimCluster:
         self.ever_crashed_incarnations: set[tuple[int, int]] = set()
         self.acknowledged: dict[int, float] = {}
         """Index into `writes` -> simulated time its durable-store commit completed (durable only)."""
+        self._handlers: dict[EventKind, Callable[[Any], None]] = {
+            "deliver": self._on_deliver,
+            "tick": self._on_tick,
+            "op": self._client_op,
+            "commit": self._on_commit,
+            "load": self._on_load,
+            "partition": self._on_partition,
+            "heal": self._on_heal,
+            "crash": self._on_crash,
+            "restart": self._on_restart,
+            "leave": self._on_leave,
+        }
+        """What each event does ("check" events are run's own)."""
 
     # ------------------------------------------------------------------ scheduling
 
@@ -440,11 +341,20 @@ class SimCluster:
             self._schedule(self.rng.uniform(0.0, config.write_window_ms), "op", op_index)
         self._plan_faults()
         heal_at = config.write_window_ms
-        rounds_at_heal = [0] * config.nodes
         self._schedule(heal_at, "check", "heal")
-        converged_at: float | None = None
+        converged_at, problems, rounds_at_heal = self._run_to_convergence(heal_at)
+        if converged_at is None and not problems:
+            problems = self.check() or ["event queue ran dry before the final check"]
+        return self._result(converged_at, problems, rounds_at_heal)
+
+    def _run_to_convergence(self, heal_at: float) -> tuple[float | None, list[str], list[int]]:
+        """Handle events until a check after healing finds the replicas converged, the settling time
+        runs out, the event budget is exhausted or the queue runs dry: (simulated time from healing
+        to convergence or None, the last check's problems, each node's anti-entropy rounds at
+        healing)."""
+        rounds_at_heal = [0] * self.config.nodes
         problems: list[str] = []
-        end_ms = heal_at + config.settle_ms_max
+        end_ms = heal_at + self.config.settle_ms_max
         while self._heap:
             at, _seq, kind, payload = heapq.heappop(self._heap)
             if at > end_ms:
@@ -454,30 +364,24 @@ class SimCluster:
                 problems.append(f"event budget of {EVENTS_MAX} exhausted at {at:.0f} ms")
                 break
             self.now_ms = at
-            if kind == "check":
-                if payload == "heal":
-                    self._heal_everything()
-                    rounds_at_heal = self._ae_rounds()
-                problems = self.check()
-                if not problems:
-                    converged_at = at - heal_at
-                    break
-                self._schedule(at + config.check_interval_ms, "check")
-            else:
+            if kind != "check":
                 self._handle(kind, payload)
-        if converged_at is None and not problems:
-            problems = self.check() or ["event queue ran dry before the final check"]
+                continue
+            if payload == "heal":
+                self._heal_everything()
+                rounds_at_heal = self._ae_rounds()
+            problems = self.check()
+            if not problems:
+                return at - heal_at, problems, rounds_at_heal
+            self._schedule(at + self.config.check_interval_ms, "check")
+        return None, problems, rounds_at_heal
+
+    def _result(
+        self, converged_at: float | None, problems: list[str], rounds_at_heal: list[int]
+    ) -> SimResult:
         final_state = self.materialized(next((n.index for n in self.nodes if not n.departed), 0))
-        lost = sum(
-            1
-            for position, (write, writer, incarnation) in enumerate(self.writes)
-            if (writer, incarnation) in self.ever_crashed_incarnations
-            and position not in self.acknowledged
-            and not write.shared
-            and final_state.get(write.doc_id, {}).get(write.root, {}).get(write.key) != write.value
-        )
         return SimResult(
-            config=config,
+            config=self.config,
             ok=converged_at is not None,
             problems=problems if converged_at is None else [],
             converged_after_ms=converged_at,
@@ -490,7 +394,7 @@ class SimCluster:
             wan_messages=self.wan_messages,
             wan_bytes=self.wan_bytes,
             writes=len(self.writes),
-            writes_lost_to_crashes=lost,
+            writes_lost_to_crashes=self._writes_lost_to_crashes(final_state),
             writes_acknowledged=len(self.acknowledged),
             crashes=self.crashes,
             partitions=self.partitions,
@@ -498,69 +402,97 @@ class SimCluster:
             final_state=final_state,
         )
 
+    def _writes_lost_to_crashes(self, final_state: dict[str, Any]) -> int:
+        """Unique writes absent from `final_state` whose writer crashed (or left) before they were
+        replicated or acknowledged by a commit."""
+        return sum(
+            1
+            for position, (write, writer, incarnation) in enumerate(self.writes)
+            if (writer, incarnation) in self.ever_crashed_incarnations
+            and position not in self.acknowledged
+            and not write.shared
+            and final_state.get(write.doc_id, {}).get(write.root, {}).get(write.key) != write.value
+        )
+
+    # ------------------------------------------------------------------ events
+
     def _handle(self, kind: EventKind, payload: Any) -> None:
-        if kind == "deliver":
-            index, incarnation, frame = payload
-            node = self.nodes[index]
-            if node.replica is not None and node.incarnation == incarnation:
-                self._step(node, frame)
-        elif kind == "tick":
-            index, token = payload
-            node = self.nodes[index]
-            if node.replica is not None and node.tick_token == token:
-                node.tick_at_ms = float("inf")
-                self._step(node, None)
-        elif kind == "op":
-            self._client_op(payload)
-        elif kind == "commit":
-            index, group = payload
-            self._commit_done(self.nodes[index], group)
-        elif kind == "load":
-            index, incarnation, doc_id = payload
-            node = self.nodes[index]
-            if node.replica is not None and node.incarnation == incarnation:
-                node.replica.doc_loaded(doc_id, self._load_doc(node, doc_id), self.now_ms)
-                self._pump(node)
-        elif kind == "partition" and self._groups is None:
-            self.partitions += 1
-            if payload is not None:
-                self._groups = {index: payload.get(index, -1) for index in range(self.config.nodes)}
-                return
-            group_count = self.config.partition_groups or self.rng.randint(2, min(3, self.config.nodes))
-            order = list(range(self.config.nodes))
-            self.rng.shuffle(order)
-            self._groups = {index: position % group_count for position, index in enumerate(order)}
-        elif kind == "heal":
-            self._groups = None
-        elif kind == "crash":
-            node = self.nodes[payload]
-            alive = sum(1 for other in self.nodes if other.replica is not None)
-            if node.replica is not None and alive > 1:
-                self.crashes += 1
-                self.ever_crashed_incarnations.add((node.index, node.incarnation))
-                node.replica.close()
-                node.replica = None
-                node.incarnation += 1  # frames in flight to the old incarnation are discarded
-                node.subscriptions.clear()
-                self._lose_uncommitted(node)
-        elif kind == "restart":
-            node = self.nodes[payload]
-            if node.replica is None:
-                self._start_node(node)
-        elif kind == "leave":
-            node = self.nodes[payload]
-            alive = sum(1 for other in self.nodes if other.replica is not None)
-            if node.replica is not None and alive > 1:
-                node.replica.leave(self.now_ms)
-                self._pump(node)
-                # Like a crash for the checker: what the leaver had not replicated may be gone.
-                self.ever_crashed_incarnations.add((node.index, node.incarnation))
-                node.replica.close()
-                node.replica = None
-                node.incarnation += 1
-                node.subscriptions.clear()
-                node.departed = True
-                self._lose_uncommitted(node)
+        handler = self._handlers.get(kind)
+        if handler is not None:
+            handler(payload)
+
+    def _on_deliver(self, payload: tuple[int, int, bytes]) -> None:
+        index, incarnation, frame = payload
+        node = self.nodes[index]
+        if node.replica is not None and node.incarnation == incarnation:
+            self._step(node, frame)
+
+    def _on_tick(self, payload: tuple[int, int]) -> None:
+        index, token = payload
+        node = self.nodes[index]
+        if node.replica is not None and node.tick_token == token:
+            node.tick_at_ms = float("inf")
+            self._step(node, None)
+
+    def _on_commit(self, payload: tuple[int, int]) -> None:
+        index, group = payload
+        self._commit_done(self.nodes[index], group)
+
+    def _on_load(self, payload: tuple[int, int, str]) -> None:
+        index, incarnation, doc_id = payload
+        node = self.nodes[index]
+        if node.replica is not None and node.incarnation == incarnation:
+            node.replica.doc_loaded(doc_id, self._load_doc(node, doc_id), self.now_ms)
+            self._pump(node)
+
+    def _on_partition(self, payload: dict[int, int] | None) -> None:
+        """Split the nodes into the given groups (None: 2 or 3 random ones), unless already split."""
+        if self._groups is not None:
+            return
+        self.partitions += 1
+        if payload is not None:
+            self._groups = {index: payload.get(index, -1) for index in range(self.config.nodes)}
+            return
+        group_count = self.config.partition_groups or self.rng.randint(2, min(3, self.config.nodes))
+        order = list(range(self.config.nodes))
+        self.rng.shuffle(order)
+        self._groups = {index: position % group_count for position, index in enumerate(order)}
+
+    def _on_heal(self, payload: None) -> None:
+        self._groups = None
+
+    def _on_crash(self, index: int) -> None:
+        node = self.nodes[index]
+        alive = sum(1 for other in self.nodes if other.replica is not None)
+        if node.replica is not None and alive > 1:
+            self.crashes += 1
+            self._stop(node)
+
+    def _on_restart(self, index: int) -> None:
+        node = self.nodes[index]
+        if node.replica is None:
+            self._start_node(node)
+
+    def _on_leave(self, index: int) -> None:
+        node = self.nodes[index]
+        alive = sum(1 for other in self.nodes if other.replica is not None)
+        if node.replica is not None and alive > 1:
+            node.replica.leave(self.now_ms)
+            self._pump(node)
+            self._stop(node)
+            node.departed = True
+
+    def _stop(self, node: _SimNode) -> None:
+        """Take a node down (a crash, or after a graceful leave): like a crash for the checker, what
+        it had not replicated may be gone; frames in flight to it are discarded (a new incarnation);
+        its store loses what was not committed."""
+        assert node.replica is not None
+        self.ever_crashed_incarnations.add((node.index, node.incarnation))
+        node.replica.close()
+        node.replica = None
+        node.incarnation += 1  # frames in flight to the old incarnation are discarded
+        node.subscriptions.clear()
+        self._lose_uncommitted(node)
 
     def _step(self, node: _SimNode, frame: bytes | None) -> None:
         """The replica receives `frame` (None: runs its timers), between the tracer's callbacks; then
