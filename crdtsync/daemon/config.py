@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from crdtsync.core.membership import MembershipConfig
+from crdtsync.core.placement import PARTITIONS_DEFAULT, PlacementError, PlacementPolicy, PlacementRule
 from crdtsync.core.replica import ReplicaConfig
 from crdtsync.node import NodeConfig
 from crdtsync.store.base import check_durability
@@ -89,7 +90,17 @@ class DaemonConfig:
 
 
 _NODE_KEYS = {"node_id", "listen", "peers", "publish", "data_dir", "durability"}
-_TOP_KEYS = _NODE_KEYS | {"dc", "http", "log", "replication", "membership", "security"}
+_TOP_KEYS = _NODE_KEYS | {
+    "dc",
+    "http",
+    "log",
+    "replication",
+    "membership",
+    "security",
+    "cluster",
+    "placement",
+}
+_PLACEMENT_KEYS = {"prefix", "rf"}
 _SECURITY_KEYS = {"mode", "key_file", "peer_keys", "allowed_keys"}
 
 
@@ -137,6 +148,38 @@ def _security(raw: dict[str, Any]) -> CurveConfig | None:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     return config
+
+
+def _placement(raw: dict[str, Any]) -> PlacementPolicy:
+    """`[cluster] partitions` and the `[[placement]]` rules (see docs/placement.md)."""
+    cluster = raw.get("cluster", {})
+    if not isinstance(cluster, dict):
+        raise ConfigError("cluster: expected a table")
+    for key in cluster:
+        if key != "partitions":
+            raise ConfigError(f"cluster.{key}: unknown key (known: partitions)")
+    partitions = _typed("cluster.partitions", cluster.get("partitions", PARTITIONS_DEFAULT), int)
+    entries = _typed("placement", raw.get("placement", []), list)
+    rules = []
+    for index, entry in enumerate(entries):
+        where = f"placement[{index}]"
+        _typed(where, entry, dict)
+        for key in entry:
+            if key not in _PLACEMENT_KEYS:
+                raise ConfigError(f"{where}.{key}: unknown key (known: prefix, rf)")
+        if "rf" not in entry:
+            raise ConfigError(f'{where}.rf: required: a number, "all" or a table of datacenter = number')
+        prefix = _typed(f"{where}.prefix", entry["prefix"], str) if "prefix" in entry else None
+        rf = entry["rf"]
+        if isinstance(rf, str) and rf != "all":
+            raise ConfigError(
+                f'{where}.rf: must be a number, "all" or a table of datacenter = number, not {rf!r}'
+            )
+        rules.append(PlacementRule(dict(rf) if isinstance(rf, dict) else rf, prefix))
+    try:
+        return PlacementPolicy(tuple(rules), partitions)
+    except PlacementError as exc:
+        raise ConfigError(f"placement: {exc}") from None
 
 
 def parse_http_listen(value: str, key: str = "http.listen") -> tuple[str, int]:
@@ -354,6 +397,7 @@ def load_config(
             replication=replication,
             dc=dc,
             membership=membership,
+            placement=_placement(raw),
         )
         node = dataclasses.replace(node, curve=_security(raw))
     except ValueError as exc:

@@ -33,7 +33,7 @@ from pycrdt import Doc, Map, TransactionEvent
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
-from crdtsync.daemon.status_json import status_json
+from crdtsync.daemon.status_json import cluster_placement_json, placement_json, status_json
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.http")
@@ -173,6 +173,8 @@ class Api:
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/v1/status", self.status)
         app.router.add_get("/v1/docs", self.list_docs)
+        app.router.add_get("/v1/placement", self.cluster_placement)
+        app.router.add_get("/v1/placement/{doc:.+}", self.placement)
         app.router.add_post("/v1/backup", self.backup)
         app.router.add_post("/v1/restore", self.restore)
         app.router.add_route("*", "/v1/docs/{rest:.+}", self.doc_route)
@@ -269,6 +271,13 @@ class Api:
                 merkle_root=self.node.merkle_root(),
             )
         )
+
+    async def cluster_placement(self, request: web.Request) -> web.Response:
+        return web.json_response(cluster_placement_json(self.node.cluster_placement()))
+
+    async def placement(self, request: web.Request) -> web.Response:
+        doc_id = check_doc_id(request.match_info["doc"])
+        return web.json_response(placement_json(self.node.placement(doc_id)))
 
     async def list_docs(self, request: web.Request) -> web.Response:
         prefix = request.query.get("prefix", "")

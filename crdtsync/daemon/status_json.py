@@ -3,6 +3,9 @@ its peers, the members it knows of, each datacenter and its counters)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from crdtsync.core.placement import ClusterPlacement, DocPlacement
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
 from crdtsync.node import NodeStatus
 
@@ -84,4 +87,32 @@ def datacenter_json(dc: DcStatus) -> Json:
         "frames_out": dc.frames_out,
         "bytes_out": dc.bytes_out,
         "failures": dc.failures,
+    }
+
+
+def placement_json(placement: DocPlacement) -> Json:
+    """The answer of `GET /v1/placement/{doc}`."""
+    return {
+        "doc": placement.doc_id,
+        "partition": placement.partition,
+        "prefix": placement.prefix,
+        "rf": dict(placement.rf) if isinstance(placement.rf, Mapping) else placement.rf,
+        "version": placement.version,
+        "replicas": {
+            dc: [{"node_id": r.node_id, "state": r.state} for r in placed]
+            for dc, placed in placement.replicas.items()
+        },
+        "enforced": False,
+    }
+
+
+def cluster_placement_json(placement: ClusterPlacement) -> Json:
+    """The answer of `GET /v1/placement`."""
+    return {
+        "partitions": placement.partitions,
+        "rf": dict(placement.rf) if isinstance(placement.rf, Mapping) else placement.rf,
+        "version": placement.version,
+        "partitions_per_node": dict(placement.partitions_per_node),
+        "imbalance": dict(placement.imbalance_by_dc),
+        "enforced": False,
     }

@@ -20,11 +20,24 @@ from click.testing import CliRunner, Result
 from daemon_support import Daemon, DaemonPool, free_port, start_all
 
 from crdtsync.cli import main
+from crdtsync.core.placement import partition_of
 
 pytestmark = pytest.mark.integration
 
 PROCESS_TIMEOUT_S = 30.0
-SUBCOMMANDS = ["serve", "demo", "status", "docs", "get", "put", "del", "watch", "backup", "restore"]
+SUBCOMMANDS = [
+    "serve",
+    "demo",
+    "status",
+    "placement",
+    "docs",
+    "get",
+    "put",
+    "del",
+    "watch",
+    "backup",
+    "restore",
+]
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +101,32 @@ def test_status_prints_a_table_and_json(node: Daemon) -> None:
     body = json.loads(result.stdout)
     assert body["node_id"] == "cli" and body["docs"] == 4
     assert set(body) == set(node.status())
+
+
+def test_placement_shows_a_docs_replicas_and_the_partitions_per_node(node: Daemon) -> None:
+    result = run("placement", "cli/a", "--url", node.url, "--json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert (body["doc"], body["partition"], body["rf"], body["prefix"]) == (
+        "cli/a",
+        partition_of("cli/a"),
+        3,
+        None,
+    )
+    assert body["replicas"] == {"test-dc": [{"node_id": "cli", "state": "alive"}]}
+    result = run("placement", "cli/a", "--url", node.url)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"doc cli/a: partition {partition_of('cli/a')}, rf 3 (the default rule)"
+    assert lines[2].split() == ["test-dc", "cli", "(alive)"]
+    assert lines[-1].startswith("note: placement is computed, not yet enforced")
+
+    result = run("placement", "--url", node.url, "--json")
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["partitions_per_node"] == {"cli": 4096} and body["imbalance"] == {"test-dc": 1.0}
+    result = run("placement", "bad//id", "--url", node.url)
+    assert result.exit_code != 0 and "bad_doc_id" in result.stderr
 
 
 def test_docs_lists_with_prefix_limit_and_after(node: Daemon) -> None:

@@ -297,3 +297,61 @@ def test_the_example_config_loads_and_lists_every_key_with_its_default() -> None
     raw = tomllib.loads(path.read_text())
     for section, cls in (("replication", ReplicaConfig), ("membership", MembershipConfig)):
         assert list(raw[section]) == [field.name for field in dataclasses.fields(cls)], section
+
+
+# ------------------------------------------------------------------------------------------ placement
+
+PLACEMENT = """
+node_id = "n"
+[cluster]
+partitions = 1024
+
+[[placement]]
+prefix = "checkpoints/"
+rf = { dc1 = 2, dc2 = 1 }
+
+[[placement]]
+prefix = "models/"
+rf = "all"
+
+[[placement]]
+rf = 2
+"""
+
+
+def test_placement_rules_and_partitions_load_in_order(tmp_path: Path) -> None:
+    policy = load(tmp_path, PLACEMENT).node.placement
+    assert policy.partitions == 1024
+    assert [(rule.prefix, rule.rf) for rule in policy.rules] == [
+        ("checkpoints/", {"dc1": 2, "dc2": 1}),
+        ("models/", "all"),
+        (None, 2),
+    ]
+    assert policy.rule_for("models/llama").rf == "all" and policy.rule_for("flags/x").rf == 2
+
+
+def test_without_placement_every_doc_gets_three_replicas_per_datacenter(tmp_path: Path) -> None:
+    policy = load(tmp_path, 'node_id = "n"\n').node.placement
+    assert (policy.partitions, policy.rules, policy.default.rf) == (4096, (), 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('node_id = "n"\n[cluster]\nshards = 3\n', "cluster.shards: unknown key"),
+        ('node_id = "n"\n[cluster]\npartitions = "many"\n', "cluster.partitions: expected int"),
+        ('node_id = "n"\n[cluster]\npartitions = 0\n', "placement: partitions must be in 1..65536"),
+        ('node_id = "n"\n[[placement]]\nprefix = "a/"\n', "placement[0].rf: required"),
+        ('node_id = "n"\n[[placement]]\nrf = "most"\n', "placement[0].rf: must be a number"),
+        ('node_id = "n"\n[[placement]]\nrf = 2\nzone = "a"\n', "placement[0].zone: unknown key"),
+        (
+            'node_id = "n"\n[[placement]]\nrf = 1\n[[placement]]\nrf = 2\n',
+            "placement: only one placement rule",
+        ),
+        ('node_id = "n"\n[[placement]]\nrf = 1.5\n', "placement: placement rule 1: rf must be"),
+        ('node_id = "n"\n[[placement]]\nrf = { dc1 = -1 }\n', "placement: placement rule 1: a replica count"),
+        ('node_id = "n"\nplacement = 3\n', "placement: expected list"),
+    ],
+)
+def test_bad_placement_is_named(tmp_path: Path, text: str, message: str) -> None:
+    assert error(tmp_path, text).startswith(message)
