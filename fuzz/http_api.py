@@ -23,7 +23,6 @@ replaying one input alone starts from the docs the target seeds (SEED_DOCS).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import re
 import sqlite3
@@ -45,7 +44,7 @@ from yarl import URL
 from crdtsync import Node, NodeConfig
 from crdtsync.core.effects import Persist
 from crdtsync.daemon.config import DaemonConfig, HttpConfig, Token, parse_http_listen, token_digest
-from crdtsync.daemon.http import Api
+from crdtsync.daemon.http import Api, b64url
 from crdtsync.store.sqlite import SqliteStore
 from crdtsync.testing.cluster import free_port
 from fuzz._runner import Fuzzable, Target, cli_main
@@ -139,10 +138,6 @@ def authorized(request: Request) -> bool:
 
 # ---------------------------------------------------------------------------------------------------------
 # Seeds: valid requests on every route, and the usual ways to get one wrong
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def small_backup() -> bytes:
