@@ -24,50 +24,25 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pycrdt import Doc
 
 from crdtsync.core.effects import LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.replica import Replica
+from crdtsync.sim import invariants
 from crdtsync.sim.config import FAULTS as FAULTS
 from crdtsync.sim.config import SimConfig as SimConfig
 from crdtsync.sim.config import SimResult as SimResult
+from crdtsync.sim.node import SimNode
 from crdtsync.sim.trace import SimTracer, Step
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
-from crdtsync.store.group_commit import CommitQueue
-from crdtsync.store.memory import MemoryStore
 
 EVENTS_MAX = 5_000_000
 
-
-@dataclass(slots=True)
-class _SimNode:
-    index: int
-    address: str
-    publish_endpoint: str
-    dc: str
-    replica: Replica | None = None
-    incarnation: int = 0
-    departed: bool = False
-    """Left the cluster gracefully and not restarted: not part of the convergence check."""
-    subscriptions: dict[str, bool] = field(default_factory=dict)
-    """Publish endpoint -> subscribed across the WAN (only frames not published dc_only)."""
-    tick_token: int = 0
-    tick_at_ms: float = float("inf")
-    link_free_ms: dict[int, float] = field(default_factory=dict)
-    # The durable store (only with `SimConfig.durable`): what completed commits hold survives crashes;
-    # what is on its way there does not.
-    store: MemoryStore = field(default_factory=MemoryStore)
-    """The content of completed commits, with the doc state records, like the SQLite store's."""
-    commits: CommitQueue = field(default_factory=CommitQueue)
-    """Effects handed over and not yet committed (group ids never repeat, across incarnations too)."""
-    waiting: deque[tuple[int, list[int]]] = field(default_factory=deque)
-    """(effect number in `commits`, indexes into `SimCluster.writes`) in effect order: the writes are
-    acknowledged when the commits reach the effect that held their updates."""
+_SimNode = SimNode
+"""The name `SimNode` had before it moved to `crdtsync.sim.node`."""
 
 
 EventKind = Literal[
@@ -90,7 +65,7 @@ class SimCluster:
         self._heap: list[tuple[float, int, EventKind, Any]] = []
         self._seq = 0
         self.nodes = [
-            _SimNode(
+            SimNode(
                 index,
                 f"sim://n{index}",
                 f"sim://n{index}/pub",
@@ -181,7 +156,7 @@ class SimCluster:
         """Crash node `index` now, as a scheduled crash does (not the last live node)."""
         self._handle("crash", index)
 
-    def _start_node(self, node: _SimNode) -> None:
+    def _start_node(self, node: SimNode) -> None:
         node.incarnation += 1
         node.replica = Replica(
             node_id=f"n{node.index}",
@@ -211,7 +186,7 @@ class SimCluster:
         node.replica.tick(self.now_ms)
         self._pump(node)
 
-    def _pump(self, node: _SimNode) -> int | None:
+    def _pump(self, node: SimNode) -> int | None:
         """Execute the replica's effects; return the number its last `Persist` got in the durable
         store's `CommitQueue`."""
         replica = node.replica
@@ -249,17 +224,17 @@ class SimCluster:
 
     # ------------------------------------------------------------------ the durable store
 
-    def _load_doc(self, node: _SimNode, doc_id: str) -> bytes | None:
+    def _load_doc(self, node: SimNode, doc_id: str) -> bytes | None:
         """`StoreWriter.load_doc`: committed content plus what is still on its way to the store."""
         return node.commits.load_doc(node.store, doc_id)
 
-    def _persist(self, node: _SimNode, persist: Persist) -> int:
+    def _persist(self, node: SimNode, persist: Persist) -> int:
         """Hand an effect to the node's store (`StoreWriter.submit`); return its number."""
         number = node.commits.submit(persist)
         self._start_commit(node)
         return number
 
-    def _start_commit(self, node: _SimNode) -> None:
+    def _start_commit(self, node: SimNode) -> None:
         started = node.commits.next_group()
         if started is not None:
             group_id, _group = started
@@ -267,7 +242,7 @@ class SimCluster:
                 self.now_ms + self.rng.uniform(*self.config.commit_ms), "commit", (node.index, group_id)
             )
 
-    def _commit_done(self, node: _SimNode, group_id: int) -> None:
+    def _commit_done(self, node: SimNode, group_id: int) -> None:
         if node.commits.group_id != group_id:
             return  # the commit was running when the node crashed: lost
         node.store.append(node.commits.group_committed())
@@ -276,12 +251,12 @@ class SimCluster:
                 self.acknowledged[position] = self.now_ms
         self._start_commit(node)
 
-    def _lose_uncommitted(self, node: _SimNode) -> None:
+    def _lose_uncommitted(self, node: SimNode) -> None:
         """A crash: the pending group and the running commit are gone; completed commits stay."""
         node.commits.lose()
         node.waiting.clear()
 
-    def _transmit(self, source: _SimNode, target: _SimNode, frame: bytes) -> None:
+    def _transmit(self, source: SimNode, target: SimNode, frame: bytes) -> None:
         if self.tracer is not None:
             self.tracer.on_frame(source.index, target.index, frame, source.dc != target.dc)
         self.messages_sent += 1
@@ -394,24 +369,12 @@ class SimCluster:
             wan_messages=self.wan_messages,
             wan_bytes=self.wan_bytes,
             writes=len(self.writes),
-            writes_lost_to_crashes=self._writes_lost_to_crashes(final_state),
+            writes_lost_to_crashes=invariants.writes_lost_to_crashes(self, final_state),
             writes_acknowledged=len(self.acknowledged),
             crashes=self.crashes,
             partitions=self.partitions,
             events=self.events,
             final_state=final_state,
-        )
-
-    def _writes_lost_to_crashes(self, final_state: dict[str, Any]) -> int:
-        """Unique writes absent from `final_state` whose writer crashed (or left) before they were
-        replicated or acknowledged by a commit."""
-        return sum(
-            1
-            for position, (write, writer, incarnation) in enumerate(self.writes)
-            if (writer, incarnation) in self.ever_crashed_incarnations
-            and position not in self.acknowledged
-            and not write.shared
-            and final_state.get(write.doc_id, {}).get(write.root, {}).get(write.key) != write.value
         )
 
     # ------------------------------------------------------------------ events
@@ -482,7 +445,7 @@ class SimCluster:
             self._stop(node)
             node.departed = True
 
-    def _stop(self, node: _SimNode) -> None:
+    def _stop(self, node: SimNode) -> None:
         """Take a node down (a crash, or after a graceful leave): like a crash for the checker, what
         it had not replicated may be gone; frames in flight to it are discarded (a new incarnation);
         its store loses what was not committed."""
@@ -494,7 +457,7 @@ class SimCluster:
         node.subscriptions.clear()
         self._lose_uncommitted(node)
 
-    def _step(self, node: _SimNode, frame: bytes | None) -> None:
+    def _step(self, node: SimNode, frame: bytes | None) -> None:
         """The replica receives `frame` (None: runs its timers), between the tracer's callbacks; then
         its effects run."""
         replica = node.replica
@@ -576,47 +539,9 @@ class SimCluster:
         return replica.open_doc(doc_id)
 
     def check(self) -> list[str]:
-        """Invariants of DESIGN.md: convergence by canonical digest and by JSON; no lost write."""
-        problems: list[str] = []
-        present = [node for node in self.nodes if not node.departed]
-        replicas = [node.replica for node in present]
-        if any(replica is None for replica in replicas):
-            return ["a node is down"]
-        live = [replica for replica in replicas if replica is not None]
-        # A doc opened but never written exists only locally; peers learn of docs through changes.
-        doc_sets = [tuple(d for d in replica.doc_ids() if not replica.doc_is_empty(d)) for replica in live]
-        if len(set(doc_sets)) != 1:
-            return [f"replicas hold different doc sets: {[len(ids) for ids in doc_sets]} docs"]
-        states = [self.materialized(node.index) for node in present]
-        empty = self.workload.materialize(Doc())
-        for doc_id in doc_sets[0]:
-            digests = {replica.doc_digest(doc_id) for replica in live}
-            if len(digests) != 1:
-                problems.append(f"{doc_id}: {len(digests)} different digests")
-            elif any(state[doc_id] != states[0][doc_id] for state in states):
-                problems.append(f"{doc_id}: equal digests but different JSON")
-        if problems:
-            return problems
-        reference = states[0]
-        for state in states:
-            for doc_id in set(state) - set(doc_sets[0]):
-                if state[doc_id] != empty:
-                    problems.append(f"{doc_id}: has content but an empty state vector")
-        for position, (write, writer, incarnation) in enumerate(self.writes):
-            content = reference.get(write.doc_id, {}).get(write.root, {})
-            if write.shared:
-                key = (write.doc_id, write.root, write.key)
-                if write.key in content and content[write.key] not in self.shared_values[key]:
-                    problems.append(f"{write.doc_id}/{write.key} holds a value nobody wrote")
-            elif content.get(write.key) != write.value:
-                if (writer, incarnation) not in self.ever_crashed_incarnations:
-                    problems.append(f"lost write {write.doc_id}/{write.key}={write.value!r} by n{writer}")
-                elif position in self.acknowledged:
-                    problems.append(
-                        f"lost acknowledged write {write.doc_id}/{write.key}={write.value!r} by n{writer}"
-                        f" (acknowledged at {self.acknowledged[position]:.1f} ms, then the writer crashed)"
-                    )
-        return problems
+        """Invariants of DESIGN.md: convergence by canonical digest and by JSON; no lost write (see
+        `crdtsync.sim.invariants`)."""
+        return invariants.check(self)
 
 
 def run_simulation(config: SimConfig, workload: Workload | None = None) -> SimResult:
