@@ -14,6 +14,11 @@ from crdtsync.store.writer import COMMIT_LATENCY_BUCKETS_MS, StoreStats
 
 PREFIX = "crdtsync"
 
+_FRAMES_DROPPED_HELP = (
+    "Frames dropped before they were handled, by reason (rate: over peer_frames_per_second_max from one "
+    "sender; quarantined: from a quarantined sender; identity: a node id sent from another key than its own)."
+)
+
 # how to read each counter of NodeStatus.counters -> (metric, help, labels): a misspelt field is a type error
 _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...] = (
     (lambda c: c.deltas_published, "updates_published", "Local transactions published.", {}),
@@ -50,6 +55,38 @@ _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...
         {"reason": "too_large"},
     ),
     (lambda c: c.deltas_dropped_doc, "updates_dropped", "Updates dropped, by reason.", {"reason": "bad_doc"}),
+    (
+        lambda c: c.updates_dropped_doc_quarantined,
+        "updates_dropped",
+        "Updates dropped, by reason.",
+        {"reason": "doc_quarantined"},
+    ),
+    (lambda c: c.frames_dropped_rate, "frames_dropped", _FRAMES_DROPPED_HELP, {"reason": "rate"}),
+    (
+        lambda c: c.frames_dropped_quarantined,
+        "frames_dropped",
+        _FRAMES_DROPPED_HELP,
+        {"reason": "quarantined"},
+    ),
+    (lambda c: c.frames_dropped_identity, "frames_dropped", _FRAMES_DROPPED_HELP, {"reason": "identity"}),
+    (
+        lambda c: c.peers_quarantined,
+        "peers_quarantined",
+        "Senders quarantined (every frame ignored for quarantine_ms) after too many rejected updates.",
+        {},
+    ),
+    (
+        lambda c: c.docs_quarantined,
+        "docs_quarantined",
+        "Docs closed for quarantine_ms to senders with rejected updates, after too many rejected updates.",
+        {},
+    ),
+    (
+        lambda c: c.curve_refused,
+        "curve_connections_refused",
+        "Replication connections refused by the CURVE allowlist (a public key not in peer_keys).",
+        {},
+    ),
     (
         lambda c: c.bytes_published,
         "bytes_out",
