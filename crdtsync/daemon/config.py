@@ -19,7 +19,7 @@ from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import PARTITIONS_DEFAULT, PlacementError, PlacementPolicy, PlacementRule
 from crdtsync.core.replica import ReplicaConfig
 from crdtsync.node import NodeConfig
-from crdtsync.store.base import check_durability
+from crdtsync.store.base import Durability, check_durability
 from crdtsync.transport.curve import CurveConfig, CurveKeyError, CurveKeys
 from crdtsync.transport.endpoint import parse_endpoint
 
@@ -328,61 +328,11 @@ def load_config(
     """Read `path` (TOML; None for flags only), then apply `assignments` (`--set section.key=value`,
     any key) and `overrides` (the named flags: node_id, dc, listen, peers, publish, data_dir,
     durability, http_listen, log_level, log_format). Flags win over the file."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        raw = read_toml(path, f"config file {path}")
-    for assignment in assignments or []:
-        keys, value = parse_assignment(assignment)
-        if len(keys) == 1:
-            raw[keys[0]] = value
-        else:
-            table = raw.setdefault(keys[0], {})
-            if not isinstance(table, dict):
-                raise ConfigError(f"{keys[0]}: expected a table")
-            table[keys[1]] = value
-    for key in raw:
-        if key not in _TOP_KEYS:
-            raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
-    for key in ("http_listen", "log_level", "log_format"):
-        if overrides.get(key) is not None:
-            section, sub = key.split("_", 1)
-            raw.setdefault(section, {})
-            if not isinstance(raw[section], dict):
-                raise ConfigError(f"{section}: expected a table")
-            raw[section][sub] = overrides[key]
-    for key in _NODE_KEYS | {"dc"}:
-        value = overrides.get(key)
-        if value is not None and value != []:
-            raw[key] = value
-
-    node_id = raw.get("node_id")
-    if node_id is None:
-        raise ConfigError("node_id: required (set it in the config file or with --node-id)")
-    listen = raw.get("listen", "tcp://127.0.0.1:7400")
-    peers = raw.get("peers", [])
-    _typed("node_id", node_id, str)
-    _typed("listen", listen, str)
-    _typed("peers", peers, list)
-    for index, peer in enumerate(peers):
-        _typed(f"peers[{index}]", peer, str)
-    for key in ("publish", "data_dir"):
-        if raw.get(key) is not None:
-            _typed(key, raw[key], str)
-    try:
-        durability = check_durability(raw.get("durability", "fsync"))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    raw = _raw_config(path, overrides, assignments or [])
+    node_id, listen, peers, durability = _node_keys(raw)
     replication = _section(raw, "replication", ReplicaConfig)
     membership = _section(raw, "membership", MembershipConfig)
-    http = _section(raw, "http", HttpConfig)
-    log = _section(raw, "log", LogConfig)
-    parse_http_listen(http.listen)
-    tokens = load_tokens(http.tokens_file) if http.tokens_file else ()
-    tls_context(http)
-    if log.level not in LOG_LEVELS:
-        raise ConfigError(f"log.level: must be one of {', '.join(LOG_LEVELS)}, not {log.level!r}")
-    if log.format not in ("json", "kv"):
-        raise ConfigError(f"log.format: must be json or kv, not {log.format!r}")
+    http, log, tokens = _http_and_log(raw)
     dc = _typed("dc", raw.get("dc", "default"), str)
     try:
         # NodeConfig checks node_id, the endpoints and dc (naming the key) before the security
@@ -405,3 +355,71 @@ def load_config(
             raise
         raise ConfigError(str(exc)) from None
     return DaemonConfig(node=node, http=http, log=log, tokens=tokens)
+
+
+def _raw_config(path: str | Path | None, overrides: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """The config file's tables (no file: none), then the `--set` assignments, then the flags."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = read_toml(path, f"config file {path}")
+    for assignment in assignments:
+        keys, value = parse_assignment(assignment)
+        if len(keys) == 1:
+            raw[keys[0]] = value
+        else:
+            table = raw.setdefault(keys[0], {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"{keys[0]}: expected a table")
+            table[keys[1]] = value
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+    for key in ("http_listen", "log_level", "log_format"):
+        if overrides.get(key) is not None:
+            section, sub = key.split("_", 1)
+            raw.setdefault(section, {})
+            if not isinstance(raw[section], dict):
+                raise ConfigError(f"{section}: expected a table")
+            raw[section][sub] = overrides[key]
+    for key in _NODE_KEYS | {"dc"}:
+        value = overrides.get(key)
+        if value is not None and value != []:
+            raw[key] = value
+    return raw
+
+
+def _node_keys(raw: dict[str, Any]) -> tuple[str, str, list[str], Durability]:
+    """node_id (required), listen, peers and durability, with the types of publish and data_dir."""
+    node_id = raw.get("node_id")
+    if node_id is None:
+        raise ConfigError("node_id: required (set it in the config file or with --node-id)")
+    listen = raw.get("listen", "tcp://127.0.0.1:7400")
+    peers = raw.get("peers", [])
+    _typed("node_id", node_id, str)
+    _typed("listen", listen, str)
+    _typed("peers", peers, list)
+    for index, peer in enumerate(peers):
+        _typed(f"peers[{index}]", peer, str)
+    for key in ("publish", "data_dir"):
+        if raw.get(key) is not None:
+            _typed(key, raw[key], str)
+    try:
+        durability = check_durability(raw.get("durability", "fsync"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return node_id, listen, peers, durability
+
+
+def _http_and_log(raw: dict[str, Any]) -> tuple[HttpConfig, LogConfig, tuple[Token, ...]]:
+    """The [http] and [log] tables, checked: the listen address, the tokens file, TLS, the log level
+    and format."""
+    http = _section(raw, "http", HttpConfig)
+    log = _section(raw, "log", LogConfig)
+    parse_http_listen(http.listen)
+    tokens = load_tokens(http.tokens_file) if http.tokens_file else ()
+    tls_context(http)
+    if log.level not in LOG_LEVELS:
+        raise ConfigError(f"log.level: must be one of {', '.join(LOG_LEVELS)}, not {log.level!r}")
+    if log.format not in ("json", "kv"):
+        raise ConfigError(f"log.format: must be json or kv, not {log.format!r}")
+    return http, log, tokens
