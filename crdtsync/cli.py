@@ -17,6 +17,7 @@ import click
 import httpx
 
 from crdtsync import __version__
+from crdtsync.daemon import jsonvalues
 from crdtsync.store.base import DURABILITIES
 
 DEFAULT_URL = "http://127.0.0.1:7480"
@@ -282,7 +283,8 @@ def _fail_with(response: httpx.Response, method: str, path: str) -> NoReturn:
 
 
 def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True))
+    """Every JSON the command prints: numbers as people write them (`4`, not `4.0`; see jsonvalues)."""
+    click.echo(jsonvalues.dumps(value, indent=2, sort_keys=True))
 
 
 @main.command()
@@ -466,7 +468,7 @@ def watch(server: Server, as_json: bool, doc: str, count: int) -> None:
                 if not line.startswith("data: "):
                     continue
                 event = json.loads(line[len("data: ") :])
-                click.echo(json.dumps(event if as_json else event["data"], sort_keys=True), nl=True)
+                click.echo(jsonvalues.dumps(event if as_json else event["data"], sort_keys=True), nl=True)
                 seen += 1
                 if count and seen >= count:
                     return

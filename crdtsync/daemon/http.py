@@ -31,6 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pycrdt import Doc, Map, TransactionEvent
 
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
+from crdtsync.daemon import jsonvalues
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
 from crdtsync.daemon.status_json import cluster_placement_json, placement_json, status_json
@@ -61,10 +62,15 @@ class ApiError(Exception):
         self.message = message
 
 
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """Every JSON answer: numbers as people write them (`4`, not `4.0`; see `jsonvalues`)."""
+    return web.json_response(body, status=status, headers=headers, dumps=jsonvalues.dumps)
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+    return json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
 def bearer_token(header: str) -> str | None:
@@ -254,7 +260,7 @@ class Api:
     # ------------------------------------------------------------------ node-wide
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "node_id": self.node.config.node_id})
+        return json_response({"status": "ok", "node_id": self.node.config.node_id})
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
@@ -263,7 +269,7 @@ class Api:
     async def status(self, request: web.Request) -> web.Response:
         status = self.node.status()
         uptime_s = time.monotonic() - self.started
-        return web.json_response(
+        return json_response(
             status_json(
                 status,
                 uptime_s=uptime_s,
@@ -273,11 +279,11 @@ class Api:
         )
 
     async def cluster_placement(self, request: web.Request) -> web.Response:
-        return web.json_response(cluster_placement_json(self.node.cluster_placement()))
+        return json_response(cluster_placement_json(self.node.cluster_placement()))
 
     async def placement(self, request: web.Request) -> web.Response:
         doc_id = check_doc_id(request.match_info["doc"])
-        return web.json_response(placement_json(self.node.placement(doc_id)))
+        return json_response(placement_json(self.node.placement(doc_id)))
 
     async def list_docs(self, request: web.Request) -> web.Response:
         prefix = request.query.get("prefix", "")
@@ -291,7 +297,7 @@ class Api:
         ids = self.node.doc_ids(after=after, limit=limit + 1, prefix=prefix)
         more = len(ids) > limit
         ids = ids[:limit]
-        return web.json_response({"docs": ids, "next": ids[-1] if more and ids else None})
+        return json_response({"docs": ids, "next": ids[-1] if more and ids else None})
 
     async def backup(self, request: web.Request) -> web.StreamResponse:
         handle, path = tempfile.mkstemp(prefix="crdtsync-backup-", suffix=".db")
@@ -340,7 +346,7 @@ class Api:
                 # UTF-8 decoding of a text column, refuses it with its own error.
                 raise ApiError(400, "bad_backup", f"the backup is corrupt: {exc}") from None
             await self.node.flush()
-            return web.json_response({"docs": docs})
+            return json_response({"docs": docs})
         finally:
             for leftover in (path, f"{path}-wal", f"{path}-shm"):
                 with contextlib.suppress(FileNotFoundError):
@@ -393,7 +399,7 @@ class Api:
             await self.node.flush()
         finally:
             self.node.release(doc_id)
-        return web.json_response({"doc_id": doc_id, "state_vector": b64url(doc.get_state())})
+        return json_response({"doc_id": doc_id, "state_vector": b64url(doc.get_state())})
 
     async def get_doc(self, request: web.Request, doc_id: str) -> web.Response:
         doc = await self._open_existing(doc_id)
@@ -402,7 +408,7 @@ class Api:
             state = doc.get_state()
         finally:
             self.node.release(doc_id)
-        return web.json_response({"doc_id": doc_id, "data": data, "state_vector": b64url(state)})
+        return json_response({"doc_id": doc_id, "data": data, "state_vector": b64url(state)})
 
     async def get_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
         doc = await self._open_existing(doc_id)
@@ -413,7 +419,7 @@ class Api:
             value = data.to_py()[key]
         finally:
             self.node.release(doc_id)
-        return web.json_response({"doc_id": doc_id, "key": key, "value": value})
+        return json_response({"doc_id": doc_id, "key": key, "value": value})
 
     async def put_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
         value = await self._json_body(request)
@@ -572,7 +578,7 @@ class Api:
         self, doc_id: str, doc: Doc[Any], changes: asyncio.Queue[bool]
     ) -> AsyncIterator[str | None]:
         while True:
-            yield json.dumps(
+            yield jsonvalues.dumps(
                 {
                     "doc_id": doc_id,
                     "data": doc.get("data", type=Map).to_py(),

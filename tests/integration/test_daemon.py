@@ -326,7 +326,8 @@ def test_health_status_and_prometheus_metrics(cluster: list[Daemon]) -> None:
 
     status = a.status()
     assert status["node_id"] == "a" and status["dc"] == "test-dc"
-    assert isinstance(status["uptime_s"], float) and status["uptime_s"] > 0
+    # A whole number of seconds (1.0) is written 1, as every integral number of the API is.
+    assert isinstance(status["uptime_s"], (int, float)) and status["uptime_s"] > 0
     assert status["docs"] >= 1 and status["docs"] == len(a.all_doc_ids())
     assert status["store"].startswith("sqlite:") and status["durability"] == "fsync"
     assert len(status["merkle_root"]) == 32
@@ -639,3 +640,62 @@ def test_values_a_yjs_number_cannot_hold_are_refused_and_change_nothing(
     assert (response.status_code, error_code(response)) == (400, code), response.text
     assert solo.data("numbers/doc") == before
     assert solo.client.get("/health").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ numbers
+
+NUMBERS_BODY = (
+    b'{"n": 4, "half": 4.5, "neg": -7, "zero": 0, "max": 9007199254740992, "beyond": 9007199254740994.0,'
+    b' "flag": true, "none": null, "nested": {"shards": [1, 2.0, 2.25, {"x": 3}]}}'
+)
+NUMBERS_TYPES = {
+    "n": "int",
+    "half": "float",
+    "neg": "int",
+    "zero": "int",
+    "max": "int",
+    "beyond": "float",
+    "flag": "bool",
+    "none": "NoneType",
+    "nested": {"shards": ["int", "int", "float", {"x": "int"}]},
+}
+
+
+def json_types(value: Any) -> Any:
+    """`value` with every scalar replaced by its Python type's name: `json.loads` reads `4` as an int
+    and `4.0` as a float, so this shows how each number was written."""
+    if isinstance(value, dict):
+        return {key: json_types(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_types(item) for item in value]
+    return type(value).__name__
+
+
+def test_integral_numbers_read_back_as_integers_in_answers_and_watch_events(solo: Daemon) -> None:
+    """pycrdt reads every Yjs number back as a float; the API writes the integral ones within ±2^53 as
+    integers (`4`, not `4.0`), as JavaScript does; 4.5 and a float beyond 2^53 stay floats."""
+    response = solo.client.put("/v1/docs/numbers/plain/keys/v", content=NUMBERS_BODY)
+    assert response.status_code == 200, response.text
+    solo.put("numbers/plain", "four", 4)
+    expected = {"v": json.loads(NUMBERS_BODY), "four": 4}
+
+    key = solo.client.get("/v1/docs/numbers/plain/keys/four")
+    assert key.status_code == 200 and '"value": 4}' in key.text, key.text
+    assert type(key.json()["value"]) is int
+    value = solo.client.get("/v1/docs/numbers/plain/keys/v").json()["value"]
+    assert value == expected["v"] and json_types(value) == NUMBERS_TYPES
+    assert value["beyond"] == float(2**53 + 2)
+
+    doc = solo.client.get("/v1/docs/numbers/plain")
+    assert doc.status_code == 200
+    assert doc.json()["data"] == expected
+    assert json_types(doc.json()["data"]) == {"v": NUMBERS_TYPES, "four": "int"}
+
+    with (
+        httpx.Client(base_url=solo.url, verify=solo.verify, timeout=HTTP_TIMEOUT_S) as client,
+        client.stream("GET", "/v1/docs/numbers/plain/watch") as stream,
+    ):
+        line = next(line for line in stream.iter_lines() if line.startswith("data: "))
+    event = json.loads(line.removeprefix("data: "))
+    assert event["data"] == expected
+    assert json_types(event["data"]) == {"v": NUMBERS_TYPES, "four": "int"}
