@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -558,106 +559,162 @@ def _message_from(kind: MessageKind, items: list[Any]) -> Message:
     node_id = f.text("node_id", NODE_ID_BYTES_MAX)
     if not node_id:
         raise WireError("bad_body", f"{kind.name}.node_id is empty")
-    message: Message
-    if kind in (MessageKind.HELLO, MessageKind.HELLO_ACK):
-        cls = Hello if kind is MessageKind.HELLO else HelloAck
-        message = cls(
-            node_id,
-            f.uint("epoch"),
-            f.text("address", _ADDRESS_BYTES_MAX),
-            f.text("publish_endpoint", _ADDRESS_BYTES_MAX),
-            f.uint("last_seq"),
-            f.text("dc", DC_BYTES_MAX),
-        )
-    elif kind is MessageKind.DELTAS:
-        epoch, first_seq = f.uint("epoch"), f.uint("first_seq")
-        message = Deltas(node_id, epoch, first_seq, f.deltas())
-    elif kind is MessageKind.RELAYED:
-        origin = f.text("origin", NODE_ID_BYTES_MAX)
-        message = Relayed(node_id, origin, f.deltas())
-    elif kind is MessageKind.MEMBERS:
-        reply = f.flag("reply")
-        f.check_entries(7, MEMBERS_PER_MESSAGE_MAX)
-        members = []
-        while f.remaining():
-            members.append(
-                MemberEntry(
-                    f.text("node_id", NODE_ID_BYTES_MAX),
-                    f.text("dc", DC_BYTES_MAX),
-                    f.text("address", _ADDRESS_BYTES_MAX),
-                    f.text("publish_endpoint", _ADDRESS_BYTES_MAX),
-                    f.uint("incarnation"),
-                    f.uint("heartbeat"),
-                    f.flag("left"),
-                )
-            )
-        message = Members(node_id, reply, tuple(members))
-    elif kind is MessageKind.HEARTBEAT:
-        message = Heartbeat(node_id, f.uint("epoch"), f.uint("last_seq"))
-    elif kind is MessageKind.RETRANSMIT_REQUEST:
-        epoch, lo, hi = f.uint("epoch"), f.uint("from_seq"), f.uint("to_seq")
-        if lo > hi:
-            raise WireError("bad_body", f"RETRANSMIT_REQUEST range {lo}..{hi} is empty")
-        message = RetransmitRequest(node_id, epoch, lo, hi)
-    elif kind is MessageKind.RETRANSMIT_GONE:
-        message = RetransmitGone(node_id, f.uint("epoch"), f.uint("oldest_seq"))
-    elif kind is MessageKind.SYNC_REQUEST:
-        f.check_entries(2, SYNC_DOCS_PER_MESSAGE_MAX)
-        message = SyncRequest(
-            node_id,
-            tuple((f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("state")) for _ in range(f.remaining() // 2)),
-        )
-    elif kind is MessageKind.SYNC_RESPONSE:
-        f.check_entries(3, SYNC_DOCS_PER_MESSAGE_MAX)
-        message = SyncResponse(
-            node_id,
-            tuple(
-                (f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update"), f.blob("state"))
-                for _ in range(f.remaining() // 3)
-            ),
-        )
-    elif kind is MessageKind.SYNC_PUSH:
-        f.check_entries(2, SYNC_DOCS_PER_MESSAGE_MAX)
-        message = SyncPush(
-            node_id,
-            tuple((f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update")) for _ in range(f.remaining() // 2)),
-        )
-    elif kind is MessageKind.TREE_ROOT:
-        message = TreeRoot(node_id, f.uint("round_id"), f.hash("root"))
-    elif kind is MessageKind.TREE_BRANCHES:
-        round_id, equal = f.uint("round_id"), f.flag("equal")
-        if f.remaining() != (0 if equal else TREE_BRANCHES):
-            raise WireError("bad_body", f"TREE_BRANCHES must carry {TREE_BRANCHES} hashes unless equal")
-        message = TreeBranches(node_id, round_id, equal, tuple(f.hash("hash") for _ in range(f.remaining())))
-    elif kind is MessageKind.TREE_SEGMENTS_REQUEST:
-        round_id = f.uint("round_id")
-        branches = f.indexes("branches", f.remaining(), TREE_BRANCHES)
-        message = TreeSegmentsRequest(node_id, round_id, branches)
-    elif kind is MessageKind.TREE_SEGMENTS:
-        round_id = f.uint("round_id")
-        branches = f.index_list("branches", TREE_BRANCHES)
-        if f.remaining() != len(branches) * (TREE_SEGMENTS // TREE_BRANCHES):
-            raise WireError("bad_body", "TREE_SEGMENTS must carry every segment hash of each listed branch")
-        message = TreeSegments(
-            node_id, round_id, branches, tuple(f.hash("hash") for _ in range(f.remaining()))
-        )
-    elif kind is MessageKind.TREE_ENTRIES_REQUEST:
-        round_id = f.uint("round_id")
-        message = TreeEntriesRequest(node_id, round_id, f.indexes("segments", f.remaining(), TREE_SEGMENTS))
-    else:  # TREE_ENTRIES
-        round_id = f.uint("round_id")
-        segments = f.index_list("segments", TREE_SEGMENTS)
-        if f.remaining() % 3:
-            raise WireError("bad_body", "TREE_ENTRIES entries must be (segment, doc_id, digest) triples")
-        if f.remaining() // 3 > ENTRIES_PER_MESSAGE_MAX:
-            raise WireError("too_large", f"TREE_ENTRIES carries more than {ENTRIES_PER_MESSAGE_MAX} entries")
-        listed = set(segments)
-        entries = []
-        while f.remaining():
-            segment, doc_id, digest = f.uint("segment"), f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("digest")
-            if segment not in listed:
-                raise WireError("bad_body", f"TREE_ENTRIES has an entry in unlisted segment {segment}")
-            entries.append((segment, doc_id, digest))
-        message = TreeEntries(node_id, round_id, segments, tuple(entries))
+    message = _READERS[kind](f, node_id)
     f.done()
     return message
+
+
+# The rest of each kind's body after the node id, read in order (`_message_from` checks that nothing
+# is left over).
+
+
+def _read_hello(f: _Fields, node_id: str) -> Message:
+    cls = Hello if f.kind is MessageKind.HELLO else HelloAck
+    return cls(
+        node_id,
+        f.uint("epoch"),
+        f.text("address", _ADDRESS_BYTES_MAX),
+        f.text("publish_endpoint", _ADDRESS_BYTES_MAX),
+        f.uint("last_seq"),
+        f.text("dc", DC_BYTES_MAX),
+    )
+
+
+def _read_deltas(f: _Fields, node_id: str) -> Message:
+    epoch, first_seq = f.uint("epoch"), f.uint("first_seq")
+    return Deltas(node_id, epoch, first_seq, f.deltas())
+
+
+def _read_relayed(f: _Fields, node_id: str) -> Message:
+    origin = f.text("origin", NODE_ID_BYTES_MAX)
+    return Relayed(node_id, origin, f.deltas())
+
+
+def _read_members(f: _Fields, node_id: str) -> Message:
+    reply = f.flag("reply")
+    f.check_entries(7, MEMBERS_PER_MESSAGE_MAX)
+    members = []
+    while f.remaining():
+        members.append(
+            MemberEntry(
+                f.text("node_id", NODE_ID_BYTES_MAX),
+                f.text("dc", DC_BYTES_MAX),
+                f.text("address", _ADDRESS_BYTES_MAX),
+                f.text("publish_endpoint", _ADDRESS_BYTES_MAX),
+                f.uint("incarnation"),
+                f.uint("heartbeat"),
+                f.flag("left"),
+            )
+        )
+    return Members(node_id, reply, tuple(members))
+
+
+def _read_heartbeat(f: _Fields, node_id: str) -> Message:
+    return Heartbeat(node_id, f.uint("epoch"), f.uint("last_seq"))
+
+
+def _read_retransmit_request(f: _Fields, node_id: str) -> Message:
+    epoch, lo, hi = f.uint("epoch"), f.uint("from_seq"), f.uint("to_seq")
+    if lo > hi:
+        raise WireError("bad_body", f"RETRANSMIT_REQUEST range {lo}..{hi} is empty")
+    return RetransmitRequest(node_id, epoch, lo, hi)
+
+
+def _read_retransmit_gone(f: _Fields, node_id: str) -> Message:
+    return RetransmitGone(node_id, f.uint("epoch"), f.uint("oldest_seq"))
+
+
+def _read_sync_request(f: _Fields, node_id: str) -> Message:
+    f.check_entries(2, SYNC_DOCS_PER_MESSAGE_MAX)
+    return SyncRequest(
+        node_id,
+        tuple((f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("state")) for _ in range(f.remaining() // 2)),
+    )
+
+
+def _read_sync_response(f: _Fields, node_id: str) -> Message:
+    f.check_entries(3, SYNC_DOCS_PER_MESSAGE_MAX)
+    return SyncResponse(
+        node_id,
+        tuple(
+            (f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update"), f.blob("state"))
+            for _ in range(f.remaining() // 3)
+        ),
+    )
+
+
+def _read_sync_push(f: _Fields, node_id: str) -> Message:
+    f.check_entries(2, SYNC_DOCS_PER_MESSAGE_MAX)
+    return SyncPush(
+        node_id,
+        tuple((f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("update")) for _ in range(f.remaining() // 2)),
+    )
+
+
+def _read_tree_root(f: _Fields, node_id: str) -> Message:
+    return TreeRoot(node_id, f.uint("round_id"), f.hash("root"))
+
+
+def _read_tree_branches(f: _Fields, node_id: str) -> Message:
+    round_id, equal = f.uint("round_id"), f.flag("equal")
+    if f.remaining() != (0 if equal else TREE_BRANCHES):
+        raise WireError("bad_body", f"TREE_BRANCHES must carry {TREE_BRANCHES} hashes unless equal")
+    return TreeBranches(node_id, round_id, equal, tuple(f.hash("hash") for _ in range(f.remaining())))
+
+
+def _read_tree_segments_request(f: _Fields, node_id: str) -> Message:
+    round_id = f.uint("round_id")
+    branches = f.indexes("branches", f.remaining(), TREE_BRANCHES)
+    return TreeSegmentsRequest(node_id, round_id, branches)
+
+
+def _read_tree_segments(f: _Fields, node_id: str) -> Message:
+    round_id = f.uint("round_id")
+    branches = f.index_list("branches", TREE_BRANCHES)
+    if f.remaining() != len(branches) * (TREE_SEGMENTS // TREE_BRANCHES):
+        raise WireError("bad_body", "TREE_SEGMENTS must carry every segment hash of each listed branch")
+    return TreeSegments(node_id, round_id, branches, tuple(f.hash("hash") for _ in range(f.remaining())))
+
+
+def _read_tree_entries_request(f: _Fields, node_id: str) -> Message:
+    round_id = f.uint("round_id")
+    return TreeEntriesRequest(node_id, round_id, f.indexes("segments", f.remaining(), TREE_SEGMENTS))
+
+
+def _read_tree_entries(f: _Fields, node_id: str) -> Message:
+    round_id = f.uint("round_id")
+    segments = f.index_list("segments", TREE_SEGMENTS)
+    if f.remaining() % 3:
+        raise WireError("bad_body", "TREE_ENTRIES entries must be (segment, doc_id, digest) triples")
+    if f.remaining() // 3 > ENTRIES_PER_MESSAGE_MAX:
+        raise WireError("too_large", f"TREE_ENTRIES carries more than {ENTRIES_PER_MESSAGE_MAX} entries")
+    listed = set(segments)
+    entries = []
+    while f.remaining():
+        segment, doc_id, digest = f.uint("segment"), f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("digest")
+        if segment not in listed:
+            raise WireError("bad_body", f"TREE_ENTRIES has an entry in unlisted segment {segment}")
+        entries.append((segment, doc_id, digest))
+    return TreeEntries(node_id, round_id, segments, tuple(entries))
+
+
+_READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
+    MessageKind.HELLO: _read_hello,
+    MessageKind.HELLO_ACK: _read_hello,
+    MessageKind.DELTAS: _read_deltas,
+    MessageKind.HEARTBEAT: _read_heartbeat,
+    MessageKind.RETRANSMIT_REQUEST: _read_retransmit_request,
+    MessageKind.RETRANSMIT_GONE: _read_retransmit_gone,
+    MessageKind.SYNC_REQUEST: _read_sync_request,
+    MessageKind.SYNC_RESPONSE: _read_sync_response,
+    MessageKind.SYNC_PUSH: _read_sync_push,
+    MessageKind.TREE_ROOT: _read_tree_root,
+    MessageKind.TREE_BRANCHES: _read_tree_branches,
+    MessageKind.TREE_SEGMENTS_REQUEST: _read_tree_segments_request,
+    MessageKind.TREE_SEGMENTS: _read_tree_segments,
+    MessageKind.TREE_ENTRIES_REQUEST: _read_tree_entries_request,
+    MessageKind.TREE_ENTRIES: _read_tree_entries,
+    MessageKind.MEMBERS: _read_members,
+    MessageKind.RELAYED: _read_relayed,
+}
+"""How to read the body of each kind (every `MessageKind` has one)."""
