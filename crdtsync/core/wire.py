@@ -11,7 +11,8 @@ Every frame that crosses a socket is one envelope::
     9      4    crc32 of the body as sent, big-endian
     13     ...  body
 
-The body is a msgpack array whose shape depends on the kind (see the message classes below).
+The body is a msgpack array whose shape depends on the kind (`_body_of`; the message classes are in
+`crdtsync.core.messages`, re-exported here).
 Everything is validated here, before any byte reaches pycrdt: magic, version, kind, declared and
 actual length, checksum, decompressed size, msgpack limits and the exact shape and types of each
 field. A frame that fails any check raises `WireError` naming what was wrong.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
@@ -30,6 +30,75 @@ import lz4.block
 import msgpack
 
 from crdtsync.core.counters import WireErrorReason
+from crdtsync.core.messages import (
+    Delta,
+    Deltas,
+    Heartbeat,
+    Hello,
+    HelloAck,
+    MemberEntry,
+    Members,
+    Message,
+    Relayed,
+    RetransmitGone,
+    RetransmitRequest,
+    SyncPush,
+    SyncRequest,
+    SyncResponse,
+    TreeBranches,
+    TreeEntries,
+    TreeEntriesRequest,
+    TreeRoot,
+    TreeSegments,
+    TreeSegmentsRequest,
+)
+
+__all__ = [
+    "BODY_BYTES_MAX",
+    "COMPRESS_MIN_BYTES",
+    "DC_BYTES_MAX",
+    "DELTAS_PER_BATCH_MAX",
+    "DOC_ID_BYTES_MAX",
+    "ENTRIES_PER_MESSAGE_MAX",
+    "FLAG_LZ4",
+    "FRAME_BYTES_MAX",
+    "HEADER",
+    "HEADER_BYTES",
+    "MAGIC",
+    "MEMBERS_PER_MESSAGE_MAX",
+    "NODE_ID_BYTES_MAX",
+    "SYNC_DOCS_PER_MESSAGE_MAX",
+    "TREE_BRANCHES",
+    "TREE_HASH_BYTES",
+    "TREE_SEGMENTS",
+    "WIRE_VERSION",
+    "Delta",
+    "Deltas",
+    "Heartbeat",
+    "Hello",
+    "HelloAck",
+    "MemberEntry",
+    "Members",
+    "Message",
+    "MessageKind",
+    "Relayed",
+    "RetransmitGone",
+    "RetransmitRequest",
+    "SyncPush",
+    "SyncRequest",
+    "SyncResponse",
+    "TreeBranches",
+    "TreeEntries",
+    "TreeEntriesRequest",
+    "TreeRoot",
+    "TreeSegments",
+    "TreeSegmentsRequest",
+    "WireError",
+    "decode",
+    "decode_counted",
+    "encode",
+    "encode_counted",
+]
 
 MAGIC = b"CS"
 WIRE_VERSION = 1
@@ -87,213 +156,6 @@ class MessageKind(IntEnum):
     TREE_ENTRIES = 15
     MEMBERS = 16
     RELAYED = 17
-
-
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """One local transaction of one doc, as its publisher captured it.
-
-    `before_state` is the publisher's encoded state vector of the doc when the transaction began (the
-    causal dependency); `after_state` the one when it committed. A receiver applies `update` only
-    once its own state vector covers `before_state`.
-    """
-
-    doc_id: str
-    before_state: bytes
-    after_state: bytes
-    update: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    """Sent to a peer's request socket; answered by `HelloAck` with the same fields."""
-
-    node_id: str
-    epoch: int
-    address: str
-    publish_endpoint: str
-    last_seq: int
-    dc: str
-
-
-@dataclass(frozen=True, slots=True)
-class HelloAck:
-    node_id: str
-    epoch: int
-    address: str
-    publish_endpoint: str
-    last_seq: int
-    dc: str
-
-
-@dataclass(frozen=True, slots=True)
-class Deltas:
-    """A batch of deltas from one publisher; delta i has sequence number `first_seq + i`."""
-
-    node_id: str
-    epoch: int
-    first_seq: int
-    deltas: tuple[Delta, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """Published when idle so subscribers notice a lost tail of deltas and a live publisher."""
-
-    node_id: str
-    epoch: int
-    last_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class RetransmitRequest:
-    node_id: str
-    epoch: int
-    """The publisher epoch the missing sequence numbers belong to."""
-    from_seq: int
-    to_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class RetransmitGone:
-    """The publisher's ring no longer holds `from_seq`; the requester must resynchronise by state."""
-
-    node_id: str
-    epoch: int
-    oldest_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class SyncRequest:
-    """Asks, per doc, for `get_update(state)`: everything the sender of `state` is missing."""
-
-    node_id: str
-    entries: tuple[tuple[str, bytes], ...]
-    """(doc id, the requester's encoded state vector of it)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SyncResponse:
-    """Per doc, the update the requester lacked and the responder's state vector, so the requester
-    can push back what the responder lacks."""
-
-    node_id: str
-    entries: tuple[tuple[str, bytes, bytes], ...]
-    """(doc id, update, the responder's encoded state vector)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SyncPush:
-    node_id: str
-    entries: tuple[tuple[str, bytes], ...]
-    """(doc id, update)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TreeRoot:
-    """Starts an anti-entropy round: the initiator's Merkle root."""
-
-    node_id: str
-    round_id: int
-    root: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class TreeBranches:
-    """The responder's answer to `TreeRoot`: `equal`, or its TREE_BRANCHES branch hashes."""
-
-    node_id: str
-    round_id: int
-    equal: bool
-    hashes: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class TreeSegmentsRequest:
-    node_id: str
-    round_id: int
-    branches: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class TreeSegments:
-    """For each requested branch, its segment hashes (TREE_SEGMENTS / TREE_BRANCHES each), in order."""
-
-    node_id: str
-    round_id: int
-    branches: tuple[int, ...]
-    hashes: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class TreeEntriesRequest:
-    node_id: str
-    round_id: int
-    segments: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class TreeEntries:
-    """The (doc id, digest) entries of whole segments. `segments` lists the segments answered in full;
-    a responder may answer fewer than were requested to stay within ENTRIES_PER_MESSAGE_MAX."""
-
-    node_id: str
-    round_id: int
-    segments: tuple[int, ...]
-    entries: tuple[tuple[int, str, bytes], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class MemberEntry:
-    """One member as gossip carries it (see `crdtsync.core.membership`)."""
-
-    node_id: str
-    dc: str
-    address: str
-    publish_endpoint: str
-    incarnation: int
-    heartbeat: int
-    left: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Members:
-    """Push-pull gossip of the member table; `reply` marks the answer, which is not answered again."""
-
-    node_id: str
-    reply: bool
-    members: tuple[MemberEntry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Relayed:
-    """Deltas of publisher `origin` (in another datacenter) republished by relay `node_id` into its own
-    datacenter. Receivers order them by state vector alone: they do not track `origin`'s sequence."""
-
-    node_id: str
-    origin: str
-    deltas: tuple[Delta, ...]
-
-
-Message = (
-    Hello
-    | HelloAck
-    | Deltas
-    | Heartbeat
-    | RetransmitRequest
-    | RetransmitGone
-    | SyncRequest
-    | SyncResponse
-    | SyncPush
-    | TreeRoot
-    | TreeBranches
-    | TreeSegmentsRequest
-    | TreeSegments
-    | TreeEntriesRequest
-    | TreeEntries
-    | Members
-    | Relayed
-)
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:

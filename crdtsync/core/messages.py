@@ -1,0 +1,215 @@
+"""The messages replicas exchange, as the core builds and reads them. `crdtsync.core.wire` encodes
+each as the body of one envelope and decodes and validates it back (and re-exports these classes:
+`wire.Hello` is `messages.Hello`); the limits the wire enforces (TREE_BRANCHES, ENTRIES_PER_MESSAGE_MAX,
+...) are defined there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One local transaction of one doc, as its publisher captured it.
+
+    `before_state` is the publisher's encoded state vector of the doc when the transaction began (the
+    causal dependency); `after_state` the one when it committed. A receiver applies `update` only
+    once its own state vector covers `before_state`.
+    """
+
+    doc_id: str
+    before_state: bytes
+    after_state: bytes
+    update: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Sent to a peer's request socket; answered by `HelloAck` with the same fields."""
+
+    node_id: str
+    epoch: int
+    address: str
+    publish_endpoint: str
+    last_seq: int
+    dc: str
+
+
+@dataclass(frozen=True, slots=True)
+class HelloAck:
+    node_id: str
+    epoch: int
+    address: str
+    publish_endpoint: str
+    last_seq: int
+    dc: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deltas:
+    """A batch of deltas from one publisher; delta i has sequence number `first_seq + i`."""
+
+    node_id: str
+    epoch: int
+    first_seq: int
+    deltas: tuple[Delta, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Published when idle so subscribers notice a lost tail of deltas and a live publisher."""
+
+    node_id: str
+    epoch: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetransmitRequest:
+    node_id: str
+    epoch: int
+    """The publisher epoch the missing sequence numbers belong to."""
+    from_seq: int
+    to_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetransmitGone:
+    """The publisher's ring no longer holds `from_seq`; the requester must resynchronise by state."""
+
+    node_id: str
+    epoch: int
+    oldest_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest:
+    """Asks, per doc, for `get_update(state)`: everything the sender of `state` is missing."""
+
+    node_id: str
+    entries: tuple[tuple[str, bytes], ...]
+    """(doc id, the requester's encoded state vector of it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResponse:
+    """Per doc, the update the requester lacked and the responder's state vector, so the requester
+    can push back what the responder lacks."""
+
+    node_id: str
+    entries: tuple[tuple[str, bytes, bytes], ...]
+    """(doc id, update, the responder's encoded state vector)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPush:
+    node_id: str
+    entries: tuple[tuple[str, bytes], ...]
+    """(doc id, update)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TreeRoot:
+    """Starts an anti-entropy round: the initiator's Merkle root."""
+
+    node_id: str
+    round_id: int
+    root: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TreeBranches:
+    """The responder's answer to `TreeRoot`: `equal`, or its TREE_BRANCHES branch hashes."""
+
+    node_id: str
+    round_id: int
+    equal: bool
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSegmentsRequest:
+    node_id: str
+    round_id: int
+    branches: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSegments:
+    """For each requested branch, its segment hashes (TREE_SEGMENTS / TREE_BRANCHES each), in order."""
+
+    node_id: str
+    round_id: int
+    branches: tuple[int, ...]
+    hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntriesRequest:
+    node_id: str
+    round_id: int
+    segments: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntries:
+    """The (doc id, digest) entries of whole segments. `segments` lists the segments answered in full;
+    a responder may answer fewer than were requested to stay within ENTRIES_PER_MESSAGE_MAX."""
+
+    node_id: str
+    round_id: int
+    segments: tuple[int, ...]
+    entries: tuple[tuple[int, str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEntry:
+    """One member as gossip carries it (see `crdtsync.core.membership`)."""
+
+    node_id: str
+    dc: str
+    address: str
+    publish_endpoint: str
+    incarnation: int
+    heartbeat: int
+    left: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """Push-pull gossip of the member table; `reply` marks the answer, which is not answered again."""
+
+    node_id: str
+    reply: bool
+    members: tuple[MemberEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """Deltas of publisher `origin` (in another datacenter) republished by relay `node_id` into its own
+    datacenter. Receivers order them by state vector alone: they do not track `origin`'s sequence."""
+
+    node_id: str
+    origin: str
+    deltas: tuple[Delta, ...]
+
+
+Message = (
+    Hello
+    | HelloAck
+    | Deltas
+    | Heartbeat
+    | RetransmitRequest
+    | RetransmitGone
+    | SyncRequest
+    | SyncResponse
+    | SyncPush
+    | TreeRoot
+    | TreeBranches
+    | TreeSegmentsRequest
+    | TreeSegments
+    | TreeEntriesRequest
+    | TreeEntries
+    | Members
+    | Relayed
+)
