@@ -371,3 +371,12 @@ def test_a_misspelt_metric_in_a_copy_of_the_files_is_found(exported: dict[str, s
     rule = rules["groups"][0]["rules"][-1]
     rule["expr"] = rule["expr"].replace("_total", "", 1)
     assert any("is not exported" in line for line in problems(alert_exprs(rules), exported))
+
+
+def test_every_exported_metric_has_a_row_in_the_metrics_table(exported: dict[str, set[str]]) -> None:
+    """docs/daemon.md is where the dashboard and the alerts send people: it lists every series."""
+    text = (DEPLOY.parent / "docs" / "daemon.md").read_text()
+    documented = set(re.findall(r"^\| `(crdtsync_[a-z0-9_]+)` \|", text, flags=re.MULTILINE))
+    families = {name: re.sub(r"_(bucket|sum|count)$", "", name) for name in exported}
+    assert {name for name, family in families.items() if not {name, family} & documented} == set()
+    assert documented - set(families.values()) == set()
