@@ -18,6 +18,7 @@ import httpx
 
 from crdtsync import __version__
 from crdtsync.daemon import jsonvalues
+from crdtsync.daemon.config import LOG_FORMATS, LOG_LEVELS
 from crdtsync.store.base import DURABILITIES
 
 DEFAULT_URL = "http://127.0.0.1:7480"
@@ -68,8 +69,8 @@ def main() -> None:
     type=click.Choice(DURABILITIES),
     help="What a write waits for (default fsync).",
 )
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Default info.")
-@click.option("--log-format", type=click.Choice(["kv", "json"]), help="Default kv (key=value lines).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Default info.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), help="Default kv (key=value lines).")
 @click.option(
     "--set",
     "assignments",

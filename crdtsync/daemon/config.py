@@ -13,7 +13,7 @@ import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import PARTITIONS_DEFAULT, PlacementError, PlacementPolicy, PlacementRule
@@ -24,6 +24,7 @@ from crdtsync.transport.curve import CurveConfig, CurveKeyError, CurveKeys
 from crdtsync.transport.endpoint import parse_endpoint
 
 LogFormat = Literal["json", "kv"]
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -420,6 +421,6 @@ def _http_and_log(raw: dict[str, Any]) -> tuple[HttpConfig, LogConfig, tuple[Tok
     tls_context(http)
     if log.level not in LOG_LEVELS:
         raise ConfigError(f"log.level: must be one of {', '.join(LOG_LEVELS)}, not {log.level!r}")
-    if log.format not in ("json", "kv"):
+    if log.format not in LOG_FORMATS:
         raise ConfigError(f"log.format: must be json or kv, not {log.format!r}")
     return http, log, tokens
