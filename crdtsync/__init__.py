@@ -40,4 +40,17 @@ __all__ = [
     "StoreError",
     "StoreStats",
 ]
-__version__ = "0.1.0"
+
+
+def _installed_version() -> str:
+    """The version of the installed crdtsync (pyproject.toml's, as the wheel or `pip install -e`
+    recorded it); "0+unknown" in a checkout that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crdtsync")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _installed_version()
