@@ -49,7 +49,7 @@ class NodeConfig:
     data_dir: str | None = None
     """Where the node keeps its SQLite store; None keeps everything in memory (lost at exit)."""
     durability: Durability = "fsync"
-    """What `flush()` waits for with a data_dir: see `crdtsync.store.sqlite.Durability`."""
+    """What `flush()` waits for with a data_dir: see `crdtsync.store.base.Durability`."""
     replication: ReplicaConfig = field(default_factory=ReplicaConfig)
     curve: CurveConfig | None = None
     """Encrypt and authenticate replication links with CurveZMQ; None sends them in plaintext."""
