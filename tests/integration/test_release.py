@@ -87,7 +87,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_demo(tmp_path: Path) 
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv], tmp_path, env)
     python, crdtsync = venv / "bin" / "python", venv / "bin" / "crdtsync"
-    pip = [sys.executable, "-m", "pip", "--python", python]
+    pip: list[str | Path] = [sys.executable, "-m", "pip", "--python", python]
     run([*pip, "install", "--quiet", wheels[0]], tmp_path, env)
     run([*pip, "check"], tmp_path, env)
 
