@@ -5,9 +5,10 @@ have a series) until every metric family the files use has samples. Then every P
 of the Grafana dashboard (panel targets and template variables) and of the alert rules must name
 only series `/metrics` serves (`crdtsync_store_commits` without `_total` is a query that finds
 nothing), and only labels those series carry (or the `job` and `instance` Prometheus adds). The
-checker is tested on expressions that are wrong. Where `promtool` is installed (Debian's
-`prometheus` package) it checks the rules, the scrape config and the syntax of every dashboard
-query too.
+checker is tested on expressions that are wrong. Where Debian's `prometheus` package is installed,
+`promtool` checks the rules, the scrape config and the syntax of every dashboard query, and a real
+Prometheus scrapes the two daemons with the shipped scrape job and rules: every dashboard query
+returns numbers and every rule evaluates without error (the tests skip, saying so, without it).
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 import zmq
-from daemon_support import CONVERGE_TIMEOUT_S, Daemon, DaemonPool, wait_until
+from daemon_support import CONVERGE_TIMEOUT_S, Daemon, DaemonPool, free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.integration
@@ -311,8 +314,8 @@ def scrape(daemon: Daemon) -> str:
 
 
 @pytest.fixture(scope="module")
-def exported(pool: DaemonPool) -> dict[str, set[str]]:
-    """The series two daemons of two datacenters export once every family the files use has samples."""
+def two_dcs(pool: DaemonPool) -> list[Daemon]:
+    """Two daemons of two datacenters, with every family the files use holding samples."""
     east = pool.new("east-1", dc="east")
     west = pool.new("west-1", dc="west")
     east.peers, west.peers = [west.listen], [east.listen]
@@ -341,7 +344,13 @@ def exported(pool: DaemonPool) -> dict[str, set[str]]:
             return all(series.get(name) for name in wanted) and west.data("deploy/east") is not None
 
         wait_until(complete, CONVERGE_TIMEOUT_S, lambda: "every family has samples:\n" + scrape(east))
-    return exported_series(scrape(east) + scrape(west))
+    return [east, west]
+
+
+@pytest.fixture(scope="module")
+def exported(two_dcs: list[Daemon]) -> dict[str, set[str]]:
+    """The series the two daemons export."""
+    return exported_series("".join(scrape(daemon) for daemon in two_dcs))
 
 
 def test_every_dashboard_query_names_exported_metrics_and_labels(exported: dict[str, set[str]]) -> None:
@@ -380,3 +389,119 @@ def test_every_exported_metric_has_a_row_in_the_metrics_table(exported: dict[str
     families = {name: re.sub(r"_(bucket|sum|count)$", "", name) for name in exported}
     assert {name for name, family in families.items() if not {name, family} & documented} == set()
     assert documented - set(families.values()) == set()
+
+
+# ------------------------------------------------------------------------------------------ Prometheus
+
+PROMETHEUS = shutil.which("prometheus")
+SCRAPES_S = 6.0
+"""How long Prometheus scrapes (every second) before the queries: a few samples for every rate."""
+RATE_INTERVAL = "4s"
+"""What Grafana's $__rate_interval becomes in the queries (4 scrape intervals)."""
+
+
+class PrometheusServer:
+    """A Prometheus server scraping the daemons with the scrape job and the rules of deploy/."""
+
+    def __init__(self, workdir: Path, daemons: list[Daemon]) -> None:
+        config = load_yaml(SCRAPE)
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str(ALERTS)]
+        [job] = config["scrape_configs"]
+        job["static_configs"] = [{"targets": [daemon.url.removeprefix("http://") for daemon in daemons]}]
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.url = f"http://127.0.0.1:{free_port()}"
+        assert PROMETHEUS is not None
+        self.log = (workdir / "prometheus.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address={self.url.removeprefix('http://')}",
+                "--log.level=warn",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=10.0, trust_env=False)
+
+    def api(self, path: str, **params: str) -> Any:
+        response = self.client.get(f"/api/v1/{path}", params=params)
+        body = response.json()
+        assert response.status_code == 200 and body["status"] == "success", (path, params, body)
+        return body["data"]
+
+    def ready(self) -> bool:
+        assert self.process.poll() is None, f"prometheus exited: {self.log.name}"
+        try:
+            return self.client.get("/-/ready").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self.client.close()
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def prometheus(two_dcs: list[Daemon], tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (Debian: apt-get install prometheus)")
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), two_dcs)
+    try:
+        wait_until(server.ready, CONVERGE_TIMEOUT_S, "prometheus is ready")
+
+        def scraped() -> bool:
+            up = server.api("query", query='up{job="crdtsync"}')["result"]
+            return len(up) == len(two_dcs) and all(sample["value"][1] == "1" for sample in up)
+
+        wait_until(scraped, CONVERGE_TIMEOUT_S, "prometheus scrapes both daemons", poll_s=0.5)
+        # Writes while Prometheus scrapes, so that the rates (and commit latency quantiles) have data.
+        deadline = time.monotonic() + SCRAPES_S
+        n = 0
+        while time.monotonic() < deadline:
+            for daemon in two_dcs:
+                daemon.put(f"deploy/{daemon.name}", f"scraped{n}", n)
+            n += 1
+            time.sleep(0.2)
+        yield server
+    finally:
+        server.close()
+
+
+def test_every_dashboard_query_returns_series_from_a_real_prometheus(prometheus: PrometheusServer) -> None:
+    """Each query as Grafana sends it (every job, datacenter and instance chosen) returns data:
+    series with at least one number (a join on the wrong labels, or a quantile of a histogram
+    without observations, gives none)."""
+    empty: list[str] = []
+    for where, expr in dashboard_exprs(load_dashboard()).items():
+        query = expr.replace("$__rate_interval", RATE_INTERVAL).replace("$job", "crdtsync")
+        query = query.replace("$dc", ".*").replace("$instance", ".*")
+        match = re.fullmatch(r"label_values\((.*), (\w+)\)", query)
+        if match is not None:
+            values = prometheus.api(f"label/{match[2]}/values", **{"match[]": match[1]})
+            if not values:
+                empty.append(f"{where}: {query}")
+        elif all(series["value"][1] == "NaN" for series in prometheus.api("query", query=query)["result"]):
+            empty.append(f"{where}: {query}")
+    assert empty == []
+
+
+def test_every_alert_rule_evaluates_without_error_on_a_real_prometheus(prometheus: PrometheusServer) -> None:
+    def evaluated() -> bool:
+        rules = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
+        return len(rules) == len(alert_exprs(load_yaml(ALERTS))) and all(
+            not rule["lastEvaluation"].startswith("0001-")
+            for rule in rules  # Go's zero time: not yet
+        )
+
+    wait_until(evaluated, CONVERGE_TIMEOUT_S, "every rule was evaluated", poll_s=0.5)
+    rules = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
+    assert {rule["name"]: rule["health"] for rule in rules} == {
+        name.removeprefix("alert "): "ok" for name in alert_exprs(load_yaml(ALERTS))
+    }
+    # Nothing is wrong with the two daemons: no alert fires (pending ones would after their `for`).
+    assert [alert["labels"]["alertname"] for alert in prometheus.api("alerts")["alerts"]] == []
