@@ -51,7 +51,11 @@ def main() -> None:
 @click.option("--node-id", help="This node's name, unique in the cluster and stable across restarts.")
 @click.option("--dc", help="Datacenter label (default: default).")
 @click.option(
-    "--listen", help="Advertised replication address, tcp://HOST:PORT (default tcp://127.0.0.1:7400)."
+    "--listen", help="Where the replication socket binds, tcp://HOST:PORT (default tcp://127.0.0.1:7400)."
+)
+@click.option(
+    "--advertise",
+    help="The address peers reach this node at, tcp://HOST:PORT (default: --listen; required when it is 0.0.0.0).",
 )
 @click.option(
     "--peer",
@@ -60,6 +64,10 @@ def main() -> None:
     help="A seed: another member's listen address, tcp://HOST:PORT (repeat for more); gossip finds the rest.",
 )
 @click.option("--publish", help="Where the PUB socket binds (default: an ephemeral port on the listen host).")
+@click.option(
+    "--publish-advertise",
+    help="The PUB endpoint peers subscribe to (default: the bound one with the advertised host).",
+)
 @click.option("--http", "http_listen", help="HTTP API address, HOST:PORT (default 127.0.0.1:7480).")
 @click.option(
     "--data-dir", type=click.Path(file_okay=False), help="Directory of the SQLite store (default: memory)."

@@ -26,7 +26,7 @@ from crdtsync.store.base import Durability, StoreDescription, StoreError, check_
 from crdtsync.store.sqlite import SqliteStore, read_backup
 from crdtsync.store.writer import StoreStats, StoreWriter
 from crdtsync.transport.curve import CurveConfig, CurveKeys
-from crdtsync.transport.endpoint import parse_endpoint
+from crdtsync.transport.endpoint import is_wildcard, parse_endpoint, with_host
 from crdtsync.transport.zmq_transport import ZmqTransport
 
 log = logging.getLogger("crdtsync.node")
@@ -36,10 +36,12 @@ log = logging.getLogger("crdtsync.node")
 class NodeConfig:
     """How one node runs.
 
-    `listen` is the one address the node advertises (its request socket, `tcp://HOST:PORT`);
-    `peers` are the advertised addresses of other nodes. Each node also binds a PUB socket, at
-    `publish` or, by default, an ephemeral port on the listen host, and tells peers where in the
-    hello exchange, so only `listen` needs to be known in advance.
+    `listen` is where the node's request socket binds (`tcp://HOST:PORT`) and `advertise` the
+    address peers reach it at (by default `listen`, which then must not be a wildcard such as
+    `0.0.0.0`); `peers` are the advertised addresses of other nodes. Each node also binds a PUB
+    socket, at `publish` or, by default, an ephemeral port on the listen host, and tells peers in the
+    hello exchange where to subscribe: `publish_advertise`, or by default the bound PUB endpoint with
+    the advertised host. So only the advertised address needs to be known in advance.
     """
 
     node_id: str
@@ -59,6 +61,16 @@ class NodeConfig:
     placement: PlacementPolicy = field(default_factory=PlacementPolicy)
     """The cluster's partitions and placement rules: the same on every node. Shown by `placement`;
     not yet enforced: every node still replicates every doc (see docs/placement.md)."""
+    advertise: str | None = None
+    """The address peers reach the request socket at (containers, NAT, a `0.0.0.0` listen); None:
+    `listen` itself."""
+    publish_advertise: str | None = None
+    """The PUB endpoint peers subscribe to; None: the bound PUB endpoint with the advertised host."""
+
+    @property
+    def advertised(self) -> str:
+        """The address this node is known by: `advertise`, else `listen`."""
+        return self.advertise or self.listen
 
     def __post_init__(self) -> None:
         if not self.node_id or len(self.node_id.encode()) > NODE_ID_BYTES_MAX:
@@ -68,9 +80,24 @@ class NodeConfig:
             parse_endpoint(peer, f"peers[{index}]")
         if self.publish is not None:
             parse_endpoint(self.publish, "publish")
+        self._check_advertised()
         if not self.dc or len(self.dc.encode()) > DC_BYTES_MAX:
             raise ValueError(f"dc must be 1..{DC_BYTES_MAX} bytes of UTF-8, got {self.dc!r}")
         check_durability(self.durability)
+
+    def _check_advertised(self) -> None:
+        for key, value in (("advertise", self.advertise), ("publish_advertise", self.publish_advertise)):
+            if value is not None:
+                parse_endpoint(value, key)
+                if is_wildcard(value):
+                    raise ValueError(
+                        f"{key}: {value!r} binds every interface; advertise an address peers can reach"
+                    )
+        if self.advertise is None and is_wildcard(self.listen):
+            raise ValueError(
+                f"listen: {self.listen!r} binds every interface, so peers cannot use it: set advertise to "
+                "the address they reach this node at (e.g. tcp://10.0.0.5:7400)"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +220,9 @@ class Node:
         replica.tick(now)
         self._pump()
         log.info(
-            "node %s started: listen %s, publish %s, epoch %d, %d docs, %d peers",
-            self.config.node_id, self.config.listen, transport.publish_endpoint, epoch,
+            "node %s started: listen %s (advertised %s), publish %s (advertised %s), epoch %d, %d docs, %d peers",
+            self.config.node_id, self.config.listen, self.config.advertised, transport.publish_endpoint,
+            replica.publish_endpoint, epoch,
             replica.status(now).docs, len(self.config.peers),
         )  # fmt: skip
 
@@ -214,8 +242,8 @@ class Node:
             node_id=self.config.node_id,
             epoch=epoch,
             client_id=secrets.randbits(53) or 1,
-            address=self.config.listen,
-            publish_endpoint=transport.publish_endpoint,
+            address=self.config.advertised,
+            publish_endpoint=self._advertised_publish(transport.publish_endpoint),
             config=self.config.replication,
             # Evicting docs needs somewhere to reload them from: only a store that says so.
             lazy_docs=lazy_loading,
@@ -224,6 +252,11 @@ class Node:
             on_capture=self._schedule_pump,
             placement=self.config.placement,
         )
+
+    def _advertised_publish(self, bound: str) -> str:
+        if self.config.publish_advertise is not None:
+            return self.config.publish_advertise
+        return with_host(bound, parse_endpoint(self.config.advertised)[0])
 
     async def _read_doc(self, doc_id: str) -> bytes | None:
         """A doc's stored content, read off the event loop (the writer's thread)."""

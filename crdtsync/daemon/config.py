@@ -90,7 +90,16 @@ class DaemonConfig:
     """Read from `http.tokens_file`; empty: the API is open."""
 
 
-_NODE_KEYS = {"node_id", "listen", "peers", "publish", "data_dir", "durability"}
+_NODE_KEYS = {
+    "node_id",
+    "listen",
+    "advertise",
+    "peers",
+    "publish",
+    "publish_advertise",
+    "data_dir",
+    "durability",
+}
 _TOP_KEYS = _NODE_KEYS | {
     "dc",
     "http",
@@ -327,7 +336,8 @@ def load_config(
     path: str | Path | None, overrides: dict[str, Any], assignments: list[str] | None = None
 ) -> DaemonConfig:
     """Read `path` (TOML; None for flags only), then apply `assignments` (`--set section.key=value`,
-    any key) and `overrides` (the named flags: node_id, dc, listen, peers, publish, data_dir,
+    any key) and `overrides` (the named flags: node_id, dc, listen, advertise, peers, publish,
+    publish_advertise, data_dir,
     durability, http_listen, log_level, log_format). Flags win over the file."""
     raw = _raw_config(path, overrides, assignments or [])
     node_id, listen, peers, durability = _node_keys(raw)
@@ -343,6 +353,8 @@ def load_config(
             listen=listen,
             peers=list(peers),
             publish=raw.get("publish"),
+            advertise=raw.get("advertise"),
+            publish_advertise=raw.get("publish_advertise"),
             data_dir=raw.get("data_dir"),
             durability=durability,
             replication=replication,
@@ -401,7 +413,7 @@ def _node_keys(raw: dict[str, Any]) -> tuple[str, str, list[str], Durability]:
     _typed("peers", peers, list)
     for index, peer in enumerate(peers):
         _typed(f"peers[{index}]", peer, str)
-    for key in ("publish", "data_dir"):
+    for key in ("publish", "data_dir", "advertise", "publish_advertise"):
         if raw.get(key) is not None:
             _typed(key, raw[key], str)
     try:

@@ -31,3 +31,18 @@ def parse_endpoint(value: str, key: str = "endpoint", *, scheme: str | None = "t
     ):
         raise ValueError(f"{key}: {value!r} is not {form} with a port in 1..65535")
     return parts.hostname, port
+
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*"})
+"""Hosts that bind every interface: fine to bind, meaningless to advertise."""
+
+
+def is_wildcard(endpoint: str) -> bool:
+    """Whether `tcp://HOST:PORT` binds every interface (HOST 0.0.0.0, :: or *)."""
+    return parse_endpoint(endpoint)[0] in WILDCARD_HOSTS
+
+
+def with_host(endpoint: str, host: str) -> str:
+    """`endpoint` (`tcp://HOST:PORT`) with its host replaced (IPv6 hosts bracketed)."""
+    _old, port = parse_endpoint(endpoint)
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"

@@ -53,6 +53,8 @@ NO_OVERRIDES: dict[str, Any] = {
     "listen": None,
     "peers": [],
     "publish": None,
+    "advertise": None,
+    "publish_advertise": None,
     "data_dir": None,
     "durability": None,
     "http_listen": None,
@@ -354,4 +356,41 @@ def test_without_placement_every_doc_gets_three_replicas_per_datacenter(tmp_path
     ],
 )
 def test_bad_placement_is_named(tmp_path: Path, text: str, message: str) -> None:
+    assert error(tmp_path, text).startswith(message)
+
+
+# ------------------------------------------------------------------------------------------ advertise
+
+
+def test_a_wildcard_listen_needs_an_advertised_address(tmp_path: Path) -> None:
+    text = 'node_id = "n"\nlisten = "tcp://0.0.0.0:7400"\n'
+    assert error(tmp_path, text).startswith("listen: 'tcp://0.0.0.0:7400' binds every interface")
+    node = load(
+        tmp_path, text + 'advertise = "tcp://10.0.0.5:7400"\npublish_advertise = "tcp://10.0.0.5:7500"\n'
+    ).node
+    assert (node.listen, node.advertised, node.publish_advertise) == (
+        "tcp://0.0.0.0:7400",
+        "tcp://10.0.0.5:7400",
+        "tcp://10.0.0.5:7500",
+    )
+    flagged = load(tmp_path, text, advertise="tcp://10.0.0.6:7400").node
+    assert flagged.advertised == "tcp://10.0.0.6:7400"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'node_id = "n"\nadvertise = "tcp://0.0.0.0:7400"\n',
+            "advertise: 'tcp://0.0.0.0:7400' binds every interface",
+        ),
+        ('node_id = "n"\nadvertise = "10.0.0.5:7400"\n', "advertise: '10.0.0.5:7400' is not tcp://HOST:PORT"),
+        (
+            'node_id = "n"\npublish_advertise = "tcp://*:7500"\n',
+            "publish_advertise: 'tcp://*:7500' binds every",
+        ),
+        ('node_id = "n"\nadvertise = 7400\n', "advertise: expected str"),
+    ],
+)
+def test_bad_advertised_addresses_are_named(tmp_path: Path, text: str, message: str) -> None:
     assert error(tmp_path, text).startswith(message)

@@ -98,6 +98,8 @@ def test_config_and_status_fields_are_pinned() -> None:
         "dc",
         "membership",
         "placement",
+        "advertise",
+        "publish_advertise",
     ]
     assert [f.name for f in dataclasses.fields(NodeStatus)] == [
         "node_id",
