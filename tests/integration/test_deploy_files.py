@@ -505,3 +505,27 @@ def test_every_alert_rule_evaluates_without_error_on_a_real_prometheus(prometheu
     }
     # Nothing is wrong with the two daemons: no alert fires (pending ones would after their `for`).
     assert [alert["labels"]["alertname"] for alert in prometheus.api("alerts")["alerts"]] == []
+
+
+def test_malformed_frames_make_the_wire_errors_alert_fire(
+    two_dcs: list[Daemon], prometheus: PrometheusServer
+) -> None:
+    """An alert end to end: frames that are not crdtsync frames, counted by the daemon, scraped,
+    and over the rule's threshold (after the test above: this one leaves an alert firing)."""
+    east = two_dcs[0]
+    with zmq.Context() as context, context.socket(zmq.DEALER) as junk:
+        junk.setsockopt(zmq.LINGER, 0)
+        junk.connect(east.listen)
+        for _ in range(20):
+            junk.send(b"not a crdtsync frame either")
+
+        def firing() -> list[dict[str, Any]]:
+            alerts: list[dict[str, Any]] = prometheus.api("alerts")["alerts"]
+            return [alert for alert in alerts if alert["state"] == "firing"]
+
+        wait_until(lambda: bool(firing()), CONVERGE_TIMEOUT_S, "an alert fires", poll_s=0.5)
+    [alert] = firing()
+    assert alert["labels"]["alertname"] == "CrdtsyncWireErrors"
+    assert alert["labels"]["instance"] == east.url.removeprefix("http://")
+    assert alert["labels"]["severity"] == "warning" and alert["labels"]["reason"] == "bad_magic"
+    assert east.url.removeprefix("http://") in alert["annotations"]["summary"]
