@@ -140,6 +140,8 @@ class Links:
                 self.send(link.address, self.hello(wire.Hello, last_seq))
 
     def next_hello_ms(self) -> float:
+        if not self._greeting:  # the usual case, asked after every pump: every link is alive
+            return float("inf")
         links = self.by_address
         return min(
             (links[a].next_hello_ms for a in self._greeting if self.wanted(links[a])), default=float("inf")
