@@ -65,6 +65,7 @@ class StoreWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crdtsync-store")
         self._queue = CommitQueue(group_updates_max=group_updates_max)
         self._retry: asyncio.TimerHandle | None = None
+        self._closed = False
         # A flush waits until the commits reach the number of the last effect submitted before it,
         # whichever groups they were split into.
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -111,6 +112,9 @@ class StoreWriter:
         return (time.perf_counter() - started) * 1000.0
 
     def _group_done(self, future: asyncio.Future[float]) -> None:
+        if self._closed:
+            # `close` drained the queue and appended what was left itself: this report comes after.
+            return
         error = future.exception()
         if error is None:
             elapsed_ms = future.result()
@@ -170,6 +174,7 @@ class StoreWriter:
 
     def close(self) -> None:
         """Commit what is pending (synchronously) and stop the thread."""
+        self._closed = True
         if self._retry is not None:
             self._retry.cancel()
         self._executor.shutdown(wait=True)
