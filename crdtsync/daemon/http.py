@@ -34,7 +34,7 @@ from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
 from crdtsync.daemon import jsonvalues
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
-from crdtsync.daemon.status_json import cluster_placement_json, placement_json, status_json
+from crdtsync.daemon.status_json import cluster_placement_json, config_warnings, placement_json, status_json
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.http")
@@ -171,6 +171,7 @@ class Api:
         self._refusal_logged: dict[str, float] = {}
         self._refusals_unlogged: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         self.registry.register(RefusalCollector(lambda: self.refused))
+        self.warnings = config_warnings(config)
 
     def app(self) -> web.Application:
         middlewares = [self._errors, self._auth] if self.config.tokens else [self._errors]
@@ -275,6 +276,7 @@ class Api:
                 uptime_s=uptime_s,
                 http_listen=self.config.http.listen,
                 merkle_root=self.node.merkle_root(),
+                warnings=self.warnings,
             )
         )
 

@@ -3,17 +3,27 @@ its peers, the members it knows of, each datacenter and its counters)."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 
 from crdtsync.core.placement import ClusterPlacement, DocPlacement
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
+from crdtsync.daemon.config import DaemonConfig, parse_http_listen
 from crdtsync.node import NodeStatus
 
 Json = dict[str, object]
 
 
-def status_json(status: NodeStatus, *, uptime_s: float, http_listen: str, merkle_root: bytes) -> Json:
-    """The whole answer of `GET /v1/status` (`uptime_s` is rounded to the millisecond)."""
+def status_json(
+    status: NodeStatus,
+    *,
+    uptime_s: float,
+    http_listen: str,
+    merkle_root: bytes,
+    warnings: list[Json] | None = None,
+) -> Json:
+    """The whole answer of `GET /v1/status` (`uptime_s` is rounded to the millisecond; `warnings`
+    from `config_warnings`)."""
     return {
         "node_id": status.node_id,
         "dc": status.dc,
@@ -33,7 +43,53 @@ def status_json(status: NodeStatus, *, uptime_s: float, http_listen: str, merkle
         "members": [member_json(member) for member in status.members],
         "datacenters": [datacenter_json(dc) for dc in status.datacenters],
         "counters": status.counters.as_dict(),
+        "warnings": list(warnings or []),
     }
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def config_warnings(config: DaemonConfig) -> list[Json]:
+    """What the daemon's configuration leaves open or fragile, as `{"code", "message"}` objects (the
+    `warnings` of `GET /v1/status`; the daemon logs the same at start)."""
+    warnings: list[Json] = []
+
+    def warn(code: str, message: str) -> None:
+        warnings.append({"code": code, "message": message})
+
+    if config.node.curve is None:
+        warn(
+            "plaintext_links",
+            "replication links are in plaintext (security.mode = plaintext): anyone who can reach the "
+            "replication ports can read and write every doc",
+        )
+    host, _ = parse_http_listen(config.http.listen)
+    if not config.tokens:
+        warn(
+            "no_tokens",
+            f"the HTTP API has no tokens (http.tokens_file is not set): anyone who can reach "
+            f"{config.http.listen} can read and write every doc",
+        )
+    elif not config.http.tls_cert and not _is_loopback(host):
+        warn(
+            "http_without_tls",
+            f"the HTTP API listens on {config.http.listen} without TLS (http.tls_cert): bearer tokens "
+            "and data cross the network in clear",
+        )
+    if config.node.data_dir is None:
+        warn("memory_store", "the store is in memory (no data_dir): every doc is lost when the process exits")
+    elif config.node.durability == "none":
+        warn(
+            "durability_none", "durability is none: acknowledged writes may be lost if the process is killed"
+        )
+    return warnings
 
 
 def peer_json(peer: PeerStatus) -> Json:
