@@ -3,7 +3,8 @@
 Errors are `{"error": {"code": ..., "message": ...}}` with a 4xx or 5xx status. Every write answers
 once the node's store holds it as the durability setting promises, with the doc's new state vector.
 
-With tokens configured (`http.tokens_file`), every request but `GET /health` needs
+With tokens configured (`http.tokens_file`), every request but `GET /health` and the dashboard's
+static files (`GET /ui`, `/ui/*`: the page asks for a token and sends it with its data calls) needs
 `Authorization: Bearer TOKEN`: GET and HEAD need a read or write token, every other method (writes,
 update, backup, restore) a write token. No token or an unknown one is refused with 401, a read token
 on a write with 403, before the request body is read.
@@ -47,7 +48,19 @@ RESERVED_SEGMENTS = frozenset({"keys", "update", "watch"})
 RESTORE_BYTES_MAX = 1 << 30
 WATCH_KEEPALIVE_S = 15.0
 READ_METHODS = frozenset({"GET", "HEAD"})
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/ui"})
+UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
+UI_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+"""The dashboard's static files (crdtsync/daemon/ui) and their content types: open without a token."""
+UI_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+}
 REFUSAL_REASONS = ("unauthorized", "forbidden")
 REFUSAL_LOG_INTERVAL_S = 1.0
 
@@ -121,6 +134,11 @@ def check_key(key: str) -> str:
     return key
 
 
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -172,12 +190,15 @@ class Api:
         self._refusals_unlogged: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         self.registry.register(RefusalCollector(lambda: self.refused))
         self.warnings = config_warnings(config)
+        self._ui_bodies: dict[str, bytes] = {}
 
     def app(self) -> web.Application:
         middlewares = [self._errors, self._auth] if self.config.tokens else [self._errors]
         app = web.Application(client_max_size=self.config.http.body_bytes_max, middlewares=middlewares)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/ui", self.ui)
+        app.router.add_get("/ui/{name}", self.ui)
         app.router.add_get("/v1/status", self.status)
         app.router.add_get("/v1/docs", self.list_docs)
         app.router.add_get("/v1/placement", self.cluster_placement)
@@ -213,7 +234,8 @@ class Api:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS and request.method in READ_METHODS:
+        open_path = request.path in OPEN_PATHS or request.path.removeprefix("/ui/") in UI_FILES
+        if open_path and request.method in READ_METHODS:
             return await handler(request)
         presented = bearer_token(request.headers.get("Authorization", ""))
         token = None if presented is None else find_token(self.config.tokens, presented)
@@ -279,6 +301,16 @@ class Api:
                 warnings=self.warnings,
             )
         )
+
+    async def ui(self, request: web.Request) -> web.Response:
+        """The dashboard: `/ui` is its page, `/ui/NAME` one of its files (UI_FILES)."""
+        name = request.match_info.get("name", "index.html")
+        if name not in UI_FILES:
+            raise ApiError(404, "not_found", f"no dashboard file {name[:80]!r}")
+        body = self._ui_bodies.get(name)
+        if body is None:
+            body = self._ui_bodies[name] = await asyncio.to_thread(_read_bytes, os.path.join(UI_DIR, name))
+        return web.Response(body=body, headers={"Content-Type": UI_FILES[name], **UI_HEADERS})
 
     async def cluster_placement(self, request: web.Request) -> web.Response:
         return json_response(cluster_placement_json(self.node.cluster_placement()))
