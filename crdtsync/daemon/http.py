@@ -5,7 +5,8 @@ once the node's store holds it as the durability setting promises, with the doc'
 
 With tokens configured (`http.tokens_file`), every request but `GET /health` and the dashboard's
 static files (`GET /ui`, `/ui/*`: the page asks for a token and sends it with its data calls) needs
-`Authorization: Bearer TOKEN`: GET and HEAD need a read or write token, every other method (writes,
+`Authorization: Bearer TOKEN` (on `GET /v1/ws/{doc}` also a `token` query parameter, as browsers
+cannot send headers on a WebSocket): GET and HEAD need a read or write token, every other method (writes,
 update, backup, restore) a write token. No token or an unknown one is refused with 401, a read token
 on a write with 403, before the request body is read.
 """
@@ -36,6 +37,8 @@ from crdtsync.daemon import jsonvalues
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
 from crdtsync.daemon.status_json import cluster_placement_json, config_warnings, placement_json, status_json
+from crdtsync.daemon.websocket import PATH_PREFIX as WS_PATH_PREFIX
+from crdtsync.daemon.websocket import WebSockets
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.http")
@@ -189,6 +192,8 @@ class Api:
         self._refusal_logged: dict[str, float] = {}
         self._refusals_unlogged: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         self.registry.register(RefusalCollector(lambda: self.refused))
+        self.websockets = WebSockets(node)
+        self.registry.register(self.websockets.collector())
         self.warnings = config_warnings(config)
         self._ui_bodies: dict[str, bytes] = {}
 
@@ -206,6 +211,7 @@ class Api:
         app.router.add_post("/v1/backup", self.backup)
         app.router.add_post("/v1/restore", self.restore)
         app.router.add_route("*", "/v1/docs/{rest:.+}", self.doc_route)
+        app.router.add_get(WS_PATH_PREFIX + "{doc:.+}", self.websocket)
         return app
 
     @web.middleware
@@ -238,6 +244,8 @@ class Api:
         if open_path and request.method in READ_METHODS:
             return await handler(request)
         presented = bearer_token(request.headers.get("Authorization", ""))
+        if presented is None and request.path.startswith(WS_PATH_PREFIX):
+            presented = request.query.get("token") or None  # a browser's WebSocket cannot send headers
         token = None if presented is None else find_token(self.config.tokens, presented)
         if token is None:
             what = "no bearer token" if presented is None else "an unknown bearer token"
@@ -257,6 +265,7 @@ class Api:
                 f"token {token.name!r} has read scope; {request.method} needs a write token",
                 headers={"WWW-Authenticate": 'Bearer realm="crdtsync", error="insufficient_scope"'},
             )
+        request["token"] = token
         return await handler(request)
 
     def _refuse(self, reason: str, request: web.Request, what: str, token: str | None = None) -> None:
@@ -311,6 +320,16 @@ class Api:
         if body is None:
             body = self._ui_bodies[name] = await asyncio.to_thread(_read_bytes, os.path.join(UI_DIR, name))
         return web.Response(body=body, headers={"Content-Type": UI_FILES[name], **UI_HEADERS})
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        """`GET /v1/ws/{doc}`: a y-websocket connection (crdtsync/daemon/websocket.py); read-only with
+        a read token, and then only to a doc that exists."""
+        doc_id = check_doc_id(request.match_info["doc"])
+        token: Token | None = request.get("token")
+        writable = token is None or token.scope == "write"
+        if not writable and not self.node.has_doc(doc_id):
+            raise ApiError(404, "no_such_doc", f"doc {doc_id!r} does not exist on this node")
+        return await self.websockets.handle(request, doc_id, writable=writable)
 
     async def cluster_placement(self, request: web.Request) -> web.Response:
         return json_response(cluster_placement_json(self.node.cluster_placement()))
@@ -602,7 +621,8 @@ class Api:
         return response
 
     def close_streams(self) -> None:
-        """End every watch stream (at shutdown: the server would otherwise wait for them)."""
+        """End every watch stream and WebSocket (at shutdown: the server would otherwise wait for them)."""
+        self.websockets.close_all()
         for changes in self._watch_queues:
             with contextlib.suppress(asyncio.QueueEmpty):
                 changes.get_nowait()

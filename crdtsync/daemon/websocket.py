@@ -1,0 +1,437 @@
+"""`GET /v1/ws/{doc}`: a y-websocket-compatible endpoint, so that Yjs clients (the npm `y-websocket`
+provider, pycrdt's own) edit the node's docs directly.
+
+The protocol is y-protocols': every binary frame is one message, a varuint type (0 sync, 1 awareness,
+3 query-awareness) and its payload; sync messages are step 1 (a state vector), step 2 and update (a
+Yjs v1 update), each a varUint8Array. pycrdt's helpers build the messages; incoming ones are read
+here with bounds checks (pycrdt's `Decoder` trusts its input).
+
+One `Room` per doc with connections on this node: the doc is opened (pinned) once for the room and
+released when its last connection leaves; it has ONE doc observer, unobserved then too (an observer
+keeps a Doc alive). The observer sends every change that did not come from a client of the room
+(replication, HTTP writes) to every connection as a sync update. A client's update is applied to the
+node's doc (the node replicates it like any local write), made durable with `node.flush()`, and only
+then sent to the room's other connections, never back to its sender.
+
+Awareness (presence, cursors) is relayed between the connections of a room on this node, never
+stored: each message goes to every connection of the room, its sender included, as the npm y-websocket
+server does (a client that hears nothing for 30 s reconnects, and its own awareness renewal every 15 s
+is what it hears when it is alone). A closed connection's awareness states are removed and the
+removal broadcast. Awareness does not cross nodes yet.
+
+Limits, each closing only the connection concerned (close codes in `CLOSE_*` and docs/websocket.md):
+frames over `frame_bytes_max` (1009, by aiohttp), text frames (1003), malformed messages or updates
+(4400), a send queue over `send_queue_max` messages or `send_queue_bytes_max` bytes (4008), a client
+update that the node cannot integrate because it lacks the update's dependencies (4409: the provider
+reconnects and resends what the node lacks in its sync step 2). A read-only connection (read-scope
+token) gets the doc and its changes and may send awareness; its sync step 2 and updates are ignored
+and counted (`updates_ignored_read_only`), and the connection stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pycrdt import (
+    Awareness,
+    Doc,
+    Subscription,
+    TransactionEvent,
+    YMessageType,
+    YSyncMessageType,
+    create_awareness_message,
+    create_sync_message,
+    create_update_message,
+    get_state,
+)
+from pycrdt._sync import create_sync_step2_message
+
+from crdtsync.core.state import StateDecodeError, _read_varuint, covers, decode_state_vector
+from crdtsync.core.update_check import UpdateError, check_update
+from crdtsync.node import Node
+
+log = logging.getLogger("crdtsync.websocket")
+
+PATH_PREFIX = "/v1/ws/"
+MESSAGE_QUERY_AWARENESS = 3
+"""y-protocols' query-awareness message: answered with every awareness state of the room."""
+EMPTY_UPDATE = b"\x00\x00"
+
+FRAME_BYTES_MAX = 1 << 20
+"""Largest incoming frame; a larger one closes the connection with 1009."""
+SEND_QUEUE_MAX = 1024
+"""Messages waiting to be sent on one connection; one more closes it with 4008."""
+SEND_QUEUE_BYTES_MAX = 64 << 20
+"""Bytes waiting to be sent on one connection (a single message larger than this still goes out
+alone, e.g. the sync step 2 of a large doc); more closes it with 4008."""
+CONNECTIONS_MAX = 10_000
+"""Open WebSocket connections per node; more are refused with 503 before the upgrade."""
+CLOSE_TIMEOUT_S = 5.0
+LOG_INTERVAL_S = 1.0
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_TOO_LARGE = 1009
+CLOSE_SLOW = 4008
+CLOSE_MALFORMED = 4400
+CLOSE_RESYNC = 4409
+
+COUNTERS = (
+    "connections_opened",
+    "messages_received",
+    "messages_sent",
+    "updates_applied",
+    "updates_ignored_read_only",
+    "closed_malformed",
+    "closed_too_large",
+    "closed_slow",
+    "closed_resync",
+)
+
+
+class MalformedError(ValueError):
+    """A message that closes its connection with CLOSE_MALFORMED."""
+
+
+@dataclass(eq=False)
+class Connection:
+    """One WebSocket client of a room: its send queue, and the awareness client ids it announced."""
+
+    ws: web.WebSocketResponse
+    writable: bool
+    remote: str | None
+    queue: deque[bytes] = field(default_factory=deque)
+    queue_bytes: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    close_code: int | None = None
+    close_reason: str = ""
+    awareness_clients: set[int] = field(default_factory=set)
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Have the sender close the connection (queued messages are dropped); the first code wins."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+        self.wake.set()
+
+
+@dataclass(eq=False)
+class Room:
+    """The connections of one doc on this node, the doc (opened once for all of them), its observer
+    and the room's awareness."""
+
+    doc_id: str
+    doc: Doc[Any]
+    awareness: Awareness
+    connections: set[Connection] = field(default_factory=set)
+    subscription: Subscription | None = None
+    awareness_subscription: str | None = None
+    source: Connection | None = None
+    """The connection whose update is being applied: its changes are captured, not sent at once."""
+    captured: list[bytes] = field(default_factory=list)
+
+
+class WebSockets:
+    """Every WebSocket connection of a node, by doc (`rooms`), with their limits and counters."""
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        frame_bytes_max: int = FRAME_BYTES_MAX,
+        send_queue_max: int = SEND_QUEUE_MAX,
+        send_queue_bytes_max: int = SEND_QUEUE_BYTES_MAX,
+        connections_max: int = CONNECTIONS_MAX,
+    ) -> None:
+        self.node = node
+        self.frame_bytes_max = frame_bytes_max
+        self.send_queue_max = send_queue_max
+        self.send_queue_bytes_max = send_queue_bytes_max
+        self.connections_max = connections_max
+        self.rooms: dict[str, Room] = {}
+        self.connections = 0
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._logged: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ a connection
+
+    async def handle(self, request: web.Request, doc_id: str, *, writable: bool) -> web.StreamResponse:
+        """Upgrade `request` and serve the doc `doc_id` on it until either side closes."""
+        if self.connections >= self.connections_max:
+            raise web.HTTPServiceUnavailable(reason=f"{self.connections_max} WebSocket connections are open")
+        ws = web.WebSocketResponse(max_msg_size=self.frame_bytes_max, timeout=CLOSE_TIMEOUT_S)
+        await ws.prepare(request)
+        conn = Connection(ws=ws, writable=writable, remote=request.remote)
+        self.connections += 1
+        self.counters["connections_opened"] += 1
+        sender: asyncio.Task[None] | None = None
+        room: Room | None = None
+        try:
+            room = await self._join(doc_id, conn)
+            sender = asyncio.create_task(self._send_loop(conn))
+            self._send(conn, create_sync_message(room.doc))
+            if room.awareness.states:
+                self._send(conn, self._awareness_message(room, list(room.awareness.states)))
+            async for message in ws:
+                if message.type == WSMsgType.BINARY:
+                    self.counters["messages_received"] += 1
+                    try:
+                        await self._receive(room, conn, message.data)
+                    except MalformedError as exc:
+                        self.counters["closed_malformed"] += 1
+                        self._warn("malformed", "closing a WebSocket of %s: %s", doc_id, exc)
+                        conn.close_soon(CLOSE_MALFORMED, str(exc)[:100])
+                elif message.type == WSMsgType.TEXT:
+                    self.counters["closed_malformed"] += 1
+                    conn.close_soon(CLOSE_UNSUPPORTED, "y-websocket messages are binary frames")
+                if conn.close_code is not None:
+                    break
+            if ws.close_code == CLOSE_TOO_LARGE:
+                self.counters["closed_too_large"] += 1
+                self._warn(
+                    "too_large",
+                    "closed a WebSocket of %s: a frame over %d bytes",
+                    doc_id,
+                    self.frame_bytes_max,
+                )
+        finally:
+            self.connections -= 1
+            if room is not None:
+                self._leave(room, conn)
+            conn.close_soon(CLOSE_NORMAL, "")
+            if sender is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(sender, CLOSE_TIMEOUT_S * 2)
+            if not ws.closed:
+                with contextlib.suppress(Exception):
+                    await ws.close(code=conn.close_code or CLOSE_NORMAL)
+        return ws
+
+    async def _send_loop(self, conn: Connection) -> None:
+        try:
+            while conn.close_code is None:
+                if not conn.queue:
+                    await conn.wake.wait()
+                    conn.wake.clear()
+                    continue
+                data = conn.queue.popleft()
+                conn.queue_bytes -= len(data)
+                await conn.ws.send_bytes(data)
+                self.counters["messages_sent"] += 1
+        except (ConnectionError, RuntimeError):
+            return  # the client went away (aiohttp raises ClientConnectionResetError, a ConnectionError)
+        conn.queue.clear()
+        conn.queue_bytes = 0
+        with contextlib.suppress(Exception):
+            await conn.ws.close(code=conn.close_code, message=conn.close_reason.encode())
+
+    def _send(self, conn: Connection, data: bytes) -> None:
+        """Queue a message; a full queue closes the connection (never raises: called from observers)."""
+        if conn.close_code is not None:
+            return
+        if len(conn.queue) >= self.send_queue_max or (
+            conn.queue and conn.queue_bytes + len(data) > self.send_queue_bytes_max
+        ):
+            self.counters["closed_slow"] += 1
+            self._warn("slow", "closing a WebSocket from %s: its send queue is full", conn.remote)
+            conn.close_soon(CLOSE_SLOW, "send queue full: the client reads too slowly")
+            return
+        conn.queue.append(data)
+        conn.queue_bytes += len(data)
+        conn.wake.set()
+
+    # ------------------------------------------------------------------ messages
+
+    async def _receive(self, room: Room, conn: Connection, data: bytes) -> None:
+        kind, pos = _varuint(data, 0, "message type")
+        if kind == YMessageType.SYNC:
+            subtype, pos = _varuint(data, pos, "sync message type")
+            payload = _var_bytes(data, pos, "sync payload")
+            if subtype == YSyncMessageType.SYNC_STEP1:
+                try:
+                    decode_state_vector(payload)
+                except StateDecodeError as exc:
+                    raise MalformedError(f"sync step 1 without a valid state vector: {exc}") from None
+                self._send(conn, create_sync_step2_message(room.doc.get_update(payload)))
+            elif subtype in (YSyncMessageType.SYNC_STEP2, YSyncMessageType.SYNC_UPDATE):
+                await self._update(room, conn, payload)
+            else:
+                raise MalformedError(f"unknown sync message type {subtype}")
+        elif kind == YMessageType.AWARENESS:
+            payload = _var_bytes(data, pos, "awareness update")
+            try:
+                room.awareness.apply_awareness_update(payload, conn)
+            except (Exception, RecursionError) as exc:
+                raise MalformedError(f"not an awareness update: {exc!r}"[:200]) from None
+        elif kind == MESSAGE_QUERY_AWARENESS:
+            if pos != len(data):
+                raise MalformedError("bytes after a query-awareness message")
+            if room.awareness.states:
+                self._send(conn, self._awareness_message(room, list(room.awareness.states)))
+        else:
+            raise MalformedError(f"unknown message type {kind}")
+
+    async def _update(self, room: Room, conn: Connection, update: bytes) -> None:
+        if update == EMPTY_UPDATE:
+            return
+        if not conn.writable:
+            self.counters["updates_ignored_read_only"] += 1
+            self._warn("read_only", "ignored an update to %s from a read-only WebSocket", room.doc_id)
+            return
+        try:
+            check_update(update)
+        except UpdateError as exc:
+            raise MalformedError(f"not a valid Yjs update: {exc}") from None
+        room.source = conn
+        room.captured = []
+        try:
+            room.doc.apply_update(update)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # pycrdt panics (PanicException) on some input
+            raise MalformedError(f"pycrdt refused the update: {exc!r}"[:200]) from None
+        finally:
+            room.source = None
+        captured, room.captured = room.captured, []
+        self.counters["updates_applied"] += 1
+        if not covers(decode_state_vector(room.doc.get_state()), decode_state_vector(get_state(update))):
+            # pycrdt holds it until its dependencies arrive, and 0.14 can stay stuck then: let the
+            # client resend it, with what it depends on, in the sync step 2 of a new connection.
+            self.counters["closed_resync"] += 1
+            self._warn("resync", "an update to %s lacks dependencies: the client must resync", room.doc_id)
+            conn.close_soon(CLOSE_RESYNC, "update lacks dependencies this node does not hold; resync")
+        if not captured:
+            return
+        await self.node.flush()
+        for change in captured:
+            message = create_update_message(change)
+            for other in list(room.connections):
+                if other is not conn:
+                    self._send(other, message)
+
+    def _awareness_message(self, room: Room, clients: list[int]) -> bytes:
+        return create_awareness_message(room.awareness.encode_awareness_update(clients))
+
+    # ------------------------------------------------------------------ rooms
+
+    async def _join(self, doc_id: str, conn: Connection) -> Room:
+        room = self.rooms.get(doc_id)
+        if room is None:
+            doc = await self.node.open(doc_id)
+            room = self.rooms.get(doc_id)  # another connection may have opened it meanwhile
+            if room is None:
+                room = self._new_room(doc_id, doc)
+            else:
+                self.node.release(doc_id)
+        room.connections.add(conn)
+        return room
+
+    def _new_room(self, doc_id: str, doc: Doc[Any]) -> Room:
+        awareness = Awareness(Doc())
+        awareness.set_local_state(None)  # the room relays its clients' states; it has none itself
+        room = Room(doc_id=doc_id, doc=doc, awareness=awareness)
+        room.subscription = doc.observe(lambda event: self._on_change(room, event))
+        room.awareness_subscription = awareness.observe(
+            lambda topic, change: self._on_awareness(room, topic, change)
+        )
+        self.rooms[doc_id] = room
+        return room
+
+    def _leave(self, room: Room, conn: Connection) -> None:
+        room.connections.discard(conn)
+        if conn.awareness_clients:
+            room.awareness.remove_awareness_states(sorted(conn.awareness_clients), conn)
+        if room.connections or self.rooms.get(room.doc_id) is not room:
+            return
+        del self.rooms[room.doc_id]
+        if room.subscription is not None:
+            room.doc.unobserve(room.subscription)
+        if room.awareness_subscription is not None:
+            room.awareness.unobserve(room.awareness_subscription)
+        self.node.release(room.doc_id)
+
+    def _on_change(self, room: Room, event: TransactionEvent) -> None:
+        update: bytes = event.update
+        if update == EMPTY_UPDATE:
+            return
+        if room.source is not None:
+            room.captured.append(update)
+            return
+        message = create_update_message(update)
+        for conn in list(room.connections):
+            self._send(conn, message)
+
+    def _on_awareness(self, room: Room, topic: str, change: tuple[dict[str, Any], Any]) -> None:
+        if topic != "update":
+            return
+        changes, origin = change
+        if isinstance(origin, Connection):
+            origin.awareness_clients.update(changes["added"], changes["updated"])
+            origin.awareness_clients.difference_update(changes["removed"])
+        clients = [*changes["added"], *changes["updated"], *changes["removed"]]
+        if not clients:
+            return
+        message = self._awareness_message(room, clients)
+        for conn in list(room.connections):
+            self._send(conn, message)
+
+    # ------------------------------------------------------------------ the daemon
+
+    def close_all(self) -> None:
+        """Close every connection with 1001 (at shutdown: the server would otherwise wait for them)."""
+        for room in list(self.rooms.values()):
+            for conn in list(room.connections):
+                conn.close_soon(CLOSE_GOING_AWAY, "the node is stopping")
+
+    def collector(self) -> Collector:
+        return _Collector(self)
+
+    def _warn(self, reason: str, message: str, *args: object) -> None:
+        """Log at most one line per second per reason."""
+        now = time.monotonic()
+        if now - self._logged.get(reason, -LOG_INTERVAL_S) >= LOG_INTERVAL_S:
+            self._logged[reason] = now
+            log.warning(message, *args)
+
+
+class _Collector(Collector):
+    def __init__(self, sockets: WebSockets) -> None:
+        self.sockets = sockets
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "crdtsync_websocket_connections", "Open WebSocket connections", value=self.sockets.connections
+        )
+        yield GaugeMetricFamily(
+            "crdtsync_websocket_docs", "Docs with WebSocket connections", value=len(self.sockets.rooms)
+        )
+        for name, value in self.sockets.counters.items():
+            yield CounterMetricFamily(
+                f"crdtsync_websocket_{name}", f"WebSocket {name.replace('_', ' ')}", value=value
+            )
+
+
+def _varuint(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    try:
+        return _read_varuint(data, pos)
+    except StateDecodeError as exc:
+        raise MalformedError(f"{what}: {exc}") from None
+
+
+def _var_bytes(data: bytes, pos: int, what: str) -> bytes:
+    """lib0's varUint8Array at `pos`, which must end the message."""
+    length, pos = _varuint(data, pos, what)
+    if pos + length != len(data):
+        raise MalformedError(f"{what}: a length of {length} with {len(data) - pos} bytes left")
+    return data[pos:]

@@ -1,0 +1,99 @@
+// y-websocket clients (npm yjs, y-websocket, ws) for tests/integration/test_websocket.py.
+//
+//   node clients.mjs converge URL_A URL_B DOC TOKEN   one client on each node edits concurrently
+//   node clients.mjs awareness URL DOC TOKEN          two clients of one node see each other's presence
+//
+// URL is ws://127.0.0.1:PORT/v1/ws (the provider appends /DOC). Prints one JSON line; exits 1 with a
+// message when a step misses its deadline.
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import WebSocket from 'ws'
+
+const STEP_TIMEOUT_MS = 10000
+
+function fail (message) {
+  console.error(message)
+  process.exit(1)
+}
+
+// Resolve once pred() holds, checked at every doc or awareness event and every 20 ms; reject at the deadline.
+function waitFor (pred, what, describe = () => '', timeoutMs = STEP_TIMEOUT_MS) {
+  return new Promise((resolve, reject) => {
+    const deadline = Date.now() + timeoutMs
+    const check = () => {
+      let ok = false
+      try { ok = pred() } catch (e) { return reject(e) }
+      if (ok) return resolve()
+      if (Date.now() > deadline) return reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what} ${describe()}`))
+      setTimeout(check, 20)
+    }
+    check()
+  })
+}
+
+// A map's JSON with its keys sorted: two equal Y.Maps may list their keys in different orders.
+function sorted (object) {
+  return JSON.stringify(Object.fromEntries(Object.entries(object).sort(([x], [y]) => (x < y ? -1 : 1))))
+}
+
+function connect (url, doc, token) {
+  const ydoc = new Y.Doc()
+  const provider = new WebsocketProvider(url, doc, ydoc, {
+    WebSocketPolyfill: WebSocket,
+    params: token ? { token } : {},
+    disableBc: true
+  })
+  return { ydoc, provider, text: ydoc.getText('text'), data: ydoc.getMap('data') }
+}
+
+async function converge ([urlA, urlB, doc, token]) {
+  const a = connect(urlA, doc, token)
+  const b = connect(urlB, doc, token)
+  await waitFor(() => a.provider.synced && b.provider.synced, 'both clients synced')
+  // Neither client has seen the other's edits: they are concurrent.
+  a.ydoc.transact(() => {
+    a.text.insert(0, 'hello from A. ')
+    a.data.set('a', 1)
+    a.data.set('both', 'A')
+  })
+  b.ydoc.transact(() => {
+    b.text.insert(0, 'hello from B. ')
+    b.data.set('b', 2)
+    b.data.set('both', 'B')
+  })
+  await waitFor(
+    () => a.text.toString() === b.text.toString() &&
+      a.text.toString().includes('from A') && a.text.toString().includes('from B') &&
+      sorted(a.data.toJSON()) === sorted(b.data.toJSON()) &&
+      a.data.has('a') && a.data.has('b'),
+    'both clients to converge',
+    () => JSON.stringify({ a: [a.text.toString(), a.data.toJSON()], b: [b.text.toString(), b.data.toJSON()] })
+  )
+  const result = { text: a.text.toString(), data: a.data.toJSON() }
+  a.provider.destroy()
+  b.provider.destroy()
+  console.log(JSON.stringify(result))
+}
+
+async function awareness ([url, doc, token]) {
+  const a = connect(url, doc, token)
+  const b = connect(url, doc, token)
+  await waitFor(() => a.provider.synced && b.provider.synced, 'both clients synced')
+  a.provider.awareness.setLocalStateField('user', { name: 'alice' })
+  const alice = a.ydoc.clientID
+  await waitFor(() => b.provider.awareness.getStates().get(alice)?.user?.name === 'alice', "alice's presence at b")
+  const seen = b.provider.awareness.getStates().get(alice)
+  // Cut a's connection without a goodbye: only the node can tell b that alice left (b's own
+  // timeout would take 30 s).
+  a.provider.shouldConnect = false
+  a.provider.ws.terminate()
+  await waitFor(() => !b.provider.awareness.getStates().has(alice), "alice's departure at b")
+  b.provider.destroy()
+  a.provider.destroy()
+  console.log(JSON.stringify({ seen, removed: true }))
+}
+
+const [mode, ...args] = process.argv.slice(2)
+const scenarios = { converge, awareness }
+if (!scenarios[mode]) fail(`unknown scenario ${mode}`)
+scenarios[mode](args).then(() => process.exit(0), (e) => fail(e.stack || String(e)))

@@ -1,0 +1,329 @@
+"""`GET /v1/ws/{doc}`, the y-websocket endpoint, on real `crdtsync serve` daemons.
+
+Two daemons of two datacenters with the same tokens file (a read and a write token). Python clients
+(aiohttp's WebSocket client, pycrdt's sync helpers) check the protocol, the HTTP API on both sides
+of it, tokens and limits; Node.js clients from the npm packages `yjs`, `y-websocket` and `ws`
+(tests/integration/js, installed at test time with npm; skipped without node or npm) check
+convergence of concurrent edits across the datacenters and awareness between two clients of a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from daemon_support import CONVERGE_TIMEOUT_S, Daemon, DaemonPool, start_all, wait_until
+from pycrdt import (
+    Doc,
+    Map,
+    Text,
+    YMessageType,
+    YSyncMessageType,
+    create_sync_message,
+    create_update_message,
+    handle_sync_message,
+    read_message,
+)
+
+pytestmark = pytest.mark.integration
+
+READ = secrets.token_urlsafe(32)
+WRITE = secrets.token_urlsafe(32)
+JS_DIR = Path(__file__).parent / "js"
+STEP_TIMEOUT_S = 10.0
+NPM_TIMEOUT_S = 180.0
+JS_TIMEOUT_S = 30.0
+
+
+def sha(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def nodes(pool: DaemonPool) -> Iterator[list[Daemon]]:
+    tokens = pool.root / "tokens.toml"
+    tokens.write_text(
+        f'[[token]]\nname = "viewer"\nscope = "read"\nsha256 = "{sha(READ)}"\n\n'
+        f'[[token]]\nname = "editor"\nscope = "write"\nsha256 = "{sha(WRITE)}"\n'
+    )
+    east = pool.new("east-1", dc="east", http={"tokens_file": str(tokens)}, token=WRITE)
+    west = pool.new("west-1", dc="west", http={"tokens_file": str(tokens)}, token=WRITE)
+    east.peers, west.peers = [west.listen], [east.listen]
+    start_all([east, west])
+    wait_until(lambda: east.peers_up() and west.peers_up(), CONVERGE_TIMEOUT_S, "peers up")
+    yield [east, west]
+
+
+def ws_url(daemon: Daemon, doc_id: str = "") -> str:
+    return f"ws://127.0.0.1:{daemon.http_port}/v1/ws" + (f"/{doc_id}" if doc_id else "")
+
+
+# ------------------------------------------------------------------------------ a Python client
+
+
+class Client:
+    """A y-websocket client made of pycrdt's sync helpers over aiohttp's WebSocket client."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.doc: Doc[Any] = Doc()
+        self.synced = False
+        self.awareness: list[bytes] = []
+
+    async def receive_one(self, timeout_s: float = STEP_TIMEOUT_S) -> aiohttp.WSMessage:
+        message = await self.ws.receive(timeout=timeout_s)
+        if message.type == aiohttp.WSMsgType.BINARY:
+            data: bytes = message.data
+            if data[0] == YMessageType.SYNC:
+                if data[1] == YSyncMessageType.SYNC_STEP2:
+                    self.synced = True
+                reply = handle_sync_message(data[1:], self.doc)
+                if reply is not None:
+                    await self.ws.send_bytes(reply)
+            elif data[0] == YMessageType.AWARENESS:
+                self.awareness.append(read_message(data[1:]))
+        return message
+
+    async def until(self, predicate: Any, what: str, timeout_s: float = STEP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out waiting for {what}"
+            message = await self.receive_one(left)
+            assert message.type == aiohttp.WSMsgType.BINARY, f"waiting for {what}: got {message}"
+
+    async def sync(self) -> None:
+        await self.ws.send_bytes(create_sync_message(self.doc))
+        await self.until(lambda: self.synced, "sync step 2")
+
+    async def closed(self, timeout_s: float = STEP_TIMEOUT_S) -> int | None:
+        """Read until the server closes; its close code."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, "timed out waiting for the server to close"
+            message = await self.ws.receive(timeout=left)
+            if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+                return self.ws.close_code
+
+
+def data_of(doc: Doc[Any]) -> dict[str, Any]:
+    result: dict[str, Any] = doc.get("data", type=Map).to_py()
+    return result
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def test_a_client_syncs_an_existing_doc_and_edits_reach_both_ways(nodes: list[Daemon]) -> None:
+    east, west = nodes
+    east.put("ws/py", "seed", {"n": 1})
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            headers = {"Authorization": f"Bearer {WRITE}"}
+            async with session.ws_connect(ws_url(east, "ws/py"), headers=headers) as ws:
+                client = Client(ws)
+                await client.sync()
+                assert data_of(client.doc) == {"seed": {"n": 1}}
+                # A client edit: on the node's HTTP API, and replicated to the other datacenter.
+                data = client.doc.get("data", type=Map)
+                updates: list[bytes] = []
+                client.doc.observe(lambda event: updates.append(event.update))
+                data["from_ws"] = "hello"
+                await ws.send_bytes(create_update_message(updates[-1]))
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda: all((d.data("ws/py") or {}).get("from_ws") == "hello" for d in (east, west)),
+                    CONVERGE_TIMEOUT_S,
+                    "the client's edit on both nodes",
+                )
+                # An HTTP write on either node reaches the client.
+                await asyncio.to_thread(west.put, "ws/py", "from_http", [1, 2])
+                await client.until(lambda: data_of(client.doc).get("from_http") == [1, 2], "the HTTP write")
+                # The client never gets its own edit back: only the HTTP write's update came.
+                assert data_of(client.doc) == {"seed": {"n": 1}, "from_ws": "hello", "from_http": [1, 2]}
+
+    run(scenario())
+
+
+def test_a_clients_update_goes_to_the_other_clients_not_back(nodes: list[Daemon]) -> None:
+    east, _ = nodes
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            url = ws_url(east, "ws/fanout") + f"?token={WRITE}"
+            async with session.ws_connect(url) as ws1, session.ws_connect(url) as ws2:
+                one, two = Client(ws1), Client(ws2)
+                await one.sync()
+                await two.sync()
+                updates: list[bytes] = []
+                one.doc.observe(lambda event: updates.append(event.update))
+                one.doc.get("text", type=Text).insert(0, "typed by one")
+                await ws1.send_bytes(create_update_message(updates[-1]))
+                await two.until(lambda: str(two.doc.get("text", type=Text)) == "typed by one", "one's text")
+                # A step 1 answered proves one's earlier messages were handled; nothing else came.
+                await ws1.send_bytes(create_sync_message(one.doc))
+                message = await ws1.receive(timeout=STEP_TIMEOUT_S)
+                assert message.data[:2] == bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP2])
+
+    run(scenario())
+
+
+def test_a_malformed_message_closes_only_that_connection(nodes: list[Daemon]) -> None:
+    east, _ = nodes
+    east.put("ws/bad", "k", 1)
+    before = east.client.get("/v1/docs/ws/bad/update").content
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            url = ws_url(east, "ws/bad") + f"?token={WRITE}"
+            async with session.ws_connect(url) as good_ws:
+                good = Client(good_ws)
+                await good.sync()
+                for garbage in (
+                    b"\x00\x02\x05ab",  # an update whose length runs past the frame
+                    b"\x00\x02\x03\xff\xff\xff",  # not a Yjs update
+                    b"\x07",  # an unknown message type
+                    b"\x01\x03\x01\x01",  # an awareness update cut short
+                ):
+                    async with session.ws_connect(url) as bad_ws:
+                        bad = Client(bad_ws)
+                        await bad.sync()
+                        await bad_ws.send_bytes(garbage)
+                        assert await bad.closed() == 4400, garbage
+                async with session.ws_connect(url) as text_ws:
+                    await text_ws.send_str("hello")
+                    assert await Client(text_ws).closed() == 1003
+                # The good connection still works, and the doc did not change.
+                await asyncio.to_thread(east.put, "ws/bad", "after", True)
+                await good.until(lambda: data_of(good.doc).get("after") is True, "a write after the garbage")
+
+    run(scenario())
+    assert east.data("ws/bad") == {"k": 1, "after": True}
+    assert before  # the doc existed before and still reads
+    metrics = east.client.get("/metrics").text
+    assert "crdtsync_websocket_closed_malformed_total 5.0" in metrics, metrics
+
+
+def test_a_read_token_gets_a_read_only_connection(nodes: list[Daemon]) -> None:
+    east, _ = nodes
+    east.put("ws/readonly", "k", 1)
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(ws_url(east, "ws/readonly") + f"?token={READ}") as ws:
+                client = Client(ws)
+                await client.sync()
+                assert data_of(client.doc) == {"k": 1}
+                updates: list[bytes] = []
+                client.doc.observe(lambda event: updates.append(event.update))
+                client.doc.get("data", type=Map)["k"] = "overwritten"
+                await ws.send_bytes(create_update_message(updates[-1]))
+                # Answered in order: once step 2 comes back, the update was handled (ignored).
+                client.synced = False
+                await client.sync()
+                await asyncio.to_thread(east.put, "ws/readonly", "later", 2)
+                await client.until(lambda: "later" in data_of(client.doc), "a write after the refused one")
+            # No token, a wrong one: refused before the upgrade; a read token on a missing doc: 404.
+            for url, status in (
+                (ws_url(east, "ws/readonly"), 401),
+                (ws_url(east, "ws/readonly") + "?token=nope", 401),
+                (ws_url(east, "ws/does-not-exist") + f"?token={READ}", 404),
+            ):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await session.ws_connect(url)
+                assert refused.value.status == status, url
+
+    run(scenario())
+    assert east.data("ws/readonly") == {"k": 1, "later": 2}
+    assert not east.client.get("/v1/docs/ws/does-not-exist").is_success
+    assert "crdtsync_websocket_updates_ignored_read_only_total 1.0" in east.client.get("/metrics").text
+
+
+def test_a_frame_over_the_limit_closes_the_connection(nodes: list[Daemon]) -> None:
+    east, _ = nodes
+
+    async def scenario() -> None:
+        url = ws_url(east, "ws/big") + f"?token={WRITE}"
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            client = Client(ws)
+            await client.sync()
+            big: Doc[Any] = Doc()
+            big.get("data", type=Map)["blob"] = "x" * ((1 << 20) + 1)
+            await ws.send_bytes(create_update_message(big.get_update()))
+            assert await client.closed() == 1009
+
+    run(scenario())
+    assert "blob" not in (east.data("ws/big") or {})
+
+
+# ------------------------------------------------------------------------------ Node.js clients
+
+
+@pytest.fixture(scope="module")
+def node_js() -> str:
+    """The node binary, with tests/integration/js/node_modules installed (npm install, reused)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("Node.js clients need node and npm on the PATH (apt install nodejs npm)")
+    try:
+        subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=JS_DIR,
+            check=True,
+            capture_output=True,
+            timeout=NPM_TIMEOUT_S,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        output = getattr(exc, "stderr", b"") or b""
+        pytest.skip(f"npm install of yjs, y-websocket and ws failed: {exc}: {output.decode()[-500:]}")
+    return node
+
+
+def run_js(node: str, *args: str) -> Any:
+    done = subprocess.run(
+        [node, str(JS_DIR / "clients.mjs"), *args], cwd=JS_DIR, capture_output=True, timeout=JS_TIMEOUT_S
+    )
+    assert done.returncode == 0, f"node clients.mjs {args[0]}: {done.stderr.decode()[-2000:]}"
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
+def text_on(daemon: Daemon, doc_id: str) -> str:
+    doc: Doc[Any] = Doc()
+    doc.apply_update(daemon.client.get(f"/v1/docs/{doc_id}/update").content)
+    return str(doc.get("text", type=Text))
+
+
+def test_js_clients_on_two_datacenters_converge(nodes: list[Daemon], node_js: str) -> None:
+    east, west = nodes
+    result = run_js(node_js, "converge", ws_url(east), ws_url(west), "ws/js-converge", WRITE)
+    assert "hello from A" in result["text"] and "hello from B" in result["text"]
+    assert result["data"]["a"] == 1 and result["data"]["b"] == 2 and result["data"]["both"] in ("A", "B")
+    wait_until(
+        lambda: all(
+            d.data("ws/js-converge") == result["data"] and text_on(d, "ws/js-converge") == result["text"]
+            for d in (east, west)
+        ),
+        CONVERGE_TIMEOUT_S,
+        "both daemons hold what both clients converged to",
+    )
+
+
+def test_js_clients_of_one_node_see_each_others_awareness(nodes: list[Daemon], node_js: str) -> None:
+    east, _ = nodes
+    result = run_js(node_js, "awareness", ws_url(east), "ws/js-awareness", WRITE)
+    assert result == {"seen": {"user": {"name": "alice"}}, "removed": True}
+    # Awareness is never stored.
+    assert east.data("ws/js-awareness") in (None, {})
