@@ -186,14 +186,24 @@ def keygen(out: str, name: str) -> None:
 @click.option(
     "--seconds", type=float, default=None, help="Stop after this long instead of waiting for Ctrl-C."
 )
-def demo(work_dir: str | None, base_port: int, seconds: float | None) -> None:
+@click.option(
+    "--view",
+    type=click.Choice(["auto", "rich", "plain"]),
+    default="auto",
+    show_default=True,
+    help="rich: a live table and event log; plain: timestamped lines; auto: rich on a terminal, else plain.",
+)
+@click.option("--plain", is_flag=True, help="The same as --view plain (lines, for logs and CI).")
+def demo(work_dir: str | None, base_port: int, seconds: float | None, view: str, plain: bool) -> None:
     """Start 3 daemons on 127.0.0.1, write to all of them, kill -9 one, restart it, watch them converge.
 
     The daemons keep running until Ctrl-C (or --seconds), with their URLs printed.
     """
+    if plain and view == "rich":
+        _fail("--plain and --view rich contradict each other", 2)
     from crdtsync.daemon.demo import run_demo
 
-    sys.exit(run_demo(work_dir, base_port, seconds))
+    sys.exit(run_demo(work_dir, base_port, seconds, "plain" if plain else view))
 
 
 # ---------------------------------------------------------------------------------------------- client

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from crdtsync.daemon.demo_view import Daemon, DemoView
+from crdtsync.daemon.demo_view import Daemon, DemoView, choose_view
 from crdtsync.testing.cluster import (
     AckedWrite,
     ClusterError,
@@ -143,8 +143,10 @@ def make_cluster(root: str, base_port: int) -> LocalCluster[Daemon]:
 
 
 class Demo(DemoView):
-    def __init__(self, cluster: LocalCluster[Daemon], seconds: float | None, work_dir: str | None) -> None:
-        super().__init__(cluster.daemons, seconds)
+    def __init__(
+        self, cluster: LocalCluster[Daemon], seconds: float | None, work_dir: str | None, view: str = "plain"
+    ) -> None:
+        super().__init__(cluster.daemons, seconds, view)
         self.cluster = cluster
         self.work_dir = work_dir
         self.verdict_at = 0.0
@@ -344,6 +346,7 @@ class Demo(DemoView):
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
+            self.close_view()
             await self._cancel_tasks()
             await self.client.aclose()
 
@@ -362,7 +365,7 @@ class Demo(DemoView):
             self.spawn(daemon)
             self.say(
                 f"         {daemon.name}: pid {daemon.pid}, replication {daemon.listen}, HTTP {daemon.url}, "
-                f"log {daemon.log_path}"
+                f"dashboard {daemon.dashboard}, log {daemon.log_path}"
             )
         await self.wait_healthy(list(self.daemons.values()))
         startup_s = self.now()
@@ -401,7 +404,6 @@ class Demo(DemoView):
             self.checks_ok = False
         self.phase = "settled" if converged else "NOT settled"
         self.render()
-        self.drawn_lines = 0  # keep the final table on screen
         acked = sum(d.acked for d in self.daemons.values())
         failed = sum(d.failed for d in self.daemons.values())
         if converged:
@@ -491,8 +493,9 @@ def stop_notes(cluster: LocalCluster[Daemon], timeout_s: float = STOP_TIMEOUT_S)
     return notes
 
 
-def run_demo(work_dir: str | None, base_port: int, seconds: float | None) -> int:
-    """Run the demo; returns the exit status (0: converged and no acknowledged write lost)."""
+def run_demo(work_dir: str | None, base_port: int, seconds: float | None, view: str = "auto") -> int:
+    """Run the demo; returns the exit status (0: converged and no acknowledged write lost). `view`: one
+    of `VIEWS` (auto: the live table on a terminal, lines for a file or a pipe)."""
     if seconds is not None and seconds <= 0:
         print("error: --seconds must be positive", file=sys.stderr)
         return 2
@@ -509,7 +512,7 @@ def run_demo(work_dir: str | None, base_port: int, seconds: float | None) -> int
     status = 1
     try:
         cluster = make_cluster(root, base_port)
-        demo = Demo(cluster, seconds, work_dir)
+        demo = Demo(cluster, seconds, work_dir, choose_view(view, sys.stdout))
         status = asyncio.run(demo.run())
     except DemoError as exc:
         print(f"\nerror: {exc}", file=sys.stderr, flush=True)

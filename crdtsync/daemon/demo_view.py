@@ -1,5 +1,7 @@
-"""The terminal view of `crdtsync demo`: the live table (redrawn in place on a terminal, one line per
-refresh for a file or a pipe), the timestamped events and the closing help."""
+"""The views of `crdtsync demo`: what the scenario shows (`DemoView`: the daemons' rows, the phase, the
+verdict, the events) and the two screens that draw it: `PlainScreen`, timestamped lines (one per event,
+one per refresh: for logs, pipes and CI), and `crdtsync.daemon.demo_rich.RichScreen`, a live table with
+a short event log on a terminal."""
 
 from __future__ import annotations
 
@@ -8,11 +10,25 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TextIO
 
 from crdtsync.testing.cluster import LocalDaemon
 
 SILENCE_SHOWN_MS = 2000.0
+VIEWS = ("auto", "rich", "plain")
+"""`--view`: auto is rich on a terminal, plain otherwise."""
+
+
+def choose_view(requested: str, stream: TextIO) -> str:
+    """ "rich" or "plain": `requested`, or for "auto" rich when `stream` is a terminal (and $TERM is not
+    dumb), plain for a file or a pipe."""
+    if requested != "auto":
+        return requested
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        terminal = False
+    return "rich" if terminal and os.environ.get("TERM") != "dumb" else "plain"
 
 
 @dataclass(kw_only=True)
@@ -26,42 +42,71 @@ class Daemon(LocalDaemon):
     failed: int = 0
     last_error: str = ""
 
+    @property
+    def dashboard(self) -> str:
+        """The URL of its dashboard page."""
+        return f"{self.url}/ui"
+
+
+class Screen(Protocol):
+    """Where the view is drawn."""
+
+    def event(self, at: float, text: str) -> None: ...
+    def say(self, text: str) -> None: ...
+    def render(self) -> None: ...
+    def close(self) -> None: ...
+
 
 class DemoView:
-    """What the demo shows; the scenario (`crdtsync.daemon.demo.Demo`) updates `phase`, `verdict`
-    and the daemons' rows, and calls `event`, `render` and `print_help`."""
+    """What the demo shows; the scenario (`crdtsync.daemon.demo.Demo`) updates `phase`, `verdict`, `idle`
+    and the daemons' rows, and calls `event`, `say`, `render`, `print_help` and, at the end, `close_view`.
+    `view` is "plain" or "rich" (see `choose_view`)."""
 
-    def __init__(self, daemons: dict[str, Daemon], seconds: float | None) -> None:
+    def __init__(self, daemons: dict[str, Daemon], seconds: float | None, view: str = "plain") -> None:
         self.daemons = daemons
         self.seconds = seconds
         self.started = time.monotonic()
-        self.tty = sys.stdout.isatty()
-        self.drawn_lines = 0
         self.phase = "starting"
         self.idle = False
         self.verdict: tuple[bool, str] = (False, "no status yet")
         self.last_render = 0.0
-        self.last_idle_line = ""
+        self.events: list[tuple[float, str]] = []
+        """(seconds since the start, text) of every event."""
+        self.screen: Screen
+        if view == "rich":
+            from crdtsync.daemon.demo_rich import RichScreen
+
+            self.screen = RichScreen(self)
+        else:
+            self.screen = PlainScreen(self)
 
     # ------------------------------------------------------------------ output
 
     def now(self) -> float:
         return time.monotonic() - self.started
 
-    def _clear(self) -> None:
-        if self.tty and self.drawn_lines:
-            sys.stdout.write(f"\033[{self.drawn_lines}F\033[J")
-        self.drawn_lines = 0
-
     def event(self, text: str) -> None:
-        self._clear()
-        print(f"[{self.now():5.1f} s] {text}", flush=True)
+        at = self.now()
+        self.events.append((at, text))
+        self.screen.event(at, text)
 
     def say(self, text: str = "") -> None:
-        self._clear()
-        print(text, flush=True)
+        self.screen.say(text)
 
-    def _peers_text(self, daemon: Daemon, separator: str) -> str:
+    def render(self) -> None:
+        self.last_render = time.monotonic()
+        self.screen.render()
+
+    def close_view(self) -> None:
+        """Leave the last picture on the screen (the rich view stops redrawing)."""
+        self.screen.close()
+
+    # ------------------------------------------------------------------ what the screens show
+
+    def until(self) -> str:
+        return "Ctrl-C" if self.seconds is None else f"{self.seconds:.0f} s"
+
+    def peers_text(self, daemon: Daemon, separator: str) -> str:
         if daemon.status is None:
             return ""
         names = {d.listen: d.name for d in self.daemons.values()}
@@ -76,92 +121,29 @@ class DemoView:
         return separator.join(parts)
 
     @staticmethod
-    def _dc_text(daemon: Daemon) -> str:
+    def dc_text(daemon: Daemon) -> str:
         """The node's datacenter, starred while it is that datacenter's relay."""
         relay = daemon.status is not None and daemon.state == "running" and daemon.status.get("relay")
         return daemon.dc + ("*" if relay else "")
 
     @staticmethod
-    def _numbers(daemon: Daemon) -> dict[str, Any]:
+    def numbers(daemon: Daemon) -> dict[str, Any]:
+        """What a running daemon's status says: docs, updates published and applied, the largest lag
+        behind a peer (updates, and seconds), its Merkle root (8 hex digits), its peers (alive, all)."""
         status = daemon.status
         assert status is not None
         counters = status["counters"]
+        peers = status["peers"]
         return {
             "docs": status["docs"],
             "published": status["published_updates"],
             "applied": counters.get("deltas_applied", 0) + counters.get("sync_updates_applied", 0),
-            "behind": max((peer["behind_updates"] for peer in status["peers"]), default=0),
+            "behind": max((peer["behind_updates"] for peer in peers), default=0),
+            "lag_s": max((peer["lag_ms"] for peer in peers), default=0.0) / 1000,
             "root": status["merkle_root"][:8],
+            "peers_alive": sum(1 for peer in peers if peer["state"] == "alive"),
+            "peers": len(peers),
         }
-
-    def table(self) -> list[str]:
-        """The live view; fits in 80 columns while every peer is heard."""
-        converged, why = self.verdict
-        label = "CONVERGED" if converged else "CATCHING UP"
-        until = "Ctrl-C" if self.seconds is None else f"{self.seconds:.0f} s"
-        lines = [
-            f"crdtsync demo {self.now():5.1f} s (until {until}): {self.phase}",
-            f"cluster: {label} ({why})",
-            f"{'node':<4}{'dc':<5}{'pid':>7} {'state':<8}{'docs':>5}{'acked':>6}{'err':>4}{'pub':>6}{'applied':>8}"
-            f"{'behind':>7}  {'root':<8}  peers",
-        ]
-        for daemon in self.daemons.values():
-            running = daemon.state in ("starting", "running")
-            pid = str(daemon.pid) if daemon.pid is not None and running else "-"
-            head = f"{daemon.name:<4}{self._dc_text(daemon):<5}{pid:>7} {daemon.state:<8}"
-            if daemon.status is None or daemon.state != "running":
-                lines.append(f"{head}{'':>5}{daemon.acked:>6}{daemon.failed:>4}")
-                continue
-            n = self._numbers(daemon)
-            lines.append(
-                f"{head}{n['docs']:>5}{daemon.acked:>6}{daemon.failed:>4}{n['published']:>6}{n['applied']:>8}"
-                f"{n['behind']:>7}  {n['root']:<8}  {self._peers_text(daemon, ' ')}"
-            )
-        lines += [
-            "acked/err: the demo's writes to the node; pub: updates it published this epoch",
-            "applied: updates from peers; behind: lag; peers: state (silent for N s); dc: * relay",
-        ]
-        return lines
-
-    def render(self) -> None:
-        self.last_render = time.monotonic()
-        if self.idle:
-            self._render_idle()
-            return
-        if self.tty:
-            self._clear()
-            lines = self.table()
-            sys.stdout.write("\n".join(_fit(line) for line in lines) + "\n")
-            sys.stdout.flush()
-            self.drawn_lines = len(lines)
-            return
-        converged = self.verdict[0]
-        parts = []
-        for daemon in self.daemons.values():
-            if daemon.status is None or daemon.state != "running":
-                parts.append(f"{daemon.name}: {daemon.state}")
-                continue
-            n = self._numbers(daemon)
-            parts.append(
-                f"{daemon.name}: dc={self._dc_text(daemon)} docs={n['docs']} acked={daemon.acked} pub={n['published']} "
-                f"applied={n['applied']} behind={n['behind']} root={n['root']} "
-                f"peers={self._peers_text(daemon, ',')}"
-            )
-        label = "converged" if converged else "catching up"
-        print(f"[{self.now():5.1f} s] {self.phase}: {label} | " + " | ".join(parts), flush=True)
-
-    def _render_idle(self) -> None:
-        converged, why = self.verdict
-        states = " ".join(f"{d.name}:{d.state}" for d in self.daemons.values())
-        line = f"cluster {'CONVERGED' if converged else 'CATCHING UP'} ({why}); {states}"
-        if self.tty:
-            self._clear()
-            sys.stdout.write(_fit(f"[{self.now():5.1f} s] {line}   (Ctrl-C stops the daemons)") + "\n")
-            sys.stdout.flush()
-            self.drawn_lines = 1
-        elif line != self.last_idle_line:  # a file or a pipe: only changes
-            print(f"[{self.now():5.1f} s] {line}", flush=True)
-        self.last_idle_line = line
 
     def print_help(self) -> None:
         cli = _cli_command()
@@ -169,7 +151,8 @@ class DemoView:
         lines = ["", "The daemons keep running:"]
         for daemon in self.daemons.values():
             lines.append(
-                f"  {daemon.name}: HTTP API {daemon.url}   metrics {daemon.url}/metrics   log {daemon.log_path}"
+                f"  {daemon.name}: dashboard {daemon.dashboard}   HTTP API {daemon.url}   "
+                f"metrics {daemon.url}/metrics   log {daemon.log_path}"
             )
         lines += [
             "",
@@ -187,11 +170,50 @@ class DemoView:
         self.say("\n".join(lines))
 
 
-def _fit(line: str) -> str:
-    """Cut a line that is redrawn in place to the terminal's width: a wrapped line would take two rows
-    and break the redraw."""
-    width = shutil.get_terminal_size().columns
-    return line if len(line) < width else line[: max(1, width - 2)] + "~"
+class PlainScreen:
+    """Lines for logs, pipes and CI (`--plain`): each event, and once a second each node's state on one
+    line (while idle, only when the cluster's state changes)."""
+
+    def __init__(self, view: DemoView) -> None:
+        self.view = view
+        self.last_idle_line = ""
+
+    def event(self, at: float, text: str) -> None:
+        print(f"[{at:5.1f} s] {text}", flush=True)
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def close(self) -> None:
+        pass
+
+    def render(self) -> None:
+        view = self.view
+        if view.idle:
+            self._render_idle()
+            return
+        parts = []
+        for daemon in view.daemons.values():
+            if daemon.status is None or daemon.state != "running":
+                parts.append(f"{daemon.name}: {daemon.state}")
+                continue
+            n = view.numbers(daemon)
+            parts.append(
+                f"{daemon.name}: dc={view.dc_text(daemon)} docs={n['docs']} acked={daemon.acked} "
+                f"pub={n['published']} applied={n['applied']} behind={n['behind']} root={n['root']} "
+                f"peers={view.peers_text(daemon, ',')}"
+            )
+        label = "converged" if view.verdict[0] else "catching up"
+        print(f"[{view.now():5.1f} s] {view.phase}: {label} | " + " | ".join(parts), flush=True)
+
+    def _render_idle(self) -> None:
+        view = self.view
+        converged, why = view.verdict
+        states = " ".join(f"{d.name}:{d.state}" for d in view.daemons.values())
+        line = f"cluster {'CONVERGED' if converged else 'CATCHING UP'} ({why}); {states}"
+        if line != self.last_idle_line:
+            print(f"[{view.now():5.1f} s] {line}", flush=True)
+        self.last_idle_line = line
 
 
 def _cli_command() -> str:
