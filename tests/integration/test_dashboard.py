@@ -285,3 +285,39 @@ def test_chromium_sees_the_nodes_go_down_and_come_back(
     if target:
         shutil.copyfile(screenshot, target)
     print(f"browser test: {time.monotonic() - started:.1f} s, screenshot {screenshot}")
+
+
+def test_with_tokens_the_page_asks_for_one_and_then_shows_the_node(locked: Daemon, browser: Browser) -> None:
+    browser.open(locked.url + "/ui")
+    wait_until(
+        lambda: browser.evaluate("document.getElementById('token-form').hidden") is False,
+        DOWN_TIMEOUT_S,
+        lambda: f"the page asks for a token: {browser.dom()[-2000:]}",
+    )
+    assert browser.evaluate("document.getElementById('conn').dataset.conn") == "unauthorized"
+    assert browser.node_states() == {}
+
+    browser.evaluate(
+        "document.getElementById('token-input').value = 'not-a-token';"
+        "document.getElementById('token-form').requestSubmit()"
+    )
+    wait_until(
+        lambda: "refused that token" in browser.evaluate("document.getElementById('token-why').textContent"),
+        DOWN_TIMEOUT_S,
+        lambda: f"the page says the token was refused: {browser.dom()[-2000:]}",
+    )
+    assert browser.evaluate("sessionStorage.getItem('crdtsync.token')") is None
+
+    browser.evaluate(
+        f"document.getElementById('token-input').value = {json.dumps(TOKEN)};"
+        "document.getElementById('token-form').requestSubmit()"
+    )
+    wait_until(
+        lambda: browser.node_states() == {"locked": "alive"},
+        DOWN_TIMEOUT_S,
+        lambda: f"the page shows the node with the token: {browser.dom()[-2000:]}",
+    )
+    assert browser.evaluate("document.getElementById('token-form').hidden") is True
+    assert browser.evaluate("sessionStorage.getItem('crdtsync.token')") == TOKEN
+    assert 'data-warning="plaintext_links"' in browser.dom()
+    assert 'data-warning="no_tokens"' not in browser.dom()
