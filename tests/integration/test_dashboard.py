@@ -321,3 +321,19 @@ def test_with_tokens_the_page_asks_for_one_and_then_shows_the_node(locked: Daemo
     assert browser.evaluate("sessionStorage.getItem('crdtsync.token')") == TOKEN
     assert 'data-warning="plaintext_links"' in browser.dom()
     assert 'data-warning="no_tokens"' not in browser.dom()
+
+    locked.kill()
+    wait_until(
+        lambda: browser.evaluate("document.getElementById('conn').textContent") == "node unreachable",
+        DOWN_TIMEOUT_S,
+        lambda: f"the page says the node is unreachable: {browser.dom()[-2000:]}",
+    )
+    assert browser.evaluate("document.querySelectorAll('section.panel.stale').length") == 6
+    locked.start()
+    locked.wait_healthy()
+    wait_until(
+        lambda: browser.evaluate("document.getElementById('conn').dataset.conn") == "live",
+        DOWN_TIMEOUT_S,
+        lambda: f"the page is live again: {browser.dom()[-2000:]}",
+    )
+    assert browser.evaluate("document.querySelectorAll('section.panel.stale').length") == 0
