@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from daemon_support import CONVERGE_TIMEOUT_S, Daemon, DaemonPool, start_all, wait_until
 from pycrdt import (
     Doc,
@@ -327,3 +328,78 @@ def test_js_clients_of_one_node_see_each_others_awareness(nodes: list[Daemon], n
     assert result == {"seen": {"user": {"name": "alice"}}, "removed": True}
     # Awareness is never stored.
     assert east.data("ws/js-awareness") in (None, {})
+
+
+# ------------------------------------------------------------------------------ in process
+
+
+def test_a_slow_client_is_closed_and_the_others_keep_up(tmp_path: Path) -> None:
+    """A client that stops reading fills the kernel's socket buffers, then its send queue: it is closed
+    with 4008 while a client of the same doc that reads gets every change; the room is gone (doc
+    released, observer removed) once both left."""
+    from zmq_support import free_endpoint
+
+    from crdtsync import Node, NodeConfig
+    from crdtsync.daemon.websocket import CLOSE_SLOW, WebSockets
+
+    chunk = "x" * (64 << 10)
+    writes_max = 2000
+
+    async def scenario() -> None:
+        node = Node(NodeConfig(node_id="ws", listen=free_endpoint()))
+        await node.start()
+        sockets = WebSockets(node, send_queue_bytes_max=256 << 10)
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await sockets.handle(request, request.match_info["doc"], writable=True)
+
+        app = web.Application()
+        app.router.add_get("/v1/ws/{doc:.+}", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            async with aiohttp.ClientSession() as session:
+                url = f"ws://127.0.0.1:{port}/v1/ws/slow"
+                async with session.ws_connect(url) as slow_ws, session.ws_connect(url) as fast_ws:
+                    slow, fast = Client(slow_ws), Client(fast_ws)
+                    await slow.sync()
+                    await fast.sync()
+                    doc = await node.open("slow")
+                    data = doc.get("data", type=Map)
+                    done = asyncio.Event()
+                    target: list[int] = []
+
+                    async def read_fast() -> None:
+                        while True:
+                            message = await fast.receive_one(STEP_TIMEOUT_S)
+                            assert message.type == aiohttp.WSMsgType.BINARY, message
+                            if target and len(data_of(fast.doc)) == target[0]:
+                                done.set()
+                                return
+
+                    reader = asyncio.create_task(read_fast())
+                    writes = 0
+                    deadline = time.monotonic() + 20
+                    while sockets.counters["closed_slow"] == 0:
+                        assert writes < writes_max and time.monotonic() < deadline, (
+                            "the slow client stays open"
+                        )
+                        data[f"k{writes}"] = chunk
+                        writes += 1
+                        await asyncio.sleep(0)  # let the senders run between writes
+                    target.append(writes)
+                    if len(data_of(fast.doc)) != writes:
+                        await asyncio.wait_for(done.wait(), STEP_TIMEOUT_S)
+                    reader.cancel()
+                    node.release("slow")
+                    assert await slow.closed() == CLOSE_SLOW
+                    assert sockets.counters["closed_slow"] == 1 and fast_ws.close_code is None
+        finally:
+            await runner.cleanup()  # waits for the handlers
+            await node.close()
+        assert sockets.rooms == {} and sockets.connections == 0
+
+    run(scenario())
