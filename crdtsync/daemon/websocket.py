@@ -76,6 +76,8 @@ SEND_QUEUE_BYTES_MAX = 64 << 20
 alone, e.g. the sync step 2 of a large doc); more closes it with 4008."""
 CONNECTIONS_MAX = 10_000
 """Open WebSocket connections per node; more are refused with 503 before the upgrade."""
+AWARENESS_CLIENTS_MAX = 64
+"""Awareness client ids one connection may hold states for (a y-websocket provider has one per doc)."""
 CLOSE_TIMEOUT_S = 5.0
 LOG_INTERVAL_S = 1.0
 
@@ -83,6 +85,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
 CLOSE_TOO_LARGE = 1009
+CLOSE_INTERNAL = 1011
 CLOSE_SLOW = 4008
 CLOSE_MALFORMED = 4400
 CLOSE_RESYNC = 4409
@@ -192,6 +195,12 @@ class WebSockets:
                         self.counters["closed_malformed"] += 1
                         self._warn("malformed", "closing a WebSocket of %s: %s", doc_id, exc)
                         conn.close_soon(CLOSE_MALFORMED, str(exc)[:100])
+                    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                        raise
+                    except BaseException:
+                        # The node failed (its store, at shutdown): this connection ends, the others go on.
+                        log.exception("a WebSocket message of %s failed", doc_id)
+                        conn.close_soon(CLOSE_INTERNAL, "internal error; see the node's log")
                 elif message.type == WSMsgType.TEXT:
                     self.counters["closed_malformed"] += 1
                     conn.close_soon(CLOSE_UNSUPPORTED, "y-websocket messages are binary frames")
@@ -234,7 +243,7 @@ class WebSockets:
         conn.queue.clear()
         conn.queue_bytes = 0
         with contextlib.suppress(Exception):
-            await conn.ws.close(code=conn.close_code, message=conn.close_reason.encode())
+            await conn.ws.close(code=conn.close_code, message=conn.close_reason.encode()[:123])
 
     def _send(self, conn: Connection, data: bytes) -> None:
         """Queue a message; a full queue closes the connection (never raises: called from observers)."""
@@ -274,6 +283,8 @@ class WebSockets:
                 room.awareness.apply_awareness_update(payload, conn)
             except (Exception, RecursionError) as exc:
                 raise MalformedError(f"not an awareness update: {exc!r}"[:200]) from None
+            if len(conn.awareness_clients) > AWARENESS_CLIENTS_MAX:
+                raise MalformedError(f"awareness states of over {AWARENESS_CLIENTS_MAX} clients")
         elif kind == MESSAGE_QUERY_AWARENESS:
             if pos != len(data):
                 raise MalformedError("bytes after a query-awareness message")

@@ -26,10 +26,12 @@ from aiohttp import web
 from daemon_support import CONVERGE_TIMEOUT_S, Daemon, DaemonPool, start_all, wait_until
 from pycrdt import (
     Doc,
+    Encoder,
     Map,
     Text,
     YMessageType,
     YSyncMessageType,
+    create_awareness_message,
     create_sync_message,
     create_update_message,
     handle_sync_message,
@@ -182,6 +184,17 @@ def test_a_clients_update_goes_to_the_other_clients_not_back(nodes: list[Daemon]
     run(scenario())
 
 
+def too_many_awareness_clients() -> bytes:
+    """An awareness message with the states of 65 clients, one more than a connection may hold."""
+    encoder = Encoder()
+    encoder.write_var_uint(65)
+    for client in range(1, 66):
+        encoder.write_var_uint(client)
+        encoder.write_var_uint(1)
+        encoder.write_var_string("{}")
+    return create_awareness_message(encoder.to_bytes())
+
+
 def test_a_malformed_message_closes_only_that_connection(nodes: list[Daemon]) -> None:
     east, _ = nodes
     east.put("ws/bad", "k", 1)
@@ -198,6 +211,7 @@ def test_a_malformed_message_closes_only_that_connection(nodes: list[Daemon]) ->
                     b"\x00\x02\x03\xff\xff\xff",  # not a Yjs update
                     b"\x07",  # an unknown message type
                     b"\x01\x03\x01\x01",  # an awareness update cut short
+                    too_many_awareness_clients(),
                 ):
                     async with session.ws_connect(url) as bad_ws:
                         bad = Client(bad_ws)
@@ -215,7 +229,7 @@ def test_a_malformed_message_closes_only_that_connection(nodes: list[Daemon]) ->
     assert east.data("ws/bad") == {"k": 1, "after": True}
     assert before  # the doc existed before and still reads
     metrics = east.client.get("/metrics").text
-    assert "crdtsync_websocket_closed_malformed_total 5.0" in metrics, metrics
+    assert "crdtsync_websocket_closed_malformed_total 6.0" in metrics, metrics
 
 
 def test_a_read_token_gets_a_read_only_connection(nodes: list[Daemon]) -> None:
@@ -268,6 +282,23 @@ def test_a_frame_over_the_limit_closes_the_connection(nodes: list[Daemon]) -> No
 
     run(scenario())
     assert "blob" not in (east.data("ws/big") or {})
+
+
+def test_a_stopping_daemon_closes_its_websockets_with_1001(pool: DaemonPool) -> None:
+    daemon = pool.new("stopping")
+    start_all([daemon])
+
+    async def scenario() -> float:
+        async with aiohttp.ClientSession() as session, session.ws_connect(ws_url(daemon, "ws/stop")) as ws:
+            client = Client(ws)
+            await client.sync()
+            started = time.monotonic()
+            stopping = asyncio.create_task(asyncio.to_thread(daemon.terminate))
+            assert await client.closed() == 1001
+            assert await stopping == 0
+            return time.monotonic() - started
+
+    assert run(scenario()) < 10, "the daemon waited for its WebSocket before stopping"
 
 
 # ------------------------------------------------------------------------------ Node.js clients
