@@ -434,3 +434,55 @@ def test_a_slow_client_is_closed_and_the_others_keep_up(tmp_path: Path) -> None:
         assert sockets.rooms == {} and sockets.connections == 0
 
     run(scenario())
+
+
+def test_a_js_provider_resyncs_after_its_node_is_killed_and_restarted(pool: DaemonPool, node_js: str) -> None:
+    """kill -9 of the node under a connected y-websocket provider, edits while it is down, a restart:
+    the provider reconnects and the node ends with everything the client has."""
+    daemon = pool.new("restarting")
+    start_all([daemon])
+    doc_id = "ws/js-reconnect"
+    js = subprocess.Popen(
+        [node_js, str(JS_DIR / "clients.mjs"), "reconnect", ws_url(daemon), doc_id],
+        cwd=JS_DIR,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert js.stdin is not None and js.stdout is not None
+    output = js.stdout
+
+    def step(expected: str) -> dict[str, Any]:
+        line = output.readline()  # the script exits (EOF) when one of its own deadlines passes
+        assert line, f"clients.mjs ended before {expected!r}: {js.stderr.read() if js.stderr else ''}"
+        reply: dict[str, Any] = json.loads(line)
+        assert reply["step"] == expected, reply
+        return reply
+
+    def say(line: str) -> None:
+        assert js.stdin is not None
+        js.stdin.write(line + "\n")
+        js.stdin.flush()
+
+    try:
+        step("edited")
+        daemon.kill()
+        say("killed")
+        step("offline")
+        start_all([daemon])
+        say("restarted")
+        result = step("done")
+        assert js.wait(timeout=JS_TIMEOUT_S) == 0
+    finally:
+        if js.poll() is None:
+            js.kill()
+            js.wait()
+    assert result["text"] == "before the kill. while the node was down." and result["data"] == {
+        "offline": True
+    }
+    wait_until(
+        lambda: text_on(daemon, doc_id) == result["text"] and daemon.data(doc_id) == result["data"],
+        CONVERGE_TIMEOUT_S,
+        lambda: f"the restarted node holds the client's doc: {text_on(daemon, doc_id)!r}",
+    )

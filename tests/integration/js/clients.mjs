@@ -2,12 +2,15 @@
 //
 //   node clients.mjs converge URL_A URL_B DOC TOKEN   one client on each node edits concurrently
 //   node clients.mjs awareness URL DOC TOKEN          two clients of one node see each other's presence
+//   node clients.mjs reconnect URL DOC                edits, the node is killed (the test says so on
+//                                                     stdin), edits offline, the node restarts: resync
 //
 // URL is ws://127.0.0.1:PORT/v1/ws (the provider appends /DOC). Prints one JSON line; exits 1 with a
 // message when a step misses its deadline.
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
+import { createInterface } from 'node:readline'
 
 const STEP_TIMEOUT_MS = 10000
 
@@ -93,7 +96,34 @@ async function awareness ([url, doc, token]) {
   console.log(JSON.stringify({ seen, removed: true }))
 }
 
+// The next line the test writes on stdin; rejects at the deadline.
+const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]()
+function nextLine (timeoutMs = 40000) {
+  return Promise.race([
+    stdinLines.next().then(({ value, done }) => done ? Promise.reject(new Error('stdin closed')) : value),
+    new Promise((resolve, reject) => setTimeout(() => reject(new Error('no line on stdin')), timeoutMs).unref())
+  ])
+}
+
+async function reconnect ([url, doc]) {
+  const a = connect(url, doc)
+  await waitFor(() => a.provider.synced, 'synced')
+  a.text.insert(0, 'before the kill. ')
+  console.log(JSON.stringify({ step: 'edited' }))
+  if (await nextLine() !== 'killed') fail('expected "killed"')
+  await waitFor(() => !a.provider.wsconnected, 'the provider to see the connection drop')
+  a.text.insert(a.text.length, 'while the node was down.')
+  a.data.set('offline', true)
+  console.log(JSON.stringify({ step: 'offline' }))
+  if (await nextLine() !== 'restarted') fail('expected "restarted"')
+  // The provider reconnects with its backoff (at most 2.5 s) and both sides send what the other lacks.
+  await waitFor(() => a.provider.wsconnected && a.provider.synced, 'the provider to reconnect and resync', () => '', 20000)
+  const result = { step: 'done', text: a.text.toString(), data: a.data.toJSON() }
+  a.provider.destroy()
+  console.log(JSON.stringify(result))
+}
+
 const [mode, ...args] = process.argv.slice(2)
-const scenarios = { converge, awareness }
+const scenarios = { converge, awareness, reconnect }
 if (!scenarios[mode]) fail(`unknown scenario ${mode}`)
 scenarios[mode](args).then(() => process.exit(0), (e) => fail(e.stack || String(e)))
