@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import re
 import ssl
 import tomllib
@@ -190,6 +191,16 @@ def _placement(raw: dict[str, Any]) -> PlacementPolicy:
         return PlacementPolicy(tuple(rules), partitions)
     except PlacementError as exc:
         raise ConfigError(f"placement: {exc}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) reaches only this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_http_listen(value: str, key: str = "http.listen") -> tuple[str, int]:

@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import resource
 import signal
 
 from aiohttp import web
 
-from crdtsync.daemon.config import DaemonConfig, parse_http_listen, tls_context
+from crdtsync.daemon.config import DaemonConfig, is_loopback, parse_http_listen, tls_context
 from crdtsync.daemon.http import Api
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.daemon")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def warn_about_access(config: DaemonConfig) -> None:

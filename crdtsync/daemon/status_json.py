@@ -3,12 +3,11 @@ its peers, the members it knows of, each datacenter and its counters)."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 
 from crdtsync.core.placement import ClusterPlacement, DocPlacement
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
-from crdtsync.daemon.config import DaemonConfig, parse_http_listen
+from crdtsync.daemon.config import DaemonConfig, is_loopback, parse_http_listen
 from crdtsync.node import NodeStatus
 
 Json = dict[str, object]
@@ -47,15 +46,6 @@ def status_json(
     }
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def config_warnings(config: DaemonConfig) -> list[Json]:
     """What the daemon's configuration leaves open or fragile, as `{"code", "message"}` objects (the
     `warnings` of `GET /v1/status`; the daemon logs the same at start)."""
@@ -77,7 +67,7 @@ def config_warnings(config: DaemonConfig) -> list[Json]:
             f"the HTTP API has no tokens (http.tokens_file is not set): anyone who can reach "
             f"{config.http.listen} can read and write every doc",
         )
-    elif not config.http.tls_cert and not _is_loopback(host):
+    elif not config.http.tls_cert and not is_loopback(host):
         warn(
             "http_without_tls",
             f"the HTTP API listens on {config.http.listen} without TLS (http.tls_cert): bearer tokens "
