@@ -7,8 +7,8 @@ Yjs v1 update), each a varUint8Array. pycrdt's helpers build the messages; incom
 here with bounds checks (pycrdt's `Decoder` trusts its input).
 
 One `Room` per doc with connections on this node: the doc is opened (pinned) once for the room and
-released when its last connection leaves; it has ONE doc observer, unobserved then too (an observer
-keeps a Doc alive). The observer sends every change that did not come from a client of the room
+released `linger_s` (30 s) after its last connection left; it has ONE doc observer, unobserved then
+too (an observer keeps a Doc alive). The observer sends every change that did not come from a client of the room
 (replication, HTTP writes) to every connection as a sync update. A client's update is applied to the
 node's doc (the node replicates it like any local write), made durable with `node.flush()`, and only
 then sent to the room's other connections, never back to its sender.
@@ -78,6 +78,9 @@ CONNECTIONS_MAX = 10_000
 """Open WebSocket connections per node; more are refused with 503 before the upgrade."""
 AWARENESS_CLIENTS_MAX = 64
 """Awareness client ids one connection may hold states for (a y-websocket provider has one per doc)."""
+LINGER_S = 30.0
+"""How long a doc stays open (pinned, observed) after its last connection closed: a provider that
+reconnects within it (a network blip, a page reload) finds it loaded."""
 CLOSE_TIMEOUT_S = 5.0
 LOG_INTERVAL_S = 1.0
 
@@ -143,6 +146,8 @@ class Room:
     source: Connection | None = None
     """The connection whose update is being applied: its changes are captured, not sent at once."""
     captured: list[bytes] = field(default_factory=list)
+    unload: asyncio.TimerHandle | None = None
+    """Armed while the room has no connections: releases the doc `linger_s` later."""
 
 
 class WebSockets:
@@ -156,12 +161,14 @@ class WebSockets:
         send_queue_max: int = SEND_QUEUE_MAX,
         send_queue_bytes_max: int = SEND_QUEUE_BYTES_MAX,
         connections_max: int = CONNECTIONS_MAX,
+        linger_s: float = LINGER_S,
     ) -> None:
         self.node = node
         self.frame_bytes_max = frame_bytes_max
         self.send_queue_max = send_queue_max
         self.send_queue_bytes_max = send_queue_bytes_max
         self.connections_max = connections_max
+        self.linger_s = linger_s
         self.rooms: dict[str, Room] = {}
         self.connections = 0
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
@@ -345,6 +352,9 @@ class WebSockets:
                 room = self._new_room(doc_id, doc)
             else:
                 self.node.release(doc_id)
+        if room.unload is not None:
+            room.unload.cancel()
+            room.unload = None
         room.connections.add(conn)
         return room
 
@@ -365,6 +375,19 @@ class WebSockets:
             room.awareness.remove_awareness_states(sorted(conn.awareness_clients), conn)
         if room.connections or self.rooms.get(room.doc_id) is not room:
             return
+        if self.linger_s > 0:
+            room.unload = asyncio.get_running_loop().call_later(self.linger_s, self._unload, room)
+        else:
+            self._unload(room)
+
+    def _unload(self, room: Room) -> None:
+        """Release the doc of a room without connections and drop its observers (an observer keeps a
+        Doc alive)."""
+        if room.connections or self.rooms.get(room.doc_id) is not room:
+            return
+        if room.unload is not None:
+            room.unload.cancel()
+            room.unload = None
         del self.rooms[room.doc_id]
         if room.subscription is not None:
             room.doc.unobserve(room.subscription)
@@ -400,10 +423,12 @@ class WebSockets:
     # ------------------------------------------------------------------ the daemon
 
     def close_all(self) -> None:
-        """Close every connection with 1001 (at shutdown: the server would otherwise wait for them)."""
+        """Close every connection with 1001 (at shutdown: the server would otherwise wait for them)
+        and release the docs of rooms that have none left."""
         for room in list(self.rooms.values()):
             for conn in list(room.connections):
                 conn.close_soon(CLOSE_GOING_AWAY, "the node is stopping")
+            self._unload(room)
 
     def collector(self) -> Collector:
         return _Collector(self)
