@@ -82,6 +82,8 @@ LINGER_S = 30.0
 """How long a doc stays open (pinned, observed) after its last connection closed: a provider that
 reconnects within it (a network blip, a page reload) finds it loaded."""
 CLOSE_TIMEOUT_S = 5.0
+"""How long a closing connection may take to complete the close handshake before its TCP connection
+is dropped (a client that stopped reading never takes the close frame)."""
 LOG_INTERVAL_S = 1.0
 
 CLOSE_NORMAL = 1000
@@ -117,6 +119,11 @@ class Connection:
     ws: web.WebSocketResponse
     writable: bool
     remote: str | None
+    transport: asyncio.Transport | None = None
+    abort_after_s: float = 0.0
+    abort: asyncio.TimerHandle | None = None
+    """Armed by `close_soon`: drops the TCP connection of a client that does not take the close
+    (one that stopped reading, whose socket buffers are full, would hold the sender forever)."""
     queue: deque[bytes] = field(default_factory=deque)
     queue_bytes: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -129,7 +136,13 @@ class Connection:
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
+            if self.transport is not None:
+                self.abort = asyncio.get_running_loop().call_later(self.abort_after_s, self._abort)
         self.wake.set()
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
 
 
 @dataclass(eq=False)
@@ -162,6 +175,7 @@ class WebSockets:
         send_queue_bytes_max: int = SEND_QUEUE_BYTES_MAX,
         connections_max: int = CONNECTIONS_MAX,
         linger_s: float = LINGER_S,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self.node = node
         self.frame_bytes_max = frame_bytes_max
@@ -169,6 +183,7 @@ class WebSockets:
         self.send_queue_bytes_max = send_queue_bytes_max
         self.connections_max = connections_max
         self.linger_s = linger_s
+        self.close_timeout_s = close_timeout_s
         self.rooms: dict[str, Room] = {}
         self.connections = 0
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
@@ -180,9 +195,15 @@ class WebSockets:
         """Upgrade `request` and serve the doc `doc_id` on it until either side closes."""
         if self.connections >= self.connections_max:
             raise web.HTTPServiceUnavailable(reason=f"{self.connections_max} WebSocket connections are open")
-        ws = web.WebSocketResponse(max_msg_size=self.frame_bytes_max, timeout=CLOSE_TIMEOUT_S)
+        ws = web.WebSocketResponse(max_msg_size=self.frame_bytes_max, timeout=self.close_timeout_s)
         await ws.prepare(request)
-        conn = Connection(ws=ws, writable=writable, remote=request.remote)
+        conn = Connection(
+            ws=ws,
+            writable=writable,
+            remote=request.remote,
+            transport=request.transport,
+            abort_after_s=self.close_timeout_s,
+        )
         self.connections += 1
         self.counters["connections_opened"] += 1
         sender: asyncio.Task[None] | None = None
@@ -228,10 +249,12 @@ class WebSockets:
             conn.close_soon(CLOSE_NORMAL, "")
             if sender is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(sender, CLOSE_TIMEOUT_S * 2)
+                    await asyncio.wait_for(sender, self.close_timeout_s * 2)
             if not ws.closed:
                 with contextlib.suppress(Exception):
                     await ws.close(code=conn.close_code or CLOSE_NORMAL)
+            if conn.abort is not None:
+                conn.abort.cancel()
         return ws
 
     async def _send_loop(self, conn: Connection) -> None:
