@@ -122,7 +122,38 @@ def check_update(update: bytes) -> None:
         raise UpdateError(f"{len(update) - reader.pos} bytes after the end of the update")
 
 
-def _check_struct(reader: _Reader, client: int) -> None:
+def dependencies(update: bytes) -> dict[int, int]:
+    """The state vector a doc must cover for pycrdt to integrate every struct of `update` at once,
+        rather than hold some pending (which pycrdt 0.14 may never resolve): per client of the update, the
+        clock its structs start at; per item that a struct points to (origins, parent) outside the
+        update's own ranges, that item's clock + 1. Deletions are not counted, nor the gaps that Skip
+    structs leave inside a client's range (updates from a Yjs transaction or sync step have none). Raises
+    `UpdateError` on
+        structs that do not parse (call `check_update` for the whole check)."""
+    reader = _Reader(update)
+    starts: dict[int, int] = {}
+    refs: list[tuple[int, int]] = []
+    clients = reader.count("client count")
+    if clients > STATE_VECTOR_CLIENTS_MAX:
+        raise UpdateError(f"{clients} clients")
+    for _ in range(clients):
+        structs = reader.count("struct count")
+        client = reader.uint()
+        clock = reader.uint()
+        starts[client] = min(clock, starts.get(client, clock))
+        for _ in range(structs):
+            _check_struct(reader, client, refs)
+    needed = {client: clock for client, clock in starts.items() if clock}
+    for client, clock in refs:
+        if client in starts and clock >= starts[client]:
+            continue  # an item of the update itself
+        if needed.get(client, 0) <= clock:
+            needed[client] = clock + 1
+    return needed
+
+
+def _check_struct(reader: _Reader, client: int, refs: list[tuple[int, int]] | None = None) -> None:
+    """Walk one struct; with `refs`, append the ids of the items it points to."""
     start = reader.pos
     info = reader.byte()
     kind = info & 0x1F
@@ -132,18 +163,22 @@ def _check_struct(reader: _Reader, client: int) -> None:
                 f"at byte {start}: a {'GC' if kind == _GC else 'skip'} range of length 0 (client {client})"
             )
         return
+    # Item ids inline (not a helper): this walk runs on every update from a peer.
     if info & 0x80:  # origin id
-        reader.uint()
-        reader.uint()
+        ref_client, ref_clock = reader.uint(), reader.uint()
+        if refs is not None:
+            refs.append((ref_client, ref_clock))
     if info & 0x40:  # right origin id
-        reader.uint()
-        reader.uint()
+        ref_client, ref_clock = reader.uint(), reader.uint()
+        if refs is not None:
+            refs.append((ref_client, ref_clock))
     if not info & 0xC0:  # no origins: the parent is written out
         if reader.uint() == 1:
             reader.string()  # a root type's name
         else:
-            reader.uint()  # the parent item's id
-            reader.uint()
+            ref_client, ref_clock = reader.uint(), reader.uint()  # the parent item's id
+            if refs is not None:
+                refs.append((ref_client, ref_clock))
         if info & 0x20:
             reader.string()  # the key in a map parent
     _skip_content(reader, kind)

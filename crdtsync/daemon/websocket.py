@@ -22,8 +22,8 @@ removal broadcast. Awareness does not cross nodes yet.
 Limits, each closing only the connection concerned (close codes in `CLOSE_*` and docs/websocket.md):
 frames over `frame_bytes_max` (1009, by aiohttp), text frames (1003), malformed messages or updates
 (4400), a send queue over `send_queue_max` messages or `send_queue_bytes_max` bytes (4008), a client
-update that the node cannot integrate because it lacks the update's dependencies (4409: the provider
-reconnects and resends what the node lacks in its sync step 2). A read-only connection (read-scope
+update that the node cannot integrate because it lacks the update's dependencies (4409, before
+pycrdt sees it: the provider reconnects and resends what the node lacks in its sync step 2). A read-only connection (read-scope
 token) gets the doc and its changes and may send awareness; its sync step 2 and updates are ignored
 and counted (`updates_ignored_read_only`), and the connection stays open.
 """
@@ -52,12 +52,11 @@ from pycrdt import (
     create_awareness_message,
     create_sync_message,
     create_update_message,
-    get_state,
 )
 from pycrdt._sync import create_sync_step2_message
 
 from crdtsync.core.state import StateDecodeError, _read_varuint, covers, decode_state_vector
-from crdtsync.core.update_check import UpdateError, check_update
+from crdtsync.core.update_check import UpdateError, check_update, dependencies
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.websocket")
@@ -332,8 +331,17 @@ class WebSockets:
             return
         try:
             check_update(update)
+            needed = dependencies(update)
         except UpdateError as exc:
             raise MalformedError(f"not a valid Yjs update: {exc}") from None
+        if not covers(decode_state_vector(room.doc.get_state()), needed):
+            # pycrdt would hold it until its dependencies arrive, and 0.14 can stay stuck then: refuse
+            # it, and let the client send it again with what it depends on, in the sync step 2 of
+            # its next connection.
+            self.counters["closed_resync"] += 1
+            self._warn("resync", "an update to %s lacks dependencies: the client must resync", room.doc_id)
+            conn.close_soon(CLOSE_RESYNC, "update lacks dependencies this node does not hold; resync")
+            return
         room.source = conn
         room.captured = []
         try:
@@ -346,12 +354,6 @@ class WebSockets:
             room.source = None
         captured, room.captured = room.captured, []
         self.counters["updates_applied"] += 1
-        if not covers(decode_state_vector(room.doc.get_state()), decode_state_vector(get_state(update))):
-            # pycrdt holds it until its dependencies arrive, and 0.14 can stay stuck then: let the
-            # client resend it, with what it depends on, in the sync step 2 of a new connection.
-            self.counters["closed_resync"] += 1
-            self._warn("resync", "an update to %s lacks dependencies: the client must resync", room.doc_id)
-            conn.close_soon(CLOSE_RESYNC, "update lacks dependencies this node does not hold; resync")
         if not captured:
             return
         await self.node.flush()

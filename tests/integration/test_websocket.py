@@ -499,3 +499,35 @@ def test_a_js_provider_resyncs_after_its_node_is_killed_and_restarted(pool: Daem
         CONVERGE_TIMEOUT_S,
         lambda: f"the restarted node holds the client's doc: {text_on(daemon, doc_id)!r}",
     )
+
+
+def test_an_update_without_its_dependencies_asks_the_client_to_resync(nodes: list[Daemon]) -> None:
+    """An update whose dependencies the node does not hold closes with 4409; the client's next
+    connection sends everything in its sync step 2 and the node ends with all of it."""
+    east, west = nodes
+    source: Doc[Any] = Doc()
+    text = source.get("text", type=Text)
+    text.insert(0, "ab")
+    before = source.get_state()
+    text.insert(2, "c")
+    later = source.get_update(before)  # depends on "ab", which the node never got
+
+    async def scenario() -> None:
+        url = ws_url(east, "ws/resync") + f"?token={WRITE}"
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url) as ws:
+                client = Client(ws)
+                await client.sync()
+                await ws.send_bytes(create_update_message(later))
+                assert await client.closed() == 4409
+            async with session.ws_connect(url) as ws:
+                client = Client(ws)
+                client.doc = source
+                await client.sync()  # the node's step 1 is answered with everything it lacks
+
+    run(scenario())
+    wait_until(
+        lambda: all(text_on(d, "ws/resync") == "abc" for d in (east, west)),
+        CONVERGE_TIMEOUT_S,
+        lambda: f"both nodes hold 'abc': {[text_on(d, 'ws/resync') for d in (east, west)]}",
+    )
