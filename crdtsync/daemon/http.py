@@ -38,7 +38,7 @@ from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
 from crdtsync.daemon.status_json import cluster_placement_json, config_warnings, placement_json, status_json
 from crdtsync.daemon.websocket import PATH_PREFIX as WS_PATH_PREFIX
-from crdtsync.daemon.websocket import WebSockets
+from crdtsync.daemon.websocket import WebSockets, same_origin
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.http")
@@ -329,6 +329,9 @@ class Api:
         writable = token is None or token.scope == "write"
         if not writable and not self.node.has_doc(doc_id):
             raise ApiError(404, "no_such_doc", f"doc {doc_id!r} does not exist on this node")
+        if not self.config.tokens and not same_origin(request):
+            # Without tokens, any web page a user of this host opens could use the node.
+            raise ApiError(403, "forbidden_origin", "without tokens, only this node's own pages may connect")
         return await self.websockets.handle(request, doc_id, writable=writable)
 
     async def cluster_placement(self, request: web.Request) -> web.Response:

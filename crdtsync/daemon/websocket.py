@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -481,6 +482,32 @@ class _Collector(Collector):
             yield CounterMetricFamily(
                 f"crdtsync_websocket_{name}", f"WebSocket {name.replace('_', ' ')}", value=value
             )
+
+
+def same_origin(request: web.Request) -> bool:
+    """Whether the request has no `Origin` (not a browser) or one whose host and port are those the
+    request was sent to: a page this node served. Browsers let any web page open a WebSocket to any
+    address, a daemon on localhost included, and send its cookies-free request with the page's Origin."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    try:
+        page = urlsplit(origin)
+        page_port = page.port
+    except ValueError:
+        return False
+    if page.scheme not in ("http", "https") or not page.hostname:
+        return False
+    try:
+        target = urlsplit(f"{'https' if request.secure else 'http'}://{request.host}")
+        target_port = target.port
+    except ValueError:
+        return False
+    default = {"http": 80, "https": 443}
+    return (page.hostname, page_port or default[page.scheme]) == (
+        target.hostname,
+        target_port or default[target.scheme],
+    )
 
 
 def _varuint(data: bytes, pos: int, what: str) -> tuple[int, int]:

@@ -284,6 +284,39 @@ def test_a_frame_over_the_limit_closes_the_connection(nodes: list[Daemon]) -> No
     assert "blob" not in (east.data("ws/big") or {})
 
 
+def test_without_tokens_only_the_nodes_own_pages_may_connect_from_a_browser(
+    pool: DaemonPool, nodes: list[Daemon]
+) -> None:
+    """Any web page may open a WebSocket to a daemon on localhost: without tokens, a browser's
+    connection needs the node's own origin; with tokens, the token is what counts."""
+    daemon = pool.new("open")
+    start_all([daemon])
+    east, _ = nodes
+    east.put("ws/origin", "k", 1)
+
+    async def connects(url: str, origin: str | None) -> int:
+        headers = {} if origin is None else {"Origin": origin}
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.ws_connect(url, headers=headers) as ws:
+                    await Client(ws).sync()
+                    return 101
+            except aiohttp.WSServerHandshakeError as exc:
+                return exc.status
+
+    async def scenario() -> None:
+        url = ws_url(daemon, "ws/origin")
+        assert await connects(url, None) == 101  # not a browser
+        assert await connects(url, f"http://127.0.0.1:{daemon.http_port}") == 101  # its own page
+        assert await connects(url, "https://evil.example") == 403
+        assert await connects(url, f"http://127.0.0.1:{daemon.http_port + 1}") == 403
+        assert await connects(url, "null") == 403
+        assert await connects(ws_url(east, "ws/origin") + f"?token={READ}", "https://app.example") == 101
+
+    run(scenario())
+    daemon.kill()
+
+
 def test_a_stopping_daemon_closes_its_websockets_with_1001(pool: DaemonPool) -> None:
     daemon = pool.new("stopping")
     start_all([daemon])
