@@ -4,19 +4,25 @@ Two daemons of two datacenters with the same tokens file (a read and a write tok
 (aiohttp's WebSocket client, pycrdt's sync helpers) check the protocol, the HTTP API on both sides
 of it, tokens and limits; Node.js clients from the npm packages `yjs`, `y-websocket` and `ws`
 (tests/integration/js, installed at test time with npm; skipped without node or npm) check
-convergence of concurrent edits across the datacenters and awareness between two clients of a node.
+convergence of concurrent edits across the datacenters, awareness between two clients of a node and
+a provider's resync after its node is killed; headless Chromium (skipped without `chromium`) runs
+examples/browser against one node while a Python client edits on the other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,7 @@ from pycrdt import (
     handle_sync_message,
     read_message,
 )
+from test_dashboard import Browser
 
 pytestmark = pytest.mark.integration
 
@@ -564,3 +571,92 @@ def test_an_update_without_its_dependencies_asks_the_client_to_resync(nodes: lis
         CONVERGE_TIMEOUT_S,
         lambda: f"both nodes hold 'abc': {[text_on(d, 'ws/resync') for d in (east, west)]}",
     )
+
+
+# ------------------------------------------------------------------------------ a browser
+
+EXAMPLE_PAGE = Path(__file__).resolve().parents[2] / "examples" / "browser"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip(
+            "chromium is not installed (Debian: apt-get install chromium; .ci/run installs it as root)"
+        )
+    return path
+
+
+class QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_browser_page_and_a_python_client_on_another_node_edit_one_text(
+    nodes: list[Daemon], node_js: str, chromium: str, tmp_path: Path
+) -> None:
+    """examples/browser (bundled with esbuild, served from another origin, with a token) in headless
+    Chromium on one node; a Python client on the other datacenter's node. Each sees the other's text."""
+    east, west = nodes
+    doc_id = "ws/browser"
+    site = tmp_path / "site"
+    site.mkdir()
+    shutil.copyfile(EXAMPLE_PAGE / "index.html", site / "index.html")
+    bundled = subprocess.run(
+        [str(JS_DIR / "node_modules" / ".bin" / "esbuild"), str(EXAMPLE_PAGE / "app.js"), "--bundle",
+         "--format=esm", f"--outfile={site / 'bundle.js'}"],
+        env={**os.environ, "NODE_PATH": str(JS_DIR / "node_modules")},
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bundled.returncode == 0, bundled.stderr.decode()[-2000:]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietFiles, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.open(
+            f"http://127.0.0.1:{server.server_port}/index.html?ws={ws_url(east)}&doc={doc_id}"
+            f"&token={WRITE}&name=chromium"
+        )
+        wait_until(
+            lambda: browser.evaluate("document.body.dataset.synced") == "true",
+            CONVERGE_TIMEOUT_S,
+            lambda: f"the page synced: {browser.dom()[-2000:]}",
+        )
+
+        async def python_edit() -> None:
+            async with aiohttp.ClientSession() as session:
+                url = ws_url(west, doc_id) + f"?token={WRITE}"
+                async with session.ws_connect(url) as ws:
+                    client = Client(ws)
+                    await client.sync()
+                    before = client.doc.get_state()
+                    client.doc.get("text", type=Text).insert(0, "from python on west. ")
+                    await ws.send_bytes(create_update_message(client.doc.get_update(before)))
+                    # A step 1 answered: the node handled the update before this connection closes.
+                    await client.sync()
+
+        run(python_edit())
+        area = "document.getElementById('text').value"
+        wait_until(
+            lambda: browser.evaluate(area) == "from python on west. ",
+            CONVERGE_TIMEOUT_S,
+            lambda: f"the page shows the Python edit: {browser.evaluate(area)!r}",
+        )
+        browser.evaluate(
+            "(() => { const area = document.getElementById('text'); area.value += 'typed in chromium on east.';"
+            " area.dispatchEvent(new Event('input')) })()"
+        )
+        wait_until(
+            lambda: text_on(west, doc_id) == "from python on west. typed in chromium on east.",
+            CONVERGE_TIMEOUT_S,
+            lambda: f"west holds the page's edit: {text_on(west, doc_id)!r}",
+        )
+        screenshot = tmp_path / "browser.png"
+        browser.screenshot(screenshot)
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        print(f"screenshot: {screenshot}")
+    finally:
+        browser.close()
+        server.shutdown()
+        server.server_close()
