@@ -78,6 +78,9 @@ CONNECTIONS_MAX = 10_000
 """Open WebSocket connections per node; more are refused with 503 before the upgrade."""
 AWARENESS_CLIENTS_MAX = 64
 """Awareness client ids one connection may hold states for (a y-websocket provider has one per doc)."""
+AWARENESS_TIMEOUT_S = 30.0
+"""An awareness state not renewed for this long is removed (y-protocols' outdated timeout; clients
+renew theirs every 15 s)."""
 LINGER_S = 30.0
 """How long a doc stays open (pinned, observed) after its last connection closed: a provider that
 reconnects within it (a network blip, a page reload) finds it loaded."""
@@ -176,6 +179,7 @@ class WebSockets:
         connections_max: int = CONNECTIONS_MAX,
         linger_s: float = LINGER_S,
         close_timeout_s: float = CLOSE_TIMEOUT_S,
+        awareness_timeout_s: float = AWARENESS_TIMEOUT_S,
     ) -> None:
         self.node = node
         self.frame_bytes_max = frame_bytes_max
@@ -184,6 +188,9 @@ class WebSockets:
         self.connections_max = connections_max
         self.linger_s = linger_s
         self.close_timeout_s = close_timeout_s
+        self.awareness_timeout_s = awareness_timeout_s
+        self._expiry: asyncio.Task[None] | None = None
+        self._closing = False
         self.rooms: dict[str, Room] = {}
         self.connections = 0
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
@@ -393,6 +400,8 @@ class WebSockets:
             lambda topic, change: self._on_awareness(room, topic, change)
         )
         self.rooms[doc_id] = room
+        if self._expiry is None:
+            self._expiry = asyncio.create_task(self._expire_awareness())
         return room
 
     def _leave(self, room: Room, conn: Connection) -> None:
@@ -401,7 +410,7 @@ class WebSockets:
             room.awareness.remove_awareness_states(sorted(conn.awareness_clients), conn)
         if room.connections or self.rooms.get(room.doc_id) is not room:
             return
-        if self.linger_s > 0:
+        if self.linger_s > 0 and not self._closing:
             room.unload = asyncio.get_running_loop().call_later(self.linger_s, self._unload, room)
         else:
             self._unload(room)
@@ -415,6 +424,9 @@ class WebSockets:
             room.unload.cancel()
             room.unload = None
         del self.rooms[room.doc_id]
+        if not self.rooms and self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         if room.subscription is not None:
             room.doc.unobserve(room.subscription)
         if room.awareness_subscription is not None:
@@ -439,6 +451,9 @@ class WebSockets:
         if isinstance(origin, Connection):
             origin.awareness_clients.update(changes["added"], changes["updated"])
             origin.awareness_clients.difference_update(changes["removed"])
+        elif changes["removed"]:  # expired
+            for conn in room.connections:
+                conn.awareness_clients.difference_update(changes["removed"])
         clients = [*changes["added"], *changes["updated"], *changes["removed"]]
         if not clients:
             return
@@ -446,11 +461,29 @@ class WebSockets:
         for conn in list(room.connections):
             self._send(conn, message)
 
+    async def _expire_awareness(self) -> None:
+        """Remove the awareness states that were not renewed within `awareness_timeout_s` (a client
+        that stays connected but stopped renewing), and tell the rooms' clients."""
+        while True:
+            await asyncio.sleep(self.awareness_timeout_s / 10)
+            # pycrdt's Awareness stamps states with the wall clock in ms.
+            oldest_ms = time.time() * 1000 - self.awareness_timeout_s * 1000
+            for room in list(self.rooms.values()):
+                meta = room.awareness.meta
+                expired = [
+                    client
+                    for client in room.awareness.states
+                    if meta.get(client, {}).get("lastUpdated", 0) <= oldest_ms
+                ]
+                if expired:
+                    room.awareness.remove_awareness_states(expired, "timeout")
+
     # ------------------------------------------------------------------ the daemon
 
     def close_all(self) -> None:
         """Close every connection with 1001 (at shutdown: the server would otherwise wait for them)
-        and release the docs of rooms that have none left."""
+        and release the docs of rooms as they lose their last connection."""
+        self._closing = True
         for room in list(self.rooms.values()):
             for conn in list(room.connections):
                 conn.close_soon(CLOSE_GOING_AWAY, "the node is stopping")

@@ -12,6 +12,7 @@ examples/browser against one node while a Python client edits on the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -21,7 +22,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ from pycrdt import (
     read_message,
 )
 from test_dashboard import Browser
+
+from crdtsync import Node, NodeConfig
+from crdtsync.daemon.websocket import CLOSE_SLOW, WebSockets
 
 pytestmark = pytest.mark.integration
 
@@ -404,35 +408,68 @@ def test_js_clients_of_one_node_see_each_others_awareness(nodes: list[Daemon], n
 # ------------------------------------------------------------------------------ in process
 
 
-def test_a_slow_client_is_closed_and_the_others_keep_up(tmp_path: Path) -> None:
-    """A client that stops reading fills the kernel's socket buffers, then its send queue: it is closed
-    with 4008, or dropped when it does not even take the close frame, while a client of the same doc
-    that reads gets every change. Once both left, the room
-    lingers for a client that reconnects, then is gone (doc released, observer removed)."""
+@contextlib.asynccontextmanager
+async def in_process(**limits: Any) -> AsyncIterator[tuple[Node, WebSockets, int]]:
+    """A node with the WebSocket endpoint (and `limits`) on a free port of 127.0.0.1, in this process."""
     from zmq_support import free_endpoint
 
-    from crdtsync import Node, NodeConfig
-    from crdtsync.daemon.websocket import CLOSE_SLOW, WebSockets
+    node = Node(NodeConfig(node_id="ws", listen=free_endpoint()))
+    await node.start()
+    sockets = WebSockets(node, **limits)
 
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await sockets.handle(request, request.match_info["doc"], writable=True)
+
+    app = web.Application()
+    app.router.add_get("/v1/ws/{doc:.+}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield node, sockets, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    finally:
+        sockets.close_all()
+        await runner.cleanup()
+        await node.close()
+
+
+def test_an_awareness_state_that_is_not_renewed_expires() -> None:
+    async def scenario() -> None:
+        async with (
+            in_process(awareness_timeout_s=0.5) as (_, sockets, port),
+            aiohttp.ClientSession() as session,
+        ):
+            url = f"ws://127.0.0.1:{port}/v1/ws/expiry"
+            async with session.ws_connect(url) as ws1, session.ws_connect(url) as ws2:
+                one, two = Client(ws1), Client(ws2)
+                await one.sync()
+                await two.sync()
+                presence = Encoder()
+                presence.write_var_uint(1)
+                for number in (11, 1):  # client 11, clock 1
+                    presence.write_var_uint(number)
+                presence.write_var_string('{"user":"eleven"}')
+                await ws1.send_bytes(create_awareness_message(presence.to_bytes()))
+                await two.until(lambda: any(b"eleven" in update for update in two.awareness), "11's state")
+                # Nobody renews it: the node removes it and says so (state null) within the timeout.
+                await two.until(lambda: b"null" in two.awareness[-1], "11's removal", timeout_s=5)
+                assert sockets.rooms["expiry"].awareness.states == {}
+                assert ws1.close_code is None and ws2.close_code is None
+
+    run(scenario())
+
+
+def test_a_slow_client_is_closed_and_the_others_keep_up() -> None:
+    """A client that stops reading fills the kernel's socket buffers, then its send queue: it is closed
+    with 4008, or dropped when it does not even take the close frame, while a client of the same doc
+    that reads gets every change. Once both left, the room lingers for a client that reconnects,
+    then is gone (doc released, observer removed)."""
     chunk = "x" * (64 << 10)
     writes_max = 2000
 
     async def scenario() -> None:
-        node = Node(NodeConfig(node_id="ws", listen=free_endpoint()))
-        await node.start()
-        sockets = WebSockets(node, send_queue_bytes_max=256 << 10, close_timeout_s=0.5)
-
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await sockets.handle(request, request.match_info["doc"], writable=True)
-
-        app = web.Application()
-        app.router.add_get("/v1/ws/{doc:.+}", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        try:
+        async with in_process(send_queue_bytes_max=256 << 10, close_timeout_s=0.5) as (node, sockets, port):
             async with aiohttp.ClientSession() as session:
                 url = f"ws://127.0.0.1:{port}/v1/ws/slow"
                 async with session.ws_connect(url) as slow_ws, session.ws_connect(url) as fast_ws:
@@ -476,15 +513,15 @@ def test_a_slow_client_is_closed_and_the_others_keep_up(tmp_path: Path) -> None:
                     assert sockets.connections == 1, "the slow client's connection is still open"
                     assert await slow.closed() in (CLOSE_SLOW, 1006)  # 1006: no close frame came
                     assert sockets.counters["closed_slow"] == 1 and fast_ws.close_code is None
-            await runner.cleanup()  # waits for the handlers
+            for _ in range(int(STEP_TIMEOUT_S / 0.05)):  # the handlers finish after the clients left
+                if sockets.connections == 0:
+                    break
+                await asyncio.sleep(0.05)
             # The doc stays open a while for a client that reconnects; closing all lets it go now.
             assert list(sockets.rooms) == ["slow"] and not sockets.rooms["slow"].connections
             assert sockets.rooms["slow"].unload is not None
             sockets.close_all()
             assert sockets.rooms == {} and sockets.connections == 0
-        finally:
-            await runner.cleanup()
-            await node.close()
 
     run(scenario())
 
