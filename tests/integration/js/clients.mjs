@@ -55,12 +55,12 @@ async function converge ([urlA, urlB, doc, token]) {
   await waitFor(() => a.provider.synced && b.provider.synced, 'both clients synced')
   // Neither client has seen the other's edits: they are concurrent.
   a.ydoc.transact(() => {
-    a.text.insert(0, 'hello from A. ')
+    a.text.insert(0, 'hello from A 😀. ')
     a.data.set('a', 1)
     a.data.set('both', 'A')
   })
   b.ydoc.transact(() => {
-    b.text.insert(0, 'hello from B. ')
+    b.text.insert(0, 'hello from B, wörld. ')
     b.data.set('b', 2)
     b.data.set('both', 'B')
   })
