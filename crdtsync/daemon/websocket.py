@@ -58,6 +58,7 @@ from pycrdt._sync import create_sync_step2_message
 
 from crdtsync.core.state import StateDecodeError, _read_varuint, covers, decode_state_vector
 from crdtsync.core.update_check import UpdateError, check_update, dependencies
+from crdtsync.core.update_split import sync_parts
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.websocket")
@@ -282,13 +283,15 @@ class WebSockets:
         with contextlib.suppress(Exception):
             await conn.ws.close(code=conn.close_code, message=conn.close_reason.encode()[:123])
 
-    def _send(self, conn: Connection, data: bytes) -> None:
-        """Queue a message; a full queue closes the connection (never raises: called from observers)."""
+    def _send(self, conn: Connection, data: bytes, *, exempt: bool = False) -> None:
+        """Queue a message; a full queue closes the connection (never raises: called from observers).
+        `exempt`: the answer to a sync step 1 when nothing else was queued, whatever its size."""
         if conn.close_code is not None:
             return
-        if len(conn.queue) >= self.send_queue_max or (
-            conn.queue and conn.queue_bytes + len(data) > self.send_queue_bytes_max
-        ):
+        full = len(conn.queue) >= self.send_queue_max or (
+            bool(conn.queue) and conn.queue_bytes + len(data) > self.send_queue_bytes_max
+        )
+        if full and not exempt:
             self.counters["closed_slow"] += 1
             self._warn("slow", "closing a WebSocket from %s: its send queue is full", conn.remote)
             conn.close_soon(CLOSE_SLOW, "send queue full: the client reads too slowly")
@@ -309,7 +312,13 @@ class WebSockets:
                     decode_state_vector(payload)
                 except StateDecodeError as exc:
                     raise MalformedError(f"sync step 1 without a valid state vector: {exc}") from None
-                self._send(conn, create_sync_step2_message(room.doc.get_update(payload)))
+                # A large answer goes as sync updates of about a frame each and a last step 2; with
+                # nothing else queued it may exceed the queue's limits (one answer per client at a time).
+                parts = sync_parts(room.doc, payload, self.frame_bytes_max)
+                exempt = not conn.queue
+                for part in parts[:-1]:
+                    self._send(conn, create_update_message(part), exempt=exempt)
+                self._send(conn, create_sync_step2_message(parts[-1]), exempt=exempt)
             elif subtype in (YSyncMessageType.SYNC_STEP2, YSyncMessageType.SYNC_UPDATE):
                 await self._update(room, conn, payload)
             else:

@@ -243,6 +243,36 @@ def test_a_malformed_message_closes_only_that_connection(nodes: list[Daemon]) ->
     assert "crdtsync_websocket_closed_malformed_total 6.0" in metrics, metrics
 
 
+def test_a_doc_larger_than_a_frame_syncs_in_several_messages(nodes: list[Daemon], node_js: str) -> None:
+    """A fresh client of a 3 MB doc gets it as sync updates of about a frame (1 MiB) each and a last
+    sync step 2, each integrating at once; the npm provider syncs it too."""
+    east, _ = nodes
+    doc_id = "ws/large"
+    sizes = {f"k{n:02}": 250_000 + n for n in range(12)}
+    for first in range(0, 12, 4):
+        patch = {key: "x" * size for key, size in list(sizes.items())[first : first + 4]}
+        assert east.client.patch(f"/v1/docs/{doc_id}", json=patch).is_success
+
+    async def scenario() -> list[tuple[int, int]]:
+        url = ws_url(east, doc_id) + f"?token={WRITE}"
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            client = Client(ws)
+            await ws.send_bytes(create_sync_message(client.doc))
+            received: list[tuple[int, int]] = []
+            while not client.synced:
+                message = await client.receive_one()
+                if message.data[0] == YMessageType.SYNC:
+                    received.append((message.data[1], len(message.data)))
+            assert {key: len(value) for key, value in data_of(client.doc).items()} == sizes
+            return received
+
+    received = run(scenario())
+    updates = [size for kind, size in received if kind == YSyncMessageType.SYNC_UPDATE]
+    assert len(updates) >= 2 and received[-1][0] == YSyncMessageType.SYNC_STEP2, received
+    assert all(size <= (1 << 20) + 64 for _, size in received), received
+    assert run_js(node_js, "fetch", ws_url(east), doc_id, WRITE) == {"sizes": sizes}
+
+
 def test_a_read_token_gets_a_read_only_connection(nodes: list[Daemon]) -> None:
     east, _ = nodes
     east.put("ws/readonly", "k", 1)

@@ -2,6 +2,7 @@
 //
 //   node clients.mjs converge URL_A URL_B DOC TOKEN   one client on each node edits concurrently
 //   node clients.mjs awareness URL DOC TOKEN          two clients of one node see each other's presence
+//   node clients.mjs fetch URL DOC TOKEN              a fresh client syncs a doc: its data's sizes
 //   node clients.mjs reconnect URL DOC                edits, the node is killed (the test says so on
 //                                                     stdin), edits offline, the node restarts: resync
 //
@@ -124,6 +125,14 @@ async function reconnect ([url, doc]) {
 }
 
 const [mode, ...args] = process.argv.slice(2)
-const scenarios = { converge, awareness, reconnect }
+async function fetch ([url, doc, token]) {
+  const a = connect(url, doc, token)
+  await waitFor(() => a.provider.synced, 'synced', () => '', 20000)
+  const sizes = Object.fromEntries(Object.entries(a.data.toJSON()).map(([key, value]) => [key, String(value).length]))
+  a.provider.destroy()
+  console.log(JSON.stringify({ sizes }))
+}
+
+const scenarios = { converge, awareness, reconnect, fetch }
 if (!scenarios[mode]) fail(`unknown scenario ${mode}`)
 scenarios[mode](args).then(() => process.exit(0), (e) => fail(e.stack || String(e)))

@@ -1,0 +1,152 @@
+"""Split what a doc sends a peer into several smaller updates, each of which integrates at once.
+
+The WebSocket endpoint answers a client's sync step 1 with what the client lacks: for a fresh client,
+the whole doc in one message of the doc's size, which a client on a slow link may time out on and
+which a client's frame limit may refuse. `sync_parts` makes it several updates of about `bytes_max`
+bytes each (sent as sync updates) and a last one (the sync step 2).
+
+`split_update` cuts an update into runs of consecutive structs of one client (a run's first clock is
+computed from the lengths of the structs before it). `sync_parts` sends those runs in an order where
+every run finds everything it points to already sent (`update_check.dependencies`), so that no
+receiver holds an update pending (pycrdt 0.14 can stay stuck on those); runs that cannot be ordered
+so, and the delete set, go in the last update, computed by the doc from what was sent. A single
+struct larger than `bytes_max` (one big insert) stays whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pycrdt import Doc
+
+from crdtsync.core.state import STATE_VECTOR_CLIENTS_MAX, covers, decode_state_vector, encode_state_vector
+from crdtsync.core.update_check import UpdateError, _Reader, _skip_content, dependencies
+
+_GC = 0
+_SKIP = 10
+_CONTENT_DELETED = 1
+_CONTENT_JSON = 2
+_CONTENT_STRING = 4
+_CONTENT_TYPE = 7
+_CONTENT_ANY = 8
+_XML_ELEMENT = 3
+_XML_HOOK = 5
+
+
+def sync_parts(doc: Doc[Any], state: bytes, bytes_max: int) -> list[bytes]:
+    """What `doc` holds beyond the encoded state vector `state`, as updates to apply in order: one
+    (`doc.get_update(state)`) when it fits in `bytes_max` bytes, else runs of about `bytes_max` bytes,
+    each integrating fully after the ones before it, and a last update with the rest."""
+    update = doc.get_update(state)
+    if len(update) <= bytes_max:
+        return [update]
+    have = decode_state_vector(state)
+    waiting = split_update(update, bytes_max)
+    sent: list[bytes] = []
+    progress = True
+    while waiting and progress:
+        progress = False
+        for run in list(waiting):
+            part, client, end = run
+            if covers(have, dependencies(part)):
+                sent.append(part)
+                have[client] = max(have.get(client, 0), end)
+                waiting.remove(run)
+                progress = True
+    if not sent:
+        return [update]
+    return [*sent, doc.get_update(encode_state_vector(have))]
+
+
+def split_update(update: bytes, bytes_max: int) -> list[tuple[bytes, int, int]]:
+    """`update`'s structs as runs of one client each, of about `bytes_max` bytes at most, with empty
+    delete sets: (run, client, the clock after the run), in the update's order. Raises `UpdateError`
+    on an update that does not parse."""
+    reader = _Reader(update)
+    runs: list[tuple[bytes, int, int]] = []
+    clients = reader.count("client count")
+    if clients > STATE_VECTOR_CLIENTS_MAX:
+        raise UpdateError(f"{clients} clients")
+    for _ in range(clients):
+        structs = reader.count("struct count")
+        client = reader.uint()
+        clock = reader.uint()
+        run_start = reader.pos
+        run_clock = clock
+        run_structs = 0
+        for _ in range(structs):
+            start = reader.pos
+            length = _struct_length(reader)
+            if run_structs and reader.pos - run_start > bytes_max:
+                runs.append((_part(client, run_clock, run_structs, update[run_start:start]), client, clock))
+                run_start, run_clock, run_structs = start, clock, 0
+            clock += length
+            run_structs += 1
+        if run_structs:
+            runs.append(
+                (_part(client, run_clock, run_structs, update[run_start : reader.pos]), client, clock)
+            )
+    return runs
+
+
+def _part(client: int, clock: int, structs: int, body: bytes) -> bytes:
+    """An update of one run of structs and an empty delete set."""
+    return b"".join((_varuint(1), _varuint(structs), _varuint(client), _varuint(clock), body, b"\x00"))
+
+
+def _varuint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _struct_length(reader: _Reader) -> int:
+    """Read one struct; its length in clock units."""
+    info = reader.byte()
+    kind = info & 0x1F
+    if kind in (_GC, _SKIP):
+        return reader.uint()
+    if info & 0x80:
+        reader.uint()
+        reader.uint()
+    if info & 0x40:
+        reader.uint()
+        reader.uint()
+    if not info & 0xC0:
+        if reader.uint() == 1:
+            reader.string()
+        else:
+            reader.uint()
+            reader.uint()
+        if info & 0x20:
+            reader.string()
+    if kind == _CONTENT_DELETED:
+        return reader.uint()
+    if kind == _CONTENT_JSON:
+        count = reader.count("JSON item count")
+        for _ in range(count):
+            reader.string()
+        return count
+    if kind == _CONTENT_STRING:
+        size = reader.count("string length")
+        text = reader.data[reader.pos : reader.pos + size]
+        reader.skip(size)
+        try:
+            return len(text.decode("utf-8").encode("utf-16-le")) // 2
+        except UnicodeDecodeError:
+            raise UpdateError("a string that is not UTF-8") from None
+    if kind == _CONTENT_ANY:
+        count = reader.count("value count")
+        for _ in range(count):
+            reader.any_value(0)
+        return count
+    if kind == _CONTENT_TYPE:
+        if reader.uint() in (_XML_ELEMENT, _XML_HOOK):
+            reader.string()
+        return 1
+    # Binary, embed, format, doc: one clock each; their content is skipped as check_update does.
+    _skip_content(reader, kind)
+    return 1
