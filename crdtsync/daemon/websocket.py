@@ -13,11 +13,15 @@ too (an observer keeps a Doc alive). The observer sends every change that did no
 node's doc (the node replicates it like any local write), made durable with `node.flush()`, and only
 then sent to the room's other connections, never back to its sender.
 
+A sync step 1 is answered with what the client lacks; over a frame (1 MiB), as sync updates of about
+a frame each that integrate in order and a last step 2 (`crdtsync.core.update_split`), so that a
+large doc never travels as one message.
+
 Awareness (presence, cursors) is relayed between the connections of a room on this node, never
 stored: each message goes to every connection of the room, its sender included, as the npm y-websocket
 server does (a client that hears nothing for 30 s reconnects, and its own awareness renewal every 15 s
 is what it hears when it is alone). A closed connection's awareness states are removed and the
-removal broadcast. Awareness does not cross nodes yet.
+removal broadcast, as are states not renewed for 30 s. Awareness does not cross nodes yet.
 
 Limits, each closing only the connection concerned (close codes in `CLOSE_*` and docs/websocket.md):
 frames over `frame_bytes_max` (1009, by aiohttp), text frames (1003), malformed messages or updates
