@@ -288,6 +288,45 @@ def test_sigkilled_node_is_down_within_the_detector_time_and_alive_and_caught_up
     )
 
 
+def test_a_sigterm_is_a_graceful_leave_seen_at_once_and_the_node_rejoins_after_restart(
+    seeded: list[Daemon],
+) -> None:
+    """SIGTERM announces the leave: the others mark the node `left` without suspecting it first,
+    far sooner than the failure detector could, and a restart rejoins with a higher incarnation."""
+    a, b, c = seeded
+    before = {node.name: members(node)["c"] for node in (a, b)}
+    assert all(record["state"] == "alive" for record in before.values())
+
+    stopped = time.monotonic()
+    assert c.terminate() == 0, c.log_tail()
+
+    def left_on(node: Daemon) -> bool:
+        return bool(members(node)["c"]["state"] == "left")
+
+    wait_until(
+        lambda: left_on(a) and left_on(b),
+        CONVERGE_TIMEOUT_S,
+        lambda: "a and b see c leave:\n" + views([a, b]),
+        poll_s=0.05,
+    )
+    elapsed = time.monotonic() - stopped
+    assert elapsed < DOWN_AFTER_MS / 1000.0, (
+        f"c was marked left {elapsed:.2f} s after SIGTERM, no sooner than the detector's "
+        f"{DOWN_AFTER_MS / 1000.0:.2f} s: the leave was not announced"
+    )
+    for node in (a, b):
+        seen = members(node)["c"]
+        assert seen["suspicions"] == before[node.name]["suspicions"], f"{node.name} suspected c first"
+        assert seen["downs"] == before[node.name]["downs"]
+
+    c.start()
+    c.wait_healthy()
+    wait_mesh(seeded)
+    for node in (a, b):
+        rejoined = members(node)["c"]
+        assert rejoined["state"] == "alive" and rejoined["incarnation"] > before[node.name]["incarnation"]
+
+
 # ------------------------------------------------------------------------------------------ datacenters
 
 
