@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -16,3 +17,14 @@ def pool(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         yield daemons
     finally:
         daemons.close()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The path of Debian's headless Chromium; the test skips where it is absent."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip(
+            "chromium is not installed (Debian: apt-get install chromium; .ci/run installs it as root)"
+        )
+    return path

@@ -231,16 +231,7 @@ class DaemonPool:
 
     def cluster(self, names: Iterable[str], **kwargs: Any) -> list[Daemon]:
         """Daemons that list each other as peers, started together and healthy with all peers up."""
-        daemons = [self.new(name, **kwargs) for name in names]
-        for daemon in daemons:
-            daemon.peers = [other.listen for other in daemons if other is not daemon]
-        start_all(daemons)
-        wait_until(
-            lambda: all(d.peers_up() for d in daemons),
-            START_TIMEOUT_S,
-            lambda: "every peer is up: " + json.dumps([d.status()["peers"] for d in daemons]),
-        )
-        return daemons
+        return start_mesh([self.new(name, **kwargs) for name in names])
 
     def close(self) -> None:
         errors: list[str] = []
@@ -281,3 +272,16 @@ def describe(daemons: Iterable[Daemon], doc_ids: Iterable[str]) -> str:
         docs = {doc_id: node.data(doc_id) for doc_id in ids}
         parts.append(f"{node.name}: root {status['merkle_root']} docs {json.dumps(docs, sort_keys=True)}")
     return "all nodes agree:\n" + "\n".join(parts)
+
+
+def start_mesh(daemons: list[Daemon]) -> list[Daemon]:
+    """Make `daemons` list each other as peers, start them together and wait until every peer is up."""
+    for daemon in daemons:
+        daemon.peers = [other.listen for other in daemons if other is not daemon]
+    start_all(daemons)
+    wait_until(
+        lambda: all(d.peers_up() for d in daemons),
+        START_TIMEOUT_S,
+        lambda: "every peer is up: " + json.dumps([d.status()["peers"] for d in daemons]),
+    )
+    return daemons

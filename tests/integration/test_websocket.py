@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from browser_support import Browser
 from daemon_support import CONVERGE_TIMEOUT_S, Daemon, DaemonPool, start_all, wait_until
 from pycrdt import (
     Doc,
@@ -44,7 +45,6 @@ from pycrdt import (
     handle_sync_message,
     read_message,
 )
-from test_dashboard import Browser
 
 from crdtsync import Node, NodeConfig
 from crdtsync.daemon.websocket import CLOSE_SLOW, WebSockets
@@ -661,16 +661,6 @@ def test_an_update_without_its_dependencies_asks_the_client_to_resync(nodes: lis
 # ------------------------------------------------------------------------------ a browser
 
 EXAMPLE_PAGE = Path(__file__).resolve().parents[2] / "examples" / "browser"
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip(
-            "chromium is not installed (Debian: apt-get install chromium; .ci/run installs it as root)"
-        )
-    return path
 
 
 class QuietFiles(SimpleHTTPRequestHandler):
