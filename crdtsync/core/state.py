@@ -39,7 +39,7 @@ def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
     raise StateDecodeError("truncated or overlong varuint")
 
 
-def _write_varuint(out: bytearray, value: int) -> None:
+def write_varuint(out: bytearray, value: int) -> None:
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
@@ -69,10 +69,10 @@ def decode_state_vector(data: bytes) -> StateVector:
 def encode_state_vector(vector: StateVector) -> bytes:
     """Encode in ascending client order (canonical; pycrdt decodes any order)."""
     out = bytearray()
-    _write_varuint(out, len(vector))
+    write_varuint(out, len(vector))
     for client in sorted(vector):
-        _write_varuint(out, client)
-        _write_varuint(out, vector[client])
+        write_varuint(out, client)
+        write_varuint(out, vector[client])
     return bytes(out)
 
 
@@ -130,13 +130,13 @@ def canonical_state(doc: Doc[Any]) -> bytes:
     delete_set, pos = _normalized_delete_set(data, 0)
     vector, pos = _read_state_vector(data, pos)
     out = bytearray()
-    _write_varuint(out, len(delete_set))
+    write_varuint(out, len(delete_set))
     for client, ranges in delete_set:
-        _write_varuint(out, client)
-        _write_varuint(out, len(ranges))
+        write_varuint(out, client)
+        write_varuint(out, len(ranges))
         for start, end in ranges:
-            _write_varuint(out, start)
-            _write_varuint(out, end - start)
+            write_varuint(out, start)
+            write_varuint(out, end - start)
     out += encode_state_vector({c: k for c, k in vector.items() if k})
     return bytes(out)
 

@@ -11,6 +11,8 @@ by length, not decoded).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from crdtsync.core.state import STATE_VECTOR_CLIENTS_MAX, StateDecodeError, _read_varuint
 
 ANY_DEPTH_MAX = 64
@@ -100,16 +102,22 @@ class _Reader:
             raise UpdateError(f"at byte {self.pos - 1}: unknown value type {tag}")
 
 
-def check_update(update: bytes) -> None:
-    """Raise `UpdateError` unless `update` is a well-formed Yjs v1 update with no empty GC or Skip."""
-    reader = _Reader(update)
+def client_blocks(reader: _Reader) -> Iterator[tuple[int, int, int]]:
+    """(struct count, client, first clock) of each client's block of an update's structs, read
+    lazily: the caller reads a block's structs before it asks for the next block."""
     clients = reader.count("client count")
     if clients > STATE_VECTOR_CLIENTS_MAX:
         raise UpdateError(f"{clients} clients")
     for _ in range(clients):
         structs = reader.count("struct count")
         client = reader.uint()
-        reader.uint()  # the first struct's clock
+        yield structs, client, reader.uint()
+
+
+def check_update(update: bytes) -> None:
+    """Raise `UpdateError` unless `update` is a well-formed Yjs v1 update with no empty GC or Skip."""
+    reader = _Reader(update)
+    for structs, client, _clock in client_blocks(reader):
         for _ in range(structs):
             _check_struct(reader, client)
     ranges_clients = reader.count("delete set size")
@@ -124,22 +132,15 @@ def check_update(update: bytes) -> None:
 
 def dependencies(update: bytes) -> dict[int, int]:
     """The state vector a doc must cover for pycrdt to integrate every struct of `update` at once,
-        rather than hold some pending (which pycrdt 0.14 may never resolve): per client of the update, the
-        clock its structs start at; per item that a struct points to (origins, parent) outside the
-        update's own ranges, that item's clock + 1. Deletions are not counted, nor the gaps that Skip
-    structs leave inside a client's range (updates from a Yjs transaction or sync step have none). Raises
-    `UpdateError` on
-        structs that do not parse (call `check_update` for the whole check)."""
+    rather than hold some pending (which pycrdt 0.14 may never resolve): per client of the update, the
+    clock its structs start at; per item that a struct points to (origins, parent) outside the
+    update's own ranges, that item's clock + 1. Deletions are not counted, nor the gaps that Skip
+    structs leave inside a client's range (updates from a Yjs transaction or sync step have none).
+    Raises `UpdateError` on structs that do not parse (call `check_update` for the whole check)."""
     reader = _Reader(update)
     starts: dict[int, int] = {}
     refs: list[tuple[int, int]] = []
-    clients = reader.count("client count")
-    if clients > STATE_VECTOR_CLIENTS_MAX:
-        raise UpdateError(f"{clients} clients")
-    for _ in range(clients):
-        structs = reader.count("struct count")
-        client = reader.uint()
-        clock = reader.uint()
+    for structs, client, clock in client_blocks(reader):
         starts[client] = min(clock, starts.get(client, clock))
         for _ in range(structs):
             _check_struct(reader, client, refs)

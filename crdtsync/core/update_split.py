@@ -19,8 +19,13 @@ from typing import Any
 
 from pycrdt import Doc
 
-from crdtsync.core.state import STATE_VECTOR_CLIENTS_MAX, covers, decode_state_vector, encode_state_vector
-from crdtsync.core.update_check import UpdateError, _Reader, _skip_content, dependencies
+from crdtsync.core.state import (
+    covers,
+    decode_state_vector,
+    encode_state_vector,
+    write_varuint,
+)
+from crdtsync.core.update_check import UpdateError, _Reader, _skip_content, client_blocks, dependencies
 
 _GC = 0
 _SKIP = 10
@@ -64,13 +69,7 @@ def split_update(update: bytes, bytes_max: int) -> list[tuple[bytes, int, int]]:
     on an update that does not parse."""
     reader = _Reader(update)
     runs: list[tuple[bytes, int, int]] = []
-    clients = reader.count("client count")
-    if clients > STATE_VECTOR_CLIENTS_MAX:
-        raise UpdateError(f"{clients} clients")
-    for _ in range(clients):
-        structs = reader.count("struct count")
-        client = reader.uint()
-        clock = reader.uint()
+    for structs, client, clock in client_blocks(reader):
         run_start = reader.pos
         run_clock = clock
         run_structs = 0
@@ -91,16 +90,10 @@ def split_update(update: bytes, bytes_max: int) -> list[tuple[bytes, int, int]]:
 
 def _part(client: int, clock: int, structs: int, body: bytes) -> bytes:
     """An update of one run of structs and an empty delete set."""
-    return b"".join((_varuint(1), _varuint(structs), _varuint(client), _varuint(clock), body, b"\x00"))
-
-
-def _varuint(value: int) -> bytes:
     out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    for value in (1, structs, client, clock):
+        write_varuint(out, value)
+    return bytes(out) + body + b"\x00"
 
 
 def _struct_length(reader: _Reader) -> int:
