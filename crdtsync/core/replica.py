@@ -39,7 +39,7 @@ from crdtsync.core.causal import CausalBuffer
 from crdtsync.core.config import ReplicaConfig
 from crdtsync.core.context import Context
 from crdtsync.core.counters import Counters
-from crdtsync.core.docs import EMPTY_STATE, REMOTE_ORIGIN, DocEntry, DocNotLoadedError, DocTable
+from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocNotLoadedError, DocTable
 from crdtsync.core.effects import Effect, Persist
 from crdtsync.core.gossip import Gossip
 from crdtsync.core.guard import Guard
@@ -60,7 +60,7 @@ from crdtsync.core.state import StateDecodeError
 from crdtsync.core.status import ReplicaStatus, dc_statuses, member_statuses, peer_statuses
 from crdtsync.core.sync import StateSync
 
-__all__ = ["REMOTE_ORIGIN", "DocNotLoadedError", "Replica", "ReplicaConfig"]
+__all__ = ["DocNotLoadedError", "Replica", "ReplicaConfig"]
 
 log = logging.getLogger("crdtsync.replica")
 

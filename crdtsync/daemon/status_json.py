@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from crdtsync.core.placement import ClusterPlacement, DocPlacement
+from crdtsync.core.placement import ClusterPlacement, DocPlacement, ReplicationFactor
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
 from crdtsync.daemon.config import DaemonConfig, is_loopback, parse_http_listen
 from crdtsync.node import NodeStatus
@@ -136,13 +136,18 @@ def datacenter_json(dc: DcStatus) -> Json:
     }
 
 
+def _rf_json(rf: ReplicationFactor) -> object:
+    """A replication factor as JSON: a number, "all", or an object of datacenter -> number."""
+    return dict(rf) if isinstance(rf, Mapping) else rf
+
+
 def placement_json(placement: DocPlacement) -> Json:
     """The answer of `GET /v1/placement/{doc}`."""
     return {
         "doc": placement.doc_id,
         "partition": placement.partition,
         "prefix": placement.prefix,
-        "rf": dict(placement.rf) if isinstance(placement.rf, Mapping) else placement.rf,
+        "rf": _rf_json(placement.rf),
         "version": placement.version,
         "replicas": {
             dc: [{"node_id": r.node_id, "state": r.state} for r in placed]
@@ -156,7 +161,7 @@ def cluster_placement_json(placement: ClusterPlacement) -> Json:
     """The answer of `GET /v1/placement`."""
     return {
         "partitions": placement.partitions,
-        "rf": dict(placement.rf) if isinstance(placement.rf, Mapping) else placement.rf,
+        "rf": _rf_json(placement.rf),
         "version": placement.version,
         "partitions_per_node": dict(placement.partitions_per_node),
         "imbalance": dict(placement.imbalance_by_dc),
