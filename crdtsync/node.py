@@ -26,7 +26,7 @@ from crdtsync.store.base import Durability, StoreDescription, StoreError, check_
 from crdtsync.store.sqlite import SqliteStore, read_backup
 from crdtsync.store.writer import StoreStats, StoreWriter
 from crdtsync.transport.curve import CurveConfig, CurveKeys
-from crdtsync.transport.endpoint import is_wildcard, parse_endpoint, with_host
+from crdtsync.transport.endpoint import check_source_host, is_wildcard, parse_endpoint, with_host
 from crdtsync.transport.zmq_transport import ZmqTransport
 
 log = logging.getLogger("crdtsync.node")
@@ -66,6 +66,9 @@ class NodeConfig:
     `listen` itself."""
     publish_advertise: str | None = None
     """The PUB endpoint peers subscribe to; None: the bound PUB endpoint with the advertised host."""
+    source_host: str | None = None
+    """The local IP address outgoing replication connections bind (a multi-homed host's interface;
+    a fault proxy telling nodes apart on one host); None: the kernel chooses."""
 
     @property
     def advertised(self) -> str:
@@ -81,6 +84,8 @@ class NodeConfig:
         if self.publish is not None:
             parse_endpoint(self.publish, "publish")
         self._check_advertised()
+        if self.source_host is not None:
+            check_source_host(self.source_host)
         if not self.dc or len(self.dc.encode()) > DC_BYTES_MAX:
             raise ValueError(f"dc must be 1..{DC_BYTES_MAX} bytes of UTF-8, got {self.dc!r}")
         check_durability(self.durability)
@@ -182,7 +187,7 @@ class Node:
             epoch = store.new_epoch()
             description = store.describe()
             curve = CurveKeys.load(self.config.curve) if self.config.curve is not None else None
-            transport = ZmqTransport(self.config.listen, self.config.publish, curve)
+            transport = ZmqTransport(self.config.listen, self.config.publish, curve, self.config.source_host)
         except BaseException:
             store.close()
             raise

@@ -98,6 +98,7 @@ _NODE_KEYS = {
     "peers",
     "publish",
     "publish_advertise",
+    "source_host",
     "data_dir",
     "durability",
 }
@@ -366,6 +367,7 @@ def load_config(
             publish=raw.get("publish"),
             advertise=raw.get("advertise"),
             publish_advertise=raw.get("publish_advertise"),
+            source_host=raw.get("source_host"),
             data_dir=raw.get("data_dir"),
             durability=durability,
             replication=replication,
@@ -424,7 +426,7 @@ def _node_keys(raw: dict[str, Any]) -> tuple[str, str, list[str], Durability]:
     _typed("peers", peers, list)
     for index, peer in enumerate(peers):
         _typed(f"peers[{index}]", peer, str)
-    for key in ("publish", "data_dir", "advertise", "publish_advertise"):
+    for key in ("publish", "data_dir", "advertise", "publish_advertise", "source_host"):
         if raw.get(key) is not None:
             _typed(key, raw[key], str)
     try:

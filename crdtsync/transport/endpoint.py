@@ -4,6 +4,7 @@ ZeroMQ transport alike, with one error message that names the setting."""
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 
@@ -46,3 +47,15 @@ def with_host(endpoint: str, host: str) -> str:
     """`endpoint` (`tcp://HOST:PORT`) with its host replaced (IPv6 hosts bracketed)."""
     _old, port = parse_endpoint(endpoint)
     return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def check_source_host(value: str, key: str = "source_host") -> str:
+    """`value` if it is one IPv4 or IPv6 address (no brackets, not a wildcard): what outgoing
+    connections may bind as their source. Raises ValueError naming `key` otherwise."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{key}: {value!r} is not an IPv4 or IPv6 address") from None
+    if address.is_unspecified:
+        raise ValueError(f"{key}: {value!r} binds every interface; give one local address")
+    return value

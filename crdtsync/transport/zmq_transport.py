@@ -63,10 +63,15 @@ class _Subscription:
 
 
 class ZmqTransport:
-    def __init__(self, listen: str, publish: str | None, curve: CurveKeys | None = None) -> None:
+    def __init__(
+        self, listen: str, publish: str | None, curve: CurveKeys | None = None, source_host: str | None = None
+    ) -> None:
+        """`source_host`: the local IP address every outgoing connection binds (ZeroMQ's
+        `tcp://SOURCE:0;HOST:PORT`); None lets the kernel choose."""
         host, _port = parse_endpoint(listen, "listen")
         if publish is not None:
             parse_endpoint(publish, "publish")
+        self.source_host = source_host
         self._context = zmq.Context()
         # Receiving sockets are asyncio sockets from the start: an asyncio wrapper added later would
         # keep its event-loop reader registered after the raw socket closed, and a node started
@@ -151,7 +156,7 @@ class ZmqTransport:
             dealer.setsockopt(zmq.IMMEDIATE, 1)
             dealer.setsockopt(zmq.SNDHWM, SEND_QUEUE_FRAMES_MAX)
             try:
-                dealer.connect(address)
+                dealer.connect(self._outgoing(address))
             except zmq.ZMQError as exc:  # an address from a peer's hello is remote input
                 dealer.close(linger=0)
                 log.warning("not sending to %r: %s", address, exc)
@@ -189,7 +194,7 @@ class ZmqTransport:
         if self.curve is not None and server_key is not None:
             set_client_keys(sock, self.curve, server_key)
         try:
-            sock.connect(endpoint)
+            sock.connect(self._outgoing(endpoint))
         except zmq.ZMQError as exc:  # an endpoint from a peer's hello is remote input
             sock.close(linger=0)
             log.warning("cannot subscribe to %r: %s", endpoint, exc)
@@ -245,6 +250,14 @@ class ZmqTransport:
                 except zmq.Again:
                     break
             on_batch_done()
+
+    def _outgoing(self, endpoint: str) -> str:
+        """What to connect to for `endpoint`: itself, or from `source_host` (an ephemeral port) when
+        set. Sockets stay keyed by `endpoint`, as peers and keys know it."""
+        if self.source_host is None:
+            return endpoint
+        source = f"[{self.source_host}]" if ":" in self.source_host else self.source_host
+        return f"tcp://{source}:0;{endpoint.removeprefix('tcp://')}"
 
     def _no_key(self, address: str) -> None:
         self.curve_no_key += 1

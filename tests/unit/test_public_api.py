@@ -100,6 +100,7 @@ def test_config_and_status_fields_are_pinned() -> None:
         "placement",
         "advertise",
         "publish_advertise",
+        "source_host",
     ]
     assert [f.name for f in dataclasses.fields(NodeStatus)] == [
         "node_id",
