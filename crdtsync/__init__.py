@@ -3,6 +3,7 @@
 The public API is what this module exports; everything else is internal and may change.
 """
 
+from crdtsync.consistency import CausalToken, DocState, NotCoveredError, TokenError, TooManyWaitersError
 from crdtsync.core.config import ReplicaConfig
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import (
@@ -18,18 +19,21 @@ from crdtsync.store import DocRecord, MemoryStore, Store, StoreDescription, Stor
 from crdtsync.transport.curve import CurveConfig, CurveKeyError
 
 __all__ = [
+    "CausalToken",
     "ClusterPlacement",
     "CurveConfig",
     "CurveKeyError",
     "DcStatus",
     "DocPlacement",
     "DocRecord",
+    "DocState",
     "MemberStatus",
     "MembershipConfig",
     "MemoryStore",
     "Node",
     "NodeConfig",
     "NodeStatus",
+    "NotCoveredError",
     "PeerStatus",
     "PlacedReplica",
     "PlacementPolicy",
@@ -39,6 +43,8 @@ __all__ = [
     "StoreDescription",
     "StoreError",
     "StoreStats",
+    "TokenError",
+    "TooManyWaitersError",
 ]
 
 

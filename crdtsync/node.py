@@ -14,6 +14,7 @@ from typing import Any
 
 from pycrdt import Doc
 
+from crdtsync.consistency import CausalToken, Waiters, doc_state
 from crdtsync.core.counters import Counters
 from crdtsync.core.effects import Effect, LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import MembershipConfig
@@ -158,6 +159,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._loads: set[asyncio.Task[None]] = set()
         self._pump_scheduled = False
+        self._waiters = Waiters()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -355,6 +357,32 @@ class Node:
     def cluster_placement(self) -> ClusterPlacement:
         """Partitions per member under the default placement rule, and the imbalance per datacenter."""
         return self._replica.cluster_placement()
+
+    async def causal_token(self, *doc_ids: str) -> CausalToken:
+        """A token of what this node holds of `doc_ids` now (state vector and deletions of each):
+        give it to `wait_for` on any node, or `merge` it into a session's token. Docs this node does
+        not hold are left out. TokenTooLargeError beyond the token's bounds (docs/consistency.md)."""
+        states = {}
+        for doc_id in doc_ids:
+            if self.has_doc(doc_id):
+                states[doc_id] = doc_state(await self.open(doc_id))
+                self.release(doc_id)
+        return CausalToken.of(states)
+
+    async def wait_for(self, doc_id: str, token: CausalToken, *, timeout_ms: float = 2000.0) -> None:
+        """Return once this node holds everything `token` names of `doc_id` (at once when it does
+        already, or when the token does not name the doc). Woken by the doc's changes, never polled.
+        Raises `NotCoveredError` (a TimeoutError naming what is missing) after `timeout_ms`, and
+        `TooManyWaitersError` when `consistency.WAITERS_MAX` reads wait already. A doc this node has
+        never heard of is opened empty to be waited for (local only until written, as `open`)."""
+        need = token.get(doc_id)
+        if not need.state and not need.deletes:
+            return
+        doc = await self.open(doc_id)  # pinned while waiting: eviction would swap the Doc object
+        try:
+            await self._waiters.wait(doc_id, doc, need, timeout_ms)
+        finally:
+            self.release(doc_id)
 
     async def flush(self) -> None:
         """Hand every local write made so far to the transport, and return once the store holds it

@@ -20,18 +20,21 @@ from crdtsync import (
 
 def test_exports_are_pinned() -> None:
     assert crdtsync.__all__ == [
+        "CausalToken",
         "ClusterPlacement",
         "CurveConfig",
         "CurveKeyError",
         "DcStatus",
         "DocPlacement",
         "DocRecord",
+        "DocState",
         "MemberStatus",
         "MembershipConfig",
         "MemoryStore",
         "Node",
         "NodeConfig",
         "NodeStatus",
+        "NotCoveredError",
         "PeerStatus",
         "PlacedReplica",
         "PlacementPolicy",
@@ -41,6 +44,8 @@ def test_exports_are_pinned() -> None:
         "StoreDescription",
         "StoreError",
         "StoreStats",
+        "TokenError",
+        "TooManyWaitersError",
     ]
     for name in crdtsync.__all__:
         assert getattr(crdtsync, name) is not None, name
@@ -50,6 +55,7 @@ def test_node_methods_are_pinned() -> None:
     public = {name for name, _ in inspect.getmembers(Node) if not name.startswith("_")}
     assert public == {
         "backup",
+        "causal_token",
         "close",
         "cluster_placement",
         "placement",
@@ -64,10 +70,11 @@ def test_node_methods_are_pinned() -> None:
         "start",
         "status",
         "store_stats",
+        "wait_for",
     }
     assert list(inspect.signature(Node).parameters) == ["config", "store"]
     assert inspect.signature(Node).parameters["store"].kind is inspect.Parameter.KEYWORD_ONLY
-    for name in ("open", "flush", "start", "close", "backup", "restore"):
+    for name in ("open", "flush", "start", "close", "backup", "restore", "causal_token", "wait_for"):
         assert inspect.iscoroutinefunction(getattr(Node, name)), name
     for name in (
         "status",
@@ -83,6 +90,8 @@ def test_node_methods_are_pinned() -> None:
         assert not inspect.iscoroutinefunction(getattr(Node, name)), name
     assert list(inspect.signature(Node.open).parameters) == ["self", "doc_id"]
     assert list(inspect.signature(Node.flush).parameters) == ["self"]
+    assert list(inspect.signature(Node.wait_for).parameters) == ["self", "doc_id", "token", "timeout_ms"]
+    assert inspect.signature(Node.wait_for).parameters["timeout_ms"].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_config_and_status_fields_are_pinned() -> None:
