@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import PARTITIONS_DEFAULT, PlacementError, PlacementPolicy, PlacementRule
 from crdtsync.core.replica import ReplicaConfig
+from crdtsync.daemon.websocket import WebSocketConfig
 from crdtsync.node import NodeConfig
 from crdtsync.store.base import Durability, check_durability
 from crdtsync.transport.curve import CurveConfig, CurveKeyError, CurveKeys
@@ -89,6 +90,8 @@ class DaemonConfig:
     log: LogConfig = field(default_factory=LogConfig)
     tokens: tuple[Token, ...] = ()
     """Read from `http.tokens_file`; empty: the API is open."""
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    """The y-websocket endpoint's limits (`[websocket]`)."""
 
 
 _NODE_KEYS = {
@@ -111,6 +114,7 @@ _TOP_KEYS = _NODE_KEYS | {
     "security",
     "cluster",
     "placement",
+    "websocket",
 }
 _PLACEMENT_KEYS = {"prefix", "rf"}
 _SECURITY_KEYS = {"mode", "key_file", "peer_keys", "allowed_keys"}
@@ -380,7 +384,7 @@ def load_config(
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(str(exc)) from None
-    return DaemonConfig(node=node, http=http, log=log, tokens=tokens)
+    return DaemonConfig(node=node, http=http, log=log, tokens=tokens, websocket=_websocket(raw))
 
 
 def _raw_config(path: str | Path | None, overrides: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
@@ -412,6 +416,35 @@ def _raw_config(path: str | Path | None, overrides: dict[str, Any], assignments:
         if value is not None and value != []:
             raw[key] = value
     return raw
+
+
+WEBSOCKET_FRAME_BYTES_MIN = 4096
+"""A smaller frame bound would refuse the sync step 1 (a state vector) of a client of a doc with many
+writers."""
+WEBSOCKET_FRAME_BYTES_MAX = 1 << 30
+
+
+def _websocket(raw: dict[str, Any]) -> WebSocketConfig:
+    """The [websocket] table: the y-websocket endpoint's limits, each within the range it works in."""
+    config: WebSocketConfig = _section(raw, "websocket", WebSocketConfig)
+    if not WEBSOCKET_FRAME_BYTES_MIN <= config.frame_bytes_max <= WEBSOCKET_FRAME_BYTES_MAX:
+        # aiohttp takes 0 as "no limit": the bound must be explicit.
+        raise ConfigError(
+            f"websocket.frame_bytes_max: must be {WEBSOCKET_FRAME_BYTES_MIN}..{WEBSOCKET_FRAME_BYTES_MAX} "
+            f"bytes, not {config.frame_bytes_max}"
+        )
+    if config.send_queue_max < 1:
+        raise ConfigError(
+            "websocket.send_queue_max: must be at least 1 (a message is queued before it is sent)"
+        )
+    if config.send_queue_bytes_max < config.frame_bytes_max:
+        raise ConfigError(
+            f"websocket.send_queue_bytes_max: must be at least websocket.frame_bytes_max "
+            f"({config.frame_bytes_max}): a large sync answer is queued in messages of that size"
+        )
+    if config.close_timeout_s <= 0:
+        raise ConfigError("websocket.close_timeout_s: must be more than 0 s")
+    return config
 
 
 def _node_keys(raw: dict[str, Any]) -> tuple[str, str, list[str], Durability]:

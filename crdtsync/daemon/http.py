@@ -192,7 +192,7 @@ class Api:
         self._refusal_logged: dict[str, float] = {}
         self._refusals_unlogged: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         self.registry.register(RefusalCollector(lambda: self.refused))
-        self.websockets = WebSockets(node)
+        self.websockets = WebSockets(node, config.websocket)
         self.registry.register(self.websockets.collector())
         self.warnings = config_warnings(config)
         self._ui_bodies: dict[str, bytes] = {}

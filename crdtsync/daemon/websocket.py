@@ -23,7 +23,8 @@ server does (a client that hears nothing for 30 s reconnects, and its own awaren
 is what it hears when it is alone). A closed connection's awareness states are removed and the
 removal broadcast, as are states not renewed for 30 s. Awareness does not cross nodes yet.
 
-Limits, each closing only the connection concerned (close codes in `CLOSE_*` and docs/websocket.md):
+Limits (the `[websocket]` keys of the daemon's configuration, `WebSocketConfig`), each closing only
+the connection concerned (close codes in `CLOSE_*` and docs/websocket.md):
 frames over `frame_bytes_max` (1009, by aiohttp), text frames (1003), malformed messages or updates
 (4400), a send queue over `send_queue_max` messages or `send_queue_bytes_max` bytes (4008), a client
 update that the node cannot integrate because it lacks the update's dependencies (4409, before
@@ -116,6 +117,25 @@ COUNTERS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    """The `[websocket]` table of the daemon's configuration (checked by crdtsync/daemon/config.py)."""
+
+    frame_bytes_max: int = FRAME_BYTES_MAX
+    """Largest frame a client may send (1009 beyond) and the size the node cuts a large sync answer
+    into."""
+    send_queue_max: int = SEND_QUEUE_MAX
+    """Messages waiting to be sent on one connection; one more closes it with 4008."""
+    send_queue_bytes_max: int = SEND_QUEUE_BYTES_MAX
+    """Bytes waiting to be sent on one connection; more close it with 4008."""
+    connections_max: int = CONNECTIONS_MAX
+    """Open WebSocket connections on this node; more are refused with 503 (0: the endpoint is off)."""
+    linger_s: float = LINGER_S
+    """How long a doc stays loaded after its last connection closed (0: unloaded at once)."""
+    close_timeout_s: float = CLOSE_TIMEOUT_S
+    """How long a closing client may take to complete the close before its TCP connection is dropped."""
+
+
 class MalformedError(ValueError):
     """A message that closes its connection with CLOSE_MALFORMED."""
 
@@ -177,22 +197,17 @@ class WebSockets:
     def __init__(
         self,
         node: Node,
+        config: WebSocketConfig = WebSocketConfig(),  # frozen: one shared default is safe
         *,
-        frame_bytes_max: int = FRAME_BYTES_MAX,
-        send_queue_max: int = SEND_QUEUE_MAX,
-        send_queue_bytes_max: int = SEND_QUEUE_BYTES_MAX,
-        connections_max: int = CONNECTIONS_MAX,
-        linger_s: float = LINGER_S,
-        close_timeout_s: float = CLOSE_TIMEOUT_S,
         awareness_timeout_s: float = AWARENESS_TIMEOUT_S,
     ) -> None:
         self.node = node
-        self.frame_bytes_max = frame_bytes_max
-        self.send_queue_max = send_queue_max
-        self.send_queue_bytes_max = send_queue_bytes_max
-        self.connections_max = connections_max
-        self.linger_s = linger_s
-        self.close_timeout_s = close_timeout_s
+        self.frame_bytes_max = config.frame_bytes_max
+        self.send_queue_max = config.send_queue_max
+        self.send_queue_bytes_max = config.send_queue_bytes_max
+        self.connections_max = config.connections_max
+        self.linger_s = config.linger_s
+        self.close_timeout_s = config.close_timeout_s
         self.awareness_timeout_s = awareness_timeout_s
         self._expiry: asyncio.Task[None] | None = None
         self._closing = False
@@ -220,6 +235,7 @@ class WebSockets:
         self.counters["connections_opened"] += 1
         sender: asyncio.Task[None] | None = None
         room: Room | None = None
+        too_large = False
         try:
             room = await self._join(doc_id, conn)
             sender = asyncio.create_task(self._send_loop(conn))
@@ -244,9 +260,14 @@ class WebSockets:
                 elif message.type == WSMsgType.TEXT:
                     self.counters["closed_malformed"] += 1
                     conn.close_soon(CLOSE_UNSUPPORTED, "y-websocket messages are binary frames")
+                elif message.type == WSMsgType.ERROR:
+                    # aiohttp closed the connection already; a frame over the bound is an error with
+                    # code 1009 (the connection's close code is the client's answer by then).
+                    too_large = getattr(message.data, "code", None) == CLOSE_TOO_LARGE
+                    break
                 if conn.close_code is not None:
                     break
-            if ws.close_code == CLOSE_TOO_LARGE:
+            if too_large:
                 self.counters["closed_too_large"] += 1
                 self._warn(
                     "too_large",

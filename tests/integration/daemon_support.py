@@ -42,6 +42,7 @@ class Daemon(LocalDaemon):
         dc: str = "test-dc",
         http: dict[str, Any] | None = None,
         replication: dict[str, Any] | None = None,
+        websocket: dict[str, Any] | None = None,
         token: str | None = None,
         cacert: str | None = None,
     ) -> None:
@@ -59,6 +60,7 @@ class Daemon(LocalDaemon):
         self.workdir = workdir
         self.http = dict(http or {})
         self.replication = dict(FAST_REPLICATION if replication is None else replication)
+        self.websocket = dict(websocket or {})
         self._client: httpx.Client | None = None
         self.token = token
         self.cacert = cacert
@@ -95,6 +97,7 @@ class Daemon(LocalDaemon):
             "replication": self.replication,
             "membership": FAST_MEMBERSHIP,
             "security": {"mode": "plaintext"},
+            **({"websocket": self.websocket} if self.websocket else {}),
         }
         path = self.workdir / ("config.toml" if listen == self.listen else "config-isolated.toml")
         path.write_text(toml_text(top, tables))

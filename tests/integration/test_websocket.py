@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 from aiohttp import web
 from browser_support import Browser
@@ -341,6 +342,11 @@ def test_a_frame_over_the_limit_closes_the_connection(nodes: list[Daemon]) -> No
 
     run(scenario())
     assert "blob" not in (east.data("ws/big") or {})
+    wait_until(
+        lambda: "crdtsync_websocket_closed_too_large_total 1.0" in east.client.get("/metrics").text,
+        STEP_TIMEOUT_S,
+        "the oversized frame counted",
+    )
 
 
 def test_without_tokens_only_the_nodes_own_pages_may_connect_from_a_browser(
@@ -457,13 +463,14 @@ def test_js_clients_of_one_node_see_each_others_awareness(nodes: list[Daemon], n
 
 
 @contextlib.asynccontextmanager
-async def in_process(**limits: Any) -> AsyncIterator[tuple[Node, WebSockets, int]]:
-    """A node with the WebSocket endpoint (and `limits`) on a free port of 127.0.0.1, in this process."""
+async def in_process(awareness_timeout_s: float) -> AsyncIterator[tuple[Node, WebSockets, int]]:
+    """A node with the WebSocket endpoint on a free port of 127.0.0.1, in this process (for a timeout
+    that is not configurable: y-protocols' awareness timeout)."""
     from zmq_support import free_endpoint
 
     node = Node(NodeConfig(node_id="ws", listen=free_endpoint()))
     await node.start()
-    sockets = WebSockets(node, **limits)
+    sockets = WebSockets(node, awareness_timeout_s=awareness_timeout_s)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         return await sockets.handle(request, request.match_info["doc"], writable=True)
@@ -508,70 +515,110 @@ def test_an_awareness_state_that_is_not_renewed_expires() -> None:
     run(scenario())
 
 
-def test_a_slow_client_is_closed_and_the_others_keep_up() -> None:
-    """A client that stops reading fills the kernel's socket buffers, then its send queue: it is closed
-    with 4008, or dropped when it does not even take the close frame, while a client of the same doc
-    that reads gets every change. Once both left, the room lingers for a client that reconnects,
-    then is gone (doc released, observer removed)."""
-    chunk = "x" * (64 << 10)
+def metric(daemon: Daemon, name: str) -> float:
+    """The value of an unlabelled series of the daemon's /metrics."""
+    for line in daemon.client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not in /metrics")
+
+
+def test_a_slow_client_is_closed_and_the_others_keep_up(pool: DaemonPool) -> None:
+    """On a daemon with small [websocket] limits: a client that stops reading fills the kernel's socket
+    buffers, then its send queue, and is closed with 4008 (or dropped when it does not even take the
+    close frame) while a client of the same doc that reads gets every change, and the doc has them
+    all. A frame over the configured bound closes its connection with 1009, a doc over it syncs in
+    messages within it, and the doc is unloaded `linger_s` after its last connection closed."""
+    daemon = pool.new(
+        "slow",
+        websocket={
+            "frame_bytes_max": 64 << 10,
+            "send_queue_bytes_max": 256 << 10,
+            "close_timeout_s": 0.5,
+            "linger_s": 1.0,
+        },
+    )
+    start_all([daemon])
+    doc_id = "ws/slow"
+    chunk = "x" * (60 << 10)
+    bound_bytes = (64 << 10) + 64  # the clients refuse larger messages: a message over 64 KiB and its header
     writes_max = 2000
 
-    async def scenario() -> None:
-        async with in_process(send_queue_bytes_max=256 << 10, close_timeout_s=0.5) as (node, sockets, port):
-            async with aiohttp.ClientSession() as session:
-                url = f"ws://127.0.0.1:{port}/v1/ws/slow"
-                async with session.ws_connect(url) as slow_ws, session.ws_connect(url) as fast_ws:
-                    slow, fast = Client(slow_ws), Client(fast_ws)
-                    await slow.sync()
-                    await fast.sync()
-                    doc = await node.open("slow")
-                    data = doc.get("data", type=Map)
-                    done = asyncio.Event()
-                    target: list[int] = []
+    async def scenario() -> int:
+        url = ws_url(daemon, doc_id)
+        async with aiohttp.ClientSession() as session:
+            async with (
+                session.ws_connect(url) as slow_ws,
+                session.ws_connect(url, max_msg_size=bound_bytes) as fast_ws,
+            ):
+                slow, fast = Client(slow_ws), Client(fast_ws)
+                await slow.sync()
+                await fast.sync()
+                target: list[int] = []
 
-                    async def read_fast() -> None:
-                        while True:
-                            message = await fast.receive_one(STEP_TIMEOUT_S)
-                            assert message.type == aiohttp.WSMsgType.BINARY, message
-                            if target and len(data_of(fast.doc)) == target[0]:
-                                done.set()
-                                return
+                async def read_fast() -> None:
+                    while True:
+                        message = await fast.receive_one(STEP_TIMEOUT_S)
+                        assert message.type == aiohttp.WSMsgType.BINARY, message
+                        if target and len(data_of(fast.doc)) == target[0]:
+                            return
 
-                    reader = asyncio.create_task(read_fast())
-                    writes = 0
-                    deadline = time.monotonic() + 20
-                    while sockets.counters["closed_slow"] == 0:
+                reader = asyncio.create_task(read_fast())
+                writes = 0
+                deadline = time.monotonic() + 30
+                with httpx.Client(base_url=daemon.url, timeout=STEP_TIMEOUT_S) as http:
+                    # The slow client reads nothing from here on; writes go through the HTTP API.
+                    while (
+                        await asyncio.to_thread(metric, daemon, "crdtsync_websocket_closed_slow_total") == 0
+                    ):
                         assert writes < writes_max and time.monotonic() < deadline, (
                             "the slow client stays open"
                         )
-                        data[f"k{writes}"] = chunk
-                        writes += 1
-                        await asyncio.sleep(0)  # let the senders run between writes
-                    target.append(writes)
-                    if len(data_of(fast.doc)) != writes:
-                        await asyncio.wait_for(done.wait(), STEP_TIMEOUT_S)
-                    reader.cancel()
-                    node.release("slow")
-                    # The slow client still reads nothing: its buffers hold the close frame back,
-                    # so the node drops its TCP connection after close_timeout_s.
-                    for _ in range(int(STEP_TIMEOUT_S / 0.05)):
-                        if sockets.connections == 1:
-                            break
-                        await asyncio.sleep(0.05)
-                    assert sockets.connections == 1, "the slow client's connection is still open"
-                    assert await slow.closed() in (CLOSE_SLOW, 1006)  # 1006: no close frame came
-                    assert sockets.counters["closed_slow"] == 1 and fast_ws.close_code is None
-            for _ in range(int(STEP_TIMEOUT_S / 0.05)):  # the handlers finish after the clients left
-                if sockets.connections == 0:
-                    break
-                await asyncio.sleep(0.05)
-            # The doc stays open a while for a client that reconnects; closing all lets it go now.
-            assert list(sockets.rooms) == ["slow"] and not sockets.rooms["slow"].connections
-            assert sockets.rooms["slow"].unload is not None
-            sockets.close_all()
-            assert sockets.rooms == {} and sockets.connections == 0
+                        for _ in range(8):
+                            response = await asyncio.to_thread(
+                                http.put, f"/v1/docs/{doc_id}/keys/k{writes}", json=chunk
+                            )
+                            assert response.is_success, response.text
+                            writes += 1
+                    # One more write, after the reader knows the total: it returns when it has it.
+                    target.append(writes + 1)
+                    response = await asyncio.to_thread(http.put, f"/v1/docs/{doc_id}/keys/k{writes}", json=1)
+                    assert response.is_success, response.text
+                    writes += 1
+                await asyncio.wait_for(reader, STEP_TIMEOUT_S)
+                # The slow client's buffers hold the close frame back: the node drops its TCP
+                # connection after close_timeout_s, and only the fast client stays.
+                assert await slow.closed() in (CLOSE_SLOW, 1006)  # 1006: no close frame came
+                await asyncio.to_thread(
+                    wait_until,
+                    lambda: metric(daemon, "crdtsync_websocket_connections") == 1,
+                    STEP_TIMEOUT_S,
+                    "the slow connection to end",
+                )
+                assert fast_ws.close_code is None
+                # A frame over the configured bound closes only its own connection.
+                async with session.ws_connect(url, max_msg_size=bound_bytes) as big_ws:
+                    big = Client(big_ws)
+                    await big.sync()  # the doc (MBs) comes in messages within the bound
+                    assert len(data_of(big.doc)) == writes
+                    await big_ws.send_bytes(b"\x00\x02" + b"\x00" * (65 << 10))
+                    assert await big.closed() == 1009
+            return writes
 
-    run(scenario())
+    writes = run(scenario())
+    assert len(daemon.data(doc_id) or {}) == writes
+    assert metric(daemon, "crdtsync_websocket_closed_slow_total") == 1
+    # The handler counts the oversized frame once it has seen its connection end.
+    wait_until(
+        lambda: metric(daemon, "crdtsync_websocket_closed_too_large_total") == 1,
+        STEP_TIMEOUT_S,
+        "the oversized frame counted",
+    )
+    # Every client left: the doc stays loaded for linger_s (1 s), then is unloaded.
+    wait_until(
+        lambda: metric(daemon, "crdtsync_websocket_docs") == 0, STEP_TIMEOUT_S, "the doc to be unloaded"
+    )
+    daemon.kill()
 
 
 def test_a_js_provider_resyncs_after_its_node_is_killed_and_restarted(pool: DaemonPool, node_js: str) -> None:

@@ -19,6 +19,7 @@ from crdtsync.daemon.config import (
     load_config,
     parse_http_listen,
 )
+from crdtsync.daemon.websocket import WebSocketConfig
 
 FULL = """
 node_id = "n1"
@@ -296,8 +297,13 @@ def test_the_example_config_loads_and_lists_every_key_with_its_default() -> None
     config = load_config(path, NO_OVERRIDES, [])
     assert config.node.replication == ReplicaConfig()
     assert config.node.membership == MembershipConfig()
+    assert config.websocket == WebSocketConfig()
     raw = tomllib.loads(path.read_text())
-    for section, cls in (("replication", ReplicaConfig), ("membership", MembershipConfig)):
+    for section, cls in (
+        ("replication", ReplicaConfig),
+        ("membership", MembershipConfig),
+        ("websocket", WebSocketConfig),
+    ):
         assert list(raw[section]) == [field.name for field in dataclasses.fields(cls)], section
 
 
@@ -394,3 +400,44 @@ def test_a_wildcard_listen_needs_an_advertised_address(tmp_path: Path) -> None:
 )
 def test_bad_advertised_addresses_are_named(tmp_path: Path, text: str, message: str) -> None:
     assert error(tmp_path, text).startswith(message)
+
+
+# ------------------------------------------------------------------------------------------ websocket
+
+
+def test_the_websocket_limits_load(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        'node_id = "n"\n[websocket]\nframe_bytes_max = 65536\nsend_queue_max = 8\n'
+        "send_queue_bytes_max = 65536\nconnections_max = 0\nlinger_s = 0\nclose_timeout_s = 0.5\n",
+    )
+    assert config.websocket == WebSocketConfig(
+        frame_bytes_max=65536,
+        send_queue_max=8,
+        send_queue_bytes_max=65536,
+        connections_max=0,
+        linger_s=0.0,
+        close_timeout_s=0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("frame_bytes_max = 0", "websocket.frame_bytes_max: must be 4096..1073741824 bytes, not 0"),
+        ("frame_bytes_max = 2147483648", "websocket.frame_bytes_max: must be 4096..1073741824 bytes"),
+        ('frame_bytes_max = "1MiB"', "websocket.frame_bytes_max: expected int"),
+        ("send_queue_max = 0", "websocket.send_queue_max: must be at least 1"),
+        (
+            "frame_bytes_max = 65536\nsend_queue_bytes_max = 4096",
+            "websocket.send_queue_bytes_max: must be at least websocket.frame_bytes_max (65536)",
+        ),
+        ("connections_max = -1", "websocket.connections_max: must not be negative"),
+        ("linger_s = -1", "websocket.linger_s: must not be negative"),
+        ("linger_s = true", "websocket.linger_s: expected a number, got a boolean"),
+        ("close_timeout_s = 0", "websocket.close_timeout_s: must be more than 0 s"),
+        ("queue = 1", "websocket.queue: unknown key (known: close_timeout_s, connections_max,"),
+    ],
+)
+def test_bad_websocket_limits_are_named(tmp_path: Path, table: str, message: str) -> None:
+    assert error(tmp_path, f'node_id = "n"\n[websocket]\n{table}\n').startswith(message)
