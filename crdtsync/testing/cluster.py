@@ -97,6 +97,13 @@ class LocalDaemon:
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     """How many times it was started: the incarnation of the current process."""
+    advertise: str = ""
+    """The address peers reach its request socket at when not `listen` (a fault proxy in front)."""
+    publish: str = ""
+    """Where its PUB socket binds; "": an ephemeral port."""
+    publish_advertise: str = ""
+    source_host: str = ""
+    """The local address its outgoing replication connections bind ("": the kernel's choice)."""
 
     @property
     def url(self) -> str:
@@ -105,6 +112,11 @@ class LocalDaemon:
     @property
     def listen(self) -> str:
         return f"tcp://127.0.0.1:{self.listen_port}"
+
+    @property
+    def address(self) -> str:
+        """The replication address peers know it by: `advertise`, else `listen`."""
+        return self.advertise or self.listen
 
     @property
     def pid(self) -> int | None:
@@ -120,6 +132,13 @@ class LocalDaemon:
         args = ["serve", "--node-id", self.name, "--dc", dc, "--listen", self.listen]
         for peer in peers:
             args += ["--peer", peer]
+        for flag, value in (
+            ("--advertise", self.advertise),
+            ("--publish", self.publish),
+            ("--publish-advertise", self.publish_advertise),
+        ):
+            args += [flag, value] if value else []
+        args += ["--set", f'source_host="{self.source_host}"'] if self.source_host else []
         args += ["--http", f"127.0.0.1:{self.http_port}"]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
@@ -271,7 +290,7 @@ class LocalCluster(Generic[D]):
         """The `crdtsync serve` arguments of `daemon`: ports, peers, data dir, security, extras."""
         if self.public_keys:
             peer_keys = {
-                other.listen: self.public_keys[other.name]
+                other.address: self.public_keys[other.name]
                 for other in self.daemons.values()
                 if other is not daemon
             }
