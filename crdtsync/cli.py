@@ -283,9 +283,13 @@ def _request(method: str, server: Server, path: str, **kwargs: Any) -> httpx.Res
 
 
 @contextmanager
-def _stream(method: str, server: Server, path: str) -> Iterator[httpx.Response]:
+def _stream(
+    method: str, server: Server, path: str, params: dict[str, Any] | None = None
+) -> Iterator[httpx.Response]:
     """A streamed answer without a timeout; an error answer ends the command like `_request`'s."""
-    with httpx.stream(method, server.endpoint(path), timeout=None, **server.options()) as response:
+    with httpx.stream(
+        method, server.endpoint(path), params=params, timeout=None, **server.options()
+    ) as response:
         if response.status_code >= 400:
             response.read()
             _fail_with(response, method, path)
@@ -425,15 +429,41 @@ def docs(server: Server, as_json: bool, prefix: str, limit: int, after: str) -> 
         click.echo(f"(more: --after {body['next']})", err=True)
 
 
+after_option = click.option(
+    "--after",
+    "after_token",
+    metavar="TOKEN",
+    help="Answer only once the node holds everything TOKEN names (the token a write or read printed): "
+    "waits up to --wait-ms, then fails with not_yet_covered. See docs/consistency.md.",
+)
+wait_ms_option = click.option(
+    "--wait-ms",
+    type=click.IntRange(0),
+    default=None,
+    help="How long --after may wait (default: the node's, 2000 ms).",
+)
+
+
+def _after_params(after_token: str | None, wait_ms: int | None) -> dict[str, Any]:
+    params: dict[str, Any] = {} if after_token is None else {"min_state": after_token}
+    if wait_ms is not None:
+        params["wait_ms"] = wait_ms
+    return params
+
+
 @main.command()
 @server_options
 @json_option
+@after_option
+@wait_ms_option
 @click.argument("doc")
 @click.argument("key", required=False)
-def get(server: Server, as_json: bool, doc: str, key: str | None) -> None:
+def get(
+    server: Server, as_json: bool, after_token: str | None, wait_ms: int | None, doc: str, key: str | None
+) -> None:
     """Show a doc's data, or one KEY of it."""
     path = f"/v1/docs/{doc}" + (f"/keys/{key}" if key else "")
-    body = _request("GET", server, path).json()
+    body = _request("GET", server, path, params=_after_params(after_token, wait_ms)).json()
     if as_json:
         _print_json(body)
     else:
@@ -456,7 +486,7 @@ def put(server: Server, as_json: bool, doc: str, key: str, value: str) -> None:
     if as_json:
         _print_json(body)
     else:
-        click.echo(f"set {doc} {key} (durable; state vector {body['state_vector']})")
+        click.echo(f"set {doc} {key} (durable; state vector {body['state_vector']}; token {body['token']})")
 
 
 @main.command(name="del")
@@ -470,19 +500,25 @@ def delete(server: Server, as_json: bool, doc: str, key: str) -> None:
     if as_json:
         _print_json(body)
     else:
-        click.echo(f"deleted {doc} {key} (durable; state vector {body['state_vector']})")
+        click.echo(
+            f"deleted {doc} {key} (durable; state vector {body['state_vector']}; token {body['token']})"
+        )
 
 
 @main.command()
 @server_options
 @json_option
+@after_option
+@wait_ms_option
 @click.argument("doc")
 @click.option("--count", type=int, default=0, help="Stop after this many changes (default: until Ctrl-C).")
-def watch(server: Server, as_json: bool, doc: str, count: int) -> None:
+def watch(
+    server: Server, as_json: bool, after_token: str | None, wait_ms: int | None, doc: str, count: int
+) -> None:
     """Stream DOC's data every time it changes (the current state first)."""
     seen = 0
     try:
-        with _stream("GET", server, f"/v1/docs/{doc}/watch") as response:
+        with _stream("GET", server, f"/v1/docs/{doc}/watch", _after_params(after_token, wait_ms)) as response:
             for line in response.iter_lines():
                 if not line.startswith("data: "):
                     continue

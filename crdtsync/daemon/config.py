@@ -44,6 +44,10 @@ class HttpConfig:
     """Largest `limit` of a doc listing."""
     watchers_max: int = 256
     """Concurrent `watch` streams (server-sent events) across all docs."""
+    wait_ms_max: int = 30_000
+    """Longest `wait_ms` a read may wait for its `min_state` token (docs/consistency.md)."""
+    watch_keepalive_ms: int = 5_000
+    """A comment line on an idle watch stream this often, so that proxies keep it open (>= 100)."""
     tokens_file: str = ""
     """TOML file of `[[token]]` entries (name, scope, sha256 of the token); empty: no tokens, the API
     is open to anyone who can reach `listen`."""
@@ -477,6 +481,8 @@ def _http_and_log(raw: dict[str, Any]) -> tuple[HttpConfig, LogConfig, tuple[Tok
     parse_http_listen(http.listen)
     tokens = load_tokens(http.tokens_file) if http.tokens_file else ()
     tls_context(http)
+    if http.watch_keepalive_ms < 100:
+        raise ConfigError("http.watch_keepalive_ms: must be at least 100 ms")
     if log.level not in LOG_LEVELS:
         raise ConfigError(f"log.level: must be one of {', '.join(LOG_LEVELS)}, not {log.level!r}")
     if log.format not in LOG_FORMATS:

@@ -1,7 +1,9 @@
 """The daemon's HTTP API (aiohttp): JSON in and out, binary Yjs updates, server-sent events.
 
 Errors are `{"error": {"code": ..., "message": ...}}` with a 4xx or 5xx status. Every write answers
-once the node's store holds it as the durability setting promises, with the doc's new state vector.
+once the node's store holds it as the durability setting promises, with the doc's new state vector
+and a causal token; reads can wait for a token (`min_state`, `wait_ms`): see `causal_http` and
+docs/consistency.md.
 
 With tokens configured (`http.tokens_file`), every request but `GET /health` and the dashboard's
 static files (`GET /ui`, `/ui/*`: the page asks for a token and sends it with its data calls) needs
@@ -32,8 +34,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pycrdt import Doc, Map, TransactionEvent
 
+from crdtsync.consistency import DocState, doc_state
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
-from crdtsync.daemon import jsonvalues
+from crdtsync.daemon import causal_http, jsonvalues
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
 from crdtsync.daemon.status_json import cluster_placement_json, config_warnings, placement_json, status_json
@@ -49,7 +52,6 @@ DOC_ID_BYTES_MAX = 512
 KEY_BYTES_MAX = 256
 RESERVED_SEGMENTS = frozenset({"keys", "update", "watch"})
 RESTORE_BYTES_MAX = 1 << 30
-WATCH_KEEPALIVE_S = 15.0
 READ_METHODS = frozenset({"GET", "HEAD"})
 OPEN_PATHS = frozenset({"/health", "/ui"})
 UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
@@ -221,6 +223,10 @@ class Api:
         except ApiError as exc:
             self.requests_rejected += 1
             return error_response(exc.status, exc.code, exc.message)
+        except causal_http.RequestError as exc:
+            self.requests_rejected += 1
+            error = {"code": exc.code, "message": exc.message, **exc.details}
+            return json_response({"error": error}, status=exc.status)
         except web.HTTPRequestEntityTooLarge as exc:
             self.requests_rejected += 1
             return error_response(
@@ -413,6 +419,7 @@ class Api:
     async def doc_route(self, request: web.Request) -> web.StreamResponse:
         rest: str = request.match_info["rest"]
         segments = rest.split("/")
+        request[causal_http.SESSION_KEY] = causal_http.session_token(request)
         if len(segments) >= 3 and segments[-2] == "keys":
             doc_id, key = "/".join(segments[:-2]), segments[-1]
             check_doc_id(doc_id)
@@ -437,7 +444,12 @@ class Api:
             return await self.patch_doc(request, doc_id)
         raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on a doc")
 
-    async def _open_existing(self, doc_id: str) -> Doc[Any]:
+    async def _open_existing(self, doc_id: str, request: web.Request) -> Doc[Any]:
+        if request.method == "GET":  # a read waits for its token first: the doc may be on its way
+            watch = request.path.endswith("/watch")
+            await causal_http.await_token(
+                self.node, request, doc_id, self.config.http.wait_ms_max, watch=watch
+            )
         if not self.node.has_doc(doc_id):
             raise ApiError(404, "no_such_doc", f"doc {doc_id!r} does not exist on this node")
         return await self.node.open(doc_id)
@@ -450,32 +462,35 @@ class Api:
         _check_numbers(value)
         return value
 
-    async def _written(self, doc_id: str, doc: Doc[Any]) -> web.Response:
+    async def _written(self, doc_id: str, doc: Doc[Any], request: web.Request) -> web.Response:
         try:
             await self.node.flush()
+            token = causal_http.token_fields(request, doc_id, doc)
         finally:
             self.node.release(doc_id)
-        return json_response({"doc_id": doc_id, "state_vector": b64url(doc.get_state())})
+        return json_response({"doc_id": doc_id, "state_vector": b64url(doc.get_state()), **token})
 
     async def get_doc(self, request: web.Request, doc_id: str) -> web.Response:
-        doc = await self._open_existing(doc_id)
+        doc = await self._open_existing(doc_id, request)
         try:
             data = doc.get("data", type=Map).to_py()
             state = doc.get_state()
+            token = causal_http.token_fields(request, doc_id, doc)
         finally:
             self.node.release(doc_id)
-        return json_response({"doc_id": doc_id, "data": data, "state_vector": b64url(state)})
+        return json_response({"doc_id": doc_id, "data": data, "state_vector": b64url(state), **token})
 
     async def get_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
-        doc = await self._open_existing(doc_id)
+        doc = await self._open_existing(doc_id, request)
         try:
             data = doc.get("data", type=Map)
             if key not in data:
                 raise ApiError(404, "no_such_key", f"doc {doc_id!r} has no key {key!r}")
             value = data.to_py()[key]
+            token = causal_http.token_fields(request, doc_id, doc)
         finally:
             self.node.release(doc_id)
-        return json_response({"doc_id": doc_id, "key": key, "value": value})
+        return json_response({"doc_id": doc_id, "key": key, "value": value, **token})
 
     async def put_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
         value = await self._json_body(request)
@@ -485,16 +500,16 @@ class Api:
         except BaseException:
             self.node.release(doc_id)
             raise
-        return await self._written(doc_id, doc)
+        return await self._written(doc_id, doc, request)
 
     async def delete_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
-        doc = await self._open_existing(doc_id)
+        doc = await self._open_existing(doc_id, request)
         data = doc.get("data", type=Map)
         if key not in data:
             self.node.release(doc_id)
             raise ApiError(404, "no_such_key", f"doc {doc_id!r} has no key {key!r}")
         del data[key]
-        return await self._written(doc_id, doc)
+        return await self._written(doc_id, doc, request)
 
     async def patch_doc(self, request: web.Request, doc_id: str) -> web.Response:
         body = await self._json_body(request)
@@ -511,7 +526,7 @@ class Api:
         except BaseException:
             self.node.release(doc_id)
             raise
-        return await self._written(doc_id, doc)
+        return await self._written(doc_id, doc, request)
 
     async def get_update(self, request: web.Request, doc_id: str) -> web.Response:
         state = from_b64url(request.query.get("sv", ""), "sv")
@@ -520,16 +535,17 @@ class Api:
                 decode_state_vector(state)
             except StateDecodeError as exc:
                 raise ApiError(400, "bad_state_vector", f"sv is not an encoded state vector: {exc}") from None
-        doc = await self._open_existing(doc_id)
+        doc = await self._open_existing(doc_id, request)
         try:
             update = doc.get_update(state) if state else doc.get_update()
             current = doc.get_state()
+            token = causal_http.token_fields(request, doc_id, doc)["token"]
         finally:
             self.node.release(doc_id)
         return web.Response(
             body=update,
             content_type="application/octet-stream",
-            headers={"X-State-Vector": b64url(current)},
+            headers={"X-State-Vector": b64url(current), **({"X-Causal-Token": token} if token else {})},
         )
 
     async def post_update(self, request: web.Request, doc_id: str) -> web.Response:
@@ -582,14 +598,14 @@ class Api:
         except BaseException:
             self.node.release(doc_id)
             raise
-        return await self._written(doc_id, doc)
+        return await self._written(doc_id, doc, request)
 
     async def watch(self, request: web.Request, doc_id: str) -> web.StreamResponse:
         if self.watchers >= self.config.http.watchers_max:
             raise ApiError(
                 503, "too_many_watchers", f"{self.config.http.watchers_max} watch streams are open"
             )
-        doc = await self._open_existing(doc_id)
+        doc = await self._open_existing(doc_id, request)
         # True: the doc changed; False: the daemon is stopping. One slot: a slow client gets the
         # latest state, never an unbounded backlog.
         changes: asyncio.Queue[bool] = asyncio.Queue(maxsize=1)
@@ -610,10 +626,9 @@ class Api:
         )
         try:
             await response.prepare(request)
-            async for payload in self._snapshots(doc_id, doc, changes):
-                await response.write(
-                    b":\n\n" if payload is None else f"event: change\ndata: {payload}\n\n".encode()
-                )
+            since = causal_http.last_event_state(request, doc_id)
+            async for event in self._snapshots(doc_id, doc, changes, since):
+                await response.write(event)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -632,22 +647,31 @@ class Api:
             changes.put_nowait(False)
 
     async def _snapshots(
-        self, doc_id: str, doc: Doc[Any], changes: asyncio.Queue[bool]
-    ) -> AsyncIterator[str | None]:
+        self, doc_id: str, doc: Doc[Any], changes: asyncio.Queue[bool], since: DocState | None
+    ) -> AsyncIterator[bytes]:
+        """The stream's events: the doc now, then after every change; `id:` is the doc's token (a
+        client reconnecting with it as `Last-Event-ID` resumes from there, on any node). After a
+        `Last-Event-ID` (`since`), the first event says whether the doc `changed` since."""
+        keepalive_s = self.config.http.watch_keepalive_ms / 1000.0
         while True:
-            yield jsonvalues.dumps(
-                {
-                    "doc_id": doc_id,
-                    "data": doc.get("data", type=Map).to_py(),
-                    "state_vector": b64url(doc.get_state()),
-                }
-            )
+            state = doc_state(doc)
+            event: dict[str, Any] = {
+                "doc_id": doc_id,
+                "data": doc.get("data", type=Map).to_py(),
+                "state_vector": b64url(doc.get_state()),
+            }
+            if since is not None:
+                event["changed"] = state != since
+                since = None
+            event_id = causal_http.event_id(doc_id, state)
+            yield f"id: {event_id}\nevent: change\ndata: {jsonvalues.dumps(event)}\n\n".encode()
             while True:
                 try:
-                    changed = await asyncio.wait_for(changes.get(), WATCH_KEEPALIVE_S)
+                    changed = await asyncio.wait_for(changes.get(), keepalive_s)
                     break
                 except TimeoutError:
-                    # A comment line: a client that went away fails this write and frees its slot.
-                    yield None
+                    # A comment line keeps proxies from closing an idle stream, and a client that
+                    # went away fails this write and frees its slot.
+                    yield b":\n\n"
             if not changed:
                 return

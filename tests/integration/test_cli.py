@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 from daemon_support import Daemon, DaemonPool, free_port, start_all
 
+from crdtsync import CausalToken, DocState
 from crdtsync.cli import main
 from crdtsync.core.placement import partition_of
 
@@ -145,6 +146,15 @@ def test_docs_lists_with_prefix_limit_and_after(node: Daemon) -> None:
     assert json.loads(result.stdout) == {"docs": ["cli/a", "cli/b"], "next": "cli/b"}
 
 
+# A token naming client 1 of cli/a at clock 1: no node here writes as client 1.
+UNKNOWN_TOKEN = CausalToken.of({"cli/a": DocState.of({1: 1})}).encode()
+
+
+def body_token(node: Daemon) -> str:
+    token: str = node.get_json("/v1/docs/cli/a")["token"]
+    return token
+
+
 def test_get_prints_a_doc_or_one_key(node: Daemon) -> None:
     result = run("get", "--url", node.url, "cli/a")
     assert result.exit_code == 0, result.output
@@ -158,7 +168,15 @@ def test_get_prints_a_doc_or_one_key(node: Daemon) -> None:
     assert (result.exit_code, json.loads(result.stdout)) == (0, "cli/a")
 
     result = run("get", "--url", node.url, "--json", "cli/a", "name")
-    assert json.loads(result.stdout) == {"doc_id": "cli/a", "key": "name", "value": "cli/a"}
+    body = json.loads(result.stdout)
+    assert body.pop("token") and body == {"doc_id": "cli/a", "key": "name", "value": "cli/a"}
+
+    # --after: the token of the answer above is covered at once; one naming a write this node never
+    # saw fails after --wait-ms, naming the error.
+    result = run("get", "--url", node.url, "--after", body_token(node), "cli/a", "n")
+    assert (result.exit_code, result.stdout) == (0, "4\n"), result.output
+    result = run("get", "--url", node.url, "--after", UNKNOWN_TOKEN, "--wait-ms", "50", "cli/a")
+    assert result.exit_code == 1 and "(504 not_yet_covered)" in result.stderr, result.output
 
     result = run("get", "--url", node.url, "no/such/doc")
     assert result.exit_code == 1
