@@ -44,6 +44,7 @@ import httpx
 
 from crdtsync.testing.cluster import LocalCluster, LocalDaemon, ignore_signals, log_tail, plan_daemons
 from fuzz._runner import rss_mb_of
+from fuzz.chaos_network import NetworkFaults, NetworkSummary
 
 FAST_REPLICATION: dict[str, int] = {
     "hello_interval_ms": 100,
@@ -58,6 +59,10 @@ FAST_MEMBERSHIP: dict[str, int] = {
     "down_after_suspect_ms": 500,
 }
 FAULT_KINDS = ("kill", "stop", "term")
+FAULT_SETS = ("process", "network", "wan")
+"""--faults: process (SIGKILL, SIGSTOP, SIGTERM), network (every replication byte through a fault
+proxy: WAN latency and caps between datacenters, partitions of every shape, resets, degraded links),
+wan (the proxy with the WAN's latency and caps only)."""
 WARMUP_S = 3.0
 """Seconds of writes before the first fault."""
 FAULT_GAP_S = (1.0, 5.0)
@@ -155,6 +160,8 @@ class Summary:
     rss_limit_mb: float
     curve: bool = False
     work_dir: str = ""
+    fault_sets: tuple[str, ...] = ("process",)
+    network: NetworkSummary | None = None
     writes_acked: int = 0
     writes_failed: int = 0
     failures: Counter[str] = field(default_factory=Counter)
@@ -186,6 +193,7 @@ class Summary:
             f"python -m fuzz.chaos --minutes {self.minutes} --seed {self.seed} "
             f"--nodes {self.nodes} --datacenters {self.datacenters} --rss-mb {self.rss_limit_mb:g}"
             + (" --curve" if self.curve else "")
+            + (f" --faults {','.join(self.fault_sets)}" if self.fault_sets != ("process",) else "")
         )
 
     def __str__(self) -> str:
@@ -207,6 +215,7 @@ class Summary:
             " acknowledged",
             f"  faults: {sum(self.faults.values())} ({kinds})"
             + (f", {self.faults_skipped} skipped" if self.faults_skipped else ""),
+            *(self.network.lines() if self.network is not None else []),
             f"  {converged}",
             f"  max RSS {self.rss_mb_max:.0f} MB (limit {self.rss_limit_mb:.0f} MB)",
         ]
@@ -280,6 +289,7 @@ class Campaign:
         root: str,
         *,
         curve: bool = False,
+        fault_sets: tuple[str, ...] = ("process",),
     ) -> None:
         self.seconds = seconds
         self.root = root
@@ -293,8 +303,14 @@ class Campaign:
             (burst_rng.randint(*BURST_WRITES), burst_rng.uniform(*BURST_LEAD_S)) for _fault in self.faults
         ]
         """(writes, lead) of the burst before each fault of the plan (used by kills and terms)."""
+        # Drawn after the others, so that a process-only seed replays as it did before networks.
+        network_rng = random.Random(rng.getrandbits(64))
+        if "process" not in fault_sets:
+            self.faults = []
         self.faulty_max = (nodes - 1) // 2
-        self.summary = Summary(seed, seconds, nodes, datacenters, rss_limit_mb, curve=curve, work_dir=root)
+        self.summary = Summary(
+            seed, seconds, nodes, datacenters, rss_limit_mb, curve=curve, work_dir=root, fault_sets=fault_sets
+        )
         names = [f"n{index}" for index in range(nodes)]
         daemons = plan_daemons(
             Daemon,
@@ -312,6 +328,11 @@ class Campaign:
             note="fuzz.chaos",
         )
         self.daemons = daemons
+        self.network: NetworkFaults | None = None
+        """The fault proxy every replication byte crosses (--faults network or wan)."""
+        if "network" in fault_sets or "wan" in fault_sets:
+            self.network = NetworkFaults(self, network_rng, seed, partitions="network" in fault_sets)
+            self.summary.network = self.network.summary
         self.started = time.monotonic()
         self.phase = "starting"
         self.acked: list[Write] = []
@@ -841,8 +862,19 @@ class Campaign:
         nodes, summary = len(self.daemons), self.summary
         self.say(
             f"chaos seed={summary.seed}: {nodes} daemons in {summary.datacenters} datacenters for "
-            f"{self.seconds:.0f} s of faults; {len(self.faults)} faults planned; data and logs in {self.root}"
+            f"{self.seconds:.0f} s of faults ({', '.join(summary.fault_sets)}); {len(self.faults)} process "
+            f"faults planned; data and logs in {self.root}"
         )
+        network = self.network
+        if network is not None:
+            await network.start()
+            wan = ", ".join(
+                f"{a}->{b} {f.latency_ms:.0f} ms" for (a, b), f in sorted(network.plan.base.items()) if a < b
+            )
+            self.say(
+                f"fault proxy: every replication byte crosses it; WAN links {wan or 'none'}; "
+                f"{len(network.plan.faults) if network.partitions else 0} network faults planned"
+            )
         for daemon in self.daemons:
             self.spawn(daemon)
             self.say(
@@ -859,21 +891,35 @@ class Campaign:
             stop_at = started + self.seconds
             writer = asyncio.create_task(self.writer(stop_at))
             faults = asyncio.create_task(self.fault_schedule(started))
+            tasks = [writer, faults]
+            if network is not None:
+                tasks.append(asyncio.create_task(network.schedule(started, self.heal)))
+                tasks.append(asyncio.create_task(network.arrivals(stop_at, self.heal)))
             try:
                 await self.wait_for_heal(max(0.0, stop_at - time.monotonic()))
                 self.phase = "heal"
-                self.say("the time is up: stop writing, resume and restart every node")
+                self.say("the time is up: stop writing, heal the network, resume and restart every node")
                 self.heal.set()
                 await faults
+                if network is not None:
+                    await asyncio.gather(*tasks[2:])
+                    network.heal()
                 await self.heal_all()
                 await writer  # its last answers, within the request timeout
             finally:
-                for task in (writer, faults):
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(writer, faults, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
             self.phase = "converging"
             await self.wait_converged()
             self.sample_rss()
+            if network is not None:
+                network.collect()
+                if network.summary.unknown_clients:
+                    self.problem(
+                        f"{network.summary.unknown_clients} connections reached the proxy from no node's "
+                        "source address: some replication bytes did not cross their link"
+                    )
             _raise_failure([monitor])
         except ChaosError as exc:
             self.problem(str(exc))
@@ -881,6 +927,8 @@ class Campaign:
             monitor.cancel()
             await asyncio.gather(monitor, return_exceptions=True)
             await self.client.aclose()
+            if network is not None:
+                await network.aclose()
 
 
 async def campaign(
@@ -892,10 +940,17 @@ async def campaign(
     rss_limit_mb: float = 400.0,
     work_dir: str | None = None,
     curve: bool = False,
+    faults: Iterable[str] = ("process",),
+    report_dir: str | None = None,
 ) -> tuple[bool, Summary]:
-    """Run the campaign for `seconds` of faults; (whether everything held, the summary). The daemons
-    are stopped on every way out (also on cancellation, e.g. Ctrl-C); the work dir is removed unless
-    `work_dir` was given or the run failed."""
+    """Run the campaign for `seconds` of faults of the sets `faults` (see FAULT_SETS); (whether
+    everything held, the summary). The daemons are stopped on every way out (also on cancellation,
+    e.g. Ctrl-C); the work dir is removed unless `work_dir` was given or the run failed. With
+    `report_dir`, the summary and figures go to REPORT_DIR/chaos-SEED.json."""
+    fault_sets = tuple(name for name in FAULT_SETS if name in set(faults))
+    unknown = set(faults) - set(FAULT_SETS)
+    if unknown or not fault_sets:
+        raise ValueError(f"faults must be some of {', '.join(FAULT_SETS)}, not {', '.join(sorted(unknown))}")
     if nodes < 3:
         raise ValueError("nodes must be at least 3: with fewer, (nodes-1)//2 allows no faulty node")
     if not 1 <= datacenters <= nodes:
@@ -904,7 +959,9 @@ async def campaign(
     run: Campaign | None = None
     finished = False
     try:
-        run = Campaign(seconds, seed, nodes, datacenters, rss_limit_mb, root, curve=curve)
+        run = Campaign(
+            seconds, seed, nodes, datacenters, rss_limit_mb, root, curve=curve, fault_sets=fault_sets
+        )
         await run.run()
         finished = True
     finally:
@@ -920,7 +977,36 @@ async def campaign(
         finally:
             restore()
     assert run is not None
+    if report_dir is not None:
+        path = write_report(run.summary, report_dir)
+        print(f"report: {path}", flush=True)
     return run.summary.ok, run.summary
+
+
+def write_report(summary: Summary, report_dir: str) -> str:
+    """The summary's figures as JSON, REPORT_DIR/chaos-SEED.json; its path."""
+    os.makedirs(report_dir, exist_ok=True)
+    path = os.path.join(report_dir, f"chaos-{summary.seed}.json")
+    figures: dict[str, Any] = {
+        "seed": summary.seed,
+        "replay": summary.replay_command(),
+        "ok": summary.ok,
+        "seconds": summary.seconds,
+        "nodes": summary.nodes,
+        "datacenters": summary.datacenters,
+        "faults": summary.fault_sets,
+        "writes_acked": summary.writes_acked,
+        "writes_failed": summary.writes_failed,
+        "failures": dict(summary.failures),
+        "process_faults": dict(summary.faults),
+        "converged_after_heal_s": summary.converged_after_s,
+        "rss_mb_max": summary.rss_mb_max,
+        "network": summary.network.figures() if summary.network is not None else None,
+        "problems": summary.problems,
+    }
+    with open(path, "w") as handle:
+        json.dump(figures, handle, indent=2)
+    return path
 
 
 def _raise_failure(tasks: Iterable[asyncio.Task[None]]) -> None:
@@ -937,6 +1023,14 @@ def _make_root(work_dir: str | None) -> str:
     root = os.path.abspath(work_dir)
     os.makedirs(root, exist_ok=True)
     return root
+
+
+def _fault_sets(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in FAULT_SETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose among {', '.join(FAULT_SETS)} (comma-separated)")
+    return names
 
 
 def _positive(text: str) -> float:
@@ -961,6 +1055,8 @@ async def _until_sigterm(args: argparse.Namespace) -> tuple[bool, Summary]:
             rss_limit_mb=args.rss_mb,
             work_dir=args.work_dir,
             curve=args.curve,
+            faults=args.faults,
+            report_dir=args.report,
         )
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
@@ -981,6 +1077,17 @@ def main(argv: list[str] | None = None) -> int:
         "--curve",
         action="store_true",
         help="CurveZMQ links (a key pair per node, every member's key configured) instead of plaintext",
+    )
+    parser.add_argument(
+        "--faults",
+        type=_fault_sets,
+        default=("process",),
+        help="comma-separated: process (SIGKILL, SIGSTOP, SIGTERM), network (a fault proxy on every link: "
+        "WAN latency 30-150 ms and 5 MB/s between datacenters, partitions of every shape, resets, degraded "
+        "links), wan (the proxy with the WAN latency and caps only); default process",
+    )
+    parser.add_argument(
+        "--report", metavar="DIR", help="write the summary and figures as DIR/chaos-SEED.json"
     )
     parser.add_argument(
         "--work-dir",

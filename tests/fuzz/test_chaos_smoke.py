@@ -1,6 +1,7 @@
-"""A short run of the chaos campaign (fuzz.chaos): six real daemons in two datacenters over CurveZMQ
-links, SIGKILL, SIGSTOP and SIGTERM faults for 50 s, then every acknowledged write on every node. It
-prints its seed and its summary; on a failure the daemons' logs stay in the test's tmp dir."""
+"""Short runs of the chaos campaign (fuzz.chaos): six real daemons in two datacenters over CurveZMQ
+links, SIGKILL, SIGSTOP and SIGTERM faults for 50 s, then every acknowledged write on every node; and
+four daemons behind the fault proxy through partitions for 12 s. Each prints its seed and its summary;
+on a failure the daemons' logs stay in the test's tmp dir."""
 
 from __future__ import annotations
 
@@ -28,3 +29,32 @@ def test_real_daemons_keep_every_acknowledged_write_through_kills_pauses_and_res
     assert summary.writes_acked > 0, summary
     assert summary.burst_writes > 0, f"no write was in flight at a kill or term:\n{summary}"
     assert summary.converged_after_s is not None, summary
+
+
+NETWORK_FAULTS_S = 12.0
+"""Two partitions and a kill with this seed: seconds, not minutes (the suite's budget)."""
+
+
+def test_real_daemons_behind_the_fault_proxy_converge_after_partitions(tmp_path: Path) -> None:
+    """Four daemons in two datacenters, every replication byte through the fault proxy (WAN latency
+    and caps between the datacenters): a one-way and a datacenter partition, each healed and awaited,
+    and a kill; then every acknowledged write on every node and every member alive."""
+    seed = 20261235
+    print(f"chaos seed {seed}")
+    ok, summary = asyncio.run(
+        chaos.campaign(
+            NETWORK_FAULTS_S, seed, nodes=4, work_dir=str(tmp_path / "chaos"), faults=("process", "network")
+        )
+    )
+    print(summary)
+    assert ok, summary
+    network = summary.network
+    assert network is not None
+    assert network.faults["partition one-way"] == 1 and network.faults["partition datacenter"] == 1, summary
+    assert sum(len(times) for times in network.heal_converge_s.values()) == 2, summary
+    assert network.proxy_bytes > 0 and network.unknown_clients == 0, summary
+    cross_dc_ms = [s * 1000.0 for same_dc, _latency, s in network.arrivals if not same_dc]
+    assert cross_dc_ms, f"no write arrival measured across datacenters:\n{summary}"
+    # Every write that crossed the WAN took at least a WAN link's latency: 30 ms less 10% jitter.
+    assert min(cross_dc_ms) >= 27.0, summary
+    assert summary.faults["kill"] == 1 and summary.writes_acked > 0, summary
