@@ -232,8 +232,7 @@ class NetworkFaults:
         if fault.kind == "degrade":
             assert fault.faults is not None
             for source, target in fault.links:
-                base = self.plan.base.get((source, target), LinkFaults())
-                self.proxy.set_link(source, target, fault.faults if not base.blackhole else base)
+                self.proxy.set_link(source, target, fault.faults)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(heal.wait(), fault.duration_s)
             for source, target in fault.links:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
+
+import pytest
 
 from crdtsync.testing.cluster import LocalDaemon, plan_daemons
 from crdtsync.testing.faultproxy import (
@@ -69,3 +72,15 @@ def test_daemons_put_behind_the_proxy_advertise_it_and_bind_their_own_source(tmp
     assert args[args.index("--advertise") + 1] == a.advertise
     assert 'source_host="127.0.0.2"' in args
     assert LinkFaults() == LinkFaults(latency_ms=0.0, blackhole=False)
+
+
+def test_the_chaos_campaign_takes_fault_sets_and_replays_them() -> None:
+    from fuzz import chaos
+
+    with pytest.raises(SystemExit):
+        chaos.main(["--faults", "process,disks"])
+    summary = chaos.Summary(7, 60.0, 6, 3, 400.0, fault_sets=("process", "network"))
+    assert summary.replay_command().endswith("--faults process,network")
+    assert "--faults" not in chaos.Summary(7, 60.0, 6, 3, 400.0).replay_command()
+    with pytest.raises(ValueError, match="faults must be some of"):
+        asyncio.run(chaos.campaign(1.0, 7, faults=("floods",)))
