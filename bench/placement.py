@@ -29,7 +29,7 @@ from crdtsync.core.placement import (
     replicas_in_dc,
 )
 
-POLICY = PlacementPolicy()  # 4096 partitions, rf 3 in every datacenter
+POLICY = PlacementPolicy((PlacementRule(3),))  # 4096 partitions, rf 3 in every datacenter
 
 
 def _nodes(count: int, dcs: int) -> list[Candidate]:

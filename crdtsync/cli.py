@@ -378,7 +378,7 @@ def status(server: Server, as_json: bool) -> None:
 @click.argument("doc", required=False)
 def placement(server: Server, as_json: bool, doc: str | None) -> None:
     """Where DOC lives (its partition and replicas per datacenter, in preference order); without DOC,
-    the partitions per node and the imbalance per datacenter. Placement is shown, not yet enforced."""
+    the partitions per node and the imbalance per datacenter (under the default rule)."""
     body = _request("GET", server, f"/v1/placement/{doc}" if doc else "/v1/placement").json()
     if as_json:
         _print_json(body)
@@ -390,6 +390,8 @@ def placement(server: Server, as_json: bool, doc: str | None) -> None:
         for dc, replicas in body["replicas"].items():
             rows.append((dc, ", ".join(f"{r['node_id']} ({r['state']})" for r in replicas) or "-"))
         _table(rows)
+        if body["relays"]:
+            click.echo(f"also held by the relays (they hold every doc): {', '.join(body['relays'])}")
     else:
         click.echo(
             f"{body['partitions']} partitions, default rf {body['rf']}, placement version {body['version']}"
@@ -400,7 +402,7 @@ def placement(server: Server, as_json: bool, doc: str | None) -> None:
         imbalance = ", ".join(f"{dc} {value:.3f}" for dc, value in body["imbalance"].items())
         click.echo(f"imbalance (max/mean per node): {imbalance}")
     if not body["enforced"]:
-        click.echo("note: placement is computed, not yet enforced: every node replicates every doc")
+        click.echo('note: rf "all": every node holds every doc')
 
 
 def _table(rows: Sequence[tuple[str, ...]]) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from crdtsync.core import wire
 from crdtsync.core.context import Context
 from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocTable
+from crdtsync.core.holding import Filter, Holding
 from crdtsync.core.links import Links, PeerLink
 from crdtsync.core.sync import StateSync
 
@@ -36,11 +37,14 @@ class Round:
     more: bool = False
     """Differences were left for a later round (budget or message limits)."""
     segments_requested: int = 0
+    accept: Filter | None = None
+    """The placement buckets both sides hold (None: every doc)."""
 
 
 class AntiEntropy:
-    def __init__(self, ctx: Context, docs: DocTable, links: Links, sync: StateSync) -> None:
+    def __init__(self, ctx: Context, docs: DocTable, links: Links, sync: StateSync, holding: Holding) -> None:
         self._ctx = ctx
+        self._holding = holding
         self._docs = docs
         self._links = links
         self._sync = sync
@@ -125,9 +129,32 @@ class AntiEntropy:
             link.address, self._round_counter, "branches", ctx.now_ms + ctx.config.ae_round_timeout_ms
         )
         ctx.counters.ae_rounds_started += 1
-        self._links.send(
-            link.address, wire.TreeRoot(ctx.node_id, self._round_counter, self._docs.merkle_root())
-        )
+        accept = self.round.accept = self._filter(link.node_id)
+        self._links.send(link.address, wire.TreeRoot(ctx.node_id, self._round_counter, self._root(accept)))
+
+    # Placement: two nodes compare only the docs both hold, each side filtering the same way from
+    # the same member view (see `holding`); without placement the filter is None and costs nothing.
+
+    def _filter(self, node_id: str | None) -> Filter | None:
+        return None if node_id is None else self._holding.filter_with(node_id)
+
+    def _root(self, accept: Filter | None) -> bytes:
+        root = self._docs.merkle_root()  # refreshes the tree
+        return root if accept is None else self._docs.tree.filtered_root(accept)
+
+    def _branch_hashes(self, accept: Filter | None) -> list[bytes]:
+        tree = self._docs.tree
+        return tree.branch_hashes() if accept is None else tree.filtered_branch_hashes(accept)
+
+    def _segment_hashes(self, branch: int, accept: Filter | None) -> list[bytes]:
+        tree = self._docs.tree
+        return tree.segment_hashes(branch) if accept is None else tree.filtered_segment_hashes(branch, accept)
+
+    def _segment_entries(self, segment: int, accept: Filter | None) -> list[tuple[str, bytes]]:
+        tree = self._docs.tree
+        if accept is None:
+            return tree.segment_entries(segment)
+        return tree.filtered_segment_entries(segment, accept)
 
     def _round_for(self, node_id: str, round_id: int, phase: str) -> tuple[Round, PeerLink] | None:
         """The running round this answer belongs to, or None (late or foreign answers are counted)."""
@@ -172,8 +199,8 @@ class AntiEntropy:
         if found is None:
             return
         current, link = found
-        tree = self._docs.tree
-        branches = [] if message.equal else tree.differing_branches(list(message.hashes))
+        local = [] if message.equal else self._branch_hashes(current.accept)
+        branches = [index for index, value in enumerate(local) if value != message.hashes[index]]
         if not branches:
             self._finish(current, link, 0)
             return
@@ -186,12 +213,16 @@ class AntiEntropy:
         if found is None:
             return
         current, link = found
-        tree = self._docs.tree
-        per_branch = tree.segments_per_branch
+        per_branch = self._docs.tree.segments_per_branch
         differing: list[int] = []
         for index, branch in enumerate(message.branches):
-            remote = list(message.hashes[index * per_branch : (index + 1) * per_branch])
-            differing.extend(tree.differing_segments(branch, remote))
+            remote = message.hashes[index * per_branch : (index + 1) * per_branch]
+            local = self._segment_hashes(branch, current.accept)
+            differing.extend(
+                branch * per_branch + at
+                for at, value in enumerate(local)
+                if at < len(remote) and remote[at] != value
+            )
         if not differing:
             self._finish(current, link, 0)
             return
@@ -240,7 +271,7 @@ class AntiEntropy:
         requests: list[tuple[Any, ...]] = []
         pushes: list[tuple[Any, ...]] = []
         for segment, theirs in remote.items():
-            ours = dict(self._docs.tree.segment_entries(segment))
+            ours = dict(self._segment_entries(segment, current.accept))
             for doc_id in sorted(ours.keys() | theirs.keys()):
                 if ours.get(doc_id) == theirs.get(doc_id):
                     continue
@@ -273,20 +304,21 @@ class AntiEntropy:
 
     def on_tree_root(self, message: wire.TreeRoot) -> None:
         ctx = self._ctx
-        root = self._docs.merkle_root()
-        if message.root == root:
+        accept = self._filter(message.node_id)
+        if message.root == self._root(accept):
             reply = wire.TreeBranches(ctx.node_id, message.round_id, True, ())
         else:
             reply = wire.TreeBranches(
-                ctx.node_id, message.round_id, False, tuple(self._docs.tree.branch_hashes())
+                ctx.node_id, message.round_id, False, tuple(self._branch_hashes(accept))
             )
         self._links.send_to_node(message.node_id, reply)
 
     def on_tree_segments_request(self, message: wire.TreeSegmentsRequest) -> None:
         self._docs.refresh_tree()  # repairs may have landed since the round began
+        accept = self._filter(message.node_id)
         hashes: list[bytes] = []
         for branch in message.branches:
-            hashes.extend(self._docs.tree.segment_hashes(branch))
+            hashes.extend(self._segment_hashes(branch, accept))
         self._links.send_to_node(
             message.node_id,
             wire.TreeSegments(self._ctx.node_id, message.round_id, message.branches, tuple(hashes)),
@@ -294,10 +326,11 @@ class AntiEntropy:
 
     def on_tree_entries_request(self, message: wire.TreeEntriesRequest) -> None:
         self._docs.refresh_tree()  # repairs may have landed since the round began
+        accept = self._filter(message.node_id)
         answered: list[int] = []
         entries: list[tuple[int, str, bytes]] = []
         for segment in message.segments:
-            segment_entries = self._docs.tree.segment_entries(segment)
+            segment_entries = self._segment_entries(segment, accept)
             if answered and len(entries) + len(segment_entries) > wire.ENTRIES_PER_MESSAGE_MAX:
                 break
             answered.append(segment)

@@ -73,12 +73,14 @@ class CausalBuffer:
             entry = touched.get(delta.doc_id)
             if entry is None:
                 try:
-                    entry = self._docs.get_or_create(delta.doc_id)
+                    found = self._docs.entry_for_remote(delta.doc_id)
                 except (ValueError, RuntimeError) as exc:
                     self._ctx.counters.deltas_dropped_doc += 1
                     self._ctx.warn("bad_doc", "dropped a delta for doc %r: %s", delta.doc_id, exc)
                     continue
-                touched[delta.doc_id] = entry
+                if found is None:
+                    continue  # not held here (placement): counted, and sequence tracking stays whole
+                entry = touched[delta.doc_id] = found
             self._hold(entry, PendingDelta(delta, before, after, publisher, self._ctx.now_ms))
         for doc_id, entry in touched.items():
             self.drain(doc_id, entry)
@@ -141,6 +143,11 @@ class CausalBuffer:
         else:
             self._pending.pop(doc_id, None)
             entry.waiting = False
+
+    def discard(self, entry: DocEntry) -> None:
+        """Forget the deltas waiting for a doc this node gives up (its holders get them anyway)."""
+        self._release(self._pending.pop(entry.doc_id, []))
+        entry.waiting = False
 
     def _release(self, done: list[PendingDelta]) -> None:
         self.total -= len(done)

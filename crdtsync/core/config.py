@@ -68,3 +68,11 @@ class ReplicaConfig:
     """Updates from one sender, or for one doc, that pycrdt rejects within `quarantine_ms` before
     that sender is ignored, or remote updates for that doc are dropped, for `quarantine_ms`."""
     quarantine_ms: float = 300_000.0
+    handoff_interval_ms: float = 1000.0
+    """How often docs this node has but does not hold (placement) are offered to a holder."""
+    handoff_grace_ms: float = 30_000.0
+    """A handed-off doc is dropped only when a second offer, this long after the first confirmed
+    one, is confirmed again with no local write in between: the holder has had time to commit it."""
+    handoff_docs_per_pass_max: int = 1024
+    handoff_bytes_per_pass_max: int = 4 * 1024 * 1024
+    """Offers sent per handoff pass (every `handoff_interval_ms`): the throttle of rebalancing."""

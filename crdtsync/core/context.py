@@ -89,6 +89,10 @@ class Context:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
         return (z ^ (z >> 31)) / float(1 << 64)
 
+    def fresh_client_id(self) -> int:
+        """A new random Yjs client id (53 bits, not 0), from the same deterministic stream."""
+        return int(self.jitter() * float(1 << 53)) or 1
+
     def jittered(self, interval_ms: float) -> float:
         """`interval_ms` spread by +-25%."""
         return interval_ms * (0.75 + 0.5 * self.jitter())

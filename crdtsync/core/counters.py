@@ -94,6 +94,15 @@ class Counters:
     docs_evicted: int = 0
     load_waiters_dropped: int = 0
     """Work dropped because too much waited for docs to load (`load_waiters_max`)."""
+    # placement: docs this node does not hold
+    updates_not_held: int = 0
+    """Remote updates (deltas, sync answers, pushes, offers) dropped for docs this node neither holds
+    by placement nor has."""
+    handoff_offers_sent: int = 0
+    handoff_offers_received: int = 0
+    handoff_acks_received: int = 0
+    handoff_docs_dropped: int = 0
+    """Docs handed to a holder (confirmed twice, `handoff_grace_ms` apart) and dropped here."""
     # peers and membership
     peer_alive: int = 0
     """Links that became alive (first hello, or evidence after suspect or down)."""

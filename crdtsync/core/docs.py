@@ -13,6 +13,7 @@ update for the store, the doc as dirty for the tree, and a local (not `REMOTE_OR
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ class DocEntry:
     """Estimate of the loaded doc's memory: its content's encoded size plus the updates since."""
     recorded: bool = False
     """The store holds this state and digest already: eviction need not write them again."""
+    local_writes: int = 0
+    """Local transactions on it since it was loaded or created: a handoff restarts when it moved."""
 
     def state(self) -> StateVector:
         if self.decoded is None:
@@ -70,9 +73,51 @@ class DocEntry:
         return self.decoded
 
 
+class DroppedDocs:
+    """Docs this node dropped (handoff), as a Bloom filter of fixed size: a doc dropped and then
+    written here again must not reuse this incarnation's client id, or its new structs would repeat
+    clocks the holders already have from the old ones (same id, same clock, other content: silent
+    divergence). A false positive only costs a fresh client id."""
+
+    BITS = 1 << 23  # 1 MiB
+    HASHES = 4
+
+    def __init__(self) -> None:
+        self._bits = bytearray(self.BITS // 8)
+        self.count = 0
+
+    def _positions(self, doc_id: str) -> list[int]:
+        digest_bytes = hashlib.blake2b(doc_id.encode(), digest_size=4 * self.HASHES).digest()
+        return [
+            int.from_bytes(digest_bytes[i * 4 : i * 4 + 4], "big") % self.BITS for i in range(self.HASHES)
+        ]
+
+    def add(self, doc_id: str) -> None:
+        self.count += 1
+        for position in self._positions(doc_id):
+            self._bits[position >> 3] |= 1 << (position & 7)
+
+    def __contains__(self, doc_id: str) -> bool:
+        if not self.count:
+            return False
+        return all(self._bits[p >> 3] & (1 << (p & 7)) for p in self._positions(doc_id))
+
+
 class DocTable:
-    def __init__(self, ctx: Context, guard: Guard, *, lazy: bool) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        guard: Guard,
+        *,
+        lazy: bool,
+        holds: Callable[[str], bool] | None = None,
+        bucket_of: Callable[[str], int] | None = None,
+    ) -> None:
+        """`holds(doc_id)`: whether this node holds the doc by placement (None: every doc); remote
+        content for a doc it neither holds nor has is refused (`entry_for_remote`). `bucket_of`: the
+        doc's placement bucket, kept in the tree so anti-entropy can compare common buckets only."""
         self._ctx = ctx
+        self._holds = holds
         self._guard = guard
         self._lazy = lazy
         self._docs: SortedDict[str, DocEntry] = SortedDict()
@@ -96,7 +141,10 @@ class DocTable:
         """Updates applied since the last `Persist` effect, local and remote, in order."""
         self.doc_states: list[tuple[str, bytes, bytes | None]] = []
         """(doc id, state vector, digest) records due to the store."""
-        self.tree = MerkleTree(wire.TREE_SEGMENTS, wire.TREE_BRANCHES)
+        self.drops: dict[str, None] = {}
+        """Docs dropped since the last `Persist` effect (deleted from the store after its updates)."""
+        self._dropped = DroppedDocs() if holds is not None else None
+        self.tree = MerkleTree(wire.TREE_SEGMENTS, wire.TREE_BRANCHES, bucket_of)
         self._dirty: dict[str, None] = {}
         """Docs changed since their digest last went into the tree."""
 
@@ -122,8 +170,46 @@ class DocTable:
             raise RuntimeError(f"docs_max ({self._ctx.config.docs_max}) reached")
         entry = DocEntry(doc_id=doc_id, doc=None, subscription=None)
         self._docs[doc_id] = entry
+        self.drops.pop(doc_id, None)  # dropped and created again in one step: keep what comes now
         self._attach(entry, None)
         return entry
+
+    def entry_for_remote(self, doc_id: str) -> DocEntry | None:
+        """The entry remote content for `doc_id` goes to: the doc's if this node has it, a new one if
+        it holds the doc by placement, else None (counted: the content is dropped). Raises like
+        `get_or_create` for a bad doc id."""
+        entry: DocEntry | None = self._docs.get(doc_id)
+        if entry is not None:
+            return entry
+        if self._holds is not None and not self._holds(doc_id):
+            self._ctx.counters.updates_not_held += 1
+            return None
+        return self.get_or_create(doc_id)
+
+    def drop(self, entry: DocEntry) -> bool:
+        """Forget a doc this node no longer holds, here and in the store (`Persist.drops`). False (nothing
+        done) while anything still needs it: pins, deltas waiting on it, work waiting for its load."""
+        doc_id = entry.doc_id
+        if entry.pins or entry.waiting or doc_id in self._waiting or doc_id in self._loads_requested:
+            return False
+        if entry.doc is not None:
+            if entry.subscription is not None:
+                entry.doc.unobserve(entry.subscription)
+            self.loaded -= 1
+            self.loaded_bytes -= entry.loaded_bytes
+        entry.doc = None
+        entry.subscription = None
+        del self._docs[doc_id]
+        self._lru.pop(doc_id, None)
+        self._dirty.pop(doc_id, None)
+        self.tree.remove(doc_id)
+        # The store deletes after this step's updates and states: none of them may be the doc's.
+        self.persist = [item for item in self.persist if item[0] != doc_id]
+        self.doc_states = [item for item in self.doc_states if item[0] != doc_id]
+        self.drops[doc_id] = None
+        assert self._dropped is not None, "only docs not held are dropped"
+        self._dropped.add(doc_id)
+        return True
 
     def doc(self, entry: DocEntry) -> Doc[Any]:
         """The entry's loaded Doc, marked recently used; DocNotLoadedError while it is evicted."""
@@ -297,7 +383,10 @@ class DocTable:
         return True
 
     def _attach(self, entry: DocEntry, content: bytes | None) -> None:
-        doc: Doc[Any] = Doc(client_id=self._ctx.client_id)
+        client_id = self._ctx.client_id
+        if self._dropped is not None and entry.doc_id in self._dropped:
+            client_id = self._ctx.fresh_client_id()  # see `DroppedDocs`
+        doc: Doc[Any] = Doc(client_id=client_id)
         entry.doc = doc
         self.loaded += 1
         entry.subscription = doc.observe(lambda event: self._on_transaction(entry, event))
@@ -366,6 +455,7 @@ class DocTable:
                 self.persist.append((entry.doc_id, update))
             return
         self.persist.append((entry.doc_id, update))
+        entry.local_writes += 1
         self.captured.append((entry.doc_id, event.before_state, after, update))  # type: ignore[attr-defined]
         if len(self.captured) == 1 and self.on_capture is not None:
             self.on_capture()

@@ -44,6 +44,9 @@ class Persist:
 
     updates: tuple[tuple[str, bytes], ...]
     doc_states: tuple[tuple[str, bytes, bytes | None], ...] = ()
+    drops: tuple[str, ...] = ()
+    """Docs to delete, after the updates and states above: this node does not hold them (placement)
+    and a holder has confirmed it has all of them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,6 +187,9 @@ class Membership:
     earliest after every pump; a scan of the table there would cost O(members) per frame."""
     _due_heap: list[tuple[float, str]] = field(default_factory=list)
     """The same times as a heap; entries that no longer match `_due_ms` are dropped lazily."""
+    revision: int = 0
+    """Bumped by every change of the table (a record, a liveness, a leave): what depends on the
+    members (placement) recomputes only when it moved."""
 
     # ------------------------------------------------------------------ own record
 
@@ -203,6 +206,7 @@ class Membership:
         )
 
     def leave(self) -> None:
+        self.revision += 1
         own = self.own
         self.own = MemberEntry(
             own.node_id, own.dc, own.address, own.publish_endpoint, own.incarnation, own.heartbeat + 1, True
@@ -244,12 +248,16 @@ class Membership:
             )
             self.members[record.node_id] = member
             self._schedule(member)
+            self.revision += 1
             return True, not record.left
         # What a member says of itself replaces whatever gossip said before, newer or not.
         first_direct = direct and not member.direct
         member.direct = member.direct or direct
+        if first_direct:
+            self.revision += 1
         if _order(record) <= _order(member.record) and not first_direct:
             return False, False
+        self.revision += 1
         newer_incarnation = record.incarnation != member.record.incarnation
         member.record = record
         if record.left:
@@ -294,6 +302,7 @@ class Membership:
             if now_ms >= self._member_due_ms(member):
                 if member.liveness == "left":
                     del self.members[node_id]
+                    self.revision += 1
                     continue
                 if member.liveness == "alive":
                     member.suspicions += 1
@@ -345,8 +354,8 @@ class Membership:
             self.expected_interval_ms + self.config.acceptable_pause_ms,
         )
 
-    @staticmethod
-    def _set(member: Member, liveness: Liveness, now_ms: float) -> LivenessChange:
+    def _set(self, member: Member, liveness: Liveness, now_ms: float) -> LivenessChange:
+        self.revision += 1
         change = LivenessChange(member.record.node_id, member.record.dc, member.liveness, liveness)
         member.liveness = liveness
         member.liveness_since_ms = now_ms

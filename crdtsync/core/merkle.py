@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Callable
 
 HASH_BYTES = 16
 
@@ -30,9 +31,14 @@ def leaf_hash(doc_id: str, digest: bytes) -> int:
 
 
 class MerkleTree:
-    def __init__(self, segments: int, branches: int) -> None:
+    """With `bucket_of` (doc id -> an int), each segment also keeps its hash per bucket, so that
+    two nodes can compare only the buckets both hold (`filtered_*`: placement's (rule, partition))."""
+
+    def __init__(self, segments: int, branches: int, bucket_of: Callable[[str], int] | None = None) -> None:
         if segments < 1 or branches < 1 or segments % branches:
             raise ValueError("segments must be a positive multiple of branches")
+        self.bucket_of = bucket_of
+        self._bucket_hashes: list[dict[int, int] | None] = [None] * segments
         self.segments = segments
         self.branches = branches
         self.segments_per_branch = segments // branches
@@ -71,7 +77,7 @@ class MerkleTree:
         else:
             change ^= leaf_hash(doc_id, old)
         docs[doc_id] = digest
-        self._xor(segment, change)
+        self._xor(segment, change, doc_id)
 
     def remove(self, doc_id: str) -> None:
         segment = self.segment_of(doc_id)
@@ -80,9 +86,19 @@ class MerkleTree:
         if old is None:
             return
         self._count -= 1
-        self._xor(segment, leaf_hash(doc_id, old))
+        self._xor(segment, leaf_hash(doc_id, old), doc_id)
 
-    def _xor(self, segment: int, change: int) -> None:
+    def _xor(self, segment: int, change: int, doc_id: str) -> None:
+        if self.bucket_of is not None:
+            buckets = self._bucket_hashes[segment]
+            if buckets is None:
+                buckets = self._bucket_hashes[segment] = {}
+            bucket = self.bucket_of(doc_id)
+            value = buckets.get(bucket, 0) ^ change
+            if value:
+                buckets[bucket] = value
+            else:
+                buckets.pop(bucket, None)
         self._segment_hashes[segment] ^= change
         self._branch_hashes[segment // self.segments_per_branch] ^= change
         self.root ^= change
@@ -118,4 +134,48 @@ class MerkleTree:
             start + index
             for index, value in enumerate(local)
             if index < len(remote) and remote[index] != value
+        ]
+
+    # ------------------------------------------------------------------ filtered by bucket
+
+    def _filtered_segment(self, segment: int, accept: Callable[[int], bool]) -> int:
+        buckets = self._bucket_hashes[segment]
+        value = 0
+        if buckets:
+            for bucket, bucket_hash in buckets.items():
+                if accept(bucket):
+                    value ^= bucket_hash
+        return value
+
+    def _filtered_branch(self, branch: int, accept: Callable[[int], bool]) -> int:
+        start = branch * self.segments_per_branch
+        value = 0
+        for segment in range(start, start + self.segments_per_branch):
+            value ^= self._filtered_segment(segment, accept)
+        return value
+
+    def filtered_root(self, accept: Callable[[int], bool]) -> bytes:
+        """The root over the docs whose bucket `accept`s (needs `bucket_of`)."""
+        value = 0
+        for branch in range(self.branches):
+            value ^= self._filtered_branch(branch, accept)
+        return value.to_bytes(HASH_BYTES, "big")
+
+    def filtered_branch_hashes(self, accept: Callable[[int], bool]) -> list[bytes]:
+        return [self._filtered_branch(b, accept).to_bytes(HASH_BYTES, "big") for b in range(self.branches)]
+
+    def filtered_segment_hashes(self, branch: int, accept: Callable[[int], bool]) -> list[bytes]:
+        start = branch * self.segments_per_branch
+        return [
+            self._filtered_segment(segment, accept).to_bytes(HASH_BYTES, "big")
+            for segment in range(start, start + self.segments_per_branch)
+        ]
+
+    def filtered_segment_entries(
+        self, segment: int, accept: Callable[[int], bool]
+    ) -> list[tuple[str, bytes]]:
+        bucket_of = self.bucket_of
+        assert bucket_of is not None, "a filtered tree needs bucket_of"
+        return [
+            (doc_id, digest) for doc_id, digest in self.segment_entries(segment) if accept(bucket_of(doc_id))
         ]

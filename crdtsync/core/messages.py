@@ -194,6 +194,33 @@ class Relayed:
     deltas: tuple[Delta, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class HandoffOffer:
+    """A node that has docs it does not hold hands them to a holder: per doc, the offerer's state
+    vector and `get_update` against the state the holder last acknowledged (the whole doc at first),
+    which carries every deletion too."""
+
+    node_id: str
+    entries: tuple[tuple[str, bytes, bytes], ...]
+    """(doc id, the offerer's encoded state vector, update)."""
+
+
+HANDOFF_NOT_COVERED = 0
+HANDOFF_COVERED = 1
+HANDOFF_NOT_HOLDER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffAck:
+    """The holder's answer per offered doc: `HANDOFF_COVERED` (its state now covers the offer's),
+    `HANDOFF_NOT_COVERED` (send again against the state given here) or `HANDOFF_NOT_HOLDER` (this node
+    does not hold that doc in its view: offer it elsewhere)."""
+
+    node_id: str
+    entries: tuple[tuple[str, int, bytes], ...]
+    """(doc id, status, the holder's encoded state vector)."""
+
+
 Message = (
     Hello
     | HelloAck
@@ -212,4 +239,6 @@ Message = (
     | TreeEntries
     | Members
     | Relayed
+    | HandoffOffer
+    | HandoffAck
 )

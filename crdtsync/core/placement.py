@@ -28,11 +28,12 @@ PLACEMENT_VERSION = 1
 PARTITIONS_DEFAULT = 4096
 PARTITIONS_MAX = 65536
 """Partition ids travel as 2 bytes."""
-RF_DEFAULT = 3
-
 ReplicationFactor = int | Literal["all"] | Mapping[str, int]
 """Replicas of each doc: the same number in every datacenter, every node of every datacenter, or a
 number per datacenter (datacenters not named hold none)."""
+RF_DEFAULT: ReplicationFactor = "all"
+"""Every node holds every doc unless a rule says otherwise: a node that is not a replica cannot yet
+forward reads to one, so narrower defaults are opt-in (see docs/placement.md)."""
 
 
 class PlacementError(ValueError):
@@ -59,8 +60,8 @@ class PlacementRule:
 class PlacementPolicy:
     """The cluster's placement: the partition count and the rules, the first matching prefix first.
 
-    The last rule without a prefix is the default; without one, every doc gets `RF_DEFAULT` replicas
-    in every datacenter."""
+    The last rule without a prefix is the default; without one, `RF_DEFAULT` ("all": every node holds
+    every doc)."""
 
     rules: tuple[PlacementRule, ...] = ()
     partitions: int = PARTITIONS_DEFAULT
@@ -208,6 +209,11 @@ class DocPlacement:
     rf: ReplicationFactor
     replicas: Mapping[str, tuple[PlacedReplica, ...]]
     version: int = PLACEMENT_VERSION
+    enforced: bool = False
+    """Only the doc's holders keep it: its rule is narrower than "all"."""
+    relays: tuple[str, ...] = ()
+    """Nodes that hold every doc besides its replicas: the relays, in a cluster that spans
+    datacenters (anti-entropy between datacenters runs between them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +226,8 @@ class ClusterPlacement:
     imbalance_by_dc: Mapping[str, float]
     """Max over mean partitions per node within each datacenter (1.0: perfectly even)."""
     version: int = PLACEMENT_VERSION
+    enforced: bool = False
+    """Some rule is narrower than "all": nodes hold only their share of those docs."""
 
 
 def doc_placement(

@@ -27,6 +27,7 @@ each in a file of its name, that own their state and write effects into the shar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -43,6 +44,8 @@ from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocNotLoadedError, DocTabl
 from crdtsync.core.effects import Effect, Persist
 from crdtsync.core.gossip import Gossip
 from crdtsync.core.guard import Guard
+from crdtsync.core.handoff import Handoff
+from crdtsync.core.holding import Holding
 from crdtsync.core.inbound import Inbound
 from crdtsync.core.links import Links
 from crdtsync.core.membership import Membership, MembershipConfig
@@ -108,14 +111,23 @@ class Replica:
             membership_config,
             config.heartbeat_interval_ms,
         )
+        self.placement = placement = placement or PlacementPolicy()
+        self._holding = holding = Holding(node_id, dc, self.membership, placement)
         self._guard = Guard(ctx)
         self._links = Links(ctx, self.membership)
         self._outbound = Outbound(ctx, self._links)
-        self._docs = DocTable(ctx, self._guard, lazy=lazy_docs)
+        self._docs = DocTable(
+            ctx,
+            self._guard,
+            lazy=lazy_docs,
+            holds=holding.holds_doc if holding.enforced else None,
+            bucket_of=holding.bucket_of if holding.enforced else None,
+        )
         self._docs.on_capture = on_capture
         self._causal = CausalBuffer(ctx, self._docs, self._guard, self._links)
         self._sync = StateSync(ctx, self._docs, self._guard, self._links, self._causal)
-        self._antientropy = AntiEntropy(ctx, self._docs, self._links, self._sync)
+        self._antientropy = AntiEntropy(ctx, self._docs, self._links, self._sync, holding)
+        self._handoff = Handoff(ctx, self._docs, self._guard, self._links, holding, self._sync, self._causal)
         self._inbound = Inbound(
             ctx, self.membership, self._links, self._outbound, self._causal, self._antientropy
         )
@@ -123,7 +135,6 @@ class Replica:
             ctx, self.membership, self._guard, self._links, self._outbound, self._inbound, self._antientropy
         )
         self._last_tick_ms = 0.0
-        self.placement = placement or PlacementPolicy()
         self._cluster_placement: tuple[tuple[Candidate, ...], ClusterPlacement] | None = None
 
     @property
@@ -183,10 +194,11 @@ class Replica:
         self._outbound.flush_due(force=force)
         docs = self._docs
         docs.evict_if_needed()
-        if docs.persist or docs.doc_states:
-            ctx.effects.append(Persist(tuple(docs.persist), tuple(docs.doc_states)))
+        if docs.persist or docs.doc_states or docs.drops:
+            ctx.effects.append(Persist(tuple(docs.persist), tuple(docs.doc_states), tuple(docs.drops)))
             docs.persist = []
             docs.doc_states = []
+            docs.drops = {}
         effects, ctx.effects = ctx.effects, []
         return effects
 
@@ -200,6 +212,7 @@ class Replica:
             self._antientropy.next_deadline_ms(),
             self._links.next_hello_ms(),
             self._outbound.next_flush_ms(),
+            self._handoff.next_deadline_ms(),
         )
         if self._causal.total or self._antientropy.busy or self._inbound.chasing_gaps:
             deadline = min(deadline, ctx.now_ms + ctx.config.tick_interval_ms)
@@ -225,6 +238,7 @@ class Replica:
         self._antientropy.tick()
         self._inbound.chase_gaps()
         self._causal.pull_stale()
+        self._handoff.tick()
 
     def leave(self, now_ms: float) -> None:
         """Announce a graceful leave to every peer this node is in contact with (call before closing)."""
@@ -324,6 +338,10 @@ class Replica:
                 self._gossip.on_members(message)
             case wire.Relayed():
                 self._inbound.on_relayed(message)
+            case wire.HandoffOffer():
+                self._handoff.on_offer(message)
+            case wire.HandoffAck():
+                self._handoff.on_ack(message)
 
     # ------------------------------------------------------------------ documents
 
@@ -331,10 +349,13 @@ class Replica:
         """The live pycrdt Doc for `doc_id`, created empty if this node has never seen it. A pinned doc
         stays loaded (and its writes replicated) until as many `release_doc` calls. Raises
         `DocNotLoadedError` for an evicted doc (see `needs_load`)."""
+        known = doc_id in self._docs
         entry = self._docs.get_or_create(doc_id)
         doc = self._docs.doc(entry)
         if pin:
             self._docs.pin(entry)
+        if not known:
+            self._handoff.consider(doc_id)
         return doc
 
     def release_doc(self, doc_id: str) -> None:
@@ -392,6 +413,7 @@ class Replica:
         if not self._guard.well_formed(doc_id, "restore", update, None):
             return False
         entry = self._docs.get_or_create(doc_id)
+        self._handoff.consider(doc_id)
         self._docs.when_loaded(entry, lambda e: self._restore(e, update), len(update))
         return True
 
@@ -407,6 +429,20 @@ class Replica:
         self._docs.close()
 
     # ------------------------------------------------------------------ placement
+
+    @property
+    def placement_enforced(self) -> bool:
+        """Whether any placement rule is narrower than "all" (otherwise every node holds every doc)."""
+        return self._holding.enforced
+
+    def holds(self, doc_id: str) -> bool:
+        """Whether this node holds `doc_id` by placement (a replica, or a relay of a cluster that
+        spans datacenters), as its member table says now."""
+        return self._holding.holds_doc(doc_id)
+
+    def hinted_docs(self) -> int:
+        """Docs this node has but does not hold, waiting to be handed to a holder."""
+        return len(self._handoff.pending)
 
     def _candidates(self) -> tuple[list[Candidate], dict[str, MemberState]]:
         """Every member that has not left (a down one keeps its partitions), this node included."""
@@ -425,14 +461,21 @@ class Replica:
     def doc_placement(self, doc_id: str) -> DocPlacement:
         """The doc's partition and replicas in each datacenter, as this node's member table says."""
         candidates, states = self._candidates()
-        return doc_placement(doc_id, self.placement, candidates, states)
+        placed = doc_placement(doc_id, self.placement, candidates, states)
+        holding = self._holding
+        enforced = placed.rf != "all" and holding.enforced
+        relays = tuple(sorted(holding.full_holders())) if enforced else ()
+        return dataclasses.replace(placed, enforced=enforced, relays=relays)
 
     def cluster_placement(self) -> ClusterPlacement:
         """Partitions per member under the default rule (computed once per membership)."""
         candidates = tuple(self._candidates()[0])
         cached = self._cluster_placement
         if cached is None or cached[0] != candidates:
-            cached = self._cluster_placement = (candidates, cluster_placement(self.placement, candidates))
+            placed = dataclasses.replace(
+                cluster_placement(self.placement, candidates), enforced=self._holding.enforced
+            )
+            cached = self._cluster_placement = (candidates, placed)
         return cached[1]
 
     # ------------------------------------------------------------------ status

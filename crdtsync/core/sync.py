@@ -166,10 +166,11 @@ class StateSync:
             self._docs.when_loaded(entry, lambda e: self._apply(e, update, node_id), len(update))
 
     def _entry_for(self, doc_id: str, node_id: str) -> DocEntry | None:
-        """The entry a sync update from `node_id` goes to; None for a refused doc id (counted)."""
+        """The entry a sync update from `node_id` goes to; None for a refused doc id or a doc this node
+        neither holds nor has (both counted)."""
         ctx = self._ctx
         try:
-            return self._docs.get_or_create(doc_id)
+            return self._docs.entry_for_remote(doc_id)
         except (ValueError, RuntimeError) as exc:
             ctx.counters.syncs_dropped_doc += 1
             ctx.warn("bad_doc", "dropped a sync update for doc %r from %s: %s", doc_id, node_id, exc)

@@ -31,8 +31,11 @@ import msgpack
 
 from crdtsync.core.counters import WireErrorReason
 from crdtsync.core.messages import (
+    HANDOFF_NOT_HOLDER,
     Delta,
     Deltas,
+    HandoffAck,
+    HandoffOffer,
     Heartbeat,
     Hello,
     HelloAck,
@@ -74,6 +77,8 @@ __all__ = [
     "WIRE_VERSION",
     "Delta",
     "Deltas",
+    "HandoffAck",
+    "HandoffOffer",
     "Heartbeat",
     "Hello",
     "HelloAck",
@@ -156,6 +161,8 @@ class MessageKind(IntEnum):
     TREE_ENTRIES = 15
     MEMBERS = 16
     RELAYED = 17
+    HANDOFF_OFFER = 18
+    HANDOFF_ACK = 19
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
@@ -181,6 +188,10 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.SYNC_RESPONSE, [n, *(field for entry in entries for field in entry)]
         case SyncPush(n, entries):
             return MessageKind.SYNC_PUSH, [n, *(field for entry in entries for field in entry)]
+        case HandoffOffer(n, entries):
+            return MessageKind.HANDOFF_OFFER, [n, *(field for entry in entries for field in entry)]
+        case HandoffAck(n, entries):
+            return MessageKind.HANDOFF_ACK, [n, *(field for entry in entries for field in entry)]
         case TreeRoot(n, round_id, root):
             return MessageKind.TREE_ROOT, [n, round_id, root]
         case TreeBranches(n, round_id, equal, hashes):
@@ -513,6 +524,28 @@ def _read_sync_push(f: _Fields, node_id: str) -> Message:
     )
 
 
+def _read_handoff_offer(f: _Fields, node_id: str) -> Message:
+    f.check_entries(3, SYNC_DOCS_PER_MESSAGE_MAX)
+    return HandoffOffer(
+        node_id,
+        tuple(
+            (f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("state"), f.blob("update"))
+            for _ in range(f.remaining() // 3)
+        ),
+    )
+
+
+def _read_handoff_ack(f: _Fields, node_id: str) -> Message:
+    f.check_entries(3, SYNC_DOCS_PER_MESSAGE_MAX)
+    entries: list[tuple[str, int, bytes]] = []
+    for _ in range(f.remaining() // 3):
+        doc_id, status, state = f.text("doc_id", DOC_ID_BYTES_MAX), f.uint("status"), f.blob("state")
+        if status > HANDOFF_NOT_HOLDER:
+            raise WireError("bad_body", f"HANDOFF_ACK status {status} is unknown")
+        entries.append((doc_id, status, state))
+    return HandoffAck(node_id, tuple(entries))
+
+
 def _read_tree_root(f: _Fields, node_id: str) -> Message:
     return TreeRoot(node_id, f.uint("round_id"), f.hash("root"))
 
@@ -561,6 +594,8 @@ def _read_tree_entries(f: _Fields, node_id: str) -> Message:
 
 
 _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
+    MessageKind.HANDOFF_OFFER: _read_handoff_offer,
+    MessageKind.HANDOFF_ACK: _read_handoff_ack,
     MessageKind.HELLO: _read_hello,
     MessageKind.HELLO_ACK: _read_hello,
     MessageKind.DELTAS: _read_deltas,

@@ -153,7 +153,8 @@ def placement_json(placement: DocPlacement) -> Json:
             dc: [{"node_id": r.node_id, "state": r.state} for r in placed]
             for dc, placed in placement.replicas.items()
         },
-        "enforced": False,
+        "relays": list(placement.relays),
+        "enforced": placement.enforced,
     }
 
 
@@ -165,5 +166,5 @@ def cluster_placement_json(placement: ClusterPlacement) -> Json:
         "version": placement.version,
         "partitions_per_node": dict(placement.partitions_per_node),
         "imbalance": dict(placement.imbalance_by_dc),
-        "enforced": False,
+        "enforced": placement.enforced,
     }

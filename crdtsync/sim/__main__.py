@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
+from crdtsync.core.config import ReplicaConfig
+from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.sim.cluster import run_simulation
 from crdtsync.sim.config import FAULTS, SimConfig, SimResult
 
@@ -95,7 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--verbose", action="store_true", help="print a verdict line for every seed of a campaign"
     )
+    _add_placement_arguments(parser)
     return parser
+
+
+SIM_HANDOFF_GRACE_MS = 2_000.0
+"""With --rf, handed-off docs are dropped after 2 s, not 30: runs settle within `settle_ms_max`."""
+
+
+def _add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rf",
+        type=int,
+        metavar="N",
+        help="enforce placement: N replicas of every doc per datacenter (default: every node holds every doc)",
+    )
+
+
+def _placement_settings(rf: int | None) -> dict[str, Any]:
+    if rf is None:
+        return {}
+    return {
+        "placement": PlacementPolicy((PlacementRule(rf),)),
+        "replica": ReplicaConfig(handoff_grace_ms=SIM_HANDOFF_GRACE_MS),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 1 <= args.datacenters <= args.nodes:
         print("error: --datacenters must be between 1 and --nodes", file=sys.stderr)
+        return 2
+    if args.rf is not None and args.rf < 1:
+        print("error: --rf must be >= 1", file=sys.stderr)
         return 2
     single = args.seed if args.seed is not None else 1
     seeds: range = args.seeds if args.seeds is not None else range(single, single + 1)
@@ -127,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             datacenters=args.datacenters,
             wan_loss_rate=args.wan_loss_rate,
             seed_only=args.seed_only,
+            **_placement_settings(args.rf),
         )
         result = run_simulation(config)
         if not result.ok:

@@ -168,6 +168,7 @@ class SimCluster:
             lazy_docs=self.config.durable,
             dc=node.dc,
             membership=self.config.membership,
+            placement=self.config.placement,
         )
         node.departed = False
         if self.config.durable:
@@ -211,8 +212,8 @@ class SimCluster:
                 case LoadDoc(doc_id):
                     at_ms = self.now_ms + self.rng.uniform(*self.config.load_ms)
                     self._schedule(at_ms, "load", (node.index, node.incarnation, doc_id))
-                case Persist(updates, doc_states):
-                    if self.config.durable and (updates or doc_states):
+                case Persist(updates, doc_states, drops):
+                    if self.config.durable and (updates or doc_states or drops):
                         persisted = self._persist(node, effect)
                     # else: the store is memory, lost on crash
         deadline = replica.next_deadline_ms()
@@ -354,7 +355,7 @@ class SimCluster:
     def _result(
         self, converged_at: float | None, problems: list[str], rounds_at_heal: list[int]
     ) -> SimResult:
-        final_state = self.materialized(next((n.index for n in self.nodes if not n.departed), 0))
+        final_state = invariants.final_state(self)
         return SimResult(
             config=self.config,
             ok=converged_at is not None,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdtsync.core.membership import MembershipConfig
+from crdtsync.core.placement import PlacementPolicy
 from crdtsync.core.replica import ReplicaConfig
 
 FAULTS = ("loss", "dup", "reorder", "delay", "partition", "crash")
@@ -57,6 +58,10 @@ class SimConfig:
     seed_only: bool = False
     """Configure every node with node 0 as its only peer: the rest is learned by gossip."""
     membership: MembershipConfig = field(default_factory=MembershipConfig)
+    placement: PlacementPolicy = field(default_factory=PlacementPolicy)
+    """Which nodes hold which doc; the default ("all") gives every node every doc. With a narrower
+    rule the invariants follow it: every holder of a doc has it, equal, and no node keeps a doc it
+    does not hold (once handed off; keep `replica.handoff_grace_ms` well under `settle_ms_max`)."""
 
     def __post_init__(self) -> None:
         unknown = set(self.faults) - set(FAULTS)
@@ -83,6 +88,7 @@ class SimConfig:
                 else ""
             )
             + (" --seed-only" if self.seed_only else "")
+            + (f" --rf {self.placement.default.rf}" if isinstance(self.placement.default.rf, int) else "")
         )
 
 

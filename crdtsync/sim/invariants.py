@@ -20,6 +20,8 @@ def check(cluster: SimCluster) -> list[str]:
     if any(replica is None for replica in replicas):
         return ["a node is down"]
     live = [replica for replica in replicas if replica is not None]
+    if live[0].placement_enforced:
+        return _check_placed(cluster)
     # A doc opened but never written exists only locally; peers learn of docs through changes.
     doc_sets = [tuple(d for d in replica.doc_ids() if not replica.doc_is_empty(d)) for replica in live]
     if len(set(doc_sets)) != 1:
@@ -39,6 +41,43 @@ def check(cluster: SimCluster) -> list[str]:
             if state[doc_id] != empty:
                 problems.append(f"{doc_id}: has content but an empty state vector")
     return problems + lost_writes(cluster, states[0])
+
+
+def _check_placed(cluster: SimCluster) -> list[str]:
+    """With placement: every holder of a doc (as its own member table says) has it, all equal, and
+    no node keeps a doc it does not hold."""
+    problems: list[str] = []
+    present = [node for node in cluster.nodes if not node.departed and node.replica is not None]
+    states = {node.index: cluster.materialized(node.index) for node in present}
+    written: dict[str, None] = {}
+    for node in present:
+        replica = node.replica
+        assert replica is not None
+        for doc_id in replica.doc_ids():
+            if not replica.doc_is_empty(doc_id):
+                written[doc_id] = None
+                if not replica.holds(doc_id):
+                    problems.append(f"n{node.index} still has {doc_id}, which it does not hold")
+    reference: dict[str, Any] = {}
+    for doc_id in written:
+        holders = [node for node in present if node.replica is not None and node.replica.holds(doc_id)]
+        if not holders:
+            problems.append(f"{doc_id}: no node holds it")
+            continue
+        digests: set[bytes] = set()
+        for node in holders:
+            replica = node.replica
+            assert replica is not None
+            if not replica.has_doc(doc_id) or replica.doc_is_empty(doc_id):
+                problems.append(f"{doc_id}: missing on its holder n{node.index}")
+                continue
+            digests.add(replica.doc_digest(doc_id))
+        if len(digests) > 1:
+            problems.append(f"{doc_id}: {len(digests)} different digests among its holders")
+        elif any(states[node.index].get(doc_id) != states[holders[0].index].get(doc_id) for node in holders):
+            problems.append(f"{doc_id}: equal digests but different JSON among its holders")
+        reference[doc_id] = states[holders[0].index].get(doc_id, {})
+    return problems or lost_writes(cluster, reference)
 
 
 def lost_writes(cluster: SimCluster, reference: dict[str, Any]) -> list[str]:
@@ -73,3 +112,20 @@ def writes_lost_to_crashes(cluster: SimCluster, final_state: dict[str, Any]) -> 
         and not write.shared
         and final_state.get(write.doc_id, {}).get(write.root, {}).get(write.key) != write.value
     )
+
+
+def final_state(cluster: SimCluster) -> dict[str, Any]:
+    """Every doc's content as a node that holds it has it (any node, without placement)."""
+    present = [node for node in cluster.nodes if not node.departed and node.replica is not None]
+    if not present:
+        return {}
+    state: dict[str, Any] = {}
+    for node in present:
+        replica = node.replica
+        assert replica is not None
+        if not replica.placement_enforced:
+            return cluster.materialized(node.index)
+        for doc_id, content in cluster.materialized(node.index).items():
+            if replica.holds(doc_id) and doc_id not in state:
+                state[doc_id] = content
+    return state

@@ -10,7 +10,6 @@ last updates are committed must not lose them).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
 
 from crdtsync.core.effects import Persist
 from crdtsync.core.state import merge_all
@@ -102,12 +101,18 @@ class CommitQueue:
         self._pending.clear()
         self.submitted = self.committed
 
-    def in_flight(self, doc_id: str) -> Iterator[bytes]:
-        """The doc's updates handed over and not yet committed, in order."""
+    def in_flight(self, doc_id: str) -> tuple[bool, list[bytes]]:
+        """The doc's updates handed over and not yet committed, in order, and whether a drop of the
+        doc is among them (then the store's content and the updates before the drop are gone)."""
+        dropped = False
+        updates: list[bytes] = []
         for persist in (*self._group, *self._pending):
             for update_doc, update in persist.updates:
                 if update_doc == doc_id:
-                    yield update
+                    updates.append(update)
+            if doc_id in persist.drops:
+                dropped, updates = True, []
+        return dropped, updates
 
     def load_doc(self, store: Store, doc_id: str) -> bytes | None:
         """A doc's whole content: what `store` has committed, plus what is still on its way there."""
@@ -115,10 +120,9 @@ class CommitQueue:
 
     def with_in_flight(self, doc_id: str, stored: bytes | None) -> bytes | None:
         """`stored` (the store's committed content of the doc) merged with its updates in flight."""
-        parts: list[bytes] = []
-        if stored is not None:
-            parts.append(stored)
-        parts.extend(self.in_flight(doc_id))
+        dropped, updates = self.in_flight(doc_id)
+        parts = [stored] if stored is not None and not dropped else []
+        parts.extend(updates)
         return merge_all(parts) if parts else None
 
     def _end_group(self) -> list[Persist]:

@@ -65,6 +65,9 @@ class MemoryStore:
                 self._states.pop(doc_id, None)
             for doc_id, state, digest in persist.doc_states:
                 self._states[doc_id] = (state, digest)
+            for doc_id in persist.drops:
+                self._docs.pop(doc_id, None)
+                self._states.pop(doc_id, None)
 
     def backup(self, target: str | Path) -> None:
         raise StoreError(

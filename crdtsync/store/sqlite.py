@@ -253,6 +253,12 @@ class SqliteStore:
                     "UPDATE SET state = excluded.state, digest = excluded.digest",
                     persist.doc_states,
                 )
+                if persist.drops:
+                    dropped = [(doc_id,) for doc_id in persist.drops]
+                    self._db.executemany("DELETE FROM updates WHERE doc_id = ?", dropped)
+                    self._db.executemany("DELETE FROM docs WHERE doc_id = ?", dropped)
+                    for doc_id in persist.drops:
+                        touched.pop(doc_id, None)
         for doc_id in touched:
             self._maybe_compact(doc_id)
 

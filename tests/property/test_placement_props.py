@@ -69,7 +69,7 @@ def test_rules_match_by_first_prefix_then_default() -> None:
     assert [len(ids) for ids in replicas("checkpoints/a", policy, candidates).values()] == [2, 0]
     assert [len(ids) for ids in replicas("models/a", policy, candidates).values()] == [3, 3]
     assert [len(ids) for ids in replicas("flags/a", policy, candidates).values()] == [1, 1]
-    assert PlacementPolicy().rule_for("anything").rf == 3
+    assert PlacementPolicy().rule_for("anything").rf == "all"
 
 
 @pytest.mark.parametrize(
@@ -137,7 +137,7 @@ def test_weights_scale_a_nodes_share() -> None:
 
 def test_default_partitions_balance_twelve_nodes_in_three_datacenters() -> None:
     candidates = [Candidate(f"n{i}", f"dc{i % 3}") for i in range(12)]
-    policy = PlacementPolicy()
+    policy = PlacementPolicy((PlacementRule(3),))
     counts = partition_counts(policy, candidates, policy.default)
     print(f"partitions per node {sorted(counts.values())}, max/mean {imbalance(counts):.3f}")
     assert sum(counts.values()) == policy.partitions * 3 * 3

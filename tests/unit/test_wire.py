@@ -49,6 +49,8 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
         ),
     ),
     wire.Relayed(NODE, "origin-node", (_delta("doc-1", b"\x01\x02"), _delta("doc-2", b""))),
+    wire.HandoffOffer(NODE, (("doc-1", b"\x01\x05\x02", b"\x01\x02"), ("doc-2", b"\x00", b"\x00\x00"))),
+    wire.HandoffAck(NODE, (("doc-1", 1, b"\x01\x05\x02"), ("doc-2", 2, b"\x00"))),
 ]
 
 
@@ -320,3 +322,8 @@ def test_wire_error_is_a_value_error_carrying_reason_and_detail() -> None:
     assert error.reason == "truncated"
     assert error.detail
     assert str(error).startswith("truncated: ")
+
+
+def test_a_handoff_ack_with_an_unknown_status_is_rejected() -> None:
+    frame = _frame_of(MessageKind.HANDOFF_ACK, [NODE, "doc-1", 3, b"\x00"])
+    assert _reason(frame) == "bad_body"

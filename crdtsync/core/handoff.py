@@ -1,0 +1,289 @@
+"""Handoff: docs this node has but does not hold go to a holder, then leave this node.
+
+A node comes to have a doc it does not hold (`holding`) in three ways: an application writes it on
+a non-replica (the write is acknowledged here, durably, like any other: this node is its first
+copy), a membership change moves its partition away, or a relay steps down. Such docs are *hinted*:
+every `handoff_interval_ms` each is offered (`HandoffOffer`) to its nearest alive holder, a placement
+replica of this datacenter first, then a relay of it, then (on a relay) a holder elsewhere. An offer
+carries the offerer's state vector and `get_update` against the state the holder last acknowledged
+(the whole doc at first): the missing structs and the whole delete set, so the holder ends up with
+everything the offerer has, deletions included.
+
+The holder applies the update when its state covers the update's dependencies (so pycrdt never
+holds part of it pending), and answers per doc (`HandoffAck`): covered, not covered (with its state
+vector, to send against), or not a holder in its view. The offerer drops the doc (here and in the
+store) only after a second covered answer, to an offer sent `handoff_grace_ms` after the first, with
+no local write in between: by then the holder has committed what it acknowledged, so a kill -9 of
+either side loses nothing (a restarted offerer finds the doc in its store and offers it again).
+A pinned doc (an application holds it open: a follower) is never dropped while pinned.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from crdtsync.core import wire
+from crdtsync.core.causal import CausalBuffer
+from crdtsync.core.context import Context
+from crdtsync.core.docs import EMPTY_STATE, EMPTY_UPDATE, DocEntry, DocTable
+from crdtsync.core.guard import Guard
+from crdtsync.core.holding import Holding
+from crdtsync.core.links import Links
+from crdtsync.core.messages import HANDOFF_COVERED, HANDOFF_NOT_COVERED, HANDOFF_NOT_HOLDER
+from crdtsync.core.state import covers, decode_state_vector
+from crdtsync.core.sync import StateSync
+from crdtsync.core.update_check import UpdateError, dependencies
+
+
+@dataclass(slots=True)
+class Handing:
+    """One hinted doc on its way to a holder."""
+
+    target: str | None = None
+    """The node offered to; a new target starts over."""
+    target_state: bytes = EMPTY_STATE
+    """The target's state vector as its last answer gave it: the next offer is computed against it."""
+    next_offer_ms: float = 0.0
+    offered_writes: int = 0
+    """The doc's `local_writes` when the last offer was built."""
+    confirmed_ms: float | None = None
+    """When the first covered answer came (None: none since the target or a local write changed)."""
+    confirmed_writes: int = 0
+
+
+class Handoff:
+    def __init__(
+        self,
+        ctx: Context,
+        docs: DocTable,
+        guard: Guard,
+        links: Links,
+        holding: Holding,
+        sync: StateSync,
+        causal: CausalBuffer,
+    ) -> None:
+        self._ctx = ctx
+        self._docs = docs
+        self._guard = guard
+        self._links = links
+        self._holding = holding
+        self._sync = sync
+        self._causal = causal
+        self.pending: dict[str, Handing] = {}
+        """Docs this node has and does not hold, in the order they became so."""
+        self._seen_version = -1
+        self._next_pass_ms = 0.0
+
+    # ------------------------------------------------------------------ the offering side
+
+    def consider(self, doc_id: str) -> None:
+        """A doc appeared here (a local write, a restore): hint it if this node does not hold it."""
+        if self._holding.enforced and not self._holding.holds_doc(doc_id):
+            self.pending.setdefault(doc_id, Handing())
+
+    def _rescan(self) -> None:
+        """After a change of the member view: hint what this node no longer holds, unhint the rest."""
+        holding = self._holding
+        holding.refresh()
+        if not holding.enforced or holding.version == self._seen_version:
+            return
+        self._seen_version = holding.version
+        for doc_id in self._docs.ids():
+            if holding.holds_doc(doc_id):
+                self.pending.pop(doc_id, None)
+            else:
+                self.pending.setdefault(doc_id, Handing())
+
+    def next_deadline_ms(self) -> float:
+        return self._next_pass_ms if self.pending else float("inf")
+
+    def tick(self) -> None:
+        """Offer the hinted docs that are due, within the pass's budgets."""
+        ctx = self._ctx
+        self._rescan()
+        if not self.pending or ctx.now_ms < self._next_pass_ms:
+            return
+        config = ctx.config
+        self._next_pass_ms = ctx.now_ms + config.handoff_interval_ms
+        docs_budget = config.handoff_docs_per_pass_max
+        bytes_budget = config.handoff_bytes_per_pass_max
+        offers: dict[str, list[tuple[Any, ...]]] = {}
+        for doc_id in list(self.pending):
+            if docs_budget <= 0 or bytes_budget <= 0:
+                break
+            handing = self.pending[doc_id]
+            entry = self._docs.get(doc_id)
+            if entry is None or self._holding.holds_doc(doc_id):
+                del self.pending[doc_id]
+                continue
+            if ctx.now_ms < handing.next_offer_ms:
+                continue
+            target = self._target(doc_id)
+            if target is None:
+                continue  # no holder reachable: the doc stays here, a hint, until one is
+            node_id, address = target
+            if node_id != handing.target:
+                handing.target, handing.target_state, handing.confirmed_ms = node_id, EMPTY_STATE, None
+            # Not answered within a few passes (lost, or the target is gone): offered again.
+            handing.next_offer_ms = ctx.now_ms + 3 * config.handoff_interval_ms
+            docs_budget -= 1
+            if entry.doc is None:
+                self._docs.when_loaded(entry, functools.partial(self._offer_alone, handing=handing))
+                continue
+            offer = self._offer(entry, handing)
+            bytes_budget -= len(offer[2])
+            offers.setdefault(address, []).append(offer)
+        for address, entries in offers.items():
+            self._send_offers(address, entries)
+
+    def _target(self, doc_id: str) -> tuple[str, str] | None:
+        """The nearest alive holder: (node id, address)."""
+        holding = self._holding
+        own_dc = self._ctx.dc
+        bucket = holding.bucket_of(doc_id)
+        order = holding.replicas_in_order(bucket, own_dc)
+        order += sorted(node for node in holding.full_holders() if holding.dc_of(node) == own_dc)
+        if self._links.is_relay:
+            order += sorted(holding.holders(bucket))
+        for node_id in order:
+            if node_id == self._ctx.node_id:
+                continue
+            link = self._links.of_node(node_id)
+            if link is not None and link.state == "alive":
+                return node_id, link.address
+        return None
+
+    def _offer(self, entry: DocEntry, handing: Handing) -> tuple[str, bytes, bytes]:
+        handing.offered_writes = entry.local_writes
+        update = self._docs.doc(entry).get_update(handing.target_state)
+        self._ctx.counters.handoff_offers_sent += 1
+        return entry.doc_id, entry.state_bytes, update
+
+    def _offer_alone(self, entry: DocEntry, handing: Handing) -> None:
+        if self.pending.get(entry.doc_id) is not handing or handing.target is None:
+            return
+        address = self._links.address_of.get(handing.target)
+        if address is not None:
+            self._send_offers(address, [self._offer(entry, handing)])
+
+    def _send_offers(self, address: str, entries: list[tuple[Any, ...]]) -> None:
+        node_id = self._ctx.node_id
+        self._sync.send_entries(
+            address,
+            lambda chunk: wire.HandoffOffer(node_id, chunk),
+            entries,
+            [len(update) + len(state) for _doc_id, state, update in entries],
+        )
+
+    def on_ack(self, message: wire.HandoffAck) -> None:
+        ctx = self._ctx
+        grace_ms = ctx.config.handoff_grace_ms
+        for doc_id, status, state in message.entries:
+            handing = self.pending.get(doc_id)
+            if handing is None or handing.target != message.node_id:
+                continue
+            ctx.counters.handoff_acks_received += 1
+            entry = self._docs.get(doc_id)
+            if entry is None:
+                del self.pending[doc_id]
+                continue
+            if status == HANDOFF_NOT_HOLDER:
+                # Our views differ: wait for them to agree, then offer to whoever holds it.
+                handing.target, handing.confirmed_ms = None, None
+                handing.next_offer_ms = ctx.now_ms + ctx.config.handoff_interval_ms
+                continue
+            decode_state_vector(state)  # validated before it is ever handed to pycrdt
+            handing.target_state = state
+            if status == HANDOFF_NOT_COVERED:
+                handing.confirmed_ms = None
+                handing.next_offer_ms = ctx.now_ms
+            elif handing.confirmed_ms is None or handing.offered_writes != handing.confirmed_writes:
+                handing.confirmed_ms = ctx.now_ms
+                handing.confirmed_writes = handing.offered_writes
+                handing.next_offer_ms = ctx.now_ms + grace_ms
+            elif (
+                ctx.now_ms - handing.confirmed_ms >= grace_ms
+                and entry.local_writes == handing.confirmed_writes
+            ):
+                if not entry.pins:
+                    self._causal.discard(entry)  # deltas waiting on a doc given up: holders have them
+                if self._docs.drop(entry):
+                    del self.pending[doc_id]
+                    ctx.counters.handoff_docs_dropped += 1
+                else:
+                    handing.next_offer_ms = ctx.now_ms + grace_ms  # pinned or busy: later
+            else:
+                handing.next_offer_ms = max(handing.next_offer_ms, handing.confirmed_ms + grace_ms)
+
+    # ------------------------------------------------------------------ the holding side
+
+    def on_offer(self, message: wire.HandoffOffer) -> None:
+        ctx = self._ctx
+        node_id = message.node_id
+        replies: list[tuple[Any, ...]] = []
+        for doc_id, state, update in message.entries:
+            ctx.counters.handoff_offers_received += 1
+            offered = decode_state_vector(state)  # a bad one drops the frame (counted by the replica)
+            if not self._holding.holds_doc(doc_id):
+                replies.append((doc_id, HANDOFF_NOT_HOLDER, EMPTY_STATE))
+                continue
+            try:
+                entry = self._docs.entry_for_remote(doc_id)
+            except (ValueError, RuntimeError):
+                entry = None
+            if entry is None:
+                replies.append((doc_id, HANDOFF_NOT_HOLDER, EMPTY_STATE))
+                continue
+            if update != EMPTY_UPDATE and not self._guard.well_formed(doc_id, "handoff", update, node_id):
+                replies.append((doc_id, HANDOFF_NOT_COVERED, entry.state_bytes))
+                continue
+            take = functools.partial(self._take, offered=offered, update=update, node_id=node_id)
+            if entry.doc is not None:
+                take(entry, replies=replies)
+            else:
+                self._docs.when_loaded(entry, take, len(update) + len(state))
+        if replies:
+            self._send_acks(node_id, replies)
+
+    def _take(
+        self,
+        entry: DocEntry,
+        offered: dict[int, int],
+        update: bytes,
+        node_id: str,
+        replies: list[tuple[Any, ...]] | None = None,
+    ) -> None:
+        # The update carries the offerer's whole delete set, which no state vector shows: only an
+        # applied (or empty) update lets the answer say covered.
+        taken = update == EMPTY_UPDATE
+        if not taken:
+            try:
+                ready = covers(entry.state(), dependencies(update))
+            except UpdateError:
+                ready = False
+            # Not ready: our state is behind what the offer was computed against (this node lost
+            # what it had acknowledged); the answer gives our state, and the next offer fits it.
+            taken = ready and self._docs.apply(entry, update, "handoff", node_id)
+            if taken:
+                self._causal.drain(entry.doc_id, entry)
+        status = HANDOFF_COVERED if taken and covers(entry.state(), offered) else HANDOFF_NOT_COVERED
+        reply = (entry.doc_id, status, entry.state_bytes)
+        if replies is not None:
+            replies.append(reply)
+        else:
+            self._send_acks(node_id, [reply])
+
+    def _send_acks(self, node_id: str, replies: list[tuple[Any, ...]]) -> None:
+        address = self._links.address_of.get(node_id)
+        if address is None:
+            self._ctx.counters.unknown_peer += 1
+            return
+        own = self._ctx.node_id
+        self._sync.send_entries(
+            address,
+            lambda chunk: wire.HandoffAck(own, chunk),
+            replies,
+            [len(doc_id) + len(state) + 1 for doc_id, _status, state in replies],
+        )

@@ -1,0 +1,154 @@
+"""Who holds which doc, as this node's member table says: the enforcement side of placement.
+
+A node *holds* a doc when placement makes it one of the doc's replicas, or when it is a relay of its
+datacenter in a cluster that spans datacenters: relays repair across the WAN for their datacenter
+(anti-entropy between datacenters runs between relays), so they hold every doc. A doc placed with
+`rf = "all"` is held by every member.
+
+Holding decides what the replica keeps and compares:
+- remote content (deltas, sync answers, pushes, handoff offers) for a doc this node neither holds nor
+  already has is dropped (counted) after sequence tracking, which stays whole;
+- anti-entropy between two nodes compares only the docs both hold (`Filter`), computed the same way
+  on both sides from the same member view, so the Merkle roots of two replicas of different shares
+  are equal exactly when their common docs are;
+- a doc this node has but does not hold (a local write on a non-replica, a partition that moved away,
+  a relay that stepped down) is handed to a holder and then dropped (`handoff`).
+
+Placement candidates are every member that has not left (a down replica keeps its partitions), so a
+crash moves nothing; only a leave or a join moves docs.
+"""
+
+from __future__ import annotations
+
+from crdtsync.core.membership import Membership
+from crdtsync.core.placement import Candidate, PlacementPolicy, replicas_in_dc
+
+BucketKey = int
+"""(rule index, partition) of a doc, as one int: `rule_index * partitions + partition`."""
+
+
+class Holding:
+    """Holders of each (rule, partition), recomputed when the member view changes."""
+
+    def __init__(self, node_id: str, dc: str, membership: Membership, policy: PlacementPolicy) -> None:
+        self.node_id = node_id
+        self._dc = dc
+        self._membership = membership
+        self.policy = policy
+        self._rules = (*(rule for rule in policy.rules if rule.prefix is not None), policy.default)
+        self.enforced = any(rule.rf != "all" for rule in self._rules)
+        """False when every rule is "all": every node holds every doc, and nothing here is needed."""
+        self._seen_revision = -1
+        self._view: tuple[object, ...] = ()
+        self.version = 0
+        """Bumped when the member view that decides holding changes (what depends on it rescans)."""
+        self._by_dc: dict[str, list[Candidate]] = {}
+        self._full: frozenset[str] = frozenset()
+        """Nodes that hold every doc: the relays, when the cluster spans datacenters."""
+        self._holders: dict[BucketKey, frozenset[str]] = {}
+        self._dc_of: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ the view
+
+    def refresh(self) -> None:
+        """Recompute the view if the member table changed in a way that matters."""
+        membership = self._membership
+        if membership.revision == self._seen_revision:
+            return
+        self._seen_revision = membership.revision
+        candidates: list[Candidate] = []
+        if not membership.own.left:
+            candidates.append(Candidate(self.node_id, self._dc))
+        for node_id, member in membership.members.items():
+            if member.liveness != "left":
+                candidates.append(Candidate(node_id, member.record.dc))
+        candidates.sort(key=lambda c: c.node_id)
+        dcs = sorted({c.dc for c in candidates} | {self._dc})
+        full: tuple[str, ...] = ()
+        if len(dcs) > 1:
+            full = tuple(sorted(node for dc in dcs for node in membership.relays(dc)))
+        view = (tuple(candidates), full)
+        if view == self._view:
+            return
+        self._view = view
+        self.version += 1
+        self._holders.clear()
+        self._full = frozenset(full)
+        self._by_dc = {}
+        self._dc_of = {}
+        for candidate in candidates:
+            self._by_dc.setdefault(candidate.dc, []).append(candidate)
+            self._dc_of[candidate.node_id] = candidate.dc
+
+    def bucket_of(self, doc_id: str) -> BucketKey:
+        policy = self.policy
+        partition = policy.partition_of(doc_id)
+        for index, rule in enumerate(self._rules[:-1]):
+            if rule.prefix is not None and doc_id.startswith(rule.prefix):
+                return index * policy.partitions + partition
+        return (len(self._rules) - 1) * policy.partitions + partition
+
+    def holders(self, bucket: BucketKey) -> frozenset[str]:
+        """Every node holding the docs of `bucket` (all members for an "all" rule)."""
+        self.refresh()
+        cached = self._holders.get(bucket)
+        if cached is None:
+            rule_index, partition = divmod(bucket, self.policy.partitions)
+            rule = self._rules[rule_index]
+            chosen: set[str] = set(self._full)
+            for dc, members in self._by_dc.items():
+                chosen.update(replicas_in_dc(partition, members, rule.replicas_in(dc)))
+            cached = self._holders[bucket] = frozenset(chosen)
+        return cached
+
+    def replicas_in_order(self, bucket: BucketKey, dc: str) -> list[str]:
+        """The placement replicas of `bucket` in datacenter `dc`, in preference order (relays not
+        included)."""
+        self.refresh()
+        rule_index, partition = divmod(bucket, self.policy.partitions)
+        return replicas_in_dc(partition, self._by_dc.get(dc, []), self._rules[rule_index].replicas_in(dc))
+
+    def holds(self, node_id: str, bucket: BucketKey) -> bool:
+        if not self.enforced:
+            return True
+        return node_id in self.holders(bucket)
+
+    def holds_doc(self, doc_id: str) -> bool:
+        """Whether this node holds `doc_id`."""
+        return not self.enforced or self.node_id in self.holders(self.bucket_of(doc_id))
+
+    def holds_everything(self, node_id: str) -> bool:
+        self.refresh()
+        return not self.enforced or node_id in self._full
+
+    def full_holders(self) -> frozenset[str]:
+        self.refresh()
+        return self._full
+
+    def dc_of(self, node_id: str) -> str | None:
+        self.refresh()
+        return self._dc_of.get(node_id)
+
+    def filter_with(self, peer: str) -> Filter | None:
+        """What anti-entropy with `peer` compares: None for everything (both hold every doc)."""
+        if self.holds_everything(self.node_id) and self.holds_everything(peer):
+            return None
+        return Filter(self, peer)
+
+
+class Filter:
+    """The buckets both this node and one peer hold, answered once per bucket."""
+
+    def __init__(self, holding: Holding, peer: str) -> None:
+        self._holding = holding
+        self._node_id = holding.node_id
+        self._peer = peer
+        self._answers: dict[BucketKey, bool] = {}
+
+    def __call__(self, bucket: BucketKey) -> bool:
+        answer = self._answers.get(bucket)
+        if answer is None:
+            holders = self._holding.holders(bucket) if self._holding.enforced else None
+            answer = holders is None or (self._node_id in holders and self._peer in holders)
+            self._answers[bucket] = answer
+        return answer

@@ -1,0 +1,87 @@
+"""Placement enforcement's pure parts: the Merkle tree filtered by bucket, and who holds what."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdtsync.core import wire
+from crdtsync.core.holding import Holding
+from crdtsync.core.membership import Membership, MembershipConfig
+from crdtsync.core.merkle import MerkleTree
+from crdtsync.core.placement import PlacementPolicy, PlacementRule
+
+doc_ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=24)
+digests = st.binary(min_size=16, max_size=16)
+
+
+def _bucket(doc_id: str) -> int:
+    return len(doc_id) % 5
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(doc_ids, digests, max_size=40), st.sets(st.integers(0, 4)))
+def test_a_filtered_tree_equals_the_tree_of_the_accepted_docs(
+    docs: dict[str, bytes], accepted: set[int]
+) -> None:
+    full = MerkleTree(wire.TREE_SEGMENTS, wire.TREE_BRANCHES, _bucket)
+    subset = MerkleTree(wire.TREE_SEGMENTS, wire.TREE_BRANCHES)
+    for doc_id, digest in docs.items():
+        full.set(doc_id, digest)
+        if _bucket(doc_id) in accepted:
+            subset.set(doc_id, digest)
+    for doc_id in list(docs)[::3]:  # removals keep the per-bucket hashes right
+        full.remove(doc_id)
+        subset.remove(doc_id)
+
+    def accept(bucket: int) -> bool:
+        return bucket in accepted
+
+    assert full.filtered_root(accept) == subset.root_bytes()
+    assert full.filtered_branch_hashes(accept) == subset.branch_hashes()
+    for segment in {full.segment_of(doc_id) for doc_id in docs}:
+        branch = segment // full.segments_per_branch
+        assert full.filtered_segment_hashes(branch, accept) == subset.segment_hashes(branch)
+        assert full.filtered_segment_entries(segment, accept) == subset.segment_entries(segment)
+
+
+def _holding(node_id: str, dc: str, members: list[tuple[str, str]], policy: PlacementPolicy) -> Holding:
+    membership = Membership(
+        wire.MemberEntry(node_id, dc, f"tcp://{node_id}", f"tcp://{node_id}p", 1, 0, False),
+        MembershipConfig(),
+        1000.0,
+    )
+    for other, other_dc in members:
+        if other != node_id:
+            entry = wire.MemberEntry(other, other_dc, f"tcp://{other}", f"tcp://{other}p", 1, 0, False)
+            membership.merge(entry, 0.0, direct=True)
+    return Holding(node_id, dc, membership, policy)
+
+
+@settings(max_examples=50)
+@given(st.lists(doc_ids, min_size=1, max_size=20))
+def test_every_node_agrees_on_the_holders_and_rf_counts_them(docs: list[str]) -> None:
+    members = [(f"n{i}", "dc0") for i in range(5)]
+    policy = PlacementPolicy((PlacementRule("all", "all/"), PlacementRule(2)))
+    views = [_holding(node_id, dc, members, policy) for node_id, dc in members]
+    for doc_id in docs:
+        holders = [view.node_id for view in views if view.holds_doc(doc_id)]
+        assert len(holders) == 2
+        assert all(view.holders(view.bucket_of(doc_id)) == frozenset(holders) for view in views)
+        assert all(view.holds_doc("all/" + doc_id) for view in views)
+
+
+def test_relays_hold_every_doc_once_the_cluster_spans_datacenters() -> None:
+    members = [(f"a{i}", "dc0") for i in range(3)] + [(f"b{i}", "dc1") for i in range(3)]
+    policy = PlacementPolicy((PlacementRule(1),))
+    views = {node_id: _holding(node_id, dc, members, policy) for node_id, dc in members}
+    relays = views["a0"].full_holders()
+    assert len(relays) == 2 and {views["a0"].dc_of(node) for node in relays} == {"dc0", "dc1"}
+    for doc_id in (f"doc-{i}" for i in range(50)):
+        for node_id, view in views.items():
+            assert view.holds_doc(doc_id) == (
+                node_id in relays or node_id in view.holders(view.bucket_of(doc_id))
+            )
+        assert all(view.holds_doc(doc_id) for node_id, view in views.items() if node_id in relays)
+    single_dc = _holding("a0", "dc0", members[:3], policy)
+    assert not single_dc.full_holders(), "one datacenter: no relay holds everything"
