@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from pycrdt import Map
 from zmq_support import free_endpoint, wait_until
 
 from crdtsync import MembershipConfig, Node, NodeConfig, PlacementPolicy, PlacementRule, ReplicaConfig
 from crdtsync.core.placement import Candidate, replicas
+from crdtsync.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +89,71 @@ async def _scenario() -> None:
         remaining = [c for c in candidates if c.node_id != "n2"]
         for doc_id in DOC_IDS:
             assert _views(rest, doc_id) == [replicas(doc_id, POLICY, remaining)] * len(rest)
+
+
+RF2 = PlacementPolicy((PlacementRule(2),))
+HANDOFF_FAST = dataclasses.replace(FAST, handoff_interval_ms=100.0, handoff_grace_ms=500.0)
+
+
+def test_writes_on_every_node_end_on_their_two_holders_only(tmp_path: Path) -> None:
+    """rf 2 on 4 nodes with SQLite stores: each node writes docs it may not hold; in the end every doc
+    is on exactly its 2 holders (as every node's placement says), and the others dropped it from
+    memory and from their store."""
+    asyncio.run(_handoff_scenario(tmp_path))
+
+
+async def _handoff_scenario(tmp_path: Path) -> None:
+    listens = [free_endpoint() for _ in range(4)]
+    configs = [
+        NodeConfig(
+            node_id=f"n{i}",
+            listen=listen,
+            peers=[listens[0]] if i else [],
+            replication=HANDOFF_FAST,
+            membership=GOSSIP,
+            dc="east",
+            placement=RF2,
+            data_dir=str(tmp_path / f"n{i}"),
+        )
+        for i, listen in enumerate(listens)
+    ]
+    doc_ids = [f"runs/{i}" for i in range(12)]
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = [await stack.enter_async_context(Node(config)) for config in configs]
+        await wait_until(lambda: _everyone_known(nodes), TIMEOUT_S, "every node knows every other")
+        for index, doc_id in enumerate(doc_ids):
+            node = nodes[index % 4]
+            doc = await node.open(doc_id)
+            doc.get("meta", type=Map)["writer"] = node.config.node_id
+            node.release(doc_id)
+        for node in nodes:
+            await node.flush()
+
+        def holders(doc_id: str) -> set[str]:
+            return {r.node_id for placed in nodes[0].placement(doc_id).replicas.values() for r in placed}
+
+        def settled() -> bool:
+            return all(
+                node.has_doc(doc_id) == (node.config.node_id in holders(doc_id))
+                for doc_id in doc_ids
+                for node in nodes
+            )
+
+        await wait_until(settled, TIMEOUT_S, "every doc on its holders only")
+        for index, doc_id in enumerate(doc_ids):
+            assert len(holders(doc_id)) == 2
+            for node in nodes:
+                if node.has_doc(doc_id):
+                    doc = await node.open(doc_id)
+                    assert doc.get("meta", type=Map).to_py() == {"writer": f"n{index % 4}"}, (doc_id, node)
+                    node.release(doc_id)
+        kept = {node.config.node_id: set(node.doc_ids()) for node in nodes}
+        dropped = sum(node.status().counters.handoff_docs_dropped for node in nodes)
+        print(f"docs per node {[len(ids) for ids in kept.values()]}, {dropped} handed off and dropped")
+        assert dropped > 0
+    for node_id, ids in kept.items():
+        store = SqliteStore(str(tmp_path / node_id), node_id=node_id)
+        try:
+            assert {record.doc_id for record in store.docs()} == ids, node_id
+        finally:
+            store.close()
