@@ -8,9 +8,14 @@ beside `code` and `message`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pycrdt import Doc
 
 from crdtsync.consistency import (
@@ -75,18 +80,68 @@ def wanted_token(request: web.Request, *, watch: bool) -> CausalToken | None:
     return token
 
 
+class TokenWaits:
+    """The API's reads that wait for a token: counted (for the metrics) and ended at shutdown, so that
+    a waiting read never holds up a stopping daemon for its `wait_ms`."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.not_covered = 0
+        """Reads answered 504 `not_yet_covered` so far."""
+        self.stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Answer every waiting read now (503 `stopping`) and every later one at once."""
+        self.stopping.set()
+
+    def collector(self) -> Collector:
+        return _TokenWaitsCollector(self)
+
+
+class _TokenWaitsCollector(Collector):
+    def __init__(self, waits: TokenWaits) -> None:
+        self.waits = waits
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "crdtsync_http_token_waits",
+            "HTTP reads waiting now for their min_state causal token (docs/consistency.md).",
+            value=self.waits.waiting,
+        )
+        yield CounterMetricFamily(
+            "crdtsync_http_token_not_covered",
+            "HTTP reads answered 504 not_yet_covered: the node did not cover their token within wait_ms.",
+            value=self.waits.not_covered,
+        )
+
+
 async def await_token(
-    node: Node, request: web.Request, doc_id: str, wait_ms_max: int, *, watch: bool
+    node: Node, waits: TokenWaits, request: web.Request, doc_id: str, wait_ms_max: int, *, watch: bool
 ) -> None:
     """Return once the node covers the read's token for `doc_id` (at once without one); 504
-    `not_yet_covered` naming what it lacks after `wait_ms`, 503 `too_many_waiters` beyond the bound."""
+    `not_yet_covered` naming what it lacks after `wait_ms`, 503 `too_many_waiters` beyond the bound,
+    503 `stopping` when the daemon stops meanwhile."""
     token = wanted_token(request, watch=watch)
     if token is None:
         return
     timeout_ms = wait_ms(request, wait_ms_max)
     try:
-        await node.wait_for(doc_id, token, timeout_ms=timeout_ms)
+        try:
+            # Covered already (the common case): answered without a task or a wait.
+            await node.wait_for(doc_id, token, timeout_ms=0)
+            return
+        except NotCoveredError:
+            if timeout_ms == 0:
+                raise
+        if waits.stopping.is_set():
+            raise RequestError(503, "stopping", "the node is stopping; read from another node")
+        waits.waiting += 1
+        try:
+            await _wait_unless_stopping(node, waits, doc_id, token, timeout_ms)
+        finally:
+            waits.waiting -= 1
     except NotCoveredError as exc:
+        waits.not_covered += 1
         raise RequestError(
             504,
             "not_yet_covered",
@@ -96,6 +151,24 @@ async def await_token(
         ) from None
     except TooManyWaitersError as exc:
         raise RequestError(503, "too_many_waiters", str(exc)) from None
+
+
+async def _wait_unless_stopping(
+    node: Node, waits: TokenWaits, doc_id: str, token: CausalToken, timeout_ms: int
+) -> None:
+    wait = asyncio.ensure_future(node.wait_for(doc_id, token, timeout_ms=timeout_ms))
+    stopping = asyncio.ensure_future(waits.stopping.wait())
+    try:
+        await asyncio.wait((wait, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not wait.done():
+            wait.cancel()  # the waiter leaves the node's table, and its doc is released
+            with contextlib.suppress(asyncio.CancelledError):
+                await wait
+    if wait.cancelled():
+        raise RequestError(503, "stopping", "the node is stopping; read from another node")
+    wait.result()  # NotCoveredError and TooManyWaitersError propagate
 
 
 def token_fields(request: web.Request, doc_id: str, doc: Doc[Any]) -> dict[str, Any]:

@@ -194,6 +194,8 @@ class Api:
         self._refusal_logged: dict[str, float] = {}
         self._refusals_unlogged: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         self.registry.register(RefusalCollector(lambda: self.refused))
+        self.token_waits = causal_http.TokenWaits()
+        self.registry.register(self.token_waits.collector())
         self.websockets = WebSockets(node, config.websocket)
         self.registry.register(self.websockets.collector())
         self.warnings = config_warnings(config)
@@ -448,7 +450,7 @@ class Api:
         if request.method == "GET":  # a read waits for its token first: the doc may be on its way
             watch = request.path.endswith("/watch")
             await causal_http.await_token(
-                self.node, request, doc_id, self.config.http.wait_ms_max, watch=watch
+                self.node, self.token_waits, request, doc_id, self.config.http.wait_ms_max, watch=watch
             )
         if not self.node.has_doc(doc_id):
             raise ApiError(404, "no_such_doc", f"doc {doc_id!r} does not exist on this node")
@@ -641,6 +643,7 @@ class Api:
     def close_streams(self) -> None:
         """End every watch stream and WebSocket (at shutdown: the server would otherwise wait for them)."""
         self.websockets.close_all()
+        self.token_waits.stop()
         for changes in self._watch_queues:
             with contextlib.suppress(asyncio.QueueEmpty):
                 changes.get_nowait()

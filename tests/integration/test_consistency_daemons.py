@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon_support import Daemon, DaemonPool, start_mesh
+from daemon_support import Daemon, DaemonPool, start_mesh, wait_until
 from pycrdt import Doc, Map
 
-from crdtsync import CausalToken
+from crdtsync import CausalToken, DocState
 from crdtsync.consistency import doc_state
 
 pytestmark = pytest.mark.integration
@@ -205,3 +205,31 @@ def test_a_write_made_while_cut_off_is_504_on_the_other_node_until_the_writer_re
     reader.join(timeout=25)
     assert not reader.is_alive() and answers[0].status_code == 200, answers and answers[0].text
     assert answers[0].json()["value"] == "written while cut off"
+
+
+def test_sigterm_answers_waiting_reads_promptly(dcs: tuple[Daemon, Daemon]) -> None:
+    _, b = dcs
+    never = CausalToken.of({DOC: DocState.of({1: 1})}).encode()  # no node writes as client 1
+    answers: list[httpx.Response | Exception] = []
+
+    def read() -> None:
+        try:
+            answers.append(b.client.get(f"/v1/docs/{DOC}", params={"min_state": never, "wait_ms": 20_000}))
+        except httpx.HTTPError as exc:
+            answers.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_until(
+        lambda: "crdtsync_http_token_waits 1.0" in b.client.get("/metrics").text, 10.0, "the read waits on b"
+    )
+    started = time.monotonic()
+    assert b.terminate(timeout_s=15) == 0
+    stopped_s = time.monotonic() - started
+    reader.join(timeout=20)
+    b.start()
+    b.wait_healthy()
+    assert stopped_s < 5.0, f"a waiting read held the shutdown for {stopped_s:.1f} s"
+    answer = answers[0]
+    assert isinstance(answer, httpx.Response), answer
+    assert answer.status_code == 503 and _error(answer)["code"] == "stopping", answer.text
