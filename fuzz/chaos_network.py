@@ -115,10 +115,13 @@ class NetworkSummary:
         for same, label in ((False, "cross_dc"), (True, "same_dc")):
             times_ms = [s * 1000.0 for same_dc, _l, s in self.arrivals if same_dc == same]
             if times_ms:
+                excess_ms = [s * 1000.0 - link_ms for same_dc, link_ms, s in self.arrivals if same_dc == same]
                 arrivals[label] = {
                     "n": len(times_ms),
                     "p50_ms": _p(times_ms, 50),
                     "p99_ms": _p(times_ms, 99),
+                    "over_link_latency_p50_ms": _p(excess_ms, 50),
+                    "over_link_latency_p99_ms": _p(excess_ms, 99),
                     "link_latency_ms_max": max(
                         link_ms for same_dc, link_ms, _s in self.arrivals if same_dc == same
                     ),
@@ -128,7 +131,12 @@ class NetworkSummary:
             "heal_converge_s": {
                 "all": {"n": len(heals), "p50": _p(heals, 50), "p99": _p(heals, 99)} if heals else None,
                 **{
-                    shape: {"n": len(t), "p50": _p(t, 50), "p99": _p(t, 99)}
+                    shape: {
+                        "n": len(t),
+                        "p50": _p(t, 50),
+                        "p99": _p(t, 99),
+                        "times": [round(x, 3) for x in t],
+                    }
                     for shape, t in sorted(self.heal_converge_s.items())
                 },
             },
@@ -249,7 +257,11 @@ class NetworkFaults:
         healed = time.monotonic()
         campaign.say(f"network: heal the {fault.shape} partition; {len(probes)} probe writes to await")
         converged_s = await self.await_probes(probes, healed, heal)
-        if converged_s is None:
+        if heal.is_set():
+            campaign.say(
+                f"network: the end of the run interrupted the wait for the {fault.shape} heal's probes"
+            )
+        elif converged_s is None:
             self.summary.heal_unconverged += 1
             campaign.say(f"network: the probes of the {fault.shape} heal were not everywhere in time")
         else:

@@ -600,23 +600,25 @@ def plan_network(
     wan_bandwidth_bytes_per_s: float | None = WAN_BANDWIDTH_BYTES_PER_S,
 ) -> NetworkPlan:
     """A seeded network schedule for nodes in datacenters (`dcs`: node -> dc, in a stable order):
-    every cross-datacenter link gets a latency drawn in `wan_latency_ms` (the same both ways, with
-    10% jitter) and the bandwidth cap; then, one at a time after WARMUP_S, partitions of every shape
+    each pair of datacenters gets a latency drawn in `wan_latency_ms` (the same both ways, with 10%
+    jitter), every link between their nodes that latency and the bandwidth cap; then, one at a time after WARMUP_S, partitions of every shape
     in shuffled rounds (a node, a datacenter or two halves when there is one datacenter, one-way,
     bridge) each held for PARTITION_S, with resets of a random pair's connections and degraded links
     (a node's links slowed to 200-500 ms and 64 KB/s) between them."""
     names = list(dcs)
-    base: dict[Link, LinkFaults] = {}
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            if dcs[a] != dcs[b]:
-                latency_ms = rng.uniform(*wan_latency_ms)
-                wan = LinkFaults(
-                    latency_ms=latency_ms,
-                    jitter_ms=latency_ms * WAN_JITTER_SHARE,
-                    bandwidth_bytes_per_s=wan_bandwidth_bytes_per_s,
-                )
-                base[(a, b)] = base[(b, a)] = wan
+    # One distance per pair of datacenters, shared by every link between their nodes (a write
+    # crossing through relays meets the same latency as one sent straight).
+    dc_names = sorted(set(dcs.values()))
+    wans: dict[tuple[str, str], LinkFaults] = {}
+    for i, left in enumerate(dc_names):
+        for right in dc_names[i + 1 :]:
+            latency_ms = rng.uniform(*wan_latency_ms)
+            wans[(left, right)] = wans[(right, left)] = LinkFaults(
+                latency_ms=latency_ms,
+                jitter_ms=latency_ms * WAN_JITTER_SHARE,
+                bandwidth_bytes_per_s=wan_bandwidth_bytes_per_s,
+            )
+    base = {(a, b): wans[(dcs[a], dcs[b])] for a in names for b in names if dcs[a] != dcs[b]}
     by_dc: dict[str, list[str]] = {}
     for name in names:
         by_dc.setdefault(dcs[name], []).append(name)

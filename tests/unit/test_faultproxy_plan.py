@@ -47,6 +47,12 @@ def test_the_same_seed_plans_the_same_network_and_every_shape_comes() -> None:
     assert set(first.base) == {(a, b) for a in DCS for b in DCS if DCS[a] != DCS[b]}
     for (a, b), faults in first.base.items():
         assert faults == first.base[(b, a)]
+        # One distance per pair of datacenters.
+        assert all(
+            first.base[link] == faults
+            for link in first.base
+            if {DCS[link[0]], DCS[link[1]]} == {DCS[a], DCS[b]}
+        )
         assert 30.0 <= faults.latency_ms <= 150.0 and faults.bandwidth_bytes_per_s == 5_000_000.0
     starts = [fault.at_s for fault in first.faults]
     assert starts == sorted(starts) and all(3.0 <= at_s < 119.0 for at_s in starts)
