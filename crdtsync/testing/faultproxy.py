@@ -482,6 +482,7 @@ class ProxiedDaemon(Protocol):
 
     name: str
     listen_port: int
+    http_port: int
     peers: list[str]
     advertise: str
     publish: str
@@ -503,7 +504,11 @@ def put_behind_proxy(daemons: Sequence[ProxiedDaemon]) -> list[Route]:
     the routes for `FaultProxy` (its `hosts` default matches, when the same names come in the same
     order, e.g. `plan_daemons`'s). Call before the first start."""
     hosts = source_hosts([daemon.name for daemon in daemons])
-    ports = free_ports(3 * len(daemons))
+    # The daemons' own ports are planned but not bound yet, so free_ports may offer them again.
+    taken = {port for daemon in daemons for port in (daemon.listen_port, daemon.http_port)}
+    ports = [port for port in free_ports(3 * len(daemons) + len(taken)) if port not in taken][
+        : 3 * len(daemons)
+    ]
     routes: list[Route] = []
     through: dict[str, str] = {}
     for index, daemon in enumerate(daemons):

@@ -74,6 +74,9 @@ def test_daemons_put_behind_the_proxy_advertise_it_and_bind_their_own_source(tmp
     )
     assert a.peers == [b.advertise] and listens[1] not in a.peers
     assert (a.source_host, b.source_host) == (source_hosts(["a", "b"])["a"], "127.0.0.3")
+    ports = [route.listen_port for route in routes] + [route.target_port for route in routes]
+    ports += [daemon.http_port for daemon in daemons]
+    assert len(ports) == len(set(ports)) == 10, "no port planned twice"
     args = a.serve_args("dc1", a.peers, [])
     assert args[args.index("--advertise") + 1] == a.advertise
     assert 'source_host="127.0.0.2"' in args
