@@ -60,8 +60,8 @@ class NodeConfig:
     """The node's datacenter: a full mesh inside it, relays between datacenters."""
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     placement: PlacementPolicy = field(default_factory=PlacementPolicy)
-    """The cluster's partitions and placement rules: the same on every node. Shown by `placement`;
-    not yet enforced: every node still replicates every doc (see docs/placement.md)."""
+    """The cluster's partitions and placement rules: the same on every node. A node keeps only the
+    docs it holds; others it opens follow a holder (see docs/placement.md)."""
     advertise: str | None = None
     """The address peers reach the request socket at (containers, NAT, a `0.0.0.0` listen); None:
     `listen` itself."""
@@ -160,6 +160,9 @@ class Node:
         self._loads: set[asyncio.Task[None]] = set()
         self._pump_scheduled = False
         self._waiters = Waiters()
+        self._fetches: dict[str, list[asyncio.Future[None]]] = {}
+        """`open` calls waiting for a holder's answer to a follower fetch, by doc (at most one entry
+        per doc the core is fetching, itself bounded)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -324,7 +327,39 @@ class Node:
             # await between them); a load the core asked for meanwhile finds it loaded, harmlessly.
             replica.doc_loaded(doc_id, await self._read_doc(doc_id), _now_ms())
             self._schedule_pump()
-        return replica.open_doc(doc_id, pin=True)
+        doc = replica.open_doc(doc_id, pin=True)
+        if not replica.holds(doc_id):
+            await self._follow(doc_id)
+        return doc
+
+    async def _follow(self, doc_id: str) -> None:
+        """A doc this node does not hold (placement) is opened: fetch what its nearest holder has, for
+        at most `follower_fetch_timeout_ms` (no holder reachable: the doc shows what this node has).
+        While open it follows the holder: deltas, and a check with the holder every round."""
+        replica = self._replica
+        if not replica.fetch_doc(doc_id, _now_ms()):
+            return
+        self._schedule_pump()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._fetches.setdefault(doc_id, []).append(future)
+        timeout_s = replica.config.follower_fetch_timeout_ms / 1000.0
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await future
+        finally:
+            waiting = self._fetches.get(doc_id, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._fetches.pop(doc_id, None)
+
+    def _wake_fetches(self) -> None:
+        replica = self._replica
+        for doc_id in [d for d in self._fetches if not replica.fetch_pending(d)]:
+            for future in self._fetches.pop(doc_id):
+                if not future.done():
+                    future.set_result(None)
 
     def release(self, doc_id: str) -> None:
         """Let the node evict `doc_id` from memory again; do not write to the Doc object afterwards."""
@@ -344,6 +379,11 @@ class Node:
         """Ids of the docs this node holds, in sorted order: those starting with `prefix`, after
         `after`, at most `limit`."""
         return self._replica.doc_ids(after=after, limit=limit, prefix=prefix)
+
+    def holds(self, doc_id: str) -> bool:
+        """Whether this node holds `doc_id` by placement (always, with rf "all"): other docs it has
+        are on their way to a holder, or followed while open."""
+        return self._replica.holds(doc_id)
 
     def has_doc(self, doc_id: str) -> bool:
         """Whether this node holds `doc_id` (loaded or not)."""
@@ -471,6 +511,8 @@ class Node:
     def _on_frame(self, frame: bytes, sender_key: str | None) -> None:
         if not self._closed:
             self._replica.receive(frame, _now_ms(), sender_key=sender_key)
+            if self._fetches:
+                self._wake_fetches()
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled and self._loop is not None and not self._closed:

@@ -73,6 +73,8 @@ class ReplicaConfig:
     handoff_grace_ms: float = 30_000.0
     """A handed-off doc is dropped only when a second offer, this long after the first confirmed
     one, is confirmed again with no local write in between: the holder has had time to commit it."""
+    follower_fetch_timeout_ms: float = 2000.0
+    """How long `Node.open` of a doc this node does not hold waits for its nearest holder's answer."""
     handoff_docs_per_pass_max: int = 1024
     handoff_bytes_per_pass_max: int = 4 * 1024 * 1024
     """Offers sent per handoff pass (every `handoff_interval_ms`): the throttle of rebalancing."""

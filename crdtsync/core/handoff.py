@@ -36,6 +36,9 @@ from crdtsync.core.state import covers, decode_state_vector
 from crdtsync.core.sync import StateSync
 from crdtsync.core.update_check import UpdateError, dependencies
 
+FETCHES_MAX = 4096
+"""Follower fetches awaiting an answer: beyond it `fetch` refuses (the doc still syncs by offers)."""
+
 
 @dataclass(slots=True)
 class Handing:
@@ -75,6 +78,32 @@ class Handoff:
         """Docs this node has and does not hold, in the order they became so."""
         self._seen_version = -1
         self._next_pass_ms = 0.0
+        self.fetches: dict[str, str] = {}
+        """Followed docs fetched from a holder and not answered yet: doc id -> the holder asked."""
+
+    # ------------------------------------------------------------------ followers
+
+    def fetch(self, doc_id: str) -> bool:
+        """Ask the nearest alive holder for what this node lacks of `doc_id` (an application opened a
+        doc this node does not hold: a follower). False when no holder is reachable."""
+        entry = self._docs.get(doc_id)
+        target = self._target(doc_id) if entry is not None else None
+        if entry is None or target is None:
+            return False
+        node_id, address = target
+        if len(self.fetches) >= FETCHES_MAX and doc_id not in self.fetches:
+            return False
+        self.fetches[doc_id] = node_id
+        self._ctx.counters.syncs_requested += 1
+        self._links.send(address, wire.SyncRequest(self._ctx.node_id, ((doc_id, entry.state_bytes),)))
+        return True
+
+    def on_sync_response(self, message: wire.SyncResponse) -> None:
+        """A holder answered: the docs fetched from it are as fresh as its answer."""
+        if self.fetches:
+            for doc_id, _update, _state in message.entries:
+                if self.fetches.get(doc_id) == message.node_id:
+                    del self.fetches[doc_id]
 
     # ------------------------------------------------------------------ the offering side
 
@@ -194,8 +223,11 @@ class Handoff:
                 handing.target, handing.confirmed_ms = None, None
                 handing.next_offer_ms = ctx.now_ms + ctx.config.handoff_interval_ms
                 continue
-            decode_state_vector(state)  # validated before it is ever handed to pycrdt
+            theirs = decode_state_vector(state)  # validated before it is ever handed to pycrdt
             handing.target_state = state
+            if entry.pins and not covers(entry.state(), theirs):
+                # A follower: the holder has more than this node (deltas lost on the way): pull it.
+                self.fetch(doc_id)
             if status == HANDOFF_NOT_COVERED:
                 handing.confirmed_ms = None
                 handing.next_offer_ms = ctx.now_ms
@@ -203,6 +235,8 @@ class Handoff:
                 handing.confirmed_ms = ctx.now_ms
                 handing.confirmed_writes = handing.offered_writes
                 handing.next_offer_ms = ctx.now_ms + grace_ms
+                if entry.pins:  # a follower checks with its holder as often as anti-entropy runs
+                    handing.next_offer_ms = ctx.now_ms + min(grace_ms, ctx.config.ae_interval_ms or grace_ms)
             elif (
                 ctx.now_ms - handing.confirmed_ms >= grace_ms
                 and entry.local_writes == handing.confirmed_writes

@@ -319,6 +319,7 @@ class Replica:
                 self._sync.on_request(message)
             case wire.SyncResponse():
                 self._sync.on_response(message)
+                self._handoff.on_sync_response(message)
             case wire.SyncPush():
                 for doc_id, update in message.entries:
                     self._sync.on_update(doc_id, update, message.node_id)
@@ -439,6 +440,16 @@ class Replica:
         """Whether this node holds `doc_id` by placement (a replica, or a relay of a cluster that
         spans datacenters), as its member table says now."""
         return self._holding.holds_doc(doc_id)
+
+    def fetch_doc(self, doc_id: str, now_ms: float) -> bool:
+        """Ask the nearest alive holder for what this node lacks of `doc_id`, a doc it has open but
+        does not hold (a follower); `fetch_pending` tells when the answer came. False when no holder
+        is reachable (the doc then shows what this node has)."""
+        self._step(now_ms)
+        return self._handoff.fetch(doc_id)
+
+    def fetch_pending(self, doc_id: str) -> bool:
+        return doc_id in self._handoff.fetches
 
     def hinted_docs(self) -> int:
         """Docs this node has but does not hold, waiting to be handed to a holder."""

@@ -35,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pycrdt import Doc, Map, TransactionEvent
 
 from crdtsync.consistency import DocState, doc_state
+from crdtsync.core.docs import EMPTY_STATE
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
 from crdtsync.daemon import causal_http, jsonvalues
 from crdtsync.daemon.config import DaemonConfig, Token
@@ -452,9 +453,15 @@ class Api:
             await causal_http.await_token(
                 self.node, self.token_waits, request, doc_id, self.config.http.wait_ms_max, watch=watch
             )
-        if not self.node.has_doc(doc_id):
-            raise ApiError(404, "no_such_doc", f"doc {doc_id!r} does not exist on this node")
-        return await self.node.open(doc_id)
+        if self.node.has_doc(doc_id):
+            return await self.node.open(doc_id)
+        if not self.node.holds(doc_id):
+            # A doc this node does not hold (placement) is fetched from its nearest holder.
+            doc = await self.node.open(doc_id)
+            if doc.get_state() != EMPTY_STATE:
+                return doc
+            self.node.release(doc_id)
+        raise ApiError(404, "no_such_doc", f"doc {doc_id!r} does not exist on this node")
 
     async def _json_body(self, request: web.Request) -> Any:
         try:

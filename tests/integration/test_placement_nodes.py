@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -147,6 +147,7 @@ async def _handoff_scenario(tmp_path: Path) -> None:
                     doc = await node.open(doc_id)
                     assert doc.get("meta", type=Map).to_py() == {"writer": f"n{index % 4}"}, (doc_id, node)
                     node.release(doc_id)
+        await _follow_a_doc(nodes, holders)
         kept = {node.config.node_id: set(node.doc_ids()) for node in nodes}
         dropped = sum(node.status().counters.handoff_docs_dropped for node in nodes)
         print(f"docs per node {[len(ids) for ids in kept.values()]}, {dropped} handed off and dropped")
@@ -157,3 +158,21 @@ async def _handoff_scenario(tmp_path: Path) -> None:
             assert {record.doc_id for record in store.docs()} == ids, node_id
         finally:
             store.close()
+
+
+async def _follow_a_doc(nodes: list[Node], holders: Callable[[str], set[str]]) -> None:
+    """A node opens a doc it does not hold: it fetches it from a holder, follows the holder's writes
+    while open, and drops the doc a grace period after its release."""
+    doc_id = next(f"follow/{i}" for i in range(100) if "n0" not in holders(f"follow/{i}"))
+    holder = next(node for node in nodes if node.config.node_id in holders(doc_id))
+    written = await holder.open(doc_id)
+    written.get("meta", type=Map)["v"] = 1
+    await holder.flush()
+    follower = await nodes[0].open(doc_id)  # returns once the holder answered
+    meta = follower.get("meta", type=Map)
+    assert meta.to_py() == {"v": 1}
+    written.get("meta", type=Map)["v"] = 2
+    holder.release(doc_id)
+    await wait_until(lambda: meta.to_py() == {"v": 2}, TIMEOUT_S, "the follower sees the holder's write")
+    nodes[0].release(doc_id)
+    await wait_until(lambda: not nodes[0].has_doc(doc_id), TIMEOUT_S, "the released follower drops the doc")
