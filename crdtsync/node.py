@@ -131,6 +131,9 @@ class NodeStatus:
     store: str
     """`memory`, or `sqlite:` and the database path."""
     durability: str
+    hinted_docs: int = 0
+    """Docs this node has but does not hold (placement), waiting to be handed to a holder (writes
+    made here, partitions that moved away): 0 once handoffs have settled."""
 
 
 def _now_ms() -> float:
@@ -482,6 +485,7 @@ class Node:
             counters=counters,
             dc=snapshot.dc,
             relay=snapshot.relay,
+            hinted_docs=snapshot.hinted_docs,
             members=snapshot.members,
             datacenters=snapshot.datacenters,
             store=self._store_description.name if self._store_description is not None else "memory",

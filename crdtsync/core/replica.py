@@ -451,10 +451,6 @@ class Replica:
     def fetch_pending(self, doc_id: str) -> bool:
         return doc_id in self._handoff.fetches
 
-    def hinted_docs(self) -> int:
-        """Docs this node has but does not hold, waiting to be handed to a holder."""
-        return len(self._handoff.pending)
-
     def _candidates(self) -> tuple[list[Candidate], dict[str, MemberState]]:
         """Every member that has not left (a down one keeps its partitions), this node included."""
         membership = self.membership
@@ -512,4 +508,5 @@ class Replica:
             members=tuple(members),
             datacenters=tuple(dc_statuses(ctx, self.membership, members, peers)),
             counters=ctx.counters.copy(),
+            hinted_docs=len(self._handoff.pending),
         )

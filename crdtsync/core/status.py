@@ -93,6 +93,8 @@ class ReplicaStatus:
     members: tuple[MemberStatus, ...]
     datacenters: tuple[DcStatus, ...]
     counters: Counters
+    hinted_docs: int = 0
+    """Docs this node has but does not hold (placement), waiting to be handed to a holder."""
 
 
 def peer_statuses(

@@ -344,7 +344,8 @@ class Api:
         return await self.websockets.handle(request, doc_id, writable=writable)
 
     async def cluster_placement(self, request: web.Request) -> web.Response:
-        return json_response(cluster_placement_json(self.node.cluster_placement()))
+        hinted = self.node.status().hinted_docs
+        return json_response(cluster_placement_json(self.node.cluster_placement(), hinted))
 
     async def placement(self, request: web.Request) -> web.Response:
         doc_id = check_doc_id(request.match_info["doc"])

@@ -35,6 +35,7 @@ def status_json(
         "docs": status.docs,
         "published_updates": status.published_updates,
         "pending_updates": status.pending_updates,
+        "hinted_docs": status.hinted_docs,
         "store": status.store,
         "durability": status.durability,
         "merkle_root": merkle_root.hex(),
@@ -158,8 +159,8 @@ def placement_json(placement: DocPlacement) -> Json:
     }
 
 
-def cluster_placement_json(placement: ClusterPlacement) -> Json:
-    """The answer of `GET /v1/placement`."""
+def cluster_placement_json(placement: ClusterPlacement, hinted_docs: int) -> Json:
+    """The answer of `GET /v1/placement` (`hinted_docs`: this node's docs waiting for a holder)."""
     return {
         "partitions": placement.partitions,
         "rf": _rf_json(placement.rf),
@@ -167,4 +168,5 @@ def cluster_placement_json(placement: ClusterPlacement) -> Json:
         "partitions_per_node": dict(placement.partitions_per_node),
         "imbalance": dict(placement.imbalance_by_dc),
         "enforced": placement.enforced,
+        "hinted_docs": hinted_docs,
     }

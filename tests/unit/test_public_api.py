@@ -63,6 +63,7 @@ def test_node_methods_are_pinned() -> None:
         "doc_ids",
         "flush",
         "has_doc",
+        "holds",
         "merkle_root",
         "open",
         "release",
@@ -84,6 +85,7 @@ def test_node_methods_are_pinned() -> None:
         "merkle_root",
         "release",
         "has_doc",
+        "holds",
         "placement",
         "cluster_placement",
     ):
@@ -127,6 +129,7 @@ def test_config_and_status_fields_are_pinned() -> None:
         "datacenters",
         "store",
         "durability",
+        "hinted_docs",
     ]
     assert [f.name for f in dataclasses.fields(PeerStatus)] == [
         "address",
