@@ -211,7 +211,8 @@ class FaultProxy:
         self, routes: Sequence[Route], hosts: Mapping[str, str] | None = None, seed: int = 0
     ) -> None:
         self.routes = list(routes)
-        nodes = sorted({route.node for route in self.routes})
+        # In the order of the routes, as put_behind_proxy numbers the hosts (n10 must not sort before n2).
+        nodes = list(dict.fromkeys(route.node for route in self.routes))
         self.hosts = dict(hosts) if hosts is not None else source_hosts(nodes)
         self._node_by_host = {host: node for node, host in self.hosts.items()}
         self._seed = seed

@@ -11,6 +11,7 @@ import pytest
 from crdtsync.testing.cluster import LocalDaemon, plan_daemons
 from crdtsync.testing.faultproxy import (
     PARTITION_SHAPES,
+    FaultProxy,
     LinkFaults,
     bridge,
     isolate,
@@ -93,3 +94,10 @@ def test_the_chaos_campaign_takes_fault_sets_and_replays_them() -> None:
     assert "--faults" not in chaos.Summary(7, 60.0, 6, 3, 400.0).replay_command()
     with pytest.raises(ValueError, match="faults must be some of"):
         asyncio.run(chaos.campaign(1.0, 7, faults=("floods",)))
+
+
+def test_the_proxy_numbers_hosts_as_put_behind_proxy_does(tmp_path: Path) -> None:
+    names = [f"n{index}" for index in range(12)]
+    daemons = plan_daemons(LocalDaemon, str(tmp_path), names)
+    proxy = FaultProxy(put_behind_proxy(daemons))
+    assert proxy.hosts == {daemon.name: daemon.source_host for daemon in daemons}
