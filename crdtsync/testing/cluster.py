@@ -232,7 +232,10 @@ class LocalCluster(Generic[D]):
     Built from daemon names (plain `LocalDaemon`s, see `plan_daemons` for the keyword arguments) or
     from daemons already made (subclasses that carry more state). `curve`: CurveZMQ links, a key file
     root/NAME.key per node (kept if it exists) and every member's public key configured; plaintext
-    otherwise. `extra_args` and `settings` (`--set SECTION.KEY=VALUE`) go to every daemon."""
+    otherwise. `extra_args` and `settings` (`--set SECTION.KEY=VALUE`) go to every daemon.
+    `config_toml`: a config file every daemon reads (written to root/config.toml, `--config`), for
+    what flags and `--set` do not give as a deployment writes it, such as `[[placement]]` arrays of
+    tables; the flags win over it, as in `crdtsync serve`."""
 
     def __init__(
         self,
@@ -242,16 +245,23 @@ class LocalCluster(Generic[D]):
         curve: bool = False,
         extra_args: Sequence[str] = (),
         settings: Mapping[str, Mapping[str, Any]] | None = None,
+        config_toml: str = "",
         note: str = "crdtsync.testing.cluster",
         **plan: Any,
     ) -> None:
         self.root = root
         os.makedirs(root, exist_ok=True)
+        config_args: list[str] = []
+        if config_toml:
+            config_path = os.path.join(root, "config.toml")
+            with open(config_path, "w", encoding="utf-8") as file:
+                file.write(config_toml)
+            config_args = ["--config", config_path]
         made: list[Any] = [d for d in daemons if isinstance(d, LocalDaemon)]
         if len(made) != len(daemons):
             made = plan_daemons(LocalDaemon, root, [str(d) for d in daemons], **plan)
         self.daemons: dict[str, D] = {daemon.name: daemon for daemon in made}
-        self.extra_args = [*extra_args, *settings_args(settings or {})]
+        self.extra_args = [*config_args, *extra_args, *settings_args(settings or {})]
         self.note = note
         self.acks = AckLog()
         self.public_keys: dict[str, str] = {}

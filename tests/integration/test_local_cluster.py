@@ -96,3 +96,15 @@ def test_signals_restarts_and_the_check_of_acknowledged_writes(tmp_path: Path) -
         assert len(problems) == 2 and all(
             "t/doc a-key: " in p and p.endswith("acknowledged 99") for p in problems
         ), problems
+
+
+def test_a_config_file_reaches_every_daemon_and_flags_follow_it(tmp_path: Path) -> None:
+    toml = "[cluster]\npartitions = 64\n\n[[placement]]\nrf = 2\n"
+    cluster = LocalCluster.named(
+        str(tmp_path), ["a", "b"], config_toml=toml, settings={"replication": {"tick_interval_ms": 20}}
+    )
+    args = cluster.serve_args(cluster["b"])
+    assert args[args.index("--config") + 1] == str(tmp_path / "config.toml")
+    assert args.index("--config") < args.index("--set"), "flags come after the file: they win over it"
+    assert (tmp_path / "config.toml").read_text() == toml
+    assert "--config" not in LocalCluster.named(str(tmp_path / "plain"), ["a"]).serve_args(cluster["a"])

@@ -1,0 +1,480 @@
+"""Partitioned placement on real `crdtsync serve` processes (issue 13): 5 daemons in 2 datacenters
+(3 + 2) with SQLite stores and `[[placement]] rf = 2` in their config file.
+
+- writes over HTTP through every node, including nodes that do not hold the doc (they hand it to a
+  holder and drop it `handoff_grace_ms` later); a replica is killed with SIGKILL during the writes,
+  the writes go on through the other nodes, it restarts;
+- a 6th node joins and takes its share (docs it now holds arrive with their content, docs others no
+  longer hold leave them);
+- a node is killed with SIGKILL in the middle of handing docs off, together with the holder it hands
+  them to, and both restart: nothing is lost and the handoff completes;
+- after each step every acknowledged write is on every holder of its doc (read there only: reads are
+  not forwarded), no node lists a doc it does not hold, and at the end `GET /v1/placement/{doc}` and
+  `crdtsync placement DOC --json` answer the same on every node.
+
+A node *holds* a doc when it is one of its 2 replicas in its datacenter, or a relay (one per
+datacenter: relays hold every doc). The times each step takes to settle are printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from daemon_support import FAST_MEMBERSHIP, FAST_REPLICATION, wait_until
+
+from crdtsync.cli import main
+from crdtsync.core.state import covers, decode_state_vector
+from crdtsync.testing.cluster import Ack, AckedWrite, LocalCluster, LocalDaemon
+
+pytestmark = pytest.mark.integration
+
+DCS = {"a1": "dc1", "a2": "dc1", "a3": "dc1", "b1": "dc2", "b2": "dc2", "a4": "dc1"}
+FIRST = ["a1", "a2", "a3", "b1", "b2"]
+JOINER = "a4"
+EVERYONE = [*FIRST, JOINER]
+DOC_IDS = [f"runs/{index:02d}" for index in range(24)]
+HANDOFF_INTERVAL_MS = 100
+HANDOFF_GRACE_MS = 1000
+REPLICATION = {
+    **FAST_REPLICATION,
+    "handoff_interval_ms": HANDOFF_INTERVAL_MS,
+    "handoff_grace_ms": HANDOFF_GRACE_MS,
+}
+CONFIG_TOML = "\n".join(
+    [
+        "[replication]",
+        *(f"{key} = {value}" for key, value in REPLICATION.items()),
+        "",
+        "[membership]",
+        *(f"{key} = {value}" for key, value in FAST_MEMBERSHIP.items()),
+        "",
+        "[cluster]",
+        "partitions = 4096",
+        "",
+        "[[placement]]",
+        "rf = 2  # 2 replicas in each datacenter",
+        "",
+    ]
+)
+STEP_TIMEOUT_S = 30.0
+"""The deadline of each wait; a step settles in a few seconds."""
+WRITE_GAP_S = 0.005
+"""Pacing of the background writer (about 100 writes a second), so the ack log stays small to check."""
+HTTP_TIMEOUT_S = 5.0
+
+Views = dict[str, frozenset[str]]
+"""Doc id -> the nodes that hold it (its replicas in every datacenter and the relays)."""
+
+
+def put(cluster: LocalCluster[LocalDaemon], client: httpx.Client, name: str, doc_id: str) -> bool:
+    """Write a new key (NODE-SEQ, value SEQ) into `doc_id` through `name` and log it; whether it was
+    acknowledged. Every key is written once, so every acknowledged write is checked by value."""
+    daemon = cluster[name]
+    seq = cluster.acks.next_seq(name)
+    key = f"{name}-{seq}"
+    write = AckedWrite(name, seq, doc_id, key, seq, True, daemon.starts)
+    try:
+        response: httpx.Response | None = client.put(f"{daemon.url}/v1/docs/{doc_id}/keys/{key}", json=seq)
+    except httpx.HTTPError:
+        response = None
+    return cluster.acks.record(write, response)
+
+
+class Writer(threading.Thread):
+    """Writes through `names` in turn, one write at a time, cycling over every (node, doc) pair,
+    until `stop`. Its own HTTP client: the test's thread keeps using the cluster's."""
+
+    def __init__(
+        self, cluster: LocalCluster[LocalDaemon], names: Sequence[str], doc_ids: Sequence[str]
+    ) -> None:
+        super().__init__(name="placement-writer", daemon=True)
+        self.cluster = cluster
+        self.names = list(names)
+        self.doc_ids = list(doc_ids)
+        self._stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with httpx.Client(timeout=HTTP_TIMEOUT_S, trust_env=False) as client:
+                turn = 0
+                while not self._stop_event.is_set():
+                    name = self.names[turn % len(self.names)]
+                    # 7 is prime to the doc count: every node writes every doc over the cycle.
+                    put(self.cluster, client, name, self.doc_ids[(turn * 7) % len(self.doc_ids)])
+                    turn += 1
+                    self._stop_event.wait(WRITE_GAP_S)
+        except BaseException as exc:  # surfaced by `stop` in the test's thread
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=STEP_TIMEOUT_S)
+        assert not self.is_alive(), "the writer did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+class Probe:
+    """What the running daemons say over HTTP: placement, doc listings, status, acknowledged writes."""
+
+    def __init__(self, cluster: LocalCluster[LocalDaemon]) -> None:
+        self.cluster = cluster
+        self.client = httpx.Client(timeout=HTTP_TIMEOUT_S, trust_env=False)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def get(self, name: str, path: str, **params: Any) -> Any:
+        """The JSON of a 200 answer, None for anything else (a daemon restarting)."""
+        try:
+            response = self.client.get(self.cluster[name].url + path, params=params)
+        except httpx.HTTPError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    def status(self, name: str) -> dict[str, Any]:
+        body = self.get(name, "/v1/status")
+        assert isinstance(body, dict), f"{name} answers /v1/status"
+        return body
+
+    def counter(self, name: str, counter: str) -> int:
+        value: int = self.status(name)["counters"][counter]
+        return value
+
+    def sees_alive(self, names: Sequence[str]) -> bool:
+        """Whether each of `names` sees every other one alive."""
+        for name in names:
+            body = self.get(name, "/v1/status")
+            if body is None:
+                return False
+            alive = {m["node_id"] for m in body["members"] if m["state"] == "alive"}
+            if not set(names) - {name} <= alive:
+                return False
+        return True
+
+    def placement(self, name: str, doc_id: str) -> dict[str, Any] | None:
+        body = self.get(name, f"/v1/placement/{doc_id}")
+        return body if isinstance(body, dict) else None
+
+    def views(self, names: Sequence[str], doc_ids: Iterable[str]) -> tuple[Views, list[str]]:
+        """The holders of each doc as every node of `names` computes them; the disagreements."""
+        agreed: Views = {}
+        problems: list[str] = []
+        for doc_id in doc_ids:
+            seen: dict[str, frozenset[str]] = {}
+            for name in names:
+                body = self.placement(name, doc_id)
+                if body is None:
+                    problems.append(f"{name}: no placement answer for {doc_id}")
+                    continue
+                seen[name] = holders_of(body)
+            if len(set(seen.values())) != 1:
+                problems.append(
+                    f"{doc_id}: holders differ: {sorted((n, sorted(h)) for n, h in seen.items())}"
+                )
+                continue
+            agreed[doc_id] = next(iter(seen.values()))
+        return agreed, problems
+
+    def listing(self, name: str) -> set[str] | None:
+        """Every doc id `name` has (GET /v1/docs, paged); None without an answer."""
+        ids: set[str] = set()
+        after = ""
+        while True:
+            page = self.get(name, "/v1/docs", limit=1000, after=after)
+            if page is None:
+                return None
+            ids.update(page["docs"])
+            if page["next"] is None:
+                return ids
+            after = page["next"]
+
+    def unsettled(self, names: Sequence[str], doc_ids: Sequence[str]) -> list[str]:
+        """What keeps the cluster from the state the test waits for (empty: settled): every node of
+        `names` computes the same holders for each doc, holds exactly the docs it holds, and every
+        acknowledged write is on every holder of its doc."""
+        holders, problems = self.views(names, doc_ids)
+        if problems:
+            return problems
+        for name in names:
+            listed = self.listing(name)
+            if listed is None:
+                return [f"{name}: no doc listing"]
+            for doc_id in doc_ids:
+                holds = name in holders[doc_id]
+                if holds and doc_id not in listed:
+                    problems.append(f"{name} holds {doc_id} and does not have it")
+                elif not holds and doc_id in listed:
+                    problems.append(f"{name} has {doc_id} and does not hold it")
+        return problems or self.missing_acks(names, holders)
+
+    def missing_acks(self, names: Sequence[str], holders: Views) -> list[str]:
+        """Every acknowledged write checked on every node of `names` that holds its doc: its key has
+        its value there, and the doc's state vector covers each writer's last acknowledgement. One
+        read of each doc per node (a read per key would be thousands per check)."""
+        acks_by_doc: dict[str, list[Ack]] = {}
+        for ack in self.cluster.acks.acks:
+            acks_by_doc.setdefault(ack.write.doc, []).append(ack)
+
+        async def check(client: httpx.AsyncClient, name: str, doc_id: str) -> list[str]:
+            try:
+                response = await client.get(f"{self.cluster[name].url}/v1/docs/{doc_id}")
+            except httpx.HTTPError as exc:
+                return [f"{name}: {doc_id}: {exc!r}"]
+            if response.status_code != 200:
+                return [f"{name}: {doc_id}: HTTP {response.status_code} {response.text[:120]}"]
+            body = response.json()
+            data, have = body["data"], decode_state_vector(b64url_decode(body["state_vector"]))
+            problems: list[str] = []
+            last_of_writer: dict[tuple[str, int], Ack] = {}
+            for ack in acks_by_doc.get(doc_id, []):
+                write = ack.write
+                last_of_writer[(write.node, write.incarnation)] = ack
+                if write.key not in data:
+                    problems.append(f"{name}: {doc_id}: no {write.key} (acknowledged by {write.node})")
+                elif data[write.key] not in self.cluster.acks.allowed_values(write):
+                    problems.append(
+                        f"{name}: {doc_id}: {write.key} = {data[write.key]!r}, not {write.value!r}"
+                    )
+            for ack in last_of_writer.values():
+                if not covers(have, decode_state_vector(b64url_decode(ack.state_vector))):
+                    problems.append(
+                        f"{name}: {doc_id}: behind the last write acknowledged by {ack.write.node}"
+                    )
+            return problems
+
+        async def verify() -> list[str]:
+            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_S, trust_env=False) as client:
+                found = await asyncio.gather(
+                    *(
+                        check(client, name, doc_id)
+                        for name in names
+                        for doc_id in acks_by_doc
+                        if name in holders.get(doc_id, ())
+                    )
+                )
+            return [problem for problems in found for problem in problems]
+
+        return asyncio.run(verify())
+
+    def wait_settled(self, names: Sequence[str], what: str) -> float:
+        """Wait (deadline `STEP_TIMEOUT_S`) until `unsettled` is empty; the seconds it took."""
+        last: list[str] = []
+
+        def settled() -> bool:
+            last[:] = self.unsettled(names, DOC_IDS)
+            return not last
+
+        return wait_until(settled, STEP_TIMEOUT_S, lambda: f"{what}; still: {last[:20]}", poll_s=0.05)
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def holders_of(placement: dict[str, Any]) -> frozenset[str]:
+    """The nodes holding a doc, from its `GET /v1/placement/{doc}` answer."""
+    replicas = {r["node_id"] for placed in placement["replicas"].values() for r in placed}
+    return frozenset(replicas | set(placement["relays"]))
+
+
+def docs_per_node(holders: Views, names: Iterable[str]) -> dict[str, int]:
+    return {name: sum(name in held for held in holders.values()) for name in names}
+
+
+def handoff_counters(probe: Probe, names: Iterable[str]) -> dict[str, int]:
+    """The handoff counters summed over `names` (since each one's last start)."""
+    keys = ("handoff_offers_sent", "handoff_acks_received", "handoff_docs_dropped", "updates_not_held")
+    totals = dict.fromkeys(keys, 0)
+    for name in names:
+        counters = probe.status(name)["counters"]
+        for key in keys:
+            totals[key] += counters[key]
+    return totals
+
+
+def test_rf2_in_two_datacenters_survives_kills_a_join_and_a_kill_during_handoff(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with LocalCluster.named(
+        str(tmp_path),
+        EVERYONE,
+        dcs=DCS,
+        seeds=FIRST,  # the joiner is nobody's configured peer: it joins through them
+        config_toml=CONFIG_TOML,
+        note="test_placement_daemons",
+    ) as cluster:
+        probe = Probe(cluster)
+        try:
+            _scenario(cluster, probe)
+        finally:
+            probe.close()
+    print(f"whole test {time.monotonic() - started:.1f} s")
+
+
+def _scenario(cluster: LocalCluster[LocalDaemon], probe: Probe) -> None:
+    # ---- 5 daemons, 2 datacenters
+    for name in FIRST:
+        cluster.start(name)
+    up_s = cluster.wait_healthy(FIRST)
+    formed_s = wait_until(lambda: probe.sees_alive(FIRST), STEP_TIMEOUT_S, "every node sees the others alive")
+    agreed_s = wait_until(
+        lambda: not probe.views(FIRST, DOC_IDS)[1], STEP_TIMEOUT_S, "every node places every doc alike"
+    )
+    holders, _ = probe.views(FIRST, DOC_IDS)
+    first = probe.placement("a1", DOC_IDS[0])
+    assert first is not None and first["enforced"] and first["rf"] == 2
+    relays = set(first["relays"])
+    assert len(relays) == 2 and {DCS[r] for r in relays} == {"dc1", "dc2"}, relays
+    for doc_id, held in holders.items():
+        assert {n for n in held if DCS[n] == "dc2"} == {"b1", "b2"}, (doc_id, held)
+        assert 2 <= len({n for n in held if DCS[n] == "dc1"}) <= 3, (doc_id, held)
+    print(
+        f"healthy in {up_s:.1f} s, members alive everywhere {formed_s:.1f} s later, "
+        f"placement agreed {agreed_s:.1f} s later; relays {sorted(relays)}; "
+        f"docs held per node {docs_per_node(holders, FIRST)}"
+    )
+
+    # ---- writes through every node; SIGKILL of a replica (not a relay) during them; restart
+    victim = next(n for n in ("a1", "a2", "a3") if n not in relays)
+    victims_docs = {doc_id for doc_id, held in holders.items() if victim in held}
+    assert victims_docs and len(victims_docs) < len(DOC_IDS), victims_docs
+    writer = Writer(cluster, FIRST, DOC_IDS)
+    writer.start()
+    try:
+        wait_until(lambda: len(cluster.acks.acks) >= 60, STEP_TIMEOUT_S, "60 acknowledged writes")
+        cluster.kill(victim)
+        killed_at = time.monotonic()
+        acks_at_kill = len(cluster.acks.acks)
+        wait_until(
+            lambda: len(cluster.acks.acks) >= acks_at_kill + 100,
+            STEP_TIMEOUT_S,
+            "100 writes acknowledged by the others",
+        )
+        acks_at_restart = len(cluster.acks.acks)
+        cluster.restart(victim)
+        cluster.wait_healthy([victim])
+        down_s = time.monotonic() - killed_at
+        wait_until(
+            lambda: len(cluster.acks.selected(victim, incarnation=2)) >= 20,
+            STEP_TIMEOUT_S,
+            f"20 writes acknowledged by the restarted {victim}",
+        )
+    finally:
+        writer.stop()
+    while_down = [
+        ack for ack in cluster.acks.acks[acks_at_kill:acks_at_restart] if ack.write.doc in victims_docs
+    ]
+    assert while_down, "writes for the killed replica's docs went on through the others"
+    settle_s = probe.wait_settled(FIRST, "every write on every holder after the kill and restart")
+    counters = handoff_counters(probe, FIRST)
+    print(
+        f"killed replica {victim} down {down_s:.1f} s; {len(cluster.acks.acks)} writes acknowledged, "
+        f"{len(cluster.acks.failures)} failed (sent to {victim} while down); "
+        f"{len(while_down)} for its {len(victims_docs)} docs while it was down, all on it after the restart; "
+        f"settled {settle_s:.1f} s after the writes; counters {counters}"
+    )
+    assert counters["handoff_docs_dropped"] > 0, "writes on non-holders were handed off and dropped"
+
+    # ---- a 6th node joins and takes its share
+    joined_at = time.monotonic()
+    cluster.start(JOINER)
+    cluster.wait_healthy([JOINER])
+    wait_until(lambda: probe.sees_alive(EVERYONE), STEP_TIMEOUT_S, f"every node sees {JOINER} alive")
+    joined_s = time.monotonic() - joined_at
+    with httpx.Client(timeout=HTTP_TIMEOUT_S, trust_env=False) as client:
+        for turn, name in enumerate(EVERYONE * 4):
+            assert put(cluster, client, name, DOC_IDS[(turn * 5) % len(DOC_IDS)]), name
+    rebalance_s = probe.wait_settled(EVERYONE, f"{JOINER} holds its share with its content")
+    holders, _ = probe.views(EVERYONE, DOC_IDS)
+    share = docs_per_node(holders, EVERYONE)
+    joined = probe.placement("a1", DOC_IDS[0])
+    assert joined is not None
+    relays = set(joined["relays"])
+    print(
+        f"{JOINER} alive everywhere {joined_s:.1f} s after its start; every doc on its holders only "
+        f"{rebalance_s:.1f} s later; relays {sorted(relays)}; docs held per node {share}"
+    )
+    assert share[JOINER] > 0, f"{JOINER} took a share"
+    assert all(count <= len(DOC_IDS) for count in share.values())
+
+    # ---- SIGKILL of a node in the middle of handing docs off, and of the holder it hands them to
+    candidates = [n for n in EVERYONE if DCS[n] == "dc1" and n not in relays]
+    handing = max(candidates, key=lambda n: sum(n not in held for held in holders.values()))
+    not_held = [doc_id for doc_id, held in holders.items() if handing not in held]
+    assert len(not_held) >= 3, (handing, not_held)
+    targets = {doc_id: handoff_target(probe, handing, doc_id, relays) for doc_id in not_held}
+    receiver = max(
+        {t for t in targets.values() if t not in relays} or set(targets.values()),
+        key=lambda t: list(targets.values()).count(t),
+    )
+    acks_before = probe.counter(handing, "handoff_acks_received")
+    with httpx.Client(timeout=HTTP_TIMEOUT_S, trust_env=False) as client:
+        for doc_id in not_held:
+            assert put(cluster, client, handing, doc_id), doc_id
+    # The handoff is under way once a holder answered one of the offers (covered): kill both sides
+    # before the second covered answer a grace later would let it drop them.
+    wait_until(
+        lambda: probe.counter(handing, "handoff_acks_received") > acks_before,
+        STEP_TIMEOUT_S,
+        f"{handing} hears a first answer to its offers",
+    )
+    still_there = set(probe.listing(handing) or ()) & set(not_held)
+    cluster.kill(handing)
+    cluster.kill(receiver)
+    assert still_there, f"{handing} dropped nothing within the grace"
+    handoff_at = time.monotonic()
+    cluster.restart(handing)
+    cluster.restart(receiver)
+    cluster.wait_healthy([handing, receiver])
+    resumed_s = probe.wait_settled(EVERYONE, f"{handing} hands off again after its restart")
+    dropped = probe.counter(handing, "handoff_docs_dropped")
+    print(
+        f"killed {handing} with {len(still_there)} of its {len(not_held)} written docs not yet handed off, "
+        f"and {receiver} (the target of {list(targets.values()).count(receiver)} of them); "
+        f"handoff complete {time.monotonic() - handoff_at:.1f} s after the kills "
+        f"({resumed_s:.1f} s after both answered /health); {handing} dropped {dropped} since its restart"
+    )
+    assert dropped >= len(still_there), f"the restarted {handing} handed off what its store still had"
+
+    # ---- every node places every doc alike, by HTTP and by the CLI
+    answers = {
+        doc_id: [json.dumps(probe.placement(name, doc_id), sort_keys=True) for name in EVERYONE]
+        for doc_id in DOC_IDS
+    }
+    for doc_id, per_node in answers.items():
+        assert len(set(per_node)) == 1, (doc_id, per_node)
+        body = json.loads(per_node[0])
+        states = {r["state"] for placed in body["replicas"].values() for r in placed}
+        assert states == {"alive"}, (doc_id, body)
+    runner = CliRunner()
+    for doc_id in DOC_IDS[:3]:
+        outputs = []
+        for name in EVERYONE:
+            result = runner.invoke(main, ["placement", doc_id, "--json", "--url", cluster[name].url])
+            assert result.exit_code == 0, result.output
+            outputs.append(json.loads(result.output))
+        assert all(output == json.loads(answers[doc_id][0]) for output in outputs), (doc_id, outputs)
+    verified = len(cluster.acks.acks)
+    print(f"{verified} acknowledged writes on every holder; placement agrees on all {len(EVERYONE)} nodes")
+
+
+def handoff_target(probe: Probe, name: str, doc_id: str, relays: set[str]) -> str:
+    """Where `name` offers `doc_id` (all up): its datacenter's first replica in preference order,
+    else its relay (as `Handoff._target` chooses)."""
+    body = probe.placement(name, doc_id)
+    assert body is not None
+    dc = DCS[name]
+    order: list[str] = [r["node_id"] for r in body["replicas"][dc]]
+    order += sorted(r for r in relays if DCS[r] == dc)
+    return next(node for node in order if node != name)
