@@ -10,6 +10,8 @@ waits for when it reads its own write on another datacenter's node.
    The issue's goal: <= 0.1 ms added at p50.
 3. Read-your-write across datacenters: PUT on dc1, then at once GET with its token on dc2 (the read
    waits until the write arrives): the GET's duration, p50/p99, against a plain GET's.
+4. Watch fan-out: N watch streams (default 5000) on one daemon, the daemon's RSS per watcher, and
+   the time from a write on another node to the last watcher's event with it.
 `wait=dc|all` writes are not built yet, so they are not measured here.
 """
 
@@ -24,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 from pycrdt import Map
 
@@ -113,16 +116,89 @@ def over_http(rounds: int) -> JSON:
         }
 
 
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def fanout(watchers: int) -> JSON:
+    with tempfile.TemporaryDirectory(prefix="bench-fanout-") as root:
+        cluster = LocalCluster.named(
+            root, ["w", "x"], settings={"http": {"watchers_max": watchers + 10}}, data_dirs=False
+        )
+        with cluster:
+            cluster.start_all()
+            cluster.wait_healthy()
+            w, x = cluster["w"], cluster["x"]
+            httpx.put(f"{w.url}/v1/docs/flags/features/keys/v", json=0, timeout=10.0).raise_for_status()
+            assert w.pid is not None
+            return asyncio.run(_fanout(w.url, x.url, w.pid, watchers))
+
+
+async def _fanout(url: str, writer_url: str, pid: int, count: int) -> JSON:
+    rss_before_kb = _rss_kb(pid)
+    opened = 0
+    all_open = asyncio.Event()
+    seen_at: list[float] = []
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def watch() -> None:
+            nonlocal opened
+            async with session.get(f"{url}/v1/docs/flags/features/watch") as response:
+                assert response.status == 200, response.status
+                first = True
+                async for raw in response.content:
+                    line = raw.decode()
+                    if not line.startswith("data: "):
+                        continue
+                    if first:
+                        first = False
+                        opened += 1
+                        if opened == count:
+                            all_open.set()
+                    elif '"v": 1' in line:
+                        seen_at.append(time.perf_counter())
+                        return
+
+        started = time.perf_counter()
+        tasks = [asyncio.create_task(watch()) for _ in range(count)]
+        await asyncio.wait_for(all_open.wait(), 300)
+        open_s = time.perf_counter() - started
+        rss_after_kb = _rss_kb(pid)
+        async with session.put(f"{writer_url}/v1/docs/flags/features/keys/v", json=1) as answer:
+            assert answer.status == 200
+        written = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*tasks), 300)
+    latencies = sorted(t - written for t in seen_at)
+    return {
+        "watchers": count,
+        "open_all_s": open_s,
+        "rss_per_watcher_kb": (rss_after_kb - rss_before_kb) / count,
+        "write_to_first_event_ms": latencies[0] * 1000,
+        "write_to_last_event_ms": latencies[-1] * 1000,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--reads", type=int, default=2000, help="reads of each kind (default 2000)")
+    parser.add_argument("--watchers", type=int, default=5000, help="watch streams of the fan-out (0: skip)")
     args = parser.parse_args(argv)
     summary: dict[str, Any] = {"machine": machine_info()}
     summary["in_process"] = asyncio.run(in_process(args.reads))
     summary["http"] = over_http(args.reads)
+    if args.watchers:
+        summary["fanout"] = fanout(args.watchers)
+        for name, value in summary["fanout"].items():
+            print(f"fanout     {name:28} {value:9.1f}")
     for section in ("in_process", "http"):
         for name, value in summary[section].items():
             if isinstance(value, dict):

@@ -34,7 +34,9 @@ def read_with_token(url: str, token: str) -> tuple[int, object, float]:
     """One inference server's reload: read the entry with the controller's token."""
     start = time.monotonic()
     answer = httpx.get(
-        f"{url}/v1/docs/{DOC}/keys/{MODEL}", params={"min_state": token, "wait_ms": WAIT_MS}, timeout=10.0
+        f"{url}/v1/docs/{DOC}/keys/{MODEL}",
+        params={"min_state": token, "wait_ms": WAIT_MS},
+        timeout=WAIT_MS / 1000 + 10,
     )
     waited_ms = (time.monotonic() - start) * 1000
     value = answer.json().get("value") if answer.status_code == 200 else answer.json()["error"]

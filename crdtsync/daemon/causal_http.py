@@ -9,6 +9,7 @@ beside `code` and `message`).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pycrdt import Doc
+from pycrdt import Doc, Map, Snapshot
 
 from crdtsync.consistency import (
     CausalToken,
@@ -26,7 +27,9 @@ from crdtsync.consistency import (
     TokenTooLargeError,
     TooManyWaitersError,
     doc_state,
+    snapshot_state,
 )
+from crdtsync.daemon import jsonvalues
 from crdtsync.node import Node
 
 WAIT_MS_DEFAULT = 2000
@@ -196,6 +199,47 @@ def event_id(doc_id: str, state: DocState) -> str:
         return CausalToken.of({doc_id: state}).encode()
     except TokenTooLargeError:
         return ""
+
+
+class WatchEvents:
+    """Watch events rendered once per doc change for all the doc's watchers (measured: about 60 µs a
+    render, a third of a second per change for 5,000 watchers of one doc if each rendered its own).
+    The cache key is the doc's encoded snapshot (its state vector and delete set): equal snapshots,
+    equal content. One entry per watched doc, dropped with its last watcher."""
+
+    def __init__(self) -> None:
+        self._watchers: dict[str, int] = {}
+        self._rendered: dict[str, tuple[bytes, bytes]] = {}
+
+    def hold(self, doc_id: str) -> None:
+        self._watchers[doc_id] = self._watchers.get(doc_id, 0) + 1
+
+    def drop(self, doc_id: str) -> None:
+        left = self._watchers[doc_id] - 1
+        if left:
+            self._watchers[doc_id] = left
+        else:
+            del self._watchers[doc_id]
+            self._rendered.pop(doc_id, None)
+
+    def render(self, doc_id: str, doc: Doc[Any], since: DocState | None) -> bytes:
+        """The `change` event of the doc now; after a `Last-Event-ID` (`since`), with `changed`."""
+        snapshot = Snapshot.from_doc(doc).encode()
+        cached = self._rendered.get(doc_id)
+        if since is None and cached is not None and cached[0] == snapshot:
+            return cached[1]
+        state = snapshot_state(snapshot)
+        body: dict[str, Any] = {
+            "doc_id": doc_id,
+            "data": doc.get("data", type=Map).to_py(),
+            "state_vector": base64.urlsafe_b64encode(doc.get_state()).rstrip(b"=").decode(),
+        }
+        if since is not None:
+            body["changed"] = state != since
+        event = f"id: {event_id(doc_id, state)}\nevent: change\ndata: {jsonvalues.dumps(body)}\n\n".encode()
+        if since is None and doc_id in self._watchers:
+            self._rendered[doc_id] = (snapshot, event)
+        return event
 
 
 def last_event_state(request: web.Request, doc_id: str) -> DocState | None:
