@@ -1,18 +1,23 @@
 """Causal tokens on real daemons in two datacenters (issue 20): a write's token read on the other
 datacenter's node returns the write (the read waits, the client never polls); a token that node
 cannot cover answers 504 `not_yet_covered` after `wait_ms` naming what it lacks, and the same read
-succeeds once the write reaches it; watch streams carry ids, keep-alives and honour `Last-Event-ID`;
+succeeds once the write reaches it; watch streams carry ids, honour `Last-Event-ID` and, with their
+keep-alives, outlive a proxy that closes idle connections; a stopping daemon answers waiting reads;
 a writer paused with SIGSTOP right after its write never makes a token read return older data."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import ANY
 
 import httpx
 import pytest
@@ -265,3 +270,64 @@ def test_updates_of_clients_the_node_never_saw_are_accepted(dcs: tuple[Daemon, D
             "/v1/docs/clients/many/update", params={"sv": base}, content=other.get_update()
         )
         assert posted.status_code == 200, f"update {index}: {posted.text}"
+
+
+class IdleClosingProxy:
+    """A TCP proxy to one daemon that closes a connection after `idle_s` without a byte either way,
+    as load balancers and reverse proxies do with idle streams."""
+
+    def __init__(self, target_port: int, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.closed_idle = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # the listener is closed at the end of the test
+            while True:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
+        peers = {client: upstream, upstream: client}
+        with client, upstream:
+            while True:
+                readable, _, _ = select.select(list(peers), [], [], self.idle_s)
+                if not readable:
+                    self.closed_idle += 1
+                    return
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    peers[sock].sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_watch_through_a_proxy_that_closes_idle_connections_stays_open(dcs: tuple[Daemon, Daemon]) -> None:
+    a, b = dcs
+    a.put("proxied/doc", "v", 0)
+    proxy = IdleClosingProxy(b.http_port, idle_s=5 * KEEPALIVE_MS / 1000)
+    try:
+        url = f"http://127.0.0.1:{proxy.port}/v1/docs/proxied/doc/watch"
+        params = {"min_state": a.get_json("/v1/docs/proxied/doc")["token"], "wait_ms": 10_000}
+        with httpx.stream("GET", url, params=params, timeout=10.0) as stream:
+            events = _events(stream)
+            assert next(events)[2] == {"doc_id": "proxied/doc", "data": {"v": 0}, "state_vector": ANY}
+            quiet_until = time.monotonic() + 3 * proxy.idle_s  # three times what the proxy tolerates
+            comments = 0
+            while time.monotonic() < quiet_until:
+                kind, _, _ = next(events)
+                assert kind == "comment"
+                comments += 1
+            a.put("proxied/doc", "v", 1)
+            kind, _, event = next(e for e in events if e[0] == "event")
+            assert event is not None and event["data"] == {"v": 1}
+        assert proxy.closed_idle == 0 and comments >= 10
+    finally:
+        proxy.close()
