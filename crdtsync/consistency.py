@@ -457,9 +457,13 @@ class Waiters:
         loop = asyncio.get_running_loop()
         entry = self._docs.get(doc_id)
         if entry is None or entry.doc is not doc:
-            if entry is not None:  # the doc was reloaded meanwhile: watch the live object
+            waiting: list[tuple[DocState, asyncio.Future[None]]] = []
+            if entry is not None:
+                # Reloaded meanwhile (callers pin the doc, so only if one did not): the waiters move
+                # to the live object, whose observer wakes them.
+                waiting = entry.waiting
                 self._drop(doc_id, entry)
-            entry = self._docs[doc_id] = _DocWaiters(doc)
+            entry = self._docs[doc_id] = _DocWaiters(doc, waiting=waiting)
             entry.subscription = doc.observe(lambda event: self._changed(loop, entry, event))
         future: asyncio.Future[None] = loop.create_future()
         waiter = (need, future)
@@ -471,13 +475,15 @@ class Waiters:
                     async with asyncio.timeout(timeout_ms / 1000.0):
                         await future
             # The timeout cancels the future too: coverage decides (it never goes back).
-            if not _covers(doc, need):
-                raise NotCoveredError(doc_id, doc_state(doc).missing(need), timeout_ms)
+            live = self._docs[doc_id].doc
+            if not _covers(live, need):
+                raise NotCoveredError(doc_id, doc_state(live).missing(need), timeout_ms)
         finally:
             self.waiting -= 1
-            entry.waiting.remove(waiter)
-            if not entry.waiting and self._docs.get(doc_id) is entry:
-                self._drop(doc_id, entry)
+            current = self._docs[doc_id]
+            current.waiting.remove(waiter)
+            if not current.waiting:
+                self._drop(doc_id, current)
 
     def _drop(self, doc_id: str, entry: _DocWaiters) -> None:
         del self._docs[doc_id]

@@ -12,7 +12,7 @@ from pycrdt import Doc, Map
 from zmq_support import free_endpoint
 
 from crdtsync import CausalToken, Node, NodeConfig, NotCoveredError, TooManyWaitersError
-from crdtsync.consistency import doc_state
+from crdtsync.consistency import Waiters, doc_state
 
 pytestmark = pytest.mark.integration
 
@@ -90,5 +90,27 @@ def test_waiters_are_bounded() -> None:
                 wait.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
             assert node._waiters.waiting == 0
+
+    asyncio.run(scenario())
+
+
+def test_waiters_follow_a_doc_reloaded_under_them() -> None:
+    """Callers pin the doc, so its object stays the same; if one did not, a reload must not strand
+    the reads that wait on the old object."""
+
+    async def scenario() -> None:
+        waiters = Waiters()
+        other, token = _elsewhere()
+        need = token.get("models/registry")
+        old: Doc[Any] = Doc()
+        first = asyncio.create_task(waiters.wait("models/registry", old, need, 10_000))
+        await asyncio.sleep(0)
+        live: Doc[Any] = Doc()
+        second = asyncio.create_task(waiters.wait("models/registry", live, need, 10_000))
+        await asyncio.sleep(0)
+        assert waiters.waiting == 2
+        live.apply_update(other.get_update())
+        await asyncio.wait_for(asyncio.gather(first, second), 5.0)
+        assert waiters.waiting == 0 and not waiters._docs
 
     asyncio.run(scenario())
