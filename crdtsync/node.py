@@ -21,7 +21,7 @@ from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPolicy
 from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
-from crdtsync.core.wire import DC_BYTES_MAX, NODE_ID_BYTES_MAX
+from crdtsync.core.wire import DC_BYTES_MAX, NODE_ID_BYTES_MAX, ZONE_BYTES_MAX
 from crdtsync.store import MemoryStore, Store
 from crdtsync.store.base import Durability, StoreDescription, StoreError, check_durability
 from crdtsync.store.sqlite import SqliteStore, read_backup
@@ -70,6 +70,12 @@ class NodeConfig:
     source_host: str | None = None
     """The local IP address outgoing replication connections bind (a multi-homed host's interface;
     a fault proxy telling nodes apart on one host); None: the kernel chooses."""
+    zone: str = ""
+    """The node's zone inside its datacenter (a rack, an availability zone): placement puts a doc's
+    replicas in different zones first. Gossiped with its member record."""
+    weight: float = 1.0
+    """The node's capacity relative to the others of its datacenter (0.001..1000): its expected
+    share of partitions scales with it."""
 
     @property
     def advertised(self) -> str:
@@ -90,6 +96,10 @@ class NodeConfig:
         if not self.dc or len(self.dc.encode()) > DC_BYTES_MAX:
             raise ValueError(f"dc must be 1..{DC_BYTES_MAX} bytes of UTF-8, got {self.dc!r}")
         check_durability(self.durability)
+        if len(self.zone.encode()) > ZONE_BYTES_MAX:
+            raise ValueError(f"zone must be at most {ZONE_BYTES_MAX} bytes of UTF-8, got {self.zone!r}")
+        if not 0.001 <= self.weight <= 1000.0:
+            raise ValueError(f"weight must be in 0.001..1000, got {self.weight!r}")
 
     def _check_advertised(self) -> None:
         for key, value in (("advertise", self.advertise), ("publish_advertise", self.publish_advertise)):
@@ -264,6 +274,8 @@ class Node:
             membership=self.config.membership,
             on_capture=self._schedule_pump,
             placement=self.config.placement,
+            zone=self.config.zone,
+            weight=self.config.weight,
         )
 
     def _advertised_publish(self, bound: str) -> str:

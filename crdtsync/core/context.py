@@ -46,6 +46,9 @@ class Context:
         dc: str,
         config: ReplicaConfig,
         datacenters_max: int,
+        zone: str = "",
+        weight: float = 1.0,
+        partitions: int = 4096,
     ) -> None:
         self.node_id = node_id
         self.epoch = epoch
@@ -53,6 +56,10 @@ class Context:
         self.address = address
         self.publish_endpoint = publish_endpoint
         self.dc = dc
+        self.zone = zone
+        self.weight = weight
+        self.partitions = partitions
+        """The placement partition count: a hello with another is refused (see `gossip`)."""
         self.config = config
         self.now_ms = 0.0
         """The time the current input carried; set by the facade before any part runs."""

@@ -101,6 +101,8 @@ class Counters:
     handoff_offers_sent: int = 0
     handoff_offers_received: int = 0
     handoff_acks_received: int = 0
+    hellos_refused_placement: int = 0
+    """Hellos from nodes with another partition count or placement version (never linked)."""
     handoff_docs_dropped: int = 0
     """Docs handed to a holder (confirmed twice, `handoff_grace_ms` apart) and dropped here."""
     # peers and membership

@@ -20,6 +20,7 @@ from crdtsync.core.inbound import Inbound
 from crdtsync.core.links import Links, PeerLink
 from crdtsync.core.membership import LivenessChange, Membership
 from crdtsync.core.outbound import Outbound
+from crdtsync.core.placement import PLACEMENT_VERSION
 
 log = logging.getLogger("crdtsync.replica")
 
@@ -87,12 +88,31 @@ class Gossip:
         ctx = self._ctx
         if not message.address or message.address == ctx.address:
             return
+        if (message.partitions, message.placement_version) != (ctx.partitions, PLACEMENT_VERSION):
+            # Fixed for the life of a cluster: the two would place every doc differently.
+            ctx.counters.hellos_refused_placement += 1
+            ctx.warn(
+                "placement_mismatch",
+                "refused a hello from %s at %s: it has %d partitions and placement version %d, this node "
+                "%d and %d (the partition count is fixed for the life of a cluster)",
+                message.node_id, message.address, message.partitions, message.placement_version,
+                ctx.partitions, PLACEMENT_VERSION,
+            )  # fmt: skip
+            return
         link = self._links.link_for(message.address, configured=False)
         if link is None:
             return
         self._bind(link, message)
         record = wire.MemberEntry(
-            message.node_id, message.dc, message.address, message.publish_endpoint, message.epoch, 0, False
+            message.node_id,
+            message.dc,
+            message.address,
+            message.publish_endpoint,
+            message.epoch,
+            0,
+            False,
+            message.zone,
+            message.weight,
         )
         changed, _alive = self._membership.merge(record, ctx.now_ms, direct=True)
         if isinstance(message, wire.Hello):

@@ -40,6 +40,8 @@ class Holding:
         """False when every rule is "all": every node holds every doc, and nothing here is needed."""
         self._seen_revision = -1
         self._view: tuple[object, ...] = ()
+        self.candidates: tuple[Candidate, ...] = ()
+        """Every member that has not left (a down one keeps its partitions), this node included."""
         self.version = 0
         """Bumped when the member view that decides holding changes (what depends on it rescans)."""
         self._by_dc: dict[str, list[Candidate]] = {}
@@ -56,12 +58,14 @@ class Holding:
         if membership.revision == self._seen_revision:
             return
         self._seen_revision = membership.revision
+        own = membership.own
         candidates: list[Candidate] = []
-        if not membership.own.left:
-            candidates.append(Candidate(self.node_id, self._dc))
+        if not own.left:
+            candidates.append(Candidate(self.node_id, self._dc, own.zone, own.weight))
         for node_id, member in membership.members.items():
             if member.liveness != "left":
-                candidates.append(Candidate(node_id, member.record.dc))
+                record = member.record
+                candidates.append(Candidate(node_id, record.dc, record.zone, record.weight))
         candidates.sort(key=lambda c: c.node_id)
         dcs = sorted({c.dc for c in candidates} | {self._dc})
         full: tuple[str, ...] = ()
@@ -70,6 +74,7 @@ class Holding:
         view = (tuple(candidates), full)
         if view == self._view:
             return
+        self.candidates = view[0]
         self._view = view
         self.version += 1
         self._holders.clear()

@@ -16,6 +16,7 @@ from crdtsync.core import wire
 from crdtsync.core.context import Context
 from crdtsync.core.effects import Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import Membership
+from crdtsync.core.placement import PLACEMENT_VERSION
 
 PeerState = Literal["connecting", "alive", "suspect", "down"]
 """The same words as a member's liveness (`membership.Liveness`): a link is `connecting` until the
@@ -123,7 +124,18 @@ class Links:
 
     def hello(self, cls: type[wire.Hello] | type[wire.HelloAck], last_seq: int) -> wire.Hello | wire.HelloAck:
         ctx = self._ctx
-        return cls(ctx.node_id, ctx.epoch, ctx.address, ctx.publish_endpoint, last_seq, ctx.dc)
+        return cls(
+            ctx.node_id,
+            ctx.epoch,
+            ctx.address,
+            ctx.publish_endpoint,
+            last_seq,
+            ctx.dc,
+            ctx.zone,
+            ctx.weight,
+            ctx.partitions,
+            PLACEMENT_VERSION,
+        )
 
     def send_hellos(self, last_seq: int) -> None:
         """Greet every wanted link that is not alive or suspect, backing off from a quick first retry (peers often

@@ -21,6 +21,7 @@ Every node computes the same set from the same view.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import heapq
@@ -142,6 +143,19 @@ def _order(record: MemberEntry) -> tuple[int, bool, int]:
     return (record.incarnation, record.left, record.heartbeat)
 
 
+def _identity(record: MemberEntry) -> tuple[object, ...]:
+    """What only the member itself may say of itself (gossip may only add heartbeats)."""
+    return (
+        record.dc,
+        record.address,
+        record.publish_endpoint,
+        record.incarnation,
+        record.left,
+        record.zone,
+        record.weight,
+    )
+
+
 @dataclass(slots=True)
 class Member:
     record: MemberEntry
@@ -194,23 +208,11 @@ class Membership:
     # ------------------------------------------------------------------ own record
 
     def beat(self) -> None:
-        own = self.own
-        self.own = MemberEntry(
-            own.node_id,
-            own.dc,
-            own.address,
-            own.publish_endpoint,
-            own.incarnation,
-            own.heartbeat + 1,
-            own.left,
-        )
+        self.own = dataclasses.replace(self.own, heartbeat=self.own.heartbeat + 1)
 
     def leave(self) -> None:
         self.revision += 1
-        own = self.own
-        self.own = MemberEntry(
-            own.node_id, own.dc, own.address, own.publish_endpoint, own.incarnation, own.heartbeat + 1, True
-        )
+        self.own = dataclasses.replace(self.own, heartbeat=self.own.heartbeat + 1, left=True)
 
     def records(self) -> list[MemberEntry]:
         """Every record this node would gossip, its own first."""
@@ -226,13 +228,7 @@ class Membership:
         member = self.members.get(record.node_id)
         if member is not None and member.direct and member.liveness == "alive" and not direct:
             current = member.record
-            if (record.dc, record.address, record.publish_endpoint, record.incarnation, record.left) != (
-                current.dc,
-                current.address,
-                current.publish_endpoint,
-                current.incarnation,
-                current.left,
-            ):
+            if _identity(record) != _identity(current):
                 self.rejected_indirect += 1
                 return False, False
         if member is None:

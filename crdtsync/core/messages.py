@@ -25,7 +25,9 @@ class Delta:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Sent to a peer's request socket; answered by `HelloAck` with the same fields."""
+    """Sent to a peer's request socket; answered by `HelloAck` with the same fields. `partitions` and
+    `placement_version` must match the receiver's (fixed for the life of a cluster): a peer whose
+    differ is refused, since the two would place docs differently."""
 
     node_id: str
     epoch: int
@@ -33,6 +35,10 @@ class Hello:
     publish_endpoint: str
     last_seq: int
     dc: str
+    zone: str = ""
+    weight: float = 1.0
+    partitions: int = 4096
+    placement_version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +49,10 @@ class HelloAck:
     publish_endpoint: str
     last_seq: int
     dc: str
+    zone: str = ""
+    weight: float = 1.0
+    partitions: int = 4096
+    placement_version: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +183,10 @@ class MemberEntry:
     incarnation: int
     heartbeat: int
     left: bool
+    zone: str = ""
+    """Placement spreads a partition's replicas over zones first (racks, availability zones)."""
+    weight: float = 1.0
+    """The node's capacity relative to others: placement gives it a share of partitions this size."""
 
 
 @dataclass(frozen=True, slots=True)

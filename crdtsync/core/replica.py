@@ -85,15 +85,23 @@ class Replica:
         membership: MembershipConfig | None = None,
         on_capture: Callable[[], None] | None = None,
         placement: PlacementPolicy | None = None,
+        zone: str = "",
+        weight: float = 1.0,
     ) -> None:
         """`lazy_docs`: the driver answers `LoadDoc` from a store, so docs beyond the cache limits
-        (`docs_cached_max`, `docs_cached_bytes_max`) are evicted; otherwise every doc stays loaded."""
+        (`docs_cached_max`, `docs_cached_bytes_max`) are evicted; otherwise every doc stays loaded.
+        `zone` and `weight`: this node's placement zone and capacity, gossiped with its record."""
         if not node_id or len(node_id.encode()) > wire.NODE_ID_BYTES_MAX:
             raise ValueError(f"node_id must be 1..{wire.NODE_ID_BYTES_MAX} bytes, got {node_id!r}")
         if not 0 < client_id < 1 << 53:
             raise ValueError("client_id must be in 1..2**53-1 (a Yjs client id)")
         if not dc or len(dc.encode()) > wire.DC_BYTES_MAX:
             raise ValueError(f"dc must be 1..{wire.DC_BYTES_MAX} bytes, got {dc!r}")
+        if len(zone.encode()) > wire.ZONE_BYTES_MAX:
+            raise ValueError(f"zone must be at most {wire.ZONE_BYTES_MAX} bytes, got {zone!r}")
+        if not 0.001 <= weight <= 1000.0:
+            raise ValueError(f"weight must be in 0.001..1000, got {weight!r}")
+        placement = placement or PlacementPolicy()
         self.config = config = config or ReplicaConfig()
         membership_config = membership or MembershipConfig()
         self._ctx = ctx = Context(
@@ -105,13 +113,16 @@ class Replica:
             dc=dc,
             config=config,
             datacenters_max=membership_config.members_max,
+            zone=zone,
+            weight=weight,
+            partitions=placement.partitions,
         )
         self.membership = Membership(
-            wire.MemberEntry(node_id, dc, address, publish_endpoint, epoch, 0, False),
+            wire.MemberEntry(node_id, dc, address, publish_endpoint, epoch, 0, False, zone, weight),
             membership_config,
             config.heartbeat_interval_ms,
         )
-        self.placement = placement = placement or PlacementPolicy()
+        self.placement = placement
         self._holding = holding = Holding(node_id, dc, self.membership, placement)
         self._guard = Guard(ctx)
         self._links = Links(ctx, self.membership)
@@ -452,18 +463,16 @@ class Replica:
         return doc_id in self._handoff.fetches
 
     def _candidates(self) -> tuple[list[Candidate], dict[str, MemberState]]:
-        """Every member that has not left (a down one keeps its partitions), this node included."""
-        membership = self.membership
-        candidates: list[Candidate] = []
+        """Every member that has not left (a down one keeps its partitions), this node included,
+        and the state this node sees each in."""
+        self._holding.refresh()
+        members = self.membership.members
         states: dict[str, MemberState] = {}
-        if not membership.own.left:
-            candidates.append(Candidate(self._ctx.node_id, self._ctx.dc))
-            states[self._ctx.node_id] = "alive"
-        for node_id, member in membership.members.items():
-            if member.liveness != "left":
-                candidates.append(Candidate(node_id, member.record.dc))
-                states[node_id] = member.liveness
-        return candidates, states
+        for candidate in self._holding.candidates:
+            member = members.get(candidate.node_id)
+            liveness = "alive" if member is None else member.liveness
+            states[candidate.node_id] = "alive" if liveness == "left" else liveness
+        return list(self._holding.candidates), states
 
     def doc_placement(self, doc_id: str) -> DocPlacement:
         """The doc's partition and replicas in each datacenter, as this node's member table says."""

@@ -75,6 +75,7 @@ __all__ = [
     "TREE_HASH_BYTES",
     "TREE_SEGMENTS",
     "WIRE_VERSION",
+    "ZONE_BYTES_MAX",
     "Delta",
     "Deltas",
     "HandoffAck",
@@ -118,6 +119,7 @@ BODY_BYTES_MAX = 16 * 1024 * 1024
 """Largest body after decompression: caps what a hostile compressed frame can make us allocate."""
 COMPRESS_MIN_BYTES = 200
 """Bodies smaller than this are sent uncompressed: lz4 framing makes small bodies grow."""
+ZONE_BYTES_MAX = 64
 NODE_ID_BYTES_MAX = 64
 DOC_ID_BYTES_MAX = 512
 DELTAS_PER_BATCH_MAX = 4096
@@ -167,10 +169,10 @@ class MessageKind(IntEnum):
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
     match message:
-        case Hello(n, e, a, p, s, dc):
-            return MessageKind.HELLO, [n, e, a, p, s, dc]
-        case HelloAck(n, e, a, p, s, dc):
-            return MessageKind.HELLO_ACK, [n, e, a, p, s, dc]
+        case Hello(n, e, a, p, s, dc, zone, weight, partitions, version):
+            return MessageKind.HELLO, [n, e, a, p, s, dc, zone, _milli(weight), partitions, version]
+        case HelloAck(n, e, a, p, s, dc, zone, weight, partitions, version):
+            return MessageKind.HELLO_ACK, [n, e, a, p, s, dc, zone, _milli(weight), partitions, version]
         case Deltas(n, e, first, deltas):
             flat: list[Any] = [n, e, first]
             for d in deltas:
@@ -211,7 +213,10 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             flat_members: list[Any] = [n, reply]
             for m in members:
                 flat_members.extend(
-                    (m.node_id, m.dc, m.address, m.publish_endpoint, m.incarnation, m.heartbeat, m.left)
+                    (
+                        *(m.node_id, m.dc, m.address, m.publish_endpoint, m.incarnation, m.heartbeat, m.left),
+                        *(m.zone, _milli(m.weight)),
+                    )
                 )
             return MessageKind.MEMBERS, flat_members
         case Relayed(n, origin, deltas):
@@ -450,7 +455,26 @@ def _read_hello(f: _Fields, node_id: str) -> Message:
         f.text("publish_endpoint", _ADDRESS_BYTES_MAX),
         f.uint("last_seq"),
         f.text("dc", DC_BYTES_MAX),
+        f.text("zone", ZONE_BYTES_MAX),
+        _weight(f),
+        f.uint("partitions"),
+        f.uint("placement_version"),
     )
+
+
+WEIGHT_MILLI_MAX = 1_000_000
+"""Weights travel as thousandths in 1..1,000,000 (0.001 to 1000)."""
+
+
+def _milli(weight: float) -> int:
+    return round(weight * 1000)
+
+
+def _weight(f: _Fields) -> float:
+    milli = f.uint("weight")
+    if not 1 <= milli <= WEIGHT_MILLI_MAX:
+        raise WireError("bad_body", f"{f.kind.name}.weight {milli}/1000 is outside 0.001..1000")
+    return milli / 1000.0
 
 
 def _read_deltas(f: _Fields, node_id: str) -> Message:
@@ -465,7 +489,7 @@ def _read_relayed(f: _Fields, node_id: str) -> Message:
 
 def _read_members(f: _Fields, node_id: str) -> Message:
     reply = f.flag("reply")
-    f.check_entries(7, MEMBERS_PER_MESSAGE_MAX)
+    f.check_entries(9, MEMBERS_PER_MESSAGE_MAX)
     members = []
     while f.remaining():
         members.append(
@@ -477,6 +501,8 @@ def _read_members(f: _Fields, node_id: str) -> Message:
                 f.uint("incarnation"),
                 f.uint("heartbeat"),
                 f.flag("left"),
+                f.text("zone", ZONE_BYTES_MAX),
+                _weight(f),
             )
         )
     return Members(node_id, reply, tuple(members))

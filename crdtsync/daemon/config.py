@@ -111,6 +111,8 @@ _NODE_KEYS = {
 }
 _TOP_KEYS = _NODE_KEYS | {
     "dc",
+    "zone",
+    "weight",
     "http",
     "log",
     "replication",
@@ -365,6 +367,10 @@ def load_config(
     membership = _section(raw, "membership", MembershipConfig)
     http, log, tokens = _http_and_log(raw)
     dc = _typed("dc", raw.get("dc", "default"), str)
+    zone = _typed("zone", raw.get("zone", ""), str)
+    weight = raw.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise ConfigError(f"weight: expected a number, got {weight!r}")
     try:
         # NodeConfig checks node_id, the endpoints and dc (naming the key) before the security
         # section is read, whose key files would otherwise be the first complaint.
@@ -382,6 +388,8 @@ def load_config(
             dc=dc,
             membership=membership,
             placement=_placement(raw),
+            zone=zone,
+            weight=float(weight),
         )
         node = dataclasses.replace(node, curve=_security(raw))
     except ValueError as exc:

@@ -45,15 +45,26 @@ def test_a_filtered_tree_equals_the_tree_of_the_accepted_docs(
         assert full.filtered_segment_entries(segment, accept) == subset.segment_entries(segment)
 
 
-def _holding(node_id: str, dc: str, members: list[tuple[str, str]], policy: PlacementPolicy) -> Holding:
+def _holding(
+    node_id: str,
+    dc: str,
+    members: list[tuple[str, str]],
+    policy: PlacementPolicy,
+    zones: dict[str, str] | None = None,
+) -> Holding:
+    zone_of = zones or {}
     membership = Membership(
-        wire.MemberEntry(node_id, dc, f"tcp://{node_id}", f"tcp://{node_id}p", 1, 0, False),
+        wire.MemberEntry(
+            node_id, dc, f"tcp://{node_id}", f"tcp://{node_id}p", 1, 0, False, zone_of.get(node_id, "")
+        ),
         MembershipConfig(),
         1000.0,
     )
     for other, other_dc in members:
         if other != node_id:
-            entry = wire.MemberEntry(other, other_dc, f"tcp://{other}", f"tcp://{other}p", 1, 0, False)
+            entry = wire.MemberEntry(
+                other, other_dc, f"tcp://{other}", f"tcp://{other}p", 1, 0, False, zone_of.get(other, "")
+            )
             membership.merge(entry, 0.0, direct=True)
     return Holding(node_id, dc, membership, policy)
 
@@ -85,3 +96,13 @@ def test_relays_hold_every_doc_once_the_cluster_spans_datacenters() -> None:
         assert all(view.holds_doc(doc_id) for node_id, view in views.items() if node_id in relays)
     single_dc = _holding("a0", "dc0", members[:3], policy)
     assert not single_dc.full_holders(), "one datacenter: no relay holds everything"
+
+
+def test_the_holders_spread_over_the_zones_the_members_gossip() -> None:
+    members = [(f"n{i}", "dc0") for i in range(6)]
+    zones = {f"n{i}": f"zone-{i % 3}" for i in range(6)}
+    policy = PlacementPolicy((PlacementRule(3),))
+    views = [_holding(node_id, dc, members, policy, zones) for node_id, dc in members]
+    for doc_id in (f"doc-{i}" for i in range(100)):
+        holders = {view.node_id for view in views if view.holds_doc(doc_id)}
+        assert len(holders) == 3 and {zones[node] for node in holders} == {"zone-0", "zone-1", "zone-2"}

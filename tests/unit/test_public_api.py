@@ -112,6 +112,8 @@ def test_config_and_status_fields_are_pinned() -> None:
         "advertise",
         "publish_advertise",
         "source_host",
+        "zone",
+        "weight",
     ]
     assert [f.name for f in dataclasses.fields(NodeStatus)] == [
         "node_id",

@@ -15,6 +15,7 @@ from pycrdt import Doc, Map, Text
 
 from crdtsync.core import wire
 from crdtsync.core.effects import LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.placement import PlacementPolicy
 from crdtsync.core.replica import DocNotLoadedError, Replica, ReplicaConfig
 from crdtsync.core.state import merge_all
 
@@ -70,6 +71,9 @@ class Mesh:
         epoch: int = 1,
         client_id: int | None = None,
         lazy_docs: bool = False,
+        placement: PlacementPolicy | None = None,
+        zone: str = "",
+        weight: float = 1.0,
     ) -> Replica:
         replica = Replica(
             node_id=name,
@@ -79,6 +83,9 @@ class Mesh:
             publish_endpoint=f"tcp://{name}:{1 + epoch}",
             config=config,
             lazy_docs=lazy_docs,
+            placement=placement,
+            zone=zone,
+            weight=weight,
         )
         self.replicas[replica.address] = replica
         self.subscriptions[replica.address] = set()
@@ -199,6 +206,24 @@ def _pair() -> tuple[Mesh, Replica, Replica]:
 
 
 # ---------------------------------------------------------------------------------------------- links
+
+
+def test_a_hello_with_another_partition_count_is_refused_and_counted() -> None:
+    mesh = Mesh()
+    a, b = mesh.add("a"), mesh.add("b", placement=PlacementPolicy(partitions=1024))
+    mesh.link_all()
+    mesh.advance(1_000.0)
+    for replica in (a, b):
+        assert all(peer.state == "connecting" for peer in replica.status(mesh.now_ms).peers)
+        assert replica.counters.hellos_refused_placement > 0
+
+
+def test_zone_and_weight_travel_with_the_member_record() -> None:
+    mesh = Mesh()
+    a, b = mesh.add("a", zone="rack-1"), mesh.add("b", zone="rack-2", weight=2.5)
+    mesh.link_all()
+    assert (b.membership.members["a"].record.zone, b.membership.members["a"].record.weight) == ("rack-1", 1.0)
+    assert (a.membership.members["b"].record.zone, a.membership.members["b"].record.weight) == ("rack-2", 2.5)
 
 
 def test_hello_exchange_brings_links_up_and_requests_subscriptions() -> None:

@@ -23,7 +23,9 @@ def _delta(doc_id: str, update: bytes) -> wire.Delta:
 
 
 ONE_OF_EACH_KIND: list[wire.Message] = [
-    wire.Hello(NODE, 17, "tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001", 42, "eu-west"),
+    wire.Hello(
+        NODE, 17, "tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001", 42, "eu-west", "rack-1", 2.5, 1024, 1
+    ),
     wire.HelloAck(NODE, 18, "tcp://127.0.0.1:5002", "tcp://127.0.0.1:5003", 0, "us-east"),
     wire.Deltas(NODE, 3, 7, (_delta("doc-1", b"\x01\x02"), _delta("doc-2", b"\x03"), _delta("doc-1", b""))),
     wire.Heartbeat(NODE, 3, 99),
@@ -44,7 +46,9 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
         NODE,
         False,
         (
-            wire.MemberEntry(NODE, "eu-west", "tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001", 17, 3, False),
+            wire.MemberEntry(
+                NODE, "eu-west", "tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001", 17, 3, False, "az-b", 0.25
+            ),
             wire.MemberEntry("other", "us-east", "tcp://10.0.0.2:5000", "tcp://10.0.0.2:5001", 9, 0, True),
         ),
     ),
@@ -327,3 +331,8 @@ def test_wire_error_is_a_value_error_carrying_reason_and_detail() -> None:
 def test_a_handoff_ack_with_an_unknown_status_is_rejected() -> None:
     frame = _frame_of(MessageKind.HANDOFF_ACK, [NODE, "doc-1", 3, b"\x00"])
     assert _reason(frame) == "bad_body"
+
+
+def test_a_weight_out_of_range_is_rejected() -> None:
+    fields = [NODE, 1, "tcp://a:1", "tcp://a:2", 0, "dc", "", 0, 4096, 1]
+    assert _reason(_frame_of(MessageKind.HELLO, fields)) == "bad_body"
