@@ -332,7 +332,8 @@ def test_a_frame_over_the_limit_closes_the_connection(nodes: list[Daemon]) -> No
 
     async def scenario() -> None:
         url = ws_url(east, "ws/big") + f"?token={WRITE}"
-        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        async with aiohttp.ClientSession() as session, session.ws_connect(url, compress=15) as ws:
+            assert ws.compress == 0  # permessage-deflate is off unless websocket.compress is set
             client = Client(ws)
             await client.sync()
             big: Doc[Any] = Doc()

@@ -409,7 +409,8 @@ def test_the_websocket_limits_load(tmp_path: Path) -> None:
     config = load(
         tmp_path,
         'node_id = "n"\n[websocket]\nframe_bytes_max = 65536\nsend_queue_max = 8\n'
-        "send_queue_bytes_max = 65536\nconnections_max = 0\nlinger_s = 0\nclose_timeout_s = 0.5\n",
+        "send_queue_bytes_max = 65536\nconnections_max = 0\nlinger_s = 0\nclose_timeout_s = 0.5\n"
+        "compress = true\n",
     )
     assert config.websocket == WebSocketConfig(
         frame_bytes_max=65536,
@@ -418,6 +419,7 @@ def test_the_websocket_limits_load(tmp_path: Path) -> None:
         connections_max=0,
         linger_s=0.0,
         close_timeout_s=0.5,
+        compress=True,
     )
 
 
@@ -436,7 +438,8 @@ def test_the_websocket_limits_load(tmp_path: Path) -> None:
         ("linger_s = -1", "websocket.linger_s: must not be negative"),
         ("linger_s = true", "websocket.linger_s: expected a number, got a boolean"),
         ("close_timeout_s = 0", "websocket.close_timeout_s: must be more than 0 s"),
-        ("queue = 1", "websocket.queue: unknown key (known: close_timeout_s, connections_max,"),
+        ("compress = 1", "websocket.compress: expected bool"),
+        ("queue = 1", "websocket.queue: unknown key (known: close_timeout_s, compress, connections_max,"),
     ],
 )
 def test_bad_websocket_limits_are_named(tmp_path: Path, table: str, message: str) -> None:
