@@ -11,6 +11,8 @@ replication side of placement (only replicas receive; rebalancing; hints) is not
 from __future__ import annotations
 
 import argparse
+import math
+import random
 import statistics
 import sys
 import time
@@ -23,10 +25,13 @@ from crdtsync.core.placement import (
     Candidate,
     PlacementPolicy,
     PlacementRule,
+    _corrections,
+    corrected_weights,
     imbalance,
     partition_counts,
     replicas,
     replicas_in_dc,
+    target_shares,
 )
 
 POLICY = PlacementPolicy((PlacementRule(3),))  # 4096 partitions, rf 3 in every datacenter
@@ -42,23 +47,62 @@ def balance() -> JSON:
     return {"nodes": 12, "dcs": 3, "rf": 3, "max_over_mean": imbalance(counts), "per_node": counts}
 
 
-def weighted() -> JSON:
-    weights = [1.0, 1.0, 2.0, 4.0]
+WEIGHTS_ISSUE = [1.0, 1.0, 2.0, 4.0]
+"""The issue's case; with rf 2 the weight-4 node's share is every partition, with rf 3 the weight-2
+node's too (saturated), and the rest share what is left."""
+WEIGHTS_SPREAD = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+"""No node saturated with rf 2 or 3: every weight is corrected."""
+
+
+def _shares(weights: Sequence[float], rf: int) -> JSON:
     candidates = [Candidate(f"w{i}", "dc0", weight=w) for i, w in enumerate(weights)]
+    counts = {c.node_id: 0 for c in candidates}
+    for partition in range(POLICY.partitions):
+        for node_id in replicas_in_dc(partition, candidates, rf):
+            counts[node_id] += 1
+    targets = target_shares(weights, rf)  # per partition: rf * w / W, at most 1 (water-filled)
+    errors = [
+        abs(counts[c.node_id] / POLICY.partitions - t) / t for c, t in zip(candidates, targets, strict=True)
+    ]
+    smallest = min(targets)
+    return {
+        "weights": list(weights),
+        "rf": rf,
+        "held": counts,
+        "target": {c.node_id: t * POLICY.partitions for c, t in zip(candidates, targets, strict=True)},
+        "max_relative_error": max(errors),
+        # one standard deviation of the smallest share's count, relative: the noise of the draws
+        "noise_1sd_smallest": math.sqrt((1 - smallest) / (smallest * POLICY.partitions))
+        if smallest < 1
+        else 0.0,
+    }
+
+
+def weighted() -> JSON:
     out: JSON = {}
-    for rf in (1, 2):
-        rule = PlacementRule(rf)
-        counts = partition_counts(POLICY, candidates, rule)
-        total = sum(counts.values())
-        errors = []
-        for candidate, weight in zip(candidates, weights, strict=True):
-            # A node can hold a partition once: with rf > 1 the ideal share is capped at 1/rf of the total.
-            ideal = min(weight / sum(weights), 1.0 / rf)
-            errors.append(abs(counts[candidate.node_id] / total - ideal) / ideal)
-        out[f"rf{rf}"] = {
-            "shares": {k: v / total for k, v in counts.items()},
-            "max_relative_error": max(errors),
-        }
+    for rf in (1, 2, 3):
+        out[f"rf{rf}"] = _shares(WEIGHTS_ISSUE, rf)
+    for rf in (2, 3):
+        out[f"spread_rf{rf}"] = _shares(WEIGHTS_SPREAD, rf)
+    return out
+
+
+def correction_cost() -> JSON:
+    """Seconds to compute the corrected weights of one datacenter's members (once per member view
+    and replica count, then cached)."""
+    rng = random.Random(20261206)
+    cases = {
+        "256 members, weights 1/2/4": [1.0] * 200 + [2.0] * 40 + [4.0] * 16,
+        "256 members, 256 distinct weights": [round(rng.uniform(0.5, 4.0), 3) + i / 1e6 for i in range(256)],
+        "12 members, 12 distinct weights": [float(w) for w in range(1, 13)],
+    }
+    out: JSON = {}
+    for name, weights in cases.items():
+        for rf in (2, 3):
+            _corrections.cache_clear()
+            started = time.perf_counter()
+            corrected_weights(weights, rf)
+            out[f"{name}, rf {rf}"] = time.perf_counter() - started
     return out
 
 
@@ -81,6 +125,10 @@ def movement() -> JSON:
     left = dc0[1:]
     ideal_leave = POLICY.partitions * rf / len(dc0)  # the leaver's share, taken over by the others
     leave = _moved(dc0, left, rf)
+    # Weighted: a node of weight 3 joins the six of weights 1..6, and the weight-4 node leaves them.
+    spread = [Candidate(f"w{i}", "dc0", weight=w) for i, w in enumerate(WEIGHTS_SPREAD)]
+    spread_joined = [*spread, Candidate("w6", "dc0", weight=3.0)]
+    spread_left = [c for c in spread if c.node_id != "w3"]
     return {
         "join_moved": join,
         "join_ideal": ideal_join,
@@ -88,7 +136,18 @@ def movement() -> JSON:
         "leave_moved": leave,
         "leave_ideal": ideal_leave,
         "leave_ratio": leave / ideal_leave,
+        **_weighted_move("weighted_join", spread, spread_joined, rf),
+        **_weighted_move("weighted_leave", spread, spread_left, rf),
     }
+
+
+def _weighted_move(name: str, before: Sequence[Candidate], after: Sequence[Candidate], rf: int) -> JSON:
+    """Replicas moved against the ideal: what the nodes whose share grows must gain."""
+    old = dict(zip([c.node_id for c in before], target_shares([c.weight for c in before], rf), strict=True))
+    new = dict(zip([c.node_id for c in after], target_shares([c.weight for c in after], rf), strict=True))
+    ideal = POLICY.partitions * sum(max(0.0, share - old.get(node, 0.0)) for node, share in new.items())
+    moved = _moved(before, after, rf)
+    return {f"{name}_moved": moved, f"{name}_ideal": ideal, f"{name}_ratio": moved / ideal}
 
 
 def capacity(docs: int) -> JSON:
@@ -136,24 +195,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         "movement": movement(),
         "capacity": capacity(args.docs),
         "lookup": lookup_cost(),
+        "correction_cost": correction_cost(),
     }
     b, w, m, c = results["balance"], results["weighted"], results["movement"], results["capacity"]
     targets = [
         Target("balance", "max/mean partitions per node, 12 nodes in 3 DCs, rf 3", b["max_over_mean"], 1.05),
-        Target(
-            "weighted_rf1",
-            "weighted share, worst relative error, rf 1 (weights 1,1,2,4)",
-            w["rf1"]["max_relative_error"],
-            0.05,
-        ),
-        Target(
-            "weighted_rf2",
-            "weighted share, worst relative error, rf 2 (weights 1,1,2,4)",
-            w["rf2"]["max_relative_error"],
-            0.05,
+        *(
+            Target(
+                f"weighted_{key}",
+                f"weighted share, worst relative error, rf {w[key]['rf']} (weights "
+                + ",".join(f"{x:g}" for x in w[key]["weights"])
+                + ")",
+                w[key]["max_relative_error"],
+                0.05,
+            )
+            for key in ("rf1", "rf2", "rf3", "spread_rf2", "spread_rf3")
         ),
         Target("join", "partition replicas moved by a join / ideal", m["join_ratio"], 1.1),
         Target("leave", "partition replicas moved by a leave / ideal", m["leave_ratio"], 1.1),
+        Target(
+            "weighted_join",
+            "moved by a join of weight 3 to weights 1..6, rf 3 / ideal",
+            m["weighted_join_ratio"],
+            1.1,
+        ),
+        Target(
+            "weighted_leave",
+            "moved by a leave of the weight-4 node, rf 3 / ideal",
+            m["weighted_leave_ratio"],
+            1.1,
+        ),
         Target(
             "capacity",
             f"docs per node vs docs x 2/3, rf 2 on 6 nodes ({c['docs']:,} docs), worst error",
@@ -175,9 +246,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"\n  join: {m['join_moved']:,} moved, ideal {m['join_ideal']:,.0f}; leave: {m['leave_moved']:,}, ideal {m['leave_ideal']:,.0f}"
     )
+    for key, figures in w.items():
+        held = ", ".join(
+            f"{node}={count:,}/{figures['target'][node]:,.0f}" for node, count in figures["held"].items()
+        )
+        print(
+            f"  weighted {key}: held/target {held}; 1 sd of the smallest {figures['noise_1sd_smallest']:.1%}"
+        )
     print(
-        f"  weighted shares rf 1: {', '.join(f'{k}={v:.3f}' for k, v in w['rf1']['shares'].items())} (ideal 0.125, 0.125, 0.25, 0.5)"
+        f"  weighted join: {m['weighted_join_moved']:,} moved, ideal {m['weighted_join_ideal']:,.0f}; "
+        f"leave: {m['weighted_leave_moved']:,}, ideal {m['weighted_leave_ideal']:,.0f}"
     )
+    for name, seconds in results["correction_cost"].items():
+        print(f"  corrections, {name}: {seconds * 1000:,.0f} ms")
     if args.json is not None:
         write_json(
             args.json,

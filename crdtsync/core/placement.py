@@ -6,25 +6,62 @@ rules and the members; every node computes the same answer from the same view.
   segment_of`), so the replicas of a partition compare exactly the segments they share.
 - partition -> replicas, in each datacenter separately: weighted rendezvous (highest random weight)
   hashing over the candidate members of that datacenter. Each candidate scores
-  `-weight / ln(u)` with `u` uniform in (0, 1) from a hash of (version, partition, node id); the
-  highest scores win. A member that joins or leaves moves only the partitions whose top `rf` it
-  enters or leaves (minimal movement), and a weight scales a node's expected share.
-- zones: within a datacenter, replicas spread over zones first. Candidates are taken in score order,
-  skipping a zone already used until every zone with candidates has one replica, then again.
+  `-weight / ln(u)` with `u` uniform in (0, 1) from a hash of (partition, node id); the highest
+  scores win. A member that joins or leaves moves only the partitions whose top `rf` it enters or
+  leaves (minimal movement).
+- weights, corrected for rf > 1 (version 2). `-w / ln(u)` ranks like an exponential race in which
+  node i arrives at rate w_i: the top 1 is node i with probability w_i / W, exactly proportional,
+  but the top k is a draw *without replacement*, which gives light nodes more than their share and
+  heavy ones less (weights 1, 1, 2, 4 with rf 2: 23.5% off). So for rf > 1 every lookup ranks with
+  *corrected* weights, solved so that each node's probability of being in the top k is its share:
+  - the share: k * w_i / W per partition, but a node holds a partition at most once, so a node whose
+    share reaches 1 is *saturated*: it holds every partition (it ranks before the others) and the
+    other k - s replicas are shared among the rest by the same rule (water-filling);
+  - the rest rank with weights x solving P_i(x) = target_i, where P_i is the exact probability of
+    the race: integral over t of x_i e^(-x_i t) * Pr[fewer than k - s others arrived by t] (a
+    Poisson-binomial over the weight classes), by Gauss-Legendre quadrature on doubling intervals;
+    the iteration x_i <- x_i * (target_i / P_i)^(1 / e_i), e_i the secant estimate of P_i's
+    elasticity, reaches 1e-6 in 5 to 30 steps.
+  The corrections depend only on the multiset of weights and the count, not on node ids or the
+  partition count, so they are computed once per (weights, count) and cached (a lookup stays one
+  hash per candidate and a sort); with equal weights, with rf 1 and when every candidate is a
+  replica there is nothing to correct, and ranking is by the weights themselves. The shares are
+  proportional in expectation: the partitions of a cluster are draws, off by their sampling noise
+  (a share of p of P partitions: a relative standard deviation of sqrt((1 - p) / (p P))).
+  Why not the alternatives: fitting the weights to the actual partitions (iterating on measured
+  counts) removes the noise too, but it needs the partition count, which `replicas_in_dc` does not
+  take, costs a pass over every partition and candidate per step (seconds for 256 members in pure
+  Python), and makes a join shuffle partitions among the existing nodes as every fit changes;
+  virtual nodes or a ring give up the minimal movement of rendezvous hashing. A join or leave in a
+  weighted datacenter changes the corrected weights of every member, so besides the newcomer's or
+  the leaver's share a few partitions move between the others (measured in `bench.placement`);
+  with equal weights movement stays exactly minimal.
+- zones: within a datacenter, replicas spread over zones first. Candidates are taken in rank order,
+  skipping a zone already used until every zone with candidates has one replica, then again. Zones
+  come before weights: the corrections assume no zone constraint, so a zone with few or light nodes
+  can keep a node off its share.
 
 Changing any of this changes which node holds what: it is `PLACEMENT_VERSION`, pinned by tests.
+Version 2 changed only the ranking of weighted candidates with rf > 1: the hash keeps version 1's
+salt (`_HASH_SALT`), so a cluster of equal weights places every partition as version 1 did.
+Determinism rests on IEEE doubles and the platform's `exp`/`log`, as the score always has: a
+difference of an ulp flips a partition only where two scores tie to an ulp.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-PLACEMENT_VERSION = 1
+PLACEMENT_VERSION = 2
+_HASH_SALT = 1
+"""Part of the score's hash key: still version 1's, so equal-weight answers did not change."""
 PARTITIONS_DEFAULT = 4096
 PARTITIONS_MAX = 65536
 """Partition ids travel as 2 bytes."""
@@ -123,19 +160,36 @@ def partition_of(doc_id: str, partitions: int = PARTITIONS_DEFAULT) -> int:
     return zlib.crc32(doc_id.encode()) % partitions
 
 
-def score(partition: int, candidate: Candidate) -> float:
-    """Weighted rendezvous score of `candidate` for `partition` (higher wins)."""
-    key = f"{PLACEMENT_VERSION}\x00{partition}\x00{candidate.node_id}".encode()
+def _log_uniform(partition: int, node_id: str) -> float:
+    """ln(u) for the pair, u uniform in (0, 1) from the hash: finite and negative."""
+    key = f"{_HASH_SALT}\x00{partition}\x00{node_id}".encode()
     bits = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 11  # 53 bits
-    uniform = (bits + 0.5) / float(1 << 53)  # exactly in (0, 1): the log is finite and negative
-    return -candidate.weight / math.log(uniform)
+    return math.log((bits + 0.5) / float(1 << 53))  # u exactly in (0, 1)
+
+
+def score(partition: int, candidate: Candidate) -> float:
+    """Weighted rendezvous score of `candidate` for `partition` with its own weight (higher wins).
+    Ranking for more than one replica uses corrected weights (`corrected_weights`)."""
+    return -candidate.weight / _log_uniform(partition, candidate.node_id)
 
 
 def replicas_in_dc(partition: int, candidates: Sequence[Candidate], count: int | None) -> list[str]:
     """The node ids holding `partition` among one datacenter's `candidates`, in preference order:
     `count` of them (None: all), spread over zones first."""
-    ranked = sorted(candidates, key=lambda c: (score(partition, c), c.node_id), reverse=True)
-    wanted = len(ranked) if count is None else min(count, len(ranked))
+    wanted = len(candidates) if count is None else min(count, len(candidates))
+    ranks = _ranks(candidates, wanted)
+    if ranks is None:
+        ranked = sorted(candidates, key=lambda c: (score(partition, c), c.node_id), reverse=True)
+    else:
+        ranked = sorted(
+            candidates,
+            key=lambda c: (
+                ranks[c.weight][0],
+                -ranks[c.weight][1] / _log_uniform(partition, c.node_id),
+                c.node_id,
+            ),
+            reverse=True,
+        )
     chosen: list[str] = []
     used_zones: set[str] = set()
     while len(chosen) < wanted:
@@ -146,6 +200,180 @@ def replicas_in_dc(partition: int, candidates: Sequence[Candidate], count: int |
         chosen.append(pick.node_id)
         used_zones.add(pick.zone)
     return chosen
+
+
+# ------------------------------------------------------------ weight corrections
+
+Rank = tuple[int, float]
+"""How a weight ranks: (1 saturated, ranked before every other / 0, the weight to score with)."""
+
+
+def _ranks(candidates: Sequence[Candidate], count: int) -> Mapping[float, Rank] | None:
+    """Weight -> rank for picking `count` of `candidates`; None: rank by the weights themselves
+    (rf 1, everyone picked, or equal weights: nothing to correct)."""
+    if count <= 1 or count >= len(candidates):
+        return None
+    first = candidates[0].weight
+    if all(c.weight == first for c in candidates):
+        return None
+    return _corrections(tuple(sorted(c.weight for c in candidates)), count)
+
+
+def corrected_weights(weights: Sequence[float], count: int) -> list[Rank]:
+    """For candidates of `weights` of which `count` replicas are picked: how each ranks, in the
+    same order (see the module docstring). Cached per (weights, count)."""
+    if count <= 1 or count >= len(weights) or len(set(weights)) <= 1:
+        return [(0, w) for w in weights]
+    ranks = _corrections(tuple(sorted(weights)), count)
+    return [ranks[w] for w in weights]
+
+
+def target_shares(weights: Sequence[float], count: int) -> list[float]:
+    """The probability that each candidate of `weights` holds a partition when `count` of them are
+    picked: `count * w / W`, at most 1, the rest shared among the others (water-filling)."""
+    positive = [w if w > 0 else 0.0 for w in weights]
+    saturated = [False] * len(positive)
+    while True:
+        left = count - sum(saturated)
+        total = sum(w for w, s in zip(positive, saturated, strict=True) if not s)
+        if left <= 0 or total <= 0:
+            return [1.0 if s else 0.0 for s in saturated]
+        shares = [1.0 if s else min(1.0, left * w / total) for w, s in zip(positive, saturated, strict=True)]
+        grown = [s or share >= 1.0 - 1e-12 for s, share in zip(saturated, shares, strict=True)]
+        if grown == saturated:
+            return shares
+        saturated = grown
+
+
+_SOLVE_TOLERANCE = 1e-6
+"""Relative error of every share at which the correction stops: far below the sampling noise."""
+_SOLVE_STEPS_MAX = 100
+
+
+@functools.lru_cache(maxsize=256)
+def _corrections(weights: tuple[float, ...], count: int) -> Mapping[float, Rank]:
+    classes = sorted(Counter(weights).items())
+    values = [w for w, _ in classes]
+    sizes = [m for _, m in classes]
+    per_node = target_shares(weights, count)  # weights are sorted: each class is one run
+    targets = [per_node[weights.index(w)] for w in values]
+    ranks: dict[float, Rank] = {}
+    rest: list[int] = []
+    saturated = 0
+    for c, (w, target) in enumerate(zip(values, targets, strict=True)):
+        if w <= 0 or target <= 0:  # never picked but to fill a zone: ranked by the weight itself
+            ranks[w] = (0, w)
+        elif target >= 1.0 - 1e-12:
+            ranks[w] = (1, w)
+            saturated += sizes[c]
+        else:
+            rest.append(c)
+    left = count - saturated
+    if len(rest) == 1 or left <= 1:
+        for c in rest:  # one weight left, or one replica left: the plain race is proportional
+            ranks[values[c]] = (0, values[c])
+        return ranks
+    solved = _solve([values[c] for c in rest], [sizes[c] for c in rest], [targets[c] for c in rest], left)
+    for c, x in zip(rest, solved, strict=True):
+        ranks[values[c]] = (0, x)
+    return ranks
+
+
+def _solve(values: list[float], sizes: list[int], targets: list[float], count: int) -> list[float]:
+    """Weights x (summing to 1 over the nodes) whose race puts each class in the top `count` with
+    its target probability."""
+    total = sum(v * m for v, m in zip(values, sizes, strict=True))
+    logs = [math.log(v / total) for v in values]
+    previous: tuple[list[float], list[float]] | None = None
+    xs = [v / total for v in values]
+    for _ in range(_SOLVE_STEPS_MAX):
+        xs = [math.exp(lg) for lg in logs]
+        norm = sum(x * m for x, m in zip(xs, sizes, strict=True))
+        xs = [x / norm for x in xs]
+        logs = [math.log(x) for x in xs]
+        probs = _inclusion(xs, sizes, count)
+        if max(abs(p / t - 1.0) for p, t in zip(probs, targets, strict=True)) < _SOLVE_TOLERANCE:
+            break
+        steps = []
+        for c, (p, t) in enumerate(zip(probs, targets, strict=True)):
+            elasticity = 1.0
+            if previous is not None:
+                moved = logs[c] - previous[0][c]
+                if abs(moved) > 1e-12:
+                    elasticity = (math.log(p) - math.log(previous[1][c])) / moved
+                    elasticity = min(max(elasticity, 0.05), 1.0)
+            steps.append(math.log(t / p) / elasticity)
+        previous = (logs, probs)
+        logs = [lg + step for lg, step in zip(logs, steps, strict=True)]
+    return xs
+
+
+def _gauss_legendre(points: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Nodes and weights of Gauss-Legendre quadrature on [-1, 1] (Newton on the Legendre polynomial)."""
+    nodes, weights = [], []
+    for i in range(1, points + 1):
+        x = math.cos(math.pi * (i - 0.25) / (points + 0.5))
+        derivative = 1.0
+        for _ in range(100):
+            p0, p1 = 1.0, x
+            for j in range(2, points + 1):
+                p0, p1 = p1, ((2 * j - 1) * x * p1 - (j - 1) * p0) / j
+            derivative = points * (x * p1 - p0) / (x * x - 1)
+            dx = p1 / derivative
+            x -= dx
+            if abs(dx) < 1e-15:
+                break
+        nodes.append(x)
+        weights.append(2 / ((1 - x * x) * derivative * derivative))
+    return tuple(nodes), tuple(weights)
+
+
+_QUADRATURE = _gauss_legendre(12)
+
+
+def _binomial_head(size: int, rate: float, t: float, count: int) -> list[float]:
+    """Pr[j of `size` nodes of `rate` arrived by t] for j < count."""
+    arrived = -math.expm1(-rate * t)
+    waiting = math.exp(-rate * t)
+    out = []
+    coefficient = 1.0
+    for j in range(count):
+        out.append(coefficient * arrived**j * waiting ** (size - j) if j <= size else 0.0)
+        coefficient = coefficient * (size - j) / (j + 1)
+    return out
+
+
+def _convolve(a: list[float], b: list[float]) -> list[float]:
+    return [sum(a[i] * b[j - i] for i in range(j + 1)) for j in range(len(a))]
+
+
+def _inclusion(xs: list[float], sizes: list[int], count: int) -> list[float]:
+    """For each class (rate x, `sizes` nodes; the rates sum to 1 over the nodes): the probability that
+    one of its nodes is among the first `count` to arrive."""
+    classes = len(xs)
+    result = [0.0] * classes
+    unit = [1.0] + [0.0] * (count - 1)
+    low, high = 0.0, 0.5
+    nodes, weights = _QUADRATURE
+    while True:
+        half, middle = (high - low) / 2, (high + low) / 2
+        for node, weight in zip(nodes, weights, strict=True):
+            t = middle + half * node
+            heads = [_binomial_head(m, x, t, count) for x, m in zip(xs, sizes, strict=True)]
+            prefix = [unit]
+            for head in heads:
+                prefix.append(_convolve(prefix[-1], head))
+            suffix = unit
+            for c in range(classes - 1, -1, -1):
+                around = _convolve(prefix[c], suffix)  # every other class
+                own = _binomial_head(sizes[c] - 1, xs[c], t, count)  # the other nodes of this class
+                cumulative = [sum(own[: count - j]) for j in range(count)]
+                fewer = sum(around[j] * cumulative[j] for j in range(count))
+                result[c] += weight * half * xs[c] * math.exp(-xs[c] * t) * fewer
+                suffix = _convolve(suffix, heads[c])
+        if sum(prefix[-1]) < 1e-15:  # fewer than `count` arrivals by `high`: almost never
+            return result
+        low, high = high, 2 * high
 
 
 def replicas(doc_id: str, policy: PlacementPolicy, candidates: Iterable[Candidate]) -> dict[str, list[str]]:
