@@ -129,6 +129,9 @@ def movement() -> JSON:
     spread = [Candidate(f"w{i}", "dc0", weight=w) for i, w in enumerate(WEIGHTS_SPREAD)]
     spread_joined = [*spread, Candidate("w6", "dc0", weight=3.0)]
     spread_left = [c for c in spread if c.node_id != "w3"]
+    # Milder: eight nodes of weights 1 and 2; one of weight 2 joins, one of weight 1 leaves.
+    mixed = [Candidate(f"m{i}", "dc0", weight=1.0 + i % 2) for i in range(8)]
+    mixed_joined = [*mixed, Candidate("m8", "dc0", weight=2.0)]
     return {
         "join_moved": join,
         "join_ideal": ideal_join,
@@ -138,6 +141,8 @@ def movement() -> JSON:
         "leave_ratio": leave / ideal_leave,
         **_weighted_move("weighted_join", spread, spread_joined, rf),
         **_weighted_move("weighted_leave", spread, spread_left, rf),
+        **_weighted_move("mixed_join", mixed, mixed_joined, rf),
+        **_weighted_move("mixed_leave", mixed, mixed[1:], rf),
     }
 
 
@@ -226,6 +231,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             1.1,
         ),
         Target(
+            "mixed_join",
+            "moved by a join of weight 2 to 8 nodes of weights 1 and 2, rf 3 / ideal",
+            m["mixed_join_ratio"],
+            1.1,
+        ),
+        Target(
+            "mixed_leave",
+            "moved by a leave of a weight-1 node of those 8, rf 3 / ideal",
+            m["mixed_leave_ratio"],
+            1.1,
+        ),
+        Target(
             "capacity",
             f"docs per node vs docs x 2/3, rf 2 on 6 nodes ({c['docs']:,} docs), worst error",
             c["max_relative_error"],
@@ -255,7 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print(
         f"  weighted join: {m['weighted_join_moved']:,} moved, ideal {m['weighted_join_ideal']:,.0f}; "
-        f"leave: {m['weighted_leave_moved']:,}, ideal {m['weighted_leave_ideal']:,.0f}"
+        f"leave: {m['weighted_leave_moved']:,}, ideal {m['weighted_leave_ideal']:,.0f}; "
+        f"weights 1 and 2: join {m['mixed_join_moved']:,}, ideal {m['mixed_join_ideal']:,.0f}, "
+        f"leave {m['mixed_leave_moved']:,}, ideal {m['mixed_leave_ideal']:,.0f}"
     )
     for name, seconds in results["correction_cost"].items():
         print(f"  corrections, {name}: {seconds * 1000:,.0f} ms")

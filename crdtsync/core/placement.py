@@ -328,7 +328,7 @@ def _gauss_legendre(points: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(nodes), tuple(weights)
 
 
-_QUADRATURE = _gauss_legendre(12)
+_QUADRATURE = _gauss_legendre(8)
 
 
 def _binomial_head(size: int, rate: float, t: float, count: int) -> list[float]:
@@ -371,7 +371,7 @@ def _inclusion(xs: list[float], sizes: list[int], count: int) -> list[float]:
                 fewer = sum(around[j] * cumulative[j] for j in range(count))
                 result[c] += weight * half * xs[c] * math.exp(-xs[c] * t) * fewer
                 suffix = _convolve(suffix, heads[c])
-        if sum(prefix[-1]) < 1e-15:  # fewer than `count` arrivals by `high`: almost never
+        if sum(prefix[-1]) < 1e-13:  # fewer than `count` arrivals by `high`: almost never
             return result
         low, high = high, 2 * high
 
