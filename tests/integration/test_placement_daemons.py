@@ -10,7 +10,8 @@
   them to, and both restart: nothing is lost and the handoff completes;
 - after each step every acknowledged write is on every holder of its doc (read there only: reads are
   not forwarded), no node lists a doc it does not hold, and at the end `GET /v1/placement/{doc}` and
-  `crdtsync placement DOC --json` answer the same on every node.
+  `crdtsync placement DOC --json` answer the same on every node and each SQLite store has exactly
+  the docs its node holds.
 
 A node *holds* a doc when it is one of its 2 replicas in its datacenter, or a relay (one per
 datacenter: relays hold every doc). The times each step takes to settle are printed.
@@ -34,6 +35,7 @@ from daemon_support import FAST_MEMBERSHIP, FAST_REPLICATION, wait_until
 
 from crdtsync.cli import main
 from crdtsync.core.state import covers, decode_state_vector
+from crdtsync.store.sqlite import SqliteStore
 from crdtsync.testing.cluster import Ack, AckedWrite, LocalCluster, LocalDaemon
 
 pytestmark = pytest.mark.integration
@@ -447,26 +449,65 @@ def _scenario(cluster: LocalCluster[LocalDaemon], probe: Probe) -> None:
     )
     assert dropped >= len(still_there), f"the restarted {handing} handed off what its store still had"
 
-    # ---- every node places every doc alike, by HTTP and by the CLI
-    answers = {
-        doc_id: [json.dumps(probe.placement(name, doc_id), sort_keys=True) for name in EVERYONE]
-        for doc_id in DOC_IDS
-    }
-    for doc_id, per_node in answers.items():
-        assert len(set(per_node)) == 1, (doc_id, per_node)
-        body = json.loads(per_node[0])
-        states = {r["state"] for placed in body["replicas"].values() for r in placed}
-        assert states == {"alive"}, (doc_id, body)
+    # ---- every node places every doc alike, by HTTP and by the CLI. The replicas' states are the
+    # failure detectors' observations, which a loaded machine makes flap (a late heartbeat makes a
+    # member suspect for a moment): wait for a moment when every node answers alike, all alive.
     runner = CliRunner()
-    for doc_id in DOC_IDS[:3]:
-        outputs = []
-        for name in EVERYONE:
-            result = runner.invoke(main, ["placement", doc_id, "--json", "--url", cluster[name].url])
-            assert result.exit_code == 0, result.output
-            outputs.append(json.loads(result.output))
-        assert all(output == json.loads(answers[doc_id][0]) for output in outputs), (doc_id, outputs)
+    last: list[str] = []
+    first_seen: list[str] = []
+
+    def placement_agrees() -> bool:
+        last[:] = placement_disagreements(probe, runner, cluster)
+        if last and not first_seen:
+            first_seen.extend(last[:3])
+        return not last
+
+    agreed_s = wait_until(
+        placement_agrees, STEP_TIMEOUT_S, lambda: f"every node places every doc alike: {last[:5]}", poll_s=0.1
+    )
+    print(
+        f"placement answers equal on every node after {agreed_s:.1f} s; disagreements seen first: {first_seen}"
+    )
     verified = len(cluster.acks.acks)
     print(f"{verified} acknowledged writes on every holder; placement agrees on all {len(EVERYONE)} nodes")
+
+    # ---- each SQLite store keeps exactly the docs its node holds (killed: a SIGTERM is a leave,
+    # which would move docs on the nodes still up)
+    holders, problems = probe.views(EVERYONE, DOC_IDS)
+    assert not problems, problems
+    for name in EVERYONE:
+        cluster.kill(name)
+    for name in EVERYONE:
+        store = SqliteStore(cluster[name].data_dir, node_id=name)
+        try:
+            stored = {record.doc_id for record in store.docs()}
+        finally:
+            store.close()
+        assert stored == {doc_id for doc_id, held in holders.items() if name in held}, name
+
+
+def placement_disagreements(probe: Probe, runner: CliRunner, cluster: LocalCluster[LocalDaemon]) -> list[str]:
+    """Where the answers to `GET /v1/placement/{doc}` (and, for a few docs, `crdtsync placement DOC
+    --json`) of the nodes differ from the first node's, or name a replica not alive."""
+    found: list[str] = []
+    for doc_id in DOC_IDS:
+        answers: dict[str, Any] = {name: probe.placement(name, doc_id) for name in EVERYONE}
+        if doc_id in DOC_IDS[:3]:
+            for name in EVERYONE:
+                result = runner.invoke(main, ["placement", doc_id, "--json", "--url", cluster[name].url])
+                answers[f"{name} (CLI)"] = json.loads(result.output) if result.exit_code == 0 else None
+        reference = answers[EVERYONE[0]]
+        if reference is None or any(answer is None for answer in answers.values()):
+            found.append(f"{doc_id}: no answer from {[n for n, a in answers.items() if a is None]}")
+            continue
+        for name, answer in answers.items():
+            differing = {key: value for key, value in answer.items() if reference.get(key) != value}
+            if differing:
+                found.append(f"{doc_id}: {name} answers {differing}, {EVERYONE[0]} {reference}")
+        states = {r["state"] for placed in reference["replicas"].values() for r in placed}
+        if states != {"alive"}:
+            found.append(f"{doc_id}: replicas {reference['replicas']}")
+    return found
 
 
 def handoff_target(probe: Probe, name: str, doc_id: str, relays: set[str]) -> str:
