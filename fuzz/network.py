@@ -30,6 +30,7 @@ from pycrdt import Map
 
 from crdtsync import Node, NodeConfig, ReplicaConfig
 from crdtsync.core import wire
+from crdtsync.core.placement import PLACEMENT_VERSION
 from crdtsync.testing.cluster import free_ports
 from crdtsync.transport.zmq_transport import TOPIC
 from fuzz._runner import rss_mb_of
@@ -87,7 +88,11 @@ async def attack(
         dealer.connect(address)
         dealers.append(dealer)
     pool = seed_frames()
-    hello = wire.encode(wire.Hello("mallory", 1, "tcp://127.0.0.1:1", publish, 0, "default"))
+    hello = wire.encode(
+        wire.Hello(
+            "mallory", 1, "tcp://127.0.0.1:1", publish, 0, "default", placement_version=PLACEMENT_VERSION
+        )
+    )
     try:
         while not stop.is_set():
             for dealer in dealers:

@@ -15,6 +15,7 @@ from zmq_support import free_endpoint, wait_until
 
 from crdtsync import CurveConfig, CurveKeyError, Node, NodeConfig, ReplicaConfig
 from crdtsync.core import wire
+from crdtsync.core.placement import PLACEMENT_VERSION
 from crdtsync.transport.curve import read_key_file, write_key_file
 from crdtsync.transport.endpoint import parse_endpoint
 
@@ -254,7 +255,10 @@ def test_an_allowed_publisher_cannot_publish_as_another_node(tmp_path: Path) -> 
                 (await b.open("flags")).get("data", type=Map)["on"] = True
                 await wait_until(lambda: a.has_doc("flags"), 15.0, "a received b's write")
                 dealer.connect(a_listen)
-                dealer.send(wire.encode(wire.Hello("m", 1, m_listen, m_publish, 0, "default")))
+                hello = wire.Hello(
+                    "m", 1, m_listen, m_publish, 0, "default", placement_version=PLACEMENT_VERSION
+                )
+                dealer.send(wire.encode(hello))
 
                 def frame(node_id: str, doc_id: str, value: bool) -> list[bytes]:
                     written: Doc[Any] = Doc()

@@ -20,6 +20,7 @@ from pycrdt import Doc, Map, Text, TransactionEvent
 
 from crdtsync.core import wire
 from crdtsync.core.effects import Publish
+from crdtsync.core.placement import PLACEMENT_VERSION
 from crdtsync.core.replica import Replica
 from crdtsync.core.state import covers, decode_state_vector, digest
 
@@ -145,7 +146,13 @@ def _deliver(generated: Generated, frames: list[tuple[bytes, int]], order: list[
     # every frame below and what is exercised is the causal buffer.
     for writer in generated.writers:
         hello = wire.Hello(
-            writer.node_id, EPOCH, f"tcp://{writer.node_id}:1", f"tcp://{writer.node_id}:2", 0, "default"
+            writer.node_id,
+            EPOCH,
+            f"tcp://{writer.node_id}:1",
+            f"tcp://{writer.node_id}:2",
+            0,
+            "default",
+            placement_version=PLACEMENT_VERSION,
         )
         replica.receive(wire.encode(hello), now_ms)
         replica.take_effects(now_ms)
