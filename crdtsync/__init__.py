@@ -14,6 +14,7 @@ from crdtsync.core.placement import (
     PlacementRule,
 )
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
+from crdtsync.holders import WriteAcks, WriteAcksTimeoutError
 from crdtsync.node import Node, NodeConfig, NodeStatus
 from crdtsync.store import DocRecord, MemoryStore, Store, StoreDescription, StoreError, StoreStats
 from crdtsync.transport.curve import CurveConfig, CurveKeyError
@@ -45,6 +46,8 @@ __all__ = [
     "StoreStats",
     "TokenError",
     "TooManyWaitersError",
+    "WriteAcks",
+    "WriteAcksTimeoutError",
 ]
 
 

@@ -22,6 +22,7 @@ from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPol
 from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
 from crdtsync.core.wire import DC_BYTES_MAX, NODE_ID_BYTES_MAX, ZONE_BYTES_MAX
+from crdtsync.holders import HolderWaits, WriteAcks
 from crdtsync.store import MemoryStore, Store
 from crdtsync.store.base import Durability, StoreDescription, StoreError, check_durability
 from crdtsync.store.sqlite import SqliteStore, read_backup
@@ -173,9 +174,8 @@ class Node:
         self._loads: set[asyncio.Task[None]] = set()
         self._pump_scheduled = False
         self._waiters = Waiters()
-        self._fetches: dict[str, list[asyncio.Future[None]]] = {}
-        """`open` calls waiting for a holder's answer to a follower fetch, by doc (at most one entry
-        per doc the core is fetching, itself bounded)."""
+        self._holder_waits: HolderWaits | None = None
+        self._sends_dropped = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
@@ -193,6 +193,12 @@ class Node:
         if self._replica_or_none is None:
             raise RuntimeError("the node is not started: use `async with Node(config) as node`")
         return self._replica_or_none
+
+    @property
+    def _waits(self) -> HolderWaits:
+        if self._holder_waits is None:
+            raise RuntimeError("the node is not started: use `async with Node(config) as node`")
+        return self._holder_waits
 
     async def start(self) -> None:
         if self._replica_or_none is not None:
@@ -220,6 +226,7 @@ class Node:
         self._writer = StoreWriter(store, self._loop, inline=not description.durable)
         self._transport = transport
         self._replica_or_none = replica
+        self._holder_waits = HolderWaits(replica, self._schedule_pump)
         if description.lazy_loading:
             # Docs load on first use; the tree comes from the digests stored with them.
             replica.register_docs((record.doc_id, record.state, record.digest) for record in store.docs())
@@ -344,37 +351,21 @@ class Node:
             self._schedule_pump()
         doc = replica.open_doc(doc_id, pin=True)
         if not replica.holds(doc_id):
-            await self._follow(doc_id)
+            await self._waits.follow(doc_id)
         return doc
 
-    async def _follow(self, doc_id: str) -> None:
-        """A doc this node does not hold (placement) is opened: fetch what its nearest holder has, for
-        at most `follower_fetch_timeout_ms` (no holder reachable: the doc shows what this node has).
-        While open it follows the holder: deltas, and a check with the holder every round."""
-        replica = self._replica
-        if not replica.fetch_doc(doc_id, _now_ms()):
-            return
-        self._schedule_pump()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._fetches.setdefault(doc_id, []).append(future)
-        timeout_s = replica.config.follower_fetch_timeout_ms / 1000.0
+    async def write_acks(self, doc_id: str, replicas: int, *, timeout_ms: float = 5000.0) -> WriteAcks:
+        """Wait until `replicas` replicas of `doc_id` (by placement; this node counts when it is
+        one) hold everything this node has of the doc durably, each confirming after its own
+        commit. Raises `WriteAcksTimeoutError` naming those that did after `timeout_ms`."""
+        if replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {replicas}")
+        await self.flush()
+        await self.open(doc_id)
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    await future
+            return await self._waits.write_acks(doc_id, replicas, timeout_ms)
         finally:
-            waiting = self._fetches.get(doc_id, [])
-            if future in waiting:
-                waiting.remove(future)
-            if not waiting:
-                self._fetches.pop(doc_id, None)
-
-    def _wake_fetches(self) -> None:
-        replica = self._replica
-        for doc_id in [d for d in self._fetches if not replica.fetch_pending(d)]:
-            for future in self._fetches.pop(doc_id):
-                if not future.done():
-                    future.set_result(None)
+            self.release(doc_id)
 
     def release(self, doc_id: str) -> None:
         """Let the node evict `doc_id` from memory again; do not write to the Doc object afterwards."""
@@ -474,7 +465,7 @@ class Node:
         snapshot = replica.status(_now_ms())
         counters = snapshot.counters
         if self._transport is not None:
-            counters.transport_send_drops = self._transport.send_drops
+            counters.transport_send_drops = self._transport.send_drops + self._sends_dropped
             counters.transport_subscriptions_refused = self._transport.subscriptions_refused
             counters.curve_refused = self._transport.curve_refused
             counters.curve_no_key = self._transport.curve_no_key
@@ -527,8 +518,8 @@ class Node:
     def _on_frame(self, frame: bytes, sender_key: str | None) -> None:
         if not self._closed:
             self._replica.receive(frame, _now_ms(), sender_key=sender_key)
-            if self._fetches:
-                self._wake_fetches()
+            if self._holder_waits is not None:
+                self._holder_waits.wake()
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled and self._loop is not None and not self._closed:
@@ -548,11 +539,31 @@ class Node:
     def _execute(self, effects: list[Effect]) -> None:
         transport = self._transport
         assert transport is not None
+        after_commit: list[Send] = []
         for effect in effects:
+            if isinstance(effect, Send) and effect.after_commit:
+                after_commit.append(effect)  # once this batch's Persist is handed over too
+                continue
             try:
                 self._execute_one(transport, effect)
             except Exception:  # one failed effect must not stop the node's receive loops
                 log.exception("could not execute %s", type(effect).__name__)
+        if after_commit:
+            self._send_after_commit(transport, after_commit)
+
+    def _send_after_commit(self, transport: ZmqTransport, sends: list[Send]) -> None:
+        """Acknowledgements of durability go out once the store holds what they acknowledge."""
+
+        def send_all() -> None:
+            if not self._closed:
+                for send in sends:
+                    transport.send(send.address, send.frame)
+
+        writer = self._writer
+        if writer is None:
+            send_all()
+        elif not writer.after_commit(send_all, len(sends)):
+            self._sends_dropped += len(sends)
 
     def _execute_one(self, transport: ZmqTransport, effect: Effect) -> None:
         match effect:

@@ -16,10 +16,13 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Send `frame` to the request socket of the peer advertised at `address`."""
+    """Send `frame` to the request socket of the peer advertised at `address`; with `after_commit`,
+    only once every `Persist` handed over with or before it is committed (an acknowledgement that
+    promises durability), and not at all if the node stops first."""
 
     address: str
     frame: bytes
+    after_commit: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,8 @@ from crdtsync.core.state import covers, decode_state_vector
 from crdtsync.core.sync import StateSync
 from crdtsync.core.update_check import UpdateError, dependencies
 
+CONFIRMATIONS_MAX = 4096
+"""(doc, holder) confirmations of writes awaiting an answer; beyond, the oldest is forgotten."""
 FETCHES_MAX = 4096
 """Follower fetches awaiting an answer: beyond it `fetch` refuses (the doc still syncs by offers)."""
 
@@ -78,6 +80,8 @@ class Handoff:
         """Docs this node has and does not hold, in the order they became so."""
         self._seen_version = -1
         self._next_pass_ms = 0.0
+        self.confirmations: dict[tuple[str, str], tuple[int, bytes] | None] = {}
+        """(doc id, holder) -> the holder's last answer (status, state), None until it comes."""
         self.fetches: dict[str, str] = {}
         """Followed docs fetched from a holder and not answered yet: doc id -> the holder asked."""
 
@@ -104,6 +108,26 @@ class Handoff:
             for doc_id, _update, _state in message.entries:
                 if self.fetches.get(doc_id) == message.node_id:
                     del self.fetches[doc_id]
+
+    # ------------------------------------------------------------------ write acknowledgements
+
+    def confirm(self, doc_id: str, node_id: str, against: bytes | None) -> bool:
+        """Offer `doc_id` to `node_id` to learn whether it holds all of it durably: with `against`
+        None only this node's state vector (the answer gives the holder's), else `get_update` against
+        that state of the holder (its missing structs and every deletion). False when the doc is
+        not here or the node is not reachable."""
+        entry = self._docs.get(doc_id)
+        link = self._links.of_node(node_id)
+        if entry is None or entry.doc is None or link is None or link.state != "alive":
+            return False
+        key = (doc_id, node_id)
+        if key not in self.confirmations and len(self.confirmations) >= CONFIRMATIONS_MAX:
+            del self.confirmations[next(iter(self.confirmations))]
+        self.confirmations[key] = None
+        update = EMPTY_UPDATE if against is None else self._docs.doc(entry).get_update(against)
+        self._ctx.counters.handoff_offers_sent += 1
+        self._send_offers(link.address, [(doc_id, entry.state_bytes, update)])
+        return True
 
     # ------------------------------------------------------------------ the offering side
 
@@ -210,6 +234,10 @@ class Handoff:
         ctx = self._ctx
         grace_ms = ctx.config.handoff_grace_ms
         for doc_id, status, state in message.entries:
+            key = (doc_id, message.node_id)
+            if key in self.confirmations:
+                decode_state_vector(state)  # validated before it is ever handed to pycrdt
+                self.confirmations[key] = (status, state)
             handing = self.pending.get(doc_id)
             if handing is None or handing.target != message.node_id:
                 continue
@@ -320,4 +348,5 @@ class Handoff:
             lambda chunk: wire.HandoffAck(own, chunk),
             replies,
             [len(doc_id) + len(state) + 1 for doc_id, _status, state in replies],
+            after_commit=True,  # "covered" promises what this node has committed
         )

@@ -206,7 +206,7 @@ class Links:
                 self._ctx.counters.batches_published += 1
             self._ctx.effects.append(Publish(frame, dc_only))
 
-    def send(self, address: str, message: wire.Message) -> None:
+    def send(self, address: str, message: wire.Message, *, after_commit: bool = False) -> None:
         frame = self.encode(message, "sent")
         if frame is not None:
             link = self.by_address.get(address)
@@ -215,7 +215,7 @@ class Links:
                 traffic = self._ctx.traffic_with(dc)
                 traffic.frames_out += 1
                 traffic.bytes_out += len(frame)
-            self._ctx.effects.append(Send(address, frame))
+            self._ctx.effects.append(Send(address, frame, after_commit))
 
     def send_to_node(self, node_id: str, message: wire.Message) -> None:
         address = self.address_of.get(node_id)

@@ -462,6 +462,23 @@ class Replica:
     def fetch_pending(self, doc_id: str) -> bool:
         return doc_id in self._handoff.fetches
 
+    def confirm(self, doc_id: str, node_id: str, against: bytes | None, now_ms: float) -> bool:
+        """Ask `node_id` whether it holds everything this node has of `doc_id`, durably (its answer
+        comes after its commit): with `against` None a probe that learns its state vector, else the
+        update it lacks against that state. `confirmation` gives the answer. False when the doc is
+        not loaded here or the node is not reachable."""
+        self._step(now_ms)
+        return self._handoff.confirm(doc_id, node_id, against)
+
+    def confirmation(self, doc_id: str, node_id: str) -> tuple[int, bytes] | None:
+        """(status, the node's state vector) of its last answer to `confirm` (`wire.HANDOFF_*`
+        statuses), None while none came; forgotten once read."""
+        key = (doc_id, node_id)
+        answer = self._handoff.confirmations.get(key)
+        if answer is not None:
+            del self._handoff.confirmations[key]
+        return answer
+
     def _candidates(self) -> tuple[list[Candidate], dict[str, MemberState]]:
         """Every member that has not left (a down one keeps its partitions), this node included,
         and the state this node sees each in."""

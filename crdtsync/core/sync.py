@@ -39,6 +39,8 @@ class StateSync:
         build: Callable[[tuple[Any, ...]], wire.Message],
         entries: list[tuple[Any, ...]],
         sizes: list[int],
+        *,
+        after_commit: bool = False,
     ) -> None:
         """Send `entries` as few messages as the per-message doc and byte limits allow."""
         chunk: list[tuple[Any, ...]] = []
@@ -48,12 +50,12 @@ class StateSync:
                 len(chunk) >= wire.SYNC_DOCS_PER_MESSAGE_MAX
                 or chunk_bytes + size > self._ctx.config.batch_bytes_max
             ):
-                self._links.send(address, build(tuple(chunk)))
+                self._links.send(address, build(tuple(chunk)), after_commit=after_commit)
                 chunk, chunk_bytes = [], 0
             chunk.append(entry)
             chunk_bytes += size
         if chunk:
-            self._links.send(address, build(tuple(chunk)))
+            self._links.send(address, build(tuple(chunk)), after_commit=after_commit)
 
     def push(self, address: str, pushes: list[tuple[Any, ...]]) -> None:
         node_id = self._ctx.node_id

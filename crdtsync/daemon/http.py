@@ -43,9 +43,13 @@ from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
 from crdtsync.daemon.status_json import cluster_placement_json, config_warnings, placement_json, status_json
 from crdtsync.daemon.websocket import PATH_PREFIX as WS_PATH_PREFIX
 from crdtsync.daemon.websocket import WebSockets, same_origin
+from crdtsync.holders import WriteAcksTimeoutError
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.http")
+
+WRITE_ACKS_MAX = 64
+"""The most replicas a write may wait for (`write_acks`)."""
 
 DOC_ID_RE = re.compile(r"^[A-Za-z0-9._~:@-]+(/[A-Za-z0-9._~:@-]+)*$")
 KEY_RE = re.compile(r"^[A-Za-z0-9._~:@ -]+$")
@@ -479,7 +483,24 @@ class Api:
             token = causal_http.token_fields(request, doc_id, doc)
         finally:
             self.node.release(doc_id)
-        return json_response({"doc_id": doc_id, "state_vector": b64url(doc.get_state()), **token})
+        acks = await self._write_acks(doc_id, request)
+        return json_response({"doc_id": doc_id, "state_vector": b64url(doc.get_state()), **token, **acks})
+
+    async def _write_acks(self, doc_id: str, request: web.Request) -> dict[str, Any]:
+        """`write_acks=N`: answer once N replicas hold the write durably (docs/placement.md); 504
+        `write_acks_timeout` with the replicas that did after `wait_ms`. The write itself stands."""
+        text = request.query.get("write_acks")
+        if text is None:
+            return {}
+        if not text.isdigit() or not 1 <= int(text) <= WRITE_ACKS_MAX:
+            raise ApiError(400, "bad_write_acks", f"write_acks must be an integer in 1..{WRITE_ACKS_MAX}")
+        timeout_ms = causal_http.wait_ms(request, self.config.http.wait_ms_max)
+        try:
+            acks = await self.node.write_acks(doc_id, int(text), timeout_ms=timeout_ms)
+        except WriteAcksTimeoutError as exc:
+            details = {"needed": exc.needed, "confirmed": list(exc.confirmed)}
+            raise causal_http.RequestError(504, "write_acks_timeout", str(exc), details) from None
+        return {"write_acks": {"needed": acks.needed, "confirmed": list(acks.confirmed)}}
 
     async def get_doc(self, request: web.Request, doc_id: str) -> web.Response:
         doc = await self._open_existing(doc_id, request)

@@ -194,6 +194,7 @@ class SimCluster:
         if replica is None:
             return None
         persisted: int | None = None
+        after_commit_sends: list[tuple[SimNode, bytes]] = []
         for effect in replica.take_effects(self.now_ms):
             match effect:
                 case Publish(frame, dc_only):
@@ -201,9 +202,13 @@ class SimCluster:
                         wan = other.subscriptions.get(node.publish_endpoint)
                         if other is not node and wan is not None and not (dc_only and wan):
                             self._transmit(node, other, frame)
-                case Send(address, frame):
+                case Send(address, frame, after_commit):
                     target = self._by_address.get(address)
-                    if target is not None:
+                    if target is None:
+                        continue
+                    if after_commit and self.config.durable:
+                        after_commit_sends.append((target, frame))  # numbered once Persist is in
+                    else:
                         self._transmit(node, target, frame)
                 case Subscribe(endpoint, _peer, wan):
                     node.subscriptions[endpoint] = wan
@@ -216,6 +221,9 @@ class SimCluster:
                     if self.config.durable and (updates or doc_states or drops):
                         persisted = self._persist(node, effect)
                     # else: the store is memory, lost on crash
+        if after_commit_sends:
+            node.sends_after_commit.append((node.commits.submitted, after_commit_sends))
+            self._release_sends(node)
         deadline = replica.next_deadline_ms()
         if deadline < node.tick_at_ms or node.tick_at_ms <= self.now_ms:
             node.tick_token += 1
@@ -250,12 +258,20 @@ class SimCluster:
         while node.waiting and node.waiting[0][0] <= node.commits.committed:
             for position in node.waiting.popleft()[1]:
                 self.acknowledged[position] = self.now_ms
+        self._release_sends(node)
         self._start_commit(node)
 
     def _lose_uncommitted(self, node: SimNode) -> None:
         """A crash: the pending group and the running commit are gone; completed commits stay."""
         node.commits.lose()
         node.waiting.clear()
+        node.sends_after_commit.clear()
+
+    def _release_sends(self, node: SimNode) -> None:
+        """Send the acknowledgements of durability whose effects the commits have reached."""
+        while node.sends_after_commit and node.sends_after_commit[0][0] <= node.commits.committed:
+            for target, frame in node.sends_after_commit.popleft()[1]:
+                self._transmit(node, target, frame)
 
     def _transmit(self, source: SimNode, target: SimNode, frame: bytes) -> None:
         if self.tracer is not None:

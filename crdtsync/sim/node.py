@@ -33,6 +33,9 @@ class SimNode:
     """The content of completed commits, with the doc state records, like the SQLite store's."""
     commits: CommitQueue = field(default_factory=CommitQueue)
     """Effects handed over and not yet committed (group ids never repeat, across incarnations too)."""
+    sends_after_commit: deque[tuple[int, list[tuple[SimNode, bytes]]]] = field(default_factory=deque)
+    """(effect number in `commits`, frames): acknowledgements of durability (`Send.after_commit`)
+    held until the commits reach that effect; a crash loses them."""
     waiting: deque[tuple[int, list[int]]] = field(default_factory=deque)
     """(effect number in `commits`, indexes into `SimCluster.writes`) in effect order: the writes are
     acknowledged when the commits reach the effect that held their updates."""

@@ -24,6 +24,8 @@ log = logging.getLogger("crdtsync.store")
 
 T = TypeVar("T")
 
+AFTER_COMMIT_MAX = 4096
+"""Actions (acknowledgements of durability to send) waiting for commits at once (`after_commit`)."""
 COMMIT_LATENCY_BUCKETS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 1000.0)
 
 
@@ -69,6 +71,7 @@ class StoreWriter:
         # A flush waits until the commits reach the number of the last effect submitted before it,
         # whichever groups they were split into.
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._after_commit_waiting = 0
         self.commits = 0
         self.commit_failures = 0
         self.commit_latency_counts = [0] * (len(COMMIT_LATENCY_BUCKETS_MS) + 1)
@@ -145,6 +148,27 @@ class StoreWriter:
                 waiter.set_exception(error)
         self._waiters = []
         self._retry = self._loop.call_later(self.RETRY_DELAY_S, self._start_group)
+
+    def after_commit(self, then: Callable[[], None], weight: int = 1) -> bool:
+        """Call `then` once everything submitted so far is committed (at once if it is); never if a
+        commit fails or the writer closes first. False (and `then` never called) when
+        `AFTER_COMMIT_MAX` items wait already: the caller drops what `then` would have done."""
+        if self.inline or self._queue.committed >= self._queue.submitted:
+            then()
+            return True
+        if self._after_commit_waiting + weight > AFTER_COMMIT_MAX:
+            return False
+        self._after_commit_waiting += weight
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append((self._queue.submitted, waiter))
+
+        def done(future: asyncio.Future[None]) -> None:
+            self._after_commit_waiting -= weight
+            if not future.cancelled() and future.exception() is None and not self._closed:
+                then()
+
+        waiter.add_done_callback(done)
+        return True
 
     async def flushed(self) -> None:
         """Wait until everything submitted so far is committed; raises if a commit failed meanwhile."""

@@ -107,6 +107,30 @@ def wait_converged(daemons: list[Daemon], doc_ids: list[str]) -> None:
 # ------------------------------------------------------------------------------------------ replication
 
 
+def test_write_acks_answer_once_that_many_replicas_hold_the_write_durably(cluster: list[Daemon]) -> None:
+    a = cluster[0]
+    with new_client(a) as client:
+        response = client.put("/v1/docs/acks/doc/keys/k", params={"write_acks": 3}, json="v")
+        assert response.status_code == 200, response.text
+        acks = response.json()["write_acks"]
+        assert acks["needed"] == 3 and sorted(acks["confirmed"]) == sorted(d.name for d in cluster)
+        assert acks["confirmed"][0] == a.name  # the node that took the write counts first
+        for daemon in cluster[1:]:  # confirmed means there already, with no wait for replication
+            with new_client(daemon) as other:
+                body = other.get("/v1/docs/acks/doc/keys/k").json()
+            assert body["value"] == "v", body
+        # Three replicas exist: asking for four answers after wait_ms with the three that confirmed.
+        response = client.put("/v1/docs/acks/doc/keys/k", params={"write_acks": 4, "wait_ms": 300}, json="w")
+        assert response.status_code == 504, response.text
+        error = response.json()["error"]
+        assert error["code"] == "write_acks_timeout" and sorted(error["confirmed"]) == sorted(
+            d.name for d in cluster
+        )
+        for bad in ("0", "x", "65"):
+            response = client.put("/v1/docs/acks/doc/keys/k", params={"write_acks": bad}, json="w")
+            assert error_code(response) == "bad_write_acks", response.text
+
+
 def test_concurrent_puts_and_patches_on_three_daemons_converge_to_the_same_json(
     cluster: list[Daemon],
 ) -> None:

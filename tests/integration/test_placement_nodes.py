@@ -15,6 +15,7 @@ from zmq_support import free_endpoint, wait_until
 
 from crdtsync import MembershipConfig, Node, NodeConfig, PlacementPolicy, PlacementRule, ReplicaConfig
 from crdtsync.core.placement import Candidate, replicas
+from crdtsync.holders import WriteAcksTimeoutError
 from crdtsync.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.integration
@@ -147,6 +148,7 @@ async def _handoff_scenario(tmp_path: Path) -> None:
                     doc = await node.open(doc_id)
                     assert doc.get("meta", type=Map).to_py() == {"writer": f"n{index % 4}"}, (doc_id, node)
                     node.release(doc_id)
+        await _write_acks(nodes, holders)
         await _follow_a_doc(nodes, holders)
         kept = {node.config.node_id: set(node.doc_ids()) for node in nodes}
         dropped = sum(node.status().counters.handoff_docs_dropped for node in nodes)
@@ -176,3 +178,22 @@ async def _follow_a_doc(nodes: list[Node], holders: Callable[[str], set[str]]) -
     await wait_until(lambda: meta.to_py() == {"v": 2}, TIMEOUT_S, "the follower sees the holder's write")
     nodes[0].release(doc_id)
     await wait_until(lambda: not nodes[0].has_doc(doc_id), TIMEOUT_S, "the released follower drops the doc")
+
+
+async def _write_acks(nodes: list[Node], holders: Callable[[str], set[str]]) -> None:
+    """A write on a node that does not hold the doc waits for both replicas' durable confirmation;
+    asking for more replicas than the doc has times out naming those that confirmed."""
+    doc_id = next(f"acks/{i}" for i in range(100) if "n0" not in holders(f"acks/{i}"))
+    doc = await nodes[0].open(doc_id)
+    doc.get("meta", type=Map)["v"] = "acked"
+    nodes[0].release(doc_id)
+    acks = await nodes[0].write_acks(doc_id, 2, timeout_ms=TIMEOUT_S * 1000)
+    assert set(acks.confirmed) == holders(doc_id) and acks.needed == 2
+    for node in nodes:
+        if node.config.node_id in holders(doc_id):
+            held = await node.open(doc_id)
+            assert held.get("meta", type=Map).to_py() == {"v": "acked"}  # there before the answer
+            node.release(doc_id)
+    with pytest.raises(WriteAcksTimeoutError) as caught:
+        await nodes[0].write_acks(doc_id, 3, timeout_ms=500.0)
+    assert set(caught.value.confirmed) == holders(doc_id)

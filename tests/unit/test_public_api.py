@@ -46,6 +46,8 @@ def test_exports_are_pinned() -> None:
         "StoreStats",
         "TokenError",
         "TooManyWaitersError",
+        "WriteAcks",
+        "WriteAcksTimeoutError",
     ]
     for name in crdtsync.__all__:
         assert getattr(crdtsync, name) is not None, name
@@ -72,10 +74,21 @@ def test_node_methods_are_pinned() -> None:
         "status",
         "store_stats",
         "wait_for",
+        "write_acks",
     }
     assert list(inspect.signature(Node).parameters) == ["config", "store"]
     assert inspect.signature(Node).parameters["store"].kind is inspect.Parameter.KEYWORD_ONLY
-    for name in ("open", "flush", "start", "close", "backup", "restore", "causal_token", "wait_for"):
+    for name in (
+        "open",
+        "flush",
+        "start",
+        "close",
+        "backup",
+        "restore",
+        "causal_token",
+        "wait_for",
+        "write_acks",
+    ):
         assert inspect.iscoroutinefunction(getattr(Node, name)), name
     for name in (
         "status",

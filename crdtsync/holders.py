@@ -1,0 +1,136 @@
+"""What a node waits for from the holders of a doc (placement): a follower's first fetch, and the
+acknowledgements of a write by its replicas (`write_acks`).
+
+Both are event-driven: the driver calls `wake()` after every received frame, which resolves the
+waits whose answer came. The number of waits is bounded; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from crdtsync.core.messages import HANDOFF_COVERED, HANDOFF_NOT_HOLDER
+from crdtsync.core.replica import Replica
+
+WAITS_MAX = 4096
+"""Follower fetches and write-ack requests waiting at once; beyond, they do not wait (a fetch serves
+what the node has, a write-ack request fails at once)."""
+ASK_AGAIN_MS = 500.0
+"""A replica that has not answered a write-ack question in this time is asked again (lost frame)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteAcks:
+    """Replicas that hold a write durably: `confirmed` (this node first when it is one of them)."""
+
+    needed: int
+    confirmed: tuple[str, ...]
+
+
+class WriteAcksTimeoutError(TimeoutError):
+    """Fewer than the asked number of replicas confirmed a write in time; `confirmed` names those
+    that did (the write itself is durable on the node that took it, and replicates as usual)."""
+
+    def __init__(self, doc_id: str, needed: int, confirmed: tuple[str, ...], timeout_ms: float) -> None:
+        self.doc_id = doc_id
+        self.needed = needed
+        self.confirmed = confirmed
+        names = ", ".join(confirmed) or "none"
+        super().__init__(
+            f"{len(confirmed)} of {needed} replicas confirmed doc {doc_id!r} within {timeout_ms:g} ms ({names})"
+        )
+
+
+def _now_ms() -> float:
+    return time.monotonic() * 1000.0
+
+
+class HolderWaits:
+    def __init__(self, replica: Replica, pump: Callable[[], None]) -> None:
+        self._replica = replica
+        self._pump = pump
+        self._waiting: list[asyncio.Future[None]] = []
+
+    def wake(self) -> None:
+        """A frame came in: every wait looks again."""
+        waiting, self._waiting = self._waiting, []
+        for future in waiting:
+            if not future.done():
+                future.set_result(None)
+
+    async def _next_frame(self, deadline_ms: float) -> bool:
+        """Wait for the next received frame; False at the deadline."""
+        remaining_s = (deadline_ms - _now_ms()) / 1000.0
+        if remaining_s <= 0 or len(self._waiting) >= WAITS_MAX:
+            return False
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        try:
+            async with asyncio.timeout(remaining_s):
+                await future
+        except TimeoutError:
+            return False
+        finally:
+            if future in self._waiting:
+                self._waiting.remove(future)
+        return True
+
+    async def follow(self, doc_id: str) -> None:
+        """Fetch what the nearest holder has of `doc_id` (opened here, not held here), waiting at most
+        `follower_fetch_timeout_ms`; without a reachable holder the doc shows what this node has."""
+        replica = self._replica
+        if not replica.fetch_doc(doc_id, _now_ms()):
+            return
+        self._pump()
+        deadline_ms = _now_ms() + replica.config.follower_fetch_timeout_ms
+        while replica.fetch_pending(doc_id):
+            if not await self._next_frame(deadline_ms):
+                return
+
+    async def write_acks(self, doc_id: str, needed: int, timeout_ms: float) -> WriteAcks:
+        """Wait until `needed` replicas of `doc_id` (this node counts when it is one, once its own
+        store holds the write: the caller flushed) hold everything this node has of the doc, each
+        answering after its own commit. The doc must be loaded (open) here."""
+        replica = self._replica
+        placement = replica.doc_placement(doc_id)
+        own_dc = replica.dc
+        ordered = [r.node_id for r in placement.replicas.get(own_dc, ())]
+        ordered += [r.node_id for dc, placed in placement.replicas.items() if dc != own_dc for r in placed]
+        confirmed = [replica.node_id] if replica.node_id in ordered else []
+        others = [node_id for node_id in ordered if node_id != replica.node_id]
+        asked: dict[str, tuple[bool, float]] = {}
+        """Replica -> (whether the update went out, rather than the probe; when)."""
+        deadline_ms = _now_ms() + timeout_ms
+        for node_id in others:
+            if replica.confirm(doc_id, node_id, None, _now_ms()):
+                asked[node_id] = (False, _now_ms())
+        self._pump()
+        while len(confirmed) < needed:
+            if not asked or not await self._next_frame(deadline_ms):
+                break
+            for node_id, (sent_update, at_ms) in list(asked.items()):
+                answer = replica.confirmation(doc_id, node_id)
+                if answer is None:
+                    if _now_ms() - at_ms > ASK_AGAIN_MS and replica.confirm(doc_id, node_id, None, _now_ms()):
+                        asked[node_id] = (False, _now_ms())
+                    continue
+                status, state = answer
+                if status == HANDOFF_NOT_HOLDER:
+                    del asked[node_id]
+                elif status == HANDOFF_COVERED and sent_update:
+                    del asked[node_id]
+                    confirmed.append(node_id)
+                elif replica.confirm(doc_id, node_id, state, _now_ms()):
+                    # The probe's answer gave its state: send what it lacks, deletions included.
+                    asked[node_id] = (True, _now_ms())
+                else:
+                    del asked[node_id]
+            self._pump()
+        for node_id in asked:
+            replica.confirmation(doc_id, node_id)  # forget answers that come too late
+        if len(confirmed) < needed:
+            raise WriteAcksTimeoutError(doc_id, needed, tuple(confirmed), timeout_ms)
+        return WriteAcks(needed, tuple(confirmed))
