@@ -210,6 +210,7 @@ class Api:
     def app(self) -> web.Application:
         middlewares = [self._errors, self._auth] if self.config.tokens else [self._errors]
         app = web.Application(client_max_size=self.config.http.body_bytes_max, middlewares=middlewares)
+        app.on_response_prepare.append(self._served_by)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/ui", self.ui)
@@ -223,6 +224,11 @@ class Api:
         app.router.add_route("*", "/v1/docs/{rest:.+}", self.doc_route)
         app.router.add_get(WS_PATH_PREFIX + "{doc:.+}", self.websocket)
         return app
+
+    async def _served_by(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer names the node that served it: behind a load balancer, and for a doc this
+        node does not hold (placement), which it served from a holder's copy."""
+        response.headers["X-Served-By"] = self.node.config.node_id
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -162,6 +162,12 @@ _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...
     ),
     (lambda c: c.handoff_acks_received, "handoff_acks", "Answers to this node's handoff offers.", {}),
     (
+        lambda c: c.hellos_refused_placement,
+        "hellos_refused_placement",
+        "Hellos refused because the peer has another partition count or placement version.",
+        {},
+    ),
+    (
         lambda c: c.handoff_docs_dropped,
         "handoff_docs_dropped",
         "Docs handed to a holder (confirmed twice) and dropped here.",
@@ -351,6 +357,11 @@ def _gauges(status: NodeStatus, started_monotonic: float) -> Iterator[Metric]:
             "updates_buffered",
             "Remote updates waiting for their causal dependencies.",
             status.pending_updates,
+        ),
+        (
+            "hinted_docs",
+            "Docs this node has but does not hold (placement), waiting to be handed to a holder.",
+            status.hinted_docs,
         ),
         ("uptime_seconds", "Seconds since the daemon started.", time.monotonic() - started_monotonic),
     )

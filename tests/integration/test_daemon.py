@@ -112,6 +112,7 @@ def test_write_acks_answer_once_that_many_replicas_hold_the_write_durably(cluste
     with new_client(a) as client:
         response = client.put("/v1/docs/acks/doc/keys/k", params={"write_acks": 3}, json="v")
         assert response.status_code == 200, response.text
+        assert response.headers["X-Served-By"] == a.name
         acks = response.json()["write_acks"]
         assert acks["needed"] == 3 and sorted(acks["confirmed"]) == sorted(d.name for d in cluster)
         assert acks["confirmed"][0] == a.name  # the node that took the write counts first
