@@ -10,6 +10,8 @@ on the first run. Servers, each alone on the machine while it is measured:
 - crdtsync, 3 nodes: `crdtsync serve` daemons (SQLite store, durability fsync by default) in a full
   mesh; each doc's clients spread over the three;
 - crdtsync, 1 node: the same clients on one daemon;
+- crdtsync, 3 nodes with durability "process" (a client's update is relayed once written, not once
+  fsynced): what the fsync costs in latency;
 - npm: `@y/websocket-server` (the y-websocket server of `y-websocket` 3's README; in memory, no
   persistence), one Node.js process;
 - pycrdt-websocket: its `WebsocketServer` behind `ASGIServer` on hypercorn (`bench._ws`; in memory).
@@ -128,11 +130,12 @@ def _wait_listening(port: int, deadline: Deadline, what: str) -> None:
 
 
 @contextlib.contextmanager
-def crdtsync_servers(options: Options, nodes: int) -> Iterator[Servers]:
+def crdtsync_servers(options: Options, nodes: int, durability: str | None = None) -> Iterator[Servers]:
     names = [f"n{index}" for index in range(nodes)]
     root = tempfile.mkdtemp(prefix="crdtsync-bench-ws-", dir=options.log_dir)
+    durability = durability or options.durability
     with LocalCluster.named(
-        root, names, extra_args=["--durability", options.durability, "--log-level", "warning"]
+        root, names, extra_args=["--durability", durability, "--log-level", "warning"]
     ) as cluster:
         cluster.start_all()
         cluster.wait_healthy(timeout_s=START_TIMEOUT_S)
@@ -149,7 +152,8 @@ def crdtsync_servers(options: Options, nodes: int) -> Iterator[Servers]:
             time.sleep(0.1)
         daemons = [cluster[name] for name in names]
         yield Servers(
-            f"crdtsync, {nodes} node{'s' if nodes > 1 else ''}",
+            f"crdtsync, {nodes} node{'s' if nodes > 1 else ''}"
+            + ("" if durability == options.durability else f", durability {durability}"),
             [daemon.pid for daemon in daemons if daemon.pid is not None],
             [f"ws://127.0.0.1:{daemon.http_port}/v1/ws" for daemon in daemons],
         )
@@ -189,9 +193,14 @@ def pycrdt_server(options: Options) -> Iterator[Servers]:
 SYSTEMS = {
     "crdtsync-3": lambda options: crdtsync_servers(options, 3),
     "crdtsync-1": lambda options: crdtsync_servers(options, 1),
+    "crdtsync-3-process": lambda options: crdtsync_servers(options, 3, "process"),
     "npm": npm_server,
     "pycrdt-websocket": pycrdt_server,
 }
+
+
+IDLE_SYSTEMS = ("crdtsync-1", "npm", "pycrdt-websocket")
+"""Those measured with idle connections too (one server each)."""
 
 
 # ------------------------------------------------------------------------------------------ clients
@@ -469,7 +478,11 @@ def main(argv: list[str] | None = None) -> int:
             durability=args.durability,
             log_dir=Path(scratch),
         )
-        info = {**machine_info(), **js_versions()}
+        info = {
+            **machine_info(),
+            **js_versions(),
+            "load average": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        }
         for key, value in info.items():
             print(f"  {key:<20} {value}")
         systems = args.only or list(SYSTEMS)
@@ -482,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             except BenchError as exc:
                 options.results["fanout"][key] = {"name": key, "error": str(exc)}
                 print(f"  {key}: {exc}", file=sys.stderr)
-        for key in (k for k in systems if k != "crdtsync-3"):
+        for key in (k for k in systems if k in IDLE_SYSTEMS):
             print(f"{options.idle} idle connections on {key} ...", flush=True)
             try:
                 with SYSTEMS[key](options) as servers:
@@ -497,12 +510,13 @@ def main(argv: list[str] | None = None) -> int:
                 options.results["idle"][key] = {"name": key, "error": str(exc)}
                 print(f"  {key}: {exc}", file=sys.stderr)
         targets = report(options)
-        print(f"\n{time.monotonic() - started:.0f} s in all")
+        load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())
+        print(f"\n{time.monotonic() - started:.0f} s in all; load average at the end {load_end}")
         if args.json is not None:
             write_json(
                 args.json,
                 {
-                    "machine": info,
+                    "machine": {**info, "load average at the end": load_end},
                     "options": {k: v for k, v in vars(options).items() if k not in ("results", "log_dir")},
                     "results": options.results,
                     "targets": [target.as_json() for target in targets],
