@@ -1,0 +1,137 @@
+"""One crdtsync ``Node`` with a placement rule, for ``bench.placement_cost``.
+
+Usage (started by bench.placement_cost):
+    python -m bench._placement_node --node-id N --dc DC --listen tcp://127.0.0.1:P --peers A,B
+        --rf 2|all --data-dir DIR [--wait-peers K]
+
+The node reports ``ready`` once ``--wait-peers`` other members (default: as many as configured peers)
+are alive.
+Commands, besides ``stats`` and ``quit`` (``bench._child.serve``):
+
+- ``write_docs {ids, rate_hz, batch}``: one single-key write (``data["v"] = index``) to each doc of
+  ``ids``, in order, ``rate_hz`` writes per second, ``batch`` writes between flushes; a write counts
+  as acknowledged once the flush after it returned (durable on this node) -> ``wrote {acked, s}``
+- ``status`` -> ``status {docs, hinted, relay, alive, cpu_s, counters}``
+- ``held {ids, verify}`` -> ``held {held, have, verified}``: how many of ``ids`` this node holds by
+  placement, how many of those it has, and (``verify``) how many of those show their write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+from pycrdt import Map
+
+from bench._child import detached_map, emit, run_main, serve
+from bench._common import JSON, self_cpu_s
+from bench._crdtsync import NodeAdapter
+from crdtsync import Node, NodeConfig
+from crdtsync.core.placement import PlacementPolicy, PlacementRule
+
+DATA = "data"
+VALUE_KEY = "v"
+PEERS_UP_TIMEOUT_S = 120.0
+
+
+def write_index(doc_id: str) -> int:
+    """The value written to a cost-part doc: the number at the end of its id."""
+    return int(doc_id.rsplit("/", 1)[-1])
+
+
+async def _write_docs(node: Node, cmd: JSON) -> None:
+    ids = [str(i) for i in cmd["ids"]]
+    period_s = 1.0 / float(cmd["rate_hz"])
+    batch = max(1, int(cmd.get("batch", 1)))
+    started = time.monotonic()
+    acked = 0
+    done = 0
+    while done < len(ids):
+        due = min(len(ids), int((time.monotonic() - started) / period_s) + 1)
+        if due <= done:
+            await asyncio.sleep(period_s * (done + 1) - (time.monotonic() - started))
+            continue
+        for doc_id in ids[done : min(due, done + batch)]:
+            doc = await node.open(doc_id)
+            doc.get(DATA, type=Map)[VALUE_KEY] = write_index(doc_id)
+            node.release(doc_id)
+            done += 1
+        await node.flush()
+        acked = done
+    emit("wrote", acked=acked, s=time.monotonic() - started)
+
+
+async def _status(node: Node, cmd: JSON) -> None:
+    status = node.status()
+    user_s, sys_s = self_cpu_s()
+    emit(
+        "status",
+        docs=status.docs,
+        hinted=status.hinted_docs,
+        relay=status.relay,
+        alive=sum(1 for m in status.members if m.state == "alive"),
+        cpu_s=user_s + sys_s,
+        counters=status.counters.as_dict(),
+    )
+
+
+async def _held(node: Node, cmd: JSON) -> None:
+    ids = [str(i) for i in cmd["ids"]]
+    verify = bool(cmd.get("verify", False))
+    held = have = verified = 0
+    for position, doc_id in enumerate(ids):
+        if not node.holds(doc_id):
+            continue
+        held += 1
+        if not node.has_doc(doc_id):
+            continue
+        have += 1
+        if verify:
+            doc = await node.open(doc_id)
+            if doc.get(DATA, type=Map).get(VALUE_KEY) == write_index(doc_id):
+                verified += 1
+            node.release(doc_id)
+        if position % 1000 == 999:
+            await asyncio.sleep(0)  # keep the node's timers and links served
+    emit("held", held=held, have=have, verified=verified)
+
+
+def _rule(text: str) -> PlacementRule:
+    return PlacementRule("all") if text == "all" else PlacementRule(int(text))
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench._placement_node")
+    parser.add_argument("--node-id", required=True)
+    parser.add_argument("--dc", required=True)
+    parser.add_argument("--listen", required=True)
+    parser.add_argument("--peers", required=True, help="comma-separated listen addresses of the other nodes")
+    parser.add_argument("--rf", required=True, help="replicas per datacenter, or all")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--wait-peers", type=int, default=-1)
+    args = parser.parse_args()
+    peers = [p for p in str(args.peers).split(",") if p]
+    config = NodeConfig(
+        node_id=str(args.node_id),
+        listen=str(args.listen),
+        peers=peers,
+        dc=str(args.dc),
+        data_dir=str(args.data_dir),
+        placement=PlacementPolicy((_rule(str(args.rf)),)),
+    )
+    wanted = len(peers) if args.wait_peers < 0 else int(args.wait_peers)
+    async with Node(config) as node:
+        give_up_at = time.monotonic() + PEERS_UP_TIMEOUT_S
+        while sum(1 for m in node.status().members if m.state == "alive") < wanted:
+            if time.monotonic() > give_up_at:
+                raise TimeoutError(f"fewer than {wanted} peers alive after {PEERS_UP_TIMEOUT_S:.0f} s")
+            await asyncio.sleep(0.05)
+        emit("ready", docs=node.status().docs)
+        commands: dict[str, Any] = {"write_docs": _write_docs, "status": _status, "held": _held}
+        await serve(NodeAdapter(node, detached_map(DATA), commands), receiver=False)
+
+
+if __name__ == "__main__":
+    run_main(main)
