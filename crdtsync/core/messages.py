@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crdtsync.core.placement import PARTITIONS_DEFAULT, PLACEMENT_VERSION
+
 
 @dataclass(frozen=True, slots=True)
 class Delta:
@@ -37,8 +39,8 @@ class Hello:
     dc: str
     zone: str = ""
     weight: float = 1.0
-    partitions: int = 4096
-    placement_version: int = 1
+    partitions: int = PARTITIONS_DEFAULT
+    placement_version: int = PLACEMENT_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +53,8 @@ class HelloAck:
     dc: str
     zone: str = ""
     weight: float = 1.0
-    partitions: int = 4096
-    placement_version: int = 1
+    partitions: int = PARTITIONS_DEFAULT
+    placement_version: int = PLACEMENT_VERSION
 
 
 @dataclass(frozen=True, slots=True)

@@ -325,6 +325,15 @@ class SimCluster:
                 self._schedule(
                     min(window, start + self.rng.uniform(*self.config.downtime_ms)), "restart", index
                 )
+        if "churn" in self.config.faults and self.config.nodes > 2:
+            # Graceful leaves and rejoins during the writes: with placement, every one moves docs.
+            for _ in range(self.config.churns):
+                start = self.rng.uniform(0.0, window)
+                index = self.rng.randrange(self.config.nodes - self.config.late_nodes)
+                self._schedule(start, "leave", index)
+                self._schedule(
+                    min(window, start + self.rng.uniform(*self.config.downtime_ms)), "restart", index
+                )
 
     def run(self) -> SimResult:
         config = self.config

@@ -10,7 +10,7 @@ from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import PlacementPolicy
 from crdtsync.core.replica import ReplicaConfig
 
-FAULTS = ("loss", "dup", "reorder", "delay", "partition", "crash")
+FAULTS = ("loss", "dup", "reorder", "delay", "partition", "crash", "churn")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,8 @@ class SimConfig:
     partition_groups: int = 0
     """Groups a partition splits the nodes into; 0 picks 2 or 3 at random."""
     crashes: int = 2
+    churns: int = 2
+    """With the `churn` fault: graceful leaves (each followed by a rejoin after `downtime_ms`)."""
     late_nodes: int = 0
     """The last `late_nodes` nodes are down for the whole write phase and start empty at healing."""
     downtime_ms: tuple[float, float] = (100.0, 2_000.0)
