@@ -425,12 +425,16 @@ def _scenario(cluster: LocalCluster[LocalDaemon], probe: Probe) -> None:
         ack for ack in cluster.acks.acks[acks_at_kill:acks_at_restart] if ack.write.doc in victims_docs
     ]
     assert while_down, "writes for the killed replica's docs went on through the others"
+    # Of those, the ones taken by a node that does not hold the doc either: hints it handed to the
+    # other holder while the replica was down.
+    hinted = [ack for ack in while_down if ack.write.node not in holders[ack.write.doc]]
     settle_s = probe.wait_settled(FIRST, "every write on every holder after the kill and restart")
     counters = handoff_counters(probe, FIRST)
     print(
         f"killed replica {victim} down {down_s:.1f} s; {len(cluster.acks.acks)} writes acknowledged, "
         f"{len(cluster.acks.failures)} failed (sent to {victim} while down); "
-        f"{len(while_down)} for its {len(victims_docs)} docs while it was down, all on it after the restart; "
+        f"{len(while_down)} for its {len(victims_docs)} docs while it was down ({len(hinted)} of them on "
+        f"non-holders), all on it after the restart; "
         f"settled {settle_s:.1f} s after the writes; counters {counters}"
     )
     assert counters["handoff_docs_dropped"] > 0, "writes on non-holders were handed off and dropped"
