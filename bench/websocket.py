@@ -22,6 +22,9 @@ every other client of the doc. Server CPU per update: user+sys CPU of the server
 nodes) from the first edit until every client of each doc holds the same state, over the updates.
 Idle: IDLE providers held open on one server (one doc per 5 connections; each provider renews its
 awareness every 15 s, as y-websocket does), the server's RSS before and after, over the connections.
+Large: a doc of LARGE_MB values of 1 MB (written through the HTTP API on crdtsync, whose frame bound
+refuses it as one client update; by a provider on the npm server), then the time a fresh provider
+takes to sync it, and the messages it came in.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+import httpx
 
 from bench._common import (
     JSON,
@@ -113,6 +118,7 @@ class Options:
     seconds: float
     idle: int
     durability: str
+    large_mb: int
     log_dir: Path
     results: JSON = field(default_factory=dict)
 
@@ -130,12 +136,14 @@ def _wait_listening(port: int, deadline: Deadline, what: str) -> None:
 
 
 @contextlib.contextmanager
-def crdtsync_servers(options: Options, nodes: int, durability: str | None = None) -> Iterator[Servers]:
+def crdtsync_servers(
+    options: Options, nodes: int, durability: str | None = None, extra_args: tuple[str, ...] = ()
+) -> Iterator[Servers]:
     names = [f"n{index}" for index in range(nodes)]
     root = tempfile.mkdtemp(prefix="crdtsync-bench-ws-", dir=options.log_dir)
     durability = durability or options.durability
     with LocalCluster.named(
-        root, names, extra_args=["--durability", durability, "--log-level", "warning"]
+        root, names, extra_args=["--durability", durability, "--log-level", "warning", *extra_args]
     ) as cluster:
         cluster.start_all()
         cluster.wait_healthy(timeout_s=START_TIMEOUT_S)
@@ -328,6 +336,61 @@ def idle(options: Options, servers: Servers, connections: int) -> JSON:
     }
 
 
+def large(options: Options, servers: Servers, through_http: str | None) -> JSON:
+    """A doc of `options.large_mb` values of 1 MB, written through the HTTP API at `through_http`
+    (crdtsync: a client cannot send one update over the frame bound) or by a provider, then synced
+    by a fresh provider."""
+    doc_id = "bench/large"
+    deadline = Deadline(300)
+    written_s = None
+    if through_http is not None:
+        body = json.dumps({f"k{index}": "y" * 1_000_000 for index in range(options.large_mb)})
+        started = time.monotonic()
+        response = httpx.patch(
+            f"{through_http}/v1/docs/{doc_id}",
+            content=body,
+            headers={"Content-Type": "application/json"},
+            timeout=deadline.remaining_s(),
+        )
+        if not response.is_success:
+            raise BenchError(
+                f"{servers.name}: writing the large doc: {response.status_code} {response.text[:200]}"
+            )
+        written_s = time.monotonic() - started
+    spec = {
+        "url": servers.urls[0],
+        "doc": doc_id,
+        "write_mb": 0 if through_http is not None else options.large_mb,
+        "timeout_ms": 240_000,
+    }
+    clients = Clients("large", spec, options.log_dir / "large-clients.log")
+    try:
+        if through_http is None:
+            clients.wait("written", deadline)
+            clients.send("fetch")
+        fetched = clients.wait("fetched", deadline)
+    finally:
+        clients.close()
+    if fetched["value_bytes"] != options.large_mb * 1_000_000:
+        raise BenchError(f"{servers.name}: the fresh client got {fetched['value_bytes']} bytes of values")
+    return {
+        "megabytes": options.large_mb,
+        "written_s": written_s,
+        "sync_s": fetched["ms"] / 1000,
+        "messages": fetched["messages"],
+        "largest_message_bytes": fetched["largest"],
+    }
+
+
+LARGE_SYSTEMS = {
+    "crdtsync-1": lambda options: crdtsync_servers(
+        options, 1, extra_args=("--set", f"http.body_bytes_max={(options.large_mb + 8) << 20}")
+    ),
+    "npm": npm_server,
+}
+"""pycrdt-websocket is left out: hypercorn refuses WebSocket messages over 16 MiB by default."""
+
+
 # ------------------------------------------------------------------------------------------ report
 
 
@@ -424,6 +487,28 @@ def report(options: Options) -> list[Target]:
             *errors,
         ],
     )
+    rows = []
+    errors = []
+    for value in results.get("large", {}).values():
+        if "error" in value:
+            rows.append([value["name"], "-", "-", "-", "failed (below)"])
+            errors.append(f"{value['name']}: {value['error']}")
+            continue
+        rows.append(
+            [
+                value["name"],
+                fmt(value["sync_s"], 2),
+                fmt(value["messages"]),
+                fmt(value["largest_message_bytes"] / 2**20, 2),
+                "by HTTP" if value["written_s"] is not None else "by a provider",
+            ]
+        )
+    print_table(
+        f"A fresh provider syncs a {options.large_mb} MB doc ({options.large_mb} Map values of 1 MB)",
+        ["server", "sync s", "messages", "largest MiB", "written"],
+        rows,
+        ["sync: from the provider's creation until it is synced; messages: all it received", *errors],
+    )
     targets: list[Target] = []
     ours, npm = fan.get("crdtsync-3", {}), fan.get("npm", {})
     targets.append(
@@ -462,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1.0, help="updates per second per client")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--idle", type=int, help="idle connections (default 5000, 500 with --quick)")
+    parser.add_argument("--large-mb", type=int, help="size of the large doc, MB (default 50, 5 with --quick)")
     parser.add_argument("--durability", default="fsync", choices=("fsync", "process", "none"))
     parser.add_argument("--only", action="append", choices=list(SYSTEMS), help="measure only these servers")
     parser.add_argument("--json", type=Path)
@@ -476,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds=args.seconds or (6.0 if args.quick else 20.0),
             idle=args.idle or (500 if args.quick else 5000),
             durability=args.durability,
+            large_mb=args.large_mb or (5 if args.quick else 50),
             log_dir=Path(scratch),
         )
         info = {
@@ -486,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in info.items():
             print(f"  {key:<20} {value}")
         systems = args.only or list(SYSTEMS)
-        options.results = {"fanout": {}, "idle": {}}
+        options.results = {"fanout": {}, "idle": {}, "large": {}}
         for key in systems:
             print(f"fan-out on {key} ...", flush=True)
             try:
@@ -508,6 +595,19 @@ def main(argv: list[str] | None = None) -> int:
                     }
             except BenchError as exc:
                 options.results["idle"][key] = {"name": key, "error": str(exc)}
+                print(f"  {key}: {exc}", file=sys.stderr)
+        for key in (k for k in systems if k in LARGE_SYSTEMS):
+            print(f"a {options.large_mb} MB doc to a fresh client on {key} ...", flush=True)
+            try:
+                with LARGE_SYSTEMS[key](options) as servers:
+                    http_url = servers.urls[0].replace("ws://", "http://").removesuffix("/v1/ws")
+                    through_http = http_url if key.startswith("crdtsync") else None
+                    options.results["large"][key] = {
+                        "name": servers.name,
+                        **large(options, servers, through_http),
+                    }
+            except BenchError as exc:
+                options.results["large"][key] = {"name": key, "error": str(exc)}
                 print(f"  {key}: {exc}", file=sys.stderr)
         targets = report(options)
         load_end = " ".join(f"{v:.2f}" for v in os.getloadavg())

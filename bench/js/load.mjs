@@ -4,6 +4,9 @@
 //   node load.mjs fanout SPEC   clients edit docs through servers: fan-out latency from each update
 //                               to every other client of its doc
 //   node load.mjs idle SPEC     connections that stay open and idle until "quit" on stdin
+//   node load.mjs large SPEC    {url, doc, write_mb, timeout_ms}: a client writes write_mb Map values
+//                               of 1 MB (none when 0), then, after "fetch" on stdin, a fresh
+//                               client syncs the doc: its time, the messages it received
 //
 // SPEC is JSON. fanout: {urls, docs, clients, rate_hz, seconds, timeout_ms}: client i edits doc
 // i % docs through urls[floor(i / docs) % urls.length] (each doc's clients spread over the
@@ -145,7 +148,54 @@ async function idle (spec) {
   emit('closed')
 }
 
+// A WebSocket that counts the messages it receives and their largest size.
+const received = { messages: 0, bytes: 0, largest: 0 }
+class CountingWebSocket extends WebSocket {
+  constructor (...args) {
+    super(...args)
+    this.on('message', (data) => {
+      // An ArrayBuffer: the provider sets binaryType to 'arraybuffer'.
+      const size = data.byteLength
+      received.messages += 1
+      received.bytes += size
+      received.largest = Math.max(received.largest, size)
+    })
+  }
+}
+
+async function large (spec) {
+  const { url, doc, write_mb: writeMb, timeout_ms: timeoutMs } = spec
+  if (writeMb > 0) {
+    // Through the provider, as one update (servers that take a frame this large).
+    const writer = connect(url, doc)
+    await waitFor(() => writer.provider.synced, 'the writer synced', timeoutMs)
+    writer.ydoc.transact(() => {
+      for (let i = 0; i < writeMb; i++) writer.data.set(`k${i}`, 'y'.repeat(1_000_000))
+    })
+    await waitFor(() => writer.provider.ws.bufferedAmount === 0, 'the writer to send its update', timeoutMs)
+    emit('written')
+    if ((await nextLine()) !== 'fetch') fail('expected "fetch"')
+    writer.provider.destroy()
+  }
+  const ydoc = new Y.Doc()
+  const started = performance.now()
+  const provider = new WebsocketProvider(url, doc, ydoc, { WebSocketPolyfill: CountingWebSocket, disableBc: true })
+  const data = ydoc.getMap('data')
+  await waitFor(() => provider.synced, 'a fresh client synced', timeoutMs)
+  const ms = performance.now() - started
+  let bytes = 0
+  for (const value of data.values()) bytes += String(value).length
+  provider.destroy()
+  emit('fetched', { ms, keys: data.size, value_bytes: bytes, ...received })
+}
+
+let stdinLines = null
+function nextLine () {
+  stdinLines = stdinLines || createInterface({ input: process.stdin })[Symbol.asyncIterator]()
+  return stdinLines.next().then(({ value, done }) => (done ? '' : value.trim()))
+}
+
 const [mode, specText] = process.argv.slice(2)
-const modes = { fanout, idle }
+const modes = { fanout, idle, large }
 if (!modes[mode]) fail(`unknown mode ${mode}`)
 modes[mode](JSON.parse(specText)).then(() => process.exit(0), (e) => fail(e.stack || String(e)))
