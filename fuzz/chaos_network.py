@@ -359,8 +359,12 @@ class NetworkFaults:
                     if waiting:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(changed.wait(), max(0.0, deadline - time.monotonic()))
-                if waiting:
+                if waiting and not heal.is_set():
                     self.summary.arrival_abandoned += 1
+                    self.campaign.say(
+                        f"network: arrival probe {seq} written on {writer.name} not seen on {' '.join(sorted(waiting))} "
+                        f"within {ARRIVAL_TIMEOUT_S:.0f} s"
+                    )
         finally:
             for task in watchers:
                 task.cancel()
