@@ -122,6 +122,10 @@ class NetworkSummary:
                     "p99_ms": _p(times_ms, 99),
                     "over_link_latency_p50_ms": _p(excess_ms, 50),
                     "over_link_latency_p99_ms": _p(excess_ms, 99),
+                    "by_link_latency_ms": {
+                        f"{link_ms:.0f}": {"n": len(group), "p50_ms": _p(group, 50), "p99_ms": _p(group, 99)}
+                        for link_ms, group in sorted(_by_link(self.arrivals, same).items())
+                    },
                     "link_latency_ms_max": max(
                         link_ms for same_dc, link_ms, _s in self.arrivals if same_dc == same
                     ),
@@ -145,6 +149,15 @@ class NetworkSummary:
             "proxy_bytes": self.proxy_bytes,
             "proxy_resets": self.proxy_resets,
         }
+
+
+def _by_link(arrivals: Sequence[tuple[bool, float, float]], same_dc: bool) -> dict[float, list[float]]:
+    """Arrival times in ms grouped by the base latency of the link (one per pair of datacenters)."""
+    groups: dict[float, list[float]] = {}
+    for same, link_ms, seconds in arrivals:
+        if same == same_dc:
+            groups.setdefault(link_ms, []).append(seconds * 1000.0)
+    return groups
 
 
 def _p(values: Sequence[float], percent: float) -> float:
