@@ -78,6 +78,18 @@ class HolderWaits:
                 self._waiting.remove(future)
         return True
 
+    async def drain(self) -> bool:
+        """Hand every doc this node holds to the nodes that hold it without this one (before a
+        leave), waiting at most `leave_drain_ms`; False when some were not handed over in time."""
+        replica = self._replica
+        replica.drain(_now_ms())
+        self._pump()
+        deadline_ms = _now_ms() + replica.config.leave_drain_ms
+        while not replica.drained():
+            if not await self._next_frame(deadline_ms):
+                return replica.drained()
+        return True
+
     async def follow(self, doc_id: str) -> None:
         """Fetch what the nearest holder has of `doc_id` (opened here, not held here), waiting at most
         `follower_fetch_timeout_ms`; without a reachable holder the doc shows what this node has."""

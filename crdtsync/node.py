@@ -317,10 +317,17 @@ class Node:
         task.add_done_callback(self._loads.discard)
 
     async def close(self) -> None:
-        """Flush what is pending, then close sockets and unobserve every doc. Idempotent."""
+        """Hand the docs this node holds to their next holders (placement, at most `leave_drain_ms`),
+        leave the cluster, flush what is pending, then close sockets and unobserve every doc.
+        Idempotent."""
         if self._closed or self._replica_or_none is None:
             self._closed = True
             return
+        # Under placement, a leaving node first hands its docs to those who hold them without it.
+        waits = self._holder_waits
+        if self._replica.placement_enforced and waits is not None and not await waits.drain():
+            hinted = self._replica.status(_now_ms()).hinted_docs
+            log.warning("leaving with %d docs not handed over (leave_drain_ms ran out)", hinted)
         self._replica.checkpoint()
         self._replica.leave(_now_ms())
         self._pump(force=True)

@@ -73,6 +73,9 @@ class ReplicaConfig:
     handoff_grace_ms: float = 30_000.0
     """A handed-off doc is dropped only when a second offer, this long after the first confirmed
     one, is confirmed again with no local write in between: the holder has had time to commit it."""
+    leave_drain_ms: float = 30_000.0
+    """How long a leaving node (`Node.close`, a daemon's SIGTERM) may spend handing the docs it holds
+    to the nodes that hold them without it (placement) before it leaves anyway."""
     follower_fetch_timeout_ms: float = 2000.0
     """How long `Node.open` of a doc this node does not hold waits for its nearest holder's answer."""
     handoff_docs_per_pass_max: int = 1024

@@ -131,6 +131,17 @@ class Handoff:
 
     # ------------------------------------------------------------------ the offering side
 
+    def drain(self) -> None:
+        """This node leaves: count itself out and hand every doc to those who hold it without it."""
+        self._holding.drain()
+        self._next_pass_ms = 0.0
+
+    def drained(self) -> bool:
+        """Nothing is left that a reachable holder could take (docs whose holders are all down or
+        gone stay here: waiting for them would not end)."""
+        self._rescan()
+        return all(self._target(doc_id) is None for doc_id in self.pending)
+
     def consider(self, doc_id: str) -> None:
         """A doc appeared here (a local write, a restore): hint it if this node does not hold it."""
         if self._holding.enforced and not self._holding.holds_doc(doc_id):
@@ -225,7 +236,7 @@ class Handoff:
         node_id = self._ctx.node_id
         self._sync.send_entries(
             address,
-            lambda chunk: wire.HandoffOffer(node_id, chunk),
+            lambda chunk: wire.HandoffOffer(node_id, chunk, self._holding.draining),
             entries,
             [len(update) + len(state) for _doc_id, state, update in entries],
         )
@@ -259,6 +270,13 @@ class Handoff:
             if status == HANDOFF_NOT_COVERED:
                 handing.confirmed_ms = None
                 handing.next_offer_ms = ctx.now_ms
+            elif self._holding.draining and handing.offered_writes == entry.local_writes:
+                # Leaving: the holder's answer came after its commit; no grace to wait out.
+                if not entry.pins:
+                    self._causal.discard(entry)
+                if self._docs.drop(entry):
+                    del self.pending[doc_id]
+                    ctx.counters.handoff_docs_dropped += 1
             elif handing.confirmed_ms is None or handing.offered_writes != handing.confirmed_writes:
                 handing.confirmed_ms = ctx.now_ms
                 handing.confirmed_writes = handing.offered_writes
@@ -288,11 +306,18 @@ class Handoff:
         for doc_id, state, update in message.entries:
             ctx.counters.handoff_offers_received += 1
             offered = decode_state_vector(state)  # a bad one drops the frame (counted by the replica)
-            if not self._holding.holds_doc(doc_id):
+            if not message.leaving and not self._holding.holds_doc(doc_id):
                 replies.append((doc_id, HANDOFF_NOT_HOLDER, EMPTY_STATE))
                 continue
+            entry: DocEntry | None
             try:
-                entry = self._docs.entry_for_remote(doc_id)
+                if message.leaving:
+                    # A leaving node's docs are taken by whoever it asks, holder or not: it must
+                    # not leave with them, and a node that does not hold one hands it on itself.
+                    entry = self._docs.get_or_create(doc_id)
+                    self.consider(doc_id)
+                else:
+                    entry = self._docs.entry_for_remote(doc_id)
             except (ValueError, RuntimeError):
                 entry = None
             if entry is None:

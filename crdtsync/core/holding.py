@@ -39,6 +39,9 @@ class Holding:
         self.enforced = any(rule.rf != "all" for rule in self._rules)
         """False when every rule is "all": every node holds every doc, and nothing here is needed."""
         self._seen_revision = -1
+        self.draining = False
+        """This node is leaving: it counts itself out (holds nothing) while the others still count
+        it in, so that it hands every doc to the holders it leaves them to (`drain`)."""
         self._view: tuple[object, ...] = ()
         self.candidates: tuple[Candidate, ...] = ()
         """Every member that has not left (a down one keeps its partitions), this node included."""
@@ -60,7 +63,7 @@ class Holding:
         self._seen_revision = membership.revision
         own = membership.own
         candidates: list[Candidate] = []
-        if not own.left:
+        if not own.left and not self.draining:
             candidates.append(Candidate(self.node_id, self._dc, own.zone, own.weight))
         for node_id, member in membership.members.items():
             if member.liveness != "left":
@@ -70,7 +73,8 @@ class Holding:
         dcs = sorted({c.dc for c in candidates} | {self._dc})
         full: tuple[str, ...] = ()
         if len(dcs) > 1:
-            full = tuple(sorted(node for dc in dcs for node in membership.relays(dc)))
+            relays = (node for dc in dcs for node in membership.relays(dc))
+            full = tuple(sorted(node for node in relays if not (self.draining and node == self.node_id)))
         view = (tuple(candidates), full)
         if view == self._view:
             return
@@ -84,6 +88,10 @@ class Holding:
         for candidate in candidates:
             self._by_dc.setdefault(candidate.dc, []).append(candidate)
             self._dc_of[candidate.node_id] = candidate.dc
+
+    def drain(self) -> None:
+        self.draining = True
+        self._seen_revision = -1  # recompute the view without this node
 
     def bucket_of(self, doc_id: str) -> BucketKey:
         policy = self.policy

@@ -219,6 +219,9 @@ class HandoffOffer:
     node_id: str
     entries: tuple[tuple[str, bytes, bytes], ...]
     """(doc id, the offerer's encoded state vector, update)."""
+    leaving: bool = False
+    """The offerer is draining before it leaves: the receiver takes the docs whether it holds them
+    or not (then it hands them on itself)."""
 
 
 HANDOFF_NOT_COVERED = 0

@@ -251,6 +251,15 @@ class Replica:
         self._causal.pull_stale()
         self._handoff.tick()
 
+    def drain(self, now_ms: float) -> None:
+        """Before a leave under placement: hold nothing from now on, and hand every doc to the nodes
+        that hold it without this one; `drained` tells when all are handed over. Then `leave`."""
+        self._step(now_ms)
+        self._handoff.drain()
+
+    def drained(self) -> bool:
+        return self._handoff.drained()
+
     def leave(self, now_ms: float) -> None:
         """Announce a graceful leave to every peer this node is in contact with (call before closing)."""
         self._step(now_ms)

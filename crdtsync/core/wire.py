@@ -190,8 +190,8 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.SYNC_RESPONSE, [n, *(field for entry in entries for field in entry)]
         case SyncPush(n, entries):
             return MessageKind.SYNC_PUSH, [n, *(field for entry in entries for field in entry)]
-        case HandoffOffer(n, entries):
-            return MessageKind.HANDOFF_OFFER, [n, *(field for entry in entries for field in entry)]
+        case HandoffOffer(n, entries, leaving):
+            return MessageKind.HANDOFF_OFFER, [n, leaving, *(field for entry in entries for field in entry)]
         case HandoffAck(n, entries):
             return MessageKind.HANDOFF_ACK, [n, *(field for entry in entries for field in entry)]
         case TreeRoot(n, round_id, root):
@@ -551,14 +551,13 @@ def _read_sync_push(f: _Fields, node_id: str) -> Message:
 
 
 def _read_handoff_offer(f: _Fields, node_id: str) -> Message:
+    leaving = f.flag("leaving")
     f.check_entries(3, SYNC_DOCS_PER_MESSAGE_MAX)
-    return HandoffOffer(
-        node_id,
-        tuple(
-            (f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("state"), f.blob("update"))
-            for _ in range(f.remaining() // 3)
-        ),
+    entries = tuple(
+        (f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("state"), f.blob("update"))
+        for _ in range(f.remaining() // 3)
     )
+    return HandoffOffer(node_id, entries, leaving)
 
 
 def _read_handoff_ack(f: _Fields, node_id: str) -> Message:

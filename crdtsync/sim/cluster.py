@@ -46,7 +46,18 @@ _SimNode = SimNode
 
 
 EventKind = Literal[
-    "deliver", "tick", "op", "partition", "heal", "crash", "restart", "leave", "check", "commit", "load"
+    "deliver",
+    "tick",
+    "op",
+    "partition",
+    "heal",
+    "crash",
+    "restart",
+    "leave",
+    "drained",
+    "check",
+    "commit",
+    "load",
 ]
 
 
@@ -106,6 +117,7 @@ class SimCluster:
             "crash": self._on_crash,
             "restart": self._on_restart,
             "leave": self._on_leave,
+            "drained": self._on_drained,
         }
         """What each event does ("check" events are run's own)."""
 
@@ -463,9 +475,34 @@ class SimCluster:
             self._start_node(node)
 
     def _on_leave(self, index: int) -> None:
+        """A graceful leave: under placement the node first hands its docs to those who hold them
+        without it (as `Node.close` does), for at most `leave_drain_ms`."""
         node = self.nodes[index]
         alive = sum(1 for other in self.nodes if other.replica is not None)
         if node.replica is not None and alive > 1:
+            if node.replica.placement_enforced:
+                node.replica.drain(self.now_ms)
+                self._pump(node)
+                self._schedule(
+                    self.now_ms,
+                    "drained",
+                    (index, node.incarnation, self.now_ms + self.config.replica.leave_drain_ms),
+                )
+            else:
+                self._leave_now(node)
+
+    def _on_drained(self, payload: tuple[int, int, float]) -> None:
+        index, incarnation, deadline_ms = payload
+        node = self.nodes[index]
+        if node.replica is None or node.incarnation != incarnation:
+            return
+        if node.replica.drained() or self.now_ms >= deadline_ms:
+            self._leave_now(node)
+        else:
+            self._schedule(self.now_ms + 50.0, "drained", payload)
+
+    def _leave_now(self, node: SimNode) -> None:
+        if node.replica is not None:
             node.replica.leave(self.now_ms)
             self._pump(node)
             self._stop(node)

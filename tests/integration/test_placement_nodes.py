@@ -154,12 +154,17 @@ async def _handoff_scenario(tmp_path: Path) -> None:
         dropped = sum(node.status().counters.handoff_docs_dropped for node in nodes)
         print(f"docs per node {[len(ids) for ids in kept.values()]}, {dropped} handed off and dropped")
         assert dropped > 0
-    for node_id, ids in kept.items():
+    # Closing is a leave: each node hands what it holds to those who hold it without it, and the
+    # last ones keep what nobody is left to take. Nothing is lost; n3 (closed first) only gave.
+    stored: dict[str, set[str]] = {}
+    for node_id in kept:
         store = SqliteStore(str(tmp_path / node_id), node_id=node_id)
         try:
-            assert {record.doc_id for record in store.docs()} == ids, node_id
+            stored[node_id] = {record.doc_id for record in store.docs()}
         finally:
             store.close()
+    assert set().union(*stored.values()) >= set().union(*kept.values())
+    assert stored["n3"] < kept["n3"], "the first node to leave handed its docs over and dropped them"
 
 
 async def _follow_a_doc(nodes: list[Node], holders: Callable[[str], set[str]]) -> None:

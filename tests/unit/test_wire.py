@@ -54,6 +54,7 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
     ),
     wire.Relayed(NODE, "origin-node", (_delta("doc-1", b"\x01\x02"), _delta("doc-2", b""))),
     wire.HandoffOffer(NODE, (("doc-1", b"\x01\x05\x02", b"\x01\x02"), ("doc-2", b"\x00", b"\x00\x00"))),
+    wire.HandoffOffer(NODE, (("doc-3", b"\x00", b"\x00\x00"),), leaving=True),
     wire.HandoffAck(NODE, (("doc-1", 1, b"\x01\x05\x02"), ("doc-2", 2, b"\x00"))),
 ]
 
