@@ -77,6 +77,10 @@ class NodeConfig:
     weight: float = 1.0
     """The node's capacity relative to the others of its datacenter (0.001..1000): its expected
     share of partitions scales with it."""
+    leave_on_close: bool = True
+    """`close()` is a graceful leave (drained first under placement): the others count the node
+    out at once. False: it stops as if it failed; the others keep its partitions for it (a restart,
+    a rolling upgrade) and see it down after the failure detector's delay."""
 
     @property
     def advertised(self) -> str:
@@ -317,19 +321,21 @@ class Node:
         task.add_done_callback(self._loads.discard)
 
     async def close(self) -> None:
-        """Hand the docs this node holds to their next holders (placement, at most `leave_drain_ms`),
-        leave the cluster, flush what is pending, then close sockets and unobserve every doc.
-        Idempotent."""
+        """With `leave_on_close`, hand the docs this node holds to their next holders (placement, at
+        most `leave_drain_ms`) and leave the cluster; then flush what is pending, close sockets and
+        unobserve every doc. Idempotent."""
         if self._closed or self._replica_or_none is None:
             self._closed = True
             return
         # Under placement, a leaving node first hands its docs to those who hold them without it.
         waits = self._holder_waits
-        if self._replica.placement_enforced and waits is not None and not await waits.drain():
+        leave = self.config.leave_on_close
+        if leave and self._replica.placement_enforced and waits is not None and not await waits.drain():
             hinted = self._replica.status(_now_ms()).hinted_docs
             log.warning("leaving with %d docs not handed over (leave_drain_ms ran out)", hinted)
         self._replica.checkpoint()
-        self._replica.leave(_now_ms())
+        if leave:
+            self._replica.leave(_now_ms())
         self._pump(force=True)
         self._closed = True
         tasks = [*self._tasks, *self._loads]

@@ -113,6 +113,7 @@ _TOP_KEYS = _NODE_KEYS | {
     "dc",
     "zone",
     "weight",
+    "leave_on_stop",
     "http",
     "log",
     "replication",
@@ -368,6 +369,7 @@ def load_config(
     http, log, tokens = _http_and_log(raw)
     dc = _typed("dc", raw.get("dc", "default"), str)
     zone = _typed("zone", raw.get("zone", ""), str)
+    leave_on_stop = _typed("leave_on_stop", raw.get("leave_on_stop", True), bool)
     weight = raw.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float):
         raise ConfigError(f"weight: expected a number, got {weight!r}")
@@ -390,6 +392,7 @@ def load_config(
             placement=_placement(raw),
             zone=zone,
             weight=float(weight),
+            leave_on_close=leave_on_stop,
         )
         node = dataclasses.replace(node, curve=_security(raw))
     except ValueError as exc:

@@ -61,6 +61,8 @@ class Daemon(LocalDaemon):
         self.http = dict(http or {})
         self.replication = dict(FAST_REPLICATION if replication is None else replication)
         self.websocket = dict(websocket or {})
+        self.top: dict[str, Any] = {}
+        """Top-level config keys added to (or overriding) the generated ones."""
         self._client: httpx.Client | None = None
         self.token = token
         self.cacert = cacert
@@ -90,6 +92,7 @@ class Daemon(LocalDaemon):
             "peers": peers,
             "data_dir": self.data_dir,
             "durability": "fsync",
+            **self.top,
         }
         tables = {
             "http": {"listen": f"127.0.0.1:{self.http_port}", **self.http},

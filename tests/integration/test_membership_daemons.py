@@ -327,6 +327,34 @@ def test_a_sigterm_is_a_graceful_leave_seen_at_once_and_the_node_rejoins_after_r
         assert rejoined["state"] == "alive" and rejoined["incarnation"] > before[node.name]["incarnation"]
 
 
+def test_with_leave_on_stop_false_a_sigterm_is_a_stop_the_others_see_as_down(seeded: list[Daemon]) -> None:
+    """leave_on_stop = false (rolling restarts under placement): SIGTERM stops the daemon without a
+    leave; the others mark it down through the failure detector, never left, and it comes back."""
+    a, b, c = seeded
+    c.top["leave_on_stop"] = False
+    try:
+        assert c.terminate() == 0, c.log_tail()  # this stop still leaves: the old config
+        c.start()
+        c.wait_healthy()
+        wait_mesh(seeded)
+        before = {node.name: members(node)["c"] for node in (a, b)}
+        assert c.terminate() == 0, c.log_tail()
+        wait_until(
+            lambda: all(members(node)["c"]["state"] == "down" for node in (a, b)),
+            CONVERGE_TIMEOUT_S,
+            lambda: "a and b see c down:\n" + views([a, b]),
+            poll_s=0.05,
+        )
+        for node in (a, b):
+            seen = members(node)["c"]
+            assert seen["downs"] > before[node.name]["downs"], f"{node.name}: c went down by the detector"
+        c.start()
+        c.wait_healthy()
+        wait_mesh(seeded)
+    finally:
+        c.top.pop("leave_on_stop", None)
+
+
 # ------------------------------------------------------------------------------------------ datacenters
 
 

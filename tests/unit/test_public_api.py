@@ -127,6 +127,7 @@ def test_config_and_status_fields_are_pinned() -> None:
         "source_host",
         "zone",
         "weight",
+        "leave_on_close",
     ]
     assert [f.name for f in dataclasses.fields(NodeStatus)] == [
         "node_id",
