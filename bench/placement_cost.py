@@ -105,6 +105,8 @@ class Cluster:
         self.members = list(members)
         self.listens = {name: f"tcp://127.0.0.1:{free_port()}" for name, _ in members}
         self.children: dict[str, Child] = {}
+        self.slowest_status: dict[str, float] = {}
+        """The longest a node took to answer a status request (an event loop busy for that long)."""
         self.log_dir = root / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -136,9 +138,16 @@ class Cluster:
 
     def status(self) -> dict[str, JSON]:
         deadline = Deadline(REQUEST_TIMEOUT_S)
+        sent = time.monotonic()
         for child in self.children.values():
             child.send("status")
-        return {name: child.wait("status", deadline) for name, child in self.children.items()}
+        answers: dict[str, JSON] = {}
+        for name, child in self.children.items():
+            answers[name] = child.wait("status", deadline)
+            waited = float(answers[name]["at"]) - sent
+            if waited > self.slowest_status.get(name, 0.0):
+                self.slowest_status[name] = waited
+        return answers
 
     def request_all(
         self, cmd: str, reply: str, per_node: dict[str, JSON], timeout_s: float
@@ -223,6 +232,9 @@ def _write_and_settle(cluster: Cluster, ids: Sequence[str], rate_hz: float, what
     s2 = cluster.status()
     t2 = time.monotonic()
     s3, t3 = _wait_settled(cluster, expected, DEFAULTS.handoff_grace_ms / 1000 + SETTLE_TIMEOUT_S, what)
+    time.sleep(IDLE_S)  # the settled cluster, now holding the docs: anti-entropy rounds over them
+    s4 = cluster.status()
+    idle_after_cores = (_cpu(s4) - _cpu(s3)) / (time.monotonic() - t3)
     acked = sum(int(w["acked"]) for w in wrote.values())
     held = cluster.request_all(
         "held", "held", {n: {"ids": list(ids), "verify": True} for n in names}, REQUEST_TIMEOUT_S
@@ -242,6 +254,7 @@ def _write_and_settle(cluster: Cluster, ids: Sequence[str], rate_hz: float, what
         "write_s": t2 - t1,
         "settle_s": t3 - t2,
         "idle_cores": idle_cores,
+        "idle_after_cores": idle_after_cores,
         "cpu_us_per_write_gross": cpu_gross / acked * 1e6,
         "cpu_us_per_write_net": cpu_net / acked * 1e6,
         "cpu_us_per_write_writes_only": (_cpu(s2) - _cpu(s1) - idle_cores * (t2 - t1)) / acked * 1e6,
@@ -403,11 +416,22 @@ def rebalance(settings: Settings, root: Path, progress: Any) -> JSON:
         deadline = Deadline(max(600.0, docs / 50))
         t_caught_up: float | None = None
         caught_up: dict[str, JSON] = {}
-        samples: list[tuple[float, int]] = []
+        samples: list[tuple[float, int, int, int]] = []
+        """(seconds since the join, the newcomer's docs, offers sent since the join, docs hinted on the old nodes)"""
         while True:
             statuses = cluster.status()
             now = time.monotonic()
-            samples.append((now - t0, int(statuses[joiner]["docs"])))
+            samples.append(
+                (
+                    round(now - t0, 1),
+                    int(statuses[joiner]["docs"]),
+                    sum(
+                        _counter(statuses, n, "handoff_offers_sent") - _counter(s0, n, "handoff_offers_sent")
+                        for n in s0
+                    ),
+                    sum(int(statuses[n]["hinted"]) for n in s0),
+                )
+            )
             if t_caught_up is None and statuses[joiner]["docs"] >= after[joiner]:
                 t_caught_up, caught_up = now, statuses
                 progress(f"  the newcomer has its {after[joiner]:,} docs after {now - t0:.1f} s")
@@ -459,7 +483,16 @@ def rebalance(settings: Settings, root: Path, progress: Any) -> JSON:
         "sync_updates_applied": sum(_delta(s_end, s0, "sync_updates_applied").values()),
         "docs_before": before,
         "docs_after": {n: int(s_end[n]["docs"]) for n in after},
-        "joiner_docs_over_time": samples[:: max(1, len(samples) // 20)],
+        "over_time": samples[:: max(1, len(samples) // 200)],
+        "over_time_columns": [
+            "s since the join",
+            "newcomer docs",
+            "handoff offers sent",
+            "docs hinted on the old nodes",
+        ],
+        "slowest_status_s": {n: round(v, 2) for n, v in cluster.slowest_status.items()},
+        "joiner_offers_received": _counter(s_end, joiner, "handoff_offers_received"),
+        "handoff_acks_received": sum(_delta(s_end, s0, "handoff_acks_received").values()),
         "throttle": {
             "handoff_docs_per_pass_max": DEFAULTS.handoff_docs_per_pass_max,
             "handoff_bytes_per_pass_max": DEFAULTS.handoff_bytes_per_pass_max,
@@ -532,7 +565,18 @@ def report(results: JSON) -> list[Target]:
                 "6.00",
                 fmt(c["holders_per_doc_rf_2"] / 6, 2),
             ],
-            ["idle cluster (cores)", fmt(narrow["idle_cores"], 3), fmt(full["idle_cores"], 3), ""],
+            [
+                "idle cluster before the writes (cores)",
+                fmt(narrow["idle_cores"], 3),
+                fmt(full["idle_cores"], 3),
+                "",
+            ],
+            [
+                "idle cluster after, holding the docs (cores)",
+                fmt(narrow["idle_after_cores"], 3),
+                fmt(full["idle_after_cores"], 3),
+                fmt(narrow["idle_after_cores"] / full["idle_after_cores"], 2),
+            ],
             [
                 "idle bytes received per node (B/s)",
                 fmt(narrow["idle_bytes_per_node_s"], 0),
@@ -650,7 +694,24 @@ def report(results: JSON) -> list[Target]:
                 f"anti-entropy docs repaired {r['ae_docs_repaired']:,}",
             ],
         ]
-        print_table("Rebalance", ["", "measured", ""], rows)
+        timeline: list[str] = []
+        next_s = 0.0
+        for at, docs, offers, hinted in r["over_time"]:
+            if at >= next_s:
+                timeline.append(f"{at:.0f} s: {docs:,} docs, {offers:,} offers, {hinted:,} hinted")
+                next_s = at + 10.0
+        print_table(
+            "Rebalance",
+            ["", "measured", ""],
+            rows,
+            [
+                f"offers received by the newcomer {r['joiner_offers_received']:,}, acks received by the old nodes"
+                f" {r['handoff_acks_received']:,}",
+                "newcomer over time: " + "; ".join(timeline),
+                "longest answer to a status request (an event loop busy for that long): "
+                + ", ".join(f"{n} {v:.1f} s" for n, v in r["slowest_status_s"].items()),
+            ],
+        )
         targets.append(
             Target(
                 "rebalance_s",
