@@ -16,15 +16,15 @@ SCRIPT = textwrap.dedent(
     soft, hard = int(sys.argv[1]), int(sys.argv[2])
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     from crdtsync.daemon.server import raise_open_files_limit
-    raise_open_files_limit(int(sys.argv[3]))
+    raise_open_files_limit(int(sys.argv[3]), int(sys.argv[4]))
     print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     """
 )
 
 
-def _run(soft: int, hard: int, members_max: int) -> tuple[int, str]:
+def _run(soft: int, hard: int, members_max: int, websockets_max: int = 0) -> tuple[int, str]:
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(soft), str(hard), str(members_max)],
+        [sys.executable, "-c", SCRIPT, str(soft), str(hard), str(members_max), str(websockets_max)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -48,4 +48,13 @@ def test_the_soft_limit_is_raised_to_the_hard_one() -> None:
 def test_a_hard_limit_below_the_mesh_needs_is_a_warning() -> None:
     soft, stderr = _run(256, 256, 1024)
     assert soft == 256
-    assert "WARNING the open files limit is 256: a node linked to 1024 members needs about 6208" in stderr
+    assert (
+        "WARNING the open files limit is 256: a node linked to 1024 members with 0 WebSocket "
+        "connections needs about 6208"
+    ) in stderr
+
+
+def test_websocket_connections_count_in_the_need() -> None:
+    soft, stderr = _run(256, 256, 16, 10_000)
+    assert soft == 256
+    assert "with 10000 WebSocket connections needs about 10160" in stderr, stderr
