@@ -21,7 +21,7 @@ A pinned doc (an application holds it open: a follower) is never dropped while p
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from crdtsync.core import wire
@@ -38,6 +38,7 @@ from crdtsync.core.update_check import UpdateError, dependencies
 
 CONFIRMATIONS_MAX = 4096
 """(doc, holder) confirmations of writes awaiting an answer; beyond, the oldest is forgotten."""
+REFUSERS_MAX = 64
 FETCHES_MAX = 4096
 """Follower fetches awaiting an answer: beyond it `fetch` refuses (the doc still syncs by offers)."""
 
@@ -56,6 +57,8 @@ class Handing:
     confirmed_ms: float | None = None
     """When the first covered answer came (None: none since the target or a local write changed)."""
     confirmed_writes: int = 0
+    refused: set[str] = field(default_factory=set)
+    """Nodes that answered they do not take the doc, skipped until every candidate has refused."""
 
 
 class Handoff:
@@ -137,10 +140,10 @@ class Handoff:
         self._next_pass_ms = 0.0
 
     def drained(self) -> bool:
-        """Nothing is left that a reachable holder could take (docs whose holders are all down or
-        gone stay here: waiting for them would not end)."""
+        """Nothing is left, or nobody is reachable to take it (a leaving node's docs are taken by
+        any node it reaches; waiting for a node to come back would not end)."""
         self._rescan()
-        return all(self._target(doc_id) is None for doc_id in self.pending)
+        return not self.pending or not self._links.alive()
 
     def consider(self, doc_id: str) -> None:
         """A doc appeared here (a local write, a restore): hint it if this node does not hold it."""
@@ -184,8 +187,9 @@ class Handoff:
                 continue
             if ctx.now_ms < handing.next_offer_ms:
                 continue
-            target = self._target(doc_id)
+            target = self._target(doc_id, frozenset(handing.refused))
             if target is None:
+                handing.refused.clear()  # everyone refused: views may agree by the next pass
                 continue  # no holder reachable: the doc stays here, a hint, until one is
             node_id, address = target
             if node_id != handing.target:
@@ -202,8 +206,8 @@ class Handoff:
         for address, entries in offers.items():
             self._send_offers(address, entries)
 
-    def _target(self, doc_id: str) -> tuple[str, str] | None:
-        """The nearest alive holder: (node id, address)."""
+    def _target(self, doc_id: str, refused: frozenset[str] = frozenset()) -> tuple[str, str] | None:
+        """The nearest alive holder that has not `refused` the doc: (node id, address)."""
         holding = self._holding
         own_dc = self._ctx.dc
         bucket = holding.bucket_of(doc_id)
@@ -212,11 +216,15 @@ class Handoff:
         if self._links.is_relay:
             order += sorted(holding.holders(bucket))
         for node_id in order:
-            if node_id == self._ctx.node_id:
+            if node_id == self._ctx.node_id or node_id in refused:
                 continue
             link = self._links.of_node(node_id)
             if link is not None and link.state == "alive":
                 return node_id, link.address
+        if holding.draining:  # anyone takes a leaving node's docs (but another leaving node)
+            for link in (*self._links.alive(dc="same"), *self._links.alive()):
+                if link.node_id is not None and link.node_id not in refused:
+                    return link.node_id, link.address
         return None
 
     def _offer(self, entry: DocEntry, handing: Handing) -> tuple[str, bytes, bytes]:
@@ -258,9 +266,11 @@ class Handoff:
                 del self.pending[doc_id]
                 continue
             if status == HANDOFF_NOT_HOLDER:
-                # Our views differ: wait for them to agree, then offer to whoever holds it.
+                # Our views differ, or it is leaving too: the next pass offers to the next node.
                 handing.target, handing.confirmed_ms = None, None
-                handing.next_offer_ms = ctx.now_ms + ctx.config.handoff_interval_ms
+                if len(handing.refused) < REFUSERS_MAX:
+                    handing.refused.add(message.node_id)
+                handing.next_offer_ms = ctx.now_ms
                 continue
             theirs = decode_state_vector(state)  # validated before it is ever handed to pycrdt
             handing.target_state = state
@@ -306,7 +316,7 @@ class Handoff:
         for doc_id, state, update in message.entries:
             ctx.counters.handoff_offers_received += 1
             offered = decode_state_vector(state)  # a bad one drops the frame (counted by the replica)
-            if not message.leaving and not self._holding.holds_doc(doc_id):
+            if self._holding.draining or (not message.leaving and not self._holding.holds_doc(doc_id)):
                 replies.append((doc_id, HANDOFF_NOT_HOLDER, EMPTY_STATE))
                 continue
             entry: DocEntry | None

@@ -51,6 +51,7 @@ class Holding:
         self._full: frozenset[str] = frozenset()
         """Nodes that hold every doc: the relays, when the cluster spans datacenters."""
         self._holders: dict[BucketKey, frozenset[str]] = {}
+        self._ordered: dict[tuple[BucketKey, str], list[str]] = {}
         self._dc_of: dict[str, str] = {}
 
     # ------------------------------------------------------------------ the view
@@ -82,6 +83,7 @@ class Holding:
         self._view = view
         self.version += 1
         self._holders.clear()
+        self._ordered.clear()
         self._full = frozenset(full)
         self._by_dc = {}
         self._dc_of = {}
@@ -118,8 +120,12 @@ class Holding:
         """The placement replicas of `bucket` in datacenter `dc`, in preference order (relays not
         included)."""
         self.refresh()
-        rule_index, partition = divmod(bucket, self.policy.partitions)
-        return replicas_in_dc(partition, self._by_dc.get(dc, []), self._rules[rule_index].replicas_in(dc))
+        cached = self._ordered.get((bucket, dc))
+        if cached is None:
+            rule_index, partition = divmod(bucket, self.policy.partitions)
+            count = self._rules[rule_index].replicas_in(dc)
+            cached = self._ordered[bucket, dc] = replicas_in_dc(partition, self._by_dc.get(dc, []), count)
+        return list(cached)
 
     def holds(self, node_id: str, bucket: BucketKey) -> bool:
         if not self.enforced:
