@@ -119,6 +119,7 @@ class Options:
     idle: int
     durability: str
     large_mb: int
+    burst: int
     log_dir: Path
     results: JSON = field(default_factory=dict)
 
@@ -278,6 +279,7 @@ def fanout(options: Options, servers: Servers) -> JSON:
         "rate_hz": options.rate_hz,
         "seconds": options.seconds,
         "timeout_ms": JS_STEP_TIMEOUT_MS,
+        "burst": options.burst,
     }
     clients = Clients("fanout", spec, options.log_dir / "fanout-clients.log")
     try:
@@ -287,10 +289,23 @@ def fanout(options: Options, servers: Servers) -> JSON:
         cpu_before = servers.cpu_s()
         result = clients.wait("result", deadline)
         cpu = servers.cpu_s() - cpu_before
+        burst: JSON = {}
+        if options.burst > 0:
+            clients.wait("bursting", deadline)
+            cpu_before = servers.cpu_s()
+            done = clients.wait("burst", Deadline(3 * JS_STEP_TIMEOUT_MS / 1000))
+            burst_cpu = servers.cpu_s() - cpu_before
+            burst = {
+                "burst_updates": done["updates"],
+                "burst_updates_per_s": done["updates"] / (done["ms"] / 1000),
+                "burst_cpu_per_update_us": burst_cpu / done["updates"] * 1e6,
+                "burst_disconnected": done["disconnected"],
+            }
     finally:
         clients.close()
     updates = int(result["updates"])
     return {
+        **burst,
         **result,
         "connect_ms": synced["ms"],
         "server_cpu_s": cpu,
@@ -420,7 +435,7 @@ def report(options: Options) -> list[Target]:
     errors: list[str] = []
     for value in fan.values():
         if "error" in value:
-            rows.append([value["name"], *["-"] * 6, "failed (below)"])
+            rows.append([value["name"], *["-"] * 8, "failed (below)"])
             errors.append(f"{value['name']}: {value['error']}")
             continue
         rows.append(
@@ -432,13 +447,26 @@ def report(options: Options) -> list[Target]:
                 fmt(value["delivered"], 3),
                 fmt(value["drain_ms"], 1),
                 fmt(value["server_cpu_per_update_us"], 0),
-                "",
+                fmt(value.get("burst_updates_per_s"), 0),
+                fmt(value.get("burst_cpu_per_update_us"), 0),
+                fmt(value.get("burst_disconnected")),
             ]
         )
     print_table(
         f"Fan-out: {options.clients} clients, {options.docs} docs, {options.rate_hz:g} updates/s per client "
         f"for {options.seconds:g} s",
-        ["server", "p50 ms", "p99 ms", "max ms", "delivered", "drain ms", "CPU us/update", ""],
+        [
+            "server",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "delivered",
+            "drain ms",
+            "CPU us/update",
+            "burst updates/s",
+            "burst CPU us/update",
+            "closed",
+        ],
         rows,
         [
             "latency: from a client's Map set to the change event at each other client of the doc",
@@ -446,6 +474,8 @@ def report(options: Options) -> list[Target]:
             "  carries two sets of one key counts once",
             "drain: from the last set until every client of each doc holds the same state",
             "CPU: user+sys of every server process (all nodes) over the edits, per update made",
+            f"burst: then every client makes {options.burst} sets at once: updates made / time until all",
+            "  clients of each doc are equal, and CPU per update; closed: providers disconnected then",
             *errors,
         ],
     )
@@ -548,6 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--idle", type=int, help="idle connections (default 5000, 500 with --quick)")
     parser.add_argument("--large-mb", type=int, help="size of the large doc, MB (default 50, 5 with --quick)")
+    parser.add_argument(
+        "--burst", type=int, help="sets per client at once after the paced edits (default 50)"
+    )
     parser.add_argument("--durability", default="fsync", choices=("fsync", "process", "none"))
     parser.add_argument("--only", action="append", choices=list(SYSTEMS), help="measure only these servers")
     parser.add_argument("--json", type=Path)
@@ -563,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
             idle=args.idle or (500 if args.quick else 5000),
             durability=args.durability,
             large_mb=args.large_mb or (5 if args.quick else 50),
+            burst=args.burst if args.burst is not None else (20 if args.quick else 50),
             log_dir=Path(scratch),
         )
         info = {

@@ -10,7 +10,8 @@
 //
 // SPEC is JSON. fanout: {urls, docs, clients, rate_hz, seconds, timeout_ms}: client i edits doc
 // i % docs through urls[floor(i / docs) % urls.length] (each doc's clients spread over the
-// servers), rate_hz Map sets a second each, for `seconds`. idle: {url, docs, connections, batch,
+// servers), rate_hz Map sets a second each, for `seconds`; then, with `burst` > 0, every client
+// makes `burst` sets at once and the time until all are equal is measured. idle: {url, docs, connections, batch,
 // timeout_ms}: connection i to doc i % docs, opened `batch` at a time.
 // URLs are provider base URLs (the provider appends "/" + the doc name). Events are JSON lines on
 // stdout ({"ev": ...}); a missed deadline prints {"ev": "error"} and exits 1.
@@ -120,8 +121,20 @@ async function fanout (spec) {
   })
   await waitFor(equal, 'every client of each doc to hold the same state', timeoutMs)
   const drainMs = performance.now() - edited
-  for (const client of clients) client.provider.destroy()
   emit('result', { updates, deliveries_expected: expected, drain_ms: drainMs, ...percentiles(latencies) })
+  if (spec.burst > 0) {
+    // Every client makes `burst` sets at once (one update each), then: how long until all are equal.
+    emit('bursting')
+    const burstStarted = performance.now()
+    for (let n = 0; n < spec.burst; n++) {
+      for (const client of clients) client.data.set(`b${client.index}`, n)
+    }
+    await waitFor(equal, 'every client of each doc to hold the same state after the burst', timeoutMs)
+    const ms = performance.now() - burstStarted
+    const closed = clients.filter((c) => !c.provider.wsconnected).length
+    emit('burst', { updates: spec.burst * clients.length, ms, disconnected: closed })
+  }
+  for (const client of clients) client.provider.destroy()
 }
 
 async function idle (spec) {
