@@ -114,6 +114,7 @@ COUNTERS = (
     "closed_too_large",
     "closed_slow",
     "closed_resync",
+    "refused_over_max",
 )
 
 
@@ -225,6 +226,8 @@ class WebSockets:
     async def handle(self, request: web.Request, doc_id: str, *, writable: bool) -> web.StreamResponse:
         """Upgrade `request` and serve the doc `doc_id` on it until either side closes."""
         if self.connections >= self.connections_max:
+            self.counters["refused_over_max"] += 1
+            self._warn("over_max", "refused a WebSocket: %d connections are open", self.connections)
             raise web.HTTPServiceUnavailable(reason=f"{self.connections_max} WebSocket connections are open")
         ws = web.WebSocketResponse(
             max_msg_size=self.frame_bytes_max, timeout=self.close_timeout_s, compress=self.compress

@@ -511,7 +511,8 @@ def test_a_slow_client_is_closed_and_the_others_keep_up(pool: DaemonPool) -> Non
     buffers, then its send queue, and is closed with 4008 (or dropped when it does not even take the
     close frame) while a client of the same doc that reads gets every change, and the doc has them
     all. A frame over the configured bound closes its connection with 1009, a doc over it syncs in
-    messages within it, and the doc is unloaded `linger_s` after its last connection closed."""
+    messages within it, connections over `connections_max` are refused with 503, and the doc is
+    unloaded `linger_s` after its last connection closed."""
     daemon = pool.new(
         "slow",
         websocket={
@@ -519,6 +520,7 @@ def test_a_slow_client_is_closed_and_the_others_keep_up(pool: DaemonPool) -> Non
             "send_queue_bytes_max": 256 << 10,
             "close_timeout_s": 0.5,
             "linger_s": 1.0,
+            "connections_max": 3,
         },
     )
     start_all([daemon])
@@ -537,6 +539,11 @@ def test_a_slow_client_is_closed_and_the_others_keep_up(pool: DaemonPool) -> Non
                 slow, fast = Client(slow_ws), Client(fast_ws)
                 await slow.sync()
                 await fast.sync()
+                # connections_max (3): a third connection is taken, a fourth refused before the upgrade.
+                async with session.ws_connect(url):
+                    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                        await session.ws_connect(url)
+                    assert refused.value.status == 503
                 target: list[int] = []
 
                 async def read_fast() -> None:
@@ -591,6 +598,7 @@ def test_a_slow_client_is_closed_and_the_others_keep_up(pool: DaemonPool) -> Non
     writes = run(scenario())
     assert len(daemon.data(doc_id) or {}) == writes
     assert metric(daemon, "crdtsync_websocket_closed_slow_total") == 1
+    assert metric(daemon, "crdtsync_websocket_refused_over_max_total") == 1
     # The handler counts the oversized frame once it has seen its connection end.
     wait_until(
         lambda: metric(daemon, "crdtsync_websocket_closed_too_large_total") == 1,
