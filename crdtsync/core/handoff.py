@@ -251,7 +251,6 @@ class Handoff:
 
     def on_ack(self, message: wire.HandoffAck) -> None:
         ctx = self._ctx
-        grace_ms = ctx.config.handoff_grace_ms
         for doc_id, status, state in message.entries:
             key = (doc_id, message.node_id)
             if key in self.confirmations:
@@ -280,32 +279,37 @@ class Handoff:
             if status == HANDOFF_NOT_COVERED:
                 handing.confirmed_ms = None
                 handing.next_offer_ms = ctx.now_ms
-            elif self._holding.draining and handing.offered_writes == entry.local_writes:
-                # Leaving: the holder's answer came after its commit; no grace to wait out.
-                if not entry.pins:
-                    self._causal.discard(entry)
-                if self._docs.drop(entry):
-                    del self.pending[doc_id]
-                    ctx.counters.handoff_docs_dropped += 1
-            elif handing.confirmed_ms is None or handing.offered_writes != handing.confirmed_writes:
-                handing.confirmed_ms = ctx.now_ms
-                handing.confirmed_writes = handing.offered_writes
-                handing.next_offer_ms = ctx.now_ms + grace_ms
-                if entry.pins:  # a follower checks with its holder as often as anti-entropy runs
-                    handing.next_offer_ms = ctx.now_ms + min(grace_ms, ctx.config.ae_interval_ms or grace_ms)
-            elif (
-                ctx.now_ms - handing.confirmed_ms >= grace_ms
-                and entry.local_writes == handing.confirmed_writes
-            ):
-                if not entry.pins:
-                    self._causal.discard(entry)  # deltas waiting on a doc given up: holders have them
-                if self._docs.drop(entry):
-                    del self.pending[doc_id]
-                    ctx.counters.handoff_docs_dropped += 1
-                else:
-                    handing.next_offer_ms = ctx.now_ms + grace_ms  # pinned or busy: later
             else:
-                handing.next_offer_ms = max(handing.next_offer_ms, handing.confirmed_ms + grace_ms)
+                self._covered(entry, handing)
+
+    def _covered(self, entry: DocEntry, handing: Handing) -> None:
+        """The target holds everything the last offer carried, committed. Drop the doc once that is
+        so twice, `handoff_grace_ms` apart, with no local write in between (at once when leaving)."""
+        ctx = self._ctx
+        grace_ms = ctx.config.handoff_grace_ms
+        unchanged = handing.offered_writes == entry.local_writes
+        if self._holding.draining and unchanged:
+            self._give_up(entry, handing)
+        elif handing.confirmed_ms is None or handing.offered_writes != handing.confirmed_writes:
+            handing.confirmed_ms = ctx.now_ms
+            handing.confirmed_writes = handing.offered_writes
+            handing.next_offer_ms = ctx.now_ms + grace_ms
+            if entry.pins:  # a follower checks with its holder as often as anti-entropy runs
+                handing.next_offer_ms = ctx.now_ms + min(grace_ms, ctx.config.ae_interval_ms or grace_ms)
+        elif ctx.now_ms - handing.confirmed_ms >= grace_ms and entry.local_writes == handing.confirmed_writes:
+            self._give_up(entry, handing)
+        else:
+            handing.next_offer_ms = max(handing.next_offer_ms, handing.confirmed_ms + grace_ms)
+
+    def _give_up(self, entry: DocEntry, handing: Handing) -> None:
+        """Drop a handed-over doc here and in the store; later if something still needs it."""
+        if not entry.pins:
+            self._causal.discard(entry)  # deltas waiting on a doc given up: its holders have them
+        if self._docs.drop(entry):
+            del self.pending[entry.doc_id]
+            self._ctx.counters.handoff_docs_dropped += 1
+        else:
+            handing.next_offer_ms = self._ctx.now_ms + self._ctx.config.handoff_grace_ms  # pinned, busy
 
     # ------------------------------------------------------------------ the holding side
 
