@@ -68,6 +68,19 @@ __all__ = ["DocNotLoadedError", "Replica", "ReplicaConfig"]
 log = logging.getLogger("crdtsync.replica")
 
 
+def _check_identity(node_id: str, client_id: int, dc: str, zone: str, weight: float) -> None:
+    if not node_id or len(node_id.encode()) > wire.NODE_ID_BYTES_MAX:
+        raise ValueError(f"node_id must be 1..{wire.NODE_ID_BYTES_MAX} bytes, got {node_id!r}")
+    if not 0 < client_id < 1 << 53:
+        raise ValueError("client_id must be in 1..2**53-1 (a Yjs client id)")
+    if not dc or len(dc.encode()) > wire.DC_BYTES_MAX:
+        raise ValueError(f"dc must be 1..{wire.DC_BYTES_MAX} bytes, got {dc!r}")
+    if len(zone.encode()) > wire.ZONE_BYTES_MAX:
+        raise ValueError(f"zone must be at most {wire.ZONE_BYTES_MAX} bytes, got {zone!r}")
+    if not 0.001 <= weight <= 1000.0:
+        raise ValueError(f"weight must be in 0.001..1000, got {weight!r}")
+
+
 class Replica:
     """One node's replication state machine. Not thread-safe: drive it from one thread."""
 
@@ -91,16 +104,7 @@ class Replica:
         """`lazy_docs`: the driver answers `LoadDoc` from a store, so docs beyond the cache limits
         (`docs_cached_max`, `docs_cached_bytes_max`) are evicted; otherwise every doc stays loaded.
         `zone` and `weight`: this node's placement zone and capacity, gossiped with its record."""
-        if not node_id or len(node_id.encode()) > wire.NODE_ID_BYTES_MAX:
-            raise ValueError(f"node_id must be 1..{wire.NODE_ID_BYTES_MAX} bytes, got {node_id!r}")
-        if not 0 < client_id < 1 << 53:
-            raise ValueError("client_id must be in 1..2**53-1 (a Yjs client id)")
-        if not dc or len(dc.encode()) > wire.DC_BYTES_MAX:
-            raise ValueError(f"dc must be 1..{wire.DC_BYTES_MAX} bytes, got {dc!r}")
-        if len(zone.encode()) > wire.ZONE_BYTES_MAX:
-            raise ValueError(f"zone must be at most {wire.ZONE_BYTES_MAX} bytes, got {zone!r}")
-        if not 0.001 <= weight <= 1000.0:
-            raise ValueError(f"weight must be in 0.001..1000, got {weight!r}")
+        _check_identity(node_id, client_id, dc, zone, weight)
         placement = placement or PlacementPolicy()
         self.config = config = config or ReplicaConfig()
         membership_config = membership or MembershipConfig()
