@@ -5,7 +5,8 @@
 Everything here is the pure placement function (`crdtsync.core.placement`), measured against its
 ideal in the same run: a perfectly even spread (max/mean 1.0), a weighted node's exact share, the
 minimal number of partition replicas a join or leave must move, and rf/n of the docs per node. The
-replication side of placement (only replicas receive; rebalancing; hints) is not measured here yet.
+replication side of placement (cost per write against full replication, capacity on real nodes, a
+join's rebalance) is measured by `bench.placement_cost`.
 """
 
 from __future__ import annotations
