@@ -490,6 +490,12 @@ def rebalance(settings: Settings, root: Path, progress: Any) -> JSON:
             "handoff offers sent",
             "docs hinted on the old nodes",
         ],
+        "joiner_counters": {k: v for k, v in s_end[joiner]["counters"].items() if v},
+        "old_nodes_counters": {
+            key: sum(_delta(s_end, s0, key)[n] for n in before)
+            for key in sorted(s_end[joiner]["counters"])
+            if sum(_delta(s_end, s0, key)[n] for n in before)
+        },
         "slowest_status_s": {n: round(v, 2) for n, v in cluster.slowest_status.items()},
         "joiner_offers_received": _counter(s_end, joiner, "handoff_offers_received"),
         "handoff_acks_received": sum(_delta(s_end, s0, "handoff_acks_received").values()),
