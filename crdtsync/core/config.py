@@ -81,3 +81,6 @@ class ReplicaConfig:
     handoff_docs_per_pass_max: int = 1024
     handoff_bytes_per_pass_max: int = 4 * 1024 * 1024
     """Offers sent per handoff pass (every `handoff_interval_ms`): the throttle of rebalancing."""
+    handoff_in_flight_per_target_max: int = 256
+    """Offers to one node that may wait for its answer; more wait for a later pass (a newcomer that
+    every node hands docs to is not flooded)."""

@@ -59,6 +59,8 @@ class Handing:
     confirmed_writes: int = 0
     refused: set[str] = field(default_factory=set)
     """Nodes that answered they do not take the doc, skipped until every candidate has refused."""
+    awaiting: str | None = None
+    """The node an offer went to that has not answered yet (counted in `Handoff.in_flight`)."""
 
 
 class Handoff:
@@ -81,6 +83,9 @@ class Handoff:
         self._causal = causal
         self.pending: dict[str, Handing] = {}
         """Docs this node has and does not hold, in the order they became so."""
+        self.in_flight: dict[str, int] = {}
+        """Node -> offers sent to it and not answered: at most `handoff_in_flight_per_target_max`,
+        so that a newcomer many nodes hand docs to is not flooded (each offer carries a doc)."""
         self._seen_version = -1
         self._next_pass_ms = 0.0
         self.confirmations: dict[tuple[str, str], tuple[int, bytes] | None] = {}
@@ -159,7 +164,7 @@ class Handoff:
         self._seen_version = holding.version
         for doc_id in self._docs.ids():
             if holding.holds_doc(doc_id):
-                self.pending.pop(doc_id, None)
+                self._forget(doc_id)
             else:
                 self.pending.setdefault(doc_id, Handing())
 
@@ -183,7 +188,7 @@ class Handoff:
             handing = self.pending[doc_id]
             entry = self._docs.get(doc_id)
             if entry is None or self._holding.holds_doc(doc_id):
-                del self.pending[doc_id]
+                self._forget(doc_id)
                 continue
             if ctx.now_ms < handing.next_offer_ms:
                 continue
@@ -192,6 +197,12 @@ class Handoff:
                 handing.refused.clear()  # everyone refused: views may agree by the next pass
                 continue  # no holder reachable: the doc stays here, a hint, until one is
             node_id, address = target
+            if handing.awaiting != node_id:
+                if self.in_flight.get(node_id, 0) >= config.handoff_in_flight_per_target_max:
+                    continue  # that node has enough to answer: a later pass
+                self._answered(handing)
+                handing.awaiting = node_id
+                self.in_flight[node_id] = self.in_flight.get(node_id, 0) + 1
             if node_id != handing.target:
                 handing.target, handing.target_state, handing.confirmed_ms = node_id, EMPTY_STATE, None
             # Not answered within a few passes (lost, or the target is gone): offered again.
@@ -205,6 +216,22 @@ class Handoff:
             offers.setdefault(address, []).append(offer)
         for address, entries in offers.items():
             self._send_offers(address, entries)
+
+    def _answered(self, handing: Handing) -> None:
+        """The offer `handing` awaited an answer to is answered, or will not be."""
+        node_id = handing.awaiting
+        if node_id is not None:
+            handing.awaiting = None
+            left = self.in_flight.get(node_id, 0) - 1
+            if left > 0:
+                self.in_flight[node_id] = left
+            else:
+                self.in_flight.pop(node_id, None)
+
+    def _forget(self, doc_id: str) -> None:
+        handing = self.pending.pop(doc_id, None)
+        if handing is not None:
+            self._answered(handing)
 
     def _target(self, doc_id: str, refused: frozenset[str] = frozenset()) -> tuple[str, str] | None:
         """The nearest alive holder that has not `refused` the doc: (node id, address)."""
@@ -260,9 +287,10 @@ class Handoff:
             if handing is None or handing.target != message.node_id:
                 continue
             ctx.counters.handoff_acks_received += 1
+            self._answered(handing)
             entry = self._docs.get(doc_id)
             if entry is None:
-                del self.pending[doc_id]
+                self._forget(doc_id)
                 continue
             if status == HANDOFF_NOT_HOLDER:
                 # Our views differ, or it is leaving too: the next pass offers to the next node.
@@ -306,7 +334,7 @@ class Handoff:
         if not entry.pins:
             self._causal.discard(entry)  # deltas waiting on a doc given up: its holders have them
         if self._docs.drop(entry):
-            del self.pending[entry.doc_id]
+            self._forget(entry.doc_id)
             self._ctx.counters.handoff_docs_dropped += 1
         else:
             handing.next_offer_ms = self._ctx.now_ms + self._ctx.config.handoff_grace_ms  # pinned, busy

@@ -15,7 +15,7 @@ from pycrdt import Doc, Map, Text
 
 from crdtsync.core import wire
 from crdtsync.core.effects import LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
-from crdtsync.core.placement import PlacementPolicy
+from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.core.replica import DocNotLoadedError, Replica, ReplicaConfig
 from crdtsync.core.state import merge_all
 
@@ -850,3 +850,32 @@ def test_a_local_write_is_stamped_with_the_time_of_the_step_that_captures_it() -
     assert not [e for e in a.take_effects(100.0) if isinstance(e, Publish)], "lingers from 100 ms on"
     assert a.next_deadline_ms() <= 150.0
     assert [e for e in a.take_effects(150.0) if isinstance(e, Publish)], "sent 50 ms after its capture"
+
+
+# ---------------------------------------------------------------------------------------------- placement
+
+
+def test_offers_to_one_node_wait_for_its_answers_beyond_the_in_flight_bound() -> None:
+    """A node with many docs to hand over has at most `handoff_in_flight_per_target_max` offers
+    unanswered at each target; the rest wait until answers come."""
+    config = ReplicaConfig(handoff_in_flight_per_target_max=3, handoff_interval_ms=100.0)
+    rf1 = PlacementPolicy((PlacementRule(1),))
+    mesh = Mesh()
+    a, b = mesh.add("a", config=config, placement=rf1), mesh.add("b", config=config, placement=rf1)
+    mesh.link_all()
+    docs = [f"doc-{i}" for i in range(40)]
+    given = [doc_id for doc_id in docs if not a.holds(doc_id)]
+    assert len(given) > 6
+    for doc_id in given:
+        a.open_doc(doc_id).get("m", type=Map)["k"] = doc_id
+    acks_lost = True
+    mesh.drop = lambda hop: acks_lost and hop.kind == wire.MessageKind.HANDOFF_ACK
+    mesh.advance(2_000.0)
+    offers = [hop.message() for hop in mesh.delivered if hop.kind == wire.MessageKind.HANDOFF_OFFER]
+    offered = {
+        entry[0] for offer in offers if isinstance(offer, wire.HandoffOffer) for entry in offer.entries
+    }
+    assert len(offered) == 3, f"{len(offered)} docs offered while none was answered"
+    acks_lost = False
+    mesh.advance(3_000.0)
+    assert all(b.has_doc(doc_id) for doc_id in given), "every doc reached its holder once answers came"
