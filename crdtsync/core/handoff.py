@@ -192,6 +192,12 @@ class Handoff:
                 continue
             if ctx.now_ms < handing.next_offer_ms:
                 continue
+            if entry.state_bytes == EMPTY_STATE:
+                # Opened, never written (a read here, a follower still fetching): nothing to hand
+                # over; offering it would start the grace before the write it is opened for.
+                if not entry.pins and self._docs.drop(entry):
+                    self._forget(doc_id)
+                continue
             target = self._target(doc_id, frozenset(handing.refused))
             if target is None:
                 handing.refused.clear()  # everyone refused: views may agree by the next pass
