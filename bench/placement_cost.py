@@ -211,8 +211,24 @@ def _wait_settled(
         time.sleep(POLL_S)
 
 
-def _write_and_settle(cluster: Cluster, ids: Sequence[str], rate_hz: float, what: str) -> JSON:
-    """Idle baseline, then the paced writes through every node, then the settle; the figures."""
+def _through_holders(ids: Sequence[str], rf: str, members: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """Each doc's write through one of its placement replicas (never a non-holder): the datacenters
+    and the replicas of a datacenter in turn."""
+    policy = _policy(rf)
+    candidates = [Candidate(name, dc) for name, dc in members]
+    dcs = sorted({dc for _, dc in members})
+    out: dict[str, list[str]] = {name: [] for name, _ in members}
+    for index, doc_id in enumerate(ids):
+        nodes = replicas(doc_id, policy, candidates)[dcs[index % len(dcs)]]
+        out[nodes[(index // len(dcs)) % len(nodes)]].append(doc_id)
+    return out
+
+
+def _write_and_settle(
+    cluster: Cluster, ids: Sequence[str], rate_hz: float, what: str, *, through_holders: bool = False
+) -> JSON:
+    """Idle baseline, then the paced writes (write `i` through node `i % n`, or through one of the
+    doc's replicas), then the settle; the figures."""
     names = [name for name, _ in cluster.members]
     time.sleep(MEMBERSHIP_SETTLE_S)  # relays chosen, member records gossiped
     s0 = cluster.status()
@@ -224,9 +240,14 @@ def _write_and_settle(cluster: Cluster, ids: Sequence[str], rate_hz: float, what
     idle_bytes_per_node_s = statistics.mean(_delta(s1, s0, "bytes_received").values()) / (t1 - t0)
     relays = {name for name, s in s1.items() if s["relay"]}
     expected = _expected_held(ids, cluster.rf, cluster.members, relays)
-    per_node = {
-        name: {"ids": list(ids[index :: len(names)]), "rate_hz": rate_hz / len(names), "batch": BATCH}
-        for index, name in enumerate(names)
+    if through_holders:
+        assigned = _through_holders(ids, cluster.rf, cluster.members)
+    else:
+        assigned = {name: list(ids[index :: len(names)]) for index, name in enumerate(names)}
+    per_node = {  # every node at its share of the cluster's rate
+        name: {"ids": mine, "rate_hz": rate_hz * len(mine) / len(ids), "batch": BATCH}
+        for name, mine in assigned.items()
+        if mine
     }
     wrote = cluster.request_all("write_docs", "wrote", per_node, len(ids) / rate_hz + REQUEST_TIMEOUT_S)
     s2 = cluster.status()
@@ -283,14 +304,21 @@ def _write_and_settle(cluster: Cluster, ids: Sequence[str], rate_hz: float, what
 def cost(settings: Settings, root: Path, progress: Any) -> JSON:
     ids = [f"w/{i:06d}" for i in range(settings.writes)]
     out: JSON = {"writes": settings.writes, "rate_hz": settings.rate_hz, "nodes": TWO_DCS}
-    for rf in ("2", "all"):
+    for key, rf, through_holders in (
+        ("rf_2", "2", False),
+        ("rf_all", "all", False),
+        ("rf_2_holders", "2", True),
+    ):
+        how = "through the docs' replicas only" if through_holders else "through every node"
         progress(
-            f"cost per write, rf {rf}: {settings.writes:,} writes at {settings.rate_hz:g}/s over 6 nodes in 2 DCs"
+            f"cost per write, rf {rf}: {settings.writes:,} writes at {settings.rate_hz:g}/s {how}, 6 nodes in 2 DCs"
         )
-        cluster = Cluster(root / f"cost-{rf}", rf, TWO_DCS)
+        cluster = Cluster(root / f"cost-{key}", rf, TWO_DCS)
         try:
             cluster.start()
-            out[f"rf_{rf}"] = _write_and_settle(cluster, ids, settings.rate_hz, f"cost rf {rf}")
+            out[key] = _write_and_settle(
+                cluster, ids, settings.rate_hz, f"cost {key}", through_holders=through_holders
+            )
         finally:
             cluster.close()
     narrow, full = out["rf_2"], out["rf_all"]
@@ -626,6 +654,39 @@ def report(results: JSON) -> list[Target]:
                 "Why CPU falls less than rf/n: relays hold every doc (2 of 6 nodes here), every node still",
                 "receives, decompresses and sequence-tracks every delta of its datacenter, and a write through a",
                 "non-holder costs a follower fetch, a hinted copy, handoff offers and a drop.",
+            ],
+        )
+        holders = c["rf_2_holders"]
+        print_table(
+            "The same rf 2 cluster with every write sent to one of the doc's replicas (what forwarding to a "
+            "replica would give)",
+            ["", "rf 2, through replicas", "/ rf all"],
+            [
+                [
+                    "CPU per acknowledged write, net of idle (us)",
+                    fmt(holders["cpu_us_per_write_net"], 0),
+                    fmt(holders["cpu_us_per_write_net"] / full["cpu_us_per_write_net"], 2),
+                ],
+                [
+                    "  during the writes only, net (us)",
+                    fmt(holders["cpu_us_per_write_writes_only"], 0),
+                    fmt(holders["cpu_us_per_write_writes_only"] / full["cpu_us_per_write_writes_only"], 2),
+                ],
+                [
+                    "bytes received per node per write, net of idle",
+                    fmt(holders["bytes_received_per_node_per_write"], 0),
+                    fmt(
+                        holders["bytes_received_per_node_per_write"]
+                        / full["bytes_received_per_node_per_write"],
+                        2,
+                    ),
+                ],
+                [
+                    "write phase / settle (s)",
+                    f"{holders['write_s']:.1f} / {holders['settle_s']:.1f}",
+                    "",
+                ],
+                ["updates dropped as not held", fmt(holders["updates_not_held"]), ""],
             ],
         )
         targets += [
