@@ -531,6 +531,7 @@ def rebalance(settings: Settings, root: Path, progress: Any) -> JSON:
             "handoff_docs_per_pass_max": DEFAULTS.handoff_docs_per_pass_max,
             "handoff_bytes_per_pass_max": DEFAULTS.handoff_bytes_per_pass_max,
             "handoff_interval_ms": DEFAULTS.handoff_interval_ms,
+            "handoff_in_flight_per_target_max": DEFAULTS.handoff_in_flight_per_target_max,
             "handoff_grace_ms": DEFAULTS.handoff_grace_ms,
             "ae_interval_ms": DEFAULTS.ae_interval_ms,
             "ae_docs_per_round_max": DEFAULTS.ae_docs_per_round_max,
@@ -724,7 +725,8 @@ def report(results: JSON) -> list[Target]:
         print(
             f"\nRebalance: a 7th node joins 6 (one DC, rf 2) holding {r['docs']:,} docs ({r['update_bytes']:,} B update each);"
             f" throttle {t['handoff_docs_per_pass_max']:,} docs / {t['handoff_bytes_per_pass_max'] // 1024:,} KiB per handoff pass every"
-            f" {t['handoff_interval_ms']:g} ms, grace {t['handoff_grace_ms'] / 1000:g} s; anti-entropy every {t['ae_interval_ms'] / 1000:g} s,"
+            f" {t['handoff_interval_ms']:g} ms, at most {t['handoff_in_flight_per_target_max']:,} unanswered per target,"
+            f" grace {t['handoff_grace_ms'] / 1000:g} s; anti-entropy every {t['ae_interval_ms'] / 1000:g} s,"
             f" {t['ae_docs_per_round_max']:,} docs / {t['ae_bytes_per_round_max'] // 1024:,} KiB per round"
         )
         rows = [
