@@ -4,6 +4,9 @@ Usage (started by bench.placement_cost):
     python -m bench._placement_node --node-id N --dc DC --listen tcp://127.0.0.1:P --peers A,B
         --rf 2|all --data-dir DIR [--wait-peers K]
 
+With ``BENCH_PLACEMENT_PROFILE_DIR`` set, the process runs under cProfile and writes
+``<dir>/<node id>.prof`` when told to quit.
+
 The node reports ``ready`` once ``--wait-peers`` other members (default: as many as configured peers)
 are alive.
 Commands, besides ``stats`` and ``quit`` (``bench._child.serve``):
@@ -20,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pycrdt import Map
@@ -34,6 +40,8 @@ from crdtsync.core.placement import PlacementPolicy, PlacementRule
 DATA = "data"
 VALUE_KEY = "v"
 PEERS_UP_TIMEOUT_S = 120.0
+PROFILE_ENV = "BENCH_PLACEMENT_PROFILE_DIR"
+"""When set, each node profiles itself (cProfile) and writes DIR/<node id>.prof at exit."""
 
 
 def write_index(doc_id: str) -> int:
@@ -123,6 +131,20 @@ async def main() -> None:
         placement=PlacementPolicy((_rule(str(args.rf)),)),
     )
     wanted = len(peers) if args.wait_peers < 0 else int(args.wait_peers)
+    profile_dir = os.environ.get(PROFILE_ENV)
+    profiler = cProfile.Profile() if profile_dir else None
+    if profiler is not None:
+        profiler.enable()
+
+    def dump() -> None:
+        if profiler is not None and profile_dir:
+            profiler.disable()
+            profiler.dump_stats(os.path.join(profile_dir, f"{args.node_id}.prof"))
+
+    await _run(config, wanted, dump)
+
+
+async def _run(config: NodeConfig, wanted: int, before_close: Callable[[], None]) -> None:
     async with Node(config) as node:
         give_up_at = time.monotonic() + PEERS_UP_TIMEOUT_S
         while sum(1 for m in node.status().members if m.state == "alive") < wanted:
@@ -132,6 +154,7 @@ async def main() -> None:
         emit("ready", docs=node.status().docs)
         commands: dict[str, Any] = {"write_docs": _write_docs, "status": _status, "held": _held}
         await serve(NodeAdapter(node, detached_map(DATA), commands), receiver=False)
+        before_close()  # the profile, written before the node leaves (its drain may be cut short)
 
 
 if __name__ == "__main__":

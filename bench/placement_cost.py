@@ -1,6 +1,7 @@
 """Placement on real processes: cost per write against full replication, capacity, and a rebalance.
 
-    python -m bench.placement_cost [--quick] [--json OUT] [--writes N] [--docs N] [--skip cost,capacity,rebalance]
+    python -m bench.placement_cost [--quick] [--json OUT] [--writes N] [--rate HZ] [--capacity-docs N]
+        [--docs N] [--skip cost,capacity,rebalance] [--profile DIR]
 
 Every node is a library ``crdtsync.Node`` in its own OS process (``bench._placement_node``) on
 127.0.0.1, with a SQLite store (durability ``fsync``) and the default settings. In one run:
@@ -14,7 +15,9 @@ Every node is a library ``crdtsync.Node`` in its own OS process (``bench._placem
    non-holder has handed its docs off and dropped them (``handoff_grace_ms``, 30 s, after the first
    covered answer). Measured: CPU of all 6 processes per acknowledged write (gross, and net of
    the idle cluster's CPU over the same time, measured just before), and ``bytes_received`` per
-   node per write. The issue's targets: rf 2 <= 0.6x full replication for both.
+   node per write. The issue's targets: rf 2 <= 0.6x full replication for both. A third run repeats
+   rf 2 with every write sent to one of the doc's replicas (what forwarding to a replica would
+   give); ``--profile DIR`` profiles every node of the three runs.
 2. Capacity. 6 nodes in one datacenter (so no relay holds every doc), rf 2: ``--capacity-docs``
    docs written through every node, then docs held per node once handoffs settled, against
    docs x 2/6. (The issue's "docs x 2/3" is rf 2 over 3 nodes per datacenter, its 2-datacenter
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import random
 import shutil
 import statistics
@@ -55,6 +59,7 @@ from bench._common import (
     print_table,
     write_json,
 )
+from bench._placement_node import PROFILE_ENV
 from crdtsync.core.config import ReplicaConfig
 from crdtsync.core.effects import Persist
 from crdtsync.core.placement import PLACEMENT_VERSION, Candidate, PlacementPolicy, PlacementRule, replicas
@@ -90,6 +95,7 @@ class Settings:
     capacity_docs: int
     docs: int
     skip: frozenset[str]
+    profile_dir: Path | None = None
 
 
 def _policy(rf: str) -> PlacementPolicy:
@@ -99,8 +105,12 @@ def _policy(rf: str) -> PlacementPolicy:
 class Cluster:
     """Child processes each holding one Node, all with the same placement rule."""
 
-    def __init__(self, root: Path, rf: str, members: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self, root: Path, rf: str, members: Sequence[tuple[str, str]], profile_dir: Path | None = None
+    ) -> None:
         self.root = root
+        self.profile_dir = profile_dir
+        """Where each node writes its cProfile (``<node id>.prof``) when it quits; None: no profiling."""
         self.rf = rf
         self.members = list(members)
         self.listens = {name: f"tcp://127.0.0.1:{free_port()}" for name, _ in members}
@@ -123,7 +133,13 @@ class Cluster:
         ]  # fmt: skip
         if wait_peers is not None:
             args += ["--wait-peers", str(wait_peers)]
-        child = Child(name, CHILD, args, self.log_dir)
+        if self.profile_dir is not None:
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            os.environ[PROFILE_ENV] = str(self.profile_dir)  # the child's environment is a copy of ours
+        try:
+            child = Child(name, CHILD, args, self.log_dir)
+        finally:
+            os.environ.pop(PROFILE_ENV, None)
         self.children[name] = child
         if (name, dc) not in self.members:
             self.members.append((name, dc))
@@ -313,7 +329,8 @@ def cost(settings: Settings, root: Path, progress: Any) -> JSON:
         progress(
             f"cost per write, rf {rf}: {settings.writes:,} writes at {settings.rate_hz:g}/s {how}, 6 nodes in 2 DCs"
         )
-        cluster = Cluster(root / f"cost-{key}", rf, TWO_DCS)
+        profile = settings.profile_dir / key if settings.profile_dir is not None else None
+        cluster = Cluster(root / f"cost-{key}", rf, TWO_DCS, profile)
         try:
             cluster.start()
             out[key] = _write_and_settle(
@@ -808,6 +825,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--docs", type=int, help="docs of the rebalance part (default 100,000; quick 5,000)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: cost, capacity, rebalance")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="cost part: each node writes DIR/<run>/<node>.prof (cProfile)",
+    )
     return parser.parse_args(argv)
 
 
@@ -819,6 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         capacity_docs=args.capacity_docs or (3_000 if args.quick else 12_000),
         docs=args.docs or (5_000 if args.quick else 100_000),
         skip=frozenset(p for p in str(args.skip).split(",") if p),
+        profile_dir=args.profile,
     )
     machine = machine_info()
     print("machine")
