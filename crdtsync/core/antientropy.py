@@ -50,6 +50,8 @@ class AntiEntropy:
         self._sync = sync
         self.round: Round | None = None
         self._round_counter = 0
+        self._filtered_cache: dict[str, tuple[tuple[int, int], tuple[bytes, ...]]] = {}
+        """Peer -> ((holding version, tree version), filtered branch hashes)."""
         self._wanted: dict[str, None] = {}
         """Addresses of peers owed a round as soon as none is running (connect, lost gap, leftovers)."""
         self._turn = 0
@@ -140,11 +142,28 @@ class AntiEntropy:
 
     def _root(self, accept: Filter | None) -> bytes:
         root = self._docs.merkle_root()  # refreshes the tree
-        return root if accept is None else self._docs.tree.filtered_root(accept)
+        if accept is None:
+            return root
+        root_value = 0
+        for branch_hash in self._filtered_branches(accept):
+            root_value ^= int.from_bytes(branch_hash, "big")
+        return root_value.to_bytes(len(root), "big")
 
     def _branch_hashes(self, accept: Filter | None) -> list[bytes]:
         tree = self._docs.tree
-        return tree.branch_hashes() if accept is None else tree.filtered_branch_hashes(accept)
+        return tree.branch_hashes() if accept is None else list(self._filtered_branches(accept))
+
+    def _filtered_branches(self, accept: Filter) -> tuple[bytes, ...]:
+        """The branch hashes over the docs both this node and `accept.peer` hold, computed once per
+        tree and member view: an idle cluster's rounds cost no walk of the tree's 4,096 segments."""
+        tree = self._docs.tree
+        key = (self._holding.version, tree.version)
+        cached = self._filtered_cache.get(accept.peer)
+        if cached is None or cached[0] != key:
+            if len(self._filtered_cache) >= self._ctx.config.peers_max:
+                self._filtered_cache.clear()
+            cached = self._filtered_cache[accept.peer] = (key, tuple(tree.filtered_branch_hashes(accept)))
+        return cached[1]
 
     def _segment_hashes(self, branch: int, accept: Filter | None) -> list[bytes]:
         tree = self._docs.tree

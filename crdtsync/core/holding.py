@@ -161,13 +161,13 @@ class Filter:
     def __init__(self, holding: Holding, peer: str) -> None:
         self._holding = holding
         self._node_id = holding.node_id
-        self._peer = peer
+        self.peer = peer
         self._answers: dict[BucketKey, bool] = {}
 
     def __call__(self, bucket: BucketKey) -> bool:
         answer = self._answers.get(bucket)
         if answer is None:
             holders = self._holding.holders(bucket) if self._holding.enforced else None
-            answer = holders is None or (self._node_id in holders and self._peer in holders)
+            answer = holders is None or (self._node_id in holders and self.peer in holders)
             self._answers[bucket] = answer
         return answer

@@ -38,6 +38,8 @@ class MerkleTree:
         if segments < 1 or branches < 1 or segments % branches:
             raise ValueError("segments must be a positive multiple of branches")
         self.bucket_of = bucket_of
+        self.version = 0
+        """Bumped by every change: what is computed from the tree can be cached against it."""
         self._bucket_hashes: list[dict[int, int] | None] = [None] * segments
         self.segments = segments
         self.branches = branches
@@ -89,6 +91,7 @@ class MerkleTree:
         self._xor(segment, leaf_hash(doc_id, old), doc_id)
 
     def _xor(self, segment: int, change: int, doc_id: str) -> None:
+        self.version += 1
         if self.bucket_of is not None:
             buckets = self._bucket_hashes[segment]
             if buckets is None:
