@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from crdtsync.core.messages import HANDOFF_COVERED, HANDOFF_NOT_HOLDER
 from crdtsync.core.replica import Replica
@@ -20,6 +21,11 @@ WAITS_MAX = 4096
 what the node has, a write-ack request fails at once)."""
 ASK_AGAIN_MS = 500.0
 """A replica that has not answered a write-ack question in this time is asked again (lost frame)."""
+
+
+WriteAcksWanted = int | Literal["dc", "all"]
+"""How many must hold a write: a number of the doc's replicas, or every alive holder of the doc in
+this datacenter (`"dc"`) or in every datacenter (`"all"`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +108,33 @@ class HolderWaits:
             if not await self._next_frame(deadline_ms):
                 return
 
-    async def write_acks(self, doc_id: str, needed: int, timeout_ms: float) -> WriteAcks:
-        """Wait until `needed` replicas of `doc_id` (this node counts when it is one, once its own
-        store holds the write: the caller flushed) hold everything this node has of the doc, each
-        answering after its own commit. The doc must be loaded (open) here."""
+    def _scope(self, doc_id: str, wanted: WriteAcksWanted) -> tuple[list[str], int]:
+        """The nodes to ask, nearest first, and how many must confirm: `wanted` replicas of the doc,
+        or every alive holder of it in this datacenter (`"dc"`) or in all (`"all"`)."""
         replica = self._replica
         placement = replica.doc_placement(doc_id)
         own_dc = replica.dc
         ordered = [r.node_id for r in placement.replicas.get(own_dc, ())]
         ordered += [r.node_id for dc, placed in placement.replicas.items() if dc != own_dc for r in placed]
+        if isinstance(wanted, int):
+            return ordered, wanted
+        members = replica.membership.members
+        scoped: list[str] = []
+        for node_id in (*ordered, *(relay for relay in placement.relays if relay not in ordered)):
+            member = members.get(node_id)
+            alive = member is not None and member.liveness == "alive"
+            here = member is not None and (wanted == "all" or member.record.dc == own_dc)
+            if node_id == replica.node_id or (alive and here):
+                scoped.append(node_id)
+        return scoped, len(scoped)
+
+    async def write_acks(self, doc_id: str, wanted: WriteAcksWanted, timeout_ms: float) -> WriteAcks:
+        """Wait until `wanted` replicas of `doc_id`, or every alive holder of it in this datacenter
+        (`"dc"`) or in all (`"all"`), hold everything this node has of the doc, each answering after
+        its own commit (this node counts when it is one, once its own store holds the write: the
+        caller flushed). The doc must be loaded (open) here."""
+        replica = self._replica
+        ordered, needed = self._scope(doc_id, wanted)
         confirmed = [replica.node_id] if replica.node_id in ordered else []
         others = [node_id for node_id in ordered if node_id != replica.node_id]
         asked: dict[str, tuple[bool, float]] = {}

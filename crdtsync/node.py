@@ -22,7 +22,7 @@ from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPol
 from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
 from crdtsync.core.wire import DC_BYTES_MAX, NODE_ID_BYTES_MAX, ZONE_BYTES_MAX
-from crdtsync.holders import HolderWaits, WriteAcks
+from crdtsync.holders import HolderWaits, WriteAcks, WriteAcksWanted
 from crdtsync.store import MemoryStore, Store
 from crdtsync.store.base import Durability, StoreDescription, StoreError, check_durability
 from crdtsync.store.sqlite import SqliteStore, read_backup
@@ -367,12 +367,15 @@ class Node:
             await self._waits.follow(doc_id)
         return doc
 
-    async def write_acks(self, doc_id: str, replicas: int, *, timeout_ms: float = 5000.0) -> WriteAcks:
+    async def write_acks(
+        self, doc_id: str, replicas: WriteAcksWanted, *, timeout_ms: float = 5000.0
+    ) -> WriteAcks:
         """Wait until `replicas` replicas of `doc_id` (by placement; this node counts when it is
-        one) hold everything this node has of the doc durably, each confirming after its own
-        commit. Raises `WriteAcksTimeoutError` naming those that did after `timeout_ms`."""
-        if replicas < 1:
-            raise ValueError(f"replicas must be >= 1, got {replicas}")
+        one), or with `"dc"` / `"all"` every alive node of this / every datacenter that holds it,
+        hold everything this node has of the doc durably, each confirming after its own commit.
+        Raises `WriteAcksTimeoutError` naming those that did after `timeout_ms`."""
+        if isinstance(replicas, int) and replicas < 1:
+            raise ValueError(f'replicas must be >= 1, "dc" or "all", got {replicas}')
         await self.flush()
         await self.open(doc_id)
         try:

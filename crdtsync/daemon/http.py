@@ -43,7 +43,7 @@ from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
 from crdtsync.daemon.status_json import cluster_placement_json, config_warnings, placement_json, status_json
 from crdtsync.daemon.websocket import PATH_PREFIX as WS_PATH_PREFIX
 from crdtsync.daemon.websocket import WebSockets, same_origin
-from crdtsync.holders import WriteAcksTimeoutError
+from crdtsync.holders import WriteAcksTimeoutError, WriteAcksWanted
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.http")
@@ -493,16 +493,24 @@ class Api:
         return json_response({"doc_id": doc_id, "state_vector": b64url(doc.get_state()), **token, **acks})
 
     async def _write_acks(self, doc_id: str, request: web.Request) -> dict[str, Any]:
-        """`write_acks=N`: answer once N replicas hold the write durably (docs/placement.md); 504
+        """`write_acks=N|dc|all`: answer once N replicas, or every alive holder of this datacenter or
+        of all, hold the write durably (docs/placement.md, docs/consistency.md); 504
         `write_acks_timeout` with the replicas that did after `wait_ms`. The write itself stands."""
         text = request.query.get("write_acks")
         if text is None:
             return {}
-        if not text.isdigit() or not 1 <= int(text) <= WRITE_ACKS_MAX:
-            raise ApiError(400, "bad_write_acks", f"write_acks must be an integer in 1..{WRITE_ACKS_MAX}")
+        wanted: WriteAcksWanted
+        if text in ("dc", "all"):
+            wanted = "dc" if text == "dc" else "all"
+        elif text.isdigit() and 1 <= int(text) <= WRITE_ACKS_MAX:
+            wanted = int(text)
+        else:
+            raise ApiError(
+                400, "bad_write_acks", f'write_acks must be an integer in 1..{WRITE_ACKS_MAX}, "dc" or "all"'
+            )
         timeout_ms = causal_http.wait_ms(request, self.config.http.wait_ms_max)
         try:
-            acks = await self.node.write_acks(doc_id, int(text), timeout_ms=timeout_ms)
+            acks = await self.node.write_acks(doc_id, wanted, timeout_ms=timeout_ms)
         except WriteAcksTimeoutError as exc:
             details = {"needed": exc.needed, "confirmed": list(exc.confirmed)}
             raise causal_http.RequestError(504, "write_acks_timeout", str(exc), details) from None

@@ -127,7 +127,13 @@ def test_write_acks_answer_once_that_many_replicas_hold_the_write_durably(cluste
         assert error["code"] == "write_acks_timeout" and sorted(error["confirmed"]) == sorted(
             d.name for d in cluster
         )
-        for bad in ("0", "x", "65"):
+        # "all": every alive node that holds the doc (here every node); "dc": those of this datacenter.
+        for scope in ("all", "dc"):
+            response = client.put("/v1/docs/acks/doc/keys/k", params={"write_acks": scope}, json=scope)
+            assert response.status_code == 200, response.text
+            acks = response.json()["write_acks"]
+            assert acks["needed"] == 3 and sorted(acks["confirmed"]) == sorted(d.name for d in cluster)
+        for bad in ("0", "x", "65", "dcs"):
             response = client.put("/v1/docs/acks/doc/keys/k", params={"write_acks": bad}, json="w")
             assert error_code(response) == "bad_write_acks", response.text
 
