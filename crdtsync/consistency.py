@@ -43,7 +43,13 @@ from typing import Any
 
 from pycrdt import Doc, Snapshot, Subscription, TransactionEvent
 
-from crdtsync.core.state import StateDecodeError, StateVector, decode_state_vector, write_varuint
+from crdtsync.core.state import (
+    StateDecodeError,
+    StateVector,
+    decode_state_vector,
+    read_varuint,
+    write_varuint,
+)
 
 __all__ = [
     "TOKEN_BYTES_MAX",
@@ -211,21 +217,16 @@ def doc_state_vector(doc: Doc[Any]) -> StateVector:
 
 
 def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    end = min(len(data), pos + _VARUINT_BYTES_MAX)
-    while pos < end:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            if byte == 0 and shift:  # a trailing zero group: a second spelling of the value
-                raise TokenError("overlong varuint")
-            if result >= _VALUE_MAX:
-                raise TokenError("value beyond 2**53")
-            return result, pos
-        shift += 7
-    raise TokenError("truncated or overlong varuint")
+    """`state.read_varuint`, canonical only: no trailing zero group, nothing beyond 2**53."""
+    try:
+        result, end = read_varuint(data, pos, _VARUINT_BYTES_MAX)
+    except StateDecodeError:
+        raise TokenError("truncated or overlong varuint") from None
+    if end - pos > 1 and data[end - 1] == 0:  # a trailing zero group: a second spelling of the value
+        raise TokenError("overlong varuint")
+    if result >= _VALUE_MAX:
+        raise TokenError("value beyond 2**53")
+    return result, end
 
 
 def _b64url(data: bytes) -> str:

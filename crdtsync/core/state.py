@@ -25,10 +25,11 @@ class StateDecodeError(ValueError):
     pass
 
 
-def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varuint(data: bytes, pos: int, bytes_max: int = _VARUINT_BYTES_MAX) -> tuple[int, int]:
+    """The unsigned LEB128 integer at `pos` and the position after it (at most `bytes_max` bytes)."""
     result = 0
     shift = 0
-    end = min(len(data), pos + _VARUINT_BYTES_MAX)
+    end = min(len(data), pos + bytes_max)
     while pos < end:
         byte = data[pos]
         pos += 1
@@ -47,13 +48,13 @@ def write_varuint(out: bytearray, value: int) -> None:
 
 
 def _read_state_vector(data: bytes, pos: int) -> tuple[StateVector, int]:
-    count, pos = _read_varuint(data, pos)
+    count, pos = read_varuint(data, pos)
     if count > STATE_VECTOR_CLIENTS_MAX:
         raise StateDecodeError(f"state vector claims {count} clients")
     vector: StateVector = {}
     for _ in range(count):
-        client, pos = _read_varuint(data, pos)
-        clock, pos = _read_varuint(data, pos)
+        client, pos = read_varuint(data, pos)
+        clock, pos = read_varuint(data, pos)
         vector[client] = clock
     return vector, pos
 
@@ -92,17 +93,17 @@ def merge_into(target: StateVector, other: StateVector) -> None:
 
 
 def _normalized_delete_set(data: bytes, pos: int) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
-    clients, pos = _read_varuint(data, pos)
+    clients, pos = read_varuint(data, pos)
     if clients > STATE_VECTOR_CLIENTS_MAX:
         raise StateDecodeError(f"delete set claims {clients} clients")
     by_client: dict[int, list[tuple[int, int]]] = {}
     for _ in range(clients):
-        client, pos = _read_varuint(data, pos)
-        ranges_count, pos = _read_varuint(data, pos)
+        client, pos = read_varuint(data, pos)
+        ranges_count, pos = read_varuint(data, pos)
         ranges = by_client.setdefault(client, [])
         for _ in range(ranges_count):
-            clock, pos = _read_varuint(data, pos)
-            length, pos = _read_varuint(data, pos)
+            clock, pos = read_varuint(data, pos)
+            length, pos = read_varuint(data, pos)
             if length:
                 ranges.append((clock, clock + length))
     normalized = []

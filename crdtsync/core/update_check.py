@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from crdtsync.core.state import STATE_VECTOR_CLIENTS_MAX, StateDecodeError, _read_varuint
+from crdtsync.core.state import STATE_VECTOR_CLIENTS_MAX, StateDecodeError, read_varuint
 
 ANY_DEPTH_MAX = 64
 """Nesting of arrays and maps inside one `Any` value."""
@@ -46,7 +46,7 @@ class _Reader:
 
     def uint(self) -> int:
         try:
-            value, self.pos = _read_varuint(self.data, self.pos)
+            value, self.pos = read_varuint(self.data, self.pos)
         except StateDecodeError as exc:
             raise UpdateError(f"at byte {self.pos}: {exc}") from None
         return value

@@ -61,7 +61,7 @@ from pycrdt import (
 )
 from pycrdt._sync import create_sync_step2_message
 
-from crdtsync.core.state import StateDecodeError, _read_varuint, covers, decode_state_vector
+from crdtsync.core.state import StateDecodeError, covers, decode_state_vector, read_varuint
 from crdtsync.core.update_check import UpdateError, check_update, dependencies
 from crdtsync.core.update_split import sync_parts
 from crdtsync.node import Node
@@ -588,7 +588,7 @@ def same_origin(request: web.Request) -> bool:
 
 def _varuint(data: bytes, pos: int, what: str) -> tuple[int, int]:
     try:
-        return _read_varuint(data, pos)
+        return read_varuint(data, pos)
     except StateDecodeError as exc:
         raise MalformedError(f"{what}: {exc}") from None
 
