@@ -12,7 +12,9 @@ Per directed link (`LinkFaults`): latency with jitter, a bandwidth cap, a blackh
 held, not dropped, as TCP would keep retransmitting them through a partition: nothing arrives until
 the link heals, and the senders' buffers fill up to their ZeroMQ high-water marks), and a slow close
 (a close reaches the other side that much later). At any moment: `reset` (RST) or `close` (FIN) every
-connection of a link. Partitions of every shape are sets of blocked links (`isolate`, `split`,
+connection of a link. With `idle_close_ms` the proxy closes any connection that carried no byte
+either way for that long, as load balancers do with idle streams (a route in front of an HTTP port
+tests keep-alives). Partitions of every shape are sets of blocked links (`isolate`, `split`,
 `one_way`, `bridge`), and `plan_network` draws a whole schedule from a seed (the same seed gives the
 same schedule):
 
@@ -183,6 +185,8 @@ class _Connection:
         self.source = source
         self.node = node
         self.tasks: list[asyncio.Task[None]] = []
+        self.active_at = time.monotonic()
+        """When a byte last came in from either side (for `idle_close_ms`)."""
 
     def carries(self, link: Link) -> bool:
         return link in ((self.source, self.node), (self.node, self.source))
@@ -204,12 +208,20 @@ class _Connection:
 
 class FaultProxy:
     """Listeners in front of daemons (`routes`), faults per directed link between the nodes of `hosts`
-    (node -> its source address). `seed` drives the jitter draws. Use as an async context manager, or
-    `start` and `aclose`."""
+    (node -> its source address). `seed` drives the jitter draws. `idle_close_ms`: close (FIN) every
+    connection that carried no byte either way for that long (None: never). Use as an async context
+    manager, or `start` and `aclose`."""
 
     def __init__(
-        self, routes: Sequence[Route], hosts: Mapping[str, str] | None = None, seed: int = 0
+        self,
+        routes: Sequence[Route],
+        hosts: Mapping[str, str] | None = None,
+        seed: int = 0,
+        idle_close_ms: float | None = None,
     ) -> None:
+        if idle_close_ms is not None and idle_close_ms <= 0:
+            raise ValueError("idle_close_ms must be positive (None: never)")
+        self.idle_close_ms = idle_close_ms
         self.routes = list(routes)
         # In the order of the routes, as put_behind_proxy numbers the hosts (n10 must not sort before n2).
         nodes = list(dict.fromkeys(route.node for route in self.routes))
@@ -223,6 +235,8 @@ class FaultProxy:
         """Connections refused: over CONNECTIONS_MAX, or the daemon behind did not accept."""
         self.unknown_clients = 0
         """Connections from an address that is no node's (their bytes pass unfaulted)."""
+        self.idle_closed = 0
+        """Connections closed after `idle_close_ms` without a byte."""
 
     async def __aenter__(self) -> FaultProxy:
         await self.start()
@@ -351,9 +365,23 @@ class FaultProxy:
                 self._pump(connection, self._state((route.node, source)), upstream_reader, writer)
             ),
         ]
+        idle = None if self.idle_close_ms is None else asyncio.create_task(self._close_idle(connection))
         await asyncio.gather(*connection.tasks, return_exceptions=True)
+        if idle is not None:
+            idle.cancel()
         self._connections.discard(connection)
         connection.abort(rst=False)
+
+    async def _close_idle(self, connection: _Connection) -> None:
+        assert self.idle_close_ms is not None
+        idle_s = self.idle_close_ms / 1000.0
+        for _ in range(CHUNKS_PER_DIRECTION_MAX):
+            quiet_s = time.monotonic() - connection.active_at
+            if quiet_s >= idle_s:
+                self.idle_closed += 1
+                connection.abort(rst=False)
+                return
+            await asyncio.sleep(idle_s - quiet_s)
 
     async def _pump(
         self,
@@ -379,6 +407,7 @@ class FaultProxy:
                     data = b""
                 if not data:
                     break
+                connection.active_at = time.monotonic()
                 previous_at = state.schedule(len(data), time.monotonic(), previous_at)
                 await queue.put((previous_at, data))
             await queue.put(None)
@@ -438,15 +467,21 @@ class BackgroundProxy:
     """
 
     def __init__(
-        self, routes: Sequence[Route], hosts: Mapping[str, str] | None = None, seed: int = 0
+        self,
+        routes: Sequence[Route],
+        hosts: Mapping[str, str] | None = None,
+        seed: int = 0,
+        idle_close_ms: float | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
         self._thread.start()
-        self.proxy = self._run(self._make(routes, hosts, seed))
+        self.proxy = self._run(self._make(routes, hosts, seed, idle_close_ms))
 
-    async def _make(self, routes: Sequence[Route], hosts: Mapping[str, str] | None, seed: int) -> FaultProxy:
-        proxy = FaultProxy(routes, hosts, seed)
+    async def _make(
+        self, routes: Sequence[Route], hosts: Mapping[str, str] | None, seed: int, idle_close_ms: float | None
+    ) -> FaultProxy:
+        proxy = FaultProxy(routes, hosts, seed, idle_close_ms)
         await proxy.start()
         return proxy
 

@@ -32,7 +32,9 @@ IO_TIMEOUT_S = 5.0
 
 
 @asynccontextmanager
-async def _echo_behind_proxy(seed: int = 0) -> AsyncIterator[tuple[FaultProxy, int]]:
+async def _echo_behind_proxy(
+    seed: int = 0, idle_close_ms: float | None = None
+) -> AsyncIterator[tuple[FaultProxy, int]]:
     """An echo server as node b behind a proxy; yields the proxy and its listener's port. Node a
     connects from 127.0.0.2 (see `_connect`)."""
 
@@ -49,7 +51,7 @@ async def _echo_behind_proxy(seed: int = 0) -> AsyncIterator[tuple[FaultProxy, i
     listen_port, target_port = free_ports(2)
     server = await asyncio.start_server(echo, "127.0.0.1", target_port, reuse_address=True)
     try:
-        async with FaultProxy([Route("b", listen_port, target_port)], HOSTS, seed) as proxy:
+        async with FaultProxy([Route("b", listen_port, target_port)], HOSTS, seed, idle_close_ms) as proxy:
             yield proxy, listen_port
     finally:
         server.close()
@@ -140,6 +142,23 @@ def test_reset_sends_rst_and_slow_close_delays_the_close() -> None:
             started = time.monotonic()
             assert await asyncio.wait_for(reader.read(1), IO_TIMEOUT_S) == b""
             assert time.monotonic() - started >= 0.3
+            writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_idle_close_ends_a_connection_only_after_that_long_without_a_byte() -> None:
+    async def scenario() -> None:
+        async with _echo_behind_proxy(idle_close_ms=400) as (proxy, port):
+            reader, writer = await _connect(port)
+            started = time.monotonic()
+            for _ in range(8):  # a byte every 100 ms keeps it open past the idle time
+                await asyncio.sleep(0.1)
+                await _round_trip_s(reader, writer, 1)
+            assert time.monotonic() - started > 0.8 and proxy.idle_closed == 0
+            quiet = time.monotonic()
+            assert await asyncio.wait_for(reader.read(1), IO_TIMEOUT_S) == b""
+            assert time.monotonic() - quiet >= 0.4 and proxy.idle_closed == 1
             writer.close()
 
     asyncio.run(scenario())
