@@ -524,6 +524,7 @@ class Node:
             commit_latency_sum_ms=writer.commit_latency_sum_ms,
             pending_effects=writer.pending_effects,
             load_errors=self._store_errors,
+            failing=writer.failing,
         )
 
     def _durable(self) -> bool:

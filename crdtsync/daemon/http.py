@@ -41,10 +41,12 @@ from crdtsync.daemon import causal_http, jsonvalues
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
 from crdtsync.daemon.status_json import cluster_placement_json, config_warnings, placement_json, status_json
+from crdtsync.daemon.store_http import WRITE_METHODS, StoreGuard
 from crdtsync.daemon.websocket import PATH_PREFIX as WS_PATH_PREFIX
 from crdtsync.daemon.websocket import WebSockets, same_origin
 from crdtsync.holders import WriteAcksTimeoutError, WriteAcksWanted
 from crdtsync.node import Node
+from crdtsync.store import StoreCommitError
 
 log = logging.getLogger("crdtsync.http")
 
@@ -199,6 +201,8 @@ class Api:
         self._refusal_logged: dict[str, float] = {}
         self._refusals_unlogged: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         self.registry.register(RefusalCollector(lambda: self.refused))
+        self.store_guard = StoreGuard(node)
+        self.registry.register(self.store_guard.collector())
         self.token_waits = causal_http.TokenWaits()
         self.watch_events = causal_http.WatchEvents()
         self.registry.register(self.token_waits.collector())
@@ -312,6 +316,11 @@ class Api:
     # ------------------------------------------------------------------ node-wide
 
     async def health(self, request: web.Request) -> web.Response:
+        failure = self.store_guard.failing()
+        if failure is not None:
+            code = "store_full" if failure.full else "store_unavailable"
+            error = {"code": code, "message": str(failure)}
+            return json_response({"status": code, "node_id": self.node.config.node_id, "error": error}, 503)
         return json_response({"status": "ok", "node_id": self.node.config.node_id})
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -412,6 +421,7 @@ class Api:
                     target.write(chunk)
             if size == 0:
                 raise ApiError(400, "empty_body", "send the backup file as the request body")
+            self.store_guard.check()
             from crdtsync.store.sqlite import StoreError
 
             try:
@@ -422,7 +432,10 @@ class Api:
                 # A file with a backup's header can be corrupt anywhere after it: SQLite, or the
                 # UTF-8 decoding of a text column, refuses it with its own error.
                 raise ApiError(400, "bad_backup", f"the backup is corrupt: {exc}") from None
-            await self.node.flush()
+            try:
+                await self.node.flush()
+            except StoreCommitError as exc:
+                raise self.store_guard.refusal(exc) from None
             return json_response({"docs": docs})
         finally:
             for leftover in (path, f"{path}-wal", f"{path}-shm"):
@@ -435,6 +448,8 @@ class Api:
         rest: str = request.match_info["rest"]
         segments = rest.split("/")
         request[causal_http.SESSION_KEY] = causal_http.session_token(request)
+        if request.method in WRITE_METHODS:
+            self.store_guard.check()
         if len(segments) >= 3 and segments[-2] == "keys":
             doc_id, key = "/".join(segments[:-2]), segments[-1]
             check_doc_id(doc_id)
@@ -485,7 +500,10 @@ class Api:
 
     async def _written(self, doc_id: str, doc: Doc[Any], request: web.Request) -> web.Response:
         try:
-            await self.node.flush()
+            try:
+                await self.node.flush()
+            except StoreCommitError as exc:
+                raise self.store_guard.refusal(exc) from None
             token = causal_http.token_fields(request, doc_id, doc)
         finally:
             self.node.release(doc_id)

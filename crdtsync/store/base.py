@@ -36,6 +36,15 @@ class StoreError(RuntimeError):
     problem."""
 
 
+class StoreCommitError(StoreError):
+    """The store could not commit (disk full, an I/O error): nothing of the group is in it. The
+    writer keeps the group and retries it; `full` tells a full disk from other failures."""
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
+
+
 @dataclass(frozen=True, slots=True)
 class DocRecord:
     """A stored doc as the node registers it at start: its id, and its state vector and canonical

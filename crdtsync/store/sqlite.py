@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import zlib
@@ -44,6 +45,8 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x43535943  # "CSYC": marks the file as a crdtsync store
 DB_FILE = "crdtsync.db"
 LOCK_FILE = "crdtsync.lock"
+
+log = logging.getLogger("crdtsync.store")
 
 
 class SqliteStore:
@@ -220,10 +223,14 @@ class SqliteStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # A COMMIT that failed (disk full, I/O error) may leave the transaction open, and every
+            # later BEGIN would fail with it: roll back whatever is left.
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     # ------------------------------------------------------------------ writing
 
@@ -259,8 +266,13 @@ class SqliteStore:
                     self._db.executemany("DELETE FROM docs WHERE doc_id = ?", dropped)
                     for doc_id in persist.drops:
                         touched.pop(doc_id, None)
-        for doc_id in touched:
-            self._maybe_compact(doc_id)
+        try:
+            for doc_id in touched:
+                self._maybe_compact(doc_id)
+        except sqlite3.Error as exc:
+            # The group is committed: a compaction that fails (a full disk) must not report it as
+            # failed. The log stays as it is and is compacted at a later append.
+            log.warning("compaction in %s failed, the log stays uncompacted: %s", self.path, exc)
 
     def _maybe_compact(self, doc_id: str) -> None:
         row = self._db.execute(

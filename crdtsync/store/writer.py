@@ -9,7 +9,9 @@ so the event loop keeps running meanwhile).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from crdtsync.core.effects import Persist
-from crdtsync.store.base import Store, StoreDescription
+from crdtsync.store.base import Store, StoreCommitError, StoreDescription
 from crdtsync.store.group_commit import CommitQueue
 
 log = logging.getLogger("crdtsync.store")
@@ -46,6 +48,32 @@ class StoreStats:
     """Persist effects handed over and not yet committed."""
     load_errors: int
     """Docs the store could not load (refilled from the peers instead)."""
+    failing: StoreCommitError | None = None
+    """Why the last commit failed, until a commit succeeds again (None: the store commits)."""
+
+
+SQLITE_FULL = 13
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def commit_error(error: BaseException) -> StoreCommitError:
+    """What a failed commit tells the writes waiting on it: a full disk, or another failure."""
+    if isinstance(error, StoreCommitError):
+        return error
+    code = getattr(error, "sqlite_errorcode", None)
+    full = (isinstance(code, int) and code & 0xFF == SQLITE_FULL) or (
+        isinstance(error, OSError) and error.errno in FULL_ERRNOS
+    )
+    kind = (
+        "the disk is full"
+        if full
+        else "an I/O error"
+        if isinstance(error, (OSError, sqlite3.Error))
+        else "an error"
+    )
+    return StoreCommitError(
+        f"the store cannot commit ({kind}: {error}); nothing of the write is durable", full=full
+    )
 
 
 class StoreWriter:
@@ -68,6 +96,8 @@ class StoreWriter:
         self._queue = CommitQueue(group_updates_max=group_updates_max)
         self._retry: asyncio.TimerHandle | None = None
         self._closed = False
+        self.failing: StoreCommitError | None = None
+        """Why the last commit failed, until one succeeds: writes are refused meanwhile."""
         # A flush waits until the commits reach the number of the last effect submitted before it,
         # whichever groups they were split into.
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -122,6 +152,9 @@ class StoreWriter:
         if error is None:
             elapsed_ms = future.result()
             self._queue.group_committed()
+            if self.failing is not None:
+                log.warning("the store commits again after %d failed commits", self.commit_failures)
+                self.failing = None
             self.commits += 1
             self.commit_latency_sum_ms += elapsed_ms
             bucket = next((i for i, b in enumerate(COMMIT_LATENCY_BUCKETS_MS) if elapsed_ms <= b), -1)
@@ -140,12 +173,13 @@ class StoreWriter:
         # later; every flush waiting now learns of the failure.
         group = self._queue.group_failed()
         self.commit_failures += 1
+        self.failing = failure = commit_error(error)
         log.error(
             "store commit of %d effects failed, retrying in %.0f s: %s", len(group), self.RETRY_DELAY_S, error
         )
         for _target, waiter in self._waiters:
             if not waiter.done():
-                waiter.set_exception(error)
+                waiter.set_exception(failure)
         self._waiters = []
         self._retry = self._loop.call_later(self.RETRY_DELAY_S, self._start_group)
 
@@ -171,7 +205,8 @@ class StoreWriter:
         return True
 
     async def flushed(self) -> None:
-        """Wait until everything submitted so far is committed; raises if a commit failed meanwhile."""
+        """Wait until everything submitted so far is committed; raises `StoreCommitError` if a commit
+        failed meanwhile."""
         if self._queue.committed >= self._queue.submitted:
             return
         waiter: asyncio.Future[None] = self._loop.create_future()
@@ -204,6 +239,12 @@ class StoreWriter:
         self._executor.shutdown(wait=True)
         # With a group whose commit never reported back: appended again, which a CRDT store absorbs.
         remaining = self._queue.drain()
-        if remaining:
-            self.store.append(remaining)
-        self.store.close()
+        try:
+            if remaining:
+                self.store.append(remaining)
+        except Exception as exc:
+            # Nothing of it was acknowledged (every flush waiting for it failed or was never
+            # answered): peers hold what was replicated, and the rest is lost with this stop.
+            log.error("stopping: %d effects could not be committed: %s", len(remaining), commit_error(exc))
+        finally:
+            self.store.close()

@@ -157,15 +157,18 @@ _LAUNCHER = (
 )
 
 
-def launch(args: Sequence[str], log_path: str, note: str, cwd: str | None = None) -> subprocess.Popen[bytes]:
+def launch(
+    args: Sequence[str], log_path: str, note: str, cwd: str | None = None, prefix: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     """Start `python -m crdtsync ARGS` with stdout and stderr appended to `log_path` (after a `# note`
     line), in a session of its own so that Ctrl-C reaches only the parent, which stops it. On Linux
     the daemon gets SIGTERM when the thread that launched it ends: call this from one long-lived
-    thread (the event loop's)."""
+    thread (the event loop's). `prefix`: a command that execs the rest in the same process (such as
+    `SmallDisk.command_prefix()`)."""
     if sys.platform == "linux":
-        command = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
+        command = [*prefix, sys.executable, "-c", _LAUNCHER, str(os.getpid()), *args]
     else:
-        command = [sys.executable, "-m", "crdtsync", *args]
+        command = [*prefix, sys.executable, "-m", "crdtsync", *args]
     with open(log_path, "ab") as log:
         log.write(f"# {note}\n".encode())
         log.flush()

@@ -104,6 +104,8 @@ class LocalDaemon:
     publish_advertise: str = ""
     source_host: str = ""
     """The local address its outgoing replication connections bind ("": the kernel's choice)."""
+    command_prefix: list[str] = field(default_factory=list)
+    """Put before its command at every start: a data dir on a `diskfaults.SmallDisk`, say."""
 
     @property
     def url(self) -> str:
@@ -148,7 +150,7 @@ class LocalDaemon:
     def spawn(self, args: Sequence[str], note: str, cwd: str | None = None) -> None:
         """Start `crdtsync ARGS` as its new process, in `cwd` (see `launch`)."""
         self.starts += 1
-        self.process = launch(args, self.log_path, note, cwd)
+        self.process = launch(args, self.log_path, note, cwd, self.command_prefix)
 
     def send(self, signum: int) -> bool:
         """Send `signum` to its process; whether there was one to send it to."""

@@ -180,4 +180,5 @@ def test_store_contract_and_stats_are_pinned() -> None:
         "commit_latency_sum_ms",
         "pending_effects",
         "load_errors",
+        "failing",
     ]
