@@ -10,7 +10,9 @@ computed from the lengths of the structs before it). `sync_parts` sends those ru
 every run finds everything it points to already sent (`update_check.dependencies`), so that no
 receiver holds an update pending (pycrdt 0.14 can stay stuck on those); runs that cannot be ordered
 so, and the delete set, go in the last update, computed by the doc from what was sent. A single
-struct larger than `bytes_max` (one big insert) stays whole.
+struct larger than `bytes_max` (one big insert) stays whole. `ordered_runs` gives the same order for
+an update received from a client (its offline edits), which the endpoint applies run by run so that
+each run replicates as a delta of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from pycrdt import Doc
 
 from crdtsync.core.state import (
+    StateVector,
     covers,
     decode_state_vector,
     encode_state_vector,
@@ -46,21 +49,30 @@ def sync_parts(doc: Doc[Any], state: bytes, bytes_max: int) -> list[bytes]:
     if len(update) <= bytes_max:
         return [update]
     have = decode_state_vector(state)
+    sent = ordered_runs(update, have, bytes_max)
+    if not sent:
+        return [update]
+    return [*sent, doc.get_update(encode_state_vector(have))]
+
+
+def ordered_runs(update: bytes, have: StateVector, bytes_max: int) -> list[bytes]:
+    """`update`'s runs of about `bytes_max` bytes (`split_update`) that a holder of `have` can apply
+    in this order, each integrating fully after the ones before it; `have` is advanced past them.
+    Runs that cannot be ordered so, and the delete set, are left out: apply `update` itself after
+    the runs for those. Raises `UpdateError` on an update that does not parse."""
     waiting = split_update(update, bytes_max)
-    sent: list[bytes] = []
+    ordered: list[bytes] = []
     progress = True
     while waiting and progress:
         progress = False
         for run in list(waiting):
             part, client, end = run
             if covers(have, dependencies(part)):
-                sent.append(part)
+                ordered.append(part)
                 have[client] = max(have.get(client, 0), end)
                 waiting.remove(run)
                 progress = True
-    if not sent:
-        return [update]
-    return [*sent, doc.get_update(encode_state_vector(have))]
+    return ordered
 
 
 def split_update(update: bytes, bytes_max: int) -> list[tuple[bytes, int, int]]:

@@ -448,6 +448,11 @@ def _websocket(raw: dict[str, Any]) -> WebSocketConfig:
             f"websocket.frame_bytes_max: must be {WEBSOCKET_FRAME_BYTES_MIN}..{WEBSOCKET_FRAME_BYTES_MAX} "
             f"bytes, not {config.frame_bytes_max}"
         )
+    if not config.frame_bytes_max <= config.receive_bytes_max <= WEBSOCKET_FRAME_BYTES_MAX:
+        raise ConfigError(
+            f"websocket.receive_bytes_max: must be websocket.frame_bytes_max ({config.frame_bytes_max})"
+            f"..{WEBSOCKET_FRAME_BYTES_MAX} bytes, not {config.receive_bytes_max}"
+        )
     if config.send_queue_max < 1:
         raise ConfigError(
             "websocket.send_queue_max: must be at least 1 (a message is queued before it is sent)"

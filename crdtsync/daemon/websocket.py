@@ -25,7 +25,7 @@ removal broadcast, as are states not renewed for 30 s. Awareness does not cross 
 
 Limits (the `[websocket]` keys of the daemon's configuration, `WebSocketConfig`), each closing only
 the connection concerned (close codes in `CLOSE_*` and docs/websocket.md):
-frames over `frame_bytes_max` (1009, by aiohttp), text frames (1003), malformed messages or updates
+frames over `receive_bytes_max` (1009, by aiohttp), text frames (1003), malformed messages or updates
 (4400), a send queue over `send_queue_max` messages or `send_queue_bytes_max` bytes (4008), a client
 update that the node cannot integrate because it lacks the update's dependencies (4409, before
 pycrdt sees it: the provider reconnects and resends what the node lacks in its sync step 2). A read-only connection (read-scope
@@ -63,7 +63,7 @@ from pycrdt._sync import create_sync_step2_message
 
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector, read_varuint
 from crdtsync.core.update_check import UpdateError, check_update, dependencies
-from crdtsync.core.update_split import sync_parts
+from crdtsync.core.update_split import ordered_runs, sync_parts
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.websocket")
@@ -74,7 +74,11 @@ MESSAGE_QUERY_AWARENESS = 3
 EMPTY_UPDATE = b"\x00\x00"
 
 FRAME_BYTES_MAX = 1 << 20
-"""Largest incoming frame; a larger one closes the connection with 1009."""
+"""Largest message the node sends (a large sync answer goes in several)."""
+RECEIVE_BYTES_MAX = 16 << 20
+"""Largest incoming frame; a larger one closes the connection with 1009. Larger than the frames the
+node sends: a client's sync step 2 carries all its offline edits, and a client refused it on every
+reconnect could never sync."""
 SEND_QUEUE_MAX = 1024
 """Messages waiting to be sent on one connection; one more closes it with 4008."""
 SEND_QUEUE_BYTES_MAX = 64 << 20
@@ -123,8 +127,10 @@ class WebSocketConfig:
     """The `[websocket]` table of the daemon's configuration (checked by crdtsync/daemon/config.py)."""
 
     frame_bytes_max: int = FRAME_BYTES_MAX
-    """Largest frame a client may send (1009 beyond) and the size the node cuts a large sync answer
-    into."""
+    """Largest message the node sends: the size it cuts a large sync answer into, and the size of the
+    runs a larger client update is applied in (each a delta of its own)."""
+    receive_bytes_max: int = RECEIVE_BYTES_MAX
+    """Largest frame a client may send (1009 beyond): a sync step 2 with all its offline edits."""
     send_queue_max: int = SEND_QUEUE_MAX
     """Messages waiting to be sent on one connection; one more closes it with 4008."""
     send_queue_bytes_max: int = SEND_QUEUE_BYTES_MAX
@@ -207,6 +213,7 @@ class WebSockets:
     ) -> None:
         self.node = node
         self.frame_bytes_max = config.frame_bytes_max
+        self.receive_bytes_max = config.receive_bytes_max
         self.send_queue_max = config.send_queue_max
         self.send_queue_bytes_max = config.send_queue_bytes_max
         self.connections_max = config.connections_max
@@ -230,7 +237,7 @@ class WebSockets:
             self._warn("over_max", "refused a WebSocket: %d connections are open", self.connections)
             raise web.HTTPServiceUnavailable(reason=f"{self.connections_max} WebSocket connections are open")
         ws = web.WebSocketResponse(
-            max_msg_size=self.frame_bytes_max, timeout=self.close_timeout_s, compress=self.compress
+            max_msg_size=self.receive_bytes_max, timeout=self.close_timeout_s, compress=self.compress
         )
         await ws.prepare(request)
         conn = Connection(
@@ -282,7 +289,7 @@ class WebSockets:
                     "too_large",
                     "closed a WebSocket of %s: a frame over %d bytes",
                     doc_id,
-                    self.frame_bytes_max,
+                    self.receive_bytes_max,
                 )
         finally:
             self.connections -= 1
@@ -393,10 +400,21 @@ class WebSockets:
             self._warn("resync", "an update to %s lacks dependencies: the client must resync", room.doc_id)
             conn.close_soon(CLOSE_RESYNC, "update lacks dependencies this node does not hold; resync")
             return
+        parts = [update]
+        if len(update) > self.frame_bytes_max:
+            # In runs of about a frame, each its own transaction: each replicates as a delta within
+            # the peers' bounds (`update_bytes_max`), where the whole would be refused; the whole
+            # update then brings what the runs could not (runs out of order, deletions).
+            have = decode_state_vector(room.doc.get_state())
+            try:
+                parts = [*ordered_runs(update, have, self.frame_bytes_max), update]
+            except UpdateError as exc:
+                raise MalformedError(f"not a valid Yjs update: {exc}") from None
         room.source = conn
         room.captured = []
         try:
-            room.doc.apply_update(update)
+            for part in parts:
+                room.doc.apply_update(part)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # pycrdt panics (PanicException) on some input

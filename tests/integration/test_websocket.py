@@ -517,6 +517,7 @@ def test_a_slow_client_is_closed_and_the_others_keep_up(pool: DaemonPool) -> Non
         "slow",
         websocket={
             "frame_bytes_max": 64 << 10,
+            "receive_bytes_max": 64 << 10,
             "send_queue_bytes_max": 256 << 10,
             "close_timeout_s": 0.5,
             "linger_s": 1.0,
@@ -612,48 +613,61 @@ def test_a_slow_client_is_closed_and_the_others_keep_up(pool: DaemonPool) -> Non
     daemon.kill()
 
 
+class JsSteps:
+    """A clients.mjs scenario that talks with the test: it prints one JSON line per step and waits
+    for the test's lines on stdin (the script exits when one of its own deadlines passes)."""
+
+    def __init__(self, node_js: str, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [node_js, str(JS_DIR / "clients.mjs"), *args],
+            cwd=JS_DIR,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def step(self, expected: str) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        stderr = self.process.stderr
+        assert line, f"clients.mjs ended before {expected!r}: {stderr.read() if stderr else ''}"
+        reply: dict[str, Any] = json.loads(line)
+        assert reply["step"] == expected, reply
+        return reply
+
+    def say(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def finish(self) -> None:
+        """Wait for a clean exit (after the last step); kill a script still running."""
+        try:
+            assert self.process.wait(timeout=JS_TIMEOUT_S) == 0
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+
+
 def test_a_js_provider_resyncs_after_its_node_is_killed_and_restarted(pool: DaemonPool, node_js: str) -> None:
     """kill -9 of the node under a connected y-websocket provider, edits while it is down, a restart:
     the provider reconnects and the node ends with everything the client has."""
     daemon = pool.new("restarting")
     start_all([daemon])
     doc_id = "ws/js-reconnect"
-    js = subprocess.Popen(
-        [node_js, str(JS_DIR / "clients.mjs"), "reconnect", ws_url(daemon), doc_id],
-        cwd=JS_DIR,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert js.stdin is not None and js.stdout is not None
-    output = js.stdout
-
-    def step(expected: str) -> dict[str, Any]:
-        line = output.readline()  # the script exits (EOF) when one of its own deadlines passes
-        assert line, f"clients.mjs ended before {expected!r}: {js.stderr.read() if js.stderr else ''}"
-        reply: dict[str, Any] = json.loads(line)
-        assert reply["step"] == expected, reply
-        return reply
-
-    def say(line: str) -> None:
-        assert js.stdin is not None
-        js.stdin.write(line + "\n")
-        js.stdin.flush()
-
+    js = JsSteps(node_js, "reconnect", ws_url(daemon), doc_id)
     try:
-        step("edited")
+        js.step("edited")
         daemon.kill()
-        say("killed")
-        step("offline")
+        js.say("killed")
+        js.step("offline")
         start_all([daemon])
-        say("restarted")
-        result = step("done")
-        assert js.wait(timeout=JS_TIMEOUT_S) == 0
+        js.say("restarted")
+        result = js.step("done")
     finally:
-        if js.poll() is None:
-            js.kill()
-            js.wait()
+        js.finish()
     assert result["text"] == "before the kill. while the node was down." and result["data"] == {
         "offline": True
     }
@@ -662,6 +676,34 @@ def test_a_js_provider_resyncs_after_its_node_is_killed_and_restarted(pool: Daem
         CONVERGE_TIMEOUT_S,
         lambda: f"the restarted node holds the client's doc: {text_on(daemon, doc_id)!r}",
     )
+
+
+def test_a_js_provider_with_offline_edits_larger_than_a_frame_syncs(
+    nodes: list[Daemon], node_js: str
+) -> None:
+    """5 MB of offline edits, more than the node's frames (1 MiB) and a peer's update bound (4 MiB):
+    the provider's sync step 2 is taken (within receive_bytes_max), applied in runs of about a frame,
+    and replicated to the other datacenter; the provider is never closed."""
+    east, west = nodes
+    doc_id = "ws/js-offline"
+    too_large_before = metric(east, "crdtsync_websocket_closed_too_large_total")
+    js = JsSteps(node_js, "offline", ws_url(east), doc_id, WRITE, str(5_000_000))
+    try:
+        keys = js.step("reconnected")["keys"]
+        assert keys == 50
+        expected = {f"k{i}": f"{i}".ljust(100_000, ".") for i in range(keys)}
+        wait_until(
+            lambda: all(d.data(doc_id) == expected for d in (east, west)),
+            CONVERGE_TIMEOUT_S,
+            lambda: f"both nodes hold the offline edits: {[len(d.data(doc_id) or {}) for d in (east, west)]}",
+        )
+        js.say("stored")
+        result = js.step("done")
+    finally:
+        js.finish()
+    assert result["closes"] == 0 and result["connected"], result
+    assert all(text_on(d, doc_id) == "written offline" for d in (east, west))
+    assert metric(east, "crdtsync_websocket_closed_too_large_total") == too_large_before
 
 
 def test_an_update_without_its_dependencies_asks_the_client_to_resync(nodes: list[Daemon]) -> None:

@@ -410,10 +410,11 @@ def test_the_websocket_limits_load(tmp_path: Path) -> None:
         tmp_path,
         'node_id = "n"\n[websocket]\nframe_bytes_max = 65536\nsend_queue_max = 8\n'
         "send_queue_bytes_max = 65536\nconnections_max = 0\nlinger_s = 0\nclose_timeout_s = 0.5\n"
-        "compress = true\n",
+        "compress = true\nreceive_bytes_max = 131072\n",
     )
     assert config.websocket == WebSocketConfig(
         frame_bytes_max=65536,
+        receive_bytes_max=131072,
         send_queue_max=8,
         send_queue_bytes_max=65536,
         connections_max=0,
@@ -429,6 +430,11 @@ def test_the_websocket_limits_load(tmp_path: Path) -> None:
         ("frame_bytes_max = 0", "websocket.frame_bytes_max: must be 4096..1073741824 bytes, not 0"),
         ("frame_bytes_max = 2147483648", "websocket.frame_bytes_max: must be 4096..1073741824 bytes"),
         ('frame_bytes_max = "1MiB"', "websocket.frame_bytes_max: expected int"),
+        (
+            "frame_bytes_max = 65536\nreceive_bytes_max = 4096",
+            "websocket.receive_bytes_max: must be websocket.frame_bytes_max (65536)..1073741824 bytes, not 4096",
+        ),
+        ("receive_bytes_max = 2147483648", "websocket.receive_bytes_max: must be websocket.frame_bytes_max"),
         ("send_queue_max = 0", "websocket.send_queue_max: must be at least 1"),
         (
             "frame_bytes_max = 65536\nsend_queue_bytes_max = 4096",

@@ -5,6 +5,8 @@
 //   node clients.mjs fetch URL DOC TOKEN              a fresh client syncs a doc: its data's sizes
 //   node clients.mjs reconnect URL DOC                edits, the node is killed (the test says so on
 //                                                     stdin), edits offline, the node restarts: resync
+//   node clients.mjs offline URL DOC TOKEN BYTES      edits BYTES offline (100 kB map values), reconnects
+//                                                     and stays connected until the test says "stored"
 //
 // URL is ws://127.0.0.1:PORT/v1/ws (the provider appends /DOC). Prints one JSON line; exits 1 with a
 // message when a step misses its deadline.
@@ -133,6 +135,26 @@ async function fetch ([url, doc, token]) {
   console.log(JSON.stringify({ sizes }))
 }
 
-const scenarios = { converge, awareness, reconnect, fetch }
+// Offline edits larger than the node's frames: the provider's sync step 2 carries all of them.
+async function offline ([url, doc, token, bytes]) {
+  const a = connect(url, doc, token)
+  await waitFor(() => a.provider.synced, 'synced')
+  a.provider.disconnect()
+  await waitFor(() => !a.provider.wsconnected, 'the provider to disconnect')
+  const valueBytes = 100000
+  for (let i = 0; i * valueBytes < Number(bytes); i++) a.data.set(`k${i}`, `${i}`.padEnd(valueBytes, '.'))
+  a.text.insert(0, 'written offline')
+  let closes = 0
+  a.provider.on('connection-close', () => { closes++ })
+  a.provider.connect()
+  await waitFor(() => a.provider.wsconnected && a.provider.synced, 'the provider to reconnect and sync')
+  console.log(JSON.stringify({ step: 'reconnected', keys: a.data.size }))
+  if (await nextLine() !== 'stored') fail('expected "stored"')
+  const result = { step: 'done', closes, connected: a.provider.wsconnected, text: a.text.toString() }
+  a.provider.destroy()
+  console.log(JSON.stringify(result))
+}
+
+const scenarios = { converge, awareness, reconnect, fetch, offline }
 if (!scenarios[mode]) fail(`unknown scenario ${mode}`)
 scenarios[mode](args).then(() => process.exit(0), (e) => fail(e.stack || String(e)))
