@@ -1,0 +1,1 @@
+"""Large files (checkpoints, model files, datasets) as versions of content-defined chunks."""
