@@ -14,6 +14,7 @@ from typing import Any
 
 from pycrdt import Doc
 
+from crdtsync.artifacts.api import Artifacts
 from crdtsync.consistency import CausalToken, Waiters, doc_state
 from crdtsync.core.counters import Counters
 from crdtsync.core.effects import Effect, LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
@@ -182,6 +183,7 @@ class Node:
         self._sends_dropped = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._artifacts: Artifacts | None = None
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -352,6 +354,8 @@ class Node:
             self._transport.close()
         if self._writer is not None:
             self._writer.close()
+        if self._artifacts is not None:
+            self._artifacts.close()
 
     async def open(self, doc_id: str) -> Doc[Any]:
         """The pycrdt Doc `doc_id`, kept in sync with the peers; created empty when new. The doc stays
@@ -382,6 +386,15 @@ class Node:
             return await self._waits.write_acks(doc_id, replicas, timeout_ms)
         finally:
             self.release(doc_id)
+
+    @property
+    def artifacts(self) -> Artifacts:
+        """Large files as versions of content-defined chunks, kept under `data_dir` (a temporary
+        directory without one), their manifests in docs: docs/artifacts.md."""
+        if self._artifacts is None:
+            directory = None if self.config.data_dir is None else f"{self.config.data_dir}/artifacts"
+            self._artifacts = Artifacts(self, directory)
+        return self._artifacts
 
     def release(self, doc_id: str) -> None:
         """Let the node evict `doc_id` from memory again; do not write to the Doc object afterwards."""
