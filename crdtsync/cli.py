@@ -9,7 +9,7 @@ import os
 import ssl
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -540,17 +540,29 @@ def watch(
 @server_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write (must not exist).")
 def backup(server: Server, out: str) -> None:
-    """Write a consistent copy of the node's store to --out while it keeps serving."""
+    """Write a consistent copy of the node's store to --out while it keeps serving. The copy is
+    written to OUT.partial and renamed to OUT only once whole and checked: an interrupted backup
+    never stands at OUT."""
+    from crdtsync.store.sqlite import StoreError, check_backup_file
+
     if os.path.exists(out):
         _fail(f"{out} already exists; choose a new file", 2)
+    partial = f"{out}.partial"
     size = 0
     try:
-        with _stream("POST", server, "/v1/backup") as response, open(out, "xb") as target:
+        with _stream("POST", server, "/v1/backup") as response, open(partial, "wb") as target:
             for chunk in response.iter_bytes():
                 target.write(chunk)
                 size += len(chunk)
-    except httpx.HTTPError as exc:
-        _fail(f"backup from {server.url} failed: {exc}")
+            target.flush()
+            os.fsync(target.fileno())
+        check_backup_file(partial)
+        os.link(partial, out)  # fails if OUT appeared meanwhile: never overwrite a file
+    except (httpx.HTTPError, StoreError, OSError) as exc:
+        _fail(f"backup from {server.url} failed: {exc}; nothing was written to {out}")
+    finally:
+        with suppress(FileNotFoundError):
+            os.unlink(partial)
     click.echo(f"backup written to {out} ({size} bytes)")
 
 

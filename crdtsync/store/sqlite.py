@@ -38,6 +38,7 @@ __all__ = [
     "Durability",
     "SqliteStore",
     "StoreError",
+    "check_backup_file",
     "read_backup",
 ]
 
@@ -376,18 +377,36 @@ def _is_crc(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def read_backup(path: str | Path) -> Iterator[tuple[str, bytes]]:
-    """Every doc's content from a backup file made by `SqliteStore.backup`, read-only."""
+def check_backup_file(path: str | Path) -> None:
+    """Refuse a file that is not a whole crdtsync backup: not SQLite, another application's, or cut
+    short (a copy interrupted by a kill or a dropped connection): its size must be what its header
+    says (page size x page count), which SQLite itself does not check when it reads."""
     source = Path(path)
     if not source.is_file():
         raise StoreError(f"backup {source} does not exist or is not a file")
     with source.open("rb") as handle:
         header = handle.read(100)
     if (
-        not header.startswith(b"SQLite format 3\x00")
+        len(header) < 100
+        or not header.startswith(b"SQLite format 3\x00")
         or int.from_bytes(header[68:72], "big") != APPLICATION_ID
     ):
         raise StoreError(f"{source} is not a crdtsync backup")
+    page_bytes = int.from_bytes(header[16:18], "big")
+    page_bytes = 65536 if page_bytes == 1 else page_bytes  # the header's encoding of 64 KiB
+    pages = int.from_bytes(header[28:32], "big")
+    size = source.stat().st_size
+    if size != page_bytes * pages:
+        raise StoreError(
+            f"backup {source} is incomplete or damaged: {size} bytes, its header says "
+            f"{pages} pages of {page_bytes} bytes ({page_bytes * pages} bytes)"
+        )
+
+
+def read_backup(path: str | Path) -> Iterator[tuple[str, bytes]]:
+    """Every doc's content from a backup file made by `SqliteStore.backup`, read-only."""
+    source = Path(path)
+    check_backup_file(source)
     db = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
     try:
         doc_ids = [doc_id for (doc_id,) in db.execute("SELECT doc_id FROM docs ORDER BY doc_id")]
