@@ -580,5 +580,9 @@ def restore(server: Server, as_json: bool, file: str) -> None:
         click.echo(f"merged {body['docs']} docs from {file}; anti-entropy spreads them to the peers")
 
 
+from crdtsync.artifact_cli import artifact  # noqa: E402  (it uses the helpers above)
+
+main.add_command(artifact)
+
 if __name__ == "__main__":
     main()

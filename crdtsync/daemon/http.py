@@ -37,7 +37,7 @@ from pycrdt import Doc, Map, TransactionEvent
 from crdtsync.consistency import DocState
 from crdtsync.core.docs import EMPTY_STATE
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
-from crdtsync.daemon import causal_http, jsonvalues
+from crdtsync.daemon import artifacts_http, causal_http, jsonvalues
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
 from crdtsync.daemon.status_json import cluster_placement_json, config_warnings, placement_json, status_json
@@ -227,6 +227,7 @@ class Api:
         app.router.add_post("/v1/restore", self.restore)
         app.router.add_route("*", "/v1/docs/{rest:.+}", self.doc_route)
         app.router.add_get(WS_PATH_PREFIX + "{doc:.+}", self.websocket)
+        artifacts_http.register(app, self)
         return app
 
     async def _served_by(self, request: web.Request, response: web.StreamResponse) -> None:

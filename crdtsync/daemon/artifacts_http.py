@@ -1,0 +1,219 @@
+"""The daemon's artifact routes (docs/artifacts.md, docs/http-api.md):
+
+- `PUT /v1/artifacts/{name}[?tag=latest]`: the body (streamed to a spool file, never held in memory)
+  becomes a version; answers `version`, `seq`, `bytes_total`, `bytes_new`, `chunks`, `chunks_new`;
+- `GET /v1/artifacts/{name}`: the versions, with tags and the nodes that hold each one complete;
+- `GET /v1/artifacts/{name}/versions/{version}`: the file, streamed; `latest`, any tag, a version id
+  or a sequence number; one `Range: bytes=A-B` range answers 206;
+- `DELETE /v1/artifacts/{name}/versions/{version}`;
+- `GET /v1/artifacts/{name}/diff?from=A&to=B`: bytes, chunks and tensors changed.
+
+A name may not have a segment `versions` or `diff` (they end the name in these paths).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import tempfile
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from aiohttp import web
+
+from crdtsync.artifacts import (
+    ArtifactError,
+    ArtifactIncompleteError,
+    ArtifactNotFoundError,
+    ArtifactTooLargeError,
+    ArtifactVersion,
+)
+from crdtsync.daemon import jsonvalues
+
+if TYPE_CHECKING:
+    from crdtsync.daemon.http import Api
+
+PATH = "/v1/artifacts/{rest:.+}"
+RESERVED_SEGMENTS = frozenset({"versions", "diff"})
+SPOOL_READ_BYTES = 1024 * 1024
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def register(app: web.Application, api: Api) -> None:
+    """Add the routes to the daemon's application (`Api.app`)."""
+    routes = ArtifactRoutes(api)
+    app.router.add_route("*", PATH, routes.route)
+
+
+def _fail(status: int, code: str, message: str) -> NoReturn:
+    from crdtsync.daemon.http import ApiError  # the API's error type: its middleware counts and answers
+
+    raise ApiError(status, code, message)
+
+
+def version_json(version: ArtifactVersion) -> dict[str, Any]:
+    return {
+        "version": version.version,
+        "seq": version.seq,
+        "bytes_total": version.bytes_total,
+        "chunks": version.chunks,
+        "format": version.format,
+        "created_ms": version.created_ms,
+        "node": version.node,
+        "dc": version.dc,
+        "tags": list(version.tags),
+        "complete_on": list(version.complete_on),
+    }
+
+
+class ArtifactRoutes:
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.node = api.node
+
+    async def route(self, request: web.Request) -> web.StreamResponse:
+        rest: str = request.match_info["rest"]
+        name, _, tail = rest.partition("/versions/")
+        try:
+            if tail:
+                if "/" in tail:
+                    _fail(400, "bad_version", f"a version reference has no slash: {tail!r:.80}")
+                return await self._one_version(request, self._name(name), tail)
+            if rest.endswith("/diff") and request.method == "GET":
+                return await self.diff(request, self._name(rest.removesuffix("/diff")))
+            name = self._name(rest)
+            if request.method == "PUT":
+                return await self.put(request, name)
+            if request.method == "GET":
+                versions = await self.node.artifacts.ls(name)
+                return self._json({"name": name, "versions": [version_json(v) for v in versions]})
+            _fail(405, "method_not_allowed", f"{request.method} is not allowed on an artifact")
+        except ArtifactNotFoundError as exc:
+            _fail(404, "no_such_artifact", str(exc))
+        except ArtifactTooLargeError as exc:
+            _fail(413, "too_large", str(exc))
+        except ArtifactIncompleteError as exc:
+            from crdtsync.daemon import causal_http
+
+            details = {"chunks_missing": exc.chunks_missing, "bytes_missing": exc.bytes_missing}
+            raise causal_http.RequestError(409, "incomplete", str(exc), details) from None
+        except ArtifactError as exc:
+            _fail(400, "bad_artifact_request", str(exc))
+
+    @staticmethod
+    def _name(name: str) -> str:
+        if RESERVED_SEGMENTS & set(name.split("/")):
+            _fail(
+                400,
+                "bad_artifact_name",
+                f"artifact name {name!r:.80} uses a reserved segment (versions, diff)",
+            )
+        return name
+
+    @staticmethod
+    def _json(body: Any, status: int = 200) -> web.Response:
+        return web.json_response(body, status=status, dumps=jsonvalues.dumps)
+
+    async def _one_version(self, request: web.Request, name: str, ref: str) -> web.StreamResponse:
+        if request.method in ("GET", "HEAD"):
+            return await self.get(request, name, ref)
+        if request.method == "DELETE":
+            version = await self.node.artifacts.resolve(name, ref)
+            await self.node.artifacts.delete(name, version.version)
+            return self._json({"name": name, "deleted": version.version})
+        _fail(405, "method_not_allowed", f"{request.method} is not allowed on a version")
+
+    async def put(self, request: web.Request, name: str) -> web.Response:
+        artifacts = self.node.artifacts
+        limit = artifacts.limits.bytes_per_version_max
+        if request.content_length is not None and request.content_length > limit:
+            _fail(
+                413,
+                "too_large",
+                f"body of {request.content_length} bytes is over bytes_per_version_max {limit}",
+            )
+        spool_dir = os.path.join(artifacts.directory, "incoming")
+        os.makedirs(spool_dir, exist_ok=True)
+        fd, spool = tempfile.mkstemp(dir=spool_dir)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                size = 0
+                while data := await request.content.read(SPOOL_READ_BYTES):
+                    size += len(data)
+                    if size > limit:
+                        _fail(413, "too_large", f"body over bytes_per_version_max {limit} bytes")
+                    await asyncio.to_thread(file.write, data)
+            result = await artifacts.put(name, spool, tag=request.query.get("tag", "latest"))
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spool)
+        body = {
+            "name": name,
+            "version": result.version,
+            "seq": result.seq,
+            "bytes_total": result.bytes_total,
+            "bytes_new": result.bytes_new,
+            "chunks": result.chunks,
+            "chunks_new": result.chunks_new,
+        }
+        return self._json(body, status=201)
+
+    async def get(self, request: web.Request, name: str, ref: str) -> web.StreamResponse:
+        version = await self.node.artifacts.resolve(name, ref)
+        start, end, partial = _range(request.headers.get("Range"), version.bytes_total)
+        _, stream = await self.node.artifacts.open_range(name, version.version, start, end)
+        response = web.StreamResponse(status=206 if partial else 200)
+        response.content_type = "application/octet-stream"
+        response.content_length = end - start
+        response.headers["X-Artifact-Version"] = version.version
+        response.headers["Accept-Ranges"] = "bytes"
+        if partial:
+            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{version.bytes_total}"
+        await response.prepare(request)
+        if request.method == "GET":
+            async for data in stream:
+                await response.write(data)
+        await response.write_eof()
+        return response
+
+    async def diff(self, request: web.Request, name: str) -> web.Response:
+        old, new = request.query.get("from"), request.query.get("to", "latest")
+        if old is None:
+            _fail(400, "bad_diff", "diff needs from=VERSION (and to=VERSION, default latest)")
+        diff = await self.node.artifacts.diff(name, old, new)
+        return self._json(
+            {
+                "name": name,
+                "from": diff.old,
+                "to": diff.new,
+                "bytes_from": diff.bytes_old,
+                "bytes_to": diff.bytes_new_total,
+                "bytes_changed": diff.bytes_changed,
+                "chunks_changed": diff.chunks_changed,
+                "tensors_changed": list(diff.tensors_changed),
+                "tensors_added": list(diff.tensors_added),
+                "tensors_removed": list(diff.tensors_removed),
+                "tensors_changed_count": diff.tensors_changed_count,
+                "tensors_added_count": diff.tensors_added_count,
+                "tensors_removed_count": diff.tensors_removed_count,
+                "tensors_unchanged_count": diff.tensors_unchanged_count,
+            }
+        )
+
+
+def _range(header: str | None, size: int) -> tuple[int, int, bool]:
+    """[start, end) of one `Range: bytes=A-B` (or `A-`, `-N`) header, and whether it was a range."""
+    if header is None:
+        return 0, size, False
+    match = RANGE_RE.match(header.strip())
+    if match is None or match.groups() == ("", ""):
+        _fail(416, "bad_range", f"Range {header!r:.80} is not one range bytes=A-B, bytes=A- or bytes=-N")
+    first, last = match.groups()
+    if first == "":
+        start, end = max(size - int(last), 0), size
+    else:
+        start, end = int(first), size if last == "" else min(int(last) + 1, size)
+    if start >= size or start >= end:
+        _fail(416, "bad_range", f"Range {header!r:.80} is outside the {size} bytes of the version")
+    return start, end, True
