@@ -8,6 +8,7 @@ import gc
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -17,7 +18,16 @@ from pycrdt import Doc
 from crdtsync.artifacts.api import Artifacts
 from crdtsync.consistency import CausalToken, Waiters, doc_state
 from crdtsync.core.counters import Counters
-from crdtsync.core.effects import Effect, LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.effects import (
+    DeliverEphemeral,
+    Effect,
+    LoadDoc,
+    Persist,
+    Publish,
+    Send,
+    Subscribe,
+    Unsubscribe,
+)
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPolicy
 from crdtsync.core.replica import Replica, ReplicaConfig
@@ -178,11 +188,15 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._loads: set[asyncio.Task[None]] = set()
         self._pump_scheduled = False
+        self._flush_wanted = False
+        self._pumped: asyncio.Future[None] | None = None
+        """Resolved by the next pump: what `flush` waits for before it waits for the store."""
         self._waiters = Waiters()
         self._holder_waits: HolderWaits | None = None
         self._sends_dropped = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._ephemeral_listeners: dict[str, Callable[[bytes, str], None]] = {}
         self._artifacts: Artifacts | None = None
 
     async def __aenter__(self) -> Node:
@@ -396,6 +410,24 @@ class Node:
             self._artifacts = Artifacts(self, directory)
         return self._artifacts
 
+    def publish_ephemeral(self, doc_id: str, payload: bytes) -> bool:
+        """Send `payload` (e.g. an awareness update) about `doc_id` to the nodes of every datacenter
+        that listen to the doc, never stored; False when over its size or rate bound (counted)."""
+        published = self._replica.publish_ephemeral(doc_id, payload, _now_ms())
+        self._schedule_pump()
+        return published
+
+    def listen_ephemeral(self, doc_id: str, listener: Callable[[bytes, str], None] | None) -> bool:
+        """Call `listener(payload, origin node id)` for every ephemeral message about `doc_id` from
+        other nodes (one listener per doc; None stops). False when too many docs are listened to."""
+        if listener is None:
+            self._ephemeral_listeners.pop(doc_id, None)
+            return self._replica.listen_ephemeral(doc_id, False)
+        if not self._replica.listen_ephemeral(doc_id, True):
+            return False
+        self._ephemeral_listeners[doc_id] = listener
+        return True
+
     def release(self, doc_id: str) -> None:
         """Let the node evict `doc_id` from memory again; do not write to the Doc object afterwards."""
         self._replica.release_doc(doc_id)
@@ -461,8 +493,14 @@ class Node:
 
     async def flush(self) -> None:
         """Hand every local write made so far to the transport, and return once the store holds it
-        as the durability setting promises (at once with durability `none`)."""
-        self._pump(force=True)
+        as the durability setting promises (at once with durability `none`). The flushes of one turn
+        of the event loop share one pump: many requests' writes leave in one batch and one commit."""
+        if self._loop is not None and not self._closed:
+            self._flush_wanted = True
+            self._pumped = self._pumped or self._loop.create_future()
+            pumped = self._pumped
+            self._schedule_pump()
+            await pumped
         if self._writer is not None and self.config.durability != "none":
             await self._writer.flushed()
         else:
@@ -558,6 +596,10 @@ class Node:
 
     def _pump(self, *, force: bool = False) -> None:
         self._pump_scheduled = False
+        pumped, self._pumped = self._pumped, None
+        force, self._flush_wanted = force or self._flush_wanted, False
+        if pumped is not None:
+            pumped.set_result(None)  # wakes the flushes after this pump: they resume on a later turn
         if self._closed or self._replica_or_none is None or self._transport is None:
             return
         self._execute(self._replica_or_none.take_effects(_now_ms(), force=force))
@@ -597,19 +639,23 @@ class Node:
 
     def _execute_one(self, transport: ZmqTransport, effect: Effect) -> None:
         match effect:
-            case Publish(frame, dc_only):
-                transport.publish(frame, dc_only=dc_only)
+            case Publish(frame, dc_only, bucket):
+                transport.publish(frame, dc_only=dc_only, bucket=bucket)
             case Send(address, frame):
                 transport.send(address, frame)
             case Persist():
                 assert self._writer is not None
                 self._writer.submit(effect)
-            case Subscribe(endpoint, peer_address, wan):
-                transport.subscribe(endpoint, peer_address, wan=wan)
+            case Subscribe(endpoint, peer_address, wan, buckets):
+                transport.subscribe(endpoint, peer_address, wan=wan, buckets=buckets)
             case Unsubscribe(endpoint):
                 transport.unsubscribe(endpoint)
             case LoadDoc(doc_id):
                 self._start_load(doc_id)
+            case DeliverEphemeral(doc_id, payload, origin):
+                listener = self._ephemeral_listeners.get(doc_id)
+                if listener is not None:
+                    listener(payload, origin)
 
     async def _timer_loop(self) -> None:
         """Sleep until the core's next deadline; an input that brings the deadline forward (see
