@@ -8,7 +8,6 @@ import gc
 import logging
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -18,16 +17,7 @@ from pycrdt import Doc
 from crdtsync.artifacts.api import Artifacts
 from crdtsync.consistency import CausalToken, Waiters, doc_state
 from crdtsync.core.counters import Counters
-from crdtsync.core.effects import (
-    DeliverEphemeral,
-    Effect,
-    LoadDoc,
-    Persist,
-    Publish,
-    Send,
-    Subscribe,
-    Unsubscribe,
-)
+from crdtsync.core.effects import Effect, LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPolicy
 from crdtsync.core.replica import Replica, ReplicaConfig
@@ -196,7 +186,6 @@ class Node:
         self._sends_dropped = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-        self._ephemeral_listeners: dict[str, Callable[[bytes, str], None]] = {}
         self._artifacts: Artifacts | None = None
 
     async def __aenter__(self) -> Node:
@@ -410,24 +399,6 @@ class Node:
             self._artifacts = Artifacts(self, directory)
         return self._artifacts
 
-    def publish_ephemeral(self, doc_id: str, payload: bytes) -> bool:
-        """Send `payload` (e.g. an awareness update) about `doc_id` to the nodes of every datacenter
-        that listen to the doc, never stored; False when over its size or rate bound (counted)."""
-        published = self._replica.publish_ephemeral(doc_id, payload, _now_ms())
-        self._schedule_pump()
-        return published
-
-    def listen_ephemeral(self, doc_id: str, listener: Callable[[bytes, str], None] | None) -> bool:
-        """Call `listener(payload, origin node id)` for every ephemeral message about `doc_id` from
-        other nodes (one listener per doc; None stops). False when too many docs are listened to."""
-        if listener is None:
-            self._ephemeral_listeners.pop(doc_id, None)
-            return self._replica.listen_ephemeral(doc_id, False)
-        if not self._replica.listen_ephemeral(doc_id, True):
-            return False
-        self._ephemeral_listeners[doc_id] = listener
-        return True
-
     def release(self, doc_id: str) -> None:
         """Let the node evict `doc_id` from memory again; do not write to the Doc object afterwards."""
         self._replica.release_doc(doc_id)
@@ -639,23 +610,19 @@ class Node:
 
     def _execute_one(self, transport: ZmqTransport, effect: Effect) -> None:
         match effect:
-            case Publish(frame, dc_only, bucket):
-                transport.publish(frame, dc_only=dc_only, bucket=bucket)
+            case Publish(frame, dc_only):
+                transport.publish(frame, dc_only=dc_only)
             case Send(address, frame):
                 transport.send(address, frame)
             case Persist():
                 assert self._writer is not None
                 self._writer.submit(effect)
-            case Subscribe(endpoint, peer_address, wan, buckets):
-                transport.subscribe(endpoint, peer_address, wan=wan, buckets=buckets)
+            case Subscribe(endpoint, peer_address, wan):
+                transport.subscribe(endpoint, peer_address, wan=wan)
             case Unsubscribe(endpoint):
                 transport.unsubscribe(endpoint)
             case LoadDoc(doc_id):
                 self._start_load(doc_id)
-            case DeliverEphemeral(doc_id, payload, origin):
-                listener = self._ephemeral_listeners.get(doc_id)
-                if listener is not None:
-                    listener(payload, origin)
 
     async def _timer_loop(self) -> None:
         """Sleep until the core's next deadline; an input that brings the deadline forward (see
