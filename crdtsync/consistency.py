@@ -255,6 +255,8 @@ class CausalToken:
     a session's tokens with `merge`, and pass it to `Node.wait_for` or a daemon's `min_state`."""
 
     docs: Mapping[str, DocState] = field(default_factory=dict)
+    _encoded: bytes | None = field(default=None, init=False, compare=False, repr=False)
+    """`to_bytes()`, kept by `of` from its size check: a write answer encodes its token once."""
 
     @staticmethod
     def of(docs: Mapping[str, DocState]) -> CausalToken:
@@ -282,11 +284,15 @@ class CausalToken:
     def _check_size(self) -> None:
         if len(self.docs) > TOKEN_DOCS_MAX:
             raise TokenTooLargeError(f"a token names at most {TOKEN_DOCS_MAX} docs, not {len(self.docs)}")
-        size = len(self.to_bytes())
+        encoded = self.to_bytes()
+        object.__setattr__(self, "_encoded", encoded)
+        size = len(encoded)
         if size > TOKEN_BYTES_MAX:
             raise TokenTooLargeError(f"the token would take {size} bytes, over {TOKEN_BYTES_MAX}")
 
     def to_bytes(self) -> bytes:
+        if self._encoded is not None:
+            return self._encoded
         out = bytearray([TOKEN_VERSION])
         write_varuint(out, len(self.docs))
         for doc_id in sorted(self.docs):
