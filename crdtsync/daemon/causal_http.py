@@ -201,15 +201,78 @@ def event_id(doc_id: str, state: DocState) -> str:
         return ""
 
 
+class WatchSignal:
+    """What a watch stream waits for: a change of its doc, or the daemon stopping. One slot (a slow
+    client gets the latest state, never a backlog), and light: an idle stream holds this and one
+    future, not a queue's three deques and a `wait_for` task (docs/consistency.md: memory per watcher)."""
+
+    __slots__ = ("_pending", "_waiter")
+
+    def __init__(self) -> None:
+        self._pending: bool | None = None
+        """True: the doc changed; False: the daemon stops (which no change overrides)."""
+        self._waiter: asyncio.Future[None] | None = None
+
+    def changed(self) -> None:
+        self._set(True)
+
+    def stop(self) -> None:
+        self._set(False)
+
+    def _set(self, value: bool) -> None:
+        if self._pending is not False:
+            self._pending = value
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def wait(self, timeout_s: float) -> bool | None:
+        """True after a change, False when stopping, None after `timeout_s` without either."""
+        if self._pending is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._waiter
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+        pending, self._pending = self._pending, None
+        return pending
+
+
 class WatchEvents:
-    """Watch events rendered once per doc change for all the doc's watchers (measured: about 60 µs a
-    render, a third of a second per change for 5,000 watchers of one doc if each rendered its own).
+    """The node's watch streams: at most `watchers_max` open (each further one is refused, counted),
+    and their events rendered once per doc change for all the doc's watchers (measured: about 60 µs
+    a render, a third of a second per change for 5,000 watchers of one doc if each rendered its own).
     The cache key is the doc's encoded snapshot (its state vector and delete set): equal snapshots,
     equal content. One entry per watched doc, dropped with its last watcher."""
 
-    def __init__(self) -> None:
+    def __init__(self, watchers_max: int) -> None:
+        self.watchers_max = watchers_max
+        self.open = 0
+        """Streams open or opening (a slot is taken before the doc is opened)."""
+        self.refused = 0
+        """Streams refused with 503 `too_many_watchers`."""
         self._watchers: dict[str, int] = {}
         self._rendered: dict[str, tuple[bytes, bytes]] = {}
+
+    def take_slot(self) -> None:
+        """One stream more, or 503 `too_many_watchers` at `watchers_max` (counted)."""
+        if self.open >= self.watchers_max:
+            self.refused += 1
+            raise RequestError(
+                503,
+                "too_many_watchers",
+                f"{self.watchers_max} watch streams are open on this node (http.watchers_max); "
+                "watch from another node, or retry later",
+            )
+        self.open += 1
+
+    def free_slot(self) -> None:
+        self.open -= 1
+
+    def collector(self) -> Collector:
+        return _WatchersCollector(self)
 
     def hold(self, doc_id: str) -> None:
         self._watchers[doc_id] = self._watchers.get(doc_id, 0) + 1
@@ -240,6 +303,23 @@ class WatchEvents:
         if since is None and doc_id in self._watchers:
             self._rendered[doc_id] = (snapshot, event)
         return event
+
+
+class _WatchersCollector(Collector):
+    def __init__(self, events: WatchEvents) -> None:
+        self.events = events
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "crdtsync_http_watchers",
+            "Watch streams open now (at most http.watchers_max).",
+            value=self.events.open,
+        )
+        yield CounterMetricFamily(
+            "crdtsync_http_watchers_refused",
+            "Watch streams refused with 503 too_many_watchers: http.watchers_max were open.",
+            value=self.events.refused,
+        )
 
 
 def last_event_state(request: web.Request, doc_id: str) -> DocState | None:

@@ -42,8 +42,9 @@ class HttpConfig:
     """Largest request body accepted (JSON or binary update)."""
     docs_page_max: int = 1000
     """Largest `limit` of a doc listing."""
-    watchers_max: int = 256
-    """Concurrent `watch` streams (server-sent events) across all docs."""
+    watchers_max: int = 4096
+    """Concurrent `watch` streams (server-sent events) across all docs: each costs about 15 KB of
+    daemon memory (measured, docs/consistency.md) and an open file, so 4096 take about 60 MB."""
     wait_ms_max: int = 30_000
     """Longest `wait_ms` a read may wait for its `min_state` token (docs/consistency.md)."""
     watch_keepalive_ms: int = 5_000

@@ -191,8 +191,7 @@ class Api:
         self.node = node
         self.config = config
         self.started = time.monotonic()
-        self.watchers = 0
-        self._watch_queues: set[asyncio.Queue[bool]] = set()
+        self._watch_signals: set[causal_http.WatchSignal] = set()
         self.registry = CollectorRegistry()
         self.registry.register(NodeCollector(node, self.started, config.node.dc))
         self.requests_rejected = 0
@@ -204,8 +203,9 @@ class Api:
         self.store_guard = StoreGuard(node)
         self.registry.register(self.store_guard.collector())
         self.token_waits = causal_http.TokenWaits()
-        self.watch_events = causal_http.WatchEvents()
+        self.watch_events = causal_http.WatchEvents(config.http.watchers_max)
         self.registry.register(self.token_waits.collector())
+        self.registry.register(self.watch_events.collector())
         self.websockets = WebSockets(node, config.websocket)
         self.registry.register(self.websockets.collector())
         self.warnings = config_warnings(config)
@@ -668,23 +668,22 @@ class Api:
         return await self._written(doc_id, doc, request)
 
     async def watch(self, request: web.Request, doc_id: str) -> web.StreamResponse:
-        if self.watchers >= self.config.http.watchers_max:
-            raise ApiError(
-                503, "too_many_watchers", f"{self.config.http.watchers_max} watch streams are open"
-            )
+        self.watch_events.take_slot()  # before any await: concurrent opens cannot pass the limit
+        try:
+            return await self._watch(request, doc_id)
+        finally:
+            self.watch_events.free_slot()
+
+    async def _watch(self, request: web.Request, doc_id: str) -> web.StreamResponse:
         doc = await self._open_existing(doc_id, request)
-        # True: the doc changed; False: the daemon is stopping. One slot: a slow client gets the
-        # latest state, never an unbounded backlog.
-        changes: asyncio.Queue[bool] = asyncio.Queue(maxsize=1)
+        watch_signal = causal_http.WatchSignal()
 
         def changed(event: TransactionEvent) -> None:
-            with contextlib.suppress(asyncio.QueueFull):
-                changes.put_nowait(True)
+            watch_signal.changed()
 
         subscription = doc.observe(changed)
-        self.watchers += 1
         self.watch_events.hold(doc_id)
-        self._watch_queues.add(changes)
+        self._watch_signals.add(watch_signal)
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -695,14 +694,13 @@ class Api:
         try:
             await response.prepare(request)
             since = causal_http.last_event_state(request, doc_id)
-            async for event in self._snapshots(doc_id, doc, changes, since):
+            async for event in self._snapshots(doc_id, doc, watch_signal, since):
                 await response.write(event)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            self.watchers -= 1
             self.watch_events.drop(doc_id)
-            self._watch_queues.discard(changes)
+            self._watch_signals.discard(watch_signal)
             doc.unobserve(subscription)
             self.node.release(doc_id)
         return response
@@ -711,13 +709,11 @@ class Api:
         """End every watch stream and WebSocket (at shutdown: the server would otherwise wait for them)."""
         self.websockets.close_all()
         self.token_waits.stop()
-        for changes in self._watch_queues:
-            with contextlib.suppress(asyncio.QueueEmpty):
-                changes.get_nowait()
-            changes.put_nowait(False)
+        for watch_signal in self._watch_signals:
+            watch_signal.stop()
 
     async def _snapshots(
-        self, doc_id: str, doc: Doc[Any], changes: asyncio.Queue[bool], since: DocState | None
+        self, doc_id: str, doc: Doc[Any], watch_signal: causal_http.WatchSignal, since: DocState | None
     ) -> AsyncIterator[bytes]:
         """The stream's events: the doc now, then after every change; `id:` is the doc's token (a
         client reconnecting with it as `Last-Event-ID` resumes from there, on any node). After a
@@ -726,13 +722,11 @@ class Api:
         while True:
             yield self.watch_events.render(doc_id, doc, since)
             since = None
-            while True:
-                try:
-                    changed = await asyncio.wait_for(changes.get(), keepalive_s)
-                    break
-                except TimeoutError:
-                    # A comment line keeps proxies from closing an idle stream, and a client that
-                    # went away fails this write and frees its slot.
-                    yield b":\n\n"
+            changed = await watch_signal.wait(keepalive_s)
+            while changed is None:
+                # A comment line keeps proxies from closing an idle stream, and a client that went
+                # away fails this write and frees its slot.
+                yield b":\n\n"
+                changed = await watch_signal.wait(keepalive_s)
             if not changed:
                 return

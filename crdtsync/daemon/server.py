@@ -42,14 +42,14 @@ TCP connection each) and the peer's two connections to this node's ROUTER and PU
 FILES_BASE = 64
 
 
-def raise_open_files_limit(members_max: int, websockets_max: int = 0) -> None:
+def raise_open_files_limit(members_max: int, websockets_max: int = 0, watchers_max: int = 0) -> None:
     """Raise the soft limit on open files to the hard one: a node in a full mesh of `members_max`
     holds about FILES_PER_PEER descriptors per peer, and one per WebSocket connection (up to
-    `websockets_max`), far past the usual soft limit of 1024 (Go's runtime does the same at start).
-    Warn when even the hard limit is below that need: out of descriptors, the server stops accepting
-    connections, HTTP requests included."""
+    `websockets_max`) and per watch stream (up to `watchers_max`), far past the usual soft limit of
+    1024 (Go's runtime does the same at start). Warn when even the hard limit is below that need:
+    out of descriptors, the server stops accepting connections, HTTP requests included."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = FILES_PER_PEER * members_max + websockets_max + FILES_BASE
+    needed = FILES_PER_PEER * members_max + websockets_max + watchers_max + FILES_BASE
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -57,11 +57,12 @@ def raise_open_files_limit(members_max: int, websockets_max: int = 0) -> None:
     if soft != resource.RLIM_INFINITY and soft < needed:
         log.warning(
             "the open files limit is %d: a node linked to %d members with %d WebSocket connections "
-            "needs about %d (raise it with ulimit -n or LimitNOFILE=, or lower membership.members_max "
-            "or websocket.connections_max)",
+            "and %d watch streams needs about %d (raise it with ulimit -n or LimitNOFILE=, or lower "
+            "membership.members_max, websocket.connections_max or http.watchers_max)",
             soft,
             members_max,
             websockets_max,
+            watchers_max,
             needed,
         )
 
@@ -77,7 +78,9 @@ async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> Non
             "replication links are in plaintext (security.mode = plaintext): anyone who can reach "
             "the replication ports can read and write every doc"
         )
-    raise_open_files_limit(config.node.membership.members_max, config.websocket.connections_max)
+    raise_open_files_limit(
+        config.node.membership.members_max, config.websocket.connections_max, config.http.watchers_max
+    )
     if config.node.durability == "none" and config.node.data_dir is not None:
         log.warning("durability is none: acknowledged writes may be lost if the process is killed")
     context = tls_context(config.http)

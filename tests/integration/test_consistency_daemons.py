@@ -269,3 +269,30 @@ def test_a_watch_through_a_proxy_that_closes_idle_connections_stays_open(dcs: tu
             kind, _, event = next(e for e in events if e[0] == "event")
             assert event is not None and event["data"] == {"v": 1}
         assert proxy.call(lambda p: p.idle_closed) == 0 and comments >= 10
+
+
+def _metric(node: Daemon, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", node.client.get("/metrics").text, flags=re.MULTILINE)
+    assert found is not None, f"{name} is not exported"
+    return float(found.group(1))
+
+
+def test_watch_streams_past_watchers_max_are_refused_with_503_and_counted(pool: DaemonPool) -> None:
+    node = pool.new("limited", http={"watchers_max": 2, "watch_keepalive_ms": KEEPALIVE_MS})
+    node.start()
+    node.wait_healthy()
+    node.put("limited/doc", "v", 0)
+    url = f"{node.url}/v1/docs/limited/doc/watch"
+    with httpx.stream("GET", url, timeout=10.0) as first, httpx.stream("GET", url, timeout=10.0) as second:
+        for stream in (first, second):
+            assert next(_events(stream))[0] == "event"
+        assert _metric(node, "crdtsync_http_watchers") == 2
+        refused = node.client.get("/v1/docs/limited/doc/watch")
+        assert refused.status_code == 503, refused.text
+        error = _error(refused)
+        assert error["code"] == "too_many_watchers" and "http.watchers_max" in error["message"], error
+        assert _metric(node, "crdtsync_http_watchers_refused_total") == 1
+    # The closed streams free their slots (noticed at their next write: a keep-alive at the latest).
+    wait_until(lambda: _metric(node, "crdtsync_http_watchers") == 0, 10.0, "both slots are free")
+    with httpx.stream("GET", url, timeout=10.0) as again:
+        assert again.status_code == 200 and next(_events(again))[0] == "event"

@@ -16,15 +16,18 @@ SCRIPT = textwrap.dedent(
     soft, hard = int(sys.argv[1]), int(sys.argv[2])
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     from crdtsync.daemon.server import raise_open_files_limit
-    raise_open_files_limit(int(sys.argv[3]), int(sys.argv[4]))
+    raise_open_files_limit(int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     """
 )
 
 
-def _run(soft: int, hard: int, members_max: int, websockets_max: int = 0) -> tuple[int, str]:
+def _run(
+    soft: int, hard: int, members_max: int, websockets_max: int = 0, watchers_max: int = 0
+) -> tuple[int, str]:
+    limits = [soft, hard, members_max, websockets_max, watchers_max]
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(soft), str(hard), str(members_max), str(websockets_max)],
+        [sys.executable, "-c", SCRIPT, *map(str, limits)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -50,11 +53,18 @@ def test_a_hard_limit_below_the_mesh_needs_is_a_warning() -> None:
     assert soft == 256
     assert (
         "WARNING the open files limit is 256: a node linked to 1024 members with 0 WebSocket "
-        "connections needs about 6208"
+        "connections and 0 watch streams needs about 6208"
     ) in stderr
 
 
 def test_websocket_connections_count_in_the_need() -> None:
     soft, stderr = _run(256, 256, 16, 10_000)
     assert soft == 256
-    assert "with 10000 WebSocket connections needs about 10160" in stderr, stderr
+    assert "with 10000 WebSocket connections and 0 watch streams needs about 10160" in stderr, stderr
+
+
+def test_watch_streams_count_in_the_need() -> None:
+    soft, stderr = _run(256, 256, 16, 10_000, 4096)
+    assert soft == 256
+    assert "with 10000 WebSocket connections and 4096 watch streams needs about 14256" in stderr, stderr
+    assert "http.watchers_max" in stderr

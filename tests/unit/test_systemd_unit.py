@@ -9,6 +9,7 @@ from pathlib import Path
 
 from crdtsync.cli import serve
 from crdtsync.core.membership import MembershipConfig
+from crdtsync.daemon.config import HttpConfig
 from crdtsync.daemon.server import FILES_BASE, FILES_PER_PEER
 from crdtsync.daemon.websocket import WebSocketConfig
 
@@ -59,5 +60,10 @@ def test_hardening_and_restart_settings() -> None:
     assert {key: settings.get(key) for key in expected} == expected
     # ProtectSystem=strict leaves only the state directory writable: no other path is opened up.
     assert "Service.ReadWritePaths" not in settings
-    needed = FILES_PER_PEER * MembershipConfig().members_max + WebSocketConfig().connections_max + FILES_BASE
+    needed = (
+        FILES_PER_PEER * MembershipConfig().members_max
+        + WebSocketConfig().connections_max
+        + HttpConfig().watchers_max
+        + FILES_BASE
+    )
     assert int(settings["Service.LimitNOFILE"]) >= needed
