@@ -8,6 +8,7 @@ import gc
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -17,7 +18,16 @@ from pycrdt import Doc
 from crdtsync.artifacts.api import Artifacts
 from crdtsync.consistency import CausalToken, Waiters, doc_state
 from crdtsync.core.counters import Counters
-from crdtsync.core.effects import Effect, LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.effects import (
+    DeliverEphemeral,
+    Effect,
+    LoadDoc,
+    Persist,
+    Publish,
+    Send,
+    Subscribe,
+    Unsubscribe,
+)
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPolicy
 from crdtsync.core.replica import Replica, ReplicaConfig
@@ -186,6 +196,7 @@ class Node:
         self._sends_dropped = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._ephemeral_listeners: dict[str, Callable[[bytes, str], None]] = {}
         self._artifacts: Artifacts | None = None
 
     async def __aenter__(self) -> Node:
@@ -398,6 +409,24 @@ class Node:
             directory = None if self.config.data_dir is None else f"{self.config.data_dir}/artifacts"
             self._artifacts = Artifacts(self, directory)
         return self._artifacts
+
+    def publish_ephemeral(self, doc_id: str, payload: bytes) -> bool:
+        """Send `payload` (e.g. an awareness update) about `doc_id` to the nodes of every datacenter
+        that listen to the doc, never stored; False when over its size or rate bound (counted)."""
+        published = self._replica.publish_ephemeral(doc_id, payload, _now_ms())
+        self._schedule_pump()
+        return published
+
+    def listen_ephemeral(self, doc_id: str, listener: Callable[[bytes, str], None] | None) -> bool:
+        """Call `listener(payload, origin node id)` for every ephemeral message about `doc_id` from
+        other nodes (one listener per doc; None stops). False when too many docs are listened to."""
+        if listener is None:
+            self._ephemeral_listeners.pop(doc_id, None)
+            return self._replica.listen_ephemeral(doc_id, False)
+        if not self._replica.listen_ephemeral(doc_id, True):
+            return False
+        self._ephemeral_listeners[doc_id] = listener
+        return True
 
     def release(self, doc_id: str) -> None:
         """Let the node evict `doc_id` from memory again; do not write to the Doc object afterwards."""
@@ -623,6 +652,10 @@ class Node:
                 transport.unsubscribe(endpoint)
             case LoadDoc(doc_id):
                 self._start_load(doc_id)
+            case DeliverEphemeral(doc_id, payload, origin):
+                listener = self._ephemeral_listeners.get(doc_id)
+                if listener is not None:
+                    listener(payload, origin)
 
     async def _timer_loop(self) -> None:
         """Sleep until the core's next deadline; an input that brings the deadline forward (see

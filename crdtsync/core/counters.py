@@ -105,6 +105,16 @@ class Counters:
     """Hellos from nodes with another partition count or placement version (never linked)."""
     handoff_docs_dropped: int = 0
     """Docs handed to a holder (confirmed twice, `handoff_grace_ms` apart) and dropped here."""
+    # ephemeral messages (awareness across nodes, never stored)
+    ephemeral_published: int = 0
+    ephemeral_relayed: int = 0
+    ephemeral_delivered: int = 0
+    ephemeral_not_listened: int = 0
+    """Received for docs nothing on this node listens to (no WebSocket client has them open)."""
+    ephemeral_dropped_rate: int = 0
+    """Not published or not relayed: over the publish or relay rate (`crdtsync.core.ephemeral`)."""
+    ephemeral_dropped_too_large: int = 0
+    ephemeral_listen_refused: int = 0
     # peers and membership
     peer_alive: int = 0
     """Links that became alive (first hello, or evidence after suspect or down)."""

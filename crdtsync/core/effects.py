@@ -60,4 +60,14 @@ class LoadDoc:
     doc_id: str
 
 
-Effect = Publish | Send | Subscribe | Unsubscribe | Persist | LoadDoc
+@dataclass(frozen=True, slots=True)
+class DeliverEphemeral:
+    """An ephemeral message (an awareness update) from node `origin` about a doc the driver listens
+    to (`Replica.listen_ephemeral`): hand it to the listener; never stored."""
+
+    doc_id: str
+    payload: bytes
+    origin: str
+
+
+Effect = Publish | Send | Subscribe | Unsubscribe | Persist | LoadDoc | DeliverEphemeral

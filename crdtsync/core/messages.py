@@ -211,6 +211,18 @@ class Relayed:
 
 
 @dataclass(frozen=True, slots=True)
+class Ephemeral:
+    """Bytes about a doc that are never stored (a y-protocols awareness update), published by node
+    `origin` for its clients and republished by relay `node_id` into its own datacenter (`node_id` is
+    `origin` on the first hop). See `crdtsync.core.ephemeral`."""
+
+    node_id: str
+    origin: str
+    doc_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class HandoffOffer:
     """A node that has docs it does not hold hands them to a holder: per doc, the offerer's state
     vector and `get_update` against the state the holder last acknowledged (the whole doc at first),
@@ -258,6 +270,7 @@ Message = (
     | TreeEntries
     | Members
     | Relayed
+    | Ephemeral
     | HandoffOffer
     | HandoffAck
 )

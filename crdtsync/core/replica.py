@@ -42,6 +42,7 @@ from crdtsync.core.context import Context
 from crdtsync.core.counters import Counters
 from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocNotLoadedError, DocTable
 from crdtsync.core.effects import Effect, Persist
+from crdtsync.core.ephemeral import EphemeralChannel
 from crdtsync.core.gossip import Gossip
 from crdtsync.core.guard import Guard
 from crdtsync.core.handoff import Handoff
@@ -149,6 +150,7 @@ class Replica:
         self._gossip = Gossip(
             ctx, self.membership, self._guard, self._links, self._outbound, self._inbound, self._antientropy
         )
+        self._ephemeral = EphemeralChannel(ctx, self._links, self.membership)
         self._last_tick_ms = 0.0
         self._cluster_placement: tuple[tuple[Candidate, ...], ClusterPlacement] | None = None
 
@@ -367,6 +369,22 @@ class Replica:
                 self._handoff.on_offer(message)
             case wire.HandoffAck():
                 self._handoff.on_ack(message)
+            case wire.Ephemeral():
+                self._ephemeral.on_message(message)
+
+    # ------------------------------------------------------------------ ephemeral messages
+
+    def publish_ephemeral(self, doc_id: str, payload: bytes, now_ms: float) -> bool:
+        """Send `payload` (an awareness update of this node's clients) about `doc_id` to every node
+        of every datacenter, never stored; nodes that listen to the doc get a `DeliverEphemeral`.
+        False when over its size or rate bound (counted). See `crdtsync.core.ephemeral`."""
+        self._step(now_ms)
+        return self._ephemeral.publish(doc_id, payload)
+
+    def listen_ephemeral(self, doc_id: str, listening: bool) -> bool:
+        """Start (or stop) handing ephemeral messages about `doc_id` to the driver; False when too
+        many docs are listened to already (counted)."""
+        return self._ephemeral.listen(doc_id, listening)
 
     # ------------------------------------------------------------------ documents
 

@@ -34,6 +34,7 @@ from crdtsync.core.messages import (
     HANDOFF_NOT_HOLDER,
     Delta,
     Deltas,
+    Ephemeral,
     HandoffAck,
     HandoffOffer,
     Heartbeat,
@@ -63,6 +64,7 @@ __all__ = [
     "DELTAS_PER_BATCH_MAX",
     "DOC_ID_BYTES_MAX",
     "ENTRIES_PER_MESSAGE_MAX",
+    "EPHEMERAL_BYTES_MAX",
     "FLAG_LZ4",
     "FRAME_BYTES_MAX",
     "HEADER",
@@ -78,6 +80,7 @@ __all__ = [
     "ZONE_BYTES_MAX",
     "Delta",
     "Deltas",
+    "Ephemeral",
     "HandoffAck",
     "HandoffOffer",
     "Heartbeat",
@@ -134,6 +137,8 @@ TREE_HASH_BYTES = 16
 DC_BYTES_MAX = 64
 MEMBERS_PER_MESSAGE_MAX = 1024
 """Most member records one MEMBERS gossip message carries."""
+EPHEMERAL_BYTES_MAX = 64 * 1024
+"""Largest payload of an EPHEMERAL message (an awareness update of a few clients is well under 1 KiB)."""
 
 
 class WireError(ValueError):
@@ -165,6 +170,7 @@ class MessageKind(IntEnum):
     RELAYED = 17
     HANDOFF_OFFER = 18
     HANDOFF_ACK = 19
+    EPHEMERAL = 21
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
@@ -224,6 +230,8 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             for d in deltas:
                 flat_relayed.extend((d.doc_id, d.before_state, d.after_state, d.update))
             return MessageKind.RELAYED, flat_relayed
+        case Ephemeral(n, origin, doc_id, payload):
+            return MessageKind.EPHEMERAL, [n, origin, doc_id, payload]
     raise TypeError(f"not a crdtsync message: {message!r}")
 
 
@@ -487,6 +495,17 @@ def _read_relayed(f: _Fields, node_id: str) -> Message:
     return Relayed(node_id, origin, f.deltas())
 
 
+def _read_ephemeral(f: _Fields, node_id: str) -> Message:
+    origin = f.text("origin", NODE_ID_BYTES_MAX)
+    doc_id = f.text("doc_id", DOC_ID_BYTES_MAX)
+    payload = f.blob("payload")
+    if len(payload) > EPHEMERAL_BYTES_MAX:
+        raise WireError(
+            "too_large", f"EPHEMERAL payload of {len(payload)} bytes exceeds {EPHEMERAL_BYTES_MAX}"
+        )
+    return Ephemeral(node_id, origin, doc_id, payload)
+
+
 def _read_members(f: _Fields, node_id: str) -> Message:
     reply = f.flag("reply")
     f.check_entries(9, MEMBERS_PER_MESSAGE_MAX)
@@ -638,5 +657,6 @@ _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.TREE_ENTRIES: _read_tree_entries,
     MessageKind.MEMBERS: _read_members,
     MessageKind.RELAYED: _read_relayed,
+    MessageKind.EPHEMERAL: _read_ephemeral,
 }
 """How to read the body of each kind (every `MessageKind` has one)."""

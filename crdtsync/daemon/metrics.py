@@ -18,6 +18,14 @@ _FRAMES_DROPPED_HELP = (
     "Frames dropped before they were handled, by reason (rate: over peer_frames_per_second_max from one "
     "sender; quarantined: from a quarantined sender; identity: a node id sent from another key than its own)."
 )
+_EPHEMERAL_HELP = (
+    "Ephemeral messages (awareness across nodes, never stored), by event: published for this node's "
+    "clients, relayed into this datacenter, delivered to this node's listeners, not listened to here."
+)
+_EPHEMERAL_DROPPED_HELP = (
+    "Ephemeral messages dropped, by reason: over the publish or relay rate, over the size bound, a doc "
+    "not listened to because too many are."
+)
 
 # how to read each counter of NodeStatus.counters -> (metric, help, labels): a misspelt field is a type error
 _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...] = (
@@ -246,6 +254,28 @@ _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...
         "Updates of other datacenters republished into this one (out: by this relay; in: received "
         "from a relay).",
         {"direction": "in"},
+    ),
+    (lambda c: c.ephemeral_published, "ephemeral_messages", _EPHEMERAL_HELP, {"event": "published"}),
+    (lambda c: c.ephemeral_relayed, "ephemeral_messages", _EPHEMERAL_HELP, {"event": "relayed"}),
+    (lambda c: c.ephemeral_delivered, "ephemeral_messages", _EPHEMERAL_HELP, {"event": "delivered"}),
+    (lambda c: c.ephemeral_not_listened, "ephemeral_messages", _EPHEMERAL_HELP, {"event": "not_listened"}),
+    (
+        lambda c: c.ephemeral_dropped_rate,
+        "ephemeral_dropped",
+        _EPHEMERAL_DROPPED_HELP,
+        {"reason": "rate"},
+    ),
+    (
+        lambda c: c.ephemeral_dropped_too_large,
+        "ephemeral_dropped",
+        _EPHEMERAL_DROPPED_HELP,
+        {"reason": "too_large"},
+    ),
+    (
+        lambda c: c.ephemeral_listen_refused,
+        "ephemeral_dropped",
+        _EPHEMERAL_DROPPED_HELP,
+        {"reason": "listen_refused"},
     ),
     (lambda c: c.gossip_sent, "gossip_sent", "Membership gossip messages sent.", {}),
     (lambda c: c.gossip_received, "gossip_received", "Membership gossip messages received.", {}),

@@ -17,11 +17,8 @@ A sync step 1 is answered with what the client lacks; over a frame (1 MiB), as s
 a frame each that integrate in order and a last step 2 (`crdtsync.core.update_split`), so that a
 large doc never travels as one message.
 
-Awareness (presence, cursors) is relayed between the connections of a room on this node, never
-stored: each message goes to every connection of the room, its sender included, as the npm y-websocket
-server does (a client that hears nothing for 30 s reconnects, and its own awareness renewal every 15 s
-is what it hears when it is alone). A closed connection's awareness states are removed and the
-removal broadcast, as are states not renewed for 30 s. Awareness does not cross nodes yet.
+Awareness (presence, cursors) is relayed to every connection of the room and to the other nodes of
+every datacenter, never stored (`RoomAwareness`, crdtsync/daemon/websocket_awareness.py).
 
 Limits (the `[websocket]` keys of the daemon's configuration, `WebSocketConfig`), each closing only
 the connection concerned (close codes in `CLOSE_*` and docs/websocket.md):
@@ -49,13 +46,11 @@ from aiohttp import WSMsgType, web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pycrdt import (
-    Awareness,
     Doc,
     Subscription,
     TransactionEvent,
     YMessageType,
     YSyncMessageType,
-    create_awareness_message,
     create_sync_message,
     create_update_message,
 )
@@ -64,6 +59,7 @@ from pycrdt._sync import create_sync_step2_message
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector, read_varuint
 from crdtsync.core.update_check import UpdateError, check_update, dependencies
 from crdtsync.core.update_split import ordered_runs, sync_parts
+from crdtsync.daemon.websocket_awareness import AWARENESS_TIMEOUT_S, AwarenessError, RoomAwareness
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.websocket")
@@ -86,11 +82,6 @@ SEND_QUEUE_BYTES_MAX = 64 << 20
 alone, e.g. the sync step 2 of a large doc); more closes it with 4008."""
 CONNECTIONS_MAX = 10_000
 """Open WebSocket connections per node; more are refused with 503 before the upgrade."""
-AWARENESS_CLIENTS_MAX = 64
-"""Awareness client ids one connection may hold states for (a y-websocket provider has one per doc)."""
-AWARENESS_TIMEOUT_S = 30.0
-"""An awareness state not renewed for this long is removed (y-protocols' outdated timeout; clients
-renew theirs every 15 s)."""
 LINGER_S = 30.0
 """How long a doc stays open (pinned, observed) after its last connection closed: a provider that
 reconnects within it (a network blip, a page reload) finds it loaded."""
@@ -119,6 +110,9 @@ COUNTERS = (
     "closed_slow",
     "closed_resync",
     "refused_over_max",
+    "awareness_from_nodes",
+    "awareness_from_nodes_dropped",
+    "awareness_not_published",
 )
 
 
@@ -167,7 +161,6 @@ class Connection:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
     close_reason: str = ""
-    awareness_clients: set[int] = field(default_factory=set)
 
     def close_soon(self, code: int, reason: str) -> None:
         """Have the sender close the connection (queued messages are dropped); the first code wins."""
@@ -190,10 +183,9 @@ class Room:
 
     doc_id: str
     doc: Doc[Any]
-    awareness: Awareness
+    awareness: RoomAwareness
     connections: set[Connection] = field(default_factory=set)
     subscription: Subscription | None = None
-    awareness_subscription: str | None = None
     source: Connection | None = None
     """The connection whose update is being applied: its changes are captured, not sent at once."""
     captured: list[bytes] = field(default_factory=list)
@@ -256,8 +248,7 @@ class WebSockets:
             room = await self._join(doc_id, conn)
             sender = asyncio.create_task(self._send_loop(conn))
             self._send(conn, create_sync_message(room.doc))
-            if room.awareness.states:
-                self._send(conn, self._awareness_message(room, list(room.awareness.states)))
+            self._send_awareness(room, conn)
             async for message in ws:
                 if message.type == WSMsgType.BINARY:
                     self.counters["messages_received"] += 1
@@ -367,16 +358,13 @@ class WebSockets:
         elif kind == YMessageType.AWARENESS:
             payload = _var_bytes(data, pos, "awareness update")
             try:
-                room.awareness.apply_awareness_update(payload, conn)
-            except (Exception, RecursionError) as exc:
-                raise MalformedError(f"not an awareness update: {exc!r}"[:200]) from None
-            if len(conn.awareness_clients) > AWARENESS_CLIENTS_MAX:
-                raise MalformedError(f"awareness states of over {AWARENESS_CLIENTS_MAX} clients")
+                room.awareness.from_client(conn, payload)
+            except AwarenessError as exc:
+                raise MalformedError(str(exc)) from None
         elif kind == MESSAGE_QUERY_AWARENESS:
             if pos != len(data):
                 raise MalformedError("bytes after a query-awareness message")
-            if room.awareness.states:
-                self._send(conn, self._awareness_message(room, list(room.awareness.states)))
+            self._send_awareness(room, conn)
         else:
             raise MalformedError(f"unknown message type {kind}")
 
@@ -432,8 +420,10 @@ class WebSockets:
                 if other is not conn:
                     self._send(other, message)
 
-    def _awareness_message(self, room: Room, clients: list[int]) -> bytes:
-        return create_awareness_message(room.awareness.encode_awareness_update(clients))
+    def _send_awareness(self, room: Room, conn: Connection) -> None:
+        message = room.awareness.message()
+        if message is not None:
+            self._send(conn, message)
 
     # ------------------------------------------------------------------ rooms
 
@@ -453,13 +443,14 @@ class WebSockets:
         return room
 
     def _new_room(self, doc_id: str, doc: Doc[Any]) -> Room:
-        awareness = Awareness(Doc())
-        awareness.set_local_state(None)  # the room relays its clients' states; it has none itself
+        # The room's awareness broadcasts through the room, made just after it.
+        awareness = RoomAwareness(
+            self.node, doc_id, lambda message: self._send_all(room, message), self.counters
+        )
         room = Room(doc_id=doc_id, doc=doc, awareness=awareness)
         room.subscription = doc.observe(lambda event: self._on_change(room, event))
-        room.awareness_subscription = awareness.observe(
-            lambda topic, change: self._on_awareness(room, topic, change)
-        )
+        if not room.awareness.listening:
+            self._warn("awareness", "awareness of %s stays on this node: too many docs listened to", doc_id)
         self.rooms[doc_id] = room
         if self._expiry is None:
             self._expiry = asyncio.create_task(self._expire_awareness())
@@ -467,8 +458,7 @@ class WebSockets:
 
     def _leave(self, room: Room, conn: Connection) -> None:
         room.connections.discard(conn)
-        if conn.awareness_clients:
-            room.awareness.remove_awareness_states(sorted(conn.awareness_clients), conn)
+        room.awareness.client_left(conn)
         if room.connections or self.rooms.get(room.doc_id) is not room:
             return
         if self.linger_s > 0 and not self._closing:
@@ -490,8 +480,7 @@ class WebSockets:
             self._expiry = None
         if room.subscription is not None:
             room.doc.unobserve(room.subscription)
-        if room.awareness_subscription is not None:
-            room.awareness.unobserve(room.awareness_subscription)
+        room.awareness.close()
         self.node.release(room.doc_id)
 
     def _on_change(self, room: Room, event: TransactionEvent) -> None:
@@ -501,43 +490,20 @@ class WebSockets:
         if room.source is not None:
             room.captured.append(update)
             return
-        message = create_update_message(update)
-        for conn in list(room.connections):
-            self._send(conn, message)
+        self._send_all(room, create_update_message(update))
 
-    def _on_awareness(self, room: Room, topic: str, change: tuple[dict[str, Any], Any]) -> None:
-        if topic != "update":
-            return
-        changes, origin = change
-        if isinstance(origin, Connection):
-            origin.awareness_clients.update(changes["added"], changes["updated"])
-            origin.awareness_clients.difference_update(changes["removed"])
-        elif changes["removed"]:  # expired
-            for conn in room.connections:
-                conn.awareness_clients.difference_update(changes["removed"])
-        clients = [*changes["added"], *changes["updated"], *changes["removed"]]
-        if not clients:
-            return
-        message = self._awareness_message(room, clients)
+    def _send_all(self, room: Room, message: bytes) -> None:
         for conn in list(room.connections):
             self._send(conn, message)
 
     async def _expire_awareness(self) -> None:
         """Remove the awareness states that were not renewed within `awareness_timeout_s` (a client
-        that stays connected but stopped renewing), and tell the rooms' clients."""
+        that stays connected but stopped renewing, a client of a node that died), and tell the rooms'
+        clients."""
         while True:
             await asyncio.sleep(self.awareness_timeout_s / 10)
-            # pycrdt's Awareness stamps states with the wall clock in ms.
-            oldest_ms = time.time() * 1000 - self.awareness_timeout_s * 1000
             for room in list(self.rooms.values()):
-                meta = room.awareness.meta
-                expired = [
-                    client
-                    for client in room.awareness.states
-                    if meta.get(client, {}).get("lastUpdated", 0) <= oldest_ms
-                ]
-                if expired:
-                    room.awareness.remove_awareness_states(expired, "timeout")
+                room.awareness.expire(self.awareness_timeout_s)
 
     # ------------------------------------------------------------------ the daemon
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pycrdt import Doc
 
-from crdtsync.core.effects import LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.effects import DeliverEphemeral, LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.replica import Replica
 from crdtsync.sim import invariants
 from crdtsync.sim.config import FAULTS as FAULTS
@@ -226,6 +226,8 @@ class SimCluster:
                     node.subscriptions[endpoint] = wan
                 case Unsubscribe(endpoint):
                     node.subscriptions.pop(endpoint, None)
+                case DeliverEphemeral():
+                    node.ephemeral_delivered.append(effect)
                 case LoadDoc(doc_id):
                     at_ms = self.now_ms + self.rng.uniform(*self.config.load_ms)
                     self._schedule(at_ms, "load", (node.index, node.incarnation, doc_id))

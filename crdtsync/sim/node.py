@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from crdtsync.core.effects import DeliverEphemeral
 from crdtsync.core.replica import Replica
 from crdtsync.store.group_commit import CommitQueue
 from crdtsync.store.memory import MemoryStore
@@ -24,6 +25,8 @@ class SimNode:
     """Left the cluster gracefully and not restarted: not part of the convergence check."""
     subscriptions: dict[str, bool] = field(default_factory=dict)
     """Publish endpoint -> subscribed across the WAN (only frames not published dc_only)."""
+    ephemeral_delivered: deque[DeliverEphemeral] = field(default_factory=lambda: deque(maxlen=1024))
+    """The latest ephemeral messages the replica handed over (for docs it listens to)."""
     tick_token: int = 0
     tick_at_ms: float = float("inf")
     link_free_ms: dict[int, float] = field(default_factory=dict)

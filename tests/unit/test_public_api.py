@@ -66,8 +66,10 @@ def test_node_methods_are_pinned() -> None:
         "flush",
         "has_doc",
         "holds",
+        "listen_ephemeral",
         "merkle_root",
         "open",
+        "publish_ephemeral",
         "release",
         "restore",
         "start",
@@ -101,6 +103,8 @@ def test_node_methods_are_pinned() -> None:
         "holds",
         "placement",
         "cluster_placement",
+        "publish_ephemeral",
+        "listen_ephemeral",
     ):
         assert not inspect.iscoroutinefunction(getattr(Node, name)), name
     assert list(inspect.signature(Node.open).parameters) == ["self", "doc_id"]

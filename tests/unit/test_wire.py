@@ -53,6 +53,7 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
         ),
     ),
     wire.Relayed(NODE, "origin-node", (_delta("doc-1", b"\x01\x02"), _delta("doc-2", b""))),
+    wire.Ephemeral(NODE, "origin-node", "doc-1", b"\x01\x2a\x03\x02{}"),
     wire.HandoffOffer(NODE, (("doc-1", b"\x01\x05\x02", b"\x01\x02"), ("doc-2", b"\x00", b"\x00\x00"))),
     wire.HandoffOffer(NODE, (("doc-3", b"\x00", b"\x00\x00"),), leaving=True),
     wire.HandoffAck(NODE, (("doc-1", 1, b"\x01\x05\x02"), ("doc-2", 2, b"\x00"))),
@@ -332,6 +333,14 @@ def test_wire_error_is_a_value_error_carrying_reason_and_detail() -> None:
 def test_a_handoff_ack_with_an_unknown_status_is_rejected() -> None:
     frame = _frame_of(MessageKind.HANDOFF_ACK, [NODE, "doc-1", 3, b"\x00"])
     assert _reason(frame) == "bad_body"
+
+
+def test_an_ephemeral_payload_over_its_bound_is_rejected() -> None:
+    fields = [NODE, "origin-node", "doc-1", b"x" * (wire.EPHEMERAL_BYTES_MAX + 1)]
+    assert _reason(_frame_of(MessageKind.EPHEMERAL, fields)) == "too_large"
+    largest = b"x" * wire.EPHEMERAL_BYTES_MAX
+    decoded = wire.decode(_frame_of(MessageKind.EPHEMERAL, [NODE, "origin-node", "doc-1", largest]))
+    assert decoded == wire.Ephemeral(NODE, "origin-node", "doc-1", largest)
 
 
 def test_a_weight_out_of_range_is_rejected() -> None:

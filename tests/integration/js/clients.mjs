@@ -2,6 +2,7 @@
 //
 //   node clients.mjs converge URL_A URL_B DOC TOKEN   one client on each node edits concurrently
 //   node clients.mjs awareness URL DOC TOKEN          two clients of one node see each other's presence
+//   node clients.mjs awareness URL_A URL_B DOC TOKEN  the same with the clients on two nodes
 //   node clients.mjs fetch URL DOC TOKEN              a fresh client syncs a doc: its data's sizes
 //   node clients.mjs reconnect URL DOC                edits, the node is killed (the test says so on
 //                                                     stdin), edits offline, the node restarts: resync
@@ -81,13 +82,17 @@ async function converge ([urlA, urlB, doc, token]) {
   console.log(JSON.stringify(result))
 }
 
-async function awareness ([url, doc, token]) {
-  const a = connect(url, doc, token)
-  const b = connect(url, doc, token)
+async function awareness (args) {
+  const [urlA, urlB, doc, token] = args.length === 4 ? args : [args[0], ...args]
+  const a = connect(urlA, doc, token)
+  const b = connect(urlB, doc, token)
   await waitFor(() => a.provider.synced && b.provider.synced, 'both clients synced')
   a.provider.awareness.setLocalStateField('user', { name: 'alice' })
+  b.provider.awareness.setLocalStateField('user', { name: 'bob' })
   const alice = a.ydoc.clientID
+  const bob = b.ydoc.clientID
   await waitFor(() => b.provider.awareness.getStates().get(alice)?.user?.name === 'alice', "alice's presence at b")
+  await waitFor(() => a.provider.awareness.getStates().get(bob)?.user?.name === 'bob', "bob's presence at a")
   const seen = b.provider.awareness.getStates().get(alice)
   // Cut a's connection without a goodbye: only the node can tell b that alice left (b's own
   // timeout would take 30 s).
