@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="3 s per run instead of 10")
     parser.add_argument("--duration-s", type=float, help="seconds per run")
-    parser.add_argument("--routes", default="health,put", help="comma-separated: health, put, batch")
+    parser.add_argument("--routes", default="health,put,batch", help="comma-separated: health, put, batch")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
     duration_s = args.duration_s or (3.0 if args.quick else 10.0)

@@ -44,7 +44,8 @@ from yarl import URL
 from crdtsync import Node, NodeConfig
 from crdtsync.core.effects import Persist
 from crdtsync.daemon.config import DaemonConfig, HttpConfig, Token, parse_http_listen, token_digest
-from crdtsync.daemon.http import Api, b64url
+from crdtsync.daemon.http import Api
+from crdtsync.daemon.http_input import b64url
 from crdtsync.store.sqlite import SqliteStore
 from crdtsync.testing.cluster import free_port
 from fuzz._runner import Fuzzable, Target, cli_main

@@ -30,6 +30,7 @@ from crdtsync.artifacts import (
     ArtifactVersion,
 )
 from crdtsync.daemon import jsonvalues
+from crdtsync.daemon.http_input import ApiError
 
 if TYPE_CHECKING:
     from crdtsync.daemon.http import Api
@@ -47,8 +48,6 @@ def register(app: web.Application, api: Api) -> None:
 
 
 def _fail(status: int, code: str, message: str) -> NoReturn:
-    from crdtsync.daemon.http import ApiError  # the API's error type: its middleware counts and answers
-
     raise ApiError(status, code, message)
 
 

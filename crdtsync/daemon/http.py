@@ -16,14 +16,11 @@ on a write with 403, before the request body is read.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import os
-import re
 import sqlite3
 import tempfile
 import time
@@ -37,8 +34,18 @@ from pycrdt import Doc, Map, TransactionEvent
 from crdtsync.consistency import DocState
 from crdtsync.core.docs import EMPTY_STATE
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
-from crdtsync.daemon import artifacts_http, causal_http, jsonvalues
+from crdtsync.daemon import artifacts_http, batch_http, causal_http
 from crdtsync.daemon.config import DaemonConfig, Token
+from crdtsync.daemon.http_input import (
+    ApiError,
+    b64url,
+    check_doc_id,
+    check_key,
+    error_response,
+    from_b64url,
+    json_response,
+    parse_json,
+)
 from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
 from crdtsync.daemon.status_json import cluster_placement_json, config_warnings, placement_json, status_json
 from crdtsync.daemon.store_http import WRITE_METHODS, StoreGuard
@@ -53,11 +60,6 @@ log = logging.getLogger("crdtsync.http")
 WRITE_ACKS_MAX = 64
 """The most replicas a write may wait for (`write_acks`)."""
 
-DOC_ID_RE = re.compile(r"^[A-Za-z0-9._~:@-]+(/[A-Za-z0-9._~:@-]+)*$")
-KEY_RE = re.compile(r"^[A-Za-z0-9._~:@ -]+$")
-DOC_ID_BYTES_MAX = 512
-KEY_BYTES_MAX = 256
-RESERVED_SEGMENTS = frozenset({"keys", "update", "watch"})
 RESTORE_BYTES_MAX = 1 << 30
 READ_METHODS = frozenset({"GET", "HEAD"})
 OPEN_PATHS = frozenset({"/health", "/ui"})
@@ -77,25 +79,6 @@ REFUSAL_REASONS = ("unauthorized", "forbidden")
 REFUSAL_LOG_INTERVAL_S = 1.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """Every JSON answer: numbers as people write them (`4`, not `4.0`; see `jsonvalues`)."""
-    return web.json_response(body, status=status, headers=headers, dumps=jsonvalues.dumps)
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
 def bearer_token(header: str) -> str | None:
@@ -119,71 +102,9 @@ def find_token(tokens: tuple[Token, ...], presented: str) -> Token | None:
     return found
 
 
-def check_doc_id(doc_id: str) -> str:
-    if not doc_id or len(doc_id.encode()) > DOC_ID_BYTES_MAX or not DOC_ID_RE.match(doc_id):
-        raise ApiError(
-            400,
-            "bad_doc_id",
-            f"doc id {doc_id[:80]!r} is invalid: 1..{DOC_ID_BYTES_MAX} bytes of A-Z a-z 0-9 . _ ~ : @ - "
-            "in segments separated by single slashes",
-        )
-    if RESERVED_SEGMENTS & set(doc_id.split("/")):
-        raise ApiError(
-            400,
-            "bad_doc_id",
-            f"doc id {doc_id!r} uses a reserved segment ({', '.join(sorted(RESERVED_SEGMENTS))})",
-        )
-    return doc_id
-
-
-def check_key(key: str) -> str:
-    if not key or len(key.encode()) > KEY_BYTES_MAX or not KEY_RE.match(key):
-        raise ApiError(
-            400,
-            "bad_key",
-            f"key {key[:80]!r} is invalid: 1..{KEY_BYTES_MAX} bytes of A-Z a-z 0-9 . _ ~ : @ - and space",
-        )
-    return key
-
-
 def _read_bytes(path: str) -> bytes:
     with open(path, "rb") as file:
         return file.read()
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def from_b64url(text: str, what: str) -> bytes:
-    try:
-        # validate=True: the lenient decoder would drop characters outside the alphabet silently.
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (ValueError, TypeError):
-        raise ApiError(400, "bad_base64", f"{what} is not valid base64url") from None
-
-
-JSON_INT_MAX = 2**53
-"""Yjs numbers are doubles: larger integers would lose precision (and pycrdt panics on some)."""
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _check_numbers(value: Any, depth: int = 0) -> None:
-    if depth > 64:
-        raise ApiError(400, "bad_json", "JSON nested deeper than 64 levels")
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > JSON_INT_MAX:
-        raise ApiError(
-            400, "bad_value", f"integer {value} is beyond ±2^53, which a Yjs number cannot hold exactly"
-        )
-    if isinstance(value, dict):
-        for item in value.values():
-            _check_numbers(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            _check_numbers(item, depth + 1)
 
 
 class Api:
@@ -228,6 +149,7 @@ class Api:
         app.router.add_route("*", "/v1/docs/{rest:.+}", self.doc_route)
         app.router.add_get(WS_PATH_PREFIX + "{doc:.+}", self.websocket)
         artifacts_http.register(app, self)
+        batch_http.register(app, self)
         return app
 
     async def _served_by(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -492,12 +414,7 @@ class Api:
         raise ApiError(404, "no_such_doc", f"doc {doc_id!r} does not exist on this node")
 
     async def _json_body(self, request: web.Request) -> Any:
-        try:
-            value = json.loads(await request.read(), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ApiError(400, "bad_json", f"request body is not valid JSON: {exc}") from None
-        _check_numbers(value)
-        return value
+        return parse_json(await request.read())
 
     async def _written(self, doc_id: str, doc: Doc[Any], request: web.Request) -> web.Response:
         try:

@@ -1,0 +1,112 @@
+"""What every route of the HTTP API checks its input with, and how it answers: doc ids, keys, JSON
+values and base64url, each refused with a 400 naming what was wrong (`ApiError`, answered and
+counted by the API's error middleware); JSON answers written as people write numbers (`jsonvalues`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from crdtsync.daemon import jsonvalues
+
+DOC_ID_RE = re.compile(r"^[A-Za-z0-9._~:@-]+(/[A-Za-z0-9._~:@-]+)*$")
+KEY_RE = re.compile(r"^[A-Za-z0-9._~:@ -]+$")
+DOC_ID_BYTES_MAX = 512
+KEY_BYTES_MAX = 256
+RESERVED_SEGMENTS = frozenset({"keys", "update", "watch"})
+JSON_INT_MAX = 2**53
+"""Yjs numbers are doubles: larger integers would lose precision (and pycrdt panics on some)."""
+JSON_DEPTH_MAX = 64
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """Every JSON answer: numbers as people write them (`4`, not `4.0`; see `jsonvalues`)."""
+    return web.json_response(body, status=status, headers=headers, dumps=jsonvalues.dumps)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+def check_doc_id(doc_id: str) -> str:
+    if not doc_id or len(doc_id.encode()) > DOC_ID_BYTES_MAX or not DOC_ID_RE.match(doc_id):
+        raise ApiError(
+            400,
+            "bad_doc_id",
+            f"doc id {doc_id[:80]!r} is invalid: 1..{DOC_ID_BYTES_MAX} bytes of A-Z a-z 0-9 . _ ~ : @ - "
+            "in segments separated by single slashes",
+        )
+    if RESERVED_SEGMENTS & set(doc_id.split("/")):
+        raise ApiError(
+            400,
+            "bad_doc_id",
+            f"doc id {doc_id!r} uses a reserved segment ({', '.join(sorted(RESERVED_SEGMENTS))})",
+        )
+    return doc_id
+
+
+def check_key(key: str) -> str:
+    if not key or len(key.encode()) > KEY_BYTES_MAX or not KEY_RE.match(key):
+        raise ApiError(
+            400,
+            "bad_key",
+            f"key {key[:80]!r} is invalid: 1..{KEY_BYTES_MAX} bytes of A-Z a-z 0-9 . _ ~ : @ - and space",
+        )
+    return key
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def from_b64url(text: str, what: str) -> bytes:
+    try:
+        # validate=True: the lenient decoder would drop characters outside the alphabet silently.
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (ValueError, TypeError):
+        raise ApiError(400, "bad_base64", f"{what} is not valid base64url") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body's JSON value: 400 `bad_json` for anything but JSON (NaN and Infinity included)
+    or nesting deeper than JSON_DEPTH_MAX, 400 `bad_value` for an integer a Yjs number cannot hold."""
+    try:
+        value = json.loads(body, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ApiError(400, "bad_json", f"request body is not valid JSON: {exc}") from None
+    check_numbers(value)
+    return value
+
+
+def check_numbers(value: Any, depth: int = 0) -> None:
+    if depth > JSON_DEPTH_MAX:
+        raise ApiError(400, "bad_json", f"JSON nested deeper than {JSON_DEPTH_MAX} levels")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > JSON_INT_MAX:
+        raise ApiError(
+            400, "bad_value", f"integer {value} is beyond ±2^53, which a Yjs number cannot hold exactly"
+        )
+    if isinstance(value, dict):
+        for item in value.values():
+            check_numbers(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_numbers(item, depth + 1)
