@@ -247,6 +247,7 @@ class Node:
         self._transport = transport
         self._replica_or_none = replica
         self._holder_waits = HolderWaits(replica, self._schedule_pump)
+        replica.on_chunk_message = lambda message: self.artifacts.transfer.on_message(message)
         if description.lazy_loading:
             # Docs load on first use; the tree comes from the digests stored with them.
             replica.register_docs((record.doc_id, record.state, record.digest) for record in store.docs())

@@ -3,9 +3,10 @@
 A put chunks the file on a worker thread (streamed), appends the chunks the store lacks, makes them
 durable, and only then writes the manifest into the artifact's doc and flushes it: a version is
 acknowledged (put returns) once its chunks and its manifest are durable, and no manifest names a
-chunk this node does not hold. Chunks stay on the node that has them: the manifest replicates like
-any doc, a node without the chunks lists the version and answers `ArtifactIncompleteError` naming
-how much it lacks (transfer between nodes is the next step of issue 15).
+chunk this node does not hold. The manifest replicates like
+any doc; a node that lacks chunks of a version fetches them from the nodes that hold it complete
+(`transfer`) before it serves it, and answers `ArtifactIncompleteError` naming how much is missing
+when no holder can give them, never a truncated file.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from crdtsync.artifacts.manifest import (
 )
 from crdtsync.artifacts.store import ChunkStore, ChunkWriter, CollectResult
 from crdtsync.artifacts.tensors import ArtifactDiff, diff_tables
+from crdtsync.artifacts.transfer import Transfer, TransferError
 
 if TYPE_CHECKING:
     from crdtsync.node import Node
@@ -107,6 +109,7 @@ class Artifacts:
         self.limits = limits or ArtifactLimits()
         self.sizes = sizes or ChunkSizes()
         self.store = ChunkStore(self.directory)
+        self.transfer = Transfer(node, self.store)
         self.manifests_refused = 0
         """Replicated manifest records ignored for breaking the format or the limits."""
 
@@ -253,21 +256,26 @@ class Artifacts:
         for piece in record.table:
             yield from manifest.decode_piece(self.store.read(piece))
 
+    def _lacking(self, record: VersionRecord) -> list[tuple[bytes, int]]:
+        """The chunks of the version this node lacks, each once, with their lengths (its table
+        pieces, with length 0, when it lacks some of those)."""
+        pieces = self.store.missing(record.table)
+        if pieces:
+            return [(piece, 0) for piece in pieces]
+        lengths = dict(self.entries(record))
+        return [(chunk, lengths[chunk]) for chunk in self.store.missing(lengths)]
+
     def _check_complete(self, name: str, record: VersionRecord) -> None:
-        lacking_pieces = self.store.missing(record.table)
-        if lacking_pieces:
+        lacking = self._lacking(record)
+        if lacking and lacking[0][1] == 0:
             raise ArtifactIncompleteError(
-                f"{name} version {record.version}: this node lacks {len(lacking_pieces)} of the "
-                f"{len(record.table)} pieces of its chunk table ({record.chunks} chunks, {record.bytes_total} bytes)",
+                f"{name} version {record.version}: this node lacks {len(lacking)} of the {len(record.table)} "
+                f"pieces of its chunk table ({record.chunks} chunks, {record.bytes_total} bytes)",
                 record.chunks,
                 record.bytes_total,
             )
-        lengths: dict[bytes, int] = {}
-        for chunk, length in self.entries(record):
-            lengths[chunk] = length
-        lacking = self.store.missing(lengths)
         if lacking:
-            bytes_missing = sum(lengths[chunk] for chunk in lacking)
+            bytes_missing = sum(length for _, length in lacking)
             raise ArtifactIncompleteError(
                 f"{name} version {record.version}: this node lacks {len(lacking)} of its {record.chunks} "
                 f"chunks ({bytes_missing} of {record.bytes_total} bytes)",
@@ -275,9 +283,49 @@ class Artifacts:
                 bytes_missing,
             )
 
-    async def get(self, name: str, out: str, *, version: str = "latest") -> ArtifactVersion:
-        """Write the version to the new file `out` (written whole or not at all)."""
+    async def fetch(self, name: str, version: str = "latest") -> int:
+        """Make this node hold every chunk of the version: those it lacks come from the nodes that
+        hold it complete, its own datacenter first (`transfer`); then it is listed complete here
+        too. Returns the chunk bytes fetched. ArtifactIncompleteError naming what no holder gave."""
         record = await self._resolved(name, version)
+        holders = list((await self.resolve(name, record.version)).complete_on)
+        fetched = self.transfer.counters.bytes_fetched
+        writer = self.store.writer()
+        try:
+            for _ in range(2):  # the table's pieces first, then the chunks they name
+                lacking = await asyncio.to_thread(self._lacking, record)
+                if not lacking:
+                    break
+                try:
+                    await self.transfer.fetch(lacking, holders, writer)
+                except TransferError as exc:
+                    raise ArtifactIncompleteError(
+                        f"{name} version {record.version}: {exc}", exc.chunks_missing, exc.bytes_missing
+                    ) from None
+            await asyncio.to_thread(self._check_complete, name, record)
+            if self._node.config.node_id not in holders:
+                await self._mark_complete(name, record.version)
+        finally:
+            writer.close()
+        return self.transfer.counters.bytes_fetched - fetched
+
+    async def _mark_complete(self, name: str, version: str) -> None:
+        doc_id = manifest.doc_id(name)
+        doc = await self._node.open(doc_id)
+        try:
+            doc.get("complete", type=Map)[f"{version} {self._node.config.node_id}"] = self._node.config.dc
+            await self._node.flush()
+        finally:
+            self._node.release(doc_id)
+
+    async def get(
+        self, name: str, out: str, *, version: str = "latest", fetch: bool = True
+    ) -> ArtifactVersion:
+        """Write the version to the new file `out` (written whole or not at all), fetching the chunks
+        this node lacks first unless `fetch` is False."""
+        record = await self._resolved(name, version)
+        if fetch:
+            await self.fetch(name, record.version)
         await asyncio.to_thread(self._write_file, name, record, out)
         return await self.resolve(name, record.version)
 
@@ -299,14 +347,15 @@ class Artifacts:
     async def open_range(
         self, name: str, ref: str, start: int = 0, end: int | None = None
     ) -> tuple[ArtifactVersion, AsyncIterator[bytes]]:
-        """The version and an iterator over its bytes [start, end): checked complete first."""
+        """The version and an iterator over its bytes [start, end), once this node holds all of it
+        (fetched first, as `get`)."""
         record = await self._resolved(name, ref)
         stop = record.bytes_total if end is None else min(end, record.bytes_total)
         if not 0 <= start <= stop:
             raise ArtifactError(
                 f"range {start}..{stop} is outside the {record.bytes_total} bytes of the version"
             )
-        await asyncio.to_thread(self._check_complete, name, record)
+        await self.fetch(name, record.version)
         return await self.resolve(name, record.version), self._stream(record, start, stop)
 
     async def _stream(self, record: VersionRecord, start: int, stop: int) -> AsyncIterator[bytes]:

@@ -307,7 +307,8 @@ class ChunkWriter:
         self.bytes_new = 0
 
     def add(self, chunk: bytes, data: bytes) -> bool:
-        """Store `data` under `chunk` (its BLAKE3 id) unless the store has it: True when new."""
+        """Store `data` under `chunk` (its BLAKE3 id) unless the store has it: True when new.
+        Thread-safe, like `commit` (a transfer's workers share one writer)."""
         if len(chunk) != CHUNK_ID_BYTES:
             raise ValueError(f"a chunk id is {CHUNK_ID_BYTES} bytes, got {len(chunk)}")
         store = self._store
@@ -320,14 +321,15 @@ class ChunkWriter:
                 self._reused.append(chunk)
                 return False
             pack, offset = store._append(data)
-        self._rows.append((chunk, pack, offset, len(data)))
-        self.bytes_new += len(data)
+            self._rows.append((chunk, pack, offset, len(data)))
+            self.bytes_new += len(data)
         return True
 
     def commit(self) -> None:
         """Every chunk added so far is durable once this returns."""
-        self._store._commit(self._rows, self._reused)
-        self._rows, self._reused = [], []
+        with self._store._lock:
+            self._store._commit(self._rows, self._reused)
+            self._rows, self._reused = [], []
 
     def close(self) -> None:
         with self._store._lock:

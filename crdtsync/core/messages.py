@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crdtsync.core.chunks import ChunkReply, ChunkRequest
+
 from crdtsync.core.placement import PARTITIONS_DEFAULT, PLACEMENT_VERSION
 
 
@@ -273,4 +275,6 @@ Message = (
     | Ephemeral
     | HandoffOffer
     | HandoffAck
+    | ChunkRequest
+    | ChunkReply
 )

@@ -35,6 +35,7 @@ from typing import Any
 from pycrdt import Doc
 
 from crdtsync.core import wire
+from crdtsync.core.chunks import ChunkMessage, ChunkReply, ChunkRequest
 from crdtsync.core.antientropy import AntiEntropy
 from crdtsync.core.causal import CausalBuffer
 from crdtsync.core.config import ReplicaConfig
@@ -144,6 +145,8 @@ class Replica:
         self._sync = StateSync(ctx, self._docs, self._guard, self._links, self._causal)
         self._antientropy = AntiEntropy(ctx, self._docs, self._links, self._sync, holding)
         self._handoff = Handoff(ctx, self._docs, self._guard, self._links, holding, self._sync, self._causal)
+        self.on_chunk_message: Callable[[ChunkMessage], None] | None = None
+        """The driver's handler of chunk transfer messages (crdtsync.artifacts.transfer)."""
         self._inbound = Inbound(
             ctx, self.membership, self._links, self._outbound, self._causal, self._antientropy
         )
@@ -369,6 +372,9 @@ class Replica:
                 self._handoff.on_offer(message)
             case wire.HandoffAck():
                 self._handoff.on_ack(message)
+            case ChunkRequest() | ChunkReply():
+                if self.on_chunk_message is not None:
+                    self.on_chunk_message(message)
             case wire.Ephemeral():
                 self._ephemeral.on_message(message)
 

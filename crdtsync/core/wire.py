@@ -29,6 +29,7 @@ from typing import Any
 import lz4.block
 import msgpack
 
+from crdtsync.core import chunks
 from crdtsync.core.counters import WireErrorReason
 from crdtsync.core.messages import (
     HANDOFF_NOT_HOLDER,
@@ -171,6 +172,8 @@ class MessageKind(IntEnum):
     HANDOFF_OFFER = 18
     HANDOFF_ACK = 19
     EPHEMERAL = 21
+    CHUNK_REQUEST = chunks.CHUNK_REQUEST
+    CHUNK_REPLY = chunks.CHUNK_REPLY
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
@@ -232,6 +235,9 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.RELAYED, flat_relayed
         case Ephemeral(n, origin, doc_id, payload):
             return MessageKind.EPHEMERAL, [n, origin, doc_id, payload]
+        case chunks.ChunkRequest() | chunks.ChunkReply():
+            kind, fields = chunks.body_of(message)
+            return MessageKind(kind), fields
     raise TypeError(f"not a crdtsync message: {message!r}")
 
 
@@ -658,5 +664,7 @@ _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.MEMBERS: _read_members,
     MessageKind.RELAYED: _read_relayed,
     MessageKind.EPHEMERAL: _read_ephemeral,
+    MessageKind.CHUNK_REQUEST: chunks.read_request,
+    MessageKind.CHUNK_REPLY: chunks.read_reply,
 }
 """How to read the body of each kind (every `MessageKind` has one)."""

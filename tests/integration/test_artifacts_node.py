@@ -139,7 +139,7 @@ async def _bad_names_refs_and_limits_are_refused(tmp_path: Path) -> None:
             parse_record("0" * 16, {"table": ["00" * 32] * 5000}, ArtifactLimits(chunks_per_version_max=10))
 
 
-async def _concurrent_versions_on_two_nodes_merge_and_a_node_without_chunks_says_what_it_lacks(
+async def _concurrent_versions_on_two_nodes_merge_and_each_node_fetches_the_other(
     tmp_path: Path,
 ) -> None:
     write_safetensors(str(tmp_path / "a"), _tensors(1))
@@ -161,9 +161,11 @@ async def _concurrent_versions_on_two_nodes_merge_and_a_node_without_chunks_says
         listed = await one.artifacts.ls("m")
         assert sorted(v.complete_on for v in listed) == [("n0",), ("n1",)]
         with pytest.raises(ArtifactIncompleteError, match="lacks") as lacking:
-            await one.artifacts.get("m", str(tmp_path / "out"), version=put_b.version)
+            await one.artifacts.get("m", str(tmp_path / "out"), version=put_b.version, fetch=False)
         assert not (tmp_path / "out").exists()
         assert lacking.value.bytes_missing > 0
+        await one.artifacts.get("m", str(tmp_path / "out"), version=put_b.version)
+        assert _sha(tmp_path / "out") == _sha(tmp_path / "b")
 
 
 def test_put_get_ls_and_diff_on_one_node(tmp_path: Path) -> None:
@@ -178,9 +180,7 @@ def test_bad_names_refs_and_limits_are_refused(tmp_path: Path) -> None:
     asyncio.run(_bad_names_refs_and_limits_are_refused(tmp_path))
 
 
-def test_concurrent_versions_on_two_nodes_merge_and_a_node_without_chunks_says_what_it_lacks(
+def test_concurrent_versions_on_two_nodes_merge_and_each_node_fetches_the_other(
     tmp_path: Path,
 ) -> None:
-    asyncio.run(
-        _concurrent_versions_on_two_nodes_merge_and_a_node_without_chunks_says_what_it_lacks(tmp_path)
-    )
+    asyncio.run(_concurrent_versions_on_two_nodes_merge_and_each_node_fetches_the_other(tmp_path))

@@ -11,7 +11,7 @@ import lz4.block
 import msgpack
 import pytest
 
-from crdtsync.core import wire
+from crdtsync.core import chunks, wire
 from crdtsync.core.wire import MessageKind, WireError
 
 NODE = "node-a"
@@ -57,6 +57,8 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
     wire.HandoffOffer(NODE, (("doc-1", b"\x01\x05\x02", b"\x01\x02"), ("doc-2", b"\x00", b"\x00\x00"))),
     wire.HandoffOffer(NODE, (("doc-3", b"\x00", b"\x00\x00"),), leaving=True),
     wire.HandoffAck(NODE, (("doc-1", 1, b"\x01\x05\x02"), ("doc-2", 2, b"\x00"))),
+    chunks.ChunkRequest(NODE, 7, (b"\x01" * 32, b"\x02" * 32)),
+    chunks.ChunkReply(NODE, 7, ((b"\x01" * 32, b"chunk bytes"),), (b"\x02" * 32,)),
 ]
 
 
