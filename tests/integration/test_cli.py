@@ -227,6 +227,14 @@ def test_watch_count_2_prints_the_current_state_then_a_concurrent_write(node: Da
         reader.join(timeout=PROCESS_TIMEOUT_S)
 
 
+def test_watch_after_a_token_starts_once_it_is_covered_or_fails_naming_not_yet_covered(node: Daemon) -> None:
+    node.put("cli/a", "n", 4)
+    result = run("watch", "--url", node.url, "--after", body_token(node), "--count", "1", "cli/a")
+    assert result.exit_code == 0 and json.loads(result.stdout)["n"] == 4, result.output
+    result = run("watch", "--url", node.url, "--after", UNKNOWN_TOKEN, "--wait-ms", "50", "cli/a")
+    assert result.exit_code == 1 and "not_yet_covered" in result.stderr, result.output
+
+
 def test_backup_then_restore_into_another_daemon(daemons: tuple[Daemon, Daemon], tmp_path: Path) -> None:
     node, target = daemons
     out = tmp_path / "node.db"
