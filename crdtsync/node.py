@@ -640,15 +640,15 @@ class Node:
 
     def _execute_one(self, transport: ZmqTransport, effect: Effect) -> None:
         match effect:
-            case Publish(frame, dc_only):
-                transport.publish(frame, dc_only=dc_only)
+            case Publish(frame, dc_only, bucket):
+                transport.publish(frame, dc_only=dc_only, bucket=bucket)
             case Send(address, frame):
                 transport.send(address, frame)
             case Persist():
                 assert self._writer is not None
                 self._writer.submit(effect)
-            case Subscribe(endpoint, peer_address, wan):
-                transport.subscribe(endpoint, peer_address, wan=wan)
+            case Subscribe(endpoint, peer_address, wan, buckets):
+                transport.subscribe(endpoint, peer_address, wan=wan, buckets=buckets)
             case Unsubscribe(endpoint):
                 transport.unsubscribe(endpoint)
             case LoadDoc(doc_id):

@@ -32,7 +32,7 @@ from crdtsync import Node, NodeConfig, ReplicaConfig
 from crdtsync.core import wire
 from crdtsync.core.placement import PLACEMENT_VERSION
 from crdtsync.testing.cluster import free_ports
-from crdtsync.transport.zmq_transport import TOPIC
+from crdtsync.transport.zmq_transport import topic
 from fuzz._runner import rss_mb_of
 from fuzz.wire_decoder import repair_checksum, seed_frames
 
@@ -107,7 +107,7 @@ async def attack(
                     garbage = ((f"doc-{rng.randrange(4)}", rng.randbytes(rng.randint(1, 64))),)
                     frame = wire.encode(wire.SyncPush("mallory", garbage))
                 if rng.random() < 0.5:
-                    await pub.send_multipart((TOPIC, frame))
+                    await pub.send_multipart((topic(dc_only=False, bucket=None), frame))
                 else:
                     await rng.choice(dealers).send(frame)
                 counts["frames"] += 1

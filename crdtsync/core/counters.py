@@ -65,6 +65,8 @@ class Counters:
     # peers' streams and the causal buffer
     deltas_applied: int = 0
     deltas_duplicate: int = 0
+    seqs_not_subscribed: int = 0
+    """Sequence numbers a publisher's index named for buckets this node does not subscribe to."""
     deltas_duplicate_state: int = 0
     deltas_stale_epoch: int = 0
     deltas_dropped_doc: int = 0

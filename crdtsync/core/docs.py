@@ -279,12 +279,15 @@ class DocTable:
         entry.pins += 1
         self._lru.pop(entry.doc_id, None)
 
-    def release(self, doc_id: str) -> None:
+    def release(self, doc_id: str) -> bool:
+        """Take one pin off the doc; False if it had none."""
         entry = self._docs.get(doc_id)
-        if entry is not None and entry.pins > 0:
-            entry.pins -= 1
-            if entry.pins == 0 and entry.doc is not None and self._lazy:
-                self._lru[doc_id] = None
+        if entry is None or entry.pins == 0:
+            return False
+        entry.pins -= 1
+        if entry.pins == 0 and entry.doc is not None and self._lazy:
+            self._lru[doc_id] = None
+        return True
 
     def register(self, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
         """Make stored docs known without loading them: (doc id, recorded state vector, recorded

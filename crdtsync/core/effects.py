@@ -8,10 +8,12 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Publish:
     """Send `frame` on this node's PUB socket to every subscriber; with `dc_only`, only to those
-    subscribed from this datacenter (relayed frames must not cross the WAN again)."""
+    subscribed from this datacenter (relayed frames must not cross the WAN again); with `bucket`,
+    only to those subscribed to that placement bucket's topic (or to everything)."""
 
     frame: bytes
     dc_only: bool = False
+    bucket: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +30,14 @@ class Send:
 @dataclass(frozen=True, slots=True)
 class Subscribe:
     """Connect to a peer's PUB endpoint (the peer advertised at `peer_address`): in full, or with
-    `wan` (a relay subscribing to another datacenter) only to frames not published `dc_only`."""
+    `wan` (a relay subscribing to another datacenter) only to frames not published `dc_only`; with
+    `buckets`, to frames published without a bucket and to those of these buckets only. Repeated for
+    an endpoint already subscribed, it replaces that subscription's buckets."""
 
     endpoint: str
     peer_address: str
     wan: bool = False
+    buckets: frozenset[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

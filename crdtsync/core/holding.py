@@ -53,6 +53,9 @@ class Holding:
         self._holders: dict[BucketKey, frozenset[str]] = {}
         self._ordered: dict[tuple[BucketKey, str], list[str]] = {}
         self._dc_of: dict[str, str] = {}
+        self._partitioned = False
+        self._held: tuple[int, frozenset[BucketKey]] | None = None
+        """(view version, the buckets this node holds), computed when first asked in a view."""
 
     # ------------------------------------------------------------------ the view
 
@@ -90,6 +93,42 @@ class Holding:
         for candidate in candidates:
             self._by_dc.setdefault(candidate.dc, []).append(candidate)
             self._dc_of[candidate.node_id] = candidate.dc
+        self._partitioned = self.enforced and any(
+            (count := rule.replicas_in(dc)) is not None
+            and count < sum(1 for member in members if member.node_id not in self._full)
+            for rule in self._rules
+            for dc, members in self._by_dc.items()
+        )
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether some member holds only part of the docs: then deltas go out on their buckets'
+        topics (`outbound`) and subscribers take only the buckets they hold (`links`)."""
+        self.refresh()
+        return self._partitioned
+
+    def buckets_held(self) -> frozenset[BucketKey] | None:
+        """The buckets this node holds; None when it holds every doc."""
+        self.refresh()
+        if not self._partitioned or self.node_id in self._full:
+            return None
+        if self._held is None or self._held[0] != self.version:
+            own = self._by_dc.get(self._dc, [])
+            held: set[BucketKey] = set()
+            partitions = self.policy.partitions
+            for rule_index, rule in enumerate(self._rules):
+                count = rule.replicas_in(self._dc)
+                base = rule_index * partitions
+                if count is None:
+                    held.update(range(base, base + partitions))
+                elif count > 0:
+                    held.update(
+                        base + partition
+                        for partition in range(partitions)
+                        if self.node_id in replicas_in_dc(partition, own, count)
+                    )
+            self._held = (self.version, frozenset(held))
+        return self._held[1]
 
     def drain(self) -> None:
         self.draining = True

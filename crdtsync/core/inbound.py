@@ -2,6 +2,9 @@
 requests for gaps, the relay's republishing of another datacenter's deltas, and the hand-over of
 every fresh delta to the causal buffer.
 
+A publisher whose deltas go out on their buckets' topics (see `outbound`) sends a `SEQ_INDEX` before
+each batch: the sequence numbers of buckets this node does not subscribe to count as received.
+
 A gap is asked for from the publisher's ring (`RETRANSMIT_REQUEST`, retried every
 `retransmit_timeout_ms`); when the ring no longer has it (`RETRANSMIT_GONE`) or too many sequence
 numbers wait above it (`out_of_order_seqs_max`), the gap is given up and an anti-entropy round
@@ -16,6 +19,7 @@ from crdtsync.core import wire
 from crdtsync.core.antientropy import AntiEntropy
 from crdtsync.core.causal import CausalBuffer, decode_states
 from crdtsync.core.context import Context
+from crdtsync.core.holding import Holding
 from crdtsync.core.links import Links
 from crdtsync.core.membership import Membership
 from crdtsync.core.outbound import Outbound
@@ -37,7 +41,10 @@ class PublisherTrack:
     @property
     def behind_updates(self) -> int:
         """Deltas the publisher announced that this node has not received yet."""
-        return max(0, self.last_seq_seen - self.contiguous - len(self.above))
+        return max(
+            0,
+            self.last_seq_seen - self.contiguous - sum(1 for seq in self.above if seq <= self.last_seq_seen),
+        )
 
 
 class Inbound:
@@ -49,8 +56,10 @@ class Inbound:
         outbound: Outbound,
         causal: CausalBuffer,
         antientropy: AntiEntropy,
+        holding: Holding,
     ) -> None:
         self._ctx = ctx
+        self._holding = holding
         self._membership = membership
         self._links = links
         self._outbound = outbound
@@ -84,14 +93,32 @@ class Inbound:
             self._request_retransmit(message.node_id, track)
             self._track_lag(track)
 
+    def _track_of(self, publisher: str, epoch: int, first_seq: int) -> PublisherTrack:
+        track = self.tracks.get(publisher)
+        if track is None or epoch > track.epoch:
+            track = PublisherTrack(epoch, first_seq - 1)
+            self.tracks[publisher] = track
+            self._say_hello(publisher)
+        return track
+
+    def on_seq_index(self, message: wire.SeqIndex) -> None:
+        """Count the sequence numbers of buckets this node does not subscribe to as received. Nothing
+        is asked for here: the deltas of the other buckets follow the index on the same subscription."""
+        link = self._links.of_node(message.node_id)
+        subscribed = None if link is None else link.subscribed_buckets
+        if subscribed is None:
+            return  # every bucket comes: the deltas themselves are the record
+        track = self._track_of(message.node_id, message.epoch, message.first_seq)
+        if message.epoch != track.epoch:
+            return
+        for index, bucket in enumerate(message.buckets):
+            if bucket not in subscribed and self._receive(track, message.first_seq + index):
+                self._ctx.counters.seqs_not_subscribed += 1
+
     def on_deltas(self, message: wire.Deltas) -> None:
         publisher = message.node_id
         states = decode_states(message.deltas)  # a bad batch is rejected before it is tracked
-        track = self.tracks.get(publisher)
-        if track is None or message.epoch > track.epoch:
-            track = PublisherTrack(message.epoch, message.first_seq - 1)
-            self.tracks[publisher] = track
-            self._say_hello(publisher)
+        track = self._track_of(publisher, message.epoch, message.first_seq)
         fresh: list[tuple[wire.Delta, StateVector, StateVector]]
         if message.epoch < track.epoch:
             # A late frame of an earlier incarnation: no sequence tracking, but its content is valid.
@@ -102,11 +129,22 @@ class Inbound:
         if fresh and self._links.is_relay:
             publisher_dc = self._membership.dc_of(publisher)
             if publisher_dc is not None and publisher_dc != self._ctx.dc:
-                # Into this datacenter only (dc_only): the relayed copy must not cross the WAN again.
-                self._ctx.counters.deltas_relayed_out += len(fresh)
-                relayed = wire.Relayed(self._ctx.node_id, publisher, tuple(d for d, _b, _a in fresh))
-                self._links.publish(relayed, dc_only=True)
+                self._relay([delta for delta, _before, _after in fresh], publisher)
         self._causal.add(fresh, publisher)
+
+    def _relay(self, deltas: list[wire.Delta], publisher: str) -> None:
+        """Republish another datacenter's deltas into this one (dc_only: the relayed copy must not
+        cross the WAN again), by bucket when not every node holds everything."""
+        ctx = self._ctx
+        ctx.counters.deltas_relayed_out += len(deltas)
+        if not self._holding.partitioned:
+            self._links.publish(wire.Relayed(ctx.node_id, publisher, tuple(deltas)), dc_only=True)
+            return
+        by_bucket: dict[int, list[wire.Delta]] = {}
+        for delta in deltas:
+            by_bucket.setdefault(self._holding.bucket_of(delta.doc_id), []).append(delta)
+        for bucket, run in by_bucket.items():
+            self._links.publish(wire.Relayed(ctx.node_id, publisher, tuple(run)), dc_only=True, bucket=bucket)
 
     def _sequence(
         self, message: wire.Deltas, track: PublisherTrack, states: list[tuple[StateVector, StateVector]]
@@ -114,27 +152,33 @@ class Inbound:
         """Record the batch's sequence numbers; return its deltas not received before."""
         fresh: list[tuple[wire.Delta, StateVector, StateVector]] = []
         for index, delta in enumerate(message.deltas):
-            seq = message.first_seq + index
-            if seq <= track.contiguous or seq in track.above:
-                self._ctx.counters.deltas_duplicate += 1
-                continue
-            fresh.append((delta, *states[index]))
-            if seq == track.contiguous + 1:
-                track.contiguous = seq
-                while track.contiguous + 1 in track.above:
-                    track.contiguous += 1
-                    track.above.discard(track.contiguous)
+            if self._receive(track, message.first_seq + index):
+                fresh.append((delta, *states[index]))
             else:
-                track.above.add(seq)
+                self._ctx.counters.deltas_duplicate += 1
         last = message.first_seq + len(message.deltas) - 1
         track.last_seq_seen = max(track.last_seq_seen, last)
         if len(track.above) > self._ctx.config.out_of_order_seqs_max:
             self._ctx.counters.gap_too_large += 1
             self._give_up_gap(message.node_id, track)
-        elif track.above:
+        elif track.contiguous < track.last_seq_seen:
             self._request_retransmit(message.node_id, track)
         self._track_lag(track)
         return fresh
+
+    @staticmethod
+    def _receive(track: PublisherTrack, seq: int) -> bool:
+        """Record `seq` as received; False if it was already."""
+        if seq <= track.contiguous or seq in track.above:
+            return False
+        if seq == track.contiguous + 1:
+            track.contiguous = seq
+            while track.contiguous + 1 in track.above:
+                track.contiguous += 1
+                track.above.discard(track.contiguous)
+        else:
+            track.above.add(seq)
+        return True
 
     def on_relayed(self, message: wire.Relayed) -> None:
         """Deltas of another datacenter's publisher, republished by a relay of this one. No sequence
@@ -173,7 +217,9 @@ class Inbound:
         if ctx.now_ms < track.retransmit_deadline_ms:
             return
         lo = track.contiguous + 1
-        hi = max(track.last_seq_seen, max(track.above, default=lo))
+        # Not beyond the last sequence number seen in a delta or heartbeat: numbers above it that
+        # an index marked (other buckets) do not mean that their predecessors are lost.
+        hi = track.last_seq_seen
         if hi < lo:
             return
         hi = min(hi, lo + ctx.config.retransmit_deltas_max - 1)

@@ -5,6 +5,10 @@ A link is wanted (hellos keep going to it) for configured seeds, peers not ident
 node's datacenter and, on a relay, every other datacenter's nodes. Subscriptions follow the topology:
 every node of this datacenter in full; across datacenters only a relay, and only to the publishers'
 own streams (ZeroMQ filters at the publisher, so relayed frames never cross the WAN twice).
+
+With placement that not every node holds everything (`Holding.partitioned`), a node that does not
+hold every doc subscribes to the frames published without a bucket (heartbeats, sequence indexes)
+and to the buckets it holds or follows (docs an application holds open), and no others.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Literal
 from crdtsync.core import wire
 from crdtsync.core.context import Context
 from crdtsync.core.effects import Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.holding import BucketKey, Holding
 from crdtsync.core.membership import Membership
 from crdtsync.core.placement import PLACEMENT_VERSION
 
@@ -41,6 +46,8 @@ class PeerLink:
     ae_divergence: int | None = None
     subscribed: Literal["dc", "wan"] | None = None
     subscribed_endpoint: str | None = None
+    subscribed_buckets: frozenset[BucketKey] | None = None
+    """The buckets subscribed to (with the frames published without one); None: every frame."""
 
     @property
     def reachable(self) -> bool:
@@ -48,9 +55,16 @@ class PeerLink:
 
 
 class Links:
-    def __init__(self, ctx: Context, membership: Membership) -> None:
+    def __init__(self, ctx: Context, membership: Membership, holding: Holding) -> None:
         self._ctx = ctx
         self._membership = membership
+        self._holding = holding
+        self._followed: dict[BucketKey, int] = {}
+        """Bucket -> pins of its docs (an application holds them open): subscribed to as if held."""
+        self._wanted_buckets: tuple[int, int, frozenset[BucketKey] | None] = (-1, -1, None)
+        """(holding version, follow version, the buckets to subscribe to), reused while both hold."""
+        self._follow_version = 0
+        self._subscribed_view = -1
         self.by_address: dict[str, PeerLink] = {}
         self.address_of: dict[str, str] = {}
         """Node id -> the address of its link."""
@@ -103,6 +117,40 @@ class Links:
         if link is not None:
             link.last_heard_ms = self._ctx.now_ms
 
+    def follow(self, bucket: BucketKey, pins: int) -> None:
+        """Add `pins` (negative: remove) to a bucket's followed docs; resubscribe when it starts or
+        stops being followed."""
+        count = self._followed.get(bucket, 0) + pins
+        if count > 0:
+            self._followed[bucket] = count
+        else:
+            self._followed.pop(bucket, None)
+        if (count > 0) != (count - pins > 0):
+            self._follow_version += 1
+            if self._holding.partitioned:
+                self.sync_subscriptions()
+
+    def sync_subscriptions_on_view_change(self) -> None:
+        """Resubscribe when the member view that decides holding changed (timer duty)."""
+        holding = self._holding
+        holding.refresh()
+        if holding.version != self._subscribed_view:
+            self._subscribed_view = holding.version
+            self.sync_subscriptions()
+
+    def sync_subscriptions(self) -> None:
+        for link in self.by_address.values():
+            self.sync_subscription(link)
+
+    def _buckets_wanted(self) -> frozenset[BucketKey] | None:
+        holding = self._holding
+        held = holding.buckets_held()
+        version, follow_version, wanted = self._wanted_buckets
+        if version != holding.version or follow_version != self._follow_version:
+            wanted = None if held is None else held | self._followed.keys()
+            self._wanted_buckets = (holding.version, self._follow_version, wanted)
+        return wanted
+
     def sync_subscription(self, link: PeerLink) -> None:
         """Subscribe to the peer's stream as the topology says (see the module doc)."""
         dc = self.dc(link)
@@ -113,14 +161,20 @@ class Links:
                 wanted = "dc"
             elif self.is_relay:
                 wanted = "wan"
-        if link.subscribed == wanted and link.subscribed_endpoint == link.publish_endpoint:
+        buckets = self._buckets_wanted() if wanted is not None else None
+        endpoint = link.publish_endpoint
+        if link.subscribed == wanted and link.subscribed_endpoint == endpoint:
+            if wanted is not None and endpoint is not None and link.subscribed_buckets != buckets:
+                self._ctx.effects.append(Subscribe(endpoint, link.address, wanted == "wan", buckets))
+                link.subscribed_buckets = buckets
             return
         if link.subscribed_endpoint is not None:
             self._ctx.effects.append(Unsubscribe(link.subscribed_endpoint))
-        link.subscribed, link.subscribed_endpoint = None, None
+        link.subscribed, link.subscribed_endpoint, link.subscribed_buckets = None, None, None
         if wanted is not None and link.publish_endpoint is not None:
-            self._ctx.effects.append(Subscribe(link.publish_endpoint, link.address, wan=wanted == "wan"))
+            self._ctx.effects.append(Subscribe(link.publish_endpoint, link.address, wanted == "wan", buckets))
             link.subscribed, link.subscribed_endpoint = wanted, link.publish_endpoint
+            link.subscribed_buckets = buckets
 
     def hello(self, cls: type[wire.Hello] | type[wire.HelloAck], last_seq: int) -> wire.Hello | wire.HelloAck:
         ctx = self._ctx
@@ -199,12 +253,14 @@ class Links:
             counters.bytes_sent_raw += raw_size
         return frame
 
-    def publish(self, message: wire.Message, *, dc_only: bool = False) -> None:
+    def publish(
+        self, message: wire.Message, *, dc_only: bool = False, bucket: BucketKey | None = None
+    ) -> None:
         frame = self.encode(message, "published")
         if frame is not None:
             if isinstance(message, wire.Deltas):
                 self._ctx.counters.batches_published += 1
-            self._ctx.effects.append(Publish(frame, dc_only))
+            self._ctx.effects.append(Publish(frame, dc_only, bucket))
 
     def send(self, address: str, message: wire.Message, *, after_commit: bool = False) -> None:
         frame = self.encode(message, "sent")

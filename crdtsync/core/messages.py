@@ -79,6 +79,19 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class SeqIndex:
+    """Published on the common topic before a batch whose deltas went out on their buckets' topics
+    (placement that not every node holds everything): the bucket of each sequence number from
+    `first_seq`, so that a subscriber counts those of buckets it does not subscribe to as received
+    instead of asking for them again."""
+
+    node_id: str
+    epoch: int
+    first_seq: int
+    buckets: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RetransmitRequest:
     node_id: str
     epoch: int
@@ -277,4 +290,5 @@ Message = (
     | HandoffAck
     | ChunkRequest
     | ChunkReply
+    | SeqIndex
 )

@@ -4,6 +4,12 @@ bounded retransmit ring that answers peers' requests for what they missed.
 Batches leave at once when `linger_ms` is 0 (the driver's next turn), else when full or when the
 oldest delta has lingered; a flush also pushes back the next heartbeat, which only announces the
 last sequence number to idle subscribers.
+
+Under placement that not every node holds everything (`Holding.partitioned`), a batch leaves as a
+`SEQ_INDEX` on the common topic (the bucket of each sequence number), then its deltas in runs of one
+bucket on that bucket's topic: a subscriber receives the buckets it holds, and the index tells it
+which sequence numbers were not meant for it, so its sequence tracking stays whole. The index goes
+first: deltas arrive in publishing order on a subscription, so a gap behind a delta is a loss.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from collections.abc import Iterable, Iterator
 
 from crdtsync.core import wire
 from crdtsync.core.context import Context
+from crdtsync.core.holding import Holding
 from crdtsync.core.links import Links
 
 
@@ -23,9 +30,10 @@ def delta_size(delta: wire.Delta) -> int:
 
 
 class Outbound:
-    def __init__(self, ctx: Context, links: Links) -> None:
+    def __init__(self, ctx: Context, links: Links, holding: Holding) -> None:
         self._ctx = ctx
         self._links = links
+        self._holding = holding
         self.last_seq = 0
         # Plain tuples of str/bytes/int: CPython stops tracking those in the cyclic GC, so a full ring
         # adds nothing to collection pauses (dataclass instances would, measurably, under load).
@@ -99,12 +107,28 @@ class Outbound:
             yield wire.Deltas(ctx.node_id, ctx.epoch, first_seq, tuple(chunk))
 
     def _flush(self) -> None:
+        partitioned = self._holding.partitioned
         for batch in self._batches(self.last_seq - len(self._outbox) + 1, self._outbox):
-            self._links.publish(batch)
+            if partitioned:
+                self._publish_by_bucket(batch)
+            else:
+                self._links.publish(batch)
         self._outbox = []
         self._outbox_bytes = 0
         self._outbox_since_ms = None
         self.next_heartbeat_ms = self._ctx.now_ms + self._ctx.config.heartbeat_interval_ms
+
+    def _publish_by_bucket(self, batch: wire.Deltas) -> None:
+        ctx = self._ctx
+        deltas = batch.deltas
+        buckets = tuple(self._holding.bucket_of(delta.doc_id) for delta in deltas)
+        self._links.publish(wire.SeqIndex(ctx.node_id, ctx.epoch, batch.first_seq, buckets))
+        start = 0
+        for end in range(1, len(deltas) + 1):
+            if end == len(deltas) or buckets[end] != buckets[start]:
+                run = wire.Deltas(ctx.node_id, ctx.epoch, batch.first_seq + start, deltas[start:end])
+                self._links.publish(run, bucket=buckets[start])
+                start = end
 
     def on_retransmit_request(self, message: wire.RetransmitRequest) -> None:
         ctx = self._ctx

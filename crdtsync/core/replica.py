@@ -131,8 +131,8 @@ class Replica:
         self.placement = placement
         self._holding = holding = Holding(node_id, dc, self.membership, placement)
         self._guard = Guard(ctx)
-        self._links = Links(ctx, self.membership)
-        self._outbound = Outbound(ctx, self._links)
+        self._links = Links(ctx, self.membership, holding)
+        self._outbound = Outbound(ctx, self._links, holding)
         self._docs = DocTable(
             ctx,
             self._guard,
@@ -148,7 +148,7 @@ class Replica:
         self.on_chunk_message: Callable[[ChunkMessage], None] | None = None
         """The driver's handler of chunk transfer messages (crdtsync.artifacts.transfer)."""
         self._inbound = Inbound(
-            ctx, self.membership, self._links, self._outbound, self._causal, self._antientropy
+            ctx, self.membership, self._links, self._outbound, self._causal, self._antientropy, holding
         )
         self._gossip = Gossip(
             ctx, self.membership, self._guard, self._links, self._outbound, self._inbound, self._antientropy
@@ -259,6 +259,7 @@ class Replica:
         self._inbound.chase_gaps()
         self._causal.pull_stale()
         self._handoff.tick()
+        self._links.sync_subscriptions_on_view_change()
 
     def drain(self, now_ms: float) -> None:
         """Before a leave under placement: hold nothing from now on, and hand every doc to the nodes
@@ -338,6 +339,8 @@ class Replica:
                 self._inbound.on_deltas(message)
             case wire.Heartbeat():
                 self._inbound.on_heartbeat(message)
+            case wire.SeqIndex():
+                self._inbound.on_seq_index(message)
             case wire.Hello() | wire.HelloAck():
                 self._gossip.on_hello(message)
             case wire.RetransmitRequest():
@@ -403,12 +406,15 @@ class Replica:
         doc = self._docs.doc(entry)
         if pin:
             self._docs.pin(entry)
+            if self._holding.enforced:
+                self._links.follow(self._holding.bucket_of(doc_id), 1)
         if not known:
             self._handoff.consider(doc_id)
         return doc
 
     def release_doc(self, doc_id: str) -> None:
-        self._docs.release(doc_id)
+        if self._docs.release(doc_id) and self._holding.enforced:
+            self._links.follow(self._holding.bucket_of(doc_id), -1)
 
     def register_docs(self, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
         """Make stored docs known without loading them (start-up from a store): (doc id, recorded

@@ -47,6 +47,7 @@ from crdtsync.core.messages import (
     Relayed,
     RetransmitGone,
     RetransmitRequest,
+    SeqIndex,
     SyncPush,
     SyncRequest,
     SyncResponse,
@@ -94,6 +95,7 @@ __all__ = [
     "Relayed",
     "RetransmitGone",
     "RetransmitRequest",
+    "SeqIndex",
     "SyncPush",
     "SyncRequest",
     "SyncResponse",
@@ -174,6 +176,7 @@ class MessageKind(IntEnum):
     EPHEMERAL = 21
     CHUNK_REQUEST = chunks.CHUNK_REQUEST
     CHUNK_REPLY = chunks.CHUNK_REPLY
+    SEQ_INDEX = 20
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
@@ -189,6 +192,8 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.DELTAS, flat
         case Heartbeat(n, e, s):
             return MessageKind.HEARTBEAT, [n, e, s]
+        case SeqIndex(n, e, first, buckets):
+            return MessageKind.SEQ_INDEX, [n, e, first, *buckets]
         case RetransmitRequest(n, e, lo, hi):
             return MessageKind.RETRANSMIT_REQUEST, [n, e, lo, hi]
         case RetransmitGone(n, e, oldest):
@@ -537,6 +542,12 @@ def _read_heartbeat(f: _Fields, node_id: str) -> Message:
     return Heartbeat(node_id, f.uint("epoch"), f.uint("last_seq"))
 
 
+def _read_seq_index(f: _Fields, node_id: str) -> Message:
+    epoch, first_seq = f.uint("epoch"), f.uint("first_seq")
+    f.check_entries(1, DELTAS_PER_BATCH_MAX)
+    return SeqIndex(node_id, epoch, first_seq, tuple(f.uint("bucket") for _ in range(f.remaining())))
+
+
 def _read_retransmit_request(f: _Fields, node_id: str) -> Message:
     epoch, lo, hi = f.uint("epoch"), f.uint("from_seq"), f.uint("to_seq")
     if lo > hi:
@@ -650,6 +661,7 @@ _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.HELLO_ACK: _read_hello,
     MessageKind.DELTAS: _read_deltas,
     MessageKind.HEARTBEAT: _read_heartbeat,
+    MessageKind.SEQ_INDEX: _read_seq_index,
     MessageKind.RETRANSMIT_REQUEST: _read_retransmit_request,
     MessageKind.RETRANSMIT_GONE: _read_retransmit_gone,
     MessageKind.SYNC_REQUEST: _read_sync_request,

@@ -161,6 +161,12 @@ _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...
         "Remote updates dropped for docs this node neither holds (placement) nor has.",
         {},
     ),
+    (
+        lambda c: c.seqs_not_subscribed,
+        "seqs_not_subscribed",
+        "Publishers' sequence numbers of buckets this node does not subscribe to (placement).",
+        {},
+    ),
     (lambda c: c.handoff_offers_sent, "handoff_offers", "Handoff offers of docs not held.", {"way": "sent"}),
     (
         lambda c: c.handoff_offers_received,

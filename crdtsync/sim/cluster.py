@@ -209,10 +209,13 @@ class SimCluster:
         after_commit_sends: list[tuple[SimNode, bytes]] = []
         for effect in replica.take_effects(self.now_ms):
             match effect:
-                case Publish(frame, dc_only):
+                case Publish(frame, dc_only, bucket):
                     for other in self.nodes:
-                        wan = other.subscriptions.get(node.publish_endpoint)
-                        if other is not node and wan is not None and not (dc_only and wan):
+                        subscription = other.subscriptions.get(node.publish_endpoint)
+                        if other is node or subscription is None:
+                            continue
+                        wan, buckets = subscription
+                        if not (dc_only and wan) and (bucket is None or buckets is None or bucket in buckets):
                             self._transmit(node, other, frame)
                 case Send(address, frame, after_commit):
                     target = self._by_address.get(address)
@@ -222,8 +225,8 @@ class SimCluster:
                         after_commit_sends.append((target, frame))  # numbered once Persist is in
                     else:
                         self._transmit(node, target, frame)
-                case Subscribe(endpoint, _peer, wan):
-                    node.subscriptions[endpoint] = wan
+                case Subscribe(endpoint, _peer, wan, buckets):
+                    node.subscriptions[endpoint] = (wan, buckets)
                 case Unsubscribe(endpoint):
                     node.subscriptions.pop(endpoint, None)
                 case DeliverEphemeral():

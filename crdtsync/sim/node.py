@@ -23,8 +23,9 @@ class SimNode:
     incarnation: int = 0
     departed: bool = False
     """Left the cluster gracefully and not restarted: not part of the convergence check."""
-    subscriptions: dict[str, bool] = field(default_factory=dict)
-    """Publish endpoint -> subscribed across the WAN (only frames not published dc_only)."""
+    subscriptions: dict[str, tuple[bool, frozenset[int] | None]] = field(default_factory=dict)
+    """Publish endpoint -> (subscribed across the WAN: only frames not published dc_only; the
+    buckets subscribed to besides frames published without one, None for every bucket)."""
     ephemeral_delivered: deque[DeliverEphemeral] = field(default_factory=lambda: deque(maxlen=1024))
     """The latest ephemeral messages the replica handed over (for docs it listens to)."""
     tick_token: int = 0

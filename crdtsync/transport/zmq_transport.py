@@ -2,13 +2,16 @@
 
 - ROUTER bound at the node's advertised `listen` address: receives every directed message.
 - PUB bound at the publish endpoint (an ephemeral port on the listen host unless configured):
-  deltas and heartbeats under the WAN topic, relayed deltas under the datacenter topic.
+  deltas and heartbeats under the WAN topics, relayed deltas under the datacenter topics. A topic
+  is `w` or `d` (WAN or datacenter), then `c` for frames every subscriber gets, or `b` and the
+  placement bucket as 4 bytes for frames only its holders want.
 - One SUB per subscription, connected to one peer's PUB endpoint (learned in the hello exchange):
-  subscribed to both topics for a peer of the same datacenter, to the WAN topic only for another
-  datacenter's peer when this node is a relay. ZeroMQ filters topics at the publisher, so frames
-  meant for one datacenter never cross the WAN. A socket per publisher is what tells whose frame
-  is whose: with CurveZMQ, every frame of a subscription comes with the public key the publisher
-  proved at the handshake, as frames on the ROUTER come with their sender's.
+  subscribed to both kinds for a peer of the same datacenter, to the WAN topics only for another
+  datacenter's peer when this node is a relay; to every bucket, or to the common topics and some
+  buckets. ZeroMQ filters topics at the publisher, so frames meant for one datacenter never cross
+  the WAN and a bucket's deltas reach only the nodes that subscribe to it. A socket per publisher
+  is what tells whose frame is whose: with CurveZMQ, every frame of a subscription comes with the
+  public key the publisher proved at the handshake, as frames on the ROUTER come with their sender's.
 - One DEALER per peer, connected to the peer's ROUTER, for directed messages. DEALERs use
   ZMQ_IMMEDIATE so that nothing queues for a peer that is not connected: the core retries on its
   own timers, and stale queued requests would only arrive late.
@@ -35,9 +38,10 @@ from crdtsync.transport.endpoint import parse_endpoint
 
 log = logging.getLogger("crdtsync.transport")
 
-TOPIC = b"crdtsync.v1"
-WAN_TOPIC = TOPIC + b".wan"
-DC_TOPIC = TOPIC + b".dc"
+WAN_TOPIC = b"w"
+DC_TOPIC = b"d"
+COMMON = b"c"
+BUCKET = b"b"
 SEND_QUEUE_FRAMES_MAX = 10_000
 RECEIVE_QUEUE_FRAMES_MAX = 100_000
 """Frames queued on the request socket before ZeroMQ drops them."""
@@ -56,10 +60,27 @@ OnFrame = Callable[[bytes, "str | None"], None]
 """Takes a frame's payload and the CurveZMQ public key of its sender, when the transport knows it."""
 
 
-@dataclass(frozen=True, slots=True)
+def topic(*, dc_only: bool, bucket: int | None) -> bytes:
+    """The topic a frame is published under (see the module doc)."""
+    kind = DC_TOPIC if dc_only else WAN_TOPIC
+    return kind + COMMON if bucket is None else kind + BUCKET + bucket.to_bytes(4, "big")
+
+
+def topics(*, wan: bool, buckets: frozenset[int] | None) -> set[bytes]:
+    """The topic prefixes a subscription takes (see the module doc)."""
+    kinds = (WAN_TOPIC,) if wan else (WAN_TOPIC, DC_TOPIC)
+    if buckets is None:
+        return set(kinds)
+    wanted = {kind + COMMON for kind in kinds}
+    wanted.update(topic(dc_only=kind == DC_TOPIC, bucket=bucket) for kind in kinds for bucket in buckets)
+    return wanted
+
+
+@dataclass(slots=True)
 class _Subscription:
     socket: zmq.asyncio.Socket
     task: asyncio.Task[None]
+    topics: set[bytes]
 
 
 class ZmqTransport:
@@ -129,9 +150,9 @@ class ZmqTransport:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def publish(self, frame: bytes, *, dc_only: bool = False) -> None:
+    def publish(self, frame: bytes, *, dc_only: bool = False, bucket: int | None = None) -> None:
         try:
-            self.pub.send_multipart((DC_TOPIC if dc_only else WAN_TOPIC, frame), flags=zmq.NOBLOCK)
+            self.pub.send_multipart((topic(dc_only=dc_only, bucket=bucket), frame), flags=zmq.NOBLOCK)
         except zmq.Again:
             self.send_drops += 1
 
@@ -171,10 +192,23 @@ class ZmqTransport:
         except zmq.Again:
             self.send_drops += 1
 
-    def subscribe(self, endpoint: str, peer_address: str, *, wan: bool = False) -> None:
+    def subscribe(
+        self, endpoint: str, peer_address: str, *, wan: bool = False, buckets: frozenset[int] | None = None
+    ) -> None:
         """Receive the stream published at `endpoint` by the peer whose request socket is at
-        `peer_address`: both topics, or the WAN topic only (`wan`)."""
-        if endpoint in self._subscriptions or self._receiver is None:
+        `peer_address`: both kinds of topics, or the WAN topics only (`wan`); every bucket, or only
+        `buckets` (and the common topics). Again for the same endpoint: change the buckets."""
+        wanted = topics(wan=wan, buckets=buckets)
+        existing = self._subscriptions.get(endpoint)
+        if existing is not None:
+            # New topics first: a frame published meanwhile matches one or the other.
+            for added in wanted - existing.topics:
+                existing.socket.setsockopt(zmq.SUBSCRIBE, added)
+            for dropped in existing.topics - wanted:
+                existing.socket.setsockopt(zmq.UNSUBSCRIBE, dropped)
+            existing.topics = wanted
+            return
+        if self._receiver is None:
             return
         if len(self._subscriptions) >= SUBSCRIPTIONS_MAX:
             self.subscriptions_refused += 1
@@ -190,7 +224,11 @@ class ZmqTransport:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
         sock.setsockopt(zmq.RCVHWM, SUBSCRIPTION_QUEUE_FRAMES_MAX)
-        sock.setsockopt(zmq.SUBSCRIBE, WAN_TOPIC if wan else TOPIC)  # TOPIC: a prefix of both
+        # Subscriptions travel to the publisher as messages on the send queue: past its high-water
+        # mark ZeroMQ would drop some silently. Their number is bounded by the placement buckets.
+        sock.setsockopt(zmq.SNDHWM, 0)
+        for prefix in wanted:
+            sock.setsockopt(zmq.SUBSCRIBE, prefix)
         if self.curve is not None and server_key is not None:
             set_client_keys(sock, self.curve, server_key)
         try:
@@ -202,7 +240,7 @@ class ZmqTransport:
         # Z85 text, as ZAP names the sender of a frame on the ROUTER.
         publisher_key = server_key.decode("ascii") if server_key is not None else None
         task = asyncio.get_running_loop().create_task(self._receive_loop(sock, publisher_key))
-        self._subscriptions[endpoint] = _Subscription(sock, task)
+        self._subscriptions[endpoint] = _Subscription(sock, task, wanted)
 
     def unsubscribe(self, endpoint: str) -> None:
         subscription = self._subscriptions.pop(endpoint, None)

@@ -76,6 +76,25 @@ def test_only_holders_keep_docs_and_non_replica_writes_are_handed_off() -> None:
     assert sum(c.updates_not_held for c in counters) > 0, "non-holders dropped the deltas they got"
 
 
+def test_deltas_reach_only_the_subscribers_of_their_bucket() -> None:
+    """rf 2 of 5: publishers send each delta on its bucket's topic with an index first, so a node
+    receives the deltas of the docs it holds, counts the others as received from the index (no
+    retransmission is asked for without loss), and receives fewer bytes than when every node holds
+    every doc, on the same workload."""
+    config = _config(11, faults=frozenset())
+    partitioned = SimCluster(config)
+    _check(partitioned.run())
+    everywhere = SimCluster(_config(11, faults=frozenset(), placement=PlacementPolicy((PlacementRule("all"),))))
+    _check(everywhere.run())
+    replicas = [node.replica for node in partitioned.nodes]
+    assert all(r is not None and r.counters.seqs_not_subscribed > 0 for r in replicas)
+    assert all(r is not None and r.counters.retransmit_requests == 0 for r in replicas)
+    received = [r.counters.bytes_received for r in replicas if r is not None]
+    received_all = [n.replica.counters.bytes_received for n in everywhere.nodes if n.replica is not None]
+    print(f"bytes received per node, rf 2 of 5: {received}; every node holding every doc: {received_all}")
+    assert sum(received) < 0.75 * sum(received_all)
+
+
 def test_a_join_and_a_leave_move_docs_to_their_new_holders() -> None:
     for seed in _seeds(41, 43):
         cluster = SimCluster(_config(seed, faults=frozenset({"loss", "reorder"})))

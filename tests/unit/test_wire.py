@@ -29,6 +29,7 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
     wire.HelloAck(NODE, 18, "tcp://127.0.0.1:5002", "tcp://127.0.0.1:5003", 0, "us-east"),
     wire.Deltas(NODE, 3, 7, (_delta("doc-1", b"\x01\x02"), _delta("doc-2", b"\x03"), _delta("doc-1", b""))),
     wire.Heartbeat(NODE, 3, 99),
+    wire.SeqIndex(NODE, 3, 100, (7, 7, 4095, 8191)),
     wire.RetransmitRequest(NODE, 3, 5, 9),
     wire.RetransmitGone(NODE, 3, 12),
     wire.SyncRequest(NODE, (("doc-1", b"\x01\x0b\x02"), ("doc-2", b"\x00"))),
@@ -126,6 +127,8 @@ def test_encoded_header_follows_the_documented_layout() -> None:
     ("name", "kind", "fields"),
     [
         ("root-hash-short", MessageKind.TREE_ROOT, [NODE, 1, b"\x01" * 15]),
+        ("seq-index-empty", MessageKind.SEQ_INDEX, [NODE, 1, 5]),
+        ("seq-index-negative-bucket", MessageKind.SEQ_INDEX, [NODE, 1, 5, -1]),
         ("branches-missing-hashes", MessageKind.TREE_BRANCHES, [NODE, 1, False, b"\x01" * 16]),
         ("branches-equal-with-hashes", MessageKind.TREE_BRANCHES, [NODE, 1, True, b"\x01" * 16]),
         ("segments-request-out-of-range", MessageKind.TREE_SEGMENTS_REQUEST, [NODE, 1, wire.TREE_BRANCHES]),
