@@ -40,6 +40,10 @@ FILES_PER_PEER = 6
 """Descriptors a node holds per linked peer: its request and subscription sockets (an event fd and a
 TCP connection each) and the peer's two connections to this node's ROUTER and PUB."""
 FILES_BASE = 64
+SHUTDOWN_REQUESTS_TIMEOUT_S = 2.0
+"""At SIGTERM, how long requests in progress get to finish before they are cut: a client that
+stalls in the middle of a request body held the stop for aiohttp's 60 s (5 s when its own timeout
+gave up first). A write cut here was not acknowledged; one answered before it was."""
 
 
 def raise_open_files_limit(members_max: int, websockets_max: int = 0, watchers_max: int = 0) -> None:
@@ -87,7 +91,9 @@ async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> Non
     warn_about_access(config)
     async with Node(config.node) as node:
         api = Api(node, config)
-        runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            api.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_REQUESTS_TIMEOUT_S
+        )
         await runner.setup()
         host, port = parse_http_listen(config.http.listen)
         try:
