@@ -21,6 +21,9 @@ WAITS_MAX = 4096
 what the node has, a write-ack request fails at once)."""
 ASK_AGAIN_MS = 500.0
 """A replica that has not answered a write-ack question in this time is asked again (lost frame)."""
+KNOWN_STATES_MAX = 4096
+"""(doc, node) pairs whose last confirmed state vector is remembered, so the next write-ack question
+to that node carries the update at once: one round trip instead of a probe and then the update."""
 
 
 WriteAcksWanted = int | Literal["dc", "all"]
@@ -59,6 +62,17 @@ class HolderWaits:
         self._replica = replica
         self._pump = pump
         self._waiting: list[asyncio.Future[None]] = []
+        self._known: dict[tuple[str, str], bytes] = {}
+        """(doc, node) -> the node's state vector of the doc in its last answer (oldest first)."""
+
+    def _remember(self, doc_id: str, node_id: str, state: bytes | None) -> None:
+        key = (doc_id, node_id)
+        self._known.pop(key, None)
+        if state is None:
+            return
+        if len(self._known) >= KNOWN_STATES_MAX:
+            del self._known[next(iter(self._known))]
+        self._known[key] = state
 
     def wake(self) -> None:
         """A frame came in: every wait looks again."""
@@ -141,8 +155,12 @@ class HolderWaits:
         """Replica -> (whether the update went out, rather than the probe; when)."""
         deadline_ms = _now_ms() + timeout_ms
         for node_id in others:
-            if replica.confirm(doc_id, node_id, None, _now_ms()):
-                asked[node_id] = (False, _now_ms())
+            # Against the state it last confirmed, the question carries the update (everything
+            # since, and every deletion) and one answer confirms; a node that lost data since says
+            # so with its state, and is asked again against that.
+            known = self._known.get((doc_id, node_id))
+            if replica.confirm(doc_id, node_id, known, _now_ms()):
+                asked[node_id] = (known is not None, _now_ms())
         self._pump()
         while len(confirmed) < needed:
             if not asked or not await self._next_frame(deadline_ms):
@@ -154,6 +172,7 @@ class HolderWaits:
                         asked[node_id] = (False, _now_ms())
                     continue
                 status, state = answer
+                self._remember(doc_id, node_id, None if status == HANDOFF_NOT_HOLDER else state)
                 if status == HANDOFF_NOT_HOLDER:
                     del asked[node_id]
                 elif status == HANDOFF_COVERED and sent_update:
