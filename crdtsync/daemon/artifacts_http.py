@@ -6,7 +6,11 @@
 - `GET /v1/artifacts/{name}/versions/{version}`: the file, streamed; `latest`, any tag, a version id
   or a sequence number; one `Range: bytes=A-B` range answers 206;
 - `DELETE /v1/artifacts/{name}/versions/{version}`;
-- `GET /v1/artifacts/{name}/diff?from=A&to=B`: bytes, chunks and tensors changed.
+- `GET /v1/artifacts/{name}/diff?from=A&to=B`: bytes, chunks and tensors changed;
+- `GET /v1/artifacts`: the artifacts this node has, its chunk store and transfer counters;
+- `POST /v1/artifacts/collect[?grace_s=3600]`: delete the chunks no manifest names (after the grace).
+
+Transfer counters and the chunk store are also metrics (`crdtsync_artifact_*`).
 
 A name may not have a segment `versions` or `diff` (they end the name in these paths).
 """
@@ -18,9 +22,12 @@ import contextlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from crdtsync.artifacts import (
     ArtifactError,
@@ -29,22 +36,33 @@ from crdtsync.artifacts import (
     ArtifactTooLargeError,
     ArtifactVersion,
 )
+from crdtsync.artifacts.api import GC_GRACE_S
+from crdtsync.artifacts.manifest import DOC_PREFIX
 from crdtsync.daemon import jsonvalues
 from crdtsync.daemon.http_input import ApiError
+from crdtsync.daemon.metrics import PREFIX
 
 if TYPE_CHECKING:
+    from prometheus_client import Metric
+
     from crdtsync.daemon.http import Api
+    from crdtsync.node import Node
 
 PATH = "/v1/artifacts/{rest:.+}"
-RESERVED_SEGMENTS = frozenset({"versions", "diff"})
+RESERVED_SEGMENTS = frozenset({"versions", "diff", "collect"})
+NAMES_MAX = 1000
 SPOOL_READ_BYTES = 1024 * 1024
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def register(app: web.Application, api: Api) -> None:
     """Add the routes to the daemon's application (`Api.app`)."""
+    api.node.artifacts.transfer.config = api.config.artifacts
     routes = ArtifactRoutes(api)
+    app.router.add_get("/v1/artifacts", routes.overview)
+    app.router.add_post("/v1/artifacts/collect", routes.collect)
     app.router.add_route("*", PATH, routes.route)
+    api.registry.register(ArtifactCollector(api.node))
 
 
 def _fail(status: int, code: str, message: str) -> NoReturn:
@@ -99,6 +117,45 @@ class ArtifactRoutes:
             raise causal_http.RequestError(409, "incomplete", str(exc), details) from None
         except ArtifactError as exc:
             _fail(400, "bad_artifact_request", str(exc))
+
+    async def overview(self, request: web.Request) -> web.Response:
+        artifacts = self.node.artifacts
+        names = [
+            doc_id.removeprefix(DOC_PREFIX)
+            for doc_id in self.node.doc_ids(prefix=DOC_PREFIX, limit=NAMES_MAX)
+        ]
+        store = artifacts.store.stats()
+        return self._json(
+            {
+                "artifacts": names,
+                "store": {
+                    "chunks": store.chunks,
+                    "bytes_stored": store.bytes_stored,
+                    "pack_files": store.pack_files,
+                    "pack_bytes": store.pack_bytes,
+                    "corrupt_dropped": store.corrupt_dropped,
+                },
+                "transfer": artifacts.transfer.counters.as_dict(),
+                "manifests_refused": artifacts.manifests_refused,
+            }
+        )
+
+    async def collect(self, request: web.Request) -> web.Response:
+        text = request.query.get("grace_s", str(GC_GRACE_S))
+        try:
+            grace_s = float(text)
+        except ValueError:
+            grace_s = -1.0
+        if not 0.0 <= grace_s <= 1e9:
+            _fail(400, "bad_grace", f"grace_s must be a number of seconds in 0..1e9, got {text!r:.40}")
+        result = await self.node.artifacts.collect(grace_s)
+        return self._json(
+            {
+                "chunks_deleted": result.chunks_deleted,
+                "bytes_deleted": result.bytes_deleted,
+                "packs_compacted": result.packs_compacted,
+            }
+        )
 
     @staticmethod
     def _name(name: str) -> str:
@@ -216,3 +273,36 @@ def _range(header: str | None, size: int) -> tuple[int, int, bool]:
     if start >= size or start >= end:
         _fail(416, "bad_range", f"Range {header!r:.80} is outside the {size} bytes of the version")
     return start, end, True
+
+
+class ArtifactCollector(Collector):
+    """The chunk store and the transfer counters of `node.artifacts`."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[Metric]:
+        artifacts = self.node.artifacts
+        for name, value in artifacts.transfer.counters.as_dict().items():
+            counter = CounterMetricFamily(
+                f"{PREFIX}_artifact_{name}", f"Chunk transfer: {name.replace('_', ' ')}."
+            )
+            counter.add_metric([], value)
+            yield counter
+        stats = artifacts.store.stats()
+        for name, value in (
+            ("chunks", stats.chunks),
+            ("bytes_stored", stats.bytes_stored),
+            ("pack_bytes", stats.pack_bytes),
+        ):
+            gauge = GaugeMetricFamily(
+                f"{PREFIX}_artifact_store_{name}", f"Chunk store: {name.replace('_', ' ')}."
+            )
+            gauge.add_metric([], value)
+            yield gauge
+        corrupt = CounterMetricFamily(
+            f"{PREFIX}_artifact_store_corrupt_dropped",
+            "Stored chunks whose bytes no longer matched their id.",
+        )
+        corrupt.add_metric([], stats.corrupt_dropped)
+        yield corrupt

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from crdtsync.artifacts.transfer import TransferConfig
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import PARTITIONS_DEFAULT, PlacementError, PlacementPolicy, PlacementRule
 from crdtsync.core.replica import ReplicaConfig
@@ -97,6 +98,8 @@ class DaemonConfig:
     """Read from `http.tokens_file`; empty: the API is open."""
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     """The y-websocket endpoint's limits (`[websocket]`)."""
+    artifacts: TransferConfig = field(default_factory=TransferConfig)
+    """Chunk transfer between nodes (`[artifacts]`: window, link caps; docs/artifacts.md)."""
 
 
 _NODE_KEYS = {
@@ -123,6 +126,7 @@ _TOP_KEYS = _NODE_KEYS | {
     "cluster",
     "placement",
     "websocket",
+    "artifacts",
 }
 _PLACEMENT_KEYS = {"prefix", "rf"}
 _SECURITY_KEYS = {"mode", "key_file", "peer_keys", "allowed_keys"}
@@ -400,7 +404,9 @@ def load_config(
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(str(exc)) from None
-    return DaemonConfig(node=node, http=http, log=log, tokens=tokens, websocket=_websocket(raw))
+    return DaemonConfig(
+        node=node, http=http, log=log, tokens=tokens, websocket=_websocket(raw), artifacts=_artifacts(raw)
+    )
 
 
 def _raw_config(path: str | Path | None, overrides: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
@@ -438,6 +444,17 @@ WEBSOCKET_FRAME_BYTES_MIN = 4096
 """A smaller frame bound would refuse the sync step 1 (a state vector) of a client of a doc with many
 writers."""
 WEBSOCKET_FRAME_BYTES_MAX = 1 << 30
+
+
+def _artifacts(raw: dict[str, Any]) -> TransferConfig:
+    """The [artifacts] table: how chunks move between nodes, each value within its range."""
+    try:
+        config: TransferConfig = _section(raw, "artifacts", TransferConfig)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"artifacts: {exc}") from None
+    return config
 
 
 def _websocket(raw: dict[str, Any]) -> WebSocketConfig:
