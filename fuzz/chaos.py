@@ -13,9 +13,11 @@ restart on the same data dir after a random downtime, SIGSTOP for 0.5-5 s then S
 a restart; never more than (N-1)//2 nodes at once. Every random choice derives from --seed: the same
 seed replays the same schedule of faults and writes (the daemons' own timing still varies).
 
-Then everything heals (SIGCONT, restarts) and, within 90 s, every node must hold the same Merkle root,
-every acknowledged unique write with its value and the same contended doc, and list every other node
-as an alive member. No daemon may exit unless the campaign killed or stopped it, and each daemon's
+--faults adds network faults (fuzz.chaos_network: a fault proxy on every link) and disk faults
+(fuzz.chaos_disk: data dirs on small tmpfs that fill up, I/O errors, kill -9 during backups and
+restores). Then everything heals (SIGCONT, restarts, disks freed) and, within 90 s, every node must
+hold the same Merkle root, every acknowledged unique write with its value and the same contended
+doc, and list every other node as an alive member. No daemon may exit unless the campaign killed or stopped it, and each daemon's
 resident memory must stay under --rss-mb at every progress tick. Exit status 1 otherwise; the work dir
 (data dirs and daemon logs) is kept then.
 
@@ -44,7 +46,9 @@ import httpx
 
 from crdtsync.testing.cluster import LocalCluster, LocalDaemon, ignore_signals, log_tail, plan_daemons
 from fuzz._runner import rss_mb_of
+from fuzz.chaos_disk import DiskFaults, DiskSummary
 from fuzz.chaos_network import NetworkFaults, NetworkSummary
+from fuzz.chaos_report import MISSING_MATPLOTLIB, Timeline, write_png
 
 FAST_REPLICATION: dict[str, int] = {
     "hello_interval_ms": 100,
@@ -59,10 +63,11 @@ FAST_MEMBERSHIP: dict[str, int] = {
     "down_after_suspect_ms": 500,
 }
 FAULT_KINDS = ("kill", "stop", "term")
-FAULT_SETS = ("process", "network", "wan")
+FAULT_SETS = ("process", "network", "wan", "disk")
 """--faults: process (SIGKILL, SIGSTOP, SIGTERM), network (every replication byte through a fault
 proxy: WAN latency and caps between datacenters, partitions of every shape, resets, degraded links),
-wan (the proxy with the WAN's latency and caps only)."""
+wan (the proxy with the WAN's latency and caps only), disk (data dirs on small tmpfs: full disks,
+I/O errors, kill -9 during a backup and during a restore)."""
 WARMUP_S = 3.0
 """Seconds of writes before the first fault."""
 FAULT_GAP_S = (1.0, 5.0)
@@ -162,6 +167,8 @@ class Summary:
     work_dir: str = ""
     fault_sets: tuple[str, ...] = ("process",)
     network: NetworkSummary | None = None
+    disk: DiskSummary | None = None
+    timeline: Timeline | None = None
     writes_acked: int = 0
     writes_failed: int = 0
     failures: Counter[str] = field(default_factory=Counter)
@@ -216,6 +223,7 @@ class Summary:
             f"  faults: {sum(self.faults.values())} ({kinds})"
             + (f", {self.faults_skipped} skipped" if self.faults_skipped else ""),
             *(self.network.lines() if self.network is not None else []),
+            *(self.disk.lines() if self.disk is not None else []),
             f"  {converged}",
             f"  max RSS {self.rss_mb_max:.0f} MB (limit {self.rss_limit_mb:.0f} MB)",
         ]
@@ -303,8 +311,10 @@ class Campaign:
             (burst_rng.randint(*BURST_WRITES), burst_rng.uniform(*BURST_LEAD_S)) for _fault in self.faults
         ]
         """(writes, lead) of the burst before each fault of the plan (used by kills and terms)."""
-        # Drawn after the others, so that a process-only seed replays as it did before networks.
+        # Drawn after the others, so that a process-only seed replays as it did before networks,
+        # and a network seed as it did before disks.
         network_rng = random.Random(rng.getrandbits(64))
+        disk_rng = random.Random(rng.getrandbits(64))
         if "process" not in fault_sets:
             self.faults = []
         self.faulty_max = (nodes - 1) // 2
@@ -328,11 +338,18 @@ class Campaign:
             note="fuzz.chaos",
         )
         self.daemons = daemons
+        self.timeline = Timeline(names)
+        self.summary.timeline = self.timeline
         self.network: NetworkFaults | None = None
         """The fault proxy every replication byte crosses (--faults network or wan)."""
         if "network" in fault_sets or "wan" in fault_sets:
             self.network = NetworkFaults(self, network_rng, seed, partitions="network" in fault_sets)
             self.summary.network = self.network.summary
+        self.disk: DiskFaults | None = None
+        """Data dirs on small disks and the disk schedule (--faults disk)."""
+        if "disk" in fault_sets:
+            self.disk = DiskFaults(self, disk_rng)
+            self.summary.disk = self.disk.summary
         self.started = time.monotonic()
         self.phase = "starting"
         self.acked: list[Write] = []
@@ -480,38 +497,40 @@ class Campaign:
                 return daemon
         return None
 
-    async def send(self, daemon: Daemon, write: Write) -> None:
+    async def send(self, daemon: Daemon, write: Write) -> str:
+        """PUT the write; what the client saw: "200" (acknowledged), or the reason it failed."""
         disturbed = daemon.disturbed
         try:
             response = await self.client.put(
                 f"{daemon.url}/v1/docs/{write.doc}/keys/{write.key}", json=write.value
             )
         except httpx.TimeoutException:
-            self.fail_write("timeout")
-            return
+            return self.fail_write("timeout")
         except httpx.ConnectError:
-            self.fail_write("refused")
-            return
+            return self.fail_write("refused")
         except httpx.HTTPError:
-            self.fail_write("dropped")
-            return
+            return self.fail_write("dropped")
         if response.status_code == 200:
             self.summary.writes_acked += 1
+            self.timeline.write(True)
             if write.doc.startswith(BURST_DOC_PREFIX):
                 self.summary.burst_acked += 1
             if write.unique:
                 self.acked.append(write)
-            return
-        self.fail_write(f"HTTP {response.status_code}")
+            return "200"
+        reason = self.fail_write(f"HTTP {response.status_code}")
         if daemon.disturbed == disturbed and daemon.available:
             self.problem(
                 f"{daemon.name} answered {response.status_code} to PUT {write.doc}/{write.key} while no "
                 f"fault touched it: {response.text[:200]}"
             )
+        return reason
 
-    def fail_write(self, reason: str) -> None:
+    def fail_write(self, reason: str) -> str:
         self.summary.writes_failed += 1
         self.summary.failures[reason] += 1
+        self.timeline.write(False)
+        return reason
 
     async def writer(self, stop_at: float) -> None:
         """Writes at WRITES_PER_S_PER_NODE per node on average (exponential gaps), to the drawn node or
@@ -570,7 +589,7 @@ class Campaign:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.heal.wait(), seconds)
 
-    async def burst(self, daemon: Daemon, fault_index: int) -> list[asyncio.Task[None]]:
+    async def burst(self, daemon: Daemon, fault_index: int) -> list[asyncio.Task[str]]:
         """Send the burst planned for this fault to its victim; return once its lead has passed, with
         the requests still in flight."""
         count, lead_s = self.bursts[fault_index]
@@ -585,21 +604,30 @@ class Campaign:
         await asyncio.sleep(lead_s)
         return tasks
 
-    async def run_fault(self, fault: Fault, fault_index: int) -> None:
-        daemon = self.daemons[fault.node]
-        for _ in range(int(FAULT_SLOT_WAIT_S / POLL_S) + 1):
+    async def take_slot(self, daemon: Daemon, wait_s: float) -> bool:
+        """Wait up to `wait_s` until `daemon` is up and the faulty-node bound allows one more, then
+        mark it faulty (the caller clears that). False when the time ran out or the heal began."""
+        for _ in range(int(wait_s / POLL_S) + 1):
             if self.heal.is_set():
-                return
+                return False
             faulty_now = sum(1 for d in self.daemons if not d.available)
             if daemon.available and faulty_now < self.faulty_max:
-                break
+                daemon.faulty = True  # no await since the check: the bound holds
+                return True
             await asyncio.sleep(POLL_S)
-        else:
-            self.summary.faults_skipped += 1
-            self.say(f"skip the {fault.kind} of {daemon.name}: it is not up, or too many nodes are faulty")
+        return False
+
+    async def run_fault(self, fault: Fault, fault_index: int) -> None:
+        daemon = self.daemons[fault.node]
+        if not await self.take_slot(daemon, FAULT_SLOT_WAIT_S):
+            if not self.heal.is_set():
+                self.summary.faults_skipped += 1
+                self.say(
+                    f"skip the {fault.kind} of {daemon.name}: it is not up, or too many nodes are faulty"
+                )
             return
-        daemon.faulty = True  # no await since the check: the bound holds
         self.summary.faults[fault.kind] += 1
+        spans = self.timeline.begin(daemon.name, fault.kind)
         pid = daemon.pid
         try:
             if fault.kind == "stop":
@@ -649,6 +677,7 @@ class Campaign:
                     f"{daemon.name} answers /health {time.monotonic() - restarted:.1f} s after its restart"
                 )
         finally:
+            self.timeline.end(spans)
             daemon.faulty = False
 
     async def fault_schedule(self, started: float) -> None:
@@ -738,15 +767,21 @@ class Campaign:
     async def statuses(self) -> list[Any]:
         return list(await asyncio.gather(*(self.get_json(d, "/v1/status") for d in self.daemons)))
 
-    async def divergences(self, full: bool) -> list[str]:
+    async def divergences(
+        self, full: bool, roots_seen: list[tuple[float, dict[str, str]]] | None = None
+    ) -> list[str]:
         """What keeps the cluster from having converged; empty when it has. Unless `full`, the docs are
-        read only once the Merkle roots and the membership agree (the cheap check comes first)."""
+        read only once the Merkle roots and the membership agree (the cheap check comes first).
+        Each node's root is appended to `roots_seen` with the time."""
         statuses = await self.statuses()
         problems = self.membership_gaps(statuses)
         roots: dict[str, list[str]] = {}
         for daemon, status in zip(self.daemons, statuses, strict=True):
             if isinstance(status, dict):
                 roots.setdefault(str(status.get("merkle_root")), []).append(daemon.name)
+        if roots_seen is not None:
+            at_s = self.timeline.now_s()
+            roots_seen.append((at_s, {name: root for root, names in roots.items() for name in names}))
         if len(roots) > 1:
             problems.append(
                 "merkle roots differ: "
@@ -843,10 +878,13 @@ class Campaign:
             f"waiting up to {CONVERGE_TIMEOUT_S:.0f} s for equal merkle roots, {len(self.acked)} acknowledged "
             f"unique writes on every node, one {SHARED_DOC} and every member alive everywhere"
         )
+        roots_seen: list[tuple[float, dict[str, str]]] = []
+        """(when, node -> its Merkle root) of every check: when each node reached the final root."""
         for _ in range(int(CONVERGE_TIMEOUT_S / CHECK_INTERVAL_S) + 1):
-            if not await self.divergences(full=False):
+            if not await self.divergences(full=False, roots_seen=roots_seen):
                 self.summary.converged_after_s = time.monotonic() - healed
                 self.say(f"converged {self.summary.converged_after_s:.1f} s after the heal")
+                self.timeline.converged_s = _reached_final_root(roots_seen)
                 return
             if time.monotonic() - healed > CONVERGE_TIMEOUT_S:
                 break
@@ -875,6 +913,12 @@ class Campaign:
                 f"fault proxy: every replication byte crosses it; WAN links {wan or 'none'}; "
                 f"{len(network.plan.faults) if network.partitions else 0} network faults planned"
             )
+        if self.disk is not None:
+            self.disk.start()
+            self.say(
+                f"small disks: every data dir on a tmpfs of {self.disk.disks['n0'].size_bytes >> 20} MB; "
+                f"{len(self.disk.plan)} disk faults planned"
+            )
         for daemon in self.daemons:
             self.spawn(daemon)
             self.say(
@@ -888,6 +932,7 @@ class Campaign:
             await self.wait_mesh()
             self.phase = "faults"
             started = time.monotonic()
+            self.timeline.started = started
             stop_at = started + self.seconds
             writer = asyncio.create_task(self.writer(stop_at))
             faults = asyncio.create_task(self.fault_schedule(started))
@@ -895,14 +940,18 @@ class Campaign:
             if network is not None:
                 tasks.append(asyncio.create_task(network.schedule(started, self.heal)))
                 tasks.append(asyncio.create_task(network.arrivals(stop_at, self.heal)))
+            if self.disk is not None:
+                tasks.append(asyncio.create_task(self.disk.schedule(started, self.heal)))
             try:
                 await self.wait_for_heal(max(0.0, stop_at - time.monotonic()))
                 self.phase = "heal"
                 self.say("the time is up: stop writing, heal the network, resume and restart every node")
+                self.timeline.heal_s = self.timeline.now_s()
                 self.heal.set()
                 await faults
+                # Each ends itself at the heal: partitions lifted, disks freed, killed nodes restarted.
+                await asyncio.gather(*tasks[2:])
                 if network is not None:
-                    await asyncio.gather(*tasks[2:])
                     network.heal()
                 await self.heal_all()
                 await writer  # its last answers, within the request timeout
@@ -912,6 +961,7 @@ class Campaign:
                 await asyncio.gather(*tasks, return_exceptions=True)
             self.phase = "converging"
             await self.wait_converged()
+            self.timeline.end_s = self.timeline.now_s()
             self.sample_rss()
             if network is not None:
                 network.collect()
@@ -945,8 +995,9 @@ async def campaign(
 ) -> tuple[bool, Summary]:
     """Run the campaign for `seconds` of faults of the sets `faults` (see FAULT_SETS); (whether
     everything held, the summary). The daemons are stopped on every way out (also on cancellation,
-    e.g. Ctrl-C); the work dir is removed unless `work_dir` was given or the run failed. With
-    `report_dir`, the summary and figures go to REPORT_DIR/chaos-SEED.json."""
+    e.g. Ctrl-C); the work dir is removed unless `work_dir` was given or the run failed (with `disk`
+    faults the data dirs are on tmpfs and go with the run). With `report_dir`, the summary and figures
+    go to REPORT_DIR/chaos-SEED.json and the timeline picture to REPORT_DIR/chaos-SEED.png."""
     fault_sets = tuple(name for name in FAULT_SETS if name in set(faults))
     unknown = set(faults) - set(FAULT_SETS)
     if unknown or not fault_sets:
@@ -969,6 +1020,8 @@ async def campaign(
         try:
             if run is not None:
                 run.stop_all()
+                if run.disk is not None:
+                    run.disk.close()
             ok = finished and run is not None and run.summary.ok
             if ok and work_dir is None:
                 shutil.rmtree(root, ignore_errors=True)
@@ -984,7 +1037,8 @@ async def campaign(
 
 
 def write_report(summary: Summary, report_dir: str) -> str:
-    """The summary's figures as JSON, REPORT_DIR/chaos-SEED.json; its path."""
+    """The summary's figures as JSON, REPORT_DIR/chaos-SEED.json, and the timeline picture beside it,
+    REPORT_DIR/chaos-SEED.png (without matplotlib, a message says how to get it); the JSON's path."""
     os.makedirs(report_dir, exist_ok=True)
     path = os.path.join(report_dir, f"chaos-{summary.seed}.json")
     figures: dict[str, Any] = {
@@ -1002,11 +1056,36 @@ def write_report(summary: Summary, report_dir: str) -> str:
         "converged_after_heal_s": summary.converged_after_s,
         "rss_mb_max": summary.rss_mb_max,
         "network": summary.network.figures() if summary.network is not None else None,
+        "disk": summary.disk.figures() if summary.disk is not None else None,
+        "timeline": summary.timeline.figures() if summary.timeline is not None else None,
         "problems": summary.problems,
     }
     with open(path, "w") as handle:
         json.dump(figures, handle, indent=2)
+    if summary.timeline is not None:
+        picture = os.path.join(report_dir, f"chaos-{summary.seed}.png")
+        title = f"{summary.replay_command()}: {'OK' if summary.ok else 'FAIL'}"
+        try:
+            write_png(summary.timeline, title, picture)
+        except ImportError:
+            print(MISSING_MATPLOTLIB, file=sys.stderr, flush=True)
     return path
+
+
+def _reached_final_root(roots_seen: list[tuple[float, dict[str, str]]]) -> dict[str, float]:
+    """Node -> the time of the first check from which on it held the root all ended with."""
+    if not roots_seen:
+        return {}
+    final = roots_seen[-1][1]
+    reached: dict[str, float] = {}
+    for node, root in final.items():
+        at_s = roots_seen[-1][0]
+        for seen_s, roots in reversed(roots_seen):
+            if roots.get(node) != root:
+                break
+            at_s = seen_s
+        reached[node] = at_s
+    return reached
 
 
 def _raise_failure(tasks: Iterable[asyncio.Task[None]]) -> None:
@@ -1084,10 +1163,14 @@ def main(argv: list[str] | None = None) -> int:
         default=("process",),
         help="comma-separated: process (SIGKILL, SIGSTOP, SIGTERM), network (a fault proxy on every link: "
         "WAN latency 30-150 ms and 5 MB/s between datacenters, partitions of every shape, resets, degraded "
-        "links), wan (the proxy with the WAN latency and caps only); default process",
+        "links, slow closes), wan (the proxy with the WAN latency and caps only), disk (data dirs on small "
+        "tmpfs: full disks, I/O errors, kill -9 during backups and restores); default process",
     )
     parser.add_argument(
-        "--report", metavar="DIR", help="write the summary and figures as DIR/chaos-SEED.json"
+        "--report",
+        metavar="DIR",
+        help="write the summary and figures as DIR/chaos-SEED.json and the timeline as DIR/chaos-SEED.png "
+        "(needs matplotlib: pip install 'crdtsync[report]')",
     )
     parser.add_argument(
         "--work-dir",

@@ -5,7 +5,10 @@ own source address 127.0.0.N, the proxy's listeners advertised for its request a
 every replication byte crosses the proxy. Links between datacenters get a WAN latency drawn in
 30-150 ms (10% jitter) and a 5 MB/s cap for the whole run. Then, one at a time, the seeded schedule
 (`plan_network`) partitions the cluster (a node, a datacenter, one-way, bridge, two halves) for 1-6 s,
-resets the connections between two nodes, or degrades a node's links to 200-500 ms and 64 KB/s.
+resets the connections between two nodes, or degrades a node's links to 200-500 ms and 64 KB/s. In
+the quiet gaps between those, slow closes: the connections between two nodes are closed (FIN) while
+their links deliver a close 0.2-2 s late, as a proxy or load balancer draining a connection does;
+drawn from a stream of their own, after the plan's, so that a seed keeps the plan it had before.
 
 Two measurements ride on it:
 - after each partition heals, probe writes made on every available node just before the heal (one
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -56,6 +60,13 @@ WATCH_RETRY_S = 0.5
 WATCH_LINE_BYTES_MAX = 1 << 20
 ARRIVALS_MAX = 100_000
 REQUEST_TIMEOUT_S = 5.0
+SLOW_CLOSE_MS = (200.0, 2000.0)
+SLOW_CLOSE_HOLD_S = (0.5, 1.5)
+"""How long the links keep their slow close after the connections were closed (reconnects meet it too)."""
+SLOW_CLOSE_SHARE = 0.8
+"""Of the quiet gaps long enough for one, those that get a slow close."""
+SLOW_CLOSE_GAP_S = 0.25
+"""A slow close keeps this far from the faults before and after it."""
 
 
 @dataclass
@@ -151,6 +162,27 @@ class NetworkSummary:
         }
 
 
+def plan_slow_closes(
+    rng: random.Random, plan: NetworkPlan, names: Sequence[str], seconds: float
+) -> list[NetworkFault]:
+    """The plan's faults with slow closes of a random pair's connections in some of the gaps
+    between them (one fault at a time still), in order of start."""
+    faults: list[NetworkFault] = []
+    free_from_s = 0.0
+    for fault in [*plan.faults, None]:
+        next_s = fault.at_s if fault is not None else seconds - 1.0
+        hold_s = rng.uniform(*SLOW_CLOSE_HOLD_S)
+        start_s = free_from_s + SLOW_CLOSE_GAP_S
+        if start_s + hold_s + SLOW_CLOSE_GAP_S <= next_s and rng.random() < SLOW_CLOSE_SHARE:
+            a, b = rng.sample(list(names), 2)
+            slow = LinkFaults(slow_close_ms=rng.uniform(*SLOW_CLOSE_MS))
+            faults.append(NetworkFault(start_s, "slow-close", hold_s, frozenset({(a, b), (b, a)}), "", slow))
+        if fault is not None:
+            faults.append(fault)
+            free_from_s = fault.at_s + fault.duration_s
+    return faults
+
+
 def _by_link(arrivals: Sequence[tuple[bool, float, float]], same_dc: bool) -> dict[float, list[float]]:
     """Arrival times in ms grouped by the base latency of the link (one per pair of datacenters)."""
     groups: dict[float, list[float]] = {}
@@ -179,6 +211,8 @@ class NetworkFaults:
         self.dcs = {daemon.name: daemon.dc for daemon in self.daemons}
         self.plan: NetworkPlan = plan_network(rng, campaign.seconds, self.dcs)
         self.probe_rng = random.Random(rng.getrandbits(64))
+        self.faults = plan_slow_closes(random.Random(rng.getrandbits(64)), self.plan, names, campaign.seconds)
+        """The plan's faults with the slow closes in its gaps, in order of start."""
         routes = put_behind_proxy(self.daemons)
         self.proxy = FaultProxy(routes, seed=seed)
         self.summary = NetworkSummary()
@@ -227,7 +261,7 @@ class NetworkFaults:
 
     async def schedule(self, started: float, heal: asyncio.Event) -> None:
         """Run the planned faults one after another until the heal (each ends itself at the heal)."""
-        for fault in self.plan.faults if self.partitions else []:
+        for fault in self.faults if self.partitions else []:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(heal.wait(), max(0.0, started + fault.at_s - time.monotonic()))
             if heal.is_set():
@@ -245,6 +279,17 @@ class NetworkFaults:
         label = f"{fault.kind} {fault.shape}".strip()
         self.summary.faults[label] += 1
         campaign.say(f"network: {fault.describe()}")
+        spans = campaign.timeline.begin(sorted({node for link in fault.links for node in link}), label)
+        try:
+            await self.run_kind(fault, heal)
+        finally:
+            campaign.timeline.end(spans)
+
+    async def run_kind(self, fault: NetworkFault, heal: asyncio.Event) -> None:
+        campaign = self.campaign
+        if fault.kind == "slow-close":
+            await self.slow_close(fault, heal)
+            return
         if fault.kind == "reset":
             for source, target in fault.links:
                 count = self.proxy.reset(source, target)
@@ -282,6 +327,21 @@ class NetworkFaults:
             campaign.say(
                 f"network: every probe of the {fault.shape} heal everywhere {converged_s:.2f} s after it"
             )
+
+    async def slow_close(self, fault: NetworkFault, heal: asyncio.Event) -> None:
+        """Close every connection of the links while a close takes `slow_close_ms` to arrive, hold
+        that for the fault's duration, then give the links their base faults back."""
+        assert fault.faults is not None
+        slow_close_ms = fault.faults.slow_close_ms
+        for source, target in fault.links:
+            base = self.plan.base.get((source, target), LinkFaults())
+            self.proxy.set_link(source, target, dataclasses.replace(base, slow_close_ms=slow_close_ms))
+        closed = sum(self.proxy.close(source, target) for source, target in fault.links if source < target)
+        self.campaign.say(f"network: {closed} connections closed, each close {slow_close_ms:.0f} ms late")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(heal.wait(), fault.duration_s)
+        for source, target in fault.links:
+            self.proxy.set_link(source, target, self.plan.base.get((source, target), LinkFaults()))
 
     async def heal_probes(self) -> list[tuple[str, str, dict[str, Any]]]:
         """One acknowledged write on every available node just before the heal: (doc, key, value)."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv with crdtsync and its dev/bench dependencies. Idempotent: reuses an existing venv.
+# Creates .venv with crdtsync and its dev/bench/report dependencies. Idempotent: reuses an existing venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -15,6 +15,6 @@ stamp=.venv/.crdtsync-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "==> installing crdtsync and its dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[dev,bench]"
+    .venv/bin/python -m pip install -q -e ".[dev,bench,report]"
     touch "$stamp"
 fi

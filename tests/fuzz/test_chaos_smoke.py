@@ -60,3 +60,42 @@ def test_real_daemons_behind_the_fault_proxy_converge_after_partitions(tmp_path:
     # Every write that crossed the WAN took at least a WAN link's latency: 30 ms less 10% jitter.
     assert min(cross_dc_ms) >= 27.0, summary
     assert summary.faults["kill"] == 1 and summary.writes_acked > 0, summary
+
+
+DISK_FAULTS_S = 14.0
+"""A full disk, then I/O errors cut short by the heal, with this seed: seconds, not minutes."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def test_real_daemons_on_small_disks_refuse_what_they_cannot_commit_and_recover(tmp_path: Path) -> None:
+    """Four daemons, each data dir on a small tmpfs: one's disk fills up (its probe writes end in a
+    507), another's writes fail with I/O errors (503); each reports ready again by itself once the
+    fault is gone, and every acknowledged write is on every node. The report has the JSON figures
+    and the timeline picture."""
+    seed = 20261346
+    print(f"chaos seed {seed}")
+    report = tmp_path / "report"
+    ok, summary = asyncio.run(
+        chaos.campaign(
+            DISK_FAULTS_S,
+            seed,
+            nodes=4,
+            work_dir=str(tmp_path / "chaos"),
+            faults=("disk",),
+            report_dir=str(report),
+        )
+    )
+    print(summary)
+    assert ok, summary
+    disk = summary.disk
+    assert disk is not None
+    assert disk.faults["full"] == 1 and disk.faults["ioerror"] == 1, summary
+    assert disk.answers["full"]["HTTP 507"] == 1, summary
+    assert disk.answers["ioerror"]["HTTP 503"] >= 1, summary
+    assert disk.unrecovered == 0 and len(disk.recover_s["full"]) == 1, summary
+    assert summary.converged_after_s is not None and summary.writes_acked > 0, summary
+    picture = (report / f"chaos-{seed}.png").read_bytes()
+    assert picture.startswith(PNG_SIGNATURE), "the report's picture is not a PNG"
+    width, height = int.from_bytes(picture[16:20], "big"), int.from_bytes(picture[20:24], "big")
+    assert width >= 800 and height >= 400 and len(picture) > 10_000, (width, height, len(picture))
+    assert (report / f"chaos-{seed}.json").exists()
