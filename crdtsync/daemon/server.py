@@ -13,6 +13,7 @@ from aiohttp import web
 from crdtsync.daemon.config import DaemonConfig, is_loopback, parse_http_listen, tls_context
 from crdtsync.daemon.http import Api
 from crdtsync.node import Node
+from crdtsync.store import StoreCommitError
 
 log = logging.getLogger("crdtsync.daemon")
 
@@ -121,5 +122,9 @@ async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> Non
         log.info("stopping: flushing the store and closing sockets")
         api.close_streams()
         await runner.cleanup()
-        await node.flush()
+        try:
+            await node.flush()
+        except StoreCommitError as exc:
+            # Nothing of it was acknowledged; closing tries it once more and logs what is lost.
+            log.error("stopping while the store cannot commit: %s", exc)
     log.info("stopped")

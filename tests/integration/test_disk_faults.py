@@ -134,3 +134,21 @@ def test_io_errors_on_every_write_answer_503_lose_nothing_acknowledged_and_the_n
     wait_ready(cluster)
     put(cluster, "after", "the disk works again")
     kill_restart_and_verify(cluster)
+
+
+def test_sigterm_while_the_store_fails_exits_0_and_keeps_every_acknowledged_write(
+    cluster: LocalCluster[LocalDaemon],
+) -> None:
+    daemon = cluster["n1"]
+    cluster.start_all()
+    cluster.wait_healthy()
+    for index in range(10):
+        put(cluster, f"before-{index}", index)
+    assert daemon.pid is not None
+    io_errors(daemon.pid)
+    failed = attempt(cluster, "during", "an I/O error")
+    assert failed.status_code == 503, failed.text
+    assert cluster.terminate("n1") == 0, "the daemon did not exit 0 on SIGTERM while its store failed"
+    cluster.restart("n1")
+    cluster.wait_healthy(["n1"])
+    assert cluster.verify_acks() == []
