@@ -209,9 +209,10 @@ class Artifacts:
 
     async def _snapshot(self, name: str) -> tuple[list[VersionRecord], dict[str, str], dict[str, list[str]]]:
         doc_id = manifest.doc_id(name)
-        if not self._node.has_doc(doc_id):
+        had_doc = self._node.has_doc(doc_id)
+        if not had_doc and self._node.holds(doc_id):
             raise ArtifactNotFoundError(f"no artifact {name!r} on this node")
-        doc = await self._node.open(doc_id)
+        doc = await self._node.open(doc_id)  # a doc placed elsewhere is followed from a holder
         try:
             records = self._records(doc)
             tags = {k: v for k, v in doc.get("tags", type=Map).to_py().items() if isinstance(v, str)}
@@ -221,6 +222,8 @@ class Artifacts:
                 complete.setdefault(version, []).append(node_id)
         finally:
             self._node.release(doc_id)
+        if not had_doc and not records and not tags:
+            raise ArtifactNotFoundError(f"no artifact {name!r} on this node or its holders")
         return records, tags, complete
 
     async def ls(self, name: str) -> list[ArtifactVersion]:
