@@ -50,7 +50,8 @@ from crdtsync.daemon.metrics import NodeCollector, RefusalCollector
 from crdtsync.daemon.status_json import cluster_placement_json, config_warnings, placement_json, status_json
 from crdtsync.daemon.store_http import WRITE_METHODS, StoreGuard
 from crdtsync.daemon.websocket import PATH_PREFIX as WS_PATH_PREFIX
-from crdtsync.daemon.websocket import WebSockets, same_origin
+from crdtsync.daemon.websocket import WebSockets
+from crdtsync.daemon.websocket_protocol import same_origin
 from crdtsync.holders import WriteAcksTimeoutError, WriteAcksWanted
 from crdtsync.node import Node
 from crdtsync.store import StoreCommitError

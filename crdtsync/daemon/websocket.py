@@ -1,10 +1,8 @@
 """`GET /v1/ws/{doc}`: a y-websocket-compatible endpoint, so that Yjs clients (the npm `y-websocket`
 provider, pycrdt's own) edit the node's docs directly.
 
-The protocol is y-protocols': every binary frame is one message, a varuint type (0 sync, 1 awareness,
-3 query-awareness) and its payload; sync messages are step 1 (a state vector), step 2 and update (a
-Yjs v1 update), each a varUint8Array. pycrdt's helpers build the messages; incoming ones are read
-here with bounds checks (pycrdt's `Decoder` trusts its input).
+The protocol is y-protocols' (crdtsync/daemon/websocket_protocol.py reads it); pycrdt's helpers
+build the messages.
 
 One `Room` per doc with connections on this node: the doc is opened (pinned) once for the room and
 released `linger_s` (30 s) after its last connection left; it has ONE doc observer, unobserved then
@@ -24,10 +22,10 @@ Limits (the `[websocket]` keys of the daemon's configuration, `WebSocketConfig`)
 the connection concerned (close codes in `CLOSE_*` and docs/websocket.md):
 frames over `receive_bytes_max` (1009, by aiohttp), text frames (1003), malformed messages or updates
 (4400), a send queue over `send_queue_max` messages or `send_queue_bytes_max` bytes (4008), a client
-update that the node cannot integrate because it lacks the update's dependencies (4409, before
-pycrdt sees it: the provider reconnects and resends what the node lacks in its sync step 2). A read-only connection (read-scope
-token) gets the doc and its changes and may send awareness; its sync step 2 and updates are ignored
-and counted (`updates_ignored_read_only`), and the connection stays open.
+update lacking dependencies that its sync step 2 did not bring (4409, before pycrdt sees it: the
+provider reconnects and resends what the node lacks in its next step 2; until the step 2, such
+updates are held). A read-only connection (read token) gets the doc and its changes and may send
+awareness; its step 2 and updates are ignored and counted, and the connection stays open.
 """
 
 from __future__ import annotations
@@ -40,7 +38,6 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -56,18 +53,22 @@ from pycrdt import (
 )
 from pycrdt._sync import create_sync_step2_message
 
-from crdtsync.core.state import StateDecodeError, covers, decode_state_vector, read_varuint
+from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
 from crdtsync.core.update_check import UpdateError, check_update, dependencies
 from crdtsync.core.update_split import ordered_runs, sync_parts
 from crdtsync.daemon.websocket_awareness import AWARENESS_TIMEOUT_S, AwarenessError, RoomAwareness
+from crdtsync.daemon.websocket_protocol import (
+    EMPTY_UPDATE,
+    MESSAGE_QUERY_AWARENESS,
+    MalformedError,
+    var_bytes,
+    varuint,
+)
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.websocket")
 
 PATH_PREFIX = "/v1/ws/"
-MESSAGE_QUERY_AWARENESS = 3
-"""y-protocols' query-awareness message: answered with every awareness state of the room."""
-EMPTY_UPDATE = b"\x00\x00"
 
 FRAME_BYTES_MAX = 1 << 20
 """Largest message the node sends (a large sync answer goes in several)."""
@@ -82,6 +83,10 @@ SEND_QUEUE_BYTES_MAX = 64 << 20
 alone, e.g. the sync step 2 of a large doc); more closes it with 4008."""
 CONNECTIONS_MAX = 10_000
 """Open WebSocket connections per node; more are refused with 503 before the upgrade."""
+HELD_UPDATES_MAX = 1024
+"""Updates lacking dependencies that a connection may send before its sync step 2 (edits made while
+its provider reconnects: they depend on offline edits that the step 2 brings), held until it comes;
+one more closes the connection with 4409."""
 LINGER_S = 30.0
 """How long a doc stays open (pinned, observed) after its last connection closed: a provider that
 reconnects within it (a network blip, a page reload) finds it loaded."""
@@ -105,6 +110,7 @@ COUNTERS = (
     "messages_sent",
     "updates_applied",
     "updates_ignored_read_only",
+    "updates_held",
     "closed_malformed",
     "closed_too_large",
     "closed_slow",
@@ -140,10 +146,6 @@ class WebSocketConfig:
     per connection and CPU on every message (bench.websocket), and Yjs updates are small."""
 
 
-class MalformedError(ValueError):
-    """A message that closes its connection with CLOSE_MALFORMED."""
-
-
 @dataclass(eq=False)
 class Connection:
     """One WebSocket client of a room: its send queue, and the awareness client ids it announced."""
@@ -161,6 +163,11 @@ class Connection:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     close_code: int | None = None
     close_reason: str = ""
+    step2_received: bool = False
+    """Whether the client answered the node's sync step 1: until then, updates lacking dependencies
+    are held (`held`), since the answer brings what they depend on."""
+    held: list[bytes] = field(default_factory=list)
+    held_bytes: int = 0
 
     def close_soon(self, code: int, reason: str) -> None:
         """Have the sender close the connection (queued messages are dropped); the first code wins."""
@@ -243,45 +250,12 @@ class WebSockets:
         self.counters["connections_opened"] += 1
         sender: asyncio.Task[None] | None = None
         room: Room | None = None
-        too_large = False
         try:
             room = await self._join(doc_id, conn)
             sender = asyncio.create_task(self._send_loop(conn))
             self._send(conn, create_sync_message(room.doc))
             self._send_awareness(room, conn)
-            async for message in ws:
-                if message.type == WSMsgType.BINARY:
-                    self.counters["messages_received"] += 1
-                    try:
-                        await self._receive(room, conn, message.data)
-                    except MalformedError as exc:
-                        self.counters["closed_malformed"] += 1
-                        self._warn("malformed", "closing a WebSocket of %s: %s", doc_id, exc)
-                        conn.close_soon(CLOSE_MALFORMED, str(exc)[:100])
-                    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-                        raise
-                    except BaseException:
-                        # The node failed (its store, at shutdown): this connection ends, the others go on.
-                        log.exception("a WebSocket message of %s failed", doc_id)
-                        conn.close_soon(CLOSE_INTERNAL, "internal error; see the node's log")
-                elif message.type == WSMsgType.TEXT:
-                    self.counters["closed_malformed"] += 1
-                    conn.close_soon(CLOSE_UNSUPPORTED, "y-websocket messages are binary frames")
-                elif message.type == WSMsgType.ERROR:
-                    # aiohttp closed the connection already; a frame over the bound is an error with
-                    # code 1009 (the connection's close code is the client's answer by then).
-                    too_large = getattr(message.data, "code", None) == CLOSE_TOO_LARGE
-                    break
-                if conn.close_code is not None:
-                    break
-            if too_large:
-                self.counters["closed_too_large"] += 1
-                self._warn(
-                    "too_large",
-                    "closed a WebSocket of %s: a frame over %d bytes",
-                    doc_id,
-                    self.receive_bytes_max,
-                )
+            await self._serve(room, conn)
         finally:
             self.connections -= 1
             if room is not None:
@@ -296,6 +270,41 @@ class WebSockets:
             if conn.abort is not None:
                 conn.abort.cancel()
         return ws
+
+    async def _serve(self, room: Room, conn: Connection) -> None:
+        """Handle the connection's messages until it closes or is to be closed."""
+        async for message in conn.ws:
+            if message.type == WSMsgType.BINARY:
+                self.counters["messages_received"] += 1
+                try:
+                    await self._receive(room, conn, message.data)
+                except MalformedError as exc:
+                    self.counters["closed_malformed"] += 1
+                    self._warn("malformed", "closing a WebSocket of %s: %s", room.doc_id, exc)
+                    conn.close_soon(CLOSE_MALFORMED, str(exc)[:100])
+                except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException:
+                    # The node failed (its store, at shutdown): this connection ends, the others go on.
+                    log.exception("a WebSocket message of %s failed", room.doc_id)
+                    conn.close_soon(CLOSE_INTERNAL, "internal error; see the node's log")
+            elif message.type == WSMsgType.TEXT:
+                self.counters["closed_malformed"] += 1
+                conn.close_soon(CLOSE_UNSUPPORTED, "y-websocket messages are binary frames")
+            elif message.type == WSMsgType.ERROR:
+                # aiohttp closed the connection already; a frame over the bound is an error with
+                # code 1009 (the connection's close code is the client's answer by then).
+                if getattr(message.data, "code", None) == CLOSE_TOO_LARGE:
+                    self.counters["closed_too_large"] += 1
+                    self._warn(
+                        "too_large",
+                        "closed a WebSocket of %s: a frame over %d bytes",
+                        room.doc_id,
+                        self.receive_bytes_max,
+                    )
+                return
+            if conn.close_code is not None:
+                return
 
     async def _send_loop(self, conn: Connection) -> None:
         try:
@@ -335,10 +344,10 @@ class WebSockets:
     # ------------------------------------------------------------------ messages
 
     async def _receive(self, room: Room, conn: Connection, data: bytes) -> None:
-        kind, pos = _varuint(data, 0, "message type")
+        kind, pos = varuint(data, 0, "message type")
         if kind == YMessageType.SYNC:
-            subtype, pos = _varuint(data, pos, "sync message type")
-            payload = _var_bytes(data, pos, "sync payload")
+            subtype, pos = varuint(data, pos, "sync message type")
+            payload = var_bytes(data, pos, "sync payload")
             if subtype == YSyncMessageType.SYNC_STEP1:
                 try:
                     decode_state_vector(payload)
@@ -351,12 +360,15 @@ class WebSockets:
                 for part in parts[:-1]:
                     self._send(conn, create_update_message(part), exempt=exempt)
                 self._send(conn, create_sync_step2_message(parts[-1]), exempt=exempt)
-            elif subtype in (YSyncMessageType.SYNC_STEP2, YSyncMessageType.SYNC_UPDATE):
+            elif subtype == YSyncMessageType.SYNC_STEP2:
+                await self._update(room, conn, payload)
+                await self._step2_received(room, conn)
+            elif subtype == YSyncMessageType.SYNC_UPDATE:
                 await self._update(room, conn, payload)
             else:
                 raise MalformedError(f"unknown sync message type {subtype}")
         elif kind == YMessageType.AWARENESS:
-            payload = _var_bytes(data, pos, "awareness update")
+            payload = var_bytes(data, pos, "awareness update")
             try:
                 room.awareness.from_client(conn, payload)
             except AwarenessError as exc:
@@ -381,12 +393,7 @@ class WebSockets:
         except UpdateError as exc:
             raise MalformedError(f"not a valid Yjs update: {exc}") from None
         if not covers(decode_state_vector(room.doc.get_state()), needed):
-            # pycrdt would hold it until its dependencies arrive, and 0.14 can stay stuck then: refuse
-            # it, and let the client send it again with what it depends on, in the sync step 2 of
-            # its next connection.
-            self.counters["closed_resync"] += 1
-            self._warn("resync", "an update to %s lacks dependencies: the client must resync", room.doc_id)
-            conn.close_soon(CLOSE_RESYNC, "update lacks dependencies this node does not hold; resync")
+            self._hold_or_refuse(room, conn, update)
             return
         parts = [update]
         if len(update) > self.frame_bytes_max:
@@ -419,6 +426,36 @@ class WebSockets:
             for other in list(room.connections):
                 if other is not conn:
                     self._send(other, message)
+
+    def _hold_or_refuse(self, room: Room, conn: Connection, update: bytes) -> None:
+        """An update lacking dependencies: held until the client's step 2 (a client that edits while
+        it reconnects sends those edits before its step 2 with the offline edits they depend on),
+        else refused with 4409."""
+        if (
+            not conn.step2_received
+            and len(conn.held) < HELD_UPDATES_MAX
+            and conn.held_bytes + len(update) <= self.receive_bytes_max
+        ):
+            conn.held.append(update)
+            conn.held_bytes += len(update)
+            self.counters["updates_held"] += 1
+            return
+        # pycrdt would hold it until its dependencies arrive, and 0.14 can stay stuck then: refuse it,
+        # and let the client send it again with what it depends on, in the sync step 2 of its next
+        # connection.
+        self.counters["closed_resync"] += 1
+        self._warn("resync", "an update to %s lacks dependencies: the client must resync", room.doc_id)
+        conn.close_soon(CLOSE_RESYNC, "update lacks dependencies this node does not hold; resync")
+
+    async def _step2_received(self, room: Room, conn: Connection) -> None:
+        """The client's answer to the node's step 1 is applied: apply the updates held for it (one
+        still lacking its dependencies closes the connection with 4409)."""
+        conn.step2_received = True
+        held, conn.held, conn.held_bytes = conn.held, [], 0
+        for update in held:
+            if conn.close_code is not None:
+                return
+            await self._update(room, conn, update)
 
     def _send_awareness(self, room: Room, conn: Connection) -> None:
         message = room.awareness.message()
@@ -542,44 +579,3 @@ class _Collector(Collector):
             yield CounterMetricFamily(
                 f"crdtsync_websocket_{name}", f"WebSocket {name.replace('_', ' ')}", value=value
             )
-
-
-def same_origin(request: web.Request) -> bool:
-    """Whether the request has no `Origin` (not a browser) or one whose host and port are those the
-    request was sent to: a page this node served. Browsers let any web page open a WebSocket to any
-    address, a daemon on localhost included, and send its cookies-free request with the page's Origin."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    try:
-        page = urlsplit(origin)
-        page_port = page.port
-    except ValueError:
-        return False
-    if page.scheme not in ("http", "https") or not page.hostname:
-        return False
-    try:
-        target = urlsplit(f"{'https' if request.secure else 'http'}://{request.host}")
-        target_port = target.port
-    except ValueError:
-        return False
-    default = {"http": 80, "https": 443}
-    return (page.hostname, page_port or default[page.scheme]) == (
-        target.hostname,
-        target_port or default[target.scheme],
-    )
-
-
-def _varuint(data: bytes, pos: int, what: str) -> tuple[int, int]:
-    try:
-        return read_varuint(data, pos)
-    except StateDecodeError as exc:
-        raise MalformedError(f"{what}: {exc}") from None
-
-
-def _var_bytes(data: bytes, pos: int, what: str) -> bytes:
-    """lib0's varUint8Array at `pos`, which must end the message."""
-    length, pos = _varuint(data, pos, what)
-    if pos + length != len(data):
-        raise MalformedError(f"{what}: a length of {length} with {len(data) - pos} bytes left")
-    return data[pos:]

@@ -15,7 +15,14 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 @pytest.mark.parametrize(
     "name",
-    ["model_registry.py", "two_datacenters.py", "custom_workload.py", "local_cluster.py", "rollout.py"],
+    [
+        "model_registry.py",
+        "two_datacenters.py",
+        "custom_workload.py",
+        "local_cluster.py",
+        "rollout.py",
+        "checkpoints.py",
+    ],
 )
 def test_example_runs_and_exits_0(name: str) -> None:
     done = subprocess.run(

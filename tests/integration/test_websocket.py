@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import os
+import random
 import secrets
 import shutil
 import subprocess
@@ -693,7 +694,9 @@ class JsSteps:
     def finish(self) -> None:
         """Wait for a clean exit (after the last step); kill a script still running."""
         try:
-            assert self.process.wait(timeout=JS_TIMEOUT_S) == 0
+            code = self.process.wait(timeout=JS_TIMEOUT_S)
+            stderr = self.process.stderr.read() if self.process.stderr else ""
+            assert code == 0, f"clients.mjs exited with {code}: {stderr[-2000:]}"
         finally:
             if self.process.poll() is None:
                 self.process.kill()
@@ -725,6 +728,53 @@ def test_a_js_provider_resyncs_after_its_node_is_killed_and_restarted(pool: Daem
         CONVERGE_TIMEOUT_S,
         lambda: f"the restarted node holds the client's doc: {text_on(daemon, doc_id)!r}",
     )
+
+
+def test_js_providers_on_two_datacenters_edit_through_a_kill_of_one_node(
+    pool: DaemonPool, node_js: str
+) -> None:
+    """npm providers on a node of each datacenter edit concurrently (every 10 ms, at seeded random
+    places) while one node is killed -9 and restarted; its provider reconnects, and both providers
+    and both nodes end with byte-equal text and equal data."""
+    seed = random.randrange(1 << 31)
+    print(f"seed {seed} (clients.mjs killed ... {seed} replays the clients' edits)")
+    east = pool.new("kill-east", dc="east")
+    west = pool.new("kill-west", dc="west")
+    east.peers, west.peers = [west.listen], [east.listen]
+    start_all([east, west])
+    wait_until(lambda: east.peers_up() and west.peers_up(), CONVERGE_TIMEOUT_S, "peers up")
+    doc_id = "ws/js-kill-dcs"
+    js = JsSteps(node_js, "killed", ws_url(east), ws_url(west), doc_id, str(seed))
+    try:
+        js.step("editing")
+        east.kill()
+        js.say("killed")
+        js.step("offline")
+        start_all([east])
+        js.say("restarted")
+        result = js.step("done")
+        text = result["text"].encode()
+        wait_until(
+            lambda: all(
+                text_on(d, doc_id).encode() == text and d.data(doc_id) == result["data"] for d in (east, west)
+            ),
+            CONVERGE_TIMEOUT_S,
+            lambda: (
+                f"both nodes hold the clients' text ({len(text)} bytes): {[len(text_on(d, doc_id)) for d in (east, west)]}"
+            ),
+        )
+        js.say("stored")
+    finally:
+        js.finish()
+    assert result["edits"] >= 80, result["edits"]
+    # The provider's edits made while it reconnected went out before its sync step 2 and were held
+    # for it, not refused: it never had to reconnect again.
+    print(
+        {name: metric(east, f"crdtsync_websocket_{name}_total") for name in ("updates_held", "closed_resync")}
+    )
+    assert metric(east, "crdtsync_websocket_closed_resync_total") == 0
+    east.kill()
+    west.kill()
 
 
 def test_a_js_provider_with_offline_edits_larger_than_a_frame_syncs(
@@ -784,6 +834,38 @@ def test_an_update_without_its_dependencies_asks_the_client_to_resync(nodes: lis
         lambda: all(text_on(d, "ws/resync") == "abc" for d in (east, west)),
         CONVERGE_TIMEOUT_S,
         lambda: f"both nodes hold 'abc': {[text_on(d, 'ws/resync') for d in (east, west)]}",
+    )
+
+
+def test_an_update_sent_before_the_clients_step_2_waits_for_what_it_brings(nodes: list[Daemon]) -> None:
+    """A provider that edits while it reconnects sends those edits before its sync step 2 with the
+    offline edits they depend on: the node holds them until the step 2 instead of closing (4409)."""
+    east, west = nodes
+    source: Doc[Any] = Doc()
+    text = source.get("text", type=Text)
+    text.insert(0, "offline ")
+    before = source.get_state()
+    text.insert(8, "then typed while reconnecting")
+    later = source.get_update(before)
+    held_before = metric(east, "crdtsync_websocket_updates_held_total")
+
+    async def scenario() -> None:
+        url = ws_url(east, "ws/held") + f"?token={WRITE}"
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            client = Client(ws)
+            client.doc = source
+            await ws.send_bytes(create_update_message(later))  # before the node's step 1 is answered
+            await client.sync()  # answers it with a step 2 of everything
+            client.synced = False
+            await client.sync()  # answered in order: the held update was handled, and nothing closed
+            assert ws.close_code is None
+
+    run(scenario())
+    assert metric(east, "crdtsync_websocket_updates_held_total") == held_before + 1
+    wait_until(
+        lambda: all(text_on(d, "ws/held") == str(text) for d in (east, west)),
+        CONVERGE_TIMEOUT_S,
+        lambda: f"both nodes hold the client's text: {[text_on(d, 'ws/held') for d in (east, west)]}",
     )
 
 

@@ -6,6 +6,9 @@
 //   node clients.mjs fetch URL DOC TOKEN              a fresh client syncs a doc: its data's sizes
 //   node clients.mjs reconnect URL DOC                edits, the node is killed (the test says so on
 //                                                     stdin), edits offline, the node restarts: resync
+//   node clients.mjs killed URL_A URL_B DOC SEED       a client on each node edits concurrently (random
+//                                                     places, seeded) while the test kills -9 node A and
+//                                                     restarts it (it says so on stdin); both resync
 //   node clients.mjs offline URL DOC TOKEN BYTES      edits BYTES offline (100 kB map values), reconnects
 //                                                     and stays connected until the test says "stored"
 //
@@ -140,6 +143,56 @@ async function fetch ([url, doc, token]) {
   console.log(JSON.stringify({ sizes }))
 }
 
+// A small seeded PRNG (mulberry32): the test prints the seed, and the same seed makes the same edits.
+function random (seed) {
+  let state = seed >>> 0
+  return () => {
+    state = (state + 0x6D2B79F5) >>> 0
+    let t = state
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+// Concurrent edits on two nodes, through a kill -9 of node A and its restart.
+async function killed ([urlA, urlB, doc, seed]) {
+  const next = random(Number(seed))
+  const a = connect(urlA, doc)
+  const b = connect(urlB, doc)
+  await waitFor(() => a.provider.synced && b.provider.synced, 'both clients synced')
+  let edits = 0
+  const edit = (client, name) => {
+    const at = Math.floor(next() * (client.text.length + 1))
+    // Non-ASCII but one UTF-16 unit: a random delete never splits a character.
+    client.text.insert(at, `${name}${edits}${next() < 0.2 ? 'ö' : ''} `)
+    if (next() < 0.3 && client.text.length > 10) client.text.delete(Math.floor(next() * (client.text.length - 3)), 2)
+    client.data.set(`${name}${edits % 7}`, edits)
+    edits++
+  }
+  // Both clients edit every 10 ms until the node is back, A's client through the kill and offline.
+  const timer = setInterval(() => { edit(a, 'A'); edit(b, 'B') }, 10)
+  await waitFor(() => edits >= 40, 'edits before the kill')
+  console.log(JSON.stringify({ step: 'editing' }))
+  if (await nextLine() !== 'killed') fail('expected "killed"')
+  await waitFor(() => !a.provider.wsconnected, "A's client to see its node go")
+  const atKill = edits
+  await waitFor(() => edits >= atKill + 40, 'edits while node A is down')
+  console.log(JSON.stringify({ step: 'offline' }))
+  if (await nextLine() !== 'restarted') fail('expected "restarted"')
+  await waitFor(() => a.provider.wsconnected && a.provider.synced, "A's client to reconnect and resync", () => '', 20000)
+  clearInterval(timer)
+  await waitFor(
+    () => a.text.toString() === b.text.toString() && sorted(a.data.toJSON()) === sorted(b.data.toJSON()),
+    'both clients to converge', () => JSON.stringify([a.text.length, b.text.length]), 20000
+  )
+  const result = { step: 'done', edits, text: a.text.toString(), data: a.data.toJSON() }
+  console.log(JSON.stringify(result))
+  if (await nextLine() !== 'stored') fail('expected "stored"')
+  a.provider.destroy()
+  b.provider.destroy()
+}
+
 // Offline edits larger than the node's frames: the provider's sync step 2 carries all of them.
 async function offline ([url, doc, token, bytes]) {
   const a = connect(url, doc, token)
@@ -160,6 +213,6 @@ async function offline ([url, doc, token, bytes]) {
   console.log(JSON.stringify(result))
 }
 
-const scenarios = { converge, awareness, reconnect, fetch, offline }
+const scenarios = { converge, awareness, reconnect, fetch, offline, killed }
 if (!scenarios[mode]) fail(`unknown scenario ${mode}`)
 scenarios[mode](args).then(() => process.exit(0), (e) => fail(e.stack || String(e)))
