@@ -108,6 +108,14 @@ class AntiEntropy:
         self._wanted[link.address] = None
         self._run_wanted()
 
+    def restart_round(self, address: str) -> None:
+        """Start the running round with `address` over now: its requests were lost (see
+        `Gossip.on_hello`), and its answers to the old round are ignored by the round's counter."""
+        if self.round is not None and self.round.address == address:
+            self.round = None
+            self._wanted[address] = None
+            self._run_wanted()
+
     def forget(self, address: str) -> None:
         """The link at `address` is gone: it is owed no round."""
         self._wanted.pop(address, None)

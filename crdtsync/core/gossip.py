@@ -141,6 +141,11 @@ class Gossip:
             self._gossip_to(link, reply=False)
         if round_now:
             self._antientropy.want_round(link)
+        elif isinstance(message, wire.Hello) and not first_contact:
+            # A peer greets again only when it never got our HelloAck: what else we sent it since was
+            # lost as well (a request socket drops frames until its connection is up), the first
+            # request of a round with it included. Without this the round waited ae_round_timeout_ms.
+            self._antientropy.restart_round(link.address)
 
     def _bind(self, link: PeerLink, message: wire.Hello | wire.HelloAck) -> None:
         """Make `link` the link of the node that said hello from its address."""
