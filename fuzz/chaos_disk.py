@@ -197,7 +197,8 @@ class DiskFaults:
             )
             probes, size = FULL_PROBES_MAX, PROBE_VALUE_BYTES
         else:
-            io_errors(daemon.pid)
+            with contextlib.suppress(ProcessLookupError):  # it exited on its own: the monitor reports it
+                io_errors(daemon.pid)
             campaign.say(f"disk: I/O errors on every write of {daemon.name} for {fault.duration_s:.1f} s")
             probes, size = IOERROR_PROBES, 64
         answers = self.summary.answers.setdefault(fault.kind, Counter())
@@ -220,7 +221,8 @@ class DiskFaults:
         if fault.kind == "full":
             disk.free()
         else:
-            io_errors(daemon.pid, False)
+            with contextlib.suppress(ProcessLookupError):
+                io_errors(daemon.pid, False)
         ended = time.monotonic()
         if await self.wait_ready(daemon):
             recover_s = time.monotonic() - ended
