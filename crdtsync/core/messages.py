@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crdtsync.core.chunks import ChunkReply, ChunkRequest
-
 from crdtsync.core.placement import PARTITIONS_DEFAULT, PLACEMENT_VERSION
 
 
