@@ -73,7 +73,17 @@ class SqliteStore:
             raise
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.node_id = node_id
-        self.epoch = self._next_epoch()
+        try:
+            self.epoch = self._next_epoch()
+        except sqlite3.Error as exc:
+            # A start must record its epoch before it may write (client ids are never reused).
+            self._reader.close()
+            self._db.close()
+            self._lock.close()
+            raise StoreError(
+                f"cannot start on {self.path}: its new epoch could not be committed ({exc}); "
+                "free space on the disk or fix it, then start again; nothing was changed"
+            ) from exc
         """The epoch taken when the store opened: the first `new_epoch()` hands it out."""
         self._epoch_handed_out = False
 

@@ -152,3 +152,34 @@ def test_sigterm_while_the_store_fails_exits_0_and_keeps_every_acknowledged_writ
     cluster.restart("n1")
     cluster.wait_healthy(["n1"])
     assert cluster.verify_acks() == []
+
+
+def test_a_start_on_a_full_disk_fails_with_a_clear_error_and_the_next_start_has_every_write(
+    cluster: LocalCluster[LocalDaemon],
+) -> None:
+    daemon = cluster["n1"]
+    try:
+        disk = SmallDisk(daemon.data_dir, DISK_BYTES).start()
+    except DiskFaultError as exc:
+        pytest.skip(str(exc))
+    try:
+        daemon.command_prefix = disk.command_prefix()
+        cluster.start_all()
+        cluster.wait_healthy()
+        for index in range(10):
+            put(cluster, f"before-{index}", index)
+        cluster.kill("n1")
+        disk.fill()
+        cluster.restart("n1")
+        assert daemon.process is not None
+        assert daemon.process.wait(timeout=30.0) == 1
+        log = Path(daemon.log_path).read_text()
+        assert "its new epoch could not be committed (database or disk is full)" in log, log[-2000:]
+        assert "Traceback" not in log, log[-2000:]
+        disk.free()
+        cluster.restart("n1")
+        cluster.wait_healthy(["n1"])
+        assert cluster.verify_acks() == []
+    finally:
+        cluster.stop_all()
+        disk.close()
