@@ -17,6 +17,14 @@ import click
 import httpx
 
 from crdtsync import __version__
+from crdtsync.cli_waits import (
+    after_option,
+    durable,
+    wait_ms_option,
+    wait_params,
+    write_acks_option,
+    write_wait_ms_option,
+)
 from crdtsync.daemon import jsonvalues
 from crdtsync.daemon.config import LOG_FORMATS, LOG_LEVELS
 from crdtsync.store.base import DURABILITIES
@@ -432,28 +440,6 @@ def docs(server: Server, as_json: bool, prefix: str, limit: int, after: str) -> 
         click.echo(f"(more: --after {body['next']})", err=True)
 
 
-after_option = click.option(
-    "--after",
-    "after_token",
-    metavar="TOKEN",
-    help="Answer only once the node holds everything TOKEN names (the token a write or read printed): "
-    "waits up to --wait-ms, then fails with not_yet_covered. See docs/consistency.md.",
-)
-wait_ms_option = click.option(
-    "--wait-ms",
-    type=click.IntRange(0),
-    default=None,
-    help="How long --after may wait (default: the node's, 2000 ms).",
-)
-
-
-def _after_params(after_token: str | None, wait_ms: int | None) -> dict[str, Any]:
-    params: dict[str, Any] = {} if after_token is None else {"min_state": after_token}
-    if wait_ms is not None:
-        params["wait_ms"] = wait_ms
-    return params
-
-
 @main.command()
 @server_options
 @json_option
@@ -466,7 +452,7 @@ def get(
 ) -> None:
     """Show a doc's data, or one KEY of it."""
     path = f"/v1/docs/{doc}" + (f"/keys/{key}" if key else "")
-    body = _request("GET", server, path, params=_after_params(after_token, wait_ms)).json()
+    body = _request("GET", server, path, params=wait_params("min_state", after_token, wait_ms)).json()
     if as_json:
         _print_json(body)
     else:
@@ -476,35 +462,48 @@ def get(
 @main.command()
 @server_options
 @json_option
+@write_acks_option
+@write_wait_ms_option
 @click.argument("doc")
 @click.argument("key")
 @click.argument("value")
-def put(server: Server, as_json: bool, doc: str, key: str, value: str) -> None:
+def put(
+    server: Server, as_json: bool, write_acks: str | None, wait_ms: int | None, doc: str, key: str, value: str
+) -> None:
     """Set KEY of DOC to VALUE, a JSON value (e.g. '{"stage": "canary"}', '4', '"text"')."""
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
         _fail(f"VALUE is not JSON ({exc}); quote strings: '\"text\"'", 2)
-    body = _request("PUT", server, f"/v1/docs/{doc}/keys/{key}", json=parsed).json()
+    params = wait_params("write_acks", write_acks, wait_ms)
+    body = _request("PUT", server, f"/v1/docs/{doc}/keys/{key}", json=parsed, params=params).json()
     if as_json:
         _print_json(body)
     else:
-        click.echo(f"set {doc} {key} (durable; state vector {body['state_vector']}; token {body['token']})")
+        click.echo(
+            f"set {doc} {key} ({durable(body)}; state vector {body['state_vector']}; token {body['token']})"
+        )
 
 
 @main.command(name="del")
 @server_options
 @json_option
+@write_acks_option
+@write_wait_ms_option
 @click.argument("doc")
 @click.argument("key")
-def delete(server: Server, as_json: bool, doc: str, key: str) -> None:
+def delete(
+    server: Server, as_json: bool, write_acks: str | None, wait_ms: int | None, doc: str, key: str
+) -> None:
     """Delete KEY from DOC."""
-    body = _request("DELETE", server, f"/v1/docs/{doc}/keys/{key}").json()
+    params = wait_params("write_acks", write_acks, wait_ms)
+    body = _request("DELETE", server, f"/v1/docs/{doc}/keys/{key}", params=params).json()
     if as_json:
         _print_json(body)
     else:
         click.echo(
-            f"deleted {doc} {key} (durable; state vector {body['state_vector']}; token {body['token']})"
+            f"deleted {doc} {key} ({durable(body)}; state vector {body['state_vector']}; "
+            f"token {body['token']})"
         )
 
 
@@ -521,7 +520,9 @@ def watch(
     """Stream DOC's data every time it changes (the current state first)."""
     seen = 0
     try:
-        with _stream("GET", server, f"/v1/docs/{doc}/watch", _after_params(after_token, wait_ms)) as response:
+        with _stream(
+            "GET", server, f"/v1/docs/{doc}/watch", wait_params("min_state", after_token, wait_ms)
+        ) as response:
             for line in response.iter_lines():
                 if not line.startswith("data: "):
                     continue

@@ -203,6 +203,25 @@ def test_put_and_del_write_durably_through_the_daemon(node: Daemon) -> None:
     assert "(404 no_such_key)" in result.stderr
 
 
+def test_put_and_del_with_write_acks_name_the_nodes_that_confirmed_or_fail_after_wait_ms(
+    node: Daemon,
+) -> None:
+    result = run("put", "--url", node.url, "--write-acks", "dc", "cli/acked", "stage", '"canary"')
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("set cli/acked stage (durable on cli; state vector "), result.stdout
+    result = run("del", "--url", node.url, "--write-acks", "all", "--json", "cli/acked", "stage")
+    assert result.exit_code == 0 and json.loads(result.stdout)["write_acks"] == {
+        "needed": 1,
+        "confirmed": ["cli"],
+    }, result.output
+    # Its only peer never answers: two replicas cannot confirm. The write stands.
+    result = run("put", "--url", node.url, "--write-acks", "2", "--wait-ms", "100", "cli/acked", "n", "1")
+    assert result.exit_code == 1 and "(504 write_acks_timeout)" in result.stderr, result.output
+    assert node.data("cli/acked") == {"n": 1}
+    result = run("put", "--url", node.url, "--write-acks", "most", "cli/acked", "n", "2")
+    assert result.exit_code == 1 and "(400 bad_write_acks)" in result.stderr, result.output
+
+
 def test_watch_count_2_prints_the_current_state_then_a_concurrent_write(node: Daemon) -> None:
     node.put("cli/watched", "v", 0)
     watcher = process("watch", "--url", node.url, "--count", "2", "cli/watched")
