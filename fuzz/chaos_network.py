@@ -162,6 +162,14 @@ class NetworkSummary:
         }
 
 
+def _most_cut(fault: NetworkFault) -> list[str]:
+    """The nodes a fault touches most: the isolated node or datacenter of a partition (every node
+    for halves), the degraded node, both ends of a reset or a slow close."""
+    counts = Counter(node for link in fault.links for node in link)
+    most = max(counts.values(), default=0)
+    return sorted(node for node, count in counts.items() if count == most)
+
+
 def plan_slow_closes(
     rng: random.Random, plan: NetworkPlan, names: Sequence[str], seconds: float
 ) -> list[NetworkFault]:
@@ -279,7 +287,7 @@ class NetworkFaults:
         label = f"{fault.kind} {fault.shape}".strip()
         self.summary.faults[label] += 1
         campaign.say(f"network: {fault.describe()}")
-        spans = campaign.timeline.begin(sorted({node for link in fault.links for node in link}), label)
+        spans = campaign.timeline.begin(_most_cut(fault), label)
         try:
             await self.run_kind(fault, heal)
         finally:

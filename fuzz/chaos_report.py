@@ -35,6 +35,8 @@ CATEGORY_COLOURS = {
     "restore-kill": "#2ca02c",
 }
 """A colour per fault kind (the first word of a span's label)."""
+NETWORK_KINDS = frozenset({"partition", "reset", "degrade", "slow-close"})
+"""Drawn in the lower half of a node's row, the process and disk faults in the upper half."""
 MISSING_MATPLOTLIB = (
     "the timeline picture needs matplotlib: pip install 'crdtsync[report]' "
     "(or pip install 'matplotlib>=3.8,<4'); the JSON figures were written without it"
@@ -137,9 +139,10 @@ def _draw_faults(axes: Any, timeline: Timeline, end_s: float, patch: Any) -> Non
         kind = span.label.split()[0]
         seen.add(kind)
         stop_s = span.end_s if span.end_s is not None else end_s
+        lower = kind in NETWORK_KINDS
         axes.broken_barh(
             [(span.start_s, max(0.05, stop_s - span.start_s))],
-            (row[span.node] - 0.35, 0.7),
+            (row[span.node] + (0.0 if lower else -0.38), 0.38),
             facecolors=CATEGORY_COLOURS.get(kind, "#333333"),
             alpha=0.75,
         )
@@ -152,7 +155,7 @@ def _draw_faults(axes: Any, timeline: Timeline, end_s: float, patch: Any) -> Non
     axes.set_yticks(range(len(timeline.nodes)), timeline.nodes)
     axes.set_ylim(-0.6, len(timeline.nodes) - 0.4)
     axes.invert_yaxis()
-    axes.set_ylabel("node")
+    axes.set_ylabel("node\n(top: process, disk\nbottom: network)", fontsize=8)
     handles = [patch(color=CATEGORY_COLOURS.get(k, "#333333"), label=k) for k in sorted(seen)]
     handles.append(patch(color="green", label="heal (dashed)"))
     handles.append(patch(color="black", label="converged (star)"))
