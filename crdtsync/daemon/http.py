@@ -16,13 +16,10 @@ on a write with 403, before the request body is read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import os
-import sqlite3
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -34,7 +31,7 @@ from pycrdt import Doc, Map, TransactionEvent
 from crdtsync.consistency import DocState
 from crdtsync.core.docs import EMPTY_STATE
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
-from crdtsync.daemon import artifacts_http, batch_http, causal_http
+from crdtsync.daemon import artifacts_http, backup_http, batch_http, causal_http
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.http_input import (
     ApiError,
@@ -61,7 +58,6 @@ log = logging.getLogger("crdtsync.http")
 WRITE_ACKS_MAX = 64
 """The most replicas a write may wait for (`write_acks`)."""
 
-RESTORE_BYTES_MAX = 1 << 30
 READ_METHODS = frozenset({"GET", "HEAD"})
 OPEN_PATHS = frozenset({"/health", "/ui"})
 UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
@@ -145,12 +141,11 @@ class Api:
         app.router.add_get("/v1/docs", self.list_docs)
         app.router.add_get("/v1/placement", self.cluster_placement)
         app.router.add_get("/v1/placement/{doc:.+}", self.placement)
-        app.router.add_post("/v1/backup", self.backup)
-        app.router.add_post("/v1/restore", self.restore)
         app.router.add_route("*", "/v1/docs/{rest:.+}", self.doc_route)
         app.router.add_get(WS_PATH_PREFIX + "{doc:.+}", self.websocket)
         artifacts_http.register(app, self)
         batch_http.register(app, self)
+        backup_http.register(app, self)
         return app
 
     async def _served_by(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -308,63 +303,6 @@ class Api:
         more = len(ids) > limit
         ids = ids[:limit]
         return json_response({"docs": ids, "next": ids[-1] if more and ids else None})
-
-    async def backup(self, request: web.Request) -> web.StreamResponse:
-        handle, path = tempfile.mkstemp(prefix="crdtsync-backup-", suffix=".db")
-        os.close(handle)
-        os.unlink(path)
-        try:
-            try:
-                await self.node.backup(path)
-            except RuntimeError as exc:
-                raise ApiError(409, "no_store", str(exc)) from None
-            response = web.StreamResponse(headers={"Content-Type": "application/vnd.sqlite3"})
-            await response.prepare(request)
-            source = await asyncio.to_thread(open, path, "rb")
-            try:
-                while chunk := await asyncio.to_thread(source.read, 1 << 20):
-                    await response.write(chunk)
-            finally:
-                source.close()
-            await response.write_eof()
-            return response
-        finally:
-            for leftover in (path, f"{path}-wal", f"{path}-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
-
-    async def restore(self, request: web.Request) -> web.Response:
-        handle, path = tempfile.mkstemp(prefix="crdtsync-restore-", suffix=".db")
-        try:
-            size = 0
-            with os.fdopen(handle, "wb") as target:
-                async for chunk in request.content.iter_chunked(1 << 20):
-                    size += len(chunk)
-                    if size > RESTORE_BYTES_MAX:
-                        raise ApiError(413, "too_large", f"backup over {RESTORE_BYTES_MAX} bytes")
-                    target.write(chunk)
-            if size == 0:
-                raise ApiError(400, "empty_body", "send the backup file as the request body")
-            self.store_guard.check()
-            from crdtsync.store.sqlite import StoreError
-
-            try:
-                docs = await self.node.restore(path)
-            except StoreError as exc:
-                raise ApiError(400, "bad_backup", str(exc)) from None
-            except (sqlite3.Error, ValueError) as exc:
-                # A file with a backup's header can be corrupt anywhere after it: SQLite, or the
-                # UTF-8 decoding of a text column, refuses it with its own error.
-                raise ApiError(400, "bad_backup", f"the backup is corrupt: {exc}") from None
-            try:
-                await self.node.flush()
-            except StoreCommitError as exc:
-                raise self.store_guard.refusal(exc) from None
-            return json_response({"docs": docs})
-        finally:
-            for leftover in (path, f"{path}-wal", f"{path}-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
 
     # ------------------------------------------------------------------ one doc
 
