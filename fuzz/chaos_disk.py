@@ -96,6 +96,9 @@ class DiskSummary:
     recover_s: dict[str, list[float]] = field(default_factory=dict)
     """By fault kind: from the end of the fault until /health answered 200 again."""
     unrecovered: int = 0
+    refusing: Counter[str] = field(default_factory=Counter)
+    """By fault kind: faults in which a probe write was refused (a full disk may still take writes
+    into the pages SQLite's write-ahead log already has)."""
     cut: Counter[str] = field(default_factory=Counter)
     """Backups and restores the kill cut short (the client saw an error)."""
 
@@ -114,7 +117,10 @@ class DiskSummary:
             answers = self.answers.get(kind)
             if answers:
                 seen = ", ".join(f"{count} {answer}" for answer, count in sorted(answers.items()))
-                lines.append(f"  {kind}: probe writes answered {seen}")
+                lines.append(
+                    f"  {kind}: probe writes answered {seen}; {self.refusing[kind]} of "
+                    f"{self.faults[kind]} faults refused one"
+                )
             times = self.recover_s.get(kind)
             if times:
                 lines.append(
@@ -130,6 +136,7 @@ class DiskSummary:
             "probe_answers": {kind: dict(answers) for kind, answers in self.answers.items()},
             "recover_s": {kind: [round(s, 3) for s in times] for kind, times in self.recover_s.items()},
             "unrecovered": self.unrecovered,
+            "faults_refusing_a_probe": dict(self.refusing),
             "cut": dict(self.cut),
         }
 
@@ -215,6 +222,7 @@ class DiskFaults:
             )
             answers[answer] += 1
             if answer != "200":
+                self.summary.refusing[fault.kind] += 1
                 break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(heal.wait(), max(0.0, ended_at - time.monotonic()))
