@@ -110,6 +110,7 @@ class Artifacts:
         self.sizes = sizes or ChunkSizes()
         self.store = ChunkStore(self.directory)
         self.transfer = Transfer(node, self.store)
+        self.transfer.holders_of = self._holders_of
         self.manifests_refused = 0
         """Replicated manifest records ignored for breaking the format or the limits."""
 
@@ -300,7 +301,7 @@ class Artifacts:
                 if not lacking:
                     break
                 try:
-                    await self.transfer.fetch(lacking, holders, writer)
+                    await self.transfer.fetch(lacking, holders, writer, name, record.version)
                 except TransferError as exc:
                     raise ArtifactIncompleteError(
                         f"{name} version {record.version}: {exc}", exc.chunks_missing, exc.bytes_missing
@@ -311,6 +312,13 @@ class Artifacts:
         finally:
             writer.close()
         return self.transfer.counters.bytes_fetched - fetched
+
+    async def _holders_of(self, name: str, version: str) -> list[str]:
+        """The nodes complete for the version ([] when this node does not know it)."""
+        try:
+            return list((await self.resolve(name, version)).complete_on)
+        except ArtifactError:
+            return []
 
     async def _mark_complete(self, name: str, version: str) -> None:
         doc_id = manifest.doc_id(name)

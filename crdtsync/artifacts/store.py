@@ -84,6 +84,9 @@ class ChunkStore:
         self._db.execute("CREATE INDEX IF NOT EXISTS chunks_pack ON chunks (pack)")
         self._readers: dict[int, int] = {}
         self._pins: dict[bytes, int] = {}
+        self._pending: dict[bytes, tuple[int, int, int]] = {}
+        """Chunks appended by open writers, not committed yet: readable (a transfer serves a chunk
+        it is still fetching), not durable; bounded by what writers hold between commits."""
         self.corrupt_dropped = 0
         self._drop_unindexed_packs()
         self._pack = max(self._pack_numbers(), default=0) + 1
@@ -170,11 +173,12 @@ class ChunkStore:
         return lacking
 
     def read(self, chunk: bytes) -> bytes:
-        """The chunk's bytes, checked against its id. ChunkMissingError, ChunkCorruptError."""
+        """The chunk's bytes, checked against its id (committed, or appended by an open writer).
+        ChunkMissingError, ChunkCorruptError."""
         with self._lock:
             row = self._db.execute(
                 "SELECT pack, offset, length FROM chunks WHERE id = ?", (chunk,)
-            ).fetchone()
+            ).fetchone() or self._pending.get(chunk)
             if row is None:
                 raise ChunkMissingError(f"chunk {chunk.hex()} is not in the store")
             pack, offset, length = row
@@ -322,6 +326,7 @@ class ChunkWriter:
                 return False
             pack, offset = store._append(data)
             self._rows.append((chunk, pack, offset, len(data)))
+            store._pending[chunk] = (pack, offset, len(data))
             self.bytes_new += len(data)
         return True
 
@@ -329,10 +334,17 @@ class ChunkWriter:
         """Every chunk added so far is durable once this returns."""
         with self._store._lock:
             self._store._commit(self._rows, self._reused)
+            self._forget_pending()
             self._rows, self._reused = [], []
+
+    def _forget_pending(self) -> None:
+        for chunk, *_ in self._rows:
+            self._store._pending.pop(chunk, None)
 
     def close(self) -> None:
         with self._store._lock:
+            self._forget_pending()  # not committed: bytes no row will name
+            self._rows = []
             for chunk in self._pinned:
                 self._store._unpin(chunk)
         self._pinned.clear()

@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
@@ -113,12 +113,23 @@ class _Link:
             await asyncio.sleep(start - now)
 
 
+@dataclass(frozen=True, slots=True)
+class _Inflight:
+    """A chunk one fetch is asking for: `arrived` (readable here, True) and `settled` (that fetch
+    ended, its commit done: True when the chunk is durable here)."""
+
+    arrived: asyncio.Future[bool]
+    settled: asyncio.Future[bool]
+
+
 @dataclass(slots=True)
 class _Fetch:
     """One transfer's shared state: the links, the writer, what is left."""
 
     links: list[_Link]
     writer: ChunkWriter
+    artifact: str
+    version: str
     uncommitted_bytes: int = 0
     turn: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -133,6 +144,11 @@ class Transfer:
         self._waiting: dict[int, tuple[str, asyncio.Future[ChunkReply]]] = {}
         self._serving: set[asyncio.Task[None]] = set()
         self._struck: dict[str, float] = {}
+        self._inflight: dict[bytes, _Inflight] = {}
+        """Chunks a fetch of this node is asking for: another fetch (or a request served through)
+        waits for them instead of asking again; True once readable here. Bounded by the fetches."""
+        self.holders_of: Callable[[str, str], Awaitable[list[str]]] | None = None
+        """The nodes complete for (artifact, version), for requests served through: set by Artifacts."""
 
     # ------------------------------------------------------------------ messages
 
@@ -168,6 +184,8 @@ class Transfer:
         if address is None:
             return
         chunks, not_sent = await asyncio.to_thread(self._read, request.chunk_ids)
+        if not_sent and await self._fetch_through(request, not_sent):
+            chunks, not_sent = await asyncio.to_thread(self._read, request.chunk_ids)
         size = sum(len(data) for _, data in chunks)
         self.counters.requests_served += 1
         self.counters.chunks_served += len(chunks)
@@ -192,12 +210,35 @@ class Transfer:
             size += len(data)
         return tuple(chunks), tuple(not_sent)
 
+    async def _fetch_through(self, request: ChunkRequest, lacking: tuple[bytes, ...]) -> bool:
+        """A node of this datacenter asked this one (its datacenter's fetcher) for chunks it lacks:
+        fetch them across the WAN once, for both (waiting for those already on their way)."""
+        status = self._node.status()
+        requester_dc = next((m.dc for m in status.members if m.node_id == request.node_id), None)
+        if requester_dc != self._node.config.dc or not request.artifact or self.holders_of is None:
+            return False
+        holders = [
+            h for h in await self.holders_of(request.artifact, request.version) if h != request.node_id
+        ]
+        writer = self._store.writer()
+        try:
+            wanted = [(chunk, 0) for chunk in lacking]
+            await self.fetch(wanted, holders, writer, request.artifact, request.version, durable=False)
+        except TransferError:
+            pass  # what arrived is sent; the asker tries elsewhere for the rest
+        finally:
+            writer.close()
+        return True
+
     # ------------------------------------------------------------------ fetching
 
     def links(self, holders: list[str]) -> list[_Link]:
-        """The holders this node can reach, its own datacenter first."""
+        """The holders this node can reach, its own datacenter first; when none of them is in its
+        datacenter, the datacenter's fetcher (its first relay) comes before the others, so that
+        a chunk crosses the WAN once per datacenter."""
         own = self._node.config
-        members = {m.node_id: m for m in self._node.status().members if m.state in ("alive", "suspect")}
+        status = self._node.status()
+        members = {m.node_id: m for m in status.members if m.state in ("alive", "suspect")}
         links = []
         for node_id in holders:
             member = members.get(node_id)
@@ -206,13 +247,58 @@ class Transfer:
             wan = member.dc != own.dc
             rate = self.config.wan_link_bytes_per_s if wan else self.config.dc_link_bytes_per_s
             links.append(_Link(node_id, member.address, wan, rate))
+        relays = next((dc.relays for dc in status.datacenters if dc.dc == own.dc), ())
+        fetcher = members.get(relays[0]) if relays else None
+        if links and all(link.wan for link in links) and fetcher is not None:
+            links.append(_Link(fetcher.node_id, fetcher.address, False, self.config.dc_link_bytes_per_s))
         links.sort(key=lambda link: link.wan)
         return links
 
-    async def fetch(self, wanted: list[tuple[bytes, int]], holders: list[str], writer: ChunkWriter) -> None:
-        """Fetch every chunk of `wanted` ((id, length or 0 when unknown), none held here) from
-        `holders` into `writer`, committed as it goes. TransferError naming what is missing."""
-        state = _Fetch(self.links(holders), writer)
+    async def fetch(
+        self,
+        wanted: list[tuple[bytes, int]],
+        holders: list[str],
+        writer: ChunkWriter,
+        artifact: str,
+        version: str,
+        *,
+        durable: bool = True,
+    ) -> None:
+        """Fetch every chunk of `wanted` ((id, length or 0 when unknown), none held here) of the
+        version from `holders` into `writer`, committed as it goes. A chunk another fetch of this
+        node is asking for is not asked again: this one waits until it arrived (`durable` False:
+        to send it on) or until that fetch committed it. TransferError naming what is missing."""
+        theirs = [
+            (chunk, length, self._inflight[chunk]) for chunk, length in wanted if chunk in self._inflight
+        ]
+        mine = [(chunk, length) for chunk, length in wanted if chunk not in self._inflight]
+        loop = asyncio.get_running_loop()
+        for chunk, _ in mine:
+            self._inflight[chunk] = _Inflight(loop.create_future(), loop.create_future())
+        try:
+            await self._fetch_mine(mine, holders, writer, artifact, version)
+        finally:
+            for chunk, _ in mine:
+                inflight = self._inflight.pop(chunk)
+                if not inflight.arrived.done():
+                    inflight.arrived.set_result(False)
+                inflight.settled.set_result(inflight.arrived.result())
+        lost = []
+        for chunk, length, inflight in theirs:
+            if not await asyncio.shield(inflight.settled if durable else inflight.arrived):
+                lost.append((chunk, length))
+        if lost:  # the other fetch gave up on them: ask ourselves
+            await self.fetch(lost, holders, writer, artifact, version, durable=durable)
+
+    async def _fetch_mine(
+        self,
+        wanted: list[tuple[bytes, int]],
+        holders: list[str],
+        writer: ChunkWriter,
+        artifact: str,
+        version: str,
+    ) -> None:
+        state = _Fetch(self.links(holders), writer, artifact, version)
         if wanted and not state.links:
             raise TransferError(
                 f"no node that holds the version complete is reachable (holders: {', '.join(holders) or 'none'})",
@@ -258,21 +344,23 @@ class Transfer:
             left = await self._fetch_batch(batch, state)
             failed.extend(left)
 
-    def _pick(self, state: _Fetch) -> _Link | None:
+    def _pick(self, state: _Fetch, attempt: int) -> _Link | None:
+        """The nearest usable holders in turn; the others too from the second half of the attempts."""
         now = time.monotonic()
         usable = [link for link in state.links if self._struck.get(link.node_id, 0.0) <= now]
         if not usable:
             return None
-        nearest = [link for link in usable if link.wan == usable[0].wan]
-        return nearest[next(state.turn) % len(nearest)]
+        if attempt < self.config.attempts_max // 2:
+            usable = [link for link in usable if link.wan == usable[0].wan]
+        return usable[next(state.turn) % len(usable)]
 
     async def _fetch_batch(self, batch: list[tuple[bytes, int]], state: _Fetch) -> list[tuple[bytes, int]]:
         left = dict(batch)
-        for _ in range(self.config.attempts_max):
-            link = self._pick(state)
+        for attempt in range(self.config.attempts_max):
+            link = self._pick(state, attempt)
             if link is None or not left:
                 break
-            reply = await self._ask(link, left)
+            reply = await self._ask(link, left, state)
             if reply is None:
                 continue
             for chunk, data in reply.chunks:
@@ -283,7 +371,7 @@ class Transfer:
                 await self._store_chunk(state, link, chunk, data)
         return list(left.items())
 
-    async def _ask(self, link: _Link, left: dict[bytes, int]) -> ChunkReply | None:
+    async def _ask(self, link: _Link, left: dict[bytes, int], state: _Fetch) -> ChunkReply | None:
         ids = tuple(left)[:CHUNKS_PER_REQUEST_MAX]
         await link.pace(sum(left[chunk] or TABLE_PIECE_BYTES_MAX for chunk in ids))
         request_id = next(self._request_ids)
@@ -291,7 +379,8 @@ class Transfer:
         self._waiting[request_id] = (link.node_id, future)
         self.counters.requests_sent += 1
         try:
-            self._send(link.address, ChunkRequest(self._node.config.node_id, request_id, ids))
+            request = ChunkRequest(self._node.config.node_id, request_id, state.artifact, state.version, ids)
+            self._send(link.address, request)
             return await asyncio.wait_for(future, self.config.request_timeout_ms / 1000.0)
         except TimeoutError:
             self.counters.requests_timed_out += 1
@@ -311,6 +400,9 @@ class Transfer:
 
     async def _store_chunk(self, state: _Fetch, link: _Link, chunk: bytes, data: bytes) -> None:
         await asyncio.to_thread(state.writer.add, chunk, data)
+        inflight = self._inflight.get(chunk)
+        if inflight is not None and not inflight.arrived.done():
+            inflight.arrived.set_result(True)  # readable now (pending in the store): it may be sent on
         self.counters.chunks_fetched += 1
         self.counters.bytes_fetched += len(data)
         if link.wan:
@@ -335,6 +427,3 @@ def _batches(wanted: list[tuple[bytes, int]], bytes_max: int) -> list[list[tuple
     if batch:
         batches.append(batch)
     return batches
-
-
-OnMessage = Callable[[ChunkMessage], None]

@@ -3,7 +3,9 @@ lacks over the request path (ROUTER/DEALER), never the PUB stream, and the holde
 chunks it has. Sans-IO like the rest of the core: the codec and the checks; reading and storing
 chunks, windows, timeouts and bandwidth caps are the driver's (crdtsync.artifacts.transfer).
 
-- CHUNK_REQUEST (22): node id, request id, then 1..CHUNKS_PER_REQUEST_MAX chunk ids (32 bytes each).
+- CHUNK_REQUEST (22): node id, request id, the artifact and version the chunks are of (a relay
+  asked for chunks it lacks fetches them from there; empty: unknown), then 1..CHUNKS_PER_REQUEST_MAX
+  chunk ids (32 bytes each).
 - CHUNK_REPLY (23): node id, request id, the count of chunks sent, that many (id, bytes) pairs, then
   the ids of the requested chunks not sent (the holder lacks them, or the reply was full).
 
@@ -21,6 +23,8 @@ CHUNK_REQUEST = 22
 CHUNK_REPLY = 23
 CHUNK_ID_BYTES = 32
 CHUNKS_PER_REQUEST_MAX = 256
+ARTIFACT_BYTES_MAX = 256
+VERSION_BYTES_MAX = 64
 REPLY_BYTES_MAX = 4 * 1024 * 1024
 """The chunk bytes one reply carries at most (well under `wire.FRAME_BYTES_MAX`)."""
 
@@ -29,6 +33,8 @@ REPLY_BYTES_MAX = 4 * 1024 * 1024
 class ChunkRequest:
     node_id: str
     request_id: int
+    artifact: str
+    version: str
     chunk_ids: tuple[bytes, ...]
 
 
@@ -49,6 +55,7 @@ class Fields(Protocol):
     kind: Any
 
     def blob(self, name: str) -> bytes: ...
+    def text(self, name: str, max_bytes: int) -> str: ...
     def uint(self, name: str) -> int: ...
     def remaining(self) -> int: ...
 
@@ -64,7 +71,8 @@ def body_of(message: ChunkMessage) -> tuple[int, list[Any]]:
     if isinstance(message, ChunkRequest):
         if not 1 <= len(message.chunk_ids) <= CHUNKS_PER_REQUEST_MAX:
             raise ValueError(f"a chunk request names 1..{CHUNKS_PER_REQUEST_MAX} chunks")
-        return CHUNK_REQUEST, [message.node_id, message.request_id, *message.chunk_ids]
+        head = [message.node_id, message.request_id, message.artifact, message.version]
+        return CHUNK_REQUEST, [*head, *message.chunk_ids]
     fields: list[Any] = [message.node_id, message.request_id, len(message.chunks)]
     for chunk_id, data in message.chunks:
         fields += [chunk_id, data]
@@ -80,9 +88,12 @@ def _chunk_id(f: Fields) -> bytes:
 
 def read_request(f: Fields, node_id: str) -> ChunkRequest:
     request_id = f.uint("request_id")
+    artifact, version = f.text("artifact", ARTIFACT_BYTES_MAX), f.text("version", VERSION_BYTES_MAX)
     if not 1 <= f.remaining() <= CHUNKS_PER_REQUEST_MAX:
         raise _error("bad_body", f"CHUNK_REQUEST must name 1..{CHUNKS_PER_REQUEST_MAX} chunks")
-    return ChunkRequest(node_id, request_id, tuple(_chunk_id(f) for _ in range(f.remaining())))
+    return ChunkRequest(
+        node_id, request_id, artifact, version, tuple(_chunk_id(f) for _ in range(f.remaining()))
+    )
 
 
 def read_reply(f: Fields, node_id: str) -> ChunkReply:

@@ -34,11 +34,11 @@ WAIT_S = 15.0
 
 
 @asynccontextmanager
-async def _two_dcs(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
-    listens = [free_endpoint(), free_endpoint()]
+async def _nodes(tmp_path: Path, dcs: tuple[str, ...]) -> AsyncIterator[list[Node]]:
+    listens = [free_endpoint() for _ in dcs]
     async with AsyncExitStack() as stack:
         nodes = []
-        for index, (listen, dc) in enumerate(zip(listens, ("dc1", "dc2"), strict=True)):
+        for index, (listen, dc) in enumerate(zip(listens, dcs, strict=True)):
             config = NodeConfig(
                 node_id=f"n{index + 1}",
                 listen=listen,
@@ -48,7 +48,13 @@ async def _two_dcs(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
                 dc=dc,
             )
             nodes.append(await stack.enter_async_context(Node(config)))
-        yield nodes[0], nodes[1]
+        yield nodes
+
+
+@asynccontextmanager
+async def _two_dcs(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    async with _nodes(tmp_path, ("dc1", "dc2")) as (dc1, dc2):
+        yield dc1, dc2
 
 
 async def _listed(node: Node, name: str, version: str) -> None:
@@ -130,6 +136,35 @@ async def _refuses_a_tampered_chunk(tmp_path: Path) -> None:
         ):
             await dc2.artifacts.get("ckpt", str(tmp_path / "got"))
         assert counters.requests_sent == sent
+
+
+async def _crosses_the_wan_once(tmp_path: Path) -> None:
+    write_safetensors(str(tmp_path / "v1"), _tensors(3))
+    async with _nodes(tmp_path, ("dc1", "dc2", "dc2")) as (source, one, other):
+
+        def relay_known(node: Node) -> bool:
+            dc2 = [dc for dc in node.status().datacenters if dc.dc == "dc2"]
+            return bool(dc2 and dc2[0].relays and len(node.status().members) == 2)
+
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while not all(relay_known(node) for node in (one, other)):
+            assert asyncio.get_running_loop().time() < deadline, "dc2 never agreed on its relay"
+            await asyncio.sleep(0.05)
+        put = await source.artifacts.put("ckpt", str(tmp_path / "v1"))
+        await _listed(one, "ckpt", put.version)
+        await _listed(other, "ckpt", put.version)
+        await asyncio.gather(
+            one.artifacts.get("ckpt", str(tmp_path / "one")),
+            other.artifacts.get("ckpt", str(tmp_path / "other")),
+        )
+        assert _sha(tmp_path / "one") == _sha(tmp_path / "other") == _sha(tmp_path / "v1")
+        wan = sum(node.artifacts.transfer.counters.bytes_fetched_wan for node in (one, other))
+        assert wan == put.bytes_new  # each chunk crossed once: dc2's relay fetched, the other asked it
+        assert source.artifacts.transfer.counters.bytes_served == put.bytes_new
+
+
+def test_two_nodes_of_a_datacenter_getting_at_once_cross_the_wan_once(tmp_path: Path) -> None:
+    asyncio.run(_crosses_the_wan_once(tmp_path))
 
 
 def test_a_second_version_moves_only_its_changed_chunks(tmp_path: Path) -> None:

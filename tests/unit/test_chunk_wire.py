@@ -35,11 +35,13 @@ def test_a_full_reply_round_trips() -> None:
 @pytest.mark.parametrize(
     ("name", "kind", "fields", "reason"),
     [
-        ("request-without-ids", MessageKind.CHUNK_REQUEST, [NODE, 1], "bad_body"),
-        ("request-short-id", MessageKind.CHUNK_REQUEST, [NODE, 1, b"\x01" * 31], "bad_body"),
-        ("request-text-id", MessageKind.CHUNK_REQUEST, [NODE, 1, "x" * 32], "bad_body"),
-        ("request-too-many", MessageKind.CHUNK_REQUEST, [NODE, 1, *([ID] * 257)], "bad_body"),
-        ("request-negative-id", MessageKind.CHUNK_REQUEST, [NODE, -1, ID], "bad_body"),
+        ("request-without-ids", MessageKind.CHUNK_REQUEST, [NODE, 1, "", ""], "bad_body"),
+        ("request-short-id", MessageKind.CHUNK_REQUEST, [NODE, 1, "", "", b"\x01" * 31], "bad_body"),
+        ("request-text-id", MessageKind.CHUNK_REQUEST, [NODE, 1, "", "", "x" * 32], "bad_body"),
+        ("request-too-many", MessageKind.CHUNK_REQUEST, [NODE, 1, "", "", *([ID] * 257)], "bad_body"),
+        ("request-artifact-too-long", MessageKind.CHUNK_REQUEST, [NODE, 1, "a" * 257, "", ID], "bad_body"),
+        ("request-version-not-text", MessageKind.CHUNK_REQUEST, [NODE, 1, "a", 5, ID], "bad_body"),
+        ("request-negative-id", MessageKind.CHUNK_REQUEST, [NODE, -1, "", "", ID], "bad_body"),
         ("reply-count-over-carried", MessageKind.CHUNK_REPLY, [NODE, 1, 2, ID, b"x"], "bad_body"),
         ("reply-data-not-bytes", MessageKind.CHUNK_REPLY, [NODE, 1, 1, ID, "x"], "bad_body"),
         (
@@ -61,4 +63,4 @@ def test_malformed_chunk_messages_are_rejected(
 
 def test_a_request_of_no_chunks_cannot_be_encoded() -> None:
     with pytest.raises(ValueError, match=r"names 1\.\.256 chunks"):
-        wire.encode(chunks.ChunkRequest(NODE, 1, ()))
+        wire.encode(chunks.ChunkRequest(NODE, 1, "", "", ()))

@@ -58,7 +58,7 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
     wire.HandoffOffer(NODE, (("doc-1", b"\x01\x05\x02", b"\x01\x02"), ("doc-2", b"\x00", b"\x00\x00"))),
     wire.HandoffOffer(NODE, (("doc-3", b"\x00", b"\x00\x00"),), leaving=True),
     wire.HandoffAck(NODE, (("doc-1", 1, b"\x01\x05\x02"), ("doc-2", 2, b"\x00"))),
-    chunks.ChunkRequest(NODE, 7, (b"\x01" * 32, b"\x02" * 32)),
+    chunks.ChunkRequest(NODE, 7, "checkpoints/llama-ft", "0123456789abcdef", (b"\x01" * 32, b"\x02" * 32)),
     chunks.ChunkReply(NODE, 7, ((b"\x01" * 32, b"chunk bytes"),), (b"\x02" * 32,)),
 ]
 
