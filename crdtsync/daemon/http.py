@@ -417,7 +417,8 @@ class Api:
         value = await self._json_body(request)
         doc = await self.node.open(doc_id)
         try:
-            doc.get("data", type=Map)[key] = value
+            with doc.transaction():  # the root's lookup is a transaction too: one instead of two
+                doc.get("data", type=Map)[key] = value
         except BaseException:
             self.node.release(doc_id)
             raise
