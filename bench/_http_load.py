@@ -1,7 +1,8 @@
 """The load generator of `bench.http`: keep-alive HTTP/1.1 clients on raw asyncio streams, in a process
 of its own so that its CPU is not the daemon's.
 
-    python -m bench._http_load --port P --clients N --duration-s S --route health|put|batch [--keys-per-request K]
+    python -m bench._http_load --port P --clients N --duration-s S --route health|put|batch
+        [--keys-per-request K --docs-per-request D]
 
 It opens `clients` connections, prints `{"ev": "ready"}`, waits for a line on stdin, sends requests
 back to back on every connection for `duration_s`, and prints `{"ev": "done", ...}`: requests, keys
@@ -30,9 +31,10 @@ REQUEST_TIMEOUT_S = 30.0
 
 
 class Load:
-    def __init__(self, route: str, keys_per_request: int) -> None:
+    def __init__(self, route: str, keys_per_request: int, docs_per_request: int = 1) -> None:
         self.route = route
         self.keys_per_request = keys_per_request
+        self.docs_per_request = docs_per_request
         self.sent = 0
         self.ok = 0
         self.keys = 0
@@ -50,8 +52,13 @@ class Load:
             body = b'{"n": %d}' % index
             head = b"PUT /v1/docs/bench/d%d/keys/k%d HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n"
             return head % (doc, key, len(body)) + body
+        spread = self.docs_per_request
         writes = [
-            {"doc": f"bench/d{(doc + 7 * i) % DOCS}", "key": f"k{key}", "value": {"n": index}}
+            {
+                "doc": f"bench/d{(doc + 7 * (i % spread)) % DOCS}",
+                "key": f"k{(key + i // spread) % KEYS_PER_DOC}",
+                "value": {"n": index},
+            }
             for i in range(self.keys_per_request)
         ]
         body = json.dumps({"writes": writes}).encode()
@@ -131,7 +138,8 @@ class Connection(asyncio.Protocol):
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    load = Load(args.route, args.keys_per_request if args.route == "batch" else 1)
+    batch = args.route == "batch"
+    load = Load(args.route, args.keys_per_request if batch else 1, args.docs_per_request)
     loop = asyncio.get_running_loop()
     stop_at = [0.0]
     connections: list[Connection] = []
@@ -176,6 +184,7 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, required=True)
     parser.add_argument("--route", choices=("health", "put", "batch"), required=True)
     parser.add_argument("--keys-per-request", type=int, default=1)
+    parser.add_argument("--docs-per-request", type=int, default=1)
     parser.add_argument("--sample-every", type=int, default=1)
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))), flush=True)
