@@ -22,7 +22,8 @@ each in a file of its name, that own their state and write effects into the shar
 - `outbound`: this node's numbered deltas, batching and the retransmit ring;
 - `inbound`: peers' streams (sequence tracking, retransmit requests, relay republishing);
 - `causal`: the causal buffer; `sync`: state-vector sync; `antientropy`: Merkle rounds;
-- `gossip`: hellos, membership gossip, leaves, liveness and relays; `status`: the views.
+- `gossip`: hellos, membership gossip, leaves, liveness and relays; `status`: the views;
+- `ephemeral`: messages that are never stored (WebSocket clients' awareness across nodes).
 """
 
 from __future__ import annotations
