@@ -44,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from crdtsync.testing._processes import STACK_DUMP_TIMEOUT_S
 from crdtsync.testing.cluster import LocalCluster, LocalDaemon, ignore_signals, log_tail, plan_daemons
 from fuzz._runner import rss_mb_of
 from fuzz.chaos_disk import DiskFaults, DiskSummary
@@ -649,6 +650,8 @@ class Campaign:
                 sent = time.monotonic()
                 code = await self.wait_exit(daemon, STOP_TIMEOUT_S)
                 if code is None:
+                    self.signal_daemon(daemon, signal.SIGABRT, "terminating")  # its stacks to its log
+                    await self.wait_exit(daemon, STACK_DUMP_TIMEOUT_S)
                     self.problem(
                         f"{daemon.name} (pid {pid}) did not exit within {STOP_TIMEOUT_S:.0f} s of SIGTERM",
                         log_tail(daemon.log_path, LOG_TAIL_LINES),

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 LOG_TAIL_LINES = 15
+STACK_DUMP_TIMEOUT_S = 2.0
+"""How long a daemon that did not stop gets to write its threads' stacks to its log (SIGABRT)."""
 
 
 class ClusterError(Exception):
@@ -179,6 +181,8 @@ def launch(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=cwd,
+            # SIGABRT then writes every thread's stack to the log (see `terminate`).
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
         )
 
 
@@ -198,6 +202,10 @@ def terminate(
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
         if process.poll() is None:
+            # Where it hangs goes to its log first: SIGABRT makes faulthandler dump every thread.
+            with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+                process.send_signal(signal.SIGABRT)
+                process.wait(timeout=STACK_DUMP_TIMEOUT_S)
             process.kill()
             process.wait()
             outcomes.append((name, None))
