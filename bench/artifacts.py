@@ -39,7 +39,7 @@ import psutil
 
 from bench._common import JSON, fmt, machine_info, print_table, ratio, write_json
 from crdtsync.artifacts.chunking import chunk_file
-from crdtsync.testing.cluster import LocalCluster, LocalDaemon
+from crdtsync.testing.cluster import LocalCluster, LocalDaemon, log_tail
 
 TENSOR_BYTES = 4 * 1024 * 1024
 READ_BYTES = 1 << 20
@@ -162,7 +162,8 @@ def get(daemon: LocalDaemon, name: str, version: str, out: Path) -> float:
         open(out, "wb") as target,
     ):
         if response.status_code != 200:
-            raise RuntimeError(f"GET on {daemon.name}: {response.status_code} {response.read()!r}")
+            tail = log_tail(daemon.log_path, 40)
+            raise RuntimeError(f"GET on {daemon.name}: {response.status_code} {response.read()!r}\n{tail}")
         for block in response.iter_bytes(READ_BYTES):
             target.write(block)
     return time.perf_counter() - started
