@@ -24,10 +24,11 @@ from crdtsync.core.effects import DeliverEphemeral
 from crdtsync.core.links import Links
 from crdtsync.core.membership import Membership
 
-PUBLISH_PER_SECOND_MAX = 500.0
-"""Messages this node publishes for its own clients per second (a burst of as many): an editor's
-cursor moves are many a second, and every node of the cluster handles each message."""
-RELAY_PER_SECOND_MAX = 2000.0
+PUBLISH_PER_SECOND_MAX = 2000.0
+"""Messages this node publishes for its own clients per second (a burst of as many): an active
+editor sends its cursor a few times a second (some 500 of them at once on one node), an idle one its
+renewal every 15 s; every node of the cluster handles each message."""
+RELAY_PER_SECOND_MAX = 8000.0
 """Messages a relay republishes per second from the other datacenters into its own."""
 LISTENED_DOCS_MAX = 100_000
 """Docs the driver may listen to at once (the WebSocket endpoint has a room per doc with clients)."""

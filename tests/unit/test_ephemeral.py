@@ -82,8 +82,9 @@ def test_messages_over_the_size_or_the_rate_bound_are_not_published_and_counted(
     assert sent == PUBLISH_PER_SECOND_MAX
     assert replica.counters.ephemeral_dropped_rate == 5
     assert replica.counters.ephemeral_published == PUBLISH_PER_SECOND_MAX
-    # Tokens come back with time: 10 ms later, 5 more.
-    assert sum(replica.publish_ephemeral(DOC, PAYLOAD, now_ms + 10) for _ in range(10)) == 5
+    # Tokens come back with time: 5 more in the time the rate gives 5.
+    later_ms = now_ms + 5 * 1000.0 / PUBLISH_PER_SECOND_MAX
+    assert sum(replica.publish_ephemeral(DOC, PAYLOAD, later_ms) for _ in range(10)) == 5
 
 
 def test_the_listened_docs_are_bounded() -> None:
