@@ -7,7 +7,8 @@ hears nothing for 30 s reconnects, and its own renewal every 15 s is what it hea
 and to the other nodes as an ephemeral message (`Node.publish_ephemeral`, crdtsync/core/ephemeral.py).
 A change from another node goes to every client of the room. Each node expires the states not renewed
 for 30 s (y-protocols' timeout) itself, those of other nodes' clients included: a node that dies
-without a word has its clients' states expire everywhere.
+without a word has its clients' states expire everywhere. A node that opens a room asks the others
+for their clients' states (`QUERY`), so that its first client sees them at once.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ node that would take it beyond is dropped (counted)."""
 AWARENESS_TIMEOUT_S = 30.0
 """An awareness state not renewed for this long is removed (y-protocols' outdated timeout; clients
 renew theirs every 15 s)."""
+QUERY = b"\x00"
+"""An awareness update of no client (a no-op for any receiver): what a node publishes when it opens a
+room, and what a node with clients of the doc answers by publishing their states."""
 FROM_NODE = "another node"
 """The origin of changes that came from another node (never published again)."""
 
@@ -57,6 +61,8 @@ class RoomAwareness:
         """The client ids each connection announced: removed when it closes."""
         self._subscription = self.awareness.observe(self._on_change)
         self.listening = node.listen_ephemeral(doc_id, self.from_node)
+        if self.listening:
+            node.publish_ephemeral(doc_id, QUERY)
 
     def close(self) -> None:
         """Stop hearing from other nodes and drop the observer."""
@@ -88,6 +94,9 @@ class RoomAwareness:
 
     def from_node(self, update: bytes, origin: str) -> None:
         """An awareness update another node published (listener of `Node.listen_ephemeral`)."""
+        if update == QUERY:
+            self._answer_query()
+            return
         try:
             count, _ = read_varuint(update, 0)
         except StateDecodeError:
@@ -103,6 +112,14 @@ class RoomAwareness:
             log.warning("dropped an awareness update of %s from node %s: %r", self.doc_id, origin, exc)
             return
         self._counters["awareness_from_nodes"] += 1
+
+    def _answer_query(self) -> None:
+        """Publish the states of this node's clients (another node opened a room of the doc)."""
+        clients = sorted({c for cs in self.clients_of.values() for c in cs if c in self.awareness.states})
+        if clients and not self.node.publish_ephemeral(
+            self.doc_id, self.awareness.encode_awareness_update(clients)
+        ):
+            self._counters["awareness_not_published"] += 1
 
     def expire(self, timeout_s: float) -> None:
         """Remove the states not renewed within `timeout_s`, and forget what is known of clients

@@ -548,6 +548,33 @@ def test_an_awareness_state_that_is_not_renewed_expires(where: str) -> None:
     run(scenario())
 
 
+def test_the_first_client_of_a_doc_on_a_node_sees_the_others_awareness_at_once() -> None:
+    """A node that opens a doc for its first client asks the other nodes for their clients' states:
+    the client sees them at once, not at their next renewal (15 s)."""
+
+    async def scenario() -> None:
+        async with two_in_process(awareness_timeout_s=30.0) as nodes, aiohttp.ClientSession() as session:
+            url = "ws://127.0.0.1:{}/v1/ws/query"
+            async with session.ws_connect(url.format(nodes[0][2])) as ws1:
+                one = Client(ws1)
+                await one.sync()
+                presence = Encoder()
+                presence.write_var_uint(1)
+                for number in (12, 1):  # client 12, clock 1
+                    presence.write_var_uint(number)
+                presence.write_var_string('{"user":"twelve"}')
+                await ws1.send_bytes(create_awareness_message(presence.to_bytes()))
+                await one.until(lambda: any(b"twelve" in update for update in one.awareness), "12's state")
+                async with session.ws_connect(url.format(nodes[1][2])) as ws2:
+                    two = Client(ws2)
+                    await two.sync()
+                    await two.until(
+                        lambda: any(b"twelve" in u for u in two.awareness), "12's state", timeout_s=5
+                    )
+
+    run(scenario())
+
+
 def metric(daemon: Daemon, name: str) -> float:
     """The value of an unlabelled series of the daemon's /metrics."""
     for line in daemon.client.get("/metrics").text.splitlines():
