@@ -214,8 +214,13 @@ class Transfer:
         """A node of this datacenter asked this one (its datacenter's fetcher) for chunks it lacks:
         fetch them across the WAN once, for both (waiting for those already on their way)."""
         status = self._node.status()
+        own = self._node.config
         requester_dc = next((m.dc for m in status.members if m.node_id == request.node_id), None)
-        if requester_dc != self._node.config.dc or not request.artifact or self.holders_of is None:
+        relays = next((dc.relays for dc in status.datacenters if dc.dc == own.dc), ())
+        # Only the fetcher in this node's own view: two nodes that each take the other for the
+        # fetcher (views differ for a moment) answer what they have instead of waiting on each other.
+        fetcher = bool(relays) and relays[0] == own.node_id
+        if not fetcher or requester_dc != own.dc or not request.artifact or self.holders_of is None:
             return False
         holders = [
             h for h in await self.holders_of(request.artifact, request.version) if h != request.node_id

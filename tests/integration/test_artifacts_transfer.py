@@ -142,12 +142,12 @@ async def _crosses_the_wan_once(tmp_path: Path) -> None:
     write_safetensors(str(tmp_path / "v1"), _tensors(3))
     async with _nodes(tmp_path, ("dc1", "dc2", "dc2")) as (source, one, other):
 
-        def relay_known(node: Node) -> bool:
-            dc2 = [dc for dc in node.status().datacenters if dc.dc == "dc2"]
-            return bool(dc2 and dc2[0].relays and len(node.status().members) == 2)
+        def relays(node: Node) -> tuple[str, ...]:
+            dc2 = [dc.relays for dc in node.status().datacenters if dc.dc == "dc2"]
+            return dc2[0] if dc2 and len(node.status().members) == 2 else ()
 
         deadline = asyncio.get_running_loop().time() + WAIT_S
-        while not all(relay_known(node) for node in (one, other)):
+        while not relays(one) or relays(one) != relays(other):
             assert asyncio.get_running_loop().time() < deadline, "dc2 never agreed on its relay"
             await asyncio.sleep(0.05)
         put = await source.artifacts.put("ckpt", str(tmp_path / "v1"))
