@@ -368,12 +368,13 @@ class Transfer:
             reply = await self._ask(link, left, state)
             if reply is None:
                 continue
-            for chunk, data in reply.chunks:
-                if chunk not in left or chunk_id(data) != chunk:
-                    self._strike(link, chunk)
-                    continue
+            # Hashing and appending off the event loop, one thread hop per reply.
+            stored, refused = await asyncio.to_thread(_verify_into, state.writer, left, reply)
+            for chunk in refused:
+                self._strike(link, chunk)
+            for chunk, length in stored:
                 del left[chunk]
-                await self._store_chunk(state, link, chunk, data)
+                await self._stored(state, link, chunk, length)
         return list(left.items())
 
     async def _ask(self, link: _Link, left: dict[bytes, int], state: _Fetch) -> ChunkReply | None:
@@ -403,19 +404,34 @@ class Transfer:
             "refused chunk %s from %s: its bytes do not match its id; struck", chunk.hex()[:16], link.node_id
         )
 
-    async def _store_chunk(self, state: _Fetch, link: _Link, chunk: bytes, data: bytes) -> None:
-        await asyncio.to_thread(state.writer.add, chunk, data)
+    async def _stored(self, state: _Fetch, link: _Link, chunk: bytes, length: int) -> None:
         inflight = self._inflight.get(chunk)
         if inflight is not None and not inflight.arrived.done():
             inflight.arrived.set_result(True)  # readable now (pending in the store): it may be sent on
         self.counters.chunks_fetched += 1
-        self.counters.bytes_fetched += len(data)
+        self.counters.bytes_fetched += length
         if link.wan:
-            self.counters.bytes_fetched_wan += len(data)
-        state.uncommitted_bytes += len(data)
+            self.counters.bytes_fetched_wan += length
+        state.uncommitted_bytes += length
         if state.uncommitted_bytes >= self.config.commit_bytes:
             state.uncommitted_bytes = 0
             await asyncio.to_thread(state.writer.commit)
+
+
+def _verify_into(
+    writer: ChunkWriter, left: dict[bytes, int], reply: ChunkReply
+) -> tuple[list[tuple[bytes, int]], list[bytes]]:
+    """On a worker thread: the reply's chunks that were asked for and hash to their ids go into
+    `writer` (stored, with their lengths); the others are refused."""
+    stored: list[tuple[bytes, int]] = []
+    refused: list[bytes] = []
+    for chunk, data in reply.chunks:
+        if chunk not in left or chunk_id(data) != chunk:
+            refused.append(chunk)
+            continue
+        writer.add(chunk, data)
+        stored.append((chunk, len(data)))
+    return stored, refused
 
 
 def _batches(wanted: list[tuple[bytes, int]], bytes_max: int) -> list[list[tuple[bytes, int]]]:
