@@ -64,6 +64,8 @@ class HolderWaits:
         self._waiting: list[asyncio.Future[None]] = []
         self._known: dict[tuple[str, str], bytes] = {}
         """(doc, node) -> the node's state vector of the doc in its last answer (oldest first)."""
+        self.asked_again = 0
+        """Write-ack questions asked again after ASK_AGAIN_MS without an answer."""
 
     def _remember(self, doc_id: str, node_id: str, state: bytes | None) -> None:
         key = (doc_id, node_id)
@@ -170,6 +172,7 @@ class HolderWaits:
                 if answer is None:
                     if _now_ms() - at_ms > ASK_AGAIN_MS and replica.confirm(doc_id, node_id, None, _now_ms()):
                         asked[node_id] = (False, _now_ms())
+                        self.asked_again += 1
                     continue
                 status, state = answer
                 self._remember(doc_id, node_id, None if status == HANDOFF_NOT_HOLDER else state)

@@ -42,6 +42,7 @@ class Daemon(LocalDaemon):
         dc: str = "test-dc",
         http: dict[str, Any] | None = None,
         replication: dict[str, Any] | None = None,
+        membership: dict[str, Any] | None = None,
         websocket: dict[str, Any] | None = None,
         token: str | None = None,
         cacert: str | None = None,
@@ -60,6 +61,7 @@ class Daemon(LocalDaemon):
         self.workdir = workdir
         self.http = dict(http or {})
         self.replication = dict(FAST_REPLICATION if replication is None else replication)
+        self.membership = dict(FAST_MEMBERSHIP if membership is None else membership)
         self.websocket = dict(websocket or {})
         self.top: dict[str, Any] = {}
         """Top-level config keys added to (or overriding) the generated ones."""
@@ -98,7 +100,7 @@ class Daemon(LocalDaemon):
             "http": {"listen": f"127.0.0.1:{self.http_port}", **self.http},
             "log": {"level": "info", "format": "kv"},
             "replication": self.replication,
-            "membership": FAST_MEMBERSHIP,
+            "membership": self.membership,
             "security": {"mode": "plaintext"},
             **({"websocket": self.websocket} if self.websocket else {}),
         }
