@@ -12,6 +12,7 @@ from crdtsync.artifacts.manifest import (
 )
 from crdtsync.artifacts.store import ChunkCorruptError, ChunkMissingError, ChunkStoreError, CollectResult
 from crdtsync.artifacts.tensors import ArtifactDiff
+from crdtsync.artifacts.transfer import ArtifactsConfig, TransferCounters
 
 __all__ = [
     "ArtifactDiff",
@@ -22,6 +23,7 @@ __all__ = [
     "ArtifactTooLargeError",
     "ArtifactVersion",
     "Artifacts",
+    "ArtifactsConfig",
     "ChunkCorruptError",
     "ChunkMissingError",
     "ChunkSizes",
@@ -29,4 +31,5 @@ __all__ = [
     "CollectResult",
     "ManifestError",
     "PutResult",
+    "TransferCounters",
 ]

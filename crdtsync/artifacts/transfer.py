@@ -51,7 +51,9 @@ class TransferError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class TransferConfig:
+class ArtifactsConfig:
+    """How chunks move between nodes, and how often the daemon collects unreferenced ones."""
+
     window_requests: int = 8
     request_bytes_max: int = 1024 * 1024
     request_timeout_ms: float = 10_000.0
@@ -63,6 +65,10 @@ class TransferConfig:
     commit_bytes: int = 16 * 1024 * 1024
     attempts_max: int = 6
     serving_requests_max: int = 16
+    collect_interval_s: float = 600.0
+    """How often the daemon runs `collect` (0: never; the library never runs it by itself)."""
+    collect_grace_s: float = 3600.0
+    """Unreferenced chunks younger than this are kept by the daemon's collection."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.window_requests <= 256:
@@ -71,6 +77,8 @@ class TransferConfig:
             raise ValueError(f"request_bytes_max must be in {TABLE_PIECE_BYTES_MAX}..{REPLY_BYTES_MAX}")
         if self.dc_link_bytes_per_s <= 0 or self.wan_link_bytes_per_s <= 0:
             raise ValueError("link caps must be positive bytes per second")
+        if self.collect_interval_s < 0 or self.collect_grace_s < 0:
+            raise ValueError("collect_interval_s and collect_grace_s must not be negative")
 
 
 @dataclass(slots=True)
@@ -135,10 +143,10 @@ class _Fetch:
 
 
 class Transfer:
-    def __init__(self, node: Node, store: ChunkStore, config: TransferConfig | None = None) -> None:
+    def __init__(self, node: Node, store: ChunkStore, config: ArtifactsConfig | None = None) -> None:
         self._node = node
         self._store = store
-        self.config = config or TransferConfig()
+        self.config = config or ArtifactsConfig()
         self.counters = TransferCounters()
         self._request_ids = itertools.count(1)
         self._waiting: dict[int, tuple[str, asyncio.Future[ChunkReply]]] = {}

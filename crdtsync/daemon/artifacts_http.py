@@ -10,7 +10,8 @@
 - `GET /v1/artifacts`: the artifacts this node has, its chunk store and transfer counters;
 - `POST /v1/artifacts/collect[?grace_s=3600]`: delete the chunks no manifest names (after the grace).
 
-Transfer counters and the chunk store are also metrics (`crdtsync_artifact_*`).
+Transfer counters and the chunk store are also metrics (`crdtsync_artifact_*`). The daemon runs
+`collect` every `[artifacts] collect_interval_s` with `collect_grace_s`.
 
 A name may not have a segment `versions` or `diff` (they end the name in these paths).
 """
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from aiohttp import web
@@ -48,6 +50,8 @@ if TYPE_CHECKING:
     from crdtsync.daemon.http import Api
     from crdtsync.node import Node
 
+log = logging.getLogger("crdtsync.artifacts")
+
 PATH = "/v1/artifacts/{rest:.+}"
 RESERVED_SEGMENTS = frozenset({"versions", "diff", "collect"})
 NAMES_MAX = 1000
@@ -63,6 +67,7 @@ def register(app: web.Application, api: Api) -> None:
     app.router.add_post("/v1/artifacts/collect", routes.collect)
     app.router.add_route("*", PATH, routes.route)
     api.registry.register(ArtifactCollector(api.node))
+    app.cleanup_ctx.append(routes.collecting)
 
 
 def _fail(status: int, code: str, message: str) -> NoReturn:
@@ -117,6 +122,34 @@ class ArtifactRoutes:
             raise causal_http.RequestError(409, "incomplete", str(exc), details) from None
         except ArtifactError as exc:
             _fail(400, "bad_artifact_request", str(exc))
+
+    async def collecting(self, app: web.Application) -> AsyncIterator[None]:
+        """The daemon's collection timer, for the life of the application."""
+        config = self.api.config.artifacts
+        task = None
+        if config.collect_interval_s > 0:
+            task = asyncio.create_task(self._collect_every(config.collect_interval_s, config.collect_grace_s))
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _collect_every(self, interval_s: float, grace_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)  # a timer: collection is periodic, not a wait for a condition
+            try:
+                result = await self.node.artifacts.collect(grace_s)
+            except Exception:
+                log.exception("artifact chunk collection failed; it runs again in %.0f s", interval_s)
+                continue
+            if result.chunks_deleted:
+                log.info(
+                    "collected %d unreferenced chunks (%d bytes), %d packs compacted",
+                    result.chunks_deleted,
+                    result.bytes_deleted,
+                    result.packs_compacted,
+                )
 
     async def overview(self, request: web.Request) -> web.Response:
         artifacts = self.node.artifacts

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from crdtsync.artifacts.transfer import TransferConfig
+from crdtsync.artifacts.transfer import ArtifactsConfig
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import PARTITIONS_DEFAULT, PlacementError, PlacementPolicy, PlacementRule
 from crdtsync.core.replica import ReplicaConfig
@@ -98,7 +98,7 @@ class DaemonConfig:
     """Read from `http.tokens_file`; empty: the API is open."""
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     """The y-websocket endpoint's limits (`[websocket]`)."""
-    artifacts: TransferConfig = field(default_factory=TransferConfig)
+    artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     """Chunk transfer between nodes (`[artifacts]`: window, link caps; docs/artifacts.md)."""
 
 
@@ -446,10 +446,10 @@ writers."""
 WEBSOCKET_FRAME_BYTES_MAX = 1 << 30
 
 
-def _artifacts(raw: dict[str, Any]) -> TransferConfig:
+def _artifacts(raw: dict[str, Any]) -> ArtifactsConfig:
     """The [artifacts] table: how chunks move between nodes, each value within its range."""
     try:
-        config: TransferConfig = _section(raw, "artifacts", TransferConfig)
+        config: ArtifactsConfig = _section(raw, "artifacts", ArtifactsConfig)
     except ConfigError:
         raise
     except ValueError as exc:

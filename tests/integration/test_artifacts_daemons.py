@@ -43,7 +43,14 @@ def daemons(pool: DaemonPool) -> tuple[Daemon, Daemon]:
     made: list[Daemon] = []
     for name, dc in (("a1", "dc1"), ("b1", "dc2")):
         daemon = ArtifactDaemon(name, pool.root / name, dc=dc)
-        daemon.artifacts = {"wan_link_bytes_per_s": WAN_BYTES_PER_S, "commit_bytes": 1 << 20}
+        # Collection every 0.2 s with no grace runs under every test here: it must never take a
+        # chunk a version, a put or a transfer needs.
+        daemon.artifacts = {
+            "wan_link_bytes_per_s": WAN_BYTES_PER_S,
+            "commit_bytes": 1 << 20,
+            "collect_interval_s": 0.2,
+            "collect_grace_s": 0.0,
+        }
         pool.daemons.append(daemon)
         made.append(daemon)
     start_mesh(made)
@@ -135,6 +142,23 @@ def test_a_get_cut_by_kill_9_resumes_without_fetching_again(
     refetched = _transfer(b1)["bytes_fetched"]  # counters restart with the process
     assert refetched <= put["bytes_new"] - 3_000_000, (refetched, put["bytes_new"])
     assert refetched + stored_after_restart >= put["bytes_new"]
+
+
+def test_the_daemon_collects_the_chunks_of_a_deleted_version(daemons: tuple[Daemon, Daemon]) -> None:
+    a1, _ = daemons
+    first = _put(a1, "gc/model", safetensors_bytes(_tensors(11, 6, 50_000)))
+    second_body = safetensors_bytes(_tensors(12, 6, 50_000))
+    second = _put(a1, "gc/model", second_body)
+    stored = a1.get_json("/v1/artifacts")["store"]["bytes_stored"]
+    assert a1.client.delete(f"/v1/artifacts/gc/model/versions/{first['version']}").status_code == 200
+    wait_until(
+        # its six tensors (the header chunk is the same in both versions, and stays)
+        lambda: a1.get_json("/v1/artifacts")["store"]["bytes_stored"] <= stored - 6 * 50_000,
+        WAIT_S,
+        "the daemon collected the deleted version's chunks",
+    )
+    got = a1.client.get("/v1/artifacts/gc/model/versions/latest")
+    assert got.content == second_body and got.headers["X-Artifact-Version"] == second["version"]
 
 
 def test_a_bad_artifacts_table_is_a_config_error() -> None:

@@ -17,7 +17,7 @@ from zmq_support import free_endpoint
 
 from crdtsync import Node, NodeConfig, ReplicaConfig
 from crdtsync.artifacts import ArtifactIncompleteError
-from crdtsync.artifacts.transfer import TransferConfig
+from crdtsync.artifacts.transfer import ArtifactsConfig
 from crdtsync.testing.safetensors import write_safetensors
 
 pytestmark = pytest.mark.integration
@@ -122,7 +122,7 @@ async def _refuses_a_tampered_chunk(tmp_path: Path) -> None:
             return tuple((chunk, b"X" + data[1:]) for chunk, data in chunks), not_sent
 
         dc1.artifacts.transfer._read = tampering  # type: ignore[method-assign]
-        dc2.artifacts.transfer.config = dataclasses.replace(TransferConfig(), attempts_max=2)
+        dc2.artifacts.transfer.config = dataclasses.replace(ArtifactsConfig(), attempts_max=2)
         with pytest.raises(ArtifactIncompleteError, match="could not be fetched") as caught:
             await dc2.artifacts.get("ckpt", str(tmp_path / "got"))
         assert caught.value.chunks_missing >= 1 and not (tmp_path / "got").exists()
