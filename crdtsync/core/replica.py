@@ -36,9 +36,9 @@ from typing import Any
 from pycrdt import Doc
 
 from crdtsync.core import wire
-from crdtsync.core.chunks import ChunkMessage, ChunkReply, ChunkRequest
 from crdtsync.core.antientropy import AntiEntropy
 from crdtsync.core.causal import CausalBuffer
+from crdtsync.core.chunks import ChunkMessage, ChunkReply, ChunkRequest
 from crdtsync.core.config import ReplicaConfig
 from crdtsync.core.context import Context
 from crdtsync.core.counters import Counters
