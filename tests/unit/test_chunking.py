@@ -72,3 +72,27 @@ def test_a_malformed_header_is_chunked_as_plain_bytes(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(data)
     with open(tmp_path / "f", "rb") as file:
         assert segments(file, len(data)) == [(0, len(data))]
+
+
+def test_the_artifacts_api_is_pinned() -> None:
+    import crdtsync.artifacts
+
+    assert crdtsync.artifacts.__all__ == [
+        "ArtifactDiff",
+        "ArtifactError",
+        "ArtifactIncompleteError",
+        "ArtifactLimits",
+        "ArtifactNotFoundError",
+        "ArtifactTooLargeError",
+        "ArtifactVersion",
+        "Artifacts",
+        "ArtifactsConfig",
+        "ChunkCorruptError",
+        "ChunkMissingError",
+        "ChunkSizes",
+        "ChunkStoreError",
+        "CollectResult",
+        "ManifestError",
+        "PutResult",
+        "TransferCounters",
+    ]

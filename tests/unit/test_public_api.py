@@ -56,6 +56,7 @@ def test_exports_are_pinned() -> None:
 def test_node_methods_are_pinned() -> None:
     public = {name for name, _ in inspect.getmembers(Node) if not name.startswith("_")}
     assert public == {
+        "artifacts",
         "backup",
         "causal_token",
         "close",
