@@ -56,12 +56,18 @@ PATH = "/v1/artifacts/{rest:.+}"
 RESERVED_SEGMENTS = frozenset({"versions", "diff", "collect"})
 NAMES_MAX = 1000
 SPOOL_READ_BYTES = 1024 * 1024
+PUTS_IN_FLIGHT_MAX = 4
+"""PUT bodies spooled at once (each up to `bytes_per_version_max` on disk): more answer 503."""
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def register(app: web.Application, api: Api) -> None:
     """Add the routes to the daemon's application (`Api.app`)."""
     api.node.artifacts.transfer.config = api.config.artifacts
+    spool_dir = os.path.join(api.node.artifacts.directory, "incoming")
+    if os.path.isdir(spool_dir):  # bodies of PUTs a crash cut short: nothing names them
+        for leftover in os.listdir(spool_dir):
+            os.unlink(os.path.join(spool_dir, leftover))
     routes = ArtifactRoutes(api)
     app.router.add_get("/v1/artifacts", routes.overview)
     app.router.add_post("/v1/artifacts/collect", routes.collect)
@@ -93,6 +99,7 @@ class ArtifactRoutes:
     def __init__(self, api: Api) -> None:
         self.api = api
         self.node = api.node
+        self.puts_in_flight = 0
 
     async def route(self, request: web.Request) -> web.StreamResponse:
         rest: str = request.match_info["rest"]
@@ -214,6 +221,19 @@ class ArtifactRoutes:
         _fail(405, "method_not_allowed", f"{request.method} is not allowed on a version")
 
     async def put(self, request: web.Request, name: str) -> web.Response:
+        if self.puts_in_flight >= PUTS_IN_FLIGHT_MAX:
+            _fail(
+                503,
+                "too_many_puts",
+                f"{PUTS_IN_FLIGHT_MAX} artifact PUTs are in progress on this node: retry later",
+            )
+        self.puts_in_flight += 1
+        try:
+            return await self._put(request, name)
+        finally:
+            self.puts_in_flight -= 1
+
+    async def _put(self, request: web.Request, name: str) -> web.Response:
         artifacts = self.node.artifacts
         limit = artifacts.limits.bytes_per_version_max
         if request.content_length is not None and request.content_length > limit:

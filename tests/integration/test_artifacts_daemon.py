@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
-from daemon_support import Daemon, DaemonPool, start_all
+from daemon_support import Daemon, DaemonPool, start_all, wait_until
 
 from crdtsync.cli import main
+from crdtsync.daemon.artifacts_http import PUTS_IN_FLIGHT_MAX
 from crdtsync.testing.safetensors import safetensors_bytes
 
 pytestmark = pytest.mark.integration
@@ -20,8 +24,15 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def node(pool: DaemonPool) -> Daemon:
     daemon = pool.new("artifacts")
+    spool = Path(daemon.data_dir) / "artifacts" / "incoming"
+    spool.mkdir(parents=True)
+    (spool / "left-by-a-crash").write_bytes(b"x" * 1000)
     start_all([daemon])
     return daemon
+
+
+def test_spooled_bodies_a_crash_left_are_removed_at_start(node: Daemon) -> None:
+    assert list((Path(node.data_dir) / "artifacts" / "incoming").iterdir()) == []
 
 
 def run(*args: str) -> Result:
@@ -121,3 +132,33 @@ def test_the_cli_puts_lists_diffs_gets_and_removes(node: Daemon, tmp_path: Path)
     assert (
         missing.exit_code == 1 and "no version or tag '1'" in missing.stderr and not (tmp_path / "x").exists()
     )
+
+
+def test_a_put_beyond_the_ones_in_progress_is_refused(node: Daemon) -> None:
+    release = threading.Event()
+    answers: list[int] = []
+
+    def slow_put() -> None:
+        def body() -> Iterator[bytes]:
+            yield b"first bytes"
+            release.wait(30)
+
+        answers.append(node.client.put("/v1/artifacts/busy/m", content=body()).status_code)
+
+    putters = [threading.Thread(target=slow_put) for _ in range(PUTS_IN_FLIGHT_MAX)]
+    for putter in putters:
+        putter.start()
+    try:
+        wait_until(lambda: _in_flight(node) == PUTS_IN_FLIGHT_MAX, 10, "every slow PUT is in progress")
+        refused = httpx.put(f"{node.url}/v1/artifacts/busy/m", content=b"x", timeout=10)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "too_many_puts"
+    finally:
+        release.set()
+        for putter in putters:
+            putter.join(30)
+    assert answers == [201] * PUTS_IN_FLIGHT_MAX
+
+
+def _in_flight(node: Daemon) -> int:
+    """PUTs the daemon is spooling: the files in its spool directory."""
+    return len(list((Path(node.data_dir) / "artifacts" / "incoming").iterdir()))
