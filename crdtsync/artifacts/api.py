@@ -115,6 +115,7 @@ class Artifacts:
         """Replicated manifest records ignored for breaking the format or the limits."""
 
     def close(self) -> None:
+        self.transfer.close()
         self.store.close()
         if self._temporary is not None:
             self._temporary.cleanup()

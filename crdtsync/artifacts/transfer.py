@@ -158,6 +158,11 @@ class Transfer:
         self.holders_of: Callable[[str, str], Awaitable[list[str]]] | None = None
         """The nodes complete for (artifact, version), for requests served through: set by Artifacts."""
 
+    def close(self) -> None:
+        """Stop serving (the node is closing): requests in progress are dropped."""
+        for task in self._serving:
+            task.cancel()
+
     # ------------------------------------------------------------------ messages
 
     def on_message(self, message: ChunkMessage) -> None:
