@@ -86,9 +86,24 @@ def put(server: Server, as_json: bool, tag: str, name: str, file: str) -> None:
 @artifact.command(name="ls")
 @server_options
 @json_option
-@click.argument("name")
-def ls(server: Server, as_json: bool, name: str) -> None:
-    """The versions of NAME this node knows, where each is complete."""
+@click.argument("name", required=False)
+def ls(server: Server, as_json: bool, name: str | None) -> None:
+    """The versions of NAME this node knows, where each is complete; without NAME, the artifacts
+    this node has, its chunk store and its transfer counters."""
+    if name is None:
+        overview = _request("GET", server, "/v1/artifacts").json()
+        if as_json:
+            _print_json(overview)
+            return
+        for artifact_name in overview["artifacts"]:
+            click.echo(artifact_name)
+        store, transfer = overview["store"], overview["transfer"]
+        click.echo(
+            f"store: {store['chunks']} chunks, {_size(store['bytes_stored'])} in {store['pack_files']} packs; "
+            f"fetched {_size(transfer['bytes_fetched'])} ({_size(transfer['bytes_fetched_wan'])} across the WAN), "
+            f"served {_size(transfer['bytes_served'])}, refused {transfer['chunks_refused']} chunks"
+        )
+        return
     body = _request("GET", server, _path(name)).json()
     if as_json:
         _print_json(body)

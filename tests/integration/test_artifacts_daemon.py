@@ -115,6 +115,8 @@ def test_the_cli_puts_lists_diffs_gets_and_removes(node: Daemon, tmp_path: Path)
     )
     listed = run("artifact", "ls", "--url", node.url, "cli/ckpt")
     assert listed.exit_code == 0 and "latest" in listed.stdout and "COMPLETE ON" in listed.stdout
+    everything = run("artifact", "ls", "--url", node.url)
+    assert everything.exit_code == 0 and "cli/ckpt\n" in everything.stdout and "store: " in everything.stdout
     diff = run("artifact", "diff", "--url", node.url, "cli/ckpt", "1", "2")
     assert diff.exit_code == 0, diff.output
     assert "1 changed, 0 added, 0 removed, 9 unchanged" in diff.stdout and "block0.w" in diff.stdout
