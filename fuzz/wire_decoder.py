@@ -68,6 +68,7 @@ def seed_frames() -> list[bytes]:
         ),
         wire.Members("n1", True, ()),
         wire.Relayed("n1", "origin", deltas[:2]),
+        wire.Ephemeral("n1", "origin", "doc", b'\x01\x07\x02\x0e{"user":"ann"}'),
     ]
     return [wire.encode(message) for message in messages]
 

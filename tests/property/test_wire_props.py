@@ -68,6 +68,7 @@ messages: st.SearchStrategy[wire.Message] = st.one_of(
         ).map(tuple),
     ),
     st.builds(wire.Relayed, node_ids, node_ids, st.lists(deltas, min_size=1, max_size=6).map(tuple)),
+    st.builds(wire.Ephemeral, node_ids, node_ids, doc_ids, blobs),
     st.builds(wire.Deltas, node_ids, uints, uints, st.lists(deltas, min_size=1, max_size=12).map(tuple)),
     st.builds(wire.Heartbeat, node_ids, uints, uints),
     retransmit_requests(),
