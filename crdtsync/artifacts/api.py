@@ -43,6 +43,8 @@ GC_GRACE_S = 3600.0
 """Unreferenced chunks younger than this are kept: a put in another process, a transfer, a manifest
 still on its way."""
 READ_BATCH_BYTES = 4 * 1024 * 1024
+PREFETCH_ARTIFACTS_MAX = 1000
+"""The artifacts one `prefetch` looks at (in name order)."""
 
 
 class ArtifactIncompleteError(ArtifactError):
@@ -422,6 +424,28 @@ class Artifacts:
             await self._node.flush()
         finally:
             self._node.release(doc_id)
+
+    async def prefetch(self, tag: str = "latest") -> list[tuple[str, str]]:
+        """As its datacenter's fetcher (its first relay), fetch the version `tag` names of every
+        artifact (at most `PREFETCH_ARTIFACTS_MAX`) that no node of this datacenter holds complete:
+        the datacenter's gets then find it inside it, and the version has a copy here. Returns the
+        (name, version) fetched; a version no holder can give is left for the next call."""
+        if not self.transfer.is_fetcher():
+            return []
+        status = self._node.status()
+        dc_of = {member.node_id: member.dc for member in status.members}
+        dc_of[self._node.config.node_id] = self._node.config.dc
+        fetched = []
+        for doc_id in self._node.doc_ids(prefix=manifest.DOC_PREFIX, limit=PREFETCH_ARTIFACTS_MAX):
+            name = doc_id.removeprefix(manifest.DOC_PREFIX)
+            try:
+                wanted = await self.resolve(name, tag)
+                if not any(dc_of.get(node_id) == self._node.config.dc for node_id in wanted.complete_on):
+                    await self.fetch(name, wanted.version)
+                    fetched.append((name, wanted.version))
+            except ArtifactError:
+                continue
+        return fetched
 
     async def collect(self, grace_s: float = GC_GRACE_S) -> CollectResult:
         """Delete the chunks no manifest on this node names, unused for `grace_s` seconds."""

@@ -65,6 +65,9 @@ class ArtifactsConfig:
     commit_bytes: int = 16 * 1024 * 1024
     attempts_max: int = 6
     serving_requests_max: int = 16
+    prefetch_interval_s: float = 5.0
+    """How often the daemon, as its datacenter's fetcher, fetches `latest` of every artifact no
+    node of its datacenter holds complete (0: never; the library's `prefetch`)."""
     collect_interval_s: float = 600.0
     """How often the daemon runs `collect` (0: never; the library never runs it by itself)."""
     collect_grace_s: float = 3600.0
@@ -77,8 +80,10 @@ class ArtifactsConfig:
             raise ValueError(f"request_bytes_max must be in {TABLE_PIECE_BYTES_MAX}..{REPLY_BYTES_MAX}")
         if self.dc_link_bytes_per_s <= 0 or self.wan_link_bytes_per_s <= 0:
             raise ValueError("link caps must be positive bytes per second")
-        if self.collect_interval_s < 0 or self.collect_grace_s < 0:
-            raise ValueError("collect_interval_s and collect_grace_s must not be negative")
+        if min(self.collect_interval_s, self.collect_grace_s, self.prefetch_interval_s) < 0:
+            raise ValueError(
+                "collect_interval_s, collect_grace_s and prefetch_interval_s must not be negative"
+            )
 
 
 @dataclass(slots=True)
@@ -223,17 +228,20 @@ class Transfer:
             size += len(data)
         return tuple(chunks), tuple(not_sent)
 
+    def is_fetcher(self) -> bool:
+        """Whether this node is its datacenter's fetcher (its first relay) in its own view."""
+        own = self._node.config
+        relays = next((dc.relays for dc in self._node.status().datacenters if dc.dc == own.dc), ())
+        return bool(relays) and relays[0] == own.node_id
+
     async def _fetch_through(self, request: ChunkRequest, lacking: tuple[bytes, ...]) -> bool:
         """A node of this datacenter asked this one (its datacenter's fetcher) for chunks it lacks:
         fetch them across the WAN once, for both (waiting for those already on their way)."""
-        status = self._node.status()
         own = self._node.config
-        requester_dc = next((m.dc for m in status.members if m.node_id == request.node_id), None)
-        relays = next((dc.relays for dc in status.datacenters if dc.dc == own.dc), ())
+        requester_dc = next((m.dc for m in self._node.status().members if m.node_id == request.node_id), None)
         # Only the fetcher in this node's own view: two nodes that each take the other for the
         # fetcher (views differ for a moment) answer what they have instead of waiting on each other.
-        fetcher = bool(relays) and relays[0] == own.node_id
-        if not fetcher or requester_dc != own.dc or not request.artifact or self.holders_of is None:
+        if not self.is_fetcher() or requester_dc != own.dc or not request.artifact or self.holders_of is None:
             return False
         holders = [
             h for h in await self.holders_of(request.artifact, request.version) if h != request.node_id

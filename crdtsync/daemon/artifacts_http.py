@@ -131,16 +131,31 @@ class ArtifactRoutes:
             _fail(400, "bad_artifact_request", str(exc))
 
     async def collecting(self, app: web.Application) -> AsyncIterator[None]:
-        """The daemon's collection timer, for the life of the application."""
+        """The daemon's collection and prefetch timers, for the life of the application."""
         config = self.api.config.artifacts
-        task = None
+        tasks = []
         if config.collect_interval_s > 0:
-            task = asyncio.create_task(self._collect_every(config.collect_interval_s, config.collect_grace_s))
+            tasks.append(
+                asyncio.create_task(self._collect_every(config.collect_interval_s, config.collect_grace_s))
+            )
+        if config.prefetch_interval_s > 0:
+            tasks.append(asyncio.create_task(self._prefetch_every(config.prefetch_interval_s)))
         yield
-        if task is not None:
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def _prefetch_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)  # a timer: prefetching is periodic
+            try:
+                fetched = await self.node.artifacts.prefetch()
+            except Exception:
+                log.exception("artifact prefetch failed; it runs again in %.0f s", interval_s)
+                continue
+            for name, version in fetched:
+                log.info("prefetched %s version %s for this datacenter", name, version)
 
     async def _collect_every(self, interval_s: float, grace_s: float) -> None:
         while True:

@@ -50,6 +50,7 @@ def daemons(pool: DaemonPool) -> tuple[Daemon, Daemon]:
             "commit_bytes": 1 << 20,
             "collect_interval_s": 0.2,
             "collect_grace_s": 0.0,
+            "prefetch_interval_s": 0.0,  # the gets here are what fetches (b1 is dc2's fetcher)
         }
         pool.daemons.append(daemon)
         made.append(daemon)

@@ -70,6 +70,19 @@ async def _listed(node: Node, name: str, version: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _agreed_relay(one: Node, other: Node) -> None:
+    """Wait until both dc2 nodes know every member and agree on dc2's relay (its fetcher)."""
+
+    def relays(node: Node) -> tuple[str, ...]:
+        dc2 = [dc.relays for dc in node.status().datacenters if dc.dc == "dc2"]
+        return dc2[0] if dc2 and len(node.status().members) == 2 else ()
+
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while not relays(one) or relays(one) != relays(other):
+        assert asyncio.get_running_loop().time() < deadline, "dc2 never agreed on its relay"
+        await asyncio.sleep(0.05)
+
+
 def _tensors(seed: int) -> dict[str, bytes]:
     rng = random.Random(seed)
     return {f"layer{i}.weight": rng.randbytes(100_000) for i in range(20)}
@@ -141,15 +154,7 @@ async def _refuses_a_tampered_chunk(tmp_path: Path) -> None:
 async def _crosses_the_wan_once(tmp_path: Path) -> None:
     write_safetensors(str(tmp_path / "v1"), _tensors(3))
     async with _nodes(tmp_path, ("dc1", "dc2", "dc2")) as (source, one, other):
-
-        def relays(node: Node) -> tuple[str, ...]:
-            dc2 = [dc.relays for dc in node.status().datacenters if dc.dc == "dc2"]
-            return dc2[0] if dc2 and len(node.status().members) == 2 else ()
-
-        deadline = asyncio.get_running_loop().time() + WAIT_S
-        while not relays(one) or relays(one) != relays(other):
-            assert asyncio.get_running_loop().time() < deadline, "dc2 never agreed on its relay"
-            await asyncio.sleep(0.05)
+        await _agreed_relay(one, other)
         put = await source.artifacts.put("ckpt", str(tmp_path / "v1"))
         await _listed(one, "ckpt", put.version)
         await _listed(other, "ckpt", put.version)
@@ -161,6 +166,28 @@ async def _crosses_the_wan_once(tmp_path: Path) -> None:
         wan = sum(node.artifacts.transfer.counters.bytes_fetched_wan for node in (one, other))
         assert wan == put.bytes_new  # each chunk crossed once: dc2's relay fetched, the other asked it
         assert source.artifacts.transfer.counters.bytes_served == put.bytes_new
+
+
+async def _prefetches(tmp_path: Path) -> None:
+    write_safetensors(str(tmp_path / "v1"), _tensors(4))
+    async with _nodes(tmp_path, ("dc1", "dc2", "dc2")) as (source, one, other):
+        await _agreed_relay(one, other)
+        put = await source.artifacts.put("ckpt", str(tmp_path / "v1"))
+        await _listed(one, "ckpt", put.version)
+        await _listed(other, "ckpt", put.version)
+        prefetched = [await node.artifacts.prefetch() for node in (one, other)]
+        fetcher, follower = (one, other) if prefetched[0] else (other, one)
+        assert sorted(prefetched, key=len) == [[], [("ckpt", put.version)]]  # the fetcher only
+        assert fetcher.artifacts.transfer.counters.bytes_fetched_wan == put.bytes_new
+        assert await fetcher.artifacts.prefetch() == []  # complete in dc2 now: nothing to do
+        await follower.artifacts.get("ckpt", str(tmp_path / "got"))
+        assert _sha(tmp_path / "got") == _sha(tmp_path / "v1")
+        counters = follower.artifacts.transfer.counters
+        assert (counters.bytes_fetched, counters.bytes_fetched_wan) == (put.bytes_new, 0)
+
+
+def test_the_fetcher_prefetches_latest_for_its_datacenter(tmp_path: Path) -> None:
+    asyncio.run(_prefetches(tmp_path))
 
 
 def test_two_nodes_of_a_datacenter_getting_at_once_cross_the_wan_once(tmp_path: Path) -> None:
