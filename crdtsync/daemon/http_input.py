@@ -98,15 +98,27 @@ def parse_json(body: bytes) -> Any:
 
 
 def check_numbers(value: Any, depth: int = 0) -> None:
+    """400 for an integer a Yjs number cannot hold, or nesting deeper than JSON_DEPTH_MAX. Only
+    containers are descended into, and types compared exactly (`json.loads` makes no subclasses, and
+    a bool is not an int here): a batch of 10,000 writes is walked in every value."""
     if depth > JSON_DEPTH_MAX:
         raise ApiError(400, "bad_json", f"JSON nested deeper than {JSON_DEPTH_MAX} levels")
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > JSON_INT_MAX:
+    kind = type(value)
+    if kind is int:
+        _check_int(value)
+        return
+    if kind is not dict and kind is not list:
+        return
+    for item in value.values() if kind is dict else value:
+        item_kind = type(item)
+        if item_kind is dict or item_kind is list:
+            check_numbers(item, depth + 1)
+        elif item_kind is int and not -JSON_INT_MAX <= item <= JSON_INT_MAX:
+            _check_int(item)
+
+
+def _check_int(value: int) -> None:
+    if not -JSON_INT_MAX <= value <= JSON_INT_MAX:
         raise ApiError(
             400, "bad_value", f"integer {value} is beyond ±2^53, which a Yjs number cannot hold exactly"
         )
-    if isinstance(value, dict):
-        for item in value.values():
-            check_numbers(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            check_numbers(item, depth + 1)
