@@ -694,7 +694,9 @@ class JsSteps:
     """A clients.mjs scenario that talks with the test: it prints one JSON line per step and waits
     for the test's lines on stdin (the script exits when one of its own deadlines passes)."""
 
-    def __init__(self, node_js: str, *args: str) -> None:
+    def __init__(self, node_js: str, *args: str, describe: Any = lambda: "") -> None:
+        """`describe()`: what to add to a failure's message (the daemons' logs)."""
+        self.describe = describe
         self.process = subprocess.Popen(
             [node_js, str(JS_DIR / "clients.mjs"), *args],
             cwd=JS_DIR,
@@ -708,7 +710,9 @@ class JsSteps:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         stderr = self.process.stderr
-        assert line, f"clients.mjs ended before {expected!r}: {stderr.read() if stderr else ''}"
+        assert line, (
+            f"clients.mjs ended before {expected!r}: {stderr.read() if stderr else ''}{self.describe()}"
+        )
         reply: dict[str, Any] = json.loads(line)
         assert reply["step"] == expected, reply
         return reply
@@ -771,7 +775,15 @@ def test_js_providers_on_two_datacenters_edit_through_a_kill_of_one_node(
     start_all([east, west])
     wait_until(lambda: east.peers_up() and west.peers_up(), CONVERGE_TIMEOUT_S, "peers up")
     doc_id = "ws/js-kill-dcs"
-    js = JsSteps(node_js, "killed", ws_url(east), ws_url(west), doc_id, str(seed))
+    js = JsSteps(
+        node_js,
+        "killed",
+        ws_url(east),
+        ws_url(west),
+        doc_id,
+        str(seed),
+        describe=lambda: f"\neast's log:\n{east.log_tail()}\nwest's log:\n{west.log_tail()}",
+    )
     try:
         js.step("editing")
         east.kill()
