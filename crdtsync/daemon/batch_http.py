@@ -47,7 +47,8 @@ def _bad(index: int, message: str, code: str = "bad_batch") -> ApiError:
     return ApiError(400, code, f"writes[{index}]: {message}")
 
 
-def _one_write(index: int, write: Any) -> tuple[str, str, Any, bool]:
+def _one_write(index: int, write: Any, seen: Mapping[str, object]) -> tuple[str, str, Any, bool]:
+    """One write checked (its doc id once per batch: `seen` holds the ids already checked)."""
     if not isinstance(write, dict):
         raise _bad(index, 'each write is an object {"doc": ..., "key": ..., "value": ...}')
     unknown = set(write) - WRITE_FIELDS
@@ -57,7 +58,8 @@ def _one_write(index: int, write: Any) -> tuple[str, str, Any, bool]:
     if not isinstance(doc_id, str) or not isinstance(key, str):
         raise _bad(index, '"doc" and "key" are required strings')
     try:
-        check_doc_id(doc_id)
+        if doc_id not in seen:
+            check_doc_id(doc_id)
         check_key(key)
     except ApiError as exc:
         raise _bad(index, exc.message, exc.code) from None
@@ -79,7 +81,7 @@ def parse_batch(body: Any) -> dict[str, list[Write]]:
         raise ApiError(400, "too_many_writes", f"a batch has 1..{BATCH_WRITES_MAX} writes, not {len(writes)}")
     by_doc: dict[str, list[Write]] = {}
     for index, write in enumerate(writes):
-        doc_id, key, value, delete = _one_write(index, write)
+        doc_id, key, value, delete = _one_write(index, write, by_doc)
         if doc_id not in by_doc and len(by_doc) == BATCH_DOCS_MAX:
             raise ApiError(
                 400, "too_many_docs", f"writes[{index}]: a batch writes at most {BATCH_DOCS_MAX} docs"
