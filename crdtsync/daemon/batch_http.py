@@ -23,6 +23,7 @@ from pycrdt import Doc, Map
 from crdtsync.consistency import CausalToken, TokenTooLargeError, doc_state
 from crdtsync.daemon import causal_http
 from crdtsync.daemon.http_input import ApiError, check_doc_id, check_key, json_response, parse_json
+from crdtsync.store import StoreCommitError
 
 if TYPE_CHECKING:
     from crdtsync.daemon.http import Api
@@ -99,6 +100,7 @@ class BatchRoute:
         session = causal_http.session_token(request)
         want_token = _flag(request, "token")
         by_doc = parse_batch(parse_json(await request.read()))
+        self.api.store_guard.check()  # refused before anything is applied while the store fails
         docs: dict[str, Doc[Any]] = {}
         try:
             for doc_id in by_doc:
@@ -115,7 +117,10 @@ class BatchRoute:
                         elif key in data:
                             del data[key]
                             deleted += 1
-            await self.node.flush()
+            try:
+                await self.node.flush()
+            except StoreCommitError as exc:  # applied, retried, but not durable: not acknowledged
+                raise self.api.store_guard.refusal(exc) from None
             answer: dict[str, Any] = {"docs": len(by_doc), "set": set_keys, "deleted": deleted}
             if want_token or session is not None:
                 answer.update(_token(docs, session))

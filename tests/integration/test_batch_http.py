@@ -12,6 +12,7 @@ import pytest
 from daemon_support import CONVERGE_TIMEOUT_S, Daemon, DaemonPool, describe, same_everywhere, wait_until
 
 from crdtsync.daemon.batch_http import BATCH_DOCS_MAX, BATCH_WRITES_MAX
+from crdtsync.testing.diskfaults import io_errors
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +122,20 @@ def test_a_bad_token_flag_is_refused(pair: list[Daemon]) -> None:
     answer = batch(pair[0], {"writes": [set_write("x/a", "k", 1)]}, token="yes")
     assert answer.status_code == 400 and answer.json()["error"]["code"] == "bad_parameter", answer.text
     assert pair[0].client.get("/v1/docs/x/a").status_code == 404
+
+
+def test_a_batch_the_store_cannot_commit_is_refused_not_acknowledged(pool: DaemonPool) -> None:
+    daemon = pool.new("faulty")
+    daemon.start()
+    daemon.wait_healthy()
+    assert batch(daemon, {"writes": [set_write("disk/b", "before", 1)]}).status_code == 200
+    io_errors(daemon.pid)  # every write of the store fails (RLIMIT_FSIZE on the running daemon)
+    failed = batch(daemon, {"writes": [set_write("disk/b", "during", 2)]})
+    assert failed.status_code == 503 and failed.json()["error"]["code"] == "store_unavailable", failed.text
+    at_once = batch(daemon, {"writes": [set_write("disk/b", "refused", 3)]})
+    assert at_once.status_code == 503 and at_once.json()["error"]["code"] == "store_unavailable", at_once.text
+    io_errors(daemon.pid, False)
+    wait_until(lambda: daemon.client.get("/health").status_code == 200, CONVERGE_TIMEOUT_S, lambda: "ready")
+    assert batch(daemon, {"writes": [set_write("disk/b", "after", 4)]}).status_code == 200
+    data = daemon.data("disk/b") or {}
+    assert data.get("before") == 1 and data.get("after") == 4 and "refused" not in data, data
