@@ -87,6 +87,9 @@ HELD_UPDATES_MAX = 1024
 """Updates lacking dependencies that a connection may send before its sync step 2 (edits made while
 its provider reconnects: they depend on offline edits that the step 2 brings), held until it comes;
 one more closes the connection with 4409."""
+HELD_BYTES_MAX = 256 << 20
+"""Bytes of such updates held on the node, all connections together: one more update to hold closes
+its connection with 4409 (each connection may also hold `receive_bytes_max`)."""
 LINGER_S = 30.0
 """How long a doc stays open (pinned, observed) after its last connection closed: a provider that
 reconnects within it (a network blip, a page reload) finds it loaded."""
@@ -209,6 +212,7 @@ class WebSockets:
         config: WebSocketConfig = WebSocketConfig(),  # frozen: one shared default is safe
         *,
         awareness_timeout_s: float = AWARENESS_TIMEOUT_S,
+        held_bytes_max: int = HELD_BYTES_MAX,
     ) -> None:
         self.node = node
         self.frame_bytes_max = config.frame_bytes_max
@@ -220,6 +224,9 @@ class WebSockets:
         self.close_timeout_s = config.close_timeout_s
         self.compress = config.compress
         self.awareness_timeout_s = awareness_timeout_s
+        self.held_bytes_max = held_bytes_max
+        self.held_bytes = 0
+        """Bytes of updates held for their connections' sync step 2, all connections together."""
         self._expiry: asyncio.Task[None] | None = None
         self._closing = False
         self.rooms: dict[str, Room] = {}
@@ -258,6 +265,7 @@ class WebSockets:
             await self._serve(room, conn)
         finally:
             self.connections -= 1
+            self._drop_held(conn)
             if room is not None:
                 self._leave(room, conn)
             conn.close_soon(CLOSE_NORMAL, "")
@@ -435,9 +443,11 @@ class WebSockets:
             not conn.step2_received
             and len(conn.held) < HELD_UPDATES_MAX
             and conn.held_bytes + len(update) <= self.receive_bytes_max
+            and self.held_bytes + len(update) <= self.held_bytes_max
         ):
             conn.held.append(update)
             conn.held_bytes += len(update)
+            self.held_bytes += len(update)
             self.counters["updates_held"] += 1
             return
         # pycrdt would hold it until its dependencies arrive, and 0.14 can stay stuck then: refuse it,
@@ -447,11 +457,18 @@ class WebSockets:
         self._warn("resync", "an update to %s lacks dependencies: the client must resync", room.doc_id)
         conn.close_soon(CLOSE_RESYNC, "update lacks dependencies this node does not hold; resync")
 
+    def _drop_held(self, conn: Connection) -> list[bytes]:
+        """The connection's held updates, no longer counted as held."""
+        held, conn.held = conn.held, []
+        self.held_bytes -= conn.held_bytes
+        conn.held_bytes = 0
+        return held
+
     async def _step2_received(self, room: Room, conn: Connection) -> None:
         """The client's answer to the node's step 1 is applied: apply the updates held for it (one
         still lacking its dependencies closes the connection with 4409)."""
         conn.step2_received = True
-        held, conn.held, conn.held_bytes = conn.held, [], 0
+        held = self._drop_held(conn)
         for update in held:
             if conn.close_code is not None:
                 return

@@ -470,7 +470,11 @@ def test_js_clients_on_two_datacenters_see_each_others_awareness(nodes: list[Dae
 
 @contextlib.asynccontextmanager
 async def in_process(
-    awareness_timeout_s: float, node_id: str = "ws", listen: str | None = None, peers: tuple[str, ...] = ()
+    awareness_timeout_s: float,
+    node_id: str = "ws",
+    listen: str | None = None,
+    peers: tuple[str, ...] = (),
+    held_bytes_max: int = 1 << 20,
 ) -> AsyncIterator[tuple[Node, WebSockets, int]]:
     """A node with the WebSocket endpoint on a free port of 127.0.0.1, in this process (for a timeout
     that is not configurable: y-protocols' awareness timeout)."""
@@ -478,7 +482,7 @@ async def in_process(
 
     node = Node(NodeConfig(node_id=node_id, listen=listen or free_endpoint(), peers=list(peers)))
     await node.start()
-    sockets = WebSockets(node, awareness_timeout_s=awareness_timeout_s)
+    sockets = WebSockets(node, awareness_timeout_s=awareness_timeout_s, held_bytes_max=held_bytes_max)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         return await sockets.handle(request, request.match_info["doc"], writable=True)
@@ -571,6 +575,42 @@ def test_the_first_client_of_a_doc_on_a_node_sees_the_others_awareness_at_once()
                     await two.until(
                         lambda: any(b"twelve" in u for u in two.awareness), "12's state", timeout_s=5
                     )
+
+    run(scenario())
+
+
+async def until(predicate: Any, what: str) -> None:
+    """Return once `predicate()` holds (an in-process node's state), checked every 10 ms."""
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_updates_held_for_step_2_are_bounded_on_the_node() -> None:
+    """Updates held for their connections' step 2 take at most `held_bytes_max` of the node, all
+    connections together: beyond, the update is refused with 4409 at once."""
+    source: Doc[Any] = Doc()
+    text = source.get("text", type=Text)
+    text.insert(0, "offline ")
+    before = source.get_state()
+    text.insert(8, "x" * 200)
+    later = source.get_update(before)  # over 200 bytes, lacking "offline "
+
+    async def scenario() -> None:
+        async with (
+            in_process(awareness_timeout_s=30.0, held_bytes_max=len(later) + 10) as (_, sockets, port),
+            aiohttp.ClientSession() as session,
+        ):
+            url = f"ws://127.0.0.1:{port}/v1/ws/held-bound"
+            async with session.ws_connect(url) as first_ws, session.ws_connect(url) as second_ws:
+                await first_ws.send_bytes(create_update_message(later))  # held: within the bound
+                await until(lambda: sockets.held_bytes == len(later), "the first update held")
+                await second_ws.send_bytes(create_update_message(later))  # the node holds too much
+                assert await Client(second_ws).closed() == 4409
+                assert sockets.held_bytes == len(later) and sockets.counters["updates_held"] == 1
+            # The first connection closed: what it held is no longer counted.
+            await until(lambda: sockets.held_bytes == 0, "the held bytes released")
 
     run(scenario())
 
