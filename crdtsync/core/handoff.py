@@ -6,8 +6,10 @@ copy), a membership change moves its partition away, or a relay steps down. Such
 every `handoff_interval_ms` each is offered (`HandoffOffer`) to its nearest alive holder, a placement
 replica of this datacenter first, then a relay of it, then (on a relay) a holder elsewhere. An offer
 carries the offerer's state vector and `get_update` against the state the holder last acknowledged
-(the whole doc at first): the missing structs and the whole delete set, so the holder ends up with
-everything the offerer has, deletions included.
+(at first, before any answer, against the offerer's own state: a probe with the delete set and no
+content, since the writer's published deltas have usually reached the holder already): the missing
+structs and the whole delete set, so the holder ends up with everything the offerer has, deletions
+included.
 
 The holder applies the update when its state covers the update's dependencies (so pycrdt never
 holds part of it pending), and answers per doc (`HandoffAck`): covered, not covered (with its state
@@ -49,8 +51,10 @@ class Handing:
 
     target: str | None = None
     """The node offered to; a new target starts over."""
-    target_state: bytes = EMPTY_STATE
-    """The target's state vector as its last answer gave it: the next offer is computed against it."""
+    target_state: bytes | None = None
+    """The target's state vector as its last answer gave it: the next offer is computed against it.
+    None until it answers: the first offer is a probe, computed against this node's own state, so it
+    carries the delete set and no content (the writer's deltas usually reached the holder already)."""
     next_offer_ms: float = 0.0
     offered_writes: int = 0
     """The doc's `local_writes` when the last offer was built."""
@@ -210,7 +214,7 @@ class Handoff:
                 handing.awaiting = node_id
                 self.in_flight[node_id] = self.in_flight.get(node_id, 0) + 1
             if node_id != handing.target:
-                handing.target, handing.target_state, handing.confirmed_ms = node_id, EMPTY_STATE, None
+                handing.target, handing.target_state, handing.confirmed_ms = node_id, None, None
             # Not answered within a few passes (lost, or the target is gone): offered again.
             handing.next_offer_ms = ctx.now_ms + 3 * config.handoff_interval_ms
             docs_budget -= 1
@@ -262,7 +266,8 @@ class Handoff:
 
     def _offer(self, entry: DocEntry, handing: Handing) -> tuple[str, bytes, bytes]:
         handing.offered_writes = entry.local_writes
-        update = self._docs.doc(entry).get_update(handing.target_state)
+        against = entry.state_bytes if handing.target_state is None else handing.target_state
+        update = self._docs.doc(entry).get_update(against)
         self._ctx.counters.handoff_offers_sent += 1
         return entry.doc_id, entry.state_bytes, update
 

@@ -127,7 +127,8 @@ class Links:
             self._followed.pop(bucket, None)
         if (count > 0) != (count - pins > 0):
             self._follow_version += 1
-            if self._holding.partitioned:
+            held = self._holding.buckets_held()
+            if held is not None and bucket not in held:  # a held bucket is subscribed to already
                 self.sync_subscriptions()
 
     def sync_subscriptions_on_view_change(self) -> None:

@@ -73,7 +73,7 @@ PARTITIONS_MAX = 65536
 ReplicationFactor = int | Literal["all"] | Mapping[str, int]
 """Replicas of each doc: the same number in every datacenter, every node of every datacenter, or a
 number per datacenter (datacenters not named hold none)."""
-RF_DEFAULT: ReplicationFactor = "all"
+RF_DEFAULT: ReplicationFactor = 3
 """Every node holds every doc unless a rule says otherwise: a node that is not a replica cannot yet
 forward reads to one, so narrower defaults are opt-in (see docs/placement.md)."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crdtsync.core.membership import MembershipConfig
-from crdtsync.core.placement import PlacementPolicy
+from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.core.replica import ReplicaConfig
 
 FAULTS = ("loss", "dup", "reorder", "delay", "partition", "crash", "churn")
@@ -60,8 +60,10 @@ class SimConfig:
     seed_only: bool = False
     """Configure every node with node 0 as its only peer: the rest is learned by gossip."""
     membership: MembershipConfig = field(default_factory=MembershipConfig)
-    placement: PlacementPolicy = field(default_factory=PlacementPolicy)
-    """Which nodes hold which doc; the default ("all") gives every node every doc. With a narrower
+    placement: PlacementPolicy = field(default_factory=lambda: PlacementPolicy((PlacementRule("all"),)))
+    """Which nodes hold which doc; the simulator's default ("all", not the cluster default of 3 per
+    datacenter) gives every node every doc, so that the replication protocol alone is under test
+    unless a campaign asks for placement (`--rf`). With a narrower
     rule the invariants follow it: every holder of a doc has it, equal, and no node keeps a doc it
     does not hold (once handed off; keep `replica.handoff_grace_ms` well under `settle_ms_max`)."""
 

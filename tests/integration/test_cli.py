@@ -111,16 +111,16 @@ def test_placement_shows_a_docs_replicas_and_the_partitions_per_node(node: Daemo
     assert (body["doc"], body["partition"], body["rf"], body["prefix"]) == (
         "cli/a",
         partition_of("cli/a"),
-        "all",
+        3,  # the default rule: 3 replicas per datacenter
         None,
     )
     assert body["replicas"] == {"test-dc": [{"node_id": "cli", "state": "alive"}]}
     result = run("placement", "cli/a", "--url", node.url)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == f"doc cli/a: partition {partition_of('cli/a')}, rf all (the default rule)"
+    assert lines[0] == f"doc cli/a: partition {partition_of('cli/a')}, rf 3 (the default rule)"
     assert lines[2].split() == ["test-dc", "cli", "(alive)"]
-    assert lines[-1] == 'note: rf "all": every node holds every doc'
+    assert lines[-1] == lines[2]  # no note: only rf "all" says every node holds every doc
 
     result = run("placement", "--url", node.url, "--json")
     assert result.exit_code == 0, result.output

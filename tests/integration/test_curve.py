@@ -18,6 +18,7 @@ from crdtsync.core import wire
 from crdtsync.core.placement import PLACEMENT_VERSION
 from crdtsync.transport.curve import read_key_file, write_key_file
 from crdtsync.transport.endpoint import parse_endpoint
+from crdtsync.transport.zmq_transport import topic
 
 pytestmark = pytest.mark.integration
 
@@ -264,7 +265,8 @@ def test_an_allowed_publisher_cannot_publish_as_another_node(tmp_path: Path) -> 
                     written: Doc[Any] = Doc()
                     written.get("data", type=Map)["on"] = value
                     delta = wire.Delta(doc_id, b"\x00", written.get_state(), written.get_update())
-                    return [b"crdtsync.v1.wan", wire.encode(wire.Deltas(node_id, 1, 1, (delta,)))]
+                    common = topic(dc_only=False, bucket=None)
+                    return [common, wire.encode(wire.Deltas(node_id, 1, 1, (delta,)))]
 
                 def published_both() -> bool:
                     # PUB drops frames until the subscription is up: publish until both have landed.

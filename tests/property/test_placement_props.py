@@ -101,7 +101,7 @@ def test_rules_match_by_first_prefix_then_default() -> None:
     assert [len(ids) for ids in replicas("checkpoints/a", policy, candidates).values()] == [2, 0]
     assert [len(ids) for ids in replicas("models/a", policy, candidates).values()] == [3, 3]
     assert [len(ids) for ids in replicas("flags/a", policy, candidates).values()] == [1, 1]
-    assert PlacementPolicy().rule_for("anything").rf == "all"
+    assert PlacementPolicy().rule_for("anything").rf == 3  # the default: 3 replicas per datacenter
 
 
 @pytest.mark.parametrize(

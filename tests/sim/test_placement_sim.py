@@ -84,7 +84,9 @@ def test_deltas_reach_only_the_subscribers_of_their_bucket() -> None:
     config = _config(11, faults=frozenset())
     partitioned = SimCluster(config)
     _check(partitioned.run())
-    everywhere = SimCluster(_config(11, faults=frozenset(), placement=PlacementPolicy((PlacementRule("all"),))))
+    everywhere = SimCluster(
+        _config(11, faults=frozenset(), placement=PlacementPolicy((PlacementRule("all"),)))
+    )
     _check(everywhere.run())
     replicas = [node.replica for node in partitioned.nodes]
     assert all(r is not None and r.counters.seqs_not_subscribed > 0 for r in replicas)

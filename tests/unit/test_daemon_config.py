@@ -338,9 +338,9 @@ def test_placement_rules_and_partitions_load_in_order(tmp_path: Path) -> None:
     assert policy.rule_for("models/llama").rf == "all" and policy.rule_for("flags/x").rf == 2
 
 
-def test_without_placement_every_node_holds_every_doc(tmp_path: Path) -> None:
+def test_without_placement_docs_have_three_replicas_in_every_datacenter(tmp_path: Path) -> None:
     policy = load(tmp_path, 'node_id = "n"\n').node.placement
-    assert (policy.partitions, policy.rules, policy.default.rf) == (4096, (), "all")
+    assert (policy.partitions, policy.rules, policy.default.rf) == (4096, (), 3)
 
 
 @pytest.mark.parametrize(
