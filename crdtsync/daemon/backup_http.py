@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import sqlite3
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -20,6 +22,10 @@ if TYPE_CHECKING:
     from crdtsync.daemon.http import Api
 
 RESTORE_BYTES_MAX = 1 << 30
+TRANSFERS_DIR = "transfers"
+"""Under the data dir: the copies a backup streams out and the uploads a restore merges. A daemon
+killed in the middle of either leaves its file there, and the next start removes it (the data dir
+is this daemon's alone: the store locks it), where the system's temp dir kept it forever."""
 
 
 def register(app: web.Application, api: Api) -> None:
@@ -32,9 +38,17 @@ def register(app: web.Application, api: Api) -> None:
 class BackupRoutes:
     def __init__(self, api: Api) -> None:
         self.api = api
+        data_dir = api.config.node.data_dir
+        self.transfers: str | None = None
+        """Where transfers are spooled (None without a data dir: the system's temp dir)."""
+        if data_dir is not None:
+            transfers = Path(data_dir) / TRANSFERS_DIR
+            shutil.rmtree(transfers, ignore_errors=True)  # what a killed daemon left
+            transfers.mkdir(parents=True, exist_ok=True)
+            self.transfers = str(transfers)
 
     async def backup(self, request: web.Request) -> web.StreamResponse:
-        handle, path = tempfile.mkstemp(prefix="crdtsync-backup-", suffix=".db")
+        handle, path = tempfile.mkstemp(prefix="backup-", suffix=".db", dir=self.transfers)
         os.close(handle)
         os.unlink(path)
         try:
@@ -58,7 +72,7 @@ class BackupRoutes:
                     os.unlink(leftover)
 
     async def restore(self, request: web.Request) -> web.Response:
-        handle, path = tempfile.mkstemp(prefix="crdtsync-restore-", suffix=".db")
+        handle, path = tempfile.mkstemp(prefix="restore-", suffix=".db", dir=self.transfers)
         try:
             size = 0
             with os.fdopen(handle, "wb") as target:

@@ -20,6 +20,7 @@ import httpx
 import pytest
 from pycrdt import Doc, Map
 
+from crdtsync.daemon.backup_http import TRANSFERS_DIR
 from crdtsync.store.sqlite import SqliteStore, StoreError, check_backup_file
 from crdtsync.testing.cluster import LocalCluster, LocalDaemon, wait_until
 
@@ -172,8 +173,11 @@ def test_kill_9_of_the_daemon_during_a_backup_leaves_no_backup_file_and_loses_no
     assert backup.returncode == 1, stderr
     assert "nothing was written" in stderr, stderr
     assert not out.exists() and not partial.exists()
+    transfers = Path(cluster["n1"].data_dir) / TRANSFERS_DIR
+    assert list(transfers.iterdir()), "the killed daemon's copy of the store is not where it was spooled"
     cluster.restart("n1")
     cluster.wait_healthy(["n1"])
+    assert list(transfers.iterdir()) == [], "the restart left the killed backup's copy behind"
     assert_holds(cluster, "n1", "big", written)
 
 
@@ -242,6 +246,7 @@ def test_kill_9_during_a_restore_leaves_a_store_that_opens_with_every_acknowledg
         )
         cluster.restart("n2")
         cluster.wait_healthy(["n2"])
+        assert list((Path(cluster["n2"].data_dir) / TRANSFERS_DIR).iterdir()) == []
         assert_holds(cluster, "n2", "own", own)
     assert cut_short >= 1, "every restore finished before its kill: shorten the delays"
     final = cluster.client.post(f"{cluster['n2'].url}/v1/restore", content=body, timeout=TIMEOUT_S)
