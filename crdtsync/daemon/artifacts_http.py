@@ -141,10 +141,10 @@ class ArtifactRoutes:
         if config.prefetch_interval_s > 0:
             tasks.append(asyncio.create_task(self._prefetch_every(config.prefetch_interval_s)))
         yield
-        # Cancelled, not awaited: awaiting them here held the daemon's stop forever in the chaos
-        # test (six daemons, SIGTERM together; cause not found yet), and they hold nothing to release.
         for task in tasks:
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _prefetch_every(self, interval_s: float) -> None:
         while True:
