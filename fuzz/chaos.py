@@ -56,8 +56,12 @@ FAST_REPLICATION: dict[str, int] = {
     "tick_interval_ms": 20,
     "ae_interval_ms": 500,
     "heartbeat_interval_ms": 300,
+    "leave_drain_ms": 3000,
 }
-"""Short replication timers (the integration tests' daemons use them too)."""
+"""Short replication timers (the integration tests' daemons use them too). A SIGTERM'd node hands
+its docs over for at most leave_drain_ms (placement narrower than "all", the default since rf 3):
+at the end every node stops at once, none is left to take them, and each would wait the default
+30 s, past STOP_TIMEOUT_S."""
 FAST_MEMBERSHIP: dict[str, int] = {
     "gossip_interval_ms": 300,
     "acceptable_pause_ms": 300,
