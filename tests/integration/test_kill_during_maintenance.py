@@ -125,7 +125,10 @@ def test_kill_9_during_compaction_leaves_a_store_that_opens_with_every_acknowled
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster[LocalDaemon]]:
-    with LocalCluster.named(str(tmp_path), ["n1", "n2"], note="test_kill_during_maintenance") as made:
+    # Each its own cluster: a stop hands no docs to the other (rf 3 by default would drain for 30 s).
+    with LocalCluster.named(
+        str(tmp_path), ["n1", "n2"], note="test_kill_during_maintenance", seeds=[]
+    ) as made:
         yield made
 
 
