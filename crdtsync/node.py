@@ -347,7 +347,7 @@ class Node:
         # Under placement, a leaving node first hands its docs to those who hold them without it.
         waits = self._holder_waits
         leave = self.config.leave_on_close
-        if leave and self._replica.placement_enforced and waits is not None and not await waits.drain():
+        if leave and self._replica.leave_hands_off and waits is not None and not await waits.drain():
             hinted = self._replica.status(_now_ms()).hinted_docs
             log.warning("leaving with %d docs not handed over (leave_drain_ms ran out)", hinted)
         self._replica.checkpoint()

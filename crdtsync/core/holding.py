@@ -93,9 +93,12 @@ class Holding:
         for candidate in candidates:
             self._by_dc.setdefault(candidate.dc, []).append(candidate)
             self._dc_of[candidate.node_id] = candidate.dc
+        # Some node holds only part of the docs: a datacenter with more members than a rule's
+        # replicas, one of them not a relay (relays hold every doc).
         self._partitioned = self.enforced and any(
             (count := rule.replicas_in(dc)) is not None
-            and count < sum(1 for member in members if member.node_id not in self._full)
+            and count < len(members)
+            and any(member.node_id not in self._full for member in members)
             for rule in self._rules
             for dc, members in self._by_dc.items()
         )

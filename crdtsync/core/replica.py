@@ -491,6 +491,13 @@ class Replica:
         """Whether any placement rule is narrower than "all" (otherwise every node holds every doc)."""
         return self._holding.enforced
 
+    @property
+    def leave_hands_off(self) -> bool:
+        """Whether a leave must first hand this node's docs over (`drain`): some member holds only
+        part of the docs. Otherwise every other node holds every doc already (no more nodes in any
+        datacenter than its replicas), as with rf "all", and a leave goes at once."""
+        return self._holding.partitioned
+
     def holds(self, doc_id: str) -> bool:
         """Whether this node holds `doc_id` by placement (a replica, or a relay of a cluster that
         spans datacenters), as its member table says now."""

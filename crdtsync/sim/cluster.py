@@ -485,7 +485,7 @@ class SimCluster:
         node = self.nodes[index]
         alive = sum(1 for other in self.nodes if other.replica is not None)
         if node.replica is not None and alive > 1:
-            if node.replica.placement_enforced:
+            if node.replica.leave_hands_off:
                 node.replica.drain(self.now_ms)
                 self._pump(node)
                 self._schedule(

@@ -97,6 +97,25 @@ def test_deltas_reach_only_the_subscribers_of_their_bucket() -> None:
     assert sum(received) < 0.75 * sum(received_all)
 
 
+def test_relays_republish_by_bucket_into_their_datacenter() -> None:
+    """Two datacenters of 3, rf 2: relays hold every doc; the other nodes of each datacenter take
+    only their buckets, of their datacenter's publishers and of what the relay republishes."""
+    cluster = SimCluster(_config(7, faults=frozenset(), nodes=6, datacenters=2))
+    _check(cluster.run())
+    replicas = [node.replica for node in cluster.nodes if node.replica is not None]
+    relays = {r.dc: r for r in replicas if r.membership.is_relay()}
+    assert set(relays) == {"dc0", "dc1"}
+    for replica in replicas:
+        if replica is relays[replica.dc]:
+            continue
+        counters = replica.counters
+        print(
+            f"{replica.node_id}: relayed in {counters.deltas_relayed_in} of {relays[replica.dc].counters.deltas_relayed_out}"
+        )
+        assert counters.seqs_not_subscribed > 0
+        assert counters.deltas_relayed_in < relays[replica.dc].counters.deltas_relayed_out
+
+
 def test_a_join_and_a_leave_move_docs_to_their_new_holders() -> None:
     for seed in _seeds(41, 43):
         cluster = SimCluster(_config(seed, faults=frozenset({"loss", "reorder"})))
