@@ -93,6 +93,12 @@ class AntiEntropy:
         if config.ae_wan_interval_ms > 0 and now_ms >= self._next_wan_ms:
             self._next_wan_ms = now_ms + ctx.jittered(config.ae_wan_interval_ms)
             remote = self._links.alive(dc="other")
+            if self._holding.enforced:
+                # Under placement only relays hold every doc: a round with a remote relay compares
+                # them all, a round with another remote node only the buckets both hold.
+                holding = self._holding
+                relays = [link for link in remote if link.node_id and holding.holds_everything(link.node_id)]
+                remote = relays or remote
             if self._links.is_relay:
                 self._queue_turn(remote)
         self._run_wanted()
