@@ -275,6 +275,22 @@ def test_a_doc_larger_than_a_frame_syncs_in_several_messages(nodes: list[Daemon]
     assert run_js(node_js, "fetch", ws_url(east), doc_id, WRITE) == {"sizes": sizes}
 
 
+def test_a_50_mb_doc_syncs_to_a_fresh_npm_provider(pool: DaemonPool, node_js: str) -> None:
+    """The issue's case: 50 MB that a y-websocket provider receives as ~50 messages of 1 MiB (on a
+    daemon of its own that takes the doc in one request)."""
+    daemon = pool.new("large", http={"body_bytes_max": 60 << 20})
+    start_all([daemon])
+    doc_id = "ws/50mb"
+    sizes = {f"k{n:02}": 1_000_000 + n for n in range(50)}
+    started = time.monotonic()
+    patch = {key: "y" * size for key, size in sizes.items()}
+    assert daemon.client.patch(f"/v1/docs/{doc_id}", json=patch).is_success
+    written = time.monotonic()
+    assert run_js(node_js, "fetch", ws_url(daemon), doc_id, "") == {"sizes": sizes}
+    print(f"50 MB: written in {written - started:.1f} s, synced in {time.monotonic() - written:.1f} s")
+    daemon.kill()
+
+
 def test_a_read_token_gets_a_read_only_connection(nodes: list[Daemon]) -> None:
     east, _ = nodes
     east.put("ws/readonly", "k", 1)
