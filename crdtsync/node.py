@@ -586,6 +586,7 @@ class Node:
 
     def _on_frame(self, frame: bytes, sender_key: str | None) -> None:
         if not self._closed:
+            self._replica.store_failing = self._writer is not None and self._writer.failing is not None
             self._replica.receive(frame, _now_ms(), sender_key=sender_key)
             if self._holder_waits is not None:
                 self._holder_waits.wake()

@@ -51,6 +51,8 @@ class Counters:
     frames_dropped_rate: int = 0
     frames_dropped_quarantined: int = 0
     frames_dropped_identity: int = 0
+    frames_dropped_store_failing: int = 0
+    """Frames with doc content received while the store could not commit (`Replica.store_failing`)."""
     peers_quarantined: int = 0
     docs_quarantined: int = 0
     updates_rejected: int = 0

@@ -70,6 +70,9 @@ __all__ = ["DocNotLoadedError", "Replica", "ReplicaConfig"]
 
 log = logging.getLogger("crdtsync.replica")
 
+_CONTENT_MESSAGES = (wire.Deltas, wire.Relayed, wire.SyncResponse, wire.SyncPush, wire.HandoffOffer)
+"""Messages that carry doc content to apply (and then persist)."""
+
 
 def _check_identity(node_id: str, client_id: int, dc: str, zone: str, weight: float) -> None:
     if not node_id or len(node_id.encode()) > wire.NODE_ID_BYTES_MAX:
@@ -156,6 +159,9 @@ class Replica:
         )
         self._ephemeral = EphemeralChannel(ctx, self._links, self.membership)
         self._last_tick_ms = 0.0
+        self.store_failing = False
+        """Set by the driver while its store cannot commit: content from peers is refused (counted in
+        `frames_dropped_store_failing`), so that nothing waits in memory without a bound."""
         self._cluster_placement: tuple[tuple[Candidate, ...], ClusterPlacement] | None = None
 
     @property
@@ -319,6 +325,11 @@ class Replica:
         if not self._guard.admit(message.node_id):
             return
         if sender_key is not None and not self._guard.identity_matches(message.node_id, sender_key):
+            return
+        if self.store_failing and isinstance(message, _CONTENT_MESSAGES):
+            # Applied content waits in memory for a commit that cannot happen: refuse it, and let
+            # retransmission and anti-entropy bring it again once the store commits.
+            ctx.counters.frames_dropped_store_failing += 1
             return
         sender_dc = self.membership.dc_of(message.node_id)
         if sender_dc is not None and sender_dc != ctx.dc:

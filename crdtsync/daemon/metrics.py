@@ -78,6 +78,12 @@ _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...
     ),
     (lambda c: c.frames_dropped_identity, "frames_dropped", _FRAMES_DROPPED_HELP, {"reason": "identity"}),
     (
+        lambda c: c.frames_dropped_store_failing,
+        "frames_dropped",
+        _FRAMES_DROPPED_HELP,
+        {"reason": "store_failing"},
+    ),
+    (
         lambda c: c.peers_quarantined,
         "peers_quarantined",
         "Senders quarantined (every frame ignored for quarantine_ms) after too many rejected updates.",

@@ -372,6 +372,21 @@ def test_dropped_deltas_frame_is_retransmitted_from_the_ring(detected_by: str) -
     assert [p.behind_updates for p in b.status(mesh.now_ms).peers] == [0]
 
 
+def test_content_received_while_the_store_fails_is_refused_and_comes_again_once_it_commits() -> None:
+    """Nothing waits in memory for a store that cannot commit: b refuses a's deltas while its store
+    fails (counted), and gets them by retransmission once it commits again."""
+    mesh, a, b = _pair()
+    b.store_failing = True
+    a.open_doc("doc").get("data", type=Map)["first"] = 1
+    mesh.pump()
+    assert not b.has_doc("doc")
+    assert _count(b, "frames_dropped_store_failing") >= 1
+    b.store_failing = False
+    mesh.advance(a.config.heartbeat_interval_ms + 50.0)
+    assert _count(b, "retransmit_requests") >= 1
+    _assert_converged([a, b], ["doc"])
+
+
 def test_gap_older_than_the_ring_is_answered_gone_and_repaired_by_anti_entropy() -> None:
     mesh = Mesh()
     a, b = mesh.add("a", config=ReplicaConfig(ring_deltas_max=2)), mesh.add("b")
