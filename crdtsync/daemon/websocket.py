@@ -5,11 +5,11 @@ The protocol is y-protocols' (crdtsync/daemon/websocket_protocol.py reads it); p
 build the messages.
 
 One `Room` per doc with connections on this node: the doc is opened (pinned) once for the room and
-released `linger_s` (30 s) after its last connection left; it has ONE doc observer, unobserved then
-too (an observer keeps a Doc alive). The observer sends every change that did not come from a client of the room
-(replication, HTTP writes) to every connection as a sync update. A client's update is applied to the
-node's doc (the node replicates it like any local write), made durable with `node.flush()`, and only
-then sent to the room's other connections, never back to its sender.
+released `linger_s` (30 s) after its last connection left; its ONE doc observer (unobserved then)
+sends every change not from a client of the room (replication, HTTP) to every connection. A client's
+update is applied (and replicated like any local write), made durable with `node.flush()`, and only
+then sent to the room's other connections, never back to its sender; while the store cannot commit,
+updates are refused before they are applied (close 1013: the client keeps them and retries).
 
 A sync step 1 is answered with what the client lacks; over a frame (1 MiB), as sync updates of about
 a frame each that integrate in order and a last step 2 (`crdtsync.core.update_split`), so that a
@@ -25,7 +25,7 @@ frames over `receive_bytes_max` (1009, by aiohttp), text frames (1003), malforme
 update lacking dependencies that its sync step 2 did not bring (4409, before pycrdt sees it: the
 provider reconnects and resends what the node lacks in its next step 2; until the step 2, such
 updates are held). A read-only connection (read token) gets the doc and its changes and may send
-awareness; its step 2 and updates are ignored and counted, and the connection stays open.
+awareness; its step 2 and updates are ignored and counted.
 """
 
 from __future__ import annotations
@@ -65,24 +65,22 @@ from crdtsync.daemon.websocket_protocol import (
     varuint,
 )
 from crdtsync.node import Node
+from crdtsync.store.base import StoreCommitError
 
 log = logging.getLogger("crdtsync.websocket")
 
 PATH_PREFIX = "/v1/ws/"
-
+# The defaults of `WebSocketConfig` (documented there).
 FRAME_BYTES_MAX = 1 << 20
-"""Largest message the node sends (a large sync answer goes in several)."""
 RECEIVE_BYTES_MAX = 16 << 20
 """Largest incoming frame; a larger one closes the connection with 1009. Larger than the frames the
 node sends: a client's sync step 2 carries all its offline edits, and a client refused it on every
 reconnect could never sync."""
 SEND_QUEUE_MAX = 1024
-"""Messages waiting to be sent on one connection; one more closes it with 4008."""
 SEND_QUEUE_BYTES_MAX = 64 << 20
 """Bytes waiting to be sent on one connection (a single message larger than this still goes out
 alone, e.g. the sync step 2 of a large doc); more closes it with 4008."""
 CONNECTIONS_MAX = 10_000
-"""Open WebSocket connections per node; more are refused with 503 before the upgrade."""
 HELD_UPDATES_MAX = 1024
 """Updates lacking dependencies that a connection may send before its sync step 2 (edits made while
 its provider reconnects: they depend on offline edits that the step 2 brings), held until it comes;
@@ -91,11 +89,7 @@ HELD_BYTES_MAX = 256 << 20
 """Bytes of such updates held on the node, all connections together: one more update to hold closes
 its connection with 4409 (each connection may also hold `receive_bytes_max`)."""
 LINGER_S = 30.0
-"""How long a doc stays open (pinned, observed) after its last connection closed: a provider that
-reconnects within it (a network blip, a page reload) finds it loaded."""
 CLOSE_TIMEOUT_S = 5.0
-"""How long a closing connection may take to complete the close handshake before its TCP connection
-is dropped (a client that stopped reading never takes the close frame)."""
 LOG_INTERVAL_S = 1.0
 
 CLOSE_NORMAL = 1000
@@ -103,6 +97,7 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_UNSUPPORTED = 1003
 CLOSE_TOO_LARGE = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
 CLOSE_SLOW = 4008
 CLOSE_MALFORMED = 4400
 CLOSE_RESYNC = 4409
@@ -118,6 +113,7 @@ COUNTERS = (
     "closed_too_large",
     "closed_slow",
     "closed_resync",
+    "closed_store_failing",
     "refused_over_max",
     "awareness_from_nodes",
     "awareness_from_nodes_dropped",
@@ -290,10 +286,13 @@ class WebSockets:
                     self.counters["closed_malformed"] += 1
                     self._warn("malformed", "closing a WebSocket of %s: %s", room.doc_id, exc)
                     conn.close_soon(CLOSE_MALFORMED, str(exc)[:100])
+                except StoreCommitError as exc:  # not durable: the client keeps its edits and retries
+                    self.counters["closed_store_failing"] += 1
+                    conn.close_soon(CLOSE_TRY_AGAIN, f"the node's store cannot commit: {exc}"[:100])
                 except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException:
-                    # The node failed (its store, at shutdown): this connection ends, the others go on.
+                    # The node failed (at shutdown): this connection ends, the others go on.
                     log.exception("a WebSocket message of %s failed", room.doc_id)
                     conn.close_soon(CLOSE_INTERNAL, "internal error; see the node's log")
             elif message.type == WSMsgType.TEXT:
@@ -395,6 +394,8 @@ class WebSockets:
             self.counters["updates_ignored_read_only"] += 1
             self._warn("read_only", "ignored an update to %s from a read-only WebSocket", room.doc_id)
             return
+        if (failure := self.node.store_stats().failing) is not None:
+            raise failure  # refused before it is applied, as HTTP writes are
         try:
             check_update(update)
             needed = dependencies(update)

@@ -2,16 +2,20 @@
 up, and I/O errors on every write (RLIMIT_FSIZE lowered on the running process). Each time the
 daemon keeps running, answers the writes it could not commit 507 `store_full` or 503
 `store_unavailable`, reports not ready on /health, counts them, commits again by itself once the
-fault is gone, and after a kill -9 and a restart holds every write it acknowledged."""
+fault is gone, and after a kill -9 and a restart holds every write it acknowledged. A y-websocket
+client's update during the fault is refused too (close 1013, try again later)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
+from pycrdt import Doc, Map, create_update_message
 
 from crdtsync.testing.cluster import AckedWrite, LocalCluster, LocalDaemon, wait_until
 from crdtsync.testing.diskfaults import DiskFaultError, SmallDisk, io_errors
@@ -62,6 +66,21 @@ def assert_refused_then_recovers(cluster: LocalCluster[LocalDaemon], status: int
     assert refused.status_code == status and refused.json()["error"]["code"] == code, refused.text
     assert metric(cluster, "crdtsync_store_commit_failures_total") >= 1
     assert metric(cluster, "crdtsync_http_writes_not_durable_total") >= 2
+
+
+async def websocket_update_close_code(url: str) -> int | None:
+    """Send one update over the node's y-websocket endpoint; the close code it answers with."""
+    written: Doc[Any] = Doc()
+    updates: list[bytes] = []
+    written.observe(lambda event: updates.append(event.update))
+    written.get("data", type=Map)["from_ws"] = "not durable"
+    ws_url = url.replace("http", "ws", 1) + "/v1/ws/disk/ws"
+    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as ws:
+        await ws.send_bytes(create_update_message(updates[-1]))
+        async with asyncio.timeout(RECOVER_TIMEOUT_S):
+            async for _message in ws:
+                pass  # the node's sync step 1, then the close
+        return ws.close_code
 
 
 def wait_ready(cluster: LocalCluster[LocalDaemon]) -> None:
@@ -129,6 +148,8 @@ def test_io_errors_on_every_write_answer_503_lose_nothing_acknowledged_and_the_n
     assert failed.json()["error"]["code"] == "store_unavailable", failed.text
     assert "I/O error" in failed.json()["error"]["message"]
     assert_refused_then_recovers(cluster, 503, "store_unavailable")
+    assert asyncio.run(websocket_update_close_code(daemon.url)) == 1013  # refused too, try again later
+    assert metric(cluster, "crdtsync_websocket_closed_store_failing_total") == 1
     assert daemon.running
     io_errors(daemon.pid, False)
     wait_ready(cluster)
