@@ -9,6 +9,10 @@ checksums but mutated bodies, forged deltas, sync pushes with garbage updates, a
 At the end the honest writes must have converged on every node (equal Merkle roots and every key
 present), and the process's resident memory must have stayed under --rss-mb. Exit status 1 otherwise.
 
+The honest nodes hold every doc (placement rf "all"): the attacker joins as a member, and under the
+default rf 3 it would take a share of the docs, so that the honest nodes' roots (over what each
+holds) could never be equal.
+
 The attacker does not forge the honest nodes' ids: on plaintext links it could (node ids are not
 authenticated), and then get them quarantined or rate-limited; CurveZMQ links keep it out entirely.
 
@@ -30,7 +34,7 @@ from pycrdt import Map
 
 from crdtsync import Node, NodeConfig, ReplicaConfig
 from crdtsync.core import wire
-from crdtsync.core.placement import PLACEMENT_VERSION
+from crdtsync.core.placement import PLACEMENT_VERSION, PlacementPolicy, PlacementRule
 from crdtsync.testing.cluster import free_ports
 from crdtsync.transport.zmq_transport import topic
 from fuzz._runner import rss_mb_of
@@ -38,6 +42,7 @@ from fuzz.wire_decoder import repair_checksum, seed_frames
 
 FAST = ReplicaConfig(hello_interval_ms=100.0, tick_interval_ms=20.0, ae_interval_ms=500.0)
 SETTLE_S = 30.0
+EVERY_NODE_HOLDS_EVERY_DOC = PlacementPolicy((PlacementRule("all"),))
 MUTANT_BYTES_MAX = 64 * 1024
 """Longest frame the mutator hands on (far below `wire.FRAME_BYTES_MAX`: big frames only slow the campaign)."""
 
@@ -126,7 +131,11 @@ async def campaign(seconds: float, seed: int, rss_limit_mb: float) -> tuple[bool
     names = ["a", "b", "c"]
     configs = [
         NodeConfig(
-            node_id=name, listen=address, peers=[a for a in addresses if a != address], replication=FAST
+            node_id=name,
+            listen=address,
+            peers=[a for a in addresses if a != address],
+            replication=FAST,
+            placement=EVERY_NODE_HOLDS_EVERY_DOC,
         )
         for name, address in zip(names, addresses, strict=True)
     ]
