@@ -23,8 +23,8 @@ from crdtsync.daemon.config import ConfigError, load_config
 from fuzz import http_api, network
 from fuzz._runner import REPO_ROOT, Result, run
 
-SMOKE_S = 30.0
-"""Half a minute of each target: the suite stays within its 12 minutes on 2 cores as it grows; the
+SMOKE_S = 20.0
+"""20 s of each target: the suite stays within its 12 minutes on 2 cores as it grows; the
 long campaigns are commands (`python -m fuzz.<target> --minutes N`, docs/fuzzing.md)."""
 needs_atheris = pytest.mark.skipif(
     importlib.util.find_spec("atheris") is None, reason="atheris has wheels for Linux x86_64 only"
