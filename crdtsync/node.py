@@ -641,8 +641,8 @@ class Node:
 
     def _execute_one(self, transport: ZmqTransport, effect: Effect) -> None:
         match effect:
-            case Publish(frame, dc_only, bucket):
-                transport.publish(frame, dc_only=dc_only, bucket=bucket)
+            case Publish(frame, dc_only, bucket, audience):
+                transport.publish(frame, dc_only=dc_only, bucket=bucket, audience=audience)
             case Send(address, frame):
                 transport.send(address, frame)
             case Persist():

@@ -112,7 +112,7 @@ async def attack(
                     garbage = ((f"doc-{rng.randrange(4)}", rng.randbytes(rng.randint(1, 64))),)
                     frame = wire.encode(wire.SyncPush("mallory", garbage))
                 if rng.random() < 0.5:
-                    await pub.send_multipart((topic(dc_only=False, bucket=None), frame))
+                    await pub.send_multipart((topic(dc_only=False), frame))
                 else:
                     await rng.choice(dealers).send(frame)
                 counts["frames"] += 1

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+Audience = Literal["every", "whole", "partial"]
+"""Who a published frame is for: every subscriber; those that take every bucket (a batch as it is);
+or those that take only some (with `bucket`, those of that bucket; without, all of them: an index)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """Send `frame` on this node's PUB socket to every subscriber; with `dc_only`, only to those
-    subscribed from this datacenter (relayed frames must not cross the WAN again); with `bucket`,
-    only to those subscribed to that placement bucket's topic (or to everything)."""
+    """Send `frame` on this node's PUB socket to the subscribers of its `audience`; with `dc_only`,
+    only to those subscribed from this datacenter (relayed frames must not cross the WAN again)."""
 
     frame: bytes
     dc_only: bool = False
     bucket: int | None = None
+    audience: Audience = "every"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +35,10 @@ class Send:
 @dataclass(frozen=True, slots=True)
 class Subscribe:
     """Connect to a peer's PUB endpoint (the peer advertised at `peer_address`): in full, or with
-    `wan` (a relay subscribing to another datacenter) only to frames not published `dc_only`; with
-    `buckets`, to frames published without a bucket and to those of these buckets only. Repeated for
-    an endpoint already subscribed, it replaces that subscription's buckets."""
+    `wan` (a relay subscribing to another datacenter) only to frames not published `dc_only`; to the
+    frames for every subscriber and, with `buckets` None, those for subscribers of every bucket, else
+    those for subscribers of some buckets, of these buckets. Repeated for an endpoint already
+    subscribed, it replaces that subscription's buckets."""
 
     endpoint: str
     peer_address: str

@@ -137,14 +137,17 @@ class Inbound:
         cross the WAN again), by bucket when not every node holds everything."""
         ctx = self._ctx
         ctx.counters.deltas_relayed_out += len(deltas)
+        relayed = wire.Relayed(ctx.node_id, publisher, tuple(deltas))
         if not self._holding.partitioned:
-            self._links.publish(wire.Relayed(ctx.node_id, publisher, tuple(deltas)), dc_only=True)
+            self._links.publish(relayed, dc_only=True)
             return
+        self._links.publish(relayed, dc_only=True, audience="whole")
         by_bucket: dict[int, list[wire.Delta]] = {}
         for delta in deltas:
             by_bucket.setdefault(self._holding.bucket_of(delta.doc_id), []).append(delta)
         for bucket, run in by_bucket.items():
-            self._links.publish(wire.Relayed(ctx.node_id, publisher, tuple(run)), dc_only=True, bucket=bucket)
+            part = wire.Relayed(ctx.node_id, publisher, tuple(run))
+            self._links.publish(part, dc_only=True, bucket=bucket, audience="partial")
 
     def _sequence(
         self, message: wire.Deltas, track: PublisherTrack, states: list[tuple[StateVector, StateVector]]

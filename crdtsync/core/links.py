@@ -7,8 +7,9 @@ every node of this datacenter in full; across datacenters only a relay, and only
 own streams (ZeroMQ filters at the publisher, so relayed frames never cross the WAN twice).
 
 With placement that not every node holds everything (`Holding.partitioned`), a node that does not
-hold every doc subscribes to the frames published without a bucket (heartbeats, sequence indexes)
-and to the buckets it holds or follows (docs an application holds open), and no others.
+hold every doc subscribes to the frames for every subscriber (heartbeats), the sequence indexes and
+the buckets it holds or follows (docs an application holds open), and no others; a node that holds
+every doc (a relay) takes whole batches instead (see `outbound`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Literal
 
 from crdtsync.core import wire
 from crdtsync.core.context import Context
-from crdtsync.core.effects import Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.effects import Audience, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.holding import BucketKey, Holding
 from crdtsync.core.membership import Membership
 from crdtsync.core.placement import PLACEMENT_VERSION
@@ -255,13 +256,18 @@ class Links:
         return frame
 
     def publish(
-        self, message: wire.Message, *, dc_only: bool = False, bucket: BucketKey | None = None
+        self,
+        message: wire.Message,
+        *,
+        dc_only: bool = False,
+        bucket: BucketKey | None = None,
+        audience: Audience = "every",
     ) -> None:
         frame = self.encode(message, "published")
         if frame is not None:
             if isinstance(message, wire.Deltas):
                 self._ctx.counters.batches_published += 1
-            self._ctx.effects.append(Publish(frame, dc_only, bucket))
+            self._ctx.effects.append(Publish(frame, dc_only, bucket, audience))
 
     def send(self, address: str, message: wire.Message, *, after_commit: bool = False) -> None:
         frame = self.encode(message, "sent")

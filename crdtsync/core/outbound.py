@@ -5,11 +5,12 @@ Batches leave at once when `linger_ms` is 0 (the driver's next turn), else when 
 oldest delta has lingered; a flush also pushes back the next heartbeat, which only announces the
 last sequence number to idle subscribers.
 
-Under placement that not every node holds everything (`Holding.partitioned`), a batch leaves as a
-`SEQ_INDEX` on the common topic (the bucket of each sequence number), then its deltas in runs of one
-bucket on that bucket's topic: a subscriber receives the buckets it holds, and the index tells it
-which sequence numbers were not meant for it, so its sequence tracking stays whole. The index goes
-first: deltas arrive in publishing order on a subscription, so a gap behind a delta is a loss.
+Under placement that not every node holds everything (`Holding.partitioned`), a batch leaves whole
+for the subscribers that take every bucket (relays), and for the others as a `SEQ_INDEX` (the bucket
+of each sequence number) followed by its deltas in runs of one bucket, each on that bucket's topic:
+such a subscriber receives the buckets it holds, and the index tells it which sequence numbers were
+not meant for it, so its sequence tracking stays whole. The index goes first: deltas arrive in
+publishing order on a subscription, so a gap behind a delta is a loss.
 """
 
 from __future__ import annotations
@@ -121,13 +122,15 @@ class Outbound:
     def _publish_by_bucket(self, batch: wire.Deltas) -> None:
         ctx = self._ctx
         deltas = batch.deltas
+        self._links.publish(batch, audience="whole")
         buckets = tuple(self._holding.bucket_of(delta.doc_id) for delta in deltas)
-        self._links.publish(wire.SeqIndex(ctx.node_id, ctx.epoch, batch.first_seq, buckets))
+        index = wire.SeqIndex(ctx.node_id, ctx.epoch, batch.first_seq, buckets)
+        self._links.publish(index, audience="partial")
         start = 0
         for end in range(1, len(deltas) + 1):
             if end == len(deltas) or buckets[end] != buckets[start]:
                 run = wire.Deltas(ctx.node_id, ctx.epoch, batch.first_seq + start, deltas[start:end])
-                self._links.publish(run, bucket=buckets[start])
+                self._links.publish(run, bucket=buckets[start], audience="partial")
                 start = end
 
     def on_retransmit_request(self, message: wire.RetransmitRequest) -> None:

@@ -209,13 +209,18 @@ class SimCluster:
         after_commit_sends: list[tuple[SimNode, bytes]] = []
         for effect in replica.take_effects(self.now_ms):
             match effect:
-                case Publish(frame, dc_only, bucket):
+                case Publish(frame, dc_only, bucket, audience):
                     for other in self.nodes:
                         subscription = other.subscriptions.get(node.publish_endpoint)
                         if other is node or subscription is None:
                             continue
                         wan, buckets = subscription
-                        if not (dc_only and wan) and (bucket is None or buckets is None or bucket in buckets):
+                        if dc_only and wan:
+                            continue
+                        if audience == "every" or (
+                            (buckets is None) == (audience == "whole")
+                            and (bucket is None or buckets is None or bucket in buckets)
+                        ):
                             self._transmit(node, other, frame)
                 case Send(address, frame, after_commit):
                     target = self._by_address.get(address)

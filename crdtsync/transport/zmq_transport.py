@@ -3,12 +3,13 @@
 - ROUTER bound at the node's advertised `listen` address: receives every directed message.
 - PUB bound at the publish endpoint (an ephemeral port on the listen host unless configured):
   deltas and heartbeats under the WAN topics, relayed deltas under the datacenter topics. A topic
-  is `w` or `d` (WAN or datacenter), then `c` for frames every subscriber gets, or `b` and the
-  placement bucket as 4 bytes for frames only its holders want.
+  is `w` or `d` (WAN or datacenter), then `c` for frames every subscriber gets, `f` for those of the
+  subscribers that take every bucket (whole batches), `i` for those of the others (sequence
+  indexes), or `b` and the placement bucket as 4 bytes (deltas only that bucket's holders want).
 - One SUB per subscription, connected to one peer's PUB endpoint (learned in the hello exchange):
   subscribed to both kinds for a peer of the same datacenter, to the WAN topics only for another
-  datacenter's peer when this node is a relay; to every bucket, or to the common topics and some
-  buckets. ZeroMQ filters topics at the publisher, so frames meant for one datacenter never cross
+  datacenter's peer when this node is a relay; to every bucket (`c` and `f`), or to some (`c`, `i`
+  and those buckets). ZeroMQ filters topics at the publisher, so frames meant for one datacenter never cross
   the WAN and a bucket's deltas reach only the nodes that subscribe to it. A socket per publisher
   is what tells whose frame is whose: with CurveZMQ, every frame of a subscription comes with the
   public key the publisher proved at the handshake, as frames on the ROUTER come with their sender's.
@@ -32,6 +33,7 @@ import zmq
 import zmq.asyncio
 import zmq.auth.thread
 
+from crdtsync.core.effects import Audience
 from crdtsync.core.wire import FRAME_BYTES_MAX
 from crdtsync.transport.curve import Allowlist, CurveKeys, make_server, set_client_keys, start_authenticator
 from crdtsync.transport.endpoint import parse_endpoint
@@ -42,6 +44,8 @@ WAN_TOPIC = b"w"
 DC_TOPIC = b"d"
 COMMON = b"c"
 BUCKET = b"b"
+WHOLE = b"f"
+INDEX = b"i"
 SEND_QUEUE_FRAMES_MAX = 10_000
 RECEIVE_QUEUE_FRAMES_MAX = 100_000
 """Frames queued on the request socket before ZeroMQ drops them."""
@@ -60,19 +64,23 @@ OnFrame = Callable[[bytes, "str | None"], None]
 """Takes a frame's payload and the CurveZMQ public key of its sender, when the transport knows it."""
 
 
-def topic(*, dc_only: bool, bucket: int | None) -> bytes:
+def topic(*, dc_only: bool, bucket: int | None = None, audience: Audience = "every") -> bytes:
     """The topic a frame is published under (see the module doc)."""
     kind = DC_TOPIC if dc_only else WAN_TOPIC
-    return kind + COMMON if bucket is None else kind + BUCKET + bucket.to_bytes(4, "big")
+    if audience == "every":
+        return kind + COMMON
+    if audience == "whole":
+        return kind + WHOLE
+    return kind + INDEX if bucket is None else kind + BUCKET + bucket.to_bytes(4, "big")
 
 
 def topics(*, wan: bool, buckets: frozenset[int] | None) -> set[bytes]:
-    """The topic prefixes a subscription takes (see the module doc)."""
+    """The topics a subscription takes (see the module doc)."""
     kinds = (WAN_TOPIC,) if wan else (WAN_TOPIC, DC_TOPIC)
     if buckets is None:
-        return set(kinds)
-    wanted = {kind + COMMON for kind in kinds}
-    wanted.update(topic(dc_only=kind == DC_TOPIC, bucket=bucket) for kind in kinds for bucket in buckets)
+        return {kind + part for kind in kinds for part in (COMMON, WHOLE)}
+    wanted = {kind + part for kind in kinds for part in (COMMON, INDEX)}
+    wanted.update(kind + BUCKET + bucket.to_bytes(4, "big") for kind in kinds for bucket in buckets)
     return wanted
 
 
@@ -150,9 +158,12 @@ class ZmqTransport:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def publish(self, frame: bytes, *, dc_only: bool = False, bucket: int | None = None) -> None:
+    def publish(
+        self, frame: bytes, *, dc_only: bool = False, bucket: int | None = None, audience: Audience = "every"
+    ) -> None:
         try:
-            self.pub.send_multipart((topic(dc_only=dc_only, bucket=bucket), frame), flags=zmq.NOBLOCK)
+            message = (topic(dc_only=dc_only, bucket=bucket, audience=audience), frame)
+            self.pub.send_multipart(message, flags=zmq.NOBLOCK)
         except zmq.Again:
             self.send_drops += 1
 

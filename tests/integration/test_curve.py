@@ -265,7 +265,7 @@ def test_an_allowed_publisher_cannot_publish_as_another_node(tmp_path: Path) -> 
                     written: Doc[Any] = Doc()
                     written.get("data", type=Map)["on"] = value
                     delta = wire.Delta(doc_id, b"\x00", written.get_state(), written.get_update())
-                    common = topic(dc_only=False, bucket=None)
+                    common = topic(dc_only=False)
                     return [common, wire.encode(wire.Deltas(node_id, 1, 1, (delta,)))]
 
                 def published_both() -> bool:
