@@ -66,6 +66,8 @@ class Links:
         """(holding version, follow version, the buckets to subscribe to), reused while both hold."""
         self._follow_version = 0
         self._subscribed_view = -1
+        self._followed_extra: frozenset[BucketKey] = frozenset()
+        """The followed buckets not held, as last subscribed to."""
         self.by_address: dict[str, PeerLink] = {}
         self.address_of: dict[str, str] = {}
         """Node id -> the address of its link."""
@@ -119,25 +121,26 @@ class Links:
             link.last_heard_ms = self._ctx.now_ms
 
     def follow(self, bucket: BucketKey, pins: int) -> None:
-        """Add `pins` (negative: remove) to a bucket's followed docs; resubscribe when it starts or
-        stops being followed."""
+        """Add `pins` (negative: remove) to a bucket's followed docs. Subscriptions follow at the next
+        tick (`sync_subscriptions_if_changed`): a doc pinned only for one write or read (an HTTP
+        request) costs no resubscription."""
         count = self._followed.get(bucket, 0) + pins
         if count > 0:
             self._followed[bucket] = count
         else:
             self._followed.pop(bucket, None)
-        if (count > 0) != (count - pins > 0):
-            self._follow_version += 1
-            held = self._holding.buckets_held()
-            if held is not None and bucket not in held:  # a held bucket is subscribed to already
-                self.sync_subscriptions()
 
-    def sync_subscriptions_on_view_change(self) -> None:
-        """Resubscribe when the member view that decides holding changed (timer duty)."""
+    def sync_subscriptions_if_changed(self) -> None:
+        """Timer duty: resubscribe when the member view that decides holding changed, or the
+        followed buckets that are not held did."""
         holding = self._holding
         holding.refresh()
-        if holding.version != self._subscribed_view:
+        held = holding.buckets_held()
+        followed = frozenset() if held is None else frozenset(b for b in self._followed if b not in held)
+        if holding.version != self._subscribed_view or followed != self._followed_extra:
             self._subscribed_view = holding.version
+            self._followed_extra = followed
+            self._follow_version += 1
             self.sync_subscriptions()
 
     def sync_subscriptions(self) -> None:
@@ -149,7 +152,7 @@ class Links:
         held = holding.buckets_held()
         version, follow_version, wanted = self._wanted_buckets
         if version != holding.version or follow_version != self._follow_version:
-            wanted = None if held is None else held | self._followed.keys()
+            wanted = None if held is None else held | self._followed_extra
             self._wanted_buckets = (holding.version, self._follow_version, wanted)
         return wanted
 

@@ -266,7 +266,7 @@ class Replica:
         self._inbound.chase_gaps()
         self._causal.pull_stale()
         self._handoff.tick()
-        self._links.sync_subscriptions_on_view_change()
+        self._links.sync_subscriptions_if_changed()
 
     def drain(self, now_ms: float) -> None:
         """Before a leave under placement: hold nothing from now on, and hand every doc to the nodes
