@@ -10,7 +10,7 @@ import pytest
 import zmq
 from zmq_support import free_endpoint, wait_until
 
-from crdtsync.transport.zmq_transport import WAN_TOPIC, ZmqTransport
+from crdtsync.transport.zmq_transport import ZmqTransport, topic
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ async def _subscribed(
 
 async def publish_until(publisher: zmq.Socket[bytes], arrived: Callable[[], bool]) -> None:
     def published() -> bool:
-        publisher.send_multipart([WAN_TOPIC, b"frame"])  # dropped until the SUB is connected
+        publisher.send_multipart([topic(dc_only=False), b"frame"])  # dropped until the SUB is connected
         return arrived()
 
     await wait_until(published, 10.0, "the subscription received a frame")
