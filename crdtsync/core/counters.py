@@ -56,6 +56,9 @@ class Counters:
     peers_quarantined: int = 0
     docs_quarantined: int = 0
     updates_rejected: int = 0
+    updates_left_pending: int = 0
+    """Remote updates pycrdt applied only in part (dependencies missing): the doc's recorded state
+    vector is corrected so that anti-entropy repairs it."""
     updates_dropped_too_large: int = 0
     updates_dropped_doc_quarantined: int = 0
     warnings_suppressed: int = 0

@@ -56,6 +56,14 @@ def test_rf_per_datacenter_converges_across_two_datacenters() -> None:
         _check(run_simulation(_config(seed, nodes=6, datacenters=2, placement=policy)))
 
 
+def test_an_update_pycrdt_leaves_pending_is_repaired_by_anti_entropy() -> None:
+    """Seed 3057: a sync answer applied on a restarted node left part of it pending in pycrdt while the
+    transaction's after-state counted it; anti-entropy kept comparing against that claimed state and
+    never sent the missing structs. The recorded state is now the doc's own, and the run converges."""
+    result = run_simulation(_config(3057, nodes=6, datacenters=2, faults=frozenset(FAULTS)))
+    _check(result)
+
+
 def test_only_holders_keep_docs_and_non_replica_writes_are_handed_off() -> None:
     cluster = SimCluster(_config(7, faults=frozenset()))
     result = cluster.run()
