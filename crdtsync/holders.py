@@ -3,6 +3,12 @@ acknowledgements of a write by its replicas (`write_acks`).
 
 Both are event-driven: the driver calls `wake()` after every received frame, which resolves the
 waits whose answer came. The number of waits is bounded; every wait has a deadline.
+
+A write's acknowledgements are the sequence acknowledgements holders send of this node's stream
+anyway (`crdtsync.core.seqacks`): no frame per write goes out for them. A holder is asked directly
+(the question `_Questions` sends) only when its acks cannot tell: it never acknowledged this node's
+stream (a node of another datacenter that receives it through its relay), its acks begin after
+the write, or none covered the write within `ACK_WAIT_MS`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ WAITS_MAX = 4096
 what the node has, a write-ack request fails at once)."""
 ASK_AGAIN_MS = 500.0
 """A replica that has not answered a write-ack question in this time is asked again (lost frame)."""
+ACK_WAIT_MS = 500.0
+"""A holder whose sequence acknowledgements have not covered a write in this time is asked directly
+(its ack was lost, or it holds the write by another path than this node's stream)."""
 KNOWN_STATES_MAX = 4096
 """(doc, node) pairs whose last confirmed state vector is remembered, so the next write-ack question
 to that node carries the update at once: one round trip instead of a probe and then the update."""
@@ -57,24 +66,36 @@ def _now_ms() -> float:
     return time.monotonic() * 1000.0
 
 
+class _KnownStates:
+    """(doc, node) -> the node's state vector of the doc in its last answer to a question (oldest
+    first, at most KNOWN_STATES_MAX), so that the next question carries the update at once."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, str], bytes] = {}
+
+    def get(self, doc_id: str, node_id: str) -> bytes | None:
+        return self._states.get((doc_id, node_id))
+
+    def remember(self, doc_id: str, node_id: str, state: bytes | None) -> None:
+        key = (doc_id, node_id)
+        self._states.pop(key, None)
+        if state is None:
+            return
+        if len(self._states) >= KNOWN_STATES_MAX:
+            del self._states[next(iter(self._states))]
+        self._states[key] = state
+
+
 class HolderWaits:
     def __init__(self, replica: Replica, pump: Callable[[], None]) -> None:
         self._replica = replica
         self._pump = pump
         self._waiting: list[asyncio.Future[None]] = []
-        self._known: dict[tuple[str, str], bytes] = {}
-        """(doc, node) -> the node's state vector of the doc in its last answer (oldest first)."""
+        self._known = _KnownStates()
         self.asked_again = 0
         """Write-ack questions asked again after ASK_AGAIN_MS without an answer."""
-
-    def _remember(self, doc_id: str, node_id: str, state: bytes | None) -> None:
-        key = (doc_id, node_id)
-        self._known.pop(key, None)
-        if state is None:
-            return
-        if len(self._known) >= KNOWN_STATES_MAX:
-            del self._known[next(iter(self._known))]
-        self._known[key] = state
+        self.confirmed_by_ack = 0
+        """Holders whose sequence acknowledgement confirmed a write (no question)."""
 
     def wake(self) -> None:
         """A frame came in: every wait looks again."""
@@ -144,51 +165,117 @@ class HolderWaits:
                 scoped.append(node_id)
         return scoped, len(scoped)
 
+    def _should_ask(self, node_id: str, seq: int, waited_ms: float) -> bool:
+        """Whether to ask a holder directly rather than wait for its sequence acknowledgement: it
+        never acknowledged this node's deltas of this run (it does not subscribe to them, as the
+        non-relays of other datacenters, or has not yet), its acks start after the write (it got
+        the write, if at all, by another path), or it has been silent for `ACK_WAIT_MS`."""
+        if seq == 0:
+            return True  # no write of this run to acknowledge: what the node has of the doc counts
+        acked = self._replica.seq_acks.acked.get(node_id)
+        return acked is None or acked[0] > seq or waited_ms >= ACK_WAIT_MS
+
     async def write_acks(self, doc_id: str, wanted: WriteAcksWanted, timeout_ms: float) -> WriteAcks:
         """Wait until `wanted` replicas of `doc_id`, or every alive holder of it in this datacenter
-        (`"dc"`) or in all (`"all"`), hold everything this node has of the doc, each answering after
-        its own commit (this node counts when it is one, once its own store holds the write: the
-        caller flushed). The doc must be loaded (open) here."""
+        (`"dc"`) or in all (`"all"`), hold every write this node took so far, durably: each says
+        so with the sequence acknowledgement it sends after its commit (`crdtsync.core.seqacks`),
+        or, when it does not acknowledge this node's stream, answering a direct question after its
+        commit. This node counts when it is one of them (the caller flushed). The doc must be
+        loaded (open) here."""
         replica = self._replica
         ordered, needed = self._scope(doc_id, wanted)
         confirmed = [replica.node_id] if replica.node_id in ordered else []
-        others = [node_id for node_id in ordered if node_id != replica.node_id]
-        asked: dict[str, tuple[bool, float]] = {}
-        """Replica -> (whether the update went out, rather than the probe; when)."""
-        deadline_ms = _now_ms() + timeout_ms
-        for node_id in others:
-            # Against the state it last confirmed, the question carries the update (everything
-            # since, and every deletion) and one answer confirms; a node that lost data since says
-            # so with its state, and is asked again against that.
-            known = self._known.get((doc_id, node_id))
-            if replica.confirm(doc_id, node_id, known, _now_ms()):
-                asked[node_id] = (known is not None, _now_ms())
-        self._pump()
-        while len(confirmed) < needed:
-            if not asked or not await self._next_frame(deadline_ms):
-                break
-            for node_id, (sent_update, at_ms) in list(asked.items()):
-                answer = replica.confirmation(doc_id, node_id)
-                if answer is None:
-                    if _now_ms() - at_ms > ASK_AGAIN_MS and replica.confirm(doc_id, node_id, None, _now_ms()):
-                        asked[node_id] = (False, _now_ms())
-                        self.asked_again += 1
+        waiting = [node_id for node_id in ordered if node_id != replica.node_id]
+        seq = replica.seq_acks.last_seq
+        questions = _Questions(replica, doc_id, self._known)
+        started_ms = _now_ms()
+        deadline_ms = started_ms + timeout_ms
+        while True:
+            for node_id in list(waiting):
+                acked = replica.seq_acks.acked.get(node_id)
+                by_ack = seq > 0 and acked is not None and acked[0] <= seq <= acked[1]
+                if by_ack and node_id not in questions.not_holders:
+                    self.confirmed_by_ack += 1
+                elif not questions.confirmed(node_id):
                     continue
-                status, state = answer
-                self._remember(doc_id, node_id, None if status == HANDOFF_NOT_HOLDER else state)
-                if status == HANDOFF_NOT_HOLDER:
-                    del asked[node_id]
-                elif status == HANDOFF_COVERED and sent_update:
-                    del asked[node_id]
-                    confirmed.append(node_id)
-                elif replica.confirm(doc_id, node_id, state, _now_ms()):
-                    # The probe's answer gave its state: send what it lacks, deletions included.
-                    asked[node_id] = (True, _now_ms())
-                else:
-                    del asked[node_id]
+                waiting.remove(node_id)
+                confirmed.append(node_id)
+            waited_ms = _now_ms() - started_ms
+            for node_id in waiting:
+                asked = node_id in questions.asked or node_id in questions.unreachable
+                if not asked and self._should_ask(node_id, seq, waited_ms):
+                    questions.ask(node_id)
+            self.asked_again += questions.take_asked_again()
             self._pump()
-        for node_id in asked:
-            replica.confirmation(doc_id, node_id)  # forget answers that come too late
+            reachable = [node_id for node_id in waiting if node_id not in questions.unreachable]
+            if len(confirmed) >= needed or len(confirmed) + len(reachable) < needed:
+                break
+            if len(self._waiting) >= WAITS_MAX:
+                break  # too many waits already: this one fails at once
+            until_ms = min(deadline_ms, started_ms + ACK_WAIT_MS)
+            until_ms = deadline_ms if until_ms <= _now_ms() else until_ms
+            if not await self._next_frame(until_ms) and until_ms == deadline_ms:
+                break
+        questions.forget()
         if len(confirmed) < needed:
             raise WriteAcksTimeoutError(doc_id, needed, tuple(confirmed), timeout_ms)
         return WriteAcks(needed, tuple(confirmed))
+
+
+class _Questions:
+    """Direct write-ack questions of one `write_acks` call (the fallback of sequence acks): a
+    `HANDOFF_OFFER` carrying what the holder lacks against the state it last confirmed (`known`),
+    or a probe of its state first, each answered after the holder's commit."""
+
+    def __init__(self, replica: Replica, doc_id: str, known: _KnownStates) -> None:
+        self._replica = replica
+        self._doc_id = doc_id
+        self._known = known
+        self.asked: dict[str, tuple[bool, float]] = {}
+        """Holder -> (whether the update went out, rather than the probe; when)."""
+        self.unreachable: set[str] = set()
+        self.not_holders: set[str] = set()
+        """Holders that answered they do not hold the doc: their acks of its writes do not count
+        (a node counts the numbers of docs it does not hold as held)."""
+        self._asked_again = 0
+
+    def ask(self, node_id: str, against: bytes | None = None, *, probe: bool = False) -> None:
+        known = None if probe else against if against is not None else self._known.get(self._doc_id, node_id)
+        if self._replica.confirm(self._doc_id, node_id, known, _now_ms()):
+            self.asked[node_id] = (known is not None, _now_ms())
+        else:
+            self.asked.pop(node_id, None)
+            self.unreachable.add(node_id)
+
+    def take_asked_again(self) -> int:
+        count, self._asked_again = self._asked_again, 0
+        return count
+
+    def confirmed(self, node_id: str) -> bool:
+        """Whether the holder's answer came and confirms; asks again (the update after a probe, or
+        after `ASK_AGAIN_MS` of silence) when needed."""
+        if node_id not in self.asked:
+            return False
+        sent_update, at_ms = self.asked[node_id]
+        answer = self._replica.confirmation(self._doc_id, node_id)
+        if answer is None:
+            if _now_ms() - at_ms > ASK_AGAIN_MS:
+                self._asked_again += 1
+                self.ask(node_id, probe=True)
+            return False
+        status, state = answer
+        self._known.remember(self._doc_id, node_id, None if status == HANDOFF_NOT_HOLDER else state)
+        if status == HANDOFF_NOT_HOLDER:
+            del self.asked[node_id]
+            self.unreachable.add(node_id)
+            self.not_holders.add(node_id)
+        elif status == HANDOFF_COVERED and sent_update:
+            del self.asked[node_id]
+            return True
+        else:
+            self.ask(node_id, state)  # the probe's answer gave its state: send what it lacks
+        return False
+
+    def forget(self) -> None:
+        for node_id in self.asked:
+            self._replica.confirmation(self._doc_id, node_id)  # answers that come too late

@@ -59,16 +59,25 @@ class CausalBuffer:
         self._bytes_by: dict[str, int] = {}
         """Update bytes in the buffer per sender (the publisher, or the relay that forwarded)."""
 
-    def add(self, deltas: list[tuple[wire.Delta, StateVector, StateVector]], publisher: str) -> None:
+    @property
+    def bytes_by_sender(self) -> dict[str, int]:
+        """Update bytes waiting per sender; a sender is a key while anything of it waits."""
+        return self._bytes_by
+
+    def add(self, deltas: list[tuple[wire.Delta, StateVector, StateVector]], publisher: str) -> int:
         """Buffer deltas received from `publisher` (or the relay that forwarded them), then apply
-        whatever became ready."""
+        whatever became ready. Returns how many were dropped (content this node does not hold now:
+        not to be acknowledged)."""
         config = self._ctx.config
         touched: dict[str, DocEntry] = {}
+        dropped = 0
         for delta, before, after in deltas:
             if len(delta.update) > config.update_bytes_max:
                 self._ctx.counters.updates_dropped_too_large += 1
+                dropped += 1
                 continue
             if not self._guard.well_formed(delta.doc_id, "delta", delta.update, publisher):
+                dropped += 1
                 continue
             entry = touched.get(delta.doc_id)
             if entry is None:
@@ -77,15 +86,18 @@ class CausalBuffer:
                 except (ValueError, RuntimeError) as exc:
                     self._ctx.counters.deltas_dropped_doc += 1
                     self._ctx.warn("bad_doc", "dropped a delta for doc %r: %s", delta.doc_id, exc)
+                    dropped += 1
                     continue
                 if found is None:
                     continue  # not held here (placement): counted, and sequence tracking stays whole
                 entry = touched[delta.doc_id] = found
-            self._hold(entry, PendingDelta(delta, before, after, publisher, self._ctx.now_ms))
+            if not self._hold(entry, PendingDelta(delta, before, after, publisher, self._ctx.now_ms)):
+                dropped += 1
         for doc_id, entry in touched.items():
             self.drain(doc_id, entry)
+        return dropped
 
-    def _hold(self, entry: DocEntry, pending: PendingDelta) -> None:
+    def _hold(self, entry: DocEntry, pending: PendingDelta) -> bool:
         config = self._ctx.config
         size = len(pending.delta.update)
         waiting = self._pending.setdefault(entry.doc_id, [])
@@ -102,11 +114,12 @@ class CausalBuffer:
             if self._ctx.now_ms >= entry.next_pull_ms:
                 entry.next_pull_ms = self._ctx.now_ms + config.causal_wait_ms
                 self._pull(pending.publisher, entry)
-            return
+            return False
         waiting.append(pending)
         self.total += 1
         self._bytes += size
         self._bytes_by[pending.publisher] = held + size
+        return True
 
     def drain(self, doc_id: str, entry: DocEntry) -> None:
         """Apply every pending delta whose dependencies are covered, merging runs into one apply;

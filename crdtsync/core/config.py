@@ -20,6 +20,9 @@ class ReplicaConfig:
     retransmit_enabled: bool = True
     """False leaves every lost delta to anti-entropy (used to test that anti-entropy alone converges)."""
     retransmit_timeout_ms: float = 200.0
+    seq_ack_interval_ms: float = 5.0
+    """The shortest time between two acks of one publisher's deltas (`crdtsync.core.seqacks`): under
+    load, one ack covers every write of the interval."""
     retransmit_deltas_max: int = 4096
     out_of_order_seqs_max: int = 8192
     """Received sequence numbers held above a gap; beyond this the peer is resynchronised instead."""

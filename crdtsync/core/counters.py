@@ -83,6 +83,13 @@ class Counters:
     gap_too_large: int = 0
     retransmit_requests: int = 0
     retransmits_gone_received: int = 0
+    # sequence acknowledgements (crdtsync.core.seqacks)
+    seq_acks_sent: int = 0
+    seq_acks_received: int = 0
+    seq_acks_stale: int = 0
+    """Acks of an earlier incarnation of this node (dropped)."""
+    seq_acks_refused: int = 0
+    """Acks naming sequence numbers this node never published (dropped, logged)."""
     # state sync and anti-entropy
     syncs_requested: int = 0
     syncs_served: int = 0

@@ -123,6 +123,14 @@ class Handoff:
 
     # ------------------------------------------------------------------ write acknowledgements
 
+    def take_confirmation(self, doc_id: str, node_id: str) -> tuple[int, bytes] | None:
+        """The answer to `confirm`, forgotten once taken; None while none came (still awaited)."""
+        key = (doc_id, node_id)
+        answer = self.confirmations.get(key)
+        if answer is not None:
+            del self.confirmations[key]
+        return answer
+
     def confirm(self, doc_id: str, node_id: str, against: bytes | None) -> bool:
         """Offer `doc_id` to `node_id` to learn whether it holds all of it durably: with `against`
         None only this node's state vector (the answer gives the holder's), else `get_update` against

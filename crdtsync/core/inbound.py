@@ -37,6 +37,11 @@ class PublisherTrack:
     retransmit_deadline_ms: float = 0.0
     behind_since_ms: float | None = None
     """When this node last went from holding every announced delta to missing some (lag start)."""
+    held_from: int = 1
+    """The first number this node acknowledges (`crdtsync.core.seqacks`): earlier ones came by other
+    paths, if at all (before the track began, in a gap given up, dropped by the causal buffer)."""
+    deltas_unacked: bool = False
+    """Deltas came in since the last acknowledgement."""
 
     @property
     def behind_updates(self) -> int:
@@ -76,7 +81,9 @@ class Inbound:
         the hello starts covers everything up to `last_seq`; the stream continues after it."""
         track = self.tracks.get(node_id)
         if track is None or track.epoch < epoch:
-            self.tracks[node_id] = PublisherTrack(epoch, last_seq, last_seq_seen=last_seq)
+            self.tracks[node_id] = PublisherTrack(
+                epoch, last_seq, last_seq_seen=last_seq, held_from=last_seq + 1
+            )
 
     def _say_hello(self, node_id: str) -> None:
         address = self._links.address_of.get(node_id)
@@ -96,7 +103,7 @@ class Inbound:
     def _track_of(self, publisher: str, epoch: int, first_seq: int) -> PublisherTrack:
         track = self.tracks.get(publisher)
         if track is None or epoch > track.epoch:
-            track = PublisherTrack(epoch, first_seq - 1)
+            track = PublisherTrack(epoch, first_seq - 1, held_from=first_seq)
             self.tracks[publisher] = track
             self._say_hello(publisher)
         return track
@@ -130,7 +137,9 @@ class Inbound:
             publisher_dc = self._membership.dc_of(publisher)
             if publisher_dc is not None and publisher_dc != self._ctx.dc:
                 self._relay([delta for delta, _before, _after in fresh], publisher)
-        self._causal.add(fresh, publisher)
+        if self._causal.add(fresh, publisher) and message.epoch == track.epoch:
+            track.held_from = max(track.held_from, message.first_seq + len(message.deltas))
+        track.deltas_unacked = track.deltas_unacked or bool(fresh)
 
     def _relay(self, deltas: list[wire.Delta], publisher: str) -> None:
         """Republish another datacenter's deltas into this one (dc_only: the relayed copy must not
@@ -214,6 +223,8 @@ class Inbound:
     def _request_retransmit(self, node_id: str, track: PublisherTrack) -> None:
         ctx = self._ctx
         if not ctx.config.retransmit_enabled:
+            if track.above or track.last_seq_seen > track.contiguous:
+                track.held_from = max(track.last_seq_seen, max(track.above, default=0)) + 1
             track.contiguous = max(track.contiguous, track.last_seq_seen, max(track.above, default=0))
             track.above.clear()
             return
@@ -241,6 +252,7 @@ class Inbound:
         """Stop chasing missing sequence numbers and repair by state instead."""
         track.contiguous = max(track.last_seq_seen, max(track.above, default=0), track.contiguous)
         track.above.clear()
+        track.held_from = track.contiguous + 1
         self._track_lag(track)
         link = self._links.of_node(node_id)
         if link is not None:

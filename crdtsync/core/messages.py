@@ -266,6 +266,19 @@ class HandoffAck:
     """(doc id, status, the holder's encoded state vector)."""
 
 
+@dataclass(frozen=True, slots=True)
+class SeqAck:
+    """Sent by a subscriber to a publisher once its store has committed (see `crdtsync.core.seqacks`):
+    it holds, applied and stored, every delta of the publisher's incarnation `epoch` numbered
+    `from_seq..through_seq` (of the docs it holds; the numbers of other docs it was not sent count
+    in). What a writer's `write_acks` waits for: no question per write."""
+
+    node_id: str
+    epoch: int
+    from_seq: int
+    through_seq: int
+
+
 Message = (
     Hello
     | HelloAck
@@ -290,4 +303,5 @@ Message = (
     | ChunkRequest
     | ChunkReply
     | SeqIndex
+    | SeqAck
 )

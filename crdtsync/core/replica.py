@@ -21,7 +21,7 @@ each in a file of its name, that own their state and write effects into the shar
 - `links`: peer links, subscriptions and the way out for every frame;
 - `outbound`: this node's numbered deltas, batching and the retransmit ring;
 - `inbound`: peers' streams (sequence tracking, retransmit requests, relay republishing);
-- `causal`: the causal buffer; `sync`: state-vector sync; `antientropy`: Merkle rounds;
+- `causal`: the causal buffer; `sync`: state-vector sync; `antientropy`: Merkle rounds; `seqacks`: acks;
 - `gossip`: hellos, membership gossip, leaves, liveness and relays; `status`: the views;
 - `ephemeral`: messages that are never stored (WebSocket clients' awareness across nodes).
 """
@@ -62,6 +62,7 @@ from crdtsync.core.placement import (
     cluster_placement,
     doc_placement,
 )
+from crdtsync.core.seqacks import SeqAcks
 from crdtsync.core.state import StateDecodeError
 from crdtsync.core.status import ReplicaStatus, dc_statuses, member_statuses, peer_statuses
 from crdtsync.core.sync import StateSync
@@ -158,6 +159,7 @@ class Replica:
             ctx, self.membership, self._guard, self._links, self._outbound, self._inbound, self._antientropy
         )
         self._ephemeral = EphemeralChannel(ctx, self._links, self.membership)
+        self.seq_acks = SeqAcks(ctx, self._links, self._outbound)  # what peers hold of this node's deltas
         self._last_tick_ms = 0.0
         self.store_failing = False
         """Set by the driver while its store cannot commit: content from peers is refused (counted in
@@ -219,6 +221,7 @@ class Replica:
         ctx = self._ctx
         self._step(now_ms)
         self._outbound.flush_due(force=force)
+        self.seq_acks.send_due(self._inbound.tracks, self._causal.bytes_by_sender)
         docs = self._docs
         docs.evict_if_needed()
         if docs.persist or docs.doc_states or docs.drops:
@@ -240,6 +243,7 @@ class Replica:
             self._links.next_hello_ms(),
             self._outbound.next_flush_ms(),
             self._handoff.next_deadline_ms(),
+            self.seq_acks.next_deadline_ms(),
         )
         if self._causal.total or self._antientropy.busy or self._inbound.chasing_gaps:
             deadline = min(deadline, ctx.now_ms + ctx.config.tick_interval_ms)
@@ -353,6 +357,8 @@ class Replica:
                 self._inbound.on_heartbeat(message)
             case wire.SeqIndex():
                 self._inbound.on_seq_index(message)
+            case wire.SeqAck():
+                self.seq_acks.on_ack(message)
             case wire.Hello() | wire.HelloAck():
                 self._gossip.on_hello(message)
             case wire.RetransmitRequest():
@@ -525,21 +531,14 @@ class Replica:
         return doc_id in self._handoff.fetches
 
     def confirm(self, doc_id: str, node_id: str, against: bytes | None, now_ms: float) -> bool:
-        """Ask `node_id` whether it holds everything this node has of `doc_id`, durably (its answer
-        comes after its commit): with `against` None a probe that learns its state vector, else the
-        update it lacks against that state. `confirmation` gives the answer. False when the doc is
-        not loaded here or the node is not reachable."""
+        """Ask `node_id` whether it durably holds all this node has of `doc_id` (`Handoff.confirm`)."""
         self._step(now_ms)
         return self._handoff.confirm(doc_id, node_id, against)
 
     def confirmation(self, doc_id: str, node_id: str) -> tuple[int, bytes] | None:
         """(status, the node's state vector) of its last answer to `confirm` (`wire.HANDOFF_*`
         statuses), None while none came; forgotten once read."""
-        key = (doc_id, node_id)
-        answer = self._handoff.confirmations.get(key)
-        if answer is not None:
-            del self._handoff.confirmations[key]
-        return answer
+        return self._handoff.take_confirmation(doc_id, node_id)
 
     def _candidates(self) -> tuple[list[Candidate], dict[str, MemberState]]:
         """Every member that has not left (a down one keeps its partitions), this node included,

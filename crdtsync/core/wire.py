@@ -47,6 +47,7 @@ from crdtsync.core.messages import (
     Relayed,
     RetransmitGone,
     RetransmitRequest,
+    SeqAck,
     SeqIndex,
     SyncPush,
     SyncRequest,
@@ -95,6 +96,7 @@ __all__ = [
     "Relayed",
     "RetransmitGone",
     "RetransmitRequest",
+    "SeqAck",
     "SeqIndex",
     "SyncPush",
     "SyncRequest",
@@ -177,6 +179,7 @@ class MessageKind(IntEnum):
     CHUNK_REQUEST = chunks.CHUNK_REQUEST
     CHUNK_REPLY = chunks.CHUNK_REPLY
     SEQ_INDEX = 20
+    SEQ_ACK = 24
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
@@ -194,6 +197,8 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.HEARTBEAT, [n, e, s]
         case SeqIndex(n, e, first, buckets):
             return MessageKind.SEQ_INDEX, [n, e, first, *buckets]
+        case SeqAck(n, e, lo, hi):
+            return MessageKind.SEQ_ACK, [n, e, lo, hi]
         case RetransmitRequest(n, e, lo, hi):
             return MessageKind.RETRANSMIT_REQUEST, [n, e, lo, hi]
         case RetransmitGone(n, e, oldest):
@@ -555,6 +560,13 @@ def _read_retransmit_request(f: _Fields, node_id: str) -> Message:
     return RetransmitRequest(node_id, epoch, lo, hi)
 
 
+def _read_seq_ack(f: _Fields, node_id: str) -> Message:
+    epoch, lo, hi = f.uint("epoch"), f.uint("from_seq"), f.uint("through_seq")
+    if lo < 1 or lo > hi:
+        raise WireError("bad_body", f"SEQ_ACK range {lo}..{hi} is not a range of sequence numbers")
+    return SeqAck(node_id, epoch, lo, hi)
+
+
 def _read_retransmit_gone(f: _Fields, node_id: str) -> Message:
     return RetransmitGone(node_id, f.uint("epoch"), f.uint("oldest_seq"))
 
@@ -662,6 +674,7 @@ _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.DELTAS: _read_deltas,
     MessageKind.HEARTBEAT: _read_heartbeat,
     MessageKind.SEQ_INDEX: _read_seq_index,
+    MessageKind.SEQ_ACK: _read_seq_ack,
     MessageKind.RETRANSMIT_REQUEST: _read_retransmit_request,
     MessageKind.RETRANSMIT_GONE: _read_retransmit_gone,
     MessageKind.SYNC_REQUEST: _read_sync_request,

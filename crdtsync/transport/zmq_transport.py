@@ -53,6 +53,14 @@ SUBSCRIPTION_QUEUE_FRAMES_MAX = 10_000
 """Frames queued per subscription (one publisher) before ZeroMQ drops them."""
 RECEIVE_DRAIN_FRAMES_MAX = 256
 """Frames taken from a socket per wakeup before the driver gets a turn to flush effects."""
+DEALER_RECONNECT_IVL_MS = 10
+"""How soon a request socket reconnects to a peer whose connection dropped (a restart on the same
+port). With IMMEDIATE, requests to a peer not connected are dropped, to come again only with a
+retransmission or the next anti-entropy round: ZeroMQ's default of 100 ms dropped that long a
+window of sync and retransmit requests at every restart of a peer."""
+DEALER_RECONNECT_IVL_MAX_MS = 1000
+"""The reconnect interval doubles up to this while a peer stays away: a dead peer costs a connect
+attempt a second, not a hundred."""
 DEALERS_MAX = 1024
 """Request sockets kept open; the oldest is closed beyond this (addresses come from remote hellos)."""
 SUBSCRIPTIONS_MAX = 1024
@@ -186,6 +194,8 @@ class ZmqTransport:
                 set_client_keys(dealer, self.curve, server_key)
             dealer.setsockopt(zmq.LINGER, 0)
             dealer.setsockopt(zmq.IMMEDIATE, 1)
+            dealer.setsockopt(zmq.RECONNECT_IVL, DEALER_RECONNECT_IVL_MS)
+            dealer.setsockopt(zmq.RECONNECT_IVL_MAX, DEALER_RECONNECT_IVL_MAX_MS)
             dealer.setsockopt(zmq.SNDHWM, SEND_QUEUE_FRAMES_MAX)
             try:
                 dealer.connect(self._outgoing(address))

@@ -10,7 +10,12 @@ import pytest
 import zmq
 from zmq_support import free_endpoint, wait_until
 
-from crdtsync.transport.zmq_transport import ZmqTransport, topic
+from crdtsync.transport.zmq_transport import (
+    DEALER_RECONNECT_IVL_MAX_MS,
+    DEALER_RECONNECT_IVL_MS,
+    ZmqTransport,
+    topic,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -91,5 +96,53 @@ def test_a_publisher_is_subscribed_once_and_its_frames_carry_no_key_without_curv
             assert len(transport._subscriptions) == 1
             await publish_until(publisher, lambda: bool(keys))
             assert set(keys) == {None}
+
+    asyncio.run(scenario())
+
+
+def test_a_peer_restarted_on_the_same_port_gets_requests_again() -> None:
+    """Requests to a peer that restarted on its port reach the new process: the request socket
+    reconnects by itself (every DEALER_RECONNECT_IVL_MS, backing off to DEALER_RECONNECT_IVL_MAX_MS
+    while the peer stays away), and what was sent while it was away is dropped and counted."""
+
+    async def scenario() -> None:
+        transport = ZmqTransport(free_endpoint(), None)
+        context = zmq.Context()
+        address = free_endpoint()
+
+        def peer() -> zmq.Socket[bytes]:
+            router: zmq.Socket[bytes] = context.socket(zmq.ROUTER)
+            router.setsockopt(zmq.LINGER, 0)
+            router.bind(address)
+            return router
+
+        def delivered(router: zmq.Socket[bytes]) -> bool:
+            transport.send(address, b"request")  # dropped while the request socket is not connected
+            return router.poll(0) != 0 and router.recv_multipart()[-1] == b"request"
+
+        first = peer()
+        try:
+            await wait_until(lambda: delivered(first), 10.0, "the first process got a request")
+            dealer = transport._dealers[address]
+            assert dealer.getsockopt(zmq.RECONNECT_IVL) == DEALER_RECONNECT_IVL_MS
+            assert dealer.getsockopt(zmq.RECONNECT_IVL_MAX) == DEALER_RECONNECT_IVL_MAX_MS
+            first.close(linger=0)
+            drops_before = transport.send_drops
+
+            def dropped() -> bool:
+                transport.send(address, b"lost")
+                return transport.send_drops > drops_before
+
+            await wait_until(dropped, 10.0, "a request to the stopped peer was dropped")
+            second = peer()
+            try:
+                await wait_until(lambda: delivered(second), 10.0, "the restarted process got a request")
+                assert transport._dealers[address] is dealer  # reconnected, not replaced
+            finally:
+                second.close(linger=0)
+        finally:
+            first.close(linger=0)
+            transport.close()
+            context.term()
 
     asyncio.run(scenario())

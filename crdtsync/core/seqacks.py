@@ -1,0 +1,107 @@
+"""Sequence acknowledgements: each node tells the publishers it subscribes to which of their deltas
+it holds, so that a writer learns that its write reached a replica without asking (`write_acks`).
+
+A subscriber holds a publisher's deltas numbered `held_from..contiguous` of its track (see
+`inbound.PublisherTrack`): `held_from` is the first number of the stream received since the track
+began or since a gap was given up (numbers before it came by other paths, if at all: a hello's
+anti-entropy round, a repair), and a delta the causal buffer dropped moves it past its batch. The
+numbers of docs the subscriber does not take (placement) count as held: a writer counts only the
+doc's holders. Once deltas of a publisher came in and nothing of that publisher waits in the causal
+buffer, a `SEQ_ACK` of that range goes to it, as a send that leaves only after the store committed
+what it acknowledges, and at most once per `seq_ack_interval_ms` per publisher (later ones are due
+then). An idle cluster thus sends one small frame per write and subscriber; a busy one one per
+publisher and interval, whatever the number of writes. A lost ack is covered by the next one; the
+writer asks a replica directly only when no ack came (`crdtsync.holders`).
+
+The writer keeps the last ack of each node for its current incarnation (`acked`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from crdtsync.core import wire
+from crdtsync.core.context import Context
+from crdtsync.core.links import Links
+from crdtsync.core.outbound import Outbound
+
+
+class _Track(Protocol):
+    epoch: int
+    contiguous: int
+    held_from: int
+    deltas_unacked: bool
+
+
+class SeqAcks:
+    def __init__(self, ctx: Context, links: Links, outbound: Outbound) -> None:
+        self._ctx = ctx
+        self._links = links
+        self._outbound = outbound
+        self._sent: dict[str, tuple[int, int, int, float]] = {}
+        """Publisher -> (epoch, from, through, when) of the last ack sent to it."""
+        self._next_due_ms = float("inf")
+        self.acked: dict[str, tuple[int, int]] = {}
+        """Node -> (from, through) of its last ack of this node's current incarnation, oldest first."""
+
+    @property
+    def last_seq(self) -> int:
+        """The number of this node's latest delta in this incarnation (0: none yet)."""
+        return self._outbound.last_seq
+
+    def next_deadline_ms(self) -> float:
+        return self._next_due_ms
+
+    def send_due(self, tracks: Mapping[str, _Track], pending_from: Mapping[str, int]) -> None:
+        """Acknowledge what each publisher's deltas brought since the last ack, once nothing of that
+        publisher waits in the causal buffer (`pending_from`: bytes waiting per sender)."""
+        ctx = self._ctx
+        interval_ms = ctx.config.seq_ack_interval_ms
+        self._next_due_ms = float("inf")
+        for publisher, track in tracks.items():
+            if not track.deltas_unacked or publisher in pending_from:
+                continue
+            if track.contiguous < track.held_from:
+                track.deltas_unacked = False  # nothing held since a gap: the next deltas tell
+                continue
+            sent = self._sent.get(publisher)
+            if sent is not None and sent[:3] == (track.epoch, track.held_from, track.contiguous):
+                track.deltas_unacked = False
+                continue
+            if sent is not None and ctx.now_ms < sent[3] + interval_ms:
+                self._next_due_ms = min(self._next_due_ms, sent[3] + interval_ms)
+                continue
+            address = self._links.address_of.get(publisher)
+            if address is None:
+                continue
+            track.deltas_unacked = False
+            self._sent[publisher] = (track.epoch, track.held_from, track.contiguous, ctx.now_ms)
+            ack = wire.SeqAck(ctx.node_id, track.epoch, track.held_from, track.contiguous)
+            ctx.counters.seq_acks_sent += 1
+            self._links.send(address, ack, after_commit=True)
+
+    def on_ack(self, message: wire.SeqAck) -> None:
+        """A subscriber's ack of this node's deltas: kept if it is of this incarnation and names only
+        numbers this node has published (counted and dropped otherwise)."""
+        ctx = self._ctx
+        if message.epoch != ctx.epoch:
+            ctx.counters.seq_acks_stale += 1
+            return
+        last_seq = self._outbound.last_seq
+        if message.through_seq > last_seq:
+            ctx.counters.seq_acks_refused += 1
+            ctx.warn(
+                "seq_ack_refused",
+                "dropped SEQ_ACK from %s: it names sequence number %d, this node published %d",
+                message.node_id,
+                message.through_seq,
+                last_seq,
+            )
+            return
+        ctx.counters.seq_acks_received += 1
+        acked = self.acked
+        acked.pop(message.node_id, None)
+        if len(acked) >= ctx.config.peers_max:
+            del acked[next(iter(acked))]
+        acked[message.node_id] = (message.from_seq, message.through_seq)

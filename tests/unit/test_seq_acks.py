@@ -1,0 +1,130 @@
+"""Sequence acknowledgements in the core (`crdtsync.core.seqacks`): what a subscriber acknowledges of
+a publisher's stream, when, and what the publisher keeps of it. Replicas are driven by hand through
+the in-memory mesh of test_replica."""
+
+from __future__ import annotations
+
+from pycrdt import Map, Text
+from test_replica import Mesh, _count, _is_deltas_from
+
+from crdtsync.core import wire
+from crdtsync.core.effects import Persist, Publish, Send
+from crdtsync.core.replica import Replica, ReplicaConfig
+
+
+def _write(replica: Replica, key: str, value: int, doc_id: str = "doc") -> None:
+    replica.open_doc(doc_id).get("data", type=Map)[key] = value
+
+
+def _acks_sent(mesh: Mesh, source: Replica) -> list[wire.SeqAck]:
+    return [
+        message
+        for hop in mesh.delivered
+        if hop.source == source.address and isinstance(message := hop.message(), wire.SeqAck)
+    ]
+
+
+def test_a_subscriber_acknowledges_a_delta_once_applied_in_a_send_that_waits_for_its_commit() -> None:
+    mesh = Mesh()
+    a, b = mesh.add("a"), mesh.add("b")
+    mesh.link_all()
+    _write(a, "k", 1)
+    published = [e for e in a.take_effects(mesh.now_ms) if isinstance(e, Publish)]
+    assert len(published) == 1
+    b.receive(published[0].frame, mesh.now_ms)
+    effects = b.take_effects(mesh.now_ms)
+    acks = [e for e in effects if isinstance(e, Send) and isinstance(wire.decode(e.frame), wire.SeqAck)]
+    assert len(acks) == 1 and acks[0].after_commit, "an ack promises durability: it leaves after the commit"
+    assert any(isinstance(e, Persist) and e.updates for e in effects), (
+        "the applied delta is persisted with it"
+    )
+    assert wire.decode(acks[0].frame) == wire.SeqAck("b", a.epoch, 1, 1)
+    a.receive(acks[0].frame, mesh.now_ms)
+    assert a.seq_acks.acked == {"b": (1, 1)}
+    assert (_count(b, "seq_acks_sent"), _count(a, "seq_acks_received")) == (1, 1)
+
+
+def test_one_ack_per_publisher_and_interval_covers_every_write_of_the_interval() -> None:
+    mesh = Mesh()
+    config = ReplicaConfig(seq_ack_interval_ms=5.0)
+    a, b = mesh.add("a", config=config), mesh.add("b", config=config)
+    mesh.link_all()
+    for value in range(10):  # ten batches within one millisecond
+        _write(a, "k", value)
+        mesh.pump()
+        mesh.now_ms += 0.1
+    assert len(_acks_sent(mesh, b)) == 1, "the first ack goes at once, the rest wait for the interval"
+    assert a.seq_acks.acked["b"] == (1, 1)
+    mesh.advance(5.0, step_ms=1.0)
+    assert [(m.from_seq, m.through_seq) for m in _acks_sent(mesh, b)] == [(1, 1), (1, 10)]
+    assert a.seq_acks.acked["b"] == (1, 10)
+    mesh.advance(100.0)
+    assert len(_acks_sent(mesh, b)) == 2, "nothing new: no ack"
+
+
+def test_a_delta_waiting_for_its_dependencies_is_acknowledged_only_once_applied() -> None:
+    mesh = Mesh()
+    a, b, c = mesh.add("a"), mesh.add("b"), mesh.add("c")
+    mesh.link_all()
+    mesh.drop = _is_deltas_from(a, c)  # c never gets a's delta; b's builds on it
+    _write(a, "from_a", 1)
+    mesh.pump()
+    b.open_doc("doc").get("text", type=Text).insert(0, "from b")
+    mesh.pump()
+    assert c.status(mesh.now_ms).pending_updates == 1
+    assert "c" not in b.seq_acks.acked, "c holds b's delta only in its causal buffer"
+    mesh.advance(c.config.causal_wait_ms + 50.0, step_ms=10.0)  # c pulls the doc and applies
+    assert c.status(mesh.now_ms).pending_updates == 0
+    assert b.seq_acks.acked["c"] == (1, 1)
+    assert "c" not in a.seq_acks.acked, "c got a's write by a pull, not on a's stream: no ack of it"
+
+
+def test_numbers_of_a_gap_given_up_are_not_acknowledged_even_after_the_repair() -> None:
+    mesh = Mesh()
+    a, b = mesh.add("a", config=ReplicaConfig(ring_deltas_max=2)), mesh.add("b")
+    mesh.link_all()
+    mesh.drop = _is_deltas_from(a, b)
+    _write(a, "lost", 1)
+    mesh.pump()
+    mesh.drop = lambda hop: False
+    text = a.open_doc("doc").get("text", type=Text)
+    for word in ("one ", "two ", "three"):  # one batch: seqs 2..4, the ring keeps 3..4 only
+        text.insert(len(text), word)
+    mesh.pump()
+    assert _count(b, "retransmits_gone_received") >= 1
+    assert b.open_doc("doc").get("data", type=Map)["lost"] == 1, "anti-entropy repaired the gap"
+    _write(a, "next", 5)
+    mesh.pump()
+    mesh.advance(10.0)
+    held_from, through = a.seq_acks.acked["b"]
+    assert through == 5 and held_from == 5, "1..4 came by a repair and a given-up gap: not acknowledged"
+
+
+def test_a_late_subscriber_acknowledges_from_its_first_number_on_the_stream() -> None:
+    mesh = Mesh()
+    a, _b = mesh.add("a"), mesh.add("b")
+    mesh.link_all()
+    _write(a, "k", 1)
+    _write(a, "k", 2, doc_id="other")
+    mesh.pump()
+    c = mesh.add("c")
+    mesh.link_all()
+    assert c.open_doc("doc").get("data", type=Map)["k"] == 1, "brought by the join's anti-entropy"
+    _write(a, "k", 3)
+    mesh.pump()
+    mesh.advance(10.0)
+    assert a.seq_acks.acked["c"] == (3, 3)
+    assert a.seq_acks.acked["b"] == (1, 3)
+
+
+def test_acks_of_another_incarnation_or_of_numbers_never_published_are_dropped_and_counted() -> None:
+    mesh = Mesh()
+    a, _b = mesh.add("a"), mesh.add("b")
+    mesh.link_all()
+    _write(a, "k", 1)
+    mesh.pump()
+    assert a.seq_acks.acked == {"b": (1, 1)}
+    a.receive(wire.encode(wire.SeqAck("b", a.epoch + 1, 1, 1)), mesh.now_ms)
+    a.receive(wire.encode(wire.SeqAck("b", a.epoch, 1, 99)), mesh.now_ms)
+    assert (_count(a, "seq_acks_stale"), _count(a, "seq_acks_refused")) == (1, 1)
+    assert a.seq_acks.acked == {"b": (1, 1)}, "neither replaced the last good ack"
