@@ -28,6 +28,7 @@ from crdtsync.core.effects import (
     Subscribe,
     Unsubscribe,
 )
+from crdtsync.core.load_wire import NodeLoad
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPolicy
 from crdtsync.core.replica import Replica, ReplicaConfig
@@ -198,6 +199,7 @@ class Node:
         self._closed = False
         self._ephemeral_listeners: dict[str, Callable[[bytes, str], None]] = {}
         self._artifacts: Artifacts | None = None
+        self._cpu_s = time.process_time()
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -372,10 +374,13 @@ class Node:
         if self._artifacts is not None:
             self._artifacts.close()
 
-    async def open(self, doc_id: str) -> Doc[Any]:
+    async def open(self, doc_id: str, *, read: bool = True) -> Doc[Any]:
         """The pycrdt Doc `doc_id`, kept in sync with the peers; created empty when new. The doc stays
-        loaded until `release(doc_id)` (once per `open`): only then may the node evict it."""
+        loaded until `release(doc_id)` (once per `open`): only then may the node evict it. Counted as
+        a read of the doc (adaptive replication) unless `read` is False (opened only to write)."""
         replica = self._replica
+        if read:
+            replica.load.read(doc_id, _now_ms())
         if replica.needs_load(doc_id):
             # Read off the event loop. Nothing evicts it between the answer and the pin below (no
             # await between them); a load the core asked for meanwhile finds it loaded, harmlessly.
@@ -396,7 +401,7 @@ class Node:
         if isinstance(replicas, int) and replicas < 1:
             raise ValueError(f'replicas must be >= 1, "dc" or "all", got {replicas}')
         await self.flush()
-        await self.open(doc_id)
+        await self.open(doc_id, read=False)
         try:
             return await self._waits.write_acks(doc_id, replicas, timeout_ms)
         finally:
@@ -461,6 +466,11 @@ class Node:
         """The doc's partition and its replicas in each datacenter, in preference order, with the
         state this node sees them in."""
         return self._replica.doc_placement(doc_id)
+
+    def load_summaries(self) -> list[tuple[NodeLoad, float]]:
+        """Every member's latest load summary, this node's first, with its age in ms (its load and
+        hottest docs: docs/placement.md#adaptive-replication)."""
+        return self._replica.load.view(_now_ms())
 
     def cluster_placement(self) -> ClusterPlacement:
         """Partitions per member under the default placement rule, and the imbalance per datacenter."""
@@ -677,6 +687,8 @@ class Node:
             if self._closed:
                 return
             try:
+                cpu_s, self._cpu_s = self._cpu_s, time.process_time()
+                replica.load.busy(self._cpu_s - cpu_s, _now_ms())  # the node's load figure
                 replica.tick(_now_ms())
                 self._pump()
             except Exception:  # a bug in a timer must not stop replication for good

@@ -81,6 +81,13 @@ class ReplicaConfig:
     to the nodes that hold them without it (placement) before it leaves anyway."""
     follower_fetch_timeout_ms: float = 2000.0
     """How long `Node.open` of a doc this node does not hold waits for its nearest holder's answer."""
+    load_half_life_ms: float = 300_000.0
+    """Adaptive replication: the half-life of the decaying rates of reads and writes per doc and of
+    the node's load (docs/placement.md#adaptive-replication)."""
+    load_docs_tracked_max: int = 4096
+    """Docs whose rates a node keeps (space-saving: the coldest gives its place to a newcomer)."""
+    load_docs_gossiped: int = 16
+    """Hottest docs in the load summary each node gossips (at most 32)."""
     handoff_docs_per_pass_max: int = 1024
     handoff_bytes_per_pass_max: int = 4 * 1024 * 1024
     """Offers sent per handoff pass (every `handoff_interval_ms`): the throttle of rebalancing."""

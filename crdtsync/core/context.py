@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from crdtsync.core import wire
 from crdtsync.core.config import ReplicaConfig
 from crdtsync.core.counters import Counters
 from crdtsync.core.effects import Effect
+
+if TYPE_CHECKING:
+    from crdtsync.core.load_board import LoadBoard
 
 log = logging.getLogger("crdtsync.replica")
 
@@ -32,8 +37,26 @@ class DcTraffic:
     failures: int = 0
 
 
+def check_identity(node_id: str, client_id: int, dc: str, zone: str, weight: float) -> None:
+    """Refuse an identity that the wire could not carry (or Yjs could not use)."""
+    if not node_id or len(node_id.encode()) > wire.NODE_ID_BYTES_MAX:
+        raise ValueError(f"node_id must be 1..{wire.NODE_ID_BYTES_MAX} bytes, got {node_id!r}")
+    if not 0 < client_id < 1 << 53:
+        raise ValueError("client_id must be in 1..2**53-1 (a Yjs client id)")
+    if not dc or len(dc.encode()) > wire.DC_BYTES_MAX:
+        raise ValueError(f"dc must be 1..{wire.DC_BYTES_MAX} bytes, got {dc!r}")
+    if len(zone.encode()) > wire.ZONE_BYTES_MAX:
+        raise ValueError(f"zone must be at most {wire.ZONE_BYTES_MAX} bytes, got {zone!r}")
+    if not 0.001 <= weight <= 1000.0:
+        raise ValueError(f"weight must be in 0.001..1000, got {weight!r}")
+
+
 class Context:
     """The identity, configuration, clock reading and output buffer shared by the replica's parts."""
+
+    load: LoadBoard
+    """Rates of reads and writes and the members' load summaries (set by the replica once its member
+    table exists; see `crdtsync.core.load_board`)."""
 
     def __init__(
         self,

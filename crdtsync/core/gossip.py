@@ -72,7 +72,10 @@ class Gossip:
         up = self._links.alive() if self._links.is_relay else self._links.alive(dc="same")
         if up:
             self._turn += 1
-            self._gossip_to(up[self._turn % len(up)], reply=False)
+            link = up[self._turn % len(up)]
+            self._gossip_to(link, reply=False)
+            # Load summaries ride the same rounds (adaptive replication: crdtsync.core.load_board).
+            self._links.send(link.address, ctx.load.message(ctx.now_ms))
 
     # ------------------------------------------------------------------ frames in
 

@@ -198,7 +198,7 @@ class RateTable:
         return self._rates(doc_id, entry, self._per_second(now_ms))
 
     def hottest(self, count: int, now_ms: float) -> list[DocRates]:
-        """The `count` docs with the highest total rate, hottest first (ties by doc id)."""
+        """The `count` docs with the highest total rate, hottest first (ties in table order)."""
         factor = self._per_second(now_ms)
-        top = heapq.nsmallest(count, self._entries.items(), key=lambda item: (-item[1].total, item[0]))
+        top = heapq.nlargest(count, self._entries.items(), key=lambda item: item[1].total)
         return [self._rates(doc_id, entry, factor) for doc_id, entry in top]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crdtsync.core.chunks import ChunkReply, ChunkRequest
+from crdtsync.core.load_wire import LoadSummaries
 from crdtsync.core.placement import PARTITIONS_DEFAULT, PLACEMENT_VERSION
 
 
@@ -302,6 +303,7 @@ Message = (
     | HandoffAck
     | ChunkRequest
     | ChunkReply
+    | LoadSummaries
     | SeqIndex
     | SeqAck
 )

@@ -40,7 +40,7 @@ from crdtsync.core.antientropy import AntiEntropy
 from crdtsync.core.causal import CausalBuffer
 from crdtsync.core.chunks import ChunkMessage, ChunkReply, ChunkRequest
 from crdtsync.core.config import ReplicaConfig
-from crdtsync.core.context import Context
+from crdtsync.core.context import Context, check_identity
 from crdtsync.core.counters import Counters
 from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocNotLoadedError, DocTable
 from crdtsync.core.effects import Effect, Persist
@@ -51,6 +51,8 @@ from crdtsync.core.handoff import Handoff
 from crdtsync.core.holding import Holding
 from crdtsync.core.inbound import Inbound
 from crdtsync.core.links import Links
+from crdtsync.core.load_board import LoadBoard
+from crdtsync.core.load_wire import LoadSummaries
 from crdtsync.core.membership import Membership, MembershipConfig
 from crdtsync.core.outbound import Outbound
 from crdtsync.core.placement import (
@@ -73,19 +75,6 @@ log = logging.getLogger("crdtsync.replica")
 
 _CONTENT_MESSAGES = (wire.Deltas, wire.Relayed, wire.SyncResponse, wire.SyncPush, wire.HandoffOffer)
 """Messages that carry doc content to apply (and then persist)."""
-
-
-def _check_identity(node_id: str, client_id: int, dc: str, zone: str, weight: float) -> None:
-    if not node_id or len(node_id.encode()) > wire.NODE_ID_BYTES_MAX:
-        raise ValueError(f"node_id must be 1..{wire.NODE_ID_BYTES_MAX} bytes, got {node_id!r}")
-    if not 0 < client_id < 1 << 53:
-        raise ValueError("client_id must be in 1..2**53-1 (a Yjs client id)")
-    if not dc or len(dc.encode()) > wire.DC_BYTES_MAX:
-        raise ValueError(f"dc must be 1..{wire.DC_BYTES_MAX} bytes, got {dc!r}")
-    if len(zone.encode()) > wire.ZONE_BYTES_MAX:
-        raise ValueError(f"zone must be at most {wire.ZONE_BYTES_MAX} bytes, got {zone!r}")
-    if not 0.001 <= weight <= 1000.0:
-        raise ValueError(f"weight must be in 0.001..1000, got {weight!r}")
 
 
 class Replica:
@@ -111,7 +100,7 @@ class Replica:
         """`lazy_docs`: the driver answers `LoadDoc` from a store, so docs beyond the cache limits
         (`docs_cached_max`, `docs_cached_bytes_max`) are evicted; otherwise every doc stays loaded.
         `zone` and `weight`: this node's placement zone and capacity, gossiped with its record."""
-        _check_identity(node_id, client_id, dc, zone, weight)
+        check_identity(node_id, client_id, dc, zone, weight)
         placement = placement or PlacementPolicy()
         self.config = config = config or ReplicaConfig()
         membership_config = membership or MembershipConfig()
@@ -135,6 +124,7 @@ class Replica:
         )
         self.placement = placement
         self._holding = holding = Holding(node_id, dc, self.membership, placement)
+        self.load = ctx.load = LoadBoard(ctx, self.membership, holding)  # rates, load, members' summaries
         self._guard = Guard(ctx)
         self._links = Links(ctx, self.membership, holding)
         self._outbound = Outbound(ctx, self._links, holding)
@@ -205,6 +195,7 @@ class Replica:
             self._docs.captured = []
             for doc_id, before, after, update in captured:
                 self._outbound.capture(doc_id, before, after, update)
+                self.load.wrote(doc_id, now_ms)
 
     def stop_notifying(self) -> None:
         """No more `on_capture` calls (the driver is closing)."""
@@ -398,6 +389,8 @@ class Replica:
                     self.on_chunk_message(message)
             case wire.Ephemeral():
                 self._ephemeral.on_message(message)
+            case LoadSummaries():
+                self.load.on_message(message, self._ctx.now_ms)
 
     # ------------------------------------------------------------------ ephemeral messages
 

@@ -88,6 +88,8 @@ class StateSync:
         replies: list[tuple[Any, ...]] = []
         for doc_id, state in message.entries:
             ctx.counters.syncs_served += 1
+            if len(message.entries) == 1:  # a follower's fetch is one doc (a forwarded read)
+                ctx.load.fetched(doc_id, node_id, ctx.now_ms)
             entry = self._docs.get(doc_id)
             if entry is None:
                 replies.append((doc_id, EMPTY_UPDATE, EMPTY_STATE))

@@ -29,7 +29,7 @@ from typing import Any
 import lz4.block
 import msgpack
 
-from crdtsync.core import chunks
+from crdtsync.core import chunks, load_wire
 from crdtsync.core.counters import WireErrorReason
 from crdtsync.core.messages import (
     HANDOFF_NOT_HOLDER,
@@ -179,6 +179,7 @@ class MessageKind(IntEnum):
     CHUNK_REQUEST = chunks.CHUNK_REQUEST
     CHUNK_REPLY = chunks.CHUNK_REPLY
     SEQ_INDEX = 20
+    LOAD_SUMMARIES = load_wire.LOAD_SUMMARIES
     SEQ_ACK = 24
 
 
@@ -247,6 +248,9 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.EPHEMERAL, [n, origin, doc_id, payload]
         case chunks.ChunkRequest() | chunks.ChunkReply():
             kind, fields = chunks.body_of(message)
+            return MessageKind(kind), fields
+        case load_wire.LoadSummaries():
+            kind, fields = load_wire.body_of(message)
             return MessageKind(kind), fields
     raise TypeError(f"not a crdtsync message: {message!r}")
 
@@ -691,5 +695,6 @@ _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.EPHEMERAL: _read_ephemeral,
     MessageKind.CHUNK_REQUEST: chunks.read_request,
     MessageKind.CHUNK_REPLY: chunks.read_reply,
+    MessageKind.LOAD_SUMMARIES: load_wire.read_summaries,
 }
 """How to read the body of each kind (every `MessageKind` has one)."""

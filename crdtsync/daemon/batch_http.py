@@ -104,7 +104,7 @@ class BatchRoute:
         docs: dict[str, Doc[Any]] = {}
         try:
             for doc_id in by_doc:
-                docs[doc_id] = await self.node.open(doc_id)
+                docs[doc_id] = await self.node.open(doc_id, read=False)
             set_keys = deleted = 0
             for doc_id, writes in by_doc.items():
                 doc = docs[doc_id]

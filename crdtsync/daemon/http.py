@@ -343,10 +343,10 @@ class Api:
                 self.node, self.token_waits, request, doc_id, self.config.http.wait_ms_max, watch=watch
             )
         if self.node.has_doc(doc_id):
-            return await self.node.open(doc_id)
+            return await self.node.open(doc_id, read=request.method == "GET")
         if not self.node.holds(doc_id):
             # A doc this node does not hold (placement) is fetched from its nearest holder.
-            doc = await self.node.open(doc_id)
+            doc = await self.node.open(doc_id, read=request.method == "GET")
             if doc.get_state() != EMPTY_STATE:
                 return doc
             self.node.release(doc_id)
@@ -415,7 +415,7 @@ class Api:
 
     async def put_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
         value = await self._json_body(request)
-        doc = await self.node.open(doc_id)
+        doc = await self.node.open(doc_id, read=False)
         try:
             with doc.transaction():  # the root's lookup is a transaction too: one instead of two
                 doc.get("data", type=Map)[key] = value
@@ -439,7 +439,7 @@ class Api:
             raise ApiError(400, "bad_patch", "PATCH takes a non-empty JSON object of keys to set")
         for key in body:
             check_key(key)
-        doc = await self.node.open(doc_id)
+        doc = await self.node.open(doc_id, read=False)
         try:
             data = doc.get("data", type=Map)
             with doc.transaction():
@@ -487,7 +487,7 @@ class Api:
         exists = self.node.has_doc(doc_id)
         current = b"\x00"
         if exists:
-            doc = await self.node.open(doc_id)
+            doc = await self.node.open(doc_id, read=False)
             current = doc.get_update()
             held = decode_state_vector(doc.get_state())
             self.node.release(doc_id)
@@ -516,7 +516,7 @@ class Api:
             raise
         except BaseException as exc:
             raise ApiError(400, "bad_update", f"not a valid Yjs update for this doc: {exc}") from None
-        doc = await self.node.open(doc_id)
+        doc = await self.node.open(doc_id, read=False)
         try:
             doc.apply_update(update)
         except BaseException:

@@ -68,6 +68,7 @@ def test_node_methods_are_pinned() -> None:
         "has_doc",
         "holds",
         "listen_ephemeral",
+        "load_summaries",
         "merkle_root",
         "open",
         "publish_ephemeral",
@@ -106,9 +107,11 @@ def test_node_methods_are_pinned() -> None:
         "cluster_placement",
         "publish_ephemeral",
         "listen_ephemeral",
+        "load_summaries",
     ):
         assert not inspect.iscoroutinefunction(getattr(Node, name)), name
-    assert list(inspect.signature(Node.open).parameters) == ["self", "doc_id"]
+    assert list(inspect.signature(Node.open).parameters) == ["self", "doc_id", "read"]
+    assert inspect.signature(Node.open).parameters["read"].kind is inspect.Parameter.KEYWORD_ONLY
     assert list(inspect.signature(Node.flush).parameters) == ["self"]
     assert list(inspect.signature(Node.wait_for).parameters) == ["self", "doc_id", "token", "timeout_ms"]
     assert inspect.signature(Node.wait_for).parameters["timeout_ms"].kind is inspect.Parameter.KEYWORD_ONLY

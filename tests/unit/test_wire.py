@@ -11,7 +11,7 @@ import lz4.block
 import msgpack
 import pytest
 
-from crdtsync.core import chunks, wire
+from crdtsync.core import chunks, load_wire, wire
 from crdtsync.core.wire import MessageKind, WireError
 
 NODE = "node-a"
@@ -61,6 +61,14 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
     wire.HandoffAck(NODE, (("doc-1", 1, b"\x01\x05\x02"), ("doc-2", 2, b"\x00"))),
     chunks.ChunkRequest(NODE, 7, "checkpoints/llama-ft", "0123456789abcdef", (b"\x01" * 32, b"\x02" * 32)),
     chunks.ChunkReply(NODE, 7, ((b"\x01" * 32, b"chunk bytes"),), (b"\x02" * 32,)),
+    load_wire.LoadSummaries(
+        NODE,
+        (
+            load_wire.NodeLoad(
+                NODE, "east", 1, 2, 0.25, (load_wire.DocLoad("d", True, 0.0, (("read", "east", 1.5),)),)
+            ),
+        ),
+    ),
 ]
 
 
