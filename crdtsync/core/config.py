@@ -94,3 +94,10 @@ class ReplicaConfig:
     handoff_in_flight_per_target_max: int = 256
     """Offers to one node that may wait for its answer; more wait for a later pass (a newcomer that
     every node hands docs to is not flooded)."""
+    wire_version_max: int = 2
+    """The highest wire version this node speaks (1..2; see docs/operations.md, rolling upgrades).
+    1 pins it to what releases before negotiation speak, for a cluster that still has such nodes."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.wire_version_max <= 2:  # 2: `crdtsync.core.envelope.WIRE_VERSION`
+            raise ValueError(f"wire_version_max must be 1 or 2, got {self.wire_version_max!r}")

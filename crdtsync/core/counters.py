@@ -14,6 +14,7 @@ WireErrorReason = Literal[
     "truncated",
     "bad_magic",
     "bad_version",
+    "bad_header",
     "bad_kind",
     "bad_flags",
     "bad_length",
@@ -23,7 +24,8 @@ WireErrorReason = Literal[
     "bad_state",
     "too_large",
 ]
-"""Why a frame was dropped as malformed (`bad_state`: a state vector inside it did not decode)."""
+"""Why a frame was dropped as malformed (`bad_state`: a state vector inside it did not decode;
+`bad_header`: a version-2 header's sender id or varints are malformed)."""
 
 
 @dataclass(slots=True)
@@ -117,6 +119,8 @@ class Counters:
     handoff_acks_received: int = 0
     hellos_refused_placement: int = 0
     """Hellos from nodes with another partition count or placement version (never linked)."""
+    hellos_refused_version: int = 0
+    """Hellos from nodes that speak no wire version this node speaks (never linked)."""
     handoff_docs_dropped: int = 0
     """Docs handed to a holder (confirmed twice, `handoff_grace_ms` apart) and dropped here."""
     # ephemeral messages (awareness across nodes, never stored)

@@ -102,9 +102,15 @@ class Gossip:
                 ctx.partitions, PLACEMENT_VERSION,
             )  # fmt: skip
             return
+        version = self._wire_version_with(message)
+        if version is None:
+            return
         link = self._links.link_for(message.address, configured=False)
         if link is None:
             return
+        if message.wire_version_max == 1 and (link.wire_version or 1) > 1 and link.epoch == message.epoch:
+            return  # the version-1 copy of a greeting this node took in a newer version
+        self._links.set_wire_version(link, version)
         self._bind(link, message)
         record = wire.MemberEntry(
             message.node_id,
@@ -149,6 +155,22 @@ class Gossip:
             # lost as well (a request socket drops frames until its connection is up), the first
             # request of a round with it included. Without this the round waited ae_round_timeout_ms.
             self._antientropy.restart_round(link.address)
+
+    def _wire_version_with(self, message: wire.Hello | wire.HelloAck) -> int | None:
+        """The highest wire version both this node and the hello's sender speak; None (refused,
+        counted and logged) when there is none."""
+        ctx = self._ctx
+        common = min(ctx.config.wire_version_max, message.wire_version_max)
+        if common >= max(wire.WIRE_VERSION_MIN, message.wire_version_min):
+            return common
+        ctx.counters.hellos_refused_version += 1
+        ctx.warn(
+            "wire_version_mismatch",
+            "refused a hello from %s at %s: it speaks wire versions %d..%d, this node %d..%d",
+            message.node_id, message.address, message.wire_version_min, message.wire_version_max,
+            wire.WIRE_VERSION_MIN, ctx.config.wire_version_max,
+        )  # fmt: skip
+        return None
 
     def _bind(self, link: PeerLink, message: wire.Hello | wire.HelloAck) -> None:
         """Make `link` the link of the node that said hello from its address."""

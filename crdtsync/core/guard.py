@@ -31,6 +31,15 @@ class Guard:
         self._node_of_key: dict[str, str] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
 
+    def admit_frame(self, sender: str, key: str | None) -> bool:
+        """Whether a frame from node id `sender` (on a connection authenticated as `key`, if known)
+        goes on to be handled: not this node's own, not quarantined, within its rate, and from the
+        key bound to that node id."""
+        if sender == self._ctx.node_id:
+            self._ctx.counters.own_frames_dropped += 1
+            return False
+        return self.admit(sender) and (key is None or self.identity_matches(sender, key))
+
     def admit(self, sender: str) -> bool:
         """Quarantine and per-sender rate limit, checked before a frame is handled."""
         ctx = self._ctx

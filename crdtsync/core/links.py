@@ -49,6 +49,8 @@ class PeerLink:
     subscribed_endpoint: str | None = None
     subscribed_buckets: frozenset[BucketKey] | None = None
     """The buckets subscribed to (with the frames published without one); None: every frame."""
+    wire_version: int | None = None
+    """The highest wire version both ends speak, from the peer's hello (`Links.set_wire_version`)."""
 
     @property
     def reachable(self) -> bool:
@@ -72,6 +74,8 @@ class Links:
         self.address_of: dict[str, str] = {}
         """Node id -> the address of its link."""
         self.is_relay = True
+        self._publish_version: int | None = None
+        """The lowest version of the links (see `publish_version`); None: to be found again."""
         self._greeting: dict[str, None] = {}
         """Addresses of the links that are neither alive nor suspect: the only ones hellos go to, so
         the next hello's deadline is found without a scan of every link."""
@@ -99,6 +103,7 @@ class Links:
             del self.address_of[link.node_id]
         del self.by_address[link.address]
         self._greeting.pop(link.address, None)
+        self._publish_version = None
 
     def set_state(self, link: PeerLink, state: PeerState) -> None:
         link.state = state
@@ -194,7 +199,30 @@ class Links:
             ctx.weight,
             ctx.partitions,
             PLACEMENT_VERSION,
+            wire.WIRE_VERSION_MIN,
+            ctx.config.wire_version_max,
         )
+
+    def set_wire_version(self, link: PeerLink, version: int) -> None:
+        link.wire_version = version
+        self._publish_version = None
+
+    def publish_version(self) -> int:
+        """The wire version of published frames: the lowest any link speaks, so that every
+        subscriber reads them (PUB/SUB is one copy for all; see docs/architecture.md)."""
+        if self._publish_version is None:
+            versions = (link.wire_version for link in self.by_address.values() if link.wire_version)
+            self._publish_version = min(versions, default=self._ctx.config.wire_version_max)
+        return self._publish_version
+
+    def _versions_to(self, link: PeerLink | None, message: wire.Message) -> tuple[int, ...]:
+        """Before a peer's hello told its versions, frames to it go in version 1, which every node
+        reads, and a hello also in this node's highest first, which a newer peer answers in kind."""
+        if link is not None and link.wire_version is not None:
+            return (link.wire_version,)
+        if isinstance(message, wire.Hello) and self._ctx.config.wire_version_max > 1:
+            return (self._ctx.config.wire_version_max, 1)
+        return (1,)
 
     def send_hellos(self, last_seq: int) -> None:
         """Greet every wanted link that is not alive or suspect, backing off from a quick first retry (peers often
@@ -234,10 +262,10 @@ class Links:
 
     # ------------------------------------------------------------------ frames out
 
-    def encode(self, message: wire.Message, way: Literal["published", "sent"]) -> bytes | None:
+    def encode(self, message: wire.Message, way: Literal["published", "sent"], version: int) -> bytes | None:
         ctx = self._ctx
         try:
-            frame, raw_size = wire.encode_counted(message)
+            frame, raw_size = wire.encode_counted(message, version)
         except wire.WireError as exc:
             # Only a single transaction larger than a frame gets here (batches split well below).
             # Peers cannot receive it as a delta; it stays in the doc and in the store.
@@ -266,16 +294,21 @@ class Links:
         bucket: BucketKey | None = None,
         audience: Audience = "every",
     ) -> None:
-        frame = self.encode(message, "published")
+        frame = self.encode(message, "published", self.publish_version())
         if frame is not None:
             if isinstance(message, wire.Deltas):
                 self._ctx.counters.batches_published += 1
             self._ctx.effects.append(Publish(frame, dc_only, bucket, audience))
 
     def send(self, address: str, message: wire.Message, *, after_commit: bool = False) -> None:
-        frame = self.encode(message, "sent")
+        link = self.by_address.get(address)
+        for version in self._versions_to(link, message):
+            self._send_frame(link, address, self.encode(message, "sent", version), after_commit)
+
+    def _send_frame(
+        self, link: PeerLink | None, address: str, frame: bytes | None, after_commit: bool
+    ) -> None:
         if frame is not None:
-            link = self.by_address.get(address)
             dc = self.dc(link) if link is not None else None
             if dc is not None and dc != self._ctx.dc:
                 traffic = self._ctx.traffic_with(dc)

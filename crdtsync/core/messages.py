@@ -43,6 +43,10 @@ class Hello:
     weight: float = 1.0
     partitions: int = PARTITIONS_DEFAULT
     placement_version: int = PLACEMENT_VERSION
+    wire_version_min: int = 1
+    wire_version_max: int = 1
+    """The wire versions the sender speaks; a version-1 hello cannot carry them (read as 1..1).
+    Each link speaks the highest both ends speak (see `crdtsync.core.links`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,8 @@ class HelloAck:
     weight: float = 1.0
     partitions: int = PARTITIONS_DEFAULT
     placement_version: int = PLACEMENT_VERSION
+    wire_version_min: int = 1
+    wire_version_max: int = 1
 
 
 @dataclass(frozen=True, slots=True)

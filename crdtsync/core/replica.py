@@ -308,18 +308,17 @@ class Replica:
         ctx.counters.frames_received += 1
         ctx.counters.bytes_received += len(frame)
         try:
-            message, raw_size = wire.decode_counted(frame)
+            header = wire.read_header(frame, ctx.config.wire_version_max)
+            # A version-2 header names the sender: admitted before the body is decompressed or parsed.
+            if header.sender and not self._guard.admit_frame(header.sender, sender_key):
+                return
+            message, raw_size = wire.decode_body(frame, header)
         except wire.WireError as exc:
             ctx.counters.wire_error(exc.reason)
             ctx.warn(exc.reason, "dropped a malformed frame of %d bytes: %s", len(frame), exc)
             return
         ctx.counters.bytes_received_raw += raw_size
-        if message.node_id == ctx.node_id:
-            ctx.counters.own_frames_dropped += 1
-            return
-        if not self._guard.admit(message.node_id):
-            return
-        if sender_key is not None and not self._guard.identity_matches(message.node_id, sender_key):
+        if not header.sender and not self._guard.admit_frame(message.node_id, sender_key):
             return
         if self.store_failing and isinstance(message, _CONTENT_MESSAGES):
             # Applied content waits in memory for a commit that cannot happen: refuse it, and let

@@ -1,27 +1,20 @@
 """The wire format: a versioned, checksummed envelope around a msgpack body.
 
-Every frame that crosses a socket is one envelope::
-
-    offset size field
-    0      2    magic  b"CS"
-    2      1    version (WIRE_VERSION)
-    3      1    kind    (MessageKind)
-    4      1    flags   (bit 0: body is lz4-block compressed)
-    5      4    body length in bytes, big-endian (as sent, after compression)
-    9      4    crc32 of the body as sent, big-endian
-    13     ...  body
-
-The body is a msgpack array whose shape depends on the kind (`_body_of`; the message classes are in
-`crdtsync.core.messages`, re-exported here).
+Every frame that crosses a socket is one envelope: a header (`crdtsync.core.envelope`: magic,
+version, kind, flags, body length and checksum and, from version 2, the sender's node id, epoch and
+sequence number under their own checksum) and a body, a msgpack array whose shape depends on the
+kind (`_body_of`; the message classes are in `crdtsync.core.messages`, re-exported here). A
+version-2 body leaves out what the header carries (`_IN_HEADER`); a version-2 hello adds the range
+of versions its sender speaks.
 Everything is validated here, before any byte reaches pycrdt: magic, version, kind, declared and
-actual length, checksum, decompressed size, msgpack limits and the exact shape and types of each
-field. A frame that fails any check raises `WireError` naming what was wrong.
+actual length, checksums, decompressed size, msgpack limits and the exact shape and types of each
+field. A frame that fails any check raises `WireError` naming what was wrong. `read_header` and
+`decode_body` split `decode` so that a receiver can admit the sender before the body is read.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+import dataclasses
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
@@ -29,8 +22,20 @@ from typing import Any
 import lz4.block
 import msgpack
 
-from crdtsync.core import chunks, load_wire
-from crdtsync.core.counters import WireErrorReason
+from crdtsync.core import chunks, envelope, load_wire
+from crdtsync.core.envelope import (
+    BODY_BYTES_MAX,
+    FLAG_LZ4,
+    FRAME_BYTES_MAX,
+    HEADER,
+    HEADER_BYTES,
+    MAGIC,
+    NODE_ID_BYTES_MAX,
+    WIRE_VERSION,
+    WIRE_VERSION_MIN,
+    Header,
+    WireError,
+)
 from crdtsync.core.messages import (
     HANDOFF_NOT_HOLDER,
     Delta,
@@ -59,6 +64,8 @@ from crdtsync.core.messages import (
     TreeSegments,
     TreeSegmentsRequest,
 )
+from crdtsync.core.wire_fields import DELTAS_PER_BATCH_MAX, DOC_ID_BYTES_MAX, TREE_HASH_BYTES
+from crdtsync.core.wire_fields import Fields as _Fields
 
 __all__ = [
     "BODY_BYTES_MAX",
@@ -80,12 +87,14 @@ __all__ = [
     "TREE_HASH_BYTES",
     "TREE_SEGMENTS",
     "WIRE_VERSION",
+    "WIRE_VERSION_MIN",
     "ZONE_BYTES_MAX",
     "Delta",
     "Deltas",
     "Ephemeral",
     "HandoffAck",
     "HandoffOffer",
+    "Header",
     "Heartbeat",
     "Hello",
     "HelloAck",
@@ -109,28 +118,18 @@ __all__ = [
     "TreeSegmentsRequest",
     "WireError",
     "decode",
+    "decode_body",
     "decode_counted",
     "encode",
     "encode_counted",
+    "read_header",
 ]
 
-MAGIC = b"CS"
-WIRE_VERSION = 1
-HEADER = struct.Struct("!2sBBBII")
-HEADER_BYTES = HEADER.size
-FLAG_LZ4 = 0x01
 _KNOWN_FLAGS = FLAG_LZ4
 
-FRAME_BYTES_MAX = 8 * 1024 * 1024
-"""Largest envelope accepted or produced (header + body as sent)."""
-BODY_BYTES_MAX = 16 * 1024 * 1024
-"""Largest body after decompression: caps what a hostile compressed frame can make us allocate."""
 COMPRESS_MIN_BYTES = 200
 """Bodies smaller than this are sent uncompressed: lz4 framing makes small bodies grow."""
 ZONE_BYTES_MAX = 64
-NODE_ID_BYTES_MAX = 64
-DOC_ID_BYTES_MAX = 512
-DELTAS_PER_BATCH_MAX = 4096
 SYNC_DOCS_PER_MESSAGE_MAX = 1024
 """Most docs one SYNC_REQUEST, SYNC_RESPONSE or SYNC_PUSH carries."""
 ENTRIES_PER_MESSAGE_MAX = 4096
@@ -138,21 +137,11 @@ ENTRIES_PER_MESSAGE_MAX = 4096
 TREE_SEGMENTS = 4096
 TREE_BRANCHES = 64
 """The Merkle tree's shape is part of the protocol: every node of a cluster uses the same one."""
-TREE_HASH_BYTES = 16
 DC_BYTES_MAX = 64
 MEMBERS_PER_MESSAGE_MAX = 1024
 """Most member records one MEMBERS gossip message carries."""
 EPHEMERAL_BYTES_MAX = 64 * 1024
 """Largest payload of an EPHEMERAL message (an awareness update of a few clients is well under 1 KiB)."""
-
-
-class WireError(ValueError):
-    """A frame that is not a valid crdtsync message. `reason` is a short stable label for metrics."""
-
-    def __init__(self, reason: WireErrorReason, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 class MessageKind(IntEnum):
@@ -179,8 +168,8 @@ class MessageKind(IntEnum):
     CHUNK_REQUEST = chunks.CHUNK_REQUEST
     CHUNK_REPLY = chunks.CHUNK_REPLY
     SEQ_INDEX = 20
-    LOAD_SUMMARIES = load_wire.LOAD_SUMMARIES
     SEQ_ACK = 24
+    LOAD_SUMMARIES = load_wire.LOAD_SUMMARIES
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
@@ -255,61 +244,74 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
     raise TypeError(f"not a crdtsync message: {message!r}")
 
 
-def encode(message: Message) -> bytes:
-    """Encode one message as an envelope, compressing the body when that makes it smaller."""
-    return encode_counted(message)[0]
+_IN_HEADER: dict[MessageKind, tuple[int, int]] = {
+    MessageKind.HELLO: (1, 4),
+    MessageKind.HELLO_ACK: (1, 4),
+    MessageKind.DELTAS: (1, 2),
+    MessageKind.HEARTBEAT: (1, 2),
+    MessageKind.SEQ_INDEX: (1, 2),
+}
+"""Kinds that state their sender's stream position: where the epoch and the sequence number stand in
+the version-1 body. Version 2 moves them, with the node id (field 0 of every kind), to the header."""
 
 
-def encode_counted(message: Message) -> tuple[bytes, int]:
+def encode(message: Message, version: int = WIRE_VERSION) -> bytes:
+    """Encode one message as an envelope of `version`, compressing the body when that makes it smaller."""
+    return encode_counted(message, version)[0]
+
+
+def encode_counted(message: Message, version: int = WIRE_VERSION) -> tuple[bytes, int]:
     """`encode`, plus the size the frame would have without compression."""
     kind, fields = _body_of(message)
+    sender, epoch, seq = b"", 0, 0
+    if version >= 2:
+        sender = fields[0].encode()
+        epoch_at, seq_at = _IN_HEADER.get(kind, (0, 0))
+        if epoch_at:
+            epoch, seq = fields[epoch_at], fields[seq_at]
+        fields = [field for index, field in enumerate(fields) if index not in (0, epoch_at, seq_at)]
+        if isinstance(message, Hello | HelloAck):
+            fields += [message.wire_version_min, message.wire_version_max]
     body: bytes = msgpack.packb(fields, use_bin_type=True)
-    raw_size = HEADER_BYTES + len(body)
+    header_bytes = len(envelope.pack(version, kind, 0, b"", sender, epoch, seq))
+    raw_size = header_bytes + len(body)
     flags = 0
     if len(body) >= COMPRESS_MIN_BYTES:
         packed: bytes = lz4.block.compress(body, store_size=True)
         if len(packed) < len(body):
             body, flags = packed, FLAG_LZ4
-    if HEADER_BYTES + len(body) > FRAME_BYTES_MAX:
+    if header_bytes + len(body) > FRAME_BYTES_MAX:
         raise WireError(
-            "too_large", f"encoded frame of {HEADER_BYTES + len(body)} bytes exceeds {FRAME_BYTES_MAX}"
+            "too_large", f"encoded frame of {header_bytes + len(body)} bytes exceeds {FRAME_BYTES_MAX}"
         )
-    return HEADER.pack(MAGIC, WIRE_VERSION, kind, flags, len(body), zlib.crc32(body)) + body, raw_size
+    return envelope.pack(version, kind, flags, body, sender, epoch, seq), raw_size
 
 
-def decode(frame: bytes) -> Message:
+def decode(frame: bytes, version_max: int = WIRE_VERSION) -> Message:
     """Decode and fully validate one envelope. Raises `WireError` for anything malformed."""
-    return decode_counted(frame)[0]
+    return decode_counted(frame, version_max)[0]
 
 
-def decode_counted(frame: bytes) -> tuple[Message, int]:
-    """Decode and fully validate one envelope. Raises `WireError` for anything malformed."""
-    if len(frame) > FRAME_BYTES_MAX:
-        raise WireError("too_large", f"frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
-    if len(frame) < HEADER_BYTES:
-        raise WireError(
-            "truncated", f"frame of {len(frame)} bytes is shorter than the {HEADER_BYTES}-byte header"
-        )
-    magic, version, kind_number, flags, body_length, checksum = HEADER.unpack_from(frame)
-    if magic != MAGIC:
-        raise WireError("bad_magic", f"magic {magic!r} is not {MAGIC!r}")
-    if version != WIRE_VERSION:
-        raise WireError(
-            "bad_version", f"wire version {version} is not supported (this node speaks {WIRE_VERSION})"
-        )
-    try:
-        kind = MessageKind(kind_number)
-    except ValueError:
-        raise WireError("bad_kind", f"unknown message kind {kind_number}") from None
-    if flags & ~_KNOWN_FLAGS:
-        raise WireError("bad_flags", f"unknown flag bits {flags & ~_KNOWN_FLAGS:#x}")
-    body = frame[HEADER_BYTES:]
-    if len(body) != body_length:
-        raise WireError("bad_length", f"header declares {body_length} body bytes, frame carries {len(body)}")
-    if zlib.crc32(body) != checksum:
-        raise WireError("bad_checksum", "body checksum does not match the header")
-    if flags & FLAG_LZ4:
-        body = _decompress(body)
+def decode_counted(frame: bytes, version_max: int = WIRE_VERSION) -> tuple[Message, int]:
+    """Decode and fully validate one envelope, and the size it has uncompressed. Raises `WireError`
+    for anything malformed, or of a version above `version_max`."""
+    return decode_body(frame, read_header(frame, version_max))
+
+
+def read_header(frame: bytes, version_max: int = WIRE_VERSION) -> Header:
+    """Read and verify the header only (kind and flags included): cheap, and enough to admit a
+    version-2 sender (`Header.sender`) before its body is decompressed or parsed."""
+    header = envelope.read(frame, version_max)
+    if header.kind not in _KINDS:
+        raise WireError("bad_kind", f"unknown message kind {header.kind}")
+    if header.flags & ~_KNOWN_FLAGS:
+        raise WireError("bad_flags", f"unknown flag bits {header.flags & ~_KNOWN_FLAGS:#x}")
+    return header
+
+
+def decode_body(frame: bytes, header: Header) -> tuple[Message, int]:
+    """The message of a frame whose header `read_header` returned, and its uncompressed size."""
+    body = envelope.body_of(frame, header)
     try:
         fields = msgpack.unpackb(
             body,
@@ -330,138 +332,21 @@ def decode_counted(frame: bytes) -> tuple[Message, int]:
         raise WireError("bad_body", f"body is not valid msgpack: {exc}") from None
     if not isinstance(fields, list):
         raise WireError("bad_body", f"body is a {type(fields).__name__}, not an array")
-    return _message_from(kind, fields), HEADER_BYTES + len(body)
-
-
-def _decompress(body: bytes) -> bytes:
-    if len(body) < 4:
-        raise WireError("bad_compression", "compressed body shorter than its size prefix")
-    declared = int.from_bytes(body[:4], "little")
-    if declared > BODY_BYTES_MAX:
-        raise WireError("too_large", f"decompressed size {declared} exceeds {BODY_BYTES_MAX}")
-    try:
-        out: bytes = lz4.block.decompress(body)
-    except Exception as exc:
-        raise WireError("bad_compression", f"lz4 block does not decompress: {exc}") from None
-    return out
-
-
-class _Fields:
-    """Typed, bounds-checked reads from a decoded msgpack array."""
-
-    __slots__ = ("index", "items", "kind")
-
-    def __init__(self, kind: MessageKind, items: list[Any]) -> None:
-        self.kind = kind
-        self.items = items
-        self.index = 0
-
-    def _next(self) -> Any:
-        if self.index >= len(self.items):
-            raise WireError("bad_body", f"{self.kind.name} body has too few fields ({len(self.items)})")
-        value = self.items[self.index]
-        self.index += 1
-        return value
-
-    def text(self, name: str, max_bytes: int) -> str:
-        value = self._next()
-        if not isinstance(value, str):
-            raise WireError("bad_body", f"{self.kind.name}.{name} is {type(value).__name__}, not a string")
-        if len(value) > max_bytes or len(value.encode()) > max_bytes:
-            raise WireError("bad_body", f"{self.kind.name}.{name} is longer than {max_bytes} bytes")
-        return value
-
-    def blob(self, name: str) -> bytes:
-        value = self._next()
-        if not isinstance(value, bytes):
-            raise WireError("bad_body", f"{self.kind.name}.{name} is {type(value).__name__}, not bytes")
-        return value
-
-    def uint(self, name: str) -> int:
-        value = self._next()
-        if type(value) is not int or value < 0 or value >= 1 << 63:
-            raise WireError("bad_body", f"{self.kind.name}.{name} is not an unsigned 63-bit integer")
-        return value
-
-    def hash(self, name: str) -> bytes:
-        value = self.blob(name)
-        if len(value) != TREE_HASH_BYTES:
-            raise WireError(
-                "bad_body", f"{self.kind.name}.{name} is {len(value)} bytes, not {TREE_HASH_BYTES}"
-            )
-        return value
-
-    def _index(self, name: str, value: Any, bound: int) -> int:
-        if type(value) is not int or not 0 <= value < bound:
-            raise WireError(
-                "bad_body", f"{self.kind.name}.{name} holds {value!r}, not an index below {bound}"
-            )
-        return value
-
-    def indexes(self, name: str, count: int, bound: int) -> tuple[int, ...]:
-        """`count` distinct indexes below `bound`, read as consecutive fields."""
-        if count > bound:
-            raise WireError("too_large", f"{self.kind.name}.{name} lists more than {bound} indexes")
-        values = tuple(self._index(name, self._next(), bound) for _ in range(count))
-        if len(set(values)) != len(values):
-            raise WireError("bad_body", f"{self.kind.name}.{name} repeats an index")
-        return values
-
-    def index_list(self, name: str, bound: int) -> tuple[int, ...]:
-        """A nested array of distinct indexes below `bound`."""
-        value = self._next()
-        if not isinstance(value, list) or len(value) > bound:
-            raise WireError("bad_body", f"{self.kind.name}.{name} is not an array of at most {bound} indexes")
-        values = tuple(self._index(name, item, bound) for item in value)
-        if len(set(values)) != len(values):
-            raise WireError("bad_body", f"{self.kind.name}.{name} repeats an index")
-        return values
-
-    def flag(self, name: str) -> bool:
-        value = self._next()
-        if not isinstance(value, bool):
-            raise WireError("bad_body", f"{self.kind.name}.{name} is not a boolean")
-        return value
-
-    def check_entries(self, width: int, count_max: int) -> None:
-        """The rest of the body is 1..count_max entries of `width` fields each."""
-        if self.remaining() == 0 or self.remaining() % width:
-            raise WireError(
-                "bad_body", f"{self.kind.name} must carry a whole, non-zero number of {width}-field entries"
-            )
-        if self.remaining() // width > count_max:
-            raise WireError("too_large", f"{self.kind.name} carries more than {count_max} entries")
-
-    def deltas(self) -> tuple[Delta, ...]:
-        """The rest of the body as 1..DELTAS_PER_BATCH_MAX (doc id, before, after, update) deltas."""
-        self.check_entries(4, DELTAS_PER_BATCH_MAX)
-        deltas = []
-        while self.remaining():
-            deltas.append(
-                Delta(
-                    self.text("doc_id", DOC_ID_BYTES_MAX),
-                    self.blob("before_state"),
-                    self.blob("after_state"),
-                    self.blob("update"),
-                )
-            )
-        return tuple(deltas)
-
-    def remaining(self) -> int:
-        return len(self.items) - self.index
-
-    def done(self) -> None:
-        if self.index != len(self.items):
-            raise WireError(
-                "bad_body", f"{self.kind.name} body has {len(self.items) - self.index} extra fields"
-            )
+    kind = MessageKind(header.kind)
+    if header.version >= 2:
+        fields.insert(0, header.sender)
+        epoch_at, seq_at = _IN_HEADER.get(kind, (0, 0))
+        if epoch_at:
+            fields.insert(epoch_at, header.epoch)
+            fields.insert(seq_at, header.seq)
+    return _message_from(kind, fields, header.version), header.body_start + len(body)
 
 
 _ADDRESS_BYTES_MAX = 256
 
 
-def _message_from(kind: MessageKind, items: list[Any]) -> Message:
-    f = _Fields(kind, items)
+def _message_from(kind: MessageKind, items: list[Any], version: int) -> Message:
+    f = _Fields(kind, items, version)
     node_id = f.text("node_id", NODE_ID_BYTES_MAX)
     if not node_id:
         raise WireError("bad_body", f"{kind.name}.node_id is empty")
@@ -476,7 +361,7 @@ def _message_from(kind: MessageKind, items: list[Any]) -> Message:
 
 def _read_hello(f: _Fields, node_id: str) -> Message:
     cls = Hello if f.kind is MessageKind.HELLO else HelloAck
-    return cls(
+    hello = cls(
         node_id,
         f.uint("epoch"),
         f.text("address", _ADDRESS_BYTES_MAX),
@@ -488,6 +373,12 @@ def _read_hello(f: _Fields, node_id: str) -> Message:
         f.uint("partitions"),
         f.uint("placement_version"),
     )
+    if f.version == 1:
+        return hello  # a version-1 hello cannot say more: its sender is taken to speak 1 only
+    low, high = f.uint("wire_version_min"), f.uint("wire_version_max")
+    if not 1 <= low <= high <= 255:
+        raise WireError("bad_body", f"{f.kind.name} wire versions {low}..{high} are not a range in 1..255")
+    return dataclasses.replace(hello, wire_version_min=low, wire_version_max=high)
 
 
 WEIGHT_MILLI_MAX = 1_000_000
@@ -698,3 +589,4 @@ _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.LOAD_SUMMARIES: load_wire.read_summaries,
 }
 """How to read the body of each kind (every `MessageKind` has one)."""
+_KINDS = frozenset(int(kind) for kind in MessageKind)

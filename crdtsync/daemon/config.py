@@ -250,7 +250,10 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
         values[key] = _typed(f"{name}.{key}", value, expected)
         if isinstance(default, (int, float)) and not isinstance(default, bool) and values[key] < 0:
             raise ConfigError(f"{name}.{key}: must not be negative")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a check across fields, or of a field's range (ReplicaConfig's)
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def read_toml(path: str | Path, where: str) -> dict[str, Any]:

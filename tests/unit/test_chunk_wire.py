@@ -19,7 +19,7 @@ ID = b"\x07" * 32
 
 def _frame(kind: MessageKind, fields: list[Any]) -> bytes:
     body: bytes = msgpack.packb(fields, use_bin_type=True)
-    return struct.pack("!2sBBBII", wire.MAGIC, wire.WIRE_VERSION, kind, 0, len(body), zlib.crc32(body)) + body
+    return struct.pack("!2sBBBII", wire.MAGIC, 1, kind, 0, len(body), zlib.crc32(body)) + body
 
 
 def test_the_kinds_are_22_and_23() -> None:

@@ -452,7 +452,7 @@ def _envelope(kind: int, body: bytes, *, magic: bytes = b"CS", crc: int | None =
     return struct.pack("!2sBBBII", magic, 1, kind, 0, len(body), checksum) + body
 
 
-_HEARTBEAT = wire.encode(wire.Heartbeat("a", 1, 5))
+_HEARTBEAT = wire.encode(wire.Heartbeat("a", 1, 5), 1)  # version 1: its sender is in the body
 MALFORMED: list[tuple[str, bytes, str]] = [
     ("empty", b"", "truncated"),
     ("garbage", b"garbage", "truncated"),
@@ -595,8 +595,8 @@ def test_a_round_whose_first_request_was_lost_with_the_hello_ack_restarts_at_the
 
     def a_cannot_reach_b_before_the_second_hello(hop: Hop) -> bool:
         nonlocal hellos_from_b
-        if hop.source == b.address and hop.kind is wire.MessageKind.HELLO:
-            hellos_from_b += 1
+        if hop.source == b.address and hop.kind is wire.MessageKind.HELLO and hop.frame[2] == 2:
+            hellos_from_b += 1  # each greeting also goes in version 1, which a ignores after this one
         return hop.source == a.address and not hop.published and hellos_from_b < 2
 
     mesh.drop = a_cannot_reach_b_before_the_second_hello

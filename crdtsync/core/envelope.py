@@ -1,0 +1,178 @@
+"""The envelope's header: what a receiver reads of a frame before it touches the body.
+
+Version 1 (frozen: what every node of releases before wire negotiation sends)::
+
+    offset size field
+    0      2    magic  b"CS"
+    2      1    version (1)
+    3      1    kind    (MessageKind)
+    4      1    flags   (bit 0: body is lz4-block compressed)
+    5      4    body length in bytes, big-endian (as sent, after compression)
+    9      4    crc32 of the body as sent, big-endian
+    13     ...  body (starts with the sender's node id)
+
+Version 2 keeps those 13 bytes (so any version reads the version byte at the same place) and adds
+the sender, so that admission (identity, quarantine, token bucket) runs before lz4 and msgpack::
+
+    13     1    n: length of the sender's node id in bytes (1..NODE_ID_BYTES_MAX)
+    14     n    sender node id, UTF-8
+    14+n   1..9 sender epoch, unsigned LEB128 (0 for kinds that carry none)
+    ...    1..9 sender sequence number, unsigned LEB128 (0 for kinds that carry none)
+    ...    4    crc32 of every header byte before it, big-endian
+    ...    ...  body (without the fields the header carries)
+
+A length-prefixed id rather than a short per-link index: PUB/SUB frames go to subscribers the
+publisher never greeted, and an index would need a table both sides agree on; the id leaves the
+body instead, so a frame grows only by the header checksum. The header has its own checksum so
+that admission decides on verified bytes without reading the body.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import lz4.block
+
+from crdtsync.core.counters import WireErrorReason
+
+MAGIC = b"CS"
+WIRE_VERSION_MIN = 1
+WIRE_VERSION = 2
+"""The highest version this code speaks (and writes by default)."""
+HEADER = struct.Struct("!2sBBBII")
+"""The 13 bytes every version starts with (all of version 1's header)."""
+HEADER_BYTES = HEADER.size
+FRAME_BYTES_MAX = 8 * 1024 * 1024
+"""Largest envelope accepted or produced (header + body as sent)."""
+BODY_BYTES_MAX = 16 * 1024 * 1024
+"""Largest body after decompression: caps what a hostile compressed frame can make us allocate."""
+FLAG_LZ4 = 0x01
+NODE_ID_BYTES_MAX = 64
+VARINT_BYTES_MAX = 9
+"""A 63-bit unsigned integer in LEB128 (seven bits a byte)."""
+_CHECKSUM = struct.Struct("!I")
+
+
+class WireError(ValueError):
+    """A frame that is not a valid crdtsync message. `reason` is a short stable label for metrics."""
+
+    def __init__(self, reason: WireErrorReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    version: int
+    kind: int
+    flags: int
+    sender: str
+    """The sender's node id; empty in version 1, where it is the body's first field."""
+    epoch: int
+    seq: int
+    body_start: int
+    body_length: int
+    body_checksum: int
+
+
+def pack(
+    version: int, kind: int, flags: int, body: bytes, sender: bytes = b"", epoch: int = 0, seq: int = 0
+) -> bytes:
+    """The whole frame: header (of `version`) and `body` as sent."""
+    fixed = HEADER.pack(MAGIC, version, kind, flags, len(body), zlib.crc32(body))
+    if version == 1:
+        return fixed + body
+    header = b"".join((fixed, bytes((len(sender),)), sender, _varint(epoch), _varint(seq)))
+    return b"".join((header, _CHECKSUM.pack(zlib.crc32(header)), body))
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def read(frame: bytes, version_max: int = WIRE_VERSION) -> Header:
+    """Read and verify the header of `frame` (not the body). Raises `WireError` naming what is wrong."""
+    if len(frame) > FRAME_BYTES_MAX:
+        raise WireError("too_large", f"frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
+    if len(frame) < HEADER_BYTES:
+        raise WireError(
+            "truncated", f"frame of {len(frame)} bytes is shorter than the {HEADER_BYTES}-byte header"
+        )
+    magic, version, kind, flags, body_length, body_checksum = HEADER.unpack_from(frame)
+    if magic != MAGIC:
+        raise WireError("bad_magic", f"magic {magic!r} is not {MAGIC!r}")
+    if not WIRE_VERSION_MIN <= version <= version_max:
+        raise WireError(
+            "bad_version",
+            f"wire version {version} is not accepted (this node speaks {WIRE_VERSION_MIN}..{version_max})",
+        )
+    if version == 1:
+        return Header(1, kind, flags, "", 0, 0, HEADER_BYTES, body_length, body_checksum)
+    sender_length = frame[HEADER_BYTES] if len(frame) > HEADER_BYTES else 0
+    if not 1 <= sender_length <= NODE_ID_BYTES_MAX:
+        if len(frame) == HEADER_BYTES:
+            raise WireError("truncated", "version-2 header ends before the sender id's length")
+        raise WireError("bad_header", f"sender id length {sender_length} is not in 1..{NODE_ID_BYTES_MAX}")
+    offset = HEADER_BYTES + 1 + sender_length
+    if len(frame) < offset:
+        raise WireError("truncated", f"version-2 header ends inside the {sender_length}-byte sender id")
+    epoch, offset = _read_varint(frame, offset, "epoch")
+    seq, offset = _read_varint(frame, offset, "seq")
+    if len(frame) < offset + _CHECKSUM.size:
+        raise WireError("truncated", "version-2 header ends before its checksum")
+    if zlib.crc32(memoryview(frame)[:offset]) != _CHECKSUM.unpack_from(frame, offset)[0]:
+        raise WireError("bad_checksum", "header checksum does not match the header")
+    try:
+        sender = frame[HEADER_BYTES + 1 : HEADER_BYTES + 1 + sender_length].decode()
+    except UnicodeDecodeError:
+        raise WireError("bad_header", "sender id is not UTF-8") from None
+    return Header(
+        version, kind, flags, sender, epoch, seq, offset + _CHECKSUM.size, body_length, body_checksum
+    )
+
+
+def _read_varint(frame: bytes, offset: int, name: str) -> tuple[int, int]:
+    """(value, offset after it) of the LEB128 varint at `offset`."""
+    value = shift = 0
+    for index in range(offset, min(offset + VARINT_BYTES_MAX, len(frame))):
+        byte = frame[index]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, index + 1
+        shift += 7
+    if len(frame) >= offset + VARINT_BYTES_MAX:
+        raise WireError("bad_header", f"{name} is longer than {VARINT_BYTES_MAX} bytes")
+    raise WireError("truncated", f"version-2 header ends inside the {name}")
+
+
+def body_of(frame: bytes, header: Header) -> bytes:
+    """The body, after checking its declared length and checksum, decompressed if it was."""
+    body = frame[header.body_start :]
+    if len(body) != header.body_length:
+        raise WireError(
+            "bad_length", f"header declares {header.body_length} body bytes, frame carries {len(body)}"
+        )
+    if zlib.crc32(body) != header.body_checksum:
+        raise WireError("bad_checksum", "body checksum does not match the header")
+    return _decompress(body) if header.flags & FLAG_LZ4 else body
+
+
+def _decompress(body: bytes) -> bytes:
+    if len(body) < 4:
+        raise WireError("bad_compression", "compressed body shorter than its size prefix")
+    declared = int.from_bytes(body[:4], "little")
+    if declared > BODY_BYTES_MAX:
+        raise WireError("too_large", f"decompressed size {declared} exceeds {BODY_BYTES_MAX}")
+    try:
+        out: bytes = lz4.block.decompress(body)
+    except Exception as exc:
+        raise WireError("bad_compression", f"lz4 block does not decompress: {exc}") from None
+    return out

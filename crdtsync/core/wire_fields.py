@@ -1,0 +1,126 @@
+"""Typed, bounds-checked reads of a decoded body's fields (`wire`'s readers use one per frame), and
+the limits they check."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+from crdtsync.core.envelope import WireError
+from crdtsync.core.messages import Delta
+
+DOC_ID_BYTES_MAX = 512
+DELTAS_PER_BATCH_MAX = 4096
+TREE_HASH_BYTES = 16
+
+
+class Fields:
+    """Typed, bounds-checked reads from a decoded msgpack array."""
+
+    __slots__ = ("index", "items", "kind", "version")
+
+    def __init__(self, kind: IntEnum, items: list[Any], version: int) -> None:
+        self.kind = kind
+        self.items = items
+        self.index = 0
+        self.version = version
+
+    def _next(self) -> Any:
+        if self.index >= len(self.items):
+            raise WireError("bad_body", f"{self.kind.name} body has too few fields ({len(self.items)})")
+        value = self.items[self.index]
+        self.index += 1
+        return value
+
+    def text(self, name: str, max_bytes: int) -> str:
+        value = self._next()
+        if not isinstance(value, str):
+            raise WireError("bad_body", f"{self.kind.name}.{name} is {type(value).__name__}, not a string")
+        if len(value) > max_bytes or len(value.encode()) > max_bytes:
+            raise WireError("bad_body", f"{self.kind.name}.{name} is longer than {max_bytes} bytes")
+        return value
+
+    def blob(self, name: str) -> bytes:
+        value = self._next()
+        if not isinstance(value, bytes):
+            raise WireError("bad_body", f"{self.kind.name}.{name} is {type(value).__name__}, not bytes")
+        return value
+
+    def uint(self, name: str) -> int:
+        value = self._next()
+        if type(value) is not int or value < 0 or value >= 1 << 63:
+            raise WireError("bad_body", f"{self.kind.name}.{name} is not an unsigned 63-bit integer")
+        return value
+
+    def hash(self, name: str) -> bytes:
+        value = self.blob(name)
+        if len(value) != TREE_HASH_BYTES:
+            raise WireError(
+                "bad_body", f"{self.kind.name}.{name} is {len(value)} bytes, not {TREE_HASH_BYTES}"
+            )
+        return value
+
+    def _index(self, name: str, value: Any, bound: int) -> int:
+        if type(value) is not int or not 0 <= value < bound:
+            raise WireError(
+                "bad_body", f"{self.kind.name}.{name} holds {value!r}, not an index below {bound}"
+            )
+        return value
+
+    def indexes(self, name: str, count: int, bound: int) -> tuple[int, ...]:
+        """`count` distinct indexes below `bound`, read as consecutive fields."""
+        if count > bound:
+            raise WireError("too_large", f"{self.kind.name}.{name} lists more than {bound} indexes")
+        values = tuple(self._index(name, self._next(), bound) for _ in range(count))
+        if len(set(values)) != len(values):
+            raise WireError("bad_body", f"{self.kind.name}.{name} repeats an index")
+        return values
+
+    def index_list(self, name: str, bound: int) -> tuple[int, ...]:
+        """A nested array of distinct indexes below `bound`."""
+        value = self._next()
+        if not isinstance(value, list) or len(value) > bound:
+            raise WireError("bad_body", f"{self.kind.name}.{name} is not an array of at most {bound} indexes")
+        values = tuple(self._index(name, item, bound) for item in value)
+        if len(set(values)) != len(values):
+            raise WireError("bad_body", f"{self.kind.name}.{name} repeats an index")
+        return values
+
+    def flag(self, name: str) -> bool:
+        value = self._next()
+        if not isinstance(value, bool):
+            raise WireError("bad_body", f"{self.kind.name}.{name} is not a boolean")
+        return value
+
+    def check_entries(self, width: int, count_max: int) -> None:
+        """The rest of the body is 1..count_max entries of `width` fields each."""
+        if self.remaining() == 0 or self.remaining() % width:
+            raise WireError(
+                "bad_body", f"{self.kind.name} must carry a whole, non-zero number of {width}-field entries"
+            )
+        if self.remaining() // width > count_max:
+            raise WireError("too_large", f"{self.kind.name} carries more than {count_max} entries")
+
+    def deltas(self) -> tuple[Delta, ...]:
+        """The rest of the body as 1..DELTAS_PER_BATCH_MAX (doc id, before, after, update) deltas."""
+        self.check_entries(4, DELTAS_PER_BATCH_MAX)
+        deltas = []
+        while self.remaining():
+            deltas.append(
+                Delta(
+                    self.text("doc_id", DOC_ID_BYTES_MAX),
+                    self.blob("before_state"),
+                    self.blob("after_state"),
+                    self.blob("update"),
+                )
+            )
+        return tuple(deltas)
+
+    def remaining(self) -> int:
+        return len(self.items) - self.index
+
+    def done(self) -> None:
+        if self.index != len(self.items):
+            raise WireError(
+                "bad_body", f"{self.kind.name} body has {len(self.items) - self.index} extra fields"
+            )
