@@ -22,6 +22,10 @@ _EPHEMERAL_HELP = (
     "Ephemeral messages (awareness across nodes, never stored), by event: published for this node's "
     "clients, relayed into this datacenter, delivered to this node's listeners, not listened to here."
 )
+_SEQ_ACKS_HELP = "Sequence acknowledgements: of peers' deltas (sent), of this node's (received)."
+_SEQ_ACKS_DROPPED_HELP = (
+    "Sequence acknowledgements dropped: of an earlier incarnation, or naming numbers never published."
+)
 _EPHEMERAL_DROPPED_HELP = (
     "Ephemeral messages dropped, by reason: over the publish or relay rate, over the size bound, a doc "
     "not listened to because too many are."
@@ -188,6 +192,12 @@ _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...
         {},
     ),
     (
+        lambda c: c.hellos_refused_version,
+        "hellos_refused_version",
+        "Hellos refused because the peer speaks no wire version this node speaks.",
+        {},
+    ),
+    (
         lambda c: c.handoff_docs_dropped,
         "handoff_docs_dropped",
         "Docs handed to a holder (confirmed twice) and dropped here.",
@@ -290,6 +300,10 @@ _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...
         {"reason": "listen_refused"},
     ),
     (lambda c: c.gossip_sent, "gossip_sent", "Membership gossip messages sent.", {}),
+    (lambda c: c.seq_acks_sent, "seq_acks", _SEQ_ACKS_HELP, {"way": "sent"}),
+    (lambda c: c.seq_acks_received, "seq_acks", _SEQ_ACKS_HELP, {"way": "received"}),
+    (lambda c: c.seq_acks_stale, "seq_acks_dropped", _SEQ_ACKS_DROPPED_HELP, {"reason": "stale"}),
+    (lambda c: c.seq_acks_refused, "seq_acks_dropped", _SEQ_ACKS_DROPPED_HELP, {"reason": "refused"}),
     (lambda c: c.gossip_received, "gossip_received", "Membership gossip messages received.", {}),
 )
 

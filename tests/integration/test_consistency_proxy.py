@@ -190,6 +190,15 @@ def test_write_acks_dc_and_all_name_who_confirmed_and_all_waits_for_every_node(c
         held = _state_vector(node.get_json("/v1/docs/acks/rollout"))
         assert all(held.get(client, 0) >= clock for client, clock in written.items()), (node.name, held)
         assert node.get_json(url)["value"] == "everywhere"
+    # Confirmed by the holders' sequence acknowledgements of a's stream (docs/consistency.md).
+    assert _metric(a, 'crdtsync_seq_acks_total{way="received"}') >= 2
+    assert _metric(cluster.c, 'crdtsync_seq_acks_total{way="sent"}') >= 1
+
+
+def _metric(node: Daemon, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", node.client.get("/metrics").text, flags=re.MULTILINE)
+    assert found is not None, name
+    return float(found.group(1))
 
 
 def _events(response: httpx.Response) -> Iterator[tuple[str, str | None, dict[str, Any] | None]]:
