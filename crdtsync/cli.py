@@ -586,6 +586,7 @@ from crdtsync.artifact_cli import artifact  # noqa: E402  (it uses the helpers a
 main.add_command(artifact)
 
 import crdtsync.batch_cli  # noqa: E402, F401  (adds `batch` to main; it uses the helpers above)
+from crdtsync import top_cli as _top_cli  # noqa: E402, F401  (adds `top` to main)
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,7 @@ from pycrdt import Doc, Map, TransactionEvent
 from crdtsync.consistency import DocState
 from crdtsync.core.docs import EMPTY_STATE
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
-from crdtsync.daemon import artifacts_http, backup_http, batch_http, causal_http
+from crdtsync.daemon import artifacts_http, backup_http, batch_http, causal_http, top_http
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.http_input import (
     ApiError,
@@ -146,6 +146,7 @@ class Api:
         artifacts_http.register(app, self)
         batch_http.register(app, self)
         backup_http.register(app, self)
+        top_http.register(app, self)
         return app
 
     async def _served_by(self, request: web.Request, response: web.StreamResponse) -> None:
