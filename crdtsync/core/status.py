@@ -37,6 +37,8 @@ class PeerStatus:
     subscribed: Literal["dc", "wan"] | None
     """How this node receives the peer's stream: inside the datacenter, across the WAN (as a relay),
     or not at all (a node of another datacenter, reached through this datacenter's relays)."""
+    wire_version: int | None = None
+    """The wire version of frames to the peer: the highest both speak (None: no hello from it yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,7 @@ def peer_statuses(
                 ae_divergence=link.ae_divergence,
                 ae_in_progress=round_address == link.address,
                 subscribed=link.subscribed,
+                wire_version=link.wire_version,
             )
         )
     return peers

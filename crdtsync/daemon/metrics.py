@@ -455,9 +455,16 @@ def _peer_families(status: NodeStatus) -> Iterator[Metric]:
         "Differing tree segments the last round found.",
         labels=["peer"],
     )
+    wire_version = GaugeMetricFamily(
+        f"{PREFIX}_peer_wire_version",
+        "The wire version of frames to the peer (the highest both speak).",
+        labels=["peer"],
+    )
     for peer in status.peers:
         name = peer.node_id or peer.address
         peer_alive.add_metric([name, peer.address], 1.0 if peer.state == "alive" else 0.0)
+        if peer.wire_version is not None:
+            wire_version.add_metric([name], peer.wire_version)
         lag_updates.add_metric([name], peer.behind_updates)
         peer_lag.add_metric([name], peer.lag_ms / 1000.0)
         if peer.last_heard_ago_ms is not None:
@@ -465,7 +472,7 @@ def _peer_families(status: NodeStatus) -> Iterator[Metric]:
         ae_bytes.add_metric([name], peer.ae_bytes_repaired)
         if peer.ae_divergence is not None:
             divergence.add_metric([name], peer.ae_divergence)
-    yield from (peer_alive, lag_updates, lag_seconds, peer_lag, ae_bytes, divergence)
+    yield from (peer_alive, lag_updates, lag_seconds, peer_lag, ae_bytes, divergence, wire_version)
 
 
 def _membership(status: NodeStatus) -> Iterator[Metric]:
