@@ -15,6 +15,7 @@ from pycrdt import Map
 from zmq_support import free_endpoint, wait_until
 
 from crdtsync import MembershipConfig, Node, NodeConfig, ReplicaConfig
+from crdtsync.holders import ACK_WAIT_MS
 
 pytestmark = pytest.mark.integration
 
@@ -169,3 +170,28 @@ _FRAME_COUNTERS = (
     "seq_acks_sent",
     "seq_acks_received",
 )
+
+
+def test_a_holder_whose_acks_are_lost_is_asked_after_the_ack_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback: c's acknowledgements stop leaving (as if lost), so a's write waits
+    `holders.ACK_WAIT_MS` for them, then asks c directly, and c's answer (after its commit) confirms."""
+
+    async def scenario() -> None:
+        async with _two_datacenters(tmp_path, FAST) as nodes:
+            a, c = nodes[0], nodes[2]
+            await _acknowledged_by_all(a, nodes[1:])
+            monkeypatch.setattr(c._replica.seq_acks, "send_due", lambda *args: None)
+            offers = _questions(a)
+            await _write(a, "llama-3-8b", "canary")
+            started = time.monotonic()
+            in_dc = await a.write_acks(DOC, "dc", timeout_ms=TIMEOUT_S * 1000)
+            assert sorted(in_dc.confirmed) == ["a", "c"]
+            assert time.monotonic() - started >= ACK_WAIT_MS / 1000
+            assert _questions(a) - offers >= 1
+            doc = await c.open(DOC)
+            assert doc.get("data", type=Map)["llama-3-8b"] == "canary"
+            c.release(DOC)
+
+    asyncio.run(scenario())

@@ -6,6 +6,7 @@ Each run prints its verdict line (seed and replay command). CRDTSYNC_SIM_SEEDS=A
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from pycrdt import Doc
 
@@ -50,7 +51,7 @@ class _AckChecker(SimTracer):
         for doc_id, afters in wanted.items():
             self.deltas_checked += len(afters)
             stored = store.load_doc(doc_id)
-            doc = Doc()
+            doc: Doc[Any] = Doc()
             if stored is not None:
                 doc.apply_update(stored)
             held = decode_state_vector(doc.get_state())
