@@ -119,17 +119,21 @@ class Holding:
             own = self._by_dc.get(self._dc, [])
             held: set[BucketKey] = set()
             partitions = self.policy.partitions
+            by_count: dict[int, list[int]] = {}
+            """Replica count -> the partitions held with it: rules of equal counts rank alike."""
             for rule_index, rule in enumerate(self._rules):
                 count = rule.replicas_in(self._dc)
                 base = rule_index * partitions
                 if count is None:
                     held.update(range(base, base + partitions))
                 elif count > 0:
-                    held.update(
-                        base + partition
-                        for partition in range(partitions)
-                        if self.node_id in replicas_in_dc(partition, own, count)
-                    )
+                    if count not in by_count:
+                        by_count[count] = [
+                            partition
+                            for partition in range(partitions)
+                            if self.node_id in replicas_in_dc(partition, own, count)
+                        ]
+                    held.update(base + partition for partition in by_count[count])
             self._held = (self.version, frozenset(held))
         return self._held[1]
 
@@ -176,7 +180,10 @@ class Holding:
 
     def holds_doc(self, doc_id: str) -> bool:
         """Whether this node holds `doc_id`."""
-        return not self.enforced or self.node_id in self.holders(self.bucket_of(doc_id))
+        if not self.enforced:
+            return True
+        held = self.buckets_held()  # one set lookup: asked for every remote update and every open
+        return held is None or self.bucket_of(doc_id) in held
 
     def holds_everything(self, node_id: str) -> bool:
         self.refresh()

@@ -20,8 +20,12 @@ rules and the members; every node computes the same answer from the same view.
   - the rest rank with weights x solving P_i(x) = target_i, where P_i is the exact probability of
     the race: integral over t of x_i e^(-x_i t) * Pr[fewer than k - s others arrived by t] (a
     Poisson-binomial over the weight classes), by Gauss-Legendre quadrature on doubling intervals;
-    Newton-like steps on ln x_i toward logit(target_i), each class's slope estimated from its
-    previous step, reach 1e-6 in 3 to 40 steps.
+    Newton steps on ln x toward logit(target) reach 1e-6: with up to 8 weight classes full steps
+    (the Jacobian by differences, each step halved until the worst error falls), beyond that
+    per-class steps with each class's slope estimated from its previous step. Per-class steps alone
+    could cycle far from the answer with few, strongly coupled classes (weights 0.831, 1.63, 2.043
+    with rf 2 gave one node a tenth of its share); the answers where both converge agree to the
+    tolerance, so partitions keep their places (version 2).
   The corrections depend only on the multiset of weights and the count, not on node ids or the
   partition count, so they are computed once per (weights, count) and cached; a lookup stays one
   hash per candidate and a sort. Their cost grows with the distinct weights of a datacenter, not its
@@ -165,11 +169,15 @@ def partition_of(doc_id: str, partitions: int = PARTITIONS_DEFAULT) -> int:
     return zlib.crc32(doc_id.encode()) % partitions
 
 
+def _hash_bits(partition: int, node_id: str) -> int:
+    """53 uniform bits for the pair: the hash every ranking starts from."""
+    key = f"{_HASH_SALT}\x00{partition}\x00{node_id}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 11
+
+
 def _log_uniform(partition: int, node_id: str) -> float:
     """ln(u) for the pair, u uniform in (0, 1) from the hash: finite and negative."""
-    key = f"{_HASH_SALT}\x00{partition}\x00{node_id}".encode()
-    bits = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 11  # 53 bits
-    return math.log((bits + 0.5) / float(1 << 53))  # u exactly in (0, 1)
+    return math.log((_hash_bits(partition, node_id) + 0.5) / float(1 << 53))  # u exactly in (0, 1)
 
 
 def score(partition: int, candidate: Candidate) -> float:
@@ -182,28 +190,42 @@ def replicas_in_dc(partition: int, candidates: Sequence[Candidate], count: int |
     """The node ids holding `partition` among one datacenter's `candidates`, in preference order:
     `count` of them (None: all), spread over zones first."""
     wanted = len(candidates) if count is None else min(count, len(candidates))
+    if not candidates:
+        return []
     ranks = _ranks(candidates, wanted)
-    if ranks is None:
-        ranked = sorted(candidates, key=lambda c: (score(partition, c), c.node_id), reverse=True)
+    first = candidates[0]
+    keyed: list[tuple[float, float, str, str]]
+    if ranks is None and all(c.weight == first.weight for c in candidates):
+        # Equal weights rank as u does (the score grows with u), and u as the hash bits (53 bits: a
+        # float holds them exactly): the same order without a logarithm per candidate. Hot: holding
+        # asks once per partition and member view.
+        keyed = [(0.0, float(_hash_bits(partition, c.node_id)), c.node_id, c.zone) for c in candidates]
+    elif ranks is None:
+        keyed = [(0.0, score(partition, c), c.node_id, c.zone) for c in candidates]
     else:
-        ranked = sorted(
-            candidates,
-            key=lambda c: (
-                ranks[c.weight][0],
-                -ranks[c.weight][1] / _log_uniform(partition, c.node_id),
-                c.node_id,
-            ),
-            reverse=True,
-        )
+        keyed = [
+            (ranks[c.weight][0], -ranks[c.weight][1] / _log_uniform(partition, c.node_id), c.node_id, c.zone)
+            for c in candidates
+        ]
+    keyed.sort(reverse=True)
+    if all(zone == first.zone for _tier, _score, _node, zone in keyed):
+        return [node_id for _tier, _score, node_id, _zone in keyed[:wanted]]
     chosen: list[str] = []
     used_zones: set[str] = set()
     while len(chosen) < wanted:
-        pick = next((c for c in ranked if c.node_id not in chosen and c.zone not in used_zones), None)
+        pick = next(
+            (
+                (node, zone)
+                for _tier, _score, node, zone in keyed
+                if node not in chosen and zone not in used_zones
+            ),
+            None,
+        )
         if pick is None:
             used_zones = set()  # every zone left has a replica this round: start the next round
             continue
-        chosen.append(pick.node_id)
-        used_zones.add(pick.zone)
+        chosen.append(pick[0])
+        used_zones.add(pick[1])
     return chosen
 
 
@@ -254,6 +276,10 @@ _SOLVE_TOLERANCE = 1e-6
 """Error of the logit of every share at which the correction stops (about the relative error of a
 small share): far below the sampling noise."""
 _SOLVE_STEPS_MAX = 100
+_NEWTON_CLASSES_MAX = 8
+"""Up to this many weight classes the correction takes full Newton steps (one evaluation of the race
+per class per step); beyond, per-class steps (one evaluation per step), which the coupling between
+few classes can throw into a cycle."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -292,9 +318,89 @@ def _logit(p: float) -> float:
 
 def _solve(values: list[float], sizes: list[int], targets: list[float], count: int) -> list[float]:
     """Weights x (summing to 1 over the nodes) whose race puts each class in the top `count` with
-    its target probability. Newton-like steps on log x per class: the logit of the probability
-    moves about as much as log x for light nodes and for nearly saturated ones alike; the slope of
-    each class is estimated from its previous step (bounded, as the classes push on each other)."""
+    its target probability: full Newton steps for few classes, per-class steps for many."""
+    if len(values) <= _NEWTON_CLASSES_MAX:
+        solved = _solve_newton(values, sizes, targets, count)
+        if solved is not None:
+            return solved
+    return _solve_per_class(values, sizes, targets, count)
+
+
+def _normalized(logs: list[float], sizes: list[int]) -> list[float]:
+    xs = [math.exp(lg) for lg in logs]
+    norm = sum(x * m for x, m in zip(xs, sizes, strict=True))
+    return [x / norm for x in xs]
+
+
+def _errors(xs: list[float], sizes: list[int], wanted: list[float], count: int) -> list[float]:
+    """logit(probability) - logit(target) of each class."""
+    return [_logit(p) - t for p, t in zip(_inclusion(xs, sizes, count), wanted, strict=True)]
+
+
+def _solve_newton(
+    values: list[float], sizes: list[int], targets: list[float], count: int
+) -> list[float] | None:
+    """Newton on the log weights of every class but the last (scaling every weight alike changes
+    nothing, so one is pinned; its equation follows from the others, as the shares sum to `count`),
+    the Jacobian by forward differences, each step halved until the worst error falls. None if it
+    does not converge."""
+    wanted = [_logit(t) for t in targets]
+    logs = [math.log(v) for v in values]
+    free = len(values) - 1
+    xs = _normalized(logs, sizes)
+    errors = _errors(xs, sizes, wanted, count)
+    for _ in range(_SOLVE_STEPS_MAX):
+        worst = max(abs(e) for e in errors)
+        if worst < _SOLVE_TOLERANCE:
+            return xs
+        columns = []
+        for j in range(free):
+            nudged = list(logs)
+            nudged[j] += 1e-6
+            shifted = _errors(_normalized(nudged, sizes), sizes, wanted, count)
+            columns.append([(shifted[i] - errors[i]) / 1e-6 for i in range(free)])
+        step = _linear_solve(
+            [[columns[j][i] for j in range(free)] for i in range(free)], [-e for e in errors[:free]]
+        )
+        if step is None:
+            return None
+        step = [min(max(d, -3.0), 3.0) for d in step]
+        for _halving in range(30):
+            trial = [lg + d for lg, d in zip(logs, [*step, 0.0], strict=True)]
+            trial_xs = _normalized(trial, sizes)
+            trial_errors = _errors(trial_xs, sizes, wanted, count)
+            if max(abs(e) for e in trial_errors) < worst:
+                logs, xs, errors = trial, trial_xs, trial_errors
+                break
+            step = [d / 2 for d in step]
+        else:
+            return None
+    return None
+
+
+def _linear_solve(matrix: list[list[float]], rhs: list[float]) -> list[float] | None:
+    """Gaussian elimination with partial pivoting; None for a singular matrix."""
+    size = len(rhs)
+    rows = [[*row, b] for row, b in zip(matrix, rhs, strict=True)]
+    for col in range(size):
+        pivot = max(range(col, size), key=lambda r: abs(rows[r][col]))
+        if abs(rows[pivot][col]) < 1e-300:
+            return None
+        rows[col], rows[pivot] = rows[pivot], rows[col]
+        for r in range(col + 1, size):
+            factor = rows[r][col] / rows[col][col]
+            for c in range(col, size + 1):
+                rows[r][c] -= factor * rows[col][c]
+    solution = [0.0] * size
+    for r in reversed(range(size)):
+        solution[r] = (rows[r][size] - sum(rows[r][c] * solution[c] for c in range(r + 1, size))) / rows[r][r]
+    return solution
+
+
+def _solve_per_class(values: list[float], sizes: list[int], targets: list[float], count: int) -> list[float]:
+    """Newton-like steps on log x per class: the logit of the probability moves about as much as
+    log x for light nodes and for nearly saturated ones alike; the slope of each class is estimated
+    from its previous step (bounded, as the classes push on each other)."""
     total = sum(v * m for v, m in zip(values, sizes, strict=True))
     logs = [math.log(v / total) for v in values]
     previous: tuple[list[float], list[float]] | None = None
