@@ -5,6 +5,7 @@ Randomized tests print their seed; replay one with CRDTSYNC_TEST_SEED=<seed>.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
@@ -23,7 +24,7 @@ from pycrdt import Doc, Map, Text
 from crdtsync import NodeConfig
 from crdtsync.core.effects import Persist
 from crdtsync.core.state import MERGE_CHUNK, digest
-from crdtsync.store.sqlite import DB_FILE, SqliteStore, StoreError, read_backup
+from crdtsync.store.sqlite import DB_FILE, ROWS_PER_STATEMENT, SqliteStore, StoreError, read_backup
 
 NEVER = 1 << 40
 """A compaction threshold that is never reached: the log keeps every update."""
@@ -204,6 +205,31 @@ def test_compaction_by_threshold_keeps_content_and_digest_and_shrinks_the_log(
         assert _store_contents(reopened) == workload.contents()
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_group_of_more_rows_than_one_statement_holds_is_stored_whole_and_compacted(
+    seed: int, tmp_path: Path
+) -> None:
+    """Rows go in as multi-row statements of ROWS_PER_STATEMENT rows: a group of more updates, docs
+    and states than that is split, nothing is lost, and every doc past its threshold is compacted."""
+    print(f"seed={seed} (replay with CRDTSYNC_TEST_SEED={seed})")
+    workload = Workload(seed, docs=ROWS_PER_STATEMENT + 50)
+    written = workload.write(3 * ROWS_PER_STATEMENT)
+    states = tuple((doc_id, doc.get_state(), digest(doc)) for doc_id, doc in workload.docs.items())
+    updates_of = collections.Counter(doc_id for doc_id, _update in written)
+    store = SqliteStore(tmp_path, node_id="a", compact_after_updates=2, compact_after_bytes=NEVER)
+    try:
+        store.append([Persist(tuple(written), doc_states=states)])
+        written_docs = {
+            doc_id: content for doc_id, content in workload.contents().items() if doc_id in updates_of
+        }
+        assert _store_contents(store) == written_docs
+        assert _log_rows(store.path) == sum(1 for count in updates_of.values() if count == 1)
+        recorded = {record.doc_id: (record.state, record.digest) for record in store.docs()}
+        assert recorded == {doc_id: (state, doc_digest) for doc_id, state, doc_digest in states}
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("seed", SEEDS)
