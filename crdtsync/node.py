@@ -387,7 +387,7 @@ class Node:
             replica.doc_loaded(doc_id, await self._read_doc(doc_id), _now_ms())
             self._schedule_pump()
         doc = replica.open_doc(doc_id, pin=True)
-        if not replica.holds(doc_id):
+        if not replica.holds(doc_id) and doc_id not in replica.load.following:  # a read follower has it
             await self._waits.follow(doc_id)
         return doc
 

@@ -88,6 +88,15 @@ class ReplicaConfig:
     """Docs whose rates a node keeps (space-saving: the coldest gives its place to a newcomer)."""
     load_docs_gossiped: int = 16
     """Hottest docs in the load summary each node gossips (at most 32)."""
+    follow_reads_per_s: float = 20.0
+    """Read followers: a node that does not hold a doc follows it (receives its deltas and serves
+    reads from its own copy) when its clients read it faster than this; 0 turns followers off."""
+    follow_cool_down_ms: float = 600_000.0
+    """A followed doc is dropped once its read rate here stayed below half the budget this long."""
+    followers_per_doc_max: int = 3
+    """Read followers of one doc in the cluster (from the gossiped summaries)."""
+    followed_docs_max: int = 64
+    """Docs one node follows at most."""
     handoff_docs_per_pass_max: int = 1024
     handoff_bytes_per_pass_max: int = 4 * 1024 * 1024
     """Offers sent per handoff pass (every `handoff_interval_ms`): the throttle of rebalancing."""

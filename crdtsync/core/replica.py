@@ -36,6 +36,7 @@ from typing import Any
 from pycrdt import Doc
 
 from crdtsync.core import wire
+from crdtsync.core.adaptive import Followers
 from crdtsync.core.antientropy import AntiEntropy
 from crdtsync.core.causal import CausalBuffer
 from crdtsync.core.chunks import ChunkMessage, ChunkReply, ChunkRequest
@@ -125,6 +126,7 @@ class Replica:
         self.placement = placement
         self._holding = holding = Holding(node_id, dc, self.membership, placement)
         self.load = ctx.load = LoadBoard(ctx, self.membership, holding)  # rates, load, members' summaries
+        self._followers = Followers(config, self.load, holding.holds_doc)  # read followers of hot docs
         self._guard = Guard(ctx)
         self._links = Links(ctx, self.membership, holding)
         self._outbound = Outbound(ctx, self._links, holding)
@@ -261,6 +263,7 @@ class Replica:
         self._inbound.chase_gaps()
         self._causal.pull_stale()
         self._handoff.tick()
+        self._followers.tick(self, now_ms)
         self._links.sync_subscriptions_if_changed()
 
     def drain(self, now_ms: float) -> None:

@@ -1,0 +1,175 @@
+"""Read followers of hot docs (adaptive replication, docs/placement.md#read-followers).
+
+A node that does not hold a doc serves each read of it from a copy fetched from a holder: one round
+trip, and one answer from the holder, per read. When its clients read a doc faster than
+`follow_reads_per_s` (the per-replica budget), the node *follows* the doc: it keeps it pinned, so
+that it subscribes to the doc's bucket and receives its deltas, and serves reads from its own copy
+without asking. It stops following once the read rate has stayed below half the budget for
+`follow_cool_down_ms` (hysteresis: a rate that hovers around the budget does not flap). A follower
+never counts toward rf or durability, receives no hints and is dropped without a handoff; its reads
+are as fresh as its replication lag. Like any doc a node has but does not hold, a followed doc is
+offered to its holder as often as anti-entropy runs, and a follower behind the holder's answer
+fetches what it missed (`crdtsync.core.handoff`): anti-entropy itself compares only held docs.
+
+Caps: at most `followed_docs_max` docs per node, and `followers_per_doc_max` followers per doc in
+the cluster, counted from the gossiped summaries (a node lists the docs it follows). Two nodes that
+start following at once may both go over the cap until their summaries cross; then the follower
+whose node id comes after `followers_per_doc_max` others stops.
+
+`decide` is the pure hysteresis; `Followers` applies it with the caps once per `DECIDE_INTERVAL_MS`
+and tells the replica which docs to start and stop following. Pure: time comes in as `now_ms`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from crdtsync.core.config import ReplicaConfig
+from crdtsync.core.load_board import FORWARD_AGE_MS, LoadBoard
+
+log = logging.getLogger("crdtsync.adaptive")
+
+DECIDE_INTERVAL_MS = 1000.0
+"""How often the followed docs are decided again."""
+CANDIDATES_MAX = 64
+"""Hottest docs of the node's rate table looked at per decision (beyond the followed ones)."""
+
+
+class Host(Protocol):
+    """What following a doc takes of the replica."""
+
+    def needs_load(self, doc_id: str) -> bool: ...
+    def open_doc(self, doc_id: str, *, pin: bool = False) -> Any: ...
+    def release_doc(self, doc_id: str) -> None: ...
+    def fetch_doc(self, doc_id: str, now_ms: float) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Follow:
+    """A followed doc: since when, and since when its rate has been below half the budget (None
+    while it is not)."""
+
+    since_ms: float
+    cool_since_ms: float | None = None
+
+
+def decide(
+    follow: Follow | None, reads_per_s: float, now_ms: float, budget_per_s: float, cool_down_ms: float
+) -> Follow | None:
+    """The hysteresis, for one doc this node does not hold: start following above the budget; once
+    following, stop only after the rate stayed below half the budget for the whole cool-down. The
+    caps are the caller's."""
+    if follow is None:
+        return Follow(now_ms) if reads_per_s > budget_per_s else None
+    if reads_per_s >= budget_per_s / 2:
+        return Follow(follow.since_ms) if follow.cool_since_ms is not None else follow
+    if follow.cool_since_ms is None:
+        return Follow(follow.since_ms, now_ms)
+    return None if now_ms - follow.cool_since_ms >= cool_down_ms else follow
+
+
+class Followers:
+    """The docs this node follows because they are read here, decided with `decide` and the caps."""
+
+    def __init__(self, config: ReplicaConfig, board: LoadBoard, holds: Callable[[str], bool]) -> None:
+        self._config = config
+        self._board = board
+        self._holds = holds
+        self.follows: dict[str, Follow] = {}
+        self._next_ms = 0.0
+        self.added = 0
+        self.dropped = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._config.follow_reads_per_s > 0
+
+    def _followers_elsewhere(self, now_ms: float) -> dict[str, list[str]]:
+        """Doc -> the other nodes whose summaries (heard in the last `FORWARD_AGE_MS`) say they
+        follow it, in node id order."""
+        followers: dict[str, list[str]] = {}
+        for node_id, (summary, arrived_ms) in sorted(self._board.received.items()):
+            if now_ms - arrived_ms < FORWARD_AGE_MS:
+                for doc in summary.docs:
+                    if doc.following:
+                        followers.setdefault(doc.doc_id, []).append(node_id)
+        return followers
+
+    def _read_rates(self, now_ms: float) -> dict[str, float]:
+        """Reads per second here of the hottest docs and of every followed one."""
+        board = self._board
+        rates = {
+            rates.doc_id: rates.reads.get(board.dc, 0.0)
+            for rates in board.table.hottest(CANDIDATES_MAX, now_ms)
+        }
+        for doc_id in self.follows:
+            if doc_id not in rates:
+                known = board.table.rates(doc_id, now_ms)
+                rates[doc_id] = 0.0 if known is None else known.reads.get(board.dc, 0.0)
+        return rates
+
+    def _next(
+        self, doc_id: str, follow: Follow | None, reads_per_s: float, now_ms: float, elsewhere: list[str]
+    ) -> Follow | None:
+        """Where `doc_id` (followed as `follow`) stands after this decision: the hysteresis, then the
+        caps (`elsewhere`: the other nodes that follow it)."""
+        config = self._config
+        if self._holds(doc_id) or not self.enabled:
+            return None  # a replica now (placement moved), or following was turned off
+        after = decide(follow, reads_per_s, now_ms, config.follow_reads_per_s, config.follow_cool_down_ms)
+        if after is None:
+            return None
+        if follow is None:
+            full = len(self.follows) >= config.followed_docs_max
+            return None if full or len(elsewhere) >= config.followers_per_doc_max else after
+        # Over the cap (two nodes started at once): the nodes that come first keep following.
+        before_me = [node_id for node_id in elsewhere if node_id < self._board.node_id]
+        return None if len(before_me) >= config.followers_per_doc_max else after
+
+    def step(self, now_ms: float) -> tuple[list[str], list[str]]:
+        """(docs to start following, docs to stop following), at most once per `DECIDE_INTERVAL_MS`."""
+        if now_ms < self._next_ms or not (self.enabled or self.follows):
+            return [], []
+        self._next_ms = now_ms + DECIDE_INTERVAL_MS
+        elsewhere = self._followers_elsewhere(now_ms)
+        start: list[str] = []
+        stop: list[str] = []
+        budget = self._config.follow_reads_per_s
+        for doc_id, reads_per_s in sorted(
+            self._read_rates(now_ms).items(), key=lambda item: (-item[1], item[0])
+        ):
+            before = self.follows.pop(doc_id, None)
+            after = self._next(doc_id, before, reads_per_s, now_ms, elsewhere.get(doc_id, []))
+            if after is not None:
+                self.follows[doc_id] = after
+            if before is None and after is not None:
+                start.append(doc_id)
+                log.info(
+                    "following doc %r: %.1f reads/s here, over the budget of %g", doc_id, reads_per_s, budget
+                )
+            elif before is not None and after is None:
+                stop.append(doc_id)
+                log.info(
+                    "no longer following doc %r: %.1f reads/s here (budget %g)", doc_id, reads_per_s, budget
+                )
+        self.added += len(start)
+        self.dropped += len(stop)
+        self._board.following = set(self.follows)
+        return start, stop
+
+    def tick(self, host: Host, now_ms: float) -> None:
+        """Timer duty: follow (pin, and fetch from a holder) the docs `step` starts, and release those
+        it stops."""
+        start, stop = self.step(now_ms)
+        for doc_id in start:
+            if host.needs_load(doc_id):
+                del self.follows[doc_id]  # evicted from memory: the next decision tries again
+                continue
+            host.open_doc(doc_id, pin=True)
+            host.fetch_doc(doc_id, now_ms)
+        for doc_id in stop:
+            host.release_doc(doc_id)
+        self._board.following = set(self.follows)

@@ -1,0 +1,97 @@
+"""Read followers on real daemons (issue 14): three `crdtsync serve` processes in one datacenter with
+`[[placement]] rf = 1`; a doc read over HTTP on a node that does not hold it, faster than the
+budget, gains a follower there (it serves the reads from its own copy, kept current by the doc's
+deltas, and says so in `crdtsync top` and its log), and loses it once the reads stop for the
+cool-down. Short timers: a 1 s half-life, a budget of 5 reads/s, a 3 s cool-down."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_support import FAST_REPLICATION, Daemon, DaemonPool, start_mesh, wait_until
+
+pytestmark = pytest.mark.integration
+
+REPLICATION = {
+    **FAST_REPLICATION,
+    "load_half_life_ms": 1000,
+    "follow_reads_per_s": 5,
+    "follow_cool_down_ms": 3000,
+}
+READ_GAP_S = 0.03
+"""Pacing of the reader (about 30 reads a second: six times the budget)."""
+
+
+class PlacedDaemon(Daemon):
+    """A daemon whose config adds `[[placement]] rf = 1` (one replica of each doc)."""
+
+    def config_path(self, peers: list[str], listen: str) -> Path:
+        path = super().config_path(peers, listen)
+        path.write_text(path.read_text() + "\n[[placement]]\nrf = 1\n")
+        return path
+
+
+def _top(daemon: Daemon) -> Any:
+    return daemon.get_json("/v1/top")
+
+
+def _following(daemon: Daemon) -> int:
+    following: int = _top(daemon)["nodes"][0]["following"]
+    return following
+
+
+def test_a_hot_doc_gains_a_follower_where_it_is_read_and_loses_it_when_reads_stop(pool: DaemonPool) -> None:
+    daemons: list[Daemon] = []
+    for name in ("f1", "f2", "f3"):
+        daemon = PlacedDaemon(name, pool.root / name, replication=REPLICATION)
+        pool.daemons.append(daemon)
+        daemons.append(daemon)
+    start_mesh(daemons)
+    reader = daemons[2]
+    doc_id = next(
+        f"models/hot-{i}"
+        for i in range(64)
+        if reader.get_json(f"/v1/placement/models/hot-{i}")["replicas"][reader.dc][0]["node_id"]
+        != reader.name
+    )
+    holder = next(
+        d
+        for d in daemons
+        if d.name == reader.get_json(f"/v1/placement/{doc_id}")["replicas"][reader.dc][0]["node_id"]
+    )
+    holder.put(doc_id, "version", "v1")
+    assert reader.data(doc_id) == {"version": "v1"}  # fetched from the holder
+    assert _following(reader) == 0
+
+    def read_until(condition: Any, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"{what} within {timeout_s} s: {json.dumps(_top(reader))}"
+            response = reader.client.get(f"/v1/docs/{doc_id}")
+            assert response.status_code == 200 and response.headers["X-Served-By"] == reader.name
+            time.sleep(READ_GAP_S)  # the load's pace, not a synchronisation
+
+    read_until(lambda: _following(reader) == 1, 15.0, f"{reader.name} follows {doc_id}")
+    top = _top(reader)
+    assert [doc["followers"] for doc in top["docs"] if doc["doc_id"] == doc_id] == [[reader.name]]
+    assert f"following doc '{doc_id}'" in reader.log_text()
+
+    # The follower serves a new write from its own copy, brought by the doc's deltas.
+    holder.put(doc_id, "version", "v2")
+    read_until(lambda: reader.data(doc_id) == {"version": "v2"}, 5.0, "the follower serves the new write")
+    assert _following(reader) == 1
+
+    # The reads stop: the follower goes after the rate decays below half the budget and the cool-down.
+    started = time.monotonic()
+    wait_until(
+        lambda: _following(reader) == 0,
+        20.0,
+        lambda: f"{reader.name} stops following: {json.dumps(_top(reader))}",
+    )
+    print(f"follower dropped {time.monotonic() - started:.1f} s after the reads stopped")
+    assert f"no longer following doc '{doc_id}'" in reader.log_text()
+    assert reader.data(doc_id) == {"version": "v2"}  # still served, by a fetch from the holder

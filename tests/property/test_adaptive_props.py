@@ -1,0 +1,95 @@
+"""The read-follower hysteresis and caps (crdtsync.core.adaptive), for any sequence of read rates:
+a doc is followed only above the budget, stays followed while its rate is at least half the budget,
+is dropped only after the rate stayed below half the budget for the whole cool-down (so never
+sooner than a cool-down after it started), and the per-node and per-doc caps always hold."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crdtsync.core import wire
+from crdtsync.core.adaptive import DECIDE_INTERVAL_MS, Follow, Followers, decide
+from crdtsync.core.load_wire import DocLoad, LoadSummaries, NodeLoad
+from crdtsync.core.replica import Replica, ReplicaConfig
+
+BUDGET = 10.0
+COOL_DOWN_MS = 5_000.0
+samples = st.lists(st.tuples(st.floats(0.0, 3_000.0), st.floats(0.0, 30.0)), max_size=200)
+
+
+@settings(max_examples=400)
+@given(samples)
+def test_the_hysteresis_follows_above_the_budget_and_drops_only_after_a_whole_cool_down(
+    stream: list[tuple[float, float]],
+) -> None:
+    follow: Follow | None = None
+    now_ms = 0.0
+    last_warm_ms: float | None = None
+    """The last time the rate was at least half the budget while followed."""
+    for gap_ms, rate in stream:
+        now_ms += gap_ms
+        before = follow
+        follow = decide(before, rate, now_ms, BUDGET, COOL_DOWN_MS)
+        if before is None:
+            assert (follow is not None) == (rate > BUDGET)
+            last_warm_ms = now_ms if follow is not None else None
+        elif rate >= BUDGET / 2:
+            assert follow is not None and follow.cool_since_ms is None and follow.since_ms == before.since_ms
+            last_warm_ms = now_ms
+        elif follow is None:
+            assert last_warm_ms is not None and now_ms - last_warm_ms >= COOL_DOWN_MS
+            assert now_ms - before.since_ms >= COOL_DOWN_MS
+        else:
+            assert follow.cool_since_ms is not None and follow.cool_since_ms >= (last_warm_ms or 0.0)
+
+
+def _replica(**config: object) -> Replica:
+    return Replica(
+        node_id="n5", epoch=1, client_id=9, address="n5", publish_endpoint="n5p", dc="east",
+        config=ReplicaConfig(follow_reads_per_s=BUDGET, follow_cool_down_ms=COOL_DOWN_MS, load_half_life_ms=2_000.0, **config),  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 9), st.integers(1, 40)), min_size=1, max_size=60),
+    st.integers(1, 4),
+    st.integers(0, 3),
+    st.lists(st.tuples(st.integers(0, 9), st.sampled_from(["n1", "n2", "n3", "n7", "n8"])), max_size=12),
+)
+def test_the_caps_hold_for_any_reads_and_any_other_followers(
+    bursts: list[tuple[int, int]], docs_max: int, per_doc_max: int, elsewhere: list[tuple[int, str]]
+) -> None:
+    replica = _replica(followed_docs_max=docs_max, followers_per_doc_max=per_doc_max)
+    board = replica.load
+    for node_id in ("n1", "n2", "n3", "n7", "n8"):
+        replica.membership.merge(
+            wire.MemberEntry(node_id, "east", node_id, node_id + "p", 1, 1, False), 0.0, direct=True
+        )
+    followers = Followers(replica.config, board, lambda doc_id: False)
+    by_node: dict[str, list[str]] = {}
+    for doc, node_id in elsewhere:
+        by_node.setdefault(node_id, []).append(f"d{doc}")
+    summaries = tuple(
+        NodeLoad(
+            node_id, "east", 1, 1, 0.0, tuple(DocLoad(doc_id, True, 0.0, ()) for doc_id in sorted(set(docs)))
+        )
+        for node_id, docs in sorted(by_node.items())
+    )
+    if summaries:
+        board.on_message(LoadSummaries("n1", summaries), 0.0)
+    now_ms = 0.0
+    followed_any = False
+    for doc, reads in bursts:
+        now_ms += DECIDE_INTERVAL_MS
+        board.table.count("read", f"d{doc}", "east", now_ms, float(reads * 20))
+        followers.step(now_ms)
+        assert len(followers.follows) <= docs_max
+        for doc_id in followers.follows:
+            before_me = [node_id for node_id, docs in by_node.items() if doc_id in docs and node_id < "n5"]
+            assert len(before_me) < per_doc_max, (doc_id, before_me)
+        assert board.following == set(followers.follows)
+        followed_any = followed_any or bool(followers.follows)
+    if not elsewhere and per_doc_max and max(reads for _doc, reads in bursts) >= 5:
+        assert followed_any, "reads far over the budget, no cap in the way, and nothing followed"
