@@ -189,9 +189,9 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._loads: set[asyncio.Task[None]] = set()
         self._pump_scheduled = False
-        self._flush_wanted = False
-        self._pumped: asyncio.Future[None] | None = None
-        """Resolved by the next pump: what `flush` waits for before it waits for the store."""
+        self._flushes: list[asyncio.Future[None]] = []
+        """The flushes waiting for the next pump (the requests of one event-loop turn: emptied by
+        the pump that turn schedules), each resolved once the store holds what it pumped."""
         self._waiters = Waiters()
         self._holder_waits: HolderWaits | None = None
         self._sends_dropped = 0
@@ -505,17 +505,16 @@ class Node:
     async def flush(self) -> None:
         """Hand every local write made so far to the transport, and return once the store holds it
         as the durability setting promises (at once with durability `none`). The flushes of one turn
-        of the event loop share one pump: many requests' writes leave in one batch and one commit."""
-        if self._loop is not None and not self._closed:
-            self._flush_wanted = True
-            self._pumped = self._pumped or self._loop.create_future()
-            pumped = self._pumped
-            self._schedule_pump()
-            await pumped
-        if self._writer is not None and self.config.durability != "none":
-            await self._writer.flushed()
-        else:
-            await asyncio.sleep(0)
+        of the event loop share one pump: many requests' writes leave in one batch and one commit,
+        and each flush wakes once, when that commit is done."""
+        if self._loop is None or self._closed:
+            if self._writer is not None and self.config.durability != "none":
+                await self._writer.flushed()
+            return
+        flushed = self._loop.create_future()
+        self._flushes.append(flushed)
+        self._schedule_pump()
+        await flushed
 
     async def backup(self, path: str) -> None:
         """Write a consistent copy of the node's store to the new file `path` while writes go on.
@@ -608,17 +607,28 @@ class Node:
 
     def _pump(self, *, force: bool = False) -> None:
         self._pump_scheduled = False
-        pumped, self._pumped = self._pumped, None
-        force, self._flush_wanted = force or self._flush_wanted, False
-        if pumped is not None:
-            pumped.set_result(None)  # wakes the flushes after this pump: they resume on a later turn
-        if self._closed or self._replica_or_none is None or self._transport is None:
+        flushes, self._flushes = self._flushes, []
+        try:
+            if self._closed or self._replica_or_none is None or self._transport is None:
+                return
+            self._execute(self._replica_or_none.take_effects(_now_ms(), force=force or bool(flushes)))
+            # Inputs can bring the next deadline forward (a gap to chase, a peer to greet): wake the
+            # timer if it sleeps past it.
+            if self._replica_or_none.next_deadline_ms() < self._timer_planned_ms:
+                self._timer_wake.set()
+        finally:
+            if flushes:
+                self._flushed_after(flushes)
+
+    def _flushed_after(self, flushes: list[asyncio.Future[None]]) -> None:
+        """Resolve `flushes` once the store holds what this pump handed it (at once without a
+        durable store)."""
+        if self._writer is not None and self.config.durability != "none":
+            self._writer.resolve_when_committed(flushes)
             return
-        self._execute(self._replica_or_none.take_effects(_now_ms(), force=force))
-        # Inputs can bring the next deadline forward (a gap to chase, a peer to greet): wake the
-        # timer if it sleeps past it.
-        if self._replica_or_none.next_deadline_ms() < self._timer_planned_ms:
-            self._timer_wake.set()
+        for flushed in flushes:
+            if not flushed.done():
+                flushed.set_result(None)
 
     def _execute(self, effects: list[Effect]) -> None:
         transport = self._transport

@@ -13,7 +13,7 @@ import errno
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -210,8 +210,20 @@ class StoreWriter:
         if self._queue.committed >= self._queue.submitted:
             return
         waiter: asyncio.Future[None] = self._loop.create_future()
-        self._waiters.append((self._queue.submitted, waiter))
+        self.resolve_when_committed([waiter])
         await waiter
+
+    def resolve_when_committed(self, waiters: Sequence[asyncio.Future[None]]) -> None:
+        """Resolve every one of `waiters` once everything submitted so far is committed (at once if
+        it is), or fail it with the `StoreCommitError` of a commit that fails first: `flushed` for
+        many waiters at once, without a task each (the flushes of one pump: `Node.flush`)."""
+        if self._queue.committed >= self._queue.submitted:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            return
+        target = self._queue.submitted
+        self._waiters.extend((target, waiter) for waiter in waiters)
 
     async def load_doc(self, doc_id: str) -> bytes | None:
         """A doc's whole content: what the store has committed, plus what is still on its way there.

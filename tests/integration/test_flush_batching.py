@@ -63,3 +63,36 @@ def test_concurrent_flushes_share_one_batch_and_one_commit(tmp_path: Path) -> No
     assert committed == [True] * WRITERS
     assert commits == 1, f"{WRITERS} concurrent writes took {commits} commits"
     assert batches == 1, f"{WRITERS} concurrent writes left in {batches} published batches"
+
+
+def test_a_flush_cancelled_while_waiting_leaves_the_other_flushes_of_its_turn_to_their_commit(
+    tmp_path: Path,
+) -> None:
+    """Each flush waits on a future of its own: a request cancelled while its flush waits (a client
+    gone, a shutdown) must not cancel or fail the flushes of the other requests of its turn."""
+
+    async def scenario() -> tuple[bool, list[bool]]:
+        async with Node(NodeConfig(node_id="w", listen=free_endpoint(), data_dir=str(tmp_path))) as node:
+            for index in range(WRITERS):
+                doc = await node.open(f"doc-{index}")
+                doc.get("data", type=Map)["v"] = index
+            started = [asyncio.Event() for _ in range(WRITERS)]
+
+            async def flush_after(index: int) -> None:
+                started[index].set()
+                await node.flush()  # registers its waiter before this task yields
+
+            flushes = [asyncio.create_task(flush_after(index)) for index in range(WRITERS)]
+            for event in started:
+                await event.wait()
+            flushes[0].cancel()
+            outcomes = await asyncio.gather(*flushes, return_exceptions=True)
+            stored = await asyncio.to_thread(
+                lambda: [stored_value(tmp_path, f"doc-{index}") == {"v": index} for index in range(WRITERS)]
+            )
+            others_returned = all(outcome is None for outcome in outcomes[1:])
+            return isinstance(outcomes[0], asyncio.CancelledError) and others_returned, stored
+
+    flushed, stored = asyncio.run(scenario())
+    assert flushed, "the cancelled flush raised CancelledError and every other flush returned"
+    assert stored == [True] * WRITERS
