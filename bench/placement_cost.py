@@ -546,7 +546,8 @@ def rebalance(settings: Settings, root: Path, progress: Any) -> JSON:
         "handoff_acks_received": sum(_delta(s_end, s0, "handoff_acks_received").values()),
         "throttle": {
             "handoff_docs_per_pass_max": DEFAULTS.handoff_docs_per_pass_max,
-            "handoff_bytes_per_pass_max": DEFAULTS.handoff_bytes_per_pass_max,
+            "handoff_targets_max": DEFAULTS.handoff_targets_max,
+            "handoff_target_bytes_per_s": DEFAULTS.handoff_target_bytes_per_s,
             "handoff_interval_ms": DEFAULTS.handoff_interval_ms,
             "handoff_in_flight_per_target_max": DEFAULTS.handoff_in_flight_per_target_max,
             "handoff_grace_ms": DEFAULTS.handoff_grace_ms,
@@ -740,8 +741,9 @@ def report(results: JSON) -> list[Target]:
         t = r["throttle"]
         print(
             f"\nRebalance: a 7th node joins 6 (one DC, rf 2) holding {r['docs']:,} docs ({r['update_bytes']:,} B update each);"
-            f" throttle {t['handoff_docs_per_pass_max']:,} docs / {t['handoff_bytes_per_pass_max'] // 1024:,} KiB per handoff pass every"
-            f" {t['handoff_interval_ms']:g} ms, at most {t['handoff_in_flight_per_target_max']:,} unanswered per target,"
+            f" throttle {t['handoff_docs_per_pass_max']:,} docs per handoff pass every {t['handoff_interval_ms']:g} ms,"
+            f" {t['handoff_targets_max']} targets at once, {t['handoff_target_bytes_per_s'] // 1024:,} KiB/s to each,"
+            f" at most {t['handoff_in_flight_per_target_max']:,} unanswered per target,"
             f" grace {t['handoff_grace_ms'] / 1000:g} s; anti-entropy every {t['ae_interval_ms'] / 1000:g} s,"
             f" {t['ae_docs_per_round_max']:,} docs / {t['ae_bytes_per_round_max'] // 1024:,} KiB per round"
         )

@@ -98,8 +98,12 @@ class ReplicaConfig:
     followed_docs_max: int = 64
     """Docs one node follows at most."""
     handoff_docs_per_pass_max: int = 1024
-    handoff_bytes_per_pass_max: int = 4 * 1024 * 1024
-    """Offers sent per handoff pass (every `handoff_interval_ms`): the throttle of rebalancing."""
+    """Docs offered per handoff pass (every `handoff_interval_ms`), to every target together."""
+    handoff_targets_max: int = 2
+    """Handoffs in progress at once: nodes that offers go to while earlier ones wait for an answer."""
+    handoff_target_bytes_per_s: int = 4 * 1024 * 1024
+    """Update bytes offered to one target per second: with `handoff_targets_max`, the throttle of
+    rebalancing (a pass offers at least one doc to each target, however large)."""
     handoff_in_flight_per_target_max: int = 256
     """Offers to one node that may wait for its answer; more wait for a later pass (a newcomer that
     every node hands docs to is not flooded)."""

@@ -192,10 +192,12 @@ class Handoff:
         config = ctx.config
         self._next_pass_ms = ctx.now_ms + config.handoff_interval_ms
         docs_budget = config.handoff_docs_per_pass_max
-        bytes_budget = config.handoff_bytes_per_pass_max
+        target_bytes_max = config.handoff_target_bytes_per_s * config.handoff_interval_ms / 1000.0
+        target_bytes: dict[str, int] = {}
+        """Target -> update bytes offered to it in this pass."""
         offers: dict[str, list[tuple[Any, ...]]] = {}
         for doc_id in list(self.pending):
-            if docs_budget <= 0 or bytes_budget <= 0:
+            if docs_budget <= 0:
                 break
             handing = self.pending[doc_id]
             entry = self._docs.get(doc_id)
@@ -215,10 +217,16 @@ class Handoff:
                 handing.refused.clear()  # everyone refused: views may agree by the next pass
                 continue  # no holder reachable: the doc stays here, a hint, until one is
             node_id, address = target
+            if target_bytes.get(node_id, 0) >= target_bytes_max:
+                continue  # this target's share of the pass is offered: a later pass
             if handing.awaiting != node_id:
+                # Its earlier target (gone, or refused) waits for it no more: freed first, so that
+                # a dead target's handoff does not hold a place among the concurrent ones.
+                self._answered(handing)
                 if self.in_flight.get(node_id, 0) >= config.handoff_in_flight_per_target_max:
                     continue  # that node has enough to answer: a later pass
-                self._answered(handing)
+                if node_id not in self.in_flight and len(self.in_flight) >= config.handoff_targets_max:
+                    continue  # as many handoffs in progress as allowed: once one is answered
                 handing.awaiting = node_id
                 self.in_flight[node_id] = self.in_flight.get(node_id, 0) + 1
             if node_id != handing.target:
@@ -230,7 +238,7 @@ class Handoff:
                 self._docs.when_loaded(entry, functools.partial(self._offer_alone, handing=handing))
                 continue
             offer = self._offer(entry, handing)
-            bytes_budget -= len(offer[2])
+            target_bytes[node_id] = target_bytes.get(node_id, 0) + len(offer[2])
             offers.setdefault(address, []).append(offer)
         for address, entries in offers.items():
             self._send_offers(address, entries)

@@ -927,3 +927,50 @@ def test_offers_to_one_node_wait_for_its_answers_beyond_the_in_flight_bound() ->
     acks_lost = False
     mesh.advance(3_000.0)
     assert all(b.has_doc(doc_id) for doc_id in given), "every doc reached its holder once answers came"
+
+
+def test_handoffs_go_to_at_most_handoff_targets_max_nodes_at_once_each_within_its_byte_rate() -> None:
+    """A node with docs for three holders offers to two of them while their answers are outstanding
+    (`handoff_targets_max`), and to each at most `handoff_target_bytes_per_s` a pass (plus the offer
+    that crossed it); once answers come, the third gets its docs too. Deltas are lost, so the
+    holders get the docs by handoff only."""
+    config = ReplicaConfig(
+        handoff_targets_max=2, handoff_target_bytes_per_s=2_000, handoff_interval_ms=1_000.0
+    )
+    rf1 = PlacementPolicy((PlacementRule(1),))
+    mesh = Mesh()
+    a = mesh.add("a", config=config, placement=rf1)
+    others = [mesh.add(name, config=config, placement=rf1) for name in ("b", "c", "d")]
+    mesh.link_all()
+    given = [doc_id for doc_id in (f"doc-{i}" for i in range(60)) if not a.holds(doc_id)]
+    holder_of = {doc_id: next(r for r in others if r.holds(doc_id)) for doc_id in given}
+    assert len({r.node_id for r in holder_of.values()}) == 3, "the docs a hands off go to three holders"
+    for doc_id in given:
+        a.open_doc(doc_id).get("m", type=Map)["k"] = "x" * 300  # an update of about 320 bytes
+    offered: list[tuple[float, str, int]] = []
+    """(time, the doc's holder, update bytes) of every doc offered."""
+    acks_lost = True
+
+    def watch(hop: Hop) -> bool:
+        if hop.kind == wire.MessageKind.HANDOFF_OFFER:
+            offer = hop.message()
+            assert isinstance(offer, wire.HandoffOffer)
+            offered.extend(
+                (mesh.now_ms, holder_of[doc_id].node_id, len(update)) for doc_id, _s, update in offer.entries
+            )
+        if hop.kind in (wire.MessageKind.DELTAS, wire.MessageKind.RETRANSMIT_REQUEST):
+            return True  # the holders get the docs by handoff only, so offers carry them
+        return acks_lost and hop.kind == wire.MessageKind.HANDOFF_ACK
+
+    mesh.drop = watch
+    mesh.advance(2_500.0)
+    targets = {target for _ms, target, _size in offered}
+    assert len(targets) == 2, f"offers went to {sorted(targets)} while none was answered"
+    acks_lost = False
+    mesh.advance(30_000.0)
+    per_pass: dict[tuple[float, str], int] = {}
+    for ms, target, size in offered:
+        per_pass[ms, target] = per_pass.get((ms, target), 0) + size
+    assert max(size for _ms, _target, size in offered) > 300, "offers with content came"
+    assert max(per_pass.values()) < 2_000 + 400, f"update bytes to one target in one pass: {per_pass}"
+    assert all(holder_of[doc_id].has_doc(doc_id) for doc_id in given), "every holder got its docs"
