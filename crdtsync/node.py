@@ -36,7 +36,7 @@ from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
 from crdtsync.core.wire import DC_BYTES_MAX, NODE_ID_BYTES_MAX, ZONE_BYTES_MAX
 from crdtsync.holders import HolderWaits, WriteAcks, WriteAcksWanted
 from crdtsync.store import MemoryStore, Store
-from crdtsync.store.base import Durability, StoreDescription, StoreError, check_durability
+from crdtsync.store.base import Durability, StoreCommitError, StoreDescription, StoreError, check_durability
 from crdtsync.store.sqlite import SqliteStore, read_backup
 from crdtsync.store.writer import StoreStats, StoreWriter
 from crdtsync.transport.curve import CurveConfig, CurveKeys
@@ -587,6 +587,11 @@ class Node:
             load_errors=self._store_errors,
             failing=writer.failing,
         )
+
+    def store_failure(self) -> StoreCommitError | None:
+        """Why the store's last commit failed, until one succeeds; None while it commits (what
+        `store_stats().failing` says, without building the stats: every HTTP write checks it)."""
+        return None if self._writer is None else self._writer.failing
 
     def _durable(self) -> bool:
         return self._store_description is not None and self._store_description.durable

@@ -17,6 +17,9 @@ INTEGRAL_MAX = 2**53
 every integer, and the value stays a float."""
 
 
+_UNCHANGED = frozenset({str, int, bool, type(None)})
+
+
 def plain_number(value: float) -> int | float:
     """`value` as an int when it is integral and within ±2^53, else `value` itself."""
     if value.is_integer() and -INTEGRAL_MAX <= value <= INTEGRAL_MAX:
@@ -27,6 +30,8 @@ def plain_number(value: float) -> int | float:
 def plain_numbers(value: Any) -> Any:
     """A copy of a JSON-able value (dicts, lists, tuples, scalars) whose integral floats within ±2^53
     are ints; anything else is returned as is. Tuples come back as lists, as JSON encodes them."""
+    if type(value) in _UNCHANGED:  # the common case first: every answer has strings and ints
+        return value
     if isinstance(value, float):
         return plain_number(value)
     if isinstance(value, dict):

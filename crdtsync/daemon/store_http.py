@@ -31,7 +31,7 @@ class StoreGuard:
         """Writes answered 507 or 503 because the store could not commit them."""
 
     def failing(self) -> StoreCommitError | None:
-        return self.node.store_stats().failing
+        return self.node.store_failure()
 
     def check(self) -> None:
         """Raise the refusal of a write while the last commit failed."""

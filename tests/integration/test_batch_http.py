@@ -90,6 +90,8 @@ BAD_BATCHES: list[tuple[str, Any, int, str, str]] = [
     ("a write not an object", {"writes": [set_write("x/a", "k", 1), 7]}, 400, "bad_batch", "writes[1]"),
     ("a bad doc id", {"writes": [set_write("x/a", "k", 1), set_write("x//a", "k", 1)]}, 400, "bad_doc_id", "writes[1]"),
     ("a bad key", {"writes": [set_write("x/a", "k/1", 1)]}, 400, "bad_key", "writes[0]"),
+    ("a doc id ending in a newline", {"writes": [set_write("x/a\n", "k", 1)]}, 400, "bad_doc_id", "writes[0]"),
+    ("a key ending in a newline", {"writes": [set_write("x/a", "k\n", 1)]}, 400, "bad_key", "writes[0]"),
     ("no value", {"writes": [{"doc": "x/a", "key": "k"}]}, 400, "bad_batch", "neither"),
     ("value and delete", {"writes": [{"doc": "x/a", "key": "k", "value": 1, "delete": True}]}, 400, "bad_batch", "not both"),
     ("delete not a bool", {"writes": [{"doc": "x/a", "key": "k", "delete": 1}]}, 400, "bad_batch", "true or false"),
