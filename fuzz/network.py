@@ -72,6 +72,23 @@ def mutate(data: bytes, rng: random.Random, pool: list[bytes]) -> bytes:
     return bytes(out[:MUTANT_BYTES_MAX])
 
 
+def flood_pool(version: int = wire.WIRE_VERSION) -> list[bytes]:
+    """The valid frames the attacker mutates: every kind, in wire `version`."""
+    return [frame for frame in seed_frames() if frame[2] == version]
+
+
+def hostile_frame(rng: random.Random, pool: list[bytes]) -> bytes:
+    """One frame of the flood: a mutated valid frame (checksums mostly repaired), random bytes, or a
+    sync push of garbage updates from the attacker itself, in the version of the `pool`."""
+    roll = rng.random()
+    if roll < 0.8:
+        return repair_checksum(mutate(rng.choice(pool), rng, pool), rng)
+    if roll < 0.9:
+        return rng.randbytes(rng.randint(0, 256))
+    garbage = ((f"doc-{rng.randrange(4)}", rng.randbytes(rng.randint(1, 64))),)
+    return wire.encode(wire.SyncPush("mallory", garbage), pool[0][2])
+
+
 def rss_mb() -> float:
     return rss_mb_of(os.getpid()) or 0.0
 
@@ -92,7 +109,7 @@ async def attack(
         dealer.setsockopt(zmq.SNDHWM, 10_000)
         dealer.connect(address)
         dealers.append(dealer)
-    pool = seed_frames()
+    pool = flood_pool()
     hello = wire.encode(
         wire.Hello(
             "mallory", 1, "tcp://127.0.0.1:1", publish, 0, "default", placement_version=PLACEMENT_VERSION
@@ -103,14 +120,7 @@ async def attack(
             for dealer in dealers:
                 await dealer.send(hello)  # keeps the nodes subscribed to the attacker's PUB
             for _ in range(200):
-                roll = rng.random()
-                if roll < 0.8:
-                    frame = repair_checksum(mutate(rng.choice(pool), rng, pool), rng)
-                elif roll < 0.9:
-                    frame = rng.randbytes(rng.randint(0, 256))
-                else:
-                    garbage = ((f"doc-{rng.randrange(4)}", rng.randbytes(rng.randint(1, 64))),)
-                    frame = wire.encode(wire.SyncPush("mallory", garbage))
+                frame = hostile_frame(rng, pool)
                 if rng.random() < 0.5:
                     await pub.send_multipart((topic(dc_only=False), frame))
                 else:

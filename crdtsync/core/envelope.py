@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import lz4.block
 
@@ -52,7 +52,6 @@ FLAG_LZ4 = 0x01
 NODE_ID_BYTES_MAX = 64
 VARINT_BYTES_MAX = 9
 """A 63-bit unsigned integer in LEB128 (seven bits a byte)."""
-_CHECKSUM = struct.Struct("!I")
 
 
 class WireError(ValueError):
@@ -64,8 +63,9 @@ class WireError(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
+    """A frame's header as `read` found it (a tuple: one is made per frame received)."""
+
     version: int
     kind: int
     flags: int
@@ -86,7 +86,7 @@ def pack(
     if version == 1:
         return fixed + body
     header = b"".join((fixed, bytes((len(sender),)), sender, _varint(epoch), _varint(seq)))
-    return b"".join((header, _CHECKSUM.pack(zlib.crc32(header)), body))
+    return b"".join((header, zlib.crc32(header).to_bytes(4, "big"), body))
 
 
 def _varint(value: int) -> bytes:
@@ -100,12 +100,11 @@ def _varint(value: int) -> bytes:
 
 def read(frame: bytes, version_max: int = WIRE_VERSION) -> Header:
     """Read and verify the header of `frame` (not the body). Raises `WireError` naming what is wrong."""
-    if len(frame) > FRAME_BYTES_MAX:
-        raise WireError("too_large", f"frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
-    if len(frame) < HEADER_BYTES:
-        raise WireError(
-            "truncated", f"frame of {len(frame)} bytes is shorter than the {HEADER_BYTES}-byte header"
-        )
+    size = len(frame)
+    if size > FRAME_BYTES_MAX:
+        raise WireError("too_large", f"frame of {size} bytes exceeds {FRAME_BYTES_MAX}")
+    if size < HEADER_BYTES:
+        raise WireError("truncated", f"frame of {size} bytes is shorter than the {HEADER_BYTES}-byte header")
     magic, version, kind, flags, body_length, body_checksum = HEADER.unpack_from(frame)
     if magic != MAGIC:
         raise WireError("bad_magic", f"magic {magic!r} is not {MAGIC!r}")
@@ -116,27 +115,27 @@ def read(frame: bytes, version_max: int = WIRE_VERSION) -> Header:
         )
     if version == 1:
         return Header(1, kind, flags, "", 0, 0, HEADER_BYTES, body_length, body_checksum)
-    sender_length = frame[HEADER_BYTES] if len(frame) > HEADER_BYTES else 0
+    if size == HEADER_BYTES:
+        raise WireError("truncated", "version-2 header ends before the sender id's length")
+    sender_length = frame[HEADER_BYTES]
     if not 1 <= sender_length <= NODE_ID_BYTES_MAX:
-        if len(frame) == HEADER_BYTES:
-            raise WireError("truncated", "version-2 header ends before the sender id's length")
         raise WireError("bad_header", f"sender id length {sender_length} is not in 1..{NODE_ID_BYTES_MAX}")
     offset = HEADER_BYTES + 1 + sender_length
-    if len(frame) < offset:
+    if size < offset:
         raise WireError("truncated", f"version-2 header ends inside the {sender_length}-byte sender id")
-    epoch, offset = _read_varint(frame, offset, "epoch")
-    seq, offset = _read_varint(frame, offset, "seq")
-    if len(frame) < offset + _CHECKSUM.size:
+    epoch = frame[offset] if offset < size else 0x80  # one byte in the usual case: read without a call
+    epoch, offset = (epoch, offset + 1) if epoch < 0x80 else _read_varint(frame, offset, "epoch")
+    seq = frame[offset] if offset < size else 0x80
+    seq, offset = (seq, offset + 1) if seq < 0x80 else _read_varint(frame, offset, "seq")
+    if size < offset + 4:
         raise WireError("truncated", "version-2 header ends before its checksum")
-    if zlib.crc32(memoryview(frame)[:offset]) != _CHECKSUM.unpack_from(frame, offset)[0]:
+    if zlib.crc32(frame[:offset]) != int.from_bytes(frame[offset : offset + 4], "big"):
         raise WireError("bad_checksum", "header checksum does not match the header")
     try:
         sender = frame[HEADER_BYTES + 1 : HEADER_BYTES + 1 + sender_length].decode()
     except UnicodeDecodeError:
         raise WireError("bad_header", "sender id is not UTF-8") from None
-    return Header(
-        version, kind, flags, sender, epoch, seq, offset + _CHECKSUM.size, body_length, body_checksum
-    )
+    return Header(version, kind, flags, sender, epoch, seq, offset + 4, body_length, body_checksum)
 
 
 def _read_varint(frame: bytes, offset: int, name: str) -> tuple[int, int]:

@@ -149,6 +149,7 @@ MALFORMED: list[tuple[str, bytes, str, str]] = [
     ("cut-in-fixed-part", _VALID[:12], "truncated", "13-byte header"),
     ("cut-before-sender-length", _VALID[:13], "truncated", "sender id's length"),
     ("cut-in-sender", _VALID[:16], "truncated", "sender id"),
+    ("cut-after-sender", _VALID[: 14 + len(NODE)], "truncated", "inside the epoch"),
     ("cut-in-epoch", _v2(epoch=b"\x83")[: 14 + len(NODE) + 1], "truncated", "epoch"),
     ("cut-before-checksum", _VALID[: 14 + len(NODE) + 2 + 2], "truncated", "checksum"),
     ("sender-empty", _v2(sender=b""), "bad_header", "sender id length 0"),
