@@ -169,11 +169,15 @@ class HolderWaits:
         """Whether to ask a holder directly rather than wait for its sequence acknowledgement: it
         never acknowledged this node's deltas of this run (it does not subscribe to them, as the
         non-relays of other datacenters, or has not yet), its acks start after the write (it got
-        the write, if at all, by another path), or it has been silent for `ACK_WAIT_MS`."""
+        the write, if at all, by another path), its ack covers the write under another member view
+        than this node's (it may not hold the doc), or it has been silent for `ACK_WAIT_MS`."""
         if seq == 0:
             return True  # no write of this run to acknowledge: what the node has of the doc counts
-        acked = self._replica.seq_acks.acked.get(node_id)
-        return acked is None or acked[0] > seq or waited_ms >= ACK_WAIT_MS
+        seq_acks = self._replica.seq_acks
+        acked = seq_acks.acked.get(node_id)
+        if acked is None or acked[0] > seq or waited_ms >= ACK_WAIT_MS:
+            return True
+        return acked[2] != seq_acks.view_digest and acked[1] >= seq  # it counted under another view
 
     async def write_acks(self, doc_id: str, wanted: WriteAcksWanted, timeout_ms: float) -> WriteAcks:
         """Wait until `wanted` replicas of `doc_id`, or every alive holder of it in this datacenter
@@ -194,6 +198,7 @@ class HolderWaits:
             for node_id in list(waiting):
                 acked = replica.seq_acks.acked.get(node_id)
                 by_ack = seq > 0 and acked is not None and acked[0] <= seq <= acked[1]
+                by_ack = by_ack and acked is not None and acked[2] == replica.seq_acks.view_digest
                 if by_ack and node_id not in questions.not_holders:
                     self.confirmed_by_ack += 1
                 elif not questions.confirmed(node_id):

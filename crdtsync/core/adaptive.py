@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from crdtsync.core.config import ReplicaConfig
+from crdtsync.core.context import Context
 from crdtsync.core.load_board import FORWARD_AGE_MS, LoadBoard
 
 log = logging.getLogger("crdtsync.adaptive")
@@ -74,14 +74,13 @@ def decide(
 class Followers:
     """The docs this node follows because they are read here, decided with `decide` and the caps."""
 
-    def __init__(self, config: ReplicaConfig, board: LoadBoard, holds: Callable[[str], bool]) -> None:
-        self._config = config
+    def __init__(self, ctx: Context, board: LoadBoard, holds: Callable[[str], bool]) -> None:
+        self._config = ctx.config
+        self._counters = ctx.counters
         self._board = board
         self._holds = holds
         self.follows: dict[str, Follow] = {}
         self._next_ms = 0.0
-        self.added = 0
-        self.dropped = 0
 
     @property
     def enabled(self) -> bool:
@@ -155,8 +154,8 @@ class Followers:
                 log.info(
                     "no longer following doc %r: %.1f reads/s here (budget %g)", doc_id, reads_per_s, budget
                 )
-        self.added += len(start)
-        self.dropped += len(stop)
+        self._counters.follows_started += len(start)
+        self._counters.follows_stopped += len(stop)
         self._board.following = set(self.follows)
         return start, stop
 

@@ -64,13 +64,15 @@ class CausalBuffer:
         """Update bytes waiting per sender; a sender is a key while anything of it waits."""
         return self._bytes_by
 
-    def add(self, deltas: list[tuple[wire.Delta, StateVector, StateVector]], publisher: str) -> int:
+    def add(
+        self, deltas: list[tuple[wire.Delta, StateVector, StateVector]], publisher: str
+    ) -> tuple[int, int]:
         """Buffer deltas received from `publisher` (or the relay that forwarded them), then apply
         whatever became ready. Returns how many were dropped (content this node does not hold now:
-        not to be acknowledged)."""
+        not to be acknowledged) and how many were of docs this node does not hold (placement)."""
         config = self._ctx.config
         touched: dict[str, DocEntry] = {}
-        dropped = 0
+        dropped = not_held = 0
         for delta, before, after in deltas:
             if len(delta.update) > config.update_bytes_max:
                 self._ctx.counters.updates_dropped_too_large += 1
@@ -89,13 +91,14 @@ class CausalBuffer:
                     dropped += 1
                     continue
                 if found is None:
-                    continue  # not held here (placement): counted, and sequence tracking stays whole
+                    not_held += 1  # not held here (placement): counted, and sequence tracking stays whole
+                    continue
                 entry = touched[delta.doc_id] = found
             if not self._hold(entry, PendingDelta(delta, before, after, publisher, self._ctx.now_ms)):
                 dropped += 1
         for doc_id, entry in touched.items():
             self.drain(doc_id, entry)
-        return dropped
+        return dropped, not_held
 
     def _hold(self, entry: DocEntry, pending: PendingDelta) -> bool:
         config = self._ctx.config

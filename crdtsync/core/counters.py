@@ -123,6 +123,9 @@ class Counters:
     """Hellos from nodes that speak no wire version this node speaks (never linked)."""
     handoff_docs_dropped: int = 0
     """Docs handed to a holder (confirmed twice, `handoff_grace_ms` apart) and dropped here."""
+    follows_started: int = 0
+    follows_stopped: int = 0
+    """Docs this node started and stopped following as a read follower (adaptive replication)."""
     # ephemeral messages (awareness across nodes, never stored)
     ephemeral_published: int = 0
     ephemeral_relayed: int = 0

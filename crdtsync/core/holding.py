@@ -20,6 +20,8 @@ crash moves nothing; only a leave or a join moves docs.
 
 from __future__ import annotations
 
+import zlib
+
 from crdtsync.core.membership import Membership
 from crdtsync.core.placement import Candidate, PlacementPolicy, replicas_in_dc
 
@@ -47,6 +49,9 @@ class Holding:
         """Every member that has not left (a down one keeps its partitions), this node included."""
         self.version = 0
         """Bumped when the member view that decides holding changes (what depends on it rescans)."""
+        self.view_digest = zlib.crc32(repr(self._view).encode())
+        """The view as a 32-bit digest, equal on two nodes that see the same candidates and relays
+        (and so place every doc alike): sequence acknowledgements carry it (`seqacks`)."""
         self._by_dc: dict[str, list[Candidate]] = {}
         self._full: frozenset[str] = frozenset()
         """Nodes that hold every doc: the relays, when the cluster spans datacenters."""
@@ -84,6 +89,7 @@ class Holding:
             return
         self.candidates = view[0]
         self._view = view
+        self.view_digest = zlib.crc32(repr(view).encode())
         self.version += 1
         self._holders.clear()
         self._ordered.clear()

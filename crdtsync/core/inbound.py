@@ -42,6 +42,9 @@ class PublisherTrack:
     paths, if at all (before the track began, in a gap given up, dropped by the causal buffer)."""
     deltas_unacked: bool = False
     """Deltas came in since the last acknowledgement."""
+    skipped_through: int = 0
+    """The highest number counted as received without being held (a doc or bucket this node does not
+    hold): a change of the member view moves `held_from` past it."""
 
     @property
     def behind_updates(self) -> int:
@@ -118,9 +121,13 @@ class Inbound:
         track = self._track_of(message.node_id, message.epoch, message.first_seq)
         if message.epoch != track.epoch:
             return
+        held = self._holding.buckets_held()
         for index, bucket in enumerate(message.buckets):
             if bucket not in subscribed and self._receive(track, message.first_seq + index):
                 self._ctx.counters.seqs_not_subscribed += 1
+                track.skipped_through = message.first_seq + index
+                if held is None or bucket in held:  # held, not subscribed yet: not to acknowledge
+                    track.held_from = max(track.held_from, message.first_seq + index + 1)
 
     def on_deltas(self, message: wire.Deltas) -> None:
         publisher = message.node_id
@@ -137,8 +144,13 @@ class Inbound:
             publisher_dc = self._membership.dc_of(publisher)
             if publisher_dc is not None and publisher_dc != self._ctx.dc:
                 self._relay([delta for delta, _before, _after in fresh], publisher)
-        if self._causal.add(fresh, publisher) and message.epoch == track.epoch:
-            track.held_from = max(track.held_from, message.first_seq + len(message.deltas))
+        dropped, not_held = self._causal.add(fresh, publisher)
+        if message.epoch == track.epoch and (dropped or not_held):
+            last = message.first_seq + len(message.deltas) - 1
+            if dropped:
+                track.held_from = max(track.held_from, last + 1)
+            if not_held:
+                track.skipped_through = max(track.skipped_through, last)
         track.deltas_unacked = track.deltas_unacked or bool(fresh)
 
     def _relay(self, deltas: list[wire.Delta], publisher: str) -> None:

@@ -277,13 +277,16 @@ class HandoffAck:
 class SeqAck:
     """Sent by a subscriber to a publisher once its store has committed (see `crdtsync.core.seqacks`):
     it holds, applied and stored, every delta of the publisher's incarnation `epoch` numbered
-    `from_seq..through_seq` (of the docs it holds; the numbers of other docs it was not sent count
-    in). What a writer's `write_acks` waits for: no question per write."""
+    `from_seq..through_seq` of the docs it holds in the member view `view` (the numbers of other docs
+    count in). What a writer's `write_acks` waits for: no question per write."""
 
     node_id: str
     epoch: int
     from_seq: int
     through_seq: int
+    view: int
+    """A 32-bit digest of the member view that decides holding (`Holding.view_digest`): the writer
+    trusts the ack for a doc only when its own view is the same, so that both agree on its holders."""
 
 
 Message = (

@@ -151,7 +151,7 @@ class Replica:
             ctx, self.membership, self._guard, self._links, self._outbound, self._inbound, self._antientropy
         )
         self._ephemeral = EphemeralChannel(ctx, self._links, self.membership)
-        self.seq_acks = SeqAcks(ctx, self._links, self._outbound)  # what peers hold of this node's deltas
+        self.seq_acks = SeqAcks(ctx, self._links, self._outbound, holding)  # what peers hold of our deltas
         self._last_tick_ms = 0.0
         self.store_failing = False
         """Set by the driver while its store cannot commit: content from peers is refused (counted in

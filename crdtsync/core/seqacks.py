@@ -5,8 +5,12 @@ A subscriber holds a publisher's deltas numbered `held_from..contiguous` of its 
 `inbound.PublisherTrack`): `held_from` is the first number of the stream received since the track
 began or since a gap was given up (numbers before it came by other paths, if at all: a hello's
 anti-entropy round, a repair), and a delta the causal buffer dropped moves it past its batch. The
-numbers of docs the subscriber does not take (placement) count as held: a writer counts only the
-doc's holders. Once deltas of a publisher came in and nothing of that publisher waits in the causal
+numbers of docs the subscriber does not hold (placement) count as held, and each ack carries the
+digest of the member view that decided which those are (`Holding.view_digest`): the writer counts
+an ack for a doc only from the doc's holders, and only when its own view is the same. So that an
+ack never covers a number counted under another view, a change of view moves `held_from` past every
+number counted as not held so far, and a number of a bucket the subscriber holds but does not
+subscribe to yet moves it too. Once deltas of a publisher came in and nothing of that publisher waits in the causal
 buffer, a `SEQ_ACK` of that range goes to it, as a send that leaves only after the store committed
 what it acknowledges, and at most once per `seq_ack_interval_ms` per publisher (later ones are due
 then). An idle cluster thus sends one small frame per write and subscriber; a busy one one per
@@ -14,6 +18,8 @@ publisher and interval, whatever the number of writes. A lost ack is covered by 
 writer asks a replica directly only when no ack came (`crdtsync.holders`).
 
 The writer keeps the last ack of each node for its current incarnation (`acked`).
+
+`SEQ_ACK` frames are bounded like every frame (`wire`); `acked` holds at most `peers_max` nodes.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Protocol
 
 from crdtsync.core import wire
 from crdtsync.core.context import Context
+from crdtsync.core.holding import Holding
 from crdtsync.core.links import Links
 from crdtsync.core.outbound import Outbound
 
@@ -32,18 +39,28 @@ class _Track(Protocol):
     contiguous: int
     held_from: int
     deltas_unacked: bool
+    skipped_through: int
 
 
 class SeqAcks:
-    def __init__(self, ctx: Context, links: Links, outbound: Outbound) -> None:
+    def __init__(self, ctx: Context, links: Links, outbound: Outbound, holding: Holding) -> None:
         self._ctx = ctx
         self._links = links
         self._outbound = outbound
+        self._holding = holding
+        self._view_version = -1
         self._sent: dict[str, tuple[int, int, int, float]] = {}
         """Publisher -> (epoch, from, through, when) of the last ack sent to it."""
         self._next_due_ms = float("inf")
-        self.acked: dict[str, tuple[int, int]] = {}
-        """Node -> (from, through) of its last ack of this node's current incarnation, oldest first."""
+        self.acked: dict[str, tuple[int, int, int]] = {}
+        """Node -> (from, through, view digest) of its last ack of this node's current incarnation,
+        oldest first."""
+
+    @property
+    def view_digest(self) -> int:
+        """This node's member view (`Holding.view_digest`), to compare an ack's with."""
+        self._holding.refresh()
+        return self._holding.view_digest
 
     @property
     def last_seq(self) -> int:
@@ -59,6 +76,12 @@ class SeqAcks:
         ctx = self._ctx
         interval_ms = ctx.config.seq_ack_interval_ms
         self._next_due_ms = float("inf")
+        view = self.view_digest
+        if self._holding.version != self._view_version:
+            # Numbers counted as not held under the view before are not to be acknowledged under this one.
+            self._view_version = self._holding.version
+            for track in tracks.values():
+                track.held_from = max(track.held_from, track.skipped_through + 1)
         for publisher, track in tracks.items():
             if not track.deltas_unacked or publisher in pending_from:
                 continue
@@ -77,7 +100,7 @@ class SeqAcks:
                 continue
             track.deltas_unacked = False
             self._sent[publisher] = (track.epoch, track.held_from, track.contiguous, ctx.now_ms)
-            ack = wire.SeqAck(ctx.node_id, track.epoch, track.held_from, track.contiguous)
+            ack = wire.SeqAck(ctx.node_id, track.epoch, track.held_from, track.contiguous, view)
             ctx.counters.seq_acks_sent += 1
             self._links.send(address, ack, after_commit=True)
 
@@ -104,4 +127,4 @@ class SeqAcks:
         acked.pop(message.node_id, None)
         if len(acked) >= ctx.config.peers_max:
             del acked[next(iter(acked))]
-        acked[message.node_id] = (message.from_seq, message.through_seq)
+        acked[message.node_id] = (message.from_seq, message.through_seq, message.view)

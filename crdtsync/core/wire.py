@@ -187,8 +187,8 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.HEARTBEAT, [n, e, s]
         case SeqIndex(n, e, first, buckets):
             return MessageKind.SEQ_INDEX, [n, e, first, *buckets]
-        case SeqAck(n, e, lo, hi):
-            return MessageKind.SEQ_ACK, [n, e, lo, hi]
+        case SeqAck(n, e, lo, hi, view):
+            return MessageKind.SEQ_ACK, [n, e, lo, hi, view]
         case RetransmitRequest(n, e, lo, hi):
             return MessageKind.RETRANSMIT_REQUEST, [n, e, lo, hi]
         case RetransmitGone(n, e, oldest):
@@ -459,7 +459,10 @@ def _read_seq_ack(f: _Fields, node_id: str) -> Message:
     epoch, lo, hi = f.uint("epoch"), f.uint("from_seq"), f.uint("through_seq")
     if lo < 1 or lo > hi:
         raise WireError("bad_body", f"SEQ_ACK range {lo}..{hi} is not a range of sequence numbers")
-    return SeqAck(node_id, epoch, lo, hi)
+    view = f.uint("view")
+    if view >= 1 << 32:
+        raise WireError("bad_body", f"SEQ_ACK view {view} is not a 32-bit digest")
+    return SeqAck(node_id, epoch, lo, hi, view)
 
 
 def _read_retransmit_gone(f: _Fields, node_id: str) -> Message:

@@ -203,6 +203,18 @@ _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...
         "Docs handed to a holder (confirmed twice) and dropped here.",
         {},
     ),
+    (
+        lambda c: c.follows_started,
+        "follower_changes",
+        "Docs this node started or stopped following as a read follower.",
+        {"change": "added"},
+    ),
+    (
+        lambda c: c.follows_stopped,
+        "follower_changes",
+        "Docs this node started or stopped following as a read follower.",
+        {"change": "dropped"},
+    ),
     (lambda c: c.doc_loads, "doc_loads", "Docs loaded from the store.", {}),
     (lambda c: c.peer_down, "peer_state_changes", "Peer state changes.", {"to": "down"}),
     (lambda c: c.peer_alive, "peer_state_changes", "Peer state changes.", {"to": "alive"}),

@@ -105,7 +105,11 @@ def top_json(node: Node, docs_limit: int) -> Json:
         "half_life_ms": node.config.replication.load_half_life_ms,
         "nodes": nodes,
         "docs": hottest_docs(summaries, docs_limit),
-        "moves": {"hinted_docs": status.hinted_docs},
+        "moves": {
+            "hinted_docs": status.hinted_docs,
+            "follows_started": status.counters.follows_started,
+            "follows_stopped": status.counters.follows_stopped,
+        },
     }
 
 

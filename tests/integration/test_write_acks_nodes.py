@@ -195,3 +195,25 @@ def test_a_holder_whose_acks_are_lost_is_asked_after_the_ack_wait(
             c.release(DOC)
 
     asyncio.run(scenario())
+
+
+def test_an_ack_under_another_member_view_is_not_trusted_and_the_holder_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """c's acknowledgements carry another view digest than a's (as while a join is gossiped): a
+    does not count them (c might not hold the doc in its view) and asks c instead."""
+
+    async def scenario() -> None:
+        async with _two_datacenters(tmp_path, FAST) as nodes:
+            a, c = nodes[0], nodes[2]
+            await _acknowledged_by_all(a, nodes[1:])
+            holding = c._replica._holding
+            monkeypatch.setattr(holding, "view_digest", holding.view_digest ^ 1)
+            offers, by_ack = _questions(a), a._waits.confirmed_by_ack
+            await _write(a, "llama-3-8b", "canary")
+            in_dc = await a.write_acks(DOC, "dc", timeout_ms=TIMEOUT_S * 1000)
+            assert sorted(in_dc.confirmed) == ["a", "c"]
+            assert a._waits.confirmed_by_ack == by_ack, "c's ack was counted"
+            assert _questions(a) - offers >= 1
+
+    asyncio.run(scenario())

@@ -67,7 +67,9 @@ def test_the_caps_hold_for_any_reads_and_any_other_followers(
         replica.membership.merge(
             wire.MemberEntry(node_id, "east", node_id, node_id + "p", 1, 1, False), 0.0, direct=True
         )
-    followers = Followers(replica.config, board, lambda doc_id: False)
+    followers = Followers(
+        replica._ctx, board, lambda doc_id: False
+    )  # holds nothing: every doc may be followed
     by_node: dict[str, list[str]] = {}
     for doc, node_id in elsewhere:
         by_node.setdefault(node_id, []).append(f"d{doc}")

@@ -38,9 +38,9 @@ def test_a_subscriber_acknowledges_a_delta_once_applied_in_a_send_that_waits_for
     assert any(isinstance(e, Persist) and e.updates for e in effects), (
         "the applied delta is persisted with it"
     )
-    assert wire.decode(acks[0].frame) == wire.SeqAck("b", a.epoch, 1, 1)
+    assert wire.decode(acks[0].frame) == wire.SeqAck("b", a.epoch, 1, 1, b.seq_acks.view_digest)
     a.receive(acks[0].frame, mesh.now_ms)
-    assert a.seq_acks.acked == {"b": (1, 1)}
+    assert a.seq_acks.acked == {"b": (1, 1, a.seq_acks.view_digest)}
     assert (_count(b, "seq_acks_sent"), _count(a, "seq_acks_received")) == (1, 1)
 
 
@@ -54,10 +54,10 @@ def test_one_ack_per_publisher_and_interval_covers_every_write_of_the_interval()
         mesh.pump()
         mesh.now_ms += 0.1
     assert len(_acks_sent(mesh, b)) == 1, "the first ack goes at once, the rest wait for the interval"
-    assert a.seq_acks.acked["b"] == (1, 1)
+    assert a.seq_acks.acked["b"][:2] == (1, 1)
     mesh.advance(5.0, step_ms=1.0)
     assert [(m.from_seq, m.through_seq) for m in _acks_sent(mesh, b)] == [(1, 1), (1, 10)]
-    assert a.seq_acks.acked["b"] == (1, 10)
+    assert a.seq_acks.acked["b"][:2] == (1, 10)
     mesh.advance(100.0)
     assert len(_acks_sent(mesh, b)) == 2, "nothing new: no ack"
 
@@ -75,7 +75,7 @@ def test_a_delta_waiting_for_its_dependencies_is_acknowledged_only_once_applied(
     assert "c" not in b.seq_acks.acked, "c holds b's delta only in its causal buffer"
     mesh.advance(c.config.causal_wait_ms + 50.0, step_ms=10.0)  # c pulls the doc and applies
     assert c.status(mesh.now_ms).pending_updates == 0
-    assert b.seq_acks.acked["c"] == (1, 1)
+    assert b.seq_acks.acked["c"][:2] == (1, 1)
     assert "c" not in a.seq_acks.acked, "c got a's write by a pull, not on a's stream: no ack of it"
 
 
@@ -96,7 +96,7 @@ def test_numbers_of_a_gap_given_up_are_not_acknowledged_even_after_the_repair() 
     _write(a, "next", 5)
     mesh.pump()
     mesh.advance(10.0)
-    held_from, through = a.seq_acks.acked["b"]
+    held_from, through, _view = a.seq_acks.acked["b"]
     assert through == 5 and held_from == 5, "1..4 came by a repair and a given-up gap: not acknowledged"
 
 
@@ -113,8 +113,8 @@ def test_a_late_subscriber_acknowledges_from_its_first_number_on_the_stream() ->
     _write(a, "k", 3)
     mesh.pump()
     mesh.advance(10.0)
-    assert a.seq_acks.acked["c"] == (3, 3)
-    assert a.seq_acks.acked["b"] == (1, 3)
+    assert a.seq_acks.acked["c"][:2] == (3, 3)
+    assert a.seq_acks.acked["b"][:2] == (1, 3)
 
 
 def test_acks_of_another_incarnation_or_of_numbers_never_published_are_dropped_and_counted() -> None:
@@ -123,8 +123,8 @@ def test_acks_of_another_incarnation_or_of_numbers_never_published_are_dropped_a
     mesh.link_all()
     _write(a, "k", 1)
     mesh.pump()
-    assert a.seq_acks.acked == {"b": (1, 1)}
-    a.receive(wire.encode(wire.SeqAck("b", a.epoch + 1, 1, 1)), mesh.now_ms)
-    a.receive(wire.encode(wire.SeqAck("b", a.epoch, 1, 99)), mesh.now_ms)
+    assert a.seq_acks.acked == {"b": (1, 1, a.seq_acks.view_digest)}
+    a.receive(wire.encode(wire.SeqAck("b", a.epoch + 1, 1, 1, 0)), mesh.now_ms)
+    a.receive(wire.encode(wire.SeqAck("b", a.epoch, 1, 99, 0)), mesh.now_ms)
     assert (_count(a, "seq_acks_stale"), _count(a, "seq_acks_refused")) == (1, 1)
-    assert a.seq_acks.acked == {"b": (1, 1)}, "neither replaced the last good ack"
+    assert a.seq_acks.acked == {"b": (1, 1, a.seq_acks.view_digest)}, "neither replaced the last good ack"
