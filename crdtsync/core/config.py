@@ -108,7 +108,7 @@ class ReplicaConfig:
     """Offers to one node that may wait for its answer; more wait for a later pass (a newcomer that
     every node hands docs to is not flooded)."""
     wire_version_max: int = 2
-    """The highest wire version this node speaks (1..2; see docs/operations.md, rolling upgrades).
+    """The highest wire version this node speaks (1..2; see docs/daemon.md, rolling upgrades).
     1 pins it to what releases before negotiation speak, for a cluster that still has such nodes."""
 
     def __post_init__(self) -> None:
