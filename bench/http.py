@@ -14,7 +14,9 @@ another process (`bench._http_load`: keep-alive HTTP/1.1 clients on raw asyncio 
 
 Each line gives requests (keys) per second, p50/p99 latency, the daemon's CPU per request and per key
 (from /proc, all its threads) and the generator's CPU per request (it must stay below the daemon's,
-or it is the bottleneck). Targets from issue 17: >= 8,000 PUT/s with 64 clients, >= 50,000 keys/s
+or it is the bottleneck). With `wrk` installed (`apt-get install wrk`: a load generator in C), the
+health and put lines are run again with it (`health/wrk`, `put/wrk`: 64 connections on one
+thread), to show whether the Python generator limits the rate. Targets from issue 17: >= 8,000 PUT/s with 64 clients, >= 50,000 keys/s
 through the batch route. The machine has 2 cores: the daemon, its store thread and the generator
 share them, so figures move between runs when anything else runs.
 """
@@ -24,6 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -126,6 +131,71 @@ def run_load(url: str, port: int, pid: int, route: str, clients: int, duration_s
     }
 
 
+WRK_PUT_SCRIPT = """
+counter = 0
+request = function()
+  local body = '{"n": ' .. counter .. '}'
+  local path = "/v1/docs/bench/d" .. (counter % 1000) .. "/keys/k" .. (math.floor(counter / 1000) % 100)
+  counter = counter + 1
+  return wrk.format("PUT", path, {["Content-Length"] = #body}, body)
+end
+"""
+"""The same requests as `bench._http_load --route put`: a key of 1,000 docs in turn."""
+
+
+def _wrk_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(url: str, pid: int, route: str, clients: int, duration_s: float, root: str) -> JSON:
+    """One run of `wrk` (health or put) against the daemon `pid`: the figures `run_load` gives."""
+    script = os.path.join(root, "put.lua")
+    with open(script, "w", encoding="utf-8") as file:
+        file.write(WRK_PUT_SCRIPT)
+    command = ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(duration_s))}s", "--latency"]
+    command += ["-s", script, f"{url}/"] if route == "put" else [f"{url}/health"]
+    commits_before = store_commits(url)
+    user_before_s, system_before_s = daemon_cpu_s(pid)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + LOAD_SLACK_S).stdout
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    user_after_s, system_after_s = daemon_cpu_s(pid)
+    commits = store_commits(url) - commits_before
+    found = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+    if found is None:
+        raise SystemExit(f"wrk printed no result: {out[-500:]}")
+    requests = int(found.group(1))
+    elapsed_s = float(found.group(2)) / (1000.0 if found.group(3) == "ms" else 1.0)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    loader_s = (children_after.ru_utime + children_after.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
+    user_s, system_s = user_after_s - user_before_s, system_after_s - system_before_s
+    return {
+        "route": f"{route}/wrk",
+        "clients": clients,
+        "requests": requests,
+        "keys": requests,
+        "errors": int(non_2xx.group(1)) if non_2xx else 0,
+        "first_error": None,
+        "elapsed_s": elapsed_s,
+        "loader_cpu_s": loader_s,
+        "requests_per_s": requests / elapsed_s,
+        "keys_per_s": requests / elapsed_s,
+        "p50_ms": _wrk_ms(percentiles["50"]),
+        "p99_ms": _wrk_ms(percentiles["99"]),
+        "daemon_cpu_us_per_request": (user_s + system_s) / max(requests, 1) * 1e6,
+        "daemon_system_us_per_request": system_s / max(requests, 1) * 1e6,
+        "daemon_cpu_us_per_key": (user_s + system_s) / max(requests, 1) * 1e6,
+        "daemon_cores": (user_s + system_s) / elapsed_s,
+        "store_commits": commits,
+        "requests_per_commit": requests / commits if commits else None,
+        "loader_cpu_us_per_request": loader_s / max(requests, 1) * 1e6,
+    }
+
+
 def measure(duration_s: float, routes: list[str]) -> list[JSON]:
     with tempfile.TemporaryDirectory(prefix="bench-http-") as root:
         cluster = LocalCluster.named(root, ["a"], note="bench.http")
@@ -146,6 +216,12 @@ def measure(duration_s: float, routes: list[str]) -> list[JSON]:
                         print(
                             f"{route} x{clients}: {result['errors']} errors, first: {result['first_error']}"
                         )
+            wrk_routes = [route for route in routes if route in ("health", "put")]
+            if wrk_routes and shutil.which("wrk") is None:
+                print("wrk is not installed: no health/wrk and put/wrk lines (apt-get install wrk)")
+            elif wrk_routes:
+                for route in wrk_routes:
+                    results.append(run_wrk(daemon.url, daemon.pid, route, 64, duration_s, root))
             return results
 
 
@@ -186,7 +262,7 @@ def report(results: list[JSON]) -> list[Target]:
         rows,
         notes=[
             f"batch: {BATCH_KEYS} keys over {BATCH_DOCS['batch']} docs per request; batch-wide: over "
-            f"{BATCH_DOCS['batch-wide']} docs; health: the HTTP floor"
+            f"{BATCH_DOCS['batch-wide']} docs; health: the HTTP floor; /wrk: the same requests from wrk"
         ],
     )
     by = {(r["route"], r["clients"]): r for r in results}
@@ -197,6 +273,17 @@ def report(results: list[JSON]) -> list[Target]:
                 "put_64_per_s",
                 "PUT of single keys, 64 clients, acknowledged at fsync",
                 by[("put", 64)]["requests_per_s"],
+                PUT_GOAL_PER_S,
+                "/s",
+                ">=",
+            )
+        )
+    if ("put/wrk", 64) in by:
+        targets.append(
+            Target(
+                "put_wrk_64_per_s",
+                "PUT of single keys, 64 connections of wrk (a client in C), acknowledged at fsync",
+                by[("put/wrk", 64)]["requests_per_s"],
                 PUT_GOAL_PER_S,
                 "/s",
                 ">=",
