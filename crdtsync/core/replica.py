@@ -126,7 +126,7 @@ class Replica:
         self.placement = placement
         self._holding = holding = Holding(node_id, dc, self.membership, placement)
         self.load = ctx.load = LoadBoard(ctx, self.membership, holding)  # rates, load, members' summaries
-        self._followers = Followers(config, self.load, holding.holds_doc)  # read followers of hot docs
+        self._followers = Followers(ctx, self.load, holding.holds_doc)  # read followers of hot docs
         self._guard = Guard(ctx)
         self._links = Links(ctx, self.membership, holding)
         self._outbound = Outbound(ctx, self._links, holding)
