@@ -171,6 +171,7 @@ def test_config_and_status_fields_are_pinned() -> None:
         "ae_divergence",
         "ae_in_progress",
         "subscribed",
+        "wire_version",
     ]
 
 
