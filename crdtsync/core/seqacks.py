@@ -6,16 +6,16 @@ A subscriber holds a publisher's deltas numbered `held_from..contiguous` of its 
 began or since a gap was given up (numbers before it came by other paths, if at all: a hello's
 anti-entropy round, a repair), and a delta the causal buffer dropped moves it past its batch. The
 numbers of docs the subscriber does not hold (placement) count as held, and each ack carries the
-digest of the member view that decided which those are (`Holding.view_digest`): the writer counts
-an ack for a doc only from the doc's holders, and only when its own view is the same. So that an
-ack never covers a number counted under another view, a change of view moves `held_from` past every
+digest of the member view that decided which those are (`Holding.view_digest`): the writer counts an
+ack for a doc only from the doc's holders, and only when its own view is the same. So that an ack
+never covers a number counted under another view, a change of view moves `held_from` past every
 number counted as not held so far, and a number of a bucket the subscriber holds but does not
-subscribe to yet moves it too. Once deltas of a publisher came in and nothing of that publisher waits in the causal
-buffer, a `SEQ_ACK` of that range goes to it, as a send that leaves only after the store committed
-what it acknowledges, and at most once per `seq_ack_interval_ms` per publisher (later ones are due
-then). An idle cluster thus sends one small frame per write and subscriber; a busy one one per
-publisher and interval, whatever the number of writes. A lost ack is covered by the next one; the
-writer asks a replica directly only when no ack came (`crdtsync.holders`).
+subscribe to yet moves it too. Once deltas of a publisher came in and nothing of that publisher
+waits in the causal buffer, a `SEQ_ACK` of that range goes to it, as a send that leaves only after
+the store committed what it acknowledges, and at most once per `seq_ack_interval_ms` per publisher
+(later ones are due then). An idle cluster thus sends one small frame per write and subscriber; a
+busy one one per publisher and interval, whatever the number of writes. A lost ack is covered by the
+next one; the writer asks a replica directly only when no ack came (`crdtsync.holders`).
 
 The writer keeps the last ack of each node for its current incarnation (`acked`).
 
@@ -49,8 +49,8 @@ class SeqAcks:
         self._outbound = outbound
         self._holding = holding
         self._view_version = -1
-        self._sent: dict[str, tuple[int, int, int, float]] = {}
-        """Publisher -> (epoch, from, through, when) of the last ack sent to it."""
+        self._sent: dict[str, tuple[int, int, int, int, float]] = {}
+        """Publisher -> (epoch, from, through, view, when) of the last ack sent to it."""
         self._next_due_ms = float("inf")
         self.acked: dict[str, tuple[int, int, int]] = {}
         """Node -> (from, through, view digest) of its last ack of this node's current incarnation,
@@ -89,17 +89,17 @@ class SeqAcks:
                 track.deltas_unacked = False  # nothing held since a gap: the next deltas tell
                 continue
             sent = self._sent.get(publisher)
-            if sent is not None and sent[:3] == (track.epoch, track.held_from, track.contiguous):
+            if sent is not None and sent[:4] == (track.epoch, track.held_from, track.contiguous, view):
                 track.deltas_unacked = False
                 continue
-            if sent is not None and ctx.now_ms < sent[3] + interval_ms:
-                self._next_due_ms = min(self._next_due_ms, sent[3] + interval_ms)
+            if sent is not None and ctx.now_ms < sent[4] + interval_ms:
+                self._next_due_ms = min(self._next_due_ms, sent[4] + interval_ms)
                 continue
             address = self._links.address_of.get(publisher)
             if address is None:
                 continue
             track.deltas_unacked = False
-            self._sent[publisher] = (track.epoch, track.held_from, track.contiguous, ctx.now_ms)
+            self._sent[publisher] = (track.epoch, track.held_from, track.contiguous, view, ctx.now_ms)
             ack = wire.SeqAck(ctx.node_id, track.epoch, track.held_from, track.contiguous, view)
             ctx.counters.seq_acks_sent += 1
             self._links.send(address, ack, after_commit=True)
