@@ -46,6 +46,7 @@ def seed_frames() -> list[bytes]:
         wire.Deltas("n1", 1, 1, deltas[:1]),
         wire.Deltas("n1", 1, 1, deltas),
         wire.Heartbeat("n1", 1, 20),
+        wire.SeqAck("n1", 1, 1, 20, 0x1234ABCD),
         wire.RetransmitRequest("n1", 1, 1, 10),
         wire.RetransmitGone("n1", 1, 3),
         wire.SyncRequest("n1", (("doc", doc.get_state()), ("other", b"\x00"))),
