@@ -91,6 +91,7 @@ def peer_json(peer: PeerStatus) -> Json:
         "state": peer.state,
         "epoch": peer.epoch,
         "subscribed": peer.subscribed,
+        "wire_version": peer.wire_version,
         "last_heard_ago_ms": peer.last_heard_ago_ms,
         "behind_updates": peer.behind_updates,
         "lag_ms": peer.lag_ms,
