@@ -207,6 +207,9 @@ def measure(duration_s: float, routes: list[str]) -> list[JSON]:
             status = httpx.get(f"{daemon.url}/v1/status", timeout=10.0).json()
             if status["durability"] != "fsync":
                 raise SystemExit(f"the daemon runs with durability {status['durability']}, not fsync")
+            wrk = shutil.which("wrk") is not None
+            if not wrk:
+                print("wrk is not installed: no health/wrk and put/wrk lines (apt-get install wrk)")
             results = []
             for route in routes:
                 for clients in (32, 64):
@@ -216,11 +219,7 @@ def measure(duration_s: float, routes: list[str]) -> list[JSON]:
                         print(
                             f"{route} x{clients}: {result['errors']} errors, first: {result['first_error']}"
                         )
-            wrk_routes = [route for route in routes if route in ("health", "put")]
-            if wrk_routes and shutil.which("wrk") is None:
-                print("wrk is not installed: no health/wrk and put/wrk lines (apt-get install wrk)")
-            elif wrk_routes:
-                for route in wrk_routes:
+                if wrk and route in ("health", "put"):  # next to its route: the docs grow with each run
                     results.append(run_wrk(daemon.url, daemon.pid, route, 64, duration_s, root))
             return results
 
