@@ -90,8 +90,8 @@ class Followers:
         """Doc -> the other nodes whose summaries (heard in the last `FORWARD_AGE_MS`) say they
         follow it, in node id order."""
         followers: dict[str, list[str]] = {}
-        for node_id, (summary, arrived_ms) in sorted(self._board.received.items()):
-            if now_ms - arrived_ms < FORWARD_AGE_MS:
+        for node_id, (summary, made_ms) in sorted(self._board.received.items()):
+            if now_ms - made_ms < FORWARD_AGE_MS:
                 for doc in summary.docs:
                     if doc.following:
                         followers.setdefault(doc.doc_id, []).append(node_id)

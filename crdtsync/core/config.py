@@ -97,6 +97,19 @@ class ReplicaConfig:
     """Read followers of one doc in the cluster (from the gossiped summaries)."""
     followed_docs_max: int = 64
     """Docs one node follows at most."""
+    shed_partitions: bool = True
+    """Loaded nodes shed partitions: a node whose load stays more than `shed_load_over_mean` above its
+    datacenter's mean lowers its placement weight a step at a time (docs/placement.md#shedding-load)."""
+    shed_load_over_mean: float = 0.10
+    """The margin above (and, to take a step back, below) the datacenter's mean load."""
+    shed_cool_down_ms: float = 600_000.0
+    """After a weight change in the datacenter, no node of it changes again for this long (+-25%)."""
+    shed_step: float = 0.9
+    """What one step multiplies the node's configured weight by."""
+    shed_steps_max: int = 5
+    """Steps a node may take down (0.9 ** 5: 59% of its configured weight at the least)."""
+    shed_load_min_cores: float = 0.2
+    """Below this mean load (CPU cores) a datacenter is not balanced: the noise is larger than the load."""
     handoff_docs_per_pass_max: int = 1024
     """Docs offered per handoff pass (every `handoff_interval_ms`), to every target together."""
     handoff_targets_max: int = 2

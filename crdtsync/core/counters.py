@@ -126,6 +126,8 @@ class Counters:
     follows_started: int = 0
     follows_stopped: int = 0
     """Docs this node started and stopped following as a read follower (adaptive replication)."""
+    weight_changes: int = 0
+    """Steps of this node's placement weight taken to shed load or take it back (adaptive replication)."""
     # ephemeral messages (awareness across nodes, never stored)
     ephemeral_published: int = 0
     ephemeral_relayed: int = 0

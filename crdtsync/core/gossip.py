@@ -306,6 +306,11 @@ class Gossip:
     def leave(self) -> None:
         """Announce a graceful leave to every peer this node is in contact with."""
         self._membership.leave()
+        self.announce()
+
+    def announce(self) -> None:
+        """This node's own record changed (a leave, a new weight): tell every peer in contact now,
+        not in turn (the others accept a change of a member's record only from the member itself)."""
         for link in self._links.by_address.values():
             if link.reachable:
                 self._gossip_to(link, reply=True)

@@ -41,7 +41,7 @@ summaries beyond wait for a later round."""
 MESSAGE_FIELDS_MAX = 8192
 """Fields of one load message: well under what `wire` decodes (its msgpack array bound)."""
 FORWARD_AGE_MS = 60_000.0
-"""Another node's summary is passed on only while it is younger than this (since it arrived here):
+"""Another node's summary is passed on only while it is younger than this (its age travels with it):
 a node that stopped gossiping is not advertised as loaded forever."""
 
 
@@ -82,7 +82,8 @@ class LoadBoard:
         """Docs this node follows because they are read here (adaptive replication)."""
         self._seq = 0
         self.received: dict[str, tuple[NodeLoad, float]] = {}
-        """Node -> (its latest summary, when it arrived here)."""
+        """Node -> (its latest summary, when it was made, in this node's clock: its arrival less the
+        age it arrived with)."""
         self._turn = 0
         self.summaries_refused = 0
         """Summaries not kept: about this node, a node that is not a member, or in another
@@ -137,9 +138,9 @@ class LoadBoard:
         summaries = [own]
         fields, size = _size(own)
         others = [
-            summary
-            for node_id, (summary, arrived_ms) in sorted(self.received.items())
-            if now_ms - arrived_ms < FORWARD_AGE_MS
+            dataclasses.replace(summary, age_ms=now_ms - made_ms)
+            for node_id, (summary, made_ms) in sorted(self.received.items())
+            if now_ms - made_ms < FORWARD_AGE_MS
         ]
         self._turn += 1
         start = self._turn % len(others) if others else 0
@@ -166,7 +167,7 @@ class LoadBoard:
                 continue
             known = self.received.get(summary.node_id)
             if known is None or (summary.epoch, summary.seq) > (known[0].epoch, known[0].seq):
-                self.received[summary.node_id] = (summary, now_ms)
+                self.received[summary.node_id] = (summary, now_ms - summary.age_ms)
         for node_id in [node_id for node_id in self.received if node_id not in members]:
             del self.received[node_id]  # a member forgotten since: bounded by the member table
 
@@ -174,8 +175,8 @@ class LoadBoard:
         """Every node's latest summary (this node's first, fresh) with its age in milliseconds."""
         nodes = [(self.own(now_ms), 0.0)]
         members = self._membership.members
-        for node_id, (summary, arrived_ms) in sorted(self.received.items()):
+        for node_id, (summary, made_ms) in sorted(self.received.items()):
             member = members.get(node_id)
             if member is not None and member.liveness != "left":
-                nodes.append((summary, now_ms - arrived_ms))
+                nodes.append((summary, now_ms - made_ms))
         return nodes

@@ -2,7 +2,8 @@
 load and its hottest docs, spread with the membership gossip.
 
 - LOAD_SUMMARIES (25): the sender's node id, then 1..SUMMARIES_PER_MESSAGE_MAX summaries, each: node
-  id, datacenter, epoch, sequence number, load (thousandths of a core), the count of its docs, then
+  id, datacenter, epoch, sequence number, load (thousandths of a core), age (ms), the count of its
+  docs, then
   per doc: doc id, whether that node follows it (a read follower, not a replica), its unattributed
   rate, the count of its rates and that many (kind, datacenter, rate) triples. Rates are thousandths
   of an event per second; kind is 0 read, 1 write, 2 fetch (see `crdtsync.core.load.Kind`).
@@ -53,6 +54,9 @@ class NodeLoad:
     seq: int
     load_cores: float
     docs: tuple[DocLoad, ...]
+    age_ms: float = 0.0
+    """How old the summary is: 0 from its node; each node that passes it on adds the time it held it
+    (nodes share no clock), so a summary that took a long way is known to be old."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +95,7 @@ def body_of(message: LoadSummaries) -> tuple[int, list[Any]]:
         if len(summary.docs) > DOCS_PER_SUMMARY_MAX:
             raise ValueError(f"a load summary names at most {DOCS_PER_SUMMARY_MAX} docs")
         fields += [summary.node_id, summary.dc, summary.epoch, summary.seq, _milli(summary.load_cores)]
-        fields.append(len(summary.docs))
+        fields += [min(MILLI_MAX, max(0, round(summary.age_ms))), len(summary.docs)]
         for doc in summary.docs:
             if len(doc.rates) > RATES_PER_DOC_MAX:
                 raise ValueError(f"a doc's load carries at most {RATES_PER_DOC_MAX} rates")
@@ -129,8 +133,9 @@ def read_summaries(f: Fields, node_id: str) -> LoadSummaries:
             )
         about, dc = f.text("node_id", _NODE_ID_BYTES_MAX), f.text("dc", _DC_BYTES_MAX)
         epoch, seq, load = f.uint("epoch"), f.uint("seq"), f.uint("load") / 1000.0
+        age_ms = float(f.uint("age_ms"))
         docs = tuple(_read_doc(f) for _ in range(_count(f, "docs", DOCS_PER_SUMMARY_MAX)))
-        summaries.append(NodeLoad(about, dc, epoch, seq, load, docs))
+        summaries.append(NodeLoad(about, dc, epoch, seq, load, docs, age_ms))
     if not summaries:
         raise _error("bad_body", f"{f.kind.name} carries no summary")
     return LoadSummaries(node_id, tuple(summaries))

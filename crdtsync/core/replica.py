@@ -38,6 +38,7 @@ from pycrdt import Doc
 from crdtsync.core import wire
 from crdtsync.core.adaptive import Followers
 from crdtsync.core.antientropy import AntiEntropy
+from crdtsync.core.balance import Balancer
 from crdtsync.core.causal import CausalBuffer
 from crdtsync.core.chunks import ChunkMessage, ChunkReply, ChunkRequest
 from crdtsync.core.config import ReplicaConfig
@@ -127,6 +128,7 @@ class Replica:
         self._holding = holding = Holding(node_id, dc, self.membership, placement)
         self.load = ctx.load = LoadBoard(ctx, self.membership, holding)  # rates, load, members' summaries
         self._followers = Followers(ctx, self.load, holding.holds_doc)  # read followers of hot docs
+        self._balancer = Balancer(ctx, self.membership, self.load)  # loaded nodes shed partitions
         self._guard = Guard(ctx)
         self._links = Links(ctx, self.membership, holding)
         self._outbound = Outbound(ctx, self._links, holding)
@@ -264,6 +266,8 @@ class Replica:
         self._causal.pull_stale()
         self._handoff.tick()
         self._followers.tick(self, now_ms)
+        if self._balancer.tick(now_ms, len(self._handoff.pending)):
+            self._gossip.announce()  # the new weight: every node places with it
         self._links.sync_subscriptions_if_changed()
 
     def drain(self, now_ms: float) -> None:

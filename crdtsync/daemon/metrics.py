@@ -215,6 +215,12 @@ _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...
         "Docs this node started or stopped following as a read follower.",
         {"change": "dropped"},
     ),
+    (
+        lambda c: c.weight_changes,
+        "weight_changes",
+        "Steps of this node's placement weight taken to shed load or take it back.",
+        {},
+    ),
     (lambda c: c.doc_loads, "doc_loads", "Docs loaded from the store.", {}),
     (lambda c: c.peer_down, "peer_state_changes", "Peer state changes.", {"to": "down"}),
     (lambda c: c.peer_alive, "peer_state_changes", "Peer state changes.", {"to": "alive"}),

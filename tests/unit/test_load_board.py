@@ -4,10 +4,11 @@ their own datacenter, and a newer summary replaces an older one, never the rever
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 from crdtsync.core import wire
-from crdtsync.core.load_board import MESSAGE_BYTES_MAX
+from crdtsync.core.load_board import FORWARD_AGE_MS, MESSAGE_BYTES_MAX
 from crdtsync.core.load_wire import DOCS_PER_SUMMARY_MAX, DocLoad, LoadSummaries, NodeLoad
 from crdtsync.core.replica import Replica, ReplicaConfig
 
@@ -82,3 +83,17 @@ def test_summaries_are_kept_for_current_members_in_their_datacenter_only() -> No
     assert board.received["b"][0].seq == 2, "an older summary replaced a newer one"
     board.on_message(LoadSummaries("b", (_summary("b", 3),)), 5.0)
     assert board.received["b"] == (_summary("b", 3), 5.0)
+
+
+def test_a_summary_keeps_its_age_across_nodes() -> None:
+    """Nodes share no clock: a summary's age travels with it, and each node adds the time it held it,
+    so a summary that took a long way is known to be old (and stops travelling at FORWARD_AGE_MS)."""
+    replica = _replica()
+    board = replica.load
+    _member(replica, "b")
+    aged = dataclasses.replace(_summary("b", 1), age_ms=2_000.0)
+    board.on_message(LoadSummaries("c", (aged,)), 10_000.0)
+    assert board.view(10_000.0)[1] == (aged, 2_000.0)
+    passed_on = board.message(13_000.0).summaries[1]
+    assert passed_on.node_id == "b" and passed_on.age_ms == 5_000.0
+    assert [s.node_id for s in board.message(10_000.0 + FORWARD_AGE_MS).summaries] == ["a"]

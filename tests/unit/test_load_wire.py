@@ -41,7 +41,7 @@ def _summary(node_id: str, docs: int) -> NodeLoad:
         )
         for i in range(docs)
     )
-    return NodeLoad(node_id, "east", 7, 12, 1.375, doc_loads)
+    return NodeLoad(node_id, "east", 7, 12, 1.375, doc_loads, 2500.0)
 
 
 def test_the_kind_is_25() -> None:
@@ -58,15 +58,16 @@ def test_summaries_round_trip() -> None:
     [
         ("no-summary", [NODE], "bad_body"),
         ("truncated-summary", [NODE, "b", "east", 1, 2], "bad_body"),
-        ("too-many-docs", [NODE, "b", "east", 1, 2, 0, DOCS_PER_SUMMARY_MAX + 1], "too_large"),
-        ("missing-doc", [NODE, "b", "east", 1, 2, 0, 1], "bad_body"),
-        ("unknown-rate-kind", [NODE, "b", "east", 1, 2, 0, 1, "d", False, 0, 1, 3, "east", 5], "bad_body"),
-        ("negative-rate", [NODE, "b", "east", 1, 2, 0, 1, "d", False, 0, 1, 0, "east", -5], "bad_body"),
-        ("too-many-rates", [NODE, "b", "east", 1, 2, 0, 1, "d", False, 0, 10_000], "too_large"),
-        ("long-dc", [NODE, "b", "e" * 65, 1, 2, 0, 0], "bad_body"),
+        ("negative-age", [NODE, "b", "east", 1, 2, 0, -1, 0], "bad_body"),
+        ("too-many-docs", [NODE, "b", "east", 1, 2, 0, 0, DOCS_PER_SUMMARY_MAX + 1], "too_large"),
+        ("missing-doc", [NODE, "b", "east", 1, 2, 0, 0, 1], "bad_body"),
+        ("unknown-rate-kind", [NODE, "b", "east", 1, 2, 0, 0, 1, "d", False, 0, 1, 3, "east", 5], "bad_body"),
+        ("negative-rate", [NODE, "b", "east", 1, 2, 0, 0, 1, "d", False, 0, 1, 0, "east", -5], "bad_body"),
+        ("too-many-rates", [NODE, "b", "east", 1, 2, 0, 0, 1, "d", False, 0, 10_000], "too_large"),
+        ("long-dc", [NODE, "b", "e" * 65, 1, 2, 0, 0, 0], "bad_body"),
         (
             "too-many-summaries",
-            [NODE, *(["b", "east", 1, 2, 0, 0] * (SUMMARIES_PER_MESSAGE_MAX + 1))],
+            [NODE, *(["b", "east", 1, 2, 0, 0, 0] * (SUMMARIES_PER_MESSAGE_MAX + 1))],
             "too_large",
         ),
     ],
