@@ -34,7 +34,9 @@ def render(body: dict[str, Any]) -> list[str]:
         f"moves in flight: {body['moves']['hinted_docs']} docs being handed off here",
         "",
     ]
-    rows: list[tuple[str, ...]] = [("NODE", "DC", "STATE", "LOAD", "LAG", "FOLLOWING", "SUMMARY AGE")]
+    rows: list[tuple[str, ...]] = [
+        ("NODE", "DC", "STATE", "LOAD", "PARTITIONS", "LAG", "FOLLOWING", "SUMMARY AGE")
+    ]
     for node in nodes:
         lag = "-" if node["lag_ms"] is None else f"{node['lag_ms'] / 1000:.1f} s"
         rows.append(
@@ -43,6 +45,7 @@ def render(body: dict[str, Any]) -> list[str]:
                 node["dc"],
                 node["state"],
                 f"{node['load_cores']:.2f}",
+                "-" if node["partitions"] is None else str(node["partitions"]),
                 lag,
                 str(node["following"]),
                 f"{node['summary_age_ms'] / 1000:.0f} s",

@@ -87,12 +87,14 @@ def top_json(node: Node, docs_limit: int) -> Json:
     status = node.status()
     lag_ms = {peer.node_id: peer.lag_ms for peer in status.peers if peer.node_id is not None}
     state = {member.node_id: member.state for member in status.members}
+    partitions = node.cluster_placement().partitions_per_node
     nodes = [
         {
             "node_id": summary.node_id,
             "dc": summary.dc,
             "state": "self" if summary.node_id == status.node_id else state.get(summary.node_id, "unknown"),
             "load_cores": round(summary.load_cores, 3),
+            "partitions": partitions.get(summary.node_id),
             "lag_ms": None if summary.node_id == status.node_id else lag_ms.get(summary.node_id),
             "summary_age_ms": round(age_ms),
             "following": sum(1 for doc in summary.docs if doc.following),

@@ -46,12 +46,13 @@ def test_reads_on_one_node_show_in_top_and_metrics_of_another(pool: DaemonPool) 
     assert body["node_id"] == "t2"
     assert [node["node_id"] for node in body["nodes"]] == ["t2", "t1"]
     assert {node["state"] for node in body["nodes"]} == {"self", "alive"}
+    assert [node["partitions"] for node in body["nodes"]] == [4096, 4096]  # rf 3: both hold everything
     hot = body["docs"][0]
     assert hot["doc_id"] == HOT
     assert hot["writes_per_s"][reader.dc] > 0
     assert hot["followers"] == []
     text = _top(runner, watcher.url, "--once")
-    assert HOT in text and "t1" in text and "LOAD" in text
+    assert HOT in text and "t1" in text and "PARTITIONS" in text
     metrics = watcher.client.get("/metrics").text
     assert f'crdtsync_hot_doc_rate{{dc="{reader.dc}",doc="{HOT}",kind="read"}}' in metrics
     assert 'crdtsync_node_load_cores{dc="test-dc",node="t1"}' in metrics
