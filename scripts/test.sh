@@ -10,4 +10,9 @@ echo "==> ruff"
 echo "==> mypy --strict"
 .venv/bin/mypy
 echo "==> pytest"
-.venv/bin/python -m pytest "$@"
+# Two workers: most integration tests wait on daemons, timers and sockets, so one pytest process left
+# a 2-core machine a third idle. A file runs whole in one worker (--dist loadfile): module fixtures
+# start their daemons once, and a killed daemon's ports are the worker's own (testing/_processes.py).
+# Files go in collection order (--no-loadscope-reorder): the fuzz smokes first, in fresh workers, as
+# fuzz.network's peak RSS bound counts the whole process; the short unit tests last, evening the end.
+.venv/bin/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder "$@"

@@ -50,6 +50,16 @@ def _ephemeral_low() -> int:
     return low
 
 
+def _worker_slice() -> slice:
+    """This pytest-xdist worker's share of the candidate ports (every port outside xdist): a killed
+    daemon's ports are free until its restart, and a test in another worker must not take them."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or workers < 2:
+        return slice(None)
+    return slice(int(worker[2:]) % workers, None, workers)
+
+
 def free_ports(count: int) -> list[int]:
     """Distinct free TCP ports on 127.0.0.1 below the kernel's ephemeral range.
 
@@ -58,7 +68,7 @@ def free_ports(count: int) -> list[int]:
     it cannot be taken meanwhile. The probes stay bound until all are chosen, so the ports differ.
     """
     ephemeral_low = _ephemeral_low()
-    candidates = list(range(max(1024, ephemeral_low - 10_000), ephemeral_low))
+    candidates = list(range(max(1024, ephemeral_low - 10_000), ephemeral_low))[_worker_slice()]
     random.shuffle(candidates)
     probes: list[socket.socket] = []
     ports: list[int] = []
