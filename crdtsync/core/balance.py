@@ -16,7 +16,9 @@ Guards, each from the issue's anchors (Ceph, CockroachDB, ScyllaDB):
 - no oscillation: after a weight change in the datacenter (this node's, or one it saw in another
   member's record) nobody of the datacenter changes again for `shed_cool_down_ms`, spread by
   +-25% of jitter per node, so a partition moves at most once per cool-down;
-- no balancing of an idle datacenter: below `shed_load_min_cores` of mean load, noise dominates.
+- no balancing of an idle datacenter: below `shed_load_min_cores` of mean load, noise dominates;
+- relays (in a cluster that spans datacenters) neither shed nor count in the mean: they hold every
+  doc whatever their weight.
 
 `decide_step` is the pure decision; `Balancer` feeds it and changes the node's weight.
 """
@@ -86,16 +88,23 @@ class Balancer:
         self._jitter = 0.75 + 0.5 * ctx.jitter()
 
     def _loads(self, now_ms: float, handing_off: int) -> Loads | None:
-        """This datacenter's loads; None while some alive member's summary is missing, or older than a
-        half-life (or `FORWARD_AGE_MS`)."""
-        dc = self._ctx.dc
-        members = [m for m in self._membership.members.values() if m.record.dc == dc and m.liveness != "left"]
+        """This datacenter's loads, relays left out; None while some alive member's summary is
+        missing, or older than a half-life (or `FORWARD_AGE_MS`), and for a relay itself."""
+        membership, dc = self._membership, self._ctx.dc
+        # Relays hold every doc whatever their weight, and carry the WAN besides: shedding would
+        # move their replica roles away without lightening them, and they would weigh on the mean.
+        relays = set(membership.relays(dc)) if membership.spans_datacenters() else set()
+        if self._ctx.node_id in relays:
+            return None
+        members = [m for m in membership.members.values() if m.record.dc == dc and m.liveness != "left"]
         own = self._board.cpu.per_second(now_ms)
         backlog = handing_off > self._ctx.config.handoff_docs_per_pass_max
         if backlog or any(member.liveness != "alive" for member in members):
             return Loads(own, own, degraded=True)
         loads = [own]
         for member in members:
+            if member.record.node_id in relays:
+                continue
             known = self._board.received.get(member.record.node_id)
             if known is None or now_ms - known[1] >= min(FORWARD_AGE_MS, self._ctx.config.load_half_life_ms):
                 return None  # unknown, or too old to compare with this node's load now

@@ -1,7 +1,8 @@
-"""Read followers on real daemons (issue 14): three `crdtsync serve` processes in one datacenter with
-`[[placement]] rf = 1`; a doc read over HTTP on a node that does not hold it, faster than the
-budget, gains a follower there (it serves the reads from its own copy, kept current by the doc's
-deltas, and says so in `crdtsync top` and its log), and loses it once the reads stop for the
+"""Read followers and `crdtsync top` on real daemons (issue 14): three `crdtsync serve` processes in
+one datacenter with `[[placement]] rf = 1`; a doc read over HTTP on a node that does not hold it,
+faster than the budget, gains a follower there (it serves the reads from its own copy, kept current
+by the doc's deltas, and says so in its log), another node's `crdtsync top --json`, text frame and
+`/metrics` show the reads and the follower, and the follower goes once the reads stop for the
 cool-down. Short timers: a 1 s half-life, a budget of 5 reads/s, a 3 s cool-down."""
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from daemon_support import FAST_REPLICATION, Daemon, DaemonPool, start_mesh, wait_until
+
+from crdtsync.cli import main
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +46,36 @@ def _top(daemon: Daemon) -> Any:
 def _following(daemon: Daemon) -> int:
     following: int = _top(daemon)["nodes"][0]["following"]
     return following
+
+
+def _top_cli(url: str, *args: str) -> Any:
+    result = CliRunner().invoke(main, ["top", "--url", url, *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output) if "--json" in args else result.output
+
+
+def _top_shows_follower(watcher: Daemon, reader: Daemon, doc_id: str) -> bool:
+    docs = {doc["doc_id"]: doc for doc in _top_cli(watcher.url, "--json")["docs"]}
+    return doc_id in docs and docs[doc_id]["followers"] == [reader.name]
+
+
+def _check_top_elsewhere(watcher: Daemon, reader: Daemon, doc_id: str) -> None:
+    """Another node's `crdtsync top` and `/metrics` show the reader's reads and its follower (the
+    summaries travel with the gossip)."""
+    body = _top_cli(watcher.url, "--json")
+    hot = next(doc for doc in body["docs"] if doc["doc_id"] == doc_id)
+    assert hot["reads_per_s"][reader.dc] > 0 and hot["writes_per_s"][watcher.dc] > 0
+    assert body["node_id"] == watcher.name and body["nodes"][0]["state"] == "self"
+    assert {node["node_id"] for node in body["nodes"]} == {"f1", "f2", "f3"}
+    assert all(node["partitions"] is not None and node["partitions"] < 4096 for node in body["nodes"])
+    text = _top_cli(watcher.url, "--once")
+    assert doc_id in text and reader.name in text and "PARTITIONS" in text
+    metrics = watcher.client.get("/metrics").text
+    assert f'crdtsync_hot_doc_rate{{dc="{reader.dc}",doc="{doc_id}",kind="read"}}' in metrics
+    assert f'crdtsync_hot_doc_followers{{doc="{doc_id}"}} 1.0' in metrics
+    assert f'crdtsync_node_load_cores{{dc="{reader.dc}",node="{reader.name}"}}' in metrics
+    refused = watcher.client.get("/v1/top", params={"docs": "0"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "bad_docs"
 
 
 def test_a_hot_doc_gains_a_follower_where_it_is_read_and_loses_it_when_reads_stop(pool: DaemonPool) -> None:
@@ -79,6 +113,8 @@ def test_a_hot_doc_gains_a_follower_where_it_is_read_and_loses_it_when_reads_sto
     top = _top(reader)
     assert [doc["followers"] for doc in top["docs"] if doc["doc_id"] == doc_id] == [[reader.name]]
     assert f"following doc '{doc_id}'" in reader.log_text()
+    read_until(lambda: _top_shows_follower(holder, reader, doc_id), 10.0, f"{holder.name}'s top shows it")
+    _check_top_elsewhere(holder, reader, doc_id)
 
     # The follower serves a new write from its own copy, brought by the doc's deltas.
     holder.put(doc_id, "version", "v2")

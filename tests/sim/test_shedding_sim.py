@@ -93,3 +93,22 @@ def test_a_loaded_node_sheds_partitions_a_step_per_cool_down_and_not_while_degra
     print(f"docs n0 holds: {held_before} -> {held_after}")
     problems = cluster.check()
     assert not problems, f"seed {SEED}: {problems}"
+
+
+def test_a_loaded_relay_does_not_shed() -> None:
+    """Across datacenters the relays hold every doc whatever their weight: a loaded relay keeps its
+    weight (shedding would only move its replica roles away), and is left out of the mean."""
+    print(f"seed {SEED}")
+    config = SimConfig(
+        seed=SEED, nodes=6, datacenters=2, docs=12, ops=0, faults=frozenset(),
+        placement=PlacementPolicy((PlacementRule(2),)), replica=SHORT,
+        membership=MembershipConfig(gossip_interval_ms=200.0),
+    )  # fmt: skip
+    cluster = SimCluster(config)
+    cluster.start_nodes()
+    _run_loaded(cluster, 2_000.0, [0.5] * 6)
+    relay = next(i for i in range(3) if _replica(cluster, i).membership.is_relay())
+    loads = [3.0 if i == relay else 0.5 for i in range(6)]
+    _run_loaded(cluster, 2_000.0 + 4 * COOL_DOWN_MS, loads)
+    assert _replica(cluster, relay).membership.own.weight == 1.0
+    assert _replica(cluster, relay).counters.weight_changes == 0
