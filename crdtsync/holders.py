@@ -170,13 +170,18 @@ class HolderWaits:
         never acknowledged this node's deltas of this run (it does not subscribe to them, as the
         non-relays of other datacenters, or has not yet), its acks start after the write (it got
         the write, if at all, by another path), its ack covers the write under another member view
-        than this node's (it may not hold the doc), or it has been silent for `ACK_WAIT_MS`."""
+        than this node's (it may not hold the doc), its last ack is older than half of
+        `seq_ack_wanted_ms` (it acknowledges for that long after a question), or it has been silent
+        for `ACK_WAIT_MS`."""
         if seq == 0:
             return True  # no write of this run to acknowledge: what the node has of the doc counts
         seq_acks = self._replica.seq_acks
         acked = seq_acks.acked.get(node_id)
         if acked is None or acked[0] > seq or waited_ms >= ACK_WAIT_MS:
             return True
+        wanted_ms = self._replica.config.seq_ack_wanted_ms
+        if wanted_ms > 0 and _now_ms() - acked[3] > wanted_ms / 2:
+            return True  # its acks may be about to stop: the question renews them
         return acked[2] != seq_acks.view_digest and acked[1] >= seq  # it counted under another view
 
     async def write_acks(self, doc_id: str, wanted: WriteAcksWanted, timeout_ms: float) -> WriteAcks:

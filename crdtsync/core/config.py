@@ -23,6 +23,10 @@ class ReplicaConfig:
     seq_ack_interval_ms: float = 5.0
     """The shortest time between two acks of one publisher's deltas (`crdtsync.core.seqacks`): under
     load, one ack covers every write of the interval."""
+    seq_ack_wanted_ms: float = 60_000.0
+    """How long after a publisher's write-ack question (a `HANDOFF_OFFER`) this node acknowledges its
+    deltas; the publisher asks again when its acks are older than half of this. 0: acknowledge
+    every publisher always (when nearly every write waits)."""
     retransmit_deltas_max: int = 4096
     out_of_order_seqs_max: int = 8192
     """Received sequence numbers held above a gap; beyond this the peer is resynchronised instead."""

@@ -10,12 +10,18 @@ digest of the member view that decided which those are (`Holding.view_digest`): 
 ack for a doc only from the doc's holders, and only when its own view is the same. So that an ack
 never covers a number counted under another view, a change of view moves `held_from` past every
 number counted as not held so far, and a number of a bucket the subscriber holds but does not
-subscribe to yet moves it too. Once deltas of a publisher came in and nothing of that publisher
-waits in the causal buffer, a `SEQ_ACK` of that range goes to it, as a send that leaves only after
-the store committed what it acknowledges, and at most once per `seq_ack_interval_ms` per publisher
-(later ones are due then). An idle cluster thus sends one small frame per write and subscriber; a
-busy one one per publisher and interval, whatever the number of writes. A lost ack is covered by the
-next one; the writer asks a replica directly only when no ack came (`crdtsync.holders`).
+subscribe to yet moves it too. Once deltas of a publisher that wants acks came in and nothing of
+that publisher waits in the causal buffer, a `SEQ_ACK` of that range goes to it, as a send that
+leaves only after the store committed what it acknowledges, and at most once per
+`seq_ack_interval_ms` per publisher (later ones are due then). A write that waits thus costs one
+small frame per subscriber when idle, and a busy publisher one per subscriber and interval, whatever
+the number of writes. A lost ack is covered by the next one; the writer asks a replica directly only
+when no ack came (`crdtsync.holders`).
+
+A publisher wants acks for `seq_ack_wanted_ms` (60 s) after it asked this node a write-ack question
+(a `HANDOFF_OFFER`): a cluster where no write waits sends none, and a writer asks each holder once,
+at its first waiting write, then again only when that holder's last ack is older than half of that
+(`crdtsync.holders`). With `seq_ack_wanted_ms` 0 every publisher gets acks.
 
 The writer keeps the last ack of each node for its current incarnation (`acked`).
 
@@ -52,9 +58,20 @@ class SeqAcks:
         self._sent: dict[str, tuple[int, int, int, int, float]] = {}
         """Publisher -> (epoch, from, through, view, when) of the last ack sent to it."""
         self._next_due_ms = float("inf")
-        self.acked: dict[str, tuple[int, int, int]] = {}
-        """Node -> (from, through, view digest) of its last ack of this node's current incarnation,
-        oldest first."""
+        self._wanted_until: dict[str, float] = {}
+        """Publisher -> until when it wants acks (its last write-ack question), oldest first."""
+        self.acked: dict[str, tuple[int, int, int, float]] = {}
+        """Node -> (from, through, view digest, when received) of its last ack of this node's
+        current incarnation, oldest first."""
+
+    def wanted_by(self, publisher: str) -> None:
+        """`publisher` asked a write-ack question: acknowledge its deltas for `seq_ack_wanted_ms`."""
+        ctx = self._ctx
+        wanted = self._wanted_until
+        wanted.pop(publisher, None)
+        if len(wanted) >= ctx.config.peers_max:
+            del wanted[next(iter(wanted))]
+        wanted[publisher] = ctx.now_ms + ctx.config.seq_ack_wanted_ms
 
     @property
     def view_digest(self) -> int:
@@ -82,9 +99,12 @@ class SeqAcks:
             self._view_version = self._holding.version
             for track in tracks.values():
                 track.held_from = max(track.held_from, track.skipped_through + 1)
+        always = ctx.config.seq_ack_wanted_ms <= 0
         for publisher, track in tracks.items():
             if not track.deltas_unacked or publisher in pending_from:
                 continue
+            if not always and ctx.now_ms > self._wanted_until.get(publisher, -1.0):
+                continue  # it waits for none of its writes: no ack (the first question starts them)
             if track.contiguous < track.held_from:
                 track.deltas_unacked = False  # nothing held since a gap: the next deltas tell
                 continue
@@ -127,4 +147,4 @@ class SeqAcks:
         acked.pop(message.node_id, None)
         if len(acked) >= ctx.config.peers_max:
             del acked[next(iter(acked))]
-        acked[message.node_id] = (message.from_seq, message.through_seq, message.view)
+        acked[message.node_id] = (message.from_seq, message.through_seq, message.view, ctx.now_ms)

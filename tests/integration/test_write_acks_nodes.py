@@ -69,9 +69,10 @@ def _questions(node: Node) -> int:
 
 
 async def _acknowledged_by_all(node: Node, others: list[Node]) -> None:
-    """Write until every other node acknowledged a write: a node tracks a publisher's stream from
-    the hello exchange on and acknowledges only the numbers after it (the first write after the
-    start may come before it, and would be asked instead)."""
+    """Write with write_acks until every other node acknowledged a write: the first waiting write
+    asks each holder, which starts its acks (for `seq_ack_wanted_ms`), and a node tracks a
+    publisher's stream from the hello exchange on and acknowledges only the numbers after it (the
+    first write after the start may come before it)."""
     replica = node._replica
     expected = {other.config.node_id for other in others}
 
@@ -85,6 +86,7 @@ async def _acknowledged_by_all(node: Node, others: list[Node]) -> None:
     while not all_acked():
         assert time.monotonic() < deadline_s, f"acks of {replica.seq_acks.last_seq}: {replica.seq_acks.acked}"
         await _write(node, "warm-up", str(replica.seq_acks.last_seq))
+        await node.write_acks(DOC, "all", timeout_ms=TIMEOUT_S * 1000)
         with contextlib.suppress(AssertionError):
             await wait_until(all_acked, 1.0, "acknowledged")
 

@@ -11,6 +11,9 @@ from crdtsync.core import wire
 from crdtsync.core.effects import Persist, Publish, Send
 from crdtsync.core.replica import Replica, ReplicaConfig
 
+ALWAYS = ReplicaConfig(seq_ack_wanted_ms=0.0)
+"""Every publisher gets acks (not only after its write-ack question): the tests of what acks name."""
+
 
 def _write(replica: Replica, key: str, value: int, doc_id: str = "doc") -> None:
     replica.open_doc(doc_id).get("data", type=Map)[key] = value
@@ -26,7 +29,7 @@ def _acks_sent(mesh: Mesh, source: Replica) -> list[wire.SeqAck]:
 
 def test_a_subscriber_acknowledges_a_delta_once_applied_in_a_send_that_waits_for_its_commit() -> None:
     mesh = Mesh()
-    a, b = mesh.add("a"), mesh.add("b")
+    a, b = mesh.add("a", config=ALWAYS), mesh.add("b", config=ALWAYS)
     mesh.link_all()
     _write(a, "k", 1)
     published = [e for e in a.take_effects(mesh.now_ms) if isinstance(e, Publish)]
@@ -40,13 +43,13 @@ def test_a_subscriber_acknowledges_a_delta_once_applied_in_a_send_that_waits_for
     )
     assert wire.decode(acks[0].frame) == wire.SeqAck("b", a.epoch, 1, 1, b.seq_acks.view_digest)
     a.receive(acks[0].frame, mesh.now_ms)
-    assert a.seq_acks.acked == {"b": (1, 1, a.seq_acks.view_digest)}
+    assert {k: v[:3] for k, v in a.seq_acks.acked.items()} == {"b": (1, 1, a.seq_acks.view_digest)}
     assert (_count(b, "seq_acks_sent"), _count(a, "seq_acks_received")) == (1, 1)
 
 
 def test_one_ack_per_publisher_and_interval_covers_every_write_of_the_interval() -> None:
     mesh = Mesh()
-    config = ReplicaConfig(seq_ack_interval_ms=5.0)
+    config = ReplicaConfig(seq_ack_interval_ms=5.0, seq_ack_wanted_ms=0.0)
     a, b = mesh.add("a", config=config), mesh.add("b", config=config)
     mesh.link_all()
     for value in range(10):  # ten batches within one millisecond
@@ -64,7 +67,7 @@ def test_one_ack_per_publisher_and_interval_covers_every_write_of_the_interval()
 
 def test_a_delta_waiting_for_its_dependencies_is_acknowledged_only_once_applied() -> None:
     mesh = Mesh()
-    a, b, c = mesh.add("a"), mesh.add("b"), mesh.add("c")
+    a, b, c = mesh.add("a", config=ALWAYS), mesh.add("b", config=ALWAYS), mesh.add("c", config=ALWAYS)
     mesh.link_all()
     mesh.drop = _is_deltas_from(a, c)  # c never gets a's delta; b's builds on it
     _write(a, "from_a", 1)
@@ -81,7 +84,7 @@ def test_a_delta_waiting_for_its_dependencies_is_acknowledged_only_once_applied(
 
 def test_numbers_of_a_gap_given_up_are_not_acknowledged_even_after_the_repair() -> None:
     mesh = Mesh()
-    a, b = mesh.add("a", config=ReplicaConfig(ring_deltas_max=2)), mesh.add("b")
+    a, b = mesh.add("a", config=ReplicaConfig(ring_deltas_max=2)), mesh.add("b", config=ALWAYS)
     mesh.link_all()
     mesh.drop = _is_deltas_from(a, b)
     _write(a, "lost", 1)
@@ -96,18 +99,18 @@ def test_numbers_of_a_gap_given_up_are_not_acknowledged_even_after_the_repair() 
     _write(a, "next", 5)
     mesh.pump()
     mesh.advance(10.0)
-    held_from, through, _view = a.seq_acks.acked["b"]
+    held_from, through = a.seq_acks.acked["b"][:2]
     assert through == 5 and held_from == 5, "1..4 came by a repair and a given-up gap: not acknowledged"
 
 
 def test_a_late_subscriber_acknowledges_from_its_first_number_on_the_stream() -> None:
     mesh = Mesh()
-    a, _b = mesh.add("a"), mesh.add("b")
+    a, _b = mesh.add("a", config=ALWAYS), mesh.add("b", config=ALWAYS)
     mesh.link_all()
     _write(a, "k", 1)
     _write(a, "k", 2, doc_id="other")
     mesh.pump()
-    c = mesh.add("c")
+    c = mesh.add("c", config=ALWAYS)
     mesh.link_all()
     assert c.open_doc("doc").get("data", type=Map)["k"] == 1, "brought by the join's anti-entropy"
     _write(a, "k", 3)
@@ -119,12 +122,35 @@ def test_a_late_subscriber_acknowledges_from_its_first_number_on_the_stream() ->
 
 def test_acks_of_another_incarnation_or_of_numbers_never_published_are_dropped_and_counted() -> None:
     mesh = Mesh()
-    a, _b = mesh.add("a"), mesh.add("b")
+    a, _b = mesh.add("a", config=ALWAYS), mesh.add("b", config=ALWAYS)
     mesh.link_all()
     _write(a, "k", 1)
     mesh.pump()
-    assert a.seq_acks.acked == {"b": (1, 1, a.seq_acks.view_digest)}
+    assert {k: v[:3] for k, v in a.seq_acks.acked.items()} == {"b": (1, 1, a.seq_acks.view_digest)}
     a.receive(wire.encode(wire.SeqAck("b", a.epoch + 1, 1, 1, 0)), mesh.now_ms)
     a.receive(wire.encode(wire.SeqAck("b", a.epoch, 1, 99, 0)), mesh.now_ms)
     assert (_count(a, "seq_acks_stale"), _count(a, "seq_acks_refused")) == (1, 1)
-    assert a.seq_acks.acked == {"b": (1, 1, a.seq_acks.view_digest)}, "neither replaced the last good ack"
+    assert {k: v[:3] for k, v in a.seq_acks.acked.items()} == {"b": (1, 1, a.seq_acks.view_digest)}, (
+        "neither replaced the last good ack"
+    )
+
+
+def test_acks_go_only_to_a_publisher_that_asked_a_write_ack_question_and_stop_after_the_wanted_time() -> None:
+    mesh = Mesh()
+    a, b = mesh.add("a"), mesh.add("b")
+    mesh.link_all()
+    _write(a, "k", 1)
+    mesh.pump()
+    assert _count(b, "seq_acks_sent") == 0, "no write of a waits: no ack"
+    assert a.confirm("doc", "b", None, mesh.now_ms), "a's first waiting write asks b"
+    mesh.pump()
+    assert a.seq_acks.acked["b"][:2] == (1, 1), "the question starts b's acks, for what it held then too"
+    _write(a, "k", 2)
+    mesh.pump()
+    mesh.advance(10.0)
+    assert a.seq_acks.acked["b"][:2] == (1, 2)
+    mesh.advance(b.config.seq_ack_wanted_ms + 100.0, step_ms=1000.0)
+    _write(a, "k", 3)
+    mesh.pump()
+    mesh.advance(10.0)
+    assert a.seq_acks.acked["b"][:2] == (1, 2), "seq_ack_wanted_ms after the question, b stopped"
