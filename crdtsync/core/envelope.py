@@ -54,6 +54,10 @@ VARINT_BYTES_MAX = 9
 """A 63-bit unsigned integer in LEB128 (seven bits a byte)."""
 
 
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
+"""The varints of 0..127, made once: most epochs and many sequence numbers."""
+
+
 class WireError(ValueError):
     """A frame that is not a valid crdtsync message. `reason` is a short stable label for metrics."""
 
@@ -90,6 +94,8 @@ def pack(
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

@@ -1,15 +1,12 @@
 """The wire format: a versioned, checksummed envelope around a msgpack body.
 
-Every frame that crosses a socket is one envelope: a header (`crdtsync.core.envelope`: magic,
-version, kind, flags, body length and checksum and, from version 2, the sender's node id, epoch and
-sequence number under their own checksum) and a body, a msgpack array whose shape depends on the
-kind (`_body_of`; the message classes are in `crdtsync.core.messages`, re-exported here). A
-version-2 body leaves out what the header carries (`_IN_HEADER`); a version-2 hello adds the range
-of versions its sender speaks.
-Everything is validated here, before any byte reaches pycrdt: magic, version, kind, declared and
-actual length, checksums, decompressed size, msgpack limits and the exact shape and types of each
-field. A frame that fails any check raises `WireError` naming what was wrong. `read_header` and
-`decode_body` split `decode` so that a receiver can admit the sender before the body is read.
+Every frame is a header (`crdtsync.core.envelope`; from version 2 it carries the sender's node id,
+epoch and sequence number, so that a receiver admits the sender before it reads the body) and a
+msgpack array whose shape depends on the kind (`_body_of`; the message classes are in
+`crdtsync.core.messages`, re-exported here). Version-2 bodies leave out what the header carries
+(`_IN_HEADER`) and send each delta's after state as a patch (`_DELTAS_START`); a version-2 hello adds
+the versions its sender speaks. Everything is validated here before any byte reaches pycrdt: a frame
+that fails a check raises `WireError` naming what was wrong (`read_header`, then `decode_body`).
 """
 
 from __future__ import annotations
@@ -64,7 +61,7 @@ from crdtsync.core.messages import (
     TreeSegments,
     TreeSegmentsRequest,
 )
-from crdtsync.core.wire_fields import DELTAS_PER_BATCH_MAX, DOC_ID_BYTES_MAX, TREE_HASH_BYTES
+from crdtsync.core.wire_fields import DELTAS_PER_BATCH_MAX, DOC_ID_BYTES_MAX, TREE_HASH_BYTES, after_patch
 from crdtsync.core.wire_fields import Fields as _Fields
 
 __all__ = [
@@ -253,6 +250,8 @@ _IN_HEADER: dict[MessageKind, tuple[int, int]] = {
 }
 """Kinds that state their sender's stream position: where the epoch and the sequence number stand in
 the version-1 body. Version 2 moves them, with the node id (field 0 of every kind), to the header."""
+_DELTAS_START = {MessageKind.DELTAS: 3, MessageKind.RELAYED: 2}
+"""Where deltas start in a version-1 body; version 2 sends after states as patches (`after_patch`)."""
 
 
 def encode(message: Message, version: int = WIRE_VERSION) -> bytes:
@@ -265,26 +264,29 @@ def encode_counted(message: Message, version: int = WIRE_VERSION) -> tuple[bytes
     kind, fields = _body_of(message)
     sender, epoch, seq = b"", 0, 0
     if version >= 2:
+        start = _DELTAS_START.get(kind)
+        if start is not None:
+            for at in range(start + 2, len(fields), 4):
+                fields[at] = after_patch(fields[at - 1], fields[at])
         sender = fields[0].encode()
         epoch_at, seq_at = _IN_HEADER.get(kind, (0, 0))
         if epoch_at:
             epoch, seq = fields[epoch_at], fields[seq_at]
-        fields = [field for index, field in enumerate(fields) if index not in (0, epoch_at, seq_at)]
+            del fields[seq_at], fields[epoch_at]  # the later first
+        del fields[0]
         if isinstance(message, Hello | HelloAck):
             fields += [message.wire_version_min, message.wire_version_max]
     body: bytes = msgpack.packb(fields, use_bin_type=True)
-    header_bytes = len(envelope.pack(version, kind, 0, b"", sender, epoch, seq))
-    raw_size = header_bytes + len(body)
+    raw_body_bytes = len(body)
     flags = 0
     if len(body) >= COMPRESS_MIN_BYTES:
         packed: bytes = lz4.block.compress(body, store_size=True)
         if len(packed) < len(body):
             body, flags = packed, FLAG_LZ4
-    if header_bytes + len(body) > FRAME_BYTES_MAX:
-        raise WireError(
-            "too_large", f"encoded frame of {header_bytes + len(body)} bytes exceeds {FRAME_BYTES_MAX}"
-        )
-    return envelope.pack(version, kind, flags, body, sender, epoch, seq), raw_size
+    frame = envelope.pack(version, kind, flags, body, sender, epoch, seq)
+    if len(frame) > FRAME_BYTES_MAX:
+        raise WireError("too_large", f"encoded frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
+    return frame, len(frame) - len(body) + raw_body_bytes
 
 
 def decode(frame: bytes, version_max: int = WIRE_VERSION) -> Message:

@@ -1,9 +1,11 @@
 """Wire versions: version 1 frozen (frames pinned from the release before negotiation), the
-version-2 header codec and its every malformed case, and admission before the body is read."""
+version-2 header codec and its every malformed case, after states sent as patches, and admission
+before the body is read."""
 
 from __future__ import annotations
 
 import json
+import random
 import struct
 import zlib
 from pathlib import Path
@@ -11,10 +13,12 @@ from typing import Any
 
 import msgpack
 import pytest
+from pycrdt import Doc, Map
 
 from crdtsync.core import envelope, wire
 from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.core.wire import MessageKind, WireError
+from crdtsync.core.wire_fields import after_patch, patched_after
 
 NODE = "node-a"
 V1_FRAMES: dict[str, str] = json.loads((Path(__file__).parent / "data" / "wire_v1_frames.json").read_text())
@@ -117,9 +121,9 @@ def test_the_header_follows_the_documented_layout_and_carries_sender_epoch_and_s
     # 300 and 70,000 take 2 and 3 varint bytes, then the header's own checksum.
     assert header.body_start == 14 + len(NODE) + 2 + 3 + 4
     body = msgpack.unpackb(frame[header.body_start :])
-    assert body == ["doc-1", b"\x01\x0b\x00", b"\x01\x0b\x01", b"\x01"], (
-        "the body leaves out the header's fields"
-    )
+    # The body leaves out the header's fields; the after state is a patch of the before state: 2
+    # bytes kept from the front, none from the end, then b"\x01".
+    assert body == ["doc-1", b"\x01\x0b\x00", b"\x02\x00\x01", b"\x01"]
     assert wire.decode(frame) == message
 
 
@@ -195,6 +199,60 @@ def test_a_hand_built_version_2_frame_decodes() -> None:
     hello = wire.decode(_hello_with_range(2, 7))
     assert isinstance(hello, wire.Hello)
     assert (hello.wire_version_min, hello.wire_version_max, hello.last_seq) == (2, 7, 0)
+
+
+# ---------------------------------------------------------------------------------------------- after states
+
+
+def test_after_patches_round_trip_any_pair_of_byte_strings() -> None:
+    seed = random.randrange(1 << 32)
+    print(f"after-patch seed {seed}")
+    rng = random.Random(seed)
+    for _ in range(2000):
+        before = rng.randbytes(rng.randint(0, 40))
+        after = bytearray(before) if rng.random() < 0.7 else bytearray(rng.randbytes(rng.randint(0, 40)))
+        for _ in range(rng.randint(0, 3)):  # edits anywhere: replace, insert, delete
+            at = rng.randint(0, len(after))
+            after[at : at + rng.randint(0, 2)] = rng.randbytes(rng.randint(0, 3))
+        assert patched_after(before, after_patch(before, bytes(after))) == bytes(after), (before, after)
+
+
+def test_a_writers_after_state_takes_a_few_bytes_among_many_clients() -> None:
+    docs: list[Doc[Any]] = [Doc() for _ in range(9)]
+    for index, doc in enumerate(docs):
+        doc.get("m", type=Map)[f"k{index}"] = index
+    updates = [doc.get_update() for doc in docs]
+    writer = docs[0]
+    for update in updates:
+        writer.apply_update(update)
+    states: list[tuple[bytes, bytes]] = []
+    writer.observe(lambda event: states.append((event.before_state, event.after_state)))
+    for value in range(20):
+        writer.get("m", type=Map)["x"] = value
+    for before, after in states:
+        assert len(before) > 60, "nine 53-bit client ids"
+        patch = after_patch(before, after)
+        assert len(patch) <= 5
+        assert patched_after(before, patch) == after
+
+
+@pytest.mark.parametrize(
+    ("patch", "detail"),
+    [
+        (b"\x03\x01", "keeps 3+1 bytes of a 3-byte before"),
+        (b"\x80\x80\x80\x80\x01\x00", "truncated or its lengths overlong"),
+        (b"\x01", "truncated"),
+        (b"", "truncated"),
+    ],
+)
+def test_a_malformed_after_patch_is_a_wire_error(patch: bytes, detail: str) -> None:
+    with pytest.raises(WireError) as caught:
+        patched_after(b"\x01\x0b\x00", patch)
+    assert caught.value.reason == "bad_body"
+    assert detail in caught.value.detail
+    frame = _v2(MessageKind.DELTAS, ["doc", b"\x01\x0b\x00", patch, b"\x00\x00"])
+    with pytest.raises(WireError):
+        wire.decode(frame)
 
 
 # ---------------------------------------------------------------------------------------------- admission
