@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import click
-import httpx
 
 from crdtsync import cli
 from crdtsync.cli import Server, _fail, _print_json, _request, _stream, json_option, server_options
@@ -48,6 +47,8 @@ def _size(count: float) -> str:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def put(server: Server, as_json: bool, tag: str, name: str, file: str) -> None:
     """Publish FILE as a new version of NAME (streamed, with a progress bar on a terminal)."""
+    import httpx  # when it runs, not when `crdtsync serve` starts (cli.py)
+
     size = os.path.getsize(file)
     started = time.monotonic()
     with click.progressbar(length=size, label="upload", file=sys.stderr) as bar:
@@ -131,6 +132,8 @@ def ls(server: Server, as_json: bool, name: str | None) -> None:
 @click.argument("name")
 def get(server: Server, ref: str, out: str, name: str) -> None:
     """Write a version of NAME to --out (whole or not at all)."""
+    import httpx
+
     if os.path.exists(out):
         _fail(f"{out} already exists; choose a new file", 2)
     partial = f"{out}.part"

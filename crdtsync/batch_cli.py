@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import click
-import httpx
 
 from crdtsync.cli import TIMEOUT_S, Server, _fail, _print_json, json_option, main, server_options
 from crdtsync.daemon.batch_http import BATCH_DOCS_MAX, BATCH_WRITES_MAX
@@ -62,6 +61,8 @@ def chunks(
 def send(server: Server, lines: list[int], writes: list[dict[str, Any]]) -> dict[str, Any]:
     """One request's answer; a refusal ends the command with the server's message, its
     `writes[i]` named by line number."""
+    import httpx  # when it runs, not when `crdtsync serve` starts (cli.py)
+
     try:
         response = httpx.post(
             server.endpoint("/v1/batch"), json={"writes": writes}, timeout=TIMEOUT_S, **server.options()

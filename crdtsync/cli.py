@@ -11,10 +11,9 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import httpx
 
 from crdtsync import __version__
 from crdtsync.cli_waits import (
@@ -28,6 +27,11 @@ from crdtsync.cli_waits import (
 from crdtsync.daemon import jsonvalues
 from crdtsync.daemon.config import LOG_FORMATS, LOG_LEVELS
 from crdtsync.store.base import DURABILITIES
+
+if TYPE_CHECKING:
+    # The client commands import httpx when they run: `crdtsync serve` does without it, and with
+    # click and rich installed httpx brings its own command line (rich, pygments: 50 ms).
+    import httpx
 
 DEFAULT_URL = "http://127.0.0.1:7480"
 TIMEOUT_S = 30.0
@@ -235,7 +239,11 @@ cacert_option = click.option(
     type=click.Path(dir_okay=False),
     help="PEM CA certificate to verify an https --url with (e.g. the node's self-signed certificate).",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the raw JSON answer (for scripts).")
+# Typed here: artifact_cli and batch_cli import it from this module while it imports them (mypy
+# cannot infer it through that cycle).
+json_option: Callable[[Callable[..., None]], Callable[..., None]] = click.option(
+    "--json", "as_json", is_flag=True, help="Print the raw JSON answer (for scripts)."
+)
 
 
 @dataclass(frozen=True)
@@ -279,6 +287,8 @@ def server_options(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _request(method: str, server: Server, path: str, **kwargs: Any) -> httpx.Response:
+    import httpx
+
     try:
         response = httpx.request(
             method, server.endpoint(path), timeout=TIMEOUT_S, **server.options(), **kwargs
@@ -295,6 +305,8 @@ def _stream(
     method: str, server: Server, path: str, params: dict[str, Any] | None = None
 ) -> Iterator[httpx.Response]:
     """A streamed answer without a timeout; an error answer ends the command like `_request`'s."""
+    import httpx
+
     with httpx.stream(
         method, server.endpoint(path), params=params, timeout=None, **server.options()
     ) as response:
@@ -518,6 +530,8 @@ def watch(
     server: Server, as_json: bool, after_token: str | None, wait_ms: int | None, doc: str, count: int
 ) -> None:
     """Stream DOC's data every time it changes (the current state first)."""
+    import httpx
+
     seen = 0
     try:
         with _stream(
@@ -544,6 +558,8 @@ def backup(server: Server, out: str) -> None:
     """Write a consistent copy of the node's store to --out while it keeps serving. The copy is
     written to OUT.partial and renamed to OUT only once whole and checked: an interrupted backup
     never stands at OUT."""
+    import httpx
+
     from crdtsync.store.sqlite import StoreError, check_backup_file
 
     if os.path.exists(out):
