@@ -55,8 +55,11 @@ def _top_cli(url: str, *args: str) -> Any:
 
 
 def _top_shows_follower(watcher: Daemon, reader: Daemon, doc_id: str) -> bool:
-    docs = {doc["doc_id"]: doc for doc in _top_cli(watcher.url, "--json")["docs"]}
-    return doc_id in docs and docs[doc_id]["followers"] == [reader.name]
+    """Whether `watcher` has every member's summary, and the reader's says it follows `doc_id`."""
+    body = _top_cli(watcher.url, "--json")
+    docs = {doc["doc_id"]: doc for doc in body["docs"]}
+    every = {node["node_id"] for node in body["nodes"]} == {"f1", "f2", "f3"}
+    return every and doc_id in docs and docs[doc_id]["followers"] == [reader.name]
 
 
 def _check_top_elsewhere(watcher: Daemon, reader: Daemon, doc_id: str) -> None:
