@@ -76,6 +76,7 @@ def test_node_methods_are_pinned() -> None:
         "restore",
         "start",
         "status",
+        "store_failure",
         "store_stats",
         "wait_for",
         "write_acks",
@@ -96,6 +97,7 @@ def test_node_methods_are_pinned() -> None:
         assert inspect.iscoroutinefunction(getattr(Node, name)), name
     for name in (
         "status",
+        "store_failure",
         "store_stats",
         "doc_ids",
         "digest",
