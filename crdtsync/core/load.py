@@ -111,7 +111,9 @@ class RateTable:
         self._landmark_ms: float | None = None
         self._entries: dict[str, _Entry] = {}
         self._heap: list[tuple[float, str]] = []
-        """(total when pushed, doc): a lazy min-heap; an item is current while its total is."""
+        """One (key, doc) per doc, the key its total when pushed: never above its total now, since
+        totals only grow. An eviction pops the least key and pushes it back with its total while
+        that moved; the first that did not is the coldest doc. A count touches no heap."""
         self.evicted = 0
         """Docs that lost their place to a newcomer (cold docs churning through a full table)."""
 
@@ -153,14 +155,16 @@ class RateTable:
         error = 0.0
         if len(self._entries) >= self.docs_max:
             while True:
-                total, coldest = heapq.heappop(self._heap)
-                current = self._entries.get(coldest)
-                if current is not None and current.total == total:
+                key, coldest = heapq.heappop(self._heap)
+                total = self._entries[coldest].total
+                if total == key:
                     break
+                heapq.heappush(self._heap, (total, coldest))
             del self._entries[coldest]
             self.evicted += 1
             error = total
         entry = self._entries[doc_id] = _Entry(error)
+        heapq.heappush(self._heap, (error, doc_id))
         return entry
 
     def count(self, kind: Kind, doc_id: str, dc: str, now_ms: float, amount: float = 1.0) -> None:
@@ -173,9 +177,6 @@ class RateTable:
         else:
             entry.error += weight
         entry.total += weight
-        heapq.heappush(self._heap, (entry.total, doc_id))
-        if len(self._heap) > 4 * self.docs_max + 64:
-            self._rebuild_heap()  # drop the stale items: amortized O(1) per event
 
     def _per_second(self, now_ms: float) -> float:
         """The factor from a stored count to events per second at `now_ms`."""
