@@ -10,7 +10,6 @@ from typing import IO, Any
 import click
 
 from crdtsync.cli import TIMEOUT_S, Server, _fail, _print_json, json_option, main, server_options
-from crdtsync.daemon.batch_http import BATCH_DOCS_MAX, BATCH_WRITES_MAX
 
 REQUEST_BYTES_MAX = 1024 * 1024
 """A request's body at most (a daemon takes 4 MiB by default, `http.body_bytes_max`)."""
@@ -36,6 +35,9 @@ def chunks(
 ) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
     """(line numbers, writes) per request: within the route's writes and docs per request and
     REQUEST_BYTES_MAX bytes of body."""
+    # The route's module imports the HTTP server (aiohttp): not at `crdtsync` start (cli.py).
+    from crdtsync.daemon.batch_http import BATCH_DOCS_MAX, BATCH_WRITES_MAX
+
     chunk: list[dict[str, Any]] = []
     lines: list[int] = []
     docs: set[Any] = set()

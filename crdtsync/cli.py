@@ -25,7 +25,7 @@ from crdtsync.cli_waits import (
     write_wait_ms_option,
 )
 from crdtsync.daemon import jsonvalues
-from crdtsync.daemon.config import LOG_FORMATS, LOG_LEVELS
+from crdtsync.daemon.logs import LOG_FORMATS, LOG_LEVELS
 from crdtsync.store.base import DURABILITIES
 
 if TYPE_CHECKING:

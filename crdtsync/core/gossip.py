@@ -128,6 +128,8 @@ class Gossip:
             # Answer first: the resync below makes the peer reply to us, which it can only do once
             # our HelloAck has told it who we are.
             self._links.send(message.address, self._links.hello(wire.HelloAck, self._outbound.last_seq))
+            if message.wire_version_max == 1 < ctx.config.wire_version_max:
+                self._links.offer_wire_version(message.address, self._outbound.last_seq)
         first_contact = link.epoch is None
         round_now = False
         if link.epoch is None or message.epoch > link.epoch:

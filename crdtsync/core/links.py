@@ -217,18 +217,32 @@ class Links:
 
     def _versions_to(self, link: PeerLink | None, message: wire.Message) -> tuple[int, ...]:
         """Before a peer's hello told its versions, frames to it go in version 1, which every node
-        reads, and a hello also in this node's highest first, which a newer peer answers in kind."""
-        if link is not None and link.wire_version is not None:
-            return (link.wire_version,)
-        if isinstance(message, wire.Hello) and self._ctx.config.wire_version_max > 1:
-            return (self._ctx.config.wire_version_max, 1)
-        return (1,)
+        reads; a hello to a peer not known to speak this node's highest goes in that version first,
+        which a newer peer answers in kind, then in the version known to work."""
+        known = None if link is None else link.wire_version
+        highest = self._ctx.config.wire_version_max
+        if isinstance(message, wire.Hello) and (known or 1) < highest:
+            return (highest, known or 1)  # offered again at each greeting: a lost copy is not final
+        return (known or 1,)
+
+    def heard_in(self, node_id: str, version: int) -> None:
+        """A frame in `version` from `node_id`: it speaks that version (no node writes one it does not
+        speak), and so does this node (it read it), so the link speaks at least that."""
+        link = self.of_node(node_id)
+        if link is not None and link.wire_version is not None and link.wire_version < version:
+            self.set_wire_version(link, version)
 
     def send_hellos(self, last_seq: int) -> None:
         """Greet every wanted link that is not alive or suspect, backing off from a quick first retry (peers often
         start together) to `hello_interval_ms`."""
         config = self._ctx.config
         now_ms = self._ctx.now_ms
+    def offer_wire_version(self, address: str, last_seq: int) -> None:
+        """A hello in this node's highest version to a peer that greeted in version 1 only: a newer
+        peer whose newer copy was lost answers in kind, and the link does not stay at version 1."""
+        frame = self.encode(self.hello(wire.Hello, last_seq), "sent", self._ctx.config.wire_version_max)
+        self._send_frame(self.by_address.get(address), address, frame, False)
+
         for address in self._greeting:
             link = self.by_address[address]
             if now_ms >= link.next_hello_ms and self.wanted(link):

@@ -327,6 +327,7 @@ class Replica:
         ctx.counters.bytes_received_raw += raw_size
         if not header.sender and not self._guard.admit_frame(message.node_id, sender_key):
             return
+        self._links.heard_in(message.node_id, header.version)
         if self.store_failing and isinstance(message, _CONTENT_MESSAGES):
             # Applied content waits in memory for a commit that cannot happen: refuse it, and let
             # retransmission and anti-entropy bring it again once the store commits.

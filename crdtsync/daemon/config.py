@@ -14,21 +14,18 @@ import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from crdtsync.artifacts.transfer import ArtifactsConfig
 from crdtsync.core.membership import MembershipConfig
 from crdtsync.core.placement import PARTITIONS_DEFAULT, PlacementError, PlacementPolicy, PlacementRule
 from crdtsync.core.replica import ReplicaConfig
+from crdtsync.daemon.logs import LOG_FORMATS, LOG_LEVELS, LogFormat
 from crdtsync.daemon.websocket import WebSocketConfig
 from crdtsync.node import NodeConfig
 from crdtsync.store.base import Durability, check_durability
 from crdtsync.transport.curve import CurveConfig, CurveKeyError, CurveKeys
 from crdtsync.transport.endpoint import parse_endpoint
-
-LogFormat = Literal["json", "kv"]
-LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(ValueError):

@@ -22,6 +22,7 @@ with a data_dir. A client write is acknowledged when the commit holding its upda
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections.abc import Callable
@@ -170,13 +171,16 @@ class SimCluster:
 
     def _start_node(self, node: SimNode) -> None:
         node.incarnation += 1
+        replica_config = self.config.replica
+        if node.incarnation == 1 and node.index in self.config.wire_v1_until_restart:
+            replica_config = dataclasses.replace(replica_config, wire_version_max=1)
         node.replica = Replica(
             node_id=f"n{node.index}",
             epoch=node.incarnation,
             client_id=self.rng.randrange(1, 1 << 53),
             address=node.address,
             publish_endpoint=node.publish_endpoint,
-            config=self.config.replica,
+            config=replica_config,
             lazy_docs=self.config.durable,
             dc=node.dc,
             membership=self.config.membership,

@@ -59,6 +59,9 @@ class SimConfig:
     """Loss on links between datacenters until healing, on top of the `loss` fault."""
     seed_only: bool = False
     """Configure every node with node 0 as its only peer: the rest is learned by gossip."""
+    wire_v1_until_restart: frozenset[int] = frozenset()
+    """Nodes whose first incarnation speaks wire version 1 only (`wire_version_max=1`, as releases
+    before negotiation do): their first restart upgrades them, as a rolling upgrade does."""
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     placement: PlacementPolicy = field(default_factory=lambda: PlacementPolicy((PlacementRule("all"),)))
     """Which nodes hold which doc; the simulator's default ("all", not the cluster default of 3 per
