@@ -389,7 +389,7 @@ class Replica:
                 self._inbound.on_relayed(message)
             case wire.HandoffOffer():
                 self._handoff.on_offer(message)
-                self.seq_acks.wanted_by(message.node_id)
+                self.seq_acks.on_offer(message)
             case wire.HandoffAck():
                 self._handoff.on_ack(message)
             case ChunkRequest() | ChunkReply():

@@ -19,9 +19,10 @@ the number of writes. A lost ack is covered by the next one; the writer asks a r
 when no ack came (`crdtsync.holders`).
 
 A publisher wants acks for `seq_ack_wanted_ms` (60 s) after it asked this node a write-ack question
-(a `HANDOFF_OFFER`): a cluster where no write waits sends none, and a writer asks each holder once,
-at its first waiting write, then again only when that holder's last ack is older than half of that
-(`crdtsync.holders`). With `seq_ack_wanted_ms` 0 every publisher gets acks.
+(a `HANDOFF_OFFER` of a doc the publisher holds: handoffs come from non-holders, and a non-holder's
+waiting writes are asked each time): a cluster where no write waits sends none, and a writer asks
+each holder once, at its first waiting write, then again only when that holder's last ack is older
+than half of that (`crdtsync.holders`). With `seq_ack_wanted_ms` 0 every publisher gets acks.
 
 The writer keeps the last ack of each node for its current incarnation (`acked`).
 
@@ -63,6 +64,16 @@ class SeqAcks:
         self.acked: dict[str, tuple[int, int, int, float]] = {}
         """Node -> (from, through, view digest, when received) of its last ack of this node's
         current incarnation, oldest first."""
+
+    def on_offer(self, message: wire.HandoffOffer) -> None:
+        """A `HANDOFF_OFFER` from a holder of one of its docs is a write-ack question (a non-holder's
+        hands docs over, a leaving node's drains): acknowledge the sender's deltas from now on."""
+        holding = self._holding
+        if not message.leaving and any(
+            holding.holds(message.node_id, holding.bucket_of(doc_id))
+            for doc_id, _state, _update in message.entries
+        ):
+            self.wanted_by(message.node_id)
 
     def wanted_by(self, publisher: str) -> None:
         """`publisher` asked a write-ack question: acknowledge its deltas for `seq_ack_wanted_ms`."""
