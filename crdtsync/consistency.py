@@ -96,7 +96,9 @@ class TooManyWaitersError(RuntimeError):
 
 def _merge_ranges(ranges: Iterable[tuple[int, int]]) -> Ranges:
     merged: list[tuple[int, int]] = []
-    for start, end in sorted(r for r in ranges if r[1] > r[0]):
+    for start, end in sorted(ranges):
+        if end <= start:
+            continue
         if merged and start <= merged[-1][1]:
             if end > merged[-1][1]:
                 merged[-1] = (merged[-1][0], end)
@@ -187,23 +189,25 @@ def doc_state(doc: Doc[Any]) -> DocState:
 def snapshot_state(data: bytes) -> DocState:
     """The DocState of an encoded pycrdt snapshot (`Snapshot.from_doc(doc).encode()`)."""
     values = _varuints(data)
+    # Plain loops over the integers: a snapshot names a few clients and ranges, where slices and
+    # zips cost more than they save (this runs for the token of every HTTP write).
+    deletes: dict[int, list[tuple[int, int]]] = {}
+    state: dict[int, int] = {}
     try:
-        deletes: dict[int, list[tuple[int, int]]] = {}
         index = 1
         for _ in range(values[0]):
             client, count = values[index], values[index + 1]
             index += 2
-            pairs = values[index : index + 2 * count]
             ranges = deletes.setdefault(client, [])
-            ranges.extend(
-                (clock, clock + length) for clock, length in zip(pairs[::2], pairs[1::2], strict=True)
-            )
-            index += 2 * count
-        count = values[index]
-        pairs = values[index + 1 : index + 1 + 2 * count]
-        state = dict(zip(pairs[::2], pairs[1::2], strict=True))
-        complete = len(pairs) == 2 * count and index + 1 + 2 * count == len(values)
-    except (IndexError, ValueError):  # cut short, or an odd number of values
+            for _ in range(count):
+                clock = values[index]
+                ranges.append((clock, clock + values[index + 1]))
+                index += 2
+        for _ in range(values[index]):
+            state[values[index + 1]] = values[index + 2]
+            index += 2
+        complete = index + 1 == len(values)
+    except IndexError:
         complete = False
     if not complete:  # pycrdt's own encoding: a bug if it happens
         raise RuntimeError(f"cannot parse pycrdt's snapshot: {data[:64].hex()}")
