@@ -24,7 +24,8 @@ from pycrdt import Doc, Map, Text
 from crdtsync import NodeConfig
 from crdtsync.core.effects import Persist
 from crdtsync.core.state import MERGE_CHUNK, digest
-from crdtsync.store.sqlite import DB_FILE, ROWS_PER_STATEMENT, SqliteStore, StoreError, read_backup
+from crdtsync.store import sqlite as sqlite_module
+from crdtsync.store.sqlite import DB_FILE, SqliteStore, StoreError, read_backup
 
 NEVER = 1 << 40
 """A compaction threshold that is never reached: the log keeps every update."""
@@ -209,13 +210,15 @@ def test_compaction_by_threshold_keeps_content_and_digest_and_shrinks_the_log(
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_group_of_more_rows_than_one_statement_holds_is_stored_whole_and_compacted(
-    seed: int, tmp_path: Path
+    seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Rows go in as multi-row statements of ROWS_PER_STATEMENT rows: a group of more updates, docs
-    and states than that is split, nothing is lost, and every doc past its threshold is compacted."""
+    """Rows go in as multi-row statements of ROWS_PER_STATEMENT rows (7 here, 300 in use): a group
+    of more updates, docs and states than that is split, nothing is lost, and every doc past its
+    threshold is compacted."""
     print(f"seed={seed} (replay with CRDTSYNC_TEST_SEED={seed})")
-    workload = Workload(seed, docs=ROWS_PER_STATEMENT + 50)
-    written = workload.write(3 * ROWS_PER_STATEMENT)
+    monkeypatch.setattr(sqlite_module, "ROWS_PER_STATEMENT", 7)
+    workload = Workload(seed, docs=30)
+    written = workload.write(100)
     states = tuple((doc_id, doc.get_state(), digest(doc)) for doc_id, doc in workload.docs.items())
     updates_of = collections.Counter(doc_id for doc_id, _update in written)
     store = SqliteStore(tmp_path, node_id="a", compact_after_updates=2, compact_after_bytes=NEVER)
