@@ -215,6 +215,12 @@ class Links:
             self._publish_version = min(versions, default=self._ctx.config.wire_version_max)
         return self._publish_version
 
+    def offer_wire_version(self, address: str, last_seq: int) -> None:
+        """A hello in this node's highest version to a peer that greeted in version 1 only: a newer
+        peer whose newer copy was lost answers in kind, and the link does not stay at version 1."""
+        frame = self.encode(self.hello(wire.Hello, last_seq), "sent", self._ctx.config.wire_version_max)
+        self._send_frame(self.by_address.get(address), address, frame, False)
+
     def _versions_to(self, link: PeerLink | None, message: wire.Message) -> tuple[int, ...]:
         """Before a peer's hello told its versions, frames to it go in version 1, which every node
         reads; a hello to a peer not known to speak this node's highest goes in that version first,
@@ -237,12 +243,6 @@ class Links:
         start together) to `hello_interval_ms`."""
         config = self._ctx.config
         now_ms = self._ctx.now_ms
-    def offer_wire_version(self, address: str, last_seq: int) -> None:
-        """A hello in this node's highest version to a peer that greeted in version 1 only: a newer
-        peer whose newer copy was lost answers in kind, and the link does not stay at version 1."""
-        frame = self.encode(self.hello(wire.Hello, last_seq), "sent", self._ctx.config.wire_version_max)
-        self._send_frame(self.by_address.get(address), address, frame, False)
-
         for address in self._greeting:
             link = self.by_address[address]
             if now_ms >= link.next_hello_ms and self.wanted(link):
