@@ -666,15 +666,15 @@ class Node:
 
     def _execute_one(self, transport: ZmqTransport, effect: Effect) -> None:
         match effect:
-            case Publish(frame, dc_only, bucket, audience):
-                transport.publish(frame, dc_only=dc_only, bucket=bucket, audience=audience)
+            case Publish(frame, dc_only, topic_key, audience):
+                transport.publish(frame, dc_only=dc_only, topic_key=topic_key, audience=audience)
             case Send(address, frame):
                 transport.send(address, frame)
             case Persist():
                 assert self._writer is not None
                 self._writer.submit(effect)
-            case Subscribe(endpoint, peer_address, wan, buckets):
-                transport.subscribe(endpoint, peer_address, wan=wan, buckets=buckets)
+            case Subscribe(endpoint, peer_address, wan, topic_keys):
+                transport.subscribe(endpoint, peer_address, wan=wan, topic_keys=topic_keys)
             case Unsubscribe(endpoint):
                 transport.unsubscribe(endpoint)
             case LoadDoc(doc_id):

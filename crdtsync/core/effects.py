@@ -7,7 +7,9 @@ from typing import Literal
 
 Audience = Literal["every", "whole", "partial"]
 """Who a published frame is for: every subscriber; those that take every bucket (a batch as it is);
-or those that take only some (with `bucket`, those of that bucket; without, all of them: an index)."""
+or those that take only some (with `topic_key`, those subscribed to that key; without, all of them:
+an index). A topic key is a holder set's (`Holding.holder_set_key`) or, for peers of wire version 1,
+a bucket's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,7 +19,7 @@ class Publish:
 
     frame: bytes
     dc_only: bool = False
-    bucket: int | None = None
+    topic_key: int | None = None
     audience: Audience = "every"
 
 
@@ -36,14 +38,14 @@ class Send:
 class Subscribe:
     """Connect to a peer's PUB endpoint (the peer advertised at `peer_address`): in full, or with
     `wan` (a relay subscribing to another datacenter) only to frames not published `dc_only`; to the
-    frames for every subscriber and, with `buckets` None, those for subscribers of every bucket, else
-    those for subscribers of some buckets, of these buckets. Repeated for an endpoint already
-    subscribed, it replaces that subscription's buckets."""
+    frames for every subscriber and, with `topic_keys` None, those for subscribers of every bucket,
+    else those for subscribers of some buckets, of these topic keys. Repeated for an endpoint already
+    subscribed, it replaces that subscription's keys."""
 
     endpoint: str
     peer_address: str
     wan: bool = False
-    buckets: frozenset[int] | None = None
+    topic_keys: frozenset[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

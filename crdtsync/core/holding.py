@@ -28,6 +28,10 @@ from crdtsync.core.placement import Candidate, PlacementPolicy, replicas_in_dc
 BucketKey = int
 """(rule index, partition) of a doc, as one int: `rule_index * partitions + partition`."""
 
+HOLDER_SET_KEY_BIT = 1 << 31
+"""Set in every holder-set key (`Holding.holder_set_key`) and in no bucket key, so both can name
+topics side by side."""
+
 
 class Holding:
     """Holders of each (rule, partition), recomputed when the member view changes."""
@@ -57,6 +61,7 @@ class Holding:
         """Nodes that hold every doc: the relays, when the cluster spans datacenters."""
         self._holders: dict[BucketKey, frozenset[str]] = {}
         self._ordered: dict[tuple[BucketKey, str], list[str]] = {}
+        self._holder_set_keys: dict[BucketKey, int] = {}
         self._dc_of: dict[str, str] = {}
         self._partitioned = False
         self._held: tuple[int, frozenset[BucketKey]] | None = None
@@ -93,6 +98,7 @@ class Holding:
         self.version += 1
         self._holders.clear()
         self._ordered.clear()
+        self._holder_set_keys.clear()
         self._full = frozenset(full)
         self._by_dc = {}
         self._dc_of = {}
@@ -178,6 +184,22 @@ class Holding:
             count = self._rules[rule_index].replicas_in(dc)
             cached = self._ordered[bucket, dc] = replicas_in_dc(partition, self._by_dc.get(dc, []), count)
         return list(cached)
+
+    def holder_set_key(self, bucket: BucketKey) -> int:
+        """A key for the nodes of this datacenter that hold `bucket` and not every doc: deltas go out
+        in one frame per such set on its topic (`outbound`), and each node subscribes to the sets it
+        is in. A CRC-32 of the sorted node ids: a collision only brings a node deltas that its
+        sequence index already counted, dropped as duplicates."""
+        self.refresh()
+        key = self._holder_set_keys.get(bucket)
+        if key is None:
+            nodes = sorted(
+                node for node in self.replicas_in_order(bucket, self._dc) if node not in self._full
+            )
+            key = self._holder_set_keys[bucket] = HOLDER_SET_KEY_BIT | (
+                zlib.crc32("\x00".join(nodes).encode()) & (HOLDER_SET_KEY_BIT - 1)
+            )
+        return key
 
     def holds(self, node_id: str, bucket: BucketKey) -> bool:
         if not self.enforced:

@@ -155,20 +155,23 @@ class Inbound:
 
     def _relay(self, deltas: list[wire.Delta], publisher: str) -> None:
         """Republish another datacenter's deltas into this one (dc_only: the relayed copy must not
-        cross the WAN again), by bucket when not every node holds everything."""
+        cross the WAN again), by holder set (`outbound`) when not every node holds everything."""
         ctx = self._ctx
         ctx.counters.deltas_relayed_out += len(deltas)
         relayed = wire.Relayed(ctx.node_id, publisher, tuple(deltas))
-        if not self._holding.partitioned:
+        holding = self._holding
+        if not holding.partitioned:
             self._links.publish(relayed, dc_only=True)
             return
         self._links.publish(relayed, dc_only=True, audience="whole")
-        by_bucket: dict[int, list[wire.Delta]] = {}
+        by_set = self._links.publish_version() >= 2
+        by_key: dict[int, list[wire.Delta]] = {}
         for delta in deltas:
-            by_bucket.setdefault(self._holding.bucket_of(delta.doc_id), []).append(delta)
-        for bucket, run in by_bucket.items():
+            bucket = holding.bucket_of(delta.doc_id)
+            by_key.setdefault(holding.holder_set_key(bucket) if by_set else bucket, []).append(delta)
+        for key, run in by_key.items():
             part = wire.Relayed(ctx.node_id, publisher, tuple(run))
-            self._links.publish(part, dc_only=True, bucket=bucket, audience="partial")
+            self._links.publish(part, dc_only=True, topic_key=key, audience="partial")
 
     def _sequence(
         self, message: wire.Deltas, track: PublisherTrack, states: list[tuple[StateVector, StateVector]]

@@ -49,6 +49,8 @@ class PeerLink:
     subscribed_endpoint: str | None = None
     subscribed_buckets: frozenset[BucketKey] | None = None
     """The buckets subscribed to (with the frames published without one); None: every frame."""
+    subscribed_topic_keys: frozenset[int] | None = None
+    """The topic keys that bring those buckets (`Links._buckets_wanted`)."""
     wire_version: int | None = None
     """The highest wire version both ends speak, from the peer's hello (`Links.set_wire_version`)."""
 
@@ -64,8 +66,14 @@ class Links:
         self._holding = holding
         self._followed: dict[BucketKey, int] = {}
         """Bucket -> pins of its docs (an application holds them open): subscribed to as if held."""
-        self._wanted_buckets: tuple[int, int, frozenset[BucketKey] | None] = (-1, -1, None)
-        """(holding version, follow version, the buckets to subscribe to), reused while both hold."""
+        self._wanted: tuple[int, int, frozenset[BucketKey] | None, frozenset[int] | None] = (
+            -1,
+            -1,
+            None,
+            None,
+        )
+        """(holding version, follow version, the buckets wanted, their topic keys), reused while both
+        versions hold."""
         self._follow_version = 0
         self._subscribed_view = -1
         self._followed_extra: frozenset[BucketKey] = frozenset()
@@ -152,14 +160,19 @@ class Links:
         for link in self.by_address.values():
             self.sync_subscription(link)
 
-    def _buckets_wanted(self) -> frozenset[BucketKey] | None:
+    def _buckets_wanted(self) -> tuple[frozenset[BucketKey] | None, frozenset[int] | None]:
+        """The buckets this node takes (None: every one) and the topic keys that bring them: their
+        holder sets, and the buckets themselves for publishers still on wire version 1 (`outbound`)."""
         holding = self._holding
         held = holding.buckets_held()
-        version, follow_version, wanted = self._wanted_buckets
+        version, follow_version, wanted, keys = self._wanted
         if version != holding.version or follow_version != self._follow_version:
-            wanted = None if held is None else held | self._followed_extra
-            self._wanted_buckets = (holding.version, self._follow_version, wanted)
-        return wanted
+            wanted = keys = None
+            if held is not None:
+                wanted = held | self._followed_extra
+                keys = wanted | {holding.holder_set_key(bucket) for bucket in wanted}
+            self._wanted = (holding.version, self._follow_version, wanted, keys)
+        return wanted, keys
 
     def sync_subscription(self, link: PeerLink) -> None:
         """Subscribe to the peer's stream as the topology says (see the module doc)."""
@@ -171,20 +184,21 @@ class Links:
                 wanted = "dc"
             elif self.is_relay:
                 wanted = "wan"
-        buckets = self._buckets_wanted() if wanted is not None else None
+        buckets, keys = self._buckets_wanted() if wanted is not None else (None, None)
         endpoint = link.publish_endpoint
         if link.subscribed == wanted and link.subscribed_endpoint == endpoint:
-            if wanted is not None and endpoint is not None and link.subscribed_buckets != buckets:
-                self._ctx.effects.append(Subscribe(endpoint, link.address, wanted == "wan", buckets))
-                link.subscribed_buckets = buckets
+            if wanted is not None and endpoint is not None and link.subscribed_topic_keys != keys:
+                self._ctx.effects.append(Subscribe(endpoint, link.address, wanted == "wan", keys))
+                link.subscribed_buckets, link.subscribed_topic_keys = buckets, keys
             return
         if link.subscribed_endpoint is not None:
             self._ctx.effects.append(Unsubscribe(link.subscribed_endpoint))
-        link.subscribed, link.subscribed_endpoint, link.subscribed_buckets = None, None, None
+        link.subscribed, link.subscribed_endpoint = None, None
+        link.subscribed_buckets, link.subscribed_topic_keys = None, None
         if wanted is not None and link.publish_endpoint is not None:
-            self._ctx.effects.append(Subscribe(link.publish_endpoint, link.address, wanted == "wan", buckets))
+            self._ctx.effects.append(Subscribe(link.publish_endpoint, link.address, wanted == "wan", keys))
             link.subscribed, link.subscribed_endpoint = wanted, link.publish_endpoint
-            link.subscribed_buckets = buckets
+            link.subscribed_buckets, link.subscribed_topic_keys = buckets, keys
 
     def hello(self, cls: type[wire.Hello] | type[wire.HelloAck], last_seq: int) -> wire.Hello | wire.HelloAck:
         ctx = self._ctx
@@ -305,14 +319,14 @@ class Links:
         message: wire.Message,
         *,
         dc_only: bool = False,
-        bucket: BucketKey | None = None,
+        topic_key: int | None = None,
         audience: Audience = "every",
     ) -> None:
         frame = self.encode(message, "published", self.publish_version())
         if frame is not None:
             if isinstance(message, wire.Deltas):
                 self._ctx.counters.batches_published += 1
-            self._ctx.effects.append(Publish(frame, dc_only, bucket, audience))
+            self._ctx.effects.append(Publish(frame, dc_only, topic_key, audience))
 
     def send(self, address: str, message: wire.Message, *, after_commit: bool = False) -> None:
         link = self.by_address.get(address)

@@ -7,10 +7,14 @@ last sequence number to idle subscribers.
 
 Under placement that not every node holds everything (`Holding.partitioned`), a batch leaves whole
 for the subscribers that take every bucket (relays), and for the others as a `SEQ_INDEX` (the bucket
-of each sequence number) followed by its deltas in runs of one bucket, each on that bucket's topic:
-such a subscriber receives the buckets it holds, and the index tells it which sequence numbers were
-not meant for it, so its sequence tracking stays whole. The index goes first: deltas arrive in
-publishing order on a subscription, so a gap behind a delta is a loss.
+of each sequence number) followed by its deltas in one frame per holder set: the nodes of this
+datacenter that hold a bucket and not every doc (`Holding.holder_set_key`). Sequence numbers are
+given at the flush, in the order of the holder sets (a stable sort, so one doc's deltas keep their
+order), which makes each set's deltas consecutive: a plain `DELTAS` frame on the set's topic. A
+subscriber receives the sets it is in, and the index tells it which sequence numbers were not meant
+for it, so its sequence tracking stays whole. The index goes first: deltas arrive in publishing
+order on a subscription, so a gap behind a delta is a loss. While some link speaks wire version 1,
+whose nodes subscribe to buckets, the runs go out by bucket instead (each node subscribes to both).
 """
 
 from __future__ import annotations
@@ -46,22 +50,35 @@ class Outbound:
         self.next_heartbeat_ms = 0.0
 
     def capture(self, doc_id: str, before: bytes, after: bytes, update: bytes) -> None:
-        """A local transaction: number it, keep it in the ring and queue it for the next batch."""
-        config = self._ctx.config
+        """A local transaction: queue it for the next batch (it is numbered when that leaves)."""
         delta = wire.Delta(doc_id, before, after, update)
-        self.last_seq += 1
-        size = delta_size(delta)
-        self._ring.append((self.last_seq, doc_id, before, after, update, size))
-        self._ring_bytes += size
+        if not self._outbox:
+            self._outbox_since_ms = self._ctx.now_ms
+        self._outbox.append(delta)
+        self._outbox_bytes += delta_size(delta)
+        self._ctx.counters.deltas_published += 1
+
+    @property
+    def captured_seq(self) -> int:
+        """The number the latest captured delta has or will have when its batch leaves."""
+        return self.last_seq + len(self._outbox)
+
+    def _number(self, deltas: list[wire.Delta]) -> int:
+        """Number `deltas` in order and keep them in the ring; the first number."""
+        config = self._ctx.config
+        first_seq = self.last_seq + 1
+        for delta in deltas:
+            self.last_seq += 1
+            size = delta_size(delta)
+            self._ring.append(
+                (self.last_seq, delta.doc_id, delta.before_state, delta.after_state, delta.update, size)
+            )
+            self._ring_bytes += size
         while self._ring and (
             len(self._ring) > config.ring_deltas_max or self._ring_bytes > config.ring_bytes_max
         ):
             self._ring_bytes -= self._ring.popleft()[5]
-        if not self._outbox:
-            self._outbox_since_ms = self._ctx.now_ms
-        self._outbox.append(delta)
-        self._outbox_bytes += size
-        self._ctx.counters.deltas_published += 1
+        return first_seq
 
     def flush_due(self, *, force: bool) -> None:
         """Publish the outbox if it is due (or `force`)."""
@@ -108,29 +125,41 @@ class Outbound:
             yield wire.Deltas(ctx.node_id, ctx.epoch, first_seq, tuple(chunk))
 
     def _flush(self) -> None:
-        partitioned = self._holding.partitioned
-        for batch in self._batches(self.last_seq - len(self._outbox) + 1, self._outbox):
-            if partitioned:
-                self._publish_by_bucket(batch)
-            else:
+        deltas = self._outbox
+        if not self._holding.partitioned:
+            for batch in self._batches(self._number(deltas), deltas):
                 self._links.publish(batch)
+        else:
+            holding = self._holding
+            buckets = [holding.bucket_of(delta.doc_id) for delta in deltas]
+            by_set = self._links.publish_version() >= 2
+            keys = [holding.holder_set_key(bucket) for bucket in buckets] if by_set else buckets
+            order = sorted(range(len(deltas)), key=keys.__getitem__)
+            deltas = [deltas[i] for i in order]
+            first_seq = self._number(deltas)
+            for batch in self._batches(first_seq, deltas):
+                start = batch.first_seq - first_seq
+                end = start + len(batch.deltas)
+                self._publish_partitioned(
+                    batch, [buckets[i] for i in order[start:end]], [keys[i] for i in order[start:end]]
+                )
         self._outbox = []
         self._outbox_bytes = 0
         self._outbox_since_ms = None
         self.next_heartbeat_ms = self._ctx.now_ms + self._ctx.config.heartbeat_interval_ms
 
-    def _publish_by_bucket(self, batch: wire.Deltas) -> None:
+    def _publish_partitioned(self, batch: wire.Deltas, buckets: list[int], keys: list[int]) -> None:
+        """The batch whole, its index, then its runs of one topic key (holder set or bucket)."""
         ctx = self._ctx
         deltas = batch.deltas
         self._links.publish(batch, audience="whole")
-        buckets = tuple(self._holding.bucket_of(delta.doc_id) for delta in deltas)
-        index = wire.SeqIndex(ctx.node_id, ctx.epoch, batch.first_seq, buckets)
+        index = wire.SeqIndex(ctx.node_id, ctx.epoch, batch.first_seq, tuple(buckets))
         self._links.publish(index, audience="partial")
         start = 0
         for end in range(1, len(deltas) + 1):
-            if end == len(deltas) or buckets[end] != buckets[start]:
+            if end == len(deltas) or keys[end] != keys[start]:
                 run = wire.Deltas(ctx.node_id, ctx.epoch, batch.first_seq + start, deltas[start:end])
-                self._links.publish(run, bucket=buckets[start], audience="partial")
+                self._links.publish(run, topic_key=keys[start], audience="partial")
                 start = end
 
     def on_retransmit_request(self, message: wire.RetransmitRequest) -> None:

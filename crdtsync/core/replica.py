@@ -590,7 +590,7 @@ class Replica:
             dc=ctx.dc,
             relay=self._links.is_relay,
             docs=len(self._docs),
-            published_updates=self._outbound.last_seq,
+            published_updates=self._outbound.captured_seq,
             pending_updates=self._causal.total,
             peers=tuple(peers),
             members=tuple(members),

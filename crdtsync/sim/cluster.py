@@ -213,17 +213,17 @@ class SimCluster:
         after_commit_sends: list[tuple[SimNode, bytes]] = []
         for effect in replica.take_effects(self.now_ms):
             match effect:
-                case Publish(frame, dc_only, bucket, audience):
+                case Publish(frame, dc_only, topic_key, audience):
                     for other in self.nodes:
                         subscription = other.subscriptions.get(node.publish_endpoint)
                         if other is node or subscription is None:
                             continue
-                        wan, buckets = subscription
+                        wan, topic_keys = subscription
                         if dc_only and wan:
                             continue
                         if audience == "every" or (
-                            (buckets is None) == (audience == "whole")
-                            and (bucket is None or buckets is None or bucket in buckets)
+                            (topic_keys is None) == (audience == "whole")
+                            and (topic_key is None or topic_keys is None or topic_key in topic_keys)
                         ):
                             self._transmit(node, other, frame)
                 case Send(address, frame, after_commit):
@@ -234,8 +234,8 @@ class SimCluster:
                         after_commit_sends.append((target, frame))  # numbered once Persist is in
                     else:
                         self._transmit(node, target, frame)
-                case Subscribe(endpoint, _peer, wan, buckets):
-                    node.subscriptions[endpoint] = (wan, buckets)
+                case Subscribe(endpoint, _peer, wan, topic_keys):
+                    node.subscriptions[endpoint] = (wan, topic_keys)
                 case Unsubscribe(endpoint):
                     node.subscriptions.pop(endpoint, None)
                 case DeliverEphemeral():

@@ -5,12 +5,13 @@
   deltas and heartbeats under the WAN topics, relayed deltas under the datacenter topics. A topic
   is `w` or `d` (WAN or datacenter), then `c` for frames every subscriber gets, `f` for those of the
   subscribers that take every bucket (whole batches), `i` for those of the others (sequence
-  indexes), or `b` and the placement bucket as 4 bytes (deltas only that bucket's holders want).
+  indexes), or `b` and a topic key as 4 bytes (deltas only some nodes want: a holder set's, or a
+  placement bucket's for peers of wire version 1; see `core.outbound`).
 - One SUB per subscription, connected to one peer's PUB endpoint (learned in the hello exchange):
   subscribed to both kinds for a peer of the same datacenter, to the WAN topics only for another
   datacenter's peer when this node is a relay; to every bucket (`c` and `f`), or to some (`c`, `i`
-  and those buckets). ZeroMQ filters topics at the publisher, so frames meant for one datacenter never cross
-  the WAN and a bucket's deltas reach only the nodes that subscribe to it. A socket per publisher
+  and those keys). ZeroMQ filters topics at the publisher, so frames meant for one datacenter never
+  cross the WAN and a holder set's deltas reach only the nodes that subscribe to it. A socket per publisher
   is what tells whose frame is whose: with CurveZMQ, every frame of a subscription comes with the
   public key the publisher proved at the handshake, as frames on the ROUTER come with their sender's.
 - One DEALER per peer, connected to the peer's ROUTER, for directed messages. DEALERs use
@@ -43,7 +44,7 @@ log = logging.getLogger("crdtsync.transport")
 WAN_TOPIC = b"w"
 DC_TOPIC = b"d"
 COMMON = b"c"
-BUCKET = b"b"
+KEYED = b"b"
 WHOLE = b"f"
 INDEX = b"i"
 SEND_QUEUE_FRAMES_MAX = 10_000
@@ -72,23 +73,23 @@ OnFrame = Callable[[bytes, "str | None"], None]
 """Takes a frame's payload and the CurveZMQ public key of its sender, when the transport knows it."""
 
 
-def topic(*, dc_only: bool, bucket: int | None = None, audience: Audience = "every") -> bytes:
+def topic(*, dc_only: bool, topic_key: int | None = None, audience: Audience = "every") -> bytes:
     """The topic a frame is published under (see the module doc)."""
     kind = DC_TOPIC if dc_only else WAN_TOPIC
     if audience == "every":
         return kind + COMMON
     if audience == "whole":
         return kind + WHOLE
-    return kind + INDEX if bucket is None else kind + BUCKET + bucket.to_bytes(4, "big")
+    return kind + INDEX if topic_key is None else kind + KEYED + topic_key.to_bytes(4, "big")
 
 
-def topics(*, wan: bool, buckets: frozenset[int] | None) -> set[bytes]:
+def topics(*, wan: bool, topic_keys: frozenset[int] | None) -> set[bytes]:
     """The topics a subscription takes (see the module doc)."""
     kinds = (WAN_TOPIC,) if wan else (WAN_TOPIC, DC_TOPIC)
-    if buckets is None:
+    if topic_keys is None:
         return {kind + part for kind in kinds for part in (COMMON, WHOLE)}
     wanted = {kind + part for kind in kinds for part in (COMMON, INDEX)}
-    wanted.update(kind + BUCKET + bucket.to_bytes(4, "big") for kind in kinds for bucket in buckets)
+    wanted.update(kind + KEYED + key.to_bytes(4, "big") for kind in kinds for key in topic_keys)
     return wanted
 
 
@@ -167,10 +168,15 @@ class ZmqTransport:
                 await task
 
     def publish(
-        self, frame: bytes, *, dc_only: bool = False, bucket: int | None = None, audience: Audience = "every"
+        self,
+        frame: bytes,
+        *,
+        dc_only: bool = False,
+        topic_key: int | None = None,
+        audience: Audience = "every",
     ) -> None:
         try:
-            message = (topic(dc_only=dc_only, bucket=bucket, audience=audience), frame)
+            message = (topic(dc_only=dc_only, topic_key=topic_key, audience=audience), frame)
             self.pub.send_multipart(message, flags=zmq.NOBLOCK)
         except zmq.Again:
             self.send_drops += 1
@@ -214,12 +220,18 @@ class ZmqTransport:
             self.send_drops += 1
 
     def subscribe(
-        self, endpoint: str, peer_address: str, *, wan: bool = False, buckets: frozenset[int] | None = None
+        self,
+        endpoint: str,
+        peer_address: str,
+        *,
+        wan: bool = False,
+        topic_keys: frozenset[int] | None = None,
     ) -> None:
         """Receive the stream published at `endpoint` by the peer whose request socket is at
         `peer_address`: both kinds of topics, or the WAN topics only (`wan`); every bucket, or only
-        `buckets` (and the common topics). Again for the same endpoint: change the buckets."""
-        wanted = topics(wan=wan, buckets=buckets)
+        the frames of `topic_keys` (and the common topics). Again for the same endpoint: change the
+        keys."""
+        wanted = topics(wan=wan, topic_keys=topic_keys)
         existing = self._subscriptions.get(endpoint)
         if existing is not None:
             # New topics first: a frame published meanwhile matches one or the other.

@@ -974,3 +974,52 @@ def test_handoffs_go_to_at_most_handoff_targets_max_nodes_at_once_each_within_it
     assert max(size for _ms, _target, size in offered) > 300, "offers with content came"
     assert max(per_pass.values()) < 2_000 + 400, f"update bytes to one target in one pass: {per_pass}"
     assert all(holder_of[doc_id].has_doc(doc_id) for doc_id in given), "every holder got its docs"
+
+
+def test_a_partitioned_batch_leaves_as_one_frame_per_holder_set_on_a_topic_its_holders_take() -> None:
+    """Four nodes, rf 2: a batch of writes to 24 docs goes out whole (for relays), as an index, and
+    as one `DELTAS` frame per set of holders among its docs (at most 6 pairs of 4 nodes), not one
+    per bucket; its sequence numbers are given in holder-set order, so each frame is one run. Each
+    frame's topic is one that every holder of its docs subscribes to, and no other node does."""
+    config = ReplicaConfig(linger_ms=1_000.0, batch_deltas_max=64)
+    rf2 = PlacementPolicy((PlacementRule(2),))
+    mesh = Mesh()
+    a = mesh.add("a", config=config, placement=rf2)
+    others = [mesh.add(name, config=config, placement=rf2) for name in ("b", "c", "d")]
+    effects: dict[str, list[Any]] = {}
+    for replica in (a, *others):
+        take = replica.take_effects
+
+        def spy(now_ms: float, *, force: bool = False, take: Any = take, name: str = replica.node_id) -> Any:
+            taken = take(now_ms, force=force)
+            effects.setdefault(name, []).extend(taken)
+            return taken
+
+        replica.take_effects = spy  # type: ignore[method-assign]
+    mesh.link_all()
+    mesh.advance(2_000.0)  # hellos and subscriptions settle
+    docs = [f"doc-{i}" for i in range(24)]
+    effects["a"].clear()
+    for doc_id in docs:
+        a.open_doc(doc_id).get("m", type=Map)["k"] = doc_id
+    mesh.advance(1_500.0)  # past the linger
+    published = [e for e in effects["a"] if isinstance(e, Publish) and e.frame[3] == wire.MessageKind.DELTAS]
+    whole = [e for e in published if e.audience == "whole"]
+    parts = [e for e in published if e.audience == "partial"]
+    (batch,) = [wire.decode(e.frame) for e in whole]
+    assert isinstance(batch, wire.Deltas) and len(batch.deltas) == len(docs)
+    replicas = (a, *others)
+    holder_sets = {frozenset(r.node_id for r in replicas if r.holds(doc_id)) for doc_id in docs}
+    assert len(parts) == len(holder_sets) <= 6, f"{len(parts)} frames for {len(holder_sets)} holder sets"
+    topics = {
+        r.node_id: next(e.topic_keys for e in reversed(effects[r.node_id]) if isinstance(e, Subscribe))
+        for r in others
+    }
+    for part in parts:
+        batch = wire.decode(part.frame)
+        assert isinstance(batch, wire.Deltas)
+        (holders,) = {frozenset(r.node_id for r in replicas if r.holds(d.doc_id)) for d in batch.deltas}
+        for r in others:
+            taken = topics[r.node_id]
+            assert taken is not None, "a node that holds part of the docs subscribes to some topics"
+            assert (part.topic_key in taken) == (r.node_id in holders), (r.node_id, holders)
