@@ -101,11 +101,14 @@ def test_only_holders_keep_docs_and_non_replica_writes_are_handed_off() -> None:
     assert not replica.has_doc(not_held)
 
 
-def test_deltas_reach_only_the_subscribers_of_their_bucket() -> None:
-    """rf 2 of 5: publishers send each delta on its bucket's topic with an index first, so a node
+def test_deltas_reach_only_the_subscribers_of_their_holder_sets() -> None:
+    """rf 2 of 5: publishers send each delta on its holder set's topic with an index first, so a node
     receives the deltas of the docs it holds, counts the others as received from the index (no
     retransmission is asked for without loss), and receives fewer bytes than when every node holds
-    every doc, on the same workload."""
+    every doc, on the same workload. The deltas themselves fall with the holders (about 2/5 of them
+    reach a node); the bytes fall less: this workload's batches carry one write each, so every
+    write costs each other node a sequence index (about 26 bytes with the version-2 header), and a
+    write taken by a node that does not hold the doc a handoff probe and its answer."""
     config = _config(11, faults=frozenset())
     partitioned = SimCluster(config)
     _check(partitioned.run())
@@ -113,13 +116,20 @@ def test_deltas_reach_only_the_subscribers_of_their_bucket() -> None:
         _config(11, faults=frozenset(), placement=PlacementPolicy((PlacementRule("all"),)))
     )
     _check(everywhere.run())
-    replicas = [node.replica for node in partitioned.nodes]
-    assert all(r is not None and r.counters.seqs_not_subscribed > 0 for r in replicas)
-    assert all(r is not None and r.counters.retransmit_requests == 0 for r in replicas)
-    received = [r.counters.bytes_received for r in replicas if r is not None]
-    received_all = [n.replica.counters.bytes_received for n in everywhere.nodes if n.replica is not None]
-    print(f"bytes received per node, rf 2 of 5: {received}; every node holding every doc: {received_all}")
-    assert sum(received) < 0.75 * sum(received_all)
+    replicas = [r for r in (node.replica for node in partitioned.nodes) if r is not None]
+    replicas_all = [r for r in (node.replica for node in everywhere.nodes) if r is not None]
+    assert all(r.counters.seqs_not_subscribed > 0 for r in replicas)
+    assert all(r.counters.retransmit_requests == 0 for r in replicas)
+    applied = sum(r.counters.deltas_applied for r in replicas)
+    applied_all = sum(r.counters.deltas_applied for r in replicas_all)
+    received = [r.counters.bytes_received for r in replicas]
+    received_all = [r.counters.bytes_received for r in replicas_all]
+    print(
+        f"deltas applied, rf 2 of 5: {applied}, every node holding every doc: {applied_all}; bytes received"
+        f" per node: {received} and {received_all}"
+    )
+    assert applied < 0.6 * applied_all
+    assert sum(received) < 0.85 * sum(received_all)
 
 
 def test_relays_republish_by_bucket_into_their_datacenter() -> None:
