@@ -467,6 +467,10 @@ class Node:
         state this node sees them in."""
         return self._replica.doc_placement(doc_id)
 
+    def follows(self, doc_id: str) -> bool:
+        """Whether this node follows `doc_id` as a read follower (docs/placement.md#read-followers)."""
+        return doc_id in self._replica.load.following
+
     def load_summaries(self) -> list[tuple[NodeLoad, float]]:
         """Every member's latest load summary, this node's first, with its age in ms (its load and
         hottest docs: docs/placement.md#adaptive-replication)."""

@@ -153,6 +153,8 @@ class Api:
         """Every answer names the node that served it: behind a load balancer, and for a doc this
         node does not hold (placement), which it served from a holder's copy."""
         response.headers["X-Served-By"] = self.node.config.node_id
+        if "served_as" in request:  # a doc read: from a replica, a read follower, or a fetched copy
+            response.headers["X-Served-As"] = request["served_as"]
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -343,9 +345,11 @@ class Api:
             await causal_http.await_token(
                 self.node, self.token_waits, request, doc_id, self.config.http.wait_ms_max, watch=watch
             )
+        holds = self.node.holds(doc_id)
+        request["served_as"] = "holder" if holds else "follower" if self.node.follows(doc_id) else "fetched"
         if self.node.has_doc(doc_id):
             return await self.node.open(doc_id, read=request.method == "GET")
-        if not self.node.holds(doc_id):
+        if not holds:
             # A doc this node does not hold (placement) is fetched from its nearest holder.
             doc = await self.node.open(doc_id, read=request.method == "GET")
             if doc.get_state() != EMPTY_STATE:

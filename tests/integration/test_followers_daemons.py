@@ -102,6 +102,8 @@ def test_a_hot_doc_gains_a_follower_where_it_is_read_and_loses_it_when_reads_sto
     )
     holder.put(doc_id, "version", "v1")
     assert reader.data(doc_id) == {"version": "v1"}  # fetched from the holder
+    assert reader.client.get(f"/v1/docs/{doc_id}").headers["X-Served-As"] == "fetched"
+    assert holder.client.get(f"/v1/docs/{doc_id}").headers["X-Served-As"] == "holder"
     assert _following(reader) == 0
 
     def read_until(condition: Any, timeout_s: float, what: str) -> None:
@@ -113,6 +115,7 @@ def test_a_hot_doc_gains_a_follower_where_it_is_read_and_loses_it_when_reads_sto
             time.sleep(READ_GAP_S)  # the load's pace, not a synchronisation
 
     read_until(lambda: _following(reader) == 1, 15.0, f"{reader.name} follows {doc_id}")
+    assert reader.client.get(f"/v1/docs/{doc_id}").headers["X-Served-As"] == "follower"
     top = _top(reader)
     assert [doc["followers"] for doc in top["docs"] if doc["doc_id"] == doc_id] == [[reader.name]]
     assert f"following doc '{doc_id}'" in reader.log_text()
