@@ -218,7 +218,9 @@ class HolderWaits:
             self.asked_again += questions.take_asked_again()
             self._pump()
             reachable = [node_id for node_id in waiting if node_id not in questions.unreachable]
-            if len(confirmed) >= needed or len(confirmed) + len(reachable) < needed:
+            # Fewer holders than asked for: still wait for those reachable, so that the error names
+            # every one that confirmed (it comes once they all did, or at the deadline).
+            if len(confirmed) >= needed or not reachable:
                 break
             if len(self._waiting) >= WAITS_MAX:
                 break  # too many waits already: this one fails at once
