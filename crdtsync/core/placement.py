@@ -20,12 +20,10 @@ rules and the members; every node computes the same answer from the same view.
   - the rest rank with weights x solving P_i(x) = target_i, where P_i is the exact probability of
     the race: integral over t of x_i e^(-x_i t) * Pr[fewer than k - s others arrived by t] (a
     Poisson-binomial over the weight classes), by Gauss-Legendre quadrature on doubling intervals;
-    Newton steps on ln x toward logit(target) reach 1e-6: with up to 8 weight classes full steps
-    (the Jacobian by differences, each step halved until the worst error falls), beyond that
-    per-class steps with each class's slope estimated from its previous step. Per-class steps alone
-    could cycle far from the answer with few, strongly coupled classes (weights 0.831, 1.63, 2.043
-    with rf 2 gave one node a tenth of its share); the answers where both converge agree to the
-    tolerance, so partitions keep their places (version 2).
+    Newton steps on ln x toward logit(target) reach 1e-6: full steps up to 8 weight classes (the
+    Jacobian by differences, halved until the worst error falls), per-class steps beyond (each
+    class's slope from its previous step), which alone cycled with few, strongly coupled classes
+    (0.831, 1.63, 2.043 with rf 2 gave a node a tenth of its share). Both agree to the tolerance.
   The corrections depend only on the multiset of weights and the count, not on node ids or the
   partition count, so they are computed once per (weights, count) and cached; a lookup stays one
   hash per candidate and a sort. Their cost grows with the distinct weights of a datacenter, not its
@@ -38,13 +36,10 @@ rules and the members; every node computes the same answer from the same view.
   newcomer's or the leaver's share a few partitions move between the others: 2-7% above the ideal in
   the cases `bench.placement` measures, 15% for a leave when rf is half the datacenter and the weights
   spread from 1 to 6. With equal weights movement stays exactly minimal.
-  Alternatives considered: fitting the weights to the actual partitions (w_i <- w_i * target_i /
-  held_i over the partitions) would remove the sampling noise too, but it needs the partition count,
-  which `replicas_in_dc` does not take (holding caches its answers per (rule, partition) and calls it
-  with the partition alone); each step scores every (partition, candidate) pair (4096 x 256 hashes
-  and logs for 256 members, in pure Python); and every fit changes with any member, so a join would
-  also move partitions among the existing nodes by the noise the fit absorbed. Virtual nodes or a
-  ring give up the minimal movement of rendezvous hashing.
+  Alternatives considered: fitting the weights to the partitions held (w_i <- w_i * target_i /
+  held_i) would remove the sampling noise, but needs the partition count, scores every (partition,
+  candidate) pair per step, and moves partitions among existing nodes at every join. Virtual nodes
+  or a ring give up the minimal movement of rendezvous hashing.
 - zones: within a datacenter, replicas spread over zones first. Candidates are taken in rank order,
   skipping a zone already used until every zone with candidates has one replica, then again. Zones
   come before weights: the corrections assume no zone constraint, so a zone with few or light nodes
@@ -389,8 +384,7 @@ def _linear_solve(matrix: list[list[float]], rhs: list[float]) -> list[float] | 
         rows[col], rows[pivot] = rows[pivot], rows[col]
         for r in range(col + 1, size):
             factor = rows[r][col] / rows[col][col]
-            for c in range(col, size + 1):
-                rows[r][c] -= factor * rows[col][c]
+            rows[r] = [a - factor * b for a, b in zip(rows[r], rows[col], strict=True)]
     solution = [0.0] * size
     for r in reversed(range(size)):
         solution[r] = (rows[r][size] - sum(rows[r][c] * solution[c] for c in range(r + 1, size))) / rows[r][r]
@@ -398,20 +392,17 @@ def _linear_solve(matrix: list[list[float]], rhs: list[float]) -> list[float] | 
 
 
 def _solve_per_class(values: list[float], sizes: list[int], targets: list[float], count: int) -> list[float]:
-    """Newton-like steps on log x per class: the logit of the probability moves about as much as
-    log x for light nodes and for nearly saturated ones alike; the slope of each class is estimated
-    from its previous step (bounded, as the classes push on each other)."""
+    """Newton-like steps on log x per class (the logit of the probability moves about as much as log
+    x for light and nearly saturated nodes alike), each class's slope from its previous step."""
     total = sum(v * m for v, m in zip(values, sizes, strict=True))
     logs = [math.log(v / total) for v in values]
     previous: tuple[list[float], list[float]] | None = None
+    wanted = [_logit(t) for t in targets]
     xs = [v / total for v in values]
     for _ in range(_SOLVE_STEPS_MAX):
-        xs = [math.exp(lg) for lg in logs]
-        norm = sum(x * m for x, m in zip(xs, sizes, strict=True))
-        xs = [x / norm for x in xs]
+        xs = _normalized(logs, sizes)
         logs = [math.log(x) for x in xs]
         probs = [_logit(p) for p in _inclusion(xs, sizes, count)]
-        wanted = [_logit(t) for t in targets]
         if max(abs(p - t) for p, t in zip(probs, wanted, strict=True)) < _SOLVE_TOLERANCE:
             break
         steps = []
