@@ -101,6 +101,9 @@ class ReplicaConfig:
     """Read followers of one doc in the cluster (from the gossiped summaries)."""
     followed_docs_max: int = 64
     """Docs one node follows at most."""
+    follow_subscribe_after_ms: float = 1000.0
+    """A doc open on a node that does not hold it subscribes to its holders' deltas once open this
+    long (and is fetched again then); shorter opens rely on their fetch and the handoff."""
     shed_partitions: bool = True
     """Loaded nodes shed partitions: a node whose load stays more than `shed_load_over_mean` above its
     datacenter's mean lowers its placement weight a step at a time (docs/placement.md#shedding-load)."""

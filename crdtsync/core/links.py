@@ -64,8 +64,9 @@ class Links:
         self._ctx = ctx
         self._membership = membership
         self._holding = holding
-        self._followed: dict[BucketKey, int] = {}
-        """Bucket -> pins of its docs (an application holds them open): subscribed to as if held."""
+        self._followed: dict[BucketKey, tuple[dict[str, int], float]] = {}
+        """Bucket -> (its pinned docs and their pins, since when it has some): an application holds
+        them open. A bucket pinned for `follow_subscribe_after_ms` is subscribed to as if held."""
         self._wanted: tuple[int, int, frozenset[BucketKey] | None, frozenset[int] | None] = (
             -1,
             -1,
@@ -133,28 +134,43 @@ class Links:
         if link is not None:
             link.last_heard_ms = self._ctx.now_ms
 
-    def follow(self, bucket: BucketKey, pins: int) -> None:
-        """Add `pins` (negative: remove) to a bucket's followed docs. Subscriptions follow at the next
-        tick (`sync_subscriptions_if_changed`): a doc pinned only for one write or read (an HTTP
-        request) costs no resubscription."""
-        count = self._followed.get(bucket, 0) + pins
+    def follow(self, bucket: BucketKey, doc_id: str, pins: int) -> None:
+        """Add `pins` (negative: remove) to a bucket's followed docs. Subscriptions follow once the
+        bucket stayed pinned for `follow_subscribe_after_ms` (`sync_subscriptions_if_changed`): a
+        subscription brings every delta of the bucket's holder set, so a doc open only for a write or
+        a read (an HTTP request, a write through a non-holder) costs none; its fetch and the handoff
+        serve it."""
+        docs, _since_ms = self._followed.setdefault(bucket, ({}, self._ctx.now_ms))
+        count = docs.get(doc_id, 0) + pins
         if count > 0:
-            self._followed[bucket] = count
+            docs[doc_id] = count
         else:
-            self._followed.pop(bucket, None)
+            docs.pop(doc_id, None)
+            if not docs:
+                del self._followed[bucket]
 
-    def sync_subscriptions_if_changed(self) -> None:
+    def sync_subscriptions_if_changed(self) -> list[str]:
         """Timer duty: resubscribe when the member view that decides holding changed, or the
-        followed buckets that are not held did."""
+        followed buckets that are not held did. The open docs of buckets newly followed: they
+        missed the deltas before (the caller fetches them again)."""
         holding = self._holding
         holding.refresh()
         held = holding.buckets_held()
-        followed = frozenset() if held is None else frozenset(b for b in self._followed if b not in held)
+        followed: frozenset[BucketKey] = frozenset()
+        if held is not None:
+            old_enough_ms = self._ctx.now_ms - self._ctx.config.follow_subscribe_after_ms
+            followed = frozenset(
+                bucket
+                for bucket, (_docs, since_ms) in self._followed.items()
+                if since_ms <= old_enough_ms and bucket not in held
+            )
+        newly = followed - self._followed_extra
         if holding.version != self._subscribed_view or followed != self._followed_extra:
             self._subscribed_view = holding.version
             self._followed_extra = followed
             self._follow_version += 1
             self.sync_subscriptions()
+        return [doc_id for bucket in newly for doc_id in self._followed[bucket][0]]
 
     def sync_subscriptions(self) -> None:
         for link in self.by_address.values():

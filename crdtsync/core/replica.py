@@ -268,7 +268,8 @@ class Replica:
         self._followers.tick(self, now_ms)
         if self._balancer.tick(now_ms, len(self._handoff.pending)):
             self._gossip.announce()  # the new weight: every node places with it
-        self._links.sync_subscriptions_if_changed()
+        for doc_id in self._links.sync_subscriptions_if_changed():
+            self._handoff.fetch(doc_id)  # subscribed from now on: fetch what it missed before
 
     def drain(self, now_ms: float) -> None:
         """Before a leave under placement: hold nothing from now on, and hand every doc to the nodes
@@ -426,14 +427,14 @@ class Replica:
         if pin:
             self._docs.pin(entry)
             if self._holding.enforced:
-                self._links.follow(self._holding.bucket_of(doc_id), 1)
+                self._links.follow(self._holding.bucket_of(doc_id), doc_id, 1)
         if not known:
             self._handoff.consider(doc_id)
         return doc
 
     def release_doc(self, doc_id: str) -> None:
         if self._docs.release(doc_id) and self._holding.enforced:
-            self._links.follow(self._holding.bucket_of(doc_id), -1)
+            self._links.follow(self._holding.bucket_of(doc_id), doc_id, -1)
 
     def register_docs(self, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
         """Make stored docs known without loading them (start-up from a store): (doc id, recorded

@@ -1023,3 +1023,45 @@ def test_a_partitioned_batch_leaves_as_one_frame_per_holder_set_on_a_topic_its_h
             taken = topics[r.node_id]
             assert taken is not None, "a node that holds part of the docs subscribes to some topics"
             assert (part.topic_key in taken) == (r.node_id in holders), (r.node_id, holders)
+
+
+def test_a_doc_held_open_on_a_non_holder_is_subscribed_after_follow_subscribe_after_ms_and_fetched_again() -> (
+    None
+):
+    """Four nodes, rf 2: a doc that `a` does not hold, open on `a`, adds no subscription at first (a
+    short open costs none); once open for `follow_subscribe_after_ms`, `a` subscribes to its holder
+    set's topic, asks a holder for what it missed, and then receives the holders' writes."""
+    config = ReplicaConfig(follow_subscribe_after_ms=1_000.0)
+    rf2 = PlacementPolicy((PlacementRule(2),))
+    mesh = Mesh()
+    a = mesh.add("a", config=config, placement=rf2)
+    others = [mesh.add(name, config=config, placement=rf2) for name in ("b", "c", "d")]
+    subscribed: list[frozenset[int] | None] = []
+    take = a.take_effects
+
+    def spy(now_ms: float, *, force: bool = False) -> Any:
+        taken = take(now_ms, force=force)
+        subscribed.extend(e.topic_keys for e in taken if isinstance(e, Subscribe))
+        return taken
+
+    a.take_effects = spy  # type: ignore[method-assign]
+    mesh.link_all()
+    mesh.advance(2_000.0)
+    doc_id = next(f"doc-{i}" for i in range(100) if not a.holds(f"doc-{i}"))
+    holder = next(r for r in others if r.holds(doc_id))
+    holder.open_doc(doc_id).get("m", type=Map)["k"] = "before"
+    mesh.advance(200.0)
+    key = a._holding.holder_set_key(a._holding.bucket_of(doc_id))  # the topic to expect
+    subscribed.clear()
+    a.open_doc(doc_id, pin=True)
+    mesh.advance(500.0)
+    assert all(keys is None or key not in keys for keys in subscribed), "no subscription for a short open"
+    fetches_before = a.counters.syncs_requested
+    mesh.advance(700.0)
+    assert any(keys is not None and key in keys for keys in subscribed), "subscribed once open for 1 s"
+    assert a.counters.syncs_requested > fetches_before, "and fetched again for what came before"
+    mesh.advance(500.0)
+    assert a.open_doc(doc_id).get("m", type=Map).to_py() == {"k": "before"}
+    holder.open_doc(doc_id).get("m", type=Map)["k"] = "after"
+    mesh.advance(500.0)
+    assert a.open_doc(doc_id).get("m", type=Map).to_py() == {"k": "after"}, "the follower got the write"
