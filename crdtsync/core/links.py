@@ -134,12 +134,14 @@ class Links:
         if link is not None:
             link.last_heard_ms = self._ctx.now_ms
 
-    def follow(self, bucket: BucketKey, doc_id: str, pins: int) -> None:
-        """Add `pins` (negative: remove) to a bucket's followed docs. Subscriptions follow once the
-        bucket stayed pinned for `follow_subscribe_after_ms` (`sync_subscriptions_if_changed`): a
-        subscription brings every delta of the bucket's holder set, so a doc open only for a write or
-        a read (an HTTP request, a write through a non-holder) costs none; its fetch and the handoff
-        serve it."""
+    def follow(self, doc_id: str, pins: int) -> None:
+        """Add `pins` (negative: remove) to an open doc's, under placement. Its bucket is subscribed
+        to once pinned for `follow_subscribe_after_ms` (`sync_subscriptions_if_changed`): that brings
+        every delta of the bucket's holder set, so a doc open only for a write or a read (an HTTP
+        request, a write through a non-holder) costs none; its fetch and the handoff serve it."""
+        if not self._holding.enforced:
+            return
+        bucket = self._holding.bucket_of(doc_id)
         docs, _since_ms = self._followed.setdefault(bucket, ({}, self._ctx.now_ms))
         count = docs.get(doc_id, 0) + pins
         if count > 0:

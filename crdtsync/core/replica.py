@@ -426,15 +426,14 @@ class Replica:
         doc = self._docs.doc(entry)
         if pin:
             self._docs.pin(entry)
-            if self._holding.enforced:
-                self._links.follow(self._holding.bucket_of(doc_id), doc_id, 1)
+            self._links.follow(doc_id, 1)
         if not known:
             self._handoff.consider(doc_id)
         return doc
 
     def release_doc(self, doc_id: str) -> None:
-        if self._docs.release(doc_id) and self._holding.enforced:
-            self._links.follow(self._holding.bucket_of(doc_id), doc_id, -1)
+        if self._docs.release(doc_id):
+            self._links.follow(doc_id, -1)
 
     def register_docs(self, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
         """Make stored docs known without loading them (start-up from a store): (doc id, recorded
