@@ -47,6 +47,7 @@ from pycrdt import (
     handle_sync_message,
     read_message,
 )
+from zmq_support import wait_until as wait_until_async
 
 from crdtsync import Node, NodeConfig
 from crdtsync.daemon.websocket import CLOSE_SLOW, RECEIVE_BYTES_MAX, WebSockets
@@ -595,14 +596,6 @@ def test_the_first_client_of_a_doc_on_a_node_sees_the_others_awareness_at_once()
     run(scenario())
 
 
-async def until(predicate: Any, what: str) -> None:
-    """Return once `predicate()` holds (an in-process node's state), checked every 10 ms."""
-    deadline = time.monotonic() + STEP_TIMEOUT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 def test_updates_held_for_step_2_are_bounded_on_the_node() -> None:
     """Updates held for their connections' step 2 take at most `held_bytes_max` of the node, all
     connections together: beyond, the update is refused with 4409 at once."""
@@ -621,12 +614,14 @@ def test_updates_held_for_step_2_are_bounded_on_the_node() -> None:
             url = f"ws://127.0.0.1:{port}/v1/ws/held-bound"
             async with session.ws_connect(url) as first_ws, session.ws_connect(url) as second_ws:
                 await first_ws.send_bytes(create_update_message(later))  # held: within the bound
-                await until(lambda: sockets.held_bytes == len(later), "the first update held")
+                await wait_until_async(
+                    lambda: sockets.held_bytes == len(later), STEP_TIMEOUT_S, "the first update held"
+                )
                 await second_ws.send_bytes(create_update_message(later))  # the node holds too much
                 assert await Client(second_ws).closed() == 4409
                 assert sockets.held_bytes == len(later) and sockets.counters["updates_held"] == 1
             # The first connection closed: what it held is no longer counted.
-            await until(lambda: sockets.held_bytes == 0, "the held bytes released")
+            await wait_until_async(lambda: sockets.held_bytes == 0, STEP_TIMEOUT_S, "the held bytes released")
 
     run(scenario())
 
