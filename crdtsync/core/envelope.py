@@ -36,6 +36,7 @@ from typing import NamedTuple
 import lz4.block
 
 from crdtsync.core.counters import WireErrorReason
+from crdtsync.core.state import write_varuint
 
 MAGIC = b"CS"
 WIRE_VERSION_MIN = 1
@@ -95,12 +96,9 @@ def pack(
 
 def _varint(value: int) -> bytes:
     if value < 0x80:
-        return _ONE_BYTE[value]
+        return _ONE_BYTE[value]  # the usual epoch and most sequence numbers: no bytearray
     out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
+    write_varuint(out, value)
     return bytes(out)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from crdtsync.core.envelope import WireError
 from crdtsync.core.messages import Delta
+from crdtsync.core.state import StateDecodeError, read_varuint, write_varuint
 
 DOC_ID_BYTES_MAX = 512
 DELTAS_PER_BATCH_MAX = 4096
@@ -148,13 +149,20 @@ def after_patch(before: bytes, after: bytes) -> bytes:
         shortest = min(len(before), size)
         prefix = _common_length(shortest, lambda n: before[:n] == after[:n])
         suffix = _common_length(shortest - prefix, lambda n: before[len(before) - n :] == after[size - n :])
-    return b"".join((_varuint(prefix), _varuint(suffix), after[prefix : size - suffix]))
+    patch = bytearray()
+    write_varuint(patch, prefix)
+    write_varuint(patch, suffix)
+    patch += after[prefix : size - suffix]
+    return bytes(patch)
 
 
 def patched_after(before: bytes, patch: bytes) -> bytes:
     """The after state `after_patch` sent, from the before state. Raises `WireError` (bad_body)."""
-    prefix, offset = _read_varuint(patch, 0)
-    suffix, offset = _read_varuint(patch, offset)
+    try:  # lengths within a frame: 28 bits, at most 4 bytes each
+        prefix, offset = read_varuint(patch, 0, 4)
+        suffix, offset = read_varuint(patch, offset, 4)
+    except StateDecodeError:
+        raise WireError("bad_body", "DELTAS after-state patch is truncated or its lengths overlong") from None
     if prefix + suffix > len(before):
         raise WireError(
             "bad_body",
@@ -175,27 +183,3 @@ def _common_length(longest: int, same: Callable[[int], bool]) -> int:
         else:
             high = middle
     return low
-
-
-def _varuint(value: int) -> bytes:
-    if value < 0x80:
-        return bytes((value,))
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _read_varuint(data: bytes, offset: int) -> tuple[int, int]:
-    if offset < len(data) and data[offset] < 0x80:
-        return data[offset], offset + 1
-    value = shift = 0
-    for index in range(offset, min(offset + 4, len(data))):  # lengths within a frame: 28 bits
-        byte = data[index]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, index + 1
-        shift += 7
-    raise WireError("bad_body", "DELTAS after-state patch is truncated or its lengths overlong")
