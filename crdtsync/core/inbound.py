@@ -164,11 +164,10 @@ class Inbound:
             self._links.publish(relayed, dc_only=True)
             return
         self._links.publish(relayed, dc_only=True, audience="whole")
-        by_set = self._links.publish_version() >= 2
+        keys = self._links.topic_keys([holding.bucket_of(delta.doc_id) for delta in deltas])
         by_key: dict[int, list[wire.Delta]] = {}
-        for delta in deltas:
-            bucket = holding.bucket_of(delta.doc_id)
-            by_key.setdefault(holding.holder_set_key(bucket) if by_set else bucket, []).append(delta)
+        for key, delta in zip(keys, deltas, strict=True):
+            by_key.setdefault(key, []).append(delta)
         for key, run in by_key.items():
             part = wire.Relayed(ctx.node_id, publisher, tuple(run))
             self._links.publish(part, dc_only=True, topic_key=key, audience="partial")

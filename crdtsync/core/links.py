@@ -332,6 +332,13 @@ class Links:
             counters.bytes_sent_raw += raw_size
         return frame
 
+    def topic_keys(self, buckets: list[BucketKey]) -> list[int]:
+        """The topic key a frame of each bucket's deltas goes out on: its holder set's, or the bucket
+        itself while some link speaks wire version 1, whose nodes subscribe to buckets (`outbound`)."""
+        if self.publish_version() < 2:
+            return buckets
+        return [self._holding.holder_set_key(bucket) for bucket in buckets]
+
     def publish(
         self,
         message: wire.Message,

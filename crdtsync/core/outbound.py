@@ -132,8 +132,7 @@ class Outbound:
         else:
             holding = self._holding
             buckets = [holding.bucket_of(delta.doc_id) for delta in deltas]
-            by_set = self._links.publish_version() >= 2
-            keys = [holding.holder_set_key(bucket) for bucket in buckets] if by_set else buckets
+            keys = self._links.topic_keys(buckets)
             order = sorted(range(len(deltas)), key=keys.__getitem__)
             deltas = [deltas[i] for i in order]
             first_seq = self._number(deltas)
