@@ -67,18 +67,13 @@ class Links:
         self._followed: dict[BucketKey, tuple[dict[str, int], float]] = {}
         """Bucket -> (its pinned docs and their pins, since when it has some): an application holds
         them open. A bucket pinned for `follow_subscribe_after_ms` is subscribed to as if held."""
-        self._wanted: tuple[int, int, frozenset[BucketKey] | None, frozenset[int] | None] = (
-            -1,
-            -1,
-            None,
-            None,
-        )
-        """(holding version, follow version, the buckets wanted, their topic keys), reused while both
-        versions hold."""
-        self._follow_version = 0
         self._subscribed_view = -1
         self._followed_extra: frozenset[BucketKey] = frozenset()
-        """The followed buckets not held, as last subscribed to."""
+        """The followed buckets not held, as last subscribed to (replaced only when it changes)."""
+        self._wanted: tuple[int, frozenset[BucketKey], frozenset[BucketKey] | None, frozenset[int] | None]
+        self._wanted = (-1, self._followed_extra, None, None)
+        """(holding version, followed buckets, the buckets wanted, their topic keys), reused while
+        the holding version and the followed buckets are the same."""
         self.by_address: dict[str, PeerLink] = {}
         self.address_of: dict[str, str] = {}
         """Node id -> the address of its link."""
@@ -170,7 +165,6 @@ class Links:
         if holding.version != self._subscribed_view or followed != self._followed_extra:
             self._subscribed_view = holding.version
             self._followed_extra = followed
-            self._follow_version += 1
             self.sync_subscriptions()
         return [doc_id for bucket in newly for doc_id in self._followed[bucket][0]]
 
@@ -183,13 +177,13 @@ class Links:
         holder sets, and the buckets themselves for publishers still on wire version 1 (`outbound`)."""
         holding = self._holding
         held = holding.buckets_held()
-        version, follow_version, wanted, keys = self._wanted
-        if version != holding.version or follow_version != self._follow_version:
+        version, followed, wanted, keys = self._wanted
+        if version != holding.version or followed is not self._followed_extra:
             wanted = keys = None
             if held is not None:
                 wanted = held | self._followed_extra
                 keys = wanted | {holding.holder_set_key(bucket) for bucket in wanted}
-            self._wanted = (holding.version, self._follow_version, wanted, keys)
+            self._wanted = (holding.version, self._followed_extra, wanted, keys)
         return wanted, keys
 
     def sync_subscription(self, link: PeerLink) -> None:
