@@ -394,8 +394,14 @@ def test_two_datacenters_relay_between_non_relays_and_fail_over_when_a_relay_is_
         assert any(p["subscribed"] == "wan" for p in west_relay.status()["peers"])
         assert not any(p["subscribed"] == "wan" for p in west_other.status()["peers"])
 
-        west_other.put("dc/doc", "from-west", 1)
-        wait_value(east_other, "dc/doc", "from-west", 1, nodes)
+        # Hellos start an anti-entropy round at once, so under load a first write can reach the east
+        # that way before the relay's WAN subscription is connected: write again (a few times at
+        # most) until one goes through the relay.
+        for attempt in range(1, 6):
+            west_other.put("dc/doc", "from-west", attempt)
+            wait_value(east_other, "dc/doc", "from-west", attempt, nodes)
+            if east_relay.status()["counters"].get("deltas_relayed_out", 0) >= 1:
+                break
         east_other.put("dc/doc", "from-east", 2)
         wait_value(west_other, "dc/doc", "from-east", 2, nodes)
         assert east_relay.status()["counters"].get("deltas_relayed_out", 0) >= 1
