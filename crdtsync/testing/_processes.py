@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -25,6 +26,11 @@ class ClusterError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- ports
+
+PORTS_HANDED_OUT_MAX = 2048
+"""How many recently handed-out ports `free_ports` will not hand out again (a bounded memory)."""
+_ports_handed_out: collections.OrderedDict[int, None] = collections.OrderedDict()
+_ports_lock = threading.Lock()
 
 
 def port_free(port: int) -> bool:
@@ -65,7 +71,10 @@ def free_ports(count: int) -> list[int]:
 
     A killed daemon's ports stay free until its restart: ports the kernel hands out itself (outgoing
     connections, each daemon's PUB socket on port 0) come from the ephemeral range, so a port below
-    it cannot be taken meanwhile. The probes stay bound until all are chosen, so the ports differ.
+    it cannot be taken meanwhile. The probes stay bound until all are chosen, so the ports differ,
+    and a port handed out before (by this process, among the last `PORTS_HANDED_OUT_MAX`) is not
+    handed out again: two calls (a daemon's replication and HTTP ports) cannot return the same free
+    port, and a killed daemon's ports stay its own until it restarts.
     """
     ephemeral_low = _ephemeral_low()
     candidates = list(range(max(1024, ephemeral_low - 10_000), ephemeral_low))[_worker_slice()]
@@ -76,6 +85,8 @@ def free_ports(count: int) -> list[int]:
         for candidate in candidates:
             if len(ports) == count:
                 break
+            if candidate in _ports_handed_out:
+                continue
             probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 probe.bind(("127.0.0.1", candidate))
@@ -89,6 +100,11 @@ def free_ports(count: int) -> list[int]:
             probe.close()
     if len(ports) < count:
         raise ClusterError(f"found only {len(ports)} free ports on 127.0.0.1 below {ephemeral_low}")
+    with _ports_lock:
+        for port in ports:
+            _ports_handed_out[port] = None
+        while len(_ports_handed_out) > PORTS_HANDED_OUT_MAX:
+            _ports_handed_out.popitem(last=False)
     return ports
 
 

@@ -27,6 +27,13 @@ def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
     assert all(1024 <= port < low for port in ports)
 
 
+def test_separate_calls_never_hand_out_the_same_port_again() -> None:
+    """A daemon's replication and HTTP ports come from two calls; a port free at both probes (the
+    first was not bound yet) must still not be handed out twice (a CI run failed on that)."""
+    ports = [free_ports(1)[0] for _ in range(500)]
+    assert len(set(ports)) == len(ports)
+
+
 def test_a_plan_gives_ports_dirs_datacenters_and_peers(tmp_path: Path) -> None:
     names = ["a", "b", "c", "d"]
     daemons = plan_daemons(LocalDaemon, str(tmp_path), names, dcs={"c": "dc2", "d": "dc2"}, seeds=["a", "c"])
