@@ -14,7 +14,7 @@ from crdtsync.core.placement import (
     PlacementRule,
 )
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
-from crdtsync.holders import WriteAcks, WriteAcksTimeoutError
+from crdtsync.holders import HintsFullError, WriteAcks, WriteAcksTimeoutError
 from crdtsync.node import Node, NodeConfig, NodeStatus
 from crdtsync.store import DocRecord, MemoryStore, Store, StoreDescription, StoreError, StoreStats
 from crdtsync.transport.curve import CurveConfig, CurveKeyError
@@ -28,6 +28,7 @@ __all__ = [
     "DocPlacement",
     "DocRecord",
     "DocState",
+    "HintsFullError",
     "MemberStatus",
     "MembershipConfig",
     "MemoryStore",

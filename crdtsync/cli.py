@@ -421,7 +421,10 @@ def placement(server: Server, as_json: bool, doc: str | None) -> None:
         _table(rows)
         imbalance = ", ".join(f"{dc} {value:.3f}" for dc, value in body["imbalance"].items())
         click.echo(f"imbalance (max/mean per node): {imbalance}")
-        click.echo(f"handoffs on this node: {body['hinted_docs']} docs waiting to be handed to a holder")
+        click.echo(
+            f"hints on this node: {body['hinted_docs']} docs waiting to be handed to a holder, "
+            f"{body['hinted_bytes']} bytes of writes no holder confirmed yet, {body['hints_overdue']} overdue"
+        )
     if not body["enforced"]:
         click.echo('note: rf "all": every node holds every doc')
 

@@ -62,6 +62,19 @@ class WriteAcksTimeoutError(TimeoutError):
         )
 
 
+class HintsFullError(RuntimeError):
+    """A write to a doc this node does not hold was refused before it was applied: the writes it
+    took for docs it does not hold and no holder has confirmed yet reached `hint_bytes_max` (the
+    holders are unreachable, or slow to take them). Write on a holder, or retry once hints drain."""
+
+    def __init__(self, doc_id: str, hint_bytes_max: int) -> None:
+        self.doc_id = doc_id
+        super().__init__(
+            f"doc {doc_id!r} is not held by this node and its unconfirmed hints reached "
+            f"hint_bytes_max ({hint_bytes_max} bytes): write on a replica, or retry once a holder takes them"
+        )
+
+
 def _now_ms() -> float:
     return time.monotonic() * 1000.0
 

@@ -34,7 +34,7 @@ from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPol
 from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.core.status import DcStatus, MemberStatus, PeerStatus
 from crdtsync.core.wire import DC_BYTES_MAX, NODE_ID_BYTES_MAX, ZONE_BYTES_MAX
-from crdtsync.holders import HolderWaits, WriteAcks, WriteAcksWanted
+from crdtsync.holders import HintsFullError, HolderWaits, WriteAcks, WriteAcksWanted
 from crdtsync.store import MemoryStore, Store
 from crdtsync.store.base import Durability, StoreCommitError, StoreDescription, StoreError, check_durability
 from crdtsync.store.sqlite import SqliteStore, read_backup
@@ -161,6 +161,10 @@ class NodeStatus:
     hinted_docs: int = 0
     """Docs this node has but does not hold (placement), waiting to be handed to a holder (writes
     made here, partitions that moved away): 0 once handoffs have settled."""
+    hinted_bytes: int = 0
+    """Bytes of local writes to hinted docs no holder has confirmed yet (bounded by `hint_bytes_max`)."""
+    hints_overdue: int = 0
+    """Hinted docs no holder confirmed within `hint_window_ms` (kept: they may be the only copy)."""
 
 
 def _now_ms() -> float:
@@ -377,10 +381,13 @@ class Node:
     async def open(self, doc_id: str, *, read: bool = True) -> Doc[Any]:
         """The pycrdt Doc `doc_id`, kept in sync with the peers; created empty when new. The doc stays
         loaded until `release(doc_id)` (once per `open`): only then may the node evict it. Counted as
-        a read of the doc (adaptive replication) unless `read` is False (opened only to write)."""
+        a read of the doc (adaptive replication) unless `read` is False (opened only to write): then
+        `HintsFullError` refuses it when this node does not hold the doc and its hints are full."""
         replica = self._replica
         if read:
             replica.load.read(doc_id, _now_ms())
+        elif replica.refuse_write(doc_id, _now_ms()):
+            raise HintsFullError(doc_id, self.config.replication.hint_bytes_max)
         if replica.needs_load(doc_id):
             # Read off the event loop. Nothing evicts it between the answer and the pin below (no
             # await between them); a load the core asked for meanwhile finds it loaded, harmlessly.
@@ -570,6 +577,8 @@ class Node:
             dc=snapshot.dc,
             relay=snapshot.relay,
             hinted_docs=snapshot.hinted_docs,
+            hinted_bytes=snapshot.hinted_bytes,
+            hints_overdue=snapshot.hints_overdue,
             members=snapshot.members,
             datacenters=snapshot.datacenters,
             store=self._store_description.name if self._store_description is not None else "memory",

@@ -127,6 +127,12 @@ class ReplicaConfig:
     handoff_in_flight_per_target_max: int = 256
     """Offers to one node that may wait for its answer; more wait for a later pass (a newcomer that
     every node hands docs to is not flooded)."""
+    hint_bytes_max: int = 1024 * 1024 * 1024
+    """Bytes of local writes to docs this node does not hold that no holder has confirmed yet: past
+    it, writes opened for such docs are refused (`HintsFullError`, HTTP 507 `hints_full`)."""
+    hint_window_ms: float = 3 * 3600 * 1000.0
+    """A hint no holder confirmed within this long is counted overdue (`hints_overdue`); it is kept,
+    since the node that took the write may hold its only copy."""
     wire_version_max: int = 2
     """The highest wire version this node speaks (1..2; see docs/daemon.md, rolling upgrades).
     1 pins it to what releases before negotiation speak, for a cluster that still has such nodes."""

@@ -123,6 +123,12 @@ class Counters:
     """Hellos from nodes that speak no wire version this node speaks (never linked)."""
     handoff_docs_dropped: int = 0
     """Docs handed to a holder (confirmed twice, `handoff_grace_ms` apart) and dropped here."""
+    hints_overdue: int = 0
+    """Hints (docs this node took writes for and does not hold) no holder confirmed within
+    `hint_window_ms`; they are kept."""
+    writes_refused_hints_full: int = 0
+    """Writes to docs this node does not hold refused before they were applied: its unconfirmed
+    hints reached `hint_bytes_max`."""
     follows_started: int = 0
     follows_stopped: int = 0
     """Docs this node started and stopped following as a read follower (adaptive replication)."""

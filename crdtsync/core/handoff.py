@@ -18,6 +18,12 @@ store) only after a second covered answer, to an offer sent `handoff_grace_ms` a
 no local write in between: by then the holder has committed what it acknowledged, so a kill -9 of
 either side loses nothing (a restarted offerer finds the doc in its store and offers it again).
 A pinned doc (an application holds it open: a follower) is never dropped while pinned.
+
+Hints are bounded where a bound cannot lose a write. The bytes of local writes to docs this node
+does not hold that no holder has confirmed yet are capped (`hint_bytes_max`): past it, writes opened
+for such docs are refused before they are applied (`hints_full`), never dropped after. A hint not
+handed over within `hint_window_ms` is counted overdue (`hints_overdue`) and kept: the node that took
+a write may hold its only copy, so only a holder's confirmation ends a hint.
 """
 
 from __future__ import annotations
@@ -65,6 +71,11 @@ class Handing:
     """Nodes that answered they do not take the doc, skipped until every candidate has refused."""
     awaiting: str | None = None
     """The node an offer went to that has not answered yet (counted in `Handoff.in_flight`)."""
+    hinted_ms: float = 0.0
+    """When the doc became hinted here: past `hint_window_ms` it is overdue."""
+    written_bytes: int = 0
+    """Bytes of local writes to the doc since it was hinted (counted in `Handoff.hinted_bytes`)."""
+    overdue: bool = False
 
 
 class Handoff:
@@ -96,6 +107,10 @@ class Handoff:
         """(doc id, holder) -> the holder's last answer (status, state), None until it comes."""
         self.fetches: dict[str, str] = {}
         """Followed docs fetched from a holder and not answered yet: doc id -> the holder asked."""
+        self.hinted_bytes = 0
+        """Bytes of local writes to hinted docs that no holder confirmed yet (`hint_bytes_max`)."""
+        self.overdue = 0
+        """Hinted docs not handed over within `hint_window_ms`."""
 
     # ------------------------------------------------------------------ followers
 
@@ -165,7 +180,27 @@ class Handoff:
     def consider(self, doc_id: str) -> None:
         """A doc appeared here (a local write, a restore): hint it if this node does not hold it."""
         if self._holding.enforced and not self._holding.holds_doc(doc_id):
-            self.pending.setdefault(doc_id, Handing())
+            self._hint(doc_id)
+
+    def _hint(self, doc_id: str) -> None:
+        if doc_id not in self.pending:
+            self.pending[doc_id] = Handing(hinted_ms=self._ctx.now_ms)
+
+    def wrote(self, doc_id: str, update_bytes: int) -> None:
+        """A local write of `update_bytes` to `doc_id`: counted against `hint_bytes_max` if hinted."""
+        handing = self.pending.get(doc_id)
+        if handing is not None:
+            handing.written_bytes += update_bytes
+            self.hinted_bytes += update_bytes
+
+    def hints_full(self, doc_id: str) -> bool:
+        """Whether a write to `doc_id` must be refused: this node does not hold it and the hints it
+        keeps reached `hint_bytes_max` (a write to a doc it holds is never refused here)."""
+        holding = self._holding
+        if self.hinted_bytes < self._ctx.config.hint_bytes_max or not holding.enforced:
+            return False
+        holding.refresh()
+        return not holding.holds_doc(doc_id)
 
     def _rescan(self) -> None:
         """After a change of the member view: hint what this node no longer holds, unhint the rest."""
@@ -178,7 +213,7 @@ class Handoff:
             if holding.holds_doc(doc_id):
                 self._forget(doc_id)
             else:
-                self.pending.setdefault(doc_id, Handing())
+                self._hint(doc_id)
 
     def next_deadline_ms(self) -> float:
         return self._next_pass_ms if self.pending else float("inf")
@@ -212,6 +247,7 @@ class Handoff:
                 if not entry.pins and self._docs.drop(entry):
                     self._forget(doc_id)
                 continue
+            self._check_window(handing)
             target = self._target(doc_id, frozenset(handing.refused))
             if target is None:
                 handing.refused.clear()  # everyone refused: views may agree by the next pass
@@ -243,6 +279,16 @@ class Handoff:
         for address, entries in offers.items():
             self._send_offers(address, entries)
 
+    def _check_window(self, handing: Handing) -> None:
+        """Count a hint no holder confirmed within `hint_window_ms` as overdue (once)."""
+        ctx = self._ctx
+        if handing.overdue or handing.confirmed_ms is not None:
+            return
+        if ctx.now_ms - handing.hinted_ms >= ctx.config.hint_window_ms:
+            handing.overdue = True
+            self.overdue += 1
+            ctx.counters.hints_overdue += 1
+
     def _answered(self, handing: Handing) -> None:
         """The offer `handing` awaited an answer to is answered, or will not be."""
         node_id = handing.awaiting
@@ -258,6 +304,8 @@ class Handoff:
         handing = self.pending.pop(doc_id, None)
         if handing is not None:
             self._answered(handing)
+            self.hinted_bytes -= handing.written_bytes
+            self.overdue -= handing.overdue
 
     def _target(self, doc_id: str, refused: frozenset[str] = frozenset()) -> tuple[str, str] | None:
         """The nearest alive holder that has not `refused` the doc: (node id, address)."""
@@ -346,6 +394,10 @@ class Handoff:
         if self._holding.draining and unchanged:
             self._give_up(entry, handing)
         elif handing.confirmed_ms is None or handing.offered_writes != handing.confirmed_writes:
+            # A holder has what was written so far: no longer a hint at risk (cap and window).
+            self.hinted_bytes -= handing.written_bytes
+            self.overdue -= handing.overdue
+            handing.written_bytes, handing.overdue = 0, False
             handing.confirmed_ms = ctx.now_ms
             handing.confirmed_writes = handing.offered_writes
             handing.next_offer_ms = ctx.now_ms + grace_ms

@@ -200,6 +200,7 @@ class Replica:
             for doc_id, before, after, update in captured:
                 self._outbound.capture(doc_id, before, after, update)
                 self.load.wrote(doc_id, now_ms)
+                self._handoff.wrote(doc_id, len(update))
 
     def stop_notifying(self) -> None:
         """No more `on_capture` calls (the driver is closing)."""
@@ -521,6 +522,14 @@ class Replica:
         spans datacenters), as its member table says now."""
         return self._holding.holds_doc(doc_id)
 
+    def refuse_write(self, doc_id: str, now_ms: float) -> bool:
+        """Whether a write to `doc_id` must be refused before it is applied: this node does not hold
+        it and its unconfirmed hints reached `hint_bytes_max` (counted)."""
+        self._step(now_ms)
+        refused = self._handoff.hints_full(doc_id)
+        self._ctx.counters.writes_refused_hints_full += refused
+        return refused
+
     def fetch_doc(self, doc_id: str, now_ms: float) -> bool:
         """Ask the nearest alive holder for what this node lacks of `doc_id`, a doc it has open but
         does not hold (a follower); `fetch_pending` tells when the answer came. False when no holder
@@ -597,4 +606,6 @@ class Replica:
             datacenters=tuple(dc_statuses(ctx, self.membership, members, peers)),
             counters=ctx.counters.copy(),
             hinted_docs=len(self._handoff.pending),
+            hinted_bytes=self._handoff.hinted_bytes,
+            hints_overdue=self._handoff.overdue,
         )

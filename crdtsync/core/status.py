@@ -97,6 +97,10 @@ class ReplicaStatus:
     counters: Counters
     hinted_docs: int = 0
     """Docs this node has but does not hold (placement), waiting to be handed to a holder."""
+    hinted_bytes: int = 0
+    """Bytes of local writes to hinted docs no holder has confirmed yet (`hint_bytes_max`)."""
+    hints_overdue: int = 0
+    """Hinted docs no holder confirmed within `hint_window_ms` (kept)."""
 
 
 def peer_statuses(

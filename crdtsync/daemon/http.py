@@ -49,7 +49,7 @@ from crdtsync.daemon.store_http import WRITE_METHODS, StoreGuard
 from crdtsync.daemon.websocket import PATH_PREFIX as WS_PATH_PREFIX
 from crdtsync.daemon.websocket import WebSockets
 from crdtsync.daemon.websocket_protocol import same_origin
-from crdtsync.holders import WriteAcksTimeoutError, WriteAcksWanted
+from crdtsync.holders import HintsFullError, WriteAcksTimeoutError, WriteAcksWanted
 from crdtsync.node import Node
 from crdtsync.store import StoreCommitError
 
@@ -167,6 +167,9 @@ class Api:
             self.requests_rejected += 1
             error = {"code": exc.code, "message": exc.message, **exc.details}
             return json_response({"error": error}, status=exc.status)
+        except HintsFullError as exc:  # refused before it was applied: nothing to undo
+            self.requests_rejected += 1
+            return error_response(507, "hints_full", str(exc))
         except web.HTTPRequestEntityTooLarge as exc:
             self.requests_rejected += 1
             return error_response(
@@ -286,8 +289,7 @@ class Api:
         return await self.websockets.handle(request, doc_id, writable=writable)
 
     async def cluster_placement(self, request: web.Request) -> web.Response:
-        hinted = self.node.status().hinted_docs
-        return json_response(cluster_placement_json(self.node.cluster_placement(), hinted))
+        return json_response(cluster_placement_json(self.node.cluster_placement(), self.node.status()))
 
     async def placement(self, request: web.Request) -> web.Response:
         doc_id = check_doc_id(request.match_info["doc"])

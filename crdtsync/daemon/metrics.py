@@ -204,6 +204,18 @@ _COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...
         {},
     ),
     (
+        lambda c: c.hints_overdue,
+        "hints_overdue",
+        "Hints no holder confirmed within hint_window_ms (kept: they may be the only copy).",
+        {},
+    ),
+    (
+        lambda c: c.writes_refused_hints_full,
+        "writes_refused_hints_full",
+        "Writes to docs this node does not hold refused before they were applied: hint_bytes_max reached.",
+        {},
+    ),
+    (
         lambda c: c.follows_started,
         "follower_changes",
         "Docs this node started or stopped following as a read follower.",
@@ -436,6 +448,11 @@ def _gauges(status: NodeStatus, started_monotonic: float) -> Iterator[Metric]:
             "hinted_docs",
             "Docs this node has but does not hold (placement), waiting to be handed to a holder.",
             status.hinted_docs,
+        ),
+        (
+            "hinted_bytes",
+            "Bytes of local writes to hinted docs no holder has confirmed yet (hint_bytes_max).",
+            status.hinted_bytes,
         ),
         ("uptime_seconds", "Seconds since the daemon started.", time.monotonic() - started_monotonic),
     )

@@ -36,6 +36,8 @@ def status_json(
         "published_updates": status.published_updates,
         "pending_updates": status.pending_updates,
         "hinted_docs": status.hinted_docs,
+        "hinted_bytes": status.hinted_bytes,
+        "hints_overdue": status.hints_overdue,
         "store": status.store,
         "durability": status.durability,
         "merkle_root": merkle_root.hex(),
@@ -160,8 +162,8 @@ def placement_json(placement: DocPlacement) -> Json:
     }
 
 
-def cluster_placement_json(placement: ClusterPlacement, hinted_docs: int) -> Json:
-    """The answer of `GET /v1/placement` (`hinted_docs`: this node's docs waiting for a holder)."""
+def cluster_placement_json(placement: ClusterPlacement, status: NodeStatus) -> Json:
+    """The answer of `GET /v1/placement`, with this node's hints (docs waiting for a holder)."""
     return {
         "partitions": placement.partitions,
         "rf": _rf_json(placement.rf),
@@ -169,5 +171,7 @@ def cluster_placement_json(placement: ClusterPlacement, hinted_docs: int) -> Jso
         "partitions_per_node": dict(placement.partitions_per_node),
         "imbalance": dict(placement.imbalance_by_dc),
         "enforced": placement.enforced,
-        "hinted_docs": hinted_docs,
+        "hinted_docs": status.hinted_docs,
+        "hinted_bytes": status.hinted_bytes,
+        "hints_overdue": status.hints_overdue,
     }

@@ -28,6 +28,7 @@ def test_exports_are_pinned() -> None:
         "DocPlacement",
         "DocRecord",
         "DocState",
+        "HintsFullError",
         "MemberStatus",
         "MembershipConfig",
         "MemoryStore",
@@ -158,6 +159,8 @@ def test_config_and_status_fields_are_pinned() -> None:
         "store",
         "durability",
         "hinted_docs",
+        "hinted_bytes",
+        "hints_overdue",
     ]
     assert [f.name for f in dataclasses.fields(PeerStatus)] == [
         "address",
