@@ -1,4 +1,5 @@
-"""Settings for the whole suite."""
+"""Hypothesis settings for the whole suite, loaded as a pytest plugin (`-p hypothesis_profile` in
+pyproject.toml: a second conftest.py would clash with tests/integration/conftest.py under mypy)."""
 
 from hypothesis import settings
 
