@@ -2,8 +2,9 @@
 requests for gaps, the relay's republishing of another datacenter's deltas, and the hand-over of
 every fresh delta to the causal buffer.
 
-A publisher whose deltas go out on their buckets' topics (see `outbound`) sends a `SEQ_INDEX` before
-each batch: the sequence numbers of buckets this node does not subscribe to count as received.
+A publisher whose deltas go out on their holder sets' or buckets' topics (see `outbound`) tells the
+bucket of the numbers that went out on other topics, in each frame (`Deltas.skipped`) and in
+`SEQ_INDEX` messages: those of buckets this node does not subscribe to count as received.
 
 A gap is asked for from the publisher's ring (`RETRANSMIT_REQUEST`, retried every
 `retransmit_timeout_ms`); when the ring no longer has it (`RETRANSMIT_GONE`) or too many sequence
@@ -114,24 +115,31 @@ class Inbound:
     def on_seq_index(self, message: wire.SeqIndex) -> None:
         """Count the sequence numbers of buckets this node does not subscribe to as received. Nothing
         is asked for here: the deltas of the other buckets follow the index on the same subscription."""
-        link = self._links.of_node(message.node_id)
+        self._skip(message.node_id, message.epoch, message.first_seq, message.buckets)
+
+    def _skip(self, publisher: str, epoch: int, first_seq: int, buckets: tuple[int, ...]) -> None:
+        """Numbers from `first_seq` went out on the topics of `buckets`: those this node does not
+        subscribe to count as received (the others came, or come, on its subscription)."""
+        link = self._links.of_node(publisher)
         subscribed = None if link is None else link.subscribed_buckets
         if subscribed is None:
             return  # every bucket comes: the deltas themselves are the record
-        track = self._track_of(message.node_id, message.epoch, message.first_seq)
-        if message.epoch != track.epoch:
+        track = self._track_of(publisher, epoch, first_seq)
+        if epoch != track.epoch:
             return
         held = self._holding.buckets_held()
-        for index, bucket in enumerate(message.buckets):
-            if bucket not in subscribed and self._receive(track, message.first_seq + index):
+        for index, bucket in enumerate(buckets):
+            if bucket not in subscribed and self._receive(track, first_seq + index):
                 self._ctx.counters.seqs_not_subscribed += 1
-                track.skipped_through = message.first_seq + index
+                track.skipped_through = first_seq + index
                 if held is None or bucket in held:  # held, not subscribed yet: not to acknowledge
-                    track.held_from = max(track.held_from, message.first_seq + index + 1)
+                    track.held_from = max(track.held_from, first_seq + index + 1)
 
     def on_deltas(self, message: wire.Deltas) -> None:
         publisher = message.node_id
         states = decode_states(message.deltas)  # a bad batch is rejected before it is tracked
+        if message.skipped:  # before the deltas: a gap they leave is then a loss
+            self._skip(publisher, message.epoch, message.first_seq - len(message.skipped), message.skipped)
         track = self._track_of(publisher, message.epoch, message.first_seq)
         fresh: list[tuple[wire.Delta, StateVector, StateVector]]
         if message.epoch < track.epoch:

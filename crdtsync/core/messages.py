@@ -73,6 +73,10 @@ class Deltas:
     epoch: int
     first_seq: int
     deltas: tuple[Delta, ...]
+    skipped: tuple[int, ...] = ()
+    """Wire version 2, on a holder set's topic (`outbound`): the bucket of each sequence number from
+    `first_seq - len(skipped)` to `first_seq - 1`, deltas that went out on other topics since this
+    topic's previous frame; a subscriber counts those of buckets it does not take as received."""
 
 
 @dataclass(frozen=True, slots=True)

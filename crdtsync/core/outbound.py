@@ -6,15 +6,18 @@ oldest delta has lingered; a flush also pushes back the next heartbeat, which on
 last sequence number to idle subscribers.
 
 Under placement that not every node holds everything (`Holding.partitioned`), a batch leaves whole
-for the subscribers that take every bucket (relays), and for the others as a `SEQ_INDEX` (the bucket
-of each sequence number) followed by its deltas in one frame per holder set: the nodes of this
-datacenter that hold a bucket and not every doc (`Holding.holder_set_key`). Sequence numbers are
-given at the flush, in the order of the holder sets (a stable sort, so one doc's deltas keep their
-order), which makes each set's deltas consecutive: a plain `DELTAS` frame on the set's topic. A
-subscriber receives the sets it is in, and the index tells it which sequence numbers were not meant
-for it, so its sequence tracking stays whole. The index goes first: deltas arrive in publishing
-order on a subscription, so a gap behind a delta is a loss. While some link speaks wire version 1,
-whose nodes subscribe to buckets, the runs go out by bucket instead (each node subscribes to both).
+for the subscribers that take every bucket (relays), and for the others in one frame per holder set:
+the nodes of this datacenter that hold a bucket and not every doc (`Holding.holder_set_key`).
+Sequence numbers are given at the flush, in the order of the holder sets (a stable sort, so one
+doc's deltas keep their order), which makes each set's deltas consecutive: a `DELTAS` frame on the
+set's topic. A subscriber receives the sets it is in and must learn which other numbers were not
+meant for it, so that its sequence tracking stays whole: each frame lists the bucket of every number
+since its topic's previous frame (`Deltas.skipped`), so a frame's subscribers know every number
+before it. Numbers no frame listed yet go in a `SEQ_INDEX` to every subscriber before a heartbeat
+(which announces them) and whenever more than `SKIPPED_SEQS_MAX` wait: a node none of the frames was
+for still accounts for every number. Deltas arrive in publishing order on a subscription, so a gap
+behind a delta is a loss. While some link speaks wire version 1, whose nodes subscribe to buckets,
+the runs go out by bucket after a `SEQ_INDEX` of the batch instead (each node subscribes to both).
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ class Outbound:
         self._outbox_bytes = 0
         self._outbox_since_ms: float | None = None
         self.next_heartbeat_ms = 0.0
+        self._unindexed: list[int] = []
+        """The bucket of each number after `_indexed_through` (at most `SKIPPED_SEQS_MAX` between
+        flushes): what no `SEQ_INDEX` has told every subscriber yet."""
+        self._indexed_through = 0
+        self._topic_listed_through: dict[int, int] = {}
+        """Topic key -> the last number its subscribers know of by its frames (`Deltas.skipped`);
+        only numbers after `_indexed_through` count (cleared at each `SEQ_INDEX`)."""
 
     def capture(self, doc_id: str, before: bytes, after: bytes, update: bytes) -> None:
         """A local transaction: queue it for the next batch (it is numbered when that leaves)."""
@@ -104,7 +114,21 @@ class Outbound:
         ctx = self._ctx
         if ctx.now_ms >= self.next_heartbeat_ms:
             self.next_heartbeat_ms = ctx.now_ms + ctx.config.heartbeat_interval_ms
+            self._index_unindexed()  # the heartbeat announces them: subscribers must know which
             self._links.publish(wire.Heartbeat(ctx.node_id, ctx.epoch, self.last_seq))
+
+    def _index_unindexed(self) -> None:
+        """Tell every partial subscriber the bucket of each number no `SEQ_INDEX` covered yet."""
+        ctx = self._ctx
+        first = self._indexed_through + 1
+        for start in range(0, len(self._unindexed), wire.DELTAS_PER_BATCH_MAX):
+            buckets = tuple(self._unindexed[start : start + wire.DELTAS_PER_BATCH_MAX])
+            self._links.publish(
+                wire.SeqIndex(ctx.node_id, ctx.epoch, first + start, buckets), audience="partial"
+            )
+        self._indexed_through += len(self._unindexed)
+        self._unindexed.clear()
+        self._topic_listed_through.clear()
 
     def _batches(self, first_seq: int, deltas: Iterable[wire.Delta]) -> Iterator[wire.Deltas]:
         """`DELTAS` messages of consecutive sequence numbers, within the batch limits."""
@@ -127,8 +151,10 @@ class Outbound:
     def _flush(self) -> None:
         deltas = self._outbox
         if not self._holding.partitioned:
+            self._index_unindexed()
             for batch in self._batches(self._number(deltas), deltas):
                 self._links.publish(batch)
+            self._indexed_through = self.last_seq  # every subscriber takes every frame
         else:
             holding = self._holding
             buckets = [holding.bucket_of(delta.doc_id) for delta in deltas]
@@ -148,17 +174,30 @@ class Outbound:
         self.next_heartbeat_ms = self._ctx.now_ms + self._ctx.config.heartbeat_interval_ms
 
     def _publish_partitioned(self, batch: wire.Deltas, buckets: list[int], keys: list[int]) -> None:
-        """The batch whole, its index, then its runs of one topic key (holder set or bucket)."""
+        """The batch whole, then its runs of one topic key (holder set or bucket), each listing the
+        numbers its topic's subscribers have not heard of (or, past the bound and while version-1
+        links want runs by bucket, after a `SEQ_INDEX` of them all)."""
         ctx = self._ctx
         deltas = batch.deltas
         self._links.publish(batch, audience="whole")
-        index = wire.SeqIndex(ctx.node_id, ctx.epoch, batch.first_seq, tuple(buckets))
-        self._links.publish(index, audience="partial")
+        first_unindexed = self._indexed_through + 1
+        self._unindexed.extend(buckets)
+        listing = self._links.publish_version() >= 2 and len(self._unindexed) <= wire.SKIPPED_SEQS_MAX
+        if not listing:
+            self._index_unindexed()
         start = 0
         for end in range(1, len(deltas) + 1):
             if end == len(deltas) or keys[end] != keys[start]:
-                run = wire.Deltas(ctx.node_id, ctx.epoch, batch.first_seq + start, deltas[start:end])
-                self._links.publish(run, topic_key=keys[start], audience="partial")
+                key, run_first = keys[start], batch.first_seq + start
+                skipped: tuple[int, ...] = ()
+                if listing:
+                    listed = max(self._topic_listed_through.get(key, 0), first_unindexed - 1)
+                    skipped = tuple(
+                        self._unindexed[listed + 1 - first_unindexed : run_first - first_unindexed]
+                    )
+                    self._topic_listed_through[key] = batch.first_seq + end - 1
+                run = wire.Deltas(ctx.node_id, ctx.epoch, run_first, deltas[start:end], skipped)
+                self._links.publish(run, topic_key=key, audience="partial")
                 start = end
 
     def on_retransmit_request(self, message: wire.RetransmitRequest) -> None:

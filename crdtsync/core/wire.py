@@ -61,7 +61,13 @@ from crdtsync.core.messages import (
     TreeSegments,
     TreeSegmentsRequest,
 )
-from crdtsync.core.wire_fields import DELTAS_PER_BATCH_MAX, DOC_ID_BYTES_MAX, TREE_HASH_BYTES, after_patch
+from crdtsync.core.wire_fields import (
+    DELTAS_PER_BATCH_MAX,
+    DOC_ID_BYTES_MAX,
+    SKIPPED_SEQS_MAX,
+    TREE_HASH_BYTES,
+    after_patch,
+)
 from crdtsync.core.wire_fields import Fields as _Fields
 
 __all__ = [
@@ -79,6 +85,7 @@ __all__ = [
     "MAGIC",
     "MEMBERS_PER_MESSAGE_MAX",
     "NODE_ID_BYTES_MAX",
+    "SKIPPED_SEQS_MAX",
     "SYNC_DOCS_PER_MESSAGE_MAX",
     "TREE_BRANCHES",
     "TREE_HASH_BYTES",
@@ -175,7 +182,7 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.HELLO, [n, e, a, p, s, dc, zone, _milli(weight), partitions, version]
         case HelloAck(n, e, a, p, s, dc, zone, weight, partitions, version):
             return MessageKind.HELLO_ACK, [n, e, a, p, s, dc, zone, _milli(weight), partitions, version]
-        case Deltas(n, e, first, deltas):
+        case Deltas(n, e, first, deltas, _skipped):
             flat: list[Any] = [n, e, first]
             for d in deltas:
                 flat.extend((d.doc_id, d.before_state, d.after_state, d.update))
@@ -276,6 +283,10 @@ def encode_counted(message: Message, version: int = WIRE_VERSION) -> tuple[bytes
         del fields[0]
         if isinstance(message, Hello | HelloAck):
             fields += [message.wire_version_min, message.wire_version_max]
+        elif isinstance(message, Deltas) and message.skipped:
+            fields.insert(0, list(message.skipped))  # an array: no delta starts with one
+    elif isinstance(message, Deltas) and message.skipped:
+        raise ValueError("a DELTAS frame lists skipped sequence numbers from wire version 2 only")
     body: bytes = msgpack.packb(fields, use_bin_type=True)
     raw_body_bytes = len(body)
     flags = 0
@@ -400,7 +411,12 @@ def _weight(f: _Fields) -> float:
 
 def _read_deltas(f: _Fields, node_id: str) -> Message:
     epoch, first_seq = f.uint("epoch"), f.uint("first_seq")
-    return Deltas(node_id, epoch, first_seq, f.deltas())
+    skipped: tuple[int, ...] = ()
+    if f.version >= 2 and f.next_is_array():
+        skipped = f.uint_array("skipped", SKIPPED_SEQS_MAX)
+        if len(skipped) >= first_seq:
+            raise WireError("bad_body", f"DELTAS skips {len(skipped)} numbers before {first_seq}")
+    return Deltas(node_id, epoch, first_seq, f.deltas(), skipped)
 
 
 def _read_relayed(f: _Fields, node_id: str) -> Message:

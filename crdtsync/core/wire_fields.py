@@ -13,6 +13,9 @@ from crdtsync.core.state import StateDecodeError, read_varuint, write_varuint
 
 DOC_ID_BYTES_MAX = 512
 DELTAS_PER_BATCH_MAX = 4096
+SKIPPED_SEQS_MAX = 256
+"""Sequence numbers a DELTAS frame may list as skipped (`Deltas.skipped`); beyond, the publisher
+sends a `SEQ_INDEX` instead."""
 TREE_HASH_BYTES = 16
 
 
@@ -77,6 +80,22 @@ class Fields:
         if len(set(values)) != len(values):
             raise WireError("bad_body", f"{self.kind.name}.{name} repeats an index")
         return values
+
+    def next_is_array(self) -> bool:
+        return self.index < len(self.items) and isinstance(self.items[self.index], list)
+
+    def uint_array(self, name: str, count_max: int) -> tuple[int, ...]:
+        """A nested array of at most `count_max` unsigned 63-bit integers."""
+        value = self._next()
+        if not isinstance(value, list) or len(value) > count_max:
+            raise WireError(
+                "bad_body", f"{self.kind.name}.{name} is not an array of at most {count_max} integers"
+            )
+        if any(type(item) is not int or not 0 <= item < 1 << 63 for item in value):
+            raise WireError(
+                "bad_body", f"{self.kind.name}.{name} holds a value that is not an unsigned 63-bit integer"
+            )
+        return tuple(value)
 
     def index_list(self, name: str, bound: int) -> tuple[int, ...]:
         """A nested array of distinct indexes below `bound`."""

@@ -1025,6 +1025,81 @@ def test_a_partitioned_batch_leaves_as_one_frame_per_holder_set_on_a_topic_its_h
             assert (part.topic_key in taken) == (r.node_id in holders), (r.node_id, holders)
 
 
+def _spy_effects(replica: Replica) -> list[Any]:
+    """Every effect `replica` hands to the driver from now on, in order."""
+    seen: list[Any] = []
+    take = replica.take_effects
+
+    def spy(now_ms: float, *, force: bool = False) -> Any:
+        taken = take(now_ms, force=force)
+        seen.extend(taken)
+        return taken
+
+    replica.take_effects = spy  # type: ignore[method-assign]
+    return seen
+
+
+def _published(effects: list[Any]) -> list[tuple[Publish, wire.Message]]:
+    return [(e, wire.decode(e.frame)) for e in effects if isinstance(e, Publish)]
+
+
+def test_holder_set_frames_list_the_numbers_they_skipped_and_an_index_goes_only_before_a_heartbeat() -> None:
+    """rf 2 of 4, one write per batch: no `SEQ_INDEX` goes with the batches; each holder set's frame
+    lists the bucket of every number since that set's previous frame, so its subscribers know every
+    number before it; before the next heartbeat one index covers every number for the nodes no frame
+    was for; every other node then accounts for every number without a retransmission."""
+    config = ReplicaConfig(linger_ms=0.0)
+    rf2 = PlacementPolicy((PlacementRule(2),))
+    mesh = Mesh()
+    a = mesh.add("a", config=config, placement=rf2)
+    others = [mesh.add(name, config=config, placement=rf2) for name in ("b", "c", "d")]
+    mesh.link_all()
+    mesh.advance(2_000.0)  # hellos, subscriptions and a heartbeat
+    effects = _spy_effects(a)
+    first = a.status(mesh.now_ms).published_updates + 1
+    for i in range(20):
+        a.open_doc(f"doc-{i}").get("m", type=Map)["k"] = i
+        mesh.advance(10.0)
+    published = _published(effects)
+    assert not [m for _e, m in published if isinstance(m, wire.SeqIndex)], "no index per batch"
+    listed_through: dict[int | None, int] = {}
+    for effect, message in published:
+        if isinstance(message, wire.Deltas) and effect.audience == "partial":
+            since = listed_through.get(effect.topic_key, first - 1)
+            assert message.first_seq - len(message.skipped) == since + 1, "every number since its last frame"
+            listed_through[effect.topic_key] = message.first_seq + len(message.deltas) - 1
+    assert any(m.skipped for _e, m in published if isinstance(m, wire.Deltas))
+    effects.clear()
+    mesh.advance(2_000.0)  # idle past the heartbeat interval
+    kinds = [type(m) for _e, m in _published(effects)]
+    assert kinds[:2] == [wire.SeqIndex, wire.Heartbeat], kinds
+    (index,) = [m for _e, m in _published(effects) if isinstance(m, wire.SeqIndex)]
+    assert (index.first_seq, len(index.buckets)) == (first, 20)
+    for other in others:
+        (peer,) = [p for p in other.status(mesh.now_ms).peers if p.node_id == "a"]
+        assert peer.behind_updates == 0 and _count(other, "retransmit_requests") == 0
+
+
+def test_past_skipped_seqs_max_numbers_go_in_an_index_before_the_frames() -> None:
+    config = ReplicaConfig(linger_ms=1_000.0, batch_deltas_max=wire.SKIPPED_SEQS_MAX + 44)
+    rf2 = PlacementPolicy((PlacementRule(2),))
+    mesh = Mesh()
+    a = mesh.add("a", config=config, placement=rf2)
+    for name in ("b", "c", "d"):
+        mesh.add(name, config=config, placement=rf2)
+    mesh.link_all()
+    mesh.advance(2_000.0)
+    effects = _spy_effects(a)
+    for i in range(wire.SKIPPED_SEQS_MAX + 44):
+        a.open_doc(f"doc-{i}").get("m", type=Map)["k"] = i
+    mesh.advance(1_500.0)
+    published = [(e, m) for e, m in _published(effects) if not isinstance(m, wire.Heartbeat)]
+    assert isinstance(published[1][1], wire.SeqIndex), "whole batch, then its index"
+    assert len(published[1][1].buckets) == wire.SKIPPED_SEQS_MAX + 44
+    parts = [m for e, m in published[2:] if isinstance(m, wire.Deltas)]
+    assert parts and not any(m.skipped for m in parts), "the index told every number already"
+
+
 def test_a_doc_held_open_on_a_non_holder_is_subscribed_after_follow_subscribe_after_ms_and_fetched_again() -> (
     None
 ):

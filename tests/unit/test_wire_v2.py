@@ -330,3 +330,38 @@ def test_wire_version_max_outside_the_spoken_versions_is_refused() -> None:
         with pytest.raises(ValueError, match="wire_version_max must be 1 or 2"):
             ReplicaConfig(wire_version_max=bad)
     assert envelope.WIRE_VERSION == 2, "ReplicaConfig's bound follows the highest version"
+
+
+# ---------------------------------------------------------------------------------------------- skipped numbers
+
+
+def test_a_deltas_frame_lists_the_buckets_it_skipped_in_version_2_only() -> None:
+    listing = wire.Deltas(NODE, 3, 9, (_delta("doc-1", b"\x01"),), skipped=(7, 4095, 1 << 40))
+    assert wire.decode(wire.encode(listing)) == listing
+    plain = wire.Deltas(NODE, 3, 9, (_delta("doc-1", b"\x01"),))
+    assert wire.decode(wire.encode(plain)) == plain
+    assert len(wire.encode(listing)) - len(wire.encode(plain)) <= 1 + 1 + 3 + 9, "an array of 3 varints"
+    with pytest.raises(ValueError, match="version 2 only"):
+        wire.encode(listing, 1)
+
+
+_DELTA_FIELDS = ["doc-1", b"\x01\x0b\x00", b"\x00\x00", b"\x01"]
+"""One delta's version-2 body fields (the after state as an empty patch: equal to the before state)."""
+
+
+@pytest.mark.parametrize(
+    ("skipped", "seq", "detail"),
+    [
+        (["x"], b"\x09", "skipped holds a value that is not an unsigned 63-bit integer"),
+        ([-1], b"\x09", "skipped holds a value"),
+        ([1] * (wire.SKIPPED_SEQS_MAX + 1), b"\x7f", f"array of at most {wire.SKIPPED_SEQS_MAX}"),
+        ([1, 2, 3], b"\x03", "skips 3 numbers before 3"),
+    ],
+    ids=["not-an-integer", "negative", "too-many", "before-the-first-number"],
+)
+def test_a_malformed_skipped_list_is_a_wire_error(skipped: list[Any], seq: bytes, detail: str) -> None:
+    frame = _v2(MessageKind.DELTAS, [skipped, *_DELTA_FIELDS], seq=seq)
+    with pytest.raises(WireError) as caught:
+        wire.decode(frame)
+    assert caught.value.reason == "bad_body"
+    assert detail in caught.value.detail
