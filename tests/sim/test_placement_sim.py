@@ -102,13 +102,13 @@ def test_only_holders_keep_docs_and_non_replica_writes_are_handed_off() -> None:
 
 
 def test_deltas_reach_only_the_subscribers_of_their_holder_sets() -> None:
-    """rf 2 of 5: publishers send each delta on its holder set's topic with an index first, so a node
-    receives the deltas of the docs it holds, counts the others as received from the index (no
-    retransmission is asked for without loss), and receives fewer bytes than when every node holds
-    every doc, on the same workload. The deltas themselves fall with the holders (about 2/5 of them
-    reach a node); the bytes fall less: this workload's batches carry one write each, so every
-    write costs each other node a sequence index (about 26 bytes with the version-2 header), and a
-    write taken by a node that does not hold the doc a handoff probe and its answer."""
+    """rf 2 of 5: publishers send each delta on its holder set's topic, each frame listing the
+    numbers that went to other sets since its previous one, so a node receives the deltas of the
+    docs it holds, counts the others as received from those lists and the index before a heartbeat
+    (no retransmission is asked for without loss), and receives fewer bytes than when every node
+    holds every doc, on the same workload. The deltas themselves fall with the holders (about 2/5 of
+    them reach a node); the bytes fall less (0.68x measured): a write taken by a node that does not
+    hold the doc costs a handoff probe and its answer, and each number of another set about 3 bytes."""
     config = _config(11, faults=frozenset())
     partitioned = SimCluster(config)
     _check(partitioned.run())
@@ -129,7 +129,7 @@ def test_deltas_reach_only_the_subscribers_of_their_holder_sets() -> None:
         f" per node: {received} and {received_all}"
     )
     assert applied < 0.6 * applied_all
-    assert sum(received) < 0.85 * sum(received_all)
+    assert sum(received) < 0.75 * sum(received_all)
 
 
 def test_relays_republish_by_bucket_into_their_datacenter() -> None:
