@@ -106,6 +106,10 @@ SIM_HANDOFF_GRACE_MS = 2_000.0
 """With --rf, handed-off docs are dropped after 2 s, not 30: runs settle within `settle_ms_max`."""
 
 
+SIM_FOLLOWS = 6
+"""With --rf and no --follows: follow sessions per run (docs held open on nodes that do not hold them)."""
+
+
 def _add_placement_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rf",
@@ -113,14 +117,21 @@ def _add_placement_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="enforce placement: N replicas of every doc per datacenter (default: every node holds every doc)",
     )
+    parser.add_argument(
+        "--follows",
+        type=int,
+        metavar="N",
+        help=f"with --rf: follow sessions, a doc held open on a node that does not hold it (default {SIM_FOLLOWS})",
+    )
 
 
-def _placement_settings(rf: int | None) -> dict[str, Any]:
+def _placement_settings(rf: int | None, follows: int | None) -> dict[str, Any]:
     if rf is None:
         return {}
     return {
         "placement": PlacementPolicy((PlacementRule(rf),)),
         "replica": ReplicaConfig(handoff_grace_ms=SIM_HANDOFF_GRACE_MS),
+        "follows": SIM_FOLLOWS if follows is None else follows,
     }
 
 
@@ -134,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 1 <= args.datacenters <= args.nodes:
         print("error: --datacenters must be between 1 and --nodes", file=sys.stderr)
+        return 2
+    if args.follows is not None and (args.rf is None or args.follows < 0):
+        print("error: --follows needs --rf and must be >= 0", file=sys.stderr)
         return 2
     if args.rf is not None and args.rf < 1:
         print("error: --rf must be >= 1", file=sys.stderr)
@@ -156,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             datacenters=args.datacenters,
             wan_loss_rate=args.wan_loss_rate,
             seed_only=args.seed_only,
-            **_placement_settings(args.rf),
+            **_placement_settings(args.rf, args.follows),
         )
         result = run_simulation(config)
         if not result.ok:

@@ -36,6 +36,7 @@ from crdtsync.sim import invariants
 from crdtsync.sim.config import FAULTS as FAULTS
 from crdtsync.sim.config import SimConfig as SimConfig
 from crdtsync.sim.config import SimResult as SimResult
+from crdtsync.sim.follows import Follows
 from crdtsync.sim.node import SimNode
 from crdtsync.sim.trace import SimTracer, Step
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
@@ -59,6 +60,8 @@ EventKind = Literal[
     "check",
     "commit",
     "load",
+    "follow",
+    "unfollow",
 ]
 
 
@@ -107,6 +110,7 @@ class SimCluster:
         self.ever_crashed_incarnations: set[tuple[int, int]] = set()
         self.acknowledged: dict[int, float] = {}
         """Index into `writes` -> simulated time its durable-store commit completed (durable only)."""
+        self.follows = Follows(self, self._schedule)
         self._handlers: dict[EventKind, Callable[[Any], None]] = {
             "deliver": self._on_deliver,
             "tick": self._on_tick,
@@ -119,6 +123,8 @@ class SimCluster:
             "restart": self._on_restart,
             "leave": self._on_leave,
             "drained": self._on_drained,
+            "follow": self.follows.on_follow,
+            "unfollow": self.follows.on_unfollow,
         }
         """What each event does ("check" events are run's own)."""
 
@@ -367,6 +373,7 @@ class SimCluster:
         for op_index in range(config.ops):
             self._schedule(self.rng.uniform(0.0, config.write_window_ms), "op", op_index)
         self._plan_faults()
+        self.follows.plan()
         heal_at = config.write_window_ms
         self._schedule(heal_at, "check", "heal")
         converged_at, problems, rounds_at_heal = self._run_to_convergence(heal_at)
@@ -427,6 +434,8 @@ class SimCluster:
             partitions=self.partitions,
             events=self.events,
             final_state=final_state,
+            follow_sessions=self.follows.sessions,
+            follows_open_at_end=sum(len(self.follows.open_on(node.index)) for node in self.nodes),
         )
 
     # ------------------------------------------------------------------ events
@@ -604,16 +613,20 @@ class SimCluster:
             doc_id: self.workload.materialize(self.open_doc(index, doc_id)) for doc_id in replica.doc_ids()
         }
 
-    def open_doc(self, index: int, doc_id: str) -> Doc[Any]:
+    def pump_node(self, index: int) -> None:
+        """Run the effects node `index` has after an outside step (a follow session's open)."""
+        self._pump(self.nodes[index])
+
+    def open_doc(self, index: int, doc_id: str, *, pin: bool = False) -> Doc[Any]:
         """Node `index`'s doc as the application gets it (the node must be up): loaded first from the
-        durable store when evicted, as `Node.open` does."""
+        durable store when evicted, as `Node.open` does; `pin` keeps it open until released."""
         node = self.nodes[index]
         replica = node.replica
         if replica is None:
             raise RuntimeError(f"node {index} is down")
         if replica.needs_load(doc_id):
             replica.doc_loaded(doc_id, self._load_doc(node, doc_id), self.now_ms)
-        return replica.open_doc(doc_id)
+        return replica.open_doc(doc_id, pin=pin)
 
     def check(self) -> list[str]:
         """Invariants of DESIGN.md: convergence by canonical digest and by JSON; no lost write (see

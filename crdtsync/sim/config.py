@@ -62,6 +62,11 @@ class SimConfig:
     wire_v1_until_restart: frozenset[int] = frozenset()
     """Nodes whose first incarnation speaks wire version 1 only (`wire_version_max=1`, as releases
     before negotiation do): their first restart upgrades them, as a rolling upgrade does."""
+    follows: int = 0
+    """Follow sessions (under placement): at random times of the write window a random node opens a
+    doc it does not hold, as `Node.open` does (pinned, fetched, followed while open), for `follow_ms`;
+    one in three stays open to the end, where it must equal the doc on its holders."""
+    follow_ms: tuple[float, float] = (500.0, 4_000.0)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     placement: PlacementPolicy = field(default_factory=lambda: PlacementPolicy((PlacementRule("all"),)))
     """Which nodes hold which doc; the simulator's default ("all", not the cluster default of 3 per
@@ -96,6 +101,7 @@ class SimConfig:
             )
             + (" --seed-only" if self.seed_only else "")
             + (f" --rf {self.placement.default.rf}" if isinstance(self.placement.default.rf, int) else "")
+            + (f" --follows {self.follows}" if self.follows else "")
         )
 
 
@@ -123,6 +129,10 @@ class SimResult:
     partitions: int
     events: int
     final_state: dict[str, Any]
+    follow_sessions: int = 0
+    """Follow sessions opened (`SimConfig.follows`; some are skipped: no live node, nothing unheld)."""
+    follows_open_at_end: int = 0
+    """Of them, those still open at the final check (each compared with the doc's holders)."""
 
     def verdict(self) -> str:
         head = f"seed {self.config.seed}: {'OK' if self.ok else 'FAIL'}"
@@ -132,6 +142,11 @@ class SimResult:
             f"dropped={self.messages_dropped} duplicated={self.messages_duplicated} crashes={self.crashes} "
             f"partitions={self.partitions} writes_lost_to_crashes={self.writes_lost_to_crashes} "
             + (f"acked={self.writes_acknowledged} " if self.config.durable else "")
+            + (
+                f"follows={self.follow_sessions} open_at_end={self.follows_open_at_end} "
+                if self.config.follows
+                else ""
+            )
             + f"ae_rounds_after_heal_max={self.ae_rounds_after_heal_max}"
         )
         if self.ok:

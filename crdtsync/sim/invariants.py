@@ -44,11 +44,13 @@ def check(cluster: SimCluster) -> list[str]:
 
 
 def _check_placed(cluster: SimCluster) -> list[str]:
-    """With placement: every holder of a doc (as its own member table says) has it, all equal, and
-    no node keeps a doc it does not hold."""
+    """With placement: every holder of a doc (as its own member table says) has it, all equal, no
+    node keeps a doc it does not hold unless an application holds it open there (a follower), and a
+    follower's copy equals the holders'."""
     problems: list[str] = []
     present = [node for node in cluster.nodes if not node.departed and node.replica is not None]
     states = {node.index: cluster.materialized(node.index) for node in present}
+    followed = {node.index: cluster.follows.open_on(node.index) for node in present}
     written: dict[str, None] = {}
     for node in present:
         replica = node.replica
@@ -56,7 +58,7 @@ def _check_placed(cluster: SimCluster) -> list[str]:
         for doc_id in replica.doc_ids():
             if not replica.doc_is_empty(doc_id):
                 written[doc_id] = None
-                if not replica.holds(doc_id):
+                if not replica.holds(doc_id) and doc_id not in followed[node.index]:
                     problems.append(f"n{node.index} still has {doc_id}, which it does not hold")
     reference: dict[str, Any] = {}
     for doc_id in written:
@@ -77,6 +79,12 @@ def _check_placed(cluster: SimCluster) -> list[str]:
         elif any(states[node.index].get(doc_id) != states[holders[0].index].get(doc_id) for node in holders):
             problems.append(f"{doc_id}: equal digests but different JSON among its holders")
         reference[doc_id] = states[holders[0].index].get(doc_id, {})
+        followers = [node.index for node in present if doc_id in followed[node.index] and node not in holders]
+        problems += [
+            f"{doc_id}: its follower n{index} differs from its holders"
+            for index in followers
+            if states[index].get(doc_id) != reference[doc_id]
+        ]
     # Without a durable store a crash loses what only that node held; under placement a write may
     # be on its holders only (the writer handed it over), so crashes may take it: then only
     # convergence and acknowledged writes are checked. With no crash, nothing may be lost.

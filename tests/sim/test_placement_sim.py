@@ -101,6 +101,19 @@ def test_only_holders_keep_docs_and_non_replica_writes_are_handed_off() -> None:
     assert not replica.has_doc(not_held)
 
 
+def test_docs_held_open_on_non_holders_follow_their_holders_under_every_fault() -> None:
+    """Follow sessions (`Node.open` of a doc the node does not hold: pinned, fetched, followed while
+    open) under every fault: a session still open at the end holds exactly what the doc's holders
+    hold, and a released one is gone from its node like any doc it does not hold."""
+    still_open = 0
+    for seed in _seeds(31, 33):
+        result = run_simulation(_config(seed, follows=12))
+        _check(result)
+        assert result.follow_sessions > 0
+        still_open += result.follows_open_at_end
+    assert still_open > 0, "some sessions were compared with their holders at the end"
+
+
 def test_deltas_reach_only_the_subscribers_of_their_holder_sets() -> None:
     """rf 2 of 5: publishers send each delta on its holder set's topic, each frame listing the
     numbers that went to other sets since its previous one, so a node receives the deltas of the
