@@ -35,14 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from crdtsync.testing.faultproxy import (
-    FaultProxy,
-    LinkFaults,
-    NetworkFault,
-    NetworkPlan,
-    plan_network,
-    put_behind_proxy,
-)
+from crdtsync.testing.faultplans import NetworkFault, NetworkPlan, plan_network
+from crdtsync.testing.faultproxy import FaultProxy, LinkFaults, put_behind_proxy
 
 if TYPE_CHECKING:
     from fuzz.chaos import Campaign, Daemon

@@ -26,7 +26,8 @@ from daemon_support import Daemon, DaemonPool, start_all, wait_until
 
 from crdtsync.core.state import decode_state_vector
 from crdtsync.testing.cluster import free_ports
-from crdtsync.testing.faultproxy import BackgroundProxy, Route, one_way, put_behind_proxy
+from crdtsync.testing.faultplans import one_way
+from crdtsync.testing.faultproxy import BackgroundProxy, Route, put_behind_proxy
 
 pytestmark = pytest.mark.integration
 

@@ -15,14 +15,8 @@ from pathlib import Path
 import pytest
 
 from crdtsync.testing.cluster import LocalCluster, LocalDaemon, free_ports, plan_daemons, wait_until
-from crdtsync.testing.faultproxy import (
-    BackgroundProxy,
-    FaultProxy,
-    LinkFaults,
-    Route,
-    isolate,
-    put_behind_proxy,
-)
+from crdtsync.testing.faultplans import isolate
+from crdtsync.testing.faultproxy import BackgroundProxy, FaultProxy, LinkFaults, Route, put_behind_proxy
 from fuzz.chaos import FAST_MEMBERSHIP, FAST_REPLICATION
 
 pytestmark = pytest.mark.integration

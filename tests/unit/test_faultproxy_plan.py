@@ -9,18 +9,8 @@ from pathlib import Path
 import pytest
 
 from crdtsync.testing.cluster import LocalDaemon, plan_daemons
-from crdtsync.testing.faultproxy import (
-    PARTITION_SHAPES,
-    FaultProxy,
-    LinkFaults,
-    bridge,
-    isolate,
-    one_way,
-    plan_network,
-    put_behind_proxy,
-    source_hosts,
-    split,
-)
+from crdtsync.testing.faultplans import PARTITION_SHAPES, bridge, isolate, one_way, plan_network, split
+from crdtsync.testing.faultproxy import FaultProxy, LinkFaults, put_behind_proxy, source_hosts
 
 NODES = ["a", "b", "c", "d", "e"]
 DCS = {"a": "dc0", "b": "dc0", "c": "dc1", "d": "dc1", "e": "dc2"}
