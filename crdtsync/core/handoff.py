@@ -107,6 +107,9 @@ class Handoff:
         """(doc id, holder) -> the holder's last answer (status, state), None until it comes."""
         self.fetches: dict[str, str] = {}
         """Followed docs fetched from a holder and not answered yet: doc id -> the holder asked."""
+        self._fetched_ms: dict[str, float] = {}
+        """Doc id -> when its pending fetch was sent: one unanswered for `follower_fetch_timeout_ms`
+        (lost, or its holder went down) is forgotten, and sent again while the doc is open."""
         self.hinted_bytes = 0
         """Bytes of local writes to hinted docs that no holder confirmed yet (`hint_bytes_max`)."""
         self.overdue = 0
@@ -125,6 +128,7 @@ class Handoff:
         if len(self.fetches) >= FETCHES_MAX and doc_id not in self.fetches:
             return False
         self.fetches[doc_id] = node_id
+        self._fetched_ms[doc_id] = self._ctx.now_ms
         self._ctx.counters.syncs_requested += 1
         self._links.send(address, wire.SyncRequest(self._ctx.node_id, ((doc_id, entry.state_bytes),)))
         return True
@@ -135,6 +139,21 @@ class Handoff:
             for doc_id, _update, _state in message.entries:
                 if self.fetches.get(doc_id) == message.node_id:
                     del self.fetches[doc_id]
+                    self._fetched_ms.pop(doc_id, None)
+
+    def _retry_fetches(self) -> None:
+        """Forget fetches unanswered for `follower_fetch_timeout_ms`; ask again for docs still open
+        here (an open doc whose fetch was lost would otherwise show nothing until its next write)."""
+        now_ms = self._ctx.now_ms
+        timeout_ms = self._ctx.config.follower_fetch_timeout_ms
+        for doc_id, sent_ms in list(self._fetched_ms.items()):
+            if now_ms - sent_ms < timeout_ms:
+                continue
+            del self._fetched_ms[doc_id]
+            self.fetches.pop(doc_id, None)
+            entry = self._docs.get(doc_id)
+            if entry is not None and entry.pins and not self._holding.holds_doc(doc_id):
+                self.fetch(doc_id)
 
     # ------------------------------------------------------------------ write acknowledgements
 
@@ -226,6 +245,7 @@ class Handoff:
             return
         config = ctx.config
         self._next_pass_ms = ctx.now_ms + config.handoff_interval_ms
+        self._retry_fetches()
         docs_budget = config.handoff_docs_per_pass_max
         target_bytes_max = config.handoff_target_bytes_per_s * config.handoff_interval_ms / 1000.0
         target_bytes: dict[str, int] = {}

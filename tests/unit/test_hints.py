@@ -88,3 +88,27 @@ def test_a_hint_no_holder_confirms_within_the_window_is_counted_overdue_and_kept
     assert status.hints_overdue == 0 and status.hinted_docs == 0
     assert not a.has_doc(doc_id)
     assert b.open_doc(doc_id).get("m", type=Map)["k"] == "only here"
+
+
+def test_a_doc_open_on_a_non_holder_is_fetched_again_when_its_fetches_were_lost() -> None:
+    """`Node.open` of a doc this node does not hold fetches it from a holder; when that fetch and the
+    one at the follow subscription are lost, the open doc is fetched again after
+    `follower_fetch_timeout_ms` instead of staying empty until the doc's next write."""
+    mesh, a, b = _pair()
+    doc_id = next(doc_id for doc_id in (f"doc-{i}" for i in range(40)) if b.holds(doc_id))
+    b.open_doc(doc_id).get("m", type=Map)["k"] = "on the holder"
+    mesh.advance(200.0)
+    fetches_lost = True
+
+    def lost(hop: Hop) -> bool:
+        return fetches_lost and hop.kind in (wire.MessageKind.SYNC_REQUEST, wire.MessageKind.SYNC_RESPONSE)
+
+    mesh.drop = lost
+    a.open_doc(doc_id, pin=True)
+    assert a.fetch_doc(doc_id, mesh.now_ms)
+    mesh.advance(1_500.0)  # past follow_subscribe_after_ms: its fetch is lost too
+    assert a.doc_is_empty(doc_id)
+    fetches_lost = False
+    mesh.advance(HINTS.follower_fetch_timeout_ms + 2 * HINTS.handoff_interval_ms)
+    assert a.open_doc(doc_id).get("m", type=Map)["k"] == "on the holder"
+    assert not a.fetch_pending(doc_id)
