@@ -149,7 +149,7 @@ class TopoSim(SimTracer):
         self, config: SimConfig, plan: Sequence[PlannedWrite], deadline: Deadline, *, track: bool
     ) -> None:
         self.cluster = SimCluster(config, KeyWorkload(), tracer=self)
-        self.cluster.wan_latency_ms = dict(WAN_LATENCY_MS)
+        self.cluster.network.wan_latency_ms = dict(WAN_LATENCY_MS)
         self.config = config
         self.nodes = self.cluster.nodes
         self.plan = list(plan)
@@ -188,11 +188,11 @@ class TopoSim(SimTracer):
 
     @property
     def messages_sent(self) -> int:
-        return self.cluster.messages_sent
+        return self.cluster.network.messages_sent
 
     @property
     def messages_dropped(self) -> int:
-        return self.cluster.messages_dropped
+        return self.cluster.network.messages_dropped
 
     def start(self) -> None:
         self.cluster.start_nodes()

@@ -37,6 +37,7 @@ from crdtsync.sim.config import FAULTS as FAULTS
 from crdtsync.sim.config import SimConfig as SimConfig
 from crdtsync.sim.config import SimResult as SimResult
 from crdtsync.sim.follows import Follows
+from crdtsync.sim.network import SimNetwork
 from crdtsync.sim.node import SimNode
 from crdtsync.sim.trace import SimTracer, Step
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
@@ -89,23 +90,13 @@ class SimCluster:
             for index in range(config.nodes)
         ]
         dcs = sorted({node.dc for node in self.nodes})
-        self.wan_latency_ms = {
-            (a, b): self.rng.uniform(*config.wan_latency_ms) for a in dcs for b in dcs if a < b
-        }
+        self.network = SimNetwork(config, self.rng, dcs, self._deliver_at, tracer)
         self._by_address = {node.address: node for node in self.nodes}
         self._by_endpoint = {node.publish_endpoint: node for node in self.nodes}
-        self._groups: dict[int, int] | None = None
-        self._faults_on = True
         self.writes: list[tuple[Write, int, int]] = []
         """(write, writer index, writer incarnation at write time)."""
         self.shared_values: dict[tuple[str, str, str], list[Any]] = {}
-        self.messages_sent = 0
-        self.messages_dropped = 0
-        self.messages_duplicated = 0
-        self.wan_messages = 0
-        self.wan_bytes = 0
         self.crashes = 0
-        self.partitions = 0
         self.events = 0
         self.ever_crashed_incarnations: set[tuple[int, int]] = set()
         self.acknowledged: dict[int, float] = {}
@@ -306,39 +297,10 @@ class SimCluster:
                 self._transmit(node, target, frame)
 
     def _transmit(self, source: SimNode, target: SimNode, frame: bytes) -> None:
-        if self.tracer is not None:
-            self.tracer.on_frame(source.index, target.index, frame, source.dc != target.dc)
-        self.messages_sent += 1
-        faults = self.config.faults if self._faults_on else frozenset()
-        if self._groups is not None and self._groups[source.index] != self._groups[target.index]:
-            self.messages_dropped += 1
-            return
-        wan = source.dc != target.dc
-        if wan:
-            self.wan_messages += 1
-            self.wan_bytes += len(frame)
-        if "loss" in faults and self.rng.random() < self.config.loss_rate:
-            self.messages_dropped += 1
-            return
-        if wan and self._faults_on and self.rng.random() < self.config.wan_loss_rate:
-            self.messages_dropped += 1
-            return
-        copies = 2 if "dup" in faults and self.rng.random() < self.config.dup_rate else 1
-        self.messages_duplicated += copies - 1
-        for _ in range(copies):
-            delay = self.rng.uniform(*self.config.latency_ms)
-            if wan:
-                delay += self.wan_latency_ms[min(source.dc, target.dc), max(source.dc, target.dc)]
-            if "reorder" in faults:
-                delay += self.rng.uniform(0.0, self.config.reorder_jitter_ms)
-            if "delay" in faults and self.rng.random() < self.config.delay_rate:
-                delay += self.rng.uniform(*self.config.delay_ms)
-            at = self.now_ms + delay
-            if "reorder" not in faults and "delay" not in faults:
-                # Without reordering faults a link is FIFO, like a TCP connection.
-                at = max(at, source.link_free_ms.get(target.index, 0.0))
-                source.link_free_ms[target.index] = at
-            self._schedule(at, "deliver", (target.index, target.incarnation, frame))
+        self.network.transmit(source, target, frame, self.now_ms)
+
+    def _deliver_at(self, at_ms: float, target: SimNode, frame: bytes) -> None:
+        self._schedule(at_ms, "deliver", (target.index, target.incarnation, frame))
 
     # ------------------------------------------------------------------ the run
 
@@ -422,16 +384,16 @@ class SimCluster:
             ae_rounds_after_heal_max=max(
                 (now - then for now, then in zip(self._ae_rounds(), rounds_at_heal, strict=True)), default=0
             ),
-            messages_sent=self.messages_sent,
-            messages_dropped=self.messages_dropped,
-            messages_duplicated=self.messages_duplicated,
-            wan_messages=self.wan_messages,
-            wan_bytes=self.wan_bytes,
+            messages_sent=self.network.messages_sent,
+            messages_dropped=self.network.messages_dropped,
+            messages_duplicated=self.network.messages_duplicated,
+            wan_messages=self.network.wan_messages,
+            wan_bytes=self.network.wan_bytes,
             writes=len(self.writes),
             writes_lost_to_crashes=invariants.writes_lost_to_crashes(self, final_state),
             writes_acknowledged=len(self.acknowledged),
             crashes=self.crashes,
-            partitions=self.partitions,
+            partitions=self.network.partitions,
             events=self.events,
             final_state=final_state,
             follow_sessions=self.follows.sessions,
@@ -470,20 +432,10 @@ class SimCluster:
             self._pump(node)
 
     def _on_partition(self, payload: dict[int, int] | None) -> None:
-        """Split the nodes into the given groups (None: 2 or 3 random ones), unless already split."""
-        if self._groups is not None:
-            return
-        self.partitions += 1
-        if payload is not None:
-            self._groups = {index: payload.get(index, -1) for index in range(self.config.nodes)}
-            return
-        group_count = self.config.partition_groups or self.rng.randint(2, min(3, self.config.nodes))
-        order = list(range(self.config.nodes))
-        self.rng.shuffle(order)
-        self._groups = {index: position % group_count for position, index in enumerate(order)}
+        self.network.partition(payload)
 
     def _on_heal(self, payload: None) -> None:
-        self._groups = None
+        self.network.heal()
 
     def _on_crash(self, index: int) -> None:
         node = self.nodes[index]
@@ -597,8 +549,8 @@ class SimCluster:
         ]
 
     def _heal_everything(self) -> None:
-        self._groups = None
-        self._faults_on = False
+        self.network.heal()
+        self.network.faults_on = False
         for node in self.nodes:
             if node.replica is None and not node.departed:
                 self._start_node(node)

@@ -30,14 +30,14 @@ def _replica(node: SimNode) -> Replica:
 def test_a_message_reaches_the_listening_nodes_of_both_datacenters_once_through_the_relays() -> None:
     cluster = _cluster()
     wan_kinds: list[int] = []
-    transmit = cluster._transmit
+    transmit = cluster.network.transmit
 
-    def recording(source: SimNode, target: SimNode, frame: bytes) -> None:
+    def recording(source: SimNode, target: SimNode, frame: bytes, now_ms: float) -> None:
         if source.dc != target.dc:
             wan_kinds.append(frame[3])
-        transmit(source, target, frame)
+        transmit(source, target, frame, now_ms)
 
-    cluster._transmit = recording  # type: ignore[method-assign]
+    cluster.network.transmit = recording  # type: ignore[method-assign]
     origin, *others = cluster.nodes
     listening = [node for node in others if node.index != 4]  # n4 (dc1) has no clients of the doc
     for node in [origin, *listening]:
