@@ -12,7 +12,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 from unittest.mock import ANY
 
@@ -125,7 +125,7 @@ def test_a_session_token_covers_several_docs_and_bad_tokens_are_refused(dcs: tup
     assert refused.status_code == 400 and a.client.get("/v1/docs/flags/c").status_code == 404
 
 
-def _events(response: httpx.Response) -> Iterator[tuple[str, str | None, dict[str, Any] | None]]:
+def _events(response: httpx.Response) -> Generator[tuple[str, str | None, dict[str, Any] | None]]:
     """("comment", None, None) for a keep-alive, ("event", id, data) for an event."""
     event_id: str | None = None
     for line in response.iter_lines():
@@ -284,8 +284,12 @@ def test_watch_streams_past_watchers_max_are_refused_with_503_and_counted(pool: 
     node.put("limited/doc", "v", 0)
     url = f"{node.url}/v1/docs/limited/doc/watch"
     with httpx.stream("GET", url, timeout=10.0) as first, httpx.stream("GET", url, timeout=10.0) as second:
-        for stream in (first, second):
-            assert next(_events(stream))[0] == "event"
+        # The event iterators are kept: a dropped one closes its stream's connection (httpcore closes
+        # it when the generator is collected), the daemon frees the slot at its next keep-alive, and
+        # the third watch below was once let in that way (the daemon's count was right).
+        readers = [_events(stream) for stream in (first, second)]
+        for reader in readers:
+            assert next(reader)[0] == "event"
         assert _metric(node, "crdtsync_http_watchers") == 2
         # Streamed: a third watch wrongly let in would otherwise be read until it ends, which is never.
         with node.client.stream("GET", "/v1/docs/limited/doc/watch") as refused:
@@ -294,6 +298,9 @@ def test_watch_streams_past_watchers_max_are_refused_with_503_and_counted(pool: 
         error = _error(refused)
         assert error["code"] == "too_many_watchers" and "http.watchers_max" in error["message"], error
         assert _metric(node, "crdtsync_http_watchers_refused_total") == 1
+        assert _metric(node, "crdtsync_http_watchers") == 2, "a stream's slot was freed while it was open"
+        for reader in readers:
+            reader.close()
     # The closed streams free their slots (noticed at their next write: a keep-alive at the latest).
     wait_until(lambda: _metric(node, "crdtsync_http_watchers") == 0, 10.0, "both slots are free")
     with httpx.stream("GET", url, timeout=10.0) as again:
