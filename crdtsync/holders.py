@@ -208,7 +208,7 @@ class HolderWaits:
         ordered, needed = self._scope(doc_id, wanted)
         confirmed = [replica.node_id] if replica.node_id in ordered else []
         waiting = [node_id for node_id in ordered if node_id != replica.node_id]
-        seq = replica.seq_acks.last_seq
+        seq = replica.seq_acks.last_seq_of(doc_id)
         questions = _Questions(replica, doc_id, self._known)
         started_ms = _now_ms()
         deadline_ms = started_ms + timeout_ms

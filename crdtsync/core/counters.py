@@ -87,6 +87,8 @@ class Counters:
     retransmits_gone_received: int = 0
     # sequence acknowledgements (crdtsync.core.seqacks)
     seq_acks_sent: int = 0
+    seq_acks_relayed_sent: int = 0
+    """Of `seq_acks_sent`, those of deltas this node received republished by a relay."""
     seq_acks_received: int = 0
     seq_acks_stale: int = 0
     """Acks of an earlier incarnation of this node (dropped)."""

@@ -180,7 +180,7 @@ class Handoff:
         self.confirmations[key] = None
         update = EMPTY_UPDATE if against is None else self._docs.doc(entry).get_update(against)
         self._ctx.counters.handoff_offers_sent += 1
-        self._send_offers(link.address, [(doc_id, entry.state_bytes, update)])
+        self._send_offers(link.address, [(doc_id, entry.state_bytes, update)], wants_acks=True)
         return True
 
     # ------------------------------------------------------------------ the offering side
@@ -362,11 +362,11 @@ class Handoff:
         if address is not None:
             self._send_offers(address, [self._offer(entry, handing)])
 
-    def _send_offers(self, address: str, entries: list[tuple[Any, ...]]) -> None:
+    def _send_offers(self, address: str, entries: list[tuple[Any, ...]], *, wants_acks: bool = False) -> None:
         node_id = self._ctx.node_id
         self._sync.send_entries(
             address,
-            lambda chunk: wire.HandoffOffer(node_id, chunk, self._holding.draining),
+            lambda chunk: wire.HandoffOffer(node_id, chunk, self._holding.draining, wants_acks),
             entries,
             [len(update) + len(state) for _doc_id, state, update in entries],
         )

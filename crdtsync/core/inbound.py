@@ -24,6 +24,7 @@ from crdtsync.core.holding import Holding
 from crdtsync.core.links import Links
 from crdtsync.core.membership import Membership
 from crdtsync.core.outbound import Outbound
+from crdtsync.core.seqacks import SeqAcks
 from crdtsync.core.state import StateVector
 
 
@@ -66,9 +67,11 @@ class Inbound:
         causal: CausalBuffer,
         antientropy: AntiEntropy,
         holding: Holding,
+        seq_acks: SeqAcks,
     ) -> None:
         self._ctx = ctx
         self._holding = holding
+        self._seq_acks = seq_acks
         self._membership = membership
         self._links = links
         self._outbound = outbound
@@ -142,16 +145,17 @@ class Inbound:
             self._skip(publisher, message.epoch, message.first_seq - len(message.skipped), message.skipped)
         track = self._track_of(publisher, message.epoch, message.first_seq)
         fresh: list[tuple[wire.Delta, StateVector, StateVector]]
+        seqs: list[int] = []
         if message.epoch < track.epoch:
             # A late frame of an earlier incarnation: no sequence tracking, but its content is valid.
             self._ctx.counters.deltas_stale_epoch += len(message.deltas)
             fresh = [(delta, *state) for delta, state in zip(message.deltas, states, strict=True)]
         else:
-            fresh = self._sequence(message, track, states)
+            fresh = self._sequence(message, track, states, seqs)
         if fresh and self._links.is_relay:
             publisher_dc = self._membership.dc_of(publisher)
             if publisher_dc is not None and publisher_dc != self._ctx.dc:
-                self._relay([delta for delta, _before, _after in fresh], publisher)
+                self._relay([delta for delta, _before, _after in fresh], publisher, message.epoch, seqs)
         dropped, not_held = self._causal.add(fresh, publisher)
         if message.epoch == track.epoch and (dropped or not_held):
             last = message.first_seq + len(message.deltas) - 1
@@ -161,33 +165,43 @@ class Inbound:
                 track.skipped_through = max(track.skipped_through, last)
         track.deltas_unacked = track.deltas_unacked or bool(fresh)
 
-    def _relay(self, deltas: list[wire.Delta], publisher: str) -> None:
+    def _relay(self, deltas: list[wire.Delta], publisher: str, epoch: int, seqs: list[int]) -> None:
         """Republish another datacenter's deltas into this one (dc_only: the relayed copy must not
-        cross the WAN again), by holder set (`outbound`) when not every node holds everything."""
+        cross the WAN again), by holder set (`outbound`) when not every node holds everything. A
+        frame whose deltas have consecutive numbers (`seqs`, empty when not tracked) names them, so
+        that its receivers can acknowledge them to the publisher (`Relayed`); no frame is split
+        for that."""
         ctx = self._ctx
         ctx.counters.deltas_relayed_out += len(deltas)
-        relayed = wire.Relayed(ctx.node_id, publisher, tuple(deltas))
+        relayed = _relayed(ctx.node_id, publisher, deltas, epoch, seqs)
         holding = self._holding
         if not holding.partitioned:
             self._links.publish(relayed, dc_only=True)
             return
         self._links.publish(relayed, dc_only=True, audience="whole")
         keys = self._links.topic_keys([holding.bucket_of(delta.doc_id) for delta in deltas])
-        by_key: dict[int, list[wire.Delta]] = {}
-        for key, delta in zip(keys, deltas, strict=True):
-            by_key.setdefault(key, []).append(delta)
+        by_key: dict[int, list[int]] = {}
+        for index, key in enumerate(keys):
+            by_key.setdefault(key, []).append(index)
         for key, run in by_key.items():
-            part = wire.Relayed(ctx.node_id, publisher, tuple(run))
+            part_seqs = [seqs[index] for index in run] if seqs else []
+            part = _relayed(ctx.node_id, publisher, [deltas[index] for index in run], epoch, part_seqs)
             self._links.publish(part, dc_only=True, topic_key=key, audience="partial")
 
     def _sequence(
-        self, message: wire.Deltas, track: PublisherTrack, states: list[tuple[StateVector, StateVector]]
+        self,
+        message: wire.Deltas,
+        track: PublisherTrack,
+        states: list[tuple[StateVector, StateVector]],
+        seqs: list[int],
     ) -> list[tuple[wire.Delta, StateVector, StateVector]]:
-        """Record the batch's sequence numbers; return its deltas not received before."""
+        """Record the batch's sequence numbers; return its deltas not received before (their
+        numbers appended to `seqs`)."""
         fresh: list[tuple[wire.Delta, StateVector, StateVector]] = []
         for index, delta in enumerate(message.deltas):
             if self._receive(track, message.first_seq + index):
                 fresh.append((delta, *states[index]))
+                seqs.append(message.first_seq + index)
             else:
                 self._ctx.counters.deltas_duplicate += 1
         last = message.first_seq + len(message.deltas) - 1
@@ -217,15 +231,18 @@ class Inbound:
     def on_relayed(self, message: wire.Relayed) -> None:
         """Deltas of another datacenter's publisher, republished by a relay of this one. No sequence
         tracking (two relays may both forward them, a relay may fail over): the causal buffer drops
-        what the state already covers, and pulls of missing dependencies go to the relay."""
+        what the state already covers, and pulls of missing dependencies go to the relay. Numbers
+        the frame names are kept for acknowledgements only (`SeqAcks.on_relayed`)."""
         if message.origin == self._ctx.node_id:
             return
         self._ctx.counters.deltas_relayed_in += len(message.deltas)
         states = decode_states(message.deltas)
-        self._causal.add(
+        dropped, not_held = self._causal.add(
             [(delta, *state) for delta, state in zip(message.deltas, states, strict=True)],
             message.node_id,
         )
+        if message.origin_first_seq:
+            self._seq_acks.on_relayed(message, dropped, not_held)
 
     def _track_lag(self, track: PublisherTrack) -> None:
         behind = track.last_seq_seen > track.contiguous or bool(track.above)
@@ -279,3 +296,12 @@ class Inbound:
         link = self._links.of_node(node_id)
         if link is not None:
             self._antientropy.want_round(link)
+
+
+def _relayed(
+    node_id: str, origin: str, deltas: list[wire.Delta], epoch: int, seqs: list[int]
+) -> wire.Relayed:
+    """A relayed frame, naming its deltas' numbers when they are consecutive."""
+    if not seqs or seqs[-1] - seqs[0] != len(seqs) - 1:
+        return wire.Relayed(node_id, origin, tuple(deltas))
+    return wire.Relayed(node_id, origin, tuple(deltas), epoch, seqs[0])

@@ -228,11 +228,19 @@ class Members:
 @dataclass(frozen=True, slots=True)
 class Relayed:
     """Deltas of publisher `origin` (in another datacenter) republished by relay `node_id` into its own
-    datacenter. Receivers order them by state vector alone: they do not track `origin`'s sequence."""
+    datacenter. Receivers order them by state vector alone: they do not track `origin`'s sequence.
+
+    In wire version 2 a frame whose deltas have consecutive numbers in `origin`'s stream names them
+    (in the header's epoch and sequence fields, which the body of this kind does not carry), so that
+    a receiver can acknowledge them to `origin` (`crdtsync.core.seqacks`); 0: not named (version 1,
+    or numbers that are not consecutive)."""
 
     node_id: str
     origin: str
     deltas: tuple[Delta, ...]
+    origin_epoch: int = 0
+    origin_first_seq: int = 0
+    """The number of the first delta in `origin`'s incarnation `origin_epoch` (0: not named)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +267,10 @@ class HandoffOffer:
     leaving: bool = False
     """The offerer is draining before it leaves: the receiver takes the docs whether it holds them
     or not (then it hands them on itself)."""
+    wants_acks: bool = False
+    """A write-ack question (`crdtsync.holders`): the receiver acknowledges the offerer's deltas for
+    a while (`crdtsync.core.seqacks`). Wire version 2 only (the header's sequence field, 1); in
+    version 1 an offer from a holder of the doc counts as one."""
 
 
 HANDOFF_NOT_COVERED = 0

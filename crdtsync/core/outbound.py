@@ -73,6 +73,14 @@ class Outbound:
         """The number the latest captured delta has or will have when its batch leaves."""
         return self.last_seq + len(self._outbox)
 
+    def last_seq_of(self, doc_id: str, scanned_max: int = 4096) -> int:
+        """The number of the latest delta of `doc_id` in the ring (0: none among the last
+        `scanned_max`, which bounds the scan; a caller then learns by asking)."""
+        for seq, ring_doc_id, *_rest in itertools.islice(reversed(self._ring), scanned_max):
+            if ring_doc_id == doc_id:
+                return seq
+        return 0
+
     def _number(self, deltas: list[wire.Delta]) -> int:
         """Number `deltas` in order and keep them in the ring; the first number."""
         config = self._ctx.config

@@ -146,14 +146,13 @@ class Replica:
         self._handoff = Handoff(ctx, self._docs, self._guard, self._links, holding, self._sync, self._causal)
         self.on_chunk_message: Callable[[ChunkMessage], None] | None = None
         """The driver's handler of chunk transfer messages (crdtsync.artifacts.transfer)."""
-        self._inbound = Inbound(
-            ctx, self.membership, self._links, self._outbound, self._causal, self._antientropy, holding
-        )
+        self.seq_acks = SeqAcks(ctx, self._links, self._outbound, holding)  # what peers hold of our deltas
+        parts = (self._links, self._outbound, self._causal, self._antientropy, holding, self.seq_acks)
+        self._inbound = Inbound(ctx, self.membership, *parts)
         self._gossip = Gossip(
             ctx, self.membership, self._guard, self._links, self._outbound, self._inbound, self._antientropy
         )
         self._ephemeral = EphemeralChannel(ctx, self._links, self.membership)
-        self.seq_acks = SeqAcks(ctx, self._links, self._outbound, holding)  # what peers hold of our deltas
         self._last_tick_ms = 0.0
         self.store_failing = False
         """Set by the driver while its store cannot commit: content from peers is refused (counted in

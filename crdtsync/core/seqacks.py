@@ -24,14 +24,28 @@ waiting writes are asked each time): a cluster where no write waits sends none, 
 each holder once, at its first waiting write, then again only when that holder's last ack is older
 than half of that (`crdtsync.holders`). With `seq_ack_wanted_ms` 0 every publisher gets acks.
 
-The writer keeps the last ack of each node for its current incarnation (`acked`).
+A node of another datacenter that is not a relay does not receive the publisher's stream but its
+relay's republished copies (`Relayed`). In wire version 2 a relayed frame whose deltas have
+consecutive numbers names them (the publisher's epoch and the first number), and the node tracks
+them per publisher (`RelayedTrack`): its range starts again at the first number after a gap, since
+it cannot tell the numbers of docs it does not take (another holder set's frame) from lost ones,
+and it counts as waiting while anything of a relay that brought them waits in the causal buffer.
+It acknowledges that range to the publisher directly, over the link the publisher's questions
+come by (a relay would have to collect and forward acks, and a node that can be asked can be
+answered), so that the publisher's later writes need no question to it either.
 
-`SEQ_ACK` frames are bounded like every frame (`wire`); `acked` holds at most `peers_max` nodes.
+The writer keeps the last ack of each node for its current incarnation (`acked`), and counts an ack
+for a doc when its range holds the number of the writer's latest delta of that doc (that delta
+applied means every earlier one of the doc applied: each depends on the one before).
+
+`SEQ_ACK` frames are bounded like every frame (`wire`); `acked` and the relayed tracks hold at most
+`peers_max` nodes each, and a relayed track at most RELAYS_PER_TRACK_MAX relays.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from crdtsync.core import wire
@@ -49,6 +63,24 @@ class _Track(Protocol):
     skipped_through: int
 
 
+RELAYS_PER_TRACK_MAX = 8
+"""Relays whose causal-buffer backlog a relayed track waits on; a ninth starts its range again."""
+
+
+@dataclass(slots=True)
+class RelayedTrack:
+    """The numbers of one publisher incarnation's deltas this node received relayed, named by their
+    frames: `held_from..contiguous`, numbers of docs it does not hold included."""
+
+    epoch: int
+    held_from: int
+    contiguous: int
+    deltas_unacked: bool = False
+    skipped_through: int = 0
+    relays: set[str] = field(default_factory=set)
+    """The relays that brought deltas since the last ack: nothing of theirs may wait for it."""
+
+
 class SeqAcks:
     def __init__(self, ctx: Context, links: Links, outbound: Outbound, holding: Holding) -> None:
         self._ctx = ctx
@@ -61,17 +93,23 @@ class SeqAcks:
         self._next_due_ms = float("inf")
         self._wanted_until: dict[str, float] = {}
         """Publisher -> until when it wants acks (its last write-ack question), oldest first."""
+        self.relayed: dict[str, RelayedTrack] = {}
+        """Publisher -> what this node received of it relayed (`on_relayed`), oldest first."""
         self.acked: dict[str, tuple[int, int, int, float]] = {}
         """Node -> (from, through, view digest, when received) of its last ack of this node's
         current incarnation, oldest first."""
 
     def on_offer(self, message: wire.HandoffOffer) -> None:
-        """A `HANDOFF_OFFER` from a holder of one of its docs is a write-ack question (a non-holder's
-        hands docs over, a leaving node's drains): acknowledge the sender's deltas from now on."""
+        """A write-ack question (`wants_acks`; in wire version 1 a `HANDOFF_OFFER` from a holder of
+        one of its docs, since a non-holder's hands docs over and a leaving node's drains):
+        acknowledge the sender's deltas from now on."""
         holding = self._holding
-        if not message.leaving and any(
-            holding.holds(message.node_id, holding.bucket_of(doc_id))
-            for doc_id, _state, _update in message.entries
+        if message.wants_acks or (
+            not message.leaving
+            and any(
+                holding.holds(message.node_id, holding.bucket_of(doc_id))
+                for doc_id, _state, _update in message.entries
+            )
         ):
             self.wanted_by(message.node_id)
 
@@ -95,6 +133,37 @@ class SeqAcks:
         """The number of this node's latest delta in this incarnation (0: none yet)."""
         return self._outbound.last_seq
 
+    def last_seq_of(self, doc_id: str) -> int:
+        """The number of this node's latest delta of `doc_id` in this incarnation (0: none, or too
+        old for the retransmit ring)."""
+        return self._outbound.last_seq_of(doc_id)
+
+    def on_relayed(self, message: wire.Relayed, dropped: int, not_held: int) -> None:
+        """A relayed frame that names its numbers (`Relayed.origin_first_seq`) went to the causal
+        buffer, which `dropped` some of its deltas and found `not_held` of docs this node does not hold."""
+        tracks = self.relayed
+        track = tracks.pop(message.origin, None)
+        first, epoch = message.origin_first_seq, message.origin_epoch
+        last = first + len(message.deltas) - 1
+        if track is None or epoch > track.epoch:
+            track = RelayedTrack(epoch, first, first - 1)
+        if len(tracks) >= self._ctx.config.peers_max:
+            del tracks[next(iter(tracks))]
+        tracks[message.origin] = track
+        if epoch < track.epoch or last <= track.contiguous:
+            return  # an earlier incarnation's, or another relay's copy of what came already
+        if first > track.contiguous + 1:
+            track.held_from = first  # a gap: other holder sets' numbers, or lost ones
+        if len(track.relays) >= RELAYS_PER_TRACK_MAX and message.node_id not in track.relays:
+            track.held_from, track.relays = first, set()
+        track.relays.add(message.node_id)
+        track.contiguous = last
+        if dropped:
+            track.held_from = last + 1
+        if not_held:
+            track.skipped_through = last
+        track.deltas_unacked = True
+
     def next_deadline_ms(self) -> float:
         return self._next_due_ms
 
@@ -108,11 +177,16 @@ class SeqAcks:
         if self._holding.version != self._view_version:
             # Numbers counted as not held under the view before are not to be acknowledged under this one.
             self._view_version = self._holding.version
-            for track in tracks.values():
+            for track in (*tracks.values(), *self.relayed.values()):
                 track.held_from = max(track.held_from, track.skipped_through + 1)
         always = ctx.config.seq_ack_wanted_ms <= 0
-        for publisher, track in tracks.items():
-            if not track.deltas_unacked or publisher in pending_from:
+        for publisher, track in self._tracks(tracks).items():
+            if not track.deltas_unacked:
+                continue
+            if isinstance(track, RelayedTrack):
+                if any(relay in pending_from for relay in track.relays):
+                    continue
+            elif publisher in pending_from:
                 continue
             if not always and ctx.now_ms > self._wanted_until.get(publisher, -1.0):
                 continue  # it waits for none of its writes: no ack (the first question starts them)
@@ -130,10 +204,25 @@ class SeqAcks:
             if address is None:
                 continue
             track.deltas_unacked = False
+            if isinstance(track, RelayedTrack):
+                track.relays.clear()  # what they brought is applied: nothing of theirs waits
+                ctx.counters.seq_acks_relayed_sent += 1
             self._sent[publisher] = (track.epoch, track.held_from, track.contiguous, view, ctx.now_ms)
             ack = wire.SeqAck(ctx.node_id, track.epoch, track.held_from, track.contiguous, view)
             ctx.counters.seq_acks_sent += 1
             self._links.send(address, ack, after_commit=True)
+
+    def _tracks(self, tracks: Mapping[str, _Track]) -> Mapping[str, _Track]:
+        """The track to acknowledge each publisher from: the relayed one where it is ahead of the
+        stream's own (a node that was a relay and is no longer, or has never been one)."""
+        if not self.relayed:
+            return tracks  # the usual case: nothing relayed named its numbers
+        chosen = dict(tracks)
+        for publisher, relayed in self.relayed.items():
+            own = chosen.get(publisher)
+            if own is None or (relayed.epoch, relayed.contiguous) > (own.epoch, own.contiguous):
+                chosen[publisher] = relayed
+        return chosen
 
     def on_ack(self, message: wire.SeqAck) -> None:
         """A subscriber's ack of this node's deltas: kept if it is of this incarnation and names only

@@ -67,6 +67,9 @@ from crdtsync.core.wire_fields import (
     SKIPPED_SEQS_MAX,
     TREE_HASH_BYTES,
     after_patch,
+    header_position,
+    milli,
+    with_header_position,
 )
 from crdtsync.core.wire_fields import Fields as _Fields
 
@@ -179,9 +182,9 @@ class MessageKind(IntEnum):
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
     match message:
         case Hello(n, e, a, p, s, dc, zone, weight, partitions, version):
-            return MessageKind.HELLO, [n, e, a, p, s, dc, zone, _milli(weight), partitions, version]
+            return MessageKind.HELLO, [n, e, a, p, s, dc, zone, milli(weight), partitions, version]
         case HelloAck(n, e, a, p, s, dc, zone, weight, partitions, version):
-            return MessageKind.HELLO_ACK, [n, e, a, p, s, dc, zone, _milli(weight), partitions, version]
+            return MessageKind.HELLO_ACK, [n, e, a, p, s, dc, zone, milli(weight), partitions, version]
         case Deltas(n, e, first, deltas, _skipped):
             flat: list[Any] = [n, e, first]
             for d in deltas:
@@ -228,7 +231,7 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
                 flat_members.extend(
                     (
                         *(m.node_id, m.dc, m.address, m.publish_endpoint, m.incarnation, m.heartbeat, m.left),
-                        *(m.zone, _milli(m.weight)),
+                        *(m.zone, milli(m.weight)),
                     )
                 )
             return MessageKind.MEMBERS, flat_members
@@ -280,6 +283,8 @@ def encode_counted(message: Message, version: int = WIRE_VERSION) -> tuple[bytes
         if epoch_at:
             epoch, seq = fields[epoch_at], fields[seq_at]
             del fields[seq_at], fields[epoch_at]  # the later first
+        else:
+            epoch, seq = header_position(message)
         del fields[0]
         if isinstance(message, Hello | HelloAck):
             fields += [message.wire_version_min, message.wire_version_max]
@@ -346,13 +351,17 @@ def decode_body(frame: bytes, header: Header) -> tuple[Message, int]:
     if not isinstance(fields, list):
         raise WireError("bad_body", f"body is a {type(fields).__name__}, not an array")
     kind = MessageKind(header.kind)
+    epoch_at = 0
     if header.version >= 2:
         fields.insert(0, header.sender)
         epoch_at, seq_at = _IN_HEADER.get(kind, (0, 0))
         if epoch_at:
             fields.insert(epoch_at, header.epoch)
             fields.insert(seq_at, header.seq)
-    return _message_from(kind, fields, header.version), header.body_start + len(body)
+    message = _message_from(kind, fields, header.version)
+    if not epoch_at and (header.epoch or header.seq):
+        message = with_header_position(message, header.epoch, header.seq)
+    return message, header.body_start + len(body)
 
 
 _ADDRESS_BYTES_MAX = 256
@@ -382,7 +391,7 @@ def _read_hello(f: _Fields, node_id: str) -> Message:
         f.uint("last_seq"),
         f.text("dc", DC_BYTES_MAX),
         f.text("zone", ZONE_BYTES_MAX),
-        _weight(f),
+        f.weight(),
         f.uint("partitions"),
         f.uint("placement_version"),
     )
@@ -392,21 +401,6 @@ def _read_hello(f: _Fields, node_id: str) -> Message:
     if not 1 <= low <= high <= 255:
         raise WireError("bad_body", f"{f.kind.name} wire versions {low}..{high} are not a range in 1..255")
     return dataclasses.replace(hello, wire_version_min=low, wire_version_max=high)
-
-
-WEIGHT_MILLI_MAX = 1_000_000
-"""Weights travel as thousandths in 1..1,000,000 (0.001 to 1000)."""
-
-
-def _milli(weight: float) -> int:
-    return round(weight * 1000)
-
-
-def _weight(f: _Fields) -> float:
-    milli = f.uint("weight")
-    if not 1 <= milli <= WEIGHT_MILLI_MAX:
-        raise WireError("bad_body", f"{f.kind.name}.weight {milli}/1000 is outside 0.001..1000")
-    return milli / 1000.0
 
 
 def _read_deltas(f: _Fields, node_id: str) -> Message:
@@ -450,7 +444,7 @@ def _read_members(f: _Fields, node_id: str) -> Message:
                 f.uint("heartbeat"),
                 f.flag("left"),
                 f.text("zone", ZONE_BYTES_MAX),
-                _weight(f),
+                f.weight(),
             )
         )
     return Members(node_id, reply, tuple(members))

@@ -3,12 +3,13 @@ the limits they check."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
 from crdtsync.core.envelope import WireError
-from crdtsync.core.messages import Delta
+from crdtsync.core.messages import Delta, HandoffOffer, Message, Relayed
 from crdtsync.core.state import StateDecodeError, read_varuint, write_varuint
 
 DOC_ID_BYTES_MAX = 512
@@ -17,6 +18,33 @@ SKIPPED_SEQS_MAX = 256
 """Sequence numbers a DELTAS frame may list as skipped (`Deltas.skipped`); beyond, the publisher
 sends a `SEQ_INDEX` instead."""
 TREE_HASH_BYTES = 16
+WEIGHT_MILLI_MAX = 1_000_000
+"""Weights travel as thousandths in 1..1,000,000 (0.001 to 1000)."""
+
+
+def milli(weight: float) -> int:
+    return round(weight * 1000)
+
+
+def header_position(message: Message) -> tuple[int, int]:
+    """What the version-2 header's epoch and sequence fields carry for a kind whose body has no stream
+    position of its sender: a relayed frame's origin numbers, a write-ack question's flag; else 0."""
+    if isinstance(message, Relayed):
+        return message.origin_epoch, message.origin_first_seq
+    if isinstance(message, HandoffOffer):
+        return 0, int(message.wants_acks)
+    return 0, 0
+
+
+def with_header_position(message: Message, epoch: int, seq: int) -> Message:
+    """`message` with what `header_position` put in a version-2 header. Raises `WireError`."""
+    if isinstance(message, Relayed):
+        if seq == 0:
+            raise WireError("bad_header", f"RELAYED names origin epoch {epoch} without a sequence number")
+        return dataclasses.replace(message, origin_epoch=epoch, origin_first_seq=seq)
+    if isinstance(message, HandoffOffer) and epoch == 0 and seq == 1:
+        return dataclasses.replace(message, wants_acks=True)
+    raise WireError("bad_header", f"a {type(message).__name__} header carries epoch {epoch} and seq {seq}")
 
 
 class Fields:
@@ -106,6 +134,12 @@ class Fields:
         if len(set(values)) != len(values):
             raise WireError("bad_body", f"{self.kind.name}.{name} repeats an index")
         return values
+
+    def weight(self) -> float:
+        value = self.uint("weight")
+        if not 1 <= value <= WEIGHT_MILLI_MAX:
+            raise WireError("bad_body", f"{self.kind.name}.weight {value}/1000 is outside 0.001..1000")
+        return value / 1000.0
 
     def flag(self, name: str) -> bool:
         value = self._next()

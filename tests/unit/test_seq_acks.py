@@ -9,6 +9,7 @@ from test_replica import Mesh, _count, _is_deltas_from
 
 from crdtsync.core import wire
 from crdtsync.core.effects import Persist, Publish, Send
+from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.core.replica import Replica, ReplicaConfig
 
 ALWAYS = ReplicaConfig(seq_ack_wanted_ms=0.0)
@@ -154,3 +155,74 @@ def test_acks_go_only_to_a_publisher_that_asked_a_write_ack_question_and_stop_af
     mesh.pump()
     mesh.advance(10.0)
     assert a.seq_acks.acked["b"][:2] == (1, 2), "seq_ack_wanted_ms after the question, b stopped"
+
+
+def _batches(replica: Replica, mesh: Mesh) -> list[wire.Deltas]:
+    """The DELTAS frames the replica publishes now (taken, not delivered)."""
+    frames = [wire.decode(e.frame) for e in replica.take_effects(mesh.now_ms) if isinstance(e, Publish)]
+    return [frame for frame in frames if isinstance(frame, wire.Deltas)]
+
+
+def test_numbers_a_relayed_frame_names_are_acknowledged_to_the_origin_from_a_gap_and_once_applied() -> None:
+    """b gets none of a's stream, only frames relay r republishes, which name a's numbers (as for a
+    node of another datacenter that is not a relay): b acknowledges them to a, starts its range again
+    after a gap (it cannot tell another holder set's numbers from lost ones), and waits while a
+    relayed delta waits for its dependencies."""
+    mesh = Mesh()
+    a, b, _r = mesh.add("a", config=ALWAYS), mesh.add("b", config=ALWAYS), mesh.add("r", config=ALWAYS)
+    mesh.link_all()
+    mesh.drop = lambda hop: hop.source == a.address and hop.target == b.address and hop.published
+    batches: list[wire.Deltas] = []
+    for seq, doc_id in enumerate(["doc", "doc", "other", "doc", "doc", "doc"], start=1):
+        _write(a, "k", seq, doc_id)
+        batches += _batches(a, mesh)
+        assert batches[-1].first_seq == seq
+
+    def relay(seq: int) -> None:
+        batch = batches[seq - 1]
+        b.receive(wire.encode(wire.Relayed("r", "a", batch.deltas, a.epoch, seq)), mesh.now_ms)
+        mesh.pump()
+        mesh.advance(a.config.seq_ack_interval_ms, step_ms=1.0)
+
+    relay(1)
+    relay(2)
+    assert a.seq_acks.acked["b"][:2] == (1, 2)
+    relay(4)  # 3 (another doc) never comes: b's range starts again after the gap
+    assert a.seq_acks.acked["b"][:2] == (4, 4)
+    relay(6)  # depends on 5, which has not come: waits in the causal buffer, not acknowledged
+    assert b.status(mesh.now_ms).pending_updates == 1
+    assert a.seq_acks.acked["b"][:2] == (4, 4)
+    relay(5)  # applies 5 and 6; 5 is below the range and adds no number, but 6 is acknowledged now
+    assert b.status(mesh.now_ms).pending_updates == 0
+    assert a.seq_acks.acked["b"][:2] == (6, 6)
+    assert _count(b, "seq_acks_relayed_sent") == _count(b, "seq_acks_sent") == 4  # 1, 1..2, 4, 6
+
+
+def test_a_relayed_frame_of_a_delta_the_buffer_dropped_is_not_acknowledged() -> None:
+    mesh = Mesh()
+    config = ReplicaConfig(seq_ack_wanted_ms=0.0, update_bytes_max=4)
+    a, b = mesh.add("a", config=ALWAYS), mesh.add("b", config=config)
+    mesh.link_all()
+    mesh.drop = lambda hop: hop.source == a.address and hop.target == b.address and hop.published
+    a.open_doc("doc").get("data", type=Map)["k"] = "a value longer than four bytes"
+    (batch,) = _batches(a, mesh)
+    b.receive(wire.encode(wire.Relayed("r", "a", batch.deltas, a.epoch, 1)), mesh.now_ms)
+    mesh.pump()
+    assert _count(b, "updates_dropped_too_large") == 1
+    assert "b" not in a.seq_acks.acked and _count(b, "seq_acks_sent") == 0
+
+
+def test_a_write_ack_question_from_a_node_that_does_not_hold_the_doc_starts_acks_only_when_flagged() -> None:
+    """Under placement a writer may not hold the doc it wrote: its question is an offer from a
+    non-holder, which without the flag looks like a handoff (no acks; wire version 1 cannot flag)."""
+    rf1 = PlacementPolicy((PlacementRule(1),))
+    mesh = Mesh()
+    a, b = mesh.add("a", placement=rf1), mesh.add("b", placement=rf1)
+    mesh.link_all()
+    doc_id = next(f"doc-{i}" for i in range(100) if b.holds(f"doc-{i}") and not a.holds(f"doc-{i}"))
+    state = b"\x00"
+    for version, wants_acks, wanted in ((2, False, False), (1, True, False), (2, True, True)):
+        offer = wire.HandoffOffer("a", ((doc_id, state, b"\x00\x00"),), wants_acks=wants_acks)
+        b.receive(wire.encode(offer, version), mesh.now_ms)
+        mesh.pump()
+        assert ("a" in b.seq_acks._wanted_until) is wanted, (version, wants_acks)

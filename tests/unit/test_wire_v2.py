@@ -4,6 +4,7 @@ before the body is read."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import struct
@@ -132,6 +133,26 @@ def test_kinds_without_a_stream_position_carry_zero_and_keep_their_body() -> Non
     assert (header.sender, header.epoch, header.seq) == (NODE, 0, 0)
 
 
+def test_a_relayed_frame_names_its_origins_numbers_in_the_header_in_version_2_only() -> None:
+    named = wire.Relayed(NODE, "origin-node", (_delta("doc-1", b"\x01\x02"),), 5, 300)
+    header = wire.read_header(wire.encode(named))
+    assert (header.epoch, header.seq) == (5, 300)
+    assert wire.decode(wire.encode(named)) == named
+    # Version 1 cannot name them: the frame is the pinned one, and reads as naming none.
+    assert wire.encode(named, 1) == bytes.fromhex(V1_FRAMES["relayed"])
+    assert wire.decode(wire.encode(named, 1)) == V1_MESSAGES["relayed"]
+    # A version-2 frame without them (as a relay sends numbers that are not consecutive) adds nothing.
+    unnamed = V1_MESSAGES["relayed"]
+    assert len(wire.encode(named)) == len(wire.encode(unnamed)) + 1  # 300 takes 2 varint bytes, 5 and 0 one
+
+
+def test_a_write_ack_question_is_flagged_in_the_header_in_version_2_only() -> None:
+    question = wire.HandoffOffer(NODE, (("doc-1", b"\x00", b"\x00\x00"),), wants_acks=True)
+    assert wire.read_header(wire.encode(question)).seq == 1
+    assert wire.decode(wire.encode(question)) == question
+    assert wire.decode(wire.encode(question, 1)) == dataclasses.replace(question, wants_acks=False)
+
+
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 16_383, 16_384, (1 << 63) - 1])
 def test_epoch_and_seq_round_trip_at_every_varint_width(value: int) -> None:
     message = wire.Heartbeat(NODE, value, value)
@@ -173,6 +194,24 @@ MALFORMED: list[tuple[str, bytes, str, str]] = [
     ("body-extra-field", _v2(MessageKind.HEARTBEAT, (1,)), "bad_body", "1 extra fields"),
     ("hello-range-inverted", _hello_with_range(3, 2), "bad_body", "wire versions 3..2"),
     ("hello-range-zero", _hello_with_range(0, 2), "bad_body", "wire versions 0..2"),
+    (
+        "relayed-epoch-without-seq",
+        _v2(MessageKind.RELAYED, ["o", "d", b"\x00", b"\x00\x00", b"\x00\x00"], epoch=b"\x05", seq=b"\x00"),
+        "bad_header",
+        "RELAYED names origin epoch 5 without a sequence number",
+    ),
+    (
+        "offer-flag-not-1",
+        _v2(MessageKind.HANDOFF_OFFER, [False, "d", b"\x00", b"\x00\x00"], epoch=b"\x00", seq=b"\x02"),
+        "bad_header",
+        "HandoffOffer header carries epoch 0 and seq 2",
+    ),
+    (
+        "position-on-a-kind-without-one",
+        _v2(MessageKind.SYNC_PUSH, ["d", b"\x00\x00"], epoch=b"\x01", seq=b"\x01"),
+        "bad_header",
+        "SyncPush header carries epoch 1 and seq 1",
+    ),
     (
         "hello-without-range",
         _v2(MessageKind.HELLO, ["a", "p", "dc", "", 1000, 4096, 2], seq=b"\x00"),
