@@ -26,9 +26,12 @@ DOC = "models/registry"
 
 
 @contextlib.asynccontextmanager
-async def _two_datacenters(root: Path, replication: ReplicaConfig) -> AsyncIterator[list[Node]]:
-    """a and c in dc1, b in dc2, SQLite stores (a confirmation comes after the holder's commit)."""
-    names = {"a": "dc1", "b": "dc2", "c": "dc1"}
+async def _two_datacenters(
+    root: Path, replication: ReplicaConfig, names: dict[str, str] | None = None
+) -> AsyncIterator[list[Node]]:
+    """a and c in dc1, b in dc2 (or `names`: node -> dc), SQLite stores (a confirmation comes after
+    the holder's commit)."""
+    names = names or {"a": "dc1", "b": "dc2", "c": "dc1"}
     listens = {name: free_endpoint() for name in names}
     async with contextlib.AsyncExitStack() as stack:
         nodes = [
@@ -48,9 +51,11 @@ async def _two_datacenters(root: Path, replication: ReplicaConfig) -> AsyncItera
             for name, dc in names.items()
         ]
         await wait_until(
-            lambda: all(sum(m.state == "alive" for m in node.status().members) == 2 for node in nodes),
+            lambda: all(
+                sum(m.state == "alive" for m in node.status().members) == len(names) - 1 for node in nodes
+            ),
             TIMEOUT_S,
-            "every node knows the other two",
+            "every node knows every other",
         )
         yield nodes
 
@@ -161,6 +166,55 @@ def test_an_acknowledged_write_on_an_idle_cluster_costs_one_ack_frame_per_holder
             assert delta[0]["seq_acks_received"] == 2 * writes
             for index in (1, 2):  # (a warm-up question may still arrive in the window: not counted)
                 assert delta[index]["seq_acks_sent"] == writes, nodes[index].config.node_id
+
+    asyncio.run(scenario())
+
+
+def test_a_holder_of_another_datacenter_that_is_not_a_relay_confirms_by_acks_without_a_question(
+    tmp_path: Path,
+) -> None:
+    """a and c in dc1, b and d in dc2, one of which is dc2's relay: the other gets a's deltas only as
+    the relay republishes them. Its first write-ack question starts its acks of the numbers the
+    relayed frames name (wire version 2), and then N writes with write_acks=all on idle links ask it
+    nothing: a sends no question, and the non-relay sends one SEQ_ACK of relayed deltas per write."""
+    writes = 5
+    quiet = ReplicaConfig(
+        heartbeat_interval_ms=100.0,
+        hello_interval_ms=100.0,
+        tick_interval_ms=20.0,
+        ae_interval_ms=0.0,
+        ae_wan_interval_ms=0.0,
+    )
+
+    async def scenario() -> None:
+        names = {"a": "dc1", "b": "dc2", "c": "dc1", "d": "dc2"}
+        async with _two_datacenters(tmp_path, quiet, names) as nodes:
+            a, dc2 = nodes[0], [nodes[1], nodes[3]]
+            await wait_until(
+                lambda: sorted(node._replica.membership.is_relay() for node in dc2) == [False, True],
+                TIMEOUT_S,
+                "dc2 has one relay",
+            )
+            relay, holder = sorted(dc2, key=lambda node: not node._replica.membership.is_relay())
+            await _acknowledged_by_all(a, nodes[1:])
+            before = [node.status().counters for node in (a, holder, relay)]
+            for index in range(writes):
+                await _write(a, "llama-3-8b", f"v{index}")
+                acks = await a.write_acks(DOC, "all", timeout_ms=TIMEOUT_S * 1000)
+                assert sorted(acks.confirmed) == ["a", "b", "c", "d"]
+            after = [node.status().counters for node in (a, holder, relay)]
+            names_of = ("handoff_offers_sent", "seq_acks_sent", "seq_acks_relayed_sent", "deltas_relayed_out")
+            delta = [
+                {name: getattr(n, name) - getattr(b, name) for name in names_of}
+                for n, b in zip(after, before, strict=True)
+            ]
+            print(f"over {writes} writes: a {delta[0]}, holder {delta[1]}, relay {delta[2]}")
+            assert delta[0]["handoff_offers_sent"] == 0, "a asked a question"
+            assert delta[1]["seq_acks_relayed_sent"] == delta[1]["seq_acks_sent"] == writes
+            assert delta[2]["deltas_relayed_out"] == writes and delta[2]["seq_acks_relayed_sent"] == 0
+            doc = await holder.open(DOC)
+            assert doc.get("data", type=Map)["llama-3-8b"] == f"v{writes - 1}"
+            holder.release(DOC)
 
     asyncio.run(scenario())
 
