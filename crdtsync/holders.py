@@ -7,8 +7,9 @@ waits whose answer came. The number of waits is bounded; every wait has a deadli
 A write's acknowledgements are the sequence acknowledgements holders send of this node's stream
 anyway (`crdtsync.core.seqacks`): no frame per write goes out for them. A holder is asked directly
 (the question `_Questions` sends) only when its acks cannot tell: it never acknowledged this node's
-stream (a node of another datacenter that receives it through its relay), its acks begin after
-the write, or none covered the write within `ACK_WAIT_MS`.
+stream (at the first waiting write: the question starts its acks), its acks begin after the write,
+or none covered the write within `ACK_WAIT_MS`. An ack counts for a doc when it covers the number
+of this node's latest delta of that doc (`SeqAcks.last_seq_of`).
 """
 
 from __future__ import annotations
@@ -180,14 +181,14 @@ class HolderWaits:
 
     def _should_ask(self, node_id: str, seq: int, waited_ms: float) -> bool:
         """Whether to ask a holder directly rather than wait for its sequence acknowledgement: it
-        never acknowledged this node's deltas of this run (it does not subscribe to them, as the
-        non-relays of other datacenters, or has not yet), its acks start after the write (it got
+        never acknowledged this node's deltas of this run (no question started its acks yet, or it
+        gets them from a relay whose frames do not name their numbers), its acks start after the write (it got
         the write, if at all, by another path), its ack covers the write under another member view
         than this node's (it may not hold the doc), its last ack is older than half of
         `seq_ack_wanted_ms` (it acknowledges for that long after a question), or it has been silent
         for `ACK_WAIT_MS`."""
         if seq == 0:
-            return True  # no write of this run to acknowledge: what the node has of the doc counts
+            return True  # no write of the doc in this run (or too old): what the node has of it counts
         seq_acks = self._replica.seq_acks
         acked = seq_acks.acked.get(node_id)
         if acked is None or acked[0] > seq or waited_ms >= ACK_WAIT_MS:

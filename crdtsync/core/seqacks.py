@@ -19,8 +19,8 @@ the number of writes. A lost ack is covered by the next one; the writer asks a r
 when no ack came (`crdtsync.holders`).
 
 A publisher wants acks for `seq_ack_wanted_ms` (60 s) after it asked this node a write-ack question
-(a `HANDOFF_OFFER` of a doc the publisher holds: handoffs come from non-holders, and a non-holder's
-waiting writes are asked each time): a cluster where no write waits sends none, and a writer asks
+(a `HANDOFF_OFFER` flagged `wants_acks`; over wire version 1, which cannot flag it, an offer of a doc
+the publisher holds, since handoffs come from non-holders): a cluster where no write waits sends none, and a writer asks
 each holder once, at its first waiting write, then again only when that holder's last ack is older
 than half of that (`crdtsync.holders`). With `seq_ack_wanted_ms` 0 every publisher gets acks.
 
