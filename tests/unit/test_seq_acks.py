@@ -226,3 +226,15 @@ def test_a_write_ack_question_from_a_node_that_does_not_hold_the_doc_starts_acks
         b.receive(wire.encode(offer, version), mesh.now_ms)
         mesh.pump()
         assert ("a" in b.seq_acks._wanted_until) is wanted, (version, wants_acks)
+
+
+def test_a_writer_counts_an_ack_for_a_doc_by_the_number_of_its_latest_delta_of_that_doc() -> None:
+    """An ack's range may start after a doc's last write (a gap of a relayed range, a restarted
+    track) and still hold the writer's latest number: that number is another doc's."""
+    mesh = Mesh()
+    a = mesh.add("a")
+    for doc_id in ("doc", "other", "doc", "other", "third"):
+        _write(a, "k", 1, doc_id)
+        a.take_effects(mesh.now_ms)
+    assert [a.seq_acks.last_seq_of(doc_id) for doc_id in ("doc", "other", "third", "never")] == [3, 4, 5, 0]
+    assert a._outbound.last_seq_of("doc", scanned_max=2) == 0, "the scan is bounded: unknown, so asked"
