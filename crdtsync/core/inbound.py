@@ -168,11 +168,13 @@ class Inbound:
     def _relay(self, deltas: list[wire.Delta], publisher: str, epoch: int, seqs: list[int]) -> None:
         """Republish another datacenter's deltas into this one (dc_only: the relayed copy must not
         cross the WAN again), by holder set (`outbound`) when not every node holds everything. A
-        frame whose deltas have consecutive numbers (`seqs`, empty when not tracked) names them, so
-        that its receivers can acknowledge them to the publisher (`Relayed`); no frame is split
-        for that."""
+        frame whose deltas have consecutive numbers (`seqs`, empty when not tracked) names them
+        while the publisher's writes wait (it asked this node a write-ack question), so that its
+        receivers can acknowledge them to the publisher (`Relayed`); no frame is split for that."""
         ctx = self._ctx
         ctx.counters.deltas_relayed_out += len(deltas)
+        if not self._seq_acks.wanted(publisher):
+            seqs = []  # its writes do not wait: nothing would acknowledge them, and 0s are shorter
         relayed = _relayed(ctx.node_id, publisher, deltas, epoch, seqs)
         holding = self._holding
         if not holding.partitioned:

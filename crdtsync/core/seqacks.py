@@ -26,7 +26,10 @@ than half of that (`crdtsync.holders`). With `seq_ack_wanted_ms` 0 every publish
 
 A node of another datacenter that is not a relay does not receive the publisher's stream but its
 relay's republished copies (`Relayed`). In wire version 2 a relayed frame whose deltas have
-consecutive numbers names them (the publisher's epoch and the first number), and the node tracks
+consecutive numbers names them (the publisher's epoch and the first number) while the publisher's
+writes wait, as the relay knows from the questions it gets as a holder itself (a write that waits
+for every datacenter asks the relays too): otherwise nothing would acknowledge them, and the frame
+keeps the header's two 0 bytes. The node tracks
 them per publisher (`RelayedTrack`): its range starts again at the first number after a gap, since
 it cannot tell the numbers of docs it does not take (another holder set's frame) from lost ones,
 and it counts as waiting while anything of a relay that brought them waits in the causal buffer.
@@ -122,6 +125,11 @@ class SeqAcks:
             del wanted[next(iter(wanted))]
         wanted[publisher] = ctx.now_ms + ctx.config.seq_ack_wanted_ms
 
+    def wanted(self, publisher: str) -> bool:
+        """Whether `publisher` gets acks now (its last write-ack question is recent enough)."""
+        ctx = self._ctx
+        return ctx.config.seq_ack_wanted_ms <= 0 or ctx.now_ms <= self._wanted_until.get(publisher, -1.0)
+
     @property
     def view_digest(self) -> int:
         """This node's member view (`Holding.view_digest`), to compare an ack's with."""
@@ -179,7 +187,6 @@ class SeqAcks:
             self._view_version = self._holding.version
             for track in (*tracks.values(), *self.relayed.values()):
                 track.held_from = max(track.held_from, track.skipped_through + 1)
-        always = ctx.config.seq_ack_wanted_ms <= 0
         for publisher, track in self._tracks(tracks).items():
             if not track.deltas_unacked:
                 continue
@@ -188,7 +195,7 @@ class SeqAcks:
                     continue
             elif publisher in pending_from:
                 continue
-            if not always and ctx.now_ms > self._wanted_until.get(publisher, -1.0):
+            if not self.wanted(publisher):
                 continue  # it waits for none of its writes: no ack (the first question starts them)
             if track.contiguous < track.held_from:
                 track.deltas_unacked = False  # nothing held since a gap: the next deltas tell

@@ -40,13 +40,22 @@ class _AckChecker(SimTracer):
         self.deltas_checked = 0
         self.wan_acks = 0
         self.relayed_acks = 0
+        self.relayed_frames = 0
+        self.ack_frames = 0
+        """Every SEQ_ACK handed to the network, checked or not."""
+        self.relayed_named = 0
+        """Relayed frames (version 2) handed to the network, and those naming the origin's numbers."""
         """Acks of numbers the node received relayed (from its `RelayedTrack`, not the stream)."""
         self.other_views = 0
         self.problems: list[str] = []
 
     def on_frame(self, source: int, target: int, frame: bytes, wan: bool) -> None:
+        if frame[3] == wire.MessageKind.RELAYED and frame[2] >= 2:
+            self.relayed_frames += 1
+            self.relayed_named += wire.read_header(frame).seq != 0
         if frame[3] != wire.MessageKind.SEQ_ACK or self.cluster is None:
             return
+        self.ack_frames += 1
         ack = wire.decode(frame)
         assert isinstance(ack, wire.SeqAck)
         publisher = self.cluster.nodes[target].replica
@@ -105,8 +114,9 @@ def _run(config: SimConfig) -> _AckChecker:
     print(result.verdict())
     print(
         f"  {checker.acks} acks checked ({checker.wan_acks} across the WAN, {checker.relayed_acks} of "
-        f"relayed deltas), {checker.deltas_checked} "
-        f"deltas; {checker.other_views} acks of another view (not trusted)"
+        f"relayed deltas), {checker.deltas_checked} deltas; {checker.relayed_named} of "
+        f"{checker.relayed_frames} relayed frames named their numbers"
+        f"; {checker.other_views} acks of another view (not trusted)"
     )
     assert result.ok, result.verdict()
     assert not checker.problems, checker.problems[:5]
@@ -127,6 +137,19 @@ def test_every_ack_names_only_what_the_acknowledging_store_holds_under_every_fau
         )
         checker = _run(config)
         assert checker.acks > 0 and checker.wan_acks > 0 and checker.relayed_acks > 0
+        assert checker.relayed_named > 0
+
+
+def test_a_cluster_whose_writes_never_wait_sends_no_ack_and_names_no_relayed_numbers() -> None:
+    """The default `seq_ack_wanted_ms`, and no write asks a write-ack question: the acks and the
+    numbers relayed frames would name cost nothing."""
+    for seed in _seeds(43, 43):
+        config = SimConfig(
+            seed=seed, nodes=5, docs=6, ops=300, faults=frozenset(FAULTS), datacenters=2, durable=True
+        )
+        checker = _run(config)
+        assert checker.relayed_frames > 0
+        assert (checker.ack_frames, checker.relayed_named) == (0, 0)
 
 
 def test_under_placement_an_ack_trusted_for_a_doc_comes_from_a_holder_that_stored_it() -> None:
