@@ -110,6 +110,11 @@ class HolderWaits:
         """Write-ack questions asked again after ASK_AGAIN_MS without an answer."""
         self.confirmed_by_ack = 0
         """Holders whose sequence acknowledgement confirmed a write (no question)."""
+        self.asked_for_silence = 0
+        """Holders asked because no ack of theirs covered a write within ACK_WAIT_MS (a lost ack)."""
+        self._asked_ms: dict[str, float] = {}
+        """Node -> when this node last asked it a write-ack question, which makes it acknowledge this
+        node's deltas for `seq_ack_wanted_ms` (oldest first, at most KNOWN_STATES_MAX nodes)."""
 
     def wake(self) -> None:
         """A frame came in: every wait looks again."""
@@ -191,11 +196,14 @@ class HolderWaits:
             return True  # no write of the doc in this run (or too old): what the node has of it counts
         seq_acks = self._replica.seq_acks
         acked = seq_acks.acked.get(node_id)
-        if acked is None or acked[0] > seq or waited_ms >= ACK_WAIT_MS:
+        if acked is None or acked[0] > seq:
+            return True
+        if waited_ms >= ACK_WAIT_MS:
+            self.asked_for_silence += 1
             return True
         wanted_ms = self._replica.config.seq_ack_wanted_ms
-        if wanted_ms > 0 and _now_ms() - acked[3] > wanted_ms / 2:
-            return True  # its acks may be about to stop: the question renews them
+        if wanted_ms > 0 and _now_ms() - self._asked_ms.get(node_id, -wanted_ms) > wanted_ms / 2:
+            return True  # its acks stop `wanted_ms` after the last question: this one renews them
         return acked[2] != seq_acks.view_digest and acked[1] >= seq  # it counted under another view
 
     async def write_acks(self, doc_id: str, wanted: WriteAcksWanted, timeout_ms: float) -> WriteAcks:
@@ -210,7 +218,7 @@ class HolderWaits:
         confirmed = [replica.node_id] if replica.node_id in ordered else []
         waiting = [node_id for node_id in ordered if node_id != replica.node_id]
         seq = replica.seq_acks.last_seq_of(doc_id)
-        questions = _Questions(replica, doc_id, self._known)
+        questions = _Questions(replica, doc_id, self._known, self._asked_ms)
         started_ms = _now_ms()
         deadline_ms = started_ms + timeout_ms
         while True:
@@ -253,10 +261,13 @@ class _Questions:
     `HANDOFF_OFFER` carrying what the holder lacks against the state it last confirmed (`known`),
     or a probe of its state first, each answered after the holder's commit."""
 
-    def __init__(self, replica: Replica, doc_id: str, known: _KnownStates) -> None:
+    def __init__(
+        self, replica: Replica, doc_id: str, known: _KnownStates, asked_ms: dict[str, float]
+    ) -> None:
         self._replica = replica
         self._doc_id = doc_id
         self._known = known
+        self._asked_ms = asked_ms
         self.asked: dict[str, tuple[bool, float]] = {}
         """Holder -> (whether the update went out, rather than the probe; when)."""
         self.unreachable: set[str] = set()
@@ -269,6 +280,11 @@ class _Questions:
         known = None if probe else against if against is not None else self._known.get(self._doc_id, node_id)
         if self._replica.confirm(self._doc_id, node_id, known, _now_ms()):
             self.asked[node_id] = (known is not None, _now_ms())
+            asked_ms = self._asked_ms
+            asked_ms.pop(node_id, None)
+            if len(asked_ms) >= KNOWN_STATES_MAX:
+                del asked_ms[next(iter(asked_ms))]
+            asked_ms[node_id] = _now_ms()
         else:
             self.asked.pop(node_id, None)
             self.unreachable.add(node_id)

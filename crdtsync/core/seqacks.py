@@ -20,9 +20,10 @@ when no ack came (`crdtsync.holders`).
 
 A publisher wants acks for `seq_ack_wanted_ms` (60 s) after it asked this node a write-ack question
 (a `HANDOFF_OFFER` flagged `wants_acks`; over wire version 1, which cannot flag it, an offer of a doc
-the publisher holds, since handoffs come from non-holders): a cluster where no write waits sends none, and a writer asks
-each holder once, at its first waiting write, then again only when that holder's last ack is older
-than half of that (`crdtsync.holders`). With `seq_ack_wanted_ms` 0 every publisher gets acks.
+the publisher holds, since handoffs come from non-holders): a cluster where no write waits sends
+none, and a writer asks each holder once, at its first waiting write, then again only when its last
+question to that holder is older than half of that, which renews the acks before they stop
+(`crdtsync.holders`). With `seq_ack_wanted_ms` 0 every publisher gets acks.
 
 A node of another datacenter that is not a relay does not receive the publisher's stream but its
 relay's republished copies (`Relayed`). In wire version 2 a relayed frame whose deltas have

@@ -219,6 +219,34 @@ def test_a_holder_of_another_datacenter_that_is_not_a_relay_confirms_by_acks_wit
     asyncio.run(scenario())
 
 
+def test_a_writer_whose_writes_keep_waiting_renews_the_holders_acks_before_they_stop(tmp_path: Path) -> None:
+    """A holder acknowledges for `seq_ack_wanted_ms` after a question, however many acks it sends:
+    a writer whose writes wait all the time asks each holder again when its last question to it is
+    half that old, so the acks never stop and no write waits `ACK_WAIT_MS` for an ack that will not
+    come. Here with seq_ack_wanted_ms 1 s, over 2.5 s of writes with write_acks=all."""
+    renewing = ReplicaConfig(
+        heartbeat_interval_ms=100.0, hello_interval_ms=100.0, tick_interval_ms=20.0, seq_ack_wanted_ms=1_000.0
+    )
+
+    async def scenario() -> None:
+        async with _two_datacenters(tmp_path, renewing) as nodes:
+            a = nodes[0]
+            await _acknowledged_by_all(a, nodes[1:])
+            offers, silences, writes = _questions(a), a._waits.asked_for_silence, 0
+            started = time.monotonic()
+            while time.monotonic() - started < 2.5:
+                await _write(a, "llama-3-8b", f"v{writes}")
+                acks = await a.write_acks(DOC, "all", timeout_ms=TIMEOUT_S * 1000)
+                assert sorted(acks.confirmed) == ["a", "b", "c"]
+                writes += 1
+            renewals = _questions(a) - offers
+            print(f"{writes} writes in 2.5 s, {renewals} renewing questions")
+            assert a._waits.asked_for_silence == silences, "a holder's acks stopped: a write waited for one"
+            assert renewals >= 2 * 2, "each holder is asked again about every 0.5 s"
+
+    asyncio.run(scenario())
+
+
 _FRAME_COUNTERS = (
     "frames_published",
     "frames_sent",
