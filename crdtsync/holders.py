@@ -187,11 +187,11 @@ class HolderWaits:
     def _should_ask(self, node_id: str, seq: int, waited_ms: float) -> bool:
         """Whether to ask a holder directly rather than wait for its sequence acknowledgement: it
         never acknowledged this node's deltas of this run (no question started its acks yet, or it
-        gets them from a relay whose frames do not name their numbers), its acks start after the write (it got
-        the write, if at all, by another path), its ack covers the write under another member view
-        than this node's (it may not hold the doc), its last ack is older than half of
-        `seq_ack_wanted_ms` (it acknowledges for that long after a question), or it has been silent
-        for `ACK_WAIT_MS`."""
+        gets them from a relay whose frames do not name their numbers), its acks start after the
+        write (it got the write, if at all, by another path), its ack covers the write under another
+        member view than this node's (it may not hold the doc), this node's last question to it is
+        older than half of `seq_ack_wanted_ms` (it acknowledges for that long after a question), or
+        it has been silent for `ACK_WAIT_MS`."""
         if seq == 0:
             return True  # no write of the doc in this run (or too old): what the node has of it counts
         seq_acks = self._replica.seq_acks
