@@ -5,14 +5,17 @@ waits for when it reads its own write on another datacenter's node.
 
 1. In process: `Node.wait_for` with a token the node covers, against the read it guards (the doc's
    JSON), and `CausalToken.decode` of a write answer's token.
-2. Three real daemons on 127.0.0.1, a and c in dc1, b in dc2 (no WAN latency: one host). On b,
+2. Four real daemons on 127.0.0.1, a and c in dc1, b and d in dc2 (no WAN latency: one host; one of
+   b and d is dc2's relay, the other gets a's writes as the relay republishes them). On b,
    `GET /v1/docs/{doc}/keys/{key}` with and without `min_state` (a token b covers), interleaved on
    one keep-alive connection, p50/p99 each. The issue's goal: <= 0.1 ms added at p50.
 3. Read-your-write across datacenters: PUT on a, then at once GET with its token on b (the read
    waits until the write arrives): the GET's duration, p50/p99.
 4. Writes that wait for replication: on a, PUT plain, with `write_acks=dc` (a and c hold it) and
-   with `write_acks=all` (a, b and c), interleaved on one connection, p50/p99 each and what each adds
-   to a plain write. Every daemon commits with fsync.
+   with `write_acks=all` (a, b, c and d), interleaved on one connection, p50/p99 each and what each
+   adds to a plain write, and the write-ack questions a sent in all (after the first, which starts
+   the holders' acks, every holder confirms by its acks, dc2's non-relay too). Every daemon commits
+   with fsync.
 5. Watch fan-out: N watch streams (default 5000) on one daemon, the daemon's RSS per watcher, and
    the time from a write on another node to the last watcher's event with it. Target: the default
    `http.watchers_max` of watchers costs at most WATCHERS_RSS_BYTES_MAX of daemon memory.
@@ -84,7 +87,8 @@ async def in_process(rounds: int) -> JSON:
 
 def over_http(rounds: int, writes: int) -> JSON:
     with tempfile.TemporaryDirectory(prefix="bench-consistency-") as root:
-        cluster = LocalCluster.named(root, ["a", "b", "c"], dcs={"a": "dc1", "b": "dc2", "c": "dc1"})
+        dcs = {"a": "dc1", "b": "dc2", "c": "dc1", "d": "dc2"}
+        cluster = LocalCluster.named(root, list(dcs), dcs=dcs)
         with cluster:
             cluster.start_all()
             cluster.wait_healthy()
@@ -134,6 +138,7 @@ def _write_acks(ca: httpx.Client, writes: int) -> JSON:
         "put_write_acks_all": {"write_acks": "all", "wait_ms": 10_000},
     }
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
+    questions_before = _questions_sent(ca)
     for i in range(writes):
         for kind, params in kinds.items():
             start = time.perf_counter()
@@ -142,12 +147,21 @@ def _write_acks(ca: httpx.Client, writes: int) -> JSON:
             assert answer.status_code == 200, answer.text
             if params:
                 confirmed = answer.json()["write_acks"]["confirmed"]
-                assert len(confirmed) == (2 if params["write_acks"] == "dc" else 3), confirmed
+                assert len(confirmed) == (2 if params["write_acks"] == "dc" else 4), confirmed
     figures: JSON = {kind: _us(values) for kind, values in samples.items()}
+    figures["write_ack_questions"] = _questions_sent(ca) - questions_before
     for kind in ("put_write_acks_dc", "put_write_acks_all"):
         figures[f"{kind}_added_p50_us"] = figures[kind]["p50_us"] - figures["plain_put"]["p50_us"]
         figures[f"{kind}_added_p99_us"] = figures[kind]["p99_us"] - figures["plain_put"]["p99_us"]
     return figures
+
+
+def _questions_sent(client: httpx.Client) -> int:
+    """Write-ack questions (and handoff offers, none here) the node sent, from its metrics."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('crdtsync_handoff_offers_total{way="sent"}'):
+            return int(float(line.split()[-1]))
+    raise RuntimeError("crdtsync_handoff_offers_total is not exported")
 
 
 def _rss_kb(pid: int) -> int:
