@@ -134,7 +134,7 @@ class Inbound:
         for index, bucket in enumerate(buckets):
             if bucket not in subscribed and self._receive(track, first_seq + index):
                 self._ctx.counters.seqs_not_subscribed += 1
-                track.skipped_through = first_seq + index
+                track.skipped_through = max(track.skipped_through, first_seq + index)
                 if held is None or bucket in held:  # held, not subscribed yet: not to acknowledge
                     track.held_from = max(track.held_from, first_seq + index + 1)
 

@@ -238,3 +238,22 @@ def test_a_writer_counts_an_ack_for_a_doc_by_the_number_of_its_latest_delta_of_t
         a.take_effects(mesh.now_ms)
     assert [a.seq_acks.last_seq_of(doc_id) for doc_id in ("doc", "other", "third", "never")] == [3, 4, 5, 0]
     assert a._outbound.last_seq_of("doc", scanned_max=2) == 0, "the scan is bounded: unknown, so asked"
+
+
+def test_a_late_sequence_index_does_not_move_back_what_counts_as_not_held() -> None:
+    """Numbers a `SEQ_INDEX` marks as another bucket's count as not held; an index that arrives late
+    (reordered) names lower numbers, and must not make the node forget the higher ones it counted:
+    a change of view later moves acks past all of them (a simulated run, seed 209, acknowledged a
+    number of a doc it counted as not held, then held, after a late index moved the mark back)."""
+    rf2 = PlacementPolicy((PlacementRule(2),))
+    mesh = Mesh()
+    a = mesh.add("a", config=ALWAYS, placement=rf2)
+    b, *_rest = (mesh.add(name, config=ALWAYS, placement=rf2) for name in ("b", "c", "d"))
+    mesh.link_all()
+    mesh.advance(2_000.0)
+    link = b._links.of_node("a")
+    assert link is not None and link.subscribed_buckets is not None, "b takes only its buckets"
+    other = next(bucket for bucket in range(4096) if bucket not in link.subscribed_buckets)
+    b._inbound.on_seq_index(wire.SeqIndex("a", a.epoch, 5, (other,)))
+    b._inbound.on_seq_index(wire.SeqIndex("a", a.epoch, 3, (other,)))  # the late one
+    assert b._inbound.tracks["a"].skipped_through == 5
