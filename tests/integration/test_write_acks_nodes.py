@@ -14,7 +14,7 @@ import pytest
 from pycrdt import Map
 from zmq_support import free_endpoint, wait_until
 
-from crdtsync import MembershipConfig, Node, NodeConfig, ReplicaConfig
+from crdtsync import MembershipConfig, Node, NodeConfig, ReplicaConfig, holders
 from crdtsync.holders import ACK_WAIT_MS, WriteAcksTimeoutError
 
 pytestmark = pytest.mark.integration
@@ -219,11 +219,17 @@ def test_a_holder_of_another_datacenter_that_is_not_a_relay_confirms_by_acks_wit
     asyncio.run(scenario())
 
 
-def test_a_writer_whose_writes_keep_waiting_renews_the_holders_acks_before_they_stop(tmp_path: Path) -> None:
+def test_a_writer_whose_writes_keep_waiting_renews_the_holders_acks_before_they_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A holder acknowledges for `seq_ack_wanted_ms` after a question, however many acks it sends:
     a writer whose writes wait all the time asks each holder again when its last question to it is
     half that old, so the acks never stop and no write waits `ACK_WAIT_MS` for an ack that will not
-    come. Here with seq_ack_wanted_ms 1 s, over 2.5 s of writes with write_acks=all."""
+    come. Here with seq_ack_wanted_ms 1 s, over 2.5 s of writes with write_acks=all: about every
+    0.5 s a question to each of the 2 holders (the code before asked only once the acks had stopped
+    and a write had waited for them: 2 in all); ACK_WAIT_MS is 3 s, so that only stopped acks, not a
+    loaded machine's stall, make a write wait that long."""
+    monkeypatch.setattr(holders, "ACK_WAIT_MS", 3_000.0)
     renewing = ReplicaConfig(
         heartbeat_interval_ms=100.0, hello_interval_ms=100.0, tick_interval_ms=20.0, seq_ack_wanted_ms=1_000.0
     )
