@@ -189,9 +189,8 @@ class HolderWaits:
         never acknowledged this node's deltas of this run (no question started its acks yet, or it
         gets them from a relay whose frames do not name their numbers), its acks start after the
         write (it got the write, if at all, by another path), its ack covers the write under another
-        member view than this node's (it may not hold the doc), this node's last question to it is
-        older than half of `seq_ack_wanted_ms` (it acknowledges for that long after a question), or
-        it has been silent for `ACK_WAIT_MS`."""
+        member view than this node's (it may not hold the doc), or it has been silent for
+        `ACK_WAIT_MS`."""
         if seq == 0:
             return True  # no write of the doc in this run (or too old): what the node has of it counts
         seq_acks = self._replica.seq_acks
@@ -201,10 +200,13 @@ class HolderWaits:
         if waited_ms >= ACK_WAIT_MS:
             self.asked_for_silence += 1
             return True
-        wanted_ms = self._replica.config.seq_ack_wanted_ms
-        if wanted_ms > 0 and _now_ms() - self._asked_ms.get(node_id, -wanted_ms) > wanted_ms / 2:
-            return True  # its acks stop `wanted_ms` after the last question: this one renews them
         return acked[2] != seq_acks.view_digest and acked[1] >= seq  # it counted under another view
+
+    def _renewal_due(self, node_id: str) -> bool:
+        """Whether this node's last question to a holder is older than half of `seq_ack_wanted_ms`:
+        the holder acknowledges for that long after a question, however many acks it sends."""
+        wanted_ms = self._replica.config.seq_ack_wanted_ms
+        return wanted_ms > 0 and _now_ms() - self._asked_ms.get(node_id, -wanted_ms) > wanted_ms / 2
 
     async def write_acks(self, doc_id: str, wanted: WriteAcksWanted, timeout_ms: float) -> WriteAcks:
         """Wait until `wanted` replicas of `doc_id`, or every alive holder of it in this datacenter
@@ -234,9 +236,14 @@ class HolderWaits:
                 confirmed.append(node_id)
             waited_ms = _now_ms() - started_ms
             for node_id in waiting:
-                asked = node_id in questions.asked or node_id in questions.unreachable
-                if not asked and self._should_ask(node_id, seq, waited_ms):
+                if node_id in questions.asked or node_id in questions.unreachable:
+                    continue
+                if self._should_ask(node_id, seq, waited_ms):
                     questions.ask(node_id)
+                elif self._renewal_due(node_id):
+                    # Its acks tell: only renew them, with a probe (a state vector, no update: the
+                    # update against the state it last confirmed could be all of a hot doc's writes).
+                    questions.ask(node_id, probe=True)
             self.asked_again += questions.take_asked_again()
             self._pump()
             reachable = [node_id for node_id in waiting if node_id not in questions.unreachable]
