@@ -394,10 +394,12 @@ class Handoff:
                     handing.refused.add(message.node_id)
                 handing.next_offer_ms = ctx.now_ms
                 continue
-            theirs = decode_state_vector(state)  # validated before it is ever handed to pycrdt
+            decode_state_vector(state)  # validated before it is ever handed to pycrdt
             handing.target_state = state
-            if entry.pins and not covers(entry.state(), theirs):
-                # A follower: the holder has more than this node (deltas lost on the way): pull it.
+            if entry.pins:
+                # A follower pulls at each check: what the holder has past its state vector, and its
+                # deletions, which no state vector shows (a lost delete-only delta relayed from another
+                # datacenter is repaired among the holders by anti-entropy, which followers skip).
                 self.fetch(doc_id)
             if status == HANDOFF_NOT_COVERED:
                 handing.confirmed_ms = None

@@ -1,7 +1,8 @@
-"""Hints (writes a node took for docs it does not hold) are bounded without losing a write: past
-`hint_bytes_max` of unconfirmed hinted writes, writes to docs the node does not hold are refused
-before they are applied; a hint no holder confirmed within `hint_window_ms` is counted overdue and
-kept; a holder's confirmation ends both."""
+"""Docs a node has and does not hold. Hints (writes it took for such docs) are bounded without
+losing a write: past `hint_bytes_max` of unconfirmed hinted writes, writes to docs the node does not
+hold are refused before they are applied; a hint no holder confirmed within `hint_window_ms` is
+counted overdue and kept; a holder's confirmation ends both. A doc held open there (a follower)
+keeps up with its holder even when fetches or deltas are lost."""
 
 from __future__ import annotations
 
@@ -112,3 +113,28 @@ def test_a_doc_open_on_a_non_holder_is_fetched_again_when_its_fetches_were_lost(
     mesh.advance(HINTS.follower_fetch_timeout_ms + 2 * HINTS.handoff_interval_ms)
     assert a.open_doc(doc_id).get("m", type=Map)["k"] == "on the holder"
     assert not a.fetch_pending(doc_id)
+
+
+def test_a_follower_gets_a_deletion_whose_delta_it_lost() -> None:
+    """A deletion leaves the state vector as it was, so a follower that lost the delta of one (say
+    relayed from another datacenter: no sequence numbers, repaired among holders only) cannot see the
+    difference in its holder's answers: it pulls at each check, and the pull carries the deletion."""
+    mesh, a, b = _pair()
+    doc_id = next(doc_id for doc_id in (f"doc-{i}" for i in range(40)) if b.holds(doc_id))
+    b.open_doc(doc_id).get("m", type=Map)["k"] = "soon deleted"
+    mesh.advance(200.0)
+    a.open_doc(doc_id, pin=True)
+    a.fetch_doc(doc_id, mesh.now_ms)
+    mesh.advance(2_000.0)
+    assert "k" in a.open_doc(doc_id).get("m", type=Map)
+
+    def deltas_to_a_lost(hop: Hop) -> bool:
+        return hop.target == a.address and hop.kind in (
+            wire.MessageKind.DELTAS,
+            wire.MessageKind.RETRANSMIT_GONE,
+        )
+
+    mesh.drop = deltas_to_a_lost
+    del b.open_doc(doc_id).get("m", type=Map)["k"]
+    mesh.advance(2 * HINTS.ae_interval_ms + 2 * HINTS.handoff_grace_ms)
+    assert a.open_doc(doc_id).get("m", type=Map).to_py() == {}
