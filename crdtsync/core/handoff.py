@@ -263,8 +263,14 @@ class Handoff:
                 continue
             if entry.state_bytes == EMPTY_STATE:
                 # Opened, never written (a read here, a follower still fetching): nothing to hand
-                # over; offering it would start the grace before the write it is opened for.
-                if not entry.pins and self._docs.drop(entry):
+                # over; offering it would start the grace before the write it is opened for. Still
+                # open: pulled at each check as a follower is (its fetch may have found nothing yet,
+                # and what came after may have been lost on the way).
+                if entry.pins:
+                    if doc_id not in self.fetches:
+                        self.fetch(doc_id)
+                    handing.next_offer_ms = ctx.now_ms + (config.ae_interval_ms or config.handoff_grace_ms)
+                elif self._docs.drop(entry):
                     self._forget(doc_id)
                 continue
             self._check_window(handing)

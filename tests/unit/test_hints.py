@@ -138,3 +138,25 @@ def test_a_follower_gets_a_deletion_whose_delta_it_lost() -> None:
     del b.open_doc(doc_id).get("m", type=Map)["k"]
     mesh.advance(2 * HINTS.ae_interval_ms + 2 * HINTS.handoff_grace_ms)
     assert a.open_doc(doc_id).get("m", type=Map).to_py() == {}
+
+
+def test_a_doc_open_while_its_holder_had_nothing_gets_what_the_holder_has_later() -> None:
+    """Opened on a non-holder before its first write: the fetch finds nothing, and an empty doc has
+    nothing to offer (so no answer to act on); it is pulled at each check instead, and gets the
+    write whose delta it lost."""
+    mesh, a, b = _pair()
+    doc_id = next(doc_id for doc_id in (f"doc-{i}" for i in range(40)) if b.holds(doc_id))
+    a.open_doc(doc_id, pin=True)
+    a.fetch_doc(doc_id, mesh.now_ms)
+    mesh.advance(2_000.0)  # answered: nothing yet
+
+    def deltas_to_a_lost(hop: Hop) -> bool:
+        return hop.target == a.address and hop.kind in (
+            wire.MessageKind.DELTAS,
+            wire.MessageKind.RETRANSMIT_GONE,
+        )
+
+    mesh.drop = deltas_to_a_lost
+    b.open_doc(doc_id).get("m", type=Map)["k"] = "written later"
+    mesh.advance(2 * HINTS.ae_interval_ms + HINTS.handoff_interval_ms)
+    assert a.open_doc(doc_id).get("m", type=Map)["k"] == "written later"
