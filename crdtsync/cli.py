@@ -410,8 +410,6 @@ def placement(server: Server, as_json: bool, doc: str | None) -> None:
         for dc, replicas in body["replicas"].items():
             rows.append((dc, ", ".join(f"{r['node_id']} ({r['state']})" for r in replicas) or "-"))
         _table(rows)
-        if body["relays"]:
-            click.echo(f"also held by the relays (they hold every doc): {', '.join(body['relays'])}")
     else:
         click.echo(
             f"{body['partitions']} partitions, default rf {body['rf']}, placement version {body['version']}"

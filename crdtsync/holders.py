@@ -176,7 +176,7 @@ class HolderWaits:
             return ordered, wanted
         members = replica.membership.members
         scoped: list[str] = []
-        for node_id in (*ordered, *(relay for relay in placement.relays if relay not in ordered)):
+        for node_id in ordered:
             member = members.get(node_id)
             alive = member is not None and member.liveness == "alive"
             here = member is not None and (wanted == "all" or member.record.dc == own_dc)

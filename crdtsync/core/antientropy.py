@@ -1,9 +1,10 @@
 """Anti-entropy rounds: the guarantee behind the delta stream.
 
 This node runs at most one round at a time as initiator, against one peer: periodically with
-jitter (round robin inside the datacenter every `ae_interval_ms`; a relay also against other
-datacenters every `ae_wan_interval_ms`), at once on (re)contact, and when a retransmit ring no longer
-holds a gap. A round compares Tictac Merkle trees of canonical doc digests top-down (root, branch
+jitter (round robin inside the datacenter every `ae_interval_ms`; round robin over the other
+datacenters' nodes every `ae_wan_interval_ms` on a relay, and on every node when placement is
+partial: each compares the docs it holds with their holders there, since relays hold only their
+share), at once on (re)contact, and when a retransmit ring no longer holds a gap. A round compares Tictac Merkle trees of canonical doc digests top-down (root, branch
 hashes, segment hashes, then the (doc id, digest) entries of differing segments) and exchanges state
 vectors and `get_update(remote_sv)` only for the docs that differ, so its cost follows the
 divergence, not the number of docs. Budgets cap what one round repairs; the rest waits for a
@@ -55,6 +56,8 @@ class AntiEntropy:
         self._wanted: dict[str, None] = {}
         """Addresses of peers owed a round as soon as none is running (connect, lost gap, leftovers)."""
         self._turn = 0
+        self._wan_turn = 0
+        """Separate turns inside and across datacenters: each visits every peer of its kind in turn."""
         self._not_before_ms = 0.0
         self._next_ms = ctx.jittered(ctx.config.ae_interval_ms)
         self._next_wan_ms = ctx.jittered(ctx.config.ae_wan_interval_ms)
@@ -66,7 +69,7 @@ class AntiEntropy:
         deadline = float("inf")
         if config.ae_interval_ms > 0:
             deadline = self._next_ms
-        if config.ae_wan_interval_ms > 0 and self._links.is_relay:
+        if config.ae_wan_interval_ms > 0 and self._links.reaches_other_dcs:
             deadline = min(deadline, self._next_wan_ms)
         return deadline
 
@@ -89,24 +92,23 @@ class AntiEntropy:
             self.round = None
         if config.ae_interval_ms > 0 and now_ms >= self._next_ms:
             self._next_ms = now_ms + ctx.jittered(config.ae_interval_ms)
-            self._queue_turn(self._links.alive(dc="same"))
+            self._queue_turn(self._links.alive(dc="same"), wan=False)
         if config.ae_wan_interval_ms > 0 and now_ms >= self._next_wan_ms:
             self._next_wan_ms = now_ms + ctx.jittered(config.ae_wan_interval_ms)
-            remote = self._links.alive(dc="other")
-            if self._holding.enforced:
-                # Under placement only relays hold every doc: a round with a remote relay compares
-                # them all, a round with another remote node only the buckets both hold.
-                holding = self._holding
-                relays = [link for link in remote if link.node_id and holding.holds_everything(link.node_id)]
-                remote = relays or remote
-            if self._links.is_relay:
-                self._queue_turn(remote)
+            if self._links.reaches_other_dcs:
+                # A round compares only the buckets both sides hold: in turn, every remote holder of
+                # each bucket held here is compared with.
+                self._queue_turn(self._links.alive(dc="other"), wan=True)
         self._run_wanted()
 
-    def _queue_turn(self, links: list[PeerLink]) -> None:
+    def _queue_turn(self, links: list[PeerLink], *, wan: bool) -> None:
         if links:
-            self._turn += 1
-            self._wanted.setdefault(links[self._turn % len(links)].address, None)
+            if wan:
+                self._wan_turn += 1
+            else:
+                self._turn += 1
+            turn = self._wan_turn if wan else self._turn
+            self._wanted.setdefault(links[turn % len(links)].address, None)
 
     # ------------------------------------------------------------------ rounds as initiator
 

@@ -91,8 +91,8 @@ class Balancer:
         """This datacenter's loads, relays left out; None while some alive member's summary is
         missing, or older than a half-life (or `FORWARD_AGE_MS`), and for a relay itself."""
         membership, dc = self._membership, self._ctx.dc
-        # Relays hold every doc whatever their weight, and carry the WAN besides: shedding would
-        # move their replica roles away without lightening them, and they would weigh on the mean.
+        # Relays carry the WAN (every delta across it, forwarded into this datacenter) besides their
+        # share: their load says little of their partitions', and would weigh on the mean.
         relays = set(membership.relays(dc)) if membership.spans_datacenters() else set()
         if self._ctx.node_id in relays:
             return None

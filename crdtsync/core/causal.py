@@ -3,7 +3,9 @@
 pycrdt 0.14 can leave a replica stuck with content missing when it is handed an update before the
 updates it depends on (see DESIGN.md), so every remote delta waits here until it is ready; ready
 runs are merged into one apply. A delta that waits longer than `causal_wait_ms` makes the doc be
-pulled (`get_update(local_sv)`) from its publisher, which holds all of its dependencies. The buffer
+pulled (`get_update(local_sv)`) from its publisher, which holds all of its dependencies; a delta a
+relay forwarded is pulled from the relay when it holds the doc, else from its origin (the writer),
+else from another holder of this datacenter (relays hold only their share: `holding`). The buffer
 is bounded per doc, in total bytes and in bytes per sender; a delta beyond a bound is dropped and
 its doc pulled instead.
 """
@@ -16,6 +18,7 @@ from crdtsync.core import wire
 from crdtsync.core.context import Context
 from crdtsync.core.docs import DocEntry, DocTable
 from crdtsync.core.guard import Guard
+from crdtsync.core.holding import Holding
 from crdtsync.core.links import Links
 from crdtsync.core.state import StateVector, covers, decode_state_vector, merge_all, merge_into
 
@@ -27,6 +30,8 @@ class PendingDelta:
     after: StateVector
     publisher: str
     arrived_ms: float
+    origin: str | None = None
+    """The writer of a delta a relay forwarded (`publisher` is then the relay)."""
 
 
 def decode_states(deltas: tuple[wire.Delta, ...]) -> list[tuple[StateVector, StateVector]]:
@@ -46,8 +51,9 @@ def decode_states(deltas: tuple[wire.Delta, ...]) -> list[tuple[StateVector, Sta
 
 
 class CausalBuffer:
-    def __init__(self, ctx: Context, docs: DocTable, guard: Guard, links: Links) -> None:
+    def __init__(self, ctx: Context, docs: DocTable, guard: Guard, links: Links, holding: Holding) -> None:
         self._ctx = ctx
+        self._holding = holding
         self._docs = docs
         self._guard = guard
         self._links = links
@@ -65,10 +71,13 @@ class CausalBuffer:
         return self._bytes_by
 
     def add(
-        self, deltas: list[tuple[wire.Delta, StateVector, StateVector]], publisher: str
+        self,
+        deltas: list[tuple[wire.Delta, StateVector, StateVector]],
+        publisher: str,
+        origin: str | None = None,
     ) -> tuple[int, int]:
-        """Buffer deltas received from `publisher` (or the relay that forwarded them), then apply
-        whatever became ready. Returns how many were dropped (content this node does not hold now:
+        """Buffer deltas received from `publisher` (or the relay that forwarded them, with their
+        `origin`), then apply whatever became ready. Returns how many were dropped (content this node does not hold now:
         not to be acknowledged) and how many were of docs this node does not hold (placement)."""
         config = self._ctx.config
         touched: dict[str, DocEntry] = {}
@@ -94,7 +103,8 @@ class CausalBuffer:
                     not_held += 1  # not held here (placement): counted, and sequence tracking stays whole
                     continue
                 entry = touched[delta.doc_id] = found
-            if not self._hold(entry, PendingDelta(delta, before, after, publisher, self._ctx.now_ms)):
+            pending = PendingDelta(delta, before, after, publisher, self._ctx.now_ms, origin)
+            if not self._hold(entry, pending):
                 dropped += 1
         for doc_id, entry in touched.items():
             self.drain(doc_id, entry)
@@ -116,7 +126,7 @@ class CausalBuffer:
                 del self._pending[entry.doc_id]
             if self._ctx.now_ms >= entry.next_pull_ms:
                 entry.next_pull_ms = self._ctx.now_ms + config.causal_wait_ms
-                self._pull(pending.publisher, entry)
+                self._pull(pending, entry)
             return False
         waiting.append(pending)
         self.total += 1
@@ -194,11 +204,31 @@ class CausalBuffer:
             if self._docs.apply(entry, update, "delta", sender):
                 self._ctx.counters.deltas_applied += 1
 
-    def _pull(self, node_id: str, entry: DocEntry) -> None:
+    def _pull(self, pending: PendingDelta, entry: DocEntry) -> None:
         self._ctx.counters.syncs_requested += 1
         self._links.send_to_node(
-            node_id, wire.SyncRequest(self._ctx.node_id, ((entry.doc_id, entry.state_bytes),))
+            self._pull_source(pending, entry.doc_id),
+            wire.SyncRequest(self._ctx.node_id, ((entry.doc_id, entry.state_bytes),)),
         )
+
+    def _pull_source(self, pending: PendingDelta, doc_id: str) -> str:
+        """Who has the dependencies of `pending`: its sender when it holds the doc (a publisher
+        has what it wrote), else the writer of a forwarded delta, else a holder of this datacenter
+        (it may lack them too; anti-entropy with the other datacenters is the guarantee)."""
+        holding = self._holding
+        if pending.origin is None or not holding.enforced:
+            return pending.publisher
+        bucket = holding.bucket_of(doc_id)
+        if holding.holds(pending.publisher, bucket):
+            return pending.publisher
+        origin = self._links.of_node(pending.origin)
+        if origin is not None and origin.reachable:
+            return pending.origin
+        for node_id in holding.replicas_in_order(bucket, self._ctx.dc):
+            link = self._links.of_node(node_id)
+            if node_id != self._ctx.node_id and link is not None and link.reachable:
+                return node_id
+        return pending.origin
 
     def pull_stale(self) -> None:
         """Pull every doc whose oldest waiting delta has waited `causal_wait_ms`."""
@@ -212,4 +242,4 @@ class CausalBuffer:
             if now_ms - oldest.arrived_ms >= wait_ms:
                 entry.next_pull_ms = now_ms + wait_ms
                 self._ctx.counters.causal_pulls += 1
-                self._pull(oldest.publisher, entry)
+                self._pull(oldest, entry)

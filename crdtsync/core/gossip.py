@@ -3,8 +3,8 @@
 `membership.py` keeps the member table and the failure detector; this part feeds it from frames
 (a hello is a direct record, gossip carries everybody's) and acts on what changes: links become alive,
 suspect and down, a member that left loses its link, and every change re-derives the topology
-(links to this datacenter's members and, on a relay, to every other datacenter's; subscriptions as
-`Links.sync_subscription` says). Across the WAN only relays gossip; in a single datacenter periodic
+(links to this datacenter's members and, on a relay or under partial placement, to every other
+datacenter's: `Links.reaches_other_dcs`; subscriptions as `Links.sync_subscription` says). Across the WAN only relays gossip; in a single datacenter periodic
 gossip only repairs a missed change, so it runs `SINGLE_DC_GOSSIP_SLOWDOWN` times rarer.
 """
 
@@ -193,14 +193,17 @@ class Gossip:
     def _starts_round_with(self, node_id: str, dc: str, *, first_contact: bool) -> bool:
         """Whether this node runs the round on (re)contact with `node_id`. Rounds repair both ways,
         so one per pair is enough: at first contact the lower node id starts it, and a peer seen
-        again with a new epoch (a restart) gets one at once. Across datacenters only relays run
-        rounds (the WAN carries the few, slower ones)."""
+        again with a new epoch (a restart) gets one at once. Across datacenters only the nodes
+        that link there run rounds: relays, and every node under placement that not every node
+        holds everything (`Links.reaches_other_dcs`)."""
         if dc != self._ctx.dc:
-            if not self._links.is_relay:
+            if not self._links.reaches_other_dcs:
                 return False
             if not first_contact:
                 return True
-            return node_id not in self._membership.relays(dc) or self._ctx.node_id < node_id
+            # Relays are the only nodes linked across unless placement is partial (then all are).
+            peer_links_too = node_id in self._membership.relays(dc) or self._links.every_node_reaches
+            return not peer_links_too or self._ctx.node_id < node_id
         return not first_contact or self._ctx.node_id < node_id
 
     def _drop(self, link: PeerLink) -> None:
@@ -296,11 +299,12 @@ class Gossip:
             links.is_relay = relay
             ctx.counters.relay_changes += 1
             log.info("this node is %s a relay of dc %s", "now" if relay else "no longer", ctx.dc)
+        across = links.reaches_other_dcs
         for member in self._membership.members.values():
             record = member.record
             if member.liveness == "left" or record.address in links.by_address:
                 continue
-            if (record.dc == ctx.dc or relay) and record.address and record.address != ctx.address:
+            if (record.dc == ctx.dc or across) and record.address and record.address != ctx.address:
                 links.link_for(record.address, configured=False)
         for link in links.by_address.values():
             links.sync_subscription(link)

@@ -2,9 +2,10 @@
 
 A node comes to have a doc it does not hold (`holding`) in three ways: an application writes it on
 a non-replica (the write is acknowledged here, durably, like any other: this node is its first
-copy), a membership change moves its partition away, or a relay steps down. Such docs are *hinted*:
+copy), or a membership change moves its partition away. Such docs are *hinted*:
 every `handoff_interval_ms` each is offered (`HandoffOffer`) to its nearest alive holder, a placement
-replica of this datacenter first, then a relay of it, then (on a relay) a holder elsewhere. An offer
+replica of this datacenter first, then (on a node linked to other datacenters: `Links.reaches_other_dcs`)
+a holder elsewhere. An offer
 carries the offerer's state vector and `get_update` against the state the holder last acknowledged
 (at first, before any answer, against the offerer's own state: a probe with the delete set and no
 content, since the writer's published deltas have usually reached the holder already): the missing
@@ -339,9 +340,8 @@ class Handoff:
         own_dc = self._ctx.dc
         bucket = holding.bucket_of(doc_id)
         order = holding.replicas_in_order(bucket, own_dc)
-        order += sorted(node for node in holding.full_holders() if holding.dc_of(node) == own_dc)
-        if self._links.is_relay:
-            order += sorted(holding.holders(bucket))
+        if self._links.reaches_other_dcs:  # no holder here alive, or none placed here at all
+            order += sorted(holding.holders(bucket).difference(order))
         for node_id in order:
             if node_id == self._ctx.node_id or node_id in refused:
                 continue

@@ -1,9 +1,10 @@
 """Who holds which doc, as this node's member table says: the enforcement side of placement.
 
-A node *holds* a doc when placement makes it one of the doc's replicas, or when it is a relay of its
-datacenter in a cluster that spans datacenters: relays repair across the WAN for their datacenter
-(anti-entropy between datacenters runs between relays), so they hold every doc. A doc placed with
-`rf = "all"` is held by every member.
+A node *holds* a doc when placement makes it one of the doc's replicas; a doc placed with
+`rf = "all"` is held by every member. Relays are no exception: they hold their share like any node,
+forward another datacenter's deltas of the docs they do not hold without keeping them (`inbound`),
+and every node compares the docs it holds with their holders in other datacenters
+(`antientropy`).
 
 Holding decides what the replica keeps and compares:
 - remote content (deltas, sync answers, pushes, handoff offers) for a doc this node neither holds nor
@@ -11,8 +12,8 @@ Holding decides what the replica keeps and compares:
 - anti-entropy between two nodes compares only the docs both hold (`Filter`), computed the same way
   on both sides from the same member view, so the Merkle roots of two replicas of different shares
   are equal exactly when their common docs are;
-- a doc this node has but does not hold (a local write on a non-replica, a partition that moved away,
-  a relay that stepped down) is handed to a holder and then dropped (`handoff`).
+- a doc this node has but does not hold (a local write on a non-replica, a partition that moved away)
+  is handed to a holder and then dropped (`handoff`).
 
 Placement candidates are every member that has not left (a down replica keeps its partitions), so a
 crash moves nothing; only a leave or a join moves docs.
@@ -48,17 +49,15 @@ class Holding:
         self.draining = False
         """This node is leaving: it counts itself out (holds nothing) while the others still count
         it in, so that it hands every doc to the holders it leaves them to (`drain`)."""
-        self._view: tuple[object, ...] = ()
+        self._view: tuple[Candidate, ...] = ()
         self.candidates: tuple[Candidate, ...] = ()
         """Every member that has not left (a down one keeps its partitions), this node included."""
         self.version = 0
         """Bumped when the member view that decides holding changes (what depends on it rescans)."""
         self.view_digest = zlib.crc32(repr(self._view).encode())
-        """The view as a 32-bit digest, equal on two nodes that see the same candidates and relays
-        (and so place every doc alike): sequence acknowledgements carry it (`seqacks`)."""
+        """The view as a 32-bit digest, equal on two nodes that see the same candidates (and so
+        place every doc alike): sequence acknowledgements carry it (`seqacks`)."""
         self._by_dc: dict[str, list[Candidate]] = {}
-        self._full: frozenset[str] = frozenset()
-        """Nodes that hold every doc: the relays, when the cluster spans datacenters."""
         self._holders: dict[BucketKey, frozenset[str]] = {}
         self._ordered: dict[tuple[BucketKey, str], list[str]] = {}
         self._holder_set_keys: dict[BucketKey, int] = {}
@@ -84,33 +83,24 @@ class Holding:
                 record = member.record
                 candidates.append(Candidate(node_id, record.dc, record.zone, record.weight))
         candidates.sort(key=lambda c: c.node_id)
-        dcs = sorted({c.dc for c in candidates} | {self._dc})
-        full: tuple[str, ...] = ()
-        if len(dcs) > 1:
-            relays = (node for dc in dcs for node in membership.relays(dc))
-            full = tuple(sorted(node for node in relays if not (self.draining and node == self.node_id)))
-        view = (tuple(candidates), full)
+        view = tuple(candidates)
         if view == self._view:
             return
-        self.candidates = view[0]
+        self.candidates = view
         self._view = view
         self.view_digest = zlib.crc32(repr(view).encode())
         self.version += 1
         self._holders.clear()
         self._ordered.clear()
         self._holder_set_keys.clear()
-        self._full = frozenset(full)
         self._by_dc = {}
         self._dc_of = {}
         for candidate in candidates:
             self._by_dc.setdefault(candidate.dc, []).append(candidate)
             self._dc_of[candidate.node_id] = candidate.dc
-        # Some node holds only part of the docs: a datacenter with more members than a rule's
-        # replicas, one of them not a relay (relays hold every doc).
+        # Some node holds only part of the docs: a datacenter with more members than a rule's replicas.
         self._partitioned = self.enforced and any(
-            (count := rule.replicas_in(dc)) is not None
-            and count < len(members)
-            and any(member.node_id not in self._full for member in members)
+            (count := rule.replicas_in(dc)) is not None and count < len(members)
             for rule in self._rules
             for dc, members in self._by_dc.items()
         )
@@ -118,14 +108,16 @@ class Holding:
     @property
     def partitioned(self) -> bool:
         """Whether some member holds only part of the docs: then deltas go out on their buckets'
-        topics (`outbound`) and subscribers take only the buckets they hold (`links`)."""
+        topics (`outbound`), subscribers take only the buckets they hold (`links`), and every node
+        compares what it holds with its holders in other datacenters (`antientropy`). Otherwise
+        every member holds every doc."""
         self.refresh()
         return self._partitioned
 
     def buckets_held(self) -> frozenset[BucketKey] | None:
         """The buckets this node holds; None when it holds every doc."""
         self.refresh()
-        if not self._partitioned or self.node_id in self._full:
+        if not self._partitioned:
             return None
         if self._held is None or self._held[0] != self.version:
             own = self._by_dc.get(self._dc, [])
@@ -168,15 +160,14 @@ class Holding:
         if cached is None:
             rule_index, partition = divmod(bucket, self.policy.partitions)
             rule = self._rules[rule_index]
-            chosen: set[str] = set(self._full)
+            chosen: set[str] = set()
             for dc, members in self._by_dc.items():
                 chosen.update(replicas_in_dc(partition, members, rule.replicas_in(dc)))
             cached = self._holders[bucket] = frozenset(chosen)
         return cached
 
     def replicas_in_order(self, bucket: BucketKey, dc: str) -> list[str]:
-        """The placement replicas of `bucket` in datacenter `dc`, in preference order (relays not
-        included)."""
+        """The holders of `bucket` in datacenter `dc`, in preference order."""
         self.refresh()
         cached = self._ordered.get((bucket, dc))
         if cached is None:
@@ -186,16 +177,14 @@ class Holding:
         return list(cached)
 
     def holder_set_key(self, bucket: BucketKey) -> int:
-        """A key for the nodes of this datacenter that hold `bucket` and not every doc: deltas go out
-        in one frame per such set on its topic (`outbound`), and each node subscribes to the sets it
+        """A key for the nodes of this datacenter that hold `bucket`: deltas go out in one frame per
+        such set on its topic (`outbound`), and each node subscribes to the sets it
         is in. A CRC-32 of the sorted node ids: a collision only brings a node deltas that its
         sequence index already counted, dropped as duplicates."""
         self.refresh()
         key = self._holder_set_keys.get(bucket)
         if key is None:
-            nodes = sorted(
-                node for node in self.replicas_in_order(bucket, self._dc) if node not in self._full
-            )
+            nodes = sorted(self.replicas_in_order(bucket, self._dc))
             key = self._holder_set_keys[bucket] = HOLDER_SET_KEY_BIT | (
                 zlib.crc32("\x00".join(nodes).encode()) & (HOLDER_SET_KEY_BIT - 1)
             )
@@ -213,21 +202,13 @@ class Holding:
         held = self.buckets_held()  # one set lookup: asked for every remote update and every open
         return held is None or self.bucket_of(doc_id) in held
 
-    def holds_everything(self, node_id: str) -> bool:
-        self.refresh()
-        return not self.enforced or node_id in self._full
-
-    def full_holders(self) -> frozenset[str]:
-        self.refresh()
-        return self._full
-
     def dc_of(self, node_id: str) -> str | None:
         self.refresh()
         return self._dc_of.get(node_id)
 
     def filter_with(self, peer: str) -> Filter | None:
-        """What anti-entropy with `peer` compares: None for everything (both hold every doc)."""
-        if self.holds_everything(self.node_id) and self.holds_everything(peer):
+        """What anti-entropy with `peer` compares: None for everything (every member holds every doc)."""
+        if not self.partitioned:
             return None
         return Filter(self, peer)
 

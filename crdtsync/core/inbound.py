@@ -233,8 +233,9 @@ class Inbound:
     def on_relayed(self, message: wire.Relayed) -> None:
         """Deltas of another datacenter's publisher, republished by a relay of this one. No sequence
         tracking (two relays may both forward them, a relay may fail over): the causal buffer drops
-        what the state already covers, and pulls of missing dependencies go to the relay. Numbers
-        the frame names are kept for acknowledgements only (`SeqAcks.on_relayed`)."""
+        what the state already covers, and pulls of missing dependencies go to the relay or, when
+        it does not hold the doc, to the origin (`CausalBuffer._pull_source`). Numbers the frame
+        names are kept for acknowledgements only (`SeqAcks.on_relayed`)."""
         if message.origin == self._ctx.node_id:
             return
         self._ctx.counters.deltas_relayed_in += len(message.deltas)
@@ -242,6 +243,7 @@ class Inbound:
         dropped, not_held = self._causal.add(
             [(delta, *state) for delta, state in zip(message.deltas, states, strict=True)],
             message.node_id,
+            message.origin,
         )
         if message.origin_first_seq:
             self._seq_acks.on_relayed(message, dropped, not_held)

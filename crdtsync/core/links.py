@@ -2,14 +2,17 @@
 way out of the core for every frame (`publish` to subscribers, `send` to one peer's request socket).
 
 A link is wanted (hellos keep going to it) for configured seeds, peers not identified yet, this
-node's datacenter and, on a relay, every other datacenter's nodes. Subscriptions follow the topology:
-every node of this datacenter in full; across datacenters only a relay, and only to the publishers'
-own streams (ZeroMQ filters at the publisher, so relayed frames never cross the WAN twice).
+node's datacenter and, on a relay or under placement that not every node holds everything (every
+node then compares what it holds with its holders in other datacenters: `antientropy`), every other
+datacenter's nodes. Subscriptions follow the topology: every node of this datacenter; across
+datacenters only a relay, and only to the publishers' own streams (ZeroMQ filters at the
+publisher, so relayed frames never cross the WAN twice). Links to other datacenters carry requests
+only (rounds, pulls, handoffs) unless this node is a relay.
 
-With placement that not every node holds everything (`Holding.partitioned`), a node that does not
-hold every doc subscribes to the frames for every subscriber (heartbeats), the sequence indexes and
-the buckets it holds or follows (docs an application holds open), and no others; a node that holds
-every doc (a relay) takes whole batches instead (see `outbound`).
+With placement that not every node holds everything (`Holding.partitioned`), a node subscribes in
+its datacenter to the frames for every subscriber (heartbeats), the sequence indexes and the buckets
+it holds or follows (docs an application holds open), and no others; a relay takes whole batches
+across the WAN (see `outbound`), since it forwards every delta into its datacenter.
 """
 
 from __future__ import annotations
@@ -122,7 +125,19 @@ class Links:
     def wanted(self, link: PeerLink) -> bool:
         """Whether this node keeps saying hello to the peer."""
         dc = self.dc(link)
-        return link.configured or dc is None or dc == self._ctx.dc or self.is_relay
+        return link.configured or dc is None or dc == self._ctx.dc or self.reaches_other_dcs
+
+    @property
+    def reaches_other_dcs(self) -> bool:
+        """Whether this node links to every node of the other datacenters: a relay (it subscribes to
+        them), and every node when not every node holds everything (it runs anti-entropy rounds with
+        the holders of its docs there)."""
+        return self.is_relay or self.every_node_reaches
+
+    @property
+    def every_node_reaches(self) -> bool:
+        """Whether every node links to the other datacenters' nodes, relay or not."""
+        return self._holding.partitioned
 
     def heard(self, node_id: str) -> None:
         link = self.of_node(node_id)
@@ -196,7 +211,8 @@ class Links:
                 wanted = "dc"
             elif self.is_relay:
                 wanted = "wan"
-        buckets, keys = self._buckets_wanted() if wanted is not None else (None, None)
+        # A relay takes every delta across the WAN: it forwards the docs it does not hold too.
+        buckets, keys = self._buckets_wanted() if wanted == "dc" else (None, None)
         endpoint = link.publish_endpoint
         if link.subscribed == wanted and link.subscribed_endpoint == endpoint:
             if wanted is not None and endpoint is not None and link.subscribed_topic_keys != keys:

@@ -549,9 +549,6 @@ class DocPlacement:
     version: int = PLACEMENT_VERSION
     enforced: bool = False
     """Only the doc's holders keep it: its rule is narrower than "all"."""
-    relays: tuple[str, ...] = ()
-    """Nodes that hold every doc besides its replicas: the relays, in a cluster that spans
-    datacenters (anti-entropy between datacenters runs between them)."""
 
 
 @dataclass(frozen=True, slots=True)

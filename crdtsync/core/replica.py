@@ -140,7 +140,7 @@ class Replica:
             bucket_of=holding.bucket_of if holding.enforced else None,
         )
         self._docs.on_capture = on_capture
-        self._causal = CausalBuffer(ctx, self._docs, self._guard, self._links)
+        self._causal = CausalBuffer(ctx, self._docs, self._guard, self._links, holding)
         self._sync = StateSync(ctx, self._docs, self._guard, self._links, self._causal)
         self._antientropy = AntiEntropy(ctx, self._docs, self._links, self._sync, holding)
         self._handoff = Handoff(ctx, self._docs, self._guard, self._links, holding, self._sync, self._causal)
@@ -565,10 +565,8 @@ class Replica:
         """The doc's partition and replicas in each datacenter, as this node's member table says."""
         candidates, states = self._candidates()
         placed = doc_placement(doc_id, self.placement, candidates, states)
-        holding = self._holding
-        enforced = placed.rf != "all" and holding.enforced
-        relays = tuple(sorted(holding.full_holders())) if enforced else ()
-        return dataclasses.replace(placed, enforced=enforced, relays=relays)
+        enforced = placed.rf != "all" and self._holding.enforced
+        return dataclasses.replace(placed, enforced=enforced)
 
     def cluster_placement(self) -> ClusterPlacement:
         """Partitions per member under the default rule (computed once per membership)."""

@@ -157,7 +157,6 @@ def placement_json(placement: DocPlacement) -> Json:
             dc: [{"node_id": r.node_id, "state": r.state} for r in placed]
             for dc, placed in placement.replicas.items()
         },
-        "relays": list(placement.relays),
         "enforced": placement.enforced,
     }
 

@@ -82,20 +82,29 @@ def test_every_node_agrees_on_the_holders_and_rf_counts_them(docs: list[str]) ->
         assert all(view.holds_doc("all/" + doc_id) for view in views)
 
 
-def test_relays_hold_every_doc_once_the_cluster_spans_datacenters() -> None:
+def test_relays_hold_only_their_share_across_datacenters() -> None:
+    """A relay is a holder like any other: placement alone decides, in each datacenter, and every
+    node's view agrees on it. The relay choice does not change holding (it is not in the view)."""
     members = [(f"a{i}", "dc0") for i in range(3)] + [(f"b{i}", "dc1") for i in range(3)]
     policy = PlacementPolicy((PlacementRule(1),))
     views = {node_id: _holding(node_id, dc, members, policy) for node_id, dc in members}
-    relays = views["a0"].full_holders()
-    assert len(relays) == 2 and {views["a0"].dc_of(node) for node in relays} == {"dc0", "dc1"}
-    for doc_id in (f"doc-{i}" for i in range(50)):
+    relays = [views["a0"]._membership.relays(dc) for dc in ("dc0", "dc1")]
+    assert all(len(relays_of_dc) == 1 for relays_of_dc in relays)
+    docs = [f"doc-{i}" for i in range(90)]
+    for doc_id in docs:
+        bucket = views["a0"].bucket_of(doc_id)
+        holders = views["a0"].holders(bucket)
+        assert len(holders) == 2 and {views["a0"].dc_of(node) for node in holders} == {"dc0", "dc1"}
         for node_id, view in views.items():
-            assert view.holds_doc(doc_id) == (
-                node_id in relays or node_id in view.holders(view.bucket_of(doc_id))
-            )
-        assert all(view.holds_doc(doc_id) for node_id, view in views.items() if node_id in relays)
-    single_dc = _holding("a0", "dc0", members[:3], policy)
-    assert not single_dc.full_holders(), "one datacenter: no relay holds everything"
+            assert view.holders(bucket) == holders
+            assert view.holds_doc(doc_id) == (node_id in holders)
+    for relay in (relays_of_dc[0] for relays_of_dc in relays):
+        held = sum(views[relay].holds_doc(doc_id) for doc_id in docs)
+        assert 10 <= held <= 50, f"relay {relay} holds {held} of {len(docs)} docs (its share: about 30)"
+    assert all(view.partitioned for view in views.values())
+    assert views["a0"].filter_with("b0") is not None, "rounds across datacenters compare the shared buckets"
+    single = _holding("a0", "dc0", members[:3], PlacementPolicy((PlacementRule(3),)))
+    assert not single.partitioned and single.filter_with("a1") is None, "rf >= members: all hold all"
 
 
 def test_the_holders_spread_over_the_zones_the_members_gossip() -> None:

@@ -101,9 +101,7 @@ def _holds(publisher: Replica, doc_id: str, node_id: str) -> bool:
     placed = publisher.doc_placement(doc_id)
     if not placed.enforced:
         return True
-    return node_id in placed.relays or any(
-        r.node_id == node_id for dc in placed.replicas.values() for r in dc
-    )
+    return any(r.node_id == node_id for dc in placed.replicas.values() for r in dc)
 
 
 def _run(config: SimConfig) -> _AckChecker:

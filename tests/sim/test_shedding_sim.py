@@ -96,8 +96,8 @@ def test_a_loaded_node_sheds_partitions_a_step_per_cool_down_and_not_while_degra
 
 
 def test_a_loaded_relay_does_not_shed() -> None:
-    """Across datacenters the relays hold every doc whatever their weight: a loaded relay keeps its
-    weight (shedding would only move its replica roles away), and is left out of the mean."""
+    """Across datacenters the relays carry the WAN besides their share: a loaded relay keeps its
+    weight (its load is not its partitions'), and is left out of the mean."""
     print(f"seed {SEED}")
     config = SimConfig(
         seed=SEED, nodes=6, datacenters=2, docs=12, ops=0, faults=frozenset(),
