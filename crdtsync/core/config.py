@@ -41,8 +41,9 @@ class ReplicaConfig:
     """Mean time between periodic anti-entropy rounds (each against one peer, round robin, jittered
     by +-25%); 0 disables the periodic rounds (rounds on connect and on lost gaps still run)."""
     ae_wan_interval_ms: float = 30_000.0
-    """Mean time between periodic rounds a relay runs against a node of another datacenter (also
-    jittered); rounds inside the datacenter follow `ae_interval_ms`. 0 disables them."""
+    """Mean time between periodic rounds against a node of another datacenter (also jittered), run
+    by relays, and by every node under placement that not every node holds everything; rounds
+    inside the datacenter follow `ae_interval_ms`. 0 disables them."""
     ae_round_timeout_ms: float = 1000.0
     """How long each step of a round may wait for the peer's answer before the round is abandoned
     and queued again (a peer that restarted may not know this node yet and cannot answer)."""
