@@ -13,8 +13,8 @@
   `crdtsync placement DOC --json` answer the same on every node and each SQLite store has exactly
   the docs its node holds.
 
-A node *holds* a doc when it is one of its 2 replicas in its datacenter, or a relay (one per
-datacenter: relays hold every doc). The times each step takes to settle are printed.
+A node *holds* a doc when it is one of its 2 replicas in its datacenter; relays (one per datacenter)
+hold only their share like the others. The times each step takes to settle are printed.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ SLOW_SETTLE_S = 8.0
 """A step that takes longer to settle prints what it waited for (on an idle machine: 2-4 s)."""
 
 Views = dict[str, frozenset[str]]
-"""Doc id -> the nodes that hold it (its replicas in every datacenter and the relays)."""
+"""Doc id -> the nodes that hold it (its replicas in every datacenter)."""
 
 
 def put(cluster: LocalCluster[LocalDaemon], client: httpx.Client, name: str, doc_id: str) -> bool:
@@ -235,10 +235,8 @@ class Probe:
         return problems
 
     def relays(self, name: str) -> set[str]:
-        """The relays `name` counts (they hold every doc)."""
-        body = self.placement(name, DOC_IDS[0])
-        assert body is not None, f"{name} answers GET /v1/placement"
-        return set(body["relays"])
+        """The relays `name` counts (one per datacenter)."""
+        return {relay for dc in self.status(name)["datacenters"] for relay in dc["relays"]}
 
     def agreed_views(self, names: Sequence[str]) -> tuple[Views, float]:
         """Wait until every node of `names` computes the same holders for every doc: those holders
@@ -337,8 +335,7 @@ def b64url_decode(text: str) -> bytes:
 
 def holders_of(placement: dict[str, Any]) -> frozenset[str]:
     """The nodes holding a doc, from its `GET /v1/placement/{doc}` answer."""
-    replicas = {r["node_id"] for placed in placement["replicas"].values() for r in placed}
-    return frozenset(replicas | set(placement["relays"]))
+    return frozenset(r["node_id"] for placed in placement["replicas"].values() for r in placed)
 
 
 def docs_per_node(holders: Views, names: Iterable[str]) -> dict[str, int]:
@@ -387,7 +384,9 @@ def _scenario(cluster: LocalCluster[LocalDaemon], probe: Probe) -> None:
     assert len(relays) == 2 and {DCS[r] for r in relays} == {"dc1", "dc2"}, relays
     for doc_id, held in holders.items():
         assert {n for n in held if DCS[n] == "dc2"} == {"b1", "b2"}, (doc_id, held)
-        assert 2 <= len({n for n in held if DCS[n] == "dc1"}) <= 3, (doc_id, held)
+        assert len({n for n in held if DCS[n] == "dc1"}) == 2, (doc_id, held)
+    dc1_relay = next(r for r in relays if DCS[r] == "dc1")
+    assert docs_per_node(holders, [dc1_relay])[dc1_relay] < len(DOC_IDS), "a relay holds its share only"
     print(
         f"healthy in {up_s:.1f} s, members alive everywhere {formed_s:.1f} s later, "
         f"placement agreed {agreed_s:.1f} s later; relays {sorted(relays)}; "
@@ -463,7 +462,7 @@ def _scenario(cluster: LocalCluster[LocalDaemon], probe: Probe) -> None:
     handing = max(candidates, key=lambda n: sum(n not in held for held in holders.values()))
     not_held = [doc_id for doc_id, held in holders.items() if handing not in held]
     assert len(not_held) >= 3, (handing, not_held)
-    targets = {doc_id: handoff_target(probe, handing, doc_id, relays) for doc_id in not_held}
+    targets = {doc_id: handoff_target(probe, handing, doc_id) for doc_id in not_held}
     receiver = max(
         {t for t in targets.values() if t not in relays} or set(targets.values()),
         key=lambda t: list(targets.values()).count(t),
@@ -559,12 +558,10 @@ def placement_disagreements(probe: Probe, runner: CliRunner, cluster: LocalClust
     return found
 
 
-def handoff_target(probe: Probe, name: str, doc_id: str, relays: set[str]) -> str:
-    """Where `name` offers `doc_id` (all up): its datacenter's first replica in preference order,
-    else its relay (as `Handoff._target` chooses)."""
+def handoff_target(probe: Probe, name: str, doc_id: str) -> str:
+    """Where `name` offers `doc_id` (all up): its datacenter's first replica in preference order
+    (as `Handoff._target` chooses)."""
     body = probe.placement(name, doc_id)
     assert body is not None
-    dc = DCS[name]
-    order: list[str] = [r["node_id"] for r in body["replicas"][dc]]
-    order += sorted(r for r in relays if DCS[r] == dc)
+    order: list[str] = [r["node_id"] for r in body["replicas"][DCS[name]]]
     return next(node for node in order if node != name)
