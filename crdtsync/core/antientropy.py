@@ -1,14 +1,15 @@
 """Anti-entropy rounds: the guarantee behind the delta stream.
 
-This node runs at most one round at a time as initiator, against one peer: periodically with
-jitter (round robin inside the datacenter every `ae_interval_ms`; round robin over the other
-datacenters' nodes every `ae_wan_interval_ms` on a relay, and on every node when placement is
-partial: each compares the docs it holds with their holders there, since relays hold only their
-share), at once on (re)contact, and when a retransmit ring no longer holds a gap. A round compares Tictac Merkle trees of canonical doc digests top-down (root, branch
-hashes, segment hashes, then the (doc id, digest) entries of differing segments) and exchanges state
-vectors and `get_update(remote_sv)` only for the docs that differ, so its cost follows the
-divergence, not the number of docs. Budgets cap what one round repairs; the rest waits for a
-follow-up round after `ae_followup_delay_ms`, so that the repairs in flight land first.
+This node runs at most one round at a time as initiator, against one peer: periodically with jitter
+(round robin inside the datacenter every `ae_interval_ms`; round robin over the other datacenters'
+nodes every `ae_wan_interval_ms` on a relay, and on every node when placement is partial: each
+compares the docs it holds with their holders there, since relays hold only their share), at once on
+(re)contact, and when a retransmit ring no longer holds a gap. A round compares Tictac Merkle trees
+of canonical doc digests top-down (root, branch hashes, segment hashes, then the (doc id, digest)
+entries of differing segments) and exchanges state vectors and `get_update(remote_sv)` only for the
+docs that differ, so its cost follows the divergence, not the number of docs. Budgets cap what one
+round repairs; the rest waits for a follow-up round after `ae_followup_delay_ms`, so that the
+repairs in flight land first.
 """
 
 from __future__ import annotations

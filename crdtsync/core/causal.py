@@ -77,8 +77,9 @@ class CausalBuffer:
         origin: str | None = None,
     ) -> tuple[int, int]:
         """Buffer deltas received from `publisher` (or the relay that forwarded them, with their
-        `origin`), then apply whatever became ready. Returns how many were dropped (content this node does not hold now:
-        not to be acknowledged) and how many were of docs this node does not hold (placement)."""
+        `origin`), then apply whatever became ready. Returns how many were dropped (content this
+        node does not hold now: not to be acknowledged) and how many were of docs this node does
+        not hold (placement)."""
         config = self._ctx.config
         touched: dict[str, DocEntry] = {}
         dropped = not_held = 0

@@ -1,11 +1,12 @@
 """The wire side of membership: hellos, gossip, leaves, liveness and the relay topology.
 
-`membership.py` keeps the member table and the failure detector; this part feeds it from frames
-(a hello is a direct record, gossip carries everybody's) and acts on what changes: links become alive,
-suspect and down, a member that left loses its link, and every change re-derives the topology
-(links to this datacenter's members and, on a relay or under partial placement, to every other
-datacenter's: `Links.reaches_other_dcs`; subscriptions as `Links.sync_subscription` says). Across the WAN only relays gossip; in a single datacenter periodic
-gossip only repairs a missed change, so it runs `SINGLE_DC_GOSSIP_SLOWDOWN` times rarer.
+`membership.py` keeps the member table and the failure detector; this part feeds it from frames (a
+hello is a direct record, gossip carries everybody's) and acts on what changes: links become alive,
+suspect and down, a member that left loses its link, and every change re-derives the topology (links
+to this datacenter's members and, on a relay or under partial placement, to every other
+datacenter's: `Links.reaches_other_dcs`; subscriptions as `Links.sync_subscription` says). Across
+the WAN only relays gossip; in a single datacenter periodic gossip only repairs a missed change, so
+it runs `SINGLE_DC_GOSSIP_SLOWDOWN` times rarer.
 """
 
 from __future__ import annotations

@@ -1,16 +1,15 @@
 """Handoff: docs this node has but does not hold go to a holder, then leave this node.
 
-A node comes to have a doc it does not hold (`holding`) in three ways: an application writes it on
-a non-replica (the write is acknowledged here, durably, like any other: this node is its first
-copy), or a membership change moves its partition away. Such docs are *hinted*:
-every `handoff_interval_ms` each is offered (`HandoffOffer`) to its nearest alive holder, a placement
-replica of this datacenter first, then (on a node linked to other datacenters: `Links.reaches_other_dcs`)
-a holder elsewhere. An offer
-carries the offerer's state vector and `get_update` against the state the holder last acknowledged
-(at first, before any answer, against the offerer's own state: a probe with the delete set and no
-content, since the writer's published deltas have usually reached the holder already): the missing
-structs and the whole delete set, so the holder ends up with everything the offerer has, deletions
-included.
+A node comes to have a doc it does not hold (`holding`) in three ways: an application writes it on a
+non-replica (the write is acknowledged here, durably, like any other: this node is its first copy),
+or a membership change moves its partition away. Such docs are *hinted*: every `handoff_interval_ms`
+each is offered (`HandoffOffer`) to its nearest alive holder, a placement replica of this datacenter
+first, then (on a node linked to other datacenters: `Links.reaches_other_dcs`) a holder elsewhere.
+An offer carries the offerer's state vector and `get_update` against the state the holder last
+acknowledged (at first, before any answer, against the offerer's own state: a probe with the delete
+set and no content, since the writer's published deltas have usually reached the holder already):
+the missing structs and the whole delete set, so the holder ends up with everything the offerer has,
+deletions included.
 
 The holder applies the update when its state covers the update's dependencies (so pycrdt never
 holds part of it pending), and answers per doc (`HandoffAck`): covered, not covered (with its state
