@@ -10,6 +10,7 @@ from typing import Any
 from pycrdt import Doc, Map
 
 from crdtsync.core import wire
+from crdtsync.core.effects import Send
 from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.core.replica import ReplicaConfig
 from crdtsync.sim import FAULTS, SimCluster, SimConfig, SimResult, run_simulation
@@ -180,6 +181,54 @@ def test_relays_hold_only_their_share() -> None:
         assert relay.counters.updates_not_held > 0, "deltas of docs it does not hold were forwarded only"
 
 
+def _rounds_across(cluster: SimCluster) -> dict[tuple[str, str], int]:
+    """(node, remote node) -> anti-entropy rounds the node completed against it, for every node."""
+    rounds: dict[tuple[str, str], int] = {}
+    for node in cluster.nodes:
+        replica = node.replica
+        assert replica is not None
+        for peer in replica.status(cluster.now_ms).peers:
+            if peer.node_id is not None and peer.dc not in (None, replica.dc):
+                rounds[replica.node_id, peer.node_id] = peer.ae_rounds
+    return rounds
+
+
+def test_under_partial_placement_every_node_compares_with_every_remote_node() -> None:
+    """rf 2 of 3 per datacenter: every node links to the other datacenter's nodes (no WAN
+    subscription but the relay's) and, in turn, runs rounds against each of them, so every pair
+    across the WAN compares the buckets both hold within a few `ae_wan_interval_ms`."""
+    cluster = SimCluster(_config(9, faults=frozenset(), nodes=6, datacenters=2, ops=0))
+    cluster.start_nodes()
+    cluster.advance(4 * ReplicaConfig().ae_wan_interval_ms)
+    rounds = _rounds_across(cluster)
+    names = {f"n{i}": ("dc0" if i < 3 else "dc1") for i in range(6)}
+    pairs = [(a, b) for a in names for b in names if names[a] == "dc0" and names[b] == "dc1"]
+    print(f"rounds across the WAN by (node, remote node): {rounds}")
+    assert all(rounds.get((a, b), 0) + rounds.get((b, a), 0) > 0 for a, b in pairs), rounds
+    assert all(sum(n for (a, _b), n in rounds.items() if a == name) > 0 for name in names), (
+        "every node runs them"
+    )
+    for node in cluster.nodes:
+        assert node.replica is not None
+        status = node.replica.status(cluster.now_ms)
+        subscribed = {p.node_id for p in status.peers if p.subscribed == "wan"}
+        assert bool(subscribed) == status.relay, "only the relay subscribes across the WAN"
+
+
+def test_when_every_node_holds_every_doc_only_relays_run_rounds_across() -> None:
+    """rf 2 with 2 nodes per datacenter: nothing is partitioned, so the topology is as without
+    placement: non-relays neither link to the other datacenter nor run rounds there."""
+    cluster = SimCluster(_config(9, faults=frozenset(), nodes=4, datacenters=2, ops=0))
+    cluster.start_nodes()
+    cluster.advance(4 * ReplicaConfig().ae_wan_interval_ms)
+    rounds = _rounds_across(cluster)
+    relays = {
+        n.replica.node_id for n in cluster.nodes if n.replica is not None and n.replica.membership.is_relay()
+    }
+    assert relays and all(count == 0 for (node, _peer), count in rounds.items() if node not in relays), rounds
+    assert any(count > 0 for (node, _peer), count in rounds.items() if node in relays), rounds
+
+
 def _dc1_relay_and_a_doc_it_does_not_hold(config: SimConfig) -> tuple[int, int, int]:
     """(the dc1 relay's index, a doc index it does not hold, a dc0 node that does not hold it
     either) once the membership of a run of `config` has formed; a run of the same config with
@@ -192,6 +241,44 @@ def _dc1_relay_and_a_doc_it_does_not_hold(config: SimConfig) -> tuple[int, int, 
     doc = next(d for d in range(1000) if not replicas[relay].holds(f"doc-{d}"))
     writer = next(i for i, r in enumerate(replicas) if r.dc == "dc0" and not r.holds(f"doc-{doc}"))
     return relay, doc, writer
+
+
+def test_a_forwarded_delta_waiting_for_its_dependencies_is_pulled_from_its_writer() -> None:
+    """The dc1 relay does not hold the doc, so it cannot answer for it: a dc1 holder that received
+    the relay's copy of a delta whose dependency it lacks pulls the doc from the writer (dc0)."""
+    config = _config(13, faults=frozenset(), nodes=6, datacenters=2, ops=0)
+    relay, doc, writer = _dc1_relay_and_a_doc_it_does_not_hold(config)
+    cluster = SimCluster(config)
+    cluster.start_nodes()
+    cluster.advance(3_000.0)
+    doc_id = f"doc-{doc}"
+    holder = next(
+        n.replica
+        for n in cluster.nodes
+        if n.replica is not None and n.dc == "dc1" and n.index != relay and n.replica.holds(doc_id)
+    )
+    source: Doc[Any] = Doc()
+    data = source.get("data", type=Map)
+    data["a"] = 1
+    before = source.get_state()
+    data["b"] = 2
+    delta = wire.Delta(doc_id, before, source.get_state(), source.get_update(before))
+    relayed = wire.Relayed(f"n{relay}", f"n{writer}", (delta,))
+    now_ms = cluster.now_ms + 1.0
+    holder.take_effects(now_ms, force=True)
+    holder.receive(wire.encode(relayed), now_ms)
+    now_ms += holder.config.causal_wait_ms + 1.0
+    holder.tick(now_ms)
+    pulls = [
+        effect.address
+        for effect in holder.take_effects(now_ms, force=True)
+        if isinstance(effect, Send) and isinstance(wire.decode(effect.frame), wire.SyncRequest)
+    ]
+    writer_replica = cluster.nodes[writer].replica
+    assert writer_replica is not None
+    assert pulls == [writer_replica.address], (
+        f"pulled from {pulls}, the writer is at {writer_replica.address}"
+    )
 
 
 def test_a_doc_the_relay_does_not_hold_converges_across_lossy_wan() -> None:
