@@ -1,9 +1,10 @@
 """Anti-entropy rounds: the guarantee behind the delta stream.
 
 This node runs at most one round at a time as initiator, against one peer: periodically with jitter
-(round robin inside the datacenter every `ae_interval_ms`; round robin over the other datacenters'
-nodes every `ae_wan_interval_ms` on a relay, and on every node when placement is partial: each
-compares the docs it holds with their holders there, since relays hold only their share), at once on
+(round robin inside the datacenter every `ae_interval_ms`; every `ae_wan_interval_ms` across
+datacenters: on a relay, one round against the other datacenters' nodes in turn, and under partial
+placement, on every node, rounds against enough remote holders that every bucket it holds is
+compared with one of them in each datacenter, since relays hold only their share), at once on
 (re)contact, and when a retransmit ring no longer holds a gap. A round compares Tictac Merkle trees
 of canonical doc digests top-down (root, branch hashes, segment hashes, then the (doc id, digest)
 entries of differing segments) and exchanges state vectors and `get_update(remote_sv)` only for the
@@ -96,9 +97,10 @@ class AntiEntropy:
             self._queue_turn(self._links.alive(dc="same"), wan=False)
         if config.ae_wan_interval_ms > 0 and now_ms >= self._next_wan_ms:
             self._next_wan_ms = now_ms + ctx.jittered(config.ae_wan_interval_ms)
-            if self._links.reaches_other_dcs:
-                # A round compares only the buckets both sides hold: in turn, every remote holder of
-                # each bucket held here is compared with.
+            if self._holding.partitioned and self._links.reaches_other_dcs:
+                for link in self._wan_cover():
+                    self._wanted.setdefault(link.address, None)
+            elif self._links.is_relay:
                 self._queue_turn(self._links.alive(dc="other"), wan=True)
         self._run_wanted()
 
@@ -110,6 +112,31 @@ class AntiEntropy:
                 self._turn += 1
             turn = self._wan_turn if wan else self._turn
             self._wanted.setdefault(links[turn % len(links)].address, None)
+
+    def _wan_cover(self) -> list[PeerLink]:
+        """The remote nodes this interval's rounds go to: for every bucket held here, one alive
+        holder of it in each other datacenter (its holders there converge among themselves), the
+        first in an order that turns every interval, so each remote holder has its turn. A round
+        compares only the buckets both sides hold, so a remote node with fewer shared buckets is
+        not enough on its own; this covers them all each interval with as few rounds as the
+        greedy choice gives (2 per datacenter of 3 with rf 2)."""
+        remote = [link for link in self._links.alive(dc="other") if link.node_id is not None]
+        if not remote:
+            return []
+        self._wan_turn += 1
+        start = self._wan_turn % len(remote)
+        order = remote[start:] + remote[:start]
+        rank = {link.node_id: index for index, link in enumerate(order)}
+        holding = self._holding
+        held = holding.buckets_held()
+        chosen: dict[int, None] = {}
+        for bucket in holding.all_buckets() if held is None else held:
+            remote_holders = [node for node in holding.holders(bucket) if node in rank]
+            for dc in sorted({holding.dc_of(node) or "" for node in remote_holders}):
+                in_dc = [rank[node] for node in remote_holders if holding.dc_of(node) == dc]
+                if not any(index in chosen for index in in_dc):
+                    chosen[min(in_dc)] = None
+        return [order[index] for index in sorted(chosen)]
 
     # ------------------------------------------------------------------ rounds as initiator
 

@@ -141,6 +141,10 @@ class Holding:
             self._held = (self.version, frozenset(held))
         return self._held[1]
 
+    def all_buckets(self) -> range:
+        """Every bucket of every rule."""
+        return range(len(self._rules) * self.policy.partitions)
+
     def drain(self) -> None:
         self.draining = True
         self._seen_revision = -1  # recompute the view without this node
