@@ -215,6 +215,19 @@ def test_under_partial_placement_every_node_compares_with_every_remote_node() ->
         assert bool(subscribed) == status.relay, "only the relay subscribes across the WAN"
 
 
+def test_one_wan_interval_compares_every_held_bucket_with_each_remote_datacenter() -> None:
+    """rf 2 of 3 per datacenter: no single remote node holds every bucket a node holds, so one
+    interval's rounds go to at least 2 of the other datacenter's 3 nodes (the greedy cover). The
+    dc1 nodes have higher ids, so they started no round at first contact: all theirs are periodic."""
+    cluster = SimCluster(_config(9, faults=frozenset(), nodes=6, datacenters=2, ops=0))
+    cluster.start_nodes()
+    cluster.advance(1.3 * ReplicaConfig().ae_wan_interval_ms)  # one interval, its jitter included
+    rounds = _rounds_across(cluster)
+    for name in ("n3", "n4", "n5"):
+        peers = {peer for (node, peer), count in rounds.items() if node == name and count > 0}
+        assert len(peers) >= 2, f"{name} compared with {sorted(peers)} only: {rounds}"
+
+
 def test_when_every_node_holds_every_doc_only_relays_run_rounds_across() -> None:
     """rf 2 with 2 nodes per datacenter: nothing is partitioned, so the topology is as without
     placement: non-relays neither link to the other datacenter nor run rounds there."""
