@@ -165,6 +165,9 @@ class NodeStatus:
     """Bytes of local writes to hinted docs no holder has confirmed yet (bounded by `hint_bytes_max`)."""
     hints_overdue: int = 0
     """Hinted docs no holder confirmed within `hint_window_ms` (kept: they may be the only copy)."""
+    weight: float = 1.0
+    """This node's placement weight now: `weight_configured`, lowered by shedding (docs/placement.md)."""
+    weight_configured: float = 1.0
 
 
 def _now_ms() -> float:
@@ -579,6 +582,8 @@ class Node:
             hinted_docs=snapshot.hinted_docs,
             hinted_bytes=snapshot.hinted_bytes,
             hints_overdue=snapshot.hints_overdue,
+            weight=snapshot.weight,
+            weight_configured=snapshot.weight_configured,
             members=snapshot.members,
             datacenters=snapshot.datacenters,
             store=self._store_description.name if self._store_description is not None else "memory",

@@ -21,6 +21,15 @@ def _rates(by_dc: dict[str, float]) -> str:
     return " ".join(f"{dc}:{rate:.1f}" for dc, rate in by_dc.items()) or "-"
 
 
+def _own_weight(body: dict[str, Any]) -> str:
+    """This node's weight, and its configured one when shedding lowered it."""
+    now = body["nodes"][0]["weight"] if body["nodes"] else None
+    configured = body["weight_configured"]
+    if now is None or now == configured:
+        return f"{configured:g}"
+    return f"{now:g}, configured {configured:g}: shed load"
+
+
 def render(body: dict[str, Any]) -> list[str]:
     """The lines of one frame."""
     nodes = body["nodes"]
@@ -31,11 +40,12 @@ def render(body: dict[str, Any]) -> list[str]:
     lines = [
         f"crdtsync top: seen from {body['node_id']} (dc {body['dc']}), rates decayed over {half_life_s:g} s",
         f"nodes {len(nodes)}, load {total:.2f} cores (max/mean {peak / mean if mean else 0.0:.2f}), "
-        f"moves in flight: {body['moves']['hinted_docs']} docs being handed off here",
+        f"moves in flight: {body['moves']['hinted_docs']} docs being handed off here "
+        f"(this node's weight {_own_weight(body)})",
         "",
     ]
     rows: list[tuple[str, ...]] = [
-        ("NODE", "DC", "STATE", "LOAD", "PARTITIONS", "LAG", "FOLLOWING", "SUMMARY AGE")
+        ("NODE", "DC", "STATE", "LOAD", "WEIGHT", "PARTITIONS", "LAG", "FOLLOWING", "SUMMARY AGE")
     ]
     for node in nodes:
         lag = "-" if node["lag_ms"] is None else f"{node['lag_ms'] / 1000:.1f} s"
@@ -45,6 +55,7 @@ def render(body: dict[str, Any]) -> list[str]:
                 node["dc"],
                 node["state"],
                 f"{node['load_cores']:.2f}",
+                "-" if node["weight"] is None else f"{node['weight']:g}",
                 "-" if node["partitions"] is None else str(node["partitions"]),
                 lag,
                 str(node["following"]),

@@ -605,4 +605,6 @@ class Replica:
             hinted_docs=len(self._handoff.pending),
             hinted_bytes=self._handoff.hinted_bytes,
             hints_overdue=self._handoff.overdue,
+            weight=self.membership.own.weight,
+            weight_configured=self._balancer.base_weight,
         )

@@ -55,6 +55,8 @@ class MemberStatus:
     relay: bool
     suspicions: int
     downs: int
+    weight: float = 1.0
+    """Its placement weight as its member record says: its configured weight, lowered by shedding."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,9 @@ class ReplicaStatus:
     """Bytes of local writes to hinted docs no holder has confirmed yet (`hint_bytes_max`)."""
     hints_overdue: int = 0
     """Hinted docs no holder confirmed within `hint_window_ms` (kept)."""
+    weight: float = 1.0
+    """This node's placement weight now: `weight_configured`, lowered by shedding (docs/placement.md)."""
+    weight_configured: float = 1.0
 
 
 def peer_statuses(
@@ -159,6 +164,7 @@ def member_statuses(now_ms: float, membership: Membership) -> list[MemberStatus]
                 relay=record.node_id in relays,
                 suspicions=member.suspicions,
                 downs=member.downs,
+                weight=record.weight,
             )
         )
     members.sort(key=lambda m: (m.dc, m.node_id))

@@ -38,6 +38,8 @@ def status_json(
         "hinted_docs": status.hinted_docs,
         "hinted_bytes": status.hinted_bytes,
         "hints_overdue": status.hints_overdue,
+        "weight": status.weight,
+        "weight_configured": status.weight_configured,
         "store": status.store,
         "durability": status.durability,
         "merkle_root": merkle_root.hex(),
@@ -121,6 +123,7 @@ def member_json(member: MemberStatus) -> Json:
         "relay": member.relay,
         "suspicions": member.suspicions,
         "downs": member.downs,
+        "weight": member.weight,
     }
 
 

@@ -87,6 +87,8 @@ def top_json(node: Node, docs_limit: int) -> Json:
     status = node.status()
     lag_ms = {peer.node_id: peer.lag_ms for peer in status.peers if peer.node_id is not None}
     state = {member.node_id: member.state for member in status.members}
+    weight = {member.node_id: member.weight for member in status.members}
+    weight[status.node_id] = status.weight
     partitions = node.cluster_placement().partitions_per_node
     nodes = [
         {
@@ -95,6 +97,7 @@ def top_json(node: Node, docs_limit: int) -> Json:
             "state": "self" if summary.node_id == status.node_id else state.get(summary.node_id, "unknown"),
             "load_cores": round(summary.load_cores, 3),
             "partitions": partitions.get(summary.node_id),
+            "weight": weight.get(summary.node_id),
             "lag_ms": None if summary.node_id == status.node_id else lag_ms.get(summary.node_id),
             "summary_age_ms": round(age_ms),
             "following": sum(1 for doc in summary.docs if doc.following),
@@ -105,10 +108,12 @@ def top_json(node: Node, docs_limit: int) -> Json:
         "node_id": status.node_id,
         "dc": status.dc,
         "half_life_ms": node.config.replication.load_half_life_ms,
+        "weight_configured": status.weight_configured,
         "nodes": nodes,
         "docs": hottest_docs(summaries, docs_limit),
         "moves": {
             "hinted_docs": status.hinted_docs,
+            "weight_changes": status.counters.weight_changes,
             "follows_started": status.counters.follows_started,
             "follows_stopped": status.counters.follows_stopped,
         },
@@ -133,6 +138,18 @@ class TopCollector(Collector):
         for summary, _age_ms in summaries:
             load.add_metric([summary.node_id, summary.dc], summary.load_cores)
         yield load
+        status = self.node.status()
+        weight = GaugeMetricFamily(
+            f"{PREFIX}_node_weight",
+            "Each member's placement weight as its member record says (its configured weight, lowered "
+            "by shedding: docs/placement.md#shedding-load).",
+            labels=["node", "dc"],
+        )
+        weight.add_metric([status.node_id, status.dc], status.weight)
+        for member in status.members:
+            if member.state != "left":
+                weight.add_metric([member.node_id, member.dc], member.weight)
+        yield weight
         rates = GaugeMetricFamily(
             f"{PREFIX}_hot_doc_rate",
             f"Events per second of the cluster's {METRIC_DOCS} hottest docs, by kind (read, write, "

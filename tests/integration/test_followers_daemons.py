@@ -71,12 +71,14 @@ def _check_top_elsewhere(watcher: Daemon, reader: Daemon, doc_id: str) -> None:
     assert body["node_id"] == watcher.name and body["nodes"][0]["state"] == "self"
     assert {node["node_id"] for node in body["nodes"]} == {"f1", "f2", "f3"}
     assert all(node["partitions"] is not None and node["partitions"] < 4096 for node in body["nodes"])
+    assert body["weight_configured"] == 1.0 and all(node["weight"] == 1.0 for node in body["nodes"])
     text = _top_cli(watcher.url, "--once")
-    assert doc_id in text and reader.name in text and "PARTITIONS" in text
+    assert doc_id in text and reader.name in text and "PARTITIONS" in text and "WEIGHT" in text
     metrics = watcher.client.get("/metrics").text
     assert f'crdtsync_hot_doc_rate{{dc="{reader.dc}",doc="{doc_id}",kind="read"}}' in metrics
     assert f'crdtsync_hot_doc_followers{{doc="{doc_id}"}} 1.0' in metrics
     assert f'crdtsync_node_load_cores{{dc="{reader.dc}",node="{reader.name}"}}' in metrics
+    assert f'crdtsync_node_weight{{dc="{reader.dc}",node="{reader.name}"}} 1.0' in metrics
     refused = watcher.client.get("/v1/top", params={"docs": "0"})
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "bad_docs"
 

@@ -161,6 +161,8 @@ def test_config_and_status_fields_are_pinned() -> None:
         "hinted_docs",
         "hinted_bytes",
         "hints_overdue",
+        "weight",
+        "weight_configured",
     ]
     assert [f.name for f in dataclasses.fields(PeerStatus)] == [
         "address",
