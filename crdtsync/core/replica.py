@@ -584,10 +584,8 @@ class Replica:
     def status(self, now_ms: float) -> ReplicaStatus:
         ctx = self._ctx
         self._step(now_ms)
-        round_ = self._antientropy.round
-        peers = peer_statuses(
-            now_ms, self._links, self._inbound.tracks, round_.address if round_ is not None else None
-        )
+        round_address = self._antientropy.round.address if self._antientropy.round is not None else None
+        peers = peer_statuses(now_ms, self._links, self._inbound.tracks, round_address)
         members = member_statuses(now_ms, self.membership)
         return ReplicaStatus(
             node_id=ctx.node_id,
