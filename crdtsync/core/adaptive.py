@@ -12,9 +12,16 @@ offered to its holder as often as anti-entropy runs, and a follower behind the h
 fetches what it missed (`crdtsync.core.handoff`): anti-entropy itself compares only held docs.
 
 Caps: at most `followed_docs_max` docs per node, and `followers_per_doc_max` followers per doc in
-the cluster, counted from the gossiped summaries (a node lists the docs it follows). Two nodes that
-start following at once may both go over the cap until their summaries cross; then the follower
-whose node id comes after `followers_per_doc_max` others stops.
+the cluster, counted from the gossiped summaries (a node lists the docs it follows). Several nodes
+that want a doc at once (a fleet that starts polling the same entry) would all see room under the
+cap before their summaries cross, and all start. So the nodes that may follow a doc (members not
+holding it) are ranked by a hash of the doc and the node id, the same order on every node, and a
+node starts only when fewer nodes ahead of it may take the room the cap leaves: a node ahead
+counts unless a summary of it made since this node went over the budget says it does not read
+the doc over the budget (no summary yet: it counts). The first ones start at once; the others
+wait for the summaries of those ahead. Should two still start at once (a node ahead went over the
+budget just after its summary), the followers beyond the cap in that order stop at their next
+decision.
 
 `decide` is the pure hysteresis; `Followers` applies it with the caps once per `DECIDE_INTERVAL_MS`
 and tells the replica which docs to start and stop following. Pure: time comes in as `now_ms`.
@@ -22,13 +29,16 @@ and tells the replica which docs to start and stop following. Pure: time comes i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from crdtsync.core.context import Context
+from crdtsync.core.holding import Holding
 from crdtsync.core.load_board import FORWARD_AGE_MS, LoadBoard
+from crdtsync.core.membership import Membership
 
 log = logging.getLogger("crdtsync.adaptive")
 
@@ -71,15 +81,45 @@ def decide(
     return None if now_ms - follow.cool_since_ms >= cool_down_ms else follow
 
 
-class Followers:
-    """The docs this node follows because they are read here, decided with `decide` and the caps."""
+def rank_key(doc_id: str, node_id: str) -> bytes:
+    """Where `node_id` comes in the order of the nodes that may follow `doc_id` (lowest first)."""
+    return hashlib.blake2b(f"{doc_id}\x00{node_id}".encode(), digest_size=8).digest()
 
-    def __init__(self, ctx: Context, board: LoadBoard, holds: Callable[[str], bool]) -> None:
+
+class FollowOrder:
+    """The members that may follow a doc (alive or suspect, not holding it), in `rank_key` order."""
+
+    def __init__(self, membership: Membership, holding: Holding) -> None:
+        self._membership = membership
+        self._holding = holding
+
+    def __call__(self, doc_id: str) -> list[str]:
+        membership, holding = self._membership, self._holding
+        holders = holding.holders(holding.bucket_of(doc_id)) if holding.enforced else None
+        nodes = [membership.own.node_id]
+        nodes += [node_id for node_id, m in membership.members.items() if m.liveness in ("alive", "suspect")]
+        return sorted(
+            (node_id for node_id in nodes if holders is not None and node_id not in holders),
+            key=lambda node_id: rank_key(doc_id, node_id),
+        )
+
+
+class Followers:
+    """The docs this node follows because they are read here, decided with `decide` and the caps
+    (`order`: who may follow a doc, first to last; None starts every follower at once)."""
+
+    def __init__(
+        self, ctx: Context, board: LoadBoard, holds: Callable[[str], bool], order: FollowOrder | None = None
+    ) -> None:
         self._config = ctx.config
         self._counters = ctx.counters
         self._board = board
         self._holds = holds
+        self._order = order
         self.follows: dict[str, Follow] = {}
+        self._over_since: dict[str, float] = {}
+        """Docs over the budget that this node waits its turn to follow: since when (at most the
+        docs one decision looks at)."""
         self._next_ms = 0.0
 
     @property
@@ -123,10 +163,40 @@ class Followers:
             return None
         if follow is None:
             full = len(self.follows) >= config.followed_docs_max
-            return None if full or len(elsewhere) >= config.followers_per_doc_max else after
-        # Over the cap (two nodes started at once): the nodes that come first keep following.
-        before_me = [node_id for node_id in elsewhere if node_id < self._board.node_id]
+            if full or len(elsewhere) >= config.followers_per_doc_max:
+                return None
+            since_ms = self._over_since.setdefault(doc_id, now_ms)
+            return after if self._my_turn(doc_id, elsewhere, since_ms) else None
+        # Over the cap (summaries slower than the turns): the nodes that come first keep following.
+        me = rank_key(doc_id, self._board.node_id)
+        before_me = [node_id for node_id in elsewhere if rank_key(doc_id, node_id) < me]
         return None if len(before_me) >= config.followers_per_doc_max else after
+
+    def _my_turn(self, doc_id: str, elsewhere: list[str], since_ms: float) -> bool:
+        """Whether fewer nodes ahead of this one in `doc_id`'s order may take the room the cap
+        leaves (`since_ms`: when this node went over the budget)."""
+        if self._order is None:
+            return True
+        room = self._config.followers_per_doc_max - len(elsewhere)
+        ahead = 0
+        for node_id in self._order(doc_id):
+            if node_id == self._board.node_id:
+                break
+            if node_id not in elsewhere and self._may_follow(node_id, doc_id, since_ms):
+                ahead += 1
+        return ahead < room
+
+    def _may_follow(self, node_id: str, doc_id: str, since_ms: float) -> bool:
+        """Unless a summary of `node_id` made since `since_ms` says it does not read `doc_id` over
+        the budget (a doc outside its gossiped hottest is colder than all of them)."""
+        known = self._board.received.get(node_id)
+        if known is None or known[1] < since_ms:
+            return True
+        summary = known[0]
+        budget = self._config.follow_reads_per_s
+        return any(
+            doc.doc_id == doc_id and doc.of("read").get(summary.dc, 0.0) > budget for doc in summary.docs
+        )
 
     def step(self, now_ms: float) -> tuple[list[str], list[str]]:
         """(docs to start following, docs to stop following), at most once per `DECIDE_INTERVAL_MS`."""
@@ -137,12 +207,16 @@ class Followers:
         start: list[str] = []
         stop: list[str] = []
         budget = self._config.follow_reads_per_s
+        over_since, self._over_since = self._over_since, {}
         for doc_id, reads_per_s in sorted(
             self._read_rates(now_ms).items(), key=lambda item: (-item[1], item[0])
         ):
             before = self.follows.pop(doc_id, None)
+            if before is None and reads_per_s > budget and doc_id in over_since:
+                self._over_since[doc_id] = over_since[doc_id]  # still waiting its turn
             after = self._next(doc_id, before, reads_per_s, now_ms, elsewhere.get(doc_id, []))
             if after is not None:
+                self._over_since.pop(doc_id, None)
                 self.follows[doc_id] = after
             if before is None and after is not None:
                 start.append(doc_id)

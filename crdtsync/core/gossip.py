@@ -12,6 +12,7 @@ it runs `SINGLE_DC_GOSSIP_SLOWDOWN` times rarer.
 from __future__ import annotations
 
 import logging
+import zlib
 
 from crdtsync.core import wire
 from crdtsync.core.antientropy import AntiEntropy
@@ -48,7 +49,10 @@ class Gossip:
         self._inbound = inbound
         self._antientropy = antientropy
         self.next_gossip_ms = ctx.jittered(membership.config.gossip_interval_ms)
-        self._turn = 0
+        # Each node starts its round robin over the peers at its own place: started alike, every
+        # node would push to the same peer in the same round, and a node would hear its peers (and
+        # their load summaries) in bursts a whole round robin apart.
+        self._turn = zlib.crc32(ctx.node_id.encode())
 
     # ------------------------------------------------------------------ timers
 

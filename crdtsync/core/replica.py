@@ -36,7 +36,7 @@ from typing import Any
 from pycrdt import Doc
 
 from crdtsync.core import wire
-from crdtsync.core.adaptive import Followers
+from crdtsync.core.adaptive import Followers, FollowOrder
 from crdtsync.core.antientropy import AntiEntropy
 from crdtsync.core.balance import Balancer
 from crdtsync.core.causal import CausalBuffer
@@ -127,7 +127,7 @@ class Replica:
         self.placement = placement
         self._holding = holding = Holding(node_id, dc, self.membership, placement)
         self.load = ctx.load = LoadBoard(ctx, self.membership, holding)  # rates, load, members' summaries
-        self._followers = Followers(ctx, self.load, holding.holds_doc)  # read followers of hot docs
+        self._followers = Followers(ctx, self.load, holding.holds_doc, FollowOrder(self.membership, holding))
         self._balancer = Balancer(ctx, self.membership, self.load)  # loaded nodes shed partitions
         self._guard = Guard(ctx)
         self._links = Links(ctx, self.membership, holding)
