@@ -1,9 +1,10 @@
 """Adaptive replication against static placement, in the simulator (issue 14's benchmark).
 
-    python -m bench.adaptive [--quick] [--docs N] [--minutes M] [--seed S] [--json OUT]
+    python -m bench.adaptive [--quick] [--docs N] [--minutes M] [--seed S] [--rf RF] [--json OUT]
 
 Three datacenters of `--nodes-per-dc` nodes (WAN one-way latencies drawn in 30-80 ms per pair of
-datacenters), `rf` 1 in every datacenter, Zipf(1.1) reads over `--docs` docs on every node (each
+datacenters), `rf` 1 in every datacenter (`--rf dc0=1,dc1=1` names the datacenters that hold
+replicas), Zipf(1.1) reads over `--docs` docs on every node (each
 datacenter has its own ranking of the docs, and the hot set moves to other docs every
 `--shift-minutes`), writes on the hottest docs throughout. The same seed runs twice in one process:
 static (no read followers, no shedding) and adaptive (the defaults, or the short timers of
@@ -63,7 +64,7 @@ SERVICE_MS = 0.2
 STEP_MS = 500.0
 """Reads are drawn and counted per node in steps this long."""
 WAN_LATENCY_MS = (30.0, 80.0)
-PARTITIONS = PlacementPolicy((PlacementRule(1),)).partitions
+PARTITIONS = PlacementPolicy().partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,8 @@ class Workload:
     """Not measured: members meet, the first summaries spread."""
     replica: ReplicaConfig = dataclasses.field(default_factory=ReplicaConfig)
     """The adaptive run's configuration (the static run turns followers and shedding off)."""
+    rf: int | tuple[tuple[str, int], ...] = 1
+    """Replicas in every datacenter, or (datacenter, replicas) of those that hold any."""
 
     @property
     def nodes(self) -> int:
@@ -156,11 +159,12 @@ class _Ranking:
 
 def _config(workload: Workload, adaptive: bool) -> SimConfig:
     replica = workload.replica
+    rf = workload.rf if isinstance(workload.rf, int) else dict(workload.rf)
     if not adaptive:
         replica = dataclasses.replace(replica, follow_reads_per_s=0.0, shed_partitions=False)
     return SimConfig(
         seed=workload.seed, nodes=workload.nodes, datacenters=workload.dcs, docs=workload.docs, ops=0,
-        wan_latency_ms=WAN_LATENCY_MS, placement=PlacementPolicy((PlacementRule(1),)), replica=replica,
+        wan_latency_ms=WAN_LATENCY_MS, placement=PlacementPolicy((PlacementRule(rf),)), replica=replica,
     )  # fmt: skip
 
 
@@ -402,6 +406,15 @@ def report(result: JSON) -> None:
         print(f"  {target['verdict']:<5} {target['text']}: {value}{limit}")
 
 
+def _rf(text: str) -> int | tuple[tuple[str, int], ...]:
+    if text.isdigit():
+        return int(text)
+    pairs = [item.split("=", 1) for item in text.split(",")]
+    if not all(len(pair) == 2 and pair[1].isdigit() for pair in pairs):
+        raise SystemExit(f"--rf {text!r}: give N or dc0=N,dc1=M")
+    return tuple((dc, int(count)) for dc, count in pairs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.adaptive", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -415,10 +428,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nodes-per-dc", type=int, help="default 4; --quick 3")
     parser.add_argument("--reads-per-s", type=float, default=400.0, help="client reads per node")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rf", default="1", help="replicas per datacenter: N, or dc0=N,dc1=M (default 1)")
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to OUT", metavar="OUT")
     args = parser.parse_args(argv)
     workload = Workload(
         seed=args.seed,
+        rf=_rf(args.rf),
         docs=args.docs or (10_000 if args.quick else 100_000),
         nodes_per_dc=args.nodes_per_dc or (3 if args.quick else 4),
         reads_per_s_per_node=args.reads_per_s,
@@ -431,8 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in machine_info().items():
         print(f"  {key:<18} {value}")
     print(
-        f"\nworkload: {workload.docs:,} docs, {workload.dcs} datacenters x {workload.nodes_per_dc} nodes, rf 1 "
-        f"per datacenter, Zipf({workload.zipf_exponent}) reads at {workload.reads_per_s_per_node:g}/s per node, "
+        f"\nworkload: {workload.docs:,} docs, {workload.dcs} datacenters x {workload.nodes_per_dc} nodes, "
+        f"rf {args.rf} per datacenter, Zipf({workload.zipf_exponent}) reads at {workload.reads_per_s_per_node:g}/s per node, "
         f"{workload.writes_per_s:g} writes/s, hot set moved every {workload.shift_ms / 60_000:g} min, "
         f"{workload.duration_ms / 60_000:g} simulated min (the first {workload.warmup_ms / 1000:g} s not measured), "
         f"seed {workload.seed}"
