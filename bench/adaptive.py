@@ -255,7 +255,7 @@ class _Run:
 
     def _writes(self, now_ms: float, phase: int, op: int) -> int:
         workload = self.workload
-        writes = self.reads_rng.random() * workload.writes_per_s * STEP_MS / 1000.0
+        writes = workload.writes_per_s * STEP_MS / 1000.0  # expected this step: floor, then a coin
         for _ in range(math.floor(writes) + (1 if self.reads_rng.random() < writes % 1 else 0)):
             node = self.reads_rng.randrange(workload.nodes)
             rank = min(999, self.ranking.ranks(self.reads_rng, 1)[0])
