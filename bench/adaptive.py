@@ -406,6 +406,15 @@ def report(result: JSON) -> None:
         print(f"  {target['verdict']:<5} {target['text']}: {value}{limit}")
 
 
+def _tuned(config: ReplicaConfig, args: argparse.Namespace) -> ReplicaConfig:
+    changes = {
+        "follow_reads_per_s": args.follow_budget,
+        "followed_docs_max": args.followed_max,
+        "followers_per_doc_max": args.followers_max,
+    }
+    return dataclasses.replace(config, **{key: value for key, value in changes.items() if value is not None})
+
+
 def _rf(text: str) -> int | tuple[tuple[str, int], ...]:
     if text.isdigit():
         return int(text)
@@ -429,6 +438,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reads-per-s", type=float, default=400.0, help="client reads per node")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rf", default="1", help="replicas per datacenter: N, or dc0=N,dc1=M (default 1)")
+    parser.add_argument(
+        "--follow-budget", type=float, help="follow_reads_per_s of the adaptive run (default 20)"
+    )
+    parser.add_argument("--followed-max", type=int, help="followed_docs_max of the adaptive run (default 64)")
+    parser.add_argument(
+        "--followers-max", type=int, help="followers_per_doc_max of the adaptive run (default 3)"
+    )
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to OUT", metavar="OUT")
     args = parser.parse_args(argv)
     workload = Workload(
@@ -440,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shift_ms=60_000.0 * (args.shift_minutes or (1.0 if args.quick else 5.0)),
         duration_ms=60_000.0 * (args.minutes or (4.0 if args.quick else 30.0)),
         warmup_ms=30_000.0 if args.quick else 60_000.0,
-        replica=QUICK_REPLICA if args.quick else ReplicaConfig(),
+        replica=_tuned(QUICK_REPLICA if args.quick else ReplicaConfig(), args),
     )
     print("machine")
     for key, value in machine_info().items():
