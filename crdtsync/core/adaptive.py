@@ -92,8 +92,21 @@ class FollowOrder:
     def __init__(self, membership: Membership, holding: Holding) -> None:
         self._membership = membership
         self._holding = holding
+        self._orders: dict[str, list[str]] = {}
+        """Doc -> its order, while the member table stays at `_revision` (at most `CANDIDATES_MAX`:
+        a decision asks for the docs over the budget that it does not follow yet)."""
+        self._revision = -1
 
     def __call__(self, doc_id: str) -> list[str]:
+        membership = self._membership
+        if membership.revision != self._revision or len(self._orders) >= CANDIDATES_MAX:
+            self._orders, self._revision = {}, membership.revision
+        order = self._orders.get(doc_id)
+        if order is None:
+            order = self._orders[doc_id] = self._order(doc_id)
+        return order
+
+    def _order(self, doc_id: str) -> list[str]:
         membership, holding = self._membership, self._holding
         holders = holding.holders(holding.bucket_of(doc_id)) if holding.enforced else None
         nodes = [membership.own.node_id]
