@@ -221,7 +221,7 @@ class _Run:
         delay = self.latency_rng.uniform(*sim.latency_ms) + self.latency_rng.uniform(*sim.latency_ms)
         a, b = nodes[source].dc, nodes[target].dc
         if a != b:
-            delay += 2 * self.cluster.wan_latency_ms[min(a, b), max(a, b)]
+            delay += 2 * self.cluster.network.wan_latency_ms[min(a, b), max(a, b)]
         return delay
 
     def _reads(self, index: int, now_ms: float, phase: int, measured: bool) -> float:
@@ -280,7 +280,7 @@ class _Run:
             cluster.advance(now_ms)
             measured = now_ms > workload.warmup_ms
             if not measured:
-                wan_at_warmup = cluster.wan_bytes
+                wan_at_warmup = cluster.network.wan_bytes
             phase = int(now_ms // workload.shift_ms)
             op = self._writes(now_ms, phase, op)
             self._fetch_cpu_ms = [0.0] * nodes
@@ -306,7 +306,7 @@ class _Run:
                 tally.followers_max, sum(len(self.replica(i).load.following) for i in range(nodes))
             )
         tally.measured_ms = workload.duration_ms - workload.warmup_ms
-        tally.wan_bytes = cluster.wan_bytes - wan_at_warmup
+        tally.wan_bytes = cluster.network.wan_bytes - wan_at_warmup
         replicas = [self.replica(index) for index in range(nodes)]
         tally.follower_changes = sum(
             r.counters.follows_started + r.counters.follows_stopped for r in replicas
