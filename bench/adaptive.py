@@ -16,7 +16,7 @@ What is modelled, not run through the core, and why:
 - **Reads.** A client read is counted where it enters (`LoadBoard`'s rate table, as `Node.open`
   does), and served where the core says: locally when the node holds the doc or follows it,
   otherwise by the nearest holder (`crdtsync.core.handoff`'s order: a replica of this datacenter,
-  then a relay of it), which counts it as a forwarded read (`fetch`). A read's latency is the
+  then any other holder), which counts it as a forwarded read (`fetch`). A read's latency is the
   service time plus, when forwarded, a round trip on the simulated network to that holder (the
   simulator's own latency ranges). Running each read as a real fetch through the core would cost
   about a thousand times more simulated events, and the core's per-read path is one sync request
@@ -26,9 +26,9 @@ What is modelled, not run through the core, and why:
   answered, `APPLY_CPU_MS` per delta applied.
 
 WAN bytes are every byte the simulated network carried between datacenters (replication, gossip,
-load summaries, anti-entropy), per read. Relays hold every doc today (docs/placement.md): every
-datacenter has a holder of every doc, so no read is ever forwarded across the WAN, and WAN bytes
-are the replication traffic to every relay in both modes.
+load summaries, anti-entropy), per read. With `rf` 1 in every datacenter every read has a holder in
+its own datacenter; `--rf dc0=1` leaves the other datacenters without one, and their reads of docs
+they do not follow cross the WAN.
 """
 
 from __future__ import annotations
@@ -199,7 +199,8 @@ class _Run:
 
     def _target(self, index: int, doc_id: str) -> tuple[int | None, bool]:
         """The node serving node `index`'s forwarded read of `doc_id`, and whether it is across the
-        WAN: the nearest holder, in the handoff's order (a replica here, a relay here, then any)."""
+        WAN: the nearest holder, in the handoff's order (a replica here, then any other holder by
+        node id)."""
         replica = self.replica(index)
         key = (index, zlib.crc32(doc_id.encode()) % PARTITIONS)
         known = self._targets.get(key)
@@ -209,8 +210,9 @@ class _Run:
         assert placed.partition == key[1], "the partition is crc32(doc id) % partitions"
         dc = replica.dc
         order = [r.node_id for r in placed.replicas.get(dc, ())]
-        order += [relay for relay in placed.relays if self.cluster.nodes[int(relay[1:])].dc == dc]
-        order += [r.node_id for dc_replicas in placed.replicas.values() for r in dc_replicas]
+        order += sorted(
+            {r.node_id for dc_replicas in placed.replicas.values() for r in dc_replicas} - set(order)
+        )
         target = next((int(node_id[1:]) for node_id in order if node_id != replica.node_id), None)
         answer = (target, target is not None and self.cluster.nodes[target].dc != dc)
         self._targets[key] = answer
@@ -397,7 +399,7 @@ def report(result: JSON) -> None:
             (text, fmt(float(runs["static"][key]), digits), fmt(float(runs["adaptive"][key]), digits))
             for text, digits, key in rows
         ],
-        [f"relays (hold every doc): {', '.join(runs['adaptive']['relays'])}"],
+        [f"relays: {', '.join(runs['adaptive']['relays'])}"],
     )
     print("\ntargets")
     for target in result["targets"]:
