@@ -26,7 +26,8 @@ What is modelled, not run through the core, and why:
   answered, `APPLY_CPU_MS` per delta applied.
 
 WAN bytes are every byte the simulated network carried between datacenters (replication, gossip,
-load summaries, anti-entropy), per read. With `rf` 1 in every datacenter every read has a holder in
+load summaries, anti-entropy, a follower's fetches), plus the modelled forwarded reads that crossed
+it (`FETCH_OVERHEAD_BYTES` and the doc's content), per read. With `rf` 1 in every datacenter every read has a holder in
 its own datacenter; `--rf dc0=1` leaves the other datacenters without one, and their reads of docs
 they do not follow cross the WAN.
 """
@@ -64,6 +65,12 @@ SERVICE_MS = 0.2
 STEP_MS = 500.0
 """Reads are drawn and counted per node in steps this long."""
 WAN_LATENCY_MS = (30.0, 80.0)
+FETCH_OVERHEAD_BYTES = 128
+"""A forwarded read's request and answer besides the doc's content: two envelopes, the doc id twice,
+two state vectors of a few clients (modelled, as the reads are)."""
+DOC_SIZE_TTL_MS = 30_000.0
+"""How long a doc's measured size (its update from an empty state) is reused for the bytes of the
+forwarded reads that carry it."""
 PARTITIONS = PlacementPolicy().partitions
 
 
@@ -109,6 +116,9 @@ class Tally:
     reads: int = 0
     forwarded: int = 0
     forwarded_wan: int = 0
+    wan_read_bytes: int = 0
+    """Bytes of the forwarded reads that crossed the WAN (modelled; the rest of `wan_bytes` is the
+    simulated network's)."""
     cpu_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     wan_bytes: int = 0
     partition_moves: int = 0
@@ -183,6 +193,8 @@ class _Run:
         self._targets_of: tuple[tuple[str, float], ...] = ()
         self._applied = [0] * workload.nodes
         self._fetch_cpu_ms = [0.0] * workload.nodes
+        self._doc_bytes: dict[str, tuple[float, int]] = {}
+        """Doc -> (when measured, its content's bytes at a holder)."""
         """CPU ms of the forwarded reads each node answered in the current step."""
 
     def replica(self, index: int) -> Replica:
@@ -218,6 +230,17 @@ class _Run:
         self._targets[key] = answer
         return answer
 
+    def _answer_bytes(self, holder: int, doc_id: str, now_ms: float) -> int:
+        """The bytes of one forwarded read of `doc_id` answered by `holder`."""
+        known = self._doc_bytes.get(doc_id)
+        if known is None or now_ms - known[0] > DOC_SIZE_TTL_MS:
+            replica = self.replica(holder)
+            size = len(replica.open_doc(doc_id).get_update()) if replica.has_doc(doc_id) else 0
+            if len(self._doc_bytes) >= 65_536:
+                self._doc_bytes.clear()
+            known = self._doc_bytes[doc_id] = (now_ms, size)
+        return FETCH_OVERHEAD_BYTES + known[1]
+
     def _round_trip_ms(self, source: int, target: int) -> float:
         nodes, sim = self.cluster.nodes, self.cluster.config
         delay = self.latency_rng.uniform(*sim.latency_ms) + self.latency_rng.uniform(*sim.latency_ms)
@@ -249,7 +272,9 @@ class _Run:
                 latency = SERVICE_MS + self._round_trip_ms(index, target)
                 if measured:
                     self.tally.forwarded += reads
-                    self.tally.forwarded_wan += reads if wan else 0
+                    if wan:
+                        self.tally.forwarded_wan += reads
+                        self.tally.wan_read_bytes += reads * self._answer_bytes(target, doc_id, now_ms)
             if measured:
                 self.tally.latencies[round(latency, 2)] += reads
                 self.tally.reads += reads
@@ -308,7 +333,7 @@ class _Run:
                 tally.followers_max, sum(len(self.replica(i).load.following) for i in range(nodes))
             )
         tally.measured_ms = workload.duration_ms - workload.warmup_ms
-        tally.wan_bytes = cluster.network.wan_bytes - wan_at_warmup
+        tally.wan_bytes = cluster.network.wan_bytes - wan_at_warmup + tally.wan_read_bytes
         replicas = [self.replica(index) for index in range(nodes)]
         tally.follower_changes = sum(
             r.counters.follows_started + r.counters.follows_stopped for r in replicas
