@@ -21,10 +21,20 @@ crash moves nothing; only a leave or a join moves docs.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 from crdtsync.core.membership import Membership
-from crdtsync.core.placement import Candidate, PlacementPolicy, replicas_in_dc
+from crdtsync.core.placement import (
+    Candidate,
+    ClusterPlacement,
+    DocPlacement,
+    MemberState,
+    PlacementPolicy,
+    cluster_placement,
+    doc_placement,
+    replicas_in_dc,
+)
 
 BucketKey = int
 """(rule index, partition) of a doc, as one int: `rule_index * partitions + partition`."""
@@ -65,6 +75,7 @@ class Holding:
         self._partitioned = False
         self._held: tuple[int, frozenset[BucketKey]] | None = None
         """(view version, the buckets this node holds), computed when first asked in a view."""
+        self._cluster_placement: tuple[tuple[Candidate, ...], ClusterPlacement] | None = None
 
     # ------------------------------------------------------------------ the view
 
@@ -215,6 +226,37 @@ class Holding:
         if not self.partitioned:
             return None
         return Filter(self, peer)
+
+    # ------------------------------------------------------------------ the views
+
+    def _states(self) -> dict[str, MemberState]:
+        """The state this node sees each candidate in (a member that left counts as alive: it is
+        not a candidate any more once the others know)."""
+        self.refresh()
+        members = self._membership.members
+        states: dict[str, MemberState] = {}
+        for candidate in self.candidates:
+            member = members.get(candidate.node_id)
+            liveness = "alive" if member is None else member.liveness
+            states[candidate.node_id] = "alive" if liveness == "left" else liveness
+        return states
+
+    def doc_placement(self, doc_id: str) -> DocPlacement:
+        """The doc's partition and replicas in each datacenter, as this node's member table says."""
+        states = self._states()
+        placed = doc_placement(doc_id, self.policy, list(self.candidates), states)
+        return dataclasses.replace(placed, enforced=placed.rf != "all" and self.enforced)
+
+    def cluster_placement(self) -> ClusterPlacement:
+        """Partitions per member under the default rule (computed once per membership)."""
+        self.refresh()
+        cached = self._cluster_placement
+        if cached is None or cached[0] != self.candidates:
+            placed = dataclasses.replace(
+                cluster_placement(self.policy, self.candidates), enforced=self.enforced
+            )
+            cached = self._cluster_placement = (self.candidates, placed)
+        return cached[1]
 
 
 class Filter:

@@ -28,7 +28,6 @@ each in a file of its name, that own their state and write effects into the shar
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -58,13 +57,9 @@ from crdtsync.core.load_wire import LoadSummaries
 from crdtsync.core.membership import Membership, MembershipConfig
 from crdtsync.core.outbound import Outbound
 from crdtsync.core.placement import (
-    Candidate,
     ClusterPlacement,
     DocPlacement,
-    MemberState,
     PlacementPolicy,
-    cluster_placement,
-    doc_placement,
 )
 from crdtsync.core.seqacks import SeqAcks
 from crdtsync.core.state import StateDecodeError
@@ -157,7 +152,6 @@ class Replica:
         self.store_failing = False
         """Set by the driver while its store cannot commit: content from peers is refused (counted in
         `frames_dropped_store_failing`), so that nothing waits in memory without a bound."""
-        self._cluster_placement: tuple[tuple[Candidate, ...], ClusterPlacement] | None = None
 
     @property
     def node_id(self) -> str:
@@ -549,35 +543,13 @@ class Replica:
         statuses), None while none came; forgotten once read."""
         return self._handoff.take_confirmation(doc_id, node_id)
 
-    def _candidates(self) -> tuple[list[Candidate], dict[str, MemberState]]:
-        """Every member that has not left (a down one keeps its partitions), this node included,
-        and the state this node sees each in."""
-        self._holding.refresh()
-        members = self.membership.members
-        states: dict[str, MemberState] = {}
-        for candidate in self._holding.candidates:
-            member = members.get(candidate.node_id)
-            liveness = "alive" if member is None else member.liveness
-            states[candidate.node_id] = "alive" if liveness == "left" else liveness
-        return list(self._holding.candidates), states
-
     def doc_placement(self, doc_id: str) -> DocPlacement:
         """The doc's partition and replicas in each datacenter, as this node's member table says."""
-        candidates, states = self._candidates()
-        placed = doc_placement(doc_id, self.placement, candidates, states)
-        enforced = placed.rf != "all" and self._holding.enforced
-        return dataclasses.replace(placed, enforced=enforced)
+        return self._holding.doc_placement(doc_id)
 
     def cluster_placement(self) -> ClusterPlacement:
         """Partitions per member under the default rule (computed once per membership)."""
-        candidates = tuple(self._candidates()[0])
-        cached = self._cluster_placement
-        if cached is None or cached[0] != candidates:
-            placed = dataclasses.replace(
-                cluster_placement(self.placement, candidates), enforced=self._holding.enforced
-            )
-            cached = self._cluster_placement = (candidates, placed)
-        return cached[1]
+        return self._holding.cluster_placement()
 
     # ------------------------------------------------------------------ status
 
