@@ -17,8 +17,9 @@ Guards, each from the issue's anchors (Ceph, CockroachDB, ScyllaDB):
   member's record) nobody of the datacenter changes again for `shed_cool_down_ms`, spread by
   +-25% of jitter per node, so a partition moves at most once per cool-down;
 - no balancing of an idle datacenter: below `shed_load_min_cores` of mean load, noise dominates;
-- relays (in a cluster that spans datacenters) neither shed nor count in the mean: they hold every
-  doc whatever their weight.
+- relays (in a cluster that spans datacenters) neither shed nor count in the mean: besides their
+  share they carry the WAN (every remote delta, forwarded into the datacenter), so their load says
+  little of their partitions' (they could shed by a weight that discounts the forwarding: not yet).
 
 `decide_step` is the pure decision; `Balancer` feeds it and changes the node's weight.
 """
