@@ -1,8 +1,8 @@
 """A deterministic cluster simulator driving the sans-IO core.
 
-One event heap keyed `(time_ms, seq)`, one seeded `random.Random`, a network that loses, duplicates,
-delays, reorders and partitions, and nodes that crash and restart. Nothing reads a clock or a global
-random source, so a run replays exactly from its seed.
+One event heap keyed `(time_ms, seq)`, one seeded `random.Random`, a network (`network`) that loses,
+duplicates, delays, reorders and partitions, and nodes that crash and restart. Nothing reads a
+clock or a global random source, so a run replays exactly from its seed.
 
 By default a crashed node loses everything (its store is memory, like `MemoryStore`): it comes back
 empty with a new epoch and client id and must be refilled by its peers. Writes made by a node that
@@ -17,8 +17,7 @@ for the doc waits in the core meanwhile, as on a real node) with committed and i
 (`CommitQueue.load_doc`); a client operation on an evicted doc loads it first, as `Node.open` does.
 A restarted node registers the docs the store holds, with their recorded digests, like `Node.start`
 with a data_dir. A client write is acknowledged when the commit holding its update completes (what
-`Node.flush()` waits for), and an acknowledged write must survive any crash of its writer.
-"""
+`Node.flush()` waits for), and an acknowledged write must survive any crash of its writer."""
 
 from __future__ import annotations
 
@@ -43,9 +42,6 @@ from crdtsync.sim.trace import SimTracer, Step
 from crdtsync.sim.workload import MapTextWorkload, Workload, Write
 
 EVENTS_MAX = 5_000_000
-
-_SimNode = SimNode
-"""The name `SimNode` had before it moved to `crdtsync.sim.node`."""
 
 
 EventKind = Literal[

@@ -11,7 +11,7 @@ from pycrdt import Doc, Map
 
 from crdtsync.core.replica import ReplicaConfig
 from crdtsync.sim import SimCluster, SimConfig
-from crdtsync.sim.cluster import _SimNode
+from crdtsync.sim.node import SimNode
 
 SLOW_COMMITS = SimConfig(
     seed=5,
@@ -24,7 +24,7 @@ SLOW_COMMITS = SimConfig(
 )
 
 
-def _started() -> tuple[SimCluster, _SimNode]:
+def _started() -> tuple[SimCluster, SimNode]:
     cluster = SimCluster(SLOW_COMMITS)
     for node in cluster.nodes:
         cluster.schedule(0.0, "restart", node.index)  # starts a node that is down
@@ -43,7 +43,7 @@ def _advance(cluster: SimCluster, until_ms: float) -> None:
             cluster._handle(kind, payload)
 
 
-def _write(cluster: SimCluster, node: _SimNode, doc_id: str, key: str) -> None:
+def _write(cluster: SimCluster, node: SimNode, doc_id: str, key: str) -> None:
     assert node.replica is not None
     cluster.open_doc(node.index, doc_id).get("data", type=Map)[key] = 1
     cluster._pump(node)

@@ -9,7 +9,7 @@ from typing import Any
 from crdtsync.core import wire
 from crdtsync.core.membership import MembershipConfig, rendezvous_score
 from crdtsync.sim import SimCluster, SimConfig, SimResult
-from crdtsync.sim.cluster import _SimNode
+from crdtsync.sim.node import SimNode
 
 NODES = 9
 DCS = 3
@@ -72,7 +72,7 @@ class _WanRecorder(SimCluster):
         super().__init__(config)
         self.wan_kinds: dict[str, int] = {}
 
-    def _transmit(self, source: _SimNode, target: _SimNode, frame: bytes) -> None:
+    def _transmit(self, source: SimNode, target: SimNode, frame: bytes) -> None:
         if source.dc != target.dc:
             kind = wire.MessageKind(frame[3]).name
             self.wan_kinds[kind] = self.wan_kinds.get(kind, 0) + 1
