@@ -72,6 +72,17 @@ from crdtsync.core.wire_fields import (
     with_header_position,
 )
 from crdtsync.core.wire_fields import Fields as _Fields
+from crdtsync.core.wire_tree import (
+    ENTRIES_PER_MESSAGE_MAX,
+    TREE_BRANCHES,
+    TREE_SEGMENTS,
+    read_tree_branches,
+    read_tree_entries,
+    read_tree_entries_request,
+    read_tree_root,
+    read_tree_segments,
+    read_tree_segments_request,
+)
 
 __all__ = [
     "BODY_BYTES_MAX",
@@ -139,11 +150,6 @@ COMPRESS_MIN_BYTES = 200
 ZONE_BYTES_MAX = 64
 SYNC_DOCS_PER_MESSAGE_MAX = 1024
 """Most docs one SYNC_REQUEST, SYNC_RESPONSE or SYNC_PUSH carries."""
-ENTRIES_PER_MESSAGE_MAX = 4096
-"""Most (segment, doc id, digest) entries in one TREE_ENTRIES message."""
-TREE_SEGMENTS = 4096
-TREE_BRANCHES = 64
-"""The Merkle tree's shape is part of the protocol: every node of a cluster uses the same one."""
 DC_BYTES_MAX = 64
 MEMBERS_PER_MESSAGE_MAX = 1024
 """Most member records one MEMBERS gossip message carries."""
@@ -529,53 +535,6 @@ def _read_handoff_ack(f: _Fields, node_id: str) -> Message:
     return HandoffAck(node_id, tuple(entries))
 
 
-def _read_tree_root(f: _Fields, node_id: str) -> Message:
-    return TreeRoot(node_id, f.uint("round_id"), f.hash("root"))
-
-
-def _read_tree_branches(f: _Fields, node_id: str) -> Message:
-    round_id, equal = f.uint("round_id"), f.flag("equal")
-    if f.remaining() != (0 if equal else TREE_BRANCHES):
-        raise WireError("bad_body", f"TREE_BRANCHES must carry {TREE_BRANCHES} hashes unless equal")
-    return TreeBranches(node_id, round_id, equal, tuple(f.hash("hash") for _ in range(f.remaining())))
-
-
-def _read_tree_segments_request(f: _Fields, node_id: str) -> Message:
-    round_id = f.uint("round_id")
-    branches = f.indexes("branches", f.remaining(), TREE_BRANCHES)
-    return TreeSegmentsRequest(node_id, round_id, branches)
-
-
-def _read_tree_segments(f: _Fields, node_id: str) -> Message:
-    round_id = f.uint("round_id")
-    branches = f.index_list("branches", TREE_BRANCHES)
-    if f.remaining() != len(branches) * (TREE_SEGMENTS // TREE_BRANCHES):
-        raise WireError("bad_body", "TREE_SEGMENTS must carry every segment hash of each listed branch")
-    return TreeSegments(node_id, round_id, branches, tuple(f.hash("hash") for _ in range(f.remaining())))
-
-
-def _read_tree_entries_request(f: _Fields, node_id: str) -> Message:
-    round_id = f.uint("round_id")
-    return TreeEntriesRequest(node_id, round_id, f.indexes("segments", f.remaining(), TREE_SEGMENTS))
-
-
-def _read_tree_entries(f: _Fields, node_id: str) -> Message:
-    round_id = f.uint("round_id")
-    segments = f.index_list("segments", TREE_SEGMENTS)
-    if f.remaining() % 3:
-        raise WireError("bad_body", "TREE_ENTRIES entries must be (segment, doc_id, digest) triples")
-    if f.remaining() // 3 > ENTRIES_PER_MESSAGE_MAX:
-        raise WireError("too_large", f"TREE_ENTRIES carries more than {ENTRIES_PER_MESSAGE_MAX} entries")
-    listed = set(segments)
-    entries = []
-    while f.remaining():
-        segment, doc_id, digest = f.uint("segment"), f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("digest")
-        if segment not in listed:
-            raise WireError("bad_body", f"TREE_ENTRIES has an entry in unlisted segment {segment}")
-        entries.append((segment, doc_id, digest))
-    return TreeEntries(node_id, round_id, segments, tuple(entries))
-
-
 _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.HANDOFF_OFFER: _read_handoff_offer,
     MessageKind.HANDOFF_ACK: _read_handoff_ack,
@@ -590,12 +549,12 @@ _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.SYNC_REQUEST: _read_sync_request,
     MessageKind.SYNC_RESPONSE: _read_sync_response,
     MessageKind.SYNC_PUSH: _read_sync_push,
-    MessageKind.TREE_ROOT: _read_tree_root,
-    MessageKind.TREE_BRANCHES: _read_tree_branches,
-    MessageKind.TREE_SEGMENTS_REQUEST: _read_tree_segments_request,
-    MessageKind.TREE_SEGMENTS: _read_tree_segments,
-    MessageKind.TREE_ENTRIES_REQUEST: _read_tree_entries_request,
-    MessageKind.TREE_ENTRIES: _read_tree_entries,
+    MessageKind.TREE_ROOT: read_tree_root,
+    MessageKind.TREE_BRANCHES: read_tree_branches,
+    MessageKind.TREE_SEGMENTS_REQUEST: read_tree_segments_request,
+    MessageKind.TREE_SEGMENTS: read_tree_segments,
+    MessageKind.TREE_ENTRIES_REQUEST: read_tree_entries_request,
+    MessageKind.TREE_ENTRIES: read_tree_entries,
     MessageKind.MEMBERS: _read_members,
     MessageKind.RELAYED: _read_relayed,
     MessageKind.EPHEMERAL: _read_ephemeral,

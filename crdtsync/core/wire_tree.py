@@ -1,0 +1,70 @@
+"""The anti-entropy messages' shape and readers: the Merkle tree's fixed shape (part of the protocol:
+every node of a cluster uses the same one) and the validation of TREE_* bodies (`crdtsync.core.wire`
+dispatches to them)."""
+
+from __future__ import annotations
+
+from crdtsync.core.envelope import WireError
+from crdtsync.core.messages import (
+    Message,
+    TreeBranches,
+    TreeEntries,
+    TreeEntriesRequest,
+    TreeRoot,
+    TreeSegments,
+    TreeSegmentsRequest,
+)
+from crdtsync.core.wire_fields import DOC_ID_BYTES_MAX, Fields
+
+ENTRIES_PER_MESSAGE_MAX = 4096
+"""Most (segment, doc id, digest) entries in one TREE_ENTRIES message."""
+TREE_SEGMENTS = 4096
+TREE_BRANCHES = 64
+"""The Merkle tree's shape is part of the protocol: every node of a cluster uses the same one."""
+
+
+def read_tree_root(f: Fields, node_id: str) -> Message:
+    return TreeRoot(node_id, f.uint("round_id"), f.hash("root"))
+
+
+def read_tree_branches(f: Fields, node_id: str) -> Message:
+    round_id, equal = f.uint("round_id"), f.flag("equal")
+    if f.remaining() != (0 if equal else TREE_BRANCHES):
+        raise WireError("bad_body", f"TREE_BRANCHES must carry {TREE_BRANCHES} hashes unless equal")
+    return TreeBranches(node_id, round_id, equal, tuple(f.hash("hash") for _ in range(f.remaining())))
+
+
+def read_tree_segments_request(f: Fields, node_id: str) -> Message:
+    round_id = f.uint("round_id")
+    branches = f.indexes("branches", f.remaining(), TREE_BRANCHES)
+    return TreeSegmentsRequest(node_id, round_id, branches)
+
+
+def read_tree_segments(f: Fields, node_id: str) -> Message:
+    round_id = f.uint("round_id")
+    branches = f.index_list("branches", TREE_BRANCHES)
+    if f.remaining() != len(branches) * (TREE_SEGMENTS // TREE_BRANCHES):
+        raise WireError("bad_body", "TREE_SEGMENTS must carry every segment hash of each listed branch")
+    return TreeSegments(node_id, round_id, branches, tuple(f.hash("hash") for _ in range(f.remaining())))
+
+
+def read_tree_entries_request(f: Fields, node_id: str) -> Message:
+    round_id = f.uint("round_id")
+    return TreeEntriesRequest(node_id, round_id, f.indexes("segments", f.remaining(), TREE_SEGMENTS))
+
+
+def read_tree_entries(f: Fields, node_id: str) -> Message:
+    round_id = f.uint("round_id")
+    segments = f.index_list("segments", TREE_SEGMENTS)
+    if f.remaining() % 3:
+        raise WireError("bad_body", "TREE_ENTRIES entries must be (segment, doc_id, digest) triples")
+    if f.remaining() // 3 > ENTRIES_PER_MESSAGE_MAX:
+        raise WireError("too_large", f"TREE_ENTRIES carries more than {ENTRIES_PER_MESSAGE_MAX} entries")
+    listed = set(segments)
+    entries = []
+    while f.remaining():
+        segment, doc_id, digest = f.uint("segment"), f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("digest")
+        if segment not in listed:
+            raise WireError("bad_body", f"TREE_ENTRIES has an entry in unlisted segment {segment}")
+        entries.append((segment, doc_id, digest))
+    return TreeEntries(node_id, round_id, segments, tuple(entries))
