@@ -46,9 +46,11 @@ class Daemon(LocalDaemon):
         websocket: dict[str, Any] | None = None,
         token: str | None = None,
         cacert: str | None = None,
+        placement_rf: int | None = None,
     ) -> None:
         """`token`: the bearer token `client` (and the health check) sends; `cacert`: the CA file
-        that verifies the daemon's certificate when `http` sets tls_cert (the URL is https then)."""
+        that verifies the daemon's certificate when `http` sets tls_cert (the URL is https then);
+        `placement_rf`: a default `[[placement]]` rule of that many replicas per datacenter."""
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(
             name=name,
@@ -68,6 +70,7 @@ class Daemon(LocalDaemon):
         self._client: httpx.Client | None = None
         self.token = token
         self.cacert = cacert
+        self.placement_rf = placement_rf
 
     @property
     def url(self) -> str:
@@ -105,7 +108,8 @@ class Daemon(LocalDaemon):
             **({"websocket": self.websocket} if self.websocket else {}),
         }
         path = self.workdir / ("config.toml" if listen == self.listen else "config-isolated.toml")
-        path.write_text(toml_text(top, tables))
+        placement = "" if self.placement_rf is None else f"\n[[placement]]\nrf = {self.placement_rf}\n"
+        path.write_text(toml_text(top, tables) + placement)
         return path
 
     def start(self, *, isolated: bool = False) -> None:

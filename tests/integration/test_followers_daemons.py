@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,15 +27,6 @@ REPLICATION = {
 }
 READ_GAP_S = 0.03
 """Pacing of the reader (about 30 reads a second: six times the budget)."""
-
-
-class PlacedDaemon(Daemon):
-    """A daemon whose config adds `[[placement]] rf = 1` (one replica of each doc)."""
-
-    def config_path(self, peers: list[str], listen: str) -> Path:
-        path = super().config_path(peers, listen)
-        path.write_text(path.read_text() + "\n[[placement]]\nrf = 1\n")
-        return path
 
 
 def _top(daemon: Daemon) -> Any:
@@ -86,7 +76,7 @@ def _check_top_elsewhere(watcher: Daemon, reader: Daemon, doc_id: str) -> None:
 def test_a_hot_doc_gains_a_follower_where_it_is_read_and_loses_it_when_reads_stop(pool: DaemonPool) -> None:
     daemons: list[Daemon] = []
     for name in ("f1", "f2", "f3"):
-        daemon = PlacedDaemon(name, pool.root / name, replication=REPLICATION)
+        daemon = Daemon(name, pool.root / name, replication=REPLICATION, placement_rf=1)
         pool.daemons.append(daemon)
         daemons.append(daemon)
     start_mesh(daemons)

@@ -19,15 +19,6 @@ HINT_BYTES_MAX = 4000
 VALUE = "v" * 400
 
 
-class PlacedDaemon(Daemon):
-    """A daemon whose config adds `[[placement]] rf = 1` (one replica of each doc)."""
-
-    def config_path(self, peers: list[str], listen: str) -> Path:
-        path = super().config_path(peers, listen)
-        path.write_text(path.read_text() + "\n[[placement]]\nrf = 1\n")
-        return path
-
-
 def _holder(daemon: Daemon, doc_id: str) -> str:
     holder: str = daemon.get_json(f"/v1/placement/{doc_id}")["replicas"][daemon.dc][0]["node_id"]
     return holder
@@ -45,7 +36,7 @@ def test_hints_past_hint_bytes_max_refuse_writes_for_docs_not_held_until_the_hol
     replication = {**FAST_REPLICATION, "hint_bytes_max": HINT_BYTES_MAX}
     try:
         a, b = start_mesh(
-            [PlacedDaemon(name, tmp_path / name, replication=replication) for name in ("a", "b")]
+            [Daemon(name, tmp_path / name, replication=replication, placement_rf=1) for name in ("a", "b")]
         )
         pool.daemons.extend([a, b])
         candidates = [f"hints/doc-{i}" for i in range(200)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,15 +31,6 @@ REPLICATION = {
     "handoff_grace_ms": 2000,
 }
 DOCS = 48
-
-
-class PlacedDaemon(Daemon):
-    """A daemon whose config adds `[[placement]] rf = 2`."""
-
-    def config_path(self, peers: list[str], listen: str) -> Path:
-        path = super().config_path(peers, listen)
-        path.write_text(path.read_text() + "\n[[placement]]\nrf = 2\n")
-        return path
 
 
 class Reader:
@@ -103,7 +93,7 @@ def test_a_loaded_node_sheds_partitions_through_the_handoff_and_not_while_a_memb
 ) -> None:
     daemons: list[Daemon] = []
     for name in ("s1", "s2", "s3", "s4"):
-        daemon = PlacedDaemon(name, pool.root / name, replication=REPLICATION)
+        daemon = Daemon(name, pool.root / name, replication=REPLICATION, placement_rf=2)
         pool.daemons.append(daemon)
         daemons.append(daemon)
     start_mesh(daemons)
