@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from crdtsync.holders import ACK_WAIT_MS, WriteAcksTimeoutError
 pytestmark = pytest.mark.integration
 
 FAST = ReplicaConfig(heartbeat_interval_ms=100.0, hello_interval_ms=100.0, tick_interval_ms=20.0)
+QUIET = dataclasses.replace(FAST, ae_interval_ms=0.0, ae_wan_interval_ms=0.0)
+"""No anti-entropy rounds, so that none falls in a window whose frames are counted."""
 GOSSIP = MembershipConfig(gossip_interval_ms=100.0)
 TIMEOUT_S = 15.0
 DOC = "models/registry"
@@ -138,28 +141,12 @@ def test_an_acknowledged_write_on_an_idle_cluster_costs_one_ack_frame_per_holder
     write (the writer waits for each before the next). Anti-entropy rounds are off so that none
     falls in the window; the other frames (gossip, a hello after a slow beat) are printed."""
     writes = 5
-    quiet = ReplicaConfig(
-        heartbeat_interval_ms=100.0,
-        hello_interval_ms=100.0,
-        tick_interval_ms=20.0,
-        ae_interval_ms=0.0,
-        ae_wan_interval_ms=0.0,
-    )
 
     async def scenario() -> None:
-        async with _two_datacenters(tmp_path, quiet) as nodes:
+        async with _two_datacenters(tmp_path, QUIET) as nodes:
             a = nodes[0]
             await _acknowledged_by_all(a, nodes[1:])
-            before = [node.status().counters for node in nodes]
-            for index in range(writes):
-                await _write(a, "llama-3-8b", f"v{index}")
-                acks = await a.write_acks(DOC, "all", timeout_ms=TIMEOUT_S * 1000)
-                assert sorted(acks.confirmed) == ["a", "b", "c"]
-            after = [node.status().counters for node in nodes]
-            delta = [
-                {name: getattr(n, name) - getattr(b, name) for name in _FRAME_COUNTERS}
-                for n, b in zip(after, before, strict=True)
-            ]
+            delta = await _counted_over_writes(a, ["a", "b", "c"], nodes, writes, _FRAME_COUNTERS)
             for node, counted in zip(nodes, delta, strict=True):
                 print(f"{node.config.node_id} over {writes} acknowledged writes: {counted}")
             assert delta[0]["handoff_offers_sent"] == 0, "the writer asked a question"
@@ -178,17 +165,10 @@ def test_a_holder_of_another_datacenter_that_is_not_a_relay_confirms_by_acks_wit
     relayed frames name (wire version 2), and then N writes with write_acks=all on idle links ask it
     nothing: a sends no question, and the non-relay sends one SEQ_ACK of relayed deltas per write."""
     writes = 5
-    quiet = ReplicaConfig(
-        heartbeat_interval_ms=100.0,
-        hello_interval_ms=100.0,
-        tick_interval_ms=20.0,
-        ae_interval_ms=0.0,
-        ae_wan_interval_ms=0.0,
-    )
 
     async def scenario() -> None:
         names = {"a": "dc1", "b": "dc2", "c": "dc1", "d": "dc2"}
-        async with _two_datacenters(tmp_path, quiet, names) as nodes:
+        async with _two_datacenters(tmp_path, QUIET, names) as nodes:
             a, dc2 = nodes[0], [nodes[1], nodes[3]]
             await wait_until(
                 lambda: sorted(node._replica.membership.is_relay() for node in dc2) == [False, True],
@@ -197,17 +177,8 @@ def test_a_holder_of_another_datacenter_that_is_not_a_relay_confirms_by_acks_wit
             )
             relay, holder = sorted(dc2, key=lambda node: not node._replica.membership.is_relay())
             await _acknowledged_by_all(a, nodes[1:])
-            before = [node.status().counters for node in (a, holder, relay)]
-            for index in range(writes):
-                await _write(a, "llama-3-8b", f"v{index}")
-                acks = await a.write_acks(DOC, "all", timeout_ms=TIMEOUT_S * 1000)
-                assert sorted(acks.confirmed) == ["a", "b", "c", "d"]
-            after = [node.status().counters for node in (a, holder, relay)]
             names_of = ("handoff_offers_sent", "seq_acks_sent", "seq_acks_relayed_sent", "deltas_relayed_out")
-            delta = [
-                {name: getattr(n, name) - getattr(b, name) for name in names_of}
-                for n, b in zip(after, before, strict=True)
-            ]
+            delta = await _counted_over_writes(a, ["a", "b", "c", "d"], [a, holder, relay], writes, names_of)
             print(f"over {writes} writes: a {delta[0]}, holder {delta[1]}, relay {delta[2]}")
             assert delta[0]["handoff_offers_sent"] == 0, "a asked a question"
             assert delta[1]["seq_acks_relayed_sent"] == delta[1]["seq_acks_sent"] == writes
@@ -230,9 +201,7 @@ def test_a_writer_whose_writes_keep_waiting_renews_the_holders_acks_before_they_
     and a write had waited for them: 2 in all); ACK_WAIT_MS is 3 s, so that only stopped acks, not a
     loaded machine's stall, make a write wait that long."""
     monkeypatch.setattr(holders, "ACK_WAIT_MS", 3_000.0)
-    renewing = ReplicaConfig(
-        heartbeat_interval_ms=100.0, hello_interval_ms=100.0, tick_interval_ms=20.0, seq_ack_wanted_ms=1_000.0
-    )
+    renewing = dataclasses.replace(FAST, seq_ack_wanted_ms=1_000.0)
 
     async def scenario() -> None:
         async with _two_datacenters(tmp_path, renewing) as nodes:
@@ -251,6 +220,23 @@ def test_a_writer_whose_writes_keep_waiting_renews_the_holders_acks_before_they_
             assert renewals >= 2 * 2, "each holder is asked again about every 0.5 s"
 
     asyncio.run(scenario())
+
+
+async def _counted_over_writes(
+    writer: Node, confirmed: list[str], counted: list[Node], writes: int, names: tuple[str, ...]
+) -> list[dict[str, int]]:
+    """`writes` writes on `writer`, each with `write_acks="all"` confirmed by exactly the nodes
+    `confirmed`; what each of `counted` counted of `names` meanwhile."""
+    before = [node.status().counters for node in counted]
+    for index in range(writes):
+        await _write(writer, "llama-3-8b", f"v{index}")
+        acks = await writer.write_acks(DOC, "all", timeout_ms=TIMEOUT_S * 1000)
+        assert sorted(acks.confirmed) == confirmed
+    after = [node.status().counters for node in counted]
+    return [
+        {name: getattr(n, name) - getattr(b, name) for name in names}
+        for n, b in zip(after, before, strict=True)
+    ]
 
 
 _FRAME_COUNTERS = (
