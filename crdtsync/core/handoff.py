@@ -105,11 +105,10 @@ class Handoff:
         self._next_pass_ms = 0.0
         self.confirmations: dict[tuple[str, str], tuple[int, bytes] | None] = {}
         """(doc id, holder) -> the holder's last answer (status, state), None until it comes."""
-        self.fetches: dict[str, str] = {}
-        """Followed docs fetched from a holder and not answered yet: doc id -> the holder asked."""
-        self._fetched_ms: dict[str, float] = {}
-        """Doc id -> when its pending fetch was sent: one unanswered for `follower_fetch_timeout_ms`
-        (lost, or its holder went down) is forgotten, and sent again while the doc is open."""
+        self.fetches: dict[str, tuple[str, float]] = {}
+        """Followed docs fetched from a holder and not answered yet: doc id -> (the holder asked,
+        when). One unanswered for `follower_fetch_timeout_ms` (lost, or its holder went down) is
+        forgotten, and sent again while the doc is open."""
         self.hinted_bytes = 0
         """Bytes of local writes to hinted docs that no holder confirmed yet (`hint_bytes_max`)."""
         self.overdue = 0
@@ -127,8 +126,7 @@ class Handoff:
         node_id, address = target
         if len(self.fetches) >= FETCHES_MAX and doc_id not in self.fetches:
             return False
-        self.fetches[doc_id] = node_id
-        self._fetched_ms[doc_id] = self._ctx.now_ms
+        self.fetches[doc_id] = (node_id, self._ctx.now_ms)
         self._ctx.counters.syncs_requested += 1
         self._links.send(address, wire.SyncRequest(self._ctx.node_id, ((doc_id, entry.state_bytes),)))
         return True
@@ -137,20 +135,19 @@ class Handoff:
         """A holder answered: the docs fetched from it are as fresh as its answer."""
         if self.fetches:
             for doc_id, _update, _state in message.entries:
-                if self.fetches.get(doc_id) == message.node_id:
+                fetched = self.fetches.get(doc_id)
+                if fetched is not None and fetched[0] == message.node_id:
                     del self.fetches[doc_id]
-                    self._fetched_ms.pop(doc_id, None)
 
     def _retry_fetches(self) -> None:
         """Forget fetches unanswered for `follower_fetch_timeout_ms`; ask again for docs still open
         here (an open doc whose fetch was lost would otherwise show nothing until its next write)."""
         now_ms = self._ctx.now_ms
         timeout_ms = self._ctx.config.follower_fetch_timeout_ms
-        for doc_id, sent_ms in list(self._fetched_ms.items()):
+        for doc_id, (_node_id, sent_ms) in list(self.fetches.items()):
             if now_ms - sent_ms < timeout_ms:
                 continue
-            del self._fetched_ms[doc_id]
-            self.fetches.pop(doc_id, None)
+            del self.fetches[doc_id]
             entry = self._docs.get(doc_id)
             if entry is not None and entry.pins and not self._holding.holds_doc(doc_id):
                 self.fetch(doc_id)
