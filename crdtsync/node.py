@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import secrets
@@ -29,6 +30,7 @@ from crdtsync.core.effects import (
 from crdtsync.core.load_wire import NodeLoad
 from crdtsync.core.placement import ClusterPlacement, DocPlacement
 from crdtsync.core.replica import Replica
+from crdtsync.forwarding import Forwarding
 from crdtsync.holders import HintsFullError, HolderWaits, WriteAcks, WriteAcksWanted
 from crdtsync.node_types import NodeConfig as NodeConfig
 from crdtsync.node_types import NodeStatus as NodeStatus
@@ -78,6 +80,7 @@ class Node:
         self._closed = False
         self._ephemeral_listeners: dict[str, Callable[[bytes, str], None]] = {}
         self._artifacts: Artifacts | None = None
+        self._forwarding: Forwarding | None = None
         self._cpu_s = time.process_time()
 
     async def __aenter__(self) -> Node:
@@ -129,6 +132,7 @@ class Node:
         self._replica_or_none = replica
         self._holder_waits = HolderWaits(replica, self._schedule_pump)
         replica.on_chunk_message = lambda message: self.artifacts.transfer.on_message(message)
+        replica.on_forward_message = lambda message: self.forwarding.on_message(message)
         if description.lazy_loading:
             # Docs load on first use; the tree comes from the digests stored with them.
             replica.register_docs((record.doc_id, record.state, record.digest) for record in store.docs())
@@ -250,8 +254,9 @@ class Node:
             self._transport.close()
         if self._writer is not None:
             self._writer.close()
-        if self._artifacts is not None:
-            self._artifacts.close()
+        for part in (self._artifacts, self._forwarding):
+            if part is not None:
+                part.close()
 
     async def open(self, doc_id: str, *, read: bool = True) -> Doc[Any]:
         """The pycrdt Doc `doc_id`, kept in sync with the peers; created empty when new. The doc stays
@@ -297,6 +302,13 @@ class Node:
             directory = None if self.config.data_dir is None else f"{self.config.data_dir}/artifacts"
             self._artifacts = Artifacts(self, directory)
         return self._artifacts
+
+    @property
+    def forwarding(self) -> Forwarding:
+        """Requests about docs this node does not hold, served by a holder (docs/placement.md#forwarding)."""
+        if self._forwarding is None:
+            self._forwarding = Forwarding(self)
+        return self._forwarding
 
     def publish_ephemeral(self, doc_id: str, payload: bytes) -> bool:
         """Send `payload` (e.g. an awareness update) about `doc_id` to the nodes of every datacenter
@@ -439,25 +451,13 @@ class Node:
             counters.store_commits = stats.commits
             counters.store_commit_failures = stats.commit_failures
             counters.store_load_errors = stats.load_errors
+        shared = {
+            f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot) if f.name != "address"
+        }
         return NodeStatus(
-            node_id=snapshot.node_id,
-            epoch=snapshot.epoch,
+            **shared,
             listen=snapshot.address,
             publish_endpoint=replica.publish_endpoint,
-            docs=snapshot.docs,
-            published_updates=snapshot.published_updates,
-            pending_updates=snapshot.pending_updates,
-            peers=snapshot.peers,
-            counters=counters,
-            dc=snapshot.dc,
-            relay=snapshot.relay,
-            hinted_docs=snapshot.hinted_docs,
-            hinted_bytes=snapshot.hinted_bytes,
-            hints_overdue=snapshot.hints_overdue,
-            weight=snapshot.weight,
-            weight_configured=snapshot.weight_configured,
-            members=snapshot.members,
-            datacenters=snapshot.datacenters,
             store=self._store_description.name if self._store_description is not None else "memory",
             durability=self.config.durability if self._durable() else "none",
         )

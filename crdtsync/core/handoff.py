@@ -29,6 +29,7 @@ a write may hold its only copy, so only a holder's confirmation ends a hint.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ from crdtsync.core.context import Context
 from crdtsync.core.docs import EMPTY_STATE, EMPTY_UPDATE, DocEntry, DocTable
 from crdtsync.core.guard import Guard
 from crdtsync.core.holding import Holding
-from crdtsync.core.links import Links
+from crdtsync.core.links import Links, PeerLink
 from crdtsync.core.messages import HANDOFF_COVERED, HANDOFF_NOT_COVERED, HANDOFF_NOT_HOLDER
 from crdtsync.core.state import covers, decode_state_vector
 from crdtsync.core.sync import StateSync
@@ -330,21 +331,25 @@ class Handoff:
             self.hinted_bytes -= handing.written_bytes
             self.overdue -= handing.overdue
 
-    def _target(self, doc_id: str, refused: frozenset[str] = frozenset()) -> tuple[str, str] | None:
-        """The nearest alive holder that has not `refused` the doc: (node id, address)."""
+    def nearest_alive_holders(self, doc_id: str) -> Iterator[tuple[str, PeerLink]]:
+        """The doc's alive holders but this node, nearest first: this datacenter's replicas in
+        preference order, then the other datacenters' (when this node links to them)."""
         holding = self._holding
-        own_dc = self._ctx.dc
         bucket = holding.bucket_of(doc_id)
-        order = holding.replicas_in_order(bucket, own_dc)
+        order = holding.replicas_in_order(bucket, self._ctx.dc)
         if self._links.reaches_other_dcs:  # no holder here alive, or none placed here at all
             order += sorted(holding.holders(bucket).difference(order))
         for node_id in order:
-            if node_id == self._ctx.node_id or node_id in refused:
-                continue
-            link = self._links.of_node(node_id)
+            link = self._links.of_node(node_id) if node_id != self._ctx.node_id else None
             if link is not None and link.state == "alive":
+                yield node_id, link
+
+    def _target(self, doc_id: str, refused: frozenset[str] = frozenset()) -> tuple[str, str] | None:
+        """The nearest alive holder that has not `refused` the doc: (node id, address)."""
+        for node_id, link in self.nearest_alive_holders(doc_id):
+            if node_id not in refused:
                 return node_id, link.address
-        if holding.draining:  # anyone takes a leaving node's docs (but another leaving node)
+        if self._holding.draining:  # anyone takes a leaving node's docs (but another leaving node)
             for link in (*self._links.alive(dc="same"), *self._links.alive()):
                 if link.node_id is not None and link.node_id not in refused:
                     return link.node_id, link.address

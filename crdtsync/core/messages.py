@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crdtsync.core.chunks import ChunkReply, ChunkRequest
+from crdtsync.core.forward import ForwardReply, ForwardRequest
 from crdtsync.core.load_wire import LoadSummaries
 from crdtsync.core.placement import PARTITIONS_DEFAULT, PLACEMENT_VERSION
 
@@ -328,6 +329,8 @@ Message = (
     | HandoffAck
     | ChunkRequest
     | ChunkReply
+    | ForwardRequest
+    | ForwardReply
     | LoadSummaries
     | SeqIndex
     | SeqAck

@@ -46,6 +46,7 @@ from crdtsync.core.counters import Counters
 from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocNotLoadedError, DocTable
 from crdtsync.core.effects import Effect, Persist
 from crdtsync.core.ephemeral import EphemeralChannel
+from crdtsync.core.forward import ForwardMessage, ForwardReply, ForwardRequest
 from crdtsync.core.gossip import Gossip
 from crdtsync.core.guard import Guard
 from crdtsync.core.handoff import Handoff
@@ -141,6 +142,8 @@ class Replica:
         self._handoff = Handoff(ctx, self._docs, self._guard, self._links, holding, self._sync, self._causal)
         self.on_chunk_message: Callable[[ChunkMessage], None] | None = None
         """The driver's handler of chunk transfer messages (crdtsync.artifacts.transfer)."""
+        self.on_forward_message: Callable[[ForwardMessage], None] | None = None
+        """The driver's handler of forwarded requests (crdtsync.daemon.forward_http)."""
         self.seq_acks = SeqAcks(ctx, self._links, self._outbound, holding)  # what peers hold of our deltas
         parts = (self._links, self._outbound, self._causal, self._antientropy, holding, self.seq_acks)
         self._inbound = Inbound(ctx, self.membership, *parts)
@@ -390,6 +393,9 @@ class Replica:
             case ChunkRequest() | ChunkReply():
                 if self.on_chunk_message is not None:
                     self.on_chunk_message(message)
+            case ForwardRequest() | ForwardReply():
+                if self.on_forward_message is not None:
+                    self.on_forward_message(message)
             case wire.Ephemeral():
                 self._ephemeral.on_message(message)
             case LoadSummaries():
@@ -529,6 +535,19 @@ class Replica:
         is reachable (the doc then shows what this node has)."""
         self._step(now_ms)
         return self._handoff.fetch(doc_id)
+
+    def forward_target(self, doc_id: str) -> tuple[str, str] | None:
+        """The nearest alive holder of `doc_id` whose link speaks wire version 2 or later (which has
+        forwarded requests): (node id, address). None: the request is served here."""
+        for node_id, link in self._handoff.nearest_alive_holders(doc_id):
+            if (link.wire_version or 0) >= 2:
+                return node_id, link.address
+        return None
+
+    def member_address(self, node_id: str) -> str | None:
+        """The address of `node_id` while this node has an alive or suspect link to it."""
+        link = self._links.of_node(node_id)
+        return link.address if link is not None and link.state in ("alive", "suspect") else None
 
     def fetch_pending(self, doc_id: str) -> bool:
         return doc_id in self._handoff.fetches

@@ -19,7 +19,7 @@ from typing import Any
 import lz4.block
 import msgpack
 
-from crdtsync.core import chunks, envelope, load_wire
+from crdtsync.core import chunks, envelope, forward, load_wire
 from crdtsync.core.envelope import (
     BODY_BYTES_MAX,
     FLAG_LZ4,
@@ -183,6 +183,8 @@ class MessageKind(IntEnum):
     SEQ_INDEX = 20
     SEQ_ACK = 24
     LOAD_SUMMARIES = load_wire.LOAD_SUMMARIES
+    FORWARD_REQUEST = forward.FORWARD_REQUEST
+    FORWARD_REPLY = forward.FORWARD_REPLY
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
@@ -253,6 +255,9 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind(kind), fields
         case load_wire.LoadSummaries():
             kind, fields = load_wire.body_of(message)
+            return MessageKind(kind), fields
+        case forward.ForwardRequest() | forward.ForwardReply():
+            kind, fields = forward.body_of(message)
             return MessageKind(kind), fields
     raise TypeError(f"not a crdtsync message: {message!r}")
 
@@ -561,6 +566,8 @@ _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.CHUNK_REQUEST: chunks.read_request,
     MessageKind.CHUNK_REPLY: chunks.read_reply,
     MessageKind.LOAD_SUMMARIES: load_wire.read_summaries,
+    MessageKind.FORWARD_REQUEST: forward.read_request,
+    MessageKind.FORWARD_REPLY: forward.read_reply,
 }
 """How to read the body of each kind (every `MessageKind` has one)."""
 _KINDS = frozenset(int(kind) for kind in MessageKind)

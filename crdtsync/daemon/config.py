@@ -54,6 +54,12 @@ class HttpConfig:
     """PEM certificate (chain) to serve HTTPS with; set both tls_cert and tls_key, or neither."""
     tls_key: str = ""
     """PEM private key (unencrypted) of `tls_cert`."""
+    forward: bool = True
+    """Forward a request about a doc this node does not hold to its nearest alive holder
+    (docs/placement.md#forwarding); false: serve it here from a fetched copy, hand writes over."""
+    forward_timeout_ms: int = 2_000
+    """How long a forwarded request waits for the holder's answer (plus the request's `wait_ms`)
+    before this node serves it itself."""
 
 
 TokenScope = Literal["read", "write"]
@@ -517,6 +523,8 @@ def _http_and_log(raw: dict[str, Any]) -> tuple[HttpConfig, LogConfig, tuple[Tok
     tls_context(http)
     if http.watch_keepalive_ms < 100:
         raise ConfigError("http.watch_keepalive_ms: must be at least 100 ms")
+    if not 10 <= http.forward_timeout_ms <= 600_000:
+        raise ConfigError("http.forward_timeout_ms: must be in 10..600000 ms")
     if log.level not in LOG_LEVELS:
         raise ConfigError(f"log.level: must be one of {', '.join(LOG_LEVELS)}, not {log.level!r}")
     if log.format not in LOG_FORMATS:

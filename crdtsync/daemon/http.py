@@ -16,8 +16,7 @@ on a write with 403, before the request body is read.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
+import functools
 import logging
 import os
 import time
@@ -32,7 +31,9 @@ from crdtsync.consistency import DocState
 from crdtsync.core.docs import EMPTY_STATE
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
 from crdtsync.daemon import artifacts_http, backup_http, batch_http, causal_http, top_http
+from crdtsync.daemon.auth_http import TokenCheck
 from crdtsync.daemon.config import DaemonConfig, Token
+from crdtsync.daemon.forward_http import HttpForwarding
 from crdtsync.daemon.http_input import (
     ApiError,
     b64url,
@@ -58,8 +59,6 @@ log = logging.getLogger("crdtsync.http")
 WRITE_ACKS_MAX = 64
 """The most replicas a write may wait for (`write_acks`)."""
 
-READ_METHODS = frozenset({"GET", "HEAD"})
-OPEN_PATHS = frozenset({"/health", "/ui"})
 UI_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ui")
 UI_FILES = {
     "index.html": "text/html; charset=utf-8",
@@ -72,31 +71,14 @@ UI_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
 }
-REFUSAL_REASONS = ("unauthorized", "forbidden")
-REFUSAL_LOG_INTERVAL_S = 1.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+DocHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
+KeyHandler = Callable[[web.Request, str, str], Awaitable[web.StreamResponse]]
 
 
-def bearer_token(header: str) -> str | None:
-    """The token of an `Authorization: Bearer TOKEN` header (the scheme is case-insensitive)."""
-    scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return token
-
-
-def find_token(tokens: tuple[Token, ...], presented: str) -> Token | None:
-    """The configured token whose SHA-256 is that of `presented`, compared in constant time (every
-    configured digest is compared, whether or not one matched already)."""
-    # aiohttp decodes header bytes that are not UTF-8 to surrogates: hash the bytes that were sent.
-    digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
-    found = None
-    for token in tokens:
-        if hmac.compare_digest(digest, token.sha256):
-            found = token
-    return found
+async def _with_key(method: KeyHandler, key: str, request: web.Request, doc_id: str) -> web.StreamResponse:
+    return await method(request, doc_id, key)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -113,11 +95,10 @@ class Api:
         self.registry = CollectorRegistry()
         self.registry.register(NodeCollector(node, self.started, config.node.dc))
         self.requests_rejected = 0
-        self.refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
-        """Requests refused by the token check, by reason (crdtsync_http_requests_refused_total)."""
-        self._refusal_logged: dict[str, float] = {}
-        self._refusals_unlogged: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
-        self.registry.register(RefusalCollector(lambda: self.refused))
+        self.forwarding = HttpForwarding(node, config.http)
+        self.registry.register(self.forwarding.collector())
+        self.auth = TokenCheck(config.tokens, open_files=UI_FILES, is_forwarded=self.forwarding.is_forwarded)
+        self.registry.register(RefusalCollector(lambda: self.auth.refused))
         self.store_guard = StoreGuard(node)
         self.registry.register(self.store_guard.collector())
         self.token_waits = causal_http.TokenWaits()
@@ -130,7 +111,7 @@ class Api:
         self._ui_bodies: dict[str, bytes] = {}
 
     def app(self) -> web.Application:
-        middlewares = [self._errors, self._auth] if self.config.tokens else [self._errors]
+        middlewares = [self._errors, self.auth.middleware] if self.config.tokens else [self._errors]
         app = web.Application(client_max_size=self.config.http.body_bytes_max, middlewares=middlewares)
         app.on_response_prepare.append(self._served_by)
         app.router.add_get("/health", self.health)
@@ -151,8 +132,8 @@ class Api:
 
     async def _served_by(self, request: web.Request, response: web.StreamResponse) -> None:
         """Every answer names the node that served it: behind a load balancer, and for a doc this
-        node does not hold (placement), which it served from a holder's copy."""
-        response.headers["X-Served-By"] = self.node.config.node_id
+        node does not hold (placement), the holder it forwarded the request to."""
+        response.headers["X-Served-By"] = request.get("served_by", self.node.config.node_id)
         if "served_as" in request:  # a doc read: from a replica, a read follower, or a fetched copy
             response.headers["X-Served-As"] = request["served_as"]
 
@@ -186,57 +167,6 @@ class Api:
             # here made aiohttp drop the connection without an answer.
             log.exception("request %s %s failed", request.method, request.path)
             return error_response(500, "internal", "internal error; see the daemon log")
-
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        open_path = request.path in OPEN_PATHS or request.path.removeprefix("/ui/") in UI_FILES
-        if open_path and request.method in READ_METHODS:
-            return await handler(request)
-        presented = bearer_token(request.headers.get("Authorization", ""))
-        if presented is None and request.path.startswith(WS_PATH_PREFIX):
-            presented = request.query.get("token") or None  # a browser's WebSocket cannot send headers
-        token = None if presented is None else find_token(self.config.tokens, presented)
-        if token is None:
-            what = "no bearer token" if presented is None else "an unknown bearer token"
-            challenge = 'Bearer realm="crdtsync"' + ("" if presented is None else ', error="invalid_token"')
-            self._refuse("unauthorized", request, what)
-            return error_response(
-                401,
-                "unauthorized",
-                f"{what}: send Authorization: Bearer TOKEN with a token of this node",
-                headers={"WWW-Authenticate": challenge},
-            )
-        if token.scope != "write" and request.method not in READ_METHODS:
-            self._refuse("forbidden", request, f"read token {token.name!r} on a write", token.name)
-            return error_response(
-                403,
-                "forbidden",
-                f"token {token.name!r} has read scope; {request.method} needs a write token",
-                headers={"WWW-Authenticate": 'Bearer realm="crdtsync", error="insufficient_scope"'},
-            )
-        request["token"] = token
-        return await handler(request)
-
-    def _refuse(self, reason: str, request: web.Request, what: str, token: str | None = None) -> None:
-        """Count a refusal and log it, at most one line per second per reason (with the number of
-        refusals not logged since the last line)."""
-        self.refused[reason] += 1
-        now = time.monotonic()
-        last = self._refusal_logged.get(reason)
-        if last is not None and now - last < REFUSAL_LOG_INTERVAL_S:
-            self._refusals_unlogged[reason] += 1
-            return
-        self._refusal_logged[reason] = now
-        unlogged, self._refusals_unlogged[reason] = self._refusals_unlogged[reason], 0
-        fields: dict[str, object] = {
-            "reason": reason,
-            "method": request.method,
-            "path": request.path[:200],
-            "remote": request.remote,
-        }
-        if token is not None:
-            fields["token"] = token
-        log.warning("refused request: %s", what, extra={**fields, "refused_unlogged": unlogged})
 
     # ------------------------------------------------------------------ node-wide
 
@@ -312,34 +242,44 @@ class Api:
     # ------------------------------------------------------------------ one doc
 
     async def doc_route(self, request: web.Request) -> web.StreamResponse:
-        rest: str = request.match_info["rest"]
-        segments = rest.split("/")
+        doc_id, serve = self._doc_handler(request)
         request[causal_http.SESSION_KEY] = causal_http.session_token(request)
+        if serve != self.watch:  # a stream is served where it is asked for
+            forwarded = await self.forwarding.forward(request, doc_id)
+            if forwarded is not None:
+                return forwarded
         if request.method in WRITE_METHODS:
             self.store_guard.check()
+        return await serve(request, doc_id)
+
+    def _doc_handler(self, request: web.Request) -> tuple[str, DocHandler]:
+        """The doc a `/v1/docs/...` request is about and the method that serves it (400 or 405 first)."""
+        rest: str = request.match_info["rest"]
+        segments = rest.split("/")
+        method: DocHandler | None
         if len(segments) >= 3 and segments[-2] == "keys":
-            doc_id, key = "/".join(segments[:-2]), segments[-1]
-            check_doc_id(doc_id)
-            check_key(key)
-            method = {"GET": self.get_key, "PUT": self.put_key, "DELETE": self.delete_key}.get(request.method)
-            if method is None:
+            doc_id, key = check_doc_id("/".join(segments[:-2])), check_key(segments[-1])
+            key_method = {"GET": self.get_key, "PUT": self.put_key, "DELETE": self.delete_key}.get(
+                request.method
+            )
+            if key_method is None:
                 raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on a key")
-            return await method(request, doc_id, key)
+            return doc_id, functools.partial(_with_key, key_method, key)
         if len(segments) >= 2 and segments[-1] in ("update", "watch"):
             doc_id = check_doc_id("/".join(segments[:-1]))
-            if segments[-1] == "watch" and request.method == "GET":
-                return await self.watch(request, doc_id)
-            if segments[-1] == "update" and request.method == "GET":
-                return await self.get_update(request, doc_id)
-            if segments[-1] == "update" and request.method == "POST":
-                return await self.post_update(request, doc_id)
-            raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here")
-        doc_id = check_doc_id(rest)
-        if request.method == "GET":
-            return await self.get_doc(request, doc_id)
-        if request.method == "PATCH":
-            return await self.patch_doc(request, doc_id)
-        raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on a doc")
+            routes = {
+                ("watch", "GET"): self.watch,
+                ("update", "GET"): self.get_update,
+                ("update", "POST"): self.post_update,
+            }
+            method = routes.get((segments[-1], request.method))
+            if method is None:
+                raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here")
+            return doc_id, method
+        method = {"GET": self.get_doc, "PATCH": self.patch_doc}.get(request.method)
+        if method is None:
+            raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on a doc")
+        return check_doc_id(rest), method
 
     async def _open_existing(self, doc_id: str, request: web.Request) -> Doc[Any]:
         if request.method == "GET":  # a read waits for its token first: the doc may be on its way
@@ -349,11 +289,13 @@ class Api:
             )
         holds = self.node.holds(doc_id)
         request["served_as"] = "holder" if holds else "follower" if self.node.follows(doc_id) else "fetched"
+        # A forwarded read was counted where it arrived (adaptive replication: where it is read).
+        read = request.method == "GET" and not self.forwarding.is_forwarded(request)
         if self.node.has_doc(doc_id):
-            return await self.node.open(doc_id, read=request.method == "GET")
+            return await self.node.open(doc_id, read=read)
         if not holds:
             # A doc this node does not hold (placement) is fetched from its nearest holder.
-            doc = await self.node.open(doc_id, read=request.method == "GET")
+            doc = await self.node.open(doc_id, read=read)
             if doc.get_state() != EMPTY_STATE:
                 return doc
             self.node.release(doc_id)

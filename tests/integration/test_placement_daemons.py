@@ -1,8 +1,9 @@
 """Partitioned placement on real `crdtsync serve` processes (issue 13): 5 daemons in 2 datacenters
 (3 + 2) with SQLite stores and `[[placement]] rf = 2` in their config file.
 
-- writes over HTTP through every node, including nodes that do not hold the doc (they hand it to a
-  holder and drop it `handoff_grace_ms` later); a replica is killed with SIGKILL during the writes,
+- writes over HTTP through every node, including nodes that do not hold the doc (with `[http]
+  forward = false` they take it themselves, hand it to a holder and drop it `handoff_grace_ms`
+  later; forwarding to a holder is test_forwarding_daemons'); a replica is killed with SIGKILL during the writes,
   the writes go on through the other nodes, it restarts;
 - a 6th node joins and takes its share (docs it now holds arrive with their content, docs others no
   longer hold leave them);
@@ -69,6 +70,9 @@ CONFIG_TOML = "\n".join(
         "",
         "[[placement]]",
         "rf = 2  # 2 replicas in each datacenter",
+        "",
+        "[http]",
+        "forward = false  # writes on non-holders take the hint path (forwarding: test_forwarding_daemons)",
         "",
     ]
 )

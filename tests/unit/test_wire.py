@@ -12,7 +12,7 @@ import lz4.block
 import msgpack
 import pytest
 
-from crdtsync.core import chunks, load_wire, wire
+from crdtsync.core import chunks, forward, load_wire, wire
 from crdtsync.core.wire import MessageKind, WireError
 
 NODE = "node-a"
@@ -62,6 +62,10 @@ ONE_OF_EACH_KIND: list[wire.Message] = [
     wire.HandoffAck(NODE, (("doc-1", 1, b"\x01\x05\x02"), ("doc-2", 2, b"\x00"))),
     chunks.ChunkRequest(NODE, 7, "checkpoints/llama-ft", "0123456789abcdef", (b"\x01" * 32, b"\x02" * 32)),
     chunks.ChunkReply(NODE, 7, ((b"\x01" * 32, b"chunk bytes"),), (b"\x02" * 32,)),
+    forward.ForwardRequest(NODE, 9, "PUT", "/v1/docs/models/a/keys/k?write_acks=2", "application/json", b"1"),
+    forward.ForwardReply(
+        NODE, 9, 200, "application/json; charset=utf-8", "holder", b'{"doc_id": "models/a"}'
+    ),
     load_wire.LoadSummaries(
         NODE,
         (

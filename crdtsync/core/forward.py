@@ -1,0 +1,106 @@
+"""Forwarded requests (docs/placement.md#forwarding): a node that does not hold a doc sends an HTTP
+request about it to the doc's nearest alive holder over the replication link, and the holder answers
+with the response it served. Sans-IO like the rest of the core: the codec and its bounds; choosing
+the holder, waiting, timeouts and serving the request are the driver's (crdtsync.daemon.forward_http).
+
+- FORWARD_REQUEST (26): node id, request id, the HTTP method, the target (path and query), the
+  content type and the body.
+- FORWARD_REPLY (27): node id, request id, the HTTP status (0: not served here, the asker serves it
+  itself), the content type, how the doc was served (`X-Served-As`) and the body.
+
+The envelope, its checks and the admission of the sender are `wire`'s and the replica's as for every
+kind. This module imports no other core module: `messages` and `wire` import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+FORWARD_REQUEST = 26
+FORWARD_REPLY = 27
+METHOD_BYTES_MAX = 16
+TARGET_BYTES_MAX = 8 * 1024
+CONTENT_TYPE_BYTES_MAX = 256
+SERVED_AS_BYTES_MAX = 32
+BODY_BYTES_MAX = 4 * 1024 * 1024
+"""The largest request or response body forwarded (well under `envelope.FRAME_BYTES_MAX`): a bigger
+request is served where it arrived, a bigger answer is declined (status 0) and served there too."""
+STATUS_NOT_SERVED = 0
+STATUS_MAX = 599
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardRequest:
+    node_id: str
+    request_id: int
+    method: str
+    target: str
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardReply:
+    node_id: str
+    request_id: int
+    status: int
+    content_type: str
+    served_as: str
+    body: bytes
+
+
+ForwardMessage = ForwardRequest | ForwardReply
+
+
+class Fields(Protocol):
+    """`wire`'s bounds-checked reader of a body's fields."""
+
+    kind: Any
+
+    def blob(self, name: str) -> bytes: ...
+    def text(self, name: str, max_bytes: int) -> str: ...
+    def uint(self, name: str) -> int: ...
+
+
+def _error(reason: str, detail: str) -> Exception:
+    from crdtsync.core.wire import WireError
+
+    return WireError(reason, detail)  # type: ignore[arg-type]
+
+
+def body_of(message: ForwardMessage) -> tuple[int, list[Any]]:
+    """The kind and the fields of a forward message (`wire.encode` wraps them in the envelope)."""
+    if len(message.body) > BODY_BYTES_MAX:
+        raise ValueError(f"a forwarded body is at most {BODY_BYTES_MAX} bytes")
+    head: list[Any] = [message.node_id, message.request_id]
+    if isinstance(message, ForwardRequest):
+        return FORWARD_REQUEST, [*head, message.method, message.target, message.content_type, message.body]
+    return FORWARD_REPLY, [*head, message.status, message.content_type, message.served_as, message.body]
+
+
+def _body(f: Fields) -> bytes:
+    body = f.blob("body")
+    if len(body) > BODY_BYTES_MAX:
+        raise _error("too_large", f"{f.kind.name} carries a body of {len(body)} bytes, over {BODY_BYTES_MAX}")
+    return body
+
+
+def read_request(f: Fields, node_id: str) -> ForwardRequest:
+    request_id = f.uint("request_id")
+    method = f.text("method", METHOD_BYTES_MAX)
+    target = f.text("target", TARGET_BYTES_MAX)
+    if not target.startswith("/"):
+        raise _error("bad_body", "FORWARD_REQUEST target is not a path")
+    return ForwardRequest(
+        node_id, request_id, method, target, f.text("content_type", CONTENT_TYPE_BYTES_MAX), _body(f)
+    )
+
+
+def read_reply(f: Fields, node_id: str) -> ForwardReply:
+    request_id, status = f.uint("request_id"), f.uint("status")
+    if status != STATUS_NOT_SERVED and not 100 <= status <= STATUS_MAX:
+        raise _error("bad_body", f"FORWARD_REPLY status {status} is not an HTTP status")
+    content_type = f.text("content_type", CONTENT_TYPE_BYTES_MAX)
+    served_as = f.text("served_as", SERVED_AS_BYTES_MAX)
+    return ForwardReply(node_id, request_id, status, content_type, served_as, _body(f))
