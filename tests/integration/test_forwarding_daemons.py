@@ -1,9 +1,10 @@
-"""Forwarding on real daemons (issue 13): three `crdtsync serve` processes with `[[placement]] rf = 1`
-and bearer tokens. A request about a doc the node does not hold goes to the doc's holder over the
-replication link and comes back with `X-Served-By` naming the holder; the asking node keeps no copy
-(nothing to hand over). A forged forwarding header is refused like any request without a token. With
-the holder killed (SIGKILL), the node serves the write itself as a hint, and the holder has it once it
-is back."""
+"""Forwarding on real daemons (issue 13): four `crdtsync serve` processes, three in dc1 and one in
+dc2, with `[[placement]] rf = 1` and bearer tokens. A request about a doc the node does not hold goes
+to the doc's holder in its own datacenter over the replication link and comes back with
+`X-Served-By` naming the holder; the asking node keeps no copy (nothing to hand over). A forged
+forwarding header is refused like any request without a token. With that holder killed (SIGKILL),
+the write goes to the doc's holder in dc2, and the first holder has it once it is back. (With no
+holder reachable at all the node takes the write itself: test_hints_daemons.)"""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def _holder(daemon: Daemon, doc_id: str) -> str:
     return holder
 
 
+def _alive_in(daemon: Daemon, name: str) -> bool:
+    return any(m["node_id"] == name and m["state"] == "alive" for m in daemon.status()["members"])
+
+
 def _metric(daemon: Daemon, name: str) -> float:
     match = re.search(rf"^crdtsync_forward_{name}_total (\S+)$", daemon.client.get("/metrics").text, re.M)
     assert match is not None, f"no crdtsync_forward_{name}_total on {daemon.name}"
@@ -48,12 +53,13 @@ def test_requests_about_docs_not_held_are_served_by_the_holder(tmp_path: Path) -
                     placement_rf=1,
                     http={"tokens_file": str(tokens)},
                     token=WRITE,
+                    dc=dc,
                 )
-                for name in ("a", "b", "c")
+                for name, dc in (("a", "dc1"), ("b", "dc1"), ("c", "dc1"), ("d", "dc2"))
             ]
         )
         pool.daemons.extend(daemons)
-        a, b, _ = daemons
+        a, b, _, _ = daemons
         doc_id = next(f"fwd/doc-{i}" for i in range(200) if _holder(a, f"fwd/doc-{i}") == "b")
 
         put = a.client.put(f"/v1/docs/{doc_id}/keys/model", json={"version": 3})
@@ -104,15 +110,16 @@ def test_requests_about_docs_not_held_are_served_by_the_holder(tmp_path: Path) -
         assert forged.status_code == 401, "a forged forwarding header does not replace a token"
 
         b.kill()
-        hinted = a.client.put(f"/v1/docs/{doc_id}/keys/while_down", json="kept")
-        assert hinted.status_code == 200, hinted.text
-        assert hinted.headers["X-Served-By"] == "a", "with its holder down, a serves the write itself"
+        wait_until(lambda: not _alive_in(a, "b"), CONVERGE_TIMEOUT_S, "a sees b down")
+        across = a.client.put(f"/v1/docs/{doc_id}/keys/while_down", json="kept")
+        assert across.status_code == 200, across.text
+        assert across.headers["X-Served-By"] == "d", "with its holder here down, the one in dc2 serves it"
         b.start()
         b.wait_healthy()
         wait_until(
             lambda: (b.data(doc_id) or {}).get("while_down") == "kept",
             CONVERGE_TIMEOUT_S,
-            "the write a took while b was down reaches b",
+            "the write d took while b was down reaches b",
         )
     finally:
         pool.close()
