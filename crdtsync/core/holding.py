@@ -28,12 +28,12 @@ from crdtsync.core.membership import Membership
 from crdtsync.core.placement import (
     Candidate,
     ClusterPlacement,
+    DcRanking,
     DocPlacement,
     MemberState,
     PlacementPolicy,
     cluster_placement,
     doc_placement,
-    replicas_in_dc,
 )
 
 BucketKey = int
@@ -76,6 +76,8 @@ class Holding:
         self._held: tuple[int, frozenset[BucketKey]] | None = None
         """(view version, the buckets this node holds), computed when first asked in a view."""
         self._cluster_placement: tuple[tuple[Candidate, ...], ClusterPlacement] | None = None
+        self._rankings: dict[tuple[str, int | None], DcRanking] = {}
+        """How each datacenter's replicas are picked in this view, per replica count."""
 
     # ------------------------------------------------------------------ the view
 
@@ -104,6 +106,7 @@ class Holding:
         self._holders.clear()
         self._ordered.clear()
         self._holder_set_keys.clear()
+        self._rankings.clear()
         self._by_dc = {}
         self._dc_of = {}
         for candidate in candidates:
@@ -131,7 +134,6 @@ class Holding:
         if not self._partitioned:
             return None
         if self._held is None or self._held[0] != self.version:
-            own = self._by_dc.get(self._dc, [])
             held: set[BucketKey] = set()
             partitions = self.policy.partitions
             by_count: dict[int, list[int]] = {}
@@ -146,11 +148,17 @@ class Holding:
                         by_count[count] = [
                             partition
                             for partition in range(partitions)
-                            if self.node_id in replicas_in_dc(partition, own, count)
+                            if self.node_id in self._ranking(self._dc, count).replicas(partition)
                         ]
                     held.update(base + partition for partition in by_count[count])
             self._held = (self.version, frozenset(held))
         return self._held[1]
+
+    def _ranking(self, dc: str, count: int | None) -> DcRanking:
+        ranking = self._rankings.get((dc, count))
+        if ranking is None:
+            ranking = self._rankings[dc, count] = DcRanking(self._by_dc.get(dc, []), count)
+        return ranking
 
     def all_buckets(self) -> range:
         """Every bucket of every rule."""
@@ -176,8 +184,8 @@ class Holding:
             rule_index, partition = divmod(bucket, self.policy.partitions)
             rule = self._rules[rule_index]
             chosen: set[str] = set()
-            for dc, members in self._by_dc.items():
-                chosen.update(replicas_in_dc(partition, members, rule.replicas_in(dc)))
+            for dc in self._by_dc:
+                chosen.update(self._ranking(dc, rule.replicas_in(dc)).replicas(partition))
             cached = self._holders[bucket] = frozenset(chosen)
         return cached
 
@@ -188,7 +196,7 @@ class Holding:
         if cached is None:
             rule_index, partition = divmod(bucket, self.policy.partitions)
             count = self._rules[rule_index].replicas_in(dc)
-            cached = self._ordered[bucket, dc] = replicas_in_dc(partition, self._by_dc.get(dc, []), count)
+            cached = self._ordered[bucket, dc] = self._ranking(dc, count).replicas(partition)
         return list(cached)
 
     def holder_set_key(self, bucket: BucketKey) -> int:
@@ -214,6 +222,8 @@ class Holding:
         """Whether this node holds `doc_id`."""
         if not self.enforced:
             return True
+        if self.draining:  # a leaving node holds nothing, even where every other member holds everything
+            return False
         held = self.buckets_held()  # one set lookup: asked for every remote update and every open
         return held is None or self.bucket_of(doc_id) in held
 

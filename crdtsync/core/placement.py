@@ -58,6 +58,7 @@ import functools
 import hashlib
 import math
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -164,10 +165,30 @@ def partition_of(doc_id: str, partitions: int = PARTITIONS_DEFAULT) -> int:
     return zlib.crc32(doc_id.encode()) % partitions
 
 
-def _hash_bits(partition: int, node_id: str) -> int:
-    """53 uniform bits for the pair: the hash every ranking starts from."""
+def _hash_bits_of(partition: int, node_id: str) -> int:
     key = f"{_HASH_SALT}\x00{partition}\x00{node_id}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 11
+
+
+_NODES_REMEMBERED_MAX = 1024
+_bits_by_node: dict[str, array[int]] = {}
+"""Each node id's hash bits per partition, filled up to the highest partition asked: a member view
+change ranks every partition again (holding), and the hashes are most of that. At most 1,024 node
+ids (then forgotten all at once) of at most `PARTITIONS_MAX` partitions: 8 bytes each."""
+
+
+def _hash_bits(partition: int, node_id: str) -> int:
+    """53 uniform bits for the pair: the hash every ranking starts from."""
+    bits = _bits_by_node.get(node_id)
+    if bits is None:
+        if len(_bits_by_node) >= _NODES_REMEMBERED_MAX:
+            _bits_by_node.clear()
+        bits = _bits_by_node[node_id] = array("Q")
+    if partition >= len(bits):
+        if partition >= PARTITIONS_MAX:
+            return _hash_bits_of(partition, node_id)
+        bits.extend(_hash_bits_of(index, node_id) for index in range(len(bits), partition + 1))
+    return bits[partition]
 
 
 def _log_uniform(partition: int, node_id: str) -> float:
@@ -181,30 +202,50 @@ def score(partition: int, candidate: Candidate) -> float:
     return -candidate.weight / _log_uniform(partition, candidate.node_id)
 
 
-def replicas_in_dc(partition: int, candidates: Sequence[Candidate], count: int | None) -> list[str]:
-    """The node ids holding `partition` among one datacenter's `candidates`, in preference order:
-    `count` of them (None: all), spread over zones first."""
-    wanted = len(candidates) if count is None else min(count, len(candidates))
-    if not candidates:
-        return []
-    ranks = _ranks(candidates, wanted)
-    first = candidates[0]
-    keyed: list[tuple[float, float, str, str]]
-    if ranks is None and all(c.weight == first.weight for c in candidates):
-        # Equal weights rank as u does (the score grows with u), and u as the hash bits (53 bits: a
-        # float holds them exactly): the same order without a logarithm per candidate. Hot: holding
-        # asks once per partition and member view.
-        keyed = [(0.0, float(_hash_bits(partition, c.node_id)), c.node_id, c.zone) for c in candidates]
-    elif ranks is None:
-        keyed = [(0.0, score(partition, c), c.node_id, c.zone) for c in candidates]
-    else:
-        keyed = [
-            (ranks[c.weight][0], -ranks[c.weight][1] / _log_uniform(partition, c.node_id), c.node_id, c.zone)
-            for c in candidates
-        ]
-    keyed.sort(reverse=True)
-    if all(zone == first.zone for _tier, _score, _node, zone in keyed):
-        return [node_id for _tier, _score, node_id, _zone in keyed[:wanted]]
+class DcRanking:
+    """How `count` replicas (None: all) are picked among one datacenter's `candidates`, with what
+    depends on the candidates alone worked out once: holding ranks every partition of a member view
+    with one of these."""
+
+    __slots__ = ("_candidates", "_equal_weights", "_one_zone", "_ranks", "_wanted")
+
+    def __init__(self, candidates: Sequence[Candidate], count: int | None) -> None:
+        self._candidates = tuple(candidates)
+        self._wanted = len(candidates) if count is None else min(count, len(candidates))
+        self._ranks = _ranks(candidates, self._wanted) if candidates else None
+        first = candidates[0] if candidates else None
+        self._equal_weights = first is not None and all(c.weight == first.weight for c in candidates)
+        self._one_zone = first is None or all(c.zone == first.zone for c in candidates)
+
+    def replicas(self, partition: int) -> list[str]:
+        """The node ids holding `partition`, in preference order, spread over zones first."""
+        candidates, ranks = self._candidates, self._ranks
+        if not candidates:
+            return []
+        keyed: list[tuple[float, float, str, str]]
+        if ranks is None and self._equal_weights:
+            # Equal weights rank as u does (the score grows with u), and u as the hash bits (53 bits:
+            # a float holds them exactly): the same order without a logarithm per candidate.
+            keyed = [(0.0, float(_hash_bits(partition, c.node_id)), c.node_id, c.zone) for c in candidates]
+        elif ranks is None:
+            keyed = [(0.0, score(partition, c), c.node_id, c.zone) for c in candidates]
+        else:
+            keyed = [
+                (
+                    ranks[c.weight][0],
+                    -ranks[c.weight][1] / _log_uniform(partition, c.node_id),
+                    c.node_id,
+                    c.zone,
+                )
+                for c in candidates
+            ]
+        keyed.sort(reverse=True)
+        if self._one_zone:
+            return [node_id for _tier, _score, node_id, _zone in keyed[: self._wanted]]
+        return _spread_over_zones(keyed, self._wanted)
+
+
+def _spread_over_zones(keyed: list[tuple[float, float, str, str]], wanted: int) -> list[str]:
     chosen: list[str] = []
     used_zones: set[str] = set()
     while len(chosen) < wanted:
@@ -222,6 +263,12 @@ def replicas_in_dc(partition: int, candidates: Sequence[Candidate], count: int |
         chosen.append(pick[0])
         used_zones.add(pick[1])
     return chosen
+
+
+def replicas_in_dc(partition: int, candidates: Sequence[Candidate], count: int | None) -> list[str]:
+    """The node ids holding `partition` among one datacenter's `candidates`, in preference order:
+    `count` of them (None: all), spread over zones first."""
+    return DcRanking(candidates, count).replicas(partition)
 
 
 # ------------------------------------------------------------ weight corrections

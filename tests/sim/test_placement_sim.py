@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 from pycrdt import Doc, Map
 
 from crdtsync.core import wire
@@ -41,8 +42,12 @@ def _config(seed: int, **overrides: object) -> SimConfig:
 
 
 def _check(result: SimResult) -> None:
+    """Print the verdict; a failure also says how to replay it with this test's configuration (the
+    verdict's own command line has the CLI's defaults, not the overrides of `_config`)."""
     print(result.verdict())
-    assert result.ok, result.verdict()
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    seed = result.config.seed
+    assert result.ok, f"{result.verdict()}\nreplay here: CRDTSYNC_SIM_SEEDS={seed}..{seed} pytest '{test}'"
 
 
 def test_rf2_on_five_nodes_converges_under_every_fault() -> None:
@@ -325,3 +330,31 @@ def test_a_join_and_a_leave_move_docs_to_their_new_holders() -> None:
         _check(cluster.run())
         joined = cluster.nodes[4].replica
         assert joined is not None and any(joined.holds(d) and joined.has_doc(d) for d in joined.doc_ids())
+
+
+RF1 = PlacementPolicy((PlacementRule(1),))
+SMALL_CAMPAIGNS = {
+    "rf2-one-dc": (2000, {}),
+    "rf2-durable": (3000, {"durable": True}),
+    "rf1-two-dcs": (4000, {"datacenters": 2, "placement": RF1}),
+    "rf2-six-nodes-two-dcs-follows": (5000, {"nodes": 6, "datacenters": 2, "follows": 4}),
+}
+SMALL_CAMPAIGN_SEEDS = 50
+
+
+@pytest.mark.parametrize("campaign", sorted(SMALL_CAMPAIGNS))
+def test_campaigns_of_small_clusters_hold_every_invariant(campaign: str) -> None:
+    """Hundreds of seeds in the suite (issue 13): 4 campaigns of 50 short runs (4 to 6 nodes, 10 docs,
+    60 writes, every fault) in four configurations; longer campaigns are `python -m crdtsync.sim`'s."""
+    first, overrides = SMALL_CAMPAIGNS[campaign]
+    small: dict[str, Any] = {"nodes": 4, "docs": 10, "ops": 60, **overrides}
+    for seed in _seeds(first, first + SMALL_CAMPAIGN_SEEDS - 1):
+        _check(run_simulation(_config(seed, **small)))
+
+
+def test_a_node_leaving_hands_over_what_it_took_when_every_other_member_holds_everything() -> None:
+    """Seed 3001 (durable, 4 nodes, rf 2): with one node gone and another draining before its leave,
+    the two members left were few enough to hold every doc, and the draining node counted itself as
+    holding everything too: it stopped handing over a write it took while draining and left with it.
+    A draining node holds nothing, whatever the others hold."""
+    _check(run_simulation(_config(3001, nodes=4, docs=10, ops=60, durable=True)))
