@@ -333,7 +333,7 @@ def test_a_join_and_a_leave_move_docs_to_their_new_holders() -> None:
 
 
 RF1 = PlacementPolicy((PlacementRule(1),))
-SMALL_CAMPAIGNS = {
+SMALL_CAMPAIGNS: dict[str, tuple[int, dict[str, Any]]] = {
     "rf2-one-dc": (2000, {}),
     "rf2-durable": (3000, {"durable": True}),
     "rf1-two-dcs": (4000, {"datacenters": 2, "placement": RF1}),
