@@ -193,6 +193,7 @@ class Api:
                 merkle_root=self.node.merkle_root(),
                 warnings=self.warnings,
             )
+            | {"forwarding": self.node.forwarding.counters.as_dict()}
         )
 
     async def ui(self, request: web.Request) -> web.Response:

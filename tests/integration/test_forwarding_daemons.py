@@ -100,6 +100,7 @@ def test_requests_about_docs_not_held_are_served_by_the_holder(tmp_path: Path) -
         assert doc_id not in a.all_doc_ids()
         assert _metric(a, "requests_sent") >= 6 and _metric(b, "requests_served") >= 6
         assert _metric(a, "requests_timed_out") == 0
+        assert a.status()["forwarding"]["requests_sent"] == _metric(a, "requests_sent")
 
         forged = httpx.put(
             f"{a.url}/v1/docs/{doc_id}/keys/forged",
