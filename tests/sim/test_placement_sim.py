@@ -4,50 +4,18 @@ Each run prints its verdict line (seed and replay command). CRDTSYNC_SIM_SEEDS=A
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import pytest
+from placement_support import check as _check
+from placement_support import seeds as _seeds
+from placement_support import sim_config as _config
 from pycrdt import Doc, Map
 
 from crdtsync.core import wire
 from crdtsync.core.effects import Send
 from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.core.replica import ReplicaConfig
-from crdtsync.sim import FAULTS, SimCluster, SimConfig, SimResult, run_simulation
-
-RF2 = PlacementPolicy((PlacementRule(2),))
-SHORT_GRACE = ReplicaConfig(handoff_grace_ms=2_000.0)
-
-
-def _seeds(first: int, last: int) -> range:
-    text = os.environ.get("CRDTSYNC_SIM_SEEDS")
-    if text:
-        first, last = (int(part) for part in text.split(".."))
-    return range(first, last + 1)
-
-
-def _config(seed: int, **overrides: object) -> SimConfig:
-    values: dict[str, object] = {
-        "seed": seed,
-        "nodes": 5,
-        "docs": 30,
-        "ops": 300,
-        "faults": frozenset(FAULTS),
-        "placement": RF2,
-        "replica": SHORT_GRACE,
-    }
-    values.update(overrides)
-    return SimConfig(**values)  # type: ignore[arg-type]
-
-
-def _check(result: SimResult) -> None:
-    """Print the verdict; a failure also says how to replay it with this test's configuration (the
-    verdict's own command line has the CLI's defaults, not the overrides of `_config`)."""
-    print(result.verdict())
-    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
-    seed = result.config.seed
-    assert result.ok, f"{result.verdict()}\nreplay here: CRDTSYNC_SIM_SEEDS={seed}..{seed} pytest '{test}'"
+from crdtsync.sim import FAULTS, SimCluster, SimConfig, run_simulation
 
 
 def test_rf2_on_five_nodes_converges_under_every_fault() -> None:
@@ -330,26 +298,6 @@ def test_a_join_and_a_leave_move_docs_to_their_new_holders() -> None:
         _check(cluster.run())
         joined = cluster.nodes[4].replica
         assert joined is not None and any(joined.holds(d) and joined.has_doc(d) for d in joined.doc_ids())
-
-
-RF1 = PlacementPolicy((PlacementRule(1),))
-SMALL_CAMPAIGNS: dict[str, tuple[int, dict[str, Any]]] = {
-    "rf2-one-dc": (2000, {}),
-    "rf2-durable": (3000, {"durable": True}),
-    "rf1-two-dcs": (4000, {"datacenters": 2, "placement": RF1}),
-    "rf2-six-nodes-two-dcs-follows": (5000, {"nodes": 6, "datacenters": 2, "follows": 4}),
-}
-SMALL_CAMPAIGN_SEEDS = 50
-
-
-@pytest.mark.parametrize("campaign", sorted(SMALL_CAMPAIGNS))
-def test_campaigns_of_small_clusters_hold_every_invariant(campaign: str) -> None:
-    """Hundreds of seeds in the suite (issue 13): 4 campaigns of 50 short runs (4 to 6 nodes, 10 docs,
-    60 writes, every fault) in four configurations; longer campaigns are `python -m crdtsync.sim`'s."""
-    first, overrides = SMALL_CAMPAIGNS[campaign]
-    small: dict[str, Any] = {"nodes": 4, "docs": 10, "ops": 60, **overrides}
-    for seed in _seeds(first, first + SMALL_CAMPAIGN_SEEDS - 1):
-        _check(run_simulation(_config(seed, **small)))
 
 
 def test_a_node_leaving_hands_over_what_it_took_when_every_other_member_holds_everything() -> None:
