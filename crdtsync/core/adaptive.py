@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from crdtsync.core.context import Context
 from crdtsync.core.holding import Holding
+from crdtsync.core.load import TOP_TRACKED
 from crdtsync.core.load_board import FORWARD_AGE_MS, LoadBoard
 from crdtsync.core.membership import Membership
 
@@ -44,7 +45,7 @@ log = logging.getLogger("crdtsync.adaptive")
 
 DECIDE_INTERVAL_MS = 1000.0
 """How often the followed docs are decided again."""
-CANDIDATES_MAX = 64
+CANDIDATES_MAX = TOP_TRACKED
 """Hottest docs of the node's rate table looked at per decision (beyond the followed ones)."""
 
 

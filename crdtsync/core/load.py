@@ -33,6 +33,10 @@ LANDMARK_SPAN_HALF_LIVES = 32.0
 2 ** span would lose precision or overflow."""
 DATACENTERS_PER_DOC_MAX = 8
 """Origins kept per doc and kind; events from more datacenters count only in the doc's total (`error`)."""
+TOP_TRACKED = 64
+"""Hottest docs the table keeps apart as counts come, so that `hottest` up to this many sorts them
+instead of scanning the whole table (4,096 docs: about 2 ms, on every summary and follower
+decision). The follower decisions ask for 64, a summary for at most 32."""
 
 
 Kind = Literal["read", "write", "fetch"]
@@ -101,11 +105,13 @@ class _Entry:
 class RateTable:
     """Decayed read and write counts of at most `docs_max` docs, by datacenter of origin."""
 
-    def __init__(self, half_life_ms: float, docs_max: int) -> None:
+    def __init__(self, half_life_ms: float, docs_max: int, top_max: int = TOP_TRACKED) -> None:
         if half_life_ms <= 0:
             raise ValueError(f"half_life_ms must be positive, got {half_life_ms}")
         if docs_max < 1:
             raise ValueError(f"docs_max must be at least 1, got {docs_max}")
+        if top_max < 1:
+            raise ValueError(f"top_max must be at least 1, got {top_max}")
         self.half_life_ms = half_life_ms
         self.docs_max = docs_max
         self._landmark_ms: float | None = None
@@ -116,6 +122,16 @@ class RateTable:
         that moved; the first that did not is the coldest doc. A count touches no heap."""
         self.evicted = 0
         """Docs that lost their place to a newcomer (cold docs churning through a full table)."""
+        self._top_max = top_max
+        self._top: set[str] = set()
+        """The `top_max` hottest docs by (total, doc id), or every doc of a table that has fewer:
+        each is above every doc outside. Totals only grow, so a doc leaves it only when another
+        climbs past it (or when the table evicts it, the coldest of a table that small)."""
+        self._top_heap: list[tuple[float, str]] = []
+        """(key, doc) of the docs in `_top`, lazy as `_heap` is; entries of docs that left are skipped."""
+        self._top_floor: tuple[float, str] = (-math.inf, "")
+        """A lower bound of the coldest (total, doc) in a full `_top` (that coldest only grows): a
+        doc at or below it stays outside without looking at the heap."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -143,10 +159,50 @@ class RateTable:
                 for dc in counts:
                     counts[dc] *= factor
         self._rebuild_heap()
+        # Scaled totals that were a rounding apart may now be equal: the top is chosen again.
+        entries = self._entries
+        self._top = set(
+            heapq.nlargest(self._top_max, entries, key=lambda doc_id: (entries[doc_id].total, doc_id))
+        )
+        self._rebuild_top_heap()
+        self._top_floor = (-math.inf, "")
 
     def _rebuild_heap(self) -> None:
         self._heap = [(entry.total, doc_id) for doc_id, entry in self._entries.items()]
         heapq.heapify(self._heap)
+
+    def _rebuild_top_heap(self) -> None:
+        self._top_heap = [(self._entries[doc_id].total, doc_id) for doc_id in self._top]
+        heapq.heapify(self._top_heap)
+
+    def _top_coldest(self) -> tuple[float, str]:
+        """The coldest (total, doc) of `_top` (not empty), with the lazy heap brought up to date."""
+        heap, entries, top = self._top_heap, self._entries, self._top
+        while True:
+            key, doc_id = heap[0]
+            if doc_id not in top:
+                heapq.heappop(heap)
+                continue
+            total = entries[doc_id].total
+            if total == key:
+                return key, doc_id
+            heapq.heapreplace(heap, (total, doc_id))
+
+    def _climb(self, doc_id: str, entry: _Entry) -> None:
+        """Keep `_top` the hottest docs after the total of `doc_id` (not in it) grew."""
+        top = self._top
+        if len(top) >= self._top_max:
+            if (entry.total, doc_id) <= self._top_floor:
+                return
+            coldest = self._top_floor = self._top_coldest()
+            if (entry.total, doc_id) <= coldest:
+                return
+            heapq.heappop(self._top_heap)
+            top.discard(coldest[1])
+        top.add(doc_id)
+        heapq.heappush(self._top_heap, (entry.total, doc_id))
+        if len(self._top_heap) > 4 * self._top_max:  # docs that left it (evicted, or passed)
+            self._rebuild_top_heap()
 
     def _entry(self, doc_id: str) -> _Entry:
         entry = self._entries.get(doc_id)
@@ -161,6 +217,7 @@ class RateTable:
                     break
                 heapq.heappush(self._heap, (total, coldest))
             del self._entries[coldest]
+            self._top.discard(coldest)  # in it only when the table is no larger than the top
             self.evicted += 1
             error = total
         entry = self._entries[doc_id] = _Entry(error)
@@ -177,6 +234,8 @@ class RateTable:
         else:
             entry.error += weight
         entry.total += weight
+        if entry.total >= self._top_floor[0] and doc_id not in self._top:
+            self._climb(doc_id, entry)
 
     def _per_second(self, now_ms: float) -> float:
         """The factor from a stored count to events per second at `now_ms`."""
@@ -199,7 +258,9 @@ class RateTable:
         return self._rates(doc_id, entry, self._per_second(now_ms))
 
     def hottest(self, count: int, now_ms: float) -> list[DocRates]:
-        """The `count` docs with the highest total rate, hottest first (ties in table order)."""
-        factor = self._per_second(now_ms)
-        top = heapq.nlargest(count, self._entries.items(), key=lambda item: item[1].total)
-        return [self._rates(doc_id, entry, factor) for doc_id, entry in top]
+        """The `count` docs with the highest total rate, hottest first (ties: the greater doc id
+        first). Up to `TOP_TRACKED` docs this sorts the kept top, not the table."""
+        factor, entries = self._per_second(now_ms), self._entries
+        candidates = self._top if count <= self._top_max else entries
+        top = heapq.nlargest(count, candidates, key=lambda doc_id: (entries[doc_id].total, doc_id))
+        return [self._rates(doc_id, entries[doc_id], factor) for doc_id in top]

@@ -4,6 +4,7 @@ than the table's share in the table, with decay."""
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import pytest
@@ -62,3 +63,39 @@ def test_one_event_decays_to_half_in_one_half_life(half_life_ms: float, at_ms: f
     later = table.rates("d", at_ms + half_life_ms)
     assert first is not None and later is not None
     assert later.reads["dc1"] == pytest.approx(first.reads["dc1"] / 2, rel=1e-6)
+
+
+def _scanned(table: RateTable, count: int) -> list[str]:
+    """What `hottest` answered before it kept a top: a scan of the whole table."""
+    entries = table._entries
+    return heapq.nlargest(count, entries, key=lambda doc_id: (entries[doc_id].total, doc_id))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 40),  # doc
+            st.sampled_from([1.0, 2.0, 0.5, 3.0]),  # amount: equal totals (ties) are common
+            st.sampled_from([0.0, 0.0, 10.0, 700.0, 40_000.0]),  # ms since the previous event
+        ),
+        max_size=400,
+    ),
+    st.integers(1, 16),
+    st.integers(1, 10),
+    st.integers(1, 20),
+)
+def test_the_kept_top_answers_what_a_scan_of_the_table_does(
+    stream: list[tuple[int, float, float]], docs_max: int, top_max: int, count: int
+) -> None:
+    # Gaps of 40 s are 40 half-lives: the table rescales to a new landmark (and chooses its top
+    # again) several times in a stream; small tables evict, and a doc may leave the top and return.
+    table = RateTable(HALF_LIFE_MS, docs_max, top_max)
+    now_ms = 0.0
+    for doc, amount, gap_ms in stream:
+        now_ms += gap_ms
+        table.count("read", f"d{doc}", "dc1", now_ms, amount)
+        wanted = min(count, top_max)
+        assert [rates.doc_id for rates in table.hottest(wanted, now_ms)] == _scanned(table, wanted)
+        assert len(table._top_heap) <= 4 * top_max + 1
+    assert [rates.doc_id for rates in table.hottest(count, now_ms)] == _scanned(table, count)
