@@ -1,15 +1,19 @@
 """Read followers of hot docs (adaptive replication, docs/placement.md#read-followers).
 
 A node that does not hold a doc serves each read of it from a copy fetched from a holder: one round
-trip, and one answer from the holder, per read. When its clients read a doc faster than
-`follow_reads_per_s` (the per-replica budget), the node *follows* the doc: it keeps it pinned, so
-that it subscribes to the doc's bucket and receives its deltas, and serves reads from its own copy
-without asking. It stops following once the read rate has stayed below half the budget for
-`follow_cool_down_ms` (hysteresis: a rate that hovers around the budget does not flap). A follower
-never counts toward rf or durability, receives no hints and is dropped without a handoff; its reads
-are as fresh as its replication lag. Like any doc a node has but does not hold, a followed doc is
-offered to its holder as often as anti-entropy runs, and a follower behind the holder's answer
-fetches what it missed (`crdtsync.core.handoff`): anti-entropy itself compares only held docs.
+trip, and one answer from the holder, per read. When a datacenter's nodes that do not hold a doc
+read it faster than `follow_reads_per_s` together (the per-replica budget), one of them *follows*
+the doc: it keeps it pinned, so that it subscribes to the doc's bucket and receives its deltas, and
+serves its own reads from its copy without asking. The datacenter's rate is this node's reads plus
+those the other nodes of the datacenter gossip in their summaries (their hottest docs). The node
+that follows is one of those reading most (`dc_reads`); if the readers that still do not follow
+still read more than the budget, the next one follows, and so on. A follower stops once its
+datacenter's rate has stayed below half the budget for `follow_cool_down_ms` (hysteresis: a rate
+that hovers around the budget does not flap). A follower never counts toward rf or durability,
+receives no hints and is dropped without a handoff; its reads are as fresh as its replication lag.
+Like any doc a node has but does not hold, a followed doc is offered to its holder as often as
+anti-entropy runs, and a follower behind the holder's answer fetches what it missed
+(`crdtsync.core.handoff`): anti-entropy itself compares only held docs.
 
 Caps: at most `followed_docs_max` docs per node, and `followers_per_doc_max` followers per doc in
 the cluster, counted from the gossiped summaries (a node lists the docs it follows). Several nodes
@@ -17,21 +21,23 @@ that want a doc at once (a fleet that starts polling the same entry) would all s
 cap before their summaries cross, and all start. So the nodes that may follow a doc (members not
 holding it) are ranked by a hash of the doc and the node id, the same order on every node, and a
 node starts only when fewer nodes ahead of it may take the room the cap leaves: a node ahead
-counts unless a summary of it made since this node went over the budget says it does not read
-the doc over the budget (no summary yet: it counts). The first ones start at once; the others
-wait for the summaries of those ahead. Should two still start at once (a node ahead went over the
-budget just after its summary), the followers beyond the cap in that order stop at their next
-decision.
+counts unless a summary of it made since this node's datacenter went over the budget says it
+would not start (it is not among its datacenter's candidates, or its datacenter forwards no more
+than the budget; no summary yet: it counts). The first ones start at once; the others wait for the
+summaries of those ahead. Should two still start at once (a node ahead went over the budget just
+after its summary), the followers beyond the cap in that order stop at their next decision.
 
-`decide` is the pure hysteresis; `Followers` applies it with the caps once per `DECIDE_INTERVAL_MS`
-and tells the replica which docs to start and stop following. Pure: time comes in as `now_ms`.
+`decide` is the pure hysteresis, `dc_reads` a datacenter's rate and its next follower; `Followers`
+applies them with the caps once per `DECIDE_INTERVAL_MS` and tells the replica which docs to start
+and stop following. Pure: time comes in as `now_ms`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +53,9 @@ DECIDE_INTERVAL_MS = 1000.0
 """How often the followed docs are decided again."""
 CANDIDATES_MAX = TOP_TRACKED
 """Hottest docs of the node's rate table looked at per decision (beyond the followed ones)."""
+CANDIDATE_SHARE = 0.5
+"""A node of a datacenter may follow a doc next when it reads at least this share of what the
+node reading most of it there does (`dc_reads`): following saves only the follower's own reads."""
 
 
 class Host(Protocol):
@@ -82,6 +91,49 @@ def decide(
     return None if now_ms - follow.cool_since_ms >= cool_down_ms else follow
 
 
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """A node that reads a doc it does not hold: its client reads per second, as its latest summary
+    says (this node's own, as its table says now), and whether it follows the doc."""
+
+    node_id: str
+    dc: str
+    reads_per_s: float
+    following: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DcReads:
+    """A datacenter's reads of a doc by the nodes that do not hold it: `total` (followers' reads
+    included), `forwarded` (only the readers that do not follow it: what still goes to a holder),
+    and `candidates`: the readers that may follow it next, in `rank_key` order."""
+
+    total: float
+    forwarded: float
+    candidates: tuple[str, ...]
+
+    @property
+    def next_follower(self) -> str | None:
+        return self.candidates[0] if self.candidates else None
+
+
+def dc_reads(doc_id: str, readers: Sequence[Reader]) -> DcReads:
+    """`readers` (one datacenter's) summed, and which of them may follow next: those that do not
+    follow it and read at least `CANDIDATE_SHARE` of what the one reading most does. Not simply the
+    one reading most: each node sees its own rate fresh and the others' as old as their summaries,
+    so each would find itself first while the rates climb. Among the candidates, the doc's rank
+    order (the same on every node) names the next."""
+    total = sum(reader.reads_per_s for reader in readers)
+    waiting = [reader for reader in readers if not reader.following and reader.reads_per_s > 0]
+    forwarded = sum(reader.reads_per_s for reader in waiting)
+    most = max((reader.reads_per_s for reader in waiting), default=0.0)
+    candidates = sorted(
+        (reader.node_id for reader in waiting if reader.reads_per_s >= CANDIDATE_SHARE * most),
+        key=lambda node_id: rank_key(doc_id, node_id),
+    )
+    return DcReads(total, forwarded, tuple(candidates))
+
+
 def rank_key(doc_id: str, node_id: str) -> bytes:
     """Where `node_id` comes in the order of the nodes that may follow `doc_id` (lowest first)."""
     return hashlib.blake2b(f"{doc_id}\x00{node_id}".encode(), digest_size=8).digest()
@@ -106,6 +158,11 @@ class FollowOrder:
         if order is None:
             order = self._orders[doc_id] = self._order(doc_id)
         return order
+
+    def holds(self, node_id: str, doc_id: str) -> bool:
+        """Whether `node_id` holds `doc_id` (its reads of it are local, not a follower's to take)."""
+        holding = self._holding
+        return holding.holds(node_id, holding.bucket_of(doc_id))
 
     def _order(self, doc_id: str) -> list[str]:
         membership, holding = self._membership, self._holding
@@ -132,43 +189,69 @@ class Followers:
         self._order = order
         self.follows: dict[str, Follow] = {}
         self._over_since: dict[str, float] = {}
-        """Docs over the budget that this node waits its turn to follow: since when (at most the
-        docs one decision looks at)."""
+        """Docs this node does not follow whose reads its datacenter forwards over the budget:
+        since when (at most the docs one decision looks at)."""
         self._next_ms = 0.0
+        self._readers: dict[str, list[Reader]] = {}
+        """During a decision: doc -> the other nodes that read it without holding it (from their
+        summaries; bounded by the member table times `DOCS_PER_SUMMARY_MAX`)."""
+        self._own: dict[str, float] = {}
+        """During a decision: this node's reads per second of the docs it decides on."""
 
     @property
     def enabled(self) -> bool:
         return self._config.follow_reads_per_s > 0
 
-    def _followers_elsewhere(self, now_ms: float) -> dict[str, list[str]]:
-        """Doc -> the other nodes whose summaries (heard in the last `FORWARD_AGE_MS`) say they
-        follow it, in node id order."""
+    def _heard(self, now_ms: float) -> tuple[dict[str, list[str]], dict[str, list[Reader]]]:
+        """From the other nodes' summaries heard in the last `FORWARD_AGE_MS`: doc -> the nodes that
+        follow it (in node id order), and doc -> the nodes that read it without holding it."""
         followers: dict[str, list[str]] = {}
+        readers: dict[str, list[Reader]] = {}
+        order = self._order
         for node_id, (summary, made_ms) in sorted(self._board.received.items()):
-            if now_ms - made_ms < FORWARD_AGE_MS:
-                for doc in summary.docs:
-                    if doc.following:
-                        followers.setdefault(doc.doc_id, []).append(node_id)
-        return followers
+            if now_ms - made_ms >= FORWARD_AGE_MS:
+                continue
+            for doc in summary.docs:
+                if doc.following:
+                    followers.setdefault(doc.doc_id, []).append(node_id)
+                reads_per_s = doc.of("read").get(summary.dc, 0.0)
+                if (reads_per_s > 0 or doc.following) and not (
+                    order is not None and order.holds(node_id, doc.doc_id)
+                ):
+                    reader = Reader(node_id, summary.dc, reads_per_s, doc.following)
+                    readers.setdefault(doc.doc_id, []).append(reader)
+        return followers, readers
 
-    def _read_rates(self, now_ms: float) -> dict[str, float]:
-        """Reads per second here of the hottest docs and of every followed one."""
+    def _own_reads(self, now_ms: float) -> dict[str, float]:
+        """Reads per second here of the hottest docs, of every followed one, and of the docs other
+        nodes of this datacenter read."""
         board = self._board
         rates = {
             rates.doc_id: rates.reads.get(board.dc, 0.0)
             for rates in board.table.hottest(CANDIDATES_MAX, now_ms)
         }
-        for doc_id in self.follows:
+        here = (doc_id for doc_id, readers in self._readers.items() if any(r.dc == board.dc for r in readers))
+        for doc_id in itertools.chain(self.follows, here):
             if doc_id not in rates:
                 known = board.table.rates(doc_id, now_ms)
                 rates[doc_id] = 0.0 if known is None else known.reads.get(board.dc, 0.0)
         return rates
 
+    def _dc_reads(self, doc_id: str, dc: str) -> DcReads:
+        """Datacenter `dc`'s reads of `doc_id`, as this decision knows them (this node's own reads
+        fresh, the others' from their summaries)."""
+        readers = [reader for reader in self._readers.get(doc_id, ()) if reader.dc == dc]
+        board = self._board
+        if dc == board.dc:
+            readers.append(Reader(board.node_id, dc, self._own.get(doc_id, 0.0), doc_id in self.follows))
+        return dc_reads(doc_id, readers)
+
     def _next(
         self, doc_id: str, follow: Follow | None, reads_per_s: float, now_ms: float, elsewhere: list[str]
     ) -> Follow | None:
-        """Where `doc_id` (followed as `follow`) stands after this decision: the hysteresis, then the
-        caps (`elsewhere`: the other nodes that follow it)."""
+        """Where `doc_id` (followed as `follow`) stands after this decision: the hysteresis on
+        `reads_per_s` (this datacenter's rate), then the caps (`elsewhere`: the other nodes that
+        follow it)."""
         config = self._config
         if self._holds(doc_id) or not self.enabled:
             return None  # a replica now (placement moved), or following was turned off
@@ -179,7 +262,7 @@ class Followers:
             full = len(self.follows) >= config.followed_docs_max
             if full or len(elsewhere) >= config.followers_per_doc_max:
                 return None
-            since_ms = self._over_since.setdefault(doc_id, now_ms)
+            since_ms = self._over_since.get(doc_id, now_ms)
             return after if self._my_turn(doc_id, elsewhere, since_ms) else None
         # Over the cap (summaries slower than the turns): the nodes that come first keep following.
         me = rank_key(doc_id, self._board.node_id)
@@ -201,47 +284,61 @@ class Followers:
         return ahead < room
 
     def _may_follow(self, node_id: str, doc_id: str, since_ms: float) -> bool:
-        """Unless a summary of `node_id` made since `since_ms` says it does not read `doc_id` over
-        the budget (a doc outside its gossiped hottest is colder than all of them)."""
+        """Unless a summary of `node_id` made since `since_ms` says it would not start following
+        `doc_id`: it is not among its datacenter's candidates, or the reads its datacenter still
+        forwards are within the budget (a doc outside its gossiped hottest is colder than all of
+        them: it does not read it)."""
         known = self._board.received.get(node_id)
         if known is None or known[1] < since_ms:
             return True
-        summary = known[0]
-        budget = self._config.follow_reads_per_s
-        return any(
-            doc.doc_id == doc_id and doc.of("read").get(summary.dc, 0.0) > budget for doc in summary.docs
-        )
+        here = self._dc_reads(doc_id, known[0].dc)
+        return node_id in here.candidates and here.forwarded > self._config.follow_reads_per_s
+
+    def _rate(self, doc_id: str, following: bool) -> tuple[float, DcReads]:
+        """(the rate the hysteresis sees, this datacenter's reads): while following, the
+        datacenter's reads; before, the reads it still forwards, when this node is the one to
+        follow next (otherwise none: another node of the datacenter goes first)."""
+        here = self._dc_reads(doc_id, self._board.dc)
+        if following:
+            return here.total, here
+        return (here.forwarded if here.next_follower == self._board.node_id else 0.0), here
 
     def step(self, now_ms: float) -> tuple[list[str], list[str]]:
         """(docs to start following, docs to stop following), at most once per `DECIDE_INTERVAL_MS`."""
         if now_ms < self._next_ms or not (self.enabled or self.follows):
             return [], []
         self._next_ms = now_ms + DECIDE_INTERVAL_MS
-        elsewhere = self._followers_elsewhere(now_ms)
+        elsewhere, self._readers = self._heard(now_ms)
+        self._own = self._own_reads(now_ms)
         start: list[str] = []
         stop: list[str] = []
         budget = self._config.follow_reads_per_s
         over_since, self._over_since = self._over_since, {}
-        for doc_id, reads_per_s in sorted(
-            self._read_rates(now_ms).items(), key=lambda item: (-item[1], item[0])
-        ):
+        decided = {doc_id: self._rate(doc_id, doc_id in self.follows) for doc_id in self._own}
+        for doc_id, (rate, here) in sorted(decided.items(), key=lambda item: (-item[1][1].total, item[0])):
             before = self.follows.pop(doc_id, None)
-            if before is None and reads_per_s > budget and doc_id in over_since:
-                self._over_since[doc_id] = over_since[doc_id]  # still waiting its turn
-            after = self._next(doc_id, before, reads_per_s, now_ms, elsewhere.get(doc_id, []))
+            if before is None and here.forwarded > budget:
+                # Since when this datacenter forwards too much of it, whether or not this node is
+                # the next to follow: the summaries of the nodes ahead made since then tell.
+                self._over_since[doc_id] = over_since.get(doc_id, now_ms)
+            after = self._next(doc_id, before, rate, now_ms, elsewhere.get(doc_id, []))
             if after is not None:
                 self._over_since.pop(doc_id, None)
                 self.follows[doc_id] = after
+            own = self._own[doc_id]
             if before is None and after is not None:
                 start.append(doc_id)
                 log.info(
-                    "following doc %r: %.1f reads/s here, over the budget of %g", doc_id, reads_per_s, budget
-                )
+                    "following doc %r: %.1f reads/s from datacenter %s (%.1f here), over the budget of %g",
+                    doc_id, here.total, self._board.dc, own, budget,
+                )  # fmt: skip
             elif before is not None and after is None:
                 stop.append(doc_id)
                 log.info(
-                    "no longer following doc %r: %.1f reads/s here (budget %g)", doc_id, reads_per_s, budget
-                )
+                    "no longer following doc %r: %.1f reads/s from datacenter %s (%.1f here; budget %g)",
+                    doc_id, here.total, self._board.dc, own, budget,
+                )  # fmt: skip
+        self._readers, self._own = {}, {}
         self._counters.follows_started += len(start)
         self._counters.follows_stopped += len(stop)
         self._board.following = set(self.follows)

@@ -5,11 +5,22 @@ sooner than a cool-down after it started), and the per-node and per-doc caps alw
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtsync.core import wire
-from crdtsync.core.adaptive import DECIDE_INTERVAL_MS, Follow, Followers, decide, rank_key
+from crdtsync.core.adaptive import (
+    CANDIDATE_SHARE,
+    DECIDE_INTERVAL_MS,
+    Follow,
+    Followers,
+    Reader,
+    dc_reads,
+    decide,
+    rank_key,
+)
 from crdtsync.core.load_wire import DocLoad, LoadSummaries, NodeLoad
 from crdtsync.core.replica import Replica, ReplicaConfig
 
@@ -96,3 +107,64 @@ def test_the_caps_hold_for_any_reads_and_any_other_followers(
         followed_any = followed_any or bool(followers.follows)
     if not elsewhere and per_doc_max and max(reads for _doc, reads in bursts) >= 5:
         assert followed_any, "reads far over the budget, no cap in the way, and nothing followed"
+
+
+readers = st.lists(
+    st.tuples(st.sampled_from(["n1", "n2", "n3", "n4"]), st.floats(0.0, 40.0), st.booleans()),
+    max_size=4,
+    unique_by=lambda reader: reader[0],
+)
+
+
+@given(st.text(min_size=1, max_size=8), readers)
+def test_a_datacenters_reads_are_its_readers_summed_and_the_next_follower_reads_near_the_most(
+    doc_id: str, listed: list[tuple[str, float, bool]]
+) -> None:
+    here = dc_reads(doc_id, [Reader(node_id, "east", rate, following) for node_id, rate, following in listed])
+    assert here.total == sum(rate for _n, rate, _f in listed)
+    waiting = {node_id: rate for node_id, rate, following in listed if not following and rate > 0}
+    assert here.forwarded == sum(waiting.values())
+    assert set(here.candidates) <= set(waiting)
+    assert list(here.candidates) == sorted(here.candidates, key=lambda node_id: rank_key(doc_id, node_id))
+    if waiting:
+        most = max(waiting.values())
+        assert {n for n, rate in waiting.items() if rate >= CANDIDATE_SHARE * most} == set(here.candidates)
+    assert (here.next_follower is None) == (not waiting)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(0.0, 30.0), readers, st.floats(0.0, 40.0))
+def test_a_node_follows_when_its_datacenter_forwards_over_the_budget_and_it_comes_next(
+    own_rate: float, listed: list[tuple[str, float, bool]], elsewhere_rate: float
+) -> None:
+    """n5 and n1-n4 are in east, n7 in west; nobody holds the doc. West's reads never count for
+    east, and n5 follows exactly when east's readers that do not follow it read more than the
+    budget and n5 comes first among them (`dc_reads`): however little n5 reads itself."""
+    replica = _replica()
+    board = replica.load
+    for node_id, dc in (("n1", "east"), ("n2", "east"), ("n3", "east"), ("n4", "east"), ("n7", "west")):
+        replica.membership.merge(
+            wire.MemberEntry(node_id, dc, node_id, node_id + "p", 1, 1, False), 0.0, direct=True
+        )
+    summaries = [
+        NodeLoad(node_id, "east", 1, 1, 0.0, (DocLoad("d", following, 0.0, (("read", "east", rate),)),))
+        for node_id, rate, following in listed
+    ]
+    summaries.append(
+        NodeLoad("n7", "west", 1, 1, 0.0, (DocLoad("d", False, 0.0, (("read", "west", elsewhere_rate),)),))
+    )
+    now_ms = 10_000.0
+    board.on_message(LoadSummaries("n1", tuple(summaries)), now_ms)
+    unit = math.log(2) / (board.table.half_life_ms / 1000.0)
+    if own_rate:
+        board.table.count("read", "d", "east", now_ms, own_rate / unit)
+    own = board.table.rates("d", now_ms)
+    own_reads = 0.0 if own is None else own.reads["east"]
+    followers = Followers(replica._ctx, board, lambda doc_id: False)
+    start, _stop = followers.step(now_ms)
+    here = dc_reads(
+        "d", [Reader("n5", "east", own_reads, False)] + [Reader(n, "east", r, f) for n, r, f in listed]
+    )
+    elsewhere_following = sum(1 for _n, _r, following in listed if following)
+    wanted = here.forwarded > BUDGET and here.next_follower == "n5" and elsewhere_following < 3
+    assert (start == ["d"]) == wanted, (own_reads, listed, here)
