@@ -94,8 +94,9 @@ class ReplicaConfig:
     load_docs_gossiped: int = 16
     """Hottest docs in the load summary each node gossips (at most 32)."""
     follow_reads_per_s: float = 20.0
-    """Read followers: a node that does not hold a doc follows it (receives its deltas and serves
-    reads from its own copy) when its clients read it faster than this; 0 turns followers off."""
+    """Read followers: when the nodes of a datacenter that do not hold a doc read it faster than
+    this together, one of them follows it (receives its deltas and serves its reads from its own
+    copy); 0 turns followers off."""
     follow_cool_down_ms: float = 600_000.0
     """A followed doc is dropped once its read rate here stayed below half the budget this long."""
     followers_per_doc_max: int = 3
