@@ -22,8 +22,8 @@ cap before their summaries cross, and all start. So the nodes that may follow a 
 holding it) are ranked by a hash of the doc and the node id, the same order on every node, and a
 node starts only when fewer nodes ahead of it may take the room the cap leaves: a node ahead
 counts unless a summary of it made since this node's datacenter went over the budget says it
-would not start (it is not among its datacenter's candidates, or its datacenter forwards no more
-than the budget; no summary yet: it counts). The first ones start at once; the others wait for the
+would not start (it does not read the doc, or its datacenter forwards no more than the budget; no
+summary yet: it counts). The first ones start at once; the others wait for the
 summaries of those ahead. Should two still start at once (a node ahead went over the budget just
 after its summary), the followers beyond the cap in that order stop at their next decision.
 
@@ -285,14 +285,15 @@ class Followers:
 
     def _may_follow(self, node_id: str, doc_id: str, since_ms: float) -> bool:
         """Unless a summary of `node_id` made since `since_ms` says it would not start following
-        `doc_id`: it is not among its datacenter's candidates, or the reads its datacenter still
-        forwards are within the budget (a doc outside its gossiped hottest is colder than all of
-        them: it does not read it)."""
+        `doc_id`: it does not read it (a doc outside its gossiped hottest is colder than all of
+        them), or the reads its datacenter still forwards are within the budget. Whether it is its
+        datacenter's next follower is not asked: that compares its rate, as old as its summary,
+        with others' (this node's fresh), and a node ahead must count while it may start."""
         known = self._board.received.get(node_id)
         if known is None or known[1] < since_ms:
             return True
-        here = self._dc_reads(doc_id, known[0].dc)
-        return node_id in here.candidates and here.forwarded > self._config.follow_reads_per_s
+        reads = any(r.node_id == node_id and r.reads_per_s > 0 for r in self._readers.get(doc_id, ()))
+        return reads and self._dc_reads(doc_id, known[0].dc).forwarded > self._config.follow_reads_per_s
 
     def _rate(self, doc_id: str, following: bool) -> tuple[float, DcReads]:
         """(the rate the hysteresis sees, this datacenter's reads): while following, the
