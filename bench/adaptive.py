@@ -349,6 +349,23 @@ def measure(workload: Workload) -> dict[str, Tally]:
     return {mode: _Run(workload, mode == "adaptive").run() for mode in ("static", "adaptive")}
 
 
+def _coverage(workload: Workload) -> JSON:
+    """What the read distribution allows: the share of a datacenter's reads that its hottest docs
+    take, and how many docs it takes to cover a share (each datacenter ranks the docs alike)."""
+    weights = list(
+        itertools.accumulate(1.0 / rank**workload.zipf_exponent for rank in range(1, workload.docs + 1))
+    )
+    total = weights[-1]
+    return {
+        "reads_share_of_hottest": {
+            str(count): weights[min(count, workload.docs) - 1] / total for count in (64, 1024, 4096)
+        },
+        "docs_for_reads_share": {
+            str(share): bisect.bisect_left(weights, share * total) + 1 for share in (0.5, 0.9, 0.97, 0.99)
+        },
+    }
+
+
 def summary(workload: Workload, tallies: dict[str, Tally]) -> JSON:
     """Every figure of both runs, and the targets."""
     runs: JSON = {}
@@ -396,6 +413,7 @@ def summary(workload: Workload, tallies: dict[str, Tally]) -> JSON:
             )
         },
         "runs": runs,
+        "coverage": _coverage(workload),
         "targets": [target.as_json() for target in targets],
     }
 
@@ -425,6 +443,16 @@ def report(result: JSON) -> None:
             for text, digits, key in rows
         ],
         [f"relays: {', '.join(runs['adaptive']['relays'])}"],
+    )
+    coverage = result["coverage"]
+    shares = ", ".join(
+        f"{count} docs {share:.1%}" for count, share in coverage["reads_share_of_hottest"].items()
+    )
+    needed = ", ".join(
+        f"{float(share):.0%}: {docs:,}" for share, docs in coverage["docs_for_reads_share"].items()
+    )
+    print(
+        f"\nreads of a datacenter taken by its hottest docs: {shares}; hottest docs needed for a share of reads: {needed}"
     )
     print("\ntargets")
     for target in result["targets"]:
