@@ -98,7 +98,7 @@ class ReplicaConfig:
     this together, one of them follows it (receives its deltas and serves its reads from its own
     copy); 0 turns followers off."""
     follow_cool_down_ms: float = 600_000.0
-    """A followed doc is dropped once its read rate here stayed below half the budget this long."""
+    """A followed doc is dropped once its datacenter's read rate stayed below half the budget this long."""
     followers_per_doc_max: int = 3
     """Read followers of one doc in the cluster (from the gossiped summaries)."""
     followed_docs_max: int = 64
