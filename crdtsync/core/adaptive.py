@@ -176,7 +176,8 @@ class FollowOrder:
 
 
 class Followers:
-    """The docs this node follows because they are read here, decided with `decide` and the caps
+    """The docs this node follows because its datacenter reads them, decided with `decide`,
+    `dc_reads` and the caps
     (`order`: who may follow a doc, first to last; None starts every follower at once)."""
 
     def __init__(
@@ -271,7 +272,8 @@ class Followers:
 
     def _my_turn(self, doc_id: str, elsewhere: list[str], since_ms: float) -> bool:
         """Whether fewer nodes ahead of this one in `doc_id`'s order may take the room the cap
-        leaves (`since_ms`: when this node went over the budget)."""
+        leaves (`since_ms`: since when this node's datacenter forwards the doc's reads over the
+        budget)."""
         if self._order is None:
             return True
         room = self._config.followers_per_doc_max - len(elsewhere)
