@@ -177,8 +177,8 @@ class FollowOrder:
 
 class Followers:
     """The docs this node follows because its datacenter reads them, decided with `decide`,
-    `dc_reads` and the caps
-    (`order`: who may follow a doc, first to last; None starts every follower at once)."""
+    `dc_reads` and the caps (`order`: who may follow a doc, first to last; None starts every
+    follower at once)."""
 
     def __init__(
         self, ctx: Context, board: LoadBoard, holds: Callable[[str], bool], order: FollowOrder | None = None
