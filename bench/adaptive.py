@@ -116,6 +116,10 @@ class Tally:
     reads: int = 0
     forwarded: int = 0
     forwarded_wan: int = 0
+    forwarded_wan_followed_here: int = 0
+    """Reads forwarded across the WAN of a doc that another node of the reader's datacenter
+    follows: what asking the datacenter's follower instead of a holder would keep off the WAN (a
+    follower serves its own clients only today)."""
     wan_read_bytes: int = 0
     """Bytes of the forwarded reads that crossed the WAN (modelled; the rest of `wan_bytes` is the
     simulated network's)."""
@@ -193,6 +197,8 @@ class _Run:
         self._targets_of: tuple[tuple[str, float], ...] = ()
         self._applied = [0] * workload.nodes
         self._fetch_cpu_ms = [0.0] * workload.nodes
+        self._followed: dict[str, set[str]] = {}
+        """Datacenter -> the docs its nodes follow, as of the current step."""
         self._doc_bytes: dict[str, tuple[float, int]] = {}
         """Doc -> (when measured, its content's bytes at a holder)."""
         """CPU ms of the forwarded reads each node answered in the current step."""
@@ -274,6 +280,8 @@ class _Run:
                     self.tally.forwarded += reads
                     if wan:
                         self.tally.forwarded_wan += reads
+                        if doc_id in self._followed.get(replica.dc, ()):
+                            self.tally.forwarded_wan_followed_here += reads
                         self.tally.wan_read_bytes += reads * self._answer_bytes(target, doc_id, now_ms)
             if measured:
                 self.tally.latencies[round(latency, 2)] += reads
@@ -311,6 +319,10 @@ class _Run:
             phase = int(now_ms // workload.shift_ms)
             op = self._writes(now_ms, phase, op)
             self._fetch_cpu_ms = [0.0] * nodes
+            self._followed = {}
+            for index in range(nodes):
+                replica = self.replica(index)
+                self._followed.setdefault(replica.dc, set()).update(replica.load.following)
             cpu_ms = [self._reads(index, now_ms, phase, measured) for index in range(nodes)]
             for index in range(nodes):
                 replica = self.replica(index)
@@ -376,6 +388,7 @@ def summary(workload: Workload, tallies: dict[str, Tally]) -> JSON:
             "read_p99_ms": tally.percentile(99),
             "forwarded_share": tally.forwarded / tally.reads if tally.reads else math.nan,
             "forwarded_wan": tally.forwarded_wan,
+            "forwarded_wan_followed_here": tally.forwarded_wan_followed_here,
             "load_max_over_mean": tally.load_max_over_mean(),
             "load_max_over_mean_without_relays": tally.load_max_over_mean(without_relays=True),
             "wan_bytes_per_read": tally.wan_bytes / tally.reads if tally.reads else math.nan,
@@ -425,6 +438,7 @@ def report(result: JSON) -> None:
         ("read p99 (ms)", 2, "read_p99_ms"),
         ("reads forwarded (share)", 3, "forwarded_share"),
         ("reads forwarded across the WAN", 0, "forwarded_wan"),
+        ("  of docs followed in the reader's DC", 0, "forwarded_wan_followed_here"),
         ("max/mean node load", 2, "load_max_over_mean"),
         ("max/mean node load, relays left out", 2, "load_max_over_mean_without_relays"),
         ("WAN bytes per read", 1, "wan_bytes_per_read"),
