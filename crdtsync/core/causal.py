@@ -1,4 +1,6 @@
-"""The causal buffer: a delta is applied only once the doc's state vector covers its `before_state`.
+"""The causal buffer: a delta is applied only once the doc's state vector covers its `before_state`
+(the publisher's state vector before the transaction, in wire versions 1 and 2; the update's own
+dependencies, `update_check.causal_range`, in version 3).
 
 pycrdt 0.14 can leave a replica stuck with content missing when it is handed an update before the
 updates it depends on (see DESIGN.md), so every remote delta waits here until it is ready; ready
@@ -21,6 +23,7 @@ from crdtsync.core.guard import Guard
 from crdtsync.core.holding import Holding
 from crdtsync.core.links import Links
 from crdtsync.core.state import StateVector, covers, decode_state_vector, merge_all, merge_into
+from crdtsync.core.update_check import UpdateError, causal_range
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,15 +37,22 @@ class PendingDelta:
     """The writer of a delta a relay forwarded (`publisher` is then the relay)."""
 
 
-def decode_states(deltas: tuple[wire.Delta, ...]) -> list[tuple[StateVector, StateVector]]:
-    """Decode every delta's before and after state, or raise StateDecodeError for the whole batch
-    before anything about it is recorded."""
+def decode_states(deltas: tuple[wire.Delta, ...]) -> list[tuple[StateVector, StateVector] | None]:
+    """Every delta's before and after state (`delta_states`), or raise StateDecodeError for the
+    whole batch before anything about it is recorded. None for a delta whose states come from an
+    update that does not parse: the guard refuses it (counted) when it reaches the buffer."""
     # A publisher's consecutive deltas of one doc chain: each before_state is the previous
     # after_state, so remembering the last decoded vector halves the decoding work.
-    decoded: list[tuple[StateVector, StateVector]] = []
+    decoded: list[tuple[StateVector, StateVector] | None] = []
     last_bytes: bytes | None = None
     last_vector: StateVector = {}
     for delta in deltas:
+        if not delta.before_state:
+            try:
+                decoded.append(causal_range(delta.update))
+            except UpdateError:
+                decoded.append(None)
+            continue
         before = last_vector if delta.before_state == last_bytes else decode_state_vector(delta.before_state)
         after = decode_state_vector(delta.after_state)
         last_bytes, last_vector = delta.after_state, after

@@ -24,7 +24,7 @@ the sender, so that admission (identity, quarantine, token bucket) runs before l
 A length-prefixed id rather than a short per-link index: PUB/SUB frames go to subscribers the
 publisher never greeted, and an index would need a table both sides agree on; the id leaves the
 body instead, so a frame grows only by the header checksum. The header has its own checksum so
-that admission decides on verified bytes without reading the body.
+that admission decides on verified bytes without reading the body. Version 3 has this header too.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ from crdtsync.core.state import write_varuint
 
 MAGIC = b"CS"
 WIRE_VERSION_MIN = 1
-WIRE_VERSION = 2
-"""The highest version this code speaks (and writes by default)."""
+WIRE_VERSION = 3
+"""The highest version this code speaks (and writes by default). Version 3 has version 2's header;
+only the bodies of DELTAS and RELAYED differ (`crdtsync.core.wire`)."""
 HEADER = struct.Struct("!2sBBBII")
 """The 13 bytes every version starts with (all of version 1's header)."""
 HEADER_BYTES = HEADER.size

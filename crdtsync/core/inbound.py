@@ -149,13 +149,17 @@ class Inbound:
         if message.epoch < track.epoch:
             # A late frame of an earlier incarnation: no sequence tracking, but its content is valid.
             self._ctx.counters.deltas_stale_epoch += len(message.deltas)
-            fresh = [(delta, *state) for delta, state in zip(message.deltas, states, strict=True)]
+            fresh = _with_states(message.deltas, states)
         else:
             fresh = self._sequence(message, track, states, seqs)
         if fresh and self._links.is_relay:
             publisher_dc = self._membership.dc_of(publisher)
             if publisher_dc is not None and publisher_dc != self._ctx.dc:
-                self._relay([delta for delta, _before, _after in fresh], publisher, message.epoch, seqs)
+                # Not an update that does not parse: the buffer refuses it, and a link of an older
+                # version could not be given its states (nor acknowledge the frame's numbers).
+                parsed = [delta for delta, _before, after in fresh if after is not _UNPARSED[1]]
+                if parsed:
+                    self._relay(parsed, publisher, message.epoch, seqs if len(parsed) == len(fresh) else [])
         dropped, not_held = self._causal.add(fresh, publisher)
         if message.epoch == track.epoch and (dropped or not_held):
             last = message.first_seq + len(message.deltas) - 1
@@ -194,7 +198,7 @@ class Inbound:
         self,
         message: wire.Deltas,
         track: PublisherTrack,
-        states: list[tuple[StateVector, StateVector]],
+        states: list[tuple[StateVector, StateVector] | None],
         seqs: list[int],
     ) -> list[tuple[wire.Delta, StateVector, StateVector]]:
         """Record the batch's sequence numbers; return its deltas not received before (their
@@ -202,7 +206,7 @@ class Inbound:
         fresh: list[tuple[wire.Delta, StateVector, StateVector]] = []
         for index, delta in enumerate(message.deltas):
             if self._receive(track, message.first_seq + index):
-                fresh.append((delta, *states[index]))
+                fresh.append((delta, *(states[index] or _UNPARSED)))
                 seqs.append(message.first_seq + index)
             else:
                 self._ctx.counters.deltas_duplicate += 1
@@ -239,9 +243,8 @@ class Inbound:
         if message.origin == self._ctx.node_id:
             return
         self._ctx.counters.deltas_relayed_in += len(message.deltas)
-        states = decode_states(message.deltas)
         dropped, not_held = self._causal.add(
-            [(delta, *state) for delta, state in zip(message.deltas, states, strict=True)],
+            _with_states(message.deltas, decode_states(message.deltas)),
             message.node_id,
             message.origin,
         )
@@ -300,6 +303,17 @@ class Inbound:
         link = self._links.of_node(node_id)
         if link is not None:
             self._antientropy.want_round(link)
+
+
+_UNPARSED: tuple[StateVector, StateVector] = ({}, {})
+"""The states given a delta whose update does not parse (`decode_states`): never read, since the
+causal buffer's guard refuses the update, and relays leave it out (by identity)."""
+
+
+def _with_states(
+    deltas: tuple[wire.Delta, ...], states: list[tuple[StateVector, StateVector] | None]
+) -> list[tuple[wire.Delta, StateVector, StateVector]]:
+    return [(delta, *(state or _UNPARSED)) for delta, state in zip(deltas, states, strict=True)]
 
 
 def _relayed(

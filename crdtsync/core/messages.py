@@ -19,7 +19,9 @@ class Delta:
 
     `before_state` is the publisher's encoded state vector of the doc when the transaction began (the
     causal dependency); `after_state` the one when it committed. A receiver applies `update` only
-    once its own state vector covers `before_state`.
+    once its own state vector covers `before_state`. Both are empty in a delta received in wire
+    version 3, which does not carry them: the receiver derives them from the update
+    (`crdtsync.core.causal.decode_states`).
     """
 
     doc_id: str

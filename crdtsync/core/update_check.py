@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from crdtsync.core.state import STATE_VECTOR_CLIENTS_MAX, StateDecodeError, read_varuint
+from crdtsync.core.state import STATE_VECTOR_CLIENTS_MAX, StateDecodeError, StateVector, read_varuint
 
 ANY_DEPTH_MAX = 64
 """Nesting of arrays and maps inside one `Any` value."""
@@ -130,40 +130,112 @@ def check_update(update: bytes) -> None:
         raise UpdateError(f"{len(update) - reader.pos} bytes after the end of the update")
 
 
-def dependencies(update: bytes) -> dict[int, int]:
-    """The state vector a doc must cover for pycrdt to integrate every struct of `update` at once,
-    rather than hold some pending (which pycrdt 0.14 may never resolve): per client of the update, the
-    clock its structs start at; per item that a struct points to (origins, parent) outside the
-    update's own ranges, that item's clock + 1. Deletions are not counted, nor the gaps that Skip
-    structs leave inside a client's range (updates from a Yjs transaction or sync step have none).
-    Raises `UpdateError` on structs that do not parse (call `check_update` for the whole check)."""
+def dependencies(update: bytes) -> StateVector:
+    """The state vector a doc must cover for pycrdt to integrate all of `update` at once (see
+    `causal_range`). Raises `UpdateError` on an update that does not parse."""
+    return causal_range(update)[0]
+
+
+def causal_range(update: bytes) -> tuple[StateVector, StateVector]:
+    """(dependencies, after) of `update`: what a doc must cover for pycrdt to integrate every struct
+    and every deletion of it at once, rather than hold some pending (which pycrdt 0.14 may never
+    resolve), and what a doc that covered the dependencies covers after applying it.
+
+    Conservative by construction: per client, the clock its first struct starts at and the end of
+    every Skip (a gap the update does not fill); per item a struct points to (origins, parent)
+    outside the update's own structs, that item's clock + 1; per deleted range, the end of its part
+    outside the update's own structs (pycrdt keeps deletions of items it lacks pending). `after` is
+    the dependencies with each client of the update moved to the end of its structs. Raises
+    `UpdateError` on an update that does not parse, or has bytes after its end."""
     reader = _Reader(update)
-    starts: dict[int, int] = {}
+    needed: StateVector = {}
+    own: dict[int, list[tuple[int, int]]] = {}
+    """Client -> the clock ranges of the update's own structs (Skips excluded), in order."""
     refs: list[tuple[int, int]] = []
     for structs, client, clock in client_blocks(reader):
-        starts[client] = min(clock, starts.get(client, clock))
+        ranges = own.setdefault(client, [])
+        _need(needed, client, clock)
         for _ in range(structs):
-            _check_struct(reader, client, refs)
-    needed = {client: clock for client, clock in starts.items() if clock}
+            length, skip = _check_struct(reader, client, refs)
+            if skip:
+                _need(needed, client, clock + length)
+            elif length:
+                if ranges and ranges[-1][1] == clock:
+                    ranges[-1] = (ranges[-1][0], clock + length)
+                else:
+                    ranges.append((clock, clock + length))
+            clock += length
+    for client, ranges in own.items():
+        if len(ranges) > 1:  # several blocks of one client (merged updates have one): in clock order
+            own[client] = _merged(ranges)
     for client, clock in refs:
-        if client in starts and clock >= starts[client]:
-            continue  # an item of the update itself
-        if needed.get(client, 0) <= clock:
-            needed[client] = clock + 1
-    return needed
+        if _outside_end(own.get(client), clock, clock + 1):
+            _need(needed, client, clock + 1)
+    clients = reader.count("delete set size")
+    for _ in range(clients):
+        client = reader.uint()
+        for _ in range(reader.count("delete ranges")):
+            clock = reader.uint()
+            _need(needed, client, _outside_end(own.get(client), clock, clock + reader.uint()))
+    if reader.pos != len(update):
+        raise UpdateError(f"{len(update) - reader.pos} bytes after the end of the update")
+    after = dict(needed)
+    for client, ranges in own.items():
+        if ranges:
+            _need(after, client, ranges[-1][1])
+    return needed, after
 
 
-def _check_struct(reader: _Reader, client: int, refs: list[tuple[int, int]] | None = None) -> None:
-    """Walk one struct; with `refs`, append the ids of the items it points to."""
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(high, merged[-1][1]))
+        else:
+            merged.append((low, high))
+    return merged
+
+
+def _need(vector: StateVector, client: int, clock: int) -> None:
+    if clock > vector.get(client, 0):
+        vector[client] = clock
+
+
+def _outside_end(ranges: list[tuple[int, int]] | None, start: int, end: int) -> int:
+    """The end of the last part of the clock range [start, end) outside `ranges` (ordered, not
+    overlapping: an update's own structs of one client), or 0 when it is all inside."""
+    if not ranges:
+        return end if end > start else 0
+    outside = 0
+    position = start
+    for low, high in ranges:
+        if high <= position:
+            continue
+        if low >= end:
+            break
+        if low > position:
+            outside = low
+        position = high
+        if position >= end:
+            return outside
+    return end if position < end else outside
+
+
+def _check_struct(
+    reader: _Reader, client: int, refs: list[tuple[int, int]] | None = None
+) -> tuple[int, bool]:
+    """Walk one struct; with `refs`, append the ids of the items it points to. Its length in clock
+    units, and whether it is a Skip (a gap, not content)."""
     start = reader.pos
     info = reader.byte()
     kind = info & 0x1F
     if kind in (_GC, _SKIP):
-        if reader.uint() == 0:
+        length = reader.uint()
+        if length == 0:
             raise UpdateError(
                 f"at byte {start}: a {'GC' if kind == _GC else 'skip'} range of length 0 (client {client})"
             )
-        return
+        return length, kind == _SKIP
     # Item ids inline (not a helper): this walk runs on every update from a peer.
     if info & 0x80:  # origin id
         ref_client, ref_clock = reader.uint(), reader.uint()
@@ -182,30 +254,48 @@ def _check_struct(reader: _Reader, client: int, refs: list[tuple[int, int]] | No
                 refs.append((ref_client, ref_clock))
         if info & 0x20:
             reader.string()  # the key in a map parent
-    _skip_content(reader, kind)
+    return _skip_content(reader, kind), False
 
 
-def _skip_content(reader: _Reader, kind: int) -> None:
+_ASTRAL_LEADS = bytes(range(0xF0, 0x100))
+"""First bytes of the UTF-8 sequences of code points beyond U+FFFF (two UTF-16 units each)."""
+
+
+def _skip_content(reader: _Reader, kind: int) -> int:
+    """Skip an item's content; its length in clock units (strings count UTF-16 units, as Yjs does)."""
     if kind == _CONTENT_DELETED:
-        reader.uint()
-    elif kind == _CONTENT_JSON:
-        for _ in range(reader.count("JSON item count")):
+        return reader.uint()
+    if kind == _CONTENT_STRING:
+        size = reader.count("string length")
+        text = reader.data[reader.pos : reader.pos + size]
+        reader.skip(size)
+        try:
+            code_points = len(text.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UpdateError(f"at byte {reader.pos - size}: a string that is not UTF-8") from None
+        return code_points + len(text) - len(text.translate(None, _ASTRAL_LEADS))
+    if kind == _CONTENT_JSON:
+        count = reader.count("JSON item count")
+        for _ in range(count):
             reader.string()
-    elif kind == _CONTENT_BINARY:
+        return count
+    if kind == _CONTENT_ANY:
+        count = reader.count("value count")
+        for _ in range(count):
+            reader.any_value(0)
+        return count
+    if kind == _CONTENT_BINARY:
         reader.skip(reader.count("binary length"))
-    elif kind in (_CONTENT_STRING, _CONTENT_EMBED):
+    elif kind in (_CONTENT_EMBED, _CONTENT_FORMAT):
         reader.string()
-    elif kind == _CONTENT_FORMAT:
-        reader.string()
-        reader.string()
+        if kind == _CONTENT_FORMAT:
+            reader.string()
     elif kind == _CONTENT_TYPE:
         if reader.uint() in (_XML_ELEMENT, _XML_HOOK):
             reader.string()
-    elif kind == _CONTENT_ANY:
-        for _ in range(reader.count("value count")):
-            reader.any_value(0)
     elif kind == _CONTENT_DOC:
         reader.string()
         reader.any_value(0)
     else:
         raise UpdateError(f"at byte {reader.pos - 1}: unknown content type {kind}")
+    return 1  # binary, embed, format, type, doc: one clock each

@@ -28,17 +28,7 @@ from crdtsync.core.state import (
     encode_state_vector,
     write_varuint,
 )
-from crdtsync.core.update_check import UpdateError, _Reader, _skip_content, client_blocks, dependencies
-
-_GC = 0
-_SKIP = 10
-_CONTENT_DELETED = 1
-_CONTENT_JSON = 2
-_CONTENT_STRING = 4
-_CONTENT_TYPE = 7
-_CONTENT_ANY = 8
-_XML_ELEMENT = 3
-_XML_HOOK = 5
+from crdtsync.core.update_check import _check_struct, _Reader, client_blocks, dependencies
 
 
 def sync_parts(doc: Doc[Any], state: bytes, bytes_max: int) -> list[bytes]:
@@ -87,7 +77,7 @@ def split_update(update: bytes, bytes_max: int) -> list[tuple[bytes, int, int]]:
         run_structs = 0
         for _ in range(structs):
             start = reader.pos
-            length = _struct_length(reader)
+            length, _skip = _check_struct(reader, client)
             if run_structs and reader.pos - run_start > bytes_max:
                 runs.append((_part(client, run_clock, run_structs, update[run_start:start]), client, clock))
                 run_start, run_clock, run_structs = start, clock, 0
@@ -106,52 +96,3 @@ def _part(client: int, clock: int, structs: int, body: bytes) -> bytes:
     for value in (1, structs, client, clock):
         write_varuint(out, value)
     return bytes(out) + body + b"\x00"
-
-
-def _struct_length(reader: _Reader) -> int:
-    """Read one struct; its length in clock units."""
-    info = reader.byte()
-    kind = info & 0x1F
-    if kind in (_GC, _SKIP):
-        return reader.uint()
-    if info & 0x80:
-        reader.uint()
-        reader.uint()
-    if info & 0x40:
-        reader.uint()
-        reader.uint()
-    if not info & 0xC0:
-        if reader.uint() == 1:
-            reader.string()
-        else:
-            reader.uint()
-            reader.uint()
-        if info & 0x20:
-            reader.string()
-    if kind == _CONTENT_DELETED:
-        return reader.uint()
-    if kind == _CONTENT_JSON:
-        count = reader.count("JSON item count")
-        for _ in range(count):
-            reader.string()
-        return count
-    if kind == _CONTENT_STRING:
-        size = reader.count("string length")
-        text = reader.data[reader.pos : reader.pos + size]
-        reader.skip(size)
-        try:
-            return len(text.decode("utf-8").encode("utf-16-le")) // 2
-        except UnicodeDecodeError:
-            raise UpdateError("a string that is not UTF-8") from None
-    if kind == _CONTENT_ANY:
-        count = reader.count("value count")
-        for _ in range(count):
-            reader.any_value(0)
-        return count
-    if kind == _CONTENT_TYPE:
-        if reader.uint() in (_XML_ELEMENT, _XML_HOOK):
-            reader.string()
-        return 1
-    # Binary, embed, format, doc: one clock each; their content is skipped as check_update does.
-    _skip_content(reader, kind)
-    return 1

@@ -5,7 +5,8 @@ epoch and sequence number, so that a receiver admits the sender before it reads 
 msgpack array whose shape depends on the kind (`_body_of`; the message classes are in
 `crdtsync.core.messages`, re-exported here). Version-2 bodies leave out what the header carries
 (`_IN_HEADER`) and send each delta's after state as a patch (`_DELTAS_START`); a version-2 hello adds
-the versions its sender speaks. Everything is validated here before any byte reaches pycrdt: a frame
+the versions its sender speaks. Version 3 (same header) sends a delta as its doc id and update only:
+the receiver derives its causal metadata from the update (`crdtsync.core.update_check.causal_range`). Everything is validated here before any byte reaches pycrdt: a frame
 that fails a check raises `WireError` naming what was wrong (`read_header`, then `decode_body`).
 """
 
@@ -66,7 +67,7 @@ from crdtsync.core.wire_fields import (
     DOC_ID_BYTES_MAX,
     SKIPPED_SEQS_MAX,
     TREE_HASH_BYTES,
-    after_patch,
+    delta_fields,
     header_position,
     milli,
     with_header_position,
@@ -272,7 +273,8 @@ _IN_HEADER: dict[MessageKind, tuple[int, int]] = {
 """Kinds that state their sender's stream position: where the epoch and the sequence number stand in
 the version-1 body. Version 2 moves them, with the node id (field 0 of every kind), to the header."""
 _DELTAS_START = {MessageKind.DELTAS: 3, MessageKind.RELAYED: 2}
-"""Where deltas start in a version-1 body; version 2 sends after states as patches (`after_patch`)."""
+"""Where deltas start in a version-1 body; version 2 sends after states as patches, version 3 no
+states at all (`delta_fields`)."""
 
 
 def encode(message: Message, version: int = WIRE_VERSION) -> bytes:
@@ -284,11 +286,10 @@ def encode_counted(message: Message, version: int = WIRE_VERSION) -> tuple[bytes
     """`encode`, plus the size the frame would have without compression."""
     kind, fields = _body_of(message)
     sender, epoch, seq = b"", 0, 0
+    start = _DELTAS_START.get(kind)
+    if start is not None:
+        fields[start:] = delta_fields(fields[start:], version)
     if version >= 2:
-        start = _DELTAS_START.get(kind)
-        if start is not None:
-            for at in range(start + 2, len(fields), 4):
-                fields[at] = after_patch(fields[at - 1], fields[at])
         sender = fields[0].encode()
         epoch_at, seq_at = _IN_HEADER.get(kind, (0, 0))
         if epoch_at:

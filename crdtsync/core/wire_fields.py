@@ -10,7 +10,8 @@ from typing import Any
 
 from crdtsync.core.envelope import WireError
 from crdtsync.core.messages import Delta, HandoffOffer, Message, Relayed
-from crdtsync.core.state import StateDecodeError, read_varuint, write_varuint
+from crdtsync.core.state import StateDecodeError, encode_state_vector, read_varuint, write_varuint
+from crdtsync.core.update_check import UpdateError, causal_range
 
 DOC_ID_BYTES_MAX = 512
 DELTAS_PER_BATCH_MAX = 4096
@@ -157,21 +158,26 @@ class Fields:
             raise WireError("too_large", f"{self.kind.name} carries more than {count_max} entries")
 
     def deltas(self) -> tuple[Delta, ...]:
-        """The rest of the body as 1..DELTAS_PER_BATCH_MAX (doc id, before, after, update) deltas; in
-        version 2 the after state comes as a patch of the before state (`after_patch`)."""
+        """The rest of the body as 1..DELTAS_PER_BATCH_MAX deltas: (doc id, before, after, update) in
+        versions 1 and 2, the after state as a patch of the before state in 2 (`after_patch`); (doc id,
+        update) in version 3, whose states the receiver derives (`Delta`: empty here)."""
+        if self.version >= 3:
+            self.check_entries(2, DELTAS_PER_BATCH_MAX)
+            return tuple(
+                Delta(self.text("doc_id", DOC_ID_BYTES_MAX), b"", b"", self.blob("update"))
+                for _ in range(self.remaining() // 2)
+            )
         self.check_entries(4, DELTAS_PER_BATCH_MAX)
         deltas = []
         while self.remaining():
-            deltas.append(
-                Delta(
-                    self.text("doc_id", DOC_ID_BYTES_MAX),
-                    before := self.blob("before_state"),
-                    self.blob("after_state")
-                    if self.version == 1
-                    else patched_after(before, self.blob("after")),
-                    self.blob("update"),
-                )
+            doc_id = self.text("doc_id", DOC_ID_BYTES_MAX)
+            before = self.blob("before_state")
+            if not before:  # an encoded state vector has at least its count: empty means derived
+                raise WireError("bad_body", f"{self.kind.name}.before_state is empty")
+            after = (
+                self.blob("after_state") if self.version == 1 else patched_after(before, self.blob("after"))
             )
+            deltas.append(Delta(doc_id, before, after, self.blob("update")))
         return tuple(deltas)
 
     def remaining(self) -> int:
@@ -189,6 +195,32 @@ class Fields:
 # length of the common prefix and of the common suffix (varuints), then the bytes between them.
 # Three to five bytes instead of a whole vector (about 11 bytes a client), and the receiver gets
 # the publisher's exact bytes back without decoding either vector.
+
+
+def delta_fields(flat: list[Any], version: int) -> list[Any]:
+    """The (doc id, before, after, update) fields of each delta as `version` sends them: version 3
+    drops the states (the receiver derives them from the update), version 2 sends the after state as
+    a patch; versions 1 and 2 derive the states of a delta received in version 3 (a relay forwarding
+    it to a link of an older version). Raises `WireError` when such an update does not parse."""
+    if version >= 3:
+        return [field for at in range(0, len(flat), 4) for field in (flat[at], flat[at + 3])]
+    for at in range(0, len(flat), 4):
+        if not flat[at + 1]:
+            flat[at + 1], flat[at + 2] = derived_states(flat[at + 3])
+        if version == 2:
+            flat[at + 2] = after_patch(flat[at + 1], flat[at + 2])
+    return flat
+
+
+def derived_states(update: bytes) -> tuple[bytes, bytes]:
+    """The encoded (before, after) state vectors a version-3 receiver derives from `update`: its
+    dependencies, and them with the update's own structs (`update_check.causal_range`). Raises
+    `WireError` (bad_body) when the update does not parse."""
+    try:
+        before, after = causal_range(update)
+    except UpdateError as exc:
+        raise WireError("bad_body", f"a delta's update does not parse: {exc}") from None
+    return encode_state_vector(before), encode_state_vector(after)
 
 
 def after_patch(before: bytes, after: bytes) -> bytes:

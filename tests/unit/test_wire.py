@@ -239,7 +239,7 @@ INVALID_FRAMES: list[tuple[str, bytes, str]] = [
     ("shorter-than-header", _VALID[: wire.HEADER_BYTES - 1], "truncated"),
     ("bad-magic", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, magic=b"XS"), "bad_magic"),
     ("bad-version-0", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, version=0), "bad_version"),
-    ("bad-version-3", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, version=3), "bad_version"),
+    ("bad-version-4", _frame(MessageKind.HEARTBEAT, _HEARTBEAT_BODY, version=4), "bad_version"),
     ("kind-0", _frame(0, _HEARTBEAT_BODY), "bad_kind"),
     ("kind-past-last", _frame(max(MessageKind) + 1, _HEARTBEAT_BODY), "bad_kind"),
     ("kind-255", _frame(255, _HEARTBEAT_BODY), "bad_kind"),

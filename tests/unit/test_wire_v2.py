@@ -108,7 +108,7 @@ def _v2(
 
 def test_the_header_follows_the_documented_layout_and_carries_sender_epoch_and_seq() -> None:
     message = wire.Deltas(NODE, 300, 70_000, (_delta("doc-1", b"\x01"),))
-    frame = wire.encode(message)
+    frame = wire.encode(message, 2)
     assert frame[:5] == b"CS\x02" + bytes((MessageKind.DELTAS, 0))
     assert frame[13] == len(NODE) and frame[14 : 14 + len(NODE)] == NODE.encode()
     header = wire.read_header(frame)
@@ -126,6 +126,8 @@ def test_the_header_follows_the_documented_layout_and_carries_sender_epoch_and_s
     # bytes kept from the front, none from the end, then b"\x01".
     assert body == ["doc-1", b"\x01\x0b\x00", b"\x02\x00\x01", b"\x01"]
     assert wire.decode(frame) == message
+    # Version 3 has the same header (its deltas carry no states: tests/unit/test_wire_v3.py).
+    assert wire.encode(message)[13 : header.body_start - 4] == frame[13 : header.body_start - 4]
 
 
 def test_kinds_without_a_stream_position_carry_zero_and_keep_their_body() -> None:
@@ -135,15 +137,15 @@ def test_kinds_without_a_stream_position_carry_zero_and_keep_their_body() -> Non
 
 def test_a_relayed_frame_names_its_origins_numbers_in_the_header_in_version_2_only() -> None:
     named = wire.Relayed(NODE, "origin-node", (_delta("doc-1", b"\x01\x02"),), 5, 300)
-    header = wire.read_header(wire.encode(named))
+    header = wire.read_header(wire.encode(named, 2))
     assert (header.epoch, header.seq) == (5, 300)
-    assert wire.decode(wire.encode(named)) == named
+    assert wire.decode(wire.encode(named, 2)) == named
     # Version 1 cannot name them: the frame is the pinned one, and reads as naming none.
     assert wire.encode(named, 1) == bytes.fromhex(V1_FRAMES["relayed"])
     assert wire.decode(wire.encode(named, 1)) == V1_MESSAGES["relayed"]
     # A version-2 frame without them (as a relay sends numbers that are not consecutive) adds nothing.
     unnamed = V1_MESSAGES["relayed"]
-    assert len(wire.encode(named)) == len(wire.encode(unnamed)) + 1  # 300 takes 2 varint bytes, 5 and 0 one
+    assert len(wire.encode(named, 2)) == len(wire.encode(unnamed, 2)) + 1  # 300: 2 varint bytes, 5 and 0 one
 
 
 def test_a_write_ack_question_is_flagged_in_the_header_in_version_2_only() -> None:
@@ -183,7 +185,7 @@ MALFORMED: list[tuple[str, bytes, str, str]] = [
     ("epoch-over-9-bytes", _v2(epoch=b"\xff" * 9 + b"\x01"), "bad_header", "epoch is longer than 9"),
     ("seq-over-9-bytes", _v2(seq=b"\x80" * 10), "bad_header", "seq is longer than 9"),
     ("header-checksum", _v2(header_crc=1), "bad_checksum", "header checksum"),
-    ("version-3", _v2(version=3), "bad_version", "wire version 3 is not accepted (this node speaks 1..2)"),
+    ("version-4", _v2(version=4), "bad_version", "wire version 4 is not accepted (this node speaks 1..3)"),
     ("version-99", _v2(version=99), "bad_version", "wire version 99"),
     ("version-0", _v2(version=0), "bad_version", "wire version 0"),
     ("kind-unknown", _v2(kind=200), "bad_kind", "unknown message kind 200"),
@@ -365,10 +367,10 @@ def test_a_replica_pinned_to_version_1_counts_version_2_frames_as_bad_version() 
 
 
 def test_wire_version_max_outside_the_spoken_versions_is_refused() -> None:
-    for bad in (0, 3):
-        with pytest.raises(ValueError, match="wire_version_max must be 1 or 2"):
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="wire_version_max must be 1, 2 or 3"):
             ReplicaConfig(wire_version_max=bad)
-    assert envelope.WIRE_VERSION == 2, "ReplicaConfig's bound follows the highest version"
+    assert envelope.WIRE_VERSION == 3, "ReplicaConfig's bound follows the highest version"
 
 
 # ---------------------------------------------------------------------------------------------- skipped numbers
@@ -376,10 +378,10 @@ def test_wire_version_max_outside_the_spoken_versions_is_refused() -> None:
 
 def test_a_deltas_frame_lists_the_buckets_it_skipped_in_version_2_only() -> None:
     listing = wire.Deltas(NODE, 3, 9, (_delta("doc-1", b"\x01"),), skipped=(7, 4095, 1 << 40))
-    assert wire.decode(wire.encode(listing)) == listing
+    assert wire.decode(wire.encode(listing, 2)) == listing
     plain = wire.Deltas(NODE, 3, 9, (_delta("doc-1", b"\x01"),))
-    assert wire.decode(wire.encode(plain)) == plain
-    assert len(wire.encode(listing)) - len(wire.encode(plain)) <= 1 + 1 + 3 + 9, "an array of 3 varints"
+    assert wire.decode(wire.encode(plain, 2)) == plain
+    assert len(wire.encode(listing, 2)) - len(wire.encode(plain, 2)) <= 1 + 1 + 3 + 9, "an array of 3 varints"
     with pytest.raises(ValueError, match="version 2 only"):
         wire.encode(listing, 1)
 
