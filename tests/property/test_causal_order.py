@@ -94,9 +94,10 @@ def _generate(writer_count: int, script: list[Step]) -> Generated:
     return Generated(writers, deltas)
 
 
-def _frames(generated: Generated, batch_sizes: list[int]) -> list[tuple[bytes, int]]:
+def _frames(generated: Generated, batch_sizes: list[int], version: int) -> list[tuple[bytes, int]]:
     """Frame each writer's deltas as `Deltas` with sequence numbers 1, 2, ... in batches of the given
-    sizes (cycled). Returns (frame, number of deltas in it)."""
+    sizes (cycled), in wire `version` (3: no state vectors, the receiver derives the dependencies
+    from each update). Returns (frame, number of deltas in it)."""
     frames: list[tuple[bytes, int]] = []
     sizes = iter(batch_sizes * (len(generated.deltas) + 1))
     for writer in generated.writers:
@@ -104,7 +105,8 @@ def _frames(generated: Generated, batch_sizes: list[int]) -> list[tuple[bytes, i
         seq = 1
         while seq <= len(own):
             batch = own[seq - 1 : seq - 1 + next(sizes)]
-            frames.append((wire.encode(wire.Deltas(writer.node_id, EPOCH, seq, tuple(batch))), len(batch)))
+            frame = wire.encode(wire.Deltas(writer.node_id, EPOCH, seq, tuple(batch)), version)
+            frames.append((frame, len(batch)))
             seq += len(batch)
     return frames
 
@@ -205,14 +207,15 @@ steps = st.tuples(
     writer_count=st.integers(2, 3),
     script=st.lists(steps, min_size=8, max_size=40),
     batch_sizes=st.lists(st.integers(1, 3), min_size=1, max_size=5),
+    version=st.sampled_from((2, 3)),
     data=st.data(),
 )
 def test_any_delivery_order_with_duplicates_converges_to_in_order_state(
-    writer_count: int, script: list[Step], batch_sizes: list[int], data: st.DataObject
+    writer_count: int, script: list[Step], batch_sizes: list[int], version: int, data: st.DataObject
 ) -> None:
 
     generated = _generate(writer_count, script)
-    frames = _frames(generated, batch_sizes)
+    frames = _frames(generated, batch_sizes, version)
     event(f"deltas: {min(len(generated.deltas) // 10 * 10, 30)}+")
     event(f"cross-writer dependency: {_has_cross_writer_dependency(generated)}")
     duplicates = data.draw(
@@ -274,8 +277,9 @@ def test_reverse_delivery_converges_and_would_get_naive_pycrdt_stuck() -> None:
         rng = random.Random(seed)
         writer_count = rng.randint(2, 3)
         generated = _generate(writer_count, _random_script(rng, writer_count, 30))
-        frames = _frames(generated, [1])
-        _check_converged(generated, frames, list(reversed(range(len(frames)))))
+        for version in (2, 3):
+            frames = _frames(generated, [1], version)
+            _check_converged(generated, frames, list(reversed(range(len(frames)))))
         if _has_cross_writer_dependency(generated):
             cross_writer_seeds.append(seed)
         if _naive_apply_is_stuck(generated, list(reversed(range(len(generated.deltas))))):
