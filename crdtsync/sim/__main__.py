@@ -8,9 +8,10 @@ import time
 from typing import Any
 
 from crdtsync.core.config import ReplicaConfig
+from crdtsync.core.envelope import WIRE_VERSION
 from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.sim.cluster import run_simulation
-from crdtsync.sim.config import FAULTS, SimConfig, SimResult
+from crdtsync.sim.config import FAULTS, SimConfig, SimResult, odd_nodes
 
 
 def _seed_range(text: str) -> range:
@@ -96,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="configure every node with node 0 as its only peer; membership gossip finds the rest",
     )
     parser.add_argument(
+        "--wire-pinned",
+        type=int,
+        metavar="V",
+        help="a mixed-version cluster: every other node speaks wire versions up to V only until its "
+        "first restart (an upgrade, with crash or churn faults)",
+    )
+    parser.add_argument(
         "--verbose", action="store_true", help="print a verdict line for every seed of a campaign"
     )
     _add_placement_arguments(parser)
@@ -135,6 +143,12 @@ def _placement_settings(rf: int | None, follows: int | None) -> dict[str, Any]:
     }
 
 
+def _wire_settings(nodes: int, pinned: int | None) -> dict[str, Any]:
+    if pinned is None:
+        return {}
+    return {"wire_pinned_until_restart": odd_nodes(nodes), "wire_pinned_version": pinned}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.nodes < 1 or args.docs < 1 or args.ops < 0:
@@ -148,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.follows is not None and (args.rf is None or args.follows < 0):
         print("error: --follows needs --rf and must be >= 0", file=sys.stderr)
+        return 2
+    if args.wire_pinned is not None and not 1 <= args.wire_pinned <= WIRE_VERSION:
+        print(f"error: --wire-pinned must be in 1..{WIRE_VERSION}", file=sys.stderr)
         return 2
     if args.rf is not None and args.rf < 1:
         print("error: --rf must be >= 1", file=sys.stderr)
@@ -171,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             wan_loss_rate=args.wan_loss_rate,
             seed_only=args.seed_only,
             **_placement_settings(args.rf, args.follows),
+            **_wire_settings(args.nodes, args.wire_pinned),
         )
         result = run_simulation(config)
         if not result.ok:

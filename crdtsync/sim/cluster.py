@@ -165,8 +165,10 @@ class SimCluster:
     def _start_node(self, node: SimNode) -> None:
         node.incarnation += 1
         replica_config = self.config.replica
-        if node.incarnation == 1 and node.index in self.config.wire_v1_until_restart:
-            replica_config = dataclasses.replace(replica_config, wire_version_max=1)
+        if node.incarnation == 1 and node.index in self.config.wire_pinned_until_restart:
+            replica_config = dataclasses.replace(
+                replica_config, wire_version_max=self.config.wire_pinned_version
+            )
         node.replica = Replica(
             node_id=f"n{node.index}",
             epoch=node.incarnation,

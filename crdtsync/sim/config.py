@@ -59,9 +59,11 @@ class SimConfig:
     """Loss on links between datacenters until healing, on top of the `loss` fault."""
     seed_only: bool = False
     """Configure every node with node 0 as its only peer: the rest is learned by gossip."""
-    wire_v1_until_restart: frozenset[int] = frozenset()
-    """Nodes whose first incarnation speaks wire version 1 only (`wire_version_max=1`, as releases
-    before negotiation do): their first restart upgrades them, as a rolling upgrade does."""
+    wire_pinned_until_restart: frozenset[int] = frozenset()
+    """Nodes whose first incarnation speaks wire versions up to `wire_pinned_version` only (as older
+    releases do): their first restart upgrades them, as a rolling upgrade does."""
+    wire_pinned_version: int = 1
+    """The `wire_version_max` of the nodes of `wire_pinned_until_restart` until their restart."""
     follows: int = 0
     """Follow sessions (under placement): at random times of the write window a random node opens a
     doc it does not hold, as `Node.open` does (pinned, fetched, followed while open), for `follow_ms`;
@@ -102,7 +104,17 @@ class SimConfig:
             + (" --seed-only" if self.seed_only else "")
             + (f" --rf {self.placement.default.rf}" if isinstance(self.placement.default.rf, int) else "")
             + (f" --follows {self.follows}" if self.follows else "")
+            + (
+                f" --wire-pinned {self.wire_pinned_version}"
+                if self.wire_pinned_until_restart == odd_nodes(self.nodes)
+                else ""
+            )
         )
+
+
+def odd_nodes(nodes: int) -> frozenset[int]:
+    """The nodes `--wire-pinned` pins: every other one, so that each datacenter mixes versions."""
+    return frozenset(range(1, nodes, 2))
 
 
 @dataclass(slots=True)
