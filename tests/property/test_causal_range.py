@@ -146,9 +146,9 @@ def _history(writer_count: int, script: list[Step]) -> History:
 
     undo_managers = []
     for doc in writers:
-        doc.observe(capture)  # type: ignore[arg-type]
+        doc.observe(capture)
         for name, kind in (("data", Map), ("text", Text), ("xml", XmlFragment)):
-            doc.get(name, type=kind)  # type: ignore[call-overload]
+            doc.get(name, type=kind)
         undo_managers.append(
             UndoManager(
                 scopes=[doc.get("data", type=Map), doc.get("text", type=Text)], capture_timeout_millis=0
