@@ -1,8 +1,9 @@
 """A rolling upgrade on real daemons: three `crdtsync serve` processes start pinned to wire version 1
-(`replication.wire_version_max = 1`, as a release before version 2 speaks), then are restarted one at
-a time without the pin while every node takes writes. Every link negotiates the highest version both
-ends speak, the mixed cluster keeps replicating both ways, and at the end every link speaks version 2
-and every node holds every acknowledged write."""
+(`replication.wire_version_max = 1`, as a release before negotiation speaks); one is restarted
+pinned to version 2 (a release before compact causal metadata), then each in turn without a pin,
+while every node takes writes. The cluster goes through links of versions 1, 2 and 3 side by side:
+every link negotiates the highest version both ends speak, the mixed cluster keeps replicating both
+ways, and at the end every link speaks the current version and every node holds every write."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from daemon_support import (
     wait_until,
 )
 
+from crdtsync.core.envelope import WIRE_VERSION
+
 pytestmark = pytest.mark.integration
 
 
@@ -33,8 +36,9 @@ def versions_are(daemons: list[Daemon], expected: dict[tuple[str, str], int]) ->
     return all(seen[a].get(b) == version for (a, b), version in expected.items())
 
 
-def test_nodes_upgraded_one_at_a_time_from_wire_version_1_replicate_throughout(tmp_path: Path) -> None:
+def test_nodes_upgraded_one_at_a_time_through_wire_versions_1_and_2_replicate_throughout(tmp_path: Path) -> None:
     pinned = {**FAST_REPLICATION, "wire_version_max": 1}
+    current = WIRE_VERSION
     pool = DaemonPool(tmp_path)
     try:
         daemons = pool.cluster(["a", "b", "c"], replication=pinned)
@@ -52,30 +56,29 @@ def test_nodes_upgraded_one_at_a_time_from_wire_version_1_replicate_throughout(t
                 written.append(doc_id)
 
         write_through_every_node("all-v1")
-        upgraded: set[str] = set()
-        for daemon in daemons:
+        speaks = dict.fromkeys(names, 1)
+        by_name = {daemon.name: daemon for daemon in daemons}
+        for name, version in ((names[0], 2), (names[1], current), (names[2], current), (names[0], current)):
+            daemon = by_name[name]
             assert daemon.terminate() == 0, daemon.log_tail()
-            daemon.replication = dict(FAST_REPLICATION)
+            daemon.replication = {**FAST_REPLICATION, "wire_version_max": version}
             daemon.start()
             daemon.wait_healthy()
-            upgraded.add(daemon.name)
-            # A link speaks v2 only when both of its ends were upgraded.
-            expected = {(a, b): 2 if {a, b} <= upgraded else 1 for a, b in pairs}
+            speaks[name] = version
+            # A link speaks the highest version both of its ends speak.
+            expected = {(a, b): min(speaks[a], speaks[b]) for a, b in pairs}
             wait_until(
                 lambda expected=expected: versions_are(daemons, expected),  # type: ignore[misc]
                 CONVERGE_TIMEOUT_S,
                 lambda: (
-                    "link versions after upgrading "
-                    + ", ".join(sorted(upgraded))
-                    + ": "
-                    + json.dumps({d.name: link_versions(d) for d in daemons})
+                    f"link versions with {speaks}: " + json.dumps({d.name: link_versions(d) for d in daemons})
                 ),
             )
-            write_through_every_node(f"after-{daemon.name}")
+            write_through_every_node(f"after-{daemon.name}-v{version}")
             wait_until(
                 lambda: same_everywhere(daemons, written),
                 CONVERGE_TIMEOUT_S,
-                f"every node holds all {len(written)} docs after upgrading {', '.join(sorted(upgraded))}",
+                f"every node holds all {len(written)} docs with {speaks}",
             )
         for daemon in daemons:
             for doc_id in written:

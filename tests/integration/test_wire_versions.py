@@ -1,11 +1,13 @@
 """Rolling upgrades on real ZeroMQ sockets on 127.0.0.1: a node pinned to wire version 1 (what
-releases before negotiation speak) and version-2 nodes replicate both ways; a peer that speaks no
-common version is refused, counted and never linked."""
+releases before negotiation speak) or 2 (before compact causal metadata) and nodes of the current
+version replicate both ways; a peer that speaks no common version is refused, counted and never
+linked."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import struct
 import zlib
 from collections.abc import AsyncIterator, Sequence
@@ -28,14 +30,7 @@ FAST = ReplicaConfig(
     retransmit_timeout_ms=100.0,
     ae_round_timeout_ms=500.0,
 )
-PINNED_TO_1 = ReplicaConfig(
-    heartbeat_interval_ms=100.0,
-    hello_interval_ms=100.0,
-    tick_interval_ms=20.0,
-    retransmit_timeout_ms=100.0,
-    ae_round_timeout_ms=500.0,
-    wire_version_max=1,
-)
+
 TIMEOUT_S = 15.0
 
 
@@ -55,7 +50,8 @@ def _values(node: Node, doc_id: str) -> dict[str, object]:
     return dict(node._replica.open_doc(doc_id).get("data", type=Map).to_py() or {})
 
 
-def test_a_node_pinned_to_version_1_and_version_2_nodes_replicate_both_ways() -> None:
+@pytest.mark.parametrize("pinned", [1, 2])
+def test_a_node_pinned_to_an_older_version_and_current_nodes_replicate_both_ways(pinned: int) -> None:
     listens = [free_endpoint() for _ in range(3)]
     names = ["new-a", "new-b", "old"]
 
@@ -64,17 +60,21 @@ def test_a_node_pinned_to_version_1_and_version_2_nodes_replicate_both_ways() ->
             node_id=names[index],
             listen=listens[index],
             peers=[listen for listen in listens if listen != listens[index]],
-            replication=PINNED_TO_1 if names[index] == "old" else FAST,
+            replication=dataclasses.replace(FAST, wire_version_max=pinned) if names[index] == "old" else FAST,
         )
 
     async def scenario() -> None:
         async with _running(config(0), config(1), config(2)) as nodes:
             new_a, new_b, old = nodes
-            expected = {"new-a": {"new-b": 2, "old": 1}, "new-b": {"new-a": 2, "old": 1}}
+            current = wire.WIRE_VERSION
+            expected = {
+                "new-a": {"new-b": current, "old": pinned},
+                "new-b": {"new-a": current, "old": pinned},
+            }
             await wait_until(
                 lambda: (
                     all(_versions(n) == expected[n.config.node_id] for n in (new_a, new_b))
-                    and _versions(old) == {"new-a": 1, "new-b": 1}
+                    and _versions(old) == {"new-a": pinned, "new-b": pinned}
                 ),
                 TIMEOUT_S,
                 lambda: f"links negotiated: {[_versions(n) for n in nodes]}",
@@ -88,8 +88,8 @@ def test_a_node_pinned_to_version_1_and_version_2_nodes_replicate_both_ways() ->
                 TIMEOUT_S,
                 lambda: f"every write on every node: {[_values(n, 'doc') for n in nodes]}",
             )
-            # The version-1 node read everything it was sent: only the version-2 copies of the new
-            # nodes' greetings were refused, by version.
+            # The pinned node read everything it was sent: only the current-version copies of the
+            # new nodes' greetings were refused, by version.
             old_errors = old.status().counters.wire_errors
             assert set(old_errors) <= {"bad_version"}, old_errors
             for node in (new_a, new_b):
