@@ -71,7 +71,7 @@ def seed_frames() -> list[bytes]:
         wire.Relayed("n1", "origin", deltas[:2]),
         wire.Ephemeral("n1", "origin", "doc", b'\x01\x07\x02\x0e{"user":"ann"}'),
     ]
-    return [wire.encode(message, version) for version in (2, 1) for message in messages]
+    return [wire.encode(message, version) for version in (3, 2, 1) for message in messages]
 
 
 def seed_inputs() -> list[bytes]:
@@ -100,25 +100,26 @@ def seed_inputs() -> list[bytes]:
 
 
 def repair_checksum(data: bytes, rng: random.Random) -> bytes:
-    """Mostly fix length and CRCs (a version-2 header's own too) so that mutations get past them to
+    """Mostly fix length and CRCs (the header's own too, from version 2) so that mutations get past them to
     the body decoder."""
     if len(data) < wire.HEADER_BYTES or rng.random() >= 0.7:
         return data
-    header_end = wire.HEADER_BYTES if data[2] != 2 else _v2_header_end(data)
+    sender_in_header = data[2] in (2, 3)
+    header_end = _v2_header_end(data) if sender_in_header else wire.HEADER_BYTES
     if header_end is None:
         return data
-    body_start = header_end if data[2] != 2 else header_end + 4
+    body_start = header_end + 4 if sender_in_header else header_end
     body = data[body_start:]
     header = bytearray(data[:header_end])
     header[5:9] = len(body).to_bytes(4, "big")
     header[9:13] = zlib.crc32(body).to_bytes(4, "big")
-    if data[2] == 2:
+    if sender_in_header:
         header += zlib.crc32(header).to_bytes(4, "big")
     return bytes(header) + body
 
 
 def _v2_header_end(data: bytes) -> int | None:
-    """Where a version-2 header's checksum starts (after the sender id and two varints), if the
+    """Where a version-2 (or 3) header's checksum starts (after the sender id and two varints), if the
     frame is long enough to have one."""
     if len(data) <= wire.HEADER_BYTES:
         return None

@@ -70,10 +70,10 @@ def test_a_delta_waiting_for_its_dependencies_is_acknowledged_only_once_applied(
     mesh = Mesh()
     a, b, c = mesh.add("a", config=ALWAYS), mesh.add("b", config=ALWAYS), mesh.add("c", config=ALWAYS)
     mesh.link_all()
-    mesh.drop = _is_deltas_from(a, c)  # c never gets a's delta; b's builds on it
-    _write(a, "from_a", 1)
+    mesh.drop = _is_deltas_from(a, c)  # c never gets a's delta; b's builds on it (its text follows a's)
+    a.open_doc("doc").get("text", type=Text).insert(0, "from a")
     mesh.pump()
-    b.open_doc("doc").get("text", type=Text).insert(0, "from b")
+    b.open_doc("doc").get("text", type=Text).insert(6, ", from b")
     mesh.pump()
     assert c.status(mesh.now_ms).pending_updates == 1
     assert "c" not in b.seq_acks.acked, "c holds b's delta only in its causal buffer"
