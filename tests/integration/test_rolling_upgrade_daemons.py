@@ -36,7 +36,9 @@ def versions_are(daemons: list[Daemon], expected: dict[tuple[str, str], int]) ->
     return all(seen[a].get(b) == version for (a, b), version in expected.items())
 
 
-def test_nodes_upgraded_one_at_a_time_through_wire_versions_1_and_2_replicate_throughout(tmp_path: Path) -> None:
+def test_nodes_upgraded_one_at_a_time_through_wire_versions_1_and_2_replicate_throughout(
+    tmp_path: Path,
+) -> None:
     pinned = {**FAST_REPLICATION, "wire_version_max": 1}
     current = WIRE_VERSION
     pool = DaemonPool(tmp_path)
