@@ -181,6 +181,7 @@ def _check_converged(generated: Generated, frames: list[tuple[bytes, int]], orde
     duplicate_deltas = sum(frames[i][1] for i in order) - sum(count for _, count in frames)
     assert replica.counters.deltas_applied == len(generated.deltas)
     assert replica.counters.deltas_duplicate == duplicate_deltas
+    assert replica.counters.updates_left_pending == 0, "pycrdt kept part of an update pending"
     for doc_id in DOC_IDS:
         if not any(delta.doc_id == doc_id for _, delta in generated.deltas):
             assert not replica.has_doc(doc_id)
