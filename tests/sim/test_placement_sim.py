@@ -94,8 +94,11 @@ def test_deltas_reach_only_the_subscribers_of_their_holder_sets() -> None:
     docs it holds, counts the others as received from those lists and the index before a heartbeat
     (no retransmission is asked for without loss), and receives fewer bytes than when every node
     holds every doc, on the same workload. The deltas themselves fall with the holders (about 2/5 of
-    them reach a node); the bytes fall less (0.68x measured): a write taken by a node that does not
-    hold the doc costs a handoff probe and its answer, and each number of another set about 3 bytes."""
+    them reach a node); the bytes fall less: a write taken by a node that does not hold the doc costs
+    a handoff probe and its answer, and each number of another set about 3 bytes. Measured on this
+    run: 0.69x in wire version 2, 0.92x in version 3, whose deltas carry no state vectors (81 KB
+    received in all with every node holding every doc, against 122 KB in version 2): what placement
+    saves on deltas is then small beside what it costs in probes and listed numbers."""
     config = _config(11, faults=frozenset())
     partitioned = SimCluster(config)
     _check(partitioned.run())
@@ -116,7 +119,7 @@ def test_deltas_reach_only_the_subscribers_of_their_holder_sets() -> None:
         f" per node: {received} and {received_all}"
     )
     assert applied < 0.6 * applied_all
-    assert sum(received) < 0.75 * sum(received_all)
+    assert sum(received) < 0.95 * sum(received_all)
 
 
 def test_relays_republish_by_bucket_into_their_datacenter() -> None:

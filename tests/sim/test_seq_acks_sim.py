@@ -15,6 +15,7 @@ from crdtsync.core import wire
 from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.core.replica import Replica, ReplicaConfig
 from crdtsync.core.state import StateVector, covers, decode_state_vector, merge_into
+from crdtsync.core.update_check import causal_range
 from crdtsync.sim import FAULTS, SimCluster, SimConfig, SimTracer
 
 ALWAYS = ReplicaConfig(seq_ack_wanted_ms=0.0)
@@ -32,7 +33,11 @@ def _seeds(first: int, last: int) -> range:
 class _AckChecker(SimTracer):
     """On every SEQ_ACK handed to the network that the publisher would trust (the same member view),
     the acknowledging node's committed store covers each acknowledged delta the publisher's ring
-    still has of a doc the publisher sees it hold (grouped by doc: one store read per doc)."""
+    still has of a doc the publisher sees it hold (grouped by doc: one store read per doc): the
+    delta's items and what they depend on (`causal_range`: with them every earlier write of the
+    same client), which is what an acknowledgement promises. Not the publisher's whole state vector
+    after the delta: since wire version 3 a receiver applies a delta without the other writers'
+    items its publisher happened to hold."""
 
     def __init__(self) -> None:
         self.cluster: SimCluster | None = None
@@ -75,20 +80,20 @@ class _AckChecker(SimTracer):
                 ack.through_seq,
             )
         wanted: dict[str, list[bytes]] = {}
-        for seq, doc_id, _before, after, _update, _size in publisher._outbound._ring:
+        for seq, doc_id, _before, _after, update, _size in publisher._outbound._ring:
             if ack.from_seq <= seq <= ack.through_seq and _holds(publisher, doc_id, acker.replica.node_id):
-                wanted.setdefault(doc_id, []).append(after)
+                wanted.setdefault(doc_id, []).append(update)
         store = acker.store
-        for doc_id, afters in wanted.items():
-            self.deltas_checked += len(afters)
+        for doc_id, updates in wanted.items():
+            self.deltas_checked += len(updates)
             stored = store.load_doc(doc_id)
             doc: Doc[Any] = Doc()
             if stored is not None:
                 doc.apply_update(stored)
             held = decode_state_vector(doc.get_state())
             need: StateVector = {}
-            for after in afters:
-                merge_into(need, decode_state_vector(after))
+            for update in updates:
+                merge_into(need, causal_range(update)[1])
             if not covers(held, need):
                 self.problems.append(
                     f"n{source} acked {ack.from_seq}..{ack.through_seq} of n{target} at "
