@@ -160,8 +160,9 @@ def report_wan(report: Report) -> None:
         " memb = HEARTBEAT, MEMBERS, HELLO*; AE = TREE_*; repair = SYNC_*, RETRANSMIT_*",
         "-idle: all WAN bytes per update minus the idle window's WAN rate over the same time",
         f"a one-update DELTAS frame on the WAN: {base['delta_frame_bytes']:.1f} B as sent, lz4 included"
-        f" ({base['delta_frame_raw_bytes']:.1f} B without): 13 B envelope + msgpack of node id, epoch, seq,"
-        f" doc id ({base['doc_id_bytes']:.1f} B), before + after state vectors ({base['state_bytes']:.1f} B)"
+        f" ({base['delta_frame_raw_bytes']:.1f} B without): a header with the sender's id, epoch and seq, then"
+        f" msgpack of doc id ({base['doc_id_bytes']:.1f} B), before + after state vectors as decoded"
+        f" ({base['state_bytes']:.1f} B; version 2 sends the after one as a patch, version 3 neither)"
         f" and the Yjs update ({base['update_bytes']:.1f} B; {base['update_compressed_bytes']:.1f} B at best"
         " with lz4)",
     ]
