@@ -100,30 +100,32 @@ def seed_inputs() -> list[bytes]:
 
 
 def repair_checksum(data: bytes, rng: random.Random) -> bytes:
-    """Mostly fix length and CRCs (the header's own too, from version 2) so that mutations get past them to
-    the body decoder."""
+    """Mostly fix length and CRCs (the header's own too, from version 2) so that mutations get past
+    them to the body decoder."""
     if len(data) < wire.HEADER_BYTES or rng.random() >= 0.7:
         return data
-    sender_in_header = data[2] in (2, 3)
-    header_end = _v2_header_end(data) if sender_in_header else wire.HEADER_BYTES
+    fixed_end = 9 if data[2] >= 3 else wire.HEADER_BYTES  # version 3 has no body length
+    sender_in_header = data[2] >= 2
+    header_end = _sender_header_end(data, fixed_end) if sender_in_header else fixed_end
     if header_end is None:
         return data
     body_start = header_end + 4 if sender_in_header else header_end
     body = data[body_start:]
     header = bytearray(data[:header_end])
-    header[5:9] = len(body).to_bytes(4, "big")
-    header[9:13] = zlib.crc32(body).to_bytes(4, "big")
+    if fixed_end == wire.HEADER_BYTES:
+        header[5:9] = len(body).to_bytes(4, "big")
+    header[fixed_end - 4 : fixed_end] = zlib.crc32(body).to_bytes(4, "big")
     if sender_in_header:
         header += zlib.crc32(header).to_bytes(4, "big")
     return bytes(header) + body
 
 
-def _v2_header_end(data: bytes) -> int | None:
-    """Where a version-2 (or 3) header's checksum starts (after the sender id and two varints), if the
-    frame is long enough to have one."""
-    if len(data) <= wire.HEADER_BYTES:
+def _sender_header_end(data: bytes, start: int) -> int | None:
+    """Where a version-2 or 3 header's checksum starts (after the sender id and two varints), if
+    the frame is long enough to have one."""
+    if len(data) <= start:
         return None
-    offset = wire.HEADER_BYTES + 1 + data[wire.HEADER_BYTES]
+    offset = start + 1 + data[start]
     for _ in range(2):  # epoch, seq
         while offset < len(data) and data[offset] & 0x80:
             offset += 1

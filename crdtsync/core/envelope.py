@@ -24,7 +24,18 @@ the sender, so that admission (identity, quarantine, token bucket) runs before l
 A length-prefixed id rather than a short per-link index: PUB/SUB frames go to subscribers the
 publisher never greeted, and an index would need a table both sides agree on; the id leaves the
 body instead, so a frame grows only by the header checksum. The header has its own checksum so
-that admission decides on verified bytes without reading the body. Version 3 has this header too.
+that admission decides on verified bytes without reading the body.
+
+Version 3 leaves out the body length, which a receiver derives from the frame (ZeroMQ delivers whole
+messages, and the body checksum catches any other cut): 4 bytes less on every frame, and the sender
+part starts at offset 9::
+
+    0      2    magic  b"CS"
+    2      1    version (3)
+    3      1    kind
+    4      1    flags
+    5      4    crc32 of the body as sent, big-endian
+    9      ...  as version 2 from offset 13: sender id length and id, epoch, seq, header crc32, body
 """
 
 from __future__ import annotations
@@ -44,8 +55,12 @@ WIRE_VERSION = 3
 """The highest version this code speaks (and writes by default). Version 3 has version 2's header;
 only the bodies of DELTAS and RELAYED differ (`crdtsync.core.wire`)."""
 HEADER = struct.Struct("!2sBBBII")
-"""The 13 bytes every version starts with (all of version 1's header)."""
+"""The 13 bytes versions 1 and 2 start with (all of version 1's header)."""
 HEADER_BYTES = HEADER.size
+_PREFIX = struct.Struct("!2sBBB")
+"""What every version starts with: magic, version, kind and flags."""
+_FIXED_V3 = struct.Struct("!2sBBBI")
+"""Version 3's fixed part: the prefix and the body checksum."""
 FRAME_BYTES_MAX = 8 * 1024 * 1024
 """Largest envelope accepted or produced (header + body as sent)."""
 BODY_BYTES_MAX = 16 * 1024 * 1024
@@ -88,7 +103,10 @@ def pack(
     version: int, kind: int, flags: int, body: bytes, sender: bytes = b"", epoch: int = 0, seq: int = 0
 ) -> bytes:
     """The whole frame: header (of `version`) and `body` as sent."""
-    fixed = HEADER.pack(MAGIC, version, kind, flags, len(body), zlib.crc32(body))
+    if version >= 3:
+        fixed = _FIXED_V3.pack(MAGIC, version, kind, flags, zlib.crc32(body))
+    else:
+        fixed = HEADER.pack(MAGIC, version, kind, flags, len(body), zlib.crc32(body))
     if version == 1:
         return fixed + body
     header = b"".join((fixed, bytes((len(sender),)), sender, _varint(epoch), _varint(seq)))
@@ -108,9 +126,11 @@ def read(frame: bytes, version_max: int = WIRE_VERSION) -> Header:
     size = len(frame)
     if size > FRAME_BYTES_MAX:
         raise WireError("too_large", f"frame of {size} bytes exceeds {FRAME_BYTES_MAX}")
-    if size < HEADER_BYTES:
-        raise WireError("truncated", f"frame of {size} bytes is shorter than the {HEADER_BYTES}-byte header")
-    magic, version, kind, flags, body_length, body_checksum = HEADER.unpack_from(frame)
+    if size < _FIXED_V3.size:
+        raise WireError(
+            "truncated", f"frame of {size} bytes is shorter than any header ({_FIXED_V3.size} bytes)"
+        )
+    magic, version, kind, flags = _PREFIX.unpack_from(frame)
     if magic != MAGIC:
         raise WireError("bad_magic", f"magic {magic!r} is not {MAGIC!r}")
     if not WIRE_VERSION_MIN <= version <= version_max:
@@ -118,32 +138,51 @@ def read(frame: bytes, version_max: int = WIRE_VERSION) -> Header:
             "bad_version",
             f"wire version {version} is not accepted (this node speaks {WIRE_VERSION_MIN}..{version_max})",
         )
+    if version >= 3:
+        body_checksum = _FIXED_V3.unpack_from(frame)[4]
+        return _read_sender(frame, version, kind, flags, _FIXED_V3.size, None, body_checksum)
+    if size < HEADER_BYTES:
+        raise WireError("truncated", f"frame of {size} bytes is shorter than the {HEADER_BYTES}-byte header")
+    body_length, body_checksum = HEADER.unpack_from(frame)[4:]
     if version == 1:
         return Header(1, kind, flags, "", 0, 0, HEADER_BYTES, body_length, body_checksum)
-    if size == HEADER_BYTES:
-        raise WireError("truncated", "version-2 header ends before the sender id's length")
-    sender_length = frame[HEADER_BYTES]
+    return _read_sender(frame, version, kind, flags, HEADER_BYTES, body_length, body_checksum)
+
+
+def _read_sender(
+    frame: bytes, version: int, kind: int, flags: int, start: int, body_length: int | None, body_checksum: int
+) -> Header:
+    """The rest of a version-2 or 3 header from `start`: the sender, its epoch and sequence number,
+    and the header's checksum. A version-3 body's length (None) is the rest of the frame."""
+    size = len(frame)
+    if size == start:
+        raise WireError("truncated", f"version-{version} header ends before the sender id's length")
+    sender_length = frame[start]
     if not 1 <= sender_length <= NODE_ID_BYTES_MAX:
         raise WireError("bad_header", f"sender id length {sender_length} is not in 1..{NODE_ID_BYTES_MAX}")
-    offset = HEADER_BYTES + 1 + sender_length
+    offset = start + 1 + sender_length
     if size < offset:
-        raise WireError("truncated", f"version-2 header ends inside the {sender_length}-byte sender id")
+        raise WireError(
+            "truncated", f"version-{version} header ends inside the {sender_length}-byte sender id"
+        )
     epoch = frame[offset] if offset < size else 0x80  # one byte in the usual case: read without a call
-    epoch, offset = (epoch, offset + 1) if epoch < 0x80 else _read_varint(frame, offset, "epoch")
+    epoch, offset = (epoch, offset + 1) if epoch < 0x80 else _read_varint(frame, offset, "epoch", version)
     seq = frame[offset] if offset < size else 0x80
-    seq, offset = (seq, offset + 1) if seq < 0x80 else _read_varint(frame, offset, "seq")
+    seq, offset = (seq, offset + 1) if seq < 0x80 else _read_varint(frame, offset, "seq", version)
     if size < offset + 4:
-        raise WireError("truncated", "version-2 header ends before its checksum")
+        raise WireError("truncated", f"version-{version} header ends before its checksum")
     if zlib.crc32(frame[:offset]) != int.from_bytes(frame[offset : offset + 4], "big"):
         raise WireError("bad_checksum", "header checksum does not match the header")
     try:
-        sender = frame[HEADER_BYTES + 1 : HEADER_BYTES + 1 + sender_length].decode()
+        sender = frame[start + 1 : start + 1 + sender_length].decode()
     except UnicodeDecodeError:
         raise WireError("bad_header", "sender id is not UTF-8") from None
-    return Header(version, kind, flags, sender, epoch, seq, offset + 4, body_length, body_checksum)
+    body_start = offset + 4
+    length = size - body_start if body_length is None else body_length
+    return Header(version, kind, flags, sender, epoch, seq, body_start, length, body_checksum)
 
 
-def _read_varint(frame: bytes, offset: int, name: str) -> tuple[int, int]:
+def _read_varint(frame: bytes, offset: int, name: str, version: int) -> tuple[int, int]:
     """(value, offset after it) of the LEB128 varint at `offset`."""
     value = shift = 0
     for index in range(offset, min(offset + VARINT_BYTES_MAX, len(frame))):
@@ -154,7 +193,7 @@ def _read_varint(frame: bytes, offset: int, name: str) -> tuple[int, int]:
         shift += 7
     if len(frame) >= offset + VARINT_BYTES_MAX:
         raise WireError("bad_header", f"{name} is longer than {VARINT_BYTES_MAX} bytes")
-    raise WireError("truncated", f"version-2 header ends inside the {name}")
+    raise WireError("truncated", f"version-{version} header ends inside the {name}")
 
 
 def body_of(frame: bytes, header: Header) -> bytes:

@@ -5,7 +5,8 @@ epoch and sequence number, so that a receiver admits the sender before it reads 
 msgpack array whose shape depends on the kind (`_body_of`; the message classes are in
 `crdtsync.core.messages`, re-exported here). Version-2 bodies leave out what the header carries
 (`_IN_HEADER`) and send each delta's after state as a patch (`_DELTAS_START`); a version-2 hello adds
-the versions its sender speaks. Version 3 (same header) sends a delta as its doc id and update only:
+the versions its sender speaks. Version 3 (the header without the body length, which the frame gives) sends a delta as its doc id
+and update only:
 the receiver derives its causal metadata from the update (`crdtsync.core.update_check.causal_range`). Everything is validated here before any byte reaches pycrdt: a frame
 that fails a check raises `WireError` naming what was wrong (`read_header`, then `decode_body`).
 """
@@ -330,7 +331,7 @@ def decode_counted(frame: bytes, version_max: int = WIRE_VERSION) -> tuple[Messa
 
 def read_header(frame: bytes, version_max: int = WIRE_VERSION) -> Header:
     """Read and verify the header only (kind and flags included): cheap, and enough to admit a
-    version-2 sender (`Header.sender`) before its body is decompressed or parsed."""
+    sender of version 2 or later (`Header.sender`) before its body is decompressed or parsed."""
     header = envelope.read(frame, version_max)
     if header.kind not in _KINDS:
         raise WireError("bad_kind", f"unknown message kind {header.kind}")

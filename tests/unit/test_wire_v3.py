@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,24 @@ from crdtsync.core.wire import MessageKind, WireError
 NODE = "node-a"
 V2_FRAMES: dict[str, str] = json.loads((Path(__file__).parent / "data" / "wire_v2_frames.json").read_text())
 """What a version-2 node (main at 2ceddad, before version 3) sent for each of `V1_MESSAGES`."""
+
+
+def _v3(
+    kind: int = MessageKind.HEARTBEAT,
+    body_fields: Any = (),
+    *,
+    sender: bytes = NODE.encode(),
+    epoch: bytes = b"\x03",
+    seq: bytes = b"\x63",
+    body_crc: int | None = None,
+    header_crc: int | None = None,
+) -> bytes:
+    """A version-3 frame built by hand from the documented layout, so that any field can be wrong."""
+    body: bytes = msgpack.packb(list(body_fields), use_bin_type=True)
+    crc = zlib.crc32(body) if body_crc is None else body_crc
+    header = struct.pack("!2sBBBI", b"CS", 3, kind, 0, crc) + bytes((len(sender),)) + sender + epoch + seq
+    checksum = zlib.crc32(header) if header_crc is None else header_crc
+    return header + struct.pack("!I", checksum) + body
 
 
 def _update(client_id: int = 42, value: object = 1) -> bytes:
@@ -89,34 +109,62 @@ def test_an_older_link_cannot_be_given_the_states_of_an_update_that_does_not_par
 
 
 _UPDATE = b"\x00\x00"
-MALFORMED_V3: list[tuple[str, bytes, str]] = [
+MALFORMED_V3: list[tuple[str, bytes, str, str]] = [
     (
         "deltas-odd-fields",
-        _v2(MessageKind.DELTAS, ["d", _UPDATE, "e"], seq=b"\x01", version=3),
+        _v3(MessageKind.DELTAS, ["d", _UPDATE, "e"], seq=b"\x01"),
+        "bad_body",
         "2-field entries",
     ),
-    ("deltas-none", _v2(MessageKind.DELTAS, [], seq=b"\x01", version=3), "2-field entries"),
-    ("update-not-bytes", _v2(MessageKind.DELTAS, ["d", "text"], seq=b"\x01", version=3), "update is str"),
-    ("doc-id-not-text", _v2(MessageKind.DELTAS, [b"d", _UPDATE], seq=b"\x01", version=3), "doc_id is bytes"),
+    ("deltas-none", _v3(MessageKind.DELTAS, [], seq=b"\x01"), "bad_body", "2-field entries"),
+    ("update-not-bytes", _v3(MessageKind.DELTAS, ["d", "text"], seq=b"\x01"), "bad_body", "update is str"),
+    ("doc-id-not-text", _v3(MessageKind.DELTAS, [b"d", _UPDATE], seq=b"\x01"), "bad_body", "doc_id is bytes"),
     (
         "relayed-odd-fields",
-        _v2(MessageKind.RELAYED, ["origin", "d"], version=3),
+        _v3(MessageKind.RELAYED, ["origin", "d"]),
+        "bad_body",
         "RELAYED must carry a whole, non-zero number of 2-field entries",
     ),
     (
         "version-2-empty-before-state",
         _v2(MessageKind.DELTAS, ["d", b"", b"\x00\x00", _UPDATE], seq=b"\x01"),
+        "bad_body",
         "DELTAS.before_state is empty",
     ),
+    ("cut-in-fixed-part", _v3()[:8], "truncated", "shorter than any header (9 bytes)"),
+    ("cut-before-sender-length", _v3()[:9], "truncated", "version-3 header ends before the sender id"),
+    ("cut-in-sender", _v3()[:12], "truncated", "version-3 header ends inside the 6-byte sender id"),
+    ("cut-before-checksum", _v3()[: 9 + 1 + len(NODE) + 2 + 2], "truncated", "before its checksum"),
+    ("header-checksum", _v3(header_crc=1), "bad_checksum", "header checksum"),
+    ("body-checksum", _v3(body_crc=1), "bad_checksum", "body checksum"),
+    ("body-cut", _v3(MessageKind.HEARTBEAT, [1])[:-1], "bad_checksum", "body checksum"),
 ]
 
 
-@pytest.mark.parametrize(("frame", "detail"), [m[1:] for m in MALFORMED_V3], ids=[m[0] for m in MALFORMED_V3])
-def test_every_malformed_version_3_delta_raises_wire_error_naming_what(frame: bytes, detail: str) -> None:
+@pytest.mark.parametrize(
+    ("frame", "reason", "detail"), [m[1:] for m in MALFORMED_V3], ids=[m[0] for m in MALFORMED_V3]
+)
+def test_every_malformed_version_3_frame_raises_wire_error_naming_what(
+    frame: bytes, reason: str, detail: str
+) -> None:
     with pytest.raises(WireError) as caught:
         wire.decode(frame)
-    assert caught.value.reason == "bad_body"
+    assert caught.value.reason == reason
     assert detail in caught.value.detail
+
+
+def test_the_version_3_header_has_no_body_length() -> None:
+    message = wire.Heartbeat(NODE, 300, 70_000)
+    frame = wire.encode(message)
+    assert frame[:5] == b"CS\x03" + bytes((MessageKind.HEARTBEAT, 0))
+    header = wire.read_header(frame)
+    assert int.from_bytes(frame[5:9], "big") == zlib.crc32(frame[header.body_start :])
+    assert frame[9] == len(NODE) and frame[10 : 10 + len(NODE)] == NODE.encode()
+    assert header.body_start == 10 + len(NODE) + 2 + 3 + 4
+    assert (header.sender, header.epoch, header.seq) == (NODE, 300, 70_000)
+    assert len(frame) == len(wire.encode(message, 2)) - 4
+    assert wire.decode(frame) == message
+    assert _v3() == wire.encode(wire.Heartbeat(NODE, 3, 99))
 
 
 def test_an_update_that_does_not_parse_is_refused_alone_and_counted() -> None:
