@@ -37,6 +37,11 @@ class PendingDelta:
     """The writer of a delta a relay forwarded (`publisher` is then the relay)."""
 
 
+UNPARSED: tuple[StateVector, StateVector] = ({}, {})
+"""The states given a delta whose update does not parse (`decode_states` said None): never read, since
+the guard refuses the update when it reaches the buffer, and relays leave it out (by identity)."""
+
+
 def decode_states(deltas: tuple[wire.Delta, ...]) -> list[tuple[StateVector, StateVector] | None]:
     """Every delta's before and after state (`delta_states`), or raise StateDecodeError for the
     whole batch before anything about it is recorded. None for a delta whose states come from an
@@ -98,7 +103,10 @@ class CausalBuffer:
                 self._ctx.counters.updates_dropped_too_large += 1
                 dropped += 1
                 continue
-            if not self._guard.well_formed(delta.doc_id, "delta", delta.update, publisher):
+            # A delta whose states were derived from its update (version 3) had its structure walked
+            # then: the guard need not walk it again.
+            walked = not delta.before_state and after is not UNPARSED[1]
+            if not self._guard.well_formed(delta.doc_id, "delta", delta.update, publisher, walked=walked):
                 dropped += 1
                 continue
             entry = touched.get(delta.doc_id)

@@ -91,13 +91,19 @@ class Guard:
         if key is not None:
             self._node_of_key.pop(key, None)
 
-    def well_formed(self, doc_id: str, reason: str, update: bytes, sender: str | None) -> bool:
+    def well_formed(
+        self, doc_id: str, reason: str, update: bytes, sender: str | None, *, walked: bool = False
+    ) -> bool:
         """Refuse an update from a peer (`sender`) or a backup (None) that pycrdt would accept into a
         doc it later crashes on reading, and, while the doc is quarantined, every update from a
-        sender with rejections on record (honest peers keep repairing it, so replicas still converge)."""
+        sender with rejections on record (honest peers keep repairing it, so replicas still converge).
+        `walked`: `update_check.causal_range` already parsed the update whole, which checks what
+        `check_update` does."""
         if sender is not None and sender in self._strikes and self._doc_quarantined(doc_id):
             self._ctx.counters.updates_dropped_doc_quarantined += 1
             return False
+        if walked:
+            return True
         try:
             check_update(update)
         except UpdateError as exc:

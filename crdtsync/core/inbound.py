@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from crdtsync.core import wire
 from crdtsync.core.antientropy import AntiEntropy
-from crdtsync.core.causal import CausalBuffer, decode_states
+from crdtsync.core.causal import UNPARSED, CausalBuffer, decode_states
 from crdtsync.core.context import Context
 from crdtsync.core.holding import Holding
 from crdtsync.core.links import Links
@@ -157,7 +157,7 @@ class Inbound:
             if publisher_dc is not None and publisher_dc != self._ctx.dc:
                 # Not an update that does not parse: the buffer refuses it, and a link of an older
                 # version could not be given its states (nor acknowledge the frame's numbers).
-                parsed = [delta for delta, _before, after in fresh if after is not _UNPARSED[1]]
+                parsed = [delta for delta, _before, after in fresh if after is not UNPARSED[1]]
                 if parsed:
                     self._relay(parsed, publisher, message.epoch, seqs if len(parsed) == len(fresh) else [])
         dropped, not_held = self._causal.add(fresh, publisher)
@@ -206,7 +206,7 @@ class Inbound:
         fresh: list[tuple[wire.Delta, StateVector, StateVector]] = []
         for index, delta in enumerate(message.deltas):
             if self._receive(track, message.first_seq + index):
-                fresh.append((delta, *(states[index] or _UNPARSED)))
+                fresh.append((delta, *(states[index] or UNPARSED)))
                 seqs.append(message.first_seq + index)
             else:
                 self._ctx.counters.deltas_duplicate += 1
@@ -305,15 +305,10 @@ class Inbound:
             self._antientropy.want_round(link)
 
 
-_UNPARSED: tuple[StateVector, StateVector] = ({}, {})
-"""The states given a delta whose update does not parse (`decode_states`): never read, since the
-causal buffer's guard refuses the update, and relays leave it out (by identity)."""
-
-
 def _with_states(
     deltas: tuple[wire.Delta, ...], states: list[tuple[StateVector, StateVector] | None]
 ) -> list[tuple[wire.Delta, StateVector, StateVector]]:
-    return [(delta, *(state or _UNPARSED)) for delta, state in zip(deltas, states, strict=True)]
+    return [(delta, *(state or UNPARSED)) for delta, state in zip(deltas, states, strict=True)]
 
 
 def _relayed(
