@@ -537,10 +537,10 @@ class Replica:
         return self._handoff.fetch(doc_id)
 
     def forward_target(self, doc_id: str) -> tuple[str, str] | None:
-        """The nearest alive holder of `doc_id` whose link speaks wire version 2 or later (which has
-        forwarded requests): (node id, address). None: the request is served here."""
+        """The nearest alive holder of `doc_id` whose link speaks wire version 3 (the release that
+        has forwarded requests): (node id, address). None: the request is served here."""
         for node_id, link in self._handoff.nearest_alive_holders(doc_id):
-            if (link.wire_version or 0) >= 2:
+            if (link.wire_version or 0) >= 3:
                 return node_id, link.address
         return None
 
