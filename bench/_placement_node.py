@@ -4,8 +4,9 @@ Usage (started by bench.placement_cost):
     python -m bench._placement_node --node-id N --dc DC --listen tcp://127.0.0.1:P --peers A,B
         --rf 2|all --data-dir DIR [--wait-peers K]
 
-With ``BENCH_PLACEMENT_PROFILE_DIR`` set, the process runs under cProfile and writes
-``<dir>/<node id>.prof`` when told to quit.
+With ``BENCH_PLACEMENT_PROFILE_DIR`` set, the process can run under cProfile, timed by its main
+thread's CPU time (the store's commit thread is not in it), between ``profile {on: true}`` and
+``profile {on: false}``, and writes ``<dir>/<node id>.prof`` when told to quit.
 
 The node reports ``ready`` once ``--wait-peers`` other members (default: as many as configured peers)
 are alive.
@@ -15,6 +16,7 @@ Commands, besides ``stats`` and ``quit`` (``bench._child.serve``):
   ``ids``, in order, ``rate_hz`` writes per second, ``batch`` writes between flushes; a write counts
   as acknowledged once the flush after it returned (durable on this node) -> ``wrote {acked, s}``
 - ``status`` -> ``status {docs, hinted, relay, alive, cpu_s, at, counters}``
+- ``profile {on}``: start or stop profiling (with ``BENCH_PLACEMENT_PROFILE_DIR``) -> ``profiled``
 - ``held {ids, verify}`` -> ``held {held, have, verified}``: how many of ``ids`` this node holds by
   placement, how many of those it has, and (``verify``) how many of those show their write.
 """
@@ -26,7 +28,7 @@ import asyncio
 import cProfile
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pycrdt import Map
@@ -132,19 +134,32 @@ async def main() -> None:
     )
     wanted = len(peers) if args.wait_peers < 0 else int(args.wait_peers)
     profile_dir = os.environ.get(PROFILE_ENV)
-    profiler = cProfile.Profile() if profile_dir else None
-    if profiler is not None:
-        profiler.enable()
+    # CPU time, not wall time: a send that releases the GIL waits to get it back (up to the switch
+    # interval) while the store's thread runs, and wall time would charge that wait to the send.
+    profiler = cProfile.Profile(time.thread_time) if profile_dir else None
+
+    async def profile(_node: Node, cmd: JSON) -> None:
+        if profiler is not None:
+            if cmd["on"]:
+                profiler.enable()
+            else:
+                profiler.disable()
+        emit("profiled")
 
     def dump() -> None:
         if profiler is not None and profile_dir:
             profiler.disable()
             profiler.dump_stats(os.path.join(profile_dir, f"{args.node_id}.prof"))
 
-    await _run(config, wanted, dump)
+    await _run(config, wanted, dump, profile)
 
 
-async def _run(config: NodeConfig, wanted: int, before_close: Callable[[], None]) -> None:
+async def _run(
+    config: NodeConfig,
+    wanted: int,
+    before_close: Callable[[], None],
+    profile: Callable[[Node, JSON], Awaitable[None]],
+) -> None:
     async with Node(config) as node:
         give_up_at = time.monotonic() + PEERS_UP_TIMEOUT_S
         while sum(1 for m in node.status().members if m.state == "alive") < wanted:
@@ -152,7 +167,12 @@ async def _run(config: NodeConfig, wanted: int, before_close: Callable[[], None]
                 raise TimeoutError(f"fewer than {wanted} peers alive after {PEERS_UP_TIMEOUT_S:.0f} s")
             await asyncio.sleep(0.05)
         emit("ready", docs=node.status().docs)
-        commands: dict[str, Any] = {"write_docs": _write_docs, "status": _status, "held": _held}
+        commands: dict[str, Any] = {
+            "write_docs": _write_docs,
+            "status": _status,
+            "held": _held,
+            "profile": profile,
+        }
         await serve(NodeAdapter(node, detached_map(DATA), commands), receiver=False)
         before_close()  # the profile, written before the node leaves (its drain may be cut short)
 

@@ -17,7 +17,7 @@ Every node is a library ``crdtsync.Node`` in its own OS process (``bench._placem
    the idle cluster's CPU over the same time, measured just before), and ``bytes_received`` per
    node per write. The issue's targets: rf 2 <= 0.6x full replication for both. A third run repeats
    rf 2 with every write sent to one of the doc's replicas (what forwarding to a replica would
-   give); ``--profile DIR`` profiles every node of the three runs.
+   give); ``--profile DIR`` profiles every node of the three runs over the measured window.
 2. Capacity. 6 nodes in one datacenter, rf 2: ``--capacity-docs`` docs written through every
    node, then docs held per node once handoffs settled, against docs x 2/6. (The issue's
    "docs x 2/3" is rf 2 over 3 nodes per datacenter, its 2-datacenter setting; relays hold their
@@ -173,6 +173,13 @@ class Cluster:
             self.children[name].send(cmd, **fields)
         return {name: self.children[name].wait(reply, deadline, f"(after {cmd!r})") for name in per_node}
 
+    def profile(self, *, on: bool) -> None:
+        """Start or stop every node's profiler (the measured window only), when profiling."""
+        if self.profile_dir is not None:
+            self.request_all(
+                "profile", "profiled", {name: {"on": on} for name in self.children}, REQUEST_TIMEOUT_S
+            )
+
     def close(self) -> None:
         close_all(list(self.children.values()))
 
@@ -247,6 +254,7 @@ def _write_and_settle(
     time.sleep(IDLE_S)
     s1 = cluster.status()
     t1 = time.monotonic()
+    cluster.profile(on=True)
     idle_cores = (_cpu(s1) - _cpu(s0)) / (t1 - t0)
     idle_bytes_per_node_s = statistics.mean(_delta(s1, s0, "bytes_received").values()) / (t1 - t0)
     relays = {name for name, s in s1.items() if s["relay"]}
@@ -264,6 +272,7 @@ def _write_and_settle(
     s2 = cluster.status()
     t2 = time.monotonic()
     s3, t3 = _wait_settled(cluster, expected, DEFAULTS.handoff_grace_ms / 1000 + SETTLE_TIMEOUT_S, what)
+    cluster.profile(on=False)
     time.sleep(IDLE_S)  # the settled cluster, now holding the docs: anti-entropy rounds over them
     s4 = cluster.status()
     idle_after_cores = (_cpu(s4) - _cpu(s3)) / (time.monotonic() - t3)
@@ -825,7 +834,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile",
         type=Path,
         metavar="DIR",
-        help="cost part: each node writes DIR/<run>/<node>.prof (cProfile)",
+        help="cost part: each node writes DIR/<run>/<node>.prof (cProfile of its main thread's CPU over the measured window)",
     )
     return parser.parse_args(argv)
 
