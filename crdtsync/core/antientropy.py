@@ -24,6 +24,7 @@ from crdtsync.core.context import Context
 from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocTable
 from crdtsync.core.holding import Filter, Holding
 from crdtsync.core.links import Links, PeerLink
+from crdtsync.core.merkle import HASH_BYTES
 from crdtsync.core.sync import StateSync
 
 log = logging.getLogger("crdtsync.replica")
@@ -53,8 +54,8 @@ class AntiEntropy:
         self._sync = sync
         self.round: Round | None = None
         self._round_counter = 0
-        self._filtered_cache: dict[str, tuple[tuple[int, int], tuple[bytes, ...]]] = {}
-        """Peer -> ((holding version, tree version), filtered branch hashes)."""
+        self._filtered_cache: dict[str, tuple[int, tuple[int, list[int]], tuple[bytes, ...]]] = {}
+        """Peer -> (holding version, (tree version, filtered branch hashes as ints), the same as bytes)."""
         self._wanted: dict[str, None] = {}
         """Addresses of peers owed a round as soon as none is running (connect, lost gap, leftovers)."""
         self._turn = 0
@@ -199,15 +200,24 @@ class AntiEntropy:
 
     def _filtered_branches(self, accept: Filter) -> tuple[bytes, ...]:
         """The branch hashes over the docs both this node and `accept.peer` hold, computed once per
-        tree and member view: an idle cluster's rounds cost no walk of the tree's 4,096 segments."""
+        member view and brought up to date by the tree's changes since: a round costs no walk of
+        the tree's 4,096 segments, idle or under writes (a round a few seconds after the last one
+        with the same peer looks only at the docs written in between)."""
         tree = self._docs.tree
-        key = (self._holding.version, tree.version)
+        view = self._holding.version
         cached = self._filtered_cache.get(accept.peer)
-        if cached is None or cached[0] != key:
-            if len(self._filtered_cache) >= self._ctx.config.peers_max:
+        if cached is None or cached[0] != view:
+            if cached is None and len(self._filtered_cache) >= self._ctx.config.peers_max:
                 self._filtered_cache.clear()
-            cached = self._filtered_cache[accept.peer] = (key, tuple(tree.filtered_branch_hashes(accept)))
-        return cached[1]
+            since = None
+        elif cached[1][0] == tree.version:
+            return cached[2]
+        else:
+            since = cached[1]
+        values = tree.filtered_branch_values(accept, since)
+        hashes = tuple(value.to_bytes(HASH_BYTES, "big") for value in values[1])
+        self._filtered_cache[accept.peer] = (view, values, hashes)
+        return hashes
 
     def _segment_hashes(self, branch: int, accept: Filter | None) -> list[bytes]:
         tree = self._docs.tree

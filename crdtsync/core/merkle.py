@@ -19,6 +19,10 @@ import zlib
 from collections.abc import Callable
 
 HASH_BYTES = 16
+CHANGES_KEPT_MAX = 4096
+"""At least this many of the latest changes are remembered (at most twice as many), so that a
+filtered view computed earlier catches up by them alone (`filtered_branch_values`): an anti-entropy
+round under placement then costs O(changes since the last one), not a walk of every segment."""
 
 
 def _hash128(data: bytes) -> int:
@@ -51,6 +55,9 @@ class MerkleTree:
         # keeping a million ids sorted on insert costs seconds at start-up.
         self._segment_docs: list[dict[str, bytes] | None] = [None] * segments
         self._count = 0
+        self._changes: list[tuple[int, int, int]] = []
+        """(branch, bucket, hash change) of each version after `_changes_after`, with `bucket_of`."""
+        self._changes_after = 0
 
     def __len__(self) -> int:
         return self._count
@@ -97,6 +104,10 @@ class MerkleTree:
             if buckets is None:
                 buckets = self._bucket_hashes[segment] = {}
             bucket = self.bucket_of(doc_id)
+            self._changes.append((segment // self.segments_per_branch, bucket, change))
+            if len(self._changes) > 2 * CHANGES_KEPT_MAX:
+                del self._changes[:CHANGES_KEPT_MAX]
+                self._changes_after += CHANGES_KEPT_MAX
             value = buckets.get(bucket, 0) ^ change
             if value:
                 buckets[bucket] = value
@@ -166,6 +177,24 @@ class MerkleTree:
 
     def filtered_branch_hashes(self, accept: Callable[[int], bool]) -> list[bytes]:
         return [self._filtered_branch(b, accept).to_bytes(HASH_BYTES, "big") for b in range(self.branches)]
+
+    def filtered_branch_values(
+        self, accept: Callable[[int], bool], since: tuple[int, list[int]] | None = None
+    ) -> tuple[int, list[int]]:
+        """(this tree's version, the branch hashes over the docs whose bucket `accept`s, as ints).
+        `since`, an earlier answer for the same `accept`, is brought up to date by the changes
+        after it while the tree remembers them (a list of its own: `since` is not changed)."""
+        if (
+            since is not None
+            and self.bucket_of is not None
+            and self._changes_after <= since[0] <= self.version
+        ):
+            version, values = since[0], list(since[1])
+            for branch, bucket, change in self._changes[version - self._changes_after :]:
+                if accept(bucket):
+                    values[branch] ^= change
+            return self.version, values
+        return self.version, [self._filtered_branch(branch, accept) for branch in range(self.branches)]
 
     def filtered_segment_hashes(self, branch: int, accept: Callable[[int], bool]) -> list[bytes]:
         start = branch * self.segments_per_branch

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtsync.core import wire
+from crdtsync.core import merkle, wire
 from crdtsync.core.holding import Holding
 from crdtsync.core.membership import Membership, MembershipConfig
 from crdtsync.core.merkle import MerkleTree
@@ -43,6 +45,39 @@ def test_a_filtered_tree_equals_the_tree_of_the_accepted_docs(
         branch = segment // full.segments_per_branch
         assert full.filtered_segment_hashes(branch, accept) == subset.segment_hashes(branch)
         assert full.filtered_segment_entries(segment, accept) == subset.segment_entries(segment)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(doc_ids, st.one_of(st.none(), digests)), max_size=60),
+    st.sets(st.integers(0, 4)),
+    st.integers(0, 60),
+    st.integers(1, 40),
+)
+def test_filtered_branch_values_caught_up_by_changes_equal_a_fresh_walk(
+    changes: list[tuple[str, bytes | None]], accepted: set[int], split: int, kept_max: int
+) -> None:
+    """A filtered view computed at some version and brought up to date by the changes after it
+    (None: a removal) equals one computed afresh, also when the tree forgot the oldest changes."""
+    tree = MerkleTree(wire.TREE_SEGMENTS, wire.TREE_BRANCHES, _bucket)
+
+    def accept(bucket: int) -> bool:
+        return bucket in accepted
+
+    def apply(part: list[tuple[str, bytes | None]]) -> None:
+        for doc_id, digest in part:
+            if digest is None:
+                tree.remove(doc_id)
+            else:
+                tree.set(doc_id, digest)
+
+    with patch.object(merkle, "CHANGES_KEPT_MAX", kept_max):
+        apply(changes[:split])
+        earlier = tree.filtered_branch_values(accept)
+        apply(changes[split:])
+        caught_up = tree.filtered_branch_values(accept, earlier)
+    assert caught_up == tree.filtered_branch_values(accept)
+    assert [v.to_bytes(16, "big") for v in caught_up[1]] == tree.filtered_branch_hashes(accept)
 
 
 def _holding(
