@@ -57,6 +57,8 @@ class AntiEntropy:
         self._filtered_cache: dict[str, tuple[int, tuple[int, list[int]], tuple[bytes, ...]]] = {}
         """Peer -> (holding version, (tree version, filtered branch hashes as ints), the same as bytes)."""
         self._wanted: dict[str, None] = {}
+        self._remote_groups: tuple[int, tuple[tuple[str, ...], ...]] = (-1, ())
+        """(holding version, `_remote_holder_groups`)."""
         """Addresses of peers owed a round as soon as none is running (connect, lost gap, leftovers)."""
         self._turn = 0
         self._wan_turn = 0
@@ -128,16 +130,32 @@ class AntiEntropy:
         start = self._wan_turn % len(remote)
         order = remote[start:] + remote[:start]
         rank = {link.node_id: index for index, link in enumerate(order)}
-        holding = self._holding
-        held = holding.buckets_held()
         chosen: dict[int, None] = {}
-        for bucket in holding.all_buckets() if held is None else held:
-            remote_holders = [node for node in holding.holders(bucket) if node in rank]
-            for dc in sorted({holding.dc_of(node) or "" for node in remote_holders}):
-                in_dc = [rank[node] for node in remote_holders if holding.dc_of(node) == dc]
-                if not any(index in chosen for index in in_dc):
-                    chosen[min(in_dc)] = None
+        for group in self._remote_holder_groups():
+            in_dc = [rank[node] for node in group if node in rank]
+            if in_dc and not any(index in chosen for index in in_dc):
+                chosen[min(in_dc)] = None
         return [order[index] for index in sorted(chosen)]
+
+    def _remote_holder_groups(self) -> tuple[tuple[str, ...], ...]:
+        """The holders in one other datacenter of some bucket held here, each group once, in bucket
+        order and then datacenter order: what `_wan_cover` must reach. A few groups (3 per
+        datacenter of 3 with rf 2) instead of every bucket, computed once per member view."""
+        holding = self._holding
+        if self._remote_groups[0] == holding.version:
+            return self._remote_groups[1]
+        held = holding.buckets_held()
+        groups: dict[tuple[str, ...], None] = {}
+        for bucket in holding.all_buckets() if held is None else sorted(held):
+            by_dc: dict[str, list[str]] = {}
+            for node in holding.holders(bucket):
+                dc = holding.dc_of(node)
+                if dc is not None and dc != self._ctx.dc:
+                    by_dc.setdefault(dc, []).append(node)
+            for dc in sorted(by_dc):
+                groups.setdefault(tuple(sorted(by_dc[dc])), None)
+        self._remote_groups = (holding.version, tuple(groups))
+        return self._remote_groups[1]
 
     # ------------------------------------------------------------------ rounds as initiator
 
