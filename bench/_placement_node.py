@@ -15,7 +15,7 @@ Commands, besides ``stats`` and ``quit`` (``bench._child.serve``):
 - ``write_docs {ids, rate_hz, batch}``: one single-key write (``data["v"] = index``) to each doc of
   ``ids``, in order, ``rate_hz`` writes per second, ``batch`` writes between flushes; a write counts
   as acknowledged once the flush after it returned (durable on this node) -> ``wrote {acked, s}``
-- ``status`` -> ``status {docs, hinted, relay, alive, cpu_s, at, counters}``
+- ``status`` -> ``status {docs, hinted, relay, alive, cpu_s, cpu_main_s, at, counters}``
 - ``profile {on}``: start or stop profiling (with ``BENCH_PLACEMENT_PROFILE_DIR``) -> ``profiled``
 - ``held {ids, verify}`` -> ``held {held, have, verified}``: how many of ``ids`` this node holds by
   placement, how many of those it has, and (``verify``) how many of those show their write.
@@ -83,6 +83,7 @@ async def _status(node: Node, cmd: JSON) -> None:
         relay=status.relay,
         alive=sum(1 for m in status.members if m.state == "alive"),
         cpu_s=user_s + sys_s,
+        cpu_main_s=time.thread_time(),  # this (event loop) thread; the rest: store commits, ZeroMQ I/O
         at=time.monotonic(),  # CLOCK_MONOTONIC, shared by the processes of one machine
         counters=status.counters.as_dict(),
     )

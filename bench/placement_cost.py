@@ -299,6 +299,8 @@ def _write_and_settle(
         "cpu_us_per_write_gross": cpu_gross / acked * 1e6,
         "cpu_us_per_write_net": cpu_net / acked * 1e6,
         "cpu_us_per_write_writes_only": (_cpu(s2) - _cpu(s1) - idle_cores * (t2 - t1)) / acked * 1e6,
+        "cpu_main_thread_share": sum(float(s3[n]["cpu_main_s"]) - float(s1[n]["cpu_main_s"]) for n in names)
+        / cpu_gross,
         "cpu_s_per_node": {n: float(s3[n]["cpu_s"]) - float(s1[n]["cpu_s"]) for n in names},
         "idle_bytes_per_node_s": idle_bytes_per_node_s,
         "bytes_received_per_node_per_write_gross": statistics.mean(received.values()) / acked,
@@ -311,6 +313,9 @@ def _write_and_settle(
             statistics.mean(received_writes.values()) - idle_bytes_per_node_s * (t2 - t1)
         )
         / acked,
+        "frames_received_per_node_per_write": statistics.mean(_delta(s3, s1, "frames_received").values())
+        / acked,
+        "ae_rounds_started": sum(_delta(s3, s1, "ae_rounds_started").values()),
         "relays": sorted(relays),
         "docs_held": {n: int(s3[n]["docs"]) for n in names},
         "updates_not_held": sum(_delta(s3, s1, "updates_not_held").values()),
@@ -591,6 +596,12 @@ def report(results: JSON) -> list[Target]:
                 fmt(narrow["cpu_us_per_write_writes_only"] / full["cpu_us_per_write_writes_only"], 2),
             ],
             [
+                "  share on the event-loop thread (rest: commits, ZeroMQ I/O)",
+                fmt(narrow["cpu_main_thread_share"], 2),
+                fmt(full["cpu_main_thread_share"], 2),
+                "",
+            ],
+            [
                 "bytes received per node per write, net of idle",
                 fmt(narrow["bytes_received_per_node_per_write"], 0),
                 fmt(full["bytes_received_per_node_per_write"], 0),
@@ -615,6 +626,21 @@ def report(results: JSON) -> list[Target]:
                     / full["bytes_received_per_node_per_write_writes_only"],
                     2,
                 ),
+            ],
+            [
+                "frames received per node per write (gross)",
+                fmt(narrow["frames_received_per_node_per_write"], 2),
+                fmt(full["frames_received_per_node_per_write"], 2),
+                fmt(
+                    narrow["frames_received_per_node_per_write"] / full["frames_received_per_node_per_write"],
+                    2,
+                ),
+            ],
+            [
+                "anti-entropy rounds started, cluster",
+                fmt(narrow["ae_rounds_started"]),
+                fmt(full["ae_rounds_started"]),
+                "",
             ],
             [
                 "holders per doc (of 6 nodes)",
@@ -703,6 +729,16 @@ def report(results: JSON) -> list[Target]:
                         2,
                     ),
                 ],
+                [
+                    "frames received per node per write (gross)",
+                    fmt(holders["frames_received_per_node_per_write"], 2),
+                    fmt(
+                        holders["frames_received_per_node_per_write"]
+                        / full["frames_received_per_node_per_write"],
+                        2,
+                    ),
+                ],
+                ["anti-entropy rounds started, cluster", fmt(holders["ae_rounds_started"]), ""],
                 [
                     "write phase / settle (s)",
                     f"{holders['write_s']:.1f} / {holders['settle_s']:.1f}",
