@@ -69,7 +69,9 @@ class Holding:
         place every doc alike): sequence acknowledgements carry it (`seqacks`)."""
         self._by_dc: dict[str, list[Candidate]] = {}
         self._holders: dict[BucketKey, frozenset[str]] = {}
-        self._ordered: dict[tuple[BucketKey, str], list[str]] = {}
+        self._ordered: dict[tuple[int, str, int | None], list[str]] = {}
+        """(partition, datacenter, replica count) -> its replicas there in preference order: what
+        the held buckets, the holders and the holder sets are made of, each ranked once per view."""
         self._holder_set_keys: dict[BucketKey, int] = {}
         self._dc_of: dict[str, str] = {}
         self._partitioned = False
@@ -148,7 +150,7 @@ class Holding:
                         by_count[count] = [
                             partition
                             for partition in range(partitions)
-                            if self.node_id in self._ranking(self._dc, count).replicas(partition)
+                            if self.node_id in self._ranked(partition, self._dc, count)
                         ]
                     held.update(base + partition for partition in by_count[count])
             self._held = (self.version, frozenset(held))
@@ -185,19 +187,23 @@ class Holding:
             rule = self._rules[rule_index]
             chosen: set[str] = set()
             for dc in self._by_dc:
-                chosen.update(self._ranking(dc, rule.replicas_in(dc)).replicas(partition))
+                chosen.update(self._ranked(partition, dc, rule.replicas_in(dc)))
             cached = self._holders[bucket] = frozenset(chosen)
         return cached
 
     def replicas_in_order(self, bucket: BucketKey, dc: str) -> list[str]:
         """The holders of `bucket` in datacenter `dc`, in preference order."""
         self.refresh()
-        cached = self._ordered.get((bucket, dc))
+        rule_index, partition = divmod(bucket, self.policy.partitions)
+        return list(self._ranked(partition, dc, self._rules[rule_index].replicas_in(dc)))
+
+    def _ranked(self, partition: int, dc: str, count: int | None) -> list[str]:
+        """`count` replicas of `partition` in `dc` (None: all), in preference order; not to be changed."""
+        cached = self._ordered.get((partition, dc, count))
         if cached is None:
-            rule_index, partition = divmod(bucket, self.policy.partitions)
-            count = self._rules[rule_index].replicas_in(dc)
-            cached = self._ordered[bucket, dc] = self._ranking(dc, count).replicas(partition)
-        return list(cached)
+            cached = self._ranking(dc, count).replicas(partition)
+            self._ordered[partition, dc, count] = cached
+        return cached
 
     def holder_set_key(self, bucket: BucketKey) -> int:
         """A key for the nodes of this datacenter that hold `bucket`: deltas go out in one frame per
