@@ -701,7 +701,8 @@ def report(results: JSON) -> list[Target]:
                 "write through a non-holder costs a follower fetch (the bench opens the doc), the writer's",
                 "subscription to the doc's bucket while it is open, handoff offers (a probe, then a second",
                 "offer a grace later) and a drop; sequence indexes reach every node (about 3 bytes a delta).",
-                "Why CPU falls less than rf/n: the same, plus every node's WAN anti-entropy rounds.",
+                "Why CPU falls less than rf/n: the same, plus the writer's own cost (write, commit,",
+                "publish), which no placement shares, and every node's WAN anti-entropy rounds.",
             ],
         )
         holders = c["rf_2_holders"]
