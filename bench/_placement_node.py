@@ -12,9 +12,11 @@ The node reports ``ready`` once ``--wait-peers`` other members (default: as many
 are alive.
 Commands, besides ``stats`` and ``quit`` (``bench._child.serve``):
 
-- ``write_docs {ids, rate_hz, batch}``: one single-key write (``data["v"] = index``) to each doc of
-  ``ids``, in order, ``rate_hz`` writes per second, ``batch`` writes between flushes; a write counts
-  as acknowledged once the flush after it returned (durable on this node) -> ``wrote {acked, s}``
+- ``write_docs {ids, rate_hz, batch, forward}``: one single-key write (``data["v"] = index``) to each
+  doc of ``ids``, in order, ``rate_hz`` writes per second, ``batch`` writes between flushes; a write
+  counts as acknowledged once the flush after it returned (durable on this node); with ``forward``,
+  a doc this node does not hold is written by its nearest holder instead (``node.forwarding``, as the
+  daemon forwards an HTTP write), acknowledged once the holder answers -> ``wrote {acked, s}``
 - ``status`` -> ``status {docs, hinted, relay, alive, cpu_s, cpu_main_s, at, counters}``
 - ``profile {on}``: start or stop profiling (with ``BENCH_PLACEMENT_PROFILE_DIR``) -> ``profiled``
 - ``held {ids, verify}`` -> ``held {held, have, verified}``: how many of ``ids`` this node holds by
@@ -37,11 +39,14 @@ from bench._child import detached_map, emit, run_main, serve
 from bench._common import JSON, self_cpu_s
 from bench._crdtsync import NodeAdapter
 from crdtsync import Node, NodeConfig
+from crdtsync.core.forward import ForwardRequest
 from crdtsync.core.placement import PlacementPolicy, PlacementRule
+from crdtsync.forwarding import ForwardAsk, Served
 
 DATA = "data"
 VALUE_KEY = "v"
 PEERS_UP_TIMEOUT_S = 120.0
+FORWARD_TIMEOUT_MS = 2000.0
 PROFILE_ENV = "BENCH_PLACEMENT_PROFILE_DIR"
 """When set, each node profiles itself (cProfile) and writes DIR/<node id>.prof at exit."""
 
@@ -55,6 +60,7 @@ async def _write_docs(node: Node, cmd: JSON) -> None:
     ids = [str(i) for i in cmd["ids"]]
     period_s = 1.0 / float(cmd["rate_hz"])
     batch = max(1, int(cmd.get("batch", 1)))
+    forward = bool(cmd.get("forward", False))
     started = time.monotonic()
     acked = 0
     done = 0
@@ -63,14 +69,40 @@ async def _write_docs(node: Node, cmd: JSON) -> None:
         if due <= done:
             await asyncio.sleep(period_s * (done + 1) - (time.monotonic() - started))
             continue
+        forwarded = []
         for doc_id in ids[done : min(due, done + batch)]:
-            doc = await node.open(doc_id)
-            doc.get(DATA, type=Map)[VALUE_KEY] = write_index(doc_id)
-            node.release(doc_id)
+            if forward and not node.holds(doc_id):
+                forwarded.append(_forwarded_write(node, doc_id))
+            else:
+                await _write_here(node, doc_id)
             done += 1
-        await node.flush()
+        await asyncio.gather(node.flush(), *forwarded)
         acked = done
     emit("wrote", acked=acked, s=time.monotonic() - started)
+
+
+async def _write_here(node: Node, doc_id: str, *, read: bool = True) -> None:
+    doc = await node.open(doc_id, read=read)
+    doc.get(DATA, type=Map)[VALUE_KEY] = write_index(doc_id)
+    node.release(doc_id)
+
+
+async def _forwarded_write(node: Node, doc_id: str) -> None:
+    """The write of a doc this node does not hold, served by its nearest holder as the daemon
+    forwards an HTTP write (`node.forwarding`); taken here when no holder answers, as there."""
+    ask = ForwardAsk("PUT", f"/{doc_id}", "", b"")
+    if await node.forwarding.forward(doc_id, ask, read=False, timeout_ms=FORWARD_TIMEOUT_MS) is None:
+        await _write_here(node, doc_id, read=False)
+        await node.flush()
+
+
+def _serve_forwarded(node: Node) -> Callable[[ForwardRequest], Awaitable[Served]]:
+    async def serve(request: ForwardRequest) -> Served:
+        await _write_here(node, request.target[1:], read=False)
+        await node.flush()  # answered once durable here, as the daemon answers a write
+        return Served(200, "", "holder", b"")
+
+    return serve
 
 
 async def _status(node: Node, cmd: JSON) -> None:
@@ -167,6 +199,7 @@ async def _run(
             if time.monotonic() > give_up_at:
                 raise TimeoutError(f"fewer than {wanted} peers alive after {PEERS_UP_TIMEOUT_S:.0f} s")
             await asyncio.sleep(0.05)
+        node.forwarding.handler = _serve_forwarded(node)
         emit("ready", docs=node.status().docs)
         commands: dict[str, Any] = {
             "write_docs": _write_docs,

@@ -243,7 +243,13 @@ def _through_holders(ids: Sequence[str], rf: str, members: Sequence[tuple[str, s
 
 
 def _write_and_settle(
-    cluster: Cluster, ids: Sequence[str], rate_hz: float, what: str, *, through_holders: bool = False
+    cluster: Cluster,
+    ids: Sequence[str],
+    rate_hz: float,
+    what: str,
+    *,
+    through_holders: bool = False,
+    forward: bool = False,
 ) -> JSON:
     """Idle baseline, then the paced writes (write `i` through node `i % n`, or through one of the
     doc's replicas), then the settle; the figures."""
@@ -264,7 +270,7 @@ def _write_and_settle(
     else:
         assigned = {name: list(ids[index :: len(names)]) for index, name in enumerate(names)}
     per_node = {  # every node at its share of the cluster's rate
-        name: {"ids": mine, "rate_hz": rate_hz * len(mine) / len(ids), "batch": BATCH}
+        name: {"ids": mine, "rate_hz": rate_hz * len(mine) / len(ids), "batch": BATCH, "forward": forward}
         for name, mine in assigned.items()
         if mine
     }
@@ -329,12 +335,14 @@ def _write_and_settle(
 def cost(settings: Settings, root: Path, progress: Any) -> JSON:
     ids = [f"w/{i:06d}" for i in range(settings.writes)]
     out: JSON = {"writes": settings.writes, "rate_hz": settings.rate_hz, "nodes": TWO_DCS}
-    for key, rf, through_holders in (
-        ("rf_2", "2", False),
-        ("rf_all", "all", False),
-        ("rf_2_holders", "2", True),
+    for key, rf, through_holders, forward in (
+        ("rf_2", "2", False, False),
+        ("rf_all", "all", False, False),
+        ("rf_2_holders", "2", True, False),
+        ("rf_2_forwarded", "2", False, True),
     ):
         how = "through the docs' replicas only" if through_holders else "through every node"
+        how += ", non-holders forwarding to a holder" if forward else ""
         progress(
             f"cost per write, rf {rf}: {settings.writes:,} writes at {settings.rate_hz:g}/s {how}, 6 nodes in 2 DCs"
         )
@@ -343,7 +351,12 @@ def cost(settings: Settings, root: Path, progress: Any) -> JSON:
         try:
             cluster.start()
             out[key] = _write_and_settle(
-                cluster, ids, settings.rate_hz, f"cost {key}", through_holders=through_holders
+                cluster,
+                ids,
+                settings.rate_hz,
+                f"cost {key}",
+                through_holders=through_holders,
+                forward=forward,
             )
         finally:
             cluster.close()
@@ -571,6 +584,50 @@ def rebalance(settings: Settings, root: Path, progress: Any) -> JSON:
 # Report
 
 
+def _side_table(title: str, column: str, holders: JSON, full: JSON) -> None:
+    """Another rf 2 run beside rf all: its cost per write and what it did."""
+    print_table(
+        title,
+        ["", column, "/ rf all"],
+        [
+            [
+                "CPU per acknowledged write, net of idle (us)",
+                fmt(holders["cpu_us_per_write_net"], 0),
+                fmt(holders["cpu_us_per_write_net"] / full["cpu_us_per_write_net"], 2),
+            ],
+            [
+                "  during the writes only, net (us)",
+                fmt(holders["cpu_us_per_write_writes_only"], 0),
+                fmt(holders["cpu_us_per_write_writes_only"] / full["cpu_us_per_write_writes_only"], 2),
+            ],
+            [
+                "bytes received per node per write, net of idle",
+                fmt(holders["bytes_received_per_node_per_write"], 0),
+                fmt(
+                    holders["bytes_received_per_node_per_write"] / full["bytes_received_per_node_per_write"],
+                    2,
+                ),
+            ],
+            [
+                "frames received per node per write (gross)",
+                fmt(holders["frames_received_per_node_per_write"], 2),
+                fmt(
+                    holders["frames_received_per_node_per_write"]
+                    / full["frames_received_per_node_per_write"],
+                    2,
+                ),
+            ],
+            ["anti-entropy rounds started, cluster", fmt(holders["ae_rounds_started"]), ""],
+            [
+                "write phase / settle (s)",
+                f"{holders['write_s']:.1f} / {holders['settle_s']:.1f}",
+                "",
+            ],
+            ["updates dropped as not held", fmt(holders["updates_not_held"]), ""],
+        ],
+    )
+
+
 def report(results: JSON) -> list[Target]:
     targets: list[Target] = []
     if "cost" in results:
@@ -705,49 +762,20 @@ def report(results: JSON) -> list[Target]:
                 "publish), which no placement shares, and every node's WAN anti-entropy rounds.",
             ],
         )
-        holders = c["rf_2_holders"]
-        print_table(
-            "The same rf 2 cluster with every write sent to one of the doc's replicas (what forwarding to a "
-            "replica would give)",
-            ["", "rf 2, through replicas", "/ rf all"],
-            [
-                [
-                    "CPU per acknowledged write, net of idle (us)",
-                    fmt(holders["cpu_us_per_write_net"], 0),
-                    fmt(holders["cpu_us_per_write_net"] / full["cpu_us_per_write_net"], 2),
-                ],
-                [
-                    "  during the writes only, net (us)",
-                    fmt(holders["cpu_us_per_write_writes_only"], 0),
-                    fmt(holders["cpu_us_per_write_writes_only"] / full["cpu_us_per_write_writes_only"], 2),
-                ],
-                [
-                    "bytes received per node per write, net of idle",
-                    fmt(holders["bytes_received_per_node_per_write"], 0),
-                    fmt(
-                        holders["bytes_received_per_node_per_write"]
-                        / full["bytes_received_per_node_per_write"],
-                        2,
-                    ),
-                ],
-                [
-                    "frames received per node per write (gross)",
-                    fmt(holders["frames_received_per_node_per_write"], 2),
-                    fmt(
-                        holders["frames_received_per_node_per_write"]
-                        / full["frames_received_per_node_per_write"],
-                        2,
-                    ),
-                ],
-                ["anti-entropy rounds started, cluster", fmt(holders["ae_rounds_started"]), ""],
-                [
-                    "write phase / settle (s)",
-                    f"{holders['write_s']:.1f} / {holders['settle_s']:.1f}",
-                    "",
-                ],
-                ["updates dropped as not held", fmt(holders["updates_not_held"]), ""],
-            ],
+        _side_table(
+            "The same rf 2 cluster with every write sent to one of the doc's replicas",
+            "rf 2, through replicas",
+            c["rf_2_holders"],
+            full,
         )
+        if "rf_2_forwarded" in c:
+            _side_table(
+                "The same rf 2 cluster with writes through every node, a non-holder forwarding each write to "
+                "the doc's nearest holder (node.forwarding, as the daemon forwards an HTTP write)",
+                "rf 2, forwarded",
+                c["rf_2_forwarded"],
+                full,
+            )
         targets += [
             Target(
                 "cost_cpu",
