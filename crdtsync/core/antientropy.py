@@ -222,7 +222,13 @@ class AntiEntropy:
         the tree's 4,096 segments, idle or under writes (a round a few seconds after the last one
         with the same peer looks only at the docs written in between)."""
         tree = self._docs.tree
-        view = self._holding.version
+        view = accept.view
+        if view != self._holding.version:
+            # A round begun before the view changed: its answers are of the old view, and hashes
+            # kept under the new one would be the base every later round catches up from.
+            return tuple(
+                value.to_bytes(HASH_BYTES, "big") for value in tree.filtered_branch_values(accept)[1]
+            )
         cached = self._filtered_cache.get(accept.peer)
         if cached is None or cached[0] != view:
             if cached is None and len(self._filtered_cache) >= self._ctx.config.peers_max:

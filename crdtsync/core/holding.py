@@ -282,6 +282,8 @@ class Filter:
         self._holding = holding
         self._node_id = holding.node_id
         self.peer = peer
+        self.view = holding.version
+        """The member view its answers are of: a round that outlives a view change keeps using it."""
         self._answers: dict[BucketKey, bool] = {}
 
     def __call__(self, bucket: BucketKey) -> bool:
