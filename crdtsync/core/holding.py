@@ -80,6 +80,8 @@ class Holding:
         self._cluster_placement: tuple[tuple[Candidate, ...], ClusterPlacement] | None = None
         self._rankings: dict[tuple[str, int | None], DcRanking] = {}
         """How each datacenter's replicas are picked in this view, per replica count."""
+        self._filters: tuple[int, dict[str, Filter]] = (-1, {})
+        """(view version, candidate peer -> its `Filter` in that view)."""
 
     # ------------------------------------------------------------------ the view
 
@@ -238,10 +240,19 @@ class Holding:
         return self._dc_of.get(node_id)
 
     def filter_with(self, peer: str) -> Filter | None:
-        """What anti-entropy with `peer` compares: None for everything (every member holds every doc)."""
+        """What anti-entropy with `peer` compares: None for everything (every member holds every doc).
+        One per candidate peer and member view, so that its answers serve every round of that view."""
         if not self.partitioned:
             return None
-        return Filter(self, peer)
+        if self._filters[0] != self.version:
+            self._filters = (self.version, {})
+        filters = self._filters[1]
+        found = filters.get(peer)
+        if found is None:
+            found = Filter(self, peer)
+            if peer in self._dc_of:
+                filters[peer] = found  # at most one per member of the view
+        return found
 
     # ------------------------------------------------------------------ the views
 

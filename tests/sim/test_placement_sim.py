@@ -309,3 +309,12 @@ def test_a_node_leaving_hands_over_what_it_took_when_every_other_member_holds_ev
     holding everything too: it stopped handing over a write it took while draining and left with it.
     A draining node holds nothing, whatever the others hold."""
     _check(run_simulation(_config(3001, nodes=4, docs=10, ops=60, durable=True)))
+
+
+def test_a_round_begun_before_a_view_change_leaves_no_stale_base_for_later_rounds() -> None:
+    """Seed 4042 (rf 1, 4 nodes in 2 datacenters): an anti-entropy round begun in one member view
+    computed its filtered branch hashes after the view changed and kept them under the new view;
+    every later round with that peer caught up from that wrong base, and a doc stayed missing on its
+    holder. Hashes are kept only for the view their Filter answers for."""
+    rf1 = PlacementPolicy((PlacementRule(1),))
+    _check(run_simulation(_config(4042, nodes=4, docs=10, ops=60, datacenters=2, placement=rf1)))
