@@ -223,24 +223,21 @@ class AntiEntropy:
         with the same peer looks only at the docs written in between)."""
         tree = self._docs.tree
         view = accept.view
-        if view != self._holding.version:
-            # A round begun before the view changed: its answers are of the old view, and hashes
-            # kept under the new one would be the base every later round catches up from.
-            return tuple(
-                value.to_bytes(HASH_BYTES, "big") for value in tree.filtered_branch_values(accept)[1]
-            )
         cached = self._filtered_cache.get(accept.peer)
-        if cached is None or cached[0] != view:
-            if cached is None and len(self._filtered_cache) >= self._ctx.config.peers_max:
-                self._filtered_cache.clear()
-            since = None
-        elif cached[1][0] == tree.version:
-            return cached[2]
-        else:
+        since = None
+        if cached is not None and cached[0] == view:
+            if cached[1][0] == tree.version:
+                return cached[2]
             since = cached[1]
+        elif cached is None and len(self._filtered_cache) >= self._ctx.config.peers_max:
+            self._filtered_cache.clear()
         values = tree.filtered_branch_values(accept, since)
         hashes = tuple(value.to_bytes(HASH_BYTES, "big") for value in values[1])
-        self._filtered_cache[accept.peer] = (view, values, hashes)
+        # Kept under the Filter's own view (under the current one, a round begun before the view
+        # changed left a base of the old view's answers for every later round); such a round keeps
+        # nothing, so as not to replace the current view's entry.
+        if view == self._holding.version:
+            self._filtered_cache[accept.peer] = (view, values, hashes)
         return hashes
 
     def _segment_hashes(self, branch: int, accept: Filter | None) -> list[bytes]:

@@ -31,8 +31,9 @@ from prometheus_client.registry import Collector
 
 from crdtsync.core.forward import BODY_BYTES_MAX, ForwardRequest
 from crdtsync.daemon import causal_http
+from crdtsync.daemon.auth_http import READ_METHODS
 from crdtsync.daemon.config import HttpConfig
-from crdtsync.forwarding import NOT_SERVED, ForwardAsk, Served
+from crdtsync.forwarding import NOT_SERVED, SERVING_MAX, ForwardAsk, Served
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.http")
@@ -75,11 +76,11 @@ class HttpForwarding:
         node = self._node
         if not self._config.forward or self.is_forwarded(request) or node.holds(doc_id):
             return None
-        if request.method in ("GET", "HEAD") and node.follows(doc_id):
+        read = request.method in READ_METHODS
+        if read and node.follows(doc_id):
             return None  # a read follower answers reads from its own copy
         body = await request.read()
         asked = ForwardAsk(request.method, request.raw_path, request.headers.get("Content-Type", ""), body)
-        read = request.method in ("GET", "HEAD")
         answer = await node.forwarding.forward(doc_id, asked, read=read, timeout_ms=self._timeout_ms(request))
         if answer is None:
             return None
@@ -105,7 +106,7 @@ class HttpForwarding:
         if self.local_url is None:
             return NOT_SERVED
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=64, ssl=False)  # loopback to this very process
+            connector = aiohttp.TCPConnector(limit=SERVING_MAX, ssl=False)  # loopback to this very process
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         headers = {INTERNAL_HEADER: self._secret}
         if request.content_type:
