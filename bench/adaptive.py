@@ -15,8 +15,9 @@ network.
 What is modelled, not run through the core, and why:
 - **Reads.** A client read is counted where it enters (`LoadBoard`'s rate table, as `Node.open`
   does), and served where the core says: locally when the node holds the doc or follows it,
-  otherwise by the nearest holder (`crdtsync.core.handoff`'s order: a replica of this datacenter,
-  then any other holder), which counts it as a forwarded read (`fetch`). A read's latency is the
+  otherwise where the core forwards it (`Replica.forward_target`: a replica of this datacenter,
+  then a follower of this datacenter, then any other holder), which counts it as a forwarded read
+  (`fetch`) when it is a holder. A read's latency is the
   service time plus, when forwarded, a round trip on the simulated network to that holder (the
   simulator's own latency ranges). Running each read as a real fetch through the core would cost
   about a thousand times more simulated events, and the core's per-read path is one sync request
@@ -236,6 +237,15 @@ class _Run:
         self._targets[key] = answer
         return answer
 
+    def _follower_target(self, replica: Replica, doc_id: str, holder: int | None) -> tuple[int | None, bool]:
+        """A read of a doc a node of this datacenter follows: where the core forwards it (that
+        follower, once its summary says so), else `holder` across the WAN."""
+        target = replica.forward_target(doc_id, read=True)
+        if target is None:
+            return holder, True
+        index = int(target[0][1:])
+        return index, self.cluster.nodes[index].dc != replica.dc
+
     def _answer_bytes(self, holder: int, doc_id: str, now_ms: float) -> int:
         """The bytes of one forwarded read of `doc_id` answered by `holder`."""
         known = self._doc_bytes.get(doc_id)
@@ -271,6 +281,8 @@ class _Run:
                 latency = SERVICE_MS
             else:
                 target, wan = self._target(index, doc_id)
+                if wan and doc_id in self._followed.get(replica.dc, ()):
+                    target, wan = self._follower_target(replica, doc_id, target)
                 if target is None:
                     continue
                 self.replica(target).load.table.count("fetch", doc_id, replica.dc, now_ms, reads)

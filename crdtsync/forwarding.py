@@ -102,9 +102,10 @@ class Forwarding:
         for _, future in self._waiting.values():
             future.cancel()
 
-    def target(self, doc_id: str) -> tuple[str, str] | None:
-        """The nearest alive holder of `doc_id` to forward to: (node id, address), or None."""
-        return self._node._replica.forward_target(doc_id)
+    def target(self, doc_id: str, *, read: bool = False) -> tuple[str, str] | None:
+        """Where to forward a request about `doc_id`: (node id, address), or None. The nearest alive
+        holder; for a `read`, a follower of this datacenter before a holder in another."""
+        return self._node._replica.forward_target(doc_id, read=read)
 
     async def forward(
         self, doc_id: str, asked: ForwardAsk, *, read: bool, timeout_ms: float
@@ -114,7 +115,7 @@ class Forwarding:
         many waiting, no answer in time, or declined: counted). With `read`, an answered request
         counts as a read of the doc here (adaptive replication: this node's clients read it; the
         holder does not count it)."""
-        target = self.target(doc_id)
+        target = self.target(doc_id, read=read)
         if target is None or len(self._waiting) >= WAITING_MAX or len(asked.body) > BODY_BYTES_MAX:
             self.counters.requests_unsent += 1
             return None

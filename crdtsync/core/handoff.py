@@ -29,7 +29,7 @@ a write may hold its only copy, so only a holder's confirmation ends a hint.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -343,6 +343,24 @@ class Handoff:
             link = self._links.of_node(node_id) if node_id != self._ctx.node_id else None
             if link is not None and link.state == "alive":
                 yield node_id, link
+
+    def forward_target(self, doc_id: str, followers_here: Iterable[str] = ()) -> tuple[str, str] | None:
+        """Where a request about `doc_id` is forwarded (docs/placement.md#forwarding): the nearest
+        alive holder whose link speaks wire version 3 (the release that has forwarded requests),
+        except that `followers_here` (a read's: this datacenter's followers of the doc) come before
+        a holder in another datacenter. (node id, address), or None: the request is served here."""
+        elsewhere: tuple[str, str] | None = None
+        for node_id, link in self.nearest_alive_holders(doc_id):
+            if (link.wire_version or 0) >= 3:
+                if self._links.dc(link) == self._ctx.dc:
+                    return node_id, link.address
+                elsewhere = node_id, link.address
+                break  # this datacenter's holders come first: none of them is alive and linked
+        for node_id in followers_here:
+            link = self._links.of_node(node_id)
+            if link is not None and link.state == "alive" and (link.wire_version or 0) >= 3:
+                return node_id, link.address
+        return elsewhere
 
     def _target(self, doc_id: str, refused: frozenset[str] = frozenset()) -> tuple[str, str] | None:
         """The nearest alive holder that has not `refused` the doc: (node id, address)."""

@@ -171,6 +171,19 @@ class LoadBoard:
         for node_id in [node_id for node_id in self.received if node_id not in members]:
             del self.received[node_id]  # a member forgotten since: bounded by the member table
 
+    def followers_here(self, doc_id: str, now_ms: float) -> list[str]:
+        """The other nodes of this datacenter whose latest summary (made within `FORWARD_AGE_MS`)
+        says they follow `doc_id`, in node id order: where a read of it can go without crossing the
+        WAN when no holder is here. A summary is a gossip round or two old, so one may have stopped
+        since: it then serves the read from a fetched copy, as any node does."""
+        return sorted(
+            node_id
+            for node_id, (summary, made_ms) in self.received.items()
+            if summary.dc == self.dc
+            and now_ms - made_ms < FORWARD_AGE_MS
+            and any(doc.following and doc.doc_id == doc_id for doc in summary.docs)
+        )
+
     def view(self, now_ms: float) -> list[tuple[NodeLoad, float]]:
         """Every node's latest summary (this node's first, fresh) with its age in milliseconds."""
         nodes = [(self.own(now_ms), 0.0)]

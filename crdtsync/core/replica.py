@@ -536,13 +536,11 @@ class Replica:
         self._step(now_ms)
         return self._handoff.fetch(doc_id)
 
-    def forward_target(self, doc_id: str) -> tuple[str, str] | None:
-        """The nearest alive holder of `doc_id` whose link speaks wire version 3 (the release that
-        has forwarded requests): (node id, address). None: the request is served here."""
-        for node_id, link in self._handoff.nearest_alive_holders(doc_id):
-            if (link.wire_version or 0) >= 3:
-                return node_id, link.address
-        return None
+    def forward_target(self, doc_id: str, *, read: bool = False) -> tuple[str, str] | None:
+        """Where a request about `doc_id` is forwarded (`Handoff.forward_target`); a read may go to a
+        follower of this datacenter. (node id, address), or None: the request is served here."""
+        followers = self.load.followers_here(doc_id, self._ctx.now_ms) if read else ()
+        return self._handoff.forward_target(doc_id, followers)
 
     def member_address(self, node_id: str) -> str | None:
         """The address of `node_id` while this node has an alive or suspect link to it."""

@@ -46,11 +46,12 @@ class Daemon(LocalDaemon):
         websocket: dict[str, Any] | None = None,
         token: str | None = None,
         cacert: str | None = None,
-        placement_rf: int | None = None,
+        placement_rf: int | dict[str, int] | None = None,
     ) -> None:
         """`token`: the bearer token `client` (and the health check) sends; `cacert`: the CA file
         that verifies the daemon's certificate when `http` sets tls_cert (the URL is https then);
-        `placement_rf`: a default `[[placement]]` rule of that many replicas per datacenter."""
+        `placement_rf`: a default `[[placement]]` rule of that many replicas per datacenter (or
+        of so many in each datacenter named)."""
         workdir.mkdir(parents=True, exist_ok=True)
         super().__init__(
             name=name,
@@ -108,7 +109,9 @@ class Daemon(LocalDaemon):
             **({"websocket": self.websocket} if self.websocket else {}),
         }
         path = self.workdir / ("config.toml" if listen == self.listen else "config-isolated.toml")
-        placement = "" if self.placement_rf is None else f"\n[[placement]]\nrf = {self.placement_rf}\n"
+        rf = self.placement_rf
+        rf_text = "{ " + ", ".join(f"{dc} = {n}" for dc, n in rf.items()) + " }" if isinstance(rf, dict) else rf
+        placement = "" if rf_text is None else f"\n[[placement]]\nrf = {rf_text}\n"
         path.write_text(toml_text(top, tables) + placement)
         return path
 

@@ -136,3 +136,46 @@ def test_a_hot_doc_gains_a_follower_where_it_is_read_and_loses_it_when_reads_sto
     print(f"follower dropped {time.monotonic() - started:.1f} s after the reads stopped")
     assert f"no longer following doc '{doc_id}'" in reader.log_text()
     assert reader.data(doc_id) == {"version": "v2"}  # still served, by a fetch from the holder
+
+
+def test_a_read_goes_to_the_follower_of_its_datacenter_before_a_holder_across_the_wan(
+    pool: DaemonPool,
+) -> None:
+    """Every replica in dc1 (`rf = { dc1 = 1 }`), two nodes in dc2: once one of them follows a hot
+    doc, the other's reads of it are forwarded to that follower (`X-Served-As: follower`) instead of
+    crossing to the holder in dc1, and its writes still go to the holder."""
+    daemons = [
+        Daemon(name, pool.root / name, replication=REPLICATION, placement_rf={"dc1": 1}, dc=dc)
+        for name, dc in (("g1", "dc1"), ("g2", "dc2"), ("g3", "dc2"))
+    ]
+    pool.daemons.extend(daemons)
+    holder, reader, other = start_mesh(daemons)
+    doc_id = "models/hot-wan"
+    holder.put(doc_id, "version", "v1")
+    served = other.client.get(f"/v1/docs/{doc_id}").headers
+    assert (served["X-Served-By"], served["X-Served-As"]) == (holder.name, "holder")
+
+    deadline = time.monotonic() + 15.0
+    while _following(reader) == 0:
+        assert time.monotonic() < deadline, f"{reader.name} follows {doc_id}: {json.dumps(_top(reader))}"
+        assert reader.client.get(f"/v1/docs/{doc_id}").status_code == 200
+        time.sleep(READ_GAP_S)  # the load's pace, not a synchronisation
+
+    def served_by_follower() -> bool:
+        # The reader's reads keep it following while its summary reaches the other node; the other
+        # node reads a few times a second, under the budget, so that it does not follow too.
+        for _ in range(5):
+            reader.client.get(f"/v1/docs/{doc_id}")
+        headers = other.client.get(f"/v1/docs/{doc_id}").headers
+        return (headers["X-Served-By"], headers["X-Served-As"]) == (reader.name, "follower")
+
+    wait_until(
+        served_by_follower,
+        10.0,
+        lambda: f"{other.name}'s reads go to {reader.name}: {json.dumps(_top(other))}",
+        poll_s=0.4,
+    )
+    assert other.data(doc_id) == {"version": "v1"}
+    put = other.client.put(f"/v1/docs/{doc_id}/keys/version", json="v2")
+    assert put.status_code == 200 and put.headers["X-Served-By"] == holder.name, put.text
+    assert _following(other) == 0
