@@ -357,9 +357,9 @@ class Handoff:
                 elsewhere = node_id, link.address
                 break  # this datacenter's holders come first: none of them is alive and linked
         for node_id in followers_here:
-            link = self._links.of_node(node_id)
-            if link is not None and link.state == "alive" and (link.wire_version or 0) >= 3:
-                return node_id, link.address
+            follower = self._links.of_node(node_id)
+            if follower is not None and follower.state == "alive" and (follower.wire_version or 0) >= 3:
+                return node_id, follower.address
         return elsewhere
 
     def _target(self, doc_id: str, refused: frozenset[str] = frozenset()) -> tuple[str, str] | None:

@@ -110,7 +110,9 @@ class Daemon(LocalDaemon):
         }
         path = self.workdir / ("config.toml" if listen == self.listen else "config-isolated.toml")
         rf = self.placement_rf
-        rf_text = "{ " + ", ".join(f"{dc} = {n}" for dc, n in rf.items()) + " }" if isinstance(rf, dict) else rf
+        rf_text = (
+            "{ " + ", ".join(f"{dc} = {n}" for dc, n in rf.items()) + " }" if isinstance(rf, dict) else rf
+        )
         placement = "" if rf_text is None else f"\n[[placement]]\nrf = {rf_text}\n"
         path.write_text(toml_text(top, tables) + placement)
         return path

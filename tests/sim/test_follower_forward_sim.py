@@ -47,7 +47,10 @@ def test_a_read_goes_to_the_follower_of_its_datacenter_before_a_holder_across_th
     assert DOC_ID in reader.load.following, f"seed {seed}: {reader.node_id} does not follow after 20 s"
     # Its summary reaches the other node of its datacenter within a few gossip rounds.
     deadline_ms = now_ms + 10_000.0
-    while now_ms < deadline_ms and other.forward_target(DOC_ID, read=True) != (reader.node_id, reader.address):
+    while now_ms < deadline_ms and other.forward_target(DOC_ID, read=True) != (
+        reader.node_id,
+        reader.address,
+    ):
         now_ms += 50.0
         cluster.advance(now_ms)
         reader.load.table.count("read", DOC_ID, reader.dc, now_ms, 2.0)
@@ -55,7 +58,9 @@ def test_a_read_goes_to_the_follower_of_its_datacenter_before_a_holder_across_th
         f"seed {seed}: {other.node_id} forwards reads to {other.forward_target(DOC_ID, read=True)}"
     )
     write_target = other.forward_target(DOC_ID)
-    assert write_target is not None and write_target[0] == holder.node_id, f"seed {seed}: writes go to a holder"
+    assert write_target is not None and write_target[0] == holder.node_id, (
+        f"seed {seed}: writes go to a holder"
+    )
 
     # The reads stop: the follower goes after the cool-down, and reads go to the holder again.
     deadline_ms = now_ms + 40_000.0
