@@ -1,8 +1,9 @@
 """Requests forwarded to a doc's holder over the replication links (FORWARD_REQUEST and FORWARD_REPLY
 of crdtsync.core.forward), driven by asyncio beside the node: docs/placement.md#forwarding.
 
-A node that does not hold a doc asks its nearest alive holder (this datacenter first) to serve a
-request about it and waits for the answer, at most `timeout_ms`; the serving side runs the request
+A node that does not hold a doc asks its nearest alive holder (this datacenter first; for a read, a
+follower of the doc in this datacenter before a holder in another) to serve a request about it and
+waits for the answer, at most `timeout_ms`; the serving side runs the request
 with the handler its owner installed (the daemon runs it through its own HTTP API) and answers.
 Bounded on both sides: at most `WAITING_MAX` requests wait for an answer (more are served where they
 arrived) and at most `SERVING_MAX` are served at once (more are declined at once, so the asker
