@@ -520,7 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rf", default="1", help="replicas per datacenter: N, or dc0=N,dc1=M (default 1)")
     parser.add_argument(
-        "--follow-budget", type=float, help="follow_reads_per_s of the adaptive run (default 20)"
+        "--follow-budget",
+        type=float,
+        help="follow_reads_per_s of the adaptive run (default: the library default, 5)",
     )
     parser.add_argument("--followed-max", type=int, help="followed_docs_max of the adaptive run (default 64)")
     parser.add_argument(

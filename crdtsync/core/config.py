@@ -93,7 +93,7 @@ class ReplicaConfig:
     """Docs whose rates a node keeps (space-saving: the coldest gives its place to a newcomer)."""
     load_docs_gossiped: int = 16
     """Hottest docs in the load summary each node gossips (at most 32)."""
-    follow_reads_per_s: float = 20.0
+    follow_reads_per_s: float = 5.0
     """Read followers: when the nodes of a datacenter that do not hold a doc read it faster than
     this together, one of them follows it (receives its deltas and serves its reads from its own
     copy); 0 turns followers off."""
