@@ -165,7 +165,8 @@ async def write_paced(
     return sends
 
 
-async def _commands() -> AsyncIterator[JSON]:
+async def read_commands() -> AsyncIterator[JSON]:
+    """The parent's commands, one JSON object a line on stdin, until the parent is gone."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=STDIN_LINE_BYTES_MAX)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -182,7 +183,7 @@ async def serve(adapter: Adapter, *, receiver: bool) -> None:
     """Run the command loop until ``quit`` or stdin EOF."""
     data = adapter.data
     recorder = Recorder(data) if receiver else None
-    async for cmd in _commands():
+    async for cmd in read_commands():
         name = cmd.get("cmd")
         if name == "quit":
             return
