@@ -1,16 +1,20 @@
 """The embedded durable store: one SQLite file per node in WAL mode.
 
-Layout (schema version 1)::
+Layout (schema version 2)::
 
     meta(key TEXT PRIMARY KEY, value)        format, node_id, epoch
-    docs(doc_id TEXT PRIMARY KEY, snapshot BLOB, state BLOB, digest BLOB, log_updates INT, log_bytes INT)
-    updates(seq INTEGER PRIMARY KEY, doc_id TEXT, data BLOB)   append-only log, indexed by doc_id
+    docs(doc_id TEXT PRIMARY KEY, state BLOB, digest BLOB, log_updates INT, log_bytes INT, snapshot_bytes INT)
+    snapshots(doc_id TEXT PRIMARY KEY, data BLOB, crc INT)
+    updates(seq INTEGER PRIMARY KEY, doc_id TEXT, data BLOB, crc INT)   append-only log, indexed by doc_id
 
 Every update a node applies, local or remote, is appended to `updates`. A doc's log is compacted
-into its `snapshot` with `merge_updates` once it holds `compact_after_updates` entries or
-`compact_after_bytes` bytes, so a doc loads from one snapshot plus a short log. `state` and
-`digest` are the doc's state vector and canonical digest as of its last write (NULL when not yet
-known): the Merkle tree is rebuilt from them at start-up without loading docs.
+into its snapshot with `merge_updates` once it holds `compact_after_updates` entries or
+`compact_after_bytes` bytes (and, for a large snapshot, once it is as large as the snapshot), so a
+doc loads from one snapshot plus a short log. `state` and `digest` are the doc's state vector and
+canonical digest as of its last write (NULL when not yet known): the Merkle tree is rebuilt from
+them at start-up without loading docs. Snapshots live in a table of their own: every append updates
+its doc's row in `docs`, and SQLite rewrites a whole row to change one column of it (schema version
+1 kept the snapshot in that row; a store of version 1 is migrated when it opens).
 
 All methods run on the thread that opened the store; the node runs them on one writer thread.
 """
@@ -42,10 +46,17 @@ __all__ = [
     "read_backup",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MIGRATED_VERSIONS = (1,)
+"""Older schema versions a store is migrated from when it opens (and a backup is read in)."""
 APPLICATION_ID = 0x43535943  # "CSYC": marks the file as a crdtsync store
 DB_FILE = "crdtsync.db"
 LOCK_FILE = "crdtsync.lock"
+SNAPSHOT_BYTES_REWRITTEN_FREELY = 64 << 10
+"""Above this, a snapshot is compacted again only once the log is as large as it (or reaches
+`compact_after_bytes`): rewriting a large snapshot every `compact_after_updates` updates made a
+long-edited doc quadratic to store (the automerge-paper trace: 1,015 compactions of a snapshot
+growing to 4.5 MB)."""
 ROWS_PER_STATEMENT = 300
 """Rows in one multi-row INSERT (3 values each: under SQLite's oldest limit of 999 parameters)."""
 
@@ -131,6 +142,7 @@ class SqliteStore:
             db.execute(f"PRAGMA synchronous={'FULL' if self.durability == 'fsync' else 'NORMAL'}")
             if self.durability == "none":
                 db.execute("PRAGMA synchronous=OFF")
+            _migrate(db, self.path)
         except BaseException:
             db.close()
             raise
@@ -168,8 +180,11 @@ class SqliteStore:
         db.execute("BEGIN")
         db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
         db.execute(
-            "CREATE TABLE docs (doc_id TEXT PRIMARY KEY, snapshot BLOB, snapshot_crc INTEGER, state BLOB,"
-            " digest BLOB, log_updates INTEGER NOT NULL DEFAULT 0, log_bytes INTEGER NOT NULL DEFAULT 0)"
+            "CREATE TABLE docs (doc_id TEXT PRIMARY KEY, state BLOB, digest BLOB, log_updates INTEGER NOT"
+            " NULL DEFAULT 0, log_bytes INTEGER NOT NULL DEFAULT 0, snapshot_bytes INTEGER NOT NULL DEFAULT 0)"
+        )
+        db.execute(
+            "CREATE TABLE snapshots (doc_id TEXT PRIMARY KEY, data BLOB NOT NULL, crc INTEGER NOT NULL)"
         )
         db.execute(
             "CREATE TABLE updates (seq INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, data BLOB NOT NULL,"
@@ -191,9 +206,10 @@ class SqliteStore:
         if result is None or result[0] != "ok":
             raise StoreError(f"{self.path} failed its integrity check ({result}); nothing was changed")
         version = meta.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION and version not in MIGRATED_VERSIONS:
             raise StoreError(
                 f"{self.path} has schema version {version!r}; this crdtsync reads version {SCHEMA_VERSION}"
+                f" and migrates versions {', '.join(map(str, MIGRATED_VERSIONS))}"
             )
         if meta.get("node_id") != node_id:
             raise StoreError(
@@ -206,8 +222,7 @@ class SqliteStore:
                     raise StoreError(
                         f"{self.path}: update {seq} of doc {doc_id!r} fails its checksum; nothing was changed"
                     )
-            query = "SELECT doc_id, snapshot, snapshot_crc FROM docs WHERE snapshot IS NOT NULL"
-            for doc_id, snapshot, crc in db.execute(query):
+            for doc_id, snapshot, crc in db.execute(SNAPSHOTS_QUERY[version]):
                 if not isinstance(snapshot, bytes) or not _is_crc(crc) or zlib.crc32(snapshot) != crc:
                     raise StoreError(
                         f"{self.path}: the snapshot of doc {doc_id!r} fails its checksum; nothing was changed"
@@ -292,6 +307,7 @@ class SqliteStore:
         if persist.drops:
             dropped = [(doc_id,) for doc_id in persist.drops]
             self._db.executemany("DELETE FROM updates WHERE doc_id = ?", dropped)
+            self._db.executemany("DELETE FROM snapshots WHERE doc_id = ?", dropped)
             self._db.executemany("DELETE FROM docs WHERE doc_id = ?", dropped)
             for doc_id in persist.drops:
                 touched.pop(doc_id, None)
@@ -314,16 +330,22 @@ class SqliteStore:
             chunk = doc_ids[start : start + ROWS_PER_STATEMENT]
             query = (
                 f"SELECT doc_id FROM docs WHERE doc_id IN ({', '.join('?' * len(chunk))})"
-                " AND (log_updates >= ? OR log_bytes >= ?)"
+                " AND (log_bytes >= ? OR (log_updates >= ?"
+                " AND (snapshot_bytes <= ? OR log_bytes >= snapshot_bytes)))"
             )
-            parameters = [*chunk, self.compact_after_updates, self.compact_after_bytes]
+            parameters = [
+                *chunk,
+                self.compact_after_bytes,
+                self.compact_after_updates,
+                SNAPSHOT_BYTES_REWRITTEN_FREELY,
+            ]
             due.extend(doc_id for (doc_id,) in self._db.execute(query, parameters))
         return due
 
     def compact(self, doc_id: str) -> None:
         """Merge a doc's log into its snapshot. Content and digest are unchanged by construction."""
         with self._transaction():
-            row = self._db.execute("SELECT snapshot FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+            row = self._db.execute("SELECT data FROM snapshots WHERE doc_id = ?", (doc_id,)).fetchone()
             log = self._db.execute(
                 "SELECT seq, data FROM updates WHERE doc_id = ? ORDER BY seq", (doc_id,)
             ).fetchall()
@@ -334,8 +356,12 @@ class SqliteStore:
             ]
             merged = merge_all(parts)
             self._db.execute(
-                "UPDATE docs SET snapshot = ?, snapshot_crc = ?, log_updates = 0, log_bytes = 0 WHERE doc_id = ?",
-                (merged, zlib.crc32(merged), doc_id),
+                "INSERT OR REPLACE INTO snapshots (doc_id, data, crc) VALUES (?, ?, ?)",
+                (doc_id, merged, zlib.crc32(merged)),
+            )
+            self._db.execute(
+                "UPDATE docs SET log_updates = 0, log_bytes = 0, snapshot_bytes = ? WHERE doc_id = ?",
+                (len(merged), doc_id),
             )
             self._db.execute("DELETE FROM updates WHERE doc_id = ? AND seq <= ?", (doc_id, log[-1][0]))
 
@@ -384,14 +410,73 @@ class SqliteStore:
         self._lock.close()  # releases the flock
 
 
-def _read_doc(db: sqlite3.Connection, path: Path, doc_id: str, *, untrusted: bool = False) -> bytes | None:
+SNAPSHOTS_QUERY = {
+    1: "SELECT doc_id, snapshot, snapshot_crc FROM docs WHERE snapshot IS NOT NULL",
+    2: "SELECT doc_id, data, crc FROM snapshots",
+}
+"""Every snapshot with its doc id and CRC, by schema version."""
+SNAPSHOT_QUERY = {
+    1: "SELECT snapshot, snapshot_crc FROM docs WHERE doc_id = ?",
+    2: "SELECT data, crc FROM snapshots WHERE doc_id = ?",
+}
+"""One doc's snapshot and its CRC, by schema version."""
+
+
+def _schema_version(db: sqlite3.Connection, path: Path) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = None if row is None else row[0]
+    if version not in SNAPSHOT_QUERY:
+        raise StoreError(
+            f"{path} has schema version {version!r}; this crdtsync reads {sorted(SNAPSHOT_QUERY)}"
+        )
+    assert isinstance(version, int)
+    return version
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring a store of schema version 1 to the current one in one transaction (a kill meanwhile
+    leaves it at version 1): its snapshots move out of `docs` into `snapshots`."""
+    if _schema_version(db, path) == SCHEMA_VERSION:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(
+            "CREATE TABLE snapshots (doc_id TEXT PRIMARY KEY, data BLOB NOT NULL, crc INTEGER NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO snapshots (doc_id, data, crc) SELECT doc_id, snapshot, snapshot_crc FROM docs"
+            " WHERE snapshot IS NOT NULL"
+        )
+        db.execute(
+            "CREATE TABLE docs_v2 (doc_id TEXT PRIMARY KEY, state BLOB, digest BLOB, log_updates INTEGER NOT"
+            " NULL DEFAULT 0, log_bytes INTEGER NOT NULL DEFAULT 0, snapshot_bytes INTEGER NOT NULL DEFAULT 0)"
+        )
+        db.execute(
+            "INSERT INTO docs_v2 SELECT doc_id, state, digest, log_updates, log_bytes,"
+            " COALESCE(length(snapshot), 0) FROM docs"
+        )
+        db.execute("DROP TABLE docs")
+        db.execute("ALTER TABLE docs_v2 RENAME TO docs")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise StoreError(f"cannot migrate {path} to schema version {SCHEMA_VERSION}: {exc}") from exc
+    log.info("migrated %s from schema version 1 to %d", path, SCHEMA_VERSION)
+
+
+def _read_doc(
+    db: sqlite3.Connection, path: Path, doc_id: str, *, version: int = SCHEMA_VERSION, untrusted: bool = False
+) -> bytes | None:
     """The doc's snapshot merged with its log. `untrusted` (a backup from anywhere) also walks
     every part with the structural update check first: merging malformed bytes can panic pycrdt."""
     # One read transaction: a compaction committing between the two reads would otherwise move
     # log entries into a snapshot this read already passed.
     db.execute("BEGIN")
     try:
-        row = db.execute("SELECT snapshot, snapshot_crc FROM docs WHERE doc_id = ?", (doc_id,)).fetchone()
+        row = db.execute(SNAPSHOT_QUERY[version], (doc_id,)).fetchone()
         log = db.execute("SELECT data, crc FROM updates WHERE doc_id = ? ORDER BY seq", (doc_id,)).fetchall()
     finally:
         db.execute("COMMIT")
@@ -447,11 +532,12 @@ def read_backup(path: str | Path) -> Iterator[tuple[str, bytes]]:
     check_backup_file(source)
     db = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None)
     try:
+        version = _schema_version(db, source)
         doc_ids = [doc_id for (doc_id,) in db.execute("SELECT doc_id FROM docs ORDER BY doc_id")]
         for doc_id in doc_ids:
             if not isinstance(doc_id, str):
                 raise StoreError(f"backup {source} holds a doc id that is not text: {doc_id!r:.80}")
-            content = _read_doc(db, source, doc_id, untrusted=True)
+            content = _read_doc(db, source, doc_id, version=version, untrusted=True)
             if content is not None:
                 yield doc_id, content
     except (sqlite3.DatabaseError, MemoryError) as exc:

@@ -23,7 +23,7 @@ from pycrdt import Doc, Map, Text
 
 from crdtsync import NodeConfig
 from crdtsync.core.effects import Persist
-from crdtsync.core.state import MERGE_CHUNK, digest
+from crdtsync.core.state import MERGE_CHUNK, digest, merge_all
 from crdtsync.store import sqlite as sqlite_module
 from crdtsync.store.sqlite import DB_FILE, SqliteStore, StoreError, read_backup
 
@@ -269,6 +269,116 @@ def test_compact_merges_more_than_one_chunk_keeping_content_and_digest_and_empti
         assert _store_contents(reopened) == workload.contents()
     finally:
         reopened.close()
+
+
+def test_a_large_snapshot_is_compacted_again_only_once_the_log_is_as_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rewriting a large snapshot every `compact_after_updates` updates made a long-edited doc
+    quadratic to store: above SNAPSHOT_BYTES_REWRITTEN_FREELY the log grows to the snapshot's size
+    first, and the doc's content never changes."""
+    monkeypatch.setattr(sqlite_module, "SNAPSHOT_BYTES_REWRITTEN_FREELY", 0)
+    workload = Workload(3, docs=1)
+    store = SqliteStore(tmp_path, node_id="a", compact_after_updates=4, compact_after_bytes=NEVER)
+    try:
+        _write(store, workload.write(40), group=40)  # no snapshot yet: compacted at once
+        assert _log_rows(store.path) == 0
+        (snapshot_bytes,) = store._db.execute("SELECT length(data) FROM snapshots").fetchone()
+        logged = 0
+        while logged < snapshot_bytes:
+            assert _log_rows(store.path) == len(workload.updates) - 40, (
+                "compacted before the log was as large"
+            )
+            update = workload.write(1)
+            _write(store, update)
+            logged += len(update[0][1])
+        assert _log_rows(store.path) == 0, "the log reached the snapshot's size and was not compacted"
+        assert _store_contents(store) == workload.contents()
+    finally:
+        store.close()
+
+
+def _v1_store(directory: Path, updates: list[tuple[str, bytes]]) -> Path:
+    """A store as schema version 1 laid it out (snapshots inside `docs`): the first half of each
+    doc's updates merged into its snapshot, the rest in the log."""
+    directory.mkdir()
+    path = directory / DB_FILE
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA application_id={sqlite_module.APPLICATION_ID}")
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value)")
+        db.execute(
+            "CREATE TABLE docs (doc_id TEXT PRIMARY KEY, snapshot BLOB, snapshot_crc INTEGER, state BLOB,"
+            " digest BLOB, log_updates INTEGER NOT NULL DEFAULT 0, log_bytes INTEGER NOT NULL DEFAULT 0)"
+        )
+        db.execute(
+            "CREATE TABLE updates (seq INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, data BLOB NOT NULL,"
+            " crc INTEGER NOT NULL)"
+        )
+        db.execute("CREATE INDEX updates_by_doc ON updates (doc_id, seq)")
+        db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [("schema_version", 1), ("node_id", "a"), ("epoch", 3)],
+        )
+        by_doc: dict[str, list[bytes]] = collections.defaultdict(list)
+        for doc_id, update in updates:
+            by_doc[doc_id].append(update)
+        for doc_id, doc_updates in by_doc.items():
+            half = len(doc_updates) // 2
+            snapshot = merge_all(doc_updates[:half])
+            db.execute(
+                "INSERT INTO docs (doc_id, snapshot, snapshot_crc, log_updates, log_bytes) VALUES (?, ?, ?, ?, ?)",
+                (doc_id, snapshot, zlib.crc32(snapshot), len(doc_updates) - half, 0),
+            )
+            db.executemany(
+                "INSERT INTO updates (doc_id, data, crc) VALUES (?, ?, ?)",
+                [(doc_id, update, zlib.crc32(update)) for update in doc_updates[half:]],
+            )
+    finally:
+        db.close()
+    return path
+
+
+def test_a_store_of_schema_version_1_is_migrated_at_open_keeping_every_doc(tmp_path: Path) -> None:
+    workload = Workload(21, docs=3)
+    v1_path = _v1_store(tmp_path / "data", workload.write(90))
+    v1_backup = tmp_path / "v1-backup.db"
+    shutil.copy(v1_path, v1_backup)
+    store = SqliteStore(tmp_path / "data", node_id="a")
+    try:
+        assert store.epoch == 4
+        assert _store_contents(store) == workload.contents()
+        (version,) = store._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert version == sqlite_module.SCHEMA_VERSION
+        moved = dict(store._db.execute("SELECT doc_id, length(data) FROM snapshots").fetchall())
+        recorded = dict(store._db.execute("SELECT doc_id, snapshot_bytes FROM docs").fetchall())
+        assert moved == recorded and len(moved) == len(workload.docs)
+        _write(store, workload.write(30))  # and it keeps working in the new layout
+    finally:
+        store.close()
+    reopened = SqliteStore(tmp_path / "data", node_id="a")
+    try:
+        assert _store_contents(reopened) == workload.contents()
+    finally:
+        reopened.close()
+    # A backup taken by version 1 is still read whole.
+    assert _loaded(read_backup(v1_backup)) == _loaded(iter(_v1_contents(v1_backup)))
+
+
+def _v1_contents(path: Path) -> list[tuple[str, bytes]]:
+    """Each doc of a version-1 file as one update, read here without the store."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        out = []
+        for doc_id, snapshot in db.execute("SELECT doc_id, snapshot FROM docs ORDER BY doc_id").fetchall():
+            log = [
+                data
+                for (data,) in db.execute("SELECT data FROM updates WHERE doc_id = ? ORDER BY seq", (doc_id,))
+            ]
+            out.append((doc_id, merge_all([snapshot, *log])))
+        return out
+    finally:
+        db.close()
 
 
 # ---------------------------------------------------------------------------------------- refusals
