@@ -94,9 +94,10 @@ class LoadBoard:
     def read(self, doc_id: str, now_ms: float) -> None:
         self.table.count("read", doc_id, self.dc, now_ms)
 
-    def wrote(self, doc_id: str, now_ms: float) -> None:
-        """This node's application wrote to `doc_id` (a peer's deltas are counted by that peer)."""
-        self.table.count("write", doc_id, self.dc, now_ms)
+    def wrote(self, doc_id: str, now_ms: float, writes: int = 1) -> None:
+        """This node's application wrote `writes` transactions to `doc_id` (a peer's deltas are
+        counted by that peer)."""
+        self.table.count("write", doc_id, self.dc, now_ms, writes)
 
     def fetched(self, doc_id: str, requester: str, now_ms: float) -> None:
         """`requester` asked for `doc_id`'s state: a forwarded read when it does not hold the doc

@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from crdtsync.core import wire
 from crdtsync.core.context import Context
 from crdtsync.core.holding import Holding
 from crdtsync.core.links import Links
 
-
-def delta_size(delta: wire.Delta) -> int:
-    """What a delta adds to a batch, roughly: its update, two state vectors and its doc id."""
-    return len(delta.update) + len(delta.after_state) * 2 + len(delta.doc_id)
+Sized = tuple[wire.Delta, int]
+"""A delta and what it adds to a batch, roughly: its update, two state vectors and its doc id
+(computed once, when it is captured)."""
 
 
 class Outbound:
@@ -47,7 +46,7 @@ class Outbound:
         # adds nothing to collection pauses (dataclass instances would, measurably, under load).
         self._ring: deque[tuple[int, str, bytes, bytes, bytes, int]] = deque()
         self._ring_bytes = 0
-        self._outbox: list[wire.Delta] = []
+        self._outbox: list[Sized] = []
         self._outbox_bytes = 0
         self._outbox_since_ms: float | None = None
         self.next_heartbeat_ms = 0.0
@@ -59,14 +58,21 @@ class Outbound:
         """Topic key -> the last number its subscribers know of by its frames (`Deltas.skipped`);
         only numbers after `_indexed_through` count (cleared at each `SEQ_INDEX`)."""
 
-    def capture(self, doc_id: str, before: bytes, after: bytes, update: bytes) -> None:
-        """A local transaction: queue it for the next batch (it is numbered when that leaves)."""
-        delta = wire.Delta(doc_id, before, after, update)
+    def capture(self, writes: Sequence[tuple[str, bytes, bytes, bytes]]) -> None:
+        """Local transactions, each (doc id, before state, after state, update): queue them for the
+        next batch (they are numbered when that leaves)."""
+        if not writes:
+            return
         if not self._outbox:
             self._outbox_since_ms = self._ctx.now_ms
-        self._outbox.append(delta)
-        self._outbox_bytes += delta_size(delta)
-        self._ctx.counters.deltas_published += 1
+        outbox = self._outbox
+        added_bytes = 0
+        for doc_id, before, after, update in writes:
+            size = len(update) + len(after) * 2 + len(doc_id)
+            outbox.append((wire.Delta(doc_id, before, after, update), size))
+            added_bytes += size
+        self._outbox_bytes += added_bytes
+        self._ctx.counters.deltas_published += len(writes)
 
     @property
     def captured_seq(self) -> int:
@@ -81,14 +87,14 @@ class Outbound:
                 return seq
         return 0
 
-    def _number(self, deltas: list[wire.Delta]) -> int:
+    def _number(self, deltas: list[Sized]) -> int:
         """Number `deltas` in order and keep them in the ring; the first number."""
         config = self._ctx.config
         first_seq = self.last_seq + 1
-        for delta in deltas:
+        ring = self._ring
+        for delta, size in deltas:
             self.last_seq += 1
-            size = delta_size(delta)
-            self._ring.append(
+            ring.append(
                 (self.last_seq, delta.doc_id, delta.before_state, delta.after_state, delta.update, size)
             )
             self._ring_bytes += size
@@ -138,13 +144,12 @@ class Outbound:
         self._unindexed.clear()
         self._topic_listed_through.clear()
 
-    def _batches(self, first_seq: int, deltas: Iterable[wire.Delta]) -> Iterator[wire.Deltas]:
+    def _batches(self, first_seq: int, deltas: Iterable[Sized]) -> Iterator[wire.Deltas]:
         """`DELTAS` messages of consecutive sequence numbers, within the batch limits."""
         ctx = self._ctx
         chunk: list[wire.Delta] = []
         chunk_bytes = 0
-        for delta in deltas:
-            size = delta_size(delta)
+        for delta, size in deltas:
             if chunk and (
                 len(chunk) >= ctx.config.batch_deltas_max or chunk_bytes + size > ctx.config.batch_bytes_max
             ):
@@ -165,7 +170,7 @@ class Outbound:
             self._indexed_through = self.last_seq  # every subscriber takes every frame
         else:
             holding = self._holding
-            buckets = [holding.bucket_of(delta.doc_id) for delta in deltas]
+            buckets = [holding.bucket_of(delta.doc_id) for delta, _size in deltas]
             keys = self._links.topic_keys(buckets)
             order = sorted(range(len(deltas)), key=keys.__getitem__)
             deltas = [deltas[i] for i in order]
@@ -220,7 +225,8 @@ class Outbound:
         start = message.from_seq - oldest
         wanted = itertools.islice(self._ring, start, start + hi - message.from_seq + 1)
         deltas = (
-            wire.Delta(doc_id, before, after, update) for _seq, doc_id, before, after, update, _size in wanted
+            (wire.Delta(doc_id, before, after, update), size)
+            for _seq, doc_id, before, after, update, size in wanted
         )
         for batch in self._batches(message.from_seq, deltas):
             ctx.counters.retransmits_served += 1

@@ -193,10 +193,19 @@ class Replica:
         captured = self._docs.captured
         if captured:
             self._docs.captured = []
-            for doc_id, before, after, update in captured:
-                self._outbound.capture(doc_id, before, after, update)
-                self.load.wrote(doc_id, now_ms)
-                self._handoff.wrote(doc_id, len(update))
+            self._outbound.capture(captured)
+            # Counted once per doc and step (all at `now_ms`): an editor's burst is one doc's.
+            written: dict[str, list[int]] = {}
+            for doc_id, _before, _after, update in captured:
+                counts = written.get(doc_id)
+                if counts is None:
+                    written[doc_id] = [1, len(update)]
+                else:
+                    counts[0] += 1
+                    counts[1] += len(update)
+            for doc_id, (writes, update_bytes) in written.items():
+                self.load.wrote(doc_id, now_ms, writes)
+                self._handoff.wrote(doc_id, update_bytes)
 
     def stop_notifying(self) -> None:
         """No more `on_capture` calls (the driver is closing)."""
