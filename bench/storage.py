@@ -728,7 +728,8 @@ def _page_stats(path: Path) -> JSON:
         page_count = int(db.execute("PRAGMA page_count").fetchone()[0])
         freelist = int(db.execute("PRAGMA freelist_count").fetchone()[0])
         row = db.execute(
-            "SELECT count(*), sum(length(CAST(doc_id AS BLOB))), sum(ifnull(length(snapshot), 0)),"
+            "SELECT count(*), sum(length(CAST(doc_id AS BLOB))),"
+            " (SELECT sum(length(data)) FROM snapshots),"
             " sum(ifnull(length(state), 0) + ifnull(length(digest), 0)) FROM docs"
         ).fetchone()
         log_rows = int(db.execute("SELECT count(*) FROM updates").fetchone()[0])
