@@ -65,7 +65,8 @@ class Round:
     received_wall_s: float
     """First edit until the receiver holds the final text."""
     writer_cpu_s: float
-    """Writer process, all threads, from before the first edit until the receiver held the text."""
+    """Writer process, all threads, from before the first edit until the receiver held the text and
+    the writer's own `flush()` returned, whichever came later."""
     receiver_cpu_s: float
     app_bytes: int
     """What both nodes sent, by their counters (`bytes_published` + `bytes_sent`)."""
@@ -189,7 +190,8 @@ def report(edits: int, total: int, expected_sha: str, rounds: list[Round], machi
         [
             "writer wall: first edit until the writer's flush() returned (every edit fsynced)",
             "received: first edit until the receiver held the final text",
-            "CPU: user+sys of the process, all threads; the writer's until the receiver held the text",
+            "CPU: user+sys of the process, all threads; the writer's until the receiver held the text"
+            " and its own flush() returned",
         ],
     )
     floor_wall, floor_cpu = _median(rounds, "floor_wall_s"), _median(rounds, "floor_cpu_s")
