@@ -425,11 +425,11 @@ SNAPSHOT_QUERY = {
 def _schema_version(db: sqlite3.Connection, path: Path) -> int:
     row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     version = None if row is None else row[0]
-    if version not in SNAPSHOT_QUERY:
+    # A hostile backup may hold any SQLite value here: 1.0 and True would pass a lookup by equality.
+    if type(version) is not int or version not in SNAPSHOT_QUERY:
         raise StoreError(
             f"{path} has schema version {version!r}; this crdtsync reads {sorted(SNAPSHOT_QUERY)}"
         )
-    assert isinstance(version, int)
     return version
 
 

@@ -586,6 +586,8 @@ GARBAGE_UPDATE = b"\x01\x01\xff\xff\xff\x0f\x00"
         ("UPDATE updates SET data = 7", (), "fails its checksum"),
         ("UPDATE updates SET crc = 'x'", (), "fails its checksum"),
         ("UPDATE docs SET doc_id = X'0102'", (), "doc id that is not text"),
+        ("UPDATE meta SET value = 2.0 WHERE key = 'schema_version'", (), "schema version 2.0"),
+        ("UPDATE meta SET value = 3 WHERE key = 'schema_version'", (), "schema version 3"),
         # A matching checksum over bytes that are no update: merging them could panic pycrdt.
         (
             "UPDATE updates SET data = ?, crc = ?",
