@@ -22,7 +22,7 @@ from typing import Any, Literal
 from crdtsync.core import wire
 from crdtsync.core.context import Context
 from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocTable
-from crdtsync.core.holding import Filter, Holding
+from crdtsync.core.holding import Filter, Holding, ViewTable
 from crdtsync.core.links import Links, PeerLink
 from crdtsync.core.merkle import HASH_BYTES
 from crdtsync.core.sync import StateSync
@@ -54,12 +54,16 @@ class AntiEntropy:
         self._sync = sync
         self.round: Round | None = None
         self._round_counter = 0
-        self._filtered_cache: dict[str, tuple[int, tuple[int, list[int]], tuple[bytes, ...]]] = {}
-        """Peer -> (holding version, (tree version, filtered branch hashes as ints), the same as bytes)."""
+        self._grouped: tuple[ViewTable, tuple[int, dict[int, dict[int, int]]]] | None = None
+        """(the view's table, the tree's branch hashes per holder set held here, at a tree version):
+        see `_filtered_branches`. At most one entry per held bucket and branch with docs."""
+        self._filtered_cache: dict[str, tuple[int, int, tuple[bytes, ...]]] = {}
+        """Peer -> (member view, tree version, its filtered branch hashes): a round of an idle
+        tree costs nothing. At most `peers_max` peers (then emptied)."""
         self._wanted: dict[str, None] = {}
-        self._remote_groups: tuple[int, tuple[tuple[str, ...], ...]] = (-1, ())
-        """(holding version, `_remote_holder_groups`)."""
         """Addresses of peers owed a round as soon as none is running (connect, lost gap, leftovers)."""
+        self._remote_groups: tuple[ViewTable | None, tuple[tuple[str, ...], ...]] = (None, ())
+        """(the view's table, `_remote_holder_groups`)."""
         self._turn = 0
         self._wan_turn = 0
         """Separate turns inside and across datacenters: each visits every peer of its kind in turn."""
@@ -140,21 +144,22 @@ class AntiEntropy:
     def _remote_holder_groups(self) -> tuple[tuple[str, ...], ...]:
         """The holders in one other datacenter of some bucket held here, each group once, in bucket
         order and then datacenter order: what `_wan_cover` must reach. A few groups (3 per
-        datacenter of 3 with rf 2) instead of every bucket, computed once per member view."""
+        datacenter of 3 with rf 2), from the view's distinct holder sets of held buckets
+        (`ViewTable.held_sets`), computed once per member view."""
         holding = self._holding
-        if self._remote_groups[0] == holding.version:
+        table = holding.table()
+        if self._remote_groups[0] is table:
             return self._remote_groups[1]
-        held = holding.buckets_held()
         groups: dict[tuple[str, ...], None] = {}
-        for bucket in holding.all_buckets() if held is None else sorted(held):
+        for index in table.held_sets:
             by_dc: dict[str, list[str]] = {}
-            for node in holding.holders(bucket):
+            for node in table.holder_sets[index]:
                 dc = holding.dc_of(node)
                 if dc is not None and dc != self._ctx.dc:
                     by_dc.setdefault(dc, []).append(node)
             for dc in sorted(by_dc):
                 groups.setdefault(tuple(sorted(by_dc[dc])), None)
-        self._remote_groups = (holding.version, tuple(groups))
+        self._remote_groups = (table, tuple(groups))
         return self._remote_groups[1]
 
     # ------------------------------------------------------------------ rounds as initiator
@@ -217,28 +222,44 @@ class AntiEntropy:
         return tree.branch_hashes() if accept is None else list(self._filtered_branches(accept))
 
     def _filtered_branches(self, accept: Filter) -> tuple[bytes, ...]:
-        """The branch hashes over the docs both this node and `accept.peer` hold, computed once per
-        member view and brought up to date by the tree's changes since: a round costs no walk of
-        the tree's 4,096 segments, idle or under writes (a round a few seconds after the last one
-        with the same peer looks only at the docs written in between)."""
+        """The branch hashes over the docs both this node and `accept.peer` hold: the XOR of the
+        tree's branch hashes of the holder sets both are in (`grouped_branch_values`), which one walk
+        of the tree per member view gives for every peer and the tree's changes keep up to date. A
+        round costs no walk of the tree's 4,096 segments, idle or under writes."""
         tree = self._docs.tree
-        view = accept.view
         cached = self._filtered_cache.get(accept.peer)
-        since = None
-        if cached is not None and cached[0] == view:
-            if cached[1][0] == tree.version:
-                return cached[2]
-            since = cached[1]
-        elif cached is None and len(self._filtered_cache) >= self._ctx.config.peers_max:
+        if cached is not None and cached[0] == accept.view and cached[1] == tree.version:
+            return cached[2]
+        grouped = self._grouped_values(accept.table)
+        values = [0] * tree.branches
+        for index in accept.set_indices:
+            for branch, value in grouped.get(index, {}).items():
+                values[branch] ^= value
+        hashes = tuple(value.to_bytes(HASH_BYTES, "big") for value in values)
+        if cached is None and len(self._filtered_cache) >= self._ctx.config.peers_max:
             self._filtered_cache.clear()
-        values = tree.filtered_branch_values(accept, since)
-        hashes = tuple(value.to_bytes(HASH_BYTES, "big") for value in values[1])
-        # Kept under the Filter's own view (under the current one, a round begun before the view
-        # changed left a base of the old view's answers for every later round); such a round keeps
-        # nothing, so as not to replace the current view's entry.
-        if view == self._holding.version:
-            self._filtered_cache[accept.peer] = (view, values, hashes)
+        self._filtered_cache[accept.peer] = (accept.view, tree.version, hashes)
         return hashes
+
+    def _grouped_values(self, table: ViewTable) -> dict[int, dict[int, int]]:
+        """Holder set (of a bucket held here) -> branch -> hash, in `table`'s view. Kept for the
+        current view only: a round begun before a view change gets its own view's values afresh (a
+        base of another view's grouping would be wrong for every later catch-up)."""
+        tree = self._docs.tree
+        held, set_of = table.held_mask, table.set_of
+
+        def group_of(bucket: int) -> int:
+            index = set_of[bucket]
+            return index if held[index] else -1
+
+        cached = self._grouped
+        since = cached[1] if cached is not None and cached[0] is table else None
+        if since is not None and since[0] == tree.version:
+            return since[1]
+        values = tree.grouped_branch_values(group_of, since)
+        if since is not None or table is self._holding.table():
+            self._grouped = (table, values)  # `since` was brought up to date in place: keep it so
+        return values[1]
 
     def _segment_hashes(self, branch: int, accept: Filter | None) -> list[bytes]:
         tree = self._docs.tree

@@ -21,7 +21,7 @@ from collections.abc import Callable
 HASH_BYTES = 16
 CHANGES_KEPT_MAX = 4096
 """At least this many of the latest changes are remembered (at most twice as many), so that a
-filtered view computed earlier catches up by them alone (`filtered_branch_values`): an anti-entropy
+filtered view computed earlier catches up by them alone (`grouped_branch_values`): an anti-entropy
 round under placement then costs O(changes since the last one), not a walk of every segment."""
 
 
@@ -178,23 +178,40 @@ class MerkleTree:
     def filtered_branch_hashes(self, accept: Callable[[int], bool]) -> list[bytes]:
         return [self._filtered_branch(b, accept).to_bytes(HASH_BYTES, "big") for b in range(self.branches)]
 
-    def filtered_branch_values(
-        self, accept: Callable[[int], bool], since: tuple[int, list[int]] | None = None
-    ) -> tuple[int, list[int]]:
-        """(this tree's version, the branch hashes over the docs whose bucket `accept`s, as ints).
-        `since`, an earlier answer for the same `accept`, is brought up to date by the changes
-        after it while the tree remembers them (a list of its own: `since` is not changed)."""
+    def grouped_branch_values(
+        self, group_of: Callable[[int], int], since: tuple[int, dict[int, dict[int, int]]] | None = None
+    ) -> tuple[int, dict[int, dict[int, int]]]:
+        """(this tree's version, group -> branch -> the hash of the docs of that group's buckets in
+        that branch), each bucket in group `group_of(bucket)` (negative: left out). The branch
+        hashes over any union of groups are the XOR of theirs: placement groups buckets by holder
+        set, so one walk per member view serves every peer. `since`, an earlier answer for the same
+        `group_of`, is brought up to date in place by the changes after it while the tree remembers
+        them. A group has an entry only for branches where it has docs: at most one per bucket and
+        branch with docs."""
+        groups: dict[int, dict[int, int]]
         if (
             since is not None
             and self.bucket_of is not None
             and self._changes_after <= since[0] <= self.version
         ):
-            version, values = since[0], list(since[1])
-            for branch, bucket, change in self._changes[version - self._changes_after :]:
-                if accept(bucket):
-                    values[branch] ^= change
-            return self.version, values
-        return self.version, [self._filtered_branch(branch, accept) for branch in range(self.branches)]
+            groups = since[1]
+            for branch, bucket, change in self._changes[since[0] - self._changes_after :]:
+                group = group_of(bucket)
+                if group >= 0:
+                    values = groups.setdefault(group, {})
+                    values[branch] = values.get(branch, 0) ^ change
+            return self.version, groups
+        groups = {}
+        per_branch = self.segments_per_branch
+        for segment, buckets in enumerate(self._bucket_hashes):
+            if buckets:
+                branch = segment // per_branch
+                for bucket, bucket_hash in buckets.items():
+                    group = group_of(bucket)
+                    if group >= 0:
+                        values = groups.setdefault(group, {})
+                        values[branch] = values.get(branch, 0) ^ bucket_hash
+        return self.version, groups
 
     def filtered_segment_hashes(self, branch: int, accept: Callable[[int], bool]) -> list[bytes]:
         start = branch * self.segments_per_branch

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import zlib
 from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crdtsync.core import merkle, wire
-from crdtsync.core.holding import Holding
+from crdtsync.core.holding import HOLDER_SET_KEY_BIT, Holding
 from crdtsync.core.membership import Membership, MembershipConfig
 from crdtsync.core.merkle import MerkleTree
-from crdtsync.core.placement import PlacementPolicy, PlacementRule
+from crdtsync.core.placement import Candidate, PlacementPolicy, PlacementRule, replicas_in_dc
 
 doc_ids = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=24)
 digests = st.binary(min_size=16, max_size=16)
@@ -50,19 +51,17 @@ def test_a_filtered_tree_equals_the_tree_of_the_accepted_docs(
 @settings(max_examples=200)
 @given(
     st.lists(st.tuples(doc_ids, st.one_of(st.none(), digests)), max_size=60),
-    st.sets(st.integers(0, 4)),
+    st.lists(st.integers(-1, 2), min_size=5, max_size=5),
     st.integers(0, 60),
     st.integers(1, 40),
 )
-def test_filtered_branch_values_caught_up_by_changes_equal_a_fresh_walk(
-    changes: list[tuple[str, bytes | None]], accepted: set[int], split: int, kept_max: int
+def test_grouped_branch_values_caught_up_by_changes_equal_a_fresh_walk_and_filter_by_groups(
+    changes: list[tuple[str, bytes | None]], group_of_bucket: list[int], split: int, kept_max: int
 ) -> None:
-    """A filtered view computed at some version and brought up to date by the changes after it
-    (None: a removal) equals one computed afresh, also when the tree forgot the oldest changes."""
+    """Branch hashes grouped by bucket, computed at some version and brought up to date by the
+    changes after it (None: a removal), equal those computed afresh, also when the tree forgot the
+    oldest changes; and the XOR of any groups' is the branch hashes filtered to their buckets."""
     tree = MerkleTree(wire.TREE_SEGMENTS, wire.TREE_BRANCHES, _bucket)
-
-    def accept(bucket: int) -> bool:
-        return bucket in accepted
 
     def apply(part: list[tuple[str, bytes | None]]) -> None:
         for doc_id, digest in part:
@@ -71,13 +70,28 @@ def test_filtered_branch_values_caught_up_by_changes_equal_a_fresh_walk(
             else:
                 tree.set(doc_id, digest)
 
+    def without_zeros(groups: dict[int, dict[int, int]]) -> dict[int, dict[int, int]]:
+        kept = {group: {b: v for b, v in values.items() if v} for group, values in groups.items()}
+        return {group: values for group, values in kept.items() if values}
+
     with patch.object(merkle, "CHANGES_KEPT_MAX", kept_max):
         apply(changes[:split])
-        earlier = tree.filtered_branch_values(accept)
+        earlier = tree.grouped_branch_values(group_of_bucket.__getitem__)
         apply(changes[split:])
-        caught_up = tree.filtered_branch_values(accept, earlier)
-    assert caught_up == tree.filtered_branch_values(accept)
-    assert [v.to_bytes(16, "big") for v in caught_up[1]] == tree.filtered_branch_hashes(accept)
+        caught_up = tree.grouped_branch_values(group_of_bucket.__getitem__, earlier)
+    fresh = tree.grouped_branch_values(group_of_bucket.__getitem__)
+    assert caught_up[0] == fresh[0] == tree.version
+    assert without_zeros(caught_up[1]) == without_zeros(fresh[1])
+    for wanted in ({0}, {1, 2}, {0, 1, 2}):
+        values = [0] * tree.branches
+        for group in wanted:
+            for branch, value in fresh[1].get(group, {}).items():
+                values[branch] ^= value
+
+        def accept(bucket: int, wanted: set[int] = wanted) -> bool:
+            return group_of_bucket[bucket] in wanted
+
+        assert [v.to_bytes(16, "big") for v in values] == tree.filtered_branch_hashes(accept)
 
 
 def _holding(
@@ -150,3 +164,69 @@ def test_the_holders_spread_over_the_zones_the_members_gossip() -> None:
     for doc_id in (f"doc-{i}" for i in range(100)):
         holders = {view.node_id for view in views if view.holds_doc(doc_id)}
         assert len(holders) == 3 and {zones[node] for node in holders} == {"zone-0", "zone-1", "zone-2"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 2), st.sampled_from([1.0, 2.0])), min_size=1, max_size=9
+    ),
+    st.integers(1, 3),
+    st.integers(0, 2),
+)
+def test_the_view_table_answers_as_placement_does_bucket_by_bucket(
+    shape: list[tuple[int, int, float]], rf: int, dc1_rf: int
+) -> None:
+    """Every node's per-view table (holders, holder-set topic key, held buckets, anti-entropy
+    filters) equals placement's answer worked out for each bucket on its own, with zones, weights
+    and rules of several kinds (per-datacenter counts, "all", a default)."""
+    members = [(f"n{i}", f"dc{dc}", f"z{zone}", weight) for i, (dc, zone, weight) in enumerate(shape)]
+    policy = PlacementPolicy(
+        (PlacementRule({"dc0": 1, "dc1": dc1_rf}, "m/"), PlacementRule("all", "a/"), PlacementRule(rf)),
+        partitions=64,
+    )
+    candidates = [Candidate(node_id, dc, zone, weight) for node_id, dc, zone, weight in members]
+    rules = (*policy.rules[:-1], policy.default)
+    for node_id, dc, zone, weight in members:
+        membership = Membership(
+            wire.MemberEntry(node_id, dc, f"tcp://{node_id}", f"tcp://{node_id}p", 1, 0, False, zone, weight),
+            MembershipConfig(),
+            1000.0,
+        )
+        for other, other_dc, other_zone, other_weight in members:
+            if other != node_id:
+                entry = wire.MemberEntry(
+                    other,
+                    other_dc,
+                    f"tcp://{other}",
+                    f"tcp://{other}p",
+                    1,
+                    0,
+                    False,
+                    other_zone,
+                    other_weight,
+                )
+                membership.merge(entry, 0.0, direct=True)
+        view = Holding(node_id, dc, membership, policy)
+        held = view.buckets_held()
+        filters = {peer: view.filter_with(peer) for peer, *_rest in members if peer != node_id}
+        for bucket in view.all_buckets():
+            rule_index, partition = divmod(bucket, policy.partitions)
+            rule = rules[rule_index]
+            placed = {
+                other_dc: replicas_in_dc(
+                    partition, [c for c in candidates if c.dc == other_dc], rule.replicas_in(other_dc)
+                )
+                for other_dc in {c.dc for c in candidates}
+            }
+            holders = frozenset(n for nodes in placed.values() for n in nodes)
+            assert view.holders(bucket) == holders
+            own = sorted(placed[dc])
+            assert view.holder_set_key(bucket) == HOLDER_SET_KEY_BIT | (
+                zlib.crc32("\x00".join(own).encode()) & (HOLDER_SET_KEY_BIT - 1)
+            )
+            if held is not None:
+                assert (bucket in held) == (rule.replicas_in(dc) is None or node_id in own)
+            for peer, accept in filters.items():
+                if accept is not None:
+                    assert accept(bucket) == (node_id in holders and peer in holders)
