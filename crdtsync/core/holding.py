@@ -35,6 +35,7 @@ from crdtsync.core.placement import (
     PlacementPolicy,
     cluster_placement,
     doc_placement,
+    partition_of,
 )
 
 BucketKey = int
@@ -54,6 +55,13 @@ class Holding:
         self._membership = membership
         self.policy = policy
         self._rules = (*(rule for rule in policy.rules if rule.prefix is not None), policy.default)
+        self._prefix_bases = tuple(
+            (index * policy.partitions, rule.prefix)
+            for index, rule in enumerate(self._rules[:-1])
+            if rule.prefix is not None
+        )
+        """(first bucket, prefix) of each rule with a prefix, in order: where `bucket_of` looks."""
+        self._default_base = (len(self._rules) - 1) * policy.partitions
         self.enforced = any(rule.rf != "all" for rule in self._rules)
         """False when every rule is "all": every node holds every doc, and nothing here is needed."""
         self._seen_revision = -1
@@ -161,12 +169,13 @@ class Holding:
         self._seen_revision = -1  # recompute the view without this node
 
     def bucket_of(self, doc_id: str) -> BucketKey:
-        policy = self.policy
-        partition = policy.partition_of(doc_id)
-        for index, rule in enumerate(self._rules[:-1]):
-            if rule.prefix is not None and doc_id.startswith(rule.prefix):
-                return index * policy.partitions + partition
-        return (len(self._rules) - 1) * policy.partitions + partition
+        # Asked per doc on every receive, publish, handoff pass and follower decision: the rules'
+        # prefixes and bases are worked out once (`_prefix_bases`).
+        partition = partition_of(doc_id, self.policy.partitions)
+        for base, prefix in self._prefix_bases:
+            if doc_id.startswith(prefix):
+                return base + partition
+        return self._default_base + partition
 
     def holders(self, bucket: BucketKey) -> frozenset[str]:
         """Every node holding the docs of `bucket` (all members for an "all" rule)."""
@@ -298,14 +307,12 @@ class ViewTable:
     @classmethod
     def build(cls, holding: Holding) -> ViewTable:
         partitions = holding.policy.partitions
-        own_dc, node_id = holding._dc, holding.node_id
-        dcs = sorted(holding._by_dc.keys() | {own_dc})
-        own = dcs.index(own_dc)
-        set_index: dict[frozenset[str], int] = {}
-        key_of: dict[tuple[str, ...], int] = {}
+        dcs = sorted(holding._by_dc.keys() | {holding._dc})
+        interned: tuple[dict[frozenset[str], int], dict[tuple[str, ...], int]] = ({}, {})
+        """(holder set -> its index, this datacenter's replicas, sorted -> their topic key)."""
         by_counts: dict[tuple[int | None, ...], tuple[list[int], list[int], list[int]]] = {}
-        """Replica count in each datacenter -> (set index, topic key, partitions held here): rules
-        of equal counts place alike."""
+        """Replica count in each datacenter -> (set index, topic key, partitions held here) per
+        partition: rules of equal counts place alike."""
         set_of: list[int] = []
         topic_keys: list[int] = []
         held: list[BucketKey] = []
@@ -313,36 +320,60 @@ class ViewTable:
             counts = tuple(rule.replicas_in(dc) for dc in dcs)
             placed = by_counts.get(counts)
             if placed is None:
-                rankings = [
-                    holding._ranking(dc, count) for dc, count in zip(dcs, counts, strict=True) if count != 0
-                ]
-                own_ranking = holding._ranking(own_dc, counts[own]) if counts[own] != 0 else None
-                sets: list[int] = []
-                keys: list[int] = []
-                held_partitions: list[int] = []
-                for partition in range(partitions):
-                    ranked = [ranking.replicas(partition) for ranking in rankings]
-                    holders = frozenset(itertools.chain.from_iterable(ranked))
-                    index = set_index.get(holders)
-                    if index is None:
-                        index = set_index[holders] = len(set_index)
-                    sets.append(index)
-                    own_replicas = tuple(sorted(own_ranking.replicas(partition))) if own_ranking else ()
-                    key = key_of.get(own_replicas)
-                    if key is None:
-                        key = key_of[own_replicas] = HOLDER_SET_KEY_BIT | (
-                            zlib.crc32("\x00".join(own_replicas).encode()) & (HOLDER_SET_KEY_BIT - 1)
-                        )
-                    keys.append(key)
-                    if counts[own] is None or node_id in own_replicas:
-                        held_partitions.append(partition)
-                placed = by_counts[counts] = (sets, keys, held_partitions)
+                placed = by_counts[counts] = cls._place(holding, dcs, counts, interned)
             base = rule_index * partitions
             set_of.extend(placed[0])
             topic_keys.extend(placed[1])
             held.extend(base + partition for partition in placed[2])
         held_sets = dict.fromkeys(set_of[bucket] for bucket in held)
-        return cls(set_of, tuple(set_index), topic_keys, frozenset(held), tuple(held_sets))
+        return cls(set_of, tuple(interned[0]), topic_keys, frozenset(held), tuple(held_sets))
+
+    @staticmethod
+    def _place(
+        holding: Holding,
+        dcs: list[str],
+        counts: tuple[int | None, ...],
+        interned: tuple[dict[frozenset[str], int], dict[tuple[str, ...], int]],
+    ) -> tuple[list[int], list[int], list[int]]:
+        """(holder set index, topic key, whether held here) of every partition under `counts`. A
+        datacenter whose every member holds (an "all" rule, or no more members than replicas) is
+        not ranked: its replicas are the same for every partition."""
+        set_index, key_of = interned
+        own = dcs.index(holding._dc)
+        fixed: list[list[str]] = []
+        rankings: list[DcRanking | None] = []
+        for dc, count in zip(dcs, counts, strict=True):
+            members = holding._by_dc.get(dc, [])
+            every = count is None or count >= len(members)
+            fixed.append(sorted(m.node_id for m in members) if every and count != 0 else [])
+            rankings.append(None if every or count == 0 else holding._ranking(dc, count))
+        sets: list[int] = []
+        keys: list[int] = []
+        held: list[int] = []
+        node_id = holding.node_id
+        for partition in range(holding.policy.partitions if any(rankings) else 1):
+            ranked = [
+                replicas if ranking is None else ranking.replicas(partition)
+                for replicas, ranking in zip(fixed, rankings, strict=True)
+            ]
+            holders = frozenset(itertools.chain.from_iterable(ranked))
+            index = set_index.get(holders)
+            if index is None:
+                index = set_index[holders] = len(set_index)
+            sets.append(index)
+            own_replicas = tuple(sorted(ranked[own]))
+            key = key_of.get(own_replicas)
+            if key is None:
+                key = key_of[own_replicas] = HOLDER_SET_KEY_BIT | (
+                    zlib.crc32("\x00".join(own_replicas).encode()) & (HOLDER_SET_KEY_BIT - 1)
+                )
+            keys.append(key)
+            if counts[own] is None or node_id in own_replicas:
+                held.append(partition)
+        if not any(rankings):  # every partition placed alike: the first stands for all
+            partitions = holding.policy.partitions
+            return sets * partitions, keys * partitions, list(range(partitions)) if held else []
+        return sets, keys, held
 
 
 class Filter:

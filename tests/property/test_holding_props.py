@@ -208,6 +208,9 @@ def test_the_view_table_answers_as_placement_does_bucket_by_bucket(
                 )
                 membership.merge(entry, 0.0, direct=True)
         view = Holding(node_id, dc, membership, policy)
+        for doc_id in ("m/x", "a/y", "z", "m", "a/m/q"):
+            rule_index = rules.index(policy.rule_for(doc_id))
+            assert view.bucket_of(doc_id) == rule_index * policy.partitions + policy.partition_of(doc_id)
         held = view.buckets_held()
         filters = {peer: view.filter_with(peer) for peer, *_rest in members if peer != node_id}
         for bucket in view.all_buckets():
