@@ -233,3 +233,32 @@ def test_the_view_table_answers_as_placement_does_bucket_by_bucket(
             for peer, accept in filters.items():
                 if accept is not None:
                     assert accept(bucket) == (node_id in holders and peer in holders)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(doc_ids, digests), max_size=60), st.sampled_from(["a1", "a2", "b0", "b2"]))
+def test_a_peers_filtered_branch_hashes_are_the_xor_of_the_holder_sets_both_are_in(
+    docs: list[tuple[str, bytes]], peer: str
+) -> None:
+    """What anti-entropy compares with a peer (`AntiEntropy._filtered_branches`): the tree's branch
+    hashes grouped by the holder sets of the buckets held here, XORed over the sets the peer's
+    `Filter` names, equal the tree filtered bucket by bucket with that `Filter`."""
+    members = [(f"a{i}", "dc0") for i in range(3)] + [(f"b{i}", "dc1") for i in range(3)]
+    view = _holding("a0", "dc0", members, PlacementPolicy((PlacementRule(1, "one/"), PlacementRule(2))))
+    tree = MerkleTree(wire.TREE_SEGMENTS, wire.TREE_BRANCHES, view.bucket_of)
+    for index, (doc_id, digest) in enumerate(docs):
+        tree.set(("one/" if index % 3 == 0 else "") + doc_id, digest)
+    table = view.table()
+    accept = view.filter_with(peer)
+    assert accept is not None
+
+    def group_of(bucket: int) -> int:
+        index = table.set_of[bucket]
+        return index if table.held_mask[index] else -1
+
+    grouped = tree.grouped_branch_values(group_of)[1]
+    values = [0] * tree.branches
+    for index in accept.set_indices:
+        for branch, value in grouped.get(index, {}).items():
+            values[branch] ^= value
+    assert [v.to_bytes(16, "big") for v in values] == tree.filtered_branch_hashes(accept)
