@@ -109,6 +109,18 @@ class Api:
         self.registry.register(self.websockets.collector())
         self.warnings = config_warnings(config)
         self._ui_bodies: dict[str, bytes] = {}
+        # Built once: bound methods and their tables cost a few allocations per request otherwise.
+        self._key_methods: dict[str, KeyHandler] = {
+            "GET": self.get_key,
+            "PUT": self.put_key,
+            "DELETE": self.delete_key,
+        }
+        self._stream_methods: dict[tuple[str, str], DocHandler] = {
+            ("watch", "GET"): self.watch,
+            ("update", "GET"): self.get_update,
+            ("update", "POST"): self.post_update,
+        }
+        self._doc_methods: dict[str, DocHandler] = {"GET": self.get_doc, "PATCH": self.patch_doc}
 
     def app(self) -> web.Application:
         middlewares = [self._errors, self.auth.middleware] if self.config.tokens else [self._errors]
@@ -260,24 +272,17 @@ class Api:
         method: DocHandler | None
         if len(segments) >= 3 and segments[-2] == "keys":
             doc_id, key = check_doc_id("/".join(segments[:-2])), check_key(segments[-1])
-            key_method = {"GET": self.get_key, "PUT": self.put_key, "DELETE": self.delete_key}.get(
-                request.method
-            )
+            key_method = self._key_methods.get(request.method)
             if key_method is None:
                 raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on a key")
             return doc_id, functools.partial(_with_key, key_method, key)
         if len(segments) >= 2 and segments[-1] in ("update", "watch"):
             doc_id = check_doc_id("/".join(segments[:-1]))
-            routes = {
-                ("watch", "GET"): self.watch,
-                ("update", "GET"): self.get_update,
-                ("update", "POST"): self.post_update,
-            }
-            method = routes.get((segments[-1], request.method))
+            method = self._stream_methods.get((segments[-1], request.method))
             if method is None:
                 raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed here")
             return doc_id, method
-        method = {"GET": self.get_doc, "PATCH": self.patch_doc}.get(request.method)
+        method = self._doc_methods.get(request.method)
         if method is None:
             raise ApiError(405, "method_not_allowed", f"{request.method} is not allowed on a doc")
         return check_doc_id(rest), method
