@@ -103,6 +103,7 @@ class Api:
         self.registry.register(self.store_guard.collector())
         self.token_waits = causal_http.TokenWaits()
         self.watch_events = causal_http.WatchEvents(config.http.watchers_max)
+        self.doc_states = causal_http.DocStates()
         self.registry.register(self.token_waits.collector())
         self.registry.register(self.watch_events.collector())
         self.websockets = WebSockets(node, config.websocket)
@@ -316,7 +317,7 @@ class Api:
                 await self.node.flush()
             except StoreCommitError as exc:
                 raise self.store_guard.refusal(exc) from None
-            token = causal_http.token_fields(request, doc_id, doc)
+            token = causal_http.token_fields(request, doc_id, self.doc_states.state(doc_id, doc))
         finally:
             self.node.release(doc_id)
         acks = await self._write_acks(doc_id, request)
@@ -351,7 +352,7 @@ class Api:
         try:
             data = doc.get("data", type=Map).to_py()
             state = doc.get_state()
-            token = causal_http.token_fields(request, doc_id, doc)
+            token = causal_http.token_fields(request, doc_id, self.doc_states.state(doc_id, doc))
         finally:
             self.node.release(doc_id)
         return json_response({"doc_id": doc_id, "data": data, "state_vector": b64url(state), **token})
@@ -363,7 +364,7 @@ class Api:
             if key not in data:
                 raise ApiError(404, "no_such_key", f"doc {doc_id!r} has no key {key!r}")
             value = data.to_py()[key]
-            token = causal_http.token_fields(request, doc_id, doc)
+            token = causal_http.token_fields(request, doc_id, self.doc_states.state(doc_id, doc))
         finally:
             self.node.release(doc_id)
         return json_response({"doc_id": doc_id, "key": key, "value": value, **token})
@@ -372,7 +373,9 @@ class Api:
         value = await self._json_body(request)
         doc = await self.node.open(doc_id, read=False)
         try:
-            with doc.transaction():  # the root's lookup is a transaction too: one instead of two
+            # The root's lookup is a transaction too: one instead of two. The origin lets
+            # `DocStates` follow the doc's state without a snapshot per answer.
+            with doc.transaction(origin=causal_http.EDIT_ORIGIN):
                 doc.get("data", type=Map)[key] = value
         except BaseException:
             self.node.release(doc_id)
@@ -385,7 +388,8 @@ class Api:
         if key not in data:
             self.node.release(doc_id)
             raise ApiError(404, "no_such_key", f"doc {doc_id!r} has no key {key!r}")
-        del data[key]
+        with doc.transaction(origin=causal_http.EDIT_ORIGIN):
+            del data[key]
         return await self._written(doc_id, doc, request)
 
     async def patch_doc(self, request: web.Request, doc_id: str) -> web.Response:
@@ -397,7 +401,7 @@ class Api:
         doc = await self.node.open(doc_id, read=False)
         try:
             data = doc.get("data", type=Map)
-            with doc.transaction():
+            with doc.transaction(origin=causal_http.EDIT_ORIGIN):
                 for key, value in body.items():
                     data[key] = value
         except BaseException:
@@ -416,7 +420,7 @@ class Api:
         try:
             update = doc.get_update(state) if state else doc.get_update()
             current = doc.get_state()
-            token = causal_http.token_fields(request, doc_id, doc)["token"]
+            token = causal_http.token_fields(request, doc_id, self.doc_states.state(doc_id, doc))["token"]
         finally:
             self.node.release(doc_id)
         return web.Response(
