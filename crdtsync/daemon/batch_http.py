@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from pycrdt import Doc, Map
 
-from crdtsync.consistency import CausalToken, TokenTooLargeError, doc_state
+from crdtsync.consistency import CausalToken, TokenTooLargeError
 from crdtsync.daemon import causal_http
 from crdtsync.daemon.http_input import ApiError, check_doc_id, check_key, json_response, parse_json
 from crdtsync.store import StoreCommitError
@@ -108,7 +108,9 @@ class BatchRoute:
             set_keys = deleted = 0
             for doc_id, writes in by_doc.items():
                 doc = docs[doc_id]
-                with doc.transaction():  # the root's lookup too: a transaction of its own costs ~5 µs
+                # The root's lookup too: a transaction of its own costs ~5 µs. The origin lets
+                # `DocStates` follow the doc's state for the token.
+                with doc.transaction(origin=causal_http.EDIT_ORIGIN):
                     data = doc.get("data", type=Map)
                     for key, value, delete in writes:
                         if not delete:
@@ -123,7 +125,7 @@ class BatchRoute:
                 raise self.api.store_guard.refusal(exc) from None
             answer: dict[str, Any] = {"docs": len(by_doc), "set": set_keys, "deleted": deleted}
             if want_token or session is not None:
-                answer.update(_token(docs, session))
+                answer.update(_token(docs, session, self.api.doc_states))
         finally:
             for doc_id in docs:
                 self.node.release(doc_id)
@@ -137,11 +139,13 @@ def _flag(request: web.Request, name: str) -> bool:
     return text == "true"
 
 
-def _token(docs: Mapping[str, Doc[Any]], session: CausalToken | None) -> dict[str, Any]:
+def _token(
+    docs: Mapping[str, Doc[Any]], session: CausalToken | None, states: causal_http.DocStates
+) -> dict[str, Any]:
     """One token of every doc written, merged into the request's `session`; beyond the token bounds
     (docs/consistency.md) none, with a `token_note` (the writes stand)."""
     try:
-        token = CausalToken.of({doc_id: doc_state(doc) for doc_id, doc in docs.items()})
+        token = CausalToken.of({doc_id: states.state(doc_id, doc) for doc_id, doc in docs.items()})
         return {"token": (token if session is None else session.merge(token)).encode()}
     except TokenTooLargeError as exc:
         return {"token": None, "token_note": str(exc)}
