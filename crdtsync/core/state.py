@@ -7,10 +7,13 @@ this module, which decodes the Yjs v1 encodings and re-encodes them in sorted or
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import re
 from typing import Any
 
-from pycrdt import Doc, Snapshot, merge_updates
+from pycrdt import Doc, merge_updates
+from pycrdt._pycrdt import Snapshot as _Snapshot
 
 StateVector = dict[int, int]
 """client id -> number of items of that client integrated (the next expected clock)."""
@@ -108,13 +111,7 @@ def _normalized_delete_set(data: bytes, pos: int) -> tuple[list[tuple[int, list[
                 ranges.append((clock, clock + length))
     normalized = []
     for client in sorted(by_client):
-        merged: list[tuple[int, int]] = []
-        for start, end in sorted(by_client[client]):
-            if merged and start <= merged[-1][1]:
-                if end > merged[-1][1]:
-                    merged[-1] = (merged[-1][0], end)
-            else:
-                merged.append((start, end))
+        merged = _merged_ranges(by_client[client])
         if merged:
             normalized.append((client, merged))
     return normalized, pos
@@ -125,11 +122,125 @@ def canonical_state(doc: Doc[Any]) -> bytes:
 
     Built from `Snapshot.from_doc(doc).encode()` (delete set, then state vector), decoded and
     re-encoded with clients sorted and delete ranges merged, because the snapshot's own byte order
-    follows hash-map order.
+    follows hash-map order. The bytes are part of the protocol (digests are compared across nodes and
+    kept in stores): `_canonical_from_tokens` is a faster way to the same bytes, not another form.
     """
-    data = Snapshot.from_doc(doc).encode()
+    data: bytes = _Snapshot.from_doc(doc._doc).encode()
+    tokens = _VARINT.findall(data)
+    canonical = None
+    if sum(map(len, tokens)) == len(data) and not _NOT_MINIMAL.search(data):
+        canonical = _canonical_from_tokens(tokens)
+    return canonical if canonical is not None else _canonical_from_snapshot(data)
+
+
+_VARINT = re.compile(rb"[\x80-\xff]{0,9}[\x00-\x7f]")
+"""One LEB128 varint (at most 10 bytes, as `read_varuint` allows)."""
+_NOT_MINIMAL = re.compile(rb"[\x80-\xff]\x00")
+"""A varint ending in a zero byte after a continued one: not the shortest encoding of its value (yrs
+never writes one; the general path re-encodes it, so the bytes stay those of the decoded values)."""
+_ZERO = b"\x00"
+_varint_order = functools.partial(int.from_bytes, byteorder="little")
+"""Sorts minimal LEB128 encodings (what yrs writes) in numeric order without decoding them: a longer
+one has a non-zero last byte, so is larger read as a little-endian integer, and of two as long, the
+one whose most significant (last) 7-bit groups are larger is larger."""
+
+
+def _token_int(token: bytes) -> int:
+    return token[0] if len(token) == 1 else read_varuint(token, 0)[0]
+
+
+def _canonical_from_tokens(tokens: list[bytes]) -> bytes | None:
+    """The canonical state from the snapshot's minimal varints, clients sorted as tokens (not decoded);
+    None when the snapshot is not as yrs writes it (a client listed twice, a count that does not
+    match), for `_canonical_from_snapshot` to decode or refuse."""
+    try:
+        if tokens[0] == _ZERO:  # no deletions: the usual case, kept short
+            pos, delete_set = 1, _ZERO
+        else:
+            pos, delete_set = _delete_set_from_tokens(tokens)
+        count = _token_int(tokens[pos])
+    except (IndexError, StateDecodeError):
+        return None
+    if pos + 1 + 2 * count != len(tokens):
+        return None
+    vector = dict(zip(tokens[pos + 1 :: 2], tokens[pos + 2 :: 2], strict=True))
+    if len(vector) != count:
+        return None
+    parts = [delete_set, b""]
+    for client in sorted(vector, key=_varint_order) if count > 1 else vector:
+        clock = vector[client]
+        if clock != _ZERO:
+            parts += (client, clock)
+    parts[1] = _count_bytes(len(parts) // 2 - 1)
+    return b"".join(parts)
+
+
+def _delete_set_from_tokens(tokens: list[bytes]) -> tuple[int, bytes]:
+    """(the position of the state vector, the canonical delete set) from the snapshot's varints.
+    Raises IndexError or StateDecodeError when they do not parse or list a client twice."""
+    pos = 1
+    clients: dict[bytes, bytes] = {}
+    for _ in range(_token_int(tokens[0])):
+        client, ranges_count = tokens[pos], _token_int(tokens[pos + 1])
+        end = pos + 2 + 2 * ranges_count
+        if ranges_count == 1 and tokens[pos + 3] != _ZERO:
+            ranges = b"".join(tokens[pos + 1 : end])
+        elif ranges_count > 1:
+            ranges = _normalized_ranges(tokens[pos + 2 : end])
+        else:
+            ranges = _ZERO
+        if ranges != _ZERO:
+            if client in clients:
+                raise StateDecodeError("a client listed twice in the delete set")
+            clients[client] = ranges
+        pos = end
+    parts = [_count_bytes(len(clients))]
+    for client in sorted(clients, key=_varint_order):
+        parts += (client, clients[client])
+    return pos, b"".join(parts)
+
+
+def _count_bytes(count: int) -> bytes:
+    if count < 0x80:
+        return _ONE_BYTE[count]
+    out = bytearray()
+    write_varuint(out, count)
+    return bytes(out)
+
+
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
+
+
+def _normalized_ranges(tokens: list[bytes]) -> bytes:
+    """A client's delete ranges, (clock, length) varints, sorted and merged, encoded with their
+    count; `_ZERO` when none is left (every range empty)."""
+    bounds = [(_token_int(tokens[i]), _token_int(tokens[i + 1])) for i in range(0, len(tokens), 2)]
+    merged = _merged_ranges([(clock, clock + length) for clock, length in bounds if length])
+    out = bytearray()
+    write_varuint(out, len(merged))
+    for start, end in merged:
+        write_varuint(out, start)
+        write_varuint(out, end - start)
+    return bytes(out)
+
+
+def _merged_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _canonical_from_snapshot(data: bytes) -> bytes:
+    """The canonical state from an encoded snapshot, decoded in full (the general path)."""
     delete_set, pos = _normalized_delete_set(data, 0)
     vector, pos = _read_state_vector(data, pos)
+    if pos != len(data):
+        raise StateDecodeError(f"{len(data) - pos} trailing bytes after the snapshot")
     out = bytearray()
     write_varuint(out, len(delete_set))
     for client, ranges in delete_set:

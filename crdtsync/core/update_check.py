@@ -45,10 +45,14 @@ class _Reader:
         self.pos = 0
 
     def uint(self) -> int:
+        data, pos = self.data, self.pos
+        if pos < len(data) and data[pos] < 0x80:  # one byte: most lengths, counts and clocks
+            self.pos = pos + 1
+            return data[pos]
         try:
-            value, self.pos = read_varuint(self.data, self.pos)
+            value, self.pos = read_varuint(data, pos)
         except StateDecodeError as exc:
-            raise UpdateError(f"at byte {self.pos}: {exc}") from None
+            raise UpdateError(f"at byte {pos}: {exc}") from None
         return value
 
     def count(self, what: str) -> int:
@@ -73,7 +77,14 @@ class _Reader:
         return value
 
     def string(self) -> None:
-        self.skip(self.count("string length"))
+        """Skip a length-prefixed string (`count` and `skip` in one: it runs for every key and name)."""
+        length = self.uint()
+        end = self.pos + length
+        if end > len(self.data):
+            raise UpdateError(
+                f"at byte {self.pos}: string length of {length} exceeds the {len(self.data) - self.pos} bytes left"
+            )
+        self.pos = end
 
     def any_value(self, depth: int) -> None:
         if depth > ANY_DEPTH_MAX:

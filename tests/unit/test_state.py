@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pycrdt import Doc, Map, Text
+from pycrdt import Doc, Map, Snapshot, Text
 
 from crdtsync.core.state import (
+    _NOT_MINIMAL,
+    _VARINT,
     DIGEST_BYTES,
     STATE_VECTOR_CLIENTS_MAX,
     StateDecodeError,
     StateVector,
+    _canonical_from_snapshot,
+    _canonical_from_tokens,
     canonical_state,
     covers,
     decode_state_vector,
@@ -220,3 +224,53 @@ def test_digest_does_not_depend_on_the_byte_order_of_get_state() -> None:
 
 def test_digest_of_an_empty_doc_ignores_its_client_id() -> None:
     assert digest(_new_doc(1)) == digest(_new_doc(2))
+
+
+def _snapshot_of(doc: Doc[Any]) -> bytes:
+    return Snapshot.from_doc(doc).encode()
+
+
+def test_canonical_state_sorts_client_varints_of_equal_length_in_numeric_order() -> None:
+    """Ids whose varints are as long but whose first bytes sort the other way (129: 81 01, 256: 80 02),
+    with deletions by each: the fast path must give the bytes of the fully decoded form."""
+    clients = [129, 256, 16_383, 16_384, 2_097_151, 5, (1 << 53) - 1]
+    updates = []
+    for client in clients:
+        writer = _writer(client)
+        writer.get("text", type=Text).insert(0, "abcd")
+        del writer.get("text", type=Text)[1:3]
+        updates.append(writer.get_update())
+    doc = _doc_from(updates, client_id=77)
+    tokens = _VARINT.findall(_snapshot_of(doc))
+    fast = _canonical_from_tokens(tokens)
+    assert fast is not None, "precondition: the snapshot takes the fast path"
+    assert fast == _canonical_from_snapshot(_snapshot_of(doc))
+    assert canonical_state(doc) == fast
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "canonical"),
+    [
+        # no deletions; a state vector listing client 3 twice (decoded, the last clock counts)
+        (b"\x00\x02\x03\x01\x03\x02", b"\x00\x01\x03\x02"),
+        # client 1 in the delete set twice, ranges [0, 1) and [2, 3); state vector {1: 4}
+        (
+            b"\x02\x01\x01\x00\x01\x01\x01\x02\x01\x01\x01\x04",
+            b"\x01\x01\x02\x00\x01\x02\x01\x01\x01\x04",
+        ),
+        # client 1 written in two bytes (0x81 0x00) though it fits in one: not minimal
+        (b"\x00\x02\x81\x00\x05\x02\x01", b"\x00\x02\x01\x05\x02\x01"),
+    ],
+    ids=["vector-client-twice", "delete-client-twice", "not-minimal"],
+)
+def test_canonical_state_of_a_snapshot_yrs_would_not_write_is_decoded_in_full(
+    snapshot: bytes, canonical: bytes
+) -> None:
+    """The fast path declines (None, or the minimal-varint check) and the general path decodes."""
+    assert _NOT_MINIMAL.search(snapshot) or _canonical_from_tokens(_VARINT.findall(snapshot)) is None
+    assert _canonical_from_snapshot(snapshot) == canonical
+
+
+def test_canonical_state_refuses_a_snapshot_with_trailing_bytes() -> None:
+    with pytest.raises(StateDecodeError, match="trailing"):
+        _canonical_from_snapshot(b"\x00\x01\x01\x01\x07")
