@@ -70,6 +70,17 @@ def decode_state_vector(data: bytes) -> StateVector:
     return vector
 
 
+def check_state_vector(data: bytes) -> None:
+    """Raise `StateDecodeError` unless `data` is an encoded state vector `decode_state_vector` takes;
+    for a vector only handed on to pycrdt, this checks it without decoding each varint."""
+    tokens = _VARINT.findall(data)
+    if tokens and sum(map(len, tokens)) == len(data):
+        count = _token_int(tokens[0])
+        if count <= STATE_VECTOR_CLIENTS_MAX and 1 + 2 * count == len(tokens):
+            return  # every byte is in a varint of at most 10 bytes, as many as the count says
+    decode_state_vector(data)  # raises, naming what is wrong (or accepts what the count check missed)
+
+
 def encode_state_vector(vector: StateVector) -> bytes:
     """Encode in ascending client order (canonical; pycrdt decodes any order)."""
     out = bytearray()

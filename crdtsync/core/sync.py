@@ -20,7 +20,7 @@ from crdtsync.core.context import Context
 from crdtsync.core.docs import EMPTY_STATE, EMPTY_UPDATE, DocEntry, DocTable
 from crdtsync.core.guard import Guard
 from crdtsync.core.links import Links
-from crdtsync.core.state import decode_state_vector, encode_state_vector
+from crdtsync.core.state import check_state_vector
 
 
 class StateSync:
@@ -94,7 +94,7 @@ class StateSync:
             if entry is None:
                 replies.append((doc_id, EMPTY_UPDATE, EMPTY_STATE))
                 continue
-            decode_state_vector(state)  # validate before pycrdt sees it
+            check_state_vector(state)  # before pycrdt sees it
             if entry.doc is not None:
                 self._answer(entry, state, node_id, replies)
             else:
@@ -125,7 +125,8 @@ class StateSync:
         pushes: list[tuple[Any, ...]] = []
         for doc_id, update, state in message.entries:
             # Push back what the responder lacks: its state vector came with its answer.
-            remote_state = encode_state_vector(decode_state_vector(state))
+            check_state_vector(state)
+            remote_state = state
             if update != EMPTY_UPDATE and not self._guard.well_formed(doc_id, "sync", update, node_id):
                 update = EMPTY_UPDATE  # refused, but the responder still gets what it lacks
             if update == EMPTY_UPDATE and doc_id not in self._docs:

@@ -17,6 +17,7 @@ from crdtsync.core.state import (
     _canonical_from_snapshot,
     _canonical_from_tokens,
     canonical_state,
+    check_state_vector,
     covers,
     decode_state_vector,
     digest,
@@ -274,3 +275,32 @@ def test_canonical_state_of_a_snapshot_yrs_would_not_write_is_decoded_in_full(
 def test_canonical_state_refuses_a_snapshot_with_trailing_bytes() -> None:
     with pytest.raises(StateDecodeError, match="trailing"):
         _canonical_from_snapshot(b"\x00\x01\x01\x01\x07")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x01\x05",  # one client announced, its clock missing
+        b"\x01\x05\x80",  # a clock cut inside its varint
+        b"\x01\x05\x01\x07",  # a byte after the vector
+        b"\x01" + b"\x80" * 10 + b"\x01\x01",  # a client id of 11 bytes
+        _varuint(STATE_VECTOR_CLIENTS_MAX + 1) + b"\x01\x01" * (STATE_VECTOR_CLIENTS_MAX + 1),
+    ],
+    ids=["empty", "missing-clock", "cut-varint", "trailing", "overlong", "too-many-clients"],
+)
+def test_check_state_vector_refuses_what_decode_refuses(data: bytes) -> None:
+    with pytest.raises(StateDecodeError):
+        decode_state_vector(data)
+    with pytest.raises(StateDecodeError):
+        check_state_vector(data)
+
+
+def test_check_state_vector_accepts_pycrdt_state_vectors() -> None:
+    writers = [_writer(client) for client in (3, 300, 1 << 40)]
+    for writer in writers:
+        writer.get("data", type=Map)["k"] = writer.client_id
+    state = _doc_from([writer.get_update() for writer in writers]).get_state()
+    assert len(decode_state_vector(state)) == 3
+    check_state_vector(state)
+    check_state_vector(encode_state_vector({}))
