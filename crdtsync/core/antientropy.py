@@ -24,10 +24,16 @@ from crdtsync.core.context import Context
 from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocTable
 from crdtsync.core.holding import Filter, Holding, ViewTable
 from crdtsync.core.links import Links, PeerLink
-from crdtsync.core.merkle import HASH_BYTES
+from crdtsync.core.merkle import HASH_BYTES, branch_cells, cell_window, differing_from_cells
 from crdtsync.core.sync import StateSync
 
 log = logging.getLogger("crdtsync.replica")
+
+CELLS_BRANCHES_MAX = 16
+"""A segments request for at most this many branches is answered with their cells (TREE_CELLS, 64 B a
+branch) on a link of wire version 4, for more with their segment hashes (1 KiB a branch): with many
+differing branches, several segments of a branch likely differ, and rows times columns would name
+segments that do not."""
 
 
 @dataclass(slots=True)
@@ -323,11 +329,18 @@ class AntiEntropy:
         request = wire.TreeSegmentsRequest(self._ctx.node_id, current.round_id, tuple(branches))
         self._links.send(link.address, request)
 
-    def on_tree_segments(self, message: wire.TreeSegments) -> None:
+    def on_tree_segments(self, message: wire.TreeSegments | wire.TreeCells) -> None:
         found = self._round_for(message.node_id, message.round_id, "segments")
         if found is None:
             return
         current, link = found
+        if isinstance(message, wire.TreeCells):
+            differing = self._differing_from_cells(current, message)
+        else:
+            differing = self._differing_from_hashes(current, message)
+        self._request_entries(current, link, differing)
+
+    def _differing_from_hashes(self, current: Round, message: wire.TreeSegments) -> list[int]:
         per_branch = self._docs.tree.segments_per_branch
         differing: list[int] = []
         for index, branch in enumerate(message.branches):
@@ -338,12 +351,29 @@ class AntiEntropy:
                 for at, value in enumerate(local)
                 if at < len(remote) and remote[at] != value
             )
+        return differing
+
+    def _differing_from_cells(self, current: Round, message: wire.TreeCells) -> list[int]:
+        """The segments of a differing row and a differing column of each branch's grid
+        (`merkle.differing_from_cells`); a branch whose cells all agree (its difference hidden in this
+        round's window, or repaired since the branches were compared) is left to a next round."""
+        tree = self._docs.tree
+        window = cell_window(current.round_id)
+        differing: list[int] = []
+        for branch, remote in zip(message.branches, message.cells, strict=True):
+            local = branch_cells(tree.segment_values(branch, current.accept), window)
+            found = differing_from_cells(local, remote)
+            current.more = current.more or not found
+            differing.extend(branch * tree.segments_per_branch + at for at in found)
+        return differing
+
+    def _request_entries(self, current: Round, link: PeerLink, differing: list[int]) -> None:
         if not differing:
             self._finish(current, link, 0)
             return
         link.ae_divergence = len(differing)
         limit = self._ctx.config.ae_segments_per_round_max
-        current.more = len(differing) > limit
+        current.more = current.more or len(differing) > limit
         self._next_phase(current, "entries")
         current.segments_requested = min(limit, len(differing))
         request = wire.TreeEntriesRequest(self._ctx.node_id, current.round_id, tuple(differing[:limit]))
@@ -431,6 +461,16 @@ class AntiEntropy:
     def on_tree_segments_request(self, message: wire.TreeSegmentsRequest) -> None:
         self._docs.refresh_tree()  # repairs may have landed since the round began
         accept = self._filter(message.node_id)
+        link = self._links.of_node(message.node_id)
+        if len(message.branches) <= CELLS_BRANCHES_MAX and link is not None and (link.wire_version or 0) >= 4:
+            window = cell_window(message.round_id)
+            tree = self._docs.tree
+            cells = tuple(
+                branch_cells(tree.segment_values(branch, accept), window) for branch in message.branches
+            )
+            reply = wire.TreeCells(self._ctx.node_id, message.round_id, message.branches, cells)
+            self._links.send_to_node(message.node_id, reply)
+            return
         hashes: list[bytes] = []
         for branch in message.branches:
             hashes.extend(self._segment_hashes(branch, accept))

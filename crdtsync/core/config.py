@@ -135,11 +135,11 @@ class ReplicaConfig:
     hint_window_ms: float = 3 * 3600 * 1000.0
     """A hint no holder confirmed within this long is counted overdue (`hints_overdue`); it is kept,
     since the node that took the write may hold its only copy."""
-    wire_version_max: int = 3
-    """The highest wire version this node speaks (1..3; see docs/daemon.md, rolling upgrades).
+    wire_version_max: int = 4
+    """The highest wire version this node speaks (1..4; see docs/daemon.md, rolling upgrades).
     1 pins it to what releases before negotiation speak, 2 to those before compact causal metadata,
-    for a cluster that still has such nodes."""
+    3 to those before anti-entropy cells, for a cluster that still has such nodes."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.wire_version_max <= 3:  # 3: `crdtsync.core.envelope.WIRE_VERSION`
-            raise ValueError(f"wire_version_max must be 1, 2 or 3, got {self.wire_version_max!r}")
+        if not 1 <= self.wire_version_max <= 4:  # 4: `crdtsync.core.envelope.WIRE_VERSION`
+            raise ValueError(f"wire_version_max must be 1, 2, 3 or 4, got {self.wire_version_max!r}")

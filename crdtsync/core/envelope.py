@@ -26,7 +26,7 @@ publisher never greeted, and an index would need a table both sides agree on; th
 body instead, so a frame grows only by the header checksum. The header has its own checksum so
 that admission decides on verified bytes without reading the body.
 
-Version 3 leaves out the body length, which a receiver derives from the frame (ZeroMQ delivers whole
+Versions 3 and 4 leave out the body length, which a receiver derives from the frame (ZeroMQ delivers whole
 messages, and the body checksum catches any other cut): 4 bytes less on every frame, and the sender
 part starts at offset 9::
 
@@ -51,9 +51,10 @@ from crdtsync.core.state import write_varuint
 
 MAGIC = b"CS"
 WIRE_VERSION_MIN = 1
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 """The highest version this code speaks (and writes by default). Version 3 has version 2's header;
-only the bodies of DELTAS and RELAYED differ (`crdtsync.core.wire`)."""
+only the bodies of DELTAS and RELAYED differ (`crdtsync.core.wire`). Version 4 frames are version 3's;
+a node that speaks it answers a few branches' segment hashes with TREE_CELLS (`crdtsync.core.merkle`)."""
 HEADER = struct.Struct("!2sBBBII")
 """The 13 bytes versions 1 and 2 start with (all of version 1's header)."""
 HEADER_BYTES = HEADER.size

@@ -130,6 +130,16 @@ class MerkleTree:
             for value in self._segment_hashes[start : start + self.segments_per_branch]
         ]
 
+    def segment_values(self, branch: int, accept: Callable[[int], bool] | None = None) -> list[int]:
+        """The segment hashes of `branch` as ints, over the docs whose bucket `accept`s (None: all)."""
+        start = branch * self.segments_per_branch
+        if accept is None:
+            return self._segment_hashes[start : start + self.segments_per_branch]
+        return [
+            self._filtered_segment(segment, accept)
+            for segment in range(start, start + self.segments_per_branch)
+        ]
+
     def segment_entries(self, segment: int) -> list[tuple[str, bytes]]:
         docs = self._segment_docs[segment]
         return sorted(docs.items()) if docs is not None else []
@@ -228,3 +238,50 @@ class MerkleTree:
         return [
             (doc_id, digest) for doc_id, digest in self.segment_entries(segment) if accept(bucket_of(doc_id))
         ]
+
+
+# ---------------------------------------------------------------------- cells: a branch's sketch
+
+CELL_SIDE = 8
+"""A branch's 64 segments as an 8 x 8 grid: its cells are the XOR of each row and of each column."""
+CELL_BYTES = 4
+"""Each cell is sent as 4 bytes of its 16: which 4 turns with the round (`cell_window`)."""
+CELL_WINDOWS = HASH_BYTES // CELL_BYTES
+
+
+def cell_window(round_id: int) -> int:
+    """Which 4-byte window of the cells a round compares, drawn from the round id (Fibonacci hashing:
+    the rounds with one peer have ids in steps of the peer count), so that a difference hidden in one
+    round's window (a 2^-32 chance) shows in a later round's with probability 3/4 each."""
+    return ((round_id * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) * CELL_WINDOWS >> 64
+
+
+def branch_cells(segment_values: list[int], window: int) -> bytes:
+    """The sketch of a branch from its segment hashes (`CELL_SIDE`² of them): the XOR of each row,
+    then of each column, each cut to its `CELL_BYTES` bytes at `window`, big-endian."""
+    side = CELL_SIDE
+    if len(segment_values) != side * side:
+        raise ValueError(f"a branch has {side * side} segments, got {len(segment_values)}")
+    rows = [0] * side
+    columns = [0] * side
+    for index, value in enumerate(segment_values):
+        if value:
+            rows[index // side] ^= value
+            columns[index % side] ^= value
+    shift = 8 * CELL_BYTES * window
+    mask = (1 << (8 * CELL_BYTES)) - 1
+    return b"".join(((cell >> shift) & mask).to_bytes(CELL_BYTES, "big") for cell in rows + columns)
+
+
+def differing_from_cells(local: bytes, remote: bytes) -> list[int]:
+    """The segments (indexes in the branch) that may differ, given both sides' cells of one branch:
+    every segment in a differing row and a differing column. Every differing segment is among them
+    unless its difference cancels out in its row or column (a 2^-32 chance a round); when one row or
+    one column differs, exactly the differing segments."""
+    side, width = CELL_SIDE, CELL_BYTES
+    differs = [
+        local[i * width : (i + 1) * width] != remote[i * width : (i + 1) * width] for i in range(2 * side)
+    ]
+    rows = [row for row in range(side) if differs[row]]
+    columns = [column for column in range(side) if differs[side + column]]
+    return [row * side + column for row in rows for column in columns]

@@ -185,6 +185,17 @@ class TreeSegments:
 
 
 @dataclass(frozen=True, slots=True)
+class TreeCells:
+    """Wire version 4's answer to `TreeSegmentsRequest` for a few branches: instead of each branch's
+    64 segment hashes, its cells (`merkle.branch_cells`), `merkle.CELL_BYTES` bytes each, 16 a branch."""
+
+    node_id: str
+    round_id: int
+    branches: tuple[int, ...]
+    cells: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TreeEntriesRequest:
     node_id: str
     round_id: int
@@ -322,6 +333,7 @@ Message = (
     | TreeBranches
     | TreeSegmentsRequest
     | TreeSegments
+    | TreeCells
     | TreeEntriesRequest
     | TreeEntries
     | Members

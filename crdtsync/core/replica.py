@@ -384,7 +384,7 @@ class Replica:
                 self._antientropy.on_tree_branches(message)
             case wire.TreeSegmentsRequest():
                 self._antientropy.on_tree_segments_request(message)
-            case wire.TreeSegments():
+            case wire.TreeSegments() | wire.TreeCells():
                 self._antientropy.on_tree_segments(message)
             case wire.TreeEntriesRequest():
                 self._antientropy.on_tree_entries_request(message)

@@ -57,6 +57,7 @@ from crdtsync.core.messages import (
     SyncRequest,
     SyncResponse,
     TreeBranches,
+    TreeCells,
     TreeEntries,
     TreeEntriesRequest,
     TreeRoot,
@@ -79,6 +80,7 @@ from crdtsync.core.wire_tree import (
     TREE_BRANCHES,
     TREE_SEGMENTS,
     read_tree_branches,
+    read_tree_cells,
     read_tree_entries,
     read_tree_entries_request,
     read_tree_root,
@@ -131,6 +133,7 @@ __all__ = [
     "SyncRequest",
     "SyncResponse",
     "TreeBranches",
+    "TreeCells",
     "TreeEntries",
     "TreeEntriesRequest",
     "TreeRoot",
@@ -187,6 +190,7 @@ class MessageKind(IntEnum):
     LOAD_SUMMARIES = load_wire.LOAD_SUMMARIES
     FORWARD_REQUEST = forward.FORWARD_REQUEST
     FORWARD_REPLY = forward.FORWARD_REPLY
+    TREE_CELLS = 28
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
@@ -228,6 +232,8 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.TREE_SEGMENTS_REQUEST, [n, round_id, *branches]
         case TreeSegments(n, round_id, branches, hashes):
             return MessageKind.TREE_SEGMENTS, [n, round_id, list(branches), *hashes]
+        case TreeCells(n, round_id, branches, cells):
+            return MessageKind.TREE_CELLS, [n, round_id, list(branches), *cells]
         case TreeEntriesRequest(n, round_id, segments):
             return MessageKind.TREE_ENTRIES_REQUEST, [n, round_id, *segments]
         case TreeEntries(n, round_id, segments, entries):
@@ -560,6 +566,7 @@ _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.TREE_BRANCHES: read_tree_branches,
     MessageKind.TREE_SEGMENTS_REQUEST: read_tree_segments_request,
     MessageKind.TREE_SEGMENTS: read_tree_segments,
+    MessageKind.TREE_CELLS: read_tree_cells,
     MessageKind.TREE_ENTRIES_REQUEST: read_tree_entries_request,
     MessageKind.TREE_ENTRIES: read_tree_entries,
     MessageKind.MEMBERS: _read_members,

@@ -5,9 +5,11 @@ dispatches to them)."""
 from __future__ import annotations
 
 from crdtsync.core.envelope import WireError
+from crdtsync.core.merkle import CELL_BYTES, CELL_SIDE
 from crdtsync.core.messages import (
     Message,
     TreeBranches,
+    TreeCells,
     TreeEntries,
     TreeEntriesRequest,
     TreeRoot,
@@ -21,6 +23,8 @@ ENTRIES_PER_MESSAGE_MAX = 4096
 TREE_SEGMENTS = 4096
 TREE_BRANCHES = 64
 """The Merkle tree's shape is part of the protocol: every node of a cluster uses the same one."""
+TREE_CELLS_BYTES = 2 * CELL_SIDE * CELL_BYTES
+"""One branch's cells in TREE_CELLS (wire version 4): a row and a column per side of its grid."""
 
 
 def read_tree_root(f: Fields, node_id: str) -> Message:
@@ -46,6 +50,17 @@ def read_tree_segments(f: Fields, node_id: str) -> Message:
     if f.remaining() != len(branches) * (TREE_SEGMENTS // TREE_BRANCHES):
         raise WireError("bad_body", "TREE_SEGMENTS must carry every segment hash of each listed branch")
     return TreeSegments(node_id, round_id, branches, tuple(f.hash("hash") for _ in range(f.remaining())))
+
+
+def read_tree_cells(f: Fields, node_id: str) -> Message:
+    round_id = f.uint("round_id")
+    branches = f.index_list("branches", TREE_BRANCHES)
+    if f.remaining() != len(branches):
+        raise WireError("bad_body", "TREE_CELLS must carry the cells of each listed branch")
+    cells = tuple(f.blob("cells") for _ in branches)
+    if any(len(blob) != TREE_CELLS_BYTES for blob in cells):
+        raise WireError("bad_body", f"TREE_CELLS cells must be {TREE_CELLS_BYTES} bytes a branch")
+    return TreeCells(node_id, round_id, branches, cells)
 
 
 def read_tree_entries_request(f: Fields, node_id: str) -> Message:

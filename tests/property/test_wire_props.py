@@ -49,6 +49,15 @@ def branch_segments(draw: st.DrawFn) -> wire.TreeSegments:
 
 
 @st.composite
+def branch_cells(draw: st.DrawFn) -> wire.TreeCells:
+    branches = draw(branch_sets)
+    cells = draw(
+        st.lists(st.binary(min_size=64, max_size=64), min_size=len(branches), max_size=len(branches))
+    )
+    return wire.TreeCells(draw(node_ids), draw(uints), branches, tuple(cells))
+
+
+@st.composite
 def tree_entries(draw: st.DrawFn) -> wire.TreeEntries:
     segments = draw(st.lists(st.integers(0, wire.TREE_SEGMENTS - 1), unique=True, min_size=1, max_size=4))
     entries = draw(st.lists(st.tuples(st.sampled_from(segments), doc_ids, hashes), max_size=8))
@@ -98,6 +107,7 @@ messages: st.SearchStrategy[wire.Message] = st.one_of(
     ),
     st.builds(wire.TreeSegmentsRequest, node_ids, uints, branch_sets),
     branch_segments(),
+    branch_cells(),
     st.builds(wire.TreeEntriesRequest, node_ids, uints, segment_sets),
     tree_entries(),
 )

@@ -1141,3 +1141,36 @@ def test_a_doc_held_open_on_a_non_holder_is_subscribed_after_follow_subscribe_af
     holder.open_doc(doc_id).get("m", type=Map)["k"] = "after"
     mesh.advance(500.0)
     assert a.open_doc(doc_id).get("m", type=Map).to_py() == {"k": "after"}, "the follower got the write"
+
+
+# ---------------------------------------------------------------------------------------------- cells
+
+
+@pytest.mark.parametrize("b_version", [4, 3])
+def test_a_round_between_version_4_nodes_compares_segments_by_cells_and_repairs_what_differs(
+    b_version: int,
+) -> None:
+    """Docs changed on a while b misses the deltas: the round's segments answer is TREE_CELLS when
+    both speak version 4, TREE_SEGMENTS when one speaks 3, and both repair exactly the changed docs."""
+    mesh = Mesh()
+    a = mesh.add("a")
+    b = mesh.add("b", config=ReplicaConfig(wire_version_max=b_version))
+    seed = _new_doc(7)
+    seed.get("data", type=Map)["init"] = 1
+    for index in range(300):
+        a.load_update(f"doc-{index}", seed.get_update())
+        b.load_update(f"doc-{index}", seed.get_update())
+    mesh.link_all()
+    mesh.drop = _is_deltas_from(a, b)
+    changed = [f"doc-{index}" for index in (3, 150, 299)]
+    for doc_id in changed:
+        a.open_doc(doc_id).get("data", type=Map)["k"] = doc_id
+    mesh.pump()
+    mesh.delivered.clear()
+    mesh.advance(2 * DEFAULTS.ae_interval_ms)  # deltas still dropped: anti-entropy alone repairs
+    kinds = {hop.kind for hop in mesh.delivered}
+    cells, segments = wire.MessageKind.TREE_CELLS, wire.MessageKind.TREE_SEGMENTS
+    assert (cells in kinds, segments in kinds) == ((True, False) if b_version == 4 else (False, True))
+    assert _count(b, "sync_updates_applied") == len(changed)
+    _assert_converged([a, b], [f"doc-{index}" for index in range(300)])
+    assert a.merkle_root() == b.merkle_root()

@@ -185,7 +185,7 @@ MALFORMED: list[tuple[str, bytes, str, str]] = [
     ("epoch-over-9-bytes", _v2(epoch=b"\xff" * 9 + b"\x01"), "bad_header", "epoch is longer than 9"),
     ("seq-over-9-bytes", _v2(seq=b"\x80" * 10), "bad_header", "seq is longer than 9"),
     ("header-checksum", _v2(header_crc=1), "bad_checksum", "header checksum"),
-    ("version-4", _v2(version=4), "bad_version", "wire version 4 is not accepted (this node speaks 1..3)"),
+    ("version-5", _v2(version=5), "bad_version", "wire version 5 is not accepted (this node speaks 1..4)"),
     ("version-99", _v2(version=99), "bad_version", "wire version 99"),
     ("version-0", _v2(version=0), "bad_version", "wire version 0"),
     ("kind-unknown", _v2(kind=200), "bad_kind", "unknown message kind 200"),
@@ -367,10 +367,10 @@ def test_a_replica_pinned_to_version_1_counts_version_2_frames_as_bad_version() 
 
 
 def test_wire_version_max_outside_the_spoken_versions_is_refused() -> None:
-    for bad in (0, 4):
-        with pytest.raises(ValueError, match="wire_version_max must be 1, 2 or 3"):
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="wire_version_max must be 1, 2, 3 or 4"):
             ReplicaConfig(wire_version_max=bad)
-    assert envelope.WIRE_VERSION == 3, "ReplicaConfig's bound follows the highest version"
+    assert envelope.WIRE_VERSION == 4, "ReplicaConfig's bound follows the highest version"
 
 
 # ---------------------------------------------------------------------------------------------- skipped numbers

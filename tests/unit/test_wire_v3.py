@@ -76,7 +76,7 @@ def test_every_message_kind_round_trips_in_version_3_with_deltas_stripped_of_the
 def test_a_version_3_delta_is_its_doc_id_and_update_and_the_receiver_derives_its_states() -> None:
     update = _update()
     message = wire.Deltas(NODE, 3, 9, (wire.Delta("doc-1", b"\x01\x2a\x00", b"\x01\x2a\x01", update),))
-    frame = wire.encode(message)
+    frame = wire.encode(message, 3)
     header = wire.read_header(frame)
     assert header.version == 3
     assert msgpack.unpackb(frame[header.body_start :]) == ["doc-1", update]
@@ -155,7 +155,7 @@ def test_every_malformed_version_3_frame_raises_wire_error_naming_what(
 
 def test_the_version_3_header_has_no_body_length() -> None:
     message = wire.Heartbeat(NODE, 300, 70_000)
-    frame = wire.encode(message)
+    frame = wire.encode(message, 3)
     assert frame[:5] == b"CS\x03" + bytes((MessageKind.HEARTBEAT, 0))
     header = wire.read_header(frame)
     assert int.from_bytes(frame[5:9], "big") == zlib.crc32(frame[header.body_start :])
@@ -164,7 +164,7 @@ def test_the_version_3_header_has_no_body_length() -> None:
     assert (header.sender, header.epoch, header.seq) == (NODE, 300, 70_000)
     assert len(frame) == len(wire.encode(message, 2)) - 4
     assert wire.decode(frame) == message
-    assert _v3() == wire.encode(wire.Heartbeat(NODE, 3, 99))
+    assert _v3() == wire.encode(wire.Heartbeat(NODE, 3, 99), 3)
 
 
 def test_an_update_that_does_not_parse_is_refused_alone_and_counted() -> None:
