@@ -26,6 +26,7 @@ from crdtsync.core.holding import Filter, Holding, ViewTable
 from crdtsync.core.links import Links, PeerLink
 from crdtsync.core.merkle import HASH_BYTES, branch_cells, cell_window, differing_from_cells
 from crdtsync.core.sync import StateSync
+from crdtsync.core.tree_leaves import answer_leaves, remote_view, request_leaves
 
 log = logging.getLogger("crdtsync.replica")
 
@@ -49,6 +50,8 @@ class Round:
     segments_requested: int = 0
     accept: Filter | None = None
     """The placement buckets both sides hold (None: every doc)."""
+    leaves_sent: dict[int, list[tuple[str, bytes]]] | None = None
+    """Segment -> the entries whose leaves went in this round's TREE_LEAVES_REQUEST (version 4)."""
 
 
 class AntiEntropy:
@@ -376,17 +379,40 @@ class AntiEntropy:
         current.more = current.more or len(differing) > limit
         self._next_phase(current, "entries")
         current.segments_requested = min(limit, len(differing))
-        request = wire.TreeEntriesRequest(self._ctx.node_id, current.round_id, tuple(differing[:limit]))
+        wanted = differing[:limit]
+        if (link.wire_version or 0) >= 4:
+            entries_of = {segment: self._segment_entries(segment, current.accept) for segment in wanted}
+            window = cell_window(current.round_id)
+            sent, leaves = request_leaves(entries_of, window, wire.ENTRIES_PER_MESSAGE_MAX)
+            if sent:
+                current.leaves_sent = sent
+                current.segments_requested = len(sent)
+                current.more = current.more or len(sent) < len(wanted)
+                request_leaves_message = wire.TreeLeavesRequest(
+                    self._ctx.node_id, current.round_id, tuple(sent), leaves
+                )
+                self._links.send(link.address, request_leaves_message)
+                return
+        request = wire.TreeEntriesRequest(self._ctx.node_id, current.round_id, tuple(wanted))
         self._links.send(link.address, request)
 
-    def on_tree_entries(self, message: wire.TreeEntries) -> None:
+    def on_tree_entries(self, message: wire.TreeEntries | wire.TreeLeaves) -> None:
         found = self._round_for(message.node_id, message.round_id, "entries")
         if found is None:
             return
         current, link = found
-        remote: dict[int, dict[str, bytes]] = {segment: {} for segment in message.segments}
+        listed: dict[int, dict[str, bytes]] = {segment: {} for segment in message.segments}
         for segment, doc_id, remote_digest in message.entries:
-            remote[segment][doc_id] = remote_digest
+            listed[segment][doc_id] = remote_digest
+        if isinstance(message, wire.TreeEntries):
+            remote = listed
+        else:  # what the peer holds: the leaves it matched, and the entries it listed
+            sent = current.leaves_sent or {}
+            remote = {
+                segment: remote_view(sent[segment], positions, listed[segment])
+                for segment, positions in zip(message.segments, message.unmatched, strict=True)
+                if segment in sent
+            }
         repaired, requests, pushes = self._plan_repairs(current, link, remote)
         ctx = self._ctx
         ctx.counters.sync_pushes += len(pushes)
@@ -479,9 +505,33 @@ class AntiEntropy:
             wire.TreeSegments(self._ctx.node_id, message.round_id, message.branches, tuple(hashes)),
         )
 
-    def on_tree_entries_request(self, message: wire.TreeEntriesRequest) -> None:
+    def _answer_leaves(self, message: wire.TreeLeavesRequest, accept: Filter | None) -> None:
+        window = cell_window(message.round_id)
+        answered: list[int] = []
+        unmatched: list[tuple[int, ...]] = []
+        entries: list[tuple[int, str, bytes]] = []
+        for segment, leaves in zip(message.segments, message.leaves, strict=True):
+            listed, positions = answer_leaves(self._segment_entries(segment, accept), leaves, window)
+            if answered and len(entries) + len(listed) > wire.ENTRIES_PER_MESSAGE_MAX:
+                break
+            answered.append(segment)
+            unmatched.append(positions)
+            entries.extend((segment, doc_id, doc_digest) for doc_id, doc_digest in listed)
+        reply = wire.TreeLeaves(
+            self._ctx.node_id,
+            message.round_id,
+            tuple(answered),
+            tuple(unmatched),
+            tuple(entries[: wire.ENTRIES_PER_MESSAGE_MAX]),
+        )
+        self._links.send_to_node(message.node_id, reply)
+
+    def on_tree_entries_request(self, message: wire.TreeEntriesRequest | wire.TreeLeavesRequest) -> None:
         self._docs.refresh_tree()  # repairs may have landed since the round began
         accept = self._filter(message.node_id)
+        if isinstance(message, wire.TreeLeavesRequest):
+            self._answer_leaves(message, accept)
+            return
         answered: list[int] = []
         entries: list[tuple[int, str, bytes]] = []
         for segment in message.segments:

@@ -285,3 +285,14 @@ def differing_from_cells(local: bytes, remote: bytes) -> list[int]:
     rows = [row for row in range(side) if differs[row]]
     columns = [column for column in range(side) if differs[side + column]]
     return [row * side + column for row in rows for column in columns]
+
+
+def short_leaves(entries: list[tuple[str, bytes]], window: int) -> bytes:
+    """The leaf hashes of (doc id, digest) entries, each cut to `CELL_BYTES` bytes at `window`, in the
+    entries' order: what a TREE_LEAVES_REQUEST says of a segment instead of its doc ids and digests."""
+    shift = 8 * CELL_BYTES * window
+    mask = (1 << (8 * CELL_BYTES)) - 1
+    return b"".join(
+        ((leaf_hash(doc_id, digest) >> shift) & mask).to_bytes(CELL_BYTES, "big")
+        for doc_id, digest in entries
+    )

@@ -196,6 +196,30 @@ class TreeCells:
 
 
 @dataclass(frozen=True, slots=True)
+class TreeLeavesRequest:
+    """Wire version 4's request for what differs in `segments`: the sender's leaves of each (4 bytes
+    each, `merkle.short_leaves`), instead of asking for the responder's entries (`tree_leaves`)."""
+
+    node_id: str
+    round_id: int
+    segments: tuple[int, ...]
+    leaves: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeLeaves:
+    """The answer to `TreeLeavesRequest` for the `segments` answered (a prefix of those asked, to stay
+    within ENTRIES_PER_MESSAGE_MAX): for each, the positions of the requester's leaves the responder
+    does not hold; then the responder's (segment, doc id, digest) entries whose leaf was not sent."""
+
+    node_id: str
+    round_id: int
+    segments: tuple[int, ...]
+    unmatched: tuple[tuple[int, ...], ...]
+    entries: tuple[tuple[int, str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class TreeEntriesRequest:
     node_id: str
     round_id: int
@@ -334,6 +358,8 @@ Message = (
     | TreeSegmentsRequest
     | TreeSegments
     | TreeCells
+    | TreeLeavesRequest
+    | TreeLeaves
     | TreeEntriesRequest
     | TreeEntries
     | Members

@@ -386,9 +386,9 @@ class Replica:
                 self._antientropy.on_tree_segments_request(message)
             case wire.TreeSegments() | wire.TreeCells():
                 self._antientropy.on_tree_segments(message)
-            case wire.TreeEntriesRequest():
+            case wire.TreeEntriesRequest() | wire.TreeLeavesRequest():
                 self._antientropy.on_tree_entries_request(message)
-            case wire.TreeEntries():
+            case wire.TreeEntries() | wire.TreeLeaves():
                 self._antientropy.on_tree_entries(message)
             case wire.Members():
                 self._gossip.on_members(message)

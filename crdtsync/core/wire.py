@@ -60,6 +60,8 @@ from crdtsync.core.messages import (
     TreeCells,
     TreeEntries,
     TreeEntriesRequest,
+    TreeLeaves,
+    TreeLeavesRequest,
     TreeRoot,
     TreeSegments,
     TreeSegmentsRequest,
@@ -83,6 +85,8 @@ from crdtsync.core.wire_tree import (
     read_tree_cells,
     read_tree_entries,
     read_tree_entries_request,
+    read_tree_leaves,
+    read_tree_leaves_request,
     read_tree_root,
     read_tree_segments,
     read_tree_segments_request,
@@ -136,6 +140,8 @@ __all__ = [
     "TreeCells",
     "TreeEntries",
     "TreeEntriesRequest",
+    "TreeLeaves",
+    "TreeLeavesRequest",
     "TreeRoot",
     "TreeSegments",
     "TreeSegmentsRequest",
@@ -191,6 +197,8 @@ class MessageKind(IntEnum):
     FORWARD_REQUEST = forward.FORWARD_REQUEST
     FORWARD_REPLY = forward.FORWARD_REPLY
     TREE_CELLS = 28
+    TREE_LEAVES_REQUEST = 29
+    TREE_LEAVES = 30
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
@@ -234,6 +242,18 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.TREE_SEGMENTS, [n, round_id, list(branches), *hashes]
         case TreeCells(n, round_id, branches, cells):
             return MessageKind.TREE_CELLS, [n, round_id, list(branches), *cells]
+        case TreeLeavesRequest(n, round_id, segments, leaves):
+            return MessageKind.TREE_LEAVES_REQUEST, [n, round_id, list(segments), *leaves]
+        case TreeLeaves(n, round_id, segments, unmatched, entries):
+            flat_leaves: list[Any] = [
+                n,
+                round_id,
+                list(segments),
+                [list(positions) for positions in unmatched],
+            ]
+            for segment, doc_id, digest in entries:
+                flat_leaves.extend((segment, doc_id, digest))
+            return MessageKind.TREE_LEAVES, flat_leaves
         case TreeEntriesRequest(n, round_id, segments):
             return MessageKind.TREE_ENTRIES_REQUEST, [n, round_id, *segments]
         case TreeEntries(n, round_id, segments, entries):
@@ -567,6 +587,8 @@ _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.TREE_SEGMENTS_REQUEST: read_tree_segments_request,
     MessageKind.TREE_SEGMENTS: read_tree_segments,
     MessageKind.TREE_CELLS: read_tree_cells,
+    MessageKind.TREE_LEAVES_REQUEST: read_tree_leaves_request,
+    MessageKind.TREE_LEAVES: read_tree_leaves,
     MessageKind.TREE_ENTRIES_REQUEST: read_tree_entries_request,
     MessageKind.TREE_ENTRIES: read_tree_entries,
     MessageKind.MEMBERS: _read_members,

@@ -128,7 +128,16 @@ class Fields:
 
     def index_list(self, name: str, bound: int) -> tuple[int, ...]:
         """A nested array of distinct indexes below `bound`."""
+        return self._index_values(name, self._next(), bound)
+
+    def index_lists(self, name: str, count: int, bound: int) -> tuple[tuple[int, ...], ...]:
+        """A nested array of `count` arrays, each of distinct indexes below `bound`."""
         value = self._next()
+        if not isinstance(value, list) or len(value) != count:
+            raise WireError("bad_body", f"{self.kind.name}.{name} is not an array of {count} arrays")
+        return tuple(self._index_values(name, item, bound) for item in value)
+
+    def _index_values(self, name: str, value: Any, bound: int) -> tuple[int, ...]:
         if not isinstance(value, list) or len(value) > bound:
             raise WireError("bad_body", f"{self.kind.name}.{name} is not an array of at most {bound} indexes")
         values = tuple(self._index(name, item, bound) for item in value)

@@ -12,6 +12,8 @@ from crdtsync.core.messages import (
     TreeCells,
     TreeEntries,
     TreeEntriesRequest,
+    TreeLeaves,
+    TreeLeavesRequest,
     TreeRoot,
     TreeSegments,
     TreeSegmentsRequest,
@@ -71,15 +73,42 @@ def read_tree_entries_request(f: Fields, node_id: str) -> Message:
 def read_tree_entries(f: Fields, node_id: str) -> Message:
     round_id = f.uint("round_id")
     segments = f.index_list("segments", TREE_SEGMENTS)
+    return TreeEntries(node_id, round_id, segments, _entries(f, "TREE_ENTRIES", set(segments)))
+
+
+def _entries(f: Fields, kind: str, listed: set[int]) -> tuple[tuple[int, str, bytes], ...]:
+    """The (segment, doc id, digest) triples that end a TREE_ENTRIES or TREE_LEAVES body."""
     if f.remaining() % 3:
-        raise WireError("bad_body", "TREE_ENTRIES entries must be (segment, doc_id, digest) triples")
+        raise WireError("bad_body", f"{kind} entries must be (segment, doc_id, digest) triples")
     if f.remaining() // 3 > ENTRIES_PER_MESSAGE_MAX:
-        raise WireError("too_large", f"TREE_ENTRIES carries more than {ENTRIES_PER_MESSAGE_MAX} entries")
-    listed = set(segments)
+        raise WireError("too_large", f"{kind} carries more than {ENTRIES_PER_MESSAGE_MAX} entries")
     entries = []
     while f.remaining():
         segment, doc_id, digest = f.uint("segment"), f.text("doc_id", DOC_ID_BYTES_MAX), f.blob("digest")
         if segment not in listed:
-            raise WireError("bad_body", f"TREE_ENTRIES has an entry in unlisted segment {segment}")
+            raise WireError("bad_body", f"{kind} has an entry in unlisted segment {segment}")
         entries.append((segment, doc_id, digest))
-    return TreeEntries(node_id, round_id, segments, tuple(entries))
+    return tuple(entries)
+
+
+def read_tree_leaves_request(f: Fields, node_id: str) -> Message:
+    round_id = f.uint("round_id")
+    segments = f.index_list("segments", TREE_SEGMENTS)
+    if f.remaining() != len(segments):
+        raise WireError("bad_body", "TREE_LEAVES_REQUEST must carry the leaves of each listed segment")
+    leaves = tuple(f.blob("leaves") for _ in segments)
+    if any(len(blob) % CELL_BYTES for blob in leaves):
+        raise WireError("bad_body", f"TREE_LEAVES_REQUEST leaves must be {CELL_BYTES} bytes each")
+    if sum(len(blob) for blob in leaves) > ENTRIES_PER_MESSAGE_MAX * CELL_BYTES:
+        raise WireError(
+            "too_large", f"TREE_LEAVES_REQUEST carries more than {ENTRIES_PER_MESSAGE_MAX} leaves"
+        )
+    return TreeLeavesRequest(node_id, round_id, segments, leaves)
+
+
+def read_tree_leaves(f: Fields, node_id: str) -> Message:
+    round_id = f.uint("round_id")
+    segments = f.index_list("segments", TREE_SEGMENTS)
+    unmatched = f.index_lists("unmatched", len(segments), ENTRIES_PER_MESSAGE_MAX)
+    entries = _entries(f, "TREE_LEAVES", set(segments))
+    return TreeLeaves(node_id, round_id, segments, unmatched, entries)

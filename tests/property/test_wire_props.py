@@ -58,6 +58,26 @@ def branch_cells(draw: st.DrawFn) -> wire.TreeCells:
 
 
 @st.composite
+def tree_leaves(draw: st.DrawFn) -> wire.TreeLeaves | wire.TreeLeavesRequest:
+    segments = draw(st.lists(st.integers(0, wire.TREE_SEGMENTS - 1), unique=True, max_size=4).map(tuple))
+    if draw(st.booleans()):
+        leaves = draw(
+            st.lists(
+                st.binary(max_size=12).map(lambda b: b[: len(b) // 4 * 4]),
+                min_size=len(segments),
+                max_size=len(segments),
+            )
+        )
+        return wire.TreeLeavesRequest(draw(node_ids), draw(uints), segments, tuple(leaves))
+    positions = st.lists(st.integers(0, 50), unique=True, max_size=4).map(tuple)
+    unmatched = draw(st.lists(positions, min_size=len(segments), max_size=len(segments)))
+    entries = (
+        draw(st.lists(st.tuples(st.sampled_from(segments), doc_ids, hashes), max_size=6)) if segments else []
+    )
+    return wire.TreeLeaves(draw(node_ids), draw(uints), segments, tuple(unmatched), tuple(entries))
+
+
+@st.composite
 def tree_entries(draw: st.DrawFn) -> wire.TreeEntries:
     segments = draw(st.lists(st.integers(0, wire.TREE_SEGMENTS - 1), unique=True, min_size=1, max_size=4))
     entries = draw(st.lists(st.tuples(st.sampled_from(segments), doc_ids, hashes), max_size=8))
@@ -108,6 +128,7 @@ messages: st.SearchStrategy[wire.Message] = st.one_of(
     st.builds(wire.TreeSegmentsRequest, node_ids, uints, branch_sets),
     branch_segments(),
     branch_cells(),
+    tree_leaves(),
     st.builds(wire.TreeEntriesRequest, node_ids, uints, segment_sets),
     tree_entries(),
 )

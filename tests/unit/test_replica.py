@@ -1147,11 +1147,11 @@ def test_a_doc_held_open_on_a_non_holder_is_subscribed_after_follow_subscribe_af
 
 
 @pytest.mark.parametrize("b_version", [4, 3])
-def test_a_round_between_version_4_nodes_compares_segments_by_cells_and_repairs_what_differs(
+def test_a_round_between_version_4_nodes_compares_cells_and_leaves_and_repairs_what_differs(
     b_version: int,
 ) -> None:
-    """Docs changed on a while b misses the deltas: the round's segments answer is TREE_CELLS when
-    both speak version 4, TREE_SEGMENTS when one speaks 3, and both repair exactly the changed docs."""
+    """Docs changed on a while b misses the deltas: a round's last steps are TREE_CELLS and leaves when
+    both speak version 4, segment hashes and entries when one speaks 3; both repair the changed docs."""
     mesh = Mesh()
     a = mesh.add("a")
     b = mesh.add("b", config=ReplicaConfig(wire_version_max=b_version))
@@ -1169,8 +1169,18 @@ def test_a_round_between_version_4_nodes_compares_segments_by_cells_and_repairs_
     mesh.delivered.clear()
     mesh.advance(2 * DEFAULTS.ae_interval_ms)  # deltas still dropped: anti-entropy alone repairs
     kinds = {hop.kind for hop in mesh.delivered}
-    cells, segments = wire.MessageKind.TREE_CELLS, wire.MessageKind.TREE_SEGMENTS
-    assert (cells in kinds, segments in kinds) == ((True, False) if b_version == 4 else (False, True))
+    version_4 = {
+        wire.MessageKind.TREE_CELLS,
+        wire.MessageKind.TREE_LEAVES_REQUEST,
+        wire.MessageKind.TREE_LEAVES,
+    }
+    version_3 = {
+        wire.MessageKind.TREE_SEGMENTS,
+        wire.MessageKind.TREE_ENTRIES_REQUEST,
+        wire.MessageKind.TREE_ENTRIES,
+    }
+    assert kinds >= (version_4 if b_version == 4 else version_3)
+    assert not kinds & (version_3 if b_version == 4 else version_4)
     assert _count(b, "sync_updates_applied") == len(changed)
     _assert_converged([a, b], [f"doc-{index}" for index in range(300)])
     assert a.merkle_root() == b.merkle_root()
