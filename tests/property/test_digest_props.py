@@ -149,9 +149,12 @@ def test_canonical_state_is_the_fully_decoded_form_whatever_the_history(
             if other is not doc:
                 doc.apply_update(other.get_update(doc.get_state()))
     full_updates = [w.get_update() for w in writers]
-    merged = _receiver([merge_updates(*data.draw(st.permutations(full_updates), label="order"))], 3)
+    merged = _receiver(
+        [merge_updates(*data.draw(st.permutations(full_updates), label="order"))],
+        next(c for c in range(6, 11) if c not in ids),
+    )
     for doc in [*writers, merged]:
         snapshot = Snapshot.from_doc(doc).encode()
         assert canonical_state(doc) == _canonical_from_snapshot(snapshot)
-    everything = _receiver(full_updates, client_id=ids[0] + 1)
+    everything = _receiver(full_updates, client_id=next(c for c in range(11, 16) if c not in ids))
     assert digest(merged) == digest(everything)
