@@ -338,10 +338,9 @@ class AntiEntropy:
             return
         current, link = found
         if isinstance(message, wire.TreeCells):
-            differing = self._differing_from_cells(current, message)
+            self._request_entries(current, link, self._differing_from_cells(current, message), leaves=True)
         else:
-            differing = self._differing_from_hashes(current, message)
-        self._request_entries(current, link, differing)
+            self._request_entries(current, link, self._differing_from_hashes(current, message), leaves=False)
 
     def _differing_from_hashes(self, current: Round, message: wire.TreeSegments) -> list[int]:
         per_branch = self._docs.tree.segments_per_branch
@@ -370,7 +369,10 @@ class AntiEntropy:
             differing.extend(branch * tree.segments_per_branch + at for at in found)
         return differing
 
-    def _request_entries(self, current: Round, link: PeerLink, differing: list[int]) -> None:
+    def _request_entries(self, current: Round, link: PeerLink, differing: list[int], *, leaves: bool) -> None:
+        """Ask for what differs in `differing` segments: with `leaves` (a small divergence, answered with
+        cells), by sending this node's leaves of them; else (many branches differ, so most of their
+        docs likely do) by asking for their entries."""
         if not differing:
             self._finish(current, link, 0)
             return
@@ -380,7 +382,7 @@ class AntiEntropy:
         self._next_phase(current, "entries")
         current.segments_requested = min(limit, len(differing))
         wanted = differing[:limit]
-        if (link.wire_version or 0) >= 4:
+        if leaves:
             entries_of = {segment: self._segment_entries(segment, current.accept) for segment in wanted}
             window = cell_window(current.round_id)
             sent, leaves = request_leaves(entries_of, window, wire.ENTRIES_PER_MESSAGE_MAX)
