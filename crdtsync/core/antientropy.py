@@ -25,6 +25,7 @@ from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocTable
 from crdtsync.core.holding import Filter, Holding, ViewTable
 from crdtsync.core.links import Links, PeerLink
 from crdtsync.core.merkle import HASH_BYTES, branch_cells, cell_window, differing_from_cells
+from crdtsync.core.state import doc_update
 from crdtsync.core.sync import StateSync
 from crdtsync.core.tree_leaves import answer_leaves, remote_view, request_leaves
 
@@ -385,15 +386,15 @@ class AntiEntropy:
         if leaves:
             entries_of = {segment: self._segment_entries(segment, current.accept) for segment in wanted}
             window = cell_window(current.round_id)
-            sent, leaves = request_leaves(entries_of, window, wire.ENTRIES_PER_MESSAGE_MAX)
+            sent, leaf_bytes = request_leaves(entries_of, window, wire.ENTRIES_PER_MESSAGE_MAX)
             if sent:
                 current.leaves_sent = sent
                 current.segments_requested = len(sent)
                 current.more = current.more or len(sent) < len(wanted)
-                request_leaves_message = wire.TreeLeavesRequest(
-                    self._ctx.node_id, current.round_id, tuple(sent), leaves
+                node_id, round_id = self._ctx.node_id, current.round_id
+                self._links.send(
+                    link.address, wire.TreeLeavesRequest(node_id, round_id, tuple(sent), leaf_bytes)
                 )
-                self._links.send(link.address, request_leaves_message)
                 return
         request = wire.TreeEntriesRequest(self._ctx.node_id, current.round_id, tuple(wanted))
         self._links.send(link.address, request)
@@ -457,7 +458,7 @@ class AntiEntropy:
                     # Evicted: pushed on its own once loaded (its bytes are not known before).
                     self._docs.when_loaded(entry, lambda e: self._push_whole(link.address, e))
                 elif doc_id not in theirs and entry is not None:
-                    update = self._docs.doc(entry).get_update()
+                    update = doc_update(self._docs.doc(entry))
                     bytes_budget -= len(update)
                     link.ae_bytes_repaired += len(update)
                     pushes.append((doc_id, update))
@@ -466,7 +467,7 @@ class AntiEntropy:
         return repaired, requests, pushes
 
     def _push_whole(self, address: str, entry: DocEntry) -> None:
-        update = self._docs.doc(entry).get_update()
+        update = doc_update(self._docs.doc(entry))
         link = self._links.by_address.get(address)
         if link is not None:
             link.ae_bytes_repaired += len(update)

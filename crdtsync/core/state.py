@@ -128,6 +128,34 @@ def _normalized_delete_set(data: bytes, pos: int) -> tuple[list[tuple[int, list[
     return normalized, pos
 
 
+def doc_state(doc: Doc[Any]) -> bytes:
+    """`doc.get_state()`, without pycrdt's Python transaction wrapper (about 3 µs of its 4 on the
+    sync path) when no transaction is open on the doc; inside one, through it."""
+    if doc._txn is not None:
+        return doc.get_state()
+    txn = doc._doc.create_transaction()
+    try:
+        state: bytes = doc._doc.get_state(txn)
+    finally:
+        # A read changes nothing: the commit fires no observer (pycrdt's own reads commit the same way).
+        txn.commit()
+        txn.drop()
+    return state
+
+
+def doc_update(doc: Doc[Any], state: bytes = b"\x00") -> bytes:
+    """`doc.get_update(state)` (everything the holder of `state` lacks), as `doc_state` reads."""
+    if doc._txn is not None:
+        return doc.get_update(state)
+    txn = doc._doc.create_transaction()
+    try:
+        update: bytes = doc._doc.get_update(txn, state)
+    finally:
+        txn.commit()
+        txn.drop()
+    return update
+
+
 def canonical_state(doc: Doc[Any]) -> bytes:
     """A byte string equal for two docs iff they hold the same items and the same deletions.
 

@@ -21,6 +21,8 @@ from crdtsync.core.state import (
     covers,
     decode_state_vector,
     digest,
+    doc_state,
+    doc_update,
     encode_state_vector,
     merge_into,
 )
@@ -304,3 +306,22 @@ def test_check_state_vector_accepts_pycrdt_state_vectors() -> None:
     assert len(decode_state_vector(state)) == 3
     check_state_vector(state)
     check_state_vector(encode_state_vector({}))
+
+
+def test_doc_state_and_doc_update_read_as_pycrdt_does_inside_a_transaction_or_not() -> None:
+    doc = _writer(5)
+    doc.get("data", type=Map)["k"] = 1
+    events: list[bytes] = []
+    doc.observe(lambda event: events.append(event.update))
+    behind = _new_doc(6)
+    assert doc_state(doc) == doc.get_state()
+    assert doc_update(doc) == doc.get_update()
+    assert doc_update(doc, behind.get_state()) == doc.get_update(behind.get_state())
+    assert events == [], "a read commits no change: no observer runs"
+    with doc.transaction():
+        doc.get("data", type=Map)["k"] = 2
+        assert decode_state_vector(doc_state(doc)) == {5: 2}
+        assert doc_update(doc, doc_state(doc)) == doc.get_update(doc.get_state())  # the delete set
+    assert len(events) == 1
+    behind.apply_update(doc_update(doc, behind.get_state()))
+    assert behind.get("data", type=Map)["k"] == 2
