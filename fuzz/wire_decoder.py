@@ -59,6 +59,9 @@ def seed_frames() -> list[bytes]:
         wire.TreeSegments("n1", 1, (3,), (b"\x02" * 16,) * (wire.TREE_SEGMENTS // wire.TREE_BRANCHES)),
         wire.TreeEntriesRequest("n1", 1, (7, 9)),
         wire.TreeEntries("n1", 1, (7,), ((7, "doc", b"\x03" * 16),)),
+        wire.TreeCells("n1", 1, (3, 9), (b"\x04" * 64, bytes(64))),
+        wire.TreeLeavesRequest("n1", 1, (7, 9), (b"\x05" * 12, b"")),
+        wire.TreeLeaves("n1", 1, (7, 9), ((0, 2), ()), ((9, "doc", b"\x06" * 16),)),
         wire.Members(
             "n1",
             False,
@@ -71,7 +74,7 @@ def seed_frames() -> list[bytes]:
         wire.Relayed("n1", "origin", deltas[:2]),
         wire.Ephemeral("n1", "origin", "doc", b'\x01\x07\x02\x0e{"user":"ann"}'),
     ]
-    return [wire.encode(message, version) for version in (3, 2, 1) for message in messages]
+    return [wire.encode(message, version) for version in (4, 3, 2, 1) for message in messages]
 
 
 def seed_inputs() -> list[bytes]:
@@ -104,7 +107,7 @@ def repair_checksum(data: bytes, rng: random.Random) -> bytes:
     them to the body decoder."""
     if len(data) < wire.HEADER_BYTES or rng.random() >= 0.7:
         return data
-    fixed_end = 9 if data[2] >= 3 else wire.HEADER_BYTES  # version 3 has no body length
+    fixed_end = 9 if data[2] >= 3 else wire.HEADER_BYTES  # versions 3 and 4 have no body length
     sender_in_header = data[2] >= 2
     header_end = _sender_header_end(data, fixed_end) if sender_in_header else fixed_end
     if header_end is None:
