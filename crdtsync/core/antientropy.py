@@ -36,6 +36,9 @@ CELLS_BRANCHES_MAX = 16
 branch) on a link of wire version 4, for more with their segment hashes (1 KiB a branch): with many
 differing branches, several segments of a branch likely differ, and rows times columns would name
 segments that do not."""
+LEAVES_HASHED_MAX = 2 * wire.ENTRIES_PER_MESSAGE_MAX
+"""Own leaves a responder hashes for one TREE_LEAVES_REQUEST (its segments may hold more docs than
+the requester's leaves): the segments beyond are left out of the answer, as for too many entries."""
 
 
 @dataclass(slots=True)
@@ -513,8 +516,13 @@ class AntiEntropy:
         answered: list[int] = []
         unmatched: list[tuple[int, ...]] = []
         entries: list[tuple[int, str, bytes]] = []
+        hashed = 0
         for segment, leaves in zip(message.segments, message.leaves, strict=True):
-            listed, positions = answer_leaves(self._segment_entries(segment, accept), leaves, window)
+            ours = self._segment_entries(segment, accept)
+            hashed += len(ours)
+            if answered and hashed > LEAVES_HASHED_MAX:
+                break  # the rest is a follow-up round's: a request costs a bounded number of hashes
+            listed, positions = answer_leaves(ours, leaves, window)
             if answered and len(entries) + len(listed) > wire.ENTRIES_PER_MESSAGE_MAX:
                 break
             answered.append(segment)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Map, Text
 
-from crdtsync.core import wire
+from crdtsync.core import antientropy, wire
 from crdtsync.core.effects import LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
 from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.core.replica import DocNotLoadedError, Replica, ReplicaConfig
@@ -1184,3 +1184,28 @@ def test_a_round_between_version_4_nodes_compares_cells_and_leaves_and_repairs_w
     assert _count(b, "sync_updates_applied") == len(changed)
     _assert_converged([a, b], [f"doc-{index}" for index in range(300)])
     assert a.merkle_root() == b.merkle_root()
+
+
+def test_a_leaves_request_costs_the_responder_a_bounded_number_of_hashes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request listing every segment (its leaves empty: a hostile or far-behind peer) is answered
+    for the first segments only, those whose entries fit in LEAVES_HASHED_MAX hashes."""
+    monkeypatch.setattr(antientropy, "LEAVES_HASHED_MAX", 20)
+    mesh, a, _b = _pair()
+    seed = _new_doc(7)
+    seed.get("data", type=Map)["init"] = 1
+    for index in range(200):
+        a.load_update(f"doc-{index}", seed.get_update())
+    a.merkle_root()
+    tree = a._docs.tree
+    segments = tuple(sorted({tree.segment_of(f"doc-{index}") for index in range(200)}))
+    request = wire.TreeLeavesRequest("b", 99, segments, tuple(b"" for _ in segments))
+    a.receive(wire.encode(request), mesh.now_ms)
+    replies = [wire.decode(e.frame) for e in a.take_effects(mesh.now_ms) if isinstance(e, Send)]
+    (reply,) = [m for m in replies if isinstance(m, wire.TreeLeaves)]
+    answered_docs = sum(len(tree.segment_entries(segment)) for segment in reply.segments)
+    assert 0 < len(reply.segments) < len(segments)
+    assert answered_docs <= max(20, len(tree.segment_entries(segments[0])))
+    assert len(reply.entries) == answered_docs, "every doc of an answered segment is listed: none was sent"
+    assert reply.unmatched == tuple(() for _ in reply.segments)
