@@ -1,7 +1,7 @@
 """Rolling upgrades on real ZeroMQ sockets on 127.0.0.1: a node pinned to wire version 1 (what
-releases before negotiation speak) or 2 (before compact causal metadata) and nodes of the current
-version replicate both ways; a peer that speaks no common version is refused, counted and never
-linked."""
+releases before negotiation speak), 2 (before compact causal metadata) or 3 (before anti-entropy
+cells and leaves) and nodes of the current version replicate both ways; a peer that speaks no
+common version is refused, counted and never linked."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def _values(node: Node, doc_id: str) -> dict[str, object]:
     return dict(node._replica.open_doc(doc_id).get("data", type=Map).to_py() or {})
 
 
-@pytest.mark.parametrize("pinned", [1, 2])
+@pytest.mark.parametrize("pinned", [1, 2, 3])
 def test_a_node_pinned_to_an_older_version_and_current_nodes_replicate_both_ways(pinned: int) -> None:
     listens = [free_endpoint() for _ in range(3)]
     names = ["new-a", "new-b", "old"]
