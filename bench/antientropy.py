@@ -225,6 +225,8 @@ class Repair:
     converged: bool
     by_kind: dict[str, list[int]]
     cpu_ms_runs: list[float] = field(default_factory=list)
+    bytes_runs: list[int] = field(default_factory=list)
+    """Bytes of each run, in the order of `cpu_ms_runs`: the repeats of (4) change different docs."""
 
 
 def _apply_changes(replica: Replica, changes: Sequence[workload.Change]) -> set[int]:
@@ -278,6 +280,7 @@ def _median_run(runs: list[Repair]) -> Repair:
     runs = sorted(runs, key=lambda r: r.cpu_ms)
     chosen = runs[len(runs) // 2]
     chosen.cpu_ms_runs = [round(r.cpu_ms, 3) for r in runs]
+    chosen.bytes_runs = [r.bytes for r in runs]
     chosen.converged = all(r.converged for r in runs)
     return chosen
 
@@ -942,6 +945,12 @@ def report(machine: dict[str, str], settings: Settings, results: dict[str, Any])
                 "  (64 hashes of 16 B); entries B: TREE_LEAVES_REQUEST (4 B per doc of the differing segments)",
                 "  and TREE_LEAVES (the differing docs' entries), or TREE_ENTRIES_REQUEST and TREE_ENTRIES",
                 "sync B: 2 frames per doc when the replica that lacks the changes starts the round, 3 otherwise",
+                "bytes of each repeat: "
+                + "; ".join(
+                    f"{fmt(int(row['docs']))}: {row.get('bytes_runs')}"
+                    for row in scale_rows
+                    if "skipped" not in row
+                ),
             ],
         )
 
@@ -1063,11 +1072,13 @@ def _targets(settings: Settings, results: dict[str, Any]) -> list[Target]:
                 2.0,
             )
         )
+        # Bytes over all repeats, not the CPU-median run's: each repeat changes other docs, and two
+        # of them in one branch cost the leaves of two more segments.
         targets.append(
             Target(
                 "scale_bytes",
-                f"(4) repair bytes {label} (issue 17)",
-                ratio(large["bytes"], small["bytes"]),
+                f"(4) repair bytes {label}, all repeats (issue 17)",
+                ratio(sum(large["bytes_runs"]), sum(small["bytes_runs"])),
                 1.5,
             )
         )
