@@ -942,7 +942,7 @@ def report(machine: dict[str, str], settings: Settings, results: dict[str, Any])
                 "tree B: TREE_* frames (root, branches, segments, entries); sync B: SYNC_* frames;",
                 "RSS B/doc: resident memory added by building both replicas (docs + digests + tree) / (2 x docs)",
                 "segments B: TREE_CELLS (wire version 4: 16 cells of 4 B per differing branch) or TREE_SEGMENTS",
-                "  (64 hashes of 16 B); entries B: TREE_LEAVES_REQUEST (4 B per doc of the differing segments)",
+                "  (64 hashes of 16 B); entries B: TREE_LEAVES_REQUEST (3 B per doc of the differing segments)",
                 "  and TREE_LEAVES (the differing docs' entries), or TREE_ENTRIES_REQUEST and TREE_ENTRIES",
                 "sync B: 2 frames per doc when the replica that lacks the changes starts the round, 3 otherwise",
                 "bytes of each repeat: "

@@ -197,7 +197,7 @@ class TreeCells:
 
 @dataclass(frozen=True, slots=True)
 class TreeLeavesRequest:
-    """Wire version 4's request for what differs in `segments`: the sender's leaves of each (4 bytes
+    """Wire version 4's request for what differs in `segments`: the sender's leaves of each (3 bytes
     each, `merkle.short_leaves`), instead of asking for the responder's entries (`tree_leaves`)."""
 
     node_id: str

@@ -1,17 +1,17 @@
 """The last step of an anti-entropy round on wire version 4: leaves instead of entries.
 
 Instead of asking for every (doc id, digest) of the segments that differ, the initiator sends its own
-leaves of them, each leaf hash (`merkle.leaf_hash`) cut to 4 bytes in the round's window
+leaves of them, each leaf hash (`merkle.leaf_hash`) cut to 3 bytes in the round's window
 (TREE_LEAVES_REQUEST). The responder answers (TREE_LEAVES) with its entries whose leaf is not among
 them (docs the initiator lacks or holds otherwise) and the positions of the initiator's leaves it
 does not hold: the bytes follow the differing docs, not the docs a segment holds. A leaf of the
-responder that matches one of the initiator's by its 4 bytes alone (a 2^-32 chance per pair) hides
+responder that matches one of the initiator's by its 3 bytes alone (a 2^-24 chance per pair) hides
 that doc for one round; the next round cuts the leaves in another window.
 """
 
 from __future__ import annotations
 
-from crdtsync.core.merkle import CELL_BYTES, short_leaves
+from crdtsync.core.merkle import LEAF_BYTES, short_leaves
 
 Entries = list[tuple[str, bytes]]
 """(doc id, digest) of one segment, in doc id order."""
@@ -40,8 +40,8 @@ def answer_leaves(
     """The responder's side for one segment: its entries whose leaf is not among `theirs`, and the
     positions of `theirs` not among its own leaves."""
     mine = short_leaves(ours, window)
-    my_leaves = [mine[i : i + CELL_BYTES] for i in range(0, len(mine), CELL_BYTES)]
-    their_leaves = [theirs[i : i + CELL_BYTES] for i in range(0, len(theirs), CELL_BYTES)]
+    my_leaves = [mine[i : i + LEAF_BYTES] for i in range(0, len(mine), LEAF_BYTES)]
+    their_leaves = [theirs[i : i + LEAF_BYTES] for i in range(0, len(theirs), LEAF_BYTES)]
     their_set = set(their_leaves)
     my_set = set(my_leaves)
     unmatched = tuple(index for index, leaf in enumerate(their_leaves) if leaf not in my_set)

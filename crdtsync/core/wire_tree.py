@@ -5,7 +5,7 @@ dispatches to them)."""
 from __future__ import annotations
 
 from crdtsync.core.envelope import WireError
-from crdtsync.core.merkle import CELL_BYTES, CELL_SIDE
+from crdtsync.core.merkle import CELL_BYTES, CELL_SIDE, LEAF_BYTES
 from crdtsync.core.messages import (
     Message,
     TreeBranches,
@@ -97,9 +97,9 @@ def read_tree_leaves_request(f: Fields, node_id: str) -> Message:
     if f.remaining() != len(segments):
         raise WireError("bad_body", "TREE_LEAVES_REQUEST must carry the leaves of each listed segment")
     leaves = tuple(f.blob("leaves") for _ in segments)
-    if any(len(blob) % CELL_BYTES for blob in leaves):
-        raise WireError("bad_body", f"TREE_LEAVES_REQUEST leaves must be {CELL_BYTES} bytes each")
-    if sum(len(blob) for blob in leaves) > ENTRIES_PER_MESSAGE_MAX * CELL_BYTES:
+    if any(len(blob) % LEAF_BYTES for blob in leaves):
+        raise WireError("bad_body", f"TREE_LEAVES_REQUEST leaves must be {LEAF_BYTES} bytes each")
+    if sum(len(blob) for blob in leaves) > ENTRIES_PER_MESSAGE_MAX * LEAF_BYTES:
         raise WireError(
             "too_large", f"TREE_LEAVES_REQUEST carries more than {ENTRIES_PER_MESSAGE_MAX} leaves"
         )

@@ -63,7 +63,7 @@ def tree_leaves(draw: st.DrawFn) -> wire.TreeLeaves | wire.TreeLeavesRequest:
     if draw(st.booleans()):
         leaves = draw(
             st.lists(
-                st.binary(max_size=12).map(lambda b: b[: len(b) // 4 * 4]),
+                st.binary(max_size=12).map(lambda b: b[: len(b) // 3 * 3]),
                 min_size=len(segments),
                 max_size=len(segments),
             )
