@@ -25,7 +25,7 @@ from crdtsync.core.docs import EMPTY_STATE, DocEntry, DocTable
 from crdtsync.core.holding import Filter, Holding, ViewTable
 from crdtsync.core.links import Links, PeerLink
 from crdtsync.core.merkle import HASH_BYTES, branch_cells, cell_window, differing_from_cells
-from crdtsync.core.state import doc_update
+from crdtsync.core.state import update_since
 from crdtsync.core.sync import StateSync
 from crdtsync.core.tree_leaves import answer_leaves, remote_view, request_leaves
 
@@ -461,7 +461,7 @@ class AntiEntropy:
                     # Evicted: pushed on its own once loaded (its bytes are not known before).
                     self._docs.when_loaded(entry, lambda e: self._push_whole(link.address, e))
                 elif doc_id not in theirs and entry is not None:
-                    update = doc_update(self._docs.doc(entry))
+                    update = update_since(self._docs.doc(entry))
                     bytes_budget -= len(update)
                     link.ae_bytes_repaired += len(update)
                     pushes.append((doc_id, update))
@@ -470,7 +470,7 @@ class AntiEntropy:
         return repaired, requests, pushes
 
     def _push_whole(self, address: str, entry: DocEntry) -> None:
-        update = doc_update(self._docs.doc(entry))
+        update = update_since(self._docs.doc(entry))
         link = self._links.by_address.get(address)
         if link is not None:
             link.ae_bytes_repaired += len(update)

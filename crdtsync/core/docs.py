@@ -27,7 +27,7 @@ from crdtsync.core.context import Context
 from crdtsync.core.effects import LoadDoc
 from crdtsync.core.guard import Guard
 from crdtsync.core.merkle import MerkleTree
-from crdtsync.core.state import StateVector, decode_state_vector, digest, doc_state
+from crdtsync.core.state import StateVector, decode_state_vector, digest, state_bytes_of
 
 REMOTE_ORIGIN = 0x5EC
 """Transaction origin of every update applied from a peer; the observer never re-publishes those."""
@@ -383,7 +383,7 @@ class DocTable:
             return False
         finally:
             self._record_persist = True
-        real = doc_state(doc)
+        real = state_bytes_of(doc)
         # Byte order is not canonical (hash-map order): compare decoded only when the bytes differ.
         if real != entry.state_bytes and decode_state_vector(real) != decode_state_vector(entry.state_bytes):
             # pycrdt kept part of the update pending (its dependencies are missing: the 0.14 trap) yet

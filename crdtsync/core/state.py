@@ -128,7 +128,7 @@ def _normalized_delete_set(data: bytes, pos: int) -> tuple[list[tuple[int, list[
     return normalized, pos
 
 
-def doc_state(doc: Doc[Any]) -> bytes:
+def state_bytes_of(doc: Doc[Any]) -> bytes:
     """`doc.get_state()`, without pycrdt's Python transaction wrapper (about 3 µs of its 4 on the
     sync path) when no transaction is open on the doc; inside one, through it."""
     if doc._txn is not None:
@@ -143,8 +143,8 @@ def doc_state(doc: Doc[Any]) -> bytes:
     return state
 
 
-def doc_update(doc: Doc[Any], state: bytes = b"\x00") -> bytes:
-    """`doc.get_update(state)` (everything the holder of `state` lacks), as `doc_state` reads."""
+def update_since(doc: Doc[Any], state: bytes = b"\x00") -> bytes:
+    """`doc.get_update(state)` (everything the holder of `state` lacks), as `state_bytes_of` reads."""
     if doc._txn is not None:
         return doc.get_update(state)
     txn = doc._doc.create_transaction()

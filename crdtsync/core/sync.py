@@ -20,7 +20,7 @@ from crdtsync.core.context import Context
 from crdtsync.core.docs import EMPTY_STATE, EMPTY_UPDATE, DocEntry, DocTable
 from crdtsync.core.guard import Guard
 from crdtsync.core.links import Links
-from crdtsync.core.state import check_state_vector, doc_update
+from crdtsync.core.state import check_state_vector, update_since
 
 
 class StateSync:
@@ -105,7 +105,7 @@ class StateSync:
 
     def _answer(self, entry: DocEntry, state: bytes, node_id: str, replies: list[tuple[Any, ...]]) -> None:
         try:
-            update = doc_update(self._docs.doc(entry), state)
+            update = update_since(self._docs.doc(entry), state)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
@@ -147,7 +147,7 @@ class StateSync:
         self, entry: DocEntry, update: bytes, remote_state: bytes, node_id: str, pushes: list[tuple[Any, ...]]
     ) -> None:
         self._apply(entry, update, node_id)
-        back = doc_update(self._docs.doc(entry), remote_state)
+        back = update_since(self._docs.doc(entry), remote_state)
         if back != EMPTY_UPDATE:
             pushes.append((entry.doc_id, back))
 

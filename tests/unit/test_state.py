@@ -21,10 +21,10 @@ from crdtsync.core.state import (
     covers,
     decode_state_vector,
     digest,
-    doc_state,
-    doc_update,
     encode_state_vector,
     merge_into,
+    state_bytes_of,
+    update_since,
 )
 
 
@@ -314,14 +314,14 @@ def test_doc_state_and_doc_update_read_as_pycrdt_does_inside_a_transaction_or_no
     events: list[bytes] = []
     doc.observe(lambda event: events.append(event.update))
     behind = _new_doc(6)
-    assert doc_state(doc) == doc.get_state()
-    assert doc_update(doc) == doc.get_update()
-    assert doc_update(doc, behind.get_state()) == doc.get_update(behind.get_state())
+    assert state_bytes_of(doc) == doc.get_state()
+    assert update_since(doc) == doc.get_update()
+    assert update_since(doc, behind.get_state()) == doc.get_update(behind.get_state())
     assert events == [], "a read commits no change: no observer runs"
     with doc.transaction():
         doc.get("data", type=Map)["k"] = 2
-        assert decode_state_vector(doc_state(doc)) == {5: 2}
-        assert doc_update(doc, doc_state(doc)) == doc.get_update(doc.get_state())  # the delete set
+        assert decode_state_vector(state_bytes_of(doc)) == {5: 2}
+        assert update_since(doc, state_bytes_of(doc)) == doc.get_update(doc.get_state())  # the delete set
     assert len(events) == 1
-    behind.apply_update(doc_update(doc, behind.get_state()))
+    behind.apply_update(update_since(doc, behind.get_state()))
     assert behind.get("data", type=Map)["k"] == 2
