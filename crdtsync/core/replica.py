@@ -9,9 +9,9 @@ with the time) in the replica's next step. The time-free calls (`open_doc`, `rel
 queries, `register_docs`, `checkpoint`) change nothing that depends on time. No clock, socket, thread
 or global random source is touched here, so the simulator can replay any run exactly from its seed.
 
-One notification goes out: `on_capture` (given to the constructor) is called, with nothing, when the
-application's first write since the last step is recorded, because pycrdt calls the observer inside
-the application's transaction and nothing else tells the driver that there is work.
+One notification goes out: `on_capture` (given to the constructor) is called when the application's
+first write since the last step is recorded (pycrdt calls the observer inside the application's
+transaction, and nothing else tells the driver that there is work).
 
 The facade owns no protocol state: it sets the time, admits frames and dispatches them to the parts,
 each in a file of its name, that own their state and write effects into the shared `Context`:
@@ -22,8 +22,8 @@ each in a file of its name, that own their state and write effects into the shar
 - `outbound`: this node's numbered deltas, batching and the retransmit ring;
 - `inbound`: peers' streams (sequence tracking, retransmit requests, relay republishing);
 - `causal`: the causal buffer; `sync`: state-vector sync; `antientropy`: Merkle rounds; `seqacks`: acks;
-- `gossip`: hellos, membership gossip, leaves, liveness and relays; `status`: the views;
-- `ephemeral`: messages that are never stored (WebSocket clients' awareness across nodes).
+  `gossip`: hellos, membership, leaves, liveness and relays; `status`: the views; `ephemeral`:
+  messages never stored (WebSocket clients' awareness across nodes).
 """
 
 from __future__ import annotations
@@ -147,9 +147,8 @@ class Replica:
         self.seq_acks = SeqAcks(ctx, self._links, self._outbound, holding)  # what peers hold of our deltas
         parts = (self._links, self._outbound, self._causal, self._antientropy, holding, self.seq_acks)
         self._inbound = Inbound(ctx, self.membership, *parts)
-        self._gossip = Gossip(
-            ctx, self.membership, self._guard, self._links, self._outbound, self._inbound, self._antientropy
-        )
+        gossip_parts = (self._guard, self._links, self._outbound, self._inbound, self._antientropy)
+        self._gossip = Gossip(ctx, self.membership, *gossip_parts)
         self._ephemeral = EphemeralChannel(ctx, self._links, self.membership)
         self._last_tick_ms = 0.0
         self.store_failing = False
@@ -195,17 +194,14 @@ class Replica:
             self._docs.captured = []
             self._outbound.capture(captured)
             # Counted once per doc and step (all at `now_ms`): an editor's burst is one doc's.
-            written: dict[str, list[int]] = {}
+            writes: dict[str, int] = {}
+            update_bytes: dict[str, int] = {}
             for doc_id, _before, _after, update in captured:
-                counts = written.get(doc_id)
-                if counts is None:
-                    written[doc_id] = [1, len(update)]
-                else:
-                    counts[0] += 1
-                    counts[1] += len(update)
-            for doc_id, (writes, update_bytes) in written.items():
-                self.load.wrote(doc_id, now_ms, writes)
-                self._handoff.wrote(doc_id, update_bytes)
+                writes[doc_id] = writes.get(doc_id, 0) + 1
+                update_bytes[doc_id] = update_bytes.get(doc_id, 0) + len(update)
+            for doc_id, count in writes.items():
+                self.load.wrote(doc_id, now_ms, count)
+                self._handoff.wrote(doc_id, update_bytes[doc_id])
 
     def stop_notifying(self) -> None:
         """No more `on_capture` calls (the driver is closing)."""
@@ -227,9 +223,7 @@ class Replica:
         docs.evict_if_needed()
         if docs.persist or docs.doc_states or docs.drops:
             ctx.effects.append(Persist(tuple(docs.persist), tuple(docs.doc_states), tuple(docs.drops)))
-            docs.persist = []
-            docs.doc_states = []
-            docs.drops = {}
+            docs.persist, docs.doc_states, docs.drops = [], [], {}
         effects, ctx.effects = ctx.effects, []
         return effects
 

@@ -245,12 +245,7 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
         case TreeLeavesRequest(n, round_id, segments, leaves):
             return MessageKind.TREE_LEAVES_REQUEST, [n, round_id, list(segments), *leaves]
         case TreeLeaves(n, round_id, segments, unmatched, entries):
-            flat_leaves: list[Any] = [
-                n,
-                round_id,
-                list(segments),
-                [list(positions) for positions in unmatched],
-            ]
+            flat_leaves: list[Any] = [n, round_id, list(segments), [list(p) for p in unmatched]]
             for segment, doc_id, digest in entries:
                 flat_leaves.extend((segment, doc_id, digest))
             return MessageKind.TREE_LEAVES, flat_leaves

@@ -19,15 +19,13 @@ from crdtsync.core.placement import (
     PlacementError,
     PlacementPolicy,
     PlacementRule,
-    _inclusion,
-    corrected_weights,
     imbalance,
     partition_counts,
     partition_of,
     replicas,
     replicas_in_dc,
-    target_shares,
 )
+from crdtsync.core.placement_weights import _inclusion, corrected_weights, target_shares
 
 doc_ids = st.text(min_size=1, max_size=40)
 node_names = st.lists(
