@@ -5,8 +5,8 @@ duplicates, delays, reorders and partitions, and nodes that crash and restart. N
 clock or a global random source, so a run replays exactly from its seed.
 
 By default a crashed node loses everything (its store is memory, like `MemoryStore`): it comes back
-empty with a new epoch and client id and must be refilled by its peers. Writes made by a node that
-later crashed may therefore be lost; the checker allows exactly that and nothing more.
+empty with a new epoch and client id, to be refilled by its peers; the checker allows losing exactly
+the writes of a node that later crashed.
 
 With `SimConfig.durable` each node also has a durable store that survives its crashes: a
 `MemoryStore` holding what completed commits hold, behind the same `CommitQueue` as `StoreWriter`'s
@@ -44,22 +44,10 @@ from crdtsync.sim.workload import MapTextWorkload, Workload, Write
 EVENTS_MAX = 5_000_000
 
 
-EventKind = Literal[
-    "deliver",
-    "tick",
-    "op",
-    "partition",
-    "heal",
-    "crash",
-    "restart",
-    "leave",
-    "drained",
-    "check",
-    "commit",
-    "load",
-    "follow",
-    "unfollow",
-]
+FaultKind = Literal["partition", "heal", "crash", "restart", "leave"]
+EventKind = (
+    FaultKind | Literal["deliver", "tick", "op", "drained", "check", "commit", "load", "follow", "unfollow"]
+)
 
 
 class SimCluster:
@@ -121,12 +109,7 @@ class SimCluster:
         self._seq += 1
         heapq.heappush(self._heap, (at_ms, self._seq, kind, payload))
 
-    def schedule(
-        self,
-        at_ms: float,
-        kind: Literal["partition", "heal", "crash", "restart", "leave"],
-        payload: Any = None,
-    ) -> None:
+    def schedule(self, at_ms: float, kind: FaultKind, payload: Any = None) -> None:
         """Script a fault before `run()`, on top of the planned ones: `("partition", {node index:
         group})` (None: random groups), `("heal", None)`, `("crash", node index)`, `("restart", node
         index)`, `("leave", node index)` (a graceful leave; a later restart rejoins). Everything
