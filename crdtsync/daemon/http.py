@@ -41,6 +41,7 @@ from crdtsync.daemon.http_input import (
     check_key,
     error_response,
     from_b64url,
+    json_of,
     json_response,
     parse_json,
 )
@@ -350,7 +351,7 @@ class Api:
     async def get_doc(self, request: web.Request, doc_id: str) -> web.Response:
         doc = await self._open_existing(doc_id, request)
         try:
-            data = doc.get("data", type=Map).to_py()
+            data = json_of(doc.get("data", type=Map), doc_id)
             state = doc.get_state()
             token = causal_http.token_fields(request, doc_id, self.doc_states.state(doc_id, doc))
         finally:
@@ -363,7 +364,7 @@ class Api:
             data = doc.get("data", type=Map)
             if key not in data:
                 raise ApiError(404, "no_such_key", f"doc {doc_id!r} has no key {key!r}")
-            value = data.to_py()[key]
+            value = json_of(data[key], doc_id)  # the one value: the whole map would cost every key's
             token = causal_http.token_fields(request, doc_id, self.doc_states.state(doc_id, doc))
         finally:
             self.node.release(doc_id)

@@ -33,6 +33,17 @@ class ApiError(Exception):
         self.message = message
 
 
+def json_of(value: Any, doc_id: str) -> Any:
+    """`value` from a doc's `data` map as JSON: shared types converted as `Map.to_py` converts them.
+    An XML type has no JSON form (a Yjs client may put one there): 422 `not_json`, not a 500."""
+    if not hasattr(value, "to_py"):
+        return value
+    try:
+        return value.to_py()
+    except ValueError as exc:
+        raise ApiError(422, "not_json", f"doc {doc_id!r} holds a value with no JSON form: {exc}") from None
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """Every JSON answer: numbers as people write them (`4`, not `4.0`; see `jsonvalues`)."""
     return web.json_response(body, status=status, headers=headers, dumps=jsonvalues.dumps)

@@ -30,7 +30,7 @@ from daemon_support import (
     wait_until,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from pycrdt import Doc, Map
+from pycrdt import Array, Doc, Map, Text, XmlFragment
 
 from crdtsync.core.state import decode_state_vector
 
@@ -300,6 +300,29 @@ def test_pycrdt_update_posted_on_one_node_is_readable_as_json_on_another(cluster
         lambda: b.data("yjs/post") == expected, CONVERGE_TIMEOUT_S, lambda: describe([a, b], ["yjs/post"])
     )
     assert data.to_py() == expected
+
+
+def test_a_key_holding_a_shared_type_reads_as_json_beside_a_value_json_cannot_hold(
+    cluster: list[Daemon],
+) -> None:
+    """`GET .../keys/{key}` converts the one value it answers: a nested Map, Array or Text reads as
+    JSON, and a key beside an XmlFragment still reads; the XmlFragment itself, and the whole doc, have
+    no JSON form: 422 `not_json`, not a 500."""
+    a = cluster[0]
+    client: Doc[Any] = Doc()
+    data = client.get("data", type=Map)
+    data["plain"] = 7
+    data["nested"] = Map({"tags": Array(["x", "y"]), "note": Text("hi")})
+    data["xml"] = XmlFragment()
+    assert a.client.post("/v1/docs/yjs/shared/update", content=client.get_update()).status_code == 200
+    nested = a.client.get("/v1/docs/yjs/shared/keys/nested")
+    assert nested.status_code == 200, nested.text
+    assert nested.json()["value"] == {"tags": ["x", "y"], "note": "hi"}
+    plain = a.client.get("/v1/docs/yjs/shared/keys/plain")
+    assert plain.status_code == 200 and plain.json()["value"] == 7, plain.text
+    for path in ("/v1/docs/yjs/shared/keys/xml", "/v1/docs/yjs/shared"):
+        refused = a.client.get(path)
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "not_json", refused.text
 
 
 def test_binary_update_endpoint_round_trips_with_a_pycrdt_client(cluster: list[Daemon]) -> None:
