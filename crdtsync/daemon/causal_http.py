@@ -34,6 +34,7 @@ from crdtsync.consistency import (
 )
 from crdtsync.core.state import decode_state_vector
 from crdtsync.daemon import jsonvalues
+from crdtsync.daemon.http_input import json_of
 from crdtsync.node import Node
 
 WAIT_MS_DEFAULT = 2000
@@ -372,7 +373,7 @@ class WatchEvents:
         state = snapshot_state(snapshot)
         body: dict[str, Any] = {
             "doc_id": doc_id,
-            "data": doc.get("data", type=Map).to_py(),
+            "data": json_of(doc.get("data", type=Map), doc_id),
             "state_vector": base64.urlsafe_b64encode(doc.get_state()).rstrip(b"=").decode(),
         }
         if since is not None:

@@ -30,7 +30,7 @@ from pycrdt import Doc, Map, TransactionEvent
 from crdtsync.consistency import DocState
 from crdtsync.core.docs import EMPTY_STATE
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
-from crdtsync.daemon import artifacts_http, backup_http, batch_http, causal_http, top_http
+from crdtsync.daemon import artifacts_http, backup_http, batch_http, causal_http, jsonvalues, top_http
 from crdtsync.daemon.auth_http import TokenCheck
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.forward_http import HttpForwarding
@@ -513,6 +513,9 @@ class Api:
             since = causal_http.last_event_state(request, doc_id)
             async for event in self._snapshots(doc_id, doc, watch_signal, since):
                 await response.write(event)
+        except ApiError as exc:  # the doc cannot be rendered (not_json): say so, end the stream
+            error = {"error": {"code": exc.code, "message": exc.message}}
+            await response.write(f"event: error\ndata: {jsonvalues.dumps(error)}\n\n".encode())
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

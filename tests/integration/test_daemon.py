@@ -323,6 +323,10 @@ def test_a_key_holding_a_shared_type_reads_as_json_beside_a_value_json_cannot_ho
     for path in ("/v1/docs/yjs/shared/keys/xml", "/v1/docs/yjs/shared"):
         refused = a.client.get(path)
         assert refused.status_code == 422 and refused.json()["error"]["code"] == "not_json", refused.text
+    # A watch stream says so in an `error` event and ends (its headers went out before the render).
+    with a.client.stream("GET", "/v1/docs/yjs/shared/watch") as stream:
+        lines = [line for line in stream.iter_lines() if line]
+    assert lines[0] == "event: error" and '"code": "not_json"' in lines[1], lines
 
 
 def test_binary_update_endpoint_round_trips_with_a_pycrdt_client(cluster: list[Daemon]) -> None:
