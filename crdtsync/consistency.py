@@ -193,22 +193,9 @@ def snapshot_state(data: bytes) -> DocState:
     # zips cost more than they save (this runs for the token of every HTTP write). yrs writes each
     # client's ranges sorted and merged and no zero clock: then the DocState is built as it is,
     # without `DocState.of` normalizing it again (half the parse's cost).
-    deletes: dict[int, list[tuple[int, int]]] = {}
     state: dict[int, int] = {}
-    normalized = True
     try:
-        index = 1
-        for _ in range(values[0]):
-            client, count = values[index], values[index + 1]
-            index += 2
-            ranges = deletes.setdefault(client, [])
-            previous_end = -1
-            for _ in range(count):
-                clock, length = values[index], values[index + 1]
-                index += 2
-                normalized = normalized and length > 0 and clock > previous_end
-                previous_end = clock + length
-                ranges.append((clock, previous_end))
+        deletes, index, normalized = _delete_set_at_start(values)
         for _ in range(values[index]):
             clock = values[index + 2]
             state[values[index + 1]] = clock
@@ -225,25 +212,38 @@ def snapshot_state(data: bytes) -> DocState:
 
 
 def delete_set_ranges(data: bytes) -> dict[int, Ranges]:
-    """The ranges of an encoded pycrdt delete set (a transaction's `delete_set`: client count, then
-    per client its id, range count and (clock, length) pairs), sorted and merged per client."""
+    """The ranges of an encoded pycrdt delete set (a transaction's `delete_set`), sorted and merged
+    per client."""
     values = _varuints(data)
-    deletes: dict[int, list[tuple[int, int]]] = {}
     try:
-        index = 1
-        for _ in range(values[0]):
-            client, count = values[index], values[index + 1]
-            index += 2
-            ranges = deletes.setdefault(client, [])
-            for _ in range(count):
-                ranges.append((values[index], values[index] + values[index + 1]))
-                index += 2
+        deletes, index, _normalized = _delete_set_at_start(values)
         complete = index == len(values)
     except IndexError:
         complete = False
     if not complete:  # pycrdt's own encoding: a bug if it happens
         raise RuntimeError(f"cannot parse pycrdt's delete set: {data[:64].hex()}")
     return dict(DocState.of({}, deletes).deletes)
+
+
+def _delete_set_at_start(values: list[int]) -> tuple[dict[int, list[tuple[int, int]]], int, bool]:
+    """The encoded delete set `values` start with (client count, then per client its id, range
+    count and (clock, length) pairs): its ranges per client, the index after it, and whether they
+    are already sorted and merged with no empty range (as yrs writes them). IndexError: cut short."""
+    deletes: dict[int, list[tuple[int, int]]] = {}
+    normalized = True
+    index = 1
+    for _ in range(values[0]):
+        client, count = values[index], values[index + 1]
+        index += 2
+        ranges = deletes.setdefault(client, [])
+        previous_end = -1
+        for _ in range(count):
+            clock, length = values[index], values[index + 1]
+            index += 2
+            normalized = normalized and length > 0 and clock > previous_end
+            previous_end = clock + length
+            ranges.append((clock, previous_end))
+    return deletes, index, normalized
 
 
 def _varuints(data: bytes) -> list[int]:
