@@ -302,13 +302,14 @@ def test_pycrdt_update_posted_on_one_node_is_readable_as_json_on_another(cluster
     assert data.to_py() == expected
 
 
-def test_a_key_holding_a_shared_type_reads_as_json_beside_a_value_json_cannot_hold(
-    cluster: list[Daemon],
-) -> None:
+def test_a_key_holding_a_shared_type_reads_as_json_beside_a_value_json_cannot_hold(pool: DaemonPool) -> None:
     """`GET .../keys/{key}` converts the one value it answers: a nested Map, Array or Text reads as
     JSON, and a key beside an XmlFragment still reads; the XmlFragment itself, and the whole doc, have
-    no JSON form: 422 `not_json`, not a 500."""
-    a = cluster[0]
+    no JSON form: 422 `not_json`, not a 500. A daemon of its own: the shared ones' tests read every
+    doc as JSON."""
+    a = pool.new("xml")
+    a.start()
+    a.wait_healthy()
     client: Doc[Any] = Doc()
     data = client.get("data", type=Map)
     data["plain"] = 7
