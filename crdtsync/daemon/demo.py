@@ -243,6 +243,10 @@ class Demo(DemoView):
                 response = await self.client.put(
                     f"{daemon.url}/v1/docs/{write.doc}/keys/{write.key}", json=write.value
                 )
+            except asyncio.CancelledError:
+                # Writing stopped with this request on its way: the node may apply it all the same.
+                acks.record(write, None)
+                raise
             except httpx.HTTPError as exc:
                 acks.record(write, None)
                 daemon.failed += 1
