@@ -46,6 +46,8 @@ from pycrdt import Doc, Snapshot, Subscription, TransactionEvent
 from crdtsync.core.state import (
     StateDecodeError,
     StateVector,
+    decode_delete_set,
+    decode_snapshot,
     decode_state_vector,
     read_varuint,
     write_varuint,
@@ -187,81 +189,17 @@ def doc_state(doc: Doc[Any]) -> DocState:
 
 
 def snapshot_state(data: bytes) -> DocState:
-    """The DocState of an encoded pycrdt snapshot (`Snapshot.from_doc(doc).encode()`)."""
-    values = _varuints(data)
-    # Plain loops over the integers: a snapshot names a few clients and ranges, where slices and
-    # zips cost more than they save (this runs for the token of every HTTP write). yrs writes each
-    # client's ranges sorted and merged and no zero clock: then the DocState is built as it is,
-    # without `DocState.of` normalizing it again (half the parse's cost).
-    state: dict[int, int] = {}
-    try:
-        deletes, index, normalized = _delete_set_at_start(values)
-        for _ in range(values[index]):
-            clock = values[index + 2]
-            state[values[index + 1]] = clock
-            normalized = normalized and clock > 0
-            index += 2
-        complete = index + 1 == len(values)
-    except IndexError:
-        complete = False
-    if not complete:  # pycrdt's own encoding: a bug if it happens
-        raise RuntimeError(f"cannot parse pycrdt's snapshot: {data[:64].hex()}")
-    if not normalized or not all(deletes.values()):
-        return DocState.of(state, deletes)
-    return DocState(state, {client: tuple(ranges) for client, ranges in deletes.items()})
+    """The DocState of an encoded pycrdt snapshot (`Snapshot.from_doc(doc).encode()`), read by the
+    digests' own parser (`crdtsync.core.state.decode_snapshot`): ranges sorted and merged, zero clocks
+    dropped."""
+    delete_set, vector = decode_snapshot(data)
+    return DocState({c: k for c, k in vector.items() if k}, {c: tuple(r) for c, r in delete_set})
 
 
 def delete_set_ranges(data: bytes) -> dict[int, Ranges]:
     """The ranges of an encoded pycrdt delete set (a transaction's `delete_set`), sorted and merged
     per client."""
-    values = _varuints(data)
-    try:
-        deletes, index, _normalized = _delete_set_at_start(values)
-        complete = index == len(values)
-    except IndexError:
-        complete = False
-    if not complete:  # pycrdt's own encoding: a bug if it happens
-        raise RuntimeError(f"cannot parse pycrdt's delete set: {data[:64].hex()}")
-    return dict(DocState.of({}, deletes).deletes)
-
-
-def _delete_set_at_start(values: list[int]) -> tuple[dict[int, list[tuple[int, int]]], int, bool]:
-    """The encoded delete set `values` start with (client count, then per client its id, range
-    count and (clock, length) pairs): its ranges per client, the index after it, and whether they
-    are already sorted and merged with no empty range (as yrs writes them). IndexError: cut short."""
-    deletes: dict[int, list[tuple[int, int]]] = {}
-    normalized = True
-    index = 1
-    for _ in range(values[0]):
-        client, count = values[index], values[index + 1]
-        index += 2
-        ranges = deletes.setdefault(client, [])
-        previous_end = -1
-        for _ in range(count):
-            clock, length = values[index], values[index + 1]
-            index += 2
-            normalized = normalized and length > 0 and clock > previous_end
-            previous_end = clock + length
-            ranges.append((clock, previous_end))
-    return deletes, index, normalized
-
-
-def _varuints(data: bytes) -> list[int]:
-    """Every unsigned LEB128 integer of `data`, in order: a snapshot is nothing else. One loop over
-    the bytes, not a call per integer: this runs for the token of every HTTP write (17 µs a
-    snapshot the other way, 4 µs this way)."""
-    values: list[int] = []
-    value = shift = 0
-    for byte in data:
-        if byte < 0x80:
-            values.append(value | byte << shift)
-            value = shift = 0
-        else:
-            value |= (byte & 0x7F) << shift
-            shift += 7
-    if shift:
-        raise RuntimeError("cannot parse pycrdt's snapshot: it ends inside an integer")
-    return values
+    return {client: tuple(ranges) for client, ranges in decode_delete_set(data)}
 
 
 def doc_state_vector(doc: Doc[Any]) -> StateVector:

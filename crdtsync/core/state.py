@@ -274,12 +274,82 @@ def _merged_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
+def decode_snapshot(data: bytes) -> tuple[list[tuple[int, list[tuple[int, int]]]], StateVector]:
+    """An encoded pycrdt snapshot (its delete set, then its state vector): the delete set per client
+    in client order, each client's ranges (start, end) sorted and merged, empty ones dropped; and the
+    state vector as encoded. StateDecodeError for anything else."""
+    values = _varuints(data)
+    try:
+        delete_set, index = _delete_set_at(values, 0)
+        count = values[index]
+        if count > STATE_VECTOR_CLIENTS_MAX:
+            raise StateDecodeError(f"state vector claims {count} clients")
+        vector = {values[i]: values[i + 1] for i in range(index + 1, index + 1 + 2 * count, 2)}
+    except IndexError:
+        raise StateDecodeError("snapshot ends before its state vector does") from None
+    if index + 1 + 2 * count != len(values):
+        raise StateDecodeError(f"{len(values) - index - 1 - 2 * count} trailing values after the snapshot")
+    return delete_set, vector
+
+
+def decode_delete_set(data: bytes) -> list[tuple[int, list[tuple[int, int]]]]:
+    """An encoded pycrdt delete set (a transaction's `delete_set`), as `decode_snapshot` gives it."""
+    values = _varuints(data)
+    try:
+        delete_set, index = _delete_set_at(values, 0)
+    except IndexError:
+        raise StateDecodeError("delete set ends inside a client's ranges") from None
+    if index != len(values):
+        raise StateDecodeError(f"{len(values) - index} trailing values after the delete set")
+    return delete_set
+
+
+def _varuints(data: bytes) -> list[int]:
+    """Every unsigned LEB128 integer of `data`, in order: a snapshot or a delete set is nothing else.
+    One loop over the bytes, not a call per integer: this runs for the causal token of HTTP answers
+    (4 µs a small snapshot this way, 17 µs with `read_varuint`)."""
+    values: list[int] = []
+    value = shift = 0
+    for byte in data:
+        if byte < 0x80:
+            values.append(value | byte << shift)
+            value = shift = 0
+        else:
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if shift >= 7 * _VARUINT_BYTES_MAX:
+                raise StateDecodeError("overlong varuint")
+    if shift:
+        raise StateDecodeError("truncated varuint")
+    return values
+
+
+def _delete_set_at(values: list[int], index: int) -> tuple[list[tuple[int, list[tuple[int, int]]]], int]:
+    """The delete set whose client count is `values[index]`, normalized as `decode_snapshot` says, and
+    the index after it. IndexError when it is cut short."""
+    clients = values[index]
+    if clients > STATE_VECTOR_CLIENTS_MAX:
+        raise StateDecodeError(f"delete set claims {clients} clients")
+    index += 1
+    by_client: dict[int, list[tuple[int, int]]] = {}
+    for _ in range(clients):
+        client, count = values[index], values[index + 1]
+        index += 2
+        ranges = by_client.setdefault(client, [])
+        for _ in range(count):
+            clock, length = values[index], values[index + 1]
+            index += 2
+            if length:
+                ranges.append((clock, clock + length))
+    normalized = [
+        (client, merged) for client in sorted(by_client) if (merged := _merged_ranges(by_client[client]))
+    ]
+    return normalized, index
+
+
 def _canonical_from_snapshot(data: bytes) -> bytes:
     """The canonical state from an encoded snapshot, decoded in full (the general path)."""
-    delete_set, pos = _normalized_delete_set(data, 0)
-    vector, pos = _read_state_vector(data, pos)
-    if pos != len(data):
-        raise StateDecodeError(f"{len(data) - pos} trailing bytes after the snapshot")
+    delete_set, vector = decode_snapshot(data)
     out = bytearray()
     write_varuint(out, len(delete_set))
     for client, ranges in delete_set:
