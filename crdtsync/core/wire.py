@@ -21,7 +21,7 @@ from typing import Any
 import lz4.block
 import msgpack
 
-from crdtsync.core import chunks, envelope, forward, load_wire
+from crdtsync.core import chunks, envelope, forward, load_wire, wire_tree
 from crdtsync.core.envelope import (
     BODY_BYTES_MAX,
     FLAG_LZ4,
@@ -178,12 +178,12 @@ class MessageKind(IntEnum):
     SYNC_REQUEST = 7
     SYNC_RESPONSE = 8
     SYNC_PUSH = 9
-    TREE_ROOT = 10
-    TREE_BRANCHES = 11
-    TREE_SEGMENTS_REQUEST = 12
-    TREE_SEGMENTS = 13
-    TREE_ENTRIES_REQUEST = 14
-    TREE_ENTRIES = 15
+    TREE_ROOT = wire_tree.TREE_ROOT_KIND
+    TREE_BRANCHES = wire_tree.TREE_BRANCHES_KIND
+    TREE_SEGMENTS_REQUEST = wire_tree.TREE_SEGMENTS_REQUEST_KIND
+    TREE_SEGMENTS = wire_tree.TREE_SEGMENTS_KIND
+    TREE_ENTRIES_REQUEST = wire_tree.TREE_ENTRIES_REQUEST_KIND
+    TREE_ENTRIES = wire_tree.TREE_ENTRIES_KIND
     MEMBERS = 16
     RELAYED = 17
     HANDOFF_OFFER = 18
@@ -196,9 +196,9 @@ class MessageKind(IntEnum):
     LOAD_SUMMARIES = load_wire.LOAD_SUMMARIES
     FORWARD_REQUEST = forward.FORWARD_REQUEST
     FORWARD_REPLY = forward.FORWARD_REPLY
-    TREE_CELLS = 28
-    TREE_LEAVES_REQUEST = 29
-    TREE_LEAVES = 30
+    TREE_CELLS = wire_tree.TREE_CELLS_KIND
+    TREE_LEAVES_REQUEST = wire_tree.TREE_LEAVES_REQUEST_KIND
+    TREE_LEAVES = wire_tree.TREE_LEAVES_KIND
 
 
 def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
@@ -232,30 +232,12 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
             return MessageKind.HANDOFF_OFFER, [n, leaving, *(field for entry in entries for field in entry)]
         case HandoffAck(n, entries):
             return MessageKind.HANDOFF_ACK, [n, *(field for entry in entries for field in entry)]
-        case TreeRoot(n, round_id, root):
-            return MessageKind.TREE_ROOT, [n, round_id, root]
-        case TreeBranches(n, round_id, equal, hashes):
-            return MessageKind.TREE_BRANCHES, [n, round_id, equal, *hashes]
-        case TreeSegmentsRequest(n, round_id, branches):
-            return MessageKind.TREE_SEGMENTS_REQUEST, [n, round_id, *branches]
-        case TreeSegments(n, round_id, branches, hashes):
-            return MessageKind.TREE_SEGMENTS, [n, round_id, list(branches), *hashes]
-        case TreeCells(n, round_id, branches, cells):
-            return MessageKind.TREE_CELLS, [n, round_id, list(branches), *cells]
-        case TreeLeavesRequest(n, round_id, segments, leaves):
-            return MessageKind.TREE_LEAVES_REQUEST, [n, round_id, list(segments), *leaves]
-        case TreeLeaves(n, round_id, segments, unmatched, entries):
-            flat_leaves: list[Any] = [n, round_id, list(segments), [list(p) for p in unmatched]]
-            for segment, doc_id, digest in entries:
-                flat_leaves.extend((segment, doc_id, digest))
-            return MessageKind.TREE_LEAVES, flat_leaves
-        case TreeEntriesRequest(n, round_id, segments):
-            return MessageKind.TREE_ENTRIES_REQUEST, [n, round_id, *segments]
-        case TreeEntries(n, round_id, segments, entries):
-            flat_entries: list[Any] = [n, round_id, list(segments)]
-            for segment, doc_id, digest in entries:
-                flat_entries.extend((segment, doc_id, digest))
-            return MessageKind.TREE_ENTRIES, flat_entries
+        case (
+            TreeRoot() | TreeBranches() | TreeSegmentsRequest() | TreeSegments() | TreeCells()
+            | TreeLeavesRequest() | TreeLeaves() | TreeEntriesRequest() | TreeEntries()
+        ):  # fmt: skip
+            kind, fields = wire_tree.body_of(message)
+            return MessageKind(kind), fields
         case Members(n, reply, members):
             flat_members: list[Any] = [n, reply]
             for m in members:

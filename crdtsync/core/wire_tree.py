@@ -1,8 +1,10 @@
-"""The anti-entropy messages' shape and readers: the Merkle tree's fixed shape (part of the protocol:
+"""The anti-entropy messages' shape, encoding and readers: the Merkle tree's fixed shape (part of the protocol:
 every node of a cluster uses the same one) and the validation of TREE_* bodies (`crdtsync.core.wire`
 dispatches to them)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from crdtsync.core.envelope import WireError
 from crdtsync.core.merkle import CELL_BYTES, CELL_SIDE, LEAF_BYTES
@@ -27,6 +29,51 @@ TREE_BRANCHES = 64
 """The Merkle tree's shape is part of the protocol: every node of a cluster uses the same one."""
 TREE_CELLS_BYTES = 2 * CELL_SIDE * CELL_BYTES
 """One branch's cells in TREE_CELLS (wire version 4): a row and a column per side of its grid."""
+
+# The anti-entropy kinds' numbers (`wire.MessageKind` names them with the others).
+TREE_ROOT_KIND = 10
+TREE_BRANCHES_KIND = 11
+TREE_SEGMENTS_REQUEST_KIND = 12
+TREE_SEGMENTS_KIND = 13
+TREE_ENTRIES_REQUEST_KIND = 14
+TREE_ENTRIES_KIND = 15
+TREE_CELLS_KIND = 28
+TREE_LEAVES_REQUEST_KIND = 29
+TREE_LEAVES_KIND = 30
+TreeMessage = (
+    TreeRoot | TreeBranches | TreeSegmentsRequest | TreeSegments | TreeCells | TreeLeavesRequest | TreeLeaves
+    | TreeEntriesRequest | TreeEntries
+)  # fmt: skip
+
+
+def body_of(message: TreeMessage) -> tuple[int, list[Any]]:
+    """The kind and the fields of an anti-entropy message (`wire.encode` wraps them in the envelope)."""
+    match message:
+        case TreeRoot(n, round_id, root):
+            return TREE_ROOT_KIND, [n, round_id, root]
+        case TreeBranches(n, round_id, equal, hashes):
+            return TREE_BRANCHES_KIND, [n, round_id, equal, *hashes]
+        case TreeSegmentsRequest(n, round_id, branches):
+            return TREE_SEGMENTS_REQUEST_KIND, [n, round_id, *branches]
+        case TreeSegments(n, round_id, branches, hashes):
+            return TREE_SEGMENTS_KIND, [n, round_id, list(branches), *hashes]
+        case TreeCells(n, round_id, branches, cells):
+            return TREE_CELLS_KIND, [n, round_id, list(branches), *cells]
+        case TreeLeavesRequest(n, round_id, segments, leaves):
+            return TREE_LEAVES_REQUEST_KIND, [n, round_id, list(segments), *leaves]
+        case TreeLeaves(n, round_id, segments, unmatched, entries):
+            flat_leaves: list[Any] = [n, round_id, list(segments), [list(p) for p in unmatched]]
+            for segment, doc_id, digest in entries:
+                flat_leaves.extend((segment, doc_id, digest))
+            return TREE_LEAVES_KIND, flat_leaves
+        case TreeEntriesRequest(n, round_id, segments):
+            return TREE_ENTRIES_REQUEST_KIND, [n, round_id, *segments]
+        case TreeEntries(n, round_id, segments, entries):
+            flat_entries: list[Any] = [n, round_id, list(segments)]
+            for segment, doc_id, digest in entries:
+                flat_entries.extend((segment, doc_id, digest))
+            return TREE_ENTRIES_KIND, flat_entries
+    raise TypeError(f"not an anti-entropy message: {message!r}")
 
 
 def read_tree_root(f: Fields, node_id: str) -> Message:
