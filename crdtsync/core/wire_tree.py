@@ -1,6 +1,6 @@
-"""The anti-entropy messages' shape, encoding and readers: the Merkle tree's fixed shape (part of the protocol:
-every node of a cluster uses the same one) and the validation of TREE_* bodies (`crdtsync.core.wire`
-dispatches to them)."""
+"""The anti-entropy messages' shape, encoding and readers: the Merkle tree's fixed shape (part of
+the protocol: every node of a cluster uses the same one), the TREE_* bodies' fields, and their
+validation (`crdtsync.core.wire` dispatches to them)."""
 
 from __future__ import annotations
 
