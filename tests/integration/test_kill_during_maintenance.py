@@ -10,8 +10,10 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,52 @@ def cli(*args: str) -> subprocess.Popen[str]:
     )
 
 
+class HoldingProxy:
+    """One TCP connection from the CLI to a daemon that passes the daemon's first `forward_bytes` and
+    then stops reading: the daemon blocks mid-stream, however fast the loopback is (holding the client
+    with SIGSTOP raced a whole 16 MB stream on a fast run). `cut()` closes the client's side."""
+
+    def __init__(self, daemon_port: int, forward_bytes: int) -> None:
+        self.forward_bytes = forward_bytes
+        self.forwarded = 0
+        self.held = threading.Event()
+        self._daemon_port = daemon_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._client: socket.socket | None = None
+        self._thread = threading.Thread(target=self._run, name="holding-proxy", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self._listener.settimeout(TIMEOUT_S)
+        client, _address = self._listener.accept()
+        self._client = client
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # A small receive buffer keeps most of the stream in the daemon, not in this socket.
+        upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        upstream.connect(("127.0.0.1", self._daemon_port))
+        threading.Thread(target=self._pass_request, args=(client, upstream), daemon=True).start()
+        while self.forwarded < self.forward_bytes:
+            chunk = upstream.recv(min(65536, self.forward_bytes - self.forwarded))
+            if not chunk:
+                break
+            client.sendall(chunk)
+            self.forwarded += len(chunk)
+        self.held.set()
+
+    @staticmethod
+    def _pass_request(client: socket.socket, upstream: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := client.recv(65536):
+                upstream.sendall(chunk)
+
+    def cut(self) -> None:
+        assert self._client is not None
+        self._client.shutdown(socket.SHUT_RDWR)
+        self._client.close()
+        self._listener.close()
+
+
 def test_kill_9_of_the_daemon_during_a_backup_leaves_no_backup_file_and_loses_nothing(
     cluster: LocalCluster[LocalDaemon], tmp_path: Path
 ) -> None:
@@ -166,12 +214,15 @@ def test_kill_9_of_the_daemon_during_a_backup_leaves_no_backup_file_and_loses_no
     written = fill(cluster, "n1", "big")
     out = tmp_path / "backup.db"
     partial = Path(f"{out}.partial")
-    backup = cli("backup", "--url", cluster["n1"].url, "--out", str(out))
-    # Hold the client once the stream has begun: the daemon blocks mid-stream, and is killed there.
-    wait_until(lambda: partial.exists() and partial.stat().st_size > 0, TIMEOUT_S, "the backup stream began")
-    backup.send_signal(signal.SIGSTOP)
+    proxy = HoldingProxy(cluster["n1"].http_port, forward_bytes=1 << 20)
+    backup = cli("backup", "--url", f"http://127.0.0.1:{proxy.port}", "--out", str(out))
+    assert proxy.held.wait(TIMEOUT_S), "the backup stream did not begin"
+    assert proxy.forwarded == 1 << 20, f"the daemon ended its stream after {proxy.forwarded} bytes"
+    wait_until(
+        lambda: partial.exists() and partial.stat().st_size > 0, TIMEOUT_S, "the CLI began OUT.partial"
+    )
     cluster.kill("n1")
-    backup.send_signal(signal.SIGCONT)
+    proxy.cut()
     _stdout, stderr = backup.communicate(timeout=TIMEOUT_S)
     assert backup.returncode == 1, stderr
     assert "nothing was written" in stderr, stderr
