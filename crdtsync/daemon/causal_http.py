@@ -238,6 +238,8 @@ class DocStates:
 
 
 _EDIT_ORIGIN_HASH = hash(EDIT_ORIGIN)  # what pycrdt keeps of a transaction's origin
+_NO_DELETES = b"\x00"
+"""A transaction's `delete_set` when it deleted nothing (a key set for the first time)."""
 
 
 def _follow(tracked: _Tracked, event: TransactionEvent) -> None:
@@ -249,7 +251,8 @@ def _follow(tracked: _Tracked, event: TransactionEvent) -> None:
         return
     # pycrdt's stubs omit these attributes of TransactionEvent; they exist at run time.
     after = decode_state_vector(event.after_state)  # type: ignore[attr-defined]
-    deleted = delete_set_ranges(event.delete_set)  # type: ignore[attr-defined]
+    delete_set: bytes = event.delete_set  # type: ignore[attr-defined]
+    deleted = None if delete_set == _NO_DELETES else delete_set_ranges(delete_set)
     tracked.state = state.merge(DocState(after, deleted)) if deleted else DocState(after, state.deletes)
 
 

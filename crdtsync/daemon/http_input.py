@@ -44,9 +44,20 @@ def json_of(value: Any, doc_id: str) -> Any:
         raise ApiError(422, "not_json", f"doc {doc_id!r} holds a value with no JSON form: {exc}") from None
 
 
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+"""What `web.json_response` names its answers: every JSON answer keeps that header."""
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """Every JSON answer: numbers as people write them (`4`, not `4.0`; see `jsonvalues`)."""
-    return web.json_response(body, status=status, headers=headers, dumps=jsonvalues.dumps)
+    """Every JSON answer: numbers as people write them (`4`, not `4.0`; see `jsonvalues`). The body
+    goes out as bytes with its content type in the headers: `web.json_response` passes text and a
+    content type, which aiohttp parses and encodes again for every answer."""
+    all_headers = (
+        {"Content-Type": JSON_CONTENT_TYPE}
+        if headers is None
+        else headers | {"Content-Type": JSON_CONTENT_TYPE}
+    )
+    return web.Response(body=jsonvalues.dumps(body).encode(), status=status, headers=all_headers)
 
 
 def error_response(
