@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -223,6 +224,28 @@ def _read_varuint(data: bytes, pos: int) -> tuple[int, int]:
     return result, end
 
 
+_SMALL_VARUINTS = tuple(bytes([value]) for value in range(0x80))
+_LARGE_VARUINTS_CACHED_MAX = 4096
+
+
+@functools.lru_cache(maxsize=_LARGE_VARUINTS_CACHED_MAX)
+def _large_varuint(value: int) -> bytes:
+    out = bytearray()
+    write_varuint(out, value)
+    return bytes(out)
+
+
+def _varuint(value: int) -> bytes:
+    """`write_varuint`'s bytes of `value`. Tokens are written for every HTTP answer, and most of
+    their integers are counts and clocks below 2**14 (one or two bytes) or a few client ids (eight
+    bytes, the same in every answer: cached)."""
+    if 0 <= value < 0x80:  # a negative index would read the table from its end
+        return _SMALL_VARUINTS[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    return _large_varuint(value)
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -288,31 +311,31 @@ class CausalToken:
         if self._encoded is not None:
             return self._encoded
         out = bytearray([TOKEN_VERSION])
-        write_varuint(out, len(self.docs))
+        out += _varuint(len(self.docs))
         for doc_id in sorted(self.docs):
             state = self.docs[doc_id]
             name = doc_id.encode()
-            write_varuint(out, len(name))
+            out += _varuint(len(name))
             out += name
             clients = sorted(state.state)
-            write_varuint(out, len(clients))
+            out += _varuint(len(clients))
             for client in clients:
-                write_varuint(out, client)
-                write_varuint(out, state.state[client])
+                out += _varuint(client)
+                out += _varuint(state.state[client])
             index = {client: i for i, client in enumerate(clients)}
-            write_varuint(out, len(state.deletes))
+            out += _varuint(len(state.deletes))
             for client in sorted(state.deletes):
                 if client in index:
-                    write_varuint(out, index[client])
+                    out += _varuint(index[client])
                 else:
-                    write_varuint(out, len(clients))
-                    write_varuint(out, client)
+                    out += _varuint(len(clients))
+                    out += _varuint(client)
                 ranges = state.deletes[client]
-                write_varuint(out, len(ranges))
+                out += _varuint(len(ranges))
                 previous_end = 0
                 for start, end in ranges:
-                    write_varuint(out, start - previous_end)
-                    write_varuint(out, end - start)
+                    out += _varuint(start - previous_end)
+                    out += _varuint(end - start)
                     previous_end = end
         return bytes(out)
 

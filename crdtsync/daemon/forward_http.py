@@ -71,14 +71,21 @@ class HttpForwarding:
 
     # ------------------------------------------------------------------ the asking side
 
-    async def forward(self, request: web.Request, doc_id: str) -> web.Response | None:
-        """The holder's answer to `request`, or None when this node serves it itself."""
+    def wanted(self, request: web.Request, doc_id: str) -> bool:
+        """Whether `request` goes to a holder of `doc_id`: it is not one already forwarded here, and
+        this node neither holds the doc nor, for a read, follows it (a read follower answers reads
+        from its own copy)."""
         node = self._node
         if not self._config.forward or self.is_forwarded(request) or node.holds(doc_id):
+            return False
+        return request.method not in READ_METHODS or not node.follows(doc_id)
+
+    async def forward(self, request: web.Request, doc_id: str) -> web.Response | None:
+        """The holder's answer to `request`, or None when this node serves it itself."""
+        if not self.wanted(request, doc_id):
             return None
+        node = self._node
         read = request.method in READ_METHODS
-        if read and node.follows(doc_id):
-            return None  # a read follower answers reads from its own copy
         body = await request.read()
         asked = ForwardAsk(request.method, request.raw_path, request.headers.get("Content-Type", ""), body)
         answer = await node.forwarding.forward(doc_id, asked, read=read, timeout_ms=self._timeout_ms(request))
