@@ -184,13 +184,15 @@ async def _wait_unless_stopping(
 
 
 class _Tracked:
-    __slots__ = ("doc", "state", "subscription")
+    __slots__ = ("doc", "state", "subscription", "vector")
 
     def __init__(self, doc: Doc[Any]) -> None:
         self.doc = weakref.ref(doc)  # the node may evict the doc: this must not keep it in memory
         self.subscription: Subscription | None = None
         self.state: DocState | None = None
         """What the doc holds now; None until computed, and after any change not made by the API."""
+        self.vector = b""
+        """The doc's encoded state vector (as `Doc.get_state`) while `state` is not None."""
 
 
 class DocStates:
@@ -208,6 +210,11 @@ class DocStates:
 
     def state(self, doc_id: str, doc: Doc[Any]) -> DocState:
         """The doc's DocState now (call it outside a transaction)."""
+        return self.current(doc_id, doc)[0]
+
+    def current(self, doc_id: str, doc: Doc[Any]) -> tuple[DocState, bytes]:
+        """The doc's DocState and its encoded state vector now (what `Doc.get_state` gives, without
+        the transaction it takes after an edit of the API). Call it outside a transaction."""
         tracked = self._tracked.get(doc_id)
         if tracked is None or tracked.doc() is not doc:  # new, or evicted and loaded again
             tracked = self._track(doc_id, doc)
@@ -215,7 +222,8 @@ class DocStates:
             self._tracked.move_to_end(doc_id)
         if tracked.state is None:
             tracked.state = doc_state(doc)
-        return tracked.state
+            tracked.vector = doc.get_state()
+        return tracked.state, tracked.vector
 
     def _track(self, doc_id: str, doc: Doc[Any]) -> _Tracked:
         self._untrack(doc_id)
@@ -250,7 +258,9 @@ def _follow(tracked: _Tracked, event: TransactionEvent) -> None:
         tracked.state = None
         return
     # pycrdt's stubs omit these attributes of TransactionEvent; they exist at run time.
-    after = decode_state_vector(event.after_state)  # type: ignore[attr-defined]
+    vector: bytes = event.after_state  # type: ignore[attr-defined]
+    after = decode_state_vector(vector)
+    tracked.vector = vector
     delete_set: bytes = event.delete_set  # type: ignore[attr-defined]
     deleted = None if delete_set == _NO_DELETES else delete_set_ranges(delete_set)
     tracked.state = state.merge(DocState(after, deleted)) if deleted else DocState(after, state.deletes)

@@ -319,11 +319,12 @@ class Api:
                 await self.node.flush()
             except StoreCommitError as exc:
                 raise self.store_guard.refusal(exc) from None
-            token = causal_http.token_fields(request, doc_id, self.doc_states.state(doc_id, doc))
+            state, vector = self.doc_states.current(doc_id, doc)
+            token = causal_http.token_fields(request, doc_id, state)
         finally:
             self.node.release(doc_id)
         acks = await self._write_acks(doc_id, request) if "write_acks" in request.query else {}
-        return json_response({"doc_id": doc_id, "state_vector": b64url(doc.get_state()), **token, **acks})
+        return json_response({"doc_id": doc_id, "state_vector": b64url(vector), **token, **acks})
 
     async def _write_acks(self, doc_id: str, request: web.Request) -> dict[str, Any]:
         """`write_acks=N|dc|all`: answer once N replicas, or every alive holder of this datacenter or
@@ -351,11 +352,11 @@ class Api:
         doc = await self._open_existing(doc_id, request)
         try:
             data = json_of(doc.get("data", type=Map), doc_id)
-            state = doc.get_state()
-            token = causal_http.token_fields(request, doc_id, self.doc_states.state(doc_id, doc))
+            state, vector = self.doc_states.current(doc_id, doc)
+            token = causal_http.token_fields(request, doc_id, state)
         finally:
             self.node.release(doc_id)
-        return json_response({"doc_id": doc_id, "data": data, "state_vector": b64url(state), **token})
+        return json_response({"doc_id": doc_id, "data": data, "state_vector": b64url(vector), **token})
 
     async def get_key(self, request: web.Request, doc_id: str, key: str) -> web.Response:
         doc = await self._open_existing(doc_id, request)
@@ -419,8 +420,8 @@ class Api:
         doc = await self._open_existing(doc_id, request)
         try:
             update = doc.get_update(state) if state else doc.get_update()
-            current = doc.get_state()
-            token = causal_http.token_fields(request, doc_id, self.doc_states.state(doc_id, doc))["token"]
+            held, current = self.doc_states.current(doc_id, doc)
+            token = causal_http.token_fields(request, doc_id, held)["token"]
         finally:
             self.node.release(doc_id)
         return web.Response(
