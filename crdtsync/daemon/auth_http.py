@@ -34,6 +34,10 @@ def bearer_token(header: str) -> str | None:
     return token
 
 
+TOKEN_KEY = web.RequestKey("token", Token)
+"""The request's bearer token, once `TokenCheck` accepted it (absent without `[[tokens]]`)."""
+
+
 def find_token(tokens: tuple[Token, ...], presented: str) -> Token | None:
     """The configured token whose SHA-256 is that of `presented`, compared in constant time (every
     configured digest is compared, whether or not one matched already)."""
@@ -92,7 +96,7 @@ class TokenCheck:
                 f"token {token.name!r} has read scope; {request.method} needs a write token",
                 headers={"WWW-Authenticate": 'Bearer realm="crdtsync", error="insufficient_scope"'},
             )
-        request["token"] = token
+        request[TOKEN_KEY] = token
         return await handler(request)
 
     def _refuse(self, reason: str, request: web.Request, what: str, token: str | None = None) -> None:

@@ -38,7 +38,7 @@ from crdtsync.daemon.http_input import json_of
 from crdtsync.node import Node
 
 WAIT_MS_DEFAULT = 2000
-SESSION_KEY = "causal_session"
+SESSION_KEY = web.RequestKey("causal_session", CausalToken)
 """Where `doc_route` keeps the request's parsed `session` token."""
 EDIT_ORIGIN = "crdtsync.http.edit"
 """The origin of the API's own Map edits (PUT, PATCH, DELETE of keys): `DocStates` follows them."""

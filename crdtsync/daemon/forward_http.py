@@ -33,6 +33,7 @@ from crdtsync.core.forward import BODY_BYTES_MAX, ForwardRequest
 from crdtsync.daemon import causal_http
 from crdtsync.daemon.auth_http import READ_METHODS
 from crdtsync.daemon.config import HttpConfig
+from crdtsync.daemon.http_input import SERVED_AS_KEY, SERVED_BY_KEY
 from crdtsync.forwarding import NOT_SERVED, SERVING_MAX, ForwardAsk, Served
 from crdtsync.node import Node
 
@@ -92,9 +93,9 @@ class HttpForwarding:
         if answer is None:
             return None
         holder, reply = answer
-        request["served_by"] = holder
+        request[SERVED_BY_KEY] = holder
         if reply.served_as:
-            request["served_as"] = reply.served_as
+            request[SERVED_AS_KEY] = reply.served_as
         headers = {"Content-Type": reply.content_type} if reply.content_type else {}
         return web.Response(status=reply.status, body=reply.body, headers=headers)
 

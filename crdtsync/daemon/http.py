@@ -31,10 +31,12 @@ from crdtsync.consistency import DocState
 from crdtsync.core.docs import EMPTY_STATE
 from crdtsync.core.state import StateDecodeError, covers, decode_state_vector
 from crdtsync.daemon import artifacts_http, backup_http, batch_http, causal_http, jsonvalues, top_http
-from crdtsync.daemon.auth_http import TokenCheck
+from crdtsync.daemon.auth_http import TOKEN_KEY, TokenCheck
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.forward_http import HttpForwarding
 from crdtsync.daemon.http_input import (
+    SERVED_AS_KEY,
+    SERVED_BY_KEY,
     ApiError,
     b64url,
     check_doc_id,
@@ -148,9 +150,9 @@ class Api:
     async def _served_by(self, request: web.Request, response: web.StreamResponse) -> None:
         """Every answer names the node that served it: behind a load balancer, and for a doc this
         node does not hold (placement), the holder it forwarded the request to."""
-        response.headers["X-Served-By"] = request.get("served_by", self.node.config.node_id)
-        if "served_as" in request:  # a doc read: from a replica, a read follower, or a fetched copy
-            response.headers["X-Served-As"] = request["served_as"]
+        response.headers["X-Served-By"] = request.get(SERVED_BY_KEY, self.node.config.node_id)
+        if SERVED_AS_KEY in request:  # a doc read: from a replica, a read follower, or a fetched copy
+            response.headers["X-Served-As"] = request[SERVED_AS_KEY]
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -225,7 +227,7 @@ class Api:
         """`GET /v1/ws/{doc}`: a y-websocket connection (crdtsync/daemon/websocket.py); read-only with
         a read token, and then only to a doc that exists."""
         doc_id = check_doc_id(request.match_info["doc"])
-        token: Token | None = request.get("token")
+        token: Token | None = request.get(TOKEN_KEY)
         writable = token is None or token.scope == "write"
         if not writable and not self.node.has_doc(doc_id):
             raise ApiError(404, "no_such_doc", f"doc {doc_id!r} does not exist on this node")
@@ -259,7 +261,9 @@ class Api:
 
     async def doc_route(self, request: web.Request) -> web.StreamResponse:
         doc_id, serve = self._doc_handler(request)
-        request[causal_http.SESSION_KEY] = causal_http.session_token(request)
+        session = causal_http.session_token(request)
+        if session is not None:
+            request[causal_http.SESSION_KEY] = session
         # A stream is served where it is asked for. Whether to forward is asked first, without a
         # coroutine: most requests are about docs this node holds.
         if serve != self.watch and self.forwarding.wanted(request, doc_id):
@@ -300,7 +304,7 @@ class Api:
                 self.node, self.token_waits, request, doc_id, self.config.http.wait_ms_max, watch=watch
             )
         holds = self.node.holds(doc_id)
-        request["served_as"] = "holder" if holds else "follower" if self.node.follows(doc_id) else "fetched"
+        request[SERVED_AS_KEY] = "holder" if holds else "follower" if self.node.follows(doc_id) else "fetched"
         # A forwarded read was counted where it arrived (adaptive replication: where it is read).
         read = request.method == "GET" and not self.forwarding.is_forwarded(request)
         if self.node.has_doc(doc_id):

@@ -24,6 +24,11 @@ JSON_INT_MAX = 2**53
 """Yjs numbers are doubles: larger integers would lose precision (and pycrdt panics on some)."""
 JSON_DEPTH_MAX = 64
 
+SERVED_BY_KEY = web.RequestKey("served_by", str)
+"""The node that answered a request this node forwarded (`X-Served-By`)."""
+SERVED_AS_KEY = web.RequestKey("served_as", str)
+"""How a doc read was served: `holder`, `follower` or `fetched` (`X-Served-As`)."""
+
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
