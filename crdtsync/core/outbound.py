@@ -23,17 +23,13 @@ the runs go out by bucket after a `SEQ_INDEX` of the batch instead (each node su
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 
 from crdtsync.core import wire
 from crdtsync.core.context import Context
 from crdtsync.core.holding import Holding
 from crdtsync.core.links import Links
-
-Sized = tuple[wire.Delta, int]
-"""A delta and what it adds to a batch, roughly: its update, two state vectors and its doc id
-(computed once, when it is captured)."""
+from crdtsync.core.ring import DeltaRing, Sized
 
 
 class Outbound:
@@ -41,11 +37,7 @@ class Outbound:
         self._ctx = ctx
         self._links = links
         self._holding = holding
-        self.last_seq = 0
-        # Plain tuples of str/bytes/int: CPython stops tracking those in the cyclic GC, so a full ring
-        # adds nothing to collection pauses (dataclass instances would, measurably, under load).
-        self._ring: deque[tuple[int, str, bytes, bytes, bytes, int]] = deque()
-        self._ring_bytes = 0
+        self.ring = DeltaRing(ctx.config.ring_deltas_max, ctx.config.ring_bytes_max)
         self._outbox: list[Sized] = []
         self._outbox_bytes = 0
         self._outbox_since_ms: float | None = None
@@ -75,6 +67,11 @@ class Outbound:
         self._ctx.counters.deltas_published += len(writes)
 
     @property
+    def last_seq(self) -> int:
+        """The number of the latest delta published (0: none yet in this epoch)."""
+        return self.ring.next_seq - 1
+
+    @property
     def captured_seq(self) -> int:
         """The number the latest captured delta has or will have when its batch leaves."""
         return self.last_seq + len(self._outbox)
@@ -82,26 +79,15 @@ class Outbound:
     def last_seq_of(self, doc_id: str, scanned_max: int = 4096) -> int:
         """The number of the latest delta of `doc_id` in the ring (0: none among the last
         `scanned_max`, which bounds the scan; a caller then learns by asking)."""
-        for seq, ring_doc_id, *_rest in itertools.islice(reversed(self._ring), scanned_max):
-            if ring_doc_id == doc_id:
+        for seq, delta in itertools.islice(self.ring.newest_first(), scanned_max):
+            if delta.doc_id == doc_id:
                 return seq
         return 0
 
     def _number(self, deltas: list[Sized]) -> int:
         """Number `deltas` in order and keep them in the ring; the first number."""
-        config = self._ctx.config
-        first_seq = self.last_seq + 1
-        ring = self._ring
-        for delta, size in deltas:
-            self.last_seq += 1
-            ring.append(
-                (self.last_seq, delta.doc_id, delta.before_state, delta.after_state, delta.update, size)
-            )
-            self._ring_bytes += size
-        while self._ring and (
-            len(self._ring) > config.ring_deltas_max or self._ring_bytes > config.ring_bytes_max
-        ):
-            self._ring_bytes -= self._ring.popleft()[5]
+        first_seq = self.ring.next_seq
+        self.ring.extend(deltas)
         return first_seq
 
     def flush_due(self, *, force: bool) -> None:
@@ -215,19 +201,15 @@ class Outbound:
 
     def on_retransmit_request(self, message: wire.RetransmitRequest) -> None:
         ctx = self._ctx
-        oldest = self._ring[0][0] if self._ring else self.last_seq + 1
+        oldest = self.ring.oldest_seq
         if message.epoch != ctx.epoch or message.from_seq < oldest:
             ctx.counters.retransmits_gone += 1
             self._links.send_to_node(message.node_id, wire.RetransmitGone(ctx.node_id, ctx.epoch, oldest))
             return
         # Capped here too: a request is remote input and must not make us send the whole ring.
         hi = min(message.to_seq, self.last_seq, message.from_seq + ctx.config.retransmit_deltas_max - 1)
-        start = message.from_seq - oldest
-        wanted = itertools.islice(self._ring, start, start + hi - message.from_seq + 1)
-        deltas = (
-            (wire.Delta(doc_id, before, after, update), size)
-            for _seq, doc_id, before, after, update, size in wanted
-        )
-        for batch in self._batches(message.from_seq, deltas):
+        for batch in self._batches(
+            message.from_seq, self.ring.since(message.from_seq, hi - message.from_seq + 1)
+        ):
             ctx.counters.retransmits_served += 1
             self._links.send_to_node(message.node_id, batch)

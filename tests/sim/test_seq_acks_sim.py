@@ -80,9 +80,11 @@ class _AckChecker(SimTracer):
                 ack.through_seq,
             )
         wanted: dict[str, list[bytes]] = {}
-        for seq, doc_id, _before, _after, update, _size in publisher._outbound._ring:
-            if ack.from_seq <= seq <= ack.through_seq and _holds(publisher, doc_id, acker.replica.node_id):
-                wanted.setdefault(doc_id, []).append(update)
+        for seq, delta in publisher._outbound.ring:
+            if ack.from_seq <= seq <= ack.through_seq and _holds(
+                publisher, delta.doc_id, acker.replica.node_id
+            ):
+                wanted.setdefault(delta.doc_id, []).append(delta.update)
         store = acker.store
         for doc_id, updates in wanted.items():
             self.deltas_checked += len(updates)
