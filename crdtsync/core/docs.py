@@ -35,8 +35,6 @@ REMOTE_ORIGIN = 0x5EC
 EMPTY_UPDATE = b"\x00\x00"
 EMPTY_STATE = b"\x00"
 
-LocalWrite = tuple[str, bytes, bytes, bytes]
-"""(doc id, before state, after state, update) of a local transaction."""
 Continuation = Callable[["DocEntry"], None]
 
 
@@ -121,7 +119,7 @@ class DocTable:
         self._guard = guard
         self._lazy = lazy
         self._docs: SortedDict[str, DocEntry] = SortedDict()
-        self.captured: list[LocalWrite] = []
+        self.captured: list[wire.Delta] = []
         """Local transactions recorded by the observers since the replica's last step."""
         self.on_capture: Callable[[], None] | None = None
         """Told of the first local transaction captured since the last step (see `Replica.__init__`)."""
@@ -471,7 +469,7 @@ class DocTable:
             return
         self.persist.append((entry.doc_id, update))
         entry.local_writes += 1
-        self.captured.append((entry.doc_id, event.before_state, after, update))  # type: ignore[attr-defined]
+        self.captured.append(wire.Delta(entry.doc_id, event.before_state, after, update))  # type: ignore[attr-defined]
         if len(self.captured) == 1 and self.on_capture is not None:
             self.on_capture()
 

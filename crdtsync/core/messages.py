@@ -6,6 +6,7 @@ each as the body of one envelope and decodes and validates it back (and re-expor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from crdtsync.core.chunks import ChunkReply, ChunkRequest
 from crdtsync.core.forward import ForwardReply, ForwardRequest
@@ -13,8 +14,7 @@ from crdtsync.core.load_wire import LoadSummaries
 from crdtsync.core.placement import PARTITIONS_DEFAULT, PLACEMENT_VERSION
 
 
-@dataclass(frozen=True, slots=True)
-class Delta:
+class Delta(NamedTuple):
     """One local transaction of one doc, as its publisher captured it.
 
     `before_state` is the publisher's encoded state vector of the doc when the transaction began (the
@@ -22,6 +22,9 @@ class Delta:
     once its own state vector covers `before_state`. Both are empty in a delta received in wire
     version 3, which does not carry them: the receiver derives them from the update
     (`crdtsync.core.causal.decode_states`).
+
+    A named tuple, unlike the other messages: one is built for every local transaction and every
+    delta received, and a frozen dataclass took 0.7 µs to build against 0.35 µs.
     """
 
     doc_id: str

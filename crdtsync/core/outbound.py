@@ -50,18 +50,17 @@ class Outbound:
         """Topic key -> the last number its subscribers know of by its frames (`Deltas.skipped`);
         only numbers after `_indexed_through` count (cleared at each `SEQ_INDEX`)."""
 
-    def capture(self, writes: Sequence[tuple[str, bytes, bytes, bytes]]) -> None:
-        """Local transactions, each (doc id, before state, after state, update): queue them for the
-        next batch (they are numbered when that leaves)."""
+    def capture(self, writes: Sequence[wire.Delta]) -> None:
+        """Local transactions: queue them for the next batch (they are numbered when that leaves)."""
         if not writes:
             return
         if not self._outbox:
             self._outbox_since_ms = self._ctx.now_ms
         outbox = self._outbox
         added_bytes = 0
-        for doc_id, before, after, update in writes:
-            size = len(update) + len(after) * 2 + len(doc_id)
-            outbox.append((wire.Delta(doc_id, before, after, update), size))
+        for delta in writes:
+            size = len(delta.update) + len(delta.after_state) * 2 + len(delta.doc_id)
+            outbox.append((delta, size))
             added_bytes += size
         self._outbox_bytes += added_bytes
         self._ctx.counters.deltas_published += len(writes)
