@@ -117,6 +117,15 @@ def _log_rows(path: Path, doc_id: str | None = None) -> int:
     return int(count)
 
 
+def _rows_expected(updates: list[tuple[str, bytes]], group: int = 50) -> int:
+    """Log rows after `_write(store, updates, group)` without compaction: one per doc and effect
+    (the store merges an effect's updates of one doc into one row)."""
+    return sum(
+        len({doc_id for doc_id, _update in updates[start : start + group]})
+        for start in range(0, len(updates), group)
+    )
+
+
 def _files(directory: Path) -> dict[str, str]:
     """The sha256 of the store's durable bytes: the database file and a non-empty WAL. (The `-shm` file
     is a rebuildable index SQLite may rewrite on any read, and an empty WAL holds nothing.)"""
@@ -150,7 +159,7 @@ def test_reopen_keeps_every_update_and_content_equals_what_was_written(seed: int
 
     reopened = SqliteStore(tmp_path, node_id="a", compact_after_updates=NEVER, compact_after_bytes=NEVER)
     try:
-        assert _log_rows(reopened.path) == len(written), "every appended update is still in the log"
+        assert _log_rows(reopened.path) == _rows_expected(written), "a row per doc and effect written"
         assert _store_contents(reopened) == workload.contents()
         # More writes after the reopen land on top of the old ones.
         more = workload.write(100)
@@ -163,6 +172,31 @@ def test_reopen_keeps_every_update_and_content_equals_what_was_written(seed: int
         assert _store_contents(again) == workload.contents()
     finally:
         again.close()
+
+
+def test_updates_that_do_not_merge_are_stored_a_row_each_and_lose_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    workload = Workload(5, docs=2)
+    written = workload.write(40)
+
+    def refuse(updates: list[bytes]) -> bytes:
+        raise ValueError("cannot merge")
+
+    monkeypatch.setattr(sqlite_module, "merge_all", refuse)
+    store = SqliteStore(tmp_path, node_id="a", compact_after_updates=NEVER, compact_after_bytes=NEVER)
+    try:
+        _write(store, written)
+        assert _log_rows(store.path) == len(written)
+        assert "could not merge" in caplog.text
+    finally:
+        store.close()
+    monkeypatch.undo()
+    reopened = SqliteStore(tmp_path, node_id="a")
+    try:
+        assert _store_contents(reopened) == workload.contents()
+    finally:
+        reopened.close()
 
 
 def test_epochs_strictly_increase_across_opens(tmp_path: Path) -> None:
@@ -244,7 +278,7 @@ def test_compact_merges_more_than_one_chunk_keeping_content_and_digest_and_empti
     written = workload.write(3 * MERGE_CHUNK * 2)  # ~3 chunks per doc: the merge runs on two levels
     store = SqliteStore(tmp_path, node_id="a", compact_after_updates=NEVER, compact_after_bytes=NEVER)
     try:
-        _write(store, written)
+        _write(store, written, group=1)  # a row each: the compaction merges more than MERGE_CHUNK
         assert _log_rows(store.path) == len(written)
         before = _store_contents(store)
         assert before == workload.contents()
