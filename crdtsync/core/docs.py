@@ -13,6 +13,7 @@ update for the store, the doc as dirty for the tree, and a local (not `REMOTE_OR
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -402,7 +403,8 @@ class DocTable:
         doc: Doc[Any] = Doc(client_id=client_id)
         entry.doc = doc
         self.loaded += 1
-        entry.subscription = doc.observe(lambda event: self._on_transaction(entry, event))
+        # A partial, not a lambda: one Python frame less for every transaction.
+        entry.subscription = doc.observe(functools.partial(self._on_transaction, entry))
         if content is not None:
             known = (entry.state_bytes, entry.digest, entry.doc_id in self._dirty, entry.recorded)
             self.apply(entry, content, "load")

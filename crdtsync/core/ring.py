@@ -44,35 +44,49 @@ class DeltaRing:
         return self.oldest_seq + self._count
 
     def extend(self, deltas: list[Sized]) -> None:
-        """Keep `deltas`, numbered from `next_seq` on, and let the oldest fall out past the limits."""
-        slots, capacity = self._slots, self._deltas_max
-        added_bytes = 0
-        if capacity == 0:
-            self.oldest_seq += len(deltas)
-            return
-        for sized in deltas:
-            if self._count == capacity:
-                self._drop_oldest()
-            at = (self._start + self._count) % capacity
-            if at == len(slots):  # still growing: slots fill in order until the first wrap
-                slots.append(sized)
-            else:
-                slots[at] = sized
-            self._count += 1
-            added_bytes += sized[1]
-        self._bytes += added_bytes
+        """Keep `deltas`, numbered from `next_seq` on, and let the oldest fall out past the limits.
+        A batch at a time, in slices: this runs for every local transaction."""
+        capacity = self._deltas_max
+        if len(deltas) >= capacity:  # only the newest `capacity` of them can stay (none at 0)
+            self._drop(self._count)
+            skipped = len(deltas) - capacity
+            self.oldest_seq += skipped
+            deltas = deltas[skipped:]
+        else:
+            self._drop(self._count + len(deltas) - capacity)
+        if deltas:
+            self._place(deltas)
         while self._count and self._bytes > self._bytes_max:
-            self._drop_oldest()
+            self._drop(1)
 
-    def _drop_oldest(self) -> None:
-        start = self._start
-        sized = self._slots[start]
-        assert sized is not None  # every slot from `_start` on for `_count` slots holds one
-        self._slots[start] = None  # its bytes are freed now, not when the slot is reused
-        self._bytes -= sized[1]
-        self._start = (start + 1) % self._deltas_max
-        self._count -= 1
-        self.oldest_seq += 1
+    def _place(self, deltas: list[Sized]) -> None:
+        """Put `deltas` after the newest (there is room for them)."""
+        slots, capacity, count = self._slots, self._deltas_max, len(deltas)
+        at = (self._start + self._count) % capacity
+        first = min(count, capacity - at)
+        if at == len(slots):  # still growing: slots fill in order until the first wrap
+            slots.extend(deltas[:first])
+        else:
+            slots[at : at + first] = deltas[:first]
+        if count > first:
+            slots[: count - first] = deltas[first:]
+        self._count += count
+        self._bytes += sum([size for _delta, size in deltas])
+
+    def _drop(self, count: int) -> None:
+        """Let the `count` oldest deltas fall out, their slots emptied at once (their bytes are
+        freed now, not when the slot is reused)."""
+        if count <= 0:
+            return
+        slots, start, capacity = self._slots, self._start, self._deltas_max
+        first = min(count, capacity - start)
+        dropped = slots[start : start + first] + slots[: count - first]
+        self._bytes -= sum([sized[1] for sized in dropped if sized is not None])
+        slots[start : start + first] = [None] * first
+        slots[: count - first] = [None] * (count - first)
+        self._start = (start + count) % capacity
+        self._count -= count
+        self.oldest_seq += count
 
     def since(self, from_seq: int, count: int) -> list[Sized]:
         """Up to `count` deltas from number `from_seq` on (fewer at the newest end; none before
