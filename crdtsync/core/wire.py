@@ -210,7 +210,7 @@ def _body_of(message: Message) -> tuple[MessageKind, list[Any]]:
         case Deltas(n, e, first, deltas, _skipped):
             flat: list[Any] = [n, e, first]
             for d in deltas:
-                flat.extend((d.doc_id, d.before_state, d.after_state, d.update))
+                flat.extend(d)  # a Delta is a tuple of its four fields, in wire order
             return MessageKind.DELTAS, flat
         case Heartbeat(n, e, s):
             return MessageKind.HEARTBEAT, [n, e, s]
