@@ -17,7 +17,8 @@ Commands, besides ``stats`` and ``quit`` (``bench._child.serve``):
   counts as acknowledged once the flush after it returned (durable on this node); with ``forward``,
   a doc this node does not hold is written by its nearest holder instead (``node.forwarding``, as the
   daemon forwards an HTTP write), acknowledged once the holder answers -> ``wrote {acked, s}``
-- ``status`` -> ``status {docs, hinted, relay, alive, cpu_s, cpu_main_s, at, counters}``
+- ``status`` -> ``status {docs, hinted, relay, alive, cpu_s, cpu_main_s, at, counters, frame_kinds}``
+  (``frame_kinds``: frames received, published and sent so far by message kind, ``FrameKinds``)
 - ``profile {on}``: start or stop profiling (with ``BENCH_PLACEMENT_PROFILE_DIR``) -> ``profiled``
 - ``held {ids, verify}`` -> ``held {held, have, verified}``: how many of ``ids`` this node holds by
   placement, how many of those it has, and (``verify``) how many of those show their write.
@@ -29,6 +30,7 @@ import argparse
 import asyncio
 import cProfile
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -39,6 +41,7 @@ from bench._child import detached_map, emit, run_main, serve
 from bench._common import JSON, self_cpu_s
 from bench._crdtsync import NodeAdapter
 from crdtsync import Node, NodeConfig
+from crdtsync.core import wire
 from crdtsync.core.forward import ForwardRequest
 from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.forwarding import ForwardAsk, Served
@@ -49,6 +52,69 @@ PEERS_UP_TIMEOUT_S = 120.0
 FORWARD_TIMEOUT_MS = 2000.0
 PROFILE_ENV = "BENCH_PLACEMENT_PROFILE_DIR"
 """When set, each node profiles itself (cProfile) and writes DIR/<node id>.prof at exit."""
+
+
+class FrameKinds:
+    """Frames this node received, published and sent, by message kind (and a publish's audience):
+    what the cost part's frames per write are made of. Reading a frame's kind costs a header read."""
+
+    def __init__(self, node: Node) -> None:
+        self.received: dict[str, int] = {}
+        self.published: dict[str, int] = {}
+        self.sent: dict[str, int] = {}
+        replica, transport = node._replica, node._transport
+        assert transport is not None
+        receive, publish, send = replica.receive, transport.publish, transport.send
+
+        def counted_receive(frame: bytes, now_ms: float, *, sender_key: str | None = None) -> None:
+            _count(self.received, _kind_of(frame))
+            receive(frame, now_ms, sender_key=sender_key)
+
+        def counted_publish(frame: bytes, **how: Any) -> None:
+            _count(self.published, f"{_kind_of(frame)}/{how.get('audience', 'every')}")
+            publish(frame, **how)
+
+        def counted_send(address: str, frame: bytes) -> None:
+            _count(self.sent, _kind_of(frame))
+            send(address, frame)
+
+        setattr(replica, "receive", counted_receive)  # noqa: B010 (an instance attribute shadows the method)
+        setattr(transport, "publish", counted_publish)  # noqa: B010
+        setattr(transport, "send", counted_send)  # noqa: B010
+
+    def as_json(self) -> JSON:
+        return {"received": self.received, "published": self.published, "sent": self.sent}
+
+
+def _kind_of(frame: bytes) -> str:
+    try:
+        return wire.MessageKind(wire.read_header(frame).kind).name
+    except (wire.WireError, ValueError):
+        return "malformed"
+
+
+def _count(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of this process, by name: the Python name where
+    the thread is a Python one (the event loop is ``MainThread``, the store's ``crdtsync-store_0``),
+    else the kernel's (ZeroMQ's ``ZMQbg/...``); threads of one name summed."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/stat", encoding="ascii") as stat:
+                text = stat.read()
+        except OSError:
+            continue  # the thread ended
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        name = names.get(int(task), comm)
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks_per_s
+    return out
 
 
 def write_index(doc_id: str) -> int:
@@ -105,7 +171,7 @@ def _serve_forwarded(node: Node) -> Callable[[ForwardRequest], Awaitable[Served]
     return serve
 
 
-async def _status(node: Node, cmd: JSON) -> None:
+async def _status(node: Node, cmd: JSON, kinds: FrameKinds) -> None:
     status = node.status()
     user_s, sys_s = self_cpu_s()
     emit(
@@ -118,6 +184,8 @@ async def _status(node: Node, cmd: JSON) -> None:
         cpu_main_s=time.thread_time(),  # this (event loop) thread; the rest: store commits, ZeroMQ I/O
         at=time.monotonic(),  # CLOCK_MONOTONIC, shared by the processes of one machine
         counters=status.counters.as_dict(),
+        frame_kinds=kinds.as_json(),
+        thread_cpu_s=thread_cpu_s(),
     )
 
 
@@ -200,10 +268,11 @@ async def _run(
                 raise TimeoutError(f"fewer than {wanted} peers alive after {PEERS_UP_TIMEOUT_S:.0f} s")
             await asyncio.sleep(0.05)
         node.forwarding.handler = _serve_forwarded(node)
+        kinds = FrameKinds(node)
         emit("ready", docs=node.status().docs)
         commands: dict[str, Any] = {
             "write_docs": _write_docs,
-            "status": _status,
+            "status": lambda node, cmd: _status(node, cmd, kinds),
             "held": _held,
             "profile": profile,
         }

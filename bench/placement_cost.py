@@ -96,6 +96,8 @@ class Settings:
     docs: int
     skip: frozenset[str]
     profile_dir: Path | None = None
+    cost_modes: tuple[str, ...] = ()
+    """The cost part's runs (`COST_MODES` keys); empty: all of them."""
 
 
 def _policy(rf: str) -> PlacementPolicy:
@@ -182,6 +184,29 @@ class Cluster:
 
     def close(self) -> None:
         close_all(list(self.children.values()))
+
+
+def _frame_kinds(after: dict[str, JSON], before: dict[str, JSON], way: str, writes: int) -> dict[str, float]:
+    """Frames of each kind (``way``: received, published or sent) between two statuses, per node
+    per write, largest first."""
+    totals: dict[str, int] = {}
+    for name, status in after.items():
+        then = before[name]["frame_kinds"][way]
+        for kind, count in status["frame_kinds"][way].items():
+            totals[kind] = totals.get(kind, 0) + count - int(then.get(kind, 0))
+    per = len(after) * writes
+    return {kind: count / per for kind, count in sorted(totals.items(), key=lambda kv: -kv[1]) if count}
+
+
+def _thread_cpu(after: dict[str, JSON], before: dict[str, JSON], writes: int) -> dict[str, float]:
+    """CPU of each kind of thread (by name, summed over the nodes) between two statuses, per write,
+    in microseconds (clock-tick resolution: 10 ms per thread and status)."""
+    totals: dict[str, float] = {}
+    for name, status in after.items():
+        then = before[name]["thread_cpu_s"]
+        for thread, cpu_s in status["thread_cpu_s"].items():
+            totals[thread] = totals.get(thread, 0.0) + cpu_s - float(then.get(thread, 0.0))
+    return {thread: cpu_s / writes * 1e6 for thread, cpu_s in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
 def _cpu(statuses: dict[str, JSON]) -> float:
@@ -321,6 +346,11 @@ def _write_and_settle(
         / acked,
         "frames_received_per_node_per_write": statistics.mean(_delta(s3, s1, "frames_received").values())
         / acked,
+        "frames_by_kind_per_node_per_write": {
+            way: _frame_kinds(s3, s1, way, acked) for way in ("received", "published", "sent")
+        },
+        "thread_cpu_us_per_write": _thread_cpu(s3, s1, acked),
+        "store_commits_per_node_per_write": statistics.mean(_delta(s3, s1, "store_commits").values()) / acked,
         "ae_rounds_started": sum(_delta(s3, s1, "ae_rounds_started").values()),
         "relays": sorted(relays),
         "docs_held": {n: int(s3[n]["docs"]) for n in names},
@@ -332,15 +362,21 @@ def _write_and_settle(
     }
 
 
+COST_MODES = {
+    "rf_2": ("2", False, False),
+    "rf_all": ("all", False, False),
+    "rf_2_holders": ("2", True, False),
+    "rf_2_forwarded": ("2", False, True),
+}
+"""Each cost run: (rf, writes sent to replicas only, non-holders forwarding)."""
+
+
 def cost(settings: Settings, root: Path, progress: Any) -> JSON:
     ids = [f"w/{i:06d}" for i in range(settings.writes)]
     out: JSON = {"writes": settings.writes, "rate_hz": settings.rate_hz, "nodes": TWO_DCS}
-    for key, rf, through_holders, forward in (
-        ("rf_2", "2", False, False),
-        ("rf_all", "all", False, False),
-        ("rf_2_holders", "2", True, False),
-        ("rf_2_forwarded", "2", False, True),
-    ):
+    for key, (rf, through_holders, forward) in COST_MODES.items():
+        if settings.cost_modes and key not in settings.cost_modes:
+            continue
         how = "through the docs' replicas only" if through_holders else "through every node"
         how += ", non-holders forwarding to a holder" if forward else ""
         progress(
@@ -360,6 +396,8 @@ def cost(settings: Settings, root: Path, progress: Any) -> JSON:
             )
         finally:
             cluster.close()
+    if "rf_2" not in out or "rf_all" not in out:
+        return out
     narrow, full = out["rf_2"], out["rf_all"]
     out["cpu_ratio_net"] = narrow["cpu_us_per_write_net"] / full["cpu_us_per_write_net"]
     out["cpu_ratio_gross"] = narrow["cpu_us_per_write_gross"] / full["cpu_us_per_write_gross"]
@@ -584,6 +622,10 @@ def rebalance(settings: Settings, root: Path, progress: Any) -> JSON:
 # Report
 
 
+def _ratio(value: float, base: float) -> float:
+    return value / base if base else float("nan")
+
+
 def _side_table(title: str, column: str, holders: JSON, full: JSON) -> None:
     """Another rf 2 run beside rf all: its cost per write and what it did."""
     print_table(
@@ -617,6 +659,21 @@ def _side_table(title: str, column: str, holders: JSON, full: JSON) -> None:
                     2,
                 ),
             ],
+            *(
+                [
+                    f"  thread {thread} (us per write)",
+                    fmt(cpu_us, 0),
+                    fmt(_ratio(cpu_us, full["thread_cpu_us_per_write"].get(thread, 0.0)), 2),
+                ]
+                for thread, cpu_us in holders["thread_cpu_us_per_write"].items()
+            ),
+            [
+                "store commits per node per write",
+                fmt(holders["store_commits_per_node_per_write"], 3),
+                fmt(
+                    holders["store_commits_per_node_per_write"] / full["store_commits_per_node_per_write"], 2
+                ),
+            ],
             ["anti-entropy rounds started, cluster", fmt(holders["ae_rounds_started"]), ""],
             [
                 "write phase / settle (s)",
@@ -628,168 +685,207 @@ def _side_table(title: str, column: str, holders: JSON, full: JSON) -> None:
     )
 
 
-def report(results: JSON) -> list[Target]:
-    targets: list[Target] = []
-    if "cost" in results:
-        c = results["cost"]
-        narrow, full = c["rf_2"], c["rf_all"]
-        rows = [
-            [
-                "CPU per acknowledged write, cluster, net of idle (us)",
-                fmt(narrow["cpu_us_per_write_net"], 0),
-                fmt(full["cpu_us_per_write_net"], 0),
-                fmt(c["cpu_ratio_net"], 2),
-            ],
-            [
-                "  gross (idle cluster CPU included)",
-                fmt(narrow["cpu_us_per_write_gross"], 0),
-                fmt(full["cpu_us_per_write_gross"], 0),
-                fmt(c["cpu_ratio_gross"], 2),
-            ],
-            [
-                "  during the writes only, net (us)",
-                fmt(narrow["cpu_us_per_write_writes_only"], 0),
-                fmt(full["cpu_us_per_write_writes_only"], 0),
-                fmt(narrow["cpu_us_per_write_writes_only"] / full["cpu_us_per_write_writes_only"], 2),
-            ],
-            [
-                "  share on the event-loop thread (rest: commits, ZeroMQ I/O)",
-                fmt(narrow["cpu_main_thread_share"], 2),
-                fmt(full["cpu_main_thread_share"], 2),
-                "",
-            ],
-            [
-                "bytes received per node per write, net of idle",
-                fmt(narrow["bytes_received_per_node_per_write"], 0),
-                fmt(full["bytes_received_per_node_per_write"], 0),
-                fmt(c["bytes_ratio"], 2),
-            ],
-            [
-                "  gross (heartbeats and gossip included)",
-                fmt(narrow["bytes_received_per_node_per_write_gross"], 0),
-                fmt(full["bytes_received_per_node_per_write_gross"], 0),
+def _frame_kinds_table(c: JSON) -> None:
+    modes = [key for key in COST_MODES if key in c]
+    ways = ("received", "published", "sent")
+    kinds = sorted(
+        {
+            f"{way} {kind}"
+            for key in modes
+            for way in ways
+            for kind in c[key]["frames_by_kind_per_node_per_write"][way]
+        }
+    )
+    rows = [
+        [
+            kind,
+            *(
                 fmt(
-                    narrow["bytes_received_per_node_per_write_gross"]
-                    / full["bytes_received_per_node_per_write_gross"],
-                    2,
-                ),
-            ],
-            [
-                "  during the writes only",
-                fmt(narrow["bytes_received_per_node_per_write_writes_only"], 0),
-                fmt(full["bytes_received_per_node_per_write_writes_only"], 0),
-                fmt(
-                    narrow["bytes_received_per_node_per_write_writes_only"]
-                    / full["bytes_received_per_node_per_write_writes_only"],
-                    2,
-                ),
-            ],
-            [
-                "frames received per node per write (gross)",
-                fmt(narrow["frames_received_per_node_per_write"], 2),
-                fmt(full["frames_received_per_node_per_write"], 2),
-                fmt(
-                    narrow["frames_received_per_node_per_write"] / full["frames_received_per_node_per_write"],
-                    2,
-                ),
-            ],
-            [
-                "anti-entropy rounds started, cluster",
-                fmt(narrow["ae_rounds_started"]),
-                fmt(full["ae_rounds_started"]),
-                "",
-            ],
-            [
-                "holders per doc (of 6 nodes)",
-                fmt(c["holders_per_doc_rf_2"], 2),
-                "6.00",
-                fmt(c["holders_per_doc_rf_2"] / 6, 2),
-            ],
-            [
-                "idle cluster before the writes (cores)",
-                fmt(narrow["idle_cores"], 3),
-                fmt(full["idle_cores"], 3),
-                "",
-            ],
-            [
-                "idle cluster after, holding the docs (cores)",
-                fmt(narrow["idle_after_cores"], 3),
-                fmt(full["idle_after_cores"], 3),
-                fmt(narrow["idle_after_cores"] / full["idle_after_cores"], 2),
-            ],
-            [
-                "idle bytes received per node (B/s)",
-                fmt(narrow["idle_bytes_per_node_s"], 0),
-                fmt(full["idle_bytes_per_node_s"], 0),
-                "",
-            ],
-            ["writes acknowledged", fmt(narrow["writes_acked"]), fmt(full["writes_acked"]), ""],
-            [
-                "write phase / settle (s)",
-                f"{narrow['write_s']:.1f} / {narrow['settle_s']:.1f}",
-                f"{full['write_s']:.1f} / {full['settle_s']:.1f}",
-                "",
-            ],
-            [
-                "updates dropped as not held",
-                fmt(narrow["updates_not_held"]),
-                fmt(full["updates_not_held"]),
-                "",
-            ],
-            [
-                "handoff offers sent / docs dropped",
-                f"{narrow['handoff_offers_sent']:,} / {narrow['handoff_docs_dropped']:,}",
-                f"{full['handoff_offers_sent']:,} / {full['handoff_docs_dropped']:,}",
-                "",
-            ],
+                    c[key]["frames_by_kind_per_node_per_write"][kind.split(" ")[0]].get(
+                        kind.split(" ")[1], 0.0
+                    ),
+                    3,
+                )
+                for key in modes
+            ),
         ]
-        print_table(
-            f"Cost per write: 6 nodes in 2 DCs, {c['writes']:,} single-key writes to distinct docs at {c['rate_hz']:g}/s through every node",
-            ["", "rf 2 per DC", 'rf "all"', "ratio"],
-            rows,
-            [
-                f"relays (hold their share): rf 2 {', '.join(narrow['relays'])}; docs held per node with rf 2: "
-                + ", ".join(f"{n}={v:,}" for n, v in narrow["docs_held"].items()),
-                "bytes received per write by node (gross), rf 2: "
-                + ", ".join(f"{n}={v:.0f}" for n, v in narrow["bytes_received_per_write_by_node"].items())
-                + "; rf all: "
-                + ", ".join(f"{n}={v:.0f}" for n, v in full["bytes_received_per_write_by_node"].items()),
-                "Why the bytes fall less than the holders: relays take every remote delta to forward it, a",
-                "write through a non-holder costs a follower fetch (the bench opens the doc), the writer's",
-                "subscription to the doc's bucket while it is open, handoff offers (a probe, then a second",
-                "offer a grace later) and a drop; sequence indexes reach every node (about 3 bytes a delta).",
-                "Why CPU falls less than rf/n: the same, plus the writer's own cost (write, commit,",
-                "publish), which no placement shares, and every node's WAN anti-entropy rounds.",
-            ],
-        )
+        for kind in kinds
+    ]
+    print_table("Frames per node per write, by kind (published: by audience)", ["", *modes], rows)
+
+
+def _report_cost(c: JSON) -> list[Target]:
+    _frame_kinds_table(c)
+    if "rf_2" not in c or "rf_all" not in c:
+        for key in ("rf_2_holders", "rf_2_forwarded"):
+            if key in c and "rf_all" in c:
+                _side_table(key, key, c[key], c["rf_all"])
+        return []
+    narrow, full = c["rf_2"], c["rf_all"]
+    rows = [
+        [
+            "CPU per acknowledged write, cluster, net of idle (us)",
+            fmt(narrow["cpu_us_per_write_net"], 0),
+            fmt(full["cpu_us_per_write_net"], 0),
+            fmt(c["cpu_ratio_net"], 2),
+        ],
+        [
+            "  gross (idle cluster CPU included)",
+            fmt(narrow["cpu_us_per_write_gross"], 0),
+            fmt(full["cpu_us_per_write_gross"], 0),
+            fmt(c["cpu_ratio_gross"], 2),
+        ],
+        [
+            "  during the writes only, net (us)",
+            fmt(narrow["cpu_us_per_write_writes_only"], 0),
+            fmt(full["cpu_us_per_write_writes_only"], 0),
+            fmt(narrow["cpu_us_per_write_writes_only"] / full["cpu_us_per_write_writes_only"], 2),
+        ],
+        [
+            "  share on the event-loop thread (rest: commits, ZeroMQ I/O)",
+            fmt(narrow["cpu_main_thread_share"], 2),
+            fmt(full["cpu_main_thread_share"], 2),
+            "",
+        ],
+        [
+            "bytes received per node per write, net of idle",
+            fmt(narrow["bytes_received_per_node_per_write"], 0),
+            fmt(full["bytes_received_per_node_per_write"], 0),
+            fmt(c["bytes_ratio"], 2),
+        ],
+        [
+            "  gross (heartbeats and gossip included)",
+            fmt(narrow["bytes_received_per_node_per_write_gross"], 0),
+            fmt(full["bytes_received_per_node_per_write_gross"], 0),
+            fmt(
+                narrow["bytes_received_per_node_per_write_gross"]
+                / full["bytes_received_per_node_per_write_gross"],
+                2,
+            ),
+        ],
+        [
+            "  during the writes only",
+            fmt(narrow["bytes_received_per_node_per_write_writes_only"], 0),
+            fmt(full["bytes_received_per_node_per_write_writes_only"], 0),
+            fmt(
+                narrow["bytes_received_per_node_per_write_writes_only"]
+                / full["bytes_received_per_node_per_write_writes_only"],
+                2,
+            ),
+        ],
+        [
+            "frames received per node per write (gross)",
+            fmt(narrow["frames_received_per_node_per_write"], 2),
+            fmt(full["frames_received_per_node_per_write"], 2),
+            fmt(
+                narrow["frames_received_per_node_per_write"] / full["frames_received_per_node_per_write"],
+                2,
+            ),
+        ],
+        [
+            "anti-entropy rounds started, cluster",
+            fmt(narrow["ae_rounds_started"]),
+            fmt(full["ae_rounds_started"]),
+            "",
+        ],
+        [
+            "holders per doc (of 6 nodes)",
+            fmt(c["holders_per_doc_rf_2"], 2),
+            "6.00",
+            fmt(c["holders_per_doc_rf_2"] / 6, 2),
+        ],
+        [
+            "idle cluster before the writes (cores)",
+            fmt(narrow["idle_cores"], 3),
+            fmt(full["idle_cores"], 3),
+            "",
+        ],
+        [
+            "idle cluster after, holding the docs (cores)",
+            fmt(narrow["idle_after_cores"], 3),
+            fmt(full["idle_after_cores"], 3),
+            fmt(narrow["idle_after_cores"] / full["idle_after_cores"], 2),
+        ],
+        [
+            "idle bytes received per node (B/s)",
+            fmt(narrow["idle_bytes_per_node_s"], 0),
+            fmt(full["idle_bytes_per_node_s"], 0),
+            "",
+        ],
+        ["writes acknowledged", fmt(narrow["writes_acked"]), fmt(full["writes_acked"]), ""],
+        [
+            "write phase / settle (s)",
+            f"{narrow['write_s']:.1f} / {narrow['settle_s']:.1f}",
+            f"{full['write_s']:.1f} / {full['settle_s']:.1f}",
+            "",
+        ],
+        [
+            "updates dropped as not held",
+            fmt(narrow["updates_not_held"]),
+            fmt(full["updates_not_held"]),
+            "",
+        ],
+        [
+            "handoff offers sent / docs dropped",
+            f"{narrow['handoff_offers_sent']:,} / {narrow['handoff_docs_dropped']:,}",
+            f"{full['handoff_offers_sent']:,} / {full['handoff_docs_dropped']:,}",
+            "",
+        ],
+    ]
+    print_table(
+        f"Cost per write: 6 nodes in 2 DCs, {c['writes']:,} single-key writes to distinct docs at {c['rate_hz']:g}/s through every node",
+        ["", "rf 2 per DC", 'rf "all"', "ratio"],
+        rows,
+        [
+            f"relays (hold their share): rf 2 {', '.join(narrow['relays'])}; docs held per node with rf 2: "
+            + ", ".join(f"{n}={v:,}" for n, v in narrow["docs_held"].items()),
+            "bytes received per write by node (gross), rf 2: "
+            + ", ".join(f"{n}={v:.0f}" for n, v in narrow["bytes_received_per_write_by_node"].items())
+            + "; rf all: "
+            + ", ".join(f"{n}={v:.0f}" for n, v in full["bytes_received_per_write_by_node"].items()),
+            "Why the bytes fall less than the holders: relays take every remote delta to forward it, a",
+            "write through a non-holder costs a follower fetch (the bench opens the doc), the writer's",
+            "subscription to the doc's bucket while it is open, handoff offers (a probe, then a second",
+            "offer a grace later) and a drop; sequence indexes reach every node (about 3 bytes a delta).",
+            "Why CPU falls less than rf/n: the same, plus the writer's own cost (write, commit,",
+            "publish), which no placement shares, and every node's WAN anti-entropy rounds.",
+        ],
+    )
+    if "rf_2_holders" in c:
         _side_table(
             "The same rf 2 cluster with every write sent to one of the doc's replicas",
             "rf 2, through replicas",
             c["rf_2_holders"],
             full,
         )
-        if "rf_2_forwarded" in c:
-            _side_table(
-                "The same rf 2 cluster with writes through every node, a non-holder forwarding each write to "
-                "the doc's nearest holder (node.forwarding, as the daemon forwards an HTTP write)",
-                "rf 2, forwarded",
-                c["rf_2_forwarded"],
-                full,
-            )
-        targets += [
-            Target(
-                "cost_cpu",
-                "CPU per acknowledged write, rf 2 / rf all (net of idle)",
-                c["cpu_ratio_net"],
-                TARGET_RATIO,
-            ),
-            Target(
-                "cost_bytes",
-                "bytes received per node per write, rf 2 / rf all (net of idle)",
-                c["bytes_ratio"],
-                TARGET_RATIO,
-            ),
-        ]
+    if "rf_2_forwarded" in c:
+        _side_table(
+            "The same rf 2 cluster with writes through every node, a non-holder forwarding each write to "
+            "the doc's nearest holder (node.forwarding, as the daemon forwards an HTTP write)",
+            "rf 2, forwarded",
+            c["rf_2_forwarded"],
+            full,
+        )
+    return [
+        Target(
+            "cost_cpu",
+            "CPU per acknowledged write, rf 2 / rf all (net of idle)",
+            c["cpu_ratio_net"],
+            TARGET_RATIO,
+        ),
+        Target(
+            "cost_bytes",
+            "bytes received per node per write, rf 2 / rf all (net of idle)",
+            c["bytes_ratio"],
+            TARGET_RATIO,
+        ),
+    ]
+
+
+def report(results: JSON) -> list[Target]:
+    targets: list[Target] = []
+    if "cost" in results:
+        targets += _report_cost(results["cost"])
     if "capacity" in results:
         k = results["capacity"]
         print(
@@ -896,6 +992,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--docs", type=int, help="docs of the rebalance part (default 100,000; quick 5,000)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: cost, capacity, rebalance")
     parser.add_argument(
+        "--cost-modes",
+        default="",
+        help=f"comma-separated runs of the cost part (default all): {', '.join(COST_MODES)}",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -913,7 +1014,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         docs=args.docs or (5_000 if args.quick else 100_000),
         skip=frozenset(p for p in str(args.skip).split(",") if p),
         profile_dir=args.profile,
+        cost_modes=tuple(m for m in str(args.cost_modes).split(",") if m),
     )
+    unknown = set(settings.cost_modes) - set(COST_MODES)
+    if unknown:
+        print(f"unknown cost modes: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
     machine = machine_info()
     print("machine")
     for key, value in machine.items():
