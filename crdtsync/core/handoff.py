@@ -254,7 +254,9 @@ class Handoff:
                 break
             handing = self.pending[doc_id]
             entry = self._docs.get(doc_id)
-            if entry is None or self._holding.holds_doc(doc_id):
+            # Whether this node holds it is settled when a doc is hinted and at each view change
+            # (`_rescan`, above): asked again here, it cost a lookup per pending doc per pass.
+            if entry is None:
                 self._forget(doc_id)
                 continue
             if ctx.now_ms < handing.next_offer_ms:
