@@ -11,8 +11,9 @@ the writes of a node that later crashed.
 With `SimConfig.durable` each node also has a durable store that survives its crashes: a
 `MemoryStore` holding what completed commits hold, behind the same `CommitQueue` as `StoreWriter`'s
 group commit: `Persist` effects join the node's pending group; when no commit runs, a commit takes
-the next group and completes `commit_ms` later; a crash loses the pending group and the running
-commit (`CommitQueue.lose`). The core's `LoadDoc` effects are answered `load_ms` later (what waits
+the next group (after `COMMIT_LINGER_MS` when neither a client write nor an acknowledgement waits
+on it) and completes `commit_ms` later; a crash loses the pending group and the running commit
+(`CommitQueue.lose`). The core's `LoadDoc` effects are answered `load_ms` later (what waits
 for the doc waits in the core meanwhile, as on a real node) with committed and in-flight updates
 (`CommitQueue.load_doc`); a client operation on an evicted doc loads it first, as `Node.open` does.
 A restarted node registers the docs the store holds, with their recorded digests, like `Node.start`
@@ -35,6 +36,7 @@ from crdtsync.sim import invariants
 from crdtsync.sim.config import FAULTS as FAULTS
 from crdtsync.sim.config import SimConfig as SimConfig
 from crdtsync.sim.config import SimResult as SimResult
+from crdtsync.sim.durable import SimStores
 from crdtsync.sim.follows import Follows
 from crdtsync.sim.network import SimNetwork
 from crdtsync.sim.node import SimNode
@@ -46,7 +48,8 @@ EVENTS_MAX = 5_000_000
 
 FaultKind = Literal["partition", "heal", "crash", "restart", "leave"]
 EventKind = (
-    FaultKind | Literal["deliver", "tick", "op", "drained", "check", "commit", "load", "follow", "unfollow"]
+    FaultKind
+    | Literal["deliver", "tick", "op", "drained", "check", "commit", "linger", "load", "follow", "unfollow"]
 )
 
 
@@ -86,11 +89,13 @@ class SimCluster:
         self.acknowledged: dict[int, float] = {}
         """Index into `writes` -> simulated time its durable-store commit completed (durable only)."""
         self.follows = Follows(self, self._schedule)
+        self.stores = SimStores(self, self._schedule)
         self._handlers: dict[EventKind, Callable[[Any], None]] = {
             "deliver": self._on_deliver,
             "tick": self._on_tick,
             "op": self._client_op,
             "commit": self._on_commit,
+            "linger": self.stores.on_linger_end,
             "load": self._on_load,
             "partition": self._on_partition,
             "heal": self._on_heal,
@@ -173,7 +178,7 @@ class SimCluster:
                 (record.doc_id, record.state, record.digest) for record in node.store.docs()
             )
             for doc_id in node.replica.loads_requested():  # before serving, as `Node.start` does
-                node.replica.doc_loaded(doc_id, self._load_doc(node, doc_id), self.now_ms)
+                node.replica.doc_loaded(doc_id, self.stores.load_doc(node, doc_id), self.now_ms)
         seeds = self.nodes[:1] if self.config.seed_only else self.nodes
         for other in seeds:
             if other is not node:
@@ -223,59 +228,18 @@ class SimCluster:
                     self._schedule(at_ms, "load", (node.index, node.incarnation, doc_id))
                 case Persist(updates, doc_states, drops):
                     if self.config.durable and (updates or doc_states or drops):
-                        persisted = self._persist(node, effect)
+                        persisted = self.stores.persist(node, effect)
                     # else: the store is memory, lost on crash
         if after_commit_sends:
             node.sends_after_commit.append((node.commits.submitted, after_commit_sends))
-            self._release_sends(node)
+            self.stores.release_sends(node)
+            self.stores.start_commit(node)  # waited on: no linger
         deadline = replica.next_deadline_ms()
         if deadline < node.tick_at_ms or node.tick_at_ms <= self.now_ms:
             node.tick_token += 1
             node.tick_at_ms = max(deadline, self.now_ms)
             self._schedule(node.tick_at_ms, "tick", (node.index, node.tick_token))
         return persisted
-
-    # ------------------------------------------------------------------ the durable store
-
-    def _load_doc(self, node: SimNode, doc_id: str) -> bytes | None:
-        """`StoreWriter.load_doc`: committed content plus what is still on its way to the store."""
-        return node.commits.load_doc(node.store, doc_id)
-
-    def _persist(self, node: SimNode, persist: Persist) -> int:
-        """Hand an effect to the node's store (`StoreWriter.submit`); return its number."""
-        number = node.commits.submit(persist)
-        self._start_commit(node)
-        return number
-
-    def _start_commit(self, node: SimNode) -> None:
-        started = node.commits.next_group()
-        if started is not None:
-            group_id, _group = started
-            self._schedule(
-                self.now_ms + self.rng.uniform(*self.config.commit_ms), "commit", (node.index, group_id)
-            )
-
-    def _commit_done(self, node: SimNode, group_id: int) -> None:
-        if node.commits.group_id != group_id:
-            return  # the commit was running when the node crashed: lost
-        node.store.append(node.commits.group_committed())
-        while node.waiting and node.waiting[0][0] <= node.commits.committed:
-            for position in node.waiting.popleft()[1]:
-                self.acknowledged[position] = self.now_ms
-        self._release_sends(node)
-        self._start_commit(node)
-
-    def _lose_uncommitted(self, node: SimNode) -> None:
-        """A crash: the pending group and the running commit are gone; completed commits stay."""
-        node.commits.lose()
-        node.waiting.clear()
-        node.sends_after_commit.clear()
-
-    def _release_sends(self, node: SimNode) -> None:
-        """Send the acknowledgements of durability whose effects the commits have reached."""
-        while node.sends_after_commit and node.sends_after_commit[0][0] <= node.commits.committed:
-            for target, frame in node.sends_after_commit.popleft()[1]:
-                self._transmit(node, target, frame)
 
     def _transmit(self, source: SimNode, target: SimNode, frame: bytes) -> None:
         self.network.transmit(source, target, frame, self.now_ms)
@@ -403,13 +367,13 @@ class SimCluster:
 
     def _on_commit(self, payload: tuple[int, int]) -> None:
         index, group = payload
-        self._commit_done(self.nodes[index], group)
+        self.stores.commit_done(self.nodes[index], group)
 
     def _on_load(self, payload: tuple[int, int, str]) -> None:
         index, incarnation, doc_id = payload
         node = self.nodes[index]
         if node.replica is not None and node.incarnation == incarnation:
-            node.replica.doc_loaded(doc_id, self._load_doc(node, doc_id), self.now_ms)
+            node.replica.doc_loaded(doc_id, self.stores.load_doc(node, doc_id), self.now_ms)
             self._pump(node)
 
     def _on_partition(self, payload: dict[int, int] | None) -> None:
@@ -474,7 +438,7 @@ class SimCluster:
         node.replica = None
         node.incarnation += 1  # frames in flight to the old incarnation are discarded
         node.subscriptions.clear()
-        self._lose_uncommitted(node)
+        self.stores.lose_uncommitted(node)
 
     def _step(self, node: SimNode, frame: bytes | None) -> None:
         """The replica receives `frame` (None: runs its timers), between the tracer's callbacks; then
@@ -522,6 +486,7 @@ class SimCluster:
         number = self._pump(node)
         if number is not None and len(self.writes) > first:
             node.waiting.append((number, list(range(first, len(self.writes)))))
+            self.stores.start_commit(node)  # a client write waits (`Node.flush`): no linger
 
     def _ae_rounds(self) -> list[int]:
         return [
@@ -558,7 +523,7 @@ class SimCluster:
         if replica is None:
             raise RuntimeError(f"node {index} is down")
         if replica.needs_load(doc_id):
-            replica.doc_loaded(doc_id, self._load_doc(node, doc_id), self.now_ms)
+            replica.doc_loaded(doc_id, self.stores.load_doc(node, doc_id), self.now_ms)
         return replica.open_doc(doc_id, pin=pin)
 
     def check(self) -> list[str]:

@@ -40,6 +40,9 @@ class SimNode:
     sends_after_commit: deque[tuple[int, list[tuple[SimNode, bytes]]]] = field(default_factory=deque)
     """(effect number in `commits`, frames): acknowledgements of durability (`Send.after_commit`)
     held until the commits reach that effect; a crash loses them."""
+    linger_token: int = 0
+    """Negative while the pending group lingers (`COMMIT_LINGER_MS`): the token of the event that
+    ends it; made positive again (a new value) when a commit starts or the node crashes."""
     waiting: deque[tuple[int, list[int]]] = field(default_factory=deque)
     """(effect number in `commits`, indexes into `SimCluster.writes`) in effect order: the writes are
     acknowledged when the commits reach the effect that held their updates."""

@@ -1,6 +1,7 @@
 """The simulator's durable store is the node's: a `MemoryStore` of completed commits behind the same
 `CommitQueue` as `StoreWriter`. Updates in flight are visible to doc loads and lost with a crash;
-committed ones survive it."""
+committed ones survive it, and what nothing waits on lingers before its group starts, as in
+`StoreWriter`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pycrdt import Doc, Map
 from crdtsync.core.replica import ReplicaConfig
 from crdtsync.sim import SimCluster, SimConfig
 from crdtsync.sim.node import SimNode
+from crdtsync.store.writer import COMMIT_LINGER_MS
 
 SLOW_COMMITS = SimConfig(
     seed=5,
@@ -60,13 +62,13 @@ def _keys(update: bytes | None) -> set[str]:
 def test_a_load_sees_updates_still_on_their_way_to_the_store() -> None:
     cluster, node = _started()
     _write(cluster, node, "doc-0", "first")
-    assert node.commits.group_id is not None and node.store.load_doc("doc-0") is None
+    assert node.commits.pending_effects and node.store.load_doc("doc-0") is None
     # The doc cache holds one doc: opening another evicts doc-0 before its commit completed.
     _write(cluster, node, "doc-1", "other")
     assert node.replica is not None
     cluster._pump(node)
     assert node.replica.loaded_docs() == 1
-    assert _keys(cluster._load_doc(node, "doc-0")) == {"first"}
+    assert _keys(cluster.stores.load_doc(node, "doc-0")) == {"first"}
     loads = node.replica.counters.doc_loads
     doc = cluster.open_doc(node.index, "doc-0")
     assert node.replica.counters.doc_loads == loads + 1
@@ -76,11 +78,11 @@ def test_a_load_sees_updates_still_on_their_way_to_the_store() -> None:
 def test_a_crash_loses_what_was_in_flight_and_keeps_what_was_committed() -> None:
     cluster, node = _started()
     _write(cluster, node, "doc-0", "committed")
-    _advance(cluster, 1_500.0)  # the first commit completes at 1000 ms
+    _advance(cluster, 1_500.0)  # the first commit starts after the linger and completes 1000 ms later
     assert _keys(node.store.load_doc("doc-0")) == {"committed"}
     _write(cluster, node, "doc-0", "in-flight")
     assert node.commits.pending_effects > 0
-    assert _keys(cluster._load_doc(node, "doc-0")) == {"committed", "in-flight"}
+    assert _keys(cluster.stores.load_doc(node, "doc-0")) == {"committed", "in-flight"}
 
     cluster._handle("crash", node.index)
     assert node.commits.pending_effects == 0 and node.commits.group_id is None
@@ -90,3 +92,20 @@ def test_a_crash_loses_what_was_in_flight_and_keeps_what_was_committed() -> None
     assert node.replica is not None and node.replica.has_doc("doc-0")
     content = cluster.open_doc(node.index, "doc-0").get("data", type=Map).to_py() or {}
     assert set(content) == {"committed"}
+
+
+def test_a_client_write_starts_its_group_at_once_and_what_nothing_waits_on_lingers() -> None:
+    cluster, node = _started()
+    cluster.schedule_op(cluster.now_ms, 0, node.index, 0)  # a client write: acknowledged on commit
+    _advance(cluster, cluster.now_ms)
+    assert node.waiting and node.commits.group_id is not None  # started at once, with no linger
+    _advance(cluster, 1_500.0)
+    assert node.commits.pending_effects == 0 and cluster.acknowledged
+
+    _write(cluster, node, "doc-0", "unwaited")  # pumped with nothing waiting on it
+    assert node.commits.pending_effects == 1 and node.commits.group_id is None
+    started_ms = cluster.now_ms
+    _advance(cluster, started_ms + COMMIT_LINGER_MS / 2)
+    assert node.commits.group_id is None  # still lingering
+    _advance(cluster, started_ms + COMMIT_LINGER_MS)
+    assert node.commits.group_id is not None  # the linger ended: the group started
