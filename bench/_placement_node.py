@@ -56,7 +56,7 @@ PROFILE_ENV = "BENCH_PLACEMENT_PROFILE_DIR"
 
 class FrameKinds:
     """Frames this node received, published and sent, by message kind (and a publish's audience):
-    what the cost part's frames per write are made of. Reading a frame's kind costs a header read."""
+    what the cost part's frames per write are made of. Reading a frame's kind costs a byte lookup."""
 
     def __init__(self, node: Node) -> None:
         self.received: dict[str, int] = {}
@@ -86,11 +86,17 @@ class FrameKinds:
         return {"received": self.received, "published": self.published, "sent": self.sent}
 
 
+_KIND_NAMES = {int(kind): kind.name for kind in wire.MessageKind}
+KIND_OFFSET = 3
+"""Where every envelope version has its kind byte (after the magic and the version)."""
+
+
 def _kind_of(frame: bytes) -> str:
-    try:
-        return wire.MessageKind(wire.read_header(frame).kind).name
-    except (wire.WireError, ValueError):
+    """The frame's message kind, read from its kind byte alone: cheap enough to count every frame
+    (parsing the header and an enum per frame cost about 1% of the cluster's CPU)."""
+    if len(frame) <= KIND_OFFSET or frame[:2] != wire.MAGIC:
         return "malformed"
+    return _KIND_NAMES.get(frame[KIND_OFFSET], "malformed")
 
 
 def _count(counts: dict[str, int], key: str) -> None:
