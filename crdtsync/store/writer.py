@@ -99,11 +99,11 @@ class StoreWriter:
     ) -> None:
         self.store = store
         self.inline = inline
+        """Append on the caller's thread at once (a store in memory: a thread hop per update would
+        cost more than the append, and add latency to every remote apply)."""
         self.commit_linger_ms = commit_linger_ms
         self._linger: asyncio.TimerHandle | None = None
         """The start of the next group, while what is pending waits for more (nothing waits on it)."""
-        """Append on the caller's thread at once (a store in memory: a thread hop per update would
-        cost more than the append, and add latency to every remote apply)."""
         self._loop = loop
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crdtsync-store")
         self._queue = CommitQueue(group_updates_max=group_updates_max)
