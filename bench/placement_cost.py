@@ -1,7 +1,8 @@
 """Placement on real processes: cost per write against full replication, capacity, and a rebalance.
 
     python -m bench.placement_cost [--quick] [--json OUT] [--writes N] [--rate HZ] [--capacity-docs N]
-        [--docs N] [--skip cost,capacity,rebalance] [--profile DIR]
+        [--docs N] [--skip cost,capacity,rebalance] [--cost-modes rf_2,rf_all,rf_2_holders,rf_2_forwarded]
+        [--profile DIR]
 
 Every node is a library ``crdtsync.Node`` in its own OS process (``bench._placement_node``) on
 127.0.0.1, with a SQLite store (durability ``fsync``) and the default settings. In one run:
@@ -17,7 +18,10 @@ Every node is a library ``crdtsync.Node`` in its own OS process (``bench._placem
    the idle cluster's CPU over the same time, measured just before), and ``bytes_received`` per
    node per write. The issue's targets: rf 2 <= 0.6x full replication for both. A third run repeats
    rf 2 with every write sent to one of the doc's replicas (what forwarding to a replica would
-   give); ``--profile DIR`` profiles every node of the three runs over the measured window.
+   give), and a fourth forwards each write of a non-holder to the doc's nearest holder;
+   ``--cost-modes`` picks some of the four. Each run also reports, per write, the frames received,
+   published and sent by message kind, the CPU of each kind of thread and the store commits.
+   ``--profile DIR`` profiles every node of the runs over the measured window.
 2. Capacity. 6 nodes in one datacenter, rf 2: ``--capacity-docs`` docs written through every
    node, then docs held per node once handoffs settled, against docs x 2/6. (The issue's
    "docs x 2/3" is rf 2 over 3 nodes per datacenter, its 2-datacenter setting; relays hold their
