@@ -54,7 +54,8 @@ class Adapter(Protocol):
         """Called after each paced write."""
 
     def counters(self) -> dict[str, int]:
-        """Must contain ``bytes_out``: application bytes this process sent so far."""
+        """Must contain ``bytes_out``: application bytes this process sent so far; ``bytes_published``, where
+        present, is the part of it sent on a PUB socket (once per frame, though each subscriber gets a copy)."""
 
     async def command(self, cmd: JSON) -> bool:
         """Handle a system-specific command; return False if unknown."""

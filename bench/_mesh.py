@@ -55,6 +55,10 @@ class MeshNode(CountingAdapter):
         self.bytes_out += len(update)
         self.msgs_out += 1
 
+    def counters(self) -> dict[str, int]:
+        # Everything this node sends goes out on its PUB socket, a copy to each subscriber.
+        return super().counters() | {"bytes_published": self.bytes_out}
+
     def drain(self) -> None:
         loop = asyncio.get_running_loop()
         for _ in range(DRAIN_BATCH_MAX):
