@@ -19,19 +19,22 @@
   own timers, and stale queued requests would only arrive late.
 
 Sends never block: a full queue drops the frame and counts it (the protocol repairs loss).
+
+Receiving sockets are plain ZeroMQ sockets whose descriptor the event loop watches (`add_reader`):
+a frame reaches the node in the callback that the descriptor wakes, as it does in a bare
+pycrdt+ZeroMQ mesh. Through zmq.asyncio it took a future and a task wakeup more (a turn of the
+event loop) on every frame, which a paced writer's frames, each alone, paid in latency.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import zmq
-import zmq.asyncio
 import zmq.auth.thread
 
 from crdtsync.core.effects import Audience
@@ -93,11 +96,89 @@ def topics(*, wan: bool, topic_keys: frozenset[int] | None) -> set[bytes]:
     return wanted
 
 
+class _Reader:
+    """Hands every frame of one receiving socket to the node from the event loop's reader callback.
+
+    ZeroMQ's descriptor signals that the socket's state may have changed, once: each wakeup takes
+    what is queued until the socket says there is no more, or `RECEIVE_DRAIN_FRAMES_MAX` frames,
+    then calls `on_batch_done` (the node flushes its effects) and, if frames were left, takes
+    them in a later turn so that the other callbacks get theirs."""
+
+    def __init__(
+        self,
+        sock: zmq.Socket[bytes],
+        receiver: tuple[OnFrame, Callable[[], None]],
+        publisher_key: str | None,
+        *,
+        identified: bool,
+    ) -> None:
+        self.socket = sock
+        self._receiver: tuple[OnFrame, Callable[[], None]] | None = receiver
+        self._publisher_key = publisher_key
+        self._identified = identified
+        self._loop = asyncio.get_running_loop()
+        self._fd = cast(int, sock.getsockopt(zmq.FD))
+        self._loop.add_reader(self._fd, self.drain)
+        # Frames queued before the reader was added signalled no one: look once.
+        self._again: asyncio.Handle | None = self._loop.call_soon(self.drain)
+
+    def drain(self) -> None:
+        self._again = None
+        sock, receiver = self.socket, self._receiver
+        if receiver is None or sock.closed:
+            return
+        on_frame, on_batch_done = receiver
+        identified = self._identified
+        drained = 0
+        while drained < RECEIVE_DRAIN_FRAMES_MAX:
+            try:
+                parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=not identified)
+            except zmq.Again:
+                break
+            drained += 1
+            if len(parts) != 2:
+                on_frame(b"", None)  # counted as truncated by the decoder
+            elif identified:
+                message = cast("zmq.Frame", parts[1])
+                user_id = message.get("User-Id")
+                on_frame(message.bytes, user_id if isinstance(user_id, str) else None)
+            else:
+                on_frame(cast(bytes, parts[1]), self._publisher_key)
+        if drained:
+            # The node's effects may stop this reader (an unsubscribe closes the socket).
+            on_batch_done()
+        if drained >= RECEIVE_DRAIN_FRAMES_MAX and self._receiver is not None and not sock.closed:
+            self._again = self._loop.call_soon(self.drain)
+
+    @property
+    def watching(self) -> bool:
+        """Whether frames still go to the node (until `stop`)."""
+        return self._receiver is not None
+
+    def stop(self) -> None:
+        """No more frames to the node; the descriptor is unwatched before its socket closes (a
+        socket opened later may get the same number)."""
+        if self._receiver is None:
+            return
+        self._receiver = None
+        if self._again is not None:
+            self._again.cancel()
+            self._again = None
+        self._loop.remove_reader(self._fd)
+
+
 @dataclass(slots=True)
 class _Subscription:
-    socket: zmq.asyncio.Socket
-    task: asyncio.Task[None]
+    reader: _Reader
     topics: set[bytes]
+
+    @property
+    def socket(self) -> zmq.Socket[bytes]:
+        return self.reader.socket
+
+    def close(self) -> None:
+        self.reader.stop()
+        self.reader.socket.close(linger=0)
 
 
 class ZmqTransport:
@@ -111,17 +192,13 @@ class ZmqTransport:
             parse_endpoint(publish, "publish")
         self.source_host = source_host
         self._context = zmq.Context()
-        # Receiving sockets are asyncio sockets from the start: an asyncio wrapper added later would
-        # keep its event-loop reader registered after the raw socket closed, and a node started
-        # afterwards in the same loop could reuse that descriptor number and never be woken.
         self._context.set(zmq.MAX_SOCKETS, SOCKETS_MAX)
-        self._async_context = zmq.asyncio.Context.shadow(self._context.underlying)
-        self.router: zmq.asyncio.Socket = self._async_context.socket(zmq.ROUTER)
+        self.router: zmq.Socket[bytes] = self._context.socket(zmq.ROUTER)
         self.pub = self._context.socket(zmq.PUB)
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
         self._subscriptions: dict[str, _Subscription] = {}
         self._receiver: tuple[OnFrame, Callable[[], None]] | None = None
-        self._router_task: asyncio.Task[None] | None = None
+        self._router_reader: _Reader | None = None
         self.send_drops = 0
         self.subscriptions_refused = 0
         """Subscriptions not made because `SUBSCRIPTIONS_MAX` were open."""
@@ -153,19 +230,15 @@ class ZmqTransport:
         `on_batch_done` after each burst: on the request socket from now on, and on each subscription
         from the moment it is made. Needs a running event loop."""
         self._receiver = (on_frame, on_batch_done)
-        self._router_task = asyncio.get_running_loop().create_task(self._receive_loop(self.router, None))
+        self._router_reader = _Reader(self.router, self._receiver, None, identified=self.curve is not None)
 
     async def stop_receiving(self) -> None:
-        """Stop every receive loop and wait until they have ended (before `close`)."""
-        tasks = [subscription.task for subscription in self._subscriptions.values()]
-        if self._router_task is not None:
-            tasks.append(self._router_task)
+        """Hand no more frames to the receiver (before `close`)."""
         self._receiver = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for subscription in self._subscriptions.values():
+            subscription.reader.stop()
+        if self._router_reader is not None:
+            self._router_reader.stop()
 
     def publish(
         self,
@@ -241,7 +314,8 @@ class ZmqTransport:
                 existing.socket.setsockopt(zmq.UNSUBSCRIBE, dropped)
             existing.topics = wanted
             return
-        if self._receiver is None:
+        receiver = self._receiver
+        if receiver is None:
             return
         if len(self._subscriptions) >= SUBSCRIPTIONS_MAX:
             self.subscriptions_refused += 1
@@ -253,7 +327,7 @@ class ZmqTransport:
             if server_key is None:
                 self._no_key(peer_address)
                 return
-        sock: zmq.asyncio.Socket = self._async_context.socket(zmq.SUB)
+        sock: zmq.Socket[bytes] = self._context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, FRAME_BYTES_MAX + 1024)
         sock.setsockopt(zmq.RCVHWM, SUBSCRIPTION_QUEUE_FRAMES_MAX)
@@ -272,55 +346,13 @@ class ZmqTransport:
             return
         # Z85 text, as ZAP names the sender of a frame on the ROUTER.
         publisher_key = server_key.decode("ascii") if server_key is not None else None
-        task = asyncio.get_running_loop().create_task(self._receive_loop(sock, publisher_key))
-        self._subscriptions[endpoint] = _Subscription(sock, task, wanted)
+        reader = _Reader(sock, receiver, publisher_key, identified=False)
+        self._subscriptions[endpoint] = _Subscription(reader, wanted)
 
     def unsubscribe(self, endpoint: str) -> None:
         subscription = self._subscriptions.pop(endpoint, None)
         if subscription is not None:
-            subscription.task.cancel()
-            subscription.socket.close(linger=0)
-
-    async def _receive_loop(self, sock: zmq.asyncio.Socket, publisher_key: str | None) -> None:
-        """Hand every frame's payload (the last part) to the receiver with its sender's CurveZMQ public
-        key: `publisher_key` for a subscription (the key its publisher proved), the message's User-Id
-        on the ROUTER of a Curve node (set by ZAP); malformed multipart is counted.
-
-        Awaits one message, then drains what is already queued without awaiting (a non-blocking
-        receive on an asyncio socket resolves at once), so a burst costs one event-loop wakeup.
-        """
-        identified = self.curve is not None and sock is self.router
-        expected_parts = 2
-        # `on_batch_done` runs the node's effects, which may unsubscribe (and close) this very
-        # socket: the cancellation only lands at the next await, and a receive on a closed socket
-        # raises before it, so the socket is checked first.
-        while self._receiver is not None and not sock.closed:
-            parts = await sock.recv_multipart(copy=not identified)
-            if self._receiver is None:
-                return
-            on_frame, on_batch_done = self._receiver
-            drained = 0
-            while True:
-                if len(parts) != expected_parts:
-                    on_frame(b"", None)  # counted as truncated by the decoder
-                elif identified:
-                    message = cast("zmq.Frame", parts[1])
-                    user_id = message.get("User-Id")
-                    on_frame(message.bytes, user_id if isinstance(user_id, str) else None)
-                else:
-                    on_frame(cast(bytes, parts[1]), publisher_key)
-                drained += 1
-                if drained >= RECEIVE_DRAIN_FRAMES_MAX:
-                    break
-                try:
-                    ready = cast(
-                        "asyncio.Future[list[Any]]",
-                        sock.recv_multipart(flags=zmq.NOBLOCK, copy=not identified),
-                    )
-                    parts = ready.result()
-                except zmq.Again:
-                    break
-            on_batch_done()
+            subscription.close()
 
     def _outgoing(self, endpoint: str) -> str:
         """What to connect to for `endpoint`: itself, or from `source_host` (an ephemeral port) when
@@ -345,11 +377,10 @@ class ZmqTransport:
             dealer.close(linger=0)
         self._dealers.clear()
         for subscription in self._subscriptions.values():
-            subscription.task.cancel()
-            subscription.socket.close(linger=0)
+            subscription.close()
         self._subscriptions.clear()
-        if self._router_task is not None:
-            self._router_task.cancel()
+        if self._router_reader is not None:
+            self._router_reader.stop()
         for sock in (self.router, self.pub):
             sock.close(linger=0)
         if self._authenticator is not None:
