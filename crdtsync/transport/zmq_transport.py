@@ -150,6 +150,13 @@ class _Reader:
         if drained >= RECEIVE_DRAIN_FRAMES_MAX and self._receiver is not None and not sock.closed:
             self._again = self._loop.call_soon(self.drain)
 
+    def wake(self) -> None:
+        """Look at the socket in a later turn. ZeroMQ's descriptor signals an edge, and any operation
+        on the socket may process its pending commands and take the edge that frames queued meanwhile
+        would have signalled (pyzmq's asyncio sockets check their events after every operation)."""
+        if self._again is None and self._receiver is not None:
+            self._again = self._loop.call_soon(self.drain)
+
     @property
     def watching(self) -> bool:
         """Whether frames still go to the node (until `stop`)."""
@@ -312,6 +319,8 @@ class ZmqTransport:
                 existing.socket.setsockopt(zmq.SUBSCRIBE, added)
             for dropped in existing.topics - wanted:
                 existing.socket.setsockopt(zmq.UNSUBSCRIBE, dropped)
+            if existing.topics != wanted:
+                existing.reader.wake()
             existing.topics = wanted
             return
         receiver = self._receiver
