@@ -279,12 +279,14 @@ class DocTable:
         self._lru.pop(entry.doc_id, None)
 
     def release(self, doc_id: str) -> bool:
-        """Take one pin off the doc; False if it had none."""
+        """Take one pin off the doc; True when that was its last one (False too if it had none)."""
         entry = self._docs.get(doc_id)
         if entry is None or entry.pins == 0:
             return False
         entry.pins -= 1
-        if entry.pins == 0 and entry.doc is not None and self._lazy:
+        if entry.pins:
+            return False
+        if entry.doc is not None and self._lazy:
             self._lru[doc_id] = None
         return True
 

@@ -210,6 +210,15 @@ class Handoff:
             handing.written_bytes += update_bytes
             self.hinted_bytes += update_bytes
 
+    def may_refuse(self, doc_id: str) -> bool:
+        """Whether `hints_full` can ever be true for `doc_id` in this member view: a doc this node
+        does not hold, under placement. Independent of the writes not yet captured."""
+        holding = self._holding
+        if not holding.enforced:
+            return False
+        holding.refresh()
+        return not holding.holds_doc(doc_id)
+
     def hints_full(self, doc_id: str) -> bool:
         """Whether a write to `doc_id` must be refused: this node does not hold it and the hints it
         keeps reached `hint_bytes_max` (a write to a doc it holds is never refused here)."""

@@ -45,6 +45,9 @@ HOLDER_SET_KEY_BIT = 1 << 31
 """Set in every holder-set key (`Holding.holder_set_key`) and in no bucket key, so both can name
 topics side by side."""
 
+BUCKETS_REMEMBERED_MAX = 65_536
+"""Docs whose bucket `Holding.bucket_of` remembers (a few MiB at most)."""
+
 
 class Holding:
     """Holders of each (rule, partition), recomputed when the member view changes."""
@@ -62,6 +65,8 @@ class Holding:
         )
         """(first bucket, prefix) of each rule with a prefix, in order: where `bucket_of` looks."""
         self._default_base = (len(self._rules) - 1) * policy.partitions
+        self._buckets: dict[str, BucketKey] = {}
+        """Doc id -> its bucket, computed once (up to `BUCKETS_REMEMBERED_MAX` docs)."""
         self.enforced = any(rule.rf != "all" for rule in self._rules)
         """False when every rule is "all": every node holds every doc, and nothing here is needed."""
         self._seen_revision = -1
@@ -169,13 +174,21 @@ class Holding:
         self._seen_revision = -1  # recompute the view without this node
 
     def bucket_of(self, doc_id: str) -> BucketKey:
-        # Asked per doc on every receive, publish, handoff pass and follower decision: the rules'
-        # prefixes and bases are worked out once (`_prefix_bases`).
+        # Asked per doc on every receive, publish, open, handoff pass and follower decision; the
+        # policy never changes, so a doc's bucket is remembered (the most recent docs, bounded).
+        bucket = self._buckets.get(doc_id)
+        if bucket is not None:
+            return bucket
         partition = partition_of(doc_id, self.policy.partitions)
+        bucket = self._default_base + partition
         for base, prefix in self._prefix_bases:
             if doc_id.startswith(prefix):
-                return base + partition
-        return self._default_base + partition
+                bucket = base + partition
+                break
+        if len(self._buckets) >= BUCKETS_REMEMBERED_MAX:
+            self._buckets.clear()  # cheaper than an LRU's bookkeeping on every hit
+        self._buckets[doc_id] = bucket
+        return bucket
 
     def holders(self, bucket: BucketKey) -> frozenset[str]:
         """Every node holding the docs of `bucket` (all members for an "all" rule)."""

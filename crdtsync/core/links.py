@@ -67,8 +67,8 @@ class Links:
         self._ctx = ctx
         self._membership = membership
         self._holding = holding
-        self._followed: dict[BucketKey, tuple[dict[str, int], float]] = {}
-        """Bucket -> (its pinned docs and their pins, since when it has some): an application holds
+        self._followed: dict[BucketKey, tuple[dict[str, None], float]] = {}
+        """Bucket -> (its pinned docs, in order, since when it has some): an application holds
         them open. A bucket pinned for `follow_subscribe_after_ms` is subscribed to as if held."""
         self._subscribed_view = -1
         self._followed_extra: frozenset[BucketKey] = frozenset()
@@ -144,21 +144,21 @@ class Links:
         if link is not None:
             link.last_heard_ms = self._ctx.now_ms
 
-    def follow(self, doc_id: str, pins: int) -> None:
-        """Add `pins` (negative: remove) to an open doc's, under placement. Its bucket is subscribed
-        to once pinned for `follow_subscribe_after_ms` (`sync_subscriptions_if_changed`): that brings
-        every delta of the bucket's holder set, so a doc open only for a write or a read (an HTTP
-        request, a write through a non-holder) costs none; its fetch and the handoff serve it."""
+    def follow(self, doc_id: str, pinned: bool) -> None:
+        """An open doc was pinned (or its last pin came off), under placement. Its bucket is
+        subscribed to once pinned for `follow_subscribe_after_ms` (`sync_subscriptions_if_changed`):
+        that brings every delta of the bucket's holder set, so a doc open only for a write or a read
+        (an HTTP request, a write through a non-holder) costs none; its fetch and the handoff serve it."""
         if not self._holding.enforced:
             return
         bucket = self._holding.bucket_of(doc_id)
-        docs, _since_ms = self._followed.setdefault(bucket, ({}, self._ctx.now_ms))
-        count = docs.get(doc_id, 0) + pins
-        if count > 0:
-            docs[doc_id] = count
-        else:
-            docs.pop(doc_id, None)
-            if not docs:
+        if pinned:
+            self._followed.setdefault(bucket, ({}, self._ctx.now_ms))[0][doc_id] = None
+            return
+        followed = self._followed.get(bucket)
+        if followed is not None:
+            followed[0].pop(doc_id, None)
+            if not followed[0]:
                 del self._followed[bucket]
 
     def sync_subscriptions_if_changed(self) -> list[str]:

@@ -57,11 +57,7 @@ from crdtsync.core.load_board import LoadBoard
 from crdtsync.core.load_wire import LoadSummaries
 from crdtsync.core.membership import Membership, MembershipConfig
 from crdtsync.core.outbound import Outbound
-from crdtsync.core.placement import (
-    ClusterPlacement,
-    DocPlacement,
-    PlacementPolicy,
-)
+from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPolicy
 from crdtsync.core.seqacks import SeqAcks
 from crdtsync.core.state import StateDecodeError
 from crdtsync.core.status import ReplicaStatus, dc_statuses, member_statuses, peer_statuses
@@ -429,14 +425,15 @@ class Replica:
         doc = self._docs.doc(entry)
         if pin:
             self._docs.pin(entry)
-            self._links.follow(doc_id, 1)
+            if entry.pins == 1:  # a doc open many times is followed once
+                self._links.follow(doc_id, True)
         if not known:
             self._handoff.consider(doc_id)
         return doc
 
     def release_doc(self, doc_id: str) -> None:
         if self._docs.release(doc_id):
-            self._links.follow(doc_id, -1)
+            self._links.follow(doc_id, False)
 
     def register_docs(self, records: Iterable[tuple[str, bytes | None, bytes | None]]) -> None:
         """Make stored docs known without loading them (start-up from a store): (doc id, recorded
@@ -526,8 +523,11 @@ class Replica:
 
     def refuse_write(self, doc_id: str, now_ms: float) -> bool:
         """Whether a write to `doc_id` must be refused before it is applied: this node does not hold
-        it and its unconfirmed hints reached `hint_bytes_max` (counted)."""
-        self._step(now_ms)
+        it and its unconfirmed hints reached `hint_bytes_max` (counted). A held doc asks no step."""
+        self._ctx.now_ms = now_ms
+        if not self._handoff.may_refuse(doc_id):
+            return False
+        self._step(now_ms)  # the hints' bytes count every write before this one
         refused = self._handoff.hints_full(doc_id)
         self._ctx.counters.writes_refused_hints_full += refused
         return refused
