@@ -1143,6 +1143,41 @@ def test_a_doc_held_open_on_a_non_holder_is_subscribed_after_follow_subscribe_af
     assert a.open_doc(doc_id).get("m", type=Map).to_py() == {"k": "after"}, "the follower got the write"
 
 
+def test_a_doc_open_twice_on_a_non_holder_stays_followed_until_its_last_release() -> None:
+    """Following counts opens, not pins: a doc opened twice and released once is still followed (and
+    subscribed once open for `follow_subscribe_after_ms`); released again, its bucket is not."""
+    config = ReplicaConfig(follow_subscribe_after_ms=1_000.0)
+    rf2 = PlacementPolicy((PlacementRule(2),))
+    mesh = Mesh()
+    a = mesh.add("a", config=config, placement=rf2)
+    for name in ("b", "c", "d"):
+        mesh.add(name, config=config, placement=rf2)
+    subscribed: list[frozenset[int] | None] = []
+    take = a.take_effects
+
+    def spy(now_ms: float, *, force: bool = False) -> Any:
+        taken = take(now_ms, force=force)
+        subscribed.extend(e.topic_keys for e in taken if isinstance(e, Subscribe))
+        return taken
+
+    a.take_effects = spy  # type: ignore[method-assign]
+    mesh.link_all()
+    mesh.advance(2_000.0)
+    doc_id = next(f"doc-{i}" for i in range(100) if not a.holds(f"doc-{i}"))
+    key = a._holding.holder_set_key(a._holding.bucket_of(doc_id))
+    a.open_doc(doc_id, pin=True)
+    a.open_doc(doc_id, pin=True)
+    a.release_doc(doc_id)
+    subscribed.clear()
+    mesh.advance(1_500.0)
+    assert any(keys is not None and key in keys for keys in subscribed), "still open once: followed"
+    a.release_doc(doc_id)
+    subscribed.clear()
+    mesh.advance(1_500.0)
+    assert subscribed, "the last release changes the subscriptions"
+    assert all(keys is None or key not in keys for keys in subscribed), "closed: no longer followed"
+
+
 # ---------------------------------------------------------------------------------------------- cells
 
 
