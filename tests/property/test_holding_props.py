@@ -262,3 +262,21 @@ def test_a_peers_filtered_branch_hashes_are_the_xor_of_the_holder_sets_both_are_
         for branch, value in grouped.get(index, {}).items():
             values[branch] ^= value
     assert [v.to_bytes(16, "big") for v in values] == tree.filtered_branch_hashes(accept)
+
+
+def test_remembered_buckets_stay_within_their_bound_and_answer_as_placement_does() -> None:
+    """`bucket_of` remembers at most `BUCKETS_REMEMBERED_MAX` docs (here 4), and a doc's bucket is the
+    same remembered, forgotten and worked out again."""
+    policy = PlacementPolicy((PlacementRule(2, "m/"), PlacementRule(1)), partitions=64)
+    membership = Membership(
+        wire.MemberEntry("n0", "dc0", "tcp://n0", "tcp://n0p", 1, 0, False, "", 1.0), MembershipConfig(), 0.0
+    )
+    view = Holding("n0", "dc0", membership, policy)
+    rules = (*policy.rules[:-1], policy.default)
+    with patch("crdtsync.core.holding.BUCKETS_REMEMBERED_MAX", 4):
+        for round_index in range(3):
+            for doc_id in [f"m/{i}" for i in range(5)] + [f"d{i}" for i in range(5)]:
+                rule_index = rules.index(policy.rule_for(doc_id))
+                expected = rule_index * policy.partitions + policy.partition_of(doc_id)
+                assert view.bucket_of(doc_id) == expected, (round_index, doc_id)
+                assert len(view._buckets) <= 4
