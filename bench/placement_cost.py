@@ -726,6 +726,10 @@ def _report_cost(c: JSON) -> list[Target]:
                 _side_table(key, key, c[key], c["rf_all"])
         return []
     narrow, full = c["rf_2"], c["rf_all"]
+
+    def compared(label: str, key: str, digits: int) -> list[str]:
+        return [label, fmt(narrow[key], digits), fmt(full[key], digits), fmt(narrow[key] / full[key], 2)]
+
     rows = [
         [
             "CPU per acknowledged write, cluster, net of idle (us)",
@@ -739,12 +743,7 @@ def _report_cost(c: JSON) -> list[Target]:
             fmt(full["cpu_us_per_write_gross"], 0),
             fmt(c["cpu_ratio_gross"], 2),
         ],
-        [
-            "  during the writes only, net (us)",
-            fmt(narrow["cpu_us_per_write_writes_only"], 0),
-            fmt(full["cpu_us_per_write_writes_only"], 0),
-            fmt(narrow["cpu_us_per_write_writes_only"] / full["cpu_us_per_write_writes_only"], 2),
-        ],
+        compared("  during the writes only, net (us)", "cpu_us_per_write_writes_only", 0),
         [
             "  share on the event-loop thread (rest: commits, ZeroMQ I/O)",
             fmt(narrow["cpu_main_thread_share"], 2),
@@ -757,35 +756,9 @@ def _report_cost(c: JSON) -> list[Target]:
             fmt(full["bytes_received_per_node_per_write"], 0),
             fmt(c["bytes_ratio"], 2),
         ],
-        [
-            "  gross (heartbeats and gossip included)",
-            fmt(narrow["bytes_received_per_node_per_write_gross"], 0),
-            fmt(full["bytes_received_per_node_per_write_gross"], 0),
-            fmt(
-                narrow["bytes_received_per_node_per_write_gross"]
-                / full["bytes_received_per_node_per_write_gross"],
-                2,
-            ),
-        ],
-        [
-            "  during the writes only",
-            fmt(narrow["bytes_received_per_node_per_write_writes_only"], 0),
-            fmt(full["bytes_received_per_node_per_write_writes_only"], 0),
-            fmt(
-                narrow["bytes_received_per_node_per_write_writes_only"]
-                / full["bytes_received_per_node_per_write_writes_only"],
-                2,
-            ),
-        ],
-        [
-            "frames received per node per write (gross)",
-            fmt(narrow["frames_received_per_node_per_write"], 2),
-            fmt(full["frames_received_per_node_per_write"], 2),
-            fmt(
-                narrow["frames_received_per_node_per_write"] / full["frames_received_per_node_per_write"],
-                2,
-            ),
-        ],
+        compared("  gross (heartbeats and gossip included)", "bytes_received_per_node_per_write_gross", 0),
+        compared("  during the writes only", "bytes_received_per_node_per_write_writes_only", 0),
+        compared("frames received per node per write (gross)", "frames_received_per_node_per_write", 2),
         [
             "anti-entropy rounds started, cluster",
             fmt(narrow["ae_rounds_started"]),

@@ -1101,12 +1101,9 @@ def test_past_skipped_seqs_max_numbers_go_in_an_index_before_the_frames() -> Non
     assert parts and not any(m.skipped for m in parts), "the index told every number already"
 
 
-def test_a_doc_held_open_on_a_non_holder_is_subscribed_after_follow_subscribe_after_ms_and_fetched_again() -> (
-    None
-):
-    """Four nodes, rf 2: a doc that `a` does not hold, open on `a`, adds no subscription at first (a
-    short open costs none); once open for `follow_subscribe_after_ms`, `a` subscribes to its holder
-    set's topic, asks a holder for what it missed, and then receives the holders' writes."""
+def _four_nodes_rf2_with_a_watched() -> tuple[Mesh, Replica, list[Replica], list[frozenset[int] | None]]:
+    """Four linked replicas under rf 2 (subscribing after 1 s of following), and the topic keys of
+    every `Subscribe` that `a` emits from now on."""
     config = ReplicaConfig(follow_subscribe_after_ms=1_000.0)
     rf2 = PlacementPolicy((PlacementRule(2),))
     mesh = Mesh()
@@ -1123,6 +1120,16 @@ def test_a_doc_held_open_on_a_non_holder_is_subscribed_after_follow_subscribe_af
     a.take_effects = spy  # type: ignore[method-assign]
     mesh.link_all()
     mesh.advance(2_000.0)
+    return mesh, a, others, subscribed
+
+
+def test_a_doc_held_open_on_a_non_holder_is_subscribed_after_follow_subscribe_after_ms_and_fetched_again() -> (
+    None
+):
+    """Four nodes, rf 2: a doc that `a` does not hold, open on `a`, adds no subscription at first (a
+    short open costs none); once open for `follow_subscribe_after_ms`, `a` subscribes to its holder
+    set's topic, asks a holder for what it missed, and then receives the holders' writes."""
+    mesh, a, others, subscribed = _four_nodes_rf2_with_a_watched()
     doc_id = next(f"doc-{i}" for i in range(100) if not a.holds(f"doc-{i}"))
     holder = next(r for r in others if r.holds(doc_id))
     holder.open_doc(doc_id).get("m", type=Map)["k"] = "before"
@@ -1146,23 +1153,7 @@ def test_a_doc_held_open_on_a_non_holder_is_subscribed_after_follow_subscribe_af
 def test_a_doc_open_twice_on_a_non_holder_stays_followed_until_its_last_release() -> None:
     """Following counts opens, not pins: a doc opened twice and released once is still followed (and
     subscribed once open for `follow_subscribe_after_ms`); released again, its bucket is not."""
-    config = ReplicaConfig(follow_subscribe_after_ms=1_000.0)
-    rf2 = PlacementPolicy((PlacementRule(2),))
-    mesh = Mesh()
-    a = mesh.add("a", config=config, placement=rf2)
-    for name in ("b", "c", "d"):
-        mesh.add(name, config=config, placement=rf2)
-    subscribed: list[frozenset[int] | None] = []
-    take = a.take_effects
-
-    def spy(now_ms: float, *, force: bool = False) -> Any:
-        taken = take(now_ms, force=force)
-        subscribed.extend(e.topic_keys for e in taken if isinstance(e, Subscribe))
-        return taken
-
-    a.take_effects = spy  # type: ignore[method-assign]
-    mesh.link_all()
-    mesh.advance(2_000.0)
+    mesh, a, _others, subscribed = _four_nodes_rf2_with_a_watched()
     doc_id = next(f"doc-{i}" for i in range(100) if not a.holds(f"doc-{i}"))
     key = a._holding.holder_set_key(a._holding.bucket_of(doc_id))
     a.open_doc(doc_id, pin=True)
