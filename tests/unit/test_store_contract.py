@@ -90,6 +90,21 @@ def test_docs_load_and_state_records(store: Store) -> None:
     assert _content(store.load_doc("a")) == {"x": 3.0, "z": 4.0, "w": 5.0}
 
 
+@pytest.mark.parametrize("appends", [1, 63, 64, 65, 200])
+def test_every_appended_update_loads_whatever_their_count(store: Store, appends: int) -> None:
+    """The memory store applies a doc's updates `PENDING_UPDATES_MAX` at a time, merged: a load sees
+    every one, before, at and past that count, interleaved with another doc's, and after a drop."""
+    a, b = Writer("a", 1), Writer("b", 2)
+    for index in range(appends):
+        store.append([a.set(f"k{index % 50}", index), b.set("n", index)])
+    assert _content(store.load_doc("a")) == a.doc.get("data", type=Map).to_py()
+    store.append([a.set("after-load", 1)])
+    assert _content(store.load_doc("a"))["after-load"] == 1
+    assert _content(store.load_doc("b")) == {"n": appends - 1}
+    store.append([Persist((), (), ("b",))])
+    assert store.load_doc("b") is None
+
+
 def test_describe(store: Store) -> None:
     description = store.describe()
     assert isinstance(description, StoreDescription)
