@@ -727,8 +727,9 @@ def _report_cost(c: JSON) -> list[Target]:
         return []
     narrow, full = c["rf_2"], c["rf_all"]
 
-    def compared(label: str, key: str, digits: int) -> list[str]:
-        return [label, fmt(narrow[key], digits), fmt(full[key], digits), fmt(narrow[key] / full[key], 2)]
+    def compared(label: str, key: str, digits: int = 0, *, ratio: bool = True) -> list[str]:
+        shown = [fmt(narrow[key], digits), fmt(full[key], digits)]
+        return [label, *shown, fmt(narrow[key] / full[key], 2) if ratio else ""]
 
     rows = [
         [
@@ -743,65 +744,40 @@ def _report_cost(c: JSON) -> list[Target]:
             fmt(full["cpu_us_per_write_gross"], 0),
             fmt(c["cpu_ratio_gross"], 2),
         ],
-        compared("  during the writes only, net (us)", "cpu_us_per_write_writes_only", 0),
-        [
+        compared("  during the writes only, net (us)", "cpu_us_per_write_writes_only"),
+        compared(
             "  share on the event-loop thread (rest: commits, ZeroMQ I/O)",
-            fmt(narrow["cpu_main_thread_share"], 2),
-            fmt(full["cpu_main_thread_share"], 2),
-            "",
-        ],
+            "cpu_main_thread_share",
+            2,
+            ratio=False,
+        ),
         [
             "bytes received per node per write, net of idle",
             fmt(narrow["bytes_received_per_node_per_write"], 0),
             fmt(full["bytes_received_per_node_per_write"], 0),
             fmt(c["bytes_ratio"], 2),
         ],
-        compared("  gross (heartbeats and gossip included)", "bytes_received_per_node_per_write_gross", 0),
-        compared("  during the writes only", "bytes_received_per_node_per_write_writes_only", 0),
+        compared("  gross (heartbeats and gossip included)", "bytes_received_per_node_per_write_gross"),
+        compared("  during the writes only", "bytes_received_per_node_per_write_writes_only"),
         compared("frames received per node per write (gross)", "frames_received_per_node_per_write", 2),
-        [
-            "anti-entropy rounds started, cluster",
-            fmt(narrow["ae_rounds_started"]),
-            fmt(full["ae_rounds_started"]),
-            "",
-        ],
+        compared("anti-entropy rounds started, cluster", "ae_rounds_started", ratio=False),
         [
             "holders per doc (of 6 nodes)",
             fmt(c["holders_per_doc_rf_2"], 2),
             "6.00",
             fmt(c["holders_per_doc_rf_2"] / 6, 2),
         ],
-        [
-            "idle cluster before the writes (cores)",
-            fmt(narrow["idle_cores"], 3),
-            fmt(full["idle_cores"], 3),
-            "",
-        ],
-        [
-            "idle cluster after, holding the docs (cores)",
-            fmt(narrow["idle_after_cores"], 3),
-            fmt(full["idle_after_cores"], 3),
-            fmt(narrow["idle_after_cores"] / full["idle_after_cores"], 2),
-        ],
-        [
-            "idle bytes received per node (B/s)",
-            fmt(narrow["idle_bytes_per_node_s"], 0),
-            fmt(full["idle_bytes_per_node_s"], 0),
-            "",
-        ],
-        ["writes acknowledged", fmt(narrow["writes_acked"]), fmt(full["writes_acked"]), ""],
+        compared("idle cluster before the writes (cores)", "idle_cores", 3, ratio=False),
+        compared("idle cluster after, holding the docs (cores)", "idle_after_cores", 3),
+        compared("idle bytes received per node (B/s)", "idle_bytes_per_node_s", ratio=False),
+        compared("writes acknowledged", "writes_acked", ratio=False),
         [
             "write phase / settle (s)",
             f"{narrow['write_s']:.1f} / {narrow['settle_s']:.1f}",
             f"{full['write_s']:.1f} / {full['settle_s']:.1f}",
             "",
         ],
-        [
-            "updates dropped as not held",
-            fmt(narrow["updates_not_held"]),
-            fmt(full["updates_not_held"]),
-            "",
-        ],
+        compared("updates dropped as not held", "updates_not_held", ratio=False),
         [
             "handoff offers sent / docs dropped",
             f"{narrow['handoff_offers_sent']:,} / {narrow['handoff_docs_dropped']:,}",

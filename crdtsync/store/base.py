@@ -30,6 +30,12 @@ def check_durability(value: object) -> Durability:
     return value
 
 
+def is_pycrdt_failure(error: BaseException) -> bool:
+    """Whether `error` is pycrdt refusing an update: an exception, or a Rust panic, which pycrdt
+    raises as `PanicException`, a BaseException (anything else, such as KeyboardInterrupt, is not)."""
+    return isinstance(error, Exception) or type(error).__name__ == "PanicException"
+
+
 class StoreError(RuntimeError):
     """A store cannot do what was asked: a data directory that cannot be used, stored content that
     fails its checks, a backup the store cannot make or read. The message names the file and the

@@ -10,7 +10,7 @@ from pycrdt import Doc
 
 from crdtsync.core.effects import Persist
 from crdtsync.core.state import merge_all
-from crdtsync.store.base import DocRecord, StoreDescription, StoreError
+from crdtsync.store.base import DocRecord, StoreDescription, StoreError, is_pycrdt_failure
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ class MemoryStore:
             return
         try:
             doc.apply_update(merge_all(pending) if len(pending) > 1 else pending[0])
-        except BaseException as exc:  # a pycrdt panic is a BaseException
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
+        except BaseException as exc:
+            if not is_pycrdt_failure(exc):
                 raise
             # The node applied each of these updates: one by one they apply (what appends did before).
             log.warning(

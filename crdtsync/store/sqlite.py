@@ -35,7 +35,14 @@ from typing import BinaryIO
 from crdtsync.core.effects import Persist
 from crdtsync.core.state import merge_all
 from crdtsync.core.update_check import UpdateError, check_update
-from crdtsync.store.base import DocRecord, Durability, StoreDescription, StoreError, check_durability
+from crdtsync.store.base import (
+    DocRecord,
+    Durability,
+    StoreDescription,
+    StoreError,
+    check_durability,
+    is_pycrdt_failure,
+)
 
 __all__ = [
     "DB_FILE",
@@ -513,8 +520,8 @@ def _log_rows(updates: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes, in
         if len(doc_updates) > 1:
             try:
                 doc_updates = [merge_all(doc_updates)]
-            except BaseException as exc:  # a pycrdt panic is a BaseException
-                if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+            except BaseException as exc:
+                if not is_pycrdt_failure(exc):
                     raise
                 log.warning(
                     "could not merge %d updates of doc %r, stored one by one: %s",

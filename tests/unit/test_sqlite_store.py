@@ -105,6 +105,15 @@ def _store_contents(store: SqliteStore) -> dict[str, tuple[str, bytes]]:
     return _loaded(store.load())
 
 
+def _contents_after_reopen(data_dir: Path) -> dict[str, tuple[str, bytes]]:
+    """What a store opened afresh on `data_dir` loads (then closed again)."""
+    reopened = SqliteStore(data_dir, node_id="a")
+    try:
+        return _store_contents(reopened)
+    finally:
+        reopened.close()
+
+
 def _log_rows(path: Path, doc_id: str | None = None) -> int:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -390,11 +399,7 @@ def test_a_store_of_schema_version_1_is_migrated_at_open_keeping_every_doc(tmp_p
         _write(store, workload.write(30))  # and it keeps working in the new layout
     finally:
         store.close()
-    reopened = SqliteStore(tmp_path / "data", node_id="a")
-    try:
-        assert _store_contents(reopened) == workload.contents()
-    finally:
-        reopened.close()
+    assert _contents_after_reopen(tmp_path / "data") == workload.contents()
     # A backup taken by version 1 is still read whole.
     assert _loaded(read_backup(v1_backup)) == _loaded(iter(_v1_contents(v1_backup)))
 
@@ -558,11 +563,7 @@ def test_backup_is_read_back_with_equal_content_and_the_source_stays_usable(
         assert _loaded(read_backup(target)) == at_backup
     finally:
         store.close()
-    reopened = SqliteStore(tmp_path / "data", node_id="a")
-    try:
-        assert _store_contents(reopened) == workload.contents()
-    finally:
-        reopened.close()
+    assert _contents_after_reopen(tmp_path / "data") == workload.contents()
 
 
 def test_backup_to_an_existing_path_raises_and_leaves_that_file_alone(tmp_path: Path) -> None:
