@@ -66,6 +66,9 @@ class Counters:
     warnings_suppressed: int = 0
     # the publisher stream
     deltas_published: int = 0
+    deltas_merged: int = 0
+    """Of `deltas_published`, those that left merged into the delta of the one before them
+    (`crdtsync.core.outbound.merge_runs`): the publisher's stream carries the difference."""
     batches_published: int = 0
     retransmits_served: int = 0
     retransmits_gone: int = 0

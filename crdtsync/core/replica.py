@@ -586,7 +586,7 @@ class Replica:
             dc=ctx.dc,
             relay=self._links.is_relay,
             docs=len(self._docs),
-            published_updates=self._outbound.captured_seq,
+            published_updates=self._outbound.captured,
             pending_updates=self._causal.total,
             peers=tuple(peers),
             members=tuple(members),

@@ -367,6 +367,12 @@ def digest(doc: Doc[Any]) -> bytes:
     return hashlib.blake2b(canonical_state(doc), digest_size=DIGEST_BYTES).digest()
 
 
+def is_pycrdt_failure(error: BaseException) -> bool:
+    """Whether `error` is pycrdt refusing an update: an exception, or a Rust panic, which pycrdt
+    raises as `PanicException`, a BaseException (anything else, such as KeyboardInterrupt, is not)."""
+    return isinstance(error, Exception) or type(error).__name__ == "PanicException"
+
+
 MERGE_CHUNK = 128
 
 

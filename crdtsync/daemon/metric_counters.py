@@ -28,6 +28,12 @@ _EPHEMERAL_DROPPED_HELP = (
 # how to read each counter of NodeStatus.counters -> (metric, help, labels): a misspelt field is a type error
 COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...] = (
     (lambda c: c.deltas_published, "updates_published", "Local transactions published.", {}),
+    (
+        lambda c: c.deltas_merged,
+        "updates_merged",
+        "Local transactions published merged into the delta of the one before them.",
+        {},
+    ),
     (lambda c: c.deltas_applied, "updates_applied", "Remote updates applied, by path.", {"path": "stream"}),
     (
         lambda c: c.sync_updates_applied,

@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--window-ms", type=float, default=5_000.0, help="simulated time over which ops are spread"
     )
     parser.add_argument(
+        "--linger-ms",
+        type=float,
+        default=0.0,
+        help="the nodes' linger_ms: a node's writes within it leave in one batch, where one doc's "
+        "transactions merge into one delta (default 0: each op leaves at once)",
+    )
+    parser.add_argument(
         "--durable",
         action="store_true",
         help=(
@@ -133,12 +140,12 @@ def _add_placement_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _placement_settings(rf: int | None, follows: int | None) -> dict[str, Any]:
+def _placement_settings(rf: int | None, follows: int | None, linger_ms: float) -> dict[str, Any]:
     if rf is None:
-        return {}
+        return {"replica": ReplicaConfig(linger_ms=linger_ms)}
     return {
         "placement": PlacementPolicy((PlacementRule(rf),)),
-        "replica": ReplicaConfig(handoff_grace_ms=SIM_HANDOFF_GRACE_MS),
+        "replica": ReplicaConfig(handoff_grace_ms=SIM_HANDOFF_GRACE_MS, linger_ms=linger_ms),
         "follows": SIM_FOLLOWS if follows is None else follows,
     }
 
@@ -169,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.rf is not None and args.rf < 1:
         print("error: --rf must be >= 1", file=sys.stderr)
         return 2
+    if not 0.0 <= args.linger_ms <= args.window_ms:
+        print("error: --linger-ms must be in [0, --window-ms]", file=sys.stderr)
+        return 2
     single = args.seed if args.seed is not None else 1
     seeds: range = args.seeds if args.seeds is not None else range(single, single + 1)
     campaign = len(seeds) > 1
@@ -187,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             datacenters=args.datacenters,
             wan_loss_rate=args.wan_loss_rate,
             seed_only=args.seed_only,
-            **_placement_settings(args.rf, args.follows),
+            **_placement_settings(args.rf, args.follows, args.linger_ms),
             **_wire_settings(args.nodes, args.wire_pinned),
         )
         result = run_simulation(config)

@@ -101,6 +101,7 @@ class SimConfig:
                 if self.datacenters > 1
                 else ""
             )
+            + (f" --linger-ms {self.replica.linger_ms:g}" if self.replica.linger_ms else "")
             + (" --seed-only" if self.seed_only else "")
             + (f" --rf {self.placement.default.rf}" if isinstance(self.placement.default.rf, int) else "")
             + (f" --follows {self.follows}" if self.follows else "")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal, Protocol, get_args
 
 from crdtsync.core.effects import Persist
+from crdtsync.core.state import is_pycrdt_failure as is_pycrdt_failure  # the stores' merge fallbacks
 
 Durability = Literal["fsync", "process", "none"]
 """What a completed commit promises:
@@ -28,12 +29,6 @@ def check_durability(value: object) -> Durability:
             f"durability must be {', '.join(DURABILITIES[:-1])} or {DURABILITIES[-1]}, not {value!r}"
         )
     return value
-
-
-def is_pycrdt_failure(error: BaseException) -> bool:
-    """Whether `error` is pycrdt refusing an update: an exception, or a Rust panic, which pycrdt
-    raises as `PanicException`, a BaseException (anything else, such as KeyboardInterrupt, is not)."""
-    return isinstance(error, Exception) or type(error).__name__ == "PanicException"
 
 
 class StoreError(RuntimeError):

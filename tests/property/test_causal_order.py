@@ -1,9 +1,11 @@
 """Regression for DESIGN.md's first hard fact: pycrdt 0.14 gets stuck when handed updates out of causal order.
 
 Concurrent writers produce deltas with cross-writer dependencies (they exchange state among themselves
-while editing). The deltas are framed as their publishers would frame them and delivered to a fresh
-`Replica` in any order, with duplicates. The replica's causal buffer must apply every delta exactly
-once its dependencies are in, and end in the state of in-order delivery.
+while editing). The deltas are framed as their publishers would frame them (each batch's transactions
+of a doc merged into one delta, or not) and delivered to a fresh `Replica` in any order, with
+duplicates, some frames held back as if lost and retransmitted at the end. The replica's causal
+buffer must apply every delta exactly once its dependencies are in, never hand pycrdt an update
+before them, and end in the state of in-order delivery.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pycrdt import Doc, Map, Text, TransactionEvent
 
 from crdtsync.core import wire
 from crdtsync.core.effects import Publish
+from crdtsync.core.outbound import MERGED_UPDATE_BYTES_MAX, delta_size, merge_runs
 from crdtsync.core.placement import PLACEMENT_VERSION
 from crdtsync.core.replica import Replica
 from crdtsync.core.state import covers, decode_state_vector, digest
@@ -94,17 +97,26 @@ def _generate(writer_count: int, script: list[Step]) -> Generated:
     return Generated(writers, deltas)
 
 
-def _frames(generated: Generated, batch_sizes: list[int], version: int) -> list[tuple[bytes, int]]:
+def _frames(
+    generated: Generated, batch_sizes: list[int], version: int, merged: bool = False
+) -> list[tuple[bytes, int]]:
     """Frame each writer's deltas as `Deltas` with sequence numbers 1, 2, ... in batches of the given
-    sizes (cycled), in wire `version` (3: no state vectors, the receiver derives the dependencies
-    from each update). Returns (frame, number of deltas in it)."""
+    sizes (cycled) of its transactions, in wire `version` (3: no state vectors, the receiver derives
+    the dependencies from each update), each batch's runs of a doc merged as the publisher merges
+    them when `merged`. Returns (frame, number of deltas in it)."""
     frames: list[tuple[bytes, int]] = []
     sizes = iter(batch_sizes * (len(generated.deltas) + 1))
     for writer in generated.writers:
         own = [delta for index, delta in generated.deltas if index == writer.index]
-        seq = 1
-        while seq <= len(own):
-            batch = own[seq - 1 : seq - 1 + next(sizes)]
+        seq, taken = 1, 0
+        while taken < len(own):
+            batch = own[taken : taken + next(sizes)]
+            taken += len(batch)
+            if merged:
+                sized, _merged_count = merge_runs(
+                    [(d, delta_size(d)) for d in batch], MERGED_UPDATE_BYTES_MAX
+                )
+                batch = [delta for delta, _size in sized]
             frame = wire.encode(wire.Deltas(writer.node_id, EPOCH, seq, tuple(batch)), version)
             frames.append((frame, len(batch)))
             seq += len(batch)
@@ -134,8 +146,12 @@ def _publish_kinds(effects: list[object]) -> list[wire.MessageKind]:
     return [wire.MessageKind(effect.frame[3]) for effect in effects if isinstance(effect, Publish)]
 
 
-def _deliver(generated: Generated, frames: list[tuple[bytes, int]], order: list[int]) -> Replica:
-    """Feed frames to a fresh replica in `order`; checks on the way that remote applies never publish."""
+def _deliver(
+    generated: Generated, frames: list[tuple[bytes, int]], order: list[int], held_back: int = 0
+) -> Replica:
+    """Feed frames to a fresh replica in `order`; checks on the way that remote applies never publish,
+    and, before the last `held_back` of them (lost, then retransmitted), that pycrdt was never
+    handed an update before its dependencies."""
     replica = Replica(
         node_id="receiver",
         epoch=EPOCH,
@@ -158,7 +174,9 @@ def _deliver(generated: Generated, frames: list[tuple[bytes, int]], order: list[
         )
         replica.receive(wire.encode(hello), now_ms)
         replica.take_effects(now_ms)
-    for index in order:
+    for position, index in enumerate(order):
+        if position == len(order) - held_back:
+            assert replica.counters.updates_left_pending == 0, "pycrdt kept part of an update pending"
         now_ms += 1.0
         replica.receive(frames[index][0], now_ms)
         kinds = _publish_kinds(list(replica.take_effects(now_ms)))
@@ -167,7 +185,9 @@ def _deliver(generated: Generated, frames: list[tuple[bytes, int]], order: list[
     return replica
 
 
-def _check_converged(generated: Generated, frames: list[tuple[bytes, int]], order: list[int]) -> None:
+def _check_converged(
+    generated: Generated, frames: list[tuple[bytes, int]], order: list[int], held_back: int = 0
+) -> None:
     reference = _in_order_reference(generated)
     synced = _fully_synced(generated)
     for doc_id in DOC_IDS:
@@ -175,11 +195,11 @@ def _check_converged(generated: Generated, frames: list[tuple[bytes, int]], orde
         assert _json(reference[doc_id]) == _json(synced[doc_id])
         assert digest(reference[doc_id]) == digest(synced[doc_id])
 
-    replica = _deliver(generated, frames, order)
+    replica = _deliver(generated, frames, order, held_back)
     status = replica.status(0.0)
     assert status.pending_updates == 0, "deltas stuck in the causal buffer"
     duplicate_deltas = sum(frames[i][1] for i in order) - sum(count for _, count in frames)
-    assert replica.counters.deltas_applied == len(generated.deltas)
+    assert replica.counters.deltas_applied == sum(count for _, count in frames)
     assert replica.counters.deltas_duplicate == duplicate_deltas
     assert replica.counters.updates_left_pending == 0, "pycrdt kept part of an update pending"
     for doc_id in DOC_IDS:
@@ -226,6 +246,35 @@ def test_any_delivery_order_with_duplicates_converges_to_in_order_state(
         duplicates = []
     order = data.draw(st.permutations(list(range(len(frames))) + duplicates), label="order")
     _check_converged(generated, frames, list(order))
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    writer_count=st.integers(2, 3),
+    script=st.lists(steps, min_size=8, max_size=40),
+    batch_sizes=st.lists(st.integers(1, 12), min_size=1, max_size=5),
+    version=st.sampled_from((1, 2, 3)),
+    data=st.data(),
+)
+def test_merged_batches_under_loss_duplication_and_reordering_converge_in_causal_order(
+    writer_count: int, script: list[Step], batch_sizes: list[int], version: int, data: st.DataObject
+) -> None:
+    """Each batch's transactions of a doc merged into one delta (`outbound.merge_runs`); some frames
+    are lost and come again at the end (a retransmission), others duplicated, all reordered."""
+    generated = _generate(writer_count, script)
+    frames = _frames(generated, batch_sizes, version, merged=True)
+    event(f"merged: {len(generated.deltas) > sum(count for _, count in frames)}")
+    count = len(frames)
+    duplicates = data.draw(st.lists(st.integers(0, max(0, count - 1)), max_size=count), label="dups")
+    lost = (
+        data.draw(st.sets(st.integers(0, max(0, count - 1)), max_size=count), label="lost")
+        if count
+        else set()
+    )
+    arriving = [i for i in range(count) if i not in lost] + (duplicates if count else [])
+    order = data.draw(st.permutations(arriving), label="order")
+    retransmitted = data.draw(st.permutations(sorted(lost)), label="retransmitted")
+    _check_converged(generated, frames, [*order, *retransmitted], held_back=len(retransmitted))
 
 
 # ---------------------------------------------------------------------------------------------- seeded
@@ -281,6 +330,8 @@ def test_reverse_delivery_converges_and_would_get_naive_pycrdt_stuck() -> None:
         for version in (2, 3):
             frames = _frames(generated, [1], version)
             _check_converged(generated, frames, list(reversed(range(len(frames)))))
+            merged = _frames(generated, [rng.randint(2, 8)], version, merged=True)
+            _check_converged(generated, merged, list(reversed(range(len(merged)))))
         if _has_cross_writer_dependency(generated):
             cross_writer_seeds.append(seed)
         if _naive_apply_is_stuck(generated, list(reversed(range(len(generated.deltas))))):

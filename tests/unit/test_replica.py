@@ -296,9 +296,10 @@ def test_local_write_reaches_every_peer() -> None:
     mesh.pump()
     for replica in (b, c):
         assert _json(replica.open_doc("doc")) == ({"key": "value"}, "hello")
-        assert _count(replica, "deltas_applied") == 2
+        assert _count(replica, "deltas_applied") == 1, "one delta: the doc's two transactions merged"
     _assert_converged([a, b, c], ["doc"])
     assert _count(a, "deltas_published") == 2
+    assert _count(a, "deltas_merged") == 1
     assert _count(b, "deltas_published") == 0, "a remote apply must not be re-published"
 
 
@@ -395,9 +396,9 @@ def test_gap_older_than_the_ring_is_answered_gone_and_repaired_by_anti_entropy()
     a.open_doc("doc").get("text", type=Text).insert(0, "lost ")
     mesh.pump()
     mesh.drop = lambda hop: False
-    text = a.open_doc("doc").get("text", type=Text)
-    for word in ("one ", "two ", "three"):  # one batch: seqs 2..4, the ring keeps 3..4
-        text.insert(len(text), word)
+    words = ("one", "two", "three")
+    for word in words:  # one batch of three docs (one doc's would merge): seqs 2..4, the ring keeps 3..4
+        a.open_doc(word).get("text", type=Text).insert(0, word)
     mesh.pump()
     assert _count(b, "retransmit_requests") >= 1
     assert _count(a, "retransmits_gone") >= 1
@@ -405,8 +406,8 @@ def test_gap_older_than_the_ring_is_answered_gone_and_repaired_by_anti_entropy()
     assert _count(a, "ae_rounds_completed") == 1, "a's round at first contact (the lower node id starts it)"
     assert _count(b, "ae_rounds_completed") >= 1, "b's round for the gap the ring no longer held"
     assert _count(b, "ae_docs_repaired") >= 1
-    _assert_converged([a, b], ["doc"])
-    assert str(b.open_doc("doc").get("text", type=Text)) == "lost one two three"
+    _assert_converged([a, b], ["doc", *words])
+    assert str(b.open_doc("doc").get("text", type=Text)) == "lost "
     assert b.status(mesh.now_ms).pending_updates == 0
 
 

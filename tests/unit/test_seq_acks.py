@@ -91,9 +91,8 @@ def test_numbers_of_a_gap_given_up_are_not_acknowledged_even_after_the_repair() 
     _write(a, "lost", 1)
     mesh.pump()
     mesh.drop = lambda hop: False
-    text = a.open_doc("doc").get("text", type=Text)
-    for word in ("one ", "two ", "three"):  # one batch: seqs 2..4, the ring keeps 3..4 only
-        text.insert(len(text), word)
+    for word in ("one", "two", "three"):  # one batch of three docs: seqs 2..4, the ring keeps 3..4 only
+        a.open_doc(word).get("text", type=Text).insert(0, word)
     mesh.pump()
     assert _count(b, "retransmits_gone_received") >= 1
     assert b.open_doc("doc").get("data", type=Map)["lost"] == 1, "anti-entropy repaired the gap"
