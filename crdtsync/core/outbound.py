@@ -65,6 +65,8 @@ def merge_runs(deltas: list[Sized], update_bytes_max: int) -> tuple[list[Sized],
     in the place of the run's first (at most MERGED_DELTAS_MAX transactions and `update_bytes_max`
     update bytes a run), and how many transactions went into the delta of one before them. A run
     whose updates do not merge, or merge larger than they are, stays as it was."""
+    if len(deltas) < 2:
+        return deltas, 0  # a paced write alone in its batch: nothing to look for
     runs: list[list[Sized]] = []
     latest: dict[str, tuple[list[Sized], int]] = {}
     """Doc id -> its last run and that run's update bytes."""
