@@ -58,12 +58,10 @@ class TokenCheck:
         tokens: tuple[Token, ...],
         *,
         open_files: Collection[str],
-        is_forwarded: Callable[[web.Request], bool],
     ) -> None:
         """`open_files`: the dashboard's files under /ui/, open without a token."""
         self.tokens = tokens
         self.open_files = open_files
-        self.is_forwarded = is_forwarded
         self.refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         """Requests refused by the token check, by reason (crdtsync_http_requests_refused_total)."""
         self._refusal_logged: dict[str, float] = {}
@@ -72,8 +70,8 @@ class TokenCheck:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         open_path = request.path in OPEN_PATHS or request.path.removeprefix("/ui/") in self.open_files
-        if (open_path and request.method in READ_METHODS) or self.is_forwarded(request):
-            return await handler(request)  # a forwarded request's token was checked where it arrived
+        if open_path and request.method in READ_METHODS:
+            return await handler(request)
         presented = bearer_token(request.headers.get("Authorization", ""))
         if presented is None and request.path.startswith(WS_PATH_PREFIX):
             presented = request.query.get("token") or None  # a browser's WebSocket cannot send headers

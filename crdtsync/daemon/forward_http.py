@@ -10,65 +10,67 @@ holder, a write taken durably here and handed to a holder. Every doc write of th
 (a key set to a value, a key deleted, a Yjs update applied), so a write served here after its
 forward timed out does no harm if the holder applied it too.
 
-The serving side runs a forwarded request through its own HTTP API over loopback, marked with a
-secret of this process so that it passes the token check (the asking node checked the caller's token
-and scope; the link is the cluster's, authenticated by CurveZMQ when configured) and is not forwarded
-again.
+The serving side runs a forwarded request in process through the same handlers as the doc route of
+its HTTP API, with the same error answers, but no token check (the asking node checked the caller's
+token and scope; the link is the cluster's, authenticated by CurveZMQ when configured), and never
+forwards it again. Only doc requests are served so: any other target, or a `watch` stream, is
+declined and served where it arrived.
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
-import secrets
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
 
-import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11, RawRequestMessage
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
+from yarl import URL
 
 from crdtsync.core.forward import BODY_BYTES_MAX, ForwardRequest
 from crdtsync.daemon import causal_http
 from crdtsync.daemon.auth_http import READ_METHODS
 from crdtsync.daemon.config import HttpConfig
 from crdtsync.daemon.http_input import SERVED_AS_KEY, SERVED_BY_KEY
-from crdtsync.forwarding import NOT_SERVED, SERVING_MAX, ForwardAsk, Served
+from crdtsync.forwarding import NOT_SERVED, ForwardAsk, Served
 from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.http")
 
-INTERNAL_HEADER = "X-Crdtsync-Forwarded"
+FORWARDED_KEY = web.RequestKey("forwarded_by", str)
+"""On a request another node forwarded here: that node's id."""
+BODY_READ_LIMIT_BYTES = 64 * 1024
+"""The read buffer's limit of a forwarded request's body (it is all there at once)."""
+
+DocHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class HttpForwarding:
     def __init__(self, node: Node, config: HttpConfig) -> None:
         self._node = node
         self._config = config
-        self._secret = secrets.token_hex(32)
-        self._session: aiohttp.ClientSession | None = None
-        self.local_url: str | None = None
-        """This node's own HTTP API, where forwarded requests are served (set once it listens)."""
+        self._app: web.Application | None = None
+        self._route: DocHandler | None = None
+        self._serve_doc: DocHandler | None = None
         node.forwarding.handler = self.serve
 
-    def is_forwarded(self, request: web.Request) -> bool:
+    def serving(self, app: web.Application, route: DocHandler, serve_doc: DocHandler) -> None:
+        """Serve forwarded requests with `serve_doc` (the doc handlers and their error answers, no
+        token check) once `app` resolves their target to `route` (the doc route)."""
+        self._app, self._route, self._serve_doc = app, route, serve_doc
+
+    def close(self) -> None:
+        """Decline forwarded requests from now on (the HTTP API stopped)."""
+        self._app = self._route = self._serve_doc = None
+
+    @staticmethod
+    def is_forwarded(request: web.Request) -> bool:
         """Whether `request` is one another node forwarded here (served here, never forwarded again)."""
-        presented = request.headers.get(INTERNAL_HEADER)
-        return presented is not None and hmac.compare_digest(presented, self._secret)
-
-    def listening(self, addresses: list[Any], tls: bool) -> None:
-        """The HTTP API is bound: forwarded requests go to its first address."""
-        if not addresses:
-            return
-        host, port = addresses[0][0], addresses[0][1]
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-        host = f"[{host}]" if ":" in host else host
-        self.local_url = f"{'https' if tls else 'http'}://{host}:{port}"
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        return FORWARDED_KEY in request
 
     # ------------------------------------------------------------------ the asking side
 
@@ -109,36 +111,86 @@ class HttpForwarding:
 
     # ------------------------------------------------------------------ the serving side
 
-    async def serve(self, request: ForwardRequest) -> Served:
-        """Run a request another node forwarded through this node's own HTTP API."""
-        if self.local_url is None:
+    async def serve(self, forwarded: ForwardRequest) -> Served:
+        """Serve a doc request another node forwarded, in process, as the doc route would."""
+        app, route, serve_doc = self._app, self._route, self._serve_doc
+        if app is None or route is None or serve_doc is None:
             return NOT_SERVED
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=SERVING_MAX, ssl=False)  # loopback to this very process
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        headers = {INTERNAL_HEADER: self._secret}
-        if request.content_type:
-            headers["Content-Type"] = request.content_type
-        timeout = aiohttp.ClientTimeout(
-            total=(self._config.forward_timeout_ms + self._config.wait_ms_max) / 1000
-        )
-        url = self.local_url + request.target
-        async with self._session.request(
-            request.method, url, data=request.body, headers=headers, timeout=timeout, allow_redirects=False
-        ) as response:
-            body = await response.content.read(BODY_BYTES_MAX + 1)
-            if len(body) > BODY_BYTES_MAX:
-                log.info(
-                    "a forwarded %s answer is over %d bytes: the asker serves it",
-                    request.method,
-                    BODY_BYTES_MAX,
-                )
-                return NOT_SERVED
-            content_type = response.headers.get("Content-Type", "")
-            return Served(response.status, content_type, response.headers.get("X-Served-As", ""), body)
+        request = _request(forwarded, self._config.body_bytes_max)
+        # As aiohttp's application resolves a request (`Application._handle`): the same matching,
+        # with the same decoding of the path, as a request from a client.
+        match = await app.router.resolve(request)
+        if match.http_exception is not None or match.handler != route:
+            log.info("declined a forwarded %s of %s: not a doc request", forwarded.method, forwarded.target)
+            return NOT_SERVED
+        match.add_app(app)
+        match.freeze()
+        request._match_info = match
+        request[FORWARDED_KEY] = forwarded.node_id
+        response = await serve_doc(request)
+        if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+            return NOT_SERVED  # not an answer of bytes: served where it arrived
+        if len(response.body) > BODY_BYTES_MAX:
+            log.info(
+                "a forwarded %s answer is over %d bytes: the asker serves it",
+                forwarded.method,
+                BODY_BYTES_MAX,
+            )
+            return NOT_SERVED
+        content_type = response.headers.get(hdrs.CONTENT_TYPE, "")
+        return Served(response.status, content_type, request.get(SERVED_AS_KEY, ""), response.body)
 
     def collector(self) -> Collector:
         return _ForwardCollector(self._node)
+
+
+class _NoConnection:
+    """The connection a forwarded request stands on: none (it came over the replication link). What
+    `web.Request` and its body's reader ask of a connection."""
+
+    ssl_context = None
+    peername = None
+    sockname = None
+    transport = None
+
+    def pause_reading(self) -> None:
+        """The whole body is fed at once: nothing to pause."""
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        """Nothing was paused."""
+
+
+_NO_CONNECTION = _NoConnection()
+
+
+def _request(forwarded: ForwardRequest, body_bytes_max: int) -> web.Request:
+    """The `web.Request` of a forwarded request: its method, target (raw path and query, as the
+    client sent it to the asking node), content type and body."""
+    loop = asyncio.get_running_loop()
+    headers = CIMultiDict({hdrs.CONTENT_LENGTH: str(len(forwarded.body))})
+    if forwarded.content_type:
+        headers[hdrs.CONTENT_TYPE] = forwarded.content_type
+    frozen = CIMultiDictProxy(headers)
+    raw_headers = tuple((name.encode(), value.encode()) for name, value in headers.items())
+    url = URL(forwarded.target, encoded=True)
+    message = RawRequestMessage(
+        forwarded.method, forwarded.target, HttpVersion11, frozen, raw_headers, False, None, False, False, url
+    )
+    payload = StreamReader(_NO_CONNECTION, BODY_READ_LIMIT_BYTES, loop=loop)  # type: ignore[arg-type]
+    if forwarded.body:
+        payload.feed_data(forwarded.body)
+    payload.feed_eof()
+    task = asyncio.current_task()
+    assert task is not None
+    return web.Request(
+        message,
+        payload,
+        _NO_CONNECTION,  # type: ignore[arg-type]
+        _NO_CONNECTION,  # type: ignore[arg-type]
+        task,
+        loop,
+        client_max_size=body_bytes_max,
+    )
 
 
 class _ForwardCollector(Collector):

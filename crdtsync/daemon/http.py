@@ -101,7 +101,7 @@ class Api:
         self.requests_rejected = 0
         self.forwarding = HttpForwarding(node, config.http)
         self.registry.register(self.forwarding.collector())
-        self.auth = TokenCheck(config.tokens, open_files=UI_FILES, is_forwarded=self.forwarding.is_forwarded)
+        self.auth = TokenCheck(config.tokens, open_files=UI_FILES)
         self.registry.register(RefusalCollector(lambda: self.auth.refused))
         self.store_guard = StoreGuard(node)
         self.registry.register(self.store_guard.collector())
@@ -145,6 +145,7 @@ class Api:
         batch_http.register(app, self)
         backup_http.register(app, self)
         top_http.register(app, self)
+        self.forwarding.serving(app, self.doc_route, self._serve_forwarded)
         return app
 
     async def _served_by(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -270,6 +271,23 @@ class Api:
             forwarded = await self.forwarding.forward(request, doc_id)
             if forwarded is not None:
                 return forwarded
+        if request.method in WRITE_METHODS:
+            self.store_guard.check()
+        return await serve(request, doc_id)
+
+    async def _serve_forwarded(self, request: web.Request) -> web.StreamResponse:
+        """A doc request another node forwarded here: the doc route's handlers and error answers,
+        but the token check (done where it arrived); never forwarded again, and never a stream
+        (a stream is served where it is asked for)."""
+        return await self._errors(request, self._forwarded_doc)
+
+    async def _forwarded_doc(self, request: web.Request) -> web.StreamResponse:
+        doc_id, serve = self._doc_handler(request)
+        if serve == self.watch:
+            raise ApiError(405, "method_not_allowed", "a watch stream is not forwarded")
+        session = causal_http.session_token(request)
+        if session is not None:
+            request[causal_http.SESSION_KEY] = session
         if request.method in WRITE_METHODS:
             self.store_guard.check()
         return await serve(request, doc_id)

@@ -103,7 +103,6 @@ async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> Non
         except OSError as exc:
             await runner.cleanup()
             raise OSError(f"cannot listen for HTTP on {config.http.listen}: {exc}") from exc
-        api.forwarding.listening(runner.addresses, tls=context is not None)
         log.info(
             "serving",
             extra={
@@ -123,7 +122,7 @@ async def serve(config: DaemonConfig, ready: asyncio.Event | None = None) -> Non
         log.info("stopping: flushing the store and closing sockets")
         api.close_streams()
         await runner.cleanup()
-        await api.forwarding.close()
+        api.forwarding.close()
         try:
             await node.flush()
         except StoreCommitError as exc:
