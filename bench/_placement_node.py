@@ -153,8 +153,10 @@ async def _write_docs(node: Node, cmd: JSON) -> None:
     emit("wrote", acked=acked, s=time.monotonic() - started)
 
 
-async def _write_here(node: Node, doc_id: str, *, read: bool = True) -> None:
-    doc = await node.open(doc_id, read=read)
+async def _write_here(node: Node, doc_id: str) -> None:
+    """Opened only to write, as the daemon opens a doc for a write: not counted as a read (adaptive
+    replication's load), which would put every written doc in the load gossip."""
+    doc = await node.open(doc_id, read=False)
     doc.get(DATA, type=Map)[VALUE_KEY] = write_index(doc_id)
     node.release(doc_id)
 
@@ -164,13 +166,13 @@ async def _forwarded_write(node: Node, doc_id: str) -> None:
     forwards an HTTP write (`node.forwarding`); taken here when no holder answers, as there."""
     ask = ForwardAsk("PUT", f"/{doc_id}", "", b"")
     if await node.forwarding.forward(doc_id, ask, read=False, timeout_ms=FORWARD_TIMEOUT_MS) is None:
-        await _write_here(node, doc_id, read=False)
+        await _write_here(node, doc_id)
         await node.flush()
 
 
 def _serve_forwarded(node: Node) -> Callable[[ForwardRequest], Awaitable[Served]]:
     async def serve(request: ForwardRequest) -> Served:
-        await _write_here(node, request.target[1:], read=False)
+        await _write_here(node, request.target[1:])
         await node.flush()  # answered once durable here, as the daemon answers a write
         return Served(200, "", "holder", b"")
 

@@ -13,7 +13,6 @@ serves them itself rather than wait for a timeout). Replies nobody waits for are
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import time
@@ -127,7 +126,11 @@ class Forwarding:
         self.counters.requests_sent += 1
         try:
             own = self._node.config.node_id
-            self._send(address, ForwardRequest(own, request_id, *dataclasses.astuple(asked)))
+            # The fields one by one: `dataclasses.astuple` deep-copies each (the body too).
+            request = ForwardRequest(
+                own, request_id, asked.method, asked.target, asked.content_type, asked.body
+            )
+            self._send(address, request)
             reply: ForwardReply = await asyncio.wait_for(future, timeout_ms / 1000.0)
         except TimeoutError:
             self.counters.requests_timed_out += 1
