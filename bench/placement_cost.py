@@ -10,7 +10,8 @@ Every node is a library ``crdtsync.Node`` in its own OS process (``bench._placem
 1. Cost per write. 6 nodes in 2 datacenters (3 + 3), the same workload twice: once with
    ``[[placement]] rf = 2`` (2 replicas per datacenter), once with ``rf = "all"``. Every node writes
    its share of ``--writes`` single-key writes, each to a doc of its own (``data["v"] = i`` on doc
-   ``w/i``, write ``i`` through node ``i % 6``), paced at ``--rate`` writes/s over the cluster, a
+   ``w/i``, write ``i`` through node ``i % 6``, the doc opened only to write as the daemon opens it
+   for an HTTP write: not counted as a read), paced at ``--rate`` writes/s over the cluster, a
    flush after every few writes (a write is acknowledged once durable on the node that took it).
    The window runs from the first write until every holder has every doc and, with rf 2, every
    non-holder has handed its docs off and dropped them (``handoff_grace_ms``, 30 s, after the first

@@ -4,7 +4,8 @@ of crdtsync.core.forward), driven by asyncio beside the node: docs/placement.md#
 A node that does not hold a doc asks its nearest alive holder (this datacenter first; for a read, a
 follower of the doc in this datacenter before a holder in another) to serve a request about it and
 waits for the answer, at most `timeout_ms`; the serving side runs the request
-with the handler its owner installed (the daemon runs it through its own HTTP API) and answers.
+with the handler its owner installed (the daemon's runs it through its doc route's handlers, in
+process) and answers.
 Bounded on both sides: at most `WAITING_MAX` requests wait for an answer (more are served where they
 arrived) and at most `SERVING_MAX` are served at once (more are declined at once, so the asker
 serves them itself rather than wait for a timeout). Replies nobody waits for are counted and dropped.

@@ -13,8 +13,8 @@ forward timed out does no harm if the holder applied it too.
 The serving side runs a forwarded request in process through the same handlers as the doc route of
 its HTTP API, with the same error answers, but no token check (the asking node checked the caller's
 token and scope; the link is the cluster's, authenticated by CurveZMQ when configured), and never
-forwards it again. Only doc requests are served so: any other target, or a `watch` stream, is
-declined and served where it arrived.
+forwards it again. Only doc requests are served so: any other target is declined (served where it
+arrived), a `watch` stream refused (405; an asking node never forwards one).
 """
 
 from __future__ import annotations
@@ -75,11 +75,11 @@ class HttpForwarding:
     # ------------------------------------------------------------------ the asking side
 
     def wanted(self, request: web.Request, doc_id: str) -> bool:
-        """Whether `request` goes to a holder of `doc_id`: it is not one already forwarded here, and
-        this node neither holds the doc nor, for a read, follows it (a read follower answers reads
-        from its own copy)."""
+        """Whether a client's `request` goes to a holder of `doc_id`: this node neither holds the doc
+        nor, for a read, follows it (a read follower answers reads from its own copy). A request
+        forwarded here never comes this way (`serve`)."""
         node = self._node
-        if not self._config.forward or self.is_forwarded(request) or node.holds(doc_id):
+        if not self._config.forward or node.holds(doc_id):
             return False
         return request.method not in READ_METHODS or not node.follows(doc_id)
 

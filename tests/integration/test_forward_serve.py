@@ -48,6 +48,11 @@ async def _scenario() -> None:
         )
         node.release("fwd/doc")
 
+        large = {"text": "x" * 300_000}  # over the body reader's buffer: fed and read whole
+        big = await serve(ask("PUT", "/v1/docs/fwd/doc/keys/big", json.dumps(large).encode()))
+        assert big.status == 200, big.body
+        read = await serve(ask("GET", "/v1/docs/fwd/doc/keys/big"))
+        assert json.loads(read.body)["value"] == large
         read = await serve(ask("GET", "/v1/docs/fwd/doc/keys/a%20b"))
         assert (read.status, read.served_as, json.loads(read.body)["value"]) == (200, "holder", {"v": 3})
         missing = await serve(ask("GET", "/v1/docs/fwd/doc/keys/none"))
