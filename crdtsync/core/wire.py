@@ -288,6 +288,15 @@ def encode(message: Message, version: int = WIRE_VERSION) -> bytes:
 
 def encode_counted(message: Message, version: int = WIRE_VERSION) -> tuple[bytes, int]:
     """`encode`, plus the size the frame would have without compression."""
+    if version >= 3 and type(message) is Deltas:
+        # Every local write leaves in one of these: its body straight from the message (what the
+        # general path below makes of it, without building and cutting a version-1 body first).
+        fields: list[Any] = [list(message.skipped)] if message.skipped else []
+        for delta in message.deltas:
+            fields += (delta.doc_id, delta.update)
+        return _framed(
+            version, MessageKind.DELTAS, fields, message.node_id.encode(), message.epoch, message.first_seq
+        )
     kind, fields = _body_of(message)
     sender, epoch, seq = b"", 0, 0
     start = _DELTAS_START.get(kind)
@@ -308,7 +317,20 @@ def encode_counted(message: Message, version: int = WIRE_VERSION) -> tuple[bytes
             fields.insert(0, list(message.skipped))  # an array: no delta starts with one
     elif isinstance(message, Deltas) and message.skipped:
         raise ValueError("a DELTAS frame lists skipped sequence numbers from wire version 2 only")
-    body: bytes = msgpack.packb(fields, use_bin_type=True)
+    return _framed(version, kind, fields, sender, epoch, seq)
+
+
+_PACKER = msgpack.Packer(use_bin_type=True)
+"""One packer for every body: `msgpack.packb` makes a new one (and its buffer) per call. Packing
+plain lists, strings, bytes and ints calls back into no Python code, so it runs whole under the GIL."""
+
+
+def _framed(
+    version: int, kind: MessageKind, fields: list[Any], sender: bytes, epoch: int, seq: int
+) -> tuple[bytes, int]:
+    """The frame of a body's `fields`, compressed when that makes it smaller, and its size without
+    compression."""
+    body: bytes = _PACKER.pack(fields)
     raw_body_bytes = len(body)
     flags = 0
     if len(body) >= COMPRESS_MIN_BYTES:
@@ -343,6 +365,12 @@ def read_header(frame: bytes, version_max: int = WIRE_VERSION) -> Header:
     return header
 
 
+_BODY_FIELDS_MAX = (
+    max(4 * DELTAS_PER_BATCH_MAX, 3 * ENTRIES_PER_MESSAGE_MAX, 7 * MEMBERS_PER_MESSAGE_MAX, TREE_SEGMENTS) + 8
+)
+"""The longest array a body may hold (the largest message of any kind, plus its fixed fields)."""
+
+
 def decode_body(frame: bytes, header: Header) -> tuple[Message, int]:
     """The message of a frame whose header `read_header` returned, and its uncompressed size."""
     body = envelope.body_of(frame, header)
@@ -352,13 +380,7 @@ def decode_body(frame: bytes, header: Header) -> tuple[Message, int]:
             use_list=True,
             raw=False,
             strict_map_key=True,
-            max_array_len=max(
-                4 * DELTAS_PER_BATCH_MAX,
-                3 * ENTRIES_PER_MESSAGE_MAX,
-                7 * MEMBERS_PER_MESSAGE_MAX,
-                TREE_SEGMENTS,
-            )
-            + 8,
+            max_array_len=_BODY_FIELDS_MAX,
             max_map_len=0,
             max_ext_len=0,
         )
@@ -366,7 +388,16 @@ def decode_body(frame: bytes, header: Header) -> tuple[Message, int]:
         raise WireError("bad_body", f"body is not valid msgpack: {exc}") from None
     if not isinstance(fields, list):
         raise WireError("bad_body", f"body is a {type(fields).__name__}, not an array")
-    kind = MessageKind(header.kind)
+    kind = _KIND_OF[header.kind]  # `read_header` let through only known kinds
+    size = header.body_start + len(body)
+    if kind is MessageKind.DELTAS and header.version >= 3:
+        # The header's sender, epoch and sequence number are checked already (`envelope.read`:
+        # 1..NODE_ID_BYTES_MAX bytes of UTF-8, varints of at most 63 bits): not put in the body
+        # to be read back from it, as the general path below does.
+        f = _Fields(kind, fields, header.version)
+        message: Message = _deltas_from(f, header.sender, header.epoch, header.seq)
+        f.done()
+        return message, size
     epoch_at = 0
     if header.version >= 2:
         fields.insert(0, header.sender)
@@ -377,7 +408,7 @@ def decode_body(frame: bytes, header: Header) -> tuple[Message, int]:
     message = _message_from(kind, fields, header.version)
     if not epoch_at and (header.epoch or header.seq):
         message = with_header_position(message, header.epoch, header.seq)
-    return message, header.body_start + len(body)
+    return message, size
 
 
 _ADDRESS_BYTES_MAX = 256
@@ -420,7 +451,10 @@ def _read_hello(f: _Fields, node_id: str) -> Message:
 
 
 def _read_deltas(f: _Fields, node_id: str) -> Message:
-    epoch, first_seq = f.uint("epoch"), f.uint("first_seq")
+    return _deltas_from(f, node_id, f.uint("epoch"), f.uint("first_seq"))
+
+
+def _deltas_from(f: _Fields, node_id: str, epoch: int, first_seq: int) -> Deltas:
     skipped: tuple[int, ...] = ()
     if f.version >= 2 and f.next_is_array():
         skipped = f.uint_array("skipped", SKIPPED_SEQS_MAX)
@@ -578,4 +612,6 @@ _READERS: dict[MessageKind, Callable[[_Fields, str], Message]] = {
     MessageKind.FORWARD_REPLY: forward.read_reply,
 }
 """How to read the body of each kind (every `MessageKind` has one)."""
-_KINDS = frozenset(int(kind) for kind in MessageKind)
+_KIND_OF = {int(kind): kind for kind in MessageKind}
+"""Kind number -> kind: a dict lookup is several times cheaper than `MessageKind(number)`."""
+_KINDS = frozenset(_KIND_OF)

@@ -15,6 +15,9 @@ from crdtsync.core.update_check import UpdateError, causal_range
 
 DOC_ID_BYTES_MAX = 512
 DELTAS_PER_BATCH_MAX = 4096
+_DOC_ID_CHARS_SAFE = DOC_ID_BYTES_MAX // 4
+"""Doc ids of at most this many characters fit `DOC_ID_BYTES_MAX` in any encoding (UTF-8 takes at
+most 4 bytes a character): only longer ones are encoded to be measured."""
 SKIPPED_SEQS_MAX = 256
 """Sequence numbers a DELTAS frame may list as skipped (`Deltas.skipped`); beyond, the publisher
 sends a `SEQ_INDEX` instead."""
@@ -172,10 +175,23 @@ class Fields:
         update) in version 3, whose states the receiver derives (`Delta`: empty here)."""
         if self.version >= 3:
             self.check_entries(2, DELTAS_PER_BATCH_MAX)
-            return tuple(
-                Delta(self.text("doc_id", DOC_ID_BYTES_MAX), b"", b"", self.blob("update"))
-                for _ in range(self.remaining() // 2)
-            )
+            items, start = self.items, self.index
+            deltas = []
+            # `text` and `blob` inline (every frame of local writes comes this way); anything they
+            # would refuse is read again through them, for their error.
+            for at in range(start, len(items), 2):
+                doc_id, update = items[at], items[at + 1]
+                if (
+                    type(doc_id) is not str
+                    or type(update) is not bytes
+                    or (len(doc_id) > _DOC_ID_CHARS_SAFE and len(doc_id.encode()) > DOC_ID_BYTES_MAX)
+                ):
+                    self.index = at
+                    self.text("doc_id", DOC_ID_BYTES_MAX)
+                    self.blob("update")
+                deltas.append(Delta(doc_id, b"", b"", update))
+            self.index = len(items)
+            return tuple(deltas)
         self.check_entries(4, DELTAS_PER_BATCH_MAX)
         deltas = []
         while self.remaining():

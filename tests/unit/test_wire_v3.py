@@ -38,11 +38,15 @@ def _v3(
     seq: bytes = b"\x63",
     body_crc: int | None = None,
     header_crc: int | None = None,
+    version: int = 3,
 ) -> bytes:
-    """A version-3 frame built by hand from the documented layout, so that any field can be wrong."""
+    """A version-3 frame built by hand from the documented layout, so that any field can be wrong
+    (version 4 has the same layout)."""
     body: bytes = msgpack.packb(list(body_fields), use_bin_type=True)
     crc = zlib.crc32(body) if body_crc is None else body_crc
-    header = struct.pack("!2sBBBI", b"CS", 3, kind, 0, crc) + bytes((len(sender),)) + sender + epoch + seq
+    header = (
+        struct.pack("!2sBBBI", b"CS", version, kind, 0, crc) + bytes((len(sender),)) + sender + epoch + seq
+    )
     checksum = zlib.crc32(header) if header_crc is None else header_crc
     return header + struct.pack("!I", checksum) + body
 
@@ -120,6 +124,24 @@ MALFORMED_V3: list[tuple[str, bytes, str, str]] = [
     ("update-not-bytes", _v3(MessageKind.DELTAS, ["d", "text"], seq=b"\x01"), "bad_body", "update is str"),
     ("doc-id-not-text", _v3(MessageKind.DELTAS, [b"d", _UPDATE], seq=b"\x01"), "bad_body", "doc_id is bytes"),
     (
+        "second-update-not-bytes",
+        _v3(MessageKind.DELTAS, ["d", _UPDATE, "e", "text"], seq=b"\x01"),
+        "bad_body",
+        "update is str",
+    ),
+    (
+        "doc-id-too-long",
+        _v3(MessageKind.DELTAS, ["d" * 513, _UPDATE], seq=b"\x01"),
+        "bad_body",
+        "doc_id is longer than 512 bytes",
+    ),
+    (
+        "doc-id-too-long-in-utf-8",  # 171 characters, 513 bytes
+        _v3(MessageKind.DELTAS, ["\u20ac" * 171, _UPDATE], seq=b"\x01"),
+        "bad_body",
+        "doc_id is longer than 512 bytes",
+    ),
+    (
         "relayed-odd-fields",
         _v3(MessageKind.RELAYED, ["origin", "d"]),
         "bad_body",
@@ -151,6 +173,28 @@ def test_every_malformed_version_3_frame_raises_wire_error_naming_what(
         wire.decode(frame)
     assert caught.value.reason == reason
     assert detail in caught.value.detail
+
+
+@pytest.mark.parametrize("skipped", [(), (7, 4095)])
+def test_a_version_3_deltas_frame_is_the_documented_layout(skipped: tuple[int, ...]) -> None:
+    one, two = _update(1), _update(2, "two")
+    states = encode_state_vector({1: 1}), encode_state_vector({1: 2})
+    message = wire.Deltas(
+        NODE, 3, 99, (wire.Delta("doc-1", *states, one), wire.Delta("d2", b"", b"", two)), skipped
+    )
+    fields = ([list(skipped)] if skipped else []) + ["doc-1", one, "d2", two]
+    for version in (3, 4):
+        frame = wire.encode(message, version)
+        assert frame == _v3(MessageKind.DELTAS, fields, version=version)
+        assert wire.decode(frame) == _stripped(message)
+
+
+def test_a_version_3_doc_id_of_512_bytes_in_any_encoding_is_read() -> None:
+    for doc_id in ("d" * 512, "\U0001f600" * 128, "\u20ac" * 170 + "dd"):
+        frame = _v3(MessageKind.DELTAS, [doc_id, _UPDATE, "e", _UPDATE], seq=b"\x01")
+        message = wire.decode(frame)
+        assert isinstance(message, wire.Deltas)
+        assert [d.doc_id for d in message.deltas] == [doc_id, "e"]
 
 
 def test_the_version_3_header_has_no_body_length() -> None:
