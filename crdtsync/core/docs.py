@@ -28,7 +28,7 @@ from crdtsync.core.context import Context
 from crdtsync.core.effects import LoadDoc
 from crdtsync.core.guard import Guard
 from crdtsync.core.merkle import MerkleTree
-from crdtsync.core.state import StateVector, decode_state_vector, digest, state_bytes_of
+from crdtsync.core.state import StateVector, apply_in, decode_state_vector, digest
 
 REMOTE_ORIGIN = 0x5EC
 """Transaction origin of every update applied from a peer; the observer never re-publishes those."""
@@ -375,8 +375,8 @@ class DocTable:
         doc = self.doc(entry)
         self._record_persist = reason != "load"
         try:
-            with doc.transaction(origin=REMOTE_ORIGIN):
-                doc.apply_update(update)
+            with doc.transaction(origin=REMOTE_ORIGIN) as transaction:
+                real = apply_in(transaction, doc, update)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # pycrdt raises PanicException, a BaseException, on some bad input
@@ -384,7 +384,6 @@ class DocTable:
             return False
         finally:
             self._record_persist = True
-        real = state_bytes_of(doc)
         # Byte order is not canonical (hash-map order): compare decoded only when the bytes differ.
         if real != entry.state_bytes and decode_state_vector(real) != decode_state_vector(entry.state_bytes):
             # pycrdt kept part of the update pending (its dependencies are missing: the 0.14 trap) yet

@@ -12,7 +12,7 @@ import hashlib
 import re
 from typing import Any
 
-from pycrdt import Doc, merge_updates
+from pycrdt import Doc, Transaction, merge_updates
 from pycrdt._pycrdt import Snapshot as _Snapshot
 
 StateVector = dict[int, int]
@@ -140,6 +140,17 @@ def state_bytes_of(doc: Doc[Any]) -> bytes:
         # A read changes nothing: the commit fires no observer (pycrdt's own reads commit the same way).
         txn.commit()
         txn.drop()
+    return state
+
+
+def apply_in(transaction: Transaction, doc: Doc[Any], update: bytes) -> bytes:
+    """Apply `update` to `doc` in `transaction` (a write transaction open on it) and read the doc's
+    encoded state vector after it, in that transaction: pycrdt's `apply_update` and `get_state`
+    would each wrap the call in a nested Python transaction (every remote delta comes this way)."""
+    raw = transaction._txn
+    assert raw is not None, "an open transaction"
+    doc._doc.apply_update(raw, update)
+    state: bytes = doc._doc.get_state(raw)
     return state
 
 

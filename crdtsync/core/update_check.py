@@ -57,7 +57,12 @@ class _Reader:
 
     def count(self, what: str) -> int:
         """A length or count, which can never exceed the bytes left (each element takes >= 1)."""
-        value = self.uint()
+        data, pos = self.data, self.pos
+        if pos < len(data) and data[pos] < 0x80:  # `uint`'s one-byte case, inline: most counts
+            self.pos = pos + 1
+            value = data[pos]
+        else:
+            value = self.uint()
         if value > len(self.data) - self.pos:
             raise UpdateError(
                 f"at byte {self.pos}: {what} of {value} exceeds the {len(self.data) - self.pos} bytes left"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pycrdt import Doc, Map, Snapshot, Text
+from pycrdt import Doc, Map, Snapshot, Text, merge_updates
 
 from crdtsync.core.state import (
     _NOT_MINIMAL,
@@ -16,6 +16,7 @@ from crdtsync.core.state import (
     StateVector,
     _canonical_from_snapshot,
     _canonical_from_tokens,
+    apply_in,
     canonical_state,
     check_state_vector,
     covers,
@@ -325,3 +326,20 @@ def test_doc_state_and_doc_update_read_as_pycrdt_does_inside_a_transaction_or_no
     assert len(events) == 1
     behind.apply_update(update_since(doc, behind.get_state()))
     assert behind.get("data", type=Map)["k"] == 2
+
+
+def test_apply_in_applies_and_reads_the_state_the_doc_has_after_the_commit() -> None:
+    source: Doc[Any] = Doc(client_id=7)
+    text = source.get("t", type=Text)
+    updates: list[bytes] = []
+    source.observe(lambda event: updates.append(event.update))
+    for at, word in ((0, "abc"), (3, "def"), (6, "ghi")):
+        text.insert(at, word)
+    # The first update, whole; then one whose dependency (the second) is missing: pycrdt keeps it pending.
+    for update, state in ((updates[0], {7: 3}), (merge_updates(updates[0], updates[2]), {7: 3})):
+        target: Doc[Any] = Doc(client_id=9)
+        target.get("t", type=Text)
+        with target.transaction(origin=5) as transaction:
+            inside = apply_in(transaction, target, update)
+        assert decode_state_vector(inside) == decode_state_vector(state_bytes_of(target)) == state
+        assert str(target.get("t", type=Text)) == "abc"
