@@ -1,4 +1,5 @@
-"""The envelope's header: what a receiver reads of a frame before it touches the body.
+"""The envelope's header: what a receiver reads of a frame before it touches the body; and a body's
+framing under it (`framed`: msgpack, lz4 when that makes it smaller; `body_of` undoes it).
 
 Version 1 (frozen: what every node of releases before wire negotiation sends)::
 
@@ -42,9 +43,10 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import lz4.block
+import msgpack
 
 from crdtsync.core.counters import WireErrorReason
 from crdtsync.core.state import write_varuint
@@ -67,6 +69,8 @@ FRAME_BYTES_MAX = 8 * 1024 * 1024
 BODY_BYTES_MAX = 16 * 1024 * 1024
 """Largest body after decompression: caps what a hostile compressed frame can make us allocate."""
 FLAG_LZ4 = 0x01
+COMPRESS_MIN_BYTES = 200
+"""Bodies smaller than this are sent uncompressed: lz4 framing makes small bodies grow."""
 NODE_ID_BYTES_MAX = 64
 VARINT_BYTES_MAX = 9
 """A 63-bit unsigned integer in LEB128 (seven bits a byte)."""
@@ -112,6 +116,29 @@ def pack(
         return fixed + body
     header = b"".join((fixed, bytes((len(sender),)), sender, _varint(epoch), _varint(seq)))
     return b"".join((header, zlib.crc32(header).to_bytes(4, "big"), body))
+
+
+_PACKER = msgpack.Packer(use_bin_type=True)
+"""One packer for every body: `msgpack.packb` makes a new one (and its buffer) per call. Packing
+plain lists, strings, bytes and ints calls back into no Python code, so it runs whole under the GIL."""
+
+
+def framed(
+    version: int, kind: int, fields: list[Any], sender: bytes, epoch: int, seq: int
+) -> tuple[bytes, int]:
+    """The frame of a body's `fields` (msgpack), compressed when that makes it smaller, and the size
+    it would have without compression. Raises `WireError` beyond `FRAME_BYTES_MAX`."""
+    body: bytes = _PACKER.pack(fields)
+    raw_body_bytes = len(body)
+    flags = 0
+    if len(body) >= COMPRESS_MIN_BYTES:
+        packed: bytes = lz4.block.compress(body, store_size=True)
+        if len(packed) < len(body):
+            body, flags = packed, FLAG_LZ4
+    frame = pack(version, kind, flags, body, sender, epoch, seq)
+    if len(frame) > FRAME_BYTES_MAX:
+        raise WireError("too_large", f"encoded frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
+    return frame, len(frame) - len(body) + raw_body_bytes
 
 
 def _varint(value: int) -> bytes:

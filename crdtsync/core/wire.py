@@ -18,12 +18,12 @@ from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
-import lz4.block
 import msgpack
 
 from crdtsync.core import chunks, envelope, forward, load_wire, wire_tree
 from crdtsync.core.envelope import (
     BODY_BYTES_MAX,
+    COMPRESS_MIN_BYTES,
     FLAG_LZ4,
     FRAME_BYTES_MAX,
     HEADER,
@@ -156,8 +156,6 @@ __all__ = [
 
 _KNOWN_FLAGS = FLAG_LZ4
 
-COMPRESS_MIN_BYTES = 200
-"""Bodies smaller than this are sent uncompressed: lz4 framing makes small bodies grow."""
 ZONE_BYTES_MAX = 64
 SYNC_DOCS_PER_MESSAGE_MAX = 1024
 """Most docs one SYNC_REQUEST, SYNC_RESPONSE or SYNC_PUSH carries."""
@@ -294,7 +292,7 @@ def encode_counted(message: Message, version: int = WIRE_VERSION) -> tuple[bytes
         fields: list[Any] = [list(message.skipped)] if message.skipped else []
         for delta in message.deltas:
             fields += (delta.doc_id, delta.update)
-        return _framed(
+        return envelope.framed(
             version, MessageKind.DELTAS, fields, message.node_id.encode(), message.epoch, message.first_seq
         )
     kind, fields = _body_of(message)
@@ -317,30 +315,7 @@ def encode_counted(message: Message, version: int = WIRE_VERSION) -> tuple[bytes
             fields.insert(0, list(message.skipped))  # an array: no delta starts with one
     elif isinstance(message, Deltas) and message.skipped:
         raise ValueError("a DELTAS frame lists skipped sequence numbers from wire version 2 only")
-    return _framed(version, kind, fields, sender, epoch, seq)
-
-
-_PACKER = msgpack.Packer(use_bin_type=True)
-"""One packer for every body: `msgpack.packb` makes a new one (and its buffer) per call. Packing
-plain lists, strings, bytes and ints calls back into no Python code, so it runs whole under the GIL."""
-
-
-def _framed(
-    version: int, kind: MessageKind, fields: list[Any], sender: bytes, epoch: int, seq: int
-) -> tuple[bytes, int]:
-    """The frame of a body's `fields`, compressed when that makes it smaller, and its size without
-    compression."""
-    body: bytes = _PACKER.pack(fields)
-    raw_body_bytes = len(body)
-    flags = 0
-    if len(body) >= COMPRESS_MIN_BYTES:
-        packed: bytes = lz4.block.compress(body, store_size=True)
-        if len(packed) < len(body):
-            body, flags = packed, FLAG_LZ4
-    frame = envelope.pack(version, kind, flags, body, sender, epoch, seq)
-    if len(frame) > FRAME_BYTES_MAX:
-        raise WireError("too_large", f"encoded frame of {len(frame)} bytes exceeds {FRAME_BYTES_MAX}")
-    return frame, len(frame) - len(body) + raw_body_bytes
+    return envelope.framed(version, kind, fields, sender, epoch, seq)
 
 
 def decode(frame: bytes, version_max: int = WIRE_VERSION) -> Message:
