@@ -13,6 +13,7 @@ from crdtsync.core import wire
 from crdtsync.core.causal import CausalBuffer, PendingDelta
 from crdtsync.core.docs import DocEntry
 from crdtsync.core.effects import Publish
+from crdtsync.core.outbound import MERGED_DELTAS_MAX
 from crdtsync.core.replica import Replica
 
 
@@ -139,14 +140,18 @@ def test_a_delta_the_doc_already_holds_is_counted_as_a_duplicate_and_not_applied
 def test_two_deltas_of_one_doc_in_a_frame_are_both_applied_in_order(held: list[str]) -> None:
     a, b = _replica("a", 11), _replica("b", 22)
     text = a.open_doc("doc").get("text", type=Text)
-    text.insert(0, "one")
-    text.insert(3, " two")  # two transactions, one batch
+    words = [f"{n} " for n in range(MERGED_DELTAS_MAX + 1)]
+    for word in words:  # one batch: one delta of as many transactions as merge, and one more
+        text.insert(len(text), word)
     frames = _published(a, 1.0)
     assert len(frames) == 1
+    message = wire.decode(frames[0])
+    assert isinstance(message, wire.Deltas)
+    assert len(message.deltas) == 2
     for frame in frames:
         b.receive(frame, 2.0)
     assert held == ["doc"], "the first directly, the second after it through the buffer"
-    assert str(b.open_doc("doc").get("text", type=Text)) == "one two"
+    assert str(b.open_doc("doc").get("text", type=Text)) == "".join(words)
     assert b.counters.deltas_applied == 2
     assert b.status(2.0).pending_updates == 0
 
