@@ -32,6 +32,7 @@ from crdtsync.core.placement import ClusterPlacement, DocPlacement
 from crdtsync.core.replica import Replica
 from crdtsync.forwarding import Forwarding
 from crdtsync.holders import HintsFullError, HolderWaits, WriteAcks, WriteAcksWanted
+from crdtsync.merge_thread import MergeThread
 from crdtsync.node_types import NodeConfig as NodeConfig
 from crdtsync.node_types import NodeStatus as NodeStatus
 from crdtsync.store import MemoryStore, Store
@@ -71,8 +72,7 @@ class Node:
         self._loads: set[asyncio.Task[None]] = set()
         self._pump_scheduled = False
         self._flushes: list[asyncio.Future[None]] = []
-        """The flushes waiting for the next pump (the requests of one event-loop turn: emptied by
-        the pump that turn schedules), each resolved once the store holds what it pumped."""
+        """Flushes waiting for the next pump (this turn's), each resolved once the store holds it."""
         self._waiters = Waiters()
         self._holder_waits: HolderWaits | None = None
         self._sends_dropped = 0
@@ -82,6 +82,7 @@ class Node:
         self._artifacts: Artifacts | None = None
         self._forwarding: Forwarding | None = None
         self._cpu_s = time.process_time()
+        self._merge = MergeThread()
 
     async def __aenter__(self) -> Node:
         await self.start()
@@ -189,6 +190,7 @@ class Node:
             placement=self.config.placement,
             zone=self.config.zone,
             weight=self.config.weight,
+            merge_updates=self._merge.merge,
         )
 
     def _advertised_publish(self, bound: str) -> str:
@@ -252,9 +254,7 @@ class Node:
         self._replica_or_none.close()
         if self._transport is not None:
             self._transport.close()
-        if self._writer is not None:
-            self._writer.close()
-        for part in (self._artifacts, self._forwarding):
+        for part in (self._writer, self._artifacts, self._forwarding, self._merge):
             if part is not None:
                 part.close()
 

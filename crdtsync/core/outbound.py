@@ -37,7 +37,7 @@ answers a retransmission with the same merged deltas.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from crdtsync.core import wire
 from crdtsync.core.context import Context
@@ -61,7 +61,9 @@ def delta_size(delta: wire.Delta) -> int:
     return len(delta.update) + len(delta.after_state) * 2 + len(delta.doc_id)
 
 
-def merge_runs(deltas: list[Sized], update_bytes_max: int) -> tuple[list[Sized], int]:
+def merge_runs(
+    deltas: list[Sized], update_bytes_max: int, merge_updates: Callable[[list[bytes]], bytes] = merge_all
+) -> tuple[list[Sized], int]:
     """`deltas` with each run of a doc's transactions that follow each other merged into one delta
     in the place of the run's first (at most MERGED_DELTAS_MAX transactions and `update_bytes_max`
     update bytes a run), and how many transactions went into the delta of one before them. A run
@@ -98,7 +100,7 @@ def merge_runs(deltas: list[Sized], update_bytes_max: int) -> tuple[list[Sized],
             continue
         updates = [delta.update for delta, _size in run]
         try:
-            update = merge_all(updates)
+            update = merge_updates(updates)
         except BaseException as error:
             if not is_pycrdt_failure(error):
                 raise
@@ -115,8 +117,15 @@ def merge_runs(deltas: list[Sized], update_bytes_max: int) -> tuple[list[Sized],
 
 
 class Outbound:
-    def __init__(self, ctx: Context, links: Links, holding: Holding) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        links: Links,
+        holding: Holding,
+        merge_updates: Callable[[list[bytes]], bytes] = merge_all,
+    ) -> None:
         self._ctx = ctx
+        self._merge_updates = merge_updates
         self._links = links
         self._holding = holding
         self.ring = DeltaRing(ctx.config.ring_deltas_max, ctx.config.ring_bytes_max)
@@ -229,7 +238,9 @@ class Outbound:
     def _flush(self) -> None:
         config = self._ctx.config
         deltas, merged_count = merge_runs(
-            self._outbox, min(MERGED_UPDATE_BYTES_MAX, config.batch_bytes_max, config.update_bytes_max)
+            self._outbox,
+            min(MERGED_UPDATE_BYTES_MAX, config.batch_bytes_max, config.update_bytes_max),
+            self._merge_updates,
         )
         self._ctx.counters.deltas_merged += merged_count
         if not self._holding.partitioned:

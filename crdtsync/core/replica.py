@@ -59,7 +59,7 @@ from crdtsync.core.membership import Membership, MembershipConfig
 from crdtsync.core.outbound import Outbound
 from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPolicy
 from crdtsync.core.seqacks import SeqAcks
-from crdtsync.core.state import StateDecodeError
+from crdtsync.core.state import StateDecodeError, merge_all
 from crdtsync.core.status import ReplicaStatus, dc_statuses, member_statuses, peer_statuses
 from crdtsync.core.sync import StateSync
 
@@ -90,10 +90,12 @@ class Replica:
         placement: PlacementPolicy | None = None,
         zone: str = "",
         weight: float = 1.0,
+        merge_updates: Callable[[list[bytes]], bytes] = merge_all,
     ) -> None:
         """`lazy_docs`: the driver answers `LoadDoc` from a store, so docs beyond the cache limits
         (`docs_cached_max`, `docs_cached_bytes_max`) are evicted; otherwise every doc stays loaded.
-        `zone` and `weight`: this node's placement zone and capacity, gossiped with its record."""
+        `zone` and `weight`: this node's placement zone and capacity, gossiped with its record.
+        `merge_updates`: how a batch's updates of one doc are merged (a driver may run it elsewhere)."""
         check_identity(node_id, client_id, dc, zone, weight)
         placement = placement or PlacementPolicy()
         self.config = config = config or ReplicaConfig()
@@ -123,7 +125,7 @@ class Replica:
         self._balancer = Balancer(ctx, self.membership, self.load)  # loaded nodes shed partitions
         self._guard = Guard(ctx)
         self._links = Links(ctx, self.membership, holding)
-        self._outbound = Outbound(ctx, self._links, holding)
+        self._outbound = Outbound(ctx, self._links, holding, merge_updates)
         self._docs = DocTable(
             ctx,
             self._guard,
@@ -136,10 +138,8 @@ class Replica:
         self._sync = StateSync(ctx, self._docs, self._guard, self._links, self._causal)
         self._antientropy = AntiEntropy(ctx, self._docs, self._links, self._sync, holding)
         self._handoff = Handoff(ctx, self._docs, self._guard, self._links, holding, self._sync, self._causal)
-        self.on_chunk_message: Callable[[ChunkMessage], None] | None = None
-        """The driver's handler of chunk transfer messages (crdtsync.artifacts.transfer)."""
-        self.on_forward_message: Callable[[ForwardMessage], None] | None = None
-        """The driver's handler of forwarded requests (crdtsync.daemon.forward_http)."""
+        self.on_chunk_message: Callable[[ChunkMessage], None] | None = None  # crdtsync.artifacts.transfer
+        self.on_forward_message: Callable[[ForwardMessage], None] | None = None  # crdtsync.forwarding
         self.seq_acks = SeqAcks(ctx, self._links, self._outbound, holding)  # what peers hold of our deltas
         parts = (self._links, self._outbound, self._causal, self._antientropy, holding, self.seq_acks)
         self._inbound = Inbound(ctx, self.membership, *parts)

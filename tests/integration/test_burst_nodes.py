@@ -5,6 +5,7 @@ loop): each node's transactions of one doc in a turn leave merged into one delta
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from pycrdt import Map, Text
@@ -20,14 +21,26 @@ from test_zmq_cluster import (
 )
 from zmq_support import free_endpoint, wait_until
 
+from crdtsync import merge_thread
+from crdtsync.core.state import merge_all
+
 pytestmark = pytest.mark.integration
 
 ROUNDS = 4
 WRITES_PER_DOC = 40
 
 
-def test_concurrent_bursts_merge_per_doc_and_every_node_converges_on_every_write() -> None:
+def test_concurrent_bursts_merge_per_doc_and_every_node_converges_on_every_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     doc_ids = [f"doc-{i}" for i in range(3)]
+    merged_on: set[str] = set()
+
+    def recording(updates: list[bytes]) -> bytes:
+        merged_on.add(threading.current_thread().name)
+        return merge_all(updates)
+
+    monkeypatch.setattr(merge_thread, "merge_all", recording)
 
     async def scenario() -> None:
         endpoints = [free_endpoint() for _ in range(3)]
@@ -53,6 +66,7 @@ def test_concurrent_bursts_merge_per_doc_and_every_node_converges_on_every_write
                 lambda: "converged: " + _describe(nodes),
             )
             writes = ROUNDS * len(doc_ids) * (2 * WRITES_PER_DOC + 1)
+            assert merged_on and all(name.startswith("crdtsync-merge") for name in merged_on), merged_on
             for node in nodes:
                 status = node.status()
                 assert status.pending_updates == 0

@@ -12,7 +12,7 @@ import pytest
 from pycrdt import Doc, Map, Text, TransactionEvent
 from test_replica import Mesh, _assert_converged, _count, _is_deltas_from, _published, _spy_effects
 
-from crdtsync.core import outbound, wire
+from crdtsync.core import wire
 from crdtsync.core.effects import Publish
 from crdtsync.core.outbound import MERGED_DELTAS_MAX, delta_size, merge_runs
 from crdtsync.core.placement import PlacementPolicy, PlacementRule
@@ -155,7 +155,7 @@ def test_a_run_holds_at_most_merged_deltas_max_transactions_and_update_bytes_max
     assert _applied([delta for delta, _size in merged], "doc") == {"k": 9.0}
 
 
-def test_updates_that_do_not_merge_leave_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_updates_that_do_not_merge_leave_as_they_were() -> None:
     class PanicException(BaseException):
         """What pycrdt raises for a Rust panic (a BaseException)."""
 
@@ -166,15 +166,13 @@ def test_updates_that_do_not_merge_leave_as_they_were(monkeypatch: pytest.Monkey
     for i in range(3):
         writer.write("doc", "k", i)
     captured = writer.take()
-    monkeypatch.setattr(outbound, "merge_all", panic)
-    assert merge_runs(captured, UPDATE_BYTES_MAX) == (captured, 0)
+    assert merge_runs(captured, UPDATE_BYTES_MAX, panic) == (captured, 0)
 
     def interrupted(updates: list[bytes]) -> bytes:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(outbound, "merge_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        merge_runs(captured, UPDATE_BYTES_MAX)
+        merge_runs(captured, UPDATE_BYTES_MAX, interrupted)
 
 
 def test_a_burst_of_one_doc_takes_one_number_and_its_receivers_apply_every_write() -> None:
