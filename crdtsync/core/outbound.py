@@ -137,8 +137,6 @@ class Outbound:
         """The bucket of each number after `_indexed_through` (at most `SKIPPED_SEQS_MAX` between
         flushes): what no `SEQ_INDEX` has told every subscriber yet."""
         self._indexed_through = 0
-        self.captured = 0
-        """Local transactions captured in this epoch (several may share a sequence number)."""
         self._topic_listed_through: dict[int, int] = {}
         """Topic key -> the last number its subscribers know of by its frames (`Deltas.skipped`);
         only numbers after `_indexed_through` count (cleared at each `SEQ_INDEX`)."""
@@ -157,7 +155,6 @@ class Outbound:
             added_bytes += size
         self._outbox_bytes += added_bytes
         self._ctx.counters.deltas_published += len(writes)
-        self.captured += len(writes)
 
     @property
     def last_seq(self) -> int:

@@ -586,7 +586,7 @@ class Replica:
             dc=ctx.dc,
             relay=self._links.is_relay,
             docs=len(self._docs),
-            published_updates=self._outbound.captured,
+            published_updates=ctx.counters.deltas_published,
             pending_updates=self._causal.total,
             peers=tuple(peers),
             members=tuple(members),
