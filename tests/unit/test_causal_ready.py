@@ -81,14 +81,20 @@ def _tracked(a: Replica, b: Replica) -> None:
         b.receive(frame, 0.5)
 
 
-def test_a_delta_ahead_of_its_dependency_waits_and_is_applied_after_it(held: list[str]) -> None:
-    a, b = _replica("a", 11), _replica("b", 22)
+def _one_then_two(a: Replica, b: Replica) -> tuple[list[bytes], list[bytes]]:
+    """The frames of two text writes of a to "doc", the second depending on the first, with b
+    tracking a's stream."""
     _tracked(a, b)
     text = a.open_doc("doc").get("text", type=Text)
     text.insert(0, "one")
     first = _published(a, 1.0)
     text.insert(3, " two")
-    second = _published(a, 2.0)
+    return first, _published(a, 2.0)
+
+
+def test_a_delta_ahead_of_its_dependency_waits_and_is_applied_after_it(held: list[str]) -> None:
+    a, b = _replica("a", 11), _replica("b", 22)
+    first, second = _one_then_two(a, b)
     for frame in second:
         b.receive(frame, 3.0)
     assert held == ["doc"], "not covered: buffered"
@@ -105,12 +111,7 @@ def test_a_delta_ahead_of_its_dependency_waits_and_is_applied_after_it(held: lis
 
 def test_a_ready_delta_behind_a_waiting_one_goes_through_the_buffer(held: list[str]) -> None:
     a, b, c = _replica("a", 11), _replica("b", 22), _replica("c", 33)
-    _tracked(a, b)
-    text = a.open_doc("doc").get("text", type=Text)
-    text.insert(0, "one")
-    first = _published(a, 1.0)
-    text.insert(3, " two")
-    second = _published(a, 2.0)
+    first, second = _one_then_two(a, b)
     c.open_doc("doc").get("data", type=Map)["c"] = 1  # concurrent, depends on nothing of a's
     from_c = _published(c, 2.0)
     for frame in (*second, *from_c):
