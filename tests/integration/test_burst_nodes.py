@@ -11,15 +11,15 @@ import pytest
 from pycrdt import Map, Text
 from test_zmq_cluster import (
     CONVERGE_TIMEOUT_S,
-    _config,
     _converged,
     _describe,
     _flush,
+    _full_mesh,
     _json,
     _links_up,
     _running,
 )
-from zmq_support import free_endpoint, wait_until
+from zmq_support import wait_until
 
 from crdtsync import merge_thread
 from crdtsync.core.state import merge_all
@@ -43,11 +43,7 @@ def test_concurrent_bursts_merge_per_doc_and_every_node_converges_on_every_write
     monkeypatch.setattr(merge_thread, "merge_all", recording)
 
     async def scenario() -> None:
-        endpoints = [free_endpoint() for _ in range(3)]
-        configs = [
-            _config(f"n{i}", endpoints[i], [e for e in endpoints if e != endpoints[i]]) for i in range(3)
-        ]
-        async with _running(*configs) as nodes:
+        async with _running(*_full_mesh(3)) as nodes:
             await wait_until(lambda: _links_up(nodes, 2), 10.0, "every node sees both peers up")
             for round_index in range(ROUNDS):
                 for node in nodes:  # each node's burst in one turn: one batch, one delta a doc

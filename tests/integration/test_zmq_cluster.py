@@ -34,6 +34,12 @@ def _config(node_id: str, listen: str, peers: Sequence[str] = ()) -> NodeConfig:
     return NodeConfig(node_id=node_id, listen=listen, peers=list(peers), replication=FAST)
 
 
+def _full_mesh(count: int) -> list[NodeConfig]:
+    """Nodes n0, n1, ... on free endpoints, each with every other one as a peer."""
+    endpoints = [free_endpoint() for _ in range(count)]
+    return [_config(f"n{i}", endpoints[i], [e for e in endpoints if e != endpoints[i]]) for i in range(count)]
+
+
 @contextlib.asynccontextmanager
 async def _running(*configs: NodeConfig) -> AsyncIterator[list[Node]]:
     async with contextlib.AsyncExitStack() as stack:
@@ -105,11 +111,7 @@ def test_three_nodes_converge_on_many_docs_with_concurrent_writes_to_the_same_ke
     rounds = 3
 
     async def scenario() -> None:
-        endpoints = [free_endpoint() for _ in range(3)]
-        configs = [
-            _config(f"n{i}", endpoints[i], [e for e in endpoints if e != endpoints[i]]) for i in range(3)
-        ]
-        async with _running(*configs) as nodes:
+        async with _running(*_full_mesh(3)) as nodes:
             await wait_until(lambda: _links_up(nodes, 2), 10.0, "every node sees both peers up")
             for round_index in range(rounds):
                 # All three write to the same docs and keys before any of them yields to the network.
