@@ -277,8 +277,7 @@ def test_holder_set_frames_of_merged_deltas_account_for_every_number() -> None:
     config = ReplicaConfig(linger_ms=0.0)
     rf2 = PlacementPolicy((PlacementRule(2),))
     mesh = Mesh()
-    a = mesh.add("a", config=config, placement=rf2)
-    others = [mesh.add(name, config=config, placement=rf2) for name in ("b", "c", "d")]
+    a, others = mesh.add_four(config, rf2)
     mesh.link_all()
     mesh.advance(2_000.0)
     doc_ids = [f"doc-{i}" for i in range(12)]

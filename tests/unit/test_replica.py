@@ -91,6 +91,11 @@ class Mesh:
         self.subscriptions[replica.address] = set()
         return replica
 
+    def add_four(self, config: ReplicaConfig, placement: PlacementPolicy) -> tuple[Replica, list[Replica]]:
+        """Replicas a, b, c and d with the same config and placement: a, and the other three."""
+        a = self.add("a", config=config, placement=placement)
+        return a, [self.add(name, config=config, placement=placement) for name in ("b", "c", "d")]
+
     def link_all(self) -> None:
         for replica in self.replicas.values():
             for other in self.replicas.values():
@@ -941,8 +946,7 @@ def test_handoffs_go_to_at_most_handoff_targets_max_nodes_at_once_each_within_it
     )
     rf1 = PlacementPolicy((PlacementRule(1),))
     mesh = Mesh()
-    a = mesh.add("a", config=config, placement=rf1)
-    others = [mesh.add(name, config=config, placement=rf1) for name in ("b", "c", "d")]
+    a, others = mesh.add_four(config, rf1)
     mesh.link_all()
     given = [doc_id for doc_id in (f"doc-{i}" for i in range(60)) if not a.holds(doc_id)]
     holder_of = {doc_id: next(r for r in others if r.holds(doc_id)) for doc_id in given}
@@ -986,8 +990,7 @@ def test_a_partitioned_batch_leaves_as_one_frame_per_holder_set_on_a_topic_its_h
     config = ReplicaConfig(linger_ms=1_000.0, batch_deltas_max=64)
     rf2 = PlacementPolicy((PlacementRule(2),))
     mesh = Mesh()
-    a = mesh.add("a", config=config, placement=rf2)
-    others = [mesh.add(name, config=config, placement=rf2) for name in ("b", "c", "d")]
+    a, others = mesh.add_four(config, rf2)
     effects: dict[str, list[Any]] = {}
     for replica in (a, *others):
         take = replica.take_effects
@@ -1053,8 +1056,7 @@ def test_holder_set_frames_list_the_numbers_they_skipped_and_an_index_goes_only_
     config = ReplicaConfig(linger_ms=0.0)
     rf2 = PlacementPolicy((PlacementRule(2),))
     mesh = Mesh()
-    a = mesh.add("a", config=config, placement=rf2)
-    others = [mesh.add(name, config=config, placement=rf2) for name in ("b", "c", "d")]
+    a, others = mesh.add_four(config, rf2)
     mesh.link_all()
     mesh.advance(2_000.0)  # hellos, subscriptions and a heartbeat
     effects = _spy_effects(a)
@@ -1108,8 +1110,7 @@ def _four_nodes_rf2_with_a_watched() -> tuple[Mesh, Replica, list[Replica], list
     config = ReplicaConfig(follow_subscribe_after_ms=1_000.0)
     rf2 = PlacementPolicy((PlacementRule(2),))
     mesh = Mesh()
-    a = mesh.add("a", config=config, placement=rf2)
-    others = [mesh.add(name, config=config, placement=rf2) for name in ("b", "c", "d")]
+    a, others = mesh.add_four(config, rf2)
     subscribed: list[frozenset[int] | None] = []
     take = a.take_effects
 
