@@ -77,7 +77,7 @@ class HttpForwarding:
     def wanted(self, request: web.Request, doc_id: str) -> bool:
         """Whether a client's `request` goes to a holder of `doc_id`: this node neither holds the doc
         nor, for a read, follows it (a read follower answers reads from its own copy). A request
-        forwarded here never comes this way (`serve`)."""
+        forwarded here is never asked about (the doc route serves it)."""
         node = self._node
         if not self._config.forward or node.holds(doc_id):
             return False

@@ -262,12 +262,16 @@ class Api:
 
     async def doc_route(self, request: web.Request) -> web.StreamResponse:
         doc_id, serve = self._doc_handler(request)
+        forwarded_here = self.forwarding.is_forwarded(request)
+        if forwarded_here and serve == self.watch:
+            raise ApiError(405, "method_not_allowed", "a watch stream is not forwarded")
         session = causal_http.session_token(request)
         if session is not None:
             request[causal_http.SESSION_KEY] = session
-        # A stream is served where it is asked for. Whether to forward is asked first, without a
-        # coroutine: most requests are about docs this node holds.
-        if serve != self.watch and self.forwarding.wanted(request, doc_id):
+        # A stream is served where it is asked for, a request forwarded here is never forwarded
+        # again. Whether to forward is asked first, without a coroutine: most requests are about
+        # docs this node holds.
+        if not forwarded_here and serve != self.watch and self.forwarding.wanted(request, doc_id):
             forwarded = await self.forwarding.forward(request, doc_id)
             if forwarded is not None:
                 return forwarded
@@ -276,21 +280,9 @@ class Api:
         return await serve(request, doc_id)
 
     async def _serve_forwarded(self, request: web.Request) -> web.StreamResponse:
-        """A doc request another node forwarded here: the doc route's handlers and error answers,
-        but the token check (done where it arrived); never forwarded again, and never a stream
-        (a stream is served where it is asked for)."""
-        return await self._errors(request, self._forwarded_doc)
-
-    async def _forwarded_doc(self, request: web.Request) -> web.StreamResponse:
-        doc_id, serve = self._doc_handler(request)
-        if serve == self.watch:
-            raise ApiError(405, "method_not_allowed", "a watch stream is not forwarded")
-        session = causal_http.session_token(request)
-        if session is not None:
-            request[causal_http.SESSION_KEY] = session
-        if request.method in WRITE_METHODS:
-            self.store_guard.check()
-        return await serve(request, doc_id)
+        """A doc request another node forwarded here: the doc route with its error answers, but not
+        the token check (done where it arrived)."""
+        return await self._errors(request, self.doc_route)
 
     def _doc_handler(self, request: web.Request) -> tuple[str, DocHandler]:
         """The doc a `/v1/docs/...` request is about and the method that serves it (400 or 405 first)."""
