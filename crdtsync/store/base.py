@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Literal, Protocol, get_args
 
 from crdtsync.core.effects import Persist
-from crdtsync.core.state import is_pycrdt_failure as is_pycrdt_failure  # the stores' merge fallbacks
 
 Durability = Literal["fsync", "process", "none"]
 """What a completed commit promises:

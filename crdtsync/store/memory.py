@@ -9,8 +9,8 @@ from typing import Any
 from pycrdt import Doc
 
 from crdtsync.core.effects import Persist
-from crdtsync.core.state import merge_all
-from crdtsync.store.base import DocRecord, StoreDescription, StoreError, is_pycrdt_failure
+from crdtsync.core.state import is_pycrdt_failure, merge_all
+from crdtsync.store.base import DocRecord, StoreDescription, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from crdtsync.core.effects import Persist
-from crdtsync.core.state import merge_all
+from crdtsync.core.state import is_pycrdt_failure, merge_all
 from crdtsync.core.update_check import UpdateError, check_update
 from crdtsync.store.base import (
     DocRecord,
@@ -41,7 +41,6 @@ from crdtsync.store.base import (
     StoreDescription,
     StoreError,
     check_durability,
-    is_pycrdt_failure,
 )
 
 __all__ = [
