@@ -28,6 +28,7 @@ from crdtsync.core.forward import (
     ForwardMessage,
     ForwardReply,
     ForwardRequest,
+    headers_allowed,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class Served:
     content_type: str
     served_as: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    """The answer's own `X-` headers (`crdtsync.core.forward.ForwardReply.headers`)."""
 
 
 NOT_SERVED = Served(STATUS_NOT_SERVED, "", "", b"")
@@ -179,7 +182,7 @@ class Forwarding:
         except Exception:  # the asker serves it itself rather than wait for its timeout
             log.exception("serving a request forwarded by %s failed", request.node_id)
             served = NOT_SERVED
-        if len(served.body) > BODY_BYTES_MAX:
+        if len(served.body) > BODY_BYTES_MAX or not headers_allowed(served.headers):
             served = NOT_SERVED
         self.counters.requests_served += served.status != STATUS_NOT_SERVED
         self._reply(address, request, served)
@@ -187,7 +190,13 @@ class Forwarding:
     def _reply(self, address: str, request: ForwardRequest, served: Served) -> None:
         own = self._node.config.node_id
         reply = ForwardReply(
-            own, request.request_id, served.status, served.content_type, served.served_as, served.body
+            own,
+            request.request_id,
+            served.status,
+            served.content_type,
+            served.served_as,
+            served.body,
+            served.headers,
         )
         self._send(address, reply)
 

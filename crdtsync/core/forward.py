@@ -6,7 +6,9 @@ the holder, waiting, timeouts and serving the request are the driver's (crdtsync
 - FORWARD_REQUEST (26): node id, request id, the HTTP method, the target (path and query), the
   content type and the body.
 - FORWARD_REPLY (27): node id, request id, the HTTP status (0: not served here, the asker serves it
-  itself), the content type, how the doc was served (`X-Served-As`) and the body.
+  itself), the content type, how the doc was served (`X-Served-As`) and the body, then the answer's
+  own `X-` headers (e.g. `X-State-Vector`) as name, value pairs. A node that reads only the first six
+  fields ignores the pairs, so nodes of either release forward to each other.
 
 The envelope, its checks and the admission of the sender are `wire`'s and the replica's as for every
 kind. This module imports no other core module: `messages` and `wire` import it.
@@ -14,6 +16,7 @@ kind. This module imports no other core module: `messages` and `wire` import it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,6 +31,11 @@ BODY_BYTES_MAX = 4 * 1024 * 1024
 request is served where it arrived, a bigger answer is declined (status 0) and served there too."""
 STATUS_NOT_SERVED = 0
 STATUS_MAX = 599
+HEADERS_MAX = 8
+HEADER_NAME_BYTES_MAX = 64
+HEADER_VALUE_BYTES_MAX = 1024
+_HEADER_NAME = re.compile(f"X-[A-Za-z0-9-]{{1,{HEADER_NAME_BYTES_MAX - 2}}}")
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,9 @@ class ForwardReply:
     content_type: str
     served_as: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    """The answer's own `X-` headers: at most `HEADERS_MAX`, names of `X-` and letters, digits and
+    dashes, values of printable ASCII (nothing that could split or end a header)."""
 
 
 ForwardMessage = ForwardRequest | ForwardReply
@@ -61,6 +72,7 @@ class Fields(Protocol):
     def blob(self, name: str) -> bytes: ...
     def text(self, name: str, max_bytes: int) -> str: ...
     def uint(self, name: str) -> int: ...
+    def remaining(self) -> int: ...
 
 
 def _error(reason: str, detail: str) -> Exception:
@@ -76,7 +88,22 @@ def body_of(message: ForwardMessage) -> tuple[int, list[Any]]:
     head: list[Any] = [message.node_id, message.request_id]
     if isinstance(message, ForwardRequest):
         return FORWARD_REQUEST, [*head, message.method, message.target, message.content_type, message.body]
-    return FORWARD_REPLY, [*head, message.status, message.content_type, message.served_as, message.body]
+    if not headers_allowed(message.headers):
+        raise ValueError(f"forwarded headers are at most {HEADERS_MAX} `X-` names with printable values")
+    fields = [*head, message.status, message.content_type, message.served_as, message.body]
+    for name, value in message.headers:
+        fields += (name, value)
+    return FORWARD_REPLY, fields
+
+
+def headers_allowed(headers: tuple[tuple[str, str], ...]) -> bool:
+    """Whether a reply may carry `headers` (the serving side keeps within this, the reader checks it)."""
+    return len(headers) <= HEADERS_MAX and all(
+        _HEADER_NAME.fullmatch(name)
+        and len(value) <= HEADER_VALUE_BYTES_MAX
+        and _HEADER_VALUE.fullmatch(value)
+        for name, value in headers
+    )
 
 
 def _body(f: Fields) -> bytes:
@@ -103,4 +130,16 @@ def read_reply(f: Fields, node_id: str) -> ForwardReply:
         raise _error("bad_body", f"FORWARD_REPLY status {status} is not an HTTP status")
     content_type = f.text("content_type", CONTENT_TYPE_BYTES_MAX)
     served_as = f.text("served_as", SERVED_AS_BYTES_MAX)
-    return ForwardReply(node_id, request_id, status, content_type, served_as, _body(f))
+    body = _body(f)
+    pairs = f.remaining()
+    if pairs % 2 or pairs > 2 * HEADERS_MAX:
+        raise _error("bad_body", f"FORWARD_REPLY carries {pairs} header fields: pairs, at most {HEADERS_MAX}")
+    headers = tuple(
+        (f.text("header_name", HEADER_NAME_BYTES_MAX), f.text("header_value", HEADER_VALUE_BYTES_MAX))
+        for _ in range(pairs // 2)
+    )
+    if not headers_allowed(headers):
+        raise _error(
+            "bad_body", "FORWARD_REPLY carries a header that is not an `X-` name with a printable value"
+        )
+    return ForwardReply(node_id, request_id, status, content_type, served_as, body, headers)

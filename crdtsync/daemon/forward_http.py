@@ -98,7 +98,9 @@ class HttpForwarding:
         request[SERVED_BY_KEY] = holder
         if reply.served_as:
             request[SERVED_AS_KEY] = reply.served_as
-        headers = {"Content-Type": reply.content_type} if reply.content_type else {}
+        headers = dict(reply.headers)
+        if reply.content_type:
+            headers[hdrs.CONTENT_TYPE] = reply.content_type
         return web.Response(status=reply.status, body=reply.body, headers=headers)
 
     def _timeout_ms(self, request: web.Request) -> float:
@@ -138,7 +140,10 @@ class HttpForwarding:
             )
             return NOT_SERVED
         content_type = response.headers.get(hdrs.CONTENT_TYPE, "")
-        return Served(response.status, content_type, request.get(SERVED_AS_KEY, ""), response.body)
+        # The answer's own headers (`X-State-Vector`, `X-Causal-Token`) go back with it; `X-Served-By`
+        # and `X-Served-As` are set where the client asked, from the reply's other fields.
+        own = tuple((name, value) for name, value in response.headers.items() if name.startswith("X-"))
+        return Served(response.status, content_type, request.get(SERVED_AS_KEY, ""), response.body, own)
 
     def collector(self) -> Collector:
         return _ForwardCollector(self._node)

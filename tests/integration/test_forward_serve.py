@@ -18,6 +18,7 @@ from crdtsync import Node, NodeConfig
 from crdtsync.core.forward import STATUS_NOT_SERVED, ForwardRequest
 from crdtsync.daemon.config import DaemonConfig, Token
 from crdtsync.daemon.http import Api
+from crdtsync.daemon.http_input import b64url
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +56,13 @@ async def _scenario() -> None:
         assert json.loads(read.body)["value"] == large
         read = await serve(ask("GET", "/v1/docs/fwd/doc/keys/a%20b"))
         assert (read.status, read.served_as, json.loads(read.body)["value"]) == (200, "holder", {"v": 3})
+        update = await serve(ask("GET", "/v1/docs/fwd/doc/update"))
+        doc = await node.open("fwd/doc")
+        state = b64url(doc.get_state())
+        node.release("fwd/doc")
+        own = dict(update.headers)
+        assert (update.status, own["X-State-Vector"]) == (200, state), "the answer's own headers go back"
+        assert own.keys() == {"X-State-Vector", "X-Causal-Token"}, "only the route's `X-` headers"
         missing = await serve(ask("GET", "/v1/docs/fwd/doc/keys/none"))
         assert (missing.status, json.loads(missing.body)["error"]["code"]) == (404, "no_such_key")
         bad = await serve(ask("PUT", "/v1/docs/fwd/doc/keys/k", b"{not json"))

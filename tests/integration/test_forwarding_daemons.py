@@ -18,6 +18,8 @@ import pytest
 from daemon_support import CONVERGE_TIMEOUT_S, FAST_REPLICATION, Daemon, DaemonPool, start_mesh, wait_until
 from pycrdt import Doc, Map
 
+from crdtsync.daemon.http_input import from_b64url
+
 pytestmark = pytest.mark.integration
 
 WRITE = "forwarding-test-write-token"
@@ -90,6 +92,19 @@ def test_requests_about_docs_not_held_are_served_by_the_holder(tmp_path: Path) -
         replayed: Doc[Any] = Doc()
         replayed.apply_update(binary.content)
         assert replayed.get("data", type=Map).to_py()["from_update"] == "yes"
+        # The holder's own headers come back: the state vector the client edits against, and its token.
+        held = b.client.get(f"/v1/docs/{doc_id}/update")
+        assert binary.headers["X-State-Vector"] == held.headers["X-State-Vector"]
+        assert binary.headers["X-Causal-Token"], "a forwarded read answers with the holder's token"
+        replayed.get("data", type=Map)["edited"] = "against the forwarded state vector"
+        state = from_b64url(binary.headers["X-State-Vector"], "sv")
+        edit = a.client.post(
+            f"/v1/docs/{doc_id}/update",
+            params={"sv": binary.headers["X-State-Vector"]},
+            content=replayed.get_update(state),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert (edit.status_code, edit.headers["X-Served-By"]) == (200, "b"), edit.text
 
         missing_id = next(f"fwd/none-{i}" for i in range(200) if _holder(a, f"fwd/none-{i}") == "b")
         missing = a.client.get(f"/v1/docs/{missing_id}")

@@ -10,7 +10,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from crdtsync.core import forward, wire
+from crdtsync.core import envelope, forward, wire
 from crdtsync.core.wire import MessageKind, WireError
 
 NODE = "node-a"
@@ -33,6 +33,39 @@ def test_the_largest_bodies_round_trip() -> None:
     reply = forward.ForwardReply(NODE, 2**40, forward.STATUS_NOT_SERVED, "", "", b"")
     assert wire.decode(wire.encode(request)) == request
     assert wire.decode(wire.encode(reply)) == reply
+
+
+def test_a_reply_carries_the_answers_own_headers() -> None:
+    headers = tuple(
+        (f"X-Header-{i}", "v" * forward.HEADER_VALUE_BYTES_MAX) for i in range(forward.HEADERS_MAX)
+    )
+    reply = forward.ForwardReply(NODE, 7, 200, "application/octet-stream", "holder", b"u", headers)
+    assert wire.decode(wire.encode(reply)) == reply
+
+
+def test_a_reply_without_headers_reads_as_before() -> None:
+    """A node of the release before sends the reply's fields without headers; one of this release reads
+    them, and the other way round it reads the fields it knows, which come first, and ignores the rest."""
+    decoded = wire.decode(_frame(MessageKind.FORWARD_REPLY, [NODE, 3, 200, "text/plain", "holder", b"x"]))
+    assert decoded == forward.ForwardReply(NODE, 3, 200, "text/plain", "holder", b"x", ())
+
+    def body(reply: forward.ForwardReply) -> list[Any]:
+        frame = wire.encode(reply)
+        fields: list[Any] = msgpack.unpackb(envelope.body_of(frame, envelope.read(frame)))
+        return fields
+
+    bare = forward.ForwardReply(NODE, 3, 200, "", "", b"")
+    headed = forward.ForwardReply(NODE, 3, 200, "", "", b"", (("X-State-Vector", "AQID"),))
+    assert body(headed) == [*body(bare), "X-State-Vector", "AQID"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [(("Content-Type", "text/plain"),), (("X-A", "1\n2"),), tuple((f"X-{i}", "") for i in range(9))],
+)
+def test_headers_a_reader_would_refuse_are_not_encoded(headers: tuple[tuple[str, str], ...]) -> None:
+    with pytest.raises(ValueError, match="forwarded headers"):
+        wire.encode(forward.ForwardReply(NODE, 1, 200, "", "", b"", headers))
 
 
 def test_a_body_over_the_bound_is_not_encoded() -> None:
@@ -62,6 +95,37 @@ def test_a_body_over_the_bound_is_not_encoded() -> None:
         ("reply-status-99", MessageKind.FORWARD_REPLY, [NODE, 1, 99, "", "", b""], "bad_body"),
         ("reply-status-600", MessageKind.FORWARD_REPLY, [NODE, 1, 600, "", "", b""], "bad_body"),
         ("reply-long-served-as", MessageKind.FORWARD_REPLY, [NODE, 1, 200, "", "h" * 33, b""], "bad_body"),
+        ("reply-odd-header", MessageKind.FORWARD_REPLY, [NODE, 1, 200, "", "", b"", "X-A"], "bad_body"),
+        (
+            "reply-header-not-x",
+            MessageKind.FORWARD_REPLY,
+            [NODE, 1, 200, "", "", b"", "Set-Cookie", "a=b"],
+            "bad_body",
+        ),
+        (
+            "reply-header-splits",
+            MessageKind.FORWARD_REPLY,
+            [NODE, 1, 200, "", "", b"", "X-A", "1\r\nSet-Cookie: a=b"],
+            "bad_body",
+        ),
+        (
+            "reply-header-name-space",
+            MessageKind.FORWARD_REPLY,
+            [NODE, 1, 200, "", "", b"", "X-A B", "1"],
+            "bad_body",
+        ),
+        (
+            "reply-too-many-headers",
+            MessageKind.FORWARD_REPLY,
+            [NODE, 1, 200, "", "", b"", *[f"X-{i}" if j == 0 else "v" for i in range(9) for j in range(2)]],
+            "bad_body",
+        ),
+        (
+            "reply-long-header-value",
+            MessageKind.FORWARD_REPLY,
+            [NODE, 1, 200, "", "", b"", "X-A", "v" * (forward.HEADER_VALUE_BYTES_MAX + 1)],
+            "bad_body",
+        ),
         (
             "reply-over-bytes",
             MessageKind.FORWARD_REPLY,
