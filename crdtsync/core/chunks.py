@@ -11,13 +11,17 @@ chunks, windows, timeouts and bandwidth caps are the driver's (crdtsync.artifact
 
 The envelope, its checks and the admission of the sender are `wire`'s and the replica's as for every
 kind (`wire` calls `body_of` and the readers here); a chunk whose bytes do not hash to its id is the
-driver's to refuse. This module imports no other core module: `messages` and `wire` import it.
+driver's to refuse. Of the core it imports only `envelope` (its errors) and `field_reader`:
+`messages` and `wire` import it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from crdtsync.core.envelope import WireError
+from crdtsync.core.field_reader import FieldReader
 
 CHUNK_REQUEST = 22
 CHUNK_REPLY = 23
@@ -49,23 +53,6 @@ class ChunkReply:
 ChunkMessage = ChunkRequest | ChunkReply
 
 
-class Fields(Protocol):
-    """`wire`'s bounds-checked reader of a body's fields."""
-
-    kind: Any
-
-    def blob(self, name: str) -> bytes: ...
-    def text(self, name: str, max_bytes: int) -> str: ...
-    def uint(self, name: str) -> int: ...
-    def remaining(self) -> int: ...
-
-
-def _error(reason: str, detail: str) -> Exception:
-    from crdtsync.core.wire import WireError
-
-    return WireError(reason, detail)  # type: ignore[arg-type]
-
-
 def body_of(message: ChunkMessage) -> tuple[int, list[Any]]:
     """The kind and the fields of a chunk message (`wire.encode` wraps them in the envelope)."""
     if isinstance(message, ChunkRequest):
@@ -79,27 +66,27 @@ def body_of(message: ChunkMessage) -> tuple[int, list[Any]]:
     return CHUNK_REPLY, [*fields, *message.not_sent]
 
 
-def _chunk_id(f: Fields) -> bytes:
+def _chunk_id(f: FieldReader) -> bytes:
     value = f.blob("chunk_id")
     if len(value) != CHUNK_ID_BYTES:
-        raise _error("bad_body", f"{f.kind.name} chunk id is {len(value)} bytes, not {CHUNK_ID_BYTES}")
+        raise WireError("bad_body", f"{f.kind.name} chunk id is {len(value)} bytes, not {CHUNK_ID_BYTES}")
     return value
 
 
-def read_request(f: Fields, node_id: str) -> ChunkRequest:
+def read_request(f: FieldReader, node_id: str) -> ChunkRequest:
     request_id = f.uint("request_id")
     artifact, version = f.text("artifact", ARTIFACT_BYTES_MAX), f.text("version", VERSION_BYTES_MAX)
     if not 1 <= f.remaining() <= CHUNKS_PER_REQUEST_MAX:
-        raise _error("bad_body", f"CHUNK_REQUEST must name 1..{CHUNKS_PER_REQUEST_MAX} chunks")
+        raise WireError("bad_body", f"CHUNK_REQUEST must name 1..{CHUNKS_PER_REQUEST_MAX} chunks")
     return ChunkRequest(
         node_id, request_id, artifact, version, tuple(_chunk_id(f) for _ in range(f.remaining()))
     )
 
 
-def read_reply(f: Fields, node_id: str) -> ChunkReply:
+def read_reply(f: FieldReader, node_id: str) -> ChunkReply:
     request_id, count = f.uint("request_id"), f.uint("count")
     if count > CHUNKS_PER_REQUEST_MAX or f.remaining() < 2 * count:
-        raise _error("bad_body", f"CHUNK_REPLY declares {count} chunks it does not carry")
+        raise WireError("bad_body", f"CHUNK_REPLY declares {count} chunks it does not carry")
     chunks = []
     size = 0
     for _ in range(count):
@@ -107,8 +94,8 @@ def read_reply(f: Fields, node_id: str) -> ChunkReply:
         size += len(data)
         chunks.append((chunk_id, data))
     if size > REPLY_BYTES_MAX:
-        raise _error("too_large", f"CHUNK_REPLY carries {size} chunk bytes, over {REPLY_BYTES_MAX}")
+        raise WireError("too_large", f"CHUNK_REPLY carries {size} chunk bytes, over {REPLY_BYTES_MAX}")
     if count + f.remaining() > CHUNKS_PER_REQUEST_MAX:
-        raise _error("too_large", f"CHUNK_REPLY answers more than {CHUNKS_PER_REQUEST_MAX} chunks")
+        raise WireError("too_large", f"CHUNK_REPLY answers more than {CHUNKS_PER_REQUEST_MAX} chunks")
     not_sent = tuple(_chunk_id(f) for _ in range(f.remaining()))
     return ChunkReply(node_id, request_id, tuple(chunks), not_sent)

@@ -11,14 +11,17 @@ the holder, waiting, timeouts and serving the request are the driver's (crdtsync
   fields ignores the pairs, so nodes of either release forward to each other.
 
 The envelope, its checks and the admission of the sender are `wire`'s and the replica's as for every
-kind. This module imports no other core module: `messages` and `wire` import it.
+kind. Of the core it imports only `envelope` (its errors) and `field_reader`: `messages` and `wire` import it.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from crdtsync.core.envelope import WireError
+from crdtsync.core.field_reader import FieldReader
 
 FORWARD_REQUEST = 26
 FORWARD_REPLY = 27
@@ -64,23 +67,6 @@ class ForwardReply:
 ForwardMessage = ForwardRequest | ForwardReply
 
 
-class Fields(Protocol):
-    """`wire`'s bounds-checked reader of a body's fields."""
-
-    kind: Any
-
-    def blob(self, name: str) -> bytes: ...
-    def text(self, name: str, max_bytes: int) -> str: ...
-    def uint(self, name: str) -> int: ...
-    def remaining(self) -> int: ...
-
-
-def _error(reason: str, detail: str) -> Exception:
-    from crdtsync.core.wire import WireError
-
-    return WireError(reason, detail)  # type: ignore[arg-type]
-
-
 def body_of(message: ForwardMessage) -> tuple[int, list[Any]]:
     """The kind and the fields of a forward message (`wire.encode` wraps them in the envelope)."""
     if len(message.body) > BODY_BYTES_MAX:
@@ -106,40 +92,44 @@ def headers_allowed(headers: tuple[tuple[str, str], ...]) -> bool:
     )
 
 
-def _body(f: Fields) -> bytes:
+def _body(f: FieldReader) -> bytes:
     body = f.blob("body")
     if len(body) > BODY_BYTES_MAX:
-        raise _error("too_large", f"{f.kind.name} carries a body of {len(body)} bytes, over {BODY_BYTES_MAX}")
+        raise WireError(
+            "too_large", f"{f.kind.name} carries a body of {len(body)} bytes, over {BODY_BYTES_MAX}"
+        )
     return body
 
 
-def read_request(f: Fields, node_id: str) -> ForwardRequest:
+def read_request(f: FieldReader, node_id: str) -> ForwardRequest:
     request_id = f.uint("request_id")
     method = f.text("method", METHOD_BYTES_MAX)
     target = f.text("target", TARGET_BYTES_MAX)
     if not target.startswith("/"):
-        raise _error("bad_body", "FORWARD_REQUEST target is not a path")
+        raise WireError("bad_body", "FORWARD_REQUEST target is not a path")
     return ForwardRequest(
         node_id, request_id, method, target, f.text("content_type", CONTENT_TYPE_BYTES_MAX), _body(f)
     )
 
 
-def read_reply(f: Fields, node_id: str) -> ForwardReply:
+def read_reply(f: FieldReader, node_id: str) -> ForwardReply:
     request_id, status = f.uint("request_id"), f.uint("status")
     if status != STATUS_NOT_SERVED and not 100 <= status <= STATUS_MAX:
-        raise _error("bad_body", f"FORWARD_REPLY status {status} is not an HTTP status")
+        raise WireError("bad_body", f"FORWARD_REPLY status {status} is not an HTTP status")
     content_type = f.text("content_type", CONTENT_TYPE_BYTES_MAX)
     served_as = f.text("served_as", SERVED_AS_BYTES_MAX)
     body = _body(f)
     pairs = f.remaining()
     if pairs % 2 or pairs > 2 * HEADERS_MAX:
-        raise _error("bad_body", f"FORWARD_REPLY carries {pairs} header fields: pairs, at most {HEADERS_MAX}")
+        raise WireError(
+            "bad_body", f"FORWARD_REPLY carries {pairs} header fields: pairs, at most {HEADERS_MAX}"
+        )
     headers = tuple(
         (f.text("header_name", HEADER_NAME_BYTES_MAX), f.text("header_value", HEADER_VALUE_BYTES_MAX))
         for _ in range(pairs // 2)
     )
     if not headers_allowed(headers):
-        raise _error(
+        raise WireError(
             "bad_body", "FORWARD_REPLY carries a header that is not an `X-` name with a printable value"
         )
     return ForwardReply(node_id, request_id, status, content_type, served_as, body, headers)

@@ -10,14 +10,17 @@ load and its hottest docs, spread with the membership gossip.
 
 A summary is replaced only by one of the same node with a higher (epoch, sequence number). The
 envelope, its checks and the admission of the sender are `wire`'s and the replica's as for every
-kind. This module imports no other core module but `load`: `messages` and `wire` import it.
+kind. Of the core it imports only `load`, `envelope` (its errors) and `field_reader`: `messages`
+and `wire` import it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from crdtsync.core.envelope import WireError
+from crdtsync.core.field_reader import FieldReader
 from crdtsync.core.load import DATACENTERS_PER_DOC_MAX, KINDS, Kind
 
 LOAD_SUMMARIES = 25
@@ -65,23 +68,6 @@ class LoadSummaries:
     summaries: tuple[NodeLoad, ...]
 
 
-class Fields(Protocol):
-    """`wire`'s bounds-checked reader of a body's fields."""
-
-    kind: Any
-
-    def text(self, name: str, max_bytes: int) -> str: ...
-    def uint(self, name: str) -> int: ...
-    def flag(self, name: str) -> bool: ...
-    def remaining(self) -> int: ...
-
-
-def _error(reason: str, detail: str) -> Exception:
-    from crdtsync.core.wire import WireError
-
-    return WireError(reason, detail)  # type: ignore[arg-type]
-
-
 def _milli(value: float) -> int:
     return min(MILLI_MAX, max(0, round(value * 1000)))
 
@@ -105,30 +91,30 @@ def body_of(message: LoadSummaries) -> tuple[int, list[Any]]:
     return LOAD_SUMMARIES, fields
 
 
-def _count(f: Fields, name: str, bound: int) -> int:
+def _count(f: FieldReader, name: str, bound: int) -> int:
     count = f.uint(name)
     if count > bound:
-        raise _error("too_large", f"{f.kind.name}.{name} is {count}, over {bound}")
+        raise WireError("too_large", f"{f.kind.name}.{name} is {count}, over {bound}")
     return count
 
 
-def _read_doc(f: Fields) -> DocLoad:
+def _read_doc(f: FieldReader) -> DocLoad:
     doc_id, following = f.text("doc_id", _DOC_ID_BYTES_MAX), f.flag("following")
     unattributed = f.uint("unattributed") / 1000.0
     rates: list[tuple[Kind, str, float]] = []
     for _ in range(_count(f, "rates", RATES_PER_DOC_MAX)):
         kind_index = f.uint("rate_kind")
         if kind_index >= len(KINDS):
-            raise _error("bad_body", f"{f.kind.name}.rate_kind {kind_index} is unknown")
+            raise WireError("bad_body", f"{f.kind.name}.rate_kind {kind_index} is unknown")
         rates.append((KINDS[kind_index], f.text("dc", _DC_BYTES_MAX), f.uint("rate") / 1000.0))
     return DocLoad(doc_id, following, unattributed, tuple(rates))
 
 
-def read_summaries(f: Fields, node_id: str) -> LoadSummaries:
+def read_summaries(f: FieldReader, node_id: str) -> LoadSummaries:
     summaries: list[NodeLoad] = []
     while f.remaining():
         if len(summaries) == SUMMARIES_PER_MESSAGE_MAX:
-            raise _error(
+            raise WireError(
                 "too_large", f"{f.kind.name} carries more than {SUMMARIES_PER_MESSAGE_MAX} summaries"
             )
         about, dc = f.text("node_id", _NODE_ID_BYTES_MAX), f.text("dc", _DC_BYTES_MAX)
@@ -137,5 +123,5 @@ def read_summaries(f: Fields, node_id: str) -> LoadSummaries:
         docs = tuple(_read_doc(f) for _ in range(_count(f, "docs", DOCS_PER_SUMMARY_MAX)))
         summaries.append(NodeLoad(about, dc, epoch, seq, load, docs, age_ms))
     if not summaries:
-        raise _error("bad_body", f"{f.kind.name} carries no summary")
+        raise WireError("bad_body", f"{f.kind.name} carries no summary")
     return LoadSummaries(node_id, tuple(summaries))
