@@ -275,7 +275,9 @@ def token_fields(request: web.Request, doc_id: str, state: DocState) -> dict[str
         own = CausalToken.of({doc_id: state})
     except TokenTooLargeError as exc:
         return {"token": None, "token_note": str(exc)}
-    session: CausalToken | None = request.get(SESSION_KEY)
+    # Looked up only when the request has one: `request.get` of an absent key raises and catches a
+    # KeyError.
+    session: CausalToken | None = request.get(SESSION_KEY) if "session" in request.query else None
     if session is None:
         return {"token": own.encode()}
     try:

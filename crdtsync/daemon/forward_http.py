@@ -41,8 +41,6 @@ from crdtsync.node import Node
 
 log = logging.getLogger("crdtsync.http")
 
-FORWARDED_KEY = web.RequestKey("forwarded_by", str)
-"""On a request another node forwarded here: that node's id."""
 BODY_READ_LIMIT_BYTES = 64 * 1024
 """The read buffer's limit of a forwarded request's body (it is all there at once)."""
 
@@ -69,8 +67,11 @@ class HttpForwarding:
 
     @staticmethod
     def is_forwarded(request: web.Request) -> bool:
-        """Whether `request` is one another node forwarded here (served here, never forwarded again)."""
-        return FORWARDED_KEY in request
+        """Whether `request` is one another node forwarded here (served here, never forwarded again):
+        it stands on no connection. Not a key of the request: a `web.Request` answers `in` for an
+        absent key by raising and catching a KeyError, on every client request."""
+        connection: object = request.protocol  # typed as aiohttp's, which `_NoConnection` stands in for
+        return connection is _NO_CONNECTION
 
     # ------------------------------------------------------------------ the asking side
 
@@ -128,7 +129,6 @@ class HttpForwarding:
         match.add_app(app)
         match.freeze()
         request._match_info = match
-        request[FORWARDED_KEY] = forwarded.node_id
         response = await serve_doc(request)
         if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
             return NOT_SERVED  # not an answer of bytes: served where it arrived

@@ -151,6 +151,10 @@ class Api:
     async def _served_by(self, request: web.Request, response: web.StreamResponse) -> None:
         """Every answer names the node that served it: behind a load balancer, and for a doc this
         node does not hold (placement), the holder it forwarded the request to."""
+        if not len(request):  # nothing set on it (most requests): served here, and not a doc read.
+            # Checked first: `request.get` of an absent key raises and catches a KeyError.
+            response.headers["X-Served-By"] = self.node.config.node_id
+            return
         response.headers["X-Served-By"] = request.get(SERVED_BY_KEY, self.node.config.node_id)
         if SERVED_AS_KEY in request:  # a doc read: from a replica, a read follower, or a fetched copy
             response.headers["X-Served-As"] = request[SERVED_AS_KEY]
@@ -263,7 +267,8 @@ class Api:
     async def doc_route(self, request: web.Request) -> web.StreamResponse:
         doc_id, serve = self._doc_handler(request)
         forwarded_here = self.forwarding.is_forwarded(request)
-        if forwarded_here and serve == self.watch:
+        watch = serve == self.watch
+        if forwarded_here and watch:
             raise ApiError(405, "method_not_allowed", "a watch stream is not forwarded")
         session = causal_http.session_token(request)
         if session is not None:
@@ -271,7 +276,7 @@ class Api:
         # A stream is served where it is asked for, a request forwarded here is never forwarded
         # again. Whether to forward is asked first, without a coroutine: most requests are about
         # docs this node holds.
-        if not forwarded_here and serve != self.watch and self.forwarding.wanted(request, doc_id):
+        if not forwarded_here and not watch and self.forwarding.wanted(request, doc_id):
             forwarded = await self.forwarding.forward(request, doc_id)
             if forwarded is not None:
                 return forwarded

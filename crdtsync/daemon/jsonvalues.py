@@ -34,10 +34,11 @@ def plain_numbers(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return plain_number(value)
+    # Items that stay as they are are not passed down (most of an answer's are strings): a call each.
     if isinstance(value, dict):
-        return {key: plain_numbers(item) for key, item in value.items()}
+        return {key: item if type(item) in _UNCHANGED else plain_numbers(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [plain_numbers(item) for item in value]
+        return [item if type(item) in _UNCHANGED else plain_numbers(item) for item in value]
     return value
 
 
