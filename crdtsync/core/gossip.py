@@ -84,13 +84,21 @@ class Gossip:
 
     # ------------------------------------------------------------------ frames in
 
-    def heard(self, node_id: str) -> None:
-        """Any frame is evidence of life of its sender."""
-        change = self._membership.heard(node_id, self._ctx.now_ms)
+    def heard_frame(self, node_id: str, version: int, frame_bytes: int) -> None:
+        """An admitted frame of `frame_bytes` in wire `version` from `node_id`: its link's version,
+        the sender's liveness (any frame is evidence of life), the traffic with its datacenter."""
+        ctx = self._ctx
+        self._links.heard_in(node_id, version)
+        change = self._membership.heard(node_id, ctx.now_ms)
         self._links.heard(node_id)
         if change is not None:
             self._on_liveness(change)
             self.retopologize()
+        sender_dc = self._membership.dc_of(node_id)
+        if sender_dc is not None and sender_dc != ctx.dc:
+            traffic = ctx.traffic_with(sender_dc)
+            traffic.frames_in += 1
+            traffic.bytes_in += frame_bytes
 
     def on_hello(self, message: wire.Hello | wire.HelloAck) -> None:
         ctx = self._ctx

@@ -324,27 +324,27 @@ class Replica:
         ctx.counters.bytes_received_raw += raw_size
         if not header.sender and not self._guard.admit_frame(message.node_id, sender_key):
             return
-        self._links.heard_in(message.node_id, header.version)
-        if self.store_failing and isinstance(message, _CONTENT_MESSAGES):
-            # Applied content waits in memory for a commit that cannot happen: refuse it, and let
-            # retransmission and anti-entropy bring it again once the store commits.
-            ctx.counters.frames_dropped_store_failing += 1
-            return
-        sender_dc = self.membership.dc_of(message.node_id)
-        if sender_dc is not None and sender_dc != ctx.dc:
-            traffic = ctx.traffic_with(sender_dc)
-            traffic.frames_in += 1
-            traffic.bytes_in += len(frame)
+        # A delta is applied before its frame's news of the sender is recorded (a hello needs it first).
+        deltas = type(message) is wire.Deltas
+        if not deltas:
+            self._gossip.heard_frame(message.node_id, header.version, len(frame))
         try:
-            self._dispatch(message)
+            if self.store_failing and isinstance(message, _CONTENT_MESSAGES):
+                # Applied content waits in memory for a commit that cannot happen: refuse it, and
+                # let retransmission and anti-entropy bring it again once the store commits.
+                ctx.counters.frames_dropped_store_failing += 1
+            else:
+                self._dispatch(message)
         except StateDecodeError as exc:
             ctx.counters.wire_error("bad_state")
             log.warning(
                 "dropped %s from %s: bad state vector: %s", type(message).__name__, message.node_id, exc
             )
+        finally:
+            if deltas:
+                self._gossip.heard_frame(message.node_id, header.version, len(frame))
 
     def _dispatch(self, message: wire.Message) -> None:
-        self._gossip.heard(message.node_id)
         match message:
             case wire.Deltas():
                 self._inbound.on_deltas(message)
