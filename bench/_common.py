@@ -145,13 +145,15 @@ def self_cpu_s() -> tuple[float, float]:
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def proc_cpu_s(pid: int) -> float | None:
-    """user+sys CPU seconds of another process, all threads, from /proc/<pid>/stat (clock-tick resolution).
+def proc_cpu_s(pid: int, tid: int | None = None) -> float | None:
+    """user+sys CPU seconds of another process, all threads, from /proc/<pid>/stat (clock-tick resolution);
+    with `tid`, of that thread of it.
 
     Used as a cross-check of what the children report about themselves; None if the process is gone.
     """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        path = Path(f"/proc/{pid}/stat") if tid is None else Path(f"/proc/{pid}/task/{tid}/stat")
+        stat = path.read_text(encoding="ascii", errors="replace")
     except OSError:
         return None
     fields = stat[stat.rfind(")") + 2 :].split()
@@ -160,6 +162,22 @@ def proc_cpu_s(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S
     except (IndexError, ValueError):
         return None
+
+
+def thread_cpu_s() -> dict[str, float]:
+    """user+sys CPU seconds of the calling process's threads, by the name of the Python thread
+    (a pool's prefix, without its index) or "main"; "other" for threads Python did not start (ZeroMQ's
+    I/O threads) and for those already ended. Clock-tick resolution, from /proc/self/task."""
+    names = {thread.native_id: thread.name.split("_")[0] for thread in threading.enumerate()}
+    names[threading.main_thread().native_id] = "main"
+    by_name: dict[str, float] = {}
+    for tid, name in names.items():
+        cpu_s = proc_cpu_s(os.getpid(), tid) if tid is not None else None
+        if cpu_s is not None:
+            by_name[name] = by_name.get(name, 0.0) + cpu_s
+    user_s, sys_s = self_cpu_s()
+    by_name["other"] = max(0.0, user_s + sys_s - sum(by_name.values()))
+    return by_name
 
 
 _SS_PID = re.compile(r"pid=(\d+)")

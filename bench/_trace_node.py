@@ -11,7 +11,8 @@ Commands (parent -> child) and replies:
   trace replayed, one transaction per edit; the writer's window ends when `flush()` returns (the
   store holds every edit at the default durability, fsync).
 - ``expect {length, sha}`` (receiver) -> ``expecting``, then ``done {t_ns, sha}`` once the text is that.
-- ``stats`` -> ``stats {user_s, sys_s, counters}``;  ``quit``.
+- ``stats`` -> ``stats {user_s, sys_s, threads, counters}`` (`threads`: CPU seconds by thread name);
+  ``quit``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 from pycrdt import Doc, Text, TransactionEvent
 
 from bench._child import emit, read_commands, run_main
-from bench._common import JSON, self_cpu_s
+from bench._common import JSON, self_cpu_s, thread_cpu_s
 from bench._crdtsync import wait_peers_up
 from bench._trace_data import Trace, load_trace, replay
 from crdtsync import Node, NodeConfig
@@ -73,7 +74,7 @@ class FinalTextWatch:
 def _emit_stats(node: Node | None) -> None:
     user_s, sys_s = self_cpu_s()
     counters = {} if node is None else {str(k): int(v) for k, v in node.status().counters.as_dict().items()}
-    emit("stats", user_s=user_s, sys_s=sys_s, counters=counters)
+    emit("stats", user_s=user_s, sys_s=sys_s, threads=thread_cpu_s(), counters=counters)
 
 
 async def _replay_measured(text: Text, trace: Trace, profile_path: str | None, node: Node | None) -> JSON:

@@ -68,6 +68,9 @@ class Round:
     """Writer process, all threads, from before the first edit until the receiver held the text and
     the writer's own `flush()` returned, whichever came later."""
     receiver_cpu_s: float
+    writer_threads_cpu_s: dict[str, float]
+    """The writer's CPU over the same window by thread: "main" (the event loop, the doc and the
+    core), "crdtsync-store", "crdtsync-merge", "other" (ZeroMQ's I/O threads)."""
     app_bytes: int
     """What both nodes sent, by their counters (`bytes_published` + `bytes_sent`)."""
     tcp_bytes: int | None
@@ -152,6 +155,10 @@ def run_round(
         received_wall_s=(int(done["t_ns"]) - t0) / 1e9,
         writer_cpu_s=_cpu_s(after[0]) - _cpu_s(before[0]),
         receiver_cpu_s=_cpu_s(after[1]) - _cpu_s(before[1]),
+        writer_threads_cpu_s={
+            name: cpu_s - float(before[0]["threads"].get(name, 0.0))
+            for name, cpu_s in after[0]["threads"].items()
+        },
         app_bytes=_app_bytes(after) - _app_bytes(before),
         tcp_bytes=tcp,
         writer_sha=str(replayed["sha"]),
@@ -161,6 +168,10 @@ def run_round(
 
 def _median(rounds: list[Round], name: str) -> float:
     return float(statistics.median(float(getattr(r, name)) for r in rounds))
+
+
+def _median_thread(rounds: list[Round], name: str) -> float:
+    return float(statistics.median(r.writer_threads_cpu_s.get(name, 0.0) for r in rounds))
 
 
 def report(edits: int, total: int, expected_sha: str, rounds: list[Round], machine: dict[str, str]) -> JSON:
@@ -203,6 +214,10 @@ def report(edits: int, total: int, expected_sha: str, rounds: list[Round], machi
         [
             ["floor CPU us", fmt(floor_cpu / edits * 1e6, 2)],
             ["writer CPU us", fmt(writer_cpu / edits * 1e6, 2)],
+            *(
+                [f"  writer CPU us, thread {name}", fmt(_median_thread(rounds, name) / edits * 1e6, 2)]
+                for name in sorted(rounds[0].writer_threads_cpu_s)
+            ),
             ["writer overhead us (writer CPU - floor CPU)", fmt((writer_cpu - floor_cpu) / edits * 1e6, 2)],
             ["receiver CPU us", fmt(_median(rounds, "receiver_cpu_s") / edits * 1e6, 2)],
             ["bare update bytes", fmt(_median(rounds, "floor_update_bytes") / edits, 1)],
