@@ -1,4 +1,4 @@
-"""Merging a batch's updates of one doc on a thread of its own (`Outbound`'s `merge_updates`).
+"""Merging a batch's runs of a doc's updates on a thread of its own (`Outbound`'s `merge`).
 
 pycrdt's `merge_updates` allocates and frees the decoded updates on the C heap of the thread that
 calls it. On the doc's own thread those blocks end up among the doc's structs, and every later edit
@@ -12,20 +12,21 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from crdtsync.core.state import merge_all
+from crdtsync.core.state import merge_each
 
 
 class MergeThread:
-    """`merge_all` on one worker thread; after `close`, on the caller's (a last flush)."""
+    """`merge_each` on one worker thread; after `close`, on the caller's (a last flush)."""
 
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix="crdtsync-merge")
 
-    def merge(self, updates: list[bytes]) -> bytes:
+    def merge(self, runs: list[list[bytes]]) -> list[bytes | None]:
+        """A batch's runs at once: one hand-over to the worker and back per batch."""
         executor = self._executor
         if executor is None:
-            return merge_all(updates)
-        return executor.submit(merge_all, updates).result()
+            return merge_each(runs)
+        return executor.submit(merge_each, runs).result()
 
     def close(self) -> None:
         if self._executor is not None:

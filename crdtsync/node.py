@@ -190,7 +190,7 @@ class Node:
             placement=self.config.placement,
             zone=self.config.zone,
             weight=self.config.weight,
-            merge_updates=self._merge.merge,
+            merge_each=self._merge.merge,
         )
 
     def _advertised_publish(self, bound: str) -> str:

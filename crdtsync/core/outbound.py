@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 from crdtsync.core import wire
 from crdtsync.core.context import Context
 from crdtsync.core.holding import Holding
 from crdtsync.core.links import Links
 from crdtsync.core.ring import DeltaRing, Sized
-from crdtsync.core.state import is_pycrdt_failure, merge_all
+from crdtsync.core.state import merge_each
 
 MERGED_DELTAS_MAX = 64
 """Transactions merged into one delta at most. pycrdt's `merge_updates` costs more per update the
@@ -55,25 +56,42 @@ MERGED_UPDATE_BYTES_MAX = 64 * 1024
 """Update bytes of the transactions merged into one delta at most (less when `batch_bytes_max` or
 `update_bytes_max` is): a merged delta stays far within a frame and a receiver's update limit."""
 
+MergeEach = Callable[[list[list[bytes]]], list[bytes | None]]
+"""Merges each run of updates into one, None for a run pycrdt refuses (`state.merge_each`)."""
+
 
 def delta_size(delta: wire.Delta) -> int:
     """What a delta adds to a batch, roughly (`ring.Sized`)."""
     return len(delta.update) + len(delta.after_state) * 2 + len(delta.doc_id)
 
 
+class MergedRuns(NamedTuple):
+    deltas: list[Sized]
+    merged_count: int
+    """Transactions that went into the delta of one before them."""
+    for_store: dict[int, bytes | None]
+    """By the `id` of each merged transaction's update, what the store keeps in its place: the merged
+    update for a run's first, None for the others (`Outbound.for_store`). Only runs that begin at
+    `unpersisted_from` or later."""
+
+
 def merge_runs(
-    deltas: list[Sized], update_bytes_max: int, merge_updates: Callable[[list[bytes]], bytes] = merge_all
-) -> tuple[list[Sized], int]:
+    deltas: list[Sized],
+    update_bytes_max: int,
+    merge: MergeEach = merge_each,
+    unpersisted_from: int = 0,
+) -> MergedRuns:
     """`deltas` with each run of a doc's transactions that follow each other merged into one delta
     in the place of the run's first (at most MERGED_DELTAS_MAX transactions and `update_bytes_max`
-    update bytes a run), and how many transactions went into the delta of one before them. A run
-    whose updates do not merge, or merge larger than they are, stays as it was."""
+    update bytes a run), all runs in one call of `merge`. A run whose updates do not merge, or
+    merge larger than they are, stays as it was."""
     if len(deltas) < 2:
-        return deltas, 0  # a paced write alone in its batch: nothing to look for
-    runs: list[list[Sized]] = []
+        return MergedRuns(deltas, 0, {})  # a paced write alone in its batch: nothing to look for
+    runs: list[tuple[int, list[Sized]]] = []
+    """(index of the run's first delta, the run)."""
     latest: dict[str, tuple[list[Sized], int]] = {}
     """Doc id -> its last run and that run's update bytes."""
-    for sized in deltas:
+    for index, sized in enumerate(deltas):
         delta = sized[0]
         found = latest.get(delta.doc_id)
         if found is not None:
@@ -88,32 +106,30 @@ def merge_runs(
                 latest[delta.doc_id] = run, run_bytes
                 continue
         run = [sized]
-        runs.append(run)
+        runs.append((index, run))
         latest[delta.doc_id] = run, len(delta.update)
     if len(runs) == len(deltas):
-        return deltas, 0
+        return MergedRuns(deltas, 0, {})
+    long_runs = [run for _first, run in runs if len(run) > 1]
+    updates = iter(merge([[delta.update for delta, _size in run] for run in long_runs]))
     merged: list[Sized] = []
     merged_count = 0
-    for run in runs:
-        if len(run) == 1:
-            merged.append(run[0])
-            continue
-        updates = [delta.update for delta, _size in run]
-        try:
-            update = merge_updates(updates)
-        except BaseException as error:
-            if not is_pycrdt_failure(error):
-                raise
-            merged.extend(run)  # each was applied here: apart, they reach peers as they were
-            continue
-        if len(update) > sum([len(part) for part in updates]):
+    for_store: dict[int, bytes | None] = {}
+    for first_index, run in runs:
+        update = next(updates) if len(run) > 1 else None
+        # Unmerged (pycrdt refused, each was applied here: apart, they reach peers as they were)
+        # or not smaller.
+        if update is None or len(update) > sum([len(delta.update) for delta, _size in run]):
             merged.extend(run)
             continue
         first, last = run[0][0], run[-1][0]
         delta = wire.Delta(first.doc_id, first.before_state, last.after_state, update)
         merged.append((delta, delta_size(delta)))
         merged_count += len(run) - 1
-    return merged, merged_count
+        if first_index >= unpersisted_from:
+            for_store[id(first.update)] = update
+            for_store.update((id(other.update), None) for other, _size in run[1:])
+    return MergedRuns(merged, merged_count, for_store)
 
 
 class Outbound:
@@ -122,16 +138,20 @@ class Outbound:
         ctx: Context,
         links: Links,
         holding: Holding,
-        merge_updates: Callable[[list[bytes]], bytes] = merge_all,
+        merge: MergeEach = merge_each,
     ) -> None:
         self._ctx = ctx
-        self._merge_updates = merge_updates
+        self._merge = merge
         self._links = links
         self._holding = holding
         self.ring = DeltaRing(ctx.config.ring_deltas_max, ctx.config.ring_bytes_max)
         self._outbox: list[Sized] = []
         self._outbox_bytes = 0
         self._outbox_since_ms: float | None = None
+        self._outbox_persisted = 0
+        """The outbox's first deltas that a `Persist` carries already, as captured (`for_store`)."""
+        self._for_store: dict[int, bytes | None] = {}
+        """What the last flush merged, for the `Persist` of the same step (`MergedRuns.for_store`)."""
         self.next_heartbeat_ms = 0.0
         self._unindexed: list[int] = []
         """The bucket of each number after `_indexed_through` (at most `SKIPPED_SEQS_MAX` between
@@ -232,12 +252,25 @@ class Outbound:
         if chunk:
             yield wire.Deltas(ctx.node_id, ctx.epoch, first_seq, tuple(chunk))
 
+    def for_store(self, updates: list[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
+        """The updates applied since the last `Persist` (`DocTable.persist`), for the next one: each
+        run of local transactions that this step's flush merged as its merged update, in the place
+        of its first (the run's transactions followed each other, so nothing of the doc between them
+        depends on them), so that the store need not merge them again."""
+        for_store, self._for_store = self._for_store, {}
+        self._outbox_persisted = len(self._outbox)
+        if not for_store:
+            return tuple(updates)
+        kept = [(doc_id, for_store.get(id(update), update)) for doc_id, update in updates]
+        return tuple([(doc_id, update) for doc_id, update in kept if update is not None])
+
     def _flush(self) -> None:
         config = self._ctx.config
-        deltas, merged_count = merge_runs(
+        deltas, merged_count, self._for_store = merge_runs(
             self._outbox,
             min(MERGED_UPDATE_BYTES_MAX, config.batch_bytes_max, config.update_bytes_max),
-            self._merge_updates,
+            self._merge,
+            self._outbox_persisted,
         )
         self._ctx.counters.deltas_merged += merged_count
         if not self._holding.partitioned:
@@ -259,6 +292,7 @@ class Outbound:
                     batch, [buckets[i] for i in order[start:end]], [keys[i] for i in order[start:end]]
                 )
         self._outbox = []
+        self._outbox_persisted = 0
         self._outbox_bytes = 0
         self._outbox_since_ms = None
         self.next_heartbeat_ms = self._ctx.now_ms + self._ctx.config.heartbeat_interval_ms

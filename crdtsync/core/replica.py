@@ -56,10 +56,10 @@ from crdtsync.core.links import Links
 from crdtsync.core.load_board import LoadBoard
 from crdtsync.core.load_wire import LoadSummaries
 from crdtsync.core.membership import Membership, MembershipConfig
-from crdtsync.core.outbound import Outbound
+from crdtsync.core.outbound import MergeEach, Outbound
 from crdtsync.core.placement import ClusterPlacement, DocPlacement, PlacementPolicy
 from crdtsync.core.seqacks import SeqAcks
-from crdtsync.core.state import StateDecodeError, merge_all
+from crdtsync.core.state import StateDecodeError, merge_each
 from crdtsync.core.status import ReplicaStatus, dc_statuses, member_statuses, peer_statuses
 from crdtsync.core.sync import StateSync
 
@@ -90,12 +90,12 @@ class Replica:
         placement: PlacementPolicy | None = None,
         zone: str = "",
         weight: float = 1.0,
-        merge_updates: Callable[[list[bytes]], bytes] = merge_all,
+        merge_each: MergeEach = merge_each,
     ) -> None:
         """`lazy_docs`: the driver answers `LoadDoc` from a store, so docs beyond the cache limits
         (`docs_cached_max`, `docs_cached_bytes_max`) are evicted; otherwise every doc stays loaded.
         `zone` and `weight`: this node's placement zone and capacity, gossiped with its record.
-        `merge_updates`: how a batch's updates of one doc are merged (a driver may run it elsewhere)."""
+        `merge_each`: how a batch's runs of a doc's updates are merged (a driver may run it elsewhere)."""
         check_identity(node_id, client_id, dc, zone, weight)
         placement = placement or PlacementPolicy()
         self.config = config = config or ReplicaConfig()
@@ -125,7 +125,7 @@ class Replica:
         self._balancer = Balancer(ctx, self.membership, self.load)  # loaded nodes shed partitions
         self._guard = Guard(ctx)
         self._links = Links(ctx, self.membership, holding)
-        self._outbound = Outbound(ctx, self._links, holding, merge_updates)
+        self._outbound = Outbound(ctx, self._links, holding, merge_each)
         self._docs = DocTable(
             ctx,
             self._guard,
@@ -211,16 +211,16 @@ class Replica:
 
     def take_effects(self, now_ms: float, *, force: bool = False) -> list[Effect]:
         """Flush due batches and hand over everything the driver must do."""
-        ctx = self._ctx
         self._step(now_ms)
         self._outbound.flush_due(force=force)
         self.seq_acks.send_due(self._inbound.tracks, self._causal.bytes_by_sender)
         docs = self._docs
         docs.evict_if_needed()
         if docs.persist or docs.doc_states or docs.drops:
-            ctx.effects.append(Persist(tuple(docs.persist), tuple(docs.doc_states), tuple(docs.drops)))
+            updates = self._outbound.for_store(docs.persist)  # local runs as merged for the batch
+            self._ctx.effects.append(Persist(updates, tuple(docs.doc_states), tuple(docs.drops)))
             docs.persist, docs.doc_states, docs.drops = [], [], {}
-        effects, ctx.effects = ctx.effects, []
+        effects, self._ctx.effects = self._ctx.effects, []
         return effects
 
     def next_deadline_ms(self) -> float:

@@ -400,3 +400,17 @@ def merge_all(updates: list[bytes]) -> bytes:
             for start in range(0, len(parts), MERGE_CHUNK)
         ]
     return parts[0]
+
+
+def merge_each(runs: list[list[bytes]]) -> list[bytes | None]:
+    """Each run of updates merged into one (`merge_all`), None for a run pycrdt refuses to merge; any
+    other error (a bug, an interrupt) is raised."""
+    merged: list[bytes | None] = []
+    for updates in runs:
+        try:
+            merged.append(merge_all(updates))
+        except BaseException as error:
+            if not is_pycrdt_failure(error):
+                raise
+            merged.append(None)
+    return merged

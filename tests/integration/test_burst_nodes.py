@@ -22,7 +22,7 @@ from test_zmq_cluster import (
 from zmq_support import wait_until
 
 from crdtsync import merge_thread
-from crdtsync.core.state import merge_all
+from crdtsync.core.state import merge_each
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +36,11 @@ def test_concurrent_bursts_merge_per_doc_and_every_node_converges_on_every_write
     doc_ids = [f"doc-{i}" for i in range(3)]
     merged_on: set[str] = set()
 
-    def recording(updates: list[bytes]) -> bytes:
+    def recording(runs: list[list[bytes]]) -> list[bytes | None]:
         merged_on.add(threading.current_thread().name)
-        return merge_all(updates)
+        return merge_each(runs)
 
-    monkeypatch.setattr(merge_thread, "merge_all", recording)
+    monkeypatch.setattr(merge_thread, "merge_each", recording)
 
     async def scenario() -> None:
         async with _running(*_full_mesh(3)) as nodes:

@@ -113,9 +113,7 @@ def _frames(
             batch = own[taken : taken + next(sizes)]
             taken += len(batch)
             if merged:
-                sized, _merged_count = merge_runs(
-                    [(d, delta_size(d)) for d in batch], MERGED_UPDATE_BYTES_MAX
-                )
+                sized = merge_runs([(d, delta_size(d)) for d in batch], MERGED_UPDATE_BYTES_MAX).deltas
                 batch = [delta for delta, _size in sized]
             frame = wire.encode(wire.Deltas(writer.node_id, EPOCH, seq, tuple(batch)), version)
             frames.append((frame, len(batch)))

@@ -10,7 +10,8 @@ import pytest
 from pycrdt import Doc, Map
 
 from crdtsync import merge_thread
-from crdtsync.core.state import merge_all
+from crdtsync.core import state
+from crdtsync.core.state import merge_all, merge_each
 from crdtsync.merge_thread import MergeThread
 
 
@@ -28,25 +29,39 @@ def test_merges_run_on_the_worker_and_on_the_callers_thread_after_close(
 ) -> None:
     threads: list[str] = []
 
-    def recording(updates: list[bytes]) -> bytes:
+    def recording(runs: list[list[bytes]]) -> list[bytes | None]:
         threads.append(threading.current_thread().name)
-        return merge_all(updates)
+        return merge_each(runs)
 
-    monkeypatch.setattr(merge_thread, "merge_all", recording)
+    monkeypatch.setattr(merge_thread, "merge_each", recording)
     updates = _updates(20)
+    runs = [updates[:8], updates[8:]]
     merging = MergeThread()
-    assert merging.merge(updates) == merge_all(updates)
+    assert merging.merge(runs) == [merge_all(updates[:8]), merge_all(updates[8:])]
     merging.close()
-    assert merging.merge(updates) == merge_all(updates)
+    assert merging.merge(runs) == [merge_all(updates[:8]), merge_all(updates[8:])]
     merging.close()  # twice: nothing left to close
     assert threads[0].startswith("crdtsync-merge") and threads[1] == threading.current_thread().name
 
 
-def test_a_pycrdt_failure_reaches_the_caller_as_it_was_raised() -> None:
-    """`merge_runs` tells a pycrdt failure (the run then leaves apart) from a bug by its type."""
+def test_a_run_pycrdt_refuses_comes_back_none_and_the_others_merged() -> None:
+    """A run pycrdt refuses to merge then leaves apart (`merge_runs`), the batch's others merged."""
+    updates = _updates(4)
     merging = MergeThread()
     try:
-        with pytest.raises(ValueError, match="Cannot merge updates"):
-            merging.merge([b"\xff\xff\xff", b"\x00"])
+        assert merging.merge([[b"\xff\xff\xff", b"\x00"], updates]) == [None, merge_all(updates)]
+    finally:
+        merging.close()
+
+
+def test_an_error_that_is_not_pycrdt_refusing_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(updates: list[bytes]) -> bytes:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(state, "merge_all", interrupted)
+    merging = MergeThread()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            merging.merge([_updates(2)])
     finally:
         merging.close()

@@ -12,13 +12,13 @@ import pytest
 from pycrdt import Doc, Map, Text, TransactionEvent
 from test_replica import Mesh, _assert_converged, _count, _is_deltas_from, _published, _spy_effects
 
-from crdtsync.core import wire
-from crdtsync.core.effects import Publish
+from crdtsync.core import state, wire
+from crdtsync.core.effects import Persist, Publish
 from crdtsync.core.outbound import MERGED_DELTAS_MAX, delta_size, merge_runs
 from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.core.replica import ReplicaConfig
 from crdtsync.core.ring import Sized
-from crdtsync.core.state import decode_state_vector
+from crdtsync.core.state import decode_state_vector, merge_all
 
 UPDATE_BYTES_MAX = 1 << 20
 
@@ -91,7 +91,7 @@ def test_a_docs_transactions_in_a_batch_become_one_delta_from_the_first_state_to
     for i in range(10):
         writer.write("doc", f"k{i % 3}", i)
     captured = writer.take()
-    merged, merged_count = merge_runs(captured, UPDATE_BYTES_MAX)
+    merged, merged_count, _for_store = merge_runs(captured, UPDATE_BYTES_MAX)
     assert merged_count == 9 and len(merged) == 1
     (delta, size), first, last = merged[0], captured[0][0], captured[-1][0]
     assert (delta.doc_id, delta.before_state, delta.after_state) == (
@@ -108,7 +108,7 @@ def test_other_docs_deltas_in_between_keep_each_docs_order_and_its_first_place()
     writer = _Writer()
     for doc_id, value in (("a", 1), ("b", 1), ("a", 2), ("c", 1), ("b", 2), ("a", 3)):
         writer.write(doc_id, "k", value)
-    merged, merged_count = merge_runs(writer.take(), UPDATE_BYTES_MAX)
+    merged, merged_count, _for_store = merge_runs(writer.take(), UPDATE_BYTES_MAX)
     assert merged_count == 3
     assert [delta.doc_id for delta, _size in merged] == ["a", "b", "c"]
     deltas = [delta for delta, _size in merged]
@@ -125,7 +125,7 @@ def test_a_transaction_that_began_in_another_state_starts_a_new_delta() -> None:
     writer.write("doc", "k", 3)
     writer.write("doc", "j", 4)
     captured = writer.take()
-    merged, merged_count = merge_runs(captured, UPDATE_BYTES_MAX)
+    merged, merged_count, _for_store = merge_runs(captured, UPDATE_BYTES_MAX)
     assert merged_count == 1
     assert [delta.before_state for delta, _size in merged] == [
         captured[0][0].before_state,
@@ -140,13 +140,13 @@ def test_a_run_holds_at_most_merged_deltas_max_transactions_and_update_bytes_max
     for i in range(2 * MERGED_DELTAS_MAX + 2):
         writer.write("doc", "k", i)
     captured = writer.take()
-    merged, merged_count = merge_runs(captured, UPDATE_BYTES_MAX)
+    merged, merged_count, _for_store = merge_runs(captured, UPDATE_BYTES_MAX)
     assert len(merged) == 3 and merged_count == len(captured) - 3
     sizes = [len(delta.update) for delta, _size in captured[:10]]
     cap = (
         sizes[1] * 3
     )  # three overwrites of the key a run (the first write, which deletes nothing, is smaller)
-    merged, _count_merged = merge_runs(captured[:10], cap)
+    merged = merge_runs(captured[:10], cap).deltas
     runs_expected, run_bytes = 0, cap + 1
     for size in sizes:  # greedy, in order: a run takes a transaction while its update bytes fit
         run_bytes = run_bytes + size if run_bytes + size <= cap else size
@@ -155,7 +155,7 @@ def test_a_run_holds_at_most_merged_deltas_max_transactions_and_update_bytes_max
     assert _applied([delta for delta, _size in merged], "doc") == {"k": 9.0}
 
 
-def test_updates_that_do_not_merge_leave_as_they_were() -> None:
+def test_updates_that_do_not_merge_leave_as_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
     class PanicException(BaseException):
         """What pycrdt raises for a Rust panic (a BaseException)."""
 
@@ -166,13 +166,15 @@ def test_updates_that_do_not_merge_leave_as_they_were() -> None:
     for i in range(3):
         writer.write("doc", "k", i)
     captured = writer.take()
-    assert merge_runs(captured, UPDATE_BYTES_MAX, panic) == (captured, 0)
+    monkeypatch.setattr(state, "merge_all", panic)
+    assert merge_runs(captured, UPDATE_BYTES_MAX) == (captured, 0, {})
 
     def interrupted(updates: list[bytes]) -> bytes:
         raise KeyboardInterrupt
 
+    monkeypatch.setattr(state, "merge_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        merge_runs(captured, UPDATE_BYTES_MAX, interrupted)
+        merge_runs(captured, UPDATE_BYTES_MAX)
 
 
 def test_a_burst_of_one_doc_takes_one_number_and_its_receivers_apply_every_write() -> None:
@@ -197,6 +199,65 @@ def test_a_burst_of_one_doc_takes_one_number_and_its_receivers_apply_every_write
     for receiver in (b, c):
         assert _count(receiver, "deltas_applied") == 2
         assert [p.behind_updates for p in receiver.status(mesh.now_ms).peers if p.node_id == "a"] == [0]
+
+
+def test_the_store_gets_each_merged_run_as_the_delta_that_left_in_the_place_of_its_first() -> None:
+    """A burst's runs are merged once: the `Persist` of the step carries each run's merged update
+    (the one published), not its transactions, and other updates in their places."""
+    mesh = Mesh()
+    a, b = mesh.add("a"), mesh.add("b")
+    mesh.link_all()
+    effects = _spy_effects(a)
+    data, third = a.open_doc("doc").get("data", type=Map), a.open_doc("third").get("data", type=Map)
+    elsewhere: Doc[Any] = Doc(client_id=99)
+    elsewhere.get("data", type=Map)["from"] = "backup"
+    for i in range(10):
+        data[f"k{i % 3}"] = i
+        if i == 4:  # an update from elsewhere, of another doc, between two of the run's
+            assert a.restore_update("other", elsewhere.get_update(), mesh.now_ms)
+        if i % 4 == 0:
+            third["n"] = i
+    mesh.pump()
+    (deltas,) = [message for _effect, message in _published(effects) if isinstance(message, wire.Deltas)]
+    (persist,) = [effect for effect in effects if isinstance(effect, Persist) and effect.updates]
+    assert [doc_id for doc_id, _update in persist.updates] == ["doc", "third", "other"]
+    assert [update for doc_id, update in persist.updates if doc_id != "other"] == [
+        delta.update for delta in deltas.deltas
+    ]
+    assert _count(a, "deltas_merged") == 10 + 3 - 2
+    for doc_id, written in (("doc", data), ("third", third)):
+        assert _applied_json(mesh.stored(a, doc_id)) == written.to_py()
+    assert _applied_json(mesh.stored(a, "other")) == {"from": "backup"}
+    _assert_converged([a, b], ["doc", "third"])
+
+
+def test_a_run_begun_before_the_last_persist_reaches_the_store_as_it_was_captured() -> None:
+    """A lingering batch: its first transactions went to the store before it left, so the store
+    gets the later ones as they were, and every one of them exactly once."""
+    replica = Mesh().add("a", config=ReplicaConfig(linger_ms=40.0))
+    data = replica.open_doc("doc").get("data", type=Map)
+    stored: list[tuple[str, bytes]] = []
+    for i in range(3):
+        data[f"k{i}"] = i
+    taken = replica.take_effects(10.0)
+    assert not [e for e in taken if isinstance(e, Publish)], "it lingers"
+    for i in range(3, 5):
+        data[f"k{i}"] = i
+    taken += replica.take_effects(60.0)
+    (deltas,) = [wire.decode(e.frame) for e in taken if isinstance(e, Publish)]
+    assert isinstance(deltas, wire.Deltas) and len(deltas.deltas) == 1, "the five left as one delta"
+    for effect in taken:
+        if isinstance(effect, Persist):
+            stored.extend(effect.updates)
+    assert len(stored) == 5 and deltas.deltas[0].update not in [update for _doc_id, update in stored]
+    assert _applied_json(merge_all([update for _doc_id, update in stored])) == data.to_py()
+
+
+def _applied_json(update: bytes | None) -> dict[str, Any]:
+    assert update is not None
+    doc: Doc[Any] = Doc(client_id=1)
+    doc.apply_update(update)
+    return doc.get("data", type=Map).to_py() or {}
 
 
 def test_a_lost_merged_delta_is_retransmitted_from_the_ring_as_it_left() -> None:
