@@ -7,8 +7,9 @@ and digest here, so the Merkle tree over all digests never needs a loaded doc. L
 of continuations meanwhile, and nothing here ever blocks on a store.
 
 Every transaction on a loaded doc passes its observer, which only records: the new state vector, the
-update for the store, the doc as dirty for the tree, and a local (not `REMOTE_ORIGIN`) transaction in
-`captured`, which the replica numbers and publishes in its next step (with that step's time).
+doc as dirty for the tree, a remote update for the store, and a local (not `REMOTE_ORIGIN`)
+transaction in `captured`, which the replica numbers, publishes and persists in its next step (with
+that step's time).
 """
 
 from __future__ import annotations
@@ -124,7 +125,11 @@ class DocTable:
         """Local transactions recorded by the observers since the replica's last step."""
         self.on_capture: Callable[[], None] | None = None
         """Told of the first local transaction captured since the last step (see `Replica.__init__`)."""
-        self._record_persist = True
+        self._applying: tuple[DocEntry, str] | None = None
+        """The entry `apply` applies an update to and why, while it does: the observer tells its
+        transaction from the application's by this instead of asking pycrdt for the transaction's
+        origin (0.3 us a transaction; a write the application makes to another doc from inside an
+        observer of this apply is still its own)."""
         self._loads_requested: dict[str, None] = {}
         self._waiting: dict[str, list[Continuation]] = {}
         """Doc id -> what waits for its load, in order; at most `load_waiters_max` in all, holding at
@@ -137,7 +142,8 @@ class DocTable:
         self.loaded = 0
         self.loaded_bytes = 0
         self.persist: list[tuple[str, bytes]] = []
-        """Updates applied since the last `Persist` effect, local and remote, in order."""
+        """Updates applied from elsewhere (peers, a backup) since the last `Persist` effect, in order;
+        local transactions reach the store through the outbox, merged as they left."""
         self.doc_states: list[tuple[str, bytes, bytes | None]] = []
         """(doc id, state vector, digest) records due to the store."""
         self.drops: dict[str, None] = {}
@@ -373,7 +379,7 @@ class DocTable:
             self._ctx.counters.updates_dropped_too_large += 1
             return False
         doc = self.doc(entry)
-        self._record_persist = reason != "load"
+        self._applying = entry, reason
         try:
             with doc.transaction(origin=REMOTE_ORIGIN) as transaction:
                 real = apply_in(transaction, doc, update)
@@ -383,7 +389,7 @@ class DocTable:
             self._guard.reject(entry.doc_id, reason, update, exc, sender, remote=remote)
             return False
         finally:
-            self._record_persist = True
+            self._applying = None
         # Byte order is not canonical (hash-map order): compare decoded only when the bytes differ.
         if real != entry.state_bytes and decode_state_vector(real) != decode_state_vector(entry.state_bytes):
             # pycrdt kept part of the update pending (its dependencies are missing: the 0.14 trap) yet
@@ -466,12 +472,12 @@ class DocTable:
         entry.loaded_bytes += len(update)
         self.loaded_bytes += len(update)
         self._dirty[entry.doc_id] = None
-        if event.transaction.origin() == REMOTE_ORIGIN:  # type: ignore[attr-defined]
-            if self._record_persist:
+        applying = self._applying
+        if applying is not None and applying[0] is entry:  # a transaction of `apply`: never published
+            if applying[1] != "load":
                 self.persist.append((entry.doc_id, update))
             return
-        self.persist.append((entry.doc_id, update))
-        entry.local_writes += 1
+        entry.local_writes += 1  # persisted from the outbox (`Outbound.for_store`)
         self.captured.append(wire.Delta(entry.doc_id, event.before_state, after, update))  # type: ignore[attr-defined]
         if len(self.captured) == 1 and self.on_capture is not None:
             self.on_capture()

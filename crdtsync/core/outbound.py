@@ -69,10 +69,9 @@ class MergedRuns(NamedTuple):
     deltas: list[Sized]
     merged_count: int
     """Transactions that went into the delta of one before them."""
-    for_store: dict[int, bytes | None]
-    """By the `id` of each merged transaction's update, what the store keeps in its place: the merged
-    update for a run's first, None for the others (`Outbound.for_store`). Only runs that begin at
-    `unpersisted_from` or later."""
+    for_store: list[tuple[str, bytes]]
+    """(doc id, update) of the transactions from `unpersisted_from` on, for the store, in order for
+    each doc: a merged run as its merged update, the others as they were captured."""
 
 
 def merge_runs(
@@ -85,8 +84,6 @@ def merge_runs(
     in the place of the run's first (at most MERGED_DELTAS_MAX transactions and `update_bytes_max`
     update bytes a run), all runs in one call of `merge`. A run whose updates do not merge, or
     merge larger than they are, stays as it was."""
-    if len(deltas) < 2:
-        return MergedRuns(deltas, 0, {})  # a paced write alone in its batch: nothing to look for
     runs: list[tuple[int, list[Sized]]] = []
     """(index of the run's first delta, the run)."""
     latest: dict[str, tuple[list[Sized], int]] = {}
@@ -108,27 +105,37 @@ def merge_runs(
         run = [sized]
         runs.append((index, run))
         latest[delta.doc_id] = run, len(delta.update)
-    if len(runs) == len(deltas):
-        return MergedRuns(deltas, 0, {})
+    if len(runs) == len(deltas):  # a paced write alone in its batch, or nothing follows another
+        return MergedRuns(deltas, 0, [(delta.doc_id, delta.update) for delta, _ in deltas[unpersisted_from:]])
+    # Only while a batch lingers: the deltas a `Persist` does not carry yet (a run's are not
+    # consecutive in the batch).
+    later = {id(delta) for delta, _size in deltas[unpersisted_from:]} if unpersisted_from else set()
+
+    def unpersisted(run: list[Sized]) -> list[Sized]:
+        return [sized for sized in run if id(sized[0]) in later]
+
     long_runs = [run for _first, run in runs if len(run) > 1]
     updates = iter(merge([[delta.update for delta, _size in run] for run in long_runs]))
     merged: list[Sized] = []
     merged_count = 0
-    for_store: dict[int, bytes | None] = {}
+    for_store: list[tuple[str, bytes]] = []
     for first_index, run in runs:
         update = next(updates) if len(run) > 1 else None
         # Unmerged (pycrdt refused, each was applied here: apart, they reach peers as they were)
         # or not smaller.
         if update is None or len(update) > sum([len(delta.update) for delta, _size in run]):
             merged.extend(run)
+            kept = run if first_index >= unpersisted_from else unpersisted(run)
+            for_store.extend([(delta.doc_id, delta.update) for delta, _size in kept])
             continue
         first, last = run[0][0], run[-1][0]
         delta = wire.Delta(first.doc_id, first.before_state, last.after_state, update)
         merged.append((delta, delta_size(delta)))
         merged_count += len(run) - 1
         if first_index >= unpersisted_from:
-            for_store[id(first.update)] = update
-            for_store.update((id(other.update), None) for other, _size in run[1:])
+            for_store.append((first.doc_id, update))
+        else:  # its first ones went to the store before it left (a lingering batch)
+            for_store.extend([(delta.doc_id, delta.update) for delta, _size in unpersisted(run)])
     return MergedRuns(merged, merged_count, for_store)
 
 
@@ -149,9 +156,9 @@ class Outbound:
         self._outbox_bytes = 0
         self._outbox_since_ms: float | None = None
         self._outbox_persisted = 0
-        """The outbox's first deltas that a `Persist` carries already, as captured (`for_store`)."""
-        self._for_store: dict[int, bytes | None] = {}
-        """What the last flush merged, for the `Persist` of the same step (`MergedRuns.for_store`)."""
+        """The outbox's first deltas that a `Persist` carries already (`for_store`)."""
+        self._for_store: list[tuple[str, bytes]] = []
+        """What the last flush left for the `Persist` of the same step (`MergedRuns.for_store`)."""
         self.next_heartbeat_ms = 0.0
         self._unindexed: list[int] = []
         """The bucket of each number after `_indexed_through` (at most `SKIPPED_SEQS_MAX` between
@@ -252,26 +259,28 @@ class Outbound:
         if chunk:
             yield wire.Deltas(ctx.node_id, ctx.epoch, first_seq, tuple(chunk))
 
-    def for_store(self, updates: list[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
-        """The updates applied since the last `Persist` (`DocTable.persist`), for the next one: each
-        run of local transactions that this step's flush merged as its merged update, in the place
-        of its first (the run's transactions followed each other, so nothing of the doc between them
-        depends on them), so that the store need not merge them again."""
-        for_store, self._for_store = self._for_store, {}
-        self._outbox_persisted = len(self._outbox)
-        if not for_store:
-            return tuple(updates)
-        kept = [(doc_id, for_store.get(id(update), update)) for doc_id, update in updates]
-        return tuple([(doc_id, update) for doc_id, update in kept if update is not None])
+    def for_store(self, remote: list[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
+        """The updates for the next `Persist`: `remote` (applied from elsewhere since the last one,
+        `DocTable.persist`), then this node's transactions captured since, each run that this step's
+        flush merged as its merged update (the store need not merge them again), the others as they
+        were captured (those of a batch still lingering too). Remote updates go first: a local
+        transaction may depend on one applied before it, and no peer has one of these local
+        transactions yet, so nothing remote here depends on them."""
+        local, self._for_store = self._for_store, []
+        if self._outbox_persisted < len(self._outbox):
+            local += [(delta.doc_id, delta.update) for delta, _ in self._outbox[self._outbox_persisted :]]
+            self._outbox_persisted = len(self._outbox)
+        return (*remote, *local)
 
     def _flush(self) -> None:
         config = self._ctx.config
-        deltas, merged_count, self._for_store = merge_runs(
+        deltas, merged_count, for_store = merge_runs(
             self._outbox,
             min(MERGED_UPDATE_BYTES_MAX, config.batch_bytes_max, config.update_bytes_max),
             self._merge,
             self._outbox_persisted,
         )
+        self._for_store += for_store
         self._ctx.counters.deltas_merged += merged_count
         if not self._holding.partitioned:
             self._index_unindexed()

@@ -216,8 +216,8 @@ class Replica:
         self.seq_acks.send_due(self._inbound.tracks, self._causal.bytes_by_sender)
         docs = self._docs
         docs.evict_if_needed()
-        if docs.persist or docs.doc_states or docs.drops:
-            updates = self._outbound.for_store(docs.persist)  # local runs as merged for the batch
+        updates = self._outbound.for_store(docs.persist)  # and the local writes, merged as they left
+        if updates or docs.doc_states or docs.drops:
             self._ctx.effects.append(Persist(updates, tuple(docs.doc_states), tuple(docs.drops)))
             docs.persist, docs.doc_states, docs.drops = [], [], {}
         effects, self._ctx.effects = self._ctx.effects, []

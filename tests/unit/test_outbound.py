@@ -167,7 +167,8 @@ def test_updates_that_do_not_merge_leave_as_they_were(monkeypatch: pytest.Monkey
         writer.write("doc", "k", i)
     captured = writer.take()
     monkeypatch.setattr(state, "merge_all", panic)
-    assert merge_runs(captured, UPDATE_BYTES_MAX) == (captured, 0, {})
+    as_captured = [(delta.doc_id, delta.update) for delta, _size in captured]
+    assert merge_runs(captured, UPDATE_BYTES_MAX) == (captured, 0, as_captured)
 
     def interrupted(updates: list[bytes]) -> bytes:
         raise KeyboardInterrupt
@@ -201,9 +202,9 @@ def test_a_burst_of_one_doc_takes_one_number_and_its_receivers_apply_every_write
         assert [p.behind_updates for p in receiver.status(mesh.now_ms).peers if p.node_id == "a"] == [0]
 
 
-def test_the_store_gets_each_merged_run_as_the_delta_that_left_in_the_place_of_its_first() -> None:
+def test_the_store_gets_each_merged_run_as_the_delta_that_left_after_the_remote_updates() -> None:
     """A burst's runs are merged once: the `Persist` of the step carries each run's merged update
-    (the one published), not its transactions, and other updates in their places."""
+    (the one published), not its transactions, after the updates applied from elsewhere."""
     mesh = Mesh()
     a, b = mesh.add("a"), mesh.add("b")
     mesh.link_all()
@@ -220,7 +221,7 @@ def test_the_store_gets_each_merged_run_as_the_delta_that_left_in_the_place_of_i
     mesh.pump()
     (deltas,) = [message for _effect, message in _published(effects) if isinstance(message, wire.Deltas)]
     (persist,) = [effect for effect in effects if isinstance(effect, Persist) and effect.updates]
-    assert [doc_id for doc_id, _update in persist.updates] == ["doc", "third", "other"]
+    assert [doc_id for doc_id, _update in persist.updates] == ["other", "doc", "third"]
     assert [update for doc_id, update in persist.updates if doc_id != "other"] == [
         delta.update for delta in deltas.deltas
     ]
