@@ -291,7 +291,7 @@ class SqliteStore:
 
     def _append_one(self, persist: Persist, touched: dict[str, None]) -> None:
         rows = _log_rows(persist.updates)
-        # Updates, not rows: compaction comes as often as when each update had a row of its own.
+        # Updates handed over (a merged delta counts once), not rows: one effect is one row a doc.
         counts: dict[str, tuple[int, int]] = {}
         for doc_id, _update in persist.updates:
             count, size = counts.get(doc_id, (0, 0))
@@ -509,8 +509,9 @@ def _log_rows(updates: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes, in
     """The log rows (doc id, data, crc) of one effect's updates: one row per doc, its updates merged.
     An editor's keystrokes come a hundred to an effect: merged, they cost one row, one checksum and
     one index entry instead of a hundred (the automerge-paper trace: the store thread's CPU per edit
-    halved, and the merge itself costs under 1 us an update). The node applied every one of these
-    updates to its doc, so they merge; if pycrdt still refuses, they are kept a row each."""
+    halved, and the merge itself costs under 1 us an update; a node's own keystrokes now come
+    merged already, as the deltas they left in). The node applied every one of these updates to its
+    doc, so they merge; if pycrdt still refuses, they are kept a row each."""
     by_doc: dict[str, list[bytes]] = {}
     for doc_id, update in updates:
         by_doc.setdefault(doc_id, []).append(update)
