@@ -69,6 +69,9 @@ class Counters:
     deltas_merged: int = 0
     """Of `deltas_published`, those that left merged into the delta of the one before them
     (`crdtsync.core.outbound.merge_runs`): the publisher's stream carries the difference."""
+    delta_merges_refused: int = 0
+    """Runs of a doc's transactions in a batch that pycrdt refused to merge: they left apart, as the
+    transactions they were."""
     batches_published: int = 0
     retransmits_served: int = 0
     retransmits_gone: int = 0

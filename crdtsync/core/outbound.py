@@ -72,6 +72,8 @@ class MergedRuns(NamedTuple):
     for_store: list[tuple[str, bytes]]
     """(doc id, update) of the transactions from `unpersisted_from` on, for the store, in order for
     each doc: a merged run as its merged update, the others as they were captured."""
+    refused_count: int = 0
+    """Runs pycrdt refused to merge (they left as the transactions they were)."""
 
 
 def merge_runs(
@@ -117,10 +119,11 @@ def merge_runs(
     long_runs = [run for _first, run in runs if len(run) > 1]
     updates = iter(merge([[delta.update for delta, _size in run] for run in long_runs]))
     merged: list[Sized] = []
-    merged_count = 0
+    merged_count = refused_count = 0
     for_store: list[tuple[str, bytes]] = []
     for first_index, run in runs:
         update = next(updates) if len(run) > 1 else None
+        refused_count += update is None and len(run) > 1
         # Unmerged (pycrdt refused, each was applied here: apart, they reach peers as they were)
         # or not smaller.
         if update is None or len(update) > sum([len(delta.update) for delta, _size in run]):
@@ -136,7 +139,7 @@ def merge_runs(
             for_store.append((first.doc_id, update))
         else:  # its first ones went to the store before it left (a lingering batch)
             for_store.extend([(delta.doc_id, delta.update) for delta, _size in unpersisted(run)])
-    return MergedRuns(merged, merged_count, for_store)
+    return MergedRuns(merged, merged_count, for_store, refused_count)
 
 
 class Outbound:
@@ -274,7 +277,7 @@ class Outbound:
 
     def _flush(self) -> None:
         config = self._ctx.config
-        deltas, merged_count, for_store = merge_runs(
+        deltas, merged_count, for_store, refused_count = merge_runs(
             self._outbox,
             min(MERGED_UPDATE_BYTES_MAX, config.batch_bytes_max, config.update_bytes_max),
             self._merge,
@@ -282,6 +285,11 @@ class Outbound:
         )
         self._for_store += for_store
         self._ctx.counters.deltas_merged += merged_count
+        if refused_count:  # this node applied every one of them: pycrdt should merge them
+            self._ctx.counters.delta_merges_refused += refused_count
+            self._ctx.warn(
+                "merge_refused", "pycrdt refused to merge %d runs of a batch: they left apart", refused_count
+            )
         if not self._holding.partitioned:
             self._index_unindexed()
             for batch in self._batches(self._number(deltas), deltas):

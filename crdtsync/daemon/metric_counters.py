@@ -34,6 +34,12 @@ COUNTERS: tuple[tuple[Callable[[Counters], int], str, str, dict[str, str]], ...]
         "Local transactions published merged into the delta of the one before them.",
         {},
     ),
+    (
+        lambda c: c.delta_merges_refused,
+        "update_merges_refused",
+        "Runs of a doc's local transactions in a batch that pycrdt refused to merge: they left apart.",
+        {},
+    ),
     (lambda c: c.deltas_applied, "updates_applied", "Remote updates applied, by path.", {"path": "stream"}),
     (
         lambda c: c.sync_updates_applied,

@@ -91,7 +91,7 @@ def test_a_docs_transactions_in_a_batch_become_one_delta_from_the_first_state_to
     for i in range(10):
         writer.write("doc", f"k{i % 3}", i)
     captured = writer.take()
-    merged, merged_count, _for_store = merge_runs(captured, UPDATE_BYTES_MAX)
+    merged, merged_count, _for_store, _refused = merge_runs(captured, UPDATE_BYTES_MAX)
     assert merged_count == 9 and len(merged) == 1
     (delta, size), first, last = merged[0], captured[0][0], captured[-1][0]
     assert (delta.doc_id, delta.before_state, delta.after_state) == (
@@ -108,7 +108,7 @@ def test_other_docs_deltas_in_between_keep_each_docs_order_and_its_first_place()
     writer = _Writer()
     for doc_id, value in (("a", 1), ("b", 1), ("a", 2), ("c", 1), ("b", 2), ("a", 3)):
         writer.write(doc_id, "k", value)
-    merged, merged_count, _for_store = merge_runs(writer.take(), UPDATE_BYTES_MAX)
+    merged, merged_count, _for_store, _refused = merge_runs(writer.take(), UPDATE_BYTES_MAX)
     assert merged_count == 3
     assert [delta.doc_id for delta, _size in merged] == ["a", "b", "c"]
     deltas = [delta for delta, _size in merged]
@@ -125,7 +125,7 @@ def test_a_transaction_that_began_in_another_state_starts_a_new_delta() -> None:
     writer.write("doc", "k", 3)
     writer.write("doc", "j", 4)
     captured = writer.take()
-    merged, merged_count, _for_store = merge_runs(captured, UPDATE_BYTES_MAX)
+    merged, merged_count, _for_store, _refused = merge_runs(captured, UPDATE_BYTES_MAX)
     assert merged_count == 1
     assert [delta.before_state for delta, _size in merged] == [
         captured[0][0].before_state,
@@ -140,7 +140,7 @@ def test_a_run_holds_at_most_merged_deltas_max_transactions_and_update_bytes_max
     for i in range(2 * MERGED_DELTAS_MAX + 2):
         writer.write("doc", "k", i)
     captured = writer.take()
-    merged, merged_count, _for_store = merge_runs(captured, UPDATE_BYTES_MAX)
+    merged, merged_count, _for_store, _refused = merge_runs(captured, UPDATE_BYTES_MAX)
     assert len(merged) == 3 and merged_count == len(captured) - 3
     sizes = [len(delta.update) for delta, _size in captured[:10]]
     cap = (
@@ -168,7 +168,7 @@ def test_updates_that_do_not_merge_leave_as_they_were(monkeypatch: pytest.Monkey
     captured = writer.take()
     monkeypatch.setattr(state, "merge_all", panic)
     as_captured = [(delta.doc_id, delta.update) for delta, _size in captured]
-    assert merge_runs(captured, UPDATE_BYTES_MAX) == (captured, 0, as_captured)
+    assert merge_runs(captured, UPDATE_BYTES_MAX) == (captured, 0, as_captured, 1)
 
     def interrupted(updates: list[bytes]) -> bytes:
         raise KeyboardInterrupt
@@ -200,6 +200,23 @@ def test_a_burst_of_one_doc_takes_one_number_and_its_receivers_apply_every_write
     for receiver in (b, c):
         assert _count(receiver, "deltas_applied") == 2
         assert [p.behind_updates for p in receiver.status(mesh.now_ms).peers if p.node_id == "a"] == [0]
+
+
+def test_runs_pycrdt_refuses_to_merge_leave_apart_counted_and_every_write_arrives() -> None:
+    def refuse(runs: list[list[bytes]]) -> list[bytes | None]:
+        return [None] * len(runs)
+
+    mesh = Mesh()
+    a, b = mesh.add("a", merge_each=refuse), mesh.add("b")
+    mesh.link_all()
+    data = a.open_doc("doc").get("data", type=Map)
+    for i in range(10):
+        data[f"k{i % 3}"] = i
+    mesh.pump()
+    assert (_count(a, "deltas_merged"), _count(a, "delta_merges_refused")) == (0, 1)
+    assert a.seq_acks.last_seq == 10, "each transaction left as a delta of its own"
+    _assert_converged([a, b], ["doc"])
+    assert _count(b, "deltas_applied") == 10
 
 
 def test_the_store_gets_each_merged_run_as_the_delta_that_left_after_the_remote_updates() -> None:

@@ -15,9 +15,10 @@ from pycrdt import Doc, Map, Text
 
 from crdtsync.core import antientropy, wire
 from crdtsync.core.effects import LoadDoc, Persist, Publish, Send, Subscribe, Unsubscribe
+from crdtsync.core.outbound import MergeEach
 from crdtsync.core.placement import PlacementPolicy, PlacementRule
 from crdtsync.core.replica import DocNotLoadedError, Replica, ReplicaConfig
-from crdtsync.core.state import merge_all
+from crdtsync.core.state import merge_all, merge_each
 
 
 def _new_doc(client_id: int) -> Doc[Any]:
@@ -74,6 +75,7 @@ class Mesh:
         placement: PlacementPolicy | None = None,
         zone: str = "",
         weight: float = 1.0,
+        merge_each: MergeEach = merge_each,
     ) -> Replica:
         replica = Replica(
             node_id=name,
@@ -86,6 +88,7 @@ class Mesh:
             placement=placement,
             zone=zone,
             weight=weight,
+            merge_each=merge_each,
         )
         self.replicas[replica.address] = replica
         self.subscriptions[replica.address] = set()
