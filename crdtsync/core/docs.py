@@ -7,9 +7,9 @@ and digest here, so the Merkle tree over all digests never needs a loaded doc. L
 of continuations meanwhile, and nothing here ever blocks on a store.
 
 Every transaction on a loaded doc passes its observer, which only records: the new state vector, the
-doc as dirty for the tree, a remote update for the store, and a local (not `REMOTE_ORIGIN`)
-transaction in `captured`, which the replica numbers, publishes and persists in its next step (with
-that step's time).
+doc as dirty for the tree, a remote update (one of `apply`'s transactions) for the store, and a
+local transaction in `captured`, which the replica numbers, publishes and persists in its next step
+(with that step's time).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from crdtsync.core.merkle import MerkleTree
 from crdtsync.core.state import StateVector, apply_in, decode_state_vector, digest
 
 REMOTE_ORIGIN = 0x5EC
-"""Transaction origin of every update applied from a peer; the observer never re-publishes those."""
+"""Transaction origin of every update `DocTable.apply` applies (from a peer, the store or a backup),
+for the application's own observers; the node's observer knows these by the entry `apply` names."""
 
 EMPTY_UPDATE = b"\x00\x00"
 EMPTY_STATE = b"\x00"

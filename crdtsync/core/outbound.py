@@ -113,8 +113,11 @@ def merge_runs(
     # consecutive in the batch).
     later = {id(delta) for delta, _size in deltas[unpersisted_from:]} if unpersisted_from else set()
 
-    def unpersisted(run: list[Sized]) -> list[Sized]:
-        return [sized for sized in run if id(sized[0]) in later]
+    def as_captured(first_index: int, run: list[Sized]) -> list[tuple[str, bytes]]:
+        """What of `run` the store still lacks, as captured: all of it, unless it began before the
+        last `Persist` (a lingering batch)."""
+        kept = run if first_index >= unpersisted_from else [sized for sized in run if id(sized[0]) in later]
+        return [(delta.doc_id, delta.update) for delta, _size in kept]
 
     long_runs = [run for _first, run in runs if len(run) > 1]
     updates = iter(merge([[delta.update for delta, _size in run] for run in long_runs]))
@@ -128,17 +131,16 @@ def merge_runs(
         # or not smaller.
         if update is None or len(update) > sum([len(delta.update) for delta, _size in run]):
             merged.extend(run)
-            kept = run if first_index >= unpersisted_from else unpersisted(run)
-            for_store.extend([(delta.doc_id, delta.update) for delta, _size in kept])
+            for_store += as_captured(first_index, run)
             continue
         first, last = run[0][0], run[-1][0]
         delta = wire.Delta(first.doc_id, first.before_state, last.after_state, update)
         merged.append((delta, delta_size(delta)))
         merged_count += len(run) - 1
-        if first_index >= unpersisted_from:
-            for_store.append((first.doc_id, update))
-        else:  # its first ones went to the store before it left (a lingering batch)
-            for_store.extend([(delta.doc_id, delta.update) for delta, _size in unpersisted(run)])
+        # A run whose first ones went to the store before it left (a lingering batch) goes on as captured.
+        for_store += (
+            [(first.doc_id, update)] if first_index >= unpersisted_from else as_captured(first_index, run)
+        )
     return MergedRuns(merged, merged_count, for_store, refused_count)
 
 
